@@ -1,0 +1,316 @@
+//! The parsed TOML document as JSON values plus the spans of every key and
+//! value, so any later check that knows a key path can point at the source.
+//! `${VAR}` interpolation happens here, on string values, as they are read.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use serde_json::{Map, Number, Value};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::diagnostic::{KeyPath, Problem};
+
+/// Where a key and its value stand in the source.
+#[derive(Clone, Debug)]
+pub struct Spans {
+    pub key: Option<Range<usize>>,
+    pub value: Range<usize>,
+}
+
+/// A problem found while reading the document, before it has a line and column.
+#[derive(Debug)]
+pub struct Finding {
+    pub problem: Problem,
+    pub path: KeyPath,
+    pub span: Range<usize>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+pub struct Document {
+    pub value: Value,
+    spans: HashMap<KeyPath, Spans>,
+}
+
+/// Looks up an environment variable for `${VAR}`.
+pub type Vars<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Document {
+    /// Parses TOML, recovering where it can so that several syntax errors are reported at once.
+    pub fn parse(text: &str, vars: Vars<'_>) -> (Document, Vec<Finding>) {
+        let (table, errors) = DeTable::parse_recoverable(text);
+        let mut findings: Vec<Finding> = errors
+            .iter()
+            .map(|error| {
+                let span = error.span().unwrap_or(0..0);
+                Finding {
+                    problem: Problem::Syntax,
+                    path: KeyPath::root(),
+                    span,
+                    message: error.message().trim_end().to_owned(),
+                    hint: None,
+                }
+            })
+            .collect();
+        let mut reader = Reader {
+            text,
+            vars,
+            spans: HashMap::new(),
+            findings: Vec::new(),
+        };
+        let root = table.span();
+        reader.spans.insert(
+            KeyPath::root(),
+            Spans {
+                key: None,
+                value: root,
+            },
+        );
+        let value = reader.table(&KeyPath::root(), table.get_ref());
+        findings.append(&mut reader.findings);
+        (
+            Document {
+                value,
+                spans: reader.spans,
+            },
+            findings,
+        )
+    }
+
+    /// The span to point at for a problem with the value at `path`: the value
+    /// itself, or the nearest ancestor the source shows.
+    pub fn value_span(&self, path: &KeyPath) -> Range<usize> {
+        let mut path = path.clone();
+        loop {
+            if let Some(spans) = self.spans.get(&path) {
+                return spans.value.clone();
+            }
+            match path.parent() {
+                Some(parent) => path = parent,
+                None => return 0..0,
+            }
+        }
+    }
+
+    /// The span to point at for a problem with the key at `path` (an unknown
+    /// key, a name that refers to nothing): the key, else its value.
+    pub fn key_span(&self, path: &KeyPath) -> Range<usize> {
+        match self.spans.get(path) {
+            Some(Spans { key: Some(key), .. }) => key.clone(),
+            _ => self.value_span(path),
+        }
+    }
+
+    pub fn contains(&self, path: &KeyPath) -> bool {
+        self.spans.contains_key(path)
+    }
+}
+
+struct Reader<'a> {
+    text: &'a str,
+    vars: Vars<'a>,
+    spans: HashMap<KeyPath, Spans>,
+    findings: Vec<Finding>,
+}
+
+impl Reader<'_> {
+    fn table(&mut self, path: &KeyPath, table: &DeTable<'_>) -> Value {
+        let mut map = Map::with_capacity(table.len());
+        for (key, value) in table {
+            let child = path.key(key.get_ref());
+            self.spans.insert(
+                child.clone(),
+                Spans {
+                    key: Some(key.span()),
+                    value: value.span(),
+                },
+            );
+            let json = self.value(&child, value);
+            map.insert(key.get_ref().to_string(), json);
+        }
+        Value::Object(map)
+    }
+
+    fn value(&mut self, path: &KeyPath, value: &Spanned<DeValue<'_>>) -> Value {
+        let span = value.span();
+        match value.get_ref() {
+            DeValue::String(s) => Value::String(self.interpolate(path, s, span)),
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => Value::Number(n.into()),
+                Err(_) => {
+                    self.invalid(path, span, "integer out of range", None);
+                    Value::Null
+                }
+            },
+            DeValue::Float(f) => match f.as_str().parse::<f64>().ok().and_then(Number::from_f64) {
+                Some(n) => Value::Number(n),
+                None => {
+                    self.invalid(path, span, "a number must be finite", None);
+                    Value::Null
+                }
+            },
+            DeValue::Boolean(b) => Value::Bool(*b),
+            DeValue::Datetime(d) => {
+                self.invalid(
+                    path,
+                    span,
+                    "dates and times are not values gantry.toml uses",
+                    Some(format!("quote it to make it a string: \"{d}\"")),
+                );
+                Value::Null
+            }
+            DeValue::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        let child = path.index(i);
+                        self.spans.insert(
+                            child.clone(),
+                            Spans {
+                                key: None,
+                                value: item.span(),
+                            },
+                        );
+                        self.value(&child, item)
+                    })
+                    .collect(),
+            ),
+            DeValue::Table(table) => self.table(path, table),
+        }
+    }
+
+    fn invalid(&mut self, path: &KeyPath, span: Range<usize>, message: &str, hint: Option<String>) {
+        self.findings.push(Finding {
+            problem: Problem::InvalidValue,
+            path: path.clone(),
+            span,
+            message: message.to_owned(),
+            hint,
+        });
+    }
+
+    /// Expands `${NAME}` and `${NAME:-default}`; `$$` stands for a literal `$`.
+    fn interpolate(&mut self, path: &KeyPath, s: &str, span: Range<usize>) -> String {
+        if !s.contains('$') {
+            return s.to_owned();
+        }
+        // Where the string's content starts in the source, when it is written without
+        // escapes, so errors can point at the `${` itself.
+        let raw = self.text.get(span.clone()).unwrap_or_default();
+        let content_start = (raw.len() == s.len() + 2 && raw.get(1..raw.len() - 1) == Some(s))
+            .then_some(span.start + 1);
+        let at = |offset: usize| match content_start {
+            Some(start) => start + offset..start + offset + 2,
+            None => span.clone(),
+        };
+
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        let mut offset = 0;
+        while let Some(dollar) = rest.find('$') {
+            out.push_str(&rest[..dollar]);
+            let after = &rest[dollar + 1..];
+            if let Some(after) = after.strip_prefix('$') {
+                out.push('$');
+                offset += dollar + 2;
+                rest = after;
+                continue;
+            }
+            let Some(body) = after.strip_prefix('{') else {
+                out.push('$');
+                offset += dollar + 1;
+                rest = after;
+                continue;
+            };
+            let Some(end) = body.find('}') else {
+                self.findings.push(Finding {
+                    problem: Problem::InvalidValue,
+                    path: path.clone(),
+                    span: at(offset + dollar),
+                    message: "`${` is not closed with `}`".to_owned(),
+                    hint: Some("write ${NAME}, or $${ for a literal ${".to_owned()),
+                });
+                return out;
+            };
+            let expression = &body[..end];
+            let (name, default) = match expression.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (expression, None),
+            };
+            if crate::formats::check_env_name(name).is_err() {
+                self.findings.push(Finding {
+                    problem: Problem::InvalidValue,
+                    path: path.clone(),
+                    span: at(offset + dollar),
+                    message: format!("`${{{expression}}}` does not name an environment variable"),
+                    hint: Some(
+                        "write ${NAME} or ${NAME:-default}, where NAME is letters, digits and underscores"
+                            .to_owned(),
+                    ),
+                });
+            } else {
+                match ((self.vars)(name), default) {
+                    (Some(value), _) => out.push_str(&value),
+                    (None, Some(default)) => out.push_str(default),
+                    (None, None) => self.findings.push(Finding {
+                        problem: Problem::UnsetVariable,
+                        path: path.clone(),
+                        span: at(offset + dollar),
+                        message: format!("environment variable `{name}` is not set"),
+                        hint: Some(format!(
+                            "set {name}, give a default with ${{{name}:-default}}, or write $${{{name}}} to pass it through literally"
+                        )),
+                    }),
+                }
+            }
+            let consumed = dollar + 2 + end + 1;
+            offset += consumed;
+            rest = &rest[consumed..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(name: &str) -> Option<String> {
+        (name == "HOME_DIR").then(|| "/home/me".to_owned())
+    }
+
+    #[test]
+    fn interpolation_expands_defaults_and_escapes() {
+        let text = r#"a = "${HOME_DIR}/x ${MISSING:-dflt} $$HOME $${KEEP} $PORT""#;
+        let (doc, findings) = Document::parse(text, &vars);
+        assert!(findings.is_empty(), "{findings:?}");
+        assert_eq!(doc.value["a"], "/home/me/x dflt $HOME ${KEEP} $PORT");
+    }
+
+    #[test]
+    fn unset_variable_points_at_its_dollar() {
+        let text = "a = \"x ${NOPE} y\"\n";
+        let (_, findings) = Document::parse(text, &vars);
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].problem, Problem::UnsetVariable);
+        assert_eq!(&text[findings[0].span.clone()], "${");
+        assert_eq!(findings[0].span.start, text.find("${").expect("${"));
+    }
+
+    #[test]
+    fn spans_cover_keys_and_values() {
+        let text = "[services.web]\nport = 8080\n";
+        let (doc, findings) = Document::parse(text, &vars);
+        assert!(findings.is_empty());
+        let port = KeyPath::of(["services", "web", "port"]);
+        assert_eq!(&text[doc.key_span(&port)], "port");
+        assert_eq!(&text[doc.value_span(&port)], "8080");
+        let missing = KeyPath::of(["services", "web", "health", "interval"]);
+        assert!(!doc.contains(&missing));
+        let web = KeyPath::of(["services", "web"]);
+        assert_eq!(doc.value_span(&missing), doc.value_span(&web));
+    }
+}

@@ -1,0 +1,291 @@
+//! The string formats of gantry.toml. Each is checked by one function that
+//! says why a value is wrong; the schema names the format, the validator runs
+//! the same function, and the hint tells the user what to write instead.
+
+use crate::units::{Duration, Size};
+
+pub struct Format {
+    pub name: &'static str,
+    pub check: fn(&str) -> Result<(), String>,
+    pub hint: &'static str,
+}
+
+pub const FORMATS: &[Format] = &[
+    Format {
+        name: "duration",
+        check: |s| s.parse::<Duration>().map(drop).map_err(|e| e.reason),
+        hint: Duration::HINT,
+    },
+    Format {
+        name: "size",
+        check: |s| s.parse::<Size>().map(drop).map_err(|e| e.reason),
+        hint: Size::HINT,
+    },
+    Format {
+        name: "name",
+        check: check_name,
+        hint: "use lowercase letters, digits and hyphens, starting with a letter, like \"web\" or \"shop-api\"",
+    },
+    Format {
+        name: "port",
+        check: check_name,
+        hint: "name the port, like \"http\", and read the assigned number from $PORT; or give a number from 1 to 65535",
+    },
+    Format {
+        name: "env-name",
+        check: check_env_name,
+        hint: "use letters, digits and underscores, not starting with a digit, like \"DATABASE_URL\"",
+    },
+    Format {
+        name: "route",
+        check: check_route,
+        hint: "write a host name with an optional path prefix, like \"shop.example.com\" or \"example.com/api\"",
+    },
+    Format {
+        name: "http-path",
+        check: |s| {
+            if s.starts_with('/') && !s.contains(char::is_whitespace) {
+                Ok(())
+            } else {
+                Err(format!("`{s}` is not an absolute URL path"))
+            }
+        },
+        hint: "start the path with a slash, like \"/healthz\"",
+    },
+    Format {
+        name: "volume",
+        check: check_volume,
+        hint: "write source:target or source:target:ro, where the source is a volume name or an absolute path and the target is an absolute path",
+    },
+    Format {
+        name: "cron",
+        check: check_cron,
+        hint: "write cron's five fields: minute hour day-of-month month day-of-week, like \"0 3 * * *\"",
+    },
+    Format {
+        name: "ssh-target",
+        check: check_ssh_target,
+        hint: "write user@address, user@address:port, or a host name from ~/.ssh/config",
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Format> {
+    FORMATS.iter().find(|f| f.name == name)
+}
+
+/// A DNS label: it ends up in host names (`web.shop.localhost`) and unit names.
+pub fn check_name(s: &str) -> Result<(), String> {
+    let valid = !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`{s}` is not a valid name"))
+    }
+}
+
+pub fn check_env_name(s: &str) -> Result<(), String> {
+    let valid = s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`{s}` is not a valid environment variable name"))
+    }
+}
+
+fn check_route(s: &str) -> Result<(), String> {
+    let (host, path) = match s.find('/') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, ""),
+    };
+    let labels = host.strip_prefix("*.").unwrap_or(host);
+    let host_ok = !labels.is_empty()
+        && labels.len() <= 253
+        && labels.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !host_ok {
+        return Err(format!("`{host}` is not a valid host name"));
+    }
+    if path.contains(|c: char| c.is_whitespace() || c == '?' || c == '#') {
+        return Err(format!("`{path}` is not a valid path prefix"));
+    }
+    Ok(())
+}
+
+fn check_volume(s: &str) -> Result<(), String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (source, target, mode) = match parts.as_slice() {
+        [source, target] => (*source, *target, None),
+        [source, target, mode] => (*source, *target, Some(*mode)),
+        _ => return Err(format!("`{s}` is not source:target")),
+    };
+    if source.is_empty() {
+        return Err(format!("`{s}` has no source"));
+    }
+    if !source.starts_with('/') && !source.starts_with("./") {
+        check_volume_name(source)?;
+    }
+    if !target.starts_with('/') {
+        return Err(format!("the target `{target}` is not an absolute path"));
+    }
+    match mode {
+        None | Some("ro") | Some("rw") => Ok(()),
+        Some(other) => Err(format!("`{other}` is not a mount mode (ro or rw)")),
+    }
+}
+
+fn check_volume_name(s: &str) -> Result<(), String> {
+    let valid = s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`{s}` is not a valid volume name"))
+    }
+}
+
+/// Cron's five fields, each `*`, a number, a range, a list or a step, within its bounds.
+fn check_cron(s: &str) -> Result<(), String> {
+    const FIELDS: [(&str, u32, u32); 5] = [
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    let fields: Vec<&str> = s.split_whitespace().collect();
+    if fields.len() != FIELDS.len() {
+        return Err(format!(
+            "`{s}` has {} fields, cron needs 5",
+            fields.len()
+        ));
+    }
+    for (field, (what, min, max)) in fields.iter().zip(FIELDS) {
+        for item in field.split(',') {
+            let (range, step) = match item.split_once('/') {
+                Some((range, step)) => (range, Some(step)),
+                None => (item, None),
+            };
+            if let Some(step) = step {
+                if !step.parse::<u32>().is_ok_and(|n| n > 0) {
+                    return Err(format!("the {what} step `{step}` is not a positive number"));
+                }
+            }
+            if range == "*" {
+                continue;
+            }
+            let bounds: Vec<&str> = range.splitn(2, '-').collect();
+            for bound in &bounds {
+                match bound.parse::<u32>() {
+                    Ok(n) if (min..=max).contains(&n) => {}
+                    _ => {
+                        return Err(format!(
+                            "the {what} `{bound}` is not a number from {min} to {max}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_ssh_target(s: &str) -> Result<(), String> {
+    let (user, rest) = match s.split_once('@') {
+        Some((user, rest)) => (Some(user), rest),
+        None => (None, s),
+    };
+    if user.is_some_and(|u| u.is_empty() || u.contains(char::is_whitespace)) {
+        return Err(format!("`{s}` has an empty or invalid user"));
+    }
+    let (address, port) = match rest.rsplit_once(':') {
+        // An IPv6 address in brackets may itself contain colons.
+        Some((address, port)) if !address.contains(':') || address.ends_with(']') => {
+            (address, Some(port))
+        }
+        _ => (rest, None),
+    };
+    if address.is_empty() || address.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(format!("`{s}` has no valid address"));
+    }
+    if let Some(port) = port {
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err(format!("`{port}` is not a port number"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(format: &str, value: &str) -> bool {
+        (find(format).expect(format).check)(value).is_ok()
+    }
+
+    #[test]
+    fn routes() {
+        assert!(ok("route", "shop.example.com"));
+        assert!(ok("route", "example.com/api"));
+        assert!(ok("route", "*.example.com"));
+        assert!(ok("route", "localhost"));
+        assert!(!ok("route", "exa mple.com"));
+        assert!(!ok("route", "/api"));
+        assert!(!ok("route", "-bad.example.com"));
+        assert!(!ok("route", "a..b"));
+    }
+
+    #[test]
+    fn cron_fields_are_bounded() {
+        assert!(ok("cron", "0 3 * * *"));
+        assert!(ok("cron", "*/15 0-6 1,15 * 1-5"));
+        assert!(!ok("cron", "0 3 * *"));
+        assert!(!ok("cron", "60 3 * * *"));
+        assert!(!ok("cron", "0 3 * * mon"));
+        assert!(!ok("cron", "*/0 3 * * *"));
+    }
+
+    #[test]
+    fn volumes_and_ssh_targets() {
+        assert!(ok("volume", "pgdata:/var/lib/postgresql/data"));
+        assert!(ok("volume", "/srv/data:/data:ro"));
+        assert!(!ok("volume", "pgdata"));
+        assert!(!ok("volume", "pgdata:relative"));
+        assert!(!ok("volume", "a:/b:rx"));
+        assert!(ok("ssh-target", "deploy@203.0.113.10"));
+        assert!(ok("ssh-target", "deploy@203.0.113.10:2222"));
+        assert!(ok("ssh-target", "web-1"));
+        assert!(ok("ssh-target", "root@[2001:db8::1]:22"));
+        assert!(!ok("ssh-target", "@host"));
+        assert!(!ok("ssh-target", "deploy@host:ssh"));
+    }
+
+    #[test]
+    fn names() {
+        assert!(ok("name", "web"));
+        assert!(ok("name", "shop-api2"));
+        assert!(!ok("name", "Web"));
+        assert!(!ok("name", "2web"));
+        assert!(!ok("name", "web_api"));
+        assert!(ok("env-name", "DATABASE_URL"));
+        assert!(ok("env-name", "_x1"));
+        assert!(!ok("env-name", "1X"));
+        assert!(!ok("env-name", "DATABASE-URL"));
+    }
+}

@@ -1,0 +1,230 @@
+//! gantry.toml: the model, its JSON Schema, and a loader that reports every
+//! problem at once with file, line, column, key path and a hint.
+//!
+//! Loading runs in stages, each over the whole file: TOML syntax (with
+//! recovery), `${VAR}` interpolation, the schema (types, unknown keys,
+//! formats), then the checks that relate values to each other. A file that
+//! passes all of them resolves, per environment, into [`resolve::Environment`].
+//!
+//! This crate does no I/O beyond reading the file it is given and looking up
+//! the environment variables the file names.
+
+mod diagnostic;
+mod document;
+mod formats;
+pub mod model;
+pub mod resolve;
+mod schema;
+mod suggest;
+pub mod units;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+pub use diagnostic::{Diagnostic, Diagnostics, KeyPath, LineIndex, Problem, Segment};
+pub use resolve::{Environment, LOCAL};
+pub use schema::json_schema;
+
+use document::{Document, Finding};
+
+/// The file name Gantry looks for.
+pub const FILE_NAME: &str = "gantry.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no {FILE_NAME} in {dir}")]
+    NotFound { dir: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Diagnostics),
+    #[error("unknown environment `{name}`")]
+    UnknownEnvironment { name: String, known: Vec<String> },
+}
+
+impl Error {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::NotFound { .. } => Some(format!(
+                "run `gantry init` to create one, or pass --config PATH"
+            )),
+            Error::Read { .. } => None,
+            Error::Invalid(_) => None,
+            Error::UnknownEnvironment { name, known } => Some(
+                match suggest::did_you_mean(name, known.iter().map(String::as_str)) {
+                    Some(best) => format!("did you mean `{best}`?"),
+                    None => format!("environments are: {}", known.join(", ")),
+                },
+            ),
+        }
+    }
+}
+
+/// A gantry.toml that passed every check.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub file: model::File,
+}
+
+impl Config {
+    /// The project directory: where gantry.toml is.
+    pub fn project_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Every environment's name, `local` included.
+    pub fn environment_names(&self) -> Vec<String> {
+        resolve::environment_names(&self.file)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The environment as it will run, with overrides and defaults applied.
+    pub fn environment(&self, name: &str) -> Result<Environment, Error> {
+        let known = self.environment_names();
+        if !known.iter().any(|k| k == name) {
+            return Err(Error::UnknownEnvironment {
+                name: name.to_owned(),
+                known,
+            });
+        }
+        Ok(resolve::resolve(&self.file, name))
+    }
+}
+
+/// Finds gantry.toml: `explicit` if given (a file, or a directory holding one),
+/// else in `dir` or the nearest parent that has one.
+pub fn locate(explicit: Option<&Path>, dir: &Path) -> Result<PathBuf, Error> {
+    if let Some(path) = explicit {
+        return Ok(if path.is_dir() {
+            path.join(FILE_NAME)
+        } else {
+            path.to_owned()
+        });
+    }
+    dir.ancestors()
+        .map(|d| d.join(FILE_NAME))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::NotFound {
+            dir: dir.to_owned(),
+        })
+}
+
+/// Reads and checks a gantry.toml, interpolating from the process environment.
+pub fn load(path: &Path) -> Result<Config, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound {
+                dir: path.parent().unwrap_or(Path::new(".")).to_owned(),
+            }
+        } else {
+            Error::Read {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    })?;
+    let file = parse(&path.display().to_string(), &text, &|name| {
+        std::env::var(name).ok()
+    })?;
+    Ok(Config {
+        path: path.to_owned(),
+        file,
+    })
+}
+
+/// Checks gantry.toml text. `name` is how errors refer to the file; `vars`
+/// answers `${VAR}` lookups.
+pub fn parse(
+    name: &str,
+    text: &str,
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> Result<model::File, Error> {
+    let (doc, mut findings) = Document::parse(text, vars);
+    let syntax_ok = findings.iter().all(|f| f.problem != Problem::Syntax);
+    let mut file = None;
+    if syntax_ok {
+        findings.extend(schema::check(&doc));
+        // Set aside what is already known to be wrong, so the checks that relate
+        // values to each other still run over the rest and every error shows at once.
+        let pruned = prune(&doc.value, &findings);
+        if let Ok(parsed) = serde_json::from_value::<model::File>(pruned) {
+            let flagged: Vec<KeyPath> = findings.iter().map(|f| f.path.clone()).collect();
+            findings.extend(
+                validate::check(&parsed, &doc)
+                    .into_iter()
+                    .filter(|f| !flagged.contains(&f.path)),
+            );
+            file = Some(parsed);
+        }
+    }
+    match file {
+        Some(file) if findings.is_empty() => Ok(file),
+        _ => Err(Error::Invalid(diagnostics(name, text, findings))),
+    }
+}
+
+fn diagnostics(name: &str, text: &str, findings: Vec<Finding>) -> Diagnostics {
+    let lines = LineIndex::new(text);
+    let mut items: Vec<Diagnostic> = findings
+        .into_iter()
+        .map(|f| {
+            let (line, column) = lines.line_column(text, f.span.start);
+            Diagnostic {
+                code: f.problem.code(),
+                path: f.path,
+                file: name.to_owned(),
+                line,
+                column,
+                message: f.message,
+                hint: f.hint,
+                span: f.span,
+            }
+        })
+        .collect();
+    items.sort_by(|a, b| (a.line, a.column, &a.message).cmp(&(b.line, b.column, &b.message)));
+    Diagnostics {
+        file: name.to_owned(),
+        source: Arc::from(text),
+        items,
+    }
+}
+
+/// A copy of `value` without the values findings point at. An array element
+/// takes its whole array with it, so later indexes keep pointing at the source.
+fn prune(value: &Value, findings: &[Finding]) -> Value {
+    let mut value = value.clone();
+    for finding in findings {
+        let mut segments = finding.path.0.as_slice();
+        while let Some((Segment::Index(_), rest)) = segments.split_last() {
+            segments = rest;
+        }
+        let Some((Segment::Key(last), parents)) = segments.split_last() else {
+            continue;
+        };
+        if let Some(Value::Object(map)) = descend(&mut value, parents) {
+            map.remove(last);
+        }
+    }
+    value
+}
+
+fn descend<'v>(value: &'v mut Value, segments: &[Segment]) -> Option<&'v mut Value> {
+    segments.iter().try_fold(value, |node, segment| match (segment, node) {
+        (Segment::Key(k), Value::Object(map)) => map.get_mut(k),
+        (Segment::Index(i), Value::Array(items)) => items.get_mut(*i),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests;

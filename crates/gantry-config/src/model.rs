@@ -1,0 +1,254 @@
+//! The gantry.toml file as written. These types are the schema: `gantry schema`
+//! is generated from them, and the loader validates against that schema before
+//! deserializing, so a file that passes validation always deserializes.
+//!
+//! Every field is optional here; defaults are applied when an environment is
+//! resolved (see `resolve.rs`), so an environment overlay can use the same types.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::units::{Duration, Size};
+
+/// A gantry.toml file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "gantry.toml", rename = "GantryToml")]
+pub struct File {
+    /// The project: its name is used in URLs, unit names and state files.
+    pub project: Project,
+    /// The services of the project, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, Service>,
+    /// Environments, by name. `local` (this machine) exists even when not declared.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environments: BTreeMap<String, Environment>,
+    /// Hosts, by name. `local` (this machine) exists even when not declared.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, Host>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    /// Lowercase letters, digits and hyphens, like `shop`.
+    #[schemars(extend("format" = "name"))]
+    pub name: String,
+}
+
+/// One service. Exactly one of `run`, `image` or `static` says how it runs.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// A command run as a supervised process (the process driver), like `target/release/web`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// A container image run with Docker Compose (the compose driver), like `postgres:16`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A directory served as static files by the proxy (the static driver).
+    #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
+    pub static_dir: Option<String>,
+    /// A command run in the project directory before the artifact is taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
+    /// The path, relative to the project, that is shipped as the artifact (default: the project).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    /// A port name (the agent assigns a free port and sets `$PORT`) or a fixed port number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<Port>,
+    /// How to tell that an instance is ready and still well.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Host names, each with an optional path prefix, like `shop.example.com` or `example.com/api`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<Route>>,
+    /// How many instances run on each host (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub replicas: Option<NonZeroU32>,
+    /// Environment variables given to every instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Names of secrets injected as environment variables; values never appear in output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<SecretName>>,
+    /// Limits enforced with cgroups (process driver) or by Docker (compose driver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Services that must be deployed and healthy before this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<Vec<String>>,
+    /// Commands run around a deploy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<Migrate>,
+    /// Named volumes or host paths mounted into a container, like `pgdata:/var/lib/postgresql/data`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<Volume>>,
+    /// Scheduled backups of the service's volumes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Backup>,
+    /// How long a stopping instance gets after SIGTERM before SIGKILL (default 10s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<Duration>,
+    /// When an exited instance is started again (default `always`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<Restart>,
+}
+
+/// A port: a name such as `"http"` (assigned by the agent) or a fixed number.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Port {
+    Fixed(u16),
+    Named(String),
+}
+
+impl JsonSchema for Port {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Port".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // One schema node with two types, not an anyOf, so a wrong type gets one clear error.
+        schemars::json_schema!({
+            "type": ["string", "integer"],
+            "format": "port",
+            "description": "A port name such as \"http\" (the agent assigns a free port and sets $PORT), or a fixed port number from 1 to 65535.",
+        })
+    }
+}
+
+/// A health check: exactly one of `path` (HTTP), `tcp` or `command`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// HTTP GET on this path answers 2xx or 3xx.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "http-path"))]
+    pub path: Option<String>,
+    /// A TCP connection to the port succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<bool>,
+    /// A command run in the instance's environment exits 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Time between checks (default 1s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Time one check may take (default 2s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Failures in a row before the instance counts as unhealthy (default 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub retries: Option<NonZeroU32>,
+    /// Time after start during which failures do not count (default 0s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_period: Option<Duration>,
+}
+
+/// `host` or `host/path/prefix`; the host may start with `*.` to match subdomains.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Route(#[schemars(extend("format" = "route"))] pub String);
+
+/// An environment variable name: letters, digits and `_`, not starting with a digit.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct SecretName(#[schemars(extend("format" = "env-name"))] pub String);
+
+/// `source:target` or `source:target:ro`; the source is a volume name or an absolute path.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Volume(#[schemars(extend("format" = "volume"))] pub String);
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Memory limit, like "256M".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Size>,
+    /// CPU limit in cores, like 0.5.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.01, max = 1024.0))]
+    pub cpu: Option<f64>,
+    /// Limit on the number of processes and threads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub pids: Option<NonZeroU32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Migrate {
+    /// Run once before new instances start; a failure stops the deploy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre: Option<String>,
+    /// Run once after the new instances are live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Backup {
+    /// When to back up, in cron's five fields, like "0 3 * * *".
+    #[schemars(extend("format" = "cron"))]
+    pub schedule: String,
+    /// How many backups to keep (default 7).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep: Option<NonZeroU32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    /// Start again whenever the instance exits.
+    Always,
+    /// Start again only when it exits with an error or a signal.
+    OnFailure,
+    /// Never start again.
+    Never,
+}
+
+/// An environment: a set of hosts plus per-service overrides.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// The hosts of this environment, by name (see `[hosts]`; `local` is this machine).
+    #[schemars(length(min = 1))]
+    pub hosts: Vec<String>,
+    /// Overrides merged over `[services]` for this environment only, like `services.web.replicas = 3`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, Service>,
+}
+
+/// A host: reached over SSH, or made by a provider.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    /// `user@address` or `user@address:port`, or a name from ~/.ssh/config.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "ssh-target"))]
+    pub ssh: Option<String>,
+    /// Where the host comes from when it is not reached over SSH.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// This machine.
+    Local,
+    /// A Hetzner Cloud server.
+    Hetzner,
+    /// A DigitalOcean droplet.
+    Digitalocean,
+}

@@ -1,0 +1,351 @@
+//! An environment as it will run: the environment's overrides merged over
+//! `[services]`, defaults filled in, hosts looked up. Everything downstream
+//! (show, render, plan, deploy) reads this, never the raw file.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::model::{self, File, Port, Provider, Restart};
+use crate::units::{Duration, Size};
+
+/// The name of the implicit environment and host: this machine.
+pub const LOCAL: &str = "local";
+
+/// The defaults, in one place, so `show` and the docs agree with the runtime.
+pub mod defaults {
+    use super::{Duration, Restart};
+    pub const REPLICAS: u32 = 1;
+    pub const STOP_TIMEOUT: Duration = Duration::from_millis(10_000);
+    pub const RESTART: Restart = Restart::Always;
+    pub const HEALTH_INTERVAL: Duration = Duration::from_millis(1_000);
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(2_000);
+    pub const HEALTH_RETRIES: u32 = 3;
+    pub const HEALTH_START_PERIOD: Duration = Duration::from_millis(0);
+    pub const BACKUP_KEEP: u32 = 7;
+}
+
+/// The services of one environment, with its overrides applied, still as written.
+pub(crate) fn merged_services(file: &File, environment: &str) -> BTreeMap<String, model::Service> {
+    let overlay = file.environments.get(environment);
+    file.services
+        .iter()
+        .map(|(name, base)| {
+            let merged = match overlay.and_then(|e| e.services.get(name)) {
+                Some(over) => overlay_service(base, over),
+                None => base.clone(),
+            };
+            (name.clone(), merged)
+        })
+        .collect()
+}
+
+/// Merges `over` onto `base`: tables merge key by key, anything else is replaced.
+pub(crate) fn overlay_service(base: &model::Service, over: &model::Service) -> model::Service {
+    let (Ok(mut merged), Ok(over)) = (serde_json::to_value(base), serde_json::to_value(over)) else {
+        return base.clone();
+    };
+    deep_merge(&mut merged, over);
+    serde_json::from_value(merged).unwrap_or_else(|_| base.clone())
+}
+
+fn deep_merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(existing) => deep_merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+/// One environment, ready to plan and deploy.
+#[derive(Clone, Debug, Serialize)]
+pub struct Environment {
+    pub project: String,
+    pub name: String,
+    pub hosts: Vec<Host>,
+    pub services: BTreeMap<String, Service>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Host {
+    pub name: String,
+    #[serde(flatten)]
+    pub reach: Reach,
+}
+
+/// How a host is reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "transport", rename_all = "snake_case")]
+pub enum Reach {
+    /// This machine, directly.
+    Local,
+    /// Over SSH, with the user's own OpenSSH client and config.
+    Ssh { target: String },
+    /// A machine a cloud provider creates; reached over SSH once it exists.
+    Provider { provider: Provider },
+}
+
+/// How a service runs: which driver takes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "driver", rename_all = "snake_case")]
+pub enum Workload {
+    /// A supervised process.
+    Process { run: String },
+    /// A container run with Docker Compose.
+    Compose { image: String },
+    /// A directory served by the proxy.
+    Static { dir: String },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Service {
+    pub name: String,
+    #[serde(flatten)]
+    pub workload: Workload,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<Port>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    pub routes: Vec<Route>,
+    pub replicas: u32,
+    pub env: BTreeMap<String, String>,
+    /// Names only: values are looked up at deploy time and never stored here.
+    pub secrets: Vec<String>,
+    pub resources: Resources,
+    pub depends_on: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<model::Migrate>,
+    pub volumes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Backup>,
+    pub stop_timeout: Duration,
+    pub restart: Restart,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Check {
+    Http { path: String },
+    Tcp,
+    Command { command: String },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Health {
+    #[serde(flatten)]
+    pub check: Check,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub start_period: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Route {
+    /// Lowercase host name; may start with `*.`.
+    pub host: String,
+    /// Path prefix starting with `/`; `/` when the route has none.
+    pub path: String,
+}
+
+impl Route {
+    pub fn parse(text: &str) -> Route {
+        let text = text.trim();
+        let (host, path) = match text.find('/') {
+            Some(i) => (&text[..i], &text[i..]),
+            None => (text, "/"),
+        };
+        let path = match path.trim_end_matches('/') {
+            "" => "/",
+            trimmed => trimmed,
+        };
+        Route {
+            host: host.to_ascii_lowercase(),
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.path.as_str() {
+            "/" => f.write_str(&self.host),
+            path => write!(f, "{}{path}", self.host),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Resources {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Size>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Backup {
+    pub schedule: String,
+    pub keep: u32,
+}
+
+impl Service {
+    /// Applies defaults to a service that passed validation.
+    pub(crate) fn resolve(name: &str, s: &model::Service) -> Service {
+        let workload = match (&s.run, &s.image, &s.static_dir) {
+            (Some(run), _, _) => Workload::Process { run: run.clone() },
+            (None, Some(image), _) => Workload::Compose {
+                image: image.clone(),
+            },
+            (None, None, dir) => Workload::Static {
+                dir: dir.clone().unwrap_or_default(),
+            },
+        };
+        let health = s.health.as_ref().map(|h| Health {
+            check: match (&h.path, h.tcp, &h.command) {
+                (Some(path), _, _) => Check::Http { path: path.clone() },
+                (None, Some(true), _) => Check::Tcp,
+                (None, _, command) => Check::Command {
+                    command: command.clone().unwrap_or_default(),
+                },
+            },
+            interval: h.interval.unwrap_or(defaults::HEALTH_INTERVAL),
+            timeout: h.timeout.unwrap_or(defaults::HEALTH_TIMEOUT),
+            retries: h.retries.map_or(defaults::HEALTH_RETRIES, |r| r.get()),
+            start_period: h.start_period.unwrap_or(defaults::HEALTH_START_PERIOD),
+        });
+        let resources = s.resources.clone().unwrap_or_default();
+        Service {
+            name: name.to_owned(),
+            workload,
+            build: s.build.clone(),
+            artifact: s.artifact.clone(),
+            port: s.port.clone(),
+            health,
+            routes: s
+                .routes
+                .iter()
+                .flatten()
+                .map(|r| Route::parse(&r.0))
+                .collect(),
+            replicas: s.replicas.map_or(defaults::REPLICAS, |r| r.get()),
+            env: s.env.clone().unwrap_or_default(),
+            secrets: s.secrets.iter().flatten().map(|n| n.0.clone()).collect(),
+            resources: Resources {
+                memory: resources.memory,
+                cpu: resources.cpu,
+                pids: resources.pids.map(|p| p.get()),
+            },
+            depends_on: s.depends_on.clone().unwrap_or_default(),
+            migrate: s.migrate.clone(),
+            volumes: s.volumes.iter().flatten().map(|v| v.0.clone()).collect(),
+            backup: s.backup.as_ref().map(|b| Backup {
+                schedule: b.schedule.clone(),
+                keep: b.keep.map_or(defaults::BACKUP_KEEP, |k| k.get()),
+            }),
+            stop_timeout: s.stop_timeout.unwrap_or(defaults::STOP_TIMEOUT),
+            restart: s.restart.unwrap_or(defaults::RESTART),
+        }
+    }
+}
+
+impl Environment {
+    /// Services in an order where each comes after everything it depends on;
+    /// ties are broken by name so the order is stable.
+    pub fn deploy_order(&self) -> Vec<&Service> {
+        let mut placed: Vec<&Service> = Vec::with_capacity(self.services.len());
+        let mut done = std::collections::BTreeSet::new();
+        while placed.len() < self.services.len() {
+            let before = placed.len();
+            for service in self.services.values() {
+                if !done.contains(service.name.as_str())
+                    && service
+                        .depends_on
+                        .iter()
+                        .all(|d| done.contains(d.as_str()) || !self.services.contains_key(d))
+                {
+                    done.insert(service.name.as_str());
+                    placed.push(service);
+                }
+            }
+            if placed.len() == before {
+                // A cycle: validation rejects these, so this only guards against looping.
+                break;
+            }
+        }
+        placed
+    }
+}
+
+pub(crate) fn resolve_host(file: &File, name: &str) -> Host {
+    let reach = match file.hosts.get(name) {
+        Some(model::Host { ssh: Some(target), .. }) => Reach::Ssh {
+            target: target.clone(),
+        },
+        Some(model::Host {
+            provider: Some(provider),
+            ..
+        }) if *provider != Provider::Local => Reach::Provider {
+            provider: *provider,
+        },
+        _ => Reach::Local,
+    };
+    Host {
+        name: name.to_owned(),
+        reach,
+    }
+}
+
+/// The names of every environment: the declared ones, plus `local`.
+pub(crate) fn environment_names(file: &File) -> Vec<&str> {
+    let mut names: Vec<&str> = file.environments.keys().map(String::as_str).collect();
+    if !file.environments.contains_key(LOCAL) {
+        names.push(LOCAL);
+    }
+    names.sort_unstable();
+    names
+}
+
+pub(crate) fn resolve(file: &File, environment: &str) -> Environment {
+    let hosts = match file.environments.get(environment) {
+        Some(env) => env.hosts.iter().map(|h| resolve_host(file, h)).collect(),
+        None => vec![resolve_host(file, LOCAL)],
+    };
+    Environment {
+        project: file.project.name.clone(),
+        name: environment.to_owned(),
+        hosts,
+        services: merged_services(file, environment)
+            .iter()
+            .map(|(name, s)| (name.clone(), Service::resolve(name, s)))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_normalize() {
+        assert_eq!(Route::parse("Shop.Example.com").to_string(), "shop.example.com");
+        let api = Route::parse("example.com/api/");
+        assert_eq!((api.host.as_str(), api.path.as_str()), ("example.com", "/api"));
+        assert_eq!(Route::parse("example.com/").path, "/");
+    }
+}

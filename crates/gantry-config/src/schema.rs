@@ -1,0 +1,352 @@
+//! The JSON Schema of gantry.toml, generated from the model in `model.rs`, and
+//! the structural check that runs it over a document: unknown keys, wrong
+//! types, missing keys, out-of-range numbers and malformed strings, all at
+//! once, each turned into a message that names the key and what to write.
+
+use std::sync::OnceLock;
+
+use jsonschema::error::ValidationErrorKind;
+use serde_json::Value;
+
+use crate::diagnostic::{KeyPath, Problem, Segment};
+use crate::document::{Document, Finding};
+use crate::formats::{self, FORMATS};
+use crate::model::File;
+use crate::suggest::did_you_mean;
+
+/// The JSON Schema of gantry.toml (draft 2020-12).
+pub fn json_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let mut schema = schemars::schema_for!(File).to_value();
+        drop_null(&mut schema);
+        schema
+    })
+}
+
+/// TOML has no null, so `Option<T>` fields are simply optional: remove the
+/// `null` alternatives schemars adds, which would only blur error messages.
+fn drop_null(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Array(types)) = map.get_mut("type") {
+                types.retain(|t| t != "null");
+                if let [single] = types.as_slice() {
+                    let single = single.clone();
+                    map.insert("type".into(), single);
+                }
+            }
+            if let Some(Value::Array(branches)) = map.get_mut("anyOf") {
+                branches.retain(|b| b.get("type").is_none_or(|t| t != "null"));
+                if branches.len() == 1 {
+                    if let Some(Value::Object(branch)) = branches.pop() {
+                        map.remove("anyOf");
+                        for (k, v) in branch {
+                            map.entry(k).or_insert(v);
+                        }
+                    }
+                }
+            }
+            map.values_mut().for_each(drop_null);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_null),
+        _ => {}
+    }
+}
+
+fn validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        let mut options = jsonschema::options().should_validate_formats(true);
+        for format in FORMATS {
+            let check = format.check;
+            options = options.with_format(format.name, move |s: &str| check(s).is_ok());
+        }
+        // The schema is generated from our own types; failing to compile it is a bug
+        // that every test would catch at once.
+        #[allow(clippy::expect_used)]
+        options
+            .build(json_schema())
+            .expect("the generated schema compiles")
+    })
+}
+
+/// The schema node that describes the value at `path`, following `$ref`s.
+pub fn node_at<'a>(path: &KeyPath) -> Option<&'a Value> {
+    let root = json_schema();
+    let mut node = resolve(root, root)?;
+    for segment in &path.0 {
+        node = match segment {
+            Segment::Key(key) => node
+                .get("properties")
+                .and_then(|p| p.get(key))
+                .or_else(|| node.get("additionalProperties").filter(|a| a.is_object()))?,
+            Segment::Index(_) => node.get("items")?,
+        };
+        node = resolve(root, node)?;
+    }
+    Some(node)
+}
+
+fn resolve<'a>(root: &'a Value, node: &'a Value) -> Option<&'a Value> {
+    match node.get("$ref").and_then(Value::as_str) {
+        Some(reference) => root.pointer(reference.strip_prefix('#')?),
+        None => Some(node),
+    }
+}
+
+/// Checks the document against the schema, returning every problem found.
+pub fn check(document: &Document) -> Vec<Finding> {
+    let mut findings: Vec<Finding> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for error in validator().iter_errors(&document.value) {
+        let path = KeyPath::from_pointer(error.instance_path().as_str());
+        let instance = error.instance();
+        for finding in describe(document, &path, instance, error.kind()) {
+            // Some values break two keywords at once (a format and its pattern, a
+            // minimum and a `not`): one message per path and problem is enough.
+            if seen.insert((finding.path.clone(), finding.problem)) {
+                findings.push(finding);
+            }
+        }
+    }
+    findings
+}
+
+fn describe(
+    document: &Document,
+    path: &KeyPath,
+    instance: &Value,
+    kind: &ValidationErrorKind,
+) -> Vec<Finding> {
+    let node = node_at(path);
+    let value_finding = |problem, message: String, hint: Option<String>| Finding {
+        problem,
+        path: path.clone(),
+        span: document.value_span(path),
+        message,
+        hint,
+    };
+    let finding = match kind {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let known: Vec<&str> = node
+                .and_then(|n| n.get("properties"))
+                .and_then(Value::as_object)
+                .map(|p| p.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            return unexpected
+                .iter()
+                .map(|key| {
+                    let child = path.key(key);
+                    let place = if path.0.is_empty() {
+                        "at the top level".to_owned()
+                    } else {
+                        format!("in `{path}`")
+                    };
+                    Finding {
+                        problem: Problem::UnknownKey,
+                        span: document.key_span(&child),
+                        path: child,
+                        message: format!("unknown key `{key}` {place}"),
+                        hint: Some(match did_you_mean(key, known.iter().copied()) {
+                            Some(best) => format!("did you mean `{best}`?"),
+                            None => format!("expected one of: {}", known.join(", ")),
+                        }),
+                    }
+                })
+                .collect();
+        }
+        ValidationErrorKind::Required { property } => {
+            let key = property.as_str().unwrap_or_default();
+            let what = if path.0.is_empty() {
+                format!("missing `[{key}]`")
+            } else {
+                format!("missing key `{key}` in `{path}`")
+            };
+            let about = node_at(&path.key(key))
+                .and_then(|n| n.get("description"))
+                .and_then(Value::as_str)
+                .map(|d| format!("add `{key}`: {}", lowercase_first(d)));
+            value_finding(Problem::MissingKey, what, about)
+        }
+        ValidationErrorKind::Type { .. } => {
+            let expected = node.map_or_else(|| "another type".to_owned(), expected_type);
+            value_finding(
+                Problem::WrongType,
+                format!("expected {expected}, found {}", describe_value(instance)),
+                node.and_then(|n| n.get("description"))
+                    .and_then(Value::as_str)
+                    .map(|d| format!("`{}`: {}", last_key(path), lowercase_first(d))),
+            )
+        }
+        ValidationErrorKind::Enum { options } => {
+            let options: Vec<&str> = options
+                .as_array()
+                .map(|o| o.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let given = instance.as_str().unwrap_or_default();
+            value_finding(
+                Problem::InvalidValue,
+                format!("`{given}` is not one of: {}", options.join(", ")),
+                did_you_mean(given, options.iter().copied()).map(|b| format!("did you mean `{b}`?")),
+            )
+        }
+        ValidationErrorKind::Format { format } => {
+            let text = instance.as_str().unwrap_or_default();
+            let Some(format) = formats::find(format) else {
+                return Vec::new();
+            };
+            let reason = (format.check)(text).err().unwrap_or_default();
+            value_finding(
+                Problem::InvalidValue,
+                format!("invalid {}: {reason}", format_noun(format.name)),
+                Some(format.hint.to_owned()),
+            )
+        }
+        // Our string types carry a format whose check says more than the pattern,
+        // which is there for editors; the format's error is reported instead.
+        ValidationErrorKind::Pattern { .. }
+            if node
+                .and_then(|n| n.get("format"))
+                .and_then(Value::as_str)
+                .is_some_and(|f| formats::find(f).is_some()) =>
+        {
+            return Vec::new();
+        }
+        ValidationErrorKind::Minimum { limit } | ValidationErrorKind::ExclusiveMinimum { limit } => {
+            value_finding(
+                Problem::InvalidValue,
+                format!("`{}` must be at least {limit}, found {instance}", last_key(path)),
+                None,
+            )
+        }
+        ValidationErrorKind::Not { .. } => value_finding(
+            Problem::InvalidValue,
+            format!("`{}` cannot be {instance}", last_key(path)),
+            None,
+        ),
+        ValidationErrorKind::Maximum { limit } | ValidationErrorKind::ExclusiveMaximum { limit } => {
+            value_finding(
+                Problem::InvalidValue,
+                format!("`{}` must be at most {limit}, found {instance}", last_key(path)),
+                None,
+            )
+        }
+        ValidationErrorKind::MinItems { limit } => value_finding(
+            Problem::InvalidValue,
+            format!("`{}` needs at least {limit} item{}", last_key(path), plural(*limit)),
+            None,
+        ),
+        other => value_finding(
+            Problem::InvalidValue,
+            format!("invalid value at `{path}` ({})", other.keyword()),
+            None,
+        ),
+    };
+    vec![finding]
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn last_key(path: &KeyPath) -> String {
+    match path.0.last() {
+        Some(Segment::Key(key)) => key.clone(),
+        Some(Segment::Index(_)) => path.to_string(),
+        None => "the file".to_owned(),
+    }
+}
+
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    let text = match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    };
+    text.trim_end_matches('.').to_owned()
+}
+
+fn format_noun(format: &str) -> &str {
+    match format {
+        "env-name" => "environment variable name",
+        "http-path" => "path",
+        "ssh-target" => "SSH address",
+        "cron" => "schedule",
+        other => other,
+    }
+}
+
+/// "a string", "an integer or a string", "a table", "one of: always, never".
+fn expected_type(node: &Value) -> String {
+    if let Some(format) = node.get("format").and_then(Value::as_str) {
+        if formats::find(format).is_some() && node.get("type") == Some(&Value::from("string")) {
+            return format!("a {} string", format_noun(format));
+        }
+    }
+    if let Some(options) = node.get("enum").and_then(Value::as_array) {
+        let options: Vec<&str> = options.iter().filter_map(Value::as_str).collect();
+        return format!("one of: {}", options.join(", "));
+    }
+    if let Some(branches) = node.get("oneOf").and_then(Value::as_array) {
+        let options: Vec<&str> = branches
+            .iter()
+            .filter_map(|b| b.get("const").and_then(Value::as_str))
+            .collect();
+        if !options.is_empty() {
+            return format!("one of: {}", options.join(", "));
+        }
+    }
+    let types: Vec<&str> = match node.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => return "another type".to_owned(),
+    };
+    types
+        .iter()
+        .map(|t| match *t {
+            "object" => "a table",
+            "array" => "an array",
+            "string" => "a string",
+            "integer" => "an integer",
+            "number" => "a number",
+            "boolean" => "true or false",
+            _ => "another type",
+        })
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+fn describe_value(value: &Value) -> String {
+    match value {
+        Value::Object(_) => "a table".to_owned(),
+        Value::Array(_) => "an array".to_owned(),
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Number(n) if n.is_f64() => format!("the number {n}"),
+        Value::Number(n) => format!("the integer {n}"),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Null => "nothing".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_has_no_null_types() {
+        let text = json_schema().to_string();
+        assert!(!text.contains("\"null\""), "{text}");
+    }
+
+    #[test]
+    fn node_at_follows_refs() {
+        let node = node_at(&KeyPath::of(["services", "web", "health", "interval"]))
+            .expect("interval is in the schema");
+        assert_eq!(node["format"], "duration");
+        let env_override =
+            node_at(&KeyPath::of(["environments", "prod", "services", "web", "replicas"]))
+                .expect("overrides use the service schema");
+        assert_eq!(env_override["minimum"], 1);
+    }
+}

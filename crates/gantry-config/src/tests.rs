@@ -1,0 +1,99 @@
+use super::*;
+
+fn no_vars(_: &str) -> Option<String> {
+    None
+}
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    match parse("gantry.toml", text, &no_vars) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(Error::Invalid(d)) => d.items,
+        Err(other) => panic!("unexpected error {other}"),
+    }
+}
+
+#[test]
+fn minimal_file_resolves_to_local() {
+    let text = "[project]\nname = \"shop\"\n[services.web]\nrun = \"./web\"\nport = \"http\"\n";
+    let file = parse("gantry.toml", text, &no_vars).expect("valid");
+    let config = Config {
+        path: "gantry.toml".into(),
+        file,
+    };
+    let env = config.environment(LOCAL).expect("local exists");
+    assert_eq!(env.hosts.len(), 1);
+    assert_eq!(env.hosts[0].reach, resolve::Reach::Local);
+    let web = &env.services["web"];
+    assert_eq!(web.replicas, 1);
+    assert_eq!(web.stop_timeout.to_string(), "10s");
+    assert!(matches!(config.environment("prod"), Err(Error::UnknownEnvironment { .. })));
+}
+
+#[test]
+fn overlays_merge_tables_and_replace_values() {
+    let text = r#"
+[project]
+name = "shop"
+[services.web]
+run = "./web"
+port = "http"
+env = { A = "1", B = "2" }
+[environments.prod]
+hosts = ["web-1"]
+services.web.replicas = 3
+services.web.env = { B = "20" }
+[hosts.web-1]
+ssh = "deploy@203.0.113.10"
+"#;
+    let file = parse("gantry.toml", text, &no_vars).expect("valid");
+    let prod = resolve::resolve(&file, "prod");
+    let web = &prod.services["web"];
+    assert_eq!(web.replicas, 3);
+    assert_eq!(web.env["A"], "1");
+    assert_eq!(web.env["B"], "20");
+    assert_eq!(prod.hosts[0].name, "web-1");
+    let local = resolve::resolve(&file, LOCAL);
+    assert_eq!(local.services["web"].replicas, 1, "overrides stay in their environment");
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let text = r#"
+[project]
+name = "shop"
+[services.web]
+run = "./web"
+helth = { path = "/" }
+replicas = 0
+depends_on = ["dbb"]
+"#;
+    let found = errors(text);
+    let codes: Vec<&str> = found.iter().map(|d| d.code).collect();
+    assert_eq!(
+        codes,
+        ["config.unknown_key", "config.invalid_value", "config.unknown_reference"],
+        "{found:#?}"
+    );
+    assert_eq!((found[0].line, found[0].column), (6, 1));
+    assert_eq!(found[0].hint.as_deref(), Some("did you mean `health`?"));
+}
+
+#[test]
+fn deploy_order_puts_dependencies_first() {
+    let text = r#"
+[project]
+name = "shop"
+[services.web]
+run = "./web"
+depends_on = ["api"]
+[services.api]
+run = "./api"
+depends_on = ["db"]
+[services.db]
+image = "postgres:16"
+"#;
+    let file = parse("gantry.toml", text, &no_vars).expect("valid");
+    let env = resolve::resolve(&file, LOCAL);
+    let order: Vec<&str> = env.deploy_order().iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(order, ["db", "api", "web"]);
+}

@@ -1,0 +1,448 @@
+//! Checks that need more than one value at a time: references between
+//! services, hosts and environments, dependency cycles, routes claimed twice,
+//! and keys that only make sense together. They run on the typed file, once
+//! for the base services and once for each environment's merged view, so an
+//! override that breaks a service is caught and pointed at.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::diagnostic::{KeyPath, Problem};
+use crate::document::{Document, Finding};
+use crate::formats::{check_env_name, check_name};
+use crate::model::{File, Port, Service};
+use crate::resolve::{self, Route};
+use crate::suggest::did_you_mean;
+
+struct Checker<'a> {
+    doc: &'a Document,
+    findings: Vec<Finding>,
+    seen: HashSet<(KeyPath, String)>,
+}
+
+impl Checker<'_> {
+    fn push(&mut self, problem: Problem, path: KeyPath, at_key: bool, message: String, hint: Option<String>) {
+        if !self.seen.insert((path.clone(), message.clone())) {
+            return;
+        }
+        let span = if at_key {
+            self.doc.key_span(&path)
+        } else {
+            self.doc.value_span(&path)
+        };
+        self.findings.push(Finding {
+            problem,
+            path,
+            span,
+            message,
+            hint,
+        });
+    }
+}
+
+pub fn check(file: &File, doc: &Document) -> Vec<Finding> {
+    let mut c = Checker {
+        doc,
+        findings: Vec::new(),
+        seen: HashSet::new(),
+    };
+    check_names(&mut c, file);
+    check_hosts(&mut c, file);
+    check_environments(&mut c, file);
+    check_dependencies(&mut c, file);
+
+    for env in resolve::environment_names(file) {
+        let merged = resolve::merged_services(file, env);
+        // A path inside a merged service points at the override when the override set it.
+        let locate = |service: &str, rel: &[&str]| -> KeyPath {
+            let over = KeyPath::of(["environments", env, "services", service].into_iter().chain(rel.iter().copied()));
+            if doc.contains(&over) {
+                over
+            } else {
+                KeyPath::of(["services", service].into_iter().chain(rel.iter().copied()))
+            }
+        };
+        for (name, service) in &merged {
+            check_service(&mut c, name, service, &locate);
+        }
+        check_routes(&mut c, &merged, &locate);
+    }
+    c.findings
+}
+
+fn check_names(c: &mut Checker<'_>, file: &File) {
+    let tables = [
+        ("services", file.services.keys().collect::<Vec<_>>()),
+        ("hosts", file.hosts.keys().collect()),
+        ("environments", file.environments.keys().collect()),
+    ];
+    for (table, names) in tables {
+        for name in names {
+            if let Err(reason) = check_name(name) {
+                c.push(
+                    Problem::InvalidValue,
+                    KeyPath::of([table, name.as_str()]),
+                    true,
+                    format!("invalid name: {reason}"),
+                    Some("use lowercase letters, digits and hyphens, starting with a letter; names become host names like web.shop.localhost".to_owned()),
+                );
+            }
+        }
+    }
+}
+
+fn check_hosts(c: &mut Checker<'_>, file: &File) {
+    for (name, host) in &file.hosts {
+        let path = KeyPath::of(["hosts", name.as_str()]);
+        match (&host.ssh, &host.provider) {
+            (None, None) => c.push(
+                Problem::Conflict,
+                path,
+                true,
+                format!("host `{name}` has neither `ssh` nor `provider`"),
+                Some("add ssh = \"user@address\" for a server you have, or provider = \"hetzner\" for one to create".to_owned()),
+            ),
+            (Some(_), Some(_)) => c.push(
+                Problem::Conflict,
+                path.key("provider"),
+                true,
+                format!("host `{name}` has both `ssh` and `provider`"),
+                Some("keep `ssh` for a server you have, or `provider` for one Gantry creates".to_owned()),
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn check_environments(c: &mut Checker<'_>, file: &File) {
+    let known_hosts: Vec<&str> = file
+        .hosts
+        .keys()
+        .map(String::as_str)
+        .chain((!file.hosts.contains_key(resolve::LOCAL)).then_some(resolve::LOCAL))
+        .collect();
+    for (env_name, env) in &file.environments {
+        let base = KeyPath::of(["environments", env_name.as_str()]);
+        let mut listed = HashSet::new();
+        for (i, host) in env.hosts.iter().enumerate() {
+            let path = base.key("hosts").index(i);
+            if !known_hosts.contains(&host.as_str()) {
+                let hint = match did_you_mean(host, known_hosts.iter().copied()) {
+                    Some(best) => format!("did you mean `{best}`? Hosts are declared as [hosts.{host}]"),
+                    None => format!("declare it as [hosts.{host}] with ssh = \"user@address\", or use `local`"),
+                };
+                c.push(
+                    Problem::UnknownReference,
+                    path,
+                    false,
+                    format!("environment `{env_name}` names unknown host `{host}`"),
+                    Some(hint),
+                );
+            } else if !listed.insert(host) {
+                c.push(
+                    Problem::Conflict,
+                    path,
+                    false,
+                    format!("host `{host}` is listed twice in environment `{env_name}`"),
+                    None,
+                );
+            }
+        }
+        for name in env.services.keys() {
+            if !file.services.contains_key(name) {
+                let hint = match did_you_mean(name, file.services.keys().map(String::as_str)) {
+                    Some(best) => format!("did you mean `{best}`?"),
+                    None => "an environment can only override services declared under [services]".to_owned(),
+                };
+                c.push(
+                    Problem::UnknownReference,
+                    base.key("services").key(name),
+                    true,
+                    format!("environment `{env_name}` overrides unknown service `{name}`"),
+                    Some(hint),
+                );
+            }
+        }
+    }
+}
+
+fn check_dependencies(c: &mut Checker<'_>, file: &File) {
+    let deps = |name: &str| -> Vec<&str> {
+        file.services
+            .get(name)
+            .and_then(|s| s.depends_on.as_ref())
+            .map(|d| d.iter().map(String::as_str).collect())
+            .unwrap_or_default()
+    };
+    for (name, service) in &file.services {
+        for (i, dep) in service.depends_on.iter().flatten().enumerate() {
+            if !file.services.contains_key(dep) {
+                let hint = match did_you_mean(dep, file.services.keys().map(String::as_str)) {
+                    Some(best) => format!("did you mean `{best}`?"),
+                    None => format!(
+                        "declared services are: {}",
+                        file.services.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                c.push(
+                    Problem::UnknownReference,
+                    KeyPath::of(["services", name.as_str(), "depends_on"]).index(i),
+                    false,
+                    format!("service `{name}` depends on unknown service `{dep}`"),
+                    Some(hint),
+                );
+            }
+        }
+    }
+
+    // Depth-first search; a back edge closes a cycle. Each cycle is reported once,
+    // at the dependency that closes it, starting from its first service by name.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Visiting,
+        Done,
+    }
+    let mut marks: BTreeMap<&str, Mark> = BTreeMap::new();
+    let mut reported: HashSet<Vec<&str>> = HashSet::new();
+    fn visit<'f>(
+        name: &'f str,
+        deps: &dyn Fn(&str) -> Vec<&'f str>,
+        marks: &mut BTreeMap<&'f str, Mark>,
+        stack: &mut Vec<&'f str>,
+        cycles: &mut Vec<Vec<&'f str>>,
+    ) {
+        marks.insert(name, Mark::Visiting);
+        stack.push(name);
+        for dep in deps(name) {
+            match marks.get(dep) {
+                Some(Mark::Visiting) => {
+                    let start = stack.iter().position(|s| *s == dep).unwrap_or(0);
+                    cycles.push(stack[start..].to_vec());
+                }
+                Some(Mark::Done) => {}
+                None => visit(dep, deps, marks, stack, cycles),
+            }
+        }
+        stack.pop();
+        marks.insert(name, Mark::Done);
+    }
+    let mut cycles = Vec::new();
+    for name in file.services.keys() {
+        if !marks.contains_key(name.as_str()) {
+            visit(name, &deps, &mut marks, &mut Vec::new(), &mut cycles);
+        }
+    }
+    for mut cycle in cycles {
+        cycle.retain(|s| file.services.contains_key(*s));
+        let Some(first) = cycle.iter().enumerate().min_by_key(|(_, s)| **s).map(|(i, _)| i) else {
+            continue;
+        };
+        cycle.rotate_left(first);
+        if !reported.insert(cycle.clone()) {
+            continue;
+        }
+        let from = cycle[0];
+        let to = cycle[1 % cycle.len()];
+        let index = deps(from).iter().position(|d| *d == to).unwrap_or(0);
+        let shown: Vec<&str> = cycle.iter().copied().chain(std::iter::once(from)).collect();
+        c.push(
+            Problem::Cycle,
+            KeyPath::of(["services", from, "depends_on"]).index(index),
+            false,
+            format!("dependency cycle: {}", shown.join(" → ")),
+            Some("remove one of these depends_on entries so the services can start in order".to_owned()),
+        );
+    }
+}
+
+fn check_service(
+    c: &mut Checker<'_>,
+    name: &str,
+    s: &Service,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    let kinds: Vec<&str> = [
+        ("run", s.run.is_some()),
+        ("image", s.image.is_some()),
+        ("static", s.static_dir.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    match kinds.as_slice() {
+        [] => c.push(
+            Problem::Conflict,
+            locate(name, &[]),
+            true,
+            format!("service `{name}` has none of `run`, `image` or `static`"),
+            Some("add run = \"command\" for a process, image = \"name:tag\" for a container, or static = \"dir\" for files".to_owned()),
+        ),
+        [_] => {}
+        [first, second, ..] => c.push(
+            Problem::Conflict,
+            locate(name, &[second]),
+            true,
+            format!("service `{name}` has both `{first}` and `{second}`"),
+            Some("a service runs one way: keep one of `run`, `image` or `static`".to_owned()),
+        ),
+    }
+    let is_static = s.static_dir.is_some() && kinds.len() == 1;
+    let is_image = s.image.is_some() && kinds.len() == 1;
+
+    if s.port.is_none() && !is_static {
+        if s.routes.as_ref().is_some_and(|r| !r.is_empty()) {
+            c.push(
+                Problem::MissingKey,
+                locate(name, &["routes"]),
+                true,
+                format!("service `{name}` has routes but no `port` to send them to"),
+                Some("add port = \"http\" and listen on $PORT".to_owned()),
+            );
+        }
+        if let Some(health) = &s.health {
+            if health.path.is_some() || health.tcp == Some(true) {
+                c.push(
+                    Problem::MissingKey,
+                    locate(name, &["health"]),
+                    true,
+                    format!("service `{name}` has an HTTP or TCP health check but no `port`"),
+                    Some("add port = \"http\", or check with command = \"...\"".to_owned()),
+                );
+            }
+        }
+    }
+
+    if let (Some(Port::Fixed(port)), Some(replicas)) = (&s.port, s.replicas) {
+        if replicas.get() > 1 && !is_image {
+            c.push(
+                Problem::Conflict,
+                locate(name, &["port"]),
+                false,
+                format!("{replicas} replicas of `{name}` cannot all listen on fixed port {port}"),
+                Some("use a named port like port = \"http\" so each instance gets its own $PORT".to_owned()),
+            );
+        }
+    }
+
+    if let Some(health) = &s.health {
+        let checks: Vec<&str> = [
+            ("path", health.path.is_some()),
+            ("tcp", health.tcp == Some(true)),
+            ("command", health.command.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        match checks.as_slice() {
+            [] => c.push(
+                Problem::MissingKey,
+                locate(name, &["health"]),
+                true,
+                format!("the health check of `{name}` checks nothing"),
+                Some("add path = \"/healthz\" (HTTP), tcp = true, or command = \"...\"".to_owned()),
+            ),
+            [_] => {}
+            [first, second, ..] => c.push(
+                Problem::Conflict,
+                locate(name, &["health", second]),
+                true,
+                format!("the health check of `{name}` has both `{first}` and `{second}`"),
+                Some("a health check is one of path (HTTP), tcp or command".to_owned()),
+            ),
+        }
+    }
+
+    let secrets: HashSet<&str> = s.secrets.iter().flatten().map(|n| n.0.as_str()).collect();
+    for key in s.env.iter().flatten().map(|(k, _)| k) {
+        if let Err(reason) = check_env_name(key) {
+            c.push(
+                Problem::InvalidValue,
+                locate(name, &["env", key]),
+                true,
+                reason,
+                Some("use letters, digits and underscores, not starting with a digit".to_owned()),
+            );
+        } else if secrets.contains(key.as_str()) {
+            c.push(
+                Problem::Conflict,
+                locate(name, &["env", key]),
+                true,
+                format!("`{key}` is both an env variable and a secret of `{name}`"),
+                Some("keep secret values out of gantry.toml: remove it from env".to_owned()),
+            );
+        }
+    }
+
+    let not_for = |what: &str| {
+        if is_static {
+            Some(format!("static services are files served by the proxy; `{what}` does not apply"))
+        } else {
+            None
+        }
+    };
+    for (key, set) in [
+        ("resources", s.resources.is_some()),
+        ("migrate", s.migrate.is_some()),
+        ("replicas", s.replicas.is_some()),
+    ] {
+        if let (true, Some(hint)) = (set, not_for(key)) {
+            c.push(
+                Problem::Conflict,
+                locate(name, &[key]),
+                true,
+                format!("static service `{name}` cannot have `{key}`"),
+                Some(hint),
+            );
+        }
+    }
+    if s.volumes.as_ref().is_some_and(|v| !v.is_empty()) && !is_image && kinds.len() == 1 {
+        c.push(
+            Problem::Conflict,
+            locate(name, &["volumes"]),
+            true,
+            format!("service `{name}` has volumes but is not a container"),
+            Some("volumes are mounted into containers (`image = ...`); a process reads its files from the host".to_owned()),
+        );
+    }
+    if s.backup.is_some() && s.volumes.as_ref().is_none_or(|v| v.is_empty()) {
+        c.push(
+            Problem::MissingKey,
+            locate(name, &["backup"]),
+            true,
+            format!("service `{name}` has a backup schedule but no volumes to back up"),
+            Some("add volumes = [\"name:/path\"] or remove [backup]".to_owned()),
+        );
+    }
+}
+
+fn check_routes(
+    c: &mut Checker<'_>,
+    services: &BTreeMap<String, Service>,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    let mut claimed: BTreeMap<Route, &str> = BTreeMap::new();
+    for (name, service) in services {
+        for (i, route) in service.routes.iter().flatten().enumerate() {
+            let parsed = Route::parse(&route.0);
+            match claimed.get(&parsed) {
+                Some(owner) => {
+                    let path = locate(name, &["routes"]).index(i);
+                    let message = if owner == name {
+                        format!("service `{name}` lists route `{parsed}` twice")
+                    } else {
+                        format!("route `{parsed}` is claimed by both `{owner}` and `{name}`")
+                    };
+                    c.push(
+                        Problem::DuplicateRoute,
+                        path,
+                        false,
+                        message,
+                        Some("each host and path prefix goes to one service; give one of them another host or path".to_owned()),
+                    );
+                }
+                None => {
+                    claimed.insert(parsed, name);
+                }
+            }
+        }
+    }
+}
