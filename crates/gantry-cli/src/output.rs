@@ -1,0 +1,183 @@
+//! The output contract: a report on stdout, as text or as exactly one JSON
+//! document; errors as `{"error": {...}}` in JSON mode or rustc-style on
+//! stderr in text mode; logs and progress only ever on stderr.
+
+use std::io::{IsTerminal, Write};
+
+use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
+use gantry_config::Diagnostics;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::args::OutputMode;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Text,
+    Json,
+}
+
+impl Mode {
+    pub fn resolve(requested: OutputMode) -> Mode {
+        match requested {
+            OutputMode::Text => Mode::Text,
+            OutputMode::Json => Mode::Json,
+            OutputMode::Auto if std::io::stdout().is_terminal() => Mode::Text,
+            OutputMode::Auto => Mode::Json,
+        }
+    }
+}
+
+/// A report a command returns: JSON from its fields, text from `text`.
+pub trait Report: Serialize {
+    fn text(&self) -> String;
+}
+
+/// An error as every command prints it.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: &'static str,
+    pub exit: u8,
+    pub message: String,
+    pub hint: Option<String>,
+    pub diagnostics: Option<Diagnostics>,
+}
+
+impl From<gantry_core::Error> for Failure {
+    fn from(error: gantry_core::Error) -> Self {
+        Failure {
+            code: error.code(),
+            exit: error.exit_class().code(),
+            message: error.to_string(),
+            hint: error.hint(),
+            diagnostics: error.diagnostics().cloned(),
+        }
+    }
+}
+
+pub struct Printer {
+    pub mode: Mode,
+    pub quiet: bool,
+    pub verbose: u8,
+    pub color: bool,
+}
+
+impl Printer {
+    pub fn new(mode: Mode, quiet: bool, verbose: u8) -> Printer {
+        let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            && std::io::stderr().is_terminal();
+        Printer {
+            mode,
+            quiet,
+            verbose,
+            color,
+        }
+    }
+
+    /// A line for people, on stderr; silent with -q and in JSON mode.
+    pub fn status(&self, line: &str) {
+        if !self.quiet && self.mode == Mode::Text {
+            eprintln!("{line}");
+        }
+    }
+
+    pub fn report(&self, report: &impl Report) -> std::io::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        match self.mode {
+            Mode::Json => {
+                serde_json::to_writer_pretty(&mut stdout, report)?;
+                writeln!(stdout)
+            }
+            Mode::Text => {
+                let text = report.text();
+                stdout.write_all(text.as_bytes())?;
+                if !text.is_empty() && !text.ends_with('\n') {
+                    writeln!(stdout)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn failure(&self, failure: &Failure) {
+        match self.mode {
+            Mode::Json => {
+                let mut error = json!({
+                    "code": failure.code,
+                    "message": failure.message,
+                    "exit_code": failure.exit,
+                });
+                if let Some(hint) = &failure.hint {
+                    error["hint"] = json!(hint);
+                }
+                if let Some(d) = &failure.diagnostics {
+                    error["errors"] = json!(d.items);
+                }
+                let mut stdout = std::io::stdout().lock();
+                let _ = serde_json::to_writer_pretty(&mut stdout, &json!({ "error": error }));
+                let _ = writeln!(stdout);
+            }
+            Mode::Text => eprint!("{}", render_failure(failure, self.color)),
+        }
+    }
+}
+
+/// rustc-style text: each diagnostic with its source line and a caret, then a summary.
+pub fn render_failure(failure: &Failure, color: bool) -> String {
+    let renderer = if color {
+        Renderer::styled()
+    } else {
+        Renderer::plain()
+    };
+    let mut out = String::new();
+    let Some(diagnostics) = &failure.diagnostics else {
+        let mut group = vec![Group::with_title(Level::ERROR.primary_title(failure.message.as_str()))];
+        if let Some(hint) = &failure.hint {
+            group.push(Group::with_title(Level::HELP.secondary_title(hint.as_str())));
+        }
+        out.push_str(&renderer.render(&group));
+        out.push('\n');
+        return out;
+    };
+    for d in &diagnostics.items {
+        let label = if d.path.0.is_empty() {
+            String::new()
+        } else {
+            format!("at `{}`", d.path)
+        };
+        // A span must cover at least one character for the caret to show.
+        let source: &str = &diagnostics.source;
+        let start = d.span.start.min(source.len());
+        let end = d.span.end.max(start).min(source.len());
+        let end = if end == start {
+            source[start..]
+                .char_indices()
+                .nth(1)
+                .map_or(source.len(), |(i, _)| start + i)
+        } else {
+            end
+        };
+        let mut groups = vec![
+            Level::ERROR
+                .primary_title(d.message.as_str())
+                .id(d.code)
+                .element(
+                    Snippet::source(source)
+                        .path(d.file.as_str())
+                        .annotation(AnnotationKind::Primary.span(start..end).label(label.as_str())),
+                ),
+        ];
+        if let Some(hint) = &d.hint {
+            groups.push(Group::with_title(Level::HELP.secondary_title(hint.as_str())));
+        }
+        out.push_str(&renderer.render(&groups));
+        out.push_str("\n\n");
+    }
+    let count = diagnostics.items.len();
+    out.push_str(&format!(
+        "error: {} has {count} error{}\n",
+        diagnostics.file,
+        if count == 1 { "" } else { "s" }
+    ));
+    out
+}

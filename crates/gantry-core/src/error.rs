@@ -1,0 +1,133 @@
+//! Every error a use-case can return, with its stable code, its exit class and
+//! a hint. The table in `CODES` is the list the docs print; a test keeps the
+//! docs and this table in step.
+
+use std::path::PathBuf;
+
+use gantry_config::Diagnostics;
+
+/// Exit codes, by class of failure. Documented in README.md; never renumbered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitClass {
+    /// A bug or an unexpected condition inside Gantry.
+    Internal = 1,
+    /// The command line was wrong.
+    Usage = 2,
+    /// The configuration or other input was invalid.
+    Invalid = 3,
+    /// The state on disk or on a host conflicts with the request.
+    Conflict = 4,
+    /// A host could not be reached.
+    Unreachable = 5,
+    /// The operation was attempted and failed.
+    Failed = 6,
+}
+
+impl ExitClass {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// Every error code, its exit class and what it means.
+pub const CODES: &[(&str, ExitClass, &str)] = &[
+    ("internal", ExitClass::Internal, "a bug in Gantry; please report it"),
+    ("usage", ExitClass::Usage, "the command line is wrong: an unknown flag, a missing argument"),
+    ("config.not_found", ExitClass::Invalid, "no gantry.toml where one was looked for"),
+    ("config.read_failed", ExitClass::Invalid, "gantry.toml exists but cannot be read"),
+    ("config.invalid", ExitClass::Invalid, "gantry.toml has errors; each is listed under `errors`"),
+    ("config.unknown_environment", ExitClass::Invalid, "--env names no environment of the project"),
+    ("init.exists", ExitClass::Conflict, "gantry init would overwrite an existing gantry.toml"),
+    ("output.exists", ExitClass::Conflict, "the output directory holds files Gantry did not write"),
+    ("io.failed", ExitClass::Failed, "reading or writing a file failed"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] gantry_config::Error),
+    #[error("{path} already exists")]
+    InitExists { path: PathBuf },
+    #[error("{dir} is not empty and was not written by `gantry render`")]
+    OutputExists { dir: PathBuf },
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io {
+            action,
+            path,
+            source,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Config(e) => match e {
+                gantry_config::Error::NotFound { .. } => "config.not_found",
+                gantry_config::Error::Read { .. } => "config.read_failed",
+                gantry_config::Error::Invalid(_) => "config.invalid",
+                gantry_config::Error::UnknownEnvironment { .. } => "config.unknown_environment",
+            },
+            Error::InitExists { .. } => "init.exists",
+            Error::OutputExists { .. } => "output.exists",
+            Error::Io { .. } => "io.failed",
+        }
+    }
+
+    pub fn exit_class(&self) -> ExitClass {
+        let code = self.code();
+        CODES
+            .iter()
+            .find(|(c, _, _)| *c == code)
+            .map_or(ExitClass::Internal, |(_, class, _)| *class)
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Config(e) => e.hint(),
+            Error::InitExists { .. } => {
+                Some("edit the existing file, or pass --force to replace it".to_owned())
+            }
+            Error::OutputExists { .. } => Some(
+                "choose an empty or new directory for --out, or remove this one".to_owned(),
+            ),
+            Error::Io { .. } => None,
+        }
+    }
+
+    /// The per-location errors of an invalid gantry.toml.
+    pub fn diagnostics(&self) -> Option<&Diagnostics> {
+        match self {
+            Error::Config(gantry_config::Error::Invalid(d)) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_dotted_lowercase() {
+        let mut seen = std::collections::HashSet::new();
+        for (code, _, about) in CODES {
+            assert!(seen.insert(code), "{code} listed twice");
+            assert!(
+                code.chars().all(|c| c.is_ascii_lowercase() || c == '.' || c == '_'),
+                "{code}"
+            );
+            assert!(!about.is_empty());
+        }
+    }
+}

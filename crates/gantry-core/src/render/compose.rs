@@ -1,0 +1,216 @@
+//! Docker Compose files for the container services of one host. Ports are
+//! published on loopback only, where Gantry's proxy would reach them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::{Rendering, assign_ports, header};
+use crate::config::Environment;
+use crate::config::model::{Port, Restart};
+use crate::config::resolve::{Check, Service, Workload};
+
+#[derive(Serialize)]
+struct File<'a> {
+    services: BTreeMap<String, ComposeService<'a>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    volumes: BTreeMap<String, Empty>,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+struct ComposeService<'a> {
+    image: &'a str,
+    restart: &'static str,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    environment: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    env_file: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ports: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    volumes: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    healthcheck: Option<Healthcheck>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    depends_on: BTreeMap<String, DependsOn>,
+    stop_grace_period: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mem_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpus: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pids_limit: Option<u32>,
+}
+
+#[derive(Clone, Serialize)]
+struct Healthcheck {
+    test: Vec<String>,
+    interval: String,
+    timeout: String,
+    retries: u32,
+    start_period: String,
+}
+
+#[derive(Clone, Copy, Serialize)]
+struct DependsOn {
+    condition: &'static str,
+}
+
+pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
+    let containers: Vec<&Service> = env
+        .deploy_order()
+        .into_iter()
+        .filter(|s| matches!(s.workload, Workload::Compose { .. }))
+        .collect();
+    for service in env.services.values() {
+        match service.workload {
+            Workload::Compose { .. } => {}
+            Workload::Process { .. } => out.note(
+                service,
+                "run",
+                "processes are rendered by `--target systemd`, not in a compose file",
+            ),
+            Workload::Static { .. } => out.note(
+                service,
+                "static",
+                "static directories are served by Gantry's proxy; compose has no equivalent",
+            ),
+        }
+    }
+    if containers.is_empty() {
+        return;
+    }
+    let ports = assign_ports(containers.iter().copied());
+    let mut file = File {
+        services: BTreeMap::new(),
+        volumes: BTreeMap::new(),
+    };
+    for service in &containers {
+        let Workload::Compose { image } = &service.workload else {
+            continue;
+        };
+        note_common(service, out);
+        for volume in &service.volumes {
+            let source = volume.split(':').next().unwrap_or_default();
+            if !source.starts_with('/') && !source.starts_with('.') {
+                file.volumes.insert(source.to_owned(), Empty {});
+            }
+        }
+        let healthcheck = service.health.as_ref().and_then(|h| match &h.check {
+            Check::Command { command } => Some(Healthcheck {
+                test: vec!["CMD-SHELL".to_owned(), command.clone()],
+                interval: h.interval.to_string(),
+                timeout: h.timeout.to_string(),
+                retries: h.retries,
+                start_period: h.start_period.to_string(),
+            }),
+            Check::Http { .. } | Check::Tcp => {
+                out.note(
+                    service,
+                    "health",
+                    "compose health checks run inside the container; only `command` checks are rendered",
+                );
+                None
+            }
+        });
+        let depends_on = service
+            .depends_on
+            .iter()
+            .filter_map(|dep| {
+                let dep_service = env.services.get(dep)?;
+                if !matches!(dep_service.workload, Workload::Compose { .. }) {
+                    out.note(
+                        service,
+                        "depends_on",
+                        format!("`{dep}` is not a container, so compose cannot wait for it"),
+                    );
+                    return None;
+                }
+                let condition = if dep_service.health.as_ref().is_some_and(|h| matches!(h.check, Check::Command { .. })) {
+                    "service_healthy"
+                } else {
+                    "service_started"
+                };
+                Some(instance_names(dep_service).into_iter().map(move |n| (n, DependsOn { condition })))
+            })
+            .flatten()
+            .collect::<BTreeMap<_, _>>();
+        let names = instance_names(service);
+        for (index, name) in names.into_iter().enumerate() {
+            let instance = index as u32 + 1;
+            let mut environment = service.env.clone();
+            let published = match (&service.port, ports.get(&(service.name.clone(), instance))) {
+                (Some(Port::Fixed(inside)), Some(outside)) => vec![format!("127.0.0.1:{outside}:{inside}")],
+                (Some(Port::Named(_)), Some(port)) => {
+                    environment.insert("PORT".to_owned(), port.to_string());
+                    vec![format!("127.0.0.1:{port}:{port}")]
+                }
+                _ => Vec::new(),
+            };
+            file.services.insert(
+                name,
+                ComposeService {
+                    image,
+                    restart: match service.restart {
+                        Restart::Always => "always",
+                        Restart::OnFailure => "on-failure",
+                        Restart::Never => "no",
+                    },
+                    environment,
+                    env_file: if service.secrets.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![format!("secrets/{}.env", service.name)]
+                    },
+                    ports: published,
+                    volumes: service.volumes.iter().map(String::as_str).collect(),
+                    healthcheck: healthcheck.clone(),
+                    depends_on: depends_on.clone(),
+                    stop_grace_period: service.stop_timeout.to_string(),
+                    mem_limit: service.resources.memory.map(|m| m.bytes()),
+                    cpus: service.resources.cpu,
+                    pids_limit: service.resources.pids,
+                },
+            );
+        }
+    }
+    let yaml = serde_norway::to_string(&file).unwrap_or_default();
+    let mut text = header("#", env, host);
+    // No top-level `name`: docker-compose 1.x rejects it; the project name goes on the command line.
+    let _ = writeln!(text, "# Run with: docker compose -p {} -f compose.yaml up -d", env.project);
+    if containers.iter().any(|s| !s.secrets.is_empty()) {
+        text.push_str("# Secrets are read from secrets/<service>.env beside this file (NAME=value lines, mode 0600).\n");
+    }
+    text.push_str(&yaml);
+    out.files.insert(format!("{host}/compose.yaml").into(), text);
+}
+
+/// One compose service per replica, so each can publish its own loopback port.
+fn instance_names(service: &Service) -> Vec<String> {
+    if service.replicas == 1 {
+        vec![service.name.clone()]
+    } else {
+        (1..=service.replicas)
+            .map(|i| format!("{}-{i}", service.name))
+            .collect()
+    }
+}
+
+fn note_common(service: &Service, out: &mut Rendering) {
+    if !service.routes.is_empty() {
+        out.note(service, "routes", "routes are served by Gantry's proxy; ports are published on 127.0.0.1 for a proxy of your own");
+    }
+    if service.build.is_some() {
+        out.note(service, "build", "build commands are not run by compose; build the image yourself");
+    }
+    if service.migrate.is_some() {
+        out.note(service, "migrate", "compose has no deploy hooks to run migrations in");
+    }
+    if service.backup.is_some() {
+        out.note(service, "backup", "scheduled backups are taken by Gantry's agent");
+    }
+}
