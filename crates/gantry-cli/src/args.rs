@@ -111,6 +111,9 @@ pub enum Command {
 
     /// Print a shell completion script
     ///
+    /// The script is printed as it is, even when stdout is not a terminal;
+    /// `--output json` wraps it in a JSON document.
+    ///
     /// Example: gantry completions bash > /etc/bash_completion.d/gantry
     Completions(CompletionsArgs),
 

@@ -74,13 +74,17 @@ fn execute(cli: &Cli, printer: &Printer) -> Result<(), Failure> {
             )
         }
         Command::Completions(args) => {
-            let mut command = Cli::command();
-            clap_complete::generate(args.shell, &mut command, "gantry", &mut std::io::stdout());
-            Ok(())
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "gantry", &mut script);
+            emit_script(cli, printer, &args.shell.to_string(), script)
         }
-        Command::Man => clap_mangen::Man::new(Cli::command())
-            .render(&mut std::io::stdout())
-            .map_err(|e| io_failure("write the man page", e)),
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(|e| io_failure("render the man page", e))?;
+            emit_script(cli, printer, "man", page)
+        }
     }
 }
 
@@ -89,6 +93,20 @@ fn absolute(cwd: &std::path::Path, path: &std::path::Path) -> PathBuf {
         path.to_owned()
     } else {
         cwd.join(path)
+    }
+}
+
+/// Completions and the man page are written to files by shells and `man`:
+/// they print as they are unless JSON is asked for by name.
+fn emit_script(cli: &Cli, printer: &Printer, kind: &str, script: Vec<u8>) -> Result<(), Failure> {
+    let script = String::from_utf8_lossy(&script).into_owned();
+    if cli.global.output == OutputMode::Json {
+        emit(printer, text::Script { kind: kind.to_owned(), script })
+    } else {
+        use std::io::Write;
+        std::io::stdout()
+            .write_all(script.as_bytes())
+            .map_err(|e| io_failure("write the script", e))
     }
 }
 

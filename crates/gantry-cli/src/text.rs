@@ -43,7 +43,9 @@ impl Report for ShowReport {
             env.name,
             env.project
         );
-        match toml::to_string_pretty(env) {
+        let mut value = serde_json::to_value(env).unwrap_or_default();
+        drop_empty(&mut value);
+        match toml::to_string_pretty(&value) {
             Ok(body) => out.push_str(&body),
             Err(e) => {
                 let _ = writeln!(out, "# cannot print as TOML: {e}");
@@ -65,6 +67,18 @@ impl Report for ShowReport {
     }
 }
 
+/// Empty lists and tables say nothing to a reader; JSON keeps them for scripts.
+fn drop_empty(value: &mut serde_json::Value) {
+    if let serde_json::Value::Object(map) = value {
+        map.values_mut().for_each(drop_empty);
+        map.retain(|_, v| match v {
+            serde_json::Value::Array(items) => !items.is_empty(),
+            serde_json::Value::Object(fields) => !fields.is_empty(),
+            _ => true,
+        });
+    }
+}
+
 /// The JSON Schema; its text form is the same JSON, for `gantry schema > file`.
 #[derive(Serialize)]
 #[serde(transparent)]
@@ -73,6 +87,19 @@ pub struct Schema(pub &'static serde_json::Value);
 impl Report for Schema {
     fn text(&self) -> String {
         serde_json::to_string_pretty(self.0).unwrap_or_default()
+    }
+}
+
+/// A completion script or man page, as JSON when asked for by name.
+#[derive(Serialize)]
+pub struct Script {
+    pub kind: String,
+    pub script: String,
+}
+
+impl Report for Script {
+    fn text(&self) -> String {
+        self.script.clone()
     }
 }
 

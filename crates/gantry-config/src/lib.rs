@@ -121,6 +121,12 @@ pub fn locate(explicit: Option<&Path>, dir: &Path) -> Result<PathBuf, Error> {
 
 /// Reads and checks a gantry.toml, interpolating from the process environment.
 pub fn load(path: &Path) -> Result<Config, Error> {
+    load_named(path, &path.display().to_string())
+}
+
+/// As [`load`], with errors naming the file `name` (a path relative to where
+/// the user stands reads better than an absolute one).
+pub fn load_named(path: &Path, name: &str) -> Result<Config, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::NotFound {
@@ -133,9 +139,7 @@ pub fn load(path: &Path) -> Result<Config, Error> {
             }
         }
     })?;
-    let file = parse(&path.display().to_string(), &text, &|name| {
-        std::env::var(name).ok()
-    })?;
+    let file = parse(name, &text, &|var| std::env::var(var).ok())?;
     Ok(Config {
         path: path.to_owned(),
         file,

@@ -23,8 +23,10 @@ pub struct Project {
 
 impl Project {
     pub fn load(&self) -> Result<config::Config, Error> {
-        let path = config::locate(self.config.as_deref(), &self.cwd)?;
-        Ok(config::load(&path)?)
+        let explicit = self.config.as_ref().map(|c| self.cwd.join(c));
+        let absolute = config::locate(explicit.as_deref(), &self.cwd)?;
+        let name = absolute.strip_prefix(&self.cwd).unwrap_or(&absolute);
+        Ok(config::load_named(&absolute, &name.display().to_string())?)
     }
 }
 
