@@ -38,7 +38,14 @@ pub struct Global {
     pub config: Option<PathBuf>,
 
     /// The environment to work on
-    #[arg(short, long = "env", global = true, env = "GANTRY_ENV", default_value = "local", value_name = "NAME")]
+    #[arg(
+        short,
+        long = "env",
+        global = true,
+        env = "GANTRY_ENV",
+        default_value = "local",
+        value_name = "NAME"
+    )]
     pub environment: String,
 
     /// How to print the report: text for people, JSON for scripts; auto picks

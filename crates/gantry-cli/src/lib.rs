@@ -68,10 +68,7 @@ fn execute(cli: &Cli, printer: &Printer) -> Result<(), Failure> {
         }
         Command::Init(args) => {
             let dir = absolute(&cwd, &args.dir);
-            emit(
-                printer,
-                init::init(&dir, args.name.as_deref(), args.force)?,
-            )
+            emit(printer, init::init(&dir, args.name.as_deref(), args.force)?)
         }
         Command::Completions(args) => {
             let mut script = Vec::new();
@@ -101,7 +98,13 @@ fn absolute(cwd: &std::path::Path, path: &std::path::Path) -> PathBuf {
 fn emit_script(cli: &Cli, printer: &Printer, kind: &str, script: Vec<u8>) -> Result<(), Failure> {
     let script = String::from_utf8_lossy(&script).into_owned();
     if cli.global.output == OutputMode::Json {
-        emit(printer, text::Script { kind: kind.to_owned(), script })
+        emit(
+            printer,
+            text::Script {
+                kind: kind.to_owned(),
+                script,
+            },
+        )
     } else {
         use std::io::Write;
         std::io::stdout()
@@ -130,7 +133,10 @@ fn io_failure(what: &str, error: std::io::Error) -> Failure {
 /// the output contract, so a script asking for JSON gets JSON.
 fn usage_error(argv: &[OsString], error: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
         let _ = error.print();
         return ExitCode::SUCCESS;
     }
@@ -189,8 +195,17 @@ mod tests {
     #[test]
     fn output_flag_is_found_without_clap() {
         let argv = |args: &[&str]| args.iter().map(OsString::from).collect::<Vec<_>>();
-        assert_eq!(requested_output(&argv(&["gantry", "--output", "json", "bogus"])), OutputMode::Json);
-        assert_eq!(requested_output(&argv(&["gantry", "bogus", "--output=text"])), OutputMode::Text);
-        assert_eq!(requested_output(&argv(&["gantry", "bogus"])), OutputMode::Auto);
+        assert_eq!(
+            requested_output(&argv(&["gantry", "--output", "json", "bogus"])),
+            OutputMode::Json
+        );
+        assert_eq!(
+            requested_output(&argv(&["gantry", "bogus", "--output=text"])),
+            OutputMode::Text
+        );
+        assert_eq!(
+            requested_output(&argv(&["gantry", "bogus"])),
+            OutputMode::Auto
+        );
     }
 }

@@ -40,7 +40,7 @@ pub struct Failure {
     pub exit: u8,
     pub message: String,
     pub hint: Option<String>,
-    pub diagnostics: Option<Diagnostics>,
+    pub diagnostics: Option<Box<Diagnostics>>,
 }
 
 impl From<gantry_core::Error> for Failure {
@@ -50,7 +50,7 @@ impl From<gantry_core::Error> for Failure {
             exit: error.exit_class().code(),
             message: error.to_string(),
             hint: error.hint(),
-            diagnostics: error.diagnostics().cloned(),
+            diagnostics: error.diagnostics().cloned().map(Box::new),
         }
     }
 }
@@ -131,9 +131,13 @@ pub fn render_failure(failure: &Failure, color: bool) -> String {
     };
     let mut out = String::new();
     let Some(diagnostics) = &failure.diagnostics else {
-        let mut group = vec![Group::with_title(Level::ERROR.primary_title(failure.message.as_str()))];
+        let mut group = vec![Group::with_title(
+            Level::ERROR.primary_title(failure.message.as_str()),
+        )];
         if let Some(hint) = &failure.hint {
-            group.push(Group::with_title(Level::HELP.secondary_title(hint.as_str())));
+            group.push(Group::with_title(
+                Level::HELP.secondary_title(hint.as_str()),
+            ));
         }
         out.push_str(&renderer.render(&group));
         out.push('\n');
@@ -148,7 +152,12 @@ pub fn render_failure(failure: &Failure, color: bool) -> String {
         // A span must cover at least one character for the caret to show.
         let source: &str = &diagnostics.source;
         let start = d.span.start.min(source.len());
-        let end = d.span.end.max(start).min(source.len());
+        // Keep the caret on the line it starts on: a span that runs into the line
+        // break would draw a second, empty line.
+        let line_end = source[start..]
+            .find('\n')
+            .map_or(source.len(), |i| start + i);
+        let end = d.span.end.max(start).min(line_end);
         let end = if end == start {
             source[start..]
                 .char_indices()
@@ -162,13 +171,17 @@ pub fn render_failure(failure: &Failure, color: bool) -> String {
                 .primary_title(d.message.as_str())
                 .id(d.code)
                 .element(
-                    Snippet::source(source)
-                        .path(d.file.as_str())
-                        .annotation(AnnotationKind::Primary.span(start..end).label(label.as_str())),
+                    Snippet::source(source).path(d.file.as_str()).annotation(
+                        AnnotationKind::Primary
+                            .span(start..end)
+                            .label(label.as_str()),
+                    ),
                 ),
         ];
         if let Some(hint) = &d.hint {
-            groups.push(Group::with_title(Level::HELP.secondary_title(hint.as_str())));
+            groups.push(Group::with_title(
+                Level::HELP.secondary_title(hint.as_str()),
+            ));
         }
         out.push_str(&renderer.render(&groups));
         out.push_str("\n\n");

@@ -115,7 +115,11 @@ impl Report for RenderReport {
             let _ = writeln!(out, "  wrote {}", file.display());
         }
         if self.files.is_empty() {
-            let _ = writeln!(out, "  no service runs with {}: nothing written", self.target.name());
+            let _ = writeln!(
+                out,
+                "  no service runs with {}: nothing written",
+                self.target.name()
+            );
         }
         if !self.unsupported.is_empty() {
             let _ = writeln!(out, "\nnot expressed by {}:", self.target.name());

@@ -175,7 +175,11 @@ pub struct Diagnostics {
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.items.as_slice() {
-            [one] => write!(f, "{}:{}:{}: {}", one.file, one.line, one.column, one.message),
+            [one] => write!(
+                f,
+                "{}:{}:{}: {}",
+                one.file, one.line, one.column, one.message
+            ),
             many => write!(f, "{} has {} errors", self.file, many.len()),
         }
     }

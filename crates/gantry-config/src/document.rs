@@ -201,8 +201,8 @@ impl Reader<'_> {
         let raw = self.text.get(span.clone()).unwrap_or_default();
         let content_start = (raw.len() == s.len() + 2 && raw.get(1..raw.len() - 1) == Some(s))
             .then_some(span.start + 1);
-        let at = |offset: usize| match content_start {
-            Some(start) => start + offset..start + offset + 2,
+        let at = |offset: usize, len: usize| match content_start {
+            Some(start) => start + offset..start + offset + len,
             None => span.clone(),
         };
 
@@ -228,13 +228,14 @@ impl Reader<'_> {
                 self.findings.push(Finding {
                     problem: Problem::InvalidValue,
                     path: path.clone(),
-                    span: at(offset + dollar),
+                    span: at(offset + dollar, 2),
                     message: "`${` is not closed with `}`".to_owned(),
                     hint: Some("write ${NAME}, or $${ for a literal ${".to_owned()),
                 });
                 return out;
             };
             let expression = &body[..end];
+            let whole = expression.len() + 3;
             let (name, default) = match expression.split_once(":-") {
                 Some((name, default)) => (name, Some(default)),
                 None => (expression, None),
@@ -243,7 +244,7 @@ impl Reader<'_> {
                 self.findings.push(Finding {
                     problem: Problem::InvalidValue,
                     path: path.clone(),
-                    span: at(offset + dollar),
+                    span: at(offset + dollar, whole),
                     message: format!("`${{{expression}}}` does not name an environment variable"),
                     hint: Some(
                         "write ${NAME} or ${NAME:-default}, where NAME is letters, digits and underscores"
@@ -257,7 +258,7 @@ impl Reader<'_> {
                     (None, None) => self.findings.push(Finding {
                         problem: Problem::UnsetVariable,
                         path: path.clone(),
-                        span: at(offset + dollar),
+                        span: at(offset + dollar, whole),
                         message: format!("environment variable `{name}` is not set"),
                         hint: Some(format!(
                             "set {name}, give a default with ${{{name}:-default}}, or write $${{{name}}} to pass it through literally"
@@ -296,7 +297,7 @@ mod tests {
         let (_, findings) = Document::parse(text, &vars);
         assert_eq!(findings.len(), 1);
         assert_eq!(findings[0].problem, Problem::UnsetVariable);
-        assert_eq!(&text[findings[0].span.clone()], "${");
+        assert_eq!(&text[findings[0].span.clone()], "${NOPE}");
         assert_eq!(findings[0].span.start, text.find("${").expect("${"));
     }
 

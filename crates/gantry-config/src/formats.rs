@@ -75,31 +75,49 @@ pub fn find(name: &str) -> Option<&'static Format> {
 
 /// A DNS label: it ends up in host names (`web.shop.localhost`) and unit names.
 pub fn check_name(s: &str) -> Result<(), String> {
-    let valid = !s.is_empty()
-        && s.len() <= 63
-        && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && !s.ends_with('-')
-        && s
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if valid {
-        Ok(())
+    let why = if s.is_empty() {
+        "is empty".to_owned()
+    } else if s.len() > 63 {
+        "is longer than 63 characters".to_owned()
+    } else if s.chars().any(|c| c.is_ascii_uppercase()) {
+        "has uppercase letters".to_owned()
+    } else if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        format!("contains `{c}`")
+    } else if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+        "does not start with a letter".to_owned()
+    } else if s.ends_with('-') {
+        "ends with `-`".to_owned()
     } else {
-        Err(format!("`{s}` is not a valid name"))
-    }
+        return Ok(());
+    };
+    Err(format!("`{s}` {why}"))
 }
 
 pub fn check_env_name(s: &str) -> Result<(), String> {
-    let valid = s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if valid {
-        Ok(())
+    let why = if s.is_empty() {
+        "is empty".to_owned()
+    } else if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+    {
+        format!("contains `{c}`")
+    } else if s.starts_with(|c: char| c.is_ascii_digit()) {
+        "starts with a digit".to_owned()
     } else {
-        Err(format!("`{s}` is not a valid environment variable name"))
-    }
+        return Ok(());
+    };
+    Err(format!("`{s}` {why}"))
 }
 
 fn check_route(s: &str) -> Result<(), String> {
+    if let Some((scheme, rest)) = s.split_once("://") {
+        return Err(format!(
+            "routes take no scheme: write `{rest}` without `{scheme}://`"
+        ));
+    }
     let (host, path) = match s.find('/') {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, ""),
@@ -112,9 +130,7 @@ fn check_route(s: &str) -> Result<(), String> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
     if !host_ok {
         return Err(format!("`{host}` is not a valid host name"));
@@ -149,8 +165,7 @@ fn check_volume(s: &str) -> Result<(), String> {
 
 fn check_volume_name(s: &str) -> Result<(), String> {
     let valid = s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if valid {
         Ok(())
@@ -170,10 +185,7 @@ fn check_cron(s: &str) -> Result<(), String> {
     ];
     let fields: Vec<&str> = s.split_whitespace().collect();
     if fields.len() != FIELDS.len() {
-        return Err(format!(
-            "`{s}` has {} fields, cron needs 5",
-            fields.len()
-        ));
+        return Err(format!("`{s}` has {} fields, cron needs 5", fields.len()));
     }
     for (field, (what, min, max)) in fields.iter().zip(FIELDS) {
         for item in field.split(',') {
@@ -181,10 +193,10 @@ fn check_cron(s: &str) -> Result<(), String> {
                 Some((range, step)) => (range, Some(step)),
                 None => (item, None),
             };
-            if let Some(step) = step {
-                if !step.parse::<u32>().is_ok_and(|n| n > 0) {
-                    return Err(format!("the {what} step `{step}` is not a positive number"));
-                }
+            if let Some(step) = step
+                && !step.parse::<u32>().is_ok_and(|n| n > 0)
+            {
+                return Err(format!("the {what} step `{step}` is not a positive number"));
             }
             if range == "*" {
                 continue;
@@ -223,10 +235,10 @@ fn check_ssh_target(s: &str) -> Result<(), String> {
     if address.is_empty() || address.contains(|c: char| c.is_whitespace() || c == '/') {
         return Err(format!("`{s}` has no valid address"));
     }
-    if let Some(port) = port {
-        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
-            return Err(format!("`{port}` is not a port number"));
-        }
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(format!("`{port}` is not a port number"));
     }
     Ok(())
 }

@@ -52,9 +52,9 @@ pub enum Error {
 impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
-            Error::NotFound { .. } => Some(format!(
-                "run `gantry init` to create one, or pass --config PATH"
-            )),
+            Error::NotFound { .. } => {
+                Some("run `gantry init` to create one, or pass --config PATH".to_owned())
+            }
             Error::Read { .. } => None,
             Error::Invalid(_) => None,
             Error::UnknownEnvironment { name, known } => Some(
@@ -161,14 +161,33 @@ pub fn parse(
         // Set aside what is already known to be wrong, so the checks that relate
         // values to each other still run over the rest and every error shows at once.
         let pruned = prune(&doc.value, &findings);
-        if let Ok(parsed) = serde_json::from_value::<model::File>(pruned) {
-            let flagged: Vec<KeyPath> = findings.iter().map(|f| f.path.clone()).collect();
-            findings.extend(
-                validate::check(&parsed, &doc)
-                    .into_iter()
-                    .filter(|f| !flagged.contains(&f.path)),
-            );
-            file = Some(parsed);
+        match serde_json::from_value::<model::File>(pruned) {
+            Ok(parsed) => {
+                // A value set aside above would look missing to the checks below
+                // ("has neither ssh nor provider"): skip what they say about it or
+                // about the table that held it.
+                let removed: Vec<KeyPath> = findings
+                    .iter()
+                    .filter(|f| f.problem != Problem::UnknownKey)
+                    .map(|f| f.path.clone())
+                    .collect();
+                findings.extend(validate::check(&parsed, &doc).into_iter().filter(|f| {
+                    !removed
+                        .iter()
+                        .any(|r| *r == f.path || r.parent().as_ref() == Some(&f.path))
+                }));
+                file = Some(parsed);
+            }
+            // The schema should have caught whatever serde refuses; if it did not,
+            // say so rather than report an invalid file with no errors.
+            Err(error) if findings.is_empty() => findings.push(Finding {
+                problem: Problem::InvalidValue,
+                path: KeyPath::root(),
+                span: 0..0,
+                message: format!("invalid value: {error}"),
+                hint: None,
+            }),
+            Err(_) => {}
         }
     }
     match file {
@@ -223,11 +242,13 @@ fn prune(value: &Value, findings: &[Finding]) -> Value {
 }
 
 fn descend<'v>(value: &'v mut Value, segments: &[Segment]) -> Option<&'v mut Value> {
-    segments.iter().try_fold(value, |node, segment| match (segment, node) {
-        (Segment::Key(k), Value::Object(map)) => map.get_mut(k),
-        (Segment::Index(i), Value::Array(items)) => items.get_mut(*i),
-        _ => None,
-    })
+    segments
+        .iter()
+        .try_fold(value, |node, segment| match (segment, node) {
+            (Segment::Key(k), Value::Object(map)) => map.get_mut(k),
+            (Segment::Index(i), Value::Array(items)) => items.get_mut(*i),
+            _ => None,
+        })
 }
 
 #[cfg(test)]

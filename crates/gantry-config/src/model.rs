@@ -69,7 +69,7 @@ pub struct Service {
     pub routes: Option<Vec<Route>>,
     /// How many instances run on each host (default 1).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 4294967295u32))]
     pub replicas: Option<NonZeroU32>,
     /// Environment variables given to every instance.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,6 +118,8 @@ impl JsonSchema for Port {
         schemars::json_schema!({
             "type": ["string", "integer"],
             "format": "port",
+            "minimum": 1,
+            "maximum": 65535,
             "description": "A port name such as \"http\" (the agent assigns a free port and sets $PORT), or a fixed port number from 1 to 65535.",
         })
     }
@@ -145,7 +147,7 @@ pub struct Health {
     pub timeout: Option<Duration>,
     /// Failures in a row before the instance counts as unhealthy (default 3).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 4294967295u32))]
     pub retries: Option<NonZeroU32>,
     /// Time after start during which failures do not count (default 0s).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -179,7 +181,7 @@ pub struct Resources {
     pub cpu: Option<f64>,
     /// Limit on the number of processes and threads.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 4294967295u32))]
     pub pids: Option<NonZeroU32>,
 }
 
@@ -202,7 +204,7 @@ pub struct Backup {
     pub schedule: String,
     /// How many backups to keep (default 7).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 4294967295u32))]
     pub keep: Option<NonZeroU32>,
 }
 

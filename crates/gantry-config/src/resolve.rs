@@ -43,7 +43,8 @@ pub(crate) fn merged_services(file: &File, environment: &str) -> BTreeMap<String
 
 /// Merges `over` onto `base`: tables merge key by key, anything else is replaced.
 pub(crate) fn overlay_service(base: &model::Service, over: &model::Service) -> model::Service {
-    let (Ok(mut merged), Ok(over)) = (serde_json::to_value(base), serde_json::to_value(over)) else {
+    let (Ok(mut merged), Ok(over)) = (serde_json::to_value(base), serde_json::to_value(over))
+    else {
         return base.clone();
     };
     deep_merge(&mut merged, over);
@@ -294,7 +295,9 @@ impl Environment {
 
 pub(crate) fn resolve_host(file: &File, name: &str) -> Host {
     let reach = match file.hosts.get(name) {
-        Some(model::Host { ssh: Some(target), .. }) => Reach::Ssh {
+        Some(model::Host {
+            ssh: Some(target), ..
+        }) => Reach::Ssh {
             target: target.clone(),
         },
         Some(model::Host {
@@ -343,9 +346,15 @@ mod tests {
 
     #[test]
     fn routes_normalize() {
-        assert_eq!(Route::parse("Shop.Example.com").to_string(), "shop.example.com");
+        assert_eq!(
+            Route::parse("Shop.Example.com").to_string(),
+            "shop.example.com"
+        );
         let api = Route::parse("example.com/api/");
-        assert_eq!((api.host.as_str(), api.path.as_str()), ("example.com", "/api"));
+        assert_eq!(
+            (api.host.as_str(), api.path.as_str()),
+            ("example.com", "/api")
+        );
         assert_eq!(Route::parse("example.com/").path, "/");
     }
 }

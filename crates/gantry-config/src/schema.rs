@@ -38,12 +38,12 @@ fn drop_null(value: &mut Value) {
             }
             if let Some(Value::Array(branches)) = map.get_mut("anyOf") {
                 branches.retain(|b| b.get("type").is_none_or(|t| t != "null"));
-                if branches.len() == 1 {
-                    if let Some(Value::Object(branch)) = branches.pop() {
-                        map.remove("anyOf");
-                        for (k, v) in branch {
-                            map.entry(k).or_insert(v);
-                        }
+                if branches.len() == 1
+                    && let Some(Value::Object(branch)) = branches.pop()
+                {
+                    map.remove("anyOf");
+                    for (k, v) in branch {
+                        map.entry(k).or_insert(v);
                     }
                 }
             }
@@ -110,7 +110,76 @@ pub fn check(document: &Document) -> Vec<Finding> {
             }
         }
     }
+    let root = json_schema();
+    if let Some(node) = resolve(root, root) {
+        floats_for_integers(
+            document,
+            &document.value,
+            node,
+            &KeyPath::root(),
+            &mut |finding| {
+                if seen.insert((finding.path.clone(), finding.problem)) {
+                    findings.push(finding);
+                }
+            },
+        );
+    }
     findings
+}
+
+/// JSON Schema counts 2.0 as an integer; TOML does not, and neither does the
+/// model. A float where only an integer fits is a wrong type.
+fn floats_for_integers(
+    document: &Document,
+    value: &Value,
+    node: &Value,
+    path: &KeyPath,
+    report: &mut dyn FnMut(Finding),
+) {
+    let root = json_schema();
+    let child = |key: Option<&str>| -> Option<&Value> {
+        let raw = match key {
+            Some(key) => node
+                .get("properties")
+                .and_then(|p| p.get(key))
+                .or_else(|| node.get("additionalProperties").filter(|a| a.is_object()))?,
+            None => node.get("items")?,
+        };
+        resolve(root, raw)
+    };
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                if let Some(node) = child(Some(key)) {
+                    floats_for_integers(document, value, node, &path.key(key), report);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(node) = child(None) {
+                for (i, item) in items.iter().enumerate() {
+                    floats_for_integers(document, item, node, &path.index(i), report);
+                }
+            }
+        }
+        Value::Number(n) if n.is_f64() => {
+            let types: Vec<&str> = match node.get("type") {
+                Some(Value::String(t)) => vec![t.as_str()],
+                Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            if types.contains(&"integer") && !types.contains(&"number") {
+                report(Finding {
+                    problem: Problem::WrongType,
+                    path: path.clone(),
+                    span: document.value_span(path),
+                    message: format!("expected {}, found the number {n}", expected_type(node)),
+                    hint: Some("write a whole number without a decimal point".to_owned()),
+                });
+            }
+        }
+        _ => {}
+    }
 }
 
 fn describe(
@@ -163,32 +232,52 @@ fn describe(
             } else {
                 format!("missing key `{key}` in `{path}`")
             };
-            let about = node_at(&path.key(key))
-                .and_then(|n| n.get("description"))
+            let about = node
+                .and_then(|n| n.get("properties"))
+                .and_then(|p| p.get(key))
+                .and_then(|p| p.get("description"))
+                .or_else(|| node_at(&path.key(key)).and_then(|n| n.get("description")))
                 .and_then(Value::as_str)
-                .map(|d| format!("add `{key}`: {}", lowercase_first(d)));
+                .map(|d| {
+                    let table = if path.0.is_empty() {
+                        format!("[{key}]")
+                    } else {
+                        format!("`{key}`")
+                    };
+                    format!("add {table}: {}", lowercase_first(d))
+                });
             value_finding(Problem::MissingKey, what, about)
         }
         ValidationErrorKind::Type { .. } => {
             let expected = node.map_or_else(|| "another type".to_owned(), expected_type);
+            let quote = (expected.ends_with("string")
+                && matches!(instance, Value::Number(_) | Value::Bool(_)))
+            .then(|| {
+                format!(
+                    "quote it to make it a string: {} = \"{instance}\"",
+                    last_key(path)
+                )
+            });
+            let about = node
+                .and_then(|n| n.get("description"))
+                .and_then(Value::as_str)
+                .map(|d| format!("`{}`: {}", last_key(path), lowercase_first(d)));
             value_finding(
                 Problem::WrongType,
                 format!("expected {expected}, found {}", describe_value(instance)),
-                node.and_then(|n| n.get("description"))
-                    .and_then(Value::as_str)
-                    .map(|d| format!("`{}`: {}", last_key(path), lowercase_first(d))),
+                quote.or(about),
             )
         }
-        ValidationErrorKind::Enum { options } => {
-            let options: Vec<&str> = options
-                .as_array()
-                .map(|o| o.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
+        ValidationErrorKind::Enum { .. } | ValidationErrorKind::OneOfNotValid { .. }
+            if !enum_options(node).is_empty() =>
+        {
+            let options = enum_options(node);
             let given = instance.as_str().unwrap_or_default();
             value_finding(
                 Problem::InvalidValue,
                 format!("`{given}` is not one of: {}", options.join(", ")),
-                did_you_mean(given, options.iter().copied()).map(|b| format!("did you mean `{b}`?")),
+                did_you_mean(given, options.iter().copied())
+                    .map(|b| format!("did you mean `{b}`?")),
             )
         }
         ValidationErrorKind::Format { format } => {
@@ -213,28 +302,36 @@ fn describe(
         {
             return Vec::new();
         }
-        ValidationErrorKind::Minimum { limit } | ValidationErrorKind::ExclusiveMinimum { limit } => {
-            value_finding(
-                Problem::InvalidValue,
-                format!("`{}` must be at least {limit}, found {instance}", last_key(path)),
-                None,
-            )
-        }
+        ValidationErrorKind::Minimum { limit }
+        | ValidationErrorKind::ExclusiveMinimum { limit } => value_finding(
+            Problem::InvalidValue,
+            format!(
+                "`{}` must be at least {limit}, found {instance}",
+                last_key(path)
+            ),
+            None,
+        ),
         ValidationErrorKind::Not { .. } => value_finding(
             Problem::InvalidValue,
             format!("`{}` cannot be {instance}", last_key(path)),
             None,
         ),
-        ValidationErrorKind::Maximum { limit } | ValidationErrorKind::ExclusiveMaximum { limit } => {
-            value_finding(
-                Problem::InvalidValue,
-                format!("`{}` must be at most {limit}, found {instance}", last_key(path)),
-                None,
-            )
-        }
+        ValidationErrorKind::Maximum { limit }
+        | ValidationErrorKind::ExclusiveMaximum { limit } => value_finding(
+            Problem::InvalidValue,
+            format!(
+                "`{}` must be at most {limit}, found {instance}",
+                last_key(path)
+            ),
+            None,
+        ),
         ValidationErrorKind::MinItems { limit } => value_finding(
             Problem::InvalidValue,
-            format!("`{}` needs at least {limit} item{}", last_key(path), plural(*limit)),
+            format!(
+                "`{}` needs at least {limit} item{}",
+                last_key(path),
+                plural(*limit)
+            ),
             None,
         ),
         other => value_finding(
@@ -244,6 +341,30 @@ fn describe(
         ),
     };
     vec![finding]
+}
+
+/// The values an enum allows, whether schemars wrote it as `enum` or as a
+/// `oneOf` of documented constants.
+fn enum_options(node: Option<&Value>) -> Vec<&str> {
+    let Some(node) = node else {
+        return Vec::new();
+    };
+    if let Some(options) = node.get("enum").and_then(Value::as_array) {
+        return options.iter().filter_map(Value::as_str).collect();
+    }
+    node.get("oneOf")
+        .and_then(Value::as_array)
+        .map(|branches| {
+            branches
+                .iter()
+                .filter_map(|b| {
+                    b.get("const")
+                        .or_else(|| b.get("enum").and_then(|e| e.get(0)))
+                })
+                .filter_map(Value::as_str)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn plural(n: u64) -> &'static str {
@@ -279,10 +400,11 @@ fn format_noun(format: &str) -> &str {
 
 /// "a string", "an integer or a string", "a table", "one of: always, never".
 fn expected_type(node: &Value) -> String {
-    if let Some(format) = node.get("format").and_then(Value::as_str) {
-        if formats::find(format).is_some() && node.get("type") == Some(&Value::from("string")) {
-            return format!("a {} string", format_noun(format));
-        }
+    if let Some(format) = node.get("format").and_then(Value::as_str)
+        && formats::find(format).is_some()
+        && node.get("type") == Some(&Value::from("string"))
+    {
+        return format!("a {} string", format_noun(format));
     }
     if let Some(options) = node.get("enum").and_then(Value::as_array) {
         let options: Vec<&str> = options.iter().filter_map(Value::as_str).collect();
@@ -344,9 +466,14 @@ mod tests {
         let node = node_at(&KeyPath::of(["services", "web", "health", "interval"]))
             .expect("interval is in the schema");
         assert_eq!(node["format"], "duration");
-        let env_override =
-            node_at(&KeyPath::of(["environments", "prod", "services", "web", "replicas"]))
-                .expect("overrides use the service schema");
+        let env_override = node_at(&KeyPath::of([
+            "environments",
+            "prod",
+            "services",
+            "web",
+            "replicas",
+        ]))
+        .expect("overrides use the service schema");
         assert_eq!(env_override["minimum"], 1);
     }
 }

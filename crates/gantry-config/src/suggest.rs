@@ -1,7 +1,10 @@
 //! "did you mean" for misspelled keys and names.
 
 /// The candidate closest to `given`, if one is close enough to be a likely typo.
-pub fn did_you_mean<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    given: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(given, c), c))

@@ -26,7 +26,10 @@ fn minimal_file_resolves_to_local() {
     let web = &env.services["web"];
     assert_eq!(web.replicas, 1);
     assert_eq!(web.stop_timeout.to_string(), "10s");
-    assert!(matches!(config.environment("prod"), Err(Error::UnknownEnvironment { .. })));
+    assert!(matches!(
+        config.environment("prod"),
+        Err(Error::UnknownEnvironment { .. })
+    ));
 }
 
 #[test]
@@ -53,7 +56,10 @@ ssh = "deploy@203.0.113.10"
     assert_eq!(web.env["B"], "20");
     assert_eq!(prod.hosts[0].name, "web-1");
     let local = resolve::resolve(&file, LOCAL);
-    assert_eq!(local.services["web"].replicas, 1, "overrides stay in their environment");
+    assert_eq!(
+        local.services["web"].replicas, 1,
+        "overrides stay in their environment"
+    );
 }
 
 #[test]
@@ -71,7 +77,11 @@ depends_on = ["dbb"]
     let codes: Vec<&str> = found.iter().map(|d| d.code).collect();
     assert_eq!(
         codes,
-        ["config.unknown_key", "config.invalid_value", "config.unknown_reference"],
+        [
+            "config.unknown_key",
+            "config.invalid_value",
+            "config.unknown_reference"
+        ],
         "{found:#?}"
     );
     assert_eq!((found[0].line, found[0].column), (6, 1));

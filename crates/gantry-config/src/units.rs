@@ -61,9 +61,13 @@ fn split_number(text: &str) -> Result<(u64, &str), UnitError> {
     if text.is_empty() {
         return Err(UnitError::new("empty value"));
     }
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     if digits == 0 {
-        return Err(UnitError::new(format!("`{text}` does not start with a number")));
+        return Err(UnitError::new(format!(
+            "`{text}` does not start with a number"
+        )));
     }
     let number = text[..digits]
         .parse::<u64>()
@@ -97,7 +101,7 @@ impl fmt::Display for Duration {
         }
         let (unit, factor) = DURATION_UNITS
             .iter()
-            .find(|(_, factor)| ms % factor == 0)
+            .find(|(_, factor)| ms.is_multiple_of(*factor))
             .copied()
             .unwrap_or(("ms", 1));
         write!(f, "{}{unit}", ms / factor)
@@ -160,7 +164,7 @@ impl fmt::Display for Size {
         }
         let (unit, factor) = SIZE_UNITS
             .iter()
-            .find(|(_, factor)| self.0 % factor == 0)
+            .find(|(_, factor)| self.0.is_multiple_of(*factor))
             .copied()
             .unwrap_or(("", 1));
         write!(f, "{}{unit}", self.0 / factor)
@@ -242,7 +246,10 @@ mod tests {
             ("fast", "`fast` does not start with a number"),
             ("", "empty value"),
             ("1.5s", "`.5s` is not a unit of time"),
-            ("99999999999999999999s", "`99999999999999999999` is too large"),
+            (
+                "99999999999999999999s",
+                "`99999999999999999999` is too large",
+            ),
         ] {
             let err = text.parse::<Duration>().expect_err(text);
             assert_eq!(err.reason, why, "{text}");

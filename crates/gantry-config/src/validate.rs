@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::diagnostic::{KeyPath, Problem};
+use crate::diagnostic::{KeyPath, Problem, Segment};
 use crate::document::{Document, Finding};
 use crate::formats::{check_env_name, check_name};
 use crate::model::{File, Port, Service};
@@ -20,7 +20,14 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn push(&mut self, problem: Problem, path: KeyPath, at_key: bool, message: String, hint: Option<String>) {
+    fn push(
+        &mut self,
+        problem: Problem,
+        path: KeyPath,
+        at_key: bool,
+        message: String,
+        hint: Option<String>,
+    ) {
         if !self.seen.insert((path.clone(), message.clone())) {
             return;
         }
@@ -48,13 +55,16 @@ pub fn check(file: &File, doc: &Document) -> Vec<Finding> {
     check_names(&mut c, file);
     check_hosts(&mut c, file);
     check_environments(&mut c, file);
-    check_dependencies(&mut c, file);
 
     for env in resolve::environment_names(file) {
         let merged = resolve::merged_services(file, env);
         // A path inside a merged service points at the override when the override set it.
         let locate = |service: &str, rel: &[&str]| -> KeyPath {
-            let over = KeyPath::of(["environments", env, "services", service].into_iter().chain(rel.iter().copied()));
+            let over = KeyPath::of(
+                ["environments", env, "services", service]
+                    .into_iter()
+                    .chain(rel.iter().copied()),
+            );
             if doc.contains(&over) {
                 over
             } else {
@@ -64,7 +74,8 @@ pub fn check(file: &File, doc: &Document) -> Vec<Finding> {
         for (name, service) in &merged {
             check_service(&mut c, name, service, &locate);
         }
-        check_routes(&mut c, &merged, &locate);
+        check_dependencies(&mut c, env, &merged, &locate);
+        check_routes(&mut c, env, &merged, &locate);
     }
     c.findings
 }
@@ -127,8 +138,10 @@ fn check_environments(c: &mut Checker<'_>, file: &File) {
             let path = base.key("hosts").index(i);
             if !known_hosts.contains(&host.as_str()) {
                 let hint = match did_you_mean(host, known_hosts.iter().copied()) {
-                    Some(best) => format!("did you mean `{best}`? Hosts are declared as [hosts.{host}]"),
-                    None => format!("declare it as [hosts.{host}] with ssh = \"user@address\", or use `local`"),
+                    Some(best) => format!("did you mean `{best}`?"),
+                    None => format!(
+                        "declare it as [hosts.{host}] with ssh = \"user@address\", or use `local`"
+                    ),
                 };
                 c.push(
                     Problem::UnknownReference,
@@ -151,7 +164,8 @@ fn check_environments(c: &mut Checker<'_>, file: &File) {
             if !file.services.contains_key(name) {
                 let hint = match did_you_mean(name, file.services.keys().map(String::as_str)) {
                     Some(best) => format!("did you mean `{best}`?"),
-                    None => "an environment can only override services declared under [services]".to_owned(),
+                    None => "an environment can only override services declared under [services]"
+                        .to_owned(),
                 };
                 c.push(
                     Problem::UnknownReference,
@@ -165,27 +179,32 @@ fn check_environments(c: &mut Checker<'_>, file: &File) {
     }
 }
 
-fn check_dependencies(c: &mut Checker<'_>, file: &File) {
+fn check_dependencies(
+    c: &mut Checker<'_>,
+    env: &str,
+    services: &BTreeMap<String, Service>,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
     let deps = |name: &str| -> Vec<&str> {
-        file.services
+        services
             .get(name)
             .and_then(|s| s.depends_on.as_ref())
             .map(|d| d.iter().map(String::as_str).collect())
             .unwrap_or_default()
     };
-    for (name, service) in &file.services {
+    for (name, service) in services {
         for (i, dep) in service.depends_on.iter().flatten().enumerate() {
-            if !file.services.contains_key(dep) {
-                let hint = match did_you_mean(dep, file.services.keys().map(String::as_str)) {
+            if !services.contains_key(dep) {
+                let hint = match did_you_mean(dep, services.keys().map(String::as_str)) {
                     Some(best) => format!("did you mean `{best}`?"),
                     None => format!(
                         "declared services are: {}",
-                        file.services.keys().cloned().collect::<Vec<_>>().join(", ")
+                        services.keys().cloned().collect::<Vec<_>>().join(", ")
                     ),
                 };
                 c.push(
                     Problem::UnknownReference,
-                    KeyPath::of(["services", name.as_str(), "depends_on"]).index(i),
+                    locate(name, &["depends_on"]).index(i),
                     false,
                     format!("service `{name}` depends on unknown service `{dep}`"),
                     Some(hint),
@@ -226,14 +245,19 @@ fn check_dependencies(c: &mut Checker<'_>, file: &File) {
         marks.insert(name, Mark::Done);
     }
     let mut cycles = Vec::new();
-    for name in file.services.keys() {
+    for name in services.keys() {
         if !marks.contains_key(name.as_str()) {
             visit(name, &deps, &mut marks, &mut Vec::new(), &mut cycles);
         }
     }
     for mut cycle in cycles {
-        cycle.retain(|s| file.services.contains_key(*s));
-        let Some(first) = cycle.iter().enumerate().min_by_key(|(_, s)| **s).map(|(i, _)| i) else {
+        cycle.retain(|s| services.contains_key(*s));
+        let Some(first) = cycle
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, s)| **s)
+            .map(|(i, _)| i)
+        else {
             continue;
         };
         cycle.rotate_left(first);
@@ -244,12 +268,21 @@ fn check_dependencies(c: &mut Checker<'_>, file: &File) {
         let to = cycle[1 % cycle.len()];
         let index = deps(from).iter().position(|d| *d == to).unwrap_or(0);
         let shown: Vec<&str> = cycle.iter().copied().chain(std::iter::once(from)).collect();
+        let at = locate(from, &["depends_on"]).index(index);
+        let place = if at.0.first() == Some(&Segment::Key("environments".to_owned())) {
+            format!(" in environment `{env}`")
+        } else {
+            String::new()
+        };
         c.push(
             Problem::Cycle,
-            KeyPath::of(["services", from, "depends_on"]).index(index),
+            at,
             false,
-            format!("dependency cycle: {}", shown.join(" → ")),
-            Some("remove one of these depends_on entries so the services can start in order".to_owned()),
+            format!("dependency cycle{place}: {}", shown.join(" → ")),
+            Some(
+                "remove one of these depends_on entries so the services can start in order"
+                    .to_owned(),
+            ),
         );
     }
 }
@@ -298,29 +331,33 @@ fn check_service(
                 Some("add port = \"http\" and listen on $PORT".to_owned()),
             );
         }
-        if let Some(health) = &s.health {
-            if health.path.is_some() || health.tcp == Some(true) {
-                c.push(
-                    Problem::MissingKey,
-                    locate(name, &["health"]),
-                    true,
-                    format!("service `{name}` has an HTTP or TCP health check but no `port`"),
-                    Some("add port = \"http\", or check with command = \"...\"".to_owned()),
-                );
-            }
+        if let Some(health) = &s.health
+            && (health.path.is_some() || health.tcp == Some(true))
+        {
+            c.push(
+                Problem::MissingKey,
+                locate(name, &["health"]),
+                true,
+                format!("service `{name}` has an HTTP or TCP health check but no `port`"),
+                Some("add port = \"http\", or check with command = \"...\"".to_owned()),
+            );
         }
     }
 
-    if let (Some(Port::Fixed(port)), Some(replicas)) = (&s.port, s.replicas) {
-        if replicas.get() > 1 && !is_image {
-            c.push(
-                Problem::Conflict,
-                locate(name, &["port"]),
-                false,
-                format!("{replicas} replicas of `{name}` cannot all listen on fixed port {port}"),
-                Some("use a named port like port = \"http\" so each instance gets its own $PORT".to_owned()),
-            );
-        }
+    if let (Some(Port::Fixed(port)), Some(replicas)) = (&s.port, s.replicas)
+        && replicas.get() > 1
+        && !is_image
+    {
+        c.push(
+            Problem::Conflict,
+            locate(name, &["port"]),
+            false,
+            format!("{replicas} replicas of `{name}` cannot all listen on fixed port {port}"),
+            Some(
+                "use a named port like port = \"http\" so each instance gets its own $PORT"
+                    .to_owned(),
+            ),
+        );
     }
 
     if let Some(health) = &s.health {
@@ -358,7 +395,7 @@ fn check_service(
                 Problem::InvalidValue,
                 locate(name, &["env", key]),
                 true,
-                reason,
+                format!("invalid environment variable name: {reason}"),
                 Some("use letters, digits and underscores, not starting with a digit".to_owned()),
             );
         } else if secrets.contains(key.as_str()) {
@@ -374,7 +411,9 @@ fn check_service(
 
     let not_for = |what: &str| {
         if is_static {
-            Some(format!("static services are files served by the proxy; `{what}` does not apply"))
+            Some(format!(
+                "static services are files served by the proxy; `{what}` does not apply"
+            ))
         } else {
             None
         }
@@ -416,33 +455,50 @@ fn check_service(
 
 fn check_routes(
     c: &mut Checker<'_>,
+    env: &str,
     services: &BTreeMap<String, Service>,
     locate: &dyn Fn(&str, &[&str]) -> KeyPath,
 ) {
-    let mut claimed: BTreeMap<Route, &str> = BTreeMap::new();
+    // Each route with the key path it was written at, first come first served;
+    // a clash is reported at the route an environment override added, if either was.
+    let mut claimed: BTreeMap<Route, (&str, KeyPath)> = BTreeMap::new();
     for (name, service) in services {
         for (i, route) in service.routes.iter().flatten().enumerate() {
             let parsed = Route::parse(&route.0);
-            match claimed.get(&parsed) {
-                Some(owner) => {
-                    let path = locate(name, &["routes"]).index(i);
-                    let message = if owner == name {
-                        format!("service `{name}` lists route `{parsed}` twice")
-                    } else {
-                        format!("route `{parsed}` is claimed by both `{owner}` and `{name}`")
-                    };
-                    c.push(
-                        Problem::DuplicateRoute,
-                        path,
-                        false,
-                        message,
-                        Some("each host and path prefix goes to one service; give one of them another host or path".to_owned()),
-                    );
-                }
-                None => {
-                    claimed.insert(parsed, name);
-                }
-            }
+            let path = locate(name, &["routes"]).index(i);
+            let Some((owner, owner_path)) = claimed.get(&parsed) else {
+                claimed.insert(parsed, (name, path));
+                continue;
+            };
+            let is_override =
+                |p: &KeyPath| p.0.first() == Some(&Segment::Key("environments".to_owned()));
+            let (at, other) = if is_override(owner_path) && !is_override(&path) {
+                (owner_path.clone(), name.as_str())
+            } else {
+                (path, *owner)
+            };
+            let subject = if at == *owner_path {
+                *owner
+            } else {
+                name.as_str()
+            };
+            let message = if subject == other {
+                format!("service `{subject}` lists route `{parsed}` twice")
+            } else {
+                format!("route `{parsed}` of `{subject}` is already claimed by `{other}`")
+            };
+            let message = if is_override(&at) {
+                format!("{message} in environment `{env}`")
+            } else {
+                message
+            };
+            c.push(
+                Problem::DuplicateRoute,
+                at,
+                false,
+                message,
+                Some("each host and path prefix goes to one service; give one of them another host or path".to_owned()),
+            );
         }
     }
 }

@@ -32,15 +32,51 @@ impl ExitClass {
 
 /// Every error code, its exit class and what it means.
 pub const CODES: &[(&str, ExitClass, &str)] = &[
-    ("internal", ExitClass::Internal, "a bug in Gantry; please report it"),
-    ("usage", ExitClass::Usage, "the command line is wrong: an unknown flag, a missing argument"),
-    ("config.not_found", ExitClass::Invalid, "no gantry.toml where one was looked for"),
-    ("config.read_failed", ExitClass::Invalid, "gantry.toml exists but cannot be read"),
-    ("config.invalid", ExitClass::Invalid, "gantry.toml has errors; each is listed under `errors`"),
-    ("config.unknown_environment", ExitClass::Invalid, "--env names no environment of the project"),
-    ("init.exists", ExitClass::Conflict, "gantry init would overwrite an existing gantry.toml"),
-    ("output.exists", ExitClass::Conflict, "the output directory holds files Gantry did not write"),
-    ("io.failed", ExitClass::Failed, "reading or writing a file failed"),
+    (
+        "internal",
+        ExitClass::Internal,
+        "a bug in Gantry; please report it",
+    ),
+    (
+        "usage",
+        ExitClass::Usage,
+        "the command line is wrong: an unknown flag, a missing argument",
+    ),
+    (
+        "config.not_found",
+        ExitClass::Invalid,
+        "no gantry.toml where one was looked for",
+    ),
+    (
+        "config.read_failed",
+        ExitClass::Invalid,
+        "gantry.toml exists but cannot be read",
+    ),
+    (
+        "config.invalid",
+        ExitClass::Invalid,
+        "gantry.toml has errors; each is listed under `errors`",
+    ),
+    (
+        "config.unknown_environment",
+        ExitClass::Invalid,
+        "--env names no environment of the project",
+    ),
+    (
+        "init.exists",
+        ExitClass::Conflict,
+        "gantry init would overwrite an existing gantry.toml",
+    ),
+    (
+        "output.exists",
+        ExitClass::Conflict,
+        "the output directory holds files Gantry did not write",
+    ),
+    (
+        "io.failed",
+        ExitClass::Failed,
+        "reading or writing a file failed",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +97,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io {
             action,
@@ -98,9 +137,9 @@ impl Error {
             Error::InitExists { .. } => {
                 Some("edit the existing file, or pass --force to replace it".to_owned())
             }
-            Error::OutputExists { .. } => Some(
-                "choose an empty or new directory for --out, or remove this one".to_owned(),
-            ),
+            Error::OutputExists { .. } => {
+                Some("choose an empty or new directory for --out, or remove this one".to_owned())
+            }
             Error::Io { .. } => None,
         }
     }
@@ -124,7 +163,8 @@ mod tests {
         for (code, _, about) in CODES {
             assert!(seen.insert(code), "{code} listed twice");
             assert!(
-                code.chars().all(|c| c.is_ascii_lowercase() || c == '.' || c == '_'),
+                code.chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_'),
                 "{code}"
             );
             assert!(!about.is_empty());

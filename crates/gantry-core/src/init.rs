@@ -56,10 +56,7 @@ pub fn init(dir: &Path, name: Option<&str>, force: bool) -> Result<InitReport, E
     Ok(InitReport {
         file: path,
         project: name,
-        next: vec![
-            "gantry validate".to_owned(),
-            "gantry show".to_owned(),
-        ],
+        next: vec!["gantry validate".to_owned(), "gantry show".to_owned()],
     })
 }
 

@@ -31,9 +31,17 @@ pub struct SecretStatus {
 /// `secrets`, but if one was interpolated into `env`, `show` still hides it.
 fn looks_secret(key: &str) -> bool {
     let key = key.to_ascii_uppercase();
-    ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "API_KEY", "PRIVATE_KEY", "CREDENTIAL"]
-        .iter()
-        .any(|word| key.contains(word))
+    [
+        "PASSWORD",
+        "PASSWD",
+        "SECRET",
+        "TOKEN",
+        "API_KEY",
+        "PRIVATE_KEY",
+        "CREDENTIAL",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
 }
 
 pub fn show(

@@ -46,7 +46,10 @@ impl TestProject {
     /// GANTRY_* variables from the caller's environment.
     pub fn gantry(&self, args: &[&str]) -> Run {
         let mut command = Command::new(&self.bin);
-        command.args(args).current_dir(self.dir.path()).env("NO_COLOR", "1");
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1");
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("GANTRY_") {
                 command.env_remove(key);

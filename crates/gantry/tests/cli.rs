@@ -37,9 +37,18 @@ fn project() -> TestProject {
 
 fn error_of(run: &gantry_testkit::Run) -> Value {
     let doc = run.json();
-    let error = doc.get("error").cloned().unwrap_or_else(|| panic!("no `error` in {doc}"));
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
-    assert_eq!(error["exit_code"], run.code, "the JSON names the exit code: {error}");
+    let error = doc
+        .get("error")
+        .cloned()
+        .unwrap_or_else(|| panic!("no `error` in {doc}"));
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{error}"
+    );
+    assert_eq!(
+        error["exit_code"], run.code,
+        "the JSON names the exit code: {error}"
+    );
     error
 }
 
@@ -58,7 +67,10 @@ fn every_command_prints_one_json_document() {
     let s = show.json();
     assert_eq!(s["environment"]["name"], "prod");
     assert_eq!(s["environment"]["services"]["web"]["replicas"], 2);
-    assert_eq!(s["environment"]["hosts"][0]["target"], "deploy@203.0.113.10");
+    assert_eq!(
+        s["environment"]["hosts"][0]["target"],
+        "deploy@203.0.113.10"
+    );
 
     let schema = p.gantry(&["schema", "--output", "json"]);
     schema.expect_code(0);
@@ -66,7 +78,9 @@ fn every_command_prints_one_json_document() {
 
     for target in ["compose", "systemd"] {
         let out = format!("out-{target}");
-        let render = p.gantry(&["render", "--target", target, "--out", &out, "--output", "json"]);
+        let render = p.gantry(&[
+            "render", "--target", target, "--out", &out, "--output", "json",
+        ]);
         render.expect_code(0);
         let r = render.json();
         assert_eq!(r["target"], target);
@@ -79,7 +93,11 @@ fn every_command_prints_one_json_document() {
 
     let completions = p.gantry(&["completions", "fish", "--output", "json"]);
     completions.expect_code(0);
-    assert!(completions.json()["script"].as_str().is_some_and(|s| s.contains("gantry")));
+    assert!(
+        completions.json()["script"]
+            .as_str()
+            .is_some_and(|s| s.contains("gantry"))
+    );
 }
 
 #[test]
@@ -92,24 +110,41 @@ fn json_is_the_default_when_stdout_is_not_a_terminal() {
 
 #[test]
 fn invalid_config_exits_3_with_located_errors() {
-    let p = TestProject::new(env!("CARGO_BIN_EXE_gantry"))
-        .file("gantry.toml", "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"./web\"\nport = true\n");
+    let p = TestProject::new(env!("CARGO_BIN_EXE_gantry")).file(
+        "gantry.toml",
+        "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"./web\"\nport = true\n",
+    );
     let run = p.gantry(&["validate", "--output", "json"]);
     run.expect_code(3);
     let error = error_of(&run);
     assert_eq!(error["code"], "config.invalid");
     let first = &error["errors"][0];
     assert_eq!(first["path"], "services.web.port");
-    assert_eq!((first["line"].as_u64(), first["column"].as_u64()), (Some(6), Some(8)));
+    assert_eq!(
+        (first["line"].as_u64(), first["column"].as_u64()),
+        (Some(6), Some(8))
+    );
     assert_eq!(first["code"], "config.wrong_type");
     assert!(first["hint"].as_str().is_some());
 
     let text = p.gantry(&["validate", "--output", "text"]);
     text.expect_code(3);
-    assert!(text.stdout.is_empty(), "errors go to stderr: {}", text.stdout);
+    assert!(
+        text.stdout.is_empty(),
+        "errors go to stderr: {}",
+        text.stdout
+    );
     assert!(text.stderr.contains("gantry.toml:6:8"), "{}", text.stderr);
-    assert!(text.stderr.contains("port = true"), "shows the source line: {}", text.stderr);
-    assert!(text.stderr.contains('^'), "a caret under the column: {}", text.stderr);
+    assert!(
+        text.stderr.contains("port = true"),
+        "shows the source line: {}",
+        text.stderr
+    );
+    assert!(
+        text.stderr.contains('^'),
+        "a caret under the column: {}",
+        text.stderr
+    );
 }
 
 #[test]
@@ -119,7 +154,11 @@ fn missing_config_and_unknown_environment_are_input_errors() {
     run.expect_code(3);
     let error = error_of(&run);
     assert_eq!(error["code"], "config.not_found");
-    assert!(error["hint"].as_str().is_some_and(|h| h.contains("gantry init")));
+    assert!(
+        error["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("gantry init"))
+    );
 
     let run = project().gantry(&["show", "--env", "prdo", "--output", "json"]);
     run.expect_code(3);
@@ -135,9 +174,22 @@ fn usage_errors_exit_2_and_follow_the_requested_format() {
     run.expect_code(2);
     let error = error_of(&run);
     assert_eq!(error["code"], "usage");
-    assert!(error["message"].as_str().is_some_and(|m| m.contains("deploy-everything")), "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("deploy-everything")),
+        "{error}"
+    );
 
-    let run = p.gantry(&["render", "--target", "kubernetes", "--out", "x", "--output", "text"]);
+    let run = p.gantry(&[
+        "render",
+        "--target",
+        "kubernetes",
+        "--out",
+        "x",
+        "--output",
+        "text",
+    ]);
     run.expect_code(2);
     assert!(run.stdout.is_empty());
     assert!(run.stderr.contains("kubernetes"), "{}", run.stderr);
@@ -154,10 +206,15 @@ fn conflicts_exit_4() {
 
     std::fs::create_dir_all(p.path().join("busy")).expect("mkdir");
     std::fs::write(p.path().join("busy/notes.txt"), "mine").expect("write");
-    let run = p.gantry(&["render", "--target", "compose", "--out", "busy", "--output", "json"]);
+    let run = p.gantry(&[
+        "render", "--target", "compose", "--out", "busy", "--output", "json",
+    ]);
     run.expect_code(4);
     assert_eq!(error_of(&run)["code"], "output.exists");
-    assert!(!p.path().join("busy/local").exists(), "nothing written into a foreign directory");
+    assert!(
+        !p.path().join("busy/local").exists(),
+        "nothing written into a foreign directory"
+    );
 }
 
 #[test]
@@ -181,8 +238,14 @@ fn secrets_and_credentials_never_reach_the_output() {
     let secret = &s["secrets"][0];
     assert_eq!(secret["name"], "DATABASE_URL");
     assert_eq!(secret["available"], true);
-    assert_eq!(s["environment"]["services"]["web"]["env"]["API_TOKEN"], "(redacted)");
-    assert_eq!(s["environment"]["services"]["web"]["env"]["RUST_LOG"], "info");
+    assert_eq!(
+        s["environment"]["services"]["web"]["env"]["API_TOKEN"],
+        "(redacted)"
+    );
+    assert_eq!(
+        s["environment"]["services"]["web"]["env"]["RUST_LOG"],
+        "info"
+    );
 
     let unset = project().gantry(&["show", "--output", "json"]).json();
     assert_eq!(unset["secrets"][0]["available"], false);
@@ -207,8 +270,14 @@ fn interpolation_reads_the_environment() {
 fn render_is_deterministic_and_writes_only_under_out() {
     let p = project();
     let before = listing(p.path());
-    p.gantry(&["render", "--target", "compose", "--env", "prod", "--out", "a"]).expect_code(0);
-    p.gantry(&["render", "--target", "compose", "--env", "prod", "--out", "b"]).expect_code(0);
+    p.gantry(&[
+        "render", "--target", "compose", "--env", "prod", "--out", "a",
+    ])
+    .expect_code(0);
+    p.gantry(&[
+        "render", "--target", "compose", "--env", "prod", "--out", "b",
+    ])
+    .expect_code(0);
     let a = std::fs::read(p.path().join("a/web-1/compose.yaml")).expect("rendered");
     let b = std::fs::read(p.path().join("b/web-1/compose.yaml")).expect("rendered");
     assert_eq!(a, b, "the same config renders the same bytes");
@@ -219,8 +288,14 @@ fn render_is_deterministic_and_writes_only_under_out() {
     assert_eq!(before, after, "nothing written outside --out");
 
     // Rendering again into the same directory replaces what it wrote before.
-    p.gantry(&["render", "--target", "compose", "--env", "local", "--out", "a"]).expect_code(0);
-    assert!(!p.path().join("a/web-1/compose.yaml").exists(), "stale files removed");
+    p.gantry(&[
+        "render", "--target", "compose", "--env", "local", "--out", "a",
+    ])
+    .expect_code(0);
+    assert!(
+        !p.path().join("a/web-1/compose.yaml").exists(),
+        "stale files removed"
+    );
     assert!(p.path().join("a/local/compose.yaml").exists());
 }
 
@@ -244,18 +319,27 @@ fn listing(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn init_writes_a_file_that_validates() {
     let p = TestProject::new(env!("CARGO_BIN_EXE_gantry"));
-    p.gantry(&["init", "My App", "--output", "json"]).expect_code(0);
+    p.gantry(&["init", "My App", "--output", "json"])
+        .expect_code(0);
     let dir = p.path().join("My App");
     let text = std::fs::read_to_string(dir.join("gantry.toml")).expect("written");
     assert!(text.contains("name = \"my-app\""), "{text}");
-    assert!(text.lines().filter(|l| l.starts_with('#')).count() > 10, "commented");
+    assert!(
+        text.lines().filter(|l| l.starts_with('#')).count() > 10,
+        "commented"
+    );
     let run = p.gantry(&["validate", "-c", "My App", "--output", "json"]);
     run.expect_code(0);
-    let run = p.gantry(&["init", "My App", "--force", "--name", "other", "--output", "json"]);
+    let run = p.gantry(&[
+        "init", "My App", "--force", "--name", "other", "--output", "json",
+    ]);
     run.expect_code(0);
     let run = p.gantry(&["init", "x", "--name", "Bad_Name", "--output", "json"]);
     run.expect_code(3);
-    assert!(!p.path().join("x/gantry.toml").exists(), "no invalid file is written");
+    assert!(
+        !p.path().join("x/gantry.toml").exists(),
+        "no invalid file is written"
+    );
 }
 
 #[test]
@@ -263,15 +347,33 @@ fn help_teaches_with_examples_and_version_prints() {
     let p = TestProject::new(env!("CARGO_BIN_EXE_gantry"));
     let top = p.gantry(&["--help"]);
     top.expect_code(0);
-    assert!(top.stdout.contains("Examples:") && top.stdout.contains("Exit codes"), "{}", top.stdout);
-    for command in ["validate", "show", "schema", "render", "init", "completions"] {
+    assert!(
+        top.stdout.contains("Examples:") && top.stdout.contains("Exit codes"),
+        "{}",
+        top.stdout
+    );
+    for command in [
+        "validate",
+        "show",
+        "schema",
+        "render",
+        "init",
+        "completions",
+    ] {
         let help = p.gantry(&[command, "--help"]);
         help.expect_code(0);
-        assert!(help.stdout.contains("Example: gantry"), "`{command} --help` shows an example:\n{}", help.stdout);
+        assert!(
+            help.stdout.contains("Example: gantry"),
+            "`{command} --help` shows an example:\n{}",
+            help.stdout
+        );
     }
     let version = p.gantry(&["--version"]);
     version.expect_code(0);
-    assert_eq!(version.stdout.trim(), format!("gantry {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        version.stdout.trim(),
+        format!("gantry {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -280,7 +382,10 @@ fn completions_are_generated_for_each_shell() {
     for shell in ["bash", "zsh", "fish"] {
         let run = p.gantry(&["completions", shell]);
         run.expect_code(0);
-        assert!(run.stdout.contains("validate") && run.stdout.contains("render"), "{shell}");
+        assert!(
+            run.stdout.contains("validate") && run.stdout.contains("render"),
+            "{shell}"
+        );
     }
 }
 

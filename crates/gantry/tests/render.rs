@@ -20,7 +20,9 @@ fn tool(program: &str) -> Option<Command> {
         std::env::var_os("CI").is_none(),
         "{program} is missing under CI: .ci/run must install it"
     );
-    eprintln!("\n*** SKIPPED: {program} is not installed; run .ci/run or install it to check rendered files ***\n");
+    eprintln!(
+        "\n*** SKIPPED: {program} is not installed; run .ci/run or install it to check rendered files ***\n"
+    );
     None
 }
 
@@ -37,7 +39,9 @@ fn read(path: &Path) -> String {
 #[test]
 fn compose_files_are_accepted_by_docker_compose() {
     let p = shop();
-    let run = p.gantry(&["render", "--target", "compose", "--env", "prod", "--out", "out"]);
+    let run = p.gantry(&[
+        "render", "--target", "compose", "--env", "prod", "--out", "out",
+    ]);
     run.expect_code(0);
     let report = run.json();
     let unsupported: Vec<String> = report["unsupported"]
@@ -46,8 +50,14 @@ fn compose_files_are_accepted_by_docker_compose() {
         .iter()
         .map(|u| u["key"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert!(unsupported.contains(&"services.db.backup".to_owned()), "{unsupported:?}");
-    assert!(unsupported.contains(&"services.docs.static".to_owned()), "{unsupported:?}");
+    assert!(
+        unsupported.contains(&"services.db.backup".to_owned()),
+        "{unsupported:?}"
+    );
+    assert!(
+        unsupported.contains(&"services.docs.static".to_owned()),
+        "{unsupported:?}"
+    );
 
     for host in ["web-1", "web-2"] {
         let dir = p.path().join("out").join(host);
@@ -65,16 +75,25 @@ fn compose_files_are_accepted_by_docker_compose() {
             .output()
             .expect("run docker-compose");
         let normalized = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "docker-compose rejected it:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "docker-compose rejected it:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(normalized.contains("postgres:16"), "{normalized}");
-        assert!(normalized.contains("127.0.0.1"), "ports are published on loopback only:\n{normalized}");
+        assert!(
+            normalized.contains("127.0.0.1"),
+            "ports are published on loopback only:\n{normalized}"
+        );
     }
 }
 
 #[test]
 fn systemd_units_pass_systemd_analyze_verify() {
     let p = shop();
-    let run = p.gantry(&["render", "--target", "systemd", "--env", "prod", "--out", "out"]);
+    let run = p.gantry(&[
+        "render", "--target", "systemd", "--env", "prod", "--out", "out",
+    ]);
     run.expect_code(0);
     let files: Vec<String> = run.json()["files"]
         .as_array()
@@ -92,8 +111,14 @@ fn systemd_units_pass_systemd_analyze_verify() {
         insta::assert_snapshot!(format!("systemd_{unit}"), read(&dir.join(unit)));
     }
     let web = read(&dir.join("shop-web-2.service"));
-    assert!(web.contains("Environment=\"PORT=10001\""), "each instance has its own port:\n{web}");
-    assert!(web.contains("MemoryMax=268435456") && web.contains("CPUQuota=50%"), "{web}");
+    assert!(
+        web.contains("Environment=\"PORT=10001\""),
+        "each instance has its own port:\n{web}"
+    );
+    assert!(
+        web.contains("MemoryMax=268435456") && web.contains("CPUQuota=50%"),
+        "{web}"
+    );
     assert!(web.contains("TimeoutStopSec=15"), "{web}");
 
     let Some(mut analyze) = tool("systemd-analyze") else {
@@ -113,7 +138,10 @@ fn systemd_units_pass_systemd_analyze_verify() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     // verify also reports on the host's own units; only lines about ours matter.
     let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("shop")).collect();
-    assert!(out.status.success() && ours.is_empty(), "systemd-analyze verify:\n{stderr}");
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify:\n{stderr}"
+    );
 }
 
 #[test]
@@ -122,7 +150,9 @@ fn a_target_with_nothing_to_render_says_so() {
         "gantry.toml",
         "[project]\nname = \"site\"\n[services.www]\nstatic = \"public\"\nroutes = [\"example.com\"]\n",
     );
-    let run = p.gantry(&["render", "--target", "systemd", "--out", "out", "--output", "json"]);
+    let run = p.gantry(&[
+        "render", "--target", "systemd", "--out", "out", "--output", "json",
+    ]);
     run.expect_code(0);
     let report = run.json();
     assert_eq!(report["files"], serde_json::json!([]));

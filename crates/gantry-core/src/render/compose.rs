@@ -130,12 +130,20 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
                     );
                     return None;
                 }
-                let condition = if dep_service.health.as_ref().is_some_and(|h| matches!(h.check, Check::Command { .. })) {
+                let condition = if dep_service
+                    .health
+                    .as_ref()
+                    .is_some_and(|h| matches!(h.check, Check::Command { .. }))
+                {
                     "service_healthy"
                 } else {
                     "service_started"
                 };
-                Some(instance_names(dep_service).into_iter().map(move |n| (n, DependsOn { condition })))
+                Some(
+                    instance_names(dep_service)
+                        .into_iter()
+                        .map(move |n| (n, DependsOn { condition })),
+                )
             })
             .flatten()
             .collect::<BTreeMap<_, _>>();
@@ -144,7 +152,9 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
             let instance = index as u32 + 1;
             let mut environment = service.env.clone();
             let published = match (&service.port, ports.get(&(service.name.clone(), instance))) {
-                (Some(Port::Fixed(inside)), Some(outside)) => vec![format!("127.0.0.1:{outside}:{inside}")],
+                (Some(Port::Fixed(inside)), Some(outside)) => {
+                    vec![format!("127.0.0.1:{outside}:{inside}")]
+                }
                 (Some(Port::Named(_)), Some(port)) => {
                     environment.insert("PORT".to_owned(), port.to_string());
                     vec![format!("127.0.0.1:{port}:{port}")]
@@ -181,12 +191,17 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
     let yaml = serde_norway::to_string(&file).unwrap_or_default();
     let mut text = header("#", env, host);
     // No top-level `name`: docker-compose 1.x rejects it; the project name goes on the command line.
-    let _ = writeln!(text, "# Run with: docker compose -p {} -f compose.yaml up -d", env.project);
+    let _ = writeln!(
+        text,
+        "# Run with: docker compose -p {} -f compose.yaml up -d",
+        env.project
+    );
     if containers.iter().any(|s| !s.secrets.is_empty()) {
         text.push_str("# Secrets are read from secrets/<service>.env beside this file (NAME=value lines, mode 0600).\n");
     }
     text.push_str(&yaml);
-    out.files.insert(format!("{host}/compose.yaml").into(), text);
+    out.files
+        .insert(format!("{host}/compose.yaml").into(), text);
 }
 
 /// One compose service per replica, so each can publish its own loopback port.
@@ -205,12 +220,24 @@ fn note_common(service: &Service, out: &mut Rendering) {
         out.note(service, "routes", "routes are served by Gantry's proxy; ports are published on 127.0.0.1 for a proxy of your own");
     }
     if service.build.is_some() {
-        out.note(service, "build", "build commands are not run by compose; build the image yourself");
+        out.note(
+            service,
+            "build",
+            "build commands are not run by compose; build the image yourself",
+        );
     }
     if service.migrate.is_some() {
-        out.note(service, "migrate", "compose has no deploy hooks to run migrations in");
+        out.note(
+            service,
+            "migrate",
+            "compose has no deploy hooks to run migrations in",
+        );
     }
     if service.backup.is_some() {
-        out.note(service, "backup", "scheduled backups are taken by Gantry's agent");
+        out.note(
+            service,
+            "backup",
+            "scheduled backups are taken by Gantry's agent",
+        );
     }
 }

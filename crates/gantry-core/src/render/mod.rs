@@ -73,7 +73,9 @@ fn header(comment: &str, env: &Environment, host: &str) -> String {
 /// from `NAMED_PORTS_FROM` in deploy order, skipping fixed ones.
 pub const NAMED_PORTS_FROM: u16 = 10_000;
 
-fn assign_ports<'a>(services: impl IntoIterator<Item = &'a Service>) -> BTreeMap<(String, u32), u16> {
+fn assign_ports<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+) -> BTreeMap<(String, u32), u16> {
     let services: Vec<&Service> = services.into_iter().collect();
     let fixed: BTreeSet<u16> = services
         .iter()
@@ -157,9 +159,16 @@ pub fn render_to(
     for (path, contents) in &rendering.files {
         crate::write_atomic(&out.join(path), contents.as_bytes())?;
     }
-    for stale in previous.iter().filter(|p| !rendering.files.contains_key(*p)) {
+    for stale in previous
+        .iter()
+        .filter(|p| !rendering.files.contains_key(*p))
+    {
         // Only paths this command wrote before, and only inside `out`.
-        if stale.is_relative() && !stale.components().any(|c| c == std::path::Component::ParentDir) {
+        if stale.is_relative()
+            && !stale
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
             let _ = std::fs::remove_file(out.join(stale));
         }
     }

@@ -46,11 +46,17 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
         };
         note_unsupported(service, out);
         for dep in &service.depends_on {
-            if env.services.get(dep).is_some_and(|d| !matches!(d.workload, Workload::Process { .. })) {
+            if env
+                .services
+                .get(dep)
+                .is_some_and(|d| !matches!(d.workload, Workload::Process { .. }))
+            {
                 out.note(
                     service,
                     "depends_on",
-                    format!("`{dep}` is not a process, so its unit cannot be ordered before this one"),
+                    format!(
+                        "`{dep}` is not a process, so its unit cannot be ordered before this one"
+                    ),
                 );
             }
         }
@@ -61,7 +67,10 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
             let description = if service.replicas == 1 {
                 format!("{} {}", env.project, service.name)
             } else {
-                format!("{} {} (instance {instance} of {})", env.project, service.name, service.replicas)
+                format!(
+                    "{} {} (instance {instance} of {})",
+                    env.project, service.name, service.replicas
+                )
             };
             let _ = writeln!(text, "Description={}", escape_specifiers(&description));
             let after: Vec<String> = std::iter::once("network-online.target".to_owned())
@@ -80,9 +89,17 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
             let _ = writeln!(text, "PartOf={}.target", env.project);
             let _ = writeln!(text, "\n[Service]");
             let _ = writeln!(text, "Type=simple");
-            let _ = writeln!(text, "WorkingDirectory={WORKING_DIR_ROOT}/{}/{}", env.project, service.name);
+            let _ = writeln!(
+                text,
+                "WorkingDirectory={WORKING_DIR_ROOT}/{}/{}",
+                env.project, service.name
+            );
             // Through a shell, as gantry runs it; `$` is doubled so systemd leaves it to the shell.
-            let _ = writeln!(text, "ExecStart=/bin/sh -c {}", quote(&format!("exec {run}")).replace('$', "$$"));
+            let _ = writeln!(
+                text,
+                "ExecStart=/bin/sh -c {}",
+                quote(&format!("exec {run}")).replace('$', "$$")
+            );
             if let Some(port) = ports.get(&(service.name.clone(), instance)) {
                 let _ = writeln!(text, "Environment={}", quote(&format!("PORT={port}")));
             }
@@ -90,7 +107,11 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
                 let _ = writeln!(text, "Environment={}", quote(&format!("{key}={value}")));
             }
             if !service.secrets.is_empty() {
-                let _ = writeln!(text, "EnvironmentFile={SECRETS_DIR}/{}/{}.env", env.project, service.name);
+                let _ = writeln!(
+                    text,
+                    "EnvironmentFile={SECRETS_DIR}/{}/{}.env",
+                    env.project, service.name
+                );
             }
             let restart = match service.restart {
                 Restart::Always => "always",
@@ -101,7 +122,11 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
             let _ = writeln!(text, "RestartSec=1");
             let _ = writeln!(text, "KillMode=mixed");
             let _ = writeln!(text, "KillSignal=SIGTERM");
-            let _ = writeln!(text, "TimeoutStopSec={}", service.stop_timeout.as_millis().div_ceil(1000).max(1));
+            let _ = writeln!(
+                text,
+                "TimeoutStopSec={}",
+                service.stop_timeout.as_millis().div_ceil(1000).max(1)
+            );
             if let Some(memory) = service.resources.memory {
                 let _ = writeln!(text, "MemoryMax={}", memory.bytes());
             }
@@ -113,17 +138,25 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
             }
             let _ = writeln!(text, "\n[Install]");
             let _ = writeln!(text, "WantedBy={}.target", env.project);
-            out.files.insert(format!("{host}/systemd/{unit}").into(), text);
+            out.files
+                .insert(format!("{host}/systemd/{unit}").into(), text);
             all_units.push(unit);
         }
     }
     let mut target = header("#", env, host);
     let _ = writeln!(target, "[Unit]");
-    let _ = writeln!(target, "Description={} (every service)", escape_specifiers(&env.project));
+    let _ = writeln!(
+        target,
+        "Description={} (every service)",
+        escape_specifiers(&env.project)
+    );
     let _ = writeln!(target, "Wants={}", all_units.join(" "));
     let _ = writeln!(target, "\n[Install]");
     let _ = writeln!(target, "WantedBy=multi-user.target");
-    out.files.insert(format!("{host}/systemd/{}.target", env.project).into(), target);
+    out.files.insert(
+        format!("{host}/systemd/{}.target", env.project).into(),
+        target,
+    );
 }
 
 fn unit_name(project: &str, service: &Service, instance: u32) -> String {
@@ -150,22 +183,42 @@ fn quote(text: &str) -> String {
 
 fn note_unsupported(service: &Service, out: &mut Rendering) {
     if service.health.is_some() {
-        out.note(service, "health", "systemd does not run health checks; Gantry's agent does");
+        out.note(
+            service,
+            "health",
+            "systemd does not run health checks; Gantry's agent does",
+        );
     }
     if !service.routes.is_empty() {
-        out.note(service, "routes", "routes are served by Gantry's proxy; each instance listens on its $PORT");
+        out.note(
+            service,
+            "routes",
+            "routes are served by Gantry's proxy; each instance listens on its $PORT",
+        );
     }
     if service.build.is_some() {
-        out.note(service, "build", "build commands are not run by systemd; build before copying the files");
+        out.note(
+            service,
+            "build",
+            "build commands are not run by systemd; build before copying the files",
+        );
     }
     if service.migrate.is_some() {
-        out.note(service, "migrate", "systemd has no deploy step to run migrations once in");
+        out.note(
+            service,
+            "migrate",
+            "systemd has no deploy step to run migrations once in",
+        );
     }
     if !service.volumes.is_empty() {
         out.note(service, "volumes", "volumes are for containers");
     }
     if service.backup.is_some() {
-        out.note(service, "backup", "scheduled backups are taken by Gantry's agent");
+        out.note(
+            service,
+            "backup",
+            "scheduled backups are taken by Gantry's agent",
+        );
     }
     out.note(
         service,
@@ -180,6 +233,9 @@ mod tests {
 
     #[test]
     fn quoting_escapes_what_systemd_reads() {
-        assert_eq!(quote(r#"A=say "hi" 100% \o/"#), r#""A=say \"hi\" 100%% \\o/""#);
+        assert_eq!(
+            quote(r#"A=say "hi" 100% \o/"#),
+            r#""A=say \"hi\" 100%% \\o/""#
+        );
     }
 }
