@@ -9,6 +9,10 @@ const EXAMPLES: &str = "\
 Examples:
   gantry init                       Write a starter gantry.toml here
   gantry validate                   Check gantry.toml, every environment
+  gantry deploy                     Run the project on this machine, supervised
+  gantry status                     What runs, on which release, how healthy
+  gantry logs web -f                Follow one service's output
+  gantry rollback                   Back to the previous release, no rebuild
   gantry show -e prod               Print the prod environment as it will run
   gantry render --target compose --out build/compose
   gantry validate --output json     One JSON document on stdout, for scripts
@@ -64,6 +68,10 @@ pub struct Global {
     /// Answer yes to every confirmation
     #[arg(long, global = true)]
     pub yes: bool,
+
+    /// The local agent's state directory [default: $XDG_STATE_HOME/gantry]
+    #[arg(long, global = true, env = "GANTRY_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -116,6 +124,63 @@ pub enum Command {
     /// Example: gantry init my-app
     Init(InitArgs),
 
+    /// Build and run the project's services in the environment
+    ///
+    /// Runs each service's build command, takes the artifact, and has the
+    /// host's agent start new instances, wait until they are healthy, switch
+    /// to them and stop the old ones. A service whose new instances fail keeps
+    /// its previous release, and the command exits 6. On `local` the agent is
+    /// started in the background if it is not running.
+    ///
+    /// Example: gantry deploy --env local
+    Deploy(DeployArgs),
+
+    /// Show what runs: each service's state, release and instances
+    ///
+    /// Per instance: pid, port, health, restarts, memory in use; per service,
+    /// whether its resource limits are enforced.
+    ///
+    /// Example: gantry status --output json
+    Status,
+
+    /// Print the services' output
+    ///
+    /// In JSON mode, one JSON object a line.
+    ///
+    /// Example: gantry logs web --since 10m -f
+    Logs(LogsArgs),
+
+    /// List the releases, newest first, or show one
+    ///
+    /// Example: gantry releases show r3
+    Releases(ReleasesArgs),
+
+    /// Re-activate an earlier release from its stored artifact, without rebuilding
+    ///
+    /// Goes back to the release before the current one unless --to names one.
+    ///
+    /// Example: gantry rollback --to r2
+    Rollback(RollbackArgs),
+
+    /// Stop one service, or all of them; they stay stopped until deployed or restarted
+    ///
+    /// Example: gantry stop worker
+    Stop(ServiceArg),
+
+    /// Restart one service, or all of them, on their current release
+    ///
+    /// Example: gantry restart web
+    Restart(ServiceArg),
+
+    /// Run this machine's agent, or stop it
+    ///
+    /// The agent supervises the services, keeps releases and serves its API on
+    /// a Unix socket in the state directory. The CLI starts it when needed;
+    /// stopping it leaves the services running.
+    ///
+    /// Example: gantry agent stop
+    Agent(AgentArgs),
+
     /// Print a shell completion script
     ///
     /// The script is printed as it is, even when stdout is not a terminal;
@@ -129,6 +194,77 @@ pub enum Command {
     /// Example: gantry man | man -l -
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Skip the build commands and ship what is on disk
+    #[arg(long)]
+    pub skip_build: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Only this service
+    pub service: Option<String>,
+
+    /// Keep printing new lines as they come
+    #[arg(short, long)]
+    pub follow: bool,
+
+    /// Only lines from this long ago, like 10m or 1h
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+
+    /// Only the last N lines
+    #[arg(short = 'n', long, value_name = "N")]
+    pub tail: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleasesArgs {
+    #[command(subcommand)]
+    pub action: Option<ReleasesAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleasesAction {
+    /// Show one release: its phases, timings, outcome and services
+    Show {
+        /// The release's id (r3) or number (3)
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The release to go back to (id like r2, or number)
+    #[arg(long, value_name = "ID")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArg {
+    /// One service [default: every service]
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub action: Option<AgentAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentAction {
+    /// Stop the agent; the services keep running
+    Stop,
+    /// Run one instance's relay (started by the agent, not by hand)
+    #[command(hide = true)]
+    Relay {
+        #[arg(long)]
+        spec: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -11,14 +11,30 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use gantry_core::{Project, init, render, show, validate};
+use gantry_core::host::{Host, HostError};
+use gantry_core::{Project, deploy, init, operate, render, show, validate};
 
+use args::{AgentAction, OutputMode, ReleasesAction, RenderTarget};
 pub use args::{Cli, Command};
-use args::{OutputMode, RenderTarget};
 pub use output::{Failure, Mode, Printer, Report};
 
+/// Connects to the local agent of a state directory, starting it if asked.
+pub type ConnectLocal = fn(&str, &std::path::Path, bool) -> Result<Box<dyn Host>, HostError>;
+
+/// The concrete parts the binary plugs in: the agent itself, the relay, and
+/// how to reach an agent. The CLI knows them only by these signatures.
+pub struct Wiring {
+    /// Runs this machine's agent on a state directory until it is stopped.
+    pub run_agent: fn(&std::path::Path) -> Result<(), Failure>,
+    /// Runs one instance's relay from its spec file.
+    pub relay: fn(&std::path::Path) -> ExitCode,
+    pub connect_local: ConnectLocal,
+    /// The default state directory.
+    pub default_state_dir: fn() -> PathBuf,
+}
+
 /// Runs the CLI with these arguments and returns the process exit code.
-pub fn run(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
+pub fn run(argv: impl IntoIterator<Item = OsString>, wiring: &Wiring) -> ExitCode {
     let argv: Vec<OsString> = argv.into_iter().collect();
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
@@ -29,7 +45,13 @@ pub fn run(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
         cli.global.quiet,
         cli.global.verbose,
     );
-    match execute(&cli, &printer) {
+    if let Command::Agent(args::AgentArgs {
+        action: Some(AgentAction::Relay { spec }),
+    }) = &cli.command
+    {
+        return (wiring.relay)(spec);
+    }
+    match execute(&cli, &printer, wiring) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             printer.failure(&failure);
@@ -38,20 +60,89 @@ pub fn run(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
     }
 }
 
-fn execute(cli: &Cli, printer: &Printer) -> Result<(), Failure> {
+fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure> {
     let cwd = std::env::current_dir().map_err(|e| Failure {
         code: "io.failed",
         exit: gantry_core::ExitClass::Failed.code(),
         message: format!("cannot read the current directory: {e}"),
         hint: None,
         diagnostics: None,
+        details: None,
     })?;
     let project = Project {
         config: cli.global.config.clone(),
         cwd: cwd.clone(),
     };
     let env = cli.global.environment.as_str();
+    let state_dir = cli
+        .global
+        .state_dir
+        .as_ref()
+        .map(|d| absolute(&cwd, d))
+        .unwrap_or_else(wiring.default_state_dir);
+    let connect_with = |start: bool| {
+        let state_dir = state_dir.clone();
+        move |host: &gantry_core::config::resolve::Host| -> Result<Box<dyn Host>, gantry_core::Error> {
+            Ok((wiring.connect_local)(&host.name, &state_dir, start)?)
+        }
+    };
+    let connect = connect_with(true);
+    let vars = |name: &str| std::env::var(name).ok();
+    let progress = output::StderrProgress(printer);
     match &cli.command {
+        Command::Deploy(args) => {
+            let options = deploy::DeployOptions {
+                skip_build: args.skip_build,
+            };
+            let report = deploy::deploy(&project, env, &connect, &vars, &options, &progress)?;
+            emit(printer, report)
+        }
+        Command::Status => emit(printer, operate::status(&project, env, &connect)?),
+        Command::Logs(args) => logs(printer, &project, env, args, &connect),
+        Command::Releases(args) => match &args.action {
+            None => emit(printer, operate::releases(&project, env, &connect)?),
+            Some(ReleasesAction::Show { id }) => emit(
+                printer,
+                text::ReleaseDetail(operate::release(&project, env, id, &connect)?),
+            ),
+        },
+        Command::Rollback(args) => emit(
+            printer,
+            operate::rollback(&project, env, args.to.as_deref(), &connect, &vars)?,
+        ),
+        Command::Stop(args) => emit(
+            printer,
+            operate::stop(&project, env, args.service.as_deref(), &connect)?,
+        ),
+        Command::Restart(args) => emit(
+            printer,
+            operate::restart(&project, env, args.service.as_deref(), &connect)?,
+        ),
+        Command::Agent(args) => match &args.action {
+            None => {
+                printer.status(&format!("agent: state in {}", state_dir.display()));
+                (wiring.run_agent)(&state_dir)
+            }
+            Some(AgentAction::Stop) => {
+                match (wiring.connect_local)("local", &state_dir, false) {
+                    Ok(agent) => agent.shutdown().map_err(gantry_core::Error::from)?,
+                    Err(HostError::Unreachable { .. }) => {
+                        printer.status("no agent is running");
+                    }
+                    Err(other) => return Err(gantry_core::Error::from(other).into()),
+                }
+                emit(
+                    printer,
+                    text::AgentStopped {
+                        state_dir: state_dir.clone(),
+                    },
+                )
+            }
+            Some(AgentAction::Relay { spec }) => {
+                let _ = (wiring.relay)(spec);
+                Ok(())
+            }
+        },
         Command::Validate => emit(printer, validate::validate(&project)?),
         Command::Show => emit(
             printer,
@@ -83,6 +174,46 @@ fn execute(cli: &Cli, printer: &Printer) -> Result<(), Failure> {
             emit_script(cli, printer, "man", page)
         }
     }
+}
+
+/// `gantry logs`: lines as they come, text or one JSON object a line.
+fn logs(
+    printer: &Printer,
+    project: &Project,
+    env: &str,
+    args: &args::LogsArgs,
+    connect: operate::Connect<'_>,
+) -> Result<(), Failure> {
+    let since_ms = match &args.since {
+        None => None,
+        Some(text) => {
+            let ago: gantry_core::config::units::Duration = text.parse().map_err(|e| Failure {
+                code: "usage",
+                exit: gantry_core::ExitClass::Usage.code(),
+                message: format!("--since {text}: {e}"),
+                hint: Some("give a duration like 10m, 2h or 30s".to_owned()),
+                diagnostics: None,
+                details: None,
+            })?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            Some(now.saturating_sub(ago.as_millis()))
+        }
+    };
+    let query = gantry_core::host::LogQuery {
+        service: args.service.clone(),
+        since_ms,
+        tail: args.tail,
+        follow: args.follow,
+    };
+    let mut write_failed = false;
+    operate::logs(project, env, &query, connect, &mut |line| {
+        let ok = printer.log_line(&line).is_ok();
+        write_failed |= !ok;
+        ok
+    })?;
+    Ok(())
 }
 
 fn absolute(cwd: &std::path::Path, path: &std::path::Path) -> PathBuf {
@@ -126,6 +257,7 @@ fn io_failure(what: &str, error: std::io::Error) -> Failure {
         message: format!("cannot {what}: {error}"),
         hint: None,
         diagnostics: None,
+        details: None,
     }
 }
 
@@ -160,6 +292,7 @@ fn usage_error(argv: &[OsString], error: clap::Error) -> ExitCode {
         message,
         hint: Some("run `gantry --help`, or `gantry <command> --help`".to_owned()),
         diagnostics: None,
+        details: None,
     });
     ExitCode::from(exit)
 }

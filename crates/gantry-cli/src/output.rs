@@ -41,6 +41,8 @@ pub struct Failure {
     pub message: String,
     pub hint: Option<String>,
     pub diagnostics: Option<Box<Diagnostics>>,
+    /// More for scripts: the report of a failed deploy.
+    pub details: Option<Box<serde_json::Value>>,
 }
 
 impl From<gantry_core::Error> for Failure {
@@ -51,6 +53,7 @@ impl From<gantry_core::Error> for Failure {
             message: error.to_string(),
             hint: error.hint(),
             diagnostics: error.diagnostics().cloned().map(Box::new),
+            details: error.details().cloned().map(Box::new),
         }
     }
 }
@@ -99,6 +102,27 @@ impl Printer {
         }
     }
 
+    /// One log line: `[time] service/instance line` in text, a JSON object a line in JSON.
+    pub fn log_line(&self, line: &gantry_core::agent_api::LogLine) -> std::io::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        match self.mode {
+            Mode::Json => {
+                serde_json::to_writer(&mut stdout, line)?;
+                writeln!(stdout)?;
+            }
+            Mode::Text => {
+                let secs = line.ts / 1000;
+                let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+                writeln!(
+                    stdout,
+                    "{h:02}:{m:02}:{s:02} {} | {}",
+                    line.service, line.line
+                )?;
+            }
+        }
+        stdout.flush()
+    }
+
     pub fn failure(&self, failure: &Failure) {
         match self.mode {
             Mode::Json => {
@@ -113,12 +137,24 @@ impl Printer {
                 if let Some(d) = &failure.diagnostics {
                     error["errors"] = json!(d.items);
                 }
+                if let Some(details) = &failure.details {
+                    error["details"] = (**details).clone();
+                }
                 let mut stdout = std::io::stdout().lock();
                 let _ = serde_json::to_writer_pretty(&mut stdout, &json!({ "error": error }));
                 let _ = writeln!(stdout);
             }
             Mode::Text => eprint!("{}", render_failure(failure, self.color)),
         }
+    }
+}
+
+/// Progress of long operations as lines on stderr (text mode, not with -q).
+pub struct StderrProgress<'a>(pub &'a Printer);
+
+impl gantry_core::deploy::Progress for StderrProgress<'_> {
+    fn step(&self, message: &str) {
+        self.0.status(&format!("· {message}"));
     }
 }
 

@@ -148,3 +148,180 @@ impl Report for InitReport {
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
+
+fn instances_line(out: &mut String, service: &gantry_core::agent_api::ServiceStatus) {
+    for i in &service.instances {
+        let memory = i.memory.map_or_else(String::new, |m| {
+            format!(", {:.1} MiB", m as f64 / 1_048_576.0)
+        });
+        let port = i.port.map_or_else(String::new, |p| format!(", port {p}"));
+        let pid = i
+            .pid
+            .map_or_else(|| "no process".to_owned(), |p| format!("pid {p}"));
+        let _ = writeln!(
+            out,
+            "    {} {:?}: {pid}{port}, {}{}, {} restart{}{memory}",
+            i.id,
+            i.state,
+            if i.healthy { "healthy" } else { "not healthy" },
+            i.last_exit
+                .as_ref()
+                .map_or_else(String::new, |e| format!(" (last {e})")),
+            i.restarts,
+            plural(i.restarts as usize)
+        );
+    }
+}
+
+fn services_text(out: &mut String, services: &[gantry_core::agent_api::ServiceStatus]) {
+    for s in services {
+        let _ = writeln!(
+            out,
+            "  {} {:?} on {}{}",
+            s.name,
+            s.state,
+            s.release.as_deref().unwrap_or("no release"),
+            if s.urls.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", s.urls.join(" "))
+            }
+        );
+        instances_line(out, s);
+        let wanted = s.limits.memory.is_some() || s.limits.cpu.is_some() || s.limits.pids.is_some();
+        if wanted {
+            let _ = writeln!(
+                out,
+                "    limits {} ({})",
+                if s.limits.enforced {
+                    "enforced"
+                } else {
+                    "NOT enforced"
+                },
+                s.limits.via
+            );
+        }
+        if let Some(reason) = &s.reason {
+            let _ = writeln!(out, "    {reason}");
+        }
+        for line in &s.log_tail {
+            let _ = writeln!(out, "    | {line}");
+        }
+    }
+}
+
+impl Report for gantry_core::deploy::DeployReport {
+    fn text(&self) -> String {
+        let total: u64 = self.release.phases.iter().map(|p| p.duration_ms).sum();
+        let mut out = format!(
+            "deployed {} release {} to {} ({}): {:?} in {} ms\n",
+            self.project, self.release.id, self.environment, self.host, self.release.outcome, total
+        );
+        if self.upload.blobs_sent > 0 {
+            let _ = writeln!(
+                out,
+                "  sent {} of {} files ({} bytes)",
+                self.upload.blobs_sent, self.upload.files, self.upload.bytes_sent
+            );
+        }
+        services_text(&mut out, &self.services);
+        out
+    }
+}
+
+impl Report for gantry_core::operate::StatusReport {
+    fn text(&self) -> String {
+        let mut out = format!(
+            "{} on {} ({})\n",
+            self.status.project, self.environment, self.host
+        );
+        if self.status.services.is_empty() {
+            out.push_str("  nothing deployed yet: run `gantry deploy`\n");
+        }
+        services_text(&mut out, &self.status.services);
+        out
+    }
+}
+
+impl Report for gantry_core::operate::ReleasesReport {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        if self.releases.is_empty() {
+            let _ = writeln!(
+                out,
+                "{} has no releases yet: run `gantry deploy`",
+                self.project
+            );
+        }
+        for r in &self.releases {
+            let total: u64 = r.phases.iter().map(|p| p.duration_ms).sum();
+            let _ = writeln!(
+                out,
+                "{:>5}  {:?}  {}  {} ms  artifact {}{}{}",
+                r.id,
+                r.outcome,
+                r.environment,
+                total,
+                r.artifact_digest.get(..12).unwrap_or(&r.artifact_digest),
+                r.rollback_of
+                    .as_ref()
+                    .map_or_else(String::new, |of| format!("  (rollback to {of})")),
+                r.reason
+                    .as_ref()
+                    .map_or_else(String::new, |why| format!("\n       {why}"))
+            );
+        }
+        out
+    }
+}
+
+/// One release in full.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct ReleaseDetail(pub gantry_core::agent_api::Release);
+
+impl Report for ReleaseDetail {
+    fn text(&self) -> String {
+        let r = &self.0;
+        let mut out = format!(
+            "release {} of {} ({}): {:?}\n  artifact {}\n  config {}\n",
+            r.id, r.project, r.environment, r.outcome, r.artifact_digest, r.config_hash
+        );
+        if let Some(of) = &r.rollback_of {
+            let _ = writeln!(out, "  a rollback to {of}");
+        }
+        if let Some(reason) = &r.reason {
+            let _ = writeln!(out, "  {reason}");
+        }
+        for line in &r.log_tail {
+            let _ = writeln!(out, "  | {line}");
+        }
+        out.push_str("  phases:\n");
+        for p in &r.phases {
+            let _ = writeln!(
+                out,
+                "    {:<12} {:<10} {:>6} ms",
+                p.name,
+                p.service.as_deref().unwrap_or(""),
+                p.duration_ms
+            );
+        }
+        let names: Vec<&str> = r.services.iter().map(|s| s.name.as_str()).collect();
+        let _ = writeln!(out, "  services: {}", names.join(", "));
+        out
+    }
+}
+
+#[derive(Serialize)]
+pub struct AgentStopped {
+    pub state_dir: std::path::PathBuf,
+}
+
+impl Report for AgentStopped {
+    fn text(&self) -> String {
+        format!(
+            "agent of {} stopped; services keep running\n",
+            self.state_dir.display()
+        )
+    }
+}

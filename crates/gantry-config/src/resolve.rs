@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::{self, File, Port, Provider, Restart};
@@ -68,7 +69,7 @@ fn deep_merge(base: &mut Value, over: Value) {
 }
 
 /// One environment, ready to plan and deploy.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Environment {
     pub project: String,
     pub name: String,
@@ -76,7 +77,7 @@ pub struct Environment {
     pub services: BTreeMap<String, Service>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Host {
     pub name: String,
     #[serde(flatten)]
@@ -84,7 +85,7 @@ pub struct Host {
 }
 
 /// How a host is reached.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "transport", rename_all = "snake_case")]
 pub enum Reach {
     /// This machine, directly.
@@ -96,7 +97,7 @@ pub enum Reach {
 }
 
 /// How a service runs: which driver takes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "driver", rename_all = "snake_case")]
 pub enum Workload {
     /// A supervised process.
@@ -107,7 +108,7 @@ pub enum Workload {
     Static { dir: String },
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Service {
     pub name: String,
     #[serde(flatten)]
@@ -136,7 +137,7 @@ pub struct Service {
     pub restart: Restart,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Check {
     Http { path: String },
@@ -144,7 +145,7 @@ pub enum Check {
     Command { command: String },
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Health {
     #[serde(flatten)]
     pub check: Check,
@@ -154,7 +155,9 @@ pub struct Health {
     pub start_period: Duration,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub struct Route {
     /// Lowercase host name; may start with `*.`.
     pub host: String,
@@ -189,7 +192,7 @@ impl std::fmt::Display for Route {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Resources {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<Size>,
@@ -199,7 +202,7 @@ pub struct Resources {
     pub pids: Option<u32>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Backup {
     pub schedule: String,
     pub keep: u32,

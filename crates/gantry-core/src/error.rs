@@ -87,6 +87,25 @@ pub enum Error {
     InitExists { path: PathBuf },
     #[error("{dir} is not empty and was not written by `gantry render`")]
     OutputExists { dir: PathBuf },
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
+    #[error("the build of `{service}` failed: `{command}` {status}")]
+    BuildFailed {
+        service: String,
+        command: String,
+        status: String,
+    },
+    #[error("secret{} {} not set", if names.len() == 1 { "" } else { "s" }, names.join(", "))]
+    MissingSecrets { names: Vec<String> },
+    #[error("{what}")]
+    Unsupported { what: String, hint: String },
+    #[error("release {release} failed: {reason}")]
+    DeployFailed {
+        release: String,
+        reason: String,
+        log_tail: Vec<String>,
+        report: Box<serde_json::Value>,
+    },
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -117,6 +136,17 @@ impl Error {
                 gantry_config::Error::Invalid(_) => "config.invalid",
                 gantry_config::Error::UnknownEnvironment { .. } => "config.unknown_environment",
             },
+            Error::Host(crate::host::HostError::Unreachable { .. }) => "agent.unreachable",
+            Error::Host(crate::host::HostError::Protocol { .. }) => "agent.protocol",
+            Error::Host(crate::host::HostError::Api { error, .. }) => CODES
+                .iter()
+                .map(|(code, _, _)| *code)
+                .find(|code| *code == error.code)
+                .unwrap_or("agent.error"),
+            Error::BuildFailed { .. } => "build.failed",
+            Error::MissingSecrets { .. } => "secrets.missing",
+            Error::Unsupported { .. } => "deploy.unsupported",
+            Error::DeployFailed { .. } => "deploy.failed",
             Error::InitExists { .. } => "init.exists",
             Error::OutputExists { .. } => "output.exists",
             Error::Io { .. } => "io.failed",
@@ -124,6 +154,15 @@ impl Error {
     }
 
     pub fn exit_class(&self) -> ExitClass {
+        if let Error::Host(crate::host::HostError::Api { status, error }) = self
+            && !CODES.iter().any(|(c, _, _)| *c == error.code)
+        {
+            return match status {
+                404 | 422 | 400 => ExitClass::Invalid,
+                409 => ExitClass::Conflict,
+                _ => ExitClass::Failed,
+            };
+        }
         let code = self.code();
         CODES
             .iter()
@@ -141,6 +180,29 @@ impl Error {
                 Some("choose an empty or new directory for --out, or remove this one".to_owned())
             }
             Error::Io { .. } => None,
+            Error::Host(crate::host::HostError::Unreachable { hint, .. }) => Some(hint.clone()),
+            Error::Host(crate::host::HostError::Api { error, .. }) => error.hint.clone(),
+            Error::Host(crate::host::HostError::Protocol { .. }) => Some(
+                "check that the gantry binary and the agent are the same version".to_owned(),
+            ),
+            Error::BuildFailed { .. } => Some("its output is above; fix the build and deploy again".to_owned()),
+            Error::MissingSecrets { .. } => Some(
+                "set them in the environment of this command, or as NAME=value lines in .gantry/secrets.env (mode 0600)".to_owned(),
+            ),
+            Error::Unsupported { hint, .. } => Some(hint.clone()),
+            Error::DeployFailed { log_tail, .. } => Some(if log_tail.is_empty() {
+                "see `gantry logs` for the service's output".to_owned()
+            } else {
+                format!("the service's last output:\n  {}", log_tail.join("\n  "))
+            }),
+        }
+    }
+
+    /// More about the error, for the JSON form: the deploy report of a failed deploy.
+    pub fn details(&self) -> Option<&serde_json::Value> {
+        match self {
+            Error::DeployFailed { report, .. } => Some(report),
+            _ => None,
         }
     }
 

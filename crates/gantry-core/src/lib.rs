@@ -2,8 +2,13 @@
 //! typed report that serializes to JSON; none of them prints, reads flags or
 //! knows whether a terminal is attached. `gantry-cli` renders the reports.
 
+pub mod agent_api;
+pub mod artifact;
+pub mod deploy;
 pub mod error;
+pub mod host;
 pub mod init;
+pub mod operate;
 pub mod render;
 pub mod show;
 pub mod validate;

@@ -6,17 +6,30 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A temporary project directory, removed when dropped.
+/// A temporary project directory, removed when dropped. Its agent state
+/// lives in a directory of its own (`GANTRY_STATE_DIR`), and dropping the
+/// project stops its services and its agent, so no test leaves processes behind.
 pub struct TestProject {
     dir: tempfile::TempDir,
+    state: tempfile::TempDir,
     bin: PathBuf,
     env: Vec<(String, String)>,
+}
+
+impl Drop for TestProject {
+    fn drop(&mut self) {
+        if self.state.path().join("agent.sock").exists() {
+            let _ = self.gantry(&["stop"]);
+            let _ = self.gantry(&["agent", "stop"]);
+        }
+    }
 }
 
 impl TestProject {
     pub fn new(bin: impl Into<PathBuf>) -> Self {
         TestProject {
             dir: tempfile::tempdir().expect("create a temporary directory"),
+            state: tempfile::tempdir().expect("create a temporary directory"),
             bin: bin.into(),
             env: Vec::new(),
         }
@@ -42,6 +55,21 @@ impl TestProject {
         self.dir.path()
     }
 
+    /// The agent's state directory for this project's runs.
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// Copies a file into the project, keeping its permissions.
+    pub fn copy(self, from: &Path, relative: &str) -> Self {
+        let to = self.dir.path().join(relative);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).expect("create directories");
+        }
+        std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        self
+    }
+
     /// Runs `gantry ARGS` in the project directory, with colors off and no
     /// GANTRY_* variables from the caller's environment.
     pub fn gantry(&self, args: &[&str]) -> Run {
@@ -55,6 +83,7 @@ impl TestProject {
                 command.env_remove(key);
             }
         }
+        command.env("GANTRY_STATE_DIR", self.state.path());
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let output = command.output().expect("run gantry");
         Run {
@@ -110,4 +139,69 @@ pub fn workspace_root() -> PathBuf {
         .nth(2)
         .expect("crates/gantry-testkit is two levels down")
         .to_owned()
+}
+
+/// The example's binaries (`hello-web`, `hello-worker`), built once per test
+/// run into a target directory of their own beside the workspace's.
+pub fn example_bins() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| root.join("target"), PathBuf::from)
+                .join("example-hello");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args([
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "gantry-example-hello",
+                    "--target-dir",
+                ])
+                .arg(&target)
+                .current_dir(&root)
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "building the example failed");
+            target.join("release")
+        })
+        .clone()
+}
+
+/// `GET path` on 127.0.0.1:port: the status code and the body.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((status, body))
+}
+
+/// Polls `condition` until it holds or `timeout` passes; never a bare sleep.
+pub fn wait_for(what: &str, timeout: std::time::Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -1,0 +1,145 @@
+//! The agent's shared state: where its files are, its store, and the parts
+//! every task uses. Store calls block, so they run on the blocking pool.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::artifact::BlobStore;
+use crate::ports::PortAllocator;
+use crate::process::Cgroups;
+use crate::store::{Store, StoreError};
+
+/// Where the agent keeps everything, under one state directory.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub root: PathBuf,
+}
+
+impl Paths {
+    pub fn new(root: impl Into<PathBuf>) -> Paths {
+        Paths { root: root.into() }
+    }
+
+    /// The default state directory: `$XDG_STATE_HOME/gantry`, else `~/.local/state/gantry`.
+    pub fn default_root() -> PathBuf {
+        if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir).join("gantry");
+        }
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+        home.join(".local/state/gantry")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("agent.sock")
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.root.join("agent.lock")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.root.join("agent.db")
+    }
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+    pub fn releases(&self, project: &str) -> PathBuf {
+        self.root.join("releases").join(project)
+    }
+    pub fn logs(&self, project: &str) -> PathBuf {
+        self.root.join("logs").join(project)
+    }
+    pub fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    pub fn secrets(&self, project: &str) -> PathBuf {
+        self.root.join("secrets").join(format!("{project}.env"))
+    }
+    pub fn agent_log(&self) -> PathBuf {
+        self.root.join("agent.log")
+    }
+}
+
+/// Tunables, with the defaults a user would expect.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub ports: std::ops::RangeInclusive<u16>,
+    pub log_max_bytes: u64,
+    pub log_keep: u32,
+    /// How long new instances get to become healthy in a deploy, beyond their start period.
+    pub health_deadline: std::time::Duration,
+    /// Failures within `failure_window` after which an instance is given up on.
+    pub max_failures: u32,
+    pub failure_window: std::time::Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ports: 20_000..=29_999,
+            log_max_bytes: 8 << 20,
+            log_keep: 3,
+            health_deadline: std::time::Duration::from_secs(30),
+            max_failures: 5,
+            failure_window: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct Agent {
+    pub paths: Paths,
+    pub settings: Settings,
+    pub store: Arc<Mutex<Store>>,
+    pub blobs: BlobStore,
+    pub ports: Arc<Mutex<PortAllocator>>,
+    pub cgroups: Cgroups,
+    /// The gantry binary, to start relays with.
+    pub exe: PathBuf,
+    pub started_at: u64,
+    /// One deploy at a time per project.
+    pub deploy_locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    /// Set when the agent is asked to shut down.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Agent {
+    /// Runs `f` with the store on the blocking pool.
+    pub async fn db<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || {
+            let mut guard = store
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard)
+        })
+        .await
+        {
+            Ok(result) => result,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+
+    pub fn deploy_lock(&self, project: &str) -> Arc<AsyncMutex<()>> {
+        let mut locks = self
+            .deploy_locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(locks.entry(project.to_owned()).or_default())
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.paths.root
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,343 @@
+//! The agent's HTTP/JSON API under `/v1`, served on a Unix socket (mode 0600).
+//! Handlers parse, call the operation, and answer; errors are
+//! `{"error": {"code", "message", "hint"}}` with a status that says who is at fault.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use gantry_core::agent_api::{
+    AgentInfo, ApiError, ApiErrorBody, BlobList, DeployRequest, DeployResult, InstanceState,
+    LogLine, Outcome, Release, RollbackRequest, ServiceSelector, Status,
+};
+use serde::Deserialize;
+
+use crate::agent::Agent;
+use crate::deploy::{self, RecordOnly};
+use crate::store::StoreError;
+use crate::{instance, logs, openapi, status};
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub status: StatusCode,
+    pub error: ApiError,
+}
+
+impl ApiFailure {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>, hint: Option<&str>) -> Self {
+        ApiFailure {
+            status,
+            error: ApiError {
+                code: code.to_owned(),
+                message: message.into(),
+                hint: hint.map(str::to_owned),
+            },
+        }
+    }
+    pub fn conflict(code: &str, message: impl Into<String>, hint: &str) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message, Some(hint))
+    }
+    pub fn invalid(code: &str, message: impl Into<String>, hint: &str) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message, Some(hint))
+    }
+    pub fn not_found(code: &str, message: impl Into<String>, hint: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message, Some(hint))
+    }
+    pub fn failed(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, message, None)
+    }
+    pub fn store(error: StoreError) -> Self {
+        Self::failed("agent.store", format!("the agent's store failed: {error}"))
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        (self.status, Json(ApiErrorBody { error: self.error })).into_response()
+    }
+}
+
+type Shared = State<Arc<Agent>>;
+type Answer<T> = Result<Json<T>, ApiFailure>;
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi_doc))
+        .route("/v1/shutdown", post(shutdown))
+        .route("/v1/blobs/missing", post(blobs_missing))
+        .route("/v1/blobs/{digest}", put(put_blob))
+        .route("/v1/projects/{project}/deploys", post(deploy_project))
+        .route("/v1/projects/{project}/rollback", post(rollback))
+        .route("/v1/projects/{project}/status", get(project_status))
+        .route("/v1/projects/{project}/releases", get(releases))
+        .route("/v1/projects/{project}/releases/{id}", get(release))
+        .route("/v1/projects/{project}/logs", get(project_logs))
+        .route("/v1/projects/{project}/stop", post(stop))
+        .route("/v1/projects/{project}/restart", post(restart))
+        .layer(DefaultBodyLimit::max(4 << 30))
+        .with_state(agent)
+}
+
+async fn health(State(agent): Shared) -> Json<AgentInfo> {
+    Json(AgentInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        state_dir: agent.paths.root.display().to_string(),
+        started_at: agent.started_at,
+        limits: agent.cgroups.mode().to_string(),
+    })
+}
+
+async fn openapi_doc() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
+async fn shutdown(State(agent): Shared) -> StatusCode {
+    let _ = agent.shutdown.send(true);
+    StatusCode::ACCEPTED
+}
+
+async fn blobs_missing(State(agent): Shared, Json(list): Json<BlobList>) -> Json<BlobList> {
+    Json(BlobList {
+        digests: agent.blobs.missing(&list.digests),
+    })
+}
+
+async fn put_blob(
+    State(agent): Shared,
+    Path(digest): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiFailure> {
+    let blobs = agent.blobs.clone();
+    let d = digest.clone();
+    tokio::task::spawn_blocking(move || blobs.put(&body[..], &d))
+        .await
+        .map_err(|e| ApiFailure::failed("agent.internal", e.to_string()))?
+        .map_err(|e| {
+            ApiFailure::invalid(
+                "artifact.checksum",
+                format!("blob {digest} was not stored: {e}"),
+                "upload the file again; its bytes did not match their digest",
+            )
+        })?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn deploy_project(
+    State(agent): Shared,
+    Path(project): Path<String>,
+    Json(request): Json<DeployRequest>,
+) -> Answer<DeployResult> {
+    if request.project != project {
+        return Err(ApiFailure::invalid(
+            "deploy.project_mismatch",
+            format!(
+                "the path names `{project}` but the request deploys `{}`",
+                request.project
+            ),
+            "send the request to /v1/projects/<its project>/deploys",
+        ));
+    }
+    deploy::deploy(&agent, request, &RecordOnly).await.map(Json)
+}
+
+async fn rollback(
+    State(agent): Shared,
+    Path(project): Path<String>,
+    Json(request): Json<RollbackRequest>,
+) -> Answer<DeployResult> {
+    let p = project.clone();
+    let releases = agent
+        .db(move |s| s.releases(&p))
+        .await
+        .map_err(ApiFailure::store)?;
+    let succeeded: Vec<&Release> = releases
+        .iter()
+        .filter(|r| r.outcome == Outcome::Succeeded)
+        .collect();
+    let target = match &request.to {
+        Some(to) => releases
+            .iter()
+            .find(|r| &r.id == to || r.number.to_string() == *to)
+            .ok_or_else(|| {
+                ApiFailure::not_found(
+                    "release.not_found",
+                    format!("`{project}` has no release `{to}`"),
+                    "list them with `gantry releases`",
+                )
+            })?,
+        None => succeeded.get(1).copied().ok_or_else(|| {
+            ApiFailure::conflict(
+                "release.none_before",
+                format!("`{project}` has no earlier successful release to go back to"),
+                "name one with --to, or deploy first",
+            )
+        })?,
+    };
+    let digest = target.artifact_digest.clone();
+    let artifact = agent
+        .db(move |s| s.artifact(&digest))
+        .await
+        .map_err(ApiFailure::store)?
+        .ok_or_else(|| {
+            ApiFailure::conflict(
+                "release.artifact_gone",
+                format!("the files of release {} are no longer kept", target.id),
+                "deploy that version again",
+            )
+        })?;
+    let deploy = DeployRequest {
+        project: project.clone(),
+        environment: target.environment.clone(),
+        config_hash: target.config_hash.clone(),
+        artifact,
+        services: target.services.clone(),
+        secrets: request.secrets,
+        rollback_of: Some(target.id.clone()),
+    };
+    deploy::deploy(&agent, deploy, &RecordOnly).await.map(Json)
+}
+
+async fn project_status(State(agent): Shared, Path(project): Path<String>) -> Answer<Status> {
+    let services = status::services(&agent, &project)
+        .await
+        .map_err(ApiFailure::store)?;
+    Ok(Json(Status { project, services }))
+}
+
+async fn releases(State(agent): Shared, Path(project): Path<String>) -> Answer<Vec<Release>> {
+    agent
+        .db(move |s| s.releases(&project))
+        .await
+        .map(Json)
+        .map_err(ApiFailure::store)
+}
+
+async fn release(
+    State(agent): Shared,
+    Path((project, id)): Path<(String, String)>,
+) -> Answer<Release> {
+    let (p, i) = (project.clone(), id.clone());
+    agent
+        .db(move |s| s.release(&p, &i))
+        .await
+        .map_err(ApiFailure::store)?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiFailure::not_found(
+                "release.not_found",
+                format!("`{project}` has no release `{id}`"),
+                "list them with `gantry releases`",
+            )
+        })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogQuery {
+    pub service: Option<String>,
+    pub since_ms: Option<u64>,
+    pub tail: Option<usize>,
+    #[serde(default)]
+    pub follow: bool,
+}
+
+async fn project_logs(
+    State(agent): Shared,
+    Path(project): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> Response {
+    let stream = logs::stream(agent, project, query);
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn selected(
+    agent: &Agent,
+    project: &str,
+    selector: &ServiceSelector,
+) -> Result<Vec<crate::store::InstanceRecord>, ApiFailure> {
+    let p = project.to_owned();
+    let records = agent
+        .db(move |s| s.instances(&p))
+        .await
+        .map_err(ApiFailure::store)?;
+    let p = project.to_owned();
+    let current = agent
+        .db(move |s| s.current_all(&p))
+        .await
+        .map_err(ApiFailure::store)?;
+    if let Some(service) = &selector.service
+        && !current.contains_key(service)
+    {
+        return Err(ApiFailure::not_found(
+            "service.not_found",
+            format!("`{project}` runs no service `{service}`"),
+            "see `gantry status` for the services",
+        ));
+    }
+    Ok(records
+        .into_iter()
+        .filter(|r| selector.service.as_ref().is_none_or(|s| &r.service == s))
+        .filter(|r| current.get(&r.service) == Some(&r.release))
+        .collect())
+}
+
+async fn stop(
+    State(agent): Shared,
+    Path(project): Path<String>,
+    Json(selector): Json<ServiceSelector>,
+) -> Answer<Status> {
+    for record in selected(&agent, &project, &selector).await? {
+        if deploy::is_active(record.state) || record.state == InstanceState::Failed {
+            let timeout = stop_timeout(&agent, &record).await;
+            instance::stop(&agent, &record, timeout, InstanceState::Stopped).await;
+        }
+    }
+    project_status(State(agent), Path(project)).await
+}
+
+async fn restart(
+    State(agent): Shared,
+    Path(project): Path<String>,
+    Json(selector): Json<ServiceSelector>,
+) -> Answer<Status> {
+    for record in selected(&agent, &project, &selector).await? {
+        let timeout = stop_timeout(&agent, &record).await;
+        instance::stop(&agent, &record, timeout, InstanceState::Backoff).await;
+        // The supervisor starts instances in backoff again at once.
+    }
+    project_status(State(agent), Path(project)).await
+}
+
+async fn stop_timeout(agent: &Agent, record: &crate::store::InstanceRecord) -> std::time::Duration {
+    let (p, r, name) = (
+        record.project.clone(),
+        record.release.clone(),
+        record.service.clone(),
+    );
+    agent
+        .db(move |s| s.release(&p, &r))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|release| release.services.into_iter().find(|s| s.name == name))
+        .map_or(std::time::Duration::from_secs(10), |s| {
+            s.stop_timeout.as_std()
+        })
+}
+
+/// A log line as one NDJSON line.
+pub fn ndjson(line: &LogLine) -> Bytes {
+    let mut text = serde_json::to_string(line).unwrap_or_default();
+    text.push('\n');
+    Bytes::from(text)
+}

@@ -1,0 +1,158 @@
+//! Content-addressed artifacts: the files a release runs from.
+//!
+//! A [`BlobStore`] keeps each file's bytes once, under the sha256 of those
+//! bytes. [`snapshot`] turns a directory into an [`Artifact`] (a sorted list of
+//! path, digest, size and mode, itself named by a digest) and [`materialize`]
+//! turns an artifact back into a directory, atomically.
+//!
+//! It must never let a wrong byte in: a blob is renamed into place only after
+//! its content hashed to the digest it was sent under, and a digest or a path
+//! that came over the network is validated before it touches the filesystem
+//! (no `..`, no absolute paths, no setuid bits).
+//!
+//! Choices a caller should know:
+//!
+//! - A digest is 64 lowercase hex characters, without an algorithm prefix.
+//! - Blobs are stored read-only (0444) and materialized trees are read-only
+//!   too: a file gets its recorded permission bits minus the write bits. Files
+//!   are hard links to the blob store (as in the Nix store), so a service that
+//!   could write to its own code would corrupt every release sharing the
+//!   blob; read-only files make that an error instead (`EACCES`), though not
+//!   for root, and not for an owner that chmods on purpose. A release tree is
+//!   immutable; services write to their data directory. Where the mode is not
+//!   0444 a per-mode read-only copy of the blob (`<digest>.<octal mode>`, say
+//!   `.555` for an executable) is linked instead, since a mode belongs to the
+//!   inode all its links share.
+//! - Symlinks in a snapshot are followed when they point to a file inside the
+//!   tree: the link is recorded as a file with its target's content and mode.
+//!   A link that dangles, leaves the tree or points to a directory fails the
+//!   snapshot, naming the link, rather than silently missing files; ignore it
+//!   in `.gantryignore` if it is not needed. Sockets, fifos and devices are
+//!   skipped.
+//! - Empty directories are not part of an artifact.
+
+mod blobs;
+mod ignore;
+mod materialize;
+mod snapshot;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use gantry_core::agent_api::ArtifactFile;
+
+pub use blobs::BlobStore;
+pub use materialize::materialize;
+pub use snapshot::{snapshot, snapshot_path};
+
+/// Directory and file names a snapshot never includes.
+pub const ALWAYS_IGNORED: &[&str] = &[".git", "target", ".gantry", "node_modules"];
+
+/// The ignore file read from the root of a snapshotted directory.
+pub const IGNORE_FILE: &str = ".gantryignore";
+
+/// The file in a materialized tree naming the artifact it holds. Snapshots
+/// skip it at the root, so a materialized tree snapshots to the same digest.
+pub const MARKER: &str = ".gantry-artifact";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{digest}` is not a sha256 digest (64 lowercase hex characters)")]
+    InvalidDigest { digest: String },
+    #[error("content hashes to {actual}, not the expected {expected}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("artifact {recorded} does not match its file list, which hashes to {computed}")]
+    ManifestMismatch { recorded: String, computed: String },
+    #[error("{} blob(s) missing from the blob store: {}", digests.len(), digests.join(", "))]
+    MissingBlobs { digests: Vec<String> },
+    #[error("symlink {path} {problem}")]
+    Symlink {
+        path: PathBuf,
+        problem: &'static str,
+    },
+    #[error("{path}:{line}: {message}")]
+    IgnoreFile {
+        path: PathBuf,
+        line: usize,
+        message: &'static str,
+    },
+    #[error("{path} is not valid UTF-8")]
+    NonUtf8Path { path: PathBuf },
+    #[error("artifact path `{path}` {reason}")]
+    InvalidPath { path: String, reason: &'static str },
+    #[error("{path} is neither a file nor a directory")]
+    NotFileOrDirectory { path: PathBuf },
+    #[error("{path} exists and does not hold artifact {expected}{}", found.as_ref().map(|f| format!(" (it holds {f})")).unwrap_or_default())]
+    DestinationExists {
+        path: PathBuf,
+        expected: String,
+        found: Option<String>,
+    },
+}
+
+impl ArtifactError {
+    /// A stable code, in the style of `gantry_core::CODES`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ArtifactError::Io { .. } => "artifact.io_failed",
+            ArtifactError::InvalidDigest { .. } => "artifact.invalid_digest",
+            ArtifactError::DigestMismatch { .. } | ArtifactError::ManifestMismatch { .. } => {
+                "artifact.digest_mismatch"
+            }
+            ArtifactError::MissingBlobs { .. } => "artifact.missing_blobs",
+            ArtifactError::Symlink { .. } => "artifact.symlink",
+            ArtifactError::IgnoreFile { .. } => "artifact.ignore_file",
+            ArtifactError::NonUtf8Path { .. }
+            | ArtifactError::InvalidPath { .. }
+            | ArtifactError::NotFileOrDirectory { .. } => "artifact.invalid_path",
+            ArtifactError::DestinationExists { .. } => "artifact.destination_exists",
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ArtifactError::DigestMismatch { .. } => {
+                Some("the upload was corrupted or truncated; send it again".to_owned())
+            }
+            ArtifactError::MissingBlobs { .. } => {
+                Some("upload the missing blobs, then retry".to_owned())
+            }
+            ArtifactError::Symlink { path, .. } => Some(format!(
+                "add {} to {IGNORE_FILE} if the release does not need it",
+                path.display()
+            )),
+            ArtifactError::DestinationExists { path, .. } => Some(format!(
+                "remove {} or materialize somewhere else",
+                path.display()
+            )),
+            _ => None,
+        }
+    }
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ArtifactError {
+    let path = path.to_path_buf();
+    move |source| ArtifactError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// An artifact's digest: the sha256 of its files sorted by path, one line
+/// each of `path NUL digest NUL mode-in-octal LF`. The one definition; call
+/// this rather than re-deriving it.
+pub fn artifact_digest(files: &[ArtifactFile]) -> String {
+    // One definition, shared with the CLI that computes it before uploading.
+    gantry_core::artifact::tree_digest(files)
+}
+
+#[cfg(test)]
+mod tests;

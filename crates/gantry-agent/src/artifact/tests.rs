@@ -1,0 +1,569 @@
+use std::os::unix::fs::{PermissionsExt, symlink};
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use gantry_core::agent_api::{Artifact, ArtifactFile};
+
+use super::blobs::hash;
+use super::ignore::{Ignore, glob_match};
+use super::*;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    blobs: BlobStore,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    let blobs = BlobStore::new(root.join("blobs"));
+    Fixture {
+        _dir: dir,
+        root,
+        blobs,
+    }
+}
+
+fn write(path: &Path, content: &str, mode: u32) {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).expect("mkdir");
+    }
+    fs::write(path, content).expect("write");
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn sha(content: &str) -> String {
+    hash(content.as_bytes()).expect("hash").0
+}
+
+fn paths(artifact: &Artifact) -> Vec<&str> {
+    artifact.files.iter().map(|f| f.path.as_str()).collect()
+}
+
+/// Every regular file under `dir` (relative path, bytes, permission bits).
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>, u32)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).expect("list") {
+            let path = entry.expect("entry").path();
+            let meta = fs::metadata(&path).expect("stat");
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(dir)
+                    .expect("inside")
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, fs::read(&path).expect("read"), meta.mode() & 0o7777));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn digest_is_sha256_in_lowercase_hex() {
+    assert_eq!(
+        sha("abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
+
+#[test]
+fn put_stores_a_read_only_blob_under_its_digest() {
+    let f = fixture();
+    let digest = sha("hello");
+    assert!(!f.blobs.has(&digest));
+    f.blobs.put("hello".as_bytes(), &digest).expect("put");
+    assert!(f.blobs.has(&digest));
+    let path = f.blobs.path(&digest).expect("path");
+    assert_eq!(
+        path,
+        f.root.join("blobs/sha256").join(&digest[..2]).join(&digest)
+    );
+    assert_eq!(fs::read_to_string(&path).expect("read"), "hello");
+    let mode = fs::metadata(&path).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o444);
+    f.blobs
+        .put("hello".as_bytes(), &digest)
+        .expect("a second put of the same blob is fine");
+}
+
+#[test]
+fn a_corrupted_upload_is_rejected_and_leaves_no_blob() {
+    let f = fixture();
+    let expected = sha("the real content");
+    let err = f
+        .blobs
+        .put("the real c0ntent".as_bytes(), &expected)
+        .expect_err("wrong digest");
+    assert!(matches!(err, ArtifactError::DigestMismatch { .. }), "{err}");
+    assert_eq!(err.code(), "artifact.digest_mismatch");
+    assert!(!f.blobs.has(&expected));
+    let staged = fs::read_dir(f.root.join("blobs/tmp")).expect("tmp").count();
+    assert_eq!(staged, 0, "the staged upload was removed");
+}
+
+#[test]
+fn an_upload_that_fails_midway_leaves_nothing_behind() {
+    struct Broken(usize);
+    impl Read for Broken {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "peer went away",
+                ));
+            }
+            self.0 -= 1;
+            buf[0] = b'x';
+            Ok(1)
+        }
+    }
+    let f = fixture();
+    let digest = sha("xxxxxxxx");
+    assert!(f.blobs.put(Broken(4), &digest).is_err());
+    assert!(!f.blobs.has(&digest));
+    assert_eq!(
+        fs::read_dir(f.root.join("blobs/tmp")).expect("tmp").count(),
+        0
+    );
+}
+
+#[test]
+fn malformed_digests_never_reach_the_filesystem() {
+    let f = fixture();
+    for bad in [
+        "../../etc/passwd",
+        "",
+        "ABCDEF",
+        &"g".repeat(64),
+        &"a".repeat(63),
+    ] {
+        assert!(!f.blobs.has(bad));
+        let err = f
+            .blobs
+            .put("x".as_bytes(), bad)
+            .expect_err("invalid digest");
+        assert_eq!(err.code(), "artifact.invalid_digest", "{bad}");
+    }
+}
+
+#[test]
+fn concurrent_puts_of_one_blob_all_succeed() {
+    let f = fixture();
+    let content = "same bytes ".repeat(10_000);
+    let digest = sha(&content);
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| f.blobs.put(content.as_bytes(), &digest).expect("put"));
+        }
+    });
+    assert_eq!(
+        fs::read_to_string(f.blobs.path(&digest).expect("path")).expect("read"),
+        content
+    );
+}
+
+#[test]
+fn missing_lists_absent_blobs_once_in_order() {
+    let f = fixture();
+    let have = f.blobs.put_file(&{
+        let p = f.root.join("a");
+        write(&p, "a", 0o644);
+        p
+    });
+    let have = have.expect("put_file");
+    let b = sha("b");
+    let c = sha("c");
+    assert_eq!(
+        f.blobs.missing([&b, &have, &c, &b]),
+        vec![b.clone(), c.clone()]
+    );
+}
+
+#[test]
+fn identical_files_are_stored_once() {
+    let f = fixture();
+    let src = f.root.join("src");
+    write(&src.join("a.txt"), "same", 0o644);
+    write(&src.join("sub/b.txt"), "same", 0o644);
+    write(&src.join("c.txt"), "other", 0o644);
+    let artifact = snapshot(&src, &f.blobs).expect("snapshot");
+    assert_eq!(paths(&artifact), ["a.txt", "c.txt", "sub/b.txt"]);
+    assert_eq!(artifact.files[0].digest, artifact.files[2].digest);
+    let stored = fs::read_dir(f.root.join("blobs/sha256"))
+        .expect("blobs")
+        .map(|d| {
+            fs::read_dir(d.expect("dir").path())
+                .expect("fan-out")
+                .count()
+        })
+        .sum::<usize>();
+    assert_eq!(stored, 2);
+}
+
+#[test]
+fn artifact_digest_does_not_depend_on_walk_or_list_order() {
+    let f = fixture();
+    let one = f.root.join("one");
+    let two = f.root.join("two");
+    // The same tree, created in opposite orders.
+    for (name, content) in [("z", "1"), ("a/b", "2"), ("m", "3"), ("a/a", "4")] {
+        write(&one.join(name), content, 0o644);
+    }
+    for (name, content) in [("a/a", "4"), ("m", "3"), ("a/b", "2"), ("z", "1")] {
+        write(&two.join(name), content, 0o644);
+    }
+    let a = snapshot(&one, &f.blobs).expect("snapshot");
+    let b = snapshot(&two, &f.blobs).expect("snapshot");
+    assert_eq!(a, b);
+    let mut reversed = a.files.clone();
+    reversed.reverse();
+    assert_eq!(artifact_digest(&reversed), a.digest);
+
+    write(&two.join("m"), "3", 0o755);
+    let c = snapshot(&two, &f.blobs).expect("snapshot");
+    assert_ne!(c.digest, a.digest, "a mode change is a different artifact");
+}
+
+#[test]
+fn artifact_digest_follows_the_documented_formula() {
+    let files = [ArtifactFile {
+        path: "bin/web".to_owned(),
+        digest: "d".repeat(64),
+        size: 1,
+        mode: 0o755,
+    }];
+    let line = format!("bin/web\0{}\0755\n", "d".repeat(64));
+    assert_eq!(artifact_digest(&files), sha(&line));
+}
+
+#[test]
+fn snapshot_skips_default_and_gantryignore_entries() {
+    let f = fixture();
+    let src = f.root.join("src");
+    for path in [
+        "app.py",
+        "logs/today.log",
+        "server.log",
+        ".git/HEAD",
+        "target/debug/x",
+        "node_modules/m/index.js",
+        ".gantry/state/prod.json",
+        "lib/node_modules/y.js",
+        "cache/data",
+        "cache.txt",
+        "docs/guide.md",
+        "docs/api/index.md",
+        "tmp",
+        "sub/tmp/file",
+        MARKER,
+        "sub/.gantry-artifact",
+    ] {
+        write(&src.join(path), "x", 0o644);
+    }
+    write(
+        &src.join(IGNORE_FILE),
+        "# comment\n\n*.log\ncache/\ndocs/*.md\ntmp\n",
+        0o644,
+    );
+    let artifact = snapshot(&src, &f.blobs).expect("snapshot");
+    assert_eq!(
+        paths(&artifact),
+        [
+            ".gantryignore",
+            "app.py",
+            "cache.txt",
+            "docs/api/index.md",
+            "sub/.gantry-artifact",
+        ]
+    );
+}
+
+#[test]
+fn ignore_patterns_match_names_paths_and_directories() {
+    let ignore = Ignore::parse("*.log\n/build\nout/\na/*/c\nfile?.txt\n").expect("parse");
+    assert!(ignore.matches("x.log", false));
+    assert!(ignore.matches("deep/down/x.log", false));
+    assert!(!ignore.matches("x.logs", false));
+    assert!(ignore.matches("build", true));
+    assert!(!ignore.matches("sub/build", true), "a leading / anchors");
+    assert!(ignore.matches("out", true));
+    assert!(ignore.matches("sub/out", true));
+    assert!(
+        !ignore.matches("out", false),
+        "a trailing / is for directories"
+    );
+    assert!(ignore.matches("a/b/c", false));
+    assert!(
+        !ignore.matches("a/b/b/c", false),
+        "* stays in one component"
+    );
+    assert!(ignore.matches("file1.txt", false));
+    assert!(!ignore.matches("file12.txt", false));
+    assert_eq!(Ignore::parse("ok\n!keep.log\n").expect_err("negation").0, 2);
+}
+
+#[test]
+fn glob_star_never_crosses_a_slash() {
+    let m = |p: &str, t: &str| {
+        glob_match(
+            &p.chars().collect::<Vec<_>>(),
+            &t.chars().collect::<Vec<_>>(),
+        )
+    };
+    assert!(m("*", "abc"));
+    assert!(!m("*", "a/b"));
+    assert!(m("*/*", "a/b"));
+    assert!(!m("*/b", "a/x/b"));
+    assert!(m("*a*/c", "bab/c"));
+    assert!(m("a*b*c", "axxbyyc"));
+    assert!(!m("a*b", "axxbc"));
+    assert!(m("**", ""));
+}
+
+#[test]
+fn symlinks_to_files_inside_are_kept_and_links_outside_refused() {
+    let f = fixture();
+    let src = f.root.join("src");
+    write(&src.join("real.sh"), "#!/bin/sh\n", 0o755);
+    symlink("real.sh", src.join("alias.sh")).expect("symlink");
+    let artifact = snapshot(&src, &f.blobs).expect("snapshot");
+    assert_eq!(paths(&artifact), ["alias.sh", "real.sh"]);
+    assert_eq!(artifact.files[0].digest, artifact.files[1].digest);
+    assert_eq!(artifact.files[0].mode, 0o755);
+
+    write(&f.root.join("secret"), "outside", 0o600);
+    symlink(f.root.join("secret"), src.join("leak")).expect("symlink");
+    let err = snapshot(&src, &f.blobs).expect_err("outside");
+    assert!(err.to_string().contains("points outside"), "{err}");
+    assert!(err.hint().is_some_and(|h| h.contains(IGNORE_FILE)));
+
+    write(&src.join(IGNORE_FILE), "leak\n", 0o644);
+    snapshot(&src, &f.blobs).expect("an ignored link is not followed");
+
+    symlink("nowhere", src.join("dangling")).expect("symlink");
+    let err = snapshot(&src, &f.blobs).expect_err("dangling");
+    assert!(err.to_string().contains("points to nothing"), "{err}");
+}
+
+#[test]
+fn snapshot_path_of_a_single_file_is_an_artifact_of_one_file() {
+    let f = fixture();
+    let bin = f.root.join("target/release/web");
+    write(&bin, "ELF", 0o755);
+    let artifact = snapshot_path(&bin, &f.blobs).expect("snapshot");
+    assert_eq!(
+        artifact.files,
+        [ArtifactFile {
+            path: "web".to_owned(),
+            digest: sha("ELF"),
+            size: 3,
+            mode: 0o755,
+        }]
+    );
+    let dir = snapshot_path(&f.root.join("target/release"), &f.blobs).expect("dir");
+    assert_eq!(paths(&dir), ["web"]);
+    assert_eq!(dir.digest, artifact.digest);
+}
+
+#[test]
+fn materialize_reproduces_files_and_read_modes_and_keeps_the_exec_bit() {
+    let f = fixture();
+    let src = f.root.join("src");
+    write(&src.join("bin/web"), "#!/bin/sh\necho hi\n", 0o755);
+    write(&src.join("static/index.html"), "<h1>hi</h1>", 0o644);
+    write(&src.join("static/copy.html"), "<h1>hi</h1>", 0o640);
+    write(&src.join("key.pem"), "private", 0o600);
+    let artifact = snapshot(&src, &f.blobs).expect("snapshot");
+
+    let dest = f.root.join("releases/r1");
+    materialize(&artifact, &f.blobs, &dest).expect("materialize");
+
+    let expected: Vec<_> = tree(&src)
+        .into_iter()
+        .map(|(p, bytes, mode)| (p, bytes, mode & 0o555))
+        .chain([(
+            MARKER.to_owned(),
+            artifact.digest.clone().into_bytes(),
+            0o444,
+        )])
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(tree(&dest), expected);
+    let web = fs::metadata(dest.join("bin/web")).expect("stat");
+    assert_eq!(web.mode() & 0o111, 0o111, "the exec bit is kept");
+    assert_eq!(fs::metadata(&dest).expect("stat").mode() & 0o777, 0o755);
+    assert!(
+        fs::OpenOptions::new()
+            .append(true)
+            .open(dest.join("static/index.html"))
+            .is_err()
+            || running_as_root(),
+        "a service cannot write through its link into the blob store"
+    );
+    assert_eq!(
+        snapshot(&dest, &f.blobs).expect("resnapshot").files,
+        artifact
+            .files
+            .iter()
+            .map(|file| ArtifactFile {
+                mode: file.mode & 0o555,
+                ..file.clone()
+            })
+            .collect::<Vec<_>>(),
+        "a materialized tree is the artifact, read-only"
+    );
+    let blob = fs::metadata(f.blobs.path(&sha("<h1>hi</h1>")).expect("path")).expect("stat");
+    assert_eq!(
+        blob.mode() & 0o777,
+        0o444,
+        "linking never changes a blob's mode"
+    );
+}
+
+/// Root ignores permission bits, so the read-only check means nothing there.
+fn running_as_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+#[test]
+fn materialize_reuses_a_tree_already_in_place_and_refuses_a_foreign_one() {
+    let f = fixture();
+    let src = f.root.join("src");
+    write(&src.join("a"), "a", 0o644);
+    let artifact = snapshot(&src, &f.blobs).expect("snapshot");
+    let dest = f.root.join("releases/r1");
+    materialize(&artifact, &f.blobs, &dest).expect("first");
+    let before = fs::metadata(dest.join("a")).expect("stat").ino();
+    materialize(&artifact, &f.blobs, &dest).expect("again");
+    assert_eq!(fs::metadata(dest.join("a")).expect("stat").ino(), before);
+
+    write(&src.join("b"), "b", 0o644);
+    let other = snapshot(&src, &f.blobs).expect("snapshot");
+    let err = materialize(&other, &f.blobs, &dest).expect_err("occupied");
+    assert_eq!(err.code(), "artifact.destination_exists");
+    assert!(!dest.join("b").exists());
+
+    let leftovers = fs::read_dir(f.root.join("releases"))
+        .expect("list")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        })
+        .count();
+    assert_eq!(leftovers, 0);
+}
+
+#[test]
+fn materialize_refuses_missing_blobs_and_unsafe_paths_before_writing() {
+    let f = fixture();
+    let file = |path: &str, digest: &str| ArtifactFile {
+        path: path.to_owned(),
+        digest: digest.to_owned(),
+        size: 1,
+        mode: 0o644,
+    };
+    let dest = f.root.join("out");
+    let artifact = |files: Vec<ArtifactFile>| Artifact {
+        digest: artifact_digest(&files),
+        files,
+    };
+
+    let absent = sha("never uploaded");
+    let err = materialize(&artifact(vec![file("a", &absent)]), &f.blobs, &dest)
+        .expect_err("missing blob");
+    assert!(matches!(err, ArtifactError::MissingBlobs { ref digests } if digests == &[absent]));
+
+    let present = f
+        .blobs
+        .put_file(&{
+            let p = f.root.join("x");
+            write(&p, "x", 0o644);
+            p
+        })
+        .expect("put");
+    for bad in [
+        vec![file("../escape", &present)],
+        vec![file("/etc/passwd", &present)],
+        vec![file("a//b", &present)],
+        vec![file("a/./b", &present)],
+        vec![file(MARKER, &present)],
+        vec![file("a", &present), file("a", &present)],
+        vec![
+            file("a", &present),
+            file("a.txt", &present),
+            file("a/b", &present),
+        ],
+    ] {
+        let err = materialize(&artifact(bad.clone()), &f.blobs, &dest).expect_err("unsafe");
+        assert_eq!(err.code(), "artifact.invalid_path", "{bad:?}: {err}");
+    }
+
+    let mut forged = artifact(vec![file("a", &present)]);
+    forged.files[0].mode = 0o4755;
+    let err = materialize(&forged, &f.blobs, &dest).expect_err("manifest mismatch");
+    assert_eq!(err.code(), "artifact.digest_mismatch");
+    assert!(!dest.exists());
+}
+
+#[test]
+fn materialize_never_creates_setuid_files() {
+    let f = fixture();
+    let present = f
+        .blobs
+        .put_file(&{
+            let p = f.root.join("x");
+            write(&p, "x", 0o644);
+            p
+        })
+        .expect("put");
+    let files = vec![ArtifactFile {
+        path: "suid".to_owned(),
+        digest: present,
+        size: 1,
+        mode: 0o4755,
+    }];
+    let artifact = Artifact {
+        digest: artifact_digest(&files),
+        files,
+    };
+    let dest = f.root.join("out");
+    materialize(&artifact, &f.blobs, &dest).expect("materialize");
+    let mode = fs::metadata(dest.join("suid")).expect("stat").mode();
+    assert_eq!(mode & 0o7777, 0o555);
+}
+
+#[test]
+fn concurrent_materializations_of_one_artifact_all_succeed() {
+    let f = fixture();
+    let src = f.root.join("src");
+    for n in 0..20 {
+        write(
+            &src.join(format!("dir{}/file{n}", n % 3)),
+            &n.to_string(),
+            0o644,
+        );
+    }
+    let artifact = snapshot(&src, &f.blobs).expect("snapshot");
+    let dest = f.root.join("releases/shop").join(&artifact.digest);
+    std::thread::scope(|scope| {
+        for _ in 0..6 {
+            scope.spawn(|| materialize(&artifact, &f.blobs, &dest).expect("materialize"));
+        }
+    });
+    assert_eq!(tree(&dest).len(), 21);
+    let entries = fs::read_dir(f.root.join("releases/shop"))
+        .expect("list")
+        .count();
+    assert_eq!(entries, 1, "no staging directory is left behind");
+}

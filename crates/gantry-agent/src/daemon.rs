@@ -1,0 +1,161 @@
+//! `gantry agent`: take the state directory's lock, settle what a previous
+//! agent left, serve the API on the socket, and supervise. SIGTERM, SIGINT or
+//! `POST /v1/shutdown` stop the agent and leave the services running.
+
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::agent::{Agent, Paths, Settings, now_ms};
+use crate::artifact::BlobStore;
+use crate::ports::PortAllocator;
+use crate::process::Cgroups;
+use crate::store::Store;
+use crate::{api, reconcile, supervisor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("another agent (pid {pid}) holds {dir}")]
+    Locked { pid: String, dir: PathBuf },
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the agent's store failed: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+fn io(
+    action: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let path = path.into();
+    move |source| DaemonError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Takes the state directory's lock, or says which pid holds it. The lock is
+/// held for as long as the returned file lives.
+fn lock(paths: &Paths) -> Result<Flock<std::fs::File>, DaemonError> {
+    let path = paths.lock();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io("open", &path))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut locked) => {
+            locked.set_len(0).map_err(io("write", &path))?;
+            locked.rewind().map_err(io("write", &path))?;
+            write!(locked, "{}", std::process::id()).map_err(io("write", &path))?;
+            locked.flush().map_err(io("write", &path))?;
+            Ok(locked)
+        }
+        Err((mut file, _)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(DaemonError::Locked {
+                pid: pid.trim().to_owned(),
+                dir: paths.root.clone(),
+            })
+        }
+    }
+}
+
+/// Runs the agent until it is told to stop.
+pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
+    let paths = Paths::new(state_dir);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&paths.root)
+        .map_err(io("create", &paths.root))?;
+    let _lock = lock(&paths)?;
+    for dir in [paths.run(), paths.blobs()] {
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    }
+    let store = Store::open(&paths.database())?;
+    let exe = std::env::current_exe().map_err(io("find", "the gantry binary"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io("start", "the runtime"))?;
+    let (shutdown, _) = tokio::sync::watch::channel(false);
+    let agent = Arc::new(Agent {
+        blobs: BlobStore::new(paths.blobs()),
+        ports: Arc::new(Mutex::new(PortAllocator::new(settings.ports.clone()))),
+        cgroups: Cgroups::detect(),
+        store: Arc::new(Mutex::new(store)),
+        paths,
+        settings,
+        exe,
+        started_at: now_ms(),
+        deploy_locks: Mutex::new(Default::default()),
+        shutdown,
+    });
+    runtime.block_on(serve(agent))
+}
+
+async fn serve(agent: Arc<Agent>) -> Result<(), DaemonError> {
+    reconcile::reconcile(&agent).await?;
+
+    let socket = agent.paths.socket();
+    // We hold the lock, so a socket file left here is a dead agent's.
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(io("listen on", &socket))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("set permissions of", &socket))?;
+    tracing::info!(socket = %socket.display(), pid = std::process::id(), limits = %agent.cgroups.mode(), "agent ready");
+
+    let supervisor = tokio::spawn(supervisor::run(
+        Arc::clone(&agent),
+        agent.shutdown.subscribe(),
+    ));
+    let mut stop = agent.shutdown.subscribe();
+    let notify = Arc::clone(&agent);
+    let signals = async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            let _ = stop.changed().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = stop.changed() => {}
+        }
+        let _ = notify.shutdown.send(true);
+    };
+    let mut stopping = agent.shutdown.subscribe();
+    // In-flight requests get a moment to finish; a `logs -f` never would.
+    let grace = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    };
+    let served =
+        axum::serve(listener, api::router(Arc::clone(&agent))).with_graceful_shutdown(signals);
+    let result = tokio::select! {
+        result = served => result,
+        () = grace => Ok(()),
+    };
+    let _ = agent.shutdown.send(true);
+    let _ = supervisor.await;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("agent stopped; services keep running");
+    result.map_err(io("serve on", socket))
+}

@@ -1,0 +1,263 @@
+//! One instance of a service: start it (intent recorded first), wait until it
+//! is healthy, stop it. Deploys, restarts and rollbacks are built from these.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use gantry_config::model::Port;
+use gantry_config::resolve::{Service, Workload};
+use gantry_core::agent_api::{Exit, InstanceState, Stream};
+
+use crate::agent::{Agent, now_ms};
+use crate::health;
+use crate::process::{self, LaunchSpec, ResourceLimits, StopOutcome};
+use crate::store::InstanceRecord;
+
+/// Why an instance did not come up.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub reason: String,
+    pub log_tail: Vec<String>,
+}
+
+/// Variables every service gets from the agent's own environment, so commands
+/// are found and programs behave; nothing else leaks in.
+const INHERITED: [&str; 5] = ["PATH", "HOME", "USER", "LANG", "TZ"];
+
+pub fn environment(
+    service: &Service,
+    id: &str,
+    release: &str,
+    port: Option<u16>,
+) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = INHERITED
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect();
+    env.extend(service.env.clone());
+    if let Some(port) = port {
+        env.insert("PORT".to_owned(), port.to_string());
+    }
+    env.insert("GANTRY_SERVICE".to_owned(), service.name.clone());
+    env.insert("GANTRY_RELEASE".to_owned(), release.to_owned());
+    env.insert("GANTRY_INSTANCE".to_owned(), id.to_owned());
+    env
+}
+
+/// The port an instance listens on: fixed as configured, or a free one.
+pub async fn port_for(agent: &Agent, service: &Service, id: &str) -> Result<Option<u16>, String> {
+    match &service.port {
+        None => Ok(None),
+        Some(Port::Fixed(port)) => Ok(Some(*port)),
+        Some(Port::Named(_)) => {
+            let id = id.to_owned();
+            let store = std::sync::Arc::clone(&agent.store);
+            let mut ports = agent
+                .ports
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone();
+            let port = tokio::task::spawn_blocking(move || {
+                let store = store.lock().unwrap_or_else(|p| p.into_inner());
+                ports.allocate(&store, &id).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            Ok(Some(port))
+        }
+    }
+}
+
+/// Where a release's files are on this host.
+pub fn release_dir(agent: &Agent, project: &str, artifact_digest: &str) -> PathBuf {
+    agent.paths.releases(project).join(artifact_digest)
+}
+
+/// Launches the process for an instance whose row exists, and records its pid.
+pub async fn launch(
+    agent: &Agent,
+    record: &InstanceRecord,
+    service: &Service,
+    cwd: &Path,
+) -> Result<(), StartFailure> {
+    let Workload::Process { run } = &service.workload else {
+        return Err(StartFailure {
+            reason: format!(
+                "service `{}` is not a process; only the process driver runs on this agent yet",
+                service.name
+            ),
+            log_tail: Vec::new(),
+        });
+    };
+    let limits = ResourceLimits {
+        memory: service.resources.memory.map(|m| m.bytes()),
+        cpu: service.resources.cpu,
+        pids: service.resources.pids,
+    };
+    let cgroup = agent.cgroups.create(&record.id, &limits).ok().flatten();
+    let spec = LaunchSpec {
+        instance: record.id.clone(),
+        command: run.clone(),
+        cwd: cwd.to_owned(),
+        env: environment(service, &record.id, &record.release, record.port),
+        secrets_file: Some(agent.paths.secrets(&record.project)),
+        secret_names: service.secrets.clone(),
+        log_dir: agent.paths.logs(&record.project),
+        log_max_bytes: agent.settings.log_max_bytes,
+        log_keep: agent.settings.log_keep,
+        run_dir: agent.paths.run(),
+        cgroup,
+    };
+    let exe = agent.exe.clone();
+    let launched =
+        tokio::task::spawn_blocking(move || process::launch(&exe, &spec, Duration::from_secs(10)))
+            .await
+            .map_err(|e| StartFailure {
+                reason: e.to_string(),
+                log_tail: Vec::new(),
+            })?
+            .map_err(|e| StartFailure {
+                reason: format!("cannot start `{}`: {e}", service.name),
+                log_tail: Vec::new(),
+            })?;
+    let id = record.id.clone();
+    agent
+        .db(move |s| {
+            s.set_instance_process(&id, launched.pid, launched.start_time, launched.relay_pid)
+        })
+        .await
+        .map_err(|e| StartFailure {
+            reason: e.to_string(),
+            log_tail: Vec::new(),
+        })
+}
+
+/// Waits until the instance passes its health check (or, without one, has
+/// stayed up for its start period or a second), failing at once if it exits.
+pub async fn wait_healthy(
+    agent: &Agent,
+    record: &InstanceRecord,
+    service: &Service,
+    cwd: &Path,
+    deadline: Duration,
+) -> Result<(), StartFailure> {
+    let started = Instant::now();
+    let env = environment(service, &record.id, &record.release, record.port);
+    let id = record.id.clone();
+    let current = agent
+        .db(move |s| s.instance(&id))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| record.clone());
+    let (Some(pid), Some(start_time)) = (current.pid, current.start_time) else {
+        return Err(StartFailure {
+            reason: "the instance has no process".to_owned(),
+            log_tail: Vec::new(),
+        });
+    };
+    let start_period = service
+        .health
+        .as_ref()
+        .map_or(Duration::ZERO, |h| h.start_period.as_std());
+    let mut last_error = String::from("not checked yet");
+    loop {
+        if !process::is_running(pid, start_time) {
+            let exit = process::read_exit(&agent.paths.run(), &record.id);
+            let what = exit.map_or_else(|| "exited".to_owned(), |e| e.to_string());
+            return Err(StartFailure {
+                reason: format!("instance {} {what} while starting", record.id),
+                log_tail: stderr_tail(agent, &record.project, &record.id, 20),
+            });
+        }
+        let elapsed = started.elapsed();
+        match &service.health {
+            None => {
+                if elapsed >= start_period.max(Duration::from_secs(1)) {
+                    return Ok(());
+                }
+            }
+            Some(h) => {
+                match health::probe(&h.check, record.port, h.timeout.as_std(), cwd, &env).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last_error = e,
+                }
+            }
+        }
+        if elapsed > deadline + start_period {
+            return Err(StartFailure {
+                reason: format!(
+                    "instance {} did not become healthy within {}s: {last_error}",
+                    record.id,
+                    (deadline + start_period).as_secs()
+                ),
+                log_tail: stderr_tail(agent, &record.project, &record.id, 20),
+            });
+        }
+        let pause = service
+            .health
+            .as_ref()
+            .map_or(Duration::from_millis(100), |h| {
+                h.interval.as_std().min(Duration::from_millis(250))
+            });
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Stops an instance gracefully, records it stopped, and frees its port and cgroup.
+pub async fn stop(
+    agent: &Agent,
+    record: &InstanceRecord,
+    timeout: Duration,
+    state: InstanceState,
+) -> StopOutcome {
+    let outcome = match (record.pid, record.start_time) {
+        (Some(pid), Some(start_time)) => {
+            tokio::task::spawn_blocking(move || process::stop(pid, start_time, timeout))
+                .await
+                .unwrap_or(StopOutcome::NotRunning)
+        }
+        _ => {
+            // Started but never recorded: the relay may still have written its pid file.
+            match process::read_pid_file(&agent.paths.run(), &record.id) {
+                Some(pidfile) => tokio::task::spawn_blocking(move || {
+                    process::stop(pidfile.pid, pidfile.start_time, timeout)
+                })
+                .await
+                .unwrap_or(StopOutcome::NotRunning),
+                None => StopOutcome::NotRunning,
+            }
+        }
+    };
+    let id = record.id.clone();
+    let _ = agent
+        .db(move |s| {
+            s.set_instance_state(&id, state)?;
+            s.release_port(&id)
+        })
+        .await;
+    agent.cgroups.remove(&record.id);
+    outcome
+}
+
+/// The last `n` lines the instance wrote to stderr.
+pub fn stderr_tail(agent: &Agent, project: &str, instance: &str, n: usize) -> Vec<String> {
+    let lines = process::read_log(&agent.paths.logs(project), instance, None, None);
+    let stderr: Vec<String> = lines
+        .into_iter()
+        .filter(|(_, stream, _)| *stream == Stream::Stderr)
+        .map(|(_, _, line)| line)
+        .collect();
+    stderr[stderr.len().saturating_sub(n)..].to_vec()
+}
+
+/// An instance id: service, release and replica, readable in `ps` and logs.
+pub fn instance_id(service: &str, release: &str, replica: u32) -> String {
+    format!("{service}-{release}-{replica}-{:04x}", now_ms() & 0xffff)
+}
+
+/// The exit an instance left, if it has exited.
+pub fn exit_of(agent: &Agent, instance: &str) -> Option<Exit> {
+    process::read_exit(&agent.paths.run(), instance)
+}

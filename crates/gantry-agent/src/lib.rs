@@ -1,0 +1,21 @@
+//! The agent: one per host. It keeps the host's services running (process
+//! driver, restart policy, health checks, logs), records releases in SQLite,
+//! and serves its API on a Unix socket. It writes what it is about to do
+//! before doing it, so a restarted agent re-adopts its services and finishes
+//! or rolls back a deploy it was in the middle of.
+
+pub mod agent;
+pub mod api;
+pub mod artifact;
+pub mod daemon;
+pub mod deploy;
+pub mod health;
+pub mod instance;
+pub mod logs;
+pub mod openapi;
+pub mod ports;
+pub mod process;
+pub mod reconcile;
+pub mod status;
+pub mod store;
+pub mod supervisor;

@@ -1,0 +1,210 @@
+//! The OpenAPI 3.1 document the agent serves at `/v1/openapi.json`. The
+//! routes are listed once here; their bodies' schemas come from the wire
+//! types themselves (schemars), so the document cannot drift from the code.
+
+use gantry_core::agent_api::{
+    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, LogLine, Release,
+    RollbackRequest, ServiceSelector, Status,
+};
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+/// (method, path, summary, request body type, response body type)
+const ROUTES: &[(&str, &str, &str, Option<&str>, &str)] = &[
+    (
+        "get",
+        "/v1/health",
+        "Who the agent is and that it answers",
+        None,
+        "AgentInfo",
+    ),
+    ("get", "/v1/openapi.json", "This document", None, "object"),
+    (
+        "post",
+        "/v1/shutdown",
+        "Stop the agent; services keep running",
+        None,
+        "none",
+    ),
+    (
+        "post",
+        "/v1/blobs/missing",
+        "Which of these artifact blobs the agent lacks",
+        Some("BlobList"),
+        "BlobList",
+    ),
+    (
+        "put",
+        "/v1/blobs/{digest}",
+        "Upload one blob; its sha256 must equal the digest",
+        Some("bytes"),
+        "none",
+    ),
+    (
+        "post",
+        "/v1/projects/{project}/deploys",
+        "Deploy a release: start, wait healthy, switch, stop old",
+        Some("DeployRequest"),
+        "DeployResult",
+    ),
+    (
+        "post",
+        "/v1/projects/{project}/rollback",
+        "Re-activate an earlier release from its stored artifact",
+        Some("RollbackRequest"),
+        "DeployResult",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/status",
+        "Services, instances, health and limits",
+        None,
+        "Status",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/releases",
+        "Releases, newest first",
+        None,
+        "Release[]",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/releases/{id}",
+        "One release",
+        None,
+        "Release",
+    ),
+    (
+        "get",
+        "/v1/projects/{project}/logs",
+        "Log lines as NDJSON; query: service, since_ms, tail, follow",
+        None,
+        "LogLine",
+    ),
+    (
+        "post",
+        "/v1/projects/{project}/stop",
+        "Stop one service or all",
+        Some("ServiceSelector"),
+        "Status",
+    ),
+    (
+        "post",
+        "/v1/projects/{project}/restart",
+        "Restart one service or all",
+        Some("ServiceSelector"),
+        "Status",
+    ),
+];
+
+fn reference(name: &str) -> Value {
+    match name {
+        "object" => json!({"type": "object"}),
+        "bytes" => json!({"type": "string", "format": "binary"}),
+        list if list.ends_with("[]") => {
+            json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{}", &list[..list.len() - 2])}})
+        }
+        one => json!({"$ref": format!("#/components/schemas/{one}")}),
+    }
+}
+
+pub fn document() -> Value {
+    let mut generator = SchemaSettings::draft2020_12()
+        .with(|s| s.definitions_path = "/components/schemas".into())
+        .into_generator();
+    let mut schemas = Map::new();
+    macro_rules! add {
+        ($($ty:ty),*) => {$(
+            let schema = generator.subschema_for::<$ty>();
+            if schema.get("$ref").is_none() {
+                schemas.insert(stringify!($ty).to_owned(), schema.to_value());
+            }
+        )*};
+    }
+    add!(
+        AgentInfo,
+        ApiErrorBody,
+        BlobList,
+        DeployRequest,
+        DeployResult,
+        LogLine,
+        Release,
+        RollbackRequest,
+        ServiceSelector,
+        Status
+    );
+    for (name, schema) in generator.take_definitions(true) {
+        schemas.insert(name, schema);
+    }
+
+    let mut paths = Map::new();
+    for (method, path, summary, request, response) in ROUTES {
+        let mut op = json!({
+            "summary": summary,
+            "responses": {
+                "default": {
+                    "description": "An error",
+                    "content": {"application/json": {"schema": reference("ApiErrorBody")}}
+                }
+            }
+        });
+        let ok = if *response == "none" {
+            json!({"description": "Done"})
+        } else {
+            let media = if *response == "LogLine" {
+                "application/x-ndjson"
+            } else {
+                "application/json"
+            };
+            json!({"description": "OK", "content": {media: {"schema": reference(response)}}})
+        };
+        op["responses"]["200"] = ok;
+        if let Some(body) = request {
+            let media = if *body == "bytes" {
+                "application/octet-stream"
+            } else {
+                "application/json"
+            };
+            op["requestBody"] =
+                json!({"required": true, "content": {media: {"schema": reference(body)}}});
+        }
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        if !params.is_empty() {
+            op["parameters"] = Value::Array(params);
+        }
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        entry[*method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Gantry agent API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reference_resolves() {
+        let doc = document();
+        let text = doc.to_string();
+        for part in text.split("\"#/components/schemas/").skip(1) {
+            let name = part.split('"').next().unwrap_or_default();
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "#/components/schemas/{name} is referenced but not defined"
+            );
+        }
+        let paths: std::collections::BTreeSet<&str> = ROUTES.iter().map(|r| r.1).collect();
+        assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(paths.len()));
+        assert!(doc["components"]["schemas"].get("DeployRequest").is_some());
+    }
+}

@@ -1,0 +1,278 @@
+//! The ports the agent hands to instances as `$PORT`.
+//!
+//! A port is leased in the store before the instance that uses it is
+//! started, so a restarted agent never hands out a port it already gave, and
+//! the search resumes round-robin after the last port leased, so a port just
+//! given back is not reused at once (a draining connection or a slow client
+//! may still be aimed at it).
+//!
+//! It must never hand out a port that is leased, or that anything on the host
+//! is listening on right now. Leases are the store's; this type keeps no
+//! state of its own, so clones agree.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::ops::RangeInclusive;
+
+use crate::store::{PortLease, Store, StoreError};
+
+/// The range used when the agent's settings name none.
+pub const DEFAULT_RANGE: RangeInclusive<u16> = 20_000..=29_999;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error(
+        "no free port in {start}..={end}: {leased} leased to instances, {busy} in use by other programs"
+    )]
+    Exhausted {
+        start: u16,
+        end: u16,
+        leased: usize,
+        busy: usize,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl PortError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            PortError::Exhausted { .. } => "ports.exhausted",
+            PortError::Store(e) => e.code(),
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            PortError::Exhausted { .. } => {
+                Some("stop unused services, or give the agent a wider port range".to_owned())
+            }
+            PortError::Store(_) => None,
+        }
+    }
+}
+
+/// Leases free ports from a range. Port 0 is never handed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortAllocator {
+    range: RangeInclusive<u16>,
+}
+
+impl Default for PortAllocator {
+    fn default() -> Self {
+        PortAllocator::new(DEFAULT_RANGE)
+    }
+}
+
+impl PortAllocator {
+    /// An allocator over `range`. An empty range is allowed and has no ports.
+    pub fn new(range: RangeInclusive<u16>) -> PortAllocator {
+        PortAllocator { range }
+    }
+
+    pub fn range(&self) -> &RangeInclusive<u16> {
+        &self.range
+    }
+
+    /// Leases a port to `instance_id`: one neither leased nor in use, the
+    /// first such after the last port leased (wrapping around the range). An
+    /// instance that already holds a lease gets the same port back, so a
+    /// retried start after a crash does not leak one.
+    ///
+    /// Takes `&mut self` so one allocation runs at a time per allocator; the
+    /// store's unique port column settles races between allocators.
+    pub fn allocate(&mut self, store: &Store, instance_id: &str) -> Result<u16, PortError> {
+        if let Some(port) = store.port_of(instance_id)? {
+            return Ok(port);
+        }
+        let leased: std::collections::HashSet<u16> =
+            store.port_allocations()?.iter().map(|l| l.port).collect();
+        let (start, end) = (*self.range.start(), *self.range.end());
+        let mut busy = 0;
+        for port in self.candidates(store.port_cursor()?) {
+            if leased.contains(&port) {
+                continue;
+            }
+            if !is_free(port) {
+                busy += 1;
+                continue;
+            }
+            if store.lease_port(instance_id, port)? {
+                return Ok(port);
+            }
+            // Leased meanwhile by another allocator on the same store; or
+            // this instance got a lease meanwhile, which we then return.
+            if let Some(port) = store.port_of(instance_id)? {
+                return Ok(port);
+            }
+        }
+        Err(PortError::Exhausted {
+            start,
+            end,
+            leased: leased.iter().filter(|p| self.range.contains(p)).count(),
+            busy,
+        })
+    }
+
+    /// Gives back the port leased to `instance_id`, if any.
+    pub fn release(&self, store: &Store, instance_id: &str) -> Result<Option<u16>, PortError> {
+        Ok(store.release_port(instance_id)?)
+    }
+
+    /// Every lease, by port.
+    pub fn allocated(&self, store: &Store) -> Result<Vec<PortLease>, PortError> {
+        Ok(store.port_allocations()?)
+    }
+
+    /// The range's ports, starting after `last` and wrapping around, each once.
+    fn candidates(&self, last: Option<u16>) -> impl Iterator<Item = u16> + use<> {
+        let (start, end) = (*self.range.start().max(&1), *self.range.end());
+        let first = match last {
+            Some(last) if (start..end).contains(&last) => last + 1,
+            _ => start,
+        };
+        (first..=end).chain(start..first)
+    }
+}
+
+/// Whether nothing listens on `port`: we can bind it on the IPv4 loopback and
+/// wildcard addresses, and on the IPv6 ones where the host has IPv6. A
+/// listener on any address of the port makes the wildcard bind fail.
+fn is_free(port: u16) -> bool {
+    let v4 = [Ipv4Addr::LOCALHOST, Ipv4Addr::UNSPECIFIED]
+        .into_iter()
+        .all(|ip| TcpListener::bind(SocketAddr::from((ip, port))).is_ok());
+    v4 && [Ipv6Addr::LOCALHOST, Ipv6Addr::UNSPECIFIED]
+        .into_iter()
+        .all(|ip| match TcpListener::bind(SocketAddr::from((ip, port))) {
+            Ok(_) => true,
+            // No IPv6 on this host: nothing can listen there either.
+            Err(e) => e.kind() != std::io::ErrorKind::AddrInUse,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port that something is listening on, for as long as the listener lives.
+    fn listening() -> (TcpListener, u16) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        (listener, port)
+    }
+
+    /// A small range whose ports are free right now, well away from the
+    /// ephemeral range where other tests' listeners land.
+    fn free_range(len: u16) -> RangeInclusive<u16> {
+        let mut start = 31_000;
+        while start < 32_000 {
+            if (start..start + len).all(is_free) {
+                return start..=start + len - 1;
+            }
+            start += len;
+        }
+        panic!("no {len} free ports between 31000 and 32000");
+    }
+
+    #[test]
+    fn never_returns_a_port_someone_is_listening_on() {
+        let store = Store::open_in_memory().expect("store");
+        let (_held, port) = listening();
+        let mut only_that = PortAllocator::new(port..=port);
+        let err = only_that.allocate(&store, "i-1").expect_err("busy");
+        assert!(matches!(err, PortError::Exhausted { busy: 1, .. }), "{err}");
+
+        let (_first, a) = listening();
+        let (_second, b) = listening();
+        let (low, high) = (a.min(b), a.max(b));
+        let mut around = PortAllocator::new(low..=high);
+        for n in 0..3 {
+            match around.allocate(&store, &format!("j-{n}")) {
+                Ok(got) => assert!(got != a && got != b, "{got} is being listened on"),
+                Err(PortError::Exhausted { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn never_returns_a_leased_port_and_moves_on_round_robin() {
+        let store = Store::open_in_memory().expect("store");
+        let range = free_range(3);
+        let start = *range.start();
+        let mut ports = PortAllocator::new(range);
+        let a = ports.allocate(&store, "a").expect("a");
+        let b = ports.allocate(&store, "b").expect("b");
+        assert_eq!((a, b), (start, start + 1));
+        assert_eq!(
+            ports.allocate(&store, "a").expect("again"),
+            a,
+            "same instance, same port"
+        );
+
+        assert_eq!(ports.release(&store, "a").expect("release"), Some(a));
+        let c = ports.allocate(&store, "c").expect("c");
+        assert_eq!(c, start + 2, "a port just given back is not reused at once");
+        let d = ports.allocate(&store, "d").expect("d");
+        assert_eq!(d, a, "the search wraps around");
+        let leases: Vec<_> = ports
+            .allocated(&store)
+            .expect("allocated")
+            .into_iter()
+            .map(|l| (l.port, l.instance_id))
+            .collect();
+        assert_eq!(
+            leases,
+            [
+                (a, "d".to_owned()),
+                (b, "b".to_owned()),
+                (c, "c".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn exhaustion_is_an_error_naming_the_range() {
+        let store = Store::open_in_memory().expect("store");
+        let range = free_range(2);
+        let (start, end) = (*range.start(), *range.end());
+        let mut ports = PortAllocator::new(range);
+        ports.allocate(&store, "a").expect("a");
+        ports.allocate(&store, "b").expect("b");
+        let err = ports.allocate(&store, "c").expect_err("exhausted");
+        assert_eq!(err.code(), "ports.exhausted");
+        let message = err.to_string();
+        assert!(message.contains(&format!("{start}..={end}")), "{message}");
+        assert!(message.contains("2 leased"), "{message}");
+
+        #[allow(clippy::reversed_empty_ranges)]
+        let mut empty = PortAllocator::new(10..=9);
+        assert!(matches!(
+            empty.allocate(&store, "x"),
+            Err(PortError::Exhausted {
+                start: 10,
+                end: 9,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn leases_survive_an_agent_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.db");
+        let range = free_range(3);
+        let first = {
+            let store = Store::open(&path).expect("open");
+            PortAllocator::new(range.clone())
+                .allocate(&store, "a")
+                .expect("allocate")
+        };
+        let store = Store::open(&path).expect("reopen");
+        let mut ports = PortAllocator::new(range);
+        assert_eq!(ports.allocate(&store, "a").expect("same instance"), first);
+        let second = ports.allocate(&store, "b").expect("b");
+        assert_ne!(second, first);
+        assert_eq!(second, first + 1, "the round-robin cursor survives too");
+    }
+}

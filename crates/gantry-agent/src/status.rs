@@ -1,0 +1,152 @@
+//! What runs now: per service its state, release, instances (pid, port,
+//! health, restarts, memory) and whether its limits are enforced.
+
+use std::collections::BTreeMap;
+
+use gantry_config::resolve::Service;
+use gantry_core::agent_api::{Instance, InstanceState, Limits, ServiceState, ServiceStatus};
+
+use crate::agent::Agent;
+use crate::process;
+use crate::store::{InstanceRecord, StoreError};
+
+/// The URLs a service answers on, on this host.
+pub fn urls(project: &str, service: &Service, ports: &[u16]) -> Vec<String> {
+    let mut urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}/"))
+        .collect();
+    for route in &service.routes {
+        urls.push(format!("http://{route}/"));
+    }
+    let _ = project;
+    urls
+}
+
+pub async fn services(agent: &Agent, project: &str) -> Result<Vec<ServiceStatus>, StoreError> {
+    let p = project.to_owned();
+    let (records, current, releases) = agent
+        .db(move |s| Ok((s.instances(&p)?, s.current_all(&p)?, s.releases(&p)?)))
+        .await?;
+    // The spec of each service as its current release deployed it.
+    let mut specs: BTreeMap<String, (Service, Option<String>)> = BTreeMap::new();
+    for (service, release_id) in &current {
+        if let Some(release) = releases.iter().find(|r| &r.id == release_id)
+            && let Some(spec) = release.services.iter().find(|s| &s.name == service)
+        {
+            specs.insert(service.clone(), (spec.clone(), Some(release_id.clone())));
+        }
+    }
+    let failed_reason: BTreeMap<String, String> = releases
+        .first()
+        .filter(|r| r.outcome == gantry_core::agent_api::Outcome::Failed)
+        .and_then(|r| r.reason.clone().map(|reason| (r, reason)))
+        .and_then(|(r, reason)| {
+            let name = reason.split('`').nth(1)?.to_owned();
+            Some(BTreeMap::from([(
+                name,
+                format!("{reason} (release {})", r.id),
+            )]))
+        })
+        .unwrap_or_default();
+
+    let mut out = Vec::new();
+    for (name, (spec, release)) in specs {
+        let live: Vec<&InstanceRecord> = records
+            .iter()
+            .filter(|r| r.service == name && Some(&r.release) == release.as_ref())
+            .filter(|r| {
+                r.state != InstanceState::Stopped
+                    || records
+                        .iter()
+                        .all(|o| o.service != name || o.state == InstanceState::Stopped)
+            })
+            .collect();
+        let instances: Vec<Instance> = live
+            .iter()
+            .filter(|r| r.state != InstanceState::Stopped)
+            .map(|r| instance(agent, r))
+            .collect();
+        let state = if instances.is_empty() {
+            if live.iter().any(|r| r.state == InstanceState::Failed) {
+                ServiceState::Failed
+            } else {
+                ServiceState::Stopped
+            }
+        } else if instances
+            .iter()
+            .all(|i| i.state == InstanceState::Live && i.healthy)
+        {
+            ServiceState::Running
+        } else if instances.iter().any(|i| i.state == InstanceState::Failed) {
+            ServiceState::Failed
+        } else if instances.iter().any(|i| i.state == InstanceState::Starting) {
+            ServiceState::Starting
+        } else {
+            ServiceState::Degraded
+        };
+        let failed_instance = live.iter().find(|r| r.state == InstanceState::Failed);
+        let (reason, log_tail) = match failed_instance {
+            Some(r) => (
+                Some(format!(
+                    "gave up after {} restarts: {}",
+                    r.restarts,
+                    r.last_exit
+                        .as_ref()
+                        .map_or_else(|| "exited".to_owned(), ToString::to_string)
+                )),
+                crate::instance::stderr_tail(agent, project, &r.id, 20),
+            ),
+            None => (failed_reason.get(&name).cloned(), Vec::new()),
+        };
+        let ports: Vec<u16> = instances.iter().filter_map(|i| i.port).collect();
+        out.push(ServiceStatus {
+            urls: urls(project, &spec, &ports),
+            limits: limits(agent, &spec),
+            name,
+            state,
+            release,
+            instances,
+            reason,
+            log_tail,
+        });
+    }
+    Ok(out)
+}
+
+fn instance(agent: &Agent, r: &InstanceRecord) -> Instance {
+    let running = match (r.pid, r.start_time) {
+        (Some(pid), Some(start)) => process::is_running(pid, start),
+        _ => false,
+    };
+    Instance {
+        id: r.id.clone(),
+        service: r.service.clone(),
+        release: r.release.clone(),
+        state: r.state,
+        pid: r.pid.filter(|_| running),
+        port: r.port,
+        healthy: running && r.healthy,
+        restarts: r.restarts,
+        memory: r.pid.filter(|_| running).and_then(process::rss_bytes),
+        last_exit: r.last_exit.clone().or_else(|| {
+            (!running && r.pid.is_some())
+                .then(|| crate::instance::exit_of(agent, &r.id))
+                .flatten()
+        }),
+    }
+}
+
+fn limits(agent: &Agent, spec: &Service) -> Limits {
+    let wanted = spec.resources.memory.is_some()
+        || spec.resources.cpu.is_some()
+        || spec.resources.pids.is_some();
+    let via = agent.cgroups.mode().to_string();
+    Limits {
+        enforced: wanted && agent.cgroups.enforces(),
+        via,
+        memory: spec.resources.memory.map(|m| m.bytes()),
+        cpu: spec.resources.cpu,
+        pids: spec.resources.pids,
+    }
+}

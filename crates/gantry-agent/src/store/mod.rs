@@ -1,0 +1,283 @@
+//! The agent's memory: one SQLite file holding releases, the instance intent
+//! log, which release each service runs, events, port leases and artifact
+//! manifests. The agent writes here what it is about to do before doing it,
+//! so a restarted agent can re-adopt its processes and finish or undo a
+//! deploy it was in the middle of.
+//!
+//! Every state change is one statement or one transaction, so a crash leaves
+//! each row as it was before or after the change, never half of it.
+//!
+//! It must never hold a secret value: no function here takes one, and
+//! [`Release::services`](gantry_core::agent_api::Release) carries secret names
+//! only.
+//!
+//! The API is synchronous and a `Store` is `Send` but not `Sync`: own it on a
+//! dedicated thread, or behind a mutex used from `spawn_blocking`, never on an
+//! async runtime thread.
+
+mod artifacts;
+mod codec;
+mod cutover;
+mod events;
+mod instances;
+mod port_leases;
+mod releases;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+pub use events::Event;
+pub use instances::InstanceRecord;
+pub use port_leases::PortLease;
+
+/// How long a writer waits for another connection's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the agent store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot bring the agent store schema up to date: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("agent store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("agent store: cannot encode the {what} as JSON: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("project `{project}` has no release `{release}`")]
+    UnknownRelease { project: String, release: String },
+    #[error("release `{id}` (number {number} of project `{project}`) already exists")]
+    ReleaseExists {
+        project: String,
+        id: String,
+        number: u64,
+    },
+    #[error("no instance `{id}`")]
+    UnknownInstance { id: String },
+    #[error("instance `{id}` already exists")]
+    InstanceExists { id: String },
+    #[error("cannot switch {project}/{service} to release `{release}`: {reason}")]
+    Switch {
+        project: String,
+        service: String,
+        release: String,
+        reason: String,
+    },
+    #[error(
+        "artifact digest `{recorded}` does not match its file list (which hashes to `{computed}`)"
+    )]
+    ArtifactDigest { recorded: String, computed: String },
+}
+
+impl StoreError {
+    /// A stable code, in the style of `gantry_core::CODES`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Open { .. } => "store.open_failed",
+            StoreError::Migration(_) => "store.migration_failed",
+            StoreError::Sqlite(_) | StoreError::Json { .. } => "store.failed",
+            StoreError::UnknownRelease { .. } => "release.not_found",
+            StoreError::ReleaseExists { .. } => "release.exists",
+            StoreError::UnknownInstance { .. } => "instance.not_found",
+            StoreError::InstanceExists { .. } => "instance.exists",
+            StoreError::Switch { .. } => "cutover.rejected",
+            StoreError::ArtifactDigest { .. } => "artifact.digest_mismatch",
+        }
+    }
+}
+
+/// The agent's SQLite store. See the module docs for what it keeps and why.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` in WAL mode, with
+    /// foreign keys enforced, and brings its schema up to date. A new file is
+    /// created readable by the agent's user only.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_error = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_error(e.into()))?;
+        }
+        create_private(path).map_err(|e| open_error(e.into()))?;
+        let conn = Connection::open(path).map_err(|e| open_error(e.into()))?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(|e| open_error(e.into()))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_error(
+                format!("the journal mode stayed `{mode}` instead of `wal`").into(),
+            ));
+        }
+        // With WAL, NORMAL loses at most the last transactions on power loss,
+        // never consistency.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| open_error(e.into()))?;
+        Store::prepare(conn)
+    }
+
+    /// A private store in memory, for tests.
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        Store::prepare(Connection::open_in_memory()?)
+    }
+
+    fn prepare(mut conn: Connection) -> Result<Store, StoreError> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        schema::migrations().to_latest(&mut conn)?;
+        Ok(Store { conn })
+    }
+
+    /// SQLite's journal mode: `wal` for a store on disk.
+    pub fn journal_mode(&self) -> Result<String, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))?)
+    }
+}
+
+/// Creates `path` with mode 0600 if it does not exist yet, so SQLite (which
+/// gives its `-wal` and `-shm` files the database's mode) never makes the
+/// store world-readable. Service environments are kept here.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Unix time in milliseconds.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whether an error is SQLite refusing a duplicate key.
+fn is_unique_violation(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(e, _)
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_on_disk_is_in_wal_mode_with_foreign_keys_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state/agent.db")).expect("open");
+        assert_eq!(store.journal_mode().expect("journal mode"), "wal");
+        let fk: bool = store
+            .conn
+            .pragma_query_value(None, "foreign_keys", |row| row.get(0))
+            .expect("pragma");
+        assert!(fk);
+        let sync: i64 = store
+            .conn
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .expect("pragma");
+        assert_eq!(sync, 1, "synchronous=NORMAL");
+    }
+
+    #[test]
+    fn store_file_is_private_to_the_agent_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.db");
+        Store::open(&path).expect("open");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_reopened_store_keeps_everything() {
+        use gantry_core::agent_api::{Artifact, InstanceState};
+
+        use crate::store::releases::tests::release;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.db");
+        let artifact = Artifact {
+            digest: crate::artifact::artifact_digest(&[]),
+            files: Vec::new(),
+        };
+        {
+            let store = Store::open(&path).expect("open");
+            store
+                .insert_release(&release("shop", "r-1", 1))
+                .expect("release");
+            store
+                .insert_instance(&InstanceRecord::new(
+                    "web-1",
+                    "shop",
+                    "web",
+                    "r-1",
+                    Some(20_001),
+                    now_ms(),
+                ))
+                .expect("instance");
+            store
+                .switch("shop", "web", "r-1", &["web-1".to_owned()], &[])
+                .expect("switch");
+            store
+                .append_event("shop", Some("web"), "deploy.succeeded", "r-1")
+                .expect("event");
+            assert!(store.lease_port("web-1", 20_001).expect("lease"));
+            store.record_artifact(&artifact).expect("artifact");
+        }
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(store.journal_mode().expect("mode"), "wal");
+        assert_eq!(store.releases("shop").expect("releases").len(), 1);
+        assert_eq!(store.next_release_number("shop").expect("next"), 2);
+        let instance = store.instance("web-1").expect("query").expect("found");
+        assert_eq!(instance.state, InstanceState::Live);
+        assert_eq!(
+            store.current("shop", "web").expect("current").as_deref(),
+            Some("r-1")
+        );
+        assert_eq!(store.events("shop", 10).expect("events").len(), 1);
+        assert_eq!(store.port_of("web-1").expect("port"), Some(20_001));
+        assert_eq!(
+            store.artifact(&artifact.digest).expect("artifact"),
+            Some(artifact)
+        );
+    }
+
+    #[test]
+    fn migrations_are_valid_and_reopening_is_idempotent() {
+        schema::migrations()
+            .validate()
+            .expect("migrations validate");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.db");
+        drop(Store::open(&path).expect("first open"));
+        drop(Store::open(&path).expect("second open"));
+    }
+}

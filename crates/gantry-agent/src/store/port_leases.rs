@@ -1,0 +1,109 @@
+//! Ports leased to instances, for [`crate::ports::PortAllocator`]. A lease
+//! outlives the agent process, so a restarted agent never hands out a port
+//! it already gave to a running instance.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreError, is_unique_violation, now_ms};
+
+/// A port held by an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortLease {
+    pub port: u16,
+    pub instance_id: String,
+    /// Unix time in milliseconds.
+    pub allocated_at: u64,
+}
+
+impl Store {
+    /// Every port lease, by port.
+    pub fn port_allocations(&self) -> Result<Vec<PortLease>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT port, instance_id, allocated_at FROM port_allocations ORDER BY port",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok(PortLease {
+                port: row.get(0)?,
+                instance_id: row.get(1)?,
+                allocated_at: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The port leased to an instance, if any.
+    pub fn port_of(&self, instance_id: &str) -> Result<Option<u16>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT port FROM port_allocations WHERE instance_id = ?1",
+                [instance_id],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Leases `port` to an instance and moves the round-robin cursor to it, in
+    /// one transaction. `Ok(false)` when the port, or a port for this
+    /// instance, is already leased: nothing changed.
+    pub fn lease_port(&self, instance_id: &str, port: u16) -> Result<bool, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let inserted = tx.execute(
+            "INSERT INTO port_allocations (port, instance_id, allocated_at) VALUES (?1, ?2, ?3)",
+            params![port, instance_id, now_ms()],
+        );
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        tx.execute(
+            "INSERT INTO port_cursor (id, last) VALUES (1, ?1) \
+             ON CONFLICT (id) DO UPDATE SET last = ?1",
+            [port],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Ends an instance's lease; returns the port it held.
+    pub fn release_port(&self, instance_id: &str) -> Result<Option<u16>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "DELETE FROM port_allocations WHERE instance_id = ?1 RETURNING port",
+                [instance_id],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The port leased last: the round-robin search resumes after it.
+    pub fn port_cursor(&self) -> Result<Option<u16>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT last FROM port_cursor WHERE id = 1", [], |row| {
+                row.get(0)
+            })
+            .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_is_leased_once_and_an_instance_holds_one_port() {
+        let store = Store::open_in_memory().expect("store");
+        assert!(store.lease_port("i-1", 20_000).expect("lease"));
+        assert!(!store.lease_port("i-2", 20_000).expect("taken port"));
+        assert!(!store.lease_port("i-1", 20_001).expect("instance has one"));
+        assert_eq!(store.port_of("i-1").expect("query"), Some(20_000));
+        assert_eq!(store.port_cursor().expect("cursor"), Some(20_000));
+        assert_eq!(store.release_port("i-1").expect("release"), Some(20_000));
+        assert_eq!(store.release_port("i-1").expect("release"), None);
+        assert!(store.port_allocations().expect("list").is_empty());
+        assert_eq!(store.port_cursor().expect("cursor"), Some(20_000));
+    }
+}

@@ -1,0 +1,437 @@
+//! Releases: immutable records of deploys and rollbacks. Only their outcome,
+//! reason, log tail and phases change, as the deploy progresses.
+
+use gantry_core::agent_api::Release;
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::codec::{Json, Named, json};
+use super::{Store, StoreError, is_unique_violation};
+
+const COLUMNS: &str = "id, number, project, environment, config_hash, artifact_digest, \
+     rollback_of, created_at, outcome, reason, log_tail, phases, services";
+
+impl Store {
+    /// The number the project's next release takes: one more than its highest.
+    pub fn next_release_number(&self, project: &str) -> Result<u64, StoreError> {
+        let highest: Option<u64> = self.conn.query_row(
+            "SELECT max(number) FROM releases WHERE project = ?1",
+            [project],
+            |row| row.get(0),
+        )?;
+        Ok(highest.unwrap_or(0) + 1)
+    }
+
+    /// Records a new release. Its id and its number within the project must
+    /// be new; `rollback_of`, when set, must name a release of the project.
+    pub fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
+        if let Some(of) = &release.rollback_of
+            && self.release_by_id(&release.project, of)?.is_none()
+        {
+            return Err(StoreError::UnknownRelease {
+                project: release.project.clone(),
+                release: of.clone(),
+            });
+        }
+        let inserted = self.conn.execute(
+            &format!(
+                "INSERT INTO releases ({COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            ),
+            params![
+                release.id,
+                release.number,
+                release.project,
+                release.environment,
+                release.config_hash,
+                release.artifact_digest,
+                release.rollback_of,
+                release.created_at,
+                Named(release.outcome),
+                release.reason,
+                json("log_tail", &release.log_tail)?,
+                json("phases", &release.phases)?,
+                json("services", &release.services)?,
+            ],
+        );
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::ReleaseExists {
+                project: release.project.clone(),
+                id: release.id.clone(),
+                number: release.number,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Saves what a deploy learned about a release: its outcome, reason, log
+    /// tail and phases. Everything else about a release is immutable.
+    pub fn update_release(&self, release: &Release) -> Result<(), StoreError> {
+        let updated = self.conn.execute(
+            "UPDATE releases SET outcome = ?3, reason = ?4, log_tail = ?5, phases = ?6 \
+             WHERE project = ?1 AND id = ?2",
+            params![
+                release.project,
+                release.id,
+                Named(release.outcome),
+                release.reason,
+                json("log_tail", &release.log_tail)?,
+                json("phases", &release.phases)?,
+            ],
+        )?;
+        if updated == 0 {
+            return Err(StoreError::UnknownRelease {
+                project: release.project.clone(),
+                release: release.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// One release of a project. `id` is a release id or, for convenience at
+    /// the command line, a release number: `3` or `r3`. An exact id wins over
+    /// a number.
+    pub fn release(&self, project: &str, id: &str) -> Result<Option<Release>, StoreError> {
+        if let Some(release) = self.release_by_id(project, id)? {
+            return Ok(Some(release));
+        }
+        let Some(number) = parse_number(id) else {
+            return Ok(None);
+        };
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM releases WHERE project = ?1 AND number = ?2"),
+                params![project, number],
+                read_release,
+            )
+            .optional()
+            .map_err(StoreError::from)
+    }
+
+    fn release_by_id(&self, project: &str, id: &str) -> Result<Option<Release>, StoreError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM releases WHERE project = ?1 AND id = ?2"),
+                params![project, id],
+                read_release,
+            )
+            .optional()
+            .map_err(StoreError::from)
+    }
+
+    /// Every release of a project, newest first.
+    pub fn releases(&self, project: &str) -> Result<Vec<Release>, StoreError> {
+        self.query_releases(
+            &format!("SELECT {COLUMNS} FROM releases WHERE project = ?1 ORDER BY number DESC"),
+            params![project],
+        )
+    }
+
+    /// The project's newest release that succeeded.
+    pub fn latest_succeeded(&self, project: &str) -> Result<Option<Release>, StoreError> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM releases WHERE project = ?1 AND outcome = 'succeeded' \
+                     ORDER BY number DESC LIMIT 1"
+                ),
+                [project],
+                read_release,
+            )
+            .optional()
+            .map_err(StoreError::from)
+    }
+
+    /// Releases of every project still marked as deploying: at start-up these
+    /// are deploys a crash interrupted, to finish or undo. By project, oldest
+    /// first.
+    pub fn deploying(&self) -> Result<Vec<Release>, StoreError> {
+        self.query_releases(
+            &format!(
+                "SELECT {COLUMNS} FROM releases WHERE outcome = 'deploying' \
+                 ORDER BY project, number"
+            ),
+            params![],
+        )
+    }
+
+    /// [`Store::deploying`] for one project.
+    pub fn deploying_in(&self, project: &str) -> Result<Vec<Release>, StoreError> {
+        self.query_releases(
+            &format!(
+                "SELECT {COLUMNS} FROM releases WHERE outcome = 'deploying' AND project = ?1 \
+                 ORDER BY number"
+            ),
+            params![project],
+        )
+    }
+
+    fn query_releases(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<Release>, StoreError> {
+        let mut statement = self.conn.prepare_cached(sql)?;
+        let rows = statement.query_map(params, read_release)?;
+        let mut releases = Vec::new();
+        for row in rows {
+            releases.push(row?);
+        }
+        Ok(releases)
+    }
+}
+
+/// The foreign keys say a release exists; this says it is the project's.
+pub(super) fn require_release(
+    conn: &rusqlite::Connection,
+    project: &str,
+    release: &str,
+) -> Result<(), StoreError> {
+    let found = conn
+        .prepare_cached("SELECT 1 FROM releases WHERE project = ?1 AND id = ?2")?
+        .exists([project, release])?;
+    if found {
+        Ok(())
+    } else {
+        Err(StoreError::UnknownRelease {
+            project: project.to_owned(),
+            release: release.to_owned(),
+        })
+    }
+}
+
+/// `3` or `r3` as a release number.
+fn parse_number(text: &str) -> Option<u64> {
+    let digits = text.strip_prefix('r').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn read_release(row: &Row<'_>) -> rusqlite::Result<Release> {
+    Ok(Release {
+        id: row.get("id")?,
+        number: row.get("number")?,
+        project: row.get("project")?,
+        environment: row.get("environment")?,
+        config_hash: row.get("config_hash")?,
+        artifact_digest: row.get("artifact_digest")?,
+        rollback_of: row.get("rollback_of")?,
+        created_at: row.get("created_at")?,
+        outcome: row.get::<_, Named<_>>("outcome")?.0,
+        reason: row.get("reason")?,
+        log_tail: row.get::<_, Json<_>>("log_tail")?.0,
+        phases: row.get::<_, Json<_>>("phases")?.0,
+        services: row.get::<_, Json<_>>("services")?.0,
+    })
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use gantry_core::agent_api::{Outcome, Phase};
+    use gantry_core::config::resolve::Service;
+
+    use super::*;
+
+    /// A resolved service as the config crate would produce it, secret names only.
+    pub(crate) fn service(name: &str) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "driver": "process",
+            "run": format!("bin/{name}"),
+            "port": "http",
+            "routes": [{"host": "shop.example.com", "path": "/"}],
+            "replicas": 2,
+            "env": {"RUST_LOG": "info"},
+            "secrets": ["DATABASE_URL"],
+            "resources": {},
+            "depends_on": [],
+            "volumes": [],
+            "stop_timeout": "10s",
+            "restart": "always",
+        }))
+        .expect("a valid resolved service")
+    }
+
+    pub(crate) fn release(project: &str, id: &str, number: u64) -> Release {
+        Release {
+            id: id.to_owned(),
+            number,
+            project: project.to_owned(),
+            environment: "prod".to_owned(),
+            config_hash: "c0ffee".to_owned(),
+            artifact_digest: "ab".repeat(32),
+            rollback_of: None,
+            created_at: 1_700_000_000_000 + number,
+            outcome: Outcome::Deploying,
+            reason: None,
+            log_tail: Vec::new(),
+            phases: Vec::new(),
+            services: vec![service("web")],
+        }
+    }
+
+    fn json(release: &Release) -> serde_json::Value {
+        serde_json::to_value(release).expect("serialize")
+    }
+
+    #[test]
+    fn release_round_trips_with_its_services() {
+        let store = Store::open_in_memory().expect("store");
+        let r1 = release("shop", "rel-a", 1);
+        store.insert_release(&r1).expect("insert");
+        let back = store
+            .release("shop", "rel-a")
+            .expect("query")
+            .expect("found");
+        assert_eq!(json(&back), json(&r1));
+        assert_eq!(back.services[0].secrets, ["DATABASE_URL"]);
+    }
+
+    #[test]
+    fn update_release_saves_outcome_reason_log_tail_and_phases() {
+        let store = Store::open_in_memory().expect("store");
+        let mut r1 = release("shop", "rel-a", 1);
+        store.insert_release(&r1).expect("insert");
+        r1.outcome = Outcome::Failed;
+        r1.reason = Some("web: health check failed".to_owned());
+        r1.log_tail = vec!["panic: no DATABASE_URL".to_owned()];
+        r1.phases = vec![Phase {
+            name: "start".to_owned(),
+            service: Some("web".to_owned()),
+            started_at: 1,
+            duration_ms: 20,
+        }];
+        store.update_release(&r1).expect("update");
+        let back = store
+            .release("shop", "rel-a")
+            .expect("query")
+            .expect("found");
+        assert_eq!(json(&back), json(&r1));
+    }
+
+    #[test]
+    fn update_of_an_unknown_release_is_an_error() {
+        let store = Store::open_in_memory().expect("store");
+        let err = store
+            .update_release(&release("shop", "nope", 1))
+            .expect_err("unknown");
+        assert_eq!(err.code(), "release.not_found");
+    }
+
+    #[test]
+    fn numbering_is_per_project_and_numbers_are_unique() {
+        let store = Store::open_in_memory().expect("store");
+        assert_eq!(store.next_release_number("shop").expect("next"), 1);
+        store
+            .insert_release(&release("shop", "a", 1))
+            .expect("insert");
+        store
+            .insert_release(&release("shop", "b", 2))
+            .expect("insert");
+        assert_eq!(store.next_release_number("shop").expect("next"), 3);
+        assert_eq!(store.next_release_number("blog").expect("next"), 1);
+        let err = store
+            .insert_release(&release("shop", "c", 2))
+            .expect_err("duplicate number");
+        assert!(
+            matches!(err, StoreError::ReleaseExists { number: 2, .. }),
+            "{err}"
+        );
+        let err = store
+            .insert_release(&release("shop", "a", 9))
+            .expect_err("duplicate id");
+        assert_eq!(err.code(), "release.exists");
+    }
+
+    #[test]
+    fn a_release_is_found_by_id_or_by_number() {
+        let store = Store::open_in_memory().expect("store");
+        store
+            .insert_release(&release("shop", "a", 1))
+            .expect("insert");
+        store
+            .insert_release(&release("shop", "b", 2))
+            .expect("insert");
+        let find = |id: &str| store.release("shop", id).expect("query").map(|r| r.id);
+        assert_eq!(find("b").as_deref(), Some("b"));
+        assert_eq!(find("2").as_deref(), Some("b"));
+        assert_eq!(find("r1").as_deref(), Some("a"));
+        assert_eq!(find("r3"), None);
+        assert_eq!(find("r"), None);
+        assert_eq!(
+            store.release("blog", "a").expect("query").map(|r| r.id),
+            None
+        );
+    }
+
+    #[test]
+    fn releases_are_listed_newest_first_and_latest_succeeded_skips_failures() {
+        let store = Store::open_in_memory().expect("store");
+        for (id, number, outcome) in [
+            ("a", 1, Outcome::Succeeded),
+            ("b", 2, Outcome::Succeeded),
+            ("c", 3, Outcome::Failed),
+            ("d", 4, Outcome::Deploying),
+        ] {
+            let mut r = release("shop", id, number);
+            r.outcome = outcome;
+            store.insert_release(&r).expect("insert");
+        }
+        store
+            .insert_release(&release("blog", "z", 1))
+            .expect("insert");
+        let ids: Vec<_> = store
+            .releases("shop")
+            .expect("list")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["d", "c", "b", "a"]);
+        let latest = store
+            .latest_succeeded("shop")
+            .expect("query")
+            .expect("some");
+        assert_eq!(latest.id, "b");
+        assert!(store.latest_succeeded("none").expect("query").is_none());
+    }
+
+    #[test]
+    fn deploying_lists_interrupted_deploys_of_one_project_or_all() {
+        let store = Store::open_in_memory().expect("store");
+        let mut done = release("shop", "a", 1);
+        done.outcome = Outcome::Succeeded;
+        store.insert_release(&done).expect("insert");
+        store
+            .insert_release(&release("shop", "b", 2))
+            .expect("insert");
+        store
+            .insert_release(&release("blog", "z", 1))
+            .expect("insert");
+        let ids = |releases: Vec<Release>| -> Vec<String> {
+            releases.into_iter().map(|r| r.id).collect()
+        };
+        assert_eq!(ids(store.deploying_in("shop").expect("query")), ["b"]);
+        assert_eq!(ids(store.deploying().expect("query")), ["z", "b"]);
+    }
+
+    #[test]
+    fn rollback_of_must_name_an_existing_release() {
+        let store = Store::open_in_memory().expect("store");
+        store
+            .insert_release(&release("shop", "a", 1))
+            .expect("insert");
+        let mut back = release("shop", "b", 2);
+        back.rollback_of = Some("a".to_owned());
+        store
+            .insert_release(&back)
+            .expect("rollback of a known release");
+        let mut bad = release("shop", "c", 3);
+        bad.rollback_of = Some("ghost".to_owned());
+        let err = store.insert_release(&bad).expect_err("unknown");
+        assert_eq!(err.code(), "release.not_found");
+        let loaded = store.release("shop", "b").expect("query").expect("found");
+        assert_eq!(loaded.rollback_of.as_deref(), Some("a"));
+    }
+}

@@ -1,0 +1,251 @@
+//! Keeps live instances running: notices exits, applies the restart policy
+//! with exponential backoff and jitter, gives up after too many failures in a
+//! window, and keeps each instance's health current.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gantry_config::model::Restart;
+use gantry_config::resolve::Service;
+use gantry_core::agent_api::{Exit, InstanceState};
+use rand::RngExt;
+
+use crate::agent::{Agent, now_ms};
+use crate::health;
+use crate::instance;
+use crate::process;
+use crate::store::InstanceRecord;
+
+const TICK: Duration = Duration::from_millis(200);
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Memory {
+    failures: HashMap<String, VecDeque<Instant>>,
+    next_attempt: HashMap<String, Instant>,
+    next_probe: HashMap<String, Instant>,
+    specs: HashMap<(String, String), Service>,
+}
+
+pub async fn run(agent: Arc<Agent>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut memory = Memory::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = shutdown.changed() => return,
+        }
+        let Ok(records) = agent.db(|s| s.active_instances()).await else {
+            continue;
+        };
+        for record in records {
+            if matches!(record.state, InstanceState::Live | InstanceState::Backoff) {
+                tend(&agent, &mut memory, record).await;
+            }
+        }
+    }
+}
+
+async fn spec(agent: &Agent, memory: &mut Memory, record: &InstanceRecord) -> Option<Service> {
+    let key = (
+        record.release.clone(),
+        format!("{}/{}", record.project, record.service),
+    );
+    if let Some(spec) = memory.specs.get(&key) {
+        return Some(spec.clone());
+    }
+    let (p, r) = (record.project.clone(), record.release.clone());
+    let release = agent.db(move |s| s.release(&p, &r)).await.ok().flatten()?;
+    let spec = release
+        .services
+        .into_iter()
+        .find(|s| s.name == record.service)?;
+    memory.specs.insert(key, spec.clone());
+    Some(spec)
+}
+
+async fn tend(agent: &Arc<Agent>, memory: &mut Memory, record: InstanceRecord) {
+    let Some(service) = spec(agent, memory, &record).await else {
+        return;
+    };
+    let running = match (record.pid, record.start_time) {
+        (Some(pid), Some(start)) => process::is_running(pid, start),
+        _ => false,
+    };
+    match record.state {
+        InstanceState::Live if running => probe(agent, memory, &record, &service),
+        InstanceState::Live => exited(agent, memory, &record, &service).await,
+        InstanceState::Backoff => {
+            let due = memory
+                .next_attempt
+                .get(&record.id)
+                .is_none_or(|at| Instant::now() >= *at);
+            if due {
+                restart(agent, memory, &record, &service).await;
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn exited(agent: &Agent, memory: &mut Memory, record: &InstanceRecord, service: &Service) {
+    let exit = instance::exit_of(agent, &record.id).unwrap_or(Exit {
+        code: None,
+        signal: None,
+        oom: false,
+        at: now_ms(),
+    });
+    let clean = exit.code == Some(0) && !exit.oom;
+    let wants_restart = match service.restart {
+        Restart::Always => true,
+        Restart::OnFailure => !clean,
+        Restart::Never => false,
+    };
+    let window = agent.settings.failure_window;
+    let failures = memory.failures.entry(record.id.clone()).or_default();
+    let now = Instant::now();
+    failures.push_back(now);
+    while failures
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > window)
+    {
+        failures.pop_front();
+    }
+    let count = u32::try_from(failures.len()).unwrap_or(u32::MAX);
+    let state = if !wants_restart {
+        if clean {
+            InstanceState::Stopped
+        } else {
+            InstanceState::Failed
+        }
+    } else if count >= agent.settings.max_failures {
+        InstanceState::Failed
+    } else {
+        InstanceState::Backoff
+    };
+    tracing::warn!(instance = %record.id, service = %record.service, %exit, ?state, "instance exited");
+    if state == InstanceState::Backoff {
+        memory
+            .next_attempt
+            .insert(record.id.clone(), now + backoff(count));
+    }
+    let (id, restarts) = (record.id.clone(), record.restarts);
+    let _ = agent
+        .db(move |s| {
+            s.record_exit(&id, &exit, restarts)?;
+            s.set_instance_health(&id, false)?;
+            s.set_instance_state(&id, state)
+        })
+        .await;
+}
+
+/// Exponential backoff with full jitter: a random delay up to base × 2^(n-1), capped.
+fn backoff(failures: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
+    let ms = u64::try_from(ceiling.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}
+
+async fn restart(agent: &Agent, memory: &mut Memory, record: &InstanceRecord, service: &Service) {
+    memory.next_attempt.remove(&record.id);
+    let dir = instance::release_dir(agent, &record.project, &release_digest(agent, record).await);
+    let cwd = match &service.artifact {
+        Some(sub) if dir.join(sub).is_dir() => dir.join(sub),
+        _ => dir,
+    };
+    let (id, restarts) = (record.id.clone(), record.restarts + 1);
+    let _ = agent
+        .db(move |s| {
+            s.set_restarts(&id, restarts)?;
+            s.set_instance_state(&id, InstanceState::Live)
+        })
+        .await;
+    if let Err(failure) = instance::launch(agent, record, service, &cwd).await {
+        tracing::warn!(instance = %record.id, reason = %failure.reason, "restart failed");
+        let id = record.id.clone();
+        let _ = agent
+            .db(move |s| s.set_instance_state(&id, InstanceState::Backoff))
+            .await;
+        memory
+            .next_attempt
+            .insert(record.id.clone(), Instant::now() + BACKOFF_MAX);
+    }
+}
+
+async fn release_digest(agent: &Agent, record: &InstanceRecord) -> String {
+    let (p, r) = (record.project.clone(), record.release.clone());
+    agent
+        .db(move |s| s.release(&p, &r))
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.artifact_digest)
+        .unwrap_or_default()
+}
+
+/// Probes a live instance when its interval has passed, in the background.
+fn probe(agent: &Arc<Agent>, memory: &mut Memory, record: &InstanceRecord, service: &Service) {
+    let now = Instant::now();
+    if memory
+        .next_probe
+        .get(&record.id)
+        .is_some_and(|at| now < *at)
+    {
+        return;
+    }
+    let Some(health) = service.health.clone() else {
+        if !record.healthy {
+            let (agent, id) = (Arc::clone(agent), record.id.clone());
+            tokio::spawn(async move {
+                let _ = agent.db(move |s| s.set_instance_health(&id, true)).await;
+            });
+        }
+        memory
+            .next_probe
+            .insert(record.id.clone(), now + Duration::from_secs(1));
+        return;
+    };
+    memory
+        .next_probe
+        .insert(record.id.clone(), now + health.interval.as_std());
+    let agent = Arc::clone(agent);
+    let record = record.clone();
+    let env = instance::environment(service, &record.id, &record.release, record.port);
+    tokio::spawn(async move {
+        let cwd = std::env::temp_dir();
+        let healthy = health::probe(
+            &health.check,
+            record.port,
+            health.timeout.as_std(),
+            &cwd,
+            &env,
+        )
+        .await
+        .is_ok();
+        if healthy != record.healthy {
+            let id = record.id.clone();
+            let _ = agent.db(move |s| s.set_instance_health(&id, healthy)).await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for n in 1..20 {
+            let d = backoff(n);
+            assert!(d <= BACKOFF_MAX, "{n}: {d:?}");
+            assert!(d >= BACKOFF_BASE / 2, "{n}: {d:?}");
+        }
+        assert!(backoff(1) <= BACKOFF_BASE);
+        assert!(backoff(6) >= BACKOFF_BASE * 8, "grows exponentially");
+    }
+}

@@ -1,0 +1,293 @@
+//! The agent's HTTP/JSON API under `/v1`: the requests the CLI sends and the
+//! records the agent answers with. Both sides use these types, so the wire
+//! format is defined once. Secret values travel only in `DeployRequest` and
+//! are never part of any record the agent returns or stores.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::resolve::Service;
+
+/// The API version; the path prefix of every route.
+pub const API_VERSION: &str = "v1";
+
+/// `GET /v1/health`: the agent is up and this is who it is.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct AgentInfo {
+    pub version: String,
+    pub pid: u32,
+    pub state_dir: String,
+    /// Unix time in milliseconds.
+    pub started_at: u64,
+    /// How resource limits are enforced here: `cgroup v2`, `cgroup v1` or `none`.
+    pub limits: String,
+}
+
+/// One file of an artifact: its path inside the artifact and the sha256 of its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub struct ArtifactFile {
+    pub path: String,
+    pub digest: String,
+    pub size: u64,
+    /// Unix permission bits (the executable bit matters).
+    pub mode: u32,
+}
+
+/// A snapshot of the files a release runs from, content-addressed: `digest`
+/// is the sha256 of the sorted file list, so equal trees have equal digests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Artifact {
+    pub digest: String,
+    pub files: Vec<ArtifactFile>,
+}
+
+/// `POST /v1/blobs/missing`: which of these blobs the agent lacks.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct BlobList {
+    pub digests: Vec<String>,
+}
+
+/// `POST /v1/projects/{project}/deploys`.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+pub struct DeployRequest {
+    pub project: String,
+    pub environment: String,
+    /// sha256 of the resolved environment, to tell what changed.
+    pub config_hash: String,
+    pub artifact: Artifact,
+    /// The services in deploy order (dependencies first).
+    pub services: Vec<Service>,
+    /// Secret values by name. Kept by the agent in a 0600 file, never in its store.
+    pub secrets: BTreeMap<String, String>,
+    /// The previous release to re-activate instead of a new one (rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<String>,
+}
+
+impl std::fmt::Debug for DeployRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeployRequest")
+            .field("project", &self.project)
+            .field("environment", &self.environment)
+            .field("config_hash", &self.config_hash)
+            .field("artifact", &self.artifact.digest)
+            .field("services", &self.services.len())
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// What became of a release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Under way.
+    Deploying,
+    /// Every service runs it.
+    Succeeded,
+    /// A service failed; it kept its previous release.
+    Failed,
+}
+
+/// One timed step of a deploy.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Phase {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Unix time in milliseconds.
+    pub started_at: u64,
+    pub duration_ms: u64,
+}
+
+/// An immutable record of one deploy or rollback.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Release {
+    pub id: String,
+    /// 1, 2, 3, ... per project.
+    pub number: u64,
+    pub project: String,
+    pub environment: String,
+    pub config_hash: String,
+    pub artifact_digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<String>,
+    pub created_at: u64,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The end of the failing service's stderr, when a deploy failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+    pub phases: Vec<Phase>,
+    /// The resolved services of this release, as deployed (no secret values).
+    pub services: Vec<Service>,
+}
+
+/// How an instance ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Exit {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Killed by the kernel for going over its memory limit.
+    #[serde(default)]
+    pub oom: bool,
+    /// Unix time in milliseconds.
+    pub at: u64,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.oom, self.code, self.signal) {
+            (true, _, _) => f.write_str("killed: out of memory"),
+            (_, Some(code), _) => write!(f, "exited with status {code}"),
+            (_, _, Some(signal)) => write!(f, "killed by signal {signal}"),
+            _ => f.write_str("exited"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Started, not yet healthy.
+    Starting,
+    /// Healthy and receiving traffic.
+    Live,
+    /// Being stopped after a cutover.
+    Draining,
+    /// Exited; waiting for its restart delay.
+    Backoff,
+    /// Gave up after too many failures.
+    Failed,
+    /// Stopped on purpose.
+    Stopped,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Instance {
+    pub id: String,
+    pub service: String,
+    pub release: String,
+    pub state: InstanceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub healthy: bool,
+    pub restarts: u32,
+    /// Resident memory in bytes, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<Exit>,
+}
+
+/// Whether a service's resource limits are enforced, and how.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Limits {
+    pub enforced: bool,
+    /// `cgroup v2`, `cgroup v1` or `none`.
+    pub via: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    Running,
+    Starting,
+    Degraded,
+    Failed,
+    Stopped,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub state: ServiceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    pub urls: Vec<String>,
+    pub instances: Vec<Instance>,
+    pub limits: Limits,
+    /// Why the service failed, with the end of its stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+}
+
+/// `GET /v1/projects/{project}/status`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Status {
+    pub project: String,
+    pub services: Vec<ServiceStatus>,
+}
+
+/// The answer to a deploy or rollback.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct DeployResult {
+    pub release: Release,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One line a service printed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LogLine {
+    /// Unix time in milliseconds.
+    pub ts: u64,
+    pub service: String,
+    pub instance: String,
+    pub stream: Stream,
+    pub line: String,
+}
+
+/// `POST /v1/projects/{project}/rollback`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct RollbackRequest {
+    /// The release to go back to; the one before the current one if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Secret values, as for a deploy.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// `POST /v1/projects/{project}/stop` and `/restart`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ServiceSelector {
+    /// One service, or every service of the project if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// The body of every error answer: `{"error": {...}}` with a stable code.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ApiErrorBody {
+    pub error: ApiError,
+}
