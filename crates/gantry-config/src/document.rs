@@ -1,22 +1,16 @@
-//! The parsed TOML document as JSON values plus the spans of every key and
-//! value, so any later check that knows a key path can point at the source.
-//! `${VAR}` interpolation happens here, on string values, as they are read.
+//! The parsed TOML document as JSON values, kept beside the TOML tree it came
+//! from so any later check that knows a key path can point at the source.
+//! Spans are looked up in that tree only when a problem is reported, so a
+//! valid file pays nothing for them. `${VAR}` interpolation happens here, on
+//! string values, as they are read.
 
-use std::collections::HashMap;
 use std::ops::Range;
 
 use serde_json::{Map, Number, Value};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::diagnostic::{KeyPath, Problem};
-
-/// Where a key and its value stand in the source.
-#[derive(Clone, Debug)]
-pub struct Spans {
-    pub key: Option<Range<usize>>,
-    pub value: Range<usize>,
-}
+use crate::diagnostic::{KeyPath, Problem, Segment};
 
 /// A problem found while reading the document, before it has a line and column.
 #[derive(Debug)]
@@ -28,54 +22,81 @@ pub struct Finding {
     pub hint: Option<String>,
 }
 
-pub struct Document {
+pub struct Document<'t> {
     pub value: Value,
-    spans: HashMap<KeyPath, Spans>,
+    table: Spanned<DeTable<'t>>,
+    /// Where the document has floats: the only values JSON Schema and TOML
+    /// disagree about (2.0 is an integer to one and not the other).
+    pub floats: Vec<KeyPath>,
 }
 
 /// Looks up an environment variable for `${VAR}`.
 pub type Vars<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-impl Document {
+/// A key's span (None for array items) and its value's span.
+type Spans = (Option<Range<usize>>, Range<usize>);
+
+impl<'t> Document<'t> {
     /// Parses TOML, recovering where it can so that several syntax errors are reported at once.
-    pub fn parse(text: &str, vars: Vars<'_>) -> (Document, Vec<Finding>) {
+    pub fn parse(text: &'t str, vars: Vars<'_>) -> (Document<'t>, Vec<Finding>) {
         let (table, errors) = DeTable::parse_recoverable(text);
         let mut findings: Vec<Finding> = errors
             .iter()
-            .map(|error| {
-                let span = error.span().unwrap_or(0..0);
-                Finding {
-                    problem: Problem::Syntax,
-                    path: KeyPath::root(),
-                    span,
-                    message: error.message().trim_end().to_owned(),
-                    hint: None,
-                }
+            .map(|error| Finding {
+                problem: Problem::Syntax,
+                path: KeyPath::root(),
+                span: error.span().unwrap_or(0..0),
+                message: error.message().trim_end().to_owned(),
+                hint: None,
             })
             .collect();
         let mut reader = Reader {
             text,
             vars,
-            spans: HashMap::new(),
+            stack: Vec::new(),
+            floats: Vec::new(),
             findings: Vec::new(),
         };
-        let root = table.span();
-        reader.spans.insert(
-            KeyPath::root(),
-            Spans {
-                key: None,
-                value: root,
-            },
-        );
-        let value = reader.table(&KeyPath::root(), table.get_ref());
+        let value = reader.table(table.get_ref());
         findings.append(&mut reader.findings);
+        let floats = reader.floats;
         (
             Document {
                 value,
-                spans: reader.spans,
+                table,
+                floats,
             },
             findings,
         )
+    }
+
+    /// The spans of the key and value at `path`, if the source has them.
+    fn spans(&self, path: &KeyPath) -> Option<Spans> {
+        let mut key = None;
+        let mut value: &Spanned<DeValue<'t>>;
+        let mut segments = path.0.iter();
+        let Some(first) = segments.next() else {
+            return Some((None, self.table.span()));
+        };
+        let Segment::Key(k) = first else { return None };
+        let (k_span, v) = self.table.get_ref().get_key_value(k.as_str())?;
+        key = Some(k_span.span()).or(key);
+        value = v;
+        for segment in segments {
+            match (segment, value.get_ref()) {
+                (Segment::Key(k), DeValue::Table(table)) => {
+                    let (k_span, v) = table.get_key_value(k.as_str())?;
+                    key = Some(k_span.span());
+                    value = v;
+                }
+                (Segment::Index(i), DeValue::Array(items)) => {
+                    value = items.get(*i)?;
+                    key = None;
+                }
+                _ => return None,
+            }
+        }
+        Some((key, value.span()))
     }
 
     /// The span to point at for a problem with the value at `path`: the value
@@ -83,8 +104,8 @@ impl Document {
     pub fn value_span(&self, path: &KeyPath) -> Range<usize> {
         let mut path = path.clone();
         loop {
-            if let Some(spans) = self.spans.get(&path) {
-                return spans.value.clone();
+            if let Some((_, value)) = self.spans(&path) {
+                return value;
             }
             match path.parent() {
                 Some(parent) => path = parent,
@@ -96,64 +117,81 @@ impl Document {
     /// The span to point at for a problem with the key at `path` (an unknown
     /// key, a name that refers to nothing): the key, else its value.
     pub fn key_span(&self, path: &KeyPath) -> Range<usize> {
-        match self.spans.get(path) {
-            Some(Spans { key: Some(key), .. }) => key.clone(),
+        match self.spans(path) {
+            Some((Some(key), _)) => key,
             _ => self.value_span(path),
         }
     }
 
     pub fn contains(&self, path: &KeyPath) -> bool {
-        self.spans.contains_key(path)
+        self.spans(path).is_some()
     }
+}
+
+/// A segment of the path being read, borrowed from the TOML tree.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Key(&'a str),
+    Index(usize),
 }
 
 struct Reader<'a> {
     text: &'a str,
     vars: Vars<'a>,
-    spans: HashMap<KeyPath, Spans>,
+    stack: Vec<At<'a>>,
+    floats: Vec<KeyPath>,
     findings: Vec<Finding>,
 }
 
-impl Reader<'_> {
-    fn table(&mut self, path: &KeyPath, table: &DeTable<'_>) -> Value {
+impl<'a> Reader<'a> {
+    /// The path being read, materialized only when something needs it.
+    fn path(&self) -> KeyPath {
+        KeyPath(
+            self.stack
+                .iter()
+                .map(|at| match at {
+                    At::Key(k) => Segment::Key((*k).to_owned()),
+                    At::Index(i) => Segment::Index(*i),
+                })
+                .collect(),
+        )
+    }
+
+    fn table(&mut self, table: &'a DeTable<'a>) -> Value {
         let mut map = Map::with_capacity(table.len());
         for (key, value) in table {
-            let child = path.key(key.get_ref());
-            self.spans.insert(
-                child.clone(),
-                Spans {
-                    key: Some(key.span()),
-                    value: value.span(),
-                },
-            );
-            let json = self.value(&child, value);
+            self.stack.push(At::Key(key.get_ref()));
+            let json = self.value(value);
+            self.stack.pop();
             map.insert(key.get_ref().to_string(), json);
         }
         Value::Object(map)
     }
 
-    fn value(&mut self, path: &KeyPath, value: &Spanned<DeValue<'_>>) -> Value {
+    fn value(&mut self, value: &'a Spanned<DeValue<'a>>) -> Value {
         let span = value.span();
         match value.get_ref() {
-            DeValue::String(s) => Value::String(self.interpolate(path, s, span)),
+            DeValue::String(s) => Value::String(self.interpolate(s, span)),
             DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
                 Ok(n) => Value::Number(n.into()),
                 Err(_) => {
-                    self.invalid(path, span, "integer out of range", None);
+                    self.invalid(span, "integer out of range", None);
                     Value::Null
                 }
             },
             DeValue::Float(f) => match f.as_str().parse::<f64>().ok().and_then(Number::from_f64) {
-                Some(n) => Value::Number(n),
+                Some(n) => {
+                    self.floats.push(self.path());
+                    Value::Number(n)
+                }
                 None => {
-                    self.invalid(path, span, "a number must be finite", None);
+                    self.invalid(span, "a number must be finite", None);
                     Value::Null
                 }
             },
             DeValue::Boolean(b) => Value::Bool(*b),
             DeValue::Datetime(d) => {
                 self.invalid(
-                    path,
                     span,
                     "dates and times are not values gantry.toml uses",
                     Some(format!("quote it to make it a string: \"{d}\"")),
@@ -165,26 +203,22 @@ impl Reader<'_> {
                     .iter()
                     .enumerate()
                     .map(|(i, item)| {
-                        let child = path.index(i);
-                        self.spans.insert(
-                            child.clone(),
-                            Spans {
-                                key: None,
-                                value: item.span(),
-                            },
-                        );
-                        self.value(&child, item)
+                        self.stack.push(At::Index(i));
+                        let json = self.value(item);
+                        self.stack.pop();
+                        json
                     })
                     .collect(),
             ),
-            DeValue::Table(table) => self.table(path, table),
+            DeValue::Table(table) => self.table(table),
         }
     }
 
-    fn invalid(&mut self, path: &KeyPath, span: Range<usize>, message: &str, hint: Option<String>) {
+    fn invalid(&mut self, span: Range<usize>, message: &str, hint: Option<String>) {
+        let path = self.path();
         self.findings.push(Finding {
             problem: Problem::InvalidValue,
-            path: path.clone(),
+            path,
             span,
             message: message.to_owned(),
             hint,
@@ -192,7 +226,7 @@ impl Reader<'_> {
     }
 
     /// Expands `${NAME}` and `${NAME:-default}`; `$$` stands for a literal `$`.
-    fn interpolate(&mut self, path: &KeyPath, s: &str, span: Range<usize>) -> String {
+    fn interpolate(&mut self, s: &str, span: Range<usize>) -> String {
         if !s.contains('$') {
             return s.to_owned();
         }
@@ -227,7 +261,7 @@ impl Reader<'_> {
             let Some(end) = body.find('}') else {
                 self.findings.push(Finding {
                     problem: Problem::InvalidValue,
-                    path: path.clone(),
+                    path: self.path(),
                     span: at(offset + dollar, 2),
                     message: "`${` is not closed with `}`".to_owned(),
                     hint: Some("write ${NAME}, or $${ for a literal ${".to_owned()),
@@ -243,7 +277,7 @@ impl Reader<'_> {
             if crate::formats::check_env_name(name).is_err() {
                 self.findings.push(Finding {
                     problem: Problem::InvalidValue,
-                    path: path.clone(),
+                    path: self.path(),
                     span: at(offset + dollar, whole),
                     message: format!("`${{{expression}}}` does not name an environment variable"),
                     hint: Some(
@@ -257,7 +291,7 @@ impl Reader<'_> {
                     (None, Some(default)) => out.push_str(default),
                     (None, None) => self.findings.push(Finding {
                         problem: Problem::UnsetVariable,
-                        path: path.clone(),
+                        path: self.path(),
                         span: at(offset + dollar, whole),
                         message: format!("environment variable `{name}` is not set"),
                         hint: Some(format!(

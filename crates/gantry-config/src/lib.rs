@@ -22,6 +22,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 pub use diagnostic::{Diagnostic, Diagnostics, KeyPath, LineIndex, Problem, Segment};
@@ -160,8 +161,12 @@ pub fn parse(
         findings.extend(schema::check(&doc));
         // Set aside what is already known to be wrong, so the checks that relate
         // values to each other still run over the rest and every error shows at once.
-        let pruned = prune(&doc.value, &findings);
-        match serde_json::from_value::<model::File>(pruned) {
+        let parsed = if findings.is_empty() {
+            model::File::deserialize(&doc.value)
+        } else {
+            serde_json::from_value::<model::File>(prune(&doc.value, &findings))
+        };
+        match parsed {
             Ok(parsed) => {
                 // A value set aside above would look missing to the checks below
                 // ("has neither ssh nor provider"): skip what they say about it or

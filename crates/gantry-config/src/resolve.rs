@@ -42,6 +42,24 @@ pub(crate) fn merged_services(file: &File, environment: &str) -> BTreeMap<String
         .collect()
 }
 
+/// As [`merged_services`], borrowing the services an environment leaves alone.
+pub(crate) fn merged_services_cow<'f>(
+    file: &'f File,
+    environment: &str,
+) -> BTreeMap<&'f str, std::borrow::Cow<'f, model::Service>> {
+    let overlay = file.environments.get(environment);
+    file.services
+        .iter()
+        .map(|(name, base)| {
+            let merged = match overlay.and_then(|e| e.services.get(name)) {
+                Some(over) => std::borrow::Cow::Owned(overlay_service(base, over)),
+                None => std::borrow::Cow::Borrowed(base),
+            };
+            (name.as_str(), merged)
+        })
+        .collect()
+}
+
 /// Merges `over` onto `base`: tables merge key by key, anything else is replaced.
 pub(crate) fn overlay_service(base: &model::Service, over: &model::Service) -> model::Service {
     let (Ok(mut merged), Ok(over)) = (serde_json::to_value(base), serde_json::to_value(over))

@@ -96,7 +96,7 @@ fn resolve<'a>(root: &'a Value, node: &'a Value) -> Option<&'a Value> {
 }
 
 /// Checks the document against the schema, returning every problem found.
-pub fn check(document: &Document) -> Vec<Finding> {
+pub fn check(document: &Document<'_>) -> Vec<Finding> {
     let mut findings: Vec<Finding> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for error in validator().iter_errors(&document.value) {
@@ -110,80 +110,46 @@ pub fn check(document: &Document) -> Vec<Finding> {
             }
         }
     }
-    let root = json_schema();
-    if let Some(node) = resolve(root, root) {
-        floats_for_integers(
-            document,
-            &document.value,
-            node,
-            &KeyPath::root(),
-            &mut |finding| {
-                if seen.insert((finding.path.clone(), finding.problem)) {
-                    findings.push(finding);
-                }
-            },
-        );
+    // JSON Schema counts 2.0 as an integer; TOML does not, and neither does the
+    // model. A float where only an integer fits is a wrong type.
+    for path in &document.floats {
+        let Some(node) = node_at(path) else { continue };
+        let types: Vec<&str> = match node.get("type") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let number = descend(&document.value, path).cloned().unwrap_or_default();
+        if types.contains(&"integer")
+            && !types.contains(&"number")
+            && seen.insert((path.clone(), Problem::WrongType))
+        {
+            findings.push(Finding {
+                problem: Problem::WrongType,
+                path: path.clone(),
+                span: document.value_span(path),
+                message: format!(
+                    "expected {}, found the number {number}",
+                    expected_type(node)
+                ),
+                hint: Some("write a whole number without a decimal point".to_owned()),
+            });
+        }
     }
     findings
 }
 
-/// JSON Schema counts 2.0 as an integer; TOML does not, and neither does the
-/// model. A float where only an integer fits is a wrong type.
-fn floats_for_integers(
-    document: &Document,
-    value: &Value,
-    node: &Value,
-    path: &KeyPath,
-    report: &mut dyn FnMut(Finding),
-) {
-    let root = json_schema();
-    let child = |key: Option<&str>| -> Option<&Value> {
-        let raw = match key {
-            Some(key) => node
-                .get("properties")
-                .and_then(|p| p.get(key))
-                .or_else(|| node.get("additionalProperties").filter(|a| a.is_object()))?,
-            None => node.get("items")?,
-        };
-        resolve(root, raw)
-    };
-    match value {
-        Value::Object(map) => {
-            for (key, value) in map {
-                if let Some(node) = child(Some(key)) {
-                    floats_for_integers(document, value, node, &path.key(key), report);
-                }
-            }
-        }
-        Value::Array(items) => {
-            if let Some(node) = child(None) {
-                for (i, item) in items.iter().enumerate() {
-                    floats_for_integers(document, item, node, &path.index(i), report);
-                }
-            }
-        }
-        Value::Number(n) if n.is_f64() => {
-            let types: Vec<&str> = match node.get("type") {
-                Some(Value::String(t)) => vec![t.as_str()],
-                Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
-                _ => Vec::new(),
-            };
-            if types.contains(&"integer") && !types.contains(&"number") {
-                report(Finding {
-                    problem: Problem::WrongType,
-                    path: path.clone(),
-                    span: document.value_span(path),
-                    message: format!("expected {}, found the number {n}", expected_type(node)),
-                    hint: Some("write a whole number without a decimal point".to_owned()),
-                });
-            }
-        }
-        _ => {}
-    }
+fn descend<'v>(value: &'v Value, path: &KeyPath) -> Option<&'v Value> {
+    path.0
+        .iter()
+        .try_fold(value, |node, segment| match segment {
+            Segment::Key(k) => node.get(k),
+            Segment::Index(i) => node.get(i),
+        })
 }
 
 fn describe(
-    document: &Document,
+    document: &Document<'_>,
     path: &KeyPath,
     instance: &Value,
     kind: &ValidationErrorKind,

@@ -4,6 +4,7 @@
 //! for the base services and once for each environment's merged view, so an
 //! override that breaks a service is caught and pointed at.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
 use crate::diagnostic::{KeyPath, Problem, Segment};
@@ -13,8 +14,10 @@ use crate::model::{File, Port, Service};
 use crate::resolve::{self, Route};
 use crate::suggest::did_you_mean;
 
+type Services<'f> = BTreeMap<&'f str, Cow<'f, Service>>;
+
 struct Checker<'a> {
-    doc: &'a Document,
+    doc: &'a Document<'a>,
     findings: Vec<Finding>,
     seen: HashSet<(KeyPath, String)>,
 }
@@ -46,7 +49,7 @@ impl Checker<'_> {
     }
 }
 
-pub fn check(file: &File, doc: &Document) -> Vec<Finding> {
+pub fn check(file: &File, doc: &Document<'_>) -> Vec<Finding> {
     let mut c = Checker {
         doc,
         findings: Vec::new(),
@@ -56,8 +59,9 @@ pub fn check(file: &File, doc: &Document) -> Vec<Finding> {
     check_hosts(&mut c, file);
     check_environments(&mut c, file);
 
+    let mut checked_base = false;
     for env in resolve::environment_names(file) {
-        let merged = resolve::merged_services(file, env);
+        let merged = resolve::merged_services_cow(file, env);
         // A path inside a merged service points at the override when the override set it.
         let locate = |service: &str, rel: &[&str]| -> KeyPath {
             let over = KeyPath::of(
@@ -72,8 +76,12 @@ pub fn check(file: &File, doc: &Document) -> Vec<Finding> {
             }
         };
         for (name, service) in &merged {
-            check_service(&mut c, name, service, &locate);
+            // A service the environment does not override was checked with the base.
+            if matches!(service, Cow::Owned(_)) || !checked_base {
+                check_service(&mut c, name, service, &locate);
+            }
         }
+        checked_base = true;
         check_dependencies(&mut c, env, &merged, &locate);
         check_routes(&mut c, env, &merged, &locate);
     }
@@ -182,7 +190,7 @@ fn check_environments(c: &mut Checker<'_>, file: &File) {
 fn check_dependencies(
     c: &mut Checker<'_>,
     env: &str,
-    services: &BTreeMap<String, Service>,
+    services: &Services<'_>,
     locate: &dyn Fn(&str, &[&str]) -> KeyPath,
 ) {
     let deps = |name: &str| -> Vec<&str> {
@@ -194,12 +202,12 @@ fn check_dependencies(
     };
     for (name, service) in services {
         for (i, dep) in service.depends_on.iter().flatten().enumerate() {
-            if !services.contains_key(dep) {
-                let hint = match did_you_mean(dep, services.keys().map(String::as_str)) {
+            if !services.contains_key(dep.as_str()) {
+                let hint = match did_you_mean(dep, services.keys().copied()) {
                     Some(best) => format!("did you mean `{best}`?"),
                     None => format!(
                         "declared services are: {}",
-                        services.keys().cloned().collect::<Vec<_>>().join(", ")
+                        services.keys().copied().collect::<Vec<_>>().join(", ")
                     ),
                 };
                 c.push(
@@ -246,7 +254,7 @@ fn check_dependencies(
     }
     let mut cycles = Vec::new();
     for name in services.keys() {
-        if !marks.contains_key(name.as_str()) {
+        if !marks.contains_key(name) {
             visit(name, &deps, &mut marks, &mut Vec::new(), &mut cycles);
         }
     }
@@ -456,32 +464,31 @@ fn check_service(
 fn check_routes(
     c: &mut Checker<'_>,
     env: &str,
-    services: &BTreeMap<String, Service>,
+    services: &Services<'_>,
     locate: &dyn Fn(&str, &[&str]) -> KeyPath,
 ) {
     // Each route with the key path it was written at, first come first served;
     // a clash is reported at the route an environment override added, if either was.
-    let mut claimed: BTreeMap<Route, (&str, KeyPath)> = BTreeMap::new();
+    let mut claimed: BTreeMap<Route, (&str, usize)> = BTreeMap::new();
     for (name, service) in services {
         for (i, route) in service.routes.iter().flatten().enumerate() {
             let parsed = Route::parse(&route.0);
-            let path = locate(name, &["routes"]).index(i);
-            let Some((owner, owner_path)) = claimed.get(&parsed) else {
-                claimed.insert(parsed, (name, path));
+            let Some(&(owner, owner_index)) = claimed.get(&parsed) else {
+                claimed.insert(parsed, (name, i));
                 continue;
             };
+            // Key paths are worked out only for a clash: most routes never need one.
+            let path = locate(name, &["routes"]).index(i);
+            let owner_path = &locate(owner, &["routes"]).index(owner_index);
+            let owner = &owner;
             let is_override =
                 |p: &KeyPath| p.0.first() == Some(&Segment::Key("environments".to_owned()));
             let (at, other) = if is_override(owner_path) && !is_override(&path) {
-                (owner_path.clone(), name.as_str())
+                (owner_path.clone(), *name)
             } else {
                 (path, *owner)
             };
-            let subject = if at == *owner_path {
-                *owner
-            } else {
-                name.as_str()
-            };
+            let subject = if at == *owner_path { *owner } else { *name };
             let message = if subject == other {
                 format!("service `{subject}` lists route `{parsed}` twice")
             } else {
