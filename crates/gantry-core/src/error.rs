@@ -77,6 +77,101 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         ExitClass::Failed,
         "reading or writing a file failed",
     ),
+    (
+        "agent.unreachable",
+        ExitClass::Unreachable,
+        "no agent answers on the host, and none could be started",
+    ),
+    (
+        "agent.locked",
+        ExitClass::Conflict,
+        "another agent already runs on this state directory",
+    ),
+    (
+        "agent.protocol",
+        ExitClass::Failed,
+        "the agent answered something that is not its API (a version mismatch?)",
+    ),
+    (
+        "agent.error",
+        ExitClass::Failed,
+        "the agent failed to do what was asked; the message says why",
+    ),
+    (
+        "agent.store",
+        ExitClass::Failed,
+        "the agent's SQLite store failed",
+    ),
+    (
+        "build.failed",
+        ExitClass::Failed,
+        "a service's build command failed",
+    ),
+    (
+        "secrets.missing",
+        ExitClass::Invalid,
+        "a secret a service needs is not set",
+    ),
+    (
+        "secrets.failed",
+        ExitClass::Failed,
+        "the agent could not store the secrets file",
+    ),
+    (
+        "deploy.unsupported",
+        ExitClass::Invalid,
+        "the environment needs something this version cannot do yet",
+    ),
+    (
+        "deploy.locked",
+        ExitClass::Conflict,
+        "another deploy of the project is running on the host",
+    ),
+    (
+        "deploy.failed",
+        ExitClass::Failed,
+        "a service's new instances did not become healthy; it kept its previous release",
+    ),
+    (
+        "deploy.project_mismatch",
+        ExitClass::Invalid,
+        "a deploy request was sent to another project's path",
+    ),
+    (
+        "artifact.incomplete",
+        ExitClass::Failed,
+        "the host lacks files of the artifact",
+    ),
+    (
+        "artifact.checksum",
+        ExitClass::Failed,
+        "an uploaded file did not match its checksum",
+    ),
+    (
+        "artifact.failed",
+        ExitClass::Failed,
+        "the agent could not unpack the artifact",
+    ),
+    (
+        "release.not_found",
+        ExitClass::Invalid,
+        "no release has that id or number",
+    ),
+    (
+        "release.none_before",
+        ExitClass::Conflict,
+        "there is no earlier successful release to roll back to",
+    ),
+    (
+        "release.artifact_gone",
+        ExitClass::Conflict,
+        "the files of that release are no longer kept",
+    ),
+    (
+        "service.not_found",
+        ExitClass::Invalid,
+        "the project runs no service of that name",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
