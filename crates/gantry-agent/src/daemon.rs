@@ -11,7 +11,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::agent::{Agent, Paths, Settings, now_ms};
 use crate::artifact::BlobStore;
-use crate::ports::PortAllocator;
+use crate::ports::{HostClaims, PortAllocator};
 use crate::process::Cgroups;
 use crate::store::Store;
 use crate::{api, reconcile, supervisor};
@@ -95,7 +95,10 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
     let (shutdown, _) = tokio::sync::watch::channel(false);
     let agent = Arc::new(Agent {
         blobs: BlobStore::new(paths.blobs()),
-        ports: Arc::new(Mutex::new(PortAllocator::new(settings.ports.clone()))),
+        ports: Arc::new(Mutex::new(
+            PortAllocator::new(settings.ports.clone())
+                .with_claims(HostClaims::for_host(&paths.root)),
+        )),
         cgroups: Cgroups::detect(),
         store: Arc::new(Mutex::new(store)),
         paths,

@@ -95,7 +95,11 @@ pub async fn launch(
         cpu: service.resources.cpu,
         pids: service.resources.pids,
     };
-    let cgroup = agent.cgroups.create(&record.id, &limits).ok().flatten();
+    let cgroup = agent
+        .cgroups
+        .create(&cgroup_name(agent, record), &limits)
+        .ok()
+        .flatten();
     let spec = LaunchSpec {
         instance: record.id.clone(),
         command: run.clone(),
@@ -205,7 +209,8 @@ pub async fn wait_healthy(
     }
 }
 
-/// Stops an instance gracefully, records it stopped, and frees its port and cgroup.
+/// Stops an instance gracefully, records it in `state`, and frees its cgroup
+/// and, unless it is to be started again (`Backoff`), its port.
 pub async fn stop(
     agent: &Agent,
     record: &InstanceRecord,
@@ -231,14 +236,37 @@ pub async fn stop(
         }
     };
     let id = record.id.clone();
+    let ports = agent
+        .ports
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
     let _ = agent
         .db(move |s| {
             s.set_instance_state(&id, state)?;
-            s.release_port(&id)
+            // An instance stopped to be started again keeps its port, which
+            // it will listen on again: given back, it could be leased to another.
+            if state == InstanceState::Backoff {
+                return Ok(None);
+            }
+            Ok(ports.release(s, &id).ok().flatten())
         })
         .await;
-    agent.cgroups.remove(&record.id);
+    agent.cgroups.remove(&cgroup_name(agent, record));
     outcome
+}
+
+/// The name of an instance's cgroup. Every agent on a host makes its cgroups
+/// under the same parent, and an instance id is unique only within one state
+/// directory, so the name also carries the project and a digest of the state
+/// directory: two agents must never share a cgroup, as removing one kills
+/// whatever is left in it.
+pub fn cgroup_name(agent: &Agent, record: &InstanceRecord) -> String {
+    use sha2::Digest;
+    use std::os::unix::ffi::OsStrExt;
+    let digest = sha2::Sha256::digest(agent.state_dir().as_os_str().as_bytes());
+    let short: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}.{}.{short}", record.project, record.id)
 }
 
 /// The last `n` lines the instance wrote to stderr.

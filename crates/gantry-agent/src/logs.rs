@@ -1,19 +1,25 @@
 //! Service logs for the API: every instance's lines merged by time, filtered
 //! by service and age, the last N, and with `follow` the new ones as they come.
+//! A follow must neither lose nor repeat a line written while the lines so
+//! far were being read.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use futures_util::Stream;
-use gantry_core::agent_api::LogLine;
+use gantry_core::agent_api::{LogLine, Stream as LogStream};
 
 use crate::agent::Agent;
 use crate::api::{LogQuery, ndjson};
 use crate::process::{self, LogCursor};
 
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// One line as the instance log holds it: time, stream, text.
+type Line = (u64, LogStream, String);
 
 pub fn stream(
     agent: Arc<Agent>,
@@ -23,17 +29,41 @@ pub fn stream(
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
     tokio::spawn(async move {
         let dir = agent.paths.logs(&project);
-        let instances = instances(&agent, &project, query.service.as_deref()).await;
+        let found = instances(&agent, &project, query.service.as_deref()).await;
+        let follow = query.follow;
+        let read = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || {
+                found
+                    .into_iter()
+                    .map(|(service, id)| {
+                        let (lines, cursor) = backlog(&dir, &id, follow);
+                        (service, id, lines, cursor)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+        };
+        let Ok(read) = read else {
+            return;
+        };
         let mut lines: Vec<LogLine> = Vec::new();
-        for (service, id) in &instances {
-            for (ts, stream, line) in process::read_log(&dir, id, query.since_ms, None) {
-                lines.push(LogLine {
-                    ts,
-                    service: service.clone(),
-                    instance: id.clone(),
-                    stream,
-                    line,
-                });
+        let mut cursors: Vec<(String, String, LogCursor)> = Vec::new();
+        for (service, id, backlog, cursor) in read {
+            lines.extend(
+                backlog
+                    .into_iter()
+                    .filter(|(ts, _, _)| query.since_ms.is_none_or(|since| *ts >= since))
+                    .map(|(ts, stream, line)| LogLine {
+                        ts,
+                        service: service.clone(),
+                        instance: id.clone(),
+                        stream,
+                        line,
+                    }),
+            );
+            if let Some(cursor) = cursor {
+                cursors.push((service, id, cursor));
             }
         }
         lines.sort_by_key(|l| l.ts);
@@ -43,20 +73,15 @@ pub fn stream(
                 return;
             }
         }
-        if !query.follow {
+        if !follow {
             return;
         }
-        let mut known: BTreeSet<String> = BTreeSet::new();
-        let mut cursors: Vec<(String, String, LogCursor)> = Vec::new();
+        let mut known: BTreeSet<String> = cursors.iter().map(|(_, id, _)| id.clone()).collect();
         loop {
-            // New instances appear with each deploy and restart.
-            for (service, id) in instances_now(&agent, &project, query.service.as_deref()).await {
+            // New instances appear with each deploy: all they wrote is new.
+            for (service, id) in instances(&agent, &project, query.service.as_deref()).await {
                 if known.insert(id.clone()) {
-                    let cursor = if instances.iter().any(|(_, i)| *i == id) {
-                        LogCursor::at_end(&dir, &id)
-                    } else {
-                        LogCursor::at_start(&dir, &id)
-                    };
+                    let cursor = LogCursor::at_start(&dir, &id);
                     cursors.push((service, id, cursor));
                 }
             }
@@ -85,6 +110,34 @@ pub fn stream(
     })
 }
 
+/// An instance's lines so far, oldest first, and when following, a cursor
+/// that carries on exactly after them. Blocks.
+fn backlog(dir: &Path, instance: &str, follow: bool) -> (Vec<Line>, Option<LogCursor>) {
+    let mut lines = process::read_log(dir, instance, None, None);
+    if !follow {
+        return (lines, None);
+    }
+    // The live file read again, through the cursor that will follow it. What
+    // `lines` holds of the live file is a prefix of this, as the file only
+    // grew since; join the two where they overlap.
+    let mut cursor = LogCursor::at_start(dir, instance);
+    let live = cursor.poll();
+    let overlap = overlap(&lines, &live);
+    lines.extend(live.into_iter().skip(overlap));
+    (lines, Some(cursor))
+}
+
+/// The length of the longest end of `read` that is also the start of `live`.
+fn overlap<T: PartialEq>(read: &[T], live: &[T]) -> usize {
+    let Some(first) = live.first() else {
+        return 0;
+    };
+    let from = read.len().saturating_sub(live.len());
+    (from..read.len())
+        .find(|&k| read[k] == *first && read[k..] == live[..read.len() - k])
+        .map_or(0, |k| read.len() - k)
+}
+
 /// (service, instance) for every instance of the project that may have logs, oldest first.
 async fn instances(agent: &Agent, project: &str, service: Option<&str>) -> Vec<(String, String)> {
     let p = project.to_owned();
@@ -97,10 +150,21 @@ async fn instances(agent: &Agent, project: &str, service: Option<&str>) -> Vec<(
         .collect()
 }
 
-async fn instances_now(
-    agent: &Agent,
-    project: &str,
-    service: Option<&str>,
-) -> Vec<(String, String)> {
-    instances(agent, project, service).await
+#[cfg(test)]
+mod tests {
+    use super::overlap;
+
+    #[test]
+    fn the_overlap_is_the_end_of_what_was_read_that_starts_the_live_file() {
+        // Rotated lines 1 2, then the live file: 3 4 when read, 3 4 5 6 now.
+        assert_eq!(overlap(&[1, 2, 3, 4], &[3, 4, 5, 6]), 2);
+        // Nothing new since.
+        assert_eq!(overlap(&[1, 2, 3, 4], &[3, 4]), 2);
+        // The live file was empty when read, or rotated away since.
+        assert_eq!(overlap(&[1, 2], &[7, 8]), 0);
+        assert_eq!(overlap(&[1, 2], &[]), 0);
+        assert_eq!(overlap::<u8>(&[], &[1]), 0);
+        // Repeated lines: the longest overlap.
+        assert_eq!(overlap(&[5, 5, 5], &[5, 5, 5, 6]), 3);
+    }
 }

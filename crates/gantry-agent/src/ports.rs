@@ -55,6 +55,89 @@ impl PortError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortAllocator {
     range: RangeInclusive<u16>,
+    claims: Option<HostClaims>,
+}
+
+/// Claims on ports shared by every agent of the host: a file per port,
+/// created exclusively, naming its owner. A port an agent has leased but whose
+/// service is not listening yet looks free to the bind test; the claim is
+/// what keeps a second agent off it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostClaims {
+    dir: std::path::PathBuf,
+    /// Who this agent is: its state directory.
+    owner: String,
+}
+
+/// A claim older than this, on a port nobody listens on, was left by an agent
+/// that is gone (or by an instance that never started): it may be taken over.
+const STALE_CLAIM: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl HostClaims {
+    /// Claims in the host's shared directory (`/tmp/gantry-ports`).
+    pub fn for_host(owner: &std::path::Path) -> HostClaims {
+        HostClaims::new(std::env::temp_dir().join("gantry-ports"), owner)
+    }
+
+    pub fn new(dir: std::path::PathBuf, owner: &std::path::Path) -> HostClaims {
+        HostClaims {
+            dir,
+            owner: owner.display().to_string(),
+        }
+    }
+
+    fn path(&self, port: u16) -> std::path::PathBuf {
+        self.dir.join(port.to_string())
+    }
+
+    /// Claims `port` for this agent, or says another agent holds it.
+    fn claim(&self, port: u16) -> bool {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        if !self.dir.exists() && std::fs::create_dir_all(&self.dir).is_ok() {
+            // Every user's agents share the directory; the sticky bit keeps
+            // each from removing another's claims.
+            let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o1777));
+        }
+        let path = self.path(port);
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut file) => {
+                    let _ = writeln!(file, "{}", self.owner);
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                    let stale = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > STALE_CLAIM);
+                    // Ours (the store does not lease it, or we would not be here),
+                    // or an old one on a port nobody uses: take it over.
+                    if owner.trim() == self.owner || (stale && is_free(port)) {
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    return false;
+                }
+                // No shared directory to be had: leases in the store still hold.
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
+    fn release(&self, port: u16) {
+        let path = self.path(port);
+        if std::fs::read_to_string(&path).is_ok_and(|owner| owner.trim() == self.owner) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl Default for PortAllocator {
@@ -66,7 +149,17 @@ impl Default for PortAllocator {
 impl PortAllocator {
     /// An allocator over `range`. An empty range is allowed and has no ports.
     pub fn new(range: RangeInclusive<u16>) -> PortAllocator {
-        PortAllocator { range }
+        PortAllocator {
+            range,
+            claims: None,
+        }
+    }
+
+    /// Also claims each port host-wide, so agents of other state directories
+    /// on this host never get the same port.
+    pub fn with_claims(mut self, claims: HostClaims) -> PortAllocator {
+        self.claims = Some(claims);
+        self
     }
 
     pub fn range(&self) -> &RangeInclusive<u16> {
@@ -96,8 +189,15 @@ impl PortAllocator {
                 busy += 1;
                 continue;
             }
+            if self.claims.as_ref().is_some_and(|c| !c.claim(port)) {
+                busy += 1;
+                continue;
+            }
             if store.lease_port(instance_id, port)? {
                 return Ok(port);
+            }
+            if let Some(claims) = &self.claims {
+                claims.release(port);
             }
             // Leased meanwhile by another allocator on the same store; or
             // this instance got a lease meanwhile, which we then return.
@@ -115,7 +215,11 @@ impl PortAllocator {
 
     /// Gives back the port leased to `instance_id`, if any.
     pub fn release(&self, store: &Store, instance_id: &str) -> Result<Option<u16>, PortError> {
-        Ok(store.release_port(instance_id)?)
+        let port = store.release_port(instance_id)?;
+        if let (Some(port), Some(claims)) = (port, &self.claims) {
+            claims.release(port);
+        }
+        Ok(port)
     }
 
     /// Every lease, by port.
@@ -128,6 +232,12 @@ impl PortAllocator {
         let (start, end) = (*self.range.start().max(&1), *self.range.end());
         let first = match last {
             Some(last) if (start..end).contains(&last) => last + 1,
+            // A new agent starts anywhere in the range, so agents started
+            // together do not all try the same ports first.
+            _ if start < end => {
+                use rand::RngExt;
+                rand::rng().random_range(start..=end)
+            }
             _ => start,
         };
         (first..=end).chain(start..first)
@@ -152,6 +262,8 @@ fn is_free(port: u16) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     /// A port that something is listening on, for as long as the listener lives.
@@ -196,14 +308,47 @@ mod tests {
     }
 
     #[test]
+    fn agents_of_other_state_directories_never_get_the_same_port() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let range = free_range(2);
+        let (one, two) = (
+            Store::open_in_memory().expect("store"),
+            Store::open_in_memory().expect("store"),
+        );
+        let mut first = PortAllocator::new(range.clone()).with_claims(HostClaims::new(
+            dir.path().to_owned(),
+            Path::new("/state/one"),
+        ));
+        let mut second = PortAllocator::new(range.clone()).with_claims(HostClaims::new(
+            dir.path().to_owned(),
+            Path::new("/state/two"),
+        ));
+        // Nothing listens on these ports yet: only the claims keep them apart.
+        let a = first.allocate(&one, "web-1").expect("first");
+        let b = second.allocate(&two, "web-1").expect("second");
+        assert_ne!(a, b);
+        assert!(matches!(
+            second.allocate(&two, "web-2"),
+            Err(PortError::Exhausted { .. })
+        ));
+        first.release(&one, "web-1").expect("release");
+        assert_eq!(second.allocate(&two, "web-2").expect("freed"), a);
+    }
+
+    #[test]
     fn never_returns_a_leased_port_and_moves_on_round_robin() {
         let store = Store::open_in_memory().expect("store");
         let range = free_range(3);
-        let start = *range.start();
-        let mut ports = PortAllocator::new(range);
+        let (start, end) = (*range.start(), *range.end());
+        let next = |p: u16| if p == end { start } else { p + 1 };
+        let mut ports = PortAllocator::new(range.clone());
         let a = ports.allocate(&store, "a").expect("a");
+        assert!(
+            range.contains(&a),
+            "a new agent starts anywhere in its range"
+        );
         let b = ports.allocate(&store, "b").expect("b");
-        assert_eq!((a, b), (start, start + 1));
+        assert_eq!(b, next(a));
         assert_eq!(
             ports.allocate(&store, "a").expect("again"),
             a,
@@ -212,7 +357,7 @@ mod tests {
 
         assert_eq!(ports.release(&store, "a").expect("release"), Some(a));
         let c = ports.allocate(&store, "c").expect("c");
-        assert_eq!(c, start + 2, "a port just given back is not reused at once");
+        assert_eq!(c, next(b), "a port just given back is not reused at once");
         let d = ports.allocate(&store, "d").expect("d");
         assert_eq!(d, a, "the search wraps around");
         let leases: Vec<_> = ports

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use gantry_config::model::Restart;
 use gantry_config::resolve::Service;
 use gantry_core::agent_api::{Instance, InstanceState, Limits, ServiceState, ServiceStatus};
 
@@ -88,13 +89,7 @@ pub async fn services(agent: &Agent, project: &str) -> Result<Vec<ServiceStatus>
         let failed_instance = live.iter().find(|r| r.state == InstanceState::Failed);
         let (reason, log_tail) = match failed_instance {
             Some(r) => (
-                Some(format!(
-                    "gave up after {} restarts: {}",
-                    r.restarts,
-                    r.last_exit
-                        .as_ref()
-                        .map_or_else(|| "exited".to_owned(), ToString::to_string)
-                )),
+                Some(failure(&spec, r)),
                 crate::instance::stderr_tail(agent, project, &r.id, 20),
             ),
             None => (failed_reason.get(&name).cloned(), Vec::new()),
@@ -112,6 +107,20 @@ pub async fn services(agent: &Agent, project: &str) -> Result<Vec<ServiceStatus>
         });
     }
     Ok(out)
+}
+
+/// Why an instance is failed: it was given up on, or is never restarted.
+fn failure(spec: &Service, r: &InstanceRecord) -> String {
+    let exit = r
+        .last_exit
+        .as_ref()
+        .map_or_else(|| "exited".to_owned(), ToString::to_string);
+    match spec.restart {
+        Restart::Never => format!("{exit}; not restarted (restart = \"never\")"),
+        Restart::Always | Restart::OnFailure => {
+            format!("gave up after {} restarts: {exit}", r.restarts)
+        }
+    }
 }
 
 fn instance(agent: &Agent, r: &InstanceRecord) -> Instance {

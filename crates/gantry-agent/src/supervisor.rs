@@ -20,12 +20,17 @@ use crate::store::InstanceRecord;
 const TICK: Duration = Duration::from_millis(200);
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long the relay of an instance whose process is gone gets to record how
+/// it ended: it first waits up to 2s for the service's output to drain.
+const EXIT_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Default)]
 struct Memory {
     failures: HashMap<String, VecDeque<Instant>>,
     next_attempt: HashMap<String, Instant>,
     next_probe: HashMap<String, Instant>,
+    /// When each instance was first seen without its process.
+    gone_since: HashMap<String, Instant>,
     specs: HashMap<(String, String), Service>,
 }
 
@@ -75,6 +80,7 @@ async fn tend(agent: &Arc<Agent>, memory: &mut Memory, record: InstanceRecord) {
     };
     match record.state {
         InstanceState::Live if running => probe(agent, memory, &record, &service),
+        InstanceState::Live if exit_pending(agent, memory, &record) => {}
         InstanceState::Live => exited(agent, memory, &record, &service).await,
         InstanceState::Backoff => {
             let due = memory
@@ -87,6 +93,28 @@ async fn tend(agent: &Arc<Agent>, memory: &mut Memory, record: InstanceRecord) {
         }
         _ => {}
     }
+}
+
+/// Whether the relay of an instance whose process is gone has yet to write
+/// how it ended. Handled before that, the exit would be recorded as unknown.
+fn exit_pending(agent: &Agent, memory: &mut Memory, record: &InstanceRecord) -> bool {
+    if instance::exit_of(agent, &record.id).is_some() {
+        memory.gone_since.remove(&record.id);
+        return false;
+    }
+    let relay_running = record
+        .relay_pid
+        .and_then(|pid| Some((pid, process::start_time(pid)?)))
+        .is_some_and(|(pid, start)| process::is_running(pid, start));
+    let since = *memory
+        .gone_since
+        .entry(record.id.clone())
+        .or_insert_with(Instant::now);
+    let pending = relay_running && since.elapsed() < EXIT_GRACE;
+    if !pending {
+        memory.gone_since.remove(&record.id);
+    }
+    pending
 }
 
 async fn exited(agent: &Agent, memory: &mut Memory, record: &InstanceRecord, service: &Service) {

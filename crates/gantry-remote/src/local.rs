@@ -17,6 +17,22 @@ use crate::client::{Client, ClientError};
 
 const START_DEADLINE: Duration = Duration::from_secs(15);
 
+/// What an agent started here takes from this command's environment. The
+/// agent outlives the command, so nothing else does: a secret given to
+/// `deploy` as a variable must not live on in the agent's environment.
+const AGENT_ENV: [&str; 10] = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "NO_COLOR",
+];
+
 pub struct LocalAgent {
     name: String,
     state_dir: PathBuf,
@@ -71,7 +87,12 @@ impl LocalAgent {
             message,
             hint: format!("see {}", state_dir.join("agent.log").display()),
         };
-        std::fs::create_dir_all(state_dir)
+        // Private, as the agent would make it: it holds logs and secrets.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
             .map_err(|e| fail(format!("cannot create {}: {e}", state_dir.display())))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -84,6 +105,12 @@ impl LocalAgent {
             .arg("agent")
             .arg("--state-dir")
             .arg(state_dir)
+            .env_clear()
+            .envs(
+                AGENT_ENV
+                    .iter()
+                    .filter_map(|k| Some((k, std::env::var_os(k)?))),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(err)

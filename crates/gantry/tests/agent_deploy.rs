@@ -1,0 +1,345 @@
+//! Deploys on this machine, checked as a user would: the real binary starts
+//! its agent, the example's web service answers over HTTP, `status` names each
+//! instance, a redeploy switches versions, a rollback goes back, a broken
+//! release leaves the running one alone, and `stop`/`restart` do what they say.
+
+mod agent_support;
+
+use agent_support::{
+    alive, assert_web_answers, deploy, hello, hello_toml, instances, json, pids, ports, service,
+    shell, status, wait_for_status,
+};
+
+#[test]
+fn deploy_starts_every_service_and_status_shows_each_instance() {
+    let p = hello("deploy-status", "1");
+    let report = deploy(&p);
+    assert_eq!(report["release"]["id"], "r1", "{report:#}");
+    assert_eq!(report["release"]["outcome"], "succeeded", "{report:#}");
+
+    let status = status(&p);
+    let web = service(&status, "web");
+    assert_eq!(web["state"], "running", "{web:#}");
+    assert_eq!(web["release"], "r1");
+    assert_eq!(instances(web).len(), 2, "two replicas: {web:#}");
+    for instance in instances(web) {
+        assert_eq!(instance["state"], "live", "{instance:#}");
+        assert_eq!(instance["healthy"], true, "{instance:#}");
+        assert_eq!(instance["restarts"], 0, "{instance:#}");
+        assert_eq!(instance["release"], "r1", "{instance:#}");
+        assert!(
+            instance["memory"].as_u64().is_some_and(|m| m > 0),
+            "memory in use: {instance:#}"
+        );
+    }
+    for pid in pids(web) {
+        assert!(alive(pid), "web pid {pid} runs");
+    }
+    for port in ports(web) {
+        assert!((20_000..=29_999).contains(&port), "port {port}");
+        let url = format!("http://127.0.0.1:{port}/");
+        assert!(
+            web["urls"]
+                .as_array()
+                .is_some_and(|u| u.contains(&url.into())),
+            "{web:#}"
+        );
+    }
+    assert_web_answers(web, "1");
+
+    let limits = &web["limits"];
+    assert_eq!(limits["memory"], 64 * 1024 * 1024, "{limits}");
+    assert_eq!(limits["pids"], 64, "{limits}");
+    let via = limits["via"].as_str().expect("via");
+    assert!(
+        ["cgroup v2", "cgroup v1", "none"].contains(&via),
+        "{limits}"
+    );
+    assert_eq!(limits["enforced"], via != "none", "{limits}");
+
+    let worker = service(&status, "worker");
+    assert_eq!(worker["state"], "running", "{worker:#}");
+    assert_eq!(worker["release"], "r1");
+    assert_eq!(instances(worker).len(), 1);
+    assert!(instances(worker)[0].get("port").is_none(), "{worker:#}");
+    assert!(alive(pids(worker)[0]));
+    assert_eq!(
+        worker["limits"]["enforced"], false,
+        "the worker asks for no limits: {worker:#}"
+    );
+
+    let text = p.gantry(&["status", "--output", "text"]);
+    text.expect_code(0);
+    for pid in pids(web) {
+        assert!(
+            text.stdout.contains(&format!("pid {pid}")),
+            "{}",
+            text.stdout
+        );
+    }
+    assert!(text.stdout.contains("limits "), "{}", text.stdout);
+}
+
+#[test]
+fn redeploy_switches_to_the_new_version_and_stops_the_old_instances() {
+    let p = hello("redeploy", "1");
+    deploy(&p);
+    let before = status(&p);
+    let old: Vec<u32> = ["web", "worker"]
+        .iter()
+        .flat_map(|s| pids(service(&before, s)))
+        .collect();
+
+    std::fs::write(p.path().join("VERSION"), "2\n").expect("write VERSION");
+    let report = deploy(&p);
+    assert_eq!(report["release"]["id"], "r2", "{report:#}");
+    assert_eq!(
+        report["upload"]["blobs_sent"], 1,
+        "only the changed file is sent: {report:#}"
+    );
+
+    let after = status(&p);
+    for name in ["web", "worker"] {
+        let s = service(&after, name);
+        assert_eq!(s["state"], "running", "{s:#}");
+        assert_eq!(s["release"], "r2", "{s:#}");
+        for pid in pids(s) {
+            assert!(alive(pid) && !old.contains(&pid), "{name} pid {pid} is new");
+        }
+    }
+    for pid in old {
+        assert!(!alive(pid), "old instance {pid} was stopped by the deploy");
+    }
+    assert_web_answers(service(&after, "web"), "2");
+}
+
+#[test]
+fn rollback_runs_the_previous_release_from_its_stored_files() {
+    let p = hello("rollback", "1");
+    let first = deploy(&p);
+    std::fs::write(p.path().join("VERSION"), "2\n").expect("write VERSION");
+    deploy(&p);
+    // What is on disk now must not matter: the rollback runs r1's stored files.
+    std::fs::write(p.path().join("VERSION"), "3\n").expect("write VERSION");
+    std::fs::remove_file(p.path().join("bin/hello-web")).expect("remove the binary");
+
+    let back = json(&p, &["rollback"]);
+    assert_eq!(back["release"]["id"], "r3", "{back:#}");
+    assert_eq!(back["release"]["rollback_of"], "r1", "{back:#}");
+    assert_eq!(
+        back["release"]["artifact_digest"], first["release"]["artifact_digest"],
+        "{back:#}"
+    );
+    assert_eq!(back["build"], serde_json::json!([]), "nothing rebuilt");
+    let now = status(&p);
+    assert_eq!(service(&now, "web")["release"], "r3");
+    assert_eq!(service(&now, "worker")["release"], "r3");
+    assert_web_answers(service(&now, "web"), "1");
+
+    let to = json(&p, &["rollback", "--to", "r2"]);
+    assert_eq!(to["release"]["id"], "r4", "{to:#}");
+    assert_eq!(to["release"]["rollback_of"], "r2", "{to:#}");
+    assert_web_answers(service(&status(&p), "web"), "2");
+
+    let missing = p.gantry(&["rollback", "--to", "r9", "--output", "json"]);
+    missing.expect_code(3);
+    assert_eq!(missing.json()["error"]["code"], "release.not_found");
+}
+
+#[test]
+fn releases_lists_every_release_newest_first_and_show_gives_its_phases() {
+    let p = shell(
+        "releases",
+        r#"[services.app]
+run = "exec sleep 600"
+health = { command = "true" }
+"#,
+    );
+    deploy(&p);
+    std::fs::write(p.path().join("note.txt"), "changed\n").expect("write");
+    deploy(&p);
+
+    let list = json(&p, &["releases"]);
+    let ids: Vec<&str> = list["releases"]
+        .as_array()
+        .expect("releases")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["r2", "r1"], "{list:#}");
+    assert!(
+        list["releases"]
+            .as_array()
+            .expect("releases")
+            .iter()
+            .all(|r| r["outcome"] == "succeeded"),
+        "{list:#}"
+    );
+
+    // By id or by number.
+    for id in ["r1", "1"] {
+        let shown = json(&p, &["releases", "show", id]);
+        assert_eq!(shown["id"], "r1", "{shown:#}");
+        assert_eq!(shown["outcome"], "succeeded", "{shown:#}");
+        let phases: Vec<(&str, &str)> = shown["phases"]
+            .as_array()
+            .expect("phases")
+            .iter()
+            .map(|ph| {
+                (
+                    ph["name"].as_str().expect("name"),
+                    ph["service"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            phases,
+            [
+                ("materialize", ""),
+                ("start", "app"),
+                ("health", "app"),
+                ("switch", "app"),
+                ("stop-old", "app")
+            ],
+            "{shown:#}"
+        );
+        assert_eq!(shown["services"][0]["name"], "app", "{shown:#}");
+    }
+    let text = p.gantry(&["releases", "show", "r2", "--output", "text"]);
+    text.expect_code(0);
+    assert!(text.stdout.contains("release r2"), "{}", text.stdout);
+
+    let unknown = p.gantry(&["releases", "show", "r9", "--output", "json"]);
+    unknown.expect_code(3);
+    assert_eq!(unknown.json()["error"]["code"], "release.not_found");
+}
+
+#[test]
+fn deploy_keeps_the_previous_release_when_new_instances_fail_health() {
+    let p = hello("unhealthy", "1");
+    deploy(&p);
+    let before = status(&p);
+    let web_before = pids(service(&before, "web"));
+
+    let broken = "echo 'web: DATABASE_URL is not set' >&2; exit 1";
+    std::fs::write(
+        p.path().join("gantry.toml"),
+        hello_toml("unhealthy", broken),
+    )
+    .expect("write gantry.toml");
+    std::fs::write(p.path().join("VERSION"), "2\n").expect("write VERSION");
+    let failed = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
+    failed.expect_code(6);
+    let error = &failed.json()["error"];
+    assert_eq!(error["code"], "deploy.failed", "{error:#}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| m.contains("r2")),
+        "{error:#}"
+    );
+
+    let r2 = json(&p, &["releases", "show", "r2"]);
+    assert_eq!(r2["outcome"], "failed", "{r2:#}");
+    let reason = r2["reason"].as_str().expect("a reason");
+    assert!(reason.contains("`web`"), "{reason}");
+    assert!(reason.contains("exited with status 1"), "{reason}");
+    assert!(
+        r2["log_tail"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|l| l == "web: DATABASE_URL is not set")),
+        "{r2:#}"
+    );
+
+    let after = status(&p);
+    let web = service(&after, "web");
+    assert_eq!(web["release"], "r1", "web keeps its release: {web:#}");
+    assert_eq!(web["state"], "running", "{web:#}");
+    assert_eq!(pids(web), web_before, "the same processes still serve");
+    assert!(
+        instances(web).iter().all(|i| i["release"] == "r1"),
+        "no instance of r2 is left: {web:#}"
+    );
+    assert_web_answers(web, "1");
+    assert!(
+        web["reason"].as_str().is_some_and(|r| r.contains("r2")),
+        "status says why r2 is not running: {web:#}"
+    );
+    assert_eq!(
+        service(&after, "worker")["release"],
+        "r1",
+        "the deploy stopped at web"
+    );
+}
+
+#[test]
+fn stop_stops_one_service_or_all_of_them() {
+    let p = hello("stop", "1");
+    deploy(&p);
+    let before = status(&p);
+    let worker = pids(service(&before, "worker"));
+    let web = pids(service(&before, "web"));
+
+    let stopped = json(&p, &["stop", "worker"]);
+    let w = service(&stopped, "worker");
+    assert_eq!(w["state"], "stopped", "{w:#}");
+    assert!(instances(w).is_empty(), "{w:#}");
+    assert!(worker.iter().all(|pid| !alive(*pid)), "worker stopped");
+    assert_eq!(service(&stopped, "web")["state"], "running");
+    assert!(web.iter().all(|pid| alive(*pid)), "web untouched");
+    assert_web_answers(service(&stopped, "web"), "1");
+
+    let unknown = p.gantry(&["stop", "nosuch", "--output", "json"]);
+    unknown.expect_code(3);
+    assert_eq!(unknown.json()["error"]["code"], "service.not_found");
+
+    let all = json(&p, &["stop"]);
+    for name in ["web", "worker"] {
+        assert_eq!(service(&all, name)["state"], "stopped", "{all:#}");
+    }
+    assert!(web.iter().all(|pid| !alive(*pid)), "web stopped");
+}
+
+#[test]
+fn restart_starts_new_processes_on_the_current_release() {
+    let p = hello("restart", "1");
+    deploy(&p);
+    let before = status(&p);
+    let web_before = pids(service(&before, "web"));
+    let worker_before = pids(service(&before, "worker"));
+
+    json(&p, &["restart", "web"]);
+    let after = wait_for_status(&p, "web to run again", |s| {
+        let web = service(s, "web");
+        web["state"] == "running" && instances(web).iter().all(|i| i["healthy"] == true)
+    });
+    let web = service(&after, "web");
+    assert_eq!(web["release"], "r1", "{web:#}");
+    for pid in pids(web) {
+        assert!(
+            alive(pid) && !web_before.contains(&pid),
+            "new web pid {pid}"
+        );
+    }
+    assert!(
+        web_before.iter().all(|pid| !alive(*pid)),
+        "old web pids gone"
+    );
+    assert_web_answers(web, "1");
+    assert_eq!(
+        pids(service(&after, "worker")),
+        worker_before,
+        "the worker was not restarted"
+    );
+
+    // A stopped service comes back too.
+    json(&p, &["stop", "worker"]);
+    json(&p, &["restart", "worker"]);
+    let back = wait_for_status(&p, "the worker to run again", |s| {
+        service(s, "worker")["state"] == "running"
+    });
+    let worker = pids(service(&back, "worker"));
+    assert!(
+        worker
+            .iter()
+            .all(|pid| alive(*pid) && !worker_before.contains(pid))
+    );
+}

@@ -1,0 +1,325 @@
+//! What the agent tests share: projects made of the example's binaries or of
+//! small `/bin/sh` services, the real binary run in the background (an agent,
+//! a `logs -f`), and the checks a user would make: status fields, HTTP
+//! answers, whether a pid is still alive. Nothing here sleeps to wait; every
+//! wait polls a condition against a deadline.
+#![allow(dead_code)] // each test file uses its own part of this module
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use gantry_testkit::{Run, TestProject, example_bins, http_get, wait_for};
+use serde_json::Value;
+
+pub const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");
+
+/// How long anything the agent does in these tests may take.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A project named `name` with the example's web service (two replicas, an
+/// HTTP health check, memory and pids limits) and its worker, at `version`.
+pub fn hello(name: &str, version: &str) -> TestProject {
+    let bins = example_bins();
+    TestProject::new(GANTRY)
+        .copy(&bins.join("hello-web"), "bin/hello-web")
+        .copy(&bins.join("hello-worker"), "bin/hello-worker")
+        .file("VERSION", &format!("{version}\n"))
+        .file("gantry.toml", &hello_toml(name, "bin/hello-web"))
+}
+
+/// The example's gantry.toml, without its build, with web running `web_run`.
+pub fn hello_toml(name: &str, web_run: &str) -> String {
+    format!(
+        r#"[project]
+name = "{name}"
+
+[services.web]
+run = "{web_run}"
+port = "http"
+health = {{ path = "/healthz", interval = "100ms", timeout = "1s" }}
+replicas = 2
+stop_timeout = "5s"
+resources = {{ memory = "64M", pids = 64 }}
+
+[services.worker]
+run = "bin/hello-worker"
+env = {{ QUEUE = "emails" }}
+depends_on = ["web"]
+restart = "always"
+"#
+    )
+}
+
+/// A project of `/bin/sh` services given as the `[services.*]` tables.
+pub fn shell(name: &str, services: &str) -> TestProject {
+    TestProject::new(GANTRY).file(
+        "gantry.toml",
+        &format!("[project]\nname = \"{name}\"\n\n{services}"),
+    )
+}
+
+/// `gantry ARGS --output json`, which must exit 0, as JSON.
+pub fn json(p: &TestProject, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.extend(["--output", "json"]);
+    let run = p.gantry(&args);
+    run.expect_code(0);
+    run.json()
+}
+
+/// `gantry deploy --skip-build`, which must succeed.
+pub fn deploy(p: &TestProject) -> Value {
+    json(p, &["deploy", "--skip-build"])
+}
+
+pub fn status(p: &TestProject) -> Value {
+    json(p, &["status"])
+}
+
+/// One service of a status (or deploy) report.
+pub fn service<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["services"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no service `{name}` in {report:#}"))
+}
+
+pub fn instances(service: &Value) -> &[Value] {
+    service["instances"].as_array().map_or(&[], Vec::as_slice)
+}
+
+/// The pids of a service's instances, as status reports them.
+pub fn pids(service: &Value) -> Vec<u32> {
+    instances(service)
+        .iter()
+        .map(|i| {
+            let pid = i["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {i}"));
+            u32::try_from(pid).expect("a pid fits in u32")
+        })
+        .collect()
+}
+
+/// The ports of a service's instances.
+pub fn ports(service: &Value) -> Vec<u16> {
+    instances(service)
+        .iter()
+        .map(|i| {
+            let port = i["port"].as_u64().unwrap_or_else(|| panic!("no port: {i}"));
+            u16::try_from(port).expect("a port fits in u16")
+        })
+        .collect()
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().next());
+        !matches!(state, Some("Z" | "X" | "x") | None)
+    })
+}
+
+/// The body of a 200 answer to `GET /` on `port`.
+pub fn answer(port: u16) -> String {
+    match http_get(port, "/") {
+        Ok((200, body)) => body,
+        other => panic!("GET / on port {port}: {other:?}"),
+    }
+}
+
+/// Asserts every instance of `web` answers with `version`, and that the answer
+/// comes from that very instance: a port shared with another agent's service
+/// would show up here as someone else's answer.
+pub fn assert_web_answers(web: &Value, version: &str) {
+    for instance in instances(web) {
+        let port = u16::try_from(instance["port"].as_u64().expect("port")).expect("port");
+        let id = instance["id"].as_str().expect("id");
+        assert_eq!(
+            answer(port),
+            format!("hello from version {version} ({id})\n"),
+            "instance {id} on port {port}"
+        );
+    }
+}
+
+/// Polls `gantry status` until `condition` holds for it; returns that status.
+pub fn wait_for_status(
+    p: &TestProject,
+    what: &str,
+    mut condition: impl FnMut(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let last = status(p);
+        if condition(&last) {
+            return last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last status:\n{last:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The binary run in the project with the project's state directory, as
+/// `TestProject::gantry` does, but left running.
+pub fn command(p: &TestProject, args: &[&str]) -> Command {
+    let mut command = Command::new(GANTRY);
+    command
+        .args(args)
+        .current_dir(p.path())
+        .env("NO_COLOR", "1")
+        .env("GANTRY_STATE_DIR", p.state_dir())
+        .stdin(Stdio::null());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("GANTRY_") && key != "GANTRY_STATE_DIR" {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// An agent started by the test in the foreground of its own child process.
+/// Dropping it stops the project's services and the agent, then reaps it.
+pub struct AgentProcess {
+    child: Child,
+    dir: PathBuf,
+    state: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `gantry agent` and waits until it answers.
+    pub fn start(p: &TestProject) -> AgentProcess {
+        let child = command(p, &["agent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start `gantry agent`");
+        let agent = AgentProcess {
+            child,
+            dir: p.path().to_owned(),
+            state: p.state_dir().to_owned(),
+        };
+        let socket = p.state_dir().join("agent.sock");
+        wait_for("the agent's socket", DEADLINE, || socket.exists());
+        agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the agent to exit on its own; its exit status.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the agent") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the agent did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if self.state.join("agent.sock").exists() {
+            for args in [&["stop"][..], &["agent", "stop"]] {
+                let _ = Command::new(GANTRY)
+                    .args(args)
+                    .current_dir(&self.dir)
+                    .env("GANTRY_STATE_DIR", &self.state)
+                    .output();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command left running whose stdout is read line by line, killed on drop.
+pub struct Lines {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Lines {
+    pub fn spawn(mut command: Command) -> Lines {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start gantry");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines { child, lines }
+    }
+
+    /// Reads lines until one satisfies `wanted`; returns it.
+    pub fn until(&self, what: &str, mut wanted: impl FnMut(&str) -> bool) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if wanted(&line) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => pending.push(path),
+                Ok(t) if t.is_file() => found.push(path),
+                _ => {}
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Both streams of a run, for searching.
+pub fn output(run: &Run) -> String {
+    format!("{}\n{}", run.stdout, run.stderr)
+}
+
+/// Whether the test must not skip what this host cannot do.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
