@@ -313,7 +313,10 @@ async fn restart(
     for record in selected(&agent, &project, &selector).await? {
         let timeout = stop_timeout(&agent, &record).await;
         instance::stop(&agent, &record, timeout, InstanceState::Backoff).await;
-        // The supervisor starts instances in backoff again at once.
+        // A restart by hand starts the count afresh, crash history included;
+        // the supervisor starts instances in backoff again at once.
+        let id = record.id.clone();
+        let _ = agent.db(move |s| s.set_restarts(&id, 0)).await;
     }
     project_status(State(agent), Path(project)).await
 }

@@ -26,6 +26,8 @@ const EXIT_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Default)]
 struct Memory {
+    /// Health checks failed in a row, by instance; shared with the probe tasks.
+    probe_failures: Arc<std::sync::Mutex<HashMap<String, u32>>>,
     failures: HashMap<String, VecDeque<Instant>>,
     next_attempt: HashMap<String, Instant>,
     next_probe: HashMap<String, Instant>,
@@ -131,6 +133,10 @@ async fn exited(agent: &Agent, memory: &mut Memory, record: &InstanceRecord, ser
         Restart::Never => false,
     };
     let window = agent.settings.failure_window;
+    if record.restarts == 0 {
+        // Never restarted since it was started by a deploy or by hand.
+        memory.failures.remove(&record.id);
+    }
     let failures = memory.failures.entry(record.id.clone()).or_default();
     let now = Instant::now();
     failures.push_back(now);
@@ -244,9 +250,14 @@ fn probe(agent: &Arc<Agent>, memory: &mut Memory, record: &InstanceRecord, servi
     let agent = Arc::clone(agent);
     let record = record.clone();
     let env = instance::environment(service, &record.id, &record.release, record.port);
+    let failures = Arc::clone(&memory.probe_failures);
     tokio::spawn(async move {
-        let cwd = std::env::temp_dir();
-        let healthy = health::probe(
+        let cwd = instance::release_dir(
+            &agent,
+            &record.project,
+            &release_digest(&agent, &record).await,
+        );
+        let passed = health::probe(
             &health.check,
             record.port,
             health.timeout.as_std(),
@@ -255,6 +266,14 @@ fn probe(agent: &Arc<Agent>, memory: &mut Memory, record: &InstanceRecord, servi
         )
         .await
         .is_ok();
+        // Unhealthy only after `retries` failures in a row; one pass is enough to recover.
+        let in_a_row = {
+            let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+            let count = failures.entry(record.id.clone()).or_default();
+            *count = if passed { 0 } else { count.saturating_add(1) };
+            *count
+        };
+        let healthy = passed || (record.healthy && in_a_row < health.retries);
         if healthy != record.healthy {
             let id = record.id.clone();
             let _ = agent.db(move |s| s.set_instance_health(&id, healthy)).await;
