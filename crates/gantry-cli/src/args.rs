@@ -253,6 +253,30 @@ pub struct ServiceArg {
 pub struct AgentArgs {
     #[command(subcommand)]
     pub action: Option<AgentAction>,
+
+    /// The ports the agent gives services as $PORT, like 20000-29999
+    #[arg(long, env = "GANTRY_AGENT_PORTS", value_name = "FIRST-LAST", value_parser = parse_ports)]
+    pub ports: Option<std::ops::RangeInclusive<u16>>,
+}
+
+fn parse_ports(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (first, last) = text
+        .split_once('-')
+        .ok_or_else(|| format!("`{text}` is not a range: write FIRST-LAST, like 20000-29999"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("`{p}` is not a port number (1-65535)"))
+    };
+    let (first, last) = (port(first)?, port(last)?);
+    if first > last {
+        return Err(format!(
+            "the range {first}-{last} is empty: the first port comes first"
+        ));
+    }
+    Ok(first..=last)
 }
 
 #[derive(Debug, Subcommand)]

@@ -25,7 +25,8 @@ pub type ConnectLocal = fn(&str, &std::path::Path, bool) -> Result<Box<dyn Host>
 /// how to reach an agent. The CLI knows them only by these signatures.
 pub struct Wiring {
     /// Runs this machine's agent on a state directory until it is stopped.
-    pub run_agent: fn(&std::path::Path) -> Result<(), Failure>,
+    pub run_agent:
+        fn(&std::path::Path, Option<std::ops::RangeInclusive<u16>>) -> Result<(), Failure>,
     /// Runs one instance's relay from its spec file.
     pub relay: fn(&std::path::Path) -> ExitCode,
     pub connect_local: ConnectLocal,
@@ -47,6 +48,7 @@ pub fn run(argv: impl IntoIterator<Item = OsString>, wiring: &Wiring) -> ExitCod
     );
     if let Command::Agent(args::AgentArgs {
         action: Some(AgentAction::Relay { spec }),
+        ..
     }) = &cli.command
     {
         return (wiring.relay)(spec);
@@ -121,7 +123,7 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
         Command::Agent(args) => match &args.action {
             None => {
                 printer.status(&format!("agent: state in {}", state_dir.display()));
-                (wiring.run_agent)(&state_dir)
+                (wiring.run_agent)(&state_dir, args.ports.clone())
             }
             Some(AgentAction::Stop) => {
                 match (wiring.connect_local)("local", &state_dir, false) {

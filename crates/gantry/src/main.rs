@@ -1,6 +1,7 @@
 //! The gantry binary: wires the concrete parts (the agent, its relay, the
 //! local transport) into the CLI and runs it. Nothing else happens here.
 
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::process::ExitCode;
 
