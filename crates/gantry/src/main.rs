@@ -8,13 +8,13 @@ use std::process::ExitCode;
 use gantry_cli::{Failure, Wiring};
 use gantry_core::host::{Host, HostError};
 
-fn run_agent(state_dir: &Path) -> Result<(), Failure> {
+fn run_agent(state_dir: &Path, ports: Option<RangeInclusive<u16>>) -> Result<(), Failure> {
     init_tracing();
-    gantry_agent::daemon::run(
-        state_dir.to_owned(),
-        gantry_agent::agent::Settings::default(),
-    )
-    .map_err(|e| {
+    let mut settings = gantry_agent::agent::Settings::default();
+    if let Some(ports) = ports {
+        settings.ports = ports;
+    }
+    gantry_agent::daemon::run(state_dir.to_owned(), settings).map_err(|e| {
         let (code, exit, hint) = match &e {
             gantry_agent::daemon::DaemonError::Locked { .. } => (
                 "agent.locked",
