@@ -78,6 +78,30 @@ impl Store {
             .optional()?)
     }
 
+    /// Ends the leases no instance needs any more, and returns them: leases
+    /// of instances the store has no row for (a deploy leases a port just
+    /// before it records the instance, and may have died in between) or
+    /// that are stopped (stopping records the state, then gives the port
+    /// back). A failed instance keeps its port for a restart.
+    ///
+    /// Only for an agent that is starting: a deploy running meanwhile may
+    /// hold a lease whose instance it has not recorded yet.
+    pub fn release_unused_leases(&self) -> Result<Vec<PortLease>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "DELETE FROM port_allocations WHERE instance_id NOT IN \
+             (SELECT id FROM instances WHERE state != 'stopped') \
+             RETURNING port, instance_id, allocated_at",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok(PortLease {
+                port: row.get(0)?,
+                instance_id: row.get(1)?,
+                allocated_at: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The port leased last: the round-robin search resumes after it.
     pub fn port_cursor(&self) -> Result<Option<u16>, StoreError> {
         Ok(self
@@ -105,5 +129,53 @@ mod tests {
         assert_eq!(store.release_port("i-1").expect("release"), None);
         assert!(store.port_allocations().expect("list").is_empty());
         assert_eq!(store.port_cursor().expect("cursor"), Some(20_000));
+    }
+
+    #[test]
+    fn a_starting_agent_takes_back_ports_of_instances_never_recorded_or_stopped() {
+        use gantry_core::agent_api::InstanceState;
+
+        use crate::store::instances::tests::{add, store_with_releases};
+
+        let store = store_with_releases();
+        add(&store, "live", "shop", "web", "r-1");
+        add(&store, "stopped", "shop", "web", "r-1");
+        add(&store, "failed", "shop", "web", "r-1");
+        store
+            .set_instance_state("stopped", InstanceState::Stopped)
+            .expect("state");
+        store
+            .set_instance_state("failed", InstanceState::Failed)
+            .expect("state");
+        for (port, id) in [
+            (20_001, "live"),
+            (20_002, "stopped"),
+            (20_003, "failed"),
+            (20_004, "never-recorded"),
+        ] {
+            assert!(store.lease_port(id, port).expect("lease"));
+        }
+
+        let mut released: Vec<_> = store
+            .release_unused_leases()
+            .expect("release")
+            .into_iter()
+            .map(|l| (l.port, l.instance_id))
+            .collect();
+        released.sort();
+        assert_eq!(
+            released,
+            [
+                (20_002, "stopped".to_owned()),
+                (20_004, "never-recorded".to_owned())
+            ]
+        );
+        let kept: Vec<_> = store
+            .port_allocations()
+            .expect("list")
+            .into_iter()
+            .map(|l| l.instance_id)
+            .collect();
+        assert_eq!(kept, ["live", "failed"]);
     }
 }
