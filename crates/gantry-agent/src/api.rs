@@ -172,13 +172,32 @@ async fn rollback(
                     "list them with `gantry releases`",
                 )
             })?,
-        None => succeeded.get(1).copied().ok_or_else(|| {
-            ApiFailure::conflict(
-                "release.none_before",
-                format!("`{project}` has no earlier successful release to go back to"),
-                "name one with --to, or deploy first",
-            )
-        })?,
+        // The release before the newest one any service runs now: after an
+        // interrupted deploy services may run different releases.
+        None => {
+            let p = project.clone();
+            let current = agent
+                .db(move |s| s.current_all(&p))
+                .await
+                .map_err(ApiFailure::store)?;
+            let newest = releases
+                .iter()
+                .filter(|r| current.values().any(|id| *id == r.id))
+                .map(|r| r.number)
+                .max()
+                .unwrap_or(u64::MAX);
+            succeeded
+                .iter()
+                .find(|r| r.number < newest)
+                .copied()
+                .ok_or_else(|| {
+                    ApiFailure::conflict(
+                        "release.none_before",
+                        format!("`{project}` has no earlier successful release to go back to"),
+                        "name one with --to, or deploy first",
+                    )
+                })?
+        }
     };
     let digest = target.artifact_digest.clone();
     let artifact = agent
