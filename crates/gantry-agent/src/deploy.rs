@@ -220,10 +220,17 @@ async fn roll_service(
                         reason: e.to_string(),
                         log_tail: Vec::new(),
                     })?;
-                started.push(record.clone());
-                instance::launch(agent, &record, service, &cwd).await?;
+                started.push(record);
             }
-            Ok(())
+            // The intents are recorded; the processes start side by side.
+            let launches = started
+                .iter()
+                .map(|record| instance::launch(agent, record, service, &cwd));
+            futures_util::future::join_all(launches)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<()>, StartFailure>>()
+                .map(drop)
         })
         .await;
     let healthy = match start {
@@ -231,12 +238,17 @@ async fn roll_service(
             let deadline = agent.settings.health_deadline;
             timer
                 .time("health", Some(&name), async {
-                    for record in &started {
+                    let waits = started.iter().map(|record| async {
                         instance::wait_healthy(agent, record, service, &cwd, deadline).await?;
                         let id = record.id.clone();
                         let _ = agent.db(move |s| s.set_instance_health(&id, true)).await;
-                    }
-                    Ok(())
+                        Ok::<(), StartFailure>(())
+                    });
+                    futures_util::future::join_all(waits)
+                        .await
+                        .into_iter()
+                        .collect::<Result<Vec<()>, StartFailure>>()
+                        .map(drop)
                 })
                 .await
         }
@@ -285,7 +297,7 @@ async fn roll_service(
         .await?;
     timer
         .time("stop-old", Some(&name), async {
-            for record in &old {
+            let stops = old.iter().map(|record| async {
                 let fresh = refreshed(agent, record).await;
                 instance::stop(
                     agent,
@@ -293,8 +305,9 @@ async fn roll_service(
                     service.stop_timeout.as_std(),
                     InstanceState::Stopped,
                 )
-                .await;
-            }
+                .await
+            });
+            futures_util::future::join_all(stops).await;
         })
         .await;
     Ok(())
