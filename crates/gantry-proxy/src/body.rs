@@ -1,0 +1,187 @@
+//! The response body the proxy streams to the client, frame by frame and
+//! never buffered whole. It carries the request's `Exchange`, its in-flight
+//! count and its upstream connection until it ends: then the connection goes
+//! back to the pool. It gives up when the upstream stops sending for longer
+//! than the idle timeout. (Request bodies go upstream as hyper hands them
+//! over, with nothing added.)
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use crate::exchange::Exchange;
+use crate::pool::{Connection, Pool};
+use crate::upstream::InFlight;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body sent to the client.
+pub(crate) struct ProxyBody {
+    kind: Kind,
+}
+
+enum Kind {
+    /// A page the proxy wrote itself.
+    Page(Option<Bytes>, Option<Exchange>),
+    Upstream(Box<Streaming>),
+}
+
+struct Streaming {
+    inner: Incoming,
+    idle: Duration,
+    /// Made on the first wait, then reset; `armed` while a wait is timed.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    done: bool,
+    /// Back to the pool once the response is read to its end.
+    connection: Option<(Arc<Pool>, Connection)>,
+    exchange: Exchange,
+    _in_flight: InFlight,
+}
+
+impl Streaming {
+    fn finished(&mut self) {
+        self.done = true;
+        if let Some((pool, connection)) = self.connection.take() {
+            pool.put_back(connection);
+        }
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        // A body hyper never had to read (none, or zero bytes) ended cleanly.
+        if !self.done && self.inner.is_end_stream() {
+            self.finished();
+        }
+        if !self.done {
+            self.exchange.set_error("response not finished");
+        }
+    }
+}
+
+impl ProxyBody {
+    pub(crate) fn empty() -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Page(None, None),
+        }
+    }
+
+    /// A page; the exchange ends when the client has it.
+    pub(crate) fn page(text: Bytes, exchange: Exchange) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Page(Some(text), Some(exchange)),
+        }
+    }
+
+    pub(crate) fn upstream(
+        inner: Incoming,
+        idle: Duration,
+        exchange: Exchange,
+        in_flight: InFlight,
+        connection: (Arc<Pool>, Connection),
+    ) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Upstream(Box::new(Streaming {
+                inner,
+                idle,
+                timer: None,
+                armed: false,
+                done: false,
+                connection: Some(connection),
+                exchange,
+                _in_flight: in_flight,
+            })),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?}")]
+struct IdleTimeout(Duration);
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.kind {
+            Kind::Page(text, exchange) => {
+                let frame = text.take().map(|t| Ok(Frame::data(t)));
+                if frame.is_none() {
+                    exchange.take();
+                }
+                Poll::Ready(frame)
+            }
+            Kind::Upstream(streaming) => streaming.poll(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Page(text, _) => text.is_none(),
+            Kind::Upstream(streaming) => streaming.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Page(text, _) => {
+                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
+            }
+            Kind::Upstream(streaming) => streaming.inner.size_hint(),
+        }
+    }
+}
+
+impl Streaming {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.armed = false;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                self.done = true;
+                self.exchange.set_error("upstream body failed");
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Ready(None) => {
+                self.finished();
+                Poll::Ready(None)
+            }
+            Poll::Pending => self.wait(cx),
+        }
+    }
+
+    /// Times how long the upstream has been quiet.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let idle = self.idle;
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if !self.armed {
+                    timer.as_mut().reset(Instant::now() + idle);
+                }
+                timer
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep(idle))),
+        };
+        self.armed = true;
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.done = true;
+                self.exchange.set_error("upstream idle timeout");
+                Poll::Ready(Some(Err(Box::new(IdleTimeout(idle)))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

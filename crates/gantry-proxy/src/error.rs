@@ -1,0 +1,67 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::table::TableError;
+
+/// Why the proxy could not start, or could not apply a route table.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serve the control socket {}", path.display())]
+    ControlSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another proxy already answers on {}", path.display())]
+    AlreadyRunning { path: PathBuf },
+    #[error("cannot {action} {}", path.display())]
+    State {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the saved routes in {} are not a valid route table: {message}", path.display())]
+    SavedRoutes { path: PathBuf, message: String },
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
+    #[error("invalid route table: {0}")]
+    Table(#[from] TableError),
+}
+
+impl ProxyError {
+    /// A stable code, in the style of `gantry_core::CODES`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::Listen { .. } => "proxy.listen_failed",
+            ProxyError::ControlSocket { .. } => "proxy.control_socket_failed",
+            ProxyError::AlreadyRunning { .. } => "proxy.already_running",
+            ProxyError::State { .. } => "proxy.state_io_failed",
+            ProxyError::SavedRoutes { .. } => "proxy.saved_routes_invalid",
+            ProxyError::Thread(_) => "proxy.thread_failed",
+            ProxyError::Table(_) => "routes.invalid",
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ProxyError::Listen { addr, .. } => Some(format!(
+                "is another server already on {addr}? stop it or give the proxy another address"
+            )),
+            ProxyError::AlreadyRunning { .. } => Some(
+                "stop the running proxy first, or give this one another control socket".to_owned(),
+            ),
+            ProxyError::SavedRoutes { path, .. } => Some(format!(
+                "remove {} and send the routes again with PUT /v1/routes",
+                path.display()
+            )),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! Forwarding one request: route it, pick an upstream, rewrite the headers a
+//! proxy owns, send it over a pooled keep-alive connection, and stream the
+//! answer back. An upstream that refuses the connection is ejected and the
+//! request goes to another, once: the connection is made before the request
+//! is handed over, so nothing of it has been sent. Upgrades (WebSocket)
+//! become a byte tunnel between the two connections.
+//!
+//! Nothing here buffers a body: both directions stream frame by frame.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::uri::PathAndQuery;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::body::ProxyBody;
+use crate::exchange::{Entry, Exchange};
+use crate::metrics::UpstreamError;
+use crate::pages::Page;
+use crate::pool::{Pool, SWEEP_EVERY};
+use crate::state::ProxyState;
+use crate::upstream::{InFlight, Upstream};
+
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Who sent a request, and over what: one per client connection.
+#[derive(Clone, Debug)]
+pub(crate) struct Peer {
+    /// The client's address, ready for `X-Forwarded-For`.
+    pub(crate) ip: HeaderValue,
+    /// Whether the client's connection was TLS: `X-Forwarded-Proto`. Every
+    /// listener is plain HTTP until the TLS step gives it a rustls acceptor.
+    pub(crate) tls: bool,
+    pub(crate) addr: SocketAddr,
+}
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr, tls: bool) -> Peer {
+        let ip = HeaderValue::try_from(addr.ip().to_canonical().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { ip, tls, addr }
+    }
+}
+
+/// Forwards requests for one worker thread, with that thread's pool of
+/// upstream connections.
+pub(crate) struct Forwarder {
+    state: Arc<ProxyState>,
+    pool: Arc<Pool>,
+}
+
+impl Forwarder {
+    /// Must be called on the worker's runtime: it starts the pool's sweeper there.
+    pub(crate) fn new(state: Arc<ProxyState>) -> Forwarder {
+        let pool = Arc::new(Pool::new(state.timeouts.connect));
+        let swept = Arc::downgrade(&pool);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                match swept.upgrade() {
+                    Some(pool) => pool.sweep(),
+                    None => break,
+                }
+            }
+        });
+        Forwarder { state, pool }
+    }
+
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: Peer,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        Ok(self.forward(request, &peer).await)
+    }
+
+    async fn forward(&self, request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let (mut parts, body) = request.into_parts();
+        let host = request_host(&parts.uri, &parts.headers);
+        let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+        let target = self
+            .state
+            .router
+            .load()
+            .find(host_text, parts.uri.path())
+            .cloned();
+        let request_id = request_id(&mut parts.headers);
+        let metrics = target.as_ref().map_or(&self.state.no_route, |t| &t.metrics);
+        let mut exchange =
+            Exchange::start(started, Arc::clone(metrics), &self.state.access_log, || {
+                Entry {
+                    method: parts.method.clone(),
+                    host: host_text.to_owned(),
+                    path: parts.uri.path().to_owned(),
+                    client: peer.addr.ip().to_canonical(),
+                    request_id: request_id.clone(),
+                    service: target.as_ref().map(|t| Arc::clone(&t.service)),
+                }
+            });
+        let Some(target) = target else {
+            return Page::NoRoute { host: host_text }.response(&request_id, exchange);
+        };
+        let unavailable = |exchange| {
+            Page::Unavailable {
+                service: &target.service,
+            }
+            .response(&request_id, exchange)
+        };
+
+        // A connection first: if the upstream refuses, the request is still
+        // whole here and can go to another. It counts as in flight from the
+        // moment its upstream is chosen, so a drain never misses it.
+        let mut refused: Option<Arc<Upstream>> = None;
+        let (upstream, in_flight, mut connection) = loop {
+            let Some(upstream) = target.pick(refused.as_deref()).cloned() else {
+                return unavailable(exchange);
+            };
+            let in_flight = InFlight::new(Arc::clone(&upstream));
+            match self.pool.checkout(upstream.addr).await {
+                Ok(connection) => break (upstream, in_flight, connection),
+                Err(_) => {
+                    drop(in_flight);
+                    upstream.eject();
+                    self.state
+                        .metrics
+                        .upstream_error(upstream.addr, UpstreamError::Connect);
+                    if refused.is_some() {
+                        return unavailable(exchange);
+                    }
+                    refused = Some(upstream);
+                }
+            }
+        };
+        exchange.set_upstream(upstream.addr);
+
+        let client_upgrade = wants_upgrade(parts.version, &parts.headers)
+            .then(|| parts.extensions.remove::<OnUpgrade>())
+            .flatten();
+        let upgrade = client_upgrade
+            .as_ref()
+            .and_then(|_| parts.headers.get(UPGRADE).cloned());
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = upgrade {
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(UPGRADE, protocol);
+        }
+        // Room for the headers the proxy adds, in one allocation.
+        parts.headers.reserve(5);
+        set_forwarded(&mut parts.headers, host.as_ref(), peer);
+        let path = target.upstream_path(&parts.uri);
+        let mut request = upstream_request(parts.method, path, parts.headers, body);
+
+        let response = loop {
+            let sent = tokio::time::timeout(
+                self.state.timeouts.response,
+                connection.sender.try_send_request(request),
+            )
+            .await;
+            match sent {
+                Ok(Ok(response)) => break response,
+                Ok(Err(mut error)) => {
+                    // A pooled connection the upstream closed before taking
+                    // the request: the request comes back unsent.
+                    if let Some(unsent) = error.take_message().filter(|_| connection.reused) {
+                        match Box::pin(self.pool.connect(upstream.addr)).await {
+                            Ok(fresh) => {
+                                (connection, request) = (fresh, unsent);
+                                continue;
+                            }
+                            Err(_) => {
+                                upstream.eject();
+                                self.state
+                                    .metrics
+                                    .upstream_error(upstream.addr, UpstreamError::Connect);
+                                return unavailable(exchange);
+                            }
+                        }
+                    }
+                    self.state
+                        .metrics
+                        .upstream_error(upstream.addr, UpstreamError::Response);
+                    return Page::BadGateway {
+                        service: &target.service,
+                    }
+                    .response(&request_id, exchange);
+                }
+                Err(_elapsed) => {
+                    self.state
+                        .metrics
+                        .upstream_error(upstream.addr, UpstreamError::Timeout);
+                    return Page::GatewayTimeout {
+                        service: &target.service,
+                    }
+                    .response(&request_id, exchange);
+                }
+            }
+        };
+        upstream.mark_alive();
+
+        let (mut head, body) = response.into_parts();
+        exchange.set_status(head.status);
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_upgrade = head.extensions.remove::<OnUpgrade>();
+            let (Some(client), Some(upstream_io)) = (client_upgrade, upstream_upgrade) else {
+                // Switching protocols the client did not ask for.
+                self.state
+                    .metrics
+                    .upstream_error(upstream.addr, UpstreamError::Response);
+                return Page::BadGateway {
+                    service: &target.service,
+                }
+                .response(&request_id, exchange);
+            };
+            tokio::spawn(tunnel(
+                client,
+                upstream_io,
+                exchange,
+                in_flight,
+                Arc::clone(&self.state),
+            ));
+            head.headers.insert(X_REQUEST_ID, request_id);
+            return Response::from_parts(head, ProxyBody::empty());
+        }
+        strip_hop_by_hop(&mut head.headers);
+        head.headers.entry(X_REQUEST_ID).or_insert(request_id);
+        let body = ProxyBody::upstream(
+            body,
+            self.state.timeouts.idle,
+            exchange,
+            in_flight,
+            (Arc::clone(&self.pool), connection),
+        );
+        Response::from_parts(head, body)
+    }
+}
+
+/// The request as an upstream gets it: HTTP/1.1 whatever the client spoke,
+/// in origin form.
+fn upstream_request(
+    method: Method,
+    path: PathAndQuery,
+    headers: HeaderMap,
+    body: Incoming,
+) -> Request<Incoming> {
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.version_mut() = Version::HTTP_11;
+    *request.uri_mut() = Uri::from(path);
+    *request.headers_mut() = headers;
+    request
+}
+
+/// The host a request is for: the URI's authority (HTTP/2, absolute-form)
+/// or the Host header.
+fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+    match uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => headers.get(HOST).cloned(),
+    }
+}
+
+/// The client's request id if it sent a sensible one, else a new one; the
+/// headers carry it upstream either way.
+fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(X_REQUEST_ID)
+        && (1..=200).contains(&id.len())
+        && id.as_bytes().iter().all(u8::is_ascii_graphic)
+    {
+        return id.clone();
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    for (pair, byte) in id.chunks_exact_mut(2).zip(fastrand::u128(..).to_le_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    let id = HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"));
+    headers.insert(X_REQUEST_ID, id.clone());
+    id
+}
+
+fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(UPGRADE)
+        && connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+}
+
+/// Removes the headers that describe one connection, not the message: the
+/// fixed list and whatever `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names finds out
+    // without hashing each candidate.
+    let hop_by_hop = |name: &HeaderName| {
+        [
+            CONNECTION,
+            KEEP_ALIVE,
+            PROXY_CONNECTION,
+            TE,
+            TRAILER,
+            TRANSFER_ENCODING,
+            UPGRADE,
+        ]
+        .contains(name)
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// `X-Forwarded-For` gains the client's address; `-Proto` and `-Host` say
+/// what the client asked for. An HTTP/2 request gets a Host header from its
+/// authority, as upstreams speak HTTP/1.1.
+fn set_forwarded(headers: &mut HeaderMap, host: Option<&HeaderValue>, peer: &Peer) {
+    let forwarded_for = if headers.contains_key(X_FORWARDED_FOR) {
+        let mut chain: Vec<u8> = Vec::new();
+        for prior in headers.get_all(X_FORWARDED_FOR) {
+            chain.extend_from_slice(prior.as_bytes());
+            chain.extend_from_slice(b", ");
+        }
+        chain.extend_from_slice(peer.ip.as_bytes());
+        HeaderValue::from_bytes(&chain).unwrap_or_else(|_| peer.ip.clone())
+    } else {
+        peer.ip.clone()
+    };
+    headers.insert(X_FORWARDED_FOR, forwarded_for);
+    let proto = if peer.tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    match host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+            if !headers.contains_key(HOST) {
+                headers.insert(HOST, host.clone());
+            }
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Relays bytes both ways between an upgraded client connection and its
+/// upstream. When either side closes, its close is passed on and the tunnel
+/// ends: a WebSocket has no use for a half-closed connection. The exchange
+/// and the in-flight count last as long as the tunnel, so a drain waits for
+/// open WebSockets.
+async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    mut exchange: Exchange,
+    in_flight: InFlight,
+    state: Arc<ProxyState>,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(_) => {
+            exchange.set_error("upgrade failed");
+            return;
+        }
+    };
+    let (mut client_reads, mut client_writes) = tokio::io::split(TokioIo::new(client));
+    let (mut upstream_reads, mut upstream_writes) = tokio::io::split(TokioIo::new(upstream));
+    let open = state.metrics.websockets();
+    open.inc();
+    let outbound = async {
+        let copied = tokio::io::copy(&mut client_reads, &mut upstream_writes).await;
+        let _ = upstream_writes.shutdown().await;
+        copied
+    };
+    let inbound = async {
+        let copied = tokio::io::copy(&mut upstream_reads, &mut client_writes).await;
+        let _ = client_writes.shutdown().await;
+        copied
+    };
+    let ended = tokio::select! {
+        copied = outbound => copied,
+        copied = inbound => copied,
+    };
+    if ended.is_err() {
+        exchange.set_error("tunnel closed with an error");
+    }
+    open.dec();
+    drop(in_flight);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> Peer {
+        Peer::new(SocketAddr::from(([10, 0, 0, 7], 5555)), false)
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_client() {
+        let mut headers = HeaderMap::new();
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        set_forwarded(
+            &mut headers,
+            Some(&HeaderValue::from_static("example.com")),
+            &peer(),
+        );
+        assert_eq!(headers[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.7");
+        assert_eq!(headers[X_FORWARDED_PROTO], "http");
+        assert_eq!(headers[X_FORWARDED_HOST], "example.com");
+        assert_eq!(headers[HOST], "example.com");
+    }
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn a_sensible_request_id_is_kept_and_a_bad_one_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&mut headers), "abc-123");
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+        let id = request_id(&mut headers);
+        assert_eq!(id.len(), 32);
+        assert_eq!(headers[X_REQUEST_ID], id);
+    }
+
+    #[test]
+    fn only_http11_with_connection_upgrade_is_an_upgrade() {
+        let mut headers = HeaderMap::new();
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert!(wants_upgrade(Version::HTTP_11, &headers));
+        assert!(!wants_upgrade(Version::HTTP_2, &headers));
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert!(!wants_upgrade(Version::HTTP_11, &headers));
+    }
+}

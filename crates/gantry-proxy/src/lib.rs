@@ -1,0 +1,129 @@
+//! Gantry's reverse proxy: what every request to a deployed service passes
+//! through. HTTP/1.1 and HTTP/2 (h2c) on one listener, WebSocket upgrades,
+//! streaming bodies, routing by host and path prefix over a route table the
+//! agent replaces atomically, passive health, draining.
+//!
+//! It runs as its own process (`gantry proxy`), so restarting the agent never
+//! drops a connection. The agent drives it over a Unix socket with the
+//! control API in `control`; the proxy owns that protocol and knows nothing
+//! of the agent. A deploy's cutover is `PUT /v1/routes` with the new
+//! upstreams, then `POST /v1/drain` with the old ones, then stopping them.
+//!
+//! Must never: buffer a whole body, block a worker thread, or let a request
+//! see half of a route table.
+
+mod body;
+mod control;
+mod error;
+mod exchange;
+mod forward;
+mod metrics;
+mod pages;
+mod pool;
+mod route_file;
+mod router;
+mod server;
+mod state;
+mod table;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use control::{DrainReport, DrainRequest, Health};
+pub use error::ProxyError;
+pub use server::{RunningProxy, start, start_on};
+pub use table::{Balance, Route, RouteTable, TableError};
+
+/// How `gantry proxy` is started.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Where clients connect. Default `127.0.0.1:8080`.
+    pub http: SocketAddr,
+    /// The control API's Unix socket; created with mode 0600.
+    pub control_socket: PathBuf,
+    /// Holds `routes.json`, the last route table accepted.
+    pub state_dir: PathBuf,
+    /// One JSON line per request on stderr.
+    pub access_log: bool,
+    /// Worker threads; 0: one per CPU.
+    pub workers: usize,
+    pub timeouts: Timeouts,
+}
+
+impl ProxyConfig {
+    /// The defaults, with the control socket at `state_dir/proxy.sock`.
+    pub fn new(state_dir: impl Into<PathBuf>) -> ProxyConfig {
+        let state_dir = state_dir.into();
+        ProxyConfig {
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            control_socket: state_dir.join("proxy.sock"),
+            state_dir,
+            access_log: true,
+            workers: 0,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// To open a connection to an upstream. One that fails is ejected.
+    pub connect: Duration,
+    /// From sending a request to receiving its response headers: 504 after.
+    pub response: Duration,
+    /// The longest pause in a response body before the proxy gives up on it.
+    pub idle: Duration,
+    /// On stop, how long open requests get to finish.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            response: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            shutdown: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, then stops it gracefully: what
+/// `gantry proxy` calls. Builds its own runtimes.
+pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ProxyError::Thread)?;
+    let proxy = start(config)?;
+    eprintln!(
+        "{}",
+        serde_json::json!({
+            "event": "proxy.started",
+            "http": proxy.http_addr(),
+            "control_socket": proxy.control_socket(),
+        })
+    );
+    signals.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    });
+    proxy.stop();
+    eprintln!("{}", serde_json::json!({ "event": "proxy.stopped" }));
+    Ok(())
+}

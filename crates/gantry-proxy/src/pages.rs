@@ -1,0 +1,123 @@
+//! The pages the proxy answers with itself when it cannot forward a request:
+//! they name the host or service so that whoever sees one knows which part
+//! is missing.
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+use crate::exchange::Exchange;
+use crate::forward::X_REQUEST_ID;
+
+pub(crate) enum Page<'a> {
+    /// No route matches the host and path.
+    NoRoute { host: &'a str },
+    /// Every upstream refused the connection, or the route has none.
+    Unavailable { service: &'a str },
+    /// The upstream broke the connection or sent something that is not HTTP.
+    BadGateway { service: &'a str },
+    /// The upstream did not answer within the response timeout.
+    GatewayTimeout { service: &'a str },
+}
+
+impl Page<'_> {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Page::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Page::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Page::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            Page::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn text(&self) -> (String, String) {
+        match self {
+            Page::NoRoute { host } => (
+                "No route".to_owned(),
+                format!(
+                    "Nothing is routed for the host <code>{}</code> at this path.",
+                    escape(if host.is_empty() { "(none)" } else { host })
+                ),
+            ),
+            Page::Unavailable { service } => (
+                "Service unavailable".to_owned(),
+                format!(
+                    "The service <code>{}</code> is not running or not accepting connections. Try again in a moment.",
+                    escape(service)
+                ),
+            ),
+            Page::BadGateway { service } => (
+                "Bad gateway".to_owned(),
+                format!(
+                    "The service <code>{}</code> closed the connection without a valid response.",
+                    escape(service)
+                ),
+            ),
+            Page::GatewayTimeout { service } => (
+                "Gateway timeout".to_owned(),
+                format!(
+                    "The service <code>{}</code> did not answer in time.",
+                    escape(service)
+                ),
+            ),
+        }
+    }
+
+    pub(crate) fn response(
+        &self,
+        request_id: &HeaderValue,
+        mut exchange: Exchange,
+    ) -> Response<ProxyBody> {
+        let status = self.status();
+        exchange.set_status(status);
+        let (title, message) = self.text();
+        let html = format!(
+            "<!doctype html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>{code} {title}</title>\
+             <style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#222}}\
+             small{{color:#777}}</style></head>\n<body>\n<h1>{code} {title}</h1>\n<p>{message}</p>\n\
+             <p><small>gantry proxy · request {id}</small></p>\n</body>\n</html>\n",
+            code = status.as_u16(),
+            id = escape(request_id.to_str().unwrap_or("-")),
+        );
+        let mut response = Response::new(ProxyBody::page(Bytes::from(html), exchange));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(X_REQUEST_ID, request_id.clone());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_on_pages_are_escaped() {
+        let (_, message) = Page::NoRoute { host: "<script>x" }.text();
+        assert!(message.contains("&lt;script&gt;x"), "{message}");
+    }
+}

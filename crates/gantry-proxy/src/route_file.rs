@@ -1,0 +1,106 @@
+//! `routes.json` in the state directory: the last table the proxy accepted,
+//! written atomically (temporary file, fsync, rename, fsync of the directory)
+//! before the table is served, and read back at start so a restarted proxy
+//! routes as before.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::error::ProxyError;
+use crate::table::RouteTable;
+
+pub(crate) const FILE_NAME: &str = "routes.json";
+
+pub(crate) fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE_NAME)
+}
+
+/// The saved table; an empty one when none was saved yet.
+pub(crate) fn load(path: &Path) -> Result<RouteTable, ProxyError> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RouteTable::default()),
+        Err(source) => {
+            return Err(ProxyError::State {
+                action: "read",
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let table: RouteTable = serde_json::from_slice(&text).map_err(|e| ProxyError::SavedRoutes {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    table.validate().map_err(|e| ProxyError::SavedRoutes {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(table)
+}
+
+pub(crate) fn save(path: &Path, table: &RouteTable) -> Result<(), ProxyError> {
+    let io = |action| {
+        move |source| ProxyError::State {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut text = serde_json::to_vec_pretty(table).map_err(|e| io("encode")(e.into()))?;
+    text.push(b'\n');
+    let tmp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut file| {
+            file.write_all(&text)?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io("write")(source));
+    }
+    // The rename is durable once the directory is.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::table::Route;
+
+    #[test]
+    fn a_saved_table_loads_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = path(dir.path());
+        assert_eq!(load(&path).expect("loads"), RouteTable::default());
+        let table = RouteTable {
+            routes: vec![
+                Route::new("web", vec![SocketAddr::from(([127, 0, 0, 1], 3000))]).hosts(["a.test"]),
+            ],
+        };
+        save(&path, &table).expect("saves");
+        assert_eq!(load(&path).expect("loads"), table);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("lists")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name() != FILE_NAME)
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_that_names_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = path(dir.path());
+        std::fs::write(&path, "{\"routes\": [").expect("writes");
+        let error = load(&path).expect_err("refused");
+        assert_eq!(error.code(), "proxy.saved_routes_invalid");
+        assert!(error.to_string().contains("routes.json"), "{error}");
+    }
+}

@@ -1,0 +1,84 @@
+//! What every worker and the control API share: the live route table (an
+//! `ArcSwap` of the compiled `Router`), upstream counters, metrics, the
+//! access log and the timeouts.
+//!
+//! A table is replaced in this order: validated, saved to `routes.json`,
+//! then swapped in one pointer store. Requests already routed finish on the
+//! old table; every request routed after the swap uses the new one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use crate::Timeouts;
+use crate::error::ProxyError;
+use crate::exchange::AccessLog;
+use crate::metrics::{Metrics, NO_ROUTE, ServiceMetrics};
+use crate::route_file;
+use crate::router::Router;
+use crate::table::RouteTable;
+use crate::upstream::Upstreams;
+
+pub(crate) struct ProxyState {
+    pub(crate) router: ArcSwap<Router>,
+    pub(crate) upstreams: Upstreams,
+    pub(crate) metrics: Metrics,
+    pub(crate) no_route: Arc<ServiceMetrics>,
+    pub(crate) access_log: AccessLog,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) started: Instant,
+    routes_file: PathBuf,
+    /// One replacement at a time, so the saved file and the live table
+    /// always hold the same table.
+    replacing: tokio::sync::Mutex<()>,
+}
+
+impl ProxyState {
+    pub(crate) fn new(
+        table: RouteTable,
+        routes_file: PathBuf,
+        access_log: AccessLog,
+        timeouts: Timeouts,
+    ) -> ProxyState {
+        let upstreams = Upstreams::default();
+        let metrics = Metrics::new();
+        let router = Router::build(Arc::new(table), &upstreams, &metrics);
+        ProxyState {
+            router: ArcSwap::from_pointee(router),
+            no_route: metrics.service(NO_ROUTE),
+            upstreams,
+            metrics,
+            access_log,
+            timeouts,
+            started: Instant::now(),
+            routes_file,
+            replacing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The table being served.
+    pub(crate) fn table(&self) -> Arc<RouteTable> {
+        Arc::clone(&self.router.load().table)
+    }
+
+    /// Validates, saves and swaps in `table`. Nothing changes if any step fails.
+    pub(crate) async fn replace(&self, table: RouteTable) -> Result<(), ProxyError> {
+        table.validate()?;
+        let _one_at_a_time = self.replacing.lock().await;
+        let table = Arc::new(table);
+        let (file, saved) = (self.routes_file.clone(), Arc::clone(&table));
+        tokio::task::spawn_blocking(move || route_file::save(&file, &saved))
+            .await
+            .map_err(|e| ProxyError::State {
+                action: "write",
+                path: self.routes_file.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        let router = Router::build(table, &self.upstreams, &self.metrics);
+        self.router.store(Arc::new(router));
+        self.upstreams.prune();
+        Ok(())
+    }
+}

@@ -1,0 +1,290 @@
+//! What the proxy's tests share: a proxy started in-process on 127.0.0.1:0
+//! with a temporary state directory, small upstream servers spawned in the
+//! test, a client, and the control API over the proxy's Unix socket.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gantry_proxy::{ProxyConfig, RouteTable, RunningProxy, Timeouts};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Polls `condition` until it holds or `PATIENCE` runs out.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub struct TestProxy {
+    proxy: Option<RunningProxy>,
+    pub dir: TempDir,
+    pub addr: SocketAddr,
+}
+
+impl TestProxy {
+    pub fn start() -> TestProxy {
+        TestProxy::start_with(tempfile::tempdir().unwrap(), |_| {})
+    }
+
+    pub fn start_with(dir: TempDir, configure: impl FnOnce(&mut ProxyConfig)) -> TestProxy {
+        let mut config = ProxyConfig::new(dir.path().join("state"));
+        config.http = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.access_log = false;
+        config.workers = 2;
+        config.timeouts = Timeouts {
+            shutdown: Duration::from_secs(2),
+            ..Timeouts::default()
+        };
+        configure(&mut config);
+        let proxy = gantry_proxy::start(config).unwrap();
+        TestProxy {
+            addr: proxy.http_addr(),
+            proxy: Some(proxy),
+            dir,
+        }
+    }
+
+    /// Stops this proxy and starts another on the same state directory.
+    pub fn restart(mut self) -> TestProxy {
+        if let Some(proxy) = self.proxy.take() {
+            tokio::task::block_in_place(|| proxy.stop());
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        TestProxy::start_with(dir, |_| {})
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn control_socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("state/proxy.sock")
+    }
+
+    /// Sends one request to the control API: its status and JSON (or text) answer.
+    pub async fn control(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let stream = tokio::net::UnixStream::connect(self.control_socket())
+            .await
+            .unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let body = body.map_or_else(empty, |b| full(b.to_string()));
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "proxy")
+            .body(body)
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    pub async fn put_routes(&self, table: &RouteTable) {
+        let (status, answer) = self
+            .control(
+                "PUT",
+                "/v1/routes",
+                Some(serde_json::to_value(table).unwrap()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(proxy) = self.proxy.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                tokio::task::block_in_place(|| proxy.stop());
+            } else {
+                proxy.stop();
+            }
+        }
+    }
+}
+
+/// A small HTTP/1.1 server the test controls; `hits` counts its requests
+/// and `connections` the connections it accepted.
+pub struct Upstream {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// An upstream that answers every request with JSON saying who it is and
+/// what it received: `{"upstream","method","path","version","headers"}`.
+pub async fn echo_upstream(name: &'static str) -> Upstream {
+    upstream(name, move |request| async move { Ok(echo(name, &request)) }).await
+}
+
+pub fn echo(name: &str, request: &Request<Incoming>) -> Response<Body> {
+    let headers: serde_json::Map<String, Value> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::String(v.to_str().unwrap_or("").to_owned()),
+            )
+        })
+        .collect();
+    let answer = serde_json::json!({
+        "upstream": name,
+        "method": request.method().as_str(),
+        "path": request.uri().to_string(),
+        "version": format!("{:?}", request.version()),
+        "headers": headers,
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("connection", "keep-alive")
+        .body(full(answer.to_string()))
+        .unwrap()
+}
+
+/// An upstream whose answers `handle` makes; upgrades are allowed.
+pub async fn upstream<F, Fut>(name: &'static str, handle: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (counted, accepted) = (Arc::clone(&hits), Arc::clone(&connections));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let (handle, counted) = (handle.clone(), Arc::clone(&counted));
+            let service = hyper::service::service_fn(move |request| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                handle(request)
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        name,
+        addr,
+        hits,
+        connections,
+    }
+}
+
+/// A loopback address where nothing listens: connections are refused.
+pub fn dead_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+pub fn client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A GET to the proxy with the given Host: status, headers and body text.
+pub async fn get(
+    client: &Client<HttpConnector, Body>,
+    proxy: &TestProxy,
+    host: &str,
+    path: &str,
+) -> Answer {
+    let request = Request::get(proxy.url(path))
+        .header("host", host)
+        .body(empty())
+        .unwrap();
+    send(client, request).await
+}
+
+pub async fn send(client: &Client<HttpConnector, Body>, request: Request<Body>) -> Answer {
+    let response = client.request(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    /// The echo upstream's JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+
+    /// Which echo upstream answered.
+    pub fn upstream(&self) -> String {
+        self.json()["upstream"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
