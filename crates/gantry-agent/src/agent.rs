@@ -97,6 +97,8 @@ pub struct Agent {
     /// The gantry binary, to start relays with.
     pub exe: PathBuf,
     pub started_at: u64,
+    /// The last lines of each instance, in memory.
+    pub tails: crate::tails::Tails,
     /// One deploy at a time per project.
     pub deploy_locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
     /// Set when the agent is asked to shut down.

@@ -105,6 +105,7 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
         settings,
         exe,
         started_at: now_ms(),
+        tails: Default::default(),
         deploy_locks: Mutex::new(Default::default()),
         shutdown,
     });

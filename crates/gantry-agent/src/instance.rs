@@ -253,6 +253,9 @@ pub async fn stop(
         })
         .await;
     agent.cgroups.remove(&cgroup_name(agent, record));
+    if state != InstanceState::Backoff {
+        agent.tails.forget(&record.id);
+    }
     outcome
 }
 
@@ -271,6 +274,9 @@ pub fn cgroup_name(agent: &Agent, record: &InstanceRecord) -> String {
 
 /// The last `n` lines the instance wrote to stderr.
 pub fn stderr_tail(agent: &Agent, project: &str, instance: &str, n: usize) -> Vec<String> {
+    if let Some(lines) = agent.tails.stderr(instance, n) {
+        return lines;
+    }
     let lines = process::read_log(&agent.paths.logs(project), instance, None, None);
     let stderr: Vec<String> = lines
         .into_iter()

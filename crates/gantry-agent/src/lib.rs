@@ -19,3 +19,4 @@ pub mod reconcile;
 pub mod status;
 pub mod store;
 pub mod supervisor;
+pub mod tails;

@@ -46,6 +46,13 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: tokio::sync::watch::Receiver<b
         let Ok(records) = agent.db(|s| s.active_instances()).await else {
             continue;
         };
+        for record in &records {
+            agent
+                .tails
+                .follow(&agent.paths.logs(&record.project), &record.id);
+        }
+        let reader = Arc::clone(&agent);
+        let _ = tokio::task::spawn_blocking(move || reader.tails.poll()).await;
         for record in records {
             if matches!(record.state, InstanceState::Live | InstanceState::Backoff) {
                 tend(&agent, &mut memory, record).await;
