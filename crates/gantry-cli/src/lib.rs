@@ -114,11 +114,23 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
         ),
         Command::Stop(args) => emit(
             printer,
-            operate::stop(&project, env, args.service.as_deref(), &connect)?,
+            operate::act(
+                &project,
+                env,
+                operate::Action::Stop,
+                args.service.as_deref(),
+                &connect,
+            )?,
         ),
         Command::Restart(args) => emit(
             printer,
-            operate::restart(&project, env, args.service.as_deref(), &connect)?,
+            operate::act(
+                &project,
+                env,
+                operate::Action::Restart,
+                args.service.as_deref(),
+                &connect,
+            )?,
         ),
         Command::Agent(args) => match &args.action {
             None => {

@@ -112,26 +112,17 @@ pub fn rollback(
     })
 }
 
-pub fn stop(
-    project: &Project,
-    environment: &str,
-    service: Option<&str>,
-    connect: Connect<'_>,
-) -> Result<StatusReport, Error> {
-    let (name, host) = target(project, environment, connect)?;
-    let selector = ServiceSelector {
-        service: service.map(str::to_owned),
-    };
-    Ok(StatusReport {
-        environment: environment.to_owned(),
-        host: host.name().to_owned(),
-        status: host.stop(&name, &selector)?,
-    })
+/// Stop or restart: the two act alike on a selection of services.
+#[derive(Clone, Copy, Debug)]
+pub enum Action {
+    Stop,
+    Restart,
 }
 
-pub fn restart(
+pub fn act(
     project: &Project,
     environment: &str,
+    action: Action,
     service: Option<&str>,
     connect: Connect<'_>,
 ) -> Result<StatusReport, Error> {
@@ -139,10 +130,14 @@ pub fn restart(
     let selector = ServiceSelector {
         service: service.map(str::to_owned),
     };
+    let status = match action {
+        Action::Stop => host.stop(&name, &selector)?,
+        Action::Restart => host.restart(&name, &selector)?,
+    };
     Ok(StatusReport {
         environment: environment.to_owned(),
         host: host.name().to_owned(),
-        status: host.restart(&name, &selector)?,
+        status,
     })
 }
 
