@@ -181,6 +181,16 @@ pub enum Command {
     /// Example: gantry agent stop
     Agent(AgentArgs),
 
+    /// Run the reverse proxy in the foreground
+    ///
+    /// Routes requests by host and path to the upstreams of its route table,
+    /// which it takes over its control socket (`proxy.sock` in the state
+    /// directory: PUT /v1/routes, POST /v1/drain, GET /metrics) and keeps in
+    /// routes.json. The agent does not start it yet.
+    ///
+    /// Example: gantry proxy --listen 127.0.0.1:8080
+    Proxy(ProxyArgs),
+
     /// Print a shell completion script
     ///
     /// The script is printed as it is, even when stdout is not a terminal;
@@ -289,6 +299,17 @@ pub enum AgentAction {
         #[arg(long)]
         spec: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Where clients connect
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+
+    /// Write no access log lines on stderr
+    #[arg(long)]
+    pub no_access_log: bool,
 }
 
 #[derive(Debug, Args)]

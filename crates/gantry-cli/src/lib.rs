@@ -27,6 +27,8 @@ pub struct Wiring {
     /// Runs this machine's agent on a state directory until it is stopped.
     pub run_agent:
         fn(&std::path::Path, Option<std::ops::RangeInclusive<u16>>) -> Result<(), Failure>,
+    /// Runs the reverse proxy until it is stopped: state directory, listen address, access log.
+    pub run_proxy: fn(&std::path::Path, std::net::SocketAddr, bool) -> Result<(), Failure>,
     /// Runs one instance's relay from its spec file.
     pub relay: fn(&std::path::Path) -> ExitCode,
     pub connect_local: ConnectLocal,
@@ -132,6 +134,14 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 &connect,
             )?,
         ),
+        Command::Proxy(args) => {
+            printer.status(&format!(
+                "proxy: listening on {}, control socket in {}",
+                args.listen,
+                state_dir.display()
+            ));
+            (wiring.run_proxy)(&state_dir, args.listen, !args.no_access_log)
+        }
         Command::Agent(args) => match &args.action {
             None => {
                 printer.status(&format!("agent: state in {}", state_dir.display()));

@@ -78,6 +78,11 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "reading or writing a file failed",
     ),
     (
+        "proxy.failed",
+        ExitClass::Failed,
+        "the proxy could not start or stopped with an error",
+    ),
+    (
         "agent.unreachable",
         ExitClass::Unreachable,
         "no agent answers on the host, and none could be started",

@@ -34,6 +34,24 @@ fn run_agent(state_dir: &Path, ports: Option<RangeInclusive<u16>>) -> Result<(),
     })
 }
 
+fn run_proxy(
+    state_dir: &Path,
+    listen: std::net::SocketAddr,
+    access_log: bool,
+) -> Result<(), Failure> {
+    let mut config = gantry_proxy::ProxyConfig::new(state_dir.join("proxy"));
+    config.http = listen;
+    config.access_log = access_log;
+    gantry_proxy::run(config).map_err(|e| Failure {
+        code: "proxy.failed",
+        exit: gantry_core::ExitClass::Failed.code(),
+        hint: e.hint(),
+        message: e.to_string(),
+        diagnostics: None,
+        details: None,
+    })
+}
+
 /// The agent logs to stderr (its log file when started by the CLI); `RUST_LOG` tunes it.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -62,6 +80,7 @@ fn connect_local(name: &str, state_dir: &Path, start: bool) -> Result<Box<dyn Ho
 fn main() -> ExitCode {
     let wiring = Wiring {
         run_agent,
+        run_proxy,
         relay: gantry_agent::process::relay_main,
         connect_local,
         default_state_dir: gantry_agent::agent::Paths::default_root,

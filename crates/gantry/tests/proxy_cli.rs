@@ -1,0 +1,125 @@
+//! `gantry proxy` runs the proxy of crates/gantry-proxy: it takes its route
+//! table over its control socket, routes by Host, and comes back after a
+//! restart with the same routes.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use gantry_testkit::wait_for;
+
+/// One raw HTTP/1.1 exchange; the answer as text.
+fn exchange(mut stream: impl Read + Write, request: &str) -> String {
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// An upstream that answers every request with `body`.
+fn upstream(body: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(state: &std::path::Path, port: u16) -> Proxy {
+    let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args([
+            "proxy",
+            "--no-access-log",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--state-dir",
+        ])
+        .arg(state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gantry proxy");
+    let proxy = Proxy(child);
+    wait_for("the proxy to listen", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    proxy
+}
+
+fn get(port: u16, host: &str) -> String {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    exchange(
+        stream,
+        &format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+#[test]
+fn the_proxy_routes_by_host_from_the_table_it_is_given_and_keeps_it_across_a_restart() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let web = upstream("hello from web");
+    let proxy = start(state.path(), port);
+
+    let socket = state.path().join("proxy/proxy.sock");
+    let table = format!(
+        r#"{{"routes":[{{"service":"web","hosts":["web.shop.localhost"],"path_prefix":"/","strip_prefix":false,"upstreams":["127.0.0.1:{web}"],"balance":"round_robin"}}]}}"#
+    );
+    let answer = exchange(
+        UnixStream::connect(&socket).expect("control socket"),
+        &format!(
+            "PUT /v1/routes HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{table}",
+            table.len()
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let answer = get(port, "web.shop.localhost");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello from web"),
+        "{answer}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("x-request-id"),
+        "{answer}"
+    );
+    let answer = get(port, "other.localhost");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(
+        answer.contains("other.localhost"),
+        "the page names the host: {answer}"
+    );
+
+    drop(proxy);
+    let _again = start(state.path(), port);
+    let answer = get(port, "web.shop.localhost");
+    assert!(
+        answer.ends_with("hello from web"),
+        "routes survive a restart: {answer}"
+    );
+}
