@@ -255,6 +255,10 @@ pub async fn stop(
     agent.cgroups.remove(&cgroup_name(agent, record));
     if state != InstanceState::Backoff {
         agent.tails.forget(&record.id);
+        // Its process is gone and recorded so: its pid and exit files say nothing more.
+        if outcome != StopOutcome::NotRunning || record.pid.is_some() {
+            process::clear_run_files(&agent.paths.run(), &record.id);
+        }
     }
     outcome
 }
