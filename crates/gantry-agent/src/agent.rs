@@ -56,6 +56,16 @@ impl Paths {
     pub fn secrets(&self, project: &str) -> PathBuf {
         self.root.join("secrets").join(format!("{project}.env"))
     }
+    /// The proxy's own state directory; its control socket is `proxy.sock` in it.
+    pub fn proxy(&self) -> PathBuf {
+        self.root.join("proxy")
+    }
+    pub fn proxy_log(&self) -> PathBuf {
+        self.root.join("proxy.log")
+    }
+    pub fn proxy_pid(&self) -> PathBuf {
+        self.root.join("proxy.pid")
+    }
     pub fn agent_log(&self) -> PathBuf {
         self.root.join("agent.log")
     }
@@ -72,6 +82,8 @@ pub struct Settings {
     /// Failures within `failure_window` after which an instance is given up on.
     pub max_failures: u32,
     pub failure_window: std::time::Duration,
+    /// Where the agent's reverse proxy listens; `None` runs no proxy.
+    pub proxy_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -83,6 +95,7 @@ impl Default for Settings {
             health_deadline: std::time::Duration::from_secs(30),
             max_failures: 5,
             failure_window: std::time::Duration::from_secs(60),
+            proxy_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))),
         }
     }
 }
@@ -103,6 +116,8 @@ pub struct Agent {
     pub deploy_locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
     /// Set when the agent is asked to shut down.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// The reverse proxy the agent started or found, if one runs.
+    pub proxy: crate::proxy::Proxy,
 }
 
 impl Agent {

@@ -17,7 +17,8 @@ use gantry_core::agent_api::{
 use serde::Deserialize;
 
 use crate::agent::Agent;
-use crate::deploy::{self, RecordOnly};
+use crate::deploy;
+use crate::proxy::{self, ProxyCutover};
 use crate::store::StoreError;
 use crate::{instance, logs, openapi, status};
 
@@ -144,7 +145,9 @@ async fn deploy_project(
             "send the request to /v1/projects/<its project>/deploys",
         ));
     }
-    deploy::deploy(&agent, request, &RecordOnly).await.map(Json)
+    deploy::deploy(&agent, request, &ProxyCutover)
+        .await
+        .map(Json)
 }
 
 async fn rollback(
@@ -220,7 +223,9 @@ async fn rollback(
         secrets: request.secrets,
         rollback_of: Some(target.id.clone()),
     };
-    deploy::deploy(&agent, deploy, &RecordOnly).await.map(Json)
+    deploy::deploy(&agent, deploy, &ProxyCutover)
+        .await
+        .map(Json)
 }
 
 async fn project_status(State(agent): Shared, Path(project): Path<String>) -> Answer<Status> {
@@ -321,6 +326,7 @@ async fn stop(
             instance::stop(&agent, &record, timeout, InstanceState::Stopped).await;
         }
     }
+    proxy::refresh(&agent).await;
     project_status(State(agent), Path(project)).await
 }
 
@@ -337,6 +343,7 @@ async fn restart(
         let id = record.id.clone();
         let _ = agent.db(move |s| s.set_restarts(&id, 0)).await;
     }
+    proxy::refresh(&agent).await;
     project_status(State(agent), Path(project)).await
 }
 

@@ -14,7 +14,7 @@ use crate::artifact::BlobStore;
 use crate::ports::{HostClaims, PortAllocator};
 use crate::process::Cgroups;
 use crate::store::Store;
-use crate::{api, reconcile, supervisor};
+use crate::{api, proxy, reconcile, supervisor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -101,6 +101,7 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
         )),
         cgroups: Cgroups::detect(),
         store: Arc::new(Mutex::new(store)),
+        proxy: crate::proxy::Proxy::new(&paths, settings.proxy_listen),
         paths,
         settings,
         exe,
@@ -114,6 +115,7 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
 
 async fn serve(agent: Arc<Agent>) -> Result<(), DaemonError> {
     reconcile::reconcile(&agent).await?;
+    proxy::start(&agent).await;
 
     let socket = agent.paths.socket();
     // We hold the lock, so a socket file left here is a dead agent's.
@@ -127,6 +129,7 @@ async fn serve(agent: Arc<Agent>) -> Result<(), DaemonError> {
         Arc::clone(&agent),
         agent.shutdown.subscribe(),
     ));
+    let proxy_watch = tokio::spawn(proxy::watch(Arc::clone(&agent), agent.shutdown.subscribe()));
     let mut stop = agent.shutdown.subscribe();
     let notify = Arc::clone(&agent);
     let signals = async move {
@@ -159,6 +162,7 @@ async fn serve(agent: Arc<Agent>) -> Result<(), DaemonError> {
     };
     let _ = agent.shutdown.send(true);
     let _ = supervisor.await;
+    let _ = proxy_watch.await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("agent stopped; services keep running");
     result.map_err(io("serve on", socket))

@@ -17,17 +17,30 @@ use crate::instance::{self, StartFailure};
 use crate::status;
 use crate::store::InstanceRecord;
 
-/// Something that must happen when a service's live instances change: the
-/// proxy's route swap. Until the proxy exists the store's switch is the cutover.
+/// Something that must happen when a service's live instances change, after
+/// the store's switch and before the old instances (on `old_ports`) stop: the
+/// proxy's route swap and drain ([`crate::proxy::ProxyCutover`]).
 pub trait Cutover: Send + Sync {
-    fn switch(&self, project: &str, service: &Service, upstreams: &[u16]);
+    fn switch<'a>(
+        &'a self,
+        agent: &'a Agent,
+        service: &'a Service,
+        old_ports: &'a [u16],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 }
 
 /// The cutover of a host with no proxy: recording the live set is enough.
 pub struct RecordOnly;
 
 impl Cutover for RecordOnly {
-    fn switch(&self, _: &str, _: &Service, _: &[u16]) {}
+    fn switch<'a>(
+        &'a self,
+        _: &'a Agent,
+        _: &'a Service,
+        _: &'a [u16],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 struct Timer<'a> {
@@ -290,8 +303,8 @@ async fn roll_service(
                     reason: e.to_string(),
                     log_tail: Vec::new(),
                 })?;
-            let ports: Vec<u16> = started.iter().filter_map(|r| r.port).collect();
-            cutover.switch(&project, service, &ports);
+            let old_ports: Vec<u16> = old.iter().filter_map(|r| r.port).collect();
+            cutover.switch(agent, service, &old_ports).await;
             Ok::<(), StartFailure>(())
         })
         .await?;

@@ -15,6 +15,7 @@ pub mod logs;
 pub mod openapi;
 pub mod ports;
 pub mod process;
+pub mod proxy;
 pub mod reconcile;
 pub mod status;
 pub mod store;

@@ -12,7 +12,13 @@ use crate::process;
 use crate::store::{InstanceRecord, StoreError};
 
 /// The URLs a service answers on, on this host.
-pub fn urls(project: &str, service: &Service, ports: &[u16]) -> Vec<String> {
+/// `proxy` is where the host's proxy listens, when one runs.
+pub fn urls(
+    project: &str,
+    service: &Service,
+    ports: &[u16],
+    proxy: Option<std::net::SocketAddr>,
+) -> Vec<String> {
     let mut urls: Vec<String> = ports
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}/"))
@@ -20,7 +26,13 @@ pub fn urls(project: &str, service: &Service, ports: &[u16]) -> Vec<String> {
     for route in &service.routes {
         urls.push(format!("http://{route}/"));
     }
-    let _ = project;
+    if let Some(proxy) = proxy.filter(|_| !ports.is_empty()) {
+        urls.push(format!(
+            "http://{}.{project}.localhost:{}/",
+            service.name,
+            proxy.port()
+        ));
+    }
     urls
 }
 
@@ -96,7 +108,7 @@ pub async fn services(agent: &Agent, project: &str) -> Result<Vec<ServiceStatus>
         };
         let ports: Vec<u16> = instances.iter().filter_map(|i| i.port).collect();
         out.push(ServiceStatus {
-            urls: urls(project, &spec, &ports),
+            urls: urls(project, &spec, &ports, agent.proxy.listen()),
             limits: limits(agent, &spec),
             name,
             state,

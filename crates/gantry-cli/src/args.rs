@@ -267,6 +267,26 @@ pub struct AgentArgs {
     /// The ports the agent gives services as $PORT, like 20000-29999
     #[arg(long, env = "GANTRY_AGENT_PORTS", value_name = "FIRST-LAST", value_parser = parse_ports)]
     pub ports: Option<std::ops::RangeInclusive<u16>>,
+
+    /// Where the agent's reverse proxy listens, like 127.0.0.1:8080; `off` runs none
+    #[arg(long, env = "GANTRY_PROXY_LISTEN", value_name = "ADDR|off", value_parser = parse_proxy_listen)]
+    pub proxy_listen: Option<ProxyListen>,
+}
+
+/// The proxy's listen address, or none (`off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyListen(pub Option<std::net::SocketAddr>);
+
+fn parse_proxy_listen(text: &str) -> Result<ProxyListen, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(ProxyListen(None));
+    }
+    text.trim()
+        .parse()
+        .map(|addr| ProxyListen(Some(addr)))
+        .map_err(|_| {
+            format!("`{text}` is not an address: write IP:PORT, like 127.0.0.1:8080, or off")
+        })
 }
 
 fn parse_ports(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {

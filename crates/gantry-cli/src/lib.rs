@@ -3,6 +3,7 @@
 //! here, and nothing here prints to stdout except through `Printer::report`.
 
 mod args;
+pub use args::ProxyListen;
 mod output;
 mod text;
 
@@ -18,6 +19,14 @@ use args::{AgentAction, OutputMode, ReleasesAction, RenderTarget};
 pub use args::{Cli, Command};
 pub use output::{Failure, Mode, Printer, Report};
 
+/// Runs the agent on a state directory: its ports, and where its proxy listens
+/// (`None`: the agent's default).
+pub type RunAgent = fn(
+    &std::path::Path,
+    Option<std::ops::RangeInclusive<u16>>,
+    Option<ProxyListen>,
+) -> Result<(), Failure>;
+
 /// Connects to the local agent of a state directory, starting it if asked.
 pub type ConnectLocal = fn(&str, &std::path::Path, bool) -> Result<Box<dyn Host>, HostError>;
 
@@ -25,8 +34,8 @@ pub type ConnectLocal = fn(&str, &std::path::Path, bool) -> Result<Box<dyn Host>
 /// how to reach an agent. The CLI knows them only by these signatures.
 pub struct Wiring {
     /// Runs this machine's agent on a state directory until it is stopped.
-    pub run_agent:
-        fn(&std::path::Path, Option<std::ops::RangeInclusive<u16>>) -> Result<(), Failure>,
+    /// Its ports, and where its proxy listens (`None`: the default).
+    pub run_agent: RunAgent,
     /// Runs the reverse proxy until it is stopped: state directory, listen address, access log.
     pub run_proxy: fn(&std::path::Path, std::net::SocketAddr, bool) -> Result<(), Failure>,
     /// Runs one instance's relay from its spec file.
@@ -145,7 +154,7 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
         Command::Agent(args) => match &args.action {
             None => {
                 printer.status(&format!("agent: state in {}", state_dir.display()));
-                (wiring.run_agent)(&state_dir, args.ports.clone())
+                (wiring.run_agent)(&state_dir, args.ports.clone(), args.proxy_listen)
             }
             Some(AgentAction::Stop) => {
                 match (wiring.connect_local)("local", &state_dir, false) {

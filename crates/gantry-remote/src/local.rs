@@ -20,8 +20,9 @@ const START_DEADLINE: Duration = Duration::from_secs(15);
 /// What an agent started here takes from this command's environment. The
 /// agent outlives the command, so nothing else does: a secret given to
 /// `deploy` as a variable must not live on in the agent's environment.
-const AGENT_ENV: [&str; 11] = [
+const AGENT_ENV: [&str; 12] = [
     "GANTRY_AGENT_PORTS",
+    "GANTRY_PROXY_LISTEN",
     "PATH",
     "HOME",
     "USER",

@@ -22,6 +22,10 @@ impl Drop for TestProject {
             let _ = self.gantry(&["stop"]);
             let _ = self.gantry(&["agent", "stop"]);
         }
+        // The proxy outlives its agent by design; a test's must not.
+        if let Ok(pid) = std::fs::read_to_string(self.state.path().join("proxy.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
     }
 }
 
@@ -84,6 +88,8 @@ impl TestProject {
             }
         }
         command.env("GANTRY_STATE_DIR", self.state.path());
+        // No proxy unless a test asks for one: parallel agents would race for its port.
+        command.env("GANTRY_PROXY_LISTEN", "off");
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let output = command.output().expect("run gantry");
         Run {

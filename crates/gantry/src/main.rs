@@ -8,11 +8,18 @@ use std::process::ExitCode;
 use gantry_cli::{Failure, Wiring};
 use gantry_core::host::{Host, HostError};
 
-fn run_agent(state_dir: &Path, ports: Option<RangeInclusive<u16>>) -> Result<(), Failure> {
+fn run_agent(
+    state_dir: &Path,
+    ports: Option<RangeInclusive<u16>>,
+    proxy_listen: Option<gantry_cli::ProxyListen>,
+) -> Result<(), Failure> {
     init_tracing();
     let mut settings = gantry_agent::agent::Settings::default();
     if let Some(ports) = ports {
         settings.ports = ports;
+    }
+    if let Some(listen) = proxy_listen {
+        settings.proxy_listen = listen.0;
     }
     gantry_agent::daemon::run(state_dir.to_owned(), settings).map_err(|e| {
         let (code, exit, hint) = match &e {

@@ -45,6 +45,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The release every service of every project runs: (project, service, release).
+    pub fn current_everywhere(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT project, service, release FROM service_releases")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The cutover of one service, in one transaction: the service now runs
     /// `release`, its `new` instances become `Live` and its `old` ones
     /// `Draining`. A crash leaves either all of it or none of it.

@@ -1,0 +1,358 @@
+//! The host's reverse proxy, run as its own process (`gantry proxy`) so an
+//! agent restart never drops a connection. The agent starts it (or reuses the
+//! one whose control socket answers), restarts it when its process dies, and
+//! after every change of live instances replaces its whole route table from
+//! the store. With no proxy running every call here does nothing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use gantry_config::resolve::Service;
+use gantry_core::agent_api::InstanceState;
+use gantry_proxy::{DrainReport, DrainRequest, Route, RouteTable};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::agent::{Agent, Paths};
+use crate::deploy::Cutover;
+use crate::store::{Store, StoreError};
+
+/// How long the proxy may take to answer on its control socket after starting.
+const START_DEADLINE: Duration = Duration::from_secs(5);
+/// How often the agent checks that the proxy it started still runs.
+const CHECK_EVERY: Duration = Duration::from_secs(3);
+/// The longest a cutover waits for requests to the old instances to finish.
+const MAX_DRAIN: Duration = Duration::from_secs(30);
+
+/// The agent's handle on the proxy.
+pub struct Proxy {
+    listen: Option<SocketAddr>,
+    socket: PathBuf,
+    up: AtomicBool,
+    /// The process when this agent started it (so it can be reaped).
+    child: Mutex<Option<std::process::Child>>,
+    /// One table update at a time, so an older table never lands last.
+    updating: tokio::sync::Mutex<()>,
+}
+
+impl Proxy {
+    pub fn new(paths: &Paths, listen: Option<SocketAddr>) -> Proxy {
+        Proxy {
+            listen,
+            socket: paths.proxy().join("proxy.sock"),
+            up: AtomicBool::new(false),
+            child: Mutex::new(None),
+            updating: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Where clients reach the proxy, when one runs.
+    pub fn listen(&self) -> Option<SocketAddr> {
+        self.listen.filter(|_| self.up.load(Ordering::SeqCst))
+    }
+
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<std::process::Child>> {
+        self.child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Starts the proxy, or reuses the one that answers on its control socket;
+/// logs a warning and leaves the host without a proxy when it cannot run.
+pub async fn start(agent: &Agent) {
+    let proxy = &agent.proxy;
+    let Some(listen) = proxy.listen else {
+        return;
+    };
+    if healthy(&proxy.socket).await {
+        tracing::info!(socket = %proxy.socket.display(), "reusing the running proxy");
+        proxy.up.store(true, Ordering::SeqCst);
+        refresh(agent).await;
+        return;
+    }
+    let child = match spawn(agent, listen) {
+        Ok(child) => child,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the proxy; running without one");
+            return;
+        }
+    };
+    let pid = child.id();
+    let _ = std::fs::write(agent.paths.proxy_pid(), pid.to_string());
+    *proxy.child() = Some(child);
+    let deadline = tokio::time::Instant::now() + START_DEADLINE;
+    loop {
+        if healthy(&proxy.socket).await {
+            break;
+        }
+        let exited = proxy
+            .child()
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        if let Some(status) = exited {
+            *proxy.child() = None;
+            tracing::warn!(%listen, %status, log = %agent.paths.proxy_log().display(),
+                "the proxy did not start (is the port taken?); running without one");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(%listen, pid, log = %agent.paths.proxy_log().display(),
+                "the proxy did not answer in time; running without one");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tracing::info!(%listen, pid, "proxy started");
+    proxy.up.store(true, Ordering::SeqCst);
+    refresh(agent).await;
+}
+
+fn spawn(agent: &Agent, listen: SocketAddr) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(agent.paths.proxy_log())?;
+    std::process::Command::new(&agent.exe)
+        .arg("proxy")
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--state-dir")
+        .arg(&agent.paths.root)
+        .arg("--no-access-log")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: it outlives the agent, like the services.
+        .process_group(0)
+        .spawn()
+}
+
+/// Every few seconds: when the proxy that was running is gone, start it again.
+pub async fn watch(agent: std::sync::Arc<Agent>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(CHECK_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let proxy = &agent.proxy;
+        if !proxy.up.load(Ordering::SeqCst) {
+            continue;
+        }
+        let gone = {
+            let mut child = proxy.child();
+            match child.as_mut() {
+                // Ours: gone once it exited.
+                Some(c) => c.try_wait().ok().flatten().is_some(),
+                None => false,
+            }
+        };
+        let gone = gone || (proxy.child().is_none() && !healthy(&proxy.socket).await);
+        if gone {
+            tracing::warn!("the proxy stopped; starting it again");
+            proxy.up.store(false, Ordering::SeqCst);
+            *proxy.child() = None;
+            start(&agent).await;
+        }
+    }
+}
+
+/// Replaces the proxy's route table with one built from the store: every
+/// service of every project with running (or restarting) instances on a port.
+pub async fn refresh(agent: &Agent) {
+    if !agent.proxy.up.load(Ordering::SeqCst) {
+        return;
+    }
+    let _one = agent.proxy.updating.lock().await;
+    let table = match agent.db(table).await {
+        Ok(table) => table,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the proxy's route table");
+            return;
+        }
+    };
+    let body = match serde_json::to_vec(&table) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode the proxy's route table");
+            return;
+        }
+    };
+    let put = call(&agent.proxy.socket, Method::PUT, "/v1/routes", body);
+    match tokio::time::timeout(Duration::from_secs(10), put).await {
+        Ok(Ok((status, _))) if status.is_success() => {
+            tracing::debug!(routes = table.routes.len(), "proxy routes replaced");
+        }
+        Ok(Ok((status, answer))) => tracing::warn!(
+            %status, answer = %String::from_utf8_lossy(&answer),
+            "the proxy refused the route table"
+        ),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot reach the proxy"),
+        Err(_) => tracing::warn!("the proxy did not answer in time"),
+    }
+}
+
+/// Waits until no request or WebSocket is open to `ports` (at most `timeout`).
+pub async fn drain(agent: &Agent, ports: &[u16], timeout: Duration) {
+    if ports.is_empty() || !agent.proxy.up.load(Ordering::SeqCst) {
+        return;
+    }
+    let request = DrainRequest {
+        upstreams: ports.iter().map(|p| upstream(*p)).collect(),
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    let Ok(body) = serde_json::to_vec(&request) else {
+        return;
+    };
+    let post = call(&agent.proxy.socket, Method::POST, "/v1/drain", body);
+    match tokio::time::timeout(timeout + Duration::from_secs(5), post).await {
+        Ok(Ok((status, answer))) if status.is_success() => {
+            match serde_json::from_slice::<DrainReport>(&answer) {
+                Ok(report) if !report.drained => tracing::warn!(
+                    open = report.open,
+                    waited_ms = report.waited_ms,
+                    "requests still open to the old instances"
+                ),
+                _ => {}
+            }
+        }
+        Ok(Ok((status, _))) => tracing::warn!(%status, "the proxy refused to drain"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot reach the proxy to drain"),
+        Err(_) => tracing::warn!("the proxy did not answer the drain in time"),
+    }
+}
+
+/// The cutover through the proxy: swap the routes, then drain the old instances.
+pub struct ProxyCutover;
+
+impl Cutover for ProxyCutover {
+    fn switch<'a>(
+        &'a self,
+        agent: &'a Agent,
+        service: &'a Service,
+        old_ports: &'a [u16],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            refresh(agent).await;
+            drain(
+                agent,
+                old_ports,
+                service.stop_timeout.as_std().min(MAX_DRAIN),
+            )
+            .await;
+        })
+    }
+}
+
+fn upstream(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The whole route table: per service with live instances on a port,
+/// `<service>.<project>.localhost` and each route it declares.
+fn table(store: &mut Store) -> Result<RouteTable, StoreError> {
+    let mut projects: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (project, service, release) in store.current_everywhere()? {
+        projects
+            .entry(project)
+            .or_default()
+            .push((service, release));
+    }
+    let mut routes = Vec::new();
+    for (project, services) in projects {
+        let instances = store.instances(&project)?;
+        let releases = store.releases(&project)?;
+        for (service, release) in services {
+            let Some(spec) = releases
+                .iter()
+                .find(|r| r.id == release)
+                .and_then(|r| r.services.iter().find(|s| s.name == service))
+            else {
+                continue;
+            };
+            let upstreams: Vec<SocketAddr> = instances
+                .iter()
+                // Instances being restarted keep their place (and port): the
+                // proxy skips one that refuses until the supervisor is done.
+                .filter(|i| {
+                    i.service == service
+                        && i.release == release
+                        && crate::deploy::is_active(i.state)
+                        && i.state != InstanceState::Draining
+                })
+                .filter_map(|i| i.port)
+                .map(upstream)
+                .collect();
+            if upstreams.is_empty() {
+                continue;
+            }
+            routes.push(
+                Route::new(&service, upstreams.clone())
+                    .hosts([format!("{service}.{project}.localhost")]),
+            );
+            for route in &spec.routes {
+                routes.push(
+                    Route::new(&service, upstreams.clone())
+                        .hosts([route.host.clone()])
+                        .path_prefix(route.path.clone(), false),
+                );
+            }
+        }
+    }
+    Ok(RouteTable { routes })
+}
+
+async fn healthy(socket: &Path) -> bool {
+    if !socket.exists() {
+        return false;
+    }
+    let get = call(socket, Method::GET, "/v1/health", Vec::new());
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), get).await,
+        Ok(Ok((status, _))) if status.is_success()
+    )
+}
+
+/// One HTTP/1.1 request on the proxy's control socket.
+async fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(StatusCode, Bytes), String> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("connect to {}: {e}", socket.display()))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "proxy")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let answer = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, answer))
+}
