@@ -179,12 +179,17 @@ pub fn example_bins() -> PathBuf {
 
 /// `GET path` on 127.0.0.1:port: the status code and the body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_host(port, "localhost", path)
+}
+
+/// `GET path` on 127.0.0.1:port with this Host header, on a new connection.
+pub fn http_get_host(port: u16, host: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
