@@ -168,7 +168,13 @@ pub async fn wait_healthy(
     let mut last_error = String::from("not checked yet");
     loop {
         if !process::is_running(pid, start_time) {
-            let exit = process::read_exit(&agent.paths.run(), &record.id);
+            // The relay writes how the process ended just after it ends.
+            let mut exit = process::read_exit(&agent.paths.run(), &record.id);
+            let waited = Instant::now();
+            while exit.is_none() && waited.elapsed() < Duration::from_secs(2) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                exit = process::read_exit(&agent.paths.run(), &record.id);
+            }
             let what = exit.map_or_else(|| "exited".to_owned(), |e| e.to_string());
             return Err(StartFailure {
                 reason: format!("instance {} {what} while starting", record.id),
