@@ -156,3 +156,49 @@ fn redeploys_through_the_proxy_drop_no_request() {
         "the load saw the redeploys: {versions:?}"
     );
 }
+
+#[test]
+fn a_five_second_request_started_before_a_cutover_completes() {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let p = hello("slowcut", "1").env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    // Old instances get up to their stop timeout to drain: give them more than 5 s.
+    let toml = agent_support::hello_toml("slowcut", "bin/hello-web")
+        .replace("stop_timeout = \"5s\"", "stop_timeout = \"10s\"");
+    std::fs::write(p.path().join("gantry.toml"), toml).expect("write gantry.toml");
+    deploy(&p);
+
+    let (sent, in_flight) = std::sync::mpsc::channel();
+    let slow = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET /slow?ms=5000 HTTP/1.1\r\nHost: web.slowcut.localhost\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let _ = sent.send(());
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read the answer");
+        answer
+    });
+    in_flight
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the slow request was sent");
+
+    std::fs::write(p.path().join("VERSION"), "2\n").expect("write VERSION");
+    let report = deploy(&p);
+    assert_eq!(report["release"]["outcome"], "succeeded", "{report:#}");
+
+    let answer = slow.join().expect("the slow request's thread");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with("slow 5000ms from version 1\n"),
+        "the old instance finished the request it had: {answer}"
+    );
+    let (code, body) = gantry_testkit::http_get_host(port, "web.slowcut.localhost", "/")
+        .expect("the proxy answers");
+    assert_eq!((code, version_of(&body)), (200, Some("2")), "{body}");
+}
