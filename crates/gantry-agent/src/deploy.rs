@@ -4,7 +4,6 @@
 //! it happens, so `reconcile` can finish or undo it after a crash. A service
 //! whose new instances fail keeps its previous release; the deploy stops there.
 
-use std::path::Path;
 use std::time::Instant;
 
 use gantry_config::resolve::Service;
@@ -169,7 +168,7 @@ pub async fn deploy(
     }
 
     for service in &request.services {
-        match roll_service(agent, &mut timer, &release, service, &dir, cutover).await {
+        match roll_service(agent, &mut timer, &release, service, cutover).await {
             Ok(()) => {}
             Err(failure) => {
                 release.outcome = Outcome::Failed;
@@ -202,15 +201,11 @@ async fn roll_service(
     timer: &mut Timer<'_>,
     release: &Release,
     service: &Service,
-    dir: &Path,
     cutover: &dyn Cutover,
 ) -> Result<(), StartFailure> {
     let project = release.project.clone();
     let name = service.name.clone();
-    let cwd = match &service.artifact {
-        Some(sub) if dir.join(sub).is_dir() => dir.join(sub),
-        _ => dir.to_owned(),
-    };
+    let cwd = instance::working_dir(agent, &project, &release.artifact_digest, service);
 
     let mut started: Vec<InstanceRecord> = Vec::new();
     let start = timer
@@ -288,7 +283,7 @@ async fn roll_service(
             .await
             .unwrap_or_default()
             .into_iter()
-            .filter(|i| i.service == n && i.release != release_id(release) && is_active(i.state))
+            .filter(|i| i.service == n && i.release != release.id && is_active(i.state))
             .collect()
     };
     timer
@@ -324,10 +319,6 @@ async fn roll_service(
         })
         .await;
     Ok(())
-}
-
-fn release_id(release: &Release) -> &str {
-    &release.id
 }
 
 pub fn is_active(state: InstanceState) -> bool {

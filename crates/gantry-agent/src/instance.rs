@@ -69,6 +69,21 @@ pub async fn port_for(agent: &Agent, service: &Service, id: &str) -> Result<Opti
     }
 }
 
+/// Where a service's instances run: the release's files, or the directory
+/// inside them the service declares as its artifact.
+pub fn working_dir(
+    agent: &Agent,
+    project: &str,
+    artifact_digest: &str,
+    service: &Service,
+) -> PathBuf {
+    let dir = release_dir(agent, project, artifact_digest);
+    match &service.artifact {
+        Some(sub) if dir.join(sub).is_dir() => dir.join(sub),
+        _ => dir,
+    }
+}
+
 /// Where a release's files are on this host.
 pub fn release_dir(agent: &Agent, project: &str, artifact_digest: &str) -> PathBuf {
     agent.paths.releases(project).join(artifact_digest)

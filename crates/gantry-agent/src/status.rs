@@ -68,12 +68,6 @@ pub async fn services(agent: &Agent, project: &str) -> Result<Vec<ServiceStatus>
         let live: Vec<&InstanceRecord> = records
             .iter()
             .filter(|r| r.service == name && Some(&r.release) == release.as_ref())
-            .filter(|r| {
-                r.state != InstanceState::Stopped
-                    || records
-                        .iter()
-                        .all(|o| o.service != name || o.state == InstanceState::Stopped)
-            })
             .collect();
         let instances: Vec<Instance> = live
             .iter()

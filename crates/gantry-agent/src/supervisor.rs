@@ -3,6 +3,7 @@
 //! window, and keeps each instance's health current.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,7 @@ struct Memory {
     next_probe: HashMap<String, Instant>,
     /// When each instance was first seen without its process.
     gone_since: HashMap<String, Instant>,
-    specs: HashMap<(String, String), Service>,
+    specs: HashMap<(String, String), (Service, PathBuf)>,
 }
 
 pub async fn run(agent: Arc<Agent>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -61,13 +62,19 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: tokio::sync::watch::Receiver<b
     }
 }
 
-async fn spec(agent: &Agent, memory: &mut Memory, record: &InstanceRecord) -> Option<Service> {
+/// The service as the instance's release deployed it, and where it runs;
+/// read from the store once per release and service.
+async fn spec(
+    agent: &Agent,
+    memory: &mut Memory,
+    record: &InstanceRecord,
+) -> Option<(Service, PathBuf)> {
     let key = (
         record.release.clone(),
         format!("{}/{}", record.project, record.service),
     );
-    if let Some(spec) = memory.specs.get(&key) {
-        return Some(spec.clone());
+    if let Some(found) = memory.specs.get(&key) {
+        return Some(found.clone());
     }
     let (p, r) = (record.project.clone(), record.release.clone());
     let release = agent.db(move |s| s.release(&p, &r)).await.ok().flatten()?;
@@ -75,12 +82,13 @@ async fn spec(agent: &Agent, memory: &mut Memory, record: &InstanceRecord) -> Op
         .services
         .into_iter()
         .find(|s| s.name == record.service)?;
-    memory.specs.insert(key, spec.clone());
-    Some(spec)
+    let cwd = instance::working_dir(agent, &record.project, &release.artifact_digest, &spec);
+    memory.specs.insert(key, (spec.clone(), cwd.clone()));
+    Some((spec, cwd))
 }
 
 async fn tend(agent: &Arc<Agent>, memory: &mut Memory, record: InstanceRecord) {
-    let Some(service) = spec(agent, memory, &record).await else {
+    let Some((service, cwd)) = spec(agent, memory, &record).await else {
         return;
     };
     let running = match (record.pid, record.start_time) {
@@ -88,7 +96,7 @@ async fn tend(agent: &Arc<Agent>, memory: &mut Memory, record: InstanceRecord) {
         _ => false,
     };
     match record.state {
-        InstanceState::Live if running => probe(agent, memory, &record, &service),
+        InstanceState::Live if running => probe(agent, memory, &record, &service, cwd),
         InstanceState::Live if exit_pending(agent, memory, &record) => {}
         InstanceState::Live => exited(agent, memory, &record, &service).await,
         InstanceState::Backoff => {
@@ -97,7 +105,7 @@ async fn tend(agent: &Arc<Agent>, memory: &mut Memory, record: InstanceRecord) {
                 .get(&record.id)
                 .is_none_or(|at| Instant::now() >= *at);
             if due {
-                restart(agent, memory, &record, &service).await;
+                restart(agent, memory, &record, &service, &cwd).await;
             }
         }
         _ => {}
@@ -192,13 +200,14 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
 }
 
-async fn restart(agent: &Agent, memory: &mut Memory, record: &InstanceRecord, service: &Service) {
+async fn restart(
+    agent: &Agent,
+    memory: &mut Memory,
+    record: &InstanceRecord,
+    service: &Service,
+    cwd: &Path,
+) {
     memory.next_attempt.remove(&record.id);
-    let dir = instance::release_dir(agent, &record.project, &release_digest(agent, record).await);
-    let cwd = match &service.artifact {
-        Some(sub) if dir.join(sub).is_dir() => dir.join(sub),
-        _ => dir,
-    };
     let (id, restarts) = (record.id.clone(), record.restarts + 1);
     let _ = agent
         .db(move |s| {
@@ -206,7 +215,7 @@ async fn restart(agent: &Agent, memory: &mut Memory, record: &InstanceRecord, se
             s.set_instance_state(&id, InstanceState::Live)
         })
         .await;
-    if let Err(failure) = instance::launch(agent, record, service, &cwd).await {
+    if let Err(failure) = instance::launch(agent, record, service, cwd).await {
         tracing::warn!(instance = %record.id, reason = %failure.reason, "restart failed");
         let id = record.id.clone();
         let _ = agent
@@ -218,19 +227,14 @@ async fn restart(agent: &Agent, memory: &mut Memory, record: &InstanceRecord, se
     }
 }
 
-async fn release_digest(agent: &Agent, record: &InstanceRecord) -> String {
-    let (p, r) = (record.project.clone(), record.release.clone());
-    agent
-        .db(move |s| s.release(&p, &r))
-        .await
-        .ok()
-        .flatten()
-        .map(|r| r.artifact_digest)
-        .unwrap_or_default()
-}
-
 /// Probes a live instance when its interval has passed, in the background.
-fn probe(agent: &Arc<Agent>, memory: &mut Memory, record: &InstanceRecord, service: &Service) {
+fn probe(
+    agent: &Arc<Agent>,
+    memory: &mut Memory,
+    record: &InstanceRecord,
+    service: &Service,
+    cwd: PathBuf,
+) {
     let now = Instant::now();
     if memory
         .next_probe
@@ -259,11 +263,6 @@ fn probe(agent: &Arc<Agent>, memory: &mut Memory, record: &InstanceRecord, servi
     let env = instance::environment(service, &record.id, &record.release, record.port);
     let failures = Arc::clone(&memory.probe_failures);
     tokio::spawn(async move {
-        let cwd = instance::release_dir(
-            &agent,
-            &record.project,
-            &release_digest(&agent, &record).await,
-        );
         let passed = health::probe(
             &health.check,
             record.port,
