@@ -94,7 +94,7 @@ async fn put_routes(State(state): State<Arc<ProxyState>>, body: Bytes) -> Respon
     };
     match state.replace(table).await {
         Ok(()) => Json(RouteTable::clone(&state.table())).into_response(),
-        Err(e @ ProxyError::Table(_)) => {
+        Err(e @ (ProxyError::Table(_) | ProxyError::Certificate(_))) => {
             error(StatusCode::UNPROCESSABLE_ENTITY, e.code(), &e.to_string())
         }
         Err(e) => error(

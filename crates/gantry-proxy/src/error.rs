@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::table::TableError;
+use crate::tls::{CaError, CertError};
 
 /// Why the proxy could not start, or could not apply a route table.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,12 @@ pub enum ProxyError {
     Thread(#[source] std::io::Error),
     #[error("invalid route table: {0}")]
     Table(#[from] TableError),
+    #[error("route table refused: {0}")]
+    Certificate(#[from] CertError),
+    #[error("local CA: {0}")]
+    LocalCa(#[from] CaError),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 impl ProxyError {
@@ -46,6 +53,9 @@ impl ProxyError {
             ProxyError::SavedRoutes { .. } => "proxy.saved_routes_invalid",
             ProxyError::Thread(_) => "proxy.thread_failed",
             ProxyError::Table(_) => "routes.invalid",
+            ProxyError::Certificate(_) => "routes.certificate_invalid",
+            ProxyError::LocalCa(_) => "proxy.local_ca_failed",
+            ProxyError::Tls(_) => "proxy.tls_failed",
         }
     }
 
@@ -61,6 +71,10 @@ impl ProxyError {
                 "remove {} and send the routes again with PUT /v1/routes",
                 path.display()
             )),
+            ProxyError::Certificate(_) => Some(
+                "give each route's tls an absolute path to a readable PEM certificate chain (leaf first) and the PEM private key that belongs to it".to_owned(),
+            ),
+            ProxyError::LocalCa(e) => e.hint(),
             _ => None,
         }
     }

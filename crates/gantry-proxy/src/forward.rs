@@ -36,14 +36,16 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// ACME's HTTP-01 challenges are answered over plain HTTP: never redirected.
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 /// Who sent a request, and over what: one per client connection.
 #[derive(Clone, Debug)]
 pub(crate) struct Peer {
     /// The client's address, ready for `X-Forwarded-For`.
     pub(crate) ip: HeaderValue,
-    /// Whether the client's connection was TLS: `X-Forwarded-Proto`. Every
-    /// listener is plain HTTP until the TLS step gives it a rustls acceptor.
+    /// Whether the client's connection was TLS: `X-Forwarded-Proto`, and no
+    /// redirect to HTTPS.
     pub(crate) tls: bool,
     pub(crate) addr: SocketAddr,
 }
@@ -117,6 +119,19 @@ impl Forwarder {
         let Some(target) = target else {
             return Page::NoRoute { host: host_text }.response(&request_id, exchange);
         };
+        if target.redirect_https
+            && !peer.tls
+            && !parts.uri.path().starts_with(ACME_CHALLENGE)
+            && let Some(location) = self
+                .state
+                .https_url(
+                    host_text,
+                    parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                )
+                .and_then(|url| HeaderValue::try_from(url).ok())
+        {
+            return crate::pages::redirect(location, &request_id, exchange);
+        }
         let unavailable = |exchange| {
             Page::Unavailable {
                 service: &target.service,

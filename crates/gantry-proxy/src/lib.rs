@@ -1,5 +1,7 @@
 //! Gantry's reverse proxy: what every request to a deployed service passes
-//! through. HTTP/1.1 and HTTP/2 (h2c) on one listener, WebSocket upgrades,
+//! through. HTTP/1.1 and HTTP/2 (h2c) on one listener, HTTPS (ALPN h2 and
+//! http/1.1) on another with certificates by SNI name (`tls`: the user's,
+//! ACME's, or the local CA's for `*.localhost`), WebSocket upgrades,
 //! streaming bodies, routing by host and path prefix over a route table the
 //! agent replaces atomically, passive health, draining.
 //!
@@ -25,6 +27,7 @@ mod router;
 mod server;
 mod state;
 mod table;
+mod tls;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -34,13 +37,17 @@ use std::time::Duration;
 pub use control::{DrainReport, DrainRequest, Health};
 pub use error::ProxyError;
 pub use server::{RunningProxy, start, start_on};
-pub use table::{Balance, Route, RouteTable, TableError};
+pub use table::{Balance, CertFiles, Route, RouteTable, TableError, Tls};
+pub use tls::{CaError, CertError, CertStore, LocalCa, fingerprint_sha256, is_local_name};
 
 /// How `gantry proxy` is started.
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
     /// Where clients connect. Default `127.0.0.1:8080`.
     pub http: SocketAddr,
+    /// Where clients connect over TLS; `None`: no HTTPS listener. Default
+    /// `127.0.0.1:8443`. With one, the local CA lives in `state_dir/ca`.
+    pub https: Option<SocketAddr>,
     /// The control API's Unix socket; created with mode 0600.
     pub control_socket: PathBuf,
     /// Holds `routes.json`, the last route table accepted.
@@ -58,6 +65,7 @@ impl ProxyConfig {
         let state_dir = state_dir.into();
         ProxyConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            https: Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
             control_socket: state_dir.join("proxy.sock"),
             state_dir,
             access_log: true,
@@ -103,6 +111,7 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         serde_json::json!({
             "event": "proxy.started",
             "http": proxy.http_addr(),
+            "https": proxy.https_addr(),
             "control_socket": proxy.control_socket(),
         })
     );

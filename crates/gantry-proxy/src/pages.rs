@@ -3,7 +3,7 @@
 //! is missing.
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
@@ -94,6 +94,31 @@ impl Page<'_> {
         }
         response
     }
+}
+
+/// A 308 to the same URL over HTTPS: the method and body are kept.
+pub(crate) fn redirect(
+    location: HeaderValue,
+    request_id: &HeaderValue,
+    mut exchange: Exchange,
+) -> Response<ProxyBody> {
+    let status = StatusCode::PERMANENT_REDIRECT;
+    exchange.set_status(status);
+    let html = format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>308 Permanent Redirect</title></head>\n\
+         <body>\n<p>This site is served over HTTPS: <a href=\"{url}\">{url}</a></p>\n</body>\n</html>\n",
+        url = escape(location.to_str().unwrap_or("")),
+    );
+    let mut response = Response::new(ProxyBody::page(Bytes::from(html), exchange));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(LOCATION, location);
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(X_REQUEST_ID, request_id.clone());
+    response
 }
 
 fn escape(text: &str) -> String {

@@ -24,6 +24,8 @@ pub(crate) struct Target {
     prefix: Box<str>,
     strip: bool,
     balance: Balance,
+    /// Plain-HTTP requests are sent to HTTPS (`Route::redirect_https`).
+    pub(crate) redirect_https: bool,
     upstreams: Box<[Arc<Upstream>]>,
     next: AtomicUsize,
     pub(crate) metrics: Arc<ServiceMetrics>,
@@ -58,6 +60,7 @@ impl Router {
                 prefix: normalize_prefix(&route.path_prefix).into(),
                 strip: route.strip_prefix,
                 balance: route.balance,
+                redirect_https: route.redirect_https,
                 upstreams: route.upstreams.iter().map(|a| upstreams.get(*a)).collect(),
                 // Each table starts at a random upstream, so that frequent
                 // swaps do not pile every first request on the first one.

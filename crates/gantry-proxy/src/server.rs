@@ -6,9 +6,10 @@
 //!
 //! The listener is bound before anything starts, so `start_on` can take one
 //! inherited from a previous proxy (the seam for listener handoff on
-//! restart). TLS goes in `serve_connections`: a rustls acceptor wraps the
-//! stream (`Peer::tls` set) and ALPN picks HTTP/2 or HTTP/1.1 before
-//! `serve_connection_with_upgrades`.
+//! restart). The HTTPS listener (`bind_https`) has its own acceptor thread
+//! and feeds the same workers; in `serve_connections` a TLS connection goes
+//! through the rustls handshake first (`Peer::tls` set), and the HTTP/2
+//! preface or its absence (as ALPN agreed) picks the protocol.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
@@ -27,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use crate::exchange::AccessLog;
 use crate::forward::{Forwarder, Peer};
 use crate::state::ProxyState;
+use crate::tls::{self, CertStore, LocalCa};
 use crate::{ProxyConfig, ProxyError, control, route_file};
 
 /// How long a client may take to send a request's headers.
@@ -39,6 +41,7 @@ const CONTROL_GRACE: Duration = Duration::from_secs(1);
 /// A proxy serving on its own threads. Dropping it stops it, like `stop`.
 pub struct RunningProxy {
     http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     control_socket: PathBuf,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
@@ -48,6 +51,11 @@ impl RunningProxy {
     /// Where the proxy accepts HTTP (the port is known here when 0 was asked).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the proxy accepts HTTPS, when it does.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     pub fn control_socket(&self) -> &Path {
@@ -85,7 +93,9 @@ pub fn start(config: ProxyConfig) -> Result<RunningProxy, ProxyError> {
 
 /// Starts serving on a listener that is already bound (`config.http` is not
 /// used): one a restarting proxy hands over, or one a test bound to port 0.
-/// Loads `routes.json` from the state directory and opens the control socket.
+/// Binds `config.https` when set. Loads `routes.json` from the state
+/// directory (and the local CA in its `ca/` when HTTPS is on) and opens the
+/// control socket.
 pub fn start_on(
     listener: std::net::TcpListener,
     config: ProxyConfig,
@@ -107,6 +117,8 @@ pub fn start_on(
     })?;
     let routes_file = route_file::path(&config.state_dir);
     let table = route_file::load(&routes_file)?;
+    let https = bind_https(&config)?;
+    let (certs, tls_config) = certificates(&config, https.is_some(), &table)?;
     let control = bind_control(&config.control_socket)?;
     let access_log = if config.access_log {
         AccessLog::stderr()
@@ -118,10 +130,13 @@ pub fn start_on(
         routes_file,
         access_log,
         config.timeouts,
+        certs,
+        https.as_ref().map(|(_, addr)| addr.port()),
     ));
     let (stop, stopped) = watch::channel(false);
     let mut proxy = RunningProxy {
         http_addr,
+        https_addr: https.as_ref().map(|(_, addr)| *addr),
         control_socket: config.control_socket.clone(),
         stop,
         threads: Vec::new(),
@@ -140,17 +155,26 @@ pub fn start_on(
             open: Arc::clone(&open),
         });
         let (state, stopped) = (Arc::clone(&state), stopped.clone());
+        let tls_config = tls_config.clone();
         proxy
             .threads
             .push(spawn(format!("gantry-proxy-{index}"), move || {
-                worker(received, open, state, stopped);
+                worker(received, open, state, tls_config, stopped);
+            })?);
+    }
+    if let Some((listener, _)) = https {
+        let (slots, accepting) = (slots.clone(), stopped.clone());
+        proxy
+            .threads
+            .push(spawn("gantry-proxy-accept-https".to_owned(), move || {
+                acceptor(listener, slots, Scheme::Https, accepting);
             })?);
     }
     let accepting = stopped.clone();
     proxy
         .threads
         .push(spawn("gantry-proxy-accept".to_owned(), move || {
-            acceptor(listener, slots, accepting);
+            acceptor(listener, slots, Scheme::Http, accepting);
         })?);
     proxy
         .threads
@@ -165,6 +189,43 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .name(name)
         .spawn(f)
         .map_err(ProxyError::Thread)
+}
+
+/// Binds `config.https` when set: the listener and the address it got.
+fn bind_https(
+    config: &ProxyConfig,
+) -> Result<Option<(std::net::TcpListener, SocketAddr)>, ProxyError> {
+    let Some(addr) = config.https else {
+        return Ok(None);
+    };
+    let listener = bind_http(addr)?;
+    let bound = listener
+        .local_addr()
+        .and_then(|bound| listener.set_nonblocking(true).map(|()| bound))
+        .map_err(|source| ProxyError::Listen { addr, source })?;
+    Ok(Some((listener, bound)))
+}
+
+/// The certificate store for `table` and, when HTTPS is on, the TLS server
+/// configuration reading it (the local CA is loaded, or made, only then).
+fn certificates(
+    config: &ProxyConfig,
+    https: bool,
+    table: &crate::RouteTable,
+) -> Result<(Arc<CertStore>, Option<Arc<rustls::ServerConfig>>), ProxyError> {
+    let local_ca = if https {
+        Some(LocalCa::load_or_create(&config.state_dir.join("ca"))?)
+    } else {
+        None
+    };
+    let certs = Arc::new(CertStore::new(local_ca));
+    certs.apply(table, certs.load_user_certs_or_log(table));
+    let tls_config = if https {
+        Some(tls::server_config(Arc::clone(&certs))?)
+    } else {
+        None
+    };
+    Ok((certs, tls_config))
 }
 
 fn bind_http(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
@@ -216,10 +277,21 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+/// A connection on its way from an acceptor to a worker.
+type Accepted = (std::net::TcpStream, SocketAddr, Scheme);
+
 /// A worker as the acceptor sees it: where to send a connection, and how
 /// many it has open.
+#[derive(Clone)]
 struct WorkerSlot {
-    connections: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    connections: mpsc::UnboundedSender<Accepted>,
     open: Arc<AtomicUsize>,
 }
 
@@ -229,10 +301,11 @@ struct WorkerSlot {
 fn acceptor(
     listener: std::net::TcpListener,
     workers: Vec<WorkerSlot>,
+    scheme: Scheme,
     stopped: watch::Receiver<bool>,
 ) {
     match runtime() {
-        Ok(runtime) => runtime.block_on(accept(listener, workers, stopped)),
+        Ok(runtime) => runtime.block_on(accept(listener, workers, scheme, stopped)),
         Err(e) => eprintln!("gantry-proxy: cannot start the acceptor's runtime: {e}"),
     }
 }
@@ -240,6 +313,7 @@ fn acceptor(
 async fn accept(
     listener: std::net::TcpListener,
     workers: Vec<WorkerSlot>,
+    scheme: Scheme,
     mut stopped: watch::Receiver<bool>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -264,7 +338,7 @@ async fn accept(
                         .min_by_key(|w| w.open.load(Ordering::Relaxed));
                     if let Some(worker) = chosen {
                         worker.open.fetch_add(1, Ordering::Relaxed);
-                        let _ = worker.connections.send((stream, addr));
+                        let _ = worker.connections.send((stream, addr, scheme));
                     }
                 }
                 // Out of file descriptors or a connection reset while
@@ -276,21 +350,29 @@ async fn accept(
 }
 
 fn worker(
-    connections: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    connections: mpsc::UnboundedReceiver<Accepted>,
     open: Arc<AtomicUsize>,
     state: Arc<ProxyState>,
+    tls_config: Option<Arc<rustls::ServerConfig>>,
     stopped: watch::Receiver<bool>,
 ) {
     match runtime() {
-        Ok(runtime) => runtime.block_on(serve_connections(connections, open, state, stopped)),
+        Ok(runtime) => runtime.block_on(serve_connections(
+            connections,
+            open,
+            state,
+            tls_config,
+            stopped,
+        )),
         Err(e) => eprintln!("gantry-proxy: cannot start a worker's runtime: {e}"),
     }
 }
 
 async fn serve_connections(
-    mut connections: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    mut connections: mpsc::UnboundedReceiver<Accepted>,
     open: Arc<AtomicUsize>,
     state: Arc<ProxyState>,
+    tls_config: Option<Arc<rustls::ServerConfig>>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let forwarder = Arc::new(Forwarder::new(Arc::clone(&state)));
@@ -303,7 +385,7 @@ async fn serve_connections(
         .max_concurrent_streams(256);
     let graceful = GracefulShutdown::new();
     loop {
-        let (stream, addr) = tokio::select! {
+        let (stream, addr, scheme) = tokio::select! {
             biased;
             _ = stopped.changed() => break,
             connection = connections.recv() => match connection {
@@ -316,6 +398,28 @@ async fn serve_connections(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        if scheme == Scheme::Https {
+            let Some(config) = tls_config.clone() else {
+                open.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            };
+            let (http, watcher) = (http.clone(), graceful.watcher());
+            let (forwarder, open) = (Arc::clone(&forwarder), Arc::clone(&open));
+            tokio::spawn(async move {
+                if let Some(stream) = tls::handshake(stream, addr, config).await {
+                    let peer = Peer::new(addr, true);
+                    let service = service_fn(move |request| {
+                        Arc::clone(&forwarder).serve(request, peer.clone())
+                    });
+                    let connection = http
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let _ = watcher.watch(connection).await;
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+            continue;
+        }
         let peer = Peer::new(addr, false);
         let forwarder = Arc::clone(&forwarder);
         let service =

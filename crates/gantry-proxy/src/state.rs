@@ -19,6 +19,7 @@ use crate::metrics::{Metrics, NO_ROUTE, ServiceMetrics};
 use crate::route_file;
 use crate::router::Router;
 use crate::table::RouteTable;
+use crate::tls::CertStore;
 use crate::upstream::Upstreams;
 
 pub(crate) struct ProxyState {
@@ -29,6 +30,10 @@ pub(crate) struct ProxyState {
     pub(crate) access_log: AccessLog,
     pub(crate) timeouts: Timeouts,
     pub(crate) started: Instant,
+    /// Certificates by SNI name, for the HTTPS listener and redirects.
+    pub(crate) certs: Arc<CertStore>,
+    /// The HTTPS listener's port, when one listens: where redirects go.
+    pub(crate) https_port: Option<u16>,
     routes_file: PathBuf,
     /// One replacement at a time, so the saved file and the live table
     /// always hold the same table.
@@ -41,6 +46,8 @@ impl ProxyState {
         routes_file: PathBuf,
         access_log: AccessLog,
         timeouts: Timeouts,
+        certs: Arc<CertStore>,
+        https_port: Option<u16>,
     ) -> ProxyState {
         let upstreams = Upstreams::default();
         let metrics = Metrics::new();
@@ -53,6 +60,8 @@ impl ProxyState {
             access_log,
             timeouts,
             started: Instant::now(),
+            certs,
+            https_port,
             routes_file,
             replacing: tokio::sync::Mutex::new(()),
         }
@@ -63,11 +72,31 @@ impl ProxyState {
         Arc::clone(&self.router.load().table)
     }
 
-    /// Validates, saves and swaps in `table`. Nothing changes if any step fails.
+    /// Where a plain-HTTP request to `host` is sent over HTTPS, when an
+    /// HTTPS listener runs and has a certificate for the host.
+    pub(crate) fn https_url(&self, host: &str, path_and_query: &str) -> Option<String> {
+        let port = self.https_port?;
+        let name = crate::router::route_host(host);
+        if name.is_empty() || !self.certs.has_certificate(&name) {
+            return None;
+        }
+        Some(if port == 443 {
+            format!("https://{name}{path_and_query}")
+        } else {
+            format!("https://{name}:{port}{path_and_query}")
+        })
+    }
+
+    /// Validates, loads its certificate files, saves and swaps in `table`.
+    /// Nothing changes if any step fails.
     pub(crate) async fn replace(&self, table: RouteTable) -> Result<(), ProxyError> {
         table.validate()?;
         let _one_at_a_time = self.replacing.lock().await;
         let table = Arc::new(table);
+        let (certs, files) = (Arc::clone(&self.certs), Arc::clone(&table));
+        let user_certs = tokio::task::spawn_blocking(move || certs.load_user_certs(&files))
+            .await
+            .map_err(|e| ProxyError::Thread(std::io::Error::other(e.to_string())))??;
         let (file, saved) = (self.routes_file.clone(), Arc::clone(&table));
         tokio::task::spawn_blocking(move || route_file::save(&file, &saved))
             .await
@@ -76,6 +105,7 @@ impl ProxyState {
                 path: self.routes_file.clone(),
                 source: std::io::Error::other(e.to_string()),
             })??;
+        self.certs.apply(&table, user_certs);
         let router = Router::build(table, &self.upstreams, &self.metrics);
         self.router.store(Arc::new(router));
         self.upstreams.prune();

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,45 @@ pub struct Route {
     pub upstreams: Vec<SocketAddr>,
     #[serde(default)]
     pub balance: Balance,
+    /// Whether and how the route's hosts are served over HTTPS.
+    #[serde(default)]
+    pub tls: Tls,
+    /// Plain-HTTP requests get a 308 to the same URL over HTTPS, once the
+    /// proxy has a certificate for the host (ACME challenges excepted).
+    #[serde(default)]
+    pub redirect_https: bool,
+}
+
+/// Where the certificate for a route's hosts comes from. Written `"off"`,
+/// `"local"`, `"acme"`, or `{"cert": "/path.pem", "key": "/path.key"}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tls {
+    /// Plain HTTP only: a TLS handshake for these hosts fails.
+    #[default]
+    Off,
+    /// Leaves signed on demand by the proxy's local CA; `*.localhost` only.
+    Local,
+    /// A certificate the ACME client obtains and inserts in the `CertStore`.
+    Acme,
+    /// The user's own certificate chain and key, PEM files read when the
+    /// table is applied.
+    #[serde(untagged)]
+    Files(CertFiles),
+}
+
+/// A PEM certificate chain (leaf first) and its private key, by absolute path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Tls {
+    pub fn is_on(&self) -> bool {
+        *self != Tls::Off
+    }
 }
 
 fn root() -> String {
@@ -55,7 +95,19 @@ impl Route {
             strip_prefix: false,
             upstreams,
             balance: Balance::default(),
+            tls: Tls::Off,
+            redirect_https: false,
         }
+    }
+
+    pub fn tls(mut self, tls: Tls) -> Route {
+        self.tls = tls;
+        self
+    }
+
+    pub fn redirect_https(mut self, redirect: bool) -> Route {
+        self.redirect_https = redirect;
+        self
     }
 
     pub fn hosts<I, S>(mut self, hosts: I) -> Route
@@ -119,13 +171,84 @@ pub enum TableError {
         host: String,
         prefix: String,
     },
+    #[error(
+        "route {index} ({service}): tls `{mode}` needs the route to name its hosts; only a cert and key may serve any host"
+    )]
+    TlsWithoutHosts {
+        index: usize,
+        service: String,
+        mode: &'static str,
+    },
+    #[error(
+        "route {index} ({service}): tls `local` is for `localhost` and `*.localhost` names, not `{host}`; use `acme` or a cert and key"
+    )]
+    LocalTlsHost {
+        index: usize,
+        service: String,
+        host: String,
+    },
+    #[error(
+        "route {index} ({service}): tls `acme` cannot serve the wildcard `{host}` (HTTP-01 validates one name at a time); name the hosts, or give a cert and key"
+    )]
+    AcmeWildcard {
+        index: usize,
+        service: String,
+        host: String,
+    },
+    #[error(
+        "route {index} ({service}): the {which} file `{}` must be an absolute path", path.display()
+    )]
+    RelativeCertPath {
+        index: usize,
+        service: String,
+        which: &'static str,
+        path: PathBuf,
+    },
+    #[error(
+        "route {index} ({service}): host `{host}` gets a different tls setting from route {first}; one host has one certificate"
+    )]
+    TlsConflict {
+        index: usize,
+        first: usize,
+        service: String,
+        host: String,
+    },
 }
 
 impl RouteTable {
     /// Checks every route; the first problem found is returned.
     pub fn validate(&self) -> Result<(), TableError> {
         let mut first_route: HashMap<(String, &str), usize> = HashMap::new();
+        let mut host_tls: HashMap<String, (usize, &Tls)> = HashMap::new();
         for (index, route) in self.routes.iter().enumerate() {
+            check_tls(index, route)?;
+            if route.tls.is_on() {
+                let hosts = if route.hosts.is_empty() {
+                    vec![String::new()]
+                } else {
+                    route.hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
+                };
+                for host in hosts {
+                    match host_tls.get(&host) {
+                        Some(&(first, tls)) if tls != &route.tls => {
+                            return Err(TableError::TlsConflict {
+                                index,
+                                first,
+                                service: route.service.clone(),
+                                host: if host.is_empty() {
+                                    "(any host)".to_owned()
+                                } else {
+                                    host
+                                },
+                            });
+                        }
+                        Some(_) => {}
+                        None => {
+                            host_tls.insert(host, (index, &route.tls));
+                        }
+                    }
+                }
+            }
             if route.service.trim().is_empty() {
                 return Err(TableError::EmptyService { index });
             }
@@ -171,6 +294,56 @@ impl RouteTable {
             }
         }
         Ok(())
+    }
+}
+
+/// The TLS setting fits the route's hosts.
+fn check_tls(index: usize, route: &Route) -> Result<(), TableError> {
+    let service = || route.service.clone();
+    match &route.tls {
+        Tls::Off => Ok(()),
+        Tls::Local | Tls::Acme if route.hosts.is_empty() => Err(TableError::TlsWithoutHosts {
+            index,
+            service: service(),
+            mode: if route.tls == Tls::Local {
+                "local"
+            } else {
+                "acme"
+            },
+        }),
+        Tls::Local => match route
+            .hosts
+            .iter()
+            .find(|h| !crate::tls::is_local_name(h.strip_prefix("*.").unwrap_or(h)))
+        {
+            Some(host) => Err(TableError::LocalTlsHost {
+                index,
+                service: service(),
+                host: host.clone(),
+            }),
+            None => Ok(()),
+        },
+        Tls::Acme => match route.hosts.iter().find(|h| h.starts_with("*.")) {
+            Some(host) => Err(TableError::AcmeWildcard {
+                index,
+                service: service(),
+                host: host.clone(),
+            }),
+            None => Ok(()),
+        },
+        Tls::Files(files) => {
+            for (which, path) in [("cert", &files.cert), ("key", &files.key)] {
+                if !path.is_absolute() {
+                    return Err(TableError::RelativeCertPath {
+                        index,
+                        service: service(),
+                        which,
+                        path: path.clone(),
+                    });
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -246,7 +419,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused() {
         let result: Result<RouteTable, _> =
-            serde_json::from_str(r#"{"routes":[{"service":"web","tls":true}]}"#);
+            serde_json::from_str(r#"{"routes":[{"service":"web","https":true}]}"#);
         assert!(result.is_err());
     }
 
@@ -315,6 +488,76 @@ mod tests {
                 prefix: "/api/".to_owned(),
             })
         );
+    }
+
+    #[test]
+    fn tls_is_written_as_a_word_or_a_pair_of_files() {
+        let table: RouteTable = serde_json::from_str(
+            r#"{"routes":[
+                {"service":"a","hosts":["a.localhost"],"tls":"local"},
+                {"service":"b","hosts":["b.example.com"],"tls":"acme","redirect_https":true},
+                {"service":"c","hosts":["c.example.com"],"tls":{"cert":"/c.pem","key":"/c.key"}},
+                {"service":"d","hosts":["d.example.com"],"path_prefix":"/x"}
+            ]}"#,
+        )
+        .expect("parses");
+        assert_eq!(table.routes[0].tls, Tls::Local);
+        assert_eq!(table.routes[1].tls, Tls::Acme);
+        assert!(table.routes[1].redirect_https);
+        assert_eq!(
+            table.routes[2].tls,
+            Tls::Files(CertFiles {
+                cert: "/c.pem".into(),
+                key: "/c.key".into()
+            })
+        );
+        assert_eq!(table.routes[3].tls, Tls::Off, "old tables load as off");
+        assert_eq!(table.validate(), Ok(()));
+        let json = serde_json::to_value(&table).expect("serializes");
+        assert_eq!(json["routes"][0]["tls"], "local");
+        assert_eq!(json["routes"][2]["tls"]["cert"], "/c.pem");
+        let back: RouteTable = serde_json::from_value(json).expect("round trips");
+        assert_eq!(back, table);
+    }
+
+    #[test]
+    fn tls_settings_must_fit_their_hosts() {
+        let refused = |route: Route| RouteTable {
+            routes: vec![route],
+        }
+        .validate()
+        .expect_err("refused");
+        assert!(matches!(
+            refused(Route::new("a", vec![]).hosts(["shop.example.com"]).tls(Tls::Local)),
+            TableError::LocalTlsHost { .. }
+        ));
+        assert!(matches!(
+            refused(Route::new("a", vec![]).tls(Tls::Acme)),
+            TableError::TlsWithoutHosts { .. }
+        ));
+        assert!(matches!(
+            refused(Route::new("a", vec![]).hosts(["*.example.com"]).tls(Tls::Acme)),
+            TableError::AcmeWildcard { .. }
+        ));
+        let relative = Tls::Files(CertFiles {
+            cert: "site.pem".into(),
+            key: "/site.key".into(),
+        });
+        let error = refused(Route::new("a", vec![]).hosts(["a.example.com"]).tls(relative));
+        assert!(error.to_string().contains("site.pem"), "{error}");
+        let conflict = RouteTable {
+            routes: vec![
+                Route::new("a", vec![]).hosts(["x.localhost"]).tls(Tls::Local),
+                Route::new("b", vec![])
+                    .hosts(["X.localhost"])
+                    .path_prefix("/api", false)
+                    .tls(Tls::Acme),
+            ],
+        };
+        assert!(matches!(
+            conflict.validate(),
+            Err(TableError::TlsConflict { .. })
+        ));
     }
 
     #[test]
