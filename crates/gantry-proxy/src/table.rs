@@ -522,13 +522,19 @@ mod tests {
 
     #[test]
     fn tls_settings_must_fit_their_hosts() {
-        let refused = |route: Route| RouteTable {
-            routes: vec![route],
-        }
-        .validate()
-        .expect_err("refused");
+        let refused = |route: Route| {
+            RouteTable {
+                routes: vec![route],
+            }
+            .validate()
+            .expect_err("refused")
+        };
         assert!(matches!(
-            refused(Route::new("a", vec![]).hosts(["shop.example.com"]).tls(Tls::Local)),
+            refused(
+                Route::new("a", vec![])
+                    .hosts(["shop.example.com"])
+                    .tls(Tls::Local)
+            ),
             TableError::LocalTlsHost { .. }
         ));
         assert!(matches!(
@@ -536,18 +542,28 @@ mod tests {
             TableError::TlsWithoutHosts { .. }
         ));
         assert!(matches!(
-            refused(Route::new("a", vec![]).hosts(["*.example.com"]).tls(Tls::Acme)),
+            refused(
+                Route::new("a", vec![])
+                    .hosts(["*.example.com"])
+                    .tls(Tls::Acme)
+            ),
             TableError::AcmeWildcard { .. }
         ));
         let relative = Tls::Files(CertFiles {
             cert: "site.pem".into(),
             key: "/site.key".into(),
         });
-        let error = refused(Route::new("a", vec![]).hosts(["a.example.com"]).tls(relative));
+        let error = refused(
+            Route::new("a", vec![])
+                .hosts(["a.example.com"])
+                .tls(relative),
+        );
         assert!(error.to_string().contains("site.pem"), "{error}");
         let conflict = RouteTable {
             routes: vec![
-                Route::new("a", vec![]).hosts(["x.localhost"]).tls(Tls::Local),
+                Route::new("a", vec![])
+                    .hosts(["x.localhost"])
+                    .tls(Tls::Local),
                 Route::new("b", vec![])
                     .hosts(["X.localhost"])
                     .path_prefix("/api", false)

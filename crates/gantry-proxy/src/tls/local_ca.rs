@@ -312,7 +312,12 @@ mod tests {
 
     #[test]
     fn local_names_are_localhost_and_below() {
-        for name in ["localhost", "web.shop.localhost", "A.LOCALHOST", "x.localhost."] {
+        for name in [
+            "localhost",
+            "web.shop.localhost",
+            "A.LOCALHOST",
+            "x.localhost.",
+        ] {
             assert!(is_local_name(name), "{name}");
         }
         for name in ["example.com", "notlocalhost", "localhost.example.com", ""] {

@@ -357,7 +357,10 @@ fn normalize(name: &str) -> String {
     name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
 }
 
-fn load_files(files: &CertFiles, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, CertError> {
+fn load_files(
+    files: &CertFiles,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, CertError> {
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| CertError::Read {
             path: path.to_owned(),

@@ -52,6 +52,8 @@ pub struct TestProxy {
     proxy: Option<RunningProxy>,
     pub dir: TempDir,
     pub addr: SocketAddr,
+    /// The HTTPS listener's address, when the test asked for one.
+    pub https: Option<SocketAddr>,
 }
 
 impl TestProxy {
@@ -62,6 +64,7 @@ impl TestProxy {
     pub fn start_with(dir: TempDir, configure: impl FnOnce(&mut ProxyConfig)) -> TestProxy {
         let mut config = ProxyConfig::new(dir.path().join("state"));
         config.http = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.https = None;
         config.access_log = false;
         config.workers = 2;
         config.timeouts = Timeouts {
@@ -72,18 +75,24 @@ impl TestProxy {
         let proxy = gantry_proxy::start(config).unwrap();
         TestProxy {
             addr: proxy.http_addr(),
+            https: proxy.https_addr(),
             proxy: Some(proxy),
             dir,
         }
     }
 
     /// Stops this proxy and starts another on the same state directory.
-    pub fn restart(mut self) -> TestProxy {
+    pub fn restart(self) -> TestProxy {
+        self.restart_with(|_| {})
+    }
+
+    /// `restart`, with the new proxy's configuration adjusted.
+    pub fn restart_with(mut self, configure: impl FnOnce(&mut ProxyConfig)) -> TestProxy {
         if let Some(proxy) = self.proxy.take() {
             tokio::task::block_in_place(|| proxy.stop());
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        TestProxy::start_with(dir, |_| {})
+        TestProxy::start_with(dir, configure)
     }
 
     pub fn url(&self, path: &str) -> String {
