@@ -84,6 +84,8 @@ pub struct Settings {
     pub failure_window: std::time::Duration,
     /// Where the agent's reverse proxy listens; `None` runs no proxy.
     pub proxy_listen: Option<std::net::SocketAddr>,
+    /// Where the proxy accepts HTTPS; `None`: plain HTTP only.
+    pub proxy_https: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -96,6 +98,7 @@ impl Default for Settings {
             max_failures: 5,
             failure_window: std::time::Duration::from_secs(60),
             proxy_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))),
+            proxy_https: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8443))),
         }
     }
 }

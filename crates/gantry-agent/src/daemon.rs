@@ -101,7 +101,7 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
         )),
         cgroups: Cgroups::detect(),
         store: Arc::new(Mutex::new(store)),
-        proxy: crate::proxy::Proxy::new(&paths, settings.proxy_listen),
+        proxy: crate::proxy::Proxy::new(&paths, settings.proxy_listen, settings.proxy_https),
         paths,
         settings,
         exe,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use gantry_config::resolve::Service;
 use gantry_core::agent_api::InstanceState;
-use gantry_proxy::{DrainReport, DrainRequest, Route, RouteTable};
+use gantry_proxy::{DrainReport, DrainRequest, Route, RouteTable, Tls};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
@@ -33,6 +33,8 @@ const MAX_DRAIN: Duration = Duration::from_secs(30);
 /// The agent's handle on the proxy.
 pub struct Proxy {
     listen: Option<SocketAddr>,
+    /// Where the proxy accepts HTTPS; `None`: plain HTTP only.
+    https: Option<SocketAddr>,
     socket: PathBuf,
     up: AtomicBool,
     /// The process when this agent started it (so it can be reaped).
@@ -42,9 +44,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(paths: &Paths, listen: Option<SocketAddr>) -> Proxy {
+    pub fn new(paths: &Paths, listen: Option<SocketAddr>, https: Option<SocketAddr>) -> Proxy {
         Proxy {
             listen,
+            https,
             socket: paths.proxy().join("proxy.sock"),
             up: AtomicBool::new(false),
             child: Mutex::new(None),
@@ -124,6 +127,13 @@ fn spawn(agent: &Agent, listen: SocketAddr) -> std::io::Result<std::process::Chi
         .arg("proxy")
         .arg("--listen")
         .arg(listen.to_string())
+        .arg("--https")
+        .arg(
+            agent
+                .proxy
+                .https
+                .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        )
         .arg("--state-dir")
         .arg(&agent.paths.root)
         .arg("--no-access-log")
@@ -257,6 +267,11 @@ fn upstream(port: u16) -> SocketAddr {
 
 /// The whole route table: per service with live instances on a port,
 /// `<service>.<project>.localhost` and each route it declares.
+///
+/// TLS: the `.localhost` names get leaves from the proxy's local CA and stay
+/// reachable over plain HTTP too. A declared route outside the local
+/// environment asks for an ACME certificate and redirects plain HTTP to
+/// HTTPS (the proxy redirects only once it holds a certificate for the host).
 fn table(store: &mut Store) -> Result<RouteTable, StoreError> {
     let mut projects: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for (project, service, release) in store.current_everywhere()? {
@@ -270,10 +285,11 @@ fn table(store: &mut Store) -> Result<RouteTable, StoreError> {
         let instances = store.instances(&project)?;
         let releases = store.releases(&project)?;
         for (service, release) in services {
-            let Some(spec) = releases
-                .iter()
-                .find(|r| r.id == release)
-                .and_then(|r| r.services.iter().find(|s| s.name == service))
+            let Some((environment, spec)) =
+                releases.iter().find(|r| r.id == release).and_then(|r| {
+                    let spec = r.services.iter().find(|s| s.name == service)?;
+                    Some((r.environment.as_str(), spec))
+                })
             else {
                 continue;
             };
@@ -295,18 +311,41 @@ fn table(store: &mut Store) -> Result<RouteTable, StoreError> {
             }
             routes.push(
                 Route::new(&service, upstreams.clone())
-                    .hosts([format!("{service}.{project}.localhost")]),
+                    .hosts([format!("{service}.{project}.localhost")])
+                    .tls(Tls::Local),
             );
             for route in &spec.routes {
+                let (tls, redirect) = declared_route_tls(environment, &route.host);
                 routes.push(
                     Route::new(&service, upstreams.clone())
                         .hosts([route.host.clone()])
-                        .path_prefix(route.path.clone(), false),
+                        .path_prefix(route.path.clone(), false)
+                        .tls(tls)
+                        .redirect_https(redirect),
                 );
             }
         }
     }
     Ok(RouteTable { routes })
+}
+
+/// A declared route's TLS: local-CA leaves for `.localhost` names; on the
+/// local environment nothing else (no ACME for a laptop); elsewhere ACME and
+/// a redirect from plain HTTP. Hosts ACME cannot serve (wildcards, IP
+/// addresses) stay plain.
+fn declared_route_tls(environment: &str, host: &str) -> (Tls, bool) {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if gantry_proxy::is_local_name(name) {
+        return (Tls::Local, false);
+    }
+    let acme_can_serve = !host.starts_with("*.")
+        && !host.starts_with('[')
+        && host.parse::<std::net::IpAddr>().is_err();
+    if environment == "local" || !acme_can_serve {
+        (Tls::Off, false)
+    } else {
+        (Tls::Acme, true)
+    }
 }
 
 async fn healthy(socket: &Path) -> bool {

@@ -191,6 +191,18 @@ pub enum Command {
     /// Example: gantry proxy --listen 127.0.0.1:8080
     Proxy(ProxyArgs),
 
+    /// Show the local CA that signs https://*.localhost, and how to trust it
+    ///
+    /// The proxy serves `<service>.<project>.localhost` over HTTPS with
+    /// certificates from a CA of its own, made once in the state directory
+    /// (and made now if missing). Prints where its certificate is, its
+    /// SHA-256 fingerprint, and the commands that make this system and the
+    /// browsers trust it. The CA can only sign names under `localhost`; its
+    /// private key is never printed.
+    ///
+    /// Example: gantry trust --output json
+    Trust,
+
     /// Print a shell completion script
     ///
     /// The script is printed as it is, even when stdout is not a terminal;
@@ -271,9 +283,14 @@ pub struct AgentArgs {
     /// Where the agent's reverse proxy listens, like 127.0.0.1:8080; `off` runs none
     #[arg(long, env = "GANTRY_PROXY_LISTEN", value_name = "ADDR|off", value_parser = parse_proxy_listen)]
     pub proxy_listen: Option<ProxyListen>,
+
+    /// Where the agent's reverse proxy accepts HTTPS, like 127.0.0.1:8443 (the
+    /// default); `off` serves plain HTTP only
+    #[arg(long, env = "GANTRY_PROXY_HTTPS", value_name = "ADDR|off", value_parser = parse_proxy_listen)]
+    pub proxy_https: Option<ProxyListen>,
 }
 
-/// The proxy's listen address, or none (`off`).
+/// One of the proxy's listen addresses, or none (`off`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProxyListen(pub Option<std::net::SocketAddr>);
 
@@ -326,6 +343,10 @@ pub struct ProxyArgs {
     /// Where clients connect
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
+
+    /// Where clients connect over HTTPS; `off` serves plain HTTP only
+    #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR|off", value_parser = parse_proxy_listen)]
+    pub https: ProxyListen,
 
     /// Write no access log lines on stderr
     #[arg(long)]

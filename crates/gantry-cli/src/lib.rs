@@ -18,13 +18,24 @@ use gantry_core::{Project, deploy, init, operate, render, show, validate};
 use args::{AgentAction, OutputMode, ReleasesAction, RenderTarget};
 pub use args::{Cli, Command};
 pub use output::{Failure, Mode, Printer, Report};
+pub use text::TrustReport;
 
 /// Runs the agent on a state directory: its ports, and where its proxy listens
-/// (`None`: the agent's default).
+/// for HTTP and for HTTPS (`None`: the agent's default).
 pub type RunAgent = fn(
     &std::path::Path,
     Option<std::ops::RangeInclusive<u16>>,
     Option<ProxyListen>,
+    Option<ProxyListen>,
+) -> Result<(), Failure>;
+
+/// Runs the reverse proxy until it is stopped: state directory, HTTP and
+/// HTTPS (`None`: off) addresses, access log.
+pub type RunProxy = fn(
+    &std::path::Path,
+    std::net::SocketAddr,
+    Option<std::net::SocketAddr>,
+    bool,
 ) -> Result<(), Failure>;
 
 /// Connects to the local agent of a state directory, starting it if asked.
@@ -36,8 +47,9 @@ pub struct Wiring {
     /// Runs this machine's agent on a state directory until it is stopped.
     /// Its ports, and where its proxy listens (`None`: the default).
     pub run_agent: RunAgent,
-    /// Runs the reverse proxy until it is stopped: state directory, listen address, access log.
-    pub run_proxy: fn(&std::path::Path, std::net::SocketAddr, bool) -> Result<(), Failure>,
+    pub run_proxy: RunProxy,
+    /// The local CA of the agent state directory's proxy, made if missing.
+    pub local_ca: fn(&std::path::Path) -> Result<TrustReport, Failure>,
     /// Runs one instance's relay from its spec file.
     pub relay: fn(&std::path::Path) -> ExitCode,
     pub connect_local: ConnectLocal,
@@ -145,16 +157,26 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
         ),
         Command::Proxy(args) => {
             printer.status(&format!(
-                "proxy: listening on {}, control socket in {}",
+                "proxy: listening on {}{}, control socket in {}",
                 args.listen,
+                args.https
+                    .0
+                    .map(|https| format!(" and {https} (HTTPS)"))
+                    .unwrap_or_default(),
                 state_dir.display()
             ));
-            (wiring.run_proxy)(&state_dir, args.listen, !args.no_access_log)
+            (wiring.run_proxy)(&state_dir, args.listen, args.https.0, !args.no_access_log)
         }
+        Command::Trust => emit(printer, (wiring.local_ca)(&state_dir)?),
         Command::Agent(args) => match &args.action {
             None => {
                 printer.status(&format!("agent: state in {}", state_dir.display()));
-                (wiring.run_agent)(&state_dir, args.ports.clone(), args.proxy_listen)
+                (wiring.run_agent)(
+                    &state_dir,
+                    args.ports.clone(),
+                    args.proxy_listen,
+                    args.proxy_https,
+                )
             }
             Some(AgentAction::Stop) => {
                 match (wiring.connect_local)("local", &state_dir, false) {

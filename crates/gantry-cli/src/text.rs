@@ -312,6 +312,47 @@ impl Report for ReleaseDetail {
     }
 }
 
+/// `gantry trust`: the local CA's certificate. The JSON is exactly these
+/// fields; the text adds how to trust it.
+#[derive(Serialize)]
+pub struct TrustReport {
+    pub path: std::path::PathBuf,
+    pub fingerprint_sha256: String,
+    /// RFC 3339.
+    pub not_after: String,
+}
+
+impl Report for TrustReport {
+    fn text(&self) -> String {
+        let path = self.path.display();
+        format!(
+            "Local CA certificate: {path}\n\
+             SHA-256 fingerprint:  {fingerprint}\n\
+             Valid until:          {not_after}\n\
+             \n\
+             The proxy signs https://<service>.<project>.localhost with this CA (HTTPS on\n\
+             127.0.0.1:8443 by default). The CA can only sign names under localhost.\n\
+             Trust it once, and browsers and tools accept those sites without a warning:\n\
+             \n\
+             Debian, Ubuntu:\n  \
+               sudo cp '{path}' /usr/local/share/ca-certificates/gantry-local-ca.crt\n  \
+               sudo update-ca-certificates\n\
+             Fedora, RHEL:\n  \
+               sudo cp '{path}' /etc/pki/ca-trust/source/anchors/gantry-local-ca.pem\n  \
+               sudo update-ca-trust\n\
+             macOS:\n  \
+               sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain '{path}'\n\
+             Firefox and Chromium on Linux (NSS; certutil is in libnss3-tools or nss-tools):\n  \
+               certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n 'Gantry local CA' -i '{path}'\n  \
+               for a Firefox profile: certutil -d sql:<profile directory> -A -t C,, -n 'Gantry local CA' -i '{path}'\n\
+             \n\
+             Check the fingerprint first: openssl x509 -noout -fingerprint -sha256 -in '{path}'\n",
+            fingerprint = self.fingerprint_sha256,
+            not_after = self.not_after,
+        )
+    }
+}
+
 #[derive(Serialize)]
 pub struct AgentStopped {
     pub state_dir: std::path::PathBuf,

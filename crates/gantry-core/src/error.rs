@@ -83,6 +83,11 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "the proxy could not start or stopped with an error",
     ),
     (
+        "tls.local_ca_failed",
+        ExitClass::Failed,
+        "the proxy's local CA could not be made or read (the message names the file)",
+    ),
+    (
         "agent.unreachable",
         ExitClass::Unreachable,
         "no agent answers on the host, and none could be started",

@@ -118,8 +118,10 @@ pub fn start_on(
     let routes_file = route_file::path(&config.state_dir);
     let table = route_file::load(&routes_file)?;
     let https = bind_https(&config)?;
-    let (certs, tls_config) = certificates(&config, https.is_some(), &table)?;
     let control = bind_control(&config.control_socket)?;
+    let (certs, tls_config) = certificates(&config, https.is_some(), &table).inspect_err(|_| {
+        let _ = std::fs::remove_file(&config.control_socket);
+    })?;
     let access_log = if config.access_log {
         AccessLog::stderr()
     } else {

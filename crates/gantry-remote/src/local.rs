@@ -20,9 +20,10 @@ const START_DEADLINE: Duration = Duration::from_secs(15);
 /// What an agent started here takes from this command's environment. The
 /// agent outlives the command, so nothing else does: a secret given to
 /// `deploy` as a variable must not live on in the agent's environment.
-const AGENT_ENV: [&str; 12] = [
+const AGENT_ENV: [&str; 13] = [
     "GANTRY_AGENT_PORTS",
     "GANTRY_PROXY_LISTEN",
+    "GANTRY_PROXY_HTTPS",
     "PATH",
     "HOME",
     "USER",

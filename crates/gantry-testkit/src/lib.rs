@@ -90,6 +90,7 @@ impl TestProject {
         command.env("GANTRY_STATE_DIR", self.state.path());
         // No proxy unless a test asks for one: parallel agents would race for its port.
         command.env("GANTRY_PROXY_LISTEN", "off");
+        command.env("GANTRY_PROXY_HTTPS", "off");
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let output = command.output().expect("run gantry");
         Run {

@@ -12,6 +12,7 @@ fn run_agent(
     state_dir: &Path,
     ports: Option<RangeInclusive<u16>>,
     proxy_listen: Option<gantry_cli::ProxyListen>,
+    proxy_https: Option<gantry_cli::ProxyListen>,
 ) -> Result<(), Failure> {
     init_tracing();
     let mut settings = gantry_agent::agent::Settings::default();
@@ -20,6 +21,9 @@ fn run_agent(
     }
     if let Some(listen) = proxy_listen {
         settings.proxy_listen = listen.0;
+    }
+    if let Some(https) = proxy_https {
+        settings.proxy_https = https.0;
     }
     gantry_agent::daemon::run(state_dir.to_owned(), settings).map_err(|e| {
         let (code, exit, hint) = match &e {
@@ -44,10 +48,12 @@ fn run_agent(
 fn run_proxy(
     state_dir: &Path,
     listen: std::net::SocketAddr,
+    https: Option<std::net::SocketAddr>,
     access_log: bool,
 ) -> Result<(), Failure> {
-    let mut config = gantry_proxy::ProxyConfig::new(state_dir.join("proxy"));
+    let mut config = gantry_proxy::ProxyConfig::new(proxy_state_dir(state_dir));
     config.http = listen;
+    config.https = https;
     config.access_log = access_log;
     gantry_proxy::run(config).map_err(|e| Failure {
         code: "proxy.failed",
@@ -56,6 +62,29 @@ fn run_proxy(
         message: e.to_string(),
         diagnostics: None,
         details: None,
+    })
+}
+
+/// The proxy's own state directory inside the agent's (`ca/` is the local CA).
+fn proxy_state_dir(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join("proxy")
+}
+
+/// `gantry trust`: the proxy's local CA, made now if it is missing.
+fn local_ca(state_dir: &Path) -> Result<gantry_cli::TrustReport, Failure> {
+    let ca = gantry_proxy::LocalCa::load_or_create(&proxy_state_dir(state_dir).join("ca"))
+        .map_err(|e| Failure {
+            code: "tls.local_ca_failed",
+            exit: gantry_core::ExitClass::Failed.code(),
+            hint: e.hint(),
+            message: e.to_string(),
+            diagnostics: None,
+            details: None,
+        })?;
+    Ok(gantry_cli::TrustReport {
+        path: ca.cert_path(),
+        fingerprint_sha256: ca.fingerprint_sha256(),
+        not_after: ca.not_after(),
     })
 }
 
@@ -85,9 +114,12 @@ fn connect_local(name: &str, state_dir: &Path, start: bool) -> Result<Box<dyn Ho
 }
 
 fn main() -> ExitCode {
+    // One crypto provider for every TLS user in the process (the proxy today).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let wiring = Wiring {
         run_agent,
         run_proxy,
+        local_ca,
         relay: gantry_agent::process::relay_main,
         connect_local,
         default_state_dir: gantry_agent::agent::Paths::default_root,

@@ -57,6 +57,8 @@ fn start(state: &std::path::Path, port: u16) -> Proxy {
             "--no-access-log",
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--https",
+            "off",
             "--state-dir",
         ])
         .arg(state)
