@@ -60,6 +60,11 @@ impl Proxy {
         self.listen.filter(|_| self.up.load(Ordering::SeqCst))
     }
 
+    /// Where clients reach the proxy over HTTPS, when one runs with it.
+    pub fn https(&self) -> Option<SocketAddr> {
+        self.https.filter(|_| self.up.load(Ordering::SeqCst))
+    }
+
     fn child(&self) -> std::sync::MutexGuard<'_, Option<std::process::Child>> {
         self.child
             .lock()
@@ -394,4 +399,30 @@ async fn call(
         .map_err(|e| e.to_string())?
         .to_bytes();
     Ok((status, answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_routes_get_acme_and_a_redirect_only_off_the_local_environment() {
+        assert_eq!(
+            declared_route_tls("prod", "shop.example.com"),
+            (Tls::Acme, true)
+        );
+        assert_eq!(
+            declared_route_tls("local", "shop.example.com"),
+            (Tls::Off, false)
+        );
+        assert_eq!(
+            declared_route_tls("prod", "admin.shop.localhost"),
+            (Tls::Local, false)
+        );
+        assert_eq!(
+            declared_route_tls("prod", "*.example.com"),
+            (Tls::Off, false)
+        );
+        assert_eq!(declared_route_tls("prod", "203.0.113.7"), (Tls::Off, false));
+    }
 }

@@ -12,12 +12,14 @@ use crate::process;
 use crate::store::{InstanceRecord, StoreError};
 
 /// The URLs a service answers on, on this host.
-/// `proxy` is where the host's proxy listens, when one runs.
+/// `proxy` is where the host's proxy listens, when one runs, and `https`
+/// where it accepts HTTPS.
 pub fn urls(
     project: &str,
     service: &Service,
     ports: &[u16],
     proxy: Option<std::net::SocketAddr>,
+    https: Option<std::net::SocketAddr>,
 ) -> Vec<String> {
     let mut urls: Vec<String> = ports
         .iter()
@@ -32,6 +34,13 @@ pub fn urls(
             service.name,
             proxy.port()
         ));
+        if let Some(https) = https {
+            urls.push(format!(
+                "https://{}.{project}.localhost:{}/",
+                service.name,
+                https.port()
+            ));
+        }
     }
     urls
 }
@@ -102,7 +111,13 @@ pub async fn services(agent: &Agent, project: &str) -> Result<Vec<ServiceStatus>
         };
         let ports: Vec<u16> = instances.iter().filter_map(|i| i.port).collect();
         out.push(ServiceStatus {
-            urls: urls(project, &spec, &ports, agent.proxy.listen()),
+            urls: urls(
+                project,
+                &spec,
+                &ports,
+                agent.proxy.listen(),
+                agent.proxy.https(),
+            ),
             limits: limits(agent, &spec),
             name,
             state,
