@@ -219,6 +219,7 @@ impl Target {
     fn gantry(upstream: SocketAddr, workers: usize, dir: &Path) -> Result<Target, String> {
         let mut config = ProxyConfig::new(dir.join("gantry"));
         config.http = free_addr()?;
+        config.https = None;
         config.access_log = false;
         config.workers = workers;
         let proxy = gantry_proxy::start(config)
