@@ -186,7 +186,9 @@ pub enum Command {
     /// Routes requests by host and path to the upstreams of its route table,
     /// which it takes over its control socket (`proxy.sock` in the state
     /// directory: PUT /v1/routes, POST /v1/drain, GET /metrics) and keeps in
-    /// routes.json. The agent does not start it yet.
+    /// routes.json. HTTPS (--https) picks each certificate by SNI name: a
+    /// route's own, an ACME one, or the local CA's for *.localhost (see
+    /// `gantry trust`). The agent starts one itself; this runs one by hand.
     ///
     /// Example: gantry proxy --listen 127.0.0.1:8080
     Proxy(ProxyArgs),
