@@ -1,14 +1,15 @@
 //! Gantry's proxy next to nginx and Caddy, in one run on loopback: the same
-//! small upstream reached directly and through each proxy, loaded by wrk
-//! with keep-alive connections. Prints one Markdown table with the ratios;
-//! never fails on a slow result.
+//! small upstream reached directly and through each proxy, over plain HTTP
+//! and over TLS (each proxy serving the same certificate from a CA the bench
+//! makes), loaded by wrk with keep-alive connections. Prints one Markdown
+//! table with the ratios; never fails on a slow result.
 //!
 //! It installs nothing. wrk is required; nginx and Caddy are skipped (loudly)
 //! when missing. On Debian, as root:
 //!
 //! ```sh
 //! apt-get install -y wrk nginx caddy
-//! cargo run --release -p gantry-bench --bin proxy [-- --duration 10 --connections 64 --rounds 1]
+//! cargo run --release -p gantry-bench --bin proxy [-- --duration 10 --connections 64 --rounds 1 --tls on]
 //! ```
 
 use std::fmt::Write as _;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use gantry_proxy::{ProxyConfig, Route, RouteTable};
+use gantry_proxy::{CertFiles, ProxyConfig, Route, RouteTable, Tls};
 
 /// What every upstream response carries.
 const BODY: &str = "Hello from the upstream!\n";
@@ -33,6 +34,8 @@ struct Options {
     rounds: usize,
     /// Only these targets (by name), when given.
     only: Option<Vec<String>>,
+    /// Also the TLS rows (`--tls on`, the default), or not (`--tls off`).
+    tls: bool,
 }
 
 impl Options {
@@ -81,15 +84,24 @@ fn options_from_args() -> Result<Options, String> {
         connections: 64,
         rounds: 1,
         only: None,
+        tls: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: proxy [--duration SECONDS] [--connections N] [--rounds N] [--only direct,gantry,nginx,caddy]";
+    let usage = "usage: proxy [--duration SECONDS] [--connections N] [--rounds N] [--only direct,gantry,nginx,caddy] [--tls on|off]";
     for pair in args.chunks(2) {
         let [flag, value] = pair else {
             return Err(usage.to_owned());
         };
         if flag == "--only" {
             options.only = Some(value.split(',').map(str::to_owned).collect());
+            continue;
+        }
+        if flag == "--tls" {
+            options.tls = match value.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => return Err(format!("--tls wants on or off, not `{value}`")),
+            };
             continue;
         }
         let number: usize = value
@@ -111,33 +123,31 @@ fn run(options: &Options, workers: usize, dir: &Path) -> Result<(), String> {
     let upstream = upstream::start(workers)?;
     eprintln!("upstream on {upstream} ({workers} threads)");
 
+    let tls = if options.tls {
+        Some(certificate::make(dir)?)
+    } else {
+        None
+    };
     let mut targets: Vec<Target> = Vec::new();
     if options.wants("direct") {
         targets.push(Target::direct(upstream));
     }
     if options.wants("gantry") {
-        targets.push(Target::gantry(upstream, workers, dir)?);
-    }
-    if options.wants("nginx") {
-        match Target::nginx(upstream, workers, dir) {
-            Ok(Some(nginx)) => targets.push(nginx),
-            Ok(None) => eprintln!(
-                "\n!!! nginx is missing: its row is skipped. Install it with `apt-get install -y nginx` (as root).\n"
-            ),
-            Err(message) => eprintln!("\n!!! nginx did not start, its row is skipped: {message}\n"),
+        targets.push(Target::gantry(upstream, workers, dir, None)?);
+        if let Some(tls) = &tls {
+            targets.push(Target::gantry(upstream, workers, dir, Some(tls))?);
         }
     }
-    if options.wants("caddy") {
-        match Target::caddy(upstream, workers, dir) {
-            Ok(Some(caddy)) => targets.push(caddy),
-            Ok(None) => eprintln!(
-                "\n!!! caddy is missing: its row is skipped. Install it with `apt-get install -y caddy` (as root).\n"
-            ),
-            Err(message) => eprintln!("\n!!! caddy did not start, its row is skipped: {message}\n"),
-        }
+    // nginx and Caddy: plain, then over TLS.
+    let mut others: Vec<Option<&certificate::Files>> = vec![None];
+    if let Some(tls) = &tls {
+        others.push(Some(tls));
+    }
+    for tls in others {
+        add_others(&mut targets, options, upstream, workers, dir, tls);
     }
     for target in &targets {
-        check_answer(target)?;
+        check_answer(target, tls.as_ref())?;
     }
 
     let mut results: Vec<Vec<Wrk>> = targets.iter().map(|_| Vec::new()).collect();
@@ -150,7 +160,7 @@ fn run(options: &Options, workers: usize, dir: &Path) -> Result<(), String> {
                 options.duration,
                 WARM_UP.as_secs()
             );
-            wrk(target.addr, options.connections, WARM_UP.as_secs())?;
+            wrk(target, options.connections, WARM_UP.as_secs())?;
             results.push(measure(target, options.connections, options.duration)?);
         }
     }
@@ -162,14 +172,18 @@ fn run(options: &Options, workers: usize, dir: &Path) -> Result<(), String> {
 
     println!(
         "\nwrk -t{WRK_THREADS} -c{} -d{}s --latency, {}-byte responses, keep-alive, loopback; \
-         {workers} worker(s) per proxy; median of {} round(s)\n",
+         {workers} worker(s) per proxy; median of {} round(s){}\n",
         options.connections,
         options.duration,
         BODY.len(),
-        options.rounds
+        options.rounds,
+        if tls.is_some() {
+            "; TLS rows: one ECDSA P-256 certificate from the bench's own CA for every proxy, TLS 1.3 as negotiated"
+        } else {
+            ""
+        }
     );
     print!("{}", table(&rows));
-    println!("\nTLS rows come with the TLS step (rustls + local CA + ACME): not measured yet.");
     let gantry = rows.iter().find(|r| r.name == "gantry");
     let nginx = rows.iter().find(|r| r.name == "nginx");
     match (gantry, nginx) {
@@ -194,10 +208,41 @@ fn run(options: &Options, workers: usize, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// nginx and Caddy, plain or over TLS, when wanted and found.
+fn add_others(
+    targets: &mut Vec<Target>,
+    options: &Options,
+    upstream: SocketAddr,
+    workers: usize,
+    dir: &Path,
+    tls: Option<&certificate::Files>,
+) {
+    if options.wants("nginx") {
+        match Target::nginx(upstream, workers, dir, tls) {
+            Ok(Some(nginx)) => targets.push(nginx),
+            Ok(None) => eprintln!(
+                "\n!!! nginx is missing: its row is skipped. Install it with `apt-get install -y nginx` (as root).\n"
+            ),
+            Err(message) => eprintln!("\n!!! nginx did not start, its row is skipped: {message}\n"),
+        }
+    }
+    if options.wants("caddy") {
+        match Target::caddy(upstream, workers, dir, tls) {
+            Ok(Some(caddy)) => targets.push(caddy),
+            Ok(None) => eprintln!(
+                "\n!!! caddy is missing: its row is skipped. Install it with `apt-get install -y caddy` (as root).\n"
+            ),
+            Err(message) => eprintln!("\n!!! caddy did not start, its row is skipped: {message}\n"),
+        }
+    }
+}
+
 /// A server wrk loads: the upstream itself or a proxy in front of it.
 struct Target {
     name: String,
     addr: SocketAddr,
+    /// Loaded over TLS (`https://`).
+    tls: bool,
     running: Running,
 }
 
@@ -212,39 +257,86 @@ impl Target {
         Target {
             name: "direct (no proxy)".to_owned(),
             addr: upstream,
+            tls: false,
             running: Running::InProcess,
         }
     }
 
-    fn gantry(upstream: SocketAddr, workers: usize, dir: &Path) -> Result<Target, String> {
-        let mut config = ProxyConfig::new(dir.join("gantry"));
+    /// Over TLS: a proxy of its own with an HTTPS listener, the route
+    /// serving the bench's certificate (wrk sends an IP address as SNI, which
+    /// TLS ignores, so the route takes any host).
+    fn gantry(
+        upstream: SocketAddr,
+        workers: usize,
+        dir: &Path,
+        tls: Option<&certificate::Files>,
+    ) -> Result<Target, String> {
+        let mut config = ProxyConfig::new(dir.join(if tls.is_some() {
+            "gantry-tls"
+        } else {
+            "gantry"
+        }));
         config.http = free_addr()?;
-        config.https = None;
+        config.https = match tls {
+            Some(_) => Some(free_addr()?),
+            None => None,
+        };
         config.access_log = false;
         config.workers = workers;
         let proxy = gantry_proxy::start(config)
             .map_err(|e| format!("gantry's proxy did not start: {e}"))?;
+        let route = Route::new("bench", vec![upstream]);
+        let route = match tls {
+            Some(files) => route.tls(Tls::Files(CertFiles {
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+            })),
+            None => route.hosts([HOST]),
+        };
         let table = RouteTable {
-            routes: vec![Route::new("bench", vec![upstream]).hosts([HOST])],
+            routes: vec![route],
         };
         let json = serde_json::to_string(&table).map_err(|e| e.to_string())?;
         put_routes(proxy.control_socket(), &json)?;
+        let addr = match proxy.https_addr() {
+            Some(https) if tls.is_some() => https,
+            _ => proxy.http_addr(),
+        };
         Ok(Target {
-            name: "gantry".to_owned(),
-            addr: proxy.http_addr(),
+            name: name("gantry", tls.is_some()),
+            addr,
+            tls: tls.is_some(),
             running: Running::Gantry(proxy),
         })
     }
 
     /// nginx with an upstream keep-alive pool and the headers Gantry sets.
-    fn nginx(upstream: SocketAddr, workers: usize, dir: &Path) -> Result<Option<Target>, String> {
+    fn nginx(
+        upstream: SocketAddr,
+        workers: usize,
+        dir: &Path,
+        tls: Option<&certificate::Files>,
+    ) -> Result<Option<Target>, String> {
         let Some(nginx) = find_binary("nginx", &["/usr/sbin/nginx"]) else {
             return Ok(None);
         };
-        let prefix = dir.join("nginx");
+        let prefix = dir.join(if tls.is_some() { "nginx-tls" } else { "nginx" });
         std::fs::create_dir_all(prefix.join("logs")).map_err(|e| e.to_string())?;
         let addr = free_addr()?;
         let p = prefix.display();
+        let (ssl, ssl_files) = match tls {
+            Some(files) => (
+                " ssl",
+                format!(
+                    "\x20   ssl_certificate {};\n\
+                     \x20   ssl_certificate_key {};\n\
+                     \x20   ssl_protocols TLSv1.2 TLSv1.3;\n",
+                    files.cert.display(),
+                    files.key.display()
+                ),
+            ),
+            None => ("", String::new()),
+        };
         let conf = format!(
             "worker_processes {workers};\n\
              pid {p}/nginx.pid;\n\
@@ -259,7 +351,8 @@ impl Target {
              \x20 scgi_temp_path {p}/scgi;\n\
              \x20 upstream app {{ server {upstream}; keepalive 128; }}\n\
              \x20 server {{\n\
-             \x20   listen {addr} backlog=4096;\n\
+             \x20   listen {addr}{ssl} backlog=4096;\n\
+             {ssl_files}\
              \x20   location / {{\n\
              \x20     proxy_pass http://app;\n\
              \x20     proxy_http_version 1.1;\n\
@@ -286,17 +379,22 @@ impl Target {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("cannot run nginx: {e}"))?;
-        started(child, addr, "nginx").map(Some)
+        started(child, addr, &name("nginx", tls.is_some()), tls.is_some()).map(Some)
     }
 
     /// Caddy's reverse_proxy, with an idle pool as large as the others' (Go's
     /// default keeps only a few idle connections per upstream, which would
     /// have it reconnect under this load); it sets X-Forwarded-* itself.
-    fn caddy(upstream: SocketAddr, workers: usize, dir: &Path) -> Result<Option<Target>, String> {
+    fn caddy(
+        upstream: SocketAddr,
+        workers: usize,
+        dir: &Path,
+        tls: Option<&certificate::Files>,
+    ) -> Result<Option<Target>, String> {
         let Some(caddy) = find_binary("caddy", &["/usr/bin/caddy"]) else {
             return Ok(None);
         };
-        let home = dir.join("caddy");
+        let home = dir.join(if tls.is_some() { "caddy-tls" } else { "caddy" });
         std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
         let addr = free_addr()?;
         let caddyfile = format!(
@@ -304,8 +402,9 @@ impl Target {
              \x20 admin off\n\
              \x20 auto_https off\n\
              }}\n\
-             http://:{port} {{\n\
+             {scheme}://:{port} {{\n\
              \x20 bind {ip}\n\
+             {tls_files}\
              \x20 reverse_proxy {upstream} {{\n\
              \x20   header_up X-Request-Id {{http.request.uuid}}\n\
              \x20   transport http {{\n\
@@ -317,6 +416,12 @@ impl Target {
              }}\n",
             port = addr.port(),
             ip = addr.ip(),
+            scheme = if tls.is_some() { "https" } else { "http" },
+            tls_files = tls.map_or_else(String::new, |files| format!(
+                "\x20 tls {} {}\n",
+                files.cert.display(),
+                files.key.display()
+            )),
         );
         let path = home.join("Caddyfile");
         std::fs::write(&path, caddyfile).map_err(|e| e.to_string())?;
@@ -335,14 +440,16 @@ impl Target {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot run caddy: {e}"))?;
-        started(child, addr, "caddy").map(Some).map_err(|message| {
-            let log = std::fs::read_to_string(home.join("caddy.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            format!(
-                "{message}; its log ends with:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )
-        })
+        started(child, addr, &name("caddy", tls.is_some()), tls.is_some())
+            .map(Some)
+            .map_err(|message| {
+                let log = std::fs::read_to_string(home.join("caddy.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                format!(
+                    "{message}; its log ends with:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
     }
 
     /// CPU time (user + system) the target has used so far: Gantry's
@@ -394,14 +501,24 @@ fn stat_ticks(path: &Path) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// A row's name: `gantry`, or `gantry (TLS)`.
+fn name(proxy: &str, tls: bool) -> String {
+    if tls {
+        format!("{proxy} (TLS)")
+    } else {
+        proxy.to_owned()
+    }
+}
+
 /// Waits until a started server accepts connections.
-fn started(mut child: Child, addr: SocketAddr, name: &str) -> Result<Target, String> {
+fn started(mut child: Child, addr: SocketAddr, name: &str, tls: bool) -> Result<Target, String> {
     let deadline = Instant::now() + STARTUP;
     loop {
         if TcpStream::connect(addr).is_ok() {
             return Ok(Target {
                 name: name.to_owned(),
                 addr,
+                tls,
                 running: Running::Process(child),
             });
         }
@@ -478,22 +595,38 @@ fn put_routes(socket: &Path, json: &str) -> Result<(), String> {
     }
 }
 
-/// One GET through the target must come back 200 with the upstream's body.
-fn check_answer(target: &Target) -> Result<(), String> {
+/// One GET through the target must come back 200 with the upstream's body;
+/// over TLS, with a certificate that verifies against the bench's CA.
+fn check_answer(target: &Target, tls: Option<&certificate::Files>) -> Result<(), String> {
     let fail = |what: String| format!("{} does not answer as expected: {what}", target.name);
-    let mut stream = TcpStream::connect(target.addr).map_err(|e| fail(e.to_string()))?;
+    let stream = TcpStream::connect(target.addr).map_err(|e| fail(e.to_string()))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| fail(e.to_string()))?;
-    write!(
-        stream,
-        "GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| fail(e.to_string()))?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
     let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .map_err(|e| fail(e.to_string()))?;
+    match tls.filter(|_| target.tls) {
+        Some(files) => {
+            let mut stream = certificate::client(files, target.addr, stream).map_err(fail)?;
+            stream
+                .write_all(request.as_bytes())
+                .map_err(|e| fail(e.to_string()))?;
+            // A server may close without close_notify after `Connection: close`.
+            match stream.read_to_string(&mut answer) {
+                Err(e) if answer.is_empty() => return Err(fail(e.to_string())),
+                _ => {}
+            }
+        }
+        None => {
+            let mut stream = stream;
+            stream
+                .write_all(request.as_bytes())
+                .map_err(|e| fail(e.to_string()))?;
+            stream
+                .read_to_string(&mut answer)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+    }
     if answer.starts_with("HTTP/1.1 200") && answer.ends_with(BODY) {
         Ok(())
     } else {
@@ -516,7 +649,7 @@ struct Wrk {
 /// wrk against `target`, with the CPU time the target used meanwhile.
 fn measure(target: &Target, connections: usize, seconds: u64) -> Result<Wrk, String> {
     let before = target.cpu_time();
-    let mut run = wrk(target.addr, connections, seconds)?;
+    let mut run = wrk(target, connections, seconds)?;
     let after = target.cpu_time();
     if let (Some(before), Some(after)) = (before, after)
         && run.total > 0
@@ -527,14 +660,15 @@ fn measure(target: &Target, connections: usize, seconds: u64) -> Result<Wrk, Str
     Ok(run)
 }
 
-fn wrk(addr: SocketAddr, connections: usize, seconds: u64) -> Result<Wrk, String> {
+fn wrk(target: &Target, connections: usize, seconds: u64) -> Result<Wrk, String> {
+    let scheme = if target.tls { "https" } else { "http" };
     let output = Command::new("wrk")
         .arg(format!("-t{WRK_THREADS}"))
         .arg(format!("-c{connections}"))
         .arg(format!("-d{seconds}s"))
         .arg("--latency")
         .args(["-H", &format!("Host: {HOST}")])
-        .arg(format!("http://{addr}/"))
+        .arg(format!("{scheme}://{}/", target.addr))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run wrk: {e}"))?;
@@ -631,9 +765,6 @@ impl Row {
 }
 
 fn table(rows: &[Row]) -> String {
-    let nginx = rows.iter().find(|r| r.name == "nginx");
-    let caddy = rows.iter().find(|r| r.name == "caddy");
-    let gantry = rows.iter().find(|r| r.name == "gantry");
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -656,23 +787,95 @@ fn table(rows: &[Row]) -> String {
         );
     }
     let _ = writeln!(out);
-    for (other, name) in [(nginx, "nginx"), (caddy, "Caddy")] {
-        match (gantry, other) {
-            (Some(gantry), Some(other)) => {
-                let _ = writeln!(
-                    out,
-                    "- Gantry/{name}: {:.2}× req/s, {:.2}× p50, {:.2}× p99 (latency below 1 is better)",
-                    gantry.requests / other.requests,
-                    gantry.p50.as_secs_f64() / other.p50.as_secs_f64(),
-                    gantry.p99.as_secs_f64() / other.p99.as_secs_f64(),
-                );
-            }
-            _ => {
-                let _ = writeln!(out, "- Gantry/{name}: not measured ({name} missing)");
+    for tls in [false, true] {
+        let row = |proxy: &str| rows.iter().find(|r| r.name == self::name(proxy, tls));
+        let Some(gantry) = row("gantry") else {
+            continue;
+        };
+        let over = if tls { " over TLS" } else { "" };
+        for (other, name) in [(row("nginx"), "nginx"), (row("caddy"), "Caddy")] {
+            match other {
+                Some(other) => {
+                    let _ = writeln!(
+                        out,
+                        "- Gantry/{name}{over}: {:.2}× req/s, {:.2}× p50, {:.2}× p99 (latency below 1 is better)",
+                        gantry.requests / other.requests,
+                        gantry.p50.as_secs_f64() / other.p50.as_secs_f64(),
+                        gantry.p99.as_secs_f64() / other.p99.as_secs_f64(),
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "- Gantry/{name}{over}: not measured ({name} missing)");
+                }
             }
         }
     }
     out
+}
+
+/// The certificate every TLS row serves: a CA the bench makes, and a leaf
+/// it signed for `bench.test` and 127.0.0.1, as PEM files.
+mod certificate {
+    use std::net::{SocketAddr, TcpStream};
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use rustls::pki_types::CertificateDer;
+
+    pub struct Files {
+        pub cert: PathBuf,
+        pub key: PathBuf,
+        ca: CertificateDer<'static>,
+    }
+
+    pub fn make(dir: &Path) -> Result<Files, String> {
+        let failed = |e: rcgen::Error| format!("cannot make the bench's certificate: {e}");
+        let ca_key = rcgen::KeyPair::generate().map_err(failed)?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "gantry-bench CA");
+        let ca = ca_params.self_signed(&ca_key).map_err(failed)?;
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().map_err(failed)?;
+        let leaf =
+            rcgen::CertificateParams::new(vec![super::HOST.to_owned(), "127.0.0.1".to_owned()])
+                .map_err(failed)?
+                .signed_by(&key, &issuer)
+                .map_err(failed)?;
+        let files = Files {
+            cert: dir.join("bench-cert.pem"),
+            key: dir.join("bench-key.pem"),
+            ca: ca.der().clone(),
+        };
+        let write = |path: &Path, text: String| {
+            std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        };
+        write(&files.cert, leaf.pem())?;
+        write(&files.key, key.serialize_pem())?;
+        Ok(files)
+    }
+
+    /// A TLS client on `stream` that trusts only the bench's CA.
+    pub fn client(
+        files: &Files,
+        addr: SocketAddr,
+        stream: TcpStream,
+    ) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(files.ca.clone()).map_err(|e| e.to_string())?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::from(addr.ip());
+        let connection =
+            rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+        Ok(rustls::StreamOwned::new(connection, stream))
+    }
 }
 
 fn ms(d: Duration) -> String {
