@@ -1,6 +1,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::acme::AcmeError;
 use crate::table::TableError;
 
 /// Why the proxy could not start, or could not apply a route table.
@@ -33,6 +34,8 @@ pub enum ProxyError {
     Thread(#[source] std::io::Error),
     #[error("invalid route table: {0}")]
     Table(#[from] TableError),
+    #[error(transparent)]
+    Acme(#[from] AcmeError),
 }
 
 impl ProxyError {
@@ -46,6 +49,7 @@ impl ProxyError {
             ProxyError::SavedRoutes { .. } => "proxy.saved_routes_invalid",
             ProxyError::Thread(_) => "proxy.thread_failed",
             ProxyError::Table(_) => "routes.invalid",
+            ProxyError::Acme(e) => e.code(),
         }
     }
 
@@ -61,6 +65,7 @@ impl ProxyError {
                 "remove {} and send the routes again with PUT /v1/routes",
                 path.display()
             )),
+            ProxyError::Acme(e) => e.hint(),
             _ => None,
         }
     }

@@ -12,6 +12,7 @@
 //! Must never: buffer a whole body, block a worker thread, or let a request
 //! see half of a route table.
 
+pub mod acme;
 mod body;
 mod control;
 mod error;
@@ -34,10 +35,10 @@ use std::time::Duration;
 pub use control::{DrainReport, DrainRequest, Health};
 pub use error::ProxyError;
 pub use server::{RunningProxy, start, start_on};
-pub use table::{Balance, Route, RouteTable, TableError};
+pub use table::{Balance, Route, RouteTable, TableError, TlsMode};
 
 /// How `gantry proxy` is started.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ProxyConfig {
     /// Where clients connect. Default `127.0.0.1:8080`.
     pub http: SocketAddr,
@@ -50,6 +51,12 @@ pub struct ProxyConfig {
     /// Worker threads; 0: one per CPU.
     pub workers: usize,
     pub timeouts: Timeouts,
+    /// Certificates over ACME for the routes whose `tls` is `acme`
+    /// (`--acme-directory`); `None`: no ACME, challenge paths are routed.
+    pub acme: Option<acme::AcmeConfig>,
+    /// Told of every certificate the ACME manager loads or obtains, and of
+    /// its failures (the TLS listener's certificate store is wired here).
+    pub on_acme_event: Option<acme::OnIssued>,
 }
 
 impl ProxyConfig {
@@ -63,7 +70,23 @@ impl ProxyConfig {
             access_log: true,
             workers: 0,
             timeouts: Timeouts::default(),
+            acme: None,
+            on_acme_event: None,
         }
+    }
+}
+
+impl std::fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("http", &self.http)
+            .field("control_socket", &self.control_socket)
+            .field("state_dir", &self.state_dir)
+            .field("access_log", &self.access_log)
+            .field("workers", &self.workers)
+            .field("timeouts", &self.timeouts)
+            .field("acme", &self.acme)
+            .finish_non_exhaustive()
     }
 }
 

@@ -24,6 +24,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::{mpsc, watch};
 
+use crate::acme::{AcmeConfig, AcmeEvent, AcmeManager, Challenges, OnIssued, acme_names};
 use crate::exchange::AccessLog;
 use crate::forward::{Forwarder, Peer};
 use crate::state::ProxyState;
@@ -42,6 +43,7 @@ pub struct RunningProxy {
     control_socket: PathBuf,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    acme: Option<AcmeManager>,
 }
 
 impl RunningProxy {
@@ -62,6 +64,9 @@ impl RunningProxy {
 
     fn shut_down(&mut self) {
         let _ = self.stop.send(true);
+        if let Some(acme) = self.acme.take() {
+            acme.stop();
+        }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -113,18 +118,19 @@ pub fn start_on(
     } else {
         AccessLog::off()
     };
-    let state = Arc::new(ProxyState::new(
-        table,
-        routes_file,
-        access_log,
-        config.timeouts,
-    ));
+    let mut state = ProxyState::new(table, routes_file, access_log, config.timeouts);
+    let acme = match config.acme.clone() {
+        Some(acme) => Some(start_acme(acme, &config, &mut state)?),
+        None => None,
+    };
+    let state = Arc::new(state);
     let (stop, stopped) = watch::channel(false);
     let mut proxy = RunningProxy {
         http_addr,
         control_socket: config.control_socket.clone(),
         stop,
         threads: Vec::new(),
+        acme,
     };
     let workers = if config.workers == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
@@ -158,6 +164,28 @@ pub fn start_on(
             serve_control(control, state, stopped);
         })?);
     Ok(proxy)
+}
+
+/// Starts the ACME manager on the table just loaded, and links it to the
+/// state: the workers answer its challenges, new tables reach it.
+fn start_acme(
+    acme: AcmeConfig,
+    config: &ProxyConfig,
+    state: &mut ProxyState,
+) -> Result<AcmeManager, ProxyError> {
+    let challenges = Challenges::new();
+    let (names, _refused) = acme_names(&state.table());
+    let external = config.on_acme_event.clone();
+    let on_event: OnIssued = Arc::new(move |event: &AcmeEvent<'_>| {
+        if let Some(external) = &external {
+            external(event);
+        }
+    });
+    let manager = AcmeManager::start(acme, &config.state_dir, challenges.clone(), names, on_event)?;
+    state.challenges = Some(challenges);
+    state.acme_names = Some(manager.wanted());
+    state.want_certificates();
+    Ok(manager)
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, ProxyError> {

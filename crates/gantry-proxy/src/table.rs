@@ -39,6 +39,30 @@ pub struct Route {
     pub upstreams: Vec<SocketAddr>,
     #[serde(default)]
     pub balance: Balance,
+    /// How the route's hosts get a certificate. Default `off`: plain HTTP.
+    #[serde(default, skip_serializing_if = "TlsMode::is_off")]
+    pub tls: TlsMode,
+}
+
+/// Where a route's certificate comes from: `"off"`, `"local"` (the local
+/// CA), `"acme"` (ordered by the proxy), or `{"files":{"cert":…,"key":…}}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    #[default]
+    Off,
+    Local,
+    Acme,
+    Files {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+}
+
+impl TlsMode {
+    pub fn is_off(&self) -> bool {
+        *self == TlsMode::Off
+    }
 }
 
 fn root() -> String {
@@ -55,6 +79,7 @@ impl Route {
             strip_prefix: false,
             upstreams,
             balance: Balance::default(),
+            tls: TlsMode::Off,
         }
     }
 
@@ -70,6 +95,11 @@ impl Route {
     pub fn path_prefix(mut self, prefix: impl Into<String>, strip: bool) -> Route {
         self.path_prefix = prefix.into();
         self.strip_prefix = strip;
+        self
+    }
+
+    pub fn tls(mut self, tls: TlsMode) -> Route {
+        self.tls = tls;
         self
     }
 
