@@ -36,13 +36,24 @@ pub struct Wiring {
     /// Runs this machine's agent on a state directory until it is stopped.
     /// Its ports, and where its proxy listens (`None`: the default).
     pub run_agent: RunAgent,
-    /// Runs the reverse proxy until it is stopped: state directory, listen address, access log.
-    pub run_proxy: fn(&std::path::Path, std::net::SocketAddr, bool) -> Result<(), Failure>,
+    /// Runs the reverse proxy on a state directory until it is stopped.
+    pub run_proxy: fn(&std::path::Path, &ProxyOptions) -> Result<(), Failure>,
     /// Runs one instance's relay from its spec file.
     pub relay: fn(&std::path::Path) -> ExitCode,
     pub connect_local: ConnectLocal,
     /// The default state directory.
     pub default_state_dir: fn() -> PathBuf,
+}
+
+/// How `gantry proxy` was asked to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyOptions {
+    pub listen: std::net::SocketAddr,
+    pub access_log: bool,
+    /// The ACME directory URL; `None`: no ACME.
+    pub acme_directory: Option<String>,
+    pub acme_email: Option<String>,
+    pub acme_ca_root: Option<PathBuf>,
 }
 
 /// Runs the CLI with these arguments and returns the process exit code.
@@ -149,7 +160,14 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 args.listen,
                 state_dir.display()
             ));
-            (wiring.run_proxy)(&state_dir, args.listen, !args.no_access_log)
+            let options = ProxyOptions {
+                listen: args.listen,
+                access_log: !args.no_access_log,
+                acme_directory: args.acme_directory.clone(),
+                acme_email: args.acme_email.clone(),
+                acme_ca_root: args.acme_ca_root.clone(),
+            };
+            (wiring.run_proxy)(&state_dir, &options)
         }
         Command::Agent(args) => match &args.action {
             None => {

@@ -41,14 +41,16 @@ fn run_agent(
     })
 }
 
-fn run_proxy(
-    state_dir: &Path,
-    listen: std::net::SocketAddr,
-    access_log: bool,
-) -> Result<(), Failure> {
+fn run_proxy(state_dir: &Path, options: &gantry_cli::ProxyOptions) -> Result<(), Failure> {
     let mut config = gantry_proxy::ProxyConfig::new(state_dir.join("proxy"));
-    config.http = listen;
-    config.access_log = access_log;
+    config.http = options.listen;
+    config.access_log = options.access_log;
+    if let Some(directory) = &options.acme_directory {
+        let mut acme = gantry_proxy::acme::AcmeConfig::new(directory.clone());
+        acme.email = options.acme_email.clone();
+        acme.ca_root = options.acme_ca_root.clone();
+        config.acme = Some(acme);
+    }
     gantry_proxy::run(config).map_err(|e| Failure {
         code: "proxy.failed",
         exit: gantry_core::ExitClass::Failed.code(),
