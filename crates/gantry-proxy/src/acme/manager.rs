@@ -246,24 +246,25 @@ impl Worker {
                     continue;
                 }
                 let attempt = async {
-                    if acme.is_none() {
-                        let opened = Acme::open(
-                            self.config.clone(),
-                            &self.state_dir,
-                            self.challenges.clone(),
-                        )
-                        .await?;
-                        log_event(serde_json::json!({
-                            "event": "acme.account",
-                            "directory": self.config.directory,
-                            "account": opened.account_id(),
-                        }));
-                        acme = Some(opened);
-                    }
-                    match &acme {
-                        Some(acme) => acme.issue(std::slice::from_ref(name)).await,
-                        None => unreachable_account(&self.config),
-                    }
+                    let account = match &acme {
+                        Some(account) => account.clone(),
+                        None => {
+                            let opened = Acme::open(
+                                self.config.clone(),
+                                &self.state_dir,
+                                self.challenges.clone(),
+                            )
+                            .await?;
+                            log_event(serde_json::json!({
+                                "event": "acme.account",
+                                "directory": self.config.directory,
+                                "account": opened.account_id(),
+                            }));
+                            acme = Some(opened.clone());
+                            opened
+                        }
+                    };
+                    account.issue(std::slice::from_ref(name)).await
                 };
                 let result = tokio::select! {
                     result = attempt => result,
@@ -318,13 +319,6 @@ impl Worker {
             }
         }
     }
-}
-
-fn unreachable_account(config: &AcmeConfig) -> Result<Issued, AcmeError> {
-    Err(AcmeError::Unreachable {
-        directory: config.directory.clone(),
-        message: "no account".to_owned(),
-    })
 }
 
 fn unix(time: SystemTime) -> u64 {
