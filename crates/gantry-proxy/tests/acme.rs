@@ -79,6 +79,8 @@ impl Drop for Process {
 /// Pebble and its DNS, on free ports, validating on `http_port`.
 struct Pebble {
     _dns: Process,
+    /// pebble-challtestsrv's management port, to add DNS records.
+    dns_management: u16,
     server: Option<Process>,
     directory: String,
     management: u16,
@@ -103,12 +105,12 @@ impl Pebble {
         std::fs::write(dir.join("pebble-cert.pem"), leaf.pem()).unwrap();
         std::fs::write(dir.join("pebble-key.pem"), leaf_key.serialize_pem()).unwrap();
 
-        let dns_port = free_port();
+        let (dns_port, dns_management) = (free_port(), free_port());
         let dns = Process(
             Command::new("pebble-challtestsrv")
                 .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
                 .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-                .args(["-management", &format!("127.0.0.1:{}", free_port())])
+                .args(["-management", &format!("127.0.0.1:{dns_management}")])
                 .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -116,6 +118,7 @@ impl Pebble {
                 .expect("pebble-challtestsrv runs"),
         );
         wait_for_port(dns_port, "pebble-challtestsrv");
+        wait_for_port(dns_management, "pebble-challtestsrv's management interface");
 
         let (listen, management) = (free_port(), free_port());
         let config = serde_json::json!({
@@ -153,11 +156,27 @@ impl Pebble {
         wait_for_port(management, "pebble's management interface");
         Pebble {
             _dns: dns,
+            dns_management,
             server: Some(server),
             directory: format!("https://127.0.0.1:{listen}/dir"),
             management,
             api_root,
         }
+    }
+
+    /// Makes `host` resolve to `ip` for Pebble's validation.
+    fn add_a(&self, host: &str, ip: &str) {
+        let body = serde_json::json!({ "host": format!("{host}."), "addresses": [ip] }).to_string();
+        let mut stream = TcpStream::connect(("127.0.0.1", self.dns_management)).unwrap();
+        write!(
+            stream,
+            "POST /add-a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 
     fn stop_server(&mut self) {
@@ -408,5 +427,61 @@ async fn a_route_with_tls_acme_gets_a_certificate_from_pebble_kept_reused_and_re
     assert!(!message.contains("PRIVATE KEY"), "{message}");
     assert_eq!(events[2], Seen::Settled { names: 1, held: 1 });
     assert_eq!(std::fs::read_to_string(&cert).unwrap(), renewed);
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_the_ca_cannot_validate_fails_with_its_problem_and_the_other_name_is_issued() {
+    if !pebble_installed() {
+        eprintln!("skipped: pebble is not installed (apt-get install pebble)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = listener.local_addr().unwrap();
+    let pebble = Pebble::start(dir.path(), http.port());
+    // Nothing listens there: Pebble's connection is refused.
+    let broken = "broken.gantry.test";
+    pebble.add_a(broken, "127.0.0.2");
+    let state = dir.path().join("state");
+    let (proxy, seen) = start_proxy(listener, dir, pebble.acme_config());
+    until_settled(&seen, |_| true);
+    let table = RouteTable {
+        routes: vec![
+            Route::new("shop", vec![])
+                .hosts([NAME, broken])
+                .tls(TlsMode::Acme),
+        ],
+    };
+    proxy.put_routes(&table).await;
+    let events = until_settled(&seen, |s| matches!(s, Seen::Settled { names: 2, .. }));
+    let failure = events
+        .iter()
+        .find_map(|e| match e {
+            Seen::Failed {
+                name,
+                code,
+                message,
+            } if name == broken => Some((code.clone(), message.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("a failure for {broken} expected: {events:?}"));
+    assert_eq!(failure.0, "acme.challenge_failed", "{}", failure.1);
+    assert!(failure.1.contains(broken), "{}", failure.1);
+    assert!(
+        failure.1.contains("urn:ietf:params:acme:error:"),
+        "the CA's problem type: {}",
+        failure.1
+    );
+    assert!(
+        events.contains(&Seen::Issued {
+            name: NAME.to_owned(),
+            renewal: false
+        }),
+        "{events:?}"
+    );
+    assert_eq!(events.last(), Some(&Seen::Settled { names: 2, held: 1 }));
+    assert!(!state.join("acme/certs").join(broken).exists());
+    assert!(cert_files(&state).0.exists());
     drop(proxy);
 }
