@@ -353,6 +353,30 @@ pub struct ProxyArgs {
     /// Write no access log lines on stderr
     #[arg(long)]
     pub no_access_log: bool,
+
+    /// Get certificates over ACME (HTTP-01) for routes with `tls = "acme"` from
+    /// this CA directory, like https://acme-v02.api.letsencrypt.org/directory
+    #[arg(long, env = "GANTRY_ACME_DIRECTORY", value_name = "URL")]
+    pub acme_directory: Option<String>,
+
+    /// The contact address given to the ACME account
+    #[arg(
+        long,
+        env = "GANTRY_ACME_EMAIL",
+        value_name = "EMAIL",
+        requires = "acme_directory"
+    )]
+    pub acme_email: Option<String>,
+
+    /// A PEM root certificate to trust for the ACME server's own HTTPS (a CA on a
+    /// private PKI, such as Pebble); it replaces the system's roots for that server
+    #[arg(
+        long,
+        env = "GANTRY_ACME_CA_ROOT",
+        value_name = "FILE",
+        requires = "acme_directory"
+    )]
+    pub acme_ca_root: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

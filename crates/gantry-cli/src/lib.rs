@@ -29,14 +29,8 @@ pub type RunAgent = fn(
     Option<ProxyListen>,
 ) -> Result<(), Failure>;
 
-/// Runs the reverse proxy until it is stopped: state directory, HTTP and
-/// HTTPS (`None`: off) addresses, access log.
-pub type RunProxy = fn(
-    &std::path::Path,
-    std::net::SocketAddr,
-    Option<std::net::SocketAddr>,
-    bool,
-) -> Result<(), Failure>;
+/// Runs the reverse proxy on a state directory until it is stopped.
+pub type RunProxy = fn(&std::path::Path, &ProxyOptions) -> Result<(), Failure>;
 
 /// Connects to the local agent of a state directory, starting it if asked.
 pub type ConnectLocal = fn(&str, &std::path::Path, bool) -> Result<Box<dyn Host>, HostError>;
@@ -47,6 +41,7 @@ pub struct Wiring {
     /// Runs this machine's agent on a state directory until it is stopped.
     /// Its ports, and where its proxy listens (`None`: the default).
     pub run_agent: RunAgent,
+    /// Runs the reverse proxy on a state directory until it is stopped.
     pub run_proxy: RunProxy,
     /// The local CA of the agent state directory's proxy, made if missing.
     pub local_ca: fn(&std::path::Path) -> Result<TrustReport, Failure>,
@@ -55,6 +50,19 @@ pub struct Wiring {
     pub connect_local: ConnectLocal,
     /// The default state directory.
     pub default_state_dir: fn() -> PathBuf,
+}
+
+/// How `gantry proxy` was asked to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyOptions {
+    pub listen: std::net::SocketAddr,
+    /// Where HTTPS is served; `None`: plain HTTP only.
+    pub https: Option<std::net::SocketAddr>,
+    pub access_log: bool,
+    /// The ACME directory URL; `None`: no ACME.
+    pub acme_directory: Option<String>,
+    pub acme_email: Option<String>,
+    pub acme_ca_root: Option<PathBuf>,
 }
 
 /// Runs the CLI with these arguments and returns the process exit code.
@@ -165,7 +173,15 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                     .unwrap_or_default(),
                 state_dir.display()
             ));
-            (wiring.run_proxy)(&state_dir, args.listen, args.https.0, !args.no_access_log)
+            let options = ProxyOptions {
+                listen: args.listen,
+                https: args.https.0,
+                access_log: !args.no_access_log,
+                acme_directory: args.acme_directory.clone(),
+                acme_email: args.acme_email.clone(),
+                acme_ca_root: args.acme_ca_root.clone(),
+            };
+            (wiring.run_proxy)(&state_dir, &options)
         }
         Command::Trust => emit(printer, (wiring.local_ca)(&state_dir)?),
         Command::Agent(args) => match &args.action {

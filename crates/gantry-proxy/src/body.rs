@@ -72,6 +72,13 @@ impl ProxyBody {
         }
     }
 
+    /// A short answer of the proxy's own, outside any exchange.
+    pub(crate) fn text(text: Bytes) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Page(Some(text), None),
+        }
+    }
+
     /// A page; the exchange ends when the client has it.
     pub(crate) fn page(text: Bytes, exchange: Exchange) -> ProxyBody {
         ProxyBody {

@@ -1,6 +1,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::acme::AcmeError;
 use crate::table::TableError;
 use crate::tls::{CaError, CertError};
 
@@ -40,6 +41,8 @@ pub enum ProxyError {
     LocalCa(#[from] CaError),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Acme(#[from] AcmeError),
 }
 
 impl ProxyError {
@@ -56,6 +59,7 @@ impl ProxyError {
             ProxyError::Certificate(_) => "routes.certificate_invalid",
             ProxyError::LocalCa(_) => "proxy.local_ca_failed",
             ProxyError::Tls(_) => "proxy.tls_failed",
+            ProxyError::Acme(e) => e.code(),
         }
     }
 
@@ -75,6 +79,7 @@ impl ProxyError {
                 "give each route's tls an absolute path to a readable PEM certificate chain (leaf first) and the PEM private key that belongs to it".to_owned(),
             ),
             ProxyError::LocalCa(e) => e.hint(),
+            ProxyError::Acme(e) => e.hint(),
             _ => None,
         }
     }

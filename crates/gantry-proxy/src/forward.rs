@@ -89,6 +89,13 @@ impl Forwarder {
         request: Request<Incoming>,
         peer: Peer,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        // ACME's HTTP-01 challenges are answered here, before routing.
+        if !peer.tls
+            && let Some(challenges) = &self.state.challenges
+            && let Some(answer) = challenges.answer(request.method(), request.uri().path())
+        {
+            return Ok(answer);
+        }
         Ok(self.forward(request, &peer).await)
     }
 

@@ -14,6 +14,7 @@
 //! Must never: buffer a whole body, block a worker thread, or let a request
 //! see half of a route table.
 
+pub mod acme;
 mod body;
 mod control;
 mod error;
@@ -41,7 +42,7 @@ pub use table::{Balance, CertFiles, Route, RouteTable, TableError, Tls};
 pub use tls::{CaError, CertError, CertStore, LocalCa, fingerprint_sha256, is_local_name};
 
 /// How `gantry proxy` is started.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ProxyConfig {
     /// Where clients connect. Default `127.0.0.1:8080`.
     pub http: SocketAddr,
@@ -57,6 +58,12 @@ pub struct ProxyConfig {
     /// Worker threads; 0: one per CPU.
     pub workers: usize,
     pub timeouts: Timeouts,
+    /// Certificates over ACME for the routes whose `tls` is `acme`
+    /// (`--acme-directory`); `None`: no ACME, challenge paths are routed.
+    pub acme: Option<acme::AcmeConfig>,
+    /// Told of every certificate the ACME manager loads or obtains, and of
+    /// its failures (the TLS listener's certificate store is wired here).
+    pub on_acme_event: Option<acme::OnIssued>,
 }
 
 impl ProxyConfig {
@@ -71,7 +78,23 @@ impl ProxyConfig {
             access_log: true,
             workers: 0,
             timeouts: Timeouts::default(),
+            acme: None,
+            on_acme_event: None,
         }
+    }
+}
+
+impl std::fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("http", &self.http)
+            .field("control_socket", &self.control_socket)
+            .field("state_dir", &self.state_dir)
+            .field("access_log", &self.access_log)
+            .field("workers", &self.workers)
+            .field("timeouts", &self.timeouts)
+            .field("acme", &self.acme)
+            .finish_non_exhaustive()
     }
 }
 

@@ -25,6 +25,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::{mpsc, watch};
 
+use crate::acme::{AcmeConfig, AcmeEvent, AcmeManager, Challenges, Issued, OnIssued, acme_names};
 use crate::exchange::AccessLog;
 use crate::forward::{Forwarder, Peer};
 use crate::state::ProxyState;
@@ -45,6 +46,7 @@ pub struct RunningProxy {
     control_socket: PathBuf,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    acme: Option<AcmeManager>,
 }
 
 impl RunningProxy {
@@ -70,6 +72,9 @@ impl RunningProxy {
 
     fn shut_down(&mut self) {
         let _ = self.stop.send(true);
+        if let Some(acme) = self.acme.take() {
+            acme.stop();
+        }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -127,14 +132,21 @@ pub fn start_on(
     } else {
         AccessLog::off()
     };
-    let state = Arc::new(ProxyState::new(
+    let mut state = ProxyState::new(
         table,
         routes_file,
         access_log,
         config.timeouts,
         certs,
         https.as_ref().map(|(_, addr)| addr.port()),
-    ));
+    );
+    let acme = match config.acme.clone() {
+        Some(acme) => Some(start_acme(acme, &config, &mut state).inspect_err(|_| {
+            let _ = std::fs::remove_file(&config.control_socket);
+        })?),
+        None => None,
+    };
+    let state = Arc::new(state);
     let (stop, stopped) = watch::channel(false);
     let mut proxy = RunningProxy {
         http_addr,
@@ -142,6 +154,7 @@ pub fn start_on(
         control_socket: config.control_socket.clone(),
         stop,
         threads: Vec::new(),
+        acme,
     };
     let workers = if config.workers == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
@@ -184,6 +197,55 @@ pub fn start_on(
             serve_control(control, state, stopped);
         })?);
     Ok(proxy)
+}
+
+/// Starts the ACME manager on the table just loaded, and links it to the
+/// state: the workers answer its challenges, new tables reach it, and every
+/// certificate it loads or obtains goes into the `CertStore` (served on the
+/// next handshake; a renewal replaces the one before) before
+/// `config.on_acme_event` hears of it.
+fn start_acme(
+    acme: AcmeConfig,
+    config: &ProxyConfig,
+    state: &mut ProxyState,
+) -> Result<AcmeManager, ProxyError> {
+    let challenges = Challenges::new();
+    let (names, _refused) = acme_names(&state.table());
+    let certs = Arc::clone(&state.certs);
+    let external = config.on_acme_event.clone();
+    let on_event: OnIssued = Arc::new(move |event: &AcmeEvent<'_>| {
+        if let AcmeEvent::Loaded { name, issued } | AcmeEvent::Issued { name, issued, .. } = event {
+            serve_acme_certificate(&certs, name, issued);
+        }
+        if let Some(external) = &external {
+            external(event);
+        }
+    });
+    let manager = AcmeManager::start(acme, &config.state_dir, challenges.clone(), names, on_event)?;
+    state.challenges = Some(challenges);
+    state.acme_names = Some(manager.wanted());
+    state.want_certificates();
+    Ok(manager)
+}
+
+/// Puts an ACME certificate in the store for `name`. One the store cannot
+/// use is logged (names and reason, never the key) and the one held stays.
+fn serve_acme_certificate(certs: &CertStore, name: &str, issued: &Issued) {
+    let names = [name.to_owned()];
+    if let Err(e) = certs.insert_pem(
+        &names,
+        issued.chain_pem.as_bytes(),
+        issued.key_pem.as_bytes(),
+    ) {
+        eprintln!(
+            "{}",
+            serde_json::json!({
+                "event": "tls.certificate_unusable",
+                "name": name,
+                "error": e.to_string(),
+            })
+        );
+    }
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, ProxyError> {

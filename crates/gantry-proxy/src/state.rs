@@ -13,6 +13,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::Timeouts;
+use crate::acme::{Challenges, acme_names};
 use crate::error::ProxyError;
 use crate::exchange::AccessLog;
 use crate::metrics::{Metrics, NO_ROUTE, ServiceMetrics};
@@ -34,6 +35,10 @@ pub(crate) struct ProxyState {
     pub(crate) certs: Arc<CertStore>,
     /// The HTTPS listener's port, when one listens: where redirects go.
     pub(crate) https_port: Option<u16>,
+    /// The open ACME challenges, when the proxy runs ACME.
+    pub(crate) challenges: Option<Challenges>,
+    /// Where each new table's ACME names go, when the proxy runs ACME.
+    pub(crate) acme_names: Option<tokio::sync::watch::Sender<std::collections::BTreeSet<String>>>,
     routes_file: PathBuf,
     /// One replacement at a time, so the saved file and the live table
     /// always hold the same table.
@@ -62,6 +67,8 @@ impl ProxyState {
             started: Instant::now(),
             certs,
             https_port,
+            challenges: None,
+            acme_names: None,
             routes_file,
             replacing: tokio::sync::Mutex::new(()),
         }
@@ -109,6 +116,32 @@ impl ProxyState {
         let router = Router::build(table, &self.upstreams, &self.metrics);
         self.router.store(Arc::new(router));
         self.upstreams.prune();
+        self.want_certificates();
         Ok(())
+    }
+
+    /// Tells the ACME manager, if one runs, which names the table wants
+    /// certificates for, and logs the names that cannot have one.
+    pub(crate) fn want_certificates(&self) {
+        let Some(wanted) = &self.acme_names else {
+            return;
+        };
+        let (names, refused) = acme_names(&self.table());
+        for error in refused {
+            eprintln!(
+                "{}",
+                serde_json::json!({
+                    "event": "acme.name_refused",
+                    "code": error.code(),
+                    "message": error.to_string(),
+                    "hint": error.hint(),
+                })
+            );
+        }
+        wanted.send_if_modified(|current| {
+            let changed = *current != names;
+            *current = names;
+            changed
+        });
     }
 }

@@ -45,16 +45,17 @@ fn run_agent(
     })
 }
 
-fn run_proxy(
-    state_dir: &Path,
-    listen: std::net::SocketAddr,
-    https: Option<std::net::SocketAddr>,
-    access_log: bool,
-) -> Result<(), Failure> {
+fn run_proxy(state_dir: &Path, options: &gantry_cli::ProxyOptions) -> Result<(), Failure> {
     let mut config = gantry_proxy::ProxyConfig::new(proxy_state_dir(state_dir));
-    config.http = listen;
-    config.https = https;
-    config.access_log = access_log;
+    config.http = options.listen;
+    config.https = options.https;
+    config.access_log = options.access_log;
+    if let Some(directory) = &options.acme_directory {
+        let mut acme = gantry_proxy::acme::AcmeConfig::new(directory.clone());
+        acme.email = options.acme_email.clone();
+        acme.ca_root = options.acme_ca_root.clone();
+        config.acme = Some(acme);
+    }
     gantry_proxy::run(config).map_err(|e| Failure {
         code: "proxy.failed",
         exit: gantry_core::ExitClass::Failed.code(),

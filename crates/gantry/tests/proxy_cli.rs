@@ -125,3 +125,30 @@ fn the_proxy_routes_by_host_from_the_table_it_is_given_and_keeps_it_across_a_res
         "routes survive a restart: {answer}"
     );
 }
+
+#[test]
+fn an_acme_directory_that_is_not_https_is_refused_with_a_hint() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--acme-directory",
+            "http://ca.example/dir",
+            "--output",
+            "json",
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .output()
+        .expect("gantry runs");
+    assert_eq!(output.status.code(), Some(6));
+    let error: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("http://ca.example/dir"), "{error}");
+    assert!(message.contains("https://"), "{error}");
+    let hint = error["error"]["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("--acme-directory"), "{error}");
+}

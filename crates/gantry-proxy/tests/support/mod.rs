@@ -73,6 +73,24 @@ impl TestProxy {
         };
         configure(&mut config);
         let proxy = gantry_proxy::start(config).unwrap();
+        TestProxy::running(proxy, dir)
+    }
+
+    /// A proxy on a listener the test bound itself (to know its port first).
+    pub fn start_on(
+        listener: std::net::TcpListener,
+        dir: TempDir,
+        configure: impl FnOnce(&mut ProxyConfig),
+    ) -> TestProxy {
+        let mut config = ProxyConfig::new(dir.path().join("state"));
+        config.access_log = false;
+        config.workers = 2;
+        configure(&mut config);
+        let proxy = gantry_proxy::start_on(listener, config).unwrap();
+        TestProxy::running(proxy, dir)
+    }
+
+    fn running(proxy: RunningProxy, dir: TempDir) -> TestProxy {
         TestProxy {
             addr: proxy.http_addr(),
             https: proxy.https_addr(),
@@ -93,6 +111,14 @@ impl TestProxy {
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         TestProxy::start_with(dir, configure)
+    }
+
+    /// Stops the proxy and hands back its directory.
+    pub fn stop(mut self) -> TempDir {
+        if let Some(proxy) = self.proxy.take() {
+            tokio::task::block_in_place(|| proxy.stop());
+        }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     pub fn url(&self, path: &str) -> String {
