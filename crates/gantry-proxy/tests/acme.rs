@@ -4,6 +4,9 @@
 //! PEBBLE_VA_ALWAYS_VALID), stores it, reuses it after a restart, renews it
 //! when it is due, and keeps it when a renewal fails.
 //!
+//! The end-to-end test serves the issued certificate on the proxy's HTTPS
+//! listener, checked by a client that trusts only Pebble's issuing root.
+//!
 //! Names resolve through `pebble-challtestsrv`, whose DNS answers every A
 //! query with 127.0.0.1. Skipped (with a message) when pebble is missing;
 //! `.ci/run` installs it.
@@ -24,7 +27,7 @@ use gantry_proxy::{Route, RouteTable, Tls};
 use rustls::client::danger::ServerCertVerifier as _;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use support::{TestProxy, client, get};
+use support::{TestProxy, client, echo_upstream, get, https_get};
 
 const NAME: &str = "shop.gantry.test";
 /// An order takes Pebble a second or two; this is only how long to wait
@@ -235,9 +238,23 @@ fn start_proxy(
     dir: tempfile::TempDir,
     acme: AcmeConfig,
 ) -> (TestProxy, mpsc::Receiver<Seen>) {
+    start_proxy_with(listener, dir, Some(acme), false)
+}
+
+/// `start_proxy`, with ACME on or off, and an HTTPS listener on a free port
+/// when `https` is set.
+fn start_proxy_with(
+    listener: TcpListener,
+    dir: tempfile::TempDir,
+    acme: Option<AcmeConfig>,
+    https: bool,
+) -> (TestProxy, mpsc::Receiver<Seen>) {
     let (events, seen) = mpsc::channel();
     let proxy = TestProxy::start_on(listener, dir, move |config| {
-        config.acme = Some(acme);
+        if https {
+            config.https = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        }
+        config.acme = acme;
         let events = std::sync::Mutex::new(events);
         config.on_acme_event = Some(Arc::new(move |event: &AcmeEvent<'_>| {
             let seen = match event {
@@ -483,5 +500,128 @@ async fn a_name_the_ca_cannot_validate_fails_with_its_problem_and_the_other_name
     assert_eq!(events.last(), Some(&Seen::Settled { names: 2, held: 1 }));
     assert!(!state.join("acme/certs").join(broken).exists());
     assert!(cert_files(&state).0.exists());
+    drop(proxy);
+}
+
+/// The leaf of a PEM chain, as a TLS client sees it.
+fn leaf_of(chain_pem: &str) -> CertificateDer<'static> {
+    CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()
+        .expect("a certificate in the chain")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acme_route_is_served_over_https_with_pebbles_certificate_and_plain_http_redirected() {
+    if !pebble_installed() {
+        eprintln!("skipped: pebble is not installed (apt-get install pebble)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let http: SocketAddr = listener.local_addr().unwrap();
+    let pebble = Pebble::start(dir.path(), http.port());
+    let state = dir.path().join("state");
+    let shop = echo_upstream("shop").await;
+    let table = RouteTable {
+        routes: vec![
+            Route::new("shop", vec![shop.addr])
+                .hosts([NAME])
+                .tls(Tls::Acme)
+                .redirect_https(true),
+        ],
+    };
+    // Only the root Pebble issues under, from its management API: the
+    // client trusts nothing else.
+    let pebble_root: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pebble.management_get("/roots/0").as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+
+    // 1. Without --acme-directory no manager runs: the route has no
+    //    certificate, so plain HTTP is served as it is (no redirect to a
+    //    handshake that would fail) and an HTTPS handshake for the name fails.
+    let (proxy, _) = start_proxy_with(listener, dir, None, true);
+    proxy.put_routes(&table).await;
+    let plain = get(&client(), &proxy, NAME, "/cart?id=7").await;
+    assert_eq!(plain.status, 200, "{}", plain.text);
+    assert_eq!(plain.upstream(), "shop");
+    let https = proxy.https.unwrap();
+    let refused = https_get(https, &pebble_root, NAME, &[], "/").await;
+    assert!(refused.is_err(), "no certificate is held yet");
+    assert!(!state.join("acme").exists(), "no ACME without a directory");
+
+    // 2. With ACME on, the certificate Pebble issues (its challenge answered
+    //    on the proxy's HTTP port) is served over HTTPS at once.
+    let dir = proxy.stop();
+    let listener = TcpListener::bind(http).unwrap();
+    let (proxy, seen) = start_proxy_with(listener, dir, Some(pebble.acme_config()), true);
+    let events = until_settled(&seen, |s| *s == Seen::Settled { names: 1, held: 1 });
+    assert!(
+        events.contains(&Seen::Issued {
+            name: NAME.to_owned(),
+            renewal: false
+        }),
+        "{events:?}"
+    );
+    let https = proxy.https.unwrap();
+    let served = https_get(
+        https,
+        &pebble_root,
+        NAME,
+        &[b"h2", b"http/1.1"],
+        "/cart?id=7",
+    )
+    .await
+    .expect("the handshake succeeds with Pebble's root alone");
+    assert_eq!(served.answer.status, 200, "{}", served.answer.text);
+    assert_eq!(served.answer.upstream(), "shop");
+    assert_eq!(served.answer.json()["path"], "/cart?id=7");
+    let (cert, _) = cert_files(&state);
+    let issued = std::fs::read_to_string(&cert).unwrap();
+    assert_eq!(
+        served.leaf,
+        leaf_of(&issued),
+        "the stored certificate is served"
+    );
+
+    // Plain HTTP to the route now gets the 308 to the HTTPS port; ACME's
+    // challenge path is never redirected.
+    let plain = get(&client(), &proxy, NAME, "/cart?id=7").await;
+    assert_eq!(plain.status, 308, "{}", plain.text);
+    assert_eq!(
+        plain.headers["location"],
+        format!("https://{NAME}:{}/cart?id=7", https.port()).as_str()
+    );
+    let challenge = get(&client(), &proxy, NAME, "/.well-known/acme-challenge/nope").await;
+    assert_eq!(challenge.status, 404);
+
+    // 3. A renewal replaces the certificate served: this proxy puts the
+    //    stored one in its store at start, renews it (due at once with this
+    //    margin), and its handshakes then get the new one.
+    let dir = proxy.stop();
+    let listener = TcpListener::bind(http).unwrap();
+    let mut due = pebble.acme_config();
+    due.renew_margin = Some(Duration::from_secs(100 * 365 * 24 * 3600));
+    let (proxy, seen) = start_proxy_with(listener, dir, Some(due), true);
+    let events = until_settled(&seen, |_| true);
+    assert_eq!(
+        events,
+        [
+            Seen::Loaded(NAME.to_owned()),
+            Seen::Issued {
+                name: NAME.to_owned(),
+                renewal: true
+            },
+            Seen::Settled { names: 1, held: 1 }
+        ]
+    );
+    let renewed = std::fs::read_to_string(&cert).unwrap();
+    assert_ne!(renewed, issued);
+    let served = https_get(proxy.https.unwrap(), &pebble_root, NAME, &[], "/")
+        .await
+        .expect("the renewed certificate chains to Pebble's root");
+    assert_eq!(served.leaf, leaf_of(&renewed), "the renewal is served");
+    assert_eq!(served.answer.status, 200);
     drop(proxy);
 }

@@ -10,16 +10,13 @@ mod support;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::sync::Arc;
 
 use gantry_proxy::{CertFiles, Route, RouteTable, Tls};
-use http_body_util::BodyExt as _;
-use hyper::{Request, StatusCode, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::{StatusCode, Version};
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
-use support::{Answer, TestProxy, client, echo_upstream, empty, get};
+use support::{TestProxy, client, echo_upstream, get, https_get};
 
 fn https_proxy() -> TestProxy {
     TestProxy::start_with(tempfile::tempdir().unwrap(), with_https)
@@ -32,82 +29,6 @@ fn with_https(config: &mut gantry_proxy::ProxyConfig) {
 /// The proxy's local CA certificate, as `gantry trust` points users to it.
 fn local_ca(proxy: &TestProxy) -> CertificateDer<'static> {
     CertificateDer::from_pem_file(proxy.dir.path().join("state/ca/ca.pem")).unwrap()
-}
-
-/// What one HTTPS request came back with.
-struct Https {
-    alpn: Option<Vec<u8>>,
-    version: Version,
-    /// The leaf certificate the proxy presented.
-    leaf: CertificateDer<'static>,
-    answer: Answer,
-}
-
-/// One GET over TLS to `addr` for `host` (SNI and Host), trusting only
-/// `roots`, offering `alpn`. A failed handshake is the error.
-async fn https_get(
-    addr: SocketAddr,
-    roots: &[CertificateDer<'static>],
-    host: &str,
-    alpn: &[&[u8]],
-    path: &str,
-) -> std::io::Result<Https> {
-    let mut store = rustls::RootCertStore::empty();
-    for root in roots {
-        store.add(root.clone()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = ServerName::try_from(host.to_owned()).unwrap();
-    let stream = connector.connect(name, tcp).await?;
-    let (_, session) = stream.get_ref();
-    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
-    let leaf = session.peer_certificates().unwrap()[0].clone().into_owned();
-    let io = TokioIo::new(stream);
-    let request = Request::get(path)
-        .header("host", host)
-        .body(empty())
-        .unwrap();
-    let response = if alpn.as_deref() == Some(b"h2") {
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        let uri = format!("https://{host}{path}");
-        let (mut parts, body) = request.into_parts();
-        parts.uri = uri.parse().unwrap();
-        parts.headers.remove("host");
-        sender
-            .send_request(Request::from_parts(parts, body))
-            .await
-            .unwrap()
-    } else {
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(connection);
-        sender.send_request(request).await.unwrap()
-    };
-    let version = response.version();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Ok(Https {
-        alpn,
-        version,
-        leaf,
-        answer: Answer {
-            status,
-            headers,
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-        },
-    })
 }
 
 fn local_route(upstream: SocketAddr) -> Route {

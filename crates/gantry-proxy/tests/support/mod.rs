@@ -1,6 +1,7 @@
 //! What the proxy's tests share: a proxy started in-process on 127.0.0.1:0
 //! with a temporary state directory, small upstream servers spawned in the
-//! test, a client, and the control API over the proxy's Unix socket.
+//! test, a client (and one for HTTPS that trusts only the roots it is
+//! given), and the control API over the proxy's Unix socket.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::convert::Infallible;
@@ -15,10 +16,11 @@ use gantry_proxy::{ProxyConfig, RouteTable, RunningProxy, Timeouts};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -83,6 +85,7 @@ impl TestProxy {
         configure: impl FnOnce(&mut ProxyConfig),
     ) -> TestProxy {
         let mut config = ProxyConfig::new(dir.path().join("state"));
+        config.https = None;
         config.access_log = false;
         config.workers = 2;
         configure(&mut config);
@@ -322,4 +325,80 @@ impl Answer {
             .unwrap_or_default()
             .to_owned()
     }
+}
+
+/// What one HTTPS request came back with.
+pub struct Https {
+    pub alpn: Option<Vec<u8>>,
+    pub version: Version,
+    /// The leaf certificate the proxy presented.
+    pub leaf: CertificateDer<'static>,
+    pub answer: Answer,
+}
+
+/// One GET over TLS to `addr` for `host` (SNI and Host), trusting only
+/// `roots`, offering `alpn`. A failed handshake is the error.
+pub async fn https_get(
+    addr: SocketAddr,
+    roots: &[CertificateDer<'static>],
+    host: &str,
+    alpn: &[&[u8]],
+    path: &str,
+) -> std::io::Result<Https> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(host.to_owned()).unwrap();
+    let stream = connector.connect(name, tcp).await?;
+    let (_, session) = stream.get_ref();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let leaf = session.peer_certificates().unwrap()[0].clone().into_owned();
+    let io = TokioIo::new(stream);
+    let request = Request::get(path)
+        .header("host", host)
+        .body(empty())
+        .unwrap();
+    let response = if alpn.as_deref() == Some(b"h2") {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let uri = format!("https://{host}{path}");
+        let (mut parts, body) = request.into_parts();
+        parts.uri = uri.parse().unwrap();
+        parts.headers.remove("host");
+        sender
+            .send_request(Request::from_parts(parts, body))
+            .await
+            .unwrap()
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        sender.send_request(request).await.unwrap()
+    };
+    let version = response.version();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Ok(Https {
+        alpn,
+        version,
+        leaf,
+        answer: Answer {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        },
+    })
 }
