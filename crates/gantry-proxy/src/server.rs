@@ -92,6 +92,7 @@ impl Drop for RunningProxy {
 
 /// Binds `config.http` and starts serving; see `start_on`.
 pub fn start(config: ProxyConfig) -> Result<RunningProxy, ProxyError> {
+    check_settings(&config)?;
     let listener = bind_http(config.http)?;
     start_on(listener, config)
 }
@@ -105,6 +106,7 @@ pub fn start_on(
     listener: std::net::TcpListener,
     config: ProxyConfig,
 ) -> Result<RunningProxy, ProxyError> {
+    check_settings(&config)?;
     let http_addr = listener.local_addr().map_err(|source| ProxyError::Listen {
         addr: config.http,
         source,
@@ -197,6 +199,15 @@ pub fn start_on(
             serve_control(control, state, stopped);
         })?);
     Ok(proxy)
+}
+
+/// Refuses settings that are wrong before anything is bound or made (a
+/// bad ACME directory must not leave a listener or a local CA behind).
+fn check_settings(config: &ProxyConfig) -> Result<(), ProxyError> {
+    if let Some(acme) = &config.acme {
+        acme.validate()?;
+    }
+    Ok(())
 }
 
 /// Starts the ACME manager on the table just loaded, and links it to the

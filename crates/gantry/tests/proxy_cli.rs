@@ -151,4 +151,6 @@ fn an_acme_directory_that_is_not_https_is_refused_with_a_hint() {
     assert!(message.contains("https://"), "{error}");
     let hint = error["error"]["hint"].as_str().unwrap_or_default();
     assert!(hint.contains("--acme-directory"), "{error}");
+    // Refused before anything was bound or made: no local CA left behind.
+    assert!(!state.path().join("proxy/ca").exists());
 }
