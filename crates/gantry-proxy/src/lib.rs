@@ -88,6 +88,7 @@ impl std::fmt::Debug for ProxyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxyConfig")
             .field("http", &self.http)
+            .field("https", &self.https)
             .field("control_socket", &self.control_socket)
             .field("state_dir", &self.state_dir)
             .field("access_log", &self.access_log)
