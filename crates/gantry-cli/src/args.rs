@@ -313,6 +313,8 @@ fn parse_ports(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
 pub enum AgentAction {
     /// Stop the agent; the services keep running
     Stop,
+    /// Bridge stdin and stdout to the agent's API (what `ssh HOST gantry agent connect` runs; starts the agent if none runs)
+    Connect,
     /// Run one instance's relay (started by the agent, not by hand)
     #[command(hide = true)]
     Relay {

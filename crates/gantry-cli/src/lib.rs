@@ -27,8 +27,13 @@ pub type RunAgent = fn(
     Option<ProxyListen>,
 ) -> Result<(), Failure>;
 
-/// Connects to the local agent of a state directory, starting it if asked.
-pub type ConnectLocal = fn(&str, &std::path::Path, bool) -> Result<Box<dyn Host>, HostError>;
+/// Connects to a host's agent: this machine's on a state directory
+/// (starting it if asked), or another host's over SSH.
+pub type Connect = fn(
+    &gantry_core::config::resolve::Host,
+    &std::path::Path,
+    bool,
+) -> Result<Box<dyn Host>, HostError>;
 
 /// The concrete parts the binary plugs in: the agent itself, the relay, and
 /// how to reach an agent. The CLI knows them only by these signatures.
@@ -40,7 +45,9 @@ pub struct Wiring {
     pub run_proxy: fn(&std::path::Path, std::net::SocketAddr, bool) -> Result<(), Failure>,
     /// Runs one instance's relay from its spec file.
     pub relay: fn(&std::path::Path) -> ExitCode,
-    pub connect_local: ConnectLocal,
+    pub connect: Connect,
+    /// `gantry agent connect`: bridges stdin and stdout to this machine's agent.
+    pub bridge: fn(&std::path::Path) -> Result<(), Failure>,
     /// The default state directory.
     pub default_state_dir: fn() -> PathBuf,
 }
@@ -73,6 +80,13 @@ pub fn run(argv: impl IntoIterator<Item = OsString>, wiring: &Wiring) -> ExitCod
     }
 }
 
+fn local_host() -> gantry_core::config::resolve::Host {
+    gantry_core::config::resolve::Host {
+        name: "local".to_owned(),
+        reach: gantry_core::config::resolve::Reach::Local,
+    }
+}
+
 fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure> {
     let cwd = std::env::current_dir().map_err(|e| Failure {
         code: "io.failed",
@@ -96,7 +110,7 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
     let connect_with = |start: bool| {
         let state_dir = state_dir.clone();
         move |host: &gantry_core::config::resolve::Host| -> Result<Box<dyn Host>, gantry_core::Error> {
-            Ok((wiring.connect_local)(&host.name, &state_dir, start)?)
+            Ok((wiring.connect)(host, &state_dir, start)?)
         }
     };
     let connect = connect_with(true);
@@ -157,7 +171,7 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 (wiring.run_agent)(&state_dir, args.ports.clone(), args.proxy_listen)
             }
             Some(AgentAction::Stop) => {
-                match (wiring.connect_local)("local", &state_dir, false) {
+                match (wiring.connect)(&local_host(), &state_dir, false) {
                     Ok(agent) => agent.shutdown().map_err(gantry_core::Error::from)?,
                     Err(HostError::Unreachable { .. }) => {
                         printer.status("no agent is running");
@@ -171,6 +185,7 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                     },
                 )
             }
+            Some(AgentAction::Connect) => (wiring.bridge)(&state_dir),
             Some(AgentAction::Relay { spec }) => {
                 let _ = (wiring.relay)(spec);
                 Ok(())

@@ -88,6 +88,31 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "no agent answers on the host, and none could be started",
     ),
     (
+        "host.unreachable",
+        ExitClass::Unreachable,
+        "SSH cannot reach the host: no route, refused, timed out, or the name does not resolve",
+    ),
+    (
+        "host.auth_refused",
+        ExitClass::Unreachable,
+        "the host refused every SSH key offered",
+    ),
+    (
+        "host.key_changed",
+        ExitClass::Unreachable,
+        "the host's SSH key differs from the one in known_hosts",
+    ),
+    (
+        "host.gantry_missing",
+        ExitClass::Unreachable,
+        "SSH works but the host has no gantry binary; `gantry configure` installs it",
+    ),
+    (
+        "agent.incompatible",
+        ExitClass::Conflict,
+        "the host's agent runs a gantry version this CLI cannot talk to",
+    ),
+    (
         "agent.locked",
         ExitClass::Conflict,
         "another agent already runs on this state directory",
@@ -238,6 +263,8 @@ impl Error {
             },
             Error::Host(crate::host::HostError::Unreachable { .. }) => "agent.unreachable",
             Error::Host(crate::host::HostError::Protocol { .. }) => "agent.protocol",
+            Error::Host(crate::host::HostError::Ssh { failure, .. }) => failure.code(),
+            Error::Host(crate::host::HostError::Incompatible { .. }) => "agent.incompatible",
             Error::Host(crate::host::HostError::Api { error, .. }) => CODES
                 .iter()
                 .map(|(code, _, _)| *code)
@@ -282,6 +309,12 @@ impl Error {
             Error::Io { .. } => None,
             Error::Host(crate::host::HostError::Unreachable { hint, .. }) => Some(hint.clone()),
             Error::Host(crate::host::HostError::Api { error, .. }) => error.hint.clone(),
+            Error::Host(crate::host::HostError::Ssh { hint, .. }) => {
+                Some(hint.clone()).filter(|h| !h.is_empty())
+            }
+            Error::Host(crate::host::HostError::Incompatible { cli, .. }) => Some(format!(
+                "install gantry {cli} on the host with `gantry configure`, or use the gantry version the host runs"
+            )),
             Error::Host(crate::host::HostError::Protocol { .. }) => Some(
                 "check that the gantry binary and the agent are the same version".to_owned(),
             ),

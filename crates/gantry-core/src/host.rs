@@ -34,6 +34,72 @@ pub enum HostError {
     /// The agent answered something that is not the API.
     #[error("the agent on {host} answered something unexpected: {message}")]
     Protocol { host: String, message: String },
+    /// SSH could not get to the host's agent.
+    #[error("{host}: {}: {message}", .failure.describe())]
+    Ssh {
+        host: String,
+        failure: SshFailure,
+        message: String,
+        hint: String,
+    },
+    /// The agent's version cannot serve this CLI.
+    #[error("the agent on {host} runs gantry {agent}, this is gantry {cli}")]
+    Incompatible {
+        host: String,
+        agent: String,
+        cli: String,
+    },
+}
+
+/// Why SSH failed, each with its own error code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SshFailure {
+    /// No route, refused, timed out, name unknown.
+    Unreachable,
+    /// The server refused every key offered.
+    AuthRefused,
+    /// The server's key is not the one recorded in known_hosts.
+    HostKeyChanged,
+    /// SSH worked, but there is no gantry on the host.
+    GantryMissing,
+}
+
+impl SshFailure {
+    pub fn code(self) -> &'static str {
+        match self {
+            SshFailure::Unreachable => "host.unreachable",
+            SshFailure::AuthRefused => "host.auth_refused",
+            SshFailure::HostKeyChanged => "host.key_changed",
+            SshFailure::GantryMissing => "host.gantry_missing",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            SshFailure::Unreachable => "cannot reach the host over SSH",
+            SshFailure::AuthRefused => "the host refused the SSH key",
+            SshFailure::HostKeyChanged => "the host's SSH key has changed",
+            SshFailure::GantryMissing => "gantry is not installed on the host",
+        }
+    }
+}
+
+/// Whether an agent of `version` serves this CLI: the same major and minor
+/// version (the API is `/v1` throughout; fields are added in minor versions).
+pub fn compatible(host: &str, version: &str) -> Result<(), HostError> {
+    let cli = env!("CARGO_PKG_VERSION");
+    let minor = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.split(['.', '-', '+']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    match (minor(cli), minor(version)) {
+        (Some(a), Some(b)) if a == b => Ok(()),
+        _ => Err(HostError::Incompatible {
+            host: host.to_owned(),
+            agent: version.to_owned(),
+            cli: cli.to_owned(),
+        }),
+    }
 }
 
 pub trait Host {

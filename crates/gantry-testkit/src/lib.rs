@@ -3,6 +3,8 @@
 //! `env!("CARGO_BIN_EXE_gantry")`), so this crate never builds it itself.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failure here is a failed test
 
+pub mod hosts;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -70,18 +70,66 @@ fn init_tracing() {
         .try_init();
 }
 
-fn connect_local(name: &str, state_dir: &Path, start: bool) -> Result<Box<dyn Host>, HostError> {
-    let agent = if start {
-        let exe = std::env::current_exe().map_err(|e| HostError::Unreachable {
+fn connect(
+    host: &gantry_core::config::resolve::Host,
+    state_dir: &Path,
+    start: bool,
+) -> Result<Box<dyn Host>, HostError> {
+    use gantry_core::config::resolve::Reach;
+    let name = host.name.as_str();
+    match &host.reach {
+        Reach::Local => {
+            let agent = if start {
+                gantry_remote::LocalAgent::connect_or_start(name, state_dir, &exe(name)?)?
+            } else {
+                gantry_remote::LocalAgent::connect(name, state_dir)?
+            };
+            Ok(Box::new(agent))
+        }
+        Reach::Ssh { target } => Ok(Box::new(gantry_remote::SshAgent::connect(
+            name,
+            target,
+            &gantry_remote::SshOptions::from_env(),
+        )?)),
+        Reach::Provider { provider } => Err(HostError::Unreachable {
             host: name.to_owned(),
-            message: format!("cannot find the gantry binary to start the agent: {e}"),
-            hint: "start it yourself with `gantry agent`".to_owned(),
-        })?;
-        gantry_remote::LocalAgent::connect_or_start(name, state_dir, &exe)?
-    } else {
-        gantry_remote::LocalAgent::connect(name, state_dir)?
+            message: format!(
+                "host `{name}` comes from {provider:?}, which Gantry cannot create yet"
+            ),
+            hint: "give it an `ssh` address in [hosts] once the server exists".to_owned(),
+        }),
+    }
+}
+
+fn exe(name: &str) -> Result<std::path::PathBuf, HostError> {
+    std::env::current_exe().map_err(|e| HostError::Unreachable {
+        host: name.to_owned(),
+        message: format!("cannot find the gantry binary to start the agent: {e}"),
+        hint: "start it yourself with `gantry agent`".to_owned(),
+    })
+}
+
+/// `gantry agent connect`: starts this machine's agent if none runs, then
+/// bridges stdin and stdout to its socket.
+fn bridge(state_dir: &Path) -> Result<(), Failure> {
+    let failed = |message: String| Failure {
+        code: "agent.unreachable",
+        exit: gantry_core::ExitClass::Unreachable.code(),
+        message,
+        hint: Some(format!(
+            "see {} on this host",
+            state_dir.join("agent.log").display()
+        )),
+        diagnostics: None,
+        details: None,
     };
-    Ok(Box::new(agent))
+    gantry_remote::LocalAgent::connect_or_start(
+        "local",
+        state_dir,
+        &exe("local").map_err(|e| failed(e.to_string()))?,
+    )
+    .map_err(|e| failed(e.to_string()))?;
+    gantry_remote::bridge(&state_dir.join("agent.sock")).map_err(|e| failed(e.to_string()))
 }
 
 fn main() -> ExitCode {
@@ -89,7 +137,8 @@ fn main() -> ExitCode {
         run_agent,
         run_proxy,
         relay: gantry_agent::process::relay_main,
-        connect_local,
+        connect,
+        bridge,
         default_state_dir: gantry_agent::agent::Paths::default_root,
     };
     gantry_cli::run(std::env::args_os(), &wiring)
