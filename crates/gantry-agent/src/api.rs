@@ -12,7 +12,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use gantry_core::agent_api::{
     AgentInfo, ApiError, ApiErrorBody, BlobList, DeployRequest, DeployResult, InstanceState,
-    LogLine, Outcome, Release, RollbackRequest, ServiceSelector, Status,
+    LockGrant, LockRelease, LockRequest, LogLine, Outcome, Release, RollbackRequest,
+    ServiceSelector, Status,
 };
 use serde::Deserialize;
 
@@ -81,6 +82,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/projects/{project}/logs", get(project_logs))
         .route("/v1/projects/{project}/stop", post(stop))
         .route("/v1/projects/{project}/restart", post(restart))
+        .route(
+            "/v1/projects/{project}/lock",
+            post(take_lock).delete(release_lock),
+        )
         .layer(DefaultBodyLimit::max(4 << 30))
         .with_state(agent)
 }
@@ -145,9 +150,59 @@ async fn deploy_project(
             "send the request to /v1/projects/<its project>/deploys",
         ));
     }
-    deploy::deploy(&agent, request, &ProxyCutover)
+    // Its own task: a client that goes away (a cut link) does not cancel a
+    // deploy halfway; it finishes, and `status` tells how it ended.
+    tokio::spawn(async move { deploy::deploy(&agent, request, &ProxyCutover).await })
         .await
+        .map_err(|e| ApiFailure::failed("agent.internal", e.to_string()))?
         .map(Json)
+}
+
+async fn take_lock(
+    State(agent): Shared,
+    Path(project): Path<String>,
+    Json(request): Json<LockRequest>,
+) -> Answer<LockGrant> {
+    let mut locks = agent.env_locks.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (project.clone(), request.environment.clone());
+    let displaced = match locks.get(&key) {
+        Some((_, holder)) if !request.force => {
+            let ago = now_ms().saturating_sub(holder.since_ms) / 1000;
+            return Err(ApiFailure::conflict(
+                "deploy.locked",
+                format!(
+                    "`{}` of {project} ({}) is locked by pid {} of {}@{}, for {ago}s",
+                    holder.command, request.environment, holder.pid, holder.user, holder.machine
+                ),
+                "wait for that deploy to end; if it is gone, pass --force-unlock",
+            ));
+        }
+        Some((_, holder)) => Some(holder.clone()),
+        None => None,
+    };
+    let token = format!("{:032x}", rand::random::<u128>());
+    locks.insert(key, (token.clone(), request.holder));
+    Ok(Json(LockGrant { token, displaced }))
+}
+
+async fn release_lock(
+    State(agent): Shared,
+    Path(project): Path<String>,
+    Json(request): Json<LockRelease>,
+) -> Answer<serde_json::Value> {
+    let mut locks = agent.env_locks.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (project, request.environment);
+    // Only its holder releases it: a forced take left the old holder's token stale.
+    if locks.get(&key).is_some_and(|(token, _)| *token == request.token) {
+        locks.remove(&key);
+    }
+    Ok(Json(serde_json::Value::Null))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn rollback(
@@ -223,8 +278,9 @@ async fn rollback(
         secrets: request.secrets,
         rollback_of: Some(target.id.clone()),
     };
-    deploy::deploy(&agent, deploy, &ProxyCutover)
+    tokio::spawn(async move { deploy::deploy(&agent, deploy, &ProxyCutover).await })
         .await
+        .map_err(|e| ApiFailure::failed("agent.internal", e.to_string()))?
         .map(Json)
 }
 

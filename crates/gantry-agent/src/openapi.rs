@@ -3,8 +3,8 @@
 //! types themselves (schemars), so the document cannot drift from the code.
 
 use gantry_core::agent_api::{
-    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, LogLine, Release,
-    RollbackRequest, ServiceSelector, Status,
+    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, LockGrant, LockRelease,
+    LockRequest, LogLine, Release, RollbackRequest, ServiceSelector, Status,
 };
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
@@ -96,6 +96,20 @@ const ROUTES: &[(&str, &str, &str, Option<&str>, &str)] = &[
         Some("ServiceSelector"),
         "Status",
     ),
+    (
+        "post",
+        "/v1/projects/{project}/lock",
+        "Take an environment's deploy lock (409 deploy.locked names the holder)",
+        Some("LockRequest"),
+        "LockGrant",
+    ),
+    (
+        "delete",
+        "/v1/projects/{project}/lock",
+        "Release it with its token",
+        Some("LockRelease"),
+        "none",
+    ),
 ];
 
 fn reference(name: &str) -> Value {
@@ -128,6 +142,9 @@ pub fn document() -> Value {
         BlobList,
         DeployRequest,
         DeployResult,
+        LockGrant,
+        LockRelease,
+        LockRequest,
         LogLine,
         Release,
         RollbackRequest,

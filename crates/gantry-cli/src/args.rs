@@ -211,6 +211,10 @@ pub struct DeployArgs {
     /// Skip the build commands and ship what is on disk
     #[arg(long)]
     pub skip_build: bool,
+
+    /// Take the environment's deploy lock even if another deploy holds it (warns; use only when that deploy is gone)
+    #[arg(long)]
+    pub force_unlock: bool,
 }
 
 #[derive(Debug, Args)]

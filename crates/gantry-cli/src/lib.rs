@@ -120,6 +120,7 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
         Command::Deploy(args) => {
             let options = deploy::DeployOptions {
                 skip_build: args.skip_build,
+                force_unlock: args.force_unlock,
             };
             let report = deploy::deploy(&project, env, &connect, &vars, &options, &progress)?;
             emit(printer, report)

@@ -113,11 +113,18 @@ impl Printer {
             Mode::Text => {
                 let secs = line.ts / 1000;
                 let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-                writeln!(
-                    stdout,
-                    "{h:02}:{m:02}:{s:02} {} | {}",
-                    line.service, line.line
-                )?;
+                match &line.host {
+                    Some(host) => writeln!(
+                        stdout,
+                        "{h:02}:{m:02}:{s:02} {host} {} | {}",
+                        line.service, line.line
+                    )?,
+                    None => writeln!(
+                        stdout,
+                        "{h:02}:{m:02}:{s:02} {} | {}",
+                        line.service, line.line
+                    )?,
+                }
             }
         }
         stdout.flush()

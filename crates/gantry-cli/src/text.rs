@@ -158,9 +158,13 @@ fn instances_line(out: &mut String, service: &gantry_core::agent_api::ServiceSta
         let pid = i
             .pid
             .map_or_else(|| "no process".to_owned(), |p| format!("pid {p}"));
+        let on = i
+            .host
+            .as_ref()
+            .map_or_else(String::new, |h| format!(" on {h}"));
         let _ = writeln!(
             out,
-            "    {} {:?}: {pid}{port}, {}{}, {} restart{}{memory}",
+            "    {}{on} {:?}: {pid}{port}, {}{}, {} restart{}{memory}",
             i.id,
             i.state,
             if i.healthy { "healthy" } else { "not healthy" },
@@ -225,6 +229,22 @@ impl Report for gantry_core::deploy::DeployReport {
             );
         }
         services_text(&mut out, &self.services);
+        if self.hosts.len() > 1 {
+            for h in &self.hosts {
+                let _ = writeln!(
+                    out,
+                    "  host {}: {:?}{}{}",
+                    h.host,
+                    h.outcome,
+                    h.release
+                        .as_ref()
+                        .map_or_else(String::new, |r| format!(", runs {r}")),
+                    h.error
+                        .as_ref()
+                        .map_or_else(String::new, |e| format!(" ({e})"))
+                );
+            }
+        }
         out
     }
 }
@@ -239,6 +259,14 @@ impl Report for gantry_core::operate::StatusReport {
             out.push_str("  nothing deployed yet: run `gantry deploy`\n");
         }
         services_text(&mut out, &self.status.services);
+        for h in self.hosts.iter().filter(|h| !h.reachable) {
+            let _ = writeln!(
+                out,
+                "  host {} unreachable: {}",
+                h.host,
+                h.error.as_deref().unwrap_or("no answer")
+            );
+        }
         out
     }
 }

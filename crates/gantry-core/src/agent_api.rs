@@ -171,6 +171,9 @@ pub enum InstanceState {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Instance {
     pub id: String,
+    /// The host it runs on: set by the CLI when it merges several hosts' status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub service: String,
     pub release: String,
     pub state: InstanceState,
@@ -253,6 +256,9 @@ pub enum Stream {
 pub struct LogLine {
     /// Unix time in milliseconds.
     pub ts: u64,
+    /// The host it came from: set by the CLI when it merges several hosts' logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub service: String,
     pub instance: String,
     pub stream: Stream,
@@ -290,4 +296,43 @@ pub struct ApiError {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ApiErrorBody {
     pub error: ApiError,
+}
+
+/// Who holds a deploy lock: enough to find them, or to tell they are gone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LockHolder {
+    /// The machine the holding command runs on (its hostname).
+    pub machine: String,
+    pub user: String,
+    pub pid: u32,
+    /// What it runs, like `gantry deploy -e prod`.
+    pub command: String,
+    /// Unix time in milliseconds when it took the lock.
+    pub since_ms: u64,
+}
+
+/// `POST /v1/projects/{project}/lock`: one deploy at a time per environment.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct LockRequest {
+    pub environment: String,
+    pub holder: LockHolder,
+    /// Take the lock even if someone holds it (`--force-unlock`).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The lock was taken: `token` releases it.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct LockGrant {
+    pub token: String,
+    /// Whom a forced take displaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub displaced: Option<LockHolder>,
+}
+
+/// `DELETE /v1/projects/{project}/lock`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct LockRelease {
+    pub environment: String,
+    pub token: String,
 }

@@ -113,6 +113,11 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "the host's agent runs a gantry version this CLI cannot talk to",
     ),
     (
+        "deploy.locked",
+        ExitClass::Conflict,
+        "another deploy of the environment holds its lock; the error names it",
+    ),
+    (
         "agent.locked",
         ExitClass::Conflict,
         "another agent already runs on this state directory",

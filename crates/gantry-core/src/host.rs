@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use crate::agent_api::{
-    AgentInfo, ApiError, DeployRequest, DeployResult, LogLine, Release, RollbackRequest,
-    ServiceSelector, Status,
+    AgentInfo, ApiError, DeployRequest, DeployResult, LockGrant, LockRelease, LockRequest,
+    LogLine, Release, RollbackRequest, ServiceSelector, Status,
 };
 
 /// Which log lines to read.
@@ -125,4 +125,8 @@ pub trait Host {
     fn restart(&self, project: &str, selector: &ServiceSelector) -> Result<Status, HostError>;
     /// Stops the agent; its services keep running.
     fn shutdown(&self) -> Result<(), HostError>;
+    /// Takes the environment's deploy lock (held on one agent for the whole
+    /// environment); `deploy.locked` names the holder when it is taken.
+    fn lock(&self, project: &str, request: &LockRequest) -> Result<LockGrant, HostError>;
+    fn unlock(&self, project: &str, request: &LockRelease) -> Result<(), HostError>;
 }

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use gantry_core::agent_api::{
-    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, LogLine, Release,
-    RollbackRequest, ServiceSelector, Status,
+    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, LockGrant, LockRelease,
+    LockRequest, LogLine, Release, RollbackRequest, ServiceSelector, Status,
 };
 use gantry_core::host::{Host, HostError, LogQuery};
 use hyper::{Method, StatusCode};
@@ -245,6 +245,23 @@ impl<T: Transport> Host for Agent<T> {
             &format!("/v1/projects/{}/restart", encode(project)),
             selector,
         )
+    }
+
+    fn lock(&self, project: &str, request: &LockRequest) -> Result<LockGrant, HostError> {
+        self.json(
+            Method::POST,
+            &format!("/v1/projects/{}/lock", encode(project)),
+            request,
+        )
+    }
+
+    fn unlock(&self, project: &str, request: &LockRelease) -> Result<(), HostError> {
+        let _: serde_json::Value = self.json(
+            Method::DELETE,
+            &format!("/v1/projects/{}/lock", encode(project)),
+            request,
+        )?;
+        Ok(())
     }
 
     fn shutdown(&self) -> Result<(), HostError> {
