@@ -193,7 +193,10 @@ async fn release_lock(
     let mut locks = agent.env_locks.lock().unwrap_or_else(|e| e.into_inner());
     let key = (project, request.environment);
     // Only its holder releases it: a forced take left the old holder's token stale.
-    if locks.get(&key).is_some_and(|(token, _)| *token == request.token) {
+    if locks
+        .get(&key)
+        .is_some_and(|(token, _)| *token == request.token)
+    {
         locks.remove(&key);
     }
     Ok(Json(serde_json::Value::Null))

@@ -160,8 +160,14 @@ impl Printer {
 pub struct StderrProgress<'a>(pub &'a Printer);
 
 impl gantry_core::deploy::Progress for StderrProgress<'_> {
+    /// Text: `· message` lines. JSON: one `{"progress": message}` object a
+    /// line, so a script can follow a long deploy while stdout stays one report.
     fn step(&self, message: &str) {
-        self.0.status(&format!("· {message}"));
+        match self.0.mode {
+            Mode::Text => self.0.status(&format!("· {message}")),
+            Mode::Json if !self.0.quiet => eprintln!("{}", json!({ "progress": message })),
+            Mode::Json => {}
+        }
     }
 }
 

@@ -211,7 +211,13 @@ pub fn deploy(
 
     // One deploy at a time per environment: the lock lives on the first host's agent.
     let lock_host = connect(first)?;
-    let lock = Lock::take(lock_host, &env.project, environment, options.force_unlock, progress)?;
+    let lock = Lock::take(
+        lock_host,
+        &env.project,
+        environment,
+        options.force_unlock,
+        progress,
+    )?;
 
     let plan = HostPlan {
         project: &env.project,

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use crate::agent_api::{
-    AgentInfo, ApiError, DeployRequest, DeployResult, LockGrant, LockRelease, LockRequest,
-    LogLine, Release, RollbackRequest, ServiceSelector, Status,
+    AgentInfo, ApiError, DeployRequest, DeployResult, LockGrant, LockRelease, LockRequest, LogLine,
+    Release, RollbackRequest, ServiceSelector, Status,
 };
 
 /// Which log lines to read.

@@ -167,9 +167,8 @@ fn worse(a: ServiceState, b: ServiceState) -> ServiceState {
     let worst = if rank(a) >= rank(b) { a } else { b };
     // Running on one host and failed on another is degraded, not failed.
     match (a, b) {
-        (ServiceState::Running, ServiceState::Failed) | (ServiceState::Failed, ServiceState::Running) => {
-            ServiceState::Degraded
-        }
+        (ServiceState::Running, ServiceState::Failed)
+        | (ServiceState::Failed, ServiceState::Running) => ServiceState::Degraded,
         _ => worst,
     }
 }
@@ -214,7 +213,10 @@ pub fn releases(
             releases: answer?,
         });
     }
-    let releases = per_host.first().map(|h| h.releases.clone()).unwrap_or_default();
+    let releases = per_host
+        .first()
+        .map(|h| h.releases.clone())
+        .unwrap_or_default();
     if per_host.len() == 1 {
         per_host.clear();
     }

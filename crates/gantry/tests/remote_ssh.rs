@@ -104,3 +104,231 @@ fn each_ssh_failure_has_its_own_error() {
         run.stdout
     );
 }
+
+/// `GET /version` of the web service through each host's own proxy
+/// (`<service>.<project>.localhost` on the host's loopback).
+fn versions(hosts: &TestHosts, names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .map(|name| {
+            let (code, body) = hosts
+                .host(name)
+                .http_get(8080, "web.shop.localhost", "/version")
+                .unwrap_or_else(|e| panic!("{name} does not answer: {e}"));
+            assert_eq!(code, 200, "{name}: {body}");
+            body.trim().to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn deploys_roll_across_three_hosts() {
+    let hosts = TestHosts::start(3);
+    let all = ["h1", "h2", "h3"];
+    for name in all {
+        hosts.host(name).install_gantry(GANTRY.as_ref());
+    }
+    let project = remote_project(&hosts, &all, "1");
+    let deployed = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"]);
+    deployed.expect_code(0);
+    let report = deployed.json();
+    let outcomes: Vec<_> = report["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| (h["host"].as_str().unwrap().to_owned(), h["outcome"].clone()))
+        .collect();
+    assert_eq!(outcomes.len(), 3, "{report:#}");
+    assert!(outcomes.iter().all(|(_, o)| o == "deployed"), "{report:#}");
+    assert_eq!(versions(&hosts, &all), ["1", "1", "1"]);
+
+    // Merged status: every host's instances, labelled.
+    let status = project.gantry(&["status", "-e", "prod", "--output", "json"]);
+    status.expect_code(0);
+    let status = status.json();
+    let web = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .expect("web in status");
+    let on: Vec<&str> = web["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["host"].as_str().unwrap())
+        .collect();
+    for name in all {
+        assert_eq!(on.iter().filter(|h| **h == name).count(), 2, "{web:#}");
+    }
+
+    // A rolling redeploy of version 2 (one host at a time by default); only
+    // the changed file travels.
+    std::fs::write(project.path().join("VERSION"), "2\n").unwrap();
+    let again = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"]);
+    again.expect_code(0);
+    let again = again.json();
+    assert_eq!(
+        again["upload"]["blobs_sent"], 3,
+        "one file to each host: {again:#}"
+    );
+    assert_eq!(versions(&hosts, &all), ["2", "2", "2"]);
+
+    // Merged logs, labelled by host.
+    let logs = project.gantry(&["logs", "-e", "prod", "web", "--output", "json"]);
+    logs.expect_code(0);
+    let mut seen: Vec<String> = logs
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|l| l["host"].as_str().map(str::to_owned))
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, all, "{}", logs.stdout);
+
+    // Rollback goes back on every host.
+    project
+        .gantry(&["rollback", "-e", "prod", "--output", "json"])
+        .expect_code(0);
+    assert_eq!(versions(&hosts, &all), ["1", "1", "1"]);
+}
+
+/// A `gantry deploy` left running; its stderr (the progress lines) read as they come.
+struct Running {
+    child: std::process::Child,
+    progress: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(project: &TestProject, ssh_config: &std::path::Path, args: &[&str]) -> Running {
+        use std::io::BufRead;
+        let mut child = agent_support::command(project, args)
+            .env("GANTRY_SSH_CONFIG", ssh_config)
+            .env("GANTRY_PROXY_LISTEN", "off")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start gantry deploy");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (send, progress) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, progress }
+    }
+
+    /// Waits for a progress line containing `text`.
+    fn until(&self, text: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.progress.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(_) => panic!("no progress line with `{text}`"),
+            }
+        }
+    }
+
+    fn finish(self) -> (i32, serde_json::Value) {
+        let output = self
+            .child
+            .wait_with_output()
+            .expect("wait for gantry deploy");
+        let json = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        });
+        (output.status.code().unwrap_or(-1), json)
+    }
+}
+
+/// Each host's web instances' releases, from the merged status.
+fn releases_by_host(project: &TestProject) -> std::collections::BTreeMap<String, Vec<String>> {
+    let status = project
+        .gantry(&["status", "-e", "prod", "--output", "json"])
+        .json();
+    let mut by_host: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for service in status["services"].as_array().unwrap() {
+        for i in service["instances"].as_array().unwrap() {
+            if i["state"] == "live" {
+                by_host
+                    .entry(i["host"].as_str().unwrap().to_owned())
+                    .or_default()
+                    .push(i["release"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    by_host
+}
+
+#[test]
+fn a_cut_link_stops_the_rollout_and_a_second_deploy_is_refused() {
+    let hosts = TestHosts::start(3);
+    let all = ["h1", "h2", "h3"];
+    for name in all {
+        hosts.host(name).install_gantry(GANTRY.as_ref());
+    }
+    let project = remote_project(&hosts, &all, "1");
+    project
+        .gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"])
+        .expect_code(0);
+
+    // A second deploy while the first holds the lock is refused, naming it.
+    std::fs::write(project.path().join("VERSION"), "2\n").unwrap();
+    let args = ["deploy", "-e", "prod", "--skip-build", "--output", "json"];
+    let first = Running::start(&project, &hosts.ssh_config, &args);
+    first.until("deploying shop to h1");
+    let second = project.gantry(&args);
+    second.expect_code(4);
+    let error = &second.json()["error"];
+    assert_eq!(error["code"], "deploy.locked", "{error:#}");
+    let holder = first.child.id().to_string();
+    assert!(
+        error["message"].as_str().unwrap().contains(&holder),
+        "names the holder's pid {holder}: {error:#}"
+    );
+    let (code, _) = first.finish();
+    assert_eq!(code, 0);
+    assert_eq!(versions(&hosts, &all), ["2", "2", "2"]);
+
+    // Version 3, and h2's link goes down while the rollout reaches it.
+    std::fs::write(project.path().join("VERSION"), "3\n").unwrap();
+    let rollout = Running::start(&project, &hosts.ssh_config, &args);
+    rollout.until("deploying shop to h1");
+    rollout.until("deploying shop to h2");
+    hosts.host("h2").cut();
+    let (code, report) = rollout.finish();
+    assert_eq!(code, 6, "{report:#}");
+    let error = &report["error"];
+    assert_eq!(error["code"], "deploy.failed", "{error:#}");
+    assert!(
+        error["message"].as_str().unwrap().contains("host h2"),
+        "names the host: {error:#}"
+    );
+    let per_host = &error["details"]["hosts"];
+    assert_eq!(per_host[0]["outcome"], "deployed", "{per_host:#}");
+    assert_eq!(per_host[1]["outcome"], "unreachable", "{per_host:#}");
+    assert_eq!(per_host[2]["outcome"], "skipped", "{per_host:#}");
+    assert_eq!(versions(&hosts, &["h1", "h3"]), ["3", "2"]);
+
+    // Back online, h2 runs one release throughout (old or new, not a mix),
+    // and so does every other host.
+    hosts.host("h2").restore();
+    let by_host = releases_by_host(&project);
+    for (host, releases) in &by_host {
+        let mut distinct = releases.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 1, "{host} runs one release: {by_host:?}");
+    }
+}
