@@ -368,7 +368,14 @@ pub(crate) fn resolve(file: &File, environment: &str) -> Environment {
             .map_or(1, NonZeroU32::get),
         services: merged_services(file, environment)
             .iter()
-            .map(|(name, s)| (name.clone(), Service::resolve(name, s)))
+            .map(|(name, s)| {
+                let mut service = Service::resolve(name, s);
+                // The implicit `local` environment runs everything on this machine.
+                if !file.environments.contains_key(environment) {
+                    service.hosts.clear();
+                }
+                (name.clone(), service)
+            })
             .collect(),
     }
 }

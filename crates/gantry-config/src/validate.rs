@@ -196,10 +196,11 @@ fn check_placement(
     services: &Services<'_>,
     locate: &dyn Fn(&str, &[&str]) -> KeyPath,
 ) {
-    let env_hosts: Vec<&str> = match file.environments.get(env) {
-        Some(e) => e.hosts.iter().map(String::as_str).collect(),
-        None => vec![resolve::LOCAL],
+    // The implicit `local` environment runs everything on this machine.
+    let Some(declared) = file.environments.get(env) else {
+        return;
     };
+    let env_hosts: Vec<&str> = declared.hosts.iter().map(String::as_str).collect();
     for (name, service) in services {
         for (i, host) in service.hosts.iter().flatten().enumerate() {
             if !env_hosts.contains(&host.as_str()) {
