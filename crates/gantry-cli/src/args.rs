@@ -172,6 +172,45 @@ pub enum Command {
     /// Example: gantry restart web
     Restart(ServiceArg),
 
+    /// Add an existing server, reachable over SSH, to an environment
+    ///
+    /// Checks that `ssh` logs in without a prompt, adds [hosts.HOST] to
+    /// gantry.toml (keeping its comments) when it is not declared, lists the
+    /// host in the environment, and marks the environment provisioned.
+    /// Without --ssh, HOST is a name from ~/.ssh/config.
+    ///
+    /// Example: gantry register web1 --ssh deploy@203.0.113.7 -e prod
+    Register(RegisterArgs),
+
+    /// Make every host of the environment ready to deploy to, over SSH
+    ///
+    /// Installs this gantry binary on each host (only when it differs), its
+    /// state directory, and its agent (a systemd unit as root on systemd
+    /// hosts; otherwise a daemon the CLI restarts when needed), replaces an
+    /// agent of another version, and opens 22/80/443 when ufw is active. Safe
+    /// to run again. `gantry deploy` runs it first when the environment is
+    /// not configured yet.
+    ///
+    /// Example: gantry configure -e prod
+    Configure,
+
+    /// Create, list, show, destroy or forget environments' state
+    ///
+    /// Each environment's lifecycle is kept in .gantry/state/<env>.json:
+    /// created → provisioned → configured → running, with *_failed states
+    /// that record the step, the host and the error, and destroyed.
+    ///
+    /// Example: gantry env list
+    Env(EnvArgs),
+
+    /// Open a shell on a host of the environment, or run a command there
+    ///
+    /// Uses your own ssh (its config, agent and keys). Without HOST, the
+    /// environment's first host.
+    ///
+    /// Example: gantry ssh web1 -e prod -- df -h
+    Ssh(SshArgs),
+
     /// Run this machine's agent, or stop it
     ///
     /// The agent supervises the services, keeps releases and serves its API on
@@ -377,4 +416,42 @@ pub struct InitArgs {
 pub struct CompletionsArgs {
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The host's name in gantry.toml, like web1
+    pub host: String,
+    /// How to reach it: user@address, user@address:port, or a name from ~/.ssh/config
+    #[arg(long, value_name = "TARGET")]
+    pub ssh: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    #[command(subcommand)]
+    pub action: EnvAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvAction {
+    /// Start an environment's state (created)
+    Create { name: String },
+    /// Every environment: declared in gantry.toml or with state, and its state
+    List,
+    /// An environment's state, hosts and last failure
+    Show { name: String },
+    /// Stop the project's services on every host and mark the environment destroyed (needs --yes)
+    Destroy { name: String },
+    /// Forget a destroyed environment's state
+    Purge { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// The host [default: the environment's first host]
+    pub host: Option<String>,
+    /// A command to run instead of a shell
+    #[arg(last = true)]
+    pub command: Vec<String>,
 }

@@ -3,6 +3,7 @@
 //! here, and nothing here prints to stdout except through `Printer::report`.
 
 mod args;
+mod lifecycle;
 pub use args::ProxyListen;
 mod output;
 mod text;
@@ -13,9 +14,9 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use gantry_core::host::{Host, HostError};
-use gantry_core::{Project, deploy, init, operate, render, show, validate};
+use gantry_core::{Project, deploy, environment, init, operate, render, show, validate};
 
-use args::{AgentAction, OutputMode, ReleasesAction, RenderTarget};
+use args::{AgentAction, EnvAction, OutputMode, ReleasesAction, RenderTarget};
 pub use args::{Cli, Command};
 pub use output::{Failure, Mode, Printer, Report};
 
@@ -35,6 +36,10 @@ pub type Connect = fn(
     bool,
 ) -> Result<Box<dyn Host>, HostError>;
 
+/// Opens a shell on a host over SSH.
+pub type OpenShell =
+    fn(&gantry_core::config::resolve::Host) -> Result<Box<dyn gantry_core::host::Shell>, HostError>;
+
 /// The concrete parts the binary plugs in: the agent itself, the relay, and
 /// how to reach an agent. The CLI knows them only by these signatures.
 pub struct Wiring {
@@ -48,6 +53,8 @@ pub struct Wiring {
     pub connect: Connect,
     /// `gantry agent connect`: bridges stdin and stdout to this machine's agent.
     pub bridge: fn(&std::path::Path) -> Result<(), Failure>,
+    /// Opens a shell on a host over SSH (configure, register, ssh).
+    pub shell: OpenShell,
     /// The default state directory.
     pub default_state_dir: fn() -> PathBuf,
 }
@@ -114,6 +121,9 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
         }
     };
     let connect = connect_with(true);
+    let shell = |host: &gantry_core::config::resolve::Host| -> Result<Box<dyn gantry_core::host::Shell>, gantry_core::Error> {
+        Ok((wiring.shell)(host)?)
+    };
     let vars = |name: &str| std::env::var(name).ok();
     let progress = output::StderrProgress(printer);
     match &cli.command {
@@ -122,8 +132,63 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 skip_build: args.skip_build,
                 force_unlock: args.force_unlock,
             };
-            let report = deploy::deploy(&project, env, &connect, &vars, &options, &progress)?;
-            emit(printer, report)
+            let remote = lifecycle::before_deploy(&project, env, &shell, &connect, &progress)?;
+            let result = deploy::deploy(&project, env, &connect, &vars, &options, &progress);
+            if remote {
+                lifecycle::after_deploy(&project, env, &result)?;
+            }
+            emit(printer, result?)
+        }
+        Command::Register(args) => emit(
+            printer,
+            gantry_core::register::register(
+                &project,
+                env,
+                &args.host,
+                args.ssh.as_deref(),
+                &shell,
+                &progress,
+            )?,
+        ),
+        Command::Configure => emit(
+            printer,
+            gantry_core::configure::configure(
+                &project,
+                env,
+                &lifecycle::current_exe()?,
+                &shell,
+                &connect,
+                &progress,
+            )?,
+        ),
+        Command::Env(args) => match &args.action {
+            EnvAction::Create { name } => emit(printer, environment::create(&project, name)?),
+            EnvAction::List => emit(printer, environment::list(&project)?),
+            EnvAction::Show { name } => emit(printer, environment::show(&project, name)?),
+            EnvAction::Destroy { name } => {
+                if !cli.global.yes {
+                    return Err(Failure {
+                        code: "usage",
+                        exit: gantry_core::ExitClass::Usage.code(),
+                        message: format!(
+                            "destroying `{name}` stops every service of the project on its hosts"
+                        ),
+                        hint: Some(format!("run `gantry env destroy {name} --yes` to confirm")),
+                        diagnostics: None,
+                        details: None,
+                    });
+                }
+                emit(printer, environment::destroy(&project, name, &connect)?)
+            }
+            EnvAction::Purge { name } => emit(printer, environment::purge(&project, name)?),
+        },
+        Command::Ssh(args) => {
+            // Like ssh itself: the remote command's exit code is ours.
+            let code = lifecycle::ssh(&project, env, args, &shell)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
         }
         Command::Status => emit(printer, operate::status(&project, env, &connect)?),
         Command::Logs(args) => logs(printer, &project, env, args, &connect),

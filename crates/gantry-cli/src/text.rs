@@ -353,3 +353,97 @@ impl Report for AgentStopped {
         )
     }
 }
+
+impl Report for gantry_core::register::RegisterReport {
+    fn text(&self) -> String {
+        let mut out = format!(
+            "{} ({}) is a host of {}: {:?}\n",
+            self.host, self.ssh, self.environment, self.state
+        );
+        for added in &self.added {
+            let _ = writeln!(out, "  added to gantry.toml: {added}");
+        }
+        if self.state == gantry_core::environment::Phase::Provisioned {
+            let _ = writeln!(
+                out,
+                "next: `gantry configure -e {}` (or `gantry deploy -e {}`)",
+                self.environment, self.environment
+            );
+        }
+        out
+    }
+}
+
+impl Report for gantry_core::configure::ConfigureReport {
+    fn text(&self) -> String {
+        let mut out = format!("{} is {:?}\n", self.environment, self.state);
+        for host in &self.hosts {
+            let _ = writeln!(
+                out,
+                "  {}: gantry {}, agent as {}",
+                host.host, host.gantry, host.agent
+            );
+            for step in &host.steps {
+                let _ = writeln!(
+                    out,
+                    "    {} {}: {}",
+                    if step.changed { "changed" } else { "ok     " },
+                    step.step,
+                    step.detail
+                );
+            }
+        }
+        out
+    }
+}
+
+impl Report for gantry_core::environment::EnvReport {
+    fn text(&self) -> String {
+        let s = &self.0;
+        let mut out = format!("{}: {:?}\n", s.environment, s.state);
+        for (name, host) in &s.hosts {
+            let _ = writeln!(
+                out,
+                "  {name}: {}{}",
+                host.ssh.as_deref().unwrap_or("this machine"),
+                host.gantry
+                    .as_ref()
+                    .map_or_else(String::new, |v| format!(", gantry {v}"))
+            );
+        }
+        if let Some(f) = &s.failure {
+            let _ = writeln!(
+                out,
+                "  failed at `{}`{}: {}",
+                f.step,
+                f.host
+                    .as_ref()
+                    .map_or_else(String::new, |h| format!(" on {h}")),
+                f.error
+            );
+        }
+        out
+    }
+}
+
+impl Report for gantry_core::environment::EnvList {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for e in &self.environments {
+            let _ = writeln!(
+                out,
+                "{:<12} {:<18} {}{}",
+                e.environment,
+                e.state
+                    .map_or_else(|| "-".to_owned(), |s| format!("{s:?}").to_lowercase()),
+                e.hosts.join(", "),
+                if e.declared {
+                    ""
+                } else {
+                    "  (not in gantry.toml)"
+                }
+            );
+        }
+        out
+    }
+}

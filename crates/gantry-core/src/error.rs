@@ -113,9 +113,29 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "the host's agent runs a gantry version this CLI cannot talk to",
     ),
     (
+        "state.corrupt",
+        ExitClass::Invalid,
+        "a file under .gantry/state is not what Gantry wrote",
+    ),
+    (
+        "env.locked",
+        ExitClass::Conflict,
+        "another gantry command is changing the environment; the error names it",
+    ),
+    (
+        "env.state",
+        ExitClass::Conflict,
+        "the environment is not in a state that allows the command (destroyed, not destroyed yet, unknown)",
+    ),
+    (
+        "configure.failed",
+        ExitClass::Failed,
+        "a step of `gantry configure` failed on a host; the error names the host and the step",
+    ),
+    (
         "deploy.locked",
         ExitClass::Conflict,
-        "another deploy of the environment holds its lock; the error names it",
+        "another deploy of the project (on the host, or of the whole environment) holds its lock; the error names it",
     ),
     (
         "agent.locked",
@@ -156,11 +176,6 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "deploy.unsupported",
         ExitClass::Invalid,
         "the environment needs something this version cannot do yet",
-    ),
-    (
-        "deploy.locked",
-        ExitClass::Conflict,
-        "another deploy of the project is running on the host",
     ),
     (
         "deploy.failed",
@@ -236,6 +251,26 @@ pub enum Error {
         log_tail: Vec<String>,
         report: Box<serde_json::Value>,
     },
+    #[error("{} is damaged: {message}", path.display())]
+    StateCorrupt { path: PathBuf, message: String },
+    #[error("environment `{environment}` is busy: {holder} holds {}", path.display())]
+    EnvLocked {
+        environment: String,
+        holder: String,
+        path: PathBuf,
+    },
+    #[error("environment `{environment}` {problem}")]
+    EnvState {
+        environment: String,
+        problem: String,
+        hint: String,
+    },
+    #[error("configuring {host} failed at `{step}`: {message}")]
+    ConfigureFailed {
+        host: String,
+        step: String,
+        message: String,
+    },
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -282,6 +317,10 @@ impl Error {
             Error::InitExists { .. } => "init.exists",
             Error::OutputExists { .. } => "output.exists",
             Error::Io { .. } => "io.failed",
+            Error::StateCorrupt { .. } => "state.corrupt",
+            Error::EnvLocked { .. } => "env.locked",
+            Error::EnvState { .. } => "env.state",
+            Error::ConfigureFailed { .. } => "configure.failed",
         }
     }
 
@@ -312,6 +351,16 @@ impl Error {
                 Some("choose an empty or new directory for --out, or remove this one".to_owned())
             }
             Error::Io { .. } => None,
+            Error::StateCorrupt { .. } => Some(
+                "it is Gantry's record of the environment: fix the JSON, or remove the file and run `gantry configure` again".to_owned(),
+            ),
+            Error::EnvLocked { .. } => Some(
+                "wait for that command to finish; if it is gone from another machine, remove the lock file".to_owned(),
+            ),
+            Error::EnvState { hint, .. } => Some(hint.clone()),
+            Error::ConfigureFailed { .. } => Some(
+                "fix what the message says, then run `gantry configure` again: it is safe to re-run".to_owned(),
+            ),
             Error::Host(crate::host::HostError::Unreachable { hint, .. }) => Some(hint.clone()),
             Error::Host(crate::host::HostError::Api { error, .. }) => error.hint.clone(),
             Error::Host(crate::host::HostError::Ssh { hint, .. }) => {

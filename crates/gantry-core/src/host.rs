@@ -130,3 +130,41 @@ pub trait Host {
     fn lock(&self, project: &str, request: &LockRequest) -> Result<LockGrant, HostError>;
     fn unlock(&self, project: &str, request: &LockRelease) -> Result<(), HostError>;
 }
+
+/// A shell on a host, over SSH: what `configure` and `exec` need beside the
+/// agent API. SSH's own failures are errors; the command's exit is returned.
+pub trait Shell: Send + Sync {
+    fn name(&self) -> &str;
+    /// Runs `command` (a POSIX shell command line) with `stdin` as its input.
+    fn run(&self, command: &str, stdin: Option<&Path>) -> Result<Ran, HostError>;
+    /// Runs `command` (or a login shell) attached to this terminal; its exit code.
+    fn interactive(&self, command: Option<&str>) -> Result<i32, HostError>;
+}
+
+/// What a remote command did.
+#[derive(Debug)]
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// The remote shell command that runs `gantry ARGS` on a host: the copy
+/// `gantry configure` installs (`~/.gantry/bin`) comes first on the PATH, and
+/// a system agent (installed as root, state in /var/lib/gantry) is the one
+/// talked to when it runs.
+pub fn remote_gantry(args: &str) -> String {
+    format!(
+        "if [ -z \"$GANTRY_STATE_DIR\" ] && [ -S /var/lib/gantry/agent.sock ]; then export GANTRY_STATE_DIR=/var/lib/gantry; fi; PATH=\"$HOME/.gantry/bin:/usr/local/bin:$PATH\" exec gantry {args}"
+    )
+}

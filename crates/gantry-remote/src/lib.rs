@@ -12,4 +12,4 @@ mod ssh;
 pub use agent::{Agent, Transport};
 pub use bridge::bridge;
 pub use local::{Local, LocalAgent};
-pub use ssh::{Ran, Shell, Ssh, SshAgent, SshOptions, SshTarget, classify, remote_gantry};
+pub use ssh::{Shell, Ssh, SshAgent, SshOptions, SshTarget, classify};

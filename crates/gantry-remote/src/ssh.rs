@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use gantry_core::host::{HostError, SshFailure};
+use gantry_core::host::{HostError, Ran, SshFailure};
 
 use crate::agent::{Agent, Transport};
 use crate::client::{Client, ClientError, Dial};
@@ -165,12 +165,6 @@ fn uid() -> u32 {
     nix::unistd::getuid().as_raw()
 }
 
-/// The remote command that starts `gantry`: the copy `gantry configure`
-/// installs comes first on the PATH, then the system's.
-pub fn remote_gantry(args: &str) -> String {
-    format!("PATH=\"$HOME/.gantry/bin:/usr/local/bin:$PATH\" exec gantry {args}")
-}
-
 /// The transport to one host's agent over SSH.
 pub struct Ssh {
     target: SshTarget,
@@ -227,7 +221,7 @@ impl Agent<Ssh> {
             hint: "set XDG_RUNTIME_DIR to a writable directory".to_owned(),
         })?;
         let mut argv = options.command_line(&target);
-        argv.push(remote_gantry("agent connect").into());
+        argv.push(gantry_core::host::remote_gantry("agent connect").into());
         let client = Client::new(Dial::Command(argv)).map_err(|e| HostError::Ssh {
             host: name.to_owned(),
             failure: SshFailure::Unreachable,
@@ -250,12 +244,25 @@ pub struct Shell {
     pub options: SshOptions,
 }
 
-/// What a remote command did.
-#[derive(Debug)]
-pub struct Ran {
-    pub code: Option<i32>,
-    pub stdout: Vec<u8>,
-    pub stderr: String,
+impl gantry_core::host::Shell for Shell {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn run(&self, command: &str, stdin: Option<&Path>) -> Result<Ran, HostError> {
+        Shell::run(self, command, stdin)
+    }
+
+    fn interactive(&self, command: Option<&str>) -> Result<i32, HostError> {
+        let status = self
+            .command(command, true)
+            .status()
+            .map_err(|e| self.local_error(e))?;
+        match status.code() {
+            Some(255) => Err(classify(&self.name, &self.target, Some(255), "")),
+            code => Ok(code.unwrap_or(1)),
+        }
+    }
 }
 
 impl Shell {

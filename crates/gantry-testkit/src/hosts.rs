@@ -363,15 +363,17 @@ impl TestHost {
         .unwrap_or_else(|_| Err(std::io::Error::other("the request thread panicked")))
     }
 
-    /// Processes of the host's user, as `ps` sees them.
+    /// Live processes of the host's user (zombies left: they run nothing), as `ps` sees them.
     pub fn processes(&self) -> Vec<String> {
         let output = Command::new("ps")
-            .args(["-u", &self.user, "-o", "args="])
+            .args(["-u", &self.user, "-o", "stat=,args="])
             .output()
             .expect("run ps");
         String::from_utf8_lossy(&output.stdout)
             .lines()
-            .map(str::to_owned)
+            .filter_map(|l| l.trim_start().split_once(' '))
+            .filter(|(stat, _)| !stat.starts_with('Z'))
+            .map(|(_, args)| args.trim().to_owned())
             .collect()
     }
 

@@ -101,6 +101,24 @@ fn connect(
     }
 }
 
+fn shell(
+    host: &gantry_core::config::resolve::Host,
+) -> Result<Box<dyn gantry_core::host::Shell>, HostError> {
+    use gantry_core::config::resolve::Reach;
+    match &host.reach {
+        Reach::Ssh { target } => Ok(Box::new(gantry_remote::Shell::new(
+            &host.name,
+            target,
+            &gantry_remote::SshOptions::from_env(),
+        )?)),
+        _ => Err(HostError::Unreachable {
+            host: host.name.clone(),
+            message: format!("host `{}` has no ssh address", host.name),
+            hint: format!("give it one: [hosts.{}] ssh = \"user@address\"", host.name),
+        }),
+    }
+}
+
 fn exe(name: &str) -> Result<std::path::PathBuf, HostError> {
     std::env::current_exe().map_err(|e| HostError::Unreachable {
         host: name.to_owned(),
@@ -139,6 +157,7 @@ fn main() -> ExitCode {
         relay: gantry_agent::process::relay_main,
         connect,
         bridge,
+        shell,
         default_state_dir: gantry_agent::agent::Paths::default_root,
     };
     gantry_cli::run(std::env::args_os(), &wiring)

@@ -332,3 +332,132 @@ fn a_cut_link_stops_the_rollout_and_a_second_deploy_is_refused() {
         assert_eq!(distinct.len(), 1, "{host} runs one release: {by_host:?}");
     }
 }
+
+#[test]
+fn register_configure_twice_deploy_destroy() {
+    let hosts = TestHosts::start(2);
+    let bins = example_bins();
+    // A project that knows nothing of the hosts yet, with a comment to keep.
+    let project = TestProject::new(GANTRY)
+        .copy(&bins.join("hello-web"), "bin/hello-web")
+        .copy(&bins.join("hello-worker"), "bin/hello-worker")
+        .file("VERSION", "1\n")
+        .file(
+            "gantry.toml",
+            &format!(
+                "# Our shop: keep this comment.\n{}",
+                hello_toml("shop", "bin/hello-web")
+            ),
+        )
+        .env("GANTRY_SSH_CONFIG", &hosts.ssh_config.display().to_string());
+
+    let reg = project.gantry(&[
+        "register", "h1", "--ssh", "h1", "-e", "prod", "--output", "json",
+    ]);
+    reg.expect_code(0);
+    assert_eq!(reg.json()["state"], "provisioned", "{}", reg.stdout);
+    project
+        .gantry(&["register", "h2", "-e", "prod", "--output", "json"])
+        .expect_code(0);
+    let toml = std::fs::read_to_string(project.path().join("gantry.toml")).unwrap();
+    assert!(
+        toml.starts_with("# Our shop: keep this comment.\n"),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("[hosts.h1]") && toml.contains("ssh = \"h1\""),
+        "{toml}"
+    );
+    assert!(toml.contains("hosts = [\"h1\", \"h2\"]"), "{toml}");
+    project.gantry(&["validate"]).expect_code(0);
+
+    // configure installs gantry and its agent; the second run changes nothing.
+    let first = project.gantry(&["configure", "-e", "prod", "--output", "json"]);
+    first.expect_code(0);
+    let first = first.json();
+    assert_eq!(first["state"], "configured", "{first:#}");
+    let changed = |report: &serde_json::Value, step: &str| -> Vec<bool> {
+        report["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                h["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["step"] == step)
+                    .map(|s| s["changed"] == true)
+                    .unwrap_or_else(|| panic!("no step {step}: {h:#}"))
+            })
+            .collect()
+    };
+    assert_eq!(changed(&first, "install gantry"), [true, true], "{first:#}");
+    for name in ["h1", "h2"] {
+        let installed = hosts.host(name).home.join(".gantry/bin/gantry");
+        assert_eq!(
+            std::fs::read(&installed).unwrap(),
+            std::fs::read(GANTRY).unwrap(),
+            "{name} runs this very binary"
+        );
+        assert!(
+            hosts
+                .host(name)
+                .processes()
+                .iter()
+                .any(|p| p.contains("gantry agent")),
+            "{name}'s agent runs: {:?}",
+            hosts.host(name).processes()
+        );
+    }
+    let second = project.gantry(&["configure", "-e", "prod", "--output", "json"]);
+    second.expect_code(0);
+    let second = second.json();
+    for step in ["install gantry", "start the agent"] {
+        assert_eq!(changed(&second, step), [false, false], "{step}: {second:#}");
+    }
+
+    project
+        .gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"])
+        .expect_code(0);
+    assert_eq!(versions(&hosts, &["h1", "h2"]), ["1", "1"]);
+    let shown = project
+        .gantry(&["env", "show", "prod", "--output", "json"])
+        .json();
+    assert_eq!(shown["state"], "running", "{shown:#}");
+    let listed = project.gantry(&["env", "list", "--output", "json"]).json();
+    assert!(
+        listed["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["environment"] == "prod" && e["state"] == "running"),
+        "{listed:#}"
+    );
+
+    // Destroy asks for --yes, then stops every service; purge forgets it.
+    project.gantry(&["env", "destroy", "prod"]).expect_code(2);
+    let destroyed = project.gantry(&["env", "destroy", "prod", "--yes", "--output", "json"]);
+    destroyed.expect_code(0);
+    assert_eq!(destroyed.json()["state"], "destroyed");
+    for name in ["h1", "h2"] {
+        assert!(
+            !hosts
+                .host(name)
+                .processes()
+                .iter()
+                .any(|p| p.contains("hello-web")),
+            "{name} still runs the web service: {:?}",
+            hosts.host(name).processes()
+        );
+    }
+    let refused = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"]);
+    refused.expect_code(4);
+    assert_eq!(refused.json()["error"]["code"], "env.state");
+    project
+        .gantry(&["env", "purge", "prod", "--output", "json"])
+        .expect_code(0);
+    project
+        .gantry(&["env", "show", "prod", "--output", "json"])
+        .expect_code(4);
+}
