@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use gantry_core::agent_api::{
-    AgentInfo, ApiError, ApiErrorBody, BlobList, DeployRequest, DeployResult, InstanceState,
-    LockGrant, LockRelease, LockRequest, LogLine, Outcome, Release, RollbackRequest,
+    AgentInfo, ApiError, ApiErrorBody, BlobList, DeployRequest, DeployResult, ExecSpec,
+    InstanceState, LockGrant, LockRelease, LockRequest, LogLine, Outcome, Release, RollbackRequest,
     ServiceSelector, Status,
 };
 use serde::Deserialize;
@@ -82,6 +82,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/projects/{project}/logs", get(project_logs))
         .route("/v1/projects/{project}/stop", post(stop))
         .route("/v1/projects/{project}/restart", post(restart))
+        .route(
+            "/v1/projects/{project}/services/{service}/exec",
+            get(exec_spec),
+        )
         .route(
             "/v1/projects/{project}/lock",
             post(take_lock).delete(release_lock),
@@ -156,6 +160,48 @@ async fn deploy_project(
         .await
         .map_err(|e| ApiFailure::failed("agent.internal", e.to_string()))?
         .map(Json)
+}
+
+async fn exec_spec(
+    State(agent): Shared,
+    Path((project, service)): Path<(String, String)>,
+) -> Answer<ExecSpec> {
+    let (p, s) = (project.clone(), service.clone());
+    let release = agent
+        .db(move |store| {
+            let Some(id) = store.current(&p, &s)? else {
+                return Ok(None);
+            };
+            store.release(&p, &id)
+        })
+        .await
+        .map_err(ApiFailure::store)?
+        .ok_or_else(|| {
+            ApiFailure::not_found(
+                "service.not_deployed",
+                format!("`{service}` of {project} runs no release on this host"),
+                "deploy it first, or name a service `gantry status` lists",
+            )
+        })?;
+    let spec = release
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .ok_or_else(|| {
+            ApiFailure::not_found(
+                "service.not_deployed",
+                format!("release {} has no service `{service}`", release.id),
+                "name a service `gantry status` lists",
+            )
+        })?;
+    let cwd = instance::working_dir(&agent, &project, &release.artifact_digest, spec);
+    Ok(Json(ExecSpec {
+        env: instance::environment(spec, "exec", &release.id, None),
+        cwd: cwd.display().to_string(),
+        secrets_file: agent.paths.secrets(&project).display().to_string(),
+        secret_names: spec.secrets.clone(),
+        release: release.id,
+    }))
 }
 
 async fn take_lock(

@@ -3,8 +3,8 @@
 //! types themselves (schemars), so the document cannot drift from the code.
 
 use gantry_core::agent_api::{
-    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, LockGrant, LockRelease,
-    LockRequest, LogLine, Release, RollbackRequest, ServiceSelector, Status,
+    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant,
+    LockRelease, LockRequest, LogLine, Release, RollbackRequest, ServiceSelector, Status,
 };
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
@@ -97,6 +97,13 @@ const ROUTES: &[(&str, &str, &str, Option<&str>, &str)] = &[
         "Status",
     ),
     (
+        "get",
+        "/v1/projects/{project}/services/{service}/exec",
+        "How to run a command as the service runs: release directory and environment (no secret values)",
+        None,
+        "ExecSpec",
+    ),
+    (
         "post",
         "/v1/projects/{project}/lock",
         "Take an environment's deploy lock (409 deploy.locked names the holder)",
@@ -142,6 +149,7 @@ pub fn document() -> Value {
         BlobList,
         DeployRequest,
         DeployResult,
+        ExecSpec,
         LockGrant,
         LockRelease,
         LockRequest,

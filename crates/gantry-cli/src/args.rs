@@ -211,6 +211,15 @@ pub enum Command {
     /// Example: gantry ssh web1 -e prod -- df -h
     Ssh(SshArgs),
 
+    /// Run a command as a service runs: in its current release, with its environment and secrets
+    ///
+    /// On the first host that runs the service (or --host), through ssh for
+    /// remote hosts; secrets are read on the host and never travel. The
+    /// command's exit code is gantry's.
+    ///
+    /// Example: gantry exec web -e prod -- ./manage migrate
+    Exec(ExecArgs),
+
     /// Run this machine's agent, or stop it
     ///
     /// The agent supervises the services, keeps releases and serves its API on
@@ -358,6 +367,16 @@ pub enum AgentAction {
     Stop,
     /// Bridge stdin and stdout to the agent's API (what `ssh HOST gantry agent connect` runs; starts the agent if none runs)
     Connect,
+    /// Run a command as a service of this machine runs (what `gantry exec` runs on a host)
+    #[command(hide = true)]
+    Exec {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        service: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Run one instance's relay (started by the agent, not by hand)
     #[command(hide = true)]
     Relay {
@@ -453,5 +472,17 @@ pub struct SshArgs {
     pub host: Option<String>,
     /// A command to run instead of a shell
     #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The service whose release and environment the command gets
+    pub service: String,
+    /// The host to run on [default: the first host that runs the service]
+    #[arg(long)]
+    pub host: Option<String>,
+    /// The command and its arguments, after `--`
+    #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }

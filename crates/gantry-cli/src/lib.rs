@@ -55,6 +55,9 @@ pub struct Wiring {
     pub bridge: fn(&std::path::Path) -> Result<(), Failure>,
     /// Opens a shell on a host over SSH (configure, register, ssh).
     pub shell: OpenShell,
+    /// Runs a command as a service of this machine runs: state directory,
+    /// project, service, argv; the command's exit code.
+    pub exec: fn(&std::path::Path, &str, &str, &[String]) -> Result<i32, Failure>,
     /// The default state directory.
     pub default_state_dir: fn() -> PathBuf,
 }
@@ -85,6 +88,14 @@ pub fn run(argv: impl IntoIterator<Item = OsString>, wiring: &Wiring) -> ExitCod
             ExitCode::from(failure.exit)
         }
     }
+}
+
+/// Like ssh: a command's exit code becomes ours.
+fn exit_with(code: i32) -> Result<(), Failure> {
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
 }
 
 fn local_host() -> gantry_core::config::resolve::Host {
@@ -182,13 +193,37 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
             }
             EnvAction::Purge { name } => emit(printer, environment::purge(&project, name)?),
         },
+        Command::Exec(args) => {
+            let target =
+                lifecycle::exec_target(&project, env, &args.service, args.host.as_deref())?;
+            let code = match target {
+                lifecycle::ExecTarget::Here { project: name } => {
+                    (wiring.exec)(&state_dir, &name, &args.service, &args.command)?
+                }
+                lifecycle::ExecTarget::Remote {
+                    host,
+                    project: name,
+                } => {
+                    let remote = gantry_core::host::remote_gantry(&format!(
+                        "agent exec --project {} --service {} -- {}",
+                        lifecycle::quote(&name),
+                        lifecycle::quote(&args.service),
+                        args.command
+                            .iter()
+                            .map(|a| lifecycle::quote(a))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ));
+                    shell(&host)?
+                        .interactive(Some(&remote))
+                        .map_err(gantry_core::Error::from)?
+                }
+            };
+            exit_with(code)
+        }
         Command::Ssh(args) => {
             // Like ssh itself: the remote command's exit code is ours.
-            let code = lifecycle::ssh(&project, env, args, &shell)?;
-            if code != 0 {
-                std::process::exit(code);
-            }
-            Ok(())
+            exit_with(lifecycle::ssh(&project, env, args, &shell)?)
         }
         Command::Status => emit(printer, operate::status(&project, env, &connect)?),
         Command::Logs(args) => logs(printer, &project, env, args, &connect),
@@ -252,6 +287,11 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 )
             }
             Some(AgentAction::Connect) => (wiring.bridge)(&state_dir),
+            Some(AgentAction::Exec {
+                project: name,
+                service,
+                command,
+            }) => exit_with((wiring.exec)(&state_dir, name, service, command)?),
             Some(AgentAction::Relay { spec }) => {
                 let _ = (wiring.relay)(spec);
                 Ok(())

@@ -123,3 +123,92 @@ pub fn ssh(
     let command = (!args.command.is_empty()).then(|| args.command.join(" "));
     Ok(shell(host)?.interactive(command.as_deref())?)
 }
+
+/// Where `gantry exec` runs.
+pub enum ExecTarget {
+    Here {
+        project: String,
+    },
+    Remote {
+        host: gantry_core::config::resolve::Host,
+        project: String,
+    },
+}
+
+/// The host `exec` runs on: `host` if given (it must run the service), else
+/// the first host of the environment that runs it.
+pub fn exec_target(
+    project: &Project,
+    environment: &str,
+    service: &str,
+    host: Option<&str>,
+) -> Result<ExecTarget, Error> {
+    let config = project.load()?;
+    let env = config.environment(environment)?;
+    let Some(spec) = env.services.get(service) else {
+        return Err(Error::EnvState {
+            environment: environment.to_owned(),
+            problem: format!("has no service `{service}`"),
+            hint: format!(
+                "its services are: {}",
+                env.services.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        });
+    };
+    let runs = |h: &&gantry_core::config::resolve::Host| {
+        spec.hosts.is_empty() || spec.hosts.contains(&h.name)
+    };
+    let chosen = match host {
+        Some(name) => env
+            .hosts
+            .iter()
+            .filter(runs)
+            .find(|h| h.name == name)
+            .ok_or_else(|| Error::EnvState {
+                environment: environment.to_owned(),
+                problem: format!("does not run `{service}` on a host `{name}`"),
+                hint: "leave out --host to use the first host that runs it".to_owned(),
+            })?,
+        None => env.hosts.iter().find(runs).ok_or_else(|| Error::EnvState {
+            environment: environment.to_owned(),
+            problem: format!("runs `{service}` on no host"),
+            hint: "check the service's `hosts` in gantry.toml".to_owned(),
+        })?,
+    };
+    Ok(match chosen.reach {
+        Reach::Local => ExecTarget::Here {
+            project: env.project.clone(),
+        },
+        _ => ExecTarget::Remote {
+            host: chosen.clone(),
+            project: env.project.clone(),
+        },
+    })
+}
+
+/// Quotes a word for a POSIX shell.
+pub fn quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c))
+    {
+        return word.to_owned();
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn words_survive_the_remote_shell() {
+        for word in ["plain", "two words", "it's", "$HOME", "a\"b", "", "`x`"] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", super::quote(word)))
+                .output()
+                .expect("run sh");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), word);
+        }
+    }
+}

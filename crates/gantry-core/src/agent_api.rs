@@ -336,3 +336,16 @@ pub struct LockRelease {
     pub environment: String,
     pub token: String,
 }
+
+/// `GET /v1/projects/{project}/services/{service}/exec`: how to run a command
+/// as the service runs (`gantry exec`): its current release's directory and
+/// environment. Secret values are not in it: the command's runner reads
+/// `secrets_file` (0600) on the host, so they never travel.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ExecSpec {
+    pub release: String,
+    pub cwd: String,
+    pub env: BTreeMap<String, String>,
+    pub secrets_file: String,
+    pub secret_names: Vec<String>,
+}

@@ -203,6 +203,16 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "the agent could not unpack the artifact",
     ),
     (
+        "exec.failed",
+        ExitClass::Failed,
+        "`gantry exec` could not start the command on the host",
+    ),
+    (
+        "service.not_deployed",
+        ExitClass::Invalid,
+        "the service runs no release on the host (`gantry exec`)",
+    ),
+    (
         "release.not_found",
         ExitClass::Invalid,
         "no release has that id or number",

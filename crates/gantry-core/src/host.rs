@@ -1,12 +1,12 @@
 //! A host as the use-cases see it: an agent that answers the `/v1` API.
-//! `gantry-remote` implements it for this machine (a Unix socket) and, later,
-//! for hosts over SSH; the use-cases never know which.
+//! `gantry-remote` implements it for this machine (a Unix socket) and for
+//! hosts over SSH; the use-cases never know which.
 
 use std::path::Path;
 
 use crate::agent_api::{
-    AgentInfo, ApiError, DeployRequest, DeployResult, LockGrant, LockRelease, LockRequest, LogLine,
-    Release, RollbackRequest, ServiceSelector, Status,
+    AgentInfo, ApiError, DeployRequest, DeployResult, ExecSpec, LockGrant, LockRelease,
+    LockRequest, LogLine, Release, RollbackRequest, ServiceSelector, Status,
 };
 
 /// Which log lines to read.
@@ -129,6 +129,8 @@ pub trait Host {
     /// environment); `deploy.locked` names the holder when it is taken.
     fn lock(&self, project: &str, request: &LockRequest) -> Result<LockGrant, HostError>;
     fn unlock(&self, project: &str, request: &LockRelease) -> Result<(), HostError>;
+    /// How to run a command as `service` runs, on this host.
+    fn exec_spec(&self, project: &str, service: &str) -> Result<ExecSpec, HostError>;
 }
 
 /// A shell on a host, over SSH: what `configure` and `exec` need beside the

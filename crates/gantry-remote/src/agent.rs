@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use gantry_core::agent_api::{
-    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, LockGrant, LockRelease,
-    LockRequest, LogLine, Release, RollbackRequest, ServiceSelector, Status,
+    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant,
+    LockRelease, LockRequest, LogLine, Release, RollbackRequest, ServiceSelector, Status,
 };
 use gantry_core::host::{Host, HostError, LogQuery};
 use hyper::{Method, StatusCode};
@@ -262,6 +262,19 @@ impl<T: Transport> Host for Agent<T> {
             request,
         )?;
         Ok(())
+    }
+
+    fn exec_spec(&self, project: &str, service: &str) -> Result<ExecSpec, HostError> {
+        self.call(
+            Method::GET,
+            &format!(
+                "/v1/projects/{}/services/{}/exec",
+                encode(project),
+                encode(service)
+            ),
+            None,
+            "application/json",
+        )
     }
 
     fn shutdown(&self) -> Result<(), HostError> {

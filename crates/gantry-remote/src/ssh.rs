@@ -254,8 +254,10 @@ impl gantry_core::host::Shell for Shell {
     }
 
     fn interactive(&self, command: Option<&str>) -> Result<i32, HostError> {
+        use std::io::IsTerminal;
+        let tty = std::io::stdin().is_terminal();
         let status = self
-            .command(command, true)
+            .command(command, tty)
             .status()
             .map_err(|e| self.local_error(e))?;
         match status.code() {

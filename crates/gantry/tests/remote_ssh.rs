@@ -174,6 +174,30 @@ fn deploys_roll_across_three_hosts() {
     );
     assert_eq!(versions(&hosts, &all), ["2", "2", "2"]);
 
+    // exec runs as the service runs: in its release, with its environment.
+    let exec = project.gantry(&[
+        "exec",
+        "web",
+        "-e",
+        "prod",
+        "--host",
+        "h2",
+        "--",
+        "sh",
+        "-c",
+        "cat VERSION; echo \"$GANTRY_SERVICE $GANTRY_RELEASE\"; exit 3",
+    ]);
+    exec.expect_code(3);
+    let mut lines = exec.stdout.lines();
+    assert_eq!(lines.next(), Some("2"), "{exec:?}");
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("web r")),
+        "{exec:?}"
+    );
+    let ssh = project.gantry(&["ssh", "h3", "-e", "prod", "--", "id", "-un"]);
+    ssh.expect_code(0);
+    assert_eq!(ssh.stdout.trim(), hosts.host("h3").user, "{ssh:?}");
+
     // Merged logs, labelled by host.
     let logs = project.gantry(&["logs", "-e", "prod", "web", "--output", "json"]);
     logs.expect_code(0);
