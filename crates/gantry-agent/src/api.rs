@@ -101,6 +101,7 @@ async fn health(State(agent): Shared) -> Json<AgentInfo> {
         state_dir: agent.paths.root.display().to_string(),
         started_at: agent.started_at,
         limits: agent.cgroups.mode().to_string(),
+        proxy: agent.settings.proxy_listen.map(|a| a.to_string()),
     })
 }
 

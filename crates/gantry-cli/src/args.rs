@@ -203,6 +203,17 @@ pub enum Command {
     /// Example: gantry env list
     Env(EnvArgs),
 
+    /// Check every host of the environment: agent, services, routes, DNS
+    ///
+    /// Per host: the agent answers (and its version), every service placed
+    /// there runs with all its instances healthy, each route answers through
+    /// the host's proxy (probed from the host), and each route's DNS name
+    /// resolves to a host of the environment (a warning, not a failure).
+    /// Exits 6 when a check fails.
+    ///
+    /// Example: gantry test -e prod
+    Test,
+
     /// Open a shell on a host of the environment, or run a command there
     ///
     /// Uses your own ssh (its config, agent and keys). Without HOST, the
@@ -367,6 +378,14 @@ pub enum AgentAction {
     Stop,
     /// Bridge stdin and stdout to the agent's API (what `ssh HOST gantry agent connect` runs; starts the agent if none runs)
     Connect,
+    /// Print the status code of `GET /` through a proxy with a Host header (what `gantry test` runs on a host)
+    #[command(hide = true)]
+    Probe {
+        #[arg(long)]
+        proxy: String,
+        #[arg(long)]
+        name: String,
+    },
     /// Run a command as a service of this machine runs (what `gantry exec` runs on a host)
     #[command(hide = true)]
     Exec {

@@ -193,6 +193,38 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
             }
             EnvAction::Purge { name } => emit(printer, environment::purge(&project, name)?),
         },
+        Command::Test => {
+            let probe = |host: &gantry_core::config::resolve::Host,
+                         proxy: &str,
+                         name: &str|
+             -> Result<u16, gantry_core::Error> {
+                if host.reach == gantry_core::config::resolve::Reach::Local {
+                    return lifecycle::probe_http(proxy, name);
+                }
+                let ran = shell(host)?.run(
+                    &gantry_core::host::remote_gantry(&format!(
+                        "agent probe --proxy {} --name {}",
+                        lifecycle::quote(proxy),
+                        lifecycle::quote(name)
+                    )),
+                    None,
+                )?;
+                ran.stdout_text()
+                    .trim()
+                    .parse()
+                    .map_err(|_| gantry_core::Error::Unsupported {
+                        what: format!(
+                            "http://{name}/ through {proxy}: {}",
+                            ran.stderr.trim().lines().last().unwrap_or("no answer")
+                        ),
+                        hint: String::new(),
+                    })
+            };
+            emit(
+                printer,
+                gantry_core::check::test(&project, env, &connect, &probe, &shell)?,
+            )
+        }
         Command::Exec(args) => {
             let target =
                 lifecycle::exec_target(&project, env, &args.service, args.host.as_deref())?;
@@ -287,6 +319,11 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 )
             }
             Some(AgentAction::Connect) => (wiring.bridge)(&state_dir),
+            Some(AgentAction::Probe { proxy, name }) => {
+                let code = lifecycle::probe_http(proxy, name)?;
+                println!("{code}");
+                Ok(())
+            }
             Some(AgentAction::Exec {
                 project: name,
                 service,

@@ -186,6 +186,45 @@ pub fn exec_target(
     })
 }
 
+/// `GET /` with `Host: name` on the proxy at `proxy`: the status code.
+pub fn probe_http(proxy: &str, name: &str) -> Result<u16, Error> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let fail = |message: String| Error::Unsupported {
+        what: format!("http://{name}/ through {proxy}: {message}"),
+        hint: String::new(),
+    };
+    let addr = proxy
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| fail("not an address".to_owned()))?;
+    // A proxy on every address is probed on loopback.
+    let addr = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let timeout = std::time::Duration::from_secs(5);
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| fail(e.to_string()))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| fail(e.to_string()))?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: {name}\r\nUser-Agent: gantry-test\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).map_err(|e| fail(e.to_string()))?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| fail(format!("not an HTTP answer: {line:?}")))
+}
+
 /// Quotes a word for a POSIX shell.
 pub fn quote(word: &str) -> String {
     if !word.is_empty()

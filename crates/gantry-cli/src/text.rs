@@ -447,3 +447,29 @@ impl Report for gantry_core::environment::EnvList {
         out
     }
 }
+
+impl Report for gantry_core::check::TestReport {
+    fn text(&self) -> String {
+        let mut out = format!(
+            "{}: {}\n",
+            self.environment,
+            if self.ok {
+                "every check passed"
+            } else {
+                "checks failed"
+            }
+        );
+        for host in &self.hosts {
+            let _ = writeln!(out, "  {}", host.host);
+            for c in &host.checks {
+                let mark = match c.outcome {
+                    gantry_core::check::Outcome::Passed => "ok  ",
+                    gantry_core::check::Outcome::Warning => "warn",
+                    gantry_core::check::Outcome::Failed => "FAIL",
+                };
+                let _ = writeln!(out, "    {mark} {}: {}", c.check, c.detail);
+            }
+        }
+        out
+    }
+}

@@ -23,6 +23,9 @@ pub struct AgentInfo {
     pub started_at: u64,
     /// How resource limits are enforced here: `cgroup v2`, `cgroup v1` or `none`.
     pub limits: String,
+    /// Where its reverse proxy takes plain HTTP, when it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 /// One file of an artifact: its path inside the artifact and the sha256 of its bytes.

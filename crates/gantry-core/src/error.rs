@@ -203,6 +203,11 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "the agent could not unpack the artifact",
     ),
     (
+        "test.failed",
+        ExitClass::Failed,
+        "`gantry test` found a failing check; error.details has every check",
+    ),
+    (
         "exec.failed",
         ExitClass::Failed,
         "`gantry exec` could not start the command on the host",
@@ -259,6 +264,11 @@ pub enum Error {
         release: String,
         reason: String,
         log_tail: Vec<String>,
+        report: Box<serde_json::Value>,
+    },
+    #[error("{} check{} failed: {}", failed.len(), if failed.len() == 1 { "" } else { "s" }, failed.join("; "))]
+    TestFailed {
+        failed: Vec<String>,
         report: Box<serde_json::Value>,
     },
     #[error("{} is damaged: {message}", path.display())]
@@ -328,6 +338,7 @@ impl Error {
             Error::OutputExists { .. } => "output.exists",
             Error::Io { .. } => "io.failed",
             Error::StateCorrupt { .. } => "state.corrupt",
+            Error::TestFailed { .. } => "test.failed",
             Error::EnvLocked { .. } => "env.locked",
             Error::EnvState { .. } => "env.state",
             Error::ConfigureFailed { .. } => "configure.failed",
@@ -387,6 +398,9 @@ impl Error {
                 "set them in the environment of this command, or as NAME=value lines in .gantry/secrets.env (mode 0600)".to_owned(),
             ),
             Error::Unsupported { hint, .. } => Some(hint.clone()),
+            Error::TestFailed { .. } => Some(
+                "each check's detail is in the report (`--output json`: error.details); `gantry status` and `gantry logs` say more".to_owned(),
+            ),
             Error::DeployFailed { log_tail, .. } => Some(if log_tail.is_empty() {
                 "see `gantry logs` for the service's output".to_owned()
             } else {
@@ -398,7 +412,7 @@ impl Error {
     /// More about the error, for the JSON form: the deploy report of a failed deploy.
     pub fn details(&self) -> Option<&serde_json::Value> {
         match self {
-            Error::DeployFailed { report, .. } => Some(report),
+            Error::DeployFailed { report, .. } | Error::TestFailed { report, .. } => Some(report),
             _ => None,
         }
     }

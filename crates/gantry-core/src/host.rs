@@ -141,6 +141,10 @@ pub trait Shell: Send + Sync {
     fn run(&self, command: &str, stdin: Option<&Path>) -> Result<Ran, HostError>;
     /// Runs `command` (or a login shell) attached to this terminal; its exit code.
     fn interactive(&self, command: Option<&str>) -> Result<i32, HostError>;
+    /// The address SSH connects to, after its config (`ssh -G`).
+    fn resolved_address(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What a remote command did.

@@ -4,6 +4,7 @@
 
 pub mod agent_api;
 pub mod artifact;
+pub mod check;
 pub mod configure;
 pub mod deploy;
 pub mod environment;

@@ -253,6 +253,16 @@ impl gantry_core::host::Shell for Shell {
         Shell::run(self, command, stdin)
     }
 
+    fn resolved_address(&self) -> Option<String> {
+        let mut argv = self.options.command_line(&self.target);
+        argv.pop(); // `--`
+        argv.insert(1, "-G".into());
+        let output = Command::new(&argv[0]).args(&argv[1..]).output().ok()?;
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("hostname ").map(str::to_owned))
+    }
+
     fn interactive(&self, command: Option<&str>) -> Result<i32, HostError> {
         use std::io::IsTerminal;
         let tty = std::io::stdin().is_terminal();

@@ -142,6 +142,28 @@ fn deploys_roll_across_three_hosts() {
     assert!(outcomes.iter().all(|(_, o)| o == "deployed"), "{report:#}");
     assert_eq!(versions(&hosts, &all), ["1", "1", "1"]);
 
+    // gantry test: each host's agent, services and routes (probed on the host).
+    let checked = project.gantry(&["test", "-e", "prod", "--output", "json"]);
+    checked.expect_code(0);
+    let checked = checked.json();
+    for host in checked["hosts"].as_array().unwrap() {
+        let names: Vec<&str> = host["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["outcome"] == "passed")
+            .map(|c| c["check"].as_str().unwrap())
+            .collect();
+        for wanted in [
+            "agent answers",
+            "web healthy",
+            "worker healthy",
+            "route web.shop.localhost answers",
+        ] {
+            assert!(names.contains(&wanted), "{wanted}: {host:#}");
+        }
+    }
+
     // Merged status: every host's instances, labelled.
     let status = project.gantry(&["status", "-e", "prod", "--output", "json"]);
     status.expect_code(0);
@@ -345,6 +367,17 @@ fn a_cut_link_stops_the_rollout_and_a_second_deploy_is_refused() {
     assert_eq!(per_host[1]["outcome"], "unreachable", "{per_host:#}");
     assert_eq!(per_host[2]["outcome"], "skipped", "{per_host:#}");
     assert_eq!(versions(&hosts, &["h1", "h3"]), ["3", "2"]);
+
+    // While h2 is away, gantry test says so (and only about h2).
+    let checked = project.gantry(&["test", "-e", "prod", "--output", "json"]);
+    checked.expect_code(6);
+    let error = &checked.json()["error"];
+    assert_eq!(error["code"], "test.failed", "{error:#}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("h2: agent answers") && !message.contains("h1:"),
+        "{message}"
+    );
 
     // Back online, h2 runs one release throughout (old or new, not a mix),
     // and so does every other host.
