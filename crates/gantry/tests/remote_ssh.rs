@@ -233,6 +233,26 @@ fn deploys_roll_across_three_hosts() {
     seen.dedup();
     assert_eq!(seen, all, "{}", logs.stdout);
 
+    // Followed, the hosts' streams come merged as they arrive.
+    let mut follow = agent_support::command(
+        &project,
+        &[
+            "logs", "-e", "prod", "web", "-f", "--tail", "5", "--output", "json",
+        ],
+    );
+    follow.env("GANTRY_SSH_CONFIG", &hosts.ssh_config);
+    let follow = agent_support::Lines::spawn(follow);
+    let mut followed = std::collections::BTreeSet::new();
+    follow.until("a line from each host", |line| {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+            && let Some(host) = v["host"].as_str()
+        {
+            followed.insert(host.to_owned());
+        }
+        followed.len() == 3
+    });
+    drop(follow);
+
     // Rollback goes back on every host.
     project
         .gantry(&["rollback", "-e", "prod", "--output", "json"])
