@@ -538,3 +538,54 @@ fn register_configure_twice_deploy_destroy() {
         .gantry(&["env", "show", "prod", "--output", "json"])
         .expect_code(4);
 }
+
+#[test]
+fn a_host_that_fails_goes_back_and_stops_the_rollout() {
+    let hosts = TestHosts::start(3);
+    let all = ["h1", "h2", "h3"];
+    for name in all {
+        hosts.host(name).install_gantry(GANTRY.as_ref());
+    }
+    let project = remote_project(&hosts, &all, "1");
+    project
+        .gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"])
+        .expect_code(0);
+
+    // Version 2's worker cannot start on h2 (a file there says so); web,
+    // deployed before it, switches first and must be taken back.
+    let toml = std::fs::read_to_string(project.path().join("gantry.toml")).unwrap();
+    let toml = toml.replace(
+        "run = \"bin/hello-worker\"",
+        "run = \"sh -c 'test -e \\\"$HOME/broken\\\" && { echo broken here >&2; exit 1; }; exec bin/hello-worker'\"",
+    );
+    std::fs::write(project.path().join("gantry.toml"), toml).unwrap();
+    std::fs::write(project.path().join("VERSION"), "2\n").unwrap();
+    let broken = hosts.host("h2").home.join("broken");
+    std::fs::write(&broken, "").unwrap();
+
+    let run = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"]);
+    run.expect_code(6);
+    let error = &run.json()["error"];
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("host h2 failed and went back"),
+        "{error:#}"
+    );
+    let per_host = &error["details"]["hosts"];
+    assert_eq!(per_host[0]["outcome"], "deployed", "{per_host:#}");
+    assert_eq!(per_host[1]["outcome"], "reverted", "{per_host:#}");
+    assert_eq!(
+        per_host[1]["release"], per_host[1]["previous"],
+        "{per_host:#}"
+    );
+    assert_eq!(per_host[2]["outcome"], "skipped", "{per_host:#}");
+    assert_eq!(versions(&hosts, &all), ["2", "1", "1"]);
+    let by_host = releases_by_host(&project);
+    for (host, releases) in &by_host {
+        let mut distinct = releases.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 1, "{host} runs one release: {by_host:?}");
+    }
+}
