@@ -53,6 +53,9 @@ pub fn register(
         (None, None) => host.to_owned(),
     };
 
+    let states = StateDir::of(config.project_dir());
+    let _lock = states.lock(environment, &format!("gantry register {host}"))?;
+
     progress.step(&format!("checking ssh {target}"));
     let spec = HostSpec {
         name: host.to_owned(),
@@ -60,17 +63,35 @@ pub fn register(
             target: target.clone(),
         },
     };
-    let ran = shell(&spec)?.run("uname -sm", None)?;
-    if !ran.ok() {
-        return Err(Error::ConfigureFailed {
-            host: host.to_owned(),
-            step: "check the host".to_owned(),
-            message: ran.stderr.trim().to_owned(),
+    let checked = shell(&spec)
+        .and_then(|s| Ok(s.run("uname -sm", None)?))
+        .and_then(|ran| {
+            if ran.ok() {
+                Ok(())
+            } else {
+                Err(Error::ConfigureFailed {
+                    host: host.to_owned(),
+                    step: "check ssh".to_owned(),
+                    message: ran.stderr.trim().to_owned(),
+                })
+            }
         });
+    if let Err(error) = checked {
+        // Recorded, so `gantry env show` says why the environment is not provisioned.
+        let mut state = states
+            .load(environment)?
+            .unwrap_or_else(|| EnvState::new(environment));
+        if !state.state.configured() && state.state != Phase::Destroyed {
+            state.fail(
+                Phase::ProvisionFailed,
+                "check ssh",
+                Some(host),
+                &error.to_string(),
+            );
+            states.save(&state)?;
+        }
+        return Err(error);
     }
-
-    let states = StateDir::of(config.project_dir());
-    let _lock = states.lock(environment, &format!("gantry register {host}"))?;
     let added = add_to_file(&config.path, environment, host, &target, declared.is_none())?;
 
     let mut state = states

@@ -54,6 +54,16 @@ fn each_ssh_failure_has_its_own_error() {
         "{}",
         run.stdout
     );
+    // Registering through that key fails the same way, and the environment
+    // records where it stopped.
+    let run = refused.gantry(&["register", "h1", "-e", "stage", "--output", "json"]);
+    run.expect_code(5);
+    let shown = refused
+        .gantry(&["env", "show", "stage", "--output", "json"])
+        .json();
+    assert_eq!(shown["state"], "provision_failed", "{shown:#}");
+    assert_eq!(shown["failure"]["host"], "h1", "{shown:#}");
+    assert_eq!(shown["failure"]["step"], "check ssh", "{shown:#}");
 
     // Reachable, and the agent answers over `ssh h1 gantry agent connect`.
     let status = project.gantry(&["status", "-e", "prod", "--output", "json"]);
