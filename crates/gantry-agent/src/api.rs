@@ -12,7 +12,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use gantry_core::agent_api::{
     AgentInfo, ApiError, ApiErrorBody, BlobList, DeployRequest, DeployResult, InstanceState,
-    LogLine, Outcome, Release, RollbackRequest, ServiceSelector, Status,
+    LogLine, Outcome, ProxyInfo, Release, RollbackRequest, ServiceSelector, Status,
 };
 use serde::Deserialize;
 
@@ -71,6 +71,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi_doc))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/proxy/restart", post(proxy_restart))
+        .route("/v1/proxy/stop", post(proxy_stop))
         .route("/v1/blobs/missing", post(blobs_missing))
         .route("/v1/blobs/{digest}", put(put_blob))
         .route("/v1/projects/{project}/deploys", post(deploy_project))
@@ -102,6 +104,14 @@ async fn openapi_doc() -> Json<serde_json::Value> {
 async fn shutdown(State(agent): Shared) -> StatusCode {
     let _ = agent.shutdown.send(true);
     StatusCode::ACCEPTED
+}
+
+async fn proxy_restart(State(agent): Shared) -> Answer<ProxyInfo> {
+    proxy::restart(&agent).await.map(Json)
+}
+
+async fn proxy_stop(State(agent): Shared) -> Answer<ProxyInfo> {
+    proxy::stop(&agent).await.map(Json)
 }
 
 async fn blobs_missing(State(agent): Shared, Json(list): Json<BlobList>) -> Json<BlobList> {

@@ -3,7 +3,7 @@
 //! types themselves (schemars), so the document cannot drift from the code.
 
 use gantry_core::agent_api::{
-    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, LogLine, Release,
+    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, LogLine, ProxyInfo, Release,
     RollbackRequest, ServiceSelector, Status,
 };
 use schemars::generate::SchemaSettings;
@@ -25,6 +25,20 @@ const ROUTES: &[(&str, &str, &str, Option<&str>, &str)] = &[
         "Stop the agent; services keep running",
         None,
         "none",
+    ),
+    (
+        "post",
+        "/v1/proxy/restart",
+        "Restart the proxy by listener handoff (no connection refused), or start it",
+        None,
+        "ProxyInfo",
+    ),
+    (
+        "post",
+        "/v1/proxy/stop",
+        "Stop the proxy; its routes stay in routes.json",
+        None,
+        "ProxyInfo",
     ),
     (
         "post",
@@ -124,6 +138,7 @@ pub fn document() -> Value {
     }
     add!(
         AgentInfo,
+        ProxyInfo,
         ApiErrorBody,
         BlobList,
         DeployRequest,

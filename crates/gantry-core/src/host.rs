@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use crate::agent_api::{
-    AgentInfo, ApiError, DeployRequest, DeployResult, LogLine, Release, RollbackRequest,
-    ServiceSelector, Status,
+    AgentInfo, ApiError, DeployRequest, DeployResult, LogLine, ProxyAction, ProxyInfo, Release,
+    RollbackRequest, ServiceSelector, Status,
 };
 
 /// Which log lines to read.
@@ -59,4 +59,6 @@ pub trait Host {
     fn restart(&self, project: &str, selector: &ServiceSelector) -> Result<Status, HostError>;
     /// Stops the agent; its services keep running.
     fn shutdown(&self) -> Result<(), HostError>;
+    /// Restarts the host's reverse proxy by listener handoff, or stops it.
+    fn proxy(&self, action: ProxyAction) -> Result<ProxyInfo, HostError>;
 }

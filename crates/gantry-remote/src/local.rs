@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gantry_core::agent_api::{
-    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, LogLine, Release,
-    RollbackRequest, ServiceSelector, Status,
+    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, LogLine, ProxyAction,
+    ProxyInfo, Release, RollbackRequest, ServiceSelector, Status,
 };
 use gantry_core::host::{Host, HostError, LogQuery};
 use hyper::{Method, StatusCode};
@@ -364,6 +364,14 @@ impl Host for LocalAgent {
             &format!("/v1/projects/{}/restart", encode(project)),
             selector,
         )
+    }
+
+    fn proxy(&self, action: ProxyAction) -> Result<ProxyInfo, HostError> {
+        let path = match action {
+            ProxyAction::Restart => "/v1/proxy/restart",
+            ProxyAction::Stop => "/v1/proxy/stop",
+        };
+        self.call(Method::POST, path, None, "application/json")
     }
 
     fn shutdown(&self) -> Result<(), HostError> {
