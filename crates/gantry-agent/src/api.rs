@@ -330,11 +330,21 @@ async fn stop(
     Path(project): Path<String>,
     Json(selector): Json<ServiceSelector>,
 ) -> Answer<Status> {
-    for record in selected(&agent, &project, &selector).await? {
-        if deploy::is_active(record.state) || record.state == InstanceState::Failed {
-            let timeout = stop_timeout(&agent, &record).await;
-            instance::stop(&agent, &record, timeout, InstanceState::Stopped).await;
-        }
+    let records: Vec<_> = selected(&agent, &project, &selector)
+        .await?
+        .into_iter()
+        .filter(|r| deploy::is_active(r.state) || r.state == InstanceState::Failed)
+        .collect();
+    // Out of the proxy's routes first, and drained, so no request is cut.
+    let mut timeout = std::time::Duration::ZERO;
+    for record in &records {
+        timeout = timeout.max(stop_timeout(&agent, record).await);
+    }
+    proxy::drain_out(&agent, &records, timeout).await;
+    for record in &records {
+        let timeout = stop_timeout(&agent, record).await;
+        let fresh = deploy::refreshed(&agent, record).await;
+        instance::stop(&agent, &fresh, timeout, InstanceState::Stopped).await;
     }
     proxy::refresh(&agent).await;
     project_status(State(agent), Path(project)).await
@@ -345,16 +355,48 @@ async fn restart(
     Path(project): Path<String>,
     Json(selector): Json<ServiceSelector>,
 ) -> Answer<Status> {
-    for record in selected(&agent, &project, &selector).await? {
-        let timeout = stop_timeout(&agent, &record).await;
-        instance::stop(&agent, &record, timeout, InstanceState::Backoff).await;
+    let records = selected(&agent, &project, &selector).await?;
+    // One instance at a time: out of the proxy's routes and drained, stopped,
+    // started again by the supervisor, and healthy before the next one goes.
+    for record in &records {
+        let timeout = stop_timeout(&agent, record).await;
+        let live = record.state == InstanceState::Live;
+        if live {
+            proxy::drain_out(&agent, std::slice::from_ref(record), timeout).await;
+        }
+        let fresh = deploy::refreshed(&agent, record).await;
+        instance::stop(&agent, &fresh, timeout, InstanceState::Backoff).await;
         // A restart by hand starts the count afresh, crash history included;
         // the supervisor starts instances in backoff again at once.
+        // Unhealthy until its check passes again: the proxy sends it nothing before.
         let id = record.id.clone();
-        let _ = agent.db(move |s| s.set_restarts(&id, 0)).await;
+        let _ = agent
+            .db(move |s| {
+                s.set_restarts(&id, 0)?;
+                s.set_instance_health(&id, false)
+            })
+            .await;
+        // The last one too, so the service serves on all when this returns;
+        // one that was failing its checks is not waited for.
+        if live && record.healthy {
+            back_in_service(&agent, record).await;
+        }
     }
     proxy::refresh(&agent).await;
     project_status(State(agent), Path(project)).await
+}
+
+/// Waits until the supervisor has the instance live and healthy again (at
+/// most the health deadline).
+async fn back_in_service(agent: &Agent, record: &crate::store::InstanceRecord) {
+    let deadline = tokio::time::Instant::now() + agent.settings.health_deadline;
+    while tokio::time::Instant::now() < deadline {
+        let now = deploy::refreshed(agent, record).await;
+        if now.state == InstanceState::Live && now.healthy {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 async fn stop_timeout(agent: &Agent, record: &crate::store::InstanceRecord) -> std::time::Duration {

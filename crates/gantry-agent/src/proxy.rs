@@ -404,6 +404,31 @@ pub async fn drain(agent: &Agent, ports: &[u16], timeout: Duration) {
     }
 }
 
+/// Takes these instances out of the proxy's routes (state `draining`), then
+/// waits until no request or WebSocket is open to them (at most `timeout`):
+/// what `gantry stop` and `gantry restart` do before stopping an instance.
+pub async fn drain_out(agent: &Agent, records: &[crate::store::InstanceRecord], timeout: Duration) {
+    let live: Vec<_> = records
+        .iter()
+        .filter(|r| matches!(r.state, InstanceState::Live | InstanceState::Backoff))
+        .collect();
+    if live.is_empty() {
+        return;
+    }
+    let ids: Vec<String> = live.iter().map(|r| r.id.clone()).collect();
+    let _ = agent
+        .db(move |s| {
+            for id in &ids {
+                s.set_instance_state(id, InstanceState::Draining)?;
+            }
+            Ok(())
+        })
+        .await;
+    refresh(agent).await;
+    let ports: Vec<u16> = live.iter().filter_map(|r| r.port).collect();
+    drain(agent, &ports, timeout.min(MAX_DRAIN)).await;
+}
+
 /// The cutover through the proxy: swap the routes, then drain the old instances.
 pub struct ProxyCutover;
 
@@ -452,16 +477,29 @@ fn table(store: &mut Store) -> Result<RouteTable, StoreError> {
             else {
                 continue;
             };
-            let upstreams: Vec<SocketAddr> = instances
+            let serving: Vec<_> = instances
                 .iter()
-                // Instances being restarted keep their place (and port): the
-                // proxy skips one that refuses until the supervisor is done.
                 .filter(|i| {
                     i.service == service
                         && i.release == release
                         && crate::deploy::is_active(i.state)
                         && i.state != InstanceState::Draining
+                        && i.port.is_some()
                 })
+                .collect();
+            // The live, healthy instances; when none is, every one that may
+            // come back (restarting, failing its checks) rather than no route.
+            let healthy: Vec<_> = serving
+                .iter()
+                .filter(|i| i.state == InstanceState::Live && i.healthy)
+                .collect();
+            let chosen = if healthy.is_empty() {
+                serving.iter().collect()
+            } else {
+                healthy
+            };
+            let upstreams: Vec<SocketAddr> = chosen
+                .into_iter()
                 .filter_map(|i| i.port)
                 .map(upstream)
                 .collect();

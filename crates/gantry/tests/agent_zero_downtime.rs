@@ -228,3 +228,148 @@ fn twenty_deploys_and_five_proxy_restarts_under_load_fail_no_request() {
         during_restarts.len()
     );
 }
+
+/// `gantry stop` takes an instance out of the proxy's routes and waits for
+/// its open requests before stopping it.
+#[test]
+fn gantry_stop_lets_a_request_in_flight_finish() {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let p = hello("zdtstop", "1").env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    deploy(&p);
+    let (sent, in_flight) = std::sync::mpsc::channel();
+    let slow = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET /slow?ms=2000 HTTP/1.1\r\nHost: web.zdtstop.localhost\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let _ = sent.send(());
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    });
+    in_flight
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the slow request was sent");
+    // Sent is not yet received: give the proxy a moment to forward it.
+    std::thread::sleep(Duration::from_millis(300));
+    p.gantry(&["stop", "web"]).expect_code(0);
+    let answer = slow.join().expect("the slow request's thread");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("slow 2000ms from version 1\n"),
+        "the request finished before its instance stopped: {answer:?}"
+    );
+}
+
+/// `gantry restart` goes one instance at a time, each drained first: a
+/// service with two replicas answers every request throughout.
+#[test]
+fn gantry_restart_under_load_fails_no_request() {
+    let port = free_port();
+    let p = hello("zdtrestart", "1").env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    deploy(&p);
+    let done = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = [true, false]
+        .into_iter()
+        .map(|keep_alive| {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut client = KeepAlive::new(port, "web.zdtrestart.localhost");
+                let mut answers = Vec::new();
+                while !done.load(Ordering::SeqCst) {
+                    answers.push(if keep_alive {
+                        client.get("/")
+                    } else {
+                        http_get_host(port, "web.zdtrestart.localhost", "/")
+                    });
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+                answers
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..2 {
+        p.gantry(&["restart", "web"]).expect_code(0);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    done.store(true, Ordering::SeqCst);
+    let answers: Vec<_> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("a client thread"))
+        .collect();
+    let failed: Vec<String> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Ok((200..=299, _)) => None,
+            Ok((code, body)) => Some(format!("{code}: {body}")),
+            Err(e) => Some(e.to_string()),
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during 2 restarts: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(10)]
+    );
+}
+
+/// An instance the supervisor gives up on leaves the proxy's routes (as
+/// `routes.json` shows), and comes back once restarted by hand.
+#[test]
+fn an_instance_given_up_on_leaves_the_proxy_routes() {
+    let port = free_port();
+    let p = hello("zdtgone", "1").env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    let toml = agent_support::hello_toml("zdtgone", "bin/hello-web")
+        .replace("replicas = 2\n", "replicas = 2\nrestart = \"never\"\n");
+    std::fs::write(p.path().join("gantry.toml"), toml).expect("write gantry.toml");
+    let report = deploy(&p);
+    let web = agent_support::service(&report, "web");
+    let (ports, pids) = (agent_support::ports(web), agent_support::pids(web));
+    let routes = p.state_dir().join("proxy/routes.json");
+    let routed = |port: u16| {
+        std::fs::read_to_string(&routes)
+            .unwrap_or_default()
+            .contains(&format!("127.0.0.1:{port}\""))
+    };
+    assert!(
+        ports.iter().all(|port| routed(*port)),
+        "both instances routed"
+    );
+
+    let killed = nix_kill(pids[0]);
+    assert!(killed, "kill instance {}", pids[0]);
+    wait_for("the dead instance to leave the routes", DEADLINE, || {
+        !routed(ports[0])
+    });
+    assert!(routed(ports[1]), "the other instance stays routed");
+    let (code, _) = http_get_host(port, "web.zdtgone.localhost", "/").expect("the proxy answers");
+    assert_eq!(code, 200);
+
+    p.gantry(&["restart", "web"]).expect_code(0);
+    let web = agent_support::wait_for_status(&p, "web back on two instances", |s| {
+        agent_support::instances(agent_support::service(s, "web"))
+            .iter()
+            .filter(|i| i["state"] == "live" && i["healthy"] == true)
+            .count()
+            == 2
+    });
+    let ports = agent_support::ports(agent_support::service(&web, "web"));
+    wait_for("both instances routed again", DEADLINE, || {
+        ports.iter().all(|port| routed(*port))
+    });
+}
+
+/// SIGKILL to a process, with the `kill` command a user would use.
+fn nix_kill(pid: u32) -> bool {
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
