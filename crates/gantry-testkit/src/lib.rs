@@ -177,6 +177,36 @@ pub fn example_bins() -> PathBuf {
         .clone()
 }
 
+/// The testkit's own service binaries (`gantry-ws-echo`), built once per
+/// test run into a target directory of their own; returns that directory.
+pub fn testkit_bins() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| root.join("target"), PathBuf::from)
+                .join("testkit-bins");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "gantry-testkit",
+                    "--bins",
+                    "--target-dir",
+                ])
+                .arg(&target)
+                .current_dir(&root)
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "building the testkit's binaries failed");
+            target.join("debug")
+        })
+        .clone()
+}
+
 /// `GET path` on 127.0.0.1:port: the status code and the body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     http_get_host(port, "localhost", path)
