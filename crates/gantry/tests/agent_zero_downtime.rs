@@ -373,3 +373,124 @@ fn nix_kill(pid: u32) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// An agent started from another gantry binary (an upgrade) hands the
+/// running proxy's listeners to a proxy of its own binary, under load,
+/// failing no request.
+#[test]
+fn an_agent_on_a_new_binary_restarts_the_proxy_by_handoff() {
+    let port = free_port();
+    let host = "web.zdtupgrade.localhost";
+    let p = hello("zdtupgrade", "1").env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    deploy(&p);
+    let old = proxy_pid(&p);
+    p.gantry(&["agent", "stop"]).expect_code(0);
+
+    // The "new" binary: a copy of this one is another file to the kernel.
+    let dir = tempfile::tempdir().expect("a directory");
+    let upgraded = dir.path().join("gantry");
+    std::fs::copy(agent_support::GANTRY, &upgraded).expect("copy the binary");
+
+    let done = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = [true, false]
+        .into_iter()
+        .map(|keep_alive| {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut client = KeepAlive::new(port, host);
+                let mut answers = Vec::new();
+                while !done.load(Ordering::SeqCst) {
+                    answers.push(if keep_alive {
+                        client.get("/")
+                    } else {
+                        http_get_host(port, host, "/")
+                    });
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+                answers
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let status = std::process::Command::new(&upgraded)
+        .args(["status", "--output", "json"])
+        .current_dir(p.path())
+        .env("GANTRY_STATE_DIR", p.state_dir())
+        .env("GANTRY_PROXY_LISTEN", format!("127.0.0.1:{port}"))
+        .output()
+        .expect("run the upgraded gantry");
+    assert!(status.status.success(), "{status:?}");
+    wait_for("a new proxy process", DEADLINE, || proxy_pid(&p) != old);
+    wait_for("the old proxy to exit", DEADLINE, || !alive(old));
+    std::thread::sleep(Duration::from_millis(200));
+    done.store(true, Ordering::SeqCst);
+    let answers: Vec<_> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("a client thread"))
+        .collect();
+    let failed: Vec<String> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Ok((200..=299, _)) => None,
+            Ok((code, body)) => Some(format!("{code}: {body}")),
+            Err(e) => Some(e.to_string()),
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the upgrade: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(10)]
+    );
+    let exe =
+        std::fs::read_link(format!("/proc/{}/exe", proxy_pid(&p))).expect("the proxy's binary");
+    assert_eq!(exe, upgraded, "the proxy runs the agent's binary now");
+    // The upgraded agent is stopped with the upgraded binary too.
+    let _ = std::process::Command::new(&upgraded)
+        .args(["agent", "stop"])
+        .env("GANTRY_STATE_DIR", p.state_dir())
+        .output();
+}
+
+/// `gantry proxy stop` stops the proxy; `gantry proxy restart` starts one
+/// again, which serves the routes the last one kept in routes.json.
+#[test]
+fn a_stopped_proxy_comes_back_with_its_routes() {
+    let port = free_port();
+    let host = "web.zdtpstop.localhost";
+    let p = hello("zdtpstop", "1").env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    deploy(&p);
+    let old = proxy_pid(&p);
+    let stopped = json(&p, &["proxy", "stop"]);
+    assert_eq!(stopped["running"], false, "{stopped:#}");
+    assert_eq!(stopped["previous_pid"].as_u64(), Some(u64::from(old)));
+    let routes = stopped["routes_file"].as_str().expect("routes_file");
+    assert!(
+        std::fs::read_to_string(routes).is_ok_and(|r| r.contains(host)),
+        "the routes stay in {routes}"
+    );
+    assert!(!alive(old), "the proxy exited");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing listens on the proxy's port"
+    );
+    let text = p.gantry(&["proxy", "stop", "--output", "text"]);
+    text.expect_code(0);
+
+    let started = json(&p, &["proxy", "restart"]);
+    assert_eq!(started["running"], true, "{started:#}");
+    let (code, body) = http_get_host(port, host, "/").expect("the proxy answers again");
+    assert_eq!(
+        (code, version_of(&body).as_deref()),
+        (200, Some("1")),
+        "{body}"
+    );
+}
+
+fn proxy_pid(p: &gantry_testkit::TestProject) -> u32 {
+    std::fs::read_to_string(p.state_dir().join("proxy.pid"))
+        .ok()
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or(0)
+}
