@@ -152,6 +152,11 @@ fn under_load(
                     counts.requests += 1;
                     let problem = match answer {
                         Ok((200..=299, _)) => None,
+                        // No status line: the connection closed with no answer.
+                        Ok((0, _)) => {
+                            counts.failed += 1;
+                            Some("closed without an answer".to_owned())
+                        }
                         Ok((code, _)) => {
                             counts.non_2xx += 1;
                             Some(format!("HTTP {code}"))

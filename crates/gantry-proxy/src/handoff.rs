@@ -108,7 +108,7 @@ impl HandedOff {
 
     fn set(&self) {
         self.flag.store(true, Ordering::SeqCst);
-        let _ = self.notify.send(true);
+        self.notify.send_replace(true);
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {

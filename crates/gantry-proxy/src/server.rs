@@ -141,8 +141,9 @@ pub fn take_over(config: ProxyConfig) -> Result<RunningProxy, ProxyError> {
     );
     let (control, handoff_socket) = (config.control_socket.clone(), config.handoff_socket.clone());
     let mut proxy = launch(listeners, config, bind_at.clone(), Some(taken.from_pid))?;
-    let finished = taken.finish();
-    // Even if the old process vanished midway, this one holds the listeners now.
+    // Until the old process let go, its sockets stay where they are; if it
+    // does not, dropping this proxy removes only the staged ones.
+    taken.finish()?;
     let rename = |from: &Path, to: &Path| {
         std::fs::rename(from, to).map_err(|source| ProxyError::ControlSocket {
             path: to.to_owned(),
@@ -150,10 +151,9 @@ pub fn take_over(config: ProxyConfig) -> Result<RunningProxy, ProxyError> {
         })
     };
     rename(&bind_at.0, &control)?;
-    rename(&bind_at.1, &handoff_socket)?;
     proxy.control_socket = control;
+    rename(&bind_at.1, &handoff_socket)?;
     proxy.handoff_socket = handoff_socket;
-    finished?;
     Ok(proxy)
 }
 
@@ -221,8 +221,8 @@ fn launch(
     let (stop, stopped) = watch::channel(false);
     let mut proxy = RunningProxy {
         http_addr,
-        control_socket: config.control_socket.clone(),
-        handoff_socket: config.handoff_socket.clone(),
+        control_socket: bind_at.0.clone(),
+        handoff_socket: bind_at.1.clone(),
         handed_off: handed_off.clone(),
         took_over_from,
         stop,
