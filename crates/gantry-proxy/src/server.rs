@@ -439,10 +439,16 @@ async fn serve_connections(
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
     let graceful = GracefulShutdown::new();
+    let mut stopping = false;
     loop {
+        // Once stopped, the connections the acceptor already handed over are
+        // still served: the channel ends when the acceptor has stopped.
         let (stream, addr) = tokio::select! {
             biased;
-            _ = stopped.changed() => break,
+            _ = stopped.changed(), if !stopping => {
+                stopping = true;
+                continue;
+            }
             connection = connections.recv() => match connection {
                 Some(connection) => connection,
                 None => break,

@@ -283,17 +283,16 @@ impl KeepAlive {
         if self.stream.is_none() {
             let stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
             stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            stream.set_nodelay(true)?;
             self.connections += 1;
             self.stream = Some(std::io::BufReader::new(stream));
         }
         let Some(reader) = self.stream.as_mut() else {
             return Err(std::io::Error::other("no connection"));
         };
-        write!(
-            reader.get_mut(),
-            "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n",
-            self.host
-        )?;
+        // One write: a request in pieces would wait on Nagle and delayed ACKs.
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        reader.get_mut().write_all(request.as_bytes())?;
         let broken =
             |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
         let mut line = String::new();

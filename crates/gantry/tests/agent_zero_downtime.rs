@@ -56,11 +56,16 @@ fn load(port: u16, keep_alive: bool, phase: Arc<AtomicU64>, done: Arc<AtomicBool
             fresh += 1;
             http_get_host(port, HOST, "/")
         };
+        let kind = if keep_alive {
+            "keep-alive"
+        } else {
+            "new connection"
+        };
         answers.push((
             started_in,
             answer
                 .map(|(code, body)| (code, version_of(&body)))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| format!("{kind}: {e}")),
         ));
         std::thread::sleep(Duration::from_millis(3));
     }
