@@ -12,8 +12,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use gantry_core::agent_api::{
     AgentInfo, ApiError, ApiErrorBody, BlobList, DeployRequest, DeployResult, ExecSpec,
-    InstanceState, LockGrant, LockRelease, LockRequest, LogLine, Outcome, Release, RollbackRequest,
-    ServiceSelector, Status,
+    InstanceState, LockGrant, LockRelease, LockRequest, LogLine, Outcome, ProxyInfo, Release,
+    RollbackRequest, ServiceSelector, Status,
 };
 use serde::Deserialize;
 
@@ -72,6 +72,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi_doc))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/proxy/restart", post(proxy_restart))
+        .route("/v1/proxy/stop", post(proxy_stop))
         .route("/v1/blobs/missing", post(blobs_missing))
         .route("/v1/blobs/{digest}", put(put_blob))
         .route("/v1/projects/{project}/deploys", post(deploy_project))
@@ -112,6 +114,14 @@ async fn openapi_doc() -> Json<serde_json::Value> {
 async fn shutdown(State(agent): Shared) -> StatusCode {
     let _ = agent.shutdown.send(true);
     StatusCode::ACCEPTED
+}
+
+async fn proxy_restart(State(agent): Shared) -> Answer<ProxyInfo> {
+    proxy::restart(&agent).await.map(Json)
+}
+
+async fn proxy_stop(State(agent): Shared) -> Answer<ProxyInfo> {
+    proxy::stop(&agent).await.map(Json)
 }
 
 async fn blobs_missing(State(agent): Shared, Json(list): Json<BlobList>) -> Json<BlobList> {
@@ -426,11 +436,21 @@ async fn stop(
     Path(project): Path<String>,
     Json(selector): Json<ServiceSelector>,
 ) -> Answer<Status> {
-    for record in selected(&agent, &project, &selector).await? {
-        if deploy::is_active(record.state) || record.state == InstanceState::Failed {
-            let timeout = stop_timeout(&agent, &record).await;
-            instance::stop(&agent, &record, timeout, InstanceState::Stopped).await;
-        }
+    let records: Vec<_> = selected(&agent, &project, &selector)
+        .await?
+        .into_iter()
+        .filter(|r| deploy::is_active(r.state) || r.state == InstanceState::Failed)
+        .collect();
+    // Out of the proxy's routes first, and drained, so no request is cut.
+    let mut timeout = std::time::Duration::ZERO;
+    for record in &records {
+        timeout = timeout.max(stop_timeout(&agent, record).await);
+    }
+    proxy::drain_out(&agent, &records, timeout).await;
+    for record in &records {
+        let timeout = stop_timeout(&agent, record).await;
+        let fresh = deploy::refreshed(&agent, record).await;
+        instance::stop(&agent, &fresh, timeout, InstanceState::Stopped).await;
     }
     proxy::refresh(&agent).await;
     project_status(State(agent), Path(project)).await
@@ -441,16 +461,48 @@ async fn restart(
     Path(project): Path<String>,
     Json(selector): Json<ServiceSelector>,
 ) -> Answer<Status> {
-    for record in selected(&agent, &project, &selector).await? {
-        let timeout = stop_timeout(&agent, &record).await;
-        instance::stop(&agent, &record, timeout, InstanceState::Backoff).await;
+    let records = selected(&agent, &project, &selector).await?;
+    // One instance at a time: out of the proxy's routes and drained, stopped,
+    // started again by the supervisor, and healthy before the next one goes.
+    for record in &records {
+        let timeout = stop_timeout(&agent, record).await;
+        let live = record.state == InstanceState::Live;
+        if live {
+            proxy::drain_out(&agent, std::slice::from_ref(record), timeout).await;
+        }
+        let fresh = deploy::refreshed(&agent, record).await;
+        instance::stop(&agent, &fresh, timeout, InstanceState::Backoff).await;
         // A restart by hand starts the count afresh, crash history included;
         // the supervisor starts instances in backoff again at once.
+        // Unhealthy until its check passes again: the proxy sends it nothing before.
         let id = record.id.clone();
-        let _ = agent.db(move |s| s.set_restarts(&id, 0)).await;
+        let _ = agent
+            .db(move |s| {
+                s.set_restarts(&id, 0)?;
+                s.set_instance_health(&id, false)
+            })
+            .await;
+        // The last one too, so the service serves on all when this returns;
+        // one that was failing its checks is not waited for.
+        if live && record.healthy {
+            back_in_service(&agent, record).await;
+        }
     }
     proxy::refresh(&agent).await;
     project_status(State(agent), Path(project)).await
+}
+
+/// Waits until the supervisor has the instance live and healthy again (at
+/// most the health deadline).
+async fn back_in_service(agent: &Agent, record: &crate::store::InstanceRecord) {
+    let deadline = tokio::time::Instant::now() + agent.settings.health_deadline;
+    while tokio::time::Instant::now() < deadline {
+        let now = deploy::refreshed(agent, record).await;
+        if now.state == InstanceState::Live && now.healthy {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 async fn stop_timeout(agent: &Agent, record: &crate::store::InstanceRecord) -> std::time::Duration {

@@ -4,7 +4,8 @@
 
 use gantry_core::agent_api::{
     AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant,
-    LockRelease, LockRequest, LogLine, Release, RollbackRequest, ServiceSelector, Status,
+    LockRelease, LockRequest, LogLine, ProxyInfo, Release, RollbackRequest, ServiceSelector,
+    Status,
 };
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
@@ -25,6 +26,20 @@ const ROUTES: &[(&str, &str, &str, Option<&str>, &str)] = &[
         "Stop the agent; services keep running",
         None,
         "none",
+    ),
+    (
+        "post",
+        "/v1/proxy/restart",
+        "Restart the proxy by listener handoff (no connection refused), or start it",
+        None,
+        "ProxyInfo",
+    ),
+    (
+        "post",
+        "/v1/proxy/stop",
+        "Stop the proxy; its routes stay in routes.json",
+        None,
+        "ProxyInfo",
     ),
     (
         "post",
@@ -145,6 +160,7 @@ pub fn document() -> Value {
     }
     add!(
         AgentInfo,
+        ProxyInfo,
         ApiErrorBody,
         BlobList,
         DeployRequest,

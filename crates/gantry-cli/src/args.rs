@@ -245,9 +245,12 @@ pub enum Command {
     /// Routes requests by host and path to the upstreams of its route table,
     /// which it takes over its control socket (`proxy.sock` in the state
     /// directory: PUT /v1/routes, POST /v1/drain, GET /metrics) and keeps in
-    /// routes.json. The agent does not start it yet.
+    /// routes.json. The agent starts one itself; `gantry proxy restart`
+    /// replaces it by listener handoff without refusing a connection, and
+    /// `gantry proxy stop` stops it (its routes stay in routes.json).
     ///
     /// Example: gantry proxy --listen 127.0.0.1:8080
+    /// Example: gantry proxy restart
     Proxy(ProxyArgs),
 
     /// Print a shell completion script
@@ -406,6 +409,9 @@ pub enum AgentAction {
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
+    #[command(subcommand)]
+    pub action: Option<ProxyAction>,
+
     /// Where clients connect
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
@@ -413,6 +419,21 @@ pub struct ProxyArgs {
     /// Write no access log lines on stderr
     #[arg(long)]
     pub no_access_log: bool,
+
+    /// Take over the listening sockets of the proxy running on this state
+    /// directory (over its handoff.sock) instead of binding --listen; that
+    /// proxy then finishes its open requests and exits
+    #[arg(long)]
+    pub take_over: bool,
+}
+
+#[derive(Clone, Copy, Debug, Subcommand)]
+pub enum ProxyAction {
+    /// Replace the agent's proxy with a new process that takes over its
+    /// listening sockets: no connection is refused, open requests finish
+    Restart,
+    /// Stop the agent's proxy; its routes stay in routes.json for the next one
+    Stop,
 }
 
 #[derive(Debug, Args)]

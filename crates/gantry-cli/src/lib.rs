@@ -16,7 +16,7 @@ use clap::{CommandFactory, Parser};
 use gantry_core::host::{Host, HostError};
 use gantry_core::{Project, deploy, environment, init, operate, render, show, validate};
 
-use args::{AgentAction, EnvAction, OutputMode, ReleasesAction, RenderTarget};
+use args::{AgentAction, EnvAction, OutputMode, ProxyAction, ReleasesAction, RenderTarget};
 pub use args::{Cli, Command};
 pub use output::{Failure, Mode, Printer, Report};
 
@@ -46,8 +46,9 @@ pub struct Wiring {
     /// Runs this machine's agent on a state directory until it is stopped.
     /// Its ports, and where its proxy listens (`None`: the default).
     pub run_agent: RunAgent,
-    /// Runs the reverse proxy until it is stopped: state directory, listen address, access log.
-    pub run_proxy: fn(&std::path::Path, std::net::SocketAddr, bool) -> Result<(), Failure>,
+    /// Runs the reverse proxy until it is stopped: state directory, listen
+    /// address, access log, whether to take over the running proxy's listeners.
+    pub run_proxy: fn(&std::path::Path, std::net::SocketAddr, bool, bool) -> Result<(), Failure>,
     /// Runs one instance's relay from its spec file.
     pub relay: fn(&std::path::Path) -> ExitCode,
     pub connect: Connect,
@@ -290,14 +291,26 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 &connect,
             )?,
         ),
-        Command::Proxy(args) => {
-            printer.status(&format!(
-                "proxy: listening on {}, control socket in {}",
-                args.listen,
-                state_dir.display()
-            ));
-            (wiring.run_proxy)(&state_dir, args.listen, !args.no_access_log)
-        }
+        Command::Proxy(args) => match args.action {
+            None => {
+                printer.status(&format!(
+                    "proxy: listening on {}, control socket in {}",
+                    args.listen,
+                    state_dir.display()
+                ));
+                (wiring.run_proxy)(&state_dir, args.listen, !args.no_access_log, args.take_over)
+            }
+            Some(action) => {
+                let action = match action {
+                    ProxyAction::Restart => gantry_core::agent_api::ProxyAction::Restart,
+                    ProxyAction::Stop => gantry_core::agent_api::ProxyAction::Stop,
+                };
+                let agent = (wiring.connect)(&local_host(), &state_dir, false)
+                    .map_err(gantry_core::Error::from)?;
+                let info = agent.proxy(action).map_err(gantry_core::Error::from)?;
+                emit(printer, text::ProxyReport { action, info })
+            }
+        },
         Command::Agent(args) => match &args.action {
             None => {
                 printer.status(&format!("agent: state in {}", state_dir.display()));

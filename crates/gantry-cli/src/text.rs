@@ -473,3 +473,33 @@ impl Report for gantry_core::check::TestReport {
         out
     }
 }
+
+/// What `gantry proxy restart` and `gantry proxy stop` print.
+#[derive(Serialize)]
+pub struct ProxyReport {
+    #[serde(skip)]
+    pub action: gantry_core::agent_api::ProxyAction,
+    #[serde(flatten)]
+    pub info: gantry_core::agent_api::ProxyInfo,
+}
+
+impl Report for ProxyReport {
+    fn text(&self) -> String {
+        use gantry_core::agent_api::ProxyAction;
+        let info = &self.info;
+        let was = info
+            .previous_pid
+            .map_or_else(String::new, |pid| format!(" (was pid {pid})"));
+        match (self.action, info.pid) {
+            (ProxyAction::Stop, _) => format!(
+                "proxy stopped{was}; its routes stay in {}\n",
+                info.routes_file
+            ),
+            (ProxyAction::Restart, Some(pid)) => format!(
+                "proxy restarted: pid {pid}{was}, listening on {}\n",
+                info.listen.as_deref().unwrap_or("?")
+            ),
+            (ProxyAction::Restart, None) => "proxy not running\n".to_owned(),
+        }
+    }
+}

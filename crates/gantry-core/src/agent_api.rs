@@ -279,6 +279,35 @@ pub struct RollbackRequest {
     pub secrets: BTreeMap<String, String>,
 }
 
+/// `POST /v1/proxy/restart` and `POST /v1/proxy/stop`: the host's reverse
+/// proxy afterwards.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ProxyInfo {
+    /// Whether a proxy runs now.
+    pub running: bool,
+    /// Its process, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The process it replaced (a restart by listener handoff) or stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_pid: Option<u32>,
+    /// Where clients reach it, like 127.0.0.1:8080.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// The route table it keeps (and a proxy started later loads).
+    pub routes_file: String,
+}
+
+/// What to do with the host's proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyAction {
+    /// Start a new proxy process that takes over the listening sockets of
+    /// the running one (none is refused), or start one if none runs.
+    Restart,
+    /// Stop it; its routes stay in routes.json.
+    Stop,
+}
+
 /// `POST /v1/projects/{project}/stop` and `/restart`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ServiceSelector {

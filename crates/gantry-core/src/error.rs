@@ -83,6 +83,21 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "the proxy could not start or stopped with an error",
     ),
     (
+        "proxy.off",
+        ExitClass::Conflict,
+        "the agent runs no proxy (started with --proxy-listen off)",
+    ),
+    (
+        "proxy.restart_failed",
+        ExitClass::Failed,
+        "the new proxy process did not take over; the running one keeps serving",
+    ),
+    (
+        "proxy.stop_failed",
+        ExitClass::Failed,
+        "the proxy did not exit in time after it was asked to stop",
+    ),
+    (
         "agent.unreachable",
         ExitClass::Unreachable,
         "no agent answers on the host, and none could be started",

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use crate::agent_api::{
     AgentInfo, ApiError, DeployRequest, DeployResult, ExecSpec, LockGrant, LockRelease,
-    LockRequest, LogLine, Release, RollbackRequest, ServiceSelector, Status,
+    LockRequest, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest, ServiceSelector,
+    Status,
 };
 
 /// Which log lines to read.
@@ -131,6 +132,8 @@ pub trait Host {
     fn unlock(&self, project: &str, request: &LockRelease) -> Result<(), HostError>;
     /// How to run a command as `service` runs, on this host.
     fn exec_spec(&self, project: &str, service: &str) -> Result<ExecSpec, HostError>;
+    /// Restarts the host's reverse proxy by listener handoff, or stops it.
+    fn proxy(&self, action: ProxyAction) -> Result<ProxyInfo, HostError>;
 }
 
 /// A shell on a host, over SSH: what `configure` and `exec` need beside the

@@ -17,6 +17,7 @@ mod control;
 mod error;
 mod exchange;
 mod forward;
+mod handoff;
 mod metrics;
 mod pages;
 mod pool;
@@ -31,9 +32,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use control::{DrainReport, DrainRequest, Health};
+pub use control::{DrainReport, DrainRequest, Health, running_binary};
 pub use error::ProxyError;
-pub use server::{RunningProxy, start, start_on};
+pub use handoff::Listeners;
+pub use server::{HTTP, RunningProxy, start, start_on, start_with, take_over};
 pub use table::{Balance, Route, RouteTable, TableError};
 
 /// How `gantry proxy` is started.
@@ -43,6 +45,11 @@ pub struct ProxyConfig {
     pub http: SocketAddr,
     /// The control API's Unix socket; created with mode 0600.
     pub control_socket: PathBuf,
+    /// Where a new proxy process asks this one for its listeners (0600).
+    pub handoff_socket: PathBuf,
+    /// Start by taking over the listeners of the proxy running on
+    /// `handoff_socket` instead of binding `http` (`gantry proxy --take-over`).
+    pub take_over: bool,
     /// Holds `routes.json`, the last route table accepted.
     pub state_dir: PathBuf,
     /// One JSON line per request on stderr.
@@ -59,6 +66,8 @@ impl ProxyConfig {
         ProxyConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             control_socket: state_dir.join("proxy.sock"),
+            handoff_socket: state_dir.join("handoff.sock"),
+            take_over: false,
             state_dir,
             access_log: true,
             workers: 0,
@@ -97,15 +106,22 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         .enable_all()
         .build()
         .map_err(ProxyError::Thread)?;
-    let proxy = start(config)?;
+    let proxy = if config.take_over {
+        take_over(config)?
+    } else {
+        start(config)?
+    };
     eprintln!(
         "{}",
         serde_json::json!({
             "event": "proxy.started",
+            "pid": std::process::id(),
             "http": proxy.http_addr(),
             "control_socket": proxy.control_socket(),
+            "took_over_from": proxy.took_over_from(),
         })
     );
+    let mut handed_off = proxy.handed_off();
     signals.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         match (
@@ -116,10 +132,14 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = int.recv() => {}
+                    _ = handed_off.wait_for(|h| *h) => {}
                 }
             }
             _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = handed_off.wait_for(|h| *h) => {}
+                }
             }
         }
     });

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use gantry_core::agent_api::{
     AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant,
-    LockRelease, LockRequest, LogLine, Release, RollbackRequest, ServiceSelector, Status,
+    LockRelease, LockRequest, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest,
+    ServiceSelector, Status,
 };
 use gantry_core::host::{Host, HostError, LogQuery};
 use hyper::{Method, StatusCode};
@@ -262,6 +263,14 @@ impl<T: Transport> Host for Agent<T> {
             request,
         )?;
         Ok(())
+    }
+
+    fn proxy(&self, action: ProxyAction) -> Result<ProxyInfo, HostError> {
+        let path = match action {
+            ProxyAction::Restart => "/v1/proxy/restart",
+            ProxyAction::Stop => "/v1/proxy/stop",
+        };
+        self.call(Method::POST, path, None, "application/json")
     }
 
     fn exec_spec(&self, project: &str, service: &str) -> Result<ExecSpec, HostError> {

@@ -45,10 +45,12 @@ fn run_proxy(
     state_dir: &Path,
     listen: std::net::SocketAddr,
     access_log: bool,
+    take_over: bool,
 ) -> Result<(), Failure> {
     let mut config = gantry_proxy::ProxyConfig::new(state_dir.join("proxy"));
     config.http = listen;
     config.access_log = access_log;
+    config.take_over = take_over;
     gantry_proxy::run(config).map_err(|e| Failure {
         code: "proxy.failed",
         exit: gantry_core::ExitClass::Failed.code(),

@@ -52,6 +52,7 @@ pub struct TestProxy {
     proxy: Option<RunningProxy>,
     pub dir: TempDir,
     pub addr: SocketAddr,
+    config: ProxyConfig,
 }
 
 impl TestProxy {
@@ -69,12 +70,30 @@ impl TestProxy {
             ..Timeouts::default()
         };
         configure(&mut config);
-        let proxy = gantry_proxy::start(config).unwrap();
+        let proxy = gantry_proxy::start(config.clone()).unwrap();
         TestProxy {
             addr: proxy.http_addr(),
             proxy: Some(proxy),
             dir,
+            config,
         }
+    }
+
+    /// A new proxy (in this process) that takes over this one's listeners,
+    /// routes and sockets by handoff; and the old one, handed off, which the
+    /// caller stops.
+    pub fn take_over(mut self) -> (TestProxy, RunningProxy) {
+        let old = self.proxy.take().unwrap();
+        let config = self.config.clone();
+        let new = tokio::task::block_in_place(|| gantry_proxy::take_over(config.clone())).unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let proxy = TestProxy {
+            addr: new.http_addr(),
+            proxy: Some(new),
+            dir,
+            config,
+        };
+        (proxy, old)
     }
 
     /// Stops this proxy and starts another on the same state directory.

@@ -184,6 +184,24 @@ pub fn command(p: &TestProject, args: &[&str]) -> Command {
     command
 }
 
+/// `command` for a project directory and state directory given by path, for
+/// a thread that cannot borrow the `TestProject`.
+pub fn command_in(dir: &Path, state: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(GANTRY);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env("GANTRY_STATE_DIR", state)
+        .stdin(Stdio::null());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("GANTRY_") && key != "GANTRY_STATE_DIR" {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
 /// An agent started by the test in the foreground of its own child process.
 /// Dropping it stops the project's services and the agent, then reaps it.
 pub struct AgentProcess {
