@@ -117,6 +117,10 @@ pub struct Agent {
     pub tails: crate::tails::Tails,
     /// One deploy at a time per project.
     pub deploy_locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    /// Environment deploy locks that CLIs hold across hosts, by
+    /// (project, environment): the token and the holder. In memory: an agent
+    /// restart releases them.
+    pub env_locks: Mutex<HashMap<(String, String), (String, gantry_core::agent_api::LockHolder)>>,
     /// Set when the agent is asked to shut down.
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// The reverse proxy the agent started or found, if one runs.

@@ -11,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use gantry_core::agent_api::{
-    AgentInfo, ApiError, ApiErrorBody, BlobList, DeployRequest, DeployResult, InstanceState,
-    LogLine, Outcome, Release, RollbackRequest, ServiceSelector, Status,
+    AgentInfo, ApiError, ApiErrorBody, BlobList, DeployRequest, DeployResult, ExecSpec,
+    InstanceState, LockGrant, LockRelease, LockRequest, LogLine, Outcome, ProxyInfo, Release,
+    RollbackRequest, ServiceSelector, Status,
 };
 use serde::Deserialize;
 
@@ -71,6 +72,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi_doc))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/proxy/restart", post(proxy_restart))
+        .route("/v1/proxy/stop", post(proxy_stop))
         .route("/v1/blobs/missing", post(blobs_missing))
         .route("/v1/blobs/{digest}", put(put_blob))
         .route("/v1/projects/{project}/deploys", post(deploy_project))
@@ -81,6 +84,14 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/projects/{project}/logs", get(project_logs))
         .route("/v1/projects/{project}/stop", post(stop))
         .route("/v1/projects/{project}/restart", post(restart))
+        .route(
+            "/v1/projects/{project}/services/{service}/exec",
+            get(exec_spec),
+        )
+        .route(
+            "/v1/projects/{project}/lock",
+            post(take_lock).delete(release_lock),
+        )
         .layer(DefaultBodyLimit::max(4 << 30))
         .with_state(agent)
 }
@@ -92,6 +103,7 @@ async fn health(State(agent): Shared) -> Json<AgentInfo> {
         state_dir: agent.paths.root.display().to_string(),
         started_at: agent.started_at,
         limits: agent.cgroups.mode().to_string(),
+        proxy: agent.settings.proxy_listen.map(|a| a.to_string()),
     })
 }
 
@@ -102,6 +114,14 @@ async fn openapi_doc() -> Json<serde_json::Value> {
 async fn shutdown(State(agent): Shared) -> StatusCode {
     let _ = agent.shutdown.send(true);
     StatusCode::ACCEPTED
+}
+
+async fn proxy_restart(State(agent): Shared) -> Answer<ProxyInfo> {
+    proxy::restart(&agent).await.map(Json)
+}
+
+async fn proxy_stop(State(agent): Shared) -> Answer<ProxyInfo> {
+    proxy::stop(&agent).await.map(Json)
 }
 
 async fn blobs_missing(State(agent): Shared, Json(list): Json<BlobList>) -> Json<BlobList> {
@@ -145,9 +165,104 @@ async fn deploy_project(
             "send the request to /v1/projects/<its project>/deploys",
         ));
     }
-    deploy::deploy(&agent, request, &ProxyCutover)
+    // Its own task: a client that goes away (a cut link) does not cancel a
+    // deploy halfway; it finishes, and `status` tells how it ended.
+    tokio::spawn(async move { deploy::deploy(&agent, request, &ProxyCutover).await })
         .await
+        .map_err(|e| ApiFailure::failed("agent.internal", e.to_string()))?
         .map(Json)
+}
+
+async fn exec_spec(
+    State(agent): Shared,
+    Path((project, service)): Path<(String, String)>,
+) -> Answer<ExecSpec> {
+    let (p, s) = (project.clone(), service.clone());
+    let release = agent
+        .db(move |store| {
+            let Some(id) = store.current(&p, &s)? else {
+                return Ok(None);
+            };
+            store.release(&p, &id)
+        })
+        .await
+        .map_err(ApiFailure::store)?
+        .ok_or_else(|| {
+            ApiFailure::not_found(
+                "service.not_deployed",
+                format!("`{service}` of {project} runs no release on this host"),
+                "deploy it first, or name a service `gantry status` lists",
+            )
+        })?;
+    let spec = release
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .ok_or_else(|| {
+            ApiFailure::not_found(
+                "service.not_deployed",
+                format!("release {} has no service `{service}`", release.id),
+                "name a service `gantry status` lists",
+            )
+        })?;
+    let cwd = instance::working_dir(&agent, &project, &release.artifact_digest, spec);
+    Ok(Json(ExecSpec {
+        env: instance::environment(spec, "exec", &release.id, None),
+        cwd: cwd.display().to_string(),
+        secrets_file: agent.paths.secrets(&project).display().to_string(),
+        secret_names: spec.secrets.clone(),
+        release: release.id,
+    }))
+}
+
+async fn take_lock(
+    State(agent): Shared,
+    Path(project): Path<String>,
+    Json(request): Json<LockRequest>,
+) -> Answer<LockGrant> {
+    let mut locks = agent.env_locks.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (project.clone(), request.environment.clone());
+    let displaced = match locks.get(&key) {
+        Some((_, holder)) if !request.force => {
+            let ago = now_ms().saturating_sub(holder.since_ms) / 1000;
+            return Err(ApiFailure::conflict(
+                "deploy.locked",
+                format!(
+                    "`{}` of {project} ({}) is locked by pid {} of {}@{}, for {ago}s",
+                    holder.command, request.environment, holder.pid, holder.user, holder.machine
+                ),
+                "wait for that deploy to end; if it is gone, pass --force-unlock",
+            ));
+        }
+        Some((_, holder)) => Some(holder.clone()),
+        None => None,
+    };
+    let token = format!("{:032x}", rand::random::<u128>());
+    locks.insert(key, (token.clone(), request.holder));
+    Ok(Json(LockGrant { token, displaced }))
+}
+
+async fn release_lock(
+    State(agent): Shared,
+    Path(project): Path<String>,
+    Json(request): Json<LockRelease>,
+) -> Answer<serde_json::Value> {
+    let mut locks = agent.env_locks.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (project, request.environment);
+    // Only its holder releases it: a forced take left the old holder's token stale.
+    if locks
+        .get(&key)
+        .is_some_and(|(token, _)| *token == request.token)
+    {
+        locks.remove(&key);
+    }
+    Ok(Json(serde_json::Value::Null))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn rollback(
@@ -223,8 +338,9 @@ async fn rollback(
         secrets: request.secrets,
         rollback_of: Some(target.id.clone()),
     };
-    deploy::deploy(&agent, deploy, &ProxyCutover)
+    tokio::spawn(async move { deploy::deploy(&agent, deploy, &ProxyCutover).await })
         .await
+        .map_err(|e| ApiFailure::failed("agent.internal", e.to_string()))?
         .map(Json)
 }
 
@@ -320,11 +436,21 @@ async fn stop(
     Path(project): Path<String>,
     Json(selector): Json<ServiceSelector>,
 ) -> Answer<Status> {
-    for record in selected(&agent, &project, &selector).await? {
-        if deploy::is_active(record.state) || record.state == InstanceState::Failed {
-            let timeout = stop_timeout(&agent, &record).await;
-            instance::stop(&agent, &record, timeout, InstanceState::Stopped).await;
-        }
+    let records: Vec<_> = selected(&agent, &project, &selector)
+        .await?
+        .into_iter()
+        .filter(|r| deploy::is_active(r.state) || r.state == InstanceState::Failed)
+        .collect();
+    // Out of the proxy's routes first, and drained, so no request is cut.
+    let mut timeout = std::time::Duration::ZERO;
+    for record in &records {
+        timeout = timeout.max(stop_timeout(&agent, record).await);
+    }
+    proxy::drain_out(&agent, &records, timeout).await;
+    for record in &records {
+        let timeout = stop_timeout(&agent, record).await;
+        let fresh = deploy::refreshed(&agent, record).await;
+        instance::stop(&agent, &fresh, timeout, InstanceState::Stopped).await;
     }
     proxy::refresh(&agent).await;
     project_status(State(agent), Path(project)).await
@@ -335,16 +461,48 @@ async fn restart(
     Path(project): Path<String>,
     Json(selector): Json<ServiceSelector>,
 ) -> Answer<Status> {
-    for record in selected(&agent, &project, &selector).await? {
-        let timeout = stop_timeout(&agent, &record).await;
-        instance::stop(&agent, &record, timeout, InstanceState::Backoff).await;
+    let records = selected(&agent, &project, &selector).await?;
+    // One instance at a time: out of the proxy's routes and drained, stopped,
+    // started again by the supervisor, and healthy before the next one goes.
+    for record in &records {
+        let timeout = stop_timeout(&agent, record).await;
+        let live = record.state == InstanceState::Live;
+        if live {
+            proxy::drain_out(&agent, std::slice::from_ref(record), timeout).await;
+        }
+        let fresh = deploy::refreshed(&agent, record).await;
+        instance::stop(&agent, &fresh, timeout, InstanceState::Backoff).await;
         // A restart by hand starts the count afresh, crash history included;
         // the supervisor starts instances in backoff again at once.
+        // Unhealthy until its check passes again: the proxy sends it nothing before.
         let id = record.id.clone();
-        let _ = agent.db(move |s| s.set_restarts(&id, 0)).await;
+        let _ = agent
+            .db(move |s| {
+                s.set_restarts(&id, 0)?;
+                s.set_instance_health(&id, false)
+            })
+            .await;
+        // The last one too, so the service serves on all when this returns;
+        // one that was failing its checks is not waited for.
+        if live && record.healthy {
+            back_in_service(&agent, record).await;
+        }
     }
     proxy::refresh(&agent).await;
     project_status(State(agent), Path(project)).await
+}
+
+/// Waits until the supervisor has the instance live and healthy again (at
+/// most the health deadline).
+async fn back_in_service(agent: &Agent, record: &crate::store::InstanceRecord) {
+    let deadline = tokio::time::Instant::now() + agent.settings.health_deadline;
+    while tokio::time::Instant::now() < deadline {
+        let now = deploy::refreshed(agent, record).await;
+        if now.state == InstanceState::Live && now.healthy {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 async fn stop_timeout(agent: &Agent, record: &crate::store::InstanceRecord) -> std::time::Duration {

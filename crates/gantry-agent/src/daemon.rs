@@ -108,6 +108,7 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
         started_at: now_ms(),
         tails: Default::default(),
         deploy_locks: Mutex::new(Default::default()),
+        env_locks: Mutex::new(Default::default()),
         shutdown,
     });
     runtime.block_on(serve(agent))

@@ -55,6 +55,7 @@ pub fn stream(
                     .into_iter()
                     .filter(|(ts, _, _)| query.since_ms.is_none_or(|since| *ts >= since))
                     .map(|(ts, stream, line)| LogLine {
+                        host: None,
                         ts,
                         service: service.clone(),
                         instance: id.clone(),
@@ -88,6 +89,7 @@ pub fn stream(
             for (service, id, cursor) in &mut cursors {
                 for (ts, stream, line) in cursor.poll() {
                     let line = LogLine {
+                        host: None,
                         ts,
                         service: service.clone(),
                         instance: id.clone(),

@@ -3,8 +3,9 @@
 //! types themselves (schemars), so the document cannot drift from the code.
 
 use gantry_core::agent_api::{
-    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, LogLine, Release,
-    RollbackRequest, ServiceSelector, Status,
+    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant,
+    LockRelease, LockRequest, LogLine, ProxyInfo, Release, RollbackRequest, ServiceSelector,
+    Status,
 };
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
@@ -25,6 +26,20 @@ const ROUTES: &[(&str, &str, &str, Option<&str>, &str)] = &[
         "Stop the agent; services keep running",
         None,
         "none",
+    ),
+    (
+        "post",
+        "/v1/proxy/restart",
+        "Restart the proxy by listener handoff (no connection refused), or start it",
+        None,
+        "ProxyInfo",
+    ),
+    (
+        "post",
+        "/v1/proxy/stop",
+        "Stop the proxy; its routes stay in routes.json",
+        None,
+        "ProxyInfo",
     ),
     (
         "post",
@@ -96,6 +111,27 @@ const ROUTES: &[(&str, &str, &str, Option<&str>, &str)] = &[
         Some("ServiceSelector"),
         "Status",
     ),
+    (
+        "get",
+        "/v1/projects/{project}/services/{service}/exec",
+        "How to run a command as the service runs: release directory and environment (no secret values)",
+        None,
+        "ExecSpec",
+    ),
+    (
+        "post",
+        "/v1/projects/{project}/lock",
+        "Take an environment's deploy lock (409 deploy.locked names the holder)",
+        Some("LockRequest"),
+        "LockGrant",
+    ),
+    (
+        "delete",
+        "/v1/projects/{project}/lock",
+        "Release it with its token",
+        Some("LockRelease"),
+        "none",
+    ),
 ];
 
 fn reference(name: &str) -> Value {
@@ -124,10 +160,15 @@ pub fn document() -> Value {
     }
     add!(
         AgentInfo,
+        ProxyInfo,
         ApiErrorBody,
         BlobList,
         DeployRequest,
         DeployResult,
+        ExecSpec,
+        LockGrant,
+        LockRelease,
+        LockRequest,
         LogLine,
         Release,
         RollbackRequest,

@@ -3,6 +3,13 @@
 //! one whose control socket answers), restarts it when its process dies, and
 //! after every change of live instances replaces its whole route table from
 //! the store. With no proxy running every call here does nothing.
+//!
+//! `restart` replaces the proxy process without refusing a connection: a new
+//! `gantry proxy --take-over` receives the running one's listening sockets
+//! over its handoff socket, and the old one finishes its open requests and
+//! exits. The agent does that on its own when the proxy runs another gantry
+//! binary than the agent (an upgrade). `stop` ends the proxy; its route
+//! table stays in `routes.json` for the next one.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,14 +19,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gantry_config::resolve::Service;
-use gantry_core::agent_api::InstanceState;
-use gantry_proxy::{DrainReport, DrainRequest, Route, RouteTable, Tls};
+use gantry_core::agent_api::{InstanceState, ProxyInfo};
+use gantry_proxy::{DrainReport, DrainRequest, Health, Route, RouteTable, Tls};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::agent::{Agent, Paths};
+use crate::api::ApiFailure;
 use crate::deploy::Cutover;
 use crate::store::{Store, StoreError};
 
@@ -29,6 +37,9 @@ const START_DEADLINE: Duration = Duration::from_secs(5);
 const CHECK_EVERY: Duration = Duration::from_secs(3);
 /// The longest a cutover waits for requests to the old instances to finish.
 const MAX_DRAIN: Duration = Duration::from_secs(30);
+/// How long a stopped proxy gets to finish its open requests and exit (its
+/// own shutdown timeout is 10 s).
+const STOP_DEADLINE: Duration = Duration::from_secs(15);
 
 /// The agent's handle on the proxy.
 pub struct Proxy {
@@ -79,13 +90,25 @@ pub async fn start(agent: &Agent) {
     let Some(listen) = proxy.listen else {
         return;
     };
-    if healthy(&proxy.socket).await {
-        tracing::info!(socket = %proxy.socket.display(), "reusing the running proxy");
+    if let Some(running) = health(&proxy.socket).await {
         proxy.up.store(true, Ordering::SeqCst);
+        let ours = gantry_proxy::running_binary();
+        if !running.binary.is_empty() && !ours.is_empty() && running.binary != ours {
+            tracing::info!(
+                pid = running.pid,
+                "the proxy runs another gantry binary; handing its listeners to a new one"
+            );
+            let _one = proxy.updating.lock().await;
+            if let Err(e) = hand_over(agent, listen).await {
+                tracing::warn!(error = %e, "cannot restart the proxy; keeping the running one");
+            }
+        } else {
+            tracing::info!(socket = %proxy.socket.display(), pid = running.pid, "reusing the running proxy");
+        }
         refresh(agent).await;
         return;
     }
-    let child = match spawn(agent, listen) {
+    let child = match spawn(agent, listen, false) {
         Ok(child) => child,
         Err(e) => {
             tracing::warn!(error = %e, "cannot start the proxy; running without one");
@@ -122,13 +145,18 @@ pub async fn start(agent: &Agent) {
     refresh(agent).await;
 }
 
-fn spawn(agent: &Agent, listen: SocketAddr) -> std::io::Result<std::process::Child> {
+fn spawn(
+    agent: &Agent,
+    listen: SocketAddr,
+    take_over: bool,
+) -> std::io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(agent.paths.proxy_log())?;
-    std::process::Command::new(&agent.exe)
+    let mut command = std::process::Command::new(&agent.exe);
+    command
         .arg("proxy")
         .arg("--listen")
         .arg(listen.to_string())
@@ -141,13 +169,160 @@ fn spawn(agent: &Agent, listen: SocketAddr) -> std::io::Result<std::process::Chi
         )
         .arg("--state-dir")
         .arg(&agent.paths.root)
-        .arg("--no-access-log")
+        .arg("--no-access-log");
+    if take_over {
+        command.arg("--take-over");
+    }
+    command
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         // Its own process group: it outlives the agent, like the services.
         .process_group(0)
         .spawn()
+}
+
+/// `POST /v1/proxy/restart`: a new proxy process takes over the listening
+/// sockets of the running one (no connection is refused), or one starts if
+/// none runs.
+pub async fn restart(agent: &Agent) -> Result<ProxyInfo, ApiFailure> {
+    let proxy = &agent.proxy;
+    let Some(listen) = proxy.listen else {
+        return Err(no_proxy());
+    };
+    let previous = health(&proxy.socket).await.map(|h| h.pid);
+    if previous.is_none() {
+        start(agent).await;
+    } else {
+        let handed = {
+            let _one = proxy.updating.lock().await;
+            hand_over(agent, listen).await
+        };
+        handed.map_err(|e| ApiFailure::failed("proxy.restart_failed", e))?;
+        refresh(agent).await;
+    }
+    let now = health(&proxy.socket).await;
+    if now.is_none() {
+        return Err(ApiFailure::failed(
+            "proxy.restart_failed",
+            format!(
+                "the proxy did not start; see {}",
+                agent.paths.proxy_log().display()
+            ),
+        ));
+    }
+    Ok(info(agent, now.as_ref(), previous))
+}
+
+/// `POST /v1/proxy/stop`: stops the proxy and waits until its process is
+/// gone; the agent starts none until `restart` or its own next start.
+pub async fn stop(agent: &Agent) -> Result<ProxyInfo, ApiFailure> {
+    let proxy = &agent.proxy;
+    if proxy.listen.is_none() {
+        return Err(no_proxy());
+    }
+    let _one = proxy.updating.lock().await;
+    proxy.up.store(false, Ordering::SeqCst);
+    let running = health(&proxy.socket).await.map(|h| h.pid);
+    let child = proxy.child().take();
+    let pid = running.or_else(|| child.as_ref().map(std::process::Child::id));
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = tokio::time::Instant::now() + STOP_DEADLINE;
+        let mut child = child;
+        loop {
+            let gone = match child.as_mut() {
+                Some(c) => c.try_wait().ok().flatten().is_some(),
+                None => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            };
+            if gone {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiFailure::failed(
+                    "proxy.stop_failed",
+                    format!(
+                        "the proxy (pid {pid}) did not exit within {}s",
+                        STOP_DEADLINE.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    let _ = std::fs::remove_file(agent.paths.proxy_pid());
+    tracing::info!(pid = ?running, "proxy stopped");
+    Ok(info(agent, None, running))
+}
+
+fn no_proxy() -> ApiFailure {
+    ApiFailure::conflict(
+        "proxy.off",
+        "this agent runs no proxy",
+        "start the agent with --proxy-listen ADDR (or GANTRY_PROXY_LISTEN)",
+    )
+}
+
+fn info(agent: &Agent, running: Option<&Health>, previous_pid: Option<u32>) -> ProxyInfo {
+    ProxyInfo {
+        running: running.is_some(),
+        pid: running.map(|h| h.pid),
+        previous_pid,
+        listen: agent
+            .proxy
+            .listen
+            .filter(|_| running.is_some())
+            .map(|l| l.to_string()),
+        routes_file: agent
+            .paths
+            .proxy()
+            .join("routes.json")
+            .display()
+            .to_string(),
+    }
+}
+
+/// Starts `gantry proxy --take-over` and waits until it answers on the
+/// control socket in place of the old one. Call with `updating` held, so no
+/// route table goes to a process on its way out.
+async fn hand_over(agent: &Agent, listen: SocketAddr) -> Result<u32, String> {
+    let proxy = &agent.proxy;
+    let mut child =
+        spawn(agent, listen, true).map_err(|e| format!("cannot start the new proxy: {e}"))?;
+    let pid = child.id();
+    let deadline = tokio::time::Instant::now() + START_DEADLINE + START_DEADLINE;
+    loop {
+        if health(&proxy.socket).await.is_some_and(|h| h.pid == pid) {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the new proxy exited ({status}) before taking over; see {}",
+                agent.paths.proxy_log().display()
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "the new proxy did not take over in time; see {}",
+                agent.paths.proxy_log().display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let old = proxy.child().replace(child);
+    if let Some(mut old) = old {
+        // It exits once its open requests are done: reap it then.
+        tokio::task::spawn_blocking(move || old.wait());
+    }
+    let _ = std::fs::write(agent.paths.proxy_pid(), pid.to_string());
+    proxy.up.store(true, Ordering::SeqCst);
+    tracing::info!(%listen, pid, "proxy restarted by listener handoff");
+    Ok(pid)
 }
 
 /// Every few seconds: when the proxy that was running is gone, start it again.
@@ -244,6 +419,31 @@ pub async fn drain(agent: &Agent, ports: &[u16], timeout: Duration) {
     }
 }
 
+/// Takes these instances out of the proxy's routes (state `draining`), then
+/// waits until no request or WebSocket is open to them (at most `timeout`):
+/// what `gantry stop` and `gantry restart` do before stopping an instance.
+pub async fn drain_out(agent: &Agent, records: &[crate::store::InstanceRecord], timeout: Duration) {
+    let live: Vec<_> = records
+        .iter()
+        .filter(|r| matches!(r.state, InstanceState::Live | InstanceState::Backoff))
+        .collect();
+    if live.is_empty() {
+        return;
+    }
+    let ids: Vec<String> = live.iter().map(|r| r.id.clone()).collect();
+    let _ = agent
+        .db(move |s| {
+            for id in &ids {
+                s.set_instance_state(id, InstanceState::Draining)?;
+            }
+            Ok(())
+        })
+        .await;
+    refresh(agent).await;
+    let ports: Vec<u16> = live.iter().filter_map(|r| r.port).collect();
+    drain(agent, &ports, timeout.min(MAX_DRAIN)).await;
+}
+
 /// The cutover through the proxy: swap the routes, then drain the old instances.
 pub struct ProxyCutover;
 
@@ -298,16 +498,29 @@ fn table(store: &mut Store) -> Result<RouteTable, StoreError> {
             else {
                 continue;
             };
-            let upstreams: Vec<SocketAddr> = instances
+            let serving: Vec<_> = instances
                 .iter()
-                // Instances being restarted keep their place (and port): the
-                // proxy skips one that refuses until the supervisor is done.
                 .filter(|i| {
                     i.service == service
                         && i.release == release
                         && crate::deploy::is_active(i.state)
                         && i.state != InstanceState::Draining
+                        && i.port.is_some()
                 })
+                .collect();
+            // The live, healthy instances; when none is, every one that may
+            // come back (restarting, failing its checks) rather than no route.
+            let healthy: Vec<_> = serving
+                .iter()
+                .filter(|i| i.state == InstanceState::Live && i.healthy)
+                .collect();
+            let chosen = if healthy.is_empty() {
+                serving.iter().collect()
+            } else {
+                healthy
+            };
+            let upstreams: Vec<SocketAddr> = chosen
+                .into_iter()
                 .filter_map(|i| i.port)
                 .map(upstream)
                 .collect();
@@ -354,14 +567,19 @@ fn declared_route_tls(environment: &str, host: &str) -> (Tls, bool) {
 }
 
 async fn healthy(socket: &Path) -> bool {
+    health(socket).await.is_some()
+}
+
+/// What the proxy on `socket` says of itself, if one answers.
+async fn health(socket: &Path) -> Option<Health> {
     if !socket.exists() {
-        return false;
+        return None;
     }
     let get = call(socket, Method::GET, "/v1/health", Vec::new());
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), get).await,
-        Ok(Ok((status, _))) if status.is_success()
-    )
+    match tokio::time::timeout(Duration::from_secs(2), get).await {
+        Ok(Ok((status, body))) if status.is_success() => serde_json::from_slice(&body).ok(),
+        _ => None,
+    }
 }
 
 /// One HTTP/1.1 request on the proxy's control socket.

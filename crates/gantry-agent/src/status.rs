@@ -150,6 +150,7 @@ fn instance(agent: &Agent, r: &InstanceRecord) -> Instance {
         _ => false,
     };
     Instance {
+        host: None,
         id: r.id.clone(),
         service: r.service.clone(),
         release: r.release.clone(),

@@ -98,7 +98,10 @@ async fn tend(agent: &Arc<Agent>, memory: &mut Memory, record: InstanceRecord) {
     match record.state {
         InstanceState::Live if running => probe(agent, memory, &record, &service, cwd),
         InstanceState::Live if exit_pending(agent, memory, &record) => {}
-        InstanceState::Live => exited(agent, memory, &record, &service).await,
+        InstanceState::Live => {
+            exited(agent, memory, &record, &service).await;
+            reroute(agent);
+        }
         InstanceState::Backoff => {
             let due = memory
                 .next_attempt
@@ -106,10 +109,19 @@ async fn tend(agent: &Arc<Agent>, memory: &mut Memory, record: InstanceRecord) {
                 .is_none_or(|at| Instant::now() >= *at);
             if due {
                 restart(agent, memory, &record, &service, &cwd).await;
+                reroute(agent);
             }
         }
         _ => {}
     }
+}
+
+/// Replaces the proxy's route table in the background: an instance left the
+/// set that can serve (it exited, was given up on, failed its checks) or
+/// came back to it, so the proxy never routes to a dead instance for long.
+fn reroute(agent: &Arc<Agent>) {
+    let agent = Arc::clone(agent);
+    tokio::spawn(async move { crate::proxy::refresh(&agent).await });
 }
 
 /// Whether the relay of an instance whose process is gone has yet to write
@@ -283,6 +295,7 @@ fn probe(
         if healthy != record.healthy {
             let id = record.id.clone();
             let _ = agent.db(move |s| s.set_instance_health(&id, healthy)).await;
+            crate::proxy::refresh(&agent).await;
         }
     });
 }

@@ -172,6 +172,65 @@ pub enum Command {
     /// Example: gantry restart web
     Restart(ServiceArg),
 
+    /// Add an existing server, reachable over SSH, to an environment
+    ///
+    /// Checks that `ssh` logs in without a prompt, adds [hosts.HOST] to
+    /// gantry.toml (keeping its comments) when it is not declared, lists the
+    /// host in the environment, and marks the environment provisioned.
+    /// Without --ssh, HOST is a name from ~/.ssh/config.
+    ///
+    /// Example: gantry register web1 --ssh deploy@203.0.113.7 -e prod
+    Register(RegisterArgs),
+
+    /// Make every host of the environment ready to deploy to, over SSH
+    ///
+    /// Installs this gantry binary on each host (only when it differs), its
+    /// state directory, and its agent (a systemd unit as root on systemd
+    /// hosts; otherwise a daemon the CLI restarts when needed), replaces an
+    /// agent of another version, and opens 22/80/443 when ufw is active. Safe
+    /// to run again. `gantry deploy` runs it first when the environment is
+    /// not configured yet.
+    ///
+    /// Example: gantry configure -e prod
+    Configure,
+
+    /// Create, list, show, destroy or forget environments' state
+    ///
+    /// Each environment's lifecycle is kept in .gantry/state/<env>.json:
+    /// created → provisioned → configured → running, with *_failed states
+    /// that record the step, the host and the error, and destroyed.
+    ///
+    /// Example: gantry env list
+    Env(EnvArgs),
+
+    /// Check every host of the environment: agent, services, routes, DNS
+    ///
+    /// Per host: the agent answers (and its version), every service placed
+    /// there runs with all its instances healthy, each route answers through
+    /// the host's proxy (probed from the host), and each route's DNS name
+    /// resolves to a host of the environment (a warning, not a failure).
+    /// Exits 6 when a check fails.
+    ///
+    /// Example: gantry test -e prod
+    Test,
+
+    /// Open a shell on a host of the environment, or run a command there
+    ///
+    /// Uses your own ssh (its config, agent and keys). Without HOST, the
+    /// environment's first host.
+    ///
+    /// Example: gantry ssh web1 -e prod -- df -h
+    Ssh(SshArgs),
+
+    /// Run a command as a service runs: in its current release, with its environment and secrets
+    ///
+    /// On the first host that runs the service (or --host), through ssh for
+    /// remote hosts; secrets are read on the host and never travel. The
+    /// command's exit code is gantry's.
+    ///
+    /// Example: gantry exec web -e prod -- ./manage migrate
+    Exec(ExecArgs),
+
     /// Run this machine's agent, or stop it
     ///
     /// The agent supervises the services, keeps releases and serves its API on
@@ -188,9 +247,13 @@ pub enum Command {
     /// directory: PUT /v1/routes, POST /v1/drain, GET /metrics) and keeps in
     /// routes.json. HTTPS (--https) picks each certificate by SNI name: a
     /// route's own, an ACME one, or the local CA's for *.localhost (see
-    /// `gantry trust`). The agent starts one itself; this runs one by hand.
+    /// `gantry trust`). The agent starts one itself; `gantry proxy restart`
+    /// replaces it by listener handoff (HTTP and HTTPS) without refusing a
+    /// connection, and `gantry proxy stop` stops it (its routes stay in
+    /// routes.json).
     ///
     /// Example: gantry proxy --listen 127.0.0.1:8080
+    /// Example: gantry proxy restart
     Proxy(ProxyArgs),
 
     /// Show the local CA that signs https://*.localhost, and how to trust it
@@ -225,6 +288,10 @@ pub struct DeployArgs {
     /// Skip the build commands and ship what is on disk
     #[arg(long)]
     pub skip_build: bool,
+
+    /// Take the environment's deploy lock even if another deploy holds it (warns; use only when that deploy is gone)
+    #[arg(long)]
+    pub force_unlock: bool,
 }
 
 #[derive(Debug, Args)]
@@ -332,6 +399,26 @@ fn parse_ports(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
 pub enum AgentAction {
     /// Stop the agent; the services keep running
     Stop,
+    /// Bridge stdin and stdout to the agent's API (what `ssh HOST gantry agent connect` runs; starts the agent if none runs)
+    Connect,
+    /// Print the status code of `GET /` through a proxy with a Host header (what `gantry test` runs on a host)
+    #[command(hide = true)]
+    Probe {
+        #[arg(long)]
+        proxy: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Run a command as a service of this machine runs (what `gantry exec` runs on a host)
+    #[command(hide = true)]
+    Exec {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        service: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Run one instance's relay (started by the agent, not by hand)
     #[command(hide = true)]
     Relay {
@@ -342,6 +429,9 @@ pub enum AgentAction {
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
+    #[command(subcommand)]
+    pub action: Option<ProxyAction>,
+
     /// Where clients connect
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
@@ -377,6 +467,21 @@ pub struct ProxyArgs {
         requires = "acme_directory"
     )]
     pub acme_ca_root: Option<std::path::PathBuf>,
+
+    /// Take over the listening sockets of the proxy running on this state
+    /// directory (over its handoff.sock) instead of binding --listen and --https; that
+    /// proxy then finishes its open requests and exits
+    #[arg(long)]
+    pub take_over: bool,
+}
+
+#[derive(Clone, Copy, Debug, Subcommand)]
+pub enum ProxyAction {
+    /// Replace the agent's proxy with a new process that takes over its
+    /// listening sockets: no connection is refused, open requests finish
+    Restart,
+    /// Stop the agent's proxy; its routes stay in routes.json for the next one
+    Stop,
 }
 
 #[derive(Debug, Args)]
@@ -418,4 +523,54 @@ pub struct InitArgs {
 pub struct CompletionsArgs {
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The host's name in gantry.toml, like web1
+    pub host: String,
+    /// How to reach it: user@address, user@address:port, or a name from ~/.ssh/config
+    #[arg(long, value_name = "TARGET")]
+    pub ssh: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    #[command(subcommand)]
+    pub action: EnvAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvAction {
+    /// Start an environment's state (created)
+    Create { name: String },
+    /// Every environment: declared in gantry.toml or with state, and its state
+    List,
+    /// An environment's state, hosts and last failure
+    Show { name: String },
+    /// Stop the project's services on every host and mark the environment destroyed (needs --yes)
+    Destroy { name: String },
+    /// Forget a destroyed environment's state
+    Purge { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// The host [default: the environment's first host]
+    pub host: Option<String>,
+    /// A command to run instead of a shell
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The service whose release and environment the command gets
+    pub service: String,
+    /// The host to run on [default: the first host that runs the service]
+    #[arg(long)]
+    pub host: Option<String>,
+    /// The command and its arguments, after `--`
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }

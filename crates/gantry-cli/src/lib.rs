@@ -3,6 +3,7 @@
 //! here, and nothing here prints to stdout except through `Printer::report`.
 
 mod args;
+mod lifecycle;
 pub use args::ProxyListen;
 mod output;
 mod text;
@@ -13,9 +14,9 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use gantry_core::host::{Host, HostError};
-use gantry_core::{Project, deploy, init, operate, render, show, validate};
+use gantry_core::{Project, deploy, environment, init, operate, render, show, validate};
 
-use args::{AgentAction, OutputMode, ReleasesAction, RenderTarget};
+use args::{AgentAction, EnvAction, OutputMode, ProxyAction, ReleasesAction, RenderTarget};
 pub use args::{Cli, Command};
 pub use output::{Failure, Mode, Printer, Report};
 pub use text::TrustReport;
@@ -32,8 +33,17 @@ pub type RunAgent = fn(
 /// Runs the reverse proxy on a state directory until it is stopped.
 pub type RunProxy = fn(&std::path::Path, &ProxyOptions) -> Result<(), Failure>;
 
-/// Connects to the local agent of a state directory, starting it if asked.
-pub type ConnectLocal = fn(&str, &std::path::Path, bool) -> Result<Box<dyn Host>, HostError>;
+/// Connects to a host's agent: this machine's on a state directory
+/// (starting it if asked), or another host's over SSH.
+pub type Connect = fn(
+    &gantry_core::config::resolve::Host,
+    &std::path::Path,
+    bool,
+) -> Result<Box<dyn Host>, HostError>;
+
+/// Opens a shell on a host over SSH.
+pub type OpenShell =
+    fn(&gantry_core::config::resolve::Host) -> Result<Box<dyn gantry_core::host::Shell>, HostError>;
 
 /// The concrete parts the binary plugs in: the agent itself, the relay, and
 /// how to reach an agent. The CLI knows them only by these signatures.
@@ -47,7 +57,14 @@ pub struct Wiring {
     pub local_ca: fn(&std::path::Path) -> Result<TrustReport, Failure>,
     /// Runs one instance's relay from its spec file.
     pub relay: fn(&std::path::Path) -> ExitCode,
-    pub connect_local: ConnectLocal,
+    pub connect: Connect,
+    /// `gantry agent connect`: bridges stdin and stdout to this machine's agent.
+    pub bridge: fn(&std::path::Path) -> Result<(), Failure>,
+    /// Opens a shell on a host over SSH (configure, register, ssh).
+    pub shell: OpenShell,
+    /// Runs a command as a service of this machine runs: state directory,
+    /// project, service, argv; the command's exit code.
+    pub exec: fn(&std::path::Path, &str, &str, &[String]) -> Result<i32, Failure>,
     /// The default state directory.
     pub default_state_dir: fn() -> PathBuf,
 }
@@ -59,6 +76,9 @@ pub struct ProxyOptions {
     /// Where HTTPS is served; `None`: plain HTTP only.
     pub https: Option<std::net::SocketAddr>,
     pub access_log: bool,
+    /// Take over the listening sockets (HTTP and HTTPS) of the proxy running
+    /// on the state directory instead of binding `listen` and `https`.
+    pub take_over: bool,
     /// The ACME directory URL; `None`: no ACME.
     pub acme_directory: Option<String>,
     pub acme_email: Option<String>,
@@ -93,6 +113,21 @@ pub fn run(argv: impl IntoIterator<Item = OsString>, wiring: &Wiring) -> ExitCod
     }
 }
 
+/// Like ssh: a command's exit code becomes ours.
+fn exit_with(code: i32) -> Result<(), Failure> {
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+fn local_host() -> gantry_core::config::resolve::Host {
+    gantry_core::config::resolve::Host {
+        name: "local".to_owned(),
+        reach: gantry_core::config::resolve::Reach::Local,
+    }
+}
+
 fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure> {
     let cwd = std::env::current_dir().map_err(|e| Failure {
         code: "io.failed",
@@ -116,19 +151,134 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
     let connect_with = |start: bool| {
         let state_dir = state_dir.clone();
         move |host: &gantry_core::config::resolve::Host| -> Result<Box<dyn Host>, gantry_core::Error> {
-            Ok((wiring.connect_local)(&host.name, &state_dir, start)?)
+            Ok((wiring.connect)(host, &state_dir, start)?)
         }
     };
     let connect = connect_with(true);
+    let shell = |host: &gantry_core::config::resolve::Host| -> Result<Box<dyn gantry_core::host::Shell>, gantry_core::Error> {
+        Ok((wiring.shell)(host)?)
+    };
     let vars = |name: &str| std::env::var(name).ok();
     let progress = output::StderrProgress(printer);
     match &cli.command {
         Command::Deploy(args) => {
             let options = deploy::DeployOptions {
                 skip_build: args.skip_build,
+                force_unlock: args.force_unlock,
             };
-            let report = deploy::deploy(&project, env, &connect, &vars, &options, &progress)?;
-            emit(printer, report)
+            let remote = lifecycle::before_deploy(&project, env, &shell, &connect, &progress)?;
+            let result = deploy::deploy(&project, env, &connect, &vars, &options, &progress);
+            if remote {
+                lifecycle::after_deploy(&project, env, &result)?;
+            }
+            emit(printer, result?)
+        }
+        Command::Register(args) => emit(
+            printer,
+            gantry_core::register::register(
+                &project,
+                env,
+                &args.host,
+                args.ssh.as_deref(),
+                &shell,
+                &progress,
+            )?,
+        ),
+        Command::Configure => emit(
+            printer,
+            gantry_core::configure::configure(
+                &project,
+                env,
+                &lifecycle::current_exe()?,
+                &shell,
+                &connect,
+                &progress,
+            )?,
+        ),
+        Command::Env(args) => match &args.action {
+            EnvAction::Create { name } => emit(printer, environment::create(&project, name)?),
+            EnvAction::List => emit(printer, environment::list(&project)?),
+            EnvAction::Show { name } => emit(printer, environment::show(&project, name)?),
+            EnvAction::Destroy { name } => {
+                if !cli.global.yes {
+                    return Err(Failure {
+                        code: "usage",
+                        exit: gantry_core::ExitClass::Usage.code(),
+                        message: format!(
+                            "destroying `{name}` stops every service of the project on its hosts"
+                        ),
+                        hint: Some(format!("run `gantry env destroy {name} --yes` to confirm")),
+                        diagnostics: None,
+                        details: None,
+                    });
+                }
+                emit(printer, environment::destroy(&project, name, &connect)?)
+            }
+            EnvAction::Purge { name } => emit(printer, environment::purge(&project, name)?),
+        },
+        Command::Test => {
+            let probe = |host: &gantry_core::config::resolve::Host,
+                         proxy: &str,
+                         name: &str|
+             -> Result<u16, gantry_core::Error> {
+                if host.reach == gantry_core::config::resolve::Reach::Local {
+                    return lifecycle::probe_http(proxy, name);
+                }
+                let ran = shell(host)?.run(
+                    &gantry_core::host::remote_gantry(&format!(
+                        "agent probe --proxy {} --name {}",
+                        lifecycle::quote(proxy),
+                        lifecycle::quote(name)
+                    )),
+                    None,
+                )?;
+                ran.stdout_text()
+                    .trim()
+                    .parse()
+                    .map_err(|_| gantry_core::Error::Unsupported {
+                        what: format!(
+                            "http://{name}/ through {proxy}: {}",
+                            ran.stderr.trim().lines().last().unwrap_or("no answer")
+                        ),
+                        hint: String::new(),
+                    })
+            };
+            emit(
+                printer,
+                gantry_core::check::test(&project, env, &connect, &probe, &shell)?,
+            )
+        }
+        Command::Exec(args) => {
+            let target =
+                lifecycle::exec_target(&project, env, &args.service, args.host.as_deref())?;
+            let code = match target {
+                lifecycle::ExecTarget::Here { project: name } => {
+                    (wiring.exec)(&state_dir, &name, &args.service, &args.command)?
+                }
+                lifecycle::ExecTarget::Remote {
+                    host,
+                    project: name,
+                } => {
+                    let remote = gantry_core::host::remote_gantry(&format!(
+                        "agent exec --project {} --service {} -- {}",
+                        lifecycle::quote(&name),
+                        lifecycle::quote(&args.service),
+                        args.command
+                            .iter()
+                            .map(|a| lifecycle::quote(a))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ));
+                    shell(&host)?
+                        .interactive(Some(&remote))
+                        .map_err(gantry_core::Error::from)?
+                }
+            };
+            exit_with(code)
+        }
+        Command::Ssh(args) => {
+            // Like ssh itself: the remote command's exit code is ours.
+            exit_with(lifecycle::ssh(&project, env, args, &shell)?)
         }
         Command::Status => emit(printer, operate::status(&project, env, &connect)?),
         Command::Logs(args) => logs(printer, &project, env, args, &connect),
@@ -163,26 +313,46 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 &connect,
             )?,
         ),
-        Command::Proxy(args) => {
-            printer.status(&format!(
-                "proxy: listening on {}{}, control socket in {}",
-                args.listen,
-                args.https
-                    .0
-                    .map(|https| format!(" and {https} (HTTPS)"))
-                    .unwrap_or_default(),
-                state_dir.display()
-            ));
-            let options = ProxyOptions {
-                listen: args.listen,
-                https: args.https.0,
-                access_log: !args.no_access_log,
-                acme_directory: args.acme_directory.clone(),
-                acme_email: args.acme_email.clone(),
-                acme_ca_root: args.acme_ca_root.clone(),
-            };
-            (wiring.run_proxy)(&state_dir, &options)
-        }
+        Command::Proxy(args) => match args.action {
+            None => {
+                let listening = if args.take_over {
+                    "taking over the running proxy's listeners".to_owned()
+                } else {
+                    format!(
+                        "listening on {}{}",
+                        args.listen,
+                        args.https
+                            .0
+                            .map(|https| format!(" and {https} (HTTPS)"))
+                            .unwrap_or_default()
+                    )
+                };
+                printer.status(&format!(
+                    "proxy: {listening}, control socket in {}",
+                    state_dir.display()
+                ));
+                let options = ProxyOptions {
+                    listen: args.listen,
+                    https: args.https.0,
+                    access_log: !args.no_access_log,
+                    take_over: args.take_over,
+                    acme_directory: args.acme_directory.clone(),
+                    acme_email: args.acme_email.clone(),
+                    acme_ca_root: args.acme_ca_root.clone(),
+                };
+                (wiring.run_proxy)(&state_dir, &options)
+            }
+            Some(action) => {
+                let action = match action {
+                    ProxyAction::Restart => gantry_core::agent_api::ProxyAction::Restart,
+                    ProxyAction::Stop => gantry_core::agent_api::ProxyAction::Stop,
+                };
+                let agent = (wiring.connect)(&local_host(), &state_dir, false)
+                    .map_err(gantry_core::Error::from)?;
+                let info = agent.proxy(action).map_err(gantry_core::Error::from)?;
+                emit(printer, text::ProxyReport { action, info })
+            }
+        },
         Command::Trust => emit(printer, (wiring.local_ca)(&state_dir)?),
         Command::Agent(args) => match &args.action {
             None => {
@@ -195,7 +365,7 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 )
             }
             Some(AgentAction::Stop) => {
-                match (wiring.connect_local)("local", &state_dir, false) {
+                match (wiring.connect)(&local_host(), &state_dir, false) {
                     Ok(agent) => agent.shutdown().map_err(gantry_core::Error::from)?,
                     Err(HostError::Unreachable { .. }) => {
                         printer.status("no agent is running");
@@ -209,6 +379,17 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                     },
                 )
             }
+            Some(AgentAction::Connect) => (wiring.bridge)(&state_dir),
+            Some(AgentAction::Probe { proxy, name }) => {
+                let code = lifecycle::probe_http(proxy, name)?;
+                println!("{code}");
+                Ok(())
+            }
+            Some(AgentAction::Exec {
+                project: name,
+                service,
+                command,
+            }) => exit_with((wiring.exec)(&state_dir, name, service, command)?),
             Some(AgentAction::Relay { spec }) => {
                 let _ = (wiring.relay)(spec);
                 Ok(())

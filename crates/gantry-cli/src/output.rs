@@ -113,11 +113,18 @@ impl Printer {
             Mode::Text => {
                 let secs = line.ts / 1000;
                 let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-                writeln!(
-                    stdout,
-                    "{h:02}:{m:02}:{s:02} {} | {}",
-                    line.service, line.line
-                )?;
+                match &line.host {
+                    Some(host) => writeln!(
+                        stdout,
+                        "{h:02}:{m:02}:{s:02} {host} {} | {}",
+                        line.service, line.line
+                    )?,
+                    None => writeln!(
+                        stdout,
+                        "{h:02}:{m:02}:{s:02} {} | {}",
+                        line.service, line.line
+                    )?,
+                }
             }
         }
         stdout.flush()
@@ -153,8 +160,14 @@ impl Printer {
 pub struct StderrProgress<'a>(pub &'a Printer);
 
 impl gantry_core::deploy::Progress for StderrProgress<'_> {
+    /// Text: `· message` lines. JSON: one `{"progress": message}` object a
+    /// line, so a script can follow a long deploy while stdout stays one report.
     fn step(&self, message: &str) {
-        self.0.status(&format!("· {message}"));
+        match self.0.mode {
+            Mode::Text => self.0.status(&format!("· {message}")),
+            Mode::Json if !self.0.quiet => eprintln!("{}", json!({ "progress": message })),
+            Mode::Json => {}
+        }
     }
 }
 

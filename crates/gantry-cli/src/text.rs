@@ -158,9 +158,13 @@ fn instances_line(out: &mut String, service: &gantry_core::agent_api::ServiceSta
         let pid = i
             .pid
             .map_or_else(|| "no process".to_owned(), |p| format!("pid {p}"));
+        let on = i
+            .host
+            .as_ref()
+            .map_or_else(String::new, |h| format!(" on {h}"));
         let _ = writeln!(
             out,
-            "    {} {:?}: {pid}{port}, {}{}, {} restart{}{memory}",
+            "    {}{on} {:?}: {pid}{port}, {}{}, {} restart{}{memory}",
             i.id,
             i.state,
             if i.healthy { "healthy" } else { "not healthy" },
@@ -225,6 +229,22 @@ impl Report for gantry_core::deploy::DeployReport {
             );
         }
         services_text(&mut out, &self.services);
+        if self.hosts.len() > 1 {
+            for h in &self.hosts {
+                let _ = writeln!(
+                    out,
+                    "  host {}: {:?}{}{}",
+                    h.host,
+                    h.outcome,
+                    h.release
+                        .as_ref()
+                        .map_or_else(String::new, |r| format!(", runs {r}")),
+                    h.error
+                        .as_ref()
+                        .map_or_else(String::new, |e| format!(" ({e})"))
+                );
+            }
+        }
         out
     }
 }
@@ -239,6 +259,14 @@ impl Report for gantry_core::operate::StatusReport {
             out.push_str("  nothing deployed yet: run `gantry deploy`\n");
         }
         services_text(&mut out, &self.status.services);
+        for h in self.hosts.iter().filter(|h| !h.reachable) {
+            let _ = writeln!(
+                out,
+                "  host {} unreachable: {}",
+                h.host,
+                h.error.as_deref().unwrap_or("no answer")
+            );
+        }
         out
     }
 }
@@ -364,5 +392,155 @@ impl Report for AgentStopped {
             "agent of {} stopped; services keep running\n",
             self.state_dir.display()
         )
+    }
+}
+
+impl Report for gantry_core::register::RegisterReport {
+    fn text(&self) -> String {
+        let mut out = format!(
+            "{} ({}) is a host of {}: {:?}\n",
+            self.host, self.ssh, self.environment, self.state
+        );
+        for added in &self.added {
+            let _ = writeln!(out, "  added to gantry.toml: {added}");
+        }
+        if self.state == gantry_core::environment::Phase::Provisioned {
+            let _ = writeln!(
+                out,
+                "next: `gantry configure -e {}` (or `gantry deploy -e {}`)",
+                self.environment, self.environment
+            );
+        }
+        out
+    }
+}
+
+impl Report for gantry_core::configure::ConfigureReport {
+    fn text(&self) -> String {
+        let mut out = format!("{} is {:?}\n", self.environment, self.state);
+        for host in &self.hosts {
+            let _ = writeln!(
+                out,
+                "  {}: gantry {}, agent as {}",
+                host.host, host.gantry, host.agent
+            );
+            for step in &host.steps {
+                let _ = writeln!(
+                    out,
+                    "    {} {}: {}",
+                    if step.changed { "changed" } else { "ok     " },
+                    step.step,
+                    step.detail
+                );
+            }
+        }
+        out
+    }
+}
+
+impl Report for gantry_core::environment::EnvReport {
+    fn text(&self) -> String {
+        let s = &self.0;
+        let mut out = format!("{}: {:?}\n", s.environment, s.state);
+        for (name, host) in &s.hosts {
+            let _ = writeln!(
+                out,
+                "  {name}: {}{}",
+                host.ssh.as_deref().unwrap_or("this machine"),
+                host.gantry
+                    .as_ref()
+                    .map_or_else(String::new, |v| format!(", gantry {v}"))
+            );
+        }
+        if let Some(f) = &s.failure {
+            let _ = writeln!(
+                out,
+                "  failed at `{}`{}: {}",
+                f.step,
+                f.host
+                    .as_ref()
+                    .map_or_else(String::new, |h| format!(" on {h}")),
+                f.error
+            );
+        }
+        out
+    }
+}
+
+impl Report for gantry_core::environment::EnvList {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for e in &self.environments {
+            let _ = writeln!(
+                out,
+                "{:<12} {:<18} {}{}",
+                e.environment,
+                e.state
+                    .map_or_else(|| "-".to_owned(), |s| format!("{s:?}").to_lowercase()),
+                e.hosts.join(", "),
+                if e.declared {
+                    ""
+                } else {
+                    "  (not in gantry.toml)"
+                }
+            );
+        }
+        out
+    }
+}
+
+impl Report for gantry_core::check::TestReport {
+    fn text(&self) -> String {
+        let mut out = format!(
+            "{}: {}\n",
+            self.environment,
+            if self.ok {
+                "every check passed"
+            } else {
+                "checks failed"
+            }
+        );
+        for host in &self.hosts {
+            let _ = writeln!(out, "  {}", host.host);
+            for c in &host.checks {
+                let mark = match c.outcome {
+                    gantry_core::check::Outcome::Passed => "ok  ",
+                    gantry_core::check::Outcome::Warning => "warn",
+                    gantry_core::check::Outcome::Failed => "FAIL",
+                };
+                let _ = writeln!(out, "    {mark} {}: {}", c.check, c.detail);
+            }
+        }
+        out
+    }
+}
+
+/// What `gantry proxy restart` and `gantry proxy stop` print.
+#[derive(Serialize)]
+pub struct ProxyReport {
+    #[serde(skip)]
+    pub action: gantry_core::agent_api::ProxyAction,
+    #[serde(flatten)]
+    pub info: gantry_core::agent_api::ProxyInfo,
+}
+
+impl Report for ProxyReport {
+    fn text(&self) -> String {
+        use gantry_core::agent_api::ProxyAction;
+        let info = &self.info;
+        let was = info
+            .previous_pid
+            .map_or_else(String::new, |pid| format!(" (was pid {pid})"));
+        match (self.action, info.pid) {
+            (ProxyAction::Stop, _) => format!(
+                "proxy stopped{was}; its routes stay in {}\n",
+                info.routes_file
+            ),
+            (ProxyAction::Restart, Some(pid)) => format!(
+                "proxy restarted: pid {pid}{was}, listening on {}\n",
+                info.listen.as_deref().unwrap_or("?")
+            ),
+            (ProxyAction::Restart, None) => "proxy not running\n".to_owned(),
+        }
     }
 }

@@ -83,6 +83,9 @@ pub struct Service {
     /// Services that must be deployed and healthy before this one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub depends_on: Option<Vec<String>>,
+    /// The hosts of the environment that run this service (default: every host), like `["db1"]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
     /// Commands run around a deploy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migrate: Option<Migrate>,
@@ -226,6 +229,10 @@ pub struct Environment {
     /// The hosts of this environment, by name (see `[hosts]`; `local` is this machine).
     #[schemars(length(min = 1))]
     pub hosts: Vec<String>,
+    /// How many hosts a deploy updates at once (default 1: one host at a time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4294967295u32))]
+    pub max_parallel: Option<NonZeroU32>,
     /// Overrides merged over `[services]` for this environment only, like `services.web.replicas = 3`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, Service>,

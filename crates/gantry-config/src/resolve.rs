@@ -3,6 +3,7 @@
 //! (show, render, plan, deploy) reads this, never the raw file.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -92,6 +93,8 @@ pub struct Environment {
     pub project: String,
     pub name: String,
     pub hosts: Vec<Host>,
+    /// How many hosts a deploy updates at once.
+    pub max_parallel: u32,
     pub services: BTreeMap<String, Service>,
 }
 
@@ -146,6 +149,9 @@ pub struct Service {
     pub secrets: Vec<String>,
     pub resources: Resources,
     pub depends_on: Vec<String>,
+    /// The hosts that run it; empty: every host of the environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migrate: Option<model::Migrate>,
     pub volumes: Vec<String>,
@@ -274,6 +280,7 @@ impl Service {
                 pids: resources.pids.map(|p| p.get()),
             },
             depends_on: s.depends_on.clone().unwrap_or_default(),
+            hosts: s.hosts.clone().unwrap_or_default(),
             migrate: s.migrate.clone(),
             volumes: s.volumes.iter().flatten().map(|v| v.0.clone()).collect(),
             backup: s.backup.as_ref().map(|b| Backup {
@@ -354,9 +361,21 @@ pub(crate) fn resolve(file: &File, environment: &str) -> Environment {
         project: file.project.name.clone(),
         name: environment.to_owned(),
         hosts,
+        max_parallel: file
+            .environments
+            .get(environment)
+            .and_then(|e| e.max_parallel)
+            .map_or(1, NonZeroU32::get),
         services: merged_services(file, environment)
             .iter()
-            .map(|(name, s)| (name.clone(), Service::resolve(name, s)))
+            .map(|(name, s)| {
+                let mut service = Service::resolve(name, s);
+                // The implicit `local` environment runs everything on this machine.
+                if !file.environments.contains_key(environment) {
+                    service.hosts.clear();
+                }
+                (name.clone(), service)
+            })
             .collect(),
     }
 }

@@ -83,6 +83,7 @@ pub fn check(file: &File, doc: &Document<'_>) -> Vec<Finding> {
         }
         checked_base = true;
         check_dependencies(&mut c, env, &merged, &locate);
+        check_placement(&mut c, file, env, &merged, &locate);
         check_routes(&mut c, env, &merged, &locate);
     }
     c.findings
@@ -180,6 +181,41 @@ fn check_environments(c: &mut Checker<'_>, file: &File) {
                     base.key("services").key(name),
                     true,
                     format!("environment `{env_name}` overrides unknown service `{name}`"),
+                    Some(hint),
+                );
+            }
+        }
+    }
+}
+
+/// A service's `hosts` must be hosts of each environment it runs in.
+fn check_placement(
+    c: &mut Checker<'_>,
+    file: &File,
+    env: &str,
+    services: &Services<'_>,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    // The implicit `local` environment runs everything on this machine.
+    let Some(declared) = file.environments.get(env) else {
+        return;
+    };
+    let env_hosts: Vec<&str> = declared.hosts.iter().map(String::as_str).collect();
+    for (name, service) in services {
+        for (i, host) in service.hosts.iter().flatten().enumerate() {
+            if !env_hosts.contains(&host.as_str()) {
+                let hint = match did_you_mean(host, env_hosts.iter().copied()) {
+                    Some(best) => format!("did you mean `{best}`?"),
+                    None => format!(
+                        "environment `{env}` has the hosts {}; add `{host}` to them, or override `hosts` for `{name}` in [environments.{env}.services.{name}]",
+                        env_hosts.join(", ")
+                    ),
+                };
+                c.push(
+                    Problem::UnknownReference,
+                    locate(name, &["hosts"]).index(i),
+                    false,
+                    format!("service `{name}` runs on `{host}`, which is not a host of environment `{env}`"),
                     Some(hint),
                 );
             }

@@ -23,6 +23,9 @@ pub struct AgentInfo {
     pub started_at: u64,
     /// How resource limits are enforced here: `cgroup v2`, `cgroup v1` or `none`.
     pub limits: String,
+    /// Where its reverse proxy takes plain HTTP, when it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 /// One file of an artifact: its path inside the artifact and the sha256 of its bytes.
@@ -171,6 +174,9 @@ pub enum InstanceState {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Instance {
     pub id: String,
+    /// The host it runs on: set by the CLI when it merges several hosts' status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub service: String,
     pub release: String,
     pub state: InstanceState,
@@ -253,6 +259,9 @@ pub enum Stream {
 pub struct LogLine {
     /// Unix time in milliseconds.
     pub ts: u64,
+    /// The host it came from: set by the CLI when it merges several hosts' logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub service: String,
     pub instance: String,
     pub stream: Stream,
@@ -268,6 +277,35 @@ pub struct RollbackRequest {
     /// Secret values, as for a deploy.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+}
+
+/// `POST /v1/proxy/restart` and `POST /v1/proxy/stop`: the host's reverse
+/// proxy afterwards.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ProxyInfo {
+    /// Whether a proxy runs now.
+    pub running: bool,
+    /// Its process, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The process it replaced (a restart by listener handoff) or stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_pid: Option<u32>,
+    /// Where clients reach it, like 127.0.0.1:8080.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// The route table it keeps (and a proxy started later loads).
+    pub routes_file: String,
+}
+
+/// What to do with the host's proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyAction {
+    /// Start a new proxy process that takes over the listening sockets of
+    /// the running one (none is refused), or start one if none runs.
+    Restart,
+    /// Stop it; its routes stay in routes.json.
+    Stop,
 }
 
 /// `POST /v1/projects/{project}/stop` and `/restart`.
@@ -290,4 +328,56 @@ pub struct ApiError {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ApiErrorBody {
     pub error: ApiError,
+}
+
+/// Who holds a deploy lock: enough to find them, or to tell they are gone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LockHolder {
+    /// The machine the holding command runs on (its hostname).
+    pub machine: String,
+    pub user: String,
+    pub pid: u32,
+    /// What it runs, like `gantry deploy -e prod`.
+    pub command: String,
+    /// Unix time in milliseconds when it took the lock.
+    pub since_ms: u64,
+}
+
+/// `POST /v1/projects/{project}/lock`: one deploy at a time per environment.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct LockRequest {
+    pub environment: String,
+    pub holder: LockHolder,
+    /// Take the lock even if someone holds it (`--force-unlock`).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The lock was taken: `token` releases it.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct LockGrant {
+    pub token: String,
+    /// Whom a forced take displaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub displaced: Option<LockHolder>,
+}
+
+/// `DELETE /v1/projects/{project}/lock`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct LockRelease {
+    pub environment: String,
+    pub token: String,
+}
+
+/// `GET /v1/projects/{project}/services/{service}/exec`: how to run a command
+/// as the service runs (`gantry exec`): its current release's directory and
+/// environment. Secret values are not in it: the command's runner reads
+/// `secrets_file` (0600) on the host, so they never travel.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ExecSpec {
+    pub release: String,
+    pub cwd: String,
+    pub env: BTreeMap<String, String>,
+    pub secrets_file: String,
+    pub secret_names: Vec<String>,
 }

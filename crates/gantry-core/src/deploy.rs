@@ -9,13 +9,18 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::agent_api::{DeployRequest, Outcome, Release, ServiceStatus};
+use crate::agent_api::{
+    DeployRequest, LockHolder, LockRelease, LockRequest, Outcome, Release, RollbackRequest,
+    ServiceStatus,
+};
 use crate::artifact;
-use crate::config::resolve::{Reach, Workload};
+use crate::config::resolve::{Host as HostSpec, Reach, Service, Workload};
+use crate::host::Host;
 use crate::{Error, Project};
 
-/// Where a long operation reports what it is doing (stderr lines, JSON events).
-pub trait Progress {
+/// Where a long operation reports what it is doing (stderr lines, JSON
+/// events). Hosts deploy in parallel, so it is shared between threads.
+pub trait Progress: Sync {
     fn step(&self, message: &str);
 }
 
@@ -41,6 +46,9 @@ pub struct Upload {
     pub duration_ms: u64,
 }
 
+/// A deploy's report. For one host, `host`, `release`, `services` and
+/// `upload` are that host's; with several, they are the first host's (or the
+/// one that failed) and `hosts` has every host's outcome.
 #[derive(Debug, Serialize)]
 pub struct DeployReport {
     pub project: String,
@@ -50,12 +58,52 @@ pub struct DeployReport {
     pub services: Vec<ServiceStatus>,
     pub build: Vec<BuildStep>,
     pub upload: Upload,
+    pub hosts: Vec<HostDeploy>,
+}
+
+/// What the deploy did on one host.
+#[derive(Debug, Serialize)]
+pub struct HostDeploy {
+    pub host: String,
+    pub outcome: HostOutcome,
+    /// The release it runs after the deploy (for `unreachable`: as last known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// The release it ran before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub upload: Upload,
+    #[serde(skip)]
+    detail: Option<(Release, Vec<ServiceStatus>)>,
+    /// The error that ended it, kept whole so a one-host deploy reports its own code.
+    #[serde(skip)]
+    cause: Option<Box<Error>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostOutcome {
+    /// Runs the new release.
+    Deployed,
+    /// The new release failed there; the host went back to `previous`.
+    Reverted,
+    /// The new release failed there and there was nothing to go back to.
+    Failed,
+    /// The connection was lost: the agent finishes or undoes the deploy on
+    /// its own; `gantry status` tells which.
+    Unreachable,
+    /// Not attempted: the rollout stopped before this host.
+    Skipped,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct DeployOptions {
     /// Use what is on disk; run no build command.
     pub skip_build: bool,
+    /// Take the environment's deploy lock even if another deploy holds it.
+    pub force_unlock: bool,
 }
 
 fn ms(since: Instant) -> u64 {
@@ -106,19 +154,6 @@ pub fn deploy(
     let env = config.environment(environment)?;
     let dir = config.project_dir().to_owned();
 
-    let [host] = env.hosts.as_slice() else {
-        return Err(Error::Unsupported {
-            what: format!("environment `{environment}` has {} hosts", env.hosts.len()),
-            hint: "deploys to several hosts come with remote hosts; deploy `local` for now"
-                .to_owned(),
-        });
-    };
-    if host.reach != Reach::Local {
-        return Err(Error::Unsupported {
-            what: format!("host `{}` is remote", host.name),
-            hint: "deploys over SSH come with remote hosts; deploy `local` for now".to_owned(),
-        });
-    }
     let services: Vec<_> = env.deploy_order().into_iter().cloned().collect();
     let other: Vec<String> = services
         .iter()
@@ -135,109 +170,521 @@ pub fn deploy(
             hint: "the compose and static drivers come in a later version; `gantry render --target compose` writes the containers for Docker Compose meanwhile".to_owned(),
         });
     }
+    if let Some(host) = env
+        .hosts
+        .iter()
+        .find(|h| matches!(h.reach, Reach::Provider { .. }))
+    {
+        return Err(Error::Unsupported {
+            what: format!("host `{}` is made by a cloud provider", host.name),
+            hint: "Gantry cannot create servers yet: make it yourself and give it an `ssh` address in [hosts]".to_owned(),
+        });
+    }
+    // Which services run where, in the order hosts are listed.
+    let placements: Vec<(&HostSpec, Vec<Service>)> = env
+        .hosts
+        .iter()
+        .map(|host| {
+            let here = services
+                .iter()
+                .filter(|s| s.hosts.is_empty() || s.hosts.contains(&host.name))
+                .cloned()
+                .collect();
+            (host, here)
+        })
+        .filter(|(_, here): &(_, Vec<Service>)| !here.is_empty())
+        .collect();
+    let Some((first, _)) = placements.first() else {
+        return Err(Error::Unsupported {
+            what: format!("environment `{environment}` has no host to run any service"),
+            hint: "add hosts to the environment, or check the services' `hosts`".to_owned(),
+        });
+    };
 
     let names: Vec<String> = services.iter().flat_map(|s| s.secrets.clone()).collect();
     let secrets = secret_values(&dir, &names, env_vars)?;
-
-    let mut build = Vec::new();
-    if !options.skip_build {
-        let mut done: Vec<&str> = Vec::new();
-        for service in &services {
-            let Some(command) = &service.build else {
-                continue;
-            };
-            if done.contains(&command.as_str()) {
-                continue;
-            }
-            done.push(command);
-            progress.step(&format!("building {}: {command}", service.name));
-            let started = Instant::now();
-            // The build's output is the user's to read: it goes to stderr as it comes.
-            let status = std::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(command)
-                .current_dir(&dir)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::io::stderr())
-                .status()
-                .map_err(Error::io("run the build of", &dir))?;
-            if !status.success() {
-                return Err(Error::BuildFailed {
-                    service: service.name.clone(),
-                    command: command.clone(),
-                    status: status.to_string(),
-                });
-            }
-            build.push(BuildStep {
-                service: service.name.clone(),
-                command: command.clone(),
-                duration_ms: ms(started),
-            });
-        }
-    }
+    let build = run_builds(&dir, &services, options, progress)?;
 
     progress.step("taking the artifact");
-    let started = Instant::now();
     let extra: Vec<String> = services.iter().filter_map(|s| s.artifact.clone()).collect();
     let scan = artifact::scan(&dir, &extra).map_err(Error::io("read the project in", &dir))?;
 
-    let agent = connect(host)?;
-    let mut digests: Vec<String> = scan
-        .artifact
-        .files
-        .iter()
-        .map(|f| f.digest.clone())
-        .collect();
-    digests.sort();
-    digests.dedup();
-    let missing = agent.missing_blobs(&digests)?;
-    let mut upload = Upload {
-        files: scan.artifact.files.len(),
-        ..Upload::default()
-    };
-    if !missing.is_empty() {
-        progress.step(&format!(
-            "sending {} of {} files to {}",
-            missing.len(),
-            digests.len(),
-            agent.name()
-        ));
-    }
-    for digest in &missing {
-        let Some(source) = scan.sources.get(digest) else {
-            continue;
-        };
-        agent.upload_blob(digest, source)?;
-        upload.blobs_sent += 1;
-        upload.bytes_sent += std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
-    }
-    upload.duration_ms = ms(started);
+    // One deploy at a time per environment: the lock lives on the first host's agent.
+    let lock_host = connect(first)?;
+    let lock = Lock::take(
+        lock_host,
+        &env.project,
+        environment,
+        options.force_unlock,
+        progress,
+    )?;
 
-    let config_hash = {
-        let text = serde_json::to_string(&services).unwrap_or_default();
-        artifact::hex(&Sha256::digest(text.as_bytes()))
+    let plan = HostPlan {
+        project: &env.project,
+        environment,
+        scan: &scan,
+        secrets: &secrets,
     };
-    progress.step(&format!("deploying {} to {}", env.project, agent.name()));
-    let request = DeployRequest {
-        project: env.project.clone(),
-        environment: env.name.clone(),
-        config_hash,
-        artifact: scan.artifact,
-        services,
-        secrets,
-        rollback_of: None,
+    let batch = usize::try_from(env.max_parallel).unwrap_or(1).max(1);
+    let mut outcomes: Vec<HostDeploy> = Vec::new();
+    let mut stopped = false;
+    for group in placements.chunks(batch) {
+        if stopped {
+            outcomes.extend(group.iter().map(|(host, _)| HostDeploy::skipped(host)));
+            continue;
+        }
+        let done: Vec<HostDeploy> = std::thread::scope(|scope| {
+            let handles: Vec<_> = group
+                .iter()
+                .map(|(host, here)| scope.spawn(|| plan.deploy_to(host, here, connect, progress)))
+                .collect();
+            handles
+                .into_iter()
+                .zip(group)
+                .map(|(handle, (host, _))| {
+                    handle.join().unwrap_or_else(|_| {
+                        HostDeploy::lost(
+                            host,
+                            Error::Unsupported {
+                                what: "the deploy thread panicked".to_owned(),
+                                hint: "a bug in Gantry; please report it".to_owned(),
+                            },
+                        )
+                    })
+                })
+                .collect()
+        });
+        stopped = done.iter().any(|d| d.outcome != HostOutcome::Deployed);
+        outcomes.extend(done);
+    }
+    drop(lock);
+
+    conclude(&env.project, environment, build, outcomes)
+}
+
+/// The report of a rollout from each host's outcome, or the error of one
+/// that stopped.
+pub(crate) fn conclude(
+    project: &str,
+    environment: &str,
+    build: Vec<BuildStep>,
+    outcomes: Vec<HostDeploy>,
+) -> Result<DeployReport, Error> {
+    let upload = outcomes.iter().fold(Upload::default(), |mut sum, d| {
+        sum.files = sum.files.max(d.upload.files);
+        sum.blobs_sent += d.upload.blobs_sent;
+        sum.bytes_sent += d.upload.bytes_sent;
+        sum.duration_ms += d.upload.duration_ms;
+        sum
+    });
+    let mut outcomes = outcomes;
+    let failed = outcomes
+        .iter()
+        .position(|d| d.outcome != HostOutcome::Deployed && d.outcome != HostOutcome::Skipped);
+    // One host, and it never got to a release: its own error says it best.
+    if let ([only], Some(0)) = (outcomes.as_mut_slice(), failed)
+        && only.detail.is_none()
+        && let Some(cause) = only.cause.take()
+    {
+        return Err(*cause);
+    }
+    let shown = failed.unwrap_or(0);
+    let detail = outcomes.get(shown).and_then(|d| d.detail.clone());
+    let Some((release, services)) = detail else {
+        // No host answered with a release: nothing but the outcomes to report.
+        return Err(rollout_stopped(
+            project,
+            environment,
+            None,
+            &outcomes,
+            shown,
+            serde_json::json!({
+                "project": project,
+                "environment": environment,
+                "build": build,
+                "hosts": outcomes,
+            }),
+        ));
     };
-    let result = agent.deploy(&request)?;
     let report = DeployReport {
-        project: env.project,
-        environment: env.name,
-        host: host.name.clone(),
-        release: result.release,
-        services: result.services,
+        project: project.to_owned(),
+        environment: environment.to_owned(),
+        host: outcomes[shown].host.clone(),
+        release,
+        services,
         build,
         upload,
+        hosts: outcomes,
     };
+    if let Some(at) = failed
+        && report.hosts.len() > 1
+    {
+        let details = serde_json::to_value(&report).unwrap_or_default();
+        return Err(rollout_stopped(
+            &report.project,
+            environment,
+            Some(&report.release),
+            &report.hosts,
+            at,
+            details,
+        ));
+    }
     finish(report)
+}
+
+/// The error of a rollout that stopped at host `at`: which host, why, and
+/// which release every host runs now.
+fn rollout_stopped(
+    project: &str,
+    environment: &str,
+    release: Option<&Release>,
+    hosts: &[HostDeploy],
+    at: usize,
+    details: serde_json::Value,
+) -> Error {
+    let bad = &hosts[at];
+    let runs: Vec<String> = hosts
+        .iter()
+        .map(|d| match (&d.outcome, &d.release) {
+            (HostOutcome::Unreachable, _) => format!("{} unknown (unreachable)", d.host),
+            (HostOutcome::Skipped, _) => format!("{} not updated", d.host),
+            (_, Some(r)) => format!("{} {r}", d.host),
+            (_, None) => format!("{} nothing", d.host),
+        })
+        .collect();
+    let what = match bad.outcome {
+        HostOutcome::Reverted => "failed and went back to its previous release",
+        HostOutcome::Unreachable => "was lost during its deploy",
+        _ => "failed",
+    };
+    Error::DeployFailed {
+        release: release.map_or_else(
+            || format!("of {project} to {environment}"),
+            |r| r.id.clone(),
+        ),
+        reason: format!(
+            "host {} {what}: {}; the rollout stopped. Now running: {}",
+            bad.host,
+            bad.error.as_deref().unwrap_or("no reason given"),
+            runs.join(", ")
+        ),
+        log_tail: release.map(|r| r.log_tail.clone()).unwrap_or_default(),
+        report: Box::new(details),
+    }
+}
+
+fn run_builds(
+    dir: &Path,
+    services: &[Service],
+    options: &DeployOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<BuildStep>, Error> {
+    let mut build = Vec::new();
+    if options.skip_build {
+        return Ok(build);
+    }
+    let mut done: Vec<&str> = Vec::new();
+    for service in services {
+        let Some(command) = &service.build else {
+            continue;
+        };
+        if done.contains(&command.as_str()) {
+            continue;
+        }
+        done.push(command);
+        progress.step(&format!("building {}: {command}", service.name));
+        let started = Instant::now();
+        // The build's output is the user's to read: it goes to stderr as it comes.
+        let status = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::io::stderr())
+            .status()
+            .map_err(Error::io("run the build of", dir))?;
+        if !status.success() {
+            return Err(Error::BuildFailed {
+                service: service.name.clone(),
+                command: command.clone(),
+                status: status.to_string(),
+            });
+        }
+        build.push(BuildStep {
+            service: service.name.clone(),
+            command: command.clone(),
+            duration_ms: ms(started),
+        });
+    }
+    Ok(build)
+}
+
+/// What every host gets: the same artifact and secrets.
+struct HostPlan<'a> {
+    project: &'a str,
+    environment: &'a str,
+    scan: &'a artifact::Scan,
+    secrets: &'a BTreeMap<String, String>,
+}
+
+impl HostPlan<'_> {
+    /// Sends what the host lacks, deploys, and reverts the host if its
+    /// release fails. Never an error: the outcome says what happened.
+    fn deploy_to(
+        &self,
+        host: &HostSpec,
+        services: &[Service],
+        connect: crate::operate::Connect<'_>,
+        progress: &dyn Progress,
+    ) -> HostDeploy {
+        let agent = match connect(host) {
+            Ok(agent) => agent,
+            Err(e) => return HostDeploy::lost(host, e),
+        };
+        let previous = agent
+            .releases(self.project)
+            .ok()
+            .and_then(|all| all.into_iter().find(|r| r.outcome == Outcome::Succeeded))
+            .map(|r| r.id);
+        let mut outcome = HostDeploy {
+            host: host.name.clone(),
+            outcome: HostOutcome::Unreachable,
+            release: previous.clone(),
+            previous: previous.clone(),
+            error: None,
+            upload: Upload::default(),
+            detail: None,
+            cause: None,
+        };
+        match self.upload(agent.as_ref(), progress) {
+            Ok(upload) => outcome.upload = upload,
+            Err(e) => {
+                outcome.error = Some(e.to_string());
+                outcome.cause = Some(Box::new(e));
+                return outcome;
+            }
+        }
+        let config_hash = {
+            let text = serde_json::to_string(services).unwrap_or_default();
+            artifact::hex(&Sha256::digest(text.as_bytes()))
+        };
+        progress.step(&format!("deploying {} to {}", self.project, agent.name()));
+        let request = DeployRequest {
+            project: self.project.to_owned(),
+            environment: self.environment.to_owned(),
+            config_hash,
+            artifact: self.scan.artifact.clone(),
+            services: services.to_vec(),
+            secrets: self.secrets.clone(),
+            rollback_of: None,
+        };
+        let result = match agent.deploy(&request) {
+            Ok(result) => result,
+            Err(e) => {
+                outcome.error = Some(e.to_string());
+                outcome.cause = Some(Box::new(e.into()));
+                return outcome;
+            }
+        };
+        outcome.release = Some(result.release.id.clone());
+        if result.release.outcome != Outcome::Failed {
+            outcome.outcome = HostOutcome::Deployed;
+            outcome.detail = Some((result.release, result.services));
+            return outcome;
+        }
+        outcome.error = result.release.reason.clone();
+        outcome.outcome = HostOutcome::Failed;
+        // The agent keeps the failing service on its previous release; only
+        // services that already switched need taking back.
+        let switched = result
+            .services
+            .iter()
+            .any(|s| s.release.as_deref() == Some(result.release.id.as_str()));
+        let failed = (result.release, result.services);
+        if !switched && previous.is_some() {
+            outcome.outcome = HostOutcome::Reverted;
+            outcome.release = previous;
+        } else if let Some(back) = &previous {
+            progress.step(&format!("{}: going back to {back}", agent.name()));
+            let request = RollbackRequest {
+                to: Some(back.clone()),
+                secrets: self.secrets.clone(),
+            };
+            match agent.rollback(self.project, &request) {
+                Ok(r) if r.release.outcome != Outcome::Failed => {
+                    outcome.outcome = HostOutcome::Reverted;
+                    outcome.release = Some(back.clone());
+                }
+                Ok(r) => {
+                    outcome.error = Some(format!(
+                        "{}; going back to {back} failed too: {}",
+                        outcome.error.unwrap_or_default(),
+                        r.release.reason.unwrap_or_default()
+                    ));
+                }
+                Err(e) => {
+                    outcome.error = Some(format!(
+                        "{}; going back to {back} failed: {e}",
+                        outcome.error.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        outcome.detail = Some(failed);
+        outcome
+    }
+
+    fn upload(&self, agent: &dyn Host, progress: &dyn Progress) -> Result<Upload, Error> {
+        let started = Instant::now();
+        let mut digests: Vec<String> = self
+            .scan
+            .artifact
+            .files
+            .iter()
+            .map(|f| f.digest.clone())
+            .collect();
+        digests.sort();
+        digests.dedup();
+        let missing = agent.missing_blobs(&digests)?;
+        let mut upload = Upload {
+            files: self.scan.artifact.files.len(),
+            ..Upload::default()
+        };
+        if !missing.is_empty() {
+            progress.step(&format!(
+                "sending {} of {} files to {}",
+                missing.len(),
+                digests.len(),
+                agent.name()
+            ));
+        }
+        for digest in &missing {
+            let Some(source) = self.scan.sources.get(digest) else {
+                continue;
+            };
+            agent.upload_blob(digest, source)?;
+            upload.blobs_sent += 1;
+            upload.bytes_sent += std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
+        }
+        upload.duration_ms = ms(started);
+        Ok(upload)
+    }
+}
+
+impl HostDeploy {
+    /// A host after a rollback (or any re-activation of a release).
+    pub(crate) fn from_result(
+        host: &str,
+        previous: Option<String>,
+        result: Result<crate::agent_api::DeployResult, crate::host::HostError>,
+    ) -> HostDeploy {
+        let mut outcome = HostDeploy {
+            host: host.to_owned(),
+            outcome: HostOutcome::Unreachable,
+            release: previous.clone(),
+            previous,
+            error: None,
+            upload: Upload::default(),
+            detail: None,
+            cause: None,
+        };
+        match result {
+            Ok(result) => {
+                outcome.outcome = if result.release.outcome == Outcome::Failed {
+                    outcome.error = result.release.reason.clone();
+                    HostOutcome::Failed
+                } else {
+                    outcome.release = Some(result.release.id.clone());
+                    HostOutcome::Deployed
+                };
+                outcome.detail = Some((result.release, result.services));
+            }
+            Err(e) => {
+                outcome.error = Some(e.to_string());
+                outcome.cause = Some(Box::new(e.into()));
+            }
+        }
+        outcome
+    }
+
+    pub(crate) fn skipped(host: &HostSpec) -> HostDeploy {
+        HostDeploy {
+            host: host.name.clone(),
+            outcome: HostOutcome::Skipped,
+            release: None,
+            previous: None,
+            error: None,
+            upload: Upload::default(),
+            detail: None,
+            cause: None,
+        }
+    }
+
+    pub(crate) fn lost(host: &HostSpec, error: Error) -> HostDeploy {
+        HostDeploy {
+            outcome: HostOutcome::Unreachable,
+            error: Some(error.to_string()),
+            cause: Some(Box::new(error)),
+            ..HostDeploy::skipped(host)
+        }
+    }
+}
+
+/// The environment's deploy lock, released when dropped.
+struct Lock {
+    agent: Box<dyn Host>,
+    project: String,
+    release: LockRelease,
+}
+
+impl Lock {
+    fn take(
+        agent: Box<dyn Host>,
+        project: &str,
+        environment: &str,
+        force: bool,
+        progress: &dyn Progress,
+    ) -> Result<Lock, Error> {
+        let holder = LockHolder {
+            machine: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
+            user: std::env::var("USER").unwrap_or_default(),
+            pid: std::process::id(),
+            command: format!("gantry deploy -e {environment}"),
+            since_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        };
+        let grant = agent.lock(
+            project,
+            &LockRequest {
+                environment: environment.to_owned(),
+                holder,
+                force,
+            },
+        )?;
+        if let Some(old) = &grant.displaced {
+            progress.step(&format!(
+                "warning: took the deploy lock from pid {} of {}@{} (`{}`); if it still runs, two deploys now overlap",
+                old.pid, old.user, old.machine, old.command
+            ));
+        }
+        Ok(Lock {
+            agent,
+            project: project.to_owned(),
+            release: LockRelease {
+                environment: environment.to_owned(),
+                token: grant.token,
+            },
+        })
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = self.agent.unlock(&self.project, &self.release);
+    }
 }
 
 /// A report whose release failed becomes a `deploy.failed` error carrying it.

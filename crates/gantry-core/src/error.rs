@@ -83,6 +83,21 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "the proxy could not start or stopped with an error",
     ),
     (
+        "proxy.off",
+        ExitClass::Conflict,
+        "the agent runs no proxy (started with --proxy-listen off)",
+    ),
+    (
+        "proxy.restart_failed",
+        ExitClass::Failed,
+        "the new proxy process did not take over; the running one keeps serving",
+    ),
+    (
+        "proxy.stop_failed",
+        ExitClass::Failed,
+        "the proxy did not exit in time after it was asked to stop",
+    ),
+    (
         "tls.local_ca_failed",
         ExitClass::Failed,
         "the proxy's local CA could not be made or read (the message names the file)",
@@ -91,6 +106,56 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "agent.unreachable",
         ExitClass::Unreachable,
         "no agent answers on the host, and none could be started",
+    ),
+    (
+        "host.unreachable",
+        ExitClass::Unreachable,
+        "SSH cannot reach the host: no route, refused, timed out, or the name does not resolve",
+    ),
+    (
+        "host.auth_refused",
+        ExitClass::Unreachable,
+        "the host refused every SSH key offered",
+    ),
+    (
+        "host.key_changed",
+        ExitClass::Unreachable,
+        "the host's SSH key differs from the one in known_hosts",
+    ),
+    (
+        "host.gantry_missing",
+        ExitClass::Unreachable,
+        "SSH works but the host has no gantry binary; `gantry configure` installs it",
+    ),
+    (
+        "agent.incompatible",
+        ExitClass::Conflict,
+        "the host's agent runs a gantry version this CLI cannot talk to",
+    ),
+    (
+        "state.corrupt",
+        ExitClass::Invalid,
+        "a file under .gantry/state is not what Gantry wrote",
+    ),
+    (
+        "env.locked",
+        ExitClass::Conflict,
+        "another gantry command is changing the environment; the error names it",
+    ),
+    (
+        "env.state",
+        ExitClass::Conflict,
+        "the environment is not in a state that allows the command (destroyed, not destroyed yet, unknown)",
+    ),
+    (
+        "configure.failed",
+        ExitClass::Failed,
+        "a step of `gantry configure` failed on a host; the error names the host and the step",
+    ),
+    (
+        "deploy.locked",
+        ExitClass::Conflict,
+        "another deploy of the project (on the host, or of the whole environment) holds its lock; the error names it",
     ),
     (
         "agent.locked",
@@ -133,11 +198,6 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "the environment needs something this version cannot do yet",
     ),
     (
-        "deploy.locked",
-        ExitClass::Conflict,
-        "another deploy of the project is running on the host",
-    ),
-    (
         "deploy.failed",
         ExitClass::Failed,
         "a service's new instances did not become healthy; it kept its previous release",
@@ -161,6 +221,21 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "artifact.failed",
         ExitClass::Failed,
         "the agent could not unpack the artifact",
+    ),
+    (
+        "test.failed",
+        ExitClass::Failed,
+        "`gantry test` found a failing check; error.details has every check",
+    ),
+    (
+        "exec.failed",
+        ExitClass::Failed,
+        "`gantry exec` could not start the command on the host",
+    ),
+    (
+        "service.not_deployed",
+        ExitClass::Invalid,
+        "the service runs no release on the host (`gantry exec`)",
     ),
     (
         "release.not_found",
@@ -211,6 +286,31 @@ pub enum Error {
         log_tail: Vec<String>,
         report: Box<serde_json::Value>,
     },
+    #[error("{} check{} failed: {}", failed.len(), if failed.len() == 1 { "" } else { "s" }, failed.join("; "))]
+    TestFailed {
+        failed: Vec<String>,
+        report: Box<serde_json::Value>,
+    },
+    #[error("{} is damaged: {message}", path.display())]
+    StateCorrupt { path: PathBuf, message: String },
+    #[error("environment `{environment}` is busy: {holder} holds {}", path.display())]
+    EnvLocked {
+        environment: String,
+        holder: String,
+        path: PathBuf,
+    },
+    #[error("environment `{environment}` {problem}")]
+    EnvState {
+        environment: String,
+        problem: String,
+        hint: String,
+    },
+    #[error("configuring {host} failed at `{step}`: {message}")]
+    ConfigureFailed {
+        host: String,
+        step: String,
+        message: String,
+    },
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -243,6 +343,8 @@ impl Error {
             },
             Error::Host(crate::host::HostError::Unreachable { .. }) => "agent.unreachable",
             Error::Host(crate::host::HostError::Protocol { .. }) => "agent.protocol",
+            Error::Host(crate::host::HostError::Ssh { failure, .. }) => failure.code(),
+            Error::Host(crate::host::HostError::Incompatible { .. }) => "agent.incompatible",
             Error::Host(crate::host::HostError::Api { error, .. }) => CODES
                 .iter()
                 .map(|(code, _, _)| *code)
@@ -255,6 +357,11 @@ impl Error {
             Error::InitExists { .. } => "init.exists",
             Error::OutputExists { .. } => "output.exists",
             Error::Io { .. } => "io.failed",
+            Error::StateCorrupt { .. } => "state.corrupt",
+            Error::TestFailed { .. } => "test.failed",
+            Error::EnvLocked { .. } => "env.locked",
+            Error::EnvState { .. } => "env.state",
+            Error::ConfigureFailed { .. } => "configure.failed",
         }
     }
 
@@ -285,8 +392,24 @@ impl Error {
                 Some("choose an empty or new directory for --out, or remove this one".to_owned())
             }
             Error::Io { .. } => None,
+            Error::StateCorrupt { .. } => Some(
+                "it is Gantry's record of the environment: fix the JSON, or remove the file and run `gantry configure` again".to_owned(),
+            ),
+            Error::EnvLocked { .. } => Some(
+                "wait for that command to finish; if it is gone from another machine, remove the lock file".to_owned(),
+            ),
+            Error::EnvState { hint, .. } => Some(hint.clone()),
+            Error::ConfigureFailed { .. } => Some(
+                "fix what the message says, then run `gantry configure` again: it is safe to re-run".to_owned(),
+            ),
             Error::Host(crate::host::HostError::Unreachable { hint, .. }) => Some(hint.clone()),
             Error::Host(crate::host::HostError::Api { error, .. }) => error.hint.clone(),
+            Error::Host(crate::host::HostError::Ssh { hint, .. }) => {
+                Some(hint.clone()).filter(|h| !h.is_empty())
+            }
+            Error::Host(crate::host::HostError::Incompatible { cli, .. }) => Some(format!(
+                "install gantry {cli} on the host with `gantry configure`, or use the gantry version the host runs"
+            )),
             Error::Host(crate::host::HostError::Protocol { .. }) => Some(
                 "check that the gantry binary and the agent are the same version".to_owned(),
             ),
@@ -295,6 +418,9 @@ impl Error {
                 "set them in the environment of this command, or as NAME=value lines in .gantry/secrets.env (mode 0600)".to_owned(),
             ),
             Error::Unsupported { hint, .. } => Some(hint.clone()),
+            Error::TestFailed { .. } => Some(
+                "each check's detail is in the report (`--output json`: error.details); `gantry status` and `gantry logs` say more".to_owned(),
+            ),
             Error::DeployFailed { log_tail, .. } => Some(if log_tail.is_empty() {
                 "see `gantry logs` for the service's output".to_owned()
             } else {
@@ -306,7 +432,7 @@ impl Error {
     /// More about the error, for the JSON form: the deploy report of a failed deploy.
     pub fn details(&self) -> Option<&serde_json::Value> {
         match self {
-            Error::DeployFailed { report, .. } => Some(report),
+            Error::DeployFailed { report, .. } | Error::TestFailed { report, .. } => Some(report),
             _ => None,
         }
     }

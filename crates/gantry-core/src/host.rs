@@ -1,12 +1,13 @@
 //! A host as the use-cases see it: an agent that answers the `/v1` API.
-//! `gantry-remote` implements it for this machine (a Unix socket) and, later,
-//! for hosts over SSH; the use-cases never know which.
+//! `gantry-remote` implements it for this machine (a Unix socket) and for
+//! hosts over SSH; the use-cases never know which.
 
 use std::path::Path;
 
 use crate::agent_api::{
-    AgentInfo, ApiError, DeployRequest, DeployResult, LogLine, Release, RollbackRequest,
-    ServiceSelector, Status,
+    AgentInfo, ApiError, DeployRequest, DeployResult, ExecSpec, LockGrant, LockRelease,
+    LockRequest, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest, ServiceSelector,
+    Status,
 };
 
 /// Which log lines to read.
@@ -34,6 +35,72 @@ pub enum HostError {
     /// The agent answered something that is not the API.
     #[error("the agent on {host} answered something unexpected: {message}")]
     Protocol { host: String, message: String },
+    /// SSH could not get to the host's agent.
+    #[error("{host}: {}: {message}", .failure.describe())]
+    Ssh {
+        host: String,
+        failure: SshFailure,
+        message: String,
+        hint: String,
+    },
+    /// The agent's version cannot serve this CLI.
+    #[error("the agent on {host} runs gantry {agent}, this is gantry {cli}")]
+    Incompatible {
+        host: String,
+        agent: String,
+        cli: String,
+    },
+}
+
+/// Why SSH failed, each with its own error code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SshFailure {
+    /// No route, refused, timed out, name unknown.
+    Unreachable,
+    /// The server refused every key offered.
+    AuthRefused,
+    /// The server's key is not the one recorded in known_hosts.
+    HostKeyChanged,
+    /// SSH worked, but there is no gantry on the host.
+    GantryMissing,
+}
+
+impl SshFailure {
+    pub fn code(self) -> &'static str {
+        match self {
+            SshFailure::Unreachable => "host.unreachable",
+            SshFailure::AuthRefused => "host.auth_refused",
+            SshFailure::HostKeyChanged => "host.key_changed",
+            SshFailure::GantryMissing => "host.gantry_missing",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            SshFailure::Unreachable => "cannot reach the host over SSH",
+            SshFailure::AuthRefused => "the host refused the SSH key",
+            SshFailure::HostKeyChanged => "the host's SSH key has changed",
+            SshFailure::GantryMissing => "gantry is not installed on the host",
+        }
+    }
+}
+
+/// Whether an agent of `version` serves this CLI: the same major and minor
+/// version (the API is `/v1` throughout; fields are added in minor versions).
+pub fn compatible(host: &str, version: &str) -> Result<(), HostError> {
+    let cli = env!("CARGO_PKG_VERSION");
+    let minor = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.split(['.', '-', '+']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    match (minor(cli), minor(version)) {
+        (Some(a), Some(b)) if a == b => Ok(()),
+        _ => Err(HostError::Incompatible {
+            host: host.to_owned(),
+            agent: version.to_owned(),
+            cli: cli.to_owned(),
+        }),
+    }
 }
 
 pub trait Host {
@@ -59,4 +126,54 @@ pub trait Host {
     fn restart(&self, project: &str, selector: &ServiceSelector) -> Result<Status, HostError>;
     /// Stops the agent; its services keep running.
     fn shutdown(&self) -> Result<(), HostError>;
+    /// Takes the environment's deploy lock (held on one agent for the whole
+    /// environment); `deploy.locked` names the holder when it is taken.
+    fn lock(&self, project: &str, request: &LockRequest) -> Result<LockGrant, HostError>;
+    fn unlock(&self, project: &str, request: &LockRelease) -> Result<(), HostError>;
+    /// How to run a command as `service` runs, on this host.
+    fn exec_spec(&self, project: &str, service: &str) -> Result<ExecSpec, HostError>;
+    /// Restarts the host's reverse proxy by listener handoff, or stops it.
+    fn proxy(&self, action: ProxyAction) -> Result<ProxyInfo, HostError>;
+}
+
+/// A shell on a host, over SSH: what `configure` and `exec` need beside the
+/// agent API. SSH's own failures are errors; the command's exit is returned.
+pub trait Shell: Send + Sync {
+    fn name(&self) -> &str;
+    /// Runs `command` (a POSIX shell command line) with `stdin` as its input.
+    fn run(&self, command: &str, stdin: Option<&Path>) -> Result<Ran, HostError>;
+    /// Runs `command` (or a login shell) attached to this terminal; its exit code.
+    fn interactive(&self, command: Option<&str>) -> Result<i32, HostError>;
+    /// The address SSH connects to, after its config (`ssh -G`).
+    fn resolved_address(&self) -> Option<String> {
+        None
+    }
+}
+
+/// What a remote command did.
+#[derive(Debug)]
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// The remote shell command that runs `gantry ARGS` on a host: the copy
+/// `gantry configure` installs (`~/.gantry/bin`) comes first on the PATH, and
+/// a system agent (installed as root, state in /var/lib/gantry) is the one
+/// talked to when it runs.
+pub fn remote_gantry(args: &str) -> String {
+    format!(
+        "if [ -z \"$GANTRY_STATE_DIR\" ] && [ -S /var/lib/gantry/agent.sock ]; then export GANTRY_STATE_DIR=/var/lib/gantry; fi; PATH=\"$HOME/.gantry/bin:/usr/local/bin:$PATH\" exec gantry {args}"
+    )
 }

@@ -4,11 +4,15 @@
 
 pub mod agent_api;
 pub mod artifact;
+pub mod check;
+pub mod configure;
 pub mod deploy;
+pub mod environment;
 pub mod error;
 pub mod host;
 pub mod init;
 pub mod operate;
+pub mod register;
 pub mod render;
 pub mod show;
 pub mod validate;

@@ -3,37 +3,174 @@
 
 use serde::Serialize;
 
-use crate::agent_api::{Release, RollbackRequest, ServiceSelector, Status};
+use crate::agent_api::{
+    LogLine, Outcome, Release, RollbackRequest, ServiceSelector, ServiceState, ServiceStatus,
+    Status,
+};
 use crate::config::resolve::Host as HostSpec;
-use crate::deploy::{DeployReport, Upload, finish, secret_values};
+use crate::deploy::{DeployReport, HostDeploy, HostOutcome, conclude, secret_values};
 use crate::host::{Host, LogQuery};
 use crate::{Error, Project};
 
-pub type Connect<'a> = &'a dyn Fn(&HostSpec) -> Result<Box<dyn Host>, Error>;
+/// Connects to a host's agent. Shared by the threads that work on several hosts at once.
+pub type Connect<'a> = &'a (dyn Fn(&HostSpec) -> Result<Box<dyn Host>, Error> + Sync);
 
-/// The project's name and its one host, connected.
+/// The project's name and the environment's hosts.
+fn hosts_of(project: &Project, environment: &str) -> Result<(String, Vec<HostSpec>), Error> {
+    let config = project.load()?;
+    let env = config.environment(environment)?;
+    if env.hosts.is_empty() {
+        return Err(Error::Unsupported {
+            what: format!("environment `{environment}` has no hosts"),
+            hint: "add hosts to it in gantry.toml".to_owned(),
+        });
+    }
+    Ok((env.project, env.hosts))
+}
+
+/// Runs `f` on every host at once, each with its own connection; results in
+/// the hosts' order.
+fn on_each<T: Send>(
+    hosts: &[HostSpec],
+    connect: Connect<'_>,
+    f: &(dyn Fn(&dyn Host) -> Result<T, Error> + Sync),
+) -> Vec<Result<T, Error>> {
+    if let [only] = hosts {
+        return vec![connect(only).and_then(|h| f(h.as_ref()))];
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = hosts
+            .iter()
+            .map(|spec| scope.spawn(move || connect(spec).and_then(|h| f(h.as_ref()))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::Unsupported {
+                        what: "a host's thread panicked".to_owned(),
+                        hint: "a bug in Gantry; please report it".to_owned(),
+                    })
+                })
+            })
+            .collect()
+    })
+}
+
+/// The project's name and its first host, connected: for what one host answers.
 fn target(
     project: &Project,
     environment: &str,
     connect: Connect<'_>,
 ) -> Result<(String, Box<dyn Host>), Error> {
-    let config = project.load()?;
-    let env = config.environment(environment)?;
-    let Some(host) = env.hosts.first() else {
-        return Err(Error::Unsupported {
-            what: format!("environment `{environment}` has no hosts"),
-            hint: "add hosts to it in gantry.toml".to_owned(),
-        });
-    };
-    Ok((env.project, connect(host)?))
+    let (name, hosts) = hosts_of(project, environment)?;
+    Ok((name, connect(&hosts[0])?))
 }
 
+/// Status of an environment: every host's services merged by name, each
+/// instance labelled with its host (when there are several), and each
+/// host's reachability. One host unreachable is a line in `hosts`, not a failure.
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub environment: String,
     pub host: String,
     #[serde(flatten)]
     pub status: Status,
+    pub hosts: Vec<HostState>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostState {
+    pub host: String,
+    pub reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+}
+
+fn merge(
+    environment: &str,
+    project: String,
+    hosts: &[HostSpec],
+    answers: Vec<Result<Status, Error>>,
+) -> Result<StatusReport, Error> {
+    let several = hosts.len() > 1;
+    let mut states = Vec::new();
+    let mut services: Vec<ServiceStatus> = Vec::new();
+    let mut first_error = None;
+    let mut any = false;
+    for (spec, answer) in hosts.iter().zip(answers) {
+        match answer {
+            Ok(status) => {
+                any = true;
+                states.push(HostState {
+                    host: spec.name.clone(),
+                    reachable: true,
+                    error: None,
+                    code: None,
+                });
+                for mut service in status.services {
+                    if several {
+                        for instance in &mut service.instances {
+                            instance.host = Some(spec.name.clone());
+                        }
+                    }
+                    match services.iter_mut().find(|s| s.name == service.name) {
+                        Some(seen) => {
+                            seen.state = worse(seen.state, service.state);
+                            if seen.release != service.release {
+                                seen.release = None;
+                            }
+                            seen.urls.extend(service.urls);
+                            seen.instances.extend(service.instances);
+                            if seen.reason.is_none() {
+                                seen.reason = service.reason;
+                                seen.log_tail = service.log_tail;
+                            }
+                        }
+                        None => services.push(service),
+                    }
+                }
+            }
+            Err(e) => {
+                states.push(HostState {
+                    host: spec.name.clone(),
+                    reachable: false,
+                    error: Some(e.to_string()),
+                    code: Some(e.code()),
+                });
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if !any && let Some(e) = first_error {
+        return Err(e);
+    }
+    Ok(StatusReport {
+        environment: environment.to_owned(),
+        host: hosts.first().map_or_else(String::new, |h| h.name.clone()),
+        status: Status { project, services },
+        hosts: states,
+    })
+}
+
+/// The state that says more is wrong.
+fn worse(a: ServiceState, b: ServiceState) -> ServiceState {
+    let rank = |s: ServiceState| match s {
+        ServiceState::Running => 0,
+        ServiceState::Stopped => 1,
+        ServiceState::Starting => 2,
+        ServiceState::Degraded => 3,
+        ServiceState::Failed => 4,
+    };
+    let worst = if rank(a) >= rank(b) { a } else { b };
+    // Running on one host and failed on another is degraded, not failed.
+    match (a, b) {
+        (ServiceState::Running, ServiceState::Failed)
+        | (ServiceState::Failed, ServiceState::Running) => ServiceState::Degraded,
+        _ => worst,
+    }
 }
 
 pub fn status(
@@ -41,17 +178,24 @@ pub fn status(
     environment: &str,
     connect: Connect<'_>,
 ) -> Result<StatusReport, Error> {
-    let (name, host) = target(project, environment, connect)?;
-    Ok(StatusReport {
-        environment: environment.to_owned(),
-        host: host.name().to_owned(),
-        status: host.status(&name)?,
-    })
+    let (name, hosts) = hosts_of(project, environment)?;
+    let answers = on_each(&hosts, connect, &|h| Ok(h.status(&name)?));
+    merge(environment, name, &hosts, answers)
 }
 
 #[derive(Debug, Serialize)]
 pub struct ReleasesReport {
     pub project: String,
+    /// The first host's releases.
+    pub releases: Vec<Release>,
+    /// Each host's releases, when the environment has several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostReleases>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostReleases {
+    pub host: String,
     pub releases: Vec<Release>,
 }
 
@@ -60,10 +204,26 @@ pub fn releases(
     environment: &str,
     connect: Connect<'_>,
 ) -> Result<ReleasesReport, Error> {
-    let (name, host) = target(project, environment, connect)?;
+    let (name, hosts) = hosts_of(project, environment)?;
+    let answers = on_each(&hosts, connect, &|h| Ok(h.releases(&name)?));
+    let mut per_host = Vec::new();
+    for (spec, answer) in hosts.iter().zip(answers) {
+        per_host.push(HostReleases {
+            host: spec.name.clone(),
+            releases: answer?,
+        });
+    }
+    let releases = per_host
+        .first()
+        .map(|h| h.releases.clone())
+        .unwrap_or_default();
+    if per_host.len() == 1 {
+        per_host.clear();
+    }
     Ok(ReleasesReport {
-        releases: host.releases(&name)?,
         project: name,
+        releases,
+        hosts: per_host,
     })
 }
 
@@ -77,6 +237,9 @@ pub fn release(
     Ok(host.release(&name, id)?)
 }
 
+/// Rolls every host back, one at a time, to `to` (a release id or number of
+/// each host) or to each host's previous release; stops at the first host
+/// that fails.
 pub fn rollback(
     project: &Project,
     environment: &str,
@@ -93,23 +256,32 @@ pub fn rollback(
         .collect();
     // Secrets the agent already holds are reused; those set here override them.
     let secrets = secret_values(config.project_dir(), &names, env_vars).unwrap_or_default();
-    let (name, host) = target(project, environment, connect)?;
-    let result = host.rollback(
-        &name,
-        &RollbackRequest {
-            to: to.map(str::to_owned),
-            secrets,
-        },
-    )?;
-    finish(DeployReport {
-        project: name,
-        environment: environment.to_owned(),
-        host: host.name().to_owned(),
-        release: result.release,
-        services: result.services,
-        build: Vec::new(),
-        upload: Upload::default(),
-    })
+    let request = RollbackRequest {
+        to: to.map(str::to_owned),
+        secrets,
+    };
+    let mut outcomes = Vec::new();
+    let mut stopped = false;
+    for spec in &env.hosts {
+        if stopped {
+            outcomes.push(HostDeploy::skipped(spec));
+            continue;
+        }
+        let outcome = match connect(spec) {
+            Ok(host) => {
+                let previous = host
+                    .releases(&env.project)
+                    .ok()
+                    .and_then(|all| all.into_iter().find(|r| r.outcome == Outcome::Succeeded))
+                    .map(|r| r.id);
+                HostDeploy::from_result(&spec.name, previous, host.rollback(&env.project, &request))
+            }
+            Err(e) => HostDeploy::lost(spec, e),
+        };
+        stopped = outcome.outcome != HostOutcome::Deployed;
+        outcomes.push(outcome);
+    }
+    conclude(&env.project, environment, Vec::new(), outcomes)
 }
 
 /// Stop or restart: the two act alike on a selection of services.
@@ -126,22 +298,29 @@ pub fn act(
     service: Option<&str>,
     connect: Connect<'_>,
 ) -> Result<StatusReport, Error> {
-    let (name, host) = target(project, environment, connect)?;
+    let (name, hosts) = hosts_of(project, environment)?;
     let selector = ServiceSelector {
         service: service.map(str::to_owned),
     };
-    let status = match action {
-        Action::Stop => host.stop(&name, &selector)?,
-        Action::Restart => host.restart(&name, &selector)?,
-    };
-    Ok(StatusReport {
-        environment: environment.to_owned(),
-        host: host.name().to_owned(),
-        status,
-    })
+    let answers = on_each(&hosts, connect, &|h| {
+        Ok(match action {
+            Action::Stop => h.stop(&name, &selector)?,
+            Action::Restart => h.restart(&name, &selector)?,
+        })
+    });
+    // Acting is not looking: a host that could not be reached fails the command.
+    if let Some(at) = answers.iter().position(Result::is_err) {
+        if let Some(Err(e)) = answers.into_iter().nth(at) {
+            return Err(e);
+        }
+        unreachable!("position found an error");
+    }
+    merge(environment, name, &hosts, answers)
 }
 
 /// Streams log lines to `sink` until it returns false or the lines end.
+/// With several hosts, their lines are merged (by time when not following;
+/// as they come when following), each labelled with its host.
 pub fn logs(
     project: &Project,
     environment: &str,
@@ -149,6 +328,62 @@ pub fn logs(
     connect: Connect<'_>,
     sink: &mut dyn FnMut(crate::agent_api::LogLine) -> bool,
 ) -> Result<(), Error> {
-    let (name, host) = target(project, environment, connect)?;
-    Ok(host.logs(&name, query, sink)?)
+    let (name, hosts) = hosts_of(project, environment)?;
+    if let [only] = hosts.as_slice() {
+        return Ok(connect(only)?.logs(&name, query, sink)?);
+    }
+    let (send, receive) = std::sync::mpsc::sync_channel::<Result<LogLine, Error>>(1024);
+    std::thread::scope(|scope| {
+        for spec in &hosts {
+            let send = send.clone();
+            let name = &name;
+            scope.spawn(move || {
+                let host = match connect(spec) {
+                    Ok(host) => host,
+                    Err(e) => {
+                        let _ = send.send(Err(e));
+                        return;
+                    }
+                };
+                let result = host.logs(name, query, &mut |mut line| {
+                    line.host = Some(spec.name.clone());
+                    send.send(Ok(line)).is_ok()
+                });
+                if let Err(e) = result {
+                    let _ = send.send(Err(e.into()));
+                }
+            });
+        }
+        drop(send);
+        if query.follow {
+            let mut result = Ok(());
+            for item in receive.iter() {
+                match item {
+                    Ok(line) => {
+                        if !sink(line) {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            // The hosts' streams end at their next line, when sending fails.
+            drop(receive);
+            return result;
+        }
+        let mut lines = Vec::new();
+        for item in receive.iter() {
+            lines.push(item?);
+        }
+        lines.sort_by_key(|l| l.ts);
+        for line in lines {
+            if !sink(line) {
+                break;
+            }
+        }
+        Ok(())
+    })
 }

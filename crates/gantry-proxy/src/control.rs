@@ -2,7 +2,7 @@
 //! only the agent talks to. It never sits on a request's path: it swaps the
 //! table that requests read.
 //!
-//! - `GET  /v1/health`  → `{"status":"ok","routes":N,"uptime_ms":N,"version":"…"}`
+//! - `GET  /v1/health`  → `{"status":"ok","routes":N,"uptime_ms":N,"version":"…","pid":N,"binary":"dev:ino"}`
 //! - `GET  /v1/routes`  → the `RouteTable` being served
 //! - `PUT  /v1/routes`  ← a `RouteTable`: validated, saved, swapped in whole
 //! - `POST /v1/drain`   ← `{"upstreams":["127.0.0.1:20001"],"timeout_ms":N}`
@@ -66,6 +66,20 @@ pub struct Health {
     pub routes: usize,
     pub uptime_ms: u64,
     pub version: String,
+    /// The proxy's process.
+    #[serde(default)]
+    pub pid: u32,
+    /// Which binary the process runs: `device:inode` of `/proc/self/exe`
+    /// (empty where unknown), to tell when the installed one changed.
+    #[serde(default)]
+    pub binary: String,
+}
+
+/// `device:inode` of the binary this process runs, or "" where unknown.
+pub fn running_binary() -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/exe")
+        .map_or_else(|_| String::new(), |m| format!("{}:{}", m.dev(), m.ino()))
 }
 
 async fn health(State(state): State<Arc<ProxyState>>) -> Json<Health> {
@@ -74,6 +88,8 @@ async fn health(State(state): State<Arc<ProxyState>>) -> Json<Health> {
         routes: state.table().routes.len(),
         uptime_ms: millis(state.started.elapsed()),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        binary: running_binary(),
     })
 }
 

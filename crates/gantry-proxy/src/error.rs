@@ -31,6 +31,8 @@ pub enum ProxyError {
     },
     #[error("the saved routes in {} are not a valid route table: {message}", path.display())]
     SavedRoutes { path: PathBuf, message: String },
+    #[error("cannot take over the listeners of the proxy on {}: {message}", path.display())]
+    Handoff { path: PathBuf, message: String },
     #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
     #[error("invalid route table: {0}")]
@@ -54,6 +56,7 @@ impl ProxyError {
             ProxyError::AlreadyRunning { .. } => "proxy.already_running",
             ProxyError::State { .. } => "proxy.state_io_failed",
             ProxyError::SavedRoutes { .. } => "proxy.saved_routes_invalid",
+            ProxyError::Handoff { .. } => "proxy.handoff_failed",
             ProxyError::Thread(_) => "proxy.thread_failed",
             ProxyError::Table(_) => "routes.invalid",
             ProxyError::Certificate(_) => "routes.certificate_invalid",
@@ -70,6 +73,9 @@ impl ProxyError {
             )),
             ProxyError::AlreadyRunning { .. } => Some(
                 "stop the running proxy first, or give this one another control socket".to_owned(),
+            ),
+            ProxyError::Handoff { .. } => Some(
+                "is a proxy running with this state directory? without --take-over the proxy binds its address itself".to_owned(),
             ),
             ProxyError::SavedRoutes { path, .. } => Some(format!(
                 "remove {} and send the routes again with PUT /v1/routes",

@@ -20,6 +20,7 @@ mod control;
 mod error;
 mod exchange;
 mod forward;
+mod handoff;
 mod metrics;
 mod pages;
 mod pool;
@@ -35,9 +36,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use control::{DrainReport, DrainRequest, Health};
+pub use control::{DrainReport, DrainRequest, Health, running_binary};
 pub use error::ProxyError;
-pub use server::{RunningProxy, start, start_on};
+pub use handoff::Listeners;
+pub use server::{HTTP, HTTPS, RunningProxy, start, start_on, start_with, take_over};
 pub use table::{Balance, CertFiles, Route, RouteTable, TableError, Tls};
 pub use tls::{CaError, CertError, CertStore, LocalCa, fingerprint_sha256, is_local_name};
 
@@ -51,6 +53,12 @@ pub struct ProxyConfig {
     pub https: Option<SocketAddr>,
     /// The control API's Unix socket; created with mode 0600.
     pub control_socket: PathBuf,
+    /// Where a new proxy process asks this one for its listeners (0600).
+    pub handoff_socket: PathBuf,
+    /// Start by taking over the listeners of the proxy running on
+    /// `handoff_socket` (`http`, and `https` when it has one) instead of
+    /// binding them (`gantry proxy --take-over`).
+    pub take_over: bool,
     /// Holds `routes.json`, the last route table accepted.
     pub state_dir: PathBuf,
     /// One JSON line per request on stderr.
@@ -74,6 +82,8 @@ impl ProxyConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             https: Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
             control_socket: state_dir.join("proxy.sock"),
+            handoff_socket: state_dir.join("handoff.sock"),
+            take_over: false,
             state_dir,
             access_log: true,
             workers: 0,
@@ -90,6 +100,8 @@ impl std::fmt::Debug for ProxyConfig {
             .field("http", &self.http)
             .field("https", &self.https)
             .field("control_socket", &self.control_socket)
+            .field("handoff_socket", &self.handoff_socket)
+            .field("take_over", &self.take_over)
             .field("state_dir", &self.state_dir)
             .field("access_log", &self.access_log)
             .field("workers", &self.workers)
@@ -129,16 +141,23 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         .enable_all()
         .build()
         .map_err(ProxyError::Thread)?;
-    let proxy = start(config)?;
+    let proxy = if config.take_over {
+        take_over(config)?
+    } else {
+        start(config)?
+    };
     eprintln!(
         "{}",
         serde_json::json!({
             "event": "proxy.started",
+            "pid": std::process::id(),
             "http": proxy.http_addr(),
             "https": proxy.https_addr(),
             "control_socket": proxy.control_socket(),
+            "took_over_from": proxy.took_over_from(),
         })
     );
+    let mut handed_off = proxy.handed_off();
     signals.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         match (
@@ -149,10 +168,14 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = int.recv() => {}
+                    _ = handed_off.wait_for(|h| *h) => {}
                 }
             }
             _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = handed_off.wait_for(|h| *h) => {}
+                }
             }
         }
     });

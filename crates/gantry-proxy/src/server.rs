@@ -4,12 +4,13 @@
 //! workers); an acceptor that hands each new connection to the worker with
 //! the fewest; and one thread for the control API.
 //!
-//! The listener is bound before anything starts, so `start_on` can take one
-//! inherited from a previous proxy (the seam for listener handoff on
-//! restart). The HTTPS listener (`bind_https`) has its own acceptor thread
-//! and feeds the same workers; in `serve_connections` a TLS connection goes
-//! through the rustls handshake first (`Peer::tls` set), and the HTTP/2
-//! preface or its absence (as ALPN agreed) picks the protocol.
+//! The listeners are bound before anything starts, so `start_with` can take
+//! them from a previous proxy: `take_over` receives them, by name (`http`,
+//! `https`), over the running proxy's handoff socket (see `handoff`). The
+//! HTTPS listener has its own acceptor thread and feeds the same workers; in
+//! `serve_connections` a TLS connection goes through the rustls handshake
+//! first (`Peer::tls` set), and the HTTP/2 preface or its absence (as ALPN
+//! agreed) picks the protocol.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
@@ -28,9 +29,15 @@ use tokio::sync::{mpsc, watch};
 use crate::acme::{AcmeConfig, AcmeEvent, AcmeManager, Challenges, Issued, OnIssued, acme_names};
 use crate::exchange::AccessLog;
 use crate::forward::{Forwarder, Peer};
+use crate::handoff::{self, HandedOff, Listeners};
 use crate::state::ProxyState;
 use crate::tls::{self, CertStore, LocalCa};
 use crate::{ProxyConfig, ProxyError, control, route_file};
+
+/// The name of the plain HTTP listener, as handoff passes it.
+pub const HTTP: &str = "http";
+/// The name of the HTTPS listener, as handoff passes it.
+pub const HTTPS: &str = "https";
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ: Duration = Duration::from_secs(30);
@@ -44,6 +51,10 @@ pub struct RunningProxy {
     http_addr: SocketAddr,
     https_addr: Option<SocketAddr>,
     control_socket: PathBuf,
+    handoff_socket: PathBuf,
+    handed_off: HandedOff,
+    /// The process this one took the listeners from, if it did.
+    took_over_from: Option<u32>,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     acme: Option<AcmeManager>,
@@ -64,6 +75,17 @@ impl RunningProxy {
         &self.control_socket
     }
 
+    /// The process this proxy took its listeners from (`take_over`).
+    pub fn took_over_from(&self) -> Option<u32> {
+        self.took_over_from
+    }
+
+    /// Changes to true once a new process has taken the listeners over; the
+    /// proxy should then `stop`, which lets open requests finish.
+    pub fn handed_off(&self) -> watch::Receiver<bool> {
+        self.handed_off.subscribe()
+    }
+
     /// Stops accepting, lets open requests finish for up to the shutdown
     /// timeout, and returns once every thread has ended.
     pub fn stop(mut self) {
@@ -78,7 +100,11 @@ impl RunningProxy {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
-        let _ = std::fs::remove_file(&self.control_socket);
+        // After a handoff the socket paths are the new process's.
+        if !self.handed_off.is_set() {
+            let _ = std::fs::remove_file(&self.control_socket);
+            let _ = std::fs::remove_file(&self.handoff_socket);
+        }
     }
 }
 
@@ -98,15 +124,79 @@ pub fn start(config: ProxyConfig) -> Result<RunningProxy, ProxyError> {
 }
 
 /// Starts serving on a listener that is already bound (`config.http` is not
-/// used): one a restarting proxy hands over, or one a test bound to port 0.
-/// Binds `config.https` when set. Loads `routes.json` from the state
-/// directory (and the local CA in its `ca/` when HTTPS is on) and opens the
-/// control socket.
+/// used): one a test bound to port 0. Binds `config.https` when set. Loads
+/// `routes.json` from the state directory (and the local CA in its `ca/`
+/// when HTTPS is on) and opens the control and handoff sockets.
 pub fn start_on(
     listener: std::net::TcpListener,
     config: ProxyConfig,
 ) -> Result<RunningProxy, ProxyError> {
+    let mut listeners = Listeners::default();
+    listeners.insert(HTTP, listener);
+    start_with(listeners, config)
+}
+
+/// Starts serving on these listeners, by name (`http`, and `https`: when
+/// `config.https` is set and no `https` listener is given, it is bound).
+pub fn start_with(listeners: Listeners, config: ProxyConfig) -> Result<RunningProxy, ProxyError> {
+    let bind_at = (config.control_socket.clone(), config.handoff_socket.clone());
+    launch(listeners, config, bind_at, None)
+}
+
+/// Takes over the listening sockets of the proxy that serves
+/// `config.handoff_socket`, then its control socket; that proxy stops
+/// accepting, finishes its open requests and exits. A listener the config
+/// names that the old proxy did not hold is bound here; an inherited
+/// `https` listener is served when `config.https` is set (at the address it
+/// was bound to) and closed when it is not.
+pub fn take_over(config: ProxyConfig) -> Result<RunningProxy, ProxyError> {
     check_settings(&config)?;
+    let mut taken = handoff::receive(&config.handoff_socket)?;
+    if !taken.listeners.contains(HTTP) {
+        taken.listeners.insert(HTTP, bind_http(config.http)?);
+    }
+    let listeners = std::mem::take(&mut taken.listeners);
+    // Bound beside the old proxy's sockets, renamed over them once it let go.
+    let bind_at = (
+        handoff::staging(&config.control_socket),
+        handoff::staging(&config.handoff_socket),
+    );
+    let (control, handoff_socket) = (config.control_socket.clone(), config.handoff_socket.clone());
+    let mut proxy = launch(listeners, config, bind_at.clone(), Some(taken.from_pid))?;
+    // Until the old process let go, its sockets stay where they are; if it
+    // does not, dropping this proxy removes only the staged ones.
+    taken.finish()?;
+    let rename = |from: &Path, to: &Path| {
+        std::fs::rename(from, to).map_err(|source| ProxyError::ControlSocket {
+            path: to.to_owned(),
+            source,
+        })
+    };
+    rename(&bind_at.0, &control)?;
+    proxy.control_socket = control;
+    rename(&bind_at.1, &handoff_socket)?;
+    proxy.handoff_socket = handoff_socket;
+    Ok(proxy)
+}
+
+/// Starts the threads; the control and handoff sockets are bound at `bind_at`.
+fn launch(
+    listeners: Listeners,
+    config: ProxyConfig,
+    bind_at: (PathBuf, PathBuf),
+    took_over_from: Option<u32>,
+) -> Result<RunningProxy, ProxyError> {
+    check_settings(&config)?;
+    let mut listeners = listeners;
+    let Some(listener) = listeners.take(HTTP) else {
+        return Err(ProxyError::Listen {
+            addr: config.http,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no `http` listener was given",
+            ),
+        });
+    };
     let http_addr = listener.local_addr().map_err(|source| ProxyError::Listen {
         addr: config.http,
         source,
@@ -124,11 +214,20 @@ pub fn start_on(
     })?;
     let routes_file = route_file::path(&config.state_dir);
     let table = route_file::load(&routes_file)?;
-    let https = bind_https(&config)?;
-    let control = bind_control(&config.control_socket)?;
-    let (certs, tls_config) = certificates(&config, https.is_some(), &table).inspect_err(|_| {
-        let _ = std::fs::remove_file(&config.control_socket);
-    })?;
+    let https = https_listener(&mut listeners, &config)?;
+    let control = bind_control(&bind_at.0)?;
+    let unbind = || {
+        let _ = std::fs::remove_file(&bind_at.0);
+    };
+    let handoff_listener = bind_handoff(&bind_at.1).inspect_err(|_| unbind())?;
+    let unbind = || {
+        let _ = std::fs::remove_file(&bind_at.0);
+        let _ = std::fs::remove_file(&bind_at.1);
+    };
+    let (certs, tls_config) =
+        certificates(&config, https.is_some(), &table).inspect_err(|_| unbind())?;
+    // What a later handoff passes on: every listener this proxy serves.
+    let held = held_listeners(&listener, https.as_ref()).inspect_err(|_| unbind())?;
     let access_log = if config.access_log {
         AccessLog::stderr()
     } else {
@@ -143,17 +242,19 @@ pub fn start_on(
         https.as_ref().map(|(_, addr)| addr.port()),
     );
     let acme = match config.acme.clone() {
-        Some(acme) => Some(start_acme(acme, &config, &mut state).inspect_err(|_| {
-            let _ = std::fs::remove_file(&config.control_socket);
-        })?),
+        Some(acme) => Some(start_acme(acme, &config, &mut state).inspect_err(|_| unbind())?),
         None => None,
     };
     let state = Arc::new(state);
+    let handed_off = HandedOff::new();
     let (stop, stopped) = watch::channel(false);
     let mut proxy = RunningProxy {
         http_addr,
         https_addr: https.as_ref().map(|(_, addr)| *addr),
-        control_socket: config.control_socket.clone(),
+        control_socket: bind_at.0.clone(),
+        handoff_socket: bind_at.1.clone(),
+        handed_off: handed_off.clone(),
+        took_over_from,
         stop,
         threads: Vec::new(),
         acme,
@@ -171,12 +272,13 @@ pub fn start_on(
             connections,
             open: Arc::clone(&open),
         });
-        let (state, stopped) = (Arc::clone(&state), stopped.clone());
+        let (state, stopped, handed_off) =
+            (Arc::clone(&state), stopped.clone(), handed_off.clone());
         let tls_config = tls_config.clone();
         proxy
             .threads
             .push(spawn(format!("gantry-proxy-{index}"), move || {
-                worker(received, open, state, tls_config, stopped);
+                worker(received, open, state, tls_config, stopped, handed_off);
             })?);
     }
     if let Some((listener, _)) = https {
@@ -193,6 +295,16 @@ pub fn start_on(
         .push(spawn("gantry-proxy-accept".to_owned(), move || {
             acceptor(listener, slots, Scheme::Http, accepting);
         })?);
+    let handing = stopped.clone();
+    proxy.threads.push(spawn(
+        "gantry-proxy-handoff".to_owned(),
+        move || match runtime() {
+            Ok(runtime) => {
+                runtime.block_on(handoff::serve(handoff_listener, held, handed_off, handing));
+            }
+            Err(e) => eprintln!("gantry-proxy: cannot start the handoff runtime: {e}"),
+        },
+    )?);
     proxy
         .threads
         .push(spawn("gantry-proxy-control".to_owned(), move || {
@@ -266,19 +378,52 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .map_err(ProxyError::Thread)
 }
 
-/// Binds `config.https` when set: the listener and the address it got.
-fn bind_https(
+/// The HTTPS listener and the address it has: the `https` one given (by a
+/// handoff) when `config.https` is set, else `config.https` bound here; none
+/// when `config.https` is not set (a given one is then closed).
+fn https_listener(
+    listeners: &mut Listeners,
     config: &ProxyConfig,
 ) -> Result<Option<(std::net::TcpListener, SocketAddr)>, ProxyError> {
+    let given = listeners.take(HTTPS);
     let Some(addr) = config.https else {
         return Ok(None);
     };
-    let listener = bind_http(addr)?;
+    let listener = match given {
+        Some(listener) => listener,
+        None => bind_http(addr)?,
+    };
     let bound = listener
         .local_addr()
         .and_then(|bound| listener.set_nonblocking(true).map(|()| bound))
         .map_err(|source| ProxyError::Listen { addr, source })?;
     Ok(Some((listener, bound)))
+}
+
+/// Copies of the listening sockets for a later handoff to pass on, by name.
+fn held_listeners(
+    http: &std::net::TcpListener,
+    https: Option<&(std::net::TcpListener, SocketAddr)>,
+) -> Result<Vec<(String, std::net::TcpListener)>, ProxyError> {
+    let copy = |listener: &std::net::TcpListener| {
+        listener.try_clone().map_err(|source| ProxyError::Listen {
+            addr: listener
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            source,
+        })
+    };
+    let mut held = Listeners::default();
+    held.insert(HTTP, copy(http)?);
+    if let Some((https, _)) = https {
+        held.insert(HTTPS, copy(https)?);
+    }
+    held.duplicate().map_err(|source| ProxyError::Listen {
+        addr: http
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        source,
+    })
 }
 
 /// The certificate store for `table` and, when HTTPS is on, the TLS server
@@ -338,6 +483,22 @@ fn bind_control(path: &Path) -> Result<std::os::unix::net::UnixListener, ProxyEr
                 path: path.to_owned(),
             });
         }
+        std::fs::remove_file(path).map_err(failed)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(failed)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
+    listener.set_nonblocking(true).map_err(failed)?;
+    Ok(listener)
+}
+
+/// Binds the handoff socket, mode 0600; a file left there is replaced (the
+/// control socket, bound first, already proved no other proxy runs here).
+fn bind_handoff(path: &Path) -> Result<std::os::unix::net::UnixListener, ProxyError> {
+    let failed = |source| ProxyError::ControlSocket {
+        path: path.to_owned(),
+        source,
+    };
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         std::fs::remove_file(path).map_err(failed)?;
     }
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(failed)?;
@@ -430,6 +591,7 @@ fn worker(
     state: Arc<ProxyState>,
     tls_config: Option<Arc<rustls::ServerConfig>>,
     stopped: watch::Receiver<bool>,
+    handed_off: HandedOff,
 ) {
     match runtime() {
         Ok(runtime) => runtime.block_on(serve_connections(
@@ -438,6 +600,7 @@ fn worker(
             state,
             tls_config,
             stopped,
+            handed_off,
         )),
         Err(e) => eprintln!("gantry-proxy: cannot start a worker's runtime: {e}"),
     }
@@ -449,6 +612,7 @@ async fn serve_connections(
     state: Arc<ProxyState>,
     tls_config: Option<Arc<rustls::ServerConfig>>,
     mut stopped: watch::Receiver<bool>,
+    handed_off: HandedOff,
 ) {
     let forwarder = Arc::new(Forwarder::new(Arc::clone(&state)));
     let mut http = auto::Builder::new(TokioExecutor::new());
@@ -459,10 +623,16 @@ async fn serve_connections(
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
     let graceful = GracefulShutdown::new();
+    let mut stopping = false;
     loop {
+        // Once stopped, the connections the acceptor already handed over are
+        // still served: the channel ends when the acceptor has stopped.
         let (stream, addr, scheme) = tokio::select! {
             biased;
-            _ = stopped.changed() => break,
+            _ = stopped.changed(), if !stopping => {
+                stopping = true;
+                continue;
+            }
             connection = connections.recv() => match connection {
                 Some(connection) => connection,
                 None => break,
@@ -478,27 +648,26 @@ async fn serve_connections(
                 open.fetch_sub(1, Ordering::Relaxed);
                 continue;
             };
-            let (http, watcher) = (http.clone(), graceful.watcher());
-            let (forwarder, open) = (Arc::clone(&forwarder), Arc::clone(&open));
+            let (http, forwarder, open) = (http.clone(), Arc::clone(&forwarder), Arc::clone(&open));
+            let (handed, stopping) = (handed_off.clone(), stopped.clone());
             tokio::spawn(async move {
                 if let Some(stream) = tls::handshake(stream, addr, config).await {
-                    let peer = Peer::new(addr, true);
-                    let service = service_fn(move |request| {
-                        Arc::clone(&forwarder).serve(request, peer.clone())
-                    });
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let service = answering(forwarder, Peer::new(addr, true), handed.clone());
                     let connection = http
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    let _ = watcher.watch(connection).await;
+                    serve_tls_connection(connection, h2, handed, stopping).await;
                 }
                 open.fetch_sub(1, Ordering::Relaxed);
             });
             continue;
         }
-        let peer = Peer::new(addr, false);
-        let forwarder = Arc::clone(&forwarder);
-        let service =
-            service_fn(move |request| Arc::clone(&forwarder).serve(request, peer.clone()));
+        let service = answering(
+            Arc::clone(&forwarder),
+            Peer::new(addr, false),
+            handed_off.clone(),
+        );
         let connection = http
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
@@ -509,7 +678,88 @@ async fn serve_connections(
             open.fetch_sub(1, Ordering::Relaxed);
         });
     }
-    let _ = tokio::time::timeout(state.timeouts.shutdown, graceful.shutdown()).await;
+    let deadline = tokio::time::Instant::now() + state.timeouts.shutdown;
+    if handed_off.is_set() {
+        // Open keep-alive connections get their next answer with
+        // `Connection: close` rather than a close that could cross a request
+        // already on its way; WebSockets keep going until they end.
+        while (open.load(Ordering::Relaxed) > 0 || state.metrics.websockets().get() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = tokio::time::timeout_at(deadline, graceful.shutdown()).await;
+    // TLS connections shut themselves down (`serve_tls_connection`).
+    while open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The service of one client connection: the forwarder, and once this
+/// proxy has handed its listeners off, `Connection: close` on each HTTP/1
+/// answer so the client's next request goes to a connection the new
+/// process accepted.
+fn answering(
+    forwarder: Arc<Forwarder>,
+    peer: Peer,
+    handed: HandedOff,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<crate::body::ProxyBody>,
+    Error = std::convert::Infallible,
+    Future = impl Future<
+        Output = Result<hyper::Response<crate::body::ProxyBody>, std::convert::Infallible>,
+    > + Send,
+> + Clone {
+    service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let http1 = request.version() < hyper::Version::HTTP_2;
+        let answer = Arc::clone(&forwarder).serve(request, peer.clone());
+        let handed = handed.clone();
+        async move {
+            let mut response = answer.await?;
+            if http1 && handed.is_set() {
+                close_after(&mut response);
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    })
+}
+
+/// Serves one connection after its TLS handshake. When the proxy stops or
+/// hands its listeners off, the connection shuts down gracefully: an HTTP/2
+/// client gets GOAWAY at once (its open streams finish, its next requests
+/// open a connection the new process accepts). An HTTP/1 connection is left
+/// to finish after a handoff (`answering` closes it after its next answer)
+/// and is shut down only on a plain stop, like the plain-HTTP ones.
+async fn serve_tls_connection<C>(
+    connection: C,
+    h2: bool,
+    handed: HandedOff,
+    mut stopped: watch::Receiver<bool>,
+) where
+    C: hyper_util::server::graceful::GracefulConnection,
+{
+    tokio::pin!(connection);
+    let mut handed_off = handed.subscribe();
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = stopped.wait_for(|s| *s) => {}
+        _ = handed_off.wait_for(|h| *h), if h2 => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
+}
+
+/// Makes an HTTP/1 response the connection's last (not a protocol switch,
+/// which needs its `Connection: upgrade`).
+fn close_after<B>(response: &mut hyper::Response<B>) {
+    if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
 }
 
 fn serve_control(

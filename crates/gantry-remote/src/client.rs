@@ -1,21 +1,36 @@
-//! A small blocking HTTP/1.1 client over a Unix socket (hyper underneath),
-//! for the agent API. Each request opens a connection: the socket is local and
-//! the CLI makes a handful of calls.
+//! A small blocking HTTP/1.1 client for the agent API (hyper underneath),
+//! over either of the two ways to reach an agent:
+//!
+//! - `Dial::Unix`: the agent's socket on this machine; each request opens a
+//!   connection (the socket is local and the CLI makes a handful of calls);
+//! - `Dial::Command`: a program whose stdin and stdout are the connection,
+//!   `ssh HOST gantry agent connect` in practice. One such connection is kept
+//!   open and reused (keep-alive) until it breaks; then the next request
+//!   starts the program again. The program's stderr goes to a file, read when
+//!   the connection fails: it says why (OpenSSH's own messages).
 
+use std::ffi::OsString;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
 #[derive(Debug)]
 pub enum ClientError {
-    /// Nothing listens on the socket.
+    /// Nothing listens on the socket, or the program could not start.
     Connect(std::io::Error),
     /// The connection broke or the answer was not HTTP.
     Http(String),
+    /// The transport program ended before an answer came: its exit code
+    /// (None: killed by a signal, or still running) and what it wrote on stderr.
+    Exited { code: Option<i32>, stderr: String },
 }
 
 impl std::fmt::Display for ClientError {
@@ -23,23 +38,51 @@ impl std::fmt::Display for ClientError {
         match self {
             ClientError::Connect(e) => write!(f, "{e}"),
             ClientError::Http(e) => f.write_str(e),
+            ClientError::Exited { code, stderr } => {
+                let last = stderr.trim().lines().last().unwrap_or_default();
+                match code {
+                    Some(code) => write!(f, "the transport exited with {code}: {last}"),
+                    None => write!(f, "the transport stopped: {last}"),
+                }
+            }
         }
     }
 }
 
+/// How to reach the agent.
+#[derive(Clone, Debug)]
+pub enum Dial {
+    Unix(PathBuf),
+    /// A program and its arguments; its stdin and stdout carry the HTTP.
+    Command(Vec<OsString>),
+}
+
+/// An open connection over a transport program.
+struct Piped {
+    sender: SendRequest<Full<Bytes>>,
+    child: tokio::process::Child,
+    stderr: std::fs::File,
+}
+
 pub struct Client {
-    socket: PathBuf,
+    dial: Dial,
     runtime: tokio::runtime::Runtime,
+    piped: Mutex<Option<Piped>>,
 }
 
 impl Client {
-    pub fn new(socket: &Path) -> std::io::Result<Client> {
+    pub fn new(dial: Dial) -> std::io::Result<Client> {
         Ok(Client {
-            socket: socket.to_owned(),
+            dial,
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?,
+            piped: Mutex::new(None),
         })
+    }
+
+    pub fn unix(socket: &Path) -> std::io::Result<Client> {
+        Client::new(Dial::Unix(socket.to_owned()))
     }
 
     /// Sends a request and reads the whole answer.
@@ -53,12 +96,10 @@ impl Client {
         self.runtime.block_on(async {
             let mut response = self.send(method, path, body, content_type).await?;
             let status = response.status();
-            let body = response
-                .body_mut()
-                .collect()
-                .await
-                .map_err(|e| ClientError::Http(e.to_string()))?
-                .to_bytes();
+            let body = match response.body_mut().collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(e) => return Err(self.broken(e.to_string()).await),
+            };
             Ok((status, body))
         })
     }
@@ -77,7 +118,10 @@ impl Client {
             let status = response.status();
             let mut pending: Vec<u8> = Vec::new();
             while let Some(frame) = response.body_mut().frame().await {
-                let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(e) => return Err(self.broken(e.to_string()).await),
+                };
                 let Some(data) = frame.data_ref() else {
                     continue;
                 };
@@ -85,6 +129,8 @@ impl Client {
                 while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                     let rest = pending.split_off(end + 1);
                     if !line(&pending[..end]) {
+                        // The rest of a stream nobody reads: do not reuse the connection.
+                        self.drop_piped();
                         return Ok(status);
                     }
                     pending = rest;
@@ -104,15 +150,6 @@ impl Client {
         body: Option<Vec<u8>>,
         content_type: &str,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(ClientError::Connect)?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
         let request = Request::builder()
             .method(method)
             .uri(path)
@@ -120,9 +157,148 @@ impl Client {
             .header("content-type", content_type)
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))
+        match &self.dial {
+            Dial::Unix(socket) => {
+                let stream = UnixStream::connect(socket)
+                    .await
+                    .map_err(ClientError::Connect)?;
+                let mut sender = handshake(TokioIo::new(stream)).await?;
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| ClientError::Http(e.to_string()))
+            }
+            Dial::Command(argv) => self.send_piped(argv, request).await,
+        }
     }
+
+    async fn send_piped(
+        &self,
+        argv: &[OsString],
+        request: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let reusable = self.take_piped().filter(|p| !p.sender.is_closed());
+        let mut piped = match reusable {
+            Some(piped) => piped,
+            None => spawn(argv).await?,
+        };
+        if piped.sender.ready().await.is_err() {
+            piped = spawn(argv).await?;
+        }
+        match piped.sender.send_request(request).await {
+            Ok(response) => {
+                *self.lock() = Some(piped);
+                Ok(response)
+            }
+            Err(e) => Err(exited(piped, e.to_string()).await),
+        }
+    }
+
+    /// The connection broke mid-answer: say why, from the transport's exit.
+    async fn broken(&self, message: String) -> ClientError {
+        match self.take_piped() {
+            Some(piped) => exited(piped, message).await,
+            None => ClientError::Http(message),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Piped>> {
+        self.piped.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take_piped(&self) -> Option<Piped> {
+        self.lock().take()
+    }
+
+    fn drop_piped(&self) {
+        if let Some(mut piped) = self.take_piped() {
+            let _ = piped.child.start_kill();
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Closing stdin ends `gantry agent connect`; the ssh client follows.
+        if let Some(piped) = self.lock().take() {
+            drop(piped.sender);
+            let mut child = piped.child;
+            let _ = self.runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(2), child.wait()).await
+            });
+            let _ = child.start_kill();
+        }
+    }
+}
+
+async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, ClientError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+async fn spawn(argv: &[OsString]) -> Result<Piped, ClientError> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| ClientError::Connect(std::io::Error::other("no transport program given")))?;
+    // A file, not a pipe: an OpenSSH master started with ControlPersist keeps
+    // the stderr it inherited open for as long as it lives.
+    let stderr = tempfile::tempfile().map_err(ClientError::Connect)?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr.try_clone().map_err(ClientError::Connect)?)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            ClientError::Connect(std::io::Error::new(
+                e.kind(),
+                format!("cannot run {}: {e}", program.to_string_lossy()),
+            ))
+        })?;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(ClientError::Connect(std::io::Error::other(
+            "the transport's pipes were not opened",
+        )));
+    };
+    let io = TokioIo::new(tokio::io::join(stdout, stdin));
+    let sender = handshake(io).await?;
+    Ok(Piped {
+        sender,
+        child,
+        stderr,
+    })
+}
+
+/// The transport failed: wait briefly for it to exit and read what it said.
+async fn exited(mut piped: Piped, message: String) -> ClientError {
+    drop(piped.sender);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        match piped.child.try_wait() {
+            Ok(Some(status)) => break status.code(),
+            Ok(None) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => {
+                let _ = piped.child.start_kill();
+                break None;
+            }
+        }
+    };
+    let mut stderr = String::new();
+    let _ = piped.stderr.rewind();
+    let _ = piped.stderr.read_to_string(&mut stderr);
+    if stderr.trim().is_empty() && code.is_none() {
+        return ClientError::Http(message);
+    }
+    ClientError::Exited { code, stderr }
 }

@@ -1,8 +1,15 @@
-//! Reaching agents. Today: the agent of this machine, over its Unix socket,
-//! started in the background on first use. The SSH transport will implement
-//! the same `gantry_core::host::Host` trait.
+//! Reaching agents: the agent of this machine over its Unix socket (started
+//! on demand), and agents of other hosts over the user's own OpenSSH client,
+//! `ssh HOST gantry agent connect` carrying the same HTTP API. Both implement
+//! `gantry_core::host::Host` through `Agent<T>`.
 
+mod agent;
+mod bridge;
 mod client;
 mod local;
+mod ssh;
 
-pub use local::LocalAgent;
+pub use agent::{Agent, Transport};
+pub use bridge::bridge;
+pub use local::{Local, LocalAgent};
+pub use ssh::{Shell, Ssh, SshAgent, SshOptions, SshTarget, classify};

@@ -4,15 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gantry_core::agent_api::{
-    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, LogLine, Release,
-    RollbackRequest, ServiceSelector, Status,
-};
-use gantry_core::host::{Host, HostError, LogQuery};
-use hyper::{Method, StatusCode};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use gantry_core::host::{Host, HostError};
 
+use crate::agent::{Agent, Transport};
 use crate::client::{Client, ClientError};
 
 const START_DEADLINE: Duration = Duration::from_secs(15);
@@ -36,20 +30,22 @@ const AGENT_ENV: [&str; 13] = [
     "NO_COLOR",
 ];
 
-pub struct LocalAgent {
-    name: String,
+/// The agent of this machine, on its Unix socket.
+pub type LocalAgent = Agent<Local>;
+
+/// The transport to this machine's agent: its socket in `state_dir`.
+pub struct Local {
     state_dir: PathBuf,
-    client: Client,
 }
 
 fn socket(state_dir: &Path) -> PathBuf {
     state_dir.join("agent.sock")
 }
 
-impl LocalAgent {
-    fn unreachable(&self, message: String) -> HostError {
+impl Local {
+    fn unreachable(&self, host: &str, message: String) -> HostError {
         HostError::Unreachable {
-            host: self.name.clone(),
+            host: host.to_owned(),
             message,
             hint: format!(
                 "start it with `gantry agent --state-dir {}`, and see {} for why it stopped",
@@ -58,18 +54,39 @@ impl LocalAgent {
             ),
         }
     }
+}
 
+impl Transport for Local {
+    fn error(&self, host: &str, error: ClientError) -> HostError {
+        match error {
+            ClientError::Connect(e) => self.unreachable(host, e.to_string()),
+            other => self.unreachable(host, format!("the connection broke: {other}")),
+        }
+    }
+
+    fn stopped(&self) {
+        // Wait until it is gone, so `gantry agent stop` means stopped.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while socket(&self.state_dir).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Agent<Local> {
     /// Connects to the agent of `state_dir`, without starting one.
     pub fn connect(name: &str, state_dir: &Path) -> Result<LocalAgent, HostError> {
-        let client = Client::new(&socket(state_dir)).map_err(|e| HostError::Unreachable {
+        let client = Client::unix(&socket(state_dir)).map_err(|e| HostError::Unreachable {
             host: name.to_owned(),
             message: e.to_string(),
             hint: String::new(),
         })?;
         let agent = LocalAgent {
             name: name.to_owned(),
-            state_dir: state_dir.to_owned(),
             client,
+            transport: Local {
+                state_dir: state_dir.to_owned(),
+            },
         };
         agent.info()?;
         Ok(agent)
@@ -146,240 +163,5 @@ impl LocalAgent {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-    }
-
-    fn call<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-        content_type: &str,
-    ) -> Result<T, HostError> {
-        let (status, bytes) = self
-            .client
-            .call(method, path, body, content_type)
-            .map_err(|e| self.transport(e))?;
-        self.decode(status, &bytes)
-    }
-
-    fn json<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: &impl Serialize,
-    ) -> Result<T, HostError> {
-        let body = serde_json::to_vec(body).map_err(|e| HostError::Protocol {
-            host: self.name.clone(),
-            message: e.to_string(),
-        })?;
-        self.call(method, path, Some(body), "application/json")
-    }
-
-    fn transport(&self, error: ClientError) -> HostError {
-        match error {
-            ClientError::Connect(e) => self.unreachable(e.to_string()),
-            ClientError::Http(e) => self.unreachable(format!("the connection broke: {e}")),
-        }
-    }
-
-    fn decode<T: DeserializeOwned>(
-        &self,
-        status: StatusCode,
-        bytes: &[u8],
-    ) -> Result<T, HostError> {
-        if status.is_success() {
-            let bytes = if bytes.is_empty() {
-                b"null".as_slice()
-            } else {
-                bytes
-            };
-            return serde_json::from_slice(bytes).map_err(|e| HostError::Protocol {
-                host: self.name.clone(),
-                message: e.to_string(),
-            });
-        }
-        match serde_json::from_slice::<ApiErrorBody>(bytes) {
-            Ok(body) => Err(HostError::Api {
-                status: status.as_u16(),
-                error: body.error,
-            }),
-            Err(_) => Err(HostError::Protocol {
-                host: self.name.clone(),
-                message: format!("{status}: {}", String::from_utf8_lossy(bytes)),
-            }),
-        }
-    }
-}
-
-/// Percent-encodes a path segment or query value (names are simple, but be safe).
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-impl Host for LocalAgent {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn info(&self) -> Result<AgentInfo, HostError> {
-        self.call(Method::GET, "/v1/health", None, "application/json")
-    }
-
-    fn missing_blobs(&self, digests: &[String]) -> Result<Vec<String>, HostError> {
-        let list: BlobList = self.json(
-            Method::POST,
-            "/v1/blobs/missing",
-            &BlobList {
-                digests: digests.to_vec(),
-            },
-        )?;
-        Ok(list.digests)
-    }
-
-    fn upload_blob(&self, digest: &str, path: &Path) -> Result<(), HostError> {
-        let bytes = std::fs::read(path).map_err(|e| HostError::Protocol {
-            host: self.name.clone(),
-            message: format!("cannot read {}: {e}", path.display()),
-        })?;
-        let _: serde_json::Value = self.call(
-            Method::PUT,
-            &format!("/v1/blobs/{}", encode(digest)),
-            Some(bytes),
-            "application/octet-stream",
-        )?;
-        Ok(())
-    }
-
-    fn deploy(&self, request: &DeployRequest) -> Result<DeployResult, HostError> {
-        self.json(
-            Method::POST,
-            &format!("/v1/projects/{}/deploys", encode(&request.project)),
-            request,
-        )
-    }
-
-    fn rollback(
-        &self,
-        project: &str,
-        request: &RollbackRequest,
-    ) -> Result<DeployResult, HostError> {
-        self.json(
-            Method::POST,
-            &format!("/v1/projects/{}/rollback", encode(project)),
-            request,
-        )
-    }
-
-    fn status(&self, project: &str) -> Result<Status, HostError> {
-        self.call(
-            Method::GET,
-            &format!("/v1/projects/{}/status", encode(project)),
-            None,
-            "application/json",
-        )
-    }
-
-    fn releases(&self, project: &str) -> Result<Vec<Release>, HostError> {
-        self.call(
-            Method::GET,
-            &format!("/v1/projects/{}/releases", encode(project)),
-            None,
-            "application/json",
-        )
-    }
-
-    fn release(&self, project: &str, id: &str) -> Result<Release, HostError> {
-        self.call(
-            Method::GET,
-            &format!("/v1/projects/{}/releases/{}", encode(project), encode(id)),
-            None,
-            "application/json",
-        )
-    }
-
-    fn logs(
-        &self,
-        project: &str,
-        query: &LogQuery,
-        sink: &mut dyn FnMut(LogLine) -> bool,
-    ) -> Result<(), HostError> {
-        let mut params = vec![format!("follow={}", query.follow)];
-        if let Some(service) = &query.service {
-            params.push(format!("service={}", encode(service)));
-        }
-        if let Some(since) = query.since_ms {
-            params.push(format!("since_ms={since}"));
-        }
-        if let Some(tail) = query.tail {
-            params.push(format!("tail={tail}"));
-        }
-        let path = format!("/v1/projects/{}/logs?{}", encode(project), params.join("&"));
-        let mut bad: Option<String> = None;
-        let mut error_body = Vec::new();
-        let status = self
-            .client
-            .stream_lines(
-                &path,
-                &mut |line| match serde_json::from_slice::<LogLine>(line) {
-                    Ok(parsed) => sink(parsed),
-                    Err(e) => {
-                        error_body.extend_from_slice(line);
-                        bad = Some(e.to_string());
-                        false
-                    }
-                },
-            )
-            .map_err(|e| self.transport(e))?;
-        if !status.is_success() {
-            return self
-                .decode::<serde_json::Value>(status, &error_body)
-                .map(drop);
-        }
-        match bad {
-            Some(message) => Err(HostError::Protocol {
-                host: self.name.clone(),
-                message,
-            }),
-            None => Ok(()),
-        }
-    }
-
-    fn stop(&self, project: &str, selector: &ServiceSelector) -> Result<Status, HostError> {
-        self.json(
-            Method::POST,
-            &format!("/v1/projects/{}/stop", encode(project)),
-            selector,
-        )
-    }
-
-    fn restart(&self, project: &str, selector: &ServiceSelector) -> Result<Status, HostError> {
-        self.json(
-            Method::POST,
-            &format!("/v1/projects/{}/restart", encode(project)),
-            selector,
-        )
-    }
-
-    fn shutdown(&self) -> Result<(), HostError> {
-        let (status, bytes) = self
-            .client
-            .call(Method::POST, "/v1/shutdown", None, "application/json")
-            .map_err(|e| self.transport(e))?;
-        if !status.is_success() {
-            return self.decode::<serde_json::Value>(status, &bytes).map(drop);
-        }
-        // Wait until it is gone, so `gantry agent stop` means stopped.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while socket(&self.state_dir).exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Ok(())
     }
 }

@@ -3,6 +3,8 @@
 //! `env!("CARGO_BIN_EXE_gantry")`), so this crate never builds it itself.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failure here is a failed test
 
+pub mod hosts;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -178,6 +180,36 @@ pub fn example_bins() -> PathBuf {
         .clone()
 }
 
+/// The testkit's own service binaries (`gantry-ws-echo`), built once per
+/// test run into a target directory of their own; returns that directory.
+pub fn testkit_bins() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| root.join("target"), PathBuf::from)
+                .join("testkit-bins");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "gantry-testkit",
+                    "--bins",
+                    "--target-dir",
+                ])
+                .arg(&target)
+                .current_dir(&root)
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "building the testkit's binaries failed");
+            target.join("debug")
+        })
+        .clone()
+}
+
 /// `GET path` on 127.0.0.1:port: the status code and the body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     http_get_host(port, "localhost", path)
@@ -215,5 +247,114 @@ pub fn wait_for(what: &str, timeout: std::time::Duration, mut condition: impl Fn
             "timed out waiting for {what}"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// An HTTP/1.1 client that keeps its connection open between requests, as a
+/// browser does, and opens a new one only when the server closed the last
+/// (`Connection: close`) or a request failed. No retries: every error is
+/// returned.
+pub struct KeepAlive {
+    port: u16,
+    host: String,
+    stream: Option<std::io::BufReader<std::net::TcpStream>>,
+    /// How many connections it opened so far.
+    pub connections: usize,
+}
+
+impl KeepAlive {
+    pub fn new(port: u16, host: &str) -> KeepAlive {
+        KeepAlive {
+            port,
+            host: host.to_owned(),
+            stream: None,
+            connections: 0,
+        }
+    }
+
+    /// `GET path`: the status code and the body.
+    pub fn get(&mut self, path: &str) -> std::io::Result<(u16, String)> {
+        let answer = self.exchange(path);
+        if answer.is_err() {
+            self.stream = None;
+        }
+        answer
+    }
+
+    fn exchange(&mut self, path: &str) -> std::io::Result<(u16, String)> {
+        use std::io::{BufRead, Read, Write};
+        if self.stream.is_none() {
+            let stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            stream.set_nodelay(true)?;
+            self.connections += 1;
+            self.stream = Some(std::io::BufReader::new(stream));
+        }
+        let Some(reader) = self.stream.as_mut() else {
+            return Err(std::io::Error::other("no connection"));
+        };
+        // One write: a request in pieces would wait on Nagle and delayed ACKs.
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        reader.get_mut().write_all(request.as_bytes())?;
+        let broken =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the connection closed before an answer",
+            ));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| broken("no status line"))?;
+        let (mut length, mut chunked, mut close) = (None, false, false);
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Err(broken("the connection closed in the headers"));
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let Some((name, value)) = header.split_once(':') else {
+                continue;
+            };
+            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+            match name.as_str() {
+                "content-length" => length = value.parse::<usize>().ok(),
+                "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+                "connection" => close = value.eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                reader.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim(), 16)
+                    .map_err(|_| broken("a bad chunk size"))?;
+                let mut chunk = vec![0; size + 2];
+                reader.read_exact(&mut chunk)?;
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else if let Some(length) = length {
+            body.resize(length, 0);
+            reader.read_exact(&mut body)?;
+        } else {
+            reader.read_to_end(&mut body)?;
+            close = true;
+        }
+        if close {
+            self.stream = None;
+        }
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 }

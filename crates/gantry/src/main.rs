@@ -56,6 +56,7 @@ fn run_proxy(state_dir: &Path, options: &gantry_cli::ProxyOptions) -> Result<(),
         acme.ca_root = options.acme_ca_root.clone();
         config.acme = Some(acme);
     }
+    config.take_over = options.take_over;
     gantry_proxy::run(config).map_err(|e| Failure {
         code: "proxy.failed",
         exit: gantry_core::ExitClass::Failed.code(),
@@ -100,18 +101,139 @@ fn init_tracing() {
         .try_init();
 }
 
-fn connect_local(name: &str, state_dir: &Path, start: bool) -> Result<Box<dyn Host>, HostError> {
-    let agent = if start {
-        let exe = std::env::current_exe().map_err(|e| HostError::Unreachable {
+fn connect(
+    host: &gantry_core::config::resolve::Host,
+    state_dir: &Path,
+    start: bool,
+) -> Result<Box<dyn Host>, HostError> {
+    use gantry_core::config::resolve::Reach;
+    let name = host.name.as_str();
+    match &host.reach {
+        Reach::Local => {
+            let agent = if start {
+                gantry_remote::LocalAgent::connect_or_start(name, state_dir, &exe(name)?)?
+            } else {
+                gantry_remote::LocalAgent::connect(name, state_dir)?
+            };
+            Ok(Box::new(agent))
+        }
+        Reach::Ssh { target } => Ok(Box::new(gantry_remote::SshAgent::connect(
+            name,
+            target,
+            &gantry_remote::SshOptions::from_env(),
+        )?)),
+        Reach::Provider { provider } => Err(HostError::Unreachable {
             host: name.to_owned(),
-            message: format!("cannot find the gantry binary to start the agent: {e}"),
-            hint: "start it yourself with `gantry agent`".to_owned(),
-        })?;
-        gantry_remote::LocalAgent::connect_or_start(name, state_dir, &exe)?
-    } else {
-        gantry_remote::LocalAgent::connect(name, state_dir)?
+            message: format!(
+                "host `{name}` comes from {provider:?}, which Gantry cannot create yet"
+            ),
+            hint: "give it an `ssh` address in [hosts] once the server exists".to_owned(),
+        }),
+    }
+}
+
+fn shell(
+    host: &gantry_core::config::resolve::Host,
+) -> Result<Box<dyn gantry_core::host::Shell>, HostError> {
+    use gantry_core::config::resolve::Reach;
+    match &host.reach {
+        Reach::Ssh { target } => Ok(Box::new(gantry_remote::Shell::new(
+            &host.name,
+            target,
+            &gantry_remote::SshOptions::from_env(),
+        )?)),
+        _ => Err(HostError::Unreachable {
+            host: host.name.clone(),
+            message: format!("host `{}` has no ssh address", host.name),
+            hint: format!("give it one: [hosts.{}] ssh = \"user@address\"", host.name),
+        }),
+    }
+}
+
+/// `gantry agent exec`: runs `command` in the service's current release
+/// directory with its environment and secrets (read here, from the 0600
+/// secrets file), stdio inherited. Its exit code.
+fn exec(
+    state_dir: &Path,
+    project: &str,
+    service: &str,
+    command: &[String],
+) -> Result<i32, Failure> {
+    let failed = |code: &'static str, message: String, hint: Option<String>| Failure {
+        code,
+        exit: gantry_core::ExitClass::Failed.code(),
+        message,
+        hint,
+        diagnostics: None,
+        details: None,
     };
-    Ok(Box::new(agent))
+    let agent = gantry_remote::LocalAgent::connect("local", state_dir)
+        .map_err(|e| failed("agent.unreachable", e.to_string(), None))?;
+    let spec = agent.exec_spec(project, service).map_err(|e| {
+        let error = gantry_core::Error::from(e);
+        Failure {
+            code: error.code(),
+            exit: error.exit_class().code(),
+            hint: error.hint(),
+            message: error.to_string(),
+            diagnostics: None,
+            details: None,
+        }
+    })?;
+    let secrets = gantry_agent::process::secret_values(
+        Some(Path::new(&spec.secrets_file)),
+        &spec.secret_names,
+    )
+    .map_err(|e| failed("secrets.missing", e.to_string(), None))?;
+    let Some((program, args)) = command.split_first() else {
+        return Err(failed("usage", "no command given".to_owned(), None));
+    };
+    let status = std::process::Command::new(program)
+        .args(args)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .envs(&spec.env)
+        .envs(&secrets)
+        .status()
+        .map_err(|e| {
+            failed(
+                "exec.failed",
+                format!("cannot run `{program}` in {}: {e}", spec.cwd),
+                Some("the command runs in the release's directory: give a path inside it, or one on the PATH".to_owned()),
+            )
+        })?;
+    Ok(status.code().unwrap_or(128 + 9))
+}
+
+fn exe(name: &str) -> Result<std::path::PathBuf, HostError> {
+    std::env::current_exe().map_err(|e| HostError::Unreachable {
+        host: name.to_owned(),
+        message: format!("cannot find the gantry binary to start the agent: {e}"),
+        hint: "start it yourself with `gantry agent`".to_owned(),
+    })
+}
+
+/// `gantry agent connect`: starts this machine's agent if none runs, then
+/// bridges stdin and stdout to its socket.
+fn bridge(state_dir: &Path) -> Result<(), Failure> {
+    let failed = |message: String| Failure {
+        code: "agent.unreachable",
+        exit: gantry_core::ExitClass::Unreachable.code(),
+        message,
+        hint: Some(format!(
+            "see {} on this host",
+            state_dir.join("agent.log").display()
+        )),
+        diagnostics: None,
+        details: None,
+    };
+    gantry_remote::LocalAgent::connect_or_start(
+        "local",
+        state_dir,
+        &exe("local").map_err(|e| failed(e.to_string()))?,
+    )
+    .map_err(|e| failed(e.to_string()))?;
+    gantry_remote::bridge(&state_dir.join("agent.sock")).map_err(|e| failed(e.to_string()))
 }
 
 fn main() -> ExitCode {
@@ -122,7 +244,10 @@ fn main() -> ExitCode {
         run_proxy,
         local_ca,
         relay: gantry_agent::process::relay_main,
-        connect_local,
+        connect,
+        bridge,
+        shell,
+        exec,
         default_state_dir: gantry_agent::agent::Paths::default_root,
     };
     gantry_cli::run(std::env::args_os(), &wiring)

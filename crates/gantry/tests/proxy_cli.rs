@@ -154,3 +154,36 @@ fn an_acme_directory_that_is_not_https_is_refused_with_a_hint() {
     // Refused before anything was bound or made: no local CA left behind.
     assert!(!state.path().join("proxy/ca").exists());
 }
+
+#[test]
+fn take_over_without_a_running_proxy_says_so() {
+    let state = tempfile::tempdir().expect("a state directory");
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args([
+            "proxy",
+            "--take-over",
+            "--output",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .output()
+        .expect("run gantry proxy");
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    let error: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one JSON document on stdout");
+    assert_eq!(error["error"]["code"], "proxy.failed", "{error:#}");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("handoff.sock") && message.contains("no proxy answers"),
+        "{message}"
+    );
+    assert!(
+        error["error"]["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("--take-over")),
+        "{error:#}"
+    );
+}

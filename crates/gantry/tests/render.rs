@@ -158,3 +158,44 @@ fn a_target_with_nothing_to_render_says_so() {
     assert_eq!(report["files"], serde_json::json!([]));
     assert_eq!(report["unsupported"][0]["key"], "services.www.static");
 }
+
+/// The unit `gantry configure` installs on systemd hosts, checked by
+/// systemd-analyze (the test hosts have no systemd, so this is where the
+/// unit itself is verified). Its binary path points at this build's binary.
+#[test]
+fn the_agent_unit_configure_installs_verifies() {
+    let unit = gantry_core::configure::agent_unit();
+    for needed in [
+        "KillMode=process",
+        "Delegate=yes",
+        "Environment=MALLOC_ARENA_MAX=2",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+    ] {
+        assert!(unit.contains(needed), "{needed} missing:\n{unit}");
+    }
+    let Some(mut analyze) = tool("systemd-analyze") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("gantry-agent.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/gantry", env!("CARGO_BIN_EXE_gantry")),
+    )
+    .expect("write the unit");
+    let out = analyze
+        .arg("verify")
+        .arg(&path)
+        .env("SYSTEMD_LOG_LEVEL", "warning")
+        .output()
+        .expect("run systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("gantry-agent"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify:\n{stderr}"
+    );
+}

@@ -196,15 +196,29 @@ fn was_oom_killed(cgroup: &Cgroup, before: Option<u64>, signal: Option<i32>) -> 
 /// `spec.env` plus the secrets it names, read from the secrets file.
 fn environment(spec: &LaunchSpec) -> io::Result<BTreeMap<String, String>> {
     let mut env = spec.env.clone();
-    if spec.secret_names.is_empty() {
+    env.extend(secret_values(
+        spec.secrets_file.as_deref(),
+        &spec.secret_names,
+    )?);
+    Ok(env)
+}
+
+/// The values of `names` from a secrets file of `NAME=value` lines (the last
+/// definition wins, as in a shell). Errors name the secret, never a value.
+pub fn secret_values(
+    file: Option<&std::path::Path>,
+    names: &[String],
+) -> io::Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    if names.is_empty() {
         return Ok(env);
     }
-    let Some(path) = spec.secrets_file.as_deref() else {
+    let Some(path) = file else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
                 "secrets {} are needed but no secrets file was given",
-                spec.secret_names.join(", ")
+                names.join(", ")
             ),
         ));
     };
@@ -214,8 +228,7 @@ fn environment(spec: &LaunchSpec) -> io::Result<BTreeMap<String, String>> {
             format!("cannot read the secrets file {}", path.display()),
         )
     })?;
-    for name in &spec.secret_names {
-        // The last definition wins, as in a shell.
+    for name in names {
         let value = text
             .lines()
             .rev()

@@ -75,6 +75,7 @@ impl From<&InstanceRecord> for Instance {
     /// The wire form; `memory` is live data the store does not keep.
     fn from(record: &InstanceRecord) -> Instance {
         Instance {
+            host: None,
             id: record.id.clone(),
             service: record.service.clone(),
             release: record.release.clone(),

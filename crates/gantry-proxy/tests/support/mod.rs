@@ -56,6 +56,7 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     /// The HTTPS listener's address, when the test asked for one.
     pub https: Option<SocketAddr>,
+    config: ProxyConfig,
 }
 
 impl TestProxy {
@@ -74,8 +75,8 @@ impl TestProxy {
             ..Timeouts::default()
         };
         configure(&mut config);
-        let proxy = gantry_proxy::start(config).unwrap();
-        TestProxy::running(proxy, dir)
+        let proxy = gantry_proxy::start(config.clone()).unwrap();
+        TestProxy::running(proxy, dir, config)
     }
 
     /// A proxy on a listener the test bound itself (to know its port first).
@@ -89,17 +90,36 @@ impl TestProxy {
         config.access_log = false;
         config.workers = 2;
         configure(&mut config);
-        let proxy = gantry_proxy::start_on(listener, config).unwrap();
-        TestProxy::running(proxy, dir)
+        let proxy = gantry_proxy::start_on(listener, config.clone()).unwrap();
+        TestProxy::running(proxy, dir, config)
     }
 
-    fn running(proxy: RunningProxy, dir: TempDir) -> TestProxy {
+    fn running(proxy: RunningProxy, dir: TempDir, config: ProxyConfig) -> TestProxy {
         TestProxy {
             addr: proxy.http_addr(),
             https: proxy.https_addr(),
             proxy: Some(proxy),
             dir,
+            config,
         }
+    }
+
+    /// A new proxy (in this process) that takes over this one's listeners,
+    /// routes and sockets by handoff; and the old one, handed off, which the
+    /// caller stops.
+    pub fn take_over(mut self) -> (TestProxy, RunningProxy) {
+        let old = self.proxy.take().unwrap();
+        let config = self.config.clone();
+        let new = tokio::task::block_in_place(|| gantry_proxy::take_over(config.clone())).unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let proxy = TestProxy {
+            addr: new.http_addr(),
+            https: new.https_addr(),
+            proxy: Some(new),
+            dir,
+            config,
+        };
+        (proxy, old)
     }
 
     /// Stops this proxy and starts another on the same state directory.

@@ -181,6 +181,30 @@ pub fn command(p: &TestProject, args: &[&str]) -> Command {
             command.env_remove(key);
         }
     }
+    // No HTTPS listener unless a test asks for one (`.env` after this):
+    // parallel agents would race for its port.
+    command.env("GANTRY_PROXY_HTTPS", "off");
+    command
+}
+
+/// `command` for a project directory and state directory given by path, for
+/// a thread that cannot borrow the `TestProject`.
+pub fn command_in(dir: &Path, state: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(GANTRY);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env("GANTRY_STATE_DIR", state)
+        .stdin(Stdio::null());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("GANTRY_") && key != "GANTRY_STATE_DIR" {
+            command.env_remove(key);
+        }
+    }
+    // No HTTPS listener unless a test asks for one (`.env` after this):
+    // parallel agents would race for its port.
+    command.env("GANTRY_PROXY_HTTPS", "off");
     command
 }
 

@@ -1,0 +1,250 @@
+//! `gantry test`: checks each host of an environment as a user would after a
+//! deploy: its agent answers (and which version), every service placed there
+//! runs and is healthy, each route answers through the host's own proxy
+//! (probed from the host itself), and each route's DNS name resolves to a
+//! host of the environment (a warning: DNS may lag, or a load balancer may
+//! front the hosts).
+
+use std::net::{IpAddr, ToSocketAddrs};
+
+use serde::Serialize;
+
+use crate::agent_api::{InstanceState, ServiceState};
+use crate::config::resolve::{Host as HostSpec, Reach};
+use crate::configure::OpenShell;
+use crate::operate::Connect;
+use crate::{Error, Project};
+
+#[derive(Debug, Serialize)]
+pub struct TestReport {
+    pub environment: String,
+    /// No check failed (warnings allowed).
+    pub ok: bool,
+    pub hosts: Vec<HostChecks>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostChecks {
+    pub host: String,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub check: String,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Passed,
+    Warning,
+    Failed,
+}
+
+/// Probes `http://PROXY/` with `Host: NAME` from the host: the status code.
+pub type Probe<'a> = &'a (dyn Fn(&HostSpec, &str, &str) -> Result<u16, Error> + Sync);
+
+pub fn test(
+    project: &Project,
+    environment: &str,
+    connect: Connect<'_>,
+    probe: Probe<'_>,
+    shell: OpenShell<'_>,
+) -> Result<TestReport, Error> {
+    let config = project.load()?;
+    let env = config.environment(environment)?;
+    let addresses: Vec<(String, Vec<IpAddr>)> = env
+        .hosts
+        .iter()
+        .map(|h| (h.name.clone(), host_addresses(h, shell)))
+        .collect();
+    let mut hosts = Vec::new();
+    for host in &env.hosts {
+        let mut checks = Vec::new();
+        let mut check = |name: String, outcome, detail: String| {
+            checks.push(Check {
+                check: name,
+                outcome,
+                detail,
+            });
+        };
+        let agent = match connect(host) {
+            Ok(agent) => agent,
+            Err(e) => {
+                check("agent answers".to_owned(), Outcome::Failed, e.to_string());
+                hosts.push(HostChecks {
+                    host: host.name.clone(),
+                    checks,
+                });
+                continue;
+            }
+        };
+        let info = agent.info()?;
+        check(
+            "agent answers".to_owned(),
+            Outcome::Passed,
+            format!("gantry {}, limits by {}", info.version, info.limits),
+        );
+        let placed: Vec<_> = env
+            .services
+            .values()
+            .filter(|s| s.hosts.is_empty() || s.hosts.contains(&host.name))
+            .collect();
+        let status = agent.status(&env.project)?;
+        for service in &placed {
+            let found = status.services.iter().find(|s| s.name == service.name);
+            let (outcome, detail) = match found {
+                None => (Outcome::Failed, "not deployed here".to_owned()),
+                Some(s) => {
+                    let live = s
+                        .instances
+                        .iter()
+                        .filter(|i| i.state == InstanceState::Live && i.healthy)
+                        .count();
+                    let wanted = usize::try_from(service.replicas).unwrap_or(usize::MAX);
+                    if s.state == ServiceState::Running && live >= wanted {
+                        (
+                            Outcome::Passed,
+                            format!(
+                                "{live} healthy instance{} of {}",
+                                if live == 1 { "" } else { "s" },
+                                s.release.as_deref().unwrap_or("?")
+                            ),
+                        )
+                    } else {
+                        (
+                            Outcome::Failed,
+                            format!(
+                                "{:?} with {live} of {wanted} instances healthy{}",
+                                s.state,
+                                s.reason
+                                    .as_ref()
+                                    .map_or_else(String::new, |r| format!(": {r}"))
+                            ),
+                        )
+                    }
+                }
+            };
+            check(format!("{} healthy", service.name), outcome, detail);
+        }
+        match &info.proxy {
+            None => check(
+                "routes answer".to_owned(),
+                Outcome::Warning,
+                "the agent runs no proxy here".to_owned(),
+            ),
+            Some(proxy) => {
+                for service in placed.iter().filter(|s| s.port.is_some()) {
+                    let mut names = vec![format!("{}.{}.localhost", service.name, env.project)];
+                    names.extend(service.routes.iter().map(|r| r.host.clone()));
+                    for name in names {
+                        let (outcome, detail) = match probe(host, proxy, &name) {
+                            Ok(code) if (200..400).contains(&code) => {
+                                (Outcome::Passed, format!("{code} from http://{name}/"))
+                            }
+                            Ok(code) => (Outcome::Failed, format!("{code} from http://{name}/")),
+                            Err(e) => (Outcome::Failed, e.to_string()),
+                        };
+                        check(format!("route {name} answers"), outcome, detail);
+                    }
+                }
+            }
+        }
+        for service in &placed {
+            for route in &service.routes {
+                let name = route.host.trim_start_matches("*.");
+                if name.ends_with("localhost") {
+                    continue;
+                }
+                let resolved: Vec<IpAddr> = (name, 80)
+                    .to_socket_addrs()
+                    .map(|a| a.map(|a| a.ip()).collect())
+                    .unwrap_or_default();
+                let ours: Vec<&String> = addresses
+                    .iter()
+                    .filter(|(_, ips)| ips.iter().any(|ip| resolved.contains(ip)))
+                    .map(|(h, _)| h)
+                    .collect();
+                let (outcome, detail) = if resolved.is_empty() {
+                    (Outcome::Warning, format!("{name} does not resolve"))
+                } else if ours.is_empty() {
+                    (
+                        Outcome::Warning,
+                        format!(
+                            "{name} resolves to {}, no host of {environment}",
+                            resolved
+                                .iter()
+                                .map(IpAddr::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                } else {
+                    (
+                        Outcome::Passed,
+                        format!(
+                            "{name} resolves to {}",
+                            ours.iter()
+                                .map(|h| h.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                };
+                check(format!("dns {name}"), outcome, detail);
+            }
+        }
+        hosts.push(HostChecks {
+            host: host.name.clone(),
+            checks,
+        });
+    }
+    let ok = hosts
+        .iter()
+        .flat_map(|h| &h.checks)
+        .all(|c| c.outcome != Outcome::Failed);
+    let report = TestReport {
+        environment: environment.to_owned(),
+        ok,
+        hosts,
+    };
+    if !ok {
+        return Err(Error::TestFailed {
+            failed: report
+                .hosts
+                .iter()
+                .flat_map(|h| {
+                    h.checks
+                        .iter()
+                        .filter(|c| c.outcome == Outcome::Failed)
+                        .map(move |c| format!("{}: {}", h.host, c.check))
+                })
+                .collect(),
+            report: Box::new(serde_json::to_value(&report).unwrap_or_default()),
+        });
+    }
+    Ok(report)
+}
+
+/// The addresses a host is reached at: its SSH address as ssh resolves it
+/// (`ssh -G` applies ~/.ssh/config), or this machine's for `local`.
+fn host_addresses(host: &HostSpec, shell: OpenShell<'_>) -> Vec<IpAddr> {
+    let name = match &host.reach {
+        Reach::Local => return vec![IpAddr::from([127, 0, 0, 1])],
+        Reach::Ssh { target } => shell(host)
+            .ok()
+            .and_then(|s| s.resolved_address())
+            .unwrap_or_else(|| {
+                let t = target.rsplit_once('@').map_or(target.as_str(), |(_, h)| h);
+                t.split(':').next().unwrap_or(t).to_owned()
+            }),
+        Reach::Provider { .. } => return Vec::new(),
+    };
+    (name.as_str(), 22)
+        .to_socket_addrs()
+        .map(|a| a.map(|a| a.ip()).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,394 @@
+//! `gantry configure`: makes each host of an environment ready to deploy to,
+//! over SSH, and records it in the environment's state (→ configured, or
+//! configure_failed with the step). Every step checks before it changes
+//! anything, so running it again changes nothing and is safe.
+//!
+//! Per host: check the system, install this very gantry binary
+//! (`~/.gantry/bin/gantry`, sent only when its sha256 differs), prepare the
+//! state directory, keep the agent running (a systemd unit when the host runs
+//! systemd and we are root; otherwise the agent as a daemon that
+//! `gantry agent connect` restarts when it is not running), replace an agent
+//! of another version, open 22/80/443 when ufw is active.
+
+use std::path::Path;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::resolve::{Host as HostSpec, Reach};
+use crate::deploy::Progress;
+use crate::environment::{EnvState, HostRecord, Phase, StateDir, now_ms};
+use crate::host::{HostError, Shell};
+use crate::operate::Connect;
+use crate::{Error, Project};
+
+/// Opens a shell on a host.
+pub type OpenShell<'a> = &'a (dyn Fn(&HostSpec) -> Result<Box<dyn Shell>, Error> + Sync);
+
+#[derive(Debug, Serialize)]
+pub struct ConfigureReport {
+    pub environment: String,
+    pub state: Phase,
+    pub hosts: Vec<HostConfigured>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostConfigured {
+    pub host: String,
+    /// `systemd`, `daemon`, or `local` (this machine: nothing to install).
+    pub agent: String,
+    pub gantry: String,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Step {
+    pub step: &'static str,
+    /// Whether the step changed anything on the host.
+    pub changed: bool,
+    pub detail: String,
+}
+
+/// What the probe found on a host.
+struct System {
+    root: bool,
+    systemd: bool,
+    ufw: bool,
+    installed_sha: Option<String>,
+}
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The systemd unit of the agent on a host configured as root.
+pub fn agent_unit() -> String {
+    "[Unit]
+Description=Gantry agent: runs and supervises the services deployed here
+Documentation=https://github.com/gantry-deploy/gantry
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+User=gantry
+Group=gantry
+Environment=GANTRY_STATE_DIR=/var/lib/gantry
+Environment=GANTRY_PROXY_LISTEN=0.0.0.0:80
+Environment=GANTRY_PROXY_HTTPS=0.0.0.0:443
+# Two malloc arenas keep a long-lived agent's memory flat.
+Environment=MALLOC_ARENA_MAX=2
+ExecStart=/usr/local/bin/gantry agent
+# Stopping the agent never stops the services: they outlive it by design.
+KillMode=process
+Delegate=yes
+AmbientCapabilities=CAP_NET_BIND_SERVICE
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+"
+    .to_owned()
+}
+
+pub fn configure(
+    project: &Project,
+    environment: &str,
+    exe: &Path,
+    shell: OpenShell<'_>,
+    connect: Connect<'_>,
+    progress: &dyn Progress,
+) -> Result<ConfigureReport, Error> {
+    let config = project.load()?;
+    let env = config.environment(environment)?;
+    let states = StateDir::of(config.project_dir());
+    let _lock = states.lock(environment, &format!("gantry configure -e {environment}"))?;
+    let mut state = states
+        .load(environment)?
+        .unwrap_or_else(|| EnvState::new(environment));
+    if state.state == Phase::Destroyed {
+        return Err(Error::EnvState {
+            environment: environment.to_owned(),
+            problem: "was destroyed".to_owned(),
+            hint: format!("`gantry env purge {environment}` forgets it; then configure it again"),
+        });
+    }
+    let binary = std::fs::read(exe).map_err(Error::io("read", exe))?;
+    let sha = crate::artifact::hex(&Sha256::digest(&binary));
+
+    let mut hosts = Vec::new();
+    for host in &env.hosts {
+        progress.step(&format!("configuring {}", host.name));
+        match configure_host(host, exe, &sha, shell, connect, progress) {
+            Ok(done) => {
+                state.hosts.insert(
+                    host.name.clone(),
+                    HostRecord {
+                        ssh: match &host.reach {
+                            Reach::Ssh { target } => Some(target.clone()),
+                            _ => None,
+                        },
+                        gantry: Some(done.gantry.clone()),
+                        agent: Some(done.agent.clone()),
+                        configured_at: Some(now_ms()),
+                    },
+                );
+                hosts.push(done);
+            }
+            Err((step, error)) => {
+                state.fail(
+                    Phase::ConfigureFailed,
+                    step,
+                    Some(&host.name),
+                    &error.to_string(),
+                );
+                states.save(&state)?;
+                return Err(match error {
+                    // SSH's own errors keep their codes and hints.
+                    Error::Host(e) => Error::Host(e),
+                    other => Error::ConfigureFailed {
+                        host: host.name.clone(),
+                        step: step.to_owned(),
+                        message: other.to_string(),
+                    },
+                });
+            }
+        }
+    }
+    if !state.state.configured() || state.state == Phase::DeployFailed {
+        state.set(Phase::Configured);
+    }
+    states.save(&state)?;
+    Ok(ConfigureReport {
+        environment: environment.to_owned(),
+        state: state.state,
+        hosts,
+    })
+}
+
+type StepError = (&'static str, Error);
+
+fn configure_host(
+    host: &HostSpec,
+    exe: &Path,
+    sha: &str,
+    open: OpenShell<'_>,
+    connect: Connect<'_>,
+    progress: &dyn Progress,
+) -> Result<HostConfigured, StepError> {
+    if host.reach == Reach::Local {
+        return Ok(HostConfigured {
+            host: host.name.clone(),
+            agent: "local".to_owned(),
+            gantry: VERSION.to_owned(),
+            steps: vec![Step {
+                step: "check the host",
+                changed: false,
+                detail: "this machine: the CLI starts its agent on first use".to_owned(),
+            }],
+        });
+    }
+    let step = |name: &'static str| move |e: Error| (name, e);
+    let shell = open(host).map_err(step("connect"))?;
+    let mut steps = Vec::new();
+
+    let system = probe(shell.as_ref()).map_err(step("check the host"))?;
+    steps.push(Step {
+        step: "check the host",
+        changed: false,
+        detail: format!(
+            "{}, {}",
+            if system.root { "root" } else { "not root" },
+            if system.systemd {
+                "systemd"
+            } else {
+                "no systemd"
+            }
+        ),
+    });
+
+    let changed = system.installed_sha.as_deref() != Some(sha);
+    if changed {
+        progress.step(&format!("{}: installing gantry {VERSION}", host.name));
+        let ran = shell
+            .run(
+                "umask 022 && mkdir -p \"$HOME/.gantry/bin\" && cat > \"$HOME/.gantry/bin/gantry.part\" && chmod 755 \"$HOME/.gantry/bin/gantry.part\" && mv -f \"$HOME/.gantry/bin/gantry.part\" \"$HOME/.gantry/bin/gantry\" && \"$HOME/.gantry/bin/gantry\" --version",
+                Some(exe),
+            )
+            .map_err(|e| ("install gantry", e.into()))?;
+        expect_ok(&ran, "install gantry")?;
+    }
+    steps.push(Step {
+        step: "install gantry",
+        changed,
+        detail: format!("gantry {VERSION} in ~/.gantry/bin"),
+    });
+
+    let agent = if system.root && system.systemd {
+        install_unit(shell.as_ref(), changed, &mut steps)?;
+        "systemd"
+    } else {
+        let ran = shell
+            .run(
+                "mkdir -p \"${XDG_STATE_HOME:-$HOME/.local/state}/gantry\" && chmod 700 \"${XDG_STATE_HOME:-$HOME/.local/state}/gantry\"",
+                None,
+            )
+            .map_err(|e| ("prepare directories", e.into()))?;
+        expect_ok(&ran, "prepare directories")?;
+        steps.push(Step {
+            step: "prepare directories",
+            changed: false,
+            detail: "~/.local/state/gantry (0700)".to_owned(),
+        });
+        "daemon"
+    };
+
+    // The agent: running, and this version.
+    let restarted = match connect(host) {
+        Ok(_) => false,
+        Err(Error::Host(HostError::Incompatible { .. })) if agent == "daemon" => {
+            progress.step(&format!(
+                "{}: replacing an agent of another version",
+                host.name
+            ));
+            let ran = shell
+                .run(&crate::host::remote_gantry("agent stop"), None)
+                .map_err(|e| ("start the agent", e.into()))?;
+            expect_ok(&ran, "start the agent")?;
+            connect(host).map_err(step("start the agent"))?;
+            true
+        }
+        Err(e) => return Err(("start the agent", e)),
+    };
+    steps.push(Step {
+        step: "start the agent",
+        changed: restarted,
+        detail: format!("agent {VERSION} answers ({agent})"),
+    });
+
+    if system.root && system.ufw {
+        let ran = shell
+            .run(
+                "ufw status | grep -q 'Status: active' && { ufw allow 22/tcp && ufw allow 80/tcp && ufw allow 443/tcp; } >/dev/null; echo done",
+                None,
+            )
+            .map_err(|e| ("open ports", e.into()))?;
+        expect_ok(&ran, "open ports")?;
+        steps.push(Step {
+            step: "open ports",
+            changed: false,
+            detail: "ufw allows 22, 80 and 443/tcp".to_owned(),
+        });
+    } else {
+        steps.push(Step {
+            step: "open ports",
+            changed: false,
+            detail: if system.root {
+                "no ufw: open 80 and 443/tcp in your firewall if one filters them".to_owned()
+            } else {
+                "not root: the firewall is left alone".to_owned()
+            },
+        });
+    }
+    Ok(HostConfigured {
+        host: host.name.clone(),
+        agent: agent.to_owned(),
+        gantry: VERSION.to_owned(),
+        steps,
+    })
+}
+
+fn probe(shell: &dyn Shell) -> Result<System, Error> {
+    let ran = shell.run(
+        "echo \"os=$(uname -s) arch=$(uname -m) uid=$(id -u)\"; \
+         if [ -d /run/systemd/system ]; then echo init=systemd; else echo init=other; fi; \
+         if command -v ufw >/dev/null 2>&1; then echo ufw=yes; fi; \
+         if [ -x \"$HOME/.gantry/bin/gantry\" ]; then echo \"sha=$(sha256sum \"$HOME/.gantry/bin/gantry\" | cut -d' ' -f1)\"; fi",
+        None,
+    )?;
+    expect_ok(&ran, "check the host").map_err(|(_, e)| e)?;
+    let text = ran.stdout_text();
+    let field = |key: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .map(str::to_owned)
+    };
+    let os = field("os").unwrap_or_default();
+    let arch = field("arch").unwrap_or_default();
+    if os != "Linux" || arch != std::env::consts::ARCH {
+        return Err(Error::ConfigureFailed {
+            host: shell.name().to_owned(),
+            step: "check the host".to_owned(),
+            message: format!(
+                "the host is {os} on {arch}; this gantry is built for Linux on {}",
+                std::env::consts::ARCH
+            ),
+        });
+    }
+    Ok(System {
+        root: field("uid").as_deref() == Some("0"),
+        systemd: field("init").as_deref() == Some("systemd"),
+        ufw: field("ufw").is_some(),
+        installed_sha: field("sha"),
+    })
+}
+
+fn install_unit(
+    shell: &dyn Shell,
+    binary_changed: bool,
+    steps: &mut Vec<Step>,
+) -> Result<(), StepError> {
+    let unit = agent_unit();
+    let unit_file = tempfile::NamedTempFile::new().map_err(|e| {
+        (
+            "install the agent",
+            Error::io("create", "a temporary file")(e),
+        )
+    })?;
+    std::fs::write(unit_file.path(), &unit)
+        .map_err(|e| ("install the agent", Error::io("write", unit_file.path())(e)))?;
+    let script = format!(
+        "set -e; \
+         id gantry >/dev/null 2>&1 || useradd --system --home-dir /var/lib/gantry --shell /usr/sbin/nologin gantry; \
+         install -d -m 700 -o gantry -g gantry /var/lib/gantry; \
+         if ! cmp -s \"$HOME/.gantry/bin/gantry\" /usr/local/bin/gantry; then install -m 755 \"$HOME/.gantry/bin/gantry\" /usr/local/bin/gantry; echo binary=changed; fi; \
+         new=$(cat); if [ \"$new\" != \"$(cat /etc/systemd/system/gantry-agent.service 2>/dev/null)\" ]; then printf '%s\\n' \"$new\" > /etc/systemd/system/gantry-agent.service; systemctl daemon-reload; echo unit=changed; fi; \
+         systemctl enable --quiet gantry-agent; \
+         if {restart} || ! systemctl is-active --quiet gantry-agent; then systemctl restart gantry-agent; echo agent=restarted; fi",
+        restart = if binary_changed { "true" } else { "false" },
+    );
+    let ran = shell
+        .run(&script, Some(unit_file.path()))
+        .map_err(|e| ("install the agent", e.into()))?;
+    expect_ok(&ran, "install the agent")?;
+    let out = ran.stdout_text();
+    steps.push(Step {
+        step: "install the agent",
+        changed: out.contains("changed") || out.contains("restarted"),
+        detail: "systemd unit gantry-agent (user gantry, state in /var/lib/gantry)".to_owned(),
+    });
+    Ok(())
+}
+
+fn expect_ok(ran: &crate::host::Ran, step: &'static str) -> Result<(), StepError> {
+    if ran.ok() {
+        return Ok(());
+    }
+    let said = ran
+        .stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("no message")
+        .to_owned();
+    Err((
+        step,
+        Error::Unsupported {
+            what: format!(
+                "exited with {}: {said}",
+                ran.code
+                    .map_or_else(|| "a signal".to_owned(), |c| c.to_string())
+            ),
+            hint: String::new(),
+        },
+    ))
+}

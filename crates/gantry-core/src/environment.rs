@@ -1,0 +1,494 @@
+//! The lifecycle of a deployed environment, kept in
+//! `.gantry/state/<env>.json` beside gantry.toml:
+//!
+//! ```text
+//! created → provisioned → configured → running
+//!     ↘ provision_failed  ↘ configure_failed  ↘ deploy_failed
+//! (any) → destroyed → (purge removes the file)
+//! ```
+//!
+//! A failed state records the step, the host, the error and the time; the
+//! next run of the step starts over from it. Writes are atomic, and a lock
+//! file (`<env>.lock`, naming the holder's pid and machine) keeps two
+//! commands from changing the same environment at once; a lock whose holder
+//! is gone (same machine, dead pid) is taken over.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, write_atomic};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Created,
+    Provisioned,
+    ProvisionFailed,
+    Configured,
+    ConfigureFailed,
+    Running,
+    DeployFailed,
+    Destroyed,
+}
+
+impl Phase {
+    /// Whether `configure` has completed (and nothing since undid it).
+    pub fn configured(self) -> bool {
+        matches!(
+            self,
+            Phase::Configured | Phase::Running | Phase::DeployFailed
+        )
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Failure {
+    pub step: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub error: String,
+    /// Unix time in milliseconds.
+    pub at: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HostRecord {
+    /// How it is reached (`ssh` in gantry.toml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<String>,
+    /// The gantry version installed by the last `configure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gantry: Option<String>,
+    /// `systemd` or `daemon`: how its agent is kept running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configured_at: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Transition {
+    pub state: Phase,
+    pub at: u64,
+}
+
+/// `.gantry/state/<env>.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnvState {
+    pub environment: String,
+    pub state: Phase,
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    #[serde(default)]
+    pub history: Vec<Transition>,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl EnvState {
+    pub fn new(environment: &str) -> EnvState {
+        let mut state = EnvState {
+            environment: environment.to_owned(),
+            state: Phase::Created,
+            hosts: BTreeMap::new(),
+            failure: None,
+            history: Vec::new(),
+        };
+        state.history.push(Transition {
+            state: Phase::Created,
+            at: now_ms(),
+        });
+        state
+    }
+
+    pub fn set(&mut self, state: Phase) {
+        self.state = state;
+        if !matches!(
+            state,
+            Phase::ProvisionFailed | Phase::ConfigureFailed | Phase::DeployFailed
+        ) {
+            self.failure = None;
+        }
+        self.history.push(Transition {
+            state,
+            at: now_ms(),
+        });
+    }
+
+    pub fn fail(&mut self, state: Phase, step: &str, host: Option<&str>, error: &str) {
+        self.set(state);
+        self.failure = Some(Failure {
+            step: step.to_owned(),
+            host: host.map(str::to_owned),
+            error: error.to_owned(),
+            at: now_ms(),
+        });
+    }
+}
+
+/// Where a project keeps its environments' state.
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// `.gantry/state` beside `gantry.toml` in `project_dir`.
+    pub fn of(project_dir: &Path) -> StateDir {
+        StateDir {
+            dir: project_dir.join(".gantry").join("state"),
+        }
+    }
+
+    fn file(&self, env: &str) -> PathBuf {
+        self.dir.join(format!("{env}.json"))
+    }
+
+    pub fn load(&self, env: &str) -> Result<Option<EnvState>, Error> {
+        let path = self.file(env);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| Error::StateCorrupt {
+                        path,
+                        message: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", path)(e)),
+        }
+    }
+
+    pub fn save(&self, state: &EnvState) -> Result<(), Error> {
+        let text = serde_json::to_vec_pretty(state).unwrap_or_default();
+        write_atomic(&self.file(&state.environment), &text)
+    }
+
+    /// Every environment with a state file.
+    pub fn list(&self) -> Result<Vec<EnvState>, Error> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("read", &self.dir)(e)),
+        };
+        let mut states = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(env) = name.strip_suffix(".json")
+                && !env.starts_with('.')
+                && let Some(state) = self.load(env)?
+            {
+                states.push(state);
+            }
+        }
+        states.sort_by(|a, b| a.environment.cmp(&b.environment));
+        Ok(states)
+    }
+
+    pub fn remove(&self, env: &str) -> Result<(), Error> {
+        let path = self.file(env);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", path)(e)),
+        }
+    }
+
+    /// Takes `<env>.lock`, or says who holds it.
+    pub fn lock(&self, env: &str, command: &str) -> Result<EnvLock, Error> {
+        std::fs::create_dir_all(&self.dir).map_err(Error::io("create", &self.dir))?;
+        let path = self.dir.join(format!("{env}.lock"));
+        let me = Holder::me(command);
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut file) => {
+                    use std::io::Write;
+                    let text = serde_json::to_vec(&me).unwrap_or_default();
+                    file.write_all(&text).map_err(Error::io("write", &path))?;
+                    return Ok(EnvLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder: Option<Holder> = std::fs::read(&path)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok());
+                    match holder {
+                        // Gone: it ran here and its process is dead.
+                        Some(h) if h.machine == me.machine && !alive(h.pid) => {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                        None => {
+                            // Half-written by a holder that died while writing it.
+                            let _ = std::fs::remove_file(&path);
+                        }
+                        Some(h) => {
+                            return Err(Error::EnvLocked {
+                                environment: env.to_owned(),
+                                holder: format!("pid {} on {} (`{}`)", h.pid, h.machine, h.command),
+                                path,
+                            });
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::io("create", path)(e)),
+            }
+        }
+        Err(Error::EnvLocked {
+            environment: env.to_owned(),
+            holder: "a process that keeps taking it".to_owned(),
+            path,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Holder {
+    pid: u32,
+    machine: String,
+    command: String,
+    since: u64,
+}
+
+impl Holder {
+    fn me(command: &str) -> Holder {
+        Holder {
+            pid: std::process::id(),
+            machine: hostname(),
+            command: command.to_owned(),
+            since: now_ms(),
+        }
+    }
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Held until dropped.
+pub struct EnvLock {
+    path: PathBuf,
+}
+
+impl Drop for EnvLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_is_exclusive_and_a_dead_holder_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let states = StateDir::of(dir.path());
+        let held = states.lock("prod", "gantry configure").unwrap();
+        let Err(Error::EnvLocked { holder, .. }) = states.lock("prod", "gantry deploy") else {
+            panic!("a second lock was granted");
+        };
+        assert!(holder.contains(&std::process::id().to_string()), "{holder}");
+        drop(held);
+        // A lock left by a process that is gone.
+        let path = dir.path().join(".gantry/state/prod.lock");
+        let dead = Holder {
+            pid: u32::MAX - 1,
+            machine: hostname(),
+            command: "gantry deploy".to_owned(),
+            since: 0,
+        };
+        std::fs::write(&path, serde_json::to_vec(&dead).unwrap()).unwrap();
+        let _taken = states.lock("prod", "gantry deploy").unwrap();
+    }
+
+    #[test]
+    fn state_survives_a_round_trip_and_failures_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let states = StateDir::of(dir.path());
+        let mut state = EnvState::new("prod");
+        state.fail(
+            Phase::ConfigureFailed,
+            "install the agent",
+            Some("h2"),
+            "boom",
+        );
+        states.save(&state).unwrap();
+        let back = states.load("prod").unwrap().unwrap();
+        assert_eq!(back.state, Phase::ConfigureFailed);
+        let failure = back.failure.unwrap();
+        assert_eq!(
+            (failure.step.as_str(), failure.host.as_deref()),
+            ("install the agent", Some("h2"))
+        );
+        assert_eq!(states.list().unwrap().len(), 1);
+        std::fs::write(dir.path().join(".gantry/state/prod.json"), b"{").unwrap();
+        assert!(matches!(
+            states.load("prod"),
+            Err(Error::StateCorrupt { .. })
+        ));
+    }
+}
+
+/// `gantry env list`: each environment, declared in gantry.toml or with state.
+#[derive(Debug, Serialize)]
+pub struct EnvList {
+    pub environments: Vec<EnvSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnvSummary {
+    pub environment: String,
+    /// Its lifecycle state; none when it was never created, registered or configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<Phase>,
+    pub declared: bool,
+    pub hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
+/// `gantry env create|show|destroy|purge`: the environment's state after it.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct EnvReport(pub EnvState);
+
+fn project_states(project: &crate::Project) -> Result<(crate::config::Config, StateDir), Error> {
+    let config = project.load()?;
+    let states = StateDir::of(config.project_dir());
+    Ok((config, states))
+}
+
+fn unknown(environment: &str) -> Error {
+    Error::EnvState {
+        environment: environment.to_owned(),
+        problem: "has no state yet".to_owned(),
+        hint: format!(
+            "`gantry env create {environment}`, or `gantry register HOST -e {environment}`"
+        ),
+    }
+}
+
+pub fn create(project: &crate::Project, environment: &str) -> Result<EnvReport, Error> {
+    let (_, states) = project_states(project)?;
+    let _lock = states.lock(environment, &format!("gantry env create {environment}"))?;
+    if let Some(existing) = states.load(environment)? {
+        return Err(Error::EnvState {
+            environment: environment.to_owned(),
+            problem: format!("already exists ({:?})", existing.state).to_lowercase(),
+            hint: format!("`gantry env show {environment}` shows it"),
+        });
+    }
+    let state = EnvState::new(environment);
+    states.save(&state)?;
+    Ok(EnvReport(state))
+}
+
+pub fn list(project: &crate::Project) -> Result<EnvList, Error> {
+    let (config, states) = project_states(project)?;
+    let mut environments: Vec<EnvSummary> = Vec::new();
+    for name in config.environment_names() {
+        let hosts = config
+            .file
+            .environments
+            .get(&name)
+            .map(|e| e.hosts.clone())
+            .unwrap_or_else(|| vec!["local".to_owned()]);
+        environments.push(EnvSummary {
+            declared: true,
+            environment: name,
+            state: None,
+            hosts,
+            failure: None,
+        });
+    }
+    for state in states.list()? {
+        match environments
+            .iter_mut()
+            .find(|e| e.environment == state.environment)
+        {
+            Some(e) => {
+                e.state = Some(state.state);
+                e.failure = state.failure;
+            }
+            None => environments.push(EnvSummary {
+                environment: state.environment.clone(),
+                state: Some(state.state),
+                declared: false,
+                hosts: state.hosts.keys().cloned().collect(),
+                failure: state.failure,
+            }),
+        }
+    }
+    environments.sort_by(|a, b| a.environment.cmp(&b.environment));
+    Ok(EnvList { environments })
+}
+
+pub fn show(project: &crate::Project, environment: &str) -> Result<EnvReport, Error> {
+    let (_, states) = project_states(project)?;
+    states
+        .load(environment)?
+        .map(EnvReport)
+        .ok_or_else(|| unknown(environment))
+}
+
+/// Stops the project's services on every host of the environment and
+/// marks it destroyed. The servers are the user's: nothing is uninstalled.
+pub fn destroy(
+    project: &crate::Project,
+    environment: &str,
+    connect: crate::operate::Connect<'_>,
+) -> Result<EnvReport, Error> {
+    let (_, states) = project_states(project)?;
+    let _lock = states.lock(environment, &format!("gantry env destroy {environment}"))?;
+    let mut state = states
+        .load(environment)?
+        .ok_or_else(|| unknown(environment))?;
+    if state.state != Phase::Destroyed {
+        crate::operate::act(
+            project,
+            environment,
+            crate::operate::Action::Stop,
+            None,
+            connect,
+        )?;
+        state.set(Phase::Destroyed);
+        states.save(&state)?;
+    }
+    Ok(EnvReport(state))
+}
+
+/// Forgets a destroyed environment's state.
+pub fn purge(project: &crate::Project, environment: &str) -> Result<EnvReport, Error> {
+    let (_, states) = project_states(project)?;
+    let _lock = states.lock(environment, &format!("gantry env purge {environment}"))?;
+    let state = states
+        .load(environment)?
+        .ok_or_else(|| unknown(environment))?;
+    if state.state != Phase::Destroyed {
+        return Err(Error::EnvState {
+            environment: environment.to_owned(),
+            problem: format!("is {:?}, not destroyed", state.state).to_lowercase(),
+            hint: format!("`gantry env destroy {environment} --yes` first"),
+        });
+    }
+    states.remove(environment)?;
+    Ok(EnvReport(state))
+}

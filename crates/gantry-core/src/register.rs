@@ -1,0 +1,215 @@
+//! `gantry register HOST`: an existing server, reachable over SSH, joins an
+//! environment. It is checked over SSH first; then gantry.toml gains
+//! `[hosts.HOST]` (when not declared) and the environment lists it, with the
+//! file's comments and layout kept (toml_edit); the environment's state
+//! becomes `provisioned` until `gantry configure` runs.
+
+use serde::Serialize;
+
+use crate::config::resolve::{Host as HostSpec, Reach};
+use crate::configure::OpenShell;
+use crate::deploy::Progress;
+use crate::environment::{EnvState, HostRecord, Phase, StateDir};
+use crate::{Error, Project, write_atomic};
+
+#[derive(Debug, Serialize)]
+pub struct RegisterReport {
+    pub environment: String,
+    pub host: String,
+    pub ssh: String,
+    /// What was added to gantry.toml (empty: it already said all of it).
+    pub added: Vec<String>,
+    pub state: Phase,
+}
+
+pub fn register(
+    project: &Project,
+    environment: &str,
+    host: &str,
+    ssh: Option<&str>,
+    shell: OpenShell<'_>,
+    progress: &dyn Progress,
+) -> Result<RegisterReport, Error> {
+    if environment == "local" || host == "local" {
+        return Err(Error::EnvState {
+            environment: environment.to_owned(),
+            problem: "is this machine".to_owned(),
+            hint: "register servers into another environment: gantry register web1 --ssh deploy@10.0.0.5 -e prod".to_owned(),
+        });
+    }
+    let config = project.load()?;
+    let declared = config.file.hosts.get(host).and_then(|h| h.ssh.clone());
+    let target = match (ssh, &declared) {
+        (Some(given), Some(known)) if given != known => {
+            return Err(Error::EnvState {
+                environment: environment.to_owned(),
+                problem: format!("already knows host `{host}` as `{known}`, not `{given}`"),
+                hint: format!("change [hosts.{host}] in gantry.toml, or leave out --ssh"),
+            });
+        }
+        (Some(given), _) => given.to_owned(),
+        (None, Some(known)) => known.clone(),
+        // A name from ~/.ssh/config.
+        (None, None) => host.to_owned(),
+    };
+
+    let states = StateDir::of(config.project_dir());
+    let _lock = states.lock(environment, &format!("gantry register {host}"))?;
+
+    progress.step(&format!("checking ssh {target}"));
+    let spec = HostSpec {
+        name: host.to_owned(),
+        reach: Reach::Ssh {
+            target: target.clone(),
+        },
+    };
+    let checked = shell(&spec)
+        .and_then(|s| Ok(s.run("uname -sm", None)?))
+        .and_then(|ran| {
+            if ran.ok() {
+                Ok(())
+            } else {
+                Err(Error::ConfigureFailed {
+                    host: host.to_owned(),
+                    step: "check ssh".to_owned(),
+                    message: ran.stderr.trim().to_owned(),
+                })
+            }
+        });
+    if let Err(error) = checked {
+        // Recorded, so `gantry env show` says why the environment is not provisioned.
+        let mut state = states
+            .load(environment)?
+            .unwrap_or_else(|| EnvState::new(environment));
+        if !state.state.configured() && state.state != Phase::Destroyed {
+            state.fail(
+                Phase::ProvisionFailed,
+                "check ssh",
+                Some(host),
+                &error.to_string(),
+            );
+            states.save(&state)?;
+        }
+        return Err(error);
+    }
+    let added = add_to_file(&config.path, environment, host, &target, declared.is_none())?;
+
+    let mut state = states
+        .load(environment)?
+        .unwrap_or_else(|| EnvState::new(environment));
+    if state.state == Phase::Destroyed {
+        return Err(Error::EnvState {
+            environment: environment.to_owned(),
+            problem: "was destroyed".to_owned(),
+            hint: format!("`gantry env purge {environment}` forgets it; then register hosts again"),
+        });
+    }
+    state.hosts.entry(host.to_owned()).or_insert(HostRecord {
+        ssh: Some(target.clone()),
+        ..HostRecord::default()
+    });
+    // A new host needs configuring before the environment can deploy.
+    if !added.is_empty() || !state.state.configured() {
+        state.set(Phase::Provisioned);
+    }
+    states.save(&state)?;
+    Ok(RegisterReport {
+        environment: environment.to_owned(),
+        host: host.to_owned(),
+        ssh: target,
+        added,
+        state: state.state,
+    })
+}
+
+/// Adds `[hosts.HOST]` and the host to `[environments.ENV].hosts`, keeping
+/// the rest of the file as written. Checks the result loads before writing.
+fn add_to_file(
+    path: &std::path::Path,
+    environment: &str,
+    host: &str,
+    target: &str,
+    declare: bool,
+) -> Result<Vec<String>, Error> {
+    let text = std::fs::read_to_string(path).map_err(Error::io("read", path))?;
+    let mut doc: toml_edit::DocumentMut =
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| Error::EnvState {
+                environment: environment.to_owned(),
+                problem: format!("cannot be edited: {} does not parse: {e}", path.display()),
+                hint: "fix the file (`gantry validate` shows where), then register again"
+                    .to_owned(),
+            })?;
+    let mut added = Vec::new();
+    if declare {
+        let hosts = table(&mut doc, "hosts")?;
+        let mut entry = toml_edit::Table::new();
+        entry.insert("ssh", toml_edit::value(target));
+        hosts.insert(host, toml_edit::Item::Table(entry));
+        added.push(format!("[hosts.{host}] ssh = \"{target}\""));
+    }
+    let envs = table(&mut doc, "environments")?;
+    if !envs.contains_key(environment) {
+        let mut entry = toml_edit::Table::new();
+        entry.insert("hosts", toml_edit::value(toml_edit::Array::new()));
+        envs.insert(environment, toml_edit::Item::Table(entry));
+        added.push(format!("[environments.{environment}]"));
+    }
+    let list = envs
+        .get_mut(environment)
+        .and_then(|e| e.as_table_like_mut())
+        .and_then(|e| {
+            if !e.contains_key("hosts") {
+                e.insert("hosts", toml_edit::value(toml_edit::Array::new()));
+            }
+            e.get_mut("hosts")
+        })
+        .and_then(|h| h.as_array_mut())
+        .ok_or_else(|| Error::EnvState {
+            environment: environment.to_owned(),
+            problem: format!("has a `hosts` in {} that is not a list", path.display()),
+            hint: "write it as hosts = [\"web1\", ...]".to_owned(),
+        })?;
+    if !list.iter().any(|v| v.as_str() == Some(host)) {
+        list.push(host);
+        added.push(format!("`{host}` in environments.{environment}.hosts"));
+    }
+    if added.is_empty() {
+        return Ok(added);
+    }
+    let edited = doc.to_string();
+    // Never write a file Gantry would then refuse.
+    let check = crate::config::parse(&path.display().to_string(), &edited, &|var| {
+        std::env::var(var).ok()
+    });
+    if let Err(e) = check {
+        return Err(Error::EnvState {
+            environment: environment.to_owned(),
+            problem: format!(
+                "cannot take host `{host}`: the edited gantry.toml would not load: {e}"
+            ),
+            hint: "fix gantry.toml (`gantry validate`), then register again".to_owned(),
+        });
+    }
+    write_atomic(path, edited.as_bytes())?;
+    Ok(added)
+}
+
+/// The top-level table `name`, created if missing.
+fn table<'a>(
+    doc: &'a mut toml_edit::DocumentMut,
+    name: &str,
+) -> Result<&'a mut dyn toml_edit::TableLike, Error> {
+    if !doc.contains_key(name) {
+        let mut parent = toml_edit::Table::new();
+        parent.set_implicit(true);
+        doc.insert(name, toml_edit::Item::Table(parent));
+    }
+    doc.get_mut(name)
+        .and_then(toml_edit::Item::as_table_like_mut)
+        .ok_or_else(|| Error::EnvState {
+            environment: String::new(),
+            problem: format!("cannot be registered: `{name}` in gantry.toml is not a table"),
+            hint: format!("write it as [{name}.<name>] tables"),
+        })
+}

@@ -1,0 +1,300 @@
+//! The agent API as a client sees it, over any transport: `Agent<T>`
+//! implements `gantry_core::host::Host` once; `Local` and `Ssh` say how the
+//! bytes travel and what a broken connection means.
+
+use std::path::Path;
+
+use gantry_core::agent_api::{
+    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant,
+    LockRelease, LockRequest, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest,
+    ServiceSelector, Status,
+};
+use gantry_core::host::{Host, HostError, LogQuery};
+use hyper::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::client::{Client, ClientError};
+
+/// What differs between ways of reaching an agent.
+pub trait Transport {
+    /// What a failed connection means, as an error for `host`.
+    fn error(&self, host: &str, error: ClientError) -> HostError;
+    /// Called once the agent accepted `shutdown`: wait until it is gone.
+    fn stopped(&self) {}
+}
+
+/// An agent reached over transport `T`.
+pub struct Agent<T> {
+    pub(crate) name: String,
+    pub(crate) client: Client,
+    pub(crate) transport: T,
+}
+
+impl<T: Transport> Agent<T> {
+    fn call<R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &str,
+    ) -> Result<R, HostError> {
+        let (status, bytes) = self
+            .client
+            .call(method, path, body, content_type)
+            .map_err(|e| self.transport(e))?;
+        self.decode(status, &bytes)
+    }
+
+    fn json<R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<R, HostError> {
+        let body = serde_json::to_vec(body).map_err(|e| HostError::Protocol {
+            host: self.name.clone(),
+            message: e.to_string(),
+        })?;
+        self.call(method, path, Some(body), "application/json")
+    }
+
+    fn transport(&self, error: ClientError) -> HostError {
+        self.transport.error(&self.name, error)
+    }
+
+    fn decode<R: DeserializeOwned>(
+        &self,
+        status: StatusCode,
+        bytes: &[u8],
+    ) -> Result<R, HostError> {
+        if status.is_success() {
+            let bytes = if bytes.is_empty() {
+                b"null".as_slice()
+            } else {
+                bytes
+            };
+            return serde_json::from_slice(bytes).map_err(|e| HostError::Protocol {
+                host: self.name.clone(),
+                message: e.to_string(),
+            });
+        }
+        match serde_json::from_slice::<ApiErrorBody>(bytes) {
+            Ok(body) => Err(HostError::Api {
+                status: status.as_u16(),
+                error: body.error,
+            }),
+            Err(_) => Err(HostError::Protocol {
+                host: self.name.clone(),
+                message: format!("{status}: {}", String::from_utf8_lossy(bytes)),
+            }),
+        }
+    }
+}
+
+/// Percent-encodes a path segment or query value (names are simple, but be safe).
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl<T: Transport> Host for Agent<T> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn info(&self) -> Result<AgentInfo, HostError> {
+        self.call(Method::GET, "/v1/health", None, "application/json")
+    }
+
+    fn missing_blobs(&self, digests: &[String]) -> Result<Vec<String>, HostError> {
+        let list: BlobList = self.json(
+            Method::POST,
+            "/v1/blobs/missing",
+            &BlobList {
+                digests: digests.to_vec(),
+            },
+        )?;
+        Ok(list.digests)
+    }
+
+    fn upload_blob(&self, digest: &str, path: &Path) -> Result<(), HostError> {
+        let bytes = std::fs::read(path).map_err(|e| HostError::Protocol {
+            host: self.name.clone(),
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        let _: serde_json::Value = self.call(
+            Method::PUT,
+            &format!("/v1/blobs/{}", encode(digest)),
+            Some(bytes),
+            "application/octet-stream",
+        )?;
+        Ok(())
+    }
+
+    fn deploy(&self, request: &DeployRequest) -> Result<DeployResult, HostError> {
+        self.json(
+            Method::POST,
+            &format!("/v1/projects/{}/deploys", encode(&request.project)),
+            request,
+        )
+    }
+
+    fn rollback(
+        &self,
+        project: &str,
+        request: &RollbackRequest,
+    ) -> Result<DeployResult, HostError> {
+        self.json(
+            Method::POST,
+            &format!("/v1/projects/{}/rollback", encode(project)),
+            request,
+        )
+    }
+
+    fn status(&self, project: &str) -> Result<Status, HostError> {
+        self.call(
+            Method::GET,
+            &format!("/v1/projects/{}/status", encode(project)),
+            None,
+            "application/json",
+        )
+    }
+
+    fn releases(&self, project: &str) -> Result<Vec<Release>, HostError> {
+        self.call(
+            Method::GET,
+            &format!("/v1/projects/{}/releases", encode(project)),
+            None,
+            "application/json",
+        )
+    }
+
+    fn release(&self, project: &str, id: &str) -> Result<Release, HostError> {
+        self.call(
+            Method::GET,
+            &format!("/v1/projects/{}/releases/{}", encode(project), encode(id)),
+            None,
+            "application/json",
+        )
+    }
+
+    fn logs(
+        &self,
+        project: &str,
+        query: &LogQuery,
+        sink: &mut dyn FnMut(LogLine) -> bool,
+    ) -> Result<(), HostError> {
+        let mut params = vec![format!("follow={}", query.follow)];
+        if let Some(service) = &query.service {
+            params.push(format!("service={}", encode(service)));
+        }
+        if let Some(since) = query.since_ms {
+            params.push(format!("since_ms={since}"));
+        }
+        if let Some(tail) = query.tail {
+            params.push(format!("tail={tail}"));
+        }
+        let path = format!("/v1/projects/{}/logs?{}", encode(project), params.join("&"));
+        let mut bad: Option<String> = None;
+        let mut error_body = Vec::new();
+        let status = self
+            .client
+            .stream_lines(
+                &path,
+                &mut |line| match serde_json::from_slice::<LogLine>(line) {
+                    Ok(parsed) => sink(parsed),
+                    Err(e) => {
+                        error_body.extend_from_slice(line);
+                        bad = Some(e.to_string());
+                        false
+                    }
+                },
+            )
+            .map_err(|e| self.transport(e))?;
+        if !status.is_success() {
+            return self
+                .decode::<serde_json::Value>(status, &error_body)
+                .map(drop);
+        }
+        match bad {
+            Some(message) => Err(HostError::Protocol {
+                host: self.name.clone(),
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&self, project: &str, selector: &ServiceSelector) -> Result<Status, HostError> {
+        self.json(
+            Method::POST,
+            &format!("/v1/projects/{}/stop", encode(project)),
+            selector,
+        )
+    }
+
+    fn restart(&self, project: &str, selector: &ServiceSelector) -> Result<Status, HostError> {
+        self.json(
+            Method::POST,
+            &format!("/v1/projects/{}/restart", encode(project)),
+            selector,
+        )
+    }
+
+    fn lock(&self, project: &str, request: &LockRequest) -> Result<LockGrant, HostError> {
+        self.json(
+            Method::POST,
+            &format!("/v1/projects/{}/lock", encode(project)),
+            request,
+        )
+    }
+
+    fn unlock(&self, project: &str, request: &LockRelease) -> Result<(), HostError> {
+        let _: serde_json::Value = self.json(
+            Method::DELETE,
+            &format!("/v1/projects/{}/lock", encode(project)),
+            request,
+        )?;
+        Ok(())
+    }
+
+    fn proxy(&self, action: ProxyAction) -> Result<ProxyInfo, HostError> {
+        let path = match action {
+            ProxyAction::Restart => "/v1/proxy/restart",
+            ProxyAction::Stop => "/v1/proxy/stop",
+        };
+        self.call(Method::POST, path, None, "application/json")
+    }
+
+    fn exec_spec(&self, project: &str, service: &str) -> Result<ExecSpec, HostError> {
+        self.call(
+            Method::GET,
+            &format!(
+                "/v1/projects/{}/services/{}/exec",
+                encode(project),
+                encode(service)
+            ),
+            None,
+            "application/json",
+        )
+    }
+
+    fn shutdown(&self) -> Result<(), HostError> {
+        let (status, bytes) = self
+            .client
+            .call(Method::POST, "/v1/shutdown", None, "application/json")
+            .map_err(|e| self.transport(e))?;
+        if !status.is_success() {
+            return self.decode::<serde_json::Value>(status, &bytes).map(drop);
+        }
+        self.transport.stopped();
+        Ok(())
+    }
+}

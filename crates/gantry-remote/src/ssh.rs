@@ -1,0 +1,482 @@
+//! Hosts over SSH, through the user's own OpenSSH client: `~/.ssh/config`,
+//! ssh-agent, keys with passphrases and ProxyJump all work because it is
+//! `ssh` that connects. Connections are multiplexed (ControlMaster), so each
+//! command after the first costs no new handshake.
+//!
+//! The agent API travels over `ssh HOST gantry agent connect`, which bridges
+//! the session's stdin and stdout to the agent's Unix socket on the host.
+//! When the connection fails, OpenSSH's message on stderr says why; `classify`
+//! turns it into an error a user can act on.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use gantry_core::host::{HostError, Ran, SshFailure};
+
+use crate::agent::{Agent, Transport};
+use crate::client::{Client, ClientError, Dial};
+
+/// `[user@]address[:port]`, or a name from `~/.ssh/config`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshTarget {
+    pub user: Option<String>,
+    pub address: String,
+    pub port: Option<u16>,
+}
+
+impl SshTarget {
+    pub fn parse(text: &str) -> Result<SshTarget, String> {
+        let text = text.trim();
+        let (user, rest) = match text.rsplit_once('@') {
+            Some((user, rest)) if !user.is_empty() => (Some(user.to_owned()), rest),
+            Some(_) => return Err(format!("`{text}` has an empty user before `@`")),
+            None => (None, text),
+        };
+        let (address, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (address, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("`{text}`: an IPv6 address in [ ] lacks its `]`"))?;
+            match after.strip_prefix(':') {
+                Some(port) => (address, Some(port)),
+                None if after.is_empty() => (address, None),
+                None => return Err(format!("`{text}`: unexpected `{after}` after the address")),
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((address, port)) => (address, Some(port)),
+                None => (rest, None),
+            }
+        };
+        if address.is_empty() || address.contains(char::is_whitespace) {
+            return Err(format!(
+                "`{text}` names no host: write user@address, user@address:port or a name from ~/.ssh/config"
+            ));
+        }
+        let port = match port {
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("`{p}` in `{text}` is not a port number (1-65535)"))?,
+            ),
+            None => None,
+        };
+        Ok(SshTarget {
+            user,
+            address: address.to_owned(),
+            port,
+        })
+    }
+
+    /// As `ssh` takes it: `user@address`, or the bare name.
+    fn destination(&self) -> String {
+        match &self.user {
+            Some(user) => format!("{user}@{}", self.address),
+            None => self.address.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for SshTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.destination())?;
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How `ssh` is run.
+#[derive(Clone, Debug)]
+pub struct SshOptions {
+    /// The client: `ssh`, or `$GANTRY_SSH`.
+    pub program: OsString,
+    /// A config file used instead of `~/.ssh/config` (`$GANTRY_SSH_CONFIG`).
+    pub config: Option<PathBuf>,
+    /// Where multiplexed connections keep their sockets.
+    pub control_dir: PathBuf,
+    /// Seconds to wait for the TCP connection and the SSH handshake.
+    pub connect_timeout: u32,
+}
+
+impl SshOptions {
+    /// From the environment: `GANTRY_SSH`, `GANTRY_SSH_CONFIG`, `XDG_RUNTIME_DIR`.
+    pub fn from_env() -> SshOptions {
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|d| d.is_dir())
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("gantry-{}", uid())));
+        SshOptions {
+            program: std::env::var_os("GANTRY_SSH").unwrap_or_else(|| "ssh".into()),
+            config: std::env::var_os("GANTRY_SSH_CONFIG").map(PathBuf::from),
+            control_dir: runtime.join("gantry-ssh"),
+            connect_timeout: 10,
+        }
+    }
+
+    /// `ssh` with its options and the target, ready for a remote command.
+    pub fn command_line(&self, target: &SshTarget) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = vec![self.program.clone()];
+        if let Some(config) = &self.config {
+            argv.push("-F".into());
+            argv.push(config.into());
+        }
+        let control = self.control_dir.join("%C");
+        let options = [
+            // Never ask: a prompt would hang a command that scripts run.
+            "BatchMode=yes".to_owned(),
+            format!("ConnectTimeout={}", self.connect_timeout),
+            // A link that dies is noticed within 15 s.
+            "ServerAliveInterval=5".to_owned(),
+            "ServerAliveCountMax=3".to_owned(),
+            // Trust on first use; a changed key is always refused.
+            "StrictHostKeyChecking=accept-new".to_owned(),
+            "ControlMaster=auto".to_owned(),
+            format!("ControlPath={}", control.display()),
+            "ControlPersist=60".to_owned(),
+            "LogLevel=ERROR".to_owned(),
+        ];
+        for option in options {
+            argv.push("-o".into());
+            argv.push(option.into());
+        }
+        argv.push("-T".into());
+        if let Some(port) = target.port {
+            argv.push("-p".into());
+            argv.push(port.to_string().into());
+        }
+        argv.push(target.destination().into());
+        argv.push("--".into());
+        argv
+    }
+
+    fn prepare(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.control_dir)
+    }
+}
+
+fn uid() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
+
+/// The transport to one host's agent over SSH.
+pub struct Ssh {
+    target: SshTarget,
+}
+
+/// An agent reached over SSH.
+pub type SshAgent = Agent<Ssh>;
+
+impl Transport for Ssh {
+    fn error(&self, host: &str, error: ClientError) -> HostError {
+        match error {
+            ClientError::Exited { code, stderr } => classify(host, &self.target, code, &stderr),
+            ClientError::Connect(e) => HostError::Ssh {
+                host: host.to_owned(),
+                failure: SshFailure::Unreachable,
+                message: e.to_string(),
+                hint: "check that OpenSSH's client (`ssh`) is installed, or set GANTRY_SSH"
+                    .to_owned(),
+            },
+            ClientError::Http(message) => HostError::Ssh {
+                host: host.to_owned(),
+                failure: SshFailure::Unreachable,
+                message: format!("the connection to {} broke: {message}", self.target),
+                hint: format!("check the network path to {}, then retry", self.target),
+            },
+        }
+    }
+}
+
+impl Agent<Ssh> {
+    /// Connects to the agent of the host `name` at `target`, and checks that
+    /// it speaks this CLI's version of the API.
+    pub fn connect(name: &str, target: &str, options: &SshOptions) -> Result<SshAgent, HostError> {
+        let agent = Self::open(name, target, options)?;
+        let info = gantry_core::host::Host::info(&agent)?;
+        gantry_core::host::compatible(name, &info.version)?;
+        Ok(agent)
+    }
+
+    fn open(name: &str, target: &str, options: &SshOptions) -> Result<SshAgent, HostError> {
+        let target = SshTarget::parse(target).map_err(|message| HostError::Ssh {
+            host: name.to_owned(),
+            failure: SshFailure::Unreachable,
+            message,
+            hint: format!("fix `ssh` of host `{name}` in gantry.toml"),
+        })?;
+        options.prepare().map_err(|e| HostError::Ssh {
+            host: name.to_owned(),
+            failure: SshFailure::Unreachable,
+            message: format!(
+                "cannot create {} for SSH connections: {e}",
+                options.control_dir.display()
+            ),
+            hint: "set XDG_RUNTIME_DIR to a writable directory".to_owned(),
+        })?;
+        let mut argv = options.command_line(&target);
+        argv.push(gantry_core::host::remote_gantry("agent connect").into());
+        let client = Client::new(Dial::Command(argv)).map_err(|e| HostError::Ssh {
+            host: name.to_owned(),
+            failure: SshFailure::Unreachable,
+            message: e.to_string(),
+            hint: String::new(),
+        })?;
+        Ok(Agent {
+            name: name.to_owned(),
+            client,
+            transport: Ssh { target },
+        })
+    }
+}
+
+/// Runs commands on a host over SSH: what `gantry configure` and
+/// `gantry exec` need beside the agent API.
+pub struct Shell {
+    pub name: String,
+    pub target: SshTarget,
+    pub options: SshOptions,
+}
+
+impl gantry_core::host::Shell for Shell {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn run(&self, command: &str, stdin: Option<&Path>) -> Result<Ran, HostError> {
+        Shell::run(self, command, stdin)
+    }
+
+    fn resolved_address(&self) -> Option<String> {
+        let mut argv = self.options.command_line(&self.target);
+        argv.pop(); // `--`
+        argv.insert(1, "-G".into());
+        let output = Command::new(&argv[0]).args(&argv[1..]).output().ok()?;
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("hostname ").map(str::to_owned))
+    }
+
+    fn interactive(&self, command: Option<&str>) -> Result<i32, HostError> {
+        use std::io::IsTerminal;
+        let tty = std::io::stdin().is_terminal();
+        let status = self
+            .command(command, tty)
+            .status()
+            .map_err(|e| self.local_error(e))?;
+        match status.code() {
+            Some(255) => Err(classify(&self.name, &self.target, Some(255), "")),
+            code => Ok(code.unwrap_or(1)),
+        }
+    }
+}
+
+impl Shell {
+    pub fn new(name: &str, target: &str, options: &SshOptions) -> Result<Shell, HostError> {
+        let parsed = SshTarget::parse(target).map_err(|message| HostError::Ssh {
+            host: name.to_owned(),
+            failure: SshFailure::Unreachable,
+            message,
+            hint: format!("fix `ssh` of host `{name}` in gantry.toml"),
+        })?;
+        options.prepare().map_err(|e| HostError::Ssh {
+            host: name.to_owned(),
+            failure: SshFailure::Unreachable,
+            message: e.to_string(),
+            hint: "set XDG_RUNTIME_DIR to a writable directory".to_owned(),
+        })?;
+        Ok(Shell {
+            name: name.to_owned(),
+            target: parsed,
+            options: options.clone(),
+        })
+    }
+
+    /// The command line that runs `remote` on the host (for `gantry ssh`,
+    /// which hands the terminal over).
+    pub fn command(&self, remote: Option<&str>, tty: bool) -> Command {
+        let mut argv = self.options.command_line(&self.target);
+        if tty {
+            // `-T` was for the API; an interactive session wants a terminal.
+            if let Some(at) = argv.iter().position(|a| a == "-T") {
+                argv[at] = "-t".into();
+            }
+        }
+        if let Some(remote) = remote {
+            argv.push(remote.into());
+        } else {
+            argv.pop(); // no `--` without a command
+        }
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]);
+        command
+    }
+
+    /// Runs `remote` (a shell command line) with `stdin` as its input;
+    /// SSH's own failures become errors, the command's exit is returned.
+    pub fn run(&self, remote: &str, stdin: Option<&Path>) -> Result<Ran, HostError> {
+        let mut command = self.command(Some(remote), false);
+        let input = match stdin {
+            Some(path) => Stdio::from(std::fs::File::open(path).map_err(|e| HostError::Ssh {
+                host: self.name.clone(),
+                failure: SshFailure::Unreachable,
+                message: format!("cannot read {}: {e}", path.display()),
+                hint: String::new(),
+            })?),
+            None => Stdio::null(),
+        };
+        let stderr = tempfile::tempfile().map_err(|e| self.local_error(e))?;
+        let output = command
+            .stdin(input)
+            .stdout(Stdio::piped())
+            .stderr(stderr.try_clone().map_err(|e| self.local_error(e))?)
+            .output()
+            .map_err(|e| self.local_error(e))?;
+        let stderr = read_all(stderr);
+        let code = output.status.code();
+        if code == Some(255) {
+            return Err(classify(&self.name, &self.target, code, &stderr));
+        }
+        Ok(Ran {
+            code,
+            stdout: output.stdout,
+            stderr,
+        })
+    }
+
+    fn local_error(&self, e: std::io::Error) -> HostError {
+        HostError::Ssh {
+            host: self.name.clone(),
+            failure: SshFailure::Unreachable,
+            message: format!("cannot run {}: {e}", self.options.program.to_string_lossy()),
+            hint: "check that OpenSSH's client (`ssh`) is installed, or set GANTRY_SSH".to_owned(),
+        }
+    }
+}
+
+fn read_all(mut file: std::fs::File) -> String {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    let _ = file.rewind();
+    let _ = file.read_to_string(&mut text);
+    text
+}
+
+/// Turns OpenSSH's exit and stderr into an error that says what to do.
+pub fn classify(host: &str, target: &SshTarget, code: Option<i32>, stderr: &str) -> HostError {
+    let said = stderr
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.starts_with("@@@") && !l.starts_with("Warning:"))
+        .unwrap_or("no message")
+        .to_owned();
+    let error = |failure, hint: String| HostError::Ssh {
+        host: host.to_owned(),
+        failure,
+        message: said.clone(),
+        hint,
+    };
+    let has = |needle: &str| stderr.contains(needle);
+    if has("REMOTE HOST IDENTIFICATION HAS CHANGED") || has("Host key verification failed") {
+        return error(
+            SshFailure::HostKeyChanged,
+            format!(
+                "the key {target} presents is not the one seen before: if the server was reinstalled, remove the old key with `ssh-keygen -R {}` and retry; otherwise someone may be in the middle",
+                target.address
+            ),
+        );
+    }
+    if has("Permission denied") || has("Too many authentication failures") {
+        return error(
+            SshFailure::AuthRefused,
+            format!(
+                "`ssh {target}` must log in without a prompt: load your key with `ssh-add`, and put its public half in the host's ~/.ssh/authorized_keys"
+            ),
+        );
+    }
+    if code == Some(127)
+        || (has("gantry") && (has("not found") || has("No such file or directory")))
+    {
+        return error(
+            SshFailure::GantryMissing,
+            "install it there with `gantry configure` (it uploads this gantry binary)".to_owned(),
+        );
+    }
+    let hint = if has("Could not resolve hostname") {
+        format!(
+            "`{}` does not resolve: check the name in gantry.toml or ~/.ssh/config",
+            target.address
+        )
+    } else {
+        format!("check that {target} is up and that `ssh {target}` works from this machine")
+    };
+    error(SshFailure::Unreachable, hint)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        let t = SshTarget::parse("deploy@10.0.0.5:2222").unwrap();
+        assert_eq!(t.user.as_deref(), Some("deploy"));
+        assert_eq!(t.address, "10.0.0.5");
+        assert_eq!(t.port, Some(2222));
+        assert_eq!(t.to_string(), "deploy@10.0.0.5:2222");
+        let t = SshTarget::parse("web1").unwrap();
+        assert_eq!((t.user, t.address.as_str(), t.port), (None, "web1", None));
+        let t = SshTarget::parse("root@[2001:db8::1]:22").unwrap();
+        assert_eq!(t.address, "2001:db8::1");
+        assert!(SshTarget::parse("@host").is_err());
+        assert!(SshTarget::parse("host:0").is_err());
+        assert!(
+            SshTarget::parse("host:ssh")
+                .unwrap_err()
+                .contains("not a port")
+        );
+        assert!(SshTarget::parse("").is_err());
+    }
+
+    fn failure(stderr: &str, code: Option<i32>) -> SshFailure {
+        let target = SshTarget::parse("u@h").unwrap();
+        match classify("web1", &target, code, stderr) {
+            HostError::Ssh { failure, .. } => failure,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // OpenSSH 9.2's messages, as printed by the client.
+    #[test]
+    fn openssh_messages_are_told_apart() {
+        assert_eq!(
+            failure("u@10.9.0.2: Permission denied (publickey).\r\n", Some(255)),
+            SshFailure::AuthRefused
+        );
+        assert_eq!(
+            failure(
+                "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\nHost key verification failed.\n",
+                Some(255)
+            ),
+            SshFailure::HostKeyChanged
+        );
+        assert_eq!(
+            failure(
+                "ssh: connect to host 10.9.0.2 port 22: Connection timed out\n",
+                Some(255)
+            ),
+            SshFailure::Unreachable
+        );
+        assert_eq!(
+            failure("sh: 1: exec: gantry: not found\n", Some(127)),
+            SshFailure::GantryMissing
+        );
+    }
+}

@@ -1,0 +1,419 @@
+//! Real remote hosts for tests, on this machine: each host is a network
+//! namespace with its own address on a bridge, its own sshd (from Debian's
+//! openssh-server) accepting one test key, its own Unix user and home (so its
+//! agent's state is its own) and its own /tmp (a private mount). The tests
+//! reach them the way users reach servers: OpenSSH with a config file
+//! (`GANTRY_SSH_CONFIG`) naming each host.
+//!
+//! Needs root (namespaces, users, sshd); `.ci/run` runs as root and installs
+//! openssh-server. Everything is removed on drop: processes of the host
+//! users, sshd, the namespaces, links, users and files.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+pub struct TestHosts {
+    /// Host directories, keys and the ssh config; removed on drop.
+    root: tempfile::TempDir,
+    bridge: String,
+    pub hosts: Vec<TestHost>,
+    /// An OpenSSH client config naming every host (`h1`, `h2`, ...).
+    pub ssh_config: PathBuf,
+    /// The private half of the key every host accepts.
+    pub key: PathBuf,
+}
+
+pub struct TestHost {
+    /// The name in the ssh config and in gantry.toml: `h1`, `h2`, ...
+    pub name: String,
+    pub namespace: String,
+    pub address: Ipv4Addr,
+    pub user: String,
+    pub home: PathBuf,
+    dir: PathBuf,
+    link: String,
+    sshd: Option<Child>,
+}
+
+fn run(program: &str, args: &[&str]) {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn quiet(program: &str, args: &[&str]) {
+    let _ = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl TestHosts {
+    /// Starts `count` hosts. Panics with what is missing when it cannot.
+    pub fn start(count: usize) -> TestHosts {
+        assert!(
+            nix_is_root(),
+            "these tests make network namespaces and users: run them as root (CI does)"
+        );
+        for tool in ["/usr/sbin/sshd", "/usr/bin/ssh", "/usr/bin/ssh-keygen"] {
+            assert!(
+                Path::new(tool).exists(),
+                "{tool} is missing: apt-get install openssh-server openssh-client"
+            );
+        }
+        let seq = SEQUENCE.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let id = format!("{:x}", ((pid & 0xffff) << 4 | (seq & 0xf)) & 0xfffff);
+        let net = (100 + (seq % 100) as u8, (pid % 250) as u8);
+        let root = tempfile::Builder::new()
+            .prefix("gantry-hosts-")
+            .tempdir_in("/var/tmp")
+            .expect("create the hosts' directory");
+        chmod(root.path(), 0o755);
+        let key = root.path().join("id_test");
+        run(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "gantry-test",
+                "-f",
+                &s(&key),
+            ],
+        );
+        std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
+
+        let bridge = format!("gt{id}b");
+        quiet("ip", &["link", "del", &bridge]);
+        run("ip", &["link", "add", &bridge, "type", "bridge"]);
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("10.{}.{}.1/24", net.0, net.1),
+                "dev",
+                &bridge,
+            ],
+        );
+        run("ip", &["link", "set", &bridge, "up"]);
+
+        let mut hosts = TestHosts {
+            ssh_config: root.path().join("ssh_config"),
+            key,
+            root,
+            bridge,
+            hosts: Vec::new(),
+        };
+        let mut config = String::new();
+        for i in 1..=count {
+            let host = TestHost::create(&hosts, &id, net, i);
+            config.push_str(&format!(
+                "Host {name}\n  HostName {address}\n  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  GlobalKnownHostsFile /dev/null\n\n",
+                name = host.name,
+                address = host.address,
+                user = host.user,
+                key = hosts.key.display(),
+                known = hosts.root.path().join("known_hosts").display(),
+            ));
+            hosts.hosts.push(host);
+        }
+        std::fs::write(&hosts.ssh_config, config).expect("write the ssh config");
+        for host in &mut hosts.hosts {
+            host.start_sshd();
+        }
+        hosts
+    }
+
+    pub fn host(&self, name: &str) -> &TestHost {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no test host {name}"))
+    }
+
+    pub fn host_mut(&mut self, name: &str) -> &mut TestHost {
+        self.hosts
+            .iter_mut()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no test host {name}"))
+    }
+
+    /// A key no host accepts, for the refused-key test.
+    pub fn stranger_key(&self) -> PathBuf {
+        let key = self.root.path().join("id_stranger");
+        if !key.exists() {
+            run(
+                "ssh-keygen",
+                &["-q", "-t", "ed25519", "-N", "", "-f", &s(&key)],
+            );
+        }
+        key
+    }
+
+    /// Writes an ssh config like `ssh_config` but offering `key` instead.
+    pub fn ssh_config_with_key(&self, key: &Path) -> PathBuf {
+        let text = std::fs::read_to_string(&self.ssh_config).expect("read the ssh config");
+        let path = self.root.path().join("ssh_config_other_key");
+        std::fs::write(&path, text.replace(&s(&self.key), &s(key))).expect("write the ssh config");
+        path
+    }
+}
+
+impl Drop for TestHosts {
+    fn drop(&mut self) {
+        for host in &mut self.hosts {
+            host.remove();
+        }
+        quiet("ip", &["link", "del", &self.bridge]);
+    }
+}
+
+impl TestHost {
+    fn create(hosts: &TestHosts, id: &str, net: (u8, u8), i: usize) -> TestHost {
+        let name = format!("h{i}");
+        let namespace = format!("gt{id}h{i}");
+        let link = format!("gt{id}v{i}");
+        let peer = format!("gt{id}p{i}");
+        let address = Ipv4Addr::new(10, net.0, net.1, 10 + i as u8);
+        let user = format!("gt{id}u{i}");
+        let dir = hosts.root.path().join(&name);
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home).expect("create the host's home");
+        chmod(&dir, 0o755);
+
+        quiet("ip", &["netns", "del", &namespace]);
+        quiet("ip", &["link", "del", &link]);
+        quiet("userdel", &["-f", &user]);
+        run("ip", &["netns", "add", &namespace]);
+        run(
+            "ip",
+            &["link", "add", &link, "type", "veth", "peer", "name", &peer],
+        );
+        run("ip", &["link", "set", &peer, "netns", &namespace]);
+        run("ip", &["link", "set", &link, "master", &hosts.bridge, "up"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                &namespace,
+                "addr",
+                "add",
+                &format!("{address}/24"),
+                "dev",
+                &peer,
+            ],
+        );
+        run("ip", &["-n", &namespace, "link", "set", &peer, "up"]);
+        run("ip", &["-n", &namespace, "link", "set", "lo", "up"]);
+
+        run(
+            "useradd",
+            &["-M", "-d", &s(&home), "-s", "/bin/sh", "-U", &user],
+        );
+        // `*`, not the `!` useradd leaves: sshd refuses keys for locked accounts.
+        run("usermod", &["-p", "*", &user]);
+        run("chown", &["-R", &format!("{user}:{user}"), &s(&home)]);
+        chmod(&home, 0o700);
+
+        let host_key = dir.join("ssh_host_ed25519_key");
+        run(
+            "ssh-keygen",
+            &["-q", "-t", "ed25519", "-N", "", "-f", &s(&host_key)],
+        );
+        let public =
+            std::fs::read_to_string(hosts.key.with_extension("pub")).expect("read the test key");
+        std::fs::write(dir.join("authorized_keys"), public).expect("write authorized_keys");
+        std::fs::write(
+            dir.join("sshd_config"),
+            format!(
+                "Port 22\nListenAddress {address}\nHostKey {host_key}\nPidFile {pid}\nAuthorizedKeysFile {keys}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nAllowUsers {user}\nSubsystem sftp internal-sftp\n",
+                host_key = host_key.display(),
+                pid = dir.join("sshd.pid").display(),
+                keys = dir.join("authorized_keys").display(),
+            ),
+        )
+        .expect("write sshd_config");
+        TestHost {
+            name,
+            namespace,
+            address,
+            user,
+            home,
+            dir,
+            link,
+            sshd: None,
+        }
+    }
+
+    /// Starts this host's sshd in its namespace, with a /tmp of its own, and
+    /// waits until it accepts connections.
+    pub fn start_sshd(&mut self) {
+        let script = format!(
+            "mount -t tmpfs -o mode=1777 tmpfs /tmp && exec /usr/sbin/sshd -D -e -f {}",
+            self.dir.join("sshd_config").display()
+        );
+        let log = std::fs::File::create(self.dir.join("sshd.log")).expect("create sshd.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.namespace])
+            .args(["unshare", "--mount", "--propagation", "private", "--"])
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sshd");
+        self.sshd = Some(child);
+        let addr = SocketAddr::from((self.address, 22));
+        let started = Instant::now();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "sshd of {} did not start: {}",
+                self.name,
+                std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop_sshd(&mut self) {
+        if let Some(mut child) = self.sshd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("sshd.pid")) {
+            quiet("kill", &[pid.trim()]);
+        }
+    }
+
+    /// Gives the host a new SSH host key, as a reinstalled server has: every
+    /// process of the host ends (open SSH connections with them), sshd comes
+    /// back with the new key.
+    pub fn change_host_key(&mut self) {
+        self.stop_sshd();
+        self.kill_all();
+        let host_key = self.dir.join("ssh_host_ed25519_key");
+        let _ = std::fs::remove_file(&host_key);
+        let _ = std::fs::remove_file(host_key.with_extension("pub"));
+        run(
+            "ssh-keygen",
+            &["-q", "-t", "ed25519", "-N", "", "-f", &s(&host_key)],
+        );
+        self.start_sshd();
+    }
+
+    /// Cuts the host's network link (`ip link set ... down`).
+    pub fn cut(&self) {
+        run("ip", &["link", "set", &self.link, "down"]);
+    }
+
+    pub fn restore(&self) {
+        run("ip", &["link", "set", &self.link, "up"]);
+    }
+
+    /// Puts `bin` at ~/.gantry/bin/gantry on the host, as `configure` would.
+    pub fn install_gantry(&self, bin: &Path) {
+        let target = self.home.join(".gantry/bin");
+        std::fs::create_dir_all(&target).expect("create ~/.gantry/bin");
+        std::fs::copy(bin, target.join("gantry")).expect("copy gantry");
+        run(
+            "chown",
+            &[
+                "-R",
+                &format!("{0}:{0}", self.user),
+                &s(&self.home.join(".gantry")),
+            ],
+        );
+    }
+
+    /// A plain HTTP GET from inside the host (its own loopback): status and body.
+    pub fn http_get(
+        &self,
+        port: u16,
+        host_header: &str,
+        path: &str,
+    ) -> std::io::Result<(u16, String)> {
+        let namespace = format!("/run/netns/{}", self.namespace);
+        let host_header = host_header.to_owned();
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&namespace)?;
+            enter_netns(&ns).map_err(std::io::Error::from)?;
+            crate::http_get_host(port, &host_header, &path)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the request thread panicked")))
+    }
+
+    /// Live processes of the host's user (zombies left: they run nothing), as `ps` sees them.
+    pub fn processes(&self) -> Vec<String> {
+        let output = Command::new("ps")
+            .args(["-u", &self.user, "-o", "stat=,args="])
+            .output()
+            .expect("run ps");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| l.trim_start().split_once(' '))
+            .filter(|(stat, _)| !stat.starts_with('Z'))
+            .map(|(_, args)| args.trim().to_owned())
+            .collect()
+    }
+
+    /// Kills every process in the host's network namespace.
+    pub fn kill_all(&self) {
+        let output = Command::new("ip")
+            .args(["netns", "pids", &self.namespace])
+            .output()
+            .expect("run ip netns pids");
+        for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+            quiet("kill", &["-KILL", pid]);
+        }
+    }
+
+    fn remove(&mut self) {
+        self.kill_all();
+        quiet("pkill", &["-KILL", "-u", &self.user]);
+        self.stop_sshd();
+        // Processes may be starting as the first ones die.
+        std::thread::sleep(Duration::from_millis(50));
+        quiet("pkill", &["-KILL", "-u", &self.user]);
+        quiet("ip", &["netns", "del", &self.namespace]);
+        quiet("ip", &["link", "del", &self.link]);
+        quiet("userdel", &["-f", &self.user]);
+    }
+}
+
+fn enter_netns(ns: &std::fs::File) -> nix::Result<()> {
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+}
+
+fn nix_is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn s(path: &Path) -> String {
+    path.display().to_string()
+}

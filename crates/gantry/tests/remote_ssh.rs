@@ -1,0 +1,601 @@
+//! Hosts over SSH, for real: three hosts, each a network namespace with its
+//! own address, sshd, user, home and /tmp (gantry_testkit::hosts), reached
+//! through OpenSSH with a config file, the way users reach their servers.
+//! Needs root (CI runs as root and installs openssh-server).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+mod agent_support;
+
+use agent_support::{GANTRY, hello_toml};
+use gantry_testkit::hosts::TestHosts;
+use gantry_testkit::{TestProject, example_bins};
+
+/// A project whose `prod` environment is the test hosts `names`.
+fn remote_project(hosts: &TestHosts, names: &[&str], version: &str) -> TestProject {
+    let bins = example_bins();
+    let mut toml = hello_toml("shop", "bin/hello-web");
+    toml.push_str(&format!(
+        "\n[environments.prod]\nhosts = [{}]\n",
+        names
+            .iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    for name in names {
+        toml.push_str(&format!("\n[hosts.{name}]\nssh = \"{name}\"\n"));
+    }
+    TestProject::new(GANTRY)
+        .copy(&bins.join("hello-web"), "bin/hello-web")
+        .copy(&bins.join("hello-worker"), "bin/hello-worker")
+        .file("VERSION", &format!("{version}\n"))
+        .file("gantry.toml", &toml)
+        .env("GANTRY_SSH_CONFIG", &hosts.ssh_config.display().to_string())
+}
+
+#[test]
+fn each_ssh_failure_has_its_own_error() {
+    let mut hosts = TestHosts::start(2);
+    hosts.host("h1").install_gantry(GANTRY.as_ref());
+    let project = remote_project(&hosts, &["h1"], "1");
+
+    // A key the host does not accept (first: once a connection is open,
+    // OpenSSH multiplexes over it whatever key a later command offers).
+    let stranger = hosts.stranger_key();
+    let other = hosts.ssh_config_with_key(&stranger);
+    let refused =
+        remote_project(&hosts, &["h1"], "1").env("GANTRY_SSH_CONFIG", &other.display().to_string());
+    let run = refused.gantry(&["status", "-e", "prod", "--output", "json"]);
+    run.expect_code(5);
+    assert_eq!(
+        run.json()["error"]["code"],
+        "host.auth_refused",
+        "{}",
+        run.stdout
+    );
+    // Registering through that key fails the same way, and the environment
+    // records where it stopped.
+    let run = refused.gantry(&["register", "h1", "-e", "stage", "--output", "json"]);
+    run.expect_code(5);
+    let shown = refused
+        .gantry(&["env", "show", "stage", "--output", "json"])
+        .json();
+    assert_eq!(shown["state"], "provision_failed", "{shown:#}");
+    assert_eq!(shown["failure"]["host"], "h1", "{shown:#}");
+    assert_eq!(shown["failure"]["step"], "check ssh", "{shown:#}");
+
+    // Reachable, and the agent answers over `ssh h1 gantry agent connect`.
+    let status = project.gantry(&["status", "-e", "prod", "--output", "json"]);
+    status.expect_code(0);
+
+    // gantry missing on h2.
+    let missing = remote_project(&hosts, &["h2"], "1");
+    let run = missing.gantry(&["status", "-e", "prod", "--output", "json"]);
+    run.expect_code(5);
+    assert_eq!(
+        run.json()["error"]["code"],
+        "host.gantry_missing",
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.json()["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("gantry configure")
+    );
+
+    // The host was reinstalled: a new host key.
+    hosts.host_mut("h1").change_host_key();
+    let run = project.gantry(&["status", "-e", "prod", "--output", "json"]);
+    run.expect_code(5);
+    assert_eq!(
+        run.json()["error"]["code"],
+        "host.key_changed",
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.json()["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("ssh-keygen -R")
+    );
+
+    // Down: the link is cut.
+    hosts.host("h2").cut();
+    let run = missing.gantry(&["status", "-e", "prod", "--output", "json"]);
+    run.expect_code(5);
+    assert_eq!(
+        run.json()["error"]["code"],
+        "host.unreachable",
+        "{}",
+        run.stdout
+    );
+}
+
+/// `GET /version` of the web service through each host's own proxy
+/// (`<service>.<project>.localhost` on the host's loopback).
+fn versions(hosts: &TestHosts, names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .map(|name| {
+            let (code, body) = hosts
+                .host(name)
+                .http_get(8080, "web.shop.localhost", "/version")
+                .unwrap_or_else(|e| panic!("{name} does not answer: {e}"));
+            assert_eq!(code, 200, "{name}: {body}");
+            body.trim().to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn deploys_roll_across_three_hosts() {
+    let hosts = TestHosts::start(3);
+    let all = ["h1", "h2", "h3"];
+    for name in all {
+        hosts.host(name).install_gantry(GANTRY.as_ref());
+    }
+    let project = remote_project(&hosts, &all, "1");
+    let deployed = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"]);
+    deployed.expect_code(0);
+    let report = deployed.json();
+    let outcomes: Vec<_> = report["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| (h["host"].as_str().unwrap().to_owned(), h["outcome"].clone()))
+        .collect();
+    assert_eq!(outcomes.len(), 3, "{report:#}");
+    assert!(outcomes.iter().all(|(_, o)| o == "deployed"), "{report:#}");
+    assert_eq!(versions(&hosts, &all), ["1", "1", "1"]);
+
+    // gantry test: each host's agent, services and routes (probed on the host).
+    let checked = project.gantry(&["test", "-e", "prod", "--output", "json"]);
+    checked.expect_code(0);
+    let checked = checked.json();
+    for host in checked["hosts"].as_array().unwrap() {
+        let names: Vec<&str> = host["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["outcome"] == "passed")
+            .map(|c| c["check"].as_str().unwrap())
+            .collect();
+        for wanted in [
+            "agent answers",
+            "web healthy",
+            "worker healthy",
+            "route web.shop.localhost answers",
+        ] {
+            assert!(names.contains(&wanted), "{wanted}: {host:#}");
+        }
+    }
+
+    // Merged status: every host's instances, labelled.
+    let status = project.gantry(&["status", "-e", "prod", "--output", "json"]);
+    status.expect_code(0);
+    let status = status.json();
+    let web = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .expect("web in status");
+    let on: Vec<&str> = web["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["host"].as_str().unwrap())
+        .collect();
+    for name in all {
+        assert_eq!(on.iter().filter(|h| **h == name).count(), 2, "{web:#}");
+    }
+
+    // A rolling redeploy of version 2 (one host at a time by default); only
+    // the changed file travels.
+    std::fs::write(project.path().join("VERSION"), "2\n").unwrap();
+    let again = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"]);
+    again.expect_code(0);
+    let again = again.json();
+    assert_eq!(
+        again["upload"]["blobs_sent"], 3,
+        "one file to each host: {again:#}"
+    );
+    assert_eq!(versions(&hosts, &all), ["2", "2", "2"]);
+
+    // exec runs as the service runs: in its release, with its environment.
+    let exec = project.gantry(&[
+        "exec",
+        "web",
+        "-e",
+        "prod",
+        "--host",
+        "h2",
+        "--",
+        "sh",
+        "-c",
+        "cat VERSION; echo \"$GANTRY_SERVICE $GANTRY_RELEASE\"; exit 3",
+    ]);
+    exec.expect_code(3);
+    let mut lines = exec.stdout.lines();
+    assert_eq!(lines.next(), Some("2"), "{exec:?}");
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("web r")),
+        "{exec:?}"
+    );
+    let ssh = project.gantry(&["ssh", "h3", "-e", "prod", "--", "id", "-un"]);
+    ssh.expect_code(0);
+    assert_eq!(ssh.stdout.trim(), hosts.host("h3").user, "{ssh:?}");
+
+    // Merged logs, labelled by host.
+    let logs = project.gantry(&["logs", "-e", "prod", "web", "--output", "json"]);
+    logs.expect_code(0);
+    let mut seen: Vec<String> = logs
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|l| l["host"].as_str().map(str::to_owned))
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, all, "{}", logs.stdout);
+
+    // Followed, the hosts' streams come merged as they arrive.
+    let mut follow = agent_support::command(
+        &project,
+        &[
+            "logs", "-e", "prod", "web", "-f", "--tail", "5", "--output", "json",
+        ],
+    );
+    follow.env("GANTRY_SSH_CONFIG", &hosts.ssh_config);
+    let follow = agent_support::Lines::spawn(follow);
+    let mut followed = std::collections::BTreeSet::new();
+    follow.until("a line from each host", |line| {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+            && let Some(host) = v["host"].as_str()
+        {
+            followed.insert(host.to_owned());
+        }
+        followed.len() == 3
+    });
+    drop(follow);
+
+    // Rollback goes back on every host.
+    project
+        .gantry(&["rollback", "-e", "prod", "--output", "json"])
+        .expect_code(0);
+    assert_eq!(versions(&hosts, &all), ["1", "1", "1"]);
+}
+
+/// A `gantry deploy` left running; its stderr (the progress lines) read as they come.
+struct Running {
+    child: std::process::Child,
+    progress: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(project: &TestProject, ssh_config: &std::path::Path, args: &[&str]) -> Running {
+        use std::io::BufRead;
+        let mut child = agent_support::command(project, args)
+            .env("GANTRY_SSH_CONFIG", ssh_config)
+            .env("GANTRY_PROXY_LISTEN", "off")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start gantry deploy");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (send, progress) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, progress }
+    }
+
+    /// Waits for a progress line containing `text`.
+    fn until(&self, text: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.progress.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(_) => panic!("no progress line with `{text}`"),
+            }
+        }
+    }
+
+    fn finish(self) -> (i32, serde_json::Value) {
+        let output = self
+            .child
+            .wait_with_output()
+            .expect("wait for gantry deploy");
+        let json = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        });
+        (output.status.code().unwrap_or(-1), json)
+    }
+}
+
+/// Each host's web instances' releases, from the merged status.
+fn releases_by_host(project: &TestProject) -> std::collections::BTreeMap<String, Vec<String>> {
+    let status = project
+        .gantry(&["status", "-e", "prod", "--output", "json"])
+        .json();
+    let mut by_host: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for service in status["services"].as_array().unwrap() {
+        for i in service["instances"].as_array().unwrap() {
+            if i["state"] == "live" {
+                by_host
+                    .entry(i["host"].as_str().unwrap().to_owned())
+                    .or_default()
+                    .push(i["release"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    by_host
+}
+
+#[test]
+fn a_cut_link_stops_the_rollout_and_a_second_deploy_is_refused() {
+    let hosts = TestHosts::start(3);
+    let all = ["h1", "h2", "h3"];
+    for name in all {
+        hosts.host(name).install_gantry(GANTRY.as_ref());
+    }
+    let project = remote_project(&hosts, &all, "1");
+    project
+        .gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"])
+        .expect_code(0);
+
+    // A second deploy while the first holds the lock is refused, naming it.
+    std::fs::write(project.path().join("VERSION"), "2\n").unwrap();
+    let args = ["deploy", "-e", "prod", "--skip-build", "--output", "json"];
+    let first = Running::start(&project, &hosts.ssh_config, &args);
+    first.until("deploying shop to h1");
+    let second = project.gantry(&args);
+    second.expect_code(4);
+    let error = &second.json()["error"];
+    assert_eq!(error["code"], "deploy.locked", "{error:#}");
+    let holder = first.child.id().to_string();
+    assert!(
+        error["message"].as_str().unwrap().contains(&holder),
+        "names the holder's pid {holder}: {error:#}"
+    );
+    let (code, _) = first.finish();
+    assert_eq!(code, 0);
+    assert_eq!(versions(&hosts, &all), ["2", "2", "2"]);
+
+    // Version 3, and h2's link goes down while the rollout reaches it.
+    std::fs::write(project.path().join("VERSION"), "3\n").unwrap();
+    let rollout = Running::start(&project, &hosts.ssh_config, &args);
+    rollout.until("deploying shop to h1");
+    rollout.until("deploying shop to h2");
+    hosts.host("h2").cut();
+    let (code, report) = rollout.finish();
+    assert_eq!(code, 6, "{report:#}");
+    let error = &report["error"];
+    assert_eq!(error["code"], "deploy.failed", "{error:#}");
+    assert!(
+        error["message"].as_str().unwrap().contains("host h2"),
+        "names the host: {error:#}"
+    );
+    let per_host = &error["details"]["hosts"];
+    assert_eq!(per_host[0]["outcome"], "deployed", "{per_host:#}");
+    assert_eq!(per_host[1]["outcome"], "unreachable", "{per_host:#}");
+    assert_eq!(per_host[2]["outcome"], "skipped", "{per_host:#}");
+    assert_eq!(versions(&hosts, &["h1", "h3"]), ["3", "2"]);
+
+    // While h2 is away, gantry test says so (and only about h2).
+    let checked = project.gantry(&["test", "-e", "prod", "--output", "json"]);
+    checked.expect_code(6);
+    let error = &checked.json()["error"];
+    assert_eq!(error["code"], "test.failed", "{error:#}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("h2: agent answers") && !message.contains("h1:"),
+        "{message}"
+    );
+
+    // Back online, h2 runs one release throughout (old or new, not a mix),
+    // and so does every other host.
+    hosts.host("h2").restore();
+    let by_host = releases_by_host(&project);
+    for (host, releases) in &by_host {
+        let mut distinct = releases.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 1, "{host} runs one release: {by_host:?}");
+    }
+}
+
+#[test]
+fn register_configure_twice_deploy_destroy() {
+    let hosts = TestHosts::start(2);
+    let bins = example_bins();
+    // A project that knows nothing of the hosts yet, with a comment to keep.
+    let project = TestProject::new(GANTRY)
+        .copy(&bins.join("hello-web"), "bin/hello-web")
+        .copy(&bins.join("hello-worker"), "bin/hello-worker")
+        .file("VERSION", "1\n")
+        .file(
+            "gantry.toml",
+            &format!(
+                "# Our shop: keep this comment.\n{}",
+                hello_toml("shop", "bin/hello-web")
+            ),
+        )
+        .env("GANTRY_SSH_CONFIG", &hosts.ssh_config.display().to_string());
+
+    let reg = project.gantry(&[
+        "register", "h1", "--ssh", "h1", "-e", "prod", "--output", "json",
+    ]);
+    reg.expect_code(0);
+    assert_eq!(reg.json()["state"], "provisioned", "{}", reg.stdout);
+    project
+        .gantry(&["register", "h2", "-e", "prod", "--output", "json"])
+        .expect_code(0);
+    let toml = std::fs::read_to_string(project.path().join("gantry.toml")).unwrap();
+    assert!(
+        toml.starts_with("# Our shop: keep this comment.\n"),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("[hosts.h1]") && toml.contains("ssh = \"h1\""),
+        "{toml}"
+    );
+    assert!(toml.contains("hosts = [\"h1\", \"h2\"]"), "{toml}");
+    project.gantry(&["validate"]).expect_code(0);
+
+    // configure installs gantry and its agent; the second run changes nothing.
+    let first = project.gantry(&["configure", "-e", "prod", "--output", "json"]);
+    first.expect_code(0);
+    let first = first.json();
+    assert_eq!(first["state"], "configured", "{first:#}");
+    let changed = |report: &serde_json::Value, step: &str| -> Vec<bool> {
+        report["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                h["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["step"] == step)
+                    .map(|s| s["changed"] == true)
+                    .unwrap_or_else(|| panic!("no step {step}: {h:#}"))
+            })
+            .collect()
+    };
+    assert_eq!(changed(&first, "install gantry"), [true, true], "{first:#}");
+    for name in ["h1", "h2"] {
+        let installed = hosts.host(name).home.join(".gantry/bin/gantry");
+        assert_eq!(
+            std::fs::read(&installed).unwrap(),
+            std::fs::read(GANTRY).unwrap(),
+            "{name} runs this very binary"
+        );
+        assert!(
+            hosts
+                .host(name)
+                .processes()
+                .iter()
+                .any(|p| p.contains("gantry agent")),
+            "{name}'s agent runs: {:?}",
+            hosts.host(name).processes()
+        );
+    }
+    let second = project.gantry(&["configure", "-e", "prod", "--output", "json"]);
+    second.expect_code(0);
+    let second = second.json();
+    for step in ["install gantry", "start the agent"] {
+        assert_eq!(changed(&second, step), [false, false], "{step}: {second:#}");
+    }
+
+    project
+        .gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"])
+        .expect_code(0);
+    assert_eq!(versions(&hosts, &["h1", "h2"]), ["1", "1"]);
+    let shown = project
+        .gantry(&["env", "show", "prod", "--output", "json"])
+        .json();
+    assert_eq!(shown["state"], "running", "{shown:#}");
+    let listed = project.gantry(&["env", "list", "--output", "json"]).json();
+    assert!(
+        listed["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["environment"] == "prod" && e["state"] == "running"),
+        "{listed:#}"
+    );
+
+    // Destroy asks for --yes, then stops every service; purge forgets it.
+    project.gantry(&["env", "destroy", "prod"]).expect_code(2);
+    let destroyed = project.gantry(&["env", "destroy", "prod", "--yes", "--output", "json"]);
+    destroyed.expect_code(0);
+    assert_eq!(destroyed.json()["state"], "destroyed");
+    for name in ["h1", "h2"] {
+        assert!(
+            !hosts
+                .host(name)
+                .processes()
+                .iter()
+                .any(|p| p.contains("hello-web")),
+            "{name} still runs the web service: {:?}",
+            hosts.host(name).processes()
+        );
+    }
+    let refused = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"]);
+    refused.expect_code(4);
+    assert_eq!(refused.json()["error"]["code"], "env.state");
+    project
+        .gantry(&["env", "purge", "prod", "--output", "json"])
+        .expect_code(0);
+    project
+        .gantry(&["env", "show", "prod", "--output", "json"])
+        .expect_code(4);
+}
+
+#[test]
+fn a_host_that_fails_goes_back_and_stops_the_rollout() {
+    let hosts = TestHosts::start(3);
+    let all = ["h1", "h2", "h3"];
+    for name in all {
+        hosts.host(name).install_gantry(GANTRY.as_ref());
+    }
+    let project = remote_project(&hosts, &all, "1");
+    project
+        .gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"])
+        .expect_code(0);
+
+    // Version 2's worker cannot start on h2 (a file there says so); web,
+    // deployed before it, switches first and must be taken back.
+    let toml = std::fs::read_to_string(project.path().join("gantry.toml")).unwrap();
+    let toml = toml.replace(
+        "run = \"bin/hello-worker\"",
+        "run = \"sh -c 'test -e \\\"$HOME/broken\\\" && { echo broken here >&2; exit 1; }; exec bin/hello-worker'\"",
+    );
+    std::fs::write(project.path().join("gantry.toml"), toml).unwrap();
+    std::fs::write(project.path().join("VERSION"), "2\n").unwrap();
+    let broken = hosts.host("h2").home.join("broken");
+    std::fs::write(&broken, "").unwrap();
+
+    let run = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"]);
+    run.expect_code(6);
+    let error = &run.json()["error"];
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("host h2 failed and went back"),
+        "{error:#}"
+    );
+    let per_host = &error["details"]["hosts"];
+    assert_eq!(per_host[0]["outcome"], "deployed", "{per_host:#}");
+    assert_eq!(per_host[1]["outcome"], "reverted", "{per_host:#}");
+    assert_eq!(
+        per_host[1]["release"], per_host[1]["previous"],
+        "{per_host:#}"
+    );
+    assert_eq!(per_host[2]["outcome"], "skipped", "{per_host:#}");
+    assert_eq!(versions(&hosts, &all), ["2", "1", "1"]);
+    let by_host = releases_by_host(&project);
+    for (host, releases) in &by_host {
+        let mut distinct = releases.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 1, "{host} runs one release: {by_host:?}");
+    }
+}
