@@ -1,6 +1,7 @@
 //! HTTPS on a local deploy: the agent's proxy serves
 //! `https://<service>.<project>.localhost` with a leaf from the local CA that
-//! `gantry trust` points at, and plain HTTP keeps working beside it.
+//! `gantry trust` points at, and plain HTTP keeps working beside it; a
+//! `gantry proxy restart` keeps HTTPS on the same port.
 
 mod agent_support;
 
@@ -68,7 +69,16 @@ fn a_local_deploy_is_served_over_https_with_the_ca_gantry_trust_names() {
     let ca_path = trust.json()["path"].as_str().expect("a path").to_owned();
     let ca = CertificateDer::from_pem_file(&ca_path).expect("the CA certificate");
 
-    let answer = https_get(https, ca).expect("the TLS handshake succeeds");
+    let answer = https_get(https, ca.clone()).expect("the TLS handshake succeeds");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("hello from version 1 "), "{answer}");
+
+    // `gantry proxy restart` hands the HTTPS listener to the new process too.
+    let restarted = p.gantry(&["proxy", "restart", "--output", "json"]);
+    restarted.expect_code(0);
+    let restarted = restarted.json();
+    assert_ne!(restarted["pid"], restarted["previous_pid"], "{restarted:#}");
+    let answer = https_get(https, ca).expect("HTTPS answers after the restart");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("hello from version 1 "), "{answer}");
 
