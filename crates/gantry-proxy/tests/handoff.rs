@@ -115,8 +115,8 @@ async fn a_new_proxy_takes_over_the_https_listener_too() {
         })
         .await;
     let https = proxy.https.expect("an HTTPS listener");
-    let ca = CertificateDer::from_pem_file(proxy.dir.path().join("state/ca/ca.pem")).unwrap();
-    let before = https_get(https, &[ca.clone()], "web.shop.localhost", &[b"h2"], "/")
+    let ca = [CertificateDer::from_pem_file(proxy.dir.path().join("state/ca/ca.pem")).unwrap()];
+    let before = https_get(https, &ca, "web.shop.localhost", &[b"h2"], "/")
         .await
         .unwrap();
     assert_eq!(before.answer.status, StatusCode::OK);
@@ -127,15 +127,9 @@ async fn a_new_proxy_takes_over_the_https_listener_too() {
 
     // Only the new proxy holds the socket now; both protocols ALPN offers.
     for alpn in [&b"h2"[..], b"http/1.1"] {
-        let after = https_get(
-            https,
-            &[ca.clone()],
-            "web.shop.localhost",
-            &[alpn],
-            "/after",
-        )
-        .await
-        .unwrap();
+        let after = https_get(https, &ca, "web.shop.localhost", &[alpn], "/after")
+            .await
+            .unwrap();
         assert_eq!(after.alpn.as_deref(), Some(alpn));
         assert_eq!(after.answer.status, StatusCode::OK);
         let echoed = after.answer.json();
