@@ -315,10 +315,15 @@ fn table(rows: &[Row], artifact: u64, version_size: u64, changed: &Deploy) -> St
             })
             .collect();
         let (bytes, ratio) = match row.bytes {
-            Some((sent, whole)) if whole > 0 => (
-                sent.to_string(),
-                format!("{:.5}", sent as f64 / whole as f64),
-            ),
+            Some((sent, whole)) if whole > 0 => {
+                let ratio = sent as f64 / whole as f64;
+                let ratio = if ratio == 0.0 || ratio >= 0.001 {
+                    format!("{ratio:.3}")
+                } else {
+                    format!("{ratio:.2e}")
+                };
+                (sent.to_string(), ratio)
+            }
             _ => (String::new(), String::new()),
         };
         let _ = writeln!(
