@@ -11,17 +11,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use gantry_core::agent_api::{
-    AgentInfo, ApiError, ApiErrorBody, BlobList, DeployRequest, DeployResult, ExecSpec,
-    InstanceState, LockGrant, LockRelease, LockRequest, LogLine, Outcome, ProxyInfo, Release,
-    RollbackRequest, ServiceSelector, Status,
+    AgentInfo, ApiError, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult,
+    ExecSpec, InstanceState, LockGrant, LockRelease, LockRequest, LogLine, Outcome, ProxyInfo,
+    Release, RollbackRequest, ServiceSelector, Status,
 };
 use serde::Deserialize;
 
 use crate::agent::Agent;
+use crate::artifact::ArtifactError;
 use crate::deploy;
 use crate::proxy::{self, ProxyCutover};
 use crate::store::StoreError;
-use crate::{instance, logs, openapi, status};
+use crate::{instance, logs, openapi, status, upload};
 
 /// An error answer.
 #[derive(Debug)]
@@ -125,29 +126,63 @@ async fn proxy_stop(State(agent): Shared) -> Answer<ProxyInfo> {
 }
 
 async fn blobs_missing(State(agent): Shared, Json(list): Json<BlobList>) -> Json<BlobList> {
-    Json(BlobList {
-        digests: agent.blobs.missing(&list.digests),
-    })
+    let digests = agent.blobs.missing(&list.digests);
+    let partial = digests
+        .iter()
+        .filter_map(|d| agent.blobs.partial(d).map(|held| (d.clone(), held)))
+        .collect();
+    Json(BlobList { digests, partial })
+}
+
+#[derive(Debug, Deserialize)]
+struct BlobOffset {
+    /// Where this body starts in the blob: the bytes the agent holds already.
+    #[serde(default)]
+    offset: u64,
 }
 
 async fn put_blob(
     State(agent): Shared,
     Path(digest): Path<String>,
-    body: Bytes,
-) -> Result<StatusCode, ApiFailure> {
-    let blobs = agent.blobs.clone();
-    let d = digest.clone();
-    tokio::task::spawn_blocking(move || blobs.put(&body[..], &d))
+    Query(at): Query<BlobOffset>,
+    body: Body,
+) -> Result<(StatusCode, Json<BlobReceipt>), ApiFailure> {
+    let received = upload::receive(agent.blobs.clone(), digest.clone(), at.offset, body)
         .await
-        .map_err(|e| ApiFailure::failed("agent.internal", e.to_string()))?
-        .map_err(|e| {
-            ApiFailure::invalid(
+        .map_err(|e| match e {
+            ArtifactError::OffsetMismatch { .. } => ApiFailure::conflict(
+                "artifact.offset_mismatch",
+                e.to_string(),
+                &e.hint().unwrap_or_default(),
+            ),
+            ArtifactError::Interrupted { .. } => ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                "artifact.incomplete",
+                e.to_string(),
+                e.hint().as_deref(),
+            ),
+            ArtifactError::Io { .. } => {
+                ApiFailure::failed("artifact.failed", format!("blob {digest}: {e}"))
+            }
+            _ => ApiFailure::invalid(
                 "artifact.checksum",
                 format!("blob {digest} was not stored: {e}"),
                 "upload the file again; its bytes did not match their digest",
-            )
+            ),
         })?;
-    Ok(StatusCode::CREATED)
+    let status = if received.already_stored {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(BlobReceipt {
+            digest,
+            size: received.size,
+            received: received.received,
+        }),
+    ))
 }
 
 async fn deploy_project(

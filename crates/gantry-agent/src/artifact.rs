@@ -34,6 +34,7 @@
 mod blobs;
 mod ignore;
 mod materialize;
+mod partial;
 mod snapshot;
 
 use std::io;
@@ -43,6 +44,7 @@ use gantry_core::agent_api::ArtifactFile;
 
 pub use blobs::BlobStore;
 pub use materialize::materialize;
+pub use partial::Received;
 pub use snapshot::{snapshot, snapshot_path};
 
 /// Directory and file names a snapshot never includes.
@@ -68,6 +70,23 @@ pub enum ArtifactError {
     InvalidDigest { digest: String },
     #[error("content hashes to {actual}, not the expected {expected}")]
     DigestMismatch { expected: String, actual: String },
+    #[error(
+        "the upload of blob {digest} named offset {offset}, but the agent holds {held} bytes of it"
+    )]
+    OffsetMismatch {
+        digest: String,
+        offset: u64,
+        held: u64,
+    },
+    #[error(
+        "the upload of blob {digest} stopped after {held} bytes (kept, to resume from): {source}"
+    )]
+    Interrupted {
+        digest: String,
+        held: u64,
+        #[source]
+        source: io::Error,
+    },
     #[error("artifact {recorded} does not match its file list, which hashes to {computed}")]
     ManifestMismatch { recorded: String, computed: String },
     #[error("{} blob(s) missing from the blob store: {}", digests.len(), digests.join(", "))]
@@ -107,6 +126,8 @@ impl ArtifactError {
                 "artifact.digest_mismatch"
             }
             ArtifactError::MissingBlobs { .. } => "artifact.missing_blobs",
+            ArtifactError::OffsetMismatch { .. } => "artifact.offset_mismatch",
+            ArtifactError::Interrupted { .. } => "artifact.interrupted",
             ArtifactError::Symlink { .. } => "artifact.symlink",
             ArtifactError::IgnoreFile { .. } => "artifact.ignore_file",
             ArtifactError::NonUtf8Path { .. }
@@ -124,6 +145,12 @@ impl ArtifactError {
             ArtifactError::MissingBlobs { .. } => {
                 Some("upload the missing blobs, then retry".to_owned())
             }
+            ArtifactError::OffsetMismatch { held, .. } => Some(format!(
+                "resume from offset {held} (POST /v1/blobs/missing reports it), or send the whole blob"
+            )),
+            ArtifactError::Interrupted { held, .. } => Some(format!(
+                "send the rest with PUT /v1/blobs/<digest>?offset={held}"
+            )),
             ArtifactError::Symlink { path, .. } => Some(format!(
                 "add {} to {IGNORE_FILE} if the release does not need it",
                 path.display()

@@ -21,3 +21,4 @@ pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod tails;
+pub mod upload;

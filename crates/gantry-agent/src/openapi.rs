@@ -3,9 +3,9 @@
 //! types themselves (schemars), so the document cannot drift from the code.
 
 use gantry_core::agent_api::{
-    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant,
-    LockRelease, LockRequest, LogLine, ProxyInfo, Release, RollbackRequest, ServiceSelector,
-    Status,
+    AgentInfo, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult, ExecSpec,
+    LockGrant, LockRelease, LockRequest, LogLine, ProxyInfo, Release, RollbackRequest,
+    ServiceSelector, Status,
 };
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
@@ -44,16 +44,16 @@ const ROUTES: &[(&str, &str, &str, Option<&str>, &str)] = &[
     (
         "post",
         "/v1/blobs/missing",
-        "Which of these artifact blobs the agent lacks",
+        "Which of these artifact blobs the agent lacks, and how many bytes of each an interrupted upload left (partial)",
         Some("BlobList"),
         "BlobList",
     ),
     (
         "put",
         "/v1/blobs/{digest}",
-        "Upload one blob; its sha256 must equal the digest",
+        "Upload one blob, streamed; query: offset (resume after the bytes the agent holds). Stored only when its sha256 equals the digest (422 artifact.checksum); 409 artifact.offset_mismatch when offset is not what the agent holds",
         Some("bytes"),
-        "none",
+        "BlobReceipt",
     ),
     (
         "post",
@@ -163,6 +163,7 @@ pub fn document() -> Value {
         ProxyInfo,
         ApiErrorBody,
         BlobList,
+        BlobReceipt,
         DeployRequest,
         DeployResult,
         ExecSpec,

@@ -46,10 +46,28 @@ pub struct Artifact {
     pub files: Vec<ArtifactFile>,
 }
 
-/// `POST /v1/blobs/missing`: which of these blobs the agent lacks.
-#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+/// `POST /v1/blobs/missing`: asked with the blobs an artifact needs, answered
+/// with those the agent lacks, in the order asked.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct BlobList {
     pub digests: Vec<String>,
+    /// In an answer: of the missing blobs, how many bytes an interrupted
+    /// upload already left on the agent, by digest. Resume with
+    /// `PUT /v1/blobs/{digest}?offset=<those bytes>` and send only the rest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partial: BTreeMap<String, u64>,
+}
+
+/// `PUT /v1/blobs/{digest}[?offset=N]`: the blob is stored (201), or was
+/// already (200, its body unread).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct BlobReceipt {
+    pub digest: String,
+    /// The whole blob's size.
+    pub size: u64,
+    /// The bytes this request's body carried: `size - offset` for a resumed
+    /// upload, 0 when the blob was already there.
+    pub received: u64,
 }
 
 /// `POST /v1/projects/{project}/deploys`.

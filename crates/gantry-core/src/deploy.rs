@@ -550,24 +550,81 @@ impl HostPlan<'_> {
             files: self.scan.artifact.files.len(),
             ..Upload::default()
         };
-        if !missing.is_empty() {
+        if !missing.digests.is_empty() {
             progress.step(&format!(
                 "sending {} of {} files to {}",
-                missing.len(),
+                missing.digests.len(),
                 digests.len(),
                 agent.name()
             ));
         }
-        for digest in &missing {
+        for digest in &missing.digests {
             let Some(source) = self.scan.sources.get(digest) else {
                 continue;
             };
-            agent.upload_blob(digest, source)?;
-            upload.blobs_sent += 1;
-            upload.bytes_sent += std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
+            let offset = missing.partial.get(digest).copied().unwrap_or(0);
+            send_blob(agent, digest, source, offset, &mut upload)?;
         }
         upload.duration_ms = ms(started);
         Ok(upload)
+    }
+}
+
+/// How many times one blob is sent before its upload fails: an interrupted
+/// upload resumes where the agent's copy ends.
+const UPLOAD_ATTEMPTS: usize = 3;
+
+/// Sends one blob, starting at `offset` (what an earlier, interrupted upload
+/// left on the agent). A broken connection, or an agent whose copy is not
+/// what the client thought, resumes from what the agent says it holds; a
+/// resumed copy that fails its checksum is sent again whole.
+fn send_blob(
+    agent: &dyn Host,
+    digest: &str,
+    source: &Path,
+    offset: u64,
+    upload: &mut Upload,
+) -> Result<(), Error> {
+    let size = std::fs::metadata(source).map_or(0, |m| m.len());
+    // A partial copy longer than the file cannot be of it: start over.
+    let mut offset = if offset > size { 0 } else { offset };
+    let mut attempt = 1;
+    loop {
+        let error = match agent.upload_blob(digest, source, offset, &mut upload.bytes_sent) {
+            Ok(()) => {
+                upload.blobs_sent += 1;
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let retry = match &error {
+            crate::host::HostError::Api { error, .. } => {
+                error.code == "artifact.offset_mismatch"
+                    || (error.code == "artifact.checksum" && offset > 0)
+            }
+            crate::host::HostError::Unreachable { .. }
+            | crate::host::HostError::Protocol { .. } => true,
+            crate::host::HostError::Ssh { failure, .. } => {
+                *failure == crate::host::SshFailure::Unreachable
+            }
+            crate::host::HostError::Incompatible { .. } => false,
+        };
+        if !retry || attempt >= UPLOAD_ATTEMPTS {
+            return Err(error.into());
+        }
+        attempt += 1;
+        let now = agent.missing_blobs(&[digest.to_owned()])?;
+        if !now.digests.iter().any(|d| d == digest) {
+            // The interrupted upload completed on the agent after all.
+            upload.blobs_sent += 1;
+            return Ok(());
+        }
+        offset = now
+            .partial
+            .get(digest)
+            .copied()
+            .filter(|held| *held <= size)
+            .unwrap_or(0);
     }
 }
 

@@ -218,6 +218,11 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "an uploaded file did not match its checksum",
     ),
     (
+        "artifact.offset_mismatch",
+        ExitClass::Conflict,
+        "a resumed upload named another offset than the bytes the host holds; ask for the missing blobs again",
+    ),
+    (
         "artifact.failed",
         ExitClass::Failed,
         "the agent could not unpack the artifact",

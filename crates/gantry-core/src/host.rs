@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::agent_api::{
-    AgentInfo, ApiError, DeployRequest, DeployResult, ExecSpec, LockGrant, LockRelease,
+    AgentInfo, ApiError, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant, LockRelease,
     LockRequest, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest, ServiceSelector,
     Status,
 };
@@ -107,8 +107,19 @@ pub trait Host {
     /// The host's name, as errors and reports show it.
     fn name(&self) -> &str;
     fn info(&self) -> Result<AgentInfo, HostError>;
-    fn missing_blobs(&self, digests: &[String]) -> Result<Vec<String>, HostError>;
-    fn upload_blob(&self, digest: &str, path: &Path) -> Result<(), HostError>;
+    /// Which of `digests` the agent lacks, and how much of each it already
+    /// holds from an interrupted upload (`BlobList::partial`).
+    fn missing_blobs(&self, digests: &[String]) -> Result<BlobList, HostError>;
+    /// Streams the file at `path` from byte `offset` on as the blob `digest`
+    /// (the agent holds the bytes before `offset`). Adds the bytes that left
+    /// to `sent`, also when the upload fails halfway.
+    fn upload_blob(
+        &self,
+        digest: &str,
+        path: &Path,
+        offset: u64,
+        sent: &mut u64,
+    ) -> Result<(), HostError>;
     fn deploy(&self, request: &DeployRequest) -> Result<DeployResult, HostError>;
     fn rollback(&self, project: &str, request: &RollbackRequest)
     -> Result<DeployResult, HostError>;

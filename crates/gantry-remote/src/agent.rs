@@ -2,11 +2,14 @@
 //! implements `gantry_core::host::Host` once; `Local` and `Ssh` say how the
 //! bytes travel and what a broken connection means.
 
+use std::io::{Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use gantry_core::agent_api::{
-    AgentInfo, ApiErrorBody, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant,
-    LockRelease, LockRequest, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest,
+    AgentInfo, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult, ExecSpec,
+    LockGrant, LockRelease, LockRequest, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest,
     ServiceSelector, Status,
 };
 use gantry_core::host::{Host, HostError, LogQuery};
@@ -113,28 +116,42 @@ impl<T: Transport> Host for Agent<T> {
         self.call(Method::GET, "/v1/health", None, "application/json")
     }
 
-    fn missing_blobs(&self, digests: &[String]) -> Result<Vec<String>, HostError> {
-        let list: BlobList = self.json(
+    fn missing_blobs(&self, digests: &[String]) -> Result<BlobList, HostError> {
+        self.json(
             Method::POST,
             "/v1/blobs/missing",
             &BlobList {
                 digests: digests.to_vec(),
+                ..BlobList::default()
             },
-        )?;
-        Ok(list.digests)
+        )
     }
 
-    fn upload_blob(&self, digest: &str, path: &Path) -> Result<(), HostError> {
-        let bytes = std::fs::read(path).map_err(|e| HostError::Protocol {
+    fn upload_blob(
+        &self,
+        digest: &str,
+        path: &Path,
+        offset: u64,
+        sent: &mut u64,
+    ) -> Result<(), HostError> {
+        let unreadable = |e: std::io::Error| HostError::Protocol {
             host: self.name.clone(),
             message: format!("cannot read {}: {e}", path.display()),
-        })?;
-        let _: serde_json::Value = self.call(
-            Method::PUT,
-            &format!("/v1/blobs/{}", encode(digest)),
-            Some(bytes),
-            "application/octet-stream",
-        )?;
+        };
+        let mut file = std::fs::File::open(path).map_err(unreadable)?;
+        let size = file.metadata().map_err(unreadable)?.len();
+        file.seek(SeekFrom::Start(offset)).map_err(unreadable)?;
+        let url = match offset {
+            0 => format!("/v1/blobs/{}", encode(digest)),
+            _ => format!("/v1/blobs/{}?offset={offset}", encode(digest)),
+        };
+        let counter = Arc::new(AtomicU64::new(0));
+        let answer = self
+            .client
+            .put_file(&url, file, size.saturating_sub(offset), counter.clone());
+        *sent += counter.load(Ordering::Relaxed);
+        let (status, bytes) = answer.map_err(|e| self.transport(e))?;
+        let _: BlobReceipt = self.decode(status, &bytes)?;
         Ok(())
     }
 

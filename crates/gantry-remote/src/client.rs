@@ -15,8 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Frame, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -57,9 +63,12 @@ pub enum Dial {
     Command(Vec<OsString>),
 }
 
+/// A request body: bytes in memory, or a file streamed from disk.
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
 /// An open connection over a transport program.
 struct Piped {
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<Body>,
     child: tokio::process::Child,
     stderr: std::fs::File,
 }
@@ -93,8 +102,49 @@ impl Client {
         body: Option<Vec<u8>>,
         content_type: &str,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let body = Full::new(Bytes::from(body.unwrap_or_default()))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        self.call_body(method, path, body, None, content_type)
+    }
+
+    /// Sends `length` bytes of `file` from its current position as the body
+    /// of a PUT, read from disk as the connection takes them; reads the whole
+    /// answer. `sent` counts the bytes handed to the connection, also when
+    /// the upload breaks off.
+    pub fn put_file(
+        &self,
+        path: &str,
+        file: std::fs::File,
+        length: u64,
+        sent: Arc<AtomicU64>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let body = FileBody {
+            file: tokio::fs::File::from_std(file),
+            left: length,
+            buffer: vec![0u8; CHUNK],
+            sent,
+        }
+        .boxed_unsync();
+        self.call_body(
+            Method::PUT,
+            path,
+            body,
+            Some(length),
+            "application/octet-stream",
+        )
+    }
+
+    fn call_body(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        length: Option<u64>,
+        content_type: &str,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         self.runtime.block_on(async {
-            let mut response = self.send(method, path, body, content_type).await?;
+            let mut response = self.send(method, path, body, length, content_type).await?;
             let status = response.status();
             let body = match response.body_mut().collect().await {
                 Ok(body) => body.to_bytes(),
@@ -112,8 +162,11 @@ impl Client {
         line: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<StatusCode, ClientError> {
         self.runtime.block_on(async {
+            let empty = Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed_unsync();
             let mut response = self
-                .send(Method::GET, path, None, "application/json")
+                .send(Method::GET, path, empty, None, "application/json")
                 .await?;
             let status = response.status();
             let mut pending: Vec<u8> = Vec::new();
@@ -147,15 +200,22 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: Body,
+        length: Option<u64>,
         content_type: &str,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "gantry-agent")
-            .header("content-type", content_type)
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .header("content-type", content_type);
+        // A streamed body says its length up front, so an agent can tell a
+        // body cut off halfway from a whole one.
+        if let Some(length) = length {
+            request = request.header("content-length", length);
+        }
+        let request = request
+            .body(body)
             .map_err(|e| ClientError::Http(e.to_string()))?;
         match &self.dial {
             Dial::Unix(socket) => {
@@ -175,7 +235,7 @@ impl Client {
     async fn send_piped(
         &self,
         argv: &[OsString],
-        request: Request<Full<Bytes>>,
+        request: Request<Body>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let reusable = self.take_piped().filter(|p| !p.sender.is_closed());
         let mut piped = match reusable {
@@ -231,7 +291,7 @@ impl Drop for Client {
     }
 }
 
-async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, ClientError>
+async fn handshake<T>(io: T) -> Result<SendRequest<Body>, ClientError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -301,4 +361,56 @@ async fn exited(mut piped: Piped, message: String) -> ClientError {
         return ClientError::Http(message);
     }
     ClientError::Exited { code, stderr }
+}
+
+/// The size of the pieces a file is read and sent in.
+const CHUNK: usize = 256 * 1024;
+
+/// A file's next `left` bytes as a request body, read as hyper asks.
+struct FileBody {
+    file: tokio::fs::File,
+    left: u64,
+    buffer: Vec<u8>,
+    sent: Arc<AtomicU64>,
+}
+
+impl hyper::body::Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if this.left == 0 {
+            return Poll::Ready(None);
+        }
+        let want = usize::try_from(this.left).map_or(CHUNK, |left| left.min(CHUNK));
+        let mut buffer = tokio::io::ReadBuf::new(&mut this.buffer[..want]);
+        match tokio::io::AsyncRead::poll_read(Pin::new(&mut this.file), cx, &mut buffer) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Ok(())) if buffer.filled().is_empty() => {
+                Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file became shorter while it was being sent",
+                ))))
+            }
+            Poll::Ready(Ok(())) => {
+                let data = Bytes::copy_from_slice(buffer.filled());
+                this.left -= data.len() as u64;
+                this.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
 }

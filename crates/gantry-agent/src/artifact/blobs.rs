@@ -4,26 +4,33 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::partial::Uploads;
 use super::{ArtifactError, io_error};
 use gantry_core::artifact::hex;
 
 /// The mode of a blob in the store.
 pub(super) const BLOB_MODE: u32 = 0o444;
 
-/// Blobs by digest, at `root/sha256/<first 2 hex>/<hex>`, read-only. Uploads
-/// are staged in `root/tmp` (same filesystem, so renames are atomic).
+/// Blobs by digest, at `root/sha256/<first 2 hex>/<hex>`, read-only. Copies
+/// are staged in `root/tmp`, uploads in `root/partial` (same filesystem, so
+/// renames are atomic). Clones share the store and its upload slots.
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     root: PathBuf,
+    pub(super) uploads: Arc<Uploads>,
 }
 
 impl BlobStore {
     /// A store rooted at `root`; directories are created on first write.
     pub fn new(root: impl Into<PathBuf>) -> BlobStore {
-        BlobStore { root: root.into() }
+        BlobStore {
+            root: root.into(),
+            uploads: Arc::default(),
+        }
     }
 
     pub fn root(&self) -> &Path {

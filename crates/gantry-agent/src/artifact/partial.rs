@@ -1,0 +1,221 @@
+//! Uploads that survive a broken connection. The bytes of a blob being
+//! uploaded go to `root/partial/<digest>` as they arrive, hashed on the way;
+//! the file is renamed into the store only when the whole of it hashes to its
+//! digest, and removed when it does not. An upload cut off halfway leaves the
+//! partial file, and the next upload of that blob continues at its end
+//! (`offset`): the bytes already there are hashed again first, so a resumed
+//! blob is checked in full like any other.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use super::blobs::{BLOB_MODE, BlobStore, sync_dir};
+use super::{ArtifactError, io_error};
+use gantry_core::artifact::hex;
+
+/// The digests being uploaded right now: one upload of a blob at a time, so
+/// a retry never appends beside a request the agent is still reading.
+#[derive(Debug, Default)]
+pub(super) struct Uploads {
+    active: Mutex<HashSet<String>>,
+    done: Condvar,
+}
+
+/// Holds a digest's upload slot until dropped.
+struct Slot<'a> {
+    uploads: &'a Uploads,
+    digest: String,
+}
+
+impl Uploads {
+    fn take(&self, digest: &str) -> Slot<'_> {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        while active.contains(digest) {
+            active = self.done.wait(active).unwrap_or_else(|e| e.into_inner());
+        }
+        active.insert(digest.to_owned());
+        Slot {
+            uploads: self,
+            digest: digest.to_owned(),
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut active = self
+            .uploads
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        active.remove(&self.digest);
+        self.uploads.done.notify_all();
+    }
+}
+
+/// What an upload did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes read from this upload's body.
+    pub received: u64,
+    /// The blob's whole size, as stored.
+    pub size: u64,
+    /// The store held the blob already; the body was not read.
+    pub already_stored: bool,
+}
+
+impl BlobStore {
+    /// Where an interrupted upload of `digest` keeps the bytes that arrived.
+    fn partial_path(&self, digest: &str) -> Result<PathBuf, ArtifactError> {
+        // Checks the digest's form before it becomes part of a path.
+        self.path(digest)?;
+        Ok(self.root().join("partial").join(digest))
+    }
+
+    /// How many bytes of `digest` an interrupted upload left (None: none, or
+    /// the store holds the whole blob).
+    pub fn partial(&self, digest: &str) -> Option<u64> {
+        if self.has(digest) {
+            return None;
+        }
+        let path = self.partial_path(digest).ok()?;
+        fs::metadata(path)
+            .ok()
+            .filter(|m| m.is_file() && m.len() > 0)
+            .map(|m| m.len())
+    }
+
+    /// Receives the bytes of blob `digest` from `offset` on, as `reader`
+    /// yields them, after the `offset` bytes an earlier upload left; when the
+    /// reader ends, checks the whole blob against its digest and stores it.
+    ///
+    /// - `offset` 0 starts afresh (whatever partial copy there was goes);
+    ///   another offset must be exactly the size of the partial copy, else
+    ///   `OffsetMismatch` says how much there is.
+    /// - A reader that fails (the connection broke) keeps what arrived, for
+    ///   the next upload to resume from: `Interrupted` says how much.
+    /// - A blob that does not hash to its digest is removed: `DigestMismatch`.
+    ///
+    /// Uploads of one digest take turns; other digests go in parallel.
+    pub fn receive(
+        &self,
+        digest: &str,
+        offset: u64,
+        mut reader: impl Read,
+    ) -> Result<Received, ArtifactError> {
+        let target = self.path(digest)?;
+        let path = self.partial_path(digest)?;
+        let _slot = self.uploads.take(digest);
+        if target.is_file() {
+            return Ok(Received {
+                received: 0,
+                size: fs::metadata(&target).map_or(0, |m| m.len()),
+                already_stored: true,
+            });
+        }
+        let dir = self.root().join("partial");
+        fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+        let mut hasher = Sha256::new();
+        let mut file = if offset == 0 {
+            File::create(&path).map_err(io_error("create", &path))?
+        } else {
+            let held = fs::metadata(&path).map_or(0, |m| m.len());
+            if held != offset {
+                return Err(ArtifactError::OffsetMismatch {
+                    digest: digest.to_owned(),
+                    offset,
+                    held,
+                });
+            }
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io_error("open", &path))?;
+            copy_hashing(&mut file, &mut hasher, None)
+                .map_err(|e| io_error("read", &path)(e.into()))?;
+            file.seek(SeekFrom::End(0))
+                .map_err(io_error("read", &path))?;
+            file
+        };
+        let received = match copy_hashing(&mut reader, &mut hasher, Some(&mut file)) {
+            Ok(n) => n,
+            Err(Copy::Read(source, n)) => {
+                return Err(ArtifactError::Interrupted {
+                    digest: digest.to_owned(),
+                    held: offset + n,
+                    source,
+                });
+            }
+            Err(Copy::Write(e)) => {
+                let _ = fs::remove_file(&path);
+                return Err(io_error("write", &path)(e));
+            }
+        };
+        let actual = hex(&hasher.finalize());
+        if actual != digest {
+            let _ = fs::remove_file(&path);
+            return Err(ArtifactError::DigestMismatch {
+                expected: digest.to_owned(),
+                actual,
+            });
+        }
+        file.set_permissions(fs::Permissions::from_mode(BLOB_MODE))
+            .map_err(io_error("set the mode of", &path))?;
+        file.sync_all().map_err(io_error("sync", &path))?;
+        drop(file);
+        let blob_dir = target.parent().unwrap_or(self.root());
+        fs::create_dir_all(blob_dir).map_err(io_error("create", blob_dir))?;
+        // Same bytes as anything already there, so replacing is harmless.
+        fs::rename(&path, &target).map_err(io_error("store", &target))?;
+        sync_dir(blob_dir)?;
+        Ok(Received {
+            received,
+            size: offset + received,
+            already_stored: false,
+        })
+    }
+}
+
+enum Copy {
+    /// The source failed after this many bytes went through.
+    Read(io::Error, u64),
+    Write(io::Error),
+}
+
+impl From<Copy> for io::Error {
+    fn from(error: Copy) -> io::Error {
+        match error {
+            Copy::Read(e, _) | Copy::Write(e) => e,
+        }
+    }
+}
+
+/// Reads `reader` to its end into `hasher` (and `sink`); the bytes read.
+fn copy_hashing(
+    reader: &mut impl Read,
+    hasher: &mut Sha256,
+    mut sink: Option<&mut File>,
+) -> Result<u64, Copy> {
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Copy::Read(e, total)),
+        };
+        hasher.update(&buffer[..n]);
+        if let Some(sink) = sink.as_mut() {
+            sink.write_all(&buffer[..n]).map_err(Copy::Write)?;
+        }
+        total += n as u64;
+    }
+}
