@@ -533,7 +533,17 @@ fn table(store: &mut Store) -> Result<RouteTable, StoreError> {
                     .tls(Tls::Local),
             );
             for route in &spec.routes {
-                let (tls, redirect) = declared_route_tls(environment, &route.host);
+                let (tls, redirect) = match &spec.tls {
+                    // The user's own certificate, on every declared route of the service.
+                    Some(files) => (
+                        Tls::Files(gantry_proxy::CertFiles {
+                            cert: files.cert.clone().into(),
+                            key: files.key.clone().into(),
+                        }),
+                        environment != "local",
+                    ),
+                    None => declared_route_tls(environment, &route.host),
+                };
                 routes.push(
                     Route::new(&service, upstreams.clone())
                         .hosts([route.host.clone()])

@@ -67,6 +67,9 @@ pub struct Service {
     /// Host names, each with an optional path prefix, like `shop.example.com` or `example.com/api`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routes: Option<Vec<Route>>,
+    /// Your own certificate for the routes, instead of one from ACME: PEM files on the hosts, by absolute path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
     /// How many instances run on each host (default 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4294967295u32))]
@@ -155,6 +158,16 @@ pub struct Health {
     /// Time after start during which failures do not count (default 0s).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_period: Option<Duration>,
+}
+
+/// A certificate chain and its key, PEM files on each host that runs the service.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first, like `/etc/ssl/shop/fullchain.pem`.
+    pub cert: String,
+    /// Its private key, like `/etc/ssl/shop/privkey.pem`; readable by the agent's user.
+    pub key: String,
 }
 
 /// `host` or `host/path/prefix`; the host may start with `*.` to match subdomains.

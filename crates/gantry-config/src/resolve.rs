@@ -143,6 +143,9 @@ pub struct Service {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
     pub routes: Vec<Route>,
+    /// The user's own certificate for the routes (else ACME off `local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<model::TlsFiles>,
     pub replicas: u32,
     pub env: BTreeMap<String, String>,
     /// Names only: values are looked up at deploy time and never stored here.
@@ -265,6 +268,7 @@ impl Service {
             artifact: s.artifact.clone(),
             port: s.port.clone(),
             health,
+            tls: s.tls.clone(),
             routes: s
                 .routes
                 .iter()

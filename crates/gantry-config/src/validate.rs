@@ -362,6 +362,27 @@ fn check_service(
             Some("a service runs one way: keep one of `run`, `image` or `static`".to_owned()),
         ),
     }
+    if let Some(tls) = &s.tls {
+        for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+            if !path.starts_with('/') {
+                c.push(
+                    Problem::InvalidValue,
+                    locate(name, &["tls", key]),
+                    false,
+                    format!("`{path}` is not an absolute path: the agent reads it on each host"),
+                    Some(format!(
+                        "write the full path on the host, like /etc/ssl/{name}/{}",
+                        if key == "cert" {
+                            "fullchain.pem"
+                        } else {
+                            "privkey.pem"
+                        }
+                    )),
+                );
+            }
+        }
+    }
+
     let is_static = s.static_dir.is_some() && kinds.len() == 1;
     let is_image = s.image.is_some() && kinds.len() == 1;
 

@@ -74,6 +74,8 @@ Group=gantry
 Environment=GANTRY_STATE_DIR=/var/lib/gantry
 Environment=GANTRY_PROXY_LISTEN=0.0.0.0:80
 Environment=GANTRY_PROXY_HTTPS=0.0.0.0:443
+# Certificates for declared routes come from Let's Encrypt.
+Environment=GANTRY_ACME_DIRECTORY=https://acme-v02.api.letsencrypt.org/directory
 # Two malloc arenas keep a long-lived agent's memory flat.
 Environment=MALLOC_ARENA_MAX=2
 ExecStart=/usr/local/bin/gantry agent

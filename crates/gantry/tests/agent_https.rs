@@ -19,8 +19,13 @@ fn free_port() -> u16 {
     listener.local_addr().expect("its address").port()
 }
 
-/// One GET over TLS, trusting only `ca`: the raw HTTP/1.1 answer.
+/// One GET over TLS to `HOST`, trusting only `ca`: the raw HTTP/1.1 answer.
 fn https_get(port: u16, ca: CertificateDer<'static>) -> std::io::Result<String> {
+    https_get_host(port, ca, HOST)
+}
+
+/// One GET over TLS to `host` (SNI and Host header), trusting only `ca`.
+fn https_get_host(port: u16, ca: CertificateDer<'static>, host: &str) -> std::io::Result<String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca).map_err(std::io::Error::other)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -29,7 +34,7 @@ fn https_get(port: u16, ca: CertificateDer<'static>) -> std::io::Result<String> 
         .map_err(std::io::Error::other)?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let name = ServerName::try_from(HOST).map_err(std::io::Error::other)?;
+    let name = ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?;
     let connection =
         rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
     let tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
@@ -37,7 +42,7 @@ fn https_get(port: u16, ca: CertificateDer<'static>) -> std::io::Result<String> 
     let mut tls = rustls::StreamOwned::new(connection, tcp);
     write!(
         tls,
-        "GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )?;
     let mut answer = String::new();
     match tls.read_to_string(&mut answer) {
@@ -85,4 +90,46 @@ fn a_local_deploy_is_served_over_https_with_the_ca_gantry_trust_names() {
     let (code, body) =
         gantry_testkit::http_get_host(http, HOST, "/").expect("plain HTTP answers too");
     assert_eq!(code, 200, "a local route is not redirected: {body}");
+}
+
+/// A declared route with `tls = { cert, key }` in gantry.toml is served with
+/// exactly that certificate (a client trusting only it connects).
+#[test]
+fn a_route_with_the_users_own_certificate_is_served_with_it() {
+    const NAME: &str = "shop.example.test";
+    let issuer_key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issuer = rcgen::CertifiedIssuer::self_signed(params, issuer_key).expect("an issuer");
+    let leaf_key = rcgen::KeyPair::generate().expect("a key");
+    let leaf = rcgen::CertificateParams::new(vec![NAME.to_owned()])
+        .expect("params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("a leaf");
+
+    let (http, https) = (free_port(), free_port());
+    let p = hello("usercert", "1")
+        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{http}"))
+        .env("GANTRY_PROXY_HTTPS", &format!("127.0.0.1:{https}"))
+        .file("certs/fullchain.pem", &leaf.pem())
+        .file("certs/privkey.pem", &leaf_key.serialize_pem());
+    let certs = p.path().join("certs");
+    let toml = std::fs::read_to_string(p.path().join("gantry.toml")).expect("gantry.toml");
+    let toml = toml.replacen(
+        "port = \"http\"\n",
+        &format!(
+            "port = \"http\"\nroutes = [\"{NAME}\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            certs.join("fullchain.pem").display(),
+            certs.join("privkey.pem").display()
+        ),
+        1,
+    );
+    std::fs::write(p.path().join("gantry.toml"), toml).expect("write gantry.toml");
+    let report = deploy(&p);
+    assert_eq!(report["release"]["outcome"], "succeeded", "{report:#}");
+
+    let ca = CertificateDer::from(issuer.der().to_vec());
+    let answer = https_get_host(https, ca, NAME).expect("the TLS handshake succeeds");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("hello from version 1 "), "{answer}");
 }
