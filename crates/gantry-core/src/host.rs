@@ -188,3 +188,36 @@ pub fn remote_gantry(args: &str) -> String {
         "if [ -z \"$GANTRY_STATE_DIR\" ] && [ -S /var/lib/gantry/agent.sock ]; then export GANTRY_STATE_DIR=/var/lib/gantry; fi; PATH=\"$HOME/.gantry/bin:/usr/local/bin:$PATH\" exec gantry {args}"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_of_the_same_minor_version_are_compatible() {
+        let cli = env!("CARGO_PKG_VERSION");
+        let (major, rest) = cli.split_once('.').unwrap_or((cli, "0.0"));
+        let minor = rest.split('.').next().unwrap_or("0");
+        assert!(compatible("web1", cli).is_ok());
+        assert!(compatible("web1", &format!("{major}.{minor}.999")).is_ok());
+        for other in [
+            format!("{major}.{}.0", minor.parse::<u64>().unwrap_or(0) + 1),
+            format!("{}.{minor}.0", major.parse::<u64>().unwrap_or(0) + 1),
+            "not a version".to_owned(),
+        ] {
+            match compatible("web1", &other) {
+                Err(HostError::Incompatible {
+                    host,
+                    agent,
+                    cli: ours,
+                }) => {
+                    assert_eq!(
+                        (host.as_str(), agent.as_str(), ours.as_str()),
+                        ("web1", other.as_str(), cli)
+                    );
+                }
+                result => panic!("{other}: {result:?}"),
+            }
+        }
+    }
+}
