@@ -481,6 +481,11 @@ impl HostPlan<'_> {
         let result = match agent.deploy(&request) {
             Ok(result) => result,
             Err(e) => {
+                // The agent answered and refused: nothing changed there.
+                // Anything else lost the host mid-deploy.
+                if let crate::host::HostError::Api { .. } = e {
+                    outcome.outcome = HostOutcome::Failed;
+                }
                 outcome.error = Some(e.to_string());
                 outcome.cause = Some(Box::new(e.into()));
                 return outcome;

@@ -139,6 +139,16 @@ fn deploys_roll_across_three_hosts() {
         hosts.host(name).install_gantry(GANTRY.as_ref());
     }
     let project = remote_project(&hosts, &all, "1");
+    // A declared route whose name can never resolve (.invalid): `gantry test`
+    // warns about its DNS and still finds it answering on every host.
+    let toml = std::fs::read_to_string(project.path().join("gantry.toml"))
+        .unwrap()
+        .replacen(
+            "port = \"http\"\n",
+            "port = \"http\"\nroutes = [\"shop.gantry.invalid\"]\n",
+            1,
+        );
+    std::fs::write(project.path().join("gantry.toml"), toml).unwrap();
     let deployed = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"]);
     deployed.expect_code(0);
     let report = deployed.json();
@@ -169,9 +179,17 @@ fn deploys_roll_across_three_hosts() {
             "web healthy",
             "worker healthy",
             "route web.shop.localhost answers",
+            "route shop.gantry.invalid answers",
         ] {
             assert!(names.contains(&wanted), "{wanted}: {host:#}");
         }
+        let dns = host["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "dns shop.gantry.invalid")
+            .unwrap_or_else(|| panic!("a DNS check: {host:#}"));
+        assert_eq!(dns["outcome"], "warning", "{dns:#}");
     }
 
     // Merged status: every host's instances, labelled.
@@ -374,8 +392,51 @@ fn a_cut_link_stops_the_rollout_and_a_second_deploy_is_refused() {
         error["message"].as_str().unwrap().contains(&holder),
         "names the holder's pid {holder}: {error:#}"
     );
-    let (code, _) = first.finish();
-    assert_eq!(code, 0);
+    // The holder dies mid-rollout: its lock outlives it, a deploy is still
+    // refused naming it, and --force-unlock takes it with a warning.
+    let mut first = first;
+    first.child.kill().unwrap();
+    let _ = first.child.wait();
+    // h1's agent finishes the deploy it was given (cut over, old stopped).
+    gantry_testkit::wait_for(
+        "h1 to finish the deploy it was given",
+        std::time::Duration::from_secs(60),
+        || {
+            let status = project
+                .gantry(&["status", "-e", "prod", "--output", "json"])
+                .json();
+            let on_h1: Vec<&serde_json::Value> = status["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s["instances"].as_array().into_iter().flatten())
+                .filter(|i| i["host"] == "h1")
+                .collect();
+            !on_h1.is_empty()
+                && on_h1
+                    .iter()
+                    .all(|i| i["state"] == "live" && i["release"] != "r1")
+        },
+    );
+    let stale = project.gantry(&args);
+    stale.expect_code(4);
+    assert!(
+        stale.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&holder),
+        "{}",
+        stale.stdout
+    );
+    let mut forced_args = args.to_vec();
+    forced_args.push("--force-unlock");
+    let forced = project.gantry(&forced_args);
+    forced.expect_code(0);
+    assert!(
+        forced.stderr.contains("took the deploy lock from pid") && forced.stderr.contains(&holder),
+        "{}",
+        forced.stderr
+    );
     assert_eq!(versions(&hosts, &all), ["2", "2", "2"]);
 
     // Version 3, and h2's link goes down while the rollout reaches it.
