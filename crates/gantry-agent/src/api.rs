@@ -259,7 +259,7 @@ async fn take_lock(
     let key = (project.clone(), request.environment.clone());
     let displaced = match locks.get(&key) {
         Some((_, holder)) if !request.force => {
-            let ago = now_ms().saturating_sub(holder.since_ms) / 1000;
+            let ago = crate::agent::now_ms().saturating_sub(holder.since_ms) / 1000;
             return Err(ApiFailure::conflict(
                 "deploy.locked",
                 format!(
@@ -292,12 +292,6 @@ async fn release_lock(
         locks.remove(&key);
     }
     Ok(Json(serde_json::Value::Null))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn rollback(

@@ -708,15 +708,11 @@ impl Lock {
         progress: &dyn Progress,
     ) -> Result<Lock, Error> {
         let holder = LockHolder {
-            machine: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_default(),
+            machine: crate::environment::hostname(),
             user: std::env::var("USER").unwrap_or_default(),
             pid: std::process::id(),
             command: format!("gantry deploy -e {environment}"),
-            since_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            since_ms: crate::environment::now_ms(),
         };
         let grant = agent.lock(
             project,

@@ -156,28 +156,12 @@ pub fn example_bins() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let root = workspace_root();
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| root.join("target"), PathBuf::from)
-                .join("example-hello");
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args([
-                    "build",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "gantry-example-hello",
-                    "--target-dir",
-                ])
-                .arg(&target)
-                .current_dir(&root)
-                .status()
-                .expect("run cargo");
-            assert!(status.success(), "building the example failed");
-            target.join("release")
+            build(
+                "example-hello",
+                &["--release", "-p", "gantry-example-hello"],
+            )
         })
-        .clone()
+        .join("release")
 }
 
 /// The testkit's own service binaries (`gantry-ws-echo`), built once per
@@ -185,29 +169,29 @@ pub fn example_bins() -> PathBuf {
 pub fn testkit_bins() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let root = workspace_root();
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| root.join("target"), PathBuf::from)
-                .join("testkit-bins");
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "gantry-testkit",
-                    "--bins",
-                    "--target-dir",
-                ])
-                .arg(&target)
-                .current_dir(&root)
-                .status()
-                .expect("run cargo");
-            assert!(status.success(), "building the testkit's binaries failed");
-            target.join("debug")
-        })
-        .clone()
+        .get_or_init(|| build("testkit-bins", &["-p", "gantry-testkit", "--bins"]))
+        .join("debug")
+}
+
+/// `cargo build --quiet ARGS` into `<target dir>/<name>`, beside the
+/// workspace's own (so a test's build never waits on the outer cargo's lock);
+/// returns that target directory.
+fn build(name: &str, args: &[&str]) -> PathBuf {
+    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join(name);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet"])
+        .args(args)
+        .arg("--target-dir")
+        .arg(&target)
+        .current_dir(&root)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "`cargo build {}` failed", args.join(" "));
+    target
 }
 
 /// `GET path` on 127.0.0.1:port: the status code and the body.
