@@ -419,6 +419,11 @@ pub enum AgentAction {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Open 22, 80 and 443/tcp in this machine's firewall (ufw or nftables; needs
+    /// root). What `gantry configure` runs on a host, and the agent's systemd
+    /// unit before each start
+    #[command(hide = true)]
+    OpenPorts,
     /// Run one instance's relay (started by the agent, not by hand)
     #[command(hide = true)]
     Relay {

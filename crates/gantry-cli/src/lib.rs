@@ -390,6 +390,10 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 service,
                 command,
             }) => exit_with((wiring.exec)(&state_dir, name, service, command)?),
+            Some(AgentAction::OpenPorts) => emit(
+                printer,
+                gantry_core::firewall::open_ports(&gantry_core::firewall::PORTS)?,
+            ),
             Some(AgentAction::Relay { spec }) => {
                 let _ = (wiring.relay)(spec);
                 Ok(())

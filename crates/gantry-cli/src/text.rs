@@ -438,6 +438,12 @@ impl Report for gantry_core::configure::ConfigureReport {
     }
 }
 
+impl Report for gantry_core::firewall::FirewallReport {
+    fn text(&self) -> String {
+        format!("{}\n", self.detail)
+    }
+}
+
 impl Report for gantry_core::environment::EnvReport {
     fn text(&self) -> String {
         let s = &self.0;

@@ -8,7 +8,8 @@
 //! state directory, keep the agent running (a systemd unit when the host runs
 //! systemd and we are root; otherwise the agent as a daemon that
 //! `gantry agent connect` restarts when it is not running), replace an agent
-//! of another version, open 22/80/443 when ufw is active.
+//! of another version, and as root open 22/80/443 in ufw or nftables
+//! (`crate::firewall`).
 
 use std::path::Path;
 
@@ -53,7 +54,6 @@ pub struct Step {
 struct System {
     root: bool,
     systemd: bool,
-    ufw: bool,
     installed_sha: Option<String>,
 }
 
@@ -78,6 +78,9 @@ Environment=GANTRY_PROXY_HTTPS=0.0.0.0:443
 Environment=GANTRY_ACME_DIRECTORY=https://acme-v02.api.letsencrypt.org/directory
 # Two malloc arenas keep a long-lived agent's memory flat.
 Environment=MALLOC_ARENA_MAX=2
+# Open 22/80/443 again before each start, as root (+), going on if that
+# fails (-): nftables forgets its rules when the host reboots.
+ExecStartPre=-+/usr/local/bin/gantry agent open-ports
 ExecStart=/usr/local/bin/gantry agent
 # Stopping the agent never stops the services: they outlive it by design.
 KillMode=process
@@ -267,30 +270,16 @@ fn configure_host(
         detail: format!("agent {VERSION} answers ({agent})"),
     });
 
-    if system.root && system.ufw {
-        let ran = shell
-            .run(
-                "ufw status | grep -q 'Status: active' && { ufw allow 22/tcp && ufw allow 80/tcp && ufw allow 443/tcp; } >/dev/null; echo done",
-                None,
-            )
-            .map_err(|e| ("open ports", e.into()))?;
-        expect_ok(&ran, "open ports")?;
-        steps.push(Step {
-            step: "open ports",
-            changed: false,
-            detail: "ufw allows 22, 80 and 443/tcp".to_owned(),
-        });
+    steps.push(if system.root {
+        open_ports(shell.as_ref())?
     } else {
-        steps.push(Step {
+        Step {
             step: "open ports",
             changed: false,
-            detail: if system.root {
-                "no ufw: open 80 and 443/tcp in your firewall if one filters them".to_owned()
-            } else {
-                "not root: the firewall is left alone".to_owned()
-            },
-        });
-    }
+            detail: "not root: the firewall is left alone; open 80 and 443/tcp if one filters them"
+                .to_owned(),
+        }
+    });
     Ok(HostConfigured {
         host: host.name.clone(),
         agent: agent.to_owned(),
@@ -303,7 +292,6 @@ fn probe(shell: &dyn Shell) -> Result<System, Error> {
     let ran = shell.run(
         "echo \"os=$(uname -s) arch=$(uname -m) uid=$(id -u)\"; \
          if [ -d /run/systemd/system ]; then echo init=systemd; else echo init=other; fi; \
-         if command -v ufw >/dev/null 2>&1; then echo ufw=yes; fi; \
          if [ -x \"$HOME/.gantry/bin/gantry\" ]; then echo \"sha=$(sha256sum \"$HOME/.gantry/bin/gantry\" | cut -d' ' -f1)\"; fi",
         None,
     )?;
@@ -329,7 +317,6 @@ fn probe(shell: &dyn Shell) -> Result<System, Error> {
     Ok(System {
         root: field("uid").as_deref() == Some("0"),
         systemd: field("init").as_deref() == Some("systemd"),
-        ufw: field("ufw").is_some(),
         installed_sha: field("sha"),
     })
 }
@@ -369,6 +356,48 @@ fn install_unit(
         detail: "systemd unit gantry-agent (user gantry, state in /var/lib/gantry)".to_owned(),
     });
     Ok(())
+}
+
+/// Opens 22/80/443 in the host's firewall with the gantry just installed
+/// (`gantry agent open-ports`: ufw or nftables, see `crate::firewall`).
+fn open_ports(shell: &dyn Shell) -> Result<Step, StepError> {
+    const STEP: &str = "open ports";
+    let ran = shell
+        .run(
+            &crate::host::remote_gantry("agent open-ports --output json"),
+            None,
+        )
+        .map_err(|e| (STEP, e.into()))?;
+    if !ran.ok() {
+        // The error the command printed, as JSON, says what went wrong.
+        let said: serde_json::Value = serde_json::from_str(&ran.stdout_text()).unwrap_or_default();
+        if let Some(message) = said["error"]["message"].as_str() {
+            return Err((
+                STEP,
+                Error::ConfigureFailed {
+                    host: shell.name().to_owned(),
+                    step: STEP.to_owned(),
+                    message: message.to_owned(),
+                },
+            ));
+        }
+        expect_ok(&ran, STEP)?;
+    }
+    let report: serde_json::Value = serde_json::from_str(&ran.stdout_text()).map_err(|e| {
+        (
+            STEP,
+            Error::ConfigureFailed {
+                host: shell.name().to_owned(),
+                step: STEP.to_owned(),
+                message: format!("`gantry agent open-ports` printed what is not its report: {e}"),
+            },
+        )
+    })?;
+    Ok(Step {
+        step: STEP,
+        changed: report["changed"].as_bool().unwrap_or(false),
+        detail: report["detail"].as_str().unwrap_or_default().to_owned(),
+    })
 }
 
 fn expect_ok(ran: &crate::host::Ran, step: &'static str) -> Result<(), StepError> {

@@ -9,6 +9,7 @@ pub mod configure;
 pub mod deploy;
 pub mod environment;
 pub mod error;
+pub mod firewall;
 pub mod host;
 pub mod init;
 pub mod operate;

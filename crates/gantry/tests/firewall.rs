@@ -1,0 +1,138 @@
+//! `gantry agent open-ports` against a real nftables firewall: the test host
+//! is a network namespace (its own ruleset, its own sshd on port 22) reached
+//! over a veth link, so a dropped packet and an opened port are seen the way
+//! a client sees them. Needs root and nft (CI installs nftables).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use gantry_testkit::hosts::{TestHost, TestHosts};
+use serde_json::Value;
+
+const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");
+
+/// `gantry agent open-ports` run as root on the host: its JSON report.
+fn open_ports(host: &TestHost) -> Value {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &host.namespace, GANTRY])
+        .args(["agent", "open-ports", "--output", "json"])
+        .output()
+        .expect("run gantry in the host's namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "open-ports failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn nft(host: &TestHost, args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &host.namespace, "nft"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nft is missing: apt-get install nftables");
+    if let Some(text) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write the ruleset");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("nft");
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a client on the bridge sees of a port of the host: `open` (it
+/// connects), `closed` (refused: the packet got through, nothing listens)
+/// or `dropped` (no answer: the firewall ate it).
+fn port(host: &TestHost, port: u16) -> &'static str {
+    let addr = SocketAddr::from((host.address, port));
+    match TcpStream::connect_timeout(&addr, Duration::from_millis(700)) {
+        Ok(_) => "open",
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => "closed",
+        Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock => "dropped",
+        Err(e) => panic!("connect to {addr}: {e}"),
+    }
+}
+
+#[test]
+fn open_ports_opens_ssh_http_and_https_in_nftables_once() {
+    let hosts = TestHosts::start(1);
+    let host = hosts.host("h1");
+
+    // Nothing filters yet: nothing to do.
+    let report = open_ports(host);
+    assert_eq!(report["firewall"], "none", "{report:#}");
+    assert_eq!(report["changed"], false, "{report:#}");
+
+    // A host firewall that drops everything it was not told to accept, and a
+    // NAT chain that filters nothing.
+    nft(
+        host,
+        &["-f", "-"],
+        Some(
+            "table inet filter {
+               chain input {
+                 type filter hook input priority 0; policy drop;
+                 iif lo accept
+                 ct state established,related accept
+               }
+             }
+             table ip nat {
+               chain prerouting {
+                 type nat hook prerouting priority -100;
+               }
+             }",
+        ),
+    );
+    for p in [22, 80, 443] {
+        assert_eq!(port(host, p), "dropped", "port {p} before");
+    }
+
+    let report = open_ports(host);
+    assert_eq!(report["firewall"], "nftables", "{report:#}");
+    assert_eq!(report["changed"], true, "{report:#}");
+    assert!(
+        report["detail"]
+            .as_str()
+            .unwrap()
+            .contains("inet filter input"),
+        "{report:#}"
+    );
+    assert_eq!(port(host, 22), "open", "sshd answers");
+    assert_eq!(port(host, 80), "closed", "80 gets through");
+    assert_eq!(port(host, 443), "closed", "443 gets through");
+    // Other ports stay dropped.
+    assert_eq!(port(host, 8080), "dropped");
+
+    // Again: nothing changes, and the rule is there once.
+    let report = open_ports(host);
+    assert_eq!(report["changed"], false, "{report:#}");
+    let listed = nft(host, &["list", "ruleset"], None);
+    assert_eq!(
+        listed.matches("comment \"gantry\"").count(),
+        1,
+        "one gantry rule, in the input chain only:\n{listed}"
+    );
+    assert!(
+        listed.contains("tcp dport { 22, 80, 443 } accept comment \"gantry\""),
+        "{listed}"
+    );
+}
