@@ -131,7 +131,16 @@ async fn blobs_missing(State(agent): Shared, Json(list): Json<BlobList>) -> Json
         .iter()
         .filter_map(|d| agent.blobs.partial(d).map(|held| (d.clone(), held)))
         .collect();
-    Json(BlobList { digests, partial })
+    let uploading = digests
+        .iter()
+        .filter(|d| agent.blobs.uploading(d))
+        .cloned()
+        .collect();
+    Json(BlobList {
+        digests,
+        partial,
+        uploading,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +158,7 @@ async fn put_blob(
 ) -> Result<(StatusCode, Json<BlobReceipt>), ApiFailure> {
     let received = upload::receive(agent.blobs.clone(), digest.clone(), at.offset, body)
         .await
+        .inspect_err(|e| tracing::warn!(%digest, offset = at.offset, "upload not stored: {e}"))
         .map_err(|e| match e {
             ArtifactError::OffsetMismatch { .. } => ApiFailure::conflict(
                 "artifact.offset_mismatch",

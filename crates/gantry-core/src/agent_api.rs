@@ -56,6 +56,11 @@ pub struct BlobList {
     /// `PUT /v1/blobs/{digest}?offset=<those bytes>` and send only the rest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub partial: BTreeMap<String, u64>,
+    /// In an answer: of the missing blobs, those an upload is receiving right
+    /// now (perhaps over a connection that broke and that the agent has not
+    /// seen end yet). Resume once it has ended: its partial copy may still grow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uploading: Vec<String>,
 }
 
 /// `PUT /v1/blobs/{digest}[?offset=N]`: the blob is stored (201), or was

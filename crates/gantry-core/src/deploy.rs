@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -257,7 +257,7 @@ pub fn deploy(
         stopped = done.iter().any(|d| d.outcome != HostOutcome::Deployed);
         outcomes.extend(done);
     }
-    drop(lock);
+    lock.release(progress);
 
     conclude(&env.project, environment, build, outcomes)
 }
@@ -567,8 +567,18 @@ impl HostPlan<'_> {
             let Some(source) = self.scan.sources.get(digest) else {
                 continue;
             };
-            let offset = missing.partial.get(digest).copied().unwrap_or(0);
-            send_blob(agent, digest, source, offset, &mut upload)?;
+            let offset = if missing.uploading.contains(digest) {
+                match settled_offset(agent, digest, source, progress)? {
+                    Some(offset) => offset,
+                    None => {
+                        upload.blobs_sent += 1;
+                        continue;
+                    }
+                }
+            } else {
+                missing.partial.get(digest).copied().unwrap_or(0)
+            };
+            send_blob(agent, digest, source, offset, &mut upload, progress)?;
         }
         upload.duration_ms = ms(started);
         Ok(upload)
@@ -589,6 +599,7 @@ fn send_blob(
     source: &Path,
     offset: u64,
     upload: &mut Upload,
+    progress: &dyn Progress,
 ) -> Result<(), Error> {
     let size = std::fs::metadata(source).map_or(0, |m| m.len());
     // A partial copy longer than the file cannot be of it: start over.
@@ -618,18 +629,60 @@ fn send_blob(
             return Err(error.into());
         }
         attempt += 1;
+        match settled_offset(agent, digest, source, progress)? {
+            Some(held) => offset = held,
+            None => {
+                // The interrupted upload completed on the agent after all.
+                upload.blobs_sent += 1;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// How long to wait for an earlier upload of a blob to end on the agent: a
+/// little more than the agent gives a connection that sends nothing.
+const EARLIER_UPLOAD_WAIT: Duration = Duration::from_secs(65);
+
+/// Where to resume `digest` once no earlier upload of it is still being
+/// received (a connection cut off mid-upload that the agent has not seen end
+/// yet: its copy may still grow, and bytes sent beside it would be refused
+/// after travelling). `None`: the agent has the whole blob.
+fn settled_offset(
+    agent: &dyn Host,
+    digest: &str,
+    source: &Path,
+    progress: &dyn Progress,
+) -> Result<Option<u64>, Error> {
+    let size = std::fs::metadata(source).map_or(0, |m| m.len());
+    let deadline = Instant::now() + EARLIER_UPLOAD_WAIT;
+    let mut told = false;
+    loop {
         let now = agent.missing_blobs(&[digest.to_owned()])?;
         if !now.digests.iter().any(|d| d == digest) {
-            // The interrupted upload completed on the agent after all.
-            upload.blobs_sent += 1;
-            return Ok(());
+            return Ok(None);
         }
-        offset = now
-            .partial
-            .get(digest)
-            .copied()
-            .filter(|held| *held <= size)
-            .unwrap_or(0);
+        if !now.uploading.iter().any(|d| d == digest) || Instant::now() >= deadline {
+            // A partial copy longer than the file cannot be of it: start over.
+            let held = now
+                .partial
+                .get(digest)
+                .copied()
+                .filter(|held| *held <= size);
+            return Ok(Some(held.unwrap_or(0)));
+        }
+        if !told {
+            progress.step(&format!(
+                "{}: waiting for an earlier upload of {} to end",
+                agent.name(),
+                source.file_name().map_or_else(
+                    || source.display().to_string(),
+                    |n| n.to_string_lossy().into_owned()
+                )
+            ));
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -697,6 +750,7 @@ struct Lock {
     agent: Box<dyn Host>,
     project: String,
     release: LockRelease,
+    released: bool,
 }
 
 impl Lock {
@@ -735,13 +789,28 @@ impl Lock {
                 environment: environment.to_owned(),
                 token: grant.token,
             },
+            released: false,
         })
+    }
+
+    /// Gives the lock back, and warns when its host cannot be told: the lock
+    /// then stays taken and the next deploy needs `--force-unlock`.
+    fn release(mut self, progress: &dyn Progress) {
+        self.released = true;
+        if let Err(e) = self.agent.unlock(&self.project, &self.release) {
+            progress.step(&format!(
+                "warning: the deploy lock on {} stays taken ({e}); the next deploy needs --force-unlock",
+                self.agent.name()
+            ));
+        }
     }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        let _ = self.agent.unlock(&self.project, &self.release);
+        if !self.released {
+            let _ = self.agent.unlock(&self.project, &self.release);
+        }
     }
 }
 

@@ -329,6 +329,61 @@ impl TestHost {
         run("ip", &["link", "set", &self.link, "up"]);
     }
 
+    /// Slows what is sent to the host to `kbit` kilobits a second (`tc`'s
+    /// token bucket on its link), so that an upload takes long enough to be
+    /// cut in its middle.
+    pub fn limit_rate(&self, kbit: u32) {
+        run(
+            "tc",
+            &[
+                "qdisc",
+                "replace",
+                "dev",
+                &self.link,
+                "root",
+                "tbf",
+                "rate",
+                &format!("{kbit}kbit"),
+                "burst",
+                "32kbit",
+                "latency",
+                "400ms",
+            ],
+        );
+    }
+
+    /// Lifts `limit_rate`.
+    pub fn unlimit_rate(&self) {
+        quiet("tc", &["qdisc", "del", "dev", &self.link, "root"]);
+    }
+
+    /// The size of the largest file under the host's `partial` directories
+    /// (uploads the agent holds part of), if any.
+    pub fn largest_partial_upload(&self) -> Option<u64> {
+        fn walk(dir: &Path, inside: bool, best: &mut Option<u64>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    walk(
+                        &entry.path(),
+                        inside || entry.file_name() == "partial",
+                        best,
+                    );
+                } else if inside && let Ok(meta) = entry.metadata() {
+                    *best = Some(best.unwrap_or(0).max(meta.len()));
+                }
+            }
+        }
+        let mut best = None;
+        walk(&self.home, false, &mut best);
+        best
+    }
+
     /// Puts `bin` at ~/.gantry/bin/gantry on the host, as `configure` would.
     pub fn install_gantry(&self, bin: &Path) {
         let target = self.home.join(".gantry/bin");

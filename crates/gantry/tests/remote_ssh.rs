@@ -322,17 +322,28 @@ impl Running {
     /// Waits for a progress line containing `text`.
     fn until(&self, text: &str) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.progress.recv_timeout(left) {
                 Ok(line) if line.contains(text) => return,
-                Ok(_) => {}
-                Err(_) => panic!("no progress line with `{text}`"),
+                Ok(line) => seen.push(line),
+                Err(e) => panic!(
+                    "no progress line with `{text}` ({e}), only:\n{}",
+                    seen.join("\n")
+                ),
             }
         }
     }
 
     fn finish(self) -> (i32, serde_json::Value) {
+        let (code, json, _) = self.finish_with_progress();
+        (code, json)
+    }
+
+    /// The exit code, the JSON report and the progress lines `until` did
+    /// not consume.
+    fn finish_with_progress(self) -> (i32, serde_json::Value, Vec<String>) {
         let output = self
             .child
             .wait_with_output()
@@ -343,7 +354,8 @@ impl Running {
                 String::from_utf8_lossy(&output.stdout)
             )
         });
-        (output.status.code().unwrap_or(-1), json)
+        let rest = self.progress.iter().collect();
+        (output.status.code().unwrap_or(-1), json, rest)
     }
 }
 
@@ -659,4 +671,89 @@ fn a_host_that_fails_goes_back_and_stops_the_rollout() {
         distinct.dedup();
         assert_eq!(distinct.len(), 1, "{host} runs one release: {by_host:?}");
     }
+}
+
+/// `len` bytes that neither repeat nor compress, the same on every run.
+fn noise(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+#[test]
+fn an_upload_cut_off_with_the_link_resumes_where_it_stopped() {
+    let hosts = TestHosts::start(1);
+    let h1 = hosts.host("h1");
+    h1.install_gantry(GANTRY.as_ref());
+    let project = remote_project(&hosts, &["h1"], "1");
+    let big = noise(16 << 20);
+    std::fs::write(project.path().join("big.bin"), &big).unwrap();
+    let args = ["deploy", "-e", "prod", "--skip-build", "--output", "json"];
+
+    // 16 MiB at 16 Mbit/s: about eight seconds, cut after the first few MiB.
+    h1.limit_rate(16_000);
+    let first = Running::start(&project, &hosts.ssh_config, &args);
+    gantry_testkit::wait_for(
+        "some of big.bin to reach h1",
+        std::time::Duration::from_secs(60),
+        || h1.largest_partial_upload().is_some_and(|n| n >= 3 << 20),
+    );
+    h1.cut();
+    let (code, report, said) = first.finish_with_progress();
+    assert_eq!(code, 5, "{report:#}");
+    assert_eq!(report["error"]["code"], "host.unreachable", "{report:#}");
+    // The lock on h1 could not be given back, and the deploy says so.
+    assert!(
+        said.iter().any(
+            |l| l.contains("the deploy lock on h1 stays taken") && l.contains("--force-unlock")
+        ),
+        "{said:#?}"
+    );
+    let held = h1
+        .largest_partial_upload()
+        .expect("the agent keeps what arrived");
+    assert!(held < big.len() as u64, "held {held}");
+
+    // Back: the next deploy (which takes the lock the cut one could not give
+    // back) sends the rest of big.bin, not all of it.
+    h1.restore();
+    h1.unlimit_rate();
+    let mut forced = args.to_vec();
+    forced.push("--force-unlock");
+    let again = project.gantry(&forced);
+    again.expect_code(0);
+    let again = again.json();
+    let upload = &again["upload"];
+    // The other files of the project, which may not have been sent yet.
+    let others: u64 = [
+        "bin/hello-web",
+        "bin/hello-worker",
+        "VERSION",
+        "gantry.toml",
+    ]
+    .iter()
+    .map(|f| std::fs::metadata(project.path().join(f)).unwrap().len())
+    .sum();
+    let sent = upload["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent <= big.len() as u64 - held + others,
+        "at most the rest of big.bin ({held} of its bytes were on h1) and the other files ({others} bytes): {upload:#}"
+    );
+    assert!(sent > big.len() as u64 / 2, "{upload:#}");
+    // And what runs has the whole file.
+    let exec = project.gantry(&["exec", "web", "-e", "prod", "--", "sha256sum", "big.bin"]);
+    exec.expect_code(0);
+    let local = std::process::Command::new("sha256sum")
+        .arg(project.path().join("big.bin"))
+        .output()
+        .expect("sha256sum");
+    let expected = String::from_utf8_lossy(&local.stdout);
+    let expected = expected.split_whitespace().next().expect("a digest");
+    assert!(exec.stdout.starts_with(expected), "{exec:?}");
 }

@@ -34,6 +34,13 @@ struct Slot<'a> {
 }
 
 impl Uploads {
+    fn is_active(&self, digest: &str) -> bool {
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(digest)
+    }
+
     fn take(&self, digest: &str) -> Slot<'_> {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         while active.contains(digest) {
@@ -76,6 +83,11 @@ impl BlobStore {
         // Checks the digest's form before it becomes part of a path.
         self.path(digest)?;
         Ok(self.root().join("partial").join(digest))
+    }
+
+    /// Whether an upload of `digest` is being received right now.
+    pub fn uploading(&self, digest: &str) -> bool {
+        self.uploads.is_active(digest)
     }
 
     /// How many bytes of `digest` an interrupted upload left (None: none, or
