@@ -78,6 +78,9 @@ Environment=GANTRY_PROXY_HTTPS=0.0.0.0:443
 Environment=GANTRY_ACME_DIRECTORY=https://acme-v02.api.letsencrypt.org/directory
 # Two malloc arenas keep a long-lived agent's memory flat.
 Environment=MALLOC_ARENA_MAX=2
+# On cgroup v1 systemd hands the user only its own hierarchy: give the agent
+# its unit's memory, pids and cpu cgroups too, so it can limit services.
+ExecStartPre=+/bin/sh -c 'for c in memory pids cpu cpu,cpuacct; do d=/sys/fs/cgroup/$$c$$(grep \"^[0-9]*:$$c:\" /proc/self/cgroup | cut -d: -f3); case $$d in */gantry-agent.service) chown gantry:gantry $$d || true;; esac; done'
 ExecStart=/usr/local/bin/gantry agent
 # Stopping the agent never stops the services: they outlive it by design.
 KillMode=process
