@@ -132,6 +132,17 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
         .find(|s| s["name"] == "web")
         .expect("web in status");
     assert_eq!(web["limits"]["enforced"], true, "{web:#}");
+    // Services run as the agent's user, inside its cgroups, without the
+    // capability the unit gives the agent for its proxy's ports.
+    for instance in web["instances"].as_array().unwrap() {
+        let pid = instance["pid"].to_string();
+        assert_eq!(host.exec_ok(&["ps", "-o", "user=", "-p", &pid]), "gantry");
+        let capabilities = host.exec_ok(&["grep", "^CapEff", &format!("/proc/{pid}/status")]);
+        assert!(
+            capabilities.ends_with("0000000000000000"),
+            "web holds capabilities: {capabilities}"
+        );
+    }
     eprintln!("deployed after {:.1?}", started.elapsed());
 
     // The agent dies: systemd starts it again, and the web service answers
