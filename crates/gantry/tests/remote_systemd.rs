@@ -50,6 +50,54 @@ fn unchanged(report: &Value) -> bool {
         .all(|s| s["changed"] == false)
 }
 
+/// Whether `step` of the first host of a configure report changed anything.
+fn changed(report: &Value, step: &str) -> Option<bool> {
+    report["hosts"][0]["steps"]
+        .as_array()?
+        .iter()
+        .find(|s| s["step"] == step)
+        .map(|s| s["changed"] == true)
+}
+
+/// Requests to the web service through the host's proxy, one after another
+/// from a thread, until `finish`: every one that did not answer 200.
+struct Watch {
+    running: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Watch {
+    fn start(host: &SystemdHost) -> Watch {
+        let running = Arc::new(AtomicBool::new(true));
+        let address = host.address;
+        let thread = std::thread::spawn({
+            let running = Arc::clone(&running);
+            move || {
+                let mut failures = Vec::new();
+                while running.load(Ordering::SeqCst) {
+                    match gantry_testkit::http_get_at(
+                        (address, 80).into(),
+                        "web.shop.localhost",
+                        "/version",
+                    ) {
+                        Ok((200, _)) => {}
+                        other => failures.push(format!("{other:?}")),
+                    }
+                    // A steady pace, not a wait for anything.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                failures
+            }
+        });
+        Watch { running, thread }
+    }
+
+    fn finish(self) -> Vec<String> {
+        self.running.store(false, Ordering::SeqCst);
+        self.thread.join().expect("the request thread")
+    }
+}
+
 fn json(project: &TestProject, args: &[&str]) -> Value {
     let mut args = args.to_vec();
     args.extend(["--output", "json"]);
@@ -147,26 +195,7 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
 
     // The agent dies: systemd starts it again, and the web service answers
     // the whole time (KillMode=process: the services outlive their agent).
-    let answering = Arc::new(AtomicBool::new(true));
-    let failures = {
-        let answering = Arc::clone(&answering);
-        let address = host.address;
-        std::thread::spawn(move || {
-            let mut failures = Vec::new();
-            while answering.load(Ordering::SeqCst) {
-                match gantry_testkit::http_get_at(
-                    (address, 80).into(),
-                    "web.shop.localhost",
-                    "/version",
-                ) {
-                    Ok((200, _)) => {}
-                    other => failures.push(format!("{other:?}")),
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            failures
-        })
-    };
+    let watch = Watch::start(&host);
     host.exec_ok(&["kill", "-KILL", &pid.to_string()]);
     wait_for(
         "systemd to restart the agent",
@@ -177,8 +206,7 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
         },
     );
     let status = project.gantry(&["status", "-e", "prod", "--output", "json"]);
-    answering.store(false, Ordering::SeqCst);
-    let failures = failures.join().expect("the request thread");
+    let failures = watch.finish();
     assert!(
         failures.is_empty(),
         "the web service stopped answering while the agent was down: {failures:?}"
@@ -215,6 +243,23 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
     );
     assert_eq!(version(&host), "1");
     host.exec_ok(&["systemctl", "start", "gantry-agent"]);
+    json(&project, &["status", "-e", "prod"]);
+
+    // An upgrade: the host's gantry differs from ours, so configure installs
+    // ours and restarts the unit; the services keep answering.
+    host.exec_ok(&["sh", "-c", "echo >> /root/.gantry/bin/gantry"]);
+    let before = agent_pid(&host);
+    let watch = Watch::start(&host);
+    let upgraded = json(&project, &["configure", "-e", "prod"]);
+    let failures = watch.finish();
+    assert!(
+        failures.is_empty(),
+        "the web service stopped answering while the agent restarted: {failures:?}"
+    );
+    for step in ["install gantry", "install the agent"] {
+        assert_eq!(changed(&upgraded, step), Some(true), "{step}: {upgraded:#}");
+    }
+    assert_ne!(agent_pid(&host), before, "the agent was restarted");
     json(&project, &["status", "-e", "prod"]);
 
     // A new version, then back.
