@@ -50,6 +50,7 @@ impl SystemdHost {
     /// cache has it). Panics with what is missing when it cannot.
     pub fn start(name: &str) -> SystemdHost {
         preflight();
+        remove_orphans();
         ensure_image();
 
         let dir = tempfile::Builder::new()
@@ -300,6 +301,36 @@ fn preflight() {
             Path::new(tool).exists(),
             "{tool} is missing: apt-get install openssh-client"
         );
+    }
+}
+
+/// Removes the containers of test processes that died before their drop
+/// (`gantry-sd-<pid>-<n>` whose pid no longer runs).
+fn remove_orphans() {
+    let Ok(output) = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "name=gantry-sd-",
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+    else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&output.stdout).lines() {
+        let pid = name
+            .strip_prefix("gantry-sd-")
+            .and_then(|rest| rest.split('-').next());
+        if pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
