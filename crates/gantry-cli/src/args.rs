@@ -399,8 +399,12 @@ fn parse_ports(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
 pub enum AgentAction {
     /// Stop the agent; the services keep running
     Stop,
-    /// Bridge stdin and stdout to the agent's API (what `ssh HOST gantry agent connect` runs; starts the agent if none runs)
-    Connect,
+    /// Bridge stdin and stdout to the agent's API (what `ssh HOST gantry agent connect` runs; starts the agent if none runs, unless it is a systemd unit)
+    Connect {
+        /// The agent runs as this systemd unit: wait a few seconds for it to answer, never start one
+        #[arg(long, env = "GANTRY_AGENT_UNIT", value_name = "UNIT")]
+        unit: Option<String>,
+    },
     /// Print the status code of `GET /` through a proxy with a Host header (what `gantry test` runs on a host)
     #[command(hide = true)]
     Probe {

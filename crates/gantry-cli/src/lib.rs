@@ -58,8 +58,10 @@ pub struct Wiring {
     /// Runs one instance's relay from its spec file.
     pub relay: fn(&std::path::Path) -> ExitCode,
     pub connect: Connect,
-    /// `gantry agent connect`: bridges stdin and stdout to this machine's agent.
-    pub bridge: fn(&std::path::Path) -> Result<(), Failure>,
+    /// `gantry agent connect`: bridges stdin and stdout to this machine's
+    /// agent; with a systemd unit's name, to the agent that unit runs (never
+    /// starting one).
+    pub bridge: fn(&std::path::Path, Option<&str>) -> Result<(), Failure>,
     /// Opens a shell on a host over SSH (configure, register, ssh).
     pub shell: OpenShell,
     /// Runs a command as a service of this machine runs: state directory,
@@ -107,7 +109,17 @@ pub fn run(argv: impl IntoIterator<Item = OsString>, wiring: &Wiring) -> ExitCod
     match execute(&cli, &printer, wiring) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            printer.failure(&failure);
+            if let Command::Agent(args::AgentArgs {
+                action: Some(AgentAction::Connect { .. }),
+                ..
+            }) = &cli.command
+            {
+                // stdout carries the agent API: the CLI across SSH reads the
+                // failure from stderr.
+                printer.failure_line(&failure);
+            } else {
+                printer.failure(&failure);
+            }
             ExitCode::from(failure.exit)
         }
     }
@@ -379,7 +391,7 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                     },
                 )
             }
-            Some(AgentAction::Connect) => (wiring.bridge)(&state_dir),
+            Some(AgentAction::Connect { unit }) => (wiring.bridge)(&state_dir, unit.as_deref()),
             Some(AgentAction::Probe { proxy, name }) => {
                 let code = lifecycle::probe_http(proxy, name)?;
                 println!("{code}");

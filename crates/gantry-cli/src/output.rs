@@ -133,27 +133,38 @@ impl Printer {
     pub fn failure(&self, failure: &Failure) {
         match self.mode {
             Mode::Json => {
-                let mut error = json!({
-                    "code": failure.code,
-                    "message": failure.message,
-                    "exit_code": failure.exit,
-                });
-                if let Some(hint) = &failure.hint {
-                    error["hint"] = json!(hint);
-                }
-                if let Some(d) = &failure.diagnostics {
-                    error["errors"] = json!(d.items);
-                }
-                if let Some(details) = &failure.details {
-                    error["details"] = (**details).clone();
-                }
                 let mut stdout = std::io::stdout().lock();
-                let _ = serde_json::to_writer_pretty(&mut stdout, &json!({ "error": error }));
+                let _ = serde_json::to_writer_pretty(&mut stdout, &failure_json(failure));
                 let _ = writeln!(stdout);
             }
             Mode::Text => eprint!("{}", render_failure(failure, self.color)),
         }
     }
+
+    /// The failure as one JSON line on stderr, whatever the mode: for a
+    /// command whose stdout is a protocol (`gantry agent connect`), read by
+    /// the CLI on the other end of SSH.
+    pub fn failure_line(&self, failure: &Failure) {
+        eprintln!("{}", failure_json(failure));
+    }
+}
+
+fn failure_json(failure: &Failure) -> serde_json::Value {
+    let mut error = json!({
+        "code": failure.code,
+        "message": failure.message,
+        "exit_code": failure.exit,
+    });
+    if let Some(hint) = &failure.hint {
+        error["hint"] = json!(hint);
+    }
+    if let Some(d) = &failure.diagnostics {
+        error["errors"] = json!(d.items);
+    }
+    if let Some(details) = &failure.details {
+        error["details"] = (**details).clone();
+    }
+    json!({ "error": error })
 }
 
 /// Progress of long operations as lines on stderr (text mode, not with -q).

@@ -179,13 +179,19 @@ impl Ran {
     }
 }
 
+/// The systemd unit that runs the agent on a host configured as root, and
+/// that agent's state directory.
+pub const AGENT_UNIT: &str = "gantry-agent";
+pub const SYSTEM_STATE_DIR: &str = "/var/lib/gantry";
+
 /// The remote shell command that runs `gantry ARGS` on a host: the copy
-/// `gantry configure` installs (`~/.gantry/bin`) comes first on the PATH, and
-/// a system agent (installed as root, state in /var/lib/gantry) is the one
-/// talked to when it runs.
+/// `gantry configure` installs (`~/.gantry/bin`) comes first on the PATH.
+/// Where the agent is a systemd unit (configured as root), that agent is the
+/// one talked to, and `gantry agent connect` waits for it rather than start
+/// another (`GANTRY_AGENT_UNIT`), even while the unit restarts.
 pub fn remote_gantry(args: &str) -> String {
     format!(
-        "if [ -z \"$GANTRY_STATE_DIR\" ] && [ -S /var/lib/gantry/agent.sock ]; then export GANTRY_STATE_DIR=/var/lib/gantry; fi; PATH=\"$HOME/.gantry/bin:/usr/local/bin:$PATH\" exec gantry {args}"
+        "if [ -z \"$GANTRY_STATE_DIR\" ] && [ -f /etc/systemd/system/{AGENT_UNIT}.service ]; then export GANTRY_STATE_DIR={SYSTEM_STATE_DIR} GANTRY_AGENT_UNIT={AGENT_UNIT}; fi; PATH=\"$HOME/.gantry/bin:/usr/local/bin:$PATH\" exec gantry {args}"
     )
 }
 

@@ -92,6 +92,24 @@ impl Agent<Local> {
         Ok(agent)
     }
 
+    /// Connects to the agent of `state_dir` that something else runs (a
+    /// systemd unit), waiting up to `patience` for it to answer: it may be
+    /// starting. Never starts one.
+    pub fn wait_for(
+        name: &str,
+        state_dir: &Path,
+        patience: Duration,
+    ) -> Result<LocalAgent, HostError> {
+        let deadline = Instant::now() + patience;
+        loop {
+            match Self::connect(name, state_dir) {
+                Ok(agent) => return Ok(agent),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     /// Connects, starting `exe agent --state-dir DIR` in the background first
     /// if nothing answers. Its output goes to `agent.log` in the state directory.
     pub fn connect_or_start(

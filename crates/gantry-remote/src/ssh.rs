@@ -176,7 +176,8 @@ pub type SshAgent = Agent<Ssh>;
 impl Transport for Ssh {
     fn error(&self, host: &str, error: ClientError) -> HostError {
         match error {
-            ClientError::Exited { code, stderr } => classify(host, &self.target, code, &stderr),
+            ClientError::Exited { code, stderr } => remote_failure(host, &stderr)
+                .unwrap_or_else(|| classify(host, &self.target, code, &stderr)),
             ClientError::Connect(e) => HostError::Ssh {
                 host: host.to_owned(),
                 failure: SshFailure::Unreachable,
@@ -369,6 +370,31 @@ fn read_all(mut file: std::fs::File) -> String {
 }
 
 /// Turns OpenSSH's exit and stderr into an error that says what to do.
+/// `gantry agent connect` on the host failed on its own and said why, as
+/// one JSON line on stderr (its stdout carries the API): the agent there
+/// does not answer, for the reason and with the hint it gives.
+fn remote_failure(host: &str, stderr: &str) -> Option<HostError> {
+    #[derive(serde::Deserialize)]
+    struct Said {
+        error: Failure,
+    }
+    #[derive(serde::Deserialize)]
+    struct Failure {
+        message: String,
+        #[serde(default)]
+        hint: String,
+    }
+    let said = stderr
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str::<Said>(line.trim()).ok())?;
+    Some(HostError::Unreachable {
+        host: host.to_owned(),
+        message: said.error.message,
+        hint: said.error.hint,
+    })
+}
+
 pub fn classify(host: &str, target: &SshTarget, code: Option<i32>, stderr: &str) -> HostError {
     let said = stderr
         .lines()
@@ -478,5 +504,23 @@ mod tests {
             failure("sh: 1: exec: gantry: not found\n", Some(127)),
             SshFailure::GantryMissing
         );
+    }
+
+    #[test]
+    fn the_agent_connect_of_the_host_says_why_its_agent_does_not_answer() {
+        let stderr = "Warning: Permanently added 'h1' (ED25519) to the list of known hosts.\n{\"error\":{\"code\":\"agent.unreachable\",\"exit_code\":5,\"hint\":\"see `systemctl status gantry-agent`\",\"message\":\"the agent of the systemd unit gantry-agent does not answer on /var/lib/gantry/agent.sock after 10s: connection refused\"}}\n";
+        match remote_failure("web1", stderr) {
+            Some(HostError::Unreachable {
+                host,
+                message,
+                hint,
+            }) => {
+                assert_eq!(host, "web1");
+                assert!(message.contains("systemd unit gantry-agent"), "{message}");
+                assert_eq!(hint, "see `systemctl status gantry-agent`");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(remote_failure("web1", "sh: 1: exec: gantry: not found\n").is_none());
     }
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failure here is a failed test
 
 pub mod hosts;
+pub mod systemd_host;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -201,8 +202,22 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 
 /// `GET path` on 127.0.0.1:port with this Host header, on a new connection.
 pub fn http_get_host(port: u16, host: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_at(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        host,
+        path,
+    )
+}
+
+/// `GET path` on `addr` with this Host header, on a new connection.
+pub fn http_get_at(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     write!(
         stream,

@@ -213,26 +213,55 @@ fn exe(name: &str) -> Result<std::path::PathBuf, HostError> {
     })
 }
 
-/// `gantry agent connect`: starts this machine's agent if none runs, then
-/// bridges stdin and stdout to its socket.
-fn bridge(state_dir: &Path) -> Result<(), Failure> {
+/// How long `gantry agent connect` waits for a systemd unit's agent, which
+/// may be starting or restarting (`RestartSec=1`).
+const UNIT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `gantry agent connect`: starts this machine's agent if none runs (or,
+/// when systemd runs it as `unit`, waits for it), then bridges stdin and
+/// stdout to its socket.
+fn bridge(state_dir: &Path, unit: Option<&str>) -> Result<(), Failure> {
+    let hint = match unit {
+        Some(unit) => format!(
+            "systemd runs it on this host: see `systemctl status {unit}` and `journalctl -u {unit}`"
+        ),
+        None => format!("see {} on this host", state_dir.join("agent.log").display()),
+    };
     let failed = |message: String| Failure {
         code: "agent.unreachable",
         exit: gantry_core::ExitClass::Unreachable.code(),
         message,
-        hint: Some(format!(
-            "see {} on this host",
-            state_dir.join("agent.log").display()
-        )),
+        hint: Some(hint.clone()),
         diagnostics: None,
         details: None,
     };
-    gantry_remote::LocalAgent::connect_or_start(
-        "local",
-        state_dir,
-        &exe("local").map_err(|e| failed(e.to_string()))?,
-    )
-    .map_err(|e| failed(e.to_string()))?;
+    match unit {
+        // Starting another agent here would run it as whoever connected,
+        // beside the unit's: never.
+        Some(unit) => {
+            gantry_remote::LocalAgent::wait_for("local", state_dir, UNIT_PATIENCE).map_err(
+                |e| {
+                    let why = match &e {
+                        HostError::Unreachable { message, .. } => message.clone(),
+                        other => other.to_string(),
+                    };
+                    failed(format!(
+                        "the agent of the systemd unit {unit} does not answer on {} after {}s: {why}",
+                        state_dir.join("agent.sock").display(),
+                        UNIT_PATIENCE.as_secs()
+                    ))
+                },
+            )?;
+        }
+        None => {
+            gantry_remote::LocalAgent::connect_or_start(
+                "local",
+                state_dir,
+                &exe("local").map_err(|e| failed(e.to_string()))?,
+            )
+            .map_err(|e| failed(e.to_string()))?;
+        }
+    }
     gantry_remote::bridge(&state_dir.join("agent.sock")).map_err(|e| failed(e.to_string()))
 }
 

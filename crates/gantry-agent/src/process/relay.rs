@@ -101,6 +101,7 @@ fn start(spec: &LaunchSpec) -> io::Result<Running<'_>> {
         .stderr(Stdio::piped())
         // Its own group, so a stop reaches everything it started.
         .process_group(0);
+    drop_ambient_capabilities(&mut command);
     if let Some(cgroup) = &spec.cgroup {
         join_on_exec(&mut command, cgroup)?;
     }
@@ -245,6 +246,38 @@ pub fn secret_values(
         env.insert(name.clone(), value.to_owned());
     }
     Ok(env)
+}
+
+/// The agent may hold ambient capabilities (the systemd unit gives it
+/// CAP_NET_BIND_SERVICE for its proxy's ports 80 and 443, and they pass to
+/// its children): the service must not inherit them.
+#[allow(unsafe_code)]
+fn drop_ambient_capabilities(command: &mut Command) {
+    let clear = || -> io::Result<()> {
+        let all = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
+        // SAFETY: prctl(2) with integer arguments only.
+        let done = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                all,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        let error = io::Error::last_os_error();
+        // A kernel before 4.3 has no ambient set: nothing to drop.
+        if done == 0 || error.raw_os_error() == Some(libc::EINVAL) {
+            Ok(())
+        } else {
+            Err(error)
+        }
+    };
+    // SAFETY: `clear` runs in the child between fork and exec: one prctl(2),
+    // async-signal-safe, no allocation, no lock.
+    unsafe {
+        command.pre_exec(clear);
+    }
 }
 
 /// Makes the child join `cgroup` before it execs, so even its first

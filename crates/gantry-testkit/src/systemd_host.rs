@@ -1,0 +1,464 @@
+//! A real server for tests, on this machine: a Docker container whose PID 1
+//! is systemd, with sshd, reachable over SSH as root with a test key at its
+//! own address on Docker's bridge. What `gantry configure` does as root on a
+//! systemd host (a system user, a unit, /var/lib/gantry) runs there for real
+//! and never touches this machine.
+//!
+//! No image can be pulled here, so the image (`gantry-test-systemd:bookworm`)
+//! is imported from a root filesystem that `debootstrap` builds. Both are
+//! cached: the image in Docker, the root filesystem as a tarball in
+//! /var/cache/gantry-test; a lock file keeps two tests from building at once.
+//!
+//! Needs root, Docker and debootstrap. The container is removed on drop.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The image every systemd host runs.
+pub const IMAGE: &str = "gantry-test-systemd:bookworm";
+
+/// Where the root filesystem tarball and the build lock are kept between runs.
+const CACHE: &str = "/var/cache/gantry-test";
+const TARBALL: &str = "systemd-bookworm.tar";
+
+/// What the root filesystem holds beside debootstrap's minimal base.
+const PACKAGES: &str = "systemd,systemd-sysv,dbus,openssh-server,iproute2,procps,ufw,nftables,iptables,ca-certificates";
+
+static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+pub struct SystemdHost {
+    /// The key, the ssh config and known_hosts; removed on drop.
+    dir: tempfile::TempDir,
+    /// The name in the ssh config (and in gantry.toml).
+    pub name: String,
+    /// The Docker container's name.
+    pub container: String,
+    /// The container's address on Docker's bridge.
+    pub address: Ipv4Addr,
+    /// An OpenSSH client config naming the host (`GANTRY_SSH_CONFIG`).
+    pub ssh_config: PathBuf,
+    /// The private half of the key root on the host accepts.
+    pub key: PathBuf,
+}
+
+impl SystemdHost {
+    /// Boots a systemd host named `name` (building its image first if no
+    /// cache has it). Panics with what is missing when it cannot.
+    pub fn start(name: &str) -> SystemdHost {
+        preflight();
+        remove_orphans();
+        ensure_image();
+
+        let dir = tempfile::Builder::new()
+            .prefix("gantry-systemd-host-")
+            .tempdir()
+            .expect("create the host's directory");
+        let key = dir.path().join("id_test");
+        run(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "gantry-test",
+                "-f",
+                &s(&key),
+            ],
+        );
+        let container = format!(
+            "gantry-sd-{}-{}",
+            std::process::id(),
+            SEQUENCE.fetch_add(1, Ordering::SeqCst)
+        );
+        eprintln!("systemd host {name}: starting container {container}");
+        // systemd as PID 1 in a container on cgroup v1: the cgroup tree
+        // writable (it makes its own slices under the container's cgroup),
+        // /run and /run/lock on tmpfs, and `container=docker` so units that
+        // make no sense in a container (gettys, udev) stay off. Every
+        // capability but CAP_SYS_RESOURCE rather than --privileged: where
+        // Docker itself runs without that one, --privileged cannot start.
+        run(
+            "docker",
+            &[
+                "run",
+                "-d",
+                "--cap-add",
+                "ALL",
+                "--cap-drop",
+                "SYS_RESOURCE",
+                "--security-opt",
+                "seccomp=unconfined",
+                "--security-opt",
+                "apparmor=unconfined",
+                "--name",
+                &container,
+                "--hostname",
+                name,
+                "--tmpfs",
+                "/run",
+                "--tmpfs",
+                "/run/lock",
+                "-v",
+                "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+                "-e",
+                "container=docker",
+                "--stop-signal",
+                "SIGRTMIN+3",
+                IMAGE,
+                "/sbin/init",
+            ],
+        );
+        let mut host = SystemdHost {
+            ssh_config: dir.path().join("ssh_config"),
+            key,
+            dir,
+            name: name.to_owned(),
+            container,
+            address: Ipv4Addr::UNSPECIFIED,
+        };
+        host.wait_booted();
+        host.authorize_key();
+        host.address = host.read_address();
+        std::fs::write(
+            &host.ssh_config,
+            format!(
+                "Host {name}\n  HostName {address}\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking accept-new\n",
+                address = host.address,
+                key = host.key.display(),
+                known = host.dir.path().join("known_hosts").display(),
+            ),
+        )
+        .expect("write the ssh config");
+        host.wait_for_ssh();
+        host
+    }
+
+    /// Runs a command inside the container (as root, not over SSH).
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .args(["exec", &self.container])
+            .args(args)
+            .output()
+            .expect("run docker exec")
+    }
+
+    /// Runs a command inside the container; its stdout, trimmed. Panics
+    /// with its stderr when it fails.
+    pub fn exec_ok(&self, args: &[&str]) -> String {
+        let output = self.exec(args);
+        assert!(
+            output.status.success(),
+            "`{}` on {} failed: {}{}",
+            args.join(" "),
+            self.name,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// A plain HTTP GET from this machine to the host's address: status and body.
+    pub fn http_get(
+        &self,
+        port: u16,
+        host_header: &str,
+        path: &str,
+    ) -> std::io::Result<(u16, String)> {
+        crate::http_get_at(SocketAddr::from((self.address, port)), host_header, path)
+    }
+
+    /// Polls until systemd has finished booting (`running`, or `degraded`
+    /// when a unit failed: a container has units that cannot start).
+    fn wait_booted(&self) {
+        let started = Instant::now();
+        loop {
+            let output = self.exec(&["systemctl", "is-system-running"]);
+            let state = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            if state == "running" || state == "degraded" {
+                if state == "degraded" {
+                    let failed = self.exec(&["systemctl", "--failed", "--no-legend"]);
+                    eprintln!(
+                        "systemd host {}: degraded: {}",
+                        self.name,
+                        String::from_utf8_lossy(&failed.stdout).trim()
+                    );
+                }
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let logs = Command::new("docker")
+                    .args(["logs", "--tail", "50", &self.container])
+                    .output()
+                    .map(|o| {
+                        format!(
+                            "{}{}",
+                            String::from_utf8_lossy(&o.stdout),
+                            String::from_utf8_lossy(&o.stderr)
+                        )
+                    })
+                    .unwrap_or_default();
+                panic!(
+                    "systemd in {} did not finish booting (`{state}`): {logs}",
+                    self.container
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn authorize_key(&self) {
+        let public =
+            std::fs::read_to_string(self.key.with_extension("pub")).expect("read the test key");
+        let script = format!(
+            "install -d -m 700 /root/.ssh && printf '%s\\n' '{}' > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys && systemctl start ssh",
+            public.trim()
+        );
+        self.exec_ok(&["sh", "-c", &script]);
+    }
+
+    fn read_address(&self) -> Ipv4Addr {
+        let output = Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                &self.container,
+            ])
+            .output()
+            .expect("run docker inspect");
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.trim().parse().unwrap_or_else(|e| {
+            panic!(
+                "{} has no address on Docker's bridge (`{}`): {e}",
+                self.container,
+                text.trim()
+            )
+        })
+    }
+
+    /// Polls until root logs in over SSH with the test key.
+    fn wait_for_ssh(&self) {
+        let started = Instant::now();
+        loop {
+            let output = Command::new("ssh")
+                .args(["-F", &s(&self.ssh_config), "-o", "BatchMode=yes"])
+                .args(["-o", "ConnectTimeout=2", &self.name, "true"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run ssh");
+            if output.status.success() {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "cannot log in to {} over SSH: {}",
+                self.name,
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for SystemdHost {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.container])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Panics naming the first thing this machine lacks to run systemd hosts.
+fn preflight() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "systemd host tests run privileged containers and debootstrap: run them as root (CI does)"
+    );
+    let docker = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    match docker {
+        Err(e) => panic!("docker is missing ({e}): install Docker (apt-get install docker.io)"),
+        Ok(output) if !output.status.success() => panic!(
+            "the Docker engine does not answer: {}start it (e.g. `service docker start`)",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Ok(_) => {}
+    }
+    for tool in ["/usr/bin/ssh", "/usr/bin/ssh-keygen"] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: apt-get install openssh-client"
+        );
+    }
+}
+
+/// Removes the containers of test processes that died before their drop
+/// (`gantry-sd-<pid>-<n>` whose pid no longer runs).
+fn remove_orphans() {
+    let Ok(output) = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "name=gantry-sd-",
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+    else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&output.stdout).lines() {
+        let pid = name
+            .strip_prefix("gantry-sd-")
+            .and_then(|rest| rest.split('-').next());
+        if pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn image_exists() -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The image, from Docker's cache, else from the cached root filesystem,
+/// else built with debootstrap. One builder at a time: the others wait on
+/// the lock and find the image made.
+fn ensure_image() {
+    if image_exists() {
+        return;
+    }
+    let cache = Path::new(CACHE);
+    std::fs::create_dir_all(cache).expect("create /var/cache/gantry-test");
+    let lock = File::create(cache.join("systemd-bookworm.lock")).expect("create the build lock");
+    eprintln!("systemd host: waiting for the image build lock");
+    lock.lock().expect("take the build lock");
+    if image_exists() {
+        return;
+    }
+    let tarball = cache.join(TARBALL);
+    if !tarball.exists() {
+        build_rootfs(&tarball);
+    }
+    eprintln!("systemd host: importing {} as {IMAGE}", tarball.display());
+    run(
+        "docker",
+        &[
+            "import",
+            "--change",
+            "CMD [\"/sbin/init\"]",
+            &s(&tarball),
+            IMAGE,
+        ],
+    );
+}
+
+/// debootstrap's minimal Debian bookworm with systemd and sshd, as a
+/// tarball at `tarball` (written under a temporary name, then renamed).
+fn build_rootfs(tarball: &Path) {
+    assert!(
+        Path::new("/usr/sbin/debootstrap").exists(),
+        "debootstrap is missing, and no cached image or root filesystem exists: apt-get install debootstrap"
+    );
+    // Under the lock, a root filesystem left in the cache is a killed build's.
+    if let Some(dir) = tarball.parent()
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().contains(".rootfs.") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let rootfs = tarball.with_extension(format!("rootfs.{}", std::process::id()));
+    eprintln!(
+        "systemd host: building a Debian bookworm root filesystem with debootstrap in {} (takes minutes, once)",
+        rootfs.display()
+    );
+    let started = Instant::now();
+    let status = Command::new("debootstrap")
+        .args(["--variant=minbase", &format!("--include={PACKAGES}")])
+        .args(["bookworm", &s(&rootfs), "http://deb.debian.org/debian"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run debootstrap");
+    assert!(
+        status.success(),
+        "debootstrap failed (see its log in {}/debootstrap/debootstrap.log)",
+        rootfs.display()
+    );
+    prepare_rootfs(&rootfs);
+    let part = tarball.with_extension("tar.part");
+    eprintln!(
+        "systemd host: debootstrap done in {:.0?}; packing {}",
+        started.elapsed(),
+        tarball.display()
+    );
+    run(
+        "tar",
+        &[
+            "--numeric-owner",
+            "--xattrs",
+            "-C",
+            &s(&rootfs),
+            "-cf",
+            &s(&part),
+            ".",
+        ],
+    );
+    std::fs::rename(&part, tarball).expect("rename the root filesystem tarball");
+    let _ = std::fs::remove_dir_all(&rootfs);
+}
+
+/// What a container needs beside the packages: no apt caches, a machine id
+/// made at boot, a root that logs in with a key only.
+fn prepare_rootfs(rootfs: &Path) {
+    let _ = std::fs::remove_dir_all(rootfs.join("var/cache/apt/archives"));
+    let _ = std::fs::remove_dir_all(rootfs.join("var/lib/apt/lists"));
+    std::fs::write(rootfs.join("etc/machine-id"), "").expect("empty /etc/machine-id");
+    let _ = std::fs::remove_file(rootfs.join("var/lib/dbus/machine-id"));
+    std::fs::write(
+        rootfs.join("etc/ssh/sshd_config.d/gantry-test.conf"),
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n",
+    )
+    .expect("write the test's sshd config");
+}
+
+fn run(program: &str, args: &[&str]) {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn s(path: &Path) -> String {
+    path.display().to_string()
+}

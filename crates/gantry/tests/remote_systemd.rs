@@ -1,0 +1,272 @@
+//! `gantry configure` as root on a host that runs systemd, for real: a Docker
+//! container whose PID 1 is systemd, reached over SSH as root
+//! (gantry_testkit::systemd_host). The agent becomes the unit
+//! `gantry-agent` running as the user `gantry`, its proxy on port 80.
+//! Needs root, Docker and debootstrap (the image is built once and cached).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+mod agent_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_support::{GANTRY, hello_toml};
+use gantry_testkit::systemd_host::SystemdHost;
+use gantry_testkit::{TestProject, example_bins, wait_for};
+use serde_json::Value;
+
+/// `GET /version` of the web service through the host's proxy on port 80,
+/// from this machine.
+fn version(host: &SystemdHost) -> String {
+    let (code, body) = host
+        .http_get(80, "web.shop.localhost", "/version")
+        .unwrap_or_else(|e| panic!("{} does not answer on port 80: {e}", host.name));
+    assert_eq!(code, 200, "{body}");
+    body.trim().to_owned()
+}
+
+/// The agent's main pid, as systemd knows it (0: not running).
+fn agent_pid(host: &SystemdHost) -> u32 {
+    host.exec_ok(&[
+        "systemctl",
+        "show",
+        "--property=MainPID",
+        "--value",
+        "gantry-agent",
+    ])
+    .parse()
+    .expect("MainPID is a number")
+}
+
+/// Whether every step of every host of a configure report changed nothing.
+fn unchanged(report: &Value) -> bool {
+    report["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|h| h["steps"].as_array().unwrap())
+        .all(|s| s["changed"] == false)
+}
+
+/// Whether `step` of the first host of a configure report changed anything.
+fn changed(report: &Value, step: &str) -> Option<bool> {
+    report["hosts"][0]["steps"]
+        .as_array()?
+        .iter()
+        .find(|s| s["step"] == step)
+        .map(|s| s["changed"] == true)
+}
+
+/// Requests to the web service through the host's proxy, one after another
+/// from a thread, until `finish`: every one that did not answer 200.
+struct Watch {
+    running: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Watch {
+    fn start(host: &SystemdHost) -> Watch {
+        let running = Arc::new(AtomicBool::new(true));
+        let address = host.address;
+        let thread = std::thread::spawn({
+            let running = Arc::clone(&running);
+            move || {
+                let mut failures = Vec::new();
+                while running.load(Ordering::SeqCst) {
+                    match gantry_testkit::http_get_at(
+                        (address, 80).into(),
+                        "web.shop.localhost",
+                        "/version",
+                    ) {
+                        Ok((200, _)) => {}
+                        other => failures.push(format!("{other:?}")),
+                    }
+                    // A steady pace, not a wait for anything.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                failures
+            }
+        });
+        Watch { running, thread }
+    }
+
+    fn finish(self) -> Vec<String> {
+        self.running.store(false, Ordering::SeqCst);
+        self.thread.join().expect("the request thread")
+    }
+}
+
+fn json(project: &TestProject, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.extend(["--output", "json"]);
+    let run = project.gantry(&args);
+    run.expect_code(0);
+    run.json()
+}
+
+#[test]
+fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
+    let started = Instant::now();
+    let host = SystemdHost::start("sd1");
+    eprintln!("host up after {:.1?}", started.elapsed());
+    let bins = example_bins();
+    let project = TestProject::new(GANTRY)
+        .copy(&bins.join("hello-web"), "bin/hello-web")
+        .copy(&bins.join("hello-worker"), "bin/hello-worker")
+        .file("VERSION", "1\n")
+        .file("gantry.toml", &hello_toml("shop", "bin/hello-web"))
+        .env("GANTRY_SSH_CONFIG", &host.ssh_config.display().to_string());
+
+    let registered = json(&project, &["register", "sd1", "-e", "prod"]);
+    assert_eq!(registered["state"], "provisioned", "{registered:#}");
+
+    // configure: gantry installed, its agent a unit running as `gantry`.
+    let first = json(&project, &["configure", "-e", "prod"]);
+    assert_eq!(first["state"], "configured", "{first:#}");
+    assert_eq!(first["hosts"][0]["agent"], "systemd", "{first:#}");
+    assert_eq!(
+        host.exec_ok(&["systemctl", "is-active", "gantry-agent"]),
+        "active"
+    );
+    assert_eq!(host.exec_ok(&["id", "-un", "gantry"]), "gantry");
+    assert_eq!(
+        host.exec_ok(&["stat", "-c", "%U %a", "/var/lib/gantry"]),
+        "gantry 700"
+    );
+    let ours = std::process::Command::new(GANTRY)
+        .arg("--version")
+        .output()
+        .expect("run gantry --version");
+    assert_eq!(
+        host.exec_ok(&["/usr/local/bin/gantry", "--version"]),
+        String::from_utf8_lossy(&ours.stdout).trim()
+    );
+    let pid = agent_pid(&host);
+    assert_ne!(pid, 0, "systemd knows the agent's pid");
+    assert_eq!(
+        host.exec_ok(&["ps", "-o", "user=", "-p", &pid.to_string()]),
+        "gantry"
+    );
+    eprintln!("configured after {:.1?}", started.elapsed());
+
+    // Again: nothing changes, the agent is not restarted.
+    let second = json(&project, &["configure", "-e", "prod"]);
+    assert!(
+        unchanged(&second),
+        "a second configure changes nothing: {second:#}"
+    );
+    assert_eq!(agent_pid(&host), pid, "the agent was not restarted");
+
+    // Deploy: the web service answers through the host's proxy on port 80.
+    json(&project, &["deploy", "-e", "prod", "--skip-build"]);
+    assert_eq!(version(&host), "1");
+    let status = json(&project, &["status", "-e", "prod"]);
+    assert_eq!(status["hosts"][0]["host"], "sd1", "{status:#}");
+    assert_eq!(status["hosts"][0]["reachable"], true, "{status:#}");
+    for service in status["services"].as_array().unwrap() {
+        let instances = service["instances"].as_array().unwrap();
+        assert!(!instances.is_empty(), "{status:#}");
+        for instance in instances {
+            assert_eq!(instance["state"], "live", "{status:#}");
+        }
+    }
+    // The web service's memory and pids limits hold, though the agent is not root.
+    let web = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .expect("web in status");
+    assert_eq!(web["limits"]["enforced"], true, "{web:#}");
+    // Services run as the agent's user, inside its cgroups, without the
+    // capability the unit gives the agent for its proxy's ports.
+    for instance in web["instances"].as_array().unwrap() {
+        let pid = instance["pid"].to_string();
+        assert_eq!(host.exec_ok(&["ps", "-o", "user=", "-p", &pid]), "gantry");
+        let capabilities = host.exec_ok(&["grep", "^CapEff", &format!("/proc/{pid}/status")]);
+        assert!(
+            capabilities.ends_with("0000000000000000"),
+            "web holds capabilities: {capabilities}"
+        );
+    }
+    eprintln!("deployed after {:.1?}", started.elapsed());
+
+    // The agent dies: systemd starts it again, and the web service answers
+    // the whole time (KillMode=process: the services outlive their agent).
+    let watch = Watch::start(&host);
+    host.exec_ok(&["kill", "-KILL", &pid.to_string()]);
+    wait_for(
+        "systemd to restart the agent",
+        Duration::from_secs(30),
+        || {
+            let now = agent_pid(&host);
+            now != 0 && now != pid
+        },
+    );
+    let status = project.gantry(&["status", "-e", "prod", "--output", "json"]);
+    let failures = watch.finish();
+    assert!(
+        failures.is_empty(),
+        "the web service stopped answering while the agent was down: {failures:?}"
+    );
+    status.expect_code(0);
+    assert_eq!(version(&host), "1");
+    assert_eq!(
+        host.exec_ok(&["ps", "-o", "user=", "-p", &agent_pid(&host).to_string()]),
+        "gantry"
+    );
+
+    // The unit stopped: the CLI says where to look, and starts no agent of
+    // its own as root beside the unit's; the services keep running.
+    host.exec_ok(&["systemctl", "stop", "gantry-agent"]);
+    let down = project.gantry(&["status", "-e", "prod", "--output", "json"]);
+    down.expect_code(5);
+    let error = &down.json()["error"];
+    assert_eq!(error["code"], "agent.unreachable", "{error:#}");
+    let hint = error["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("systemctl status gantry-agent")
+            && hint.contains("journalctl -u gantry-agent"),
+        "{error:#}"
+    );
+    let root_agents: Vec<String> = host
+        .exec_ok(&["ps", "-u", "root", "-o", "args="])
+        .lines()
+        .filter(|p| p.contains("gantry agent") && !p.contains("agent connect"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        root_agents.is_empty(),
+        "agents run as root: {root_agents:?}"
+    );
+    assert_eq!(version(&host), "1");
+    host.exec_ok(&["systemctl", "start", "gantry-agent"]);
+    json(&project, &["status", "-e", "prod"]);
+
+    // An upgrade: the host's gantry differs from ours, so configure installs
+    // ours and restarts the unit; the services keep answering.
+    host.exec_ok(&["sh", "-c", "echo >> /root/.gantry/bin/gantry"]);
+    let before = agent_pid(&host);
+    let watch = Watch::start(&host);
+    let upgraded = json(&project, &["configure", "-e", "prod"]);
+    let failures = watch.finish();
+    assert!(
+        failures.is_empty(),
+        "the web service stopped answering while the agent restarted: {failures:?}"
+    );
+    for step in ["install gantry", "install the agent"] {
+        assert_eq!(changed(&upgraded, step), Some(true), "{step}: {upgraded:#}");
+    }
+    assert_ne!(agent_pid(&host), before, "the agent was restarted");
+    json(&project, &["status", "-e", "prod"]);
+
+    // A new version, then back.
+    std::fs::write(project.path().join("VERSION"), "2\n").unwrap();
+    json(&project, &["deploy", "-e", "prod", "--skip-build"]);
+    assert_eq!(version(&host), "2");
+    json(&project, &["rollback", "-e", "prod"]);
+    assert_eq!(version(&host), "1");
+    eprintln!("done after {:.1?}", started.elapsed());
+}
