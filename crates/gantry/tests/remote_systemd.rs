@@ -119,6 +119,16 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
         .file("gantry.toml", &hello_toml("shop", "bin/hello-web"))
         .env("GANTRY_SSH_CONFIG", &host.ssh_config.display().to_string());
 
+    // The host's firewall: ufw, denying what it was not told to allow
+    // (SSH, which its owner allowed before enabling it).
+    host.exec_ok(&["ufw", "allow", "22/tcp"]);
+    host.exec_ok(&["ufw", "--force", "enable"]);
+    let port_80 = std::net::SocketAddr::from((host.address, 80));
+    match std::net::TcpStream::connect_timeout(&port_80, Duration::from_millis(700)) {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+        other => panic!("ufw should drop port 80 before configure: {other:?}"),
+    }
+
     let registered = json(&project, &["register", "sd1", "-e", "prod"]);
     assert_eq!(registered["state"], "provisioned", "{registered:#}");
 
@@ -149,6 +159,16 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
         host.exec_ok(&["ps", "-o", "user=", "-p", &pid.to_string()]),
         "gantry"
     );
+    // ufw now allows HTTP and HTTPS too (opened by the unit as it started,
+    // or by configure's own step: either way, once).
+    let ufw = host.exec_ok(&["ufw", "status"]);
+    for port in ["22/tcp", "80/tcp", "443/tcp"] {
+        assert!(
+            ufw.lines()
+                .any(|l| l.starts_with(port) && l.contains("ALLOW")),
+            "{port}: {ufw}"
+        );
+    }
     eprintln!("configured after {:.1?}", started.elapsed());
 
     // Again: nothing changes, the agent is not restarted.
