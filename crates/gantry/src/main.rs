@@ -188,12 +188,24 @@ fn exec(
     let Some((program, args)) = command.split_first() else {
         return Err(failed("usage", "no command given".to_owned(), None));
     };
-    let status = std::process::Command::new(program)
-        .args(args)
+    let mut run = std::process::Command::new(program);
+    run.args(args)
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(&spec.env)
-        .envs(&secrets)
+        .envs(&secrets);
+    // Root reaching an agent that runs as its own user (the systemd unit's
+    // `gantry`): the command runs as that user, as the services do.
+    if rustix::process::geteuid().is_root() {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::process::CommandExt;
+        if let Ok(owner) = std::fs::metadata(state_dir)
+            && owner.uid() != 0
+        {
+            run.uid(owner.uid()).gid(owner.gid());
+        }
+    }
+    let status = run
         .status()
         .map_err(|e| {
             failed(

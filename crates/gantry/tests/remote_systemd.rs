@@ -211,6 +211,23 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
             "web holds capabilities: {capabilities}"
         );
     }
+    // exec runs as the services run: user gantry, in the release.
+    let exec = project.gantry(&[
+        "exec",
+        "web",
+        "-e",
+        "prod",
+        "--",
+        "sh",
+        "-c",
+        "id -un; cat VERSION",
+    ]);
+    exec.expect_code(0);
+    assert_eq!(
+        exec.stdout.lines().collect::<Vec<_>>(),
+        ["gantry", "1"],
+        "{exec:?}"
+    );
     eprintln!("deployed after {:.1?}", started.elapsed());
 
     // The agent dies: systemd starts it again, and the web service answers
