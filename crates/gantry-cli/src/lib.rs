@@ -247,12 +247,16 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 ran.stdout_text()
                     .trim()
                     .parse()
-                    .map_err(|_| gantry_core::Error::Unsupported {
-                        what: format!(
-                            "http://{name}/ through {proxy}: {}",
-                            ran.stderr.trim().lines().last().unwrap_or("no answer")
-                        ),
-                        hint: String::new(),
+                    .map_err(|_| gantry_core::Error::ProbeFailed {
+                        name: name.to_owned(),
+                        proxy: proxy.to_owned(),
+                        message: ran
+                            .stderr
+                            .trim()
+                            .lines()
+                            .last()
+                            .unwrap_or("no answer")
+                            .to_owned(),
                     })
             };
             emit(

@@ -190,9 +190,10 @@ pub fn exec_target(
 pub fn probe_http(proxy: &str, name: &str) -> Result<u16, Error> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
-    let fail = |message: String| Error::Unsupported {
-        what: format!("http://{name}/ through {proxy}: {message}"),
-        hint: String::new(),
+    let fail = |message: String| Error::ProbeFailed {
+        name: name.to_owned(),
+        proxy: proxy.to_owned(),
+        message,
     };
     let addr = proxy
         .to_socket_addrs()

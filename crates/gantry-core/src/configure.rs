@@ -151,8 +151,10 @@ pub fn configure(
                 );
                 states.save(&state)?;
                 return Err(match error {
-                    // SSH's own errors keep their codes and hints.
+                    // SSH's own errors keep their codes and hints; a step's
+                    // own failure already names the host and the step.
                     Error::Host(e) => Error::Host(e),
+                    failed @ Error::ConfigureFailed { .. } => failed,
                     other => Error::ConfigureFailed {
                         host: host.name.clone(),
                         step: step.to_owned(),
@@ -223,7 +225,7 @@ fn configure_host(
                 Some(exe),
             )
             .map_err(|e| ("install gantry", e.into()))?;
-        expect_ok(&ran, "install gantry")?;
+        expect_ok(&ran, shell.name(), "install gantry")?;
     }
     steps.push(Step {
         step: "install gantry",
@@ -241,7 +243,7 @@ fn configure_host(
                 None,
             )
             .map_err(|e| ("prepare directories", e.into()))?;
-        expect_ok(&ran, "prepare directories")?;
+        expect_ok(&ran, shell.name(), "prepare directories")?;
         steps.push(Step {
             step: "prepare directories",
             changed: false,
@@ -261,7 +263,7 @@ fn configure_host(
             let ran = shell
                 .run(&crate::host::remote_gantry("agent stop"), None)
                 .map_err(|e| ("start the agent", e.into()))?;
-            expect_ok(&ran, "start the agent")?;
+            expect_ok(&ran, shell.name(), "start the agent")?;
             connect(host).map_err(step("start the agent"))?;
             true
         }
@@ -298,7 +300,7 @@ fn probe(shell: &dyn Shell) -> Result<System, Error> {
          if [ -x \"$HOME/.gantry/bin/gantry\" ]; then echo \"sha=$(sha256sum \"$HOME/.gantry/bin/gantry\" | cut -d' ' -f1)\"; fi",
         None,
     )?;
-    expect_ok(&ran, "check the host").map_err(|(_, e)| e)?;
+    expect_ok(&ran, shell.name(), "check the host").map_err(|(_, e)| e)?;
     let text = ran.stdout_text();
     let field = |key: &str| {
         text.split_whitespace()
@@ -351,7 +353,7 @@ fn install_unit(
     let ran = shell
         .run(&script, Some(unit_file.path()))
         .map_err(|e| ("install the agent", e.into()))?;
-    expect_ok(&ran, "install the agent")?;
+    expect_ok(&ran, shell.name(), "install the agent")?;
     let out = ran.stdout_text();
     steps.push(Step {
         step: "install the agent",
@@ -384,7 +386,7 @@ fn open_ports(shell: &dyn Shell) -> Result<Step, StepError> {
                 },
             ));
         }
-        expect_ok(&ran, STEP)?;
+        expect_ok(&ran, shell.name(), STEP)?;
     }
     let report: serde_json::Value = serde_json::from_str(&ran.stdout_text()).map_err(|e| {
         (
@@ -403,7 +405,7 @@ fn open_ports(shell: &dyn Shell) -> Result<Step, StepError> {
     })
 }
 
-fn expect_ok(ran: &crate::host::Ran, step: &'static str) -> Result<(), StepError> {
+fn expect_ok(ran: &crate::host::Ran, host: &str, step: &'static str) -> Result<(), StepError> {
     if ran.ok() {
         return Ok(());
     }
@@ -416,13 +418,14 @@ fn expect_ok(ran: &crate::host::Ran, step: &'static str) -> Result<(), StepError
         .to_owned();
     Err((
         step,
-        Error::Unsupported {
-            what: format!(
+        Error::ConfigureFailed {
+            host: host.to_owned(),
+            step: step.to_owned(),
+            message: format!(
                 "exited with {}: {said}",
                 ran.code
                     .map_or_else(|| "a signal".to_owned(), |c| c.to_string())
             ),
-            hint: String::new(),
         },
     ))
 }

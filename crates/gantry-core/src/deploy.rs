@@ -245,9 +245,8 @@ pub fn deploy(
                     handle.join().unwrap_or_else(|_| {
                         HostDeploy::lost(
                             host,
-                            Error::Unsupported {
+                            Error::Internal {
                                 what: "the deploy thread panicked".to_owned(),
-                                hint: "a bug in Gantry; please report it".to_owned(),
                             },
                         )
                     })

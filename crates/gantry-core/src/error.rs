@@ -193,6 +193,16 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "the agent could not store the secrets file",
     ),
     (
+        "test.probe_failed",
+        ExitClass::Unreachable,
+        "a route did not answer an HTTP request through the host's proxy",
+    ),
+    (
+        "internal.bug",
+        ExitClass::Failed,
+        "Gantry itself failed (a thread panicked); please report it with the message",
+    ),
+    (
         "deploy.unsupported",
         ExitClass::Invalid,
         "the environment needs something this version cannot do yet",
@@ -284,6 +294,14 @@ pub enum Error {
     MissingSecrets { names: Vec<String> },
     #[error("{what}")]
     Unsupported { what: String, hint: String },
+    #[error("http://{name}/ through {proxy}: {message}")]
+    ProbeFailed {
+        name: String,
+        proxy: String,
+        message: String,
+    },
+    #[error("{what}: a bug in Gantry")]
+    Internal { what: String },
     #[error("release {release} failed: {reason}")]
     DeployFailed {
         release: String,
@@ -358,6 +376,8 @@ impl Error {
             Error::BuildFailed { .. } => "build.failed",
             Error::MissingSecrets { .. } => "secrets.missing",
             Error::Unsupported { .. } => "deploy.unsupported",
+            Error::ProbeFailed { .. } => "test.probe_failed",
+            Error::Internal { .. } => "internal.bug",
             Error::DeployFailed { .. } => "deploy.failed",
             Error::InitExists { .. } => "init.exists",
             Error::OutputExists { .. } => "output.exists",
@@ -423,6 +443,12 @@ impl Error {
                 "set them in the environment of this command, or as NAME=value lines in .gantry/secrets.env (mode 0600)".to_owned(),
             ),
             Error::Unsupported { hint, .. } => Some(hint.clone()),
+            Error::ProbeFailed { .. } => Some(
+                "`gantry status` says whether the service is live; `gantry logs` shows its output".to_owned(),
+            ),
+            Error::Internal { .. } => {
+                Some("please report it, with this message and what you ran".to_owned())
+            }
             Error::TestFailed { .. } => Some(
                 "each check's detail is in the report (`--output json`: error.details); `gantry status` and `gantry logs` say more".to_owned(),
             ),

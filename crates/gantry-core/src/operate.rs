@@ -20,8 +20,9 @@ fn hosts_of(project: &Project, environment: &str) -> Result<(String, Vec<HostSpe
     let config = project.load()?;
     let env = config.environment(environment)?;
     if env.hosts.is_empty() {
-        return Err(Error::Unsupported {
-            what: format!("environment `{environment}` has no hosts"),
+        return Err(Error::EnvState {
+            environment: environment.to_owned(),
+            problem: "has no hosts".to_owned(),
             hint: "add hosts to it in gantry.toml".to_owned(),
         });
     }
@@ -47,9 +48,8 @@ fn on_each<T: Send>(
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
-                    Err(Error::Unsupported {
+                    Err(Error::Internal {
                         what: "a host's thread panicked".to_owned(),
-                        hint: "a bug in Gantry; please report it".to_owned(),
                     })
                 })
             })
