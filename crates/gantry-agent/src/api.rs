@@ -12,8 +12,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use gantry_core::agent_api::{
     AgentInfo, ApiError, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult,
-    ExecSpec, InstanceState, LockGrant, LockRelease, LockRequest, LogLine, Outcome, ProxyInfo,
-    Release, RollbackRequest, ServiceSelector, Status,
+    ExecSpec, InstanceState, LockGrant, LockRelease, LockRequest, LockState, LogLine, Outcome,
+    ProxyInfo, Release, RollbackRequest, ServiceSelector, Status,
 };
 use serde::Deserialize;
 
@@ -91,7 +91,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         )
         .route(
             "/v1/projects/{project}/lock",
-            post(take_lock).delete(release_lock),
+            get(lock_state).post(take_lock).delete(release_lock),
         )
         .layer(DefaultBodyLimit::max(4 << 30))
         .with_state(agent)
@@ -258,6 +258,24 @@ async fn exec_spec(
         secret_names: spec.secrets.clone(),
         release: release.id,
     }))
+}
+
+#[derive(Deserialize)]
+struct EnvironmentQuery {
+    environment: String,
+}
+
+async fn lock_state(
+    State(agent): Shared,
+    Path(project): Path<String>,
+    Query(query): Query<EnvironmentQuery>,
+) -> Json<LockState> {
+    let locks = agent.env_locks.lock().unwrap_or_else(|e| e.into_inner());
+    Json(LockState {
+        holder: locks
+            .get(&(project, query.environment))
+            .map(|(_, holder)| holder.clone()),
+    })
 }
 
 async fn take_lock(

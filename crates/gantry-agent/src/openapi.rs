@@ -4,7 +4,7 @@
 
 use gantry_core::agent_api::{
     AgentInfo, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult, ExecSpec,
-    LockGrant, LockRelease, LockRequest, LogLine, ProxyInfo, Release, RollbackRequest,
+    LockGrant, LockRelease, LockRequest, LockState, LogLine, ProxyInfo, Release, RollbackRequest,
     ServiceSelector, Status,
 };
 use schemars::generate::SchemaSettings;
@@ -119,6 +119,13 @@ const ROUTES: &[(&str, &str, &str, Option<&str>, &str)] = &[
         "ExecSpec",
     ),
     (
+        "get",
+        "/v1/projects/{project}/lock",
+        "Who holds an environment's deploy lock (?environment=ENV)",
+        None,
+        "LockState",
+    ),
+    (
         "post",
         "/v1/projects/{project}/lock",
         "Take an environment's deploy lock (409 deploy.locked names the holder)",
@@ -170,6 +177,7 @@ pub fn document() -> Value {
         LockGrant,
         LockRelease,
         LockRequest,
+        LockState,
         LogLine,
         Release,
         RollbackRequest,

@@ -385,6 +385,14 @@ pub struct LockGrant {
     pub displaced: Option<LockHolder>,
 }
 
+/// `GET /v1/projects/{project}/lock?environment=ENV`: who holds an
+/// environment's deploy lock, if anyone.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct LockState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<LockHolder>,
+}
+
 /// `DELETE /v1/projects/{project}/lock`.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct LockRelease {

@@ -15,7 +15,7 @@ use crate::agent_api::{
 };
 use crate::artifact;
 use crate::config::resolve::{Host as HostSpec, Reach, Service, Workload};
-use crate::host::Host;
+use crate::host::{Host, HostError};
 use crate::{Error, Project};
 
 /// Where a long operation reports what it is doing (stderr lines, JSON
@@ -767,15 +767,26 @@ impl Lock {
             command: format!("gantry deploy -e {environment}"),
             since_ms: crate::environment::now_ms(),
         };
-        let grant = agent.lock(
-            project,
-            &LockRequest {
-                environment: environment.to_owned(),
-                holder,
-                force,
-            },
-        )?;
-        if let Some(old) = &grant.displaced {
+        let request = |force| LockRequest {
+            environment: environment.to_owned(),
+            holder: holder.clone(),
+            force,
+        };
+        let grant = match agent.lock(project, &request(force)) {
+            Err(refused) if matches!(&refused, HostError::Api { error, .. } if error.code == "deploy.locked") =>
+            {
+                let Some(dead) = dead_holder_here(agent.as_ref(), project, environment) else {
+                    return Err(refused.into());
+                };
+                progress.step(&format!(
+                    "taking back the deploy lock of pid {} (`{}`), which ran here and has ended",
+                    dead.pid, dead.command
+                ));
+                agent.lock(project, &request(true))?
+            }
+            other => other?,
+        };
+        if let Some(old) = grant.displaced.as_ref().filter(|_| force) {
             progress.step(&format!(
                 "warning: took the deploy lock from pid {} of {}@{} (`{}`); if it still runs, two deploys now overlap",
                 old.pid, old.user, old.machine, old.command
@@ -793,16 +804,34 @@ impl Lock {
     }
 
     /// Gives the lock back, and warns when its host cannot be told: the lock
-    /// then stays taken and the next deploy needs `--force-unlock`.
+    /// then stays taken until the next deploy from this machine takes it back
+    /// (this process being gone), or one from elsewhere passes `--force-unlock`.
     fn release(mut self, progress: &dyn Progress) {
         self.released = true;
         if let Err(e) = self.agent.unlock(&self.project, &self.release) {
             progress.step(&format!(
-                "warning: the deploy lock on {} stays taken ({e}); the next deploy needs --force-unlock",
+                "warning: the deploy lock on {} stays taken ({e}); the next deploy from this machine takes it back, one from elsewhere needs --force-unlock",
                 self.agent.name()
             ));
         }
     }
+}
+
+/// The holder of `environment`'s lock, when it was a command on this
+/// machine that has ended (killed, or cut off from the lock's host before it
+/// could give the lock back): no rollout goes on for it, so the lock is taken
+/// back without `--force-unlock`. (An agent still finishing a deploy it was
+/// given refuses another deploy of the project itself.)
+fn dead_holder_here(agent: &dyn Host, project: &str, environment: &str) -> Option<LockHolder> {
+    agent
+        .lock_holder(project, environment)
+        .ok()
+        .flatten()
+        .filter(|holder| {
+            holder.machine == crate::environment::hostname()
+                && holder.pid != std::process::id()
+                && !crate::environment::alive(holder.pid)
+        })
 }
 
 impl Drop for Lock {

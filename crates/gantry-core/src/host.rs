@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use crate::agent_api::{
-    AgentInfo, ApiError, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant, LockRelease,
-    LockRequest, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest, ServiceSelector,
-    Status,
+    AgentInfo, ApiError, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant, LockHolder,
+    LockRelease, LockRequest, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest,
+    ServiceSelector, Status,
 };
 
 /// Which log lines to read.
@@ -140,6 +140,12 @@ pub trait Host {
     /// Takes the environment's deploy lock (held on one agent for the whole
     /// environment); `deploy.locked` names the holder when it is taken.
     fn lock(&self, project: &str, request: &LockRequest) -> Result<LockGrant, HostError>;
+    /// Who holds `environment`'s deploy lock, if anyone.
+    fn lock_holder(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> Result<Option<LockHolder>, HostError>;
     fn unlock(&self, project: &str, request: &LockRelease) -> Result<(), HostError>;
     /// How to run a command as `service` runs, on this host.
     fn exec_spec(&self, project: &str, service: &str) -> Result<ExecSpec, HostError>;

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gantry_core::agent_api::{
     AgentInfo, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult, ExecSpec,
-    LockGrant, LockRelease, LockRequest, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest,
-    ServiceSelector, Status,
+    LockGrant, LockHolder, LockRelease, LockRequest, LockState, LogLine, ProxyAction, ProxyInfo,
+    Release, RollbackRequest, ServiceSelector, Status,
 };
 use gantry_core::host::{Host, HostError, LogQuery};
 use hyper::{Method, StatusCode};
@@ -271,6 +271,24 @@ impl<T: Transport> Host for Agent<T> {
             &format!("/v1/projects/{}/lock", encode(project)),
             request,
         )
+    }
+
+    fn lock_holder(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> Result<Option<LockHolder>, HostError> {
+        let state: LockState = self.call(
+            Method::GET,
+            &format!(
+                "/v1/projects/{}/lock?environment={}",
+                encode(project),
+                encode(environment)
+            ),
+            None,
+            "application/json",
+        )?;
+        Ok(state.holder)
     }
 
     fn unlock(&self, project: &str, request: &LockRelease) -> Result<(), HostError> {

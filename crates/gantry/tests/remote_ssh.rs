@@ -404,11 +404,14 @@ fn a_cut_link_stops_the_rollout_and_a_second_deploy_is_refused() {
         error["message"].as_str().unwrap().contains(&holder),
         "names the holder's pid {holder}: {error:#}"
     );
-    // The holder dies mid-rollout: its lock outlives it, a deploy is still
-    // refused naming it, and --force-unlock takes it with a warning.
+    // The holder hangs mid-rollout (stopped, still alive): a deploy is still
+    // refused naming it, and --force-unlock takes the lock with a warning.
     let mut first = first;
-    first.child.kill().unwrap();
-    let _ = first.child.wait();
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &holder])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
     // h1's agent finishes the deploy it was given (cut over, old stopped).
     gantry_testkit::wait_for(
         "h1 to finish the deploy it was given",
@@ -450,6 +453,8 @@ fn a_cut_link_stops_the_rollout_and_a_second_deploy_is_refused() {
         forced.stderr
     );
     assert_eq!(versions(&hosts, &all), ["2", "2", "2"]);
+    first.child.kill().unwrap();
+    let _ = first.child.wait();
 
     // Version 3, and h2's link goes down while the rollout reaches it.
     std::fs::write(project.path().join("VERSION"), "3\n").unwrap();
@@ -699,6 +704,7 @@ fn an_upload_cut_off_with_the_link_resumes_where_it_stopped() {
     // 16 MiB at 16 Mbit/s: about eight seconds, cut after the first few MiB.
     h1.limit_rate(16_000);
     let first = Running::start(&project, &hosts.ssh_config, &args);
+    let first_pid = first.child.id();
     gantry_testkit::wait_for(
         "some of big.bin to reach h1",
         std::time::Duration::from_secs(60),
@@ -710,9 +716,8 @@ fn an_upload_cut_off_with_the_link_resumes_where_it_stopped() {
     assert_eq!(report["error"]["code"], "host.unreachable", "{report:#}");
     // The lock on h1 could not be given back, and the deploy says so.
     assert!(
-        said.iter().any(
-            |l| l.contains("the deploy lock on h1 stays taken") && l.contains("--force-unlock")
-        ),
+        said.iter()
+            .any(|l| l.contains("the deploy lock on h1 stays taken")),
         "{said:#?}"
     );
     let held = h1
@@ -720,14 +725,20 @@ fn an_upload_cut_off_with_the_link_resumes_where_it_stopped() {
         .expect("the agent keeps what arrived");
     assert!(held < big.len() as u64, "held {held}");
 
-    // Back: the next deploy (which takes the lock the cut one could not give
-    // back) sends the rest of big.bin, not all of it.
+    // Back: the next deploy takes back the lock the cut one could not give
+    // back (its pid has ended, here), and sends the rest of big.bin, not all
+    // of it.
     h1.restore();
     h1.unlimit_rate();
-    let mut forced = args.to_vec();
-    forced.push("--force-unlock");
-    let again = project.gantry(&forced);
+    let again = project.gantry(&args);
     again.expect_code(0);
+    assert!(
+        again
+            .stderr
+            .contains(&format!("taking back the deploy lock of pid {first_pid}")),
+        "{}",
+        again.stderr
+    );
     let again = again.json();
     let upload = &again["upload"];
     // The other files of the project, which may not have been sent yet.
