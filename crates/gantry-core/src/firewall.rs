@@ -1,17 +1,23 @@
 //! Opening the ports a host serves on (SSH, HTTP, HTTPS) in the firewall
 //! that guards it: what `gantry agent open-ports` does as root on a host,
 //! run by `gantry configure` and again by the agent's systemd unit before
-//! each start (nftables rules live in memory and a reboot forgets them).
+//! each start (iptables and nftables rules live in memory and a reboot
+//! forgets them).
 //!
-//! ufw, when active, is asked (`ufw allow`, which keeps its rules across
-//! reboots). Otherwise nftables: each base chain on the input hook that can
-//! refuse packets (policy drop, or a drop/reject rule) gets one rule at its
-//! head accepting the ports, marked with the comment `gantry`; a chain that
-//! has it is left alone. A packet must be accepted by every input chain, so
-//! the rule goes into each. Hosts filtering with legacy iptables only are
-//! reported as unfiltered: their rules are left to their owner.
+//! In order, the first that filters incoming packets is asked:
+//! - ufw, when active (`ufw allow`, which keeps its rules across reboots);
+//! - iptables (legacy or over nftables), when its INPUT chain refuses
+//!   packets: one rule at its head, `-m comment --comment gantry`, for IPv4
+//!   and IPv6;
+//! - nftables: each base chain on the input hook that can refuse packets
+//!   (policy drop, or a drop/reject verdict anywhere in its table) gets one
+//!   rule at its head accepting the ports, marked with the comment `gantry`.
+//!   A packet must be accepted by every input chain, so the rule goes into
+//!   each. Tables other tools own are left to them: iptables' (handled
+//!   above) and firewalld's (reported: open the ports with firewall-cmd).
 //!
 //! Every check comes before any change: running it again changes nothing.
+//! The tools run with `LC_ALL=C`: their messages are parsed.
 
 use std::process::Command;
 
@@ -23,12 +29,13 @@ use crate::Error;
 /// SSH, HTTP and HTTPS.
 pub const PORTS: [u16; 3] = [22, 80, 443];
 
-/// The comment that marks gantry's nftables rule.
+/// The comment that marks gantry's rules.
 const MARK: &str = "gantry";
 
 #[derive(Debug, Serialize)]
 pub struct FirewallReport {
-    /// `ufw`, `nftables`, or `none` (nothing here filters incoming packets).
+    /// `ufw`, `iptables`, `nftables`, `firewalld` (left alone: the detail
+    /// says what to do), or `none` (nothing here filters incoming packets).
     pub firewall: &'static str,
     pub ports: Vec<u16>,
     /// Whether a rule was added.
@@ -38,6 +45,13 @@ pub struct FirewallReport {
 
 /// Opens `ports` (TCP) in this machine's firewall. Needs root.
 pub fn open_ports(ports: &[u16]) -> Result<FirewallReport, Error> {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the effective user.
+    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() != 0) {
+        return Err(failure(
+            "opening ports in the firewall needs root: run it as root or through sudo".to_owned(),
+        ));
+    }
     let list = ports_list(ports);
     let report = |firewall, changed, detail: String| FirewallReport {
         firewall,
@@ -62,11 +76,29 @@ pub fn open_ports(ports: &[u16]) -> Result<FirewallReport, Error> {
         };
         return Ok(report("ufw", !added.is_empty(), detail));
     }
+    let mut opened = Vec::new();
+    let mut filtering = Vec::new();
+    for program in ["iptables", "ip6tables"] {
+        if let Some(added) = open_in_iptables(program, ports)? {
+            filtering.push(program);
+            if added {
+                opened.push(program);
+            }
+        }
+    }
+    if !filtering.is_empty() {
+        let detail = if opened.is_empty() {
+            format!("{} already accept {list}/tcp", filtering.join(" and "))
+        } else {
+            format!("{} now accept {list}/tcp", opened.join(" and "))
+        };
+        return Ok(report("iptables", !opened.is_empty(), detail));
+    }
     let Some(ruleset) = run_if_present("nft", &["-j", "list", "ruleset"])? else {
         return Ok(report(
             "none",
             false,
-            "neither ufw nor nft is installed: nothing to open".to_owned(),
+            "neither ufw, iptables nor nft filters here: nothing to open".to_owned(),
         ));
     };
     let ruleset: Value = serde_json::from_str(&ruleset).map_err(|e| {
@@ -75,6 +107,15 @@ pub fn open_ports(ports: &[u16]) -> Result<FirewallReport, Error> {
         ))
     })?;
     let chains = filtering_input_chains(&ruleset);
+    if chains.iter().any(|c| c.table == "firewalld") {
+        return Ok(report(
+            "firewalld",
+            false,
+            format!(
+                "firewalld manages this firewall: `firewall-cmd --permanent --add-port=PORT/tcp` for {list}, then `firewall-cmd --reload`"
+            ),
+        ));
+    }
     if chains.is_empty() {
         return Ok(report(
             "none",
@@ -114,6 +155,54 @@ pub fn open_ports(ports: &[u16]) -> Result<FirewallReport, Error> {
     Ok(report("nftables", !opened.is_empty(), detail))
 }
 
+/// Opens `ports` in `program`'s (iptables or ip6tables) INPUT chain when it
+/// refuses packets. `None`: it does not (or is not installed); else whether
+/// a rule was added.
+fn open_in_iptables(program: &str, ports: &[u16]) -> Result<Option<bool>, Error> {
+    let Some(rules) = run_if_present(program, &["-w", "-S", "INPUT"])? else {
+        return Ok(None);
+    };
+    let refuses = rules
+        .lines()
+        .any(|l| l == "-P INPUT DROP" || l.ends_with(" -j DROP") || l.contains(" -j REJECT"));
+    if !refuses {
+        return Ok(None);
+    }
+    if rules
+        .lines()
+        .any(|l| l.contains(&format!("--comment {MARK} ")))
+    {
+        return Ok(Some(false));
+    }
+    let dports = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    run(
+        program,
+        &[
+            "-w",
+            "-I",
+            "INPUT",
+            "1",
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--dports",
+            &dports,
+            "-m",
+            "comment",
+            "--comment",
+            MARK,
+            "-j",
+            "ACCEPT",
+        ],
+    )?;
+    Ok(Some(true))
+}
+
 fn ports_list(ports: &[u16]) -> String {
     ports
         .iter()
@@ -143,14 +232,16 @@ impl std::fmt::Display for Chain {
 }
 
 /// The input chains of `nft -j list ruleset` that refuse something: policy
-/// drop, or a rule whose verdict is drop or reject.
+/// drop, or a drop/reject verdict anywhere in their table (in a rule of
+/// their own, a chain they jump to, or a verdict map). Chains iptables owns
+/// (its tables `filter` with chain `INPUT`) are left to iptables.
 fn filtering_input_chains(ruleset: &Value) -> Vec<Chain> {
     let items = ruleset["nftables"]
         .as_array()
         .map_or(&[][..], Vec::as_slice);
     let str_of = |v: &Value, key: &str| v[key].as_str().unwrap_or_default().to_owned();
-    let same_chain = |rule: &Value, chain: &Value| {
-        ["family", "table"].iter().all(|k| rule[*k] == chain[*k]) && rule["chain"] == chain["name"]
+    let same_table = |rule: &Value, chain: &Value| {
+        rule["family"] == chain["family"] && rule["table"] == chain["table"]
     };
     let rules: Vec<&Value> = items.iter().filter_map(|i| i.get("rule")).collect();
     items
@@ -160,31 +251,38 @@ fn filtering_input_chains(ruleset: &Value) -> Vec<Chain> {
             c["hook"] == "input"
                 && c["type"] == "filter"
                 && ["ip", "ip6", "inet"].contains(&c["family"].as_str().unwrap_or_default())
+                && !(c["table"] == "filter" && c["name"] == "INPUT")
         })
         .filter_map(|chain| {
-            let own: Vec<&&Value> = rules.iter().filter(|r| same_chain(r, chain)).collect();
-            let refuses = chain["policy"] == "drop"
-                || own.iter().any(|r| {
-                    r["expr"].as_array().is_some_and(|exprs| {
-                        exprs
-                            .iter()
-                            .any(|e| e.get("drop").is_some() || e.get("reject").is_some())
-                    })
-                });
+            let table: Vec<&&Value> = rules.iter().filter(|r| same_table(r, chain)).collect();
+            let refuses = chain["policy"] == "drop" || table.iter().any(|r| refusal(&r["expr"]));
             refuses.then(|| Chain {
                 family: str_of(chain, "family"),
                 table: str_of(chain, "table"),
                 name: str_of(chain, "name"),
-                marked: own.iter().any(|r| r["comment"] == MARK),
+                marked: table
+                    .iter()
+                    .any(|r| r["chain"] == chain["name"] && r["comment"] == MARK),
             })
         })
         .collect()
 }
 
+/// Whether a drop or reject verdict appears anywhere in `value`.
+fn refusal(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, inner)| key == "drop" || key == "reject" || refusal(inner)),
+        Value::Array(items) => items.iter().any(refusal),
+        _ => false,
+    }
+}
+
 /// Runs a firewall tool: its standard output, or `None` when it is not
 /// installed.
 fn run_if_present(program: &str, args: &[&str]) -> Result<Option<String>, Error> {
-    let output = match Command::new(program).args(args).output() {
+    let output = match Command::new(program).args(args).env("LC_ALL", "C").output() {
         Ok(output) => output,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(failure(format!("cannot run {program}: {e}"))),
@@ -238,6 +336,21 @@ mod tests {
             vec![chain("inet", "filter", true), chain("ip6", "guard", false)]
         );
         assert_eq!(chains[1].to_string(), "ip6 guard input");
+    }
+
+    /// nftables 1.0.6 after `iptables -P INPUT DROP` (iptables over
+    /// nftables: table ip filter, chain INPUT), an inet input chain that
+    /// jumps to a chain that drops, and an ip6 chain with a verdict map.
+    const JUMPS: &str = include_str!("testdata/nft-ruleset-jumps.json");
+
+    #[test]
+    fn drops_behind_jumps_and_maps_count_and_iptables_keeps_its_own() {
+        let ruleset: Value = serde_json::from_str(JUMPS).expect("the recorded ruleset is JSON");
+        let names: Vec<String> = filtering_input_chains(&ruleset)
+            .iter()
+            .map(Chain::to_string)
+            .collect();
+        assert_eq!(names, ["inet fw input", "ip6 maps input"]);
     }
 
     #[test]

@@ -136,3 +136,68 @@ fn open_ports_opens_ssh_http_and_https_in_nftables_once() {
         "{listed}"
     );
 }
+
+fn iptables(host: &TestHost, program: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &host.namespace, program])
+        .args(args)
+        .output()
+        .expect("iptables is missing: apt-get install iptables");
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn open_ports_opens_ssh_http_and_https_in_iptables_once() {
+    let hosts = TestHosts::start(1);
+    let host = hosts.host("h1");
+    // A host firewall made with iptables: drop what is not accepted.
+    for program in ["iptables", "ip6tables"] {
+        iptables(host, program, &["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"]);
+        iptables(
+            host,
+            program,
+            &[
+                "-A",
+                "INPUT",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+        );
+        iptables(host, program, &["-P", "INPUT", "DROP"]);
+    }
+    for p in [22, 80] {
+        assert_eq!(port(host, p), "dropped", "port {p} before");
+    }
+
+    let report = open_ports(host);
+    assert_eq!(report["firewall"], "iptables", "{report:#}");
+    assert_eq!(report["changed"], true, "{report:#}");
+    assert_eq!(port(host, 22), "open", "sshd answers");
+    assert_eq!(port(host, 80), "closed", "80 gets through");
+    assert_eq!(port(host, 443), "closed", "443 gets through");
+    assert_eq!(port(host, 8080), "dropped");
+
+    let report = open_ports(host);
+    assert_eq!(report["changed"], false, "{report:#}");
+    for program in ["iptables", "ip6tables"] {
+        let rules = iptables(host, program, &["-S", "INPUT"]);
+        assert_eq!(
+            rules.matches("--comment gantry").count(),
+            1,
+            "{program}:\n{rules}"
+        );
+        assert!(
+            rules.lines().nth(1).is_some_and(|l| l.contains("--comment gantry")),
+            "gantry's rule comes first:\n{rules}"
+        );
+    }
+}
