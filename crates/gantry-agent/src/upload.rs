@@ -16,7 +16,7 @@ use crate::artifact::ArtifactError;
 use crate::artifact::{BlobStore, Received};
 
 /// How long an upload may send nothing before it counts as interrupted.
-pub const IDLE: Duration = Duration::from_secs(60);
+pub const IDLE: Duration = gantry_core::agent_api::UPLOAD_IDLE;
 
 /// What crosses from the request to the writer.
 enum Piece {

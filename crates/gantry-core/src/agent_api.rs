@@ -46,6 +46,10 @@ pub struct Artifact {
     pub files: Vec<ArtifactFile>,
 }
 
+/// How long an agent waits for more of an upload's body before it counts
+/// the upload as interrupted (keeping what arrived).
+pub const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `POST /v1/blobs/missing`: asked with the blobs an artifact needs, answered
 /// with those the agent lacks, in the order asked.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]

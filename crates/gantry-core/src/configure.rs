@@ -82,8 +82,9 @@ Environment=MALLOC_ARENA_MAX=2
 # fails (-): nftables forgets its rules when the host reboots.
 ExecStartPre=-+/usr/local/bin/gantry agent open-ports
 # On cgroup v1 systemd hands the user only its own hierarchy: give the agent
-# its unit's memory, pids and cpu cgroups too, so it can limit services.
-ExecStartPre=+/bin/sh -c 'for c in memory pids cpu cpu,cpuacct; do d=/sys/fs/cgroup/$$c$$(grep \"^[0-9]*:$$c:\" /proc/self/cgroup | cut -d: -f3); case $$d in */gantry-agent.service) chown gantry:gantry $$d || true;; esac; done'
+# its unit's memory, pids and cpu cgroups too, so it can limit services
+# (systemd may run this line in the unit's .control subgroup: its parent).
+ExecStartPre=+/bin/sh -c 'for c in memory pids cpu cpu,cpuacct; do d=/sys/fs/cgroup/$$c$$(grep \"^[0-9]*:$$c:\" /proc/self/cgroup | cut -d: -f3); d=$${d%%/.control}; case $$d in */gantry-agent.service) chown gantry:gantry $$d || true;; esac; done'
 ExecStart=/usr/local/bin/gantry agent
 # Stopping the agent never stops the services: they outlive it by design.
 KillMode=process

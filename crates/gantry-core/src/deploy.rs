@@ -569,10 +569,8 @@ impl HostPlan<'_> {
             let offset = if missing.uploading.contains(digest) {
                 match settled_offset(agent, digest, source, progress)? {
                     Some(offset) => offset,
-                    None => {
-                        upload.blobs_sent += 1;
-                        continue;
-                    }
+                    // An earlier deploy's upload completed it.
+                    None => continue,
                 }
             } else {
                 missing.partial.get(digest).copied().unwrap_or(0)
@@ -641,7 +639,8 @@ fn send_blob(
 
 /// How long to wait for an earlier upload of a blob to end on the agent: a
 /// little more than the agent gives a connection that sends nothing.
-const EARLIER_UPLOAD_WAIT: Duration = Duration::from_secs(65);
+const EARLIER_UPLOAD_WAIT: Duration =
+    Duration::from_secs(crate::agent_api::UPLOAD_IDLE.as_secs() + 5);
 
 /// Where to resume `digest` once no earlier upload of it is still being
 /// received (a connection cut off mid-upload that the agent has not seen end

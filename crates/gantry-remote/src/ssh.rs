@@ -369,7 +369,6 @@ fn read_all(mut file: std::fs::File) -> String {
     text
 }
 
-/// Turns OpenSSH's exit and stderr into an error that says what to do.
 /// `gantry agent connect` on the host failed on its own and said why, as
 /// one JSON line on stderr (its stdout carries the API): the agent there
 /// does not answer, for the reason and with the hint it gives.
@@ -380,6 +379,7 @@ fn remote_failure(host: &str, stderr: &str) -> Option<HostError> {
     }
     #[derive(serde::Deserialize)]
     struct Failure {
+        code: String,
         message: String,
         #[serde(default)]
         hint: String,
@@ -387,7 +387,8 @@ fn remote_failure(host: &str, stderr: &str) -> Option<HostError> {
     let said = stderr
         .lines()
         .rev()
-        .find_map(|line| serde_json::from_str::<Said>(line.trim()).ok())?;
+        .find_map(|line| serde_json::from_str::<Said>(line.trim()).ok())
+        .filter(|said| said.error.code == "agent.unreachable")?;
     Some(HostError::Unreachable {
         host: host.to_owned(),
         message: said.error.message,
@@ -395,6 +396,7 @@ fn remote_failure(host: &str, stderr: &str) -> Option<HostError> {
     })
 }
 
+/// Turns OpenSSH's exit and stderr into an error that says what to do.
 pub fn classify(host: &str, target: &SshTarget, code: Option<i32>, stderr: &str) -> HostError {
     let said = stderr
         .lines()

@@ -357,31 +357,24 @@ impl TestHost {
         quiet("tc", &["qdisc", "del", "dev", &self.link, "root"]);
     }
 
-    /// The size of the largest file under the host's `partial` directories
-    /// (uploads the agent holds part of), if any.
-    pub fn largest_partial_upload(&self) -> Option<u64> {
-        fn walk(dir: &Path, inside: bool, best: &mut Option<u64>) {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return;
-            };
-            for entry in entries.flatten() {
-                let Ok(kind) = entry.file_type() else {
-                    continue;
-                };
+    /// How many bytes of blob `digest` an unfinished upload left on the
+    /// host (a file of that name under a `partial` directory), if any.
+    pub fn partial_upload(&self, digest: &str) -> Option<u64> {
+        fn walk(dir: &Path, inside: bool, digest: &str) -> Option<u64> {
+            for entry in std::fs::read_dir(dir).ok()?.flatten() {
+                let kind = entry.file_type().ok()?;
+                let name = entry.file_name();
                 if kind.is_dir() {
-                    walk(
-                        &entry.path(),
-                        inside || entry.file_name() == "partial",
-                        best,
-                    );
-                } else if inside && let Ok(meta) = entry.metadata() {
-                    *best = Some(best.unwrap_or(0).max(meta.len()));
+                    if let Some(found) = walk(&entry.path(), inside || name == "partial", digest) {
+                        return Some(found);
+                    }
+                } else if inside && name == digest {
+                    return entry.metadata().ok().map(|m| m.len());
                 }
             }
+            None
         }
-        let mut best = None;
-        walk(&self.home, false, &mut best);
-        best
+        walk(&self.home, false, digest)
     }
 
     /// Puts `bin` at ~/.gantry/bin/gantry on the host, as `configure` would.

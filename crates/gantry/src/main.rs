@@ -199,9 +199,15 @@ fn exec(
     if rustix::process::geteuid().is_root() {
         use std::os::unix::fs::MetadataExt;
         use std::os::unix::process::CommandExt;
-        if let Ok(owner) = std::fs::metadata(state_dir)
-            && owner.uid() != 0
-        {
+        // Never run it as root by mistake: no owner known, no command.
+        let owner = std::fs::metadata(state_dir).map_err(|e| {
+            failed(
+                "exec.failed",
+                format!("cannot read the owner of {}: {e}", state_dir.display()),
+                None,
+            )
+        })?;
+        if owner.uid() != 0 {
             run.uid(owner.uid()).gid(owner.gid());
         }
     }
@@ -251,6 +257,22 @@ fn bridge(state_dir: &Path, unit: Option<&str>) -> Result<(), Failure> {
         // Starting another agent here would run it as whoever connected,
         // beside the unit's: never.
         Some(unit) => {
+            // Only root (and the unit's own user) may open its state
+            // directory: waiting would not change that.
+            if let Err(e) = std::fs::read_dir(state_dir)
+                && e.kind() == std::io::ErrorKind::PermissionDenied
+            {
+                return Err(Failure {
+                    hint: Some(
+                        "reach this host as root (`User root` for it in your ssh config)"
+                            .to_owned(),
+                    ),
+                    ..failed(format!(
+                        "systemd runs this host's agent (unit {unit}) with its state in {}, which this user cannot open",
+                        state_dir.display()
+                    ))
+                });
+            }
             gantry_remote::LocalAgent::wait_for("local", state_dir, UNIT_PATIENCE).map_err(
                 |e| {
                     let why = match &e {

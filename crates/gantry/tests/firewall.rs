@@ -196,7 +196,10 @@ fn open_ports_opens_ssh_http_and_https_in_iptables_once() {
             "{program}:\n{rules}"
         );
         assert!(
-            rules.lines().nth(1).is_some_and(|l| l.contains("--comment gantry")),
+            rules
+                .lines()
+                .nth(1)
+                .is_some_and(|l| l.contains("--comment gantry")),
             "gantry's rule comes first:\n{rules}"
         );
     }

@@ -160,14 +160,21 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
         "gantry"
     );
     // ufw now allows HTTP and HTTPS too (opened by the unit as it started,
-    // or by configure's own step: either way, once).
+    // or by configure's own step: either way, once for IPv4 and once for IPv6).
     let ufw = host.exec_ok(&["ufw", "status"]);
     for port in ["22/tcp", "80/tcp", "443/tcp"] {
-        assert!(
-            ufw.lines()
-                .any(|l| l.starts_with(port) && l.contains("ALLOW")),
-            "{port}: {ufw}"
-        );
+        let rules = ufw
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!("{port} ")) && !l.contains("(v6)") && l.contains("ALLOW")
+            })
+            .count();
+        assert_eq!(rules, 1, "{port}: {ufw}");
+        let rules_v6 = ufw
+            .lines()
+            .filter(|l| l.starts_with(&format!("{port} (v6)")) && l.contains("ALLOW"))
+            .count();
+        assert_eq!(rules_v6, 1, "{port} (v6): {ufw}");
     }
     eprintln!("configured after {:.1?}", started.elapsed());
 
@@ -205,9 +212,17 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
     for instance in web["instances"].as_array().unwrap() {
         let pid = instance["pid"].to_string();
         assert_eq!(host.exec_ok(&["ps", "-o", "user=", "-p", &pid]), "gantry");
-        let capabilities = host.exec_ok(&["grep", "^CapEff", &format!("/proc/{pid}/status")]);
+        let capabilities = host.exec_ok(&[
+            "grep",
+            "-E",
+            "^Cap(Eff|Prm|Amb)",
+            &format!("/proc/{pid}/status"),
+        ]);
+        assert_eq!(capabilities.lines().count(), 3, "{capabilities}");
         assert!(
-            capabilities.ends_with("0000000000000000"),
+            capabilities
+                .lines()
+                .all(|l| l.ends_with("0000000000000000")),
             "web holds capabilities: {capabilities}"
         );
     }

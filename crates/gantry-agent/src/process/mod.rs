@@ -16,7 +16,7 @@ mod cgroup;
 mod launch;
 mod logs;
 mod procfs;
-mod relay;
+pub(crate) mod relay;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};

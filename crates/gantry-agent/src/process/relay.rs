@@ -252,7 +252,7 @@ pub fn secret_values(
 /// CAP_NET_BIND_SERVICE for its proxy's ports 80 and 443, and they pass to
 /// its children): the service must not inherit them.
 #[allow(unsafe_code)]
-fn drop_ambient_capabilities(command: &mut Command) {
+pub(crate) fn drop_ambient_capabilities(command: &mut Command) {
     let clear = || -> io::Result<()> {
         let all = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
         // SAFETY: prctl(2) with integer arguments only.
