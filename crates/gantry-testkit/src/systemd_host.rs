@@ -99,6 +99,8 @@ impl SystemdHost {
                 "apparmor=unconfined",
                 "--name",
                 &container,
+                "--label",
+                &format!("gantry-test-pidns={}", owner().0),
                 "--hostname",
                 name,
                 "--tmpfs",
@@ -302,17 +304,37 @@ fn preflight() {
             "{tool} is missing: apt-get install openssh-client"
         );
     }
+    // The container gets this machine's cgroup tree, writable: right on
+    // cgroup v1 (systemd makes its slices under the container's own cgroup),
+    // wrong on v2, where it would manage this machine's root cgroup.
+    assert!(
+        !Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+        "this machine runs cgroup v2: the systemd host test is written for cgroup v1 (see SystemdHost::start)"
+    );
+}
+
+/// Who started a container: this process's pid namespace and pid, so that
+/// only containers of ended processes of this namespace count as left over
+/// (another namespace's pids mean nothing here).
+fn owner() -> (String, u32) {
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    (namespace, std::process::id())
 }
 
 /// Removes the containers of test processes that died before their drop
 /// (`gantry-sd-<pid>-<n>` whose pid no longer runs).
 fn remove_orphans() {
+    let (namespace, _) = owner();
     let Ok(output) = Command::new("docker")
         .args([
             "ps",
             "-a",
             "--filter",
             "name=gantry-sd-",
+            "--filter",
+            &format!("label=gantry-test-pidns={namespace}"),
             "--format",
             "{{.Names}}",
         ])
