@@ -13,10 +13,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use gantry_testkit::{TestProject, example_bins, http_get, workspace_root};
+use gantry_bench::PlainWeb;
+use gantry_testkit::{TestProject, example_bins, workspace_root};
+use nix::sys::signal::Signal;
 
 const DEPLOYS: usize = 20;
 const OVERHEAD_GOAL: Duration = Duration::from_millis(300);
@@ -183,51 +185,14 @@ fn millis(value: &serde_json::Value) -> Duration {
 /// The plain alternative: kill the running hello-web, start the new one on
 /// the same port, and wait until it answers. Each round's time is downtime.
 fn time_plain_restarts(web: &Path, n: usize) -> Result<Vec<Duration>, String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot make a directory: {e}"))?;
-    std::fs::write(dir.path().join("VERSION"), "plain\n")
-        .map_err(|e| format!("cannot write VERSION: {e}"))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("cannot find a free port: {e}"))?
-        .port();
-    let start = || -> Result<Child, String> {
-        Command::new(web)
-            .current_dir(dir.path())
-            .env("PORT", port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", web.display()))
-    };
-    let mut running = start()?;
-    wait_answers(port)?;
+    let mut plain = PlainWeb::start(web)?;
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
-        let _ = running.kill();
-        let _ = running.wait();
-        running = start()?;
-        wait_answers(port)?;
+        plain.restart(Signal::SIGKILL)?;
         times.push(started.elapsed());
     }
-    let _ = running.kill();
-    let _ = running.wait();
     Ok(times)
-}
-
-/// Polls `GET /healthz` as tightly as a script would, for up to ten seconds.
-fn wait_answers(port: u16) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if matches!(http_get(port, "/healthz"), Ok((200, _))) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("hello-web never answered on port {port}"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// Resident memory, in bytes, sampled over a few seconds.

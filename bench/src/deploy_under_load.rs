@@ -11,14 +11,14 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use gantry_testkit::{
-    KeepAlive, TestProject, example_bins, http_get, http_get_host, workspace_root,
-};
+use gantry_bench::{PlainWeb, free_port};
+use gantry_testkit::{KeepAlive, TestProject, example_bins, http_get_host, workspace_root};
+use nix::sys::signal::Signal;
 
 const HOST: &str = "web.underload.localhost";
 /// A pause after each deploy or restart, so each one starts from a steady state.
@@ -195,13 +195,6 @@ fn under_load(
     worked.map(|()| total)
 }
 
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free port: {e}"))
-}
-
 fn gantry_deploys(gantry: &Path, bins: &Path, options: &Options) -> Result<Counts, String> {
     let port = free_port()?;
     let p = TestProject::new(gantry)
@@ -248,56 +241,16 @@ stop_timeout = "5s"
 }
 
 fn plain_restarts(web: &Path, options: &Options) -> Result<Counts, String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot make a directory: {e}"))?;
-    std::fs::write(dir.path().join("VERSION"), "plain\n")
-        .map_err(|e| format!("cannot write VERSION: {e}"))?;
-    let port = free_port()?;
-    let start = || -> Result<Child, String> {
-        Command::new(web)
-            .current_dir(dir.path())
-            .env("PORT", port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", web.display()))
-    };
-    let mut running = start()?;
-    wait_answers(port)?;
-    let counts = under_load(port, "localhost", options.clients, || {
+    let mut plain = PlainWeb::start(web)?;
+    let port = plain.port;
+    under_load(port, "localhost", options.clients, || {
         for _ in 0..options.rounds {
             // What a restart script does: stop it (SIGTERM), start it again.
-            stop(&mut running);
-            running = start()?;
-            wait_answers(port)?;
+            plain.restart(Signal::SIGTERM)?;
             std::thread::sleep(SETTLE);
         }
         Ok(())
-    });
-    stop(&mut running);
-    counts
-}
-
-fn stop(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let _ = child.wait();
-}
-
-/// Polls `GET /healthz` until it answers, for up to ten seconds.
-fn wait_answers(port: u16) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if matches!(http_get(port, "/healthz"), Ok((200, _))) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Err(format!("nothing answered on port {port} within 10 s"))
+    })
 }
 
 fn table(options: &Options, deploys: &Counts, plain: &Counts) -> String {
