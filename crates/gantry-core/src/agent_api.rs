@@ -368,6 +368,10 @@ pub struct LockHolder {
     pub command: String,
     /// Unix time in milliseconds when it took the lock.
     pub since_ms: u64,
+    /// The kernel boot and pid namespace its pid belongs to: where it is
+    /// unambiguous whether that pid still runs (hostnames repeat).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pid_space: String,
 }
 
 /// `POST /v1/projects/{project}/lock`: one deploy at a time per environment.

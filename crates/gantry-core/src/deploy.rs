@@ -765,6 +765,7 @@ impl Lock {
             pid: std::process::id(),
             command: format!("gantry deploy -e {environment}"),
             since_ms: crate::environment::now_ms(),
+            pid_space: crate::environment::pid_space(),
         };
         let request = |force| LockRequest {
             environment: environment.to_owned(),
@@ -816,8 +817,8 @@ impl Lock {
     }
 }
 
-/// The holder of `environment`'s lock, when it was a command on this
-/// machine that has ended (killed, or cut off from the lock's host before it
+/// The holder of `environment`'s lock, when it was a command of this
+/// machine's pid space (same kernel boot, same pid namespace) that has ended (killed, or cut off from the lock's host before it
 /// could give the lock back): no rollout goes on for it, so the lock is taken
 /// back without `--force-unlock`. (An agent still finishing a deploy it was
 /// given refuses another deploy of the project itself.)
@@ -827,7 +828,8 @@ fn dead_holder_here(agent: &dyn Host, project: &str, environment: &str) -> Optio
         .ok()
         .flatten()
         .filter(|holder| {
-            holder.machine == crate::environment::hostname()
+            !holder.pid_space.is_empty()
+                && holder.pid_space == crate::environment::pid_space()
                 && holder.pid != std::process::id()
                 && !crate::environment::alive(holder.pid)
         })
