@@ -207,29 +207,36 @@ impl StateDir {
         std::fs::create_dir_all(&self.dir).map_err(Error::io("create", &self.dir))?;
         let path = self.dir.join(format!("{env}.lock"));
         let me = Holder::me(command);
+        // The lock file appears whole or not at all: written beside it, then
+        // hard-linked into place (which fails if it exists), so a reader
+        // never sees a half-written holder.
+        let mut written = tempfile::NamedTempFile::new_in(&self.dir)
+            .map_err(Error::io("create a file in", &self.dir))?;
+        {
+            use std::io::Write;
+            let text = serde_json::to_vec(&me).unwrap_or_default();
+            written
+                .write_all(&text)
+                .map_err(Error::io("write", written.path()))?;
+        }
         for _ in 0..2 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut file) => {
-                    use std::io::Write;
-                    let text = serde_json::to_vec(&me).unwrap_or_default();
-                    file.write_all(&text).map_err(Error::io("write", &path))?;
-                    return Ok(EnvLock { path });
-                }
+            match std::fs::hard_link(written.path(), &path) {
+                Ok(()) => return Ok(EnvLock { path }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let holder: Option<Holder> = std::fs::read(&path)
                         .ok()
                         .and_then(|b| serde_json::from_slice(&b).ok());
                     match holder {
-                        // Gone: it ran here and its process is dead.
-                        Some(h) if h.machine == me.machine && !alive(h.pid) => {
+                        // Gone: it ran in this pid space and has ended.
+                        Some(h)
+                            if !h.pid_space.is_empty()
+                                && h.pid_space == me.pid_space
+                                && !alive(h.pid) =>
+                        {
                             let _ = std::fs::remove_file(&path);
                         }
                         None => {
-                            // Half-written by a holder that died while writing it.
+                            // Not a holder Gantry wrote (its files appear whole).
                             let _ = std::fs::remove_file(&path);
                         }
                         Some(h) => {
@@ -258,6 +265,9 @@ struct Holder {
     machine: String,
     command: String,
     since: u64,
+    /// See `pid_space`.
+    #[serde(default)]
+    pid_space: String,
 }
 
 impl Holder {
@@ -267,6 +277,7 @@ impl Holder {
             machine: hostname(),
             command: command.to_owned(),
             since: now_ms(),
+            pid_space: pid_space(),
         }
     }
 }
@@ -318,13 +329,22 @@ mod tests {
         };
         assert!(holder.contains(&std::process::id().to_string()), "{holder}");
         drop(held);
-        // A lock left by a process that is gone.
+        // A lock left by a process of another machine (or container) whose
+        // pid means nothing here: still refused, though the hostname matches.
         let path = dir.path().join(".gantry/state/prod.lock");
-        let dead = Holder {
+        let elsewhere = Holder {
             pid: u32::MAX - 1,
             machine: hostname(),
             command: "gantry deploy".to_owned(),
             since: 0,
+            pid_space: "another-boot/pid:[1]".to_owned(),
+        };
+        std::fs::write(&path, serde_json::to_vec(&elsewhere).unwrap()).unwrap();
+        assert!(states.lock("prod", "gantry deploy").is_err());
+        // A lock left by a process of this pid space that is gone.
+        let dead = Holder {
+            pid_space: pid_space(),
+            ..elsewhere
         };
         std::fs::write(&path, serde_json::to_vec(&dead).unwrap()).unwrap();
         let _taken = states.lock("prod", "gantry deploy").unwrap();
