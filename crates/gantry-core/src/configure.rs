@@ -254,8 +254,8 @@ fn configure_host(
     };
 
     // The agent: running, and this version.
-    let restarted = match connect(host) {
-        Ok(_) => false,
+    let (restarted, agent_now) = match connect(host) {
+        Ok(agent) => (false, agent),
         Err(Error::Host(HostError::Incompatible { .. })) if agent == "daemon" => {
             progress.step(&format!(
                 "{}: replacing an agent of another version",
@@ -265,15 +265,24 @@ fn configure_host(
                 .run(&crate::host::remote_gantry("agent stop"), None)
                 .map_err(|e| ("start the agent", e.into()))?;
             expect_ok(&ran, shell.name(), "start the agent")?;
-            connect(host).map_err(step("start the agent"))?;
-            true
+            (true, connect(host).map_err(step("start the agent"))?)
         }
         Err(e) => return Err(("start the agent", e)),
+    };
+    // A proxy on loopback only (the daemon's default) serves nobody else:
+    // say so where the user looks.
+    let proxy = agent_now.info().ok().and_then(|info| info.proxy);
+    let proxy_detail = match proxy.as_deref() {
+        None => "; it runs no proxy".to_owned(),
+        Some(listen) if listen.starts_with("127.") || listen.starts_with("[::1]") => format!(
+            "; its proxy listens on {listen} only: put your own front proxy before it, or configure as root for ports 80 and 443"
+        ),
+        Some(listen) => format!("; its proxy listens on {listen}"),
     };
     steps.push(Step {
         step: "start the agent",
         changed: restarted,
-        detail: format!("agent {VERSION} answers ({agent})"),
+        detail: format!("agent {VERSION} answers ({agent}){proxy_detail}"),
     });
 
     steps.push(if system.root {

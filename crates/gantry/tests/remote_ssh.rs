@@ -575,6 +575,22 @@ fn register_configure_twice_deploy_destroy() {
             hosts.host(name).processes()
         );
     }
+    // Not root: the agent's proxy listens on loopback, and the report says
+    // what that means.
+    for host in first["hosts"].as_array().unwrap() {
+        let agent = host["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == "start the agent")
+            .unwrap();
+        assert!(
+            agent["detail"].as_str().unwrap().contains(
+                "proxy listens on 127.0.0.1:8080 only: put your own front proxy before it"
+            ),
+            "{agent:#}"
+        );
+    }
     let second = project.gantry(&["configure", "-e", "prod", "--output", "json"]);
     second.expect_code(0);
     let second = second.json();

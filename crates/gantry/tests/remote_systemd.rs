@@ -136,6 +136,19 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
     let first = json(&project, &["configure", "-e", "prod"]);
     assert_eq!(first["state"], "configured", "{first:#}");
     assert_eq!(first["hosts"][0]["agent"], "systemd", "{first:#}");
+    let agent_step = first["hosts"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "start the agent")
+        .unwrap();
+    assert!(
+        agent_step["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("its proxy listens on 0.0.0.0:80"),
+        "{agent_step:#}"
+    );
     assert_eq!(
         host.exec_ok(&["systemctl", "is-active", "gantry-agent"]),
         "active"
