@@ -7,7 +7,7 @@
 
 mod agent_support;
 
-use agent_support::{GANTRY, hello_toml};
+use agent_support::{GANTRY, configure_step, hello_toml};
 use gantry_testkit::hosts::TestHosts;
 use gantry_testkit::{TestProject, example_bins};
 
@@ -546,15 +546,7 @@ fn register_configure_twice_deploy_destroy() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|h| {
-                h["steps"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|s| s["step"] == step)
-                    .map(|s| s["changed"] == true)
-                    .unwrap_or_else(|| panic!("no step {step}: {h:#}"))
-            })
+            .map(|h| configure_step(h, step)["changed"] == true)
             .collect()
     };
     assert_eq!(changed(&first, "install gantry"), [true, true], "{first:#}");
@@ -578,12 +570,7 @@ fn register_configure_twice_deploy_destroy() {
     // Not root: the agent's proxy listens on loopback, and the report says
     // what that means.
     for host in first["hosts"].as_array().unwrap() {
-        let agent = host["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["step"] == "start the agent")
-            .unwrap();
+        let agent = configure_step(host, "start the agent");
         assert!(
             agent["detail"].as_str().unwrap().contains(
                 "proxy listens on 127.0.0.1:8080 only: put your own front proxy before it"

@@ -87,6 +87,14 @@ pub fn service<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no service `{name}` in {report:#}"))
 }
 
+/// One step of one host of a `gantry configure` report.
+pub fn configure_step<'a>(host: &'a Value, step: &str) -> &'a Value {
+    host["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["step"] == step))
+        .unwrap_or_else(|| panic!("no step `{step}`: {host:#}"))
+}
+
 pub fn instances(service: &Value) -> &[Value] {
     service["instances"].as_array().map_or(&[], Vec::as_slice)
 }
