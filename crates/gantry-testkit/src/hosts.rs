@@ -40,7 +40,8 @@ pub struct TestHost {
     sshd: Option<Child>,
 }
 
-fn run(program: &str, args: &[&str]) {
+/// Runs a setup command; panics with its stderr when it fails.
+pub(crate) fn run(program: &str, args: &[&str]) {
     let output = Command::new(program)
         .args(args)
         .output()
@@ -462,6 +463,6 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
-fn s(path: &Path) -> String {
+pub(crate) fn s(path: &Path) -> String {
     path.display().to_string()
 }

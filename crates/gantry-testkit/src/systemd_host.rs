@@ -18,6 +18,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::hosts::{run, s};
+
 /// The image every systemd host runs.
 pub const IMAGE: &str = "gantry-test-systemd:bookworm";
 
@@ -466,21 +468,4 @@ fn prepare_rootfs(rootfs: &Path) {
         "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n",
     )
     .expect("write the test's sshd config");
-}
-
-fn run(program: &str, args: &[&str]) {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn s(path: &Path) -> String {
-    path.display().to_string()
 }
