@@ -51,7 +51,7 @@ async fn run(
         Check::Command { command } => {
             let mut sh = tokio::process::Command::new("/bin/sh");
             // The service's own check: run without the agent's capabilities.
-            crate::process::relay::drop_ambient_capabilities(sh.as_std_mut());
+            crate::process::relay::drop_capabilities(sh.as_std_mut());
             let status = sh
                 .arg("-c")
                 .arg(command)

@@ -219,10 +219,10 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
         let capabilities = host.exec_ok(&[
             "grep",
             "-E",
-            "^Cap(Eff|Prm|Amb)",
+            "^Cap(Inh|Eff|Prm|Amb)",
             &format!("/proc/{pid}/status"),
         ]);
-        assert_eq!(capabilities.lines().count(), 3, "{capabilities}");
+        assert_eq!(capabilities.lines().count(), 4, "{capabilities}");
         assert!(
             capabilities
                 .lines()

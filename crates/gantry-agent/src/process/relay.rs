@@ -101,7 +101,7 @@ fn start(spec: &LaunchSpec) -> io::Result<Running<'_>> {
         .stderr(Stdio::piped())
         // Its own group, so a stop reaches everything it started.
         .process_group(0);
-    drop_ambient_capabilities(&mut command);
+    drop_capabilities(&mut command);
     if let Some(cgroup) = &spec.cgroup {
         join_on_exec(&mut command, cgroup)?;
     }
@@ -248,33 +248,30 @@ pub fn secret_values(
     Ok(env)
 }
 
-/// The agent may hold ambient capabilities (the systemd unit gives it
-/// CAP_NET_BIND_SERVICE for its proxy's ports 80 and 443, and they pass to
-/// its children): the service must not inherit them.
+/// The agent may hold capabilities (the systemd unit gives it
+/// CAP_NET_BIND_SERVICE for its proxy's ports 80 and 443, ambient, so they
+/// pass to its children): a service, or a service's own command, must not
+/// inherit them. Clears the child's ambient and inheritable sets before it
+/// execs; an unprivileged exec then leaves it none.
 #[allow(unsafe_code)]
-pub(crate) fn drop_ambient_capabilities(command: &mut Command) {
+pub(crate) fn drop_capabilities(command: &mut Command) {
     let clear = || -> io::Result<()> {
-        let all = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
-        // SAFETY: prctl(2) with integer arguments only.
-        let done = unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                all,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            )
+        use rustix::thread::{
+            CapabilitySet, capabilities, clear_ambient_capability_set, set_capabilities,
         };
-        let error = io::Error::last_os_error();
-        // A kernel before 4.3 has no ambient set: nothing to drop.
-        if done == 0 || error.raw_os_error() == Some(libc::EINVAL) {
-            Ok(())
-        } else {
-            Err(error)
+        match clear_ambient_capability_set() {
+            // A kernel before 4.3 has no ambient set: nothing to drop.
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(e) => return Err(e.into()),
         }
+        let mut sets = capabilities(None)?;
+        sets.inheritable = CapabilitySet::empty();
+        set_capabilities(None, sets)?;
+        Ok(())
     };
-    // SAFETY: `clear` runs in the child between fork and exec: one prctl(2),
-    // async-signal-safe, no allocation, no lock.
+    // SAFETY: `clear` runs in the child between fork and exec: three raw
+    // system calls (prctl, capget, capset), async-signal-safe, no allocation,
+    // no lock.
     unsafe {
         command.pre_exec(clear);
     }
