@@ -115,6 +115,9 @@ impl TestHosts {
             ],
         );
         run("ip", &["link", "set", &bridge, "up"]);
+        // Hosts reach each other across the bridge, which a FORWARD policy
+        // of DROP (Docker's, with br_netfilter) would stop.
+        quiet("iptables", &forward_rule("-I", &bridge));
 
         let mut hosts = TestHosts {
             ssh_config: root.path().join("ssh_config"),
@@ -169,6 +172,29 @@ impl TestHosts {
         key
     }
 
+    /// A key protected by `passphrase` that every host accepts (its public
+    /// half is added to each host's authorized keys).
+    pub fn passphrase_key(&self, passphrase: &str) -> PathBuf {
+        let key = self.root.path().join("id_passphrase");
+        run(
+            "ssh-keygen",
+            &["-q", "-t", "ed25519", "-N", passphrase, "-f", &s(&key)],
+        );
+        let public = std::fs::read_to_string(key.with_extension("pub")).expect("read the key");
+        for host in &self.hosts {
+            let keys = host.dir.join("authorized_keys");
+            let mut text = std::fs::read_to_string(&keys).expect("read authorized_keys");
+            text.push_str(&public);
+            std::fs::write(&keys, text).expect("write authorized_keys");
+        }
+        key
+    }
+
+    /// Where test files go that should vanish with the hosts.
+    pub fn dir(&self) -> &Path {
+        self.root.path()
+    }
+
     /// Writes an ssh config like `ssh_config` but offering `key` instead.
     pub fn ssh_config_with_key(&self, key: &Path) -> PathBuf {
         let text = std::fs::read_to_string(&self.ssh_config).expect("read the ssh config");
@@ -183,8 +209,17 @@ impl Drop for TestHosts {
         for host in &mut self.hosts {
             host.remove();
         }
+        quiet("iptables", &forward_rule("-D", &self.bridge));
         quiet("ip", &["link", "del", &self.bridge]);
     }
+}
+
+/// The iptables arguments that add (`-I`) or remove (`-D`) the rule letting
+/// packets between the hosts of `bridge` through.
+fn forward_rule<'a>(action: &'a str, bridge: &'a str) -> [&'a str; 9] {
+    [
+        "-w", action, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT",
+    ]
 }
 
 impl TestHost {

@@ -779,3 +779,135 @@ fn an_upload_cut_off_with_the_link_resumes_where_it_stopped() {
     exec.expect_code(0);
     assert!(exec.stdout.starts_with(&big_digest), "{exec:?}");
 }
+
+#[test]
+fn a_host_behind_a_jump_host_with_a_passphrase_key_in_ssh_agent() {
+    let hosts = TestHosts::start(2);
+    let (h1, h2) = (hosts.host("h1"), hosts.host("h2"));
+    h1.install_gantry(GANTRY.as_ref());
+    // h1 takes SSH only from h2, its bastion.
+    let rules = format!(
+        "table inet bastion {{\n chain input {{\n type filter hook input priority 0; policy accept;\n tcp dport 22 ip saddr != {} drop\n }}\n}}\n",
+        h2.address
+    );
+    let nft = std::process::Command::new("ip")
+        .args(["netns", "exec", &h1.namespace, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(rules.as_bytes())?;
+            child.wait()
+        })
+        .expect("nft is missing: apt-get install nftables");
+    assert!(nft.success());
+
+    // The only key both hosts accept is protected by a passphrase and held
+    // by an ssh-agent; the config names only its public half.
+    let key = hosts.passphrase_key("correct horse");
+    let socket = hosts.dir().join("agent.sock");
+    let _agent = KillOnDrop(
+        std::process::Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start ssh-agent"),
+    );
+    gantry_testkit::wait_for(
+        "ssh-agent's socket",
+        std::time::Duration::from_secs(10),
+        || socket.exists(),
+    );
+    let askpass = hosts.dir().join("askpass");
+    std::fs::write(&askpass, "#!/bin/sh\necho 'correct horse'\n").unwrap();
+    std::process::Command::new("chmod")
+        .args(["755"])
+        .arg(&askpass)
+        .status()
+        .unwrap();
+    let added = std::process::Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &socket)
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run ssh-add");
+    assert!(
+        added.status.success(),
+        "ssh-add: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let known = hosts.dir().join("known_hosts_jump");
+    let config = hosts.dir().join("ssh_config_jump");
+    let entry = |host: &gantry_testkit::hosts::TestHost, extra: &str| {
+        format!(
+            "Host {name}\n  HostName {address}\n  User {user}\n  IdentityFile {public}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  GlobalKnownHostsFile /dev/null\n{extra}\n",
+            name = host.name,
+            address = host.address,
+            user = host.user,
+            public = key.with_extension("pub").display(),
+            known = known.display(),
+        )
+    };
+    // OpenSSH gives the jump's own ssh only the config file, not the
+    // options on the command line: the bastion's key policy lives here.
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}",
+            entry(h1, "  ProxyJump h2\n"),
+            entry(h2, "  StrictHostKeyChecking accept-new\n")
+        ),
+    )
+    .unwrap();
+
+    let project = remote_project(&hosts, &["h1"], "1")
+        .env("GANTRY_SSH_CONFIG", &config.display().to_string())
+        .env("SSH_AUTH_SOCK", &socket.display().to_string());
+    let deployed = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"]);
+    deployed.expect_code(0);
+    assert_eq!(versions(&hosts, &["h1"]), ["1"]);
+    let status = project.gantry(&["status", "-e", "prod", "--output", "json"]);
+    status.expect_code(0);
+
+    // Straight to h1, without the bastion, nothing gets through.
+    let direct = std::process::Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=2",
+        ])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .arg(format!("{}@{}", h1.user, h1.address))
+        .arg("true")
+        .env("SSH_AUTH_SOCK", &socket)
+        .output()
+        .expect("run ssh");
+    assert!(!direct.status.success(), "h1 answers without its bastion");
+}
+
+/// A child process killed when the test ends, failed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
