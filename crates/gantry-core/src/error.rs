@@ -123,6 +123,11 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "the host's SSH key differs from the one in known_hosts",
     ),
     (
+        "host.key_unknown",
+        ExitClass::Unreachable,
+        "a host key on the way (often a ProxyJump host's) is not in known_hosts and SSH may not ask",
+    ),
+    (
         "host.gantry_missing",
         ExitClass::Unreachable,
         "SSH works but the host has no gantry binary; `gantry configure` installs it",

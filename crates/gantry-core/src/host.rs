@@ -61,6 +61,9 @@ pub enum SshFailure {
     AuthRefused,
     /// The server's key is not the one recorded in known_hosts.
     HostKeyChanged,
+    /// A key not in known_hosts that SSH may not ask about (a jump host's:
+    /// OpenSSH gives a ProxyJump hop the config file, not our options).
+    HostKeyUnknown,
     /// SSH worked, but there is no gantry on the host.
     GantryMissing,
 }
@@ -71,6 +74,7 @@ impl SshFailure {
             SshFailure::Unreachable => "host.unreachable",
             SshFailure::AuthRefused => "host.auth_refused",
             SshFailure::HostKeyChanged => "host.key_changed",
+            SshFailure::HostKeyUnknown => "host.key_unknown",
             SshFailure::GantryMissing => "host.gantry_missing",
         }
     }
@@ -80,6 +84,7 @@ impl SshFailure {
             SshFailure::Unreachable => "cannot reach the host over SSH",
             SshFailure::AuthRefused => "the host refused the SSH key",
             SshFailure::HostKeyChanged => "the host's SSH key has changed",
+            SshFailure::HostKeyUnknown => "an SSH host key on the way is not known",
             SshFailure::GantryMissing => "gantry is not installed on the host",
         }
     }

@@ -118,6 +118,11 @@ impl SshOptions {
 
     /// `ssh` with its options and the target, ready for a remote command.
     pub fn command_line(&self, target: &SshTarget) -> Vec<OsString> {
+        self.command_line_with(target, true)
+    }
+
+    /// `command_line`, multiplexed over a shared connection or not.
+    fn command_line_with(&self, target: &SshTarget, multiplexed: bool) -> Vec<OsString> {
         let mut argv: Vec<OsString> = vec![self.program.clone()];
         if let Some(config) = &self.config {
             argv.push("-F".into());
@@ -133,11 +138,22 @@ impl SshOptions {
             "ServerAliveCountMax=3".to_owned(),
             // Trust on first use; a changed key is always refused.
             "StrictHostKeyChecking=accept-new".to_owned(),
-            "ControlMaster=auto".to_owned(),
-            format!("ControlPath={}", control.display()),
-            "ControlPersist=60".to_owned(),
             "LogLevel=ERROR".to_owned(),
         ];
+        let multiplexing = if multiplexed {
+            [
+                "ControlMaster=auto".to_owned(),
+                format!("ControlPath={}", control.display()),
+                "ControlPersist=60".to_owned(),
+            ]
+        } else {
+            [
+                "ControlMaster=no".to_owned(),
+                "ControlPath=none".to_owned(),
+                "ControlPersist=no".to_owned(),
+            ]
+        };
+        let options = options.into_iter().chain(multiplexing);
         for option in options {
             argv.push("-o".into());
             argv.push(option.into());
@@ -168,6 +184,24 @@ fn uid() -> u32 {
 /// The transport to one host's agent over SSH.
 pub struct Ssh {
     target: SshTarget,
+    options: SshOptions,
+}
+
+impl Ssh {
+    /// What a plain, unmultiplexed `ssh TARGET true` says on stderr: a
+    /// multiplexing master sends its ProxyCommand's (a ProxyJump hop's)
+    /// stderr to /dev/null, and with it the reason a jump failed.
+    fn diagnose(&self) -> Option<String> {
+        let mut argv = self.options.command_line_with(&self.target, false);
+        argv.push("true".into());
+        let (program, args) = argv.split_first()?;
+        let output = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        (!output.status.success()).then(|| String::from_utf8_lossy(&output.stderr).into_owned())
+    }
 }
 
 /// An agent reached over SSH.
@@ -176,8 +210,19 @@ pub type SshAgent = Agent<Ssh>;
 impl Transport for Ssh {
     fn error(&self, host: &str, error: ClientError) -> HostError {
         match error {
-            ClientError::Exited { code, stderr } => remote_failure(host, &stderr)
-                .unwrap_or_else(|| classify(host, &self.target, code, &stderr)),
+            ClientError::Exited { code, stderr } => {
+                remote_failure(host, &stderr).unwrap_or_else(|| {
+                    // The far end hung up before SSH began: through a proxy
+                    // (ProxyJump), the proxy's own words were lost.
+                    let proxied = stderr.contains("kex_exchange_identification")
+                        || stderr.contains("UNKNOWN port 65535");
+                    let stderr = match proxied.then(|| self.diagnose()).flatten() {
+                        Some(said) => format!("{said}{stderr}"),
+                        None => stderr,
+                    };
+                    classify(host, &self.target, code, &stderr)
+                })
+            }
             ClientError::Connect(e) => HostError::Ssh {
                 host: host.to_owned(),
                 failure: SshFailure::Unreachable,
@@ -232,7 +277,10 @@ impl Agent<Ssh> {
         Ok(Agent {
             name: name.to_owned(),
             client,
-            transport: Ssh { target },
+            transport: Ssh {
+                target,
+                options: options.clone(),
+            },
         })
     }
 }
@@ -411,7 +459,15 @@ pub fn classify(host: &str, target: &SshTarget, code: Option<i32>, stderr: &str)
         hint,
     };
     let has = |needle: &str| stderr.contains(needle);
-    if has("REMOTE HOST IDENTIFICATION HAS CHANGED") || has("Host key verification failed") {
+    if has("Host key verification failed") && !has("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        return error(
+            SshFailure::HostKeyUnknown,
+            format!(
+                "a host key is not in known_hosts and SSH may not ask: if {target} goes through a ProxyJump host, that host's key (OpenSSH applies only ~/.ssh/config to the jump, not Gantry's StrictHostKeyChecking=accept-new): run `ssh {target}` once by hand, or set `StrictHostKeyChecking accept-new` for the jump host in ~/.ssh/config"
+            ),
+        );
+    }
+    if has("REMOTE HOST IDENTIFICATION HAS CHANGED") {
         return error(
             SshFailure::HostKeyChanged,
             format!(
@@ -494,6 +550,14 @@ mod tests {
                 Some(255)
             ),
             SshFailure::HostKeyChanged
+        );
+        // What a ProxyJump hop whose key is unknown leaves on stderr.
+        assert_eq!(
+            failure(
+                "Host key verification failed.\r\nkex_exchange_identification: Connection closed by remote host\r\nConnection closed by UNKNOWN port 65535\r\n",
+                Some(255)
+            ),
+            SshFailure::HostKeyUnknown
         );
         assert_eq!(
             failure(

@@ -857,8 +857,26 @@ fn a_host_behind_a_jump_host_with_a_passphrase_key_in_ssh_agent() {
             known = known.display(),
         )
     };
+    let project = remote_project(&hosts, &["h1"], "1")
+        .env("GANTRY_SSH_CONFIG", &config.display().to_string())
+        .env("SSH_AUTH_SOCK", &socket.display().to_string());
+
     // OpenSSH gives the jump's own ssh only the config file, not the
-    // options on the command line: the bastion's key policy lives here.
+    // options on the command line: with nothing said there, the bastion's
+    // unknown key stops it, and the error says where to say it.
+    std::fs::write(
+        &config,
+        format!("{}{}", entry(h1, "  ProxyJump h2\n"), entry(h2, "")),
+    )
+    .unwrap();
+    let unknown = project.gantry(&["status", "-e", "prod", "--output", "json"]);
+    unknown.expect_code(5);
+    let error = &unknown.json()["error"];
+    assert_eq!(error["code"], "host.key_unknown", "{error:#}");
+    assert!(
+        error["hint"].as_str().unwrap().contains("ProxyJump"),
+        "{error:#}"
+    );
     std::fs::write(
         &config,
         format!(
@@ -868,10 +886,6 @@ fn a_host_behind_a_jump_host_with_a_passphrase_key_in_ssh_agent() {
         ),
     )
     .unwrap();
-
-    let project = remote_project(&hosts, &["h1"], "1")
-        .env("GANTRY_SSH_CONFIG", &config.display().to_string())
-        .env("SSH_AUTH_SOCK", &socket.display().to_string());
     let deployed = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"]);
     deployed.expect_code(0);
     assert_eq!(versions(&hosts, &["h1"]), ["1"]);
