@@ -452,11 +452,15 @@ fn an_agent_on_a_new_binary_restarts_the_proxy_by_handoff() {
     let exe =
         std::fs::read_link(format!("/proc/{}/exe", proxy_pid(&p))).expect("the proxy's binary");
     assert_eq!(exe, upgraded, "the proxy runs the agent's binary now");
-    // The upgraded agent is stopped with the upgraded binary too.
-    let _ = std::process::Command::new(&upgraded)
-        .args(["agent", "stop"])
-        .env("GANTRY_STATE_DIR", p.state_dir())
-        .output();
+    // The services and the upgraded agent are stopped with the upgraded
+    // binary too (the project's own clean-up finds no agent socket after).
+    for args in [&["stop"][..], &["agent", "stop"]] {
+        let _ = std::process::Command::new(&upgraded)
+            .args(args)
+            .current_dir(p.path())
+            .env("GANTRY_STATE_DIR", p.state_dir())
+            .output();
+    }
 }
 
 /// `gantry proxy stop` stops the proxy; `gantry proxy restart` starts one
