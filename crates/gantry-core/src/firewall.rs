@@ -79,7 +79,12 @@ pub fn open_ports(ports: &[u16]) -> Result<FirewallReport, Error> {
     let mut opened = Vec::new();
     let mut filtering = Vec::new();
     for program in ["iptables", "ip6tables"] {
-        if let Some(added) = open_in_iptables(program, ports)? {
+        let opened_here = match open_in_iptables(program, ports) {
+            // A kernel without IPv6 has no ip6tables to open.
+            Err(_) if program == "ip6tables" => None,
+            other => other?,
+        };
+        if let Some(added) = opened_here {
             filtering.push(program);
             if added {
                 opened.push(program);
