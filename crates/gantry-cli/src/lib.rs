@@ -381,17 +381,40 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 )
             }
             Some(AgentAction::Stop) => {
-                match (wiring.connect)(&local_host(), &state_dir, false) {
-                    Ok(agent) => agent.shutdown().map_err(gantry_core::Error::from)?,
-                    Err(HostError::Unreachable { .. }) => {
-                        printer.status("no agent is running");
+                use gantry_core::host::{AGENT_UNIT, SYSTEM_STATE_DIR};
+                let stopped = match (wiring.connect)(&local_host(), &state_dir, false) {
+                    Ok(agent) => {
+                        agent.shutdown().map_err(gantry_core::Error::from)?;
+                        true
                     }
+                    Err(HostError::Unreachable { .. }) => false,
                     Err(other) => return Err(gantry_core::Error::from(other).into()),
-                }
+                };
+                // On a host configured as root, systemd runs the agent.
+                let unit = std::path::Path::new("/etc/systemd/system")
+                    .join(format!("{AGENT_UNIT}.service"))
+                    .exists();
+                let systemctl = format!(
+                    "`systemctl stop {AGENT_UNIT}` stops it, `systemctl start {AGENT_UNIT}` starts it again"
+                );
+                let note = match (unit, stopped) {
+                    (false, _) => None,
+                    (true, true) if state_dir == std::path::Path::new(SYSTEM_STATE_DIR) => {
+                        Some(format!(
+                            "systemd runs this agent (unit {AGENT_UNIT}) and will start it again: {systemctl}"
+                        ))
+                    }
+                    (true, true) => None,
+                    (true, false) => Some(format!(
+                        "systemd runs this host's agent (unit {AGENT_UNIT}): {systemctl}"
+                    )),
+                };
                 emit(
                     printer,
                     text::AgentStopped {
                         state_dir: state_dir.clone(),
+                        stopped,
+                        note,
                     },
                 )
             }

@@ -384,14 +384,27 @@ impl Report for TrustReport {
 #[derive(Serialize)]
 pub struct AgentStopped {
     pub state_dir: std::path::PathBuf,
+    /// Whether an agent ran there and was stopped.
+    pub stopped: bool,
+    /// Where systemd runs the host's agent: what to do instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Report for AgentStopped {
     fn text(&self) -> String {
-        format!(
-            "agent of {} stopped; services keep running\n",
-            self.state_dir.display()
-        )
+        let mut out = if self.stopped {
+            format!(
+                "agent of {} stopped; services keep running\n",
+                self.state_dir.display()
+            )
+        } else {
+            format!("no agent runs on {}\n", self.state_dir.display())
+        };
+        if let Some(note) = &self.note {
+            let _ = writeln!(out, "{note}");
+        }
+        out
     }
 }
 

@@ -82,8 +82,13 @@ fn a_restarted_agent_adopts_the_running_services_and_keeps_supervising_them() {
     let p = hello("agent-adopt", "1");
     deploy(&p);
     let before = status(&p);
-    json(&p, &["agent", "stop"]);
+    assert_eq!(json(&p, &["agent", "stop"])["stopped"], true);
     assert!(!p.state_dir().join("agent.sock").exists());
+    assert_eq!(
+        json(&p, &["agent", "stop"])["stopped"],
+        false,
+        "none left to stop"
+    );
 
     // `status` starts a new agent, which finds the same processes.
     let after = status(&p);

@@ -301,6 +301,18 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
     host.exec_ok(&["systemctl", "start", "gantry-agent"]);
     json(&project, &["status", "-e", "prod"]);
 
+    // `gantry agent stop` by hand on the host points at systemctl, and
+    // stops nothing of the unit's.
+    let running = agent_pid(&host);
+    let stop = host.exec(&["/usr/local/bin/gantry", "agent", "stop", "--output", "text"]);
+    let said = String::from_utf8_lossy(&stop.stdout);
+    assert!(
+        said.contains("systemd runs this host's agent (unit gantry-agent)")
+            && said.contains("systemctl stop gantry-agent"),
+        "{said}"
+    );
+    assert_eq!(agent_pid(&host), running);
+
     // An upgrade: the host's gantry differs from ours, so configure installs
     // ours and restarts the unit; the services keep answering.
     host.exec_ok(&["sh", "-c", "echo >> /root/.gantry/bin/gantry"]);
