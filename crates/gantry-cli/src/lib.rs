@@ -381,7 +381,7 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 )
             }
             Some(AgentAction::Stop) => {
-                use gantry_core::host::{AGENT_UNIT, SYSTEM_STATE_DIR};
+                use gantry_core::host::{AGENT_UNIT, AGENT_UNIT_FILE, SYSTEM_STATE_DIR};
                 let stopped = match (wiring.connect)(&local_host(), &state_dir, false) {
                     Ok(agent) => {
                         agent.shutdown().map_err(gantry_core::Error::from)?;
@@ -391,9 +391,7 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                     Err(other) => return Err(gantry_core::Error::from(other).into()),
                 };
                 // On a host configured as root, systemd runs the agent.
-                let unit = std::path::Path::new("/etc/systemd/system")
-                    .join(format!("{AGENT_UNIT}.service"))
-                    .exists();
+                let unit = std::path::Path::new(AGENT_UNIT_FILE).exists();
                 let systemctl = format!(
                     "`systemctl stop {AGENT_UNIT}` stops it, `systemctl start {AGENT_UNIT}` starts it again"
                 );

@@ -352,13 +352,16 @@ fn install_unit(
         .map_err(|e| ("install the agent", Error::io("write", unit_file.path())(e)))?;
     let script = format!(
         "set -e; \
-         id gantry >/dev/null 2>&1 || useradd --system --home-dir /var/lib/gantry --shell /usr/sbin/nologin gantry; \
-         install -d -m 700 -o gantry -g gantry /var/lib/gantry; \
+         id gantry >/dev/null 2>&1 || useradd --system --home-dir {state} --shell /usr/sbin/nologin gantry; \
+         install -d -m 700 -o gantry -g gantry {state}; \
          if ! cmp -s \"$HOME/.gantry/bin/gantry\" /usr/local/bin/gantry; then install -m 755 \"$HOME/.gantry/bin/gantry\" /usr/local/bin/gantry; echo binary=changed; fi; \
-         new=$(cat); if [ \"$new\" != \"$(cat /etc/systemd/system/gantry-agent.service 2>/dev/null)\" ]; then printf '%s\\n' \"$new\" > /etc/systemd/system/gantry-agent.service; systemctl daemon-reload; echo unit=changed; fi; \
-         systemctl enable --quiet gantry-agent; \
-         if {restart} || ! systemctl is-active --quiet gantry-agent; then systemctl restart gantry-agent; echo agent=restarted; fi",
+         new=$(cat); if [ \"$new\" != \"$(cat {file} 2>/dev/null)\" ]; then printf '%s\\n' \"$new\" > {file}; systemctl daemon-reload; echo unit=changed; fi; \
+         systemctl enable --quiet {unit}; \
+         if {restart} || ! systemctl is-active --quiet {unit}; then systemctl restart {unit}; echo agent=restarted; fi",
         restart = if binary_changed { "true" } else { "false" },
+        state = crate::host::SYSTEM_STATE_DIR,
+        file = crate::host::AGENT_UNIT_FILE,
+        unit = crate::host::AGENT_UNIT,
     );
     let ran = shell
         .run(&script, Some(unit_file.path()))

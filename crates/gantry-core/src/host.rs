@@ -194,6 +194,8 @@ impl Ran {
 /// that agent's state directory.
 pub const AGENT_UNIT: &str = "gantry-agent";
 pub const SYSTEM_STATE_DIR: &str = "/var/lib/gantry";
+/// The unit's file: where it is, systemd runs the host's agent.
+pub const AGENT_UNIT_FILE: &str = "/etc/systemd/system/gantry-agent.service";
 
 /// The remote shell command that runs `gantry ARGS` on a host: the copy
 /// `gantry configure` installs (`~/.gantry/bin`) comes first on the PATH.
@@ -202,7 +204,7 @@ pub const SYSTEM_STATE_DIR: &str = "/var/lib/gantry";
 /// another (`GANTRY_AGENT_UNIT`), even while the unit restarts.
 pub fn remote_gantry(args: &str) -> String {
     format!(
-        "if [ -z \"$GANTRY_STATE_DIR\" ] && [ -f /etc/systemd/system/{AGENT_UNIT}.service ]; then export GANTRY_STATE_DIR={SYSTEM_STATE_DIR} GANTRY_AGENT_UNIT={AGENT_UNIT}; fi; PATH=\"$HOME/.gantry/bin:/usr/local/bin:$PATH\" exec gantry {args}"
+        "if [ -z \"$GANTRY_STATE_DIR\" ] && [ -f {AGENT_UNIT_FILE} ]; then export GANTRY_STATE_DIR={SYSTEM_STATE_DIR} GANTRY_AGENT_UNIT={AGENT_UNIT}; fi; PATH=\"$HOME/.gantry/bin:/usr/local/bin:$PATH\" exec gantry {args}"
     )
 }
 

@@ -40,6 +40,25 @@ pub struct TestHost {
     sshd: Option<Child>,
 }
 
+/// Makes an ed25519 key pair at `path` (and `path.pub`), protected by
+/// `passphrase` (empty: none).
+pub(crate) fn keygen(path: &Path, passphrase: &str) {
+    run(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            passphrase,
+            "-C",
+            "gantry-test",
+            "-f",
+            &s(path),
+        ],
+    );
+}
+
 /// Runs a setup command; panics with its stderr when it fails.
 pub(crate) fn run(program: &str, args: &[&str]) {
     let output = Command::new(program)
@@ -85,20 +104,7 @@ impl TestHosts {
             .expect("create the hosts' directory");
         chmod(root.path(), 0o755);
         let key = root.path().join("id_test");
-        run(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "gantry-test",
-                "-f",
-                &s(&key),
-            ],
-        );
+        keygen(&key, "");
         std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
 
         let bridge = format!("gt{id}b");
@@ -164,10 +170,7 @@ impl TestHosts {
     pub fn stranger_key(&self) -> PathBuf {
         let key = self.root.path().join("id_stranger");
         if !key.exists() {
-            run(
-                "ssh-keygen",
-                &["-q", "-t", "ed25519", "-N", "", "-f", &s(&key)],
-            );
+            keygen(&key, "");
         }
         key
     }
@@ -176,10 +179,7 @@ impl TestHosts {
     /// half is added to each host's authorized keys).
     pub fn passphrase_key(&self, passphrase: &str) -> PathBuf {
         let key = self.root.path().join("id_passphrase");
-        run(
-            "ssh-keygen",
-            &["-q", "-t", "ed25519", "-N", passphrase, "-f", &s(&key)],
-        );
+        keygen(&key, passphrase);
         let public = std::fs::read_to_string(key.with_extension("pub")).expect("read the key");
         for host in &self.hosts {
             let keys = host.dir.join("authorized_keys");
@@ -270,10 +270,7 @@ impl TestHost {
         chmod(&home, 0o700);
 
         let host_key = dir.join("ssh_host_ed25519_key");
-        run(
-            "ssh-keygen",
-            &["-q", "-t", "ed25519", "-N", "", "-f", &s(&host_key)],
-        );
+        keygen(&host_key, "");
         let public =
             std::fs::read_to_string(hosts.key.with_extension("pub")).expect("read the test key");
         std::fs::write(dir.join("authorized_keys"), public).expect("write authorized_keys");
@@ -349,11 +346,37 @@ impl TestHost {
         let host_key = self.dir.join("ssh_host_ed25519_key");
         let _ = std::fs::remove_file(&host_key);
         let _ = std::fs::remove_file(host_key.with_extension("pub"));
-        run(
-            "ssh-keygen",
-            &["-q", "-t", "ed25519", "-N", "", "-f", &s(&host_key)],
-        );
+        keygen(&host_key, "");
         self.start_sshd();
+    }
+
+    /// Runs `args` as root inside the host's network namespace (not over
+    /// SSH: its firewall, say), with `input` on its stdin: its stdout.
+    /// Panics with its stderr when it fails.
+    pub fn exec_ok(&self, args: &[&str], input: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.namespace])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {args:?} on {}: {e}", self.name));
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(input.as_bytes())
+                .expect("write to its stdin");
+        }
+        let output = child.wait_with_output().expect("wait for it");
+        assert!(
+            output.status.success(),
+            "`{}` on {} failed: {}",
+            args.join(" "),
+            self.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// Cuts the host's network link (`ip link set ... down`).

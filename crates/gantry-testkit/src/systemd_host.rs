@@ -18,7 +18,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::hosts::{run, s};
+use crate::hosts::{keygen, run, s};
 
 /// The image every systemd host runs.
 pub const IMAGE: &str = "gantry-test-systemd:bookworm";
@@ -60,20 +60,7 @@ impl SystemdHost {
             .tempdir()
             .expect("create the host's directory");
         let key = dir.path().join("id_test");
-        run(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "gantry-test",
-                "-f",
-                &s(&key),
-            ],
-        );
+        keygen(&key, "");
         let container = format!(
             "gantry-sd-{}-{}",
             std::process::id(),

@@ -7,7 +7,6 @@
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use gantry_testkit::hosts::{TestHost, TestHosts};
@@ -17,46 +16,8 @@ const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");
 
 /// `gantry agent open-ports` run as root on the host: its JSON report.
 fn open_ports(host: &TestHost) -> Value {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &host.namespace, GANTRY])
-        .args(["agent", "open-ports", "--output", "json"])
-        .output()
-        .expect("run gantry in the host's namespace");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "open-ports failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = host.exec_ok(&[GANTRY, "agent", "open-ports", "--output", "json"], "");
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-}
-
-fn nft(host: &TestHost, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &host.namespace, "nft"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nft is missing: apt-get install nftables");
-    if let Some(text) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write the ruleset");
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("nft");
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// What a client on the bridge sees of a port of the host: `open` (it
@@ -84,11 +45,9 @@ fn open_ports_opens_ssh_http_and_https_in_nftables_once() {
 
     // A host firewall that drops everything it was not told to accept, and a
     // NAT chain that filters nothing.
-    nft(
-        host,
-        &["-f", "-"],
-        Some(
-            "table inet filter {
+    host.exec_ok(
+        &["nft", "-f", "-"],
+        "table inet filter {
                chain input {
                  type filter hook input priority 0; policy drop;
                  iif lo accept
@@ -100,7 +59,6 @@ fn open_ports_opens_ssh_http_and_https_in_nftables_once() {
                  type nat hook prerouting priority -100;
                }
              }",
-        ),
     );
     for p in [22, 80, 443] {
         assert_eq!(port(host, p), "dropped", "port {p} before");
@@ -125,7 +83,7 @@ fn open_ports_opens_ssh_http_and_https_in_nftables_once() {
     // Again: nothing changes, and the rule is there once.
     let report = open_ports(host);
     assert_eq!(report["changed"], false, "{report:#}");
-    let listed = nft(host, &["list", "ruleset"], None);
+    let listed = host.exec_ok(&["nft", "list", "ruleset"], "");
     assert_eq!(
         listed.matches("comment \"gantry\"").count(),
         1,
@@ -137,31 +95,16 @@ fn open_ports_opens_ssh_http_and_https_in_nftables_once() {
     );
 }
 
-fn iptables(host: &TestHost, program: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &host.namespace, program])
-        .args(args)
-        .output()
-        .expect("iptables is missing: apt-get install iptables");
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn open_ports_opens_ssh_http_and_https_in_iptables_once() {
     let hosts = TestHosts::start(1);
     let host = hosts.host("h1");
     // A host firewall made with iptables: drop what is not accepted.
     for program in ["iptables", "ip6tables"] {
-        iptables(host, program, &["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"]);
-        iptables(
-            host,
-            program,
+        host.exec_ok(&[program, "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"], "");
+        host.exec_ok(
             &[
+                program,
                 "-A",
                 "INPUT",
                 "-m",
@@ -171,8 +114,9 @@ fn open_ports_opens_ssh_http_and_https_in_iptables_once() {
                 "-j",
                 "ACCEPT",
             ],
+            "",
         );
-        iptables(host, program, &["-P", "INPUT", "DROP"]);
+        host.exec_ok(&[program, "-P", "INPUT", "DROP"], "");
     }
     for p in [22, 80] {
         assert_eq!(port(host, p), "dropped", "port {p} before");
@@ -189,7 +133,7 @@ fn open_ports_opens_ssh_http_and_https_in_iptables_once() {
     let report = open_ports(host);
     assert_eq!(report["changed"], false, "{report:#}");
     for program in ["iptables", "ip6tables"] {
-        let rules = iptables(host, program, &["-S", "INPUT"]);
+        let rules = host.exec_ok(&[program, "-S", "INPUT"], "");
         assert_eq!(
             rules.matches("--comment gantry").count(),
             1,

@@ -7,7 +7,7 @@
 
 mod agent_support;
 
-use agent_support::{GANTRY, configure_step, hello_toml};
+use agent_support::{GANTRY, configure_step, hello_toml, service};
 use gantry_testkit::hosts::TestHosts;
 use gantry_testkit::{TestProject, example_bins};
 
@@ -196,12 +196,7 @@ fn deploys_roll_across_three_hosts() {
     let status = project.gantry(&["status", "-e", "prod", "--output", "json"]);
     status.expect_code(0);
     let status = status.json();
-    let web = status["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "web")
-        .expect("web in status");
+    let web = service(&status, "web");
     let on: Vec<&str> = web["instances"]
         .as_array()
         .unwrap()
@@ -790,21 +785,7 @@ fn a_host_behind_a_jump_host_with_a_passphrase_key_in_ssh_agent() {
         "table inet bastion {{\n chain input {{\n type filter hook input priority 0; policy accept;\n tcp dport 22 ip saddr != {} drop\n }}\n}}\n",
         h2.address
     );
-    let nft = std::process::Command::new("ip")
-        .args(["netns", "exec", &h1.namespace, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(rules.as_bytes())?;
-            child.wait()
-        })
-        .expect("nft is missing: apt-get install nftables");
-    assert!(nft.success());
+    h1.exec_ok(&["nft", "-f", "-"], &rules);
 
     // The only key both hosts accept is protected by a passphrase and held
     // by an ssh-agent; the config names only its public half.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_support::{GANTRY, configure_step, hello_toml};
+use agent_support::{GANTRY, configure_step, hello_toml, service};
 use gantry_testkit::systemd_host::SystemdHost;
 use gantry_testkit::{TestProject, example_bins, wait_for};
 use serde_json::Value;
@@ -204,12 +204,7 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
         }
     }
     // The web service's memory and pids limits hold, though the agent is not root.
-    let web = status["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "web")
-        .expect("web in status");
+    let web = service(&status, "web");
     assert_eq!(web["limits"]["enforced"], true, "{web:#}");
     // Services run as the agent's user, inside its cgroups, without the
     // capability the unit gives the agent for its proxy's ports.
