@@ -375,6 +375,11 @@ fn parse_proxy_listen(text: &str) -> Result<ProxyListen, String> {
         })
 }
 
+/// Checked as gantry.toml's `ssh` is, before it reaches `ssh` or the file.
+fn parse_ssh_target(text: &str) -> Result<String, String> {
+    gantry_config::SshTarget::parse(text).map(|_| text.to_owned())
+}
+
 fn parse_ports(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
     let (first, last) = text
         .split_once('-')
@@ -539,7 +544,7 @@ pub struct RegisterArgs {
     /// The host's name in gantry.toml, like web1
     pub host: String,
     /// How to reach it: user@address, user@address:port, or a name from ~/.ssh/config
-    #[arg(long, value_name = "TARGET")]
+    #[arg(long, value_name = "TARGET", value_parser = parse_ssh_target)]
     pub ssh: Option<String>,
 }
 

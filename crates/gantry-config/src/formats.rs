@@ -218,29 +218,7 @@ fn check_cron(s: &str) -> Result<(), String> {
 }
 
 fn check_ssh_target(s: &str) -> Result<(), String> {
-    let (user, rest) = match s.split_once('@') {
-        Some((user, rest)) => (Some(user), rest),
-        None => (None, s),
-    };
-    if user.is_some_and(|u| u.is_empty() || u.contains(char::is_whitespace)) {
-        return Err(format!("`{s}` has an empty or invalid user"));
-    }
-    let (address, port) = match rest.rsplit_once(':') {
-        // An IPv6 address in brackets may itself contain colons.
-        Some((address, port)) if !address.contains(':') || address.ends_with(']') => {
-            (address, Some(port))
-        }
-        _ => (rest, None),
-    };
-    if address.is_empty() || address.contains(|c: char| c.is_whitespace() || c == '/') {
-        return Err(format!("`{s}` has no valid address"));
-    }
-    if let Some(port) = port
-        && !port.parse::<u16>().is_ok_and(|p| p > 0)
-    {
-        return Err(format!("`{port}` is not a port number"));
-    }
-    Ok(())
+    crate::SshTarget::parse(s).map(drop)
 }
 
 #[cfg(test)]
@@ -286,6 +264,7 @@ mod tests {
         assert!(ok("ssh-target", "root@[2001:db8::1]:22"));
         assert!(!ok("ssh-target", "@host"));
         assert!(!ok("ssh-target", "deploy@host:ssh"));
+        assert!(!ok("ssh-target", "-oProxyCommand=sh@x"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod formats;
 pub mod model;
 pub mod resolve;
 mod schema;
+mod ssh_target;
 mod suggest;
 pub mod units;
 mod validate;
@@ -28,6 +29,7 @@ use serde_json::Value;
 pub use diagnostic::{Diagnostic, Diagnostics, KeyPath, LineIndex, Problem, Segment};
 pub use resolve::{Environment, LOCAL};
 pub use schema::json_schema;
+pub use ssh_target::SshTarget;
 
 use document::{Document, Finding};
 

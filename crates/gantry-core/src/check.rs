@@ -237,10 +237,8 @@ fn host_addresses(host: &HostSpec, shell: OpenShell<'_>) -> Vec<IpAddr> {
         Reach::Ssh { target } => shell(host)
             .ok()
             .and_then(|s| s.resolved_address())
-            .unwrap_or_else(|| {
-                let t = target.rsplit_once('@').map_or(target.as_str(), |(_, h)| h);
-                t.split(':').next().unwrap_or(t).to_owned()
-            }),
+            .or_else(|| Some(crate::config::SshTarget::parse(target).ok()?.address))
+            .unwrap_or_default(),
         Reach::Provider { .. } => return Vec::new(),
     };
     (name.as_str(), 22)

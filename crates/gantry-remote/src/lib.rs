@@ -6,10 +6,11 @@
 mod agent;
 mod bridge;
 mod client;
+mod control_dir;
 mod local;
 mod ssh;
 
 pub use agent::{Agent, Transport};
 pub use bridge::bridge;
 pub use local::{Local, LocalAgent};
-pub use ssh::{Shell, Ssh, SshAgent, SshOptions, SshTarget, classify};
+pub use ssh::{Shell, Ssh, SshAgent, SshOptions, classify};

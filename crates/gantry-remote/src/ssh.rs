@@ -12,81 +12,11 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use gantry_core::config::SshTarget;
 use gantry_core::host::{HostError, Ran, SshFailure};
 
 use crate::agent::{Agent, Transport};
 use crate::client::{Client, ClientError, Dial};
-
-/// `[user@]address[:port]`, or a name from `~/.ssh/config`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SshTarget {
-    pub user: Option<String>,
-    pub address: String,
-    pub port: Option<u16>,
-}
-
-impl SshTarget {
-    pub fn parse(text: &str) -> Result<SshTarget, String> {
-        let text = text.trim();
-        let (user, rest) = match text.rsplit_once('@') {
-            Some((user, rest)) if !user.is_empty() => (Some(user.to_owned()), rest),
-            Some(_) => return Err(format!("`{text}` has an empty user before `@`")),
-            None => (None, text),
-        };
-        let (address, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (address, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("`{text}`: an IPv6 address in [ ] lacks its `]`"))?;
-            match after.strip_prefix(':') {
-                Some(port) => (address, Some(port)),
-                None if after.is_empty() => (address, None),
-                None => return Err(format!("`{text}`: unexpected `{after}` after the address")),
-            }
-        } else {
-            match rest.rsplit_once(':') {
-                Some((address, port)) => (address, Some(port)),
-                None => (rest, None),
-            }
-        };
-        if address.is_empty() || address.contains(char::is_whitespace) {
-            return Err(format!(
-                "`{text}` names no host: write user@address, user@address:port or a name from ~/.ssh/config"
-            ));
-        }
-        let port = match port {
-            Some(p) => Some(
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| format!("`{p}` in `{text}` is not a port number (1-65535)"))?,
-            ),
-            None => None,
-        };
-        Ok(SshTarget {
-            user,
-            address: address.to_owned(),
-            port,
-        })
-    }
-
-    /// As `ssh` takes it: `user@address`, or the bare name.
-    fn destination(&self) -> String {
-        match &self.user {
-            Some(user) => format!("{user}@{}", self.address),
-            None => self.address.clone(),
-        }
-    }
-}
-
-impl std::fmt::Display for SshTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.destination())?;
-        if let Some(port) = self.port {
-            write!(f, ":{port}")?;
-        }
-        Ok(())
-    }
-}
 
 /// How `ssh` is run.
 #[derive(Clone, Debug)]
@@ -95,28 +25,34 @@ pub struct SshOptions {
     pub program: OsString,
     /// A config file used instead of `~/.ssh/config` (`$GANTRY_SSH_CONFIG`).
     pub config: Option<PathBuf>,
-    /// Where multiplexed connections keep their sockets.
-    pub control_dir: PathBuf,
+    /// Where multiplexed connections keep their sockets; None: no safe
+    /// place was found (`control_dir::choose`), every command connects anew.
+    pub control_dir: Option<PathBuf>,
     /// Seconds to wait for the TCP connection and the SSH handshake.
     pub connect_timeout: u32,
+    /// Why connections are not shared, when they are not: for a warning.
+    pub unshared: Option<String>,
 }
 
 impl SshOptions {
-    /// From the environment: `GANTRY_SSH`, `GANTRY_SSH_CONFIG`, `XDG_RUNTIME_DIR`.
+    /// From the environment: `GANTRY_SSH`, `GANTRY_SSH_CONFIG`, and for
+    /// the sockets of shared connections `XDG_RUNTIME_DIR`, `HOME`, `TMPDIR`.
     pub fn from_env() -> SshOptions {
-        let runtime = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|d| d.is_dir())
-            .unwrap_or_else(|| std::env::temp_dir().join(format!("gantry-{}", uid())));
+        let (control_dir, unshared) = match crate::control_dir::choose() {
+            Ok(dir) => (Some(dir), None),
+            Err(why) => (None, Some(why)),
+        };
         SshOptions {
             program: std::env::var_os("GANTRY_SSH").unwrap_or_else(|| "ssh".into()),
             config: std::env::var_os("GANTRY_SSH_CONFIG").map(PathBuf::from),
-            control_dir: runtime.join("gantry-ssh"),
+            control_dir,
             connect_timeout: 10,
+            unshared,
         }
     }
 
-    /// `ssh` with its options and the target, ready for a remote command.
+    /// `ssh` with its options, then `--` and the destination (so that no
+    /// target is ever read as an option), ready for a remote command.
     pub fn command_line(&self, target: &SshTarget) -> Vec<OsString> {
         self.command_line_with(target, true)
     }
@@ -128,7 +64,6 @@ impl SshOptions {
             argv.push("-F".into());
             argv.push(config.into());
         }
-        let control = self.control_dir.join("%C");
         let options = [
             // Never ask: a prompt would hang a command that scripts run.
             "BatchMode=yes".to_owned(),
@@ -140,10 +75,10 @@ impl SshOptions {
             "StrictHostKeyChecking=accept-new".to_owned(),
             "LogLevel=ERROR".to_owned(),
         ];
-        let multiplexing = if multiplexed {
+        let multiplexing = if let Some(dir) = self.control_dir.as_ref().filter(|_| multiplexed) {
             [
                 "ControlMaster=auto".to_owned(),
-                format!("ControlPath={}", control.display()),
+                format!("ControlPath={}", dir.join("%C").display()),
                 "ControlPersist=60".to_owned(),
             ]
         } else {
@@ -163,22 +98,10 @@ impl SshOptions {
             argv.push("-p".into());
             argv.push(port.to_string().into());
         }
-        argv.push(target.destination().into());
         argv.push("--".into());
+        argv.push(target.destination().into());
         argv
     }
-
-    fn prepare(&self) -> std::io::Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.control_dir)
-    }
-}
-
-fn uid() -> u32 {
-    nix::unistd::getuid().as_raw()
 }
 
 /// The transport to one host's agent over SSH.
@@ -257,15 +180,6 @@ impl Agent<Ssh> {
             message,
             hint: format!("fix `ssh` of host `{name}` in gantry.toml"),
         })?;
-        options.prepare().map_err(|e| HostError::Ssh {
-            host: name.to_owned(),
-            failure: SshFailure::Unreachable,
-            message: format!(
-                "cannot create {} for SSH connections: {e}",
-                options.control_dir.display()
-            ),
-            hint: "set XDG_RUNTIME_DIR to a writable directory".to_owned(),
-        })?;
         let mut argv = options.command_line(&target);
         argv.push(gantry_core::host::remote_gantry("agent connect").into());
         let client = Client::new(Dial::Command(argv)).map_err(|e| HostError::Ssh {
@@ -304,7 +218,6 @@ impl gantry_core::host::Shell for Shell {
 
     fn resolved_address(&self) -> Option<String> {
         let mut argv = self.options.command_line(&self.target);
-        argv.pop(); // `--`
         argv.insert(1, "-G".into());
         let output = Command::new(&argv[0]).args(&argv[1..]).output().ok()?;
         String::from_utf8_lossy(&output.stdout)
@@ -334,12 +247,6 @@ impl Shell {
             message,
             hint: format!("fix `ssh` of host `{name}` in gantry.toml"),
         })?;
-        options.prepare().map_err(|e| HostError::Ssh {
-            host: name.to_owned(),
-            failure: SshFailure::Unreachable,
-            message: e.to_string(),
-            hint: "set XDG_RUNTIME_DIR to a writable directory".to_owned(),
-        })?;
         Ok(Shell {
             name: name.to_owned(),
             target: parsed,
@@ -359,8 +266,6 @@ impl Shell {
         }
         if let Some(remote) = remote {
             argv.push(remote.into());
-        } else {
-            argv.pop(); // no `--` without a command
         }
         let mut command = Command::new(&argv[0]);
         command.args(&argv[1..]);
@@ -509,24 +414,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn targets_parse() {
-        let t = SshTarget::parse("deploy@10.0.0.5:2222").unwrap();
-        assert_eq!(t.user.as_deref(), Some("deploy"));
-        assert_eq!(t.address, "10.0.0.5");
-        assert_eq!(t.port, Some(2222));
-        assert_eq!(t.to_string(), "deploy@10.0.0.5:2222");
-        let t = SshTarget::parse("web1").unwrap();
-        assert_eq!((t.user, t.address.as_str(), t.port), (None, "web1", None));
-        let t = SshTarget::parse("root@[2001:db8::1]:22").unwrap();
-        assert_eq!(t.address, "2001:db8::1");
-        assert!(SshTarget::parse("@host").is_err());
-        assert!(SshTarget::parse("host:0").is_err());
-        assert!(
-            SshTarget::parse("host:ssh")
-                .unwrap_err()
-                .contains("not a port")
+    fn the_destination_always_comes_after_the_end_of_options() {
+        let options = SshOptions {
+            program: "ssh".into(),
+            config: None,
+            control_dir: None,
+            connect_timeout: 10,
+            unshared: None,
+        };
+        let shell = Shell {
+            name: "web1".to_owned(),
+            target: SshTarget::parse("deploy@10.0.0.5:2222").unwrap(),
+            options,
+        };
+        let tail = |command: Command| -> Vec<String> {
+            let args: Vec<String> = command
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let end = args.iter().position(|a| a == "--").expect("a `--`");
+            args[end..].to_vec()
+        };
+        assert_eq!(tail(shell.command(None, false)), ["--", "deploy@10.0.0.5"]);
+        assert_eq!(
+            tail(shell.command(Some("-x"), true)),
+            ["--", "deploy@10.0.0.5", "-x"]
         );
-        assert!(SshTarget::parse("").is_err());
     }
 
     fn failure(stderr: &str, code: Option<i32>) -> SshFailure {

@@ -5,6 +5,7 @@
 
 pub mod hosts;
 pub mod systemd_host;
+pub mod users;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

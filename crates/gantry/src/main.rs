@@ -120,7 +120,7 @@ fn connect(
         Reach::Ssh { target } => Ok(Box::new(gantry_remote::SshAgent::connect(
             name,
             target,
-            &gantry_remote::SshOptions::from_env(),
+            ssh_options(),
         )?)),
         Reach::Provider { provider } => Err(HostError::Unreachable {
             host: name.to_owned(),
@@ -132,6 +132,21 @@ fn connect(
     }
 }
 
+/// How this process runs `ssh`, decided once; when no safe directory for
+/// shared connections exists, a warning says so once.
+fn ssh_options() -> &'static gantry_remote::SshOptions {
+    static OPTIONS: std::sync::OnceLock<gantry_remote::SshOptions> = std::sync::OnceLock::new();
+    OPTIONS.get_or_init(|| {
+        let options = gantry_remote::SshOptions::from_env();
+        if let Some(why) = &options.unshared {
+            eprintln!(
+                "warning: SSH connections are not shared (each command logs in anew): no private directory for their sockets: {why}"
+            );
+        }
+        options
+    })
+}
+
 fn shell(
     host: &gantry_core::config::resolve::Host,
 ) -> Result<Box<dyn gantry_core::host::Shell>, HostError> {
@@ -140,7 +155,7 @@ fn shell(
         Reach::Ssh { target } => Ok(Box::new(gantry_remote::Shell::new(
             &host.name,
             target,
-            &gantry_remote::SshOptions::from_env(),
+            ssh_options(),
         )?)),
         _ => Err(HostError::Unreachable {
             host: host.name.clone(),
