@@ -223,12 +223,15 @@ async fn exec_spec(
     Path((project, service)): Path<(String, String)>,
 ) -> Answer<ExecSpec> {
     let (p, s) = (project.clone(), service.clone());
-    let release = agent
+    let (release, instances) = agent
         .db(move |store| {
             let Some(id) = store.current(&p, &s)? else {
                 return Ok(None);
             };
-            store.release(&p, &id)
+            let Some(release) = store.release(&p, &id)? else {
+                return Ok(None);
+            };
+            Ok(Some((release, store.instances(&p)?)))
         })
         .await
         .map_err(ApiFailure::store)?
@@ -252,7 +255,7 @@ async fn exec_spec(
         })?;
     let cwd = instance::working_dir(&agent, &project, &release.artifact_digest, spec);
     Ok(Json(ExecSpec {
-        env: instance::environment(spec, "exec", &release.id, None),
+        env: instance::exec_environment(spec, &release.id, &instances),
         cwd: cwd.display().to_string(),
         secrets_file: agent.paths.secrets(&project).display().to_string(),
         secret_names: spec.secrets.clone(),

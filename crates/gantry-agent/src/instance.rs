@@ -45,6 +45,31 @@ pub fn environment(
     env
 }
 
+/// The environment `gantry exec` runs a command with: the service's, with
+/// the port of one of its running instances of `release` (a live one
+/// first), so the command reaches the service as its instances do. Its
+/// `GANTRY_INSTANCE` is `exec`: it is not one of them.
+pub fn exec_environment(
+    service: &Service,
+    release: &str,
+    instances: &[InstanceRecord],
+) -> BTreeMap<String, String> {
+    let ours = || {
+        instances
+            .iter()
+            .filter(|i| i.service == service.name && i.release == release && i.is_active())
+    };
+    let port = ours()
+        .find(|i| i.state == InstanceState::Live)
+        .or_else(|| ours().next())
+        .and_then(|i| i.port)
+        .or(match service.port {
+            Some(Port::Fixed(port)) => Some(port),
+            _ => None,
+        });
+    environment(service, "exec", release, port)
+}
+
 /// The port an instance listens on: fixed as configured, or a free one.
 pub async fn port_for(agent: &Agent, service: &Service, id: &str) -> Result<Option<u16>, String> {
     match &service.port {
