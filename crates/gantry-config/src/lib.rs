@@ -27,6 +27,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use diagnostic::{Diagnostic, Diagnostics, KeyPath, LineIndex, Problem, Segment};
+pub use formats::check_name;
 pub use resolve::{Environment, LOCAL};
 pub use schema::json_schema;
 pub use ssh_target::SshTarget;

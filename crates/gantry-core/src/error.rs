@@ -253,6 +253,11 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "`gantry exec` could not start the command on the host",
     ),
     (
+        "exec.refused",
+        ExitClass::Conflict,
+        "`gantry agent exec` refused the agent's answer: its socket is served by another user than the state directory's owner, or it named files outside the project's",
+    ),
+    (
         "service.not_deployed",
         ExitClass::Invalid,
         "the service runs no release on the host (`gantry exec`)",

@@ -58,7 +58,12 @@ impl std::fmt::Display for ClientError {
 /// How to reach the agent.
 #[derive(Clone, Debug)]
 pub enum Dial {
-    Unix(PathBuf),
+    /// A Unix socket; with `served_by`, only a server running as that uid
+    /// (its peer credentials, checked on every connection) is talked to.
+    Unix {
+        socket: PathBuf,
+        served_by: Option<u32>,
+    },
     /// A program and its arguments; its stdin and stdout carry the HTTP.
     Command(Vec<OsString>),
 }
@@ -90,8 +95,11 @@ impl Client {
         })
     }
 
-    pub fn unix(socket: &Path) -> std::io::Result<Client> {
-        Client::new(Dial::Unix(socket.to_owned()))
+    pub fn unix(socket: &Path, served_by: Option<u32>) -> std::io::Result<Client> {
+        Client::new(Dial::Unix {
+            socket: socket.to_owned(),
+            served_by,
+        })
     }
 
     /// Sends a request and reads the whole answer.
@@ -218,10 +226,13 @@ impl Client {
             .body(body)
             .map_err(|e| ClientError::Http(e.to_string()))?;
         match &self.dial {
-            Dial::Unix(socket) => {
+            Dial::Unix { socket, served_by } => {
                 let stream = UnixStream::connect(socket)
                     .await
                     .map_err(ClientError::Connect)?;
+                if let Some(expected) = served_by {
+                    check_peer(&stream, socket, *expected).map_err(ClientError::Connect)?;
+                }
                 let mut sender = handshake(TokioIo::new(stream)).await?;
                 sender
                     .send_request(request)
@@ -289,6 +300,22 @@ impl Drop for Client {
             let _ = child.start_kill();
         }
     }
+}
+
+/// Whoever listens on `socket` runs as `expected`: a socket another user
+/// put there is not the agent.
+fn check_peer(stream: &UnixStream, socket: &Path, expected: u32) -> std::io::Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    if uid == expected {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "{} is served by uid {uid}, not by uid {expected} that owns the state directory: not its agent",
+            socket.display()
+        ),
+    ))
 }
 
 async fn handshake<T>(io: T) -> Result<SendRequest<Body>, ClientError>

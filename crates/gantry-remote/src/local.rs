@@ -76,7 +76,17 @@ impl Transport for Local {
 impl Agent<Local> {
     /// Connects to the agent of `state_dir`, without starting one.
     pub fn connect(name: &str, state_dir: &Path) -> Result<LocalAgent, HostError> {
-        let client = Client::unix(&socket(state_dir)).map_err(|e| HostError::Unreachable {
+        Self::connect_served_by(name, state_dir, None)
+    }
+
+    /// `connect`, talking only to an agent that runs as `uid` (when given):
+    /// what a command that trusts the agent's answers (`agent exec`) needs.
+    pub fn connect_served_by(
+        name: &str,
+        state_dir: &Path,
+        uid: Option<u32>,
+    ) -> Result<LocalAgent, HostError> {
+        let client = Client::unix(&socket(state_dir), uid).map_err(|e| HostError::Unreachable {
             host: name.to_owned(),
             message: e.to_string(),
             hint: String::new(),

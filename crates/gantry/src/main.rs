@@ -1,6 +1,8 @@
 //! The gantry binary: wires the concrete parts (the agent, its relay, the
 //! local transport) into the CLI and runs it. Nothing else happens here.
 
+mod exec;
+
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::process::ExitCode;
@@ -165,79 +167,6 @@ fn shell(
     }
 }
 
-/// `gantry agent exec`: runs `command` in the service's current release
-/// directory with its environment and secrets (read here, from the 0600
-/// secrets file), stdio inherited. Its exit code.
-fn exec(
-    state_dir: &Path,
-    project: &str,
-    service: &str,
-    command: &[String],
-) -> Result<i32, Failure> {
-    let failed = |code: &'static str, message: String, hint: Option<String>| Failure {
-        code,
-        exit: gantry_core::ExitClass::Failed.code(),
-        message,
-        hint,
-        diagnostics: None,
-        details: None,
-    };
-    let agent = gantry_remote::LocalAgent::connect("local", state_dir)
-        .map_err(|e| failed("agent.unreachable", e.to_string(), None))?;
-    let spec = agent.exec_spec(project, service).map_err(|e| {
-        let error = gantry_core::Error::from(e);
-        Failure {
-            code: error.code(),
-            exit: error.exit_class().code(),
-            hint: error.hint(),
-            message: error.to_string(),
-            diagnostics: None,
-            details: None,
-        }
-    })?;
-    let secrets = gantry_agent::process::secret_values(
-        Some(Path::new(&spec.secrets_file)),
-        &spec.secret_names,
-    )
-    .map_err(|e| failed("secrets.missing", e.to_string(), None))?;
-    let Some((program, args)) = command.split_first() else {
-        return Err(failed("usage", "no command given".to_owned(), None));
-    };
-    let mut run = std::process::Command::new(program);
-    run.args(args)
-        .current_dir(&spec.cwd)
-        .env_clear()
-        .envs(&spec.env)
-        .envs(&secrets);
-    // Root reaching an agent that runs as its own user (the systemd unit's
-    // `gantry`): the command runs as that user, as the services do.
-    if rustix::process::geteuid().is_root() {
-        use std::os::unix::fs::MetadataExt;
-        use std::os::unix::process::CommandExt;
-        // Never run it as root by mistake: no owner known, no command.
-        let owner = std::fs::metadata(state_dir).map_err(|e| {
-            failed(
-                "exec.failed",
-                format!("cannot read the owner of {}: {e}", state_dir.display()),
-                None,
-            )
-        })?;
-        if owner.uid() != 0 {
-            run.uid(owner.uid()).gid(owner.gid());
-        }
-    }
-    let status = run
-        .status()
-        .map_err(|e| {
-            failed(
-                "exec.failed",
-                format!("cannot run `{program}` in {}: {e}", spec.cwd),
-                Some("the command runs in the release's directory: give a path inside it, or one on the PATH".to_owned()),
-            )
-        })?;
-    Ok(status.code().unwrap_or(128 + 9))
-}
-
 fn exe(name: &str) -> Result<std::path::PathBuf, HostError> {
     std::env::current_exe().map_err(|e| HostError::Unreachable {
         host: name.to_owned(),
@@ -325,7 +254,7 @@ fn main() -> ExitCode {
         connect,
         bridge,
         shell,
-        exec,
+        exec: exec::exec,
         default_state_dir: gantry_agent::agent::Paths::default_root,
     };
     gantry_cli::run(std::env::args_os(), &wiring)
