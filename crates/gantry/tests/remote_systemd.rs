@@ -225,7 +225,8 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
             "web holds capabilities: {capabilities}"
         );
     }
-    // exec runs as the services run: user gantry, in the release.
+    // exec runs as the services run: user gantry, in the release, with the
+    // port of a running instance.
     let exec = project.gantry(&[
         "exec",
         "web",
@@ -234,13 +235,14 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
         "--",
         "sh",
         "-c",
-        "id -un; cat VERSION",
+        "id -un; cat VERSION; echo \"$PORT\"",
     ]);
     exec.expect_code(0);
-    assert_eq!(
-        exec.stdout.lines().collect::<Vec<_>>(),
-        ["gantry", "1"],
-        "{exec:?}"
+    let lines = exec.stdout.lines().collect::<Vec<_>>();
+    assert_eq!(lines[..2], ["gantry", "1"], "{exec:?}");
+    assert!(
+        lines.get(2).is_some_and(|p| p.parse::<u16>().is_ok()),
+        "no PORT: {exec:?}"
     );
     eprintln!("deployed after {:.1?}", started.elapsed());
 
