@@ -11,6 +11,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::agent::{Agent, Paths, Settings, now_ms};
 use crate::artifact::BlobStore;
+use crate::isolation::Isolation;
 use crate::ports::{HostClaims, PortAllocator};
 use crate::process::Cgroups;
 use crate::store::Store;
@@ -81,6 +82,10 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
         .mode(0o700)
         .create(&paths.root)
         .map_err(io("create", &paths.root))?;
+    let isolation = Isolation::detect();
+    isolation
+        .prepare(&paths)
+        .map_err(io("set the modes of", &paths.root))?;
     let _lock = lock(&paths)?;
     for dir in [paths.run(), paths.blobs()] {
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
@@ -100,6 +105,7 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
                 .with_claims(HostClaims::for_host(&paths.root)),
         )),
         cgroups: Cgroups::detect(),
+        isolation,
         store: Arc::new(Mutex::new(store)),
         proxy: crate::proxy::Proxy::new(&paths, settings.proxy_listen, settings.proxy_https),
         paths,
