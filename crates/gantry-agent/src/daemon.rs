@@ -77,6 +77,9 @@ fn lock(paths: &Paths) -> Result<Flock<std::fs::File>, DaemonError> {
 /// Runs the agent until it is told to stop.
 pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
     let paths = Paths::new(state_dir);
+    // Whatever the agent, its proxy and its relays create is theirs alone;
+    // services get 022 back (process::confine).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gantry_config::model::Port;
-use gantry_config::resolve::{Service, Workload};
+use gantry_config::resolve::{Check, Service, Workload};
 use gantry_core::agent_api::{Exit, InstanceState, Stream};
 
 use crate::agent::{Agent, now_ms};
@@ -191,11 +191,21 @@ fn create_cgroup(agent: &Agent, record: &InstanceRecord, service: &Service) -> O
     }
 }
 
-/// How the instances of `service` (and its health command) are confined.
-pub fn confinement(agent: &Agent, project: &str, service: &Service) -> Result<Confinement, String> {
-    agent
-        .isolation
-        .confinement(&agent.paths, project, &service.name, service.run_as_root)
+/// How the health command of `service` is confined: as its instances are.
+/// Checks that run no command need nothing.
+pub fn check_confinement(
+    agent: &Agent,
+    project: &str,
+    service: &Service,
+) -> Result<Confinement, String> {
+    match service.health.as_ref().map(|h| &h.check) {
+        Some(Check::Command { .. }) => {
+            agent
+                .isolation
+                .confinement(&agent.paths, project, &service.name, service.run_as_root)
+        }
+        _ => Ok(Confinement::default()),
+    }
 }
 
 /// Waits until the instance passes its health check (or, without one, has
@@ -223,7 +233,7 @@ pub async fn wait_healthy(
         });
     };
     let confinement =
-        confinement(agent, &record.project, service).map_err(|reason| StartFailure {
+        check_confinement(agent, &record.project, service).map_err(|reason| StartFailure {
             reason,
             log_tail: Vec::new(),
         })?;

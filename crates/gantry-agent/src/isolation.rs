@@ -57,11 +57,10 @@ impl Isolation {
         }
     }
 
-    /// Run once at start, before anything is created in the state directory:
-    /// new files are the agent's alone, and the layout above holds for what
-    /// an older agent left.
+    /// Run once at start, under the agent's umask of 077 (see
+    /// [`crate::daemon::run`]): the layout above holds for what an older agent
+    /// left too.
     pub fn prepare(self, paths: &Paths) -> io::Result<()> {
-        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
         if self == Isolation::AgentUser {
             return Ok(());
         }
@@ -249,6 +248,69 @@ mod tests {
         assert_ne!(next, shop);
         assert!(PROJECT_IDS.contains(&next));
         assert_ne!(shop, SERVICES_GID);
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).expect("stat").mode() & 0o7777
+    }
+
+    #[test]
+    fn the_state_directory_is_laid_out_for_project_users() {
+        if Isolation::detect() != Isolation::ProjectUsers {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::new(dir.path().join("state"));
+        let old_release = paths.releases("shop").join("abc");
+        std::fs::create_dir_all(old_release.join("bin")).expect("mkdir");
+        std::fs::set_permissions(
+            old_release.join("bin"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .expect("chmod");
+        std::fs::write(paths.database(), "db").expect("write");
+        std::fs::set_permissions(paths.database(), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+
+        let isolation = Isolation::ProjectUsers;
+        isolation.prepare(&paths).expect("prepare");
+        assert_eq!(mode(&paths.root), 0o710);
+        assert_eq!(
+            std::fs::metadata(&paths.root).expect("stat").gid(),
+            SERVICES_GID
+        );
+        assert_eq!(mode(&paths.database()), 0o600, "what an older agent left");
+
+        let confinement = isolation
+            .confinement(&paths, "shop", "web", false)
+            .expect("confinement");
+        let user = confinement.user.expect("a user");
+        assert!(PROJECT_IDS.contains(&user.uid));
+        assert_eq!(user.groups, [SERVICES_GID]);
+        let project_dir = paths.releases("shop");
+        assert_eq!(mode(&project_dir), 0o750);
+        assert_eq!(
+            std::fs::metadata(&project_dir).expect("stat").gid(),
+            user.gid
+        );
+        assert_eq!(mode(&old_release.join("bin")), 0o755);
+        let again = isolation
+            .confinement(&paths, "shop", "web", false)
+            .expect("confinement");
+        assert_eq!(again.user.map(|u| u.uid), Some(user.uid), "stable");
+        let other = isolation
+            .confinement(&paths, "blog", "web", false)
+            .expect("confinement");
+        assert_ne!(
+            other.user.map(|u| u.uid),
+            Some(user.uid),
+            "one user per project"
+        );
+        let root = isolation
+            .confinement(&paths, "shop", "admin", true)
+            .expect("run_as_root on a root agent");
+        assert!(root.user.is_none() && root.keep_capabilities);
     }
 
     #[test]

@@ -274,7 +274,7 @@ fn probe(
     let record = record.clone();
     let env = instance::environment(service, &record.id, &record.release, record.port);
     let failures = Arc::clone(&memory.probe_failures);
-    let confinement = instance::confinement(&agent, &record.project, service);
+    let confinement = instance::check_confinement(&agent, &record.project, service);
     tokio::spawn(async move {
         let passed = match confinement {
             Ok(confinement) => health::probe(

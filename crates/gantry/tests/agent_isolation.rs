@@ -25,8 +25,8 @@ TRY=state-listing try ls {s}
 TRY=other-release try ls {s}/releases/beta
 TRY=other-secrets try head -c1 {s}/secrets/beta.env
 TRY=own-secrets-file try head -c1 {s}/secrets/alpha.env
-TRY=agent-socket try curl -s --max-time 5 --unix-socket {s}/agent.sock http://agent/v1/info
-command -v curl >/dev/null || echo no-curl
+TRY=agent-socket try perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Peer => shift) or exit 1' {s}/agent.sock
+TRY=perl-connects try perl -MIO::Socket::UNIX -e 'exit 0'
 echo probe done
 exec sleep 600"#
     )

@@ -15,8 +15,9 @@ use std::process::Command;
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
 use rustix::thread::{
-    CapabilitySet, capabilities, clear_ambient_capability_set, remove_capability_from_bounding_set,
-    set_capabilities, set_no_new_privs, set_thread_groups, set_thread_res_gid, set_thread_res_uid,
+    CapabilitySet, capabilities, clear_ambient_capability_set, configure_capability_in_ambient_set,
+    remove_capability_from_bounding_set, set_capabilities, set_no_new_privs, set_thread_groups,
+    set_thread_res_gid, set_thread_res_uid,
 };
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +85,37 @@ pub fn confine(command: &mut Command, confinement: &Confinement) {
     // nothing and takes no lock: the ids were converted before the fork, and
     // it only makes system calls (umask, prctl, capget, capset, setgroups,
     // setresgid, setresuid); errors are plain errno values.
+    unsafe {
+        command.pre_exec(apply);
+    }
+}
+
+/// For the agent's proxy, which is no service but binds ports 80 and 443:
+/// of the capabilities the systemd unit gives the agent (to switch users and
+/// hand files to them), it keeps CAP_NET_BIND_SERVICE only. An agent without
+/// capabilities passes none; a root agent's proxy is root's, as before.
+#[allow(unsafe_code)]
+pub fn bind_capability_only(command: &mut Command) {
+    let apply = || -> io::Result<()> {
+        if rustix::process::geteuid().is_root() {
+            return Ok(());
+        }
+        let mut sets = capabilities(None)?;
+        let bind = sets.permitted & CapabilitySet::NET_BIND_SERVICE;
+        match clear_ambient_capability_set() {
+            Ok(()) => {}
+            // No ambient set (before 4.3): nothing passes to the proxy anyway.
+            Err(Errno::INVAL) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        sets.inheritable = bind;
+        set_capabilities(None, sets)?;
+        if !bind.is_empty() {
+            configure_capability_in_ambient_set(CapabilitySet::NET_BIND_SERVICE, true)?;
+        }
+        Ok(())
+    };
+    // SAFETY: as in `confine`: system calls only, between fork and exec.
     unsafe {
         command.pre_exec(apply);
     }

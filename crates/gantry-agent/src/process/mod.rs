@@ -28,7 +28,7 @@ use gantry_core::agent_api::Exit;
 use serde::{Deserialize, Serialize};
 
 pub use cgroup::{Cgroup, CgroupError, CgroupMode, Cgroups, ResourceLimits};
-pub use confine::{Confinement, ServiceUser, can_switch_users, confine};
+pub use confine::{Confinement, ServiceUser, bind_capability_only, can_switch_users, confine};
 pub use launch::launch;
 pub use logs::{LogCursor, read_log};
 pub use procfs::{StopOutcome, is_running, rss_bytes, start_time, stop};
