@@ -85,11 +85,11 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
         .mode(0o700)
         .create(&paths.root)
         .map_err(io("create", &paths.root))?;
+    let _lock = lock(&paths)?;
     let isolation = Isolation::detect();
     isolation
         .prepare(&paths)
         .map_err(io("set the modes of", &paths.root))?;
-    let _lock = lock(&paths)?;
     for dir in [paths.run(), paths.blobs()] {
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     }
