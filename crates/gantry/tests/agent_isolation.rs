@@ -16,7 +16,7 @@ use serde_json::Value;
 fn probe_script(state: &Path) -> String {
     let s = state.display();
     format!(
-        r#"id -u; id -g; grep -E '^(NoNewPrivs|CapBnd|CapEff):' /proc/self/status; cat /proc/self/cgroup
+        r#"echo probe start; id -u; id -g; grep -E '^(NoNewPrivs|CapBnd|CapEff):' /proc/self/status; cat /proc/self/cgroup
 try() {{ if "$@" >/dev/null 2>&1; then echo "$TRY ok"; else echo "$TRY refused"; fi; }}
 TRY=own-release try cat ./own.txt
 TRY=agent-db try head -c1 {s}/agent.db
@@ -39,8 +39,9 @@ fn root() -> bool {
         .is_ok_and(|out| out.stdout == b"0\n")
 }
 
-/// The lines the newest instance of `name` logged, once it said `probe done`.
-fn probe_lines(p: &TestProject, name: &str) -> Vec<String> {
+/// What the newest instance of `name` logged in its run after the first
+/// `runs_before`, once that run said `probe done`.
+fn probe_lines(p: &TestProject, name: &str, runs_before: usize) -> Vec<String> {
     let id = instances(service(&status(p), name))
         .last()
         .and_then(|i| i["id"].as_str())
@@ -56,9 +57,15 @@ fn probe_lines(p: &TestProject, name: &str) -> Vec<String> {
             .filter(|l| l["instance"] == id.as_str())
             .filter_map(|l| l["line"].as_str().map(str::to_owned))
             .collect();
-        lines.iter().any(|l| l == "probe done")
+        lines.iter().filter(|l| *l == "probe done").count() > runs_before
     });
-    lines
+    let start = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| *l == "probe start")
+        .nth(runs_before)
+        .map_or(0, |(i, _)| i + 1);
+    lines[start..].to_vec()
 }
 
 fn field<'a>(lines: &'a [String], name: &str) -> &'a str {
@@ -108,7 +115,7 @@ fn a_service_runs_unprivileged_and_cannot_read_the_agents_state_or_another_proje
         .file(
             "gantry.toml",
             &format!(
-                "[project]\nname = \"alpha\"\n\n[services.probe]\nrun = '''{}'''\nsecrets = [\"ALPHA_TOKEN\"]\nhealth = {{ command = \"true\" }}\n\n[services.sized]\nrun = \"cat /proc/self/cgroup; echo probe done; exec sleep 600\"\nresources = {{ memory = \"64M\" }}\nhealth = {{ command = \"test $(id -u) -ne 0\" }}\n\n[services.rooted]\nrun = \"id -u; echo probe done; exec sleep 600\"\nrun_as_root = true\nhealth = {{ command = \"true\" }}\n",
+                "[project]\nname = \"alpha\"\n\n[services.probe]\nrun = '''{}'''\nsecrets = [\"ALPHA_TOKEN\"]\nhealth = {{ command = \"true\" }}\n\n[services.sized]\nrun = \"echo probe start; cat /proc/self/cgroup; echo probe done; exec sleep 600\"\nresources = {{ memory = \"64M\" }}\nhealth = {{ command = \"test $(id -u) -ne 0\" }}\n\n[services.rooted]\nrun = \"echo probe start; id -u; echo probe done; exec sleep 600\"\nrun_as_root = true\nhealth = {{ command = \"true\" }}\n",
                 probe_script(&state)
             ),
         )
@@ -137,8 +144,10 @@ fn a_service_runs_unprivileged_and_cannot_read_the_agents_state_or_another_proje
         state.join("secrets/beta.env").is_file() && state.join("releases/beta").is_dir(),
         "beta's release and secrets are on this host"
     );
+    // Its first run saw no beta: the run after a restart tries beta's files.
+    probe_lines(&alpha, "probe", 0);
     json(&alpha, &["restart", "probe"]);
-    let lines = probe_lines(&alpha, "probe");
+    let lines = probe_lines(&alpha, "probe", 1);
 
     let uid: u32 = lines[0].parse().expect("a uid");
     let gid: u32 = lines[1].parse().expect("a gid");
@@ -175,18 +184,20 @@ fn a_service_runs_unprivileged_and_cannot_read_the_agents_state_or_another_proje
     assert!(env.split('\0').any(|v| v == "ALPHA_TOKEN=alpha-secret"));
 
     // Default limits, and the service's own where it sets them.
-    let v1 = Path::new("/sys/fs/cgroup/memory/cgroup.procs").is_file();
-    assert!(
-        !v1 || cgroup_value(&lines, "memory", "memory.limit_in_bytes").is_some(),
-        "the probe is in a memory cgroup: {lines:?}"
-    );
+    for (controller, file) in [("memory", "memory.limit_in_bytes"), ("pids", "pids.max")] {
+        let mounted = Path::new(&format!("/sys/fs/cgroup/{controller}/cgroup.procs")).is_file();
+        assert!(
+            !mounted || cgroup_value(&lines, controller, file).is_some(),
+            "the probe is in a {controller} cgroup: {lines:?}"
+        );
+    }
     if let Some(memory) = cgroup_value(&lines, "memory", "memory.limit_in_bytes") {
         assert_eq!(memory, (512u64 << 20).to_string(), "default memory limit");
     }
     if let Some(pids) = cgroup_value(&lines, "pids", "pids.max") {
         assert_eq!(pids, "512", "default pids limit");
     }
-    let sized = probe_lines(&alpha, "sized");
+    let sized = probe_lines(&alpha, "sized", 0);
     if let Some(memory) = cgroup_value(&sized, "memory", "memory.limit_in_bytes") {
         assert_eq!(memory, (64u64 << 20).to_string(), "resources.memory wins");
     }
@@ -195,6 +206,6 @@ fn a_service_runs_unprivileged_and_cannot_read_the_agents_state_or_another_proje
     }
 
     // Root only when asked for.
-    let rooted = probe_lines(&alpha, "rooted");
+    let rooted = probe_lines(&alpha, "rooted", 0);
     assert_eq!(rooted[0], "0", "{rooted:?}");
 }
