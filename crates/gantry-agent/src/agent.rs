@@ -110,6 +110,8 @@ pub struct Agent {
     pub blobs: BlobStore,
     pub ports: Arc<Mutex<PortAllocator>>,
     pub cgroups: Cgroups,
+    /// Which user services run as.
+    pub isolation: crate::isolation::Isolation,
     /// The gantry binary, to start relays with.
     pub exe: PathBuf,
     pub started_at: u64,

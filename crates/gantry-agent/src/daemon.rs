@@ -11,6 +11,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::agent::{Agent, Paths, Settings, now_ms};
 use crate::artifact::BlobStore;
+use crate::isolation::Isolation;
 use crate::ports::{HostClaims, PortAllocator};
 use crate::process::Cgroups;
 use crate::store::Store;
@@ -76,12 +77,19 @@ fn lock(paths: &Paths) -> Result<Flock<std::fs::File>, DaemonError> {
 /// Runs the agent until it is told to stop.
 pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
     let paths = Paths::new(state_dir);
+    // Whatever the agent, its proxy and its relays create is theirs alone;
+    // services get 022 back (process::confine).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&paths.root)
         .map_err(io("create", &paths.root))?;
     let _lock = lock(&paths)?;
+    let isolation = Isolation::detect();
+    isolation
+        .prepare(&paths)
+        .map_err(io("set the modes of", &paths.root))?;
     for dir in [paths.run(), paths.blobs()] {
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     }
@@ -100,6 +108,7 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
                 .with_claims(HostClaims::for_host(&paths.root)),
         )),
         cgroups: Cgroups::detect(),
+        isolation,
         store: Arc::new(Mutex::new(store)),
         proxy: crate::proxy::Proxy::new(&paths, settings.proxy_listen, settings.proxy_https),
         paths,

@@ -7,6 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use gantry_config::resolve::Check;
+
+use crate::process::Confinement;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -17,8 +19,9 @@ pub async fn probe(
     timeout: Duration,
     cwd: &Path,
     env: &BTreeMap<String, String>,
+    confinement: &Confinement,
 ) -> Result<(), String> {
-    match tokio::time::timeout(timeout, run(check, port, cwd, env)).await {
+    match tokio::time::timeout(timeout, run(check, port, cwd, env, confinement)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
     }
@@ -29,6 +32,7 @@ async fn run(
     port: Option<u16>,
     cwd: &Path,
     env: &BTreeMap<String, String>,
+    confinement: &Confinement,
 ) -> Result<(), String> {
     match check {
         Check::Tcp => {
@@ -50,8 +54,8 @@ async fn run(
         }
         Check::Command { command } => {
             let mut sh = tokio::process::Command::new("/bin/sh");
-            // The service's own check: run without the agent's capabilities.
-            crate::process::relay::drop_capabilities(sh.as_std_mut());
+            // The service's own check: run as the service runs, not as the agent.
+            crate::process::confine(sh.as_std_mut(), confinement);
             let status = sh
                 .arg("-c")
                 .arg(command)
@@ -137,13 +141,28 @@ mod tests {
         };
         let ok = serve_once("204 No Content").await;
         assert_eq!(
-            probe(&check, Some(ok), Duration::from_secs(2), &cwd, &env).await,
+            probe(
+                &check,
+                Some(ok),
+                Duration::from_secs(2),
+                &cwd,
+                &env,
+                &Confinement::default()
+            )
+            .await,
             Ok(())
         );
         let bad = serve_once("503 Service Unavailable").await;
-        let err = probe(&check, Some(bad), Duration::from_secs(2), &cwd, &env)
-            .await
-            .expect_err("503 fails");
+        let err = probe(
+            &check,
+            Some(bad),
+            Duration::from_secs(2),
+            &cwd,
+            &env,
+            &Confinement::default(),
+        )
+        .await
+        .expect_err("503 fails");
         assert!(err.contains("503"), "{err}");
     }
 
@@ -153,9 +172,16 @@ mod tests {
         let cwd = std::env::temp_dir();
         let port = serve_once("200 OK").await;
         assert!(
-            probe(&Check::Tcp, Some(port), Duration::from_secs(2), &cwd, &env)
-                .await
-                .is_ok()
+            probe(
+                &Check::Tcp,
+                Some(port),
+                Duration::from_secs(2),
+                &cwd,
+                &env,
+                &Confinement::default()
+            )
+            .await
+            .is_ok()
         );
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -167,7 +193,8 @@ mod tests {
                 Some(closed),
                 Duration::from_secs(2),
                 &cwd,
-                &env
+                &env,
+                &Confinement::default()
             )
             .await
             .is_err()
@@ -176,16 +203,30 @@ mod tests {
             command: "test \"$WANT\" = yes".into(),
         };
         assert!(
-            probe(&pass, None, Duration::from_secs(2), &cwd, &env)
-                .await
-                .is_ok()
+            probe(
+                &pass,
+                None,
+                Duration::from_secs(2),
+                &cwd,
+                &env,
+                &Confinement::default()
+            )
+            .await
+            .is_ok()
         );
         let slow = Check::Command {
             command: "sleep 5".into(),
         };
-        let err = probe(&slow, None, Duration::from_millis(200), &cwd, &env)
-            .await
-            .expect_err("times out");
+        let err = probe(
+            &slow,
+            None,
+            Duration::from_millis(200),
+            &cwd,
+            &env,
+            &Confinement::default(),
+        )
+        .await
+        .expect_err("times out");
         assert!(err.contains("200ms"), "{err}");
     }
 }

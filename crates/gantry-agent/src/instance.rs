@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gantry_config::model::Port;
-use gantry_config::resolve::{Service, Workload};
+use gantry_config::resolve::{Check, Service, Workload};
 use gantry_core::agent_api::{Exit, InstanceState, Stream};
 
 use crate::agent::{Agent, now_ms};
 use crate::health;
-use crate::process::{self, LaunchSpec, ResourceLimits, StopOutcome};
+use crate::process::{
+    self, Cgroup, CgroupError, Confinement, LaunchSpec, ResourceLimits, StopOutcome,
+};
 use crate::store::InstanceRecord;
 
 /// Why an instance did not come up.
@@ -130,17 +132,8 @@ pub async fn launch(
             log_tail: Vec::new(),
         });
     };
-    let limits = ResourceLimits {
-        memory: service.resources.memory.map(|m| m.bytes()),
-        cpu: service.resources.cpu,
-        pids: service.resources.pids,
-    };
-    let cgroup = agent
-        .cgroups
-        .create(&cgroup_name(agent, record), &limits)
-        .ok()
-        .flatten();
-    let spec = LaunchSpec {
+    let cgroup = create_cgroup(agent, record, service);
+    let mut spec = LaunchSpec {
         instance: record.id.clone(),
         command: run.clone(),
         cwd: cwd.to_owned(),
@@ -152,19 +145,30 @@ pub async fn launch(
         log_keep: agent.settings.log_keep,
         run_dir: agent.paths.run(),
         cgroup,
+        confinement: Default::default(),
     };
     let exe = agent.exe.clone();
-    let launched =
-        tokio::task::spawn_blocking(move || process::launch(&exe, &spec, Duration::from_secs(10)))
-            .await
-            .map_err(|e| StartFailure {
-                reason: e.to_string(),
-                log_tail: Vec::new(),
-            })?
-            .map_err(|e| StartFailure {
-                reason: format!("cannot start `{}`: {e}", service.name),
-                log_tail: Vec::new(),
-            })?;
+    let (isolation, paths) = (agent.isolation, agent.paths.clone());
+    let (project, name, run_as_root) = (
+        record.project.clone(),
+        service.name.clone(),
+        service.run_as_root,
+    );
+    let launched = tokio::task::spawn_blocking(move || {
+        spec.confinement = isolation
+            .confinement(&paths, &project, &name, run_as_root)
+            .map_err(std::io::Error::other)?;
+        process::launch(&exe, &spec, Duration::from_secs(10))
+    })
+    .await
+    .map_err(|e| StartFailure {
+        reason: e.to_string(),
+        log_tail: Vec::new(),
+    })?
+    .map_err(|e| StartFailure {
+        reason: format!("cannot start `{}`: {e}", service.name),
+        log_tail: Vec::new(),
+    })?;
     let id = record.id.clone();
     agent
         .db(move |s| {
@@ -175,6 +179,58 @@ pub async fn launch(
             reason: e.to_string(),
             log_tail: Vec::new(),
         })
+}
+
+/// Limits every service gets unless its `resources` say otherwise: room for
+/// a web application, a stop for a leak or a fork loop.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+pub const DEFAULT_PIDS: u32 = 512;
+
+/// The instance's cgroup with the service's limits, the defaults filling
+/// what it leaves out; `None` where limits are not enforced.
+fn create_cgroup(agent: &Agent, record: &InstanceRecord, service: &Service) -> Option<Cgroup> {
+    let name = cgroup_name(agent, record);
+    let limits = ResourceLimits {
+        memory: Some(
+            service
+                .resources
+                .memory
+                .map_or(DEFAULT_MEMORY, |m| m.bytes()),
+        ),
+        cpu: service.resources.cpu,
+        pids: Some(service.resources.pids.unwrap_or(DEFAULT_PIDS)),
+    };
+    match agent.cgroups.create(&name, &limits) {
+        Ok(cgroup) => cgroup,
+        // A host without the pids controller keeps the memory default.
+        Err(CgroupError::Unsupported { controller: "pids" })
+            if service.resources.pids.is_none() =>
+        {
+            let limits = ResourceLimits {
+                pids: None,
+                ..limits
+            };
+            agent.cgroups.create(&name, &limits).ok().flatten()
+        }
+        Err(_) => None,
+    }
+}
+
+/// How the health command of `service` is confined: as its instances are.
+/// Checks that run no command need nothing.
+pub fn check_confinement(
+    agent: &Agent,
+    project: &str,
+    service: &Service,
+) -> Result<Confinement, String> {
+    match service.health.as_ref().map(|h| &h.check) {
+        Some(Check::Command { .. }) => {
+            agent
+                .isolation
+                .confinement(&agent.paths, project, &service.name, service.run_as_root)
+        }
+        _ => Ok(Confinement::default()),
+    }
 }
 
 /// Waits until the instance passes its health check (or, without one, has
@@ -201,6 +257,11 @@ pub async fn wait_healthy(
             log_tail: Vec::new(),
         });
     };
+    let confinement =
+        check_confinement(agent, &record.project, service).map_err(|reason| StartFailure {
+            reason,
+            log_tail: Vec::new(),
+        })?;
     let start_period = service
         .health
         .as_ref()
@@ -229,7 +290,16 @@ pub async fn wait_healthy(
                 }
             }
             Some(h) => {
-                match health::probe(&h.check, record.port, h.timeout.as_std(), cwd, &env).await {
+                match health::probe(
+                    &h.check,
+                    record.port,
+                    h.timeout.as_std(),
+                    cwd,
+                    &env,
+                    &confinement,
+                )
+                .await
+                {
                     Ok(()) => return Ok(()),
                     Err(e) => last_error = e,
                 }

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod deploy;
 pub mod health;
 pub mod instance;
+pub mod isolation;
 pub mod logs;
 pub mod openapi;
 pub mod ports;

@@ -173,6 +173,7 @@ fn spawn(
     if take_over {
         command.arg("--take-over");
     }
+    crate::process::bind_capability_only(&mut command);
     command
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)

@@ -274,16 +274,21 @@ fn probe(
     let record = record.clone();
     let env = instance::environment(service, &record.id, &record.release, record.port);
     let failures = Arc::clone(&memory.probe_failures);
+    let confinement = instance::check_confinement(&agent, &record.project, service);
     tokio::spawn(async move {
-        let passed = health::probe(
-            &health.check,
-            record.port,
-            health.timeout.as_std(),
-            &cwd,
-            &env,
-        )
-        .await
-        .is_ok();
+        let passed = match confinement {
+            Ok(confinement) => health::probe(
+                &health.check,
+                record.port,
+                health.timeout.as_std(),
+                &cwd,
+                &env,
+                &confinement,
+            )
+            .await
+            .is_ok(),
+            Err(_) => false,
+        };
         // Unhealthy only after `retries` failures in a row; one pass is enough to recover.
         let in_a_row = {
             let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());

@@ -104,6 +104,10 @@ pub struct Service {
     /// When an exited instance is started again (default `always`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart: Option<Restart>,
+    /// Run the service as root, with root's capabilities, when the agent runs as root (default false: the
+    /// service runs as its project's own unprivileged user).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_as_root: Option<bool>,
 }
 
 /// A port: a name such as `"http"` (assigned by the agent) or a fixed number.

@@ -162,6 +162,9 @@ pub struct Service {
     pub backup: Option<Backup>,
     pub stop_timeout: Duration,
     pub restart: Restart,
+    /// Whether the service keeps the agent's root (else it runs as its project's user).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_as_root: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -293,6 +296,7 @@ impl Service {
             }),
             stop_timeout: s.stop_timeout.unwrap_or(defaults::STOP_TIMEOUT),
             restart: s.restart.unwrap_or(defaults::RESTART),
+            run_as_root: s.run_as_root.unwrap_or(false),
         }
     }
 }

@@ -89,7 +89,20 @@ ExecStart=/usr/local/bin/gantry agent
 # Stopping the agent never stops the services: they outlive it by design.
 KillMode=process
 Delegate=yes
-AmbientCapabilities=CAP_NET_BIND_SERVICE
+# Ports 80 and 443 for the proxy (the only capability it keeps); switching
+# each project's services to its own user, with no capabilities, and giving
+# their release directories that user's group.
+AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_CHOWN
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_CHOWN
+# Sandboxing, inherited by the proxy and the services: setuid binaries give
+# nothing, the system is read-only but for the state directory, homes are
+# out of sight, /tmp is private.
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths=/var/lib/gantry
+ProtectHome=yes
+PrivateTmp=yes
+LimitNOFILE=65536
 Restart=always
 RestartSec=1
 
@@ -353,11 +366,11 @@ fn install_unit(
     let script = format!(
         "set -e; \
          id gantry >/dev/null 2>&1 || useradd --system --home-dir {state} --shell /usr/sbin/nologin gantry; \
-         install -d -m 700 -o gantry -g gantry {state}; \
+         if [ -d {state} ]; then chown gantry {state}; else install -d -m 700 -o gantry -g gantry {state}; fi; \
          if ! cmp -s \"$HOME/.gantry/bin/gantry\" /usr/local/bin/gantry; then install -m 755 \"$HOME/.gantry/bin/gantry\" /usr/local/bin/gantry; echo binary=changed; fi; \
-         new=$(cat); if [ \"$new\" != \"$(cat {file} 2>/dev/null)\" ]; then printf '%s\\n' \"$new\" > {file}; systemctl daemon-reload; echo unit=changed; fi; \
+         new=$(cat); if [ \"$new\" != \"$(cat {file} 2>/dev/null)\" ]; then printf '%s\\n' \"$new\" > {file}; systemctl daemon-reload; unit_changed=1; echo unit=changed; fi; \
          systemctl enable --quiet {unit}; \
-         if {restart} || ! systemctl is-active --quiet {unit}; then systemctl restart {unit}; echo agent=restarted; fi",
+         if {restart} || [ -n \"$unit_changed\" ] || ! systemctl is-active --quiet {unit}; then systemctl restart {unit}; echo agent=restarted; fi",
         restart = if binary_changed { "true" } else { "false" },
         state = crate::host::SYSTEM_STATE_DIR,
         file = crate::host::AGENT_UNIT_FILE,

@@ -102,6 +102,78 @@ fn json(project: &TestProject, args: &[&str]) -> Value {
     run.json()
 }
 
+/// The agent's unit sandboxes it and what it starts; its proxy keeps only
+/// the capability to bind ports 80 and 443.
+fn assert_unit_is_sandboxed(host: &SystemdHost) {
+    let properties = host.exec_ok(&[
+        "systemctl",
+        "show",
+        "--property=NoNewPrivileges,ProtectSystem,ProtectHome,PrivateTmp,ReadWritePaths,LimitNOFILE",
+        "gantry-agent",
+    ]);
+    for wanted in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "ReadWritePaths=/var/lib/gantry",
+        "LimitNOFILE=65536",
+    ] {
+        assert!(
+            properties.lines().any(|l| l == wanted),
+            "{wanted}: {properties}"
+        );
+    }
+    wait_for("the proxy's pid file", Duration::from_secs(20), || {
+        host.exec(&["test", "-s", "/var/lib/gantry/proxy.pid"])
+            .status
+            .success()
+    });
+    let proxy = host.exec_ok(&["cat", "/var/lib/gantry/proxy.pid"]);
+    let effective = host.exec_ok(&["grep", "^CapEff", &format!("/proc/{}/status", proxy.trim())]);
+    // Bit 10: CAP_NET_BIND_SERVICE.
+    assert!(
+        effective.ends_with("0000000000000400"),
+        "the proxy holds {effective}"
+    );
+}
+
+/// Connects to the agent's socket (perl-base is in every Debian).
+const CONNECT: &str = "perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Peer => shift) or exit 1' /var/lib/gantry/agent.sock";
+
+/// As a service's user, the agent's store, its socket, the proxy's keys and
+/// the secrets are out of reach.
+fn assert_service_user_is_kept_out(host: &SystemdHost, uid: u32) {
+    let as_service = |command: &str| {
+        host.exec(&[
+            "setpriv",
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--groups=1900000000",
+            "sh",
+            "-c",
+            command,
+        ])
+        .status
+        .success()
+    };
+    assert!(
+        as_service("ls /var/lib/gantry/releases/shop >/dev/null"),
+        "its own release"
+    );
+    for refused in [
+        "head -c1 /var/lib/gantry/agent.db",
+        "ls /var/lib/gantry",
+        "ls /var/lib/gantry/proxy",
+        "ls /var/lib/gantry/secrets",
+        CONNECT,
+    ] {
+        assert!(!as_service(refused), "a service may: {refused}");
+    }
+    // The same connect as root works: the refusal above is the socket's.
+    assert!(host.exec(&["sh", "-c", CONNECT]).status.success());
+}
+
 #[test]
 fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
     let started = Instant::now();
@@ -145,10 +217,12 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
         "active"
     );
     assert_eq!(host.exec_ok(&["id", "-un", "gantry"]), "gantry");
+    // Owned by the agent; services (their common group) may only pass through.
     assert_eq!(
-        host.exec_ok(&["stat", "-c", "%U %a", "/var/lib/gantry"]),
-        "gantry 700"
+        host.exec_ok(&["stat", "-c", "%U %g %a", "/var/lib/gantry"]),
+        "gantry 1900000000 710"
     );
+    assert_unit_is_sandboxed(&host);
     let ours = std::process::Command::new(GANTRY)
         .arg("--version")
         .output()
@@ -206,24 +280,27 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
     // The web service's memory and pids limits hold, though the agent is not root.
     let web = service(&status, "web");
     assert_eq!(web["limits"]["enforced"], true, "{web:#}");
-    // Services run as the agent's user, inside its cgroups, without the
-    // capability the unit gives the agent for its proxy's ports.
+    // Services run as their project's own user, not the agent's, inside its
+    // cgroups, without any of the capabilities the unit gives the agent.
     for instance in web["instances"].as_array().unwrap() {
         let pid = instance["pid"].to_string();
-        assert_eq!(host.exec_ok(&["ps", "-o", "user=", "-p", &pid]), "gantry");
-        let capabilities = host.exec_ok(&[
+        let user = host.exec_ok(&["ps", "-o", "uid=", "-p", &pid]);
+        let uid: u32 = user.trim().parse().expect("a uid");
+        assert!(uid >= 1_900_000_001, "web runs as {uid}");
+        let status = host.exec_ok(&[
             "grep",
             "-E",
-            "^Cap(Inh|Eff|Prm|Amb)",
+            "^(Cap(Inh|Eff|Prm|Amb|Bnd)|NoNewPrivs)",
             &format!("/proc/{pid}/status"),
         ]);
-        assert_eq!(capabilities.lines().count(), 4, "{capabilities}");
+        assert_eq!(status.lines().count(), 6, "{status}");
         assert!(
-            capabilities
+            status
                 .lines()
-                .all(|l| l.ends_with("0000000000000000")),
-            "web holds capabilities: {capabilities}"
+                .all(|l| l.ends_with("0000000000000000") || l.ends_with("\t1")),
+            "web holds capabilities: {status}"
         );
+        assert_service_user_is_kept_out(&host, uid);
     }
     // exec runs as the services run: user gantry, in the release, with the
     // port of a running instance.

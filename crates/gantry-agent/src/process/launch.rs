@@ -159,6 +159,7 @@ mod tests {
             log_keep: 2,
             run_dir: dir.join("run"),
             cgroup: None,
+            confinement: Default::default(),
         }
     }
 

@@ -13,6 +13,7 @@
 //! anywhere (not in a log, pid, exit or error file, nor in an error message).
 
 mod cgroup;
+mod confine;
 mod launch;
 mod logs;
 mod procfs;
@@ -27,6 +28,7 @@ use gantry_core::agent_api::Exit;
 use serde::{Deserialize, Serialize};
 
 pub use cgroup::{Cgroup, CgroupError, CgroupMode, Cgroups, ResourceLimits};
+pub use confine::{Confinement, ServiceUser, bind_capability_only, can_switch_users, confine};
 pub use launch::launch;
 pub use logs::{LogCursor, read_log};
 pub use procfs::{StopOutcome, is_running, rss_bytes, start_time, stop};
@@ -59,6 +61,9 @@ pub struct LaunchSpec {
     /// The cgroup the service joins before it execs, if limits are enforced.
     #[serde(default)]
     pub cgroup: Option<Cgroup>,
+    /// Who the service runs as and what it may still do.
+    #[serde(default)]
+    pub confinement: Confinement,
 }
 
 /// A started instance: the contents of `<run_dir>/<instance>.pid`.

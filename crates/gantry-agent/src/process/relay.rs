@@ -101,10 +101,11 @@ fn start(spec: &LaunchSpec) -> io::Result<Running<'_>> {
         .stderr(Stdio::piped())
         // Its own group, so a stop reaches everything it started.
         .process_group(0);
-    drop_capabilities(&mut command);
+    // Joined while the relay's privileges still hold; confined after.
     if let Some(cgroup) = &spec.cgroup {
         join_on_exec(&mut command, cgroup)?;
     }
+    super::confine(&mut command, &spec.confinement);
     let oom_before = spec.cgroup.as_ref().and_then(Cgroup::oom_kill_counter);
     let mut child = command
         .spawn()
@@ -246,35 +247,6 @@ pub fn secret_values(
         env.insert(name.clone(), value.to_owned());
     }
     Ok(env)
-}
-
-/// The agent may hold capabilities (the systemd unit gives it
-/// CAP_NET_BIND_SERVICE for its proxy's ports 80 and 443, ambient, so they
-/// pass to its children): a service, or a service's own command, must not
-/// inherit them. Clears the child's ambient and inheritable sets before it
-/// execs; an unprivileged exec then leaves it none.
-#[allow(unsafe_code)]
-pub(crate) fn drop_capabilities(command: &mut Command) {
-    let clear = || -> io::Result<()> {
-        use rustix::thread::{
-            CapabilitySet, capabilities, clear_ambient_capability_set, set_capabilities,
-        };
-        match clear_ambient_capability_set() {
-            // A kernel before 4.3 has no ambient set: nothing to drop.
-            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let mut sets = capabilities(None)?;
-        sets.inheritable = CapabilitySet::empty();
-        set_capabilities(None, sets)?;
-        Ok(())
-    };
-    // SAFETY: `clear` runs in the child between fork and exec: three raw
-    // system calls (prctl, capget, capset), async-signal-safe, no allocation,
-    // no lock.
-    unsafe {
-        command.pre_exec(clear);
-    }
 }
 
 /// Makes the child join `cgroup` before it execs, so even its first

@@ -34,6 +34,7 @@ impl Fixture {
             log_keep: 3,
             run_dir: self.root.join("run"),
             cgroup: None,
+            confinement: Default::default(),
         }
     }
 }
