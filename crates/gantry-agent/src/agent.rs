@@ -23,10 +23,16 @@ impl Paths {
         Paths { root: root.into() }
     }
 
-    /// The default state directory: `$XDG_STATE_HOME/gantry`, else `~/.local/state/gantry`.
+    /// The default state directory: `$XDG_STATE_HOME/gantry`; else, for
+    /// root, `/var/lib/gantry` (where the systemd unit keeps it: a root
+    /// agent runs services as other users, who cannot reach into `/root`);
+    /// else `~/.local/state/gantry`.
     pub fn default_root() -> PathBuf {
         if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
             return PathBuf::from(dir).join("gantry");
+        }
+        if rustix::process::geteuid().is_root() {
+            return PathBuf::from(gantry_core::host::SYSTEM_STATE_DIR);
         }
         let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
         home.join(".local/state/gantry")

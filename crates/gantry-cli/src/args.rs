@@ -69,7 +69,7 @@ pub struct Global {
     #[arg(long, global = true)]
     pub yes: bool,
 
-    /// The local agent's state directory [default: $XDG_STATE_HOME/gantry]
+    /// The local agent's state directory [default: $XDG_STATE_HOME/gantry; for root, /var/lib/gantry]
     #[arg(long, global = true, env = "GANTRY_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }

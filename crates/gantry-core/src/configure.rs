@@ -253,7 +253,13 @@ fn configure_host(
     } else {
         let ran = shell
             .run(
-                "mkdir -p \"${XDG_STATE_HOME:-$HOME/.local/state}/gantry\" && chmod 700 \"${XDG_STATE_HOME:-$HOME/.local/state}/gantry\"",
+                // Root's agent keeps its state where the services it runs
+                // as other users can reach their releases (see
+                // `Paths::default_root`); the agent sets the modes it needs.
+                &format!(
+                    "if [ -n \"$XDG_STATE_HOME\" ]; then d=\"$XDG_STATE_HOME/gantry\"; elif [ \"$(id -u)\" = 0 ]; then d={SYSTEM_STATE_DIR}; else d=\"$HOME/.local/state/gantry\"; fi; [ -d \"$d\" ] || {{ mkdir -p \"$d\" && chmod 700 \"$d\"; }}",
+                    SYSTEM_STATE_DIR = crate::host::SYSTEM_STATE_DIR
+                ),
                 None,
             )
             .map_err(|e| ("prepare directories", e.into()))?;
@@ -261,7 +267,11 @@ fn configure_host(
         steps.push(Step {
             step: "prepare directories",
             changed: false,
-            detail: "~/.local/state/gantry (0700)".to_owned(),
+            detail: if system.root {
+                format!("{} (0700)", crate::host::SYSTEM_STATE_DIR)
+            } else {
+                "~/.local/state/gantry (0700)".to_owned()
+            },
         });
         "daemon"
     };
