@@ -186,11 +186,10 @@ pub async fn launch(
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
 pub const DEFAULT_PIDS: u32 = 512;
 
-/// The instance's cgroup with the service's limits, the defaults filling
-/// what it leaves out; `None` where limits are not enforced.
-fn create_cgroup(agent: &Agent, record: &InstanceRecord, service: &Service) -> Option<Cgroup> {
-    let name = cgroup_name(agent, record);
-    let limits = ResourceLimits {
+/// The limits an instance of `service` runs under: its `resources`, the
+/// defaults filling what they leave out.
+pub fn limits(service: &Service) -> ResourceLimits {
+    ResourceLimits {
         memory: Some(
             service
                 .resources
@@ -199,7 +198,14 @@ fn create_cgroup(agent: &Agent, record: &InstanceRecord, service: &Service) -> O
         ),
         cpu: service.resources.cpu,
         pids: Some(service.resources.pids.unwrap_or(DEFAULT_PIDS)),
-    };
+    }
+}
+
+/// The instance's cgroup with the service's limits; `None` where limits
+/// are not enforced.
+fn create_cgroup(agent: &Agent, record: &InstanceRecord, service: &Service) -> Option<Cgroup> {
+    let name = cgroup_name(agent, record);
+    let limits = limits(service);
     match agent.cgroups.create(&name, &limits) {
         Ok(cgroup) => cgroup,
         // A host without the pids controller keeps the memory default.

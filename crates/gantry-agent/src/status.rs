@@ -168,16 +168,15 @@ fn instance(agent: &Agent, r: &InstanceRecord) -> Instance {
     }
 }
 
+/// What a service's instances are held to: every service has memory and
+/// pids limits (its own or the defaults), enforced where cgroups are.
 fn limits(agent: &Agent, spec: &Service) -> Limits {
-    let wanted = spec.resources.memory.is_some()
-        || spec.resources.cpu.is_some()
-        || spec.resources.pids.is_some();
-    let via = agent.cgroups.mode().to_string();
+    let limits = crate::instance::limits(spec);
     Limits {
-        enforced: wanted && agent.cgroups.enforces(),
-        via,
-        memory: spec.resources.memory.map(|m| m.bytes()),
-        cpu: spec.resources.cpu,
-        pids: spec.resources.pids,
+        enforced: agent.cgroups.enforces(),
+        via: agent.cgroups.mode().to_string(),
+        memory: limits.memory,
+        cpu: limits.cpu,
+        pids: limits.pids,
     }
 }
