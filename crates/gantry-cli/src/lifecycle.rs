@@ -46,7 +46,7 @@ pub fn before_deploy(
         other => {
             progress.step(&format!(
                 "environment {environment} is {}: configuring it first",
-                other.map_or_else(|| "new".to_owned(), |p| format!("{p:?}").to_lowercase())
+                other.map_or_else(|| "new".to_owned(), |p| p.to_string())
             ));
             gantry_core::configure::configure(
                 project,
