@@ -119,14 +119,14 @@ fn check_hosts(c: &mut Checker<'_>, file: &File) {
                 path,
                 true,
                 format!("host `{name}` has neither `ssh` nor `provider`"),
-                Some("add ssh = \"user@address\" for a server you have, or provider = \"hetzner\" for one to create".to_owned()),
+                Some("add ssh = \"user@address\" for a server you have, or provider = \"local\" for this machine".to_owned()),
             ),
             (Some(_), Some(_)) => c.push(
                 Problem::Conflict,
                 path.key("provider"),
                 true,
                 format!("host `{name}` has both `ssh` and `provider`"),
-                Some("keep `ssh` for a server you have, or `provider` for one Gantry creates".to_owned()),
+                Some("keep `ssh` for a server you have, or only provider = \"local\" for this machine".to_owned()),
             ),
             _ => {}
         }

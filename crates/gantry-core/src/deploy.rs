@@ -14,7 +14,7 @@ use crate::agent_api::{
     ServiceStatus,
 };
 use crate::artifact;
-use crate::config::resolve::{Host as HostSpec, Reach, Service, Workload};
+use crate::config::resolve::{Host as HostSpec, Service, Workload};
 use crate::host::{Host, HostError};
 use crate::{Error, Project};
 
@@ -170,16 +170,7 @@ pub fn deploy(
             hint: "the compose and static drivers come in a later version; `gantry render --target compose` writes the containers for Docker Compose meanwhile".to_owned(),
         });
     }
-    if let Some(host) = env
-        .hosts
-        .iter()
-        .find(|h| matches!(h.reach, Reach::Provider { .. }))
-    {
-        return Err(Error::Unsupported {
-            what: format!("host `{}` is made by a cloud provider", host.name),
-            hint: "Gantry cannot create servers yet: make it yourself and give it an `ssh` address in [hosts]".to_owned(),
-        });
-    }
+    refuse_provider_hosts(&config.file)?;
     // Which services run where, in the order hosts are listed.
     let placements: Vec<(&HostSpec, Vec<Service>)> = env
         .hosts
@@ -854,4 +845,27 @@ pub fn finish(report: DeployReport) -> Result<DeployReport, Error> {
         });
     }
     Ok(report)
+}
+
+/// Refuses hosts a cloud provider would make: the schema names providers
+/// for a later version, and until then such a host could only fail later
+/// (it has no address to reach). `provider = "local"` is this machine.
+pub fn refuse_provider_hosts(file: &crate::config::model::File) -> Result<(), Error> {
+    let made = file.hosts.iter().find_map(|(name, host)| {
+        host.provider
+            .filter(|p| *p != crate::config::model::Provider::Local)
+            .map(|p| (name, p))
+    });
+    match made {
+        None => Ok(()),
+        Some((name, provider)) => Err(Error::Unsupported {
+            what: format!(
+                "host `{name}` has provider = \"{}\": cloud providers are not supported yet",
+                crate::serde_name(&provider)
+            ),
+            hint: format!(
+                "create the server yourself, then give the host an `ssh` address instead: `gantry register {name} --ssh user@address -e ENV`"
+            ),
+        }),
+    }
 }
