@@ -105,17 +105,24 @@ impl LogWriter {
 
     fn rotate(&mut self) {
         self.file = None;
-        let path = |n| log_path(&self.dir, &self.instance, n);
-        if self.keep == 0 {
-            let _ = std::fs::remove_file(path(0));
-        } else {
-            let _ = std::fs::remove_file(path(self.keep));
-            for n in (1..self.keep).rev() {
-                let _ = std::fs::rename(path(n), path(n + 1));
-            }
-            let _ = std::fs::rename(path(0), path(1));
-        }
+        rotate(&self.dir, &self.instance, self.keep);
         let _ = self.reopen();
+    }
+}
+
+/// Moves `<dir>/<name>.log` to `.1` (the newest), `.1` to `.2` and so on,
+/// dropping `.<keep>`; with `keep` 0 the log is removed. The agent's own log
+/// rotates the same way.
+pub(crate) fn rotate(dir: &Path, name: &str, keep: u32) {
+    let path = |n| log_path(dir, name, n);
+    if keep == 0 {
+        let _ = std::fs::remove_file(path(0));
+    } else {
+        let _ = std::fs::remove_file(path(keep));
+        for n in (1..keep).rev() {
+            let _ = std::fs::rename(path(n), path(n + 1));
+        }
+        let _ = std::fs::rename(path(0), path(1));
     }
 }
 
