@@ -214,7 +214,7 @@ fn services_text(out: &mut String, services: &[gantry_core::agent_api::ServiceSt
             let _ = writeln!(out, "    {reason}");
         }
         for line in &s.log_tail {
-            let _ = writeln!(out, "    | {line}");
+            let _ = writeln!(out, "    | {}", crate::output::printable(line, &['\t']));
         }
     }
 }
