@@ -157,6 +157,10 @@ fn failure_json(failure: &Failure) -> serde_json::Value {
     }
     if let Some(d) = &failure.diagnostics {
         error["errors"] = json!(d.items);
+        // Past the first errors, only their number.
+        if d.more > 0 {
+            error["more_errors"] = json!(d.more);
+        }
     }
     if let Some(details) = &failure.details {
         error["details"] = (**details).clone();
@@ -270,7 +274,14 @@ pub fn render_failure(failure: &Failure, color: bool) -> String {
         out.push_str(&renderer.render(&groups));
         out.push_str("\n\n");
     }
-    let count = diagnostics.items.len();
+    if diagnostics.more > 0 {
+        out.push_str(&format!(
+            "and {} more error{}, not shown\n\n",
+            diagnostics.more,
+            if diagnostics.more == 1 { "" } else { "s" }
+        ));
+    }
+    let count = diagnostics.total();
     out.push_str(&format!(
         "error: {} has {count} error{}\n",
         diagnostics.file,
