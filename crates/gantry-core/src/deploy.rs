@@ -153,24 +153,8 @@ pub fn deploy(
     let config = project.load()?;
     let env = config.environment(environment)?;
     let dir = config.project_dir().to_owned();
-
+    refuse_unsupported(&config.file, &env)?;
     let services: Vec<_> = env.deploy_order().into_iter().cloned().collect();
-    let other: Vec<String> = services
-        .iter()
-        .filter(|s| !matches!(s.workload, Workload::Process { .. }))
-        .map(|s| s.name.clone())
-        .collect();
-    if !other.is_empty() {
-        return Err(Error::Unsupported {
-            what: format!(
-                "{} {} not a process: only the process driver deploys yet",
-                other.join(", "),
-                if other.len() == 1 { "is" } else { "are" }
-            ),
-            hint: "the compose and static drivers come in a later version; `gantry render --target compose` writes the containers for Docker Compose meanwhile".to_owned(),
-        });
-    }
-    refuse_provider_hosts(&config.file)?;
     // Which services run where, in the order hosts are listed.
     let placements: Vec<(&HostSpec, Vec<Service>)> = env
         .hosts
@@ -845,6 +829,42 @@ pub fn finish(report: DeployReport) -> Result<DeployReport, Error> {
         });
     }
     Ok(report)
+}
+
+/// Refuses, before anything is done, what gantry.toml may say but a deploy
+/// cannot do yet: such a key would otherwise be silently ignored (a
+/// migration never run) or fail halfway.
+pub fn refuse_unsupported(
+    file: &crate::config::model::File,
+    env: &crate::config::resolve::Environment,
+) -> Result<(), Error> {
+    let other: Vec<String> = env
+        .services
+        .values()
+        .filter(|s| !matches!(s.workload, Workload::Process { .. }))
+        .map(|s| s.name.clone())
+        .collect();
+    if !other.is_empty() {
+        return Err(Error::Unsupported {
+            what: format!(
+                "{} {} not a process: only the process driver deploys yet",
+                other.join(", "),
+                if other.len() == 1 { "is" } else { "are" }
+            ),
+            hint: "the compose and static drivers come in a later version; `gantry render --target compose` writes the containers for Docker Compose meanwhile".to_owned(),
+        });
+    }
+    // (`backup` needs volumes, which only containers have: refused above.)
+    if let Some(s) = env.services.values().find(|s| s.migrate.is_some()) {
+        return Err(Error::Unsupported {
+            what: format!(
+                "service `{}` sets `migrate`, which deploy does not run yet",
+                s.name
+            ),
+            hint: "run migrations yourself (`gantry exec SERVICE -- COMMAND`) and remove `migrate`; `gantry render` still writes it for Docker Compose and systemd".to_owned(),
+        });
+    }
+    refuse_provider_hosts(file)
 }
 
 /// Refuses hosts a cloud provider would make: the schema names providers

@@ -448,3 +448,24 @@ fn cloud_provider_hosts_are_refused_by_validate_and_deploy_naming_the_host() {
         .gantry(&["validate", "--output", "json"])
         .expect_code(0);
 }
+
+#[test]
+fn migrate_is_refused_by_deploy_not_silently_skipped() {
+    let p = TestProject::new(env!("CARGO_BIN_EXE_gantry")).file(
+        "gantry.toml",
+        "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"./web\"\nmigrate = { pre = \"./migrate up\" }\n",
+    );
+    p.gantry(&["validate", "--output", "json"]).expect_code(0);
+    let run = p.gantry(&["deploy", "--output", "json"]);
+    let error = error_of(&run);
+    assert_eq!(error["code"], "deploy.unsupported", "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("`web`") && message.contains("migrate"),
+        "{error}"
+    );
+    assert!(
+        !p.state_dir().join("agent.sock").exists(),
+        "refused before an agent was started"
+    );
+}
