@@ -126,6 +126,55 @@ pub(crate) fn rotate(dir: &Path, name: &str, keep: u32) {
     }
 }
 
+/// How many gone instances keep their logs, per project: rotation caps each
+/// instance's log, this caps how many there are (a deploy makes new ones).
+pub(crate) const KEEP_GONE: usize = 10;
+
+/// A log written to this recently is never removed: its instance may be
+/// starting, with no pid file yet.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the logs (rotations included) of instances that are gone (no pid
+/// file in `run_dir`), all but the `keep` most recently written.
+pub(crate) fn prune_gone(log_dir: &Path, run_dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(log_dir) else {
+        return;
+    };
+    // Instance -> when its log was last written.
+    let mut gone: std::collections::BTreeMap<String, std::time::SystemTime> = Default::default();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((instance, rest)) = name.split_once(".log") else {
+            continue;
+        };
+        let numbered = rest.is_empty()
+            || rest
+                .strip_prefix('.')
+                .is_some_and(|n| n.parse::<u32>().is_ok());
+        if !numbered || super::read_pid_file(run_dir, instance).is_some() {
+            continue;
+        }
+        let Ok(written) = entry.metadata().and_then(|m| m.modified()) else {
+            continue;
+        };
+        let newest = gone.entry(instance.to_owned()).or_insert(written);
+        *newest = (*newest).max(written);
+    }
+    let now = std::time::SystemTime::now();
+    let mut settled: Vec<(String, std::time::SystemTime)> = gone
+        .into_iter()
+        .filter(|(_, written)| now.duration_since(*written).is_ok_and(|age| age >= SETTLED))
+        .collect();
+    settled.sort_by_key(|(_, written)| std::cmp::Reverse(*written));
+    for (instance, _) in settled.into_iter().skip(keep) {
+        for n in 0.. {
+            if std::fs::remove_file(log_path(log_dir, &instance, n)).is_err() && n > 0 {
+                break;
+            }
+        }
+    }
+}
+
 /// Reads `input` to its end, calling `emit` with each line (without its line
 /// ending, lossy UTF-8, split at [`MAX_LINE`] bytes on a character boundary).
 pub(crate) fn copy_lines(input: impl Read, mut emit: impl FnMut(&str)) {
