@@ -565,7 +565,12 @@ pub enum EnvAction {
     /// Stop the project's services on every host and mark the environment destroyed (needs --yes)
     Destroy { name: String },
     /// Forget a destroyed environment's state
-    Purge { name: String },
+    Purge {
+        name: String,
+        /// Forget it in any state, stopping nothing (its hosts are gone)
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -226,7 +226,9 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 }
                 emit(printer, environment::destroy(&project, name, &connect)?)
             }
-            EnvAction::Purge { name } => emit(printer, environment::purge(&project, name)?),
+            EnvAction::Purge { name, force } => {
+                emit(printer, environment::purge(&project, name, *force)?)
+            }
         },
         Command::Test => {
             let probe = |host: &gantry_core::config::resolve::Host,

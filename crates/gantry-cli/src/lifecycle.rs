@@ -30,10 +30,12 @@ pub fn before_deploy(
     connect: Connect<'_>,
     progress: &dyn Progress,
 ) -> Result<bool, Error> {
+    let config = project.load()?;
+    // Refused before configure installs anything on the hosts.
+    gantry_core::deploy::refuse_unsupported(&config.file, &config.environment(environment)?)?;
     if !is_remote(project, environment)? {
         return Ok(false);
     }
-    let config = project.load()?;
     let states = StateDir::of(config.project_dir());
     let state = states.load(environment)?;
     match state.as_ref().map(|s| s.state) {
@@ -46,7 +48,7 @@ pub fn before_deploy(
         other => {
             progress.step(&format!(
                 "environment {environment} is {}: configuring it first",
-                other.map_or_else(|| "new".to_owned(), |p| format!("{p:?}").to_lowercase())
+                other.map_or_else(|| "new".to_owned(), |p| p.to_string())
             ));
             gantry_core::configure::configure(
                 project,

@@ -113,17 +113,14 @@ impl Printer {
             Mode::Text => {
                 let secs = line.ts / 1000;
                 let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+                let text = printable(&line.line, &['\t']);
                 match &line.host {
                     Some(host) => writeln!(
                         stdout,
-                        "{h:02}:{m:02}:{s:02} {host} {} | {}",
-                        line.service, line.line
+                        "{h:02}:{m:02}:{s:02} {host} {} | {text}",
+                        line.service
                     )?,
-                    None => writeln!(
-                        stdout,
-                        "{h:02}:{m:02}:{s:02} {} | {}",
-                        line.service, line.line
-                    )?,
+                    None => writeln!(stdout, "{h:02}:{m:02}:{s:02} {} | {text}", line.service)?,
                 }
             }
         }
@@ -160,6 +157,10 @@ fn failure_json(failure: &Failure) -> serde_json::Value {
     }
     if let Some(d) = &failure.diagnostics {
         error["errors"] = json!(d.items);
+        // Past the first errors, only their number.
+        if d.more > 0 {
+            error["more_errors"] = json!(d.more);
+        }
     }
     if let Some(details) = &failure.details {
         error["details"] = (**details).clone();
@@ -183,6 +184,31 @@ impl gantry_core::deploy::Progress for StderrProgress<'_> {
 }
 
 /// rustc-style text: each diagnostic with its source line and a caret, then a summary.
+/// Text made safe for a terminal: control characters (escape sequences,
+/// carriage returns, backspaces) and bidirectional overrides are shown
+/// escaped (`\u{1b}`) instead of acted on, except those in `keep`. What a
+/// service prints must not move the cursor, retitle the window or hide a
+/// line. JSON output needs none of this: its encoding escapes them.
+pub(crate) fn printable<'a>(text: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> {
+    let unsafe_char = |c: char| {
+        !keep.contains(&c)
+            && (c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 pub fn render_failure(failure: &Failure, color: bool) -> String {
     let renderer = if color {
         Renderer::styled()
@@ -191,13 +217,15 @@ pub fn render_failure(failure: &Failure, color: bool) -> String {
     };
     let mut out = String::new();
     let Some(diagnostics) = &failure.diagnostics else {
-        let mut group = vec![Group::with_title(
-            Level::ERROR.primary_title(failure.message.as_str()),
-        )];
-        if let Some(hint) = &failure.hint {
-            group.push(Group::with_title(
-                Level::HELP.secondary_title(hint.as_str()),
-            ));
+        // A deploy's failure quotes the service's last output.
+        let message = printable(&failure.message, &['\t', '\n']);
+        let mut group = vec![Group::with_title(Level::ERROR.primary_title(&*message))];
+        let hint = failure
+            .hint
+            .as_deref()
+            .map(|hint| printable(hint, &['\t', '\n']));
+        if let Some(hint) = &hint {
+            group.push(Group::with_title(Level::HELP.secondary_title(&**hint)));
         }
         out.push_str(&renderer.render(&group));
         out.push('\n');
@@ -246,7 +274,14 @@ pub fn render_failure(failure: &Failure, color: bool) -> String {
         out.push_str(&renderer.render(&groups));
         out.push_str("\n\n");
     }
-    let count = diagnostics.items.len();
+    if diagnostics.more > 0 {
+        out.push_str(&format!(
+            "and {} more error{}, not shown\n\n",
+            diagnostics.more,
+            if diagnostics.more == 1 { "" } else { "s" }
+        ));
+    }
+    let count = diagnostics.total();
     out.push_str(&format!(
         "error: {} has {count} error{}\n",
         diagnostics.file,

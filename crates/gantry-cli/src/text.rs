@@ -10,6 +10,11 @@ use serde::Serialize;
 
 use crate::output::Report;
 
+/// A state or outcome as JSON spells it.
+fn name<T: Serialize>(value: &T) -> String {
+    gantry_core::serde_name(value)
+}
+
 impl Report for ValidateReport {
     fn text(&self) -> String {
         let mut out = format!(
@@ -164,9 +169,9 @@ fn instances_line(out: &mut String, service: &gantry_core::agent_api::ServiceSta
             .map_or_else(String::new, |h| format!(" on {h}"));
         let _ = writeln!(
             out,
-            "    {}{on} {:?}: {pid}{port}, {}{}, {} restart{}{memory}",
+            "    {}{on} {}: {pid}{port}, {}{}, {} restart{}{memory}",
             i.id,
-            i.state,
+            name(&i.state),
             if i.healthy { "healthy" } else { "not healthy" },
             i.last_exit
                 .as_ref()
@@ -181,9 +186,9 @@ fn services_text(out: &mut String, services: &[gantry_core::agent_api::ServiceSt
     for s in services {
         let _ = writeln!(
             out,
-            "  {} {:?} on {}{}",
+            "  {} {} on {}{}",
             s.name,
-            s.state,
+            name(&s.state),
             s.release.as_deref().unwrap_or("no release"),
             if s.urls.is_empty() {
                 String::new()
@@ -209,7 +214,7 @@ fn services_text(out: &mut String, services: &[gantry_core::agent_api::ServiceSt
             let _ = writeln!(out, "    {reason}");
         }
         for line in &s.log_tail {
-            let _ = writeln!(out, "    | {line}");
+            let _ = writeln!(out, "    | {}", crate::output::printable(line, &['\t']));
         }
     }
 }
@@ -218,8 +223,13 @@ impl Report for gantry_core::deploy::DeployReport {
     fn text(&self) -> String {
         let total: u64 = self.release.phases.iter().map(|p| p.duration_ms).sum();
         let mut out = format!(
-            "deployed {} release {} to {} ({}): {:?} in {} ms\n",
-            self.project, self.release.id, self.environment, self.host, self.release.outcome, total
+            "deployed {} release {} to {} ({}): {} in {} ms\n",
+            self.project,
+            self.release.id,
+            self.environment,
+            self.host,
+            name(&self.release.outcome),
+            total
         );
         if self.upload.blobs_sent > 0 {
             let _ = writeln!(
@@ -233,9 +243,9 @@ impl Report for gantry_core::deploy::DeployReport {
             for h in &self.hosts {
                 let _ = writeln!(
                     out,
-                    "  host {}: {:?}{}{}",
+                    "  host {}: {}{}{}",
                     h.host,
-                    h.outcome,
+                    name(&h.outcome),
                     h.release
                         .as_ref()
                         .map_or_else(String::new, |r| format!(", runs {r}")),
@@ -285,9 +295,9 @@ impl Report for gantry_core::operate::ReleasesReport {
             let total: u64 = r.phases.iter().map(|p| p.duration_ms).sum();
             let _ = writeln!(
                 out,
-                "{:>5}  {:?}  {}  {} ms  artifact {}{}{}",
+                "{:>5}  {}  {}  {} ms  artifact {}{}{}",
                 r.id,
-                r.outcome,
+                name(&r.outcome),
                 r.environment,
                 total,
                 r.artifact_digest.get(..12).unwrap_or(&r.artifact_digest),
@@ -312,8 +322,13 @@ impl Report for ReleaseDetail {
     fn text(&self) -> String {
         let r = &self.0;
         let mut out = format!(
-            "release {} of {} ({}): {:?}\n  artifact {}\n  config {}\n",
-            r.id, r.project, r.environment, r.outcome, r.artifact_digest, r.config_hash
+            "release {} of {} ({}): {}\n  artifact {}\n  config {}\n",
+            r.id,
+            r.project,
+            r.environment,
+            name(&r.outcome),
+            r.artifact_digest,
+            r.config_hash
         );
         if let Some(of) = &r.rollback_of {
             let _ = writeln!(out, "  a rollback to {of}");
@@ -411,7 +426,7 @@ impl Report for AgentStopped {
 impl Report for gantry_core::register::RegisterReport {
     fn text(&self) -> String {
         let mut out = format!(
-            "{} ({}) is a host of {}: {:?}\n",
+            "{} ({}) is a host of {}: {}\n",
             self.host, self.ssh, self.environment, self.state
         );
         for added in &self.added {
@@ -430,7 +445,7 @@ impl Report for gantry_core::register::RegisterReport {
 
 impl Report for gantry_core::configure::ConfigureReport {
     fn text(&self) -> String {
-        let mut out = format!("{} is {:?}\n", self.environment, self.state);
+        let mut out = format!("{} is {}\n", self.environment, self.state);
         for host in &self.hosts {
             let _ = writeln!(
                 out,
@@ -460,7 +475,7 @@ impl Report for gantry_core::firewall::FirewallReport {
 impl Report for gantry_core::environment::EnvReport {
     fn text(&self) -> String {
         let s = &self.0;
-        let mut out = format!("{}: {:?}\n", s.environment, s.state);
+        let mut out = format!("{}: {}\n", s.environment, s.state);
         for (name, host) in &s.hosts {
             let _ = writeln!(
                 out,
@@ -494,8 +509,7 @@ impl Report for gantry_core::environment::EnvList {
                 out,
                 "{:<12} {:<18} {}{}",
                 e.environment,
-                e.state
-                    .map_or_else(|| "-".to_owned(), |s| format!("{s:?}").to_lowercase()),
+                e.state.map_or_else(|| "-".to_owned(), |s| s.to_string()),
                 e.hosts.join(", "),
                 if e.declared {
                     ""

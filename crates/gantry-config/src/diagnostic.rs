@@ -170,17 +170,27 @@ pub struct Diagnostics {
     pub file: String,
     pub source: Arc<str>,
     pub items: Vec<Diagnostic>,
+    /// Problems found past the first [`crate::document::MAX_FINDINGS`]:
+    /// counted, not kept.
+    pub more: usize,
+}
+
+impl Diagnostics {
+    /// Every problem found, kept or only counted.
+    pub fn total(&self) -> usize {
+        self.items.len() + self.more
+    }
 }
 
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.items.as_slice() {
-            [one] => write!(
+            [one] if self.more == 0 => write!(
                 f,
                 "{}:{}:{}: {}",
                 one.file, one.line, one.column, one.message
             ),
-            many => write!(f, "{} has {} errors", self.file, many.len()),
+            _ => write!(f, "{} has {} errors", self.file, self.total()),
         }
     }
 }

@@ -22,6 +22,50 @@ pub struct Finding {
     pub hint: Option<String>,
 }
 
+/// The most problems kept for a report: a file wrong on every line would
+/// otherwise cost memory and output in proportion to its size. Past it,
+/// problems are only counted.
+pub const MAX_FINDINGS: usize = 100;
+
+/// Problems found, the first [`MAX_FINDINGS`] kept, the rest counted.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub items: Vec<Finding>,
+    /// Found past the cap, and dropped.
+    pub more: usize,
+}
+
+impl Findings {
+    pub fn push(&mut self, finding: Finding) {
+        if self.items.len() < MAX_FINDINGS {
+            self.items.push(finding);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    /// Whether the next finding would only be counted (so need not be made).
+    pub fn full(&self) -> bool {
+        self.items.len() >= MAX_FINDINGS
+    }
+
+    /// Takes `other`'s findings that `keep` accepts, and its count.
+    pub fn absorb(&mut self, other: Findings, keep: impl Fn(&Finding) -> bool) {
+        for finding in other.items.into_iter().filter(|f| keep(f)) {
+            self.push(finding);
+        }
+        self.more += other.more;
+    }
+
+    pub fn total(&self) -> usize {
+        self.items.len() + self.more
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+}
+
 pub struct Document<'t> {
     pub value: Value,
     table: Spanned<DeTable<'t>>,
@@ -38,27 +82,28 @@ type Spans = (Option<Range<usize>>, Range<usize>);
 
 impl<'t> Document<'t> {
     /// Parses TOML, recovering where it can so that several syntax errors are reported at once.
-    pub fn parse(text: &'t str, vars: Vars<'_>) -> (Document<'t>, Vec<Finding>) {
+    pub fn parse(text: &'t str, vars: Vars<'_>) -> (Document<'t>, Findings) {
         let (table, errors) = DeTable::parse_recoverable(text);
-        let mut findings: Vec<Finding> = errors
-            .iter()
-            .map(|error| Finding {
+        let mut findings = Findings::default();
+        for error in &errors {
+            findings.push(Finding {
                 problem: Problem::Syntax,
                 path: KeyPath::root(),
                 span: error.span().unwrap_or(0..0),
                 message: error.message().trim_end().to_owned(),
                 hint: None,
-            })
-            .collect();
+            });
+        }
+        drop(errors);
         let mut reader = Reader {
             text,
             vars,
             stack: Vec::new(),
             floats: Vec::new(),
-            findings: Vec::new(),
+            findings: Findings::default(),
         };
         let value = reader.table(table.get_ref());
-        findings.append(&mut reader.findings);
+        findings.absorb(reader.findings, |_| true);
         let floats = reader.floats;
         (
             Document {
@@ -140,7 +185,7 @@ struct Reader<'a> {
     vars: Vars<'a>,
     stack: Vec<At<'a>>,
     floats: Vec<KeyPath>,
-    findings: Vec<Finding>,
+    findings: Findings,
 }
 
 impl<'a> Reader<'a> {
@@ -329,6 +374,7 @@ mod tests {
     fn unset_variable_points_at_its_dollar() {
         let text = "a = \"x ${NOPE} y\"\n";
         let (_, findings) = Document::parse(text, &vars);
+        let findings = findings.items;
         assert_eq!(findings.len(), 1);
         assert_eq!(findings[0].problem, Problem::UnsetVariable);
         assert_eq!(&text[findings[0].span.clone()], "${NOPE}");

@@ -32,7 +32,7 @@ pub use resolve::{Environment, LOCAL};
 pub use schema::json_schema;
 pub use ssh_target::SshTarget;
 
-use document::{Document, Finding};
+use document::{Document, Finding, Findings};
 
 /// The file name Gantry looks for.
 pub const FILE_NAME: &str = "gantry.toml";
@@ -158,16 +158,18 @@ pub fn parse(
     vars: &dyn Fn(&str) -> Option<String>,
 ) -> Result<model::File, Error> {
     let (doc, mut findings) = Document::parse(text, vars);
-    let syntax_ok = findings.iter().all(|f| f.problem != Problem::Syntax);
+    let syntax_ok = findings.items.iter().all(|f| f.problem != Problem::Syntax);
     let mut file = None;
     if syntax_ok {
-        findings.extend(schema::check(&doc));
+        findings.absorb(schema::check(&doc), |_| true);
         // Set aside what is already known to be wrong, so the checks that relate
-        // values to each other still run over the rest and every error shows at once.
+        // values to each other still run over the rest and every error shows at
+        // once. Past the cap on findings, what was only counted is not set
+        // aside: the checks below may then not run, and need not.
         let parsed = if findings.is_empty() {
             model::File::deserialize(&doc.value)
         } else {
-            serde_json::from_value::<model::File>(prune(&doc.value, &findings))
+            serde_json::from_value::<model::File>(prune(&doc.value, &findings.items))
         };
         match parsed {
             Ok(parsed) => {
@@ -175,15 +177,16 @@ pub fn parse(
                 // ("has neither ssh nor provider"): skip what they say about it or
                 // about the table that held it.
                 let removed: Vec<KeyPath> = findings
+                    .items
                     .iter()
                     .filter(|f| f.problem != Problem::UnknownKey)
                     .map(|f| f.path.clone())
                     .collect();
-                findings.extend(validate::check(&parsed, &doc).into_iter().filter(|f| {
+                findings.absorb(validate::check(&parsed, &doc), |f| {
                     !removed
                         .iter()
                         .any(|r| *r == f.path || r.parent().as_ref() == Some(&f.path))
-                }));
+                });
                 file = Some(parsed);
             }
             // The schema should have caught whatever serde refuses; if it did not,
@@ -204,9 +207,10 @@ pub fn parse(
     }
 }
 
-fn diagnostics(name: &str, text: &str, findings: Vec<Finding>) -> Diagnostics {
+fn diagnostics(name: &str, text: &str, findings: Findings) -> Diagnostics {
     let lines = LineIndex::new(text);
     let mut items: Vec<Diagnostic> = findings
+        .items
         .into_iter()
         .map(|f| {
             let (line, column) = lines.line_column(text, f.span.start);
@@ -227,6 +231,7 @@ fn diagnostics(name: &str, text: &str, findings: Vec<Finding>) -> Diagnostics {
         file: name.to_owned(),
         source: Arc::from(text),
         items,
+        more: findings.more,
     }
 }
 

@@ -255,7 +255,7 @@ pub struct Environment {
     pub services: BTreeMap<String, Service>,
 }
 
-/// A host: reached over SSH, or made by a provider.
+/// A host: reached over SSH, or this machine (`provider = "local"`).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
@@ -263,7 +263,8 @@ pub struct Host {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "ssh-target"))]
     pub ssh: Option<String>,
-    /// Where the host comes from when it is not reached over SSH.
+    /// Where the host comes from when it is not reached over SSH. Only
+    /// `local` works yet: a cloud provider is refused by validate and deploy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider: Option<Provider>,
 }
@@ -273,8 +274,8 @@ pub struct Host {
 pub enum Provider {
     /// This machine.
     Local,
-    /// A Hetzner Cloud server.
+    /// A Hetzner Cloud server (not supported yet).
     Hetzner,
-    /// A DigitalOcean droplet.
+    /// A DigitalOcean droplet (not supported yet).
     Digitalocean,
 }

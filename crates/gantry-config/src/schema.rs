@@ -9,7 +9,7 @@ use jsonschema::error::ValidationErrorKind;
 use serde_json::Value;
 
 use crate::diagnostic::{KeyPath, Problem, Segment};
-use crate::document::{Document, Finding};
+use crate::document::{Document, Finding, Findings};
 use crate::formats::{self, FORMATS};
 use crate::model::File;
 use crate::suggest::did_you_mean;
@@ -96,16 +96,23 @@ fn resolve<'a>(root: &'a Value, node: &'a Value) -> Option<&'a Value> {
 }
 
 /// Checks the document against the schema, returning every problem found.
-pub fn check(document: &Document<'_>) -> Vec<Finding> {
-    let mut findings: Vec<Finding> = Vec::new();
+pub fn check(document: &Document<'_>) -> Findings {
+    let mut findings = Findings::default();
+    // Hashes, not the paths: a file wrong on every line keeps 8 bytes a
+    // problem here, not a copy of each path.
     let mut seen = std::collections::HashSet::new();
+    let mut first = |path: &KeyPath, problem: Problem| {
+        use std::hash::BuildHasher;
+        let hash = seen.hasher().hash_one((path, problem));
+        seen.insert(hash)
+    };
     for error in validator().iter_errors(&document.value) {
         let path = KeyPath::from_pointer(error.instance_path().as_str());
         let instance = error.instance();
         for finding in describe(document, &path, instance, error.kind()) {
             // Some values break two keywords at once (a format and its pattern, a
             // minimum and a `not`): one message per path and problem is enough.
-            if seen.insert((finding.path.clone(), finding.problem)) {
+            if first(&finding.path, finding.problem) {
                 findings.push(finding);
             }
         }
@@ -122,7 +129,7 @@ pub fn check(document: &Document<'_>) -> Vec<Finding> {
         let number = descend(&document.value, path).cloned().unwrap_or_default();
         if types.contains(&"integer")
             && !types.contains(&"number")
-            && seen.insert((path.clone(), Problem::WrongType))
+            && first(path, Problem::WrongType)
         {
             findings.push(Finding {
                 problem: Problem::WrongType,

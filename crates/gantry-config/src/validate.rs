@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
 use crate::diagnostic::{KeyPath, Problem, Segment};
-use crate::document::{Document, Finding};
+use crate::document::{Document, Finding, Findings};
 use crate::formats::{check_env_name, check_name};
 use crate::model::{File, Port, Service};
 use crate::resolve::{self, Route};
@@ -18,7 +18,7 @@ type Services<'f> = BTreeMap<&'f str, Cow<'f, Service>>;
 
 struct Checker<'a> {
     doc: &'a Document<'a>,
-    findings: Vec<Finding>,
+    findings: Findings,
     seen: HashSet<(KeyPath, String)>,
 }
 
@@ -32,6 +32,11 @@ impl Checker<'_> {
         hint: Option<String>,
     ) {
         if !self.seen.insert((path.clone(), message.clone())) {
+            return;
+        }
+        if self.findings.full() {
+            // Only counted: its span is not worth looking up.
+            self.findings.more += 1;
             return;
         }
         let span = if at_key {
@@ -49,10 +54,10 @@ impl Checker<'_> {
     }
 }
 
-pub fn check(file: &File, doc: &Document<'_>) -> Vec<Finding> {
+pub fn check(file: &File, doc: &Document<'_>) -> Findings {
     let mut c = Checker {
         doc,
-        findings: Vec::new(),
+        findings: Findings::default(),
         seen: HashSet::new(),
     };
     check_names(&mut c, file);
@@ -119,14 +124,14 @@ fn check_hosts(c: &mut Checker<'_>, file: &File) {
                 path,
                 true,
                 format!("host `{name}` has neither `ssh` nor `provider`"),
-                Some("add ssh = \"user@address\" for a server you have, or provider = \"hetzner\" for one to create".to_owned()),
+                Some("add ssh = \"user@address\" for a server you have, or provider = \"local\" for this machine".to_owned()),
             ),
             (Some(_), Some(_)) => c.push(
                 Problem::Conflict,
                 path.key("provider"),
                 true,
                 format!("host `{name}` has both `ssh` and `provider`"),
-                Some("keep `ssh` for a server you have, or `provider` for one Gantry creates".to_owned()),
+                Some("keep `ssh` for a server you have, or only provider = \"local\" for this machine".to_owned()),
             ),
             _ => {}
         }

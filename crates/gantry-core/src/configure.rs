@@ -122,6 +122,7 @@ pub fn configure(
 ) -> Result<ConfigureReport, Error> {
     let config = project.load()?;
     let env = config.environment(environment)?;
+    crate::deploy::refuse_provider_hosts(&config.file)?;
     let states = StateDir::of(config.project_dir());
     let _lock = states.lock(environment, &format!("gantry configure -e {environment}"))?;
     let mut state = states

@@ -14,7 +14,7 @@ use crate::agent_api::{
     ServiceStatus,
 };
 use crate::artifact;
-use crate::config::resolve::{Host as HostSpec, Reach, Service, Workload};
+use crate::config::resolve::{Host as HostSpec, Service, Workload};
 use crate::host::{Host, HostError};
 use crate::{Error, Project};
 
@@ -153,33 +153,8 @@ pub fn deploy(
     let config = project.load()?;
     let env = config.environment(environment)?;
     let dir = config.project_dir().to_owned();
-
+    refuse_unsupported(&config.file, &env)?;
     let services: Vec<_> = env.deploy_order().into_iter().cloned().collect();
-    let other: Vec<String> = services
-        .iter()
-        .filter(|s| !matches!(s.workload, Workload::Process { .. }))
-        .map(|s| s.name.clone())
-        .collect();
-    if !other.is_empty() {
-        return Err(Error::Unsupported {
-            what: format!(
-                "{} {} not a process: only the process driver deploys yet",
-                other.join(", "),
-                if other.len() == 1 { "is" } else { "are" }
-            ),
-            hint: "the compose and static drivers come in a later version; `gantry render --target compose` writes the containers for Docker Compose meanwhile".to_owned(),
-        });
-    }
-    if let Some(host) = env
-        .hosts
-        .iter()
-        .find(|h| matches!(h.reach, Reach::Provider { .. }))
-    {
-        return Err(Error::Unsupported {
-            what: format!("host `{}` is made by a cloud provider", host.name),
-            hint: "Gantry cannot create servers yet: make it yourself and give it an `ssh` address in [hosts]".to_owned(),
-        });
-    }
     // Which services run where, in the order hosts are listed.
     let placements: Vec<(&HostSpec, Vec<Service>)> = env
         .hosts
@@ -854,4 +829,63 @@ pub fn finish(report: DeployReport) -> Result<DeployReport, Error> {
         });
     }
     Ok(report)
+}
+
+/// Refuses, before anything is done, what gantry.toml may say but a deploy
+/// cannot do yet: such a key would otherwise be silently ignored (a
+/// migration never run) or fail halfway.
+pub fn refuse_unsupported(
+    file: &crate::config::model::File,
+    env: &crate::config::resolve::Environment,
+) -> Result<(), Error> {
+    let other: Vec<String> = env
+        .services
+        .values()
+        .filter(|s| !matches!(s.workload, Workload::Process { .. }))
+        .map(|s| s.name.clone())
+        .collect();
+    if !other.is_empty() {
+        return Err(Error::Unsupported {
+            what: format!(
+                "{} {} not a process: only the process driver deploys yet",
+                other.join(", "),
+                if other.len() == 1 { "is" } else { "are" }
+            ),
+            hint: "the compose and static drivers come in a later version; `gantry render --target compose` writes the containers for Docker Compose meanwhile".to_owned(),
+        });
+    }
+    // (`backup` needs volumes, which only containers have: refused above.)
+    if let Some(s) = env.services.values().find(|s| s.migrate.is_some()) {
+        return Err(Error::Unsupported {
+            what: format!(
+                "service `{}` sets `migrate`, which deploy does not run yet",
+                s.name
+            ),
+            hint: "run migrations yourself (`gantry exec SERVICE -- COMMAND`) and remove `migrate`; `gantry render` still writes it for Docker Compose and systemd".to_owned(),
+        });
+    }
+    refuse_provider_hosts(file)
+}
+
+/// Refuses hosts a cloud provider would make: the schema names providers
+/// for a later version, and until then such a host could only fail later
+/// (it has no address to reach). `provider = "local"` is this machine.
+pub fn refuse_provider_hosts(file: &crate::config::model::File) -> Result<(), Error> {
+    let made = file.hosts.iter().find_map(|(name, host)| {
+        host.provider
+            .filter(|p| *p != crate::config::model::Provider::Local)
+            .map(|p| (name, p))
+    });
+    match made {
+        None => Ok(()),
+        Some((name, provider)) => Err(Error::Unsupported {
+            what: format!(
+                "host `{name}` has provider = \"{}\": cloud providers are not supported yet",
+                crate::serde_name(&provider)
+            ),
+            hint: format!(
+                "create the server yourself, then give the host an `ssh` address instead: `gantry register {name} --ssh user@address -e ENV`"
+            ),
+        }),
+    }
 }

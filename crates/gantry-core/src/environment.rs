@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::resolve::{Host as HostSpec, Reach};
 use crate::{Error, write_atomic};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -31,6 +32,13 @@ pub enum Phase {
     Running,
     DeployFailed,
     Destroyed,
+}
+
+/// The name JSON uses (`provision_failed`), so text and JSON say the same.
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::serde_name(self))
+    }
 }
 
 impl Phase {
@@ -94,6 +102,12 @@ pub fn now_ms() -> u64 {
 }
 
 impl EnvState {
+    /// Whether `configure` ever completed: only then can an agent run the
+    /// project's services on its hosts (a deploy needs a configured host).
+    pub fn ever_configured(&self) -> bool {
+        self.state.configured() || self.history.iter().any(|t| t.state.configured())
+    }
+
     pub fn new(environment: &str) -> EnvState {
         let mut state = EnvState {
             environment: environment.to_owned(),
@@ -423,7 +437,7 @@ pub fn create(project: &crate::Project, environment: &str) -> Result<EnvReport, 
     if let Some(existing) = states.load(environment)? {
         return Err(Error::EnvState {
             environment: environment.to_owned(),
-            problem: format!("already exists ({:?})", existing.state).to_lowercase(),
+            problem: format!("already exists ({})", existing.state),
             hint: format!("`gantry env show {environment}` shows it"),
         });
     }
@@ -482,41 +496,85 @@ pub fn show(project: &crate::Project, environment: &str) -> Result<EnvReport, Er
 
 /// Stops the project's services on every host of the environment and
 /// marks it destroyed. The servers are the user's: nothing is uninstalled.
+///
+/// Every state has this way out. Services can only run where `configure`
+/// once completed, so an environment that never got there has nothing to
+/// stop; one gone from gantry.toml is stopped on the hosts its state
+/// recorded. When a host cannot be reached, the error names `purge --force`.
 pub fn destroy(
     project: &crate::Project,
     environment: &str,
     connect: crate::operate::Connect<'_>,
 ) -> Result<EnvReport, Error> {
-    let (_, states) = project_states(project)?;
+    let (config, states) = project_states(project)?;
     let _lock = states.lock(environment, &format!("gantry env destroy {environment}"))?;
     let mut state = states
         .load(environment)?
         .ok_or_else(|| unknown(environment))?;
     if state.state != Phase::Destroyed {
-        crate::operate::act(
-            project,
-            environment,
-            crate::operate::Action::Stop,
-            None,
-            connect,
-        )?;
+        let hosts = hosts_to_stop(&config, &state);
+        if !hosts.is_empty() {
+            let name = config.file.project.name.clone();
+            crate::operate::act_on(
+                environment,
+                name,
+                &hosts,
+                crate::operate::Action::Stop,
+                None,
+                connect,
+            )
+            .map_err(|e| Error::EnvState {
+                environment: environment.to_owned(),
+                problem: format!("could not stop its services: {e}"),
+                hint: format!(
+                    "once its hosts answer, `gantry env destroy {environment} --yes` again; or forget it without stopping anything: `gantry env purge {environment} --force`"
+                ),
+            })?;
+        }
         state.set(Phase::Destroyed);
         states.save(&state)?;
     }
     Ok(EnvReport(state))
 }
 
-/// Forgets a destroyed environment's state.
-pub fn purge(project: &crate::Project, environment: &str) -> Result<EnvReport, Error> {
+/// Where the project's services may run: the environment's hosts in
+/// gantry.toml, else those its state recorded; none if it was never
+/// configured (this machine's agent excepted, which needs no configure).
+fn hosts_to_stop(config: &crate::config::Config, state: &EnvState) -> Vec<HostSpec> {
+    let hosts: Vec<HostSpec> = match config.environment(&state.environment) {
+        Ok(env) => env.hosts,
+        Err(_) => state
+            .hosts
+            .iter()
+            .filter_map(|(name, record)| {
+                Some(HostSpec {
+                    name: name.clone(),
+                    reach: Reach::Ssh {
+                        target: record.ssh.clone()?,
+                    },
+                })
+            })
+            .collect(),
+    };
+    let configured = state.ever_configured();
+    hosts
+        .into_iter()
+        .filter(|h| configured || h.reach == Reach::Local)
+        .collect()
+}
+
+/// Forgets a destroyed environment's state; with `force`, in any state, and
+/// without stopping anything (for hosts that are gone).
+pub fn purge(project: &crate::Project, environment: &str, force: bool) -> Result<EnvReport, Error> {
     let (_, states) = project_states(project)?;
     let _lock = states.lock(environment, &format!("gantry env purge {environment}"))?;
     let state = states
         .load(environment)?
         .ok_or_else(|| unknown(environment))?;
-    if state.state != Phase::Destroyed {
+    if state.state != Phase::Destroyed && !force {
         return Err(Error::EnvState {
             environment: environment.to_owned(),
-            problem: format!("is {:?}, not destroyed", state.state).to_lowercase(),
+            problem: format!("is {}, not destroyed", state.state),
             hint: format!("`gantry env destroy {environment} --yes` first"),
         });
     }

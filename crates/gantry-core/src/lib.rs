@@ -40,6 +40,16 @@ impl Project {
     }
 }
 
+/// How serde names a unit variant (`provision_failed`): the one spelling
+/// text output shares with JSON.
+pub fn serde_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
 /// The JSON Schema of gantry.toml.
 pub fn schema() -> &'static serde_json::Value {
     config::json_schema()

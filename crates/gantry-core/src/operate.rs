@@ -299,10 +299,23 @@ pub fn act(
     connect: Connect<'_>,
 ) -> Result<StatusReport, Error> {
     let (name, hosts) = hosts_of(project, environment)?;
+    act_on(environment, name, &hosts, action, service, connect)
+}
+
+/// As [`act`], on the hosts given rather than those gantry.toml lists (an
+/// environment being destroyed may be gone from gantry.toml).
+pub fn act_on(
+    environment: &str,
+    name: String,
+    hosts: &[HostSpec],
+    action: Action,
+    service: Option<&str>,
+    connect: Connect<'_>,
+) -> Result<StatusReport, Error> {
     let selector = ServiceSelector {
         service: service.map(str::to_owned),
     };
-    let answers = on_each(&hosts, connect, &|h| {
+    let answers = on_each(hosts, connect, &|h| {
         Ok(match action {
             Action::Stop => h.stop(&name, &selector)?,
             Action::Restart => h.restart(&name, &selector)?,
@@ -315,7 +328,7 @@ pub fn act(
         }
         unreachable!("position found an error");
     }
-    merge(environment, name, &hosts, answers)
+    merge(environment, name, hosts, answers)
 }
 
 /// Streams log lines to `sink` until it returns false or the lines end.

@@ -55,6 +55,17 @@ pub fn register(
 
     let states = StateDir::of(config.project_dir());
     let _lock = states.lock(environment, &format!("gantry register {host}"))?;
+    // Refused before anything is checked or written: gantry.toml stays as it was.
+    if states
+        .load(environment)?
+        .is_some_and(|s| s.state == Phase::Destroyed)
+    {
+        return Err(Error::EnvState {
+            environment: environment.to_owned(),
+            problem: "was destroyed".to_owned(),
+            hint: format!("`gantry env purge {environment}` forgets it; then register hosts again"),
+        });
+    }
 
     progress.step(&format!("checking ssh {target}"));
     let spec = HostSpec {
@@ -81,7 +92,7 @@ pub fn register(
         let mut state = states
             .load(environment)?
             .unwrap_or_else(|| EnvState::new(environment));
-        if !state.state.configured() && state.state != Phase::Destroyed {
+        if !state.state.configured() {
             state.fail(
                 Phase::ProvisionFailed,
                 "check ssh",
@@ -97,13 +108,6 @@ pub fn register(
     let mut state = states
         .load(environment)?
         .unwrap_or_else(|| EnvState::new(environment));
-    if state.state == Phase::Destroyed {
-        return Err(Error::EnvState {
-            environment: environment.to_owned(),
-            problem: "was destroyed".to_owned(),
-            hint: format!("`gantry env purge {environment}` forgets it; then register hosts again"),
-        });
-    }
     state.hosts.entry(host.to_owned()).or_insert(HostRecord {
         ssh: Some(target.clone()),
         ..HostRecord::default()

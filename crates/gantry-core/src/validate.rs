@@ -24,6 +24,7 @@ pub struct EnvironmentSummary {
 
 pub fn validate(project: &Project) -> Result<ValidateReport, Error> {
     let config = project.load()?;
+    crate::deploy::refuse_provider_hosts(&config.file)?;
     let environments = config
         .environment_names()
         .iter()

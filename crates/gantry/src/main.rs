@@ -16,8 +16,14 @@ fn run_agent(
     proxy_listen: Option<gantry_cli::ProxyListen>,
     proxy_https: Option<gantry_cli::ProxyListen>,
 ) -> Result<(), Failure> {
-    init_tracing();
     let mut settings = gantry_agent::agent::Settings::default();
+    // Its own log is capped as its services' logs are.
+    let log = gantry_agent::agent_log::AgentLog::of_stderr(
+        state_dir,
+        settings.log_max_bytes,
+        settings.log_keep,
+    );
+    init_tracing(log);
     if let Some(ports) = ports {
         settings.ports = ports;
     }
@@ -92,13 +98,19 @@ fn local_ca(state_dir: &Path) -> Result<gantry_cli::TrustReport, Failure> {
     })
 }
 
-/// The agent logs to stderr (its log file when started by the CLI); `RUST_LOG` tunes it.
-fn init_tracing() {
+/// The agent logs to stderr, through `log` when that is its rotated log file
+/// (when started by the CLI); `RUST_LOG` tunes it.
+fn init_tracing(log: Option<gantry_agent::agent_log::AgentLog>) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let writer = match log {
+        Some(log) => BoxMakeWriter::new(std::sync::Mutex::new(log)),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(false)
         .try_init();
 }

@@ -125,3 +125,40 @@ fn a_restarted_agent_adopts_the_running_services_and_keeps_supervising_them() {
         assert!(!alive(pid), "adopted web pid {pid} stopped");
     }
 }
+
+#[test]
+fn the_agent_log_is_rotated_by_size_and_keeps_a_bounded_number_of_files() {
+    let p = shell("agent-log", "[services.web]\nrun = \"exec sleep 600\"\n");
+    let dir = p.state_dir().to_owned();
+    let log = |n: u32| match n {
+        0 => dir.join("agent.log"),
+        n => dir.join(format!("agent.log.{n}")),
+    };
+    // A log already past the cap (8 MiB), and every rotation slot taken.
+    let full = "an old line of the agent's log\n".repeat((9 << 20) / 31);
+    std::fs::write(log(0), &full).expect("write agent.log");
+    for n in 1..=3 {
+        std::fs::write(log(n), format!("rotation {n}\n")).expect("write a rotation");
+    }
+    deploy(&p);
+    p.gantry(&["stop"]).expect_code(0);
+
+    let size = |n| std::fs::metadata(log(n)).map_or(0, |m| m.len());
+    gantry_testkit::wait_for("agent.log to be rotated", DEADLINE, || {
+        size(1) >= full.len() as u64 && size(0) > 0
+    });
+    assert!(
+        size(0) < 8 << 20,
+        "agent.log starts over: {} bytes",
+        size(0)
+    );
+    assert_eq!(
+        std::fs::read_to_string(log(2)).expect("read .2"),
+        "rotation 1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(log(3)).expect("read .3"),
+        "rotation 2\n"
+    );
+    assert!(!log(4).exists(), "no more than 3 rotations are kept");
+}

@@ -5,6 +5,8 @@
 
 mod agent_support;
 
+use gantry_testkit::TestProject;
+
 use agent_support::{
     alive, assert_web_answers, deploy, hello, hello_toml, instances, json, pids, ports, service,
     shell, status, wait_for_status,
@@ -343,4 +345,43 @@ fn restart_starts_new_processes_on_the_current_release() {
             .iter()
             .all(|pid| alive(*pid) && !worker_before.contains(pid))
     );
+}
+
+/// Copies `from` into the project at `to`, leaving out what a build made.
+fn copy_tree(p: TestProject, from: &std::path::Path, to: &str) -> TestProject {
+    let mut p = p;
+    for entry in std::fs::read_dir(from).expect("read the example") {
+        let entry = entry.expect("an entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if to.is_empty() && ["bin", ".gantry", "target"].contains(&name.as_str()) {
+            continue;
+        }
+        let relative = if to.is_empty() {
+            name
+        } else {
+            format!("{to}/{name}")
+        };
+        p = if entry.path().is_dir() {
+            copy_tree(p, &entry.path(), &relative)
+        } else {
+            p.copy(&entry.path(), &relative)
+        };
+    }
+    p
+}
+
+#[test]
+fn the_hello_example_deploys_when_copied_out_of_the_repository() {
+    let example = gantry_testkit::workspace_root().join("examples/hello");
+    // Offline: the example is std only, so its build needs no registry.
+    let p = copy_tree(TestProject::new(agent_support::GANTRY), &example, "")
+        .env("CARGO_NET_OFFLINE", "true");
+    assert!(
+        !p.path().starts_with(gantry_testkit::workspace_root()),
+        "the copy is outside the repository"
+    );
+    let report = json(&p, &["deploy"]);
+    assert_eq!(report["release"]["outcome"], "succeeded", "{report:#}");
+    let version = std::fs::read_to_string(example.join("VERSION")).expect("VERSION");
+    assert_web_answers(service(&report, "web"), version.trim());
 }

@@ -152,3 +152,48 @@ health = { command = "true" }
         tick(line).is_some_and(|(id, n)| id == first && n <= 3)
     });
 }
+
+#[test]
+fn text_logs_show_a_services_escape_sequences_escaped_not_raw() {
+    // A title change, a screen clear, a carriage return that would hide what
+    // came before, a bell, a bidi override; and a tab, which stays.
+    let p = shell(
+        "logs-escapes",
+        r#"[services.noisy]
+run = '''printf 'a\033]0;owned\007b\033[2Jc\rd\tafter\342\200\256e\n'; echo done; exec sleep 600'''
+health = { command = "true" }
+"#,
+    );
+    deploy(&p);
+    wait_for("the service's output", DEADLINE, || {
+        log_lines(&p, &["noisy"])
+            .iter()
+            .any(|l| l["line"] == "done")
+    });
+    // JSON keeps the line as printed.
+    let json = log_lines(&p, &["noisy"]);
+    assert!(
+        texts(&json).contains(&"a\u{1b}]0;owned\u{7}b\u{1b}[2Jc\rd\tafter\u{202e}e"),
+        "{json:?}"
+    );
+
+    let text = p.gantry(&["logs", "noisy", "--output", "text"]);
+    text.expect_code(0);
+    let raw: Vec<char> = text
+        .stdout
+        .chars()
+        .filter(|&c| (c.is_control() && c != '\n' && c != '\t') || c == '\u{202e}')
+        .collect();
+    assert!(
+        raw.is_empty(),
+        "raw control characters {raw:?} in:\n{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .contains(r"a\u{1b}]0;owned\u{7}b\u{1b}[2Jc\u{d}d")
+            && text.stdout.contains("\tafter\\u{202e}e"),
+        "{}",
+        text.stdout
+    );
+}

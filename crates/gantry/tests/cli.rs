@@ -405,3 +405,67 @@ fn every_error_code_is_documented() {
         );
     }
 }
+
+#[test]
+fn cloud_provider_hosts_are_refused_by_validate_and_deploy_naming_the_host() {
+    for provider in ["hetzner", "digitalocean"] {
+        let p = TestProject::new(env!("CARGO_BIN_EXE_gantry")).file(
+            "gantry.toml",
+            &format!(
+                "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"./web\"\n\n\
+                 [hosts.cloud1]\nprovider = \"{provider}\"\n\n\
+                 [environments.prod]\nhosts = [\"cloud1\"]\n"
+            ),
+        );
+        for args in [
+            &["validate", "--output", "json"][..],
+            &["deploy", "-e", "prod", "--output", "json"],
+            &["configure", "-e", "prod", "--output", "json"],
+        ] {
+            let run = p.gantry(args);
+            let error = error_of(&run);
+            assert_eq!(error["code"], "deploy.unsupported", "{args:?}: {error}");
+            let message = error["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("cloud1") && message.contains(provider),
+                "{args:?}: {error}"
+            );
+            assert!(
+                error["hint"]
+                    .as_str()
+                    .is_some_and(|h| h.contains("gantry register cloud1 --ssh")),
+                "{args:?} says what to do instead: {error}"
+            );
+        }
+    }
+    // This machine, as a provider, is supported.
+    let local = TestProject::new(env!("CARGO_BIN_EXE_gantry")).file(
+        "gantry.toml",
+        "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"./web\"\n\n\
+         [hosts.here]\nprovider = \"local\"\n\n[environments.prod]\nhosts = [\"here\"]\n",
+    );
+    local
+        .gantry(&["validate", "--output", "json"])
+        .expect_code(0);
+}
+
+#[test]
+fn migrate_is_refused_by_deploy_not_silently_skipped() {
+    let p = TestProject::new(env!("CARGO_BIN_EXE_gantry")).file(
+        "gantry.toml",
+        "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"./web\"\nmigrate = { pre = \"./migrate up\" }\n",
+    );
+    p.gantry(&["validate", "--output", "json"]).expect_code(0);
+    let run = p.gantry(&["deploy", "--output", "json"]);
+    let error = error_of(&run);
+    assert_eq!(error["code"], "deploy.unsupported", "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("`web`") && message.contains("migrate"),
+        "{error}"
+    );
+    assert!(
+        !p.state_dir().join("agent.sock").exists(),
+        "refused before an agent was started"
+    );
+}

@@ -360,3 +360,52 @@ fn every_good_config_validates() {
         failures.join("\n\n")
     );
 }
+
+/// A 5 MB gantry.toml wrong on every line: the report keeps the first 100
+/// errors and counts the rest, in JSON and in text, so its size does not
+/// follow the file's.
+#[test]
+fn a_file_wrong_on_every_line_gives_a_bounded_report_counting_the_rest() {
+    let mut text = String::from("[project]\nname = \"big\"\nunknown_first = 1\n");
+    let mut lines = 1;
+    while text.len() < 5 << 20 {
+        text.push_str(&format!("unknown_key_{lines} = {lines}\n"));
+        lines += 1;
+    }
+    let p = TestProject::new(env!("CARGO_BIN_EXE_gantry")).file("gantry.toml", &text);
+
+    let json_run = p.gantry(&["validate", "--output", "json"]);
+    json_run.expect_code(3);
+    assert!(
+        json_run.stdout.len() < 64 << 10,
+        "{} bytes",
+        json_run.stdout.len()
+    );
+    let error = &json_run.json()["error"];
+    let shown = error["errors"].as_array().expect("errors").len();
+    assert_eq!(shown, 100, "the first 100 are shown");
+    assert_eq!(error["more_errors"], lines - 100, "the rest are counted");
+    assert_eq!(error["errors"][0]["line"], 3, "in the file's order");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("has {lines} errors"))),
+        "{}",
+        error["message"]
+    );
+
+    let text_run = p.gantry(&["validate", "--output", "text"]);
+    text_run.expect_code(3);
+    assert!(
+        text_run.stderr.len() < 64 << 10,
+        "{} bytes",
+        text_run.stderr.len()
+    );
+    assert!(
+        text_run
+            .stderr
+            .contains(&format!("and {} more errors, not shown", lines - 100)),
+        "{}",
+        &text_run.stderr[text_run.stderr.len().saturating_sub(500)..]
+    );
+}

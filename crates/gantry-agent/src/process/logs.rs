@@ -105,17 +105,73 @@ impl LogWriter {
 
     fn rotate(&mut self) {
         self.file = None;
-        let path = |n| log_path(&self.dir, &self.instance, n);
-        if self.keep == 0 {
-            let _ = std::fs::remove_file(path(0));
-        } else {
-            let _ = std::fs::remove_file(path(self.keep));
-            for n in (1..self.keep).rev() {
-                let _ = std::fs::rename(path(n), path(n + 1));
-            }
-            let _ = std::fs::rename(path(0), path(1));
-        }
+        rotate(&self.dir, &self.instance, self.keep);
         let _ = self.reopen();
+    }
+}
+
+/// Moves `<dir>/<name>.log` to `.1` (the newest), `.1` to `.2` and so on,
+/// dropping `.<keep>`; with `keep` 0 the log is removed. The agent's own log
+/// rotates the same way.
+pub(crate) fn rotate(dir: &Path, name: &str, keep: u32) {
+    let path = |n| log_path(dir, name, n);
+    if keep == 0 {
+        let _ = std::fs::remove_file(path(0));
+    } else {
+        let _ = std::fs::remove_file(path(keep));
+        for n in (1..keep).rev() {
+            let _ = std::fs::rename(path(n), path(n + 1));
+        }
+        let _ = std::fs::rename(path(0), path(1));
+    }
+}
+
+/// How many gone instances keep their logs, per project: rotation caps each
+/// instance's log, this caps how many there are (a deploy makes new ones).
+pub(crate) const KEEP_GONE: usize = 10;
+
+/// A log written to this recently is never removed: its instance may be
+/// starting, with no pid file yet.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the logs (rotations included) of instances that are gone (no pid
+/// file in `run_dir`), all but the `keep` most recently written.
+pub(crate) fn prune_gone(log_dir: &Path, run_dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(log_dir) else {
+        return;
+    };
+    // Instance -> when its log was last written.
+    let mut gone: std::collections::BTreeMap<String, std::time::SystemTime> = Default::default();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((instance, rest)) = name.split_once(".log") else {
+            continue;
+        };
+        let numbered = rest.is_empty()
+            || rest
+                .strip_prefix('.')
+                .is_some_and(|n| n.parse::<u32>().is_ok());
+        if !numbered || super::read_pid_file(run_dir, instance).is_some() {
+            continue;
+        }
+        let Ok(written) = entry.metadata().and_then(|m| m.modified()) else {
+            continue;
+        };
+        let newest = gone.entry(instance.to_owned()).or_insert(written);
+        *newest = (*newest).max(written);
+    }
+    let now = std::time::SystemTime::now();
+    let mut settled: Vec<(String, std::time::SystemTime)> = gone
+        .into_iter()
+        .filter(|(_, written)| now.duration_since(*written).is_ok_and(|age| age >= SETTLED))
+        .collect();
+    settled.sort_by_key(|(_, written)| std::cmp::Reverse(*written));
+    for (instance, _) in settled.into_iter().skip(keep) {
+        for n in 0.. {
+            if std::fs::remove_file(log_path(log_dir, &instance, n)).is_err() && n > 0 {
+                break;
+            }
+        }
     }
 }
 

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use cgroup::{Cgroup, CgroupError, CgroupMode, Cgroups, ResourceLimits};
 pub use confine::{Confinement, ServiceUser, bind_capability_only, can_switch_users, confine};
 pub use launch::launch;
+pub(crate) use logs::rotate as rotate_log;
 pub use logs::{LogCursor, read_log};
 pub use procfs::{StopOutcome, is_running, rss_bytes, start_time, stop};
 pub use relay::{relay_main, run as run_relay, secret_values};

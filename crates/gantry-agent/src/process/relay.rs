@@ -89,6 +89,7 @@ fn start(spec: &LaunchSpec) -> io::Result<Running<'_>> {
             format!("cannot open the log in {}", spec.log_dir.display()),
         )
     })?;
+    logs::prune_gone(&spec.log_dir, &spec.run_dir, logs::KEEP_GONE);
     let mut command = Command::new("/bin/sh");
     command
         .arg("-c")

@@ -188,3 +188,47 @@ fn a_cursor_on_a_log_not_yet_written_picks_it_up_from_the_start() {
     log.write(5, Stream::Stderr, "first");
     assert_eq!(cursor.poll(), [(5, Stream::Stderr, "first".to_owned())]);
 }
+
+#[test]
+fn logs_of_gone_instances_are_pruned_to_the_newest_few_and_live_or_fresh_ones_kept() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let run = tempfile::tempdir().expect("tempdir");
+    let hours_ago =
+        |h: u64| std::time::SystemTime::now() - std::time::Duration::from_secs(h * 3600);
+    let write = |name: &str, at: std::time::SystemTime| {
+        let path = logs.path().join(name);
+        std::fs::write(&path, "{}\n").expect("write");
+        let file = File::options().append(true).open(&path).expect("open");
+        file.set_modified(at).expect("set mtime");
+    };
+    // Gone instances, web-1 the oldest; each with a rotation.
+    for i in 1..=14u64 {
+        write(&format!("web-{i}.log"), hours_ago(100 - i));
+        write(&format!("web-{i}.log.1"), hours_ago(101 - i));
+    }
+    // Running (its relay's pid file is there), though quiet for long.
+    write("quiet-1.log", hours_ago(1000));
+    std::fs::write(
+        run.path().join("quiet-1.pid"),
+        r#"{"pid":1,"start_time":1,"relay_pid":1}"#,
+    )
+    .expect("pid file");
+    // Starting: no pid file yet, but just written.
+    write("new-1.log", std::time::SystemTime::now());
+    // Not a log of Gantry's.
+    write("notes.txt", hours_ago(1000));
+
+    prune_gone(logs.path(), run.path(), 10);
+
+    let mut left: Vec<String> = std::fs::read_dir(logs.path())
+        .expect("read")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let mut expected: Vec<String> = (5..=14u64)
+        .flat_map(|i| [format!("web-{i}.log"), format!("web-{i}.log.1")])
+        .chain(["quiet-1.log", "new-1.log", "notes.txt"].map(str::to_owned))
+        .collect();
+    expected.sort();
+    assert_eq!(left, expected);
+}
