@@ -90,6 +90,9 @@ ExecStart=/usr/local/bin/gantry agent
 KillMode=process
 Delegate=yes
 AmbientCapabilities=CAP_NET_BIND_SERVICE
+# The proxy raises its soft open-files limit to this hard one (a connection
+# is a descriptor, often two); the agent and the services keep 1024.
+LimitNOFILE=1024:524288
 Restart=always
 RestartSec=1
 
