@@ -509,8 +509,12 @@ pub struct ProxyArgs {
     /// 10.0.0.0/8; repeat it, or comma-separate in the variable): its
     /// X-Forwarded-*, X-Real-IP and Forwarded headers are kept. Everyone
     /// else's are replaced with what this proxy saw
-    #[arg(long = "trusted-proxy", env = "GANTRY_PROXY_TRUSTED", value_name = "CIDR",
-          value_delimiter = ',')]
+    #[arg(
+        long = "trusted-proxy",
+        env = "GANTRY_PROXY_TRUSTED",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
     pub trusted_proxies: Vec<String>,
 
     /// Write the proxy's log to this file instead of stderr; it never grows

@@ -218,9 +218,11 @@ fn silent_sockets_do_not_starve_a_proxy_with_few_file_descriptors() {
     let silent: Vec<std::net::TcpStream> = (0..300)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
         .collect();
-    wait_for("a real request to be answered", Duration::from_secs(30), || {
-        try_get(port, "web.shop.localhost").is_some_and(|a| a.ends_with("hello from web"))
-    });
+    wait_for(
+        "a real request to be answered",
+        Duration::from_secs(30),
+        || try_get(port, "web.shop.localhost").is_some_and(|a| a.ends_with("hello from web")),
+    );
     drop(silent);
 }
 
