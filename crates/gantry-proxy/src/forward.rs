@@ -25,6 +25,7 @@ use tokio::io::AsyncWriteExt as _;
 use crate::body::ProxyBody;
 use crate::exchange::{Entry, Exchange};
 use crate::forwarded::{self, Seen, TrustedProxy};
+use crate::limits::Permit;
 use crate::metrics::UpstreamError;
 use crate::pages::Page;
 use crate::pool::{Pool, SWEEP_EVERY};
@@ -50,6 +51,9 @@ pub(crate) struct Peer {
     pub(crate) local_port: u16,
     /// The client is a trusted proxy: its forwarding headers are kept.
     pub(crate) trusted: bool,
+    /// The connection's place under the connection caps, held as long as
+    /// anything serves the connection (a WebSocket tunnel outlives hyper's).
+    pub(crate) place: Arc<Permit>,
 }
 
 impl Peer {
@@ -58,6 +62,7 @@ impl Peer {
         local_port: u16,
         tls: bool,
         trusted: &[TrustedProxy],
+        place: Arc<Permit>,
     ) -> Peer {
         let ip = HeaderValue::try_from(addr.ip().to_canonical().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
@@ -67,6 +72,7 @@ impl Peer {
             addr,
             local_port,
             trusted: forwarded::is_trusted(trusted, addr.ip()),
+            place,
         }
     }
 }
@@ -302,13 +308,13 @@ impl Forwarder {
                 }
                 .response(&request_id, exchange);
             };
-            tokio::spawn(tunnel(
-                client,
-                upstream_io,
-                exchange,
-                in_flight,
-                Arc::clone(&self.state),
-            ));
+            let state = Arc::clone(&self.state);
+            // The tunnel keeps the client connection's place under the caps.
+            let place = Arc::clone(&peer.place);
+            tokio::spawn(async move {
+                tunnel(client, upstream_io, exchange, in_flight, state).await;
+                drop(place);
+            });
             head.headers.insert(X_REQUEST_ID, request_id);
             return Response::from_parts(head, ProxyBody::empty());
         }

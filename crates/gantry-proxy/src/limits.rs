@@ -99,7 +99,7 @@ impl ConnectionCaps {
     /// A permit for one more connection from `client`, or `None` when a cap
     /// is reached. The permit gives its place back when dropped.
     pub(crate) fn admit(self: &Arc<Self>, client: IpAddr) -> Option<Permit> {
-        let client = client.to_canonical();
+        let client = client_key(client);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let (total, by_client) = &mut *open;
         if *total >= self.total {
@@ -118,10 +118,31 @@ impl ConnectionCaps {
     }
 }
 
+/// Who a per-client cap counts: an IPv4 address, or an IPv6 /64 (one
+/// host usually holds a whole /64, and could otherwise use a new address
+/// for each connection).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let network = u128::from(v6) & !u128::from(u64::MAX);
+            IpAddr::V6(network.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// One admitted connection's place under the caps.
 pub(crate) struct Permit {
     caps: Arc<ConnectionCaps>,
     client: IpAddr,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Permit {
@@ -199,6 +220,19 @@ mod tests {
         assert!(caps.admit(b).is_none(), "in total");
         drop(first);
         assert!(caps.admit(a).is_some(), "a place given back");
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let caps = ConnectionCaps::new(10, 1);
+        let _one = caps
+            .admit("2001:db8:1:2::1".parse().expect("ip"))
+            .expect("first");
+        assert!(
+            caps.admit("2001:db8:1:2::ffff".parse().expect("ip"))
+                .is_none()
+        );
+        assert!(caps.admit("2001:db8:1:3::1".parse().expect("ip")).is_some());
     }
 
     #[test]

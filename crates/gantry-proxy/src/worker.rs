@@ -116,8 +116,7 @@ async fn serve_connections(
         };
         let (shared, open) = (shared.clone(), Arc::clone(&open));
         tokio::spawn(async move {
-            serve_client(stream, addr, scheme, &shared).await;
-            drop(permit);
+            serve_client(stream, addr, scheme, Arc::new(permit), &shared).await;
             open.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -143,6 +142,7 @@ async fn serve_client(
     stream: std::net::TcpStream,
     addr: std::net::SocketAddr,
     scheme: Scheme,
+    place: Arc<Permit>,
     shared: &Shared,
 ) {
     let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
@@ -152,7 +152,7 @@ async fn serve_client(
     let local_port = stream.local_addr().map_or(0, |a| a.port());
     let limits = shared.state.clients;
     if scheme == Scheme::Http {
-        let peer = Peer::new(addr, local_port, false, &shared.state.trusted);
+        let peer = Peer::new(addr, local_port, false, &shared.state.trusted, place);
         // Plain connections close when the worker does, after the wait for
         // open requests that follows a handoff.
         let closing = shared.closing.clone();
@@ -163,7 +163,7 @@ async fn serve_client(
         return;
     };
     if let Some(stream) = tls::handshake(stream, addr, config, limits.handshake).await {
-        let peer = Peer::new(addr, local_port, true, &shared.state.trusted);
+        let peer = Peer::new(addr, local_port, true, &shared.state.trusted, place);
         serve_http(stream, peer, shared, shared.stopped.clone()).await;
     }
 }
