@@ -168,6 +168,29 @@ fn an_acme_directory_that_is_not_https_is_refused_with_a_hint() {
 }
 
 #[test]
+fn a_trusted_proxy_that_is_not_an_address_is_a_usage_error() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["proxy", "--listen", "127.0.0.1:0", "--https", "off"])
+        .args([
+            "--trusted-proxy",
+            "10.0.0.0/8,lb.example",
+            "--output",
+            "json",
+        ])
+        .arg("--state-dir")
+        .arg(state.path())
+        .output()
+        .expect("gantry runs");
+    let error: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+    assert_eq!(error["error"]["code"], "usage", "{error}");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("lb.example"), "{error}");
+    assert!(!state.path().join("proxy/proxy.sock").exists());
+}
+
+#[test]
 fn take_over_without_a_running_proxy_says_so() {
     let state = tempfile::tempdir().expect("a state directory");
     let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
