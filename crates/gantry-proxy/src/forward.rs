@@ -166,8 +166,13 @@ impl Forwarder {
                 Some(query) => format!("{path}?{query}"),
                 None => path.clone(),
             };
-            if let Ok(rewritten) = Uri::try_from(rewritten) {
-                parts.uri = rewritten;
+            match Uri::try_from(rewritten) {
+                Ok(rewritten) => parts.uri = rewritten,
+                // Never forward a path other than the one routed on.
+                Err(_) => {
+                    let why = "the path cannot be normalised";
+                    return Page::BadRequest { why }.response(&request_id, exchange);
+                }
             }
         }
         if let Some(host) = &host {
