@@ -262,3 +262,29 @@ fn try_get(port: u16, host: &str) -> Option<String> {
     stream.read_to_string(&mut answer).ok()?;
     Some(answer)
 }
+
+/// Started with a soft open-files limit of 256 under a hard one of 4096,
+/// the proxy serves with 4096, and says so in the log file it was given.
+#[test]
+fn the_proxy_raises_its_open_files_limit_and_logs_to_its_file() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let log = state.path().join("proxy.log");
+    let port = free_port();
+    let mut prlimit = Command::new("prlimit");
+    prlimit
+        .args(["--nofile=256:4096", "--"])
+        .arg(env!("CARGO_BIN_EXE_gantry"));
+    let log_arg = log.to_str().expect("utf-8 path");
+    let _proxy = start_with(prlimit, state.path(), port, &["--log-file", log_arg]);
+    let mut started = None;
+    wait_for("the proxy.started event", Duration::from_secs(10), || {
+        started = std::fs::read_to_string(&log).ok().and_then(|text| {
+            text.lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find(|event| event["event"] == "proxy.started")
+        });
+        started.is_some()
+    });
+    let started = started.expect("an event");
+    assert_eq!(started["nofile"], 4096, "{started}");
+}
