@@ -1,16 +1,15 @@
 //! The proxy's threads: one worker per core, each a single-threaded tokio
 //! runtime that serves its connections and forwards with its own pool of
 //! upstream connections (a request never hops threads, as in nginx's
-//! workers); an acceptor that hands each new connection to the worker with
-//! the fewest; and one thread for the control API.
+//! workers; see `worker`); an acceptor that admits each new connection
+//! under the connection caps (`limits`) and hands it to the worker with the
+//! fewest; and one thread for the control API.
 //!
 //! The listeners are bound before anything starts, so `start_with` can take
 //! them from a previous proxy: `take_over` receives them, by name (`http`,
 //! `https`), over the running proxy's handoff socket (see `handoff`). The
-//! HTTPS listener has its own acceptor thread and feeds the same workers; in
-//! `serve_connections` a TLS connection goes through the rustls handshake
-//! first (`Peer::tls` set), and the HTTP/2 preface or its absence (as ALPN
-//! agreed) picks the protocol.
+//! HTTPS listener has its own acceptor thread and feeds the same workers,
+//! which put a TLS connection through the rustls handshake first.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
