@@ -283,6 +283,9 @@ impl Target {
         };
         config.access_log = false;
         config.workers = workers;
+        // wrk is one client with up to --connections of them, as nginx and
+        // Caddy are run here with no per-client limit.
+        config.clients.max_per_client = config.clients.max_connections;
         let proxy = gantry_proxy::start(config)
             .map_err(|e| format!("gantry's proxy did not start: {e}"))?;
         let route = Route::new("bench", vec![upstream]);

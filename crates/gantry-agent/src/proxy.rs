@@ -169,7 +169,11 @@ fn spawn(
         )
         .arg("--state-dir")
         .arg(&agent.paths.root)
-        .arg("--no-access-log");
+        .arg("--no-access-log")
+        // The proxy caps and rotates the file itself; stderr still goes
+        // there for what comes before its log opens (or a panic).
+        .arg("--log-file")
+        .arg(agent.paths.proxy_log());
     if take_over {
         command.arg("--take-over");
     }

@@ -487,6 +487,50 @@ pub struct ProxyArgs {
     /// proxy then finishes its open requests and exits
     #[arg(long)]
     pub take_over: bool,
+
+    /// Seconds a client gets for its TLS handshake, for the first bytes of its
+    /// connection, and for an HTTP/1 request's headers; then it is closed
+    #[arg(long, env = "GANTRY_PROXY_CLIENT_TIMEOUT", default_value_t = 10, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub client_timeout: u64,
+
+    /// Seconds a client connection may stay open with no request (HTTP/1
+    /// keep-alive and HTTP/2)
+    #[arg(long, env = "GANTRY_PROXY_IDLE_TIMEOUT", default_value_t = 60, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+
+    /// Client connections open at once; lowered to what the open-files limit allows
+    #[arg(long, env = "GANTRY_PROXY_MAX_CONNECTIONS", default_value_t = 16384, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// Connections open at once from one client address
+    #[arg(long, env = "GANTRY_PROXY_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256,
+          value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_client: u64,
+
+    /// A proxy or load balancer in front (an address or a network like
+    /// 10.0.0.0/8; repeat it, or comma-separate in the variable): its
+    /// X-Forwarded-*, X-Real-IP and Forwarded headers are kept. Everyone
+    /// else's are replaced with what this proxy saw
+    #[arg(
+        long = "trusted-proxy",
+        env = "GANTRY_PROXY_TRUSTED",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+
+    /// Write the proxy's log to this file instead of stderr; it never grows
+    /// past --log-max-bytes (the older half is kept as FILE.1)
+    #[arg(long, env = "GANTRY_PROXY_LOG_FILE", value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// The size --log-file never passes
+    #[arg(long, env = "GANTRY_PROXY_LOG_MAX_BYTES", default_value_t = 10 * 1024 * 1024,
+          value_name = "BYTES", value_parser = clap::value_parser!(u64).range(4096..))]
+    pub log_max_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, Subcommand)]

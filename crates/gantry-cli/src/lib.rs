@@ -85,6 +85,15 @@ pub struct ProxyOptions {
     pub acme_directory: Option<String>,
     pub acme_email: Option<String>,
     pub acme_ca_root: Option<PathBuf>,
+    /// TLS handshake, first bytes and HTTP/1 headers, each.
+    pub client_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+    pub max_connections: u64,
+    pub max_connections_per_client: u64,
+    /// Addresses or networks, as given (the proxy parses them).
+    pub trusted_proxies: Vec<String>,
+    pub log_file: Option<PathBuf>,
+    pub log_max_bytes: u64,
 }
 
 /// Runs the CLI with these arguments and returns the process exit code.
@@ -357,6 +366,13 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                     acme_directory: args.acme_directory.clone(),
                     acme_email: args.acme_email.clone(),
                     acme_ca_root: args.acme_ca_root.clone(),
+                    client_timeout: std::time::Duration::from_secs(args.client_timeout),
+                    idle_timeout: std::time::Duration::from_secs(args.idle_timeout),
+                    max_connections: args.max_connections,
+                    max_connections_per_client: args.max_connections_per_client,
+                    trusted_proxies: args.trusted_proxies.clone(),
+                    log_file: args.log_file.clone(),
+                    log_max_bytes: args.log_max_bytes,
                 };
                 (wiring.run_proxy)(&state_dir, &options)
             }

@@ -102,7 +102,9 @@ ProtectSystem=strict
 ReadWritePaths=/var/lib/gantry
 ProtectHome=yes
 PrivateTmp=yes
-LimitNOFILE=65536
+# The proxy raises its soft open-files limit to this hard one (a connection
+# is a descriptor, often two); the agent and the services keep 1024.
+LimitNOFILE=1024:524288
 Restart=always
 RestartSec=1
 

@@ -15,6 +15,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::exchange::Exchange;
+use crate::limits::OpenRequest;
 use crate::pool::{Connection, Pool};
 use crate::upstream::InFlight;
 
@@ -23,6 +24,9 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A response body sent to the client.
 pub(crate) struct ProxyBody {
     kind: Kind,
+    /// Keeps the client connection from counting as idle until the
+    /// response is done (`limits::Activity`).
+    open: Option<OpenRequest>,
 }
 
 enum Kind {
@@ -69,6 +73,7 @@ impl ProxyBody {
     pub(crate) fn empty() -> ProxyBody {
         ProxyBody {
             kind: Kind::Page(None, None),
+            open: None,
         }
     }
 
@@ -76,6 +81,7 @@ impl ProxyBody {
     pub(crate) fn text(text: Bytes) -> ProxyBody {
         ProxyBody {
             kind: Kind::Page(Some(text), None),
+            open: None,
         }
     }
 
@@ -83,6 +89,7 @@ impl ProxyBody {
     pub(crate) fn page(text: Bytes, exchange: Exchange) -> ProxyBody {
         ProxyBody {
             kind: Kind::Page(Some(text), Some(exchange)),
+            open: None,
         }
     }
 
@@ -104,7 +111,14 @@ impl ProxyBody {
                 exchange,
                 _in_flight: in_flight,
             })),
+            open: None,
         }
+    }
+
+    /// The body, holding `open` until it is done or dropped.
+    pub(crate) fn holding(mut self, open: OpenRequest) -> ProxyBody {
+        self.open = Some(open);
+        self
     }
 }
 

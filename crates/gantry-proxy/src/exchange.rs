@@ -4,7 +4,6 @@
 //! WebSocket, when the tunnel closes), so the duration covers the whole
 //! response, not just its headers.
 
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -15,8 +14,8 @@ use serde::Serialize;
 
 use crate::metrics::ServiceMetrics;
 
-/// Where access-log lines go: a thread that writes them to stderr, so a slow
-/// terminal or pipe never holds up a request.
+/// Where access-log lines go: a thread that writes them to the proxy's log
+/// (`log`), so a slow terminal or pipe never holds up a request.
 #[derive(Clone)]
 pub(crate) struct AccessLog {
     lines: Option<mpsc::Sender<String>>,
@@ -38,16 +37,14 @@ impl AccessLog {
     }
 }
 
-/// Writes lines as they come, flushing whenever none is waiting; ends when
-/// every sender is gone.
+/// Writes lines as they come, those waiting together; ends when every
+/// sender is gone.
 fn write_lines(received: &mpsc::Receiver<String>) {
-    let mut out = std::io::BufWriter::new(std::io::stderr());
-    while let Ok(line) = received.recv() {
-        let _ = out.write_all(line.as_bytes());
+    while let Ok(mut lines) = received.recv() {
         while let Ok(line) = received.try_recv() {
-            let _ = out.write_all(line.as_bytes());
+            lines.push_str(&line);
         }
-        let _ = out.flush();
+        crate::log::write(&lines);
     }
 }
 

@@ -24,6 +24,8 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::body::ProxyBody;
 use crate::exchange::{Entry, Exchange};
+use crate::forwarded::{self, Seen, TrustedProxy};
+use crate::limits::Permit;
 use crate::metrics::UpstreamError;
 use crate::pages::Page;
 use crate::pool::{Pool, SWEEP_EVERY};
@@ -31,9 +33,6 @@ use crate::state::ProxyState;
 use crate::upstream::{InFlight, Upstream};
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// ACME's HTTP-01 challenges are answered over plain HTTP: never redirected.
@@ -48,13 +47,33 @@ pub(crate) struct Peer {
     /// redirect to HTTPS.
     pub(crate) tls: bool,
     pub(crate) addr: SocketAddr,
+    /// The port the client connected to: `X-Forwarded-Port`.
+    pub(crate) local_port: u16,
+    /// The client is a trusted proxy: its forwarding headers are kept.
+    pub(crate) trusted: bool,
+    /// The connection's place under the connection caps, held as long as
+    /// anything serves the connection (a WebSocket tunnel outlives hyper's).
+    pub(crate) place: Arc<Permit>,
 }
 
 impl Peer {
-    pub(crate) fn new(addr: SocketAddr, tls: bool) -> Peer {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        local_port: u16,
+        tls: bool,
+        trusted: &[TrustedProxy],
+        place: Arc<Permit>,
+    ) -> Peer {
         let ip = HeaderValue::try_from(addr.ip().to_canonical().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { ip, tls, addr }
+        Peer {
+            ip,
+            tls,
+            addr,
+            local_port,
+            trusted: forwarded::is_trusted(trusted, addr.ip()),
+            place,
+        }
     }
 }
 
@@ -102,14 +121,21 @@ impl Forwarder {
     async fn forward(&self, request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
-        let host = request_host(&parts.uri, &parts.headers);
+        // A request the proxy will not route still gets an exchange (and an
+        // access-log line) and a page saying why.
+        let checked = check(&parts).and_then(|host| {
+            let path = crate::path::normalize(parts.uri.path())?.into_owned();
+            Ok((host, path))
+        });
+        let (host, path, refusal) = match checked {
+            Ok((host, path)) => (host, path, None),
+            Err(why) => (None, parts.uri.path().to_owned(), Some(why)),
+        };
         let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-        let target = self
-            .state
-            .router
-            .load()
-            .find(host_text, parts.uri.path())
-            .cloned();
+        let target = refusal
+            .is_none()
+            .then(|| self.state.router.load().find(host_text, &path).cloned())
+            .flatten();
         let request_id = request_id(&mut parts.headers);
         let metrics = target.as_ref().map_or(&self.state.no_route, |t| &t.metrics);
         let mut exchange =
@@ -117,18 +143,44 @@ impl Forwarder {
                 Entry {
                     method: parts.method.clone(),
                     host: host_text.to_owned(),
-                    path: parts.uri.path().to_owned(),
+                    path: path.clone(),
                     client: peer.addr.ip().to_canonical(),
                     request_id: request_id.clone(),
                     service: target.as_ref().map(|t| Arc::clone(&t.service)),
                 }
             });
+        if let Some(why) = refusal {
+            let page = if parts.method == Method::CONNECT {
+                Page::MethodNotAllowed
+            } else {
+                Page::BadRequest { why }
+            };
+            return page.response(&request_id, exchange);
+        }
         let Some(target) = target else {
             return Page::NoRoute { host: host_text }.response(&request_id, exchange);
         };
+        // The upstream gets the path it was routed on, and the authority.
+        if path != parts.uri.path() {
+            let rewritten = match parts.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path.clone(),
+            };
+            match Uri::try_from(rewritten) {
+                Ok(rewritten) => parts.uri = rewritten,
+                // Never forward a path other than the one routed on.
+                Err(_) => {
+                    let why = "the path cannot be normalised";
+                    return Page::BadRequest { why }.response(&request_id, exchange);
+                }
+            }
+        }
+        if let Some(host) = &host {
+            parts.headers.insert(HOST, host.clone());
+        }
         if target.redirect_https
             && !peer.tls
-            && !parts.uri.path().starts_with(ACME_CHALLENGE)
+            && !path.starts_with(ACME_CHALLENGE)
             && let Some(location) = self
                 .state
                 .https_url(
@@ -187,7 +239,16 @@ impl Forwarder {
         }
         // Room for the headers the proxy adds, in one allocation.
         parts.headers.reserve(5);
-        set_forwarded(&mut parts.headers, host.as_ref(), peer);
+        forwarded::set(
+            &mut parts.headers,
+            &Seen {
+                client: &peer.ip,
+                tls: peer.tls,
+                host: host.as_ref(),
+                port: peer.local_port,
+                trusted: peer.trusted,
+            },
+        );
         let path = target.upstream_path(&parts.uri);
         let mut request = upstream_request(parts.method, path, parts.headers, body);
 
@@ -252,13 +313,13 @@ impl Forwarder {
                 }
                 .response(&request_id, exchange);
             };
-            tokio::spawn(tunnel(
-                client,
-                upstream_io,
-                exchange,
-                in_flight,
-                Arc::clone(&self.state),
-            ));
+            let state = Arc::clone(&self.state);
+            // The tunnel keeps the client connection's place under the caps.
+            let place = Arc::clone(&peer.place);
+            tokio::spawn(async move {
+                tunnel(client, upstream_io, exchange, in_flight, state).await;
+                drop(place);
+            });
             head.headers.insert(X_REQUEST_ID, request_id);
             return Response::from_parts(head, ProxyBody::empty());
         }
@@ -291,13 +352,29 @@ fn upstream_request(
     request
 }
 
-/// The host a request is for: the URI's authority (HTTP/2, absolute-form)
-/// or the Host header.
-fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
-    match uri.authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => headers.get(HOST).cloned(),
+/// The authority a request is for: the URI's (HTTP/2's `:authority`, an
+/// absolute-form target) or the Host header's, which must then agree; or
+/// why the request is refused. Two names would let the proxy route on one
+/// while the upstream reads the other.
+fn check(parts: &http::request::Parts) -> Result<Option<HeaderValue>, &'static str> {
+    if parts.method == Method::CONNECT {
+        return Err("CONNECT is not served");
     }
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err("the request has more than one Host header");
+    }
+    let Some(authority) = parts.uri.authority() else {
+        return Ok(header.cloned());
+    };
+    if header.is_some_and(|h| {
+        !h.as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    }) {
+        return Err("the Host header differs from the request's authority");
+    }
+    Ok(HeaderValue::from_str(authority.as_str()).ok())
 }
 
 /// The client's request id if it sent a sensible one, else a new one; the
@@ -373,37 +450,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// `X-Forwarded-For` gains the client's address; `-Proto` and `-Host` say
-/// what the client asked for. An HTTP/2 request gets a Host header from its
-/// authority, as upstreams speak HTTP/1.1.
-fn set_forwarded(headers: &mut HeaderMap, host: Option<&HeaderValue>, peer: &Peer) {
-    let forwarded_for = if headers.contains_key(X_FORWARDED_FOR) {
-        let mut chain: Vec<u8> = Vec::new();
-        for prior in headers.get_all(X_FORWARDED_FOR) {
-            chain.extend_from_slice(prior.as_bytes());
-            chain.extend_from_slice(b", ");
-        }
-        chain.extend_from_slice(peer.ip.as_bytes());
-        HeaderValue::from_bytes(&chain).unwrap_or_else(|_| peer.ip.clone())
-    } else {
-        peer.ip.clone()
-    };
-    headers.insert(X_FORWARDED_FOR, forwarded_for);
-    let proto = if peer.tls { "https" } else { "http" };
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    match host {
-        Some(host) => {
-            headers.insert(X_FORWARDED_HOST, host.clone());
-            if !headers.contains_key(HOST) {
-                headers.insert(HOST, host.clone());
-            }
-        }
-        None => {
-            headers.remove(X_FORWARDED_HOST);
-        }
-    }
-}
-
 /// Relays bytes both ways between an upgraded client connection and its
 /// upstream. When either side closes, its close is passed on and the tunnel
 /// ends: a WebSocket has no use for a half-closed connection. The exchange
@@ -451,26 +497,6 @@ async fn tunnel(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn peer() -> Peer {
-        Peer::new(SocketAddr::from(([10, 0, 0, 7], 5555)), false)
-    }
-
-    #[test]
-    fn forwarded_for_appends_the_client() {
-        let mut headers = HeaderMap::new();
-        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        set_forwarded(
-            &mut headers,
-            Some(&HeaderValue::from_static("example.com")),
-            &peer(),
-        );
-        assert_eq!(headers[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.7");
-        assert_eq!(headers[X_FORWARDED_PROTO], "http");
-        assert_eq!(headers[X_FORWARDED_HOST], "example.com");
-        assert_eq!(headers[HOST], "example.com");
-    }
 
     #[test]
     fn connection_named_headers_are_removed() {

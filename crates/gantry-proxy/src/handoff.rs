@@ -126,7 +126,7 @@ pub(crate) async fn serve(
     let listener = match tokio::net::UnixListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("gantry-proxy: cannot use the handoff socket: {e}");
+            crate::log::text(&format!("cannot use the handoff socket: {e}"));
             return;
         }
     };
@@ -152,11 +152,10 @@ pub(crate) async fn serve(
         .await;
         match given {
             Ok(Ok(())) => return,
-            Ok(Err(e)) => eprintln!(
-                "{}",
-                serde_json::json!({ "event": "proxy.handoff_refused", "error": e.to_string() })
+            Ok(Err(e)) => crate::log::event(
+                &serde_json::json!({ "event": "proxy.handoff_refused", "error": e.to_string() }),
             ),
-            Err(e) => eprintln!("gantry-proxy: the handoff task failed: {e}"),
+            Err(e) => crate::log::text(&format!("the handoff task failed: {e}")),
         }
     }
 }
@@ -204,9 +203,8 @@ fn give(
     expect_line(&mut reader, "ready")?;
     handed_off.set();
     (&*stream).write_all(b"released\n")?;
-    eprintln!(
-        "{}",
-        serde_json::json!({ "event": "proxy.handed_off", "listeners": offer.listeners })
+    crate::log::event(
+        &serde_json::json!({ "event": "proxy.handed_off", "listeners": offer.listeners }),
     );
     Ok(())
 }

@@ -20,10 +20,15 @@ mod control;
 mod error;
 mod exchange;
 mod forward;
+mod forwarded;
 mod handoff;
+mod limits;
+mod log;
 mod metrics;
 mod pages;
+mod path;
 mod pool;
+mod preface;
 mod route_file;
 mod router;
 mod server;
@@ -31,6 +36,7 @@ mod state;
 mod table;
 mod tls;
 mod upstream;
+mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,7 +44,10 @@ use std::time::Duration;
 
 pub use control::{DrainReport, DrainRequest, Health, running_binary};
 pub use error::ProxyError;
+pub use forwarded::TrustedProxy;
 pub use handoff::Listeners;
+pub use limits::ClientLimits;
+pub use log::{DEFAULT_MAX_BYTES as DEFAULT_LOG_MAX_BYTES, MIN_MAX_BYTES as MIN_LOG_MAX_BYTES};
 pub use server::{HTTP, HTTPS, RunningProxy, start, start_on, start_with, take_over};
 pub use table::{Balance, CertFiles, Route, RouteTable, TableError, Tls};
 pub use tls::{CaError, CertError, CertStore, LocalCa, fingerprint_sha256, is_local_name};
@@ -66,6 +75,16 @@ pub struct ProxyConfig {
     /// Worker threads; 0: one per CPU.
     pub workers: usize,
     pub timeouts: Timeouts,
+    /// Deadlines and caps for client connections.
+    pub clients: ClientLimits,
+    /// Clients whose forwarding headers (`X-Forwarded-*`, `X-Real-IP`,
+    /// `Forwarded`) are kept: proxies or load balancers in front. Everyone
+    /// else's are replaced with what this proxy saw.
+    pub trusted_proxies: Vec<TrustedProxy>,
+    /// Where log lines go instead of stderr, and the size that file never
+    /// passes (one rotated file, `<file>.1`, is kept). For the whole
+    /// process, as stderr is: the last proxy started sets it.
+    pub log_file: Option<(PathBuf, u64)>,
     /// Certificates over ACME for the routes whose `tls` is `acme`
     /// (`--acme-directory`); `None`: no ACME, challenge paths are routed.
     pub acme: Option<acme::AcmeConfig>,
@@ -88,6 +107,9 @@ impl ProxyConfig {
             access_log: true,
             workers: 0,
             timeouts: Timeouts::default(),
+            clients: ClientLimits::default(),
+            trusted_proxies: Vec::new(),
+            log_file: None,
             acme: None,
             on_acme_event: None,
         }
@@ -106,6 +128,9 @@ impl std::fmt::Debug for ProxyConfig {
             .field("access_log", &self.access_log)
             .field("workers", &self.workers)
             .field("timeouts", &self.timeouts)
+            .field("clients", &self.clients)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("log_file", &self.log_file)
             .field("acme", &self.acme)
             .finish_non_exhaustive()
     }
@@ -141,22 +166,22 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         .enable_all()
         .build()
         .map_err(ProxyError::Thread)?;
+    // Every client connection is a descriptor, and often two.
+    let nofile = limits::raise_nofile();
     let proxy = if config.take_over {
         take_over(config)?
     } else {
         start(config)?
     };
-    eprintln!(
-        "{}",
-        serde_json::json!({
-            "event": "proxy.started",
-            "pid": std::process::id(),
-            "http": proxy.http_addr(),
-            "https": proxy.https_addr(),
-            "control_socket": proxy.control_socket(),
-            "took_over_from": proxy.took_over_from(),
-        })
-    );
+    crate::log::event(&serde_json::json!({
+        "event": "proxy.started",
+        "pid": std::process::id(),
+        "http": proxy.http_addr(),
+        "https": proxy.https_addr(),
+        "control_socket": proxy.control_socket(),
+        "took_over_from": proxy.took_over_from(),
+        "nofile": nofile,
+    }));
     let mut handed_off = proxy.handed_off();
     signals.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
@@ -180,6 +205,6 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         }
     });
     proxy.stop();
-    eprintln!("{}", serde_json::json!({ "event": "proxy.stopped" }));
+    crate::log::event(&serde_json::json!({ "event": "proxy.stopped" }));
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! is missing.
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
@@ -11,6 +11,11 @@ use crate::exchange::Exchange;
 use crate::forward::X_REQUEST_ID;
 
 pub(crate) enum Page<'a> {
+    /// The request cannot be routed as it is: two Host headers, a Host
+    /// that differs from the authority, an encoded slash in the path.
+    BadRequest { why: &'a str },
+    /// CONNECT: the proxy is no forward proxy.
+    MethodNotAllowed,
     /// No route matches the host and path.
     NoRoute { host: &'a str },
     /// Every upstream refused the connection, or the route has none.
@@ -24,6 +29,8 @@ pub(crate) enum Page<'a> {
 impl Page<'_> {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
+            Page::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Page::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Page::NoRoute { .. } => StatusCode::NOT_FOUND,
             Page::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Page::BadGateway { .. } => StatusCode::BAD_GATEWAY,
@@ -33,6 +40,11 @@ impl Page<'_> {
 
     fn text(&self) -> (String, String) {
         match self {
+            Page::BadRequest { why } => ("Bad request".to_owned(), escape(why)),
+            Page::MethodNotAllowed => (
+                "Method not allowed".to_owned(),
+                "This proxy serves sites; it does not open tunnels (CONNECT).".to_owned(),
+            ),
             Page::NoRoute { host } => (
                 "No route".to_owned(),
                 format!(
@@ -89,6 +101,12 @@ impl Page<'_> {
         );
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(X_REQUEST_ID, request_id.clone());
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            headers.insert(
+                ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
         }

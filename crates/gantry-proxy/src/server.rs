@@ -1,16 +1,15 @@
 //! The proxy's threads: one worker per core, each a single-threaded tokio
 //! runtime that serves its connections and forwards with its own pool of
 //! upstream connections (a request never hops threads, as in nginx's
-//! workers); an acceptor that hands each new connection to the worker with
-//! the fewest; and one thread for the control API.
+//! workers; see `worker`); an acceptor that admits each new connection
+//! under the connection caps (`limits`) and hands it to the worker with the
+//! fewest; and one thread for the control API.
 //!
 //! The listeners are bound before anything starts, so `start_with` can take
 //! them from a previous proxy: `take_over` receives them, by name (`http`,
 //! `https`), over the running proxy's handoff socket (see `handoff`). The
-//! HTTPS listener has its own acceptor thread and feeds the same workers; in
-//! `serve_connections` a TLS connection goes through the rustls handshake
-//! first (`Peer::tls` set), and the HTTP/2 preface or its absence (as ALPN
-//! agreed) picks the protocol.
+//! HTTPS listener has its own acceptor thread and feeds the same workers,
+//! which put a TLS connection through the rustls handshake first.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
@@ -20,18 +19,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::{mpsc, watch};
 
 use crate::acme::{AcmeConfig, AcmeEvent, AcmeManager, Challenges, Issued, OnIssued, acme_names};
 use crate::exchange::AccessLog;
-use crate::forward::{Forwarder, Peer};
 use crate::handoff::{self, HandedOff, Listeners};
+use crate::limits::{ConnectionCaps, fd_budget};
 use crate::state::ProxyState;
 use crate::tls::{self, CertStore, LocalCa};
+use crate::worker::{Accepted, Scheme, worker};
 use crate::{ProxyConfig, ProxyError, control, route_file};
 
 /// The name of the plain HTTP listener, as handoff passes it.
@@ -39,8 +35,6 @@ pub const HTTP: &str = "http";
 /// The name of the HTTPS listener, as handoff passes it.
 pub const HTTPS: &str = "https";
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ: Duration = Duration::from_secs(30);
 /// Pending connections the kernel keeps for the listener.
 const BACKLOG: i32 = 4096;
 /// How long the control API's open requests get once the proxy stops.
@@ -241,6 +235,8 @@ fn launch(
         certs,
         https.as_ref().map(|(_, addr)| addr.port()),
     );
+    state.clients = config.clients;
+    state.trusted = config.trusted_proxies.clone();
     let acme = match config.acme.clone() {
         Some(acme) => Some(start_acme(acme, &config, &mut state).inspect_err(|_| unbind())?),
         None => None,
@@ -264,6 +260,10 @@ fn launch(
     } else {
         config.workers
     };
+    let caps = ConnectionCaps::new(
+        config.clients.max_connections.min(fd_budget()),
+        config.clients.max_per_client,
+    );
     let mut slots = Vec::with_capacity(workers);
     for index in 0..workers {
         let (connections, received) = mpsc::unbounded_channel();
@@ -282,18 +282,18 @@ fn launch(
             })?);
     }
     if let Some((listener, _)) = https {
-        let (slots, accepting) = (slots.clone(), stopped.clone());
+        let (slots, accepting, caps) = (slots.clone(), stopped.clone(), Arc::clone(&caps));
         proxy
             .threads
             .push(spawn("gantry-proxy-accept-https".to_owned(), move || {
-                acceptor(listener, slots, Scheme::Https, accepting);
+                acceptor(listener, slots, Scheme::Https, caps, accepting);
             })?);
     }
     let accepting = stopped.clone();
     proxy
         .threads
         .push(spawn("gantry-proxy-accept".to_owned(), move || {
-            acceptor(listener, slots, Scheme::Http, accepting);
+            acceptor(listener, slots, Scheme::Http, caps, accepting);
         })?);
     let handing = stopped.clone();
     proxy.threads.push(spawn(
@@ -302,7 +302,7 @@ fn launch(
             Ok(runtime) => {
                 runtime.block_on(handoff::serve(handoff_listener, held, handed_off, handing));
             }
-            Err(e) => eprintln!("gantry-proxy: cannot start the handoff runtime: {e}"),
+            Err(e) => crate::log::text(&format!("cannot start the handoff runtime: {e}")),
         },
     )?);
     proxy
@@ -318,6 +318,13 @@ fn launch(
 fn check_settings(config: &ProxyConfig) -> Result<(), ProxyError> {
     if let Some(acme) = &config.acme {
         acme.validate()?;
+    }
+    if let Some((path, max_bytes)) = &config.log_file {
+        crate::log::to_file(path, *max_bytes).map_err(|source| ProxyError::State {
+            action: "open",
+            path: path.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -360,14 +367,11 @@ fn serve_acme_certificate(certs: &CertStore, name: &str, issued: &Issued) {
         issued.chain_pem.as_bytes(),
         issued.key_pem.as_bytes(),
     ) {
-        eprintln!(
-            "{}",
-            serde_json::json!({
-                "event": "tls.certificate_unusable",
-                "name": name,
-                "error": e.to_string(),
-            })
-        );
+        crate::log::event(&serde_json::json!({
+            "event": "tls.certificate_unusable",
+            "name": name,
+            "error": e.to_string(),
+        }));
     }
 }
 
@@ -507,21 +511,11 @@ fn bind_handoff(path: &Path) -> Result<std::os::unix::net::UnixListener, ProxyEr
     Ok(listener)
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
 }
-
-/// What a listener speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Scheme {
-    Http,
-    Https,
-}
-
-/// A connection on its way from an acceptor to a worker.
-type Accepted = (std::net::TcpStream, SocketAddr, Scheme);
 
 /// A worker as the acceptor sees it: where to send a connection, and how
 /// many it has open.
@@ -538,11 +532,12 @@ fn acceptor(
     listener: std::net::TcpListener,
     workers: Vec<WorkerSlot>,
     scheme: Scheme,
+    caps: Arc<ConnectionCaps>,
     stopped: watch::Receiver<bool>,
 ) {
     match runtime() {
-        Ok(runtime) => runtime.block_on(accept(listener, workers, scheme, stopped)),
-        Err(e) => eprintln!("gantry-proxy: cannot start the acceptor's runtime: {e}"),
+        Ok(runtime) => runtime.block_on(accept(listener, workers, scheme, caps, stopped)),
+        Err(e) => crate::log::text(&format!("cannot start the acceptor's runtime: {e}")),
     }
 }
 
@@ -550,12 +545,13 @@ async fn accept(
     listener: std::net::TcpListener,
     workers: Vec<WorkerSlot>,
     scheme: Scheme,
+    caps: Arc<ConnectionCaps>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("gantry-proxy: cannot use the listener: {e}");
+            crate::log::text(&format!("cannot use the listener: {e}"));
             return;
         }
     };
@@ -566,6 +562,9 @@ async fn accept(
             _ = stopped.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
+                    // Over a cap, the connection is closed at once: that
+                    // frees its descriptor and tells the client.
+                    let Some(permit) = caps.admit(addr.ip()) else { continue };
                     let Ok(stream) = stream.into_std() else { continue };
                     // Least open connections; ties go round the workers.
                     next = (next + 1) % workers.len();
@@ -574,7 +573,7 @@ async fn accept(
                         .min_by_key(|w| w.open.load(Ordering::Relaxed));
                     if let Some(worker) = chosen {
                         worker.open.fetch_add(1, Ordering::Relaxed);
-                        let _ = worker.connections.send((stream, addr, scheme));
+                        let _ = worker.connections.send((stream, addr, scheme, permit));
                     }
                 }
                 // Out of file descriptors or a connection reset while
@@ -585,193 +584,25 @@ async fn accept(
     }
 }
 
-fn worker(
-    connections: mpsc::UnboundedReceiver<Accepted>,
-    open: Arc<AtomicUsize>,
-    state: Arc<ProxyState>,
-    tls_config: Option<Arc<rustls::ServerConfig>>,
-    stopped: watch::Receiver<bool>,
-    handed_off: HandedOff,
-) {
-    match runtime() {
-        Ok(runtime) => runtime.block_on(serve_connections(
-            connections,
-            open,
-            state,
-            tls_config,
-            stopped,
-            handed_off,
-        )),
-        Err(e) => eprintln!("gantry-proxy: cannot start a worker's runtime: {e}"),
-    }
-}
-
-async fn serve_connections(
-    mut connections: mpsc::UnboundedReceiver<Accepted>,
-    open: Arc<AtomicUsize>,
-    state: Arc<ProxyState>,
-    tls_config: Option<Arc<rustls::ServerConfig>>,
-    mut stopped: watch::Receiver<bool>,
-    handed_off: HandedOff,
-) {
-    let forwarder = Arc::new(Forwarder::new(Arc::clone(&state)));
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ);
-    http.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
-    let graceful = GracefulShutdown::new();
-    let mut stopping = false;
-    loop {
-        // Once stopped, the connections the acceptor already handed over are
-        // still served: the channel ends when the acceptor has stopped.
-        let (stream, addr, scheme) = tokio::select! {
-            biased;
-            _ = stopped.changed(), if !stopping => {
-                stopping = true;
-                continue;
-            }
-            connection = connections.recv() => match connection {
-                Some(connection) => connection,
-                None => break,
-            },
-        };
-        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-            open.fetch_sub(1, Ordering::Relaxed);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        if scheme == Scheme::Https {
-            let Some(config) = tls_config.clone() else {
-                open.fetch_sub(1, Ordering::Relaxed);
-                continue;
-            };
-            let (http, forwarder, open) = (http.clone(), Arc::clone(&forwarder), Arc::clone(&open));
-            let (handed, stopping) = (handed_off.clone(), stopped.clone());
-            tokio::spawn(async move {
-                if let Some(stream) = tls::handshake(stream, addr, config).await {
-                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let service = answering(forwarder, Peer::new(addr, true), handed.clone());
-                    let connection = http
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    serve_tls_connection(connection, h2, handed, stopping).await;
-                }
-                open.fetch_sub(1, Ordering::Relaxed);
-            });
-            continue;
-        }
-        let service = answering(
-            Arc::clone(&forwarder),
-            Peer::new(addr, false),
-            handed_off.clone(),
-        );
-        let connection = http
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        let open = Arc::clone(&open);
-        tokio::spawn(async move {
-            let _ = connection.await;
-            open.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
-    let deadline = tokio::time::Instant::now() + state.timeouts.shutdown;
-    if handed_off.is_set() {
-        // Open keep-alive connections get their next answer with
-        // `Connection: close` rather than a close that could cross a request
-        // already on its way; WebSockets keep going until they end.
-        while (open.load(Ordering::Relaxed) > 0 || state.metrics.websockets().get() > 0)
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    let _ = tokio::time::timeout_at(deadline, graceful.shutdown()).await;
-    // TLS connections shut themselves down (`serve_tls_connection`).
-    while open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The service of one client connection: the forwarder, and once this
-/// proxy has handed its listeners off, `Connection: close` on each HTTP/1
-/// answer so the client's next request goes to a connection the new
-/// process accepted.
-fn answering(
-    forwarder: Arc<Forwarder>,
-    peer: Peer,
-    handed: HandedOff,
-) -> impl hyper::service::Service<
-    hyper::Request<hyper::body::Incoming>,
-    Response = hyper::Response<crate::body::ProxyBody>,
-    Error = std::convert::Infallible,
-    Future = impl Future<
-        Output = Result<hyper::Response<crate::body::ProxyBody>, std::convert::Infallible>,
-    > + Send,
-> + Clone {
-    service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-        let http1 = request.version() < hyper::Version::HTTP_2;
-        let answer = Arc::clone(&forwarder).serve(request, peer.clone());
-        let handed = handed.clone();
-        async move {
-            let mut response = answer.await?;
-            if http1 && handed.is_set() {
-                close_after(&mut response);
-            }
-            Ok::<_, std::convert::Infallible>(response)
-        }
-    })
-}
-
-/// Serves one connection after its TLS handshake. When the proxy stops or
-/// hands its listeners off, the connection shuts down gracefully: an HTTP/2
-/// client gets GOAWAY at once (its open streams finish, its next requests
-/// open a connection the new process accepts). An HTTP/1 connection is left
-/// to finish after a handoff (`answering` closes it after its next answer)
-/// and is shut down only on a plain stop, like the plain-HTTP ones.
-async fn serve_tls_connection<C>(
-    connection: C,
-    h2: bool,
-    handed: HandedOff,
-    mut stopped: watch::Receiver<bool>,
-) where
-    C: hyper_util::server::graceful::GracefulConnection,
-{
-    tokio::pin!(connection);
-    let mut handed_off = handed.subscribe();
-    tokio::select! {
-        _ = connection.as_mut() => return,
-        _ = stopped.wait_for(|s| *s) => {}
-        _ = handed_off.wait_for(|h| *h), if h2 => {}
-    }
-    connection.as_mut().graceful_shutdown();
-    let _ = connection.await;
-}
-
-/// Makes an HTTP/1 response the connection's last (not a protocol switch,
-/// which needs its `Connection: upgrade`).
-fn close_after<B>(response: &mut hyper::Response<B>) {
-    if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
-        response.headers_mut().insert(
-            hyper::header::CONNECTION,
-            hyper::header::HeaderValue::from_static("close"),
-        );
-    }
-}
-
 fn serve_control(
     listener: std::os::unix::net::UnixListener,
     state: Arc<ProxyState>,
     stopped: watch::Receiver<bool>,
 ) {
     let serve = async move {
+        // The failed handshakes not yet told get their summary line.
+        tokio::spawn(async {
+            let failures = &tls::HANDSHAKE_FAILURES;
+            let mut every = tokio::time::interval(failures.interval());
+            loop {
+                every.tick().await;
+                failures.flush();
+            }
+        });
         let listener = match tokio::net::UnixListener::from_std(listener) {
             Ok(listener) => listener,
             Err(e) => {
-                eprintln!("gantry-proxy: cannot use the control socket: {e}");
+                crate::log::text(&format!("cannot use the control socket: {e}"));
                 return;
             }
         };
@@ -791,6 +622,6 @@ fn serve_control(
     };
     match runtime() {
         Ok(runtime) => runtime.block_on(serve),
-        Err(e) => eprintln!("gantry-proxy: cannot start the control runtime: {e}"),
+        Err(e) => crate::log::text(&format!("cannot start the control runtime: {e}")),
     }
 }

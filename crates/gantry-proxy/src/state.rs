@@ -16,6 +16,8 @@ use crate::Timeouts;
 use crate::acme::{Challenges, acme_names};
 use crate::error::ProxyError;
 use crate::exchange::AccessLog;
+use crate::forwarded::TrustedProxy;
+use crate::limits::ClientLimits;
 use crate::metrics::{Metrics, NO_ROUTE, ServiceMetrics};
 use crate::route_file;
 use crate::router::Router;
@@ -30,6 +32,10 @@ pub(crate) struct ProxyState {
     pub(crate) no_route: Arc<ServiceMetrics>,
     pub(crate) access_log: AccessLog,
     pub(crate) timeouts: Timeouts,
+    /// Deadlines and caps for client connections.
+    pub(crate) clients: ClientLimits,
+    /// The proxies in front whose forwarding headers are kept.
+    pub(crate) trusted: Vec<TrustedProxy>,
     pub(crate) started: Instant,
     /// Certificates by SNI name, for the HTTPS listener and redirects.
     pub(crate) certs: Arc<CertStore>,
@@ -64,6 +70,8 @@ impl ProxyState {
             metrics,
             access_log,
             timeouts,
+            clients: ClientLimits::default(),
+            trusted: Vec::new(),
             started: Instant::now(),
             certs,
             https_port,
@@ -128,15 +136,12 @@ impl ProxyState {
         };
         let (names, refused) = acme_names(&self.table());
         for error in refused {
-            eprintln!(
-                "{}",
-                serde_json::json!({
-                    "event": "acme.name_refused",
-                    "code": error.code(),
-                    "message": error.to_string(),
-                    "hint": error.hint(),
-                })
-            );
+            crate::log::event(&serde_json::json!({
+                "event": "acme.name_refused",
+                "code": error.code(),
+                "message": error.to_string(),
+                "hint": error.hint(),
+            }));
         }
         wanted.send_if_modified(|current| {
             let changed = *current != names;

@@ -30,7 +30,16 @@ async fn proxy_to(route: Route) -> TestProxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstream_sees_forwarded_headers_and_a_request_id() {
     let web = echo_upstream("web").await;
-    let proxy = proxy_to(Route::new("web", vec![web.addr])).await;
+    // The test client stands for a load balancer in front: its
+    // X-Forwarded-For is kept and the proxy appends its address.
+    let proxy = TestProxy::start_with(tempfile::tempdir().unwrap(), |config| {
+        config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    });
+    proxy
+        .put_routes(&RouteTable {
+            routes: vec![Route::new("web", vec![web.addr])],
+        })
+        .await;
     let client = client();
 
     let answer = get(&client, &proxy, "shop.example.com:8080", "/cart?x=1").await;

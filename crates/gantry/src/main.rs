@@ -65,6 +65,32 @@ fn run_proxy(state_dir: &Path, options: &gantry_cli::ProxyOptions) -> Result<(),
         config.acme = Some(acme);
     }
     config.take_over = options.take_over;
+    config.clients = gantry_proxy::ClientLimits {
+        handshake: options.client_timeout,
+        first_bytes: options.client_timeout,
+        headers: options.client_timeout,
+        idle: options.idle_timeout,
+        max_connections: usize::try_from(options.max_connections).unwrap_or(usize::MAX),
+        max_per_client: usize::try_from(options.max_connections_per_client).unwrap_or(usize::MAX),
+        ..gantry_proxy::ClientLimits::default()
+    };
+    config.trusted_proxies = options
+        .trusted_proxies
+        .iter()
+        .map(|text| text.trim().parse())
+        .collect::<Result<_, String>>()
+        .map_err(|message| Failure {
+            code: "usage",
+            exit: gantry_core::ExitClass::Usage.code(),
+            message: format!("--trusted-proxy: {message}"),
+            hint: Some("give an address or a network, like 10.0.0.0/8 or 2001:db8::/32".to_owned()),
+            diagnostics: None,
+            details: None,
+        })?;
+    config.log_file = options
+        .log_file
+        .clone()
+        .map(|path| (path, options.log_max_bytes));
     gantry_proxy::run(config).map_err(|e| Failure {
         code: "proxy.failed",
         exit: gantry_core::ExitClass::Failed.code(),

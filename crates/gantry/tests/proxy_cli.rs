@@ -51,7 +51,13 @@ impl Drop for Proxy {
 }
 
 fn start(state: &std::path::Path, port: u16) -> Proxy {
-    let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+    start_with(Command::new(env!("CARGO_BIN_EXE_gantry")), state, port, &[])
+}
+
+/// `gantry proxy` on `port` run by `command` (the binary, or a wrapper
+/// such as prlimit that runs it), with `extra` arguments.
+fn start_with(mut command: Command, state: &std::path::Path, port: u16, extra: &[&str]) -> Proxy {
+    let child = command
         .args([
             "proxy",
             "--no-access-log",
@@ -62,6 +68,7 @@ fn start(state: &std::path::Path, port: u16) -> Proxy {
             "--state-dir",
         ])
         .arg(state)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -71,6 +78,22 @@ fn start(state: &std::path::Path, port: u16) -> Proxy {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     proxy
+}
+
+/// Gives the proxy on `state` one route: `web.shop.localhost` to `web`.
+fn route_web(state: &std::path::Path, web: u16) {
+    let socket = state.join("proxy/proxy.sock");
+    let table = format!(
+        r#"{{"routes":[{{"service":"web","hosts":["web.shop.localhost"],"path_prefix":"/","strip_prefix":false,"upstreams":["127.0.0.1:{web}"],"balance":"round_robin"}}]}}"#
+    );
+    let answer = exchange(
+        UnixStream::connect(&socket).expect("control socket"),
+        &format!(
+            "PUT /v1/routes HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{table}",
+            table.len()
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 fn get(port: u16, host: &str) -> String {
@@ -88,18 +111,7 @@ fn the_proxy_routes_by_host_from_the_table_it_is_given_and_keeps_it_across_a_res
     let web = upstream("hello from web");
     let proxy = start(state.path(), port);
 
-    let socket = state.path().join("proxy/proxy.sock");
-    let table = format!(
-        r#"{{"routes":[{{"service":"web","hosts":["web.shop.localhost"],"path_prefix":"/","strip_prefix":false,"upstreams":["127.0.0.1:{web}"],"balance":"round_robin"}}]}}"#
-    );
-    let answer = exchange(
-        UnixStream::connect(&socket).expect("control socket"),
-        &format!(
-            "PUT /v1/routes HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{table}",
-            table.len()
-        ),
-    );
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    route_web(state.path(), web);
 
     let answer = get(port, "web.shop.localhost");
     assert!(
@@ -156,6 +168,29 @@ fn an_acme_directory_that_is_not_https_is_refused_with_a_hint() {
 }
 
 #[test]
+fn a_trusted_proxy_that_is_not_an_address_is_a_usage_error() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["proxy", "--listen", "127.0.0.1:0", "--https", "off"])
+        .args([
+            "--trusted-proxy",
+            "10.0.0.0/8,lb.example",
+            "--output",
+            "json",
+        ])
+        .arg("--state-dir")
+        .arg(state.path())
+        .output()
+        .expect("gantry runs");
+    let error: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+    assert_eq!(error["error"]["code"], "usage", "{error}");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("lb.example"), "{error}");
+    assert!(!state.path().join("proxy/proxy.sock").exists());
+}
+
+#[test]
 fn take_over_without_a_running_proxy_says_so() {
     let state = tempfile::tempdir().expect("a state directory");
     let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
@@ -186,4 +221,70 @@ fn take_over_without_a_running_proxy_says_so() {
             .is_some_and(|h| h.contains("--take-over")),
         "{error:#}"
     );
+}
+
+/// 300 sockets that never send a byte, against a proxy allowed 256 open
+/// files: the proxy closes them once its client timeout passes, and never
+/// admits more than its descriptors allow, so real requests are answered.
+#[test]
+fn silent_sockets_do_not_starve_a_proxy_with_few_file_descriptors() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let web = upstream("hello from web");
+    let mut prlimit = Command::new("prlimit");
+    prlimit
+        .args(["--nofile=256:256", "--"])
+        .arg(env!("CARGO_BIN_EXE_gantry"));
+    let _proxy = start_with(prlimit, state.path(), port, &["--client-timeout", "1"]);
+    route_web(state.path(), web);
+
+    let silent: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    wait_for(
+        "a real request to be answered",
+        Duration::from_secs(30),
+        || try_get(port, "web.shop.localhost").is_some_and(|a| a.ends_with("hello from web")),
+    );
+    drop(silent);
+}
+
+/// One GET that may fail: the proxy may close a connection over its cap.
+fn try_get(port: u16, host: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+/// Started with a soft open-files limit of 256 under a hard one of 4096,
+/// the proxy serves with 4096, and says so in the log file it was given.
+#[test]
+fn the_proxy_raises_its_open_files_limit_and_logs_to_its_file() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let log = state.path().join("proxy.log");
+    let port = free_port();
+    let mut prlimit = Command::new("prlimit");
+    prlimit
+        .args(["--nofile=256:4096", "--"])
+        .arg(env!("CARGO_BIN_EXE_gantry"));
+    let log_arg = log.to_str().expect("utf-8 path");
+    let _proxy = start_with(prlimit, state.path(), port, &["--log-file", log_arg]);
+    let mut started = None;
+    wait_for("the proxy.started event", Duration::from_secs(10), || {
+        started = std::fs::read_to_string(&log).ok().and_then(|text| {
+            text.lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find(|event| event["event"] == "proxy.started")
+        });
+        started.is_some()
+    });
+    let started = started.expect("an event");
+    assert_eq!(started["nofile"], 4096, "{started}");
 }

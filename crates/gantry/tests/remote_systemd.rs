@@ -108,7 +108,7 @@ fn assert_unit_is_sandboxed(host: &SystemdHost) {
     let properties = host.exec_ok(&[
         "systemctl",
         "show",
-        "--property=NoNewPrivileges,ProtectSystem,ProtectHome,PrivateTmp,ReadWritePaths,LimitNOFILE",
+        "--property=NoNewPrivileges,ProtectSystem,ProtectHome,PrivateTmp,ReadWritePaths,LimitNOFILE,LimitNOFILESoft",
         "gantry-agent",
     ]);
     for wanted in [
@@ -117,7 +117,8 @@ fn assert_unit_is_sandboxed(host: &SystemdHost) {
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "ReadWritePaths=/var/lib/gantry",
-        "LimitNOFILE=65536",
+        "LimitNOFILE=524288",
+        "LimitNOFILESoft=1024",
     ] {
         assert!(
             properties.lines().any(|l| l == wanted),

@@ -170,6 +170,7 @@ fn the_agent_unit_configure_installs_verifies() {
         "Delegate=yes",
         "Environment=MALLOC_ARENA_MAX=2",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "LimitNOFILE=1024:524288",
     ] {
         assert!(unit.contains(needed), "{needed} missing:\n{unit}");
     }

@@ -133,7 +133,7 @@ impl AcmeManager {
                     .build()
                 {
                     Ok(runtime) => runtime.block_on(worker.run(wanted, stopped)),
-                    Err(e) => eprintln!("gantry-proxy: cannot start the ACME runtime: {e}"),
+                    Err(e) => crate::log::text(&format!("cannot start the ACME runtime: {e}")),
                 }
             })
             .map_err(|source| AcmeError::Io {
@@ -326,9 +326,9 @@ fn unix(time: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// One JSON line on stderr, like the proxy's other events.
+/// One JSON line in the proxy's log, like its other events.
 fn log_event(event: serde_json::Value) {
-    eprintln!("{event}");
+    crate::log::event(&event);
 }
 
 fn log_error(event: &str, name: Option<&str>, error: &AcmeError) {

@@ -3,7 +3,8 @@
 //! `CertStore` that picks a certificate by SNI name.
 //!
 //! A handshake that fails, times out, or names a host without a certificate
-//! ends that connection alone, with one log line; it never touches another.
+//! ends that connection alone; it never touches another. Failures are
+//! logged at most once an interval, with a count of the others.
 
 mod local_ca;
 mod store;
@@ -19,11 +20,15 @@ use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::log::Tally;
+
 pub use local_ca::{CaError, LocalCa, fingerprint_sha256, is_local_name};
 pub use store::{CertError, CertStore};
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE: Duration = Duration::from_secs(10);
+/// Failed handshakes: anyone can cause them at any rate, so one is logged
+/// whole per interval and the rest counted (see `log::Tally`).
+pub(crate) static HANDSHAKE_FAILURES: Tally =
+    Tally::new("tls.handshake_failed", Duration::from_secs(60));
 
 /// The process's crypto provider (aws-lc-rs), installed by `main`; a test or
 /// an embedding that installed none gets aws-lc-rs all the same.
@@ -44,14 +49,15 @@ pub(crate) fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, 
     Ok(Arc::new(config))
 }
 
-/// Runs the server handshake on a new connection; `None` (after one log
-/// line) when it fails.
+/// Runs the server handshake on a new connection, within `deadline`;
+/// `None` when it fails (counted in `HANDSHAKE_FAILURES`).
 pub(crate) async fn handshake(
     stream: TcpStream,
     client: SocketAddr,
     config: Arc<ServerConfig>,
+    deadline: Duration,
 ) -> Option<TlsStream<TcpStream>> {
-    let accepted = tokio::time::timeout(HANDSHAKE, async {
+    let accepted = tokio::time::timeout(deadline, async {
         let start = LazyConfigAcceptor::new(Acceptor::default(), stream)
             .await
             .map_err(|e| (None, e.to_string()))?;
@@ -67,14 +73,13 @@ pub(crate) async fn handshake(
         Ok(Err(failed)) => failed,
         Err(_) => (None, "timed out".to_owned()),
     };
-    eprintln!(
-        "{}",
+    HANDSHAKE_FAILURES.record(|| {
         serde_json::json!({
             "event": "tls.handshake_failed",
             "client": client.to_string(),
             "server_name": server_name,
             "error": error,
         })
-    );
+    });
     None
 }

@@ -24,6 +24,9 @@ use crate::table::{CertFiles, RouteTable, Tls};
 
 /// A local leaf is issued again this long before it expires.
 const RENEW_BEFORE: Duration = Duration::from_secs(24 * 3600);
+/// The local leaves kept; past it the oldest is dropped (and issued again
+/// if it is asked for again).
+const MAX_LEAVES: usize = 1024;
 
 /// Why a certificate or key could not be used. Names the file; never holds
 /// key material.
@@ -227,14 +230,11 @@ impl CertStore {
                         loaded.insert(files.clone(), key);
                     }
                     Err(e) if strict => return Err(e),
-                    Err(e) => eprintln!(
-                        "{}",
-                        serde_json::json!({
-                            "event": "tls.certificate_unusable",
-                            "service": route.service,
-                            "error": e.to_string(),
-                        })
-                    ),
+                    Err(e) => crate::log::event(&serde_json::json!({
+                        "event": "tls.certificate_unusable",
+                        "service": route.service,
+                        "error": e.to_string(),
+                    })),
                 }
             }
         }
@@ -322,14 +322,11 @@ impl CertStore {
         let (key, expires) = match ca.issue(name, &self.provider) {
             Ok(issued) => issued,
             Err(e) => {
-                eprintln!(
-                    "{}",
-                    serde_json::json!({
-                        "event": "tls.local_certificate_failed",
-                        "server_name": name,
-                        "error": e.to_string(),
-                    })
-                );
+                crate::log::event(&serde_json::json!({
+                    "event": "tls.local_certificate_failed",
+                    "server_name": name,
+                    "error": e.to_string(),
+                }));
                 return None;
             }
         };
@@ -339,6 +336,18 @@ impl CertStore {
         });
         self.leaves.rcu(|leaves| {
             let mut leaves = HashMap::clone(leaves);
+            // A wildcard `.localhost` route takes any name a client makes
+            // up: the cache keeps the most recent `MAX_LEAVES`.
+            while leaves.len() >= MAX_LEAVES {
+                let oldest = leaves
+                    .iter()
+                    .min_by_key(|(_, leaf)| leaf.renew_after)
+                    .map(|(name, _)| name.clone());
+                match oldest {
+                    Some(oldest) => leaves.remove(&oldest),
+                    None => break,
+                };
+            }
             leaves.insert(name.into(), Arc::clone(&leaf));
             leaves
         });
@@ -404,5 +413,35 @@ fn load_files(
             path: files.key.clone(),
             reason: e.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::Route;
+
+    #[test]
+    fn a_wildcard_localhost_route_keeps_a_bounded_number_of_leaves() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = LocalCa::load_or_create(&dir.path().join("ca")).expect("ca");
+        let store = CertStore::new(Some(ca));
+        let table = RouteTable {
+            routes: vec![
+                Route::new("web", vec![std::net::SocketAddr::from(([127, 0, 0, 1], 1))])
+                    .hosts(["*.app.localhost"])
+                    .tls(Tls::Local),
+            ],
+        };
+        store.apply(&table, UserCerts(HashMap::new()));
+        for n in 0..MAX_LEAVES + 20 {
+            let name = format!("n{n}.app.localhost");
+            assert!(store.certificate_for(Some(&name)).is_some(), "{name}");
+        }
+        assert_eq!(store.leaves.load().len(), MAX_LEAVES);
+        assert!(
+            store.certificate_for(Some("n0.app.localhost")).is_some(),
+            "a name dropped from the cache gets a new leaf"
+        );
     }
 }

@@ -356,15 +356,14 @@ pub struct Https {
     pub answer: Answer,
 }
 
-/// One GET over TLS to `addr` for `host` (SNI and Host), trusting only
-/// `roots`, offering `alpn`. A failed handshake is the error.
-pub async fn https_get(
+/// A TLS connection to `addr` for `host` (SNI), trusting only `roots`,
+/// offering `alpn`; nothing sent on it yet.
+pub async fn tls_connect(
     addr: SocketAddr,
     roots: &[CertificateDer<'static>],
     host: &str,
     alpn: &[&[u8]],
-    path: &str,
-) -> std::io::Result<Https> {
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut store = rustls::RootCertStore::empty();
     for root in roots {
         store.add(root.clone()).unwrap();
@@ -379,7 +378,34 @@ pub async fn https_get(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from(host.to_owned()).unwrap();
-    let stream = connector.connect(name, tcp).await?;
+    connector.connect(name, tcp).await
+}
+
+/// Whether the proxy closes this connection (end of stream or a reset)
+/// before `PATIENCE` runs out; whatever it sends first is read past.
+pub async fn closed_by_proxy(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_elapsed) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// One GET over TLS to `addr` for `host` (SNI and Host), trusting only
+/// `roots`, offering `alpn`. A failed handshake is the error.
+pub async fn https_get(
+    addr: SocketAddr,
+    roots: &[CertificateDer<'static>],
+    host: &str,
+    alpn: &[&[u8]],
+    path: &str,
+) -> std::io::Result<Https> {
+    let stream = tls_connect(addr, roots, host, alpn).await?;
     let (_, session) = stream.get_ref();
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     let leaf = session.peer_certificates().unwrap()[0].clone().into_owned();

@@ -1,0 +1,246 @@
+//! What a client may hold of the proxy: how long it may take to say
+//! something, how long a connection may sit idle, and how many connections
+//! it (and everyone together) may have open. Without these a few hundred
+//! silent sockets take every file descriptor and no request is answered.
+//!
+//! `ConnectionCaps` is asked by the acceptors before a connection reaches a
+//! worker; a connection over a cap is closed at once. `Activity` tells a
+//! connection's task when it has had no request open for the idle timeout.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Deadlines and caps for client connections (`gantry proxy
+/// --client-timeout`, `--idle-timeout`, `--max-connections`,
+/// `--max-connections-per-client`).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientLimits {
+    /// From accept to the end of the TLS handshake.
+    pub handshake: Duration,
+    /// From accept (or the end of the TLS handshake) to the bytes that say
+    /// which protocol the client speaks: the whole HTTP/2 preface, or the
+    /// first byte of an HTTP/1 request.
+    pub first_bytes: Duration,
+    /// For the whole header block of an HTTP/1 request.
+    pub headers: Duration,
+    /// A connection with no request open is closed after this (HTTP/1
+    /// keep-alive and HTTP/2 alike; an HTTP/2 client gets GOAWAY).
+    pub idle: Duration,
+    /// HTTP/2 pings go out after this long without a frame; a ping not
+    /// answered within it closes the connection.
+    pub ping: Duration,
+    /// Client connections open at once, over both listeners. Lowered at
+    /// start to what the file-descriptor limit allows.
+    pub max_connections: usize,
+    /// Connections open at once from one client address.
+    pub max_per_client: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> ClientLimits {
+        ClientLimits {
+            handshake: Duration::from_secs(10),
+            first_bytes: Duration::from_secs(10),
+            headers: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            ping: Duration::from_secs(20),
+            max_connections: 16_384,
+            max_per_client: 256,
+        }
+    }
+}
+
+/// Descriptors kept for everything that is not a client connection: the
+/// listeners, sockets, the log, certificate files.
+const RESERVED_FDS: u64 = 64;
+
+/// The connections the file-descriptor limit leaves room for: each client
+/// connection may hold an upstream connection too.
+pub(crate) fn fd_budget() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    soft.map_or(usize::MAX, |soft| {
+        usize::try_from(soft.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX)
+    })
+}
+
+/// Raises the file-descriptor soft limit to the hard limit (systemd and
+/// shells start processes at 1024); returns the soft limit now in force.
+pub(crate) fn raise_nofile() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+/// Counts open client connections, in total and per address.
+pub(crate) struct ConnectionCaps {
+    total: usize,
+    per_client: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+impl ConnectionCaps {
+    pub(crate) fn new(total: usize, per_client: usize) -> Arc<ConnectionCaps> {
+        Arc::new(ConnectionCaps {
+            total: total.max(1),
+            per_client: per_client.max(1),
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// A permit for one more connection from `client`, or `None` when a cap
+    /// is reached. The permit gives its place back when dropped.
+    pub(crate) fn admit(self: &Arc<Self>, client: IpAddr) -> Option<Permit> {
+        let client = client_key(client);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, by_client) = &mut *open;
+        if *total >= self.total {
+            return None;
+        }
+        let mine = by_client.entry(client).or_insert(0);
+        if *mine >= self.per_client {
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(Permit {
+            caps: Arc::clone(self),
+            client,
+        })
+    }
+}
+
+/// Who a per-client cap counts: an IPv4 address, or an IPv6 /64 (one
+/// host usually holds a whole /64, and could otherwise use a new address
+/// for each connection).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let network = u128::from(v6) & !u128::from(u64::MAX);
+            IpAddr::V6(network.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// One admitted connection's place under the caps.
+pub(crate) struct Permit {
+    caps: Arc<ConnectionCaps>,
+    client: IpAddr,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut open = self.caps.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, by_client) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(mine) = by_client.get_mut(&self.client) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                by_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// The requests open on one client connection, and when the last ended.
+pub(crate) struct Activity {
+    since: Instant,
+    open: AtomicUsize,
+    /// Milliseconds after `since` at which the connection last went idle.
+    idle_from: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            since: Instant::now(),
+            open: AtomicUsize::new(0),
+            idle_from: AtomicU64::new(0),
+        })
+    }
+
+    /// Marks a request open until the guard is dropped (with its response).
+    pub(crate) fn request(self: &Arc<Self>) -> OpenRequest {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        OpenRequest(Arc::clone(self))
+    }
+
+    /// When the connection will have been idle for `idle`, if nothing
+    /// changes: `None` while a request is open.
+    pub(crate) fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.open.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let from = Duration::from_millis(self.idle_from.load(Ordering::SeqCst));
+        Some(self.since + from + idle)
+    }
+}
+
+/// One request open on a connection (see `Activity::request`).
+pub(crate) struct OpenRequest(Arc<Activity>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let now = u64::try_from(self.0.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.idle_from.store(now, Ordering::SeqCst);
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_count_per_client_and_in_total_and_free_on_drop() {
+        let caps = ConnectionCaps::new(3, 2);
+        let a = IpAddr::from([10, 0, 0, 1]);
+        let b = IpAddr::from([10, 0, 0, 2]);
+        let first = caps.admit(a).expect("first");
+        let _second = caps.admit(a).expect("second");
+        assert!(caps.admit(a).is_none(), "per client");
+        let _third = caps.admit(b).expect("another client");
+        assert!(caps.admit(b).is_none(), "in total");
+        drop(first);
+        assert!(caps.admit(a).is_some(), "a place given back");
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let caps = ConnectionCaps::new(10, 1);
+        let _one = caps
+            .admit("2001:db8:1:2::1".parse().expect("ip"))
+            .expect("first");
+        assert!(
+            caps.admit("2001:db8:1:2::ffff".parse().expect("ip"))
+                .is_none()
+        );
+        assert!(caps.admit("2001:db8:1:3::1".parse().expect("ip")).is_some());
+    }
+
+    #[test]
+    fn a_connection_with_a_request_open_is_not_idle() {
+        let activity = Activity::new();
+        let open = activity.request();
+        assert_eq!(activity.idle_deadline(Duration::from_secs(1)), None);
+        drop(open);
+        assert!(activity.idle_deadline(Duration::from_secs(1)).is_some());
+    }
+}
