@@ -5,6 +5,7 @@
 //! or rolls back a deploy it was in the middle of.
 
 pub mod agent;
+pub mod agent_user;
 pub mod api;
 pub mod artifact;
 pub mod daemon;
