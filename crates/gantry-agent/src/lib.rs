@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod agent_log;
+pub mod agent_user;
 pub mod api;
 pub mod artifact;
 pub mod daemon;

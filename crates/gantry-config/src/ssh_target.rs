@@ -35,7 +35,7 @@ impl SshTarget {
         };
         if let Some(user) = user {
             check_part(text, "user", user, |c| {
-                c.is_ascii_alphanumeric() || "._-@".contains(c)
+                c.is_ascii_alphanumeric() || "._-@+".contains(c)
             })?;
         }
         let (address, port) = split_port(text, rest)?;
@@ -157,6 +157,8 @@ mod tests {
         let t = parse("first.last@corp@bastion");
         assert_eq!(t.user.as_deref(), Some("first.last@corp"));
         assert_eq!(t.address, "bastion");
+        // `+` is common in CI accounts and means nothing to ssh after `--`.
+        assert_eq!(parse("ci+deploy@web1").user.as_deref(), Some("ci+deploy"));
     }
 
     #[test]

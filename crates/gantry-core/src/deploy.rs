@@ -595,7 +595,8 @@ fn send_blob(
             crate::host::HostError::Ssh { failure, .. } => {
                 *failure == crate::host::SshFailure::Unreachable
             }
-            crate::host::HostError::Incompatible { .. } => false,
+            crate::host::HostError::Incompatible { .. }
+            | crate::host::HostError::WrongPeer { .. } => false,
         };
         if !retry || attempt >= UPLOAD_ATTEMPTS {
             return Err(error.into());

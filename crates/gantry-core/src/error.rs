@@ -344,6 +344,14 @@ pub enum Error {
         step: String,
         message: String,
     },
+    /// `gantry agent exec` did not run the command: `refused` when what it
+    /// found is not to be trusted (`exec.refused`), else `exec.failed`.
+    #[error("{message}")]
+    Exec {
+        refused: bool,
+        message: String,
+        hint: Option<String>,
+    },
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -378,6 +386,9 @@ impl Error {
             Error::Host(crate::host::HostError::Protocol { .. }) => "agent.protocol",
             Error::Host(crate::host::HostError::Ssh { failure, .. }) => failure.code(),
             Error::Host(crate::host::HostError::Incompatible { .. }) => "agent.incompatible",
+            Error::Host(crate::host::HostError::WrongPeer { .. }) => "exec.refused",
+            Error::Exec { refused: true, .. } => "exec.refused",
+            Error::Exec { refused: false, .. } => "exec.failed",
             Error::Host(crate::host::HostError::Api { error, .. }) => CODES
                 .iter()
                 .map(|(code, _, _)| *code)
@@ -445,6 +456,10 @@ impl Error {
             Error::Host(crate::host::HostError::Incompatible { cli, .. }) => Some(format!(
                 "install gantry {cli} on the host with `gantry configure`, or use the gantry version the host runs"
             )),
+            Error::Host(crate::host::HostError::WrongPeer { .. }) => Some(
+                "something other than this host's agent answers on its socket: check who runs it and who owns the state directory".to_owned(),
+            ),
+            Error::Exec { hint, .. } => hint.clone(),
             Error::Host(crate::host::HostError::Protocol { .. }) => Some(
                 "check that the gantry binary and the agent are the same version".to_owned(),
             ),

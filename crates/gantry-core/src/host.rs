@@ -43,6 +43,14 @@ pub enum HostError {
         message: String,
         hint: String,
     },
+    /// Something other than the agent's user answers on its socket (checked
+    /// only where the CLI says whom to expect: `gantry agent exec`).
+    #[error("{} is served by uid {uid}, not by uid {expected} that owns the state directory: not its agent", .socket.display())]
+    WrongPeer {
+        socket: std::path::PathBuf,
+        uid: u32,
+        expected: u32,
+    },
     /// The agent's version cannot serve this CLI.
     #[error("the agent on {host} runs gantry {agent}, this is gantry {cli}")]
     Incompatible {

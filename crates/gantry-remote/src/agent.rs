@@ -63,7 +63,19 @@ impl<T: Transport> Agent<T> {
     }
 
     fn transport(&self, error: ClientError) -> HostError {
-        self.transport.error(&self.name, error)
+        match error {
+            // Whatever the transport, an impostor is refused the same way.
+            ClientError::WrongPeer {
+                socket,
+                uid,
+                expected,
+            } => HostError::WrongPeer {
+                socket,
+                uid,
+                expected,
+            },
+            other => self.transport.error(&self.name, other),
+        }
     }
 
     fn decode<R: DeserializeOwned>(

@@ -37,6 +37,12 @@ pub enum ClientError {
     /// The transport program ended before an answer came: its exit code
     /// (None: killed by a signal, or still running) and what it wrote on stderr.
     Exited { code: Option<i32>, stderr: String },
+    /// The socket is served by `uid`, not by the `expected` user.
+    WrongPeer {
+        socket: PathBuf,
+        uid: u32,
+        expected: u32,
+    },
 }
 
 impl std::fmt::Display for ClientError {
@@ -44,6 +50,15 @@ impl std::fmt::Display for ClientError {
         match self {
             ClientError::Connect(e) => write!(f, "{e}"),
             ClientError::Http(e) => f.write_str(e),
+            ClientError::WrongPeer {
+                socket,
+                uid,
+                expected,
+            } => write!(
+                f,
+                "{} is served by uid {uid}, not by uid {expected}",
+                socket.display()
+            ),
             ClientError::Exited { code, stderr } => {
                 let last = stderr.trim().lines().last().unwrap_or_default();
                 match code {
@@ -231,7 +246,7 @@ impl Client {
                     .await
                     .map_err(ClientError::Connect)?;
                 if let Some(expected) = served_by {
-                    check_peer(&stream, socket, *expected).map_err(ClientError::Connect)?;
+                    check_peer(&stream, socket, *expected)?;
                 }
                 let mut sender = handshake(TokioIo::new(stream)).await?;
                 sender
@@ -304,18 +319,16 @@ impl Drop for Client {
 
 /// Whoever listens on `socket` runs as `expected`: a socket another user
 /// put there is not the agent.
-fn check_peer(stream: &UnixStream, socket: &Path, expected: u32) -> std::io::Result<()> {
-    let uid = stream.peer_cred()?.uid();
+fn check_peer(stream: &UnixStream, socket: &Path, expected: u32) -> Result<(), ClientError> {
+    let uid = stream.peer_cred().map_err(ClientError::Connect)?.uid();
     if uid == expected {
         return Ok(());
     }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::PermissionDenied,
-        format!(
-            "{} is served by uid {uid}, not by uid {expected} that owns the state directory: not its agent",
-            socket.display()
-        ),
-    ))
+    Err(ClientError::WrongPeer {
+        socket: socket.to_owned(),
+        uid,
+        expected,
+    })
 }
 
 async fn handshake<T>(io: T) -> Result<SendRequest<Body>, ClientError>

@@ -7,6 +7,10 @@
 //! and writable by no one else (unless sticky, like /tmp), and the directory
 //! itself is this user's, mode 0700, created without following links. When
 //! no candidate qualifies, connections are not shared at all.
+//!
+//! Only directories made here are given a mode; one found (the user's
+//! runtime directory, or one made before) is used only if it is already
+//! 0700, and otherwise left as it is.
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -53,27 +57,28 @@ fn secure(base: &Path, below: &[String], private_base: bool, uid: u32) -> Result
         trusted(ancestor, uid)?;
     }
     if private_base {
-        own_private(&base, uid)?;
+        own_private(&base, uid, false)?;
     }
-    let mut dir = base;
-    for (i, name) in below.iter().enumerate() {
-        dir.push(name);
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("{}: {e}", dir.display())),
-        }
-        if i + 1 == below.len() {
-            own_private(&dir, uid)?;
-        } else {
-            trusted(&dir, uid)?;
-        }
-    }
+    let dir = below.iter().fold(base.clone(), |dir, name| dir.join(name));
     if dir.as_os_str().len() > MAX_DIR_LEN {
         return Err(format!(
             "{}: longer than the {MAX_DIR_LEN} bytes a socket path leaves",
             dir.display()
         ));
+    }
+    let mut dir = base;
+    for (i, name) in below.iter().enumerate() {
+        dir.push(name);
+        let made = match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        };
+        if i + 1 == below.len() {
+            own_private(&dir, uid, made)?;
+        } else {
+            trusted(&dir, uid)?;
+        }
     }
     Ok(dir)
 }
@@ -104,9 +109,10 @@ fn trusted(path: &Path, uid: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// This user's directory, 0700 (a looser mode that lets no one else write
-/// is tightened; one that does is refused: a socket may already be planted).
-fn own_private(path: &Path, uid: u32) -> Result<(), String> {
+/// This user's directory, 0700. `made`: this process just made it, and
+/// gives it exactly 0700 (a umask may have taken bits away); one found
+/// with another mode is refused and left as it is.
+fn own_private(path: &Path, uid: u32, made: bool) -> Result<(), String> {
     let meta = lstat(path)?;
     if meta.file_type().is_symlink() || !meta.is_dir() {
         return Err(format!("{}: not a directory", path.display()));
@@ -119,15 +125,24 @@ fn own_private(path: &Path, uid: u32) -> Result<(), String> {
         ));
     }
     let mode = meta.permissions().mode() & 0o7777;
+    if made {
+        if mode != 0o700 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        return Ok(());
+    }
     if mode & 0o022 != 0 {
         return Err(format!(
-            "{}: others may write to it (mode {mode:o}): remove it",
+            "{}: others may write to it (mode {mode:o}): a socket may be planted in it, remove it",
             path.display()
         ));
     }
-    if mode & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+    if mode != 0o700 {
+        return Err(format!(
+            "{}: mode {mode:o}, not 0700: others may reach what is in it (make it 0700 or remove it)",
+            path.display()
+        ));
     }
     Ok(())
 }
@@ -159,6 +174,7 @@ mod tests {
     #[test]
     fn a_directory_is_made_0700_below_a_trusted_base() {
         let base = short_tempdir();
+        std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         let dir = secure(base.path(), &names(&["a", "ssh"]), true, uid()).unwrap();
         assert_eq!(dir, base.path().canonicalize().unwrap().join("a/ssh"));
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
@@ -184,9 +200,36 @@ mod tests {
     }
 
     #[test]
-    fn a_path_too_long_for_a_socket_is_refused() {
+    fn a_path_too_long_for_a_socket_is_refused_before_anything_is_made() {
         let base = short_tempdir();
-        let said = secure(base.path(), &["d".repeat(60)], false, uid()).unwrap_err();
+        let below = ["a".to_owned(), "d".repeat(60)];
+        let said = secure(base.path(), &below, false, uid()).unwrap_err();
         assert!(said.contains("longer than"), "{said}");
+        assert!(!base.path().join("a").exists(), "a directory was made");
+    }
+
+    #[test]
+    fn a_runtime_directory_not_0700_is_refused_and_left_as_it_is() {
+        let base = short_tempdir();
+        for mode in [0o750, 0o755] {
+            std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let said = secure(base.path(), &names(&["ssh"]), true, uid()).unwrap_err();
+            assert!(said.contains("not 0700"), "{said}");
+            let now = std::fs::metadata(base.path()).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(now, mode, "its mode was changed");
+            assert!(!base.path().join("ssh").exists());
+        }
+    }
+
+    #[test]
+    fn a_directory_found_with_a_looser_mode_is_refused_and_left_as_it_is() {
+        let base = short_tempdir();
+        let found = base.path().join("ssh");
+        std::fs::create_dir(&found).unwrap();
+        std::fs::set_permissions(&found, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let said = secure(base.path(), &names(&["ssh"]), false, uid()).unwrap_err();
+        assert!(said.contains("not 0700"), "{said}");
+        let mode = std::fs::metadata(&found).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o750);
     }
 }

@@ -153,6 +153,11 @@ impl Transport for Ssh {
                 hint: "check that OpenSSH's client (`ssh`) is installed, or set GANTRY_SSH"
                     .to_owned(),
             },
+            // `Agent::transport` takes this one first.
+            other @ ClientError::WrongPeer { .. } => HostError::Protocol {
+                host: host.to_owned(),
+                message: other.to_string(),
+            },
             ClientError::Http(message) => HostError::Ssh {
                 host: host.to_owned(),
                 failure: SshFailure::Unreachable,

@@ -49,6 +49,11 @@ impl LocalUser {
         }
     }
 
+    /// Adds this user to the group `group` (a supplementary group).
+    pub fn join_group(&self, group: &str) {
+        crate::hosts::run("usermod", &["-a", "-G", group, &self.name]);
+    }
+
     /// Makes `path` this user's.
     pub fn own(&self, path: &std::path::Path) {
         std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid)).expect("chown");

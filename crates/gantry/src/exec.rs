@@ -7,32 +7,12 @@
 //! and reads only the project's own secrets file, never one the agent names.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path};
+use std::path::{Path, PathBuf};
 
+use gantry_agent::agent_user::{self, AgentUser};
 use gantry_cli::Failure;
+use gantry_core::Error;
 use gantry_core::host::Host;
-
-/// Who owns the state directory: the user the agent and its services run as.
-#[derive(Clone, Copy, Debug)]
-struct Owner {
-    uid: u32,
-    gid: u32,
-}
-
-fn failure(code: &'static str, message: String, hint: Option<String>) -> Failure {
-    let exit = gantry_core::error::CODES
-        .iter()
-        .find(|(c, _, _)| *c == code)
-        .map_or(gantry_core::ExitClass::Failed, |(_, class, _)| *class);
-    Failure {
-        code,
-        exit: exit.code(),
-        message,
-        hint,
-        diagnostics: None,
-        details: None,
-    }
-}
 
 /// Its exit code; stdio is inherited.
 pub fn exec(
@@ -42,137 +22,78 @@ pub fn exec(
     command: &[String],
 ) -> Result<i32, Failure> {
     let Some((program, args)) = command.split_first() else {
-        return Err(failure("usage", "no command given".to_owned(), None));
+        return Err(usage("no command given".to_owned()));
     };
     for name in [project, service] {
-        gantry_core::config::check_name(name).map_err(|why| {
-            failure(
-                "usage",
-                format!("not a project or service name: {why}"),
-                None,
-            )
-        })?;
+        gantry_core::config::check_name(name)
+            .map_err(|why| usage(format!("not a project or service name: {why}")))?;
     }
-    let owner = owner_of(state_dir)?;
-    become_owner(owner)?;
-    served_by_owner(state_dir, owner)?;
-    // Every later connection is checked the same way.
-    let agent = gantry_remote::LocalAgent::connect_served_by("local", state_dir, Some(owner.uid))
-        .map_err(|e| failure("agent.unreachable", e.to_string(), None))?;
-    let spec = agent.exec_spec(project, service).map_err(|e| {
-        let error = gantry_core::Error::from(e);
-        Failure {
-            code: error.code(),
-            exit: error.exit_class().code(),
-            hint: error.hint(),
-            message: error.to_string(),
-            diagnostics: None,
-            details: None,
-        }
-    })?;
-    let paths = gantry_agent::agent::Paths::new(state_dir);
-    let releases = paths.releases(project);
-    let cwd = Path::new(&spec.cwd);
-    if !cwd.starts_with(&releases) || cwd.components().any(|c| c == Component::ParentDir) {
+    let owner = AgentUser::owner_of(state_dir)?;
+    let dropped = owner.become_from_root()?;
+    // As the owner now: the paths the agent names are compared with the
+    // state directory as the owner sees it, symlinks resolved.
+    let state_dir = canonical(state_dir)?;
+    let paths = gantry_agent::agent::Paths::new(&state_dir);
+    // Every connection, this first one included, is checked the same way.
+    let agent = gantry_remote::LocalAgent::connect_served_by("local", &state_dir, Some(owner.uid))
+        .map_err(Error::from)?;
+    let spec = agent.exec_spec(project, service).map_err(Error::from)?;
+    // Its runtime's threads go with it: the command's signals come here.
+    drop(agent);
+    let releases = canonical(&paths.releases(project))?;
+    let cwd = canonical(Path::new(&spec.cwd))?;
+    if !cwd.starts_with(&releases) {
         return Err(refused(format!(
             "the agent names {} as the release's directory, outside {}",
             spec.cwd,
             releases.display()
         )));
     }
-    let secrets = secret_values(&paths.secrets(project), &spec, owner)?;
-    let status = std::process::Command::new(program)
-        .args(args)
-        .current_dir(cwd)
+    let secrets = secret_values(&paths.secrets(project), &spec, owner.uid)?;
+    let mut run = std::process::Command::new(program);
+    run.args(args)
+        .current_dir(&cwd)
         .env_clear()
         .envs(&spec.env)
-        .envs(&secrets)
-        .status()
-        .map_err(|e| {
-            failure(
-                "exec.failed",
-                format!("cannot run `{program}` in {}: {e}", spec.cwd),
-                Some("the command runs in the release's directory: give a path inside it, or one on the PATH".to_owned()),
-            )
-        })?;
-    Ok(status.code().unwrap_or(128 + 9))
-}
-
-fn refused(message: String) -> Failure {
-    failure(
-        "exec.refused",
-        message,
-        Some("something other than this host's agent answers on its socket: check who runs it and who owns the state directory".to_owned()),
-    )
-}
-
-/// Whoever answers on the agent's socket runs as the state directory's owner.
-fn served_by_owner(state_dir: &Path, owner: Owner) -> Result<(), Failure> {
-    let socket = gantry_agent::agent::Paths::new(state_dir).socket();
-    let uid = std::os::unix::net::UnixStream::connect(&socket)
-        .and_then(|s| Ok(rustix::net::sockopt::socket_peercred(&s)?.uid.as_raw()))
-        .map_err(|e| {
-            failure(
-                "agent.unreachable",
-                format!("no agent answers on {}: {e}", socket.display()),
-                Some(format!(
-                    "start it with `gantry agent --state-dir {}`",
-                    state_dir.display()
-                )),
-            )
-        })?;
-    if uid != owner.uid {
-        return Err(refused(format!(
-            "{} is served by uid {uid}, not by uid {} that owns {}",
-            socket.display(),
-            owner.uid,
-            state_dir.display()
-        )));
-    }
-    Ok(())
-}
-
-fn owner_of(state_dir: &Path) -> Result<Owner, Failure> {
-    let meta = std::fs::metadata(state_dir).map_err(|e| {
-        failure(
-            "exec.failed",
-            format!("cannot read the owner of {}: {e}", state_dir.display()),
-            None,
-        )
-    })?;
-    Ok(Owner {
-        uid: meta.uid(),
-        gid: meta.gid(),
+        .envs(&secrets);
+    // Root's terminal stays root's: a command run for another user gets a
+    // session of its own (see agent_user).
+    agent_user::run(run, dropped).map_err(|e| {
+        Failure::from(Error::Exec {
+            refused: false,
+            message: format!("cannot run `{program}` in {}: {e}", spec.cwd),
+            hint: Some("the command runs in the release's directory: give a path inside it, or one on the PATH".to_owned()),
+        })
     })
 }
 
-/// Root reaching an agent that runs as its own user: this process becomes
-/// that user (groups, gid, uid) before it reads anything the agent says,
-/// and the command runs as that user, as the services do. The one place
-/// exec changes identity.
-fn become_owner(owner: Owner) -> Result<(), Failure> {
-    use nix::unistd::{Gid, Uid, geteuid, setgid, setgroups, setuid};
-    if !geteuid().is_root() || owner.uid == 0 {
-        return Ok(());
+fn usage(message: String) -> Failure {
+    Failure {
+        code: "usage",
+        exit: gantry_core::ExitClass::Usage.code(),
+        message,
+        hint: None,
+        diagnostics: None,
+        details: None,
     }
-    let drop = || -> nix::Result<()> {
-        setgroups(&[Gid::from_raw(owner.gid)])?;
-        setgid(Gid::from_raw(owner.gid))?;
-        setuid(Uid::from_raw(owner.uid))
-    };
-    drop()
-        .ok()
-        .filter(|()| geteuid().as_raw() == owner.uid)
-        .ok_or_else(|| {
-            failure(
-                "exec.failed",
-                format!(
-                    "cannot become uid {}, the state directory's owner",
-                    owner.uid
-                ),
-                None,
-            )
+}
+
+fn refused(message: String) -> Failure {
+    Failure::from(Error::Exec {
+        refused: true,
+        message,
+        hint: Some("the agent named files outside the project's: check who runs it and who can write to the state directory".to_owned()),
+    })
+}
+
+fn canonical(path: &Path) -> Result<PathBuf, Failure> {
+    path.canonicalize().map_err(|e| {
+        Failure::from(Error::Exec {
+            refused: false,
+            message: format!("cannot resolve {}: {e}", path.display()),
+            hint: None,
         })
+    })
 }
 
 /// The values of the service's secrets, from the project's secrets file:
@@ -180,12 +101,18 @@ fn become_owner(owner: Owner) -> Result<(), Failure> {
 fn secret_values(
     expected: &Path,
     spec: &gantry_core::agent_api::ExecSpec,
-    owner: Owner,
+    owner: u32,
 ) -> Result<std::collections::BTreeMap<String, String>, Failure> {
     if spec.secret_names.is_empty() {
         return Ok(Default::default());
     }
-    if Path::new(&spec.secrets_file) != expected {
+    // The file itself is not resolved: it must not be a symlink.
+    let named = Path::new(&spec.secrets_file);
+    let resolved = match (named.parent(), named.file_name()) {
+        (Some(dir), Some(name)) => canonical(dir)?.join(name),
+        _ => named.to_owned(),
+    };
+    if resolved != expected {
         return Err(refused(format!(
             "the agent names {} as the project's secrets file, not {}",
             spec.secrets_file,
@@ -197,25 +124,19 @@ fn secret_values(
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(expected)
-        .map_err(|e| {
-            failure(
-                "secrets.missing",
-                format!("cannot open {}: {e}", expected.display()),
-                None,
-            )
-        })?;
+        .map_err(|e| secrets_missing(format!("cannot open {}: {e}", expected.display())))?;
     let meta = file
         .metadata()
-        .map_err(|e| failure("secrets.missing", e.to_string(), None))?;
+        .map_err(|e| secrets_missing(e.to_string()))?;
     let parent_is_link = expected
         .parent()
         .and_then(|p| std::fs::symlink_metadata(p).ok())
         .is_none_or(|m| m.file_type().is_symlink());
-    if !meta.is_file() || meta.uid() != owner.uid || parent_is_link {
+    if !meta.is_file() || meta.uid() != owner || parent_is_link {
         return Err(refused(format!(
             "{} is not a file of the state directory's owner (uid {})",
             expected.display(),
-            owner.uid
+            owner
         )));
     }
     // Read through the descriptor just checked, not the path again.
@@ -226,7 +147,19 @@ fn secret_values(
             let message = e
                 .to_string()
                 .replace(&through, &expected.display().to_string());
-            failure("secrets.missing", message, None)
+            secrets_missing(message)
         },
     )
+}
+
+/// A secret the service needs cannot be read on this host.
+fn secrets_missing(message: String) -> Failure {
+    Failure {
+        code: "secrets.missing",
+        exit: gantry_core::ExitClass::Invalid.code(),
+        message,
+        hint: Some("deploy again from where the secrets are set: a deploy writes the project's secrets file".to_owned()),
+        diagnostics: None,
+        details: None,
+    }
 }

@@ -11,6 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use agent_support::{GANTRY, deploy, hello, ports, service, status};
 use gantry_testkit::http_get;
@@ -45,10 +46,18 @@ fn exec_sees_the_port_and_the_environment_of_the_running_service() {
 }
 
 /// A fake agent: a socket `agent.sock` in `dir`, bound and served by a
-/// thread running as `uid`, answering every exec request with `spec`.
-fn fake_agent(dir: &Path, uid: u32, spec: Value) -> PathBuf {
+/// thread running as `uid`, answering every exec request with `spec`. It
+/// records the uid of each client (SO_PEERCRED) as it accepts it.
+struct FakeAgent {
+    socket: PathBuf,
+    clients: Arc<Mutex<Vec<u32>>>,
+}
+
+fn fake_agent(dir: &Path, uid: u32, spec: Value) -> FakeAgent {
     let socket = dir.join("agent.sock");
     let path = socket.clone();
+    let clients = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&clients);
     let (ready, bound) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         // This thread only: the kernel keeps credentials per thread.
@@ -60,6 +69,8 @@ fn fake_agent(dir: &Path, uid: u32, spec: Value) -> PathBuf {
         ready.send(()).unwrap();
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
+            let client = rustix::net::sockopt::socket_peercred(&stream).unwrap();
+            seen.lock().unwrap().push(client.uid.as_raw());
             let mut request = Vec::new();
             let mut byte = [0u8; 1];
             while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
@@ -80,15 +91,28 @@ fn fake_agent(dir: &Path, uid: u32, spec: Value) -> PathBuf {
         }
     });
     bound.recv().unwrap();
-    socket
+    FakeAgent { socket, clients }
 }
 
-/// A state directory of `owner`'s (0700) in a fresh directory anyone may enter.
+impl FakeAgent {
+    /// The uids that connected, in order.
+    fn clients(&self) -> Vec<u32> {
+        self.clients.lock().unwrap().clone()
+    }
+}
+
+/// A state directory of `owner`'s (0700) in a fresh directory anyone may
+/// enter. Its group is root's: a directory's group is not its owner's.
+/// The owner is also in a second group of its own (`extra`).
 struct Scene {
     base: tempfile::TempDir,
     owner: LocalUser,
+    _extra: LocalUser,
     state: PathBuf,
 }
+
+/// A command that says who runs it and with which secret, and leaves a mark.
+const AS_OWNER: &str = "id -u; id -G; echo \"$TOKEN\"; touch ran";
 
 impl Scene {
     fn new() -> Scene {
@@ -99,6 +123,8 @@ impl Scene {
         let base = tempfile::tempdir().unwrap();
         std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let owner = LocalUser::create("gtown");
+        let extra = LocalUser::create("gtgrp");
+        owner.join_group(&extra.name);
         let state = base.path().join("state");
         for dir in ["", "secrets", "releases/shop/abc"] {
             let dir = state.join(dir);
@@ -106,13 +132,30 @@ impl Scene {
             owner.own(&dir);
         }
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&state, Some(owner.uid), Some(0)).unwrap();
         owner.own(&state.join("releases/shop"));
         owner.own(&state.join("releases"));
         let secrets = state.join("secrets/shop.env");
         std::fs::write(&secrets, "TOKEN=the-projects-own\n").unwrap();
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
         owner.own(&secrets);
-        Scene { base, owner, state }
+        Scene {
+            base,
+            owner,
+            _extra: extra,
+            state,
+        }
+    }
+
+    /// A scene whose agent, run by the owner, names the project's own files.
+    fn with_honest_agent() -> (Scene, FakeAgent) {
+        let scene = Scene::new();
+        let agent = fake_agent(
+            &scene.state,
+            scene.owner.uid,
+            scene.spec(&scene.own_secrets()),
+        );
+        (scene, agent)
     }
 
     fn spec(&self, secrets_file: &Path) -> Value {
@@ -125,11 +168,20 @@ impl Scene {
         })
     }
 
-    /// `gantry agent exec` as root: its output.
-    fn exec(&self) -> std::process::Output {
-        Command::new(GANTRY)
+    fn own_secrets(&self) -> PathBuf {
+        self.state.join("secrets/shop.env")
+    }
+
+    fn ran(&self) -> bool {
+        self.state.join("releases/shop/abc/ran").exists()
+    }
+
+    /// The arguments of `gantry agent exec` for `state`, running `script`.
+    fn command(&self, state: &Path, script: &str) -> Command {
+        let mut command = Command::new(GANTRY);
+        command
             .args(["agent", "exec", "--state-dir"])
-            .arg(&self.state)
+            .arg(state)
             .args([
                 "--project",
                 "shop",
@@ -139,20 +191,48 @@ impl Scene {
                 "json",
                 "--",
             ])
-            .args(["sh", "-c", "id -u; echo \"$TOKEN\"; touch ran"])
-            .output()
-            .unwrap()
+            .args(["sh", "-c", script]);
+        command
     }
 
-    /// `exec`, which must be refused: its output.
+    /// `gantry agent exec` as root, in `state`: its output.
+    fn exec_in(&self, state: &Path, script: &str) -> std::process::Output {
+        self.command(state, script).output().unwrap()
+    }
+
+    fn exec(&self) -> std::process::Output {
+        self.exec_in(&self.state, AS_OWNER)
+    }
+
+    /// `exec`, which must be refused without running the command: its output.
     fn exec_refused(&self) -> String {
         let out = self.exec();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert_eq!(out.status.code(), Some(4), "{stdout}");
         let error: Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(error["error"]["code"], "exec.refused", "{error:#}");
+        assert!(!self.ran(), "the command ran");
         stdout
     }
+
+    /// The owner's gid and supplementary groups, as its passwd and group
+    /// entries say, sorted.
+    fn owner_groups(&self) -> Vec<u32> {
+        let out = Command::new("id")
+            .args(["-G", &self.owner.name])
+            .output()
+            .unwrap();
+        sorted_ids(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+fn sorted_ids(line: &str) -> Vec<u32> {
+    let mut ids: Vec<u32> = line
+        .split_whitespace()
+        .map(|id| id.parse().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 #[test]
@@ -164,21 +244,98 @@ fn root_exec_becomes_the_agents_user_and_reads_only_the_projects_secrets() {
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     // The agent (its user, or a service running as it) names root's file.
-    fake_agent(&scene.state, scene.owner.uid, scene.spec(&private));
+    let agent = fake_agent(&scene.state, scene.owner.uid, scene.spec(&private));
     let stdout = scene.exec_refused();
     assert!(!stdout.contains("roots-own-secret"), "{stdout}");
+    let clients = agent.clients();
+    assert!(!clients.is_empty());
+    assert!(
+        clients.iter().all(|uid| *uid == scene.owner.uid),
+        "{clients:?}"
+    );
 
-    // An honest answer: the command runs as the owner, with the project's secret.
-    std::fs::remove_file(scene.state.join("agent.sock")).unwrap();
-    let own = scene.state.join("secrets/shop.env");
-    fake_agent(&scene.state, scene.owner.uid, scene.spec(&own));
+    // An honest answer: the command runs as the owner, in the owner's
+    // groups (not the state directory's), with the project's secret; every
+    // connection to the agent came from the owner, the first one included.
+    std::fs::remove_file(&agent.socket).unwrap();
+    let agent = fake_agent(
+        &scene.state,
+        scene.owner.uid,
+        scene.spec(&scene.own_secrets()),
+    );
     let out = scene.exec();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0], scene.owner.uid.to_string());
+    assert_eq!(sorted_ids(lines[1]), scene.owner_groups());
     assert_eq!(
-        stdout.lines().collect::<Vec<_>>(),
-        [scene.owner.uid.to_string().as_str(), "the-projects-own"]
+        scene.owner_groups().len(),
+        2,
+        "the owner's group and `extra`"
     );
+    assert_eq!(lines[2], "the-projects-own");
+    let clients = agent.clients();
+    assert!(!clients.is_empty());
+    assert!(
+        clients.iter().all(|uid| *uid == scene.owner.uid),
+        "{clients:?}"
+    );
+}
+
+#[test]
+fn root_exec_works_through_a_symlink_to_the_state_directory() {
+    let (scene, _agent) = Scene::with_honest_agent();
+    let link = scene.base.path().join("link");
+    std::os::unix::fs::symlink(&scene.state, &link).unwrap();
+    let out = scene.exec_in(&link, AS_OWNER);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.ends_with("the-projects-own\n"), "{stdout}");
+}
+
+#[test]
+fn root_exec_reports_a_command_ended_by_a_signal_as_128_plus_its_number() {
+    let (scene, _agent) = Scene::with_honest_agent();
+    let out = scene.exec_in(&scene.state, "kill -TERM $$");
+    assert_eq!(out.status.code(), Some(128 + 15), "{out:?}");
+
+    // A signal to `gantry agent exec` reaches the command, which is in a
+    // session of its own.
+    let mut running = scene
+        .command(&scene.state, "touch started; exec sleep 600")
+        .spawn()
+        .unwrap();
+    let started = scene.state.join("releases/shop/abc/started");
+    gantry_testkit::wait_for("the command", agent_support::DEADLINE, || started.exists());
+    let pid = rustix::process::Pid::from_child(&running);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert_eq!(running.wait().unwrap().code(), Some(128 + 15));
+}
+
+#[test]
+fn root_exec_gives_the_command_no_controlling_terminal_of_roots() {
+    let (scene, _agent) = Scene::with_honest_agent();
+    // `script` runs gantry on a new terminal, its controlling one, as root's
+    // shell would. The command would open it as /dev/tty if it kept it.
+    let exec = scene.command(
+        &scene.state,
+        "if (: </dev/tty) 2>/dev/null; then echo kept >tty; else echo none >tty; fi",
+    );
+    let line = std::iter::once(exec.get_program())
+        .chain(exec.get_args())
+        .map(|arg| format!("'{}'", arg.to_string_lossy().replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let said = std::fs::read_to_string(scene.state.join("releases/shop/abc/tty")).unwrap();
+    assert_eq!(said, "none\n");
 }
 
 #[test]
@@ -188,14 +345,11 @@ fn root_exec_refuses_an_agent_socket_served_by_another_user() {
     let theirs = scene.base.path().join("theirs");
     std::fs::create_dir(&theirs).unwrap();
     attacker.own(&theirs);
-    let own = scene.state.join("secrets/shop.env");
-    let socket = fake_agent(&theirs, attacker.uid, scene.spec(&own));
-    std::fs::rename(&socket, scene.state.join("agent.sock")).unwrap();
+    let agent = fake_agent(&theirs, attacker.uid, scene.spec(&scene.own_secrets()));
+    std::fs::rename(&agent.socket, scene.state.join("agent.sock")).unwrap();
 
     let stdout = scene.exec_refused();
     assert!(!stdout.contains("the-projects-own"), "{stdout}");
-    let cwd = scene.state.join("releases/shop/abc");
-    assert!(!cwd.join("ran").exists(), "the command ran");
 }
 
 #[test]

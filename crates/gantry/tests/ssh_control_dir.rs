@@ -153,3 +153,31 @@ fn ssh_connections_are_never_shared_through_a_directory_another_user_controls() 
     assert_eq!(mode, 0o700);
     assert_eq!(entries(&sockets), [name], "the shared connection's socket");
 }
+
+#[test]
+fn a_runtime_directory_others_may_enter_is_neither_used_nor_changed() {
+    let hosts = TestHosts::start(1);
+    hosts.host("h1").install_gantry(GANTRY.as_ref());
+    let base = tempfile::Builder::new()
+        .prefix("gt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    chmod(base.path(), 0o755);
+    // This user's own, but 0755: what is made in it others may reach.
+    let runtime = dir(&base.path().join("run"), 0o755, None);
+    let home = dir(&base.path().join("home"), 0o700, None);
+    let mut toml = hello_toml("shop", "bin/hello-web");
+    toml.push_str("\n[environments.prod]\nhosts = [\"h1\"]\n\n[hosts.h1]\nssh = \"h1\"\n");
+    let run = TestProject::new(GANTRY)
+        .file("gantry.toml", &toml)
+        .env("GANTRY_SSH_CONFIG", &hosts.ssh_config.display().to_string())
+        .env("HOME", &home.display().to_string())
+        .env("XDG_RUNTIME_DIR", &runtime.display().to_string())
+        .gantry(&["status", "-e", "prod", "--output", "json"]);
+    run.expect_code(0);
+    let mode = std::fs::metadata(&runtime).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755, "the runtime directory's mode was changed");
+    assert!(entries(&runtime).is_empty(), "{:?}", entries(&runtime));
+    let name = control_name(&hosts.ssh_config, "h1");
+    assert_eq!(entries(&home.join(".cache/gantry/ssh")), [name]);
+}

@@ -76,3 +76,15 @@ fn register_refuses_an_ssh_address_that_ssh_would_read_as_an_option() {
     let toml = std::fs::read_to_string(project.path().join("gantry.toml")).unwrap();
     assert!(!toml.contains("ProxyCommand"), "{toml}");
 }
+
+#[test]
+fn an_ssh_user_with_a_plus_sign_is_accepted() {
+    let mut toml = hello_toml("shop", "bin/hello-web");
+    toml.push_str(
+        "\n[environments.prod]\nhosts = [\"h1\"]\n\n[hosts.h1]\nssh = \"ci+deploy@web1.example:2222\"\n",
+    );
+    let project = TestProject::new(GANTRY).file("gantry.toml", &toml);
+    project
+        .gantry(&["validate", "--output", "json"])
+        .expect_code(0);
+}
