@@ -22,7 +22,7 @@ use crate::artifact::ArtifactError;
 use crate::deploy;
 use crate::proxy::{self, ProxyCutover};
 use crate::store::StoreError;
-use crate::{instance, logs, openapi, status, upload};
+use crate::{admission, instance, logs, openapi, status, upload};
 
 /// An error answer.
 #[derive(Debug)]
@@ -53,6 +53,16 @@ impl ApiFailure {
     }
     pub fn failed(code: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, message, None)
+    }
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request.too_large",
+            format!("the request body is over {} MiB", limit >> 20),
+            Some(
+                "send files as blobs (PUT /v1/blobs/{digest}); a JSON body must stay under the limit",
+            ),
+        )
     }
     pub fn store(error: StoreError) -> Self {
         Self::failed("agent.store", format!("the agent's store failed: {error}"))
@@ -93,7 +103,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/v1/projects/{project}/lock",
             get(lock_state).post(take_lock).delete(release_lock),
         )
-        .layer(DefaultBodyLimit::max(4 << 30))
+        .route_layer(axum::middleware::from_fn(admission::check_path))
+        .layer(DefaultBodyLimit::max(admission::MAX_JSON_BODY))
         .with_state(agent)
 }
 

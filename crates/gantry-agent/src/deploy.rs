@@ -71,6 +71,7 @@ pub async fn deploy(
     request: DeployRequest,
     cutover: &dyn Cutover,
 ) -> Result<DeployResult, ApiFailure> {
+    crate::admission::check_deploy(&request)?;
     let lock = agent.deploy_lock(&request.project);
     let Ok(_guard) = lock.try_lock() else {
         return Err(ApiFailure::conflict(
@@ -106,6 +107,32 @@ pub async fn deploy(
             "upload them with PUT /v1/blobs/{digest} first",
         ));
     }
+    // The release's number and id before any file: a deploy refused here
+    // leaves nothing behind.
+    let number = {
+        let p = project.clone();
+        agent
+            .db(move |s| {
+                let number = s.next_release_number(&p)?;
+                match s.release(&p, &format!("r{number}"))? {
+                    Some(taken) => Err(crate::store::StoreError::ReleaseExists {
+                        project: p,
+                        id: taken.id,
+                        number: taken.number,
+                    }),
+                    None => Ok(number),
+                }
+            })
+            .await
+            .map_err(|e| match e {
+                e @ crate::store::StoreError::ReleaseExists { .. } => ApiFailure::conflict(
+                    e.code(),
+                    e.to_string(),
+                    "deploy again; if this repeats, the agent's store needs repair",
+                ),
+                e => ApiFailure::store(e),
+            })?
+    };
     let dir = instance::release_dir(agent, &project, &request.artifact.digest);
     {
         let artifact = request.artifact.clone();
@@ -134,16 +161,10 @@ pub async fn deploy(
     })?;
 
     let artifact = request.artifact.clone();
-    let number = {
-        let p = project.clone();
-        agent
-            .db(move |s| {
-                s.record_artifact(&artifact)?;
-                s.next_release_number(&p)
-            })
-            .await
-            .map_err(ApiFailure::store)?
-    };
+    agent
+        .db(move |s| s.record_artifact(&artifact))
+        .await
+        .map_err(ApiFailure::store)?;
     let mut release = Release {
         id: format!("r{number}"),
         number,
@@ -359,17 +380,8 @@ fn write_secrets(agent: &Agent, project: &str, request: &DeployRequest) -> std::
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
+    // Names and values were checked on admission: one variable a line.
     for (name, value) in &request.secrets {
-        // One variable a line, the value the rest of it: a newline cannot be kept.
-        if value.contains('\n') {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "the value of secret {name} has a line break, which a secrets file cannot hold"
-                ),
-            ));
-        }
         writeln!(file, "{name}={value}")?;
     }
     file.sync_all()?;

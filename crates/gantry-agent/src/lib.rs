@@ -4,6 +4,7 @@
 //! before doing it, so a restarted agent re-adopts its services and finishes
 //! or rolls back a deploy it was in the middle of.
 
+pub mod admission;
 pub mod agent;
 pub mod api;
 pub mod artifact;
