@@ -18,6 +18,8 @@ pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod reconcile;
+pub mod retire;
+pub mod routes;
 pub mod status;
 pub mod store;
 pub mod supervisor;

@@ -85,6 +85,7 @@ pub fn check(file: &File, doc: &Document<'_>) -> Vec<Finding> {
         check_dependencies(&mut c, env, &merged, &locate);
         check_placement(&mut c, file, env, &merged, &locate);
         check_routes(&mut c, env, &merged, &locate);
+        check_automatic_names(&mut c, &file.project.name, &merged, &locate);
     }
     c.findings
 }
@@ -563,6 +564,51 @@ fn check_routes(
                 message,
                 Some("each host and path prefix goes to one service; give one of them another host or path".to_owned()),
             );
+        }
+    }
+}
+
+/// A declared route may not take a name the proxy gives a service itself
+/// (`<service>.<project>.localhost`, for services with a port), nor a name
+/// reserved to another project's automatic names: the proxy refuses a table
+/// that routes one host and path twice, and would then route nothing new.
+fn check_automatic_names(
+    c: &mut Checker<'_>,
+    project: &str,
+    services: &Services<'_>,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    for (name, service) in services {
+        for (i, route) in service.routes.iter().flatten().enumerate() {
+            let parsed = Route::parse(&route.0);
+            let Some(owner) = Route::reserved_to(&parsed.host) else {
+                continue;
+            };
+            let path = locate(name, &["routes"]).index(i);
+            if owner != project {
+                c.push(
+                    Problem::InvalidValue,
+                    path,
+                    false,
+                    format!("route `{parsed}` of `{name}` is under `{owner}.localhost`, which holds the automatic names of project `{owner}`"),
+                    Some(format!("use a name under `{project}.localhost`, or another host")),
+                );
+                continue;
+            }
+            let named = services.iter().find(|(other, s)| {
+                s.port.is_some() && parsed.host == Route::automatic_host(other, project)
+            });
+            if let Some((other, _)) = named
+                && (other != name || parsed.path == "/")
+            {
+                c.push(
+                    Problem::DuplicateRoute,
+                    path,
+                    false,
+                    format!("route `{parsed}` of `{name}` is the automatic name of service `{other}`"),
+                    Some(format!("every service with a port is reachable as `<service>.{project}.localhost` already; give the route another host")),
+                );
+            }
         }
     }
 }

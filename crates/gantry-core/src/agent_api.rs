@@ -272,6 +272,10 @@ pub struct Status {
 pub struct DeployResult {
     pub release: Release,
     pub services: Vec<ServiceStatus>,
+    /// Services that ran on the host but are no longer in the config: the
+    /// deploy drained and stopped them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

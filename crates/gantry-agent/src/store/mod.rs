@@ -168,6 +168,12 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// A resolved service as the config crate would produce it, for tests.
+#[cfg(test)]
+pub(crate) fn test_service(name: &str) -> gantry_config::resolve::Service {
+    releases::tests::service(name)
+}
+
 /// Unix time in milliseconds.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -403,3 +403,16 @@ pub fn request(
     }
     api_answer(stream)
 }
+
+/// `POST path` with `body` as JSON on the project's agent socket.
+pub fn post_json(p: &TestProject, path: &str, body: &Value) -> (u16, Value) {
+    let bytes = serde_json::to_vec(body).expect("json");
+    request(
+        &p.state_dir().join("agent.sock"),
+        "POST",
+        path,
+        bytes.len(),
+        &bytes,
+        false,
+    )
+}
