@@ -119,9 +119,10 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
     let (shutdown, _) = tokio::sync::watch::channel(false);
     let agent = Arc::new(Agent {
         blobs: BlobStore::new(paths.blobs()),
-        ports: Arc::new(Mutex::new(
-            with_host_claims(PortAllocator::new(settings.ports.clone()), &paths.root),
-        )),
+        ports: Arc::new(Mutex::new(with_host_claims(
+            PortAllocator::new(settings.ports.clone()),
+            &paths.root,
+        ))),
         cgroups: Cgroups::detect(),
         store: Arc::new(Mutex::new(store)),
         proxy: crate::proxy::Proxy::new(&paths, settings.proxy_listen, settings.proxy_https),

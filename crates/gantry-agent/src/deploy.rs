@@ -69,10 +69,12 @@ impl Timer<'_> {
 
 pub async fn deploy(
     agent: &Agent,
-    request: DeployRequest,
+    mut request: DeployRequest,
     cutover: &dyn Cutover,
 ) -> Result<DeployResult, ApiFailure> {
     crate::admission::check_deploy(&request)?;
+    // Credentials go to the secrets file, not the store nor `ps`.
+    crate::credentials::separate(&mut request)?;
     let lock = agent.deploy_lock(&request.project);
     let Ok(_guard) = lock.try_lock() else {
         return Err(ApiFailure::conflict(
@@ -168,7 +170,7 @@ pub async fn deploy(
                 )
             })?;
     }
-    write_secrets(agent, &project, &request).map_err(|e| {
+    crate::credentials::write_secrets(agent, &project, &request).map_err(|e| {
         ApiFailure::failed(
             "secrets.failed",
             format!("cannot store the secrets file: {e}"),
@@ -417,30 +419,4 @@ pub async fn refreshed(agent: &Agent, record: &InstanceRecord) -> InstanceRecord
         .ok()
         .flatten()
         .unwrap_or_else(|| record.clone())
-}
-
-/// Secret values go to a 0600 file the relays read; nowhere else.
-fn write_secrets(agent: &Agent, project: &str, request: &DeployRequest) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if request.secrets.is_empty() {
-        return Ok(());
-    }
-    let path = agent.paths.secrets(project);
-    let dir = path.parent().unwrap_or(agent.state_dir());
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{project}.env.tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    // Names and values were checked on admission: one variable a line.
-    for (name, value) in &request.secrets {
-        writeln!(file, "{name}={value}")?;
-    }
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
 }

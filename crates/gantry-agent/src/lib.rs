@@ -8,6 +8,7 @@ pub mod admission;
 pub mod agent;
 pub mod api;
 pub mod artifact;
+pub mod credentials;
 pub mod daemon;
 pub mod deploy;
 pub mod health;

@@ -280,7 +280,10 @@ fn private_dir(dir: &std::path::Path, uid: rustix::process::Uid) -> Result<(), S
         return Err(format!("it belongs to uid {}", meta.uid()));
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(format!("others may write to it (mode {:o})", meta.mode() & 0o7777));
+        return Err(format!(
+            "others may write to it (mode {:o})",
+            meta.mode() & 0o7777
+        ));
     }
     Ok(())
 }
@@ -389,7 +392,10 @@ mod tests {
         let open = dir.path().join("open");
         std::fs::create_dir(&open).expect("mkdir");
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
-        assert!(private_dir(&open, uid).is_err(), "a world-writable directory");
+        assert!(
+            private_dir(&open, uid).is_err(),
+            "a world-writable directory"
+        );
 
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&mine, &link).expect("symlink");

@@ -82,8 +82,7 @@ fn another_local_user_cannot_block_the_agents_port_claims() {
 #[test]
 fn a_state_directory_open_to_others_is_made_private_at_start() {
     let p = shell("privatestate", "");
-    std::fs::set_permissions(p.state_dir(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod");
+    std::fs::set_permissions(p.state_dir(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let _agent = AgentProcess::start(&p);
     let mode = std::fs::metadata(p.state_dir())
         .expect("stat")
