@@ -31,7 +31,7 @@ pub fn separate(request: &mut DeployRequest) -> Result<(), ApiFailure> {
                     "the run command of `{}` holds a secret's value, which any local user would see in `ps`",
                     service.name
                 ),
-                "reference the secret as an environment variable ($NAME) instead of interpolating ${NAME} into `run`",
+                "let the program read the secret from its environment; an argument in `run` shows in `ps`",
             ));
         }
         let credentials: Vec<String> = service

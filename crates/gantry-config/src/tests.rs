@@ -150,3 +150,24 @@ routes = ["api.shop.localhost"]
         "a service's own name with a path, and other names under shop.localhost, are allowed"
     );
 }
+
+#[test]
+fn a_secret_interpolated_into_run_is_refused_and_a_reference_is_not() {
+    let text = r#"
+[project]
+name = "shop"
+[services.web]
+run = "./web --password ${DB_PASS:-x}"
+secrets = ["DB_PASS"]
+[services.api]
+run = "./api --password $DB_PASS"
+secrets = ["DB_PASS"]
+"#;
+    let found: Vec<String> = errors(text).into_iter().map(|d| d.message).collect();
+    assert_eq!(
+        found,
+        [
+            "`run` of `web` interpolates secret `DB_PASS`: its value would show in `ps` and the agent's store"
+        ]
+    );
+}

@@ -338,6 +338,7 @@ fn check_service(
     s: &Service,
     locate: &dyn Fn(&str, &[&str]) -> KeyPath,
 ) {
+    check_run_secrets(c, name, s, locate);
     let kinds: Vec<&str> = [
         ("run", s.run.is_some()),
         ("image", s.image.is_some()),
@@ -609,6 +610,33 @@ fn check_automatic_names(
                     Some(format!("every service with a port is reachable as `<service>.{project}.localhost` already; give the route another host")),
                 );
             }
+        }
+    }
+}
+
+/// `${NAME}` of a secret written into `run` puts its value on the command
+/// line, where every local user sees it in `ps`: the service must read it
+/// from its environment instead.
+fn check_run_secrets(
+    c: &mut Checker<'_>,
+    name: &str,
+    s: &Service,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    let path = locate(name, &["run"]);
+    let Some(run) = c.doc.raw_str(&path) else {
+        return;
+    };
+    for secret in s.secrets.iter().flatten() {
+        let secret = &secret.0;
+        if run.contains(&format!("${{{secret}}}")) || run.contains(&format!("${{{secret}:-")) {
+            c.push(
+                Problem::InvalidValue,
+                path.clone(),
+                false,
+                format!("`run` of `{name}` interpolates secret `{secret}`: its value would show in `ps` and the agent's store"),
+                Some(format!("let the program read {secret} from its environment; a command-line argument (even `${secret}`) shows in `ps`")),
+            );
         }
     }
 }

@@ -235,7 +235,7 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
     (
         "secrets.invalid",
         ExitClass::Invalid,
-        "a secret's value has a line break or NUL, which the secrets file cannot hold",
+        "a secret's value has a line break or NUL, or is written into a `run` command (where `ps` shows it); the message says which",
     ),
     (
         "routes.refused",
