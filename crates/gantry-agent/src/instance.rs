@@ -315,7 +315,10 @@ pub fn stderr_tail(agent: &Agent, project: &str, instance: &str, n: usize) -> Ve
 /// Ids are one key across the agent's projects, whose services and release
 /// ids (`web`, `r1`) repeat: 32 random bits keep them apart.
 pub fn instance_id(service: &str, release: &str, replica: u32) -> String {
-    format!("{service}-{release}-{replica}-{:08x}", rand::random::<u32>())
+    format!(
+        "{service}-{release}-{replica}-{:08x}",
+        rand::random::<u32>()
+    )
 }
 
 /// The exit an instance left, if it has exited.

@@ -5,8 +5,9 @@
 
 mod agent_support;
 
-use agent_support::{DEADLINE, deploy, files_under, shell};
+use agent_support::{AgentProcess, DEADLINE, deploy, files_under, post_json, shell};
 use gantry_testkit::wait_for;
+use serde_json::json;
 
 const PASSWORD: &str = "hunter2-in-a-url";
 const TOKEN: &str = "tok-0123456789abcdef";
@@ -63,7 +64,7 @@ fn credentials_in_env_reach_the_service_but_not_the_store_or_releases_show() {
 }
 
 #[test]
-fn a_secret_interpolated_into_run_is_refused() {
+fn a_secret_interpolated_into_run_is_refused_by_validate_and_by_the_agent() {
     let p = shell(
         "runsecret",
         "[services.app]\nrun = \"exec sleep 600 --password ${DB_PASS}\"\nsecrets = [\"DB_PASS\"]\n\
@@ -72,8 +73,57 @@ fn a_secret_interpolated_into_run_is_refused() {
     .env("DB_PASS", RUN_SECRET);
     let run = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
     assert_ne!(run.code, 0, "{}", run.stdout);
-    let error = run.json();
-    let text = error.to_string();
+    let text = run.json().to_string();
     assert!(!text.contains(RUN_SECRET), "{text}");
-    assert_eq!(error["error"]["code"], "secrets.invalid", "{text}");
+    assert!(text.contains("interpolates secret `DB_PASS`"), "{text}");
+
+    // Another client, past validate: the agent finds the value in `run`.
+    let _agent = AgentProcess::start(&p);
+    let app = json!({
+        "name": "app",
+        "driver": "process",
+        "run": format!("exec sleep 600 --password {RUN_SECRET}"),
+        "replicas": 1,
+        "env": {},
+        "secrets": ["DB_PASS"],
+        "routes": [],
+        "resources": {},
+        "depends_on": [],
+        "volumes": [],
+        "stop_timeout": "1s",
+        "restart": "always",
+    });
+    let request = json!({
+        "project": "runsecret",
+        "environment": "local",
+        "config_hash": "c0ffee",
+        "artifact": { "digest": gantry_core::artifact::tree_digest(&[]), "files": [] },
+        "services": [app],
+        "secrets": { "DB_PASS": RUN_SECRET },
+    });
+    let (code, answer) = post_json(&p, "/v1/projects/runsecret/deploys", &request);
+    assert_eq!(code, 422, "{answer:#}");
+    assert_eq!(answer["error"]["code"], "secrets.invalid", "{answer:#}");
+    assert!(!answer.to_string().contains(RUN_SECRET), "{answer:#}");
+}
+
+#[test]
+fn show_hides_the_password_of_a_url_in_env() {
+    let p = shell(
+        "showcreds",
+        &format!(
+            "[services.app]\nrun = \"exec sleep 600\"\n\
+             env = {{ DATABASE_URL = \"postgres://shop:{PASSWORD}@db:5432/shop\" }}\n"
+        ),
+    );
+    let shown = p.gantry(&["show", "--output", "json"]);
+    shown.expect_code(0);
+    assert!(!shown.stdout.contains(PASSWORD), "{}", shown.stdout);
+    assert!(
+        shown
+            .stdout
+            .contains("postgres://shop:(redacted)@db:5432/shop"),
+        "{}",
+        shown.stdout
+    );
 }
