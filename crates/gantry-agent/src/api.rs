@@ -22,7 +22,7 @@ use crate::artifact::ArtifactError;
 use crate::deploy;
 use crate::proxy::{self, ProxyCutover};
 use crate::store::StoreError;
-use crate::{instance, logs, openapi, status, upload};
+use crate::{admission, instance, logs, openapi, status, upload};
 
 /// An error answer.
 #[derive(Debug)]
@@ -53,6 +53,16 @@ impl ApiFailure {
     }
     pub fn failed(code: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, message, None)
+    }
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request.too_large",
+            format!("the request body is over {} MiB", limit >> 20),
+            Some(
+                "send files as blobs (PUT /v1/blobs/{digest}); a JSON body must stay under the limit",
+            ),
+        )
     }
     pub fn store(error: StoreError) -> Self {
         Self::failed("agent.store", format!("the agent's store failed: {error}"))
@@ -93,7 +103,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/v1/projects/{project}/lock",
             get(lock_state).post(take_lock).delete(release_lock),
         )
-        .layer(DefaultBodyLimit::max(4 << 30))
+        .route_layer(axum::middleware::from_fn(admission::check_path))
+        .layer(DefaultBodyLimit::max(admission::MAX_JSON_BODY))
         .with_state(agent)
 }
 
@@ -210,12 +221,24 @@ async fn deploy_project(
             "send the request to /v1/projects/<its project>/deploys",
         ));
     }
-    // Its own task: a client that goes away (a cut link) does not cancel a
-    // deploy halfway; it finishes, and `status` tells how it ended.
-    tokio::spawn(async move { deploy::deploy(&agent, request, &ProxyCutover).await })
-        .await
-        .map_err(|e| ApiFailure::failed("agent.internal", e.to_string()))?
-        .map(Json)
+    deploy_in_task(agent, request).await
+}
+
+/// Runs a deploy in its own task: a client that goes away (a cut link) does
+/// not cancel it halfway; it finishes, and `status` tells how it ended.
+async fn deploy_in_task(agent: Arc<Agent>, request: DeployRequest) -> Answer<DeployResult> {
+    let project = request.project.clone();
+    let shared = Arc::clone(&agent);
+    let mut result =
+        tokio::spawn(async move { deploy::deploy(&shared, request, &ProxyCutover).await })
+            .await
+            .map_err(|e| ApiFailure::failed("agent.internal", e.to_string()))??;
+    crate::credentials::redact_releases(
+        &agent,
+        &project,
+        std::slice::from_mut(&mut result.release),
+    );
+    Ok(Json(result))
 }
 
 async fn exec_spec(
@@ -398,10 +421,7 @@ async fn rollback(
         secrets: request.secrets,
         rollback_of: Some(target.id.clone()),
     };
-    tokio::spawn(async move { deploy::deploy(&agent, deploy, &ProxyCutover).await })
-        .await
-        .map_err(|e| ApiFailure::failed("agent.internal", e.to_string()))?
-        .map(Json)
+    deploy_in_task(agent, deploy).await
 }
 
 async fn project_status(State(agent): Shared, Path(project): Path<String>) -> Answer<Status> {
@@ -412,11 +432,13 @@ async fn project_status(State(agent): Shared, Path(project): Path<String>) -> An
 }
 
 async fn releases(State(agent): Shared, Path(project): Path<String>) -> Answer<Vec<Release>> {
-    agent
-        .db(move |s| s.releases(&project))
+    let p = project.clone();
+    let mut releases = agent
+        .db(move |s| s.releases(&p))
         .await
-        .map(Json)
-        .map_err(ApiFailure::store)
+        .map_err(ApiFailure::store)?;
+    crate::credentials::redact_releases(&agent, &project, &mut releases);
+    Ok(Json(releases))
 }
 
 async fn release(
@@ -424,18 +446,19 @@ async fn release(
     Path((project, id)): Path<(String, String)>,
 ) -> Answer<Release> {
     let (p, i) = (project.clone(), id.clone());
-    agent
+    let mut release = agent
         .db(move |s| s.release(&p, &i))
         .await
         .map_err(ApiFailure::store)?
-        .map(Json)
         .ok_or_else(|| {
             ApiFailure::not_found(
                 "release.not_found",
                 format!("`{project}` has no release `{id}`"),
                 "list them with `gantry releases`",
             )
-        })
+        })?;
+    crate::credentials::redact_releases(&agent, &project, std::slice::from_mut(&mut release));
+    Ok(Json(release))
 }
 
 #[derive(Debug, Deserialize)]

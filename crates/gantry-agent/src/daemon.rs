@@ -74,6 +74,29 @@ fn lock(paths: &Paths) -> Result<Flock<std::fs::File>, DaemonError> {
     }
 }
 
+/// The state directory holds secrets, the store and the API socket: only
+/// the agent's user may enter it, even one made 0755 by hand or by an older
+/// version.
+fn make_private(dir: &std::path::Path) -> Result<(), DaemonError> {
+    let mode = std::fs::metadata(dir)
+        .map_err(io("read", dir))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("make private", dir))?;
+        tracing::info!(dir = %dir.display(), was = format!("{:o}", mode & 0o7777), "state directory made private (0700)");
+    }
+    Ok(())
+}
+
+fn with_host_claims(ports: PortAllocator, state_dir: &std::path::Path) -> PortAllocator {
+    match HostClaims::for_host(state_dir) {
+        Some(claims) => ports.with_claims(claims),
+        None => ports,
+    }
+}
+
 /// Runs the agent until it is told to stop.
 pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
     let paths = Paths::new(state_dir);
@@ -86,7 +109,12 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
         .create(&paths.root)
         .map_err(io("create", &paths.root))?;
     let _lock = lock(&paths)?;
+    // Private to the agent; where services run as their own users, their
+    // group may pass through to their releases (`Isolation::prepare`).
     let isolation = Isolation::detect();
+    if isolation == Isolation::AgentUser {
+        make_private(&paths.root)?;
+    }
     isolation
         .prepare(&paths)
         .map_err(io("set the modes of", &paths.root))?;
@@ -103,10 +131,10 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
     let (shutdown, _) = tokio::sync::watch::channel(false);
     let agent = Arc::new(Agent {
         blobs: BlobStore::new(paths.blobs()),
-        ports: Arc::new(Mutex::new(
-            PortAllocator::new(settings.ports.clone())
-                .with_claims(HostClaims::for_host(&paths.root)),
-        )),
+        ports: Arc::new(Mutex::new(with_host_claims(
+            PortAllocator::new(settings.ports.clone()),
+            &paths.root,
+        ))),
         cgroups: Cgroups::detect(),
         isolation,
         store: Arc::new(Mutex::new(store)),

@@ -16,6 +16,12 @@ use crate::instance::{self, StartFailure};
 use crate::status;
 use crate::store::InstanceRecord;
 
+/// What a cutover's hook answers: `Err` says why the new instances cannot
+/// take the traffic (the proxy refused the route table), and the service
+/// goes back to its old instances.
+pub type Switched<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
 /// Something that must happen when a service's live instances change, after
 /// the store's switch and before the old instances (on `old_ports`) stop: the
 /// proxy's route swap and drain ([`crate::proxy::ProxyCutover`]).
@@ -25,20 +31,15 @@ pub trait Cutover: Send + Sync {
         agent: &'a Agent,
         service: &'a Service,
         old_ports: &'a [u16],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+    ) -> Switched<'a>;
 }
 
 /// The cutover of a host with no proxy: recording the live set is enough.
 pub struct RecordOnly;
 
 impl Cutover for RecordOnly {
-    fn switch<'a>(
-        &'a self,
-        _: &'a Agent,
-        _: &'a Service,
-        _: &'a [u16],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
-        Box::pin(std::future::ready(()))
+    fn switch<'a>(&'a self, _: &'a Agent, _: &'a Service, _: &'a [u16]) -> Switched<'a> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
@@ -68,9 +69,12 @@ impl Timer<'_> {
 
 pub async fn deploy(
     agent: &Agent,
-    request: DeployRequest,
+    mut request: DeployRequest,
     cutover: &dyn Cutover,
 ) -> Result<DeployResult, ApiFailure> {
+    crate::admission::check_deploy(&request)?;
+    // Credentials go to the secrets file, not the store nor `ps`.
+    crate::credentials::separate(&mut request)?;
     let lock = agent.deploy_lock(&request.project);
     let Ok(_guard) = lock.try_lock() else {
         return Err(ApiFailure::conflict(
@@ -106,6 +110,46 @@ pub async fn deploy(
             "upload them with PUT /v1/blobs/{digest} first",
         ));
     }
+    // The routes and the release's id before any file: a deploy refused
+    // here leaves nothing behind.
+    {
+        let (p, environment, services) = (
+            project.clone(),
+            request.environment.clone(),
+            request.services.clone(),
+        );
+        agent
+            .db(move |s| Ok(crate::routes::admit(s, &p, &environment, &services)))
+            .await
+            .map_err(ApiFailure::store)?
+            .map_err(|refusal| {
+                ApiFailure::conflict(refusal.code(), refusal.to_string(), refusal.hint())
+            })?;
+    }
+    let number = {
+        let p = project.clone();
+        agent
+            .db(move |s| {
+                let number = s.next_release_number(&p)?;
+                match s.release(&p, &format!("r{number}"))? {
+                    Some(taken) => Err(crate::store::StoreError::ReleaseExists {
+                        project: p,
+                        id: taken.id,
+                        number: taken.number,
+                    }),
+                    None => Ok(number),
+                }
+            })
+            .await
+            .map_err(|e| match e {
+                e @ crate::store::StoreError::ReleaseExists { .. } => ApiFailure::conflict(
+                    e.code(),
+                    e.to_string(),
+                    "deploy again; if this repeats, the agent's store needs repair",
+                ),
+                e => ApiFailure::store(e),
+            })?
+    };
     let dir = instance::release_dir(agent, &project, &request.artifact.digest);
     {
         let artifact = request.artifact.clone();
@@ -126,7 +170,7 @@ pub async fn deploy(
                 )
             })?;
     }
-    write_secrets(agent, &project, &request).map_err(|e| {
+    crate::credentials::write_secrets(agent, &project, &request).map_err(|e| {
         ApiFailure::failed(
             "secrets.failed",
             format!("cannot store the secrets file: {e}"),
@@ -134,16 +178,10 @@ pub async fn deploy(
     })?;
 
     let artifact = request.artifact.clone();
-    let number = {
-        let p = project.clone();
-        agent
-            .db(move |s| {
-                s.record_artifact(&artifact)?;
-                s.next_release_number(&p)
-            })
-            .await
-            .map_err(ApiFailure::store)?
-    };
+    agent
+        .db(move |s| s.record_artifact(&artifact))
+        .await
+        .map_err(ApiFailure::store)?;
     let mut release = Release {
         id: format!("r{number}"),
         number,
@@ -178,8 +216,10 @@ pub async fn deploy(
             }
         }
     }
+    let mut removed = Vec::new();
     if release.outcome == Outcome::Deploying {
         release.outcome = Outcome::Succeeded;
+        removed = crate::retire::removed_services(agent, &project, &request.services).await;
     }
     release.phases = phases;
     {
@@ -192,7 +232,11 @@ pub async fn deploy(
     let services = status::services(agent, &project)
         .await
         .map_err(ApiFailure::store)?;
-    Ok(DeployResult { release, services })
+    Ok(DeployResult {
+        release,
+        services,
+        removed,
+    })
 }
 
 /// Start, wait healthy, switch, stop old: one service's cutover.
@@ -263,16 +307,7 @@ async fn roll_service(
         Err(e) => Err(e),
     };
     if let Err(failure) = healthy {
-        for record in &started {
-            let fresh = refreshed(agent, record).await;
-            instance::stop(
-                agent,
-                &fresh,
-                service.stop_timeout.as_std(),
-                InstanceState::Stopped,
-            )
-            .await;
-        }
+        stop_all(agent, &started, service).await;
         return Err(failure);
     }
 
@@ -286,39 +321,83 @@ async fn roll_service(
             .filter(|i| i.service == n && i.release != release.id && is_active(i.state))
             .collect()
     };
-    timer
+    let switched = timer
         .time("switch", Some(&name), async {
             let new_ids: Vec<String> = started.iter().map(|r| r.id.clone()).collect();
             let old_ids: Vec<String> = old.iter().map(|r| r.id.clone()).collect();
             let (p, n, rel) = (project.clone(), name.clone(), release.id.clone());
-            agent
-                .db(move |s| s.switch(&p, &n, &rel, &new_ids, &old_ids))
+            let previous = agent
+                .db(move |s| {
+                    let previous = s.current(&p, &n)?;
+                    s.switch(&p, &n, &rel, &new_ids, &old_ids)?;
+                    Ok(previous)
+                })
                 .await
                 .map_err(|e| StartFailure {
                     reason: e.to_string(),
                     log_tail: Vec::new(),
                 })?;
             let old_ports: Vec<u16> = old.iter().filter_map(|r| r.port).collect();
-            cutover.switch(agent, service, &old_ports).await;
+            if let Err(refused) = cutover.switch(agent, service, &old_ports).await {
+                switch_back(agent, &project, &name, previous, &old, &started).await;
+                return Err(StartFailure {
+                    reason: format!(
+                        "the proxy refused the new route table ({refused}); the old instances keep serving"
+                    ),
+                    log_tail: Vec::new(),
+                });
+            }
             Ok::<(), StartFailure>(())
         })
-        .await?;
+        .await;
+    if let Err(failure) = switched {
+        stop_all(agent, &started, service).await;
+        return Err(failure);
+    }
     timer
-        .time("stop-old", Some(&name), async {
-            let stops = old.iter().map(|record| async {
-                let fresh = refreshed(agent, record).await;
-                instance::stop(
-                    agent,
-                    &fresh,
-                    service.stop_timeout.as_std(),
-                    InstanceState::Stopped,
-                )
-                .await
-            });
-            futures_util::future::join_all(stops).await;
-        })
+        .time("stop-old", Some(&name), stop_all(agent, &old, service))
         .await;
     Ok(())
+}
+
+/// Stops a service's instances side by side.
+async fn stop_all(agent: &Agent, records: &[InstanceRecord], service: &Service) {
+    let stops = records.iter().map(|record| async {
+        let fresh = refreshed(agent, record).await;
+        instance::stop(
+            agent,
+            &fresh,
+            service.stop_timeout.as_std(),
+            InstanceState::Stopped,
+        )
+        .await
+    });
+    futures_util::future::join_all(stops).await;
+}
+
+/// Undoes a cutover the proxy refused: the service runs its previous release
+/// on its old instances again, and the proxy gets the table it had.
+async fn switch_back(
+    agent: &Agent,
+    project: &str,
+    service: &str,
+    previous: Option<String>,
+    old: &[InstanceRecord],
+    new: &[InstanceRecord],
+) {
+    let Some(previous) = previous else {
+        return;
+    };
+    let old_ids: Vec<String> = old.iter().map(|r| r.id.clone()).collect();
+    let new_ids: Vec<String> = new.iter().map(|r| r.id.clone()).collect();
+    let (p, n) = (project.to_owned(), service.to_owned());
+    let back = agent
+        .db(move |s| s.switch(&p, &n, &previous, &old_ids, &new_ids))
+        .await;
+    if let Err(e) = back {
+        tracing::warn!(project, service, error = %e, "cannot switch back to the old instances");
+    }
+    crate::proxy::refresh(agent).await;
 }
 
 pub fn is_active(state: InstanceState) -> bool {
@@ -340,39 +419,4 @@ pub async fn refreshed(agent: &Agent, record: &InstanceRecord) -> InstanceRecord
         .ok()
         .flatten()
         .unwrap_or_else(|| record.clone())
-}
-
-/// Secret values go to a 0600 file the relays read; nowhere else.
-fn write_secrets(agent: &Agent, project: &str, request: &DeployRequest) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if request.secrets.is_empty() {
-        return Ok(());
-    }
-    let path = agent.paths.secrets(project);
-    let dir = path.parent().unwrap_or(agent.state_dir());
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{project}.env.tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    for (name, value) in &request.secrets {
-        // One variable a line, the value the rest of it: a newline cannot be kept.
-        if value.contains('\n') {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "the value of secret {name} has a line break, which a secrets file cannot hold"
-                ),
-            ));
-        }
-        writeln!(file, "{name}={value}")?;
-    }
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
 }

@@ -9,7 +9,7 @@ use gantry_config::model::Port;
 use gantry_config::resolve::{Check, Service, Workload};
 use gantry_core::agent_api::{Exit, InstanceState, Stream};
 
-use crate::agent::{Agent, now_ms};
+use crate::agent::Agent;
 use crate::health;
 use crate::process::{
     self, Cgroup, CgroupError, Confinement, LaunchSpec, ResourceLimits, StopOutcome,
@@ -413,8 +413,13 @@ pub fn stderr_tail(agent: &Agent, project: &str, instance: &str, n: usize) -> Ve
 }
 
 /// An instance id: service, release and replica, readable in `ps` and logs.
+/// Ids are one key across the agent's projects, whose services and release
+/// ids (`web`, `r1`) repeat: 32 random bits keep them apart.
 pub fn instance_id(service: &str, release: &str, replica: u32) -> String {
-    format!("{service}-{release}-{replica}-{:04x}", now_ms() & 0xffff)
+    format!(
+        "{service}-{release}-{replica}-{:08x}",
+        rand::random::<u32>()
+    )
 }
 
 /// The exit an instance left, if it has exited.

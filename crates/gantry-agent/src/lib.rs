@@ -4,11 +4,13 @@
 //! before doing it, so a restarted agent re-adopts its services and finishes
 //! or rolls back a deploy it was in the middle of.
 
+pub mod admission;
 pub mod agent;
 pub mod agent_log;
 pub mod agent_user;
 pub mod api;
 pub mod artifact;
+pub mod credentials;
 pub mod daemon;
 pub mod deploy;
 pub mod health;
@@ -20,6 +22,8 @@ pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod reconcile;
+pub mod retire;
+pub mod routes;
 pub mod status;
 pub mod store;
 pub mod supervisor;

@@ -58,10 +58,17 @@ pub struct PortAllocator {
     claims: Option<HostClaims>,
 }
 
-/// Claims on ports shared by every agent of the host: a file per port,
-/// created exclusively, naming its owner. A port an agent has leased but whose
-/// service is not listening yet looks free to the bind test; the claim is
-/// what keeps a second agent off it.
+/// Claims on ports shared by the agents of one user on this host: a file per
+/// port, created exclusively, naming its owner. A port an agent has leased
+/// but whose service is not listening yet looks free to the bind test; the
+/// claim is what keeps a second agent off it.
+///
+/// The directory is writable by the agents' user only (root's agents share
+/// `/run/gantry-ports`, another user's `/tmp/gantry-ports-<uid>`, each 0700
+/// and checked to be theirs), so no other local user can plant claims and
+/// block allocation. Agents of different users never see each other's
+/// claims: between them, the bind test is what holds, so give them disjoint
+/// port ranges (`--ports`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostClaims {
     dir: std::path::PathBuf,
@@ -74,9 +81,24 @@ pub struct HostClaims {
 const STALE_CLAIM: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl HostClaims {
-    /// Claims in the host's shared directory (`/tmp/gantry-ports`).
-    pub fn for_host(owner: &std::path::Path) -> HostClaims {
-        HostClaims::new(std::env::temp_dir().join("gantry-ports"), owner)
+    /// Claims in this user's directory for the host, or `None` (with a
+    /// warning) when that directory cannot be made or is not private to the
+    /// user: the store's leases and the bind test still hold then.
+    pub fn for_host(owner: &std::path::Path) -> Option<HostClaims> {
+        let uid = rustix::process::geteuid();
+        let dir = if uid.is_root() {
+            std::path::PathBuf::from("/run/gantry-ports")
+        } else {
+            std::env::temp_dir().join(format!("gantry-ports-{}", uid.as_raw()))
+        };
+        match private_dir(&dir, uid) {
+            Ok(()) => Some(HostClaims::new(dir, owner)),
+            Err(why) => {
+                tracing::warn!(dir = %dir.display(), %why,
+                    "not claiming ports host-wide: the directory is not this user's alone");
+                None
+            }
+        }
     }
 
     pub fn new(dir: std::path::PathBuf, owner: &std::path::Path) -> HostClaims {
@@ -93,12 +115,6 @@ impl HostClaims {
     /// Claims `port` for this agent, or says another agent holds it.
     fn claim(&self, port: u16) -> bool {
         use std::io::Write;
-        use std::os::unix::fs::PermissionsExt;
-        if !self.dir.exists() && std::fs::create_dir_all(&self.dir).is_ok() {
-            // Every user's agents share the directory; the sticky bit keeps
-            // each from removing another's claims.
-            let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o1777));
-        }
         let path = self.path(port);
         for _ in 0..2 {
             match std::fs::OpenOptions::new()
@@ -246,6 +262,32 @@ impl PortAllocator {
     }
 }
 
+/// Makes `dir` (whose parent must exist) if it is missing, with mode 0700,
+/// and checks it is a directory (not a symlink) owned by `uid` that no one
+/// else may write to.
+fn private_dir(dir: &std::path::Path, uid: rustix::process::Uid) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create it: {e}")),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.file_type().is_dir() {
+        return Err("it is not a directory".to_owned());
+    }
+    if meta.uid() != uid.as_raw() {
+        return Err(format!("it belongs to uid {}", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "others may write to it (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 /// Whether nothing listens on `port`: we can bind it on the IPv4 loopback and
 /// wildcard addresses, and on the IPv6 ones where the host has IPv6. A
 /// listener on any address of the port makes the wildcard bind fail.
@@ -335,6 +377,37 @@ mod tests {
         ));
         first.release(&one, "web-1").expect("release");
         assert_eq!(second.allocate(&two, "web-2").expect("freed"), a);
+    }
+
+    #[test]
+    fn a_claims_directory_another_user_owns_or_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let uid = rustix::process::geteuid();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mine = dir.path().join("mine");
+        private_dir(&mine, uid).expect("made private");
+        let mode = std::fs::metadata(&mine).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        assert!(
+            private_dir(&open, uid).is_err(),
+            "a world-writable directory"
+        );
+
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&mine, &link).expect("symlink");
+        assert!(private_dir(&link, uid).is_err(), "a symlink");
+
+        if uid.is_root() {
+            let theirs = dir.path().join("theirs");
+            std::fs::create_dir(&theirs).expect("mkdir");
+            std::os::unix::fs::chown(&theirs, Some(65_534), Some(65_534)).expect("chown");
+            let err = private_dir(&theirs, uid).expect_err("another user's");
+            assert!(err.contains("65534"), "{err}");
+        }
     }
 
     #[test]

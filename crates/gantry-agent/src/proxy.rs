@@ -11,7 +11,6 @@
 //! binary than the agent (an upgrade). `stop` ends the proxy; its route
 //! table stays in `routes.json` for the next one.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -20,7 +19,7 @@ use std::time::Duration;
 
 use gantry_config::resolve::Service;
 use gantry_core::agent_api::{InstanceState, ProxyInfo};
-use gantry_proxy::{DrainReport, DrainRequest, Health, Route, RouteTable, Tls};
+use gantry_proxy::{DrainReport, DrainRequest, Health};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
@@ -29,7 +28,6 @@ use hyper_util::rt::TokioIo;
 use crate::agent::{Agent, Paths};
 use crate::api::ApiFailure;
 use crate::deploy::Cutover;
-use crate::store::{Store, StoreError};
 
 /// How long the proxy may take to answer on its control socket after starting.
 const START_DEADLINE: Duration = Duration::from_secs(5);
@@ -361,23 +359,34 @@ pub async fn watch(agent: std::sync::Arc<Agent>, mut stop: tokio::sync::watch::R
 
 /// Replaces the proxy's route table with one built from the store: every
 /// service of every project with running (or restarting) instances on a port.
+/// A refused table is logged; a cutover uses [`replace_routes`] to act on it.
 pub async fn refresh(agent: &Agent) {
+    if let Err(refused) = replace_routes(agent).await {
+        tracing::warn!(%refused, "the proxy refused the route table");
+    }
+}
+
+/// [`refresh`], saying whether the table was refused (by the proxy's check,
+/// run here first, or by the proxy). A proxy that cannot be reached is not a
+/// refusal: it gets the table from the store when it is back.
+pub async fn replace_routes(agent: &Agent) -> Result<(), String> {
     if !agent.proxy.up.load(Ordering::SeqCst) {
-        return;
+        return Ok(());
     }
     let _one = agent.proxy.updating.lock().await;
-    let table = match agent.db(table).await {
+    let table = match agent.db(crate::routes::table).await {
         Ok(table) => table,
         Err(e) => {
             tracing::warn!(error = %e, "cannot build the proxy's route table");
-            return;
+            return Ok(());
         }
     };
+    table.validate().map_err(|e| e.to_string())?;
     let body = match serde_json::to_vec(&table) {
         Ok(body) => body,
         Err(e) => {
             tracing::warn!(error = %e, "cannot encode the proxy's route table");
-            return;
+            return Ok(());
         }
     };
     let put = call(&agent.proxy.socket, Method::PUT, "/v1/routes", body);
@@ -385,13 +394,20 @@ pub async fn refresh(agent: &Agent) {
         Ok(Ok((status, _))) if status.is_success() => {
             tracing::debug!(routes = table.routes.len(), "proxy routes replaced");
         }
+        Ok(Ok((status, answer))) if status.is_client_error() => {
+            return Err(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&answer).trim()
+            ));
+        }
         Ok(Ok((status, answer))) => tracing::warn!(
             %status, answer = %String::from_utf8_lossy(&answer),
-            "the proxy refused the route table"
+            "the proxy failed to replace the route table"
         ),
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot reach the proxy"),
         Err(_) => tracing::warn!("the proxy did not answer in time"),
     }
+    Ok(())
 }
 
 /// Waits until no request or WebSocket is open to `ports` (at most `timeout`).
@@ -400,7 +416,7 @@ pub async fn drain(agent: &Agent, ports: &[u16], timeout: Duration) {
         return;
     }
     let request = DrainRequest {
-        upstreams: ports.iter().map(|p| upstream(*p)).collect(),
+        upstreams: ports.iter().map(|p| crate::routes::upstream(*p)).collect(),
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
     };
     let Ok(body) = serde_json::to_vec(&request) else {
@@ -458,126 +474,17 @@ impl Cutover for ProxyCutover {
         agent: &'a Agent,
         service: &'a Service,
         old_ports: &'a [u16],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    ) -> crate::deploy::Switched<'a> {
         Box::pin(async move {
-            refresh(agent).await;
+            replace_routes(agent).await?;
             drain(
                 agent,
                 old_ports,
                 service.stop_timeout.as_std().min(MAX_DRAIN),
             )
             .await;
+            Ok(())
         })
-    }
-}
-
-fn upstream(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// The whole route table: per service with live instances on a port,
-/// `<service>.<project>.localhost` and each route it declares.
-///
-/// TLS: the `.localhost` names get leaves from the proxy's local CA and stay
-/// reachable over plain HTTP too. A declared route outside the local
-/// environment asks for an ACME certificate and redirects plain HTTP to
-/// HTTPS (the proxy redirects only once it holds a certificate for the host).
-fn table(store: &mut Store) -> Result<RouteTable, StoreError> {
-    let mut projects: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for (project, service, release) in store.current_everywhere()? {
-        projects
-            .entry(project)
-            .or_default()
-            .push((service, release));
-    }
-    let mut routes = Vec::new();
-    for (project, services) in projects {
-        let instances = store.instances(&project)?;
-        let releases = store.releases(&project)?;
-        for (service, release) in services {
-            let Some((environment, spec)) =
-                releases.iter().find(|r| r.id == release).and_then(|r| {
-                    let spec = r.services.iter().find(|s| s.name == service)?;
-                    Some((r.environment.as_str(), spec))
-                })
-            else {
-                continue;
-            };
-            let serving: Vec<_> = instances
-                .iter()
-                .filter(|i| {
-                    i.service == service
-                        && i.release == release
-                        && crate::deploy::is_active(i.state)
-                        && i.state != InstanceState::Draining
-                        && i.port.is_some()
-                })
-                .collect();
-            // The live, healthy instances; when none is, every one that may
-            // come back (restarting, failing its checks) rather than no route.
-            let healthy: Vec<_> = serving
-                .iter()
-                .filter(|i| i.state == InstanceState::Live && i.healthy)
-                .collect();
-            let chosen = if healthy.is_empty() {
-                serving.iter().collect()
-            } else {
-                healthy
-            };
-            let upstreams: Vec<SocketAddr> = chosen
-                .into_iter()
-                .filter_map(|i| i.port)
-                .map(upstream)
-                .collect();
-            if upstreams.is_empty() {
-                continue;
-            }
-            routes.push(
-                Route::new(&service, upstreams.clone())
-                    .hosts([format!("{service}.{project}.localhost")])
-                    .tls(Tls::Local),
-            );
-            for route in &spec.routes {
-                let (tls, redirect) = match &spec.tls {
-                    // The user's own certificate, on every declared route of the service.
-                    Some(files) => (
-                        Tls::Files(gantry_proxy::CertFiles {
-                            cert: files.cert.clone().into(),
-                            key: files.key.clone().into(),
-                        }),
-                        environment != "local",
-                    ),
-                    None => declared_route_tls(environment, &route.host),
-                };
-                routes.push(
-                    Route::new(&service, upstreams.clone())
-                        .hosts([route.host.clone()])
-                        .path_prefix(route.path.clone(), false)
-                        .tls(tls)
-                        .redirect_https(redirect),
-                );
-            }
-        }
-    }
-    Ok(RouteTable { routes })
-}
-
-/// A declared route's TLS: local-CA leaves for `.localhost` names; on the
-/// local environment nothing else (no ACME for a laptop); elsewhere ACME and
-/// a redirect from plain HTTP. Hosts ACME cannot serve (wildcards, IP
-/// addresses) stay plain.
-fn declared_route_tls(environment: &str, host: &str) -> (Tls, bool) {
-    let name = host.strip_prefix("*.").unwrap_or(host);
-    if gantry_proxy::is_local_name(name) {
-        return (Tls::Local, false);
-    }
-    let acme_can_serve = !host.starts_with("*.")
-        && !host.starts_with('[')
-        && host.parse::<std::net::IpAddr>().is_err();
-    if environment == "local" || !acme_can_serve {
-        (Tls::Off, false)
-    } else {
-        (Tls::Acme, true)
     }
 }
 
@@ -632,30 +539,4 @@ async fn call(
         .map_err(|e| e.to_string())?
         .to_bytes();
     Ok((status, answer))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn declared_routes_get_acme_and_a_redirect_only_off_the_local_environment() {
-        assert_eq!(
-            declared_route_tls("prod", "shop.example.com"),
-            (Tls::Acme, true)
-        );
-        assert_eq!(
-            declared_route_tls("local", "shop.example.com"),
-            (Tls::Off, false)
-        );
-        assert_eq!(
-            declared_route_tls("prod", "admin.shop.localhost"),
-            (Tls::Local, false)
-        );
-        assert_eq!(
-            declared_route_tls("prod", "*.example.com"),
-            (Tls::Off, false)
-        );
-        assert_eq!(declared_route_tls("prod", "203.0.113.7"), (Tls::Off, false));
-    }
 }

@@ -239,6 +239,9 @@ impl Report for gantry_core::deploy::DeployReport {
             );
         }
         services_text(&mut out, &self.services);
+        for name in &self.removed {
+            let _ = writeln!(out, "  stopped {name}: no longer in gantry.toml");
+        }
         if self.hosts.len() > 1 {
             for h in &self.hosts {
                 let _ = writeln!(

@@ -115,13 +115,33 @@ impl<'t> Document<'t> {
         )
     }
 
+    /// The string at `path` as the file writes it, before `${VAR}` is expanded.
+    pub fn raw_str(&self, path: &KeyPath) -> Option<&str> {
+        match self.lookup(path)?.1?.get_ref() {
+            DeValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// The spans of the key and value at `path`, if the source has them.
     fn spans(&self, path: &KeyPath) -> Option<Spans> {
+        match self.lookup(path)? {
+            (key, Some(value)) => Some((key, value.span())),
+            (_, None) => Some((None, self.table.span())),
+        }
+    }
+
+    /// The key's span and the value at `path` (`None`: the whole document).
+    #[allow(clippy::type_complexity)]
+    fn lookup(
+        &self,
+        path: &KeyPath,
+    ) -> Option<(Option<Range<usize>>, Option<&Spanned<DeValue<'t>>>)> {
         let mut key = None;
         let mut value: &Spanned<DeValue<'t>>;
         let mut segments = path.0.iter();
         let Some(first) = segments.next() else {
-            return Some((None, self.table.span()));
+            return Some((None, None));
         };
         let Segment::Key(k) = first else { return None };
         let (k_span, v) = self.table.get_ref().get_key_value(k.as_str())?;
@@ -141,7 +161,7 @@ impl<'t> Document<'t> {
                 _ => return None,
             }
         }
-        Some((key, value.span()))
+        Some((key, Some(value)))
     }
 
     /// The span to point at for a problem with the value at `path`: the value

@@ -27,7 +27,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use diagnostic::{Diagnostic, Diagnostics, KeyPath, LineIndex, Problem, Segment};
-pub use formats::check_name;
+/// The rules for names Gantry puts in host names, paths and files, for
+/// callers that receive them from elsewhere (the agent's API).
+pub use formats::{check_env_name, check_name};
 pub use resolve::{Environment, LOCAL};
 pub use schema::json_schema;
 pub use ssh_target::SshTarget;

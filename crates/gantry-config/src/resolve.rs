@@ -211,6 +211,20 @@ impl Route {
             path: path.to_owned(),
         }
     }
+
+    /// The name the host's proxy gives every service with a port.
+    pub fn automatic_host(service: &str, project: &str) -> String {
+        format!("{service}.{project}.localhost")
+    }
+
+    /// The project whose automatic names cover `host`, if any: every name
+    /// under `<project>.localhost` with a label before it (`web.shop.localhost`,
+    /// `*.shop.localhost`) is reserved to project `shop`, so no other project
+    /// can take one of its services' names. `host` is lowercase.
+    pub fn reserved_to(host: &str) -> Option<&str> {
+        let (_, project) = host.strip_suffix(".localhost")?.rsplit_once('.')?;
+        Some(project)
+    }
 }
 
 impl std::fmt::Display for Route {

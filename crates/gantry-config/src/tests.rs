@@ -107,3 +107,67 @@ image = "postgres:16"
     let order: Vec<&str> = env.deploy_order().iter().map(|s| s.name.as_str()).collect();
     assert_eq!(order, ["db", "api", "web"]);
 }
+
+#[test]
+fn routes_may_not_take_automatic_names_of_a_service_or_another_project() {
+    let text = r#"
+[project]
+name = "shop"
+[services.web]
+run = "./web"
+port = "http"
+[services.api]
+run = "./api"
+port = "http"
+routes = ["web.shop.localhost", "api.shop.localhost/v2", "web.blog.localhost", "admin.shop.localhost"]
+[services.worker]
+run = "./worker"
+port = "http"
+routes = ["api.shop.localhost"]
+"#;
+    let found: Vec<(String, String)> = errors(text)
+        .into_iter()
+        .map(|d| (d.code.to_owned(), d.message))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                "config.duplicate_route".to_owned(),
+                "route `web.shop.localhost` of `api` is the automatic name of service `web`"
+                    .to_owned()
+            ),
+            (
+                "config.invalid_value".to_owned(),
+                "route `web.blog.localhost` of `api` is under `blog.localhost`, which holds the automatic names of project `blog`".to_owned()
+            ),
+            (
+                "config.duplicate_route".to_owned(),
+                "route `api.shop.localhost` of `worker` is the automatic name of service `api`"
+                    .to_owned()
+            ),
+        ],
+        "a service's own name with a path, and other names under shop.localhost, are allowed"
+    );
+}
+
+#[test]
+fn a_secret_interpolated_into_run_is_refused_and_a_reference_is_not() {
+    let text = r#"
+[project]
+name = "shop"
+[services.web]
+run = "./web --password ${DB_PASS:-x}"
+secrets = ["DB_PASS"]
+[services.api]
+run = "./api --password $DB_PASS"
+secrets = ["DB_PASS"]
+"#;
+    let found: Vec<String> = errors(text).into_iter().map(|d| d.message).collect();
+    assert_eq!(
+        found,
+        [
+            "`run` of `web` interpolates secret `DB_PASS`: its value would show in `ps` and the agent's store"
+        ]
+    );
+}

@@ -90,6 +90,7 @@ pub fn check(file: &File, doc: &Document<'_>) -> Findings {
         check_dependencies(&mut c, env, &merged, &locate);
         check_placement(&mut c, file, env, &merged, &locate);
         check_routes(&mut c, env, &merged, &locate);
+        check_automatic_names(&mut c, &file.project.name, &merged, &locate);
     }
     c.findings
 }
@@ -342,6 +343,7 @@ fn check_service(
     s: &Service,
     locate: &dyn Fn(&str, &[&str]) -> KeyPath,
 ) {
+    check_run_secrets(c, name, s, locate);
     let kinds: Vec<&str> = [
         ("run", s.run.is_some()),
         ("image", s.image.is_some()),
@@ -567,6 +569,78 @@ fn check_routes(
                 false,
                 message,
                 Some("each host and path prefix goes to one service; give one of them another host or path".to_owned()),
+            );
+        }
+    }
+}
+
+/// A declared route may not take a name the proxy gives a service itself
+/// (`<service>.<project>.localhost`, for services with a port), nor a name
+/// reserved to another project's automatic names: the proxy refuses a table
+/// that routes one host and path twice, and would then route nothing new.
+fn check_automatic_names(
+    c: &mut Checker<'_>,
+    project: &str,
+    services: &Services<'_>,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    for (name, service) in services {
+        for (i, route) in service.routes.iter().flatten().enumerate() {
+            let parsed = Route::parse(&route.0);
+            let Some(owner) = Route::reserved_to(&parsed.host) else {
+                continue;
+            };
+            let path = locate(name, &["routes"]).index(i);
+            if owner != project {
+                c.push(
+                    Problem::InvalidValue,
+                    path,
+                    false,
+                    format!("route `{parsed}` of `{name}` is under `{owner}.localhost`, which holds the automatic names of project `{owner}`"),
+                    Some(format!("use a name under `{project}.localhost`, or another host")),
+                );
+                continue;
+            }
+            let named = services.iter().find(|(other, s)| {
+                s.port.is_some() && parsed.host == Route::automatic_host(other, project)
+            });
+            if let Some((other, _)) = named
+                && (other != name || parsed.path == "/")
+            {
+                c.push(
+                    Problem::DuplicateRoute,
+                    path,
+                    false,
+                    format!("route `{parsed}` of `{name}` is the automatic name of service `{other}`"),
+                    Some(format!("every service with a port is reachable as `<service>.{project}.localhost` already; give the route another host")),
+                );
+            }
+        }
+    }
+}
+
+/// `${NAME}` of a secret written into `run` puts its value on the command
+/// line, where every local user sees it in `ps`: the service must read it
+/// from its environment instead.
+fn check_run_secrets(
+    c: &mut Checker<'_>,
+    name: &str,
+    s: &Service,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    let path = locate(name, &["run"]);
+    let Some(run) = c.doc.raw_str(&path) else {
+        return;
+    };
+    for secret in s.secrets.iter().flatten() {
+        let secret = &secret.0;
+        if run.contains(&format!("${{{secret}}}")) || run.contains(&format!("${{{secret}:-")) {
+            c.push(
+                Problem::InvalidValue,
+                path.clone(),
+                false,
+                format!("`run` of `{name}` interpolates secret `{secret}`: its value would show in `ps` and the agent's store"),
+                Some(format!("let the program read {secret} from its environment; a command-line argument (even `${secret}`) shows in `ps`")),
             );
         }
     }

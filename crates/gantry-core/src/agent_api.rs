@@ -272,6 +272,10 @@ pub struct Status {
 pub struct DeployResult {
     pub release: Release,
     pub services: Vec<ServiceStatus>,
+    /// Services that ran on the host but are no longer in the config: the
+    /// deploy drained and stopped them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -296,7 +300,7 @@ pub struct LogLine {
 }
 
 /// `POST /v1/projects/{project}/rollback`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct RollbackRequest {
     /// The release to go back to; the one before the current one if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -304,6 +308,15 @@ pub struct RollbackRequest {
     /// Secret values, as for a deploy.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for RollbackRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RollbackRequest")
+            .field("to", &self.to)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// `POST /v1/proxy/restart` and `POST /v1/proxy/stop`: the host's reverse

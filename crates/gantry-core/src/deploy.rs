@@ -58,6 +58,10 @@ pub struct DeployReport {
     pub services: Vec<ServiceStatus>,
     pub build: Vec<BuildStep>,
     pub upload: Upload,
+    /// Services the deploy stopped because the config no longer has them
+    /// (on the host shown).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
     pub hosts: Vec<HostDeploy>,
 }
 
@@ -75,6 +79,9 @@ pub struct HostDeploy {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub upload: Upload,
+    /// Services stopped on this host because the config no longer has them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
     #[serde(skip)]
     detail: Option<(Release, Vec<ServiceStatus>)>,
     /// The error that ended it, kept whole so a one-host deploy reports its own code.
@@ -288,6 +295,7 @@ pub(crate) fn conclude(
         services,
         build,
         upload,
+        removed: outcomes[shown].removed.clone(),
         hosts: outcomes,
     };
     if let Some(at) = failed
@@ -427,6 +435,7 @@ impl HostPlan<'_> {
             previous: previous.clone(),
             error: None,
             upload: Upload::default(),
+            removed: Vec::new(),
             detail: None,
             cause: None,
         };
@@ -468,6 +477,7 @@ impl HostPlan<'_> {
         outcome.release = Some(result.release.id.clone());
         if result.release.outcome != Outcome::Failed {
             outcome.outcome = HostOutcome::Deployed;
+            outcome.removed = result.removed;
             outcome.detail = Some((result.release, result.services));
             return outcome;
         }
@@ -674,6 +684,7 @@ impl HostDeploy {
             previous,
             error: None,
             upload: Upload::default(),
+            removed: Vec::new(),
             detail: None,
             cause: None,
         };
@@ -686,6 +697,7 @@ impl HostDeploy {
                     outcome.release = Some(result.release.id.clone());
                     HostOutcome::Deployed
                 };
+                outcome.removed = result.removed;
                 outcome.detail = Some((result.release, result.services));
             }
             Err(e) => {
@@ -704,6 +716,7 @@ impl HostDeploy {
             previous: None,
             error: None,
             upload: Upload::default(),
+            removed: Vec::new(),
             detail: None,
             cause: None,
         }

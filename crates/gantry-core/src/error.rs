@@ -223,6 +223,36 @@ pub const CODES: &[(&str, ExitClass, &str)] = &[
         "a deploy request was sent to another project's path",
     ),
     (
+        "request.invalid",
+        ExitClass::Invalid,
+        "the agent refused a name in the request (project, service, secret or variable): it breaks the config's naming rules",
+    ),
+    (
+        "request.too_large",
+        ExitClass::Invalid,
+        "a JSON request to the agent is over its 16 MiB limit (files go as blobs, which have none)",
+    ),
+    (
+        "secrets.invalid",
+        ExitClass::Invalid,
+        "a secret's value has a line break or NUL, or is written into a `run` command (where `ps` shows it); the message says which",
+    ),
+    (
+        "routes.refused",
+        ExitClass::Invalid,
+        "the deploy's routes would make the proxy refuse the host's route table (a host and path routed twice); nothing changed",
+    ),
+    (
+        "routes.taken",
+        ExitClass::Conflict,
+        "a route's host belongs to another project on the host (the first to route it, or `*.<project>.localhost`); the error names it",
+    ),
+    (
+        "release.exists",
+        ExitClass::Conflict,
+        "the release id the deploy would take is already recorded for the project",
+    ),
+    (
         "artifact.incomplete",
         ExitClass::Failed,
         "the host lacks files of the artifact",

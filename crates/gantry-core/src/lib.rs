@@ -13,6 +13,7 @@ pub mod firewall;
 pub mod host;
 pub mod init;
 pub mod operate;
+pub mod redact;
 pub mod register;
 pub mod render;
 pub mod show;

@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::{Error, Project, config::Environment};
 
-/// Shown in place of a value that must not be printed.
-pub const REDACTED: &str = "(redacted)";
+pub use crate::redact::REDACTED;
+use crate::redact::Redactor;
 
 #[derive(Debug, Serialize)]
 pub struct ShowReport {
@@ -27,23 +27,6 @@ pub struct SecretStatus {
     pub available: bool,
 }
 
-/// Env values under names like these usually hold credentials. They belong in
-/// `secrets`, but if one was interpolated into `env`, `show` still hides it.
-fn looks_secret(key: &str) -> bool {
-    let key = key.to_ascii_uppercase();
-    [
-        "PASSWORD",
-        "PASSWD",
-        "SECRET",
-        "TOKEN",
-        "API_KEY",
-        "PRIVATE_KEY",
-        "CREDENTIAL",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
-}
-
 pub fn show(
     project: &Project,
     environment: &str,
@@ -52,12 +35,10 @@ pub fn show(
     let config = project.load()?;
     let mut env = config.environment(environment)?;
     let mut secrets = Vec::new();
+    // No secret values are read here: names and URL passwords are what show.
+    let redactor = Redactor::default();
     for service in env.services.values_mut() {
-        for (key, value) in service.env.iter_mut() {
-            if looks_secret(key) {
-                *value = REDACTED.to_owned();
-            }
-        }
+        redactor.service(service);
         for name in &service.secrets {
             secrets.push(SecretStatus {
                 service: service.name.clone(),

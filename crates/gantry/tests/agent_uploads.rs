@@ -6,11 +6,13 @@
 
 mod agent_support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use agent_support::{AgentProcess, assert_web_answers, deploy, files_under, hello, service};
+use agent_support::{
+    AgentProcess, api_answer, assert_web_answers, deploy, files_under, hello, request, service,
+};
 use gantry_core::artifact::{file_digest, scan};
 use gantry_testkit::TestProject;
 use serde_json::{Value, json};
@@ -37,53 +39,6 @@ fn project(name: &str, seed: u64) -> (TestProject, String) {
 
 fn socket(p: &TestProject) -> PathBuf {
     p.state_dir().join("agent.sock")
-}
-
-/// The status and JSON body of the agent's answer on `stream`.
-fn answer(mut stream: UnixStream) -> (u16, Value) {
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .expect("read the agent's answer");
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("not HTTP: {text}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head}"));
-    let body = serde_json::from_str(body).unwrap_or(Value::Null);
-    (status, body)
-}
-
-/// Sends a request of `length` announced bytes whose body is `body`, over
-/// the agent's socket. With `cut`, the connection's sending side closes
-/// after `body`, as when a link drops mid-upload.
-fn request(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    length: usize,
-    body: &[u8],
-    cut: bool,
-) -> (u16, Value) {
-    let mut stream = UnixStream::connect(socket).expect("connect to the agent");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: agent\r\nconnection: close\r\n\
-         content-type: application/octet-stream\r\ncontent-length: {length}\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).expect("send the head");
-    // An agent may answer before reading the body (a wrong offset, a blob
-    // it has) and close: its answer is what counts, not this write.
-    let _ = stream.write_all(body);
-    if cut {
-        stream
-            .shutdown(std::net::Shutdown::Write)
-            .expect("close the sending side");
-    }
-    answer(stream)
 }
 
 fn put(socket: &Path, digest: &str, offset: usize, body: &[u8]) -> (u16, Value) {
@@ -119,7 +74,7 @@ fn missing(socket: &Path, digests: &[&str]) -> Value {
     );
     stream.write_all(head.as_bytes()).expect("send");
     stream.write_all(&body).expect("send");
-    let (status, answer) = answer(stream);
+    let (status, answer) = api_answer(stream);
     assert_eq!(status, 200, "{answer:#}");
     answer
 }

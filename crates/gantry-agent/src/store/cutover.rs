@@ -24,6 +24,16 @@ impl Store {
         set_current(&self.conn, project, service, release)
     }
 
+    /// Forgets that a service runs: a deploy whose config no longer has it
+    /// stopped its instances. Its releases and instance rows stay as history.
+    pub fn forget_service(&self, project: &str, service: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM service_releases WHERE project = ?1 AND service = ?2",
+            [project, service],
+        )?;
+        Ok(())
+    }
+
     /// The id of the release a service runs, if it has been deployed.
     pub fn current(&self, project: &str, service: &str) -> Result<Option<String>, StoreError> {
         self.conn

@@ -228,14 +228,18 @@ impl Store {
         )
     }
 
-    /// The instances started for one release (release ids are unique across projects).
-    pub fn instances_of_release(&self, release: &str) -> Result<Vec<InstanceRecord>, StoreError> {
+    /// The instances started for one release of a project.
+    pub fn instances_of_release(
+        &self,
+        project: &str,
+        release: &str,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
         self.query_instances(
             &format!(
-                "SELECT {COLUMNS} FROM instances WHERE release = ?1 \
+                "SELECT {COLUMNS} FROM instances WHERE project = ?1 AND release = ?2 \
                  ORDER BY service, created_at, id"
             ),
-            params![release],
+            params![project, release],
         )
     }
 
@@ -423,7 +427,9 @@ pub(super) mod tests {
             ["web-1", "web-2", "web-3"]
         );
         assert_eq!(
-            ids(store.instances_of_release("r-1").expect("of release")),
+            ids(store
+                .instances_of_release("shop", "r-1")
+                .expect("of release")),
             ["web-1", "web-2"]
         );
     }

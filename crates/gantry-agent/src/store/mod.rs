@@ -168,6 +168,12 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// A resolved service as the config crate would produce it, for tests.
+#[cfg(test)]
+pub(crate) fn test_service(name: &str) -> gantry_config::resolve::Service {
+    releases::tests::service(name)
+}
+
 /// Unix time in milliseconds.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -268,6 +274,94 @@ mod tests {
             store.artifact(&artifact.digest).expect("artifact"),
             Some(artifact)
         );
+    }
+
+    #[test]
+    fn a_store_at_the_first_schema_keeps_its_data_and_takes_a_second_projects_r1() {
+        use gantry_core::agent_api::InstanceState;
+
+        use crate::store::releases::tests::release;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.db");
+        {
+            // The store as agents of the first schema left it: one project.
+            let mut conn = Connection::open(&path).expect("open");
+            conn.pragma_update(None, "foreign_keys", true)
+                .expect("foreign keys");
+            schema::migrations()
+                .to_version(&mut conn, 1)
+                .expect("first schema");
+            let v1 = Store { conn };
+            v1.insert_release(&release("shop", "r1", 1))
+                .expect("release");
+            let mut back = release("shop", "r2", 2);
+            back.rollback_of = Some("r1".to_owned());
+            v1.insert_release(&back).expect("rollback release");
+            v1.insert_instance(&InstanceRecord::new(
+                "web-r2-1",
+                "shop",
+                "web",
+                "r2",
+                Some(20_001),
+                1,
+            ))
+            .expect("instance");
+            v1.switch("shop", "web", "r2", &["web-r2-1".to_owned()], &[])
+                .expect("switch");
+            let err = v1
+                .insert_release(&release("blog", "r1", 1))
+                .expect_err("the first schema keys releases by id alone");
+            assert_eq!(err.code(), "release.exists");
+        }
+        let store = Store::open(&path).expect("migrated");
+        let ids: Vec<_> = store
+            .releases("shop")
+            .expect("releases")
+            .into_iter()
+            .map(|r| (r.id, r.rollback_of))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("r2".to_owned(), Some("r1".to_owned())),
+                ("r1".to_owned(), None)
+            ]
+        );
+        let web = store.instance("web-r2-1").expect("query").expect("kept");
+        assert_eq!((web.state, web.port), (InstanceState::Live, Some(20_001)));
+        assert_eq!(
+            store.current("shop", "web").expect("current").as_deref(),
+            Some("r2")
+        );
+        store
+            .insert_release(&release("blog", "r1", 1))
+            .expect("a second project's r1");
+        store
+            .insert_instance(&InstanceRecord::new(
+                "web-r1-1",
+                "blog",
+                "web",
+                "r1",
+                Some(20_002),
+                2,
+            ))
+            .expect("its instance");
+        store
+            .switch("blog", "web", "r1", &["web-r1-1".to_owned()], &[])
+            .expect("its switch");
+        assert_eq!(
+            store.current("shop", "web").expect("current").as_deref(),
+            Some("r2"),
+            "the first project's current release is its own"
+        );
+        let broken: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
+                row.get(0)
+            })
+            .expect("foreign key check");
+        assert_eq!(broken, 0);
     }
 
     #[test]

@@ -7,8 +7,11 @@
 use rusqlite_migration::{M, Migrations};
 
 pub(super) fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        r#"
+    Migrations::new(vec![M::up(V1), M::up(V2_RELEASES_BY_PROJECT)])
+}
+
+/// The first schema, as agents in the field created it.
+const V1: &str = r#"
 CREATE TABLE releases (
     id              TEXT PRIMARY KEY,
     project         TEXT NOT NULL,
@@ -88,6 +91,88 @@ CREATE TABLE artifacts (
     files        TEXT NOT NULL,  -- JSON array of ArtifactFile
     recorded_at  INTEGER NOT NULL
 ) STRICT;
-"#,
-    )])
-}
+"#;
+
+/// Release ids (`r1`, `r2`, ...) count per project, so a release is keyed by
+/// its project and id: with `id` alone a second project's `r1` collided with
+/// the first's. The tables that point at releases are rebuilt with composite
+/// foreign keys; every row is kept. Foreign keys are checked at commit, after
+/// the old tables are gone.
+const V2_RELEASES_BY_PROJECT: &str = r#"
+PRAGMA defer_foreign_keys = ON;
+
+ALTER TABLE service_releases RENAME TO service_releases_v1;
+ALTER TABLE instances RENAME TO instances_v1;
+ALTER TABLE releases RENAME TO releases_v1;
+DROP INDEX releases_deploying;
+DROP INDEX instances_by_service;
+DROP INDEX instances_by_release;
+DROP INDEX instances_active;
+
+CREATE TABLE releases (
+    project         TEXT NOT NULL,
+    id              TEXT NOT NULL,
+    number          INTEGER NOT NULL CHECK (number > 0),
+    environment     TEXT NOT NULL,
+    config_hash     TEXT NOT NULL,
+    artifact_digest TEXT NOT NULL,
+    rollback_of     TEXT,
+    created_at      INTEGER NOT NULL,
+    outcome         TEXT NOT NULL CHECK (outcome IN ('deploying', 'succeeded', 'failed')),
+    reason          TEXT,
+    log_tail        TEXT NOT NULL,  -- JSON array of lines
+    phases          TEXT NOT NULL,  -- JSON array of Phase
+    services        TEXT NOT NULL,  -- JSON array of resolved Service, secret names only
+    PRIMARY KEY (project, id),
+    UNIQUE (project, number),
+    FOREIGN KEY (project, rollback_of) REFERENCES releases (project, id)
+) STRICT;
+CREATE INDEX releases_deploying ON releases (outcome) WHERE outcome = 'deploying';
+INSERT INTO releases (project, id, number, environment, config_hash, artifact_digest,
+                      rollback_of, created_at, outcome, reason, log_tail, phases, services)
+    SELECT project, id, number, environment, config_hash, artifact_digest,
+           rollback_of, created_at, outcome, reason, log_tail, phases, services
+    FROM releases_v1;
+
+CREATE TABLE instances (
+    id          TEXT PRIMARY KEY,
+    project     TEXT NOT NULL,
+    service     TEXT NOT NULL,
+    release     TEXT NOT NULL,
+    state       TEXT NOT NULL
+                CHECK (state IN ('starting', 'live', 'draining', 'backoff', 'failed', 'stopped')),
+    pid         INTEGER,
+    start_time  INTEGER,
+    relay_pid   INTEGER,
+    port        INTEGER CHECK (port BETWEEN 1 AND 65535),
+    restarts    INTEGER NOT NULL DEFAULT 0,
+    healthy     INTEGER NOT NULL DEFAULT 0 CHECK (healthy IN (0, 1)),
+    last_exit   TEXT,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    FOREIGN KEY (project, release) REFERENCES releases (project, id)
+) STRICT;
+CREATE INDEX instances_by_service ON instances (project, service);
+CREATE INDEX instances_by_release ON instances (project, release);
+CREATE INDEX instances_active ON instances (state) WHERE state NOT IN ('stopped', 'failed');
+INSERT INTO instances (id, project, service, release, state, pid, start_time, relay_pid, port,
+                       restarts, healthy, last_exit, created_at, updated_at)
+    SELECT id, project, service, release, state, pid, start_time, relay_pid, port,
+           restarts, healthy, last_exit, created_at, updated_at
+    FROM instances_v1;
+
+CREATE TABLE service_releases (
+    project     TEXT NOT NULL,
+    service     TEXT NOT NULL,
+    release     TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (project, service),
+    FOREIGN KEY (project, release) REFERENCES releases (project, id)
+) STRICT, WITHOUT ROWID;
+INSERT INTO service_releases (project, service, release, updated_at)
+    SELECT project, service, release, updated_at FROM service_releases_v1;
+
+DROP TABLE service_releases_v1;
+DROP TABLE instances_v1;
+DROP TABLE releases_v1;
+"#;

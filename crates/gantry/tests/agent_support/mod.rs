@@ -5,7 +5,8 @@
 //! wait polls a condition against a deadline.
 #![allow(dead_code)] // each test file uses its own part of this module
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -354,4 +355,68 @@ pub fn output(run: &Run) -> String {
 /// Whether the test must not skip what this host cannot do.
 pub fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// The status and JSON body of the agent's answer on `stream`.
+pub fn api_answer(mut stream: UnixStream) -> (u16, Value) {
+    let mut raw = Vec::new();
+    // An agent that answers before reading the whole body closes on unread
+    // bytes: the reader gets its answer, then a reset instead of the end.
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => {}
+        Err(e) => panic!("read the agent's answer: {e}"),
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not HTTP: {text}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head}"));
+    let body = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// Sends a request of `length` announced bytes whose body is `body`, over
+/// the agent's socket (as JSON, which a blob upload ignores). With `cut`, the connection's sending side closes
+/// after `body`, as when a link drops mid-upload.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    length: usize,
+    body: &[u8],
+    cut: bool,
+) -> (u16, Value) {
+    let mut stream = UnixStream::connect(socket).expect("connect to the agent");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: agent\r\nconnection: close\r\n\
+         content-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("send the head");
+    // An agent may answer before reading the body (a wrong offset, a blob
+    // it has) and close: its answer is what counts, not this write.
+    let _ = stream.write_all(body);
+    if cut {
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("close the sending side");
+    }
+    api_answer(stream)
+}
+
+/// `POST path` with `body` as JSON on the project's agent socket.
+pub fn post_json(p: &TestProject, path: &str, body: &Value) -> (u16, Value) {
+    let bytes = serde_json::to_vec(body).expect("json");
+    request(
+        &p.state_dir().join("agent.sock"),
+        "POST",
+        path,
+        bytes.len(),
+        &bytes,
+        false,
+    )
 }

@@ -1,0 +1,145 @@
+//! Where a deploy's credentials go: into the project's secrets file (0600,
+//! read by the relays), never into the store, a report or a command line.
+//!
+//! A value in `env` that is a credential (by its name, a URL with a password,
+//! or a known secret's value) is moved to the secrets file and referenced by
+//! name, so `releases show` and agent.db hold no value of it. A secret value
+//! found in a `run` command is refused: it would show in `ps` for every local
+//! user. What the API answers is redacted by value as well, for releases an
+//! older agent stored.
+
+use std::collections::BTreeMap;
+
+use gantry_core::agent_api::{DeployRequest, Release};
+use gantry_core::redact::{Redactor, is_credential};
+
+use crate::agent::Agent;
+use crate::api::ApiFailure;
+
+/// Moves credential env values of every service into `request.secrets`,
+/// and refuses a `run` command that holds a secret's value.
+pub fn separate(request: &mut DeployRequest) -> Result<(), ApiFailure> {
+    let known = Redactor::new(request.secrets.values().cloned());
+    let mut moved: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for service in &mut request.services {
+        if let gantry_config::resolve::Workload::Process { run } = &service.workload
+            && known.finds_in(run)
+        {
+            return Err(ApiFailure::invalid(
+                "secrets.invalid",
+                format!(
+                    "the run command of `{}` holds a secret's value, which any local user would see in `ps`",
+                    service.name
+                ),
+                "let the program read the secret from its environment; an argument in `run` shows in `ps`",
+            ));
+        }
+        let credentials: Vec<String> = service
+            .env
+            .iter()
+            // The secrets file holds one line a variable: a multi-line value stays.
+            .filter(|(name, value)| {
+                (is_credential(name, value) || known.finds_in(value))
+                    && !value.contains(['\n', '\r', '\0'])
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in credentials {
+            let Some(value) = service.env.remove(&name) else {
+                continue;
+            };
+            if let Some((other, earlier)) = moved.get(&name)
+                && *earlier != value
+            {
+                return Err(ApiFailure::invalid(
+                    "secrets.invalid",
+                    format!(
+                        "`{name}` holds a credential with different values in `{other}` and `{}`; the project's secrets have one value per name",
+                        service.name
+                    ),
+                    "give the two credentials different names, or make it one secret",
+                ));
+            }
+            if request.secrets.get(&name).is_some_and(|v| *v != value) {
+                return Err(ApiFailure::invalid(
+                    "secrets.invalid",
+                    format!(
+                        "`{name}` of `{}` is both a secret and a credential in env, with different values",
+                        service.name
+                    ),
+                    "keep it in one place: `secrets`",
+                ));
+            }
+            if !service.secrets.contains(&name) {
+                service.secrets.push(name.clone());
+            }
+            moved.insert(name, (service.name.clone(), value));
+        }
+    }
+    for (name, (_, value)) in moved {
+        request.secrets.insert(name, value);
+    }
+    Ok(())
+}
+
+/// Secret values go to a 0600 file the relays read; nowhere else. A name a
+/// service uses that the request does not carry keeps the value the file
+/// had (a rollback's services may use credentials the CLI does not hold).
+pub fn write_secrets(agent: &Agent, project: &str, request: &DeployRequest) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if request.secrets.is_empty() {
+        return Ok(());
+    }
+    let path = agent.paths.secrets(project);
+    let mut values = request.secrets.clone();
+    let used = request.services.iter().flat_map(|s| s.secrets.iter());
+    let kept = read_secrets(&path);
+    for name in used {
+        if !values.contains_key(name)
+            && let Some(value) = kept.get(name)
+        {
+            values.insert(name.clone(), value.clone());
+        }
+    }
+    let dir = path.parent().unwrap_or(agent.state_dir());
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{project}.env.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    // Names and values were checked on admission: one variable a line.
+    for (name, value) in &values {
+        writeln!(file, "{name}={value}")?;
+    }
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+fn read_secrets(path: &std::path::Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// Hides the project's secret values, credential env values and URL
+/// passwords in releases the API answers with.
+pub fn redact_releases(agent: &Agent, project: &str, releases: &mut [Release]) {
+    let redactor = Redactor::new(read_secrets(&agent.paths.secrets(project)).into_values());
+    for release in releases {
+        for service in &mut release.services {
+            redactor.service(service);
+        }
+        release.reason = release.reason.as_deref().map(|r| redactor.text(r));
+        for line in &mut release.log_tail {
+            *line = redactor.text(line);
+        }
+    }
+}

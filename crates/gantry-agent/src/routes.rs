@@ -1,0 +1,376 @@
+//! The proxy's route table as the agent builds it from the store, and the
+//! rules that keep one deploy from breaking it.
+//!
+//! The proxy takes a table whole or refuses it whole (a host and path routed
+//! twice, say), so a bad route in one project would leave every project's
+//! routes as they were while their instances change. A deploy is therefore
+//! admitted only when the table it would lead to passes the proxy's own
+//! check ([`RouteTable::validate`]), before anything of it starts.
+//!
+//! Between projects on one agent, a host belongs to one project: names under
+//! `<project>.localhost` with a label before it are that project's (its
+//! automatic names live there), and any other host belongs to the first
+//! project that routes it, until it no longer does. Within a project, a
+//! route moving between services mid-deploy goes to the service on the
+//! newer release.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use gantry_config::resolve::{Route as Declared, Service};
+use gantry_core::agent_api::InstanceState;
+use gantry_proxy::{Route, RouteTable, TableError, Tls};
+
+use crate::store::{Store, StoreError};
+
+/// One service with instances to route to.
+struct Serving {
+    project: String,
+    /// Its release's number: the higher one wins a route within a project.
+    number: u64,
+    environment: String,
+    spec: Service,
+    upstreams: Vec<SocketAddr>,
+}
+
+/// Why a deploy's routes cannot be admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("route `{host}` of `{service}` belongs to project `{owner}` on this host")]
+    Taken {
+        service: String,
+        host: String,
+        owner: String,
+    },
+    #[error("the proxy would refuse the host's route table: {0}")]
+    Table(#[from] TableError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Refusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Taken { .. } => "routes.taken",
+            Refusal::Table(_) => "routes.refused",
+            Refusal::Store(e) => e.code(),
+        }
+    }
+
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Refusal::Taken { .. } => {
+                "give the route another host, or stop that project's service first (a host is its first project's until that one no longer routes it)"
+            }
+            Refusal::Table(_) => {
+                "route each host and path to one service, and none to a `<service>.<project>.localhost` name; `gantry validate` finds these"
+            }
+            Refusal::Store(_) => "see the agent's log",
+        }
+    }
+}
+
+pub fn upstream(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The whole route table: per service with live instances on a port,
+/// `<service>.<project>.localhost` and each route it declares.
+///
+/// TLS: the `.localhost` names get leaves from the proxy's local CA and stay
+/// reachable over plain HTTP too. A declared route outside the local
+/// environment asks for an ACME certificate and redirects plain HTTP to
+/// HTTPS (the proxy redirects only once it holds a certificate for the host).
+pub fn table(store: &mut Store) -> Result<RouteTable, StoreError> {
+    Ok(build(serving(store)?))
+}
+
+/// Checks the routes of a deploy of `services` against every other
+/// project's on this host, and the table the deploy would lead to against the proxy's rules.
+pub fn admit(
+    store: &mut Store,
+    project: &str,
+    environment: &str,
+    services: &[Service],
+) -> Result<(), Refusal> {
+    let others: Vec<Serving> = serving(store)?
+        .into_iter()
+        .filter(|s| s.project != project)
+        .collect();
+    let mut owners: BTreeMap<String, &str> = BTreeMap::new();
+    for other in &others {
+        for route in routes_of(other) {
+            for host in route.hosts {
+                owners
+                    .entry(host.to_ascii_lowercase())
+                    .or_insert(&other.project);
+            }
+        }
+    }
+    for service in services.iter().filter(|s| s.port.is_some()) {
+        for route in &service.routes {
+            let host = route.host.to_ascii_lowercase();
+            let owner = Declared::reserved_to(&host)
+                .filter(|p| *p != project)
+                .or_else(|| {
+                    owners
+                        .iter()
+                        .find(|(taken, _)| covers(taken, &host) || covers(&host, taken))
+                        .map(|(_, owner)| *owner)
+                });
+            if let Some(owner) = owner {
+                return Err(Refusal::Taken {
+                    service: service.name.clone(),
+                    host: route.host.clone(),
+                    owner: owner.to_owned(),
+                });
+            }
+        }
+    }
+    // Placeholder upstreams: the proxy's check is about hosts and paths.
+    let planned = others
+        .into_iter()
+        .chain(services.iter().map(|spec| Serving {
+            project: project.to_owned(),
+            number: u64::MAX,
+            environment: environment.to_owned(),
+            spec: spec.clone(),
+            upstreams: vec![upstream(1)],
+        }))
+        .filter(|s| s.spec.port.is_some())
+        .collect();
+    build(planned).validate()?;
+    Ok(())
+}
+
+/// Whether the host pattern `pattern` matches `host` (`*.example.com`
+/// matches `a.example.com`; a name matches itself).
+fn covers(pattern: &str, host: &str) -> bool {
+    pattern == host
+        || pattern
+            .strip_prefix('*')
+            .is_some_and(|suffix| suffix.starts_with('.') && host.ends_with(suffix))
+}
+
+fn build(mut serving: Vec<Serving>) -> RouteTable {
+    serving.sort_by(|a, b| {
+        (a.project.as_str(), std::cmp::Reverse(a.number))
+            .cmp(&(b.project.as_str(), std::cmp::Reverse(b.number)))
+    });
+    // (project, host, prefix) → the release number that routes it.
+    let mut routed: HashMap<(String, String, String), u64> = HashMap::new();
+    let mut routes = Vec::new();
+    for one in &serving {
+        for route in routes_of(one) {
+            let keys: Vec<_> = route
+                .hosts
+                .iter()
+                .map(|h| {
+                    let prefix = route.path_prefix.trim_end_matches('/');
+                    (
+                        one.project.clone(),
+                        h.to_ascii_lowercase(),
+                        prefix.to_owned(),
+                    )
+                })
+                .collect();
+            // A newer release of the project routes it already. Routes of
+            // one release are all kept: the proxy refuses a clash among them.
+            if keys
+                .iter()
+                .any(|k| routed.get(k).is_some_and(|n| *n > one.number))
+            {
+                continue;
+            }
+            for key in keys {
+                routed.entry(key).or_insert(one.number);
+            }
+            routes.push(route);
+        }
+    }
+    RouteTable { routes }
+}
+
+fn routes_of(one: &Serving) -> Vec<Route> {
+    let name = &one.spec.name;
+    let mut routes = vec![
+        Route::new(name, one.upstreams.clone())
+            .hosts([Declared::automatic_host(name, &one.project)])
+            .tls(Tls::Local),
+    ];
+    for route in &one.spec.routes {
+        let (tls, redirect) = match &one.spec.tls {
+            // The user's own certificate, on every declared route of the service.
+            Some(files) => (
+                Tls::Files(gantry_proxy::CertFiles {
+                    cert: files.cert.clone().into(),
+                    key: files.key.clone().into(),
+                }),
+                one.environment != "local",
+            ),
+            None => declared_route_tls(&one.environment, &route.host),
+        };
+        routes.push(
+            Route::new(name, one.upstreams.clone())
+                .hosts([route.host.clone()])
+                .path_prefix(route.path.clone(), false)
+                .tls(tls)
+                .redirect_https(redirect),
+        );
+    }
+    routes
+}
+
+/// Every service of every project with running (or restarting) instances on a port.
+fn serving(store: &mut Store) -> Result<Vec<Serving>, StoreError> {
+    let mut projects: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (project, service, release) in store.current_everywhere()? {
+        projects
+            .entry(project)
+            .or_default()
+            .push((service, release));
+    }
+    let mut serving = Vec::new();
+    for (project, services) in projects {
+        let instances = store.instances(&project)?;
+        let releases = store.releases(&project)?;
+        for (service, release) in services {
+            let Some((number, environment, spec)) =
+                releases.iter().find(|r| r.id == release).and_then(|r| {
+                    let spec = r.services.iter().find(|s| s.name == service)?;
+                    Some((r.number, r.environment.clone(), spec.clone()))
+                })
+            else {
+                continue;
+            };
+            let candidates: Vec<_> = instances
+                .iter()
+                .filter(|i| {
+                    i.service == service
+                        && i.release == release
+                        && crate::deploy::is_active(i.state)
+                        && i.state != InstanceState::Draining
+                        && i.port.is_some()
+                })
+                .collect();
+            // The live, healthy instances; when none is, every one that may
+            // come back (restarting, failing its checks) rather than no route.
+            let healthy: Vec<_> = candidates
+                .iter()
+                .filter(|i| i.state == InstanceState::Live && i.healthy)
+                .collect();
+            let chosen = if healthy.is_empty() {
+                candidates.iter().collect()
+            } else {
+                healthy
+            };
+            let upstreams: Vec<SocketAddr> = chosen
+                .into_iter()
+                .filter_map(|i| i.port)
+                .map(upstream)
+                .collect();
+            if upstreams.is_empty() {
+                continue;
+            }
+            serving.push(Serving {
+                project: project.clone(),
+                number,
+                environment,
+                spec,
+                upstreams,
+            });
+        }
+    }
+    Ok(serving)
+}
+
+/// A declared route's TLS: local-CA leaves for `.localhost` names; on the
+/// local environment nothing else (no ACME for a laptop); elsewhere ACME and
+/// a redirect from plain HTTP. Hosts ACME cannot serve (wildcards, IP
+/// addresses) stay plain.
+fn declared_route_tls(environment: &str, host: &str) -> (Tls, bool) {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if gantry_proxy::is_local_name(name) {
+        return (Tls::Local, false);
+    }
+    let acme_can_serve = !host.starts_with("*.")
+        && !host.starts_with('[')
+        && host.parse::<std::net::IpAddr>().is_err();
+    if environment == "local" || !acme_can_serve {
+        (Tls::Off, false)
+    } else {
+        (Tls::Acme, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_routes_get_acme_and_a_redirect_only_off_the_local_environment() {
+        assert_eq!(
+            declared_route_tls("prod", "shop.example.com"),
+            (Tls::Acme, true)
+        );
+        assert_eq!(
+            declared_route_tls("local", "shop.example.com"),
+            (Tls::Off, false)
+        );
+        assert_eq!(
+            declared_route_tls("prod", "admin.shop.localhost"),
+            (Tls::Local, false)
+        );
+        assert_eq!(
+            declared_route_tls("prod", "*.example.com"),
+            (Tls::Off, false)
+        );
+        assert_eq!(declared_route_tls("prod", "203.0.113.7"), (Tls::Off, false));
+    }
+
+    fn serving(project: &str, number: u64, service: &str, route: &str) -> Serving {
+        let mut spec = crate::store::test_service(service);
+        spec.routes = vec![Declared::parse(route)];
+        Serving {
+            project: project.to_owned(),
+            number,
+            environment: "local".to_owned(),
+            spec,
+            upstreams: vec![upstream(20_000 + u16::try_from(number).unwrap_or(0))],
+        }
+    }
+
+    #[test]
+    fn a_route_moving_between_services_goes_to_the_newer_release_and_a_clash_in_one_is_refused() {
+        let table = build(vec![
+            serving("shop", 1, "web", "moving.example.com"),
+            serving("shop", 2, "www", "moving.example.com/"),
+        ]);
+        let owners: Vec<&str> = table
+            .routes
+            .iter()
+            .filter(|r| r.hosts == ["moving.example.com"])
+            .map(|r| r.service.as_str())
+            .collect();
+        assert_eq!(owners, ["www"]);
+        assert!(table.validate().is_ok());
+
+        let clash = build(vec![
+            serving("shop", 2, "web", "same.example.com"),
+            serving("shop", 2, "www", "same.example.com"),
+        ]);
+        assert!(matches!(
+            clash.validate(),
+            Err(TableError::Duplicate { .. })
+        ));
+    }
+
+    #[test]
+    fn a_wildcard_covers_names_under_it_only() {
+        assert!(covers("*.example.com", "a.example.com"));
+        assert!(covers("shop.example.com", "shop.example.com"));
+        assert!(!covers("*.example.com", "example.com"));
+        assert!(!covers("*.example.com", "a.example.org"));
+        assert!(!covers("a.example.com", "*.example.com"));
+    }
+}

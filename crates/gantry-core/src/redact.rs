@@ -1,0 +1,160 @@
+//! Hiding credentials in what Gantry prints, logs or keeps. Names are not
+//! enough (`DATABASE_URL` holds a password in `postgres://user:pass@host`),
+//! so values are hidden too: every known secret value, and the password of
+//! any URL's userinfo.
+
+/// Shown in place of a value that must not be printed.
+pub const REDACTED: &str = "(redacted)";
+
+/// Secret values shorter than this are not searched for in other text: a
+/// one- or two-character value would hide half of every line.
+const MIN_VALUE_LEN: usize = 4;
+
+/// Env values under names like these usually hold credentials. They belong in
+/// `secrets`, but one put in `env` is still hidden.
+pub fn looks_secret(name: &str) -> bool {
+    let name = name.to_ascii_uppercase();
+    [
+        "PASSWORD",
+        "PASSWD",
+        "SECRET",
+        "TOKEN",
+        "API_KEY",
+        "PRIVATE_KEY",
+        "CREDENTIAL",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+}
+
+/// Whether an env entry holds a credential: by its name, or a URL with a
+/// password in its value.
+pub fn is_credential(name: &str, value: &str) -> bool {
+    looks_secret(name) || url_passwords(value) != value
+}
+
+/// `text` with the password of every `scheme://user:password@host` in it
+/// replaced by [`REDACTED`].
+pub fn url_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let authority_end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority
+            .rfind('@')
+            .and_then(|userinfo_end| Some((userinfo_end, authority[..userinfo_end].find(':')?)))
+        {
+            Some((userinfo_end, colon)) => {
+                out.push_str(&authority[..=colon]);
+                out.push_str(REDACTED);
+                out.push_str(&authority[userinfo_end..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Hides known secret values, and URL passwords, in text.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    /// Longest first, so a value containing another is hidden whole.
+    values: Vec<String>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("values", &self.values.len())
+            .finish()
+    }
+}
+
+impl Redactor {
+    pub fn new<I, S>(values: I) -> Redactor
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut values: Vec<String> = values
+            .into_iter()
+            .map(Into::into)
+            .filter(|v| v.len() >= MIN_VALUE_LEN)
+            .collect();
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        Redactor { values }
+    }
+
+    /// `text` with every known value and URL password replaced.
+    pub fn text(&self, text: &str) -> String {
+        let mut out = url_passwords(text);
+        for value in &self.values {
+            if out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// Whether `text` holds one of the known values.
+    pub fn finds_in(&self, text: &str) -> bool {
+        self.values.iter().any(|v| text.contains(v.as_str()))
+    }
+
+    /// A service as it may be shown: credential env values hidden whole,
+    /// known values and URL passwords hidden in every other value and in its
+    /// command.
+    pub fn service(&self, service: &mut crate::config::resolve::Service) {
+        for (name, value) in service.env.iter_mut() {
+            *value = if looks_secret(name) {
+                REDACTED.to_owned()
+            } else {
+                self.text(value)
+            };
+        }
+        if let crate::config::resolve::Workload::Process { run } = &mut service.workload {
+            *run = self.text(run);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_passwords_are_hidden_wherever_they_are() {
+        assert_eq!(
+            url_passwords("postgres://shop:hunter2@db:5432/shop"),
+            "postgres://shop:(redacted)@db:5432/shop"
+        );
+        assert_eq!(
+            url_passwords("a=redis://:pw@r/0 b=https://example.com/x@y"),
+            "a=redis://:(redacted)@r/0 b=https://example.com/x@y"
+        );
+        assert_eq!(url_passwords("https://user@host/"), "https://user@host/");
+        assert_eq!(url_passwords("no url here"), "no url here");
+        assert!(is_credential("DATABASE_URL", "postgres://u:p@h/d"));
+        assert!(is_credential("API_TOKEN", "x"));
+        assert!(!is_credential("RUST_LOG", "info"));
+    }
+
+    #[test]
+    fn known_values_are_hidden_but_not_short_ones() {
+        let r = Redactor::new(["s3cr3t-value", "ab"]);
+        assert_eq!(
+            r.text("--password s3cr3t-value --x ab"),
+            "--password (redacted) --x ab"
+        );
+        assert!(r.finds_in("x s3cr3t-value"));
+        assert!(!format!("{r:?}").contains("s3cr3t"));
+    }
+}
