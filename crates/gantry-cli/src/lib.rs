@@ -400,31 +400,25 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
             }
             Some(AgentAction::Stop) => {
                 use gantry_core::host::{AGENT_UNIT, AGENT_UNIT_FILE, SYSTEM_STATE_DIR};
-                let stopped = match (wiring.connect)(&local_host(), &state_dir, false) {
-                    Ok(agent) => {
-                        agent.shutdown().map_err(gantry_core::Error::from)?;
-                        true
-                    }
-                    Err(HostError::Unreachable { .. }) => false,
-                    Err(other) => return Err(gantry_core::Error::from(other).into()),
-                };
-                // On a host configured as root, systemd runs the agent.
+                // On a host configured as root, systemd runs the agent of
+                // the system state directory: stopping it by hand would only
+                // have systemd start it again, so that one is left to systemctl.
                 let unit = std::path::Path::new(AGENT_UNIT_FILE).exists();
-                let systemctl = format!(
-                    "`systemctl stop {AGENT_UNIT}` stops it, `systemctl start {AGENT_UNIT}` starts it again"
-                );
-                let note = match (unit, stopped) {
-                    (false, _) => None,
-                    (true, true) if state_dir == std::path::Path::new(SYSTEM_STATE_DIR) => {
-                        Some(format!(
-                            "systemd runs this agent (unit {AGENT_UNIT}) and will start it again: {systemctl}"
-                        ))
-                    }
-                    (true, true) => None,
-                    (true, false) => Some(format!(
-                        "systemd runs this host's agent (unit {AGENT_UNIT}): {systemctl}"
-                    )),
-                };
+                let systemds = unit && state_dir == std::path::Path::new(SYSTEM_STATE_DIR);
+                let stopped = !systemds
+                    && match (wiring.connect)(&local_host(), &state_dir, false) {
+                        Ok(agent) => {
+                            agent.shutdown().map_err(gantry_core::Error::from)?;
+                            true
+                        }
+                        Err(HostError::Unreachable { .. }) => false,
+                        Err(other) => return Err(gantry_core::Error::from(other).into()),
+                    };
+                let note = (unit && !stopped).then(|| {
+                    format!(
+                        "systemd runs this host's agent (unit {AGENT_UNIT}): `systemctl stop {AGENT_UNIT}` stops it, `systemctl start {AGENT_UNIT}` starts it again"
+                    )
+                });
                 emit(
                     printer,
                     text::AgentStopped {
