@@ -331,7 +331,7 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
     );
     assert_eq!(
         lines[3..],
-        ["NoNewPrivs:\t1", "CapBnd:\t0000000000000000"],
+        ["CapBnd:\t0000000000000000", "NoNewPrivs:\t1"],
         "{exec:?}"
     );
     eprintln!("deployed after {:.1?}", started.elapsed());
