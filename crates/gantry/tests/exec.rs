@@ -25,8 +25,9 @@ fn exec_sees_the_port_and_the_environment_of_the_running_service() {
     let web = status(&p);
     let live = ports(service(&web, "web"));
 
-    let run = exec_web(
+    let run = exec_sh(
         &p,
+        "web",
         "echo \"$PORT\"; echo \"$GANTRY_SERVICE $GANTRY_RELEASE $GANTRY_INSTANCE\"",
     );
     run.expect_code(0);
@@ -41,9 +42,9 @@ fn exec_sees_the_port_and_the_environment_of_the_running_service() {
     assert_eq!(lines.next(), Some("web r1 exec"), "{run:?}");
 }
 
-/// `gantry exec web -- sh -c SCRIPT` in `p`.
-fn exec_web(p: &gantry_testkit::TestProject, script: &str) -> gantry_testkit::Run {
-    p.gantry(&["exec", "web", "--", "sh", "-c", script])
+/// `gantry exec SERVICE -- sh -c SCRIPT` in `p`.
+fn exec_sh(p: &gantry_testkit::TestProject, service: &str, script: &str) -> gantry_testkit::Run {
+    p.gantry(&["exec", service, "--", "sh", "-c", script])
 }
 
 /// The value of a `/proc/<pid>/status` field (`Uid` gives real, effective,
@@ -77,8 +78,9 @@ fn root_exec_runs_as_the_services_user_confined_as_its_instances_are() {
     assert_ne!(service_uid, "0\t0\t0\t0", "the service runs as root");
 
     let state = p.state_dir().display().to_string();
-    let run = exec_web(
+    let run = exec_sh(
         &p,
+        "web",
         &format!(
             r#"grep -E '^(Uid|NoNewPrivs|CapBnd|CapEff):' /proc/self/status
 echo "$PORT $MODE $API_TOKEN"
@@ -99,6 +101,25 @@ done"#
     assert!(live.contains(&port.parse().unwrap()), "{out}");
     assert_eq!(env, "live token-of-web", "the service's env and secret");
     assert_eq!(rest[1..], ["refused", "refused"], "{out}");
+}
+
+#[test]
+fn root_exec_of_a_run_as_root_service_runs_as_root_without_new_privileges() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "run as root (CI does)"
+    );
+    let p = agent_support::shell(
+        "execroot",
+        "[services.admin]\nrun = \"exec sleep 600\"\nrun_as_root = true\nhealth = { command = \"true\" }\n",
+    );
+    deploy(&p);
+    let run = exec_sh(&p, "admin", "id -u; grep '^NoNewPrivs:' /proc/self/status");
+    run.expect_code(0);
+    assert_eq!(
+        run.stdout.lines().collect::<Vec<_>>(),
+        ["0", "NoNewPrivs:\t1"]
+    );
 }
 
 /// A fake agent: a socket `agent.sock` in `dir`, bound and served by a
