@@ -1,7 +1,8 @@
 //! The agent's user as `gantry agent exec` finds it when root runs it: the
 //! owner of the state directory, with the group and supplementary groups of
 //! its passwd entry. Root becomes that user before it trusts anything the
-//! agent says, and runs the command as it, in a session of its own.
+//! agent says (keeping only what it takes to confine the command as the
+//! service), and runs the command in a session of its own.
 //!
 //! This module must never take an identity from anything but the owner's
 //! passwd entry (a directory's group says nothing about its owner), nor let
@@ -19,6 +20,7 @@ use std::process::{Command, ExitStatus};
 use gantry_core::Error;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::unistd::{Gid, Pid, Uid, User, geteuid, initgroups, setgid, setuid};
+use rustix::thread::{CapabilitySet, CapabilitySets};
 
 /// The signals a terminal or a supervisor sends to stop a command: passed
 /// on to a command in its own session, which no longer receives them.
@@ -72,15 +74,24 @@ impl AgentUser {
 
     /// Root becomes this user (supplementary groups, group, then user);
     /// anyone else, or for root itself, nothing changes. Whether it did.
+    ///
+    /// Root keeps, as this user, only what confining the command as the
+    /// service takes ([`CONFINING`], the systemd unit's agent holds them
+    /// too): no capability to read or write what the user cannot. Call
+    /// [`drop_capabilities`] if the command is not to be confined.
     pub fn become_from_root(&self) -> Result<bool, Error> {
         if !geteuid().is_root() || self.uid == 0 {
             return Ok(false);
         }
         let gid = Gid::from_raw(self.gid);
-        let drop = || -> nix::Result<()> {
+        let drop = || -> io::Result<()> {
             initgroups(&self.name, gid)?;
             setgid(gid)?;
-            setuid(Uid::from_raw(self.uid))
+            // One thread here: the flag and the sets are per thread.
+            rustix::thread::set_keep_capabilities(true)?;
+            setuid(Uid::from_raw(self.uid))?;
+            rustix::thread::set_keep_capabilities(false)?;
+            keep_only(CONFINING)
         };
         match drop() {
             Ok(()) if geteuid().as_raw() == self.uid => Ok(true),
@@ -91,6 +102,35 @@ impl AgentUser {
             ))),
         }
     }
+}
+
+/// What [`crate::process::confine`] takes to make a command a service's
+/// user: CAP_SETUID, CAP_SETGID and CAP_SETPCAP (the bounding set).
+pub const CONFINING: CapabilitySet = CapabilitySet::SETUID
+    .union(CapabilitySet::SETGID)
+    .union(CapabilitySet::SETPCAP);
+
+/// Whether this process may confine a command as another user.
+pub fn may_confine() -> bool {
+    rustix::thread::capabilities(None).is_ok_and(|sets| sets.effective.contains(CONFINING))
+}
+
+/// Gives up every capability this process (one thread) holds.
+pub fn drop_capabilities() -> Result<(), Error> {
+    keep_only(CapabilitySet::empty())
+        .map_err(|e| failed(format!("cannot give up capabilities: {e}")))
+}
+
+fn keep_only(kept: CapabilitySet) -> io::Result<()> {
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: kept,
+            permitted: kept,
+            inheritable: CapabilitySet::empty(),
+        },
+    )?;
+    Ok(())
 }
 
 fn failed(message: String) -> Error {

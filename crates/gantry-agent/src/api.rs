@@ -20,6 +20,7 @@ use serde::Deserialize;
 use crate::agent::Agent;
 use crate::artifact::ArtifactError;
 use crate::deploy;
+use crate::isolation::Isolation;
 use crate::proxy::{self, ProxyCutover};
 use crate::store::StoreError;
 use crate::{admission, instance, logs, openapi, status, upload};
@@ -277,7 +278,25 @@ async fn exec_spec(
             )
         })?;
     let cwd = instance::working_dir(&agent, &project, &release.artifact_digest, spec);
+    // The command must do no more than the service: where the agent runs
+    // services as their project's user, it runs as that user too.
+    let confinement = match agent.isolation {
+        Isolation::AgentUser => None,
+        Isolation::ProjectUsers => Some(
+            agent
+                .isolation
+                .confinement(&agent.paths, &project, &service, spec.run_as_root)
+                .map_err(|reason| {
+                    ApiFailure::invalid(
+                        "exec.failed",
+                        reason,
+                        "its instances cannot start either: fix the service's config and deploy again",
+                    )
+                })?,
+        ),
+    };
     Ok(Json(ExecSpec {
+        confinement,
         env: instance::exec_environment(spec, &release.id, &instances),
         cwd: cwd.display().to_string(),
         secrets_file: agent.paths.secrets(&project).display().to_string(),

@@ -432,4 +432,30 @@ pub struct ExecSpec {
     pub env: BTreeMap<String, String>,
     pub secrets_file: String,
     pub secret_names: Vec<String>,
+    /// How the service's instances are confined, when the agent runs them
+    /// as a user other than its own (`None`: as itself). The command runs
+    /// confined the same way, so it can do no more than the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confinement: Option<Confinement>,
+}
+
+/// A user a service runs as: numbers only, it need not exist in /etc/passwd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ServiceUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups, replacing the caller's.
+    pub groups: Vec<u32>,
+}
+
+/// How a service's command is confined (see `gantry_agent::process::confine`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Confinement {
+    /// Switch to this user before exec; `None` keeps the caller's.
+    #[serde(default)]
+    pub user: Option<ServiceUser>,
+    /// Keep the caller's capabilities and bounding set: a service that asked
+    /// for `run_as_root` gets root as root has it.
+    #[serde(default)]
+    pub keep_capabilities: bool,
 }

@@ -1,5 +1,6 @@
 //! `gantry agent exec`: runs a command as a service of this machine runs,
-//! in its current release's directory with its environment and secrets.
+//! in its current release's directory with its environment and secrets, as
+//! its user and confined as it is (no capabilities, no_new_privs).
 //!
 //! Root runs it for the agent's user (the systemd unit's `gantry`), so it
 //! trusts nothing the agent says while it is root: it becomes the state
@@ -10,6 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use gantry_agent::agent_user::{self, AgentUser};
+use gantry_agent::isolation::{PROJECT_IDS, SERVICES_GID};
+use gantry_agent::process::Confinement;
 use gantry_cli::Failure;
 use gantry_core::Error;
 use gantry_core::host::Host;
@@ -49,6 +52,9 @@ pub fn exec(
             releases.display()
         )));
     }
+    let confinement = checked_confinement(&spec, dropped, &releases)?;
+    // Read as the owner: the service's user cannot read the file, and the
+    // command gets only the values, as the service does.
     let secrets = secret_values(&paths.secrets(project), &spec, owner.uid)?;
     let mut run = std::process::Command::new(program);
     run.args(args)
@@ -56,15 +62,81 @@ pub fn exec(
         .env_clear()
         .envs(&spec.env)
         .envs(&secrets);
+    match &confinement {
+        Some(confinement) => gantry_agent::process::confine(&mut run, confinement),
+        None if dropped => agent_user::drop_capabilities()?,
+        None => {}
+    }
     // Root's terminal stays root's: a command run for another user gets a
     // session of its own (see agent_user).
-    agent_user::run(run, dropped).map_err(|e| {
+    let other_user = dropped || confinement.is_some_and(|c| c.user.is_some());
+    agent_user::run(run, other_user).map_err(|e| {
         Failure::from(Error::Exec {
             refused: false,
             message: format!("cannot run `{program}` in {}: {e}", spec.cwd),
             hint: Some("the command runs in the release's directory: give a path inside it, or one on the PATH".to_owned()),
         })
     })
+}
+
+/// The confinement the agent names for the command, checked: the agent may
+/// make it its project's user (the group of `releases/<project>`, as
+/// [`gantry_agent::isolation`] allocates it), or root where the agent is
+/// root and the service asked for it, never another user.
+fn checked_confinement(
+    spec: &gantry_core::agent_api::ExecSpec,
+    dropped: bool,
+    releases: &Path,
+) -> Result<Option<Confinement>, Failure> {
+    let Some(confinement) = &spec.confinement else {
+        return Ok(None);
+    };
+    let project_id = std::fs::metadata(releases).map(|m| m.gid()).ok();
+    let allowed = match &confinement.user {
+        Some(user) => {
+            !confinement.keep_capabilities
+                && PROJECT_IDS.contains(&user.uid)
+                && user.gid == user.uid
+                && user.groups == [SERVICES_GID]
+                && project_id == Some(user.uid)
+        }
+        // Root's capabilities only where the agent (and so the owner) is root.
+        None => !(confinement.keep_capabilities && dropped),
+    };
+    if !allowed {
+        return Err(Failure::from(Error::Exec {
+            refused: true,
+            message: format!(
+                "the agent asks to run the command as {}, not as the user of the project that {} belongs to",
+                confinement.user.as_ref().map_or_else(
+                    || "root, with root's capabilities".to_owned(),
+                    |u| format!("uid {} gid {} groups {:?}", u.uid, u.gid, u.groups)
+                ),
+                releases.display()
+            ),
+            hint: Some(
+                "check who runs the agent and who can write to the state directory".to_owned(),
+            ),
+        }));
+    }
+    if let Some(user) = confinement
+        .user
+        .as_ref()
+        .filter(|_| !agent_user::may_confine())
+    {
+        return Err(Failure::from(Error::Exec {
+            refused: false,
+            message: format!(
+                "the service runs as its project's user (uid {}); running a command as that user takes root",
+                user.uid
+            ),
+            hint: Some(
+                "run it as root on the host: give the host an ssh target of root's (root@host)"
+                    .to_owned(),
+            ),
+        }));
+    }
+    Ok(Some(confinement.clone()))
 }
 
 fn usage(message: String) -> Failure {

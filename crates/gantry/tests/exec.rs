@@ -1,6 +1,6 @@
 //! `gantry exec` runs a command as the service runs: in its release, with
 //! the environment its instances have (their port included), as the user
-//! the agent runs as.
+//! its instances run as and confined as they are.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use agent_support::{GANTRY, deploy, hello, ports, service, status};
+use agent_support::{GANTRY, deploy, hello, hello_toml, pids, ports, service, status};
 use gantry_testkit::http_get;
 use gantry_testkit::users::LocalUser;
 use serde_json::{Value, json};
@@ -25,14 +25,11 @@ fn exec_sees_the_port_and_the_environment_of_the_running_service() {
     let web = status(&p);
     let live = ports(service(&web, "web"));
 
-    let run = p.gantry(&[
-        "exec",
+    let run = exec_sh(
+        &p,
         "web",
-        "--",
-        "sh",
-        "-c",
         "echo \"$PORT\"; echo \"$GANTRY_SERVICE $GANTRY_RELEASE $GANTRY_INSTANCE\"",
-    ]);
+    );
     run.expect_code(0);
     let mut lines = run.stdout.lines();
     let port: u16 = lines
@@ -43,6 +40,86 @@ fn exec_sees_the_port_and_the_environment_of_the_running_service() {
     // The command reaches the service where the service listens.
     assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
     assert_eq!(lines.next(), Some("web r1 exec"), "{run:?}");
+}
+
+/// `gantry exec SERVICE -- sh -c SCRIPT` in `p`.
+fn exec_sh(p: &gantry_testkit::TestProject, service: &str, script: &str) -> gantry_testkit::Run {
+    p.gantry(&["exec", service, "--", "sh", "-c", script])
+}
+
+/// The value of a `/proc/<pid>/status` field (`Uid` gives real, effective,
+/// saved and filesystem ids).
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn root_exec_runs_as_the_services_user_confined_as_its_instances_are() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "run as root (CI does)"
+    );
+    let toml = hello_toml("execuser", "bin/hello-web").replace(
+        "[services.web]\n",
+        "[services.web]\nsecrets = [\"API_TOKEN\"]\nenv = { MODE = \"live\" }\n",
+    );
+    let p = hello("execuser", "1")
+        .file("gantry.toml", &toml)
+        .env("API_TOKEN", "token-of-web");
+    deploy(&p);
+    let pid = pids(service(&status(&p), "web"))[0];
+    let instance = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let service_uid = status_field(&instance, "Uid");
+    assert_ne!(service_uid, "0\t0\t0\t0", "the service runs as root");
+
+    let state = p.state_dir().display().to_string();
+    let run = exec_sh(
+        &p,
+        "web",
+        &format!(
+            r#"grep -E '^(Uid|NoNewPrivs|CapBnd|CapEff):' /proc/self/status
+echo "$PORT $MODE $API_TOKEN"
+for f in {state}/agent.db {state}/secrets/execuser.env; do
+  if head -c1 "$f" >/dev/null 2>&1; then echo "read $f"; else echo refused; fi
+done"#
+        ),
+    );
+    run.expect_code(0);
+    let out = &run.stdout;
+    assert_eq!(status_field(out, "Uid"), service_uid, "{out}");
+    assert_eq!(status_field(out, "NoNewPrivs"), "1", "{out}");
+    assert_eq!(status_field(out, "CapBnd"), "0000000000000000", "{out}");
+    assert_eq!(status_field(out, "CapEff"), "0000000000000000", "{out}");
+    let rest: Vec<&str> = out.lines().skip(4).collect();
+    let live = ports(service(&status(&p), "web"));
+    let (port, env) = rest[0].split_once(' ').unwrap_or_else(|| panic!("{out}"));
+    assert!(live.contains(&port.parse().unwrap()), "{out}");
+    assert_eq!(env, "live token-of-web", "the service's env and secret");
+    assert_eq!(rest[1..], ["refused", "refused"], "{out}");
+}
+
+#[test]
+fn root_exec_of_a_run_as_root_service_runs_as_root_without_new_privileges() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "run as root (CI does)"
+    );
+    let p = agent_support::shell(
+        "execroot",
+        "[services.admin]\nrun = \"exec sleep 600\"\nrun_as_root = true\nhealth = { command = \"true\" }\n",
+    );
+    deploy(&p);
+    let run = exec_sh(&p, "admin", "id -u; grep '^NoNewPrivs:' /proc/self/status");
+    run.expect_code(0);
+    assert_eq!(
+        run.stdout.lines().collect::<Vec<_>>(),
+        ["0", "NoNewPrivs:\t1"]
+    );
 }
 
 /// A fake agent: a socket `agent.sock` in `dir`, bound and served by a
@@ -166,6 +243,13 @@ impl Scene {
             "secrets_file": secrets_file,
             "secret_names": ["TOKEN"],
         })
+    }
+
+    /// `spec` naming `confinement` for the command.
+    fn confined_spec(&self, confinement: Value) -> Value {
+        let mut spec = self.spec(&self.own_secrets());
+        spec["confinement"] = confinement;
+        spec
     }
 
     fn own_secrets(&self) -> PathBuf {
@@ -399,4 +483,99 @@ fn root_exec_on_an_agent_run_by_another_user_runs_as_that_user_with_its_secrets(
     drop(p);
     let _ = agent.kill();
     let _ = agent.wait();
+}
+
+/// The project user the fake agents below name: `releases/shop` is given
+/// its group, as the agent's isolation does.
+const PROJECT_UID: u32 = 1_900_000_123;
+
+fn project_user(uid: u32) -> Value {
+    json!({"user": {"uid": uid, "gid": uid, "groups": [gantry_agent::isolation::SERVICES_GID]}})
+}
+
+#[test]
+fn root_exec_confines_the_command_as_the_agent_confines_the_service() {
+    // As under the systemd unit: the agent's user owns the state directory
+    // and runs services as their project's user.
+    let scene = Scene::new();
+    let project_dir = scene.state.join("releases/shop");
+    std::os::unix::fs::chown(&project_dir, None, Some(PROJECT_UID)).unwrap();
+    std::fs::set_permissions(&project_dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let _agent = fake_agent(
+        &scene.state,
+        scene.owner.uid,
+        scene.confined_spec(project_user(PROJECT_UID)),
+    );
+    let secrets = scene.own_secrets().display().to_string();
+    let out = scene.exec_in(
+        &scene.state,
+        &format!(
+            "id -u; id -G; grep -E '^(NoNewPrivs|CapBnd|CapEff):' /proc/self/status; echo \"$TOKEN\"
+if head -c1 {secrets} >/dev/null 2>&1; then echo read; else echo refused; fi"
+        ),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout} {out:?}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 7, "{stdout}");
+    assert_eq!(lines[0], PROJECT_UID.to_string());
+    assert_eq!(
+        sorted_ids(lines[1]),
+        [gantry_agent::isolation::SERVICES_GID, PROJECT_UID]
+    );
+    assert_eq!(status_field(&stdout, "NoNewPrivs"), "1");
+    assert_eq!(status_field(&stdout, "CapBnd"), "0000000000000000");
+    assert_eq!(status_field(&stdout, "CapEff"), "0000000000000000");
+    // Read by the owner before the command started; the command's user
+    // cannot read the file itself.
+    assert_eq!(lines[5..], ["the-projects-own", "refused"]);
+}
+
+#[test]
+fn root_exec_refuses_a_confinement_that_is_not_the_projects_user() {
+    let scene = Scene::new();
+    let project_dir = scene.state.join("releases/shop");
+    std::os::unix::fs::chown(&project_dir, None, Some(PROJECT_UID)).unwrap();
+    let other_project = project_user(PROJECT_UID + 1);
+    let root_user = json!({"user": {"uid": 0, "gid": 0, "groups": []}});
+    // Root's capabilities, from an agent that is not root.
+    let as_root = json!({"keep_capabilities": true});
+    for confinement in [other_project, root_user, as_root] {
+        let agent = fake_agent(
+            &scene.state,
+            scene.owner.uid,
+            scene.confined_spec(confinement.clone()),
+        );
+        let stdout = scene.exec_refused();
+        assert!(
+            !stdout.contains("the-projects-own"),
+            "{confinement}: {stdout}"
+        );
+        std::fs::remove_file(&agent.socket).unwrap();
+    }
+}
+
+#[test]
+fn exec_by_the_agents_user_cannot_run_a_command_as_the_projects_user() {
+    let scene = Scene::new();
+    let project_dir = scene.state.join("releases/shop");
+    std::os::unix::fs::chown(&project_dir, None, Some(PROJECT_UID)).unwrap();
+    let _agent = fake_agent(
+        &scene.state,
+        scene.owner.uid,
+        scene.confined_spec(project_user(PROJECT_UID)),
+    );
+    // Not root: it cannot switch users, and must not run it as its own.
+    use std::os::unix::process::CommandExt;
+    let out = scene
+        .command(&scene.state, AS_OWNER)
+        .uid(scene.owner.uid)
+        .gid(scene.owner.gid)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(6), "{stdout}");
+    let error: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(error["error"]["code"], "exec.failed", "{error:#}");
+    assert!(!scene.ran(), "the command ran as the agent's user");
 }

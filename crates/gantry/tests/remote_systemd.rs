@@ -283,10 +283,12 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
     assert_eq!(web["limits"]["enforced"], true, "{web:#}");
     // Services run as their project's own user, not the agent's, inside its
     // cgroups, without any of the capabilities the unit gives the agent.
+    let mut web_uids = Vec::new();
     for instance in web["instances"].as_array().unwrap() {
         let pid = instance["pid"].to_string();
         let user = host.exec_ok(&["ps", "-o", "uid=", "-p", &pid]);
         let uid: u32 = user.trim().parse().expect("a uid");
+        web_uids.push(uid.to_string());
         assert!(uid >= 1_900_000_001, "web runs as {uid}");
         let status = host.exec_ok(&[
             "grep",
@@ -303,7 +305,8 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
         );
         assert_service_user_is_kept_out(&host, uid);
     }
-    // exec runs as the services run: user gantry, in the release, with the
+    // exec runs as the services run: as web's project user (no longer the
+    // agent's user gantry), confined as web is, in the release, with the
     // port of a running instance.
     let exec = project.gantry(&[
         "exec",
@@ -313,14 +316,23 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
         "--",
         "sh",
         "-c",
-        "id -un; cat VERSION; echo \"$PORT\"",
+        "id -u; cat VERSION; echo \"$PORT\"; grep -E '^(NoNewPrivs|CapBnd)' /proc/self/status",
     ]);
     exec.expect_code(0);
     let lines = exec.stdout.lines().collect::<Vec<_>>();
-    assert_eq!(lines[..2], ["gantry", "1"], "{exec:?}");
+    assert!(
+        web_uids.contains(&lines[0].to_owned()),
+        "{web_uids:?}: {exec:?}"
+    );
+    assert_eq!(lines[1], "1", "{exec:?}");
     assert!(
         lines.get(2).is_some_and(|p| p.parse::<u16>().is_ok()),
         "no PORT: {exec:?}"
+    );
+    assert_eq!(
+        lines[3..],
+        ["CapBnd:\t0000000000000000", "NoNewPrivs:\t1"],
+        "{exec:?}"
     );
     eprintln!("deployed after {:.1?}", started.elapsed());
 

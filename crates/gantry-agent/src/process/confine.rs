@@ -12,6 +12,7 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+pub use gantry_core::agent_api::{Confinement, ServiceUser};
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
 use rustix::thread::{
@@ -19,28 +20,6 @@ use rustix::thread::{
     remove_capability_from_bounding_set, set_capabilities, set_no_new_privs, set_thread_groups,
     set_thread_res_gid, set_thread_res_uid,
 };
-use serde::{Deserialize, Serialize};
-
-/// A user a service runs as: numbers only, it need not exist in /etc/passwd.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceUser {
-    pub uid: u32,
-    pub gid: u32,
-    /// Supplementary groups, replacing the caller's.
-    pub groups: Vec<u32>,
-}
-
-/// How a service's command is confined.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Confinement {
-    /// Switch to this user before exec; `None` keeps the caller's.
-    #[serde(default)]
-    pub user: Option<ServiceUser>,
-    /// Keep the caller's capabilities and bounding set: a service that asked
-    /// for `run_as_root` gets root as root has it.
-    #[serde(default)]
-    pub keep_capabilities: bool,
-}
 
 /// Makes `command`'s child run confined: umask 022, no ambient or
 /// inheritable capabilities, an empty bounding set and no capabilities at
