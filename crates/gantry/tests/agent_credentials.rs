@@ -8,6 +8,7 @@ mod agent_support;
 use agent_support::{AgentProcess, DEADLINE, deploy, files_under, post_json, shell};
 use gantry_testkit::wait_for;
 use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
 
 const PASSWORD: &str = "hunter2-in-a-url";
 const TOKEN: &str = "tok-0123456789abcdef";
@@ -16,6 +17,8 @@ const RUN_SECRET: &str = "visible-in-ps-42";
 #[test]
 fn credentials_in_env_reach_the_service_but_not_the_store_or_releases_show() {
     let out = tempfile::tempdir().expect("tempdir");
+    // A root agent runs the service as its project's own user: like /tmp.
+    std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o1777)).expect("chmod");
     let got = out.path().join("got");
     let p = shell(
         "creds",
