@@ -130,7 +130,7 @@ pub fn configure(
     let mut state = states
         .load(environment)?
         .unwrap_or_else(|| EnvState::new(environment));
-    if state.state == Phase::Destroyed {
+    if state.state() == Phase::Destroyed {
         return Err(Error::EnvState {
             environment: environment.to_owned(),
             problem: "was destroyed".to_owned(),
@@ -165,7 +165,7 @@ pub fn configure(
                     step,
                     Some(&host.name),
                     &error.to_string(),
-                );
+                )?;
                 states.save(&state)?;
                 return Err(match error {
                     // SSH's own errors keep their codes and hints; a step's
@@ -181,13 +181,13 @@ pub fn configure(
             }
         }
     }
-    if !state.state.configured() || state.state == Phase::DeployFailed {
-        state.set(Phase::Configured);
+    if state.state().may_become(Phase::Configured) {
+        state.set(Phase::Configured)?;
     }
     states.save(&state)?;
     Ok(ConfigureReport {
         environment: environment.to_owned(),
-        state: state.state,
+        state: state.state(),
         hosts,
     })
 }
@@ -559,6 +559,6 @@ mod tests {
         assert_eq!(fleet.machine("h1"), machine);
         let after_second = states.load("prod").unwrap().unwrap();
         // No second transition to `configured` is recorded.
-        assert_eq!(after_second.history.len(), after_first.history.len());
+        assert_eq!(after_second.history().len(), after_first.history().len());
     }
 }
