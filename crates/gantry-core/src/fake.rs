@@ -548,6 +548,11 @@ impl Shell for FakeHost {
         self.note("interactive");
         Ok(0)
     }
+
+    /// Every fake host is this machine: nothing is looked up in DNS.
+    fn resolved_address(&self) -> Option<String> {
+        Some("127.0.0.1".to_owned())
+    }
 }
 
 /// A project in a temporary directory: one service, `web`, and the
