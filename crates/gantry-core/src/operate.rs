@@ -542,4 +542,38 @@ mod tests {
         assert_eq!(error.code(), "agent.unreachable");
         assert!(error.to_string().contains("h2"), "{error}");
     }
+
+    #[test]
+    fn rollback_goes_back_host_by_host_and_stops_at_one_it_cannot_reach() {
+        let (_dir, project) = project(&["h1", "h2", "h3"], 1);
+        let fleet = Fleet::new([
+            ("h1", serving(ServiceState::Running, "r2")),
+            ("h2", down()),
+            ("h3", serving(ServiceState::Running, "r2")),
+        ]);
+        let connect = |spec: &HostSpec| fleet.connect(spec);
+        let result = rollback(&project, "prod", Some("r1"), &connect, &|_| None);
+
+        let Err(Error::DeployFailed { reason, .. }) = result else {
+            panic!("the rollback went on: {result:?}");
+        };
+        assert!(
+            reason.contains("Now running: h1 r1, h2 unknown (unreachable), h3 not updated"),
+            "{reason}"
+        );
+        assert_eq!(fleet.calls_to("rollback"), ["h1 rollback to r1"]);
+        assert!(fleet.calls_to("h3").is_empty(), "{:#?}", fleet.calls());
+    }
+
+    #[test]
+    fn stopping_with_one_host_down_fails_with_that_hosts_error() {
+        let (_dir, project) = project(&["h1", "h2"], 1);
+        let fleet = Fleet::new([("h1", serving(ServiceState::Running, "r2")), ("h2", down())]);
+        let connect = |spec: &HostSpec| fleet.connect(spec);
+        let error = act(&project, "prod", Action::Stop, None, &connect).unwrap_err();
+        assert_eq!(error.code(), "agent.unreachable");
+        assert!(error.to_string().contains("h2"), "{error}");
+        // The host that answered was still told to stop.
+        assert_eq!(fleet.calls_to("stop"), ["h1 stop"]);
+    }
 }
