@@ -128,7 +128,8 @@ impl Fleet {
         self.record().calls.clone()
     }
 
-    /// The calls that start with `prefix`, in order.
+    /// The calls whose host, or call, starts with `prefix` (`"h3"`,
+    /// `"lock"`: `h1 lock`, `h1 lock force`, not `h1 unlock`), in order.
     pub fn calls_to(&self, prefix: &str) -> Vec<String> {
         self.calls()
             .into_iter()
