@@ -38,7 +38,7 @@ pub fn before_deploy(
     }
     let states = StateDir::of(config.project_dir());
     let state = states.load(environment)?;
-    match state.as_ref().map(|s| s.state) {
+    match state.as_ref().map(EnvState::state) {
         Some(Phase::Destroyed) => Err(Error::EnvState {
             environment: environment.to_owned(),
             problem: "was destroyed".to_owned(),
@@ -76,8 +76,8 @@ pub fn after_deploy(
         .load(environment)?
         .unwrap_or_else(|| EnvState::new(environment));
     match result {
-        Ok(_) => state.set(Phase::Running),
-        Err(e) => state.fail(Phase::DeployFailed, "deploy", None, &e.to_string()),
+        Ok(_) => state.set(Phase::Running)?,
+        Err(e) => state.fail(Phase::DeployFailed, "deploy", None, &e.to_string())?,
     }
     states.save(&state)
 }

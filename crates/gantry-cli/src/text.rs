@@ -478,7 +478,7 @@ impl Report for gantry_core::firewall::FirewallReport {
 impl Report for gantry_core::environment::EnvReport {
     fn text(&self) -> String {
         let s = &self.0;
-        let mut out = format!("{}: {}\n", s.environment, s.state);
+        let mut out = format!("{}: {}\n", s.environment, s.state());
         for (name, host) in &s.hosts {
             let _ = writeln!(
                 out,
@@ -489,7 +489,7 @@ impl Report for gantry_core::environment::EnvReport {
                     .map_or_else(String::new, |v| format!(", gantry {v}"))
             );
         }
-        if let Some(f) = &s.failure {
+        if let Some(f) = s.failure() {
             let _ = writeln!(
                 out,
                 "  failed at `{}`{}: {}",

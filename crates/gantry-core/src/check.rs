@@ -246,3 +246,87 @@ fn host_addresses(host: &HostSpec, shell: OpenShell<'_>) -> Vec<IpAddr> {
         .map(|a| a.map(|a| a.ip()).collect())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fake::{Fleet, Script, project, service};
+
+    fn healthy() -> Script {
+        Script {
+            services: vec![service("web", ServiceState::Running, "r2")],
+            ..Script::default()
+        }
+    }
+
+    fn test_of(fleet: &Arc<Fleet>, project: &Project) -> Result<TestReport, Error> {
+        test(
+            project,
+            "prod",
+            &|spec: &HostSpec| fleet.connect(spec),
+            &|_: &HostSpec, _: &str, _: &str| Ok(200),
+            &|spec: &HostSpec| fleet.open_shell(spec),
+        )
+    }
+
+    fn outcomes(report: &serde_json::Value, host: usize) -> Vec<(String, String)> {
+        report["hosts"][host]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["check"].as_str().unwrap().to_owned(),
+                    c["outcome"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_host_passes_when_its_agent_answers_and_its_services_are_healthy_and_routed() {
+        let (_dir, project) = project(&["h1", "h2"], 1);
+        let fleet = Fleet::new([("h1", healthy()), ("h2", healthy())]);
+        let report = test_of(&fleet, &project).unwrap();
+        assert!(report.ok);
+        let json = serde_json::to_value(&report).unwrap();
+        for host in 0..2 {
+            assert_eq!(
+                outcomes(&json, host),
+                [
+                    ("agent answers".to_owned(), "passed".to_owned()),
+                    ("web healthy".to_owned(), "passed".to_owned()),
+                    (
+                        "route web.shop.localhost answers".to_owned(),
+                        "passed".to_owned()
+                    ),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_host_down_fails_its_check_and_the_others_are_still_checked() {
+        let (_dir, project) = project(&["h1", "h2"], 1);
+        let down = Script {
+            down: true,
+            ..Script::default()
+        };
+        let fleet = Fleet::new([("h1", down), ("h2", healthy())]);
+        let Err(Error::TestFailed { failed, report }) = test_of(&fleet, &project) else {
+            panic!("a host down passed");
+        };
+        assert_eq!(failed, ["h1: agent answers"]);
+        assert_eq!(
+            outcomes(&report, 0),
+            [("agent answers".to_owned(), "failed".to_owned())]
+        );
+        assert!(
+            outcomes(&report, 1).iter().all(|(_, o)| o == "passed"),
+            "{report:#}"
+        );
+    }
+}

@@ -130,7 +130,7 @@ pub fn configure(
     let mut state = states
         .load(environment)?
         .unwrap_or_else(|| EnvState::new(environment));
-    if state.state == Phase::Destroyed {
+    if state.state() == Phase::Destroyed {
         return Err(Error::EnvState {
             environment: environment.to_owned(),
             problem: "was destroyed".to_owned(),
@@ -165,7 +165,7 @@ pub fn configure(
                     step,
                     Some(&host.name),
                     &error.to_string(),
-                );
+                )?;
                 states.save(&state)?;
                 return Err(match error {
                     // SSH's own errors keep their codes and hints; a step's
@@ -181,13 +181,13 @@ pub fn configure(
             }
         }
     }
-    if !state.state.configured() || state.state == Phase::DeployFailed {
-        state.set(Phase::Configured);
+    if state.state().may_become(Phase::Configured) {
+        state.set(Phase::Configured)?;
     }
     states.save(&state)?;
     Ok(ConfigureReport {
         environment: environment.to_owned(),
-        state: state.state,
+        state: state.state(),
         hosts,
     })
 }
@@ -467,4 +467,98 @@ fn expect_ok(ran: &crate::host::Ran, host: &str, step: &'static str) -> Result<(
             ),
         },
     ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fake::{Fleet, Machine, Said, Script, project};
+
+    fn configure_on(
+        fleet: &Arc<Fleet>,
+        project: &Project,
+        exe: &Path,
+    ) -> Result<ConfigureReport, Error> {
+        configure(
+            project,
+            "prod",
+            exe,
+            &|spec: &HostSpec| fleet.open_shell(spec),
+            &|spec: &HostSpec| fleet.connect(spec),
+            &Said::default(),
+        )
+    }
+
+    fn changed(report: &ConfigureReport) -> Vec<(String, &'static str)> {
+        report
+            .hosts
+            .iter()
+            .flat_map(|h| {
+                h.steps
+                    .iter()
+                    .filter(|s| s.changed)
+                    .map(|s| (h.host.clone(), s.step))
+            })
+            .collect()
+    }
+
+    /// `h1` is a systemd host configured as root, `h2` a user's account.
+    fn fleet() -> Arc<Fleet> {
+        let root = Machine {
+            root: true,
+            systemd: true,
+            ..Machine::default()
+        };
+        Fleet::new([
+            (
+                "h1",
+                Script {
+                    machine: root,
+                    ..Script::default()
+                },
+            ),
+            ("h2", Script::default()),
+        ])
+    }
+
+    #[test]
+    fn configure_run_twice_changes_nothing_the_second_time() {
+        let (dir, project) = project(&["h1", "h2"], 1);
+        let exe = dir.path().join("gantry-binary");
+        std::fs::write(&exe, b"this very gantry").unwrap();
+        let fleet = fleet();
+
+        let first = configure_on(&fleet, &project, &exe).unwrap();
+        assert_eq!(
+            changed(&first),
+            [
+                ("h1".to_owned(), "install gantry"),
+                ("h1".to_owned(), "install the agent"),
+                ("h1".to_owned(), "open ports"),
+                ("h2".to_owned(), "install gantry"),
+            ]
+        );
+        let machine = fleet.machine("h1");
+        assert!(machine.unit_active && machine.ports_open, "{machine:?}");
+        let states = StateDir::of(dir.path());
+        let after_first = states.load("prod").unwrap().unwrap();
+        let before = fleet.calls().len();
+
+        let second = configure_on(&fleet, &project, &exe).unwrap();
+        assert_eq!(changed(&second), []);
+        assert_eq!(second.state, Phase::Configured);
+        let again = &fleet.calls()[before..];
+        // The binary is not sent again; the unit's script runs, and finds it all in place.
+        assert!(
+            !again.iter().any(|c| c.ends_with("run install gantry")),
+            "{again:#?}"
+        );
+        assert_eq!(fleet.machine("h1"), machine);
+        let after_second = states.load("prod").unwrap().unwrap();
+        // No second transition to `configured` is recorded.
+        assert_eq!(after_second.history().len(), after_first.history().len());
+    }
 }

@@ -903,3 +903,258 @@ pub fn refuse_provider_hosts(file: &crate::config::model::File) -> Result<(), Er
         }),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fake::{Fleet, Said, Script, project};
+
+    fn ran(script: Script) -> Script {
+        Script {
+            runs: Some("r1".to_owned()),
+            ..script
+        }
+    }
+
+    fn deploy_to(
+        fleet: &Arc<Fleet>,
+        project: &Project,
+        options: &DeployOptions,
+        said: &Said,
+    ) -> Result<DeployReport, Error> {
+        let connect = |spec: &HostSpec| fleet.connect(spec);
+        deploy(project, "prod", &connect, &|_| None, options, said)
+    }
+
+    /// Rolls `shop` out to `hosts` of `fleet`, `max_parallel` at a time.
+    fn roll_out(fleet: &Arc<Fleet>, hosts: &[&str], max_parallel: u32) -> DeployReport {
+        let (_dir, project) = project(hosts, max_parallel);
+        deploy_to(fleet, &project, &DeployOptions::default(), &Said::default()).unwrap()
+    }
+
+    /// The deploy calls (`h1 deploy` as it begins, `h1 deployed` as it ends), in order.
+    fn deploys(fleet: &Fleet) -> Vec<String> {
+        fleet
+            .calls()
+            .into_iter()
+            .filter(|c| c.ends_with(" deploy") || c.ends_with(" deployed"))
+            .collect()
+    }
+
+    fn position(calls: &[String], call: &str) -> usize {
+        calls
+            .iter()
+            .position(|c| c == call)
+            .unwrap_or_else(|| panic!("no `{call}` in {calls:#?}"))
+    }
+
+    #[test]
+    fn a_rollout_deploys_max_parallel_hosts_at_once_in_the_order_listed() {
+        let hosts = ["h1", "h2", "h3", "h4"];
+        let fleet = Fleet::meeting(hosts.map(|h| (h, ran(Script::default()))), 2);
+        let report = roll_out(&fleet, &hosts, 2);
+
+        assert_eq!(fleet.most_deploying(), 2, "{:#?}", fleet.calls());
+        let calls = deploys(&fleet);
+        for first in ["h1", "h2"] {
+            for second in ["h3", "h4"] {
+                assert!(
+                    position(&calls, &format!("{first} deployed"))
+                        < position(&calls, &format!("{second} deploy")),
+                    "{second} began before {first} ended: {calls:#?}"
+                );
+            }
+        }
+        let outcomes: Vec<_> = report
+            .hosts
+            .iter()
+            .map(|h| (h.host.as_str(), h.outcome))
+            .collect();
+        assert_eq!(outcomes, hosts.map(|h| (h, HostOutcome::Deployed)));
+    }
+
+    #[test]
+    fn a_rollout_of_max_parallel_one_deploys_one_host_after_the_other() {
+        let hosts = ["h1", "h2", "h3"];
+        let fleet = Fleet::new(hosts.map(|h| (h, ran(Script::default()))));
+        roll_out(&fleet, &hosts, 1);
+        assert_eq!(
+            deploys(&fleet),
+            [
+                "h1 deploy",
+                "h1 deployed",
+                "h2 deploy",
+                "h2 deployed",
+                "h3 deploy",
+                "h3 deployed"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failing_host_is_reverted_and_the_rollout_stops_there() {
+        let hosts = ["h1", "h2", "h3"];
+        let (_dir, project) = project(&hosts, 1);
+        let failing = Script {
+            release_fails: true,
+            ..Script::default()
+        };
+        let fleet = Fleet::new([
+            ("h1", ran(Script::default())),
+            ("h2", ran(failing)),
+            ("h3", ran(Script::default())),
+        ]);
+        let result = deploy_to(
+            &fleet,
+            &project,
+            &DeployOptions::default(),
+            &Said::default(),
+        );
+
+        let Err(Error::DeployFailed { reason, report, .. }) = result else {
+            panic!("the rollout went on: {result:?}");
+        };
+        assert!(
+            fleet.calls().contains(&"h2 rollback to r1".to_owned()),
+            "{:#?}",
+            fleet.calls()
+        );
+        assert!(
+            fleet.calls_to("h3").is_empty(),
+            "h3 was touched: {:#?}",
+            fleet.calls()
+        );
+        assert!(
+            reason.contains("host h2 failed and went back to its previous release"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("Now running: h1 r2, h2 r1, h3 not updated"),
+            "{reason}"
+        );
+        let outcomes: Vec<_> = report["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["host"].as_str().unwrap(),
+                    h["outcome"].as_str().unwrap(),
+                    h["release"].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("h1", "deployed", Some("r2")),
+                ("h2", "reverted", Some("r1")),
+                ("h3", "skipped", None)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_deploy_lock_is_taken_on_the_first_host_before_any_deploy_and_given_back_after() {
+        let hosts = ["h1", "h2"];
+        let fleet = Fleet::new(hosts.map(|h| (h, ran(Script::default()))));
+        roll_out(&fleet, &hosts, 1);
+
+        let calls = fleet.calls();
+        assert_eq!(fleet.calls_to("lock"), ["h1 lock"]);
+        assert_eq!(fleet.calls_to("unlock"), ["h1 unlock"]);
+        assert!(position(&calls, "h1 lock") < position(&calls, "h1 deploy"));
+        assert!(position(&calls, "h2 deployed") < position(&calls, "h1 unlock"));
+        assert_eq!(fleet.lock_holder_now(), None);
+    }
+
+    /// A deploy of another machine that still runs.
+    fn elsewhere() -> LockHolder {
+        LockHolder {
+            machine: "laptop".to_owned(),
+            user: "ana".to_owned(),
+            pid: 4242,
+            command: "gantry deploy -e prod".to_owned(),
+            since_ms: 0,
+            pid_space: "another-boot/pid:[1]".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_held_lock_refuses_a_second_deploy_naming_its_holder() {
+        let (_dir, project) = project(&["h1"], 1);
+        let fleet = Fleet::new([("h1", ran(Script::default()))]);
+        fleet.hold_lock(elsewhere());
+        let result = deploy_to(
+            &fleet,
+            &project,
+            &DeployOptions::default(),
+            &Said::default(),
+        );
+
+        let error = result.err().unwrap();
+        assert_eq!(error.code(), "deploy.locked");
+        assert!(
+            error.to_string().contains("pid 4242 of ana@laptop"),
+            "{error}"
+        );
+        assert!(deploys(&fleet).is_empty(), "{:#?}", fleet.calls());
+        // Asked who holds it (one of this machine's that ended is taken back), and left it.
+        assert_eq!(fleet.calls_to("lock"), ["h1 lock", "h1 lock holder"]);
+        assert_eq!(fleet.lock_holder_now(), Some(elsewhere()));
+    }
+
+    #[test]
+    fn a_lock_whose_holder_ran_here_and_has_ended_is_taken_back() {
+        let (_dir, project) = project(&["h1"], 1);
+        let fleet = Fleet::new([("h1", ran(Script::default()))]);
+        let ended = LockHolder {
+            machine: crate::environment::hostname(),
+            // Above any pid_max: no process has it.
+            pid: u32::MAX - 1,
+            pid_space: crate::environment::pid_space(),
+            ..elsewhere()
+        };
+        fleet.hold_lock(ended);
+        let said = Said::default();
+        deploy_to(&fleet, &project, &DeployOptions::default(), &said).unwrap();
+
+        assert_eq!(
+            fleet.calls_to("lock"),
+            ["h1 lock", "h1 lock holder", "h1 lock force"]
+        );
+        assert!(
+            said.lines()
+                .iter()
+                .any(|l| l.starts_with("taking back the deploy lock of pid 4294967294")),
+            "{:#?}",
+            said.lines()
+        );
+        assert_eq!(deploys(&fleet), ["h1 deploy", "h1 deployed"]);
+    }
+
+    #[test]
+    fn force_unlock_takes_a_held_lock_and_warns_whom_it_displaced() {
+        let (_dir, project) = project(&["h1"], 1);
+        let fleet = Fleet::new([("h1", ran(Script::default()))]);
+        fleet.hold_lock(elsewhere());
+        let said = Said::default();
+        let options = DeployOptions {
+            force_unlock: true,
+            ..DeployOptions::default()
+        };
+        deploy_to(&fleet, &project, &options, &said).unwrap();
+
+        assert_eq!(fleet.calls_to("lock"), ["h1 lock force"]);
+        assert!(
+            said.lines().iter().any(|l| l.starts_with("warning: took the deploy lock from pid 4242 of ana@laptop")),
+            "{:#?}",
+            said.lines()
+        );
+        assert_eq!(deploys(&fleet), ["h1 deploy", "h1 deployed"]);
+        assert_eq!(fleet.lock_holder_now(), None);
+    }
+}

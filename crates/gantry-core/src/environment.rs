@@ -8,7 +8,9 @@
 //! ```
 //!
 //! A failed state records the step, the host, the error and the time; the
-//! next run of the step starts over from it. Writes are atomic, and a lock
+//! next run of the step starts over from it. Only [`EnvState::set`] and
+//! [`EnvState::fail`] change the state, and they refuse a transition the
+//! diagram does not have ([`Phase::may_become`]), so none is ever written. Writes are atomic, and a lock
 //! file (`<env>.lock`, naming the holder's pid and machine) keeps two
 //! commands from changing the same environment at once; a lock whose holder
 //! is gone (same machine, dead pid) is taken over.
@@ -49,6 +51,25 @@ impl Phase {
             Phase::Configured | Phase::Running | Phase::DeployFailed
         )
     }
+
+    /// Whether an environment in this state may go to `next`: nothing leaves
+    /// `destroyed` (purge removes the file), nothing goes back to `created`,
+    /// only a configured environment deploys, a configured one no longer
+    /// fails to provision, and `configure` completes what is not configured
+    /// or failed to deploy. Registering a host (→ provisioned), failing to
+    /// configure and destroying are open to every other state.
+    pub fn may_become(self, next: Phase) -> bool {
+        if self == Phase::Destroyed {
+            return false;
+        }
+        match next {
+            Phase::Created => false,
+            Phase::ProvisionFailed => !self.configured(),
+            Phase::Configured => !self.configured() || self == Phase::DeployFailed,
+            Phase::Running | Phase::DeployFailed => self.configured(),
+            Phase::Provisioned | Phase::ConfigureFailed | Phase::Destroyed => true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,17 +103,18 @@ pub struct Transition {
     pub at: u64,
 }
 
-/// `.gantry/state/<env>.json`.
+/// `.gantry/state/<env>.json`. Its state, failure and history change only
+/// by a transition ([`EnvState::set`], [`EnvState::fail`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EnvState {
     pub environment: String,
-    pub state: Phase,
+    state: Phase,
     #[serde(default)]
     pub hosts: BTreeMap<String, HostRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure: Option<Failure>,
+    failure: Option<Failure>,
     #[serde(default)]
-    pub history: Vec<Transition>,
+    history: Vec<Transition>,
 }
 
 pub fn now_ms() -> u64 {
@@ -123,7 +145,41 @@ impl EnvState {
         state
     }
 
-    pub fn set(&mut self, state: Phase) {
+    pub fn state(&self) -> Phase {
+        self.state
+    }
+
+    /// What the last failed step recorded, while the state is that failure.
+    pub fn failure(&self) -> Option<&Failure> {
+        self.failure.as_ref()
+    }
+
+    pub fn history(&self) -> &[Transition] {
+        &self.history
+    }
+
+    /// Goes to `state`, or refuses, changing nothing, if the lifecycle has
+    /// no such transition.
+    pub fn set(&mut self, state: Phase) -> Result<(), Error> {
+        if !self.state.may_become(state) {
+            return Err(Error::EnvState {
+                environment: self.environment.clone(),
+                problem: format!("is {}, and cannot become {state}", self.state),
+                hint: match self.state {
+                    Phase::Destroyed => format!(
+                        "`gantry env purge {}` forgets it; then start it again",
+                        self.environment
+                    ),
+                    _ if !self.state.configured() => {
+                        format!("`gantry configure -e {}` first", self.environment)
+                    }
+                    _ => format!(
+                        "`gantry env show {}` shows its state and history",
+                        self.environment
+                    ),
+                },
+            });
+        }
         self.state = state;
         if !matches!(
             state,
@@ -135,16 +191,26 @@ impl EnvState {
             state,
             at: now_ms(),
         });
+        Ok(())
     }
 
-    pub fn fail(&mut self, state: Phase, step: &str, host: Option<&str>, error: &str) {
-        self.set(state);
+    /// Goes to the failed `state`, recording the step, host and error; or
+    /// refuses as [`EnvState::set`] does.
+    pub fn fail(
+        &mut self,
+        state: Phase,
+        step: &str,
+        host: Option<&str>,
+        error: &str,
+    ) -> Result<(), Error> {
+        self.set(state)?;
         self.failure = Some(Failure {
             step: step.to_owned(),
             host: host.map(str::to_owned),
             error: error.to_owned(),
             at: now_ms(),
         });
+        Ok(())
     }
 }
 
@@ -364,17 +430,119 @@ mod tests {
         let _taken = states.lock("prod", "gantry deploy").unwrap();
     }
 
+    const EVERY: [Phase; 8] = [
+        Phase::Created,
+        Phase::Provisioned,
+        Phase::ProvisionFailed,
+        Phase::Configured,
+        Phase::ConfigureFailed,
+        Phase::Running,
+        Phase::DeployFailed,
+        Phase::Destroyed,
+    ];
+
+    #[test]
+    fn the_lifecycle_has_exactly_the_transitions_of_its_diagram() {
+        use Phase::*;
+        let not_configured = [
+            Provisioned,
+            ProvisionFailed,
+            Configured,
+            ConfigureFailed,
+            Destroyed,
+        ];
+        let allowed = |from: Phase| -> Vec<Phase> {
+            match from {
+                Created | Provisioned | ProvisionFailed | ConfigureFailed => {
+                    not_configured.to_vec()
+                }
+                Configured | Running => {
+                    vec![
+                        Provisioned,
+                        ConfigureFailed,
+                        Running,
+                        DeployFailed,
+                        Destroyed,
+                    ]
+                }
+                DeployFailed => vec![
+                    Provisioned,
+                    Configured,
+                    ConfigureFailed,
+                    Running,
+                    DeployFailed,
+                    Destroyed,
+                ],
+                Destroyed => Vec::new(),
+            }
+        };
+        for from in EVERY {
+            let may: Vec<Phase> = EVERY
+                .into_iter()
+                .filter(|to| from.may_become(*to))
+                .collect();
+            assert_eq!(may, allowed(from), "from {from}");
+        }
+    }
+
+    #[test]
+    fn an_illegal_transition_is_refused_and_changes_nothing() {
+        let mut state = EnvState::new("prod");
+        let before = serde_json::to_string(&state).unwrap();
+        let refused = state.set(Phase::Running).unwrap_err();
+        assert_eq!(refused.code(), "env.state");
+        assert!(
+            refused
+                .to_string()
+                .contains("is created, and cannot become running"),
+            "{refused}"
+        );
+        assert_eq!(
+            refused.hint().as_deref(),
+            Some("`gantry configure -e prod` first")
+        );
+        let refused = state.fail(Phase::DeployFailed, "deploy", None, "boom");
+        assert!(refused.is_err());
+        assert_eq!(serde_json::to_string(&state).unwrap(), before);
+    }
+
+    #[test]
+    fn a_destroyed_environment_is_never_written_as_anything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let states = StateDir::of(dir.path());
+        let mut state = EnvState::new("prod");
+        state.set(Phase::Destroyed).unwrap();
+        states.save(&state).unwrap();
+        let file = dir.path().join(".gantry/state/prod.json");
+        let written = std::fs::read(&file).unwrap();
+
+        let mut loaded = states.load("prod").unwrap().unwrap();
+        for next in EVERY {
+            assert!(loaded.set(next).is_err(), "destroyed became {next}");
+            assert!(loaded.fail(next, "deploy", None, "boom").is_err());
+        }
+        // Even saved by a caller that ignored the refusals, the file says destroyed.
+        states.save(&loaded).unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), written);
+        assert_eq!(
+            states.load("prod").unwrap().unwrap().state(),
+            Phase::Destroyed
+        );
+    }
+
     #[test]
     fn state_survives_a_round_trip_and_failures_are_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let states = StateDir::of(dir.path());
         let mut state = EnvState::new("prod");
-        state.fail(
-            Phase::ConfigureFailed,
-            "install the agent",
-            Some("h2"),
-            "boom",
-        );
+        state
+            .fail(
+                Phase::ConfigureFailed,
+                "install the agent",
+                Some("h2"),
+                "boom",
+            )
+            .unwrap();
         states.save(&state).unwrap();
         let back = states.load("prod").unwrap().unwrap();
         assert_eq!(back.state, Phase::ConfigureFailed);
@@ -531,7 +699,7 @@ pub fn destroy(
                 ),
             })?;
         }
-        state.set(Phase::Destroyed);
+        state.set(Phase::Destroyed)?;
         states.save(&state)?;
     }
     Ok(EnvReport(state))

@@ -9,6 +9,8 @@ pub mod configure;
 pub mod deploy;
 pub mod environment;
 pub mod error;
+#[cfg(test)]
+mod fake;
 pub mod firewall;
 pub mod host;
 pub mod init;

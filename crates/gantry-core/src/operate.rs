@@ -400,3 +400,180 @@ pub fn logs(
         Ok(())
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fake::{Fleet, Script, log_line, project, service};
+
+    fn running(services: Vec<ServiceStatus>, logs: Vec<LogLine>) -> Script {
+        Script {
+            services,
+            logs,
+            ..Script::default()
+        }
+    }
+
+    /// A host whose one service, `web`, is in `state` on `release`.
+    fn serving(state: ServiceState, release: &str) -> Script {
+        running(vec![service("web", state, release)], Vec::new())
+    }
+
+    fn down() -> Script {
+        Script {
+            down: true,
+            ..Script::default()
+        }
+    }
+
+    fn status_of(fleet: &Arc<Fleet>, project: &Project) -> Result<StatusReport, Error> {
+        status(project, "prod", &|spec: &HostSpec| fleet.connect(spec))
+    }
+
+    fn logs_of(fleet: &Arc<Fleet>, project: &Project) -> Result<Vec<(u64, String)>, Error> {
+        let mut seen = Vec::new();
+        logs(
+            project,
+            "prod",
+            &LogQuery::default(),
+            &|spec: &HostSpec| fleet.connect(spec),
+            &mut |line| {
+                seen.push((line.ts, line.host.unwrap_or_default()));
+                true
+            },
+        )?;
+        Ok(seen)
+    }
+
+    #[test]
+    fn status_merges_each_service_across_hosts_labelling_instances_with_their_host() {
+        let (_dir, project) = project(&["h1", "h2"], 1);
+        let fleet = Fleet::new([
+            ("h1", serving(ServiceState::Running, "r2")),
+            ("h2", serving(ServiceState::Failed, "r1")),
+        ]);
+        let report = status_of(&fleet, &project).unwrap();
+
+        let [web] = report.status.services.as_slice() else {
+            panic!("{report:#?}");
+        };
+        // Running on one host and failed on the other; on two releases.
+        assert_eq!(
+            (web.state, web.release.as_deref()),
+            (ServiceState::Degraded, None)
+        );
+        let hosts: Vec<_> = web.instances.iter().map(|i| i.host.as_deref()).collect();
+        assert_eq!(hosts, [Some("h1"), Some("h2")]);
+        assert!(report.hosts.iter().all(|h| h.reachable), "{report:#?}");
+    }
+
+    #[test]
+    fn status_with_one_host_down_reports_it_unreachable_beside_the_others_services() {
+        let (_dir, project) = project(&["h1", "h2"], 1);
+        let fleet = Fleet::new([("h1", serving(ServiceState::Running, "r2")), ("h2", down())]);
+        let report = status_of(&fleet, &project).unwrap();
+
+        let reach: Vec<_> = report
+            .hosts
+            .iter()
+            .map(|h| (h.host.as_str(), h.reachable, h.code))
+            .collect();
+        assert_eq!(
+            reach,
+            [("h1", true, None), ("h2", false, Some("agent.unreachable"))]
+        );
+        assert!(
+            report.hosts[1]
+                .error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("h2")
+        );
+        let [web] = report.status.services.as_slice() else {
+            panic!("{report:#?}");
+        };
+        assert_eq!(web.state, ServiceState::Running);
+        assert_eq!(web.instances[0].host.as_deref(), Some("h1"));
+    }
+
+    #[test]
+    fn status_with_every_host_down_is_the_first_hosts_error() {
+        let (_dir, project) = project(&["h1", "h2"], 1);
+        let fleet = Fleet::new([("h1", down()), ("h2", down())]);
+        let error = status_of(&fleet, &project).unwrap_err();
+        assert_eq!(error.code(), "agent.unreachable");
+        assert!(error.to_string().contains("h1"), "{error}");
+    }
+
+    #[test]
+    fn logs_of_several_hosts_are_merged_by_time_each_line_labelled_with_its_host() {
+        let (_dir, project) = project(&["h1", "h2"], 1);
+        let fleet = Fleet::new([
+            (
+                "h1",
+                running(Vec::new(), vec![log_line(1, "a"), log_line(3, "c")]),
+            ),
+            ("h2", running(Vec::new(), vec![log_line(2, "b")])),
+        ]);
+        let seen = logs_of(&fleet, &project).unwrap();
+        assert_eq!(
+            seen,
+            [
+                (1, "h1".to_owned()),
+                (2, "h2".to_owned()),
+                (3, "h1".to_owned())
+            ]
+        );
+    }
+
+    /// Today `logs` fails as a whole when a host is down (unlike `status`):
+    /// the error is the down host's.
+    #[test]
+    fn logs_with_one_host_down_fail_with_that_hosts_error() {
+        let (_dir, project) = project(&["h1", "h2"], 1);
+        let fleet = Fleet::new([
+            ("h1", running(Vec::new(), vec![log_line(1, "a")])),
+            ("h2", down()),
+        ]);
+        let error = logs_of(&fleet, &project).unwrap_err();
+        assert_eq!(error.code(), "agent.unreachable");
+        assert!(error.to_string().contains("h2"), "{error}");
+    }
+
+    #[test]
+    fn rollback_goes_back_host_by_host_and_stops_at_one_it_cannot_reach() {
+        let (_dir, project) = project(&["h1", "h2", "h3"], 1);
+        let fleet = Fleet::new([
+            ("h1", serving(ServiceState::Running, "r2")),
+            ("h2", down()),
+            ("h3", serving(ServiceState::Running, "r2")),
+        ]);
+        let connect = |spec: &HostSpec| fleet.connect(spec);
+        let result = rollback(&project, "prod", Some("r1"), &connect, &|_| None);
+
+        let Err(Error::DeployFailed { reason, .. }) = result else {
+            panic!("the rollback went on: {result:?}");
+        };
+        assert!(
+            reason.contains("Now running: h1 r1, h2 unknown (unreachable), h3 not updated"),
+            "{reason}"
+        );
+        assert_eq!(fleet.calls_to("rollback"), ["h1 rollback to r1"]);
+        assert!(fleet.calls_to("h3").is_empty(), "{:#?}", fleet.calls());
+    }
+
+    #[test]
+    fn stopping_with_one_host_down_fails_with_that_hosts_error() {
+        let (_dir, project) = project(&["h1", "h2"], 1);
+        let fleet = Fleet::new([("h1", serving(ServiceState::Running, "r2")), ("h2", down())]);
+        let connect = |spec: &HostSpec| fleet.connect(spec);
+        let error = act(&project, "prod", Action::Stop, None, &connect).unwrap_err();
+        assert_eq!(error.code(), "agent.unreachable");
+        assert!(error.to_string().contains("h2"), "{error}");
+        // The host that answered was still told to stop.
+        assert_eq!(fleet.calls_to("stop"), ["h1 stop"]);
+    }
+}

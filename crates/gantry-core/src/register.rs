@@ -58,7 +58,7 @@ pub fn register(
     // Refused before anything is checked or written: gantry.toml stays as it was.
     if states
         .load(environment)?
-        .is_some_and(|s| s.state == Phase::Destroyed)
+        .is_some_and(|s| s.state() == Phase::Destroyed)
     {
         return Err(Error::EnvState {
             environment: environment.to_owned(),
@@ -92,13 +92,13 @@ pub fn register(
         let mut state = states
             .load(environment)?
             .unwrap_or_else(|| EnvState::new(environment));
-        if !state.state.configured() {
+        if !state.state().configured() {
             state.fail(
                 Phase::ProvisionFailed,
                 "check ssh",
                 Some(host),
                 &error.to_string(),
-            );
+            )?;
             states.save(&state)?;
         }
         return Err(error);
@@ -113,8 +113,8 @@ pub fn register(
         ..HostRecord::default()
     });
     // A new host needs configuring before the environment can deploy.
-    if !added.is_empty() || !state.state.configured() {
-        state.set(Phase::Provisioned);
+    if !added.is_empty() || !state.state().configured() {
+        state.set(Phase::Provisioned)?;
     }
     states.save(&state)?;
     Ok(RegisterReport {
@@ -122,7 +122,7 @@ pub fn register(
         host: host.to_owned(),
         ssh: target,
         added,
-        state: state.state,
+        state: state.state(),
     })
 }
 
