@@ -512,11 +512,9 @@ fn logs(
         tail: args.tail,
         follow: args.follow,
     };
-    let mut write_failed = false;
+    // A reader that went away (`| head`) ends the stream, not the command.
     operate::logs(project, env, &query, connect, &mut |line| {
-        let ok = printer.log_line(&line).is_ok();
-        write_failed |= !ok;
-        ok
+        printer.log_line(&line).is_ok()
     })?;
     Ok(())
 }
