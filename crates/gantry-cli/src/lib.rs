@@ -7,6 +7,7 @@ mod lifecycle;
 pub use args::ProxyListen;
 mod output;
 mod text;
+mod verbose;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -108,6 +109,7 @@ pub fn run(argv: impl IntoIterator<Item = OsString>, wiring: &Wiring) -> ExitCod
         cli.global.quiet,
         cli.global.verbose,
     );
+    verbose::show_on_stderr(&cli);
     if let Command::Agent(args::AgentArgs {
         action: Some(AgentAction::Relay { spec }),
         ..
