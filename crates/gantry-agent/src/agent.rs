@@ -72,9 +72,6 @@ impl Paths {
     pub fn proxy_pid(&self) -> PathBuf {
         self.root.join("proxy.pid")
     }
-    pub fn agent_log(&self) -> PathBuf {
-        self.root.join("agent.log")
-    }
 }
 
 /// Tunables, with the defaults a user would expect.

@@ -53,12 +53,7 @@ pub async fn removed_services(agent: &Agent, project: &str, kept: &[Service]) ->
             instance::stop(agent, &fresh, timeout, InstanceState::Stopped).await;
         }
         let (p, n) = (project.to_owned(), service.clone());
-        let forgotten = agent
-            .db(move |s| {
-                s.forget_service(&p, &n)?;
-                s.append_event(&p, Some(&n), "service.removed", "no longer in the config")
-            })
-            .await;
+        let forgotten = agent.db(move |s| s.forget_service(&p, &n)).await;
         if let Err(e) = forgotten {
             tracing::warn!(project, service, error = %e, "cannot forget a removed service");
         }

@@ -57,7 +57,9 @@ pub struct Global {
     #[arg(long, global = true, value_enum, default_value_t = OutputMode::Auto, value_name = "MODE")]
     pub output: OutputMode,
 
-    /// Say more on stderr (-v, -vv, -vvv)
+    /// Show on stderr what Gantry does: each agent request and ssh command with
+    /// its duration (-v), the agents' answers (-vv), the requests' bodies (-vvv);
+    /// secret values are always hidden
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 

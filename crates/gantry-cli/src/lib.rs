@@ -7,6 +7,7 @@ mod lifecycle;
 pub use args::ProxyListen;
 mod output;
 mod text;
+mod verbose;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -108,6 +109,7 @@ pub fn run(argv: impl IntoIterator<Item = OsString>, wiring: &Wiring) -> ExitCod
         cli.global.quiet,
         cli.global.verbose,
     );
+    verbose::show_on_stderr(&cli);
     if let Command::Agent(args::AgentArgs {
         action: Some(AgentAction::Relay { spec }),
         ..
@@ -512,11 +514,9 @@ fn logs(
         tail: args.tail,
         follow: args.follow,
     };
-    let mut write_failed = false;
+    // A reader that went away (`| head`) ends the stream, not the command.
     operate::logs(project, env, &query, connect, &mut |line| {
-        let ok = printer.log_line(&line).is_ok();
-        write_failed |= !ok;
-        ok
+        printer.log_line(&line).is_ok()
     })?;
     Ok(())
 }

@@ -62,6 +62,34 @@ pub fn url_passwords(text: &str) -> String {
     out
 }
 
+/// The string values under every `secrets` object of a JSON document: the
+/// secret values a deploy or rollback request carries.
+pub fn secret_values(value: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    let mut found = Vec::new();
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(fields) => {
+                for (name, field) in fields {
+                    match (name.as_str(), field) {
+                        ("secrets", Value::Object(secrets)) => found.extend(
+                            secrets
+                                .values()
+                                .filter_map(Value::as_str)
+                                .map(str::to_owned),
+                        ),
+                        (_, other) => stack.push(other),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
 /// Hides known secret values, and URL passwords, in text.
 #[derive(Clone, Default)]
 pub struct Redactor {
@@ -109,6 +137,54 @@ impl Redactor {
         self.values.iter().any(|v| text.contains(v.as_str()))
     }
 
+    /// Also hides `values` from now on.
+    pub fn learn<I, S>(&mut self, values: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let values = self
+            .values
+            .drain(..)
+            .chain(values.into_iter().map(Into::into));
+        *self = Redactor::new(values.collect::<Vec<_>>());
+    }
+
+    /// A JSON document as it may be shown (an agent API body): every value
+    /// under a `secrets` object, and every `env` value whose name looks
+    /// secret, hidden whole; known values and URL passwords hidden in every
+    /// other string.
+    pub fn json(&self, value: &mut serde_json::Value) {
+        use serde_json::Value;
+        match value {
+            Value::String(text) => *text = self.text(text),
+            Value::Array(items) => items.iter_mut().for_each(|item| self.json(item)),
+            Value::Object(fields) => {
+                for (name, field) in fields.iter_mut() {
+                    match (name.as_str(), field) {
+                        ("secrets", Value::Object(secrets)) => {
+                            for secret in secrets.values_mut() {
+                                *secret = Value::String(REDACTED.to_owned());
+                            }
+                        }
+                        ("env", Value::Object(env)) => {
+                            for (name, value) in env.iter_mut() {
+                                match value {
+                                    Value::String(_) if looks_secret(name) => {
+                                        *value = Value::String(REDACTED.to_owned());
+                                    }
+                                    other => self.json(other),
+                                }
+                            }
+                        }
+                        (_, other) => self.json(other),
+                    }
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+
     /// A service as it may be shown: credential env values hidden whole,
     /// known values and URL passwords hidden in every other value and in its
     /// command.
@@ -145,6 +221,37 @@ mod tests {
         assert!(is_credential("DATABASE_URL", "postgres://u:p@h/d"));
         assert!(is_credential("API_TOKEN", "x"));
         assert!(!is_credential("RUST_LOG", "info"));
+    }
+
+    #[test]
+    fn a_json_body_shows_no_secret_value_wherever_it_is() {
+        let mut body = serde_json::json!({
+            "project": "shop",
+            "secrets": { "API_TOKEN": "s3cr3t-value" },
+            "services": [{
+                "env": {
+                    "AUTH_TOKEN": "plain-token-in-env",
+                    "DATABASE_URL": "postgres://shop:hunter2@db/shop",
+                    "RUST_LOG": "info"
+                },
+                "run": "serve --key s3cr3t-value"
+            }]
+        });
+        let mut redactor = Redactor::default();
+        redactor.learn(secret_values(&body));
+        redactor.json(&mut body);
+        let shown = body.to_string();
+        for hidden in ["s3cr3t-value", "plain-token-in-env", "hunter2"] {
+            assert!(!shown.contains(hidden), "{hidden} in {shown}");
+        }
+        assert_eq!(body["secrets"]["API_TOKEN"], REDACTED);
+        assert_eq!(body["services"][0]["run"], "serve --key (redacted)");
+        assert_eq!(
+            body["services"][0]["env"]["DATABASE_URL"],
+            "postgres://shop:(redacted)@db/shop"
+        );
+        assert_eq!(body["services"][0]["env"]["RUST_LOG"], "info");
+        assert_eq!(body["project"], "shop");
     }
 
     #[test]

@@ -28,6 +28,8 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
+use crate::trace::{self, Trace};
+
 #[derive(Debug)]
 pub enum ClientError {
     /// Nothing listens on the socket, or the program could not start.
@@ -91,18 +93,22 @@ struct Piped {
     sender: SendRequest<Body>,
     child: tokio::process::Child,
     stderr: std::fs::File,
+    started: Instant,
 }
 
 pub struct Client {
     dial: Dial,
     runtime: tokio::runtime::Runtime,
     piped: Mutex<Option<Piped>>,
+    trace: Trace,
 }
 
 impl Client {
-    pub fn new(dial: Dial) -> std::io::Result<Client> {
+    /// A client of the agent of `host` (the name its requests are traced under).
+    pub fn new(host: &str, dial: Dial) -> std::io::Result<Client> {
         Ok(Client {
             dial,
+            trace: Trace::new(host),
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?,
@@ -110,11 +116,14 @@ impl Client {
         })
     }
 
-    pub fn unix(socket: &Path, served_by: Option<u32>) -> std::io::Result<Client> {
-        Client::new(Dial::Unix {
-            socket: socket.to_owned(),
-            served_by,
-        })
+    pub fn unix(host: &str, socket: &Path, served_by: Option<u32>) -> std::io::Result<Client> {
+        Client::new(
+            host,
+            Dial::Unix {
+                socket: socket.to_owned(),
+                served_by,
+            },
+        )
     }
 
     /// Sends a request and reads the whole answer.
@@ -125,10 +134,12 @@ impl Client {
         body: Option<Vec<u8>>,
         content_type: &str,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let body = Full::new(Bytes::from(body.unwrap_or_default()))
+        let bytes = Bytes::from(body.unwrap_or_default());
+        let body = Full::new(bytes.clone())
             .map_err(|never| match never {})
             .boxed_unsync();
-        self.call_body(method, path, body, None, content_type)
+        let shown = trace::Body::Bytes(&bytes);
+        self.call_body(method, path, (body, shown), None, content_type)
     }
 
     /// Sends `length` bytes of `file` from its current position as the body
@@ -152,34 +163,63 @@ impl Client {
         self.call_body(
             Method::PUT,
             path,
-            body,
+            (body, trace::Body::File(length)),
             Some(length),
             "application/octet-stream",
         )
     }
 
+    /// Sends `body` (shown in the trace as its second half) and reads the
+    /// whole answer.
     fn call_body(
         &self,
         method: Method,
         path: &str,
-        body: Body,
+        (body, shown): (Body, trace::Body<'_>),
         length: Option<u64>,
         content_type: &str,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        self.runtime.block_on(async {
-            let mut response = self.send(method, path, body, length, content_type).await?;
+        self.trace.request(&method, path, shown);
+        let started = Instant::now();
+        let answer = self.runtime.block_on(async {
+            let mut response = self
+                .send(method.clone(), path, body, length, content_type)
+                .await?;
             let status = response.status();
             let body = match response.body_mut().collect().await {
                 Ok(body) => body.to_bytes(),
                 Err(e) => return Err(self.broken(e.to_string()).await),
             };
             Ok((status, body))
-        })
+        });
+        let traced = match &answer {
+            Ok((status, body)) => Ok((*status, trace::Body::Bytes(body))),
+            Err(e) => Err(e),
+        };
+        self.trace.answered(&method, path, started, traced);
+        answer
     }
 
     /// Sends a request and hands each line of the answer to `line` as it
     /// arrives, until it returns false or the answer ends.
     pub fn stream_lines(
+        &self,
+        path: &str,
+        line: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<StatusCode, ClientError> {
+        self.trace
+            .request(&Method::GET, path, trace::Body::Bytes(&[]));
+        let started = Instant::now();
+        let answer = self.stream(path, line);
+        let traced = match &answer {
+            Ok(status) => Ok((*status, trace::Body::Stream)),
+            Err(e) => Err(e),
+        };
+        self.trace.answered(&Method::GET, path, started, traced);
+        answer
+    }
+
+    fn stream(
         &self,
         path: &str,
         line: &mut dyn FnMut(&[u8]) -> bool,
@@ -266,24 +306,25 @@ impl Client {
         let reusable = self.take_piped().filter(|p| !p.sender.is_closed());
         let mut piped = match reusable {
             Some(piped) => piped,
-            None => spawn(argv).await?,
+            None => spawn(argv, &self.trace).await?,
         };
         if piped.sender.ready().await.is_err() {
-            piped = spawn(argv).await?;
+            self.trace.connection_ended(piped.started, "was closed");
+            piped = spawn(argv, &self.trace).await?;
         }
         match piped.sender.send_request(request).await {
             Ok(response) => {
                 *self.lock() = Some(piped);
                 Ok(response)
             }
-            Err(e) => Err(exited(piped, e.to_string()).await),
+            Err(e) => Err(exited(piped, e.to_string(), &self.trace).await),
         }
     }
 
     /// The connection broke mid-answer: say why, from the transport's exit.
     async fn broken(&self, message: String) -> ClientError {
         match self.take_piped() {
-            Some(piped) => exited(piped, message).await,
+            Some(piped) => exited(piped, message, &self.trace).await,
             None => ClientError::Http(message),
         }
     }
@@ -299,6 +340,7 @@ impl Client {
     fn drop_piped(&self) {
         if let Some(mut piped) = self.take_piped() {
             let _ = piped.child.start_kill();
+            self.trace.connection_ended(piped.started, "was stopped");
         }
     }
 }
@@ -313,6 +355,7 @@ impl Drop for Client {
                 tokio::time::timeout(Duration::from_secs(2), child.wait()).await
             });
             let _ = child.start_kill();
+            self.trace.connection_ended(piped.started, "was closed");
         }
     }
 }
@@ -344,7 +387,8 @@ where
     Ok(sender)
 }
 
-async fn spawn(argv: &[OsString]) -> Result<Piped, ClientError> {
+async fn spawn(argv: &[OsString], trace: &Trace) -> Result<Piped, ClientError> {
+    trace.connection_started(argv);
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| ClientError::Connect(std::io::Error::other("no transport program given")))?;
@@ -375,11 +419,12 @@ async fn spawn(argv: &[OsString]) -> Result<Piped, ClientError> {
         sender,
         child,
         stderr,
+        started: Instant::now(),
     })
 }
 
 /// The transport failed: wait briefly for it to exit and read what it said.
-async fn exited(mut piped: Piped, message: String) -> ClientError {
+async fn exited(mut piped: Piped, message: String, trace: &Trace) -> ClientError {
     drop(piped.sender);
     let deadline = Instant::now() + Duration::from_secs(10);
     let code = loop {
@@ -394,6 +439,11 @@ async fn exited(mut piped: Piped, message: String) -> ClientError {
             }
         }
     };
+    let how = match code {
+        Some(code) => format!("ended with exit {code}"),
+        None => "ended".to_owned(),
+    };
+    trace.connection_ended(piped.started, &how);
     let mut stderr = String::new();
     let _ = piped.stderr.rewind();
     let _ = piped.stderr.read_to_string(&mut stderr);

@@ -9,6 +9,7 @@ mod client;
 mod control_dir;
 mod local;
 mod ssh;
+mod trace;
 
 pub use agent::{Agent, Transport};
 pub use bridge::bridge;

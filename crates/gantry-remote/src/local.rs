@@ -86,11 +86,12 @@ impl Agent<Local> {
         state_dir: &Path,
         uid: Option<u32>,
     ) -> Result<LocalAgent, HostError> {
-        let client = Client::unix(&socket(state_dir), uid).map_err(|e| HostError::Unreachable {
-            host: name.to_owned(),
-            message: e.to_string(),
-            hint: String::new(),
-        })?;
+        let client =
+            Client::unix(name, &socket(state_dir), uid).map_err(|e| HostError::Unreachable {
+                host: name.to_owned(),
+                message: e.to_string(),
+                hint: String::new(),
+            })?;
         let agent = LocalAgent {
             name: name.to_owned(),
             client,
@@ -148,6 +149,11 @@ impl Agent<Local> {
             .open(state_dir.join("agent.log"))
             .map_err(|e| fail(format!("cannot open the agent's log: {e}")))?;
         let err = log.try_clone().map_err(|e| fail(e.to_string()))?;
+        tracing::info!(
+            "agent {name}: none answers; starting `{} agent --state-dir {}`",
+            exe.display(),
+            state_dir.display()
+        );
         use std::os::unix::process::CommandExt;
         let mut child = std::process::Command::new(exe)
             .arg("agent")
@@ -172,6 +178,11 @@ impl Agent<Local> {
         let started = Instant::now();
         loop {
             if let Ok(agent) = Self::connect(name, state_dir) {
+                tracing::info!(
+                    "agent {name}: started (pid {}) in {:.1?}",
+                    child.id(),
+                    started.elapsed()
+                );
                 // The agent outlives this process; reap it if it ever exits first.
                 std::thread::spawn(move || child.wait());
                 return Ok(agent);

@@ -11,6 +11,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use gantry_core::config::SshTarget;
 use gantry_core::host::{HostError, Ran, SshFailure};
@@ -106,6 +107,8 @@ impl SshOptions {
 
 /// The transport to one host's agent over SSH.
 pub struct Ssh {
+    /// The host's name in gantry.toml.
+    name: String,
     target: SshTarget,
     options: SshOptions,
 }
@@ -118,11 +121,13 @@ impl Ssh {
         let mut argv = self.options.command_line_with(&self.target, false);
         argv.push("true".into());
         let (program, args) = argv.split_first()?;
+        let started = Instant::now();
         let output = std::process::Command::new(program)
             .args(args)
             .stdin(std::process::Stdio::null())
             .output()
             .ok()?;
+        crate::trace::ssh_ran(&self.name, &argv, output.status.code(), started);
         (!output.status.success()).then(|| String::from_utf8_lossy(&output.stderr).into_owned())
     }
 }
@@ -187,7 +192,7 @@ impl Agent<Ssh> {
         })?;
         let mut argv = options.command_line(&target);
         argv.push(gantry_core::host::remote_gantry("agent connect").into());
-        let client = Client::new(Dial::Command(argv)).map_err(|e| HostError::Ssh {
+        let client = Client::new(name, Dial::Command(argv)).map_err(|e| HostError::Ssh {
             host: name.to_owned(),
             failure: SshFailure::Unreachable,
             message: e.to_string(),
@@ -197,6 +202,7 @@ impl Agent<Ssh> {
             name: name.to_owned(),
             client,
             transport: Ssh {
+                name: name.to_owned(),
                 target,
                 options: options.clone(),
             },
@@ -224,7 +230,9 @@ impl gantry_core::host::Shell for Shell {
     fn resolved_address(&self) -> Option<String> {
         let mut argv = self.options.command_line(&self.target);
         argv.insert(1, "-G".into());
+        let started = Instant::now();
         let output = Command::new(&argv[0]).args(&argv[1..]).output().ok()?;
+        crate::trace::ssh_ran(&self.name, &argv, output.status.code(), started);
         String::from_utf8_lossy(&output.stdout)
             .lines()
             .find_map(|l| l.strip_prefix("hostname ").map(str::to_owned))
@@ -233,10 +241,10 @@ impl gantry_core::host::Shell for Shell {
     fn interactive(&self, command: Option<&str>) -> Result<i32, HostError> {
         use std::io::IsTerminal;
         let tty = std::io::stdin().is_terminal();
-        let status = self
-            .command(command, tty)
-            .status()
-            .map_err(|e| self.local_error(e))?;
+        let mut ssh = self.command(command, tty);
+        let started = Instant::now();
+        let status = ssh.status().map_err(|e| self.local_error(e))?;
+        crate::trace::ssh_ran(&self.name, &argv_of(&ssh), status.code(), started);
         match status.code() {
             Some(255) => Err(classify(&self.name, &self.target, Some(255), "")),
             code => Ok(code.unwrap_or(1)),
@@ -291,14 +299,16 @@ impl Shell {
             None => Stdio::null(),
         };
         let stderr = tempfile::tempfile().map_err(|e| self.local_error(e))?;
+        let started = Instant::now();
         let output = command
             .stdin(input)
             .stdout(Stdio::piped())
             .stderr(stderr.try_clone().map_err(|e| self.local_error(e))?)
             .output()
             .map_err(|e| self.local_error(e))?;
-        let stderr = read_all(stderr);
         let code = output.status.code();
+        crate::trace::ssh_ran(&self.name, &argv_of(&command), code, started);
+        let stderr = read_all(stderr);
         if code == Some(255) {
             return Err(classify(&self.name, &self.target, code, &stderr));
         }
@@ -317,6 +327,14 @@ impl Shell {
             hint: "check that OpenSSH's client (`ssh`) is installed, or set GANTRY_SSH".to_owned(),
         }
     }
+}
+
+/// A command's program and arguments.
+fn argv_of(command: &Command) -> Vec<OsString> {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(OsString::from)
+        .collect()
 }
 
 fn read_all(mut file: std::fs::File) -> String {

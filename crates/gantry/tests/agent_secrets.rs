@@ -5,7 +5,7 @@ mod agent_support;
 
 use std::os::unix::fs::PermissionsExt;
 
-use agent_support::{files_under, json, output, service, shell, wait_for_status};
+use agent_support::{files_under, json, output, service, shell, traced, wait_for_status};
 use gantry_testkit::{Run, TestProject};
 
 const SECRET: &str = "hunter2-Kx7QpZ-do-not-print";
@@ -148,4 +148,20 @@ fn a_secret_value_never_appears_in_a_report_a_log_file_or_the_store() {
     let logs = p.gantry(&["logs", "api", "--tail", "1", "--output", "json"]);
     assert!(logs.stdout.contains(&rot13(SECRET)), "{}", logs.stdout);
     assert_no_secret_under(&p);
+}
+
+#[test]
+fn vvv_shows_the_deploy_request_with_its_secret_values_hidden() {
+    let p = project();
+    let run = p.gantry(&["-vvv", "deploy", "--skip-build", "--output", "json"]);
+    run.expect_code(0);
+    assert!(run.json().is_object());
+    assert_no_secret_in(std::slice::from_ref(&run));
+    let request = "agent local: → POST /v1/projects/secrets/deploys ";
+    let sent = traced(&run, request);
+    assert_eq!(sent.len(), 1, "{}", run.stderr);
+    let body: serde_json::Value = serde_json::from_str(&sent[0][request.len()..])
+        .unwrap_or_else(|e| panic!("{e}: {}", sent[0]));
+    assert_eq!(body["secrets"]["API_TOKEN"], "(redacted)", "{body:#}");
+    assert_eq!(body["project"], "secrets", "{body:#}");
 }

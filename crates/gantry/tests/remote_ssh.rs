@@ -7,7 +7,7 @@
 
 mod agent_support;
 
-use agent_support::{GANTRY, configure_step, hello_toml, service};
+use agent_support::{GANTRY, configure_step, ends_with_a_duration, hello_toml, service, traced};
 use gantry_testkit::hosts::TestHosts;
 use gantry_testkit::{TestProject, example_bins};
 
@@ -117,6 +117,50 @@ fn each_ssh_failure_has_its_own_error() {
 
 /// `GET /version` of the web service through each host's own proxy
 /// (`<service>.<project>.localhost` on the host's loopback).
+#[test]
+fn v_shows_each_ssh_command_with_how_long_it_took() {
+    let hosts = TestHosts::start(1);
+    hosts.host("h1").install_gantry(GANTRY.as_ref());
+    let project = remote_project(&hosts, &["h1"], "1");
+
+    // A command: its command line, exit code and duration.
+    let register = project.gantry(&["-v", "register", "h1", "-e", "stage", "--output", "json"]);
+    register.expect_code(0);
+    assert!(register.json().is_object());
+    let ran: Vec<_> = traced(&register, "ssh h1: ssh ")
+        .into_iter()
+        .filter(|line| {
+            line.contains("BatchMode=yes") && line.contains("-- h1 'uname -sm' → exit 0 in ")
+        })
+        .collect();
+    assert_eq!(ran.len(), 1, "{}", register.stderr);
+    assert!(ends_with_a_duration(ran[0]), "{}", ran[0]);
+
+    // The agent's connection: the ssh command that carries it, how long it
+    // lasted, and each request over it.
+    let status = project.gantry(&["-v", "status", "-e", "prod", "--output", "json"]);
+    status.expect_code(0);
+    assert!(status.json().is_object());
+    let opened = traced(&status, "ssh h1: ssh ");
+    assert!(
+        opened
+            .iter()
+            .any(|line| line.ends_with("agent connect' (the agent's connection)")),
+        "{}",
+        status.stderr
+    );
+    let closed = traced(&status, "ssh h1: the agent's connection was closed after ");
+    let health = traced(&status, "agent h1: GET /v1/health → 200 OK in ");
+    assert!(
+        !closed.is_empty() && !health.is_empty(),
+        "{}",
+        status.stderr
+    );
+    for line in closed.iter().chain(&health) {
+        assert!(ends_with_a_duration(line), "{line}");
+    }
+}
+
 fn versions(hosts: &TestHosts, names: &[&str]) -> Vec<String> {
     names
         .iter()

@@ -1,5 +1,5 @@
 //! The agent's memory: one SQLite file holding releases, the instance intent
-//! log, which release each service runs, events, port leases and artifact
+//! log, which release each service runs, port leases and artifact
 //! manifests. The agent writes here what it is about to do before doing it,
 //! so a restarted agent can re-adopt its processes and finish or undo a
 //! deploy it was in the middle of.
@@ -18,7 +18,6 @@
 mod artifacts;
 mod codec;
 mod cutover;
-mod events;
 mod instances;
 mod port_leases;
 mod releases;
@@ -29,7 +28,6 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-pub use events::Event;
 pub use instances::InstanceRecord;
 pub use port_leases::PortLease;
 
@@ -252,9 +250,6 @@ mod tests {
             store
                 .switch("shop", "web", "r-1", &["web-1".to_owned()], &[])
                 .expect("switch");
-            store
-                .append_event("shop", Some("web"), "deploy.succeeded", "r-1")
-                .expect("event");
             assert!(store.lease_port("web-1", 20_001).expect("lease"));
             store.record_artifact(&artifact).expect("artifact");
         }
@@ -268,7 +263,6 @@ mod tests {
             store.current("shop", "web").expect("current").as_deref(),
             Some("r-1")
         );
-        assert_eq!(store.events("shop", 10).expect("events").len(), 1);
         assert_eq!(store.port_of("web-1").expect("port"), Some(20_001));
         assert_eq!(
             store.artifact(&artifact.digest).expect("artifact"),
@@ -362,6 +356,40 @@ mod tests {
             })
             .expect("foreign key check");
         assert_eq!(broken, 0);
+    }
+
+    #[test]
+    fn a_store_at_the_second_schema_drops_its_events_and_keeps_its_releases() {
+        use crate::store::releases::tests::release;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.db");
+        {
+            let mut conn = Connection::open(&path).expect("open");
+            schema::migrations()
+                .to_version(&mut conn, 2)
+                .expect("second schema");
+            conn.execute(
+                "INSERT INTO events (project, service, at, kind, message) \
+                 VALUES ('shop', 'web', 1, 'service.removed', 'no longer in the config')",
+                [],
+            )
+            .expect("an event");
+            let v2 = Store { conn };
+            v2.insert_release(&release("shop", "r1", 1))
+                .expect("release");
+        }
+        let store = Store::open(&path).expect("migrated");
+        assert_eq!(store.releases("shop").expect("releases").len(), 1);
+        let tables: i64 = store
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name LIKE 'events%'",
+                [],
+                |row| row.get(0),
+            )
+            .expect("schema");
+        assert_eq!(tables, 0, "the events table and its index are gone");
     }
 
     #[test]

@@ -7,7 +7,11 @@
 use rusqlite_migration::{M, Migrations};
 
 pub(super) fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2_RELEASES_BY_PROJECT)])
+    Migrations::new(vec![
+        M::up(V1),
+        M::up(V2_RELEASES_BY_PROJECT),
+        M::up(V3_NO_EVENTS),
+    ])
 }
 
 /// The first schema, as agents in the field created it.
@@ -176,3 +180,7 @@ DROP TABLE service_releases_v1;
 DROP TABLE instances_v1;
 DROP TABLE releases_v1;
 "#;
+
+/// The events table was written (a removed service) and never read: no
+/// command showed it. Its index goes with it.
+const V3_NO_EVENTS: &str = "DROP TABLE events;";

@@ -352,6 +352,30 @@ pub fn output(run: &Run) -> String {
     format!("{}\n{}", run.stdout, run.stderr)
 }
 
+/// The lines of `run`'s stderr that start with `prefix`: what `-v` traced.
+pub fn traced<'a>(run: &'a Run, prefix: &str) -> Vec<&'a str> {
+    run.stderr
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .collect()
+}
+
+/// Whether a traced line ends with how long something took, like
+/// `in 12.3ms` or `after 1.2s`.
+pub fn ends_with_a_duration(line: &str) -> bool {
+    let Some((_, took)) = line
+        .rsplit_once(" in ")
+        .or_else(|| line.rsplit_once(" after "))
+    else {
+        return false;
+    };
+    let unit_at = took
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(took.len());
+    let (number, unit) = took.split_at(unit_at);
+    number.parse::<f64>().is_ok() && ["ns", "µs", "ms", "s"].contains(&unit)
+}
+
 /// Whether the test must not skip what this host cannot do.
 pub fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty())
