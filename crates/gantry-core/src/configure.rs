@@ -16,9 +16,10 @@ use std::path::Path;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::clock::now_ms;
 use crate::config::resolve::{Host as HostSpec, Reach};
 use crate::deploy::Progress;
-use crate::environment::{EnvState, HostRecord, Phase, StateDir, now_ms};
+use crate::environment::{EnvState, HostRecord, Phase, StateDir};
 use crate::host::{HostError, Shell};
 use crate::operate::Connect;
 use crate::{Error, Project};

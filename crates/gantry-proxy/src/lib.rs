@@ -19,6 +19,7 @@ mod body;
 mod control;
 mod error;
 mod exchange;
+mod file;
 mod forward;
 mod forwarded;
 mod handoff;
