@@ -57,7 +57,7 @@ impl Proxy {
         Proxy {
             listen,
             https,
-            socket: paths.proxy().join("proxy.sock"),
+            socket: gantry_proxy::ProxyDir::new(paths.proxy()).control_socket(),
             up: AtomicBool::new(false),
             child: Mutex::new(None),
             updating: tokio::sync::Mutex::new(()),
@@ -279,10 +279,8 @@ fn info(agent: &Agent, running: Option<&Health>, previous_pid: Option<u32>) -> P
             .listen
             .filter(|_| running.is_some())
             .map(|l| l.to_string()),
-        routes_file: agent
-            .paths
-            .proxy()
-            .join("routes.json")
+        routes_file: gantry_proxy::ProxyDir::new(agent.paths.proxy())
+            .routes_file()
             .display()
             .to_string(),
     }

@@ -3,6 +3,7 @@
 //! knows whether a terminal is attached. `gantry-cli` renders the reports.
 
 pub mod agent_api;
+pub mod agent_dir;
 pub mod artifact;
 pub mod check;
 pub mod clock;

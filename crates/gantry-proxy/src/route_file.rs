@@ -8,10 +8,8 @@ use std::path::{Path, PathBuf};
 use crate::error::ProxyError;
 use crate::table::RouteTable;
 
-pub(crate) const FILE_NAME: &str = "routes.json";
-
 pub(crate) fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join(FILE_NAME)
+    crate::ProxyDir::new(state_dir).routes_file()
 }
 
 /// The saved table; an empty one when none was saved yet.
@@ -75,7 +73,7 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .expect("lists")
             .filter_map(Result::ok)
-            .filter(|e| e.file_name() != FILE_NAME)
+            .filter(|e| e.file_name() != "routes.json")
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
