@@ -44,7 +44,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use control::{DrainReport, DrainRequest, Health, running_binary};
+pub use control::{
+    DRAIN_PATH, DrainReport, DrainRequest, HEALTH_PATH, Health, ROUTES_PATH, running_binary,
+};
 pub use dir::ProxyDir;
 pub use error::ProxyError;
 pub use forwarded::TrustedProxy;
