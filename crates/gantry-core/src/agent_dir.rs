@@ -7,6 +7,9 @@ use std::path::PathBuf;
 
 use crate::host::SYSTEM_STATE_DIR;
 
+/// The default state directory of a user other than root, under `$HOME`.
+pub const USER_STATE_DIR: &str = ".local/state/gantry";
+
 /// Where the agent keeps everything, under one state directory.
 #[derive(Clone, Debug)]
 pub struct Paths {
@@ -30,7 +33,15 @@ impl Paths {
             return PathBuf::from(SYSTEM_STATE_DIR);
         }
         let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-        home.join(".local/state/gantry")
+        home.join(USER_STATE_DIR)
+    }
+
+    /// [`Paths::default_root`] as a POSIX shell statement that sets `$d`,
+    /// for a host reached over SSH.
+    pub fn default_root_shell() -> String {
+        format!(
+            "if [ -n \"$XDG_STATE_HOME\" ]; then d=\"$XDG_STATE_HOME/gantry\"; elif [ \"$(id -u)\" = 0 ]; then d={SYSTEM_STATE_DIR}; else d=\"$HOME/{USER_STATE_DIR}\"; fi"
+        )
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -73,5 +84,18 @@ impl Paths {
     }
     pub fn agent_log(&self) -> PathBuf {
         self.root.join("agent.log")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shell_rule_for_a_remote_host_is_default_root_s() {
+        let shell = Paths::default_root_shell();
+        assert!(shell.contains("d=\"$XDG_STATE_HOME/gantry\""), "{shell}");
+        assert!(shell.contains("d=/var/lib/gantry;"), "{shell}");
+        assert!(shell.contains("d=\"$HOME/.local/state/gantry\""), "{shell}");
     }
 }
