@@ -12,66 +12,12 @@ use crate::ports::PortAllocator;
 use crate::process::Cgroups;
 use crate::store::{Store, StoreError};
 
-/// Where the agent keeps everything, under one state directory.
-#[derive(Clone, Debug)]
-pub struct Paths {
-    pub root: PathBuf,
-}
+pub use gantry_core::agent_dir::Paths;
 
-impl Paths {
-    pub fn new(root: impl Into<PathBuf>) -> Paths {
-        Paths { root: root.into() }
-    }
-
-    /// The default state directory: `$XDG_STATE_HOME/gantry`; else, for
-    /// root, `/var/lib/gantry` (where the systemd unit keeps it: a root
-    /// agent runs services as other users, who cannot reach into `/root`);
-    /// else `~/.local/state/gantry`.
-    pub fn default_root() -> PathBuf {
-        if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-            return PathBuf::from(dir).join("gantry");
-        }
-        if rustix::process::geteuid().is_root() {
-            return PathBuf::from(gantry_core::host::SYSTEM_STATE_DIR);
-        }
-        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-        home.join(".local/state/gantry")
-    }
-
-    pub fn socket(&self) -> PathBuf {
-        self.root.join("agent.sock")
-    }
-    pub fn lock(&self) -> PathBuf {
-        self.root.join("agent.lock")
-    }
-    pub fn database(&self) -> PathBuf {
-        self.root.join("agent.db")
-    }
-    pub fn blobs(&self) -> PathBuf {
-        self.root.join("blobs")
-    }
-    pub fn releases(&self, project: &str) -> PathBuf {
-        self.root.join("releases").join(project)
-    }
-    pub fn logs(&self, project: &str) -> PathBuf {
-        self.root.join("logs").join(project)
-    }
-    pub fn run(&self) -> PathBuf {
-        self.root.join("run")
-    }
-    pub fn secrets(&self, project: &str) -> PathBuf {
-        self.root.join("secrets").join(format!("{project}.env"))
-    }
-    /// The proxy's own state directory; its control socket is `proxy.sock` in it.
-    pub fn proxy(&self) -> PathBuf {
-        self.root.join("proxy")
-    }
-    pub fn proxy_log(&self) -> PathBuf {
-        self.root.join("proxy.log")
-    }
-    pub fn proxy_pid(&self) -> PathBuf {
-        self.root.join("proxy.pid")
-    }
+/// The default state directory for this process's user
+/// ([`Paths::default_root`]).
+pub fn default_state_dir() -> PathBuf {
+    Paths::default_root(rustix::process::geteuid().is_root())
 }
 
 /// Tunables, with the defaults a user would expect.
@@ -166,9 +112,4 @@ impl Agent {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub use gantry_core::clock::now_ms;

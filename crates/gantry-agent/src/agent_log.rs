@@ -11,11 +11,9 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// `agent.log`'s name without `.log`, as [`crate::process::rotate_log`] takes it.
-const NAME: &str = "agent";
-
 pub struct AgentLog {
-    dir: PathBuf,
+    /// `agent.log` in the state directory.
+    path: PathBuf,
     max_bytes: u64,
     keep: u32,
     size: u64,
@@ -27,10 +25,11 @@ impl AgentLog {
     pub fn of_stderr(state_dir: &Path, max_bytes: u64, keep: u32) -> Option<AgentLog> {
         let stderr = std::fs::File::from(io::stderr().as_fd().try_clone_to_owned().ok()?);
         let ours = stderr.metadata().ok()?;
-        let named = std::fs::metadata(state_dir.join(format!("{NAME}.log"))).ok()?;
+        let path = crate::agent::Paths::new(state_dir).agent_log();
+        let named = std::fs::metadata(&path).ok()?;
         let same = ours.is_file() && ours.dev() == named.dev() && ours.ino() == named.ino();
-        same.then(|| AgentLog {
-            dir: state_dir.to_owned(),
+        same.then_some(AgentLog {
+            path,
             max_bytes,
             keep,
             size: ours.len(),
@@ -41,11 +40,14 @@ impl AgentLog {
     /// that fails the agent keeps writing where it did: a log is never worth
     /// stopping the agent for.
     fn rotate(&mut self) {
-        crate::process::rotate_log(&self.dir, NAME, self.keep);
+        // `rotate_log` takes the directory and the name without `.log`.
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let name = self.path.file_stem().unwrap_or_default().to_string_lossy();
+        crate::process::rotate_log(dir, &name, self.keep);
         let fresh = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join(format!("{NAME}.log")));
+            .open(&self.path);
         if let Ok(file) = fresh {
             let _ = nix::unistd::dup2_stdout(&file);
             let _ = nix::unistd::dup2_stderr(&file);

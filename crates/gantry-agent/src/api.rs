@@ -8,13 +8,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
 use gantry_core::agent_api::{
     AgentInfo, ApiError, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult,
     ExecSpec, InstanceState, LockGrant, LockRelease, LockRequest, LockState, LogLine, Outcome,
     ProxyInfo, Release, RollbackRequest, ServiceSelector, Status,
 };
+use gantry_core::endpoint::{Endpoint, Method};
 use serde::Deserialize;
 
 use crate::agent::Agent;
@@ -80,33 +81,45 @@ type Shared = State<Arc<Agent>>;
 type Answer<T> = Result<Json<T>, ApiFailure>;
 
 pub fn router(agent: Arc<Agent>) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/openapi.json", get(openapi_doc))
-        .route("/v1/shutdown", post(shutdown))
-        .route("/v1/proxy/restart", post(proxy_restart))
-        .route("/v1/proxy/stop", post(proxy_stop))
-        .route("/v1/blobs/missing", post(blobs_missing))
-        .route("/v1/blobs/{digest}", put(put_blob))
-        .route("/v1/projects/{project}/deploys", post(deploy_project))
-        .route("/v1/projects/{project}/rollback", post(rollback))
-        .route("/v1/projects/{project}/status", get(project_status))
-        .route("/v1/projects/{project}/releases", get(releases))
-        .route("/v1/projects/{project}/releases/{id}", get(release))
-        .route("/v1/projects/{project}/logs", get(project_logs))
-        .route("/v1/projects/{project}/stop", post(stop))
-        .route("/v1/projects/{project}/restart", post(restart))
-        .route(
-            "/v1/projects/{project}/services/{service}/exec",
-            get(exec_spec),
-        )
-        .route(
-            "/v1/projects/{project}/lock",
-            get(lock_state).post(take_lock).delete(release_lock),
-        )
+    Endpoint::ALL
+        .into_iter()
+        .fold(Router::new(), |router, endpoint| {
+            router.route(endpoint.path(), handler(endpoint))
+        })
         .route_layer(axum::middleware::from_fn(admission::check_path))
         .layer(DefaultBodyLimit::max(admission::MAX_JSON_BODY))
         .with_state(agent)
+}
+
+/// What answers each endpoint: a match, so that none is left without one.
+fn handler(endpoint: Endpoint) -> MethodRouter<Arc<Agent>> {
+    let method = match endpoint.method() {
+        Method::Get => MethodFilter::GET,
+        Method::Post => MethodFilter::POST,
+        Method::Put => MethodFilter::PUT,
+        Method::Delete => MethodFilter::DELETE,
+    };
+    match endpoint {
+        Endpoint::Health => on(method, health),
+        Endpoint::OpenApi => on(method, openapi_doc),
+        Endpoint::Shutdown => on(method, shutdown),
+        Endpoint::ProxyRestart => on(method, proxy_restart),
+        Endpoint::ProxyStop => on(method, proxy_stop),
+        Endpoint::MissingBlobs => on(method, blobs_missing),
+        Endpoint::PutBlob => on(method, put_blob),
+        Endpoint::Deploy => on(method, deploy_project),
+        Endpoint::Rollback => on(method, rollback),
+        Endpoint::Status => on(method, project_status),
+        Endpoint::Releases => on(method, releases),
+        Endpoint::Release => on(method, release),
+        Endpoint::Logs => on(method, project_logs),
+        Endpoint::Stop => on(method, stop),
+        Endpoint::Restart => on(method, restart),
+        Endpoint::ExecSpec => on(method, exec_spec),
+        Endpoint::LockState => on(method, lock_state),
+        Endpoint::TakeLock => on(method, take_lock),
+        Endpoint::ReleaseLock => on(method, release_lock),
+    }
 }
 
 async fn health(State(agent): Shared) -> Json<AgentInfo> {

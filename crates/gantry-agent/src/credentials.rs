@@ -86,8 +86,6 @@ pub fn separate(request: &mut DeployRequest) -> Result<(), ApiFailure> {
 /// service uses that the request does not carry keeps the value the file
 /// had (a rollback's services may use credentials the CLI does not hold).
 pub fn write_secrets(agent: &Agent, project: &str, request: &DeployRequest) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if request.secrets.is_empty() {
         return Ok(());
     }
@@ -104,20 +102,12 @@ pub fn write_secrets(agent: &Agent, project: &str, request: &DeployRequest) -> s
     }
     let dir = path.parent().unwrap_or(agent.state_dir());
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{project}.env.tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
     // Names and values were checked on admission: one variable a line.
-    for (name, value) in &values {
-        writeln!(file, "{name}={value}")?;
-    }
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
+    let text: String = values
+        .iter()
+        .map(|(name, value)| format!("{name}={value}\n"))
+        .collect();
+    gantry_core::file::write_atomic(&path, text.as_bytes(), 0o600)
 }
 
 fn read_secrets(path: &std::path::Path) -> BTreeMap<String, String> {

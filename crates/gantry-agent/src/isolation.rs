@@ -64,7 +64,7 @@ impl Isolation {
         if self == Isolation::AgentUser {
             return Ok(());
         }
-        let releases = paths.root.join("releases");
+        let releases = paths.releases_dir();
         std::fs::create_dir_all(&releases)?;
         for dir in [&paths.root, &releases] {
             set_group_and_mode(dir, SERVICES_GID, 0o710)?;
@@ -72,7 +72,7 @@ impl Isolation {
         for entry in std::fs::read_dir(&paths.root)? {
             let entry = entry?;
             let meta = entry.path().symlink_metadata()?;
-            if entry.file_name() != "releases" && !meta.is_symlink() && meta.mode() & 0o077 != 0 {
+            if entry.path() != releases && !meta.is_symlink() && meta.mode() & 0o077 != 0 {
                 std::fs::set_permissions(
                     entry.path(),
                     std::fs::Permissions::from_mode(meta.mode() & 0o7700),
@@ -137,7 +137,7 @@ fn project_user(paths: &Paths, project: &str) -> io::Result<u32> {
     let id = if PROJECT_IDS.contains(&gid) {
         gid
     } else {
-        let taken = project_ids_taken(&paths.root.join("releases"));
+        let taken = project_ids_taken(&paths.releases_dir());
         let id = free_id(&paths.root, project, &taken);
         set_group_and_mode(&dir, id, 0o750)?;
         id

@@ -1,145 +1,86 @@
 //! The OpenAPI 3.1 document the agent serves at `/v1/openapi.json`. The
-//! routes are listed once here; their bodies' schemas come from the wire
-//! types themselves (schemars), so the document cannot drift from the code.
+//! routes are `gantry_core::endpoint::Endpoint`'s, which the router and the
+//! client use too; their bodies' schemas come from the wire types themselves
+//! (schemars), so the document cannot drift from the code.
 
 use gantry_core::agent_api::{
     AgentInfo, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult, ExecSpec,
     LockGrant, LockRelease, LockRequest, LockState, LogLine, ProxyInfo, Release, RollbackRequest,
     ServiceSelector, Status,
 };
+use gantry_core::endpoint::Endpoint;
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-/// (method, path, summary, request body type, response body type)
-const ROUTES: &[(&str, &str, &str, Option<&str>, &str)] = &[
-    (
-        "get",
-        "/v1/health",
-        "Who the agent is and that it answers",
-        None,
-        "AgentInfo",
-    ),
-    ("get", "/v1/openapi.json", "This document", None, "object"),
-    (
-        "post",
-        "/v1/shutdown",
-        "Stop the agent; services keep running",
-        None,
-        "none",
-    ),
-    (
-        "post",
-        "/v1/proxy/restart",
-        "Restart the proxy by listener handoff (no connection refused), or start it",
-        None,
-        "ProxyInfo",
-    ),
-    (
-        "post",
-        "/v1/proxy/stop",
-        "Stop the proxy; its routes stay in routes.json",
-        None,
-        "ProxyInfo",
-    ),
-    (
-        "post",
-        "/v1/blobs/missing",
-        "Which of these artifact blobs the agent lacks, and how many bytes of each an interrupted upload left (partial)",
-        Some("BlobList"),
-        "BlobList",
-    ),
-    (
-        "put",
-        "/v1/blobs/{digest}",
-        "Upload one blob, streamed; query: offset (resume after the bytes the agent holds). Stored only when its sha256 equals the digest (422 artifact.checksum); 409 artifact.offset_mismatch when offset is not what the agent holds",
-        Some("bytes"),
-        "BlobReceipt",
-    ),
-    (
-        "post",
-        "/v1/projects/{project}/deploys",
-        "Deploy a release: start, wait healthy, switch, stop old",
-        Some("DeployRequest"),
-        "DeployResult",
-    ),
-    (
-        "post",
-        "/v1/projects/{project}/rollback",
-        "Re-activate an earlier release from its stored artifact",
-        Some("RollbackRequest"),
-        "DeployResult",
-    ),
-    (
-        "get",
-        "/v1/projects/{project}/status",
-        "Services, instances, health and limits",
-        None,
-        "Status",
-    ),
-    (
-        "get",
-        "/v1/projects/{project}/releases",
-        "Releases, newest first",
-        None,
-        "Release[]",
-    ),
-    (
-        "get",
-        "/v1/projects/{project}/releases/{id}",
-        "One release",
-        None,
-        "Release",
-    ),
-    (
-        "get",
-        "/v1/projects/{project}/logs",
-        "Log lines as NDJSON; query: service, since_ms, tail, follow",
-        None,
-        "LogLine",
-    ),
-    (
-        "post",
-        "/v1/projects/{project}/stop",
-        "Stop one service or all",
-        Some("ServiceSelector"),
-        "Status",
-    ),
-    (
-        "post",
-        "/v1/projects/{project}/restart",
-        "Restart one service or all",
-        Some("ServiceSelector"),
-        "Status",
-    ),
-    (
-        "get",
-        "/v1/projects/{project}/services/{service}/exec",
-        "How to run a command as the service runs: release directory and environment (no secret values)",
-        None,
-        "ExecSpec",
-    ),
-    (
-        "get",
-        "/v1/projects/{project}/lock",
-        "Who holds an environment's deploy lock (?environment=ENV)",
-        None,
-        "LockState",
-    ),
-    (
-        "post",
-        "/v1/projects/{project}/lock",
-        "Take an environment's deploy lock (409 deploy.locked names the holder)",
-        Some("LockRequest"),
-        "LockGrant",
-    ),
-    (
-        "delete",
-        "/v1/projects/{project}/lock",
-        "Release it with its token",
-        Some("LockRelease"),
-        "none",
-    ),
-];
+/// (summary, request body type, response body type) of each endpoint;
+/// their methods and paths are `Endpoint`'s.
+fn describe(endpoint: Endpoint) -> (&'static str, Option<&'static str>, &'static str) {
+    match endpoint {
+        Endpoint::Health => ("Who the agent is and that it answers", None, "AgentInfo"),
+        Endpoint::OpenApi => ("This document", None, "object"),
+        Endpoint::Shutdown => ("Stop the agent; services keep running", None, "none"),
+        Endpoint::ProxyRestart => (
+            "Restart the proxy by listener handoff (no connection refused), or start it",
+            None,
+            "ProxyInfo",
+        ),
+        Endpoint::ProxyStop => (
+            "Stop the proxy; its routes stay in routes.json",
+            None,
+            "ProxyInfo",
+        ),
+        Endpoint::MissingBlobs => (
+            "Which of these artifact blobs the agent lacks, and how many bytes of each an interrupted upload left (partial)",
+            Some("BlobList"),
+            "BlobList",
+        ),
+        Endpoint::PutBlob => (
+            "Upload one blob, streamed; query: offset (resume after the bytes the agent holds). Stored only when its sha256 equals the digest (422 artifact.checksum); 409 artifact.offset_mismatch when offset is not what the agent holds",
+            Some("bytes"),
+            "BlobReceipt",
+        ),
+        Endpoint::Deploy => (
+            "Deploy a release: start, wait healthy, switch, stop old",
+            Some("DeployRequest"),
+            "DeployResult",
+        ),
+        Endpoint::Rollback => (
+            "Re-activate an earlier release from its stored artifact",
+            Some("RollbackRequest"),
+            "DeployResult",
+        ),
+        Endpoint::Status => ("Services, instances, health and limits", None, "Status"),
+        Endpoint::Releases => ("Releases, newest first", None, "Release[]"),
+        Endpoint::Release => ("One release", None, "Release"),
+        Endpoint::Logs => (
+            "Log lines as NDJSON; query: service, since_ms, tail, follow",
+            None,
+            "LogLine",
+        ),
+        Endpoint::Stop => ("Stop one service or all", Some("ServiceSelector"), "Status"),
+        Endpoint::Restart => (
+            "Restart one service or all",
+            Some("ServiceSelector"),
+            "Status",
+        ),
+        Endpoint::ExecSpec => (
+            "How to run a command as the service runs: release directory and environment (no secret values)",
+            None,
+            "ExecSpec",
+        ),
+        Endpoint::LockState => (
+            "Who holds an environment's deploy lock (?environment=ENV)",
+            None,
+            "LockState",
+        ),
+        Endpoint::TakeLock => (
+            "Take an environment's deploy lock (409 deploy.locked names the holder)",
+            Some("LockRequest"),
+            "LockGrant",
+        ),
+        Endpoint::ReleaseLock => ("Release it with its token", Some("LockRelease"), "none"),
+    }
+}
 
 fn reference(name: &str) -> Value {
     match name {
@@ -189,7 +130,9 @@ pub fn document() -> Value {
     }
 
     let mut paths = Map::new();
-    for (method, path, summary, request, response) in ROUTES {
+    for endpoint in Endpoint::ALL {
+        let (summary, request, response) = describe(endpoint);
+        let path = endpoint.path();
         let mut op = json!({
             "summary": summary,
             "responses": {
@@ -199,10 +142,10 @@ pub fn document() -> Value {
                 }
             }
         });
-        let ok = if *response == "none" {
+        let ok = if response == "none" {
             json!({"description": "Done"})
         } else {
-            let media = if *response == "LogLine" {
+            let media = if response == "LogLine" {
                 "application/x-ndjson"
             } else {
                 "application/json"
@@ -211,7 +154,7 @@ pub fn document() -> Value {
         };
         op["responses"]["200"] = ok;
         if let Some(body) = request {
-            let media = if *body == "bytes" {
+            let media = if body == "bytes" {
                 "application/octet-stream"
             } else {
                 "application/json"
@@ -219,16 +162,15 @@ pub fn document() -> Value {
             op["requestBody"] =
                 json!({"required": true, "content": {media: {"schema": reference(body)}}});
         }
-        let params: Vec<Value> = path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        let params: Vec<Value> = endpoint
+            .params()
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
         if !params.is_empty() {
             op["parameters"] = Value::Array(params);
         }
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[*method] = op;
+        entry[endpoint.method().as_str().to_ascii_lowercase()] = op;
     }
     json!({
         "openapi": "3.1.0",
@@ -253,7 +195,8 @@ mod tests {
                 "#/components/schemas/{name} is referenced but not defined"
             );
         }
-        let paths: std::collections::BTreeSet<&str> = ROUTES.iter().map(|r| r.1).collect();
+        let paths: std::collections::BTreeSet<&str> =
+            Endpoint::ALL.iter().map(|e| e.path()).collect();
         assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(paths.len()));
         assert!(doc["components"]["schemas"].get("DeployRequest").is_some());
     }

@@ -57,7 +57,7 @@ impl Proxy {
         Proxy {
             listen,
             https,
-            socket: paths.proxy().join("proxy.sock"),
+            socket: gantry_proxy::ProxyDir::new(paths.proxy()).control_socket(),
             up: AtomicBool::new(false),
             child: Mutex::new(None),
             updating: tokio::sync::Mutex::new(()),
@@ -279,10 +279,8 @@ fn info(agent: &Agent, running: Option<&Health>, previous_pid: Option<u32>) -> P
             .listen
             .filter(|_| running.is_some())
             .map(|l| l.to_string()),
-        routes_file: agent
-            .paths
-            .proxy()
-            .join("routes.json")
+        routes_file: gantry_proxy::ProxyDir::new(agent.paths.proxy())
+            .routes_file()
             .display()
             .to_string(),
     }
@@ -389,7 +387,12 @@ pub async fn replace_routes(agent: &Agent) -> Result<(), String> {
             return Ok(());
         }
     };
-    let put = call(&agent.proxy.socket, Method::PUT, "/v1/routes", body);
+    let put = call(
+        &agent.proxy.socket,
+        Method::PUT,
+        gantry_proxy::ROUTES_PATH,
+        body,
+    );
     match tokio::time::timeout(Duration::from_secs(10), put).await {
         Ok(Ok((status, _))) if status.is_success() => {
             tracing::debug!(routes = table.routes.len(), "proxy routes replaced");
@@ -422,7 +425,12 @@ pub async fn drain(agent: &Agent, ports: &[u16], timeout: Duration) {
     let Ok(body) = serde_json::to_vec(&request) else {
         return;
     };
-    let post = call(&agent.proxy.socket, Method::POST, "/v1/drain", body);
+    let post = call(
+        &agent.proxy.socket,
+        Method::POST,
+        gantry_proxy::DRAIN_PATH,
+        body,
+    );
     match tokio::time::timeout(timeout + Duration::from_secs(5), post).await {
         Ok(Ok((status, answer))) if status.is_success() => {
             match serde_json::from_slice::<DrainReport>(&answer) {
@@ -497,7 +505,7 @@ async fn health(socket: &Path) -> Option<Health> {
     if !socket.exists() {
         return None;
     }
-    let get = call(socket, Method::GET, "/v1/health", Vec::new());
+    let get = call(socket, Method::GET, gantry_proxy::HEALTH_PATH, Vec::new());
     match tokio::time::timeout(Duration::from_secs(2), get).await {
         Ok(Ok((status, body))) if status.is_success() => serde_json::from_slice(&body).ok(),
         _ => None,

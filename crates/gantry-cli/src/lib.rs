@@ -502,10 +502,7 @@ fn logs(
                 diagnostics: None,
                 details: None,
             })?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            Some(now.saturating_sub(ago.as_millis()))
+            Some(gantry_core::clock::now_ms().saturating_sub(ago.as_millis()))
         }
     };
     let query = gantry_core::host::LogQuery {

@@ -16,9 +16,11 @@ use std::path::Path;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::agent_dir::{Paths, USER_STATE_DIR};
+use crate::clock::now_ms;
 use crate::config::resolve::{Host as HostSpec, Reach};
 use crate::deploy::Progress;
-use crate::environment::{EnvState, HostRecord, Phase, StateDir, now_ms};
+use crate::environment::{EnvState, HostRecord, Phase, StateDir};
 use crate::host::{HostError, Shell};
 use crate::operate::Connect;
 use crate::{Error, Project};
@@ -260,8 +262,8 @@ fn configure_host(
                 // as other users can reach their releases (see
                 // `Paths::default_root`); the agent sets the modes it needs.
                 &format!(
-                    "if [ -n \"$XDG_STATE_HOME\" ]; then d=\"$XDG_STATE_HOME/gantry\"; elif [ \"$(id -u)\" = 0 ]; then d={SYSTEM_STATE_DIR}; else d=\"$HOME/.local/state/gantry\"; fi; [ -d \"$d\" ] || {{ mkdir -p \"$d\" && chmod 700 \"$d\"; }}",
-                    SYSTEM_STATE_DIR = crate::host::SYSTEM_STATE_DIR
+                    "{}; [ -d \"$d\" ] || {{ mkdir -p \"$d\" && chmod 700 \"$d\"; }}",
+                    Paths::default_root_shell()
                 ),
                 None,
             )
@@ -273,7 +275,7 @@ fn configure_host(
             detail: if system.root {
                 format!("{} (0700)", crate::host::SYSTEM_STATE_DIR)
             } else {
-                "~/.local/state/gantry (0700)".to_owned()
+                format!("~/{USER_STATE_DIR} (0700)")
             },
         });
         "daemon"

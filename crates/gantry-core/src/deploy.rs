@@ -753,7 +753,7 @@ impl Lock {
             user: std::env::var("USER").unwrap_or_default(),
             pid: std::process::id(),
             command: format!("gantry deploy -e {environment}"),
-            since_ms: crate::environment::now_ms(),
+            since_ms: crate::clock::now_ms(),
             pid_space: crate::environment::pid_space(),
         };
         let request = |force| LockRequest {

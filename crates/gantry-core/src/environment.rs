@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_ms;
 use crate::config::resolve::{Host as HostSpec, Reach};
 use crate::{Error, write_atomic};
 
@@ -115,12 +116,6 @@ pub struct EnvState {
     failure: Option<Failure>,
     #[serde(default)]
     history: Vec<Transition>,
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl EnvState {

@@ -3,14 +3,18 @@
 //! knows whether a terminal is attached. `gantry-cli` renders the reports.
 
 pub mod agent_api;
+pub mod agent_dir;
 pub mod artifact;
 pub mod check;
+pub mod clock;
 pub mod configure;
 pub mod deploy;
+pub mod endpoint;
 pub mod environment;
 pub mod error;
 #[cfg(test)]
 mod fake;
+pub mod file;
 pub mod firewall;
 pub mod host;
 pub mod init;
@@ -58,25 +62,11 @@ pub fn schema() -> &'static serde_json::Value {
     config::json_schema()
 }
 
-/// Writes `contents` to `path` so that a reader sees the old file or the new
-/// one, never half of it: a temporary file in the same directory, renamed.
+/// Writes `contents` to `path` as [`file::write_atomic`] does, creating
+/// its directory first.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(contents)?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(Error::io("write", path))
+    // 0666 before the umask, as `File::create` makes files.
+    file::write_atomic(path, contents, 0o666).map_err(Error::io("write", path))
 }

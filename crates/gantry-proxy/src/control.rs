@@ -28,14 +28,19 @@ use crate::error::ProxyError;
 use crate::state::ProxyState;
 use crate::table::RouteTable;
 
+/// The control API's paths, for the proxy's router and its one client.
+pub const HEALTH_PATH: &str = "/v1/health";
+pub const ROUTES_PATH: &str = "/v1/routes";
+pub const DRAIN_PATH: &str = "/v1/drain";
+
 /// The longest a drain may be asked to wait.
 const MAX_DRAIN: Duration = Duration::from_secs(3600);
 
 pub(crate) fn router(state: Arc<ProxyState>) -> axum::Router {
     axum::Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/routes", get(get_routes).put(put_routes))
-        .route("/v1/drain", post(drain))
+        .route(HEALTH_PATH, get(health))
+        .route(ROUTES_PATH, get(get_routes).put(put_routes))
+        .route(DRAIN_PATH, post(drain))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)

@@ -17,8 +17,10 @@
 pub mod acme;
 mod body;
 mod control;
+mod dir;
 mod error;
 mod exchange;
+mod file;
 mod forward;
 mod forwarded;
 mod handoff;
@@ -42,7 +44,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use control::{DrainReport, DrainRequest, Health, running_binary};
+pub use control::{
+    DRAIN_PATH, DrainReport, DrainRequest, HEALTH_PATH, Health, ROUTES_PATH, running_binary,
+};
+pub use dir::ProxyDir;
 pub use error::ProxyError;
 pub use forwarded::TrustedProxy;
 pub use handoff::Listeners;
@@ -97,11 +102,12 @@ impl ProxyConfig {
     /// The defaults, with the control socket at `state_dir/proxy.sock`.
     pub fn new(state_dir: impl Into<PathBuf>) -> ProxyConfig {
         let state_dir = state_dir.into();
+        let dir = ProxyDir::new(&state_dir);
         ProxyConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             https: Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
-            control_socket: state_dir.join("proxy.sock"),
-            handoff_socket: state_dir.join("handoff.sock"),
+            control_socket: dir.control_socket(),
+            handoff_socket: dir.handoff_socket(),
             take_over: false,
             state_dir,
             access_log: true,

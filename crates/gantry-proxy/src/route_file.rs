@@ -3,16 +3,13 @@
 //! before the table is served, and read back at start so a restarted proxy
 //! routes as before.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::ProxyError;
 use crate::table::RouteTable;
 
-pub(crate) const FILE_NAME: &str = "routes.json";
-
 pub(crate) fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join(FILE_NAME)
+    crate::ProxyDir::new(state_dir).routes_file()
 }
 
 /// The saved table; an empty one when none was saved yet.
@@ -40,31 +37,18 @@ pub(crate) fn load(path: &Path) -> Result<RouteTable, ProxyError> {
 }
 
 pub(crate) fn save(path: &Path, table: &RouteTable) -> Result<(), ProxyError> {
-    let io = |action| {
-        move |source| ProxyError::State {
-            action,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut text = serde_json::to_vec_pretty(table).map_err(|e| io("encode")(e.into()))?;
+    let mut text = serde_json::to_vec_pretty(table).map_err(|e| ProxyError::State {
+        action: "encode",
+        path: path.to_owned(),
+        source: e.into(),
+    })?;
     text.push(b'\n');
-    let tmp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut file| {
-            file.write_all(&text)?;
-            file.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(source) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io("write")(source));
-    }
-    // The rename is durable once the directory is.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync"))
+    // 0666 before the umask, as `File::create` makes files.
+    crate::file::write_atomic(path, &text, 0o666).map_err(|e| ProxyError::State {
+        action: e.action,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 #[cfg(test)]
@@ -89,7 +73,7 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .expect("lists")
             .filter_map(Result::ok)
-            .filter(|e| e.file_name() != FILE_NAME)
+            .filter(|e| e.file_name() != "routes.json")
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }

@@ -438,7 +438,9 @@ fn certificates(
     table: &crate::RouteTable,
 ) -> Result<(Arc<CertStore>, Option<Arc<rustls::ServerConfig>>), ProxyError> {
     let local_ca = if https {
-        Some(LocalCa::load_or_create(&config.state_dir.join("ca"))?)
+        Some(LocalCa::load_or_create(
+            &crate::ProxyDir::new(&config.state_dir).local_ca(),
+        )?)
     } else {
         None
     };

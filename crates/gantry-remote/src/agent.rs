@@ -12,6 +12,7 @@ use gantry_core::agent_api::{
     LockGrant, LockHolder, LockRelease, LockRequest, LockState, LogLine, ProxyAction, ProxyInfo,
     Release, RollbackRequest, ServiceSelector, Status,
 };
+use gantry_core::endpoint::{self, Endpoint, encode};
 use gantry_core::host::{Host, HostError, LogQuery};
 use hyper::{Method, StatusCode};
 use serde::Serialize;
@@ -37,29 +38,27 @@ pub struct Agent<T> {
 impl<T: Transport> Agent<T> {
     fn call<R: DeserializeOwned>(
         &self,
-        method: Method,
-        path: &str,
+        (method, path): (Method, String),
         body: Option<Vec<u8>>,
         content_type: &str,
     ) -> Result<R, HostError> {
         let (status, bytes) = self
             .client
-            .call(method, path, body, content_type)
+            .call(method, &path, body, content_type)
             .map_err(|e| self.transport(e))?;
         self.decode(status, &bytes)
     }
 
     fn json<R: DeserializeOwned>(
         &self,
-        method: Method,
-        path: &str,
+        route: (Method, String),
         body: &impl Serialize,
     ) -> Result<R, HostError> {
         let body = serde_json::to_vec(body).map_err(|e| HostError::Protocol {
             host: self.name.clone(),
             message: e.to_string(),
         })?;
-        self.call(method, path, Some(body), "application/json")
+        self.call(route, Some(body), "application/json")
     }
 
     fn transport(&self, error: ClientError) -> HostError {
@@ -107,16 +106,21 @@ impl<T: Transport> Agent<T> {
     }
 }
 
-/// Percent-encodes a path segment or query value (names are simple, but be safe).
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// The method and path of `endpoint` with `params` in its path.
+fn at(endpoint: Endpoint, params: &[&str]) -> (Method, String) {
+    let method = match endpoint.method() {
+        endpoint::Method::Get => Method::GET,
+        endpoint::Method::Post => Method::POST,
+        endpoint::Method::Put => Method::PUT,
+        endpoint::Method::Delete => Method::DELETE,
+    };
+    (method, endpoint.url(params))
+}
+
+/// As [`at`], with a query string.
+fn at_query(endpoint: Endpoint, params: &[&str], query: &str) -> (Method, String) {
+    let (method, path) = at(endpoint, params);
+    (method, format!("{path}?{query}"))
 }
 
 impl<T: Transport> Host for Agent<T> {
@@ -125,13 +129,12 @@ impl<T: Transport> Host for Agent<T> {
     }
 
     fn info(&self) -> Result<AgentInfo, HostError> {
-        self.call(Method::GET, "/v1/health", None, "application/json")
+        self.call(at(Endpoint::Health, &[]), None, "application/json")
     }
 
     fn missing_blobs(&self, digests: &[String]) -> Result<BlobList, HostError> {
         self.json(
-            Method::POST,
-            "/v1/blobs/missing",
+            at(Endpoint::MissingBlobs, &[]),
             &BlobList {
                 digests: digests.to_vec(),
                 ..BlobList::default()
@@ -153,9 +156,9 @@ impl<T: Transport> Host for Agent<T> {
         let mut file = std::fs::File::open(path).map_err(unreadable)?;
         let size = file.metadata().map_err(unreadable)?.len();
         file.seek(SeekFrom::Start(offset)).map_err(unreadable)?;
-        let url = match offset {
-            0 => format!("/v1/blobs/{}", encode(digest)),
-            _ => format!("/v1/blobs/{}?offset={offset}", encode(digest)),
+        let (_, url) = match offset {
+            0 => at(Endpoint::PutBlob, &[digest]),
+            _ => at_query(Endpoint::PutBlob, &[digest], &format!("offset={offset}")),
         };
         let counter = Arc::new(AtomicU64::new(0));
         let answer = self
@@ -168,11 +171,7 @@ impl<T: Transport> Host for Agent<T> {
     }
 
     fn deploy(&self, request: &DeployRequest) -> Result<DeployResult, HostError> {
-        self.json(
-            Method::POST,
-            &format!("/v1/projects/{}/deploys", encode(&request.project)),
-            request,
-        )
+        self.json(at(Endpoint::Deploy, &[request.project.as_str()]), request)
     }
 
     fn rollback(
@@ -180,35 +179,20 @@ impl<T: Transport> Host for Agent<T> {
         project: &str,
         request: &RollbackRequest,
     ) -> Result<DeployResult, HostError> {
-        self.json(
-            Method::POST,
-            &format!("/v1/projects/{}/rollback", encode(project)),
-            request,
-        )
+        self.json(at(Endpoint::Rollback, &[project]), request)
     }
 
     fn status(&self, project: &str) -> Result<Status, HostError> {
-        self.call(
-            Method::GET,
-            &format!("/v1/projects/{}/status", encode(project)),
-            None,
-            "application/json",
-        )
+        self.call(at(Endpoint::Status, &[project]), None, "application/json")
     }
 
     fn releases(&self, project: &str) -> Result<Vec<Release>, HostError> {
-        self.call(
-            Method::GET,
-            &format!("/v1/projects/{}/releases", encode(project)),
-            None,
-            "application/json",
-        )
+        self.call(at(Endpoint::Releases, &[project]), None, "application/json")
     }
 
     fn release(&self, project: &str, id: &str) -> Result<Release, HostError> {
         self.call(
-            Method::GET,
-            &format!("/v1/projects/{}/releases/{}", encode(project), encode(id)),
+            at(Endpoint::Release, &[project, id]),
             None,
             "application/json",
         )
@@ -230,7 +214,7 @@ impl<T: Transport> Host for Agent<T> {
         if let Some(tail) = query.tail {
             params.push(format!("tail={tail}"));
         }
-        let path = format!("/v1/projects/{}/logs?{}", encode(project), params.join("&"));
+        let (_, path) = at_query(Endpoint::Logs, &[project], &params.join("&"));
         let mut bad: Option<String> = None;
         let mut error_body = Vec::new();
         let status = self
@@ -262,27 +246,15 @@ impl<T: Transport> Host for Agent<T> {
     }
 
     fn stop(&self, project: &str, selector: &ServiceSelector) -> Result<Status, HostError> {
-        self.json(
-            Method::POST,
-            &format!("/v1/projects/{}/stop", encode(project)),
-            selector,
-        )
+        self.json(at(Endpoint::Stop, &[project]), selector)
     }
 
     fn restart(&self, project: &str, selector: &ServiceSelector) -> Result<Status, HostError> {
-        self.json(
-            Method::POST,
-            &format!("/v1/projects/{}/restart", encode(project)),
-            selector,
-        )
+        self.json(at(Endpoint::Restart, &[project]), selector)
     }
 
     fn lock(&self, project: &str, request: &LockRequest) -> Result<LockGrant, HostError> {
-        self.json(
-            Method::POST,
-            &format!("/v1/projects/{}/lock", encode(project)),
-            request,
-        )
+        self.json(at(Endpoint::TakeLock, &[project]), request)
     }
 
     fn lock_holder(
@@ -291,11 +263,10 @@ impl<T: Transport> Host for Agent<T> {
         environment: &str,
     ) -> Result<Option<LockHolder>, HostError> {
         let state: LockState = self.call(
-            Method::GET,
-            &format!(
-                "/v1/projects/{}/lock?environment={}",
-                encode(project),
-                encode(environment)
+            at_query(
+                Endpoint::LockState,
+                &[project],
+                &format!("environment={}", encode(environment)),
             ),
             None,
             "application/json",
@@ -304,39 +275,31 @@ impl<T: Transport> Host for Agent<T> {
     }
 
     fn unlock(&self, project: &str, request: &LockRelease) -> Result<(), HostError> {
-        let _: serde_json::Value = self.json(
-            Method::DELETE,
-            &format!("/v1/projects/{}/lock", encode(project)),
-            request,
-        )?;
+        let _: serde_json::Value = self.json(at(Endpoint::ReleaseLock, &[project]), request)?;
         Ok(())
     }
 
     fn proxy(&self, action: ProxyAction) -> Result<ProxyInfo, HostError> {
-        let path = match action {
-            ProxyAction::Restart => "/v1/proxy/restart",
-            ProxyAction::Stop => "/v1/proxy/stop",
+        let endpoint = match action {
+            ProxyAction::Restart => Endpoint::ProxyRestart,
+            ProxyAction::Stop => Endpoint::ProxyStop,
         };
-        self.call(Method::POST, path, None, "application/json")
+        self.call(at(endpoint, &[]), None, "application/json")
     }
 
     fn exec_spec(&self, project: &str, service: &str) -> Result<ExecSpec, HostError> {
         self.call(
-            Method::GET,
-            &format!(
-                "/v1/projects/{}/services/{}/exec",
-                encode(project),
-                encode(service)
-            ),
+            at(Endpoint::ExecSpec, &[project, service]),
             None,
             "application/json",
         )
     }
 
     fn shutdown(&self) -> Result<(), HostError> {
+        let (method, path) = at(Endpoint::Shutdown, &[]);
         let (status, bytes) = self
             .client
-            .call(Method::POST, "/v1/shutdown", None, "application/json")
+            .call(method, &path, None, "application/json")
             .map_err(|e| self.transport(e))?;
         if !status.is_success() {
             return self.decode::<serde_json::Value>(status, &bytes).map(drop);

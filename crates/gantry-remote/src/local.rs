@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use gantry_core::agent_dir::Paths;
 use gantry_core::host::{Host, HostError};
 
 use crate::agent::{Agent, Transport};
@@ -39,7 +40,7 @@ pub struct Local {
 }
 
 fn socket(state_dir: &Path) -> PathBuf {
-    state_dir.join("agent.sock")
+    Paths::new(state_dir).socket()
 }
 
 impl Local {
@@ -50,7 +51,7 @@ impl Local {
             hint: format!(
                 "start it with `gantry agent --state-dir {}`, and see {} for why it stopped",
                 self.state_dir.display(),
-                self.state_dir.join("agent.log").display()
+                Paths::new(&self.state_dir).agent_log().display()
             ),
         }
     }
@@ -131,10 +132,11 @@ impl Agent<Local> {
         if let Ok(agent) = Self::connect(name, state_dir) {
             return Ok(agent);
         }
+        let log_path = Paths::new(state_dir).agent_log();
         let fail = |message: String| HostError::Unreachable {
             host: name.to_owned(),
             message,
-            hint: format!("see {}", state_dir.join("agent.log").display()),
+            hint: format!("see {}", log_path.display()),
         };
         // Private, as the agent would make it: it holds logs and secrets.
         use std::os::unix::fs::DirBuilderExt;
@@ -146,7 +148,7 @@ impl Agent<Local> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(state_dir.join("agent.log"))
+            .open(&log_path)
             .map_err(|e| fail(format!("cannot open the agent's log: {e}")))?;
         let err = log.try_clone().map_err(|e| fail(e.to_string()))?;
         tracing::info!(
@@ -188,7 +190,7 @@ impl Agent<Local> {
                 return Ok(agent);
             }
             if let Ok(Some(status)) = child.try_wait() {
-                let tail = std::fs::read_to_string(state_dir.join("agent.log")).unwrap_or_default();
+                let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
                 let last = tail.lines().last().unwrap_or_default().to_owned();
                 return Err(fail(format!(
                     "the agent exited ({status}) as it started: {last}"

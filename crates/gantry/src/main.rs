@@ -101,22 +101,24 @@ fn run_proxy(state_dir: &Path, options: &gantry_cli::ProxyOptions) -> Result<(),
     })
 }
 
-/// The proxy's own state directory inside the agent's (`ca/` is the local CA).
+/// The proxy's own state directory inside the agent's.
 fn proxy_state_dir(state_dir: &Path) -> std::path::PathBuf {
-    state_dir.join("proxy")
+    gantry_core::agent_dir::Paths::new(state_dir).proxy()
 }
 
 /// `gantry trust`: the proxy's local CA, made now if it is missing.
 fn local_ca(state_dir: &Path) -> Result<gantry_cli::TrustReport, Failure> {
-    let ca = gantry_proxy::LocalCa::load_or_create(&proxy_state_dir(state_dir).join("ca"))
-        .map_err(|e| Failure {
-            code: "tls.local_ca_failed",
-            exit: gantry_core::ExitClass::Failed.code(),
-            hint: e.hint(),
-            message: e.to_string(),
-            diagnostics: None,
-            details: None,
-        })?;
+    let ca = gantry_proxy::LocalCa::load_or_create(
+        &gantry_proxy::ProxyDir::new(proxy_state_dir(state_dir)).local_ca(),
+    )
+    .map_err(|e| Failure {
+        code: "tls.local_ca_failed",
+        exit: gantry_core::ExitClass::Failed.code(),
+        hint: e.hint(),
+        message: e.to_string(),
+        diagnostics: None,
+        details: None,
+    })?;
     Ok(gantry_cli::TrustReport {
         path: ca.cert_path(),
         fingerprint_sha256: ca.fingerprint_sha256(),
@@ -221,11 +223,12 @@ const UNIT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 /// when systemd runs it as `unit`, waits for it), then bridges stdin and
 /// stdout to its socket.
 fn bridge(state_dir: &Path, unit: Option<&str>) -> Result<(), Failure> {
+    let paths = gantry_core::agent_dir::Paths::new(state_dir);
     let hint = match unit {
         Some(unit) => format!(
             "systemd runs it on this host: see `systemctl status {unit}` and `journalctl -u {unit}`"
         ),
-        None => format!("see {} on this host", state_dir.join("agent.log").display()),
+        None => format!("see {} on this host", paths.agent_log().display()),
     };
     let failed = |message: String| Failure {
         code: "agent.unreachable",
@@ -263,7 +266,7 @@ fn bridge(state_dir: &Path, unit: Option<&str>) -> Result<(), Failure> {
                     };
                     failed(format!(
                         "the agent of the systemd unit {unit} does not answer on {} after {}s: {why}",
-                        state_dir.join("agent.sock").display(),
+                        paths.socket().display(),
                         UNIT_PATIENCE.as_secs()
                     ))
                 },
@@ -278,7 +281,7 @@ fn bridge(state_dir: &Path, unit: Option<&str>) -> Result<(), Failure> {
             .map_err(|e| failed(e.to_string()))?;
         }
     }
-    gantry_remote::bridge(&state_dir.join("agent.sock")).map_err(|e| failed(e.to_string()))
+    gantry_remote::bridge(&paths.socket()).map_err(|e| failed(e.to_string()))
 }
 
 fn main() -> ExitCode {
@@ -293,7 +296,7 @@ fn main() -> ExitCode {
         bridge,
         shell,
         exec: exec::exec,
-        default_state_dir: gantry_agent::agent::Paths::default_root,
+        default_state_dir: gantry_agent::agent::default_state_dir,
     };
     gantry_cli::run(std::env::args_os(), &wiring)
 }

@@ -26,6 +26,7 @@ mod schema;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gantry_core::clock::now_ms;
 use rusqlite::Connection;
 
 pub use instances::InstanceRecord;
@@ -170,13 +171,6 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 pub(crate) fn test_service(name: &str) -> gantry_config::resolve::Service {
     releases::tests::service(name)
-}
-
-/// Unix time in milliseconds.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Whether an error is SQLite refusing a duplicate key.

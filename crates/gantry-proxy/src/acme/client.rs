@@ -47,7 +47,7 @@ impl Acme {
         challenges: Challenges,
     ) -> Result<Acme, AcmeError> {
         config.validate()?;
-        let dir = state_dir.join("acme");
+        let dir = crate::ProxyDir::new(state_dir).acme();
         std::fs::create_dir_all(&dir).map_err(|source| AcmeError::Io {
             action: "create",
             path: dir.clone(),

@@ -11,9 +11,6 @@
 //! the chain's public key is the key's, so a crash between the two renames
 //! costs a new order, never a certificate served with the wrong key.
 
-use std::fs::OpenOptions;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -201,40 +198,12 @@ pub(crate) fn read_leaf(chain_pem: &str, key_pem: &str) -> Result<Leaf, String> 
     })
 }
 
-/// Writes `bytes` to `path` through a temporary file made with `mode`, then
-/// syncs the directory so the rename is durable.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AcmeError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map_or_else(|| "file".into(), |n| n.to_string_lossy());
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let written = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .and_then(|mut file| {
-            file.write_all(bytes)?;
-            file.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(source) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(AcmeError::Io {
-            action: "write",
-            path: path.to_owned(),
-            source,
-        });
-    }
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| AcmeError::Io {
-            action: "sync",
-            path: dir.to_owned(),
-            source,
-        })
+    crate::file::write_atomic(path, bytes, mode).map_err(|e| AcmeError::Io {
+        action: e.action,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 #[cfg(test)]

@@ -138,7 +138,7 @@ impl AcmeManager {
             })
             .map_err(|source| AcmeError::Io {
                 action: "start a thread for",
-                path: state_dir.join("acme"),
+                path: crate::ProxyDir::new(state_dir).acme(),
                 source,
             })?;
         Ok(AcmeManager {
@@ -200,7 +200,7 @@ impl Worker {
         mut stopped: watch::Receiver<bool>,
     ) {
         let emit = |event: AcmeEvent<'_>| (self.on_event)(&event);
-        let acme_dir = self.state_dir.join("acme");
+        let acme_dir = crate::ProxyDir::new(&self.state_dir).acme();
         let (stored, skipped) = files::load_certs(&acme_dir);
         for error in &skipped {
             log_error("acme.certificate_skipped", None, error);
