@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use crate::error::Code;
+
 use crate::agent_api::{
     AgentInfo, ApiError, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant, LockHolder,
     LockRelease, LockRequest, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest,
@@ -77,13 +79,13 @@ pub enum SshFailure {
 }
 
 impl SshFailure {
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> Code {
         match self {
-            SshFailure::Unreachable => "host.unreachable",
-            SshFailure::AuthRefused => "host.auth_refused",
-            SshFailure::HostKeyChanged => "host.key_changed",
-            SshFailure::HostKeyUnknown => "host.key_unknown",
-            SshFailure::GantryMissing => "host.gantry_missing",
+            SshFailure::Unreachable => Code::HostUnreachable,
+            SshFailure::AuthRefused => Code::HostAuthRefused,
+            SshFailure::HostKeyChanged => Code::HostKeyChanged,
+            SshFailure::HostKeyUnknown => Code::HostKeyUnknown,
+            SshFailure::GantryMissing => Code::HostGantryMissing,
         }
     }
 
