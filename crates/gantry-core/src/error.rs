@@ -106,7 +106,7 @@ codes! {
     ConfigureFailed = "configure.failed", Failed, "a step of `gantry configure` failed on a host; the error names the host and the step";
     AgentLocked = "agent.locked", Conflict, "another agent already runs on this state directory";
     AgentProtocol = "agent.protocol", Failed, "the agent answered something that is not its API (a version mismatch?)";
-    AgentError = "agent.error", Failed, "the agent failed to do what was asked; the message says why";
+    AgentError = "agent.error", Failed, "the agent failed to do what was asked; the message says why (also an agent's code this gantry does not know, which the message names)";
     AgentStore = "agent.store", Failed, "the agent's SQLite store failed";
     BuildFailed = "build.failed", Failed, "a service's build command failed";
     SecretsMissing = "secrets.missing", Invalid, "a secret a service needs is not set";
@@ -288,8 +288,8 @@ impl Error {
             Error::Host(crate::host::HostError::WrongPeer { .. }) => Code::ExecRefused,
             Error::Exec { refused: true, .. } => Code::ExecRefused,
             Error::Exec { refused: false, .. } => Code::ExecFailed,
-            Error::Host(crate::host::HostError::Api { error, .. }) => {
-                Code::parse(&error.code).unwrap_or(Code::AgentError)
+            Error::Host(crate::host::HostError::Api { code, .. }) => {
+                code.unwrap_or(Code::AgentError)
             }
             Error::BuildFailed { .. } => Code::BuildFailed,
             Error::MissingSecrets { .. } => Code::SecretsMissing,
@@ -309,8 +309,9 @@ impl Error {
     }
 
     pub fn exit_class(&self) -> ExitClass {
-        if let Error::Host(crate::host::HostError::Api { status, error }) = self
-            && Code::parse(&error.code).is_none()
+        if let Error::Host(crate::host::HostError::Api {
+            status, code: None, ..
+        }) = self
         {
             return match status {
                 404 | 422 | 400 => ExitClass::Invalid,
@@ -418,6 +419,49 @@ mod tests {
             assert_eq!(serde_json::from_str::<Code>(&json).ok(), Some(*code));
         }
         assert_eq!(Code::parse("agent.newer_code"), None);
+    }
+
+    fn agent_error(status: u16, code: &str) -> Error {
+        Error::Host(crate::host::HostError::api(
+            status,
+            crate::agent_api::ApiError {
+                code: code.to_owned(),
+                message: "the agent refused".to_owned(),
+                hint: None,
+            },
+        ))
+    }
+
+    #[test]
+    fn an_agent_error_with_a_known_code_keeps_its_code_and_exit_class() {
+        let error = agent_error(409, "routes.taken");
+        assert_eq!(error.code(), Code::RoutesTaken);
+        assert_eq!(error.exit_class(), ExitClass::Conflict);
+        assert_eq!(error.to_string(), "the agent refused");
+    }
+
+    #[test]
+    fn an_agent_error_with_an_unknown_code_is_agent_error_and_names_the_code() {
+        let error = agent_error(409, "ports.newer_problem");
+        assert_eq!(error.code(), Code::AgentError);
+        assert_eq!(
+            error.exit_class(),
+            ExitClass::Conflict,
+            "the HTTP status gives the class"
+        );
+        let message = error.to_string();
+        assert!(
+            message.starts_with("the agent refused")
+                && message.contains("`ports.newer_problem`")
+                && message.contains("`agent.error`"),
+            "{message}"
+        );
+        assert_eq!(
+            agent_error(422, "x.y").exit_class(),
+            ExitClass::Invalid,
+            "a refused request is invalid input"
+        );
+        assert_eq!(agent_error(500, "x.y").exit_class(), ExitClass::Failed);
     }
 
     #[test]
