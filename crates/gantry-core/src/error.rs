@@ -85,6 +85,7 @@ codes! {
     ConfigReadFailed = "config.read_failed", Invalid, "gantry.toml exists but cannot be read";
     ConfigInvalid = "config.invalid", Invalid, "gantry.toml has errors; each is listed under `errors`";
     ConfigUnknownEnvironment = "config.unknown_environment", Invalid, "--env names no environment of the project";
+    ConfigUneditable = "config.uneditable", Invalid, "`gantry register` cannot edit gantry.toml: it does not parse, `hosts` or `environments` is not a table, or the edited file would not load; nothing was written";
     InitExists = "init.exists", Conflict, "gantry init would overwrite an existing gantry.toml";
     OutputExists = "output.exists", Conflict, "the output directory holds files Gantry did not write";
     IoFailed = "io.failed", Failed, "reading or writing a file failed";
@@ -108,6 +109,7 @@ codes! {
     AgentProtocol = "agent.protocol", Failed, "the agent answered something that is not its API (a version mismatch?)";
     AgentError = "agent.error", Failed, "the agent failed to do what was asked; the message says why (also an agent's code this gantry does not know, which the message names)";
     AgentStore = "agent.store", Failed, "the agent's SQLite store failed";
+    AgentInternal = "agent.internal", Failed, "the agent failed inside (its deploy task panicked); the agent's log has more";
     BuildFailed = "build.failed", Failed, "a service's build command failed";
     SecretsMissing = "secrets.missing", Invalid, "a secret a service needs is not set";
     SecretsFailed = "secrets.failed", Failed, "the agent could not store the secrets file";
@@ -237,6 +239,13 @@ pub enum Error {
         problem: String,
         hint: String,
     },
+    /// `gantry register` cannot add a host to gantry.toml as the file is.
+    #[error("cannot add the host to {}: {problem}", path.display())]
+    ConfigUneditable {
+        path: PathBuf,
+        problem: String,
+        hint: String,
+    },
     #[error("configuring {host} failed at `{step}`: {message}")]
     ConfigureFailed {
         host: String,
@@ -305,6 +314,7 @@ impl Error {
             Error::EnvLocked { .. } => Code::EnvLocked,
             Error::EnvState { .. } => Code::EnvState,
             Error::ConfigureFailed { .. } => Code::ConfigureFailed,
+            Error::ConfigUneditable { .. } => Code::ConfigUneditable,
         }
     }
 
@@ -338,7 +348,9 @@ impl Error {
             Error::EnvLocked { .. } => Some(
                 "wait for that command to finish; if it is gone from another machine, remove the lock file".to_owned(),
             ),
-            Error::EnvState { hint, .. } => Some(hint.clone()),
+            Error::EnvState { hint, .. } | Error::ConfigUneditable { hint, .. } => {
+                Some(hint.clone())
+            }
             Error::ConfigureFailed { .. } => Some(
                 "fix what the message says, then run `gantry configure` again: it is safe to re-run".to_owned(),
             ),

@@ -138,21 +138,21 @@ fn add_to_file(
     let text = std::fs::read_to_string(path).map_err(Error::io("read", path))?;
     let mut doc: toml_edit::DocumentMut =
         text.parse()
-            .map_err(|e: toml_edit::TomlError| Error::EnvState {
-                environment: environment.to_owned(),
-                problem: format!("cannot be edited: {} does not parse: {e}", path.display()),
+            .map_err(|e: toml_edit::TomlError| Error::ConfigUneditable {
+                path: path.to_owned(),
+                problem: format!("it does not parse: {e}"),
                 hint: "fix the file (`gantry validate` shows where), then register again"
                     .to_owned(),
             })?;
     let mut added = Vec::new();
     if declare {
-        let hosts = table(&mut doc, "hosts")?;
+        let hosts = table(&mut doc, "hosts", path)?;
         let mut entry = toml_edit::Table::new();
         entry.insert("ssh", toml_edit::value(target));
         hosts.insert(host, toml_edit::Item::Table(entry));
         added.push(format!("[hosts.{host}] ssh = \"{target}\""));
     }
-    let envs = table(&mut doc, "environments")?;
+    let envs = table(&mut doc, "environments", path)?;
     if !envs.contains_key(environment) {
         let mut entry = toml_edit::Table::new();
         entry.insert("hosts", toml_edit::value(toml_edit::Array::new()));
@@ -169,9 +169,9 @@ fn add_to_file(
             e.get_mut("hosts")
         })
         .and_then(|h| h.as_array_mut())
-        .ok_or_else(|| Error::EnvState {
-            environment: environment.to_owned(),
-            problem: format!("has a `hosts` in {} that is not a list", path.display()),
+        .ok_or_else(|| Error::ConfigUneditable {
+            path: path.to_owned(),
+            problem: format!("`environments.{environment}.hosts` is not a list"),
             hint: "write it as hosts = [\"web1\", ...]".to_owned(),
         })?;
     if !list.iter().any(|v| v.as_str() == Some(host)) {
@@ -187,11 +187,9 @@ fn add_to_file(
         std::env::var(var).ok()
     });
     if let Err(e) = check {
-        return Err(Error::EnvState {
-            environment: environment.to_owned(),
-            problem: format!(
-                "cannot take host `{host}`: the edited gantry.toml would not load: {e}"
-            ),
+        return Err(Error::ConfigUneditable {
+            path: path.to_owned(),
+            problem: format!("with host `{host}` added it would not load: {e}"),
             hint: "fix gantry.toml (`gantry validate`), then register again".to_owned(),
         });
     }
@@ -203,6 +201,7 @@ fn add_to_file(
 fn table<'a>(
     doc: &'a mut toml_edit::DocumentMut,
     name: &str,
+    path: &std::path::Path,
 ) -> Result<&'a mut dyn toml_edit::TableLike, Error> {
     if !doc.contains_key(name) {
         let mut parent = toml_edit::Table::new();
@@ -211,9 +210,50 @@ fn table<'a>(
     }
     doc.get_mut(name)
         .and_then(toml_edit::Item::as_table_like_mut)
-        .ok_or_else(|| Error::EnvState {
-            environment: String::new(),
-            problem: format!("cannot be registered: `{name}` in gantry.toml is not a table"),
+        .ok_or_else(|| Error::ConfigUneditable {
+            path: path.to_owned(),
+            problem: format!("`{name}` is not a table"),
             hint: format!("write it as [{name}.<name>] tables"),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Code;
+
+    fn refused(toml: &str) -> Error {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("gantry.toml");
+        std::fs::write(&path, toml).expect("write gantry.toml");
+        let error = add_to_file(&path, "prod", "web1", "deploy@10.0.0.5", true)
+            .expect_err("the edit is refused");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read gantry.toml"),
+            toml,
+            "nothing was written"
+        );
+        error
+    }
+
+    #[test]
+    fn a_gantry_toml_register_cannot_edit_is_config_uneditable_naming_why() {
+        for (toml, why) in [
+            ("[project\n", "does not parse"),
+            ("hosts = 3\n", "`hosts` is not a table"),
+            (
+                "[environments.prod]\nhosts = \"web1\"\n",
+                "`environments.prod.hosts` is not a list",
+            ),
+        ] {
+            let error = refused(toml);
+            assert_eq!(error.code(), Code::ConfigUneditable, "{toml}");
+            assert_eq!(error.exit_class(), crate::ExitClass::Invalid);
+            let message = error.to_string();
+            assert!(
+                message.contains("gantry.toml") && message.contains(why),
+                "{toml}: {message}"
+            );
+        }
+    }
 }
