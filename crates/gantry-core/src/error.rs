@@ -104,6 +104,7 @@ codes! {
     StateCorrupt = "state.corrupt", Invalid, "a file under .gantry/state is not what Gantry wrote";
     EnvLocked = "env.locked", Conflict, "another gantry command is changing the environment; the error names it";
     EnvState = "env.state", Conflict, "the environment is not in a state that allows the command (destroyed, not destroyed yet, unknown)";
+    EnvDestroyFailed = "env.destroy_failed", Failed, "`gantry env destroy` could not stop the environment's services (a host did not answer); it stays as it was, and the error names the host";
     ConfigureFailed = "configure.failed", Failed, "a step of `gantry configure` failed on a host; the error names the host and the step";
     AgentLocked = "agent.locked", Conflict, "another agent already runs on this state directory";
     AgentProtocol = "agent.protocol", Failed, "the agent answered something that is not its API (a version mismatch?)";
@@ -246,6 +247,12 @@ pub enum Error {
         problem: String,
         hint: String,
     },
+    /// `gantry env destroy` could not stop the services; the state is kept.
+    #[error("environment `{environment}` could not stop its services: {cause}")]
+    DestroyFailed {
+        environment: String,
+        cause: Box<Error>,
+    },
     #[error("configuring {host} failed at `{step}`: {message}")]
     ConfigureFailed {
         host: String,
@@ -315,6 +322,7 @@ impl Error {
             Error::EnvState { .. } => Code::EnvState,
             Error::ConfigureFailed { .. } => Code::ConfigureFailed,
             Error::ConfigUneditable { .. } => Code::ConfigUneditable,
+            Error::DestroyFailed { .. } => Code::EnvDestroyFailed,
         }
     }
 
@@ -351,6 +359,9 @@ impl Error {
             Error::EnvState { hint, .. } | Error::ConfigUneditable { hint, .. } => {
                 Some(hint.clone())
             }
+            Error::DestroyFailed { environment, .. } => Some(format!(
+                "once its hosts answer, `gantry env destroy {environment} --yes` again; or forget it without stopping anything: `gantry env purge {environment} --force`"
+            )),
             Error::ConfigureFailed { .. } => Some(
                 "fix what the message says, then run `gantry configure` again: it is safe to re-run".to_owned(),
             ),
