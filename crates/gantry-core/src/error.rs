@@ -105,6 +105,8 @@ codes! {
     EnvLocked = "env.locked", Conflict, "another gantry command is changing the environment; the error names it";
     EnvState = "env.state", Conflict, "the environment is not in a state that allows the command (destroyed, not destroyed yet, unknown)";
     EnvDestroyFailed = "env.destroy_failed", Failed, "`gantry env destroy` could not stop the environment's services (a host did not answer); it stays as it was, and the error names the host";
+    RegisterLocal = "register.local", Invalid, "`gantry register` was given the environment or host `local`, which is this machine and needs no registering";
+    RegisterSshDiffers = "register.ssh_differs", Conflict, "`gantry register --ssh` names another SSH target than the host's `ssh` in gantry.toml; the error names both";
     ConfigureFailed = "configure.failed", Failed, "a step of `gantry configure` failed on a host; the error names the host and the step";
     AgentLocked = "agent.locked", Conflict, "another agent already runs on this state directory";
     AgentProtocol = "agent.protocol", Failed, "the agent answered something that is not its API (a version mismatch?)";
@@ -240,6 +242,14 @@ pub enum Error {
         problem: String,
         hint: String,
     },
+    #[error("`local` is this machine: it is not registered")]
+    RegisterLocal,
+    #[error("gantry.toml reaches host `{host}` as `{known}`, not `{given}`")]
+    SshDiffers {
+        host: String,
+        known: String,
+        given: String,
+    },
     /// `gantry register` cannot add a host to gantry.toml as the file is.
     #[error("cannot add the host to {}: {problem}", path.display())]
     ConfigUneditable {
@@ -322,6 +332,8 @@ impl Error {
             Error::EnvState { .. } => Code::EnvState,
             Error::ConfigureFailed { .. } => Code::ConfigureFailed,
             Error::ConfigUneditable { .. } => Code::ConfigUneditable,
+            Error::RegisterLocal => Code::RegisterLocal,
+            Error::SshDiffers { .. } => Code::RegisterSshDiffers,
             Error::DestroyFailed { .. } => Code::EnvDestroyFailed,
         }
     }
@@ -361,6 +373,12 @@ impl Error {
             }
             Error::DestroyFailed { environment, .. } => Some(format!(
                 "once its hosts answer, `gantry env destroy {environment} --yes` again; or forget it without stopping anything: `gantry env purge {environment} --force`"
+            )),
+            Error::RegisterLocal => Some(
+                "register servers into another environment: gantry register web1 --ssh deploy@10.0.0.5 -e prod".to_owned(),
+            ),
+            Error::SshDiffers { host, .. } => Some(format!(
+                "change [hosts.{host}] in gantry.toml, or leave out --ssh"
             )),
             Error::ConfigureFailed { .. } => Some(
                 "fix what the message says, then run `gantry configure` again: it is safe to re-run".to_owned(),

@@ -31,20 +31,16 @@ pub fn register(
     progress: &dyn Progress,
 ) -> Result<RegisterReport, Error> {
     if environment == "local" || host == "local" {
-        return Err(Error::EnvState {
-            environment: environment.to_owned(),
-            problem: "is this machine".to_owned(),
-            hint: "register servers into another environment: gantry register web1 --ssh deploy@10.0.0.5 -e prod".to_owned(),
-        });
+        return Err(Error::RegisterLocal);
     }
     let config = project.load()?;
     let declared = config.file.hosts.get(host).and_then(|h| h.ssh.clone());
     let target = match (ssh, &declared) {
         (Some(given), Some(known)) if given != known => {
-            return Err(Error::EnvState {
-                environment: environment.to_owned(),
-                problem: format!("already knows host `{host}` as `{known}`, not `{given}`"),
-                hint: format!("change [hosts.{host}] in gantry.toml, or leave out --ssh"),
+            return Err(Error::SshDiffers {
+                host: host.to_owned(),
+                known: known.clone(),
+                given: given.to_owned(),
             });
         }
         (Some(given), _) => given.to_owned(),
@@ -234,6 +230,43 @@ mod tests {
             "nothing was written"
         );
         error
+    }
+
+    fn register_into(environment: &str, host: &str, ssh: Option<&str>) -> Error {
+        let (_dir, project) = crate::fake::project(&["web1"], 1);
+        let shell = |_: &HostSpec| -> Result<Box<dyn crate::host::Shell>, Error> {
+            panic!("nothing is checked over SSH")
+        };
+        register(
+            &project,
+            environment,
+            host,
+            ssh,
+            &shell,
+            &crate::fake::Said::default(),
+        )
+        .expect_err("refused")
+    }
+
+    #[test]
+    fn registering_local_is_register_local() {
+        for (environment, host) in [("local", "web2"), ("prod", "local")] {
+            let error = register_into(environment, host, Some("deploy@10.0.0.5"));
+            assert_eq!(error.code(), Code::RegisterLocal, "{environment} {host}");
+            assert_eq!(error.exit_class(), crate::ExitClass::Invalid);
+        }
+    }
+
+    #[test]
+    fn an_ssh_target_other_than_gantry_tomls_is_register_ssh_differs_naming_both() {
+        let error = register_into("prod", "web1", Some("deploy@10.0.0.5"));
+        assert_eq!(error.code(), Code::RegisterSshDiffers);
+        assert_eq!(error.exit_class(), crate::ExitClass::Conflict);
+        let message = error.to_string();
+        assert!(
+            message.contains("`web1`") && message.contains("`deploy@10.0.0.5`"),
+            "{message}"
+        );
     }
 
     #[test]
