@@ -48,7 +48,7 @@ pub struct Failure {
 impl From<gantry_core::Error> for Failure {
     fn from(error: gantry_core::Error) -> Self {
         Failure {
-            code: error.code(),
+            code: error.code().as_str(),
             exit: error.exit_class().code(),
             message: error.to_string(),
             hint: error.hint(),

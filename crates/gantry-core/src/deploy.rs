@@ -16,7 +16,7 @@ use crate::agent_api::{
 use crate::artifact;
 use crate::config::resolve::{Host as HostSpec, Service, Workload};
 use crate::host::{Host, HostError};
-use crate::{Error, Project};
+use crate::{Code, Error, Project};
 
 /// Where a long operation reports what it is doing (stderr lines, JSON
 /// events). Hosts deploy in parallel, so it is shared between threads.
@@ -596,9 +596,9 @@ fn send_blob(
             Err(e) => e,
         };
         let retry = match &error {
-            crate::host::HostError::Api { error, .. } => {
-                error.code == "artifact.offset_mismatch"
-                    || (error.code == "artifact.checksum" && offset > 0)
+            crate::host::HostError::Api { code, .. } => {
+                *code == Some(Code::ArtifactOffsetMismatch)
+                    || (*code == Some(Code::ArtifactChecksum) && offset > 0)
             }
             crate::host::HostError::Unreachable { .. }
             | crate::host::HostError::Protocol { .. } => true,
@@ -762,7 +762,14 @@ impl Lock {
             force,
         };
         let grant = match agent.lock(project, &request(force)) {
-            Err(refused) if matches!(&refused, HostError::Api { error, .. } if error.code == "deploy.locked") =>
+            Err(refused)
+                if matches!(
+                    &refused,
+                    HostError::Api {
+                        code: Some(Code::DeployLocked),
+                        ..
+                    }
+                ) =>
             {
                 let Some(dead) = dead_holder_here(agent.as_ref(), project, environment) else {
                     return Err(refused.into());

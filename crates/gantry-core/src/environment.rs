@@ -526,6 +526,38 @@ mod tests {
     }
 
     #[test]
+    fn a_destroy_that_cannot_stop_the_services_is_destroy_failed_and_keeps_the_state() {
+        use crate::fake::{Fleet, Script, project};
+        let (dir, project) = project(&["h1"], 1);
+        let states = StateDir::of(dir.path());
+        let mut state = EnvState::new("prod");
+        state.set(Phase::Configured).unwrap();
+        states.save(&state).unwrap();
+        let fleet = Fleet::new([(
+            "h1",
+            Script {
+                down: true,
+                ..Script::default()
+            },
+        )]);
+
+        let error = destroy(&project, "prod", &|spec: &HostSpec| fleet.connect(spec)).unwrap_err();
+
+        assert_eq!(error.code(), crate::Code::EnvDestroyFailed);
+        assert!(error.to_string().contains("h1"), "{error}");
+        assert!(
+            error
+                .hint()
+                .is_some_and(|h| h.contains("gantry env purge prod --force")),
+            "{error:?}"
+        );
+        assert_eq!(
+            states.load("prod").unwrap().map(|s| s.state()),
+            Some(Phase::Configured)
+        );
+    }
+
+    #[test]
     fn state_survives_a_round_trip_and_failures_are_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let states = StateDir::of(dir.path());
@@ -686,12 +718,9 @@ pub fn destroy(
                 None,
                 connect,
             )
-            .map_err(|e| Error::EnvState {
+            .map_err(|e| Error::DestroyFailed {
                 environment: environment.to_owned(),
-                problem: format!("could not stop its services: {e}"),
-                hint: format!(
-                    "once its hosts answer, `gantry env destroy {environment} --yes` again; or forget it without stopping anything: `gantry env purge {environment} --force`"
-                ),
+                cause: Box::new(e),
             })?;
         }
         state.set(Phase::Destroyed)?;

@@ -1,6 +1,6 @@
 //! Every error a use-case can return, with its stable code, its exit class and
-//! a hint. The table in `CODES` is the list the docs print; a test keeps the
-//! docs and this table in step.
+//! a hint. [`Code`] is the one list of codes; README.md's table is made from
+//! it (`Code::readme_table`), and a test keeps the two in step.
 
 use std::path::PathBuf;
 
@@ -30,289 +30,163 @@ impl ExitClass {
     }
 }
 
-/// Every error code, its exit class and what it means.
-pub const CODES: &[(&str, ExitClass, &str)] = &[
+/// Defines [`Code`] and [`CODES`] from one list, so that a code, its exit
+/// class and its description are written once.
+macro_rules! codes {
     (
-        "internal",
-        ExitClass::Internal,
-        "a bug in Gantry; please report it",
-    ),
-    (
-        "usage",
-        ExitClass::Usage,
-        "the command line is wrong: an unknown flag, a missing argument",
-    ),
-    (
-        "config.not_found",
-        ExitClass::Invalid,
-        "no gantry.toml where one was looked for",
-    ),
-    (
-        "config.read_failed",
-        ExitClass::Invalid,
-        "gantry.toml exists but cannot be read",
-    ),
-    (
-        "config.invalid",
-        ExitClass::Invalid,
-        "gantry.toml has errors; each is listed under `errors`",
-    ),
-    (
-        "config.unknown_environment",
-        ExitClass::Invalid,
-        "--env names no environment of the project",
-    ),
-    (
-        "init.exists",
-        ExitClass::Conflict,
-        "gantry init would overwrite an existing gantry.toml",
-    ),
-    (
-        "output.exists",
-        ExitClass::Conflict,
-        "the output directory holds files Gantry did not write",
-    ),
-    (
-        "io.failed",
-        ExitClass::Failed,
-        "reading or writing a file failed",
-    ),
-    (
-        "proxy.failed",
-        ExitClass::Failed,
-        "the proxy could not start or stopped with an error",
-    ),
-    (
-        "proxy.off",
-        ExitClass::Conflict,
-        "the agent runs no proxy (started with --proxy-listen off)",
-    ),
-    (
-        "proxy.restart_failed",
-        ExitClass::Failed,
-        "the new proxy process did not take over; the running one keeps serving",
-    ),
-    (
-        "proxy.stop_failed",
-        ExitClass::Failed,
-        "the proxy did not exit in time after it was asked to stop",
-    ),
-    (
-        "tls.local_ca_failed",
-        ExitClass::Failed,
-        "the proxy's local CA could not be made or read (the message names the file)",
-    ),
-    (
-        "agent.unreachable",
-        ExitClass::Unreachable,
-        "no agent answers on the host, and none could be started",
-    ),
-    (
-        "host.unreachable",
-        ExitClass::Unreachable,
-        "SSH cannot reach the host: no route, refused, timed out, or the name does not resolve",
-    ),
-    (
-        "host.auth_refused",
-        ExitClass::Unreachable,
-        "the host refused every SSH key offered",
-    ),
-    (
-        "host.key_changed",
-        ExitClass::Unreachable,
-        "the host's SSH key differs from the one in known_hosts",
-    ),
-    (
-        "host.key_unknown",
-        ExitClass::Unreachable,
-        "a host key on the way (often a ProxyJump host's) is not in known_hosts and SSH may not ask",
-    ),
-    (
-        "host.gantry_missing",
-        ExitClass::Unreachable,
-        "SSH works but the host has no gantry binary; `gantry configure` installs it",
-    ),
-    (
-        "agent.incompatible",
-        ExitClass::Conflict,
-        "the host's agent runs a gantry version this CLI cannot talk to",
-    ),
-    (
-        "state.corrupt",
-        ExitClass::Invalid,
-        "a file under .gantry/state is not what Gantry wrote",
-    ),
-    (
-        "env.locked",
-        ExitClass::Conflict,
-        "another gantry command is changing the environment; the error names it",
-    ),
-    (
-        "env.state",
-        ExitClass::Conflict,
-        "the environment is not in a state that allows the command (destroyed, not destroyed yet, unknown)",
-    ),
-    (
-        "configure.failed",
-        ExitClass::Failed,
-        "a step of `gantry configure` failed on a host; the error names the host and the step",
-    ),
-    (
-        "deploy.locked",
-        ExitClass::Conflict,
-        "another deploy of the project (on the host, or of the whole environment) holds its lock; the error names it",
-    ),
-    (
-        "agent.locked",
-        ExitClass::Conflict,
-        "another agent already runs on this state directory",
-    ),
-    (
-        "agent.protocol",
-        ExitClass::Failed,
-        "the agent answered something that is not its API (a version mismatch?)",
-    ),
-    (
-        "agent.error",
-        ExitClass::Failed,
-        "the agent failed to do what was asked; the message says why",
-    ),
-    (
-        "agent.store",
-        ExitClass::Failed,
-        "the agent's SQLite store failed",
-    ),
-    (
-        "build.failed",
-        ExitClass::Failed,
-        "a service's build command failed",
-    ),
-    (
-        "secrets.missing",
-        ExitClass::Invalid,
-        "a secret a service needs is not set",
-    ),
-    (
-        "secrets.failed",
-        ExitClass::Failed,
-        "the agent could not store the secrets file",
-    ),
-    (
-        "test.probe_failed",
-        ExitClass::Unreachable,
-        "a route did not answer an HTTP request through the host's proxy",
-    ),
-    (
-        "internal.bug",
-        ExitClass::Failed,
-        "Gantry itself failed (a thread panicked); please report it with the message",
-    ),
-    (
-        "deploy.unsupported",
-        ExitClass::Invalid,
-        "the environment needs something this version cannot do yet",
-    ),
-    (
-        "deploy.failed",
-        ExitClass::Failed,
-        "a service's new instances did not become healthy; it kept its previous release",
-    ),
-    (
-        "deploy.project_mismatch",
-        ExitClass::Invalid,
-        "a deploy request was sent to another project's path",
-    ),
-    (
-        "request.invalid",
-        ExitClass::Invalid,
-        "the agent refused a name in the request (project, service, secret or variable): it breaks the config's naming rules",
-    ),
-    (
-        "request.too_large",
-        ExitClass::Invalid,
-        "a JSON request to the agent is over its 16 MiB limit (files go as blobs, which have none)",
-    ),
-    (
-        "secrets.invalid",
-        ExitClass::Invalid,
-        "a secret's value has a line break or NUL, or is written into a `run` command (where `ps` shows it); the message says which",
-    ),
-    (
-        "routes.refused",
-        ExitClass::Invalid,
-        "the deploy's routes would make the proxy refuse the host's route table (a host and path routed twice); nothing changed",
-    ),
-    (
-        "routes.taken",
-        ExitClass::Conflict,
-        "a route's host belongs to another project on the host (the first to route it, or `*.<project>.localhost`); the error names it",
-    ),
-    (
-        "release.exists",
-        ExitClass::Conflict,
-        "the release id the deploy would take is already recorded for the project",
-    ),
-    (
-        "artifact.incomplete",
-        ExitClass::Failed,
-        "the host lacks files of the artifact",
-    ),
-    (
-        "artifact.checksum",
-        ExitClass::Failed,
-        "an uploaded file did not match its checksum",
-    ),
-    (
-        "artifact.offset_mismatch",
-        ExitClass::Conflict,
-        "a resumed upload named another offset than the bytes the host holds; ask for the missing blobs again",
-    ),
-    (
-        "artifact.failed",
-        ExitClass::Failed,
-        "the agent could not unpack the artifact",
-    ),
-    (
-        "test.failed",
-        ExitClass::Failed,
-        "`gantry test` found a failing check; error.details has every check",
-    ),
-    (
-        "exec.failed",
-        ExitClass::Failed,
-        "`gantry exec` could not start the command on the host",
-    ),
-    (
-        "exec.refused",
-        ExitClass::Conflict,
-        "`gantry agent exec` refused the agent's answer: its socket is served by another user than the state directory's owner, or it named files outside the project's",
-    ),
-    (
-        "service.not_deployed",
-        ExitClass::Invalid,
-        "the service runs no release on the host (`gantry exec`)",
-    ),
-    (
-        "release.not_found",
-        ExitClass::Invalid,
-        "no release has that id or number",
-    ),
-    (
-        "release.none_before",
-        ExitClass::Conflict,
-        "there is no earlier successful release to roll back to",
-    ),
-    (
-        "release.artifact_gone",
-        ExitClass::Conflict,
-        "the files of that release are no longer kept",
-    ),
-    (
-        "service.not_found",
-        ExitClass::Invalid,
-        "the project runs no service of that name",
-    ),
-];
+        $(#[$meta:meta])*
+        $($variant:ident = $code:literal, $class:ident, $about:literal;)*
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Code {
+            $(
+                #[doc = $about]
+                $variant,
+            )*
+        }
+
+        impl Code {
+            /// Every code, in the order of README.md's table.
+            pub const ALL: &[Code] = &[$(Code::$variant,)*];
+
+            /// The code as scripts see it: `config.invalid`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $code,)*
+                }
+            }
+
+            pub fn exit_class(self) -> ExitClass {
+                match self {
+                    $(Code::$variant => ExitClass::$class,)*
+                }
+            }
+
+            /// What the code means, as README.md's table says it.
+            pub fn about(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $about,)*
+                }
+            }
+        }
+
+        /// Every error code, its exit class and what it means, from [`Code`].
+        pub const CODES: &[(&str, ExitClass, &str)] = &[$(($code, ExitClass::$class, $about),)*];
+    };
+}
+
+codes! {
+    /// Every error code: what scripts match on (never renamed), its exit
+    /// class, and the line README.md's table gives it.
+    Internal = "internal", Internal, "a bug in Gantry; please report it";
+    Usage = "usage", Usage, "the command line is wrong: an unknown flag, a missing argument";
+    ConfigNotFound = "config.not_found", Invalid, "no gantry.toml where one was looked for";
+    ConfigReadFailed = "config.read_failed", Invalid, "gantry.toml exists but cannot be read";
+    ConfigInvalid = "config.invalid", Invalid, "gantry.toml has errors; each is listed under `errors`";
+    ConfigUnknownEnvironment = "config.unknown_environment", Invalid, "--env names no environment of the project";
+    ConfigUneditable = "config.uneditable", Invalid, "`gantry register` cannot edit gantry.toml: it does not parse, `hosts` or `environments` is not a table, or the edited file would not load; nothing was written";
+    InitExists = "init.exists", Conflict, "gantry init would overwrite an existing gantry.toml";
+    OutputExists = "output.exists", Conflict, "the output directory holds files Gantry did not write";
+    IoFailed = "io.failed", Failed, "reading or writing a file failed";
+    ProxyFailed = "proxy.failed", Failed, "the proxy could not start or stopped with an error";
+    ProxyOff = "proxy.off", Conflict, "the agent runs no proxy (started with --proxy-listen off)";
+    ProxyRestartFailed = "proxy.restart_failed", Failed, "the new proxy process did not take over; the running one keeps serving";
+    ProxyStopFailed = "proxy.stop_failed", Failed, "the proxy did not exit in time after it was asked to stop";
+    TlsLocalCaFailed = "tls.local_ca_failed", Failed, "the proxy's local CA could not be made or read (the message names the file)";
+    AgentUnreachable = "agent.unreachable", Unreachable, "no agent answers on the host, and none could be started";
+    HostUnreachable = "host.unreachable", Unreachable, "SSH cannot reach the host: no route, refused, timed out, or the name does not resolve";
+    HostAuthRefused = "host.auth_refused", Unreachable, "the host refused every SSH key offered";
+    HostKeyChanged = "host.key_changed", Unreachable, "the host's SSH key differs from the one in known_hosts";
+    HostKeyUnknown = "host.key_unknown", Unreachable, "a host key on the way (often a ProxyJump host's) is not in known_hosts and SSH may not ask";
+    HostGantryMissing = "host.gantry_missing", Unreachable, "SSH works but the host has no gantry binary; `gantry configure` installs it";
+    AgentIncompatible = "agent.incompatible", Conflict, "the host's agent runs a gantry version this CLI cannot talk to";
+    StateCorrupt = "state.corrupt", Invalid, "a file under .gantry/state is not what Gantry wrote";
+    EnvLocked = "env.locked", Conflict, "another gantry command is changing the environment; the error names it";
+    EnvState = "env.state", Conflict, "the environment is not in a state that allows the command (destroyed, not destroyed yet, unknown)";
+    EnvDestroyFailed = "env.destroy_failed", Failed, "`gantry env destroy` could not stop the environment's services (a host did not answer); it stays as it was, and the error names the host";
+    RegisterLocal = "register.local", Invalid, "`gantry register` was given the environment or host `local`, which is this machine and needs no registering";
+    RegisterSshDiffers = "register.ssh_differs", Conflict, "`gantry register --ssh` names another SSH target than the host's `ssh` in gantry.toml; the error names both";
+    ConfigureFailed = "configure.failed", Failed, "a step of `gantry configure` failed on a host; the error names the host and the step";
+    AgentLocked = "agent.locked", Conflict, "another agent already runs on this state directory";
+    AgentProtocol = "agent.protocol", Failed, "the agent answered something that is not its API (a version mismatch?)";
+    AgentError = "agent.error", Failed, "the agent failed to do what was asked; the message says why (also an agent's code this gantry does not know, which the message names)";
+    AgentStore = "agent.store", Failed, "the agent's SQLite store failed";
+    AgentInternal = "agent.internal", Failed, "the agent failed inside (its deploy task panicked); the agent's log has more";
+    BuildFailed = "build.failed", Failed, "a service's build command failed";
+    SecretsMissing = "secrets.missing", Invalid, "a secret a service needs is not set";
+    SecretsFailed = "secrets.failed", Failed, "the agent could not store the secrets file";
+    TestProbeFailed = "test.probe_failed", Unreachable, "a route did not answer an HTTP request through the host's proxy";
+    InternalBug = "internal.bug", Failed, "Gantry itself failed (a thread panicked); please report it with the message";
+    DeployUnsupported = "deploy.unsupported", Invalid, "the environment needs something this version cannot do yet";
+    DeployLocked = "deploy.locked", Conflict, "another deploy of the project (on the host, or of the whole environment) holds its lock; the error names it";
+    DeployFailed = "deploy.failed", Failed, "a service's new instances did not become healthy; it kept its previous release";
+    DeployProjectMismatch = "deploy.project_mismatch", Invalid, "a deploy request was sent to another project's path";
+    RequestInvalid = "request.invalid", Invalid, "the agent refused a name in the request (project, service, secret or variable): it breaks the config's naming rules";
+    RequestTooLarge = "request.too_large", Invalid, "a JSON request to the agent is over its 16 MiB limit (files go as blobs, which have none)";
+    SecretsInvalid = "secrets.invalid", Invalid, "a secret's value has a line break or NUL, or is written into a `run` command (where `ps` shows it); the message says which";
+    RoutesRefused = "routes.refused", Invalid, "the deploy's routes would make the proxy refuse the host's route table (a host and path routed twice); nothing changed";
+    RoutesTaken = "routes.taken", Conflict, "a route's host belongs to another project on the host (the first to route it, or `*.<project>.localhost`); the error names it";
+    ReleaseExists = "release.exists", Conflict, "the release id the deploy would take is already recorded for the project";
+    ArtifactIncomplete = "artifact.incomplete", Failed, "the host lacks files of the artifact";
+    ArtifactChecksum = "artifact.checksum", Failed, "an uploaded file did not match its checksum";
+    ArtifactOffsetMismatch = "artifact.offset_mismatch", Conflict, "a resumed upload named another offset than the bytes the host holds; ask for the missing blobs again";
+    ArtifactFailed = "artifact.failed", Failed, "the agent could not unpack the artifact";
+    TestFailed = "test.failed", Failed, "`gantry test` found a failing check; error.details has every check";
+    ExecFailed = "exec.failed", Failed, "`gantry exec` could not start the command on the host";
+    ExecRefused = "exec.refused", Conflict, "`gantry agent exec` refused the agent's answer: its socket is served by another user than the state directory's owner, or it named files outside the project's, or a user other than the project's";
+    ServiceNotDeployed = "service.not_deployed", Invalid, "the service runs no release on the host (`gantry exec`)";
+    ReleaseNotFound = "release.not_found", Invalid, "no release has that id or number";
+    ReleaseNoneBefore = "release.none_before", Conflict, "there is no earlier successful release to roll back to";
+    ReleaseArtifactGone = "release.artifact_gone", Conflict, "the files of that release are no longer kept";
+    ServiceNotFound = "service.not_found", Invalid, "the project runs no service of that name";
+}
+
+impl Code {
+    /// README.md's table of error codes, one row a code.
+    pub fn readme_table() -> String {
+        let mut table = String::from("| code | exit | meaning |\n| --- | --- | --- |\n");
+        for code in Code::ALL {
+            table.push_str(&format!(
+                "| `{code}` | {} | {} |\n",
+                code.exit_class().code(),
+                code.about()
+            ));
+        }
+        table
+    }
+
+    /// The code named `code`, if this version of Gantry knows it.
+    pub fn parse(code: &str) -> Option<Code> {
+        Code::ALL.iter().copied().find(|c| c.as_str() == code)
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Code {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl serde::Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Code {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = String::deserialize(deserializer)?;
+        Code::parse(&code)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown error code `{code}`")))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -368,6 +242,27 @@ pub enum Error {
         problem: String,
         hint: String,
     },
+    #[error("`local` is this machine: it is not registered")]
+    RegisterLocal,
+    #[error("gantry.toml reaches host `{host}` as `{known}`, not `{given}`")]
+    SshDiffers {
+        host: String,
+        known: String,
+        given: String,
+    },
+    /// `gantry register` cannot add a host to gantry.toml as the file is.
+    #[error("cannot add the host to {}: {problem}", path.display())]
+    ConfigUneditable {
+        path: PathBuf,
+        problem: String,
+        hint: String,
+    },
+    /// `gantry env destroy` could not stop the services; the state is kept.
+    #[error("environment `{environment}` could not stop its services: {cause}")]
+    DestroyFailed {
+        environment: String,
+        cause: Box<Error>,
+    },
     #[error("configuring {host} failed at `{step}`: {message}")]
     ConfigureFailed {
         host: String,
@@ -404,46 +299,49 @@ impl Error {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
             Error::Config(e) => match e {
-                gantry_config::Error::NotFound { .. } => "config.not_found",
-                gantry_config::Error::Read { .. } => "config.read_failed",
-                gantry_config::Error::Invalid(_) => "config.invalid",
-                gantry_config::Error::UnknownEnvironment { .. } => "config.unknown_environment",
+                gantry_config::Error::NotFound { .. } => Code::ConfigNotFound,
+                gantry_config::Error::Read { .. } => Code::ConfigReadFailed,
+                gantry_config::Error::Invalid(_) => Code::ConfigInvalid,
+                gantry_config::Error::UnknownEnvironment { .. } => Code::ConfigUnknownEnvironment,
             },
-            Error::Host(crate::host::HostError::Unreachable { .. }) => "agent.unreachable",
-            Error::Host(crate::host::HostError::Protocol { .. }) => "agent.protocol",
+            Error::Host(crate::host::HostError::Unreachable { .. }) => Code::AgentUnreachable,
+            Error::Host(crate::host::HostError::Protocol { .. }) => Code::AgentProtocol,
             Error::Host(crate::host::HostError::Ssh { failure, .. }) => failure.code(),
-            Error::Host(crate::host::HostError::Incompatible { .. }) => "agent.incompatible",
-            Error::Host(crate::host::HostError::WrongPeer { .. }) => "exec.refused",
-            Error::Exec { refused: true, .. } => "exec.refused",
-            Error::Exec { refused: false, .. } => "exec.failed",
-            Error::Host(crate::host::HostError::Api { error, .. }) => CODES
-                .iter()
-                .map(|(code, _, _)| *code)
-                .find(|code| *code == error.code)
-                .unwrap_or("agent.error"),
-            Error::BuildFailed { .. } => "build.failed",
-            Error::MissingSecrets { .. } => "secrets.missing",
-            Error::Unsupported { .. } => "deploy.unsupported",
-            Error::ProbeFailed { .. } => "test.probe_failed",
-            Error::Internal { .. } => "internal.bug",
-            Error::DeployFailed { .. } => "deploy.failed",
-            Error::InitExists { .. } => "init.exists",
-            Error::OutputExists { .. } => "output.exists",
-            Error::Io { .. } => "io.failed",
-            Error::StateCorrupt { .. } => "state.corrupt",
-            Error::TestFailed { .. } => "test.failed",
-            Error::EnvLocked { .. } => "env.locked",
-            Error::EnvState { .. } => "env.state",
-            Error::ConfigureFailed { .. } => "configure.failed",
+            Error::Host(crate::host::HostError::Incompatible { .. }) => Code::AgentIncompatible,
+            Error::Host(crate::host::HostError::WrongPeer { .. }) => Code::ExecRefused,
+            Error::Exec { refused: true, .. } => Code::ExecRefused,
+            Error::Exec { refused: false, .. } => Code::ExecFailed,
+            Error::Host(crate::host::HostError::Api { code, .. }) => {
+                code.unwrap_or(Code::AgentError)
+            }
+            Error::BuildFailed { .. } => Code::BuildFailed,
+            Error::MissingSecrets { .. } => Code::SecretsMissing,
+            Error::Unsupported { .. } => Code::DeployUnsupported,
+            Error::ProbeFailed { .. } => Code::TestProbeFailed,
+            Error::Internal { .. } => Code::InternalBug,
+            Error::DeployFailed { .. } => Code::DeployFailed,
+            Error::InitExists { .. } => Code::InitExists,
+            Error::OutputExists { .. } => Code::OutputExists,
+            Error::Io { .. } => Code::IoFailed,
+            Error::StateCorrupt { .. } => Code::StateCorrupt,
+            Error::TestFailed { .. } => Code::TestFailed,
+            Error::EnvLocked { .. } => Code::EnvLocked,
+            Error::EnvState { .. } => Code::EnvState,
+            Error::ConfigureFailed { .. } => Code::ConfigureFailed,
+            Error::ConfigUneditable { .. } => Code::ConfigUneditable,
+            Error::RegisterLocal => Code::RegisterLocal,
+            Error::SshDiffers { .. } => Code::RegisterSshDiffers,
+            Error::DestroyFailed { .. } => Code::EnvDestroyFailed,
         }
     }
 
     pub fn exit_class(&self) -> ExitClass {
-        if let Error::Host(crate::host::HostError::Api { status, error }) = self
-            && !CODES.iter().any(|(c, _, _)| *c == error.code)
+        if let Error::Host(crate::host::HostError::Api {
+            status, code: None, ..
+        }) = self
         {
             return match status {
                 404 | 422 | 400 => ExitClass::Invalid,
@@ -451,11 +349,7 @@ impl Error {
                 _ => ExitClass::Failed,
             };
         }
-        let code = self.code();
-        CODES
-            .iter()
-            .find(|(c, _, _)| *c == code)
-            .map_or(ExitClass::Internal, |(_, class, _)| *class)
+        self.code().exit_class()
     }
 
     pub fn hint(&self) -> Option<String> {
@@ -474,7 +368,18 @@ impl Error {
             Error::EnvLocked { .. } => Some(
                 "wait for that command to finish; if it is gone from another machine, remove the lock file".to_owned(),
             ),
-            Error::EnvState { hint, .. } => Some(hint.clone()),
+            Error::EnvState { hint, .. } | Error::ConfigUneditable { hint, .. } => {
+                Some(hint.clone())
+            }
+            Error::DestroyFailed { environment, .. } => Some(format!(
+                "once its hosts answer, `gantry env destroy {environment} --yes` again; or forget it without stopping anything: `gantry env purge {environment} --force`"
+            )),
+            Error::RegisterLocal => Some(
+                "register servers into another environment: gantry register web1 --ssh deploy@10.0.0.5 -e prod".to_owned(),
+            ),
+            Error::SshDiffers { host, .. } => Some(format!(
+                "change [hosts.{host}] in gantry.toml, or leave out --ssh"
+            )),
             Error::ConfigureFailed { .. } => Some(
                 "fix what the message says, then run `gantry configure` again: it is safe to re-run".to_owned(),
             ),
@@ -535,6 +440,70 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readme_has_the_table_of_codes_made_from_the_enum() {
+        let readme = include_str!("../../../README.md");
+        let table = Code::readme_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's table of error codes differs from `Code`; it should read:\n{table}"
+        );
+    }
+
+    #[test]
+    fn a_code_reads_back_from_its_string() {
+        for code in Code::ALL {
+            assert_eq!(Code::parse(code.as_str()), Some(*code));
+            let json = serde_json::to_string(code).expect("a code serializes");
+            assert_eq!(json, format!("\"{code}\""));
+            assert_eq!(serde_json::from_str::<Code>(&json).ok(), Some(*code));
+        }
+        assert_eq!(Code::parse("agent.newer_code"), None);
+    }
+
+    fn agent_error(status: u16, code: &str) -> Error {
+        Error::Host(crate::host::HostError::api(
+            status,
+            crate::agent_api::ApiError {
+                code: code.to_owned(),
+                message: "the agent refused".to_owned(),
+                hint: None,
+            },
+        ))
+    }
+
+    #[test]
+    fn an_agent_error_with_a_known_code_keeps_its_code_and_exit_class() {
+        let error = agent_error(409, "routes.taken");
+        assert_eq!(error.code(), Code::RoutesTaken);
+        assert_eq!(error.exit_class(), ExitClass::Conflict);
+        assert_eq!(error.to_string(), "the agent refused");
+    }
+
+    #[test]
+    fn an_agent_error_with_an_unknown_code_is_agent_error_and_names_the_code() {
+        let error = agent_error(409, "ports.newer_problem");
+        assert_eq!(error.code(), Code::AgentError);
+        assert_eq!(
+            error.exit_class(),
+            ExitClass::Conflict,
+            "the HTTP status gives the class"
+        );
+        let message = error.to_string();
+        assert!(
+            message.starts_with("the agent refused")
+                && message.contains("`ports.newer_problem`")
+                && message.contains("`agent.error`"),
+            "{message}"
+        );
+        assert_eq!(
+            agent_error(422, "x.y").exit_class(),
+            ExitClass::Invalid,
+            "a refused request is invalid input"
+        );
+        assert_eq!(agent_error(500, "x.y").exit_class(), ExitClass::Failed);
+    }
 
     #[test]
     fn codes_are_unique_and_dotted_lowercase() {

@@ -410,9 +410,9 @@ impl Host for FakeHost {
         let mut record = self.fleet.record();
         let displaced = match &record.lock {
             Some((_, holder)) if !request.force => {
-                return Err(HostError::Api {
-                    status: 409,
-                    error: ApiError {
+                return Err(HostError::api(
+                    409,
+                    ApiError {
                         code: "deploy.locked".to_owned(),
                         message: format!(
                             "`{}` of {project} ({}) is locked by pid {} of {}@{}",
@@ -424,7 +424,7 @@ impl Host for FakeHost {
                         ),
                         hint: Some("wait for that deploy to end".to_owned()),
                     },
-                });
+                ));
             }
             Some((_, holder)) => Some(holder.clone()),
             None => None,

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use crate::error::Code;
+
 use crate::agent_api::{
     AgentInfo, ApiError, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant, LockHolder,
     LockRelease, LockRequest, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest,
@@ -29,9 +31,16 @@ pub enum HostError {
         message: String,
         hint: String,
     },
-    /// The agent answered with an error.
-    #[error("{}", .error.message)]
-    Api { status: u16, error: ApiError },
+    /// The agent answered with an error. `code` is its code when this
+    /// version of Gantry knows it; a newer agent's code is `None`, reported as
+    /// `agent.error` with the agent's code in the message. Made by
+    /// [`HostError::api`].
+    #[error("{}{}", .error.message, unknown_code_note(*.code, &.error.code))]
+    Api {
+        status: u16,
+        code: Option<Code>,
+        error: ApiError,
+    },
     /// The agent answered something that is not the API.
     #[error("the agent on {host} answered something unexpected: {message}")]
     Protocol { host: String, message: String },
@@ -60,6 +69,29 @@ pub enum HostError {
     },
 }
 
+impl HostError {
+    /// The agent's error answer `error`, with HTTP status `status`: its code
+    /// read as a [`Code`] if this version of Gantry knows it.
+    pub fn api(status: u16, error: ApiError) -> HostError {
+        HostError::Api {
+            status,
+            code: Code::parse(&error.code),
+            error,
+        }
+    }
+}
+
+/// What an agent error's message adds when its code is unknown here.
+fn unknown_code_note(code: Option<Code>, sent: &str) -> String {
+    match code {
+        Some(_) => String::new(),
+        None => format!(
+            " (the agent's error code `{sent}` is unknown to this gantry, so it shows as `{}`)",
+            Code::AgentError
+        ),
+    }
+}
+
 /// Why SSH failed, each with its own error code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SshFailure {
@@ -77,13 +109,13 @@ pub enum SshFailure {
 }
 
 impl SshFailure {
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> Code {
         match self {
-            SshFailure::Unreachable => "host.unreachable",
-            SshFailure::AuthRefused => "host.auth_refused",
-            SshFailure::HostKeyChanged => "host.key_changed",
-            SshFailure::HostKeyUnknown => "host.key_unknown",
-            SshFailure::GantryMissing => "host.gantry_missing",
+            SshFailure::Unreachable => Code::HostUnreachable,
+            SshFailure::AuthRefused => Code::HostAuthRefused,
+            SshFailure::HostKeyChanged => Code::HostKeyChanged,
+            SshFailure::HostKeyUnknown => Code::HostKeyUnknown,
+            SshFailure::GantryMissing => Code::HostGantryMissing,
         }
     }
 

@@ -138,7 +138,7 @@ fn merge(
                     host: spec.name.clone(),
                     reachable: false,
                     error: Some(e.to_string()),
-                    code: Some(e.code()),
+                    code: Some(e.code().as_str()),
                 });
                 first_error.get_or_insert(e);
             }

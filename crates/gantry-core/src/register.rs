@@ -31,20 +31,16 @@ pub fn register(
     progress: &dyn Progress,
 ) -> Result<RegisterReport, Error> {
     if environment == "local" || host == "local" {
-        return Err(Error::EnvState {
-            environment: environment.to_owned(),
-            problem: "is this machine".to_owned(),
-            hint: "register servers into another environment: gantry register web1 --ssh deploy@10.0.0.5 -e prod".to_owned(),
-        });
+        return Err(Error::RegisterLocal);
     }
     let config = project.load()?;
     let declared = config.file.hosts.get(host).and_then(|h| h.ssh.clone());
     let target = match (ssh, &declared) {
         (Some(given), Some(known)) if given != known => {
-            return Err(Error::EnvState {
-                environment: environment.to_owned(),
-                problem: format!("already knows host `{host}` as `{known}`, not `{given}`"),
-                hint: format!("change [hosts.{host}] in gantry.toml, or leave out --ssh"),
+            return Err(Error::SshDiffers {
+                host: host.to_owned(),
+                known: known.clone(),
+                given: given.to_owned(),
             });
         }
         (Some(given), _) => given.to_owned(),
@@ -138,21 +134,21 @@ fn add_to_file(
     let text = std::fs::read_to_string(path).map_err(Error::io("read", path))?;
     let mut doc: toml_edit::DocumentMut =
         text.parse()
-            .map_err(|e: toml_edit::TomlError| Error::EnvState {
-                environment: environment.to_owned(),
-                problem: format!("cannot be edited: {} does not parse: {e}", path.display()),
+            .map_err(|e: toml_edit::TomlError| Error::ConfigUneditable {
+                path: path.to_owned(),
+                problem: format!("it does not parse: {e}"),
                 hint: "fix the file (`gantry validate` shows where), then register again"
                     .to_owned(),
             })?;
     let mut added = Vec::new();
     if declare {
-        let hosts = table(&mut doc, "hosts")?;
+        let hosts = table(&mut doc, "hosts", path)?;
         let mut entry = toml_edit::Table::new();
         entry.insert("ssh", toml_edit::value(target));
         hosts.insert(host, toml_edit::Item::Table(entry));
         added.push(format!("[hosts.{host}] ssh = \"{target}\""));
     }
-    let envs = table(&mut doc, "environments")?;
+    let envs = table(&mut doc, "environments", path)?;
     if !envs.contains_key(environment) {
         let mut entry = toml_edit::Table::new();
         entry.insert("hosts", toml_edit::value(toml_edit::Array::new()));
@@ -169,9 +165,9 @@ fn add_to_file(
             e.get_mut("hosts")
         })
         .and_then(|h| h.as_array_mut())
-        .ok_or_else(|| Error::EnvState {
-            environment: environment.to_owned(),
-            problem: format!("has a `hosts` in {} that is not a list", path.display()),
+        .ok_or_else(|| Error::ConfigUneditable {
+            path: path.to_owned(),
+            problem: format!("`environments.{environment}.hosts` is not a list"),
             hint: "write it as hosts = [\"web1\", ...]".to_owned(),
         })?;
     if !list.iter().any(|v| v.as_str() == Some(host)) {
@@ -187,11 +183,9 @@ fn add_to_file(
         std::env::var(var).ok()
     });
     if let Err(e) = check {
-        return Err(Error::EnvState {
-            environment: environment.to_owned(),
-            problem: format!(
-                "cannot take host `{host}`: the edited gantry.toml would not load: {e}"
-            ),
+        return Err(Error::ConfigUneditable {
+            path: path.to_owned(),
+            problem: format!("with host `{host}` added it would not load: {e}"),
             hint: "fix gantry.toml (`gantry validate`), then register again".to_owned(),
         });
     }
@@ -203,6 +197,7 @@ fn add_to_file(
 fn table<'a>(
     doc: &'a mut toml_edit::DocumentMut,
     name: &str,
+    path: &std::path::Path,
 ) -> Result<&'a mut dyn toml_edit::TableLike, Error> {
     if !doc.contains_key(name) {
         let mut parent = toml_edit::Table::new();
@@ -211,9 +206,87 @@ fn table<'a>(
     }
     doc.get_mut(name)
         .and_then(toml_edit::Item::as_table_like_mut)
-        .ok_or_else(|| Error::EnvState {
-            environment: String::new(),
-            problem: format!("cannot be registered: `{name}` in gantry.toml is not a table"),
+        .ok_or_else(|| Error::ConfigUneditable {
+            path: path.to_owned(),
+            problem: format!("`{name}` is not a table"),
             hint: format!("write it as [{name}.<name>] tables"),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Code;
+
+    fn refused(toml: &str) -> Error {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("gantry.toml");
+        std::fs::write(&path, toml).expect("write gantry.toml");
+        let error = add_to_file(&path, "prod", "web1", "deploy@10.0.0.5", true)
+            .expect_err("the edit is refused");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read gantry.toml"),
+            toml,
+            "nothing was written"
+        );
+        error
+    }
+
+    fn register_into(environment: &str, host: &str, ssh: Option<&str>) -> Error {
+        let (_dir, project) = crate::fake::project(&["web1"], 1);
+        let shell = |_: &HostSpec| -> Result<Box<dyn crate::host::Shell>, Error> {
+            panic!("nothing is checked over SSH")
+        };
+        register(
+            &project,
+            environment,
+            host,
+            ssh,
+            &shell,
+            &crate::fake::Said::default(),
+        )
+        .expect_err("refused")
+    }
+
+    #[test]
+    fn registering_local_is_register_local() {
+        for (environment, host) in [("local", "web2"), ("prod", "local")] {
+            let error = register_into(environment, host, Some("deploy@10.0.0.5"));
+            assert_eq!(error.code(), Code::RegisterLocal, "{environment} {host}");
+            assert_eq!(error.exit_class(), crate::ExitClass::Invalid);
+        }
+    }
+
+    #[test]
+    fn an_ssh_target_other_than_gantry_tomls_is_register_ssh_differs_naming_both() {
+        let error = register_into("prod", "web1", Some("deploy@10.0.0.5"));
+        assert_eq!(error.code(), Code::RegisterSshDiffers);
+        assert_eq!(error.exit_class(), crate::ExitClass::Conflict);
+        let message = error.to_string();
+        assert!(
+            message.contains("`web1`") && message.contains("`deploy@10.0.0.5`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_gantry_toml_register_cannot_edit_is_config_uneditable_naming_why() {
+        for (toml, why) in [
+            ("[project\n", "does not parse"),
+            ("hosts = 3\n", "`hosts` is not a table"),
+            (
+                "[environments.prod]\nhosts = \"web1\"\n",
+                "`environments.prod.hosts` is not a list",
+            ),
+        ] {
+            let error = refused(toml);
+            assert_eq!(error.code(), Code::ConfigUneditable, "{toml}");
+            assert_eq!(error.exit_class(), crate::ExitClass::Invalid);
+            let message = error.to_string();
+            assert!(
+                message.contains("gantry.toml") && message.contains(why),
+                "{toml}: {message}"
+            );
+        }
+    }
 }

@@ -94,10 +94,7 @@ impl<T: Transport> Agent<T> {
             });
         }
         match serde_json::from_slice::<ApiErrorBody>(bytes) {
-            Ok(body) => Err(HostError::Api {
-                status: status.as_u16(),
-                error: body.error,
-            }),
+            Ok(body) => Err(HostError::api(status.as_u16(), body.error)),
             Err(_) => Err(HostError::Protocol {
                 host: self.name.clone(),
                 message: format!("{status}: {}", String::from_utf8_lossy(bytes)),
