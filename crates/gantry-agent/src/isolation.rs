@@ -66,9 +66,9 @@ impl Isolation {
         }
         let releases = paths.releases_dir();
         std::fs::create_dir_all(&releases)?;
-        for dir in [&paths.root, &releases] {
-            set_group_and_mode(dir, SERVICES_GID, 0o710)?;
-        }
+        // The state directory itself may be named through a link (`--state-dir`).
+        set_group_and_mode(&paths.root.canonicalize()?, SERVICES_GID, 0o710)?;
+        set_group_and_mode(&releases, SERVICES_GID, 0o710)?;
         for entry in std::fs::read_dir(&paths.root)? {
             let entry = entry?;
             let meta = entry.path().symlink_metadata()?;
@@ -204,8 +204,16 @@ fn open_release_dirs(release: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Never through a link: what a service left in its release (when services
+/// ran as the agent's user) must not make the agent chown something else.
 fn set_group_and_mode(path: &Path, gid: u32, mode: u32) -> io::Result<()> {
-    let meta = std::fs::metadata(path)?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a directory (a link?): refusing to change its owner",
+            path.display()
+        )));
+    }
     if meta.gid() != gid {
         std::os::unix::fs::chown(path, None, Some(gid))?;
     }

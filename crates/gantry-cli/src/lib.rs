@@ -104,11 +104,8 @@ pub fn run(argv: impl IntoIterator<Item = OsString>, wiring: &Wiring) -> ExitCod
         Ok(cli) => cli,
         Err(error) => return usage_error(&argv, error),
     };
-    let printer = Printer::new(
-        Mode::resolve(cli.global.output),
-        cli.global.quiet,
-        cli.global.verbose,
-    );
+    // -v is shown by the transports' tracing (`verbose`), not the printer.
+    let printer = Printer::new(Mode::resolve(cli.global.output), cli.global.quiet);
     verbose::show_on_stderr(&cli);
     if let Command::Agent(args::AgentArgs {
         action: Some(AgentAction::Relay { spec }),
@@ -575,7 +572,7 @@ fn usage_error(argv: &[OsString], error: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let requested = requested_output(argv);
-    let printer = Printer::new(Mode::resolve(requested), false, 0);
+    let printer = Printer::new(Mode::resolve(requested), false);
     let exit = gantry_core::ExitClass::Usage.code();
     if printer.mode == Mode::Text {
         let _ = error.print();

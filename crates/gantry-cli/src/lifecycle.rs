@@ -228,17 +228,7 @@ pub fn probe_http(proxy: &str, name: &str) -> Result<u16, Error> {
         .ok_or_else(|| fail(format!("not an HTTP answer: {line:?}")))
 }
 
-/// Quotes a word for a POSIX shell.
-pub fn quote(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c))
-    {
-        return word.to_owned();
-    }
-    format!("'{}'", word.replace('\'', "'\\''"))
-}
+pub use gantry_core::host::shell_quote as quote;
 
 #[cfg(test)]
 mod tests {

@@ -61,20 +61,14 @@ impl From<gantry_core::Error> for Failure {
 pub struct Printer {
     pub mode: Mode,
     pub quiet: bool,
-    pub verbose: u8,
     pub color: bool,
 }
 
 impl Printer {
-    pub fn new(mode: Mode, quiet: bool, verbose: u8) -> Printer {
+    pub fn new(mode: Mode, quiet: bool) -> Printer {
         let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
             && std::io::stderr().is_terminal();
-        Printer {
-            mode,
-            quiet,
-            verbose,
-            color,
-        }
+        Printer { mode, quiet, color }
     }
 
     /// A line for people, on stderr; silent with -q and in JSON mode.

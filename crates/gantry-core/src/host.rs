@@ -248,6 +248,19 @@ pub fn remote_gantry(args: &str) -> String {
     )
 }
 
+/// Quotes a word for a POSIX shell: plain words stay as they are, anything
+/// else goes in single quotes.
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c));
+    if plain {
+        return word.to_owned();
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

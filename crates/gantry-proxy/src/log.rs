@@ -78,10 +78,17 @@ impl CappedFile {
         if size + bytes.len() as u64 > self.max_bytes {
             let mut rotated = self.path.clone().into_os_string();
             rotated.push(".1");
-            let _ = std::fs::rename(&self.path, &rotated);
-            match append(&self.path) {
-                Ok(file) => self.file = file,
-                Err(_) => return,
+            // A rename that fails must not let the file grow past its cap:
+            // start it again empty instead.
+            if std::fs::rename(&self.path, &rotated).is_err() {
+                if self.file.set_len(0).is_err() {
+                    return;
+                }
+            } else {
+                match append(&self.path) {
+                    Ok(file) => self.file = file,
+                    Err(_) => return,
+                }
             }
         }
         let _ = self.file.write_all(bytes);

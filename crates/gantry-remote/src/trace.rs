@@ -32,9 +32,10 @@ impl Trace {
     }
 
     /// Before a request is sent: its body (TRACE). The secret values it
-    /// carries are remembered, so that no later answer shows them either.
+    /// carries are remembered at every level, so that no later answer or
+    /// error (shown from -v on) shows them either.
     pub(crate) fn request(&self, method: &Method, path: &str, body: Body<'_>) {
-        if !tracing::enabled!(tracing::Level::DEBUG) {
+        if !tracing::enabled!(tracing::Level::INFO) {
             return;
         }
         self.learn(body);
@@ -151,17 +152,7 @@ pub(crate) fn ssh_ran(host: &str, argv: &[OsString], code: Option<i32>, started:
 fn command_line(argv: &[OsString]) -> String {
     let words: Vec<String> = argv
         .iter()
-        .map(|word| {
-            let word = word.to_string_lossy();
-            let plain = !word.is_empty()
-                && word
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c));
-            match plain {
-                true => word.into_owned(),
-                false => format!("'{}'", word.replace('\'', "'\\''")),
-            }
-        })
+        .map(|word| gantry_core::host::shell_quote(&word.to_string_lossy()))
         .collect();
     url_passwords(&words.join(" "))
 }
