@@ -8,8 +8,8 @@ use axum::extract::{RawPathParams, Request};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use gantry_config::{check_env_name, check_name};
 use gantry_core::agent_api::DeployRequest;
+use gantry_core::agent_api::v1::{TooNew, check_env_name, check_name, check_revision};
 
 use crate::api::ApiFailure;
 
@@ -29,6 +29,10 @@ fn invalid(what: &str, why: String) -> ApiFailure {
 
 /// Every name and secret value of a deploy, before anything of it is written.
 pub fn check_deploy(request: &DeployRequest) -> Result<(), ApiFailure> {
+    // A spec this agent cannot read whole is refused, not half deployed.
+    check_revision(request.spec_version).map_err(|too_new| {
+        ApiFailure::conflict("agent.incompatible", too_new.to_string(), TooNew::HINT)
+    })?;
     check_name(&request.project).map_err(|why| invalid("project name", why))?;
     let mut seen = std::collections::BTreeSet::new();
     for service in &request.services {

@@ -449,6 +449,7 @@ async fn rollback(
         environment: target.environment.clone(),
         config_hash: target.config_hash.clone(),
         artifact,
+        spec_version: gantry_core::agent_api::v1::SPEC_VERSION,
         services: target.services.clone(),
         secrets: request.secrets,
         rollback_of: Some(target.id.clone()),

@@ -22,7 +22,7 @@ pub fn separate(request: &mut DeployRequest) -> Result<(), ApiFailure> {
     let known = Redactor::new(request.secrets.values().cloned());
     let mut moved: BTreeMap<String, (String, String)> = BTreeMap::new();
     for service in &mut request.services {
-        if let gantry_config::resolve::Workload::Process { run } = &service.workload
+        if let gantry_core::agent_api::v1::Workload::Process { run } = &service.workload
             && known.finds_in(run)
         {
             return Err(ApiFailure::invalid(
@@ -125,7 +125,7 @@ pub fn redact_releases(agent: &Agent, project: &str, releases: &mut [Release]) {
     let redactor = Redactor::new(read_secrets(&agent.paths.secrets(project)).into_values());
     for release in releases {
         for service in &mut release.services {
-            redactor.service(service);
+            redactor.spec(service);
         }
         release.reason = release.reason.as_deref().map(|r| redactor.text(r));
         for line in &mut release.log_tail {

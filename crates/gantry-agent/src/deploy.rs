@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use gantry_config::resolve::Service;
+use gantry_core::agent_api::ServiceSpec;
 use gantry_core::agent_api::{DeployRequest, DeployResult, InstanceState, Outcome, Phase, Release};
 
 use crate::agent::{Agent, now_ms};
@@ -29,7 +29,7 @@ pub trait Cutover: Send + Sync {
     fn switch<'a>(
         &'a self,
         agent: &'a Agent,
-        service: &'a Service,
+        service: &'a ServiceSpec,
         old_ports: &'a [u16],
     ) -> Switched<'a>;
 }
@@ -38,7 +38,7 @@ pub trait Cutover: Send + Sync {
 pub struct RecordOnly;
 
 impl Cutover for RecordOnly {
-    fn switch<'a>(&'a self, _: &'a Agent, _: &'a Service, _: &'a [u16]) -> Switched<'a> {
+    fn switch<'a>(&'a self, _: &'a Agent, _: &'a ServiceSpec, _: &'a [u16]) -> Switched<'a> {
         Box::pin(std::future::ready(Ok(())))
     }
 }
@@ -244,7 +244,7 @@ async fn roll_service(
     agent: &Agent,
     timer: &mut Timer<'_>,
     release: &Release,
-    service: &Service,
+    service: &ServiceSpec,
     cutover: &dyn Cutover,
 ) -> Result<(), StartFailure> {
     let project = release.project.clone();
@@ -361,7 +361,7 @@ async fn roll_service(
 }
 
 /// Stops a service's instances side by side.
-async fn stop_all(agent: &Agent, records: &[InstanceRecord], service: &Service) {
+async fn stop_all(agent: &Agent, records: &[InstanceRecord], service: &ServiceSpec) {
     let stops = records.iter().map(|record| async {
         let fresh = refreshed(agent, record).await;
         instance::stop(

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use gantry_config::resolve::Service;
+use gantry_core::agent_api::ServiceSpec;
 use gantry_core::agent_api::{InstanceState, ProxyInfo};
 use gantry_proxy::{DrainReport, DrainRequest, Health};
 use http_body_util::{BodyExt, Full};
@@ -480,7 +480,7 @@ impl Cutover for ProxyCutover {
     fn switch<'a>(
         &'a self,
         agent: &'a Agent,
-        service: &'a Service,
+        service: &'a ServiceSpec,
         old_ports: &'a [u16],
     ) -> crate::deploy::Switched<'a> {
         Box::pin(async move {

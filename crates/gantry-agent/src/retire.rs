@@ -6,15 +6,15 @@
 
 use std::time::Duration;
 
-use gantry_config::resolve::Service;
 use gantry_core::agent_api::InstanceState;
+use gantry_core::agent_api::ServiceSpec;
 
 use crate::agent::Agent;
 use crate::deploy::{is_active, refreshed};
 use crate::{instance, proxy};
 
 /// Stops the services of `project` not in `kept`; their names, sorted.
-pub async fn removed_services(agent: &Agent, project: &str, kept: &[Service]) -> Vec<String> {
+pub async fn removed_services(agent: &Agent, project: &str, kept: &[ServiceSpec]) -> Vec<String> {
     let p = project.to_owned();
     let kept: Vec<String> = kept.iter().map(|s| s.name.clone()).collect();
     let found = agent

@@ -17,8 +17,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
-use gantry_config::resolve::{Route as Declared, Service};
 use gantry_core::agent_api::InstanceState;
+use gantry_core::agent_api::ServiceSpec;
+use gantry_core::agent_api::v1::Route as Declared;
 use gantry_proxy::{Route, RouteTable, TableError, Tls};
 
 use crate::store::{Store, StoreError};
@@ -29,7 +30,7 @@ struct Serving {
     /// Its release's number: the higher one wins a route within a project.
     number: u64,
     environment: String,
-    spec: Service,
+    spec: ServiceSpec,
     upstreams: Vec<SocketAddr>,
 }
 
@@ -91,7 +92,7 @@ pub fn admit(
     store: &mut Store,
     project: &str,
     environment: &str,
-    services: &[Service],
+    services: &[ServiceSpec],
 ) -> Result<(), Refusal> {
     let others: Vec<Serving> = serving(store)?
         .into_iter()

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gantry_config::model::Restart;
-use gantry_config::resolve::Service;
+use gantry_core::agent_api::ServiceSpec;
+use gantry_core::agent_api::v1::Restart;
 use gantry_core::agent_api::{Exit, InstanceState};
 use rand::RngExt;
 
@@ -34,7 +34,7 @@ struct Memory {
     next_probe: HashMap<String, Instant>,
     /// When each instance was first seen without its process.
     gone_since: HashMap<String, Instant>,
-    specs: HashMap<(String, String), (Service, PathBuf)>,
+    specs: HashMap<(String, String), (ServiceSpec, PathBuf)>,
 }
 
 pub async fn run(agent: Arc<Agent>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -68,7 +68,7 @@ async fn spec(
     agent: &Agent,
     memory: &mut Memory,
     record: &InstanceRecord,
-) -> Option<(Service, PathBuf)> {
+) -> Option<(ServiceSpec, PathBuf)> {
     let key = (
         record.release.clone(),
         format!("{}/{}", record.project, record.service),
@@ -146,7 +146,12 @@ fn exit_pending(agent: &Agent, memory: &mut Memory, record: &InstanceRecord) -> 
     pending
 }
 
-async fn exited(agent: &Agent, memory: &mut Memory, record: &InstanceRecord, service: &Service) {
+async fn exited(
+    agent: &Agent,
+    memory: &mut Memory,
+    record: &InstanceRecord,
+    service: &ServiceSpec,
+) {
     let exit = instance::exit_of(agent, &record.id).unwrap_or(Exit {
         code: None,
         signal: None,
@@ -216,7 +221,7 @@ async fn restart(
     agent: &Agent,
     memory: &mut Memory,
     record: &InstanceRecord,
-    service: &Service,
+    service: &ServiceSpec,
     cwd: &Path,
 ) {
     memory.next_attempt.remove(&record.id);
@@ -244,7 +249,7 @@ fn probe(
     agent: &Arc<Agent>,
     memory: &mut Memory,
     record: &InstanceRecord,
-    service: &Service,
+    service: &ServiceSpec,
     cwd: PathBuf,
 ) {
     let now = Instant::now();

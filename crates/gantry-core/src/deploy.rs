@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::agent_api::{
     DeployRequest, LockHolder, LockRelease, LockRequest, Outcome, Release, RollbackRequest,
-    ServiceStatus,
+    ServiceSpec, ServiceStatus,
 };
 use crate::artifact;
 use crate::config::resolve::{Host as HostSpec, Service, Workload};
@@ -457,7 +457,8 @@ impl HostPlan<'_> {
             environment: self.environment.to_owned(),
             config_hash,
             artifact: self.scan.artifact.clone(),
-            services: services.to_vec(),
+            spec_version: crate::agent_api::v1::SPEC_VERSION,
+            services: services.iter().map(ServiceSpec::from).collect(),
             secrets: self.secrets.clone(),
             rollback_of: None,
         };

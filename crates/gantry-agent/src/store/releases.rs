@@ -5,6 +5,7 @@ use gantry_core::agent_api::Release;
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::codec::{Json, Named, json};
+use super::service_row::{ServiceRow, from_rows, to_rows};
 use super::{Store, StoreError, is_unique_violation};
 
 const COLUMNS: &str = "id, number, project, environment, config_hash, artifact_digest, \
@@ -24,13 +25,19 @@ impl Store {
     /// Records a new release. Its id and its number within the project must
     /// be new; `rollback_of`, when set, must name a release of the project.
     pub fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
-        if let Some(of) = &release.rollback_of
-            && self.release_by_id(&release.project, of)?.is_none()
-        {
-            return Err(StoreError::UnknownRelease {
-                project: release.project.clone(),
-                release: of.clone(),
-            });
+        self.insert_release_with(release, json("services", &to_rows(&release.services))?)
+    }
+
+    /// Inserts a release as agents before schema 4 did: its services in
+    /// format 1, the wire's JSON. For tests of the migrations.
+    #[cfg(test)]
+    pub(super) fn insert_release_as_format_1(&self, release: &Release) -> Result<(), StoreError> {
+        self.insert_release_with(release, json("services", &release.services)?)
+    }
+
+    fn insert_release_with(&self, release: &Release, services: String) -> Result<(), StoreError> {
+        if let Some(of) = &release.rollback_of {
+            require_release(&self.conn, &release.project, of)?;
         }
         let inserted = self.conn.execute(
             &format!(
@@ -50,7 +57,7 @@ impl Store {
                 release.reason,
                 json("log_tail", &release.log_tail)?,
                 json("phases", &release.phases)?,
-                json("services", &release.services)?,
+                services,
             ],
         );
         match inserted {
@@ -223,19 +230,19 @@ fn read_release(row: &Row<'_>) -> rusqlite::Result<Release> {
         reason: row.get("reason")?,
         log_tail: row.get::<_, Json<_>>("log_tail")?.0,
         phases: row.get::<_, Json<_>>("phases")?.0,
-        services: row.get::<_, Json<_>>("services")?.0,
+        services: from_rows(row.get::<_, Json<Vec<ServiceRow>>>("services")?.0),
     })
 }
 
 #[cfg(test)]
 pub(super) mod tests {
+    use gantry_core::agent_api::ServiceSpec;
     use gantry_core::agent_api::{Outcome, Phase};
-    use gantry_core::config::resolve::Service;
 
     use super::*;
 
-    /// A resolved service as the config crate would produce it, secret names only.
-    pub(crate) fn service(name: &str) -> Service {
+    /// A service as the CLI sends it, secret names only.
+    pub(crate) fn service(name: &str) -> ServiceSpec {
         serde_json::from_value(serde_json::json!({
             "name": name,
             "driver": "process",
