@@ -84,14 +84,14 @@ pub async fn port_for(
         Some(Port::Fixed(port)) => Ok(Some(*port)),
         Some(Port::Named(_)) => {
             let id = id.to_owned();
-            let store = std::sync::Arc::clone(&agent.store);
+            let store = agent.store.clone();
             let mut ports = agent
                 .ports
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone();
             let port = tokio::task::spawn_blocking(move || {
-                let store = store.lock().unwrap_or_else(|p| p.into_inner());
+                let store = store.lock();
                 ports.allocate(&store, &id).map_err(|e| e.to_string())
             })
             .await
@@ -415,6 +415,17 @@ pub fn stderr_tail(agent: &Agent, project: &str, instance: &str, n: usize) -> Ve
         .map(|(_, _, line)| line)
         .collect();
     stderr[stderr.len().saturating_sub(n)..].to_vec()
+}
+
+/// The instance as the store has it now (with its pid, once launched).
+pub(crate) async fn refreshed(agent: &Agent, record: &InstanceRecord) -> InstanceRecord {
+    let id = record.id.clone();
+    agent
+        .db(move |s| s.instance(&id))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| record.clone())
 }
 
 /// An instance id: service, release and replica, readable in `ps` and logs.

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
+use gantry_core::Code;
 use gantry_core::agent_api::InstanceState;
 use gantry_core::agent_api::ServiceSpec;
 use gantry_core::agent_api::v1::Route as Declared;
@@ -50,11 +51,13 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn code(&self) -> &'static str {
+    /// The code the API answers with: a store that failed is `agent.store`,
+    /// as every store failure is.
+    pub fn code(&self) -> Code {
         match self {
-            Refusal::Taken { .. } => "routes.taken",
-            Refusal::Table(_) => "routes.refused",
-            Refusal::Store(e) => e.code(),
+            Refusal::Taken { .. } => Code::RoutesTaken,
+            Refusal::Table(_) => Code::RoutesRefused,
+            Refusal::Store(_) => Code::AgentStore,
         }
     }
 
@@ -249,7 +252,7 @@ fn serving(store: &mut Store) -> Result<Vec<Serving>, StoreError> {
                 .filter(|i| {
                     i.service == service
                         && i.release == release
-                        && crate::deploy::is_active(i.state)
+                        && i.is_active()
                         && i.state != InstanceState::Draining
                         && i.port.is_some()
                 })

@@ -121,7 +121,7 @@ async fn tend(agent: &Arc<Agent>, memory: &mut Memory, record: InstanceRecord) {
 /// came back to it, so the proxy never routes to a dead instance for long.
 fn reroute(agent: &Arc<Agent>) {
     let agent = Arc::clone(agent);
-    tokio::spawn(async move { crate::proxy::refresh(&agent).await });
+    tokio::spawn(async move { agent.proxy.refresh().await });
 }
 
 /// Whether the relay of an instance whose process is gone has yet to write
@@ -305,7 +305,7 @@ fn probe(
         if healthy != record.healthy {
             let id = record.id.clone();
             let _ = agent.db(move |s| s.set_instance_health(&id, healthy)).await;
-            crate::proxy::refresh(&agent).await;
+            agent.proxy.refresh().await;
         }
     });
 }

@@ -25,6 +25,7 @@ mod schema;
 mod service_row;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use gantry_core::clock::now_ms;
@@ -148,6 +149,37 @@ impl Store {
         Ok(self
             .conn
             .pragma_query_value(None, "journal_mode", |row| row.get(0))?)
+    }
+}
+
+/// The store as the agent's tasks share it: each call runs on the blocking
+/// pool, one at a time, so no runtime thread ever waits on SQLite.
+#[derive(Clone, Debug)]
+pub struct SharedStore(Arc<Mutex<Store>>);
+
+impl SharedStore {
+    pub fn new(store: Store) -> SharedStore {
+        SharedStore(Arc::new(Mutex::new(store)))
+    }
+
+    /// Runs `f` with the store on the blocking pool.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || f(&mut store.lock())).await {
+            Ok(result) => result,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+
+    /// The store itself, for code already on the blocking pool.
+    pub fn lock(&self) -> MutexGuard<'_, Store> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -1,4 +1,4 @@
-//! Ports leased to instances, for [`crate::ports::PortAllocator`]. A lease
+//! Ports leased to instances, for the port allocator (`ports`). A lease
 //! outlives the agent process, so a restarted agent never hands out a port
 //! it already gave to a running instance.
 
