@@ -109,92 +109,10 @@ async fn deploy(
         phases: &mut phases,
     };
 
-    // The files first: nothing is recorded until the release can run.
-    let digests: Vec<String> = request
-        .artifact
-        .files
-        .iter()
-        .map(|f| f.digest.clone())
-        .collect();
-    let missing = agent.blobs.missing(&digests);
-    if !missing.is_empty() {
-        return Err(AgentError::invalid(
-            Code::ArtifactIncomplete,
-            format!(
-                "{} blob(s) of the artifact were not uploaded",
-                missing.len()
-            ),
-            "upload them with PUT /v1/blobs/{digest} first",
-        ));
-    }
-    // The routes and the release's id before any file: a deploy refused
-    // here leaves nothing behind.
-    {
-        let (p, environment, services) = (
-            project.clone(),
-            request.environment.clone(),
-            request.services.clone(),
-        );
-        agent
-            .db(move |s| Ok(crate::routes::admit(s, &p, &environment, &services)))
-            .await?
-            .map_err(|refusal| match refusal {
-                Refusal::Store(e) => AgentError::store(e),
-                refusal => {
-                    AgentError::conflict(refusal.code(), refusal.to_string(), refusal.hint())
-                }
-            })?;
-    }
-    let number = {
-        let p = project.clone();
-        agent
-            .db(move |s| {
-                let number = s.next_release_number(&p)?;
-                match s.release(&p, &format!("r{number}"))? {
-                    Some(taken) => Err(StoreError::ReleaseExists {
-                        project: p,
-                        id: taken.id,
-                        number: taken.number,
-                    }),
-                    None => Ok(number),
-                }
-            })
-            .await
-            .map_err(|e| match e {
-                e @ StoreError::ReleaseExists { .. } => AgentError::conflict(
-                    Code::ReleaseExists,
-                    e.to_string(),
-                    "deploy again; if this repeats, the agent's store needs repair",
-                ),
-                e => AgentError::store(e),
-            })?
-    };
-    let dir = instance::release_dir(agent, &project, &request.artifact.digest);
-    {
-        let artifact = request.artifact.clone();
-        let blobs = agent.blobs.clone();
-        let dest = dir.clone();
-        timer
-            .time("materialize", None, async move {
-                tokio::task::spawn_blocking(move || artifact::materialize(&artifact, &blobs, &dest))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
-            })
-            .await
-            .map_err(|e| {
-                AgentError::failed(
-                    Code::ArtifactFailed,
-                    format!("cannot unpack the artifact: {e}"),
-                )
-            })?;
-    }
-    crate::credentials::write_secrets(&agent.paths, &project, &request).map_err(|e| {
-        AgentError::failed(
-            Code::SecretsFailed,
-            format!("cannot store the secrets file: {e}"),
-        )
-    })?;
+    // Refused here, a deploy leaves nothing behind.
+    admit(agent, &request).await?;
+    let number = next_number(agent, &project).await?;
+    unpack(agent, &mut timer, &request).await?;
 
     let artifact = request.artifact.clone();
     agent.db(move |s| s.record_artifact(&artifact)).await?;
@@ -244,6 +162,98 @@ async fn deploy(
         release,
         services,
         removed,
+    })
+}
+
+/// What must hold before anything of a deploy is written: every blob of
+/// the artifact is here, and the routes fit the host's route table.
+async fn admit(agent: &Agent, request: &DeployRequest) -> Result<(), AgentError> {
+    let digests: Vec<String> = request
+        .artifact
+        .files
+        .iter()
+        .map(|f| f.digest.clone())
+        .collect();
+    let missing = agent.blobs.missing(&digests);
+    if !missing.is_empty() {
+        return Err(AgentError::invalid(
+            Code::ArtifactIncomplete,
+            format!(
+                "{} blob(s) of the artifact were not uploaded",
+                missing.len()
+            ),
+            "upload them with PUT /v1/blobs/{digest} first",
+        ));
+    }
+    let (p, environment, services) = (
+        request.project.clone(),
+        request.environment.clone(),
+        request.services.clone(),
+    );
+    agent
+        .db(move |s| Ok(crate::routes::admit(s, &p, &environment, &services)))
+        .await?
+        .map_err(|refusal| match refusal {
+            Refusal::Store(e) => AgentError::store(e),
+            refusal => AgentError::conflict(refusal.code(), refusal.to_string(), refusal.hint()),
+        })
+}
+
+/// The number of the project's next release, whose id (`r<number>`) must be free.
+async fn next_number(agent: &Agent, project: &str) -> Result<u64, AgentError> {
+    let p = project.to_owned();
+    agent
+        .db(move |s| {
+            let number = s.next_release_number(&p)?;
+            match s.release(&p, &format!("r{number}"))? {
+                Some(taken) => Err(StoreError::ReleaseExists {
+                    project: p,
+                    id: taken.id,
+                    number: taken.number,
+                }),
+                None => Ok(number),
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            e @ StoreError::ReleaseExists { .. } => AgentError::conflict(
+                Code::ReleaseExists,
+                e.to_string(),
+                "deploy again; if this repeats, the agent's store needs repair",
+            ),
+            e => AgentError::store(e),
+        })
+}
+
+/// The release's files in place, and the project's secrets file written.
+async fn unpack(
+    agent: &Agent,
+    timer: &mut Timer<'_>,
+    request: &DeployRequest,
+) -> Result<(), AgentError> {
+    let project = &request.project;
+    let artifact = request.artifact.clone();
+    let blobs = agent.blobs.clone();
+    let dest = instance::release_dir(agent, project, &request.artifact.digest);
+    timer
+        .time("materialize", None, async move {
+            tokio::task::spawn_blocking(move || artifact::materialize(&artifact, &blobs, &dest))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+        })
+        .await
+        .map_err(|e| {
+            AgentError::failed(
+                Code::ArtifactFailed,
+                format!("cannot unpack the artifact: {e}"),
+            )
+        })?;
+    crate::credentials::write_secrets(&agent.paths, project, request).map_err(|e| {
+        AgentError::failed(
+            Code::SecretsFailed,
+            format!("cannot store the secrets file: {e}"),
+        )
     })
 }
 
