@@ -153,6 +153,7 @@ impl Agent {
             started_at: self.started_at,
             limits: self.cgroups.mode().to_string(),
             proxy: self.settings.proxy_listen.map(|a| a.to_string()),
+            spec_version: gantry_core::agent_api::v1::SPEC_VERSION,
         }
     }
 }

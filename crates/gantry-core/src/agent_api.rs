@@ -28,6 +28,11 @@ pub struct AgentInfo {
     /// Where its reverse proxy takes plain HTTP, when it runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
+    /// The newest service spec revision it reads ([`v1::SPEC_VERSION`]);
+    /// absent from agents before revisions, which read revision 1. A CLI
+    /// can tell from it, before any upload, that a deploy needs a newer agent.
+    #[serde(default = "v1::first_revision")]
+    pub spec_version: u32,
 }
 
 /// One file of an artifact: its path inside the artifact and the sha256 of its bytes.

@@ -15,6 +15,10 @@
 //!   [`SPEC_VERSION`]; the deploy request carries its revision, and an
 //!   agent refuses a revision above its own with `agent.incompatible`
 //!   ([`check_revision`]) instead of deploying half of what was asked.
+//!   The CLI should send the lowest revision its services need, so a deploy
+//!   that uses nothing new still reaches older agents; an agent's
+//!   `AgentInfo::spec_version` says which it reads (1 when absent: agents
+//!   from before revisions, which ignore unknown fields and check nothing).
 
 use std::collections::BTreeMap;
 
@@ -454,6 +458,22 @@ health = { tcp = true }
         let read: ServiceSpec = serde_json::from_value(json).expect("an unknown field is ignored");
         assert_eq!(read.stop_timeout.as_millis(), 30_000);
         assert_eq!(read.resources.memory.map(Size::bytes), Some(256 << 20));
+    }
+
+    #[test]
+    fn requests_and_agents_from_before_revisions_are_revision_1() {
+        let info: crate::agent_api::AgentInfo = serde_json::from_value(serde_json::json!({
+            "version": "0.1.0", "pid": 1, "state_dir": "/var/lib/gantry",
+            "started_at": 0, "limits": "none",
+        }))
+        .expect("an older agent's health answer");
+        assert_eq!(info.spec_version, 1);
+        let request: crate::agent_api::DeployRequest = serde_json::from_value(serde_json::json!({
+            "project": "shop", "environment": "prod", "config_hash": "",
+            "artifact": {"digest": "", "files": []}, "services": [], "secrets": {},
+        }))
+        .expect("an older CLI's deploy");
+        assert_eq!(request.spec_version, 1);
     }
 
     #[test]
