@@ -81,8 +81,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A stable code, in the style of `gantry_core::CODES`.
-    pub fn code(&self) -> &'static str {
+    /// What went wrong, as a short name for tests to match on; the API
+    /// answers every store failure as `agent.store`.
+    #[cfg(test)]
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             StoreError::Open { .. } => "store.open_failed",
             StoreError::Migration(_) => "store.migration_failed",
@@ -133,7 +135,8 @@ impl Store {
     }
 
     /// A private store in memory, for tests.
-    pub fn open_in_memory() -> Result<Store, StoreError> {
+    #[cfg(test)]
+    pub(crate) fn open_in_memory() -> Result<Store, StoreError> {
         Store::prepare(Connection::open_in_memory()?)
     }
 
@@ -145,7 +148,8 @@ impl Store {
     }
 
     /// SQLite's journal mode: `wal` for a store on disk.
-    pub fn journal_mode(&self) -> Result<String, StoreError> {
+    #[cfg(test)]
+    pub(crate) fn journal_mode(&self) -> Result<String, StoreError> {
         Ok(self
             .conn
             .pragma_query_value(None, "journal_mode", |row| row.get(0))?)
@@ -158,7 +162,7 @@ impl Store {
 pub struct SharedStore(Arc<Mutex<Store>>);
 
 impl SharedStore {
-    pub fn new(store: Store) -> SharedStore {
+    pub(crate) fn new(store: Store) -> SharedStore {
         SharedStore(Arc::new(Mutex::new(store)))
     }
 
@@ -176,7 +180,7 @@ impl SharedStore {
     }
 
     /// The store itself, for code already on the blocking pool.
-    pub fn lock(&self) -> MutexGuard<'_, Store> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Store> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

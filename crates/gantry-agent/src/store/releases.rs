@@ -13,7 +13,7 @@ const COLUMNS: &str = "id, number, project, environment, config_hash, artifact_d
 
 impl Store {
     /// The number the project's next release takes: one more than its highest.
-    pub fn next_release_number(&self, project: &str) -> Result<u64, StoreError> {
+    pub(crate) fn next_release_number(&self, project: &str) -> Result<u64, StoreError> {
         let highest: Option<u64> = self.conn.query_row(
             "SELECT max(number) FROM releases WHERE project = ?1",
             [project],
@@ -24,7 +24,7 @@ impl Store {
 
     /// Records a new release. Its id and its number within the project must
     /// be new; `rollback_of`, when set, must name a release of the project.
-    pub fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
+    pub(crate) fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
         self.insert_release_with(release, json("services", &to_rows(&release.services))?)
     }
 
@@ -73,7 +73,7 @@ impl Store {
 
     /// Saves what a deploy learned about a release: its outcome, reason, log
     /// tail and phases. Everything else about a release is immutable.
-    pub fn update_release(&self, release: &Release) -> Result<(), StoreError> {
+    pub(crate) fn update_release(&self, release: &Release) -> Result<(), StoreError> {
         let updated = self.conn.execute(
             "UPDATE releases SET outcome = ?3, reason = ?4, log_tail = ?5, phases = ?6 \
              WHERE project = ?1 AND id = ?2",
@@ -98,7 +98,7 @@ impl Store {
     /// One release of a project. `id` is a release id or, for convenience at
     /// the command line, a release number: `3` or `r3`. An exact id wins over
     /// a number.
-    pub fn release(&self, project: &str, id: &str) -> Result<Option<Release>, StoreError> {
+    pub(crate) fn release(&self, project: &str, id: &str) -> Result<Option<Release>, StoreError> {
         if let Some(release) = self.release_by_id(project, id)? {
             return Ok(Some(release));
         }
@@ -127,7 +127,7 @@ impl Store {
     }
 
     /// Every release of a project, newest first.
-    pub fn releases(&self, project: &str) -> Result<Vec<Release>, StoreError> {
+    pub(crate) fn releases(&self, project: &str) -> Result<Vec<Release>, StoreError> {
         self.query_releases(
             &format!("SELECT {COLUMNS} FROM releases WHERE project = ?1 ORDER BY number DESC"),
             params![project],
@@ -135,7 +135,8 @@ impl Store {
     }
 
     /// The project's newest release that succeeded.
-    pub fn latest_succeeded(&self, project: &str) -> Result<Option<Release>, StoreError> {
+    #[cfg(test)]
+    pub(crate) fn latest_succeeded(&self, project: &str) -> Result<Option<Release>, StoreError> {
         self.conn
             .query_row(
                 &format!(
@@ -163,7 +164,8 @@ impl Store {
     }
 
     /// [`Store::deploying`] for one project.
-    pub fn deploying_in(&self, project: &str) -> Result<Vec<Release>, StoreError> {
+    #[cfg(test)]
+    pub(crate) fn deploying_in(&self, project: &str) -> Result<Vec<Release>, StoreError> {
         self.query_releases(
             &format!(
                 "SELECT {COLUMNS} FROM releases WHERE outcome = 'deploying' AND project = ?1 \
