@@ -112,24 +112,23 @@ impl Proxy {
     /// Starts the proxy, or reuses the one that answers on its control socket;
     /// logs a warning and leaves the host without a proxy when it cannot run.
     pub(crate) async fn start(&self) {
-        let proxy = self;
-        let Some(listen) = proxy.listen else {
+        let Some(listen) = self.listen else {
             return;
         };
-        if let Some(running) = health(&proxy.socket).await {
-            proxy.up.store(true, Ordering::SeqCst);
+        if let Some(running) = health(&self.socket).await {
+            self.up.store(true, Ordering::SeqCst);
             let ours = gantry_proxy::running_binary();
             if !running.binary.is_empty() && !ours.is_empty() && running.binary != ours {
                 tracing::info!(
                     pid = running.pid,
                     "the proxy runs another gantry binary; handing its listeners to a new one"
                 );
-                let _one = proxy.updating.lock().await;
+                let _one = self.updating.lock().await;
                 if let Err(e) = self.hand_over(listen).await {
                     tracing::warn!(error = %e, "cannot restart the proxy; keeping the running one");
                 }
             } else {
-                tracing::info!(socket = %proxy.socket.display(), pid = running.pid, "reusing the running proxy");
+                tracing::info!(socket = %self.socket.display(), pid = running.pid, "reusing the running proxy");
             }
             self.refresh().await;
             return;
@@ -143,18 +142,18 @@ impl Proxy {
         };
         let pid = child.id();
         let _ = std::fs::write(self.paths.proxy_pid(), pid.to_string());
-        *proxy.child() = Some(child);
+        *self.child() = Some(child);
         let deadline = tokio::time::Instant::now() + START_DEADLINE;
         loop {
-            if healthy(&proxy.socket).await {
+            if healthy(&self.socket).await {
                 break;
             }
-            let exited = proxy
+            let exited = self
                 .child()
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
             if let Some(status) = exited {
-                *proxy.child() = None;
+                *self.child() = None;
                 tracing::warn!(%listen, %status, log = %self.paths.proxy_log().display(),
                 "the proxy did not start (is the port taken?); running without one");
                 return;
@@ -167,7 +166,7 @@ impl Proxy {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         tracing::info!(%listen, pid, "proxy started");
-        proxy.up.store(true, Ordering::SeqCst);
+        self.up.store(true, Ordering::SeqCst);
         self.refresh().await;
     }
 
@@ -211,22 +210,21 @@ impl Proxy {
     /// sockets of the running one (no connection is refused), or one starts if
     /// none runs.
     pub(crate) async fn restart(&self) -> Result<ProxyInfo, AgentError> {
-        let proxy = self;
-        let Some(listen) = proxy.listen else {
+        let Some(listen) = self.listen else {
             return Err(Self::no_proxy());
         };
-        let previous = health(&proxy.socket).await.map(|h| h.pid);
+        let previous = health(&self.socket).await.map(|h| h.pid);
         if previous.is_none() {
             self.start().await;
         } else {
             let handed = {
-                let _one = proxy.updating.lock().await;
+                let _one = self.updating.lock().await;
                 self.hand_over(listen).await
             };
             handed.map_err(|e| AgentError::failed(Code::ProxyRestartFailed, e))?;
             self.refresh().await;
         }
-        let now = health(&proxy.socket).await;
+        let now = health(&self.socket).await;
         if now.is_none() {
             return Err(AgentError::failed(
                 Code::ProxyRestartFailed,
@@ -242,14 +240,13 @@ impl Proxy {
     /// `POST /v1/proxy/stop`: stops the proxy and waits until its process is
     /// gone; the agent starts none until `restart` or its own next start.
     pub(crate) async fn stop(&self) -> Result<ProxyInfo, AgentError> {
-        let proxy = self;
-        if proxy.listen.is_none() {
+        if self.listen.is_none() {
             return Err(Self::no_proxy());
         }
-        let _one = proxy.updating.lock().await;
-        proxy.up.store(false, Ordering::SeqCst);
-        let running = health(&proxy.socket).await.map(|h| h.pid);
-        let child = proxy.child().take();
+        let _one = self.updating.lock().await;
+        self.up.store(false, Ordering::SeqCst);
+        let running = health(&self.socket).await.map(|h| h.pid);
+        let child = self.child().take();
         let pid = running.or_else(|| child.as_ref().map(std::process::Child::id));
         if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
             let _ = nix::sys::signal::kill(
@@ -311,14 +308,13 @@ impl Proxy {
     /// control socket in place of the old one. Call with `updating` held, so no
     /// route table goes to a process on its way out.
     async fn hand_over(&self, listen: SocketAddr) -> Result<u32, String> {
-        let proxy = self;
         let mut child = self
             .spawn(listen, true)
             .map_err(|e| format!("cannot start the new proxy: {e}"))?;
         let pid = child.id();
         let deadline = tokio::time::Instant::now() + START_DEADLINE + START_DEADLINE;
         loop {
-            if health(&proxy.socket).await.is_some_and(|h| h.pid == pid) {
+            if health(&self.socket).await.is_some_and(|h| h.pid == pid) {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -337,13 +333,13 @@ impl Proxy {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        let old = proxy.child().replace(child);
+        let old = self.child().replace(child);
         if let Some(mut old) = old {
             // It exits once its open requests are done: reap it then.
             tokio::task::spawn_blocking(move || old.wait());
         }
         let _ = std::fs::write(self.paths.proxy_pid(), pid.to_string());
-        proxy.up.store(true, Ordering::SeqCst);
+        self.up.store(true, Ordering::SeqCst);
         tracing::info!(%listen, pid, "proxy restarted by listener handoff");
         Ok(pid)
     }
@@ -355,23 +351,22 @@ impl Proxy {
                 () = tokio::time::sleep(CHECK_EVERY) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let proxy = self;
-            if !proxy.up.load(Ordering::SeqCst) {
+            if !self.up.load(Ordering::SeqCst) {
                 continue;
             }
             let gone = {
-                let mut child = proxy.child();
+                let mut child = self.child();
                 match child.as_mut() {
                     // Ours: gone once it exited.
                     Some(c) => c.try_wait().ok().flatten().is_some(),
                     None => false,
                 }
             };
-            let gone = gone || (proxy.child().is_none() && !healthy(&proxy.socket).await);
+            let gone = gone || (self.child().is_none() && !healthy(&self.socket).await);
             if gone {
                 tracing::warn!("the proxy stopped; starting it again");
-                proxy.up.store(false, Ordering::SeqCst);
-                *proxy.child() = None;
+                self.up.store(false, Ordering::SeqCst);
+                *self.child() = None;
                 self.start().await;
             }
         }

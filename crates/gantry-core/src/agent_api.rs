@@ -460,7 +460,7 @@ pub struct ServiceUser {
     pub groups: Vec<u32>,
 }
 
-/// How a service's command is confined (see `gantry_agent::process::confine`).
+/// How a service's command is confined (see `gantry_agent::confine`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Confinement {
     /// Switch to this user before exec; `None` keeps the caller's.
