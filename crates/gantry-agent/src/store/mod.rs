@@ -442,8 +442,9 @@ mod tests {
          "health": {"kind": "tcp", "interval": "1s", "timeout": "2s", "retries": 3,
                     "start_period": "0s"},
          "routes": [], "replicas": 1, "env": {}, "secrets": [], "resources": {},
-         "depends_on": [], "volumes": [], "stop_timeout": "10s", "restart": "never",
-         "run_as_root": true}
+         "depends_on": [], "hosts": ["web-1"], "migrate": {"pre": "bin/worker migrate"},
+         "volumes": ["data:/var/lib/worker"], "backup": {"schedule": "0 3 * * *", "keep": 7},
+         "stop_timeout": "10s", "restart": "never", "run_as_root": true}
     ]"#;
 
     /// A store file at schema 3 holding one release of `shop` whose
