@@ -30,6 +30,26 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
 }
 
+impl DaemonError {
+    /// The code `gantry agent` exits with: another agent holds the state
+    /// directory, or the agent failed.
+    pub fn code(&self) -> gantry_core::Code {
+        match self {
+            DaemonError::Locked { .. } => gantry_core::Code::AgentLocked,
+            DaemonError::Io { .. } | DaemonError::Store(_) => gantry_core::Code::AgentError,
+        }
+    }
+
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            DaemonError::Locked { .. } => {
+                Some("stop it with `gantry agent stop`, or use another --state-dir")
+            }
+            DaemonError::Io { .. } | DaemonError::Store(_) => None,
+        }
+    }
+}
+
 fn io(
     action: &'static str,
     path: impl Into<PathBuf>,

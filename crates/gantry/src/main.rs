@@ -30,23 +30,13 @@ fn run_agent(
     if let Some(https) = proxy_https {
         settings.proxy_https = https.0;
     }
-    gantry_agent::run(state_dir.to_owned(), settings).map_err(|e| {
-        let (code, exit, hint) = match &e {
-            gantry_agent::DaemonError::Locked { .. } => (
-                "agent.locked",
-                gantry_core::ExitClass::Conflict,
-                Some("stop it with `gantry agent stop`, or use another --state-dir".to_owned()),
-            ),
-            _ => ("agent.error", gantry_core::ExitClass::Failed, None),
-        };
-        Failure {
-            code,
-            exit: exit.code(),
-            message: e.to_string(),
-            hint,
-            diagnostics: None,
-            details: None,
-        }
+    gantry_agent::run(state_dir.to_owned(), settings).map_err(|e| Failure {
+        code: e.code().as_str(),
+        exit: e.code().exit_class().code(),
+        message: e.to_string(),
+        hint: e.hint().map(str::to_owned),
+        diagnostics: None,
+        details: None,
     })
 }
 
