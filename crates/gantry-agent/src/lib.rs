@@ -13,6 +13,7 @@ pub mod artifact;
 pub mod credentials;
 pub mod daemon;
 pub mod deploy;
+pub mod exec;
 pub mod health;
 pub mod instance;
 pub mod isolation;

@@ -12,6 +12,6 @@ mod ssh;
 mod trace;
 
 pub use agent::{Agent, Transport};
-pub use bridge::bridge;
+pub use bridge::agent_connect;
 pub use local::{Local, LocalAgent};
 pub use ssh::{Shell, Ssh, SshAgent, SshOptions, classify};

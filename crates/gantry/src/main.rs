@@ -1,21 +1,14 @@
 //! The gantry binary: wires the concrete parts (the agent, its relay, the
 //! local transport) into the CLI and runs it. Nothing else happens here.
 
-mod exec;
-
-use std::ops::RangeInclusive;
 use std::path::Path;
 use std::process::ExitCode;
 
-use gantry_cli::{Failure, Wiring};
+use gantry_cli::{AgentOptions, Failure, Wiring};
+use gantry_core::Code;
 use gantry_core::host::{Host, HostError};
 
-fn run_agent(
-    state_dir: &Path,
-    ports: Option<RangeInclusive<u16>>,
-    proxy_listen: Option<gantry_cli::ProxyListen>,
-    proxy_https: Option<gantry_cli::ProxyListen>,
-) -> Result<(), Failure> {
+fn run_agent(state_dir: &Path, options: &AgentOptions) -> Result<(), Failure> {
     let mut settings = gantry_agent::agent::Settings::default();
     // Its own log is capped as its services' logs are.
     let log = gantry_agent::agent_log::AgentLog::of_stderr(
@@ -23,33 +16,22 @@ fn run_agent(
         settings.log_max_bytes,
         settings.log_keep,
     );
-    init_tracing(log);
-    if let Some(ports) = ports {
-        settings.ports = ports;
+    init_tracing(log, options.verbose);
+    if let Some(ports) = &options.ports {
+        settings.ports = ports.clone();
     }
-    if let Some(listen) = proxy_listen {
+    if let Some(listen) = options.proxy_listen {
         settings.proxy_listen = listen.0;
     }
-    if let Some(https) = proxy_https {
+    if let Some(https) = options.proxy_https {
         settings.proxy_https = https.0;
     }
-    gantry_agent::daemon::run(state_dir.to_owned(), settings).map_err(|e| {
-        let (code, exit, hint) = match &e {
-            gantry_agent::daemon::DaemonError::Locked { .. } => (
-                "agent.locked",
-                gantry_core::ExitClass::Conflict,
-                Some("stop it with `gantry agent stop`, or use another --state-dir".to_owned()),
-            ),
-            _ => ("agent.error", gantry_core::ExitClass::Failed, None),
-        };
-        Failure {
-            code,
-            exit: exit.code(),
-            message: e.to_string(),
-            hint,
-            diagnostics: None,
-            details: None,
+    gantry_agent::daemon::run(state_dir.to_owned(), settings).map_err(|e| match &e {
+        gantry_agent::daemon::DaemonError::Locked { .. } => {
+            Failure::new(Code::AgentLocked, e.to_string())
+                .with_hint("stop it with `gantry agent stop`, or use another --state-dir")
         }
+        _ => Failure::new(Code::AgentError, e.to_string()),
     })
 }
 
@@ -74,30 +56,14 @@ fn run_proxy(state_dir: &Path, options: &gantry_cli::ProxyOptions) -> Result<(),
         max_per_client: usize::try_from(options.max_connections_per_client).unwrap_or(usize::MAX),
         ..gantry_proxy::ClientLimits::default()
     };
-    config.trusted_proxies = options
-        .trusted_proxies
-        .iter()
-        .map(|text| text.trim().parse())
-        .collect::<Result<_, String>>()
-        .map_err(|message| Failure {
-            code: "usage",
-            exit: gantry_core::ExitClass::Usage.code(),
-            message: format!("--trusted-proxy: {message}"),
-            hint: Some("give an address or a network, like 10.0.0.0/8 or 2001:db8::/32".to_owned()),
-            diagnostics: None,
-            details: None,
-        })?;
+    config.trusted_proxies = options.trusted_proxies.clone();
     config.log_file = options
         .log_file
         .clone()
         .map(|path| (path, options.log_max_bytes));
     gantry_proxy::run(config).map_err(|e| Failure {
-        code: "proxy.failed",
-        exit: gantry_core::ExitClass::Failed.code(),
         hint: e.hint(),
-        message: e.to_string(),
-        diagnostics: None,
-        details: None,
+        ..Failure::new(Code::ProxyFailed, e.to_string())
     })
 }
 
@@ -112,12 +78,8 @@ fn local_ca(state_dir: &Path) -> Result<gantry_cli::TrustReport, Failure> {
         &gantry_proxy::ProxyDir::new(proxy_state_dir(state_dir)).local_ca(),
     )
     .map_err(|e| Failure {
-        code: "tls.local_ca_failed",
-        exit: gantry_core::ExitClass::Failed.code(),
         hint: e.hint(),
-        message: e.to_string(),
-        diagnostics: None,
-        details: None,
+        ..Failure::new(Code::TlsLocalCaFailed, e.to_string())
     })?;
     Ok(gantry_cli::TrustReport {
         path: ca.cert_path(),
@@ -127,11 +89,22 @@ fn local_ca(state_dir: &Path) -> Result<gantry_cli::TrustReport, Failure> {
 }
 
 /// The agent logs to stderr, through `log` when that is its rotated log file
-/// (when started by the CLI); `RUST_LOG` tunes it.
-fn init_tracing(log: Option<gantry_agent::agent_log::AgentLog>) {
+/// (when started by the CLI); `RUST_LOG` tunes it, and `-v` (`-vv`) adds
+/// Gantry's own debug (trace) events, never another crate's.
+fn init_tracing(log: Option<gantry_agent::agent_log::AgentLog>, verbose: u8) {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let level = match verbose {
+        0 => None,
+        1 => Some("debug"),
+        _ => Some("trace"),
+    };
+    for krate in ["gantry_agent", "gantry_core", "gantry_proxy"] {
+        if let Some(directive) = level.and_then(|l| format!("{krate}={l}").parse().ok()) {
+            filter = filter.add_directive(directive);
+        }
+    }
     let writer = match log {
         Some(log) => BoxMakeWriter::new(std::sync::Mutex::new(log)),
         None => BoxMakeWriter::new(std::io::stderr),
@@ -215,73 +188,21 @@ fn exe(name: &str) -> Result<std::path::PathBuf, HostError> {
     })
 }
 
-/// How long `gantry agent connect` waits for a systemd unit's agent, which
-/// may be starting or restarting (`RestartSec=1`).
-const UNIT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// `gantry agent connect`: starts this machine's agent if none runs (or,
-/// when systemd runs it as `unit`, waits for it), then bridges stdin and
-/// stdout to its socket.
-fn bridge(state_dir: &Path, unit: Option<&str>) -> Result<(), Failure> {
-    let paths = gantry_core::agent_dir::Paths::new(state_dir);
-    let hint = match unit {
-        Some(unit) => format!(
-            "systemd runs it on this host: see `systemctl status {unit}` and `journalctl -u {unit}`"
-        ),
-        None => format!("see {} on this host", paths.agent_log().display()),
+/// `gantry agent exec`, its connections checked as served by `uid`.
+fn exec(
+    state_dir: &Path,
+    project: &str,
+    service: &str,
+    command: &[String],
+) -> Result<i32, gantry_core::Error> {
+    let connect = |dir: &Path, uid: u32| -> Result<Box<dyn Host>, HostError> {
+        Ok(Box::new(gantry_remote::LocalAgent::connect_served_by(
+            "local",
+            dir,
+            Some(uid),
+        )?))
     };
-    let failed = |message: String| Failure {
-        code: "agent.unreachable",
-        exit: gantry_core::ExitClass::Unreachable.code(),
-        message,
-        hint: Some(hint.clone()),
-        diagnostics: None,
-        details: None,
-    };
-    match unit {
-        // Starting another agent here would run it as whoever connected,
-        // beside the unit's: never.
-        Some(unit) => {
-            // Only root (and the unit's own user) may open its state
-            // directory: waiting would not change that.
-            if let Err(e) = std::fs::read_dir(state_dir)
-                && e.kind() == std::io::ErrorKind::PermissionDenied
-            {
-                return Err(Failure {
-                    hint: Some(
-                        "reach this host as root (`User root` for it in your ssh config)"
-                            .to_owned(),
-                    ),
-                    ..failed(format!(
-                        "systemd runs this host's agent (unit {unit}) with its state in {}, which this user cannot open",
-                        state_dir.display()
-                    ))
-                });
-            }
-            gantry_remote::LocalAgent::wait_for("local", state_dir, UNIT_PATIENCE).map_err(
-                |e| {
-                    let why = match &e {
-                        HostError::Unreachable { message, .. } => message.clone(),
-                        other => other.to_string(),
-                    };
-                    failed(format!(
-                        "the agent of the systemd unit {unit} does not answer on {} after {}s: {why}",
-                        paths.socket().display(),
-                        UNIT_PATIENCE.as_secs()
-                    ))
-                },
-            )?;
-        }
-        None => {
-            gantry_remote::LocalAgent::connect_or_start(
-                "local",
-                state_dir,
-                &exe("local").map_err(|e| failed(e.to_string()))?,
-            )
-            .map_err(|e| failed(e.to_string()))?;
-        }
-    }
-    gantry_remote::bridge(&paths.socket()).map_err(|e| failed(e.to_string()))
+    gantry_agent::exec::exec(state_dir, project, service, command, &connect)
 }
 
 fn main() -> ExitCode {
@@ -293,9 +214,9 @@ fn main() -> ExitCode {
         local_ca,
         relay: gantry_agent::process::relay_main,
         connect,
-        bridge,
+        bridge: gantry_remote::agent_connect,
         shell,
-        exec: exec::exec,
+        exec,
         default_state_dir: gantry_agent::agent::default_state_dir,
     };
     gantry_cli::run(std::env::args_os(), &wiring)
