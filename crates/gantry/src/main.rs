@@ -1,12 +1,13 @@
 //! The gantry binary: wires the concrete parts (the agent, its relay, the
-//! local transport) into the CLI and runs it. Nothing else happens here.
+//! proxy, the transports) into the CLI and runs it. Nothing else happens
+//! here: what it plugs in lives in gantry-agent, gantry-proxy and
+//! gantry-remote.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use gantry_cli::{AgentOptions, Failure, Wiring};
 use gantry_core::Code;
-use gantry_core::host::{Host, HostError};
 
 fn run_agent(state_dir: &Path, options: &AgentOptions) -> Result<(), Failure> {
     let mut settings = gantry_agent::agent::Settings::default();
@@ -116,78 +117,6 @@ fn init_tracing(log: Option<gantry_agent::agent_log::AgentLog>, verbose: u8) {
         .try_init();
 }
 
-fn connect(
-    host: &gantry_core::config::resolve::Host,
-    state_dir: &Path,
-    start: bool,
-) -> Result<Box<dyn Host>, HostError> {
-    use gantry_core::config::resolve::Reach;
-    let name = host.name.as_str();
-    match &host.reach {
-        Reach::Local => {
-            let agent = if start {
-                gantry_remote::LocalAgent::connect_or_start(name, state_dir, &exe(name)?)?
-            } else {
-                gantry_remote::LocalAgent::connect(name, state_dir)?
-            };
-            Ok(Box::new(agent))
-        }
-        Reach::Ssh { target } => Ok(Box::new(gantry_remote::SshAgent::connect(
-            name,
-            target,
-            ssh_options(),
-        )?)),
-        Reach::Provider { provider } => Err(HostError::Unreachable {
-            host: name.to_owned(),
-            message: format!(
-                "host `{name}` comes from {provider:?}, which Gantry cannot create yet"
-            ),
-            hint: "give it an `ssh` address in [hosts] once the server exists".to_owned(),
-        }),
-    }
-}
-
-/// How this process runs `ssh`, decided once; when no safe directory for
-/// shared connections exists, a warning says so once.
-fn ssh_options() -> &'static gantry_remote::SshOptions {
-    static OPTIONS: std::sync::OnceLock<gantry_remote::SshOptions> = std::sync::OnceLock::new();
-    OPTIONS.get_or_init(|| {
-        let options = gantry_remote::SshOptions::from_env();
-        if let Some(why) = &options.unshared {
-            eprintln!(
-                "warning: SSH connections are not shared (each command logs in anew): no private directory for their sockets: {why}"
-            );
-        }
-        options
-    })
-}
-
-fn shell(
-    host: &gantry_core::config::resolve::Host,
-) -> Result<Box<dyn gantry_core::host::Shell>, HostError> {
-    use gantry_core::config::resolve::Reach;
-    match &host.reach {
-        Reach::Ssh { target } => Ok(Box::new(gantry_remote::Shell::new(
-            &host.name,
-            target,
-            ssh_options(),
-        )?)),
-        _ => Err(HostError::Unreachable {
-            host: host.name.clone(),
-            message: format!("host `{}` has no ssh address", host.name),
-            hint: format!("give it one: [hosts.{}] ssh = \"user@address\"", host.name),
-        }),
-    }
-}
-
-fn exe(name: &str) -> Result<std::path::PathBuf, HostError> {
-    std::env::current_exe().map_err(|e| HostError::Unreachable {
-        host: name.to_owned(),
-        message: format!("cannot find the gantry binary to start the agent: {e}"),
-        hint: "start it yourself with `gantry agent`".to_owned(),
-    })
-}
-
 /// `gantry agent exec`, its connections checked as served by `uid`.
 fn exec(
     state_dir: &Path,
@@ -195,13 +124,7 @@ fn exec(
     service: &str,
     command: &[String],
 ) -> Result<i32, gantry_core::Error> {
-    let connect = |dir: &Path, uid: u32| -> Result<Box<dyn Host>, HostError> {
-        Ok(Box::new(gantry_remote::LocalAgent::connect_served_by(
-            "local",
-            dir,
-            Some(uid),
-        )?))
-    };
+    let connect = gantry_remote::connect_served_by;
     gantry_agent::exec::exec(state_dir, project, service, command, &connect)
 }
 
@@ -213,9 +136,9 @@ fn main() -> ExitCode {
         run_proxy,
         local_ca,
         relay: gantry_agent::process::relay_main,
-        connect,
+        connect: gantry_remote::connect,
         bridge: gantry_remote::agent_connect,
-        shell,
+        shell: gantry_remote::open_shell,
         exec,
         default_state_dir: gantry_agent::agent::default_state_dir,
     };
