@@ -82,12 +82,59 @@ fn target(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use super::*;
+    use crate::fake::{Fleet, Script, project};
+
+    #[test]
+    fn exec_runs_on_this_machine_for_local_with_the_projects_name() {
+        let (_dir, project) = project(&["h1"], 1);
+        let fleet = Fleet::new([("h1", Script::default())]);
+        let shell = |spec: &Host| fleet.open_shell(spec);
+        let here = |name: &str| Ok(if name == "shop" { 7 } else { 1 });
+        let code = exec(
+            &project,
+            "local",
+            "web",
+            None,
+            &["true".to_owned()],
+            &shell,
+            &here,
+        );
+        assert_eq!(code.unwrap(), 7);
+        assert_eq!(fleet.calls(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn exec_on_a_remote_host_goes_through_its_shell_and_refuses_a_host_without_the_service() {
+        let (_dir, project) = project(&["h1", "h2"], 1);
+        let fleet = Fleet::new([("h1", Script::default()), ("h2", Script::default())]);
+        let shell = |spec: &Host| fleet.open_shell(spec);
+        let here = |_: &str| -> Result<i32, Error> { panic!("run here") };
+        let command = ["true".to_owned()];
+        let exec_on = |host| exec(&project, "prod", "web", host, &command, &shell, &here);
+
+        assert_eq!(exec_on(Some("h2")).unwrap(), 0);
+        assert_eq!(fleet.calls(), ["h2 ssh", "h2 interactive"]);
+        let Err(Error::EnvState { problem, .. }) = exec_on(Some("h9")) else {
+            panic!("ran on a host that does not run `web`");
+        };
+        assert_eq!(problem, "does not run `web` on a host `h9`");
+        let Err(Error::EnvState { hint, .. }) =
+            exec(&project, "prod", "db", None, &command, &shell, &here)
+        else {
+            panic!("ran an unknown service");
+        };
+        assert_eq!(hint, "its services are: web");
+    }
+
     #[test]
     fn words_survive_the_remote_shell() {
         for word in ["plain", "two words", "it's", "$HOME", "a\"b", "", "`x`"] {
             let out = std::process::Command::new("sh")
                 .arg("-c")
-                .arg(format!("printf %s {}", super::shell_quote(word)))
+                .arg(format!("printf %s {}", shell_quote(word)))
                 .output()
                 .expect("run sh");
             assert_eq!(String::from_utf8_lossy(&out.stdout), word);

@@ -58,3 +58,45 @@ fn pick<'a>(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use super::*;
+    use crate::fake::{Fleet, Script, project};
+
+    #[test]
+    fn ssh_reaches_the_first_host_or_the_one_named_and_refuses_an_unknown_one() {
+        let (_dir, project) = project(&["h1", "h2"], 1);
+        let fleet = Fleet::new([("h1", Script::default()), ("h2", Script::default())]);
+        let shell = |spec: &Host| fleet.open_shell(spec);
+
+        assert_eq!(ssh(&project, "prod", None, &[], &shell).unwrap(), 0);
+        assert_eq!(ssh(&project, "prod", Some("h2"), &[], &shell).unwrap(), 0);
+        assert_eq!(
+            fleet.calls(),
+            ["h1 ssh", "h1 interactive", "h2 ssh", "h2 interactive"]
+        );
+
+        let Err(Error::EnvState { problem, hint, .. }) =
+            ssh(&project, "prod", Some("h9"), &[], &shell)
+        else {
+            panic!("an unknown host was reached");
+        };
+        assert_eq!(problem, "has no host `h9`");
+        assert_eq!(hint, "its hosts are: h1, h2");
+    }
+
+    #[test]
+    fn ssh_to_this_machine_is_refused() {
+        let (_dir, project) = project(&["h1"], 1);
+        let fleet = Fleet::new([("h1", Script::default())]);
+        let shell = |spec: &Host| fleet.open_shell(spec);
+        let Err(Error::EnvState { problem, .. }) = ssh(&project, "local", None, &[], &shell) else {
+            panic!("`local` was reached over ssh");
+        };
+        assert!(problem.contains("without SSH"), "{problem}");
+        assert_eq!(fleet.calls(), Vec::<String>::new());
+    }
+}

@@ -11,11 +11,16 @@ pub(super) fn deploy(ctx: &Context<'_>, args: &DeployArgs) -> Result<(), Failure
         skip_build: args.skip_build,
         force_unlock: args.force_unlock,
     };
+    let exe = gantry_core::configure::this_binary()?;
+    let hosts = lifecycle::Hosts {
+        connect: &|host| ctx.connect(host),
+        shell: &|host| ctx.shell(host),
+        exe: &exe,
+    };
     let report = lifecycle::deploy(
         &ctx.project,
         ctx.env,
-        &|host| ctx.shell(host),
-        &|host| ctx.connect(host),
+        hosts,
         &vars,
         &options,
         &ctx.progress(),
