@@ -15,12 +15,12 @@
 //! 5. operations: `deploy` (and `retire`), `rollback`, `control`, `exec`,
 //!    `history`, `supervisor`, `reconcile`;
 //! 6. `api` (the only module that knows HTTP) and `openapi`;
-//! 7. `daemon`, which starts it all.
+//! 7. `daemon`, which starts it all, and `run_exec` (`gantry agent exec`).
 
 mod admission;
 mod agent;
 mod agent_log;
-pub mod agent_user;
+mod agent_user;
 mod api;
 mod artifact;
 mod control;
@@ -50,11 +50,13 @@ mod supervisor;
 mod tails;
 mod upload;
 
+pub mod run_exec;
+
 pub use agent::{Settings, default_state_dir};
 pub use agent_log::AgentLog;
 pub use daemon::{DaemonError, run};
-pub use isolation::{PROJECT_IDS, SERVICES_GID};
-pub use process::{Confinement, confine, relay_main, secret_values};
+pub use isolation::SERVICES_GID;
+pub use process::relay_main;
 pub use store::{InstanceRecord, PortLease, Store, StoreError};
 
 #[cfg(test)]
@@ -95,7 +97,7 @@ mod tests {
             "reconcile",
         ],
         &["openapi", "api"],
-        &["daemon"],
+        &["daemon", "run_exec"],
     ];
 
     /// The crate's modules each source file under `src/<module>` names as
