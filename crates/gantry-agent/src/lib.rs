@@ -7,7 +7,7 @@
 //! The modules are layered; each uses only those of the layers below it
 //! (README.md draws the layers, and `tests::layers` holds them):
 //! 1. foundations: `store`, `artifact`, `upload`, `process`, `health`,
-//!    `tails`, `ports`, `isolation`, `routes`, `locks`, `admission`,
+//!    `tails`, `ports`, `isolation`, `site`, `routes`, `locks`, `admission`,
 //!    `credentials`, `error`, `agent_user`, `agent_log`;
 //! 2. `proxy`, the handle on the host's proxy;
 //! 3. `agent`, the shared state every operation takes;
@@ -43,6 +43,7 @@ mod reconcile;
 mod retire;
 mod rollback;
 mod routes;
+mod site;
 mod status;
 mod store;
 mod supervisor;
@@ -72,6 +73,7 @@ mod tests {
             "health",
             "tails",
             "isolation",
+            "site",
             "routes",
             "error",
             "admission",
