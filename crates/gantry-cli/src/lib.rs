@@ -3,6 +3,7 @@
 //! here, and nothing here prints to stdout except through `Printer::report`.
 
 mod args;
+mod hub;
 mod lifecycle;
 pub use args::ProxyListen;
 mod output;
@@ -387,6 +388,7 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
             }
         },
         Command::Trust => emit(printer, (wiring.local_ca)(&state_dir)?),
+        Command::Hub(args) => hub::run(args, &state_dir, printer),
         Command::Agent(args) => match &args.action {
             None => {
                 printer.status(&format!("agent: state in {}", state_dir.display()));

@@ -43,6 +43,12 @@ pub enum HubError {
     RateLimited { who: &'static str, retry_after: u64 },
     #[error("{what} is not supported yet")]
     Unsupported { what: String },
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the hub failed inside: {0}")]
     Internal(String),
 }
@@ -63,6 +69,7 @@ impl HubError {
         match self {
             HubError::Db(DbError::Location(_)) => Code::HubInvalid,
             HubError::Db(_) | HubError::Internal(_) => Code::HubStore,
+            HubError::Io { .. } => Code::IoFailed,
             HubError::Unauthorized { .. } => Code::HubUnauthorized,
             HubError::Forbidden { .. } => Code::HubForbidden,
             HubError::NotFound { .. } => Code::HubNotFound,
@@ -83,7 +90,7 @@ impl HubError {
     pub fn status(&self) -> u16 {
         match self {
             HubError::Db(DbError::Location(_)) => 400,
-            HubError::Db(_) | HubError::Internal(_) => 500,
+            HubError::Db(_) | HubError::Internal(_) | HubError::Io { .. } => 500,
             HubError::Unauthorized { .. } => 401,
             HubError::Forbidden { .. } => 403,
             HubError::NotFound { .. } => 404,

@@ -14,9 +14,11 @@ mod context;
 mod db;
 mod error;
 pub mod model;
+mod server;
 mod store;
 
 pub use api::{Limits, serve};
 pub use db::Location;
 pub use error::HubError;
+pub use server::{ServeOptions, run};
 pub use store::{CreatedKey, KeySpec, Store};
