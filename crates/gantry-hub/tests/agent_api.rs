@@ -17,6 +17,7 @@ on_both_databases!(
     lists_filter_poll_and_page,
     a_claim_expires_and_another_agent_takes_it,
     requests_out_of_bounds_are_refused_with_the_field_named,
+    an_edit_changes_the_named_fields_and_logs_each,
 );
 
 async fn of_fifty_racing_agents_exactly_one_claims_the_item(db: Db) {
@@ -649,4 +650,74 @@ async fn requests_out_of_bounds_are_refused_with_the_field_named(db: Db) {
         (404, "hub.not_found")
     );
     assert_eq!(agent.get("/api/nothing").await.code(), "hub.not_found");
+}
+
+async fn an_edit_changes_the_named_fields_and_logs_each(db: Db) {
+    let hub = Hub::start(db).await;
+    let agent = hub.client(&hub.key("editor", Permission::Write, None).await);
+    let item = agent
+        .create(
+            &json!({"product": "SHOP", "type": "bug", "title": "Slow search", "assignee": "ann",
+            "labels": [{"name": "perf", "color": "#00ff00"}]}),
+        )
+        .await;
+    let path = format!("/api/agent/items/{}", item["id"]);
+    let edit = json!({"title": "Search takes 3 s", "priority": "critical", "assignee": null,
+        "labels": [{"name": "perf"}, {"name": "search"}], "bug": {"actual": "3 s per query"}});
+    let missing = agent.send("PATCH", &path, &[], Some(&edit)).await;
+    assert_eq!(missing.status, 428);
+    let edited = agent
+        .send(
+            "PATCH",
+            &path,
+            &[("if-match", &format!("\"{}\"", item["version"]))],
+            Some(&edit),
+        )
+        .await;
+    assert_eq!(edited.status, 200, "{}", edited.text);
+    let now = edited.json();
+    assert_eq!(now["title"], "Search takes 3 s");
+    assert_eq!(now["priority"], "critical");
+    assert_eq!(now["assignee"], Value::Null, "null clears the assignee");
+    assert_eq!(now["description"], "", "fields left out stay as they were");
+    assert_eq!(
+        now["labels"],
+        json!([{"name": "perf", "color": "#00ff00"}, {"name": "search", "color": "#6b7280"}])
+    );
+    assert_eq!(now["bug"]["actual"], "3 s per query");
+
+    let log = agent.get(&format!("{path}/activity")).await.json();
+    let changes: Vec<(String, Value, Value)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .map(|a| {
+            (
+                a["field"].as_str().unwrap().to_owned(),
+                a["before"].clone(),
+                a["after"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (
+                "title".to_owned(),
+                json!("Slow search"),
+                json!("Search takes 3 s")
+            ),
+            ("priority".to_owned(), json!("medium"), json!("critical")),
+            ("assignee".to_owned(), json!("ann"), Value::Null),
+            ("bug.actual".to_owned(), Value::Null, json!("3 s per query")),
+            ("labels".to_owned(), json!("perf"), json!("perf, search")),
+        ]
+    );
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["actor"] == "editor")
+    );
 }

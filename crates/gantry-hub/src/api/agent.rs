@@ -18,14 +18,14 @@ use crate::clock;
 use crate::error::HubError;
 use crate::model::{Activity, Comment, Item, Permission, Status};
 use crate::store::{
-    CLAIM_DEFAULT_SECONDS, ChecklistChange, ItemFilter, ItemPage, NewItem, NewPr, PAGE_MAX,
-    StatusChange,
+    CLAIM_DEFAULT_SECONDS, ChecklistChange, ItemEdit, ItemFilter, ItemPage, NewItem, NewPr,
+    PAGE_MAX, StatusChange,
 };
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/agent/items", get(list_items).post(create_item))
-        .route("/api/agent/items/{id}", get(get_item))
+        .route("/api/agent/items/{id}", get(get_item).patch(edit_item))
         .route("/api/agent/items/{id}/claim", patch(claim).delete(release))
         .route("/api/agent/items/{id}/status", patch(change_status))
         .route(
@@ -164,6 +164,27 @@ async fn get_item(
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Read)?;
     let item = state.run(move |store| store.item(&access, &id)).await?;
+    Ok(with_etag(StatusCode::OK, &item))
+}
+
+/// Change an item's fields: title, description, priority, visibility,
+/// assignee, target release, labels, bug fields.
+#[utoipa::path(patch, path = "/api/agent/items/{id}", tag = "agent", request_body = ItemEdit,
+    params(("id" = String, Path), ("If-Match" = String, Header)),
+    responses((status = 200, body = Item, headers(("ETag" = String))), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn edit_item(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody<ItemEdit>,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Write)?;
+    let tag = if_match(&headers)?;
+    let item = state
+        .run(move |store| store.edit_item(&access, &id, &tag, &body.value))
+        .await?;
     Ok(with_etag(StatusCode::OK, &item))
 }
 

@@ -12,6 +12,7 @@ use utoipa::{Modify, OpenApi};
         super::agent::list_items,
         super::agent::create_item,
         super::agent::get_item,
+        super::agent::edit_item,
         super::agent::claim,
         super::agent::release,
         super::agent::change_status,

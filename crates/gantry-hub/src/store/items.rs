@@ -83,6 +83,34 @@ pub struct NewItem {
     pub links: Vec<NewLink>,
 }
 
+/// `PATCH /api/agent/items/{id}`: the fields to change; a field left out
+/// stays, `null` clears a field that may be empty.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemEdit {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub priority: Option<Priority>,
+    pub visibility: Option<Visibility>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub assignee: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub target_release: Option<Option<String>>,
+    /// The item's labels, all of them (replacing the ones it has).
+    pub labels: Option<Vec<NewLabel>>,
+    /// Only for bugs; each field given replaces the one stored.
+    pub bug: Option<BugFields>,
+}
+
+/// A present `null` as `Some(None)`, so it can clear a field.
+fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
 /// `PATCH .../status`.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -319,6 +347,15 @@ fn resolve(sql: &mut dyn Sql, which: &str) -> Result<i64, HubError> {
     Ok(row.ok_or_else(missing)?.int(0)?)
 }
 
+/// One field of an edit: its column, its name in the activity log, the
+/// value before, and the value asked for (`None`: left alone).
+type FieldChange = (
+    &'static str,
+    &'static str,
+    Option<String>,
+    Option<Option<String>>,
+);
+
 /// Who asks, and what of the hub they may reach.
 #[derive(Clone, Debug)]
 pub struct Access {
@@ -462,17 +499,7 @@ fn check_new(new: &NewItem) -> Result<(), HubError> {
             one_line(field, value, SHORT_MAX)?;
         }
     }
-    if new.labels.len() > LABELS_MAX {
-        return Err(HubError::invalid(format!(
-            "an item has at most {LABELS_MAX} labels"
-        )));
-    }
-    for label in &new.labels {
-        one_line("labels[].name", &label.name, 40)?;
-        if let Some(color) = &label.color {
-            check_color(color)?;
-        }
-    }
+    check_labels(&new.labels)?;
     check_checklist(&new.checklist, 0)?;
     if new.links.len() > LINKS_MAX {
         return Err(HubError::invalid(format!(
@@ -488,18 +515,69 @@ fn check_new(new: &NewItem) -> Result<(), HubError> {
         (Some(_), kind) if kind != Kind::Bug => Err(HubError::invalid(format!(
             "`bug` fields are for bugs; this item is a {kind}"
         ))),
-        (Some(bug), _) => {
-            for (field, value) in [
-                ("bug.steps_to_reproduce", &bug.steps_to_reproduce),
-                ("bug.expected", &bug.expected),
-                ("bug.actual", &bug.actual),
-            ] {
-                bounded(field, value.as_deref().unwrap_or(""), TEXT_MAX / 5)?;
-            }
-            Ok(())
-        }
+        (Some(bug), _) => check_bug(bug),
         _ => Ok(()),
     }
+}
+
+fn check_bug(bug: &BugFields) -> Result<(), HubError> {
+    for (field, value) in [
+        ("bug.steps_to_reproduce", &bug.steps_to_reproduce),
+        ("bug.expected", &bug.expected),
+        ("bug.actual", &bug.actual),
+    ] {
+        bounded(field, value.as_deref().unwrap_or(""), TEXT_MAX / 5)?;
+    }
+    Ok(())
+}
+
+fn check_labels(labels: &[NewLabel]) -> Result<(), HubError> {
+    if labels.len() > LABELS_MAX {
+        return Err(HubError::invalid(format!(
+            "an item has at most {LABELS_MAX} labels"
+        )));
+    }
+    for label in labels {
+        one_line("labels[].name", &label.name, 40)?;
+        if let Some(color) = &label.color {
+            check_color(color)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives the item exactly these labels; a label new to the product is made
+/// with its colour (or grey), an existing one keeps its own.
+fn set_labels(
+    sql: &mut dyn Sql,
+    item: i64,
+    product: i64,
+    labels: &[NewLabel],
+) -> Result<(), HubError> {
+    sql.execute(
+        "DELETE FROM item_labels WHERE item_id = ?",
+        &[Value::Int(item)],
+    )?;
+    for label in labels {
+        sql.execute(
+            "INSERT INTO labels (product_id, name, color) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            &[
+                Value::Int(product),
+                label.name.as_str().into(),
+                label.color.as_deref().unwrap_or(DEFAULT_COLOR).into(),
+            ],
+        )?;
+        sql.execute(
+            "INSERT INTO item_labels (item_id, label_id) SELECT ?, id FROM labels \
+             WHERE product_id = ? AND name = ? ON CONFLICT DO NOTHING",
+            &[
+                Value::Int(item),
+                Value::Int(product),
+                label.name.as_str().into(),
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 fn check_color(color: &str) -> Result<(), HubError> {
@@ -620,21 +698,7 @@ impl Store {
                     )?
                     .ok_or_else(|| HubError::Internal("INSERT returned no id".to_owned()))?
                     .int(0)?;
-                for label in &new.labels {
-                    sql.execute(
-                        "INSERT INTO labels (product_id, name, color) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                        &[
-                            Value::Int(product_id),
-                            label.name.as_str().into(),
-                            label.color.as_deref().unwrap_or(DEFAULT_COLOR).into(),
-                        ],
-                    )?;
-                    sql.execute(
-                        "INSERT INTO item_labels (item_id, label_id) SELECT ?, id FROM labels \
-                         WHERE product_id = ? AND name = ? ON CONFLICT DO NOTHING",
-                        &[Value::Int(id), Value::Int(product_id), label.name.as_str().into()],
-                    )?;
-                }
+                set_labels(sql, id, product_id, &new.labels)?;
                 add_checklist(sql, id, &new.checklist)?;
                 for link in &new.links {
                     let target = fetch(sql, access, &link.target)?;
@@ -837,6 +901,141 @@ impl Store {
             }
             access.audit(sql, "item.status", &stored.item.reference)?;
             reload(sql, stored.item.id)
+        })
+    }
+
+    /// Changes the fields `edit` names, each change in the activity log.
+    pub fn edit_item(
+        &self,
+        access: &Access,
+        which: &str,
+        if_match: &str,
+        edit: &ItemEdit,
+    ) -> Result<Item, HubError> {
+        if let Some(title) = &edit.title {
+            one_line("title", title, TITLE_MAX)?;
+        }
+        if let Some(description) = &edit.description {
+            bounded("description", description, TEXT_MAX)?;
+        }
+        for (field, value) in [
+            ("assignee", &edit.assignee),
+            ("target_release", &edit.target_release),
+        ] {
+            if let Some(Some(value)) = value {
+                one_line(field, value, SHORT_MAX)?;
+            }
+        }
+        if let Some(labels) = &edit.labels {
+            check_labels(labels)?;
+        }
+        if let Some(bug) = &edit.bug {
+            check_bug(bug)?;
+        }
+        self.tx(|sql| {
+            let stored = lock(sql, access, which, if_match, false)?;
+            let item = &stored.item;
+            if edit.bug.is_some() && item.kind != Kind::Bug {
+                return Err(HubError::invalid(format!(
+                    "`bug` fields are for bugs; {} is a {}",
+                    item.reference, item.kind
+                )));
+            }
+            let bug = item.bug.clone().unwrap_or_default();
+            let given = edit.bug.clone().unwrap_or_default();
+            // (column, field, before, after) for each field the edit names.
+            let changes: [FieldChange; 9] = [
+                (
+                    "title",
+                    "title",
+                    Some(item.title.clone()),
+                    edit.title.clone().map(Some),
+                ),
+                (
+                    "description",
+                    "description",
+                    Some(item.description.clone()),
+                    edit.description.clone().map(Some),
+                ),
+                (
+                    "priority",
+                    "priority",
+                    Some(item.priority.to_string()),
+                    edit.priority.map(|p| Some(p.to_string())),
+                ),
+                (
+                    "visibility",
+                    "visibility",
+                    Some(item.visibility.to_string()),
+                    edit.visibility.map(|v| Some(v.to_string())),
+                ),
+                (
+                    "assignee",
+                    "assignee",
+                    item.assignee.clone(),
+                    edit.assignee.clone(),
+                ),
+                (
+                    "target_release",
+                    "target_release",
+                    item.target_release.clone(),
+                    edit.target_release.clone(),
+                ),
+                (
+                    "steps",
+                    "bug.steps_to_reproduce",
+                    bug.steps_to_reproduce,
+                    given.steps_to_reproduce.map(Some),
+                ),
+                (
+                    "expected",
+                    "bug.expected",
+                    bug.expected,
+                    given.expected.map(Some),
+                ),
+                ("actual", "bug.actual", bug.actual, given.actual.map(Some)),
+            ];
+            for (column, field, before, after) in changes {
+                let Some(after) = after else { continue };
+                if after == before {
+                    continue;
+                }
+                sql.execute(
+                    &format!("UPDATE items SET {column} = ? WHERE id = ?"),
+                    &[after.as_deref().into(), Value::Int(item.id)],
+                )?;
+                activity(
+                    sql,
+                    item.id,
+                    &access.actor.name,
+                    field,
+                    before.as_deref(),
+                    after.as_deref(),
+                    None,
+                )?;
+            }
+            if let Some(labels) = &edit.labels {
+                let names = |names: Vec<&str>| names.join(", ");
+                let before = names(item.labels.iter().map(|l| l.name.as_str()).collect());
+                let mut after: Vec<&str> = labels.iter().map(|l| l.name.as_str()).collect();
+                after.sort_unstable();
+                after.dedup();
+                let after = names(after);
+                if before != after {
+                    set_labels(sql, item.id, stored.product_id, labels)?;
+                    activity(
+                        sql,
+                        item.id,
+                        &access.actor.name,
+                        "labels",
+                        Some(&before),
+                        Some(&after),
+                        None,
+                    )?;
+                }
+            }
+            access.audit(sql, "item.edit", &item.reference)?;
+            reload(sql, item.id)
         })
     }
 

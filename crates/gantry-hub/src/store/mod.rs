@@ -13,8 +13,8 @@ use crate::error::HubError;
 
 pub use audit::Actor;
 pub use items::{
-    Access, CLAIM_DEFAULT_SECONDS, ChecklistChange, ItemFilter, ItemPage, NewItem, NewPr, PAGE_MAX,
-    StatusChange,
+    Access, CLAIM_DEFAULT_SECONDS, ChecklistChange, ItemEdit, ItemFilter, ItemPage, NewItem, NewPr,
+    PAGE_MAX, StatusChange,
 };
 pub use keys::{Authenticated, CreatedKey, KeySpec};
 
