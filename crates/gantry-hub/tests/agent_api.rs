@@ -18,6 +18,7 @@ on_both_databases!(
     a_claim_expires_and_another_agent_takes_it,
     requests_out_of_bounds_are_refused_with_the_field_named,
     an_edit_changes_the_named_fields_and_logs_each,
+    full_text_search_finds_words_in_titles_and_descriptions,
 );
 
 async fn of_fifty_racing_agents_exactly_one_claims_the_item(db: Db) {
@@ -719,5 +720,78 @@ async fn an_edit_changes_the_named_fields_and_logs_each(db: Db) {
             .unwrap()
             .iter()
             .all(|a| a["actor"] == "editor")
+    );
+}
+
+async fn full_text_search_finds_words_in_titles_and_descriptions(db: Db) {
+    let hub = Hub::start(db).await;
+    let agent = hub.client(&hub.key("searcher", Permission::Write, None).await);
+    for (title, description) in [
+        ("Migrate the cart to PostgreSQL", "Move the carts table."),
+        (
+            "Cart totals are wrong",
+            "Rounding of totals differs from the invoice.",
+        ),
+        (
+            "New logo",
+            "The designer sent migrations of the brand colours.",
+        ),
+    ] {
+        agent
+            .create(&json!({"product": "SHOP", "type": "task", "title": title, "description": description}))
+            .await;
+    }
+    let titles = |page: Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["title"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let found = agent.get("/api/agent/items?q=migrating").await.json();
+    assert_eq!(
+        titles(found),
+        ["Migrate the cart to PostgreSQL", "New logo"],
+        "stemmed, in title and description"
+    );
+    let found = agent.get("/api/agent/items?q=cart%20totals").await.json();
+    assert_eq!(
+        titles(found),
+        ["Cart totals are wrong"],
+        "every word must match"
+    );
+    let found = agent
+        .get("/api/agent/items?q=invoice&status=open")
+        .await
+        .json();
+    assert_eq!(titles(found), ["Cart totals are wrong"]);
+
+    // A title changed later is found by its new words only.
+    let item = agent.get("/api/agent/items/SHOP-3").await;
+    let renamed = agent
+        .send(
+            "PATCH",
+            "/api/agent/items/SHOP-3",
+            &[("if-match", &item.etag())],
+            Some(&json!({"title": "New wordmark"})),
+        )
+        .await;
+    assert_eq!(renamed.status, 200);
+    assert_eq!(
+        titles(agent.get("/api/agent/items?q=wordmark").await.json()),
+        ["New wordmark"]
+    );
+    assert!(titles(agent.get("/api/agent/items?q=logo").await.json()).is_empty());
+
+    let odd = agent.get("/api/agent/items?q=cart%22%20OR%20(1").await;
+    assert_eq!(
+        odd.status, 200,
+        "search syntax in the words is only words: {}",
+        odd.text
+    );
+    assert_eq!(
+        agent.get("/api/agent/items?q=%22%22").await.code(),
+        "hub.invalid"
     );
 }

@@ -50,6 +50,9 @@ pub struct ListQuery {
     assignee: Option<String>,
     /// A product's key.
     product: Option<String>,
+    /// Words to find in the title or description (all of them; stemmed, so
+    /// `migrating` finds `migration`).
+    q: Option<String>,
     /// Only items changed at or after this RFC 3339 time (for polling).
     since: Option<String>,
     /// `next_cursor` of the previous page.
@@ -98,6 +101,7 @@ fn filter(query: ListQuery) -> Result<ItemFilter, HubError> {
         status,
         label: bounded("label", query.label)?,
         assignee: bounded("assignee", query.assignee)?,
+        text: query.q,
         since,
         cursor: bounded("cursor", query.cursor)?,
         limit,

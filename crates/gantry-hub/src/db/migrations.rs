@@ -14,11 +14,27 @@ struct Migration {
     only: &'static [(Dialect, &'static str)],
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    name: "products, items, keys, users, logs",
-    both: include_str!("migrations/001_init.sql"),
-    only: &[],
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "products, items, keys, users, logs",
+        both: include_str!("migrations/001_init.sql"),
+        only: &[],
+    },
+    Migration {
+        name: "full-text search of items",
+        both: "",
+        only: &[
+            (
+                Dialect::Sqlite,
+                include_str!("migrations/002_search_sqlite.sql"),
+            ),
+            (
+                Dialect::Postgres,
+                include_str!("migrations/002_search_postgres.sql"),
+            ),
+        ],
+    },
+];
 
 /// The schema version this gantry writes.
 pub fn latest() -> i64 {
@@ -50,7 +66,9 @@ pub fn migrate(backend: &dyn Backend) -> Result<(), DbError> {
             if found >= version {
                 return Ok(());
             }
-            sql.batch(&render(migration.both, dialect))?;
+            if !migration.both.is_empty() {
+                sql.batch(&render(migration.both, dialect))?;
+            }
             for (only, text) in migration.only {
                 if *only == dialect {
                     sql.batch(&render(text, dialect))?;

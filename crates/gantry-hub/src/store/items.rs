@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::{Actor, Store, audit, bounded, one_line, products};
 use crate::clock;
-use crate::db::{DbError, Row, Sql, Value};
+use crate::db::{DbError, Dialect, Row, Sql, Value};
 use crate::error::HubError;
 use crate::model::{
     Activity, BugFields, ChecklistEntry, Claim, Comment, Item, Kind, Label, Link, LinkKind,
@@ -153,6 +153,8 @@ pub struct ItemFilter {
     pub status: Vec<Status>,
     pub label: Option<String>,
     pub assignee: Option<String>,
+    /// Words to find in the title or description (all of them, stemmed).
+    pub text: Option<String>,
     /// Only items changed at or after this time (ms).
     pub since: Option<i64>,
     /// Where the previous page ended.
@@ -743,6 +745,24 @@ impl Store {
             clauses.push("i.assignee = ?".to_owned());
             params.push(assignee.as_str().into());
         }
+        if let Some(text) = &filter.text {
+            let words = search_words(text)?;
+            match self.dialect() {
+                Dialect::Sqlite => {
+                    // FTS5 has a query language of its own: each word is
+                    // quoted, so the user's text is only ever words.
+                    let query: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
+                    clauses.push(
+                        "i.id IN (SELECT rowid FROM items_fts WHERE items_fts MATCH ?)".to_owned(),
+                    );
+                    params.push(query.join(" ").into());
+                }
+                Dialect::Postgres => {
+                    clauses.push("i.search @@ plainto_tsquery('english', ?)".to_owned());
+                    params.push(words.join(" ").into());
+                }
+            }
+        }
         if let Some(since) = filter.since {
             clauses.push("i.updated_at >= ?".to_owned());
             params.push(Value::Int(since));
@@ -1281,6 +1301,23 @@ fn reload(sql: &mut dyn Sql, id: i64) -> Result<Item, HubError> {
     Ok(load(sql, id)?
         .ok_or_else(|| HubError::Internal("a changed item vanished".to_owned()))?
         .item)
+}
+
+/// The words of a search: letters and digits, at most 10 of them.
+fn search_words(text: &str) -> Result<Vec<String>, HubError> {
+    bounded("q", text, 200)?;
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    if words.is_empty() || words.len() > 10 {
+        return Err(HubError::Invalid {
+            message: format!("`q` has {} words; a search takes 1 to 10", words.len()),
+            hint: Some("words are letters and digits; punctuation is ignored".to_owned()),
+        });
+    }
+    Ok(words)
 }
 
 fn parse_cursor(cursor: &str) -> Result<(i64, i64), HubError> {

@@ -30,6 +30,10 @@ impl Store {
         })
     }
 
+    pub fn dialect(&self) -> crate::db::Dialect {
+        self.backend.dialect()
+    }
+
     /// Runs `work` in one transaction, which is committed only when it
     /// returns `Ok`.
     pub fn tx<R>(
