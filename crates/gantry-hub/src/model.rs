@@ -257,3 +257,19 @@ pub struct Product {
     pub key: String,
     pub name: String,
 }
+
+/// One row of the audit log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: String,
+    /// A key's name, `cli`, or `anonymous` for a refused key.
+    pub actor: String,
+    /// `item.create`, `item.claim`, `auth.key`, `key.revoke`, ...
+    pub action: String,
+    /// An item's reference, a key's id or name.
+    pub target: Option<String>,
+    /// `ok`, or why an authentication was refused.
+    pub outcome: String,
+    pub client: Option<String>,
+}

@@ -19,6 +19,7 @@ on_both_databases!(
     requests_out_of_bounds_are_refused_with_the_field_named,
     an_edit_changes_the_named_fields_and_logs_each,
     full_text_search_finds_words_in_titles_and_descriptions,
+    the_audit_log_records_changes_and_refused_keys,
 );
 
 async fn of_fifty_racing_agents_exactly_one_claims_the_item(db: Db) {
@@ -793,5 +794,96 @@ async fn full_text_search_finds_words_in_titles_and_descriptions(db: Db) {
     assert_eq!(
         agent.get("/api/agent/items?q=%22%22").await.code(),
         "hub.invalid"
+    );
+}
+
+async fn the_audit_log_records_changes_and_refused_keys(db: Db) {
+    let hub = Hub::start(db).await;
+    let agent = hub.client(&hub.key("coder", Permission::Write, None).await);
+    let item = agent
+        .create(&json!({"product": "SHOP", "type": "task", "title": "Audit me"}))
+        .await;
+    agent
+        .send(
+            "PATCH",
+            "/api/agent/items/SHOP-1/claim",
+            &[("if-match", &format!("\"{}\"", item["version"]))],
+            None,
+        )
+        .await;
+    let forged = format!("ghk_{}_{}", "ab".repeat(8), "cd".repeat(32));
+    assert_eq!(
+        hub.client(&forged).get("/api/agent/items").await.status,
+        401
+    );
+
+    assert_eq!(
+        agent.get("/api/admin/audit").await.code(),
+        "hub.forbidden",
+        "a write key cannot read it"
+    );
+    let scoped = hub.client(&hub.key("shop-admin", Permission::Admin, Some("SHOP")).await);
+    assert_eq!(scoped.get("/api/admin/audit").await.status, 403);
+    let admin = hub.client(&hub.key("admin", Permission::Admin, None).await);
+    let log = admin.get("/api/admin/audit").await;
+    assert_eq!(log.status, 200, "{}", log.text);
+    let rows: Vec<(String, String, String, String)> = log
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap_or("").to_owned();
+            (
+                text("actor"),
+                text("action"),
+                text("target"),
+                text("outcome"),
+            )
+        })
+        .collect();
+    let row = |actor: &str, action: &str, target: &str, outcome: &str| {
+        (
+            actor.to_owned(),
+            action.to_owned(),
+            target.to_owned(),
+            outcome.to_owned(),
+        )
+    };
+    assert!(
+        rows.contains(&row("coder", "item.create", "SHOP-1", "ok")),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&row("coder", "item.claim", "SHOP-1", "ok")),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&row(
+            "anonymous",
+            "auth.key",
+            "ghk_abababababababab",
+            "unknown"
+        )),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&row("cli", "key.create", "coder", "ok")),
+        "{rows:?}"
+    );
+    assert!(
+        !log.text.contains(&"cd".repeat(32)),
+        "no secret in the audit log"
+    );
+    let entries = log.json();
+    let created = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "item.create")
+        .unwrap();
+    assert_eq!(
+        created["client"], "127.0.0.1",
+        "the client's address is kept"
     );
 }

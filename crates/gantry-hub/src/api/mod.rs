@@ -2,6 +2,7 @@
 //! rate limits. Handlers are thin: they check the key and the request's
 //! shape, then call one `Store` operation on the blocking pool.
 
+mod admin;
 mod agent;
 mod auth;
 mod limit;
@@ -84,6 +85,7 @@ pub async fn serve(
 fn router(state: AppState) -> Router {
     Router::new()
         .merge(agent::routes())
+        .merge(admin::routes())
         .route("/api/openapi.json", axum::routing::get(openapi::document))
         .fallback(|| async { HubError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

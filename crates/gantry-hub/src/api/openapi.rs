@@ -22,9 +22,13 @@ use utoipa::{Modify, OpenApi};
         super::agent::change_checklist,
         super::agent::context,
         super::agent::activity,
+        super::admin::audit,
     ),
     modifiers(&ApiKey),
-    tags((name = "agent", description = "Claim and work items"))
+    tags(
+        (name = "agent", description = "Claim and work items"),
+        (name = "admin", description = "For admin keys")
+    )
 )]
 pub struct Document;
 

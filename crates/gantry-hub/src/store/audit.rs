@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use crate::clock;
 use crate::db::{Sql, Value};
 use crate::error::HubError;
+use crate::model::AuditEntry;
 
 /// Who makes a change: an API key (by its name), a user, or the CLI on the
 /// hub's host.
@@ -47,6 +48,37 @@ pub fn record(
         ],
     )?;
     Ok(())
+}
+
+impl crate::store::Store {
+    /// The newest audit entries before `before` (an entry id), newest first.
+    pub fn audit_log(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, HubError> {
+        let limit = limit.clamp(1, crate::store::PAGE_MAX) as i64;
+        self.tx(|sql| {
+            sql.query(
+                "SELECT id, at, actor, action, target, outcome, client FROM audit \
+                 WHERE id < ? ORDER BY id DESC LIMIT ?",
+                &[Value::Int(before.unwrap_or(i64::MAX)), Value::Int(limit)],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.int(0)?,
+                    at: clock::format(r.int(1)?),
+                    actor: r.text(2)?,
+                    action: r.text(3)?,
+                    target: r.opt_text(4)?,
+                    outcome: r.text(5)?,
+                    client: r.opt_text(6)?,
+                })
+            })
+            .collect()
+        })
+    }
 }
 
 /// How long an idempotency key is remembered.
