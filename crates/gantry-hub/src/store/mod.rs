@@ -4,19 +4,22 @@
 //! Blocking: the HTTP layer calls these on tokio's blocking pool.
 
 mod audit;
+mod fields;
 mod items;
 mod keys;
+mod list;
 mod products;
+mod work;
 
 use crate::db::{Backend, DbError, Location, Sql};
 use crate::error::HubError;
 
 pub use audit::Actor;
-pub use items::{
-    Access, CLAIM_DEFAULT_SECONDS, ChecklistChange, ItemEdit, ItemFilter, ItemPage, NewItem, NewPr,
-    PAGE_MAX, StatusChange,
-};
+pub use fields::{ItemEdit, NewItem};
+pub use items::{Access, CLAIM_DEFAULT_SECONDS, PAGE_MAX};
 pub use keys::{Authenticated, CreatedKey, KeySpec};
+pub use list::{ItemFilter, ItemPage};
+pub use work::{ChecklistChange, NewPr, StatusChange};
 
 pub struct Store {
     backend: Box<dyn Backend>,
