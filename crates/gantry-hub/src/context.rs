@@ -29,6 +29,26 @@ fn write_document(out: &mut String, item: &Item, comments: &[Comment]) -> std::f
     if let Some(release) = &item.target_release {
         writeln!(out, "- Target release: {release}")?;
     }
+    let planning = [
+        ("Estimate", item.estimate.map(|e| e.to_string())),
+        ("Due", item.due_date.clone()),
+        ("Environment", item.environment.clone()),
+        ("Affected version", item.affected_version.clone()),
+        ("Fixed in", item.fixed_version.clone()),
+        ("Sub-task of", item.parent.clone()),
+    ];
+    for (name, value) in planning {
+        if let Some(value) = value {
+            writeln!(out, "- {name}: {value}")?;
+        }
+    }
+    if item.subtasks.total > 0 {
+        writeln!(
+            out,
+            "- Sub-tasks: {} of {} finished",
+            item.subtasks.finished, item.subtasks.total
+        )?;
+    }
     writeln!(out, "- Branch: `{}`", item.branch)?;
     if let Some(claim) = &item.claim {
         writeln!(

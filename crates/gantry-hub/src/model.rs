@@ -205,6 +205,18 @@ pub struct Item {
     pub bug: Option<BugFields>,
     pub links: Vec<Link>,
     pub pull_requests: Vec<PullRequest>,
+    /// Story points or hours, as the team counts.
+    pub estimate: Option<i64>,
+    /// `YYYY-MM-DD`.
+    pub due_date: Option<String>,
+    /// Where a bug shows: `prod`, `staging`, ...
+    pub environment: Option<String>,
+    pub affected_version: Option<String>,
+    pub fixed_version: Option<String>,
+    /// The item this one is a sub-task of, as `SHOP-7`.
+    pub parent: Option<String>,
+    /// This item's sub-tasks, and how many of them are finished.
+    pub subtasks: Progress,
     /// Set while an agent holds the item; an expired claim is `null`.
     pub claim: Option<Claim>,
     /// The branch an agent should work on; a pull request from it links here.
@@ -213,6 +225,13 @@ pub struct Item {
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// Sub-tasks rolled up: finished counts done, closed and won't fix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    pub total: i64,
+    pub finished: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

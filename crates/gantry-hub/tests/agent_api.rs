@@ -20,6 +20,7 @@ on_both_databases!(
     an_edit_changes_the_named_fields_and_logs_each,
     full_text_search_finds_words_in_titles_and_descriptions,
     the_audit_log_records_changes_and_refused_keys,
+    sub_tasks_roll_up_and_planning_fields_are_checked,
 );
 
 async fn of_fifty_racing_agents_exactly_one_claims_the_item(db: Db) {
@@ -74,12 +75,7 @@ async fn of_fifty_racing_agents_exactly_one_claims_the_item(db: Db) {
             winner.as_str(),
             "the 409 names the holder"
         );
-        assert!(
-            loser.json()["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains(winner.as_str())
-        );
+        assert!(loser.message().contains(winner.as_str()));
     }
     let now = lead
         .get(&format!("/api/agent/items/{}", item["id"]))
@@ -543,12 +539,7 @@ async fn lists_filter_poll_and_page(db: Db) {
 
     let bad = agent.get("/api/agent/items?status=sleeping").await;
     assert_eq!(bad.status, 422);
-    assert!(
-        bad.json()["error"]["hint"]
-            .as_str()
-            .unwrap()
-            .contains("in_progress")
-    );
+    assert!(bad.hint().contains("in_progress"));
     assert_eq!(
         agent.get("/api/agent/items?limit=1000").await.code(),
         "hub.invalid"
@@ -616,14 +607,7 @@ async fn requests_out_of_bounds_are_refused_with_the_field_named(db: Db) {
         )
         .await;
     assert_eq!(long.status, 422);
-    assert!(
-        long.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("`title`"),
-        "{}",
-        long.text
-    );
+    assert!(long.message().contains("`title`"), "{}", long.text);
     let typo = agent
         .post(
             "/api/agent/items",
@@ -640,12 +624,7 @@ async fn requests_out_of_bounds_are_refused_with_the_field_named(db: Db) {
     let color = agent
         .post("/api/agent/items", &json!({"product": "SHOP", "type": "task", "title": "x", "labels": [{"name": "a", "color": "red"}]}))
         .await;
-    assert!(
-        color.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("#rrggbb")
-    );
+    assert!(color.message().contains("#rrggbb"));
     let nowhere = agent.get("/api/agent/items/SHOP-999").await;
     assert_eq!(
         (nowhere.status, nowhere.code().as_str()),
@@ -886,4 +865,90 @@ async fn the_audit_log_records_changes_and_refused_keys(db: Db) {
         created["client"], "127.0.0.1",
         "the client's address is kept"
     );
+}
+
+async fn sub_tasks_roll_up_and_planning_fields_are_checked(db: Db) {
+    let hub = Hub::start(db).await;
+    let agent = hub.client(&hub.key("planner", Permission::Write, None).await);
+    let epic = agent
+        .create(&json!({"product": "SHOP", "type": "feature", "title": "Gift cards", "estimate": 8,
+            "due_date": "2027-03-31", "environment": "prod", "affected_version": "1.4", "fixed_version": "1.5"}))
+        .await;
+    assert_eq!(
+        (epic["estimate"].as_i64(), epic["due_date"].as_str()),
+        (Some(8), Some("2027-03-31"))
+    );
+    assert_eq!(epic["fixed_version"], "1.5");
+    let mut children = Vec::new();
+    for title in ["Card model", "Redeem at checkout", "Balance page"] {
+        let child = agent
+            .create(&json!({"product": "SHOP", "type": "task", "title": title, "parent": "SHOP-1"}))
+            .await;
+        assert_eq!(child["parent"], "SHOP-1");
+        children.push(child);
+    }
+    let done = agent
+        .send(
+            "PATCH",
+            &format!("/api/agent/items/{}/status", children[0]["id"]),
+            &[("if-match", &format!("\"{}\"", children[0]["version"]))],
+            Some(&json!({"status": "done"})),
+        )
+        .await;
+    assert_eq!(done.status, 200);
+    let epic = agent.get("/api/agent/items/SHOP-1").await.json();
+    assert_eq!(epic["subtasks"], json!({"total": 3, "finished": 1}));
+    let context = agent.get("/api/agent/items/SHOP-1/context").await.text;
+    assert!(
+        context.contains("- Sub-tasks: 1 of 3 finished"),
+        "{context}"
+    );
+    assert!(context.contains("- Due: 2027-03-31"), "{context}");
+
+    let nested = agent
+        .post(
+            "/api/agent/items",
+            &json!({"product": "SHOP", "type": "task", "title": "x", "parent": "SHOP-2"}),
+        )
+        .await;
+    assert_eq!(nested.status, 422, "sub-tasks do not nest: {}", nested.text);
+    let other = agent
+        .post(
+            "/api/agent/items",
+            &json!({"product": "BLOG", "type": "task", "title": "x", "parent": "SHOP-1"}),
+        )
+        .await;
+    assert!(other.message().contains("another product"));
+    let bad_date = agent
+        .post(
+            "/api/agent/items",
+            &json!({"product": "SHOP", "type": "task", "title": "x", "due_date": "2027-02-30"}),
+        )
+        .await;
+    assert_eq!(bad_date.code(), "hub.invalid");
+    assert!(bad_date.hint().contains("YYYY-MM-DD"));
+
+    let child = agent.get("/api/agent/items/SHOP-3").await;
+    let freed = agent
+        .send(
+            "PATCH",
+            "/api/agent/items/SHOP-3",
+            &[("if-match", &child.etag())],
+            Some(&json!({"parent": null, "estimate": 2})),
+        )
+        .await;
+    assert_eq!(freed.status, 200, "{}", freed.text);
+    assert_eq!(freed.json()["parent"], Value::Null);
+    assert_eq!(
+        agent.get("/api/agent/items/SHOP-1").await.json()["subtasks"]["total"],
+        2
+    );
+    let log = agent.get("/api/agent/items/SHOP-3/activity").await.json();
+    let fields: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["created", "estimate", "parent"]);
 }

@@ -34,6 +34,11 @@ const MIGRATIONS: &[Migration] = &[
             ),
         ],
     },
+    Migration {
+        name: "estimates, dates, environment, versions, sub-tasks",
+        both: include_str!("migrations/003_planning.sql"),
+        only: &[],
+    },
 ];
 
 /// The schema version this gantry writes.

@@ -59,6 +59,16 @@ pub struct NewItem {
     pub bug: Option<BugFields>,
     #[serde(default)]
     pub links: Vec<NewLink>,
+    /// Story points or hours, 0 to 10000.
+    pub estimate: Option<i64>,
+    /// `YYYY-MM-DD`.
+    pub due_date: Option<String>,
+    pub environment: Option<String>,
+    pub affected_version: Option<String>,
+    pub fixed_version: Option<String>,
+    /// Makes this a sub-task of that item (`SHOP-7`), which must be of the
+    /// same product and not a sub-task itself.
+    pub parent: Option<String>,
 }
 
 /// `PATCH /api/agent/items/{id}`: the fields to change; a field left out
@@ -80,6 +90,25 @@ pub struct ItemEdit {
     pub labels: Option<Vec<NewLabel>>,
     /// Only for bugs; each field given replaces the one stored.
     pub bug: Option<BugFields>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<i64>)]
+    pub estimate: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub due_date: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub environment: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub affected_version: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub fixed_version: Option<Option<String>>,
+    /// `null` makes the item a task of its own again.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub parent: Option<Option<String>>,
 }
 
 /// A present `null` as `Some(None)`, so it can clear a field.
@@ -102,6 +131,15 @@ fn check_new(new: &NewItem) -> Result<(), HubError> {
     }
     check_labels(&new.labels)?;
     check_checklist(&new.checklist, 0)?;
+    check_planning(
+        new.estimate,
+        new.due_date.as_deref(),
+        [
+            ("environment", new.environment.as_deref()),
+            ("affected_version", new.affected_version.as_deref()),
+            ("fixed_version", new.fixed_version.as_deref()),
+        ],
+    )?;
     if new.links.len() > LINKS_MAX {
         return Err(HubError::invalid(format!(
             "an item has at most {LINKS_MAX} links"
@@ -119,6 +157,81 @@ fn check_new(new: &NewItem) -> Result<(), HubError> {
         (Some(bug), _) => check_bug(bug),
         _ => Ok(()),
     }
+}
+
+/// Checks the planning fields an item is given.
+fn check_planning(
+    estimate: Option<i64>,
+    due_date: Option<&str>,
+    texts: [(&str, Option<&str>); 3],
+) -> Result<(), HubError> {
+    if estimate.is_some_and(|e| !(0..=10_000).contains(&e)) {
+        return Err(HubError::invalid("`estimate` must be 0 to 10000"));
+    }
+    if let Some(date) = due_date {
+        check_date(date)?;
+    }
+    for (field, value) in texts {
+        if let Some(value) = value {
+            one_line(field, value, SHORT_MAX)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_date(text: &str) -> Result<(), HubError> {
+    let mut parts = text.splitn(3, '-').map(|p| p.parse::<u16>().ok());
+    let valid = match (
+        parts.next().flatten(),
+        parts.next().flatten(),
+        parts.next().flatten(),
+    ) {
+        (Some(year), Some(month), Some(day)) if text.len() == 10 => {
+            time::Month::try_from(month as u8)
+                .ok()
+                .and_then(|month| {
+                    time::Date::from_calendar_date(year.into(), month, day as u8).ok()
+                })
+                .is_some()
+        }
+        _ => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(HubError::Invalid {
+            message: format!("`due_date` `{}` is not a date", text.escape_debug()),
+            hint: Some("write it YYYY-MM-DD, like 2027-03-31".to_owned()),
+        })
+    }
+}
+
+/// The id of the parent `which` names for an item of `product`: of the
+/// same product, and not a sub-task itself (so sub-tasks never nest).
+fn parent_id(
+    sql: &mut dyn Sql,
+    access: &Access,
+    which: &str,
+    product: i64,
+    child: Option<i64>,
+) -> Result<i64, HubError> {
+    let parent = fetch(sql, access, which)?;
+    if parent.product_id != product {
+        return Err(HubError::invalid(format!(
+            "`parent` {} is of another product",
+            parent.item.reference
+        )));
+    }
+    if parent.item.parent.is_some() || Some(parent.item.id) == child {
+        return Err(HubError::Invalid {
+            message: format!(
+                "{} cannot be a parent: it is a sub-task itself",
+                parent.item.reference
+            ),
+            hint: Some("sub-tasks are one level deep".to_owned()),
+        });
+    }
+    Ok(parent.item.id)
 }
 
 fn check_bug(bug: &BugFields) -> Result<(), HubError> {
@@ -300,6 +413,23 @@ impl Store {
                     .ok_or_else(|| HubError::Internal("INSERT returned no id".to_owned()))?
                     .int(0)?;
                 set_labels(sql, id, product_id, &new.labels)?;
+                let parent = match &new.parent {
+                    Some(which) => Some(parent_id(sql, access, which, product_id, None)?),
+                    None => None,
+                };
+                sql.execute(
+                    "UPDATE items SET estimate = ?, due_date = ?, environment = ?, affected_version = ?, \
+                     fixed_version = ?, parent_id = ? WHERE id = ?",
+                    &[
+                        new.estimate.into(),
+                        new.due_date.as_deref().into(),
+                        new.environment.as_deref().into(),
+                        new.affected_version.as_deref().into(),
+                        new.fixed_version.as_deref().into(),
+                        parent.into(),
+                        Value::Int(id),
+                    ],
+                )?;
                 add_checklist(sql, id, &new.checklist)?;
                 for link in &new.links {
                     let target = fetch(sql, access, &link.target)?;
@@ -344,6 +474,24 @@ impl Store {
         if let Some(bug) = &edit.bug {
             check_bug(bug)?;
         }
+        check_planning(
+            edit.estimate.flatten(),
+            edit.due_date.as_ref().and_then(Option::as_deref),
+            [
+                (
+                    "environment",
+                    edit.environment.as_ref().and_then(Option::as_deref),
+                ),
+                (
+                    "affected_version",
+                    edit.affected_version.as_ref().and_then(Option::as_deref),
+                ),
+                (
+                    "fixed_version",
+                    edit.fixed_version.as_ref().and_then(Option::as_deref),
+                ),
+            ],
+        )?;
         self.tx(|sql| {
             let stored = lock(sql, access, which, if_match, false)?;
             let item = &stored.item;
@@ -356,7 +504,31 @@ impl Store {
             let bug = item.bug.clone().unwrap_or_default();
             let given = edit.bug.clone().unwrap_or_default();
             // (column, field, before, after) for each field the edit names.
-            let changes: [FieldChange; 9] = [
+            let changes: [FieldChange; 13] = [
+                (
+                    "due_date",
+                    "due_date",
+                    item.due_date.clone(),
+                    edit.due_date.clone(),
+                ),
+                (
+                    "environment",
+                    "environment",
+                    item.environment.clone(),
+                    edit.environment.clone(),
+                ),
+                (
+                    "affected_version",
+                    "affected_version",
+                    item.affected_version.clone(),
+                    edit.affected_version.clone(),
+                ),
+                (
+                    "fixed_version",
+                    "fixed_version",
+                    item.fixed_version.clone(),
+                    edit.fixed_version.clone(),
+                ),
                 (
                     "title",
                     "title",
@@ -423,6 +595,62 @@ impl Store {
                     field,
                     before.as_deref(),
                     after.as_deref(),
+                    None,
+                )?;
+            }
+            if let Some(estimate) = edit.estimate
+                && estimate != item.estimate
+            {
+                sql.execute(
+                    "UPDATE items SET estimate = ? WHERE id = ?",
+                    &[estimate.into(), Value::Int(item.id)],
+                )?;
+                let text = |e: Option<i64>| e.map(|e| e.to_string());
+                activity(
+                    sql,
+                    item.id,
+                    &access.actor.name,
+                    "estimate",
+                    text(item.estimate).as_deref(),
+                    text(estimate).as_deref(),
+                    None,
+                )?;
+            }
+            if let Some(parent) = &edit.parent
+                && *parent != item.parent
+            {
+                let id = match parent {
+                    Some(which) => {
+                        if item.subtasks.total > 0 {
+                            return Err(HubError::Invalid {
+                                message: format!(
+                                    "{} has sub-tasks, so it cannot be one",
+                                    item.reference
+                                ),
+                                hint: Some("sub-tasks are one level deep".to_owned()),
+                            });
+                        }
+                        Some(parent_id(
+                            sql,
+                            access,
+                            which,
+                            stored.product_id,
+                            Some(item.id),
+                        )?)
+                    }
+                    None => None,
+                };
+                sql.execute(
+                    "UPDATE items SET parent_id = ? WHERE id = ?",
+                    &[id.into(), Value::Int(item.id)],
+                )?;
+                activity(
+                    sql,
+                    item.id,
+                    &access.actor.name,
+                    "parent",
+                    item.parent.as_deref(),
+                    parent.as_deref(),
                     None,
                 )?;
             }

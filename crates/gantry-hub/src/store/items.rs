@@ -15,7 +15,7 @@ use crate::db::{DbError, Row, Sql, Value};
 use crate::error::HubError;
 use crate::model::{
     BugFields, ChecklistEntry, Claim, Item, Kind, Label, Link, LinkKind, PrStatus, Priority,
-    PullRequest, Source, Status, Visibility,
+    Progress, PullRequest, Source, Status, Visibility,
 };
 
 pub(super) const TITLE_MAX: usize = 200;
@@ -37,7 +37,8 @@ pub const PAGE_MAX: usize = 100;
 pub(super) const ITEM_COLUMNS: &str = "i.id, p.key, i.seq, i.kind, i.title, i.description, i.status, \
      i.priority, i.visibility, i.source, i.assignee, i.reporter, i.target_release, i.steps, \
      i.expected, i.actual, i.claimed_by, i.claim_expires_at, i.version, i.created_at, \
-     i.updated_at, i.product_id";
+     i.updated_at, i.product_id, i.estimate, i.due_date, i.environment, i.affected_version, \
+     i.fixed_version, i.parent_id";
 
 /// An item as read, with what the API does not show.
 pub(super) struct Stored {
@@ -151,6 +152,28 @@ pub(super) fn item_from(sql: &mut dyn Sql, row: &Row, now: i64) -> Result<Stored
             })
         })
         .collect::<Result<_, DbError>>()?;
+    let parent = match row.opt_int(27)? {
+        None => None,
+        Some(parent) => sql
+            .query_one(
+                "SELECT p.key, i.seq FROM items i JOIN products p ON p.id = i.product_id WHERE i.id = ?",
+                &[Value::Int(parent)],
+            )?
+            .map(|r| -> Result<String, DbError> { Ok(format!("{}-{}", r.text(0)?, r.int(1)?)) })
+            .transpose()?,
+    };
+    let subtasks = sql
+        .query_one(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status IN ('done', 'closed', 'wont_fix') \
+             THEN 1 ELSE 0 END), 0) FROM items WHERE parent_id = ?",
+            &[Value::Int(id)],
+        )?
+        .map_or(Ok(Progress::default()), |r| -> Result<Progress, DbError> {
+            Ok(Progress {
+                total: r.int(0)?,
+                finished: r.int(1)?,
+            })
+        })?;
     let bug = (kind == Kind::Bug).then(|| -> Result<BugFields, DbError> {
         Ok(BugFields {
             steps_to_reproduce: row.opt_text(13)?,
@@ -182,6 +205,13 @@ pub(super) fn item_from(sql: &mut dyn Sql, row: &Row, now: i64) -> Result<Stored
             bug: bug.transpose()?,
             links,
             pull_requests,
+            estimate: row.opt_int(22)?,
+            due_date: row.opt_text(23)?,
+            environment: row.opt_text(24)?,
+            affected_version: row.opt_text(25)?,
+            fixed_version: row.opt_text(26)?,
+            parent,
+            subtasks,
             claim,
             version: row.int(18)?,
             created_at: clock::format(row.int(19)?),

@@ -170,6 +170,22 @@ impl Answer {
         self.header("etag").expect("an ETag").to_owned()
     }
 
+    /// The message of an error answer.
+    pub fn message(&self) -> String {
+        self.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The hint of an error answer.
+    pub fn hint(&self) -> String {
+        self.json()["error"]["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// The error code of an error answer.
     pub fn code(&self) -> String {
         self.json()["error"]["code"]
