@@ -1,4 +1,5 @@
-//! Rate limits and the served OpenAPI document, against a real hub.
+//! Rate limits, the served OpenAPI document and the health check, against
+//! a real hub.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -11,6 +12,7 @@ on_both_databases!(
     a_flooding_address_gets_429_with_retry_after,
     a_key_over_its_own_rate_gets_429,
     the_hub_serves_its_openapi_document,
+    healthz_answers_without_a_key,
 );
 
 async fn a_flooding_address_gets_429_with_retry_after(db: Db) {
@@ -83,4 +85,11 @@ async fn the_hub_serves_its_openapi_document(db: Db) {
         doc["components"]["securitySchemes"]["api_key"]["scheme"],
         "bearer"
     );
+}
+
+async fn healthz_answers_without_a_key(db: Db) {
+    let hub = Hub::start(db).await;
+    let answer = hub.anonymous().get("/healthz").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.json()["status"], "ok");
 }

@@ -87,6 +87,7 @@ fn router(state: AppState) -> Router {
         .merge(agent::routes())
         .merge(admin::routes())
         .route("/api/openapi.json", axum::routing::get(openapi::document))
+        .route("/healthz", axum::routing::get(health))
         .fallback(|| async { HubError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             HubError::Invalid {
@@ -97,6 +98,13 @@ fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), per_address))
         .layer(DefaultBodyLimit::max(state.limits.body_bytes))
         .with_state(state)
+}
+
+/// `GET /healthz`: 200 while the database answers, for Gantry's health
+/// checks and load balancers.
+async fn health(State(state): State<AppState>) -> Result<Response, HubError> {
+    state.run(|store| store.ping()).await?;
+    Ok(axum::Json(serde_json::json!({"status": "ok"})).into_response())
 }
 
 /// The client's address: the peer's, or behind Gantry's proxy the one the

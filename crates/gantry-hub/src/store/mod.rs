@@ -37,6 +37,11 @@ impl Store {
         self.backend.dialect()
     }
 
+    /// Whether the database answers (`/healthz`).
+    pub fn ping(&self) -> Result<(), HubError> {
+        self.tx(|sql| sql.query("SELECT 1", &[]).map(drop).map_err(Into::into))
+    }
+
     /// Runs `work` in one transaction, which is committed only when it
     /// returns `Ok`.
     pub fn tx<R>(
