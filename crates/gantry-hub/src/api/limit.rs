@@ -54,6 +54,18 @@ fn seconds_until(not_until: &governor::NotUntil<<DefaultClock as Clock>::Instant
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
+/// What one client is, for the per-address limit: an IPv4 address, or the
+/// /64 network of an IPv6 one (which one machine can fill with addresses).
+fn client_network(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
 impl RateLimits {
     pub fn new(limits: &Limits) -> RateLimits {
         RateLimits {
@@ -65,7 +77,7 @@ impl RateLimits {
 
     pub fn check_address(&self, address: IpAddr) -> Result<(), HubError> {
         self.per_address
-            .check_key(&address)
+            .check_key(&client_network(address))
             .map_err(|n| HubError::RateLimited {
                 who: "this address",
                 retry_after: seconds_until(&n),
@@ -103,5 +115,46 @@ impl RateLimits {
     pub fn forget_idle(&self) {
         self.per_address.retain_recent();
         self.per_address.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_network() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1"
+            .parse()
+            .unwrap_or(IpAddr::from([0; 4]));
+        let b: IpAddr = "2001:db8:1:2:bbbb::9"
+            .parse()
+            .unwrap_or(IpAddr::from([0; 4]));
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0; 4]));
+        assert_eq!(client_network(a), client_network(b));
+        assert_ne!(client_network(a), client_network(other));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap_or(IpAddr::from([0; 4]));
+        assert_eq!(client_network(v4), v4);
+    }
+
+    #[test]
+    fn an_address_over_its_quota_is_told_when_to_retry() {
+        let limits = RateLimits::new(&Limits {
+            per_address_per_minute: 2,
+            ..Limits::default()
+        });
+        let client = IpAddr::from([192, 0, 2, 7]);
+        assert!(limits.check_address(client).is_ok());
+        assert!(limits.check_address(client).is_ok());
+        match limits.check_address(client) {
+            Err(HubError::RateLimited { retry_after, .. }) => {
+                assert!((1..=60).contains(&retry_after))
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(
+            limits.check_address(IpAddr::from([192, 0, 2, 8])).is_ok(),
+            "others are not slowed"
+        );
     }
 }
