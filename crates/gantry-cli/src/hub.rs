@@ -170,6 +170,14 @@ pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Fa
     let store = || Store::open(&database);
     match &args.action {
         HubAction::Serve(serve) => {
+            // Request lines and failures on stderr; RUST_LOG tunes them.
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .try_init();
             let options = ServeOptions {
                 database: database.clone(),
                 listen: serve.listen,

@@ -77,10 +77,9 @@ fn keys_made_by_the_cli_open_the_served_api_until_revoked() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
     let mut first = String::new();
-    BufReader::new(server.stderr.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    stderr.read_line(&mut first).unwrap();
     let addr = first
         .split("http://")
         .nth(1)

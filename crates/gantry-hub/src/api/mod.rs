@@ -133,7 +133,21 @@ async fn per_address(State(state): State<AppState>, mut request: Request, next: 
         return refused.into_response();
     }
     request.extensions_mut().insert(ClientAddress(address));
-    next.run(request).await
+    // One line a request: never its headers, body or query (keys and
+    // search words stay out of the log).
+    let method = request.method().clone();
+    let path = request.uri().path().chars().take(200).collect::<String>();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    tracing::info!(
+        client = %address,
+        %method,
+        path,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    response
 }
 
 /// The client's address, as the rate limit and the audit log see it.
