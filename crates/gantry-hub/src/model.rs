@@ -113,12 +113,31 @@ names!(
 
 names!(
     /// How two items relate, seen from the first.
-    LinkKind { Blocks = "blocks", BlockedBy = "blocked_by", RelatesTo = "relates_to", DuplicateOf = "duplicate_of" }
+    LinkKind {
+        Blocks = "blocks",
+        BlockedBy = "blocked_by",
+        RelatesTo = "relates_to",
+        DuplicateOf = "duplicate_of",
+        DuplicatedBy = "duplicated_by",
+    }
 );
 
 names!(
     PrStatus { Draft = "draft", Open = "open", Merged = "merged", Closed = "closed" }
 );
+
+impl LinkKind {
+    /// The same link seen from the other item.
+    pub fn inverse(self) -> LinkKind {
+        match self {
+            LinkKind::Blocks => LinkKind::BlockedBy,
+            LinkKind::BlockedBy => LinkKind::Blocks,
+            LinkKind::RelatesTo => LinkKind::RelatesTo,
+            LinkKind::DuplicateOf => LinkKind::DuplicatedBy,
+            LinkKind::DuplicatedBy => LinkKind::DuplicateOf,
+        }
+    }
+}
 
 impl Permission {
     pub fn allows(self, needed: Permission) -> bool {

@@ -21,6 +21,7 @@ on_both_databases!(
     full_text_search_finds_words_in_titles_and_descriptions,
     the_audit_log_records_changes_and_refused_keys,
     sub_tasks_roll_up_and_planning_fields_are_checked,
+    links_show_from_both_sides_and_can_be_removed,
 );
 
 async fn of_fifty_racing_agents_exactly_one_claims_the_item(db: Db) {
@@ -951,4 +952,89 @@ async fn sub_tasks_roll_up_and_planning_fields_are_checked(db: Db) {
         .map(|a| a["field"].as_str().unwrap())
         .collect();
     assert_eq!(fields, ["created", "estimate", "parent"]);
+}
+
+async fn links_show_from_both_sides_and_can_be_removed(db: Db) {
+    let hub = Hub::start(db).await;
+    let agent = hub.client(&hub.key("linker", Permission::Write, None).await);
+    for title in ["Schema", "API", "Old API ticket"] {
+        agent
+            .create(&json!({"product": "SHOP", "type": "task", "title": title}))
+            .await;
+    }
+    let api = agent.get("/api/agent/items/SHOP-2").await;
+    let change = json!({"add": [{"kind": "blocked_by", "target": "SHOP-1"}]});
+    let missing = agent
+        .send("POST", "/api/agent/items/SHOP-2/links", &[], Some(&change))
+        .await;
+    assert_eq!(missing.status, 428);
+    let linked = agent
+        .send(
+            "POST",
+            "/api/agent/items/SHOP-2/links",
+            &[("if-match", &api.etag())],
+            Some(&change),
+        )
+        .await;
+    assert_eq!(linked.status, 200, "{}", linked.text);
+    assert_eq!(
+        linked.json()["links"],
+        json!([{"kind": "blocked_by", "target": "SHOP-1"}])
+    );
+    let schema = agent.get("/api/agent/items/SHOP-1").await.json();
+    assert_eq!(
+        schema["links"],
+        json!([{"kind": "blocks", "target": "SHOP-2"}]),
+        "seen from the other side"
+    );
+
+    let old = agent.get("/api/agent/items/SHOP-3").await;
+    let dup = json!({"add": [{"kind": "duplicate_of", "target": "SHOP-2"}]});
+    let marked = agent
+        .send(
+            "POST",
+            "/api/agent/items/SHOP-3/links",
+            &[("if-match", &old.etag())],
+            Some(&dup),
+        )
+        .await;
+    assert_eq!(marked.status, 200, "{}", marked.text);
+    let api = agent.get("/api/agent/items/SHOP-2").await;
+    assert_eq!(
+        api.json()["links"],
+        json!([{"kind": "blocked_by", "target": "SHOP-1"}, {"kind": "duplicated_by", "target": "SHOP-3"}])
+    );
+
+    // Removed from the side that did not make it.
+    let schema = agent.get("/api/agent/items/SHOP-1").await;
+    let unlink = json!({"remove": [{"kind": "blocks", "target": "SHOP-2"}]});
+    let removed = agent
+        .send(
+            "POST",
+            "/api/agent/items/SHOP-1/links",
+            &[("if-match", &schema.etag())],
+            Some(&unlink),
+        )
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.text);
+    assert_eq!(removed.json()["links"], json!([]));
+    let api = agent.get("/api/agent/items/SHOP-2").await.json();
+    assert_eq!(
+        api["links"],
+        json!([{"kind": "duplicated_by", "target": "SHOP-3"}])
+    );
+
+    let itself = agent.get("/api/agent/items/SHOP-1").await;
+    let selfish = agent
+        .send(
+            "POST",
+            "/api/agent/items/SHOP-1/links",
+            &[("if-match", &itself.etag())],
+            Some(&json!({"add": [{"kind": "relates_to", "target": "SHOP-1"}]})),
+        )
+        .await;
+    assert_eq!(selfish.code(), "hub.invalid");
+    let log = agent.get("/api/agent/items/SHOP-1/activity").await.json();
+    assert_eq!(log[1]["field"], "link");
+    assert_eq!(log[1]["before"], "blocks SHOP-2");
 }

@@ -18,8 +18,8 @@ use crate::clock;
 use crate::error::HubError;
 use crate::model::{Activity, Comment, Item, Permission, Status};
 use crate::store::{
-    CLAIM_DEFAULT_SECONDS, ChecklistChange, ItemEdit, ItemFilter, ItemPage, NewItem, NewPr,
-    PAGE_MAX, StatusChange,
+    Access, CLAIM_DEFAULT_SECONDS, ChecklistChange, ItemEdit, ItemFilter, ItemPage, LinkChange,
+    NewItem, NewPr, PAGE_MAX, StatusChange, Store,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
             post(add_comment).get(list_comments),
         )
         .route("/api/agent/items/{id}/pr", patch(link_pr))
+        .route("/api/agent/items/{id}/links", post(change_links))
         .route("/api/agent/items/{id}/checklist", post(change_checklist))
         .route("/api/agent/items/{id}/context", get(context))
         .route("/api/agent/items/{id}/activity", get(activity))
@@ -106,6 +107,20 @@ fn filter(query: ListQuery) -> Result<ItemFilter, HubError> {
         cursor: bounded("cursor", query.cursor)?,
         limit,
     })
+}
+
+/// A conditional change of an item: a write key, If-Match, one store
+/// operation, the changed item with its new ETag.
+async fn change(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    work: impl FnOnce(&Store, &Access, &str) -> Result<Item, HubError> + Send + 'static,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Write)?;
+    let tag = if_match(headers)?;
+    let item = state.run(move |store| work(store, &access, &tag)).await?;
+    Ok(with_etag(StatusCode::OK, &item))
 }
 
 fn if_match(headers: &HeaderMap) -> Result<String, HubError> {
@@ -184,12 +199,10 @@ async fn edit_item(
     headers: HeaderMap,
     body: JsonBody<ItemEdit>,
 ) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Write)?;
-    let tag = if_match(&headers)?;
-    let item = state
-        .run(move |store| store.edit_item(&access, &id, &tag, &body.value))
-        .await?;
-    Ok(with_etag(StatusCode::OK, &item))
+    change(&state, &principal, &headers, move |store, access, tag| {
+        store.edit_item(access, &id, tag, &body.value)
+    })
+    .await
 }
 
 /// `PATCH .../claim`'s body; may be empty.
@@ -216,19 +229,17 @@ async fn claim(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Write)?;
     let request: ClaimRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ClaimRequest::default()
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| HubError::invalid(format!("the claim's body is not what it takes: {e}")))?
     };
-    let tag = if_match(&headers)?;
     let seconds = request.seconds.unwrap_or(CLAIM_DEFAULT_SECONDS);
-    let item = state
-        .run(move |store| store.claim(&access, &id, &tag, seconds))
-        .await?;
-    Ok(with_etag(StatusCode::OK, &item))
+    change(&state, &principal, &headers, move |store, access, tag| {
+        store.claim(access, &id, tag, seconds)
+    })
+    .await
 }
 
 /// Give up the claim.
@@ -242,12 +253,10 @@ async fn release(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Write)?;
-    let tag = if_match(&headers)?;
-    let item = state
-        .run(move |store| store.release(&access, &id, &tag))
-        .await?;
-    Ok(with_etag(StatusCode::OK, &item))
+    change(&state, &principal, &headers, move |store, access, tag| {
+        store.release(access, &id, tag)
+    })
+    .await
 }
 
 /// Move the item to another status, saying why.
@@ -262,12 +271,10 @@ async fn change_status(
     headers: HeaderMap,
     body: JsonBody<StatusChange>,
 ) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Write)?;
-    let tag = if_match(&headers)?;
-    let item = state
-        .run(move |store| store.change_status(&access, &id, &tag, &body.value))
-        .await?;
-    Ok(with_etag(StatusCode::OK, &item))
+    change(&state, &principal, &headers, move |store, access, tag| {
+        store.change_status(access, &id, tag, &body.value)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -326,12 +333,29 @@ async fn link_pr(
     headers: HeaderMap,
     body: JsonBody<NewPr>,
 ) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Write)?;
-    let tag = if_match(&headers)?;
-    let item = state
-        .run(move |store| store.link_pr(&access, &id, &tag, &body.value))
-        .await?;
-    Ok(with_etag(StatusCode::OK, &item))
+    change(&state, &principal, &headers, move |store, access, tag| {
+        store.link_pr(access, &id, tag, &body.value)
+    })
+    .await
+}
+
+/// Link the item to others (blocks, blocked_by, relates_to, duplicate_of,
+/// duplicated_by), or remove links; each item shows a link from its side.
+#[utoipa::path(post, path = "/api/agent/items/{id}/links", tag = "agent", request_body = LinkChange,
+    params(("id" = String, Path), ("If-Match" = String, Header)),
+    responses((status = 200, body = Item), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn change_links(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody<LinkChange>,
+) -> Result<Response, HubError> {
+    change(&state, &principal, &headers, move |store, access, tag| {
+        store.change_links(access, &id, tag, &body.value)
+    })
+    .await
 }
 
 /// Add acceptance criteria, or tick and untick them by id.

@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         super::agent::add_comment,
         super::agent::list_comments,
         super::agent::link_pr,
+        super::agent::change_links,
         super::agent::change_checklist,
         super::agent::context,
         super::agent::activity,

@@ -8,11 +8,12 @@ use super::items::{
     Access, CHECK_TEXT_MAX, CHECKLIST_MAX, DEFAULT_COLOR, FieldChange, LABELS_MAX, LINKS_MAX,
     SHORT_MAX, TEXT_MAX, TITLE_MAX, activity, fetch, load, lock, reload,
 };
+use super::links::{NewLink, add_link};
 use super::{Store, audit, bounded, one_line, products};
 use crate::clock;
 use crate::db::{Sql, Value};
 use crate::error::HubError;
-use crate::model::{BugFields, Item, Kind, LinkKind, Priority, Source, Visibility};
+use crate::model::{BugFields, Item, Kind, Priority, Source, Visibility};
 
 /// A label as a new item names it; a label new to the product is made with
 /// `color` (or grey).
@@ -22,14 +23,6 @@ pub struct NewLabel {
     pub name: String,
     /// `#rrggbb`.
     pub color: Option<String>,
-}
-
-#[derive(Clone, Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewLink {
-    pub kind: LinkKind,
-    /// The other item: `SHOP-42` or its id.
-    pub target: String,
 }
 
 /// `POST /api/agent/items`.
@@ -431,14 +424,11 @@ impl Store {
                     ],
                 )?;
                 add_checklist(sql, id, &new.checklist)?;
-                for link in &new.links {
-                    let target = fetch(sql, access, &link.target)?;
-                    sql.execute(
-                        "INSERT INTO links (item_id, kind, target_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                        &[Value::Int(id), link.kind.as_str().into(), Value::Int(target.item.id)],
-                    )?;
-                }
                 activity(sql, id, &access.actor.name, "created", None, Some(new.title.as_str()), None)?;
+                let stored = load(sql, id)?.ok_or_else(|| HubError::Internal("a new item vanished".to_owned()))?;
+                for link in &new.links {
+                    add_link(sql, access, &stored, link)?;
+                }
                 let stored = load(sql, id)?.ok_or_else(|| HubError::Internal("a new item vanished".to_owned()))?;
                 access.audit(sql, "item.create", &stored.item.reference)?;
                 created(&stored.item)

@@ -119,20 +119,26 @@ pub(super) fn item_from(sql: &mut dyn Sql, row: &Row, now: i64) -> Result<Stored
             })
         })
         .collect::<Result<_, DbError>>()?;
-    let links = sql
-        .query(
-            "SELECT k.kind, p.key, t.seq FROM links k JOIN items t ON t.id = k.target_id \
-             JOIN products p ON p.id = t.product_id WHERE k.item_id = ? ORDER BY k.id",
-            &[Value::Int(id)],
-        )?
-        .iter()
-        .map(|r| {
-            Ok(Link {
-                kind: parse("link kind", r.text(0)?, LinkKind::parse)?,
-                target: format!("{}-{}", r.text(1)?, r.int(2)?),
-            })
-        })
-        .collect::<Result<_, DbError>>()?;
+    // Links made from this item, and those made from others seen from here
+    // (SHOP-2 blocks SHOP-5: SHOP-5 is blocked by SHOP-2).
+    let mut links: Vec<Link> = Vec::new();
+    let rows = sql.query(
+        "SELECT k.kind, p.key, t.seq, 0 FROM links k JOIN items t ON t.id = k.target_id \
+         JOIN products p ON p.id = t.product_id WHERE k.item_id = ? \
+         UNION ALL SELECT k.kind, p.key, s.seq, 1 FROM links k JOIN items s ON s.id = k.item_id \
+         JOIN products p ON p.id = s.product_id WHERE k.target_id = ?",
+        &[Value::Int(id), Value::Int(id)],
+    )?;
+    for r in &rows {
+        let kind = parse("link kind", r.text(0)?, LinkKind::parse)?;
+        let link = Link {
+            kind: if r.int(3)? == 1 { kind.inverse() } else { kind },
+            target: format!("{}-{}", r.text(1)?, r.int(2)?),
+        };
+        if !links.contains(&link) {
+            links.push(link);
+        }
+    }
     let pull_requests = sql
         .query(
             "SELECT url, number, title, status, branch, commit_sha, updated_at FROM pull_requests \

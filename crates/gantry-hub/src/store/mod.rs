@@ -7,6 +7,7 @@ mod audit;
 mod fields;
 mod items;
 mod keys;
+mod links;
 mod list;
 mod products;
 mod work;
@@ -18,6 +19,7 @@ pub use audit::Actor;
 pub use fields::{ItemEdit, NewItem};
 pub use items::{Access, CLAIM_DEFAULT_SECONDS, PAGE_MAX};
 pub use keys::{Authenticated, CreatedKey, KeySpec};
+pub use links::LinkChange;
 pub use list::{ItemFilter, ItemPage};
 pub use work::{ChecklistChange, NewPr, StatusChange};
 
