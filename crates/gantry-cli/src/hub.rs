@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
-use gantry_hub::model::{KeyInfo, Permission, Product, Role};
+use gantry_hub::model::{KeyInfo, Milestone, Permission, Product, Role};
 use gantry_hub::{HubError, KeySpec, Limits, Location, ServeOptions, Store};
 use serde::Serialize;
 
@@ -37,6 +37,9 @@ pub enum HubAction {
     /// Products: every item belongs to one, numbered by its key (SHOP-42)
     #[command(subcommand)]
     Product(ProductAction),
+    /// Milestones of a product, which items aim at
+    #[command(subcommand)]
+    Milestone(MilestoneAction),
     /// Users of the hub's pages
     #[command(subcommand)]
     User(UserAction),
@@ -75,6 +78,22 @@ pub enum ProductAction {
     },
     /// List the products
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MilestoneAction {
+    /// Add a milestone to a product
+    ///
+    /// Example: gantry hub milestone add SHOP 1.5 --target 2027-03-31
+    Add {
+        product: String,
+        name: String,
+        /// The target date, YYYY-MM-DD
+        #[arg(long, value_name = "DATE")]
+        target: Option<String>,
+    },
+    /// List a product's milestones
+    List { product: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,6 +221,21 @@ pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Fa
         HubAction::Product(ProductAction::List) => {
             super::emit(printer, Products(store()?.products()?))
         }
+        HubAction::Milestone(MilestoneAction::Add {
+            product,
+            name,
+            target,
+        }) => super::emit(
+            printer,
+            Milestones(vec![store()?.add_milestone(
+                product,
+                name,
+                target.as_deref(),
+            )?]),
+        ),
+        HubAction::Milestone(MilestoneAction::List { product }) => {
+            super::emit(printer, Milestones(store()?.milestones(product)?))
+        }
         HubAction::User(UserAction::Add { name, email, .. }) => {
             let password = read_password()?;
             store()?.add_user(name, email.as_deref(), &password)?;
@@ -261,6 +295,25 @@ impl Report for Products {
         self.0
             .iter()
             .map(|p| format!("{}  {}\n", p.key, p.name))
+            .collect()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Milestones(Vec<Milestone>);
+
+impl Report for Milestones {
+    fn text(&self) -> String {
+        self.0
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}  {}\n",
+                    m.name,
+                    m.target_date.as_deref().unwrap_or("no target date")
+                )
+            })
             .collect()
     }
 }

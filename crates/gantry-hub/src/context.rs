@@ -36,6 +36,13 @@ fn write_document(out: &mut String, item: &Item, comments: &[Comment]) -> std::f
         ("Affected version", item.affected_version.clone()),
         ("Fixed in", item.fixed_version.clone()),
         ("Sub-task of", item.parent.clone()),
+        (
+            "Milestone",
+            item.milestone.as_ref().map(|m| match &m.target_date {
+                Some(date) => format!("{} (target {date})", m.name),
+                None => m.name.clone(),
+            }),
+        ),
     ];
     for (name, value) in planning {
         if let Some(value) = value {

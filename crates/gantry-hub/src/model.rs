@@ -232,6 +232,7 @@ pub struct Item {
     pub environment: Option<String>,
     pub affected_version: Option<String>,
     pub fixed_version: Option<String>,
+    pub milestone: Option<Milestone>,
     /// The item this one is a sub-task of, as `SHOP-7`.
     pub parent: Option<String>,
     /// This item's sub-tasks, and how many of them are finished.
@@ -288,6 +289,14 @@ pub struct KeyInfo {
     pub last_used_at: Option<String>,
     pub request_count: i64,
     pub revoked: bool,
+}
+
+/// A product's milestone, which items aim at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Milestone {
+    pub name: String,
+    /// `YYYY-MM-DD`.
+    pub target_date: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -22,6 +22,7 @@ on_both_databases!(
     the_audit_log_records_changes_and_refused_keys,
     sub_tasks_roll_up_and_planning_fields_are_checked,
     links_show_from_both_sides_and_can_be_removed,
+    items_aim_at_a_products_milestones,
 );
 
 async fn of_fifty_racing_agents_exactly_one_claims_the_item(db: Db) {
@@ -1037,4 +1038,57 @@ async fn links_show_from_both_sides_and_can_be_removed(db: Db) {
     let log = agent.get("/api/agent/items/SHOP-1/activity").await.json();
     assert_eq!(log[1]["field"], "link");
     assert_eq!(log[1]["before"], "blocks SHOP-2");
+}
+
+async fn items_aim_at_a_products_milestones(db: Db) {
+    let hub = Hub::start(db).await;
+    let store = hub.store.clone();
+    tokio::task::spawn_blocking(move || {
+        store
+            .add_milestone("SHOP", "1.5", Some("2027-03-31"))
+            .unwrap();
+        store.add_milestone("SHOP", "2.0", None).unwrap();
+    })
+    .await
+    .unwrap();
+    let agent = hub.client(&hub.key("planner", Permission::Write, None).await);
+    let item = agent
+        .create(
+            &json!({"product": "SHOP", "type": "feature", "title": "Wishlist", "milestone": "1.5"}),
+        )
+        .await;
+    assert_eq!(
+        item["milestone"],
+        json!({"name": "1.5", "target_date": "2027-03-31"})
+    );
+    let unknown = agent
+        .post(
+            "/api/agent/items",
+            &json!({"product": "BLOG", "type": "task", "title": "x", "milestone": "1.5"}),
+        )
+        .await;
+    assert_eq!(
+        unknown.status, 422,
+        "milestones are per product: {}",
+        unknown.text
+    );
+    assert!(unknown.hint().contains("gantry hub milestone add"));
+
+    let moved = agent
+        .send(
+            "PATCH",
+            "/api/agent/items/SHOP-1",
+            &[("if-match", &format!("\"{}\"", item["version"]))],
+            Some(&json!({"milestone": "2.0"})),
+        )
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.text);
+    assert_eq!(moved.json()["milestone"]["name"], "2.0");
+    let log = agent.get("/api/agent/items/SHOP-1/activity").await.json();
+    assert_eq!(
+        (log[1]["before"].as_str(), log[1]["after"].as_str()),
+        (Some("1.5"), Some("2.0"))
+    );
+    let context = agent.get("/api/agent/items/SHOP-1/context").await.text;
+    assert!(context.contains("- Milestone: 2.0"), "{context}");
 }

@@ -35,6 +35,39 @@ fn keys_made_by_the_cli_open_the_served_api_until_revoked() {
     ]);
     product.expect_code(0);
     assert_eq!(product.json()[0]["key"], "SHOP");
+    p.gantry(&[
+        "hub",
+        "milestone",
+        "add",
+        "SHOP",
+        "1.5",
+        "--target",
+        "2027-03-31",
+    ])
+    .expect_code(0);
+    let bad = p.gantry(&[
+        "hub",
+        "milestone",
+        "add",
+        "SHOP",
+        "1.6",
+        "--target",
+        "someday",
+        "--output",
+        "json",
+    ]);
+    bad.expect_code(3);
+    assert!(
+        bad.json()["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("YYYY-MM-DD")
+    );
+    let milestones = p.gantry(&["hub", "milestone", "list", "SHOP", "--output", "json"]);
+    assert_eq!(
+        milestones.json(),
+        serde_json::json!([{"name": "1.5", "target_date": "2027-03-31"}])
+    );
 
     let created = p.gantry(&[
         "hub",

@@ -39,6 +39,11 @@ const MIGRATIONS: &[Migration] = &[
         both: include_str!("migrations/003_planning.sql"),
         only: &[],
     },
+    Migration {
+        name: "milestones",
+        both: include_str!("migrations/004_milestones.sql"),
+        only: &[],
+    },
 ];
 
 /// The schema version this gantry writes.

@@ -9,6 +9,7 @@ use super::items::{
     SHORT_MAX, TEXT_MAX, TITLE_MAX, activity, fetch, load, lock, reload,
 };
 use super::links::{NewLink, add_link};
+use super::products::milestone_id;
 use super::{Store, audit, bounded, one_line, products};
 use crate::clock;
 use crate::db::{Sql, Value};
@@ -62,6 +63,8 @@ pub struct NewItem {
     /// Makes this a sub-task of that item (`SHOP-7`), which must be of the
     /// same product and not a sub-task itself.
     pub parent: Option<String>,
+    /// One of the product's milestones, by name.
+    pub milestone: Option<String>,
 }
 
 /// `PATCH /api/agent/items/{id}`: the fields to change; a field left out
@@ -98,6 +101,9 @@ pub struct ItemEdit {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub fixed_version: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub milestone: Option<Option<String>>,
     /// `null` makes the item a task of its own again.
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
@@ -172,7 +178,7 @@ fn check_planning(
     Ok(())
 }
 
-fn check_date(text: &str) -> Result<(), HubError> {
+pub(super) fn check_date(text: &str) -> Result<(), HubError> {
     let mut parts = text.splitn(3, '-').map(|p| p.parse::<u16>().ok());
     let valid = match (
         parts.next().flatten(),
@@ -406,6 +412,13 @@ impl Store {
                     .ok_or_else(|| HubError::Internal("INSERT returned no id".to_owned()))?
                     .int(0)?;
                 set_labels(sql, id, product_id, &new.labels)?;
+                if let Some(name) = &new.milestone {
+                    let milestone = milestone_id(sql, product_id, name)?;
+                    sql.execute(
+                        "UPDATE items SET milestone_id = ? WHERE id = ?",
+                        &[Value::Int(milestone), Value::Int(id)],
+                    )?;
+                }
                 let parent = match &new.parent {
                     Some(which) => Some(parent_id(sql, access, which, product_id, None)?),
                     None => None,
@@ -603,6 +616,28 @@ impl Store {
                     "estimate",
                     text(item.estimate).as_deref(),
                     text(estimate).as_deref(),
+                    None,
+                )?;
+            }
+            let before = item.milestone.as_ref().map(|m| m.name.clone());
+            if let Some(name) = &edit.milestone
+                && *name != before
+            {
+                let milestone = match name {
+                    Some(name) => Some(milestone_id(sql, stored.product_id, name)?),
+                    None => None,
+                };
+                sql.execute(
+                    "UPDATE items SET milestone_id = ? WHERE id = ?",
+                    &[milestone.into(), Value::Int(item.id)],
+                )?;
+                activity(
+                    sql,
+                    item.id,
+                    &access.actor.name,
+                    "milestone",
+                    before.as_deref(),
+                    name.as_deref(),
                     None,
                 )?;
             }

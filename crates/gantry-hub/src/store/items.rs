@@ -9,6 +9,7 @@
 //! waits for it and then finds the version moved, which is how exactly one
 //! of many racing claims wins.
 
+use super::products::milestone_from;
 use super::{Actor, audit};
 use crate::clock;
 use crate::db::{DbError, Row, Sql, Value};
@@ -38,7 +39,7 @@ pub(super) const ITEM_COLUMNS: &str = "i.id, p.key, i.seq, i.kind, i.title, i.de
      i.priority, i.visibility, i.source, i.assignee, i.reporter, i.target_release, i.steps, \
      i.expected, i.actual, i.claimed_by, i.claim_expires_at, i.version, i.created_at, \
      i.updated_at, i.product_id, i.estimate, i.due_date, i.environment, i.affected_version, \
-     i.fixed_version, i.parent_id";
+     i.fixed_version, i.parent_id, i.milestone_id";
 
 /// An item as read, with what the API does not show.
 pub(super) struct Stored {
@@ -168,6 +169,16 @@ pub(super) fn item_from(sql: &mut dyn Sql, row: &Row, now: i64) -> Result<Stored
             .map(|r| -> Result<String, DbError> { Ok(format!("{}-{}", r.text(0)?, r.int(1)?)) })
             .transpose()?,
     };
+    let milestone = match row.opt_int(28)? {
+        None => None,
+        Some(milestone) => sql
+            .query_one(
+                "SELECT name, target_date FROM milestones WHERE id = ?",
+                &[Value::Int(milestone)],
+            )?
+            .map(|r| milestone_from(&r))
+            .transpose()?,
+    };
     let subtasks = sql
         .query_one(
             "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status IN ('done', 'closed', 'wont_fix') \
@@ -216,6 +227,7 @@ pub(super) fn item_from(sql: &mut dyn Sql, row: &Row, now: i64) -> Result<Stored
             environment: row.opt_text(24)?,
             affected_version: row.opt_text(25)?,
             fixed_version: row.opt_text(26)?,
+            milestone,
             parent,
             subtasks,
             claim,
