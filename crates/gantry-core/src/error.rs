@@ -152,6 +152,7 @@ codes! {
     HubPreconditionRequired = "hub.precondition_required", Invalid, "an update came without If-Match: send the item's ETag (HTTP 428)";
     HubIdempotencyMismatch = "hub.idempotency_mismatch", Conflict, "an Idempotency-Key was used before with another request body (HTTP 422)";
     HubRateLimited = "hub.rate_limited", Conflict, "too many requests from the key or the address; Retry-After says when to try again (HTTP 429)";
+    HubTimeout = "hub.timeout", Failed, "the request took longer than the hub allows (its body came too slowly, or the database did not answer); nothing is known to have changed unless a retry with the same Idempotency-Key says so (HTTP 408)";
     HubStore = "hub.store", Failed, "the hub's database failed or could not be opened (HTTP 500)";
     HubUnsupported = "hub.unsupported", Invalid, "the hub cannot do that yet";
 }

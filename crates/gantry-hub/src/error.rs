@@ -41,6 +41,8 @@ pub enum HubError {
     IdempotencyMismatch,
     #[error("too many requests from {who}; retry in {retry_after} s")]
     RateLimited { who: &'static str, retry_after: u64 },
+    #[error("the request took longer than {seconds} s")]
+    Timeout { seconds: u64 },
     #[error("{what} is not supported yet")]
     Unsupported { what: String },
     #[error("cannot {what}: {source}")]
@@ -83,6 +85,7 @@ impl HubError {
             HubError::IdempotencyMismatch => Code::HubIdempotencyMismatch,
             HubError::RateLimited { .. } => Code::HubRateLimited,
             HubError::Unsupported { .. } => Code::HubUnsupported,
+            HubError::Timeout { .. } => Code::HubTimeout,
         }
     }
 
@@ -101,6 +104,7 @@ impl HubError {
             HubError::PreconditionRequired => 428,
             HubError::RateLimited { .. } => 429,
             HubError::Unsupported { .. } => 501,
+            HubError::Timeout { .. } => 408,
         }
     }
 

@@ -22,6 +22,12 @@ pub struct Limits {
     pub per_key_per_minute: u32,
     /// The largest request body, in bytes.
     pub body_bytes: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: std::time::Duration,
+    /// How long a request may take, its body included, before 408.
+    pub request_timeout: std::time::Duration,
+    /// Connections open at once; more are closed as they come.
+    pub max_connections: usize,
     /// Take the client's address from `X-Real-IP` when the peer is on
     /// loopback: set when the hub runs behind Gantry's proxy, which writes
     /// that header itself.
@@ -34,6 +40,9 @@ impl Default for Limits {
             per_address_per_minute: 1200,
             per_key_per_minute: 600,
             body_bytes: 256 * 1024,
+            header_timeout: std::time::Duration::from_secs(10),
+            request_timeout: std::time::Duration::from_secs(30),
+            max_connections: 1024,
             behind_proxy: false,
         }
     }

@@ -72,14 +72,68 @@ pub async fn serve(
         rates,
     };
     let app = router(state);
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let served = accept(listener, app, limits, shutdown).await;
     sweeper.abort();
     served
+}
+
+/// How long open requests may finish after the hub is asked to stop.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Accepts connections until `shutdown`, each bounded: at most
+/// `max_connections` at once (more are closed as they come), headers within
+/// `header_timeout`. Then waits for open requests, up to [`DRAIN`].
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: pause, do not spin.
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service =
+            app.clone()
+                .map_request(move |mut request: Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request
+                });
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+    Ok(())
 }
 
 fn router(state: AppState) -> Router {
@@ -133,12 +187,19 @@ async fn per_address(State(state): State<AppState>, mut request: Request, next: 
         return refused.into_response();
     }
     request.extensions_mut().insert(ClientAddress(address));
+    let limit = state.limits.request_timeout;
     // One line a request: never its headers, body or query (keys and
     // search words stay out of the log).
     let method = request.method().clone();
     let path = request.uri().path().chars().take(200).collect::<String>();
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    let response = match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => HubError::Timeout {
+            seconds: limit.as_secs(),
+        }
+        .into_response(),
+    };
     tracing::info!(
         client = %address,
         %method,
