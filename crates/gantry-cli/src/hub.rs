@@ -130,6 +130,9 @@ pub enum KeyAction {
         /// The key's own rate limit, requests a minute [default: the hub's]
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         rate_per_minute: Option<u32>,
+        /// An address or network the key may be used from (repeat for more) [default: anywhere]
+        #[arg(long, value_name = "CIDR")]
+        allow_from: Vec<String>,
     },
     /// List the keys: names, scopes, last use; never their secrets
     List,
@@ -247,6 +250,7 @@ pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Fa
             permission,
             product,
             rate_per_minute,
+            allow_from,
         }) => {
             let spec = KeySpec {
                 name: name.clone(),
@@ -262,6 +266,7 @@ pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Fa
                 },
                 product: product.clone(),
                 rate_per_minute: *rate_per_minute,
+                allow_from: allow_from.clone(),
             };
             let created = store()?.create_key(&spec)?;
             super::emit(printer, NewSecret::from(created))

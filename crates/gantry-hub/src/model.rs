@@ -289,6 +289,8 @@ pub struct KeyInfo {
     pub last_used_at: Option<String>,
     pub request_count: i64,
     pub revoked: bool,
+    /// The networks the key may be used from; empty: anywhere.
+    pub allow_from: Vec<String>,
 }
 
 /// A product's milestone, which items aim at.

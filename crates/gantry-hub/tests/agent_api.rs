@@ -23,6 +23,7 @@ on_both_databases!(
     sub_tasks_roll_up_and_planning_fields_are_checked,
     links_show_from_both_sides_and_can_be_removed,
     items_aim_at_a_products_milestones,
+    a_key_limited_to_networks_is_refused_elsewhere,
 );
 
 async fn of_fifty_racing_agents_exactly_one_claims_the_item(db: Db) {
@@ -264,6 +265,7 @@ async fn keys_reach_only_their_scope_and_permission(db: Db) {
             permission: Permission::Write,
             product: None,
             rate_per_minute: None,
+            allow_from: Vec::new(),
         })
         .await;
     assert_eq!(
@@ -1091,4 +1093,43 @@ async fn items_aim_at_a_products_milestones(db: Db) {
     );
     let context = agent.get("/api/agent/items/SHOP-1/context").await.text;
     assert!(context.contains("- Milestone: 2.0"), "{context}");
+}
+
+async fn a_key_limited_to_networks_is_refused_elsewhere(db: Db) {
+    let hub = Hub::start(db).await;
+    let spec = |name: &str, allow: &[&str]| KeySpec {
+        name: name.to_owned(),
+        role: Role::Ci,
+        permission: Permission::Read,
+        product: None,
+        rate_per_minute: None,
+        allow_from: allow.iter().map(|a| a.to_string()).collect(),
+    };
+    let office = hub
+        .key_with(spec("office", &["10.0.0.0/8", "2001:db8::/32"]))
+        .await;
+    let refused = hub.client(&office).get("/api/agent/items").await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert!(refused.message().contains("127.0.0.1"), "{}", refused.text);
+    let local = hub.key_with(spec("local", &["127.0.0.1"])).await;
+    assert_eq!(hub.client(&local).get("/api/agent/items").await.status, 200);
+
+    let store = hub.store.clone();
+    let listed = tokio::task::spawn_blocking(move || store.keys().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(listed[0].allow_from, ["10.0.0.0/8", "2001:db8::/32"]);
+    assert_eq!(listed[1].allow_from, ["127.0.0.1/32"]);
+    assert_eq!(
+        listed[0].request_count, 0,
+        "a refused request is not counted as a use"
+    );
+
+    let store = hub.store.clone();
+    let bad =
+        tokio::task::spawn_blocking(move || store.create_key(&spec("bad", &["10.0.0.0/33"])).err())
+            .await
+            .unwrap()
+            .expect("an impossible network is refused");
+    assert_eq!(bad.code().as_str(), "hub.invalid");
 }

@@ -44,6 +44,7 @@ async fn a_key_over_its_own_rate_gets_429(db: Db) {
             permission: Permission::Read,
             product: None,
             rate_per_minute: Some(3),
+            allow_from: Vec::new(),
         })
         .await;
     let fast = hub.client(&hub.key("fast", Permission::Read, None).await);

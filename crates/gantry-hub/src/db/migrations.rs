@@ -44,6 +44,11 @@ const MIGRATIONS: &[Migration] = &[
         both: include_str!("migrations/004_milestones.sql"),
         only: &[],
     },
+    Migration {
+        name: "keys limited to networks",
+        both: include_str!("migrations/005_key_networks.sql"),
+        only: &[],
+    },
 ];
 
 /// The schema version this gantry writes.

@@ -32,6 +32,42 @@ pub struct KeySpec {
     pub product: Option<String>,
     /// Its own rate limit; `None`: the hub's default.
     pub rate_per_minute: Option<u32>,
+    /// Addresses or networks (`10.0.0.0/8`, `2001:db8::/32`) the key may be
+    /// used from; empty: anywhere.
+    pub allow_from: Vec<String>,
+}
+
+/// The networks `allow_from` names, checked; at most 32.
+fn networks(allow_from: &[String]) -> Result<Vec<ipnet::IpNet>, HubError> {
+    if allow_from.len() > 32 {
+        return Err(HubError::invalid("a key takes at most 32 networks"));
+    }
+    allow_from
+        .iter()
+        .map(|text| {
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| HubError::Invalid {
+                    message: format!("`{}` is not an address or a network", text.escape_debug()),
+                    hint: Some("like 203.0.113.7, 10.0.0.0/8 or 2001:db8::/32".to_owned()),
+                })
+        })
+        .collect()
+}
+
+/// Whether `client` is inside one of the key's stored networks.
+fn allowed(stored: Option<&str>, client: &str) -> bool {
+    let Some(stored) = stored.filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    let Ok(client) = client.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    stored
+        .split(',')
+        .filter_map(|net| net.parse::<ipnet::IpNet>().ok())
+        .any(|net| net.contains(&client.to_canonical()))
 }
 
 /// A key just made: the only time its secret is known.
@@ -78,7 +114,7 @@ fn public_id(presented: &str) -> Option<&str> {
 }
 
 const KEY_COLUMNS: &str = "k.public_id, k.name, k.role, k.permission, p.key, k.created_at, \
-     k.last_used_at, k.request_count, k.revoked_at";
+     k.last_used_at, k.request_count, k.revoked_at, k.allow_from";
 
 fn key_info(row: &Row) -> Result<KeyInfo, HubError> {
     let role = row.text(2)?;
@@ -94,6 +130,11 @@ fn key_info(row: &Row) -> Result<KeyInfo, HubError> {
         last_used_at: row.opt_int(6)?.map(clock::format),
         request_count: row.int(7)?,
         revoked: row.opt_int(8)?.is_some(),
+        allow_from: row
+            .opt_text(9)?
+            .filter(|s| !s.is_empty())
+            .map(|s| s.split(',').map(str::to_owned).collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -117,6 +158,11 @@ fn find(sql: &mut dyn Sql, which: &str) -> Result<(i64, KeyInfo), HubError> {
 impl Store {
     pub fn create_key(&self, spec: &KeySpec) -> Result<CreatedKey, HubError> {
         one_line("name", &spec.name, 64)?;
+        let allow_from = networks(&spec.allow_from)?
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         if spec.rate_per_minute == Some(0) {
             return Err(HubError::invalid(
                 "a key's rate limit must be at least 1 a minute",
@@ -140,7 +186,7 @@ impl Store {
             let secret = format!("{PREFIX}{public}_{}", random_hex::<32>());
             sql.execute(
                 "INSERT INTO api_keys (public_id, name, role, permission, product_id, secret_hash, \
-                 rate_per_minute, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 rate_per_minute, created_at, allow_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 &[
                     public.as_str().into(),
                     spec.name.as_str().into(),
@@ -150,6 +196,9 @@ impl Store {
                     digest(&secret).into(),
                     spec.rate_per_minute.map(i64::from).into(),
                     Value::Int(clock::now()),
+                    (!allow_from.is_empty())
+                        .then_some(allow_from.as_str())
+                        .into(),
                 ],
             )?;
             audit::record(sql, "cli", None, "key.create", Some(&spec.name), "ok")?;
@@ -231,8 +280,8 @@ impl Store {
         // Refusals are committed too: they are the audit log's.
         self.tx(|sql| {
             let row = sql.query_one(
-                "SELECT id, name, role, permission, product_id, secret_hash, rate_per_minute, revoked_at \
-                 FROM api_keys WHERE public_id = ?",
+                "SELECT id, name, role, permission, product_id, secret_hash, rate_per_minute, revoked_at, \
+                 allow_from FROM api_keys WHERE public_id = ?",
                 &[public.into()],
             )?;
             let target = format!("{PREFIX}{public}");
@@ -250,6 +299,12 @@ impl Store {
             if row.opt_int(7)?.is_some() {
                 audit::record(sql, &name, Some(client), "auth.key", Some(&target), "revoked")?;
                 return Ok(Err(refused("the API key was revoked")));
+            }
+            if !allowed(row.opt_text(8)?.as_deref(), client) {
+                audit::record(sql, &name, Some(client), "auth.key", Some(&target), "address not allowed")?;
+                return Ok(Err(HubError::Forbidden {
+                    message: format!("key `{name}` may not be used from {client}"),
+                }));
             }
             let key_id = row.int(0)?;
             sql.execute(

@@ -117,6 +117,7 @@ impl Hub {
             permission,
             product: product.map(str::to_owned),
             rate_per_minute: None,
+            allow_from: Vec::new(),
         })
         .await
     }
