@@ -180,9 +180,27 @@ fn default_database(state_dir: &Path) -> PathBuf {
     state_dir.join("hub").join("hub.db")
 }
 
+const DATABASE_ENV: &str = "GANTRY_HUB_DATABASE";
+
 fn location(args: &HubArgs, state_dir: &Path) -> Result<Location, HubError> {
     match &args.database {
-        Some(text) => Location::parse(text).map_err(HubError::from),
+        Some(text) => {
+            let location = Location::parse(text)?;
+            // From GANTRY_HUB_DATABASE it is out of sight; on the command
+            // line every local user's `ps` shows it.
+            let from_env = std::env::var(DATABASE_ENV).is_ok_and(|v| v == *text);
+            if location.has_password() && !from_env {
+                return Err(HubError::Invalid {
+                    message:
+                        "the --database URL holds a password, which `ps` shows to every local user"
+                            .to_owned(),
+                    hint: Some(format!(
+                        "set the URL in {DATABASE_ENV} instead, or keep the password in ~/.pgpass"
+                    )),
+                });
+            }
+            Ok(location)
+        }
         None => Ok(Location::Sqlite(default_database(state_dir))),
     }
 }

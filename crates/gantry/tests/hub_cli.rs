@@ -212,3 +212,19 @@ fn a_bad_database_url_is_refused_by_name() {
         "the URL's password is never shown"
     );
 }
+
+#[test]
+fn a_database_password_on_the_command_line_is_refused() {
+    let p = project();
+    let url = "postgres://hub:s3cret@127.0.0.1:1/hub";
+    let run = p.gantry(&["hub", "key", "list", "--database", url, "--output", "json"]);
+    run.expect_code(3);
+    assert_eq!(run.json()["error"]["code"], "hub.invalid");
+    assert!(
+        run.json()["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("GANTRY_HUB_DATABASE")
+    );
+    assert!(!run.stdout.contains("s3cret"));
+}

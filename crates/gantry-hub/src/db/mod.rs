@@ -160,6 +160,22 @@ impl Location {
         Ok(Location::Sqlite(PathBuf::from(text)))
     }
 
+    /// Whether the location holds a password (`postgres://user:pass@...`
+    /// or `password=` in its query).
+    pub fn has_password(&self) -> bool {
+        match self {
+            Location::Sqlite(_) => false,
+            Location::Postgres(url) => {
+                let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+                let user_info = rest.split('/').next().unwrap_or("").rsplit_once('@');
+                user_info.is_some_and(|(user, _)| user.contains(':'))
+                    || url.split_once('?').is_some_and(|(_, query)| {
+                        query.split('&').any(|pair| pair.starts_with("password="))
+                    })
+            }
+        }
+    }
+
     /// The location without any password, for messages.
     pub fn describe(&self) -> String {
         match self {
@@ -239,6 +255,16 @@ mod tests {
         let location = Location::parse("postgres://hub:s3cret@db.internal:5432/hub").unwrap();
         assert_eq!(location.describe(), "postgres db.internal:5432/hub");
         assert!(!format!("{location:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn passwords_in_a_location_are_noticed() {
+        let has = |text: &str| Location::parse(text).unwrap().has_password();
+        assert!(has("postgres://hub:s3cret@db/hub"));
+        assert!(has("postgresql://db/hub?user=hub&password=s3cret"));
+        assert!(!has("postgres://hub@db/hub"));
+        assert!(!has("postgres://db:5432/hub"));
+        assert!(!has("hub.db"));
     }
 
     #[test]
