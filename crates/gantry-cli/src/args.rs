@@ -242,6 +242,16 @@ pub enum Command {
     /// Example: gantry agent stop
     Agent(AgentArgs),
 
+    /// Run the tracker hub, and manage its products, users and API keys
+    ///
+    /// `gantry hub serve` serves the hub's agent API (items, claims, pull
+    /// requests, comments; /api/openapi.json describes it) over SQLite in the
+    /// state directory, or PostgreSQL with --database postgres://...; the
+    /// other subcommands work on the same database directly.
+    ///
+    /// Example: gantry hub key create --name coder-1 --role agent --permission write
+    Hub(crate::commands::hub::HubArgs),
+
     /// Run the reverse proxy in the foreground
     ///
     /// Routes requests by host and path to the upstreams of its route table,

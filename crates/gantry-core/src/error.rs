@@ -141,6 +141,21 @@ codes! {
     ReleaseNoneBefore = "release.none_before", Conflict, "there is no earlier successful release to roll back to";
     ReleaseArtifactGone = "release.artifact_gone", Conflict, "the files of that release are no longer kept";
     ServiceNotFound = "service.not_found", Invalid, "the project runs no service of that name";
+    HubUnauthorized = "hub.unauthorized", Invalid, "the hub refused the request's credentials: no API key, a malformed, unknown or revoked one (HTTP 401)";
+    HubForbidden = "hub.forbidden", Invalid, "the API key may not do that: its permission is too low or the item is in a product outside its scope (HTTP 403)";
+    HubNotFound = "hub.not_found", Invalid, "no item, product, key or user has that name or number (HTTP 404)";
+    HubInvalid = "hub.invalid", Invalid, "the request is malformed or a field is out of bounds; the message names the field (HTTP 400 or 422)";
+    HubTooLarge = "hub.too_large", Invalid, "the request body is over the hub's limit (HTTP 413)";
+    HubExists = "hub.exists", Conflict, "a product, user or active key of that name already exists (HTTP 409)";
+    HubClaimed = "hub.claimed", Conflict, "another agent holds the item's claim; the error names the holder and when the claim expires (HTTP 409)";
+    HubItemFinished = "hub.item_finished", Conflict, "the item is done, closed or won't be fixed, so it cannot be claimed (HTTP 409)";
+    HubStale = "hub.stale", Conflict, "If-Match names an older version of the item: fetch it again and retry (HTTP 412)";
+    HubPreconditionRequired = "hub.precondition_required", Invalid, "an update came without If-Match: send the item's ETag (HTTP 428)";
+    HubIdempotencyMismatch = "hub.idempotency_mismatch", Conflict, "an Idempotency-Key was used before with another request body (HTTP 422)";
+    HubRateLimited = "hub.rate_limited", Conflict, "too many requests from the key or the address; Retry-After says when to try again (HTTP 429)";
+    HubTimeout = "hub.timeout", Failed, "the request took longer than the hub allows (its body came too slowly, or the database did not answer); nothing is known to have changed unless a retry with the same Idempotency-Key says so (HTTP 408)";
+    HubStore = "hub.store", Failed, "the hub's database failed or could not be opened (HTTP 500)";
+    HubUnsupported = "hub.unsupported", Invalid, "the hub cannot do that yet";
 }
 
 impl Code {

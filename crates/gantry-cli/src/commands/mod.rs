@@ -10,6 +10,7 @@ mod deploy;
 mod docs;
 mod environment;
 mod hosts;
+pub(crate) mod hub;
 mod operate;
 mod proxy;
 
@@ -48,6 +49,7 @@ pub(crate) fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(
         Command::Agent(args) => agent::agent(&ctx, args),
         Command::Proxy(args) => proxy::proxy(&ctx, args),
         Command::Trust => proxy::trust(&ctx),
+        Command::Hub(args) => hub::run(args, &ctx.state_dir, ctx.printer),
         Command::Completions(args) => docs::completions(&ctx, args),
         Command::Man => docs::man(&ctx),
     }

@@ -1,0 +1,402 @@
+//! `gantry hub`: run the tracker hub, and manage its products, users and
+//! API keys on its database directly (no server needed).
+
+use std::io::{BufRead, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand, ValueEnum};
+use gantry_hub::model::{KeyInfo, Milestone, Permission, Product, Role};
+use gantry_hub::{HubError, KeySpec, Limits, Location, ServeOptions, Store};
+use serde::Serialize;
+
+use crate::output::{Failure, Printer, Report};
+
+#[derive(Debug, Args)]
+pub struct HubArgs {
+    #[command(subcommand)]
+    pub action: HubAction,
+
+    /// The hub's database: a postgres:// URL or a SQLite file [default: hub/hub.db in the state directory]
+    #[arg(
+        long,
+        global = true,
+        env = "GANTRY_HUB_DATABASE",
+        value_name = "URL|PATH",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HubAction {
+    /// Serve the hub's API in the foreground until SIGINT or SIGTERM
+    ///
+    /// Example: gantry hub serve --listen 127.0.0.1:8780
+    Serve(ServeArgs),
+    /// Products: every item belongs to one, numbered by its key (SHOP-42)
+    #[command(subcommand)]
+    Product(ProductAction),
+    /// Milestones of a product, which items aim at
+    #[command(subcommand)]
+    Milestone(MilestoneAction),
+    /// Users of the hub's pages
+    #[command(subcommand)]
+    User(UserAction),
+    /// API keys for agents, CI and webhooks
+    #[command(subcommand)]
+    Key(KeyAction),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen
+    #[arg(long, default_value = "127.0.0.1:8780", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Requests a minute one client address may make
+    #[arg(long, default_value_t = Limits::default().per_address_per_minute, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_per_address: u32,
+    /// Requests a minute one API key may make, unless the key has its own rate
+    #[arg(long, default_value_t = Limits::default().per_key_per_minute, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_per_key: u32,
+    /// The hub runs behind Gantry's proxy: take the client's address from the
+    /// X-Real-IP the proxy writes (for connections from loopback only)
+    #[arg(long)]
+    pub behind_proxy: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProductAction {
+    /// Add a product
+    ///
+    /// Example: gantry hub product add SHOP --name "The shop"
+    Add {
+        /// 2 to 10 capital letters or digits, starting with a letter
+        key: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// List the products
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MilestoneAction {
+    /// Add a milestone to a product
+    ///
+    /// Example: gantry hub milestone add SHOP 1.5 --target 2027-03-31
+    Add {
+        product: String,
+        name: String,
+        /// The target date, YYYY-MM-DD
+        #[arg(long, value_name = "DATE")]
+        target: Option<String>,
+    },
+    /// List a product's milestones
+    List { product: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Add a user; the password (12 characters or more) is read from stdin,
+    /// never from the command line, where `ps` would show it
+    ///
+    /// Example: printf '%s\n' "$PASSWORD" | gantry hub user add ann --email ann@example.com --password-stdin
+    Add {
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// Read the password from the first line of stdin
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Create a key; its secret is printed this once and never again
+    ///
+    /// Example: gantry hub key create --name coder-1 --role agent --permission write --product SHOP
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        #[arg(long, value_enum)]
+        permission: PermissionArg,
+        /// The one product the key reaches [default: every product]
+        #[arg(long)]
+        product: Option<String>,
+        /// The key's own rate limit, requests a minute [default: the hub's]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        rate_per_minute: Option<u32>,
+        /// An address or network the key may be used from (repeat for more) [default: anywhere]
+        #[arg(long, value_name = "CIDR")]
+        allow_from: Vec<String>,
+    },
+    /// List the keys: names, scopes, last use; never their secrets
+    List,
+    /// Give a key a new secret; the old one stops working at once
+    Rotate {
+        /// The key's id (ghk_...) or name
+        key: String,
+    },
+    /// Stop a key at once
+    Revoke {
+        /// The key's id (ghk_...) or name
+        key: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RoleArg {
+    Agent,
+    Ci,
+    Webhook,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PermissionArg {
+    Read,
+    Write,
+    Admin,
+}
+
+impl From<HubError> for Failure {
+    fn from(error: HubError) -> Failure {
+        Failure {
+            hint: error.hint(),
+            ..Failure::new(error.code(), error.to_string())
+        }
+    }
+}
+
+/// Where `gantry hub` keeps its SQLite database by default.
+fn default_database(state_dir: &Path) -> PathBuf {
+    state_dir.join("hub").join("hub.db")
+}
+
+const DATABASE_ENV: &str = "GANTRY_HUB_DATABASE";
+
+fn location(args: &HubArgs, state_dir: &Path) -> Result<Location, HubError> {
+    match &args.database {
+        Some(text) => {
+            let location = Location::parse(text)?;
+            // From GANTRY_HUB_DATABASE it is out of sight; on the command
+            // line every local user's `ps` shows it.
+            let from_env = std::env::var(DATABASE_ENV).is_ok_and(|v| v == *text);
+            if location.has_password() && !from_env {
+                return Err(HubError::Invalid {
+                    message:
+                        "the --database URL holds a password, which `ps` shows to every local user"
+                            .to_owned(),
+                    hint: Some(format!(
+                        "set the URL in {DATABASE_ENV} instead, or keep the password in ~/.pgpass"
+                    )),
+                });
+            }
+            Ok(location)
+        }
+        None => Ok(Location::Sqlite(default_database(state_dir))),
+    }
+}
+
+pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Failure> {
+    let database = location(args, state_dir)?;
+    let store = || Store::open(&database);
+    match &args.action {
+        HubAction::Serve(serve) => {
+            // Request lines and failures on stderr; RUST_LOG tunes them.
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .try_init();
+            let options = ServeOptions {
+                database: database.clone(),
+                listen: serve.listen,
+                limits: Limits {
+                    per_address_per_minute: serve.rate_per_address,
+                    per_key_per_minute: serve.rate_per_key,
+                    behind_proxy: serve.behind_proxy,
+                    ..Limits::default()
+                },
+            };
+            gantry_hub::run(&options, |bound| {
+                printer.status(&format!(
+                    "hub: listening on http://{bound}, database {}",
+                    database.describe()
+                ));
+            })?;
+            Ok(())
+        }
+        HubAction::Product(ProductAction::Add { key, name }) => {
+            emit(printer, Products(vec![store()?.add_product(key, name)?]))
+        }
+        HubAction::Product(ProductAction::List) => emit(printer, Products(store()?.products()?)),
+        HubAction::Milestone(MilestoneAction::Add {
+            product,
+            name,
+            target,
+        }) => emit(
+            printer,
+            Milestones(vec![store()?.add_milestone(
+                product,
+                name,
+                target.as_deref(),
+            )?]),
+        ),
+        HubAction::Milestone(MilestoneAction::List { product }) => {
+            emit(printer, Milestones(store()?.milestones(product)?))
+        }
+        HubAction::User(UserAction::Add { name, email, .. }) => {
+            let password = read_password()?;
+            store()?.add_user(name, email.as_deref(), &password)?;
+            emit(printer, UserAdded { name: name.clone() })
+        }
+        HubAction::Key(KeyAction::Create {
+            name,
+            role,
+            permission,
+            product,
+            rate_per_minute,
+            allow_from,
+        }) => {
+            let spec = KeySpec {
+                name: name.clone(),
+                role: match role {
+                    RoleArg::Agent => Role::Agent,
+                    RoleArg::Ci => Role::Ci,
+                    RoleArg::Webhook => Role::Webhook,
+                },
+                permission: match permission {
+                    PermissionArg::Read => Permission::Read,
+                    PermissionArg::Write => Permission::Write,
+                    PermissionArg::Admin => Permission::Admin,
+                },
+                product: product.clone(),
+                rate_per_minute: *rate_per_minute,
+                allow_from: allow_from.clone(),
+            };
+            let created = store()?.create_key(&spec)?;
+            emit(printer, NewSecret::from(created))
+        }
+        HubAction::Key(KeyAction::List) => emit(printer, Keys(store()?.keys()?)),
+        HubAction::Key(KeyAction::Rotate { key }) => {
+            emit(printer, NewSecret::from(store()?.rotate_key(key)?))
+        }
+        HubAction::Key(KeyAction::Revoke { key }) => {
+            emit(printer, Keys(vec![store()?.revoke_key(key)?]))
+        }
+    }
+}
+
+fn read_password() -> Result<String, Failure> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .take(4096)
+        .read_line(&mut line)
+        .map_err(|e| Failure::io("read the password from stdin", e))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Products(Vec<Product>);
+
+impl Report for Products {
+    fn text(&self) -> String {
+        self.0
+            .iter()
+            .map(|p| format!("{}  {}\n", p.key, p.name))
+            .collect()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Milestones(Vec<Milestone>);
+
+impl Report for Milestones {
+    fn text(&self) -> String {
+        self.0
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}  {}\n",
+                    m.name,
+                    m.target_date.as_deref().unwrap_or("no target date")
+                )
+            })
+            .collect()
+    }
+}
+
+#[derive(Serialize)]
+struct UserAdded {
+    name: String,
+}
+
+impl Report for UserAdded {
+    fn text(&self) -> String {
+        format!("user {} added\n", self.name)
+    }
+}
+
+/// A key with its secret: the one time it is shown.
+#[derive(Serialize)]
+struct NewSecret {
+    key: KeyInfo,
+    secret: String,
+}
+
+impl From<gantry_hub::CreatedKey> for NewSecret {
+    fn from(created: gantry_hub::CreatedKey) -> NewSecret {
+        NewSecret {
+            key: created.info,
+            secret: created.secret,
+        }
+    }
+}
+
+impl Report for NewSecret {
+    fn text(&self) -> String {
+        format!(
+            "key {} ({}, {} {}) — its secret, shown this once:\n{}\n",
+            self.key.name, self.key.id, self.key.role, self.key.permission, self.secret
+        )
+    }
+}
+
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Keys(Vec<KeyInfo>);
+
+impl Report for Keys {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for key in &self.0 {
+            out.push_str(&format!(
+                "{}  {}  {} {}  {}  {} requests, last {}{}\n",
+                key.id,
+                key.name,
+                key.role,
+                key.permission,
+                key.product.as_deref().unwrap_or("every product"),
+                key.request_count,
+                key.last_used_at.as_deref().unwrap_or("never"),
+                if key.revoked { "  REVOKED" } else { "" }
+            ));
+        }
+        out
+    }
+}
+
+fn emit(printer: &Printer, report: impl Report) -> Result<(), Failure> {
+    printer
+        .report(&report)
+        .map_err(|e| Failure::io("write the report", e))
+}

@@ -1,0 +1,169 @@
+//! Rate limits: one per client address on every request (before the key is
+//! even looked at, so guessing keys is slow too), and one per API key. Both
+//! answer 429 with Retry-After. Governor's GCRA keeps a few bytes per key;
+//! addresses not seen for a while are forgotten by `forget_idle`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+
+use crate::error::HubError;
+
+/// How much the hub lets one client do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests a minute from one client address (bursts up to this).
+    pub per_address_per_minute: u32,
+    /// Requests a minute with one API key, unless the key has its own.
+    pub per_key_per_minute: u32,
+    /// The largest request body, in bytes.
+    pub body_bytes: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: std::time::Duration,
+    /// How long a request may take, its body included, before 408.
+    pub request_timeout: std::time::Duration,
+    /// Connections open at once; more are closed as they come.
+    pub max_connections: usize,
+    /// Take the client's address from `X-Real-IP` when the peer is on
+    /// loopback: set when the hub runs behind Gantry's proxy, which writes
+    /// that header itself.
+    pub behind_proxy: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            per_address_per_minute: 1200,
+            per_key_per_minute: 600,
+            body_bytes: 256 * 1024,
+            header_timeout: std::time::Duration::from_secs(10),
+            request_timeout: std::time::Duration::from_secs(30),
+            max_connections: 1024,
+            behind_proxy: false,
+        }
+    }
+}
+
+pub struct RateLimits {
+    per_address: DefaultKeyedRateLimiter<IpAddr>,
+    per_key: Mutex<HashMap<i64, (u32, Arc<DefaultDirectRateLimiter>)>>,
+    default_key_rate: u32,
+}
+
+fn quota(per_minute: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN))
+}
+
+fn seconds_until(not_until: &governor::NotUntil<<DefaultClock as Clock>::Instant>) -> u64 {
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+/// What one client is, for the per-address limit: an IPv4 address, or the
+/// /64 network of an IPv6 one (which one machine can fill with addresses).
+fn client_network(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
+impl RateLimits {
+    pub fn new(limits: &Limits) -> RateLimits {
+        RateLimits {
+            per_address: DefaultKeyedRateLimiter::keyed(quota(limits.per_address_per_minute)),
+            per_key: Mutex::new(HashMap::new()),
+            default_key_rate: limits.per_key_per_minute,
+        }
+    }
+
+    pub fn check_address(&self, address: IpAddr) -> Result<(), HubError> {
+        self.per_address
+            .check_key(&client_network(address))
+            .map_err(|n| HubError::RateLimited {
+                who: "this address",
+                retry_after: seconds_until(&n),
+            })
+    }
+
+    pub fn check_key(&self, key_id: i64, own_rate: Option<u32>) -> Result<(), HubError> {
+        let rate = own_rate.unwrap_or(self.default_key_rate);
+        let limiter = {
+            let mut keys = self
+                .per_key
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let entry = keys.entry(key_id).or_insert_with(|| {
+                (
+                    rate,
+                    Arc::new(DefaultDirectRateLimiter::direct(quota(rate))),
+                )
+            });
+            if entry.0 != rate {
+                *entry = (
+                    rate,
+                    Arc::new(DefaultDirectRateLimiter::direct(quota(rate))),
+                );
+            }
+            entry.1.clone()
+        };
+        limiter.check().map_err(|n| HubError::RateLimited {
+            who: "this API key",
+            retry_after: seconds_until(&n),
+        })
+    }
+
+    /// Drops the state of addresses whose bucket is full again.
+    pub fn forget_idle(&self) {
+        self.per_address.retain_recent();
+        self.per_address.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_network() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1"
+            .parse()
+            .unwrap_or(IpAddr::from([0; 4]));
+        let b: IpAddr = "2001:db8:1:2:bbbb::9"
+            .parse()
+            .unwrap_or(IpAddr::from([0; 4]));
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0; 4]));
+        assert_eq!(client_network(a), client_network(b));
+        assert_ne!(client_network(a), client_network(other));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap_or(IpAddr::from([0; 4]));
+        assert_eq!(client_network(v4), v4);
+    }
+
+    #[test]
+    fn an_address_over_its_quota_is_told_when_to_retry() {
+        let limits = RateLimits::new(&Limits {
+            per_address_per_minute: 2,
+            ..Limits::default()
+        });
+        let client = IpAddr::from([192, 0, 2, 7]);
+        assert!(limits.check_address(client).is_ok());
+        assert!(limits.check_address(client).is_ok());
+        match limits.check_address(client) {
+            Err(HubError::RateLimited { retry_after, .. }) => {
+                assert!((1..=60).contains(&retry_after))
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(
+            limits.check_address(IpAddr::from([192, 0, 2, 8])).is_ok(),
+            "others are not slowed"
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and
+//! the request and response types, served at `/api/openapi.json`.
+
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Gantry hub", description = "The tracker hub's agent API"),
+    paths(
+        super::agent::list_items,
+        super::agent::create_item,
+        super::agent::get_item,
+        super::agent::edit_item,
+        super::agent::claim,
+        super::agent::release,
+        super::agent::change_status,
+        super::agent::add_comment,
+        super::agent::list_comments,
+        super::agent::link_pr,
+        super::agent::change_links,
+        super::agent::change_checklist,
+        super::agent::context,
+        super::agent::activity,
+        super::admin::audit,
+    ),
+    modifiers(&ApiKey),
+    tags(
+        (name = "agent", description = "Claim and work items"),
+        (name = "admin", description = "For admin keys")
+    )
+)]
+pub struct Document;
+
+struct ApiKey;
+
+impl Modify for ApiKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("ghk_<id>_<secret>")
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub async fn document() -> Response {
+    axum::Json(Document::openapi()).into_response()
+}

@@ -1,0 +1,441 @@
+//! An item as stored: reading it whole (labels, checklist, links, pull
+//! requests), who may reach it ([`Access`]), the activity log, and the one
+//! way to change it. `fields`, `work` and `list` build on these.
+//!
+//! Every change to an item goes through [`lock`]: one conditional UPDATE
+//! that bumps the version only if it is still the one the client saw
+//! (If-Match). That UPDATE takes the row, so the rest of the transaction
+//! changes an item nobody else is changing; on PostgreSQL a racing UPDATE
+//! waits for it and then finds the version moved, which is how exactly one
+//! of many racing claims wins.
+
+use super::products::milestone_from;
+use super::{Actor, audit};
+use crate::clock;
+use crate::db::{DbError, Row, Sql, Value};
+use crate::error::HubError;
+use crate::model::{
+    BugFields, ChecklistEntry, Claim, Item, Kind, Label, Link, LinkKind, PrStatus, Priority,
+    Progress, PullRequest, Source, Status, Visibility,
+};
+
+pub(super) const TITLE_MAX: usize = 200;
+pub(super) const TEXT_MAX: usize = 50_000;
+pub(super) const SHORT_MAX: usize = 64;
+pub(super) const LABELS_MAX: usize = 20;
+pub(super) const CHECKLIST_MAX: usize = 100;
+pub(super) const CHECK_TEXT_MAX: usize = 500;
+pub(super) const LINKS_MAX: usize = 50;
+pub(super) const COMMENT_MAX: usize = 20_000;
+pub(super) const URL_MAX: usize = 2_000;
+pub(super) const DEFAULT_COLOR: &str = "#6b7280";
+/// How long a claim lasts when the request does not say, and at most.
+pub const CLAIM_DEFAULT_SECONDS: u64 = 30 * 60;
+pub const CLAIM_MAX_SECONDS: u64 = 24 * 3600;
+/// The most items one page lists.
+pub const PAGE_MAX: usize = 100;
+
+pub(super) const ITEM_COLUMNS: &str = "i.id, p.key, i.seq, i.kind, i.title, i.description, i.status, \
+     i.priority, i.visibility, i.source, i.assignee, i.reporter, i.target_release, i.steps, \
+     i.expected, i.actual, i.claimed_by, i.claim_expires_at, i.version, i.created_at, \
+     i.updated_at, i.product_id, i.estimate, i.due_date, i.environment, i.affected_version, \
+     i.fixed_version, i.parent_id, i.milestone_id";
+
+/// An item as read, with what the API does not show.
+pub(super) struct Stored {
+    pub(super) item: Item,
+    pub(super) product_id: i64,
+    /// The holder of an unexpired claim.
+    pub(super) holder: Option<String>,
+}
+
+pub(super) fn parse<T>(
+    what: &str,
+    text: String,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, DbError> {
+    parse(&text).ok_or_else(|| DbError::Shape(format!("{what} `{text}`")))
+}
+
+/// `tracker-17-fix-the-login-page`: a pull request from a branch that
+/// starts `tracker-17` links to item 17.
+pub fn branch_name(id: i64, title: &str) -> String {
+    let mut slug = String::new();
+    for c in title.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+        if slug.len() >= 40 {
+            break;
+        }
+    }
+    let slug = slug.trim_end_matches('-');
+    if slug.is_empty() {
+        format!("tracker-{id}")
+    } else {
+        format!("tracker-{id}-{slug}")
+    }
+}
+
+pub(super) fn item_from(sql: &mut dyn Sql, row: &Row, now: i64) -> Result<Stored, HubError> {
+    let id = row.int(0)?;
+    let product = row.text(1)?;
+    let kind = parse("type", row.text(3)?, Kind::parse)?;
+    let status = parse("status", row.text(6)?, Status::parse)?;
+    let title = row.text(4)?;
+    let claim = match (row.opt_text(16)?, row.opt_int(17)?) {
+        (Some(holder), Some(expires)) if expires > now => Some(Claim {
+            holder,
+            expires_at: clock::format(expires),
+        }),
+        _ => None,
+    };
+    let labels = sql
+        .query(
+            "SELECT l.name, l.color FROM item_labels il JOIN labels l ON l.id = il.label_id \
+             WHERE il.item_id = ? ORDER BY l.name",
+            &[Value::Int(id)],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(Label {
+                name: r.text(0)?,
+                color: r.text(1)?,
+            })
+        })
+        .collect::<Result<_, DbError>>()?;
+    let checklist = sql
+        .query(
+            "SELECT id, text, done FROM checklist WHERE item_id = ? ORDER BY position, id",
+            &[Value::Int(id)],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(ChecklistEntry {
+                id: r.int(0)?,
+                text: r.text(1)?,
+                done: r.int(2)? != 0,
+            })
+        })
+        .collect::<Result<_, DbError>>()?;
+    // Links made from this item, and those made from others seen from here
+    // (SHOP-2 blocks SHOP-5: SHOP-5 is blocked by SHOP-2).
+    let mut links: Vec<Link> = Vec::new();
+    let rows = sql.query(
+        "SELECT k.kind, p.key, t.seq, 0 FROM links k JOIN items t ON t.id = k.target_id \
+         JOIN products p ON p.id = t.product_id WHERE k.item_id = ? \
+         UNION ALL SELECT k.kind, p.key, s.seq, 1 FROM links k JOIN items s ON s.id = k.item_id \
+         JOIN products p ON p.id = s.product_id WHERE k.target_id = ?",
+        &[Value::Int(id), Value::Int(id)],
+    )?;
+    for r in &rows {
+        let kind = parse("link kind", r.text(0)?, LinkKind::parse)?;
+        let link = Link {
+            kind: if r.int(3)? == 1 { kind.inverse() } else { kind },
+            target: format!("{}-{}", r.text(1)?, r.int(2)?),
+        };
+        if !links.contains(&link) {
+            links.push(link);
+        }
+    }
+    let pull_requests = sql
+        .query(
+            "SELECT url, number, title, status, branch, commit_sha, updated_at FROM pull_requests \
+             WHERE item_id = ? ORDER BY id",
+            &[Value::Int(id)],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(PullRequest {
+                url: r.text(0)?,
+                number: r.opt_int(1)?,
+                title: r.opt_text(2)?,
+                status: parse("pull request status", r.text(3)?, PrStatus::parse)?,
+                branch: r.opt_text(4)?,
+                commit: r.opt_text(5)?,
+                updated_at: clock::format(r.int(6)?),
+            })
+        })
+        .collect::<Result<_, DbError>>()?;
+    let parent = match row.opt_int(27)? {
+        None => None,
+        Some(parent) => sql
+            .query_one(
+                "SELECT p.key, i.seq FROM items i JOIN products p ON p.id = i.product_id WHERE i.id = ?",
+                &[Value::Int(parent)],
+            )?
+            .map(|r| -> Result<String, DbError> { Ok(format!("{}-{}", r.text(0)?, r.int(1)?)) })
+            .transpose()?,
+    };
+    let milestone = match row.opt_int(28)? {
+        None => None,
+        Some(milestone) => sql
+            .query_one(
+                "SELECT name, target_date FROM milestones WHERE id = ?",
+                &[Value::Int(milestone)],
+            )?
+            .map(|r| milestone_from(&r))
+            .transpose()?,
+    };
+    let subtasks = sql
+        .query_one(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status IN ('done', 'closed', 'wont_fix') \
+             THEN 1 ELSE 0 END), 0) FROM items WHERE parent_id = ?",
+            &[Value::Int(id)],
+        )?
+        .map_or(Ok(Progress::default()), |r| -> Result<Progress, DbError> {
+            Ok(Progress {
+                total: r.int(0)?,
+                finished: r.int(1)?,
+            })
+        })?;
+    let bug = (kind == Kind::Bug).then(|| -> Result<BugFields, DbError> {
+        Ok(BugFields {
+            steps_to_reproduce: row.opt_text(13)?,
+            expected: row.opt_text(14)?,
+            actual: row.opt_text(15)?,
+        })
+    });
+    Ok(Stored {
+        holder: claim.as_ref().map(|c| c.holder.clone()),
+        product_id: row.int(21)?,
+        item: Item {
+            id,
+            reference: format!("{product}-{}", row.int(2)?),
+            product,
+            kind,
+            branch: branch_name(id, &title),
+            title,
+            description: row.text(5)?,
+            status,
+            status_category: status.category(),
+            priority: parse("priority", row.text(7)?, Priority::parse)?,
+            visibility: parse("visibility", row.text(8)?, Visibility::parse)?,
+            source: parse("source", row.text(9)?, Source::parse)?,
+            assignee: row.opt_text(10)?,
+            reporter: row.text(11)?,
+            target_release: row.opt_text(12)?,
+            labels,
+            checklist,
+            bug: bug.transpose()?,
+            links,
+            pull_requests,
+            estimate: row.opt_int(22)?,
+            due_date: row.opt_text(23)?,
+            environment: row.opt_text(24)?,
+            affected_version: row.opt_text(25)?,
+            fixed_version: row.opt_text(26)?,
+            milestone,
+            parent,
+            subtasks,
+            claim,
+            version: row.int(18)?,
+            created_at: clock::format(row.int(19)?),
+            updated_at: clock::format(row.int(20)?),
+        },
+    })
+}
+
+pub(super) fn load(sql: &mut dyn Sql, id: i64) -> Result<Option<Stored>, HubError> {
+    let row = sql.query_one(
+        &format!("SELECT {ITEM_COLUMNS} FROM items i JOIN products p ON p.id = i.product_id WHERE i.id = ?"),
+        &[Value::Int(id)],
+    )?;
+    row.map(|row| item_from(sql, &row, clock::now()))
+        .transpose()
+}
+
+/// The id of the item a path names: its id (`17`) or reference (`SHOP-42`).
+pub(super) fn resolve(sql: &mut dyn Sql, which: &str) -> Result<i64, HubError> {
+    let missing = || HubError::not_found(format!("item `{}`", which.escape_debug()));
+    if which.len() > 32 {
+        return Err(missing());
+    }
+    if let Ok(id) = which.parse::<i64>() {
+        return Ok(id);
+    }
+    let (product, seq) = which.rsplit_once('-').ok_or_else(missing)?;
+    let seq: i64 = seq.parse().map_err(|_| missing())?;
+    let row = sql.query_one(
+        "SELECT i.id FROM items i JOIN products p ON p.id = i.product_id WHERE p.key = ? AND i.seq = ?",
+        &[product.to_ascii_uppercase().into(), Value::Int(seq)],
+    )?;
+    Ok(row.ok_or_else(missing)?.int(0)?)
+}
+
+/// One field of an edit: its column, its name in the activity log, the
+/// value before, and the value asked for (`None`: left alone).
+pub(super) type FieldChange = (
+    &'static str,
+    &'static str,
+    Option<String>,
+    Option<Option<String>>,
+);
+
+/// Who asks, and what of the hub they may reach.
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub actor: Actor,
+    /// For idempotency keys.
+    pub key_id: i64,
+    /// The one product a scoped key reaches.
+    pub scope: Option<i64>,
+}
+
+impl Access {
+    pub(super) fn check(&self, stored: &Stored) -> Result<(), HubError> {
+        match self.scope {
+            Some(product) if product != stored.product_id => Err(HubError::Forbidden {
+                message: format!(
+                    "the key is scoped to another product than {}'s",
+                    stored.item.reference
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn audit(
+        &self,
+        sql: &mut dyn Sql,
+        action: &str,
+        target: &str,
+    ) -> Result<(), HubError> {
+        audit::record(
+            sql,
+            &self.actor.name,
+            self.actor.client.as_deref(),
+            action,
+            Some(target),
+            "ok",
+        )
+    }
+}
+
+pub(super) fn fetch(sql: &mut dyn Sql, access: &Access, which: &str) -> Result<Stored, HubError> {
+    let id = resolve(sql, which)?;
+    let stored = load(sql, id)?
+        .ok_or_else(|| HubError::not_found(format!("item `{}`", which.escape_debug())))?;
+    access.check(&stored)?;
+    Ok(stored)
+}
+
+/// Parses an If-Match value: `"7"`, `W/"7"` or `7`.
+pub fn parse_etag(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let text = text.strip_prefix("W/").unwrap_or(text);
+    text.trim_matches('"').parse().ok()
+}
+
+/// Takes the item for a change at the version the client saw: one
+/// conditional UPDATE bumps its version. Refuses when another agent holds
+/// its claim (unless `ignore_claim`) or when the version moved.
+pub(super) fn lock(
+    sql: &mut dyn Sql,
+    access: &Access,
+    which: &str,
+    if_match: &str,
+    ignore_claim: bool,
+) -> Result<Stored, HubError> {
+    let stored = fetch(sql, access, which)?;
+    let expected = parse_etag(if_match).ok_or_else(|| HubError::Invalid {
+        message: format!(
+            "If-Match `{}` is not an ETag of this hub",
+            if_match.escape_debug()
+        ),
+        hint: Some("send the ETag header of the item's last GET, as it was".to_owned()),
+    })?;
+    let refuse = |stored: &Stored| -> HubError {
+        match (&stored.holder, &stored.item.claim) {
+            (Some(holder), Some(claim)) if !ignore_claim && *holder != access.actor.name => {
+                HubError::Claimed {
+                    reference: stored.item.reference.clone(),
+                    holder: holder.clone(),
+                    expires_at: claim.expires_at.clone(),
+                }
+            }
+            _ => HubError::Stale {
+                given: if_match.to_owned(),
+                current: stored.item.version,
+            },
+        }
+    };
+    if stored.item.version != expected
+        || (!ignore_claim
+            && stored
+                .holder
+                .as_ref()
+                .is_some_and(|h| *h != access.actor.name))
+    {
+        return Err(refuse(&stored));
+    }
+    let changed = sql.execute(
+        "UPDATE items SET version = version + 1, updated_at = ? WHERE id = ? AND version = ?",
+        &[
+            Value::Int(clock::now()),
+            Value::Int(stored.item.id),
+            Value::Int(expected),
+        ],
+    )?;
+    if changed == 0 {
+        // Another change won the row meanwhile: say whose, as it is now.
+        let now = load(sql, stored.item.id)?.ok_or_else(|| HubError::not_found(which))?;
+        return Err(refuse(&now));
+    }
+    Ok(stored)
+}
+
+pub(super) fn activity(
+    sql: &mut dyn Sql,
+    item: i64,
+    actor: &str,
+    field: &str,
+    before: Option<&str>,
+    after: Option<&str>,
+    note: Option<&str>,
+) -> Result<(), HubError> {
+    sql.execute(
+        "INSERT INTO activity (item_id, actor, at, field, before, after, note) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        &[
+            Value::Int(item),
+            actor.into(),
+            Value::Int(clock::now()),
+            field.into(),
+            before.into(),
+            after.into(),
+            note.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+pub(super) fn reload(sql: &mut dyn Sql, id: i64) -> Result<Item, HubError> {
+    Ok(load(sql, id)?
+        .ok_or_else(|| HubError::Internal("a changed item vanished".to_owned()))?
+        .item)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_names_are_slugs_of_the_title() {
+        assert_eq!(
+            branch_name(17, "Fix the login page!"),
+            "tracker-17-fix-the-login-page"
+        );
+        assert_eq!(branch_name(3, "???"), "tracker-3");
+        assert!(branch_name(9, &"long title ".repeat(20)).len() <= "tracker-9-".len() + 41);
+    }
+
+    #[test]
+    fn etags_parse_strong_weak_and_bare() {
+        assert_eq!(parse_etag("\"7\""), Some(7));
+        assert_eq!(parse_etag("W/\"7\""), Some(7));
+        assert_eq!(parse_etag("7"), Some(7));
+        assert_eq!(parse_etag("*"), None);
+    }
+}

@@ -1,0 +1,159 @@
+//! Reading items: one by id or reference, and pages of them with filters,
+//! full-text search and keyset cursors.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::items::{Access, ITEM_COLUMNS, PAGE_MAX, fetch, item_from};
+use super::{Store, bounded};
+use crate::clock;
+use crate::db::{Dialect, Value};
+use crate::error::HubError;
+use crate::model::{Item, Status};
+
+/// What `GET /api/agent/items` selects.
+#[derive(Clone, Debug, Default)]
+pub struct ItemFilter {
+    pub product: Option<String>,
+    pub status: Vec<Status>,
+    pub label: Option<String>,
+    pub assignee: Option<String>,
+    /// Words to find in the title or description (all of them, stemmed).
+    pub text: Option<String>,
+    /// Only items changed at or after this time (ms).
+    pub since: Option<i64>,
+    /// Where the previous page ended.
+    pub cursor: Option<String>,
+    pub limit: usize,
+}
+
+/// One page of items, oldest change first.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ItemPage {
+    pub items: Vec<Item>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// The words of a search: letters and digits, at most 10 of them.
+fn search_words(text: &str) -> Result<Vec<String>, HubError> {
+    bounded("q", text, 200)?;
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    if words.is_empty() || words.len() > 10 {
+        return Err(HubError::Invalid {
+            message: format!("`q` has {} words; a search takes 1 to 10", words.len()),
+            hint: Some("words are letters and digits; punctuation is ignored".to_owned()),
+        });
+    }
+    Ok(words)
+}
+
+fn parse_cursor(cursor: &str) -> Result<(i64, i64), HubError> {
+    let bad = || HubError::Invalid {
+        message: format!(
+            "`cursor` `{}` is not one this hub gave",
+            cursor.escape_debug()
+        ),
+        hint: Some("pass next_cursor from the previous page as it was".to_owned()),
+    };
+    let (at, id) = cursor.split_once('.').ok_or_else(bad)?;
+    Ok((
+        at.parse().map_err(|_| bad())?,
+        id.parse().map_err(|_| bad())?,
+    ))
+}
+
+impl Store {
+    pub fn item(&self, access: &Access, which: &str) -> Result<Item, HubError> {
+        self.tx(|sql| Ok(fetch(sql, access, which)?.item))
+    }
+
+    pub fn list_items(&self, access: &Access, filter: &ItemFilter) -> Result<ItemPage, HubError> {
+        let mut clauses = Vec::new();
+        let mut params = Vec::new();
+        if let Some(scope) = access.scope {
+            clauses.push("i.product_id = ?".to_owned());
+            params.push(Value::Int(scope));
+        }
+        if let Some(product) = &filter.product {
+            clauses.push("p.key = ?".to_owned());
+            params.push(product.as_str().into());
+        }
+        if !filter.status.is_empty() {
+            let marks = vec!["?"; filter.status.len()].join(", ");
+            clauses.push(format!("i.status IN ({marks})"));
+            params.extend(filter.status.iter().map(|s| Value::from(s.as_str())));
+        }
+        if let Some(label) = &filter.label {
+            clauses.push(
+                "EXISTS (SELECT 1 FROM item_labels il JOIN labels l ON l.id = il.label_id \
+                 WHERE il.item_id = i.id AND l.name = ?)"
+                    .to_owned(),
+            );
+            params.push(label.as_str().into());
+        }
+        if let Some(assignee) = &filter.assignee {
+            clauses.push("i.assignee = ?".to_owned());
+            params.push(assignee.as_str().into());
+        }
+        if let Some(text) = &filter.text {
+            let words = search_words(text)?;
+            match self.dialect() {
+                Dialect::Sqlite => {
+                    // FTS5 has a query language of its own: each word is
+                    // quoted, so the user's text is only ever words.
+                    let query: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
+                    clauses.push(
+                        "i.id IN (SELECT rowid FROM items_fts WHERE items_fts MATCH ?)".to_owned(),
+                    );
+                    params.push(query.join(" ").into());
+                }
+                Dialect::Postgres => {
+                    clauses.push("i.search @@ plainto_tsquery('english', ?)".to_owned());
+                    params.push(words.join(" ").into());
+                }
+            }
+        }
+        if let Some(since) = filter.since {
+            clauses.push("i.updated_at >= ?".to_owned());
+            params.push(Value::Int(since));
+        }
+        if let Some(cursor) = &filter.cursor {
+            let (at, id) = parse_cursor(cursor)?;
+            clauses.push("(i.updated_at > ? OR (i.updated_at = ? AND i.id > ?))".to_owned());
+            params.extend([Value::Int(at), Value::Int(at), Value::Int(id)]);
+        }
+        let limit = filter.limit.clamp(1, PAGE_MAX);
+        let filter_sql = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        params.push(Value::Int(limit as i64 + 1));
+        self.tx(|sql| {
+            let rows = sql.query(
+                &format!(
+                    "SELECT {ITEM_COLUMNS} FROM items i JOIN products p ON p.id = i.product_id \
+                     {filter_sql} ORDER BY i.updated_at, i.id LIMIT ?"
+                ),
+                &params,
+            )?;
+            let now = clock::now();
+            let mut items = Vec::new();
+            let mut last = None;
+            for row in rows.iter().take(limit) {
+                last = Some((row.int(20)?, row.int(0)?));
+                items.push(item_from(sql, row, now)?.item);
+            }
+            let next_cursor = (rows.len() > limit)
+                .then_some(last)
+                .flatten()
+                .map(|(at, id)| format!("{at}.{id}"));
+            Ok(ItemPage { items, next_cursor })
+        })
+    }
+}

@@ -1,0 +1,262 @@
+//! A real hub on a loopback port, over SQLite in a temporary directory or
+//! over a throwaway PostgreSQL cluster, and a small HTTP client for it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use gantry_hub::model::{Permission, Role};
+use gantry_hub::{KeySpec, Limits, Location, Store};
+use gantry_testkit::postgres::PgCluster;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Defines one test per database from `async fn NAME(db: Db)`.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn on_sqlite() {
+                    super::$name(super::support::Db::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn on_postgres() {
+                    super::$name(super::support::Db::Postgres).await;
+                }
+            }
+        )*
+    };
+}
+
+/// What keeps a database alive: a directory or a PostgreSQL server.
+enum Keep {
+    Dir(tempfile::TempDir),
+    Cluster(PgCluster),
+}
+
+pub struct Hub {
+    pub addr: SocketAddr,
+    pub store: Arc<Store>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    // Dropped last: the server stops before its database.
+    _keep: Keep,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The database location for `db`, and what keeps it.
+fn database(db: Db) -> (Location, Keep) {
+    match db {
+        Db::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            (Location::Sqlite(dir.path().join("hub.db")), Keep::Dir(dir))
+        }
+        Db::Postgres => {
+            let cluster = PgCluster::start();
+            let url = cluster.database("hub");
+            (Location::parse(&url).unwrap(), Keep::Cluster(cluster))
+        }
+    }
+}
+
+impl Hub {
+    pub async fn start(db: Db) -> Hub {
+        Hub::with_limits(db, Limits::default()).await
+    }
+
+    pub async fn with_limits(db: Db, limits: Limits) -> Hub {
+        let (store, keep) = tokio::task::spawn_blocking(move || {
+            let (location, keep) = database(db);
+            let store = Store::open(&location).unwrap();
+            store.add_product("SHOP", "The shop").unwrap();
+            store.add_product("BLOG", "The blog").unwrap();
+            (Arc::new(store), keep)
+        })
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(gantry_hub::serve(
+            listener,
+            store.clone(),
+            limits,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Hub {
+            addr,
+            store,
+            stop: Some(stop),
+            _keep: keep,
+        }
+    }
+
+    /// A new key; its secret.
+    pub async fn key(&self, name: &str, permission: Permission, product: Option<&str>) -> String {
+        self.key_with(KeySpec {
+            name: name.to_owned(),
+            role: Role::Agent,
+            permission,
+            product: product.map(str::to_owned),
+            rate_per_minute: None,
+            allow_from: Vec::new(),
+        })
+        .await
+    }
+
+    pub async fn key_with(&self, spec: KeySpec) -> String {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.create_key(&spec).unwrap().secret)
+            .await
+            .unwrap()
+    }
+
+    pub fn client(&self, key: &str) -> Client {
+        Client {
+            addr: self.addr,
+            key: Some(key.to_owned()),
+        }
+    }
+
+    pub fn anonymous(&self) -> Client {
+        Client {
+            addr: self.addr,
+            key: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    key: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn etag(&self) -> String {
+        self.header("etag").expect("an ETag").to_owned()
+    }
+
+    /// The message of an error answer.
+    pub fn message(&self) -> String {
+        self.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The hint of an error answer.
+    pub fn hint(&self) -> String {
+        self.json()["error"]["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The error code of an error answer.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+impl Client {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Answer {
+        let body = body.map(|b| b.to_string());
+        self.send_raw(method, path, headers, body.unwrap_or_default().into_bytes())
+            .await
+    }
+
+    pub async fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Answer {
+        let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json");
+        if let Some(key) = &self.key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = sender
+            .send_request(request.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send("GET", path, &[], None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        self.send("POST", path, &[], Some(body)).await
+    }
+
+    /// Creates an item; panics unless the hub answers 201.
+    pub async fn create(&self, body: &Value) -> Value {
+        let answer = self.post("/api/agent/items", body).await;
+        assert_eq!(answer.status, 201, "{}", answer.text);
+        answer.json()
+    }
+}
