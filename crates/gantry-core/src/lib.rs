@@ -23,6 +23,7 @@ pub mod operate;
 pub mod redact;
 pub mod register;
 pub mod render;
+pub mod secrets;
 pub mod show;
 pub mod validate;
 
