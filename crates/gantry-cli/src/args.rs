@@ -174,6 +174,15 @@ pub enum Command {
     /// Example: gantry restart web
     Restart(ServiceArg),
 
+    /// Set, list, remove, import and sync the environment's secrets, kept encrypted in the project
+    ///
+    /// Stored in .gantry/secrets/<env>.age, encrypted with age to the key in
+    /// ~/.config/gantry/identity.txt (made on first use; never in the project).
+    /// A deploy reads them before the environment and .gantry/secrets.env.
+    ///
+    /// Example: printf %s "$TOKEN" | gantry secrets set -e prod API_TOKEN
+    Secrets(crate::secrets::SecretsArgs),
+
     /// Add an existing server, reachable over SSH, to an environment
     ///
     /// Checks that `ssh` logs in without a prompt, adds [hosts.HOST] to

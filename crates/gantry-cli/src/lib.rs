@@ -6,6 +6,7 @@ mod args;
 mod lifecycle;
 pub use args::ProxyListen;
 mod output;
+mod secrets;
 mod text;
 mod verbose;
 
@@ -315,6 +316,7 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
                 text::ReleaseDetail(operate::release(&project, env, id, &connect)?),
             ),
         },
+        Command::Secrets(args) => secrets::run(args, printer, &project, env, &connect),
         Command::Rollback(args) => emit(
             printer,
             operate::rollback(&project, env, args.to.as_deref(), &connect, &vars)?,
