@@ -407,7 +407,7 @@ impl Error {
             ),
             Error::BuildFailed { .. } => Some("its output is above; fix the build and deploy again".to_owned()),
             Error::MissingSecrets { .. } => Some(
-                "set them in the environment of this command, or as NAME=value lines in .gantry/secrets.env (mode 0600)".to_owned(),
+                "store them with `gantry secrets set -e ENV NAME` (the value on stdin), or set them in the environment of this command, or as NAME=value lines in .gantry/secrets.env (mode 0600)".to_owned(),
             ),
             Error::Unsupported { hint, .. } => Some(hint.clone()),
             Error::Secrets(e) => e.hint(),

@@ -12,24 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use agent_support::{
-    GANTRY, files_under, hello_toml, json, output, service, shell, wait_for_status,
+    GANTRY, files_under, hello_toml, json, output, rot13, service, shell, wait_for_status,
 };
 use gantry_testkit::{KeepAlive, Run, TestProject, example_bins, http_get_host, wait_for};
 
 const SECRET: &str = "hunter2-Kx7QpZ-stored-secret";
 const CHANGED: &str = "swordfish-Lm3Vt-changed-secret";
-
-/// What the service prints instead of its secret: the value in rot13, which
-/// proves it got the right one without printing it.
-fn rot13(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            'a'..='z' => (((c as u8 - b'a') + 13) % 26 + b'a') as char,
-            'A'..='Z' => (((c as u8 - b'A') + 13) % 26 + b'A') as char,
-            _ => c,
-        })
-        .collect()
-}
 
 const API: &str = r#"[services.api]
 run = "echo \"token rot13: $(printf %s \"$API_TOKEN\" | tr A-Za-z N-ZA-Mn-za-m)\"; exec sleep 600"

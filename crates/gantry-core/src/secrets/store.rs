@@ -187,14 +187,7 @@ impl Key {
         if self.read()?.is_none() {
             let identity = age::x25519::Identity::generate();
             let dir = self.path.parent().unwrap_or(Path::new("."));
-            let io = |action| {
-                let path = self.path.clone();
-                move |source| SecretsError::Io {
-                    action,
-                    path,
-                    source,
-                }
-            };
+            let io = |action| io(action, &self.path);
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -213,6 +206,16 @@ impl Key {
 }
 
 use std::os::unix::fs::DirBuilderExt as _;
+
+/// Makes an I/O error about `path` into a [`SecretsError`].
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SecretsError {
+    let path = path.to_owned();
+    move |source| SecretsError::Io {
+        action,
+        path,
+        source,
+    }
+}
 
 fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
@@ -448,24 +451,11 @@ impl Store {
     /// Encrypts and writes the file atomically, making the key on first use.
     pub fn save(&self, key: &mut Key) -> Result<(), SecretsError> {
         let recipient = key.read_or_create()?.to_public();
-        let plain = serde_json::to_vec(&self.plain).map_err(|e| SecretsError::Io {
-            action: "encode",
-            path: self.path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let sealed = age::encrypt(&recipient, &plain).map_err(|e| SecretsError::Io {
-            action: "encrypt",
-            path: self.path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let io = |action| {
-            let path = self.path.clone();
-            move |source| SecretsError::Io {
-                action,
-                path,
-                source,
-            }
-        };
+        let plain = serde_json::to_vec(&self.plain)
+            .map_err(|e| io("encode", &self.path)(std::io::Error::other(e.to_string())))?;
+        let sealed = age::encrypt(&recipient, &plain)
+            .map_err(|e| io("encrypt", &self.path)(std::io::Error::other(e.to_string())))?;
+        let io = |action| io(action, &self.path);
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(io("create the directory of"))?;
         crate::file::write_atomic(&self.path, &sealed, 0o644).map_err(io("write"))
