@@ -450,10 +450,15 @@ fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(), Failure>
             }
         },
         Command::Validate => emit(printer, validate::validate(&project)?),
-        Command::Show => emit(
-            printer,
-            show::show(&project, env, &|name| std::env::var_os(name).is_some())?,
-        ),
+        Command::Show => {
+            let stored = secrets::stored_names(&project, env);
+            emit(
+                printer,
+                show::show(&project, env, &|name| {
+                    stored.iter().any(|s| s == name) || std::env::var_os(name).is_some()
+                })?,
+            )
+        }
         Command::Schema => emit(printer, text::Schema(gantry_core::schema())),
         Command::Render(args) => {
             let target = match args.target {

@@ -92,6 +92,15 @@ pub fn run(
     report.map_err(|e| crate::io_failure("write the report", e))
 }
 
+/// The names the environment's encrypted store holds, for `gantry show`;
+/// none when it cannot be read (no key): a deploy could not read them either.
+pub fn stored_names(project: &Project, env: &str) -> Vec<String> {
+    let vars = |name: &str| std::env::var(name).ok();
+    secrets::list(project, env, false, &vars)
+        .map(|r| r.secrets.into_iter().map(|s| s.name).collect())
+        .unwrap_or_default()
+}
+
 /// The value from a hidden prompt on a terminal, else stdin (one trailing
 /// line break taken off), bounded.
 fn read_value(name: &str) -> Result<String, Failure> {

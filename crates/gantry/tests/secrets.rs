@@ -115,6 +115,16 @@ fn a_secret_set_from_stdin_is_listed_by_name_and_stored_encrypted() {
         "the key is not in the project"
     );
 
+    let show = p.gantry(&["show", "--output", "json"]);
+    show.expect_code(0);
+    assert_eq!(
+        show.json()["secrets"][0]["available"],
+        true,
+        "{}",
+        show.stdout
+    );
+    runs.push(show);
+
     let list = p.gantry(&["secrets", "list", "--output", "json"]);
     list.expect_code(0);
     let secrets = list.json()["secrets"].clone();
@@ -271,7 +281,7 @@ fn a_stored_secret_reaches_the_service_and_a_synced_change_restarts_it_with_no_f
         })
         .collect();
     runs.push(set(&p, "API_TOKEN", CHANGED));
-    let sync = p.gantry(&["secrets", "sync", "--output", "json"]);
+    let sync = p.gantry(&["secrets", "sync", "--output", "json", "-vvv"]);
     done.store(true, Ordering::SeqCst);
     let answers: Vec<Result<u16, String>> = clients
         .into_iter()
