@@ -181,7 +181,7 @@ pub enum Command {
     /// A deploy reads them before the environment and .gantry/secrets.env.
     ///
     /// Example: printf %s "$TOKEN" | gantry secrets set -e prod API_TOKEN
-    Secrets(crate::secrets::SecretsArgs),
+    Secrets(SecretsArgs),
 
     /// Add an existing server, reachable over SSH, to an environment
     ///
@@ -386,6 +386,19 @@ fn parse_proxy_listen(text: &str) -> Result<ProxyListen, String> {
         })
 }
 
+/// A project's or service's name, checked as gantry.toml's are.
+fn parse_name(text: &str) -> Result<String, String> {
+    gantry_config::check_name(text)
+        .map(|()| text.to_owned())
+        .map_err(|why| format!("not a project or service name: {why}"))
+}
+
+/// An address or a network, as the proxy reads it: refused here, before
+/// anything starts.
+fn parse_trusted_proxy(text: &str) -> Result<gantry_proxy::TrustedProxy, String> {
+    text.trim().parse()
+}
+
 /// Checked as gantry.toml's `ssh` is, before it reaches `ssh` or the file.
 fn parse_ssh_target(text: &str) -> Result<String, String> {
     gantry_config::SshTarget::parse(text).map(|_| text.to_owned())
@@ -432,9 +445,9 @@ pub enum AgentAction {
     /// Run a command as a service of this machine runs (what `gantry exec` runs on a host)
     #[command(hide = true)]
     Exec {
-        #[arg(long)]
+        #[arg(long, value_parser = parse_name)]
         project: String,
-        #[arg(long)]
+        #[arg(long, value_parser = parse_name)]
         service: String,
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -529,9 +542,10 @@ pub struct ProxyArgs {
         long = "trusted-proxy",
         env = "GANTRY_PROXY_TRUSTED",
         value_name = "CIDR",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_trusted_proxy
     )]
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<gantry_proxy::TrustedProxy>,
 
     /// Write the proxy's log to this file instead of stderr; it never grows
     /// past --log-max-bytes (the older half is kept as FILE.1)
@@ -622,7 +636,7 @@ pub enum EnvAction {
     /// Forget a destroyed environment's state
     Purge {
         name: String,
-        /// Forget it in any state, stopping nothing (its hosts are gone)
+        /// Forget it in any state, stopping nothing (its hosts are gone; needs --yes)
         #[arg(long)]
         force: bool,
     },
@@ -647,4 +661,53 @@ pub struct ExecArgs {
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsArgs {
+    #[command(subcommand)]
+    pub action: SecretsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsAction {
+    /// Set a secret of the environment; the value comes from stdin, or a hidden prompt
+    ///
+    /// The value is never an argument, where `ps` would show it.
+    ///
+    /// Example: printf %s "$TOKEN" | gantry secrets set -e prod API_TOKEN
+    Set {
+        /// The secret's name, as the service's environment variable
+        name: String,
+    },
+    /// List the secrets' names, environments and when each changed; never values
+    ///
+    /// Example: gantry secrets list --all
+    List {
+        /// Every environment with secrets, not only -e's
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove a secret from the environment
+    ///
+    /// Example: gantry secrets rm -e prod API_TOKEN
+    Rm {
+        /// The secret's name
+        name: String,
+    },
+    /// Set every NAME=value of a dotenv file
+    ///
+    /// Example: gantry secrets import -e prod .env.production
+    Import {
+        /// The dotenv file
+        file: PathBuf,
+    },
+    /// Give the hosts' services the environment's secrets as they are now
+    ///
+    /// Each host deploys its current release again from its stored
+    /// artifact with the current secrets: every service restarts through
+    /// the zero-downtime path of a deploy.
+    ///
+    /// Example: gantry secrets sync -e prod
+    Sync,
 }

@@ -877,17 +877,21 @@ pub fn refuse_unsupported(
     let other: Vec<String> = env
         .services
         .values()
-        .filter(|s| !matches!(s.workload, Workload::Process { .. }))
+        .filter(|s| matches!(s.workload, Workload::Compose { .. }))
         .map(|s| s.name.clone())
         .collect();
     if !other.is_empty() {
         return Err(Error::Unsupported {
             what: format!(
-                "{} {} not a process: only the process driver deploys yet",
+                "{} {}: the container driver does not deploy yet",
                 other.join(", "),
-                if other.len() == 1 { "is" } else { "are" }
+                if other.len() == 1 {
+                    "is a container"
+                } else {
+                    "are containers"
+                }
             ),
-            hint: "the compose and static drivers come in a later version; `gantry render --target compose` writes the containers for Docker Compose meanwhile".to_owned(),
+            hint: "the container driver comes in a later version; `gantry render --target compose` writes the containers for Docker Compose meanwhile".to_owned(),
         });
     }
     // (`backup` needs volumes, which only containers have: refused above.)

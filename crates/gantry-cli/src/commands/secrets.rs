@@ -1,101 +1,43 @@
-//! `gantry secrets`: its arguments, its handler and the text of its
+//! `gantry secrets`: set, list, rm, import and sync, and the text of their
 //! reports. A value is read from stdin, or a hidden prompt on a terminal;
 //! never from argv, where `ps` would show it.
 
 use std::io::{IsTerminal as _, Read as _};
-use std::path::PathBuf;
 
-use clap::{Args, Subcommand};
 use gantry_core::secrets::{self, ChangeReport, ListReport, MAX_VALUE_BYTES};
 use gantry_core::{Project, operate};
 
-use crate::output::{Failure, Printer, Report};
+use super::{Context, vars};
+use crate::args::{SecretsAction, SecretsArgs};
+use crate::output::{Failure, Report};
 
-#[derive(Debug, Args)]
-pub struct SecretsArgs {
-    #[command(subcommand)]
-    pub action: SecretsAction,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum SecretsAction {
-    /// Set a secret of the environment; the value comes from stdin, or a hidden prompt
-    ///
-    /// The value is never an argument, where `ps` would show it.
-    ///
-    /// Example: printf %s "$TOKEN" | gantry secrets set -e prod API_TOKEN
-    Set {
-        /// The secret's name, as the service's environment variable
-        name: String,
-    },
-    /// List the secrets' names, environments and when each changed; never values
-    ///
-    /// Example: gantry secrets list --all
-    List {
-        /// Every environment with secrets, not only -e's
-        #[arg(long)]
-        all: bool,
-    },
-    /// Remove a secret from the environment
-    ///
-    /// Example: gantry secrets rm -e prod API_TOKEN
-    Rm {
-        /// The secret's name
-        name: String,
-    },
-    /// Set every NAME=value of a dotenv file
-    ///
-    /// Example: gantry secrets import -e prod .env.production
-    Import {
-        /// The dotenv file
-        file: PathBuf,
-    },
-    /// Give the hosts' services the environment's secrets as they are now
-    ///
-    /// Each host deploys its current release again from its stored
-    /// artifact with the current secrets: every service restarts through
-    /// the zero-downtime path of a deploy.
-    ///
-    /// Example: gantry secrets sync -e prod
-    Sync,
-}
-
-pub fn run(
-    args: &SecretsArgs,
-    printer: &Printer,
-    project: &Project,
-    env: &str,
-    connect: operate::Connect<'_>,
-) -> Result<(), Failure> {
-    let vars = |name: &str| std::env::var(name).ok();
+pub(super) fn secrets(ctx: &Context<'_>, args: &SecretsArgs) -> Result<(), Failure> {
+    let (project, env) = (&ctx.project, ctx.env);
     let now = gantry_core::clock::now_ms();
-    let report = match &args.action {
+    match &args.action {
         SecretsAction::Set { name } => {
             secrets::check_name(name)?;
-            let value = read_value(name)?;
-            let pairs = [(name.clone(), value)];
-            printer.report(&Change(secrets::set(project, env, &pairs, now, &vars)?))
+            let pairs = [(name.clone(), read_value(name)?)];
+            ctx.emit(Change(secrets::set(project, env, &pairs, now, &vars)?))
         }
-        SecretsAction::List { all } => {
-            printer.report(&List(secrets::list(project, env, *all, &vars)?))
-        }
-        SecretsAction::Rm { name } => {
-            printer.report(&Change(secrets::remove(project, env, name, &vars)?))
-        }
+        SecretsAction::List { all } => ctx.emit(List(secrets::list(project, env, *all, &vars)?)),
+        SecretsAction::Rm { name } => ctx.emit(Change(secrets::remove(project, env, name, &vars)?)),
         SecretsAction::Import { file } => {
-            printer.report(&Change(secrets::import(project, env, file, now, &vars)?))
+            let file = ctx.absolute(file);
+            ctx.emit(Change(secrets::import(project, env, &file, now, &vars)?))
         }
-        SecretsAction::Sync => {
-            printer.report(&operate::sync_secrets(project, env, connect, &vars)?)
-        }
-    };
-    report.map_err(|e| crate::io_failure("write the report", e))
+        SecretsAction::Sync => ctx.emit(operate::sync_secrets(
+            project,
+            env,
+            &|h| ctx.connect(h),
+            &vars,
+        )?),
+    }
 }
 
 /// The names the environment's encrypted store holds, for `gantry show`;
 /// none when it cannot be read (no key): a deploy could not read them either.
-pub fn stored_names(project: &Project, env: &str) -> Vec<String> {
-    let vars = |name: &str| std::env::var(name).ok();
+pub(super) fn stored_names(project: &Project, env: &str) -> Vec<String> {
     secrets::list(project, env, false, &vars)
         .map(|r| r.secrets.into_iter().map(|s| s.name).collect())
         .unwrap_or_default()
@@ -106,14 +48,14 @@ pub fn stored_names(project: &Project, env: &str) -> Vec<String> {
 fn read_value(name: &str) -> Result<String, Failure> {
     let value = if std::io::stdin().is_terminal() {
         rpassword::prompt_password(format!("value of {name}: "))
-            .map_err(|e| crate::io_failure("read the value from the terminal", e))?
+            .map_err(|e| Failure::io("read the value from the terminal", e))?
     } else {
         let mut bytes = Vec::new();
         std::io::stdin()
             .lock()
             .take(MAX_VALUE_BYTES as u64 + 3)
             .read_to_end(&mut bytes)
-            .map_err(|e| crate::io_failure("read the value from stdin", e))?;
+            .map_err(|e| Failure::io("read the value from stdin", e))?;
         let mut value = String::from_utf8(bytes).map_err(|_| {
             Failure::from(gantry_core::Error::from(
                 secrets::SecretsError::ValueInvalid {
