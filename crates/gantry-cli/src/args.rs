@@ -174,6 +174,15 @@ pub enum Command {
     /// Example: gantry restart web
     Restart(ServiceArg),
 
+    /// Set, list, remove, import and sync the environment's secrets, kept encrypted in the project
+    ///
+    /// Stored in .gantry/secrets/<env>.age, encrypted with age to the key in
+    /// ~/.config/gantry/identity.txt (made on first use; never in the project).
+    /// A deploy reads them before the environment and .gantry/secrets.env.
+    ///
+    /// Example: printf %s "$TOKEN" | gantry secrets set -e prod API_TOKEN
+    Secrets(SecretsArgs),
+
     /// Add an existing server, reachable over SSH, to an environment
     ///
     /// Checks that `ssh` logs in without a prompt, adds [hosts.HOST] to
@@ -662,4 +671,53 @@ pub struct ExecArgs {
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsArgs {
+    #[command(subcommand)]
+    pub action: SecretsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsAction {
+    /// Set a secret of the environment; the value comes from stdin, or a hidden prompt
+    ///
+    /// The value is never an argument, where `ps` would show it.
+    ///
+    /// Example: printf %s "$TOKEN" | gantry secrets set -e prod API_TOKEN
+    Set {
+        /// The secret's name, as the service's environment variable
+        name: String,
+    },
+    /// List the secrets' names, environments and when each changed; never values
+    ///
+    /// Example: gantry secrets list --all
+    List {
+        /// Every environment with secrets, not only -e's
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove a secret from the environment
+    ///
+    /// Example: gantry secrets rm -e prod API_TOKEN
+    Rm {
+        /// The secret's name
+        name: String,
+    },
+    /// Set every NAME=value of a dotenv file
+    ///
+    /// Example: gantry secrets import -e prod .env.production
+    Import {
+        /// The dotenv file
+        file: PathBuf,
+    },
+    /// Give the hosts' services the environment's secrets as they are now
+    ///
+    /// Each host deploys its current release again from its stored
+    /// artifact with the current secrets: every service restarts through
+    /// the zero-downtime path of a deploy.
+    ///
+    /// Example: gantry secrets sync -e prod
+    Sync,
 }

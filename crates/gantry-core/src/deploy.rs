@@ -117,12 +117,21 @@ fn ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Secret values: the CLI's environment first, then `.gantry/secrets.env`.
+/// Secret values: the environment's encrypted store
+/// (`.gantry/secrets/<env>.age`, see [`crate::secrets`]) first, then the
+/// CLI's environment, then `.gantry/secrets.env`.
 pub fn secret_values(
     dir: &Path,
+    environment: &str,
     names: &[String],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<BTreeMap<String, String>, Error> {
+    let stored = if names.is_empty() || !crate::secrets::store_path(dir, environment).exists() {
+        BTreeMap::new()
+    } else {
+        let mut key = crate::secrets::Key::locate(env)?;
+        crate::secrets::Store::open(dir, environment, &mut key)?.values()
+    };
     let file: BTreeMap<String, String> = std::fs::read_to_string(dir.join(".gantry/secrets.env"))
         .map(|text| {
             text.lines()
@@ -134,7 +143,12 @@ pub fn secret_values(
     let mut values = BTreeMap::new();
     let mut missing = Vec::new();
     for name in names {
-        match env(name).or_else(|| file.get(name).cloned()) {
+        match stored
+            .get(name)
+            .cloned()
+            .or_else(|| env(name))
+            .or_else(|| file.get(name).cloned())
+        {
             Some(value) => {
                 values.insert(name.clone(), value);
             }
@@ -184,7 +198,7 @@ pub fn deploy(
     };
 
     let names: Vec<String> = services.iter().flat_map(|s| s.secrets.clone()).collect();
-    let secrets = secret_values(&dir, &names, env_vars)?;
+    let secrets = secret_values(&dir, environment, &names, env_vars)?;
     let build = run_builds(&dir, &services, options, progress)?;
 
     progress.step("taking the artifact");

@@ -125,7 +125,11 @@ codes! {
     DeployProjectMismatch = "deploy.project_mismatch", Invalid, "a deploy request was sent to another project's path";
     RequestInvalid = "request.invalid", Invalid, "the agent refused a name in the request (project, service, secret or variable): it breaks the config's naming rules";
     RequestTooLarge = "request.too_large", Invalid, "a JSON request to the agent is over its 16 MiB limit (files go as blobs, which have none)";
-    SecretsInvalid = "secrets.invalid", Invalid, "a secret's value has a line break or NUL, or is written into a `run` command (where `ps` shows it); the message says which";
+    SecretsInvalid = "secrets.invalid", Invalid, "a secret's name is not an environment variable name, or its value is empty, over 64 KiB, has a line break or NUL, or is written into a `run` command (where `ps` shows it); the message says which";
+    SecretsKeyMissing = "secrets.key_missing", Invalid, "the project's encrypted secrets need the key in the user's config directory (`~/.config/gantry/identity.txt`), and it is not there";
+    SecretsKeyMismatch = "secrets.key_mismatch", Invalid, "the encrypted secrets file was made with another key than the user's (or the key lies inside the project); the hint says where the key goes";
+    SecretsCorrupt = "secrets.corrupt", Invalid, "an encrypted secrets file (`.gantry/secrets/<env>.age`) or the key was changed or damaged: decryption found it altered";
+    SecretsNotFound = "secrets.not_found", Invalid, "`gantry secrets rm` named a secret the environment does not have";
     RoutesRefused = "routes.refused", Invalid, "the deploy's routes would make the proxy refuse the host's route table (a host and path routed twice); nothing changed";
     RoutesTaken = "routes.taken", Conflict, "a route's host belongs to another project on the host (the first to route it, or `*.<project>.localhost`); the error names it";
     ReleaseExists = "release.exists", Conflict, "the release id the deploy would take is already recorded for the project";
@@ -227,6 +231,8 @@ pub enum Error {
     SecretsUnreadable { message: String },
     #[error("{what}")]
     Unsupported { what: String, hint: String },
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
     #[error("http://{name}/ through {proxy}: {message}")]
     ProbeFailed {
         name: String,
@@ -338,6 +344,7 @@ impl Error {
             }
             Error::BuildFailed { .. } => Code::BuildFailed,
             Error::MissingSecrets { .. } | Error::SecretsUnreadable { .. } => Code::SecretsMissing,
+            Error::Secrets(e) => e.code(),
             Error::Unsupported { .. } => Code::DeployUnsupported,
             Error::ProbeFailed { .. } => Code::TestProbeFailed,
             Error::Internal { .. } => Code::InternalBug,
@@ -419,12 +426,13 @@ impl Error {
             ),
             Error::BuildFailed { .. } => Some("its output is above; fix the build and deploy again".to_owned()),
             Error::MissingSecrets { .. } => Some(
-                "set them in the environment of this command, or as NAME=value lines in .gantry/secrets.env (mode 0600)".to_owned(),
+                "store them with `gantry secrets set -e ENV NAME` (the value on stdin), or set them in the environment of this command, or as NAME=value lines in .gantry/secrets.env (mode 0600)".to_owned(),
             ),
             Error::SecretsUnreadable { .. } => Some(
                 "deploy again from where the secrets are set: a deploy writes the project's secrets file".to_owned(),
             ),
             Error::Unsupported { hint, .. } => Some(hint.clone()),
+            Error::Secrets(e) => e.hint(),
             Error::ProbeFailed { .. } => Some(
                 "`gantry status` says whether the service is live; `gantry logs` shows its output".to_owned(),
             ),

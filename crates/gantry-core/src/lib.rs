@@ -27,6 +27,7 @@ pub mod probe;
 pub mod redact;
 pub mod register;
 pub mod render;
+pub mod secrets;
 pub mod show;
 pub mod ssh;
 pub mod validate;

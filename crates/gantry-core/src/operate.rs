@@ -248,17 +248,73 @@ pub fn rollback(
 ) -> Result<DeployReport, Error> {
     let config = project.load()?;
     let env = config.environment(environment)?;
-    let names: Vec<String> = env
-        .services
+    let names = secret_names(&env);
+    // Secrets the agent already holds are reused; those set here override them.
+    let secrets =
+        secret_values(config.project_dir(), environment, &names, env_vars).unwrap_or_default();
+    let to = to.map(str::to_owned);
+    redeploy(&env, environment, secrets, connect, &|_| Ok(to.clone()))
+}
+
+/// `gantry secrets sync`: every host deploys its current release again,
+/// from its stored artifact, with the secrets as they are now (the store
+/// first, as a deploy reads them). Every service restarts through the
+/// deploy's zero-downtime path; a host that fails keeps what it ran, and
+/// the hosts after it are not touched.
+pub fn sync_secrets(
+    project: &Project,
+    environment: &str,
+    connect: Connect<'_>,
+    env_vars: &dyn Fn(&str) -> Option<String>,
+) -> Result<DeployReport, Error> {
+    let config = project.load()?;
+    let env = config.environment(environment)?;
+    let names = secret_names(&env);
+    let secrets = secret_values(config.project_dir(), environment, &names, env_vars)?;
+    redeploy(&env, environment, secrets, connect, &|host| {
+        let running: Vec<String> = host
+            .status(&env.project)?
+            .services
+            .into_iter()
+            .filter_map(|s| s.release)
+            .collect();
+        // Newest first: the newest release a service runs is the current one.
+        let current = host
+            .releases(&env.project)?
+            .into_iter()
+            .find(|r| running.contains(&r.id))
+            .map(|r| r.id);
+        current.map(Some).ok_or_else(|| Error::EnvState {
+            environment: environment.to_owned(),
+            problem: format!(
+                "runs nothing on host `{}` to give the secrets to",
+                host.name()
+            ),
+            hint: "deploy it first: a deploy gives the services their secrets".to_owned(),
+        })
+    })
+}
+
+fn secret_names(env: &crate::config::resolve::Environment) -> Vec<String> {
+    env.services
         .values()
         .flat_map(|s| s.secrets.clone())
-        .collect();
-    // Secrets the agent already holds are reused; those set here override them.
-    let secrets = secret_values(config.project_dir(), &names, env_vars).unwrap_or_default();
-    let request = RollbackRequest {
-        to: to.map(str::to_owned),
-        secrets,
-    };
+        .collect()
+}
+
+/// The release a host deploys again (`None`: its previous one).
+type Target<'a> = dyn Fn(&dyn Host) -> Result<Option<String>, Error> + 'a;
+
+/// Has each host, one at a time, deploy again the release `target` names
+/// (`None`: its previous one) with `secrets`; stops at the first host that
+/// fails.
+fn redeploy(
+    env: &crate::config::resolve::Environment,
+    environment: &str,
+    secrets: std::collections::BTreeMap<String, String>,
+    connect: Connect<'_>,
+    target: &Target<'_>,
+) -> Result<DeployReport, Error> {
     let mut outcomes = Vec::new();
     let mut stopped = false;
     for spec in &env.hosts {
@@ -266,13 +322,17 @@ pub fn rollback(
             outcomes.push(HostDeploy::skipped(spec));
             continue;
         }
-        let outcome = match connect(spec) {
-            Ok(host) => {
+        let outcome = match connect(spec).and_then(|host| Ok((target(host.as_ref())?, host))) {
+            Ok((to, host)) => {
                 let previous = host
                     .releases(&env.project)
                     .ok()
                     .and_then(|all| all.into_iter().find(|r| r.outcome == Outcome::Succeeded))
                     .map(|r| r.id);
+                let request = RollbackRequest {
+                    to,
+                    secrets: secrets.clone(),
+                };
                 HostDeploy::from_result(&spec.name, previous, host.rollback(&env.project, &request))
             }
             Err(e) => HostDeploy::lost(spec, e),

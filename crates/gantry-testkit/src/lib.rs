@@ -82,6 +82,28 @@ impl TestProject {
     /// Runs `gantry ARGS` in the project directory, with colors off and no
     /// GANTRY_* variables from the caller's environment.
     pub fn gantry(&self, args: &[&str]) -> Run {
+        let output = self.command(args).output().expect("run gantry");
+        Run::of(args, &output)
+    }
+
+    /// As [`TestProject::gantry`], with `stdin` on its standard input.
+    pub fn gantry_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Run {
+        use std::io::Write as _;
+        let mut child = self
+            .command(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run gantry");
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin).expect("write gantry's stdin");
+        }
+        let output = child.wait_with_output().expect("wait for gantry");
+        Run::of(args, &output)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
         command
             .args(args)
@@ -97,13 +119,7 @@ impl TestProject {
         command.env("GANTRY_PROXY_LISTEN", "off");
         command.env("GANTRY_PROXY_HTTPS", "off");
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
-        let output = command.output().expect("run gantry");
-        Run {
-            args: args.iter().map(|a| a.to_string()).collect(),
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        command
     }
 }
 
@@ -117,6 +133,15 @@ pub struct Run {
 }
 
 impl Run {
+    fn of(args: &[&str], output: &std::process::Output) -> Run {
+        Run {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
     /// stdout as the one JSON document the output contract promises.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {

@@ -5,22 +5,10 @@ mod agent_support;
 
 use std::os::unix::fs::PermissionsExt;
 
-use agent_support::{files_under, json, output, service, shell, traced, wait_for_status};
+use agent_support::{files_under, json, output, rot13, service, shell, traced, wait_for_status};
 use gantry_testkit::{Run, TestProject};
 
 const SECRET: &str = "hunter2-Kx7QpZ-do-not-print";
-
-/// What the service prints instead of its secret: the value in rot13, which
-/// proves it got the right one without printing it.
-fn rot13(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            'a'..='z' => (((c as u8 - b'a') + 13) % 26 + b'a') as char,
-            'A'..='Z' => (((c as u8 - b'A') + 13) % 26 + b'A') as char,
-            _ => c,
-        })
-        .collect()
-}
 
 fn project() -> TestProject {
     shell(

@@ -12,7 +12,8 @@ pub(super) fn validate(ctx: &Context<'_>) -> Result<(), Failure> {
 }
 
 pub(super) fn show(ctx: &Context<'_>) -> Result<(), Failure> {
-    let is_set = |name: &str| std::env::var_os(name).is_some();
+    let stored = super::secrets::stored_names(&ctx.project, ctx.env);
+    let is_set = |name: &str| stored.iter().any(|s| s == name) || std::env::var_os(name).is_some();
     ctx.emit(show::show(&ctx.project, ctx.env, &is_set)?)
 }
 

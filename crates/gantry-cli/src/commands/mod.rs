@@ -13,6 +13,7 @@ mod hosts;
 pub(crate) mod hub;
 mod operate;
 mod proxy;
+mod secrets;
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,7 @@ pub(crate) fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(
         Command::Rollback(args) => operate::rollback(&ctx, args),
         Command::Stop(args) => operate::stop(&ctx, args),
         Command::Restart(args) => operate::restart(&ctx, args),
+        Command::Secrets(args) => secrets::secrets(&ctx, args),
         Command::Register(args) => environment::register(&ctx, args),
         Command::Configure => environment::configure(&ctx),
         Command::Env(args) => environment::env(&ctx, &args.action),

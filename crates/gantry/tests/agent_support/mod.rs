@@ -444,3 +444,15 @@ pub fn post_json(p: &TestProject, path: &str, body: &Value) -> (u16, Value) {
         false,
     )
 }
+
+/// What the service prints instead of its secret: the value in rot13, which
+/// proves it got the right one without printing it.
+pub fn rot13(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            'a'..='z' => (((c as u8 - b'a') + 13) % 26 + b'a') as char,
+            'A'..='Z' => (((c as u8 - b'A') + 13) % 26 + b'A') as char,
+            _ => c,
+        })
+        .collect()
+}
