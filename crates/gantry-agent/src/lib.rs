@@ -10,6 +10,7 @@ pub mod agent_log;
 pub mod agent_user;
 pub mod api;
 pub mod artifact;
+pub mod container;
 pub mod credentials;
 pub mod daemon;
 pub mod deploy;

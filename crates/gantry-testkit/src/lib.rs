@@ -4,6 +4,8 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failure here is a failed test
 
 pub mod hosts;
+pub mod images;
+mod rootfs;
 pub mod systemd_host;
 pub mod users;
 
