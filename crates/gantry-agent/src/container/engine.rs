@@ -33,7 +33,7 @@ const EXEC_OUTPUT_MAX: usize = 16 * 1024;
 /// A handle on one Docker engine.
 #[derive(Clone)]
 pub struct Engine {
-    docker: Docker,
+    pub(super) docker: Docker,
     /// Where containers' secret files live (a directory of the agent's state).
     secrets_root: PathBuf,
     api_version: String,

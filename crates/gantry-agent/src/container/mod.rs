@@ -15,6 +15,7 @@
 //! asked to, and removes only containers it is named.
 
 mod engine;
+pub mod image;
 pub mod secrets;
 mod spec;
 
