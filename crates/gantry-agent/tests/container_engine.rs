@@ -237,10 +237,7 @@ async fn a_named_volume_keeps_its_data_when_the_container_is_replaced() {
     let image = gantry_testkit::images::redis();
     let project = Project::new();
     let engine = project.engine().await;
-    let volume = VolumeMount {
-        name: "data".to_owned(),
-        target: "/var/lib/redis".to_owned(),
-    };
+    let volume = VolumeMount::parse("data:/var/lib/redis").expect("a volume");
     let port = free_port();
     let mut first = project.spec("cache", "i1", &image);
     first.publish = Some(Publish {
@@ -427,4 +424,41 @@ async fn an_image_the_host_lacks_is_named_in_the_error() {
         error.to_string().contains("gantry-test-absent:nothing"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn settling_keeps_counted_containers_and_removes_every_other_of_the_project() {
+    let image = gantry_testkit::images::redis();
+    let project = Project::new();
+    let engine = project.engine().await;
+    let counted = project.spec("cache", "i2", &image);
+    let stale = project.spec("cache", "i1", &image);
+    let mut ids = Vec::new();
+    for spec in [&counted, &stale] {
+        let id = engine.create(spec, &BTreeMap::new()).await.expect("create");
+        engine.start(&id).await.expect("start");
+        ids.push(id);
+    }
+    // Not Gantry's: no labels. Never touched.
+    let outsider = format!("gantry-test-outsider-{}", project.name);
+    let output = Command::new("docker")
+        .args(["run", "-d", "--name", &outsider, &image])
+        .output()
+        .expect("docker run");
+    assert!(output.status.success(), "{output:?}");
+
+    let plan = engine
+        .settle(&project.name, &[counted.identity.clone()].into())
+        .await;
+    let outsider_state = engine.inspect(&outsider).await;
+    docker(&["rm", "-f", &outsider]);
+    let plan = plan.expect("settle");
+    assert_eq!(plan.len(), 2, "{plan:?}");
+    let remaining = engine.list(&project.name).await.expect("list");
+    assert_eq!(remaining.len(), 1);
+    assert_eq!(remaining[0].id, ids[0]);
+    assert!(remaining[0].running);
+    assert!(engine.inspect(&ids[1]).await.expect("inspect").is_none());
+    let outsider_state = outsider_state.expect("inspect");
+    assert!(outsider_state.is_some_and(|s| s.running && s.identity.is_none()));
 }

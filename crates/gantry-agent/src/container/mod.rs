@@ -17,12 +17,14 @@
 mod engine;
 pub mod image;
 pub mod secrets;
+mod settle;
 mod spec;
 
 use std::path::PathBuf;
 
 pub use engine::{ContainerState, Engine, ExecOutcome, LogLine, LogStream, MIN_API_VERSION};
 pub use secrets::{Owner, SecretValue};
+pub use settle::Settle;
 pub use spec::{
     ContainerSpec, Identity, LABEL_ENVIRONMENT, LABEL_INSTANCE, LABEL_PREFIX, LABEL_PROJECT,
     LABEL_RELEASE, LABEL_SERVICE, LABEL_VOLUME, Publish, Resources, SECRETS_DIR, VolumeMount,

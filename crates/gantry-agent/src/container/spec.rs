@@ -29,7 +29,7 @@ const LOG_MAX_FILES: &str = "3";
 
 /// Which project, environment, service, release and instance a container
 /// is; its labels, and so what a listing of containers reads back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
     pub project: String,
     pub environment: String,
@@ -92,6 +92,56 @@ pub struct VolumeMount {
     pub name: String,
     /// The absolute path inside the container.
     pub target: String,
+    pub read_only: bool,
+}
+
+impl VolumeMount {
+    /// Reads gantry.toml's `NAME:/path[:ro]`. Host paths (`./data:/x`,
+    /// `/srv:/x`) are refused: a deploy mounts only volumes it manages.
+    pub fn parse(text: &str) -> Result<VolumeMount, String> {
+        let (name, rest) = text.split_once(':').ok_or_else(|| {
+            format!("volume `{text}`: write NAME:/path/in/container, like pgdata:/var/lib/postgresql/data")
+        })?;
+        let (target, read_only) = match rest.rsplit_once(':') {
+            Some((target, "ro")) => (target, true),
+            Some((target, "rw")) => (target, false),
+            Some((_, option)) => {
+                return Err(format!(
+                    "volume `{text}`: `{option}` is not a mount option (ro or rw)"
+                ));
+            }
+            None => (rest, false),
+        };
+        if name.starts_with(['/', '.', '~']) {
+            return Err(format!(
+                "volume `{text}`: host paths are not supported yet; use a named volume (NAME:/path)"
+            ));
+        }
+        let valid_name = name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !valid_name {
+            return Err(format!(
+                "volume `{text}`: the name `{name}` must start with a lowercase letter and hold lowercase letters, digits, - and _ (at most 63)"
+            ));
+        }
+        if !target.starts_with('/')
+            || target.split('/').any(|part| part == "..")
+            || target.len() > 4096
+            || target.contains('\0')
+        {
+            return Err(format!(
+                "volume `{text}`: the path in the container must be absolute, without `..`"
+            ));
+        }
+        Ok(VolumeMount {
+            name: name.to_owned(),
+            target: target.to_owned(),
+            read_only,
+        })
+    }
 }
 
 /// The port the service listens on inside the container, published on
@@ -153,6 +203,7 @@ impl ContainerSpec {
                     &volume.name,
                 )),
                 target: Some(volume.target.clone()),
+                read_only: Some(volume.read_only),
                 ..Default::default()
             })
             .collect();
@@ -262,10 +313,7 @@ mod tests {
                 cpus: Some(0.5),
                 pids: Some(256),
             },
-            volumes: vec![VolumeMount {
-                name: "pgdata".into(),
-                target: "/var/lib/postgresql/data".into(),
-            }],
+            volumes: vec![VolumeMount::parse("pgdata:/var/lib/postgresql/data").expect("a volume")],
             user: None,
             stop_timeout: Duration::from_secs(10),
         }
@@ -363,5 +411,32 @@ mod tests {
             .find(|m| m.typ == Some(MountType::VOLUME))
             .expect("the volume's mount");
         assert_eq!(volume.source.as_deref(), Some("gantry-shop-prod-pgdata"));
+    }
+
+    #[test]
+    fn volumes_are_named_with_an_absolute_target() {
+        assert_eq!(
+            VolumeMount::parse("pgdata:/var/lib/postgresql/data:ro"),
+            Ok(VolumeMount {
+                name: "pgdata".into(),
+                target: "/var/lib/postgresql/data".into(),
+                read_only: true,
+            })
+        );
+        for (bad, says) in [
+            ("pgdata", "NAME:/path"),
+            ("./data:/srv", "host paths"),
+            ("/srv/data:/srv", "host paths"),
+            ("PgData:/x", "lowercase"),
+            ("data:relative", "absolute"),
+            ("data:/a/../etc", "absolute"),
+            ("data:/x:z", "mount option"),
+        ] {
+            let error = VolumeMount::parse(bad).expect_err(bad);
+            assert!(
+                error.contains(says) && error.contains(bad),
+                "{bad}: {error}"
+            );
+        }
     }
 }
