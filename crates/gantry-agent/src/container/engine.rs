@@ -72,6 +72,23 @@ pub struct LogLine {
 
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogLine, ContainerError>> + Send>>;
 
+/// The request with its path under `prefix` (`/v1.41/containers/json`),
+/// unless it already names a version.
+fn versioned(request: bollard::BollardRequest, prefix: &str) -> bollard::BollardRequest {
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    if !path.starts_with("/v1.") {
+        let mut uri = parts.uri.clone().into_parts();
+        if let Ok(with_version) = format!("{prefix}{path}").parse() {
+            uri.path_and_query = Some(with_version);
+            if let Ok(rewritten) = http::Uri::from_parts(uri) {
+                parts.uri = rewritten;
+            }
+        }
+    }
+    bollard::BollardRequest::from_parts(parts, body)
+}
+
 impl Engine {
     /// Connects to the daemon at `socket` and settles the API version: the
     /// daemon's own when it is older than bollard's, refused below 1.41.
@@ -96,10 +113,16 @@ impl Engine {
                 minimum: format!("{}.{}", MIN_API_VERSION.0, MIN_API_VERSION.1),
             });
         }
+        let api_version = version.to_string();
+        // bollard 0.21 sends unversioned paths over a Unix socket (its URL
+        // join drops the `/vX.Y` prefix), and a daemon answers those in its
+        // own newest API, whatever was agreed: put the agreed version back.
+        let prefix = format!("/v{api_version}");
+        let docker = docker.with_request_modifier(move |request| versioned(request, &prefix));
         Ok(Engine {
             docker,
             secrets_root: secrets_root.to_owned(),
-            api_version: version.to_string(),
+            api_version,
         })
     }
 
@@ -590,5 +613,31 @@ impl Engine {
             exit_code: inspected.exit_code,
             output: String::from_utf8_lossy(&output).into_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::versioned;
+
+    fn request(uri: &str) -> bollard::BollardRequest {
+        http::Request::builder()
+            .uri(uri)
+            .body(bollard::body_full(bytes::Bytes::new()))
+            .expect("a request")
+    }
+
+    #[test]
+    fn requests_carry_the_agreed_api_version() {
+        let sent = versioned(
+            request("unix://2f72756e/containers/json?all=true"),
+            "/v1.41",
+        );
+        assert_eq!(
+            sent.uri().path_and_query().map(|pq| pq.as_str()),
+            Some("/v1.41/containers/json?all=true")
+        );
+        let already = versioned(request("unix://2f72756e/v1.44/version"), "/v1.41");
+        assert_eq!(already.uri().path(), "/v1.44/version");
     }
 }
