@@ -39,9 +39,13 @@ impl Project {
     }
 
     async fn engine(&self) -> Engine {
-        Engine::connect(Path::new("/var/run/docker.sock"), self.secrets.path())
-            .await
-            .expect("connect to Docker")
+        Engine::connect(
+            Path::new("/var/run/docker.sock"),
+            self.secrets.path(),
+            "gantry-test",
+        )
+        .await
+        .expect("connect to Docker")
     }
 
     fn spec(&self, service: &str, instance: &str, image: &str) -> ContainerSpec {
@@ -51,7 +55,8 @@ impl Project {
                 environment: "dev".to_owned(),
                 service: service.to_owned(),
                 release: "r1".to_owned(),
-                instance: instance.to_owned(),
+                // Instance ids name their service, as the agent's do.
+                instance: format!("{service}-{instance}"),
             },
             image: image.to_owned(),
             command: None,
@@ -189,7 +194,8 @@ async fn redis_container_answers_on_loopback_is_labelled_then_stopped_and_remove
         ("dev.gantry.project", project.name.as_str()),
         ("dev.gantry.service", "cache"),
         ("dev.gantry.release", "r1"),
-        ("dev.gantry.instance", "i1"),
+        ("dev.gantry.instance", "cache-i1"),
+        ("dev.gantry.agent", "gantry-test"),
     ] {
         assert!(
             labels.contains(&format!("\"{key}\":\"{value}\"")),
@@ -439,7 +445,18 @@ async fn settling_keeps_counted_containers_and_removes_every_other_of_the_projec
         engine.start(&id).await.expect("start");
         ids.push(id);
     }
-    // Not Gantry's: no labels. Never touched.
+    // Not Gantry's: no labels. Never touched; nor is another agent's.
+    let other_agent = Engine::connect(
+        Path::new("/var/run/docker.sock"),
+        project.secrets.path(),
+        "gantry-test-another-agent",
+    )
+    .await
+    .expect("connect");
+    let theirs = other_agent
+        .create(&project.spec("cache", "i3", &image), &BTreeMap::new())
+        .await
+        .expect("create");
     let outsider = format!("gantry-test-outsider-{}", project.name);
     let output = Command::new("docker")
         .args(["run", "-d", "--name", &outsider, &image])
@@ -447,9 +464,7 @@ async fn settling_keeps_counted_containers_and_removes_every_other_of_the_projec
         .expect("docker run");
     assert!(output.status.success(), "{output:?}");
 
-    let plan = engine
-        .settle(&project.name, &[counted.identity.clone()].into())
-        .await;
+    let plan = engine.settle(&[counted.identity.clone()].into()).await;
     let outsider_state = engine.inspect(&outsider).await;
     docker(&["rm", "-f", &outsider]);
     let plan = plan.expect("settle");
@@ -459,6 +474,7 @@ async fn settling_keeps_counted_containers_and_removes_every_other_of_the_projec
     assert_eq!(remaining[0].id, ids[0]);
     assert!(remaining[0].running);
     assert!(engine.inspect(&ids[1]).await.expect("inspect").is_none());
+    assert!(engine.inspect(&theirs).await.expect("inspect").is_some());
     let outsider_state = outsider_state.expect("inspect");
     assert!(outsider_state.is_some_and(|s| s.running && s.identity.is_none()));
 }

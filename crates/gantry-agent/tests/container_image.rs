@@ -138,6 +138,7 @@ async fn a_second_image_differing_in_one_layer_ships_only_that_layer() {
     let engine = Engine::connect(
         Path::new("/var/run/docker.sock"),
         &scratch.path().join("secrets"),
+        "gantry-test",
     )
     .await
     .expect("connect");

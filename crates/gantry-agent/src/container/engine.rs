@@ -36,6 +36,8 @@ pub struct Engine {
     pub(super) docker: Docker,
     /// Where containers' secret files live (a directory of the agent's state).
     secrets_root: PathBuf,
+    /// The `dev.gantry.agent` label of the containers this engine makes and lists.
+    owner: String,
     api_version: String,
 }
 
@@ -92,7 +94,13 @@ fn versioned(request: bollard::BollardRequest, prefix: &str) -> bollard::Bollard
 impl Engine {
     /// Connects to the daemon at `socket` and settles the API version: the
     /// daemon's own when it is older than bollard's, refused below 1.41.
-    pub async fn connect(socket: &Path, secrets_root: &Path) -> Result<Engine, ContainerError> {
+    /// `owner` labels every container made, and only containers with it
+    /// are listed and settled.
+    pub async fn connect(
+        socket: &Path,
+        secrets_root: &Path,
+        owner: &str,
+    ) -> Result<Engine, ContainerError> {
         let unreachable = |message: String| ContainerError::Unreachable {
             socket: socket.to_owned(),
             message,
@@ -122,6 +130,7 @@ impl Engine {
         Ok(Engine {
             docker,
             secrets_root: secrets_root.to_owned(),
+            owner: owner.to_owned(),
             api_version,
         })
     }
@@ -249,11 +258,11 @@ impl Engine {
             name: Some(name.clone()),
             ..Default::default()
         };
-        let created = match self
-            .docker
-            .create_container(Some(options), spec.create_body(&secret_files))
-            .await
-        {
+        let mut body = spec.create_body(&secret_files);
+        if let Some(labels) = body.labels.as_mut() {
+            labels.insert(spec::LABEL_AGENT.to_owned(), self.owner.clone());
+        }
+        let created = match self.docker.create_container(Some(options), body).await {
             Ok(created) => created,
             Err(e) if is_not_found(&e) => {
                 secrets::remove(&secret_dir);
@@ -447,14 +456,28 @@ impl Engine {
         }))
     }
 
-    /// Every container of `project` (running or not), by its labels.
+    /// Every container of `project` this engine's owner made (running or
+    /// not), by their labels.
     pub async fn list(&self, project: &str) -> Result<Vec<ContainerState>, ContainerError> {
+        self.list_labelled(vec![format!("{}={project}", spec::LABEL_PROJECT)], project)
+            .await
+    }
+
+    /// Every container of every project this engine's owner made.
+    pub async fn list_all(&self) -> Result<Vec<ContainerState>, ContainerError> {
+        self.list_labelled(vec![spec::LABEL_PROJECT.to_owned()], "all projects")
+            .await
+    }
+
+    async fn list_labelled(
+        &self,
+        mut labels: Vec<String>,
+        project: &str,
+    ) -> Result<Vec<ContainerState>, ContainerError> {
+        labels.push(format!("{}={}", spec::LABEL_AGENT, self.owner));
         let options = ListContainersOptions {
             all: true,
-            filters: Some(HashMap::from([(
-                "label".to_owned(),
-                vec![format!("{}={project}", spec::LABEL_PROJECT)],
-            )])),
+            filters: Some(HashMap::from([("label".to_owned(), labels)])),
             ..Default::default()
         };
         let summaries = self

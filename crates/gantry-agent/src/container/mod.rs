@@ -29,9 +29,9 @@ pub use engine::{ContainerState, Engine, ExecOutcome, LogLine, LogStream, MIN_AP
 pub use secrets::{Owner, SecretValue};
 pub use settle::Settle;
 pub use spec::{
-    ContainerSpec, Identity, LABEL_ENVIRONMENT, LABEL_INSTANCE, LABEL_PREFIX, LABEL_PROJECT,
-    LABEL_RELEASE, LABEL_SERVICE, LABEL_VOLUME, Publish, Resources, SECRETS_DIR, VolumeMount,
-    network_name, volume_name,
+    ContainerSpec, Identity, LABEL_AGENT, LABEL_ENVIRONMENT, LABEL_INSTANCE, LABEL_PREFIX,
+    LABEL_PROJECT, LABEL_RELEASE, LABEL_SERVICE, LABEL_VOLUME, Publish, Resources, SECRETS_DIR,
+    VolumeMount, container_name, network_name, volume_name,
 };
 
 /// What can go wrong talking to Docker, with what to do about it.

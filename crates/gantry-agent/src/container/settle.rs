@@ -1,9 +1,9 @@
 //! After an agent restart, the containers on the host are held against the
 //! instances the store counts: a container counted (the same project,
 //! environment, service, release and instance) is adopted, every other
-//! container of the project is removed, so no container runs that the
-//! store does not count. Containers without Gantry's project label are not
-//! Gantry's and are never touched.
+//! container the agent made is removed, so no container runs that the
+//! store does not count. Containers without Gantry's labels, or made by
+//! another agent (`dev.gantry.agent`), are never touched.
 
 use std::collections::HashSet;
 
@@ -43,14 +43,10 @@ pub fn plan(listed: &[ContainerState], counted: &HashSet<Identity>) -> Vec<Settl
 }
 
 impl Engine {
-    /// Removes every container of `project` that `counted` does not name;
-    /// returns the plan it carried out.
-    pub async fn settle(
-        &self,
-        project: &str,
-        counted: &HashSet<Identity>,
-    ) -> Result<Vec<Settle>, ContainerError> {
-        let listed = self.list(project).await?;
+    /// Removes every container this engine's owner made that `counted`
+    /// does not name, whatever its project; returns the plan carried out.
+    pub async fn settle(&self, counted: &HashSet<Identity>) -> Result<Vec<Settle>, ContainerError> {
+        let listed = self.list_all().await?;
         let plan = plan(&listed, counted);
         for settle in &plan {
             if let Settle::Remove { container, .. } = settle {

@@ -19,6 +19,9 @@ pub const LABEL_SERVICE: &str = "dev.gantry.service";
 pub const LABEL_RELEASE: &str = "dev.gantry.release";
 pub const LABEL_INSTANCE: &str = "dev.gantry.instance";
 pub const LABEL_VOLUME: &str = "dev.gantry.volume";
+/// Which agent made the container (a digest of its state directory): two
+/// agents on one host never settle each other's containers.
+pub const LABEL_AGENT: &str = "dev.gantry.agent";
 
 /// Where secrets appear inside a container: one read-only file per secret.
 pub const SECRETS_DIR: &str = "/run/secrets";
@@ -39,14 +42,12 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The container's name: `gantry-PROJECT-ENVIRONMENT-SERVICE-INSTANCE`.
-    /// Unique per instance, so a replacement never collides with the
-    /// container it replaces.
+    /// The container's name: `gantry-PROJECT-INSTANCE` (an instance id
+    /// names its service and release and is unique), so a replacement never
+    /// collides with the container it replaces, and the name follows from
+    /// the instance alone.
     pub fn container_name(&self) -> String {
-        format!(
-            "gantry-{}-{}-{}-{}",
-            self.project, self.environment, self.service, self.instance
-        )
+        container_name(&self.project, &self.instance)
     }
 
     pub fn labels(&self) -> HashMap<String, String> {
@@ -71,6 +72,11 @@ impl Identity {
             instance: get(LABEL_INSTANCE)?,
         })
     }
+}
+
+/// The container of `instance` of `project`.
+pub fn container_name(project: &str, instance: &str) -> String {
+    format!("gantry-{project}-{instance}")
 }
 
 /// The network of a project's environment: its services reach each other
@@ -333,7 +339,7 @@ mod tests {
 
     #[test]
     fn names_are_scoped_by_project_and_environment() {
-        assert_eq!(identity().container_name(), "gantry-shop-prod-db-i3");
+        assert_eq!(identity().container_name(), "gantry-shop-i3");
         assert_eq!(network_name("shop", "prod"), "gantry-shop-prod");
         assert_eq!(
             volume_name("shop", "prod", "pgdata"),
