@@ -76,6 +76,8 @@ pub struct Agent {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// The reverse proxy the agent started or found, if one runs.
     pub proxy: crate::proxy::Proxy,
+    /// The Docker engine, connected when a container service first needs it.
+    pub containers: tokio::sync::OnceCell<crate::container::Engine>,
 }
 
 impl Agent {

@@ -147,6 +147,7 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
         deploy_locks: Mutex::new(Default::default()),
         env_locks: Mutex::new(Default::default()),
         shutdown,
+        containers: Default::default(),
     });
     runtime.block_on(serve(agent))
 }

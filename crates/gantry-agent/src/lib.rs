@@ -11,6 +11,7 @@ pub mod agent_user;
 pub mod api;
 pub mod artifact;
 pub mod container;
+pub mod container_instance;
 pub mod credentials;
 pub mod daemon;
 pub mod deploy;

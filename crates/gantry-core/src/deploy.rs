@@ -862,20 +862,28 @@ pub fn refuse_unsupported(
     let other: Vec<String> = env
         .services
         .values()
-        .filter(|s| !matches!(s.workload, Workload::Process { .. }))
+        .filter(|s| matches!(s.workload, Workload::Static { .. }))
         .map(|s| s.name.clone())
         .collect();
     if !other.is_empty() {
         return Err(Error::Unsupported {
             what: format!(
-                "{} {} not a process: only the process driver deploys yet",
+                "{} {} a static directory: only processes and images deploy yet",
                 other.join(", "),
                 if other.len() == 1 { "is" } else { "are" }
             ),
-            hint: "the compose and static drivers come in a later version; `gantry render --target compose` writes the containers for Docker Compose meanwhile".to_owned(),
+            hint: "the static driver comes in a later version; serve the directory from a process meanwhile".to_owned(),
         });
     }
-    // (`backup` needs volumes, which only containers have: refused above.)
+    if let Some(s) = env.services.values().find(|s| s.backup.is_some()) {
+        return Err(Error::Unsupported {
+            what: format!(
+                "service `{}` sets `backup`, which deploy does not take yet",
+                s.name
+            ),
+            hint: "back the volume up yourself (`docker run --rm -v VOLUME:/data ...`) and remove `backup`".to_owned(),
+        });
+    }
     if let Some(s) = env.services.values().find(|s| s.migrate.is_some()) {
         return Err(Error::Unsupported {
             what: format!(

@@ -456,6 +456,19 @@ impl Engine {
         }))
     }
 
+    /// The host pid of the container's main process; `None` when it is not running.
+    pub async fn main_pid(&self, container: &str) -> Result<Option<u32>, ContainerError> {
+        match self.docker.inspect_container(container, None).await {
+            Ok(response) => Ok(response
+                .state
+                .and_then(|s| s.pid)
+                .and_then(|pid| u32::try_from(pid).ok())
+                .filter(|pid| *pid > 0)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(ContainerError::engine("inspect", container, e)),
+        }
+    }
+
     /// Every container of `project` this engine's owner made (running or
     /// not), by their labels.
     pub async fn list(&self, project: &str) -> Result<Vec<ContainerState>, ContainerError> {
