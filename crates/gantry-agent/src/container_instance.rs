@@ -31,6 +31,12 @@ pub fn is_container(service: &Service) -> bool {
     matches!(service.workload, Workload::Compose { .. })
 }
 
+/// Whether the service's instances must never run beside their
+/// replacement: containers with volumes (a database's data directory).
+pub fn needs_stop_first(service: &Service) -> bool {
+    is_container(service) && !service.volumes.is_empty()
+}
+
 /// The agent's engine, connected on first use.
 pub async fn engine(agent: &Agent) -> Result<&Engine, String> {
     agent
@@ -219,6 +225,40 @@ pub async fn stop(agent: &Agent, record: &InstanceRecord, timeout: Duration) -> 
         StopOutcome::Exited
     } else {
         StopOutcome::NotRunning
+    }
+}
+
+/// Connects to the container's port on its own address: its published
+/// loopback port would accept through Docker's proxy before the service
+/// inside listens.
+pub async fn probe_tcp(
+    agent: &Agent,
+    record: &InstanceRecord,
+    service: &Service,
+    timeout: Duration,
+) -> Result<(), String> {
+    let engine = engine(agent).await?;
+    let name = container_name(&record.project, &record.id);
+    let state = engine
+        .inspect(&name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no container {name}"))?;
+    let address = state
+        .address
+        .ok_or_else(|| format!("{name} has no address on its network"))?;
+    let port = match (&service.port, record.port) {
+        (Some(Port::Fixed(port)), _) => *port,
+        (Some(Port::Named(_)), Some(port)) => port,
+        _ => return Err("the service has no port to check".to_owned()),
+    };
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((address, port))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("{address}:{port}: {e}")),
+        Err(_) => Err(format!(
+            "{address}:{port}: no answer within {}ms",
+            timeout.as_millis()
+        )),
     }
 }
 

@@ -347,6 +347,9 @@ pub async fn probe(
         Check::Command { command } if crate::container_instance::is_container(service) => {
             crate::container_instance::probe_command(agent, record, command, timeout).await
         }
+        Check::Tcp if crate::container_instance::is_container(service) => {
+            crate::container_instance::probe_tcp(agent, record, service, timeout).await
+        }
         check => health::probe(check, record.port, timeout, cwd, env, confinement).await,
     }
 }

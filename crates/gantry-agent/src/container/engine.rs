@@ -54,6 +54,8 @@ pub struct ContainerState {
     pub host_port: Option<u16>,
     /// The image's id (`sha256:...`) the container runs.
     pub image_id: Option<String>,
+    /// Its address on its first network (inspect only).
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// A health command's result.
@@ -453,6 +455,15 @@ impl Engine {
             exit_code: state.and_then(|s| s.exit_code),
             host_port,
             image_id: response.image.clone(),
+            address: response
+                .network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref())
+                .and_then(|networks| {
+                    networks
+                        .values()
+                        .find_map(|n| n.ip_address.as_deref()?.parse().ok())
+                }),
         }))
     }
 
@@ -521,6 +532,7 @@ impl Engine {
                             .and_then(|p| p.public_port)
                     }),
                     image_id: summary.image_id.clone(),
+                    address: None,
                 }
             })
             .collect())

@@ -76,6 +76,7 @@ mod tests {
             exit_code: None,
             host_port: None,
             image_id: None,
+            address: None,
         }
     }
 
