@@ -78,6 +78,8 @@ pub struct Agent {
     pub proxy: crate::proxy::Proxy,
     /// The Docker engine, connected when a container service first needs it.
     pub containers: tokio::sync::OnceCell<crate::container::Engine>,
+    /// The container instances whose output is being copied to their logs.
+    pub container_logs: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Agent {

@@ -17,12 +17,14 @@ use gantry_config::model::Port;
 use gantry_config::resolve::{Service, Workload};
 
 use crate::agent::Agent;
+use crate::agent::now_ms;
 use crate::container::{
     ContainerSpec, Engine, Identity, Publish, Resources, SecretValue, VolumeMount, container_name,
 };
 use crate::instance::{self, StartFailure};
-use crate::process::StopOutcome;
+use crate::process::{LogWriter, MAX_LINE, StopOutcome};
 use crate::store::InstanceRecord;
+use gantry_core::agent_api::Stream;
 
 /// Where the Docker engine listens.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -166,11 +168,69 @@ pub async fn launch(
         .ok_or_else(|| failure(format!("`{}`'s container exited at once", service.name)))?;
     let start_time = crate::process::start_time(pid)
         .ok_or_else(|| failure(format!("`{}`'s container exited at once", service.name)))?;
+    follow_logs(agent, engine, record, true);
     let id = record.id.clone();
     agent
         .db(move |s| s.set_instance_process(&id, pid, start_time, None))
         .await
         .map_err(|e| failure(e.to_string()))
+}
+
+/// Copies the container's output into the instance's log (where `gantry
+/// logs`, the status tails and a failed start's report read it), until the
+/// container stops: from its first line for a new container, from now for
+/// one adopted after an agent restart (what it wrote meanwhile stays in
+/// `docker logs`). One copier per instance.
+fn follow_logs(agent: &Agent, engine: &Engine, record: &InstanceRecord, from_start: bool) {
+    {
+        let mut following = agent
+            .container_logs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !following.insert(record.id.clone()) {
+            return;
+        }
+    }
+    let name = container_name(&record.project, &record.id);
+    let mut stream = engine.logs(&name, if from_start { None } else { Some(0) }, true);
+    let (dir, id) = (agent.paths.logs(&record.project), record.id.clone());
+    let (max_bytes, keep) = (agent.settings.log_max_bytes, agent.settings.log_keep);
+    let following = std::sync::Arc::clone(&agent.container_logs);
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        if let Ok(mut writer) = LogWriter::open(&dir, &id, max_bytes, keep) {
+            let mut pending = [Vec::new(), Vec::new()];
+            let mut emit = |stream: Stream, bytes: &[u8]| {
+                let text = String::from_utf8_lossy(bytes);
+                writer.write(now_ms(), stream, text.trim_end_matches(['\n', '\r']));
+            };
+            while let Some(Ok(chunk)) = stream.next().await {
+                let (kind, buffer) = if chunk.stderr {
+                    (Stream::Stderr, &mut pending[1])
+                } else {
+                    (Stream::Stdout, &mut pending[0])
+                };
+                buffer.extend_from_slice(&chunk.bytes);
+                while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    emit(kind, &line);
+                }
+                if buffer.len() > MAX_LINE {
+                    let line: Vec<u8> = std::mem::take(buffer);
+                    emit(kind, &line);
+                }
+            }
+            for (kind, rest) in [Stream::Stdout, Stream::Stderr].into_iter().zip(pending) {
+                if !rest.is_empty() {
+                    emit(kind, &rest);
+                }
+            }
+        }
+        following
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&id);
+    });
 }
 
 /// The project's secret values the service names, from the agent's
@@ -306,6 +366,11 @@ pub async fn settle(agent: &Agent, active: &[InstanceRecord]) {
         else {
             continue;
         };
+        if let Some(service) = release.services.iter().find(|s| s.name == record.service)
+            && is_container(service)
+        {
+            follow_logs(agent, engine, record, false);
+        }
         counted.insert(Identity {
             project: record.project.clone(),
             environment: release.environment,

@@ -148,6 +148,7 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
         env_locks: Mutex::new(Default::default()),
         shutdown,
         containers: Default::default(),
+        container_logs: Default::default(),
     });
     runtime.block_on(serve(agent))
 }

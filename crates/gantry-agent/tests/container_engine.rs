@@ -215,7 +215,7 @@ async fn redis_container_answers_on_loopback_is_labelled_then_stopped_and_remove
     assert_eq!(failing.exit_code, Some(1));
     let memory = engine.memory(&id).await.expect("stats");
     assert!(memory.is_some_and(|m| m > 0), "{memory:?}");
-    let mut logs = engine.logs(&id, 100, false);
+    let mut logs = engine.logs(&id, Some(100), false);
     let mut text = String::new();
     while let Some(line) = logs.next().await {
         text.push_str(&String::from_utf8_lossy(&line.expect("log line").bytes));

@@ -147,6 +147,27 @@ fn image_services_deploy_as_containers_replace_without_downtime_and_settle_after
         (64u64 << 20).to_string()
     );
 
+    // The containers' output is in `gantry logs`.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let run = p.gantry(&["logs", "cache", "--output", "json"]);
+        run.expect_code(0);
+        if run.stdout.contains("Ready to accept connections") {
+            assert!(
+                run.stdout.contains("\"service\":\"cache\""),
+                "{}",
+                run.stdout
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Redis output in logs: {}",
+            run.stdout
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // A redeploy of a changed web under load: no request fails.
     let done = Arc::new(AtomicBool::new(false));
     let load = {

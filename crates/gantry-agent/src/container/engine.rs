@@ -538,14 +538,14 @@ impl Engine {
             .collect())
     }
 
-    /// The container's output: the last `tail` lines, then (with `follow`)
-    /// what it writes until it stops.
-    pub fn logs(&self, container: &str, tail: usize, follow: bool) -> LogStream {
+    /// The container's output: the last `tail` lines (`None`: all), then
+    /// (with `follow`) what it writes until it stops.
+    pub fn logs(&self, container: &str, tail: Option<usize>, follow: bool) -> LogStream {
         let options = LogsOptions {
             follow,
             stdout: true,
             stderr: true,
-            tail: tail.to_string(),
+            tail: tail.map_or_else(|| "all".to_owned(), |n| n.to_string()),
             ..Default::default()
         };
         let target = container.to_owned();
