@@ -295,23 +295,23 @@ fn agent_pid(p: &TestProject) -> u32 {
         .expect("the agent's lock file names its pid")
 }
 
-/// Sends one Redis inline command to 127.0.0.1:`port`; the first reply line.
+/// Sends one Redis inline command to 127.0.0.1:`port`; the first reply
+/// line, or the error as `error: ...`.
 fn redis(port: u16, command: &str) -> String {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to Redis");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream
-        .write_all(format!("{command}\r\n").as_bytes())
-        .expect("send");
-    let mut buffer = [0u8; 256];
-    let n = stream.read(&mut buffer).expect("read");
-    String::from_utf8_lossy(&buffer[..n])
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+    let reply = (|| -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(format!("{command}\r\n").as_bytes())?;
+        let mut buffer = [0u8; 256];
+        let n = stream.read(&mut buffer)?;
+        Ok(String::from_utf8_lossy(&buffer[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned())
+    })();
+    reply.unwrap_or_else(|e| format!("error: {e}"))
 }
 
 #[test]
@@ -380,6 +380,30 @@ fn a_service_with_a_volume_is_never_run_beside_its_replacement_and_keeps_its_dat
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // The container dies: the restart policy starts a new one, on the same data.
+    let before = containers(name);
+    docker(&["kill", &before[0]]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = containers(name);
+        if now.len() == 1 && now != before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new container: {now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = redis(port, "INCR visits");
+        if reply == ":9" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{reply}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = agent_support::status(&p);
+    assert_eq!(service(&status, "cache")["state"], "running", "{status:#}");
     p.gantry(&["stop"]).expect_code(0);
 }
 
