@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use agent_support::{GANTRY, deploy, service};
 use gantry_testkit::{KeepAlive, TestProject, http_get_host};
 
+const SECRET: &str = "tok-Zq81-never-in-docker-inspect";
+
 /// busybox's httpd answering `version $VERSION` on `$PORT`.
 fn web_image() -> String {
     gantry_testkit::images::build(
@@ -38,6 +40,7 @@ name = "{project}"
 image = "{web}"
 port = "http"
 env = {{ VERSION = "{version}" }}
+secrets = ["API_TOKEN"]
 health = {{ path = "/", interval = "100ms", timeout = "1s" }}
 stop_timeout = "5s"
 
@@ -114,7 +117,8 @@ fn image_services_deploy_as_containers_replace_without_downtime_and_settle_after
     let host = format!("web.{name}.localhost");
     let p = TestProject::new(GANTRY)
         .file("gantry.toml", &toml(name, &web, &redis, "1"))
-        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"))
+        .env("API_TOKEN", SECRET);
     let report = deploy(&p);
     assert_eq!(report["release"]["outcome"], "succeeded", "{report:#}");
     assert_eq!(
@@ -137,6 +141,18 @@ fn image_services_deploy_as_containers_replace_without_downtime_and_settle_after
         ]),
         "+PONG"
     );
+    // The secret is a file in the container, never in `docker inspect`.
+    assert_eq!(
+        docker(&[
+            "exec",
+            &web_container,
+            "sh",
+            "-c",
+            "cat \"$API_TOKEN_FILE\""
+        ]),
+        SECRET
+    );
+    assert!(!docker(&["inspect", &web_container]).contains(SECRET));
     assert_eq!(
         docker(&[
             "inspect",
