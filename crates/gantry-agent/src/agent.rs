@@ -1,5 +1,6 @@
 //! The agent's shared state: where its files are, its store, and the parts
-//! every task uses. Store calls block, so they run on the blocking pool.
+//! every task uses, with the tunables it was started with. Store calls
+//! block, so they run on the blocking pool.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,12 +8,18 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Mutex as AsyncMutex;
 
+use gantry_core::agent_api::AgentInfo;
+pub(crate) use gantry_core::agent_dir::Paths;
+pub(crate) use gantry_core::clock::now_ms;
+
 use crate::artifact::BlobStore;
+use crate::isolation::Isolation;
+use crate::locks::EnvLocks;
 use crate::ports::PortAllocator;
 use crate::process::Cgroups;
-use crate::store::{Store, StoreError};
-
-pub use gantry_core::agent_dir::Paths;
+use crate::proxy::Proxy;
+use crate::store::{SharedStore, Store, StoreError};
+use crate::tails::Tails;
 
 /// The default state directory for this process's user
 /// ([`Paths::default_root`]).
@@ -52,58 +59,86 @@ impl Default for Settings {
     }
 }
 
-pub struct Agent {
-    pub paths: Paths,
-    pub settings: Settings,
-    pub store: Arc<Mutex<Store>>,
-    pub blobs: BlobStore,
-    pub ports: Arc<Mutex<PortAllocator>>,
-    pub cgroups: Cgroups,
+/// The agent's shared state: its files, store, blobs, ports, cgroups, the
+/// user services run as, the tails of their logs, its locks and its proxy.
+/// Every operation above takes it; nothing it holds knows it.
+pub(crate) struct Agent {
+    pub(crate) paths: Paths,
+    pub(crate) settings: Settings,
+    pub(crate) store: SharedStore,
+    pub(crate) blobs: BlobStore,
+    pub(crate) ports: Arc<Mutex<PortAllocator>>,
+    pub(crate) cgroups: Cgroups,
     /// Which user services run as.
-    pub isolation: crate::isolation::Isolation,
+    pub(crate) isolation: Isolation,
     /// The gantry binary, to start relays with.
-    pub exe: PathBuf,
-    pub started_at: u64,
+    pub(crate) exe: PathBuf,
+    pub(crate) started_at: u64,
     /// The last lines of each instance, in memory.
-    pub tails: crate::tails::Tails,
+    pub(crate) tails: Tails,
     /// One deploy at a time per project.
-    pub deploy_locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
-    /// Environment deploy locks that CLIs hold across hosts, by
-    /// (project, environment): the token and the holder. In memory: an agent
-    /// restart releases them.
-    pub env_locks: Mutex<HashMap<(String, String), (String, gantry_core::agent_api::LockHolder)>>,
+    deploy_locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    /// Environment deploy locks that CLIs hold across hosts.
+    pub(crate) env_locks: EnvLocks,
     /// Set when the agent is asked to shut down.
-    pub shutdown: tokio::sync::watch::Sender<bool>,
+    pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
     /// The reverse proxy the agent started or found, if one runs.
-    pub proxy: crate::proxy::Proxy,
+    pub(crate) proxy: Proxy,
     /// The Docker engine, connected when a container service first needs it.
-    pub containers: tokio::sync::OnceCell<crate::container::Engine>,
+    pub(crate) containers: tokio::sync::OnceCell<crate::container::Engine>,
     /// The container instances whose output is being copied to their logs.
-    pub container_logs: Arc<Mutex<std::collections::HashSet<String>>>,
+    pub(crate) container_logs: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Agent {
+    /// The agent over its state directory's parts; it makes the rest
+    /// (blob store, cgroups, tails, locks, the proxy's handle) itself.
+    pub(crate) fn new(
+        paths: Paths,
+        settings: Settings,
+        store: Store,
+        ports: PortAllocator,
+        isolation: Isolation,
+        exe: PathBuf,
+    ) -> Agent {
+        let store = SharedStore::new(store);
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        Agent {
+            blobs: BlobStore::new(paths.blobs()),
+            ports: Arc::new(Mutex::new(ports)),
+            cgroups: Cgroups::detect(),
+            isolation,
+            proxy: Proxy::new(
+                &paths,
+                exe.clone(),
+                store.clone(),
+                settings.proxy_listen,
+                settings.proxy_https,
+            ),
+            store,
+            paths,
+            settings,
+            exe,
+            started_at: now_ms(),
+            tails: Tails::default(),
+            deploy_locks: Mutex::new(HashMap::new()),
+            env_locks: EnvLocks::default(),
+            shutdown,
+            containers: tokio::sync::OnceCell::new(),
+            container_logs: Arc::default(),
+        }
+    }
+
     /// Runs `f` with the store on the blocking pool.
-    pub async fn db<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn db<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
     {
-        let store = Arc::clone(&self.store);
-        match tokio::task::spawn_blocking(move || {
-            let mut guard = store
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut guard)
-        })
-        .await
-        {
-            Ok(result) => result,
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
-        }
+        self.store.call(f).await
     }
 
-    pub fn deploy_lock(&self, project: &str) -> Arc<AsyncMutex<()>> {
+    pub(crate) fn deploy_lock(&self, project: &str) -> Arc<AsyncMutex<()>> {
         let mut locks = self
             .deploy_locks
             .lock()
@@ -111,9 +146,20 @@ impl Agent {
         Arc::clone(locks.entry(project.to_owned()).or_default())
     }
 
-    pub fn state_dir(&self) -> &Path {
+    pub(crate) fn state_dir(&self) -> &Path {
         &self.paths.root
     }
-}
 
-pub use gantry_core::clock::now_ms;
+    /// `GET /v1/health`: who this agent is.
+    pub(crate) fn info(&self) -> AgentInfo {
+        AgentInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            state_dir: self.paths.root.display().to_string(),
+            started_at: self.started_at,
+            limits: self.cgroups.mode().to_string(),
+            proxy: self.settings.proxy_listen.map(|a| a.to_string()),
+            spec_version: gantry_core::agent_api::v1::SPEC_VERSION,
+        }
+    }
+}

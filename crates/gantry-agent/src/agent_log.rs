@@ -25,7 +25,7 @@ impl AgentLog {
     pub fn of_stderr(state_dir: &Path, max_bytes: u64, keep: u32) -> Option<AgentLog> {
         let stderr = std::fs::File::from(io::stderr().as_fd().try_clone_to_owned().ok()?);
         let ours = stderr.metadata().ok()?;
-        let path = crate::agent::Paths::new(state_dir).agent_log();
+        let path = gantry_core::agent_dir::Paths::new(state_dir).agent_log();
         let named = std::fs::metadata(&path).ok()?;
         let same = ours.is_file() && ours.dev() == named.dev() && ours.ino() == named.ino();
         same.then_some(AgentLog {

@@ -1,9 +1,10 @@
 //! Content-addressed artifacts: the files a release runs from.
 //!
 //! A [`BlobStore`] keeps each file's bytes once, under the sha256 of those
-//! bytes. [`snapshot`] turns a directory into an [`Artifact`] (a sorted list of
-//! path, digest, size and mode, itself named by a digest) and [`materialize`]
-//! turns an artifact back into a directory, atomically.
+//! bytes. An artifact (a sorted list of path, digest, size and mode, itself
+//! named by a digest) is what the CLI's scan of a project sends
+//! (`gantry_core::artifact::scan`); [`materialize`] turns one back into a
+//! directory, atomically.
 //!
 //! It must never let a wrong byte in: a blob is renamed into place only after
 //! its content hashed to the digest it was sent under, and a digest or a path
@@ -23,19 +24,11 @@
 //!   0444 a per-mode read-only copy of the blob (`<digest>.<octal mode>`, say
 //!   `.555` for an executable) is linked instead, since a mode belongs to the
 //!   inode all its links share.
-//! - Symlinks in a snapshot are followed when they point to a file inside the
-//!   tree: the link is recorded as a file with its target's content and mode.
-//!   A link that dangles, leaves the tree or points to a directory fails the
-//!   snapshot, naming the link, rather than silently missing files; ignore it
-//!   in `.gantryignore` if it is not needed. Sockets, fifos and devices are
-//!   skipped.
 //! - Empty directories are not part of an artifact.
 
 mod blobs;
-mod ignore;
 mod materialize;
 mod partial;
-mod snapshot;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -45,16 +38,9 @@ use gantry_core::agent_api::ArtifactFile;
 pub use blobs::BlobStore;
 pub use materialize::materialize;
 pub use partial::Received;
-pub use snapshot::{snapshot, snapshot_path};
 
-/// Directory and file names a snapshot never includes.
-pub const ALWAYS_IGNORED: &[&str] = &[".git", "target", ".gantry", "node_modules"];
-
-/// The ignore file read from the root of a snapshotted directory.
-pub const IGNORE_FILE: &str = ".gantryignore";
-
-/// The file in a materialized tree naming the artifact it holds. Snapshots
-/// skip it at the root, so a materialized tree snapshots to the same digest.
+/// The file in a materialized tree naming the artifact it holds; not part
+/// of the artifact.
 pub const MARKER: &str = ".gantry-artifact";
 
 #[derive(Debug, thiserror::Error)]
@@ -91,23 +77,8 @@ pub enum ArtifactError {
     ManifestMismatch { recorded: String, computed: String },
     #[error("{} blob(s) missing from the blob store: {}", digests.len(), digests.join(", "))]
     MissingBlobs { digests: Vec<String> },
-    #[error("symlink {path} {problem}")]
-    Symlink {
-        path: PathBuf,
-        problem: &'static str,
-    },
-    #[error("{path}:{line}: {message}")]
-    IgnoreFile {
-        path: PathBuf,
-        line: usize,
-        message: &'static str,
-    },
-    #[error("{path} is not valid UTF-8")]
-    NonUtf8Path { path: PathBuf },
     #[error("artifact path `{path}` {reason}")]
     InvalidPath { path: String, reason: &'static str },
-    #[error("{path} is neither a file nor a directory")]
-    NotFileOrDirectory { path: PathBuf },
     #[error("{path} exists and does not hold artifact {expected}{}", found.as_ref().map(|f| format!(" (it holds {f})")).unwrap_or_default())]
     DestinationExists {
         path: PathBuf,
@@ -117,7 +88,8 @@ pub enum ArtifactError {
 }
 
 impl ArtifactError {
-    /// A stable code, in the style of `gantry_core::CODES`.
+    /// What went wrong, as a short name for tests to match on.
+    #[cfg(test)]
     pub fn code(&self) -> &'static str {
         match self {
             ArtifactError::Io { .. } => "artifact.io_failed",
@@ -128,11 +100,7 @@ impl ArtifactError {
             ArtifactError::MissingBlobs { .. } => "artifact.missing_blobs",
             ArtifactError::OffsetMismatch { .. } => "artifact.offset_mismatch",
             ArtifactError::Interrupted { .. } => "artifact.interrupted",
-            ArtifactError::Symlink { .. } => "artifact.symlink",
-            ArtifactError::IgnoreFile { .. } => "artifact.ignore_file",
-            ArtifactError::NonUtf8Path { .. }
-            | ArtifactError::InvalidPath { .. }
-            | ArtifactError::NotFileOrDirectory { .. } => "artifact.invalid_path",
+            ArtifactError::InvalidPath { .. } => "artifact.invalid_path",
             ArtifactError::DestinationExists { .. } => "artifact.destination_exists",
         }
     }
@@ -150,10 +118,6 @@ impl ArtifactError {
             )),
             ArtifactError::Interrupted { held, .. } => Some(format!(
                 "send the rest with PUT /v1/blobs/<digest>?offset={held}"
-            )),
-            ArtifactError::Symlink { path, .. } => Some(format!(
-                "add {} to {IGNORE_FILE} if the release does not need it",
-                path.display()
             )),
             ArtifactError::DestinationExists { path, .. } => Some(format!(
                 "remove {} or materialize somewhere else",

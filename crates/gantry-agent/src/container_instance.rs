@@ -13,16 +13,15 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use gantry_config::model::Port;
-use gantry_config::resolve::{Service, Workload};
+use gantry_core::agent_api::ServiceSpec as Service;
+use gantry_core::agent_api::v1::{Port, Workload};
 
 use crate::agent::Agent;
 use crate::agent::now_ms;
 use crate::container::{
     ContainerSpec, Engine, Identity, Publish, Resources, SecretValue, VolumeMount, container_name,
 };
-use crate::instance::{self, StartFailure};
-use crate::process::{LogWriter, MAX_LINE, StopOutcome};
+use crate::process::{LogWriter, MAX_LINE, ResourceLimits, StopOutcome};
 use crate::store::InstanceRecord;
 use gantry_core::agent_api::Stream;
 
@@ -63,18 +62,13 @@ fn agent_label(agent: &Agent) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn failure(reason: impl Into<String>) -> StartFailure {
-    StartFailure {
-        reason: reason.into(),
-        log_tail: Vec::new(),
-    }
-}
-
-/// The container's spec for `record`, deployed in `environment`.
+/// The container's spec for `record`, deployed in `environment`, held to
+/// `limits`.
 pub fn spec(
     record: &InstanceRecord,
     service: &Service,
     environment: &str,
+    limits: &ResourceLimits,
 ) -> Result<ContainerSpec, String> {
     let Workload::Compose { image } = &service.workload else {
         return Err(format!("service `{}` is not an image", service.name));
@@ -95,7 +89,6 @@ pub fn spec(
     env.insert("GANTRY_SERVICE".to_owned(), service.name.clone());
     env.insert("GANTRY_RELEASE".to_owned(), record.release.clone());
     env.insert("GANTRY_INSTANCE".to_owned(), record.id.clone());
-    let limits = instance::limits(service);
     let volumes = service
         .volumes
         .iter()
@@ -129,15 +122,16 @@ pub fn spec(
 
 /// Starts the container of an instance whose row exists (replacing a
 /// container left by an earlier start of the same instance), and records
-/// its main process.
+/// its main process; the error says why it did not start.
 pub async fn launch(
     agent: &Agent,
     record: &InstanceRecord,
     service: &Service,
-) -> Result<(), StartFailure> {
+    limits: &ResourceLimits,
+) -> Result<(), String> {
     let engine = engine(agent)
         .await
-        .map_err(|e| failure(format!("service `{}` needs Docker: {e}", service.name)))?;
+        .map_err(|e| format!("service `{}` needs Docker: {e}", service.name))?;
     let (project, release) = (record.project.clone(), record.release.clone());
     let environment = agent
         .db(move |s| s.release(&project, &release))
@@ -145,35 +139,32 @@ pub async fn launch(
         .ok()
         .flatten()
         .map(|r| r.environment)
-        .ok_or_else(|| failure(format!("release {} is not in the store", record.release)))?;
-    let spec = spec(record, service, &environment).map_err(failure)?;
+        .ok_or_else(|| format!("release {} is not in the store", record.release))?;
+    let spec = spec(record, service, &environment, limits)?;
     let secrets = secret_values(agent, &record.project, &service.secrets);
     let name = spec.identity.container_name();
-    engine
-        .remove(&name)
-        .await
-        .map_err(|e| failure(e.to_string()))?;
+    engine.remove(&name).await.map_err(|e| e.to_string())?;
     let id = engine
         .create(&spec, &secrets)
         .await
-        .map_err(|e| failure(format!("cannot create `{}`'s container: {e}", service.name)))?;
+        .map_err(|e| format!("cannot create `{}`'s container: {e}", service.name))?;
     engine
         .start(&id)
         .await
-        .map_err(|e| failure(format!("cannot start `{}`'s container: {e}", service.name)))?;
+        .map_err(|e| format!("cannot start `{}`'s container: {e}", service.name))?;
     let pid = engine
         .main_pid(&id)
         .await
-        .map_err(|e| failure(e.to_string()))?
-        .ok_or_else(|| failure(format!("`{}`'s container exited at once", service.name)))?;
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("`{}`'s container exited at once", service.name))?;
     let start_time = crate::process::start_time(pid)
-        .ok_or_else(|| failure(format!("`{}`'s container exited at once", service.name)))?;
+        .ok_or_else(|| format!("`{}`'s container exited at once", service.name))?;
     follow_logs(agent, engine, record, true);
     let id = record.id.clone();
     agent
         .db(move |s| s.set_instance_process(&id, pid, start_time, None))
         .await
-        .map_err(|e| failure(e.to_string()))
+        .map_err(|e| e.to_string())
 }
 
 /// Copies the container's output into the instance's log (where `gantry

@@ -13,20 +13,22 @@ use std::collections::BTreeMap;
 use gantry_core::agent_api::{DeployRequest, Release};
 use gantry_core::redact::{Redactor, is_credential};
 
-use crate::agent::Agent;
-use crate::api::ApiFailure;
+use gantry_core::Code;
+use gantry_core::agent_dir::Paths;
+
+use crate::error::AgentError;
 
 /// Moves credential env values of every service into `request.secrets`,
 /// and refuses a `run` command that holds a secret's value.
-pub fn separate(request: &mut DeployRequest) -> Result<(), ApiFailure> {
+pub(crate) fn separate(request: &mut DeployRequest) -> Result<(), AgentError> {
     let known = Redactor::new(request.secrets.values().cloned());
     let mut moved: BTreeMap<String, (String, String)> = BTreeMap::new();
     for service in &mut request.services {
-        if let gantry_config::resolve::Workload::Process { run } = &service.workload
+        if let gantry_core::agent_api::v1::Workload::Process { run } = &service.workload
             && known.finds_in(run)
         {
-            return Err(ApiFailure::invalid(
-                "secrets.invalid",
+            return Err(AgentError::invalid(
+                Code::SecretsInvalid,
                 format!(
                     "the run command of `{}` holds a secret's value, which any local user would see in `ps`",
                     service.name
@@ -51,8 +53,8 @@ pub fn separate(request: &mut DeployRequest) -> Result<(), ApiFailure> {
             if let Some((other, earlier)) = moved.get(&name)
                 && *earlier != value
             {
-                return Err(ApiFailure::invalid(
-                    "secrets.invalid",
+                return Err(AgentError::invalid(
+                    Code::SecretsInvalid,
                     format!(
                         "`{name}` holds a credential with different values in `{other}` and `{}`; the project's secrets have one value per name",
                         service.name
@@ -61,8 +63,8 @@ pub fn separate(request: &mut DeployRequest) -> Result<(), ApiFailure> {
                 ));
             }
             if request.secrets.get(&name).is_some_and(|v| *v != value) {
-                return Err(ApiFailure::invalid(
-                    "secrets.invalid",
+                return Err(AgentError::invalid(
+                    Code::SecretsInvalid,
                     format!(
                         "`{name}` of `{}` is both a secret and a credential in env, with different values",
                         service.name
@@ -85,11 +87,15 @@ pub fn separate(request: &mut DeployRequest) -> Result<(), ApiFailure> {
 /// Secret values go to a 0600 file the relays read; nowhere else. A name a
 /// service uses that the request does not carry keeps the value the file
 /// had (a rollback's services may use credentials the CLI does not hold).
-pub fn write_secrets(agent: &Agent, project: &str, request: &DeployRequest) -> std::io::Result<()> {
+pub(crate) fn write_secrets(
+    paths: &Paths,
+    project: &str,
+    request: &DeployRequest,
+) -> std::io::Result<()> {
     if request.secrets.is_empty() {
         return Ok(());
     }
-    let path = agent.paths.secrets(project);
+    let path = paths.secrets(project);
     let mut values = request.secrets.clone();
     let used = request.services.iter().flat_map(|s| s.secrets.iter());
     let kept = read_secrets(&path);
@@ -100,7 +106,7 @@ pub fn write_secrets(agent: &Agent, project: &str, request: &DeployRequest) -> s
             values.insert(name.clone(), value.clone());
         }
     }
-    let dir = path.parent().unwrap_or(agent.state_dir());
+    let dir = path.parent().unwrap_or(&paths.root);
     std::fs::create_dir_all(dir)?;
     // Names and values were checked on admission: one variable a line.
     let text: String = values
@@ -121,11 +127,11 @@ pub(crate) fn read_secrets(path: &std::path::Path) -> BTreeMap<String, String> {
 
 /// Hides the project's secret values, credential env values and URL
 /// passwords in releases the API answers with.
-pub fn redact_releases(agent: &Agent, project: &str, releases: &mut [Release]) {
-    let redactor = Redactor::new(read_secrets(&agent.paths.secrets(project)).into_values());
+pub(crate) fn redact_releases(paths: &Paths, project: &str, releases: &mut [Release]) {
+    let redactor = Redactor::new(read_secrets(&paths.secrets(project)).into_values());
     for release in releases {
         for service in &mut release.services {
-            redactor.service(service);
+            redactor.spec(service);
         }
         release.reason = release.reason.as_deref().map(|r| redactor.text(r));
         for line in &mut release.log_tail {

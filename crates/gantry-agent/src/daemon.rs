@@ -5,17 +5,15 @@
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::agent::{Agent, Paths, Settings, now_ms};
-use crate::artifact::BlobStore;
+use crate::agent::{Agent, Paths, Settings};
 use crate::isolation::Isolation;
 use crate::ports::{HostClaims, PortAllocator};
-use crate::process::Cgroups;
 use crate::store::Store;
-use crate::{api, proxy, reconcile, supervisor};
+use crate::{api, reconcile, supervisor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -30,6 +28,26 @@ pub enum DaemonError {
     },
     #[error("the agent's store failed: {0}")]
     Store(#[from] crate::store::StoreError),
+}
+
+impl DaemonError {
+    /// The code `gantry agent` exits with: another agent holds the state
+    /// directory, or the agent failed.
+    pub fn code(&self) -> gantry_core::Code {
+        match self {
+            DaemonError::Locked { .. } => gantry_core::Code::AgentLocked,
+            DaemonError::Io { .. } | DaemonError::Store(_) => gantry_core::Code::AgentError,
+        }
+    }
+
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            DaemonError::Locked { .. } => {
+                Some("stop it with `gantry agent stop`, or use another --state-dir")
+            }
+            DaemonError::Io { .. } | DaemonError::Store(_) => None,
+        }
+    }
 }
 
 fn io(
@@ -128,34 +146,14 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(io("start", "the runtime"))?;
-    let (shutdown, _) = tokio::sync::watch::channel(false);
-    let agent = Arc::new(Agent {
-        blobs: BlobStore::new(paths.blobs()),
-        ports: Arc::new(Mutex::new(with_host_claims(
-            PortAllocator::new(settings.ports.clone()),
-            &paths.root,
-        ))),
-        cgroups: Cgroups::detect(),
-        isolation,
-        store: Arc::new(Mutex::new(store)),
-        proxy: crate::proxy::Proxy::new(&paths, settings.proxy_listen, settings.proxy_https),
-        paths,
-        settings,
-        exe,
-        started_at: now_ms(),
-        tails: Default::default(),
-        deploy_locks: Mutex::new(Default::default()),
-        env_locks: Mutex::new(Default::default()),
-        shutdown,
-        containers: Default::default(),
-        container_logs: Default::default(),
-    });
+    let ports = with_host_claims(PortAllocator::new(settings.ports.clone()), &paths.root);
+    let agent = Arc::new(Agent::new(paths, settings, store, ports, isolation, exe));
     runtime.block_on(serve(agent))
 }
 
 async fn serve(agent: Arc<Agent>) -> Result<(), DaemonError> {
     reconcile::reconcile(&agent).await?;
-    proxy::start(&agent).await;
+    agent.proxy.start().await;
 
     let socket = agent.paths.socket();
     // We hold the lock, so a socket file left here is a dead agent's.
@@ -169,7 +167,9 @@ async fn serve(agent: Arc<Agent>) -> Result<(), DaemonError> {
         Arc::clone(&agent),
         agent.shutdown.subscribe(),
     ));
-    let proxy_watch = tokio::spawn(proxy::watch(Arc::clone(&agent), agent.shutdown.subscribe()));
+    let watcher = Arc::clone(&agent);
+    let proxy_watch =
+        tokio::spawn(async move { watcher.proxy.watch(watcher.shutdown.subscribe()).await });
     let mut stop = agent.shutdown.subscribe();
     let notify = Arc::clone(&agent);
     let signals = async move {

@@ -6,42 +6,20 @@
 
 use std::time::Instant;
 
-use gantry_config::resolve::Service;
+use std::sync::Arc;
+
+use gantry_core::Code;
+use gantry_core::agent_api::ServiceSpec;
 use gantry_core::agent_api::{DeployRequest, DeployResult, InstanceState, Outcome, Phase, Release};
 
 use crate::agent::{Agent, now_ms};
-use crate::api::ApiFailure;
 use crate::artifact;
-use crate::instance::{self, StartFailure};
+use crate::error::AgentError;
+use crate::instance::{self, StartFailure, refreshed};
+use crate::proxy::Cutover;
+use crate::routes::Refusal;
 use crate::status;
-use crate::store::InstanceRecord;
-
-/// What a cutover's hook answers: `Err` says why the new instances cannot
-/// take the traffic (the proxy refused the route table), and the service
-/// goes back to its old instances.
-pub type Switched<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
-
-/// Something that must happen when a service's live instances change, after
-/// the store's switch and before the old instances (on `old_ports`) stop: the
-/// proxy's route swap and drain ([`crate::proxy::ProxyCutover`]).
-pub trait Cutover: Send + Sync {
-    fn switch<'a>(
-        &'a self,
-        agent: &'a Agent,
-        service: &'a Service,
-        old_ports: &'a [u16],
-    ) -> Switched<'a>;
-}
-
-/// The cutover of a host with no proxy: recording the live set is enough.
-pub struct RecordOnly;
-
-impl Cutover for RecordOnly {
-    fn switch<'a>(&'a self, _: &'a Agent, _: &'a Service, _: &'a [u16]) -> Switched<'a> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-}
+use crate::store::{InstanceRecord, StoreError};
 
 struct Timer<'a> {
     phases: &'a mut Vec<Phase>,
@@ -67,18 +45,57 @@ impl Timer<'_> {
     }
 }
 
-pub async fn deploy(
+/// Runs a deploy in its own task: a client that goes away (a cut link) does
+/// not cancel it halfway; it finishes, and `status` tells how it ended. The
+/// result's release has the project's secret values hidden.
+pub(crate) async fn run(
+    agent: Arc<Agent>,
+    request: DeployRequest,
+) -> Result<DeployResult, AgentError> {
+    let project = request.project.clone();
+    let shared = Arc::clone(&agent);
+    let mut result = tokio::spawn(async move { deploy(&shared, request, &shared.proxy).await })
+        .await
+        .map_err(|e| AgentError::failed(Code::AgentInternal, e.to_string()))??;
+    crate::credentials::redact_releases(
+        &agent.paths,
+        &project,
+        std::slice::from_mut(&mut result.release),
+    );
+    Ok(result)
+}
+
+/// `POST /v1/projects/{project}/deploys`: the request must name the path's project.
+pub(crate) async fn deploy_project(
+    agent: Arc<Agent>,
+    project: &str,
+    request: DeployRequest,
+) -> Result<DeployResult, AgentError> {
+    if request.project != project {
+        return Err(AgentError::invalid(
+            Code::DeployProjectMismatch,
+            format!(
+                "the path names `{project}` but the request deploys `{}`",
+                request.project
+            ),
+            "send the request to /v1/projects/<its project>/deploys",
+        ));
+    }
+    run(agent, request).await
+}
+
+async fn deploy(
     agent: &Agent,
     mut request: DeployRequest,
     cutover: &dyn Cutover,
-) -> Result<DeployResult, ApiFailure> {
+) -> Result<DeployResult, AgentError> {
     crate::admission::check_deploy(&request)?;
     // Credentials go to the secrets file, not the store nor `ps`.
     crate::credentials::separate(&mut request)?;
     let lock = agent.deploy_lock(&request.project);
     let Ok(_guard) = lock.try_lock() else {
-        return Err(ApiFailure::conflict(
-            "deploy.locked",
+        return Err(AgentError::conflict(
+            Code::DeployLocked,
             format!(
                 "a deploy of `{}` is already running on this host",
                 request.project
@@ -92,96 +109,13 @@ pub async fn deploy(
         phases: &mut phases,
     };
 
-    // The files first: nothing is recorded until the release can run.
-    let digests: Vec<String> = request
-        .artifact
-        .files
-        .iter()
-        .map(|f| f.digest.clone())
-        .collect();
-    let missing = agent.blobs.missing(&digests);
-    if !missing.is_empty() {
-        return Err(ApiFailure::invalid(
-            "artifact.incomplete",
-            format!(
-                "{} blob(s) of the artifact were not uploaded",
-                missing.len()
-            ),
-            "upload them with PUT /v1/blobs/{digest} first",
-        ));
-    }
-    // The routes and the release's id before any file: a deploy refused
-    // here leaves nothing behind.
-    {
-        let (p, environment, services) = (
-            project.clone(),
-            request.environment.clone(),
-            request.services.clone(),
-        );
-        agent
-            .db(move |s| Ok(crate::routes::admit(s, &p, &environment, &services)))
-            .await
-            .map_err(ApiFailure::store)?
-            .map_err(|refusal| {
-                ApiFailure::conflict(refusal.code(), refusal.to_string(), refusal.hint())
-            })?;
-    }
-    let number = {
-        let p = project.clone();
-        agent
-            .db(move |s| {
-                let number = s.next_release_number(&p)?;
-                match s.release(&p, &format!("r{number}"))? {
-                    Some(taken) => Err(crate::store::StoreError::ReleaseExists {
-                        project: p,
-                        id: taken.id,
-                        number: taken.number,
-                    }),
-                    None => Ok(number),
-                }
-            })
-            .await
-            .map_err(|e| match e {
-                e @ crate::store::StoreError::ReleaseExists { .. } => ApiFailure::conflict(
-                    e.code(),
-                    e.to_string(),
-                    "deploy again; if this repeats, the agent's store needs repair",
-                ),
-                e => ApiFailure::store(e),
-            })?
-    };
-    let dir = instance::release_dir(agent, &project, &request.artifact.digest);
-    {
-        let artifact = request.artifact.clone();
-        let blobs = agent.blobs.clone();
-        let dest = dir.clone();
-        timer
-            .time("materialize", None, async move {
-                tokio::task::spawn_blocking(move || artifact::materialize(&artifact, &blobs, &dest))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
-            })
-            .await
-            .map_err(|e| {
-                ApiFailure::failed(
-                    "artifact.failed",
-                    format!("cannot unpack the artifact: {e}"),
-                )
-            })?;
-    }
-    crate::credentials::write_secrets(agent, &project, &request).map_err(|e| {
-        ApiFailure::failed(
-            "secrets.failed",
-            format!("cannot store the secrets file: {e}"),
-        )
-    })?;
+    // Refused here, a deploy leaves nothing behind.
+    admit(agent, &request).await?;
+    let number = next_number(agent, &project).await?;
+    unpack(agent, &mut timer, &request).await?;
 
     let artifact = request.artifact.clone();
-    agent
-        .db(move |s| s.record_artifact(&artifact))
-        .await
-        .map_err(ApiFailure::store)?;
+    agent.db(move |s| s.record_artifact(&artifact)).await?;
     let mut release = Release {
         id: format!("r{number}"),
         number,
@@ -199,10 +133,7 @@ pub async fn deploy(
     };
     {
         let r = release.clone();
-        agent
-            .db(move |s| s.insert_release(&r))
-            .await
-            .map_err(ApiFailure::store)?;
+        agent.db(move |s| s.insert_release(&r)).await?;
     }
 
     for service in &request.services {
@@ -224,18 +155,105 @@ pub async fn deploy(
     release.phases = phases;
     {
         let r = release.clone();
-        agent
-            .db(move |s| s.update_release(&r))
-            .await
-            .map_err(ApiFailure::store)?;
+        agent.db(move |s| s.update_release(&r)).await?;
     }
-    let services = status::services(agent, &project)
-        .await
-        .map_err(ApiFailure::store)?;
+    let services = status::services(agent, &project).await?;
     Ok(DeployResult {
         release,
         services,
         removed,
+    })
+}
+
+/// What must hold before anything of a deploy is written: every blob of
+/// the artifact is here, and the routes fit the host's route table.
+async fn admit(agent: &Agent, request: &DeployRequest) -> Result<(), AgentError> {
+    let digests: Vec<String> = request
+        .artifact
+        .files
+        .iter()
+        .map(|f| f.digest.clone())
+        .collect();
+    let missing = agent.blobs.missing(&digests);
+    if !missing.is_empty() {
+        return Err(AgentError::invalid(
+            Code::ArtifactIncomplete,
+            format!(
+                "{} blob(s) of the artifact were not uploaded",
+                missing.len()
+            ),
+            "upload them with PUT /v1/blobs/{digest} first",
+        ));
+    }
+    let (p, environment, services) = (
+        request.project.clone(),
+        request.environment.clone(),
+        request.services.clone(),
+    );
+    agent
+        .db(move |s| Ok(crate::routes::admit(s, &p, &environment, &services)))
+        .await?
+        .map_err(|refusal| match refusal {
+            Refusal::Store(e) => AgentError::store(e),
+            refusal => AgentError::conflict(refusal.code(), refusal.to_string(), refusal.hint()),
+        })
+}
+
+/// The number of the project's next release, whose id (`r<number>`) must be free.
+async fn next_number(agent: &Agent, project: &str) -> Result<u64, AgentError> {
+    let p = project.to_owned();
+    agent
+        .db(move |s| {
+            let number = s.next_release_number(&p)?;
+            match s.release(&p, &format!("r{number}"))? {
+                Some(taken) => Err(StoreError::ReleaseExists {
+                    project: p,
+                    id: taken.id,
+                    number: taken.number,
+                }),
+                None => Ok(number),
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            e @ StoreError::ReleaseExists { .. } => AgentError::conflict(
+                Code::ReleaseExists,
+                e.to_string(),
+                "deploy again; if this repeats, the agent's store needs repair",
+            ),
+            e => AgentError::store(e),
+        })
+}
+
+/// The release's files in place, and the project's secrets file written.
+async fn unpack(
+    agent: &Agent,
+    timer: &mut Timer<'_>,
+    request: &DeployRequest,
+) -> Result<(), AgentError> {
+    let project = &request.project;
+    let artifact = request.artifact.clone();
+    let blobs = agent.blobs.clone();
+    let dest = instance::release_dir(agent, project, &request.artifact.digest);
+    timer
+        .time("materialize", None, async move {
+            tokio::task::spawn_blocking(move || artifact::materialize(&artifact, &blobs, &dest))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+        })
+        .await
+        .map_err(|e| {
+            AgentError::failed(
+                Code::ArtifactFailed,
+                format!("cannot unpack the artifact: {e}"),
+            )
+        })?;
+    crate::credentials::write_secrets(&agent.paths, project, request).map_err(|e| {
+        AgentError::failed(
+            Code::SecretsFailed,
+            format!("cannot store the secrets file: {e}"),
+        )
     })
 }
 
@@ -244,7 +262,7 @@ async fn roll_service(
     agent: &Agent,
     timer: &mut Timer<'_>,
     release: &Release,
-    service: &Service,
+    service: &ServiceSpec,
     cutover: &dyn Cutover,
 ) -> Result<(), StartFailure> {
     let project = release.project.clone();
@@ -266,7 +284,7 @@ async fn roll_service(
             .await
             .unwrap_or_default()
             .into_iter()
-            .any(|i| i.service == n && i.release != r && is_active(i.state));
+            .any(|i| i.service == n && i.release != r && i.is_active());
         if running {
             // Two containers on one volume (two databases on one data
             // directory) must never run at once, and stop-first replacement
@@ -345,7 +363,7 @@ async fn roll_service(
             .await
             .unwrap_or_default()
             .into_iter()
-            .filter(|i| i.service == n && i.release != release.id && is_active(i.state))
+            .filter(|i| i.service == n && i.release != release.id && i.is_active())
             .collect()
     };
     let switched = timer
@@ -365,7 +383,7 @@ async fn roll_service(
                     log_tail: Vec::new(),
                 })?;
             let old_ports: Vec<u16> = old.iter().filter_map(|r| r.port).collect();
-            if let Err(refused) = cutover.switch(agent, service, &old_ports).await {
+            if let Err(refused) = cutover.switch(service, &old_ports).await {
                 switch_back(agent, &project, &name, previous, &old, &started).await;
                 return Err(StartFailure {
                     reason: format!(
@@ -388,7 +406,7 @@ async fn roll_service(
 }
 
 /// Stops a service's instances side by side.
-async fn stop_all(agent: &Agent, records: &[InstanceRecord], service: &Service) {
+async fn stop_all(agent: &Agent, records: &[InstanceRecord], service: &ServiceSpec) {
     let stops = records.iter().map(|record| async {
         let fresh = refreshed(agent, record).await;
         instance::stop(
@@ -424,26 +442,5 @@ async fn switch_back(
     if let Err(e) = back {
         tracing::warn!(project, service, error = %e, "cannot switch back to the old instances");
     }
-    crate::proxy::refresh(agent).await;
-}
-
-pub fn is_active(state: InstanceState) -> bool {
-    matches!(
-        state,
-        InstanceState::Starting
-            | InstanceState::Live
-            | InstanceState::Draining
-            | InstanceState::Backoff
-    )
-}
-
-/// The instance as the store has it now (with its pid, once launched).
-pub async fn refreshed(agent: &Agent, record: &InstanceRecord) -> InstanceRecord {
-    let id = record.id.clone();
-    agent
-        .db(move |s| s.instance(&id))
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| record.clone())
+    agent.proxy.refresh().await;
 }

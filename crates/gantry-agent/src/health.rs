@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use gantry_config::resolve::Check;
+use gantry_core::agent_api::v1::Check;
 
 use crate::process::Confinement;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gantry_config::model::Port;
-use gantry_config::resolve::{Check, Service, Workload};
+use gantry_core::agent_api::ServiceSpec;
+use gantry_core::agent_api::v1::Port;
+use gantry_core::agent_api::v1::{Check, Workload};
 use gantry_core::agent_api::{Exit, InstanceState, Stream};
 
 use crate::agent::Agent;
@@ -28,7 +29,7 @@ pub struct StartFailure {
 const INHERITED: [&str; 5] = ["PATH", "HOME", "USER", "LANG", "TZ"];
 
 pub fn environment(
-    service: &Service,
+    service: &ServiceSpec,
     id: &str,
     release: &str,
     port: Option<u16>,
@@ -52,7 +53,7 @@ pub fn environment(
 /// first), so the command reaches the service as its instances do. Its
 /// `GANTRY_INSTANCE` is `exec`: it is not one of them.
 pub fn exec_environment(
-    service: &Service,
+    service: &ServiceSpec,
     release: &str,
     instances: &[InstanceRecord],
 ) -> BTreeMap<String, String> {
@@ -73,7 +74,11 @@ pub fn exec_environment(
 }
 
 /// The port an instance listens on: fixed as configured, or a free one.
-pub async fn port_for(agent: &Agent, service: &Service, id: &str) -> Result<Option<u16>, String> {
+pub async fn port_for(
+    agent: &Agent,
+    service: &ServiceSpec,
+    id: &str,
+) -> Result<Option<u16>, String> {
     match &service.port {
         None => Ok(None),
         // A container listens on its fixed port inside; outside it gets a free one.
@@ -82,14 +87,14 @@ pub async fn port_for(agent: &Agent, service: &Service, id: &str) -> Result<Opti
         }
         Some(_) => {
             let id = id.to_owned();
-            let store = std::sync::Arc::clone(&agent.store);
+            let store = agent.store.clone();
             let mut ports = agent
                 .ports
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone();
             let port = tokio::task::spawn_blocking(move || {
-                let store = store.lock().unwrap_or_else(|p| p.into_inner());
+                let store = store.lock();
                 ports.allocate(&store, &id).map_err(|e| e.to_string())
             })
             .await
@@ -105,7 +110,7 @@ pub fn working_dir(
     agent: &Agent,
     project: &str,
     artifact_digest: &str,
-    service: &Service,
+    service: &ServiceSpec,
 ) -> PathBuf {
     let dir = release_dir(agent, project, artifact_digest);
     match &service.artifact {
@@ -123,13 +128,18 @@ pub fn release_dir(agent: &Agent, project: &str, artifact_digest: &str) -> PathB
 pub async fn launch(
     agent: &Agent,
     record: &InstanceRecord,
-    service: &Service,
+    service: &ServiceSpec,
     cwd: &Path,
 ) -> Result<(), StartFailure> {
     let run = match &service.workload {
         Workload::Process { run } => run,
         Workload::Compose { .. } => {
-            return crate::container_instance::launch(agent, record, service).await;
+            return crate::container_instance::launch(agent, record, service, &limits(service))
+                .await
+                .map_err(|reason| StartFailure {
+                    reason,
+                    log_tail: Vec::new(),
+                });
         }
         Workload::Static { .. } => {
             return Err(StartFailure {
@@ -197,7 +207,7 @@ pub const DEFAULT_PIDS: u32 = 512;
 
 /// The limits an instance of `service` runs under: its `resources`, the
 /// defaults filling what they leave out.
-pub fn limits(service: &Service) -> ResourceLimits {
+pub fn limits(service: &ServiceSpec) -> ResourceLimits {
     ResourceLimits {
         memory: Some(
             service
@@ -212,7 +222,7 @@ pub fn limits(service: &Service) -> ResourceLimits {
 
 /// The instance's cgroup with the service's limits; `None` where limits
 /// are not enforced.
-fn create_cgroup(agent: &Agent, record: &InstanceRecord, service: &Service) -> Option<Cgroup> {
+fn create_cgroup(agent: &Agent, record: &InstanceRecord, service: &ServiceSpec) -> Option<Cgroup> {
     let name = cgroup_name(agent, record);
     let limits = limits(service);
     match agent.cgroups.create(&name, &limits) {
@@ -236,7 +246,7 @@ fn create_cgroup(agent: &Agent, record: &InstanceRecord, service: &Service) -> O
 pub fn check_confinement(
     agent: &Agent,
     project: &str,
-    service: &Service,
+    service: &ServiceSpec,
 ) -> Result<Confinement, String> {
     match service.health.as_ref().map(|h| &h.check) {
         Some(Check::Command { .. }) => {
@@ -253,7 +263,7 @@ pub fn check_confinement(
 pub async fn wait_healthy(
     agent: &Agent,
     record: &InstanceRecord,
-    service: &Service,
+    service: &ServiceSpec,
     cwd: &Path,
     deadline: Duration,
 ) -> Result<(), StartFailure> {
@@ -334,7 +344,7 @@ pub async fn wait_healthy(
 pub async fn probe(
     agent: &Agent,
     record: &InstanceRecord,
-    service: &Service,
+    service: &ServiceSpec,
     cwd: &Path,
     env: &BTreeMap<String, String>,
     confinement: &Confinement,
@@ -442,6 +452,17 @@ pub fn stderr_tail(agent: &Agent, project: &str, instance: &str, n: usize) -> Ve
         .map(|(_, _, line)| line)
         .collect();
     stderr[stderr.len().saturating_sub(n)..].to_vec()
+}
+
+/// The instance as the store has it now (with its pid, once launched).
+pub(crate) async fn refreshed(agent: &Agent, record: &InstanceRecord) -> InstanceRecord {
+    let id = record.id.clone();
+    agent
+        .db(move |s| s.instance(&id))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| record.clone())
 }
 
 /// An instance id: service, release and replica, readable in `ps` and logs.

@@ -25,8 +25,8 @@ use std::sync::{Mutex, PoisonError};
 
 use sha2::Digest;
 
-use crate::agent::Paths;
 use crate::process::{Confinement, ServiceUser, can_switch_users};
+use gantry_core::agent_dir::Paths;
 
 /// The group every service belongs to: it may search the state directory
 /// and `releases/`, nothing more.
@@ -58,7 +58,7 @@ impl Isolation {
     }
 
     /// Run once at start, under the agent's umask of 077 (see
-    /// [`crate::daemon::run`]): the layout above holds for what an older agent
+    /// `daemon::run`): the layout above holds for what an older agent
     /// left too.
     pub fn prepare(self, paths: &Paths) -> io::Result<()> {
         if self == Isolation::AgentUser {

@@ -3,31 +3,181 @@
 //! and serves its API on a Unix socket. It writes what it is about to do
 //! before doing it, so a restarted agent re-adopts its services and finishes
 //! or rolls back a deploy it was in the middle of.
+//!
+//! The modules are layered; each uses only those of the layers below it
+//! (README.md draws the layers, and `tests::layers` holds them):
+//! 1. foundations: `store`, `artifact`, `upload`, `process`, `health`,
+//!    `tails`, `ports`, `isolation`, `routes`, `locks`, `admission`,
+//!    `credentials`, `error`, `agent_user`, `agent_log`, `container` (the
+//!    Docker engine; public, with its own tests against a real engine);
+//! 2. `proxy`, the handle on the host's proxy;
+//! 3. `agent`, the shared state every operation takes;
+//! 4. one instance: `container_instance` (an image service's), `instance`,
+//!    and what runs now: `status`, `logs`;
+//! 5. operations: `deploy` (and `retire`), `rollback`, `control`, `exec`,
+//!    `history`, `supervisor`, `reconcile`;
+//! 6. `api` (the only module that knows HTTP) and `openapi`;
+//! 7. `daemon`, which starts it all.
 
-pub mod admission;
-pub mod agent;
-pub mod agent_log;
+mod admission;
+mod agent;
+mod agent_log;
 pub mod agent_user;
-pub mod api;
-pub mod artifact;
+mod api;
+mod artifact;
 pub mod container;
-pub mod container_instance;
-pub mod credentials;
-pub mod daemon;
-pub mod deploy;
-pub mod health;
-pub mod instance;
-pub mod isolation;
-pub mod logs;
-pub mod openapi;
-pub mod ports;
-pub mod process;
-pub mod proxy;
-pub mod reconcile;
-pub mod retire;
-pub mod routes;
-pub mod status;
-pub mod store;
-pub mod supervisor;
-pub mod tails;
-pub mod upload;
+mod container_instance;
+mod control;
+mod credentials;
+mod daemon;
+mod deploy;
+mod error;
+mod exec;
+mod health;
+mod history;
+mod instance;
+mod isolation;
+mod locks;
+mod logs;
+mod openapi;
+mod ports;
+mod process;
+mod proxy;
+mod reconcile;
+mod retire;
+mod rollback;
+mod routes;
+mod status;
+mod store;
+mod supervisor;
+mod tails;
+mod upload;
+
+pub use agent::{Settings, default_state_dir};
+pub use agent_log::AgentLog;
+pub use daemon::{DaemonError, run};
+pub use isolation::{PROJECT_IDS, SERVICES_GID};
+pub use process::{Confinement, confine, relay_main, secret_values};
+pub use store::{InstanceRecord, PortLease, Store, StoreError};
+
+#[cfg(test)]
+mod tests {
+    /// The layers of the modules above, bottom first. A module may use the
+    /// modules of the layers below its own and those listed before it in its
+    /// own layer, never one after it: so no two modules use each other.
+    const LAYERS: &[&[&str]] = &[
+        &[
+            "process",
+            "artifact",
+            "store",
+            "ports",
+            "health",
+            "tails",
+            "isolation",
+            "routes",
+            "error",
+            "admission",
+            "credentials",
+            "locks",
+            "upload",
+            "agent_user",
+            "agent_log",
+            "container",
+        ],
+        &["proxy"],
+        &["agent"],
+        &["container_instance", "instance", "status", "logs"],
+        &[
+            "retire",
+            "deploy",
+            "rollback",
+            "control",
+            "exec",
+            "history",
+            "supervisor",
+            "reconcile",
+        ],
+        &["openapi", "api"],
+        &["daemon"],
+    ];
+
+    /// The crate's modules each source file under `src/<module>` names as
+    /// `crate::<module>` (in a path or a `use crate::{...}` list).
+    fn uses(module: &str) -> std::collections::BTreeSet<String> {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src.join(format!("{module}.rs"))];
+        let mut dirs = vec![src.join(module)];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        let mut found = std::collections::BTreeSet::new();
+        for file in files.iter().filter(|f| f.exists()) {
+            let text = std::fs::read_to_string(file).expect("a source file");
+            let ident = |text: &str| -> String {
+                text.trim()
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect()
+            };
+            for part in text.split("crate::").skip(1) {
+                let names: Vec<String> = match part.strip_prefix('{') {
+                    Some(list) => list
+                        .split('}')
+                        .next()
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(ident)
+                        .collect(),
+                    None => vec![ident(part)],
+                };
+                for name in names {
+                    if !name.is_empty() && name != module {
+                        found.insert(name);
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_module_uses_only_modules_below_it() {
+        let position = |name: &str| {
+            LAYERS
+                .iter()
+                .flat_map(|layer| layer.iter())
+                .position(|m| *m == name)
+        };
+        let lib = include_str!("lib.rs");
+        for line in lib.lines() {
+            if let Some(module) = line
+                .strip_prefix("mod ")
+                .or_else(|| line.strip_prefix("pub mod "))
+                .and_then(|m| m.strip_suffix(';'))
+            {
+                assert!(
+                    position(module).is_some(),
+                    "module `{module}` is in no layer of LAYERS"
+                );
+            }
+        }
+        for (at, module) in LAYERS.iter().flat_map(|l| l.iter()).enumerate() {
+            for used in uses(module) {
+                let Some(there) = position(&used) else {
+                    panic!("`{module}` uses `crate::{used}`, which is in no layer");
+                };
+                assert!(
+                    there < at,
+                    "`{module}` uses `{used}`, which comes after it in LAYERS: a cycle waiting to happen"
+                );
+            }
+        }
+    }
+}

@@ -8,12 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use futures_util::Stream;
 use gantry_core::agent_api::{LogLine, Stream as LogStream};
+use serde::Deserialize;
 
 use crate::agent::Agent;
-use crate::api::{LogQuery, ndjson};
 use crate::process::{self, LogCursor};
 
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -21,12 +20,25 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// One line as the instance log holds it: time, stream, text.
 type Line = (u64, LogStream, String);
 
-pub fn stream(
+/// Which lines: one service or all, since a time, the last N, and whether
+/// to follow new ones.
+#[derive(Debug, Deserialize)]
+pub(crate) struct LogQuery {
+    service: Option<String>,
+    since_ms: Option<u64>,
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The project's lines as `query` asks, oldest first; with `follow`, the
+/// stream goes on until its reader goes away.
+pub(crate) fn stream(
     agent: Arc<Agent>,
     project: String,
     query: LogQuery,
-) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+) -> impl Stream<Item = LogLine> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<LogLine>(256);
     tokio::spawn(async move {
         let dir = agent.paths.logs(&project);
         let found = instances(&agent, &project, query.service.as_deref()).await;
@@ -69,8 +81,8 @@ pub fn stream(
         }
         lines.sort_by_key(|l| l.ts);
         let skip = query.tail.map_or(0, |n| lines.len().saturating_sub(n));
-        for line in &lines[skip..] {
-            if tx.send(ndjson(line)).await.is_err() {
+        for line in lines.into_iter().skip(skip) {
+            if tx.send(line).await.is_err() {
                 return;
             }
         }
@@ -96,7 +108,7 @@ pub fn stream(
                         stream,
                         line,
                     };
-                    if tx.send(ndjson(&line)).await.is_err() {
+                    if tx.send(line).await.is_err() {
                         return;
                     }
                 }
@@ -108,7 +120,7 @@ pub fn stream(
         }
     });
     futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|bytes| (Ok(bytes), rx))
+        rx.recv().await.map(|line| (line, rx))
     })
 }
 

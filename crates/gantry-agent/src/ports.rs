@@ -13,7 +13,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::ops::RangeInclusive;
 
-use crate::store::{PortLease, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// The range used when the agent's settings name none.
 pub const DEFAULT_RANGE: RangeInclusive<u16> = 20_000..=29_999;
@@ -34,19 +34,12 @@ pub enum PortError {
 }
 
 impl PortError {
+    /// What went wrong, as a short name for tests to match on.
+    #[cfg(test)]
     pub fn code(&self) -> &'static str {
         match self {
             PortError::Exhausted { .. } => "ports.exhausted",
             PortError::Store(e) => e.code(),
-        }
-    }
-
-    pub fn hint(&self) -> Option<String> {
-        match self {
-            PortError::Exhausted { .. } => {
-                Some("stop unused services, or give the agent a wider port range".to_owned())
-            }
-            PortError::Store(_) => None,
         }
     }
 }
@@ -178,10 +171,6 @@ impl PortAllocator {
         self
     }
 
-    pub fn range(&self) -> &RangeInclusive<u16> {
-        &self.range
-    }
-
     /// Leases a port to `instance_id`: one neither leased nor in use, the
     /// first such after the last port leased (wrapping around the range). An
     /// instance that already holds a lease gets the same port back, so a
@@ -239,7 +228,8 @@ impl PortAllocator {
     }
 
     /// Every lease, by port.
-    pub fn allocated(&self, store: &Store) -> Result<Vec<PortLease>, PortError> {
+    #[cfg(test)]
+    pub fn allocated(&self, store: &Store) -> Result<Vec<crate::store::PortLease>, PortError> {
         Ok(store.port_allocations()?)
     }
 

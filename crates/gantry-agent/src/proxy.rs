@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use gantry_config::resolve::Service;
+use gantry_core::agent_api::ServiceSpec;
 use gantry_core::agent_api::{InstanceState, ProxyInfo};
 use gantry_proxy::{DrainReport, DrainRequest, Health};
 use http_body_util::{BodyExt, Full};
@@ -25,9 +25,11 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use crate::agent::{Agent, Paths};
-use crate::api::ApiFailure;
-use crate::deploy::Cutover;
+use gantry_core::Code;
+use gantry_core::agent_dir::Paths;
+
+use crate::error::AgentError;
+use crate::store::{InstanceRecord, SharedStore};
 
 /// How long the proxy may take to answer on its control socket after starting.
 const START_DEADLINE: Duration = Duration::from_secs(5);
@@ -50,10 +52,34 @@ pub struct Proxy {
     child: Mutex<Option<std::process::Child>>,
     /// One table update at a time, so an older table never lands last.
     updating: tokio::sync::Mutex<()>,
+    /// The gantry binary, to start the proxy with.
+    exe: PathBuf,
+    paths: Paths,
+    /// Where the route table comes from.
+    store: SharedStore,
+}
+
+/// What a cutover's hook answers: `Err` says why the new instances cannot
+/// take the traffic (the proxy refused the route table), and the service
+/// goes back to its old instances.
+pub(crate) type Switched<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Something that must happen when a service's live instances change, after
+/// the store's switch and before the old instances (on `old_ports`) stop:
+/// the proxy's route swap and drain ([`Proxy`]'s).
+pub(crate) trait Cutover: Send + Sync {
+    fn switch<'a>(&'a self, service: &'a ServiceSpec, old_ports: &'a [u16]) -> Switched<'a>;
 }
 
 impl Proxy {
-    pub fn new(paths: &Paths, listen: Option<SocketAddr>, https: Option<SocketAddr>) -> Proxy {
+    pub(crate) fn new(
+        paths: &Paths,
+        exe: PathBuf,
+        store: SharedStore,
+        listen: Option<SocketAddr>,
+        https: Option<SocketAddr>,
+    ) -> Proxy {
         Proxy {
             listen,
             https,
@@ -61,6 +87,9 @@ impl Proxy {
             up: AtomicBool::new(false),
             child: Mutex::new(None),
             updating: tokio::sync::Mutex::new(()),
+            exe,
+            paths: paths.clone(),
+            store,
         }
     }
 
@@ -79,418 +108,387 @@ impl Proxy {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
 
-/// Starts the proxy, or reuses the one that answers on its control socket;
-/// logs a warning and leaves the host without a proxy when it cannot run.
-pub async fn start(agent: &Agent) {
-    let proxy = &agent.proxy;
-    let Some(listen) = proxy.listen else {
-        return;
-    };
-    if let Some(running) = health(&proxy.socket).await {
-        proxy.up.store(true, Ordering::SeqCst);
-        let ours = gantry_proxy::running_binary();
-        if !running.binary.is_empty() && !ours.is_empty() && running.binary != ours {
-            tracing::info!(
-                pid = running.pid,
-                "the proxy runs another gantry binary; handing its listeners to a new one"
-            );
-            let _one = proxy.updating.lock().await;
-            if let Err(e) = hand_over(agent, listen).await {
-                tracing::warn!(error = %e, "cannot restart the proxy; keeping the running one");
-            }
-        } else {
-            tracing::info!(socket = %proxy.socket.display(), pid = running.pid, "reusing the running proxy");
-        }
-        refresh(agent).await;
-        return;
-    }
-    let child = match spawn(agent, listen, false) {
-        Ok(child) => child,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot start the proxy; running without one");
+    /// Starts the proxy, or reuses the one that answers on its control socket;
+    /// logs a warning and leaves the host without a proxy when it cannot run.
+    pub(crate) async fn start(&self) {
+        let Some(listen) = self.listen else {
             return;
-        }
-    };
-    let pid = child.id();
-    let _ = std::fs::write(agent.paths.proxy_pid(), pid.to_string());
-    *proxy.child() = Some(child);
-    let deadline = tokio::time::Instant::now() + START_DEADLINE;
-    loop {
-        if healthy(&proxy.socket).await {
-            break;
-        }
-        let exited = proxy
-            .child()
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten());
-        if let Some(status) = exited {
-            *proxy.child() = None;
-            tracing::warn!(%listen, %status, log = %agent.paths.proxy_log().display(),
-                "the proxy did not start (is the port taken?); running without one");
-            return;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(%listen, pid, log = %agent.paths.proxy_log().display(),
-                "the proxy did not answer in time; running without one");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    tracing::info!(%listen, pid, "proxy started");
-    proxy.up.store(true, Ordering::SeqCst);
-    refresh(agent).await;
-}
-
-fn spawn(
-    agent: &Agent,
-    listen: SocketAddr,
-    take_over: bool,
-) -> std::io::Result<std::process::Child> {
-    use std::os::unix::process::CommandExt;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(agent.paths.proxy_log())?;
-    let mut command = std::process::Command::new(&agent.exe);
-    command
-        .arg("proxy")
-        .arg("--listen")
-        .arg(listen.to_string())
-        .arg("--https")
-        .arg(
-            agent
-                .proxy
-                .https
-                .map_or_else(|| "off".to_owned(), |a| a.to_string()),
-        )
-        .arg("--state-dir")
-        .arg(&agent.paths.root)
-        .arg("--no-access-log")
-        // The proxy caps and rotates the file itself; stderr still goes
-        // there for what comes before its log opens (or a panic).
-        .arg("--log-file")
-        .arg(agent.paths.proxy_log());
-    if take_over {
-        command.arg("--take-over");
-    }
-    crate::process::bind_capability_only(&mut command);
-    command
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        // Its own process group: it outlives the agent, like the services.
-        .process_group(0)
-        .spawn()
-}
-
-/// `POST /v1/proxy/restart`: a new proxy process takes over the listening
-/// sockets of the running one (no connection is refused), or one starts if
-/// none runs.
-pub async fn restart(agent: &Agent) -> Result<ProxyInfo, ApiFailure> {
-    let proxy = &agent.proxy;
-    let Some(listen) = proxy.listen else {
-        return Err(no_proxy());
-    };
-    let previous = health(&proxy.socket).await.map(|h| h.pid);
-    if previous.is_none() {
-        start(agent).await;
-    } else {
-        let handed = {
-            let _one = proxy.updating.lock().await;
-            hand_over(agent, listen).await
         };
-        handed.map_err(|e| ApiFailure::failed("proxy.restart_failed", e))?;
-        refresh(agent).await;
-    }
-    let now = health(&proxy.socket).await;
-    if now.is_none() {
-        return Err(ApiFailure::failed(
-            "proxy.restart_failed",
-            format!(
-                "the proxy did not start; see {}",
-                agent.paths.proxy_log().display()
-            ),
-        ));
-    }
-    Ok(info(agent, now.as_ref(), previous))
-}
-
-/// `POST /v1/proxy/stop`: stops the proxy and waits until its process is
-/// gone; the agent starts none until `restart` or its own next start.
-pub async fn stop(agent: &Agent) -> Result<ProxyInfo, ApiFailure> {
-    let proxy = &agent.proxy;
-    if proxy.listen.is_none() {
-        return Err(no_proxy());
-    }
-    let _one = proxy.updating.lock().await;
-    proxy.up.store(false, Ordering::SeqCst);
-    let running = health(&proxy.socket).await.map(|h| h.pid);
-    let child = proxy.child().take();
-    let pid = running.or_else(|| child.as_ref().map(std::process::Child::id));
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = tokio::time::Instant::now() + STOP_DEADLINE;
-        let mut child = child;
+        if let Some(running) = health(&self.socket).await {
+            self.up.store(true, Ordering::SeqCst);
+            let ours = gantry_proxy::running_binary();
+            if !running.binary.is_empty() && !ours.is_empty() && running.binary != ours {
+                tracing::info!(
+                    pid = running.pid,
+                    "the proxy runs another gantry binary; handing its listeners to a new one"
+                );
+                let _one = self.updating.lock().await;
+                if let Err(e) = self.hand_over(listen).await {
+                    tracing::warn!(error = %e, "cannot restart the proxy; keeping the running one");
+                }
+            } else {
+                tracing::info!(socket = %self.socket.display(), pid = running.pid, "reusing the running proxy");
+            }
+            self.refresh().await;
+            return;
+        }
+        let child = match self.spawn(listen, false) {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the proxy; running without one");
+                return;
+            }
+        };
+        let pid = child.id();
+        let _ = std::fs::write(self.paths.proxy_pid(), pid.to_string());
+        *self.child() = Some(child);
+        let deadline = tokio::time::Instant::now() + START_DEADLINE;
         loop {
-            let gone = match child.as_mut() {
-                Some(c) => c.try_wait().ok().flatten().is_some(),
-                None => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            };
-            if gone {
+            if healthy(&self.socket).await {
                 break;
             }
+            let exited = self
+                .child()
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                *self.child() = None;
+                tracing::warn!(%listen, %status, log = %self.paths.proxy_log().display(),
+                "the proxy did not start (is the port taken?); running without one");
+                return;
+            }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ApiFailure::failed(
-                    "proxy.stop_failed",
-                    format!(
-                        "the proxy (pid {pid}) did not exit within {}s",
-                        STOP_DEADLINE.as_secs()
-                    ),
+                tracing::warn!(%listen, pid, log = %self.paths.proxy_log().display(),
+                "the proxy did not answer in time; running without one");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        tracing::info!(%listen, pid, "proxy started");
+        self.up.store(true, Ordering::SeqCst);
+        self.refresh().await;
+    }
+
+    fn spawn(&self, listen: SocketAddr, take_over: bool) -> std::io::Result<std::process::Child> {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.paths.proxy_log())?;
+        let mut command = std::process::Command::new(&self.exe);
+        command
+            .arg("proxy")
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--https")
+            .arg(
+                self.https
+                    .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            )
+            .arg("--state-dir")
+            .arg(&self.paths.root)
+            .arg("--no-access-log")
+            // The proxy caps and rotates the file itself; stderr still goes
+            // there for what comes before its log opens (or a panic).
+            .arg("--log-file")
+            .arg(self.paths.proxy_log());
+        if take_over {
+            command.arg("--take-over");
+        }
+        crate::process::bind_capability_only(&mut command);
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: it outlives the agent, like the services.
+            .process_group(0)
+            .spawn()
+    }
+
+    /// `POST /v1/proxy/restart`: a new proxy process takes over the listening
+    /// sockets of the running one (no connection is refused), or one starts if
+    /// none runs.
+    pub(crate) async fn restart(&self) -> Result<ProxyInfo, AgentError> {
+        let Some(listen) = self.listen else {
+            return Err(Self::no_proxy());
+        };
+        let previous = health(&self.socket).await.map(|h| h.pid);
+        if previous.is_none() {
+            self.start().await;
+        } else {
+            let handed = {
+                let _one = self.updating.lock().await;
+                self.hand_over(listen).await
+            };
+            handed.map_err(|e| AgentError::failed(Code::ProxyRestartFailed, e))?;
+            self.refresh().await;
+        }
+        let now = health(&self.socket).await;
+        if now.is_none() {
+            return Err(AgentError::failed(
+                Code::ProxyRestartFailed,
+                format!(
+                    "the proxy did not start; see {}",
+                    self.paths.proxy_log().display()
+                ),
+            ));
+        }
+        Ok(self.info(now.as_ref(), previous))
+    }
+
+    /// `POST /v1/proxy/stop`: stops the proxy and waits until its process is
+    /// gone; the agent starts none until `restart` or its own next start.
+    pub(crate) async fn stop(&self) -> Result<ProxyInfo, AgentError> {
+        if self.listen.is_none() {
+            return Err(Self::no_proxy());
+        }
+        let _one = self.updating.lock().await;
+        self.up.store(false, Ordering::SeqCst);
+        let running = health(&self.socket).await.map(|h| h.pid);
+        let child = self.child().take();
+        let pid = running.or_else(|| child.as_ref().map(std::process::Child::id));
+        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = tokio::time::Instant::now() + STOP_DEADLINE;
+            let mut child = child;
+            loop {
+                let gone = match child.as_mut() {
+                    Some(c) => c.try_wait().ok().flatten().is_some(),
+                    None => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                };
+                if gone {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(AgentError::failed(
+                        Code::ProxyStopFailed,
+                        format!(
+                            "the proxy (pid {pid}) did not exit within {}s",
+                            STOP_DEADLINE.as_secs()
+                        ),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        let _ = std::fs::remove_file(self.paths.proxy_pid());
+        tracing::info!(pid = ?running, "proxy stopped");
+        Ok(self.info(None, running))
+    }
+
+    fn no_proxy() -> AgentError {
+        AgentError::conflict(
+            Code::ProxyOff,
+            "this agent runs no proxy",
+            "start the agent with --proxy-listen ADDR (or GANTRY_PROXY_LISTEN)",
+        )
+    }
+
+    fn info(&self, running: Option<&Health>, previous_pid: Option<u32>) -> ProxyInfo {
+        ProxyInfo {
+            running: running.is_some(),
+            pid: running.map(|h| h.pid),
+            previous_pid,
+            listen: self
+                .listen
+                .filter(|_| running.is_some())
+                .map(|l| l.to_string()),
+            routes_file: gantry_proxy::ProxyDir::new(self.paths.proxy())
+                .routes_file()
+                .display()
+                .to_string(),
+        }
+    }
+
+    /// Starts `gantry proxy --take-over` and waits until it answers on the
+    /// control socket in place of the old one. Call with `updating` held, so no
+    /// route table goes to a process on its way out.
+    async fn hand_over(&self, listen: SocketAddr) -> Result<u32, String> {
+        let mut child = self
+            .spawn(listen, true)
+            .map_err(|e| format!("cannot start the new proxy: {e}"))?;
+        let pid = child.id();
+        let deadline = tokio::time::Instant::now() + START_DEADLINE + START_DEADLINE;
+        loop {
+            if health(&self.socket).await.is_some_and(|h| h.pid == pid) {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "the new proxy exited ({status}) before taking over; see {}",
+                    self.paths.proxy_log().display()
+                ));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the new proxy did not take over in time; see {}",
+                    self.paths.proxy_log().display()
                 ));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        let old = self.child().replace(child);
+        if let Some(mut old) = old {
+            // It exits once its open requests are done: reap it then.
+            tokio::task::spawn_blocking(move || old.wait());
+        }
+        let _ = std::fs::write(self.paths.proxy_pid(), pid.to_string());
+        self.up.store(true, Ordering::SeqCst);
+        tracing::info!(%listen, pid, "proxy restarted by listener handoff");
+        Ok(pid)
     }
-    let _ = std::fs::remove_file(agent.paths.proxy_pid());
-    tracing::info!(pid = ?running, "proxy stopped");
-    Ok(info(agent, None, running))
-}
 
-fn no_proxy() -> ApiFailure {
-    ApiFailure::conflict(
-        "proxy.off",
-        "this agent runs no proxy",
-        "start the agent with --proxy-listen ADDR (or GANTRY_PROXY_LISTEN)",
-    )
-}
-
-fn info(agent: &Agent, running: Option<&Health>, previous_pid: Option<u32>) -> ProxyInfo {
-    ProxyInfo {
-        running: running.is_some(),
-        pid: running.map(|h| h.pid),
-        previous_pid,
-        listen: agent
-            .proxy
-            .listen
-            .filter(|_| running.is_some())
-            .map(|l| l.to_string()),
-        routes_file: gantry_proxy::ProxyDir::new(agent.paths.proxy())
-            .routes_file()
-            .display()
-            .to_string(),
+    /// Every few seconds: when the proxy that was running is gone, start it again.
+    pub(crate) async fn watch(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(CHECK_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if !self.up.load(Ordering::SeqCst) {
+                continue;
+            }
+            let gone = {
+                let mut child = self.child();
+                match child.as_mut() {
+                    // Ours: gone once it exited.
+                    Some(c) => c.try_wait().ok().flatten().is_some(),
+                    None => false,
+                }
+            };
+            let gone = gone || (self.child().is_none() && !healthy(&self.socket).await);
+            if gone {
+                tracing::warn!("the proxy stopped; starting it again");
+                self.up.store(false, Ordering::SeqCst);
+                *self.child() = None;
+                self.start().await;
+            }
+        }
     }
-}
 
-/// Starts `gantry proxy --take-over` and waits until it answers on the
-/// control socket in place of the old one. Call with `updating` held, so no
-/// route table goes to a process on its way out.
-async fn hand_over(agent: &Agent, listen: SocketAddr) -> Result<u32, String> {
-    let proxy = &agent.proxy;
-    let mut child =
-        spawn(agent, listen, true).map_err(|e| format!("cannot start the new proxy: {e}"))?;
-    let pid = child.id();
-    let deadline = tokio::time::Instant::now() + START_DEADLINE + START_DEADLINE;
-    loop {
-        if health(&proxy.socket).await.is_some_and(|h| h.pid == pid) {
-            break;
+    /// Replaces the proxy's route table with one built from the store: every
+    /// service of every project with running (or restarting) instances on a port.
+    /// A refused table is logged; a cutover uses [`replace_routes`] to act on it.
+    pub(crate) async fn refresh(&self) {
+        if let Err(refused) = self.replace_routes().await {
+            tracing::warn!(%refused, "the proxy refused the route table");
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "the new proxy exited ({status}) before taking over; see {}",
-                agent.paths.proxy_log().display()
-            ));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "the new proxy did not take over in time; see {}",
-                agent.paths.proxy_log().display()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let old = proxy.child().replace(child);
-    if let Some(mut old) = old {
-        // It exits once its open requests are done: reap it then.
-        tokio::task::spawn_blocking(move || old.wait());
-    }
-    let _ = std::fs::write(agent.paths.proxy_pid(), pid.to_string());
-    proxy.up.store(true, Ordering::SeqCst);
-    tracing::info!(%listen, pid, "proxy restarted by listener handoff");
-    Ok(pid)
-}
 
-/// Every few seconds: when the proxy that was running is gone, start it again.
-pub async fn watch(agent: std::sync::Arc<Agent>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(CHECK_EVERY) => {}
-            _ = stop.wait_for(|s| *s) => return,
+    /// [`refresh`], saying whether the table was refused (by the proxy's check,
+    /// run here first, or by the proxy). A proxy that cannot be reached is not a
+    /// refusal: it gets the table from the store when it is back.
+    pub(crate) async fn replace_routes(&self) -> Result<(), String> {
+        if !self.up.load(Ordering::SeqCst) {
+            return Ok(());
         }
-        let proxy = &agent.proxy;
-        if !proxy.up.load(Ordering::SeqCst) {
-            continue;
-        }
-        let gone = {
-            let mut child = proxy.child();
-            match child.as_mut() {
-                // Ours: gone once it exited.
-                Some(c) => c.try_wait().ok().flatten().is_some(),
-                None => false,
+        let _one = self.updating.lock().await;
+        let table = match self.store.call(crate::routes::table).await {
+            Ok(table) => table,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build the proxy's route table");
+                return Ok(());
             }
         };
-        let gone = gone || (proxy.child().is_none() && !healthy(&proxy.socket).await);
-        if gone {
-            tracing::warn!("the proxy stopped; starting it again");
-            proxy.up.store(false, Ordering::SeqCst);
-            *proxy.child() = None;
-            start(&agent).await;
-        }
-    }
-}
-
-/// Replaces the proxy's route table with one built from the store: every
-/// service of every project with running (or restarting) instances on a port.
-/// A refused table is logged; a cutover uses [`replace_routes`] to act on it.
-pub async fn refresh(agent: &Agent) {
-    if let Err(refused) = replace_routes(agent).await {
-        tracing::warn!(%refused, "the proxy refused the route table");
-    }
-}
-
-/// [`refresh`], saying whether the table was refused (by the proxy's check,
-/// run here first, or by the proxy). A proxy that cannot be reached is not a
-/// refusal: it gets the table from the store when it is back.
-pub async fn replace_routes(agent: &Agent) -> Result<(), String> {
-    if !agent.proxy.up.load(Ordering::SeqCst) {
-        return Ok(());
-    }
-    let _one = agent.proxy.updating.lock().await;
-    let table = match agent.db(crate::routes::table).await {
-        Ok(table) => table,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot build the proxy's route table");
-            return Ok(());
-        }
-    };
-    table.validate().map_err(|e| e.to_string())?;
-    let body = match serde_json::to_vec(&table) {
-        Ok(body) => body,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot encode the proxy's route table");
-            return Ok(());
-        }
-    };
-    let put = call(
-        &agent.proxy.socket,
-        Method::PUT,
-        gantry_proxy::ROUTES_PATH,
-        body,
-    );
-    match tokio::time::timeout(Duration::from_secs(10), put).await {
-        Ok(Ok((status, _))) if status.is_success() => {
-            tracing::debug!(routes = table.routes.len(), "proxy routes replaced");
-        }
-        Ok(Ok((status, answer))) if status.is_client_error() => {
-            return Err(format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&answer).trim()
-            ));
-        }
-        Ok(Ok((status, answer))) => tracing::warn!(
-            %status, answer = %String::from_utf8_lossy(&answer),
-            "the proxy failed to replace the route table"
-        ),
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot reach the proxy"),
-        Err(_) => tracing::warn!("the proxy did not answer in time"),
-    }
-    Ok(())
-}
-
-/// Waits until no request or WebSocket is open to `ports` (at most `timeout`).
-pub async fn drain(agent: &Agent, ports: &[u16], timeout: Duration) {
-    if ports.is_empty() || !agent.proxy.up.load(Ordering::SeqCst) {
-        return;
-    }
-    let request = DrainRequest {
-        upstreams: ports.iter().map(|p| crate::routes::upstream(*p)).collect(),
-        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-    };
-    let Ok(body) = serde_json::to_vec(&request) else {
-        return;
-    };
-    let post = call(
-        &agent.proxy.socket,
-        Method::POST,
-        gantry_proxy::DRAIN_PATH,
-        body,
-    );
-    match tokio::time::timeout(timeout + Duration::from_secs(5), post).await {
-        Ok(Ok((status, answer))) if status.is_success() => {
-            match serde_json::from_slice::<DrainReport>(&answer) {
-                Ok(report) if !report.drained => tracing::warn!(
-                    open = report.open,
-                    waited_ms = report.waited_ms,
-                    "requests still open to the old instances"
-                ),
-                _ => {}
+        table.validate().map_err(|e| e.to_string())?;
+        let body = match serde_json::to_vec(&table) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode the proxy's route table");
+                return Ok(());
             }
-        }
-        Ok(Ok((status, _))) => tracing::warn!(%status, "the proxy refused to drain"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot reach the proxy to drain"),
-        Err(_) => tracing::warn!("the proxy did not answer the drain in time"),
-    }
-}
-
-/// Takes these instances out of the proxy's routes (state `draining`), then
-/// waits until no request or WebSocket is open to them (at most `timeout`):
-/// what `gantry stop` and `gantry restart` do before stopping an instance.
-pub async fn drain_out(agent: &Agent, records: &[crate::store::InstanceRecord], timeout: Duration) {
-    let live: Vec<_> = records
-        .iter()
-        .filter(|r| matches!(r.state, InstanceState::Live | InstanceState::Backoff))
-        .collect();
-    if live.is_empty() {
-        return;
-    }
-    let ids: Vec<String> = live.iter().map(|r| r.id.clone()).collect();
-    let _ = agent
-        .db(move |s| {
-            for id in &ids {
-                s.set_instance_state(id, InstanceState::Draining)?;
+        };
+        let put = call(&self.socket, Method::PUT, gantry_proxy::ROUTES_PATH, body);
+        match tokio::time::timeout(Duration::from_secs(10), put).await {
+            Ok(Ok((status, _))) if status.is_success() => {
+                tracing::debug!(routes = table.routes.len(), "proxy routes replaced");
             }
-            Ok(())
-        })
-        .await;
-    refresh(agent).await;
-    let ports: Vec<u16> = live.iter().filter_map(|r| r.port).collect();
-    drain(agent, &ports, timeout.min(MAX_DRAIN)).await;
+            Ok(Ok((status, answer))) if status.is_client_error() => {
+                return Err(format!(
+                    "{status}: {}",
+                    String::from_utf8_lossy(&answer).trim()
+                ));
+            }
+            Ok(Ok((status, answer))) => tracing::warn!(
+                %status, answer = %String::from_utf8_lossy(&answer),
+                "the proxy failed to replace the route table"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot reach the proxy"),
+            Err(_) => tracing::warn!("the proxy did not answer in time"),
+        }
+        Ok(())
+    }
+
+    /// Waits until no request or WebSocket is open to `ports` (at most `timeout`).
+    pub(crate) async fn drain(&self, ports: &[u16], timeout: Duration) {
+        if ports.is_empty() || !self.up.load(Ordering::SeqCst) {
+            return;
+        }
+        let request = DrainRequest {
+            upstreams: ports.iter().map(|p| crate::routes::upstream(*p)).collect(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let Ok(body) = serde_json::to_vec(&request) else {
+            return;
+        };
+        let post = call(&self.socket, Method::POST, gantry_proxy::DRAIN_PATH, body);
+        match tokio::time::timeout(timeout + Duration::from_secs(5), post).await {
+            Ok(Ok((status, answer))) if status.is_success() => {
+                match serde_json::from_slice::<DrainReport>(&answer) {
+                    Ok(report) if !report.drained => tracing::warn!(
+                        open = report.open,
+                        waited_ms = report.waited_ms,
+                        "requests still open to the old instances"
+                    ),
+                    _ => {}
+                }
+            }
+            Ok(Ok((status, _))) => tracing::warn!(%status, "the proxy refused to drain"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot reach the proxy to drain"),
+            Err(_) => tracing::warn!("the proxy did not answer the drain in time"),
+        }
+    }
+
+    /// Takes these instances out of the proxy's routes (state `draining`), then
+    /// waits until no request or WebSocket is open to them (at most `timeout`):
+    /// what `gantry stop` and `gantry restart` do before stopping an instance.
+    pub(crate) async fn drain_out(&self, records: &[InstanceRecord], timeout: Duration) {
+        let live: Vec<_> = records
+            .iter()
+            .filter(|r| matches!(r.state, InstanceState::Live | InstanceState::Backoff))
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = live.iter().map(|r| r.id.clone()).collect();
+        let _ = self
+            .store
+            .call(move |s| {
+                for id in &ids {
+                    s.set_instance_state(id, InstanceState::Draining)?;
+                }
+                Ok(())
+            })
+            .await;
+        self.refresh().await;
+        let ports: Vec<u16> = live.iter().filter_map(|r| r.port).collect();
+        self.drain(&ports, timeout.min(MAX_DRAIN)).await;
+    }
 }
 
 /// The cutover through the proxy: swap the routes, then drain the old instances.
-pub struct ProxyCutover;
-
-impl Cutover for ProxyCutover {
-    fn switch<'a>(
-        &'a self,
-        agent: &'a Agent,
-        service: &'a Service,
-        old_ports: &'a [u16],
-    ) -> crate::deploy::Switched<'a> {
+impl Cutover for Proxy {
+    fn switch<'a>(&'a self, service: &'a ServiceSpec, old_ports: &'a [u16]) -> Switched<'a> {
         Box::pin(async move {
-            replace_routes(agent).await?;
-            drain(
-                agent,
-                old_ports,
-                service.stop_timeout.as_std().min(MAX_DRAIN),
-            )
-            .await;
+            self.replace_routes().await?;
+            self.drain(old_ports, service.stop_timeout.as_std().min(MAX_DRAIN))
+                .await;
             Ok(())
         })
     }

@@ -6,15 +6,15 @@
 
 use std::time::Duration;
 
-use gantry_config::resolve::Service;
 use gantry_core::agent_api::InstanceState;
+use gantry_core::agent_api::ServiceSpec;
 
 use crate::agent::Agent;
-use crate::deploy::{is_active, refreshed};
-use crate::{instance, proxy};
+use crate::instance;
+use crate::instance::refreshed;
 
 /// Stops the services of `project` not in `kept`; their names, sorted.
-pub async fn removed_services(agent: &Agent, project: &str, kept: &[Service]) -> Vec<String> {
+pub async fn removed_services(agent: &Agent, project: &str, kept: &[ServiceSpec]) -> Vec<String> {
     let p = project.to_owned();
     let kept: Vec<String> = kept.iter().map(|s| s.name.clone()).collect();
     let found = agent
@@ -31,7 +31,7 @@ pub async fn removed_services(agent: &Agent, project: &str, kept: &[Service]) ->
                 let records: Vec<_> = s
                     .instances(&p)?
                     .into_iter()
-                    .filter(|r| r.service == service && is_active(r.state))
+                    .filter(|r| r.service == service && r.is_active())
                     .collect();
                 gone.push((service, timeout, records));
             }
@@ -47,7 +47,7 @@ pub async fn removed_services(agent: &Agent, project: &str, kept: &[Service]) ->
     };
     let mut removed = Vec::new();
     for (service, timeout, records) in gone {
-        proxy::drain_out(agent, &records, timeout).await;
+        agent.proxy.drain_out(&records, timeout).await;
         for record in &records {
             let fresh = refreshed(agent, record).await;
             instance::stop(agent, &fresh, timeout, InstanceState::Stopped).await;
@@ -64,6 +64,6 @@ pub async fn removed_services(agent: &Agent, project: &str, kept: &[Service]) ->
         );
         removed.push(service);
     }
-    proxy::refresh(agent).await;
+    agent.proxy.refresh().await;
     removed
 }

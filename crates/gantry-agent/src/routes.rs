@@ -17,8 +17,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
-use gantry_config::resolve::{Route as Declared, Service};
+use gantry_core::Code;
 use gantry_core::agent_api::InstanceState;
+use gantry_core::agent_api::ServiceSpec;
+use gantry_core::agent_api::v1::Route as Declared;
 use gantry_proxy::{Route, RouteTable, TableError, Tls};
 
 use crate::store::{Store, StoreError};
@@ -29,7 +31,7 @@ struct Serving {
     /// Its release's number: the higher one wins a route within a project.
     number: u64,
     environment: String,
-    spec: Service,
+    spec: ServiceSpec,
     upstreams: Vec<SocketAddr>,
 }
 
@@ -49,11 +51,13 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn code(&self) -> &'static str {
+    /// The code the API answers with: a store that failed is `agent.store`,
+    /// as every store failure is.
+    pub fn code(&self) -> Code {
         match self {
-            Refusal::Taken { .. } => "routes.taken",
-            Refusal::Table(_) => "routes.refused",
-            Refusal::Store(e) => e.code(),
+            Refusal::Taken { .. } => Code::RoutesTaken,
+            Refusal::Table(_) => Code::RoutesRefused,
+            Refusal::Store(_) => Code::AgentStore,
         }
     }
 
@@ -91,7 +95,7 @@ pub fn admit(
     store: &mut Store,
     project: &str,
     environment: &str,
-    services: &[Service],
+    services: &[ServiceSpec],
 ) -> Result<(), Refusal> {
     let others: Vec<Serving> = serving(store)?
         .into_iter()
@@ -248,7 +252,7 @@ fn serving(store: &mut Store) -> Result<Vec<Serving>, StoreError> {
                 .filter(|i| {
                     i.service == service
                         && i.release == release
-                        && crate::deploy::is_active(i.state)
+                        && i.is_active()
                         && i.state != InstanceState::Draining
                         && i.port.is_some()
                 })

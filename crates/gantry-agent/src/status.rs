@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use gantry_config::model::Restart;
-use gantry_config::resolve::Service;
+use gantry_core::agent_api::ServiceSpec;
+use gantry_core::agent_api::v1::Restart;
 use gantry_core::agent_api::{Instance, InstanceState, Limits, ServiceState, ServiceStatus};
 
 use crate::agent::Agent;
@@ -16,7 +16,7 @@ use crate::store::{InstanceRecord, StoreError};
 /// where it accepts HTTPS.
 pub fn urls(
     project: &str,
-    service: &Service,
+    service: &ServiceSpec,
     ports: &[u16],
     proxy: Option<std::net::SocketAddr>,
     https: Option<std::net::SocketAddr>,
@@ -51,7 +51,7 @@ pub async fn services(agent: &Agent, project: &str) -> Result<Vec<ServiceStatus>
         .db(move |s| Ok((s.instances(&p)?, s.current_all(&p)?, s.releases(&p)?)))
         .await?;
     // The spec of each service as its current release deployed it.
-    let mut specs: BTreeMap<String, (Service, Option<String>)> = BTreeMap::new();
+    let mut specs: BTreeMap<String, (ServiceSpec, Option<String>)> = BTreeMap::new();
     for (service, release_id) in &current {
         if let Some(release) = releases.iter().find(|r| &r.id == release_id)
             && let Some(spec) = release.services.iter().find(|s| &s.name == service)
@@ -131,7 +131,7 @@ pub async fn services(agent: &Agent, project: &str) -> Result<Vec<ServiceStatus>
 }
 
 /// Why an instance is failed: it was given up on, or is never restarted.
-fn failure(spec: &Service, r: &InstanceRecord) -> String {
+fn failure(spec: &ServiceSpec, r: &InstanceRecord) -> String {
     let exit = r
         .last_exit
         .as_ref()
@@ -170,7 +170,7 @@ fn instance(agent: &Agent, r: &InstanceRecord) -> Instance {
 
 /// What a service's instances are held to: every service has memory and
 /// pids limits (its own or the defaults), enforced where cgroups are.
-fn limits(agent: &Agent, spec: &Service) -> Limits {
+fn limits(agent: &Agent, spec: &ServiceSpec) -> Limits {
     let limits = crate::instance::limits(spec);
     Limits {
         enforced: agent.cgroups.enforces(),

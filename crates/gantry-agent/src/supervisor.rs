@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gantry_config::model::Restart;
-use gantry_config::resolve::Service;
+use gantry_core::agent_api::ServiceSpec;
+use gantry_core::agent_api::v1::Restart;
 use gantry_core::agent_api::{Exit, InstanceState};
 use rand::RngExt;
 
@@ -33,7 +33,7 @@ struct Memory {
     next_probe: HashMap<String, Instant>,
     /// When each instance was first seen without its process.
     gone_since: HashMap<String, Instant>,
-    specs: HashMap<(String, String), (Service, PathBuf)>,
+    specs: HashMap<(String, String), (ServiceSpec, PathBuf)>,
 }
 
 pub async fn run(agent: Arc<Agent>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -67,7 +67,7 @@ async fn spec(
     agent: &Agent,
     memory: &mut Memory,
     record: &InstanceRecord,
-) -> Option<(Service, PathBuf)> {
+) -> Option<(ServiceSpec, PathBuf)> {
     let key = (
         record.release.clone(),
         format!("{}/{}", record.project, record.service),
@@ -120,7 +120,7 @@ async fn tend(agent: &Arc<Agent>, memory: &mut Memory, record: InstanceRecord) {
 /// came back to it, so the proxy never routes to a dead instance for long.
 fn reroute(agent: &Arc<Agent>) {
     let agent = Arc::clone(agent);
-    tokio::spawn(async move { crate::proxy::refresh(&agent).await });
+    tokio::spawn(async move { agent.proxy.refresh().await });
 }
 
 /// Whether the relay of an instance whose process is gone has yet to write
@@ -145,7 +145,12 @@ fn exit_pending(agent: &Agent, memory: &mut Memory, record: &InstanceRecord) -> 
     pending
 }
 
-async fn exited(agent: &Agent, memory: &mut Memory, record: &InstanceRecord, service: &Service) {
+async fn exited(
+    agent: &Agent,
+    memory: &mut Memory,
+    record: &InstanceRecord,
+    service: &ServiceSpec,
+) {
     let exit = instance::exit_of(agent, &record.id).unwrap_or(Exit {
         code: None,
         signal: None,
@@ -215,7 +220,7 @@ async fn restart(
     agent: &Agent,
     memory: &mut Memory,
     record: &InstanceRecord,
-    service: &Service,
+    service: &ServiceSpec,
     cwd: &Path,
 ) {
     memory.next_attempt.remove(&record.id);
@@ -243,7 +248,7 @@ fn probe(
     agent: &Arc<Agent>,
     memory: &mut Memory,
     record: &InstanceRecord,
-    service: &Service,
+    service: &ServiceSpec,
     cwd: PathBuf,
 ) {
     let now = Instant::now();
@@ -293,7 +298,7 @@ fn probe(
         if healthy != record.healthy {
             let id = record.id.clone();
             let _ = agent.db(move |s| s.set_instance_health(&id, healthy)).await;
-            crate::proxy::refresh(&agent).await;
+            agent.proxy.refresh().await;
         }
     });
 }

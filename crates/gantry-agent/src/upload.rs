@@ -1,4 +1,4 @@
-//! `PUT /v1/blobs/{digest}[?offset=N]`: an upload streamed from the request
+//! An upload (`PUT /v1/blobs/{digest}[?offset=N]`) streamed from the request
 //! body into the blob store, never held in memory whole. The body's chunks
 //! cross a small channel to a blocking task that writes and hashes them
 //! (`BlobStore::receive`); the channel's bound is the backpressure. A body
@@ -8,15 +8,39 @@
 use std::io::{self, Read};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use http_body_util::BodyExt;
+use futures_util::{Stream, StreamExt};
+use gantry_core::agent_api::BlobList;
+use hyper::body::Bytes;
 use tokio::sync::mpsc;
+
+use gantry_core::Code;
 
 use crate::artifact::ArtifactError;
 use crate::artifact::{BlobStore, Received};
+use crate::error::AgentError;
 
 /// How long an upload may send nothing before it counts as interrupted.
-pub const IDLE: Duration = gantry_core::agent_api::UPLOAD_IDLE;
+const IDLE: Duration = gantry_core::agent_api::UPLOAD_IDLE;
+
+/// `POST /v1/blobs/missing`: which of `digests` the agent lacks, how much
+/// of each an interrupted upload left, and which are being received now.
+pub(crate) fn missing(blobs: &BlobStore, digests: &[String]) -> BlobList {
+    let digests = blobs.missing(digests);
+    let partial = digests
+        .iter()
+        .filter_map(|d| blobs.partial(d).map(|held| (d.clone(), held)))
+        .collect();
+    let uploading = digests
+        .iter()
+        .filter(|d| blobs.uploading(d))
+        .cloned()
+        .collect();
+    BlobList {
+        digests,
+        partial,
+        uploading,
+    }
+}
 
 /// What crosses from the request to the writer.
 enum Piece {
@@ -27,12 +51,45 @@ enum Piece {
     Broken(io::Error),
 }
 
-/// Streams `body` into `blobs` as blob `digest`, continuing at `offset`.
-pub async fn receive(
+/// `PUT /v1/blobs/{digest}[?offset=N]`: [`receive`], its failure said as
+/// the API says it.
+pub(crate) async fn put<E: std::fmt::Display>(
     blobs: BlobStore,
     digest: String,
     offset: u64,
-    body: Body,
+    body: impl Stream<Item = Result<Bytes, E>> + Unpin,
+) -> Result<Received, AgentError> {
+    receive(blobs, digest.clone(), offset, body)
+        .await
+        .inspect_err(|e| tracing::warn!(%digest, offset, "upload not stored: {e}"))
+        .map_err(|e| match e {
+            ArtifactError::OffsetMismatch { .. } => AgentError::conflict(
+                Code::ArtifactOffsetMismatch,
+                e.to_string(),
+                &e.hint().unwrap_or_default(),
+            ),
+            ArtifactError::Interrupted { .. } => AgentError::Incomplete {
+                code: Code::ArtifactIncomplete,
+                message: e.to_string(),
+                hint: e.hint(),
+            },
+            ArtifactError::Io { .. } => {
+                AgentError::failed(Code::ArtifactFailed, format!("blob {digest}: {e}"))
+            }
+            _ => AgentError::invalid(
+                Code::ArtifactChecksum,
+                format!("blob {digest} was not stored: {e}"),
+                "upload the file again; its bytes did not match their digest",
+            ),
+        })
+}
+
+/// Streams `body` into `blobs` as blob `digest`, continuing at `offset`.
+async fn receive<E: std::fmt::Display>(
+    blobs: BlobStore,
+    digest: String,
+    offset: u64,
+    body: impl Stream<Item = Result<Bytes, E>> + Unpin,
 ) -> Result<Received, ArtifactError> {
     let (sender, pieces) = mpsc::channel::<Piece>(16);
     let writer = tokio::task::spawn_blocking(move || {
@@ -48,17 +105,14 @@ pub async fn receive(
     });
     let mut body = body;
     loop {
-        let piece = match tokio::time::timeout(IDLE, body.frame()).await {
+        let piece = match tokio::time::timeout(IDLE, body.next()).await {
             Err(_) => Piece::Broken(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("nothing arrived for {}s", IDLE.as_secs()),
             )),
             Ok(None) => Piece::End,
             Ok(Some(Err(e))) => Piece::Broken(io::Error::other(e.to_string())),
-            Ok(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => Piece::Data(data),
-                Err(_) => continue, // trailers
-            },
+            Ok(Some(Ok(data))) => Piece::Data(data),
         };
         let last = !matches!(piece, Piece::Data(_));
         // A writer that stopped early (already stored, wrong offset) has

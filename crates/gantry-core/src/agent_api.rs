@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::resolve::Service;
+pub mod v1;
+
+pub use v1::ServiceSpec;
 
 /// The API version; the path prefix of every route.
 pub const API_VERSION: &str = "v1";
@@ -26,6 +28,11 @@ pub struct AgentInfo {
     /// Where its reverse proxy takes plain HTTP, when it runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
+    /// The newest service spec revision it reads ([`v1::SPEC_VERSION`]);
+    /// absent from agents before revisions, which read revision 1. A CLI
+    /// can tell from it, before any upload, that a deploy needs a newer agent.
+    #[serde(default = "v1::first_revision")]
+    pub spec_version: u32,
 }
 
 /// One file of an artifact: its path inside the artifact and the sha256 of its bytes.
@@ -87,8 +94,12 @@ pub struct DeployRequest {
     /// sha256 of the resolved environment, to tell what changed.
     pub config_hash: String,
     pub artifact: Artifact,
+    /// The revision of the service spec the services are written in
+    /// ([`v1::SPEC_VERSION`]); an agent refuses one above its own.
+    #[serde(default = "v1::first_revision")]
+    pub spec_version: u32,
     /// The services in deploy order (dependencies first).
-    pub services: Vec<Service>,
+    pub services: Vec<ServiceSpec>,
     /// Secret values by name. Kept by the agent in a 0600 file, never in its store.
     pub secrets: BTreeMap<String, String>,
     /// The previous release to re-activate instead of a new one (rollback).
@@ -102,6 +113,7 @@ impl std::fmt::Debug for DeployRequest {
             .field("project", &self.project)
             .field("environment", &self.environment)
             .field("config_hash", &self.config_hash)
+            .field("spec_version", &self.spec_version)
             .field("artifact", &self.artifact.digest)
             .field("services", &self.services.len())
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
@@ -152,8 +164,8 @@ pub struct Release {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
     pub phases: Vec<Phase>,
-    /// The resolved services of this release, as deployed (no secret values).
-    pub services: Vec<Service>,
+    /// The services of this release, as deployed (no secret values).
+    pub services: Vec<ServiceSpec>,
 }
 
 /// How an instance ended.
@@ -448,7 +460,7 @@ pub struct ServiceUser {
     pub groups: Vec<u32>,
 }
 
-/// How a service's command is confined (see `gantry_agent::process::confine`).
+/// How a service's command is confined (see `gantry_agent::confine`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Confinement {
     /// Switch to this user before exec; `None` keeps the caller's.

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::agent_api::{
     DeployRequest, LockHolder, LockRelease, LockRequest, Outcome, Release, RollbackRequest,
-    ServiceStatus,
+    ServiceSpec, ServiceStatus,
 };
 use crate::artifact;
 use crate::config::resolve::{Host as HostSpec, Service, Workload};
@@ -152,7 +152,7 @@ pub fn secret_values(
 pub fn deploy(
     project: &Project,
     environment: &str,
-    connect: crate::operate::Connect<'_>,
+    connect: crate::host::Connect<'_>,
     env_vars: &dyn Fn(&str) -> Option<String>,
     options: &DeployOptions,
     progress: &dyn Progress,
@@ -416,7 +416,7 @@ impl HostPlan<'_> {
         &self,
         host: &HostSpec,
         services: &[Service],
-        connect: crate::operate::Connect<'_>,
+        connect: crate::host::Connect<'_>,
         progress: &dyn Progress,
     ) -> HostDeploy {
         let agent = match connect(host) {
@@ -457,7 +457,8 @@ impl HostPlan<'_> {
             environment: self.environment.to_owned(),
             config_hash,
             artifact: self.scan.artifact.clone(),
-            services: services.to_vec(),
+            spec_version: crate::agent_api::v1::SPEC_VERSION,
+            services: services.iter().map(ServiceSpec::from).collect(),
             secrets: self.secrets.clone(),
             rollback_of: None,
         };
@@ -749,12 +750,12 @@ impl Lock {
         progress: &dyn Progress,
     ) -> Result<Lock, Error> {
         let holder = LockHolder {
-            machine: crate::environment::hostname(),
+            machine: crate::machine::hostname(),
             user: std::env::var("USER").unwrap_or_default(),
             pid: std::process::id(),
             command: format!("gantry deploy -e {environment}"),
             since_ms: crate::clock::now_ms(),
-            pid_space: crate::environment::pid_space(),
+            pid_space: crate::machine::pid_space(),
         };
         let request = |force| LockRequest {
             environment: environment.to_owned(),
@@ -825,9 +826,9 @@ fn dead_holder_here(agent: &dyn Host, project: &str, environment: &str) -> Optio
         .flatten()
         .filter(|holder| {
             !holder.pid_space.is_empty()
-                && holder.pid_space == crate::environment::pid_space()
+                && holder.pid_space == crate::machine::pid_space()
                 && holder.pid != std::process::id()
-                && !crate::environment::alive(holder.pid)
+                && !crate::machine::alive(holder.pid)
         })
 }
 
@@ -1127,10 +1128,10 @@ mod tests {
         let (_dir, project) = project(&["h1"], 1);
         let fleet = Fleet::new([("h1", ran(Script::default()))]);
         let ended = LockHolder {
-            machine: crate::environment::hostname(),
+            machine: crate::machine::hostname(),
             // Above any pid_max: no process has it.
             pid: u32::MAX - 1,
-            pid_space: crate::environment::pid_space(),
+            pid_space: crate::machine::pid_space(),
             ..elsewhere()
         };
         fleet.hold_lock(ended);

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
 use crate::config::resolve::{Host as HostSpec, Reach};
+use crate::machine::alive;
+pub use crate::machine::{hostname, pid_space};
 use crate::{Error, write_atomic};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -355,27 +357,6 @@ impl Holder {
             pid_space: pid_space(),
         }
     }
-}
-
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
-
-/// This process's pid space: the kernel's boot id and the pid namespace.
-/// Two processes with the same one see the same pids; empty when unknown.
-pub fn pid_space() -> String {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
-    let namespace = std::fs::read_link("/proc/self/ns/pid");
-    match (boot, namespace) {
-        (Ok(boot), Ok(namespace)) => format!("{}/{}", boot.trim(), namespace.display()),
-        _ => String::new(),
-    }
-}
-
-pub(crate) fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Held until dropped.

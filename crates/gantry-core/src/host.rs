@@ -148,6 +148,10 @@ pub fn compatible(host: &str, version: &str) -> Result<(), HostError> {
     }
 }
 
+/// Connects to a host's agent. Shared by the threads that work on several hosts at once.
+pub type Connect<'a> =
+    &'a (dyn Fn(&crate::config::resolve::Host) -> Result<Box<dyn Host>, crate::Error> + Sync);
+
 pub trait Host {
     /// The host's name, as errors and reports show it.
     fn name(&self) -> &str;

@@ -18,6 +18,7 @@ pub mod file;
 pub mod firewall;
 pub mod host;
 pub mod init;
+pub mod machine;
 pub mod operate;
 pub mod redact;
 pub mod register;
@@ -69,4 +70,27 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
     // 0666 before the umask, as `File::create` makes files.
     file::write_atomic(path, contents, 0o666).map_err(Error::io("write", path))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The use-cases that share the most build on each other in one
+    /// direction: `environment` may use `operate`, which may use `deploy`;
+    /// never the other way, so none of the three is half of a cycle.
+    #[test]
+    fn deploy_operate_and_environment_use_each_other_in_one_direction() {
+        let sources = [
+            ("deploy", include_str!("deploy.rs")),
+            ("operate", include_str!("operate.rs")),
+            ("environment", include_str!("environment.rs")),
+        ];
+        for (at, (module, text)) in sources.iter().enumerate() {
+            for (above, _) in &sources[at + 1..] {
+                assert!(
+                    !text.contains(&format!("crate::{above}")),
+                    "`{module}` uses `{above}`, which builds on it"
+                );
+            }
+        }
+    }
 }

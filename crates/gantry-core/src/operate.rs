@@ -12,8 +12,7 @@ use crate::deploy::{DeployReport, HostDeploy, HostOutcome, conclude, secret_valu
 use crate::host::{Host, LogQuery};
 use crate::{Error, Project};
 
-/// Connects to a host's agent. Shared by the threads that work on several hosts at once.
-pub type Connect<'a> = &'a (dyn Fn(&HostSpec) -> Result<Box<dyn Host>, Error> + Sync);
+pub use crate::host::Connect;
 
 /// The project's name and the environment's hosts.
 fn hosts_of(project: &Project, environment: &str) -> Result<(String, Vec<HostSpec>), Error> {

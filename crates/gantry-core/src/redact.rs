@@ -189,14 +189,35 @@ impl Redactor {
     /// known values and URL passwords hidden in every other value and in its
     /// command.
     pub fn service(&self, service: &mut crate::config::resolve::Service) {
-        for (name, value) in service.env.iter_mut() {
+        let run = match &mut service.workload {
+            crate::config::resolve::Workload::Process { run } => Some(run),
+            _ => None,
+        };
+        self.env_and_command(&mut service.env, run);
+    }
+
+    /// [`Redactor::service`] for a service as the agent API carries it.
+    pub fn spec(&self, service: &mut crate::agent_api::ServiceSpec) {
+        let run = match &mut service.workload {
+            crate::agent_api::v1::Workload::Process { run } => Some(run),
+            _ => None,
+        };
+        self.env_and_command(&mut service.env, run);
+    }
+
+    fn env_and_command(
+        &self,
+        env: &mut std::collections::BTreeMap<String, String>,
+        run: Option<&mut String>,
+    ) {
+        for (name, value) in env.iter_mut() {
             *value = if looks_secret(name) {
                 REDACTED.to_owned()
             } else {
                 self.text(value)
             };
         }
-        if let crate::config::resolve::Workload::Process { run } = &mut service.workload {
+        if let Some(run) = run {
             *run = self.text(run);
         }
     }

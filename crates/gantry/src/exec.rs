@@ -10,9 +10,9 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use gantry_agent::Confinement;
 use gantry_agent::agent_user::{self, AgentUser};
-use gantry_agent::isolation::{PROJECT_IDS, SERVICES_GID};
-use gantry_agent::process::Confinement;
+use gantry_agent::{PROJECT_IDS, SERVICES_GID};
 use gantry_cli::Failure;
 use gantry_core::Error;
 use gantry_core::host::Host;
@@ -36,7 +36,7 @@ pub fn exec(
     // As the owner now: the paths the agent names are compared with the
     // state directory as the owner sees it, symlinks resolved.
     let state_dir = canonical(state_dir)?;
-    let paths = gantry_agent::agent::Paths::new(&state_dir);
+    let paths = gantry_core::agent_dir::Paths::new(&state_dir);
     // Every connection, this first one included, is checked the same way.
     let agent = gantry_remote::LocalAgent::connect_served_by("local", &state_dir, Some(owner.uid))
         .map_err(Error::from)?;
@@ -63,7 +63,7 @@ pub fn exec(
         .envs(&spec.env)
         .envs(&secrets);
     match &confinement {
-        Some(confinement) => gantry_agent::process::confine(&mut run, confinement),
+        Some(confinement) => gantry_agent::confine(&mut run, confinement),
         None if dropped => agent_user::drop_capabilities()?,
         None => {}
     }
@@ -81,7 +81,7 @@ pub fn exec(
 
 /// The confinement the agent names for the command, checked: the agent may
 /// make it its project's user (the group of `releases/<project>`, as
-/// [`gantry_agent::isolation`] allocates it), or root where the agent is
+/// `gantry_agent`'s isolation allocates it), or root where the agent is
 /// root and the service asked for it, never another user.
 fn checked_confinement(
     spec: &gantry_core::agent_api::ExecSpec,
@@ -214,14 +214,12 @@ fn secret_values(
     // Read through the descriptor just checked, not the path again.
     use std::os::fd::AsRawFd;
     let through = format!("/proc/self/fd/{}", file.as_raw_fd());
-    gantry_agent::process::secret_values(Some(Path::new(&through)), &spec.secret_names).map_err(
-        |e| {
-            let message = e
-                .to_string()
-                .replace(&through, &expected.display().to_string());
-            secrets_missing(message)
-        },
-    )
+    gantry_agent::secret_values(Some(Path::new(&through)), &spec.secret_names).map_err(|e| {
+        let message = e
+            .to_string()
+            .replace(&through, &expected.display().to_string());
+        secrets_missing(message)
+    })
 }
 
 /// A secret the service needs cannot be read on this host.

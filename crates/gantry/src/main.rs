@@ -16,13 +16,10 @@ fn run_agent(
     proxy_listen: Option<gantry_cli::ProxyListen>,
     proxy_https: Option<gantry_cli::ProxyListen>,
 ) -> Result<(), Failure> {
-    let mut settings = gantry_agent::agent::Settings::default();
+    let mut settings = gantry_agent::Settings::default();
     // Its own log is capped as its services' logs are.
-    let log = gantry_agent::agent_log::AgentLog::of_stderr(
-        state_dir,
-        settings.log_max_bytes,
-        settings.log_keep,
-    );
+    let log =
+        gantry_agent::AgentLog::of_stderr(state_dir, settings.log_max_bytes, settings.log_keep);
     init_tracing(log);
     if let Some(ports) = ports {
         settings.ports = ports;
@@ -33,23 +30,13 @@ fn run_agent(
     if let Some(https) = proxy_https {
         settings.proxy_https = https.0;
     }
-    gantry_agent::daemon::run(state_dir.to_owned(), settings).map_err(|e| {
-        let (code, exit, hint) = match &e {
-            gantry_agent::daemon::DaemonError::Locked { .. } => (
-                "agent.locked",
-                gantry_core::ExitClass::Conflict,
-                Some("stop it with `gantry agent stop`, or use another --state-dir".to_owned()),
-            ),
-            _ => ("agent.error", gantry_core::ExitClass::Failed, None),
-        };
-        Failure {
-            code,
-            exit: exit.code(),
-            message: e.to_string(),
-            hint,
-            diagnostics: None,
-            details: None,
-        }
+    gantry_agent::run(state_dir.to_owned(), settings).map_err(|e| Failure {
+        code: e.code().as_str(),
+        exit: e.code().exit_class().code(),
+        message: e.to_string(),
+        hint: e.hint().map(str::to_owned),
+        diagnostics: None,
+        details: None,
     })
 }
 
@@ -128,7 +115,7 @@ fn local_ca(state_dir: &Path) -> Result<gantry_cli::TrustReport, Failure> {
 
 /// The agent logs to stderr, through `log` when that is its rotated log file
 /// (when started by the CLI); `RUST_LOG` tunes it.
-fn init_tracing(log: Option<gantry_agent::agent_log::AgentLog>) {
+fn init_tracing(log: Option<gantry_agent::AgentLog>) {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -291,12 +278,12 @@ fn main() -> ExitCode {
         run_agent,
         run_proxy,
         local_ca,
-        relay: gantry_agent::process::relay_main,
+        relay: gantry_agent::relay_main,
         connect,
         bridge,
         shell,
         exec: exec::exec,
-        default_state_dir: gantry_agent::agent::default_state_dir,
+        default_state_dir: gantry_agent::default_state_dir,
     };
     gantry_cli::run(std::env::args_os(), &wiring)
 }

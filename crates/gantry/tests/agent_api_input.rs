@@ -118,3 +118,39 @@ fn a_json_body_over_the_limit_is_refused_with_the_apis_error() {
     let (status, answer) = post(&socket, "/v1/blobs/missing", br#"{"digests": []}"#);
     assert_eq!(status, 200, "a small body is read: {answer:#}");
 }
+
+#[test]
+fn a_deploy_in_a_newer_spec_revision_is_refused_as_incompatible_and_writes_nothing() {
+    let p = shell("apirevision", "");
+    let _agent = AgentProcess::start(&p);
+    let socket = p.state_dir().join("agent.sock");
+    let newer = gantry_core::agent_api::v1::SPEC_VERSION + 1;
+    let mut body: Value = serde_json::from_slice(&empty_deploy(
+        "apirevision",
+        json!({ "API_TOKEN": "s3cret" }),
+    ))
+    .expect("json");
+    body["spec_version"] = json!(newer);
+    let (status, answer) = post(
+        &socket,
+        "/v1/projects/apirevision/deploys",
+        &serde_json::to_vec(&body).expect("json"),
+    );
+    assert_eq!(status, 409, "{answer:#}");
+    assert_eq!(answer["error"]["code"], "agent.incompatible", "{answer:#}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("revision {newer}")),
+        "the refusal names the revision sent: {message}"
+    );
+    assert!(!p.state_dir().join("secrets/apirevision.env").exists());
+    assert!(!p.state_dir().join("releases/apirevision").exists());
+
+    // A request with no revision, as CLIs before revisions sent, is revision 1.
+    let (status, answer) = post(
+        &socket,
+        "/v1/projects/apirevision/deploys",
+        &empty_deploy("apirevision", json!({})),
+    );
+    assert_eq!(status, 200, "{answer:#}");
+}

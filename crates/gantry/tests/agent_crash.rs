@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gantry_agent::store::Store;
+use gantry_agent::Store;
 use gantry_testkit::{TestProject, example_bins, http_get, wait_for};
 
 const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");

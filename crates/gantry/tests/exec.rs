@@ -490,7 +490,7 @@ fn root_exec_on_an_agent_run_by_another_user_runs_as_that_user_with_its_secrets(
 const PROJECT_UID: u32 = 1_900_000_123;
 
 fn project_user(uid: u32) -> Value {
-    json!({"user": {"uid": uid, "gid": uid, "groups": [gantry_agent::isolation::SERVICES_GID]}})
+    json!({"user": {"uid": uid, "gid": uid, "groups": [gantry_agent::SERVICES_GID]}})
 }
 
 #[test]
@@ -521,7 +521,7 @@ if head -c1 {secrets} >/dev/null 2>&1; then echo read; else echo refused; fi"
     assert_eq!(lines[0], PROJECT_UID.to_string());
     assert_eq!(
         sorted_ids(lines[1]),
-        [gantry_agent::isolation::SERVICES_GID, PROJECT_UID]
+        [gantry_agent::SERVICES_GID, PROJECT_UID]
     );
     assert_eq!(status_field(&stdout, "NoNewPrivs"), "1");
     assert_eq!(status_field(&stdout, "CapBnd"), "0000000000000000");

@@ -1,4 +1,4 @@
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::PermissionsExt;
 
 use std::fs;
 use std::io::{self, Read};
@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use gantry_core::agent_api::{Artifact, ArtifactFile};
 
 use super::blobs::hash;
-use super::ignore::{Ignore, glob_match};
 use super::*;
 
 struct Fixture {
@@ -34,6 +33,29 @@ fn write(path: &Path, content: &str, mode: u32) {
     }
     fs::write(path, content).expect("write");
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A directory as an artifact, its files stored in `blobs`: what the CLI's
+/// scan and upload make of it. A materialized tree's marker is not a file of it.
+fn snapshot(dir: &Path, blobs: &BlobStore) -> Result<Artifact, ArtifactError> {
+    let mut files = Vec::new();
+    for (path, _, mode) in tree(dir) {
+        if path == MARKER {
+            continue;
+        }
+        let (digest, size) = blobs.put_file(&dir.join(&path))?;
+        files.push(ArtifactFile {
+            path,
+            digest,
+            size,
+            mode: mode & 0o777,
+        });
+    }
+    files.sort();
+    Ok(Artifact {
+        digest: artifact_digest(&files),
+        files,
+    })
 }
 
 fn sha(content: &str) -> String {
@@ -180,7 +202,7 @@ fn missing_lists_absent_blobs_once_in_order() {
         write(&p, "a", 0o644);
         p
     });
-    let have = have.expect("put_file");
+    let (have, _) = have.expect("put_file");
     let b = sha("b");
     let c = sha("c");
     assert_eq!(
@@ -244,135 +266,6 @@ fn artifact_digest_follows_the_documented_formula() {
     }];
     let line = format!("bin/web\0{}\0755\n", "d".repeat(64));
     assert_eq!(artifact_digest(&files), sha(&line));
-}
-
-#[test]
-fn snapshot_skips_default_and_gantryignore_entries() {
-    let f = fixture();
-    let src = f.root.join("src");
-    for path in [
-        "app.py",
-        "logs/today.log",
-        "server.log",
-        ".git/HEAD",
-        "target/debug/x",
-        "node_modules/m/index.js",
-        ".gantry/state/prod.json",
-        "lib/node_modules/y.js",
-        "cache/data",
-        "cache.txt",
-        "docs/guide.md",
-        "docs/api/index.md",
-        "tmp",
-        "sub/tmp/file",
-        MARKER,
-        "sub/.gantry-artifact",
-    ] {
-        write(&src.join(path), "x", 0o644);
-    }
-    write(
-        &src.join(IGNORE_FILE),
-        "# comment\n\n*.log\ncache/\ndocs/*.md\ntmp\n",
-        0o644,
-    );
-    let artifact = snapshot(&src, &f.blobs).expect("snapshot");
-    assert_eq!(
-        paths(&artifact),
-        [
-            ".gantryignore",
-            "app.py",
-            "cache.txt",
-            "docs/api/index.md",
-            "sub/.gantry-artifact",
-        ]
-    );
-}
-
-#[test]
-fn ignore_patterns_match_names_paths_and_directories() {
-    let ignore = Ignore::parse("*.log\n/build\nout/\na/*/c\nfile?.txt\n").expect("parse");
-    assert!(ignore.matches("x.log", false));
-    assert!(ignore.matches("deep/down/x.log", false));
-    assert!(!ignore.matches("x.logs", false));
-    assert!(ignore.matches("build", true));
-    assert!(!ignore.matches("sub/build", true), "a leading / anchors");
-    assert!(ignore.matches("out", true));
-    assert!(ignore.matches("sub/out", true));
-    assert!(
-        !ignore.matches("out", false),
-        "a trailing / is for directories"
-    );
-    assert!(ignore.matches("a/b/c", false));
-    assert!(
-        !ignore.matches("a/b/b/c", false),
-        "* stays in one component"
-    );
-    assert!(ignore.matches("file1.txt", false));
-    assert!(!ignore.matches("file12.txt", false));
-    assert_eq!(Ignore::parse("ok\n!keep.log\n").expect_err("negation").0, 2);
-}
-
-#[test]
-fn glob_star_never_crosses_a_slash() {
-    let m = |p: &str, t: &str| {
-        glob_match(
-            &p.chars().collect::<Vec<_>>(),
-            &t.chars().collect::<Vec<_>>(),
-        )
-    };
-    assert!(m("*", "abc"));
-    assert!(!m("*", "a/b"));
-    assert!(m("*/*", "a/b"));
-    assert!(!m("*/b", "a/x/b"));
-    assert!(m("*a*/c", "bab/c"));
-    assert!(m("a*b*c", "axxbyyc"));
-    assert!(!m("a*b", "axxbc"));
-    assert!(m("**", ""));
-}
-
-#[test]
-fn symlinks_to_files_inside_are_kept_and_links_outside_refused() {
-    let f = fixture();
-    let src = f.root.join("src");
-    write(&src.join("real.sh"), "#!/bin/sh\n", 0o755);
-    symlink("real.sh", src.join("alias.sh")).expect("symlink");
-    let artifact = snapshot(&src, &f.blobs).expect("snapshot");
-    assert_eq!(paths(&artifact), ["alias.sh", "real.sh"]);
-    assert_eq!(artifact.files[0].digest, artifact.files[1].digest);
-    assert_eq!(artifact.files[0].mode, 0o755);
-
-    write(&f.root.join("secret"), "outside", 0o600);
-    symlink(f.root.join("secret"), src.join("leak")).expect("symlink");
-    let err = snapshot(&src, &f.blobs).expect_err("outside");
-    assert!(err.to_string().contains("points outside"), "{err}");
-    assert!(err.hint().is_some_and(|h| h.contains(IGNORE_FILE)));
-
-    write(&src.join(IGNORE_FILE), "leak\n", 0o644);
-    snapshot(&src, &f.blobs).expect("an ignored link is not followed");
-
-    symlink("nowhere", src.join("dangling")).expect("symlink");
-    let err = snapshot(&src, &f.blobs).expect_err("dangling");
-    assert!(err.to_string().contains("points to nothing"), "{err}");
-}
-
-#[test]
-fn snapshot_path_of_a_single_file_is_an_artifact_of_one_file() {
-    let f = fixture();
-    let bin = f.root.join("target/release/web");
-    write(&bin, "ELF", 0o755);
-    let artifact = snapshot_path(&bin, &f.blobs).expect("snapshot");
-    assert_eq!(
-        artifact.files,
-        [ArtifactFile {
-            path: "web".to_owned(),
-            digest: sha("ELF"),
-            size: 3,
-            mode: 0o755,
-        }]
-    );
-    let dir = snapshot_path(&f.root.join("target/release"), &f.blobs).expect("dir");
-    assert_eq!(paths(&dir), ["web"]);
-    assert_eq!(dir.digest, artifact.digest);
 }
 
 #[test]
@@ -491,7 +384,8 @@ fn materialize_refuses_missing_blobs_and_unsafe_paths_before_writing() {
             write(&p, "x", 0o644);
             p
         })
-        .expect("put");
+        .expect("put")
+        .0;
     for bad in [
         vec![file("../escape", &present)],
         vec![file("/etc/passwd", &present)],
@@ -526,7 +420,8 @@ fn materialize_never_creates_setuid_files() {
             write(&p, "x", 0o644);
             p
         })
-        .expect("put");
+        .expect("put")
+        .0;
     let files = vec![ArtifactFile {
         path: "suid".to_owned(),
         digest: present,

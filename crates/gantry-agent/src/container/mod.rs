@@ -21,6 +21,8 @@ mod engine;
 pub mod image;
 pub mod secrets;
 mod settle;
+#[cfg(test)]
+mod ship_tests;
 mod spec;
 
 use std::path::PathBuf;

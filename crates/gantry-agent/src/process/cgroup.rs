@@ -61,6 +61,8 @@ pub enum CgroupError {
 }
 
 impl CgroupError {
+    /// What went wrong, as a short name for tests to match on.
+    #[cfg(test)]
     pub fn code(&self) -> &'static str {
         match self {
             CgroupError::Io { .. } => "cgroup.io",
@@ -124,6 +126,7 @@ impl Cgroups {
 
     /// Cgroups under `root` as if it were the mount point and the agent sat
     /// in its top cgroup: for v1, `root/memory`, `root/cpu`, `root/pids`.
+    #[cfg(test)]
     pub fn with_root(mode: CgroupMode, root: PathBuf) -> Cgroups {
         let layout = match mode {
             CgroupMode::V2 => Layout::V2 { own: root },
@@ -299,7 +302,9 @@ fn keyed_value(text: &str, key: &str) -> Option<u64> {
 }
 
 impl Cgroup {
-    /// How many times the kernel OOM-killed a process in this cgroup.
+    /// How many times the kernel OOM-killed a process in this cgroup, for
+    /// tests (the relay reads the counter itself).
+    #[cfg(test)]
     pub fn oom_kills(&self) -> u64 {
         self.oom_kill_counter().unwrap_or(0)
     }
@@ -322,7 +327,8 @@ impl Cgroup {
         text.trim().parse().unwrap_or(0)
     }
 
-    /// Memory charged to the cgroup, in bytes.
+    /// Memory charged to the cgroup, in bytes: what tests see of a limit.
+    #[cfg(test)]
     pub fn memory_current(&self) -> Option<u64> {
         let file = self
             .memory_dir

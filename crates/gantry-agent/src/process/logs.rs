@@ -267,6 +267,7 @@ pub struct LogCursor {
 
 impl LogCursor {
     /// Starts after what the live file holds now.
+    #[cfg(test)]
     pub fn at_end(log_dir: &Path, instance: &str) -> LogCursor {
         let mut cursor = LogCursor::at_start(log_dir, instance);
         cursor.open_current();

@@ -35,7 +35,7 @@ pub(crate) use logs::rotate as rotate_log;
 pub use logs::{LogCursor, read_log};
 pub(crate) use logs::{LogWriter, MAX_LINE};
 pub use procfs::{StopOutcome, is_running, rss_bytes, start_time, stop};
-pub use relay::{relay_main, run as run_relay, secret_values};
+pub use relay::{relay_main, secret_values};
 
 /// Everything a relay needs to start one instance. Written by the agent to a
 /// 0600 file the relay reads and deletes; secret values are not in it, only

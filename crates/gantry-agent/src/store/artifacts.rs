@@ -11,7 +11,7 @@ impl Store {
     /// Remembers an artifact's file list. The digest must be the one its
     /// files hash to ([`crate::artifact::artifact_digest`]); recording the
     /// same artifact again changes nothing.
-    pub fn record_artifact(&self, artifact: &Artifact) -> Result<(), StoreError> {
+    pub(crate) fn record_artifact(&self, artifact: &Artifact) -> Result<(), StoreError> {
         let computed = crate::artifact::artifact_digest(&artifact.files);
         if computed != artifact.digest {
             return Err(StoreError::ArtifactDigest {
@@ -29,7 +29,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn artifact(&self, digest: &str) -> Result<Option<Artifact>, StoreError> {
+    pub(crate) fn artifact(&self, digest: &str) -> Result<Option<Artifact>, StoreError> {
         let files: Option<Json<Vec<ArtifactFile>>> = self
             .conn
             .query_row(

@@ -15,7 +15,8 @@ use super::{Store, StoreError, now_ms};
 impl Store {
     /// Sets which release a service runs, without touching its instances.
     /// For a cutover use [`Store::switch`].
-    pub fn set_current(
+    #[cfg(test)]
+    pub(crate) fn set_current(
         &self,
         project: &str,
         service: &str,
@@ -26,7 +27,7 @@ impl Store {
 
     /// Forgets that a service runs: a deploy whose config no longer has it
     /// stopped its instances. Its releases and instance rows stay as history.
-    pub fn forget_service(&self, project: &str, service: &str) -> Result<(), StoreError> {
+    pub(crate) fn forget_service(&self, project: &str, service: &str) -> Result<(), StoreError> {
         self.conn.execute(
             "DELETE FROM service_releases WHERE project = ?1 AND service = ?2",
             [project, service],
@@ -35,7 +36,11 @@ impl Store {
     }
 
     /// The id of the release a service runs, if it has been deployed.
-    pub fn current(&self, project: &str, service: &str) -> Result<Option<String>, StoreError> {
+    pub(crate) fn current(
+        &self,
+        project: &str,
+        service: &str,
+    ) -> Result<Option<String>, StoreError> {
         self.conn
             .query_row(
                 "SELECT release FROM service_releases WHERE project = ?1 AND service = ?2",
@@ -56,7 +61,7 @@ impl Store {
     }
 
     /// The release every service of every project runs: (project, service, release).
-    pub fn current_everywhere(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+    pub(crate) fn current_everywhere(&self) -> Result<Vec<(String, String, String)>, StoreError> {
         let mut statement = self
             .conn
             .prepare_cached("SELECT project, service, release FROM service_releases")?;
@@ -71,7 +76,7 @@ impl Store {
     /// Each new instance must belong to this service and release and still be
     /// active; each old one must belong to this service. Old instances that
     /// already stopped or failed keep that state.
-    pub fn switch(
+    pub(crate) fn switch(
         &self,
         project: &str,
         service: &str,

@@ -39,7 +39,7 @@ pub struct InstanceRecord {
 impl InstanceRecord {
     /// The intent to start an instance: `Starting`, no process yet, created `now`
     /// (Unix milliseconds).
-    pub fn new(
+    pub(crate) fn new(
         id: &str,
         project: &str,
         service: &str,
@@ -66,7 +66,7 @@ impl InstanceRecord {
     }
 
     /// Neither stopped on purpose nor given up on: the agent owes it a process.
-    pub fn is_active(&self) -> bool {
+    pub(crate) fn is_active(&self) -> bool {
         !matches!(self.state, InstanceState::Stopped | InstanceState::Failed)
     }
 }
@@ -98,7 +98,7 @@ pub(super) const ACTIVE: &str = "state NOT IN ('stopped', 'failed')";
 impl Store {
     /// Writes the intent to run an instance, before its process is spawned.
     /// The release must exist and the id must be new.
-    pub fn insert_instance(&self, instance: &InstanceRecord) -> Result<(), StoreError> {
+    pub(crate) fn insert_instance(&self, instance: &InstanceRecord) -> Result<(), StoreError> {
         require_release(&self.conn, &instance.project, &instance.release)?;
         let last_exit = instance
             .last_exit
@@ -138,7 +138,7 @@ impl Store {
 
     /// Records the process that now runs an instance (and the relay that
     /// holds its output, if any).
-    pub fn set_instance_process(
+    pub(crate) fn set_instance_process(
         &self,
         id: &str,
         pid: u32,
@@ -153,15 +153,19 @@ impl Store {
     }
 
     /// Sets an instance's restart count, say to zero once it has stayed up.
-    pub fn set_restarts(&self, id: &str, restarts: u32) -> Result<(), StoreError> {
+    pub(crate) fn set_restarts(&self, id: &str, restarts: u32) -> Result<(), StoreError> {
         self.update_instance(id, "restarts = ?2", params![id, restarts, now_ms()])
     }
 
-    pub fn set_instance_state(&self, id: &str, state: InstanceState) -> Result<(), StoreError> {
+    pub(crate) fn set_instance_state(
+        &self,
+        id: &str,
+        state: InstanceState,
+    ) -> Result<(), StoreError> {
         self.update_instance(id, "state = ?2", params![id, Named(state), now_ms()])
     }
 
-    pub fn set_instance_health(&self, id: &str, healthy: bool) -> Result<(), StoreError> {
+    pub(crate) fn set_instance_health(&self, id: &str, healthy: bool) -> Result<(), StoreError> {
         self.update_instance(id, "healthy = ?2", params![id, healthy, now_ms()])
     }
 
@@ -169,7 +173,12 @@ impl Store {
     /// and, in the same statement, clears its pid and start time (the process
     /// is gone; a later process with that pid is not ours) and its health.
     /// The state is the caller's to set (`Backoff`, `Failed`, `Stopped`).
-    pub fn record_exit(&self, id: &str, exit: &Exit, restarts: u32) -> Result<(), StoreError> {
+    pub(crate) fn record_exit(
+        &self,
+        id: &str,
+        exit: &Exit,
+        restarts: u32,
+    ) -> Result<(), StoreError> {
         self.update_instance(
             id,
             "last_exit = ?2, restarts = ?3, pid = NULL, start_time = NULL, healthy = 0",
@@ -193,7 +202,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
+    pub(crate) fn instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
         self.conn
             .query_row(
                 &format!("SELECT {COLUMNS} FROM instances WHERE id = ?1"),
@@ -206,7 +215,7 @@ impl Store {
 
     /// Every instance of a project the store remembers, stopped ones included,
     /// by service then age.
-    pub fn instances(&self, project: &str) -> Result<Vec<InstanceRecord>, StoreError> {
+    pub(crate) fn instances(&self, project: &str) -> Result<Vec<InstanceRecord>, StoreError> {
         self.query_instances(
             &format!(
                 "SELECT {COLUMNS} FROM instances WHERE project = ?1 \
@@ -229,7 +238,8 @@ impl Store {
     }
 
     /// The instances started for one release of a project.
-    pub fn instances_of_release(
+    #[cfg(test)]
+    pub(crate) fn instances_of_release(
         &self,
         project: &str,
         release: &str,

@@ -22,8 +22,10 @@ mod instances;
 mod port_leases;
 mod releases;
 mod schema;
+mod service_row;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use gantry_core::clock::now_ms;
@@ -79,8 +81,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A stable code, in the style of `gantry_core::CODES`.
-    pub fn code(&self) -> &'static str {
+    /// What went wrong, as a short name for tests to match on; the API
+    /// answers every store failure as `agent.store`.
+    #[cfg(test)]
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             StoreError::Open { .. } => "store.open_failed",
             StoreError::Migration(_) => "store.migration_failed",
@@ -131,7 +135,8 @@ impl Store {
     }
 
     /// A private store in memory, for tests.
-    pub fn open_in_memory() -> Result<Store, StoreError> {
+    #[cfg(test)]
+    pub(crate) fn open_in_memory() -> Result<Store, StoreError> {
         Store::prepare(Connection::open_in_memory()?)
     }
 
@@ -143,10 +148,42 @@ impl Store {
     }
 
     /// SQLite's journal mode: `wal` for a store on disk.
-    pub fn journal_mode(&self) -> Result<String, StoreError> {
+    #[cfg(test)]
+    pub(crate) fn journal_mode(&self) -> Result<String, StoreError> {
         Ok(self
             .conn
             .pragma_query_value(None, "journal_mode", |row| row.get(0))?)
+    }
+}
+
+/// The store as the agent's tasks share it: each call runs on the blocking
+/// pool, one at a time, so no runtime thread ever waits on SQLite.
+#[derive(Clone, Debug)]
+pub struct SharedStore(Arc<Mutex<Store>>);
+
+impl SharedStore {
+    pub(crate) fn new(store: Store) -> SharedStore {
+        SharedStore(Arc::new(Mutex::new(store)))
+    }
+
+    /// Runs `f` with the store on the blocking pool.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || f(&mut store.lock())).await {
+            Ok(result) => result,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+
+    /// The store itself, for code already on the blocking pool.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Store> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -167,9 +204,9 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// A resolved service as the config crate would produce it, for tests.
+/// A service as the CLI sends it, for tests.
 #[cfg(test)]
-pub(crate) fn test_service(name: &str) -> gantry_config::resolve::Service {
+pub(crate) fn test_service(name: &str) -> gantry_core::agent_api::ServiceSpec {
     releases::tests::service(name)
 }
 
@@ -281,11 +318,12 @@ mod tests {
                 .to_version(&mut conn, 1)
                 .expect("first schema");
             let v1 = Store { conn };
-            v1.insert_release(&release("shop", "r1", 1))
+            v1.insert_release_as_format_1(&release("shop", "r1", 1))
                 .expect("release");
             let mut back = release("shop", "r2", 2);
             back.rollback_of = Some("r1".to_owned());
-            v1.insert_release(&back).expect("rollback release");
+            v1.insert_release_as_format_1(&back)
+                .expect("rollback release");
             v1.insert_instance(&InstanceRecord::new(
                 "web-r2-1",
                 "shop",
@@ -370,7 +408,7 @@ mod tests {
             )
             .expect("an event");
             let v2 = Store { conn };
-            v2.insert_release(&release("shop", "r1", 1))
+            v2.insert_release_as_format_1(&release("shop", "r1", 1))
                 .expect("release");
         }
         let store = Store::open(&path).expect("migrated");
@@ -384,6 +422,110 @@ mod tests {
             )
             .expect("schema");
         assert_eq!(tables, 0, "the events table and its index are gone");
+    }
+
+    /// A release's services as an agent before schema 4 wrote them: the
+    /// resolved service of gantry.toml as JSON, every kind of value in it.
+    const FORMAT_1_SERVICES: &str = r#"[
+        {"name": "web", "driver": "process", "run": "bin/web --listen $PORT",
+         "build": "cargo build --release", "artifact": "dist", "port": "http",
+         "health": {"kind": "http", "path": "/healthz", "interval": "500ms",
+                    "timeout": "2s", "retries": 4, "start_period": "1m"},
+         "routes": [{"host": "shop.example.com", "path": "/"},
+                    {"host": "example.com", "path": "/api"}],
+         "tls": {"cert": "/etc/ssl/shop/fullchain.pem", "key": "/etc/ssl/shop/privkey.pem"},
+         "replicas": 2, "env": {"RUST_LOG": "info"}, "secrets": ["DATABASE_URL"],
+         "resources": {"memory": "256M", "cpu": 0.5, "pids": 64},
+         "depends_on": ["worker"], "volumes": [], "stop_timeout": "30s",
+         "restart": "on-failure"},
+        {"name": "worker", "driver": "process", "run": "bin/worker", "port": 9000,
+         "health": {"kind": "tcp", "interval": "1s", "timeout": "2s", "retries": 3,
+                    "start_period": "0s"},
+         "routes": [], "replicas": 1, "env": {}, "secrets": [], "resources": {},
+         "depends_on": [], "hosts": ["web-1"], "migrate": {"pre": "bin/worker migrate"},
+         "volumes": ["data:/var/lib/worker"], "backup": {"schedule": "0 3 * * *", "keep": 7},
+         "stop_timeout": "10s", "restart": "never", "run_as_root": true}
+    ]"#;
+
+    /// A store file at schema 3 holding one release of `shop` whose
+    /// `services` column is `services`, written as SQL (as that agent did).
+    fn at_schema_3_with_release(id: &str, services: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.db");
+        let mut conn = Connection::open(&path).expect("open");
+        schema::migrations()
+            .to_version(&mut conn, 3)
+            .expect("third schema");
+        conn.execute(
+            "INSERT INTO releases (project, id, number, environment, config_hash, \
+             artifact_digest, created_at, outcome, log_tail, phases, services) \
+             VALUES ('shop', ?1, 1, 'prod', 'c0ffee', 'ab', 1, 'succeeded', '[]', '[]', ?2)",
+            [id, services],
+        )
+        .expect("a release as the agent wrote it");
+        (dir, path)
+    }
+
+    #[test]
+    fn a_store_written_by_an_agent_before_schema_4_loads_its_releases_services() {
+        use gantry_core::agent_api::v1::{Check, Port, Restart, Workload};
+
+        let (_dir, path) = at_schema_3_with_release("r1", FORMAT_1_SERVICES);
+        let store = Store::open(&path).expect("migrated");
+        let release = store.release("shop", "r1").expect("query").expect("kept");
+        let [web, worker] = release.services.as_slice() else {
+            panic!("two services: {:?}", release.services);
+        };
+        assert_eq!(
+            web.workload,
+            Workload::Process {
+                run: "bin/web --listen $PORT".to_owned()
+            }
+        );
+        assert_eq!(web.port, Some(Port::Named("http".to_owned())));
+        assert_eq!(web.stop_timeout.as_millis(), 30_000);
+        assert_eq!(web.restart, Restart::OnFailure);
+        let health = web.health.as_ref().expect("web's health check");
+        assert_eq!(
+            health.check,
+            Check::Http {
+                path: "/healthz".to_owned()
+            }
+        );
+        assert_eq!(health.interval.as_millis(), 500);
+        assert_eq!(health.start_period.as_millis(), 60_000);
+        assert_eq!(web.resources.memory.map(|m| m.bytes()), Some(256 << 20));
+        assert_eq!(web.secrets, ["DATABASE_URL"]);
+        assert_eq!(worker.port, Some(Port::Fixed(9000)));
+        assert!(worker.run_as_root);
+        // What the API answers is what the agent was sent, value for value.
+        let sent: serde_json::Value = serde_json::from_str(FORMAT_1_SERVICES).expect("json");
+        assert_eq!(
+            serde_json::to_value(&release.services).expect("services"),
+            sent
+        );
+        // And the row is the store's own format now, read again as such.
+        let row: String = store
+            .conn
+            .query_row("SELECT services FROM releases", [], |row| row.get(0))
+            .expect("the row");
+        assert!(row.contains("\"stop_timeout_ms\":30000"), "{row}");
+        drop(store);
+        let again = Store::open(&path).expect("reopened");
+        let release = again.release("shop", "r1").expect("query").expect("kept");
+        assert_eq!(
+            serde_json::to_value(&release.services).expect("services"),
+            sent
+        );
+    }
+
+    #[test]
+    fn a_store_whose_services_are_not_what_an_agent_wrote_refuses_to_open_naming_the_release() {
+        let (_dir, path) = at_schema_3_with_release("r7", r#"[{"name": 3}]"#);
+        let err = Store::open(&path).expect_err("a damaged row stops the migration");
+        let message = err.to_string();
+        assert!(message.contains("release r7 of shop"), "{message}");
+        assert_eq!(err.code(), "store.migration_failed");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Ports leased to instances, for [`crate::ports::PortAllocator`]. A lease
+//! Ports leased to instances, for the port allocator (`ports`). A lease
 //! outlives the agent process, so a restarted agent never hands out a port
 //! it already gave to a running instance.
 
@@ -32,7 +32,7 @@ impl Store {
     }
 
     /// The port leased to an instance, if any.
-    pub fn port_of(&self, instance_id: &str) -> Result<Option<u16>, StoreError> {
+    pub(crate) fn port_of(&self, instance_id: &str) -> Result<Option<u16>, StoreError> {
         Ok(self
             .conn
             .query_row(
@@ -46,7 +46,7 @@ impl Store {
     /// Leases `port` to an instance and moves the round-robin cursor to it, in
     /// one transaction. `Ok(false)` when the port, or a port for this
     /// instance, is already leased: nothing changed.
-    pub fn lease_port(&self, instance_id: &str, port: u16) -> Result<bool, StoreError> {
+    pub(crate) fn lease_port(&self, instance_id: &str, port: u16) -> Result<bool, StoreError> {
         let tx = self.conn.unchecked_transaction()?;
         let inserted = tx.execute(
             "INSERT INTO port_allocations (port, instance_id, allocated_at) VALUES (?1, ?2, ?3)",
@@ -67,7 +67,7 @@ impl Store {
     }
 
     /// Ends an instance's lease; returns the port it held.
-    pub fn release_port(&self, instance_id: &str) -> Result<Option<u16>, StoreError> {
+    pub(crate) fn release_port(&self, instance_id: &str) -> Result<Option<u16>, StoreError> {
         Ok(self
             .conn
             .query_row(
@@ -86,7 +86,7 @@ impl Store {
     ///
     /// Only for an agent that is starting: a deploy running meanwhile may
     /// hold a lease whose instance it has not recorded yet.
-    pub fn release_unused_leases(&self) -> Result<Vec<PortLease>, StoreError> {
+    pub(crate) fn release_unused_leases(&self) -> Result<Vec<PortLease>, StoreError> {
         let mut statement = self.conn.prepare_cached(
             "DELETE FROM port_allocations WHERE instance_id NOT IN \
              (SELECT id FROM instances WHERE state != 'stopped') \
@@ -103,7 +103,7 @@ impl Store {
     }
 
     /// The port leased last: the round-robin search resumes after it.
-    pub fn port_cursor(&self) -> Result<Option<u16>, StoreError> {
+    pub(crate) fn port_cursor(&self) -> Result<Option<u16>, StoreError> {
         Ok(self
             .conn
             .query_row("SELECT last FROM port_cursor WHERE id = 1", [], |row| {

@@ -5,6 +5,7 @@ use gantry_core::agent_api::Release;
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::codec::{Json, Named, json};
+use super::service_row::{ServiceRow, from_rows, to_rows};
 use super::{Store, StoreError, is_unique_violation};
 
 const COLUMNS: &str = "id, number, project, environment, config_hash, artifact_digest, \
@@ -12,7 +13,7 @@ const COLUMNS: &str = "id, number, project, environment, config_hash, artifact_d
 
 impl Store {
     /// The number the project's next release takes: one more than its highest.
-    pub fn next_release_number(&self, project: &str) -> Result<u64, StoreError> {
+    pub(crate) fn next_release_number(&self, project: &str) -> Result<u64, StoreError> {
         let highest: Option<u64> = self.conn.query_row(
             "SELECT max(number) FROM releases WHERE project = ?1",
             [project],
@@ -23,14 +24,20 @@ impl Store {
 
     /// Records a new release. Its id and its number within the project must
     /// be new; `rollback_of`, when set, must name a release of the project.
-    pub fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
-        if let Some(of) = &release.rollback_of
-            && self.release_by_id(&release.project, of)?.is_none()
-        {
-            return Err(StoreError::UnknownRelease {
-                project: release.project.clone(),
-                release: of.clone(),
-            });
+    pub(crate) fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
+        self.insert_release_with(release, json("services", &to_rows(&release.services))?)
+    }
+
+    /// Inserts a release as agents before schema 4 did: its services in
+    /// format 1, the wire's JSON. For tests of the migrations.
+    #[cfg(test)]
+    pub(super) fn insert_release_as_format_1(&self, release: &Release) -> Result<(), StoreError> {
+        self.insert_release_with(release, json("services", &release.services)?)
+    }
+
+    fn insert_release_with(&self, release: &Release, services: String) -> Result<(), StoreError> {
+        if let Some(of) = &release.rollback_of {
+            require_release(&self.conn, &release.project, of)?;
         }
         let inserted = self.conn.execute(
             &format!(
@@ -50,7 +57,7 @@ impl Store {
                 release.reason,
                 json("log_tail", &release.log_tail)?,
                 json("phases", &release.phases)?,
-                json("services", &release.services)?,
+                services,
             ],
         );
         match inserted {
@@ -66,7 +73,7 @@ impl Store {
 
     /// Saves what a deploy learned about a release: its outcome, reason, log
     /// tail and phases. Everything else about a release is immutable.
-    pub fn update_release(&self, release: &Release) -> Result<(), StoreError> {
+    pub(crate) fn update_release(&self, release: &Release) -> Result<(), StoreError> {
         let updated = self.conn.execute(
             "UPDATE releases SET outcome = ?3, reason = ?4, log_tail = ?5, phases = ?6 \
              WHERE project = ?1 AND id = ?2",
@@ -91,7 +98,7 @@ impl Store {
     /// One release of a project. `id` is a release id or, for convenience at
     /// the command line, a release number: `3` or `r3`. An exact id wins over
     /// a number.
-    pub fn release(&self, project: &str, id: &str) -> Result<Option<Release>, StoreError> {
+    pub(crate) fn release(&self, project: &str, id: &str) -> Result<Option<Release>, StoreError> {
         if let Some(release) = self.release_by_id(project, id)? {
             return Ok(Some(release));
         }
@@ -120,7 +127,7 @@ impl Store {
     }
 
     /// Every release of a project, newest first.
-    pub fn releases(&self, project: &str) -> Result<Vec<Release>, StoreError> {
+    pub(crate) fn releases(&self, project: &str) -> Result<Vec<Release>, StoreError> {
         self.query_releases(
             &format!("SELECT {COLUMNS} FROM releases WHERE project = ?1 ORDER BY number DESC"),
             params![project],
@@ -128,7 +135,8 @@ impl Store {
     }
 
     /// The project's newest release that succeeded.
-    pub fn latest_succeeded(&self, project: &str) -> Result<Option<Release>, StoreError> {
+    #[cfg(test)]
+    pub(crate) fn latest_succeeded(&self, project: &str) -> Result<Option<Release>, StoreError> {
         self.conn
             .query_row(
                 &format!(
@@ -156,7 +164,8 @@ impl Store {
     }
 
     /// [`Store::deploying`] for one project.
-    pub fn deploying_in(&self, project: &str) -> Result<Vec<Release>, StoreError> {
+    #[cfg(test)]
+    pub(crate) fn deploying_in(&self, project: &str) -> Result<Vec<Release>, StoreError> {
         self.query_releases(
             &format!(
                 "SELECT {COLUMNS} FROM releases WHERE outcome = 'deploying' AND project = ?1 \
@@ -223,19 +232,19 @@ fn read_release(row: &Row<'_>) -> rusqlite::Result<Release> {
         reason: row.get("reason")?,
         log_tail: row.get::<_, Json<_>>("log_tail")?.0,
         phases: row.get::<_, Json<_>>("phases")?.0,
-        services: row.get::<_, Json<_>>("services")?.0,
+        services: from_rows(row.get::<_, Json<Vec<ServiceRow>>>("services")?.0),
     })
 }
 
 #[cfg(test)]
 pub(super) mod tests {
+    use gantry_core::agent_api::ServiceSpec;
     use gantry_core::agent_api::{Outcome, Phase};
-    use gantry_core::config::resolve::Service;
 
     use super::*;
 
-    /// A resolved service as the config crate would produce it, secret names only.
-    pub(crate) fn service(name: &str) -> Service {
+    /// A service as the CLI sends it, secret names only.
+    pub(crate) fn service(name: &str) -> ServiceSpec {
         serde_json::from_value(serde_json::json!({
             "name": name,
             "driver": "process",

@@ -2,7 +2,8 @@
 //! has shipped, since agents in the field have already run it.
 //!
 //! Times are Unix milliseconds. JSON columns hold the `gantry_core::agent_api`
-//! types as they serialize on the wire.
+//! types as they serialize on the wire, except a release's `services`, which
+//! are the store's own rows ([`super::service_row`]).
 
 use rusqlite_migration::{M, Migrations};
 
@@ -11,6 +12,7 @@ pub(super) fn migrations() -> Migrations<'static> {
         M::up(V1),
         M::up(V2_RELEASES_BY_PROJECT),
         M::up(V3_NO_EVENTS),
+        M::up_with_hook(V4_SERVICE_ROWS, super::service_row::migrate_format_1),
     ])
 }
 
@@ -184,3 +186,8 @@ DROP TABLE releases_v1;
 /// The events table was written (a removed service) and never read: no
 /// command showed it. Its index goes with it.
 const V3_NO_EVENTS: &str = "DROP TABLE events;";
+
+/// A release's `services` become the store's own rows (format 2), so the
+/// wire's spec and gantry.toml's model can change without making a row
+/// unreadable. The rewrite is Rust: `service_row::migrate_format_1`.
+const V4_SERVICE_ROWS: &str = "-- services rewritten in format 2 (service_row.rs)";

@@ -4,16 +4,16 @@
 //! base) receives into the agent's blob store only the layers its engine
 //! lacks, assembles a `docker load` archive from them and loads it. A
 //! second image that differs in one layer ships only that layer.
-//! Needs root and Docker.
+//! Needs root and Docker. (A unit test because the blob store is private.)
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::Path;
 use std::process::Command;
 
-use gantry_agent::artifact::BlobStore;
-use gantry_agent::container::Engine;
-use gantry_agent::container::image::{self, ImageManifest};
+use crate::artifact::BlobStore;
+use crate::container::Engine;
+use crate::container::image::{self, ImageManifest};
 
 fn docker(args: &[&str]) -> (bool, String) {
     let output = Command::new("docker")

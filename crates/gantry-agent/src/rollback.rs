@@ -1,0 +1,85 @@
+//! A rollback: an earlier release deployed again from its stored artifact,
+//! with the services it ran. It is a deploy like any other, recorded as the
+//! rollback of the release it goes back to.
+
+use std::sync::Arc;
+
+use gantry_core::Code;
+use gantry_core::agent_api::{DeployRequest, DeployResult, Outcome, Release, RollbackRequest};
+
+use crate::agent::Agent;
+use crate::deploy;
+use crate::error::AgentError;
+
+/// `POST /v1/projects/{project}/rollback`.
+pub(crate) async fn rollback(
+    agent: Arc<Agent>,
+    project: String,
+    request: RollbackRequest,
+) -> Result<DeployResult, AgentError> {
+    let p = project.clone();
+    let releases = agent.db(move |s| s.releases(&p)).await?;
+    let target = match &request.to {
+        Some(to) => releases
+            .iter()
+            .find(|r| &r.id == to || r.number.to_string() == *to)
+            .ok_or_else(|| {
+                AgentError::not_found(
+                    Code::ReleaseNotFound,
+                    format!("`{project}` has no release `{to}`"),
+                    "list them with `gantry releases`",
+                )
+            })?,
+        None => before_current(&agent, &project, &releases).await?,
+    };
+    let digest = target.artifact_digest.clone();
+    let artifact = agent
+        .db(move |s| s.artifact(&digest))
+        .await?
+        .ok_or_else(|| {
+            AgentError::conflict(
+                Code::ReleaseArtifactGone,
+                format!("the files of release {} are no longer kept", target.id),
+                "deploy that version again",
+            )
+        })?;
+    let deploy = DeployRequest {
+        project: project.clone(),
+        environment: target.environment.clone(),
+        config_hash: target.config_hash.clone(),
+        artifact,
+        spec_version: gantry_core::agent_api::v1::SPEC_VERSION,
+        services: target.services.clone(),
+        secrets: request.secrets,
+        rollback_of: Some(target.id.clone()),
+    };
+    deploy::run(agent, deploy).await
+}
+
+/// The newest successful release before the newest one any service runs
+/// now: after an interrupted deploy, services may run different releases.
+async fn before_current<'r>(
+    agent: &Agent,
+    project: &str,
+    releases: &'r [Release],
+) -> Result<&'r Release, AgentError> {
+    let p = project.to_owned();
+    let current = agent.db(move |s| s.current_all(&p)).await?;
+    let newest = releases
+        .iter()
+        .filter(|r| current.values().any(|id| *id == r.id))
+        .map(|r| r.number)
+        .max()
+        .unwrap_or(u64::MAX);
+    releases
+        .iter()
+        .filter(|r| r.outcome == Outcome::Succeeded)
+        .find(|r| r.number < newest)
+        .ok_or_else(|| {
+            AgentError::conflict(
+                Code::ReleaseNoneBefore,
+                format!("`{project}` has no earlier successful release to go back to"),
+                "name one with --to, or deploy first",
+            )
+        })
+}
