@@ -62,6 +62,16 @@ fn agent_label(agent: &Agent) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The port the service listens on inside its container: the fixed one,
+/// or for a named port the one allocated to the instance.
+fn container_port(service: &Service, record: &InstanceRecord) -> Option<u16> {
+    match (&service.port, record.port) {
+        (Some(Port::Fixed(port)), _) => Some(*port),
+        (Some(Port::Named(_)), Some(port)) => Some(port),
+        _ => None,
+    }
+}
+
 /// The container's spec for `record`, deployed in `environment`, held to
 /// `limits`.
 pub fn spec(
@@ -73,11 +83,7 @@ pub fn spec(
     let Workload::Compose { image } = &service.workload else {
         return Err(format!("service `{}` is not an image", service.name));
     };
-    let container_port = match (&service.port, record.port) {
-        (Some(Port::Fixed(port)), _) => Some(*port),
-        (Some(Port::Named(_)), Some(port)) => Some(port),
-        _ => None,
-    };
+    let container_port = container_port(service, record);
     // The image's own environment (PATH, HOME) stays: only the service's
     // variables and the agent's are added.
     let mut env = service.env.clone();
@@ -298,11 +304,7 @@ pub async fn probe_tcp(
     let address = state
         .address
         .ok_or_else(|| format!("{name} has no address on its network"))?;
-    let port = match (&service.port, record.port) {
-        (Some(Port::Fixed(port)), _) => *port,
-        (Some(Port::Named(_)), Some(port)) => port,
-        _ => return Err("the service has no port to check".to_owned()),
-    };
+    let port = container_port(service, record).ok_or("the service has no port to check")?;
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((address, port))).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!("{address}:{port}: {e}")),

@@ -5,7 +5,6 @@
 //! out of `docker inspect`, limits are enforced. Needs root and Docker.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -106,18 +105,7 @@ fn free_port() -> u16 {
 fn redis_at(port: u16, command: &str) -> String {
     let started = Instant::now();
     loop {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            stream.write_all(format!("{command}\r\n").as_bytes())?;
-            let mut buffer = [0u8; 512];
-            let n = stream.read(&mut buffer)?;
-            Ok(String::from_utf8_lossy(&buffer[..n])
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned())
-        })();
+        let attempt = gantry_testkit::images::redis_command(port, command);
         match attempt {
             Ok(reply) if !reply.is_empty() && !reply.starts_with("-LOADING") => return reply,
             other => assert!(

@@ -74,6 +74,23 @@ pub fn redis() -> String {
     )
 }
 
+/// Sends one Redis inline command to the Redis listening on
+/// 127.0.0.1:`port` (an `images::redis()` container's published port);
+/// its first reply line (`+PONG`, `:42`, `$2`, `-ERR ...`).
+pub fn redis_command(port: u16, command: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    stream.write_all(format!("{command}\r\n").as_bytes())?;
+    let mut buffer = [0u8; 512];
+    let n = stream.read(&mut buffer)?;
+    Ok(String::from_utf8_lossy(&buffer[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
+}
+
 /// PostgreSQL 15 from Debian, as user `postgres`, listening on 5432. On its
 /// first start it initializes `/var/lib/postgresql/data` with the superuser
 /// `POSTGRES_USER` (default `postgres`) whose password is

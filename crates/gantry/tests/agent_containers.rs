@@ -311,23 +311,17 @@ fn agent_pid(p: &TestProject) -> u32 {
         .expect("the agent's lock file names its pid")
 }
 
-/// Sends one Redis inline command to 127.0.0.1:`port`; the first reply
-/// line, or the error as `error: ...`.
+/// One Redis command on 127.0.0.1:`port`: its reply, or `error: ...`.
 fn redis(port: u16, command: &str) -> String {
-    use std::io::{Read, Write};
-    let reply = (|| -> std::io::Result<String> {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(format!("{command}\r\n").as_bytes())?;
-        let mut buffer = [0u8; 256];
-        let n = stream.read(&mut buffer)?;
-        Ok(String::from_utf8_lossy(&buffer[..n])
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned())
-    })();
-    reply.unwrap_or_else(|e| format!("error: {e}"))
+    gantry_testkit::images::redis_command(port, command).unwrap_or_else(|e| format!("error: {e}"))
+}
+
+/// The loopback port of the first instance of `name` in a deploy report.
+fn first_port(report: &serde_json::Value, name: &str) -> u16 {
+    service(report, name)["instances"][0]["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("no port for {name}: {report:#}"))
 }
 
 #[test]
@@ -348,10 +342,7 @@ fn a_service_with_a_volume_is_never_run_beside_its_replacement_and_keeps_its_dat
         .file("gantry.toml", &toml(1))
         .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{}", free_port()));
     let report = deploy(&p);
-    let port = service(&report, "cache")["instances"][0]["port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .expect("a port");
+    let port = first_port(&report, "cache");
     assert_eq!(redis(port, "SET visits 7"), "+OK");
     let running = containers(name);
 
@@ -379,10 +370,7 @@ fn a_service_with_a_volume_is_never_run_beside_its_replacement_and_keeps_its_dat
     p.gantry(&["stop", "cache"]).expect_code(0);
     assert!(containers(name).is_empty());
     let report = deploy(&p);
-    let port = service(&report, "cache")["instances"][0]["port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .expect("a port");
+    let port = first_port(&report, "cache");
     assert_ne!(containers(name), running);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
