@@ -452,13 +452,14 @@ impl HostPlan<'_> {
             artifact::hex(&Sha256::digest(text.as_bytes()))
         };
         progress.step(&format!("deploying {} to {}", self.project, agent.name()));
+        let specs: Vec<ServiceSpec> = services.iter().map(ServiceSpec::from).collect();
         let request = DeployRequest {
             project: self.project.to_owned(),
             environment: self.environment.to_owned(),
             config_hash,
             artifact: self.scan.artifact.clone(),
-            spec_version: crate::agent_api::v1::SPEC_VERSION,
-            services: services.iter().map(ServiceSpec::from).collect(),
+            spec_version: crate::agent_api::v1::revision_needed(&specs),
+            services: specs,
             secrets: self.secrets.clone(),
             rollback_of: None,
         };
