@@ -265,6 +265,9 @@ async fn roll_service(
     service: &ServiceSpec,
     cutover: &dyn Cutover,
 ) -> Result<(), StartFailure> {
+    if crate::site::is_static(service) {
+        return roll_static(agent, timer, release, service, cutover).await;
+    }
     let project = release.project.clone();
     let name = service.name.clone();
     let cwd = instance::working_dir(agent, &project, &release.artifact_digest, service);
@@ -355,7 +358,69 @@ async fn roll_service(
         stop_all(agent, &started, service).await;
         return Err(failure);
     }
+    match cut_over(agent, timer, release, service, cutover, &started).await {
+        Ok(old) => {
+            timer
+                .time("stop-old", Some(&name), stop_all(agent, &old, service))
+                .await;
+            Ok(())
+        }
+        Err(failure) => {
+            stop_all(agent, &started, service).await;
+            Err(failure)
+        }
+    }
+}
 
+/// A static service's deploy: its directory checked in the release, then
+/// the same switch as for instances, with none to start. Instances an
+/// earlier release ran (the service was a process) stop after it.
+async fn roll_static(
+    agent: &Agent,
+    timer: &mut Timer<'_>,
+    release: &Release,
+    service: &ServiceSpec,
+    cutover: &dyn Cutover,
+) -> Result<(), StartFailure> {
+    let failed = |reason: String| StartFailure {
+        reason,
+        log_tail: Vec::new(),
+    };
+    if agent.proxy.listen().is_none() {
+        return Err(failed(format!(
+            "`{}` is a static service, served by the proxy, and this agent runs no proxy",
+            service.name
+        )));
+    }
+    let files = instance::release_dir(agent, &release.project, &release.artifact_digest);
+    let root = crate::site::root(&files, service)
+        .ok_or_else(|| failed(format!("`{}` is not a static service", service.name)))?;
+    crate::site::check_root(&files, &root, service).map_err(failed)?;
+    let old = cut_over(agent, timer, release, service, cutover, &[]).await?;
+    timer
+        .time(
+            "stop-old",
+            Some(&service.name),
+            stop_all(agent, &old, service),
+        )
+        .await;
+    Ok(())
+}
+
+/// Makes `started` the service's live instances (none for a static
+/// service) in the store and in the proxy; the instances of other releases
+/// it replaces, for the caller to stop. If the proxy refuses the new table,
+/// the store goes back to the previous release.
+async fn cut_over(
+    agent: &Agent,
+    timer: &mut Timer<'_>,
+    release: &Release,
+    service: &ServiceSpec,
+    cutover: &dyn Cutover,
+    started: &[InstanceRecord],
+) -> Result<Vec<InstanceRecord>, StartFailure> {
+    let project = release.project.clone();
+    let name = service.name.clone();
     let old: Vec<InstanceRecord> = {
         let (p, n) = (project.clone(), name.clone());
         agent
@@ -384,10 +449,10 @@ async fn roll_service(
                 })?;
             let old_ports: Vec<u16> = old.iter().filter_map(|r| r.port).collect();
             if let Err(refused) = cutover.switch(service, &old_ports).await {
-                switch_back(agent, &project, &name, previous, &old, &started).await;
+                switch_back(agent, &project, &name, previous, &old, started).await;
                 return Err(StartFailure {
                     reason: format!(
-                        "the proxy refused the new route table ({refused}); the old instances keep serving"
+                        "the proxy refused the new route table ({refused}); the previous release keeps serving"
                     ),
                     log_tail: Vec::new(),
                 });
@@ -395,14 +460,7 @@ async fn roll_service(
             Ok::<(), StartFailure>(())
         })
         .await;
-    if let Err(failure) = switched {
-        stop_all(agent, &started, service).await;
-        return Err(failure);
-    }
-    timer
-        .time("stop-old", Some(&name), stop_all(agent, &old, service))
-        .await;
-    Ok(())
+    switched.map(|()| old)
 }
 
 /// Stops a service's instances side by side.

@@ -112,11 +112,7 @@ pub fn working_dir(
     artifact_digest: &str,
     service: &ServiceSpec,
 ) -> PathBuf {
-    let dir = release_dir(agent, project, artifact_digest);
-    match &service.artifact {
-        Some(sub) if dir.join(sub).is_dir() => dir.join(sub),
-        _ => dir,
-    }
+    crate::site::artifact_dir(&release_dir(agent, project, artifact_digest), service)
 }
 
 /// Where a release's files are on this host.

@@ -7,7 +7,7 @@
 //! The modules are layered; each uses only those of the layers below it
 //! (README.md draws the layers, and `tests::layers` holds them):
 //! 1. foundations: `store`, `artifact`, `upload`, `process`, `health`,
-//!    `tails`, `ports`, `isolation`, `routes`, `locks`, `admission`,
+//!    `tails`, `ports`, `isolation`, `site`, `routes`, `locks`, `admission`,
 //!    `credentials`, `error`, `agent_user`, `agent_log`, `container` (the
 //!    Docker engine; public, with its own tests against a real engine);
 //! 2. `proxy`, the handle on the host's proxy;
@@ -17,12 +17,12 @@
 //! 5. operations: `deploy` (and `retire`), `rollback`, `control`, `exec`,
 //!    `history`, `supervisor`, `reconcile`;
 //! 6. `api` (the only module that knows HTTP) and `openapi`;
-//! 7. `daemon`, which starts it all.
+//! 7. `daemon`, which starts it all, and `run_exec` (`gantry agent exec`).
 
 mod admission;
 mod agent;
 mod agent_log;
-pub mod agent_user;
+mod agent_user;
 mod api;
 mod artifact;
 pub mod container;
@@ -47,17 +47,20 @@ mod reconcile;
 mod retire;
 mod rollback;
 mod routes;
+mod site;
 mod status;
 mod store;
 mod supervisor;
 mod tails;
 mod upload;
 
+pub mod run_exec;
+
 pub use agent::{Settings, default_state_dir};
 pub use agent_log::AgentLog;
 pub use daemon::{DaemonError, run};
-pub use isolation::{PROJECT_IDS, SERVICES_GID};
-pub use process::{Confinement, confine, relay_main, secret_values};
+pub use isolation::SERVICES_GID;
+pub use process::relay_main;
 pub use store::{InstanceRecord, PortLease, Store, StoreError};
 
 #[cfg(test)]
@@ -74,6 +77,7 @@ mod tests {
             "health",
             "tails",
             "isolation",
+            "site",
             "routes",
             "error",
             "admission",
@@ -98,7 +102,7 @@ mod tests {
             "reconcile",
         ],
         &["openapi", "api"],
-        &["daemon"],
+        &["daemon", "run_exec"],
     ];
 
     /// The crate's modules each source file under `src/<module>` names as

@@ -389,7 +389,12 @@ impl Proxy {
             return Ok(());
         }
         let _one = self.updating.lock().await;
-        let table = match self.store.call(crate::routes::table).await {
+        let releases = self.paths.releases_dir();
+        let table = match self
+            .store
+            .call(move |s| crate::routes::table(s, &releases))
+            .await
+        {
             Ok(table) => table,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot build the proxy's route table");

@@ -16,12 +16,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::Path;
 
 use gantry_core::Code;
 use gantry_core::agent_api::InstanceState;
 use gantry_core::agent_api::ServiceSpec;
 use gantry_core::agent_api::v1::Route as Declared;
-use gantry_proxy::{Route, RouteTable, TableError, Tls};
+use gantry_proxy::{Route, RouteTable, StaticSite, TableError, Tls};
 
 use crate::store::{Store, StoreError};
 
@@ -33,6 +34,8 @@ struct Serving {
     environment: String,
     spec: ServiceSpec,
     upstreams: Vec<SocketAddr>,
+    /// A static service's directory, served by the proxy instead of upstreams.
+    site: Option<StaticSite>,
 }
 
 /// Why a deploy's routes cannot be admitted.
@@ -85,8 +88,11 @@ pub fn upstream(port: u16) -> SocketAddr {
 /// reachable over plain HTTP too. A declared route outside the local
 /// environment asks for an ACME certificate and redirects plain HTTP to
 /// HTTPS (the proxy redirects only once it holds a certificate for the host).
-pub fn table(store: &mut Store) -> Result<RouteTable, StoreError> {
-    Ok(build(serving(store)?))
+///
+/// A static service's routes name its current release's directory under
+/// `releases` (the agent's `releases/`), served by the proxy itself.
+pub fn table(store: &mut Store, releases: &Path) -> Result<RouteTable, StoreError> {
+    Ok(build(serving(store, releases)?))
 }
 
 /// Checks the routes of a deploy of `services` against every other
@@ -97,7 +103,8 @@ pub fn admit(
     environment: &str,
     services: &[ServiceSpec],
 ) -> Result<(), Refusal> {
-    let others: Vec<Serving> = serving(store)?
+    // Only hosts and paths are checked: where static files are does not matter.
+    let others: Vec<Serving> = serving(store, Path::new("/"))?
         .into_iter()
         .filter(|s| s.project != project)
         .collect();
@@ -111,7 +118,7 @@ pub fn admit(
             }
         }
     }
-    for service in services.iter().filter(|s| s.port.is_some()) {
+    for service in services.iter().filter(|s| is_routed(s)) {
         for route in &service.routes {
             let host = route.host.to_ascii_lowercase();
             let owner = Declared::reserved_to(&host)
@@ -139,12 +146,23 @@ pub fn admit(
             number: u64::MAX,
             environment: environment.to_owned(),
             spec: spec.clone(),
-            upstreams: vec![upstream(1)],
+            upstreams: if crate::site::is_static(spec) {
+                Vec::new()
+            } else {
+                vec![upstream(1)]
+            },
+            site: crate::site::is_static(spec).then(|| StaticSite::new("/")),
         }))
-        .filter(|s| s.spec.port.is_some())
+        .filter(|s| is_routed(&s.spec))
         .collect();
     build(planned).validate()?;
     Ok(())
+}
+
+/// Whether the proxy routes to the service: it listens on a port, or the
+/// proxy serves its files.
+fn is_routed(service: &ServiceSpec) -> bool {
+    service.port.is_some() || crate::site::is_static(service)
 }
 
 /// Whether the host pattern `pattern` matches `host` (`*.example.com`
@@ -197,8 +215,12 @@ fn build(mut serving: Vec<Serving>) -> RouteTable {
 
 fn routes_of(one: &Serving) -> Vec<Route> {
     let name = &one.spec.name;
+    let target = || match &one.site {
+        Some(site) => Route::site(name, site.clone()),
+        None => Route::new(name, one.upstreams.clone()),
+    };
     let mut routes = vec![
-        Route::new(name, one.upstreams.clone())
+        target()
             .hosts([Declared::automatic_host(name, &one.project)])
             .tls(Tls::Local),
     ];
@@ -214,10 +236,12 @@ fn routes_of(one: &Serving) -> Vec<Route> {
             ),
             None => declared_route_tls(&one.environment, &route.host),
         };
+        // A site under a path prefix has its root there (`/docs/a.html` is
+        // `a.html`); a process sees the whole path.
         routes.push(
-            Route::new(name, one.upstreams.clone())
+            target()
                 .hosts([route.host.clone()])
-                .path_prefix(route.path.clone(), false)
+                .path_prefix(route.path.clone(), one.site.is_some())
                 .tls(tls)
                 .redirect_https(redirect),
         );
@@ -225,8 +249,9 @@ fn routes_of(one: &Serving) -> Vec<Route> {
     routes
 }
 
-/// Every service of every project with running (or restarting) instances on a port.
-fn serving(store: &mut Store) -> Result<Vec<Serving>, StoreError> {
+/// Every service of every project with running (or restarting) instances
+/// on a port, and every static service with a current release.
+fn serving(store: &mut Store, releases_dir: &Path) -> Result<Vec<Serving>, StoreError> {
     let mut projects: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for (project, service, release) in store.current_everywhere()? {
         projects
@@ -239,14 +264,32 @@ fn serving(store: &mut Store) -> Result<Vec<Serving>, StoreError> {
         let instances = store.instances(&project)?;
         let releases = store.releases(&project)?;
         for (service, release) in services {
-            let Some((number, environment, spec)) =
+            let Some((number, environment, spec, digest)) =
                 releases.iter().find(|r| r.id == release).and_then(|r| {
                     let spec = r.services.iter().find(|s| s.name == service)?;
-                    Some((r.number, r.environment.clone(), spec.clone()))
+                    Some((
+                        r.number,
+                        r.environment.clone(),
+                        spec.clone(),
+                        r.artifact_digest.clone(),
+                    ))
                 })
             else {
                 continue;
             };
+            let files = releases_dir.join(&project).join(&digest);
+            if let Some(root) = crate::site::root(&files, &spec) {
+                let site = StaticSite::new(root).spa(crate::site::spa(&spec));
+                serving.push(Serving {
+                    project: project.clone(),
+                    number,
+                    environment,
+                    spec,
+                    upstreams: Vec::new(),
+                    site: Some(site),
+                });
+                continue;
+            }
             let candidates: Vec<_> = instances
                 .iter()
                 .filter(|i| {
@@ -282,6 +325,7 @@ fn serving(store: &mut Store) -> Result<Vec<Serving>, StoreError> {
                 environment,
                 spec,
                 upstreams,
+                site: None,
             });
         }
     }
@@ -341,6 +385,7 @@ mod tests {
             environment: "local".to_owned(),
             spec,
             upstreams: vec![upstream(20_000 + u16::try_from(number).unwrap_or(0))],
+            site: None,
         }
     }
 

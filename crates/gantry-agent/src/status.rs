@@ -28,7 +28,8 @@ pub fn urls(
     for route in &service.routes {
         urls.push(format!("http://{route}/"));
     }
-    if let Some(proxy) = proxy.filter(|_| !ports.is_empty()) {
+    let routed = !ports.is_empty() || crate::site::is_static(service);
+    if let Some(proxy) = proxy.filter(|_| routed) {
         urls.push(format!(
             "http://{}.{project}.localhost:{}/",
             service.name,
@@ -83,7 +84,10 @@ pub async fn services(agent: &Agent, project: &str) -> Result<Vec<ServiceStatus>
             .filter(|r| r.state != InstanceState::Stopped)
             .map(|r| instance(agent, r))
             .collect();
-        let state = if instances.is_empty() {
+        // A static service has no instances: the proxy serves its release.
+        let state = if crate::site::is_static(&spec) {
+            ServiceState::Running
+        } else if instances.is_empty() {
             if live.iter().any(|r| r.state == InstanceState::Failed) {
                 ServiceState::Failed
             } else {
@@ -169,8 +173,18 @@ fn instance(agent: &Agent, r: &InstanceRecord) -> Instance {
 }
 
 /// What a service's instances are held to: every service has memory and
-/// pids limits (its own or the defaults), enforced where cgroups are.
+/// pids limits (its own or the defaults), enforced where cgroups are; a
+/// static service, which runs nothing, none.
 fn limits(agent: &Agent, spec: &ServiceSpec) -> Limits {
+    if crate::site::is_static(spec) {
+        return Limits {
+            enforced: false,
+            via: "none".to_owned(),
+            memory: None,
+            cpu: None,
+            pids: None,
+        };
+    }
     let limits = crate::instance::limits(spec);
     Limits {
         enforced: agent.cgroups.enforces(),

@@ -377,6 +377,19 @@ fn parse_proxy_listen(text: &str) -> Result<ProxyListen, String> {
         })
 }
 
+/// A project's or service's name, checked as gantry.toml's are.
+fn parse_name(text: &str) -> Result<String, String> {
+    gantry_config::check_name(text)
+        .map(|()| text.to_owned())
+        .map_err(|why| format!("not a project or service name: {why}"))
+}
+
+/// An address or a network, as the proxy reads it: refused here, before
+/// anything starts.
+fn parse_trusted_proxy(text: &str) -> Result<gantry_proxy::TrustedProxy, String> {
+    text.trim().parse()
+}
+
 /// Checked as gantry.toml's `ssh` is, before it reaches `ssh` or the file.
 fn parse_ssh_target(text: &str) -> Result<String, String> {
     gantry_config::SshTarget::parse(text).map(|_| text.to_owned())
@@ -423,9 +436,9 @@ pub enum AgentAction {
     /// Run a command as a service of this machine runs (what `gantry exec` runs on a host)
     #[command(hide = true)]
     Exec {
-        #[arg(long)]
+        #[arg(long, value_parser = parse_name)]
         project: String,
-        #[arg(long)]
+        #[arg(long, value_parser = parse_name)]
         service: String,
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -520,9 +533,10 @@ pub struct ProxyArgs {
         long = "trusted-proxy",
         env = "GANTRY_PROXY_TRUSTED",
         value_name = "CIDR",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_trusted_proxy
     )]
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<gantry_proxy::TrustedProxy>,
 
     /// Write the proxy's log to this file instead of stderr; it never grows
     /// past --log-max-bytes (the older half is kept as FILE.1)
@@ -613,7 +627,7 @@ pub enum EnvAction {
     /// Forget a destroyed environment's state
     Purge {
         name: String,
-        /// Forget it in any state, stopping nothing (its hosts are gone)
+        /// Forget it in any state, stopping nothing (its hosts are gone; needs --yes)
         #[arg(long)]
         force: bool,
     },

@@ -6,6 +6,7 @@ use std::io::{IsTerminal, Write};
 
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
 use gantry_config::Diagnostics;
+use gantry_core::Code;
 use serde::Serialize;
 use serde_json::json;
 
@@ -36,7 +37,7 @@ pub trait Report: Serialize {
 /// An error as every command prints it.
 #[derive(Debug)]
 pub struct Failure {
-    pub code: &'static str,
+    pub code: Code,
     pub exit: u8,
     pub message: String,
     pub hint: Option<String>,
@@ -45,10 +46,36 @@ pub struct Failure {
     pub details: Option<Box<serde_json::Value>>,
 }
 
+impl Failure {
+    /// A failure with `code`'s exit class and no hint.
+    pub fn new(code: Code, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            exit: code.exit_class().code(),
+            message: message.into(),
+            hint: None,
+            diagnostics: None,
+            details: None,
+        }
+    }
+
+    pub fn with_hint(self, hint: impl Into<String>) -> Failure {
+        Failure {
+            hint: Some(hint.into()),
+            ..self
+        }
+    }
+
+    /// Reading or writing something failed.
+    pub fn io(what: &str, error: std::io::Error) -> Failure {
+        Failure::new(Code::IoFailed, format!("cannot {what}: {error}"))
+    }
+}
+
 impl From<gantry_core::Error> for Failure {
     fn from(error: gantry_core::Error) -> Self {
         Failure {
-            code: error.code().as_str(),
+            code: error.code(),
             exit: error.exit_class().code(),
             message: error.to_string(),
             hint: error.hint(),
@@ -94,6 +121,14 @@ impl Printer {
                 Ok(())
             }
         }
+    }
+
+    /// Text that must reach stdout as it is, whatever the mode: a script a
+    /// shell reads, a man page.
+    pub fn verbatim(&self, text: &str) -> std::io::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(text.as_bytes())?;
+        stdout.flush()
     }
 
     /// One log line: `[time] service/instance line` in text, a JSON object a line in JSON.

@@ -108,6 +108,18 @@ impl Report for Script {
     }
 }
 
+/// `gantry agent probe`: the status code alone, in text and in JSON, read
+/// by `gantry test` on the other end of ssh.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct ProbeStatus(pub u16);
+
+impl Report for ProbeStatus {
+    fn text(&self) -> String {
+        self.0.to_string()
+    }
+}
+
 impl Report for RenderReport {
     fn text(&self) -> String {
         let mut out = format!(
@@ -399,17 +411,7 @@ impl Report for TrustReport {
     }
 }
 
-#[derive(Serialize)]
-pub struct AgentStopped {
-    pub state_dir: std::path::PathBuf,
-    /// Whether an agent ran there and was stopped.
-    pub stopped: bool,
-    /// Where systemd runs the host's agent: what to do instead.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-impl Report for AgentStopped {
+impl Report for gantry_core::local_agent::AgentStopped {
     fn text(&self) -> String {
         let mut out = if self.stopped {
             format!(
@@ -552,15 +554,7 @@ impl Report for gantry_core::check::TestReport {
 }
 
 /// What `gantry proxy restart` and `gantry proxy stop` print.
-#[derive(Serialize)]
-pub struct ProxyReport {
-    #[serde(skip)]
-    pub action: gantry_core::agent_api::ProxyAction,
-    #[serde(flatten)]
-    pub info: gantry_core::agent_api::ProxyInfo,
-}
-
-impl Report for ProxyReport {
+impl Report for gantry_core::local_agent::ProxyReport {
     fn text(&self) -> String {
         use gantry_core::agent_api::ProxyAction;
         let info = &self.info;

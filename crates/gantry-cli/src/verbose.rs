@@ -22,8 +22,9 @@ fn level(verbose: u8) -> LevelFilter {
 }
 
 /// Shows the events `-v` asks for on stderr, one line each. Not for the
-/// commands that run the agent or the proxy in this process: they log
-/// through their own subscriber.
+/// commands that run the agent or the proxy in this process: the agent logs
+/// through its own subscriber, at the level `-v` sets (`AgentOptions`), and
+/// the proxy refuses `-v`.
 pub fn show_on_stderr(cli: &Cli) {
     let level = level(cli.global.verbose);
     let daemon = matches!(

@@ -67,6 +67,11 @@ pub const FORMATS: &[Format] = &[
         check: check_ssh_target,
         hint: "write user@address, user@address:port, or a host name from ~/.ssh/config",
     },
+    Format {
+        name: "release-path",
+        check: check_release_path,
+        hint: "name a directory inside the artifact with a relative path, like \"dist\" or \"public/site\", or \".\" for the whole artifact",
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Format> {
@@ -221,6 +226,25 @@ fn check_ssh_target(s: &str) -> Result<(), String> {
     crate::SshTarget::parse(s).map(drop)
 }
 
+/// A path inside a release: relative, and never climbing out of it.
+pub fn check_release_path(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if s.starts_with('/') {
+        return Err(format!(
+            "`{s}` is absolute; it names a directory of the release, not of the host"
+        ));
+    }
+    if s.split('/').any(|segment| segment == "..") {
+        return Err(format!("`{s}` climbs out of the release with `..`"));
+    }
+    if s.contains(['\0', '\\']) {
+        return Err(format!("`{s}` holds a NUL or a backslash"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,5 +302,15 @@ mod tests {
         assert!(ok("env-name", "_x1"));
         assert!(!ok("env-name", "1X"));
         assert!(!ok("env-name", "DATABASE-URL"));
+    }
+
+    #[test]
+    fn release_paths_stay_inside_the_release() {
+        for good in ["dist", "public/site", ".", "./build/", "a..b"] {
+            assert!(ok("release-path", good), "{good}");
+        }
+        for bad in ["", "/srv/www", "../outside", "dist/../../x", "a\\b"] {
+            assert!(!ok("release-path", bad), "{bad}");
+        }
     }
 }

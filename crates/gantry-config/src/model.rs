@@ -49,9 +49,15 @@ pub struct Service {
     /// A container image run on the host's Docker Engine (the container driver), like `postgres:16`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// A directory served as static files by the proxy (the static driver).
+    /// A directory of the release, relative to the artifact (like `dist`, or `.` for all of it), whose
+    /// files the proxy serves itself on the service's routes (the static driver).
     #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "release-path"))]
     pub static_dir: Option<String>,
+    /// For a `static` service: a path that names no file and whose last segment has no extension
+    /// (`/orders/42`) gets the directory's `index.html`, for a single-page app's own routes (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spa: Option<bool>,
     /// A command run in the project directory before the artifact is taken.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub build: Option<String>,

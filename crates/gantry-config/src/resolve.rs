@@ -125,8 +125,13 @@ pub enum Workload {
     Process { run: String },
     /// A container run with Docker Compose.
     Compose { image: String },
-    /// A directory served by the proxy.
-    Static { dir: String },
+    /// A directory of the release served by the proxy: `dir` relative to
+    /// the artifact; `spa` sends extension-less unknown paths to `index.html`.
+    Static {
+        dir: String,
+        #[serde(default)]
+        spa: bool,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -262,6 +267,7 @@ impl Service {
             },
             (None, None, dir) => Workload::Static {
                 dir: dir.clone().unwrap_or_default(),
+                spa: s.spa.unwrap_or(false),
             },
         };
         let health = s.health.as_ref().map(|h| Health {

@@ -494,6 +494,13 @@ fn check_service(
         ("resources", s.resources.is_some()),
         ("migrate", s.migrate.is_some()),
         ("replicas", s.replicas.is_some()),
+        ("port", s.port.is_some()),
+        ("health", s.health.is_some()),
+        ("env", s.env.is_some()),
+        ("secrets", s.secrets.is_some()),
+        ("restart", s.restart.is_some()),
+        ("stop_timeout", s.stop_timeout.is_some()),
+        ("run_as_root", s.run_as_root.is_some()),
     ] {
         if let (true, Some(hint)) = (set, not_for(key)) {
             c.push(
@@ -504,6 +511,15 @@ fn check_service(
                 Some(hint),
             );
         }
+    }
+    if s.spa.is_some() && s.static_dir.is_none() {
+        c.push(
+            Problem::Conflict,
+            locate(name, &["spa"]),
+            true,
+            format!("service `{name}` sets `spa` but serves no `static` directory"),
+            Some("`spa` is for static services: add static = \"dist\", or remove `spa`; a process serves its own routes".to_owned()),
+        );
     }
     if s.volumes.as_ref().is_some_and(|v| !v.is_empty()) && !is_image && kinds.len() == 1 {
         c.push(

@@ -389,8 +389,9 @@ fn service(names: Vec<String>, p: f64) -> impl Strategy<Value = Value> {
         field(
             "static",
             p / 4.0,
-            string_from(words("public dist/ ${UNSET}"), "[a-z/]{1,8}"),
+            string_from(words("public dist/ ${UNSET} /srv ../up"), "[a-z/.]{1,8}"),
         ),
+        field("spa", p / 4.0, any::<bool>().prop_map(Value::Boolean)),
         field("build", p / 3.0, command()),
         field(
             "artifact",
@@ -684,7 +685,7 @@ fn good_service(name: String, kind: Kind, earlier: Vec<String>) -> impl Strategy
         field_ok(how, 1.0, value),
         field_ok("build", 0.2, good_command()),
         field_ok("port", only(served, 1.0), port),
-        field_ok("health", 0.5, health),
+        field_ok("health", only(served, 0.5), health),
         field_ok(
             "routes",
             only(served, 0.5),
@@ -695,17 +696,26 @@ fn good_service(name: String, kind: Kind, earlier: Vec<String>) -> impl Strategy
             only(served, 0.4),
             (1..=5i64).prop_map(Value::Integer),
         ),
-        field_ok("env", 0.5, good_env()),
+        field_ok(
+            "spa",
+            only(!served, 0.5),
+            any::<bool>().prop_map(Value::Boolean),
+        ),
+        field_ok("env", only(served, 0.5), good_env()),
         field_ok(
             "secrets",
-            0.4,
+            only(served, 0.4),
             array_of(one_of(words("DATABASE_URL API_KEY TOKEN")), 2),
         ),
         field_ok("resources", only(served, 0.4), resources),
         field_ok("depends_on", 0.6, good_depends_on(earlier)),
         field_ok("migrate", only(served, 0.2), migrate),
-        field_ok("stop_timeout", 0.2, good_duration()),
-        field_ok("restart", 0.2, one_of(words("always on-failure never"))),
+        field_ok("stop_timeout", only(served, 0.2), good_duration()),
+        field_ok(
+            "restart",
+            only(served, 0.2),
+            one_of(words("always on-failure never")),
+        ),
         field_ok("storage", only(image, 0.6), storage),
     ]);
     service.prop_map(|mut service| {
@@ -728,9 +738,9 @@ fn good_override(kind: Kind, earlier: Vec<String>) -> impl Strategy<Value = Valu
             served * 0.5,
             (1..=9i64).prop_map(Value::Integer),
         ),
-        field_ok("env", 0.5, good_env()),
+        field_ok("env", served * 0.5, good_env()),
         field_ok("depends_on", 0.2, good_depends_on(earlier)),
-        field_ok("stop_timeout", 0.2, good_duration()),
+        field_ok("stop_timeout", served * 0.2, good_duration()),
         field_ok("resources", served * 0.3, resources),
     ])
 }

@@ -116,6 +116,11 @@ WantedBy=multi-user.target
     .to_owned()
 }
 
+/// The gantry binary that runs now: what `configure` installs on hosts.
+pub fn this_binary() -> Result<std::path::PathBuf, Error> {
+    std::env::current_exe().map_err(Error::io("find", "the gantry binary"))
+}
+
 pub fn configure(
     project: &Project,
     environment: &str,

@@ -14,7 +14,7 @@ use crate::agent_api::{
     ServiceSpec, ServiceStatus,
 };
 use crate::artifact;
-use crate::config::resolve::{Host as HostSpec, Service, Workload};
+use crate::config::resolve::{Host as HostSpec, Service};
 use crate::host::{Host, HostError};
 use crate::{Code, Error, Project};
 
@@ -861,22 +861,6 @@ pub fn refuse_unsupported(
     file: &crate::config::model::File,
     env: &crate::config::resolve::Environment,
 ) -> Result<(), Error> {
-    let other: Vec<String> = env
-        .services
-        .values()
-        .filter(|s| matches!(s.workload, Workload::Static { .. }))
-        .map(|s| s.name.clone())
-        .collect();
-    if !other.is_empty() {
-        return Err(Error::Unsupported {
-            what: format!(
-                "{} {} a static directory: only processes and images deploy yet",
-                other.join(", "),
-                if other.len() == 1 { "is" } else { "are" }
-            ),
-            hint: "the static driver comes in a later version; serve the directory from a process meanwhile".to_owned(),
-        });
-    }
     if let Some(s) = env.services.values().find(|s| s.backup.is_some()) {
         return Err(Error::Unsupported {
             what: format!(

@@ -81,6 +81,7 @@ codes! {
     /// class, and the line README.md's table gives it.
     Internal = "internal", Internal, "a bug in Gantry; please report it";
     Usage = "usage", Usage, "the command line is wrong: an unknown flag, a missing argument";
+    VerboseUnsupported = "verbose.unsupported", Usage, "`-v` was given to `gantry proxy`, which shows nothing more with it yet (its access log is its output)";
     ConfigNotFound = "config.not_found", Invalid, "no gantry.toml where one was looked for";
     ConfigReadFailed = "config.read_failed", Invalid, "gantry.toml exists but cannot be read";
     ConfigInvalid = "config.invalid", Invalid, "gantry.toml has errors; each is listed under `errors`";
@@ -206,6 +207,9 @@ pub enum Error {
     },
     #[error("secret{} {} not set", if names.len() == 1 { "" } else { "s" }, names.join(", "))]
     MissingSecrets { names: Vec<String> },
+    /// `gantry agent exec` cannot read a secret the service needs on the host.
+    #[error("{message}")]
+    SecretsUnreadable { message: String },
     #[error("{what}")]
     Unsupported { what: String, hint: String },
     #[error("http://{name}/ through {proxy}: {message}")]
@@ -318,7 +322,7 @@ impl Error {
                 code.unwrap_or(Code::AgentError)
             }
             Error::BuildFailed { .. } => Code::BuildFailed,
-            Error::MissingSecrets { .. } => Code::SecretsMissing,
+            Error::MissingSecrets { .. } | Error::SecretsUnreadable { .. } => Code::SecretsMissing,
             Error::Unsupported { .. } => Code::DeployUnsupported,
             Error::ProbeFailed { .. } => Code::TestProbeFailed,
             Error::Internal { .. } => Code::InternalBug,
@@ -372,7 +376,7 @@ impl Error {
                 Some(hint.clone())
             }
             Error::DestroyFailed { environment, .. } => Some(format!(
-                "once its hosts answer, `gantry env destroy {environment} --yes` again; or forget it without stopping anything: `gantry env purge {environment} --force`"
+                "once its hosts answer, `gantry env destroy {environment} --yes` again; or forget it without stopping anything: `gantry env purge {environment} --force --yes`"
             )),
             Error::RegisterLocal => Some(
                 "register servers into another environment: gantry register web1 --ssh deploy@10.0.0.5 -e prod".to_owned(),
@@ -401,6 +405,9 @@ impl Error {
             Error::BuildFailed { .. } => Some("its output is above; fix the build and deploy again".to_owned()),
             Error::MissingSecrets { .. } => Some(
                 "set them in the environment of this command, or as NAME=value lines in .gantry/secrets.env (mode 0600)".to_owned(),
+            ),
+            Error::SecretsUnreadable { .. } => Some(
+                "deploy again from where the secrets are set: a deploy writes the project's secrets file".to_owned(),
             ),
             Error::Unsupported { hint, .. } => Some(hint.clone()),
             Error::ProbeFailed { .. } => Some(

@@ -12,18 +12,23 @@ pub mod deploy;
 pub mod endpoint;
 pub mod environment;
 pub mod error;
+pub mod exec;
 #[cfg(test)]
 mod fake;
 pub mod file;
 pub mod firewall;
 pub mod host;
 pub mod init;
+pub mod lifecycle;
+pub mod local_agent;
 pub mod machine;
 pub mod operate;
+pub mod probe;
 pub mod redact;
 pub mod register;
 pub mod render;
 pub mod show;
+pub mod ssh;
 pub mod validate;
 
 use std::path::{Path, PathBuf};

@@ -2,7 +2,8 @@
 //! never buffered whole. It carries the request's `Exchange`, its in-flight
 //! count and its upstream connection until it ends: then the connection goes
 //! back to the pool. It gives up when the upstream stops sending for longer
-//! than the idle timeout. (Request bodies go upstream as hyper hands them
+//! than the idle timeout. A static site's file streams from disk the same
+//! way, a buffer at a time. (Request bodies go upstream as hyper hands them
 //! over, with nothing added.)
 
 use std::pin::Pin;
@@ -11,7 +12,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::io::AsyncRead;
 use tokio::time::{Instant, Sleep};
 
 use crate::exchange::Exchange;
@@ -33,6 +36,69 @@ enum Kind {
     /// A page the proxy wrote itself.
     Page(Option<Bytes>, Option<Exchange>),
     Upstream(Box<Streaming>),
+    File(Box<Reading>),
+}
+
+/// How much of a file is read at a time.
+const FILE_CHUNK: usize = 64 * 1024;
+
+/// A file (or a part of it, or its compressed form) read as the client
+/// takes it.
+struct Reading {
+    reader: Pin<Box<dyn AsyncRead + Send>>,
+    buffer: BytesMut,
+    /// Bytes still to come when the length is known (`Content-Length`).
+    remaining: Option<u64>,
+    done: bool,
+    exchange: Exchange,
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        if !self.done && self.remaining != Some(0) {
+            self.exchange.set_error("response not finished");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the file ended {0} bytes before its length")]
+struct Truncated(u64);
+
+impl Reading {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done || self.remaining == Some(0) {
+            self.done = true;
+            return Poll::Ready(None);
+        }
+        if self.buffer.capacity() < FILE_CHUNK {
+            self.buffer.reserve(FILE_CHUNK);
+        }
+        match tokio_util::io::poll_read_buf(self.reader.as_mut(), cx, &mut self.buffer) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(0)) => {
+                self.done = true;
+                match self.remaining {
+                    Some(left) if left > 0 => {
+                        self.exchange.set_error("file shorter than its length");
+                        Poll::Ready(Some(Err(Box::new(Truncated(left)))))
+                    }
+                    _ => Poll::Ready(None),
+                }
+            }
+            Poll::Ready(Ok(read)) => {
+                if let Some(left) = &mut self.remaining {
+                    *left = left.saturating_sub(read as u64);
+                }
+                Poll::Ready(Some(Ok(Frame::data(self.buffer.split().freeze()))))
+            }
+            Poll::Ready(Err(error)) => {
+                self.done = true;
+                self.exchange.set_error("file read failed");
+                Poll::Ready(Some(Err(Box::new(error))))
+            }
+        }
+    }
 }
 
 struct Streaming {
@@ -115,6 +181,33 @@ impl ProxyBody {
         }
     }
 
+    /// A static site's file: `length` bytes from `reader`, or what it gives
+    /// until its end when `length` is None (compressed as it is read).
+    pub(crate) fn file(
+        reader: Pin<Box<dyn AsyncRead + Send>>,
+        length: Option<u64>,
+        exchange: Exchange,
+    ) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::File(Box::new(Reading {
+                reader,
+                buffer: BytesMut::new(),
+                remaining: length,
+                done: false,
+                exchange,
+            })),
+            open: None,
+        }
+    }
+
+    /// No body (a 304, a HEAD); the exchange ends when the answer is sent.
+    pub(crate) fn file_done(exchange: Exchange) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Page(None, Some(exchange)),
+            open: None,
+        }
+    }
+
     /// The body, holding `open` until it is done or dropped.
     pub(crate) fn holding(mut self, open: OpenRequest) -> ProxyBody {
         self.open = Some(open);
@@ -143,6 +236,7 @@ impl Body for ProxyBody {
                 Poll::Ready(frame)
             }
             Kind::Upstream(streaming) => streaming.poll(cx),
+            Kind::File(reading) => reading.poll(cx),
         }
     }
 
@@ -150,6 +244,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Page(text, _) => text.is_none(),
             Kind::Upstream(streaming) => streaming.inner.is_end_stream(),
+            Kind::File(reading) => reading.done || reading.remaining == Some(0),
         }
     }
 
@@ -159,6 +254,9 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
             }
             Kind::Upstream(streaming) => streaming.inner.size_hint(),
+            Kind::File(reading) => reading
+                .remaining
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
         }
     }
 }

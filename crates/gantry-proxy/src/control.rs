@@ -118,6 +118,9 @@ async fn put_routes(State(state): State<Arc<ProxyState>>, body: Bytes) -> Respon
         Err(e @ (ProxyError::Table(_) | ProxyError::Certificate(_))) => {
             error(StatusCode::UNPROCESSABLE_ENTITY, e.code(), &e.to_string())
         }
+        Err(e @ ProxyError::StaticRoot { .. }) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.code(), &error_chain(&e))
+        }
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             e.code(),

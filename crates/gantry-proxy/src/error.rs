@@ -39,6 +39,14 @@ pub enum ProxyError {
     Table(#[from] TableError),
     #[error("route table refused: {0}")]
     Certificate(#[from] CertError),
+    #[error("route {index} ({service}): the static root {} is not a directory the proxy can open", root.display())]
+    StaticRoot {
+        index: usize,
+        service: String,
+        root: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("local CA: {0}")]
     LocalCa(#[from] CaError),
     #[error("cannot set up TLS: {0}")]
@@ -60,6 +68,7 @@ impl ProxyError {
             ProxyError::Thread(_) => "proxy.thread_failed",
             ProxyError::Table(_) => "routes.invalid",
             ProxyError::Certificate(_) => "routes.certificate_invalid",
+            ProxyError::StaticRoot { .. } => "routes.static_root_invalid",
             ProxyError::LocalCa(_) => "proxy.local_ca_failed",
             ProxyError::Tls(_) => "proxy.tls_failed",
             ProxyError::Acme(e) => e.code(),
@@ -83,6 +92,9 @@ impl ProxyError {
             )),
             ProxyError::Certificate(_) => Some(
                 "give each route's tls an absolute path to a readable PEM certificate chain (leaf first) and the PEM private key that belongs to it".to_owned(),
+            ),
+            ProxyError::StaticRoot { .. } => Some(
+                "put the directory in place (readable by the proxy's user) before sending the route".to_owned(),
             ),
             ProxyError::LocalCa(e) => e.hint(),
             ProxyError::Acme(e) => e.hint(),

@@ -191,6 +191,19 @@ impl Forwarder {
         {
             return crate::pages::redirect(location, &request_id, exchange);
         }
+        if let Some(site) = &target.site {
+            let in_site = target.upstream_path(&parts.uri);
+            let ask = crate::site::Ask {
+                method: &parts.method,
+                headers: &parts.headers,
+                path: in_site.path(),
+                request_path: &path,
+                query: parts.uri.query(),
+                service: &target.service,
+                request_id: &request_id,
+            };
+            return crate::site::serve(Arc::clone(site), ask, exchange).await;
+        }
         let unavailable = |exchange| {
             Page::Unavailable {
                 service: &target.service,

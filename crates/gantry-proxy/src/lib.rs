@@ -3,7 +3,8 @@
 //! http/1.1) on another with certificates by SNI name (`tls`: the user's,
 //! ACME's, or the local CA's for `*.localhost`), WebSocket upgrades,
 //! streaming bodies, routing by host and path prefix over a route table the
-//! agent replaces atomically, passive health, draining.
+//! agent replaces atomically, passive health, draining; and static sites,
+//! directories it serves itself (`site`).
 //!
 //! It runs as its own process (`gantry proxy`), so restarting the agent never
 //! drops a connection. The agent drives it over a Unix socket with the
@@ -34,6 +35,7 @@ mod preface;
 mod route_file;
 mod router;
 mod server;
+mod site;
 mod state;
 mod table;
 mod tls;
@@ -54,7 +56,7 @@ pub use handoff::Listeners;
 pub use limits::ClientLimits;
 pub use log::{DEFAULT_MAX_BYTES as DEFAULT_LOG_MAX_BYTES, MIN_MAX_BYTES as MIN_LOG_MAX_BYTES};
 pub use server::{HTTP, HTTPS, RunningProxy, start, start_on, start_with, take_over};
-pub use table::{Balance, CertFiles, Route, RouteTable, TableError, Tls};
+pub use table::{Balance, CertFiles, Route, RouteTable, StaticSite, TableError, Tls};
 pub use tls::{CaError, CertError, CertStore, LocalCa, fingerprint_sha256, is_local_name};
 
 /// How `gantry proxy` is started.

@@ -24,15 +24,24 @@ pub(crate) enum Page<'a> {
     BadGateway { service: &'a str },
     /// The upstream did not answer within the response timeout.
     GatewayTimeout { service: &'a str },
+    /// A method other than GET or HEAD to a static site.
+    ReadOnly { service: &'a str },
+    /// No file at the path of a static site (and no `404.html` of its own).
+    SiteNotFound { service: &'a str },
+    /// The static site's directory is not there.
+    SiteMissing { service: &'a str },
+    /// The static site's files could not be read.
+    SiteFailed { service: &'a str },
 }
 
 impl Page<'_> {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Page::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Page::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Page::NoRoute { .. } => StatusCode::NOT_FOUND,
-            Page::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Page::MethodNotAllowed | Page::ReadOnly { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Page::NoRoute { .. } | Page::SiteNotFound { .. } => StatusCode::NOT_FOUND,
+            Page::Unavailable { .. } | Page::SiteMissing { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Page::SiteFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Page::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Page::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -73,6 +82,34 @@ impl Page<'_> {
                     escape(service)
                 ),
             ),
+            Page::ReadOnly { service } => (
+                "Method not allowed".to_owned(),
+                format!(
+                    "The service <code>{}</code> serves files: only GET and HEAD.",
+                    escape(service)
+                ),
+            ),
+            Page::SiteNotFound { service } => (
+                "Not found".to_owned(),
+                format!(
+                    "The service <code>{}</code> has no file at this path.",
+                    escape(service)
+                ),
+            ),
+            Page::SiteMissing { service } => (
+                "Service unavailable".to_owned(),
+                format!(
+                    "The files of the service <code>{}</code> are not in place. Try again in a moment.",
+                    escape(service)
+                ),
+            ),
+            Page::SiteFailed { service } => (
+                "Internal error".to_owned(),
+                format!(
+                    "The files of the service <code>{}</code> could not be read.",
+                    escape(service)
+                ),
+            ),
         }
     }
 
@@ -101,11 +138,17 @@ impl Page<'_> {
         );
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(X_REQUEST_ID, request_id.clone());
-        if status == StatusCode::METHOD_NOT_ALLOWED {
-            headers.insert(
-                ALLOW,
-                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-            );
+        match self {
+            Page::MethodNotAllowed => {
+                headers.insert(
+                    ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
+            }
+            Page::ReadOnly { .. } => {
+                headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
+            _ => {}
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
@@ -118,13 +161,41 @@ impl Page<'_> {
 pub(crate) fn redirect(
     location: HeaderValue,
     request_id: &HeaderValue,
-    mut exchange: Exchange,
+    exchange: Exchange,
 ) -> Response<ProxyBody> {
     let status = StatusCode::PERMANENT_REDIRECT;
+    relocated(
+        status,
+        "This site is served over HTTPS",
+        location,
+        request_id,
+        exchange,
+    )
+}
+
+/// A 301 to where a static site's directory is (its trailing slash).
+pub(crate) fn moved(
+    location: HeaderValue,
+    request_id: &HeaderValue,
+    exchange: Exchange,
+) -> Response<ProxyBody> {
+    let status = StatusCode::MOVED_PERMANENTLY;
+    relocated(status, "This page is at", location, request_id, exchange)
+}
+
+fn relocated(
+    status: StatusCode,
+    why: &str,
+    location: HeaderValue,
+    request_id: &HeaderValue,
+    mut exchange: Exchange,
+) -> Response<ProxyBody> {
     exchange.set_status(status);
     let html = format!(
-        "<!doctype html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>308 Permanent Redirect</title></head>\n\
-         <body>\n<p>This site is served over HTTPS: <a href=\"{url}\">{url}</a></p>\n</body>\n</html>\n",
+        "<!doctype html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>{code} {reason}</title></head>\n\
+         <body>\n<p>{why}: <a href=\"{url}\">{url}</a></p>\n</body>\n</html>\n",
+        code = status.as_u16(),
+        reason = status.canonical_reason().unwrap_or(""),
         url = escape(location.to_str().unwrap_or("")),
     );
     let mut response = Response::new(ProxyBody::page(Bytes::from(html), exchange));

@@ -15,6 +15,7 @@ use http::Uri;
 use http::uri::PathAndQuery;
 
 use crate::metrics::{Metrics, ServiceMetrics};
+use crate::site::Site;
 use crate::table::{Balance, RouteTable, normalize_prefix};
 use crate::upstream::{Upstream, Upstreams, now_ms};
 
@@ -27,6 +28,8 @@ pub(crate) struct Target {
     /// Plain-HTTP requests are sent to HTTPS (`Route::redirect_https`).
     pub(crate) redirect_https: bool,
     upstreams: Box<[Arc<Upstream>]>,
+    /// A directory served by the proxy itself, instead of upstreams.
+    pub(crate) site: Option<Arc<Site>>,
     next: AtomicUsize,
     pub(crate) metrics: Arc<ServiceMetrics>,
 }
@@ -62,6 +65,7 @@ impl Router {
                 balance: route.balance,
                 redirect_https: route.redirect_https,
                 upstreams: route.upstreams.iter().map(|a| upstreams.get(*a)).collect(),
+                site: route.static_site.as_ref().map(|s| Arc::new(Site::new(s))),
                 // Each table starts at a random upstream, so that frequent
                 // swaps do not pile every first request on the first one.
                 next: AtomicUsize::new(fastrand::usize(..)),

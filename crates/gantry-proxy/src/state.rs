@@ -109,6 +109,10 @@ impl ProxyState {
         let _one_at_a_time = self.replacing.lock().await;
         let table = Arc::new(table);
         let (certs, files) = (Arc::clone(&self.certs), Arc::clone(&table));
+        let sites = Arc::clone(&table);
+        tokio::task::spawn_blocking(move || check_static_roots(&sites))
+            .await
+            .map_err(|e| ProxyError::Thread(std::io::Error::other(e.to_string())))??;
         let user_certs = tokio::task::spawn_blocking(move || certs.load_user_certs(&files))
             .await
             .map_err(|e| ProxyError::Thread(std::io::Error::other(e.to_string())))??;
@@ -149,4 +153,25 @@ impl ProxyState {
             changed
         });
     }
+}
+
+/// Every static route's root is a directory the proxy can open, so a table
+/// that would only answer 503 is refused while the old one still serves.
+/// (A root that goes away later is answered with the 503 page.)
+fn check_static_roots(table: &RouteTable) -> Result<(), ProxyError> {
+    for (index, route) in table.routes.iter().enumerate() {
+        let Some(site) = &route.static_site else {
+            continue;
+        };
+        let opened = std::fs::read_dir(&site.root).map(drop);
+        if let Err(source) = opened {
+            return Err(ProxyError::StaticRoot {
+                index,
+                service: route.service.clone(),
+                root: site.root.clone(),
+                source,
+            });
+        }
+    }
+    Ok(())
 }

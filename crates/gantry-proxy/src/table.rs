@@ -35,9 +35,14 @@ pub struct Route {
     /// Remove `path_prefix` from the path before forwarding (`/api/x` → `/x`).
     #[serde(default)]
     pub strip_prefix: bool,
-    /// Where the service listens. Empty: every request gets the 503 page.
+    /// Where the service listens. Empty: every request gets the 503 page,
+    /// unless the route serves a directory (`static`).
     #[serde(default)]
     pub upstreams: Vec<SocketAddr>,
+    /// Files from a directory, served by the proxy itself, instead of
+    /// upstreams (a `static` service). Written `"static"` in JSON.
+    #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
+    pub static_site: Option<StaticSite>,
     #[serde(default)]
     pub balance: Balance,
     /// Whether and how the route's hosts are served over HTTPS.
@@ -47,6 +52,33 @@ pub struct Route {
     /// proxy has a certificate for the host (ACME challenges excepted).
     #[serde(default)]
     pub redirect_https: bool,
+}
+
+/// A directory the proxy serves as a site: GET and HEAD, with ETags,
+/// ranges, compression and cache headers (see the crate's README).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticSite {
+    /// The directory, by absolute path; nothing outside it is ever served.
+    pub root: PathBuf,
+    /// A single-page app: a path that names no file and whose last segment
+    /// has no extension (`/orders/42`) gets the root's `index.html`.
+    #[serde(default)]
+    pub spa: bool,
+}
+
+impl StaticSite {
+    pub fn new(root: impl Into<PathBuf>) -> StaticSite {
+        StaticSite {
+            root: root.into(),
+            spa: false,
+        }
+    }
+
+    pub fn spa(mut self, spa: bool) -> StaticSite {
+        self.spa = spa;
+        self
+    }
 }
 
 /// Where the certificate for a route's hosts comes from. Written `"off"`,
@@ -94,10 +126,18 @@ impl Route {
             path_prefix: root(),
             strip_prefix: false,
             upstreams,
+            static_site: None,
             balance: Balance::default(),
             tls: Tls::Off,
             redirect_https: false,
         }
+    }
+
+    /// A route for `service` on any host and path that serves `site`.
+    pub fn site(service: impl Into<String>, site: StaticSite) -> Route {
+        let mut route = Route::new(service, Vec::new());
+        route.static_site = Some(site);
+        route
     }
 
     pub fn tls(mut self, tls: Tls) -> Route {
@@ -205,6 +245,18 @@ pub enum TableError {
         path: PathBuf,
     },
     #[error(
+        "route {index} ({service}): a route serves either upstreams or a static directory, not both"
+    )]
+    StaticWithUpstreams { index: usize, service: String },
+    #[error(
+        "route {index} ({service}): the static root `{}` must be an absolute path without `..`", root.display()
+    )]
+    InvalidStaticRoot {
+        index: usize,
+        service: String,
+        root: PathBuf,
+    },
+    #[error(
         "route {index} ({service}): host `{host}` gets a different tls setting from route {first}; one host has one certificate"
     )]
     TlsConflict {
@@ -252,6 +304,7 @@ impl RouteTable {
             if route.service.trim().is_empty() {
                 return Err(TableError::EmptyService { index });
             }
+            check_static(index, route)?;
             if !valid_prefix(&route.path_prefix) {
                 return Err(TableError::InvalidPrefix {
                     index,
@@ -345,6 +398,33 @@ fn check_tls(index: usize, route: &Route) -> Result<(), TableError> {
             Ok(())
         }
     }
+}
+
+/// A static route has no upstreams and an absolute root that names no
+/// parent directory.
+fn check_static(index: usize, route: &Route) -> Result<(), TableError> {
+    let Some(site) = &route.static_site else {
+        return Ok(());
+    };
+    if !route.upstreams.is_empty() {
+        return Err(TableError::StaticWithUpstreams {
+            index,
+            service: route.service.clone(),
+        });
+    }
+    let root = &site.root;
+    if !root.is_absolute()
+        || root
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(TableError::InvalidStaticRoot {
+            index,
+            service: route.service.clone(),
+            root: root.clone(),
+        });
+    }
+    Ok(())
 }
 
 fn valid_prefix(prefix: &str) -> bool {
@@ -574,6 +654,44 @@ mod tests {
             conflict.validate(),
             Err(TableError::TlsConflict { .. })
         ));
+    }
+
+    #[test]
+    fn a_static_route_names_an_absolute_root_and_no_upstreams() {
+        let table: RouteTable = serde_json::from_str(
+            r#"{"routes":[{"service":"docs","static":{"root":"/srv/docs","spa":true}}]}"#,
+        )
+        .expect("parses");
+        assert_eq!(
+            table.routes[0],
+            Route::site("docs", StaticSite::new("/srv/docs").spa(true))
+        );
+        assert_eq!(table.validate(), Ok(()));
+        let json = serde_json::to_value(&table.routes[0]).expect("serializes");
+        assert_eq!(json["static"]["root"], "/srv/docs");
+        let plain = serde_json::to_value(Route::new("web", vec![])).expect("serializes");
+        assert!(plain.get("static").is_none(), "{plain}");
+
+        for root in ["docs", "/srv/../etc", ""] {
+            let table = RouteTable {
+                routes: vec![Route::site("docs", StaticSite::new(root))],
+            };
+            assert!(
+                matches!(table.validate(), Err(TableError::InvalidStaticRoot { .. })),
+                "{root:?} should be refused"
+            );
+        }
+        let mut both = Route::site("docs", StaticSite::new("/srv/docs"));
+        both.upstreams = vec![addr(3000)];
+        let table = RouteTable { routes: vec![both] };
+        assert!(matches!(
+            table.validate(),
+            Err(TableError::StaticWithUpstreams { .. })
+        ));
+        let unknown: Result<RouteTable, _> = serde_json::from_str(
+            r#"{"routes":[{"service":"docs","static":{"root":"/srv","listing":true}}]}"#,
+        );
+        assert!(unknown.is_err());
     }
 
     #[test]

@@ -8,10 +8,12 @@ mod bridge;
 mod client;
 mod control_dir;
 mod local;
+mod reach;
 mod ssh;
 mod trace;
 
 pub use agent::{Agent, Transport};
-pub use bridge::bridge;
+pub use bridge::agent_connect;
 pub use local::{Local, LocalAgent};
+pub use reach::{connect, connect_served_by, open_shell};
 pub use ssh::{Shell, Ssh, SshAgent, SshOptions, classify};

@@ -216,3 +216,26 @@ fn a_destroyed_environment_refuses_register_before_touching_gantry_toml() {
     let after = std::fs::read_to_string(p.path().join("gantry.toml")).expect("read");
     assert_eq!(before, after);
 }
+
+#[test]
+fn purge_force_forgets_a_live_environment_only_once_confirmed_with_yes() {
+    let p = project();
+    p.gantry(&["env", "create", "stage"]).expect_code(0);
+    let state = p.path().join(".gantry/state/stage.json");
+
+    let unconfirmed = p.gantry(&["env", "purge", "stage", "--force", "--output", "json"]);
+    unconfirmed.expect_code(2);
+    let error = &unconfirmed.json()["error"];
+    assert_eq!(error["code"], "usage", "{error}");
+    assert!(
+        error["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("gantry env purge stage --force --yes")),
+        "{error}"
+    );
+    assert!(state.exists(), "an unconfirmed purge keeps the state");
+
+    p.gantry(&["env", "purge", "stage", "--force", "--yes"])
+        .expect_code(0);
+    assert!(!state.exists(), "a confirmed purge forgets it");
+}

@@ -288,3 +288,36 @@ fn the_proxy_raises_its_open_files_limit_and_logs_to_its_file() {
     let started = started.expect("an event");
     assert_eq!(started["nofile"], 4096, "{started}");
 }
+
+#[test]
+fn a_bad_trusted_proxy_is_refused_before_the_proxy_says_it_listens() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["proxy", "--listen", "127.0.0.1:0", "--https", "off"])
+        .args(["--trusted-proxy", "lb.example", "--output", "text"])
+        .arg("--state-dir")
+        .arg(state.path())
+        .output()
+        .expect("gantry runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("lb.example"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+    assert!(!state.path().join("proxy").exists(), "{stderr}");
+}
+
+#[test]
+fn v_on_the_proxy_is_refused_before_it_starts() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["-v", "proxy", "--listen", "127.0.0.1:0", "--https", "off"])
+        .args(["--output", "json", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .expect("gantry runs");
+    assert_eq!(output.status.code(), Some(2));
+    let error: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+    assert_eq!(error["error"]["code"], "verbose.unsupported", "{error}");
+    assert!(!state.path().join("proxy").exists(), "{error}");
+}

@@ -81,3 +81,49 @@ fn vv_also_shows_the_agents_answers_but_not_the_requests_bodies() {
         run.stderr
     );
 }
+
+/// `gantry agent` run with `flags` on `p`'s state directory, with a proxy,
+/// until it is ready; then stopped. Its log (stderr) once it has exited.
+fn agent_log(p: &TestProject, flags: &[&str]) -> String {
+    let log = p.path().join("agent.stderr");
+    let file = std::fs::File::create(&log).expect("create the agent's log file");
+    let args = [flags, &["agent", "--proxy-listen", "127.0.0.1:0"]].concat();
+    let mut agent = agent_support::command(p, &args)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("start `gantry agent`");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    gantry_testkit::wait_for("the agent to be ready", agent_support::DEADLINE, || {
+        read().contains("agent ready")
+    });
+    if !flags.is_empty() {
+        // Its debug event: the proxy's first route table.
+        gantry_testkit::wait_for("the routes' debug line", agent_support::DEADLINE, || {
+            read().contains("proxy routes replaced")
+        });
+    }
+    p.gantry(&["agent", "stop"]).expect_code(0);
+    gantry_testkit::wait_for("the agent to exit", agent_support::DEADLINE, || {
+        agent.try_wait().ok().flatten().is_some()
+    });
+    read()
+}
+
+#[test]
+fn v_on_the_agent_logs_its_debug_events_which_it_leaves_out_without() {
+    let p = project();
+    let quiet = agent_log(&p, &[]);
+    assert!(
+        quiet.contains("agent stopped") && !quiet.contains("DEBUG"),
+        "without -v the agent logs no debug events:\n{quiet}"
+    );
+    let verbose = agent_log(&p, &["-v"]);
+    assert!(
+        verbose
+            .lines()
+            .any(|l| l.contains("DEBUG") && l.contains("proxy routes replaced")),
+        "-v shows the agent's debug events:\n{verbose}"
+    );
+}

@@ -299,6 +299,35 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_static_service_keeps_its_directory_and_spa() {
+        use gantry_core::agent_api::v1::Workload;
+        let store = Store::open_in_memory().expect("store");
+        let mut r1 = release("shop", "rel-s", 1);
+        for spa in [true, false] {
+            let mut docs = service(if spa { "app" } else { "docs" });
+            docs.workload = Workload::Static {
+                dir: "dist".to_owned(),
+                spa,
+            };
+            r1.services.push(docs);
+        }
+        store.insert_release(&r1).expect("insert");
+        let back = store
+            .release("shop", "rel-s")
+            .expect("query")
+            .expect("found");
+        let workloads: Vec<_> = back.services.iter().map(|s| s.workload.clone()).collect();
+        assert!(workloads.contains(&Workload::Static {
+            dir: "dist".to_owned(),
+            spa: true
+        }));
+        assert!(workloads.contains(&Workload::Static {
+            dir: "dist".to_owned(),
+            spa: false
+        }));
+    }
+
+    #[test]
     fn update_release_saves_outcome_reason_log_tail_and_phases() {
         let store = Store::open_in_memory().expect("store");
         let mut r1 = release("shop", "rel-a", 1);

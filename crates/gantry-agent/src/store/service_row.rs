@@ -60,9 +60,18 @@ pub(super) struct ServiceRow {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Driver {
-    Process { command: String },
-    Container { image: String },
-    Directory { path: String },
+    Process {
+        command: String,
+    },
+    Container {
+        image: String,
+    },
+    Directory {
+        path: String,
+        /// Absent in rows written before single-page apps: false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        spa: bool,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -126,7 +135,10 @@ impl From<&ServiceSpec> for ServiceRow {
                 Workload::Compose { image } => Driver::Container {
                     image: image.clone(),
                 },
-                Workload::Static { dir } => Driver::Directory { path: dir.clone() },
+                Workload::Static { dir, spa } => Driver::Directory {
+                    path: dir.clone(),
+                    spa: *spa,
+                },
             },
             build: s.build.clone(),
             artifact: s.artifact.clone(),
@@ -193,7 +205,7 @@ impl From<ServiceRow> for ServiceSpec {
             workload: match r.driver {
                 Driver::Process { command } => Workload::Process { run: command },
                 Driver::Container { image } => Workload::Compose { image },
-                Driver::Directory { path } => Workload::Static { dir: path },
+                Driver::Directory { path, spa } => Workload::Static { dir: path, spa },
             },
             build: r.build,
             artifact: r.artifact,

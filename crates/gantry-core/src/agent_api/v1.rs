@@ -143,8 +143,13 @@ pub enum Workload {
     Process { run: String },
     /// A container.
     Compose { image: String },
-    /// A directory served by the proxy.
-    Static { dir: String },
+    /// A directory of the release served by the proxy; `spa` gives unknown
+    /// extension-less paths its `index.html`.
+    Static {
+        dir: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        spa: bool,
+    },
 }
 
 /// A port name (the agent assigns a free port and sets `$PORT`) or a fixed number.
@@ -344,7 +349,10 @@ impl From<&resolve::Service> for ServiceSpec {
                 resolve::Workload::Compose { image } => Workload::Compose {
                     image: image.clone(),
                 },
-                resolve::Workload::Static { dir } => Workload::Static { dir: dir.clone() },
+                resolve::Workload::Static { dir, spa } => Workload::Static {
+                    dir: dir.clone(),
+                    spa: *spa,
+                },
             },
             build: s.build.clone(),
             artifact: s.artifact.clone(),

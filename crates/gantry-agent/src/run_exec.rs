@@ -10,12 +10,16 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use gantry_agent::Confinement;
-use gantry_agent::agent_user::{self, AgentUser};
-use gantry_agent::{PROJECT_IDS, SERVICES_GID};
-use gantry_cli::Failure;
 use gantry_core::Error;
-use gantry_core::host::Host;
+use gantry_core::host::{Host, HostError};
+
+use crate::agent_user::{self, AgentUser};
+use crate::isolation::{PROJECT_IDS, SERVICES_GID};
+use crate::process::Confinement;
+
+/// Connects to the agent of a state directory, checking that it is served
+/// by this uid (the transport is not this crate's).
+pub type ConnectServedBy<'a> = &'a dyn Fn(&Path, u32) -> Result<Box<dyn Host>, HostError>;
 
 /// Its exit code; stdio is inherited.
 pub fn exec(
@@ -23,24 +27,25 @@ pub fn exec(
     project: &str,
     service: &str,
     command: &[String],
-) -> Result<i32, Failure> {
+    connect: ConnectServedBy<'_>,
+) -> Result<i32, Error> {
     let Some((program, args)) = command.split_first() else {
-        return Err(usage("no command given".to_owned()));
+        return Err(not_run("no command given".to_owned()));
     };
+    // The command line checked them already; this runs as root.
     for name in [project, service] {
         gantry_core::config::check_name(name)
-            .map_err(|why| usage(format!("not a project or service name: {why}")))?;
+            .map_err(|why| not_run(format!("not a project or service name: {why}")))?;
     }
     let owner = AgentUser::owner_of(state_dir)?;
     let dropped = owner.become_from_root()?;
     // As the owner now: the paths the agent names are compared with the
     // state directory as the owner sees it, symlinks resolved.
     let state_dir = canonical(state_dir)?;
-    let paths = gantry_core::agent_dir::Paths::new(&state_dir);
+    let paths = crate::agent::Paths::new(&state_dir);
     // Every connection, this first one included, is checked the same way.
-    let agent = gantry_remote::LocalAgent::connect_served_by("local", &state_dir, Some(owner.uid))
-        .map_err(Error::from)?;
-    let spec = agent.exec_spec(project, service).map_err(Error::from)?;
+    let agent = connect(&state_dir, owner.uid)?;
+    let spec = agent.exec_spec(project, service)?;
     // Its runtime's threads go with it: the command's signals come here.
     drop(agent);
     let releases = canonical(&paths.releases(project))?;
@@ -63,31 +68,29 @@ pub fn exec(
         .envs(&spec.env)
         .envs(&secrets);
     match &confinement {
-        Some(confinement) => gantry_agent::confine(&mut run, confinement),
+        Some(confinement) => crate::process::confine(&mut run, confinement),
         None if dropped => agent_user::drop_capabilities()?,
         None => {}
     }
     // Root's terminal stays root's: a command run for another user gets a
     // session of its own (see agent_user).
     let other_user = dropped || confinement.is_some_and(|c| c.user.is_some());
-    agent_user::run(run, other_user).map_err(|e| {
-        Failure::from(Error::Exec {
-            refused: false,
-            message: format!("cannot run `{program}` in {}: {e}", spec.cwd),
-            hint: Some("the command runs in the release's directory: give a path inside it, or one on the PATH".to_owned()),
-        })
+    agent_user::run(run, other_user).map_err(|e| Error::Exec {
+        refused: false,
+        message: format!("cannot run `{program}` in {}: {e}", spec.cwd),
+        hint: Some("the command runs in the release's directory: give a path inside it, or one on the PATH".to_owned()),
     })
 }
 
 /// The confinement the agent names for the command, checked: the agent may
 /// make it its project's user (the group of `releases/<project>`, as
-/// `gantry_agent`'s isolation allocates it), or root where the agent is
+/// [`crate::isolation`] allocates it), or root where the agent is
 /// root and the service asked for it, never another user.
 fn checked_confinement(
     spec: &gantry_core::agent_api::ExecSpec,
     dropped: bool,
     releases: &Path,
-) -> Result<Option<Confinement>, Failure> {
+) -> Result<Option<Confinement>, Error> {
     let Some(confinement) = &spec.confinement else {
         return Ok(None);
     };
@@ -104,7 +107,7 @@ fn checked_confinement(
         None => !(confinement.keep_capabilities && dropped),
     };
     if !allowed {
-        return Err(Failure::from(Error::Exec {
+        return Err(Error::Exec {
             refused: true,
             message: format!(
                 "the agent asks to run the command as {}, not as the user of the project that {} belongs to",
@@ -117,14 +120,14 @@ fn checked_confinement(
             hint: Some(
                 "check who runs the agent and who can write to the state directory".to_owned(),
             ),
-        }));
+        });
     }
     if let Some(user) = confinement
         .user
         .as_ref()
         .filter(|_| !agent_user::may_confine())
     {
-        return Err(Failure::from(Error::Exec {
+        return Err(Error::Exec {
             refused: false,
             message: format!(
                 "the service runs as its project's user (uid {}); running a command as that user takes root",
@@ -134,38 +137,30 @@ fn checked_confinement(
                 "run it as root on the host: give the host an ssh target of root's (root@host)"
                     .to_owned(),
             ),
-        }));
+        });
     }
     Ok(Some(confinement.clone()))
 }
 
-fn usage(message: String) -> Failure {
-    Failure {
-        code: "usage",
-        exit: gantry_core::ExitClass::Usage.code(),
-        message,
-        hint: None,
-        diagnostics: None,
-        details: None,
-    }
-}
-
-fn refused(message: String) -> Failure {
-    Failure::from(Error::Exec {
+fn refused(message: String) -> Error {
+    Error::Exec {
         refused: true,
         message,
         hint: Some("the agent named files outside the project's: check who runs it and who can write to the state directory".to_owned()),
-    })
+    }
 }
 
-fn canonical(path: &Path) -> Result<PathBuf, Failure> {
-    path.canonicalize().map_err(|e| {
-        Failure::from(Error::Exec {
-            refused: false,
-            message: format!("cannot resolve {}: {e}", path.display()),
-            hint: None,
-        })
-    })
+fn not_run(message: String) -> Error {
+    Error::Exec {
+        refused: false,
+        message,
+        hint: None,
+    }
+}
+
+fn canonical(path: &Path) -> Result<PathBuf, Error> {
+    path.canonicalize()
+        .map_err(|e| not_run(format!("cannot resolve {}: {e}", path.display())))
 }
 
 /// The values of the service's secrets, from the project's secrets file:
@@ -174,7 +169,7 @@ fn secret_values(
     expected: &Path,
     spec: &gantry_core::agent_api::ExecSpec,
     owner: u32,
-) -> Result<std::collections::BTreeMap<String, String>, Failure> {
+) -> Result<std::collections::BTreeMap<String, String>, Error> {
     if spec.secret_names.is_empty() {
         return Ok(Default::default());
     }
@@ -214,7 +209,7 @@ fn secret_values(
     // Read through the descriptor just checked, not the path again.
     use std::os::fd::AsRawFd;
     let through = format!("/proc/self/fd/{}", file.as_raw_fd());
-    gantry_agent::secret_values(Some(Path::new(&through)), &spec.secret_names).map_err(|e| {
+    crate::process::secret_values(Some(Path::new(&through)), &spec.secret_names).map_err(|e| {
         let message = e
             .to_string()
             .replace(&through, &expected.display().to_string());
@@ -223,13 +218,6 @@ fn secret_values(
 }
 
 /// A secret the service needs cannot be read on this host.
-fn secrets_missing(message: String) -> Failure {
-    Failure {
-        code: "secrets.missing",
-        exit: gantry_core::ExitClass::Invalid.code(),
-        message,
-        hint: Some("deploy again from where the secrets are set: a deploy writes the project's secrets file".to_owned()),
-        diagnostics: None,
-        details: None,
-    }
+fn secrets_missing(message: String) -> Error {
+    Error::SecretsUnreadable { message }
 }
