@@ -406,8 +406,10 @@ fn a_service_with_a_volume_is_never_run_beside_its_replacement_and_keeps_its_dat
         assert!(Instant::now() < deadline, "{reply}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let status = agent_support::status(&p);
-    assert_eq!(service(&status, "cache")["state"], "running", "{status:#}");
+    // Running again once its health check passes.
+    agent_support::wait_for_status(&p, "cache running again", |status| {
+        service(status, "cache")["state"] == "running"
+    });
     p.gantry(&["stop"]).expect_code(0);
 }
 
