@@ -84,6 +84,10 @@ pub(crate) struct Agent {
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
     /// The reverse proxy the agent started or found, if one runs.
     pub(crate) proxy: Proxy,
+    /// The Docker engine, connected when a container service first needs it.
+    pub(crate) containers: tokio::sync::OnceCell<crate::container::Engine>,
+    /// The container instances whose output is being copied to their logs.
+    pub(crate) container_logs: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Agent {
@@ -120,6 +124,8 @@ impl Agent {
             deploy_locks: Mutex::new(HashMap::new()),
             env_locks: EnvLocks::default(),
             shutdown,
+            containers: tokio::sync::OnceCell::new(),
+            container_logs: Arc::default(),
         }
     }
 

@@ -116,7 +116,7 @@ pub(crate) fn write_secrets(
     gantry_core::file::write_atomic(&path, text.as_bytes(), 0o600)
 }
 
-fn read_secrets(path: &std::path::Path) -> BTreeMap<String, String> {
+pub(crate) fn read_secrets(path: &std::path::Path) -> BTreeMap<String, String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()

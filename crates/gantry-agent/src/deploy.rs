@@ -271,6 +271,33 @@ async fn roll_service(
     let project = release.project.clone();
     let name = service.name.clone();
     let cwd = instance::working_dir(agent, &project, &release.artifact_digest, service);
+    if crate::container_instance::needs_stop_first(service) && service.replicas > 1 {
+        return Err(StartFailure {
+            reason: format!(
+                "it has volumes, so it runs one replica, not {} (two containers must not share its data)",
+                service.replicas
+            ),
+            log_tail: Vec::new(),
+        });
+    }
+    if crate::container_instance::needs_stop_first(service) {
+        let (p, n, r) = (project.clone(), name.clone(), release.id.clone());
+        let running = agent
+            .db(move |s| s.instances(&p))
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .any(|i| i.service == n && i.release != r && i.is_active());
+        if running {
+            // Two containers on one volume (two databases on one data
+            // directory) must never run at once, and stop-first replacement
+            // is not built yet: keep the running one.
+            return Err(StartFailure {
+                reason: "it has volumes, so it must be replaced stop-first, which deploy does not do yet; the running instance keeps serving (to replace it: `gantry stop` the service, then deploy)".to_owned(),
+                log_tail: Vec::new(),
+            });
+        }
+    }
 
     let mut started: Vec<InstanceRecord> = Vec::new();
     let start = timer

@@ -81,8 +81,11 @@ pub async fn port_for(
 ) -> Result<Option<u16>, String> {
     match &service.port {
         None => Ok(None),
-        Some(Port::Fixed(port)) => Ok(Some(*port)),
-        Some(Port::Named(_)) => {
+        // A container listens on its fixed port inside; outside it gets a free one.
+        Some(Port::Fixed(port)) if !crate::container_instance::is_container(service) => {
+            Ok(Some(*port))
+        }
+        Some(_) => {
             let id = id.to_owned();
             let store = agent.store.clone();
             let mut ports = agent
@@ -124,14 +127,25 @@ pub async fn launch(
     service: &ServiceSpec,
     cwd: &Path,
 ) -> Result<(), StartFailure> {
-    let Workload::Process { run } = &service.workload else {
-        return Err(StartFailure {
-            reason: format!(
-                "service `{}` is not a process; only the process driver runs on this agent yet",
-                service.name
-            ),
-            log_tail: Vec::new(),
-        });
+    let run = match &service.workload {
+        Workload::Process { run } => run,
+        Workload::Compose { .. } => {
+            return crate::container_instance::launch(agent, record, service, &limits(service))
+                .await
+                .map_err(|reason| StartFailure {
+                    reason,
+                    log_tail: Vec::new(),
+                });
+        }
+        Workload::Static { .. } => {
+            return Err(StartFailure {
+                reason: format!(
+                    "service `{}` is a static directory; this agent runs processes and containers",
+                    service.name
+                ),
+                log_tail: Vec::new(),
+            });
+        }
     };
     let cgroup = create_cgroup(agent, record, service);
     let mut spec = LaunchSpec {
@@ -296,21 +310,10 @@ pub async fn wait_healthy(
                     return Ok(());
                 }
             }
-            Some(h) => {
-                match health::probe(
-                    &h.check,
-                    record.port,
-                    h.timeout.as_std(),
-                    cwd,
-                    &env,
-                    &confinement,
-                )
-                .await
-                {
-                    Ok(()) => return Ok(()),
-                    Err(e) => last_error = e,
-                }
-            }
+            Some(_) => match probe(agent, record, service, cwd, &env, &confinement).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last_error = e,
+            },
         }
         if elapsed > deadline + start_period {
             return Err(StartFailure {
@@ -332,6 +335,31 @@ pub async fn wait_healthy(
     }
 }
 
+/// Runs the service's health check once against the instance: a command
+/// runs inside a container's instance, or beside a process's.
+pub async fn probe(
+    agent: &Agent,
+    record: &InstanceRecord,
+    service: &ServiceSpec,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    confinement: &Confinement,
+) -> Result<(), String> {
+    let Some(health) = &service.health else {
+        return Ok(());
+    };
+    let timeout = health.timeout.as_std();
+    match &health.check {
+        Check::Command { command } if crate::container_instance::is_container(service) => {
+            crate::container_instance::probe_command(agent, record, command, timeout).await
+        }
+        Check::Tcp if crate::container_instance::is_container(service) => {
+            crate::container_instance::probe_tcp(agent, record, service, timeout).await
+        }
+        check => health::probe(check, record.port, timeout, cwd, env, confinement).await,
+    }
+}
+
 /// Stops an instance gracefully, records it in `state`, and frees its cgroup
 /// and, unless it is to be started again (`Backoff`), its port.
 pub async fn stop(
@@ -340,23 +368,10 @@ pub async fn stop(
     timeout: Duration,
     state: InstanceState,
 ) -> StopOutcome {
-    let outcome = match (record.pid, record.start_time) {
-        (Some(pid), Some(start_time)) => {
-            tokio::task::spawn_blocking(move || process::stop(pid, start_time, timeout))
-                .await
-                .unwrap_or(StopOutcome::NotRunning)
-        }
-        _ => {
-            // Started but never recorded: the relay may still have written its pid file.
-            match process::read_pid_file(&agent.paths.run(), &record.id) {
-                Some(pidfile) => tokio::task::spawn_blocking(move || {
-                    process::stop(pidfile.pid, pidfile.start_time, timeout)
-                })
-                .await
-                .unwrap_or(StopOutcome::NotRunning),
-                None => StopOutcome::NotRunning,
-            }
-        }
+    let outcome = if crate::container_instance::runs_in_container(agent, record).await {
+        crate::container_instance::stop(agent, record, timeout).await
+    } else {
+        stop_process(agent, record, timeout).await
     };
     let id = record.id.clone();
     let ports = agent
@@ -384,6 +399,28 @@ pub async fn stop(
         }
     }
     outcome
+}
+
+/// Stops an instance's process (and its group) gracefully.
+async fn stop_process(agent: &Agent, record: &InstanceRecord, timeout: Duration) -> StopOutcome {
+    match (record.pid, record.start_time) {
+        (Some(pid), Some(start_time)) => {
+            tokio::task::spawn_blocking(move || process::stop(pid, start_time, timeout))
+                .await
+                .unwrap_or(StopOutcome::NotRunning)
+        }
+        _ => {
+            // Started but never recorded: the relay may still have written its pid file.
+            match process::read_pid_file(&agent.paths.run(), &record.id) {
+                Some(pidfile) => tokio::task::spawn_blocking(move || {
+                    process::stop(pidfile.pid, pidfile.start_time, timeout)
+                })
+                .await
+                .unwrap_or(StopOutcome::NotRunning),
+                None => StopOutcome::NotRunning,
+            }
+        }
+    }
 }
 
 /// The name of an instance's cgroup. Every agent on a host makes its cgroups

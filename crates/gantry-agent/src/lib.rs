@@ -8,10 +8,12 @@
 //! (README.md draws the layers, and `tests::layers` holds them):
 //! 1. foundations: `store`, `artifact`, `upload`, `process`, `health`,
 //!    `tails`, `ports`, `isolation`, `site`, `routes`, `locks`, `admission`,
-//!    `credentials`, `error`, `agent_user`, `agent_log`;
+//!    `credentials`, `error`, `agent_user`, `agent_log`, `container` (the
+//!    Docker engine; public, with its own tests against a real engine);
 //! 2. `proxy`, the handle on the host's proxy;
 //! 3. `agent`, the shared state every operation takes;
-//! 4. one instance: `instance`, and what runs now: `status`, `logs`;
+//! 4. one instance: `container_instance` (an image service's), `instance`,
+//!    and what runs now: `status`, `logs`;
 //! 5. operations: `deploy` (and `retire`), `rollback`, `control`, `exec`,
 //!    `history`, `supervisor`, `reconcile`;
 //! 6. `api` (the only module that knows HTTP) and `openapi`;
@@ -23,6 +25,8 @@ mod agent_log;
 mod agent_user;
 mod api;
 mod artifact;
+pub mod container;
+mod container_instance;
 mod control;
 mod credentials;
 mod daemon;
@@ -82,10 +86,11 @@ mod tests {
             "upload",
             "agent_user",
             "agent_log",
+            "container",
         ],
         &["proxy"],
         &["agent"],
-        &["instance", "status", "logs"],
+        &["container_instance", "instance", "status", "logs"],
         &[
             "retire",
             "deploy",

@@ -93,6 +93,10 @@ pub async fn reconcile(agent: &Agent) -> Result<(), StoreError> {
         }
     }
 
+    // Any container of this agent's the store does not count as running.
+    let active = agent.db(|s| s.active_instances()).await?;
+    crate::container_instance::settle(agent, &active).await;
+
     for lease in agent.db(|s| s.release_unused_leases()).await? {
         tracing::info!(instance = %lease.instance_id, port = lease.port, "giving back the port of an instance that is not running");
     }

@@ -13,7 +13,6 @@ use gantry_core::agent_api::{Exit, InstanceState};
 use rand::RngExt;
 
 use crate::agent::{Agent, now_ms};
-use crate::health;
 use crate::instance;
 use crate::process;
 use crate::store::InstanceRecord;
@@ -280,18 +279,12 @@ fn probe(
     let env = instance::environment(service, &record.id, &record.release, record.port);
     let failures = Arc::clone(&memory.probe_failures);
     let confinement = instance::check_confinement(&agent, &record.project, service);
+    let service = service.clone();
     tokio::spawn(async move {
         let passed = match confinement {
-            Ok(confinement) => health::probe(
-                &health.check,
-                record.port,
-                health.timeout.as_std(),
-                &cwd,
-                &env,
-                &confinement,
-            )
-            .await
-            .is_ok(),
+            Ok(confinement) => instance::probe(&agent, &record, &service, &cwd, &env, &confinement)
+                .await
+                .is_ok(),
             Err(_) => false,
         };
         // Unhealthy only after `retries` failures in a row; one pass is enough to recover.

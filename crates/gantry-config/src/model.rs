@@ -46,7 +46,7 @@ pub struct Service {
     /// A command run as a supervised process (the process driver), like `target/release/web`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
-    /// A container image run with Docker Compose (the compose driver), like `postgres:16`.
+    /// A container image run on the host's Docker Engine (the container driver), like `postgres:16`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// A directory of the release, relative to the artifact (like `dist`, or `.` for all of it), whose
@@ -86,7 +86,7 @@ pub struct Service {
     /// Names of secrets injected as environment variables; values never appear in output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secrets: Option<Vec<SecretName>>,
-    /// Limits enforced with cgroups (process driver) or by Docker (compose driver).
+    /// Limits enforced with cgroups (process driver) or by Docker (container driver).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
     /// Services that must be deployed and healthy before this one.

@@ -14,7 +14,7 @@ use crate::agent_api::{
     ServiceSpec, ServiceStatus,
 };
 use crate::artifact;
-use crate::config::resolve::{Host as HostSpec, Service, Workload};
+use crate::config::resolve::{Host as HostSpec, Service};
 use crate::host::{Host, HostError};
 use crate::{Code, Error, Project};
 
@@ -466,13 +466,14 @@ impl HostPlan<'_> {
             artifact::hex(&Sha256::digest(text.as_bytes()))
         };
         progress.step(&format!("deploying {} to {}", self.project, agent.name()));
+        let specs: Vec<ServiceSpec> = services.iter().map(ServiceSpec::from).collect();
         let request = DeployRequest {
             project: self.project.to_owned(),
             environment: self.environment.to_owned(),
             config_hash,
             artifact: self.scan.artifact.clone(),
-            spec_version: crate::agent_api::v1::SPEC_VERSION,
-            services: services.iter().map(ServiceSpec::from).collect(),
+            spec_version: crate::agent_api::v1::revision_needed(&specs),
+            services: specs,
             secrets: self.secrets.clone(),
             rollback_of: None,
         };
@@ -874,27 +875,15 @@ pub fn refuse_unsupported(
     file: &crate::config::model::File,
     env: &crate::config::resolve::Environment,
 ) -> Result<(), Error> {
-    let other: Vec<String> = env
-        .services
-        .values()
-        .filter(|s| matches!(s.workload, Workload::Compose { .. }))
-        .map(|s| s.name.clone())
-        .collect();
-    if !other.is_empty() {
+    if let Some(s) = env.services.values().find(|s| s.backup.is_some()) {
         return Err(Error::Unsupported {
             what: format!(
-                "{} {}: the container driver does not deploy yet",
-                other.join(", "),
-                if other.len() == 1 {
-                    "is a container"
-                } else {
-                    "are containers"
-                }
+                "service `{}` sets `backup`, which deploy does not take yet",
+                s.name
             ),
-            hint: "the container driver comes in a later version; `gantry render --target compose` writes the containers for Docker Compose meanwhile".to_owned(),
+            hint: "back the volume up yourself (`docker run --rm -v VOLUME:/data ...`) and remove `backup`".to_owned(),
         });
     }
-    // (`backup` needs volumes, which only containers have: refused above.)
     if let Some(s) = env.services.values().find(|s| s.migrate.is_some()) {
         return Err(Error::Unsupported {
             what: format!(

@@ -4,7 +4,9 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failure here is a failed test
 
 pub mod hosts;
+pub mod images;
 pub mod postgres;
+mod rootfs;
 pub mod systemd_host;
 pub mod users;
 

@@ -5,13 +5,11 @@
 //! and never touches this machine.
 //!
 //! No image can be pulled here, so the image (`gantry-test-systemd:bookworm`)
-//! is imported from a root filesystem that `debootstrap` builds. Both are
-//! cached: the image in Docker, the root filesystem as a tarball in
-//! /var/cache/gantry-test; a lock file keeps two tests from building at once.
+//! is imported from a root filesystem that `debootstrap` builds, both cached
+//! (`rootfs::Rootfs`).
 //!
 //! Needs root, Docker and debootstrap. The container is removed on drop.
 
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -19,16 +17,19 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::hosts::{keygen, run, s};
+use crate::rootfs::{self, Rootfs};
 
 /// The image every systemd host runs.
 pub const IMAGE: &str = "gantry-test-systemd:bookworm";
 
-/// Where the root filesystem tarball and the build lock are kept between runs.
-const CACHE: &str = "/var/cache/gantry-test";
-const TARBALL: &str = "systemd-bookworm.tar";
-
-/// What the root filesystem holds beside debootstrap's minimal base.
-const PACKAGES: &str = "systemd,systemd-sysv,dbus,openssh-server,iproute2,procps,ufw,nftables,iptables,ca-certificates";
+/// The root filesystem: debootstrap's minimal base with systemd and sshd.
+const ROOTFS: Rootfs = Rootfs {
+    image: IMAGE,
+    tarball: "systemd-bookworm.tar",
+    packages: "systemd,systemd-sysv,dbus,openssh-server,iproute2,procps,ufw,nftables,iptables,ca-certificates",
+    prepare: prepare_rootfs,
+    changes: &["CMD [\"/sbin/init\"]"],
+};
 
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
@@ -53,7 +54,7 @@ impl SystemdHost {
     pub fn start(name: &str) -> SystemdHost {
         preflight();
         remove_orphans();
-        ensure_image();
+        ROOTFS.ensure_image();
 
         let dir = tempfile::Builder::new()
             .prefix("gantry-systemd-host-")
@@ -270,23 +271,7 @@ impl Drop for SystemdHost {
 
 /// Panics naming the first thing this machine lacks to run systemd hosts.
 fn preflight() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "systemd host tests run privileged containers and debootstrap: run them as root (CI does)"
-    );
-    let docker = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
-    match docker {
-        Err(e) => panic!("docker is missing ({e}): install Docker (apt-get install docker.io)"),
-        Ok(output) if !output.status.success() => panic!(
-            "the Docker engine does not answer: {}start it (e.g. `service docker start`)",
-            String::from_utf8_lossy(&output.stderr)
-        ),
-        Ok(_) => {}
-    }
+    rootfs::preflight_docker();
     for tool in ["/usr/bin/ssh", "/usr/bin/ssh-keygen"] {
         assert!(
             Path::new(tool).exists(),
@@ -345,109 +330,9 @@ fn remove_orphans() {
     }
 }
 
-fn image_exists() -> bool {
-    Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The image, from Docker's cache, else from the cached root filesystem,
-/// else built with debootstrap. One builder at a time: the others wait on
-/// the lock and find the image made.
-fn ensure_image() {
-    if image_exists() {
-        return;
-    }
-    let cache = Path::new(CACHE);
-    std::fs::create_dir_all(cache).expect("create /var/cache/gantry-test");
-    let lock = File::create(cache.join("systemd-bookworm.lock")).expect("create the build lock");
-    eprintln!("systemd host: waiting for the image build lock");
-    lock.lock().expect("take the build lock");
-    if image_exists() {
-        return;
-    }
-    let tarball = cache.join(TARBALL);
-    if !tarball.exists() {
-        build_rootfs(&tarball);
-    }
-    eprintln!("systemd host: importing {} as {IMAGE}", tarball.display());
-    run(
-        "docker",
-        &[
-            "import",
-            "--change",
-            "CMD [\"/sbin/init\"]",
-            &s(&tarball),
-            IMAGE,
-        ],
-    );
-}
-
-/// debootstrap's minimal Debian bookworm with systemd and sshd, as a
-/// tarball at `tarball` (written under a temporary name, then renamed).
-fn build_rootfs(tarball: &Path) {
-    assert!(
-        Path::new("/usr/sbin/debootstrap").exists(),
-        "debootstrap is missing, and no cached image or root filesystem exists: apt-get install debootstrap"
-    );
-    // Under the lock, a root filesystem left in the cache is a killed build's.
-    if let Some(dir) = tarball.parent()
-        && let Ok(entries) = std::fs::read_dir(dir)
-    {
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().contains(".rootfs.") {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-    let rootfs = tarball.with_extension(format!("rootfs.{}", std::process::id()));
-    eprintln!(
-        "systemd host: building a Debian bookworm root filesystem with debootstrap in {} (takes minutes, once)",
-        rootfs.display()
-    );
-    let started = Instant::now();
-    let status = Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={PACKAGES}")])
-        .args(["bookworm", &s(&rootfs), "http://deb.debian.org/debian"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("run debootstrap");
-    assert!(
-        status.success(),
-        "debootstrap failed (see its log in {}/debootstrap/debootstrap.log)",
-        rootfs.display()
-    );
-    prepare_rootfs(&rootfs);
-    let part = tarball.with_extension("tar.part");
-    eprintln!(
-        "systemd host: debootstrap done in {:.0?}; packing {}",
-        started.elapsed(),
-        tarball.display()
-    );
-    run(
-        "tar",
-        &[
-            "--numeric-owner",
-            "--xattrs",
-            "-C",
-            &s(&rootfs),
-            "-cf",
-            &s(&part),
-            ".",
-        ],
-    );
-    std::fs::rename(&part, tarball).expect("rename the root filesystem tarball");
-    let _ = std::fs::remove_dir_all(&rootfs);
-}
-
-/// What a container needs beside the packages: no apt caches, a machine id
-/// made at boot, a root that logs in with a key only.
+/// What a container needs beside the packages: a machine id made at boot,
+/// a root that logs in with a key only.
 fn prepare_rootfs(rootfs: &Path) {
-    let _ = std::fs::remove_dir_all(rootfs.join("var/cache/apt/archives"));
-    let _ = std::fs::remove_dir_all(rootfs.join("var/lib/apt/lists"));
     std::fs::write(rootfs.join("etc/machine-id"), "").expect("empty /etc/machine-id");
     let _ = std::fs::remove_file(rootfs.join("var/lib/dbus/machine-id"));
     std::fs::write(

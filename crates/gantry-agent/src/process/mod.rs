@@ -33,6 +33,7 @@ pub use confine::{Confinement, ServiceUser, bind_capability_only, can_switch_use
 pub use launch::launch;
 pub(crate) use logs::rotate as rotate_log;
 pub use logs::{LogCursor, read_log};
+pub(crate) use logs::{LogWriter, MAX_LINE};
 pub use procfs::{StopOutcome, is_running, rss_bytes, start_time, stop};
 pub use relay::{relay_main, secret_values};
 

@@ -29,7 +29,22 @@ use crate::config::resolve;
 use crate::config::units;
 
 /// The newest revision of the service spec this gantry writes and reads.
-pub const SPEC_VERSION: u32 = 1;
+/// Revision 2: `image` services run (the container driver) and mount their
+/// `volumes`; an agent of revision 1 refuses them only when it starts them.
+pub const SPEC_VERSION: u32 = 2;
+
+/// The lowest revision that says what `services` need: a deploy of
+/// processes alone stays readable by agents of revision 1.
+pub fn revision_needed(services: &[ServiceSpec]) -> u32 {
+    if services
+        .iter()
+        .any(|s| matches!(s.workload, Workload::Compose { .. }))
+    {
+        2
+    } else {
+        1
+    }
+}
 
 /// The revision of a request that names none: CLIs from before revisions
 /// existed wrote revision 1.
@@ -495,5 +510,29 @@ health = { tcp = true }
                 && message.contains(&format!("up to {SPEC_VERSION}")),
             "{message}"
         );
+    }
+
+    #[test]
+    fn only_a_deploy_with_image_services_needs_revision_two() {
+        let service = |workload: Workload| -> ServiceSpec {
+            serde_json::from_value(serde_json::json!({
+                "name": "web", "driver": "process", "run": "./web",
+                "replicas": 1, "stop_timeout": "10s", "restart": "always",
+            }))
+            .map(|mut s: ServiceSpec| {
+                s.workload = workload;
+                s
+            })
+            .unwrap_or_else(|e| panic!("a service spec: {e}"))
+        };
+        let process = service(Workload::Process {
+            run: "./web".into(),
+        });
+        let image = service(Workload::Compose {
+            image: "redis".into(),
+        });
+        assert_eq!(revision_needed(std::slice::from_ref(&process)), 1);
+        assert_eq!(revision_needed(&[process, image]), 2);
+        assert!(revision_needed(&[]) <= SPEC_VERSION);
     }
 }

@@ -1,0 +1,691 @@
+//! `Engine`: the Docker operations the container driver needs, each one
+//! request (or one stream) to the daemon, with errors that say which
+//! object and what the daemon answered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::{ExecConfig, NetworkCreateRequest, VolumeCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptions, DownloadFromContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StatsOptions, StopContainerOptions,
+};
+use futures_util::{Stream, StreamExt};
+
+use super::secrets::{self, SecretValue};
+use super::spec::{self, ContainerSpec, Identity};
+use super::{ContainerError, describe, is_not_found};
+
+/// The oldest Engine API spoken: Docker 20.10's (Debian 12).
+pub const MIN_API_VERSION: (usize, usize) = (1, 41);
+
+/// How long one request may take (a stop waits its own timeout beyond this).
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+
+/// The most of a health command's output kept.
+const EXEC_OUTPUT_MAX: usize = 16 * 1024;
+
+/// A handle on one Docker engine.
+#[derive(Clone)]
+pub struct Engine {
+    pub(super) docker: Docker,
+    /// Where containers' secret files live (a directory of the agent's state).
+    secrets_root: PathBuf,
+    /// The `dev.gantry.agent` label of the containers this engine makes and lists.
+    owner: String,
+    api_version: String,
+}
+
+/// A container as the engine reports it.
+#[derive(Debug, Clone)]
+pub struct ContainerState {
+    pub id: String,
+    pub name: String,
+    /// `None` for a container whose labels are not all Gantry's.
+    pub identity: Option<Identity>,
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    /// The loopback port the container is published on, if any.
+    pub host_port: Option<u16>,
+    /// The image's id (`sha256:...`) the container runs.
+    pub image_id: Option<String>,
+    /// Its address on its first network (inspect only).
+    pub address: Option<std::net::IpAddr>,
+}
+
+/// A health command's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    /// `None` when the command outlived its timeout.
+    pub exit_code: Option<i64>,
+    /// stdout and stderr interleaved, at most 16 KiB.
+    pub output: String,
+}
+
+/// One chunk of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub stderr: bool,
+    pub bytes: Vec<u8>,
+}
+
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogLine, ContainerError>> + Send>>;
+
+/// The request with its path under `prefix` (`/v1.41/containers/json`),
+/// unless it already names a version.
+fn versioned(request: bollard::BollardRequest, prefix: &str) -> bollard::BollardRequest {
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    if !path.starts_with("/v1.") {
+        let mut uri = parts.uri.clone().into_parts();
+        if let Ok(with_version) = format!("{prefix}{path}").parse() {
+            uri.path_and_query = Some(with_version);
+            if let Ok(rewritten) = http::Uri::from_parts(uri) {
+                parts.uri = rewritten;
+            }
+        }
+    }
+    bollard::BollardRequest::from_parts(parts, body)
+}
+
+impl Engine {
+    /// Connects to the daemon at `socket` and settles the API version: the
+    /// daemon's own when it is older than bollard's, refused below 1.41.
+    /// `owner` labels every container made, and only containers with it
+    /// are listed and settled.
+    pub async fn connect(
+        socket: &Path,
+        secrets_root: &Path,
+        owner: &str,
+    ) -> Result<Engine, ContainerError> {
+        let unreachable = |message: String| ContainerError::Unreachable {
+            socket: socket.to_owned(),
+            message,
+        };
+        let path = socket
+            .to_str()
+            .ok_or_else(|| unreachable("the socket's path is not UTF-8".to_owned()))?;
+        let docker =
+            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+                .map_err(|e| unreachable(describe(&e)))?
+                .negotiate_version()
+                .await
+                .map_err(|e| unreachable(describe(&e)))?;
+        let version = docker.client_version();
+        if (version.major_version, version.minor_version) < MIN_API_VERSION {
+            return Err(ContainerError::TooOld {
+                found: version.to_string(),
+                minimum: format!("{}.{}", MIN_API_VERSION.0, MIN_API_VERSION.1),
+            });
+        }
+        let api_version = version.to_string();
+        // bollard 0.21 sends unversioned paths over a Unix socket (its URL
+        // join drops the `/vX.Y` prefix), and a daemon answers those in its
+        // own newest API, whatever was agreed: put the agreed version back.
+        let prefix = format!("/v{api_version}");
+        let docker = docker.with_request_modifier(move |request| versioned(request, &prefix));
+        Ok(Engine {
+            docker,
+            secrets_root: secrets_root.to_owned(),
+            owner: owner.to_owned(),
+            api_version,
+        })
+    }
+
+    /// The API version agreed with the daemon (`1.41` on Docker 20.10).
+    pub fn api_version(&self) -> &str {
+        &self.api_version
+    }
+
+    /// The project environment's network, made if missing. Idempotent, and
+    /// safe against a concurrent maker.
+    pub async fn ensure_network(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> Result<String, ContainerError> {
+        let name = spec::network_name(project, environment);
+        match self.docker.inspect_network(&name, None).await {
+            Ok(_) => return Ok(name),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(ContainerError::engine("inspect network", &name, e)),
+        }
+        let request = NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".to_owned()),
+            labels: Some(HashMap::from([
+                (spec::LABEL_PROJECT.to_owned(), project.to_owned()),
+                (spec::LABEL_ENVIRONMENT.to_owned(), environment.to_owned()),
+            ])),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(name),
+            // Made meanwhile by another deploy: it is there, as wanted.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(name),
+            Err(e) => Err(ContainerError::engine("create network", &name, e)),
+        }
+    }
+
+    /// Removes the project environment's network (once no container uses it).
+    pub async fn remove_network(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> Result<(), ContainerError> {
+        let name = spec::network_name(project, environment);
+        match self.docker.remove_network(&name).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(ContainerError::engine("remove network", &name, e)),
+        }
+    }
+
+    /// The named volume, made if missing (Docker's create is idempotent).
+    pub async fn ensure_volume(
+        &self,
+        project: &str,
+        environment: &str,
+        volume: &str,
+    ) -> Result<String, ContainerError> {
+        let name = spec::volume_name(project, environment, volume);
+        let request = VolumeCreateRequest {
+            name: Some(name.clone()),
+            labels: Some(HashMap::from([
+                (spec::LABEL_PROJECT.to_owned(), project.to_owned()),
+                (spec::LABEL_ENVIRONMENT.to_owned(), environment.to_owned()),
+                (spec::LABEL_VOLUME.to_owned(), volume.to_owned()),
+            ])),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(request)
+            .await
+            .map_err(|e| ContainerError::engine("create volume", &name, e))?;
+        Ok(name)
+    }
+
+    /// Removes a named volume and its data (a purge, never a deploy).
+    pub async fn remove_volume(
+        &self,
+        project: &str,
+        environment: &str,
+        volume: &str,
+    ) -> Result<(), ContainerError> {
+        let name = spec::volume_name(project, environment, volume);
+        match self
+            .docker
+            .remove_volume(
+                &name,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(ContainerError::engine("remove volume", &name, e)),
+        }
+    }
+
+    /// Creates (does not start) the container of `spec`: its network and
+    /// volumes first, then the container, then its secret files, owned by
+    /// the user the container runs as. Returns the container's id.
+    pub async fn create(
+        &self,
+        spec: &ContainerSpec,
+        secret_values: &BTreeMap<String, SecretValue>,
+    ) -> Result<String, ContainerError> {
+        let identity = &spec.identity;
+        let name = identity.container_name();
+        self.ensure_network(&identity.project, &identity.environment)
+            .await?;
+        for volume in &spec.volumes {
+            self.ensure_volume(&identity.project, &identity.environment, &volume.name)
+                .await?;
+        }
+        let secret_dir = secrets::directory(&self.secrets_root, &name);
+        let secret_files = if spec.secrets.is_empty() {
+            BTreeMap::new()
+        } else {
+            secrets::prepare(&secret_dir, &spec.secrets)?
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let mut body = spec.create_body(&secret_files);
+        if let Some(labels) = body.labels.as_mut() {
+            labels.insert(spec::LABEL_AGENT.to_owned(), self.owner.clone());
+        }
+        let created = match self.docker.create_container(Some(options), body).await {
+            Ok(created) => created,
+            Err(e) if is_not_found(&e) => {
+                secrets::remove(&secret_dir);
+                return Err(ContainerError::NoImage {
+                    image: spec.image.clone(),
+                });
+            }
+            Err(e) => {
+                secrets::remove(&secret_dir);
+                return Err(ContainerError::engine("create container", &name, e));
+            }
+        };
+        if !secret_files.is_empty() {
+            let filled = async {
+                let owner = self.container_owner(&created.id, spec).await?;
+                secrets::fill(&secret_files, secret_values, owner)
+            }
+            .await;
+            if let Err(e) = filled {
+                let _ = self.remove(&created.id).await;
+                return Err(e);
+            }
+        }
+        Ok(created.id)
+    }
+
+    /// The uid and gid the container will run as: the spec's user, else the
+    /// image's, resolved in the container's own /etc/passwd and /etc/group.
+    async fn container_owner(
+        &self,
+        container: &str,
+        spec: &ContainerSpec,
+    ) -> Result<secrets::Owner, ContainerError> {
+        let user = match &spec.user {
+            Some(user) => user.clone(),
+            None => self
+                .docker
+                .inspect_image(&spec.image)
+                .await
+                .map_err(|e| ContainerError::engine("inspect image", &spec.image, e))?
+                .config
+                .and_then(|c| c.user)
+                .unwrap_or_default(),
+        };
+        let (user_ref, group_ref) = secrets::parse_user(&user);
+        let needs_names = matches!(user_ref, secrets::UserRef::Name(_))
+            || group_ref.is_none()
+            || matches!(group_ref, Some(secrets::UserRef::Name(_)));
+        let (passwd, group) = if needs_names {
+            (
+                self.read_file(container, "/etc/passwd").await?,
+                self.read_file(container, "/etc/group").await?,
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        secrets::resolve_owner(&user, &passwd, &group)
+    }
+
+    /// A small text file of a container's filesystem (empty when it has
+    /// none): for /etc/passwd and /etc/group, at most 1 MiB.
+    async fn read_file(&self, container: &str, path: &str) -> Result<String, ContainerError> {
+        const MAX: usize = 1 << 20;
+        let mut stream = self.docker.download_from_container(
+            container,
+            Some(DownloadFromContainerOptions {
+                path: path.to_owned(),
+            }),
+        );
+        let mut archive = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    if archive.len() + bytes.len() > MAX + 64 * 1024 {
+                        return Err(ContainerError::Archive(format!(
+                            "{path} in {container} is larger than {MAX} bytes"
+                        )));
+                    }
+                    archive.extend_from_slice(&bytes);
+                }
+                Err(e) if is_not_found(&e) => return Ok(String::new()),
+                Err(e) => return Err(ContainerError::engine("read", path, e)),
+            }
+        }
+        let mut tar = tar::Archive::new(archive.as_slice());
+        let entries = tar
+            .entries()
+            .map_err(|e| ContainerError::Archive(e.to_string()))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| ContainerError::Archive(e.to_string()))?;
+            if entry.header().entry_type().is_file() {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut text)
+                    .map_err(|e| ContainerError::Archive(e.to_string()))?;
+                return Ok(text);
+            }
+        }
+        Ok(String::new())
+    }
+
+    pub async fn start(&self, container: &str) -> Result<(), ContainerError> {
+        match self.docker.start_container(container, None).await {
+            Ok(()) => Ok(()),
+            // Already running.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(ContainerError::engine("start", container, e)),
+        }
+    }
+
+    /// Stops gracefully: SIGTERM (or the image's stop signal), then SIGKILL
+    /// after `timeout`. A stopped or missing container is already stopped.
+    pub async fn stop(&self, container: &str, timeout: Duration) -> Result<(), ContainerError> {
+        let options = StopContainerOptions {
+            t: Some(i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX)),
+            signal: None,
+        };
+        // The request lasts as long as the stop: give it the timeout on top.
+        let docker = self
+            .docker
+            .clone()
+            .with_timeout(Duration::from_secs(REQUEST_TIMEOUT_SECS) + timeout);
+        match docker.stop_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(ContainerError::engine("stop", container, e)),
+        }
+    }
+
+    /// Removes a container (killing it if it still runs) and its secret
+    /// files; its named volumes stay. A missing container is removed.
+    pub async fn remove(&self, container: &str) -> Result<(), ContainerError> {
+        let name = self.inspect(container).await?.map(|state| state.name);
+        let options = RemoveContainerOptions {
+            force: true,
+            v: false,
+            link: false,
+        };
+        match self.docker.remove_container(container, Some(options)).await {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(ContainerError::engine("remove", container, e)),
+        }
+        if let Some(name) = name {
+            secrets::remove(&secrets::directory(&self.secrets_root, &name));
+        }
+        Ok(())
+    }
+
+    /// The container's state; `None` when there is no such container.
+    pub async fn inspect(&self, container: &str) -> Result<Option<ContainerState>, ContainerError> {
+        let response = match self.docker.inspect_container(container, None).await {
+            Ok(response) => response,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(ContainerError::engine("inspect", container, e)),
+        };
+        let labels = response
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        let host_port = response
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.ports.as_ref())
+            .and_then(|ports| {
+                ports.values().flatten().flatten().find_map(|binding| {
+                    (binding.host_ip.as_deref() == Some("127.0.0.1"))
+                        .then(|| binding.host_port.as_deref()?.parse().ok())
+                        .flatten()
+                })
+            });
+        let state = response.state.as_ref();
+        Ok(Some(ContainerState {
+            id: response.id.clone().unwrap_or_default(),
+            name: response
+                .name
+                .as_deref()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_owned(),
+            identity: Identity::from_labels(&labels),
+            running: state.and_then(|s| s.running).unwrap_or(false),
+            exit_code: state.and_then(|s| s.exit_code),
+            host_port,
+            image_id: response.image.clone(),
+            address: response
+                .network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref())
+                .and_then(|networks| {
+                    networks
+                        .values()
+                        .find_map(|n| n.ip_address.as_deref()?.parse().ok())
+                }),
+        }))
+    }
+
+    /// The host pid of the container's main process; `None` when it is not running.
+    pub async fn main_pid(&self, container: &str) -> Result<Option<u32>, ContainerError> {
+        match self.docker.inspect_container(container, None).await {
+            Ok(response) => Ok(response
+                .state
+                .and_then(|s| s.pid)
+                .and_then(|pid| u32::try_from(pid).ok())
+                .filter(|pid| *pid > 0)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(ContainerError::engine("inspect", container, e)),
+        }
+    }
+
+    /// Every container of `project` this engine's owner made (running or
+    /// not), by their labels.
+    pub async fn list(&self, project: &str) -> Result<Vec<ContainerState>, ContainerError> {
+        self.list_labelled(vec![format!("{}={project}", spec::LABEL_PROJECT)], project)
+            .await
+    }
+
+    /// Every container of every project this engine's owner made.
+    pub async fn list_all(&self) -> Result<Vec<ContainerState>, ContainerError> {
+        self.list_labelled(vec![spec::LABEL_PROJECT.to_owned()], "all projects")
+            .await
+    }
+
+    async fn list_labelled(
+        &self,
+        mut labels: Vec<String>,
+        project: &str,
+    ) -> Result<Vec<ContainerState>, ContainerError> {
+        labels.push(format!("{}={}", spec::LABEL_AGENT, self.owner));
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_owned(), labels)])),
+            ..Default::default()
+        };
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| ContainerError::engine("list containers of", project, e))?;
+        Ok(summaries
+            .into_iter()
+            .map(|summary| {
+                let labels = summary.labels.clone().unwrap_or_default();
+                ContainerState {
+                    id: summary.id.clone().unwrap_or_default(),
+                    name: summary
+                        .names
+                        .as_ref()
+                        .and_then(|n| n.first())
+                        .map(|n| n.trim_start_matches('/').to_owned())
+                        .unwrap_or_default(),
+                    identity: Identity::from_labels(&labels),
+                    running: summary.state
+                        == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+                    exit_code: None,
+                    host_port: summary.ports.as_ref().and_then(|ports| {
+                        ports
+                            .iter()
+                            .find(|p| p.ip.as_deref() == Some("127.0.0.1"))
+                            .and_then(|p| p.public_port)
+                    }),
+                    image_id: summary.image_id.clone(),
+                    address: None,
+                }
+            })
+            .collect())
+    }
+
+    /// The container's output: the last `tail` lines (`None`: all), then
+    /// (with `follow`) what it writes until it stops.
+    pub fn logs(&self, container: &str, tail: Option<usize>, follow: bool) -> LogStream {
+        let options = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail: tail.map_or_else(|| "all".to_owned(), |n| n.to_string()),
+            ..Default::default()
+        };
+        let target = container.to_owned();
+        let stream = self
+            .docker
+            .logs(container, Some(options))
+            .filter_map(move |item| {
+                let line = match item {
+                    Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                        Some(Ok(LogLine {
+                            stderr: false,
+                            bytes: message.to_vec(),
+                        }))
+                    }
+                    Ok(LogOutput::StdErr { message }) => Some(Ok(LogLine {
+                        stderr: true,
+                        bytes: message.to_vec(),
+                    })),
+                    Ok(LogOutput::StdIn { .. }) => None,
+                    Err(e) => Some(Err(ContainerError::engine("logs", target.clone(), e))),
+                };
+                std::future::ready(line)
+            });
+        Box::pin(stream)
+    }
+
+    /// Memory in use, as `docker stats` counts it (the page cache that can
+    /// be reclaimed left out); `None` when the container is not running.
+    pub async fn memory(&self, container: &str) -> Result<Option<u64>, ContainerError> {
+        let options = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let mut stream = self.docker.stats(container, Some(options));
+        let stats = match stream.next().await {
+            None => return Ok(None),
+            Some(Err(e)) if is_not_found(&e) => return Ok(None),
+            Some(Err(e)) => return Err(ContainerError::engine("stats", container, e)),
+            Some(Ok(stats)) => stats,
+        };
+        let Some(memory) = stats.memory_stats else {
+            return Ok(None);
+        };
+        let Some(usage) = memory.usage else {
+            return Ok(None);
+        };
+        let detail = memory.stats.unwrap_or_default();
+        // cgroup v1 reports total_inactive_file, v2 inactive_file.
+        let inactive = detail
+            .get("total_inactive_file")
+            .or_else(|| detail.get("inactive_file"))
+            .copied()
+            .unwrap_or(0);
+        Ok(Some(usage.saturating_sub(inactive)))
+    }
+
+    /// Runs `command` inside the running container (a health check): its
+    /// exit code, or `None` when it outlived `timeout`.
+    pub async fn exec(
+        &self,
+        container: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutcome, ContainerError> {
+        let config = ExecConfig {
+            cmd: Some(command.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(container, config)
+            .await
+            .map_err(|e| ContainerError::engine("exec in", container, e))?;
+        let started = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| ContainerError::engine("exec in", container, e))?;
+        let mut output = Vec::new();
+        if let StartExecResults::Attached {
+            output: mut stream, ..
+        } = started
+        {
+            let collect = async {
+                while let Some(chunk) = stream.next().await {
+                    let Ok(chunk) = chunk else { break };
+                    let bytes = chunk.into_bytes();
+                    let room = EXEC_OUTPUT_MAX.saturating_sub(output.len());
+                    output.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
+            };
+            if tokio::time::timeout(timeout, collect).await.is_err() {
+                return Ok(ExecOutcome {
+                    exit_code: None,
+                    output: String::from_utf8_lossy(&output).into_owned(),
+                });
+            }
+        }
+        let inspected = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| ContainerError::engine("inspect exec in", container, e))?;
+        Ok(ExecOutcome {
+            exit_code: inspected.exit_code,
+            output: String::from_utf8_lossy(&output).into_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::versioned;
+
+    fn request(uri: &str) -> bollard::BollardRequest {
+        http::Request::builder()
+            .uri(uri)
+            .body(bollard::body_full(bytes::Bytes::new()))
+            .expect("a request")
+    }
+
+    #[test]
+    fn requests_carry_the_agreed_api_version() {
+        let sent = versioned(
+            request("unix://2f72756e/containers/json?all=true"),
+            "/v1.41",
+        );
+        assert_eq!(
+            sent.uri().path_and_query().map(|pq| pq.as_str()),
+            Some("/v1.41/containers/json?all=true")
+        );
+        let already = versioned(request("unix://2f72756e/v1.44/version"), "/v1.41");
+        assert_eq!(already.uri().path(), "/v1.44/version");
+    }
+}

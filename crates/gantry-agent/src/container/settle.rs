@@ -1,0 +1,100 @@
+//! After an agent restart, the containers on the host are held against the
+//! instances the store counts: a container counted (the same project,
+//! environment, service, release and instance) is adopted, every other
+//! container the agent made is removed, so no container runs that the
+//! store does not count. Containers without Gantry's labels, or made by
+//! another agent (`dev.gantry.agent`), are never touched.
+
+use std::collections::HashSet;
+
+use super::{ContainerError, ContainerState, Engine, Identity};
+
+/// What becomes of one container of the project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Counted by the store: the supervisor takes it over as it is.
+    Adopt(String),
+    /// Not counted: removed, with the reason for the agent's log.
+    Remove { container: String, why: String },
+}
+
+/// Decides each listed container's fate (pure).
+pub fn plan(listed: &[ContainerState], counted: &HashSet<Identity>) -> Vec<Settle> {
+    listed
+        .iter()
+        .map(|state| match &state.identity {
+            Some(identity) if counted.contains(identity) => Settle::Adopt(state.id.clone()),
+            Some(identity) => Settle::Remove {
+                container: state.id.clone(),
+                why: format!(
+                    "{} (service {}, release {}, instance {}) is not an instance the store counts",
+                    state.name, identity.service, identity.release, identity.instance
+                ),
+            },
+            None => Settle::Remove {
+                container: state.id.clone(),
+                why: format!(
+                    "{} carries the project's label but not all of Gantry's",
+                    state.name
+                ),
+            },
+        })
+        .collect()
+}
+
+impl Engine {
+    /// Removes every container this engine's owner made that `counted`
+    /// does not name, whatever its project; returns the plan carried out.
+    pub async fn settle(&self, counted: &HashSet<Identity>) -> Result<Vec<Settle>, ContainerError> {
+        let listed = self.list_all().await?;
+        let plan = plan(&listed, counted);
+        for settle in &plan {
+            if let Settle::Remove { container, .. } = settle {
+                self.remove(container).await?;
+            }
+        }
+        Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(id: &str, instance: &str, release: &str) -> ContainerState {
+        ContainerState {
+            id: id.to_owned(),
+            name: format!("gantry-shop-prod-web-{instance}"),
+            identity: Some(Identity {
+                project: "shop".into(),
+                environment: "prod".into(),
+                service: "web".into(),
+                release: release.into(),
+                instance: instance.into(),
+            }),
+            running: true,
+            exit_code: None,
+            host_port: None,
+            image_id: None,
+            address: None,
+        }
+    }
+
+    #[test]
+    fn counted_containers_are_adopted_and_the_rest_removed() {
+        let kept = state("a", "i1", "r2");
+        let counted: HashSet<Identity> = [kept.identity.clone().expect("identity")].into();
+        let stale = state("b", "i0", "r1");
+        // The same instance id under another release is another container.
+        let mismatched = state("c", "i1", "r1");
+        let mut partial = state("d", "i9", "r2");
+        partial.identity = None;
+        let plan = plan(&[kept, stale, mismatched, partial], &counted);
+        assert_eq!(plan[0], Settle::Adopt("a".into()));
+        assert!(
+            matches!(&plan[1], Settle::Remove { container, why } if container == "b" && why.contains("i0"))
+        );
+        assert!(matches!(&plan[2], Settle::Remove { container, .. } if container == "c"));
+        assert!(matches!(&plan[3], Settle::Remove { container, .. } if container == "d"));
+    }
+}

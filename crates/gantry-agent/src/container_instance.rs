@@ -1,0 +1,385 @@
+//! An instance of an `image` service: one container (`container::Engine`),
+//! started, checked and stopped where `instance` does it for processes.
+//! The container's main process is recorded as the instance's pid (with
+//! its start time), so the supervisor notices its exit and the restart
+//! policy applies, and a restarted agent re-adopts it, as for processes;
+//! `reconcile` then removes every container the store does not count.
+//!
+//! Ports: the container listens on the service's port (a fixed number, or
+//! for a named port the one allocated, also given as `$PORT`), published
+//! on 127.0.0.1 on the instance's allocated port, which the proxy routes to.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use gantry_core::agent_api::ServiceSpec as Service;
+use gantry_core::agent_api::v1::{Port, Workload};
+
+use crate::agent::Agent;
+use crate::agent::now_ms;
+use crate::container::{
+    ContainerSpec, Engine, Identity, Publish, Resources, SecretValue, VolumeMount, container_name,
+};
+use crate::process::{LogWriter, MAX_LINE, ResourceLimits, StopOutcome};
+use crate::store::InstanceRecord;
+use gantry_core::agent_api::Stream;
+
+/// Where the Docker engine listens.
+pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+pub fn is_container(service: &Service) -> bool {
+    matches!(service.workload, Workload::Compose { .. })
+}
+
+/// Whether the service's instances must never run beside their
+/// replacement: containers with volumes (a database's data directory).
+pub fn needs_stop_first(service: &Service) -> bool {
+    is_container(service) && !service.volumes.is_empty()
+}
+
+/// The agent's engine, connected on first use.
+pub async fn engine(agent: &Agent) -> Result<&Engine, String> {
+    agent
+        .containers
+        .get_or_try_init(|| async {
+            Engine::connect(
+                Path::new(DOCKER_SOCKET),
+                &agent.paths.root.join("container-secrets"),
+                &agent_label(agent),
+            )
+            .await
+            .map_err(|e| e.to_string())
+        })
+        .await
+}
+
+/// This agent's `dev.gantry.agent` label: a digest of its state directory.
+fn agent_label(agent: &Agent) -> String {
+    use sha2::Digest;
+    use std::os::unix::ffi::OsStrExt;
+    let digest = sha2::Sha256::digest(agent.state_dir().as_os_str().as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The port the service listens on inside its container: the fixed one,
+/// or for a named port the one allocated to the instance.
+fn container_port(service: &Service, record: &InstanceRecord) -> Option<u16> {
+    match (&service.port, record.port) {
+        (Some(Port::Fixed(port)), _) => Some(*port),
+        (Some(Port::Named(_)), Some(port)) => Some(port),
+        _ => None,
+    }
+}
+
+/// The container's spec for `record`, deployed in `environment`, held to
+/// `limits`.
+pub fn spec(
+    record: &InstanceRecord,
+    service: &Service,
+    environment: &str,
+    limits: &ResourceLimits,
+) -> Result<ContainerSpec, String> {
+    let Workload::Compose { image } = &service.workload else {
+        return Err(format!("service `{}` is not an image", service.name));
+    };
+    let container_port = container_port(service, record);
+    // The image's own environment (PATH, HOME) stays: only the service's
+    // variables and the agent's are added.
+    let mut env = service.env.clone();
+    if matches!(service.port, Some(Port::Named(_)))
+        && let Some(port) = container_port
+    {
+        env.insert("PORT".to_owned(), port.to_string());
+    }
+    env.insert("GANTRY_SERVICE".to_owned(), service.name.clone());
+    env.insert("GANTRY_RELEASE".to_owned(), record.release.clone());
+    env.insert("GANTRY_INSTANCE".to_owned(), record.id.clone());
+    let volumes = service
+        .volumes
+        .iter()
+        .map(|v| VolumeMount::parse(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ContainerSpec {
+        identity: Identity {
+            project: record.project.clone(),
+            environment: environment.to_owned(),
+            service: service.name.clone(),
+            release: record.release.clone(),
+            instance: record.id.clone(),
+        },
+        image: image.clone(),
+        command: None,
+        env,
+        secrets: service.secrets.clone(),
+        publish: container_port
+            .zip(record.port)
+            .map(|(container, host)| Publish { container, host }),
+        resources: Resources {
+            memory_bytes: limits.memory,
+            cpus: limits.cpu,
+            pids: limits.pids,
+        },
+        volumes,
+        user: None,
+        stop_timeout: service.stop_timeout.as_std(),
+    })
+}
+
+/// Starts the container of an instance whose row exists (replacing a
+/// container left by an earlier start of the same instance), and records
+/// its main process; the error says why it did not start.
+pub async fn launch(
+    agent: &Agent,
+    record: &InstanceRecord,
+    service: &Service,
+    limits: &ResourceLimits,
+) -> Result<(), String> {
+    let engine = engine(agent)
+        .await
+        .map_err(|e| format!("service `{}` needs Docker: {e}", service.name))?;
+    let (project, release) = (record.project.clone(), record.release.clone());
+    let environment = agent
+        .db(move |s| s.release(&project, &release))
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.environment)
+        .ok_or_else(|| format!("release {} is not in the store", record.release))?;
+    let spec = spec(record, service, &environment, limits)?;
+    let secrets = secret_values(agent, &record.project, &service.secrets);
+    let name = spec.identity.container_name();
+    engine.remove(&name).await.map_err(|e| e.to_string())?;
+    let id = engine
+        .create(&spec, &secrets)
+        .await
+        .map_err(|e| format!("cannot create `{}`'s container: {e}", service.name))?;
+    engine
+        .start(&id)
+        .await
+        .map_err(|e| format!("cannot start `{}`'s container: {e}", service.name))?;
+    let pid = engine
+        .main_pid(&id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("`{}`'s container exited at once", service.name))?;
+    let start_time = crate::process::start_time(pid)
+        .ok_or_else(|| format!("`{}`'s container exited at once", service.name))?;
+    follow_logs(agent, engine, record, true);
+    let id = record.id.clone();
+    agent
+        .db(move |s| s.set_instance_process(&id, pid, start_time, None))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Copies the container's output into the instance's log (where `gantry
+/// logs`, the status tails and a failed start's report read it), until the
+/// container stops: from its first line for a new container, from now for
+/// one adopted after an agent restart (what it wrote meanwhile stays in
+/// `docker logs`). One copier per instance.
+fn follow_logs(agent: &Agent, engine: &Engine, record: &InstanceRecord, from_start: bool) {
+    {
+        let mut following = agent
+            .container_logs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !following.insert(record.id.clone()) {
+            return;
+        }
+    }
+    let name = container_name(&record.project, &record.id);
+    let mut stream = engine.logs(&name, if from_start { None } else { Some(0) }, true);
+    let (dir, id) = (agent.paths.logs(&record.project), record.id.clone());
+    let (max_bytes, keep) = (agent.settings.log_max_bytes, agent.settings.log_keep);
+    let following = std::sync::Arc::clone(&agent.container_logs);
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        if let Ok(mut writer) = LogWriter::open(&dir, &id, max_bytes, keep) {
+            let mut pending = [Vec::new(), Vec::new()];
+            let mut emit = |stream: Stream, bytes: &[u8]| {
+                let text = String::from_utf8_lossy(bytes);
+                writer.write(now_ms(), stream, text.trim_end_matches(['\n', '\r']));
+            };
+            while let Some(Ok(chunk)) = stream.next().await {
+                let (kind, buffer) = if chunk.stderr {
+                    (Stream::Stderr, &mut pending[1])
+                } else {
+                    (Stream::Stdout, &mut pending[0])
+                };
+                buffer.extend_from_slice(&chunk.bytes);
+                while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    emit(kind, &line);
+                }
+                if buffer.len() > MAX_LINE {
+                    let line: Vec<u8> = std::mem::take(buffer);
+                    emit(kind, &line);
+                }
+            }
+            for (kind, rest) in [Stream::Stdout, Stream::Stderr].into_iter().zip(pending) {
+                if !rest.is_empty() {
+                    emit(kind, &rest);
+                }
+            }
+        }
+        following
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&id);
+    });
+}
+
+/// The project's secret values the service names, from the agent's
+/// secrets file.
+fn secret_values(agent: &Agent, project: &str, names: &[String]) -> BTreeMap<String, SecretValue> {
+    let all = crate::credentials::read_secrets(&agent.paths.secrets(project));
+    names
+        .iter()
+        .filter_map(|name| {
+            all.get(name)
+                .map(|value| (name.clone(), SecretValue::new(value.clone())))
+        })
+        .collect()
+}
+
+/// Whether the instance is a container: its release deployed its service
+/// from an image.
+pub async fn runs_in_container(agent: &Agent, record: &InstanceRecord) -> bool {
+    let (project, release) = (record.project.clone(), record.release.clone());
+    agent
+        .db(move |s| s.release(&project, &release))
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|release| {
+            release
+                .services
+                .iter()
+                .any(|s| s.name == record.service && is_container(s))
+        })
+}
+
+/// Stops (SIGTERM, then SIGKILL after `timeout`) and removes the
+/// instance's container; its volumes stay.
+pub async fn stop(agent: &Agent, record: &InstanceRecord, timeout: Duration) -> StopOutcome {
+    let engine = match engine(agent).await {
+        Ok(engine) => engine,
+        Err(e) => {
+            tracing::warn!(instance = %record.id, error = %e, "cannot reach Docker to stop the container");
+            return StopOutcome::NotRunning;
+        }
+    };
+    let name = container_name(&record.project, &record.id);
+    let running = matches!(engine.inspect(&name).await, Ok(Some(state)) if state.running);
+    if let Err(e) = engine.stop(&name, timeout).await {
+        tracing::warn!(instance = %record.id, error = %e, "cannot stop the container");
+    }
+    if let Err(e) = engine.remove(&name).await {
+        tracing::warn!(instance = %record.id, error = %e, "cannot remove the container");
+    }
+    if running {
+        StopOutcome::Exited
+    } else {
+        StopOutcome::NotRunning
+    }
+}
+
+/// Connects to the container's port on its own address: its published
+/// loopback port would accept through Docker's proxy before the service
+/// inside listens.
+pub async fn probe_tcp(
+    agent: &Agent,
+    record: &InstanceRecord,
+    service: &Service,
+    timeout: Duration,
+) -> Result<(), String> {
+    let engine = engine(agent).await?;
+    let name = container_name(&record.project, &record.id);
+    let state = engine
+        .inspect(&name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no container {name}"))?;
+    let address = state
+        .address
+        .ok_or_else(|| format!("{name} has no address on its network"))?;
+    let port = container_port(service, record).ok_or("the service has no port to check")?;
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((address, port))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("{address}:{port}: {e}")),
+        Err(_) => Err(format!(
+            "{address}:{port}: no answer within {}ms",
+            timeout.as_millis()
+        )),
+    }
+}
+
+/// Runs a health command inside the instance's container.
+pub async fn probe_command(
+    agent: &Agent,
+    record: &InstanceRecord,
+    command: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let engine = engine(agent).await?;
+    let name = container_name(&record.project, &record.id);
+    let argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()];
+    let outcome = engine
+        .exec(&name, &argv, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    match outcome.exit_code {
+        Some(0) => Ok(()),
+        Some(code) => Err(format!(
+            "`{command}` exited with {code}: {}",
+            outcome.output.trim()
+        )),
+        None => Err(format!(
+            "`{command}` did not finish within {}s",
+            timeout.as_secs()
+        )),
+    }
+}
+
+/// After a restart: removes every container of this agent that no active
+/// instance counts. Nothing to do where Docker is absent and nothing ran.
+pub async fn settle(agent: &Agent, active: &[InstanceRecord]) {
+    let Ok(engine) = engine(agent).await else {
+        return;
+    };
+    let mut counted = HashSet::new();
+    for record in active {
+        let (project, release) = (record.project.clone(), record.release.clone());
+        let Some(release) = agent
+            .db(move |s| s.release(&project, &release))
+            .await
+            .ok()
+            .flatten()
+        else {
+            continue;
+        };
+        if let Some(service) = release.services.iter().find(|s| s.name == record.service)
+            && is_container(service)
+        {
+            follow_logs(agent, engine, record, false);
+        }
+        counted.insert(Identity {
+            project: record.project.clone(),
+            environment: release.environment,
+            service: record.service.clone(),
+            release: record.release.clone(),
+            instance: record.id.clone(),
+        });
+    }
+    match engine.settle(&counted).await {
+        Ok(plan) => {
+            for step in plan {
+                if let crate::container::Settle::Remove { why, .. } = step {
+                    tracing::warn!(%why, "removed a container");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot settle the containers"),
+    }
+}

@@ -1,0 +1,424 @@
+//! `image` services on the local Docker engine, through the real binary:
+//! a deploy runs each instance as a labelled container on the project's
+//! network behind the proxy; a redeploy under load replaces them start
+//! first with no failed request; after the agent is killed, a container
+//! the store does not count is removed and the counted ones are adopted.
+//! Needs root and Docker; the images are built here (no registry).
+
+mod agent_support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_support::{GANTRY, deploy, service};
+use gantry_testkit::{KeepAlive, TestProject, http_get_host};
+
+const SECRET: &str = "tok-Zq81-never-in-docker-inspect";
+
+/// busybox's httpd answering `version $VERSION` on `$PORT`.
+fn web_image() -> String {
+    gantry_testkit::images::build(
+        "busybox-web",
+        &[(
+            "Dockerfile",
+            "FROM gantry-test-debian:bookworm\n\
+             RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y busybox \\\n \
+             && rm -rf /var/lib/apt/lists/*\n\
+             CMD [\"sh\", \"-c\", \"mkdir -p /tmp/www && echo \\\"version $VERSION\\\" > /tmp/www/index.html && exec busybox httpd -f -p \\\"$PORT\\\" -h /tmp/www\"]\n",
+        )],
+    )
+}
+
+fn toml(project: &str, web: &str, redis: &str, version: &str) -> String {
+    format!(
+        r#"[project]
+name = "{project}"
+
+[services.web]
+image = "{web}"
+port = "http"
+env = {{ VERSION = "{version}" }}
+secrets = ["API_TOKEN"]
+health = {{ path = "/", interval = "100ms", timeout = "1s" }}
+stop_timeout = "5s"
+
+[services.cache]
+image = "{redis}"
+port = 6379
+health = {{ tcp = true, interval = "100ms", timeout = "1s" }}
+resources = {{ memory = "64M" }}
+"#
+    )
+}
+
+fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        output.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// The ids of the project's running containers, sorted.
+fn containers(project: &str) -> Vec<String> {
+    let mut ids: Vec<String> = docker(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label=dev.gantry.project={project}"),
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    ids.sort();
+    ids
+}
+
+/// Removes what a failed test may leave: the project's containers and network.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let label = format!("label=dev.gantry.project={}", self.0);
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &label])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &format!("gantry-{}-local", self.0)])
+            .output();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("its address").port()
+}
+
+#[test]
+fn image_services_deploy_as_containers_replace_without_downtime_and_settle_after_a_kill() {
+    let (web, redis) = (web_image(), gantry_testkit::images::redis());
+    let name = "test-ctr";
+    let _cleanup = Cleanup(name.to_owned());
+    let port = free_port();
+    let host = format!("web.{name}.localhost");
+    let p = TestProject::new(GANTRY)
+        .file("gantry.toml", &toml(name, &web, &redis, "1"))
+        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"))
+        .env("API_TOKEN", SECRET);
+    let report = deploy(&p);
+    assert_eq!(report["release"]["outcome"], "succeeded", "{report:#}");
+    assert_eq!(
+        http_get_host(port, &host, "/").expect("the proxy answers"),
+        (200, "version 1\n".to_owned())
+    );
+    let first = containers(name);
+    assert_eq!(first.len(), 2, "one container per instance: {first:?}");
+    // The instances are containers on the project network: web reaches
+    // the cache by its service name.
+    let web_id = &report_instance(&report, "web");
+    let web_container = format!("gantry-{name}-{web_id}");
+    assert_eq!(
+        docker(&[
+            "exec",
+            &web_container,
+            "sh",
+            "-c",
+            "printf 'PING\\r\\n' | busybox nc -w 2 cache 6379"
+        ]),
+        "+PONG"
+    );
+    // The secret is a file in the container, never in `docker inspect`.
+    assert_eq!(
+        docker(&[
+            "exec",
+            &web_container,
+            "sh",
+            "-c",
+            "cat \"$API_TOKEN_FILE\""
+        ]),
+        SECRET
+    );
+    assert!(!docker(&["inspect", &web_container]).contains(SECRET));
+    assert_eq!(
+        docker(&[
+            "inspect",
+            "--format",
+            "{{.HostConfig.Memory}}",
+            &format!("gantry-{name}-{}", report_instance(&report, "cache"))
+        ]),
+        (64u64 << 20).to_string()
+    );
+
+    // The containers' output is in `gantry logs`.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let run = p.gantry(&["logs", "cache", "--output", "json"]);
+        run.expect_code(0);
+        if run.stdout.contains("Ready to accept connections") {
+            assert!(
+                run.stdout.contains("\"service\":\"cache\""),
+                "{}",
+                run.stdout
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Redis output in logs: {}",
+            run.stdout
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A redeploy of a changed web under load: no request fails.
+    let done = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (done, host) = (Arc::clone(&done), host.clone());
+        std::thread::spawn(move || {
+            let mut client = KeepAlive::new(port, &host);
+            let mut failures = Vec::new();
+            let mut count = 0;
+            while !done.load(Ordering::SeqCst) {
+                count += 1;
+                match client.get("/") {
+                    Ok((200, _)) => {}
+                    other => failures.push(format!("{other:?}")),
+                }
+                if let Err(e) = http_get_host(port, &host, "/") {
+                    failures.push(format!("new connection: {e}"));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (count, failures)
+        })
+    };
+    std::fs::write(p.path().join("gantry.toml"), toml(name, &web, &redis, "2"))
+        .expect("write gantry.toml");
+    let report = deploy(&p);
+    assert_eq!(report["release"]["outcome"], "succeeded", "{report:#}");
+    done.store(true, Ordering::SeqCst);
+    let (count, failures) = load.join().expect("the load thread");
+    assert!(count > 10, "the load ran: {count}");
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert_eq!(
+        http_get_host(port, &host, "/").expect("the proxy answers"),
+        (200, "version 2\n".to_owned())
+    );
+    let second = containers(name);
+    assert_eq!(second.len(), 2, "the old containers are gone: {second:?}");
+    assert!(
+        second.iter().all(|id| !first.contains(id)),
+        "{first:?} {second:?}"
+    );
+
+    // The agent dies; meanwhile a container appears that the store does not
+    // count (a copy of web's labels under another instance).
+    let pid = agent_pid(&p);
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("run kill")
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+    {
+        assert!(Instant::now() < deadline, "the killed agent is gone");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let web_container = format!("gantry-{name}-{}", report_instance(&report, "web"));
+    let labels = docker(&[
+        "inspect",
+        "--format",
+        "{{range $k, $v := .Config.Labels}}{{$k}}={{$v}}\n{{end}}",
+        &web_container,
+    ]);
+    let mut args = vec!["run", "-d", "--name"];
+    let stray_name = format!("gantry-{name}-web-stray");
+    args.push(&stray_name);
+    let mut label_args = Vec::new();
+    for label in labels.lines() {
+        let label = if label.starts_with("dev.gantry.instance=") {
+            "dev.gantry.instance=web-stray".to_owned()
+        } else {
+            label.to_owned()
+        };
+        label_args.push(label);
+    }
+    for label in &label_args {
+        args.push("--label");
+        args.push(label);
+    }
+    args.extend([web.as_str(), "sleep", "infinity"]);
+    let stray = docker(&args);
+    assert_eq!(containers(name).len(), 3);
+
+    // Any command starts the agent again; it settles before it serves.
+    let status = agent_support::status(&p);
+    assert_eq!(service(&status, "web")["state"], "running", "{status:#}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while containers(name).contains(&stray) {
+        assert!(
+            Instant::now() < deadline,
+            "the stray container is still there"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        containers(name),
+        second,
+        "the counted containers were adopted"
+    );
+    assert_eq!(
+        http_get_host(port, &host, "/").expect("the proxy answers"),
+        (200, "version 2\n".to_owned())
+    );
+
+    // Stopping the project removes its containers.
+    p.gantry(&["stop"]).expect_code(0);
+    assert!(containers(name).is_empty());
+}
+
+/// The id of the first instance of `name` in a deploy report.
+fn report_instance(report: &serde_json::Value, name: &str) -> String {
+    service(report, name)["instances"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no instance of {name}: {report:#}"))
+        .to_owned()
+}
+
+/// The agent's pid, from its lock file.
+fn agent_pid(p: &TestProject) -> u32 {
+    std::fs::read_to_string(p.state_dir().join("agent.lock"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .expect("the agent's lock file names its pid")
+}
+
+/// One Redis command on 127.0.0.1:`port`: its reply, or `error: ...`.
+fn redis(port: u16, command: &str) -> String {
+    gantry_testkit::images::redis_command(port, command).unwrap_or_else(|e| format!("error: {e}"))
+}
+
+/// The loopback port of the first instance of `name` in a deploy report.
+fn first_port(report: &serde_json::Value, name: &str) -> u16 {
+    service(report, name)["instances"][0]["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("no port for {name}: {report:#}"))
+}
+
+#[test]
+fn a_service_with_a_volume_is_never_run_beside_its_replacement_and_keeps_its_data() {
+    let image = gantry_testkit::images::redis();
+    let name = "test-ctr-vol";
+    // Dropped last: after its containers are gone.
+    let _volume = VolumeCleanup(format!("gantry-{name}-local-data"));
+    let _cleanup = Cleanup(name.to_owned());
+    let toml = |replicas: u32| {
+        format!(
+            "[project]\nname = \"{name}\"\n\n[services.cache]\nimage = \"{image}\"\nport = 6379\n\
+             health = {{ tcp = true, interval = \"100ms\", timeout = \"1s\" }}\n\
+             volumes = [\"data:/var/lib/redis\"]\nreplicas = {replicas}\n"
+        )
+    };
+    let p = TestProject::new(GANTRY)
+        .file("gantry.toml", &toml(1))
+        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{}", free_port()));
+    let report = deploy(&p);
+    let port = first_port(&report, "cache");
+    assert_eq!(redis(port, "SET visits 7"), "+OK");
+    let running = containers(name);
+
+    // A redeploy would run a second container on the volume: refused, and
+    // the running one keeps serving.
+    let run = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
+    assert_ne!(run.code, 0);
+    let text = run.stdout.clone() + &run.stderr;
+    assert!(text.contains("stop-first"), "{text}");
+    assert_eq!(containers(name), running);
+    assert_eq!(redis(port, "GET visits"), "$1");
+
+    // Two replicas would share the volume: refused.
+    std::fs::write(p.path().join("gantry.toml"), toml(2)).expect("write gantry.toml");
+    let run = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        (run.stdout.clone() + &run.stderr).contains("one replica"),
+        "{}",
+        run.stdout
+    );
+
+    // Stopped, then deployed again: a new container, the same data.
+    std::fs::write(p.path().join("gantry.toml"), toml(1)).expect("write gantry.toml");
+    p.gantry(&["stop", "cache"]).expect_code(0);
+    assert!(containers(name).is_empty());
+    let report = deploy(&p);
+    let port = first_port(&report, "cache");
+    assert_ne!(containers(name), running);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = redis(port, "INCR visits");
+        if reply == ":8" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && reply.starts_with("-LOADING"),
+            "{reply}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The container dies: the restart policy starts a new one, on the same data.
+    let before = containers(name);
+    docker(&["kill", &before[0]]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = containers(name);
+        if now.len() == 1 && now != before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new container: {now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = redis(port, "INCR visits");
+        if reply == ":9" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{reply}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Running again once its health check passes.
+    agent_support::wait_for_status(&p, "cache running again", |status| {
+        service(status, "cache")["state"] == "running"
+    });
+    p.gantry(&["stop"]).expect_code(0);
+}
+
+struct VolumeCleanup(String);
+
+impl Drop for VolumeCleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f", &self.0])
+            .output();
+    }
+}
