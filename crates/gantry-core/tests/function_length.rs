@@ -32,7 +32,6 @@ const KNOWN_TOO_LONG: &[(&str, &str)] = &[
     ("gantry-config/src/schema.rs", "describe"),
     ("gantry-config/src/validate.rs", "check_service"),
     ("gantry-core/src/check.rs", "test"),
-    ("gantry-core/src/configure.rs", "configure_host"),
     ("gantry-core/src/render/compose.rs", "render"),
     ("gantry-core/src/render/systemd.rs", "render"),
 ];
