@@ -25,13 +25,6 @@ const ENFORCED: &[&str] = &[
 /// Paths in an enforced crate that are reshaped elsewhere for now.
 const NOT_YET_ENFORCED: &[&str] = &["gantry-core/src/deploy.rs", "gantry-core/src/agent_api"];
 
-/// Offenders in enforced crates still to be shortened (file, fn). The
-/// list only shrinks: the test fails on an offender missing from it and
-/// on an entry that no longer offends, so that it is removed here.
-const KNOWN_TOO_LONG: &[(&str, &str)] = &[
-    ("gantry-config/src/schema.rs", "describe"),
-];
-
 #[derive(Debug)]
 struct Offender {
     file: String,
@@ -169,10 +162,6 @@ fn enforced(file: &str) -> bool {
         && !NOT_YET_ENFORCED.iter().any(|p| file.starts_with(p))
 }
 
-fn is_known(o: &Offender) -> bool {
-    KNOWN_TOO_LONG.contains(&(o.file.as_str(), o.name.as_str()))
-}
-
 #[test]
 fn no_function_is_too_long() {
     let all = offenders();
@@ -186,17 +175,8 @@ fn no_function_is_too_long() {
     for o in &all {
         if !enforced(&o.file) {
             eprintln!("not yet enforced: {}", show(o));
-        } else if is_known(o) {
-            eprintln!("known, to shorten: {}", show(o));
         } else {
             failing.push(show(o));
-        }
-    }
-    for (file, name) in KNOWN_TOO_LONG {
-        if !all.iter().any(|o| o.file == *file && o.name == *name) {
-            failing.push(format!(
-                "crates/{file} fn {name} is now short enough: remove it from KNOWN_TOO_LONG"
-            ));
         }
     }
     assert!(
