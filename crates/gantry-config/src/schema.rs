@@ -171,54 +171,10 @@ fn describe(
     };
     let finding = match kind {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
-            let known: Vec<&str> = node
-                .and_then(|n| n.get("properties"))
-                .and_then(Value::as_object)
-                .map(|p| p.keys().map(String::as_str).collect())
-                .unwrap_or_default();
-            return unexpected
-                .iter()
-                .map(|key| {
-                    let child = path.key(key);
-                    let place = if path.0.is_empty() {
-                        "at the top level".to_owned()
-                    } else {
-                        format!("in `{path}`")
-                    };
-                    Finding {
-                        problem: Problem::UnknownKey,
-                        span: document.key_span(&child),
-                        path: child,
-                        message: format!("unknown key `{key}` {place}"),
-                        hint: Some(match did_you_mean(key, known.iter().copied()) {
-                            Some(best) => format!("did you mean `{best}`?"),
-                            None => format!("expected one of: {}", known.join(", ")),
-                        }),
-                    }
-                })
-                .collect();
+            return unknown_keys(document, path, node, unexpected);
         }
         ValidationErrorKind::Required { property } => {
-            let key = property.as_str().unwrap_or_default();
-            let what = if path.0.is_empty() {
-                format!("missing `[{key}]`")
-            } else {
-                format!("missing key `{key}` in `{path}`")
-            };
-            let about = node
-                .and_then(|n| n.get("properties"))
-                .and_then(|p| p.get(key))
-                .and_then(|p| p.get("description"))
-                .or_else(|| node_at(&path.key(key)).and_then(|n| n.get("description")))
-                .and_then(Value::as_str)
-                .map(|d| {
-                    let table = if path.0.is_empty() {
-                        format!("[{key}]")
-                    } else {
-                        format!("`{key}`")
-                    };
-                    format!("add {table}: {}", lowercase_first(d))
-                });
+            let (what, about) = missing_key(path, node, property.as_str().unwrap_or_default());
             value_finding(Problem::MissingKey, what, about)
         }
         ValidationErrorKind::Type { .. } => {
@@ -314,6 +270,65 @@ fn describe(
         ),
     };
     vec![finding]
+}
+
+/// One finding per unknown key, with the closest known key as a hint.
+fn unknown_keys(
+    document: &Document<'_>,
+    path: &KeyPath,
+    node: Option<&Value>,
+    unexpected: &[String],
+) -> Vec<Finding> {
+    let known: Vec<&str> = node
+        .and_then(|n| n.get("properties"))
+        .and_then(Value::as_object)
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    unexpected
+        .iter()
+        .map(|key| {
+            let child = path.key(key);
+            let place = if path.0.is_empty() {
+                "at the top level".to_owned()
+            } else {
+                format!("in `{path}`")
+            };
+            Finding {
+                problem: Problem::UnknownKey,
+                span: document.key_span(&child),
+                path: child,
+                message: format!("unknown key `{key}` {place}"),
+                hint: Some(match did_you_mean(key, known.iter().copied()) {
+                    Some(best) => format!("did you mean `{best}`?"),
+                    None => format!("expected one of: {}", known.join(", ")),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// The message for a missing key, and a hint from its description.
+fn missing_key(path: &KeyPath, node: Option<&Value>, key: &str) -> (String, Option<String>) {
+    let what = if path.0.is_empty() {
+        format!("missing `[{key}]`")
+    } else {
+        format!("missing key `{key}` in `{path}`")
+    };
+    let about = node
+        .and_then(|n| n.get("properties"))
+        .and_then(|p| p.get(key))
+        .and_then(|p| p.get("description"))
+        .or_else(|| node_at(&path.key(key)).and_then(|n| n.get("description")))
+        .and_then(Value::as_str)
+        .map(|d| {
+            let table = if path.0.is_empty() {
+                format!("[{key}]")
+            } else {
+                format!("`{key}`")
+            };
+            format!("add {table}: {}", lowercase_first(d))
+        });
+    (what, about)
 }
 
 /// The values an enum allows, whether schemars wrote it as `enum` or as a

@@ -369,26 +369,7 @@ fn check_service(
             Some("a service runs one way: keep one of `run`, `image` or `static`".to_owned()),
         ),
     }
-    if let Some(tls) = &s.tls {
-        for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
-            if !path.starts_with('/') {
-                c.push(
-                    Problem::InvalidValue,
-                    locate(name, &["tls", key]),
-                    false,
-                    format!("`{path}` is not an absolute path: the agent reads it on each host"),
-                    Some(format!(
-                        "write the full path on the host, like /etc/ssl/{name}/{}",
-                        if key == "cert" {
-                            "fullchain.pem"
-                        } else {
-                            "privkey.pem"
-                        }
-                    )),
-                );
-            }
-        }
-    }
+    check_tls_paths(c, name, s, locate);
 
     let is_static = s.static_dir.is_some() && kinds.len() == 1;
     let is_image = s.image.is_some() && kinds.len() == 1;
@@ -432,85 +413,12 @@ fn check_service(
         );
     }
 
-    if let Some(health) = &s.health {
-        let checks: Vec<&str> = [
-            ("path", health.path.is_some()),
-            ("tcp", health.tcp == Some(true)),
-            ("command", health.command.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(k, set)| set.then_some(k))
-        .collect();
-        match checks.as_slice() {
-            [] => c.push(
-                Problem::MissingKey,
-                locate(name, &["health"]),
-                true,
-                format!("the health check of `{name}` checks nothing"),
-                Some("add path = \"/healthz\" (HTTP), tcp = true, or command = \"...\"".to_owned()),
-            ),
-            [_] => {}
-            [first, second, ..] => c.push(
-                Problem::Conflict,
-                locate(name, &["health", second]),
-                true,
-                format!("the health check of `{name}` has both `{first}` and `{second}`"),
-                Some("a health check is one of path (HTTP), tcp or command".to_owned()),
-            ),
-        }
-    }
+    check_health_kind(c, name, s, locate);
 
-    let secrets: HashSet<&str> = s.secrets.iter().flatten().map(|n| n.0.as_str()).collect();
-    for key in s.env.iter().flatten().map(|(k, _)| k) {
-        if let Err(reason) = check_env_name(key) {
-            c.push(
-                Problem::InvalidValue,
-                locate(name, &["env", key]),
-                true,
-                format!("invalid environment variable name: {reason}"),
-                Some("use letters, digits and underscores, not starting with a digit".to_owned()),
-            );
-        } else if secrets.contains(key.as_str()) {
-            c.push(
-                Problem::Conflict,
-                locate(name, &["env", key]),
-                true,
-                format!("`{key}` is both an env variable and a secret of `{name}`"),
-                Some("keep secret values out of gantry.toml: remove it from env".to_owned()),
-            );
-        }
-    }
+    check_env_names(c, name, s, locate);
 
-    let not_for = |what: &str| {
-        if is_static {
-            Some(format!(
-                "static services are files served by the proxy; `{what}` does not apply"
-            ))
-        } else {
-            None
-        }
-    };
-    for (key, set) in [
-        ("resources", s.resources.is_some()),
-        ("migrate", s.migrate.is_some()),
-        ("replicas", s.replicas.is_some()),
-        ("port", s.port.is_some()),
-        ("health", s.health.is_some()),
-        ("env", s.env.is_some()),
-        ("secrets", s.secrets.is_some()),
-        ("restart", s.restart.is_some()),
-        ("stop_timeout", s.stop_timeout.is_some()),
-        ("run_as_root", s.run_as_root.is_some()),
-    ] {
-        if let (true, Some(hint)) = (set, not_for(key)) {
-            c.push(
-                Problem::Conflict,
-                locate(name, &[key]),
-                true,
-                format!("static service `{name}` cannot have `{key}`"),
-                Some(hint),
-            );
-        }
+    if is_static {
+        check_static_keys(c, name, s, locate);
     }
     if s.spa.is_some() && s.static_dir.is_none() {
         c.push(
@@ -538,6 +446,133 @@ fn check_service(
             format!("service `{name}` has a backup schedule but no volumes to back up"),
             Some("add volumes = [\"name:/path\"] or remove [backup]".to_owned()),
         );
+    }
+}
+
+/// `cert` and `key` are read on each host, so they must be absolute.
+fn check_tls_paths(
+    c: &mut Checker<'_>,
+    name: &str,
+    s: &Service,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    if let Some(tls) = &s.tls {
+        for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+            if !path.starts_with('/') {
+                c.push(
+                    Problem::InvalidValue,
+                    locate(name, &["tls", key]),
+                    false,
+                    format!("`{path}` is not an absolute path: the agent reads it on each host"),
+                    Some(format!(
+                        "write the full path on the host, like /etc/ssl/{name}/{}",
+                        if key == "cert" {
+                            "fullchain.pem"
+                        } else {
+                            "privkey.pem"
+                        }
+                    )),
+                );
+            }
+        }
+    }
+}
+
+/// A health check is exactly one of path, tcp or command.
+fn check_health_kind(
+    c: &mut Checker<'_>,
+    name: &str,
+    s: &Service,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    if let Some(health) = &s.health {
+        let checks: Vec<&str> = [
+            ("path", health.path.is_some()),
+            ("tcp", health.tcp == Some(true)),
+            ("command", health.command.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        match checks.as_slice() {
+            [] => c.push(
+                Problem::MissingKey,
+                locate(name, &["health"]),
+                true,
+                format!("the health check of `{name}` checks nothing"),
+                Some("add path = \"/healthz\" (HTTP), tcp = true, or command = \"...\"".to_owned()),
+            ),
+            [_] => {}
+            [first, second, ..] => c.push(
+                Problem::Conflict,
+                locate(name, &["health", second]),
+                true,
+                format!("the health check of `{name}` has both `{first}` and `{second}`"),
+                Some("a health check is one of path (HTTP), tcp or command".to_owned()),
+            ),
+        }
+    }
+}
+
+/// Env names are valid and none is also a secret.
+fn check_env_names(
+    c: &mut Checker<'_>,
+    name: &str,
+    s: &Service,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    let secrets: HashSet<&str> = s.secrets.iter().flatten().map(|n| n.0.as_str()).collect();
+    for key in s.env.iter().flatten().map(|(k, _)| k) {
+        if let Err(reason) = check_env_name(key) {
+            c.push(
+                Problem::InvalidValue,
+                locate(name, &["env", key]),
+                true,
+                format!("invalid environment variable name: {reason}"),
+                Some("use letters, digits and underscores, not starting with a digit".to_owned()),
+            );
+        } else if secrets.contains(key.as_str()) {
+            c.push(
+                Problem::Conflict,
+                locate(name, &["env", key]),
+                true,
+                format!("`{key}` is both an env variable and a secret of `{name}`"),
+                Some("keep secret values out of gantry.toml: remove it from env".to_owned()),
+            );
+        }
+    }
+}
+
+/// Keys that only apply to a running workload, on a static service.
+fn check_static_keys(
+    c: &mut Checker<'_>,
+    name: &str,
+    s: &Service,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    for (key, set) in [
+        ("resources", s.resources.is_some()),
+        ("migrate", s.migrate.is_some()),
+        ("replicas", s.replicas.is_some()),
+        ("port", s.port.is_some()),
+        ("health", s.health.is_some()),
+        ("env", s.env.is_some()),
+        ("secrets", s.secrets.is_some()),
+        ("restart", s.restart.is_some()),
+        ("stop_timeout", s.stop_timeout.is_some()),
+        ("run_as_root", s.run_as_root.is_some()),
+    ] {
+        if set {
+            c.push(
+                Problem::Conflict,
+                locate(name, &[key]),
+                true,
+                format!("static service `{name}` cannot have `{key}`"),
+                Some(format!(
+                    "static services are files served by the proxy; `{key}` does not apply"
+                )),
+            );
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::{IpAddr, ToSocketAddrs};
 
 use serde::Serialize;
 
-use crate::agent_api::{InstanceState, ServiceState};
+use crate::agent_api::{InstanceState, ServiceState, ServiceStatus};
 use crate::config::resolve::{Host as HostSpec, Reach};
 use crate::configure::OpenShell;
 use crate::operate::Connect;
@@ -96,38 +96,8 @@ pub fn test(
         let status = agent.status(&env.project)?;
         for service in &placed {
             let found = status.services.iter().find(|s| s.name == service.name);
-            let (outcome, detail) = match found {
-                None => (Outcome::Failed, "not deployed here".to_owned()),
-                Some(s) => {
-                    let live = s
-                        .instances
-                        .iter()
-                        .filter(|i| i.state == InstanceState::Live && i.healthy)
-                        .count();
-                    let wanted = usize::try_from(service.replicas).unwrap_or(usize::MAX);
-                    if s.state == ServiceState::Running && live >= wanted {
-                        (
-                            Outcome::Passed,
-                            format!(
-                                "{live} healthy instance{} of {}",
-                                if live == 1 { "" } else { "s" },
-                                s.release.as_deref().unwrap_or("?")
-                            ),
-                        )
-                    } else {
-                        (
-                            Outcome::Failed,
-                            format!(
-                                "{:?} with {live} of {wanted} instances healthy{}",
-                                s.state,
-                                s.reason
-                                    .as_ref()
-                                    .map_or_else(String::new, |r| format!(": {r}"))
-                            ),
-                        )
-                    }
-                }
-            };
+            let wanted = usize::try_from(service.replicas).unwrap_or(usize::MAX);
+            let (outcome, detail) = service_health(found, wanted);
             check(format!("{} healthy", service.name), outcome, detail);
         }
         match &info.proxy {
@@ -168,32 +138,7 @@ pub fn test(
                     .filter(|(_, ips)| ips.iter().any(|ip| resolved.contains(ip)))
                     .map(|(h, _)| h)
                     .collect();
-                let (outcome, detail) = if resolved.is_empty() {
-                    (Outcome::Warning, format!("{name} does not resolve"))
-                } else if ours.is_empty() {
-                    (
-                        Outcome::Warning,
-                        format!(
-                            "{name} resolves to {}, no host of {environment}",
-                            resolved
-                                .iter()
-                                .map(IpAddr::to_string)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )
-                } else {
-                    (
-                        Outcome::Passed,
-                        format!(
-                            "{name} resolves to {}",
-                            ours.iter()
-                                .map(|h| h.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )
-                };
+                let (outcome, detail) = dns_outcome(name, &resolved, &ours, environment);
                 check(format!("dns {name}"), outcome, detail);
             }
         }
@@ -212,21 +157,98 @@ pub fn test(
         hosts,
     };
     if !ok {
-        return Err(Error::TestFailed {
-            failed: report
-                .hosts
-                .iter()
-                .flat_map(|h| {
-                    h.checks
-                        .iter()
-                        .filter(|c| c.outcome == Outcome::Failed)
-                        .map(move |c| format!("{}: {}", h.host, c.check))
-                })
-                .collect(),
-            report: Box::new(serde_json::to_value(&report).unwrap_or_default()),
-        });
+        return Err(failed(&report));
     }
     Ok(report)
+}
+
+/// `test.failed`, naming each failed check and carrying the whole report.
+fn failed(report: &TestReport) -> Error {
+    Error::TestFailed {
+        failed: report
+            .hosts
+            .iter()
+            .flat_map(|h| {
+                h.checks
+                    .iter()
+                    .filter(|c| c.outcome == Outcome::Failed)
+                    .map(move |c| format!("{}: {}", h.host, c.check))
+            })
+            .collect(),
+        report: Box::new(serde_json::to_value(report).unwrap_or_default()),
+    }
+}
+
+/// Whether a placed service runs with at least `wanted` live, healthy
+/// instances on the host.
+fn service_health(found: Option<&ServiceStatus>, wanted: usize) -> (Outcome, String) {
+    match found {
+        None => (Outcome::Failed, "not deployed here".to_owned()),
+        Some(s) => {
+            let live = s
+                .instances
+                .iter()
+                .filter(|i| i.state == InstanceState::Live && i.healthy)
+                .count();
+            if s.state == ServiceState::Running && live >= wanted {
+                (
+                    Outcome::Passed,
+                    format!(
+                        "{live} healthy instance{} of {}",
+                        if live == 1 { "" } else { "s" },
+                        s.release.as_deref().unwrap_or("?")
+                    ),
+                )
+            } else {
+                (
+                    Outcome::Failed,
+                    format!(
+                        "{:?} with {live} of {wanted} instances healthy{}",
+                        s.state,
+                        s.reason
+                            .as_ref()
+                            .map_or_else(String::new, |r| format!(": {r}"))
+                    ),
+                )
+            }
+        }
+    }
+}
+
+/// Whether a route's name resolves to a host of the environment (`ours`):
+/// only a warning when not, as DNS may lag or a load balancer may front them.
+fn dns_outcome(
+    name: &str,
+    resolved: &[IpAddr],
+    ours: &[&String],
+    environment: &str,
+) -> (Outcome, String) {
+    if resolved.is_empty() {
+        (Outcome::Warning, format!("{name} does not resolve"))
+    } else if ours.is_empty() {
+        (
+            Outcome::Warning,
+            format!(
+                "{name} resolves to {}, no host of {environment}",
+                resolved
+                    .iter()
+                    .map(IpAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    } else {
+        (
+            Outcome::Passed,
+            format!(
+                "{name} resolves to {}",
+                ours.iter()
+                    .map(|h| h.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    }
 }
 
 /// The addresses a host is reached at: its SSH address as ssh resolves it

@@ -226,19 +226,7 @@ fn configure_host(
     let mut steps = Vec::new();
 
     let system = probe(shell.as_ref()).map_err(step("check the host"))?;
-    steps.push(Step {
-        step: "check the host",
-        changed: false,
-        detail: format!(
-            "{}, {}",
-            if system.root { "root" } else { "not root" },
-            if system.systemd {
-                "systemd"
-            } else {
-                "no systemd"
-            }
-        ),
-    });
+    steps.push(system_step(&system));
 
     let changed = system.installed_sha.as_deref() != Some(sha);
     if changed {
@@ -261,62 +249,11 @@ fn configure_host(
         install_unit(shell.as_ref(), changed, &mut steps)?;
         "systemd"
     } else {
-        let ran = shell
-            .run(
-                // Root's agent keeps its state where the services it runs
-                // as other users can reach their releases (see
-                // `Paths::default_root`); the agent sets the modes it needs.
-                &format!(
-                    "{}; [ -d \"$d\" ] || {{ mkdir -p \"$d\" && chmod 700 \"$d\"; }}",
-                    Paths::default_root_shell()
-                ),
-                None,
-            )
-            .map_err(|e| ("prepare directories", e.into()))?;
-        expect_ok(&ran, shell.name(), "prepare directories")?;
-        steps.push(Step {
-            step: "prepare directories",
-            changed: false,
-            detail: if system.root {
-                format!("{} (0700)", crate::host::SYSTEM_STATE_DIR)
-            } else {
-                format!("~/{USER_STATE_DIR} (0700)")
-            },
-        });
+        steps.push(prepare_directories(shell.as_ref(), system.root)?);
         "daemon"
     };
 
-    // The agent: running, and this version.
-    let (restarted, agent_now) = match connect(host) {
-        Ok(agent) => (false, agent),
-        Err(Error::Host(HostError::Incompatible { .. })) if agent == "daemon" => {
-            progress.step(&format!(
-                "{}: replacing an agent of another version",
-                host.name
-            ));
-            let ran = shell
-                .run(&crate::host::remote_gantry("agent stop"), None)
-                .map_err(|e| ("start the agent", e.into()))?;
-            expect_ok(&ran, shell.name(), "start the agent")?;
-            (true, connect(host).map_err(step("start the agent"))?)
-        }
-        Err(e) => return Err(("start the agent", e)),
-    };
-    // A proxy on loopback only (the daemon's default) serves nobody else:
-    // say so where the user looks.
-    let proxy = agent_now.info().ok().and_then(|info| info.proxy);
-    let proxy_detail = match proxy.as_deref() {
-        None => "; it runs no proxy".to_owned(),
-        Some(listen) if listen.starts_with("127.") || listen.starts_with("[::1]") => format!(
-            "; its proxy listens on {listen} only: put your own front proxy before it, or configure as root for ports 80 and 443"
-        ),
-        Some(listen) => format!("; its proxy listens on {listen}"),
-    };
-    steps.push(Step {
-        step: "start the agent",
-        changed: restarted,
-        detail: format!("agent {VERSION} answers ({agent}){proxy_detail}"),
-    });
+    steps.push(start_agent(host, shell.as_ref(), connect, agent, progress)?);
 
     steps.push(if system.root {
         open_ports(shell.as_ref())?
@@ -333,6 +270,89 @@ fn configure_host(
         agent: agent.to_owned(),
         gantry: VERSION.to_owned(),
         steps,
+    })
+}
+
+fn system_step(system: &System) -> Step {
+    Step {
+        step: "check the host",
+        changed: false,
+        detail: format!(
+            "{}, {}",
+            if system.root { "root" } else { "not root" },
+            if system.systemd {
+                "systemd"
+            } else {
+                "no systemd"
+            }
+        ),
+    }
+}
+
+/// The state directory for the daemon agent (systemd's unit makes its own).
+fn prepare_directories(shell: &dyn Shell, root: bool) -> Result<Step, StepError> {
+    let ran = shell
+        .run(
+            // Root's agent keeps its state where the services it runs
+            // as other users can reach their releases (see
+            // `Paths::default_root`); the agent sets the modes it needs.
+            &format!(
+                "{}; [ -d \"$d\" ] || {{ mkdir -p \"$d\" && chmod 700 \"$d\"; }}",
+                Paths::default_root_shell()
+            ),
+            None,
+        )
+        .map_err(|e| ("prepare directories", e.into()))?;
+    expect_ok(&ran, shell.name(), "prepare directories")?;
+    Ok(Step {
+        step: "prepare directories",
+        changed: false,
+        detail: if root {
+            format!("{} (0700)", crate::host::SYSTEM_STATE_DIR)
+        } else {
+            format!("~/{USER_STATE_DIR} (0700)")
+        },
+    })
+}
+
+/// The agent: running, and this version (a daemon of another version is
+/// replaced).
+fn start_agent(
+    host: &HostSpec,
+    shell: &dyn Shell,
+    connect: Connect<'_>,
+    agent: &str,
+    progress: &dyn Progress,
+) -> Result<Step, StepError> {
+    let (restarted, agent_now) = match connect(host) {
+        Ok(agent) => (false, agent),
+        Err(Error::Host(HostError::Incompatible { .. })) if agent == "daemon" => {
+            progress.step(&format!(
+                "{}: replacing an agent of another version",
+                host.name
+            ));
+            let ran = shell
+                .run(&crate::host::remote_gantry("agent stop"), None)
+                .map_err(|e| ("start the agent", e.into()))?;
+            expect_ok(&ran, shell.name(), "start the agent")?;
+            (true, connect(host).map_err(|e| ("start the agent", e))?)
+        }
+        Err(e) => return Err(("start the agent", e)),
+    };
+    // A proxy on loopback only (the daemon's default) serves nobody else:
+    // say so where the user looks.
+    let proxy = agent_now.info().ok().and_then(|info| info.proxy);
+    let proxy_detail = match proxy.as_deref() {
+        None => "; it runs no proxy".to_owned(),
+        Some(listen) if listen.starts_with("127.") || listen.starts_with("[::1]") => format!(
+            "; its proxy listens on {listen} only: put your own front proxy before it, or configure as root for ports 80 and 443"
+        ),
+        Some(listen) => format!("; its proxy listens on {listen}"),
+    };
+    Ok(Step {
+        step: "start the agent",
+        changed: restarted,
+        detail: format!("agent {VERSION} answers ({agent}){proxy_detail}"),
     })
 }
 

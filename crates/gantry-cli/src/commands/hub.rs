@@ -205,65 +205,80 @@ pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Fa
     let database = location(args, state_dir)?;
     let store = || Store::open(&database);
     match &args.action {
-        HubAction::Serve(serve) => {
-            // Request lines and failures on stderr; RUST_LOG tunes them.
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .with_ansi(false)
-                .try_init();
-            let options = ServeOptions {
-                database: database.clone(),
-                listen: serve.listen,
-                limits: Limits {
-                    per_address_per_minute: serve.rate_per_address,
-                    per_key_per_minute: serve.rate_per_key,
-                    behind_proxy: serve.behind_proxy,
-                    ..Limits::default()
-                },
-            };
-            gantry_hub::run(&options, |bound| {
-                printer.status(&format!(
-                    "hub: listening on http://{bound}, database {}",
-                    database.describe()
-                ));
-            })?;
-            Ok(())
-        }
-        HubAction::Product(ProductAction::Add { key, name }) => {
-            emit(printer, Products(vec![store()?.add_product(key, name)?]))
-        }
-        HubAction::Product(ProductAction::List) => emit(printer, Products(store()?.products()?)),
-        HubAction::Milestone(MilestoneAction::Add {
-            product,
-            name,
-            target,
-        }) => emit(
-            printer,
-            Milestones(vec![store()?.add_milestone(
-                product,
-                name,
-                target.as_deref(),
-            )?]),
-        ),
-        HubAction::Milestone(MilestoneAction::List { product }) => {
-            emit(printer, Milestones(store()?.milestones(product)?))
-        }
+        HubAction::Serve(serve) => run_server(serve, &database, printer),
+        HubAction::Product(action) => product(action, &store()?, printer),
+        HubAction::Milestone(action) => milestone(action, &store()?, printer),
         HubAction::User(UserAction::Add { name, email, .. }) => {
             let password = read_password()?;
             store()?.add_user(name, email.as_deref(), &password)?;
             emit(printer, UserAdded { name: name.clone() })
         }
-        HubAction::Key(KeyAction::Create {
+        HubAction::Key(action) => key(action, &store()?, printer),
+    }
+}
+
+/// `gantry hub serve`: in the foreground until SIGINT or SIGTERM.
+fn run_server(serve: &ServeArgs, database: &Location, printer: &Printer) -> Result<(), Failure> {
+    // Request lines and failures on stderr; RUST_LOG tunes them.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    let options = ServeOptions {
+        database: database.clone(),
+        listen: serve.listen,
+        limits: Limits {
+            per_address_per_minute: serve.rate_per_address,
+            per_key_per_minute: serve.rate_per_key,
+            behind_proxy: serve.behind_proxy,
+            ..Limits::default()
+        },
+    };
+    gantry_hub::run(&options, |bound| {
+        printer.status(&format!(
+            "hub: listening on http://{bound}, database {}",
+            database.describe()
+        ));
+    })?;
+    Ok(())
+}
+
+fn product(action: &ProductAction, store: &Store, printer: &Printer) -> Result<(), Failure> {
+    match action {
+        ProductAction::Add { key, name } => {
+            emit(printer, Products(vec![store.add_product(key, name)?]))
+        }
+        ProductAction::List => emit(printer, Products(store.products()?)),
+    }
+}
+
+fn milestone(action: &MilestoneAction, store: &Store, printer: &Printer) -> Result<(), Failure> {
+    match action {
+        MilestoneAction::Add {
+            product,
+            name,
+            target,
+        } => {
+            let added = store.add_milestone(product, name, target.as_deref())?;
+            emit(printer, Milestones(vec![added]))
+        }
+        MilestoneAction::List { product } => emit(printer, Milestones(store.milestones(product)?)),
+    }
+}
+
+fn key(action: &KeyAction, store: &Store, printer: &Printer) -> Result<(), Failure> {
+    match action {
+        KeyAction::Create {
             name,
             role,
             permission,
             product,
             rate_per_minute,
             allow_from,
-        }) => {
+        } => {
             let spec = KeySpec {
                 name: name.clone(),
                 role: match role {
@@ -280,16 +295,11 @@ pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Fa
                 rate_per_minute: *rate_per_minute,
                 allow_from: allow_from.clone(),
             };
-            let created = store()?.create_key(&spec)?;
-            emit(printer, NewSecret::from(created))
+            emit(printer, NewSecret::from(store.create_key(&spec)?))
         }
-        HubAction::Key(KeyAction::List) => emit(printer, Keys(store()?.keys()?)),
-        HubAction::Key(KeyAction::Rotate { key }) => {
-            emit(printer, NewSecret::from(store()?.rotate_key(key)?))
-        }
-        HubAction::Key(KeyAction::Revoke { key }) => {
-            emit(printer, Keys(vec![store()?.revoke_key(key)?]))
-        }
+        KeyAction::List => emit(printer, Keys(store.keys()?)),
+        KeyAction::Rotate { key } => emit(printer, NewSecret::from(store.rotate_key(key)?)),
+        KeyAction::Revoke { key } => emit(printer, Keys(vec![store.revoke_key(key)?])),
     }
 }
 

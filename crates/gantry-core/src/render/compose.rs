@@ -6,9 +6,9 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::{Rendering, assign_ports, header};
+use super::{Rendering, assign_ports, header, restart_policy};
 use crate::config::Environment;
-use crate::config::model::{Port, Restart};
+use crate::config::model::Port;
 use crate::config::resolve::{Check, Service, Workload};
 
 #[derive(Serialize)]
@@ -100,53 +100,8 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
                 file.volumes.insert(source.to_owned(), Empty {});
             }
         }
-        let healthcheck = service.health.as_ref().and_then(|h| match &h.check {
-            Check::Command { command } => Some(Healthcheck {
-                test: vec!["CMD-SHELL".to_owned(), command.clone()],
-                interval: h.interval.to_string(),
-                timeout: h.timeout.to_string(),
-                retries: h.retries,
-                start_period: h.start_period.to_string(),
-            }),
-            Check::Http { .. } | Check::Tcp => {
-                out.note(
-                    service,
-                    "health",
-                    "compose health checks run inside the container; only `command` checks are rendered",
-                );
-                None
-            }
-        });
-        let depends_on = service
-            .depends_on
-            .iter()
-            .filter_map(|dep| {
-                let dep_service = env.services.get(dep)?;
-                if !matches!(dep_service.workload, Workload::Compose { .. }) {
-                    out.note(
-                        service,
-                        "depends_on",
-                        format!("`{dep}` is not a container, so compose cannot wait for it"),
-                    );
-                    return None;
-                }
-                let condition = if dep_service
-                    .health
-                    .as_ref()
-                    .is_some_and(|h| matches!(h.check, Check::Command { .. }))
-                {
-                    "service_healthy"
-                } else {
-                    "service_started"
-                };
-                Some(
-                    instance_names(dep_service)
-                        .into_iter()
-                        .map(move |n| (n, DependsOn { condition })),
-                )
-            })
-            .flatten()
-            .collect::<BTreeMap<_, _>>();
+        let healthcheck = healthcheck(service, out);
+        let depends_on = depends_on(env, service, out);
         let names = instance_names(service);
         for (index, name) in names.into_iter().enumerate() {
             let instance = index as u32 + 1;
@@ -165,11 +120,7 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
                 name,
                 ComposeService {
                     image,
-                    restart: match service.restart {
-                        Restart::Always => "always",
-                        Restart::OnFailure => "on-failure",
-                        Restart::Never => "no",
-                    },
+                    restart: restart_policy(service.restart),
                     environment,
                     env_file: if service.secrets.is_empty() {
                         Vec::new()
@@ -202,6 +153,67 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
     text.push_str(&yaml);
     out.files
         .insert(format!("{host}/compose.yaml").into(), text);
+}
+
+/// A compose health check from a `command` check; the others run from
+/// outside the container, which compose cannot do.
+fn healthcheck(service: &Service, out: &mut Rendering) -> Option<Healthcheck> {
+    service.health.as_ref().and_then(|h| match &h.check {
+        Check::Command { command } => Some(Healthcheck {
+            test: vec!["CMD-SHELL".to_owned(), command.clone()],
+            interval: h.interval.to_string(),
+            timeout: h.timeout.to_string(),
+            retries: h.retries,
+            start_period: h.start_period.to_string(),
+        }),
+        Check::Http { .. } | Check::Tcp => {
+            out.note(
+                service,
+                "health",
+                "compose health checks run inside the container; only `command` checks are rendered",
+            );
+            None
+        }
+    })
+}
+
+/// The containers this one waits for: healthy when they have a `command`
+/// check, else started.
+fn depends_on(
+    env: &Environment,
+    service: &Service,
+    out: &mut Rendering,
+) -> BTreeMap<String, DependsOn> {
+    service
+        .depends_on
+        .iter()
+        .filter_map(|dep| {
+            let dep_service = env.services.get(dep)?;
+            if !matches!(dep_service.workload, Workload::Compose { .. }) {
+                out.note(
+                    service,
+                    "depends_on",
+                    format!("`{dep}` is not a container, so compose cannot wait for it"),
+                );
+                return None;
+            }
+            let condition = if dep_service
+                .health
+                .as_ref()
+                .is_some_and(|h| matches!(h.check, Check::Command { .. }))
+            {
+                "service_healthy"
+            } else {
+                "service_started"
+            };
+            Some(
+                instance_names(dep_service)
+                    .into_iter()
+                    .map(move |n| (n, DependsOn { condition })),
+            )
+        })
+        .flatten()
+        .collect::<BTreeMap<_, _>>()
 }
 
 /// One compose service per replica, so each can publish its own loopback port.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::Environment;
-use crate::config::model::Port;
+use crate::config::model::{Port, Restart};
 use crate::config::resolve::Service;
 use crate::{Error, Project};
 
@@ -72,6 +72,15 @@ fn header(comment: &str, env: &Environment, host: &str) -> String {
 /// Host ports for each instance: fixed ports as written, named ports numbered
 /// from `NAMED_PORTS_FROM` in deploy order, skipping fixed ones.
 pub const NAMED_PORTS_FROM: u16 = 10_000;
+
+/// The restart policy's spelling, the same in compose files and units.
+fn restart_policy(restart: Restart) -> &'static str {
+    match restart {
+        Restart::Always => "always",
+        Restart::OnFailure => "on-failure",
+        Restart::Never => "no",
+    }
+}
 
 fn assign_ports<'a>(
     services: impl IntoIterator<Item = &'a Service>,

@@ -4,9 +4,8 @@
 
 use std::fmt::Write;
 
-use super::{Rendering, assign_ports, header};
+use super::{Rendering, assign_ports, header, restart_policy};
 use crate::config::Environment;
-use crate::config::model::Restart;
 use crate::config::resolve::{Service, Workload};
 
 /// Where the units expect the project's files; `gantry render` does not ship them.
@@ -62,82 +61,8 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
         }
         for instance in 1..=service.replicas {
             let unit = unit_name(&env.project, service, instance);
-            let mut text = header("#", env, host);
-            let _ = writeln!(text, "[Unit]");
-            let description = if service.replicas == 1 {
-                format!("{} {}", env.project, service.name)
-            } else {
-                format!(
-                    "{} {} (instance {instance} of {})",
-                    env.project, service.name, service.replicas
-                )
-            };
-            let _ = writeln!(text, "Description={}", escape_specifiers(&description));
-            let after: Vec<String> = std::iter::once("network-online.target".to_owned())
-                .chain(service.depends_on.iter().filter_map(|dep| {
-                    let dep = env.services.get(dep)?;
-                    matches!(dep.workload, Workload::Process { .. }).then(|| {
-                        (1..=dep.replicas)
-                            .map(|i| unit_name(&env.project, dep, i))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    })
-                }))
-                .collect();
-            let _ = writeln!(text, "Wants={}", after.join(" "));
-            let _ = writeln!(text, "After={}", after.join(" "));
-            let _ = writeln!(text, "PartOf={}.target", env.project);
-            let _ = writeln!(text, "\n[Service]");
-            let _ = writeln!(text, "Type=simple");
-            let _ = writeln!(
-                text,
-                "WorkingDirectory={WORKING_DIR_ROOT}/{}/{}",
-                env.project, service.name
-            );
-            // Through a shell, as gantry runs it; `$` is doubled so systemd leaves it to the shell.
-            let _ = writeln!(
-                text,
-                "ExecStart=/bin/sh -c {}",
-                quote(&format!("exec {run}")).replace('$', "$$")
-            );
-            if let Some(port) = ports.get(&(service.name.clone(), instance)) {
-                let _ = writeln!(text, "Environment={}", quote(&format!("PORT={port}")));
-            }
-            for (key, value) in &service.env {
-                let _ = writeln!(text, "Environment={}", quote(&format!("{key}={value}")));
-            }
-            if !service.secrets.is_empty() {
-                let _ = writeln!(
-                    text,
-                    "EnvironmentFile={SECRETS_DIR}/{}/{}.env",
-                    env.project, service.name
-                );
-            }
-            let restart = match service.restart {
-                Restart::Always => "always",
-                Restart::OnFailure => "on-failure",
-                Restart::Never => "no",
-            };
-            let _ = writeln!(text, "Restart={restart}");
-            let _ = writeln!(text, "RestartSec=1");
-            let _ = writeln!(text, "KillMode=mixed");
-            let _ = writeln!(text, "KillSignal=SIGTERM");
-            let _ = writeln!(
-                text,
-                "TimeoutStopSec={}",
-                service.stop_timeout.as_millis().div_ceil(1000).max(1)
-            );
-            if let Some(memory) = service.resources.memory {
-                let _ = writeln!(text, "MemoryMax={}", memory.bytes());
-            }
-            if let Some(cpu) = service.resources.cpu {
-                let _ = writeln!(text, "CPUQuota={}%", (cpu * 100.0).round() as u64);
-            }
-            if let Some(pids) = service.resources.pids {
-                let _ = writeln!(text, "TasksMax={pids}");
-            }
-            let _ = writeln!(text, "\n[Install]");
-            let _ = writeln!(text, "WantedBy={}.target", env.project);
+            let port = ports.get(&(service.name.clone(), instance)).copied();
+            let text = unit_file(env, host, service, run, instance, port);
             out.files
                 .insert(format!("{host}/systemd/{unit}").into(), text);
             all_units.push(unit);
@@ -157,6 +82,89 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
         format!("{host}/systemd/{}.target", env.project).into(),
         target,
     );
+}
+
+/// The unit of one instance of a process service.
+fn unit_file(
+    env: &Environment,
+    host: &str,
+    service: &Service,
+    run: &str,
+    instance: u32,
+    port: Option<u16>,
+) -> String {
+    let mut text = header("#", env, host);
+    let _ = writeln!(text, "[Unit]");
+    let description = if service.replicas == 1 {
+        format!("{} {}", env.project, service.name)
+    } else {
+        format!(
+            "{} {} (instance {instance} of {})",
+            env.project, service.name, service.replicas
+        )
+    };
+    let _ = writeln!(text, "Description={}", escape_specifiers(&description));
+    let after: Vec<String> = std::iter::once("network-online.target".to_owned())
+        .chain(service.depends_on.iter().filter_map(|dep| {
+            let dep = env.services.get(dep)?;
+            matches!(dep.workload, Workload::Process { .. }).then(|| {
+                (1..=dep.replicas)
+                    .map(|i| unit_name(&env.project, dep, i))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+        }))
+        .collect();
+    let _ = writeln!(text, "Wants={}", after.join(" "));
+    let _ = writeln!(text, "After={}", after.join(" "));
+    let _ = writeln!(text, "PartOf={}.target", env.project);
+    let _ = writeln!(text, "\n[Service]");
+    let _ = writeln!(text, "Type=simple");
+    let _ = writeln!(
+        text,
+        "WorkingDirectory={WORKING_DIR_ROOT}/{}/{}",
+        env.project, service.name
+    );
+    // Through a shell, as gantry runs it; `$` is doubled so systemd leaves it to the shell.
+    let _ = writeln!(
+        text,
+        "ExecStart=/bin/sh -c {}",
+        quote(&format!("exec {run}")).replace('$', "$$")
+    );
+    if let Some(port) = port {
+        let _ = writeln!(text, "Environment={}", quote(&format!("PORT={port}")));
+    }
+    for (key, value) in &service.env {
+        let _ = writeln!(text, "Environment={}", quote(&format!("{key}={value}")));
+    }
+    if !service.secrets.is_empty() {
+        let _ = writeln!(
+            text,
+            "EnvironmentFile={SECRETS_DIR}/{}/{}.env",
+            env.project, service.name
+        );
+    }
+    let _ = writeln!(text, "Restart={}", restart_policy(service.restart));
+    let _ = writeln!(text, "RestartSec=1");
+    let _ = writeln!(text, "KillMode=mixed");
+    let _ = writeln!(text, "KillSignal=SIGTERM");
+    let _ = writeln!(
+        text,
+        "TimeoutStopSec={}",
+        service.stop_timeout.as_millis().div_ceil(1000).max(1)
+    );
+    if let Some(memory) = service.resources.memory {
+        let _ = writeln!(text, "MemoryMax={}", memory.bytes());
+    }
+    if let Some(cpu) = service.resources.cpu {
+        let _ = writeln!(text, "CPUQuota={}%", (cpu * 100.0).round() as u64);
+    }
+    if let Some(pids) = service.resources.pids {
+        let _ = writeln!(text, "TasksMax={pids}");
+    }
+    let _ = writeln!(text, "\n[Install]");
+    let _ = writeln!(text, "WantedBy={}.target", env.project);
+    text
 }
 
 fn unit_name(project: &str, service: &Service, instance: u32) -> String {
