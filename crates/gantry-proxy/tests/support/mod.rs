@@ -291,9 +291,17 @@ where
 }
 
 /// A loopback address where nothing listens: connections are refused.
+/// An address that refuses connections for the rest of the test process:
+/// its port stays bound (never listening), so nothing else, the proxy under
+/// test included, can take it over and answer in its place.
 pub fn dead_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 pub fn client() -> Client<HttpConnector, Body> {
