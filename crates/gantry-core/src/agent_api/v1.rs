@@ -30,7 +30,9 @@ use crate::config::units;
 
 /// The newest revision of the service spec this gantry writes and reads.
 /// Revision 2: `image` services run (the container driver) and mount their
-/// `volumes`; an agent of revision 1 refuses them only when it starts them.
+/// `volumes`, and `static` services are served by the proxy; an agent of
+/// revision 1 would refuse either only when it came to start it, halfway
+/// through a deploy.
 pub const SPEC_VERSION: u32 = 2;
 
 /// The lowest revision that says what `services` need: a deploy of
@@ -38,7 +40,7 @@ pub const SPEC_VERSION: u32 = 2;
 pub fn revision_needed(services: &[ServiceSpec]) -> u32 {
     if services
         .iter()
-        .any(|s| matches!(s.workload, Workload::Compose { .. }))
+        .any(|s| !matches!(s.workload, Workload::Process { .. }))
     {
         2
     } else {
@@ -513,7 +515,7 @@ health = { tcp = true }
     }
 
     #[test]
-    fn only_a_deploy_with_image_services_needs_revision_two() {
+    fn a_deploy_of_processes_alone_needs_only_revision_one() {
         let service = |workload: Workload| -> ServiceSpec {
             serde_json::from_value(serde_json::json!({
                 "name": "web", "driver": "process", "run": "./web",
@@ -532,7 +534,12 @@ health = { tcp = true }
             image: "redis".into(),
         });
         assert_eq!(revision_needed(std::slice::from_ref(&process)), 1);
-        assert_eq!(revision_needed(&[process, image]), 2);
+        assert_eq!(revision_needed(&[process.clone(), image]), 2);
         assert!(revision_needed(&[]) <= SPEC_VERSION);
+        let site = service(Workload::Static {
+            dir: "dist".into(),
+            spa: false,
+        });
+        assert_eq!(revision_needed(&[process, site]), 2);
     }
 }
