@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -17,36 +18,14 @@ pub(crate) const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub(crate) const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// An address or a network (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`).
+/// An address or a network (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`);
+/// an IPv4-mapped IPv6 address stands for its IPv4 address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TrustedProxy {
-    network: IpAddr,
-    bits: u8,
-}
+pub struct TrustedProxy(IpNet);
 
 impl TrustedProxy {
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                prefix_equal(&net.octets(), &ip.octets(), self.bits)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                prefix_equal(&net.octets(), &ip.octets(), self.bits)
-            }
-            _ => false,
-        }
-    }
-}
-
-fn prefix_equal(a: &[u8], b: &[u8], bits: u8) -> bool {
-    let bits = usize::from(bits);
-    let (whole, rest) = (bits / 8, bits % 8);
-    if a[..whole] != b[..whole] {
-        return false;
-    }
-    rest == 0 || {
-        let mask = 0xffu8 << (8 - rest);
-        a[whole] & mask == b[whole] & mask
+        self.0.contains(&ip.to_canonical())
     }
 }
 
@@ -59,23 +38,20 @@ impl FromStr for TrustedProxy {
             Some((address, bits)) => (address, Some(bits)),
             None => (text, None),
         };
-        let network = IpAddr::from_str(address).map_err(|_| bad())?.to_canonical();
-        let max = if network.is_ipv4() { 32 } else { 128 };
+        let address = IpAddr::from_str(address).map_err(|_| bad())?.to_canonical();
         let bits = match bits {
-            Some(bits) => bits
-                .parse::<u8>()
-                .ok()
-                .filter(|b| *b <= max)
-                .ok_or_else(bad)?,
-            None => max,
+            Some(bits) => bits.parse::<u8>().map_err(|_| bad())?,
+            None => IpNet::from(address).max_prefix_len(),
         };
-        Ok(TrustedProxy { network, bits })
+        IpNet::new(address, bits)
+            .map(TrustedProxy)
+            .map_err(|_| bad())
     }
 }
 
 impl std::fmt::Display for TrustedProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.network, self.bits)
+        self.0.fmt(f)
     }
 }
 
