@@ -185,23 +185,42 @@ impl Key {
     /// The identity, made (0600, in a 0700 directory) if there is none.
     fn read_or_create(&mut self) -> Result<&age::x25519::Identity, SecretsError> {
         if self.read()?.is_none() {
-            let identity = age::x25519::Identity::generate();
-            let dir = self.path.parent().unwrap_or(Path::new("."));
-            let io = |action| io(action, &self.path);
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io("create the directory of"))?;
-            let text = format!(
-                "# gantry's key for the project secrets it encrypts; never commit it\n# public key: {}\n{}\n",
-                identity.to_public(),
-                identity.to_string().expose_secret()
-            );
-            crate::file::write_atomic(&self.path, text.as_bytes(), 0o600).map_err(io("write"))?;
-            self.identity = Some(identity);
+            self.install(age::x25519::Identity::generate())?;
         }
         self.identity.as_ref().ok_or(SecretsError::NoConfigDir)
+    }
+
+    /// Saves `identity` as the key unless another gantry saved one since
+    /// this one looked: then that one is the key. Replacing it would leave
+    /// what the other encrypted unreadable.
+    fn install(
+        &mut self,
+        identity: age::x25519::Identity,
+    ) -> Result<&age::x25519::Identity, SecretsError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let io = |action| io(action, &self.path);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io("create the directory of"))?;
+        let text = format!(
+            "# gantry's key for the project secrets it encrypts; never commit it\n# public key: {}\n{}\n",
+            identity.to_public(),
+            identity.to_string().expose_secret()
+        );
+        // Written whole beside it, then linked in only where no file is.
+        let whole = dir.join(format!(".identity.{}.tmp", std::process::id()));
+        crate::file::write_atomic(&whole, text.as_bytes(), 0o600).map_err(io("write"))?;
+        let linked = std::fs::hard_link(&whole, &self.path);
+        let _ = std::fs::remove_file(&whole);
+        match linked {
+            Ok(()) => Ok(self.identity.insert(identity)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.read()?.ok_or(SecretsError::NoConfigDir)
+            }
+            Err(e) => Err(io("write")(e)),
+        }
     }
 }
 
@@ -524,6 +543,22 @@ mod tests {
                 changed_at: 42
             }]
         );
+    }
+
+    #[test]
+    fn a_key_another_gantry_made_meanwhile_is_kept_not_replaced() {
+        let (_project, _config, mut first) = setup();
+        let made = first.read_or_create().expect("first key").to_public();
+        // The second looked before the first saved its key.
+        let mut second = Key::at(first.path().to_owned());
+        let kept = second
+            .install(age::x25519::Identity::generate())
+            .expect("the first key")
+            .to_public();
+        assert_eq!(kept.to_string(), made.to_string());
+        let mut again = Key::at(first.path().to_owned());
+        let on_disk = again.read().expect("read").expect("a key").to_public();
+        assert_eq!(on_disk.to_string(), made.to_string());
     }
 
     #[test]
