@@ -694,8 +694,8 @@ pub enum SecretsAction {
     ///
     /// Example: gantry secrets list --all
     List {
-        /// Every environment with secrets, not only -e's
-        #[arg(long)]
+        /// Every environment with secrets, instead of one (so -e and GANTRY_ENV cannot go with it)
+        #[arg(long, conflicts_with = "environment")]
         all: bool,
     },
     /// Remove a secret from the environment

@@ -128,6 +128,7 @@ codes! {
     SecretsInvalid = "secrets.invalid", Invalid, "a secret's name is not an environment variable name, or its value is empty, over 64 KiB, has a line break or NUL, or is written into a `run` command (where `ps` shows it); the message says which";
     SecretsKeyMissing = "secrets.key_missing", Invalid, "the project's encrypted secrets need the key in the user's config directory (`~/.config/gantry/identity.txt`), and it is not there";
     SecretsKeyMismatch = "secrets.key_mismatch", Invalid, "the encrypted secrets file was made with another key than the user's (or the key lies inside the project); the hint says where the key goes";
+    SecretsKeyExposed = "secrets.key_exposed", Invalid, "the key file can be read or written by other users than its owner, or belongs to another user: it is refused until `chmod 600` makes it private";
     SecretsCorrupt = "secrets.corrupt", Invalid, "an encrypted secrets file (`.gantry/secrets/<env>.age`) or the key was changed or damaged: decryption found it altered";
     SecretsNotFound = "secrets.not_found", Invalid, "`gantry secrets rm` named a secret the environment does not have";
     RoutesRefused = "routes.refused", Invalid, "the deploy's routes would make the proxy refuse the host's route table (a host and path routed twice); nothing changed";

@@ -164,6 +164,41 @@ fn a_secret_set_from_stdin_is_listed_by_name_and_stored_encrypted() {
 }
 
 #[test]
+fn secrets_set_at_once_by_eight_commands_are_all_kept() {
+    let config = tempfile::tempdir().expect("tempdir");
+    let p = with_config(shell("sec-race", API), &config);
+    // The first set makes the key, so that the eight race for the store only.
+    set(&p, "FIRST", "first-value-0000");
+    let names: Vec<String> = (0..8).map(|i| format!("RACE_{i}")).collect();
+    std::thread::scope(|s| {
+        for name in &names {
+            let p = &p;
+            s.spawn(move || set(p, name, &format!("value-of-{name}")));
+        }
+    });
+    let list = p.gantry(&["secrets", "list", "--output", "json"]);
+    list.expect_code(0);
+    let listed: Vec<String> = list.json()["secrets"]
+        .as_array()
+        .expect("secrets")
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_owned))
+        .collect();
+    for name in names.iter().chain([&"FIRST".to_owned()]) {
+        assert!(listed.contains(name), "{name} was lost: {listed:?}");
+    }
+}
+
+#[test]
+fn list_all_refuses_an_environment_it_would_ignore() {
+    let config = tempfile::tempdir().expect("tempdir");
+    let p = with_config(shell("sec-all", API), &config);
+    let run = p.gantry(&["secrets", "list", "--all", "-e", "local"]);
+    run.expect_code(2);
+    assert!(output(&run).contains("--all"), "{}", output(&run));
+}
+
+#[test]
 fn a_value_is_never_taken_from_the_command_line_nor_empty() {
     let config = tempfile::tempdir().expect("tempdir");
     let p = with_config(shell("sec-argv", API), &config);

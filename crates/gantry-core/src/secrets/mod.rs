@@ -51,6 +51,28 @@ fn open(
     Ok((store, key))
 }
 
+/// Opens the store for a change: the returned lock (on the secrets
+/// directory) is held until the change is saved, so two gantry commands
+/// changing secrets at once each see the other's change instead of one
+/// overwriting it.
+fn open_to_change(
+    project: &Project,
+    environment: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Store, Key, std::fs::File), Error> {
+    let config = project.load()?;
+    config.environment(environment)?;
+    let dir = store_path(config.project_dir(), environment)
+        .parent()
+        .map(std::path::Path::to_owned)
+        .unwrap_or_default();
+    std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
+    let lock = std::fs::File::open(&dir).map_err(Error::io("open", &dir))?;
+    lock.lock().map_err(Error::io("lock", &dir))?;
+    let (store, key) = open(project, environment, env)?;
+    Ok((store, key, lock))
+}
+
 /// Sets each `(name, value)`, then saves once.
 pub fn set(
     project: &Project,
@@ -59,7 +81,7 @@ pub fn set(
     now: u64,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<ChangeReport, Error> {
-    let (mut store, mut key) = open(project, environment, env)?;
+    let (mut store, mut key, _lock) = open_to_change(project, environment, env)?;
     let mut changed = Vec::new();
     let mut unchanged = Vec::new();
     for (name, value) in pairs {
@@ -114,7 +136,7 @@ pub fn remove(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<ChangeReport, Error> {
     check_name(name)?;
-    let (mut store, mut key) = open(project, environment, env)?;
+    let (mut store, mut key, _lock) = open_to_change(project, environment, env)?;
     store.remove(name)?;
     store.save(&mut key)?;
     Ok(ChangeReport {

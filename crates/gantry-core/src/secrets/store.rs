@@ -38,6 +38,8 @@ pub enum SecretsError {
     NotFound { environment: String, name: String },
     #[error("no config directory for the key: neither XDG_CONFIG_HOME nor HOME is set")]
     NoConfigDir,
+    #[error("the key {} {problem}", identity.display())]
+    KeyExposed { identity: PathBuf, problem: String },
     #[error("the key {} lies inside the project {}", identity.display(), project.display())]
     KeyInProject { identity: PathBuf, project: PathBuf },
     #[error("cannot {action} {}: {source}", path.display())]
@@ -56,6 +58,7 @@ impl SecretsError {
             SecretsError::KeyMismatch { .. } | SecretsError::KeyInProject { .. } => {
                 Code::SecretsKeyMismatch
             }
+            SecretsError::KeyExposed { .. } => Code::SecretsKeyExposed,
             SecretsError::Corrupt { .. } => Code::SecretsCorrupt,
             SecretsError::NameInvalid { .. } | SecretsError::ValueInvalid { .. } => {
                 Code::SecretsInvalid
@@ -87,6 +90,10 @@ impl SecretsError {
             ),
             SecretsError::NotFound { .. } => "`gantry secrets list` shows the names".to_owned(),
             SecretsError::NoConfigDir => "set HOME or XDG_CONFIG_HOME".to_owned(),
+            SecretsError::KeyExposed { identity, .. } => format!(
+                "make it private with `chmod 600 {}`; if others could read it, set the secrets again under a new key",
+                identity.display()
+            ),
             SecretsError::KeyInProject { .. } => {
                 "point XDG_CONFIG_HOME outside the project: the key must never be committed"
                     .to_owned()
@@ -155,8 +162,17 @@ impl Key {
     /// The identity, if the file exists.
     fn read(&mut self) -> Result<Option<&age::x25519::Identity>, SecretsError> {
         if self.identity.is_none() {
-            let text = match read_bounded(&self.path) {
-                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            let text = match read_private(&self.path) {
+                Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+                Ok(Err(mode)) => {
+                    return Err(SecretsError::KeyExposed {
+                        identity: self.path.clone(),
+                        problem: format!(
+                            "can be read or written by other users (mode {:o}), as a key must not",
+                            mode & 0o777
+                        ),
+                    });
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(source) => {
                     return Err(SecretsError::Io {
@@ -234,6 +250,26 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Secre
         path,
         source,
     }
+}
+
+/// The file's bytes when only its owner may read or write it (as ssh
+/// asks of a private key); else its mode.
+fn read_private(path: &Path) -> std::io::Result<Result<Vec<u8>, u32>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let file = std::fs::File::open(path)?;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Ok(Err(mode));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(
+            "the file is larger than Gantry writes",
+        ));
+    }
+    Ok(Ok(bytes))
 }
 
 fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
@@ -579,6 +615,25 @@ mod tests {
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains("hunter2-very-secret"));
         assert!(!text.contains("DATABASE_URL"), "names are encrypted too");
+    }
+
+    #[test]
+    fn a_key_others_can_read_is_refused_until_made_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (project, _config, mut key) = setup();
+        let mut store = Store::open(project.path(), "prod", &mut key).expect("open");
+        store.set("TOKEN", "t0k3n-value", 1).expect("set");
+        store.save(&mut key).expect("save");
+        let path = key.path().to_owned();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = Store::open(project.path(), "prod", &mut Key::at(path.clone()))
+            .expect_err("a key others can read is refused");
+        assert_eq!(err.code(), crate::Code::SecretsKeyExposed);
+        assert!(err.to_string().contains("644"), "{err}");
+        assert!(err.hint().unwrap_or_default().contains("chmod 600"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let store = Store::open(project.path(), "prod", &mut Key::at(path)).expect("private again");
+        assert_eq!(store.get("TOKEN"), Some("t0k3n-value"));
     }
 
     #[test]
