@@ -23,7 +23,7 @@ use crate::deploy::Progress;
 use crate::environment::{EnvState, HostRecord, Phase, StateDir};
 use crate::host::{HostError, Shell};
 use crate::operate::Connect;
-use crate::{Error, Project};
+use crate::{EnvRefusal, Error, Project};
 
 /// Opens a shell on a host.
 pub type OpenShell<'a> = &'a (dyn Fn(&HostSpec) -> Result<Box<dyn Shell>, Error> + Sync);
@@ -139,6 +139,7 @@ pub fn configure(
         .unwrap_or_else(|| EnvState::new(environment));
     if state.state() == Phase::Destroyed {
         return Err(Error::EnvState {
+            refusal: EnvRefusal::Destroyed,
             environment: environment.to_owned(),
             problem: "was destroyed".to_owned(),
             hint: format!("`gantry env purge {environment}` forgets it; then configure it again"),

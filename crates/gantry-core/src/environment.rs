@@ -24,7 +24,7 @@ use crate::clock::now_ms;
 use crate::config::resolve::{Host as HostSpec, Reach};
 use crate::machine::alive;
 pub use crate::machine::{hostname, pid_space};
-use crate::{Error, write_atomic};
+use crate::{EnvRefusal, Error, write_atomic};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -160,6 +160,11 @@ impl EnvState {
     pub fn set(&mut self, state: Phase) -> Result<(), Error> {
         if !self.state.may_become(state) {
             return Err(Error::EnvState {
+                refusal: if self.state == Phase::Destroyed {
+                    EnvRefusal::Destroyed
+                } else {
+                    EnvRefusal::Transition
+                },
                 environment: self.environment.clone(),
                 problem: format!("is {}, and cannot become {state}", self.state),
                 hint: match self.state {
@@ -466,7 +471,7 @@ mod tests {
         let mut state = EnvState::new("prod");
         let before = serde_json::to_string(&state).unwrap();
         let refused = state.set(Phase::Running).unwrap_err();
-        assert_eq!(refused.code(), "env.state");
+        assert_eq!(refused.code(), "env.transition");
         assert!(
             refused
                 .to_string()
@@ -494,7 +499,11 @@ mod tests {
 
         let mut loaded = states.load("prod").unwrap().unwrap();
         for next in EVERY {
-            assert!(loaded.set(next).is_err(), "destroyed became {next}");
+            assert_eq!(
+                loaded.set(next).err().map(|e| e.code()),
+                Some(crate::Code::EnvDestroyed),
+                "destroyed became {next}"
+            );
             assert!(loaded.fail(next, "deploy", None, "boom").is_err());
         }
         // Even saved by a caller that ignored the refusals, the file says destroyed.
@@ -599,6 +608,7 @@ fn project_states(project: &crate::Project) -> Result<(crate::config::Config, St
 
 fn unknown(environment: &str) -> Error {
     Error::EnvState {
+        refusal: EnvRefusal::Unknown,
         environment: environment.to_owned(),
         problem: "has no state yet".to_owned(),
         hint: format!(
@@ -612,6 +622,7 @@ pub fn create(project: &crate::Project, environment: &str) -> Result<EnvReport, 
     let _lock = states.lock(environment, &format!("gantry env create {environment}"))?;
     if let Some(existing) = states.load(environment)? {
         return Err(Error::EnvState {
+            refusal: EnvRefusal::Exists,
             environment: environment.to_owned(),
             problem: format!("already exists ({})", existing.state),
             hint: format!("`gantry env show {environment}` shows it"),
@@ -746,6 +757,7 @@ pub fn purge(project: &crate::Project, environment: &str, force: bool) -> Result
         .ok_or_else(|| unknown(environment))?;
     if state.state != Phase::Destroyed && !force {
         return Err(Error::EnvState {
+            refusal: EnvRefusal::NotDestroyed,
             environment: environment.to_owned(),
             problem: format!("is {}, not destroyed", state.state),
             hint: format!("`gantry env destroy {environment} --yes` first"),

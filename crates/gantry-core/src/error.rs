@@ -104,7 +104,18 @@ codes! {
     AgentIncompatible = "agent.incompatible", Conflict, "the host's agent runs a gantry version this CLI cannot talk to";
     StateCorrupt = "state.corrupt", Invalid, "a file under .gantry/state is not what Gantry wrote";
     EnvLocked = "env.locked", Conflict, "another gantry command is changing the environment; the error names it";
-    EnvState = "env.state", Conflict, "the environment is not in a state that allows the command (destroyed, not destroyed yet, unknown)";
+    // Why an environment refuses a command (`EnvRefusal`), one code each.
+    EnvDestroyed = "env.destroyed", Conflict, "the environment was destroyed: it takes no configure, register or deploy until `gantry env purge` forgets it";
+    EnvTransition = "env.transition", Conflict, "the environment's lifecycle has no such step from the state it is in (`gantry env show` shows its state and history)";
+    EnvUnknown = "env.unknown", Conflict, "the environment has no state yet: `gantry env create` or `gantry register` starts it";
+    EnvExists = "env.exists", Conflict, "`gantry env create` named an environment that already exists";
+    EnvNotDestroyed = "env.not_destroyed", Conflict, "`gantry env purge` without --force named an environment that is not destroyed";
+    EnvNoHosts = "env.no_hosts", Conflict, "the environment has no hosts to run the command on";
+    EnvHostUnknown = "env.host_unknown", Conflict, "`gantry ssh --host` names no host of the environment; the hint lists them";
+    EnvHostLocal = "env.host_local", Conflict, "`gantry ssh` named a host reached without SSH (this machine): use a shell here";
+    EnvServiceUnknown = "env.service_unknown", Conflict, "`gantry exec` names no service of the environment; the hint lists them";
+    EnvServiceNotOnHost = "env.service_not_on_host", Conflict, "`gantry exec`: the service runs neither on the host --host names nor, without --host, on any host of the environment";
+    EnvNotDeployed = "env.not_deployed", Conflict, "`gantry secrets sync`: a host runs no release of the project to give the secrets to; deploy first";
     EnvDestroyFailed = "env.destroy_failed", Failed, "`gantry env destroy` could not stop the environment's services (a host did not answer); it stays as it was, and the error names the host";
     RegisterLocal = "register.local", Invalid, "`gantry register` was given the environment or host `local`, which is this machine and needs no registering";
     RegisterSshDiffers = "register.ssh_differs", Conflict, "`gantry register --ssh` names another SSH target than the host's `ssh` in gantry.toml; the error names both";
@@ -264,6 +275,8 @@ pub enum Error {
     },
     #[error("environment `{environment}` {problem}")]
     EnvState {
+        /// Which refusal it is: it gives the code.
+        refusal: EnvRefusal,
         environment: String,
         problem: String,
         hint: String,
@@ -356,7 +369,7 @@ impl Error {
             Error::StateCorrupt { .. } => Code::StateCorrupt,
             Error::TestFailed { .. } => Code::TestFailed,
             Error::EnvLocked { .. } => Code::EnvLocked,
-            Error::EnvState { .. } => Code::EnvState,
+            Error::EnvState { refusal, .. } => refusal.code(),
             Error::ConfigureFailed { .. } => Code::ConfigureFailed,
             Error::ConfigUneditable { .. } => Code::ConfigUneditable,
             Error::RegisterLocal => Code::RegisterLocal,
@@ -464,6 +477,52 @@ impl Error {
         match self {
             Error::Config(gantry_config::Error::Invalid(d)) => Some(d),
             _ => None,
+        }
+    }
+}
+
+/// Why an environment refuses a command ([`Error::EnvState`]): each is a
+/// condition of its own, with its own code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvRefusal {
+    /// It was destroyed: nothing but `gantry env purge` until forgotten.
+    Destroyed,
+    /// Its lifecycle has no such step from the state it is in.
+    Transition,
+    /// It has no state yet.
+    Unknown,
+    /// `gantry env create` of one that exists.
+    Exists,
+    /// `gantry env purge` of one that is not destroyed.
+    NotDestroyed,
+    /// It has no hosts.
+    NoHosts,
+    /// It has no host of the name given.
+    HostUnknown,
+    /// The host named is this machine, reached without SSH.
+    HostLocal,
+    /// It has no service of the name given.
+    ServiceUnknown,
+    /// The service runs on no host that could be used.
+    ServiceNotOnHost,
+    /// A host runs no release of the project yet.
+    NotDeployed,
+}
+
+impl EnvRefusal {
+    pub fn code(self) -> Code {
+        match self {
+            EnvRefusal::Destroyed => Code::EnvDestroyed,
+            EnvRefusal::Transition => Code::EnvTransition,
+            EnvRefusal::Unknown => Code::EnvUnknown,
+            EnvRefusal::Exists => Code::EnvExists,
+            EnvRefusal::NotDestroyed => Code::EnvNotDestroyed,
+            EnvRefusal::NoHosts => Code::EnvNoHosts,
+            EnvRefusal::HostUnknown => Code::EnvHostUnknown,
+            EnvRefusal::HostLocal => Code::EnvHostLocal,
+            EnvRefusal::ServiceUnknown => Code::EnvServiceUnknown,
+            EnvRefusal::ServiceNotOnHost => Code::EnvServiceNotOnHost,
+            EnvRefusal::NotDeployed => Code::EnvNotDeployed,
         }
     }
 }

@@ -6,7 +6,7 @@
 use crate::config::resolve::{Host, Reach};
 use crate::configure::OpenShell;
 use crate::host::{remote_gantry, shell_quote};
-use crate::{Error, Project};
+use crate::{EnvRefusal, Error, Project};
 
 /// Runs the command on this machine as a service of `project` runs: the
 /// command's exit code.
@@ -51,6 +51,7 @@ fn target(
     let env = config.environment(environment)?;
     let Some(spec) = env.services.get(service) else {
         return Err(Error::EnvState {
+            refusal: EnvRefusal::ServiceUnknown,
             environment: environment.to_owned(),
             problem: format!("has no service `{service}`"),
             hint: format!(
@@ -67,11 +68,13 @@ fn target(
             .filter(runs)
             .find(|h| h.name == name)
             .ok_or_else(|| Error::EnvState {
+                refusal: EnvRefusal::ServiceNotOnHost,
                 environment: environment.to_owned(),
                 problem: format!("does not run `{service}` on a host `{name}`"),
                 hint: "leave out --host to use the first host that runs it".to_owned(),
             })?,
         None => env.hosts.iter().find(runs).ok_or_else(|| Error::EnvState {
+            refusal: EnvRefusal::ServiceNotOnHost,
             environment: environment.to_owned(),
             problem: format!("runs `{service}` on no host"),
             hint: "check the service's `hosts` in gantry.toml".to_owned(),
@@ -117,12 +120,20 @@ mod tests {
 
         assert_eq!(exec_on(Some("h2")).unwrap(), 0);
         assert_eq!(fleet.calls(), ["h2 ssh", "h2 interactive"]);
-        let Err(Error::EnvState { problem, .. }) = exec_on(Some("h9")) else {
+        let Err(Error::EnvState {
+            refusal: EnvRefusal::ServiceNotOnHost,
+            problem,
+            ..
+        }) = exec_on(Some("h9"))
+        else {
             panic!("ran on a host that does not run `web`");
         };
         assert_eq!(problem, "does not run `web` on a host `h9`");
-        let Err(Error::EnvState { hint, .. }) =
-            exec(&project, "prod", "db", None, &command, &shell, &here)
+        let Err(Error::EnvState {
+            refusal: EnvRefusal::ServiceUnknown,
+            hint,
+            ..
+        }) = exec(&project, "prod", "db", None, &command, &shell, &here)
         else {
             panic!("ran an unknown service");
         };

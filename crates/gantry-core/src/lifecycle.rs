@@ -10,7 +10,7 @@ use crate::configure::OpenShell;
 use crate::deploy::{DeployOptions, DeployReport, Progress};
 use crate::environment::{EnvState, Phase, StateDir};
 use crate::operate::Connect;
-use crate::{Error, Project};
+use crate::{EnvRefusal, Error, Project};
 
 /// How a deploy reaches the environment's hosts: their agents, and their
 /// shells to configure them with the gantry binary `exe`.
@@ -65,6 +65,7 @@ fn before_deploy(
     let state = states.load(environment)?;
     match state.as_ref().map(EnvState::state) {
         Some(Phase::Destroyed) => Err(Error::EnvState {
+            refusal: EnvRefusal::Destroyed,
             environment: environment.to_owned(),
             problem: "was destroyed".to_owned(),
             hint: format!("`gantry env purge {environment}`, then configure it again"),
@@ -200,7 +201,7 @@ mod tests {
 
         let error = deploy_on(&fleet, &project, &Said::default()).unwrap_err();
         assert!(
-            matches!(&error, Error::EnvState { hint, .. } if hint.contains("gantry env purge prod")),
+            matches!(&error, Error::EnvState { refusal: EnvRefusal::Destroyed, hint, .. } if hint.contains("gantry env purge prod")),
             "{error:?}"
         );
         assert_eq!(fleet.calls(), Vec::<String>::new());

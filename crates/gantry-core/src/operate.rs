@@ -10,7 +10,7 @@ use crate::agent_api::{
 use crate::config::resolve::Host as HostSpec;
 use crate::deploy::{DeployReport, HostDeploy, HostOutcome, conclude, secret_values};
 use crate::host::{Host, LogQuery};
-use crate::{Error, Project};
+use crate::{EnvRefusal, Error, Project};
 
 pub use crate::host::Connect;
 
@@ -20,6 +20,7 @@ fn hosts_of(project: &Project, environment: &str) -> Result<(String, Vec<HostSpe
     let env = config.environment(environment)?;
     if env.hosts.is_empty() {
         return Err(Error::EnvState {
+            refusal: EnvRefusal::NoHosts,
             environment: environment.to_owned(),
             problem: "has no hosts".to_owned(),
             hint: "add hosts to it in gantry.toml".to_owned(),
@@ -285,6 +286,7 @@ pub fn sync_secrets(
             .find(|r| running.contains(&r.id))
             .map(|r| r.id);
         current.map(Some).ok_or_else(|| Error::EnvState {
+            refusal: EnvRefusal::NotDeployed,
             environment: environment.to_owned(),
             problem: format!(
                 "runs nothing on host `{}` to give the secrets to",

@@ -10,7 +10,7 @@ use crate::config::resolve::{Host as HostSpec, Reach};
 use crate::configure::OpenShell;
 use crate::deploy::Progress;
 use crate::environment::{EnvState, HostRecord, Phase, StateDir};
-use crate::{Error, Project, write_atomic};
+use crate::{EnvRefusal, Error, Project, write_atomic};
 
 #[derive(Debug, Serialize)]
 pub struct RegisterReport {
@@ -57,6 +57,7 @@ pub fn register(
         .is_some_and(|s| s.state() == Phase::Destroyed)
     {
         return Err(Error::EnvState {
+            refusal: EnvRefusal::Destroyed,
             environment: environment.to_owned(),
             problem: "was destroyed".to_owned(),
             hint: format!("`gantry env purge {environment}` forgets it; then register hosts again"),

@@ -3,7 +3,7 @@
 
 use crate::config::resolve::{Environment, Host, Reach};
 use crate::configure::OpenShell;
-use crate::{Error, Project};
+use crate::{EnvRefusal, Error, Project};
 
 /// Runs `command` (a shell when it is empty) on `host`, or on the
 /// environment's first host; the remote command's exit code.
@@ -19,6 +19,7 @@ pub fn ssh(
     let host = pick(&env, environment, host)?;
     if host.reach == Reach::Local {
         return Err(Error::EnvState {
+            refusal: EnvRefusal::HostLocal,
             environment: environment.to_owned(),
             problem: format!("reaches `{}` without SSH: it is this machine", host.name),
             hint: "use a shell here".to_owned(),
@@ -40,6 +41,7 @@ fn pick<'a>(
             .iter()
             .find(|h| h.name == name)
             .ok_or_else(|| Error::EnvState {
+                refusal: EnvRefusal::HostUnknown,
                 environment: environment.to_owned(),
                 problem: format!("has no host `{name}`"),
                 hint: format!(
@@ -52,6 +54,7 @@ fn pick<'a>(
                 ),
             }),
         None => env.hosts.first().ok_or_else(|| Error::EnvState {
+            refusal: EnvRefusal::NoHosts,
             environment: environment.to_owned(),
             problem: "has no hosts".to_owned(),
             hint: "register one with `gantry register`".to_owned(),
@@ -79,8 +82,12 @@ mod tests {
             ["h1 ssh", "h1 interactive", "h2 ssh", "h2 interactive"]
         );
 
-        let Err(Error::EnvState { problem, hint, .. }) =
-            ssh(&project, "prod", Some("h9"), &[], &shell)
+        let Err(Error::EnvState {
+            refusal: EnvRefusal::HostUnknown,
+            problem,
+            hint,
+            ..
+        }) = ssh(&project, "prod", Some("h9"), &[], &shell)
         else {
             panic!("an unknown host was reached");
         };
@@ -93,7 +100,12 @@ mod tests {
         let (_dir, project) = project(&["h1"], 1);
         let fleet = Fleet::new([("h1", Script::default())]);
         let shell = |spec: &Host| fleet.open_shell(spec);
-        let Err(Error::EnvState { problem, .. }) = ssh(&project, "local", None, &[], &shell) else {
+        let Err(Error::EnvState {
+            refusal: EnvRefusal::HostLocal,
+            problem,
+            ..
+        }) = ssh(&project, "local", None, &[], &shell)
+        else {
             panic!("`local` was reached over ssh");
         };
         assert!(problem.contains("without SSH"), "{problem}");

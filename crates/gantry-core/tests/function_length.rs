@@ -3,8 +3,9 @@
 //! is longer than 40. Test code (`tests/` dirs, `tests.rs` files and
 //! `#[cfg(test)]` modules) is not counted.
 //!
-//! The crates listed in `ENFORCED` fail the test; offenders in the other
-//! crates are printed so the list stays visible while they are reshaped.
+//! Every crate is held to it, a new one too, except those in
+//! `PRINTED_ONLY`: their offenders are printed, so the list stays visible
+//! while they are reshaped.
 
 use std::path::{Path, PathBuf};
 
@@ -14,16 +15,12 @@ use syn::visit::Visit;
 const MAX_FN_LINES: usize = 120;
 const MAX_HANDLER_LINES: usize = 40;
 
-/// Paths (relative to `crates/`) whose offenders fail the test.
-const ENFORCED: &[&str] = &[
-    "gantry-config/",
-    "gantry-cli/",
-    "gantry-remote/",
-    "gantry-core/",
+/// Paths (relative to `crates/`) whose offenders are printed, not failed.
+const PRINTED_ONLY: &[&str] = &[
+    // Joins once its two long functions, `edit_item` (store/fields.rs) and
+    // `item_from` (store/items.rs), are split.
+    "gantry-hub/",
 ];
-
-/// Paths in an enforced crate that are reshaped elsewhere for now.
-const NOT_YET_ENFORCED: &[&str] = &["gantry-core/src/deploy.rs", "gantry-core/src/agent_api"];
 
 #[derive(Debug)]
 struct Offender {
@@ -158,8 +155,7 @@ fn offenders() -> Vec<Offender> {
 }
 
 fn enforced(file: &str) -> bool {
-    ENFORCED.iter().any(|p| file.starts_with(p))
-        && !NOT_YET_ENFORCED.iter().any(|p| file.starts_with(p))
+    !PRINTED_ONLY.iter().any(|p| file.starts_with(p))
 }
 
 #[test]
@@ -204,4 +200,13 @@ fn the_check_sees_a_long_function() {
         .map(|o| (o.name.as_str(), o.lines))
         .collect();
     assert_eq!(names, [("long", MAX_FN_LINES + 2)]);
+}
+
+#[test]
+fn every_crate_but_the_hub_is_held_to_the_limit() {
+    assert!(enforced("gantry-proxy/src/forward.rs"));
+    assert!(enforced("gantry-agent/src/container/image.rs"));
+    assert!(enforced("gantry-core/src/deploy.rs"));
+    assert!(enforced("gantry-someday/src/lib.rs"));
+    assert!(!enforced("gantry-hub/src/store/fields.rs"));
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
@@ -28,7 +29,8 @@ use crate::forwarded::{self, Seen, TrustedProxy};
 use crate::limits::Permit;
 use crate::metrics::UpstreamError;
 use crate::pages::Page;
-use crate::pool::{Pool, SWEEP_EVERY};
+use crate::pool::{Connection, Pool, SWEEP_EVERY};
+use crate::router::Target;
 use crate::state::ProxyState;
 use crate::upstream::{InFlight, Upstream};
 
@@ -121,9 +123,37 @@ impl Forwarder {
     async fn forward(&self, request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
+        let routed = match self.route(started, &mut parts, peer) {
+            Ok(routed) => routed,
+            Err(answered) => return *answered,
+        };
+        if let Some(site) = &routed.target.site {
+            let in_site = routed.target.upstream_path(&parts.uri);
+            let ask = crate::site::Ask {
+                method: &parts.method,
+                headers: &parts.headers,
+                path: in_site.path(),
+                request_path: &routed.path,
+                query: parts.uri.query(),
+                service: &routed.target.service,
+                request_id: &routed.request_id,
+            };
+            return crate::site::serve(Arc::clone(site), ask, routed.exchange).await;
+        }
+        self.to_upstream(parts, body, peer, routed).await
+    }
+
+    /// Routes a request and readies its URI and Host for the upstream; or
+    /// the answer that ends it here: a refusal, no route, a redirect to HTTPS.
+    fn route(
+        &self,
+        started: Instant,
+        parts: &mut Parts,
+        peer: &Peer,
+    ) -> Result<Routed, Box<Response<ProxyBody>>> {
         // A request the proxy will not route still gets an exchange (and an
         // access-log line) and a page saying why.
-        let checked = check(&parts).and_then(|host| {
+        let checked = check(parts).and_then(|host| {
             let path = crate::path::normalize(parts.uri.path())?.into_owned();
             Ok((host, path))
         });
@@ -138,7 +168,7 @@ impl Forwarder {
             .flatten();
         let request_id = request_id(&mut parts.headers);
         let metrics = target.as_ref().map_or(&self.state.no_route, |t| &t.metrics);
-        let mut exchange =
+        let exchange =
             Exchange::start(started, Arc::clone(metrics), &self.state.access_log, || {
                 Entry {
                     method: parts.method.clone(),
@@ -155,160 +185,83 @@ impl Forwarder {
             } else {
                 Page::BadRequest { why }
             };
-            return page.response(&request_id, exchange);
+            return Err(Box::new(page.response(&request_id, exchange)));
         }
         let Some(target) = target else {
-            return Page::NoRoute { host: host_text }.response(&request_id, exchange);
+            let page = Page::NoRoute { host: host_text };
+            return Err(Box::new(page.response(&request_id, exchange)));
         };
         // The upstream gets the path it was routed on, and the authority.
-        if path != parts.uri.path() {
-            let rewritten = match parts.uri.query() {
-                Some(query) => format!("{path}?{query}"),
-                None => path.clone(),
-            };
-            match Uri::try_from(rewritten) {
-                Ok(rewritten) => parts.uri = rewritten,
-                // Never forward a path other than the one routed on.
-                Err(_) => {
-                    let why = "the path cannot be normalised";
-                    return Page::BadRequest { why }.response(&request_id, exchange);
-                }
-            }
+        if let Err(why) = set_path(&mut parts.uri, &path) {
+            return Err(Box::new(
+                Page::BadRequest { why }.response(&request_id, exchange),
+            ));
         }
         if let Some(host) = &host {
             parts.headers.insert(HOST, host.clone());
         }
-        if target.redirect_https
-            && !peer.tls
-            && !path.starts_with(ACME_CHALLENGE)
-            && let Some(location) = self
-                .state
-                .https_url(
-                    host_text,
-                    parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-                )
-                .and_then(|url| HeaderValue::try_from(url).ok())
-        {
-            return crate::pages::redirect(location, &request_id, exchange);
+        if let Some(location) = self.https_location(&target, host_text, &path, parts, peer) {
+            return Err(Box::new(crate::pages::redirect(
+                location,
+                &request_id,
+                exchange,
+            )));
         }
-        if let Some(site) = &target.site {
-            let in_site = target.upstream_path(&parts.uri);
-            let ask = crate::site::Ask {
-                method: &parts.method,
-                headers: &parts.headers,
-                path: in_site.path(),
-                request_path: &path,
-                query: parts.uri.query(),
-                service: &target.service,
-                request_id: &request_id,
-            };
-            return crate::site::serve(Arc::clone(site), ask, exchange).await;
-        }
-        let unavailable = |exchange| {
-            Page::Unavailable {
-                service: &target.service,
-            }
-            .response(&request_id, exchange)
-        };
+        Ok(Routed {
+            target,
+            host,
+            path,
+            request_id,
+            exchange,
+        })
+    }
 
-        // A connection first: if the upstream refuses, the request is still
-        // whole here and can go to another. It counts as in flight from the
-        // moment its upstream is chosen, so a drain never misses it.
-        let mut refused: Option<Arc<Upstream>> = None;
-        let (upstream, in_flight, mut connection) = loop {
-            let Some(upstream) = target.pick(refused.as_deref()).cloned() else {
-                return unavailable(exchange);
-            };
-            let in_flight = InFlight::new(Arc::clone(&upstream));
-            match self.pool.checkout(upstream.addr).await {
-                Ok(connection) => break (upstream, in_flight, connection),
-                Err(_) => {
-                    drop(in_flight);
-                    upstream.eject();
-                    self.state
-                        .metrics
-                        .upstream_error(upstream.addr, UpstreamError::Connect);
-                    if refused.is_some() {
-                        return unavailable(exchange);
-                    }
-                    refused = Some(upstream);
-                }
-            }
+    /// Where a plain-HTTP request to a route that redirects to HTTPS goes
+    /// instead; ACME's challenges are never redirected.
+    fn https_location(
+        &self,
+        target: &Target,
+        host: &str,
+        path: &str,
+        parts: &Parts,
+        peer: &Peer,
+    ) -> Option<HeaderValue> {
+        if !target.redirect_https || peer.tls || path.starts_with(ACME_CHALLENGE) {
+            return None;
+        }
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        self.state
+            .https_url(host, path_and_query)
+            .and_then(|url| HeaderValue::try_from(url).ok())
+    }
+
+    /// Sends a routed request to one of its upstreams and streams the
+    /// answer back; an upgrade becomes a tunnel.
+    async fn to_upstream(
+        &self,
+        mut parts: Parts,
+        body: Incoming,
+        peer: &Peer,
+        routed: Routed,
+    ) -> Response<ProxyBody> {
+        let Routed {
+            target,
+            host,
+            request_id,
+            mut exchange,
+            ..
+        } = routed;
+        let service = &*target.service;
+        let Some((upstream, in_flight, connection)) = self.connect(&target).await else {
+            return Page::Unavailable { service }.response(&request_id, exchange);
         };
         exchange.set_upstream(upstream.addr);
-
-        let client_upgrade = wants_upgrade(parts.version, &parts.headers)
-            .then(|| parts.extensions.remove::<OnUpgrade>())
-            .flatten();
-        let upgrade = client_upgrade
-            .as_ref()
-            .and_then(|_| parts.headers.get(UPGRADE).cloned());
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(protocol) = upgrade {
-            parts
-                .headers
-                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(UPGRADE, protocol);
-        }
-        // Room for the headers the proxy adds, in one allocation.
-        parts.headers.reserve(5);
-        forwarded::set(
-            &mut parts.headers,
-            &Seen {
-                client: &peer.ip,
-                tls: peer.tls,
-                host: host.as_ref(),
-                port: peer.local_port,
-                trusted: peer.trusted,
-            },
-        );
+        let client_upgrade = upstream_headers(&mut parts, host.as_ref(), peer);
         let path = target.upstream_path(&parts.uri);
-        let mut request = upstream_request(parts.method, path, parts.headers, body);
-
-        let response = loop {
-            let sent = tokio::time::timeout(
-                self.state.timeouts.response,
-                connection.sender.try_send_request(request),
-            )
-            .await;
-            match sent {
-                Ok(Ok(response)) => break response,
-                Ok(Err(mut error)) => {
-                    // A pooled connection the upstream closed before taking
-                    // the request: the request comes back unsent.
-                    if let Some(unsent) = error.take_message().filter(|_| connection.reused) {
-                        match Box::pin(self.pool.connect(upstream.addr)).await {
-                            Ok(fresh) => {
-                                (connection, request) = (fresh, unsent);
-                                continue;
-                            }
-                            Err(_) => {
-                                upstream.eject();
-                                self.state
-                                    .metrics
-                                    .upstream_error(upstream.addr, UpstreamError::Connect);
-                                return unavailable(exchange);
-                            }
-                        }
-                    }
-                    self.state
-                        .metrics
-                        .upstream_error(upstream.addr, UpstreamError::Response);
-                    return Page::BadGateway {
-                        service: &target.service,
-                    }
-                    .response(&request_id, exchange);
-                }
-                Err(_elapsed) => {
-                    self.state
-                        .metrics
-                        .upstream_error(upstream.addr, UpstreamError::Timeout);
-                    return Page::GatewayTimeout {
-                        service: &target.service,
-                    }
-                    .response(&request_id, exchange);
-                }
-            }
+        let request = upstream_request(parts.method, path, parts.headers, body);
+        let (response, connection) = match self.send(connection, request, &upstream).await {
+            Ok(sent) => sent,
+            Err(failed) => return failed.page(service).response(&request_id, exchange),
         };
         upstream.mark_alive();
 
@@ -321,10 +274,7 @@ impl Forwarder {
                 self.state
                     .metrics
                     .upstream_error(upstream.addr, UpstreamError::Response);
-                return Page::BadGateway {
-                    service: &target.service,
-                }
-                .response(&request_id, exchange);
+                return Page::BadGateway { service }.response(&request_id, exchange);
             };
             let state = Arc::clone(&self.state);
             // The tunnel keeps the client connection's place under the caps.
@@ -347,6 +297,167 @@ impl Forwarder {
         );
         Response::from_parts(head, body)
     }
+
+    /// A connection first: if the upstream refuses, the request is still
+    /// whole here and can go to another, once. It counts as in flight from
+    /// the moment its upstream is chosen, so a drain never misses it. `None`:
+    /// no upstream took a connection.
+    async fn connect(&self, target: &Target) -> Option<(Arc<Upstream>, InFlight, Connection)> {
+        let mut refused: Option<Arc<Upstream>> = None;
+        loop {
+            let upstream = target.pick(refused.as_deref()).cloned()?;
+            let in_flight = InFlight::new(Arc::clone(&upstream));
+            match self.pool.checkout(upstream.addr).await {
+                Ok(connection) => return Some((upstream, in_flight, connection)),
+                Err(_) => {
+                    drop(in_flight);
+                    upstream.eject();
+                    self.state
+                        .metrics
+                        .upstream_error(upstream.addr, UpstreamError::Connect);
+                    if refused.is_some() {
+                        return None;
+                    }
+                    refused = Some(upstream);
+                }
+            }
+        }
+    }
+
+    /// Sends the request and waits for the response's head, within the
+    /// response timeout. A pooled connection the upstream closed before
+    /// taking the request gives it back unsent: it goes again over a new
+    /// connection.
+    async fn send(
+        &self,
+        mut connection: Connection,
+        mut request: Request<Incoming>,
+        upstream: &Upstream,
+    ) -> Result<(Response<Incoming>, Connection), Failed> {
+        loop {
+            let sent = tokio::time::timeout(
+                self.state.timeouts.response,
+                connection.sender.try_send_request(request),
+            )
+            .await;
+            let failed = match sent {
+                Ok(Ok(response)) => return Ok((response, connection)),
+                Ok(Err(mut error)) => {
+                    if let Some(unsent) = error.take_message().filter(|_| connection.reused) {
+                        match Box::pin(self.pool.connect(upstream.addr)).await {
+                            Ok(fresh) => {
+                                (connection, request) = (fresh, unsent);
+                                continue;
+                            }
+                            Err(_) => {
+                                upstream.eject();
+                                Failed::Unavailable
+                            }
+                        }
+                    } else {
+                        Failed::BadGateway
+                    }
+                }
+                Err(_elapsed) => Failed::GatewayTimeout,
+            };
+            self.state
+                .metrics
+                .upstream_error(upstream.addr, failed.metric());
+            return Err(failed);
+        }
+    }
+}
+
+/// A request routed to a service's upstreams: where it goes, and the
+/// exchange that records it.
+struct Routed {
+    target: Arc<Target>,
+    /// The authority, as the upstream gets it in `Host`.
+    host: Option<HeaderValue>,
+    /// The normalised path it was routed on.
+    path: String,
+    request_id: HeaderValue,
+    exchange: Exchange,
+}
+
+/// Why an upstream gave no response.
+#[derive(Clone, Copy)]
+enum Failed {
+    /// A fresh connection, for a request a pooled one gave back, was refused.
+    Unavailable,
+    /// The upstream broke the connection or sent something that is not HTTP.
+    BadGateway,
+    /// No response within the response timeout.
+    GatewayTimeout,
+}
+
+impl Failed {
+    fn metric(self) -> UpstreamError {
+        match self {
+            Failed::Unavailable => UpstreamError::Connect,
+            Failed::BadGateway => UpstreamError::Response,
+            Failed::GatewayTimeout => UpstreamError::Timeout,
+        }
+    }
+
+    fn page(self, service: &str) -> Page<'_> {
+        match self {
+            Failed::Unavailable => Page::Unavailable { service },
+            Failed::BadGateway => Page::BadGateway { service },
+            Failed::GatewayTimeout => Page::GatewayTimeout { service },
+        }
+    }
+}
+
+/// Puts the normalised `path` in the URI when it differs, keeping the
+/// query. Never forward a path other than the one routed on: one that is
+/// not a URI is refused.
+fn set_path(uri: &mut Uri, path: &str) -> Result<(), &'static str> {
+    if path == uri.path() {
+        return Ok(());
+    }
+    let rewritten = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    *uri = Uri::try_from(rewritten).map_err(|_| "the path cannot be normalised")?;
+    Ok(())
+}
+
+/// The headers as the upstream gets them: the hop-by-hop ones go (but an
+/// upgrade the client asked for is passed on) and the forwarding ones are
+/// set. Returns the client's side of that upgrade.
+fn upstream_headers(
+    parts: &mut Parts,
+    host: Option<&HeaderValue>,
+    peer: &Peer,
+) -> Option<OnUpgrade> {
+    let client_upgrade = wants_upgrade(parts.version, &parts.headers)
+        .then(|| parts.extensions.remove::<OnUpgrade>())
+        .flatten();
+    let upgrade = client_upgrade
+        .as_ref()
+        .and_then(|_| parts.headers.get(UPGRADE).cloned());
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = upgrade {
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, protocol);
+    }
+    // Room for the headers the proxy adds, in one allocation.
+    parts.headers.reserve(5);
+    forwarded::set(
+        &mut parts.headers,
+        &Seen {
+            client: &peer.ip,
+            tls: peer.tls,
+            host,
+            port: peer.local_port,
+            trusted: peer.trusted,
+        },
+    );
+    client_upgrade
 }
 
 /// The request as an upstream gets it: HTTP/1.1 whatever the client spoke,
@@ -369,7 +480,7 @@ fn upstream_request(
 /// absolute-form target) or the Host header's, which must then agree; or
 /// why the request is refused. Two names would let the proxy route on one
 /// while the upstream reads the other.
-fn check(parts: &http::request::Parts) -> Result<Option<HeaderValue>, &'static str> {
+fn check(parts: &Parts) -> Result<Option<HeaderValue>, &'static str> {
     if parts.method == Method::CONNECT {
         return Err("CONNECT is not served");
     }

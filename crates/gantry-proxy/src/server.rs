@@ -182,25 +182,7 @@ fn launch(
 ) -> Result<RunningProxy, ProxyError> {
     check_settings(&config)?;
     let mut listeners = listeners;
-    let Some(listener) = listeners.take(HTTP) else {
-        return Err(ProxyError::Listen {
-            addr: config.http,
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no `http` listener was given",
-            ),
-        });
-    };
-    let http_addr = listener.local_addr().map_err(|source| ProxyError::Listen {
-        addr: config.http,
-        source,
-    })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| ProxyError::Listen {
-            addr: http_addr,
-            source,
-        })?;
+    let (listener, http_addr) = http_listener(&mut listeners, &config)?;
     std::fs::create_dir_all(&config.state_dir).map_err(|source| ProxyError::State {
         action: "create",
         path: config.state_dir.clone(),
@@ -264,23 +246,7 @@ fn launch(
         config.clients.max_connections.min(fd_budget()),
         config.clients.max_per_client,
     );
-    let mut slots = Vec::with_capacity(workers);
-    for index in 0..workers {
-        let (connections, received) = mpsc::unbounded_channel();
-        let open = Arc::new(AtomicUsize::new(0));
-        slots.push(WorkerSlot {
-            connections,
-            open: Arc::clone(&open),
-        });
-        let (state, stopped, handed_off) =
-            (Arc::clone(&state), stopped.clone(), handed_off.clone());
-        let tls_config = tls_config.clone();
-        proxy
-            .threads
-            .push(spawn(format!("gantry-proxy-{index}"), move || {
-                worker(received, open, state, tls_config, stopped, handed_off);
-            })?);
-    }
+    let slots = proxy.start_workers(workers, &state, tls_config.as_ref(), &stopped)?;
     if let Some((listener, _)) = https {
         let (slots, accepting, caps) = (slots.clone(), stopped.clone(), Arc::clone(&caps));
         proxy
@@ -311,6 +277,63 @@ fn launch(
             serve_control(control, state, stopped);
         })?);
     Ok(proxy)
+}
+
+impl RunningProxy {
+    /// Starts `count` worker threads; each is stopped and joined with the
+    /// proxy's other threads, even if a later one cannot start.
+    fn start_workers(
+        &mut self,
+        count: usize,
+        state: &Arc<ProxyState>,
+        tls_config: Option<&Arc<rustls::ServerConfig>>,
+        stopped: &watch::Receiver<bool>,
+    ) -> Result<Vec<WorkerSlot>, ProxyError> {
+        let mut slots = Vec::with_capacity(count);
+        for index in 0..count {
+            let (connections, received) = mpsc::unbounded_channel();
+            let open = Arc::new(AtomicUsize::new(0));
+            slots.push(WorkerSlot {
+                connections,
+                open: Arc::clone(&open),
+            });
+            let (state, stopped, handed_off) =
+                (Arc::clone(state), stopped.clone(), self.handed_off.clone());
+            let tls_config = tls_config.cloned();
+            self.threads
+                .push(spawn(format!("gantry-proxy-{index}"), move || {
+                    worker(received, open, state, tls_config, stopped, handed_off);
+                })?);
+        }
+        Ok(slots)
+    }
+}
+
+/// The `http` listener given, non-blocking, and the address it has.
+fn http_listener(
+    listeners: &mut Listeners,
+    config: &ProxyConfig,
+) -> Result<(std::net::TcpListener, SocketAddr), ProxyError> {
+    let Some(listener) = listeners.take(HTTP) else {
+        return Err(ProxyError::Listen {
+            addr: config.http,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no `http` listener was given",
+            ),
+        });
+    };
+    let http_addr = listener.local_addr().map_err(|source| ProxyError::Listen {
+        addr: config.http,
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ProxyError::Listen {
+            addr: http_addr,
+            source,
+        })?;
+    Ok((listener, http_addr))
 }
 
 /// Refuses settings that are wrong before anything is bound or made (a

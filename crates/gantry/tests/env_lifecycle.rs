@@ -21,7 +21,7 @@ fn create_list_show_and_purge_guard_their_states() {
 
     let again = p.gantry(&["env", "create", "stage", "--output", "json"]);
     again.expect_code(4);
-    assert_eq!(again.json()["error"]["code"], "env.state");
+    assert_eq!(again.json()["error"]["code"], "env.exists");
 
     let list = p.gantry(&["env", "list", "--output", "json"]).json();
     let envs = list["environments"].as_array().expect("environments");
@@ -40,6 +40,7 @@ fn create_list_show_and_purge_guard_their_states() {
     // Only a destroyed environment is forgotten.
     let purge = p.gantry(&["env", "purge", "stage", "--output", "json"]);
     purge.expect_code(4);
+    assert_eq!(purge.json()["error"]["code"], "env.not_destroyed");
     assert!(
         purge.json()["error"]["hint"]
             .as_str()
@@ -51,7 +52,7 @@ fn create_list_show_and_purge_guard_their_states() {
 
     let unknown = p.gantry(&["env", "show", "prod", "--output", "json"]);
     unknown.expect_code(4);
-    assert_eq!(unknown.json()["error"]["code"], "env.state");
+    assert_eq!(unknown.json()["error"]["code"], "env.unknown");
 
     // A damaged state file is named, not overwritten.
     std::fs::write(&state, b"{ not json").expect("damage it");

@@ -660,7 +660,7 @@ fn register_configure_twice_deploy_destroy() {
     }
     let refused = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"]);
     refused.expect_code(4);
-    assert_eq!(refused.json()["error"]["code"], "env.state");
+    assert_eq!(refused.json()["error"]["code"], "env.destroyed");
     project
         .gantry(&["env", "purge", "prod", "--output", "json"])
         .expect_code(0);

@@ -179,9 +179,20 @@ pub fn split_archive(
         move |e: io::Error| archive_error(format!("{}: {e}", path.display()))
     };
     fs::create_dir_all(blobs).map_err(io(blobs))?;
+    let (files, manifest_json) = unpack(archive, blobs)?;
+    manifest_of(&files, &manifest_json, blobs, tags)
+}
+
+/// The files of an archive by path (links resolved): the blob each went to
+/// and its size.
+type Unpacked = HashMap<String, (String, u64)>;
+
+/// Reads a `docker save` archive once, as a stream, storing each file in
+/// `blobs`; returns where each went and the bytes of `manifest.json`.
+fn unpack(archive: impl Read, blobs: &Path) -> Result<(Unpacked, Vec<u8>), ContainerError> {
     let mut tar = tar::Archive::new(archive);
     // Path in the archive → (digest, size); links resolved at the end.
-    let mut files: HashMap<String, (String, u64)> = HashMap::new();
+    let mut files = Unpacked::new();
     let mut links: Vec<(String, String)> = Vec::new();
     let mut manifest_json: Option<Vec<u8>> = None;
     let mut total = 0u64;
@@ -236,7 +247,18 @@ pub fn split_archive(
     }
     let manifest_json =
         manifest_json.ok_or_else(|| archive_error("the archive has no manifest.json"))?;
-    let entries: Vec<SaveEntry> = serde_json::from_slice(&manifest_json)
+    Ok((files, manifest_json))
+}
+
+/// The image manifest of an unpacked archive, its layers checked against
+/// its config; drops the blobs the manifest does not name.
+fn manifest_of(
+    files: &Unpacked,
+    manifest_json: &[u8],
+    blobs: &Path,
+    tags: Vec<String>,
+) -> Result<ImageManifest, ContainerError> {
+    let entries: Vec<SaveEntry> = serde_json::from_slice(manifest_json)
         .map_err(|e| archive_error(format!("manifest.json: {e}")))?;
     let [entry] = entries.as_slice() else {
         return Err(archive_error(format!(
@@ -252,7 +274,8 @@ pub fn split_archive(
     };
     let (config, config_size) = find(&entry.config)?;
     let config_path = blobs.join(&config);
-    let config_bytes = fs::read(&config_path).map_err(io(&config_path))?;
+    let config_bytes = fs::read(&config_path)
+        .map_err(|e| archive_error(format!("{}: {e}", config_path.display())))?;
     let image_config: ImageConfig = serde_json::from_slice(&config_bytes)
         .map_err(|e| archive_error(format!("the image config: {e}")))?;
     if image_config.rootfs.diff_ids.len() != entry.layers.len() {

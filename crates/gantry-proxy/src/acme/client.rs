@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
-    RetryPolicy,
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, Order,
+    OrderStatus, RetryPolicy,
 };
 
 use super::challenges::OpenChallenges;
@@ -134,83 +134,15 @@ impl Acme {
 
         // Answers stay up until this function returns, whatever happens.
         let mut open = OpenChallenges::new(inner.challenges.clone());
-        let mut authorizations = order.authorizations();
-        while let Some(authorization) = authorizations.next().await {
-            let mut authorization =
-                authorization.map_err(|e| failed("show an authorization", e))?;
-            let name = authorization.identifier().to_string();
-            match authorization.status {
-                AuthorizationStatus::Pending => {}
-                AuthorizationStatus::Valid => continue,
-                status => {
-                    return Err(AcmeError::Order {
-                        names: listed,
-                        message: format!("the authorization for {name} is {status:?}"),
-                    });
-                }
-            }
-            let Some(mut challenge) = authorization.challenge(ChallengeType::Http01) else {
-                return Err(AcmeError::Name {
-                    name,
-                    reason: "the CA offers no HTTP-01 challenge for it",
-                });
-            };
-            open.open(
-                challenge.token.clone(),
-                challenge.key_authorization().as_str().to_owned(),
-            );
-            challenge
-                .set_ready()
-                .await
-                .map_err(|e| failed("start a challenge", e))?;
-        }
-
+        inner
+            .answer_challenges(&mut order, &mut open, &listed)
+            .await?;
         let status = order.poll_ready(&POLL).await;
         if !matches!(status, Ok(OrderStatus::Ready)) {
-            // The CA's reason is on the challenge that failed, if one did.
-            let mut authorizations = order.authorizations();
-            while let Some(Ok(mut authorization)) = authorizations.next().await {
-                let name = authorization.identifier().to_string();
-                let Ok(state) = authorization.refresh().await else {
-                    continue;
-                };
-                let problem = state
-                    .challenges
-                    .iter()
-                    .filter(|c| c.r#type == ChallengeType::Http01)
-                    .find_map(|c| c.error.as_ref());
-                if let Some(problem) = problem {
-                    return Err(AcmeError::Challenge {
-                        name,
-                        problem: Problem::from_acme(problem),
-                    });
-                }
-            }
-            return Err(match status {
-                Ok(status) => AcmeError::Order {
-                    names: listed,
-                    message: format!("the order is {status:?} instead of ready"),
-                },
-                Err(e) => failed("validate the order", e),
-            });
+            return Err(inner.not_ready(&mut order, status, &listed).await);
         }
 
-        let key = rcgen::KeyPair::generate().map_err(|e| AcmeError::Order {
-            names: listed.clone(),
-            message: format!("cannot make a key: {e}"),
-        })?;
-        let mut params =
-            rcgen::CertificateParams::new(names.to_vec()).map_err(|e| AcmeError::Order {
-                names: listed.clone(),
-                message: format!("cannot make a request: {e}"),
-            })?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        let csr = params
-            .serialize_request(&key)
-            .map_err(|e| AcmeError::Order {
-                names: listed.clone(),
-                message: format!("cannot sign the request: {e}"),
-            })?;
+        let (key, csr) = certificate_request(names, &listed)?;
         order
             .finalize_csr(csr.der())
             .await
@@ -238,6 +170,105 @@ impl Acme {
             })??;
         Ok(issued)
     }
+}
+
+impl Inner {
+    /// Puts up the HTTP-01 answer of each pending authorization of `order`
+    /// in `open` and tells the CA it may look.
+    async fn answer_challenges(
+        &self,
+        order: &mut Order,
+        open: &mut OpenChallenges,
+        listed: &str,
+    ) -> Result<(), AcmeError> {
+        let failed = |action, e| refused_or(&self.config, action, listed, e);
+        let mut authorizations = order.authorizations();
+        while let Some(authorization) = authorizations.next().await {
+            let mut authorization =
+                authorization.map_err(|e| failed("show an authorization", e))?;
+            let name = authorization.identifier().to_string();
+            match authorization.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                status => {
+                    return Err(AcmeError::Order {
+                        names: listed.to_owned(),
+                        message: format!("the authorization for {name} is {status:?}"),
+                    });
+                }
+            }
+            let Some(mut challenge) = authorization.challenge(ChallengeType::Http01) else {
+                return Err(AcmeError::Name {
+                    name,
+                    reason: "the CA offers no HTTP-01 challenge for it",
+                });
+            };
+            open.open(
+                challenge.token.clone(),
+                challenge.key_authorization().as_str().to_owned(),
+            );
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| failed("start a challenge", e))?;
+        }
+        Ok(())
+    }
+
+    /// Why `order` did not become ready: the CA's reason on the challenge
+    /// that failed, if one did, else the order's status or the error.
+    async fn not_ready(
+        &self,
+        order: &mut Order,
+        status: Result<OrderStatus, instant_acme::Error>,
+        listed: &str,
+    ) -> AcmeError {
+        let mut authorizations = order.authorizations();
+        while let Some(Ok(mut authorization)) = authorizations.next().await {
+            let name = authorization.identifier().to_string();
+            let Ok(state) = authorization.refresh().await else {
+                continue;
+            };
+            let problem = state
+                .challenges
+                .iter()
+                .filter(|c| c.r#type == ChallengeType::Http01)
+                .find_map(|c| c.error.as_ref());
+            if let Some(problem) = problem {
+                return AcmeError::Challenge {
+                    name,
+                    problem: Problem::from_acme(problem),
+                };
+            }
+        }
+        match status {
+            Ok(status) => AcmeError::Order {
+                names: listed.to_owned(),
+                message: format!("the order is {status:?} instead of ready"),
+            },
+            Err(e) => refused_or(&self.config, "validate the order", listed, e),
+        }
+    }
+}
+
+/// A new key (rcgen's default, ECDSA P-256) and the signed request for a
+/// certificate naming `names`.
+fn certificate_request(
+    names: &[String],
+    listed: &str,
+) -> Result<(rcgen::KeyPair, rcgen::CertificateSigningRequest), AcmeError> {
+    let refused = |message| AcmeError::Order {
+        names: listed.to_owned(),
+        message,
+    };
+    let key = rcgen::KeyPair::generate().map_err(|e| refused(format!("cannot make a key: {e}")))?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec())
+        .map_err(|e| refused(format!("cannot make a request: {e}")))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| refused(format!("cannot sign the request: {e}")))?;
+    Ok((key, csr))
 }
 
 /// HTTP-01 proves control of one DNS name: no wildcard, no IP address.

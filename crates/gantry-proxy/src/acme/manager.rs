@@ -193,120 +193,75 @@ struct Retry {
     wait: Duration,
 }
 
+/// What the manager knows of each name between its looks.
+#[derive(Default)]
+struct Book {
+    /// The certificate served for each name.
+    held: HashMap<String, Issued>,
+    /// The names whose last order failed.
+    retries: HashMap<String, Retry>,
+    /// When each name was last ordered.
+    ordered: HashMap<String, Instant>,
+}
+
+impl Book {
+    /// When `name` is to be ordered, if not now: when its certificate
+    /// falls due, when `MIN_REORDER` has passed since its last order, or
+    /// when its retry is.
+    fn not_now(&self, name: &str, margin: Option<Duration>) -> Option<Instant> {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        if let Some(issued) = self.held.get(name) {
+            let at = renew_at(issued, margin);
+            if let Ok(left) = at.duration_since(wall) {
+                return Some(now + left);
+            }
+        }
+        if let Some(&at) = self.ordered.get(name)
+            && now < at + MIN_REORDER
+        {
+            return Some(at + MIN_REORDER);
+        }
+        if let Some(retry) = self.retries.get(name)
+            && now < retry.at
+        {
+            return Some(retry.at);
+        }
+        None
+    }
+}
+
 impl Worker {
     async fn run(
         self,
         mut wanted: watch::Receiver<BTreeSet<String>>,
         mut stopped: watch::Receiver<bool>,
     ) {
-        let emit = |event: AcmeEvent<'_>| (self.on_event)(&event);
-        let acme_dir = crate::ProxyDir::new(&self.state_dir).acme();
-        let (stored, skipped) = files::load_certs(&acme_dir);
-        for error in &skipped {
-            log_error("acme.certificate_skipped", None, error);
-        }
-        let now = SystemTime::now();
-        let mut held: HashMap<String, Issued> = HashMap::new();
-        for (name, issued) in stored {
-            if issued.not_after > now {
-                emit(AcmeEvent::Loaded {
-                    name: &name,
-                    issued: &issued,
-                });
-                held.insert(name, issued);
-            }
-        }
+        let mut book = Book {
+            held: self.load_stored(),
+            ..Book::default()
+        };
         let mut acme: Option<Acme> = None;
-        let mut retries: HashMap<String, Retry> = HashMap::new();
-        let mut ordered: HashMap<String, Instant> = HashMap::new();
         let mut names_open = true;
         loop {
             let names = wanted.borrow_and_update().clone();
             let mut wake = Instant::now() + MAX_SLEEP;
             for name in &names {
-                let now = Instant::now();
-                let wall = SystemTime::now();
-                if let Some(issued) = held.get(name) {
-                    let at = renew_at(issued, self.config.renew_margin);
-                    if let Ok(left) = at.duration_since(wall) {
-                        wake = wake.min(now + left);
-                        continue;
-                    }
-                }
-                if let Some(&at) = ordered.get(name)
-                    && now < at + MIN_REORDER
-                {
-                    wake = wake.min(at + MIN_REORDER);
+                if let Some(at) = book.not_now(name, self.config.renew_margin) {
+                    wake = wake.min(at);
                     continue;
                 }
-                if let Some(retry) = retries.get(name)
-                    && now < retry.at
-                {
-                    wake = wake.min(retry.at);
-                    continue;
-                }
-                let attempt = async {
-                    let account = match &acme {
-                        Some(account) => account.clone(),
-                        None => {
-                            let opened = Acme::open(
-                                self.config.clone(),
-                                &self.state_dir,
-                                self.challenges.clone(),
-                            )
-                            .await?;
-                            log_event(serde_json::json!({
-                                "event": "acme.account",
-                                "directory": self.config.directory,
-                                "account": opened.account_id(),
-                            }));
-                            acme = Some(opened.clone());
-                            opened
-                        }
-                    };
-                    account.issue(std::slice::from_ref(name)).await
-                };
                 let result = tokio::select! {
-                    result = attempt => result,
+                    result = self.order(&mut acme, std::slice::from_ref(name)) => result,
                     _ = stopped.wait_for(|stop| *stop) => return,
                 };
-                match result {
-                    Ok(issued) => {
-                        let renewal = held.contains_key(name);
-                        ordered.insert(name.clone(), Instant::now());
-                        retries.remove(name);
-                        log_event(serde_json::json!({
-                            "event": "acme.issued",
-                            "name": name,
-                            "renewal": renewal,
-                            "not_after": unix(issued.not_after),
-                        }));
-                        emit(AcmeEvent::Issued {
-                            name,
-                            issued: &issued,
-                            renewal,
-                        });
-                        held.insert(name.clone(), issued);
-                    }
-                    Err(error) => {
-                        let wait = retries.get(name).map_or(self.config.retry_first, |r| {
-                            (r.wait * 2).min(self.config.retry_max)
-                        });
-                        let at = Instant::now() + wait;
-                        retries.insert(name.clone(), Retry { at, wait });
-                        wake = wake.min(at);
-                        log_error("acme.failed", Some(name), &error);
-                        emit(AcmeEvent::Failed {
-                            name,
-                            error: &error,
-                            retry_in: wait,
-                        });
-                    }
+                if let Some(retry_at) = self.record(&mut book, name, result) {
+                    wake = wake.min(retry_at);
                 }
             }
-            emit(AcmeEvent::Settled {
+            self.emit(AcmeEvent::Settled {
                 names: names.len(),
-                held: names.iter().filter(|n| held.contains_key(*n)).count(),
+                held: names.iter().filter(|n| book.held.contains_key(*n)).count(),
             });
             tokio::select! {
                 changed = wanted.changed(), if names_open => {
@@ -316,6 +271,100 @@ impl Worker {
                 }
                 () = tokio::time::sleep_until(wake) => {}
                 _ = stopped.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    fn emit(&self, event: AcmeEvent<'_>) {
+        (self.on_event)(&event);
+    }
+
+    /// The stored certificates that have not expired, each reported as
+    /// loaded; those that cannot be read are logged and skipped.
+    fn load_stored(&self) -> HashMap<String, Issued> {
+        let acme_dir = crate::ProxyDir::new(&self.state_dir).acme();
+        let (stored, skipped) = files::load_certs(&acme_dir);
+        for error in &skipped {
+            log_error("acme.certificate_skipped", None, error);
+        }
+        let now = SystemTime::now();
+        let mut held: HashMap<String, Issued> = HashMap::new();
+        for (name, issued) in stored {
+            if issued.not_after > now {
+                self.emit(AcmeEvent::Loaded {
+                    name: &name,
+                    issued: &issued,
+                });
+                held.insert(name, issued);
+            }
+        }
+        held
+    }
+
+    /// Orders a certificate for `names`, with the account opened (made or
+    /// loaded) on the first order.
+    async fn order(&self, acme: &mut Option<Acme>, names: &[String]) -> Result<Issued, AcmeError> {
+        let account = match acme {
+            Some(account) => account.clone(),
+            None => {
+                let opened = Acme::open(
+                    self.config.clone(),
+                    &self.state_dir,
+                    self.challenges.clone(),
+                )
+                .await?;
+                log_event(serde_json::json!({
+                    "event": "acme.account",
+                    "directory": self.config.directory,
+                    "account": opened.account_id(),
+                }));
+                *acme = Some(opened.clone());
+                opened
+            }
+        };
+        account.issue(names).await
+    }
+
+    /// Notes and reports how an order for `name` went; when it failed,
+    /// returns when to try again.
+    fn record(
+        &self,
+        book: &mut Book,
+        name: &str,
+        result: Result<Issued, AcmeError>,
+    ) -> Option<Instant> {
+        match result {
+            Ok(issued) => {
+                let renewal = book.held.contains_key(name);
+                book.ordered.insert(name.to_owned(), Instant::now());
+                book.retries.remove(name);
+                log_event(serde_json::json!({
+                    "event": "acme.issued",
+                    "name": name,
+                    "renewal": renewal,
+                    "not_after": unix(issued.not_after),
+                }));
+                self.emit(AcmeEvent::Issued {
+                    name,
+                    issued: &issued,
+                    renewal,
+                });
+                book.held.insert(name.to_owned(), issued);
+                None
+            }
+            Err(error) => {
+                let wait = book.retries.get(name).map_or(self.config.retry_first, |r| {
+                    (r.wait * 2).min(self.config.retry_max)
+                });
+                let at = Instant::now() + wait;
+                book.retries.insert(name.to_owned(), Retry { at, wait });
+                log_error("acme.failed", Some(name), &error);
+                self.emit(AcmeEvent::Failed {
+                    name,
+                    error: &error,
+                    retry_in: wait,
+                });
+                Some(at)
             }
         }
     }
