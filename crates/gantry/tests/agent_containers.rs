@@ -3,6 +3,7 @@
 //! network behind the proxy; a redeploy under load replaces them start
 //! first with no failed request; after the agent is killed, a container
 //! the store does not count is removed and the counted ones are adopted.
+//! Services with volumes: `container_lifecycle.rs`.
 //! Needs root and Docker; the images are built here (no registry).
 
 mod agent_support;
@@ -309,116 +310,4 @@ fn agent_pid(p: &TestProject) -> u32 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .expect("the agent's lock file names its pid")
-}
-
-/// One Redis command on 127.0.0.1:`port`: its reply, or `error: ...`.
-fn redis(port: u16, command: &str) -> String {
-    gantry_testkit::images::redis_command(port, command).unwrap_or_else(|e| format!("error: {e}"))
-}
-
-/// The loopback port of the first instance of `name` in a deploy report.
-fn first_port(report: &serde_json::Value, name: &str) -> u16 {
-    service(report, name)["instances"][0]["port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or_else(|| panic!("no port for {name}: {report:#}"))
-}
-
-#[test]
-fn a_service_with_a_volume_is_never_run_beside_its_replacement_and_keeps_its_data() {
-    let image = gantry_testkit::images::redis();
-    let name = "test-ctr-vol";
-    // Dropped last: after its containers are gone.
-    let _volume = VolumeCleanup(format!("gantry-{name}-local-data"));
-    let _cleanup = Cleanup(name.to_owned());
-    let toml = |replicas: u32| {
-        format!(
-            "[project]\nname = \"{name}\"\n\n[services.cache]\nimage = \"{image}\"\nport = 6379\n\
-             health = {{ tcp = true, interval = \"100ms\", timeout = \"1s\" }}\n\
-             volumes = [\"data:/var/lib/redis\"]\nreplicas = {replicas}\n"
-        )
-    };
-    let p = TestProject::new(GANTRY)
-        .file("gantry.toml", &toml(1))
-        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{}", free_port()));
-    let report = deploy(&p);
-    let port = first_port(&report, "cache");
-    assert_eq!(redis(port, "SET visits 7"), "+OK");
-    let running = containers(name);
-
-    // A redeploy would run a second container on the volume: refused, and
-    // the running one keeps serving.
-    let run = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
-    assert_ne!(run.code, 0);
-    let text = run.stdout.clone() + &run.stderr;
-    assert!(text.contains("stop-first"), "{text}");
-    assert_eq!(containers(name), running);
-    assert_eq!(redis(port, "GET visits"), "$1");
-
-    // Two replicas would share the volume: refused.
-    std::fs::write(p.path().join("gantry.toml"), toml(2)).expect("write gantry.toml");
-    let run = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
-    assert_ne!(run.code, 0);
-    assert!(
-        (run.stdout.clone() + &run.stderr).contains("one replica"),
-        "{}",
-        run.stdout
-    );
-
-    // Stopped, then deployed again: a new container, the same data.
-    std::fs::write(p.path().join("gantry.toml"), toml(1)).expect("write gantry.toml");
-    p.gantry(&["stop", "cache"]).expect_code(0);
-    assert!(containers(name).is_empty());
-    let report = deploy(&p);
-    let port = first_port(&report, "cache");
-    assert_ne!(containers(name), running);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = redis(port, "INCR visits");
-        if reply == ":8" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline && reply.starts_with("-LOADING"),
-            "{reply}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-
-    // The container dies: the restart policy starts a new one, on the same data.
-    let before = containers(name);
-    docker(&["kill", &before[0]]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = containers(name);
-        if now.len() == 1 && now != before {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no new container: {now:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = redis(port, "INCR visits");
-        if reply == ":9" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{reply}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // Running again once its health check passes.
-    agent_support::wait_for_status(&p, "cache running again", |status| {
-        service(status, "cache")["state"] == "running"
-    });
-    p.gantry(&["stop"]).expect_code(0);
-}
-
-struct VolumeCleanup(String);
-
-impl Drop for VolumeCleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["volume", "rm", "-f", &self.0])
-            .output();
-    }
 }
