@@ -49,7 +49,7 @@ pub async fn engine(agent: &Agent) -> Result<&Engine, String> {
                 &agent_label(agent),
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.coded())
         })
         .await
 }
@@ -152,19 +152,22 @@ pub async fn launch(
     }
     let secrets = secret_values(agent, &record.project, &service.secrets);
     let name = spec.identity.container_name();
-    engine.remove(&name).await.map_err(|e| e.to_string())?;
-    let id = engine
-        .create(&spec, &secrets)
-        .await
-        .map_err(|e| format!("cannot create `{}`'s container: {e}", service.name))?;
+    engine.remove(&name).await.map_err(|e| e.coded())?;
+    let id = engine.create(&spec, &secrets).await.map_err(|e| {
+        format!(
+            "cannot create `{}`'s container: {}",
+            service.name,
+            e.coded()
+        )
+    })?;
     engine
         .start(&id)
         .await
-        .map_err(|e| format!("cannot start `{}`'s container: {e}", service.name))?;
+        .map_err(|e| format!("cannot start `{}`'s container: {}", service.name, e.coded()))?;
     let pid = engine
         .main_pid(&id)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.coded())?
         .ok_or_else(|| format!("`{}`'s container exited at once", service.name))?;
     let start_time = crate::process::start_time(pid)
         .ok_or_else(|| format!("`{}`'s container exited at once", service.name))?;

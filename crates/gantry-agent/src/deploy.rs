@@ -336,7 +336,7 @@ async fn roll_service(
         (&release.project, &release.id),
         service,
         &cwd,
-        fingerprint.as_deref(),
+        (fingerprint.as_deref(), &[]),
     )
     .await?;
     match cut_over(agent, timer, release, service, cutover, &started).await {
@@ -413,7 +413,7 @@ async fn start_healthy(
     (project, release): (&str, &str),
     service: &ServiceSpec,
     cwd: &std::path::Path,
-    fingerprint: Option<&str>,
+    (fingerprint, ports): (Option<&str>, &[u16]),
 ) -> Result<Vec<InstanceRecord>, StartFailure> {
     let name = service.name.clone();
     let mut started: Vec<InstanceRecord> = Vec::new();
@@ -421,7 +421,8 @@ async fn start_healthy(
         .time("start", Some(&name), async {
             for replica in 1..=service.replicas {
                 let id = instance::instance_id(&name, release, replica);
-                let port = instance::port_for(agent, service, &id)
+                let preferred = ports.get(replica as usize - 1).copied();
+                let port = instance::port_for(agent, service, &id, preferred)
                     .await
                     .map_err(failed)?;
                 let record = InstanceRecord::new(&id, project, &name, release, port, now_ms());
@@ -508,13 +509,15 @@ async fn stop_first_replace(
             stop_for_replacement(agent, old, service),
         )
         .await;
+    // On the old ports: what depends on the service keeps its address.
+    let ports: Vec<u16> = old.iter().filter_map(|r| r.port).collect();
     let started = start_healthy(
         agent,
         timer,
         (&release.project, &release.id),
         service,
         new.cwd,
-        new.fingerprint,
+        (new.fingerprint, &ports),
     )
     .await;
     let failure = match started {
@@ -593,6 +596,7 @@ pub(crate) async fn start_again(
         .ok_or_else(|| format!("release {} has no service {}", previous.id, first.service))?
         .clone();
     stop_for_replacement(agent, old, &service).await;
+    let ports: Vec<u16> = old.iter().filter_map(|r| r.port).collect();
     let cwd = instance::working_dir(
         agent,
         &previous.project,
@@ -609,7 +613,7 @@ pub(crate) async fn start_again(
         (&previous.project, &previous.id),
         &service,
         &cwd,
-        fingerprint.as_deref(),
+        (fingerprint.as_deref(), &ports),
     )
     .await
     .map_err(|f| f.reason)?;

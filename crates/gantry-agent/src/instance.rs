@@ -73,11 +73,14 @@ pub fn exec_environment(
     environment(service, "exec", release, port)
 }
 
-/// The port an instance listens on: fixed as configured, or a free one.
+/// The port an instance listens on: fixed as configured, or a free one,
+/// `preferred` when it is free (the port of the instance a stop-first
+/// replacement stopped).
 pub async fn port_for(
     agent: &Agent,
     service: &ServiceSpec,
     id: &str,
+    preferred: Option<u16>,
 ) -> Result<Option<u16>, String> {
     match &service.port {
         None => Ok(None),
@@ -95,7 +98,11 @@ pub async fn port_for(
                 .clone();
             let port = tokio::task::spawn_blocking(move || {
                 let store = store.lock();
-                ports.allocate(&store, &id).map_err(|e| e.to_string())
+                match preferred {
+                    Some(port) => ports.allocate_preferring(&store, &id, port),
+                    None => ports.allocate(&store, &id),
+                }
+                .map_err(|e| e.to_string())
             })
             .await
             .map_err(|e| e.to_string())??;

@@ -218,6 +218,32 @@ impl PortAllocator {
         })
     }
 
+    /// Leases `port` to `instance_id` if it is in the range, free and
+    /// leased to no one (a stop-first replacement takes the port of the
+    /// instance it replaced, so what depends on it keeps its address);
+    /// else any port, as [`allocate`](Self::allocate).
+    pub fn allocate_preferring(
+        &mut self,
+        store: &Store,
+        instance_id: &str,
+        port: u16,
+    ) -> Result<u16, PortError> {
+        if store.port_of(instance_id)?.is_none()
+            && self.range.contains(&port)
+            && !store.port_allocations()?.iter().any(|l| l.port == port)
+            && is_free(port)
+            && self.claims.as_ref().is_none_or(|c| c.claim(port))
+        {
+            if store.lease_port(instance_id, port)? {
+                return Ok(port);
+            }
+            if let Some(claims) = &self.claims {
+                claims.release(port);
+            }
+        }
+        self.allocate(store, instance_id)
+    }
+
     /// Gives back the port leased to `instance_id`, if any.
     pub fn release(&self, store: &Store, instance_id: &str) -> Result<Option<u16>, PortError> {
         let port = store.release_port(instance_id)?;

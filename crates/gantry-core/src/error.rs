@@ -133,6 +133,13 @@ codes! {
     DeployUnsupported = "deploy.unsupported", Invalid, "the environment needs something this version cannot do yet";
     DeployLocked = "deploy.locked", Conflict, "another deploy of the project (on the host, or of the whole environment) holds its lock; the error names it";
     DeployFailed = "deploy.failed", Failed, "a service's new instances did not become healthy; it kept its previous release";
+    ContainerUnreachable = "container.unreachable", Unreachable, "the host's Docker engine does not answer on /var/run/docker.sock (not installed, not started, or the socket not the agent's to use); in a failed deploy's reason";
+    ContainerTooOld = "container.too_old", Conflict, "the host's Docker engine speaks an API older than 1.41 (Docker 20.10); in a failed deploy's reason";
+    ContainerEngine = "container.engine", Failed, "Docker refused or failed an operation; the message names the object and Docker's answer; in a failed deploy's reason";
+    ContainerNoImage = "container.no_image", Invalid, "the service's image is not on the host; in a failed deploy's reason";
+    ContainerUser = "container.user", Invalid, "the user a container runs as is not in its image's /etc/passwd or /etc/group; in a failed deploy's reason";
+    ContainerSecret = "container.secret", Invalid, "a container service's secret has no value or is over 64 KiB, or its file could not be written; in a failed deploy's reason";
+    ContainerArchive = "container.archive", Failed, "an image archive, or a file read from a container, is malformed or too large; in a failed deploy's reason";
     DeployProjectMismatch = "deploy.project_mismatch", Invalid, "a deploy request was sent to another project's path";
     RequestInvalid = "request.invalid", Invalid, "the agent refused a name in the request (project, service, secret or variable): it breaks the config's naming rules";
     RequestTooLarge = "request.too_large", Invalid, "a JSON request to the agent is over its 16 MiB limit (files go as blobs, which have none)";

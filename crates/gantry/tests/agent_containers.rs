@@ -128,6 +128,7 @@ fn image_services_deploy_as_containers_replace_without_downtime_and_settle_after
     );
     let first = containers(name);
     assert_eq!(first.len(), 2, "one container per instance: {first:?}");
+    let cache_instance = report_instance(&report, "cache");
     // The instances are containers on the project network: web reaches
     // the cache by its service name.
     let web_id = &report_instance(&report, "web");
@@ -220,9 +221,18 @@ fn image_services_deploy_as_containers_replace_without_downtime_and_settle_after
         (200, "version 2\n".to_owned())
     );
     let second = containers(name);
-    assert_eq!(second.len(), 2, "the old containers are gone: {second:?}");
-    assert!(
-        second.iter().all(|id| !first.contains(id)),
+    assert_eq!(second.len(), 2, "the old container is gone: {second:?}");
+    // Web was replaced; the cache, whose image and configuration did not
+    // change, was left running.
+    assert_eq!(
+        report["unchanged"],
+        serde_json::json!(["cache"]),
+        "{report:#}"
+    );
+    assert_eq!(report_instance(&report, "cache"), cache_instance);
+    assert_eq!(
+        second.iter().filter(|id| first.contains(id)).count(),
+        1,
         "{first:?} {second:?}"
     );
 

@@ -66,9 +66,9 @@ fn compose_files_are_accepted_by_docker_compose() {
         let Some(mut docker_compose) = tool("docker-compose") else {
             continue;
         };
-        // The secrets file the header asks for; compose refuses to start without it.
+        // The secret file the header asks for; compose refuses to start without it.
         std::fs::create_dir_all(dir.join("secrets")).expect("mkdir");
-        std::fs::write(dir.join("secrets/db.env"), "POSTGRES_PASSWORD=x\n").expect("write");
+        std::fs::write(dir.join("secrets/POSTGRES_PASSWORD"), "x").expect("write");
         let out = docker_compose
             .args(["-p", "shop", "-f", "compose.yaml", "config"])
             .current_dir(&dir)
@@ -81,6 +81,17 @@ fn compose_files_are_accepted_by_docker_compose() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(normalized.contains("postgres:16"), "{normalized}");
+        // As deploy runs it: its network, its volume, the secret as a file.
+        assert!(normalized.contains("gantry-shop-prod"), "{normalized}");
+        assert!(
+            normalized.contains("gantry-shop-prod-pgdata"),
+            "{normalized}"
+        );
+        assert!(
+            normalized.contains("POSTGRES_PASSWORD_FILE: /run/secrets/POSTGRES_PASSWORD"),
+            "{normalized}"
+        );
+        assert!(!normalized.contains("POSTGRES_PASSWORD: "), "{normalized}");
         assert!(
             normalized.contains("127.0.0.1"),
             "ports are published on loopback only:\n{normalized}"

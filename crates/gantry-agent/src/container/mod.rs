@@ -71,6 +71,28 @@ pub enum ContainerError {
 }
 
 impl ContainerError {
+    /// The stable code of what went wrong, which a failed deploy's reason
+    /// ends with (`[container.no_image]`).
+    pub fn code(&self) -> gantry_core::Code {
+        use gantry_core::Code;
+        match self {
+            ContainerError::Unreachable { .. } => Code::ContainerUnreachable,
+            ContainerError::TooOld { .. } => Code::ContainerTooOld,
+            ContainerError::Engine { .. } => Code::ContainerEngine,
+            ContainerError::NoImage { .. } => Code::ContainerNoImage,
+            ContainerError::UnknownUser { .. } => Code::ContainerUser,
+            ContainerError::MissingSecret { .. }
+            | ContainerError::SecretTooLarge { .. }
+            | ContainerError::SecretFile { .. } => Code::ContainerSecret,
+            ContainerError::Archive(_) => Code::ContainerArchive,
+        }
+    }
+
+    /// The error with its code, as a deploy's reason says it.
+    pub fn coded(&self) -> String {
+        format!("{self} [{}]", self.code())
+    }
+
     fn engine(
         action: &'static str,
         target: impl Into<String>,
@@ -104,4 +126,44 @@ fn is_not_found(error: &bollard::errors::Error) -> bool {
             ..
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_container_error_has_its_own_code() {
+        let errors = [
+            ContainerError::Unreachable {
+                socket: "/var/run/docker.sock".into(),
+                message: "no such file".into(),
+            },
+            ContainerError::TooOld {
+                found: "1.40".into(),
+                minimum: "1.41".into(),
+            },
+            ContainerError::Engine {
+                action: "start",
+                target: "c".into(),
+                message: "boom".into(),
+            },
+            ContainerError::NoImage {
+                image: "redis:7".into(),
+            },
+            ContainerError::UnknownUser {
+                user: "app".into(),
+                why: "not in /etc/passwd".into(),
+            },
+            ContainerError::MissingSecret {
+                name: "TOKEN".into(),
+            },
+            ContainerError::Archive("short".into()),
+        ];
+        let codes: std::collections::BTreeSet<&str> =
+            errors.iter().map(|e| e.code().as_str()).collect();
+        assert_eq!(codes.len(), errors.len(), "{codes:?}");
+        assert!(codes.iter().all(|c| c.starts_with("container.")));
+        assert!(errors[3].coded().ends_with("[container.no_image]"));
+    }
 }

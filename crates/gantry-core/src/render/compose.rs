@@ -1,5 +1,12 @@
-//! Docker Compose files for the container services of one host. Ports are
-//! published on loopback only, where Gantry's proxy would reach them.
+//! Docker Compose files for the container services of one host, running
+//! them as `gantry deploy` does: ports published on loopback only, where
+//! Gantry's proxy would reach them; the project environment's network
+//! (`gantry-PROJECT-ENV`) where services answer to their names, with
+//! `GANTRY_<DEP>_HOST`/`_PORT` for the containers they depend on; the same
+//! named volumes (`gantry-PROJECT-ENV-NAME`); secrets as read-only files
+//! `/run/secrets/NAME` named by `NAME_FILE`, never in the environment;
+//! Docker's limits (no swap beyond memory), no new privileges, and logs
+//! rotated as deploy rotates them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -15,11 +22,33 @@ use crate::config::resolve::{Check, Service, Workload};
 struct File<'a> {
     services: BTreeMap<String, ComposeService<'a>>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    volumes: BTreeMap<String, Empty>,
+    volumes: BTreeMap<String, Named>,
+    networks: BTreeMap<&'static str, Named>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    secrets: BTreeMap<String, SecretFile>,
+}
+
+/// A volume or network under the name `gantry deploy` gives it.
+#[derive(Serialize)]
+struct Named {
+    name: String,
 }
 
 #[derive(Serialize)]
-struct Empty {}
+struct SecretFile {
+    file: String,
+}
+
+#[derive(Serialize)]
+struct Network {
+    aliases: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Logging {
+    driver: &'static str,
+    options: BTreeMap<&'static str, &'static str>,
+}
 
 #[derive(Serialize)]
 struct ComposeService<'a> {
@@ -28,11 +57,12 @@ struct ComposeService<'a> {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     environment: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    env_file: Vec<String>,
+    secrets: Vec<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     ports: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     volumes: Vec<&'a str>,
+    networks: BTreeMap<&'static str, Network>,
     #[serde(skip_serializing_if = "Option::is_none")]
     healthcheck: Option<Healthcheck>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -41,9 +71,13 @@ struct ComposeService<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     mem_limit: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    memswap_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     cpus: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pids_limit: Option<u32>,
+    security_opt: Vec<&'static str>,
+    logging: Logging,
 }
 
 #[derive(Clone, Serialize)]
@@ -88,6 +122,13 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
     let mut file = File {
         services: BTreeMap::new(),
         volumes: BTreeMap::new(),
+        networks: BTreeMap::from([(
+            "default",
+            Named {
+                name: format!("gantry-{}-{}", env.project, env.name),
+            },
+        )]),
+        secrets: BTreeMap::new(),
     };
     for service in &containers {
         let Workload::Compose { image } = &service.workload else {
@@ -97,15 +138,25 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
         for volume in &service.volumes {
             let source = volume.split(':').next().unwrap_or_default();
             if !source.starts_with('/') && !source.starts_with('.') {
-                file.volumes.insert(source.to_owned(), Empty {});
+                let name = format!("gantry-{}-{}-{source}", env.project, env.name);
+                file.volumes.insert(source.to_owned(), Named { name });
             }
+        }
+        for secret in &service.secrets {
+            let path = format!("secrets/{secret}");
+            file.secrets
+                .insert(secret.clone(), SecretFile { file: path });
         }
         let healthcheck = healthcheck(service, out);
         let depends_on = depends_on(env, service, out);
         let names = instance_names(service);
         for (index, name) in names.into_iter().enumerate() {
             let instance = index as u32 + 1;
-            let mut environment = service.env.clone();
+            let mut environment = addresses(env, service);
+            environment.extend(service.env.clone());
+            for secret in &service.secrets {
+                environment.insert(format!("{secret}_FILE"), format!("/run/secrets/{secret}"));
+            }
             let published = match (&service.port, ports.get(&(service.name.clone(), instance))) {
                 (Some(Port::Fixed(inside)), Some(outside)) => {
                     vec![format!("127.0.0.1:{outside}:{inside}")]
@@ -122,19 +173,27 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
                     image,
                     restart: restart_policy(service.restart),
                     environment,
-                    env_file: if service.secrets.is_empty() {
-                        Vec::new()
-                    } else {
-                        vec![format!("secrets/{}.env", service.name)]
-                    },
+                    secrets: service.secrets.iter().map(String::as_str).collect(),
                     ports: published,
                     volumes: service.volumes.iter().map(String::as_str).collect(),
+                    networks: BTreeMap::from([(
+                        "default",
+                        Network {
+                            aliases: vec![service.name.clone()],
+                        },
+                    )]),
                     healthcheck: healthcheck.clone(),
                     depends_on: depends_on.clone(),
                     stop_grace_period: service.stop_timeout.to_string(),
                     mem_limit: service.resources.memory.map(|m| m.bytes()),
+                    memswap_limit: service.resources.memory.map(|m| m.bytes()),
                     cpus: service.resources.cpu,
                     pids_limit: service.resources.pids,
+                    security_opt: vec!["no-new-privileges:true"],
+                    logging: Logging {
+                        driver: "json-file",
+                        options: BTreeMap::from([("max-file", "3"), ("max-size", "10m")]),
+                    },
                 },
             );
         }
@@ -148,11 +207,30 @@ pub(super) fn render(env: &Environment, host: &str, out: &mut Rendering) {
         env.project
     );
     if containers.iter().any(|s| !s.secrets.is_empty()) {
-        text.push_str("# Secrets are read from secrets/<service>.env beside this file (NAME=value lines, mode 0600).\n");
+        text.push_str("# Secrets are read from secrets/<NAME> beside this file (the value alone, mode 0600) and\n# appear in the containers as /run/secrets/<NAME>, named by $<NAME>_FILE.\n");
     }
     text.push_str(&yaml);
     out.files
         .insert(format!("{host}/compose.yaml").into(), text);
+}
+
+/// `GANTRY_<DEP>_HOST` and `_PORT` for each container `service` depends
+/// on that has a fixed port: the dependency's name and port on the
+/// project network, as deploy gives them.
+fn addresses(env: &Environment, service: &Service) -> BTreeMap<String, String> {
+    let mut vars = BTreeMap::new();
+    for dep in service
+        .depends_on
+        .iter()
+        .filter_map(|d| env.services.get(d))
+    {
+        if let (Workload::Compose { .. }, Some(Port::Fixed(port))) = (&dep.workload, &dep.port) {
+            let key = dep.name.to_ascii_uppercase().replace('-', "_");
+            vars.insert(format!("GANTRY_{key}_HOST"), dep.name.clone());
+            vars.insert(format!("GANTRY_{key}_PORT"), port.to_string());
+        }
+    }
+    vars
 }
 
 /// A compose health check from a `command` check; the others run from
