@@ -20,6 +20,18 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// One line as the instance log holds it: time, stream, text.
 type Line = (u64, LogStream, String);
 
+/// A line of `service`'s instance `id`, as the API sends it.
+fn log_line(service: &str, id: &str, (ts, stream, line): Line) -> LogLine {
+    LogLine {
+        host: None,
+        ts,
+        service: service.to_owned(),
+        instance: id.to_owned(),
+        stream,
+        line,
+    }
+}
+
 /// Which lines: one service or all, since a time, the last N, and whether
 /// to follow new ones.
 #[derive(Debug, Deserialize)]
@@ -66,14 +78,7 @@ pub(crate) fn stream(
                 backlog
                     .into_iter()
                     .filter(|(ts, _, _)| query.since_ms.is_none_or(|since| *ts >= since))
-                    .map(|(ts, stream, line)| LogLine {
-                        host: None,
-                        ts,
-                        service: service.clone(),
-                        instance: id.clone(),
-                        stream,
-                        line,
-                    }),
+                    .map(|line| log_line(&service, &id, line)),
             );
             if let Some(cursor) = cursor {
                 cursors.push((service, id, cursor));
@@ -99,15 +104,8 @@ pub(crate) fn stream(
                 }
             }
             for (service, id, cursor) in &mut cursors {
-                for (ts, stream, line) in cursor.poll() {
-                    let line = LogLine {
-                        host: None,
-                        ts,
-                        service: service.clone(),
-                        instance: id.clone(),
-                        stream,
-                        line,
-                    };
+                for line in cursor.poll() {
+                    let line = log_line(service, id, line);
                     if tx.send(line).await.is_err() {
                         return;
                     }

@@ -53,18 +53,10 @@ pub async fn reconcile(agent: &Agent) -> Result<(), StoreError> {
     instances = agent.db(|s| s.active_instances()).await?;
     for record in &instances {
         match record.state {
-            // A cutover had happened: the old instance was on its way out.
-            InstanceState::Draining => {
-                instance::stop(
-                    agent,
-                    record,
-                    Duration::from_secs(10),
-                    InstanceState::Stopped,
-                )
-                .await;
-            }
-            // Not in a deploy any more, so not about to become live.
-            InstanceState::Starting => {
+            // Draining: a cutover had happened, the old instance was on its
+            // way out. Starting: not in a deploy any more, so not about to
+            // become live.
+            InstanceState::Draining | InstanceState::Starting => {
                 instance::stop(
                     agent,
                     record,

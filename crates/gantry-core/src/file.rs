@@ -9,6 +9,17 @@ use std::path::Path;
 /// half of it: a temporary file made with `mode` in the same directory,
 /// synced, then renamed over `path`.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    write_atomic_with(path, contents, mode, |_| Ok(()))
+}
+
+/// [`write_atomic`], with `prepare` run on the new, still empty temporary
+/// file before any byte is written: to give it its owner, say.
+pub fn write_atomic_with(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    prepare: impl FnOnce(&std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -29,6 +40,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
         .mode(mode)
         .open(&tmp)
         .and_then(|mut f| {
+            prepare(&f)?;
             f.write_all(contents)?;
             f.sync_all()
         })

@@ -37,6 +37,16 @@ use crate::upstream::{InFlight, Upstream};
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The headers that describe one connection, not the message.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
 /// ACME's HTTP-01 challenges are answered over plain HTTP: never redirected.
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
@@ -540,19 +550,7 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of them: one pass over the names finds out
     // without hashing each candidate.
-    let hop_by_hop = |name: &HeaderName| {
-        [
-            CONNECTION,
-            KEEP_ALIVE,
-            PROXY_CONNECTION,
-            TE,
-            TRAILER,
-            TRANSFER_ENCODING,
-            UPGRADE,
-        ]
-        .contains(name)
-    };
-    if !headers.keys().any(hop_by_hop) {
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
     let named: Vec<HeaderName> = connection_tokens(headers)
@@ -561,15 +559,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }

@@ -287,11 +287,7 @@ impl RouteTable {
                                 index,
                                 first,
                                 service: route.service.clone(),
-                                host: if host.is_empty() {
-                                    "(any host)".to_owned()
-                                } else {
-                                    host
-                                },
+                                host: shown_host(host),
                             });
                         }
                         Some(_) => {}
@@ -335,11 +331,7 @@ impl RouteTable {
                         index,
                         first,
                         service: route.service.clone(),
-                        host: if host.is_empty() {
-                            "(any host)".to_owned()
-                        } else {
-                            host.clone()
-                        },
+                        host: shown_host(host.clone()),
                         prefix: route.path_prefix.clone(),
                     });
                 }
@@ -347,6 +339,15 @@ impl RouteTable {
             }
         }
         Ok(())
+    }
+}
+
+/// A host as an error names it: the empty host is a route's without hosts.
+fn shown_host(host: String) -> String {
+    if host.is_empty() {
+        "(any host)".to_owned()
+    } else {
+        host
     }
 }
 

@@ -9,9 +9,8 @@
 //! uid comes from the image's own /etc/passwd, read from the created (not
 //! yet started) container. Parsing that is pure and tested here.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::ContainerError;
@@ -170,38 +169,24 @@ pub fn fill(
     Ok(())
 }
 
-/// Writes `contents` to a new temporary file beside `path` (mode 0400,
-/// created exclusively, chowned before any byte is written), then renames
-/// it over `path`.
+/// Writes `contents` to `path` atomically, mode 0400, chowned to `owner`
+/// before any byte is written.
 fn write_owned(path: &Path, contents: &[u8], owner: Option<Owner>) -> Result<(), ContainerError> {
-    let io = |source| ContainerError::SecretFile {
-        path: path.to_owned(),
-        source,
-    };
-    let temporary = path.with_extension(format!("tmp.{}", rand::random::<u64>()));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o400)
-        .open(&temporary)
-        .map_err(io)?;
-    let written = (|| {
+    gantry_core::file::write_atomic_with(path, contents, 0o400, |file| {
         if let Some(owner) = owner {
             nix::unistd::fchown(
-                &file,
+                file,
                 Some(nix::unistd::Uid::from_raw(owner.uid)),
                 Some(nix::unistd::Gid::from_raw(owner.gid)),
             )
             .map_err(std::io::Error::from)?;
         }
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&temporary);
-    }
-    written.map_err(io)
+        Ok(())
+    })
+    .map_err(|source| ContainerError::SecretFile {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Removes a container's secret files (after the container is removed).

@@ -21,13 +21,7 @@ impl Store {
         let mut statement = self.conn.prepare_cached(
             "SELECT port, instance_id, allocated_at FROM port_allocations ORDER BY port",
         )?;
-        let rows = statement.query_map([], |row| {
-            Ok(PortLease {
-                port: row.get(0)?,
-                instance_id: row.get(1)?,
-                allocated_at: row.get(2)?,
-            })
-        })?;
+        let rows = statement.query_map([], read_lease)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -92,13 +86,7 @@ impl Store {
              (SELECT id FROM instances WHERE state != 'stopped') \
              RETURNING port, instance_id, allocated_at",
         )?;
-        let rows = statement.query_map([], |row| {
-            Ok(PortLease {
-                port: row.get(0)?,
-                instance_id: row.get(1)?,
-                allocated_at: row.get(2)?,
-            })
-        })?;
+        let rows = statement.query_map([], read_lease)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -111,6 +99,15 @@ impl Store {
             })
             .optional()?)
     }
+}
+
+/// A lease from a row of `port, instance_id, allocated_at`.
+fn read_lease(row: &rusqlite::Row<'_>) -> rusqlite::Result<PortLease> {
+    Ok(PortLease {
+        port: row.get(0)?,
+        instance_id: row.get(1)?,
+        allocated_at: row.get(2)?,
+    })
 }
 
 #[cfg(test)]
