@@ -361,18 +361,18 @@ impl Store {
         check_new(new)?;
         self.tx(|sql| {
             audit::idempotent(sql, access.key_id, idempotency_key, &[b"POST items", raw], |sql| {
-                let product_id = match (&new.product, access.scope) {
+                let product_id = match (&new.product, access.scope.only()) {
                     (Some(key), _) => products::id_of(sql, key)?,
-                    (None, Some(scope)) => scope,
+                    (None, Some(only)) => only,
                     (None, None) => {
                         return Err(HubError::invalid(
-                            "`product` is missing: this key reaches every product, so name one",
+                            "`product` is missing: this key or user reaches more than one product, so name one",
                         ));
                     }
                 };
-                if access.scope.is_some_and(|scope| scope != product_id) {
+                if !access.scope.allows(product_id) {
                     return Err(HubError::Forbidden {
-                        message: "the key is scoped to another product".to_owned(),
+                        message: format!("`{}` may not add items to that product", access.actor.name),
                     });
                 }
                 let seq = sql
