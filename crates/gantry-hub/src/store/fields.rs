@@ -144,11 +144,6 @@ fn check_new(new: &NewItem) -> Result<(), HubError> {
             "an item has at most {LINKS_MAX} links"
         )));
     }
-    if new.source == Some(Source::UserSubmitted) {
-        return Err(HubError::invalid(
-            "`source` user_submitted is for the public submission form; use internal or auto_detected",
-        ));
-    }
     match (&new.bug, new.kind) {
         (Some(_), kind) if kind != Kind::Bug => Err(HubError::invalid(format!(
             "`bug` fields are for bugs; this item is a {kind}"
@@ -352,6 +347,22 @@ impl Store {
     /// Creates an item; a retry with the same `idempotency_key` answers as
     /// the first did (status and JSON body).
     pub fn create_item(
+        &self,
+        access: &Access,
+        new: &NewItem,
+        idempotency_key: Option<&str>,
+        raw: &[u8],
+    ) -> Result<(u16, String), HubError> {
+        if new.source == Some(Source::UserSubmitted) {
+            return Err(HubError::invalid(
+                "`source` user_submitted is for the public submission form; use internal or auto_detected",
+            ));
+        }
+        self.file_item(access, new, idempotency_key, raw)
+    }
+
+    /// Makes an item of any source: the public form's ideas come this way.
+    pub(super) fn file_item(
         &self,
         access: &Access,
         new: &NewItem,

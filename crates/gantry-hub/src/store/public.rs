@@ -371,7 +371,7 @@ impl Store {
             "description": description, "source": "user_submitted",
         }))
         .map_err(|e| HubError::Internal(format!("an idea as an item: {e}")))?;
-        let (_, body) = self.create_item(&access, &new, None, b"")?;
+        let (_, body) = self.file_item(&access, &new, None, b"")?;
         let item: serde_json::Value =
             serde_json::from_str(&body).map_err(|e| HubError::Internal(e.to_string()))?;
         let (item_id, reference) = match (item["id"].as_i64(), item["reference"].as_str()) {
