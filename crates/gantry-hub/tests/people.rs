@@ -16,6 +16,7 @@ on_both_databases!(
     roles_are_enforced_per_product,
     changes_made_with_a_session_need_its_csrf_token,
     a_wrong_password_is_refused_audited_and_slowed,
+    the_cookie_is_secure_when_the_proxy_says_the_client_came_over_https,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -491,4 +492,39 @@ async fn a_wrong_password_is_refused_audited_and_slowed(db: Db) {
         rows.contains(&row("anonymous", "auth.login", "unknown user")),
         "{rows:?}"
     );
+}
+
+async fn the_cookie_is_secure_when_the_proxy_says_the_client_came_over_https(db: Db) {
+    let limits = Limits {
+        behind_proxy: true,
+        ..Limits::default()
+    };
+    let hub = Hub::with_limits(db, limits).await;
+    add_user(&hub, "ann", &[]).await;
+    let body = json!({"name": "ann", "password": PASSWORD});
+    let https = hub
+        .anonymous()
+        .send(
+            "POST",
+            "/api/session",
+            &[("x-forwarded-proto", "https")],
+            Some(&body),
+        )
+        .await;
+    assert_eq!(https.status, 200, "{}", https.text);
+    assert!(
+        https.header("set-cookie").unwrap().contains("; Secure"),
+        "{:?}",
+        https.header("set-cookie")
+    );
+    let plain = hub
+        .anonymous()
+        .send(
+            "POST",
+            "/api/session",
+            &[("x-forwarded-proto", "http")],
+            Some(&body),
+        )
+        .await;
+    assert!(!plain.header("set-cookie").unwrap().contains("Secure"));
 }

@@ -472,6 +472,49 @@ mod tests {
     }
 
     #[test]
+    fn a_session_ends_when_idle_and_at_its_lifetime() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&crate::Location::Sqlite(dir.path().join("hub.db")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        store
+            .add_user("ann", None, "correct horse battery")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let attempt = LoginAttempt {
+            name: "ann".to_owned(),
+            password: "correct horse battery".to_owned(),
+            code: None,
+        };
+        let session = store
+            .login(&attempt, "test")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let start = clock::now();
+        let open = |at: i64| store.session_at(&session.token, "test", at).is_ok();
+        assert!(
+            open(start + SESSION_IDLE_MS - 60_000),
+            "used within the idle time"
+        );
+        assert!(
+            open(start + 2 * SESSION_IDLE_MS - 120_000),
+            "each use moves the idle end on"
+        );
+        assert!(!open(start + 4 * SESSION_IDLE_MS), "idle too long");
+        let again = store
+            .login(&attempt, "test")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut at = clock::now();
+        while at < start + SESSION_LIFETIME_MS - SESSION_IDLE_MS {
+            at += SESSION_IDLE_MS / 2;
+            assert!(store.session_at(&again.token, "test", at).is_ok());
+        }
+        assert!(
+            store
+                .session_at(&again.token, "test", again.expires_at)
+                .is_err(),
+            "kept busy, it still ends at its lifetime"
+        );
+    }
+
+    #[test]
     fn a_csrf_token_belongs_to_one_session() {
         assert_eq!(csrf_token("a"), csrf_token("a"));
         assert_ne!(csrf_token("a"), csrf_token("b"));
