@@ -17,6 +17,7 @@ on_both_databases!(
     changes_made_with_a_session_need_its_csrf_token,
     a_wrong_password_is_refused_audited_and_slowed,
     the_cookie_is_secure_when_the_proxy_says_the_client_came_over_https,
+    users_and_keys_never_share_a_name_and_the_api_document_has_both,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -527,4 +528,44 @@ async fn the_cookie_is_secure_when_the_proxy_says_the_client_came_over_https(db:
         )
         .await;
     assert!(!plain.header("set-cookie").unwrap().contains("Secure"));
+}
+
+async fn users_and_keys_never_share_a_name_and_the_api_document_has_both(db: Db) {
+    let hub = Hub::start(db).await;
+    hub.key("coder", Permission::Write, None).await;
+    add_user(&hub, "ann", &[]).await;
+    let store = hub.store.clone();
+    let (as_user, as_key, reserved) = tokio::task::spawn_blocking(move || {
+        let as_user = store.add_user("coder", None, PASSWORD).unwrap_err();
+        let as_key = store
+            .create_key(&gantry_hub::KeySpec {
+                name: "ann".to_owned(),
+                role: gantry_hub::model::Role::Agent,
+                permission: Permission::Read,
+                product: None,
+                rate_per_minute: None,
+                allow_from: Vec::new(),
+            })
+            .unwrap_err();
+        let reserved = store.add_user("cli", None, PASSWORD).unwrap_err();
+        (as_user, as_key, reserved)
+    })
+    .await
+    .unwrap();
+    assert_eq!(as_user.code().as_str(), "hub.exists", "{as_user}");
+    assert_eq!(as_key.code().as_str(), "hub.exists", "{as_key}");
+    assert_eq!(reserved.code().as_str(), "hub.invalid", "{reserved}");
+
+    let doc = hub.anonymous().get("/api/openapi.json").await.json();
+    for path in [
+        "/api/session",
+        "/api/session/totp",
+        "/api/session/totp/confirm",
+        "/api/public/{product}/roadmap",
+        "/api/public/{product}/ideas",
+        "/api/public/{product}/items/{reference}/votes",
+        "/api/public/submissions/{token}",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is in the document");
+    }
 }

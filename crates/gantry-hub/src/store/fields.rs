@@ -358,16 +358,18 @@ impl Store {
                 "`source` user_submitted is for the public submission form; use internal or auto_detected",
             ));
         }
-        self.file_item(access, new, idempotency_key, raw)
+        self.file_item(access, new, idempotency_key, raw, &|_, _| Ok(()))
     }
 
-    /// Makes an item of any source: the public form's ideas come this way.
+    /// Makes an item of any source (the public form's ideas come this way),
+    /// running `then` in the same transaction once it is made.
     pub(super) fn file_item(
         &self,
         access: &Access,
         new: &NewItem,
         idempotency_key: Option<&str>,
         raw: &[u8],
+        then: &dyn Fn(&mut dyn Sql, &Item) -> Result<(), HubError>,
     ) -> Result<(u16, String), HubError> {
         check_new(new)?;
         self.tx(|sql| {
@@ -455,6 +457,7 @@ impl Store {
                 }
                 let stored = load(sql, id)?.ok_or_else(|| HubError::Internal("a new item vanished".to_owned()))?;
                 access.audit(sql, "item.create", &stored.item.reference)?;
+                then(sql, &stored.item)?;
                 created(&stored.item)
             })
         })

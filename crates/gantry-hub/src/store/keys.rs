@@ -182,6 +182,18 @@ impl Store {
                     what: format!("an active key named `{}`", spec.name),
                 });
             }
+            let user = sql.query_one(
+                "SELECT 1 FROM users WHERE name = ?",
+                &[spec.name.as_str().into()],
+            )?;
+            if user.is_some() {
+                return Err(HubError::Exists {
+                    what: format!(
+                        "a user named `{}` (keys and users act under their names)",
+                        spec.name
+                    ),
+                });
+            }
             let public = random_hex::<8>();
             let secret = format!("{PREFIX}{public}_{}", random_hex::<32>());
             sql.execute(

@@ -371,21 +371,38 @@ impl Store {
             "description": description, "source": "user_submitted",
         }))
         .map_err(|e| HubError::Internal(format!("an idea as an item: {e}")))?;
-        let (_, body) = self.file_item(&access, &new, None, b"")?;
+        let token = random_hex::<32>();
+        // The submission is kept in the item's own transaction: an idea is
+        // filed with its token or not at all.
+        let keep = |sql: &mut dyn Sql, item: &crate::model::Item| -> Result<(), HubError> {
+            sql.execute(
+                "INSERT INTO submissions (item_id, token_hash, name, email, client, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+                &[
+                    Value::Int(item.id),
+                    digest(&token).into(),
+                    name.as_str().into(),
+                    email.as_str().into(),
+                    client.into(),
+                    Value::Int(clock::now()),
+                ],
+            )?;
+            audit::record(
+                sql,
+                "public",
+                Some(client),
+                "public.submit",
+                Some(&item.reference),
+                "ok",
+            )
+        };
+        let (_, body) = self.file_item(&access, &new, None, b"", &keep)?;
         let item: serde_json::Value =
             serde_json::from_str(&body).map_err(|e| HubError::Internal(e.to_string()))?;
-        let (item_id, reference) = match (item["id"].as_i64(), item["reference"].as_str()) {
-            (Some(id), Some(reference)) => (id, reference.to_owned()),
-            _ => return Err(HubError::Internal("a new item without an id".to_owned())),
-        };
-        let token = random_hex::<32>();
-        self.tx(|sql| {
-            sql.execute(
-                "INSERT INTO submissions (item_id, token_hash, name, email, client, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                &[Value::Int(item_id), digest(&token).into(), name.as_str().into(), email.as_str().into(), client.into(), Value::Int(clock::now())],
-            )?;
-            audit::record(sql, "public", Some(client), "public.submit", Some(&reference), "ok")
-        })?;
+        let reference = item["reference"]
+            .as_str()
+            .ok_or_else(|| HubError::Internal("a new item without a reference".to_owned()))?
+            .to_owned();
         Ok(Submitted { token, reference })
     }
 

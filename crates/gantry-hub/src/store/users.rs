@@ -18,6 +18,9 @@ use crate::db::{DbError, Sql, Value};
 use crate::error::HubError;
 use crate::model::{Permission, UserRole};
 
+/// Names the audit log gives the hub's own actors.
+const RESERVED: &[&str] = &["cli", "public", "anonymous"];
+
 /// A password's length bounds, in characters.
 const PASSWORD_MIN: usize = 12;
 const PASSWORD_MAX: usize = 1024;
@@ -146,9 +149,25 @@ impl Store {
         if let Some(email) = email {
             super::public::check_email(email)?;
         }
+        if RESERVED.contains(&name) {
+            return Err(HubError::invalid(format!(
+                "`{name}` names the hub itself in the audit log; choose another name"
+            )));
+        }
         check_password(password)?;
         let hash = hash_password(password)?;
         self.tx(|sql| {
+            // Users and keys act under their names (claims, the audit log):
+            // one name is one of them.
+            let key = sql.query_one(
+                "SELECT 1 FROM api_keys WHERE name = ? AND revoked_at IS NULL",
+                &[name.into()],
+            )?;
+            if key.is_some() {
+                return Err(HubError::Exists {
+                    what: format!("an active API key named `{name}`"),
+                });
+            }
             let added = sql.execute(
                 "INSERT INTO users (name, email, password_hash, created_at) VALUES (?, ?, ?, ?)",
                 &[
