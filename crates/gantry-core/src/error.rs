@@ -171,7 +171,7 @@ codes! {
     HubTooLarge = "hub.too_large", Invalid, "the request body is over the hub's limit (HTTP 413)";
     HubExists = "hub.exists", Conflict, "a product, user or active key of that name already exists (HTTP 409)";
     HubClaimed = "hub.claimed", Conflict, "another agent holds the item's claim; the error names the holder and when the claim expires (HTTP 409)";
-    HubItemFinished = "hub.item_finished", Conflict, "the item is done, closed or won't be fixed, so it cannot be claimed (HTTP 409)";
+    HubItemFinished = "hub.item_finished", Conflict, "the item is done, closed or won't be fixed, so it cannot be claimed or voted on (HTTP 409)";
     HubStale = "hub.stale", Conflict, "If-Match names an older version of the item: fetch it again and retry (HTTP 412)";
     HubPreconditionRequired = "hub.precondition_required", Invalid, "an update came without If-Match: send the item's ETag (HTTP 428)";
     HubIdempotencyMismatch = "hub.idempotency_mismatch", Conflict, "an Idempotency-Key was used before with another request body (HTTP 422)";
@@ -179,6 +179,7 @@ codes! {
     HubTimeout = "hub.timeout", Failed, "the request took longer than the hub allows (its body came too slowly, or the database did not answer); nothing is known to have changed unless a retry with the same Idempotency-Key says so (HTTP 408)";
     HubStore = "hub.store", Failed, "the hub's database failed or could not be opened (HTTP 500)";
     HubUnsupported = "hub.unsupported", Invalid, "the hub cannot do that yet";
+    HubSecondFactor = "hub.second_factor", Invalid, "the password was right and the user has TOTP: send the login again with `code`, a TOTP code or a recovery code (HTTP 401)";
 }
 
 impl Code {

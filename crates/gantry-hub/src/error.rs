@@ -31,7 +31,7 @@ pub enum HubError {
         holder: String,
         expires_at: String,
     },
-    #[error("{reference} is {status}: a finished item cannot be claimed")]
+    #[error("{reference} is {status}: a finished item cannot be claimed or voted on")]
     Finished { reference: String, status: String },
     #[error("If-Match names version {given} but the item is at version {current}")]
     Stale { given: String, current: i64 },
@@ -43,6 +43,8 @@ pub enum HubError {
     RateLimited { who: &'static str, retry_after: u64 },
     #[error("the request took longer than {seconds} s")]
     Timeout { seconds: u64 },
+    #[error("the password was right; now the second factor: send `code`")]
+    SecondFactorRequired,
     #[error("{what} is not supported yet")]
     Unsupported { what: String },
     #[error("cannot {what}: {source}")]
@@ -85,6 +87,7 @@ impl HubError {
             HubError::IdempotencyMismatch => Code::HubIdempotencyMismatch,
             HubError::RateLimited { .. } => Code::HubRateLimited,
             HubError::Unsupported { .. } => Code::HubUnsupported,
+            HubError::SecondFactorRequired => Code::HubSecondFactor,
             HubError::Timeout { .. } => Code::HubTimeout,
         }
     }
@@ -94,7 +97,7 @@ impl HubError {
         match self {
             HubError::Db(DbError::Location(_)) => 400,
             HubError::Db(_) | HubError::Internal(_) | HubError::Io { .. } => 500,
-            HubError::Unauthorized { .. } => 401,
+            HubError::Unauthorized { .. } | HubError::SecondFactorRequired => 401,
             HubError::Forbidden { .. } => 403,
             HubError::NotFound { .. } => 404,
             HubError::Invalid { .. } | HubError::IdempotencyMismatch => 422,
@@ -134,6 +137,9 @@ impl HubError {
                 "use a new Idempotency-Key for a different request".to_owned()
             }
             HubError::RateLimited { .. } => "wait as long as Retry-After says".to_owned(),
+            HubError::SecondFactorRequired => {
+                "a 6-digit code from the authenticator app, or one of the recovery codes".to_owned()
+            }
             HubError::TooLarge { .. } => "send a smaller body".to_owned(),
             _ => return None,
         })

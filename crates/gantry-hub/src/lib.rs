@@ -21,4 +21,4 @@ pub use api::{Limits, serve};
 pub use db::Location;
 pub use error::HubError;
 pub use server::{ServeOptions, run};
-pub use store::{CreatedKey, KeySpec, Store};
+pub use store::{CreatedKey, Grant, KeySpec, Store, UserInfo};

@@ -112,6 +112,23 @@ names!(
 );
 
 names!(
+    /// What a user may do in a product: read it (viewer), work its items
+    /// (member), or everything an admin key may (admin).
+    UserRole { Viewer = "viewer", Member = "member", Admin = "admin" }
+);
+
+impl UserRole {
+    /// The key permission the role amounts to.
+    pub fn permission(self) -> Permission {
+        match self {
+            UserRole::Viewer => Permission::Read,
+            UserRole::Member => Permission::Write,
+            UserRole::Admin => Permission::Admin,
+        }
+    }
+}
+
+names!(
     /// How two items relate, seen from the first.
     LinkKind {
         Blocks = "blocks",

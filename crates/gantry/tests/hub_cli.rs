@@ -228,3 +228,146 @@ fn a_database_password_on_the_command_line_is_refused() {
     );
     assert!(!run.stdout.contains("s3cret"));
 }
+
+/// One HTTP/1.1 exchange; the status and the whole answer.
+fn exchange(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, answer)
+}
+
+#[test]
+fn a_user_added_by_the_cli_logs_in_with_their_role_until_logged_out() {
+    let p = project();
+    p.gantry(&["hub", "product", "add", "SHOP", "--name", "The shop"])
+        .expect_code(0);
+    let password = "correct horse battery staple";
+    let unknown = p.gantry_with_stdin(
+        &[
+            "hub",
+            "user",
+            "add",
+            "ann",
+            "--password-stdin",
+            "--role",
+            "member",
+            "--product",
+            "NOPE",
+            "--output",
+            "json",
+        ],
+        format!("{password}\n").as_bytes(),
+    );
+    unknown.expect_code(3);
+    let no_terminal = p.gantry(&["hub", "user", "add", "ann", "--output", "json"]);
+    no_terminal.expect_code(3);
+    assert!(
+        no_terminal.json()["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("--password-stdin")
+    );
+    let added = p.gantry_with_stdin(
+        &[
+            "hub",
+            "user",
+            "add",
+            "ann",
+            "--password-stdin",
+            "--role",
+            "member",
+            "--product",
+            "SHOP",
+            "--output",
+            "json",
+        ],
+        format!("{password}\n").as_bytes(),
+    );
+    added.expect_code(0);
+    assert_eq!(
+        added.json()[0]["roles"],
+        serde_json::json!([{"product": "SHOP", "role": "member"}])
+    );
+    p.gantry(&["hub", "user", "grant", "ann", "--role", "viewer"])
+        .expect_code(0);
+    let listed = p
+        .gantry(&["hub", "user", "list", "--output", "json"])
+        .json();
+    assert_eq!(listed[0]["roles"].as_array().unwrap().len(), 2, "{listed}");
+    assert!(!listed.to_string().contains("argon2"), "no hash is listed");
+
+    let mut server = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args([
+            "hub",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--output",
+            "text",
+        ])
+        .env("GANTRY_STATE_DIR", p.state_dir())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+    let login = format!(r#"{{"name":"ann","password":"{password}"}}"#);
+    let (status, answer) = exchange(&addr, "POST", "/api/session", "", &login);
+    assert_eq!(status, 200, "{answer}");
+    let cookie = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_owned();
+    let with_cookie = format!("Cookie: {cookie}\r\n");
+    assert_eq!(
+        exchange(&addr, "GET", "/api/agent/items", &with_cookie, "").0,
+        200
+    );
+
+    let ended = p.gantry(&["hub", "user", "logout", "ann", "--output", "json"]);
+    ended.expect_code(0);
+    assert_eq!(ended.json()["sessions_ended"], 1);
+    assert_eq!(
+        exchange(&addr, "GET", "/api/agent/items", &with_cookie, "").0,
+        401,
+        "ended at once"
+    );
+    p.gantry_with_stdin(
+        &["hub", "user", "password", "ann", "--password-stdin"],
+        b"another long passphrase\n",
+    )
+    .expect_code(0);
+    assert_eq!(
+        exchange(&addr, "POST", "/api/session", "", &login).0,
+        401,
+        "the old password is gone"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(server.wait().unwrap().success());
+}

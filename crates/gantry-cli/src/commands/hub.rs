@@ -1,13 +1,13 @@
 //! `gantry hub`: run the tracker hub, and manage its products, users and
 //! API keys on its database directly (no server needed).
 
-use std::io::{BufRead, Read};
+use std::io::{BufRead, IsTerminal, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
-use gantry_hub::model::{KeyInfo, Milestone, Permission, Product, Role};
-use gantry_hub::{HubError, KeySpec, Limits, Location, ServeOptions, Store};
+use gantry_hub::model::{KeyInfo, Milestone, Permission, Product, Role, UserRole};
+use gantry_hub::{HubError, KeySpec, Limits, Location, ServeOptions, Store, UserInfo};
 use serde::Serialize;
 
 use crate::output::{Failure, Printer, Report};
@@ -98,18 +98,90 @@ pub enum MilestoneAction {
 
 #[derive(Debug, Subcommand)]
 pub enum UserAction {
-    /// Add a user; the password (12 characters or more) is read from stdin,
-    /// never from the command line, where `ps` would show it
+    /// Add a user; the password (12 characters or more) is asked for on the
+    /// terminal, or read from stdin with --password-stdin, never from the
+    /// command line, where `ps` would show it
     ///
-    /// Example: printf '%s\n' "$PASSWORD" | gantry hub user add ann --email ann@example.com --password-stdin
-    Add {
+    /// Example: printf '%s\n' "$PASSWORD" | gantry hub user add ann --email ann@example.com --password-stdin --role member --product SHOP
+    Add(UserAddArgs),
+    /// Grant a user a role in a product, replacing the one they had there
+    ///
+    /// Example: gantry hub user grant ann --role viewer --product BLOG
+    Grant {
         name: String,
+        /// `none` takes the user's role there away
+        #[arg(long, value_enum)]
+        role: GrantArg,
+        /// The product [default: every product]
         #[arg(long)]
-        email: Option<String>,
+        product: Option<String>,
+    },
+    /// List the users and their roles
+    List,
+    /// Set a user's password (asked for as `add` does); their sessions end
+    Password {
+        name: String,
         /// Read the password from the first line of stdin
-        #[arg(long, required = true)]
+        #[arg(long)]
         password_stdin: bool,
     },
+    /// End every session of a user at once
+    Logout { name: String },
+    /// Turn a user's second factor off (a lost phone): their sessions and
+    /// recovery codes end, and they enrol again after logging in
+    ResetTotp { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct UserAddArgs {
+    pub name: String,
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Read the password from the first line of stdin
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// A role to grant at once
+    #[arg(long, value_enum)]
+    pub role: Option<UserRoleArg>,
+    /// The product the role is for [default: every product]
+    #[arg(long, requires = "role")]
+    pub product: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum UserRoleArg {
+    Viewer,
+    Member,
+    Admin,
+}
+
+impl From<UserRoleArg> for UserRole {
+    fn from(role: UserRoleArg) -> UserRole {
+        match role {
+            UserRoleArg::Viewer => UserRole::Viewer,
+            UserRoleArg::Member => UserRole::Member,
+            UserRoleArg::Admin => UserRole::Admin,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum GrantArg {
+    Viewer,
+    Member,
+    Admin,
+    None,
+}
+
+impl GrantArg {
+    fn role(self) -> Option<UserRole> {
+        match self {
+            GrantArg::Viewer => Some(UserRole::Viewer),
+            GrantArg::Member => Some(UserRole::Member),
+            GrantArg::Admin => Some(UserRole::Admin),
+            GrantArg::None => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,11 +280,7 @@ pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Fa
         HubAction::Serve(serve) => run_server(serve, &database, printer),
         HubAction::Product(action) => product(action, &store()?, printer),
         HubAction::Milestone(action) => milestone(action, &store()?, printer),
-        HubAction::User(UserAction::Add { name, email, .. }) => {
-            let password = read_password()?;
-            store()?.add_user(name, email.as_deref(), &password)?;
-            emit(printer, UserAdded { name: name.clone() })
-        }
+        HubAction::User(action) => user(action, &store()?, printer),
         HubAction::Key(action) => key(action, &store()?, printer),
     }
 }
@@ -303,14 +371,77 @@ fn key(action: &KeyAction, store: &Store, printer: &Printer) -> Result<(), Failu
     }
 }
 
-fn read_password() -> Result<String, Failure> {
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .take(4096)
-        .read_line(&mut line)
-        .map_err(|e| Failure::io("read the password from stdin", e))?;
-    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+fn user(action: &UserAction, store: &Store, printer: &Printer) -> Result<(), Failure> {
+    match action {
+        UserAction::Add(args) => add_user(args, store, printer),
+        UserAction::Grant {
+            name,
+            role,
+            product,
+        } => {
+            let granted = store.grant(name, role.role(), product.as_deref())?;
+            emit(printer, Users(vec![granted]))
+        }
+        UserAction::List => emit(printer, Users(store.users()?)),
+        UserAction::Password {
+            name,
+            password_stdin,
+        } => {
+            let password = read_password(*password_stdin)?;
+            let ended = store.set_password(name, &password)?;
+            emit(printer, SessionsEnded::new(name, ended))
+        }
+        UserAction::Logout { name } => {
+            let ended = store.revoke_sessions(name)?;
+            emit(printer, SessionsEnded::new(name, ended))
+        }
+        UserAction::ResetTotp { name } => emit(printer, Users(vec![store.reset_totp(name)?])),
+    }
+}
+
+/// `gantry hub user add`: the product is checked before the user is made.
+fn add_user(args: &UserAddArgs, store: &Store, printer: &Printer) -> Result<(), Failure> {
+    if let Some(product) = &args.product
+        && !store.products()?.iter().any(|p| p.key == *product)
+    {
+        return Err(HubError::not_found(format!("product `{product}`")).into());
+    }
+    let password = read_password(args.password_stdin)?;
+    store.add_user(&args.name, args.email.as_deref(), &password)?;
+    if let Some(role) = args.role {
+        store.grant(&args.name, Some(role.into()), args.product.as_deref())?;
+    }
+    emit(printer, Users(vec![store.user(&args.name)?]))
+}
+
+/// The password from the first line of stdin (`--password-stdin`), or
+/// asked for twice on the terminal, never echoed.
+fn read_password(from_stdin: bool) -> Result<String, Failure> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .take(4096)
+            .read_line(&mut line)
+            .map_err(|e| Failure::io("read the password from stdin", e))?;
+        return Ok(line.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(HubError::Invalid {
+            message: "no terminal to ask for the password on".to_owned(),
+            hint: Some("pipe it in with --password-stdin".to_owned()),
+        }
+        .into());
+    }
+    let ask = |prompt: &str| {
+        rpassword::prompt_password(prompt)
+            .map_err(|e| Failure::io("read the password from the terminal", e))
+    };
+    let password = ask("password: ")?;
+    if ask("the same again: ")? != password {
+        return Err(HubError::invalid("the two passwords differ").into());
+    }
+    Ok(password)
 }
 
 #[derive(Serialize)]
@@ -346,13 +477,58 @@ impl Report for Milestones {
 }
 
 #[derive(Serialize)]
-struct UserAdded {
-    name: String,
+#[serde(transparent)]
+struct Users(Vec<UserInfo>);
+
+impl Report for Users {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for user in &self.0 {
+            let roles: Vec<String> = user
+                .roles
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{} in {}",
+                        g.role,
+                        g.product.as_deref().unwrap_or("every product")
+                    )
+                })
+                .collect();
+            out.push_str(&format!(
+                "{}  {}  {}{}\n",
+                user.name,
+                user.email.as_deref().unwrap_or("-"),
+                if roles.is_empty() {
+                    "no role".to_owned()
+                } else {
+                    roles.join(", ")
+                },
+                if user.totp { "  TOTP" } else { "" }
+            ));
+        }
+        out
+    }
 }
 
-impl Report for UserAdded {
+#[derive(Serialize)]
+struct SessionsEnded {
+    name: String,
+    sessions_ended: u64,
+}
+
+impl SessionsEnded {
+    fn new(name: &str, sessions_ended: u64) -> SessionsEnded {
+        SessionsEnded {
+            name: name.to_owned(),
+            sessions_ended,
+        }
+    }
+}
+
+impl Report for SessionsEnded {
     fn text(&self) -> String {
-        format!("user {} added\n", self.name)
+        format!("{}: {} sessions ended\n", self.name, self.sessions_ended)
     }
 }
 

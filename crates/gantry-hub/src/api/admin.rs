@@ -12,7 +12,7 @@ use super::auth::Principal;
 use super::{AppState, ErrorBody};
 use crate::error::HubError;
 use crate::model::{AuditEntry, Permission};
-use crate::store::PAGE_MAX;
+use crate::store::{PAGE_MAX, Reach};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/admin/audit", get(audit))
@@ -39,10 +39,11 @@ async fn audit(
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Admin)?;
-    if access.scope.is_some() {
+    if access.scope != Reach::Every {
         return Err(HubError::Forbidden {
-            message: "the audit log spans every product; a key scoped to one cannot read it"
-                .to_owned(),
+            message:
+                "the audit log spans every product; a key or user reaching only some cannot read it"
+                    .to_owned(),
         });
     }
     let Query(query) = query.map_err(|e| HubError::invalid(e.body_text()))?;

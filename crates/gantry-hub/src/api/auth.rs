@@ -1,65 +1,170 @@
-//! Who a request is: the API key in `Authorization: Bearer ghk_...`,
-//! checked against the database, then held to its own rate limit and to
-//! the permission the endpoint needs.
+//! Who a request is: an API key in `Authorization: Bearer ghk_...`, or a
+//! user's session cookie, checked against the database, then held to a
+//! rate limit and to the permission the endpoint needs. A key wins when
+//! both come. A request that changes something on a session's strength
+//! must carry the session's CSRF token in `X-CSRF-Token`: a cross-site
+//! form can send the cookie, never that header.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use subtle::ConstantTimeEq;
 
 use super::{AppState, ClientAddress};
 use crate::error::HubError;
 use crate::model::{Permission, Role};
-use crate::store::{Access, Actor, Authenticated};
+use crate::store::{Access, Actor, Authenticated, Reach, SessionUser, csrf_token};
 
-/// The checked key of a request.
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "gantry_session";
+/// The header a session's changes carry their CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The checked key or session of a request.
 pub struct Principal {
-    key: Authenticated,
+    who: Who,
     client: String,
 }
 
+enum Who {
+    Key(Authenticated),
+    User(SessionUser),
+}
+
 impl Principal {
-    /// What the key may reach, if its permission allows `needed`.
+    /// What the request may reach, if its permission allows `needed`.
     pub fn access(&self, needed: Permission) -> Result<Access, HubError> {
-        if self.key.role == Role::Webhook {
-            return Err(HubError::Forbidden {
-                message: format!(
-                    "key `{}` is a webhook key; the agent API takes agent and ci keys",
-                    self.key.name
-                ),
-            });
+        match &self.who {
+            Who::Key(key) => key_access(key, needed, &self.client),
+            Who::User(user) => {
+                let scope = match user.roles.reaching(needed) {
+                    None => Reach::Every,
+                    Some(ids) if ids.is_empty() => {
+                        return Err(HubError::Forbidden {
+                            message: format!(
+                                "user `{}` has no product where they may {needed}",
+                                user.name
+                            ),
+                        });
+                    }
+                    Some(ids) => Reach::Products(ids),
+                };
+                Ok(Access {
+                    actor: Actor {
+                        name: user.name.clone(),
+                        client: Some(self.client.clone()),
+                    },
+                    key_id: -user.user_id,
+                    scope,
+                })
+            }
         }
-        if !self.key.permission.allows(needed) {
-            return Err(HubError::Forbidden {
-                message: format!(
-                    "key `{}` has {} permission; this needs {needed}",
-                    self.key.name, self.key.permission
-                ),
-            });
-        }
-        Ok(Access {
-            actor: Actor {
-                name: self.key.name.clone(),
-                client: Some(self.client.clone()),
-            },
-            key_id: self.key.key_id,
-            scope: self.key.product_id,
-        })
     }
+}
+
+fn key_access(key: &Authenticated, needed: Permission, client: &str) -> Result<Access, HubError> {
+    if key.role == Role::Webhook {
+        return Err(HubError::Forbidden {
+            message: format!(
+                "key `{}` is a webhook key; the agent API takes agent and ci keys",
+                key.name
+            ),
+        });
+    }
+    if !key.permission.allows(needed) {
+        return Err(HubError::Forbidden {
+            message: format!(
+                "key `{}` has {} permission; this needs {needed}",
+                key.name, key.permission
+            ),
+        });
+    }
+    Ok(Access {
+        actor: Actor {
+            name: key.name.clone(),
+            client: Some(client.to_owned()),
+        },
+        key_id: key.key_id,
+        scope: key
+            .product_id
+            .map_or(Reach::Every, |p| Reach::Products(vec![p])),
+    })
+}
+
+/// The client's address as the audit log writes it.
+pub fn client_of(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<ClientAddress>()
+        .map_or_else(|| "unknown".to_owned(), |a| a.0.to_string())
+}
+
+/// The session token in the request's cookies, if any.
+pub fn session_token(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim().chars().take(200).collect())
+}
+
+/// The user of the request's session cookie; for a method that may change
+/// something, only with the session's CSRF token.
+pub async fn session_user(
+    parts: &Parts,
+    state: &AppState,
+    token: String,
+) -> Result<SessionUser, HubError> {
+    let client = client_of(parts);
+    let user = {
+        let (token, client) = (token.clone(), client.clone());
+        state
+            .run(move |store| store.session(&token, &client))
+            .await?
+    };
+    if !parts.method.is_safe() {
+        let expected = csrf_token(&token);
+        let given = parts
+            .headers
+            .get(CSRF_HEADER)
+            .map(|v| v.as_bytes().to_owned())
+            .unwrap_or_default();
+        if !bool::from(given.ct_eq(expected.as_bytes())) {
+            let refused = user.clone();
+            state
+                .run(move |store| store.refuse_csrf(&refused, &client))
+                .await?;
+            return Err(HubError::Forbidden {
+                message: format!(
+                    "a change made with a session needs its CSRF token in the {CSRF_HEADER} header"
+                ),
+            });
+        }
+    }
+    state.rates.check_key(-user.user_id, None)?;
+    Ok(user)
 }
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = HubError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, HubError> {
-        let client = parts
-            .extensions
-            .get::<ClientAddress>()
-            .map_or_else(|| "unknown".to_owned(), |a| a.0.to_string());
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| HubError::Unauthorized {
-                message: "the request has no API key".to_owned(),
-            })?;
+        let client = client_of(parts);
+        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            let Some(token) = session_token(parts) else {
+                return Err(HubError::Unauthorized {
+                    message: "the request has no API key and no session".to_owned(),
+                });
+            };
+            let user = session_user(parts, state, token).await?;
+            return Ok(Principal {
+                who: Who::User(user),
+                client,
+            });
+        };
         // The key itself is never echoed back: messages describe its shape.
         let presented = header
             .to_str()
@@ -78,6 +183,9 @@ impl FromRequestParts<AppState> for Principal {
                 .await?
         };
         state.rates.check_key(key.key_id, key.rate_per_minute)?;
-        Ok(Principal { key, client })
+        Ok(Principal {
+            who: Who::Key(key),
+            client,
+        })
     }
 }

@@ -32,6 +32,14 @@ pub struct Limits {
     /// loopback: set when the hub runs behind Gantry's proxy, which writes
     /// that header itself.
     pub behind_proxy: bool,
+    /// Logins, submitted ideas and votes a minute from one client address
+    /// (on top of `per_address_per_minute`): what a person does, not a script.
+    pub public_per_address_per_minute: u32,
+    /// Login attempts a minute for one user name, from anywhere.
+    pub logins_per_name_per_minute: u32,
+    /// How long after its form was handed out an idea may be sent: people
+    /// take longer to type one.
+    pub form_min_seconds: u64,
 }
 
 impl Default for Limits {
@@ -44,12 +52,17 @@ impl Default for Limits {
             request_timeout: std::time::Duration::from_secs(30),
             max_connections: 1024,
             behind_proxy: false,
+            public_per_address_per_minute: 10,
+            logins_per_name_per_minute: 10,
+            form_min_seconds: 3,
         }
     }
 }
 
 pub struct RateLimits {
     per_address: DefaultKeyedRateLimiter<IpAddr>,
+    public: DefaultKeyedRateLimiter<IpAddr>,
+    logins: DefaultKeyedRateLimiter<String>,
     per_key: Mutex<HashMap<i64, (u32, Arc<DefaultDirectRateLimiter>)>>,
     default_key_rate: u32,
 }
@@ -79,6 +92,8 @@ impl RateLimits {
     pub fn new(limits: &Limits) -> RateLimits {
         RateLimits {
             per_address: DefaultKeyedRateLimiter::keyed(quota(limits.per_address_per_minute)),
+            public: DefaultKeyedRateLimiter::keyed(quota(limits.public_per_address_per_minute)),
+            logins: DefaultKeyedRateLimiter::keyed(quota(limits.logins_per_name_per_minute)),
             per_key: Mutex::new(HashMap::new()),
             default_key_rate: limits.per_key_per_minute,
         }
@@ -89,6 +104,27 @@ impl RateLimits {
             .check_key(&client_network(address))
             .map_err(|n| HubError::RateLimited {
                 who: "this address",
+                retry_after: seconds_until(&n),
+            })
+    }
+
+    /// The stricter limit of logins, ideas and votes from one address.
+    pub fn check_public(&self, address: IpAddr) -> Result<(), HubError> {
+        self.public
+            .check_key(&client_network(address))
+            .map_err(|n| HubError::RateLimited {
+                who: "this address",
+                retry_after: seconds_until(&n),
+            })
+    }
+
+    /// Login attempts for one user name, wherever they come from.
+    pub fn check_login(&self, name: &str) -> Result<(), HubError> {
+        let name: String = name.chars().take(64).collect();
+        self.logins
+            .check_key(&name)
+            .map_err(|n| HubError::RateLimited {
+                who: "logins to this user",
                 retry_after: seconds_until(&n),
             })
     }
@@ -124,6 +160,10 @@ impl RateLimits {
     pub fn forget_idle(&self) {
         self.per_address.retain_recent();
         self.per_address.shrink_to_fit();
+        self.public.retain_recent();
+        self.public.shrink_to_fit();
+        self.logins.retain_recent();
+        self.logins.shrink_to_fit();
     }
 }
 

@@ -7,6 +7,8 @@ mod agent;
 mod auth;
 mod limit;
 mod openapi;
+mod public;
+mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -140,6 +142,8 @@ fn router(state: AppState) -> Router {
     Router::new()
         .merge(agent::routes())
         .merge(admin::routes())
+        .merge(session::routes())
+        .merge(public::routes())
         .route("/api/openapi.json", axum::routing::get(openapi::document))
         .route("/healthz", axum::routing::get(health))
         .fallback(|| async { HubError::not_found("no such endpoint") })

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Gantry hub", description = "The tracker hub's agent API"),
+    info(title = "Gantry hub", description = "The tracker hub's agent API, sessions and public endpoints"),
     paths(
         super::agent::list_items,
         super::agent::create_item,
@@ -24,11 +24,24 @@ use utoipa::{Modify, OpenApi};
         super::agent::context,
         super::agent::activity,
         super::admin::audit,
+        super::session::login,
+        super::session::whoami,
+        super::session::logout,
+        super::session::begin_totp,
+        super::session::confirm_totp,
+        super::public::roadmap,
+        super::public::changelog,
+        super::public::form,
+        super::public::submit,
+        super::public::vote,
+        super::public::submission,
     ),
     modifiers(&ApiKey),
     tags(
         (name = "agent", description = "Claim and work items"),
-        (name = "admin", description = "For admin keys")
+        (name = "admin", description = "For admin keys"),
+        (name = "session", description = "People logging in, with a second factor"),
+        (name = "public", description = "The public roadmap, ideas and votes, without a login")
     )
 )]
 pub struct Document;

@@ -49,6 +49,11 @@ const MIGRATIONS: &[Migration] = &[
         both: include_str!("migrations/005_key_networks.sql"),
         only: &[],
     },
+    Migration {
+        name: "sessions, second factors, roles, public submissions and votes",
+        both: include_str!("migrations/006_people.sql"),
+        only: &[],
+    },
 ];
 
 /// The schema version this gantry writes.

@@ -144,11 +144,6 @@ fn check_new(new: &NewItem) -> Result<(), HubError> {
             "an item has at most {LINKS_MAX} links"
         )));
     }
-    if new.source == Some(Source::UserSubmitted) {
-        return Err(HubError::invalid(
-            "`source` user_submitted is for the public submission form; use internal or auto_detected",
-        ));
-    }
     match (&new.bug, new.kind) {
         (Some(_), kind) if kind != Kind::Bug => Err(HubError::invalid(format!(
             "`bug` fields are for bugs; this item is a {kind}"
@@ -358,21 +353,39 @@ impl Store {
         idempotency_key: Option<&str>,
         raw: &[u8],
     ) -> Result<(u16, String), HubError> {
+        if new.source == Some(Source::UserSubmitted) {
+            return Err(HubError::invalid(
+                "`source` user_submitted is for the public submission form; use internal or auto_detected",
+            ));
+        }
+        self.file_item(access, new, idempotency_key, raw, &|_, _| Ok(()))
+    }
+
+    /// Makes an item of any source (the public form's ideas come this way),
+    /// running `then` in the same transaction once it is made.
+    pub(super) fn file_item(
+        &self,
+        access: &Access,
+        new: &NewItem,
+        idempotency_key: Option<&str>,
+        raw: &[u8],
+        then: &dyn Fn(&mut dyn Sql, &Item) -> Result<(), HubError>,
+    ) -> Result<(u16, String), HubError> {
         check_new(new)?;
         self.tx(|sql| {
             audit::idempotent(sql, access.key_id, idempotency_key, &[b"POST items", raw], |sql| {
-                let product_id = match (&new.product, access.scope) {
+                let product_id = match (&new.product, access.scope.only()) {
                     (Some(key), _) => products::id_of(sql, key)?,
-                    (None, Some(scope)) => scope,
+                    (None, Some(only)) => only,
                     (None, None) => {
                         return Err(HubError::invalid(
-                            "`product` is missing: this key reaches every product, so name one",
+                            "`product` is missing: this key or user reaches more than one product, so name one",
                         ));
                     }
                 };
-                if access.scope.is_some_and(|scope| scope != product_id) {
+                if !access.scope.allows(product_id) {
                     return Err(HubError::Forbidden {
-                        message: "the key is scoped to another product".to_owned(),
+                        message: format!("`{}` may not add items to that product", access.actor.name),
                     });
                 }
                 let seq = sql
@@ -444,6 +457,7 @@ impl Store {
                 }
                 let stored = load(sql, id)?.ok_or_else(|| HubError::Internal("a new item vanished".to_owned()))?;
                 access.audit(sql, "item.create", &stored.item.reference)?;
+                then(sql, &stored.item)?;
                 created(&stored.item)
             })
         })

@@ -278,22 +278,48 @@ pub(super) type FieldChange = (
 #[derive(Clone, Debug)]
 pub struct Access {
     pub actor: Actor,
-    /// For idempotency keys.
+    /// For idempotency keys: a key's id, or a user's id negated.
     pub key_id: i64,
-    /// The one product a scoped key reaches.
-    pub scope: Option<i64>,
+    /// The products the request may reach with the permission it needs.
+    pub scope: Reach,
+}
+
+/// Which products a request reaches: every one (an unscoped key, a user
+/// with a hub-wide role), or some (a scoped key; a user's roles).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reach {
+    Every,
+    Products(Vec<i64>),
+}
+
+impl Reach {
+    pub fn allows(&self, product: i64) -> bool {
+        match self {
+            Reach::Every => true,
+            Reach::Products(ids) => ids.contains(&product),
+        }
+    }
+
+    /// The one product reached, when there is exactly one.
+    pub fn only(&self) -> Option<i64> {
+        match self {
+            Reach::Products(ids) if ids.len() == 1 => ids.first().copied(),
+            _ => None,
+        }
+    }
 }
 
 impl Access {
     pub(super) fn check(&self, stored: &Stored) -> Result<(), HubError> {
-        match self.scope {
-            Some(product) if product != stored.product_id => Err(HubError::Forbidden {
+        if self.scope.allows(stored.product_id) {
+            Ok(())
+        } else {
+            Err(HubError::Forbidden {
                 message: format!(
-                    "the key is scoped to another product than {}'s",
-                    stored.item.reference
+                    "{} is in a product `{}` may not reach",
+                    stored.item.reference, self.actor.name
                 ),
-            }),
-            _ => Ok(()),
+            })
         }
     }
 

@@ -1,4 +1,4 @@
-//! API keys and users.
+//! API keys.
 //!
 //! A key is `ghk_<public id>_<secret>`: 8 random bytes of public id, by
 //! which it is found, and 32 random bytes of secret, in hex. The hub stores
@@ -7,9 +7,9 @@
 //! 256-bit random secret cannot be guessed at any speed, while every API
 //! request verifies its key, so a deliberately slow hash would only hand
 //! attackers a cheap way to burn the hub's CPU. The stored hash is compared
-//! in constant time. Users' passwords, chosen by people, are argon2 hashes.
+//! in constant time. Users' passwords, chosen by people, are argon2 hashes
+//! (`users`).
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
 use gantry_core::artifact::hex;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -97,11 +97,11 @@ pub struct Authenticated {
     pub rate_per_minute: Option<u32>,
 }
 
-fn random_hex<const N: usize>() -> String {
+pub(super) fn random_hex<const N: usize>() -> String {
     hex(&rand::random::<[u8; N]>())
 }
 
-fn digest(key: &str) -> String {
+pub(super) fn digest(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes()))
 }
 
@@ -180,6 +180,18 @@ impl Store {
             if taken.is_some() {
                 return Err(HubError::Exists {
                     what: format!("an active key named `{}`", spec.name),
+                });
+            }
+            let user = sql.query_one(
+                "SELECT 1 FROM users WHERE name = ?",
+                &[spec.name.as_str().into()],
+            )?;
+            if user.is_some() {
+                return Err(HubError::Exists {
+                    what: format!(
+                        "a user named `{}` (keys and users act under their names)",
+                        spec.name
+                    ),
                 });
             }
             let public = random_hex::<8>();
@@ -325,78 +337,6 @@ impl Store {
                     .and_then(|r| u32::try_from(r).ok()),
             }))
         })?
-    }
-
-    /// Adds a user with an argon2 hash of `password`.
-    pub fn add_user(
-        &self,
-        name: &str,
-        email: Option<&str>,
-        password: &str,
-    ) -> Result<(), HubError> {
-        one_line("name", name, 64)?;
-        if let Some(email) = email {
-            one_line("email", email, 254)?;
-            if !email.contains('@') {
-                return Err(HubError::invalid(format!(
-                    "`{}` is not an email address",
-                    email.escape_debug()
-                )));
-            }
-        }
-        let length = password.chars().count();
-        if !(12..=1024).contains(&length) {
-            return Err(HubError::Invalid {
-                message: format!("the password is {length} characters long; it must be 12 to 1024"),
-                hint: Some("a passphrase of a few words is long enough".to_owned()),
-            });
-        }
-        let hash = argon2::Argon2::default()
-            .hash_password(password.as_bytes())
-            .map_err(|e| HubError::Internal(format!("argon2: {e}")))?
-            .to_string();
-        self.tx(|sql| {
-            let added = sql.execute(
-                "INSERT INTO users (name, email, password_hash, created_at) VALUES (?, ?, ?, ?)",
-                &[
-                    name.into(),
-                    email.into(),
-                    hash.as_str().into(),
-                    Value::Int(clock::now()),
-                ],
-            );
-            match added {
-                Err(DbError::Unique(_)) => {
-                    return Err(HubError::Exists {
-                        what: format!("user `{name}`"),
-                    });
-                }
-                other => other?,
-            };
-            audit::record(sql, "cli", None, "user.add", Some(name), "ok")
-        })
-    }
-
-    /// Whether `password` is the user's (argon2, constant time inside).
-    pub fn check_password(&self, name: &str, password: &str) -> Result<bool, HubError> {
-        let stored = self.tx(|sql| {
-            Ok(sql
-                .query_one(
-                    "SELECT password_hash FROM users WHERE name = ?",
-                    &[name.into()],
-                )?
-                .map(|row| row.text(0))
-                .transpose()?)
-        })?;
-        let Some(stored) = stored else {
-            return Ok(false);
-        };
-        let hash = PasswordHash::new(&stored).map_err(|e| {
-            HubError::Internal(format!("a stored password hash does not parse: {e}"))
-        })?;
-        Ok(argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .is_ok())
     }
 }
 

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::items::{Access, ITEM_COLUMNS, PAGE_MAX, fetch, item_from};
+use super::items::{Access, ITEM_COLUMNS, PAGE_MAX, Reach, fetch, item_from};
 use super::{Store, bounded};
 use crate::clock;
 use crate::db::{Dialect, Value};
@@ -75,9 +75,17 @@ impl Store {
     pub fn list_items(&self, access: &Access, filter: &ItemFilter) -> Result<ItemPage, HubError> {
         let mut clauses = Vec::new();
         let mut params = Vec::new();
-        if let Some(scope) = access.scope {
-            clauses.push("i.product_id = ?".to_owned());
-            params.push(Value::Int(scope));
+        if let Reach::Products(ids) = &access.scope {
+            // No product at all: `IN ()` is not SQL, so a clause that holds for none.
+            if ids.is_empty() {
+                clauses.push("1 = 0".to_owned());
+            } else {
+                clauses.push(format!(
+                    "i.product_id IN ({})",
+                    vec!["?"; ids.len()].join(", ")
+                ));
+                params.extend(ids.iter().map(|id| Value::Int(*id)));
+            }
         }
         if let Some(product) = &filter.product {
             clauses.push("p.key = ?".to_owned());

@@ -10,6 +10,9 @@ mod keys;
 mod links;
 mod list;
 mod products;
+mod public;
+mod sessions;
+mod users;
 mod work;
 
 use crate::db::{Backend, DbError, Location, Sql};
@@ -17,10 +20,13 @@ use crate::error::HubError;
 
 pub use audit::Actor;
 pub use fields::{ItemEdit, NewItem};
-pub use items::{Access, CLAIM_DEFAULT_SECONDS, PAGE_MAX};
+pub use items::{Access, CLAIM_DEFAULT_SECONDS, PAGE_MAX, Reach};
 pub use keys::{Authenticated, CreatedKey, KeySpec};
 pub use links::LinkChange;
 pub use list::{ItemFilter, ItemPage};
+pub use public::{Idea, PublicItem, SubmissionStatus, Submitted, Voted};
+pub use sessions::{LoginAttempt, SESSION_LIFETIME_MS, SessionUser, csrf_token};
+pub use users::{Grant, UserInfo};
 pub use work::{ChecklistChange, NewPr, StatusChange};
 
 pub struct Store {
