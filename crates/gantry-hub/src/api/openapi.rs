@@ -24,11 +24,23 @@ use utoipa::{Modify, OpenApi};
         super::agent::context,
         super::agent::activity,
         super::admin::audit,
+        super::webhooks::github,
+        super::webhooks::gitea,
+        super::webhooks::new_forge_secret,
+        super::webhooks::deliveries,
+        super::webhooks::replay,
+        super::webhooks::subscribe,
+        super::webhooks::subscriptions,
+        super::webhooks::unsubscribe,
+        super::webhooks::attempts,
+        super::analytics::report,
     ),
     modifiers(&ApiKey),
     tags(
         (name = "agent", description = "Claim and work items"),
-        (name = "admin", description = "For admin keys")
+        (name = "admin", description = "For admin keys"),
+        (name = "webhooks", description = "Forges' webhooks in; subscriptions out"),
+        (name = "analytics", description = "Cycle time, throughput, open bugs, votes")
     )
 )]
 pub struct Document;

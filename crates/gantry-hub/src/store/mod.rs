@@ -3,12 +3,15 @@
 //! writes its activity and audit rows in the same transaction.
 //! Blocking: the HTTP layer calls these on tokio's blocking pool.
 
+mod analytics;
 mod audit;
 mod fields;
+mod forge;
 mod items;
 mod keys;
 mod links;
 mod list;
+mod outbox;
 mod products;
 mod work;
 
@@ -17,10 +20,12 @@ use crate::error::HubError;
 
 pub use audit::Actor;
 pub use fields::{ItemEdit, NewItem};
+pub use forge::{Delivery, Incoming, Received};
 pub use items::{Access, CLAIM_DEFAULT_SECONDS, PAGE_MAX};
 pub use keys::{Authenticated, CreatedKey, KeySpec};
 pub use links::LinkChange;
 pub use list::{ItemFilter, ItemPage};
+pub use outbox::{Attempt, Due, NewSubscription, Outcome, Subscription};
 pub use work::{ChecklistChange, NewPr, StatusChange};
 
 pub struct Store {
