@@ -10,6 +10,7 @@
 
 mod analytics;
 mod api;
+mod client;
 mod clock;
 mod context;
 mod db;
@@ -20,6 +21,7 @@ mod store;
 mod webhooks;
 
 pub use api::{Limits, serve, serve_with};
+pub use client::HubClient;
 pub use db::Location;
 pub use error::HubError;
 pub use server::{ServeOptions, run};

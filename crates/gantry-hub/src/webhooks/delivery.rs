@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::signature;
-use super::target::{self, Refused};
+use super::target;
 use crate::store::{Due, Outcome, Store};
 
 /// What the hub's background work does, and when.
@@ -147,32 +146,10 @@ pub async fn send(due: &Due, options: &Background) -> Outcome {
     }
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
 async fn post(due: &Due, options: &Background) -> Result<u16, String> {
     let target = target::parse(&due.url).map_err(|e| e.to_string())?;
     // Checked now, not only when subscribed: the name may point elsewhere.
-    let addresses = target::resolve(&target, options.allow_internal_targets)
-        .await
-        .map_err(|e: Refused| e.to_string())?;
-    let mut last = String::new();
-    let mut connected = None;
-    for address in addresses {
-        match tokio::net::TcpStream::connect(address).await {
-            Ok(stream) => {
-                connected = Some(stream);
-                break;
-            }
-            Err(e) => last = format!("cannot connect to {address}: {e}"),
-        }
-    }
-    let tcp = connected.ok_or(last)?;
-    let stream: Box<dyn Stream> = if target.https {
-        Box::new(tls(tcp, &target.host).await?)
-    } else {
-        Box::new(tcp)
-    };
+    let stream = target::connect(&target, options.allow_internal_targets).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -212,23 +189,4 @@ async fn post(due: &Due, options: &Background) -> Result<u16, String> {
         .await;
     driver.abort();
     Ok(status)
-}
-
-async fn tls(
-    tcp: tokio::net::TcpStream,
-    host: &str,
-) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
-    use rustls_platform_verifier::BuilderVerifierExt;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(BuilderVerifierExt::with_platform_verifier)
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|e| format!("`{host}` is not a TLS server name: {e}"))?;
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS handshake with {host}: {e}"))
 }

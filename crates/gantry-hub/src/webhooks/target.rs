@@ -8,6 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use hyper::Uri;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// A parsed target URL.
 #[derive(Clone, Debug)]
@@ -114,6 +115,54 @@ pub async fn resolve(target: &Target, allow_internal: bool) -> Result<Vec<Socket
         });
     }
     Ok(addresses)
+}
+
+/// A connection to a target, plain or TLS.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Connects to the target at an address [`resolve`] checked (TLS for
+/// `https`, verified against the system's roots).
+pub async fn connect(target: &Target, allow_internal: bool) -> Result<Box<dyn Stream>, String> {
+    let addresses = resolve(target, allow_internal)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut last = String::new();
+    let mut connected = None;
+    for address in addresses {
+        match tokio::net::TcpStream::connect(address).await {
+            Ok(stream) => {
+                connected = Some(stream);
+                break;
+            }
+            Err(e) => last = format!("cannot connect to {address}: {e}"),
+        }
+    }
+    let tcp = connected.ok_or(last)?;
+    Ok(if target.https {
+        Box::new(tls(tcp, &target.host).await?)
+    } else {
+        Box::new(tcp)
+    })
+}
+
+async fn tls(
+    tcp: tokio::net::TcpStream,
+    host: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(BuilderVerifierExt::with_platform_verifier)
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("`{host}` is not a TLS server name: {e}"))?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {host}: {e}"))
 }
 
 #[cfg(test)]
