@@ -45,6 +45,9 @@ pub trait Tracker {
     /// Files a bug; its reference.
     fn file_bug(&self, bug: &Bug) -> Result<String, String>;
     fn comment(&self, reference: &str, body: &str) -> Result<(), String>;
+    /// Marks the items whose linked pull request is at one of `commits` as
+    /// fixed in `version`; their references.
+    fn shipped(&self, version: &str, commits: &[String]) -> Result<Vec<String>, String>;
 }
 
 /// A bug as filed.
@@ -173,34 +176,68 @@ pub fn report(
     }
 }
 
-/// Reports a failed deploy to the project's hub, if it names one: reads
-/// the key from the project's secrets and reaches the hub through
-/// `connect`. `None` when the project has no `[hub]`.
-pub fn report_deploy_failure(
-    project_dir: &Path,
-    hub: Option<&HubLink>,
-    incident: &Incident,
-    env_vars: &dyn Fn(&str) -> Option<String>,
-    connect: &dyn Fn(&HubLink, String) -> Box<dyn Tracker>,
-) -> Option<Result<Reported, String>> {
-    let hub = hub?;
-    let name = hub.key.0.clone();
-    let key = match crate::deploy::secret_values(
-        project_dir,
-        &incident.environment,
-        std::slice::from_ref(&name),
-        env_vars,
-    ) {
-        Ok(mut values) => values.remove(&name),
-        Err(e) => return Some(Err(format!("cannot read the hub's key `{name}`: {e}"))),
-    };
-    let Some(key) = key else {
-        return Some(Err(format!(
-            "the secret `{name}` holding the hub's key is not set"
-        )));
-    };
-    let tracker = connect(hub, key);
-    Some(report(tracker.as_ref(), incident, hub.product.as_deref()))
+/// How to reach the project's hub: its `[hub]` and a way to connect.
+pub struct HubAccess<'a> {
+    pub project_dir: &'a Path,
+    pub environment: &'a str,
+    pub hub: &'a HubLink,
+    pub env_vars: &'a dyn Fn(&str) -> Option<String>,
+    pub connect: &'a dyn Fn(&HubLink, String) -> Box<dyn Tracker>,
+}
+
+impl HubAccess<'_> {
+    /// The tracker, with the key read from the project's secrets.
+    fn tracker(&self) -> Result<Box<dyn Tracker>, String> {
+        let name = self.hub.key.0.clone();
+        let mut values = crate::deploy::secret_values(
+            self.project_dir,
+            self.environment,
+            std::slice::from_ref(&name),
+            self.env_vars,
+        )
+        .map_err(|e| format!("cannot read the hub's key `{name}`: {e}"))?;
+        let key = values
+            .remove(&name)
+            .ok_or_else(|| format!("the secret `{name}` holding the hub's key is not set"))?;
+        Ok((self.connect)(self.hub, key))
+    }
+
+    /// Reports a failed deploy.
+    pub fn deploy_failed(&self, incident: &Incident) -> Result<Reported, String> {
+        report(
+            self.tracker()?.as_ref(),
+            incident,
+            self.hub.product.as_deref(),
+        )
+    }
+
+    /// Tells the hub what a deploy of `version` shipped: the project's git
+    /// history up to HEAD (the last 1000 commits). `Ok(None)` when the
+    /// project is not in a git repository.
+    pub fn shipped(&self, version: &str) -> Result<Option<Vec<String>>, String> {
+        let Some(commits) = commits(self.project_dir) else {
+            return Ok(None);
+        };
+        self.tracker()?.shipped(version, &commits).map(Some)
+    }
+}
+
+/// The last 1000 commits up to HEAD of the repository holding `dir`.
+fn commits(dir: &Path) -> Option<Vec<String>> {
+    let output = std::process::Command::new("git")
+        .args(["rev-list", "--max-count=1000", "HEAD"])
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .filter(|l| !l.is_empty())
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -241,6 +278,10 @@ mod tests {
                 .ok_or("no such item")?;
             item.2.push(body.to_owned());
             Ok(())
+        }
+
+        fn shipped(&self, _: &str, _: &[String]) -> Result<Vec<String>, String> {
+            Ok(Vec::new())
         }
     }
 

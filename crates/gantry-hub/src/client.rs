@@ -167,4 +167,18 @@ impl Tracker for HubClient {
         self.expect("POST", &path, Some(&json!({ "body": body })), 201)
             .map(drop)
     }
+
+    fn shipped(&self, version: &str, commits: &[String]) -> Result<Vec<String>, String> {
+        let body = json!({"version": version, "commits": commits});
+        let answer = self.expect("POST", "/api/agent/shipped", Some(&body), 200)?;
+        Ok(answer["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
 }

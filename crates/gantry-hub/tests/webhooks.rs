@@ -20,6 +20,7 @@ on_both_databases!(
     an_outbound_receiver_that_fails_twice_gets_the_event_once_signed,
     a_subscription_that_keeps_failing_is_disabled_with_a_notice,
     analytics_count_cycles_closers_and_fire_sla_breaches,
+    a_deploys_shipped_commits_fix_the_items_of_their_pull_requests,
 );
 
 /// Milliseconds instead of hours: the whole retry ladder in a test.
@@ -771,4 +772,69 @@ async fn analytics_count_cycles_closers_and_fire_sla_breaches(db: Db) {
     .unwrap()
     .unwrap();
     assert_eq!(again, 0);
+}
+
+async fn a_deploys_shipped_commits_fix_the_items_of_their_pull_requests(db: Db) {
+    let hub = Hub::start(db).await;
+    let admin = hub.client(&hub.key("lead", Permission::Admin, None).await);
+    let shipped = admin
+        .create(&json!({"product": "SHOP", "type": "bug", "title": "Totals"}))
+        .await;
+    let waiting = admin
+        .create(&json!({"product": "SHOP", "type": "task", "title": "Later"}))
+        .await;
+    let secret = forge_secret(&admin, "SHOP").await;
+    let opened = deliver(
+        &hub,
+        "github",
+        "pull_request",
+        "s-1",
+        &secret,
+        &github_pull_request("opened", shipped["branch"].as_str().unwrap(), false),
+    )
+    .await;
+    assert_eq!(opened.status, 200, "{}", opened.text);
+
+    let ci = hub.client(&hub.key("deploys", Permission::Write, Some("SHOP")).await);
+    let answer = ci
+        .post(
+            "/api/agent/shipped",
+            &json!({"version": "r42", "commits": [
+                "1111111111111111111111111111111111111111",
+                "6DCB09B5B57875F334F61AEBED695E2E4193DB5E"
+            ]}),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.json()["items"], json!([shipped["reference"]]));
+    assert_eq!(item(&admin, &shipped["id"]).await["fixed_version"], "r42");
+    assert!(item(&admin, &waiting["id"]).await["fixed_version"].is_null());
+    let again = ci
+        .post(
+            "/api/agent/shipped",
+            &json!({"version": "r42", "commits": ["6dcb09b5b57875f334f61aebed695e2e4193db5e"]}),
+        )
+        .await;
+    assert_eq!(again.json()["items"], json!([]), "already fixed in r42");
+
+    let blog = hub.client(&hub.key("blog-ci", Permission::Write, Some("BLOG")).await);
+    let other = blog
+        .post(
+            "/api/agent/shipped",
+            &json!({"version": "r43", "commits": ["6dcb09b5b57875f334f61aebed695e2e4193db5e"]}),
+        )
+        .await;
+    assert_eq!(
+        other.json()["items"],
+        json!([]),
+        "a key reaches its own product's items only"
+    );
+    let bad = ci
+        .post(
+            "/api/agent/shipped",
+            &json!({"version": "r44", "commits": ["not-a-commit"]}),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    assert!(bad.message().contains("not-a-commit"), "{}", bad.text);
 }

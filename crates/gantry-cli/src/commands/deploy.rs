@@ -1,7 +1,8 @@
 //! `gantry deploy`.
 
-use gantry_core::deploy::Progress;
-use gantry_core::incident::{self, Incident, Reported, Tracker};
+use gantry_core::config::model::HubLink;
+use gantry_core::deploy::{DeployReport, Progress};
+use gantry_core::incident::{HubAccess, Incident, Reported, Tracker};
 use gantry_core::{deploy, lifecycle};
 
 use super::{Context, vars};
@@ -27,36 +28,50 @@ pub(super) fn deploy(ctx: &Context<'_>, args: &DeployArgs) -> Result<(), Failure
         &options,
         &ctx.progress(),
     );
-    if let Err(error) = &result {
-        report_to_hub(ctx, error);
-    }
+    tell_hub(ctx, &result);
     ctx.emit(result?)
 }
 
-/// Files the failure with the project's `[hub]`, if it has one; a hub that
-/// cannot be reached is a warning, never a second error.
-fn report_to_hub(ctx: &Context<'_>, error: &gantry_core::Error) {
+fn connect(hub: &HubLink, key: String) -> Box<dyn Tracker> {
+    Box::new(gantry_hub::HubClient::new(&hub.url, key))
+}
+
+/// Tells the project's `[hub]`, if it has one, what the deploy did: a
+/// failure is filed, what a success shipped is fixed. A hub that cannot be
+/// reached is a warning, never a second error.
+fn tell_hub(ctx: &Context<'_>, result: &Result<DeployReport, gantry_core::Error>) {
     let Ok(config) = ctx.project.load() else {
         return;
     };
-    let incident = Incident::of_deploy(&config.file.project.name, ctx.env, error);
-    let connect = |hub: &gantry_core::config::model::HubLink, key: String| {
-        Box::new(gantry_hub::HubClient::new(&hub.url, key)) as Box<dyn Tracker>
+    let Some(hub) = config.file.hub.as_ref() else {
+        return;
     };
-    let reported = incident::report_deploy_failure(
-        config.project_dir(),
-        config.file.hub.as_ref(),
-        &incident,
-        &vars,
-        &connect,
-    );
-    let line = match reported {
-        None => return,
-        Some(Ok(Reported::Filed(item))) => format!("hub: filed {item}"),
-        Some(Ok(Reported::Commented(item))) => {
-            format!("hub: commented on {item}, open for the same failure")
-        }
-        Some(Err(why)) => format!("hub: cannot report the failure: {why}"),
+    let access = HubAccess {
+        project_dir: config.project_dir(),
+        environment: ctx.env,
+        hub,
+        env_vars: &vars,
+        connect: &connect,
+    };
+    let line = match result {
+        Err(error) => match access.deploy_failed(&Incident::of_deploy(
+            &config.file.project.name,
+            ctx.env,
+            error,
+        )) {
+            Ok(Reported::Filed(item)) => format!("hub: filed {item}"),
+            Ok(Reported::Commented(item)) => {
+                format!("hub: commented on {item}, open for the same failure")
+            }
+            Err(why) => format!("hub: cannot report the failure: {why}"),
+        },
+        Ok(report) => match access.shipped(&report.release.id) {
+            Ok(Some(items)) if !items.is_empty() => {
+                format!("hub: {} fixed in {}", items.join(", "), report.release.id)
+            }
+            Ok(_) => return,
+            Err(why) => format!("hub: cannot mark what the deploy shipped: {why}"),
+        },
     };
     ctx.progress().step(&line);
 }

@@ -33,6 +33,7 @@ use utoipa::{Modify, OpenApi};
         super::webhooks::subscriptions,
         super::webhooks::unsubscribe,
         super::webhooks::attempts,
+        super::webhooks::shipped,
         super::analytics::report,
     ),
     modifiers(&ApiKey),

@@ -16,7 +16,9 @@ use super::auth::Principal;
 use super::{AppState, ClientAddress, ErrorBody, JsonBody, header_text};
 use crate::error::HubError;
 use crate::model::Permission;
-use crate::store::{Attempt, Delivery, Incoming, NewSubscription, Received, Subscription};
+use crate::store::{
+    Attempt, Delivery, Incoming, NewSubscription, Received, Shipped, ShippedItems, Subscription,
+};
 use crate::webhooks::forge::Forge;
 use crate::webhooks::target;
 
@@ -41,6 +43,25 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/admin/subscriptions/{id}", delete(unsubscribe))
         .route("/api/admin/subscriptions/{id}/attempts", get(attempts))
+        .route("/api/agent/shipped", post(shipped))
+}
+
+/// A deploy shipped these commits: the items whose linked pull request is
+/// at one of them are fixed in `version`. For the keys of CI and gantry.
+#[utoipa::path(post, path = "/api/agent/shipped", tag = "agent", request_body = Shipped,
+    responses((status = 200, body = ShippedItems), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn shipped(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: JsonBody<Shipped>,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Write)?;
+    let shipped = body.value;
+    let items = state
+        .run(move |store| store.shipped(&access, &shipped))
+        .await?;
+    Ok(axum::Json(items).into_response())
 }
 
 /// A delivery from GitHub. Signed with `X-Hub-Signature-256`; a delivery

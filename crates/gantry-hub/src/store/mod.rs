@@ -13,6 +13,7 @@ mod links;
 mod list;
 mod outbox;
 mod products;
+mod ship;
 mod work;
 
 use crate::db::{Backend, DbError, Location, Sql};
@@ -26,6 +27,7 @@ pub use keys::{Authenticated, CreatedKey, KeySpec};
 pub use links::LinkChange;
 pub use list::{ItemFilter, ItemPage};
 pub use outbox::{Attempt, Due, NewSubscription, Outcome, Subscription};
+pub use ship::{Shipped, ShippedItems};
 pub use work::{ChecklistChange, NewPr, StatusChange};
 
 pub struct Store {
