@@ -105,6 +105,24 @@ fn leaderboard(
     .collect()
 }
 
+/// How long finished messages (and those of ended subscriptions) and
+/// their attempts are kept.
+const OUTBOX_KEEP_MS: i64 = 30 * 24 * 3600 * 1000;
+
+fn prune_outbox(sql: &mut dyn Sql, now: i64) -> Result<(), HubError> {
+    let old = "SELECT o.id FROM outbox o JOIN subscriptions s ON s.id = o.subscription_id \
+               WHERE o.created_at < ? AND (o.state <> 'pending' OR s.disabled_at IS NOT NULL)";
+    sql.execute(
+        &format!("DELETE FROM outbox_attempts WHERE outbox_id IN ({old})"),
+        &[Value::Int(now - OUTBOX_KEEP_MS)],
+    )?;
+    sql.execute(
+        &format!("DELETE FROM outbox WHERE id IN ({old})"),
+        &[Value::Int(now - OUTBOX_KEEP_MS)],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// A product's analytics over the last `weeks` weeks (1 to 52).
     pub fn analytics(
@@ -178,6 +196,7 @@ impl Store {
                     fired += 1;
                 }
             }
+            prune_outbox(sql, now)?;
             Ok(fired)
         })
     }
