@@ -53,6 +53,11 @@ pub const FORMATS: &[Format] = &[
         hint: "start the path with a slash, like \"/healthz\"",
     },
     Format {
+        name: "http-url",
+        check: check_http_url,
+        hint: "write an http:// or https:// address with a host, like \"https://hub.example.com\"",
+    },
+    Format {
         name: "volume",
         check: check_volume,
         hint: "write source:target or source:target:ro, where the source is a volume name or an absolute path and the target is an absolute path",
@@ -115,6 +120,18 @@ pub fn check_env_name(s: &str) -> Result<(), String> {
         return Ok(());
     };
     Err(format!("`{s}` {why}"))
+}
+
+fn check_http_url(s: &str) -> Result<(), String> {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{s}` is not an http:// or https:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.contains('@') || s.contains(char::is_whitespace) || s.len() > 2000 {
+        return Err(format!("`{s}` has no host, or holds spaces or credentials"));
+    }
+    Ok(())
 }
 
 fn check_route(s: &str) -> Result<(), String> {

@@ -29,6 +29,24 @@ pub struct File {
     /// Hosts, by name. `local` (this machine) exists even when not declared.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hosts: BTreeMap<String, Host>,
+    /// The tracker hub the project reports to: a failed deploy files a bug there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<HubLink>,
+}
+
+/// Where failures are reported: a Gantry hub (`gantry hub serve`) and a `ci` key of it.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HubLink {
+    /// The hub's address, like `https://hub.example.com`.
+    #[schemars(extend("format" = "http-url"))]
+    pub url: String,
+    /// The secret holding the hub's API key (a `ci` key: `gantry hub key create --role ci`), like `HUB_KEY`.
+    pub key: SecretName,
+    /// The hub's product the bugs go to, like `SHOP`; needed unless the key is scoped to one product.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = "^[A-Z][A-Z0-9]{1,9}$"))]
+    pub product: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -8,7 +8,9 @@
 //! The hub never logs or returns a key's secret, a password or a
 //! database URL's password.
 
+mod analytics;
 mod api;
+mod client;
 mod clock;
 mod context;
 mod db;
@@ -16,9 +18,13 @@ mod error;
 pub mod model;
 mod server;
 mod store;
+mod webhooks;
 
-pub use api::{Limits, serve};
+pub use api::{Limits, serve, serve_with};
+pub use client::HubClient;
 pub use db::Location;
 pub use error::HubError;
 pub use server::{ServeOptions, run};
 pub use store::{CreatedKey, Grant, KeySpec, Store, UserInfo};
+pub use webhooks::delivery::Background;
+pub use webhooks::signature::{forge_signature, standard_signature_matches};

@@ -4,16 +4,19 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::api::{Limits, serve};
+use crate::api::{Limits, serve_with};
 use crate::db::Location;
 use crate::error::HubError;
 use crate::store::Store;
+use crate::webhooks::delivery::Background;
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub database: Location,
     pub listen: SocketAddr,
     pub limits: Limits,
+    /// Webhook deliveries and the SLA and stale watch.
+    pub background: Background,
 }
 
 /// Runs the hub in the foreground; `ready` is told the bound address once
@@ -39,12 +42,18 @@ pub fn run(options: &ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<(),
             source,
         })?;
         ready(bound);
-        serve(listener, store, options.limits, stop_signal())
-            .await
-            .map_err(|source| HubError::Io {
-                what: "serve".to_owned(),
-                source,
-            })
+        serve_with(
+            listener,
+            store,
+            options.limits,
+            options.background,
+            stop_signal(),
+        )
+        .await
+        .map_err(|source| HubError::Io {
+            what: "serve".to_owned(),
+            source,
+        })
     })
 }
 

@@ -1,5 +1,8 @@
 //! `gantry deploy`.
 
+use gantry_core::config::model::HubLink;
+use gantry_core::deploy::{DeployReport, Progress};
+use gantry_core::incident::{HubAccess, Incident, Reported, Tracker};
 use gantry_core::{deploy, lifecycle};
 
 use super::{Context, vars};
@@ -17,13 +20,58 @@ pub(super) fn deploy(ctx: &Context<'_>, args: &DeployArgs) -> Result<(), Failure
         shell: &|host| ctx.shell(host),
         exe: &exe,
     };
-    let report = lifecycle::deploy(
+    let result = lifecycle::deploy(
         &ctx.project,
         ctx.env,
         hosts,
         &vars,
         &options,
         &ctx.progress(),
-    )?;
-    ctx.emit(report)
+    );
+    tell_hub(ctx, &result);
+    ctx.emit(result?)
+}
+
+fn connect(hub: &HubLink, key: String) -> Box<dyn Tracker> {
+    Box::new(gantry_hub::HubClient::new(&hub.url, key))
+}
+
+/// Tells the project's `[hub]`, if it has one, what the deploy did: a
+/// failure is filed, what a success shipped is fixed. A hub that cannot be
+/// reached is a warning, never a second error.
+fn tell_hub(ctx: &Context<'_>, result: &Result<DeployReport, gantry_core::Error>) {
+    let Ok(config) = ctx.project.load() else {
+        return;
+    };
+    let Some(hub) = config.file.hub.as_ref() else {
+        return;
+    };
+    let access = HubAccess {
+        project_dir: config.project_dir(),
+        environment: ctx.env,
+        hub,
+        env_vars: &vars,
+        connect: &connect,
+    };
+    let line = match result {
+        Err(error) => match access.deploy_failed(&Incident::of_deploy(
+            &config.file.project.name,
+            ctx.env,
+            error,
+        )) {
+            Ok(Reported::Filed(item)) => format!("hub: filed {item}"),
+            Ok(Reported::Commented(item)) => {
+                format!("hub: commented on {item}, open for the same failure")
+            }
+            Err(why) => format!("hub: cannot report the failure: {why}"),
+        },
+        Ok(report) => match access.shipped(&report.release.id) {
+            Ok(Some(items)) if !items.is_empty() => {
+                format!("hub: {} fixed in {}", items.join(", "), report.release.id)
+            }
+            Ok(_) => return,
+            Err(why) => format!("hub: cannot mark what the deploy shipped: {why}"),
+        },
+    };
+    ctx.progress().step(&line);
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 use gantry_hub::model::{KeyInfo, Milestone, Permission, Product, Role, UserRole};
-use gantry_hub::{HubError, KeySpec, Limits, Location, ServeOptions, Store, UserInfo};
+use gantry_hub::{Background, HubError, KeySpec, Limits, Location, ServeOptions, Store, UserInfo};
 use serde::Serialize;
 
 use crate::output::{Failure, Printer, Report};
@@ -63,6 +63,16 @@ pub struct ServeArgs {
     /// X-Real-IP the proxy writes (for connections from loopback only)
     #[arg(long)]
     pub behind_proxy: bool,
+    /// Let outbound webhooks reach loopback, private and link-local
+    /// addresses (refused by default: a subscription must not reach inside)
+    #[arg(long)]
+    pub allow_internal_webhooks: bool,
+    /// Hours a critical bug may stay open before its SLA breach is announced
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8760))]
+    pub critical_bug_sla_hours: u64,
+    /// Days without a change after which an unfinished item is announced stale
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub stale_days: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -303,6 +313,12 @@ fn run_server(serve: &ServeArgs, database: &Location, printer: &Printer) -> Resu
             per_key_per_minute: serve.rate_per_key,
             behind_proxy: serve.behind_proxy,
             ..Limits::default()
+        },
+        background: Background {
+            allow_internal_targets: serve.allow_internal_webhooks,
+            critical_bug_sla: std::time::Duration::from_secs(serve.critical_bug_sla_hours * 3600),
+            stale_after: std::time::Duration::from_secs(serve.stale_days * 24 * 3600),
+            ..Background::default()
         },
     };
     gantry_hub::run(&options, |bound| {

@@ -4,11 +4,13 @@
 
 mod admin;
 mod agent;
+mod analytics;
 mod auth;
 mod limit;
 mod openapi;
 mod public;
 mod session;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,12 +30,14 @@ pub use limit::Limits;
 use crate::error::HubError;
 use crate::model::Item;
 use crate::store::Store;
+use crate::webhooks::delivery::{self, Background};
 
 #[derive(Clone)]
 struct AppState {
     store: Arc<Store>,
     limits: Limits,
     rates: Arc<limit::RateLimits>,
+    background: Background,
 }
 
 impl AppState {
@@ -50,13 +54,27 @@ impl AppState {
     }
 }
 
-/// Serves the hub on `listener` until `shutdown` completes.
+/// Serves the hub on `listener` until `shutdown` completes, with the
+/// default background work (webhooks, SLA and stale watch).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<Store>,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, store, limits, Background::default(), shutdown).await
+}
+
+/// Serves the hub on `listener` until `shutdown` completes; `background`
+/// schedules webhook deliveries and the watch.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    store: Arc<Store>,
+    limits: Limits,
+    background: Background,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let worker = tokio::spawn(delivery::run(store.clone(), background));
     let rates = Arc::new(limit::RateLimits::new(&limits));
     let sweeper = {
         let rates = rates.clone();
@@ -72,10 +90,12 @@ pub async fn serve(
         store,
         limits,
         rates,
+        background,
     };
     let app = router(state);
     let served = accept(listener, app, limits, shutdown).await;
     sweeper.abort();
+    worker.abort();
     served
 }
 
@@ -144,6 +164,8 @@ fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(session::routes())
         .merge(public::routes())
+        .merge(webhooks::routes())
+        .merge(analytics::routes())
         .route("/api/openapi.json", axum::routing::get(openapi::document))
         .route("/healthz", axum::routing::get(health))
         .fallback(|| async { HubError::not_found("no such endpoint") })

@@ -35,13 +35,26 @@ use utoipa::{Modify, OpenApi};
         super::public::submit,
         super::public::vote,
         super::public::submission,
+        super::webhooks::github,
+        super::webhooks::gitea,
+        super::webhooks::new_forge_secret,
+        super::webhooks::deliveries,
+        super::webhooks::replay,
+        super::webhooks::subscribe,
+        super::webhooks::subscriptions,
+        super::webhooks::unsubscribe,
+        super::webhooks::attempts,
+        super::webhooks::shipped,
+        super::analytics::report,
     ),
     modifiers(&ApiKey),
     tags(
         (name = "agent", description = "Claim and work items"),
         (name = "admin", description = "For admin keys"),
         (name = "session", description = "People logging in, with a second factor"),
-        (name = "public", description = "The public roadmap, ideas and votes, without a login")
+        (name = "public", description = "The public roadmap, ideas and votes, without a login"),
+        (name = "webhooks", description = "Forges' webhooks in; subscriptions out"),
+        (name = "analytics", description = "Cycle time, throughput, open bugs, votes")
     )
 )]
 pub struct Document;

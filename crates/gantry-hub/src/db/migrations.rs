@@ -54,6 +54,11 @@ const MIGRATIONS: &[Migration] = &[
         both: include_str!("migrations/006_people.sql"),
         only: &[],
     },
+    Migration {
+        name: "webhooks in and out, notices",
+        both: include_str!("migrations/007_webhooks.sql"),
+        only: &[],
+    },
 ];
 
 /// The schema version this gantry writes.

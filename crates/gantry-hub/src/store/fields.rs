@@ -457,6 +457,7 @@ impl Store {
                 }
                 let stored = load(sql, id)?.ok_or_else(|| HubError::Internal("a new item vanished".to_owned()))?;
                 access.audit(sql, "item.create", &stored.item.reference)?;
+                super::outbox::item_created(sql, stored.product_id, &stored.item)?;
                 then(sql, &stored.item)?;
                 created(&stored.item)
             })
@@ -714,7 +715,9 @@ impl Store {
                 }
             }
             access.audit(sql, "item.edit", &item.reference)?;
-            reload(sql, item.id)
+            let item = reload(sql, item.id)?;
+            super::outbox::item_updated(sql, stored.product_id, &item)?;
+            Ok(item)
         })
     }
 }

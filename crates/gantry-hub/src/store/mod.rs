@@ -3,15 +3,19 @@
 //! writes its activity and audit rows in the same transaction.
 //! Blocking: the HTTP layer calls these on tokio's blocking pool.
 
+mod analytics;
 mod audit;
 mod fields;
+mod forge;
 mod items;
 mod keys;
 mod links;
 mod list;
+mod outbox;
 mod products;
 mod public;
 mod sessions;
+mod ship;
 mod users;
 mod work;
 
@@ -20,12 +24,15 @@ use crate::error::HubError;
 
 pub use audit::Actor;
 pub use fields::{ItemEdit, NewItem};
+pub use forge::{Delivery, Incoming, Received};
 pub use items::{Access, CLAIM_DEFAULT_SECONDS, PAGE_MAX, Reach};
 pub use keys::{Authenticated, CreatedKey, KeySpec};
 pub use links::LinkChange;
 pub use list::{ItemFilter, ItemPage};
+pub use outbox::{Attempt, Due, NewSubscription, Outcome, Subscription};
 pub use public::{Idea, PublicItem, SubmissionStatus, Submitted, Voted};
 pub use sessions::{LoginAttempt, SESSION_LIFETIME_MS, SessionUser, csrf_token};
+pub use ship::{Shipped, ShippedItems};
 pub use users::{Grant, UserInfo};
 pub use work::{ChecklistChange, NewPr, StatusChange};
 

@@ -191,7 +191,9 @@ impl Store {
                 )?;
             }
             access.audit(sql, "item.status", &stored.item.reference)?;
-            reload(sql, stored.item.id)
+            let item = reload(sql, stored.item.id)?;
+            super::forge::status_events(sql, stored.product_id, &item, stored.item.status)?;
+            Ok(item)
         })
     }
 
@@ -255,7 +257,9 @@ impl Store {
             let before = before.map(|status| format!("{} {status}", pr.url));
             activity(sql, id, &access.actor.name, "pull_request", before.as_deref(), Some(&after), None)?;
             access.audit(sql, "item.pr", &stored.item.reference)?;
-            reload(sql, id)
+            let item = reload(sql, id)?;
+            super::outbox::pr_linked(sql, stored.product_id, &item, &pr.url)?;
+            Ok(item)
         })
     }
 
@@ -364,6 +368,7 @@ impl Store {
                     body: body.to_owned(),
                     created_at: clock::format(now),
                 };
+                super::outbox::comment_added(sql, stored.product_id, stored.item.id, &comment)?;
                 let body = serde_json::to_string(&comment).map_err(|e| HubError::Internal(e.to_string()))?;
                 Ok((201, body))
             })

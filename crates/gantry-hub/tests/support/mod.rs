@@ -81,6 +81,16 @@ impl Hub {
     }
 
     pub async fn with_limits(db: Db, limits: Limits) -> Hub {
+        Hub::with_background(db, limits, gantry_hub::Background::default()).await
+    }
+
+    /// A hub whose webhook deliveries and watch run on `background`'s
+    /// schedule (tests make it milliseconds).
+    pub async fn with_background(
+        db: Db,
+        limits: Limits,
+        background: gantry_hub::Background,
+    ) -> Hub {
         let (store, keep) = tokio::task::spawn_blocking(move || {
             let (location, keep) = database(db);
             let store = Store::open(&location).unwrap();
@@ -93,10 +103,11 @@ impl Hub {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(gantry_hub::serve(
+        tokio::spawn(gantry_hub::serve_with(
             listener,
             store.clone(),
             limits,
+            background,
             async move {
                 let _ = stopped.await;
             },

@@ -1,0 +1,304 @@
+//! Webhook endpoints. In: `POST /api/webhooks/github` and `/gitea`, with
+//! no key: the body's HMAC under a product's secret is the credential.
+//! Out, for admin keys: a product's forge secret, its deliveries and their
+//! replay, its subscriptions and their attempts.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::auth::Principal;
+use super::{AppState, ClientAddress, ErrorBody, JsonBody, header_text};
+use crate::error::HubError;
+use crate::model::Permission;
+use crate::store::{
+    Attempt, Delivery, Incoming, NewSubscription, Received, Shipped, ShippedItems, Subscription,
+};
+use crate::webhooks::forge::Forge;
+use crate::webhooks::target;
+
+/// The largest payload a forge may send: pull request and check payloads
+/// are tens of kilobytes.
+const PAYLOAD_MAX: usize = 1024 * 1024;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/webhooks/github", post(github))
+        .route("/api/webhooks/gitea", post(gitea))
+        .layer(DefaultBodyLimit::max(PAYLOAD_MAX))
+        .route(
+            "/api/admin/products/{product}/forge-secret",
+            post(new_forge_secret),
+        )
+        .route("/api/admin/products/{product}/deliveries", get(deliveries))
+        .route("/api/admin/deliveries/{id}/replay", post(replay))
+        .route(
+            "/api/admin/products/{product}/subscriptions",
+            get(subscriptions).post(subscribe),
+        )
+        .route("/api/admin/subscriptions/{id}", delete(unsubscribe))
+        .route("/api/admin/subscriptions/{id}/attempts", get(attempts))
+        .route("/api/agent/shipped", post(shipped))
+}
+
+/// A deploy shipped these commits: the items whose linked pull request is
+/// at one of them are fixed in `version`. For the keys of CI and gantry.
+#[utoipa::path(post, path = "/api/agent/shipped", tag = "agent", request_body = Shipped,
+    responses((status = 200, body = ShippedItems), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn shipped(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: JsonBody<Shipped>,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Write)?;
+    let shipped = body.value;
+    let items = state
+        .run(move |store| store.shipped(&access, &shipped))
+        .await?;
+    Ok(axum::Json(items).into_response())
+}
+
+/// A delivery from GitHub. Signed with `X-Hub-Signature-256`; a delivery
+/// id seen before is dropped.
+#[utoipa::path(post, path = "/api/webhooks/github", tag = "webhooks",
+    request_body(content = String, description = "the event's payload, as GitHub sends it", content_type = "application/json"),
+    params(("X-GitHub-Event" = String, Header), ("X-GitHub-Delivery" = String, Header),
+        ("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC of the body>")),
+    responses((status = 200, body = Received), (status = "4XX", body = ErrorBody)))]
+async fn github(
+    State(state): State<AppState>,
+    client: axum::Extension<ClientAddress>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, HubError> {
+    receive(state, Forge::Github, client.0, &headers, body).await
+}
+
+/// A delivery from Gitea or Forgejo, signed with `X-Hub-Signature-256` (or
+/// `X-Gitea-Signature`); a delivery id seen before is dropped.
+#[utoipa::path(post, path = "/api/webhooks/gitea", tag = "webhooks",
+    request_body(content = String, description = "the event's payload, as Gitea sends it", content_type = "application/json"),
+    params(("X-Gitea-Event" = String, Header), ("X-Gitea-Delivery" = String, Header),
+        ("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC of the body>")),
+    responses((status = 200, body = Received), (status = "4XX", body = ErrorBody)))]
+async fn gitea(
+    State(state): State<AppState>,
+    client: axum::Extension<ClientAddress>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, HubError> {
+    receive(state, Forge::Gitea, client.0, &headers, body).await
+}
+
+fn required<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, HubError> {
+    header_text(headers, name)?
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| HubError::Invalid {
+            message: format!("the delivery has no {name} header"),
+            hint: Some(
+                "point the forge's webhook at this URL with content type application/json"
+                    .to_owned(),
+            ),
+        })
+}
+
+async fn receive(
+    state: AppState,
+    forge: Forge,
+    client: ClientAddress,
+    headers: &HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, HubError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HubError::TooLarge { limit: PAYLOAD_MAX }
+        } else {
+            HubError::invalid(format!("cannot read the payload: {e}"))
+        }
+    })?;
+    let signature = match header_text(headers, "x-hub-signature-256")? {
+        Some(signature) => signature.to_owned(),
+        None if forge == Forge::Gitea => required(headers, "x-gitea-signature")?.to_owned(),
+        None => {
+            return Err(HubError::Unauthorized {
+                message: "the delivery is not signed (no X-Hub-Signature-256)".to_owned(),
+            });
+        }
+    };
+    let event = required(headers, forge.event_header())?.to_owned();
+    let delivery = required(headers, forge.delivery_header())?.to_owned();
+    if !delivery.bytes().all(|b| b.is_ascii_graphic())
+        || !event.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(HubError::invalid(
+            "the event and delivery headers must be visible ASCII",
+        ));
+    }
+    let client = client.0.to_string();
+    let received = state
+        .run(move |store| {
+            store.receive(&Incoming {
+                forge,
+                event: &event,
+                delivery: &delivery,
+                signature: &signature,
+                body: &body,
+                client: &client,
+            })
+        })
+        .await?;
+    Ok(axum::Json(received).into_response())
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ForgeSecret {
+    /// Paste it into the forge's webhook form; it is shown only now.
+    pub secret: String,
+    /// Where the forge should send: `/api/webhooks/github` or `/gitea`.
+    pub paths: Vec<String>,
+}
+
+/// Gives a product a new secret for its forges' webhooks (the old one stops
+/// working at once).
+#[utoipa::path(post, path = "/api/admin/products/{product}/forge-secret", tag = "webhooks",
+    params(("product" = String, Path)),
+    responses((status = 201, body = ForgeSecret), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn new_forge_secret(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(product): Path<String>,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Admin)?;
+    let secret = state
+        .run(move |store| store.new_forge_secret(&access, &product))
+        .await?;
+    let paths = ["/api/webhooks/github", "/api/webhooks/gitea"]
+        .map(str::to_owned)
+        .to_vec();
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(ForgeSecret { secret, paths }),
+    )
+        .into_response())
+}
+
+/// A product's last 100 forge deliveries, newest first.
+#[utoipa::path(get, path = "/api/admin/products/{product}/deliveries", tag = "webhooks",
+    params(("product" = String, Path)),
+    responses((status = 200, body = Vec<Delivery>), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn deliveries(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(product): Path<String>,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Admin)?;
+    let list = state
+        .run(move |store| store.deliveries(&access, &product))
+        .await?;
+    Ok(axum::Json(list).into_response())
+}
+
+/// Acts on a kept delivery again.
+#[utoipa::path(post, path = "/api/admin/deliveries/{id}/replay", tag = "webhooks",
+    params(("id" = i64, Path)),
+    responses((status = 200, body = Delivery), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn replay(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<i64>,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Admin)?;
+    let delivery = state.run(move |store| store.replay(&access, id)).await?;
+    Ok(axum::Json(delivery).into_response())
+}
+
+/// Subscribes a URL to a product's events. The answer holds the signing
+/// secret (`whsec_...`), shown only now.
+#[utoipa::path(post, path = "/api/admin/products/{product}/subscriptions", tag = "webhooks",
+    params(("product" = String, Path)), request_body = NewSubscription,
+    responses((status = 201, body = Subscription), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn subscribe(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(product): Path<String>,
+    body: JsonBody<NewSubscription>,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Admin)?;
+    let new = body.value;
+    let parsed = target::parse(&new.url).map_err(|e| HubError::Invalid {
+        message: e.to_string(),
+        hint: Some("like https://hooks.example.com/gantry".to_owned()),
+    })?;
+    target::resolve(&parsed, state.background.allow_internal_targets)
+        .await
+        .map_err(|e| HubError::Invalid {
+            message: format!("the webhook target is refused: {e}"),
+            hint: Some(
+                "webhooks go to public addresses; `gantry hub serve --allow-internal-webhooks` lets them reach internal ones"
+                    .to_owned(),
+            ),
+        })?;
+    let made = state
+        .run(move |store| store.subscribe(&access, &product, &new))
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(made)).into_response())
+}
+
+/// A product's subscriptions (never their secrets).
+#[utoipa::path(get, path = "/api/admin/products/{product}/subscriptions", tag = "webhooks",
+    params(("product" = String, Path)),
+    responses((status = 200, body = Vec<Subscription>), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn subscriptions(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(product): Path<String>,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Admin)?;
+    let list = state
+        .run(move |store| store.subscriptions(&access, &product))
+        .await?;
+    Ok(axum::Json(list).into_response())
+}
+
+/// Ends a subscription.
+#[utoipa::path(delete, path = "/api/admin/subscriptions/{id}", tag = "webhooks",
+    params(("id" = i64, Path)),
+    responses((status = 200, body = Subscription), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn unsubscribe(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<i64>,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Admin)?;
+    let ended = state
+        .run(move |store| store.unsubscribe(&access, id))
+        .await?;
+    Ok(axum::Json(ended).into_response())
+}
+
+/// A subscription's delivery attempts, newest first (at most 100).
+#[utoipa::path(get, path = "/api/admin/subscriptions/{id}/attempts", tag = "webhooks",
+    params(("id" = i64, Path)),
+    responses((status = 200, body = Vec<Attempt>), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn attempts(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<i64>,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Admin)?;
+    let list = state.run(move |store| store.attempts(&access, id)).await?;
+    Ok(axum::Json(list).into_response())
+}

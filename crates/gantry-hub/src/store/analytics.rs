@@ -1,0 +1,203 @@
+//! What analytics reads (finished items, bugs' lives, votes), and the
+//! watch for SLA breaches and stale items, which fires their webhooks
+//! once per item (again for a stale item only after it was touched).
+
+use serde_json::json;
+
+use super::items::{Access, load};
+use super::outbox::{Event, emit, product_for};
+use super::{Store, audit};
+use crate::analytics::{self, BugLife, Closer, Finished, Report, VoteCount};
+use crate::clock;
+use crate::db::{Dialect, Sql, Value};
+use crate::error::HubError;
+use crate::model::Kind;
+
+/// The most finished items one report reads (the newest).
+const FINISHED_MAX: i64 = 20_000;
+/// The most notices one watch fires.
+const NOTICES_MAX: i64 = 200;
+
+fn finished(sql: &mut dyn Sql, product_id: i64, since: i64) -> Result<Vec<Finished>, HubError> {
+    let rows = sql.query(
+        "SELECT i.kind, i.created_at, \
+         (SELECT MIN(a.at) FROM activity a WHERE a.item_id = i.id AND a.field = 'status' AND a.after = 'in_progress'), \
+         f.at, f.actor, (SELECT k.role FROM api_keys k WHERE k.name = f.actor ORDER BY k.id DESC LIMIT 1) \
+         FROM items i JOIN activity f ON f.id = (SELECT MAX(a.id) FROM activity a WHERE a.item_id = i.id \
+           AND a.field = 'status' AND a.after IN ('done', 'closed')) \
+         WHERE i.product_id = ? AND i.status IN ('done', 'closed') AND f.at >= ? \
+         ORDER BY f.at DESC LIMIT ?",
+        &[Value::Int(product_id), Value::Int(since), Value::Int(FINISHED_MAX)],
+    )?;
+    rows.iter()
+        .map(|r| {
+            let kind = r.text(0)?;
+            let actor = r.text(4)?;
+            let closer = match (r.opt_text(5)?.as_deref(), actor.as_str()) {
+                (_, "github" | "gitea") | (Some("ci" | "webhook"), _) => Closer::Automation,
+                (Some("agent"), _) => Closer::Agent,
+                _ => Closer::Person,
+            };
+            Ok(Finished {
+                kind: Kind::parse(&kind)
+                    .ok_or_else(|| HubError::Internal(format!("item type {kind}")))?,
+                created_at: r.int(1)?,
+                started_at: r.opt_int(2)?,
+                finished_at: r.int(3)?,
+                closer,
+            })
+        })
+        .collect()
+}
+
+fn bug_lives(sql: &mut dyn Sql, product_id: i64, since: i64) -> Result<Vec<BugLife>, HubError> {
+    sql.query(
+        "SELECT i.created_at, CASE WHEN i.status IN ('done', 'closed', 'wont_fix') THEN \
+         (SELECT MAX(a.at) FROM activity a WHERE a.item_id = i.id AND a.field = 'status') END \
+         FROM items i WHERE i.product_id = ? AND i.kind = 'bug' \
+         AND (i.status NOT IN ('done', 'closed', 'wont_fix') OR i.updated_at >= ?)",
+        &[Value::Int(product_id), Value::Int(since)],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(BugLife {
+            created_at: r.int(0)?,
+            finished_at: r.opt_int(1)?,
+        })
+    })
+    .collect()
+}
+
+/// The most-voted unfinished items. Votes are the public roadmap's; a hub
+/// without its table has none.
+fn leaderboard(
+    sql: &mut dyn Sql,
+    dialect: Dialect,
+    product_id: i64,
+) -> Result<Vec<VoteCount>, HubError> {
+    let exists = match dialect {
+        Dialect::Sqlite => sql.query_one(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'votes'",
+            &[],
+        )?,
+        Dialect::Postgres => sql.query_one(
+            "SELECT 1 FROM information_schema.tables WHERE table_name = 'votes' AND table_schema = current_schema()",
+            &[],
+        )?,
+    };
+    if exists.is_none() {
+        return Ok(Vec::new());
+    }
+    sql.query(
+        "SELECT p.key, i.seq, i.title, COUNT(*) FROM votes v JOIN items i ON i.id = v.item_id \
+         JOIN products p ON p.id = i.product_id WHERE i.product_id = ? \
+         GROUP BY p.key, i.seq, i.title, i.id ORDER BY COUNT(*) DESC, i.id LIMIT 20",
+        &[Value::Int(product_id)],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(VoteCount {
+            reference: format!("{}-{}", r.text(0)?, r.int(1)?),
+            title: r.text(2)?,
+            votes: r.int(3)?,
+        })
+    })
+    .collect()
+}
+
+/// How long finished messages (and those of ended subscriptions) and
+/// their attempts are kept.
+const OUTBOX_KEEP_MS: i64 = 30 * 24 * 3600 * 1000;
+
+fn prune_outbox(sql: &mut dyn Sql, now: i64) -> Result<(), HubError> {
+    let old = "SELECT o.id FROM outbox o JOIN subscriptions s ON s.id = o.subscription_id \
+               WHERE o.created_at < ? AND (o.state <> 'pending' OR s.disabled_at IS NOT NULL)";
+    sql.execute(
+        &format!("DELETE FROM outbox_attempts WHERE outbox_id IN ({old})"),
+        &[Value::Int(now - OUTBOX_KEEP_MS)],
+    )?;
+    sql.execute(
+        &format!("DELETE FROM outbox WHERE id IN ({old})"),
+        &[Value::Int(now - OUTBOX_KEEP_MS)],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// A product's analytics over the last `weeks` weeks (1 to 52).
+    pub fn analytics(
+        &self,
+        access: &Access,
+        product: &str,
+        weeks: usize,
+    ) -> Result<Report, HubError> {
+        if !(1..=52).contains(&weeks) {
+            return Err(HubError::invalid("`weeks` must be 1 to 52"));
+        }
+        let dialect = self.dialect();
+        self.tx(|sql| {
+            let product_id = product_for(sql, access, product)?;
+            let now = clock::now();
+            let since = analytics::week_start(now) - (weeks as i64 - 1) * 7 * 24 * 3600 * 1000;
+            let finished = finished(sql, product_id, since)?;
+            let bugs = bug_lives(sql, product_id, since)?;
+            Ok(Report {
+                product: product.to_owned(),
+                weeks,
+                cycle_time: analytics::cycle_times(&finished),
+                throughput: analytics::throughput(&finished, now, weeks),
+                open_bugs: analytics::open_bugs(&bugs, now, weeks),
+                closed_by: analytics::closed_by(&finished),
+                vote_leaderboard: leaderboard(sql, dialect, product_id)?,
+            })
+        })
+    }
+
+    /// Fires `item.sla_breached` for critical bugs open longer than `sla`
+    /// and `item.stale` for unfinished items untouched for `stale`, each
+    /// once; how many fired.
+    pub fn watch(
+        &self,
+        sla: std::time::Duration,
+        stale: std::time::Duration,
+    ) -> Result<usize, HubError> {
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2);
+        self.tx(|sql| {
+            let now = clock::now();
+            let breached = sql.query(
+                "SELECT i.id FROM items i WHERE i.kind = 'bug' AND i.priority = 'critical' \
+                 AND i.status IN ('open', 'in_progress') AND i.created_at < ? \
+                 AND NOT EXISTS (SELECT 1 FROM item_notices n WHERE n.item_id = i.id AND n.kind = 'sla') \
+                 ORDER BY i.id LIMIT ?",
+                &[Value::Int(now - ms(sla)), Value::Int(NOTICES_MAX)],
+            )?;
+            let stale_rows = sql.query(
+                "SELECT i.id FROM items i WHERE i.status IN ('open', 'in_progress') AND i.updated_at < ? \
+                 AND NOT EXISTS (SELECT 1 FROM item_notices n WHERE n.item_id = i.id AND n.kind = 'stale' \
+                   AND n.at >= i.updated_at) ORDER BY i.id LIMIT ?",
+                &[Value::Int(now - ms(stale)), Value::Int(NOTICES_MAX)],
+            )?;
+            let mut fired = 0;
+            for (rows, kind, event) in [(breached, "sla", Event::SlaBreached), (stale_rows, "stale", Event::ItemStale)] {
+                for row in rows {
+                    let id = row.int(0)?;
+                    let Some(stored) = load(sql, id)? else { continue };
+                    sql.execute("DELETE FROM item_notices WHERE item_id = ? AND kind = ?", &[Value::Int(id), kind.into()])?;
+                    sql.execute(
+                        "INSERT INTO item_notices (item_id, kind, at) VALUES (?, ?, ?)",
+                        &[Value::Int(id), kind.into(), Value::Int(now)],
+                    )?;
+                    let summary = match event {
+                        Event::SlaBreached => format!("critical bug open since {}", stored.item.created_at),
+                        _ => format!("no change since {}", stored.item.updated_at),
+                    };
+                    emit(sql, stored.product_id, event, &stored.item, json!({ "notice": summary }), &summary)?;
+                    audit::record(sql, "hub", None, event.as_str(), Some(&stored.item.reference), "ok")?;
+                    fired += 1;
+                }
+            }
+            prune_outbox(sql, now)?;
+            Ok(fired)
+        })
+    }
+}

@@ -1,0 +1,528 @@
+//! Webhooks in: a product's shared secret with its forge, the deliveries
+//! received (the last 100 a product, for replay), and what a delivery does
+//! to the item its branch names: a pull request opened links it and
+//! starts the item, merged finishes it with a comment, closed unmerged
+//! comments; a failed check comments its summary.
+
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::items::{Access, activity, load};
+use super::outbox::{Event, comment_added, emit, pr_linked, product_for};
+use super::{Store, audit};
+use crate::clock;
+use crate::db::{Row, Sql, Value};
+use crate::error::HubError;
+use crate::model::{Comment, PrStatus, Status};
+use crate::webhooks::forge::{self, Forge, ForgeEvent, PrAction, PullRequest};
+use crate::webhooks::signature;
+
+/// Deliveries kept per product.
+const KEEP: i64 = 100;
+
+/// A delivery as received, and what it did.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Delivery {
+    pub id: i64,
+    pub product: String,
+    pub forge: String,
+    /// The forge's delivery id (`X-GitHub-Delivery`, `X-Gitea-Delivery`).
+    pub delivery: String,
+    pub event: String,
+    pub received_at: String,
+    /// `linked SHOP-3 ...`, `duplicate`, `ignored: ...`.
+    pub outcome: String,
+}
+
+/// What the hub made of a delivery.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Received {
+    pub outcome: String,
+    pub duplicate: bool,
+}
+
+/// A delivery as it arrived.
+pub struct Incoming<'a> {
+    pub forge: Forge,
+    pub event: &'a str,
+    pub delivery: &'a str,
+    pub signature: &'a str,
+    pub body: &'a [u8],
+    pub client: &'a str,
+}
+
+fn delivery_from(row: &Row) -> Result<Delivery, HubError> {
+    Ok(Delivery {
+        id: row.int(0)?,
+        product: row.text(1)?,
+        forge: row.text(2)?,
+        delivery: row.text(3)?,
+        event: row.text(4)?,
+        received_at: clock::format(row.int(5)?),
+        outcome: row.text(6)?,
+    })
+}
+
+const DELIVERY_COLUMNS: &str =
+    "d.id, p.key, d.forge, d.delivery, d.event, d.received_at, d.outcome";
+
+impl Store {
+    /// Gives a product a new secret for its forge's webhooks; the answer is
+    /// the only time it is shown. The old one stops working at once.
+    pub fn new_forge_secret(&self, access: &Access, product: &str) -> Result<String, HubError> {
+        let secret = gantry_core::artifact::hex(&rand::random::<[u8; 32]>());
+        self.tx(|sql| {
+            let product_id = product_for(sql, access, product)?;
+            sql.execute(
+                "DELETE FROM forge_secrets WHERE product_id = ?",
+                &[Value::Int(product_id)],
+            )?;
+            sql.execute(
+                "INSERT INTO forge_secrets (product_id, secret, created_at) VALUES (?, ?, ?)",
+                &[
+                    Value::Int(product_id),
+                    secret.as_str().into(),
+                    Value::Int(clock::now()),
+                ],
+            )?;
+            access.audit(sql, "forge.secret", product)?;
+            Ok(secret.clone())
+        })
+    }
+
+    /// Takes a delivery: finds the product whose secret signed it (each
+    /// checked in constant time), drops a delivery id seen before, keeps
+    /// the delivery and acts on it, all in one transaction.
+    pub fn receive(&self, incoming: &Incoming<'_>) -> Result<Received, HubError> {
+        let forge = incoming.forge.as_str();
+        let body = std::str::from_utf8(incoming.body)
+            .map_err(|_| HubError::invalid("the payload is not UTF-8"))?;
+        let found = self.tx(|sql| {
+            let secrets = sql.query("SELECT product_id, secret FROM forge_secrets", &[])?;
+            let mut found = None;
+            for row in &secrets {
+                // Every secret is tried, so the time taken does not say
+                // which product's matched.
+                if signature::forge_signature_matches(
+                    &row.text(1)?,
+                    incoming.body,
+                    incoming.signature,
+                ) && found.is_none()
+                {
+                    found = Some(row.int(0)?);
+                }
+            }
+            if found.is_none() {
+                audit::record(
+                    sql,
+                    forge,
+                    Some(incoming.client),
+                    "webhook.receive",
+                    None,
+                    "bad signature",
+                )?;
+            }
+            Ok(found)
+        })?;
+        let Some(product_id) = found else {
+            return Err(HubError::Unauthorized {
+                message: format!("the {forge} delivery's signature matches no product's secret"),
+            });
+        };
+        self.tx(|sql| {
+            let inserted = sql.execute(
+                "INSERT INTO forge_deliveries (product_id, forge, delivery, event, body, received_at, outcome) \
+                 VALUES (?, ?, ?, ?, ?, ?, 'received') ON CONFLICT DO NOTHING",
+                &[
+                    Value::Int(product_id),
+                    forge.into(),
+                    incoming.delivery.into(),
+                    incoming.event.into(),
+                    body.into(),
+                    Value::Int(clock::now()),
+                ],
+            )?;
+            if inserted == 0 {
+                audit::record(sql, forge, Some(incoming.client), "webhook.receive", Some(incoming.delivery), "duplicate")?;
+                return Ok(Received {
+                    outcome: "duplicate: this delivery was received before".to_owned(),
+                    duplicate: true,
+                });
+            }
+            let outcome = act(sql, product_id, incoming.forge, incoming.event, incoming.body)?;
+            sql.execute(
+                "UPDATE forge_deliveries SET outcome = ? WHERE product_id = ? AND forge = ? AND delivery = ?",
+                &[outcome.as_str().into(), Value::Int(product_id), forge.into(), incoming.delivery.into()],
+            )?;
+            sql.execute(
+                "DELETE FROM forge_deliveries WHERE product_id = ? AND id NOT IN \
+                 (SELECT id FROM forge_deliveries WHERE product_id = ? ORDER BY id DESC LIMIT ?)",
+                &[Value::Int(product_id), Value::Int(product_id), Value::Int(KEEP)],
+            )?;
+            audit::record(sql, forge, Some(incoming.client), "webhook.receive", Some(incoming.delivery), &outcome)?;
+            Ok(Received { outcome, duplicate: false })
+        })
+    }
+
+    /// A product's last deliveries, newest first.
+    pub fn deliveries(&self, access: &Access, product: &str) -> Result<Vec<Delivery>, HubError> {
+        self.tx(|sql| {
+            let product_id = product_for(sql, access, product)?;
+            sql.query(
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM forge_deliveries d JOIN products p ON p.id = d.product_id \
+                     WHERE d.product_id = ? ORDER BY d.id DESC LIMIT ?"
+                ),
+                &[Value::Int(product_id), Value::Int(KEEP)],
+            )?
+            .iter()
+            .map(delivery_from)
+            .collect()
+        })
+    }
+
+    /// Acts on a kept delivery again, as if it had just arrived (its
+    /// signature was checked when it did).
+    pub fn replay(&self, access: &Access, id: i64) -> Result<Delivery, HubError> {
+        self.tx(|sql| {
+            let row = sql
+                .query_one(
+                    "SELECT product_id, forge, event, body FROM forge_deliveries WHERE id = ?",
+                    &[Value::Int(id)],
+                )?
+                .ok_or_else(|| HubError::not_found(format!("delivery {id}")))?;
+            let product_id = row.int(0)?;
+            if !access.scope.allows(product_id) {
+                return Err(HubError::not_found(format!("delivery {id}")));
+            }
+            let forge = Forge::parse(&row.text(1)?)
+                .ok_or_else(|| HubError::Internal("a stored delivery names no forge".to_owned()))?;
+            let outcome = act(sql, product_id, forge, &row.text(2)?, row.text(3)?.as_bytes())?;
+            let outcome = format!("replayed by {}: {outcome}", access.actor.name);
+            sql.execute(
+                "UPDATE forge_deliveries SET outcome = ? WHERE id = ?",
+                &[outcome.as_str().into(), Value::Int(id)],
+            )?;
+            access.audit(sql, "webhook.replay", &format!("delivery {id}"))?;
+            let row = sql
+                .query_one(
+                    &format!(
+                        "SELECT {DELIVERY_COLUMNS} FROM forge_deliveries d JOIN products p ON p.id = d.product_id \
+                         WHERE d.id = ?"
+                    ),
+                    &[Value::Int(id)],
+                )?
+                .ok_or_else(|| HubError::not_found(format!("delivery {id}")))?;
+            delivery_from(&row)
+        })
+    }
+}
+
+/// Does what a delivery asks; its outcome, for the delivery's record.
+fn act(
+    sql: &mut dyn Sql,
+    product_id: i64,
+    forge: Forge,
+    event: &str,
+    body: &[u8],
+) -> Result<String, HubError> {
+    let actor = forge.as_str();
+    match forge::parse(event, body) {
+        Err(unreadable) => Ok(format!("ignored: {unreadable}")),
+        Ok(ForgeEvent::Ignored(why)) => Ok(format!("ignored: {why}")),
+        Ok(ForgeEvent::PullRequest { action, pr, sender }) => {
+            let Some(item) = item_of(sql, product_id, Some(&pr.branch), None)? else {
+                return Ok(format!(
+                    "ignored: branch `{}` names no item of this product",
+                    pr.branch
+                ));
+            };
+            pull_request(sql, product_id, item, actor, action, &pr, sender.as_deref())
+        }
+        Ok(ForgeEvent::CheckFailed {
+            branch,
+            commit,
+            name,
+            summary,
+            url,
+        }) => {
+            let Some(item) = item_of(sql, product_id, branch.as_deref(), commit.as_deref())? else {
+                return Ok(
+                    "ignored: the check's branch and commit name no item of this product"
+                        .to_owned(),
+                );
+            };
+            let mut body = format!("Check **{name}** failed");
+            if let Some(branch) = &branch {
+                body.push_str(&format!(" on `{branch}`"));
+            }
+            if let Some(commit) = &commit {
+                body.push_str(&format!(
+                    " at {}",
+                    commit.chars().take(12).collect::<String>()
+                ));
+            }
+            body.push_str(&format!(":\n\n{summary}"));
+            if let Some(url) = &url {
+                body.push_str(&format!("\n\n{url}"));
+            }
+            let reference = comment(sql, product_id, item, actor, &body)?;
+            Ok(format!("commented on {reference}: check {name} failed"))
+        }
+    }
+}
+
+/// The item of this product a branch names (`tracker-17...`), or else the
+/// one a pull request at `commit` is linked to.
+fn item_of(
+    sql: &mut dyn Sql,
+    product_id: i64,
+    branch: Option<&str>,
+    commit: Option<&str>,
+) -> Result<Option<i64>, HubError> {
+    if let Some(id) = branch.and_then(forge::item_in_branch) {
+        let found = sql.query_one(
+            "SELECT id FROM items WHERE id = ? AND product_id = ?",
+            &[Value::Int(id), Value::Int(product_id)],
+        )?;
+        if found.is_some() {
+            return Ok(Some(id));
+        }
+    }
+    let Some(commit) = commit else {
+        return Ok(None);
+    };
+    Ok(sql
+        .query_one(
+            "SELECT r.item_id FROM pull_requests r JOIN items i ON i.id = r.item_id \
+             WHERE r.commit_sha = ? AND i.product_id = ? ORDER BY r.updated_at DESC",
+            &[commit.into(), Value::Int(product_id)],
+        )?
+        .map(|r| r.int(0))
+        .transpose()?)
+}
+
+/// Bumps the item's version (a forge's change moves the ETag like any).
+fn touch(sql: &mut dyn Sql, item: i64) -> Result<(), HubError> {
+    sql.execute(
+        "UPDATE items SET version = version + 1, updated_at = ? WHERE id = ?",
+        &[Value::Int(clock::now()), Value::Int(item)],
+    )?;
+    Ok(())
+}
+
+fn pull_request(
+    sql: &mut dyn Sql,
+    product_id: i64,
+    id: i64,
+    actor: &str,
+    action: PrAction,
+    pr: &PullRequest,
+    sender: Option<&str>,
+) -> Result<String, HubError> {
+    let status = match action {
+        PrAction::Opened | PrAction::Updated if pr.draft => PrStatus::Draft,
+        PrAction::Opened | PrAction::Updated => PrStatus::Open,
+        PrAction::Merged => PrStatus::Merged,
+        PrAction::ClosedUnmerged => PrStatus::Closed,
+    };
+    let before = sql
+        .query_one(
+            "SELECT status FROM pull_requests WHERE item_id = ? AND url = ?",
+            &[Value::Int(id), pr.url.as_str().into()],
+        )?
+        .map(|r| r.text(0))
+        .transpose()?;
+    let values = [
+        Value::from(pr.number),
+        pr.title
+            .as_deref()
+            .map(|t| t.chars().take(200).collect::<String>())
+            .into(),
+        status.as_str().into(),
+        pr.branch.chars().take(200).collect::<String>().into(),
+        pr.commit.as_deref().into(),
+        Value::Int(clock::now()),
+        Value::Int(id),
+        pr.url.as_str().into(),
+    ];
+    if before.is_some() {
+        sql.execute(
+            "UPDATE pull_requests SET number = ?, title = ?, status = ?, branch = ?, commit_sha = ?, \
+             updated_at = ? WHERE item_id = ? AND url = ?",
+            &values,
+        )?;
+    } else {
+        sql.execute(
+            "INSERT INTO pull_requests (number, title, status, branch, commit_sha, updated_at, item_id, url) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            &values,
+        )?;
+    }
+    touch(sql, id)?;
+    let after = format!("{} {status}", pr.url);
+    let before_text = before.as_ref().map(|s| format!("{} {s}", pr.url));
+    if before_text.as_deref() != Some(after.as_str()) {
+        activity(
+            sql,
+            id,
+            actor,
+            "pull_request",
+            before_text.as_deref(),
+            Some(&after),
+            None,
+        )?;
+    }
+    let stored = load(sql, id)?.ok_or_else(|| HubError::not_found(format!("item {id}")))?;
+    let reference = stored.item.reference.clone();
+    pr_linked(sql, product_id, &stored.item, &pr.url)?;
+    let by = sender.map(|s| format!(" by {s}")).unwrap_or_default();
+    let title = pr.title.as_deref().unwrap_or("pull request");
+    match action {
+        PrAction::Opened if stored.item.status == Status::Open => {
+            set_status(
+                sql,
+                product_id,
+                id,
+                actor,
+                Status::InProgress,
+                &format!("pull request {} opened{by}", pr.url),
+            )?;
+            Ok(format!("linked {} to {reference}, now in_progress", pr.url))
+        }
+        PrAction::Opened | PrAction::Updated => Ok(format!("linked {} to {reference}", pr.url)),
+        PrAction::Merged => {
+            comment(
+                sql,
+                product_id,
+                id,
+                actor,
+                &format!("Merged [{title}]({}){by}.", pr.url),
+            )?;
+            if !stored.item.status.category().is_finished() {
+                set_status(
+                    sql,
+                    product_id,
+                    id,
+                    actor,
+                    Status::Done,
+                    &format!("pull request {} merged{by}", pr.url),
+                )?;
+            }
+            Ok(format!("{reference} done: {} merged", pr.url))
+        }
+        PrAction::ClosedUnmerged => {
+            comment(
+                sql,
+                product_id,
+                id,
+                actor,
+                &format!("Closed without merging: [{title}]({}){by}.", pr.url),
+            )?;
+            Ok(format!(
+                "commented on {reference}: {} closed unmerged",
+                pr.url
+            ))
+        }
+    }
+}
+
+/// Moves an item to `status` as the forge, with the activity and the
+/// events a status change makes.
+fn set_status(
+    sql: &mut dyn Sql,
+    product_id: i64,
+    id: i64,
+    actor: &str,
+    status: Status,
+    note: &str,
+) -> Result<(), HubError> {
+    let before = load(sql, id)?.ok_or_else(|| HubError::not_found(format!("item {id}")))?;
+    sql.execute(
+        "UPDATE items SET status = ? WHERE id = ?",
+        &[status.as_str().into(), Value::Int(id)],
+    )?;
+    if status.category().is_finished() {
+        sql.execute(
+            "UPDATE items SET claimed_by = NULL, claim_expires_at = NULL WHERE id = ?",
+            &[Value::Int(id)],
+        )?;
+    }
+    touch(sql, id)?;
+    let from = before.item.status;
+    activity(
+        sql,
+        id,
+        actor,
+        "status",
+        Some(from.as_str()),
+        Some(status.as_str()),
+        Some(note),
+    )?;
+    let after = load(sql, id)?.ok_or_else(|| HubError::not_found(format!("item {id}")))?;
+    status_events(sql, product_id, &after.item, from)
+}
+
+/// The events of a status change from `from` to the item's status now.
+pub(super) fn status_events(
+    sql: &mut dyn Sql,
+    product_id: i64,
+    item: &crate::model::Item,
+    from: Status,
+) -> Result<(), HubError> {
+    if item.status == from {
+        return Ok(());
+    }
+    let summary = format!("{from} → {}", item.status);
+    emit(
+        sql,
+        product_id,
+        Event::ItemStatusChanged,
+        item,
+        json!({"from": from, "to": item.status}),
+        &summary,
+    )?;
+    if item.status.category().is_finished() && !from.category().is_finished() {
+        emit(
+            sql,
+            product_id,
+            Event::ItemClosed,
+            item,
+            json!({"from": from, "to": item.status}),
+            &format!("closed as {}", item.status),
+        )?;
+    }
+    Ok(())
+}
+
+/// Adds a comment as the forge; the item's reference.
+fn comment(
+    sql: &mut dyn Sql,
+    product_id: i64,
+    id: i64,
+    author: &str,
+    body: &str,
+) -> Result<String, HubError> {
+    let now = clock::now();
+    let comment_id = sql
+        .query_one(
+            "INSERT INTO comments (item_id, author, body, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+            &[Value::Int(id), author.into(), body.into(), Value::Int(now)],
+        )?
+        .ok_or_else(|| HubError::Internal("INSERT returned no id".to_owned()))?
+        .int(0)?;
+    sql.execute(
+        "UPDATE items SET updated_at = ? WHERE id = ?",
+        &[Value::Int(now), Value::Int(id)],
+    )?;
+    let comment = Comment {
+        id: comment_id,
+        author: author.to_owned(),
+        body: body.to_owned(),
+        created_at: clock::format(now),
+    };
+    comment_added(sql, product_id, id, &comment)?;
+    let stored = load(sql, id)?.ok_or_else(|| HubError::not_found(format!("item {id}")))?;
+    Ok(stored.item.reference)
+}
