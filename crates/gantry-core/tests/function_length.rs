@@ -20,6 +20,7 @@ const ENFORCED: &[&str] = &[
     "gantry-cli/",
     "gantry-remote/",
     "gantry-core/",
+    "gantry-hub/",
 ];
 
 /// Paths in an enforced crate that are reshaped elsewhere for now.
