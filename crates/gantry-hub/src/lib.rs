@@ -9,6 +9,7 @@
 //! database URL's password.
 
 mod api;
+mod blobs;
 mod clock;
 mod context;
 mod db;

@@ -205,7 +205,12 @@ pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Fa
     let database = location(args, state_dir)?;
     let store = || Store::open(&database);
     match &args.action {
-        HubAction::Serve(serve) => run_server(serve, &database, printer),
+        HubAction::Serve(serve) => {
+            // Beside a SQLite database; in the state directory otherwise.
+            let attachments = matches!(database, Location::Postgres(_))
+                .then(|| state_dir.join("hub").join("attachments"));
+            run_server(serve, &database, attachments, printer)
+        }
         HubAction::Product(action) => product(action, &store()?, printer),
         HubAction::Milestone(action) => milestone(action, &store()?, printer),
         HubAction::User(UserAction::Add { name, email, .. }) => {
@@ -218,7 +223,12 @@ pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Fa
 }
 
 /// `gantry hub serve`: in the foreground until SIGINT or SIGTERM.
-fn run_server(serve: &ServeArgs, database: &Location, printer: &Printer) -> Result<(), Failure> {
+fn run_server(
+    serve: &ServeArgs,
+    database: &Location,
+    attachments: Option<PathBuf>,
+    printer: &Printer,
+) -> Result<(), Failure> {
     // Request lines and failures on stderr; RUST_LOG tunes them.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -236,6 +246,7 @@ fn run_server(serve: &ServeArgs, database: &Location, printer: &Printer) -> Resu
             behind_proxy: serve.behind_proxy,
             ..Limits::default()
         },
+        attachments,
     };
     gantry_hub::run(&options, |bound| {
         printer.status(&format!(

@@ -19,7 +19,7 @@ use crate::error::HubError;
 use crate::model::{Activity, Comment, Item, Permission, Status};
 use crate::store::{
     Access, CLAIM_DEFAULT_SECONDS, ChecklistChange, ItemEdit, ItemFilter, ItemPage, LinkChange,
-    NewItem, NewPr, PAGE_MAX, StatusChange, Store,
+    NewItem, NewPr, PAGE_MAX, Sort, StatusChange, Store,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -60,6 +60,11 @@ pub struct ListQuery {
     cursor: Option<String>,
     /// Items a page, 1 to 100 (default 50).
     limit: Option<usize>,
+    /// A custom field's value, `NAME:VALUE` (`Team:payments`).
+    custom: Option<String>,
+    /// `updated` (the default), `created` or `priority`; `-` first
+    /// reverses (`-created`: newest first).
+    sort: Option<String>,
 }
 
 fn filter(query: ListQuery) -> Result<ItemFilter, HubError> {
@@ -97,7 +102,20 @@ fn filter(query: ListQuery) -> Result<ItemFilter, HubError> {
             "`limit` must be 1 to {PAGE_MAX}"
         )));
     }
+    let custom = match bounded("custom", query.custom)? {
+        Some(text) => vec![crate::store::custom_filter(&text)?],
+        None => Vec::new(),
+    };
+    let sort = match query.sort.as_deref() {
+        None => Sort::default(),
+        Some(text) => Sort::parse(text).ok_or_else(|| HubError::Invalid {
+            message: format!("`sort` `{}` is not an order", text.escape_debug()),
+            hint: Some("updated, created or priority; -created for newest first".to_owned()),
+        })?,
+    };
     Ok(ItemFilter {
+        custom,
+        sort,
         product: bounded("product", query.product)?,
         status,
         label: bounded("label", query.label)?,

@@ -5,8 +5,10 @@
 mod admin;
 mod agent;
 mod auth;
+mod files;
 mod limit;
 mod openapi;
+mod social;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -140,6 +142,8 @@ fn router(state: AppState) -> Router {
     Router::new()
         .merge(agent::routes())
         .merge(admin::routes())
+        .merge(social::routes())
+        .merge(files::routes())
         .route("/api/openapi.json", axum::routing::get(openapi::document))
         .route("/healthz", axum::routing::get(health))
         .fallback(|| async { HubError::not_found("no such endpoint") })

@@ -49,6 +49,11 @@ const MIGRATIONS: &[Migration] = &[
         both: include_str!("migrations/005_key_networks.sql"),
         only: &[],
     },
+    Migration {
+        name: "reactions, watchers, notifications, custom fields, attachments, saved views",
+        both: include_str!("migrations/008_items_more.sql"),
+        only: &[],
+    },
 ];
 
 /// The schema version this gantry writes.

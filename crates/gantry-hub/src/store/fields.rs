@@ -1,6 +1,8 @@
 //! Making items and editing their fields: titles, descriptions, labels,
 //! bug fields, checklists and links, each bounded.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -65,6 +67,10 @@ pub struct NewItem {
     pub parent: Option<String>,
     /// One of the product's milestones, by name.
     pub milestone: Option<String>,
+    /// Values of the product's custom fields, by name.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub custom: BTreeMap<String, Option<serde_json::Value>>,
 }
 
 /// `PATCH /api/agent/items/{id}`: the fields to change; a field left out
@@ -108,6 +114,9 @@ pub struct ItemEdit {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub parent: Option<Option<String>>,
+    /// Custom field values to set, by name; `null` clears one.
+    #[schema(value_type = Option<Object>)]
+    pub custom: Option<BTreeMap<String, Option<serde_json::Value>>>,
 }
 
 /// A present `null` as `Some(None)`, so it can clear a field.
@@ -144,6 +153,7 @@ fn check_new(new: &NewItem) -> Result<(), HubError> {
             "an item has at most {LINKS_MAX} links"
         )));
     }
+    super::custom::check_values(&new.custom)?;
     if new.source == Some(Source::UserSubmitted) {
         return Err(HubError::invalid(
             "`source` user_submitted is for the public submission form; use internal or auto_detected",
@@ -179,6 +189,11 @@ fn check_planning(
 }
 
 pub(super) fn check_date(text: &str) -> Result<(), HubError> {
+    check_date_of("`due_date`", text)
+}
+
+/// Checks a `YYYY-MM-DD` date; `field` names it in the message.
+pub(super) fn check_date_of(field: &str, text: &str) -> Result<(), HubError> {
     let mut parts = text.splitn(3, '-').map(|p| p.parse::<u16>().ok());
     let valid = match (
         parts.next().flatten(),
@@ -199,7 +214,7 @@ pub(super) fn check_date(text: &str) -> Result<(), HubError> {
         Ok(())
     } else {
         Err(HubError::Invalid {
-            message: format!("`due_date` `{}` is not a date", text.escape_debug()),
+            message: format!("{field} `{}` is not a date", text.escape_debug()),
             hint: Some("write it YYYY-MM-DD, like 2027-03-31".to_owned()),
         })
     }
@@ -437,6 +452,7 @@ impl Store {
                     ],
                 )?;
                 add_checklist(sql, id, &new.checklist)?;
+                super::custom::set_values(sql, id, product_id, &access.actor.name, &new.custom, false)?;
                 activity(sql, id, &access.actor.name, "created", None, Some(new.title.as_str()), None)?;
                 let stored = load(sql, id)?.ok_or_else(|| HubError::Internal("a new item vanished".to_owned()))?;
                 for link in &new.links {
@@ -499,6 +515,9 @@ impl Store {
             if let Some(labels) = &edit.labels {
                 edit_labels(sql, &stored, actor, labels)?;
             }
+            if let Some(custom) = &edit.custom {
+                super::custom::set_values(sql, item.id, stored.product_id, actor, custom, true)?;
+            }
             access.audit(sql, "item.edit", &item.reference)?;
             reload(sql, item.id)
         })
@@ -526,6 +545,9 @@ fn check_edit(edit: &ItemEdit) -> Result<(), HubError> {
     }
     if let Some(bug) = &edit.bug {
         check_bug(bug)?;
+    }
+    if let Some(custom) = &edit.custom {
+        super::custom::check_values(custom)?;
     }
     fn given(value: &Option<Option<String>>) -> Option<&str> {
         value.as_ref().and_then(Option::as_deref)

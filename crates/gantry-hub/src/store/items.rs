@@ -131,6 +131,7 @@ pub(super) fn item_from(sql: &mut dyn Sql, row: &Row, now: i64) -> Result<Stored
             milestone: milestone_of(sql, row.opt_int(28)?)?,
             parent: parent_of(sql, row.opt_int(27)?)?,
             subtasks: subtasks_of(sql, id)?,
+            custom: super::custom::values_of(sql, id)?,
             claim,
             version: row.int(18)?,
             created_at: clock::format(row.int(19)?),
@@ -302,6 +303,16 @@ pub struct Access {
 }
 
 impl Access {
+    /// Refuses a product a scoped key does not reach.
+    pub(super) fn reach_product(&self, product: i64) -> Result<(), HubError> {
+        match self.scope {
+            Some(scope) if scope != product => Err(HubError::Forbidden {
+                message: "the key is scoped to another product".to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn check(&self, stored: &Stored) -> Result<(), HubError> {
         match self.scope {
             Some(product) if product != stored.product_id => Err(HubError::Forbidden {
@@ -425,6 +436,18 @@ pub(super) fn activity(
             note.into(),
         ],
     )?;
+    if field != "created" {
+        let summary = super::watch::change_summary(field, before, after);
+        super::watch::notify_watchers(
+            sql,
+            item,
+            crate::model::NotificationKind::Change,
+            None,
+            actor,
+            &summary,
+            &[],
+        )?;
+    }
     Ok(())
 }
 
