@@ -16,6 +16,9 @@ on_both_databases!(
     watchers_are_notified_of_changes_and_comments_by_others,
     custom_fields_are_defined_per_product_checked_and_filterable,
     attachments_are_stored_once_and_downloaded_as_files,
+    saved_views_keep_a_filter_and_sort_per_owner_or_product,
+    a_bulk_change_moves_every_item_or_none,
+    exports_stream_the_filtered_list_as_csv_and_json,
 );
 
 fn etag(item: &Value) -> String {
@@ -441,4 +444,232 @@ async fn attachments_are_stored_once_and_downloaded_as_files(db: Db) {
         .send_raw("POST", &format!("{path}?name=r.txt"), &[], b"x".to_vec())
         .await;
     assert_eq!(refused.status, 403);
+}
+
+async fn saved_views_keep_a_filter_and_sort_per_owner_or_product(db: Db) {
+    let hub = Hub::start(db).await;
+    let admin = hub.client(&hub.key("admin", Permission::Admin, None).await);
+    let ann = hub.client(&hub.key("ann", Permission::Write, None).await);
+    let bob = hub.client(&hub.key("bob", Permission::Write, Some("SHOP")).await);
+    for (title, priority) in [
+        ("Low one", "low"),
+        ("Critical one", "critical"),
+        ("High one", "high"),
+    ] {
+        ann.create(
+            &json!({"product": "SHOP", "type": "bug", "title": title, "priority": priority}),
+        )
+        .await;
+    }
+    ann.create(&json!({"product": "SHOP", "type": "task", "title": "A task"}))
+        .await;
+    let mine = ann
+        .post(
+            "/api/agent/views",
+            &json!({"name": "Bugs by priority", "query": {"q": "one", "sort": "priority"}}),
+        )
+        .await;
+    assert_eq!(mine.status, 201, "{}", mine.text);
+    let mine = mine.json();
+    assert_eq!(mine["owner"], "ann");
+    let listed = ann
+        .get(&format!("/api/agent/items?view={}", mine["id"]))
+        .await
+        .json();
+    let titles: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["Critical one", "High one", "Low one"]);
+    let reversed = ann
+        .get(&format!(
+            "/api/agent/items?view={}&sort=-priority&limit=1",
+            mine["id"]
+        ))
+        .await
+        .json();
+    assert_eq!(
+        reversed["items"][0]["title"], "Low one",
+        "the request's own sort wins"
+    );
+
+    let hidden = bob
+        .get(&format!("/api/agent/items?view={}", mine["id"]))
+        .await;
+    assert_eq!(hidden.status, 404, "a view is its owner's own");
+    let shared = ann
+        .post(
+            "/api/agent/views",
+            &json!({"name": "Open", "product": "SHOP", "query": {"status": "open"}}),
+        )
+        .await;
+    assert_eq!(shared.status, 403, "sharing needs an admin key");
+    let shared = admin
+        .post(
+            "/api/agent/views",
+            &json!({"name": "Open", "product": "SHOP", "query": {"status": "open"}}),
+        )
+        .await
+        .json();
+    let seen: Vec<String> = bob
+        .get("/api/agent/views")
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen, ["Open"]);
+    let bad = ann
+        .post(
+            "/api/agent/views",
+            &json!({"name": "Bad", "query": {"status": "nope"}}),
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.text);
+    let refused = ann
+        .send(
+            "DELETE",
+            &format!("/api/agent/views/{}", shared["id"]),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+    let deleted = ann
+        .send(
+            "DELETE",
+            &format!("/api/agent/views/{}", mine["id"]),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 204);
+}
+
+async fn a_bulk_change_moves_every_item_or_none(db: Db) {
+    let hub = Hub::start(db).await;
+    let ann = hub.client(&hub.key("ann", Permission::Write, None).await);
+    let mut items = Vec::new();
+    for n in 0..3 {
+        items.push(
+            ann.create(
+                &json!({"product": "SHOP", "type": "task", "title": format!("Task {n}"),
+                "labels": [{"name": "old"}]}),
+            )
+            .await,
+        );
+    }
+    let targets = |items: &[Value]| -> Value {
+        items
+            .iter()
+            .map(|i| json!({"id": i["reference"], "version": i["version"]}))
+            .collect()
+    };
+    // One stale version: nothing changes.
+    let mut stale = targets(&items);
+    stale[2]["version"] = json!(99);
+    let refused = ann
+        .post(
+            "/api/agent/bulk",
+            &json!({"items": stale, "set": {"status": "done"}}),
+        )
+        .await;
+    assert_eq!(refused.status, 412, "{}", refused.text);
+    let first = ann
+        .get(&format!("/api/agent/items/{}", items[0]["id"]))
+        .await
+        .json();
+    assert_eq!(first["status"], "open", "the whole change was rolled back");
+
+    let changed = ann
+        .post(
+            "/api/agent/bulk",
+            &json!({"items": targets(&items), "reason": "sprint cleanup",
+                "set": {"status": "done", "priority": "low", "assignee": "bo",
+                    "add_labels": ["triaged"], "remove_labels": ["old"]}}),
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text);
+    for item in changed.json().as_array().unwrap() {
+        assert_eq!(item["status"], "done");
+        assert_eq!(item["priority"], "low");
+        assert_eq!(item["assignee"], "bo");
+        assert_eq!(
+            item["labels"],
+            json!([{"name": "triaged", "color": "#6b7280"}])
+        );
+    }
+    let log = ann
+        .get(&format!("/api/agent/items/{}/activity", items[1]["id"]))
+        .await
+        .json();
+    let fields: Vec<(&str, &Value)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .map(|a| (a["field"].as_str().unwrap(), &a["note"]))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("status", &json!("sprint cleanup")),
+            ("priority", &Value::Null),
+            ("assignee", &Value::Null),
+            ("labels", &Value::Null),
+        ]
+    );
+    let too_many: Vec<Value> = (0..101)
+        .map(|n| json!({"id": n.to_string(), "version": 1}))
+        .collect();
+    let refused = ann
+        .post("/api/agent/bulk", &json!({"items": too_many, "set": {}}))
+        .await;
+    assert_eq!(refused.status, 422);
+}
+
+async fn exports_stream_the_filtered_list_as_csv_and_json(db: Db) {
+    let hub = Hub::start(db).await;
+    let ann = hub.client(&hub.key("ann", Permission::Write, None).await);
+    ann.create(
+        &json!({"product": "SHOP", "type": "bug", "title": "=HYPERLINK(\"http://x\")",
+        "labels": [{"name": "a"}, {"name": "b"}]}),
+    )
+    .await;
+    for n in 0..120 {
+        ann.create(&json!({"product": "BLOG", "type": "task", "title": format!("Post {n}")}))
+            .await;
+    }
+    let csv = ann.get("/api/agent/export.csv?product=SHOP").await;
+    assert_eq!(csv.status, 200, "{}", csv.text);
+    assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
+    let lines: Vec<&str> = csv.text.split("\r\n").collect();
+    assert!(lines[0].starts_with("reference,type,status,priority,title,"));
+    assert!(
+        lines[1]
+            .starts_with("SHOP-1,bug,open,medium,\"'=HYPERLINK(\"\"http://x\"\")\",,ann,\"a, b\","),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(
+        lines.len(),
+        3,
+        "a header, one item, and the last line's end"
+    );
+
+    let json = ann
+        .get("/api/agent/export.json?product=BLOG&sort=-created")
+        .await;
+    assert_eq!(json.status, 200);
+    let all = json.json();
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 120, "every page of the list");
+    assert_eq!(all[0]["title"], "Post 119");
+    assert_eq!(all[119]["title"], "Post 0");
+    let paged = ann.get("/api/agent/export.json?limit=5").await;
+    assert_eq!(paged.status, 422);
 }

@@ -19,7 +19,7 @@ use crate::error::HubError;
 use crate::model::{Activity, Comment, Item, Permission, Status};
 use crate::store::{
     Access, CLAIM_DEFAULT_SECONDS, ChecklistChange, ItemEdit, ItemFilter, ItemPage, LinkChange,
-    NewItem, NewPr, PAGE_MAX, Sort, StatusChange, Store,
+    NewItem, NewPr, PAGE_MAX, Sort, StatusChange, Store, ViewQuery,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -43,7 +43,7 @@ pub fn routes() -> Router<AppState> {
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct ListQuery {
+pub(super) struct ListQuery {
     /// Statuses, comma-separated: `open,in_progress`.
     status: Option<String>,
     /// A label's name.
@@ -65,9 +65,59 @@ pub struct ListQuery {
     /// `updated` (the default), `created` or `priority`; `-` first
     /// reverses (`-created`: newest first).
     sort: Option<String>,
+    /// A saved view's id: its filters and sort apply where this request
+    /// gives none.
+    view: Option<i64>,
 }
 
-fn filter(query: ListQuery) -> Result<ItemFilter, HubError> {
+impl ListQuery {
+    /// A list request selecting what a saved view does.
+    pub(super) fn of_view(view: ViewQuery) -> ListQuery {
+        ListQuery {
+            status: view.status,
+            label: view.label,
+            assignee: view.assignee,
+            product: view.product,
+            q: view.q,
+            custom: view.custom,
+            sort: view.sort,
+            ..ListQuery::default()
+        }
+    }
+
+    /// Fills what the request leaves out from its saved view, if it names one.
+    pub(super) async fn with_view(
+        mut self,
+        state: &AppState,
+        access: &Access,
+    ) -> Result<ListQuery, HubError> {
+        let Some(id) = self.view.take() else {
+            return Ok(self);
+        };
+        let access = access.clone();
+        let view = state.run(move |store| store.view(&access, id)).await?.query;
+        let fill = |mine: &mut Option<String>, theirs: Option<String>| {
+            if mine.is_none() {
+                *mine = theirs;
+            }
+        };
+        fill(&mut self.status, view.status);
+        fill(&mut self.label, view.label);
+        fill(&mut self.assignee, view.assignee);
+        fill(&mut self.product, view.product);
+        fill(&mut self.q, view.q);
+        fill(&mut self.custom, view.custom);
+        fill(&mut self.sort, view.sort);
+        Ok(self)
+    }
+
+    /// Whether it asks for one page (`cursor`, `limit`).
+    pub(super) fn pages(&self) -> bool {
+        self.cursor.is_some() || self.limit.is_some()
+    }
+}
+
+pub(super) fn filter(query: ListQuery) -> Result<ItemFilter, HubError> {
     let bounded = |field: &str, value: Option<String>| -> Result<Option<String>, HubError> {
         match value {
             Some(v) if v.len() > 200 => {
@@ -162,7 +212,7 @@ async fn list_items(
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Read)?;
     let Query(query) = query.map_err(|e| HubError::invalid(e.body_text()))?;
-    let filter = filter(query)?;
+    let filter = filter(query.with_view(&state, &access).await?)?;
     let page = state
         .run(move |store| store.list_items(&access, &filter))
         .await?;

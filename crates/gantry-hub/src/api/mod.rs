@@ -7,6 +7,7 @@ mod agent;
 mod auth;
 mod files;
 mod limit;
+mod lists;
 mod openapi;
 mod social;
 
@@ -144,6 +145,7 @@ fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(social::routes())
         .merge(files::routes())
+        .merge(lists::routes())
         .route("/api/openapi.json", axum::routing::get(openapi::document))
         .route("/healthz", axum::routing::get(health))
         .fallback(|| async { HubError::not_found("no such endpoint") })

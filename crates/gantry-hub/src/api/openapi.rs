@@ -38,6 +38,12 @@ use utoipa::{Modify, OpenApi};
         super::files::upload,
         super::files::list_attachments,
         super::files::download,
+        super::lists::list_views,
+        super::lists::save_view,
+        super::lists::delete_view,
+        super::lists::bulk,
+        super::lists::export_csv,
+        super::lists::export_json,
     ),
     modifiers(&ApiKey),
     tags(

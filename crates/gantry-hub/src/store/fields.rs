@@ -120,7 +120,7 @@ pub struct ItemEdit {
 }
 
 /// A present `null` as `Some(None)`, so it can clear a field.
-fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+pub(super) fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     deserializer: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(deserializer).map(Some)

@@ -139,7 +139,12 @@ impl Store {
         self.tx(|sql| Ok(fetch(sql, access, which)?.item))
     }
 
-    pub fn list_items(&self, access: &Access, filter: &ItemFilter) -> Result<ItemPage, HubError> {
+    /// The WHERE clause (or nothing) of a filter, and its parameters.
+    fn where_clause(
+        &self,
+        access: &Access,
+        filter: &ItemFilter,
+    ) -> Result<(String, Vec<Value>), HubError> {
         let mut clauses = Vec::new();
         let mut params = Vec::new();
         if let Some(scope) = access.scope {
@@ -207,12 +212,35 @@ impl Store {
             clauses.push(format!("({e} {op} ? OR ({e} = ? AND i.id {op} ?))"));
             params.extend([Value::Int(at), Value::Int(at), Value::Int(id)]);
         }
-        let limit = filter.limit.clamp(1, PAGE_MAX);
         let filter_sql = if clauses.is_empty() {
             String::new()
         } else {
             format!("WHERE {}", clauses.join(" AND "))
         };
+        Ok((filter_sql, params))
+    }
+
+    /// How many items a filter selects (its cursor and limit aside).
+    pub fn count_items(&self, access: &Access, filter: &ItemFilter) -> Result<i64, HubError> {
+        let filter = ItemFilter {
+            cursor: None,
+            ..filter.clone()
+        };
+        let (filter_sql, params) = self.where_clause(access, &filter)?;
+        self.tx(|sql| {
+            let row = sql.query_one(
+                &format!(
+                    "SELECT COUNT(*) FROM items i JOIN products p ON p.id = i.product_id {filter_sql}"
+                ),
+                &params,
+            )?;
+            Ok(row.map_or(Ok(0), |r| r.int(0))?)
+        })
+    }
+
+    pub fn list_items(&self, access: &Access, filter: &ItemFilter) -> Result<ItemPage, HubError> {
+        let (filter_sql, mut params) = self.where_clause(access, filter)?;
+        let limit = filter.limit.clamp(1, PAGE_MAX);
         params.push(Value::Int(limit as i64 + 1));
         let order = format!(
             "{e} {dir}, i.id {dir}",

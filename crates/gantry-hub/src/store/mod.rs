@@ -5,6 +5,7 @@
 
 mod attachments;
 mod audit;
+mod bulk;
 mod comments;
 mod custom;
 mod fields;
@@ -13,6 +14,7 @@ mod keys;
 mod links;
 mod list;
 mod products;
+mod views;
 mod watch;
 mod work;
 
@@ -24,12 +26,14 @@ use crate::error::HubError;
 
 pub use attachments::{ATTACHMENT_MAX, check_file_name, content_type};
 pub use audit::Actor;
+pub use bulk::BulkChange;
 pub use custom::{NewField, filter_value as custom_filter};
 pub use fields::{ItemEdit, NewItem};
 pub use items::{Access, CLAIM_DEFAULT_SECONDS, PAGE_MAX};
 pub use keys::{Authenticated, CreatedKey, KeySpec};
 pub use links::LinkChange;
 pub use list::{ItemFilter, ItemPage, Sort};
+pub use views::{NewView, SavedView, ViewQuery};
 pub use work::{ChecklistChange, NewPr, StatusChange};
 
 pub struct Store {
