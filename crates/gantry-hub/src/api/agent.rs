@@ -241,7 +241,7 @@ async fn create_item(
 
 /// One item, by id (`17`) or reference (`SHOP-42`); its ETag is its version.
 #[utoipa::path(get, path = "/api/agent/items/{id}", tag = "agent",
-    params(("id" = String, Path, description = "`17` or `SHOP-42`")),
+    params(("id" = String, Path, description = "`17` or `SHOP-42`", example = "SHOP-1")),
     responses((status = 200, body = Item, headers(("ETag" = String))), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn get_item(
@@ -257,7 +257,7 @@ async fn get_item(
 /// Change an item's fields: title, description, priority, visibility,
 /// assignee, target release, labels, bug fields.
 #[utoipa::path(patch, path = "/api/agent/items/{id}", tag = "agent", request_body = ItemEdit,
-    params(("id" = String, Path), ("If-Match" = String, Header)),
+    params(("id" = String, Path, example = "SHOP-1"), ("If-Match" = String, Header)),
     responses((status = 200, body = Item, headers(("ETag" = String))), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn edit_item(
@@ -286,7 +286,7 @@ pub struct ClaimRequest {
 /// others get 409 `hub.claimed` naming the holder.
 #[utoipa::path(patch, path = "/api/agent/items/{id}/claim", tag = "agent",
     request_body(content = Option<ClaimRequest>),
-    params(("id" = String, Path), ("If-Match" = String, Header, description = "the item's ETag")),
+    params(("id" = String, Path, example = "SHOP-1"), ("If-Match" = String, Header, description = "the item's ETag")),
     responses((status = 200, body = Item, headers(("ETag" = String))), (status = 409, body = ErrorBody),
         (status = 412, body = ErrorBody), (status = 428, body = ErrorBody), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
@@ -312,7 +312,7 @@ async fn claim(
 
 /// Give up the claim.
 #[utoipa::path(delete, path = "/api/agent/items/{id}/claim", tag = "agent",
-    params(("id" = String, Path), ("If-Match" = String, Header)),
+    params(("id" = String, Path, example = "SHOP-1"), ("If-Match" = String, Header)),
     responses((status = 200, body = Item), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn release(
@@ -329,7 +329,7 @@ async fn release(
 
 /// Move the item to another status, saying why.
 #[utoipa::path(patch, path = "/api/agent/items/{id}/status", tag = "agent", request_body = StatusChange,
-    params(("id" = String, Path), ("If-Match" = String, Header)),
+    params(("id" = String, Path, example = "SHOP-1"), ("If-Match" = String, Header)),
     responses((status = 200, body = Item), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn change_status(
@@ -354,7 +354,7 @@ pub struct NewComment {
 
 /// Comment on the item.
 #[utoipa::path(post, path = "/api/agent/items/{id}/comments", tag = "agent", request_body = NewComment,
-    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    params(("id" = String, Path, example = "SHOP-1"), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 201, body = Comment), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn add_comment(
@@ -376,7 +376,7 @@ async fn add_comment(
 
 /// The item's comments, oldest first.
 #[utoipa::path(get, path = "/api/agent/items/{id}/comments", tag = "agent",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, body = Vec<Comment>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn list_comments(
@@ -391,7 +391,7 @@ async fn list_comments(
 
 /// Link a pull request (matched by url) or update its state.
 #[utoipa::path(patch, path = "/api/agent/items/{id}/pr", tag = "agent", request_body = NewPr,
-    params(("id" = String, Path), ("If-Match" = String, Header)),
+    params(("id" = String, Path, example = "SHOP-1"), ("If-Match" = String, Header)),
     responses((status = 200, body = Item), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn link_pr(
@@ -410,7 +410,7 @@ async fn link_pr(
 /// Link the item to others (blocks, blocked_by, relates_to, duplicate_of,
 /// duplicated_by), or remove links; each item shows a link from its side.
 #[utoipa::path(post, path = "/api/agent/items/{id}/links", tag = "agent", request_body = LinkChange,
-    params(("id" = String, Path), ("If-Match" = String, Header)),
+    params(("id" = String, Path, example = "SHOP-1"), ("If-Match" = String, Header)),
     responses((status = 200, body = Item), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn change_links(
@@ -428,7 +428,7 @@ async fn change_links(
 
 /// Add acceptance criteria, or tick and untick them by id.
 #[utoipa::path(post, path = "/api/agent/items/{id}/checklist", tag = "agent", request_body = ChecklistChange,
-    params(("id" = String, Path), ("If-Match" = String, Header), ("Idempotency-Key" = Option<String>, Header)),
+    params(("id" = String, Path, example = "SHOP-1"), ("If-Match" = String, Header), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = Item), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn change_checklist(
@@ -451,7 +451,7 @@ async fn change_checklist(
 
 /// The item as one markdown document for an LLM's prompt.
 #[utoipa::path(get, path = "/api/agent/items/{id}/context", tag = "agent",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, content_type = "text/markdown", body = String), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn context(
@@ -471,7 +471,7 @@ async fn context(
 
 /// Every field change of the item: who, when, before and after.
 #[utoipa::path(get, path = "/api/agent/items/{id}/activity", tag = "agent",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, body = Vec<Activity>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn activity(

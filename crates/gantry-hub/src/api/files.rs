@@ -41,7 +41,7 @@ pub struct UploadQuery {
 /// Attach a file (the raw request body, up to 25 MB) to the item; its
 /// Content-Type is kept and sent back on download. Equal files are stored once.
 #[utoipa::path(post, path = "/api/agent/items/{id}/attachments", tag = "agent",
-    params(("id" = String, Path), UploadQuery),
+    params(("id" = String, Path, example = "SHOP-1"), UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = Attachment), (status = 413, body = ErrorBody),
         (status = "4XX", body = ErrorBody), (status = 501, body = ErrorBody)),
@@ -96,7 +96,7 @@ fn too_large() -> HubError {
 
 /// The item's attachments.
 #[utoipa::path(get, path = "/api/agent/items/{id}/attachments", tag = "agent",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, body = Vec<Attachment>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn list_attachments(
@@ -114,7 +114,7 @@ async fn list_attachments(
 /// Download an attachment, with the type it was uploaded with, as a file
 /// to save (`Content-Disposition: attachment`), never sniffed.
 #[utoipa::path(get, path = "/api/agent/items/{id}/attachments/{attachment}", tag = "agent",
-    params(("id" = String, Path), ("attachment" = i64, Path)),
+    params(("id" = String, Path, example = "SHOP-1"), ("attachment" = i64, Path, example = 1)),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
         (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]

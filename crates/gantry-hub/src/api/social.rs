@@ -52,7 +52,7 @@ pub struct CommentEdit {
 /// Edit your own comment; the text before goes to the activity log.
 #[utoipa::path(patch, path = "/api/agent/items/{id}/comments/{comment}", tag = "agent",
     request_body = CommentEdit,
-    params(("id" = String, Path), ("comment" = i64, Path)),
+    params(("id" = String, Path, example = "SHOP-1"), ("comment" = i64, Path, example = 1)),
     responses((status = 200, body = Comment), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn edit_comment(
@@ -70,7 +70,7 @@ async fn edit_comment(
 
 /// Delete your own comment; its text stays in the activity log.
 #[utoipa::path(delete, path = "/api/agent/items/{id}/comments/{comment}", tag = "agent",
-    params(("id" = String, Path), ("comment" = i64, Path)),
+    params(("id" = String, Path, example = "SHOP-1"), ("comment" = i64, Path, example = 1)),
     responses((status = 204), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn delete_comment(
@@ -94,7 +94,7 @@ pub struct NewReaction {
 /// React to a comment; one of each emoji per key or user.
 #[utoipa::path(post, path = "/api/agent/items/{id}/comments/{comment}/reactions", tag = "agent",
     request_body = NewReaction,
-    params(("id" = String, Path), ("comment" = i64, Path)),
+    params(("id" = String, Path, example = "SHOP-1"), ("comment" = i64, Path, example = 1)),
     responses((status = 200, body = Comment), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn add_reaction(
@@ -114,7 +114,7 @@ async fn add_reaction(
 /// Take your reaction back.
 #[utoipa::path(delete, path = "/api/agent/items/{id}/comments/{comment}/reactions/{emoji}",
     tag = "agent",
-    params(("id" = String, Path), ("comment" = i64, Path), ("emoji" = Emoji, Path)),
+    params(("id" = String, Path, example = "SHOP-1"), ("comment" = i64, Path, example = 1), ("emoji" = Emoji, Path)),
     responses((status = 200, body = Comment), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn remove_reaction(
@@ -135,7 +135,7 @@ async fn remove_reaction(
 
 /// Who watches the item.
 #[utoipa::path(get, path = "/api/agent/items/{id}/watchers", tag = "agent",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, body = Vec<String>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn watchers(
@@ -150,7 +150,7 @@ async fn watchers(
 
 /// Watch the item: its changes and comments notify you. Answers the watchers.
 #[utoipa::path(post, path = "/api/agent/items/{id}/watchers", tag = "agent",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, body = Vec<String>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn watch(
@@ -167,7 +167,7 @@ async fn watch(
 
 /// Stop watching the item. Answers the watchers.
 #[utoipa::path(delete, path = "/api/agent/items/{id}/watchers", tag = "agent",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, body = Vec<String>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn unwatch(
