@@ -15,12 +15,9 @@ use syn::visit::Visit;
 const MAX_FN_LINES: usize = 120;
 const MAX_HANDLER_LINES: usize = 40;
 
-/// Paths (relative to `crates/`) whose offenders are printed, not failed.
-const PRINTED_ONLY: &[&str] = &[
-    // Joins once its two long functions, `edit_item` (store/fields.rs) and
-    // `item_from` (store/items.rs), are split.
-    "gantry-hub/",
-];
+/// Paths (relative to `crates/`) whose offenders are printed, not failed:
+/// none today; a crate being reshaped may be listed here for a while.
+const PRINTED_ONLY: &[&str] = &[];
 
 #[derive(Debug)]
 struct Offender {
@@ -203,10 +200,10 @@ fn the_check_sees_a_long_function() {
 }
 
 #[test]
-fn every_crate_but_the_hub_is_held_to_the_limit() {
+fn every_crate_is_held_to_the_limit() {
     assert!(enforced("gantry-proxy/src/forward.rs"));
     assert!(enforced("gantry-agent/src/container/image.rs"));
     assert!(enforced("gantry-core/src/deploy.rs"));
     assert!(enforced("gantry-someday/src/lib.rs"));
-    assert!(!enforced("gantry-hub/src/store/fields.rs"));
+    assert!(enforced("gantry-hub/src/store/fields.rs"));
 }

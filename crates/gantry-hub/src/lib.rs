@@ -10,6 +10,7 @@
 
 mod analytics;
 mod api;
+mod blobs;
 mod client;
 mod clock;
 mod context;

@@ -254,6 +254,10 @@ pub struct Item {
     pub parent: Option<String>,
     /// This item's sub-tasks, and how many of them are finished.
     pub subtasks: Progress,
+    /// The values of the product's custom fields this item has: text,
+    /// date and select as strings, number as a number.
+    #[schema(value_type = Object)]
+    pub custom: std::collections::BTreeMap<String, serde_json::Value>,
     /// Set while an agent holds the item; an expired claim is `null`.
     pub claim: Option<Claim>,
     /// The branch an agent should work on; a pull request from it links here.
@@ -275,8 +279,97 @@ pub struct Progress {
 pub struct Comment {
     pub id: i64,
     pub author: String,
-    /// Markdown.
+    /// Markdown; `@name` mentions a key or user, who is notified.
     pub body: String,
+    pub created_at: String,
+    /// Set once its author edited it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<String>,
+    /// The reactions given, one entry per emoji that has any.
+    #[serde(default)]
+    pub reactions: Vec<Reaction>,
+}
+
+names!(
+    /// The reactions a comment can get (GitHub's set); one of each per actor.
+    Emoji {
+        PlusOne = "plus_one",
+        MinusOne = "minus_one",
+        Laugh = "laugh",
+        Hooray = "hooray",
+        Confused = "confused",
+        Heart = "heart",
+        Rocket = "rocket",
+        Eyes = "eyes",
+    }
+);
+
+/// One emoji on a comment, and who gave it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Reaction {
+    pub emoji: Emoji,
+    pub count: i64,
+    pub actors: Vec<String>,
+}
+
+names!(
+    /// Why a notification was sent: a comment named the recipient
+    /// (`@name`), commented on an item they watch, or a field of an item
+    /// they watch changed.
+    NotificationKind { Mention = "mention", Comment = "comment", Change = "change" }
+);
+
+/// Something a key or user should see.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Notification {
+    pub id: i64,
+    pub kind: NotificationKind,
+    /// The item, as `SHOP-42`.
+    pub item: String,
+    /// The comment, for mentions and comments.
+    pub comment: Option<i64>,
+    /// Who caused it.
+    pub actor: String,
+    /// One line: what happened.
+    pub summary: String,
+    pub created_at: String,
+    pub read: bool,
+}
+
+names!(
+    /// What a list is ordered by: last change (the default), creation, or
+    /// priority (critical first).
+    SortKey { Updated = "updated", Created = "created", Priority = "priority" }
+);
+
+names!(
+    /// What a custom field holds.
+    FieldType { Text = "text", Number = "number", Date = "date", Select = "select" }
+);
+
+/// A field a product defines for its items.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CustomField {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: FieldType,
+    /// The choices of a `select` field; empty for the others.
+    pub options: Vec<String>,
+}
+
+/// A file attached to an item, stored once by its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Attachment {
+    pub id: i64,
+    /// The item, as `SHOP-42`.
+    pub item: String,
+    pub name: String,
+    pub content_type: String,
+    /// Bytes.
+    pub size: i64,
+    /// Hex; equal files share it (and their storage).
+    pub sha256: String,
+    pub uploader: String,
     pub created_at: String,
 }
 

@@ -49,12 +49,18 @@ fn migrations_apply_once_and_refuse_a_newer_schema(location: &Location) {
     let store = Store::open(location).unwrap();
     store.add_product("SHOP", "The shop").unwrap();
     drop(store);
-    assert_eq!(versions(location), [1, 2, 3, 4, 5, 6, 7]);
+    let applied = versions(location);
+    assert!(applied.len() >= 6, "{applied:?}");
+    assert_eq!(
+        applied,
+        (1..=applied.len() as i64).collect::<Vec<_>>(),
+        "every migration once, in order"
+    );
 
     let reopened = Store::open(location).unwrap();
     assert_eq!(
         versions(location),
-        [1, 2, 3, 4, 5, 6, 7],
+        applied,
         "reopening applies nothing again"
     );
     assert_eq!(

@@ -763,7 +763,7 @@ async fn analytics_count_cycles_closers_and_fire_sla_breaches(db: Db) {
     // Announced once: looking again finds nothing new.
     let store = hub.store.clone();
     let again = tokio::task::spawn_blocking(move || {
-        store.watch(
+        store.watch_deadlines(
             Duration::from_millis(1),
             Duration::from_secs(30 * 24 * 3600),
         )

@@ -287,7 +287,12 @@ pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Fa
     let database = location(args, state_dir)?;
     let store = || Store::open(&database);
     match &args.action {
-        HubAction::Serve(serve) => run_server(serve, &database, printer),
+        HubAction::Serve(serve) => {
+            // Beside a SQLite database; in the state directory otherwise.
+            let attachments = matches!(database, Location::Postgres(_))
+                .then(|| state_dir.join("hub").join("attachments"));
+            run_server(serve, &database, attachments, printer)
+        }
         HubAction::Product(action) => product(action, &store()?, printer),
         HubAction::Milestone(action) => milestone(action, &store()?, printer),
         HubAction::User(action) => user(action, &store()?, printer),
@@ -296,7 +301,12 @@ pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Fa
 }
 
 /// `gantry hub serve`: in the foreground until SIGINT or SIGTERM.
-fn run_server(serve: &ServeArgs, database: &Location, printer: &Printer) -> Result<(), Failure> {
+fn run_server(
+    serve: &ServeArgs,
+    database: &Location,
+    attachments: Option<PathBuf>,
+    printer: &Printer,
+) -> Result<(), Failure> {
     // Request lines and failures on stderr; RUST_LOG tunes them.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -320,6 +330,7 @@ fn run_server(serve: &ServeArgs, database: &Location, printer: &Printer) -> Resu
             stale_after: std::time::Duration::from_secs(serve.stale_days * 24 * 3600),
             ..Background::default()
         },
+        attachments,
     };
     gantry_hub::run(&options, |bound| {
         printer.status(&format!(

@@ -19,7 +19,7 @@ use crate::error::HubError;
 use crate::model::{Activity, Comment, Item, Permission, Status};
 use crate::store::{
     Access, CLAIM_DEFAULT_SECONDS, ChecklistChange, ItemEdit, ItemFilter, ItemPage, LinkChange,
-    NewItem, NewPr, PAGE_MAX, StatusChange, Store,
+    NewItem, NewPr, PAGE_MAX, Sort, StatusChange, Store, ViewQuery,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -43,7 +43,7 @@ pub fn routes() -> Router<AppState> {
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct ListQuery {
+pub(super) struct ListQuery {
     /// Statuses, comma-separated: `open,in_progress`.
     status: Option<String>,
     /// A label's name.
@@ -60,9 +60,64 @@ pub struct ListQuery {
     cursor: Option<String>,
     /// Items a page, 1 to 100 (default 50).
     limit: Option<usize>,
+    /// A custom field's value, `NAME:VALUE` (`Team:payments`).
+    custom: Option<String>,
+    /// `updated` (the default), `created` or `priority`; `-` first
+    /// reverses (`-created`: newest first).
+    sort: Option<String>,
+    /// A saved view's id: its filters and sort apply where this request
+    /// gives none.
+    view: Option<i64>,
 }
 
-fn filter(query: ListQuery) -> Result<ItemFilter, HubError> {
+impl ListQuery {
+    /// A list request selecting what a saved view does.
+    pub(super) fn of_view(view: ViewQuery) -> ListQuery {
+        ListQuery {
+            status: view.status,
+            label: view.label,
+            assignee: view.assignee,
+            product: view.product,
+            q: view.q,
+            custom: view.custom,
+            sort: view.sort,
+            ..ListQuery::default()
+        }
+    }
+
+    /// Fills what the request leaves out from its saved view, if it names one.
+    pub(super) async fn with_view(
+        mut self,
+        state: &AppState,
+        access: &Access,
+    ) -> Result<ListQuery, HubError> {
+        let Some(id) = self.view.take() else {
+            return Ok(self);
+        };
+        let access = access.clone();
+        let view = state.run(move |store| store.view(&access, id)).await?.query;
+        let fill = |mine: &mut Option<String>, theirs: Option<String>| {
+            if mine.is_none() {
+                *mine = theirs;
+            }
+        };
+        fill(&mut self.status, view.status);
+        fill(&mut self.label, view.label);
+        fill(&mut self.assignee, view.assignee);
+        fill(&mut self.product, view.product);
+        fill(&mut self.q, view.q);
+        fill(&mut self.custom, view.custom);
+        fill(&mut self.sort, view.sort);
+        Ok(self)
+    }
+
+    /// Whether it asks for one page (`cursor`, `limit`).
+    pub(super) fn pages(&self) -> bool {
+        self.cursor.is_some() || self.limit.is_some()
+    }
+}
+
+pub(super) fn filter(query: ListQuery) -> Result<ItemFilter, HubError> {
     let bounded = |field: &str, value: Option<String>| -> Result<Option<String>, HubError> {
         match value {
             Some(v) if v.len() > 200 => {
@@ -97,7 +152,20 @@ fn filter(query: ListQuery) -> Result<ItemFilter, HubError> {
             "`limit` must be 1 to {PAGE_MAX}"
         )));
     }
+    let custom = match bounded("custom", query.custom)? {
+        Some(text) => vec![crate::store::custom_filter(&text)?],
+        None => Vec::new(),
+    };
+    let sort = match query.sort.as_deref() {
+        None => Sort::default(),
+        Some(text) => Sort::parse(text).ok_or_else(|| HubError::Invalid {
+            message: format!("`sort` `{}` is not an order", text.escape_debug()),
+            hint: Some("updated, created or priority; -created for newest first".to_owned()),
+        })?,
+    };
     Ok(ItemFilter {
+        custom,
+        sort,
         product: bounded("product", query.product)?,
         status,
         label: bounded("label", query.label)?,
@@ -144,7 +212,7 @@ async fn list_items(
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Read)?;
     let Query(query) = query.map_err(|e| HubError::invalid(e.body_text()))?;
-    let filter = filter(query)?;
+    let filter = filter(query.with_view(&state, &access).await?)?;
     let page = state
         .run(move |store| store.list_items(&access, &filter))
         .await?;
@@ -173,7 +241,7 @@ async fn create_item(
 
 /// One item, by id (`17`) or reference (`SHOP-42`); its ETag is its version.
 #[utoipa::path(get, path = "/api/agent/items/{id}", tag = "agent",
-    params(("id" = String, Path, description = "`17` or `SHOP-42`")),
+    params(("id" = String, Path, description = "`17` or `SHOP-42`", example = "SHOP-1")),
     responses((status = 200, body = Item, headers(("ETag" = String))), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn get_item(
@@ -189,7 +257,7 @@ async fn get_item(
 /// Change an item's fields: title, description, priority, visibility,
 /// assignee, target release, labels, bug fields.
 #[utoipa::path(patch, path = "/api/agent/items/{id}", tag = "agent", request_body = ItemEdit,
-    params(("id" = String, Path), ("If-Match" = String, Header)),
+    params(("id" = String, Path, example = "SHOP-1"), ("If-Match" = String, Header)),
     responses((status = 200, body = Item, headers(("ETag" = String))), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn edit_item(
@@ -218,7 +286,7 @@ pub struct ClaimRequest {
 /// others get 409 `hub.claimed` naming the holder.
 #[utoipa::path(patch, path = "/api/agent/items/{id}/claim", tag = "agent",
     request_body(content = Option<ClaimRequest>),
-    params(("id" = String, Path), ("If-Match" = String, Header, description = "the item's ETag")),
+    params(("id" = String, Path, example = "SHOP-1"), ("If-Match" = String, Header, description = "the item's ETag")),
     responses((status = 200, body = Item, headers(("ETag" = String))), (status = 409, body = ErrorBody),
         (status = 412, body = ErrorBody), (status = 428, body = ErrorBody), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
@@ -244,7 +312,7 @@ async fn claim(
 
 /// Give up the claim.
 #[utoipa::path(delete, path = "/api/agent/items/{id}/claim", tag = "agent",
-    params(("id" = String, Path), ("If-Match" = String, Header)),
+    params(("id" = String, Path, example = "SHOP-1"), ("If-Match" = String, Header)),
     responses((status = 200, body = Item), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn release(
@@ -261,7 +329,7 @@ async fn release(
 
 /// Move the item to another status, saying why.
 #[utoipa::path(patch, path = "/api/agent/items/{id}/status", tag = "agent", request_body = StatusChange,
-    params(("id" = String, Path), ("If-Match" = String, Header)),
+    params(("id" = String, Path, example = "SHOP-1"), ("If-Match" = String, Header)),
     responses((status = 200, body = Item), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn change_status(
@@ -286,7 +354,7 @@ pub struct NewComment {
 
 /// Comment on the item.
 #[utoipa::path(post, path = "/api/agent/items/{id}/comments", tag = "agent", request_body = NewComment,
-    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    params(("id" = String, Path, example = "SHOP-1"), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 201, body = Comment), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn add_comment(
@@ -308,7 +376,7 @@ async fn add_comment(
 
 /// The item's comments, oldest first.
 #[utoipa::path(get, path = "/api/agent/items/{id}/comments", tag = "agent",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, body = Vec<Comment>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn list_comments(
@@ -323,7 +391,7 @@ async fn list_comments(
 
 /// Link a pull request (matched by url) or update its state.
 #[utoipa::path(patch, path = "/api/agent/items/{id}/pr", tag = "agent", request_body = NewPr,
-    params(("id" = String, Path), ("If-Match" = String, Header)),
+    params(("id" = String, Path, example = "SHOP-1"), ("If-Match" = String, Header)),
     responses((status = 200, body = Item), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn link_pr(
@@ -342,7 +410,7 @@ async fn link_pr(
 /// Link the item to others (blocks, blocked_by, relates_to, duplicate_of,
 /// duplicated_by), or remove links; each item shows a link from its side.
 #[utoipa::path(post, path = "/api/agent/items/{id}/links", tag = "agent", request_body = LinkChange,
-    params(("id" = String, Path), ("If-Match" = String, Header)),
+    params(("id" = String, Path, example = "SHOP-1"), ("If-Match" = String, Header)),
     responses((status = 200, body = Item), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn change_links(
@@ -360,7 +428,7 @@ async fn change_links(
 
 /// Add acceptance criteria, or tick and untick them by id.
 #[utoipa::path(post, path = "/api/agent/items/{id}/checklist", tag = "agent", request_body = ChecklistChange,
-    params(("id" = String, Path), ("If-Match" = String, Header), ("Idempotency-Key" = Option<String>, Header)),
+    params(("id" = String, Path, example = "SHOP-1"), ("If-Match" = String, Header), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = Item), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn change_checklist(
@@ -383,7 +451,7 @@ async fn change_checklist(
 
 /// The item as one markdown document for an LLM's prompt.
 #[utoipa::path(get, path = "/api/agent/items/{id}/context", tag = "agent",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, content_type = "text/markdown", body = String), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn context(
@@ -403,7 +471,7 @@ async fn context(
 
 /// Every field change of the item: who, when, before and after.
 #[utoipa::path(get, path = "/api/agent/items/{id}/activity", tag = "agent",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, body = Vec<Activity>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn activity(

@@ -6,10 +6,13 @@ mod admin;
 mod agent;
 mod analytics;
 mod auth;
+mod files;
 mod limit;
+mod lists;
 mod openapi;
 mod public;
 mod session;
+mod social;
 mod webhooks;
 
 use std::net::SocketAddr;
@@ -166,6 +169,9 @@ fn router(state: AppState) -> Router {
         .merge(public::routes())
         .merge(webhooks::routes())
         .merge(analytics::routes())
+        .merge(social::routes())
+        .merge(files::routes())
+        .merge(lists::routes())
         .route("/api/openapi.json", axum::routing::get(openapi::document))
         .route("/healthz", axum::routing::get(health))
         .fallback(|| async { HubError::not_found("no such endpoint") })

@@ -59,6 +59,11 @@ const MIGRATIONS: &[Migration] = &[
         both: include_str!("migrations/007_webhooks.sql"),
         only: &[],
     },
+    Migration {
+        name: "reactions, watchers, notifications, custom fields, attachments, saved views",
+        both: include_str!("migrations/008_items_more.sql"),
+        only: &[],
+    },
 ];
 
 /// The schema version this gantry writes.

@@ -156,7 +156,7 @@ impl Store {
     /// Fires `item.sla_breached` for critical bugs open longer than `sla`
     /// and `item.stale` for unfinished items untouched for `stale`, each
     /// once; how many fired.
-    pub fn watch(
+    pub fn watch_deadlines(
         &self,
         sla: std::time::Duration,
         stale: std::time::Duration,

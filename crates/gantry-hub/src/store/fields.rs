@@ -1,12 +1,14 @@
 //! Making items and editing their fields: titles, descriptions, labels,
 //! bug fields, checklists and links, each bounded.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::items::{
     Access, CHECK_TEXT_MAX, CHECKLIST_MAX, DEFAULT_COLOR, FieldChange, LABELS_MAX, LINKS_MAX,
-    SHORT_MAX, TEXT_MAX, TITLE_MAX, activity, fetch, load, lock, reload,
+    SHORT_MAX, Stored, TEXT_MAX, TITLE_MAX, activity, fetch, load, lock, reload,
 };
 use super::links::{NewLink, add_link};
 use super::products::milestone_id;
@@ -65,6 +67,10 @@ pub struct NewItem {
     pub parent: Option<String>,
     /// One of the product's milestones, by name.
     pub milestone: Option<String>,
+    /// Values of the product's custom fields, by name.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub custom: BTreeMap<String, Option<serde_json::Value>>,
 }
 
 /// `PATCH /api/agent/items/{id}`: the fields to change; a field left out
@@ -108,10 +114,13 @@ pub struct ItemEdit {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub parent: Option<Option<String>>,
+    /// Custom field values to set, by name; `null` clears one.
+    #[schema(value_type = Option<Object>)]
+    pub custom: Option<BTreeMap<String, Option<serde_json::Value>>>,
 }
 
 /// A present `null` as `Some(None)`, so it can clear a field.
-fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+pub(super) fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     deserializer: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(deserializer).map(Some)
@@ -144,6 +153,7 @@ fn check_new(new: &NewItem) -> Result<(), HubError> {
             "an item has at most {LINKS_MAX} links"
         )));
     }
+    super::custom::check_values(&new.custom)?;
     match (&new.bug, new.kind) {
         (Some(_), kind) if kind != Kind::Bug => Err(HubError::invalid(format!(
             "`bug` fields are for bugs; this item is a {kind}"
@@ -174,6 +184,11 @@ fn check_planning(
 }
 
 pub(super) fn check_date(text: &str) -> Result<(), HubError> {
+    check_date_of("`due_date`", text)
+}
+
+/// Checks a `YYYY-MM-DD` date; `field` names it in the message.
+pub(super) fn check_date_of(field: &str, text: &str) -> Result<(), HubError> {
     let mut parts = text.splitn(3, '-').map(|p| p.parse::<u16>().ok());
     let valid = match (
         parts.next().flatten(),
@@ -194,7 +209,7 @@ pub(super) fn check_date(text: &str) -> Result<(), HubError> {
         Ok(())
     } else {
         Err(HubError::Invalid {
-            message: format!("`due_date` `{}` is not a date", text.escape_debug()),
+            message: format!("{field} `{}` is not a date", text.escape_debug()),
             hint: Some("write it YYYY-MM-DD, like 2027-03-31".to_owned()),
         })
     }
@@ -450,6 +465,7 @@ impl Store {
                     ],
                 )?;
                 add_checklist(sql, id, &new.checklist)?;
+                super::custom::set_values(sql, id, product_id, &access.actor.name, &new.custom, false)?;
                 activity(sql, id, &access.actor.name, "created", None, Some(new.title.as_str()), None)?;
                 let stored = load(sql, id)?.ok_or_else(|| HubError::Internal("a new item vanished".to_owned()))?;
                 for link in &new.links {
@@ -472,44 +488,7 @@ impl Store {
         if_match: &str,
         edit: &ItemEdit,
     ) -> Result<Item, HubError> {
-        if let Some(title) = &edit.title {
-            one_line("title", title, TITLE_MAX)?;
-        }
-        if let Some(description) = &edit.description {
-            bounded("description", description, TEXT_MAX)?;
-        }
-        for (field, value) in [
-            ("assignee", &edit.assignee),
-            ("target_release", &edit.target_release),
-        ] {
-            if let Some(Some(value)) = value {
-                one_line(field, value, SHORT_MAX)?;
-            }
-        }
-        if let Some(labels) = &edit.labels {
-            check_labels(labels)?;
-        }
-        if let Some(bug) = &edit.bug {
-            check_bug(bug)?;
-        }
-        check_planning(
-            edit.estimate.flatten(),
-            edit.due_date.as_ref().and_then(Option::as_deref),
-            [
-                (
-                    "environment",
-                    edit.environment.as_ref().and_then(Option::as_deref),
-                ),
-                (
-                    "affected_version",
-                    edit.affected_version.as_ref().and_then(Option::as_deref),
-                ),
-                (
-                    "fixed_version",
-                    edit.fixed_version.as_ref().and_then(Option::as_deref),
-                ),
-            ],
-        )?;
+        check_edit(edit)?;
         self.tx(|sql| {
             let stored = lock(sql, access, which, if_match, false)?;
             let item = &stored.item;
@@ -519,85 +498,8 @@ impl Store {
                     item.reference, item.kind
                 )));
             }
-            let bug = item.bug.clone().unwrap_or_default();
-            let given = edit.bug.clone().unwrap_or_default();
-            // (column, field, before, after) for each field the edit names.
-            let changes: [FieldChange; 13] = [
-                (
-                    "due_date",
-                    "due_date",
-                    item.due_date.clone(),
-                    edit.due_date.clone(),
-                ),
-                (
-                    "environment",
-                    "environment",
-                    item.environment.clone(),
-                    edit.environment.clone(),
-                ),
-                (
-                    "affected_version",
-                    "affected_version",
-                    item.affected_version.clone(),
-                    edit.affected_version.clone(),
-                ),
-                (
-                    "fixed_version",
-                    "fixed_version",
-                    item.fixed_version.clone(),
-                    edit.fixed_version.clone(),
-                ),
-                (
-                    "title",
-                    "title",
-                    Some(item.title.clone()),
-                    edit.title.clone().map(Some),
-                ),
-                (
-                    "description",
-                    "description",
-                    Some(item.description.clone()),
-                    edit.description.clone().map(Some),
-                ),
-                (
-                    "priority",
-                    "priority",
-                    Some(item.priority.to_string()),
-                    edit.priority.map(|p| Some(p.to_string())),
-                ),
-                (
-                    "visibility",
-                    "visibility",
-                    Some(item.visibility.to_string()),
-                    edit.visibility.map(|v| Some(v.to_string())),
-                ),
-                (
-                    "assignee",
-                    "assignee",
-                    item.assignee.clone(),
-                    edit.assignee.clone(),
-                ),
-                (
-                    "target_release",
-                    "target_release",
-                    item.target_release.clone(),
-                    edit.target_release.clone(),
-                ),
-                (
-                    "steps",
-                    "bug.steps_to_reproduce",
-                    bug.steps_to_reproduce,
-                    given.steps_to_reproduce.map(Some),
-                ),
-                (
-                    "expected",
-                    "bug.expected",
-                    bug.expected,
-                    given.expected.map(Some),
-                ),
-                ("actual", "bug.actual", bug.actual, given.actual.map(Some)),
-            ];
-            for (column, field, before, after) in changes {
+            let actor = access.actor.name.as_str();
+            for (column, field, before, after) in field_changes(item, edit) {
                 let Some(after) = after else { continue };
                 if after == before {
                     continue;
@@ -609,110 +511,27 @@ impl Store {
                 activity(
                     sql,
                     item.id,
-                    &access.actor.name,
+                    actor,
                     field,
                     before.as_deref(),
                     after.as_deref(),
                     None,
                 )?;
             }
-            if let Some(estimate) = edit.estimate
-                && estimate != item.estimate
-            {
-                sql.execute(
-                    "UPDATE items SET estimate = ? WHERE id = ?",
-                    &[estimate.into(), Value::Int(item.id)],
-                )?;
-                let text = |e: Option<i64>| e.map(|e| e.to_string());
-                activity(
-                    sql,
-                    item.id,
-                    &access.actor.name,
-                    "estimate",
-                    text(item.estimate).as_deref(),
-                    text(estimate).as_deref(),
-                    None,
-                )?;
+            if let Some(estimate) = edit.estimate {
+                edit_estimate(sql, item, actor, estimate)?;
             }
-            let before = item.milestone.as_ref().map(|m| m.name.clone());
-            if let Some(name) = &edit.milestone
-                && *name != before
-            {
-                let milestone = match name {
-                    Some(name) => Some(milestone_id(sql, stored.product_id, name)?),
-                    None => None,
-                };
-                sql.execute(
-                    "UPDATE items SET milestone_id = ? WHERE id = ?",
-                    &[milestone.into(), Value::Int(item.id)],
-                )?;
-                activity(
-                    sql,
-                    item.id,
-                    &access.actor.name,
-                    "milestone",
-                    before.as_deref(),
-                    name.as_deref(),
-                    None,
-                )?;
+            if let Some(name) = &edit.milestone {
+                edit_milestone(sql, &stored, actor, name.as_deref())?;
             }
-            if let Some(parent) = &edit.parent
-                && *parent != item.parent
-            {
-                let id = match parent {
-                    Some(which) => {
-                        if item.subtasks.total > 0 {
-                            return Err(HubError::Invalid {
-                                message: format!(
-                                    "{} has sub-tasks, so it cannot be one",
-                                    item.reference
-                                ),
-                                hint: Some("sub-tasks are one level deep".to_owned()),
-                            });
-                        }
-                        Some(parent_id(
-                            sql,
-                            access,
-                            which,
-                            stored.product_id,
-                            Some(item.id),
-                        )?)
-                    }
-                    None => None,
-                };
-                sql.execute(
-                    "UPDATE items SET parent_id = ? WHERE id = ?",
-                    &[id.into(), Value::Int(item.id)],
-                )?;
-                activity(
-                    sql,
-                    item.id,
-                    &access.actor.name,
-                    "parent",
-                    item.parent.as_deref(),
-                    parent.as_deref(),
-                    None,
-                )?;
+            if let Some(parent) = &edit.parent {
+                edit_parent(sql, access, &stored, parent.as_deref())?;
             }
             if let Some(labels) = &edit.labels {
-                let names = |names: Vec<&str>| names.join(", ");
-                let before = names(item.labels.iter().map(|l| l.name.as_str()).collect());
-                let mut after: Vec<&str> = labels.iter().map(|l| l.name.as_str()).collect();
-                after.sort_unstable();
-                after.dedup();
-                let after = names(after);
-                if before != after {
-                    set_labels(sql, item.id, stored.product_id, labels)?;
-                    activity(
-                        sql,
-                        item.id,
-                        &access.actor.name,
-                        "labels",
-                        Some(&before),
-                        Some(&after),
-                        None,
-                    )?;
-                }
+                edit_labels(sql, &stored, actor, labels)?;
+            }
+            if let Some(custom) = &edit.custom {
+                super::custom::set_values(sql, item.id, stored.product_id, actor, custom, true)?;
             }
             access.audit(sql, "item.edit", &item.reference)?;
             let item = reload(sql, item.id)?;
@@ -720,4 +539,243 @@ impl Store {
             Ok(item)
         })
     }
+}
+
+/// Checks what an edit asks for, before any transaction.
+fn check_edit(edit: &ItemEdit) -> Result<(), HubError> {
+    if let Some(title) = &edit.title {
+        one_line("title", title, TITLE_MAX)?;
+    }
+    if let Some(description) = &edit.description {
+        bounded("description", description, TEXT_MAX)?;
+    }
+    for (field, value) in [
+        ("assignee", &edit.assignee),
+        ("target_release", &edit.target_release),
+    ] {
+        if let Some(Some(value)) = value {
+            one_line(field, value, SHORT_MAX)?;
+        }
+    }
+    if let Some(labels) = &edit.labels {
+        check_labels(labels)?;
+    }
+    if let Some(bug) = &edit.bug {
+        check_bug(bug)?;
+    }
+    if let Some(custom) = &edit.custom {
+        super::custom::check_values(custom)?;
+    }
+    fn given(value: &Option<Option<String>>) -> Option<&str> {
+        value.as_ref().and_then(Option::as_deref)
+    }
+    check_planning(
+        edit.estimate.flatten(),
+        given(&edit.due_date),
+        [
+            ("environment", given(&edit.environment)),
+            ("affected_version", given(&edit.affected_version)),
+            ("fixed_version", given(&edit.fixed_version)),
+        ],
+    )
+}
+
+/// (column, field, before, after) for each text field an edit may name.
+fn field_changes(item: &Item, edit: &ItemEdit) -> [FieldChange; 13] {
+    let bug = item.bug.clone().unwrap_or_default();
+    let given = edit.bug.clone().unwrap_or_default();
+    [
+        (
+            "due_date",
+            "due_date",
+            item.due_date.clone(),
+            edit.due_date.clone(),
+        ),
+        (
+            "environment",
+            "environment",
+            item.environment.clone(),
+            edit.environment.clone(),
+        ),
+        (
+            "affected_version",
+            "affected_version",
+            item.affected_version.clone(),
+            edit.affected_version.clone(),
+        ),
+        (
+            "fixed_version",
+            "fixed_version",
+            item.fixed_version.clone(),
+            edit.fixed_version.clone(),
+        ),
+        (
+            "title",
+            "title",
+            Some(item.title.clone()),
+            edit.title.clone().map(Some),
+        ),
+        (
+            "description",
+            "description",
+            Some(item.description.clone()),
+            edit.description.clone().map(Some),
+        ),
+        (
+            "priority",
+            "priority",
+            Some(item.priority.to_string()),
+            edit.priority.map(|p| Some(p.to_string())),
+        ),
+        (
+            "visibility",
+            "visibility",
+            Some(item.visibility.to_string()),
+            edit.visibility.map(|v| Some(v.to_string())),
+        ),
+        (
+            "assignee",
+            "assignee",
+            item.assignee.clone(),
+            edit.assignee.clone(),
+        ),
+        (
+            "target_release",
+            "target_release",
+            item.target_release.clone(),
+            edit.target_release.clone(),
+        ),
+        (
+            "steps",
+            "bug.steps_to_reproduce",
+            bug.steps_to_reproduce,
+            given.steps_to_reproduce.map(Some),
+        ),
+        (
+            "expected",
+            "bug.expected",
+            bug.expected,
+            given.expected.map(Some),
+        ),
+        ("actual", "bug.actual", bug.actual, given.actual.map(Some)),
+    ]
+}
+
+fn edit_estimate(
+    sql: &mut dyn Sql,
+    item: &Item,
+    actor: &str,
+    estimate: Option<i64>,
+) -> Result<(), HubError> {
+    if estimate == item.estimate {
+        return Ok(());
+    }
+    sql.execute(
+        "UPDATE items SET estimate = ? WHERE id = ?",
+        &[estimate.into(), Value::Int(item.id)],
+    )?;
+    let text = |e: Option<i64>| e.map(|e| e.to_string());
+    activity(
+        sql,
+        item.id,
+        actor,
+        "estimate",
+        text(item.estimate).as_deref(),
+        text(estimate).as_deref(),
+        None,
+    )
+}
+
+fn edit_milestone(
+    sql: &mut dyn Sql,
+    stored: &Stored,
+    actor: &str,
+    name: Option<&str>,
+) -> Result<(), HubError> {
+    let item = &stored.item;
+    let before = item.milestone.as_ref().map(|m| m.name.as_str());
+    if name == before {
+        return Ok(());
+    }
+    let milestone = match name {
+        Some(name) => Some(milestone_id(sql, stored.product_id, name)?),
+        None => None,
+    };
+    sql.execute(
+        "UPDATE items SET milestone_id = ? WHERE id = ?",
+        &[milestone.into(), Value::Int(item.id)],
+    )?;
+    activity(sql, item.id, actor, "milestone", before, name, None)
+}
+
+fn edit_parent(
+    sql: &mut dyn Sql,
+    access: &Access,
+    stored: &Stored,
+    parent: Option<&str>,
+) -> Result<(), HubError> {
+    let item = &stored.item;
+    if parent == item.parent.as_deref() {
+        return Ok(());
+    }
+    let id = match parent {
+        Some(which) => {
+            if item.subtasks.total > 0 {
+                return Err(HubError::Invalid {
+                    message: format!("{} has sub-tasks, so it cannot be one", item.reference),
+                    hint: Some("sub-tasks are one level deep".to_owned()),
+                });
+            }
+            Some(parent_id(
+                sql,
+                access,
+                which,
+                stored.product_id,
+                Some(item.id),
+            )?)
+        }
+        None => None,
+    };
+    sql.execute(
+        "UPDATE items SET parent_id = ? WHERE id = ?",
+        &[id.into(), Value::Int(item.id)],
+    )?;
+    activity(
+        sql,
+        item.id,
+        &access.actor.name,
+        "parent",
+        item.parent.as_deref(),
+        parent,
+        None,
+    )
+}
+
+/// Replaces the item's labels, logging the sets before and after.
+pub(super) fn edit_labels(
+    sql: &mut dyn Sql,
+    stored: &Stored,
+    actor: &str,
+    labels: &[NewLabel],
+) -> Result<(), HubError> {
+    let item = &stored.item;
+    let names = |names: Vec<&str>| names.join(", ");
+    let before = names(item.labels.iter().map(|l| l.name.as_str()).collect());
+    let mut after: Vec<&str> = labels.iter().map(|l| l.name.as_str()).collect();
+    after.sort_unstable();
+    after.dedup();
+    let after = names(after);
+    if before == after {
+        return Ok(());
+    }
+    set_labels(sql, item.id, stored.product_id, labels)?;
+    activity(
+        sql,
+        item.id,
+        actor,
+        "labels",
+        Some(&before),
+        Some(&after),
+        None,
+    )
 }

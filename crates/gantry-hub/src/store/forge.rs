@@ -521,6 +521,8 @@ fn comment(
         author: author.to_owned(),
         body: body.to_owned(),
         created_at: clock::format(now),
+        edited_at: None,
+        reactions: Vec::new(),
     };
     comment_added(sql, product_id, id, &comment)?;
     let stored = load(sql, id)?.ok_or_else(|| HubError::not_found(format!("item {id}")))?;

@@ -9,7 +9,7 @@ use super::{Store, bounded};
 use crate::clock;
 use crate::db::{Dialect, Value};
 use crate::error::HubError;
-use crate::model::{Item, Status};
+use crate::model::{Item, SortKey, Status};
 
 /// What `GET /api/agent/items` selects.
 #[derive(Clone, Debug, Default)]
@@ -22,12 +22,79 @@ pub struct ItemFilter {
     pub text: Option<String>,
     /// Only items changed at or after this time (ms).
     pub since: Option<i64>,
+    /// Custom field values (`NAME`, stored text) an item must have.
+    pub custom: Vec<(String, String)>,
+    pub sort: Sort,
     /// Where the previous page ended.
     pub cursor: Option<String>,
     pub limit: usize,
 }
 
-/// One page of items, oldest change first.
+/// The order of a list: by a key, then by id, either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sort {
+    pub key: SortKey,
+    pub descending: bool,
+}
+
+impl Default for Sort {
+    /// Oldest change first, which polling with `since` relies on.
+    fn default() -> Sort {
+        Sort {
+            key: SortKey::Updated,
+            descending: false,
+        }
+    }
+}
+
+impl Sort {
+    /// `updated`, `created`, `priority`; a leading `-` reverses.
+    pub fn parse(text: &str) -> Option<Sort> {
+        let (descending, key) = match text.strip_prefix('-') {
+            Some(key) => (true, key),
+            None => (false, text),
+        };
+        Some(Sort {
+            key: SortKey::parse(key)?,
+            descending,
+        })
+    }
+
+    pub fn as_text(self) -> String {
+        let sign = if self.descending { "-" } else { "" };
+        format!("{sign}{}", self.key)
+    }
+
+    /// The SQL expression sorted on.
+    fn expression(self) -> &'static str {
+        match self.key {
+            SortKey::Updated => "i.updated_at",
+            SortKey::Created => "i.created_at",
+            SortKey::Priority => {
+                "(CASE i.priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 \
+                 WHEN 'medium' THEN 2 ELSE 3 END)"
+            }
+        }
+    }
+
+    /// The sort value of an item as read (for its cursor).
+    fn value(self, row: &crate::db::Row) -> Result<i64, HubError> {
+        Ok(match self.key {
+            SortKey::Updated => row.int(20)?,
+            SortKey::Created => row.int(19)?,
+            SortKey::Priority => {
+                let text = row.text(7)?;
+                let rank = crate::model::Priority::ALL
+                    .iter()
+                    .position(|p| p.as_str() == text)
+                    .unwrap_or(3);
+                rank as i64
+            }
+        })
+    }
+}
+
+/// One page of items, in the order asked for (oldest change first).
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ItemPage {
     pub items: Vec<Item>,
@@ -72,20 +139,18 @@ impl Store {
         self.tx(|sql| Ok(fetch(sql, access, which)?.item))
     }
 
-    pub fn list_items(&self, access: &Access, filter: &ItemFilter) -> Result<ItemPage, HubError> {
+    /// The WHERE clause (or nothing) of a filter, and its parameters.
+    fn where_clause(
+        &self,
+        access: &Access,
+        filter: &ItemFilter,
+    ) -> Result<(String, Vec<Value>), HubError> {
         let mut clauses = Vec::new();
         let mut params = Vec::new();
-        if let Reach::Products(ids) = &access.scope {
-            // No product at all: `IN ()` is not SQL, so a clause that holds for none.
-            if ids.is_empty() {
-                clauses.push("1 = 0".to_owned());
-            } else {
-                clauses.push(format!(
-                    "i.product_id IN ({})",
-                    vec!["?"; ids.len()].join(", ")
-                ));
-                params.extend(ids.iter().map(|id| Value::Int(*id)));
-            }
+        if access.scope != Reach::Every {
+            let (reached, values) = access.scope.condition("i.product_id");
+            clauses.push(reached);
+            params.extend(values);
         }
         if let Some(product) = &filter.product {
             clauses.push("p.key = ?".to_owned());
@@ -126,27 +191,72 @@ impl Store {
                 }
             }
         }
+        for (name, value) in &filter.custom {
+            clauses.push(
+                "EXISTS (SELECT 1 FROM custom_values cv JOIN custom_fields cf ON cf.id = cv.field_id \
+                 WHERE cv.item_id = i.id AND cf.name = ? AND cv.value = ?)"
+                    .to_owned(),
+            );
+            params.push(name.as_str().into());
+            params.push(value.as_str().into());
+        }
         if let Some(since) = filter.since {
             clauses.push("i.updated_at >= ?".to_owned());
             params.push(Value::Int(since));
         }
         if let Some(cursor) = &filter.cursor {
             let (at, id) = parse_cursor(cursor)?;
-            clauses.push("(i.updated_at > ? OR (i.updated_at = ? AND i.id > ?))".to_owned());
+            let (e, op) = (
+                filter.sort.expression(),
+                if filter.sort.descending { "<" } else { ">" },
+            );
+            clauses.push(format!("({e} {op} ? OR ({e} = ? AND i.id {op} ?))"));
             params.extend([Value::Int(at), Value::Int(at), Value::Int(id)]);
         }
-        let limit = filter.limit.clamp(1, PAGE_MAX);
         let filter_sql = if clauses.is_empty() {
             String::new()
         } else {
             format!("WHERE {}", clauses.join(" AND "))
         };
+        Ok((filter_sql, params))
+    }
+
+    /// How many items a filter selects (its cursor and limit aside).
+    pub fn count_items(&self, access: &Access, filter: &ItemFilter) -> Result<i64, HubError> {
+        let filter = ItemFilter {
+            cursor: None,
+            ..filter.clone()
+        };
+        let (filter_sql, params) = self.where_clause(access, &filter)?;
+        self.tx(|sql| {
+            let row = sql.query_one(
+                &format!(
+                    "SELECT COUNT(*) FROM items i JOIN products p ON p.id = i.product_id {filter_sql}"
+                ),
+                &params,
+            )?;
+            Ok(row.map_or(Ok(0), |r| r.int(0))?)
+        })
+    }
+
+    pub fn list_items(&self, access: &Access, filter: &ItemFilter) -> Result<ItemPage, HubError> {
+        let (filter_sql, mut params) = self.where_clause(access, filter)?;
+        let limit = filter.limit.clamp(1, PAGE_MAX);
         params.push(Value::Int(limit as i64 + 1));
+        let order = format!(
+            "{e} {dir}, i.id {dir}",
+            e = filter.sort.expression(),
+            dir = if filter.sort.descending {
+                "DESC"
+            } else {
+                "ASC"
+            }
+        );
         self.tx(|sql| {
             let rows = sql.query(
                 &format!(
                     "SELECT {ITEM_COLUMNS} FROM items i JOIN products p ON p.id = i.product_id \
-                     {filter_sql} ORDER BY i.updated_at, i.id LIMIT ?"
+                     {filter_sql} ORDER BY {order} LIMIT ?"
                 ),
                 &params,
             )?;
@@ -154,7 +264,7 @@ impl Store {
             let mut items = Vec::new();
             let mut last = None;
             for row in rows.iter().take(limit) {
-                last = Some((row.int(20)?, row.int(0)?));
+                last = Some((filter.sort.value(row)?, row.int(0)?));
                 items.push(item_from(sql, row, now)?.item);
             }
             let next_cursor = (rows.len() > limit)

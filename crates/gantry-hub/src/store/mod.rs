@@ -4,7 +4,11 @@
 //! Blocking: the HTTP layer calls these on tokio's blocking pool.
 
 mod analytics;
+mod attachments;
 mod audit;
+mod bulk;
+mod comments;
+mod custom;
 mod fields;
 mod forge;
 mod items;
@@ -17,34 +21,67 @@ mod public;
 mod sessions;
 mod ship;
 mod users;
+mod views;
+mod watch;
 mod work;
 
+use std::path::PathBuf;
+
+use crate::blobs::BlobDir;
 use crate::db::{Backend, DbError, Location, Sql};
 use crate::error::HubError;
 
+pub use attachments::{ATTACHMENT_MAX, check_file_name, content_type};
 pub use audit::Actor;
+pub use bulk::BulkChange;
+pub use custom::{NewField, filter_value as custom_filter};
 pub use fields::{ItemEdit, NewItem};
 pub use forge::{Delivery, Incoming, Received};
 pub use items::{Access, CLAIM_DEFAULT_SECONDS, PAGE_MAX, Reach};
 pub use keys::{Authenticated, CreatedKey, KeySpec};
 pub use links::LinkChange;
-pub use list::{ItemFilter, ItemPage};
+pub use list::{ItemFilter, ItemPage, Sort};
 pub use outbox::{Attempt, Due, NewSubscription, Outcome, Subscription};
 pub use public::{Idea, PublicItem, SubmissionStatus, Submitted, Voted};
 pub use sessions::{LoginAttempt, SESSION_LIFETIME_MS, SessionUser, csrf_token};
 pub use ship::{Shipped, ShippedItems};
 pub use users::{Grant, UserInfo};
+pub use views::{NewView, SavedView, ViewQuery};
 pub use work::{ChecklistChange, NewPr, StatusChange};
 
 pub struct Store {
     backend: Box<dyn Backend>,
+    /// Where attachments' contents live; `None`: attachments refused.
+    blobs: Option<BlobDir>,
 }
 
 impl Store {
-    /// Opens the database at `location`, migrating its schema.
+    /// Opens the database at `location`, migrating its schema. A SQLite
+    /// database keeps attachments in `attachments/` beside it; with
+    /// PostgreSQL, [`Store::with_attachments`] says where.
     pub fn open(location: &Location) -> Result<Store, HubError> {
+        let blobs = match location {
+            Location::Sqlite(path) => path
+                .parent()
+                .map(|dir| BlobDir::new(dir.join("attachments"))),
+            Location::Postgres(_) => None,
+        };
         Ok(Store {
             backend: location.open()?,
+            blobs,
+        })
+    }
+
+    /// Keeps attachments' contents in `dir`.
+    pub fn with_attachments(mut self, dir: PathBuf) -> Store {
+        self.blobs = Some(BlobDir::new(dir));
+        self
+    }
+
+    /// Where attachments live, if anywhere.
+    pub fn blobs(&self) -> Result<&BlobDir, HubError> {
+        self.blobs.as_ref().ok_or_else(|| HubError::Unsupported {
+            what: "attachments without an attachments directory".to_owned(),
         })
     }
 

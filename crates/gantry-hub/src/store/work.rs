@@ -1,19 +1,18 @@
 //! An agent's work on an item: claim, release, status, pull requests,
-//! checklist, comments, and what it reads back (activity, context).
+//! checklist, and what it reads back (activity, context).
 
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::fields::{add_checklist, check_checklist};
 use super::items::{
-    Access, CHECKLIST_MAX, CLAIM_MAX_SECONDS, COMMENT_MAX, TITLE_MAX, URL_MAX, activity, fetch,
-    lock, reload,
+    Access, CHECKLIST_MAX, CLAIM_MAX_SECONDS, TITLE_MAX, URL_MAX, activity, fetch, lock, reload,
 };
 use super::{Store, audit, bounded, one_line};
 use crate::clock;
-use crate::db::{Sql, Value};
+use crate::db::Value;
 use crate::error::HubError;
-use crate::model::{Activity, Comment, Item, PrStatus, Status};
+use crate::model::{Activity, Item, PrStatus, Status};
 
 /// `PATCH .../status`.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -48,28 +47,6 @@ pub struct ChecklistChange {
     pub check: Vec<i64>,
     #[serde(default)]
     pub uncheck: Vec<i64>,
-}
-
-fn comments(sql: &mut dyn Sql, item: i64, limit: i64) -> Result<Vec<Comment>, HubError> {
-    // The newest `limit`, shown oldest first.
-    let mut comments = sql
-        .query(
-            "SELECT id, author, body, created_at FROM comments WHERE item_id = ? AND deleted_at IS NULL \
-             ORDER BY id DESC LIMIT ?",
-            &[Value::Int(item), Value::Int(limit)],
-        )?
-        .iter()
-        .map(|r| {
-            Ok(Comment {
-                id: r.int(0)?,
-                author: r.text(1)?,
-                body: r.text(2)?,
-                created_at: clock::format(r.int(3)?),
-            })
-        })
-        .collect::<Result<Vec<_>, HubError>>()?;
-    comments.reverse();
-    Ok(comments)
 }
 
 impl Store {
@@ -331,57 +308,6 @@ impl Store {
         })
     }
 
-    /// Adds a comment. Comments do not change the item's version (no
-    /// If-Match), but do move its `updated_at`, so pollers see them.
-    pub fn add_comment(
-        &self,
-        access: &Access,
-        which: &str,
-        body: &str,
-        idempotency_key: Option<&str>,
-        raw: &[u8],
-    ) -> Result<(u16, String), HubError> {
-        bounded("body", body, COMMENT_MAX)?;
-        if body.trim().is_empty() {
-            return Err(HubError::invalid("`body` is empty"));
-        }
-        let request = [b"POST comments".as_slice(), which.as_bytes(), raw];
-        self.tx(|sql| {
-            audit::idempotent(sql, access.key_id, idempotency_key, &request, |sql| {
-                let stored = fetch(sql, access, which)?;
-                let now = clock::now();
-                let id = sql
-                    .query_one(
-                        "INSERT INTO comments (item_id, author, body, created_at) VALUES (?, ?, ?, ?) RETURNING id",
-                        &[Value::Int(stored.item.id), access.actor.name.as_str().into(), body.into(), Value::Int(now)],
-                    )?
-                    .ok_or_else(|| HubError::Internal("INSERT returned no id".to_owned()))?
-                    .int(0)?;
-                sql.execute(
-                    "UPDATE items SET updated_at = ? WHERE id = ?",
-                    &[Value::Int(now), Value::Int(stored.item.id)],
-                )?;
-                access.audit(sql, "comment.add", &stored.item.reference)?;
-                let comment = Comment {
-                    id,
-                    author: access.actor.name.clone(),
-                    body: body.to_owned(),
-                    created_at: clock::format(now),
-                };
-                super::outbox::comment_added(sql, stored.product_id, stored.item.id, &comment)?;
-                let body = serde_json::to_string(&comment).map_err(|e| HubError::Internal(e.to_string()))?;
-                Ok((201, body))
-            })
-        })
-    }
-
-    pub fn comments(&self, access: &Access, which: &str) -> Result<Vec<Comment>, HubError> {
-        self.tx(|sql| {
-            let stored = fetch(sql, access, which)?;
-            comments(sql, stored.item.id, 1_000)
-        })
-    }
-
     pub fn activity(&self, access: &Access, which: &str) -> Result<Vec<Activity>, HubError> {
         self.tx(|sql| {
             let stored = fetch(sql, access, which)?;
@@ -409,7 +335,7 @@ impl Store {
     pub fn context(&self, access: &Access, which: &str) -> Result<String, HubError> {
         let (item, comments) = self.tx(|sql| {
             let stored = fetch(sql, access, which)?;
-            let comments = comments(sql, stored.item.id, 100)?;
+            let comments = super::comments::read(sql, stored.item.id, 100)?;
             Ok((stored.item, comments))
         })?;
         Ok(crate::context::render(&item, &comments))

@@ -68,7 +68,7 @@ pub async fn run(store: Arc<Store>, options: Background) {
             _ = watch.tick() => {
                 let store = store.clone();
                 let found = tokio::task::spawn_blocking(move || {
-                    store.watch(options.critical_bug_sla, options.stale_after)
+                    store.watch_deadlines(options.critical_bug_sla, options.stale_after)
                 })
                 .await;
                 match found {

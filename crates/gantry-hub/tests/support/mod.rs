@@ -41,12 +41,15 @@ macro_rules! on_both_databases {
 /// What keeps a database alive: a directory or a PostgreSQL server.
 enum Keep {
     Dir(tempfile::TempDir),
-    Cluster(PgCluster),
+    /// The cluster, and the attachments' directory.
+    Cluster(PgCluster, tempfile::TempDir),
 }
 
 pub struct Hub {
     pub addr: SocketAddr,
     pub store: Arc<Store>,
+    /// Where the hub keeps attachments' contents.
+    pub files: std::path::PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     // Dropped last: the server stops before its database.
     _keep: Keep,
@@ -70,7 +73,11 @@ fn database(db: Db) -> (Location, Keep) {
         Db::Postgres => {
             let cluster = PgCluster::start();
             let url = cluster.database("hub");
-            (Location::parse(&url).unwrap(), Keep::Cluster(cluster))
+            let files = tempfile::tempdir().unwrap();
+            (
+                Location::parse(&url).unwrap(),
+                Keep::Cluster(cluster, files),
+            )
         }
     }
 }
@@ -91,12 +98,23 @@ impl Hub {
         limits: Limits,
         background: gantry_hub::Background,
     ) -> Hub {
-        let (store, keep) = tokio::task::spawn_blocking(move || {
+        let (store, keep, files) = tokio::task::spawn_blocking(move || {
             let (location, keep) = database(db);
-            let store = Store::open(&location).unwrap();
+            let (store, files) = match &keep {
+                Keep::Dir(dir) => (
+                    Store::open(&location).unwrap(),
+                    dir.path().join("attachments"),
+                ),
+                Keep::Cluster(_, files) => (
+                    Store::open(&location)
+                        .unwrap()
+                        .with_attachments(files.path().to_owned()),
+                    files.path().to_owned(),
+                ),
+            };
             store.add_product("SHOP", "The shop").unwrap();
             store.add_product("BLOG", "The blog").unwrap();
-            (Arc::new(store), keep)
+            (Arc::new(store), keep, files)
         })
         .await
         .unwrap();
@@ -115,6 +133,7 @@ impl Hub {
         Hub {
             addr,
             store,
+            files,
             stop: Some(stop),
             _keep: keep,
         }
@@ -234,8 +253,13 @@ impl Client {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
-            .header("host", self.addr.to_string())
-            .header("content-type", "application/json");
+            .header("host", self.addr.to_string());
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        {
+            request = request.header("content-type", "application/json");
+        }
         if let Some(key) = &self.key {
             request = request.header("authorization", format!("Bearer {key}"));
         }

@@ -1,0 +1,179 @@
+//! Attachments over HTTP: upload streams the raw body into the blob store
+//! (25 MB at most, whatever the hub's JSON body limit), download streams
+//! the file back as an attachment the browser will not render or sniff.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::auth::Principal;
+use super::{AppState, ErrorBody};
+use crate::error::HubError;
+use crate::model::{Attachment, Permission};
+use crate::store::{ATTACHMENT_MAX, check_file_name, content_type};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/agent/items/{id}/attachments",
+            get(list_attachments).post(upload),
+        )
+        .route(
+            "/api/agent/items/{id}/attachments/{attachment}",
+            get(download),
+        )
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UploadQuery {
+    /// The file's name, without a path.
+    name: String,
+}
+
+/// Attach a file (the raw request body, up to 25 MB) to the item; its
+/// Content-Type is kept and sent back on download. Equal files are stored once.
+#[utoipa::path(post, path = "/api/agent/items/{id}/attachments", tag = "agent",
+    params(("id" = String, Path, example = "SHOP-1"), UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = Attachment), (status = 413, body = ErrorBody),
+        (status = "4XX", body = ErrorBody), (status = 501, body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn upload(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    query: Result<Query<UploadQuery>, QueryRejection>,
+    request: Request,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Write)?;
+    let Query(query) = query.map_err(|e| HubError::invalid(e.body_text()))?;
+    check_file_name(&query.name)?;
+    let kind = match request.headers().get(header::CONTENT_TYPE) {
+        None => "application/octet-stream".to_owned(),
+        Some(value) => content_type(value.to_str().unwrap_or(""))?,
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > ATTACHMENT_MAX) {
+        return Err(too_large());
+    }
+    let blobs = state.store.blobs()?.clone();
+    {
+        let (access, id) = (access.clone(), id.clone());
+        state
+            .run(move |store| store.check_attachable(&access, &id))
+            .await?;
+    }
+    let blob = blobs
+        .put(request.into_body(), ATTACHMENT_MAX)
+        .await
+        .map_err(|e| match e {
+            HubError::TooLarge { .. } => too_large(),
+            other => other,
+        })?;
+    let attachment = state
+        .run(move |store| store.add_attachment(&access, &id, &blob, &query.name, &kind))
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(attachment)).into_response())
+}
+
+fn too_large() -> HubError {
+    HubError::TooLarge {
+        limit: usize::try_from(ATTACHMENT_MAX).unwrap_or(usize::MAX),
+    }
+}
+
+/// The item's attachments.
+#[utoipa::path(get, path = "/api/agent/items/{id}/attachments", tag = "agent",
+    params(("id" = String, Path, example = "SHOP-1")),
+    responses((status = 200, body = Vec<Attachment>), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn list_attachments(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Read)?;
+    let list = state
+        .run(move |store| store.attachments(&access, &id))
+        .await?;
+    Ok(axum::Json(list).into_response())
+}
+
+/// Download an attachment, with the type it was uploaded with, as a file
+/// to save (`Content-Disposition: attachment`), never sniffed.
+#[utoipa::path(get, path = "/api/agent/items/{id}/attachments/{attachment}", tag = "agent",
+    params(("id" = String, Path, example = "SHOP-1"), ("attachment" = i64, Path, example = 1)),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = "4XX", body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn download(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((id, attachment)): Path<(String, i64)>,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Read)?;
+    let found = state
+        .run(move |store| store.attachment(&access, &id, attachment))
+        .await?;
+    let file = state.store.blobs()?.open(&found.sha256).await?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    let text = |v: &str| HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static(""));
+    headers.insert(header::CONTENT_TYPE, text(&found.content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(found.size));
+    headers.insert(header::CONTENT_DISPOSITION, text(&disposition(&found.name)));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", found.sha256)) {
+        headers.insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+/// `attachment; filename="..."; filename*=UTF-8''...`: an ASCII name for
+/// old clients, the exact one (RFC 5987) for the rest.
+fn disposition(name: &str) -> String {
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ' ') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let exact = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{exact}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dispositions_never_carry_quotes_or_line_breaks() {
+        assert_eq!(
+            super::disposition("ré\"port\r\n.txt"),
+            "attachment; filename=\"r__port__.txt\"; filename*=UTF-8''r%C3%A9%22port%0D%0A%2Etxt"
+        );
+    }
+}
