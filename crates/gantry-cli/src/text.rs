@@ -250,6 +250,18 @@ impl Report for gantry_core::deploy::DeployReport {
                 self.upload.blobs_sent, self.upload.files, self.upload.bytes_sent
             );
         }
+        for m in &self.migrations {
+            let _ = writeln!(
+                out,
+                "  migrations of {}: {} applied{}",
+                m.service,
+                m.applied.len(),
+                m.applied
+                    .iter()
+                    .map(|a| format!(" {:04}_{} ({} ms)", a.version, a.name, a.duration_ms))
+                    .collect::<String>()
+            );
+        }
         services_text(&mut out, &self.services);
         for name in &self.removed {
             let _ = writeln!(out, "  stopped {name}: no longer in gantry.toml");

@@ -22,6 +22,7 @@ pub mod init;
 pub mod lifecycle;
 pub mod local_agent;
 pub mod machine;
+pub mod migrate;
 pub mod operate;
 pub mod probe;
 pub mod redact;

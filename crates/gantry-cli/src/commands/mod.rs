@@ -11,6 +11,7 @@ mod docs;
 mod environment;
 mod hosts;
 pub(crate) mod hub;
+mod migrate;
 mod operate;
 mod proxy;
 mod secrets;
@@ -42,6 +43,7 @@ pub(crate) fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(
         Command::Stop(args) => operate::stop(&ctx, args),
         Command::Restart(args) => operate::restart(&ctx, args),
         Command::Secrets(args) => secrets::secrets(&ctx, args),
+        Command::Migrate(args) => migrate::migrate(&ctx, args),
         Command::Register(args) => environment::register(&ctx, args),
         Command::Configure => environment::configure(&ctx),
         Command::Env(args) => environment::env(&ctx, &args.action),
