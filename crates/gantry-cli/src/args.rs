@@ -183,6 +183,16 @@ pub enum Command {
     /// Example: printf %s "$TOKEN" | gantry secrets set -e prod API_TOKEN
     Secrets(SecretsArgs),
 
+    /// What a deploy would do, per host and service, changing nothing
+    ///
+    /// Per host: a new release or unchanged, and why (the files differ, a
+    /// service is added, removed or changes, with the keys that differ);
+    /// and the SQL migrations a deploy would apply. No build runs (the
+    /// files are taken as they are on disk), nothing is sent, no lock is taken.
+    ///
+    /// Example: gantry plan -e prod
+    Plan,
+
     /// Show, plan or apply the services' SQL migrations (`migrate = { sql, database }`)
     ///
     /// Each service with `migrate.sql` has a directory of NNNN_name.sql files,
@@ -326,6 +336,10 @@ pub struct DeployArgs {
     /// Take the environment's deploy lock even if another deploy holds it (warns; use only when that deploy is gone)
     #[arg(long)]
     pub force_unlock: bool,
+
+    /// Print what the deploy would do (as `gantry plan`) and change nothing
+    #[arg(long, conflicts_with_all = ["skip_build", "force_unlock"])]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

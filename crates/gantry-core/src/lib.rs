@@ -24,6 +24,7 @@ pub mod local_agent;
 pub mod machine;
 pub mod migrate;
 pub mod operate;
+pub mod plan;
 pub mod probe;
 pub mod redact;
 pub mod register;

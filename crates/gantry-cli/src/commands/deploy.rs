@@ -1,12 +1,15 @@
 //! `gantry deploy`.
 
-use gantry_core::{deploy, lifecycle};
+use gantry_core::{deploy, lifecycle, plan};
 
 use super::{Context, vars};
 use crate::Failure;
 use crate::args::DeployArgs;
 
 pub(super) fn deploy(ctx: &Context<'_>, args: &DeployArgs) -> Result<(), Failure> {
+    if args.dry_run {
+        return plan(ctx);
+    }
     let options = deploy::DeployOptions {
         skip_build: args.skip_build,
         force_unlock: args.force_unlock,
@@ -26,4 +29,13 @@ pub(super) fn deploy(ctx: &Context<'_>, args: &DeployArgs) -> Result<(), Failure
         &ctx.progress(),
     )?;
     ctx.emit(report)
+}
+
+/// `gantry plan` (and `deploy --dry-run`): asks the hosts' agents what they
+/// run, starting none.
+pub(super) fn plan(ctx: &Context<'_>) -> Result<(), Failure> {
+    let connect = |host: &gantry_core::config::resolve::Host| {
+        Ok((ctx.wiring.connect)(host, &ctx.state_dir, false)?)
+    };
+    ctx.emit(plan::plan(&ctx.project, ctx.env, &connect, &vars)?)
 }

@@ -36,6 +36,7 @@ pub(crate) fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(
         Command::Render(args) => config::render(&ctx, args),
         Command::Init(args) => config::init(&ctx, args),
         Command::Deploy(args) => deploy::deploy(&ctx, args),
+        Command::Plan => deploy::plan(&ctx),
         Command::Status => operate::status(&ctx),
         Command::Logs(args) => operate::logs(&ctx, args),
         Command::Releases(args) => operate::releases(&ctx, args),
