@@ -26,8 +26,20 @@ fn plan_says_unchanged_or_why_a_new_release_and_changes_nothing() {
 
     // New files, and a service's replicas changed.
     std::fs::write(p.path().join("VERSION"), "2\n").expect("write VERSION");
-    let toml = hello_toml("plan", "bin/hello-web").replace("replicas = 2", "replicas = 3");
+    // And a migration a deploy would apply.
+    let db = p.path().join("shop.db");
+    let toml = format!(
+        "{}\n[services.web.env]\nDATABASE_URL = \"sqlite://{}\"\n\n[services.web.migrate]\nsql = \"migrations\"\ndatabase = \"DATABASE_URL\"\n",
+        hello_toml("plan", "bin/hello-web").replace("replicas = 2", "replicas = 3"),
+        db.display()
+    );
     std::fs::write(p.path().join("gantry.toml"), toml).expect("write gantry.toml");
+    std::fs::create_dir_all(p.path().join("migrations")).expect("mkdir");
+    std::fs::write(
+        p.path().join("migrations/0001_create_users.sql"),
+        "CREATE TABLE users (id INTEGER PRIMARY KEY);",
+    )
+    .expect("write a migration");
     for args in [&["plan"][..], &["deploy", "--dry-run"][..]] {
         let changed = json(&p, args);
         let h = host(&changed);
@@ -42,13 +54,21 @@ fn plan_says_unchanged_or_why_a_new_release_and_changes_nothing() {
             reasons.iter().any(|r| r.starts_with("the files differ")),
             "{reasons:?}"
         );
-        assert!(reasons.contains(&"`web` changes: replicas"), "{reasons:?}");
+        assert!(
+            reasons.contains(&"`web` changes: env, migrate, replicas"),
+            "{reasons:?}"
+        );
         let worker = h["services"]
             .as_array()
             .and_then(|all| all.iter().find(|s| s["service"] == "worker"))
             .expect("worker");
         assert_eq!(worker["change"], "unchanged");
+        assert_eq!(changed["migrations"][0]["service"], "web", "{changed:#}");
+        assert_eq!(changed["migrations"][0]["pending"], 1, "{changed:#}");
     }
+    let text = p.gantry(&["plan", "--output", "text"]);
+    text.expect_code(0);
+    insta::assert_snapshot!(filtered(&text.stdout));
 
     // Asking changed nothing: the same release runs, and no other was made.
     let releases = json(&p, &["releases"]);
@@ -58,4 +78,23 @@ fn plan_says_unchanged_or_why_a_new_release_and_changes_nothing() {
         "{releases:#}"
     );
     assert_eq!(releases["releases"][0]["id"], r1.as_str());
+    let tables = rusqlite::Connection::open(&db)
+        .and_then(|c| {
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .expect("read the database");
+    assert_eq!(tables, 0, "plan applied a migration");
+}
+
+/// The plan's text with the artifact digests, which change with the binaries, hidden.
+fn filtered(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.find("(artifact ") {
+            Some(at) => format!("{}(artifact DIGEST now, DIGEST on the host)", &line[..at]),
+            None => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
