@@ -183,6 +183,29 @@ pub enum Command {
     /// Example: printf %s "$TOKEN" | gantry secrets set -e prod API_TOKEN
     Secrets(SecretsArgs),
 
+    /// What a deploy would do, per host and service, changing nothing
+    ///
+    /// Per host: a new release or unchanged, and why (the files differ, a
+    /// service is added, removed or changes, with the keys that differ);
+    /// and the SQL migrations a deploy would apply. No build runs (the
+    /// files are taken as they are on disk), nothing is sent, no lock is taken.
+    ///
+    /// Example: gantry plan -e prod
+    Plan,
+
+    /// Show, plan or apply the services' SQL migrations (`migrate = { sql, database }`)
+    ///
+    /// Each service with `migrate.sql` has a directory of NNNN_name.sql files,
+    /// applied in order, each in its own transaction, and recorded with its
+    /// sha256 in the database's `gantry_migrations` table; a recorded file that
+    /// changed since is refused. The SQL runs from this machine, with the
+    /// database URL from the variable `migrate.database` names (the service's
+    /// env, or a secret read as a deploy reads it). A deploy runs the pending
+    /// ones before any new instance starts.
+    ///
+    /// Example: gantry migrate plan -e prod
+    Migrate(MigrateArgs),
+
     /// Add an existing server, reachable over SSH, to an environment
     ///
     /// Checks that `ssh` logs in without a prompt, adds [hosts.HOST] to
@@ -313,6 +336,10 @@ pub struct DeployArgs {
     /// Take the environment's deploy lock even if another deploy holds it (warns; use only when that deploy is gone)
     #[arg(long)]
     pub force_unlock: bool,
+
+    /// Print what the deploy would do (as `gantry plan`) and change nothing
+    #[arg(long, conflicts_with_all = ["skip_build", "force_unlock"])]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -671,6 +698,39 @@ pub struct ExecArgs {
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(subcommand)]
+    pub action: MigrateAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateAction {
+    /// Every migration and where it stands: applied (when, how long), pending, edited or missing
+    ///
+    /// Example: gantry migrate status -e prod
+    Status(MigrateService),
+    /// The migrations a run would apply, in order; changes nothing
+    ///
+    /// Refused (migrate.edited) when an applied migration's file changed.
+    ///
+    /// Example: gantry migrate plan
+    Plan(MigrateService),
+    /// Apply the pending migrations, each in its own transaction
+    ///
+    /// A failing migration is rolled back and none after it runs
+    /// (migrate.failed). Two runs at once apply each migration once.
+    ///
+    /// Example: gantry migrate run -e prod web
+    Run(MigrateService),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateService {
+    /// Only this service's migrations (default: every service with `migrate.sql`)
+    pub service: Option<String>,
 }
 
 #[derive(Debug, Args)]

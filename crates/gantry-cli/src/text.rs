@@ -250,6 +250,18 @@ impl Report for gantry_core::deploy::DeployReport {
                 self.upload.blobs_sent, self.upload.files, self.upload.bytes_sent
             );
         }
+        for m in &self.migrations {
+            let _ = writeln!(
+                out,
+                "  migrations of {}: {} applied{}",
+                m.service,
+                m.applied.len(),
+                m.applied
+                    .iter()
+                    .map(|a| format!(" {:04}_{} ({} ms)", a.version, a.name, a.duration_ms))
+                    .collect::<String>()
+            );
+        }
         services_text(&mut out, &self.services);
         for name in &self.unchanged {
             let _ = writeln!(out, "  {name} unchanged: left running, not restarted");
@@ -575,5 +587,47 @@ impl Report for gantry_core::local_agent::ProxyReport {
             ),
             (ProxyAction::Restart, None) => "proxy not running\n".to_owned(),
         }
+    }
+}
+
+impl Report for gantry_core::plan::PlanReport {
+    fn text(&self) -> String {
+        let mut out = format!(
+            "plan for {} on {} (nothing was changed)\n",
+            self.project, self.environment
+        );
+        for h in &self.hosts {
+            let _ = writeln!(
+                out,
+                "host {}: {}{}",
+                h.host,
+                name(&h.change).replace('_', " "),
+                h.current
+                    .as_ref()
+                    .map_or_else(String::new, |r| format!(" (runs {r})"))
+            );
+            if let Some(e) = &h.error {
+                let _ = writeln!(out, "  {e}");
+            }
+            for reason in &h.reasons {
+                let _ = writeln!(out, "  {reason}");
+            }
+        }
+        for m in &self.migrations {
+            let _ = writeln!(
+                out,
+                "migrations of {}: {} pending{}",
+                m.service,
+                m.pending,
+                m.migrations
+                    .iter()
+                    .map(|e| format!(" {:04}_{}", e.version, e.name))
+                    .collect::<String>()
+            );
+        }
+        if let Some(e) = &self.migrations_error {
+            let _ = writeln!(out, "migrations: cannot tell ({e})");
+        }
+        out
     }
 }

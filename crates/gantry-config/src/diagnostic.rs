@@ -125,6 +125,8 @@ pub enum Problem {
     DuplicateRoute,
     /// `${VAR}` names a variable that is not set.
     UnsetVariable,
+    /// A key the schema knows that this version cannot carry out yet.
+    Unsupported,
 }
 
 impl Problem {
@@ -140,6 +142,7 @@ impl Problem {
             Problem::Cycle => "config.cycle",
             Problem::DuplicateRoute => "config.duplicate_route",
             Problem::UnsetVariable => "config.unset_variable",
+            Problem::Unsupported => "config.unsupported",
         }
     }
 }

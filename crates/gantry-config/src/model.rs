@@ -113,13 +113,13 @@ pub struct Service {
     /// The hosts of the environment that run this service (default: every host), like `["db1"]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hosts: Option<Vec<String>>,
-    /// Commands run around a deploy.
+    /// Database migrations: SQL files applied before a deploy's new instances start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migrate: Option<Migrate>,
     /// Named volumes or host paths mounted into a container, like `pgdata:/var/lib/postgresql/data`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volumes: Option<Vec<Volume>>,
-    /// Scheduled backups of the service's volumes.
+    /// Scheduled backups of the service's volumes (not supported yet: `validate` refuses it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup: Option<Backup>,
     /// How long a stopping instance gets after SIGTERM before SIGKILL (default 10s).
@@ -259,15 +259,29 @@ pub struct Resources {
     pub pids: Option<NonZeroU32>,
 }
 
+/// Migrations: numbered SQL files the built-in engine applies (`sql` and `database`, see
+/// `gantry migrate`), and commands run around a deploy (`pre`, `post`; not supported yet).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Migrate {
-    /// Run once before new instances start; a failure stops the deploy.
+    /// A command run once before new instances start; a failure stops the deploy (not supported
+    /// yet: `validate` refuses it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pre: Option<String>,
-    /// Run once after the new instances are live.
+    /// A command run once after the new instances are live (not supported yet: `validate` refuses it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub post: Option<String>,
+    /// A directory of the project holding SQL migrations named `NNNN_name.sql` (like
+    /// `0001_create_users.sql`), applied in order, each in a transaction, by `gantry migrate run` and
+    /// by a deploy before any new instance starts. Needs `database`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "release-path"))]
+    pub sql: Option<String>,
+    /// The name of the service's `env` variable or secret that holds the database's URL:
+    /// `postgres://user:pass@host:5432/db` (PostgreSQL) or `sqlite:///absolute/path.db` (SQLite).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "env-name"))]
+    pub database: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]

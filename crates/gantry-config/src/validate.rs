@@ -439,14 +439,77 @@ fn check_service(
         );
     }
     check_shared_volumes(c, name, s, is_image, locate);
-    if s.backup.is_some() && s.volumes.as_ref().is_none_or(|v| v.is_empty()) {
+    if s.backup.is_some() {
+        // Refused until an agent takes backups: a schedule nobody keeps is worse than none.
         c.push(
-            Problem::MissingKey,
+            Problem::Unsupported,
             locate(name, &["backup"]),
             true,
-            format!("service `{name}` has a backup schedule but no volumes to back up"),
-            Some("add volumes = [\"name:/path\"] or remove [backup]".to_owned()),
+            format!("service `{name}` sets `backup`, which is not supported yet: no backups would be taken"),
+            Some("remove `backup`, and back the volumes up yourself until Gantry does (`docker run --rm -v VOLUME:/data ...`)".to_owned()),
         );
+    }
+    check_migrate(c, name, s, locate);
+}
+
+/// `migrate`: the SQL engine's `sql` and `database` go together and name a
+/// variable the service has; `pre` and `post` commands are not run yet.
+fn check_migrate(
+    c: &mut Checker<'_>,
+    name: &str,
+    s: &Service,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    let Some(m) = &s.migrate else {
+        return;
+    };
+    for (key, set) in [("pre", m.pre.is_some()), ("post", m.post.is_some())] {
+        if set {
+            c.push(
+                Problem::Unsupported,
+                locate(name, &["migrate", key]),
+                true,
+                format!("`migrate.{key}` of `{name}` is not supported yet: a deploy would not run it"),
+                Some("for SQL migrations use migrate = { sql = \"migrations\", database = \"DATABASE_URL\" }; run other commands yourself with `gantry exec SERVICE -- COMMAND`".to_owned()),
+            );
+        }
+    }
+    match (&m.sql, &m.database) {
+        (None, None) if m.pre.is_none() && m.post.is_none() => c.push(
+            Problem::MissingKey,
+            locate(name, &["migrate"]),
+            true,
+            format!("`migrate` of `{name}` names nothing to run"),
+            Some("add sql = \"migrations\" and database = \"DATABASE_URL\", or remove `migrate`".to_owned()),
+        ),
+        (Some(_), None) => c.push(
+            Problem::MissingKey,
+            locate(name, &["migrate"]),
+            true,
+            format!("`migrate.sql` of `{name}` needs `database`: the variable that holds the database's URL"),
+            Some("add database = \"DATABASE_URL\", naming one of the service's `secrets` or `env` keys".to_owned()),
+        ),
+        (None, Some(_)) => c.push(
+            Problem::MissingKey,
+            locate(name, &["migrate"]),
+            true,
+            format!("`migrate.database` of `{name}` is set but `migrate.sql` names no migrations"),
+            Some("add sql = \"migrations\" (a directory of NNNN_name.sql files), or remove `database`".to_owned()),
+        ),
+        (Some(_), Some(database)) => {
+            let in_env = s.env.as_ref().is_some_and(|e| e.contains_key(database));
+            let secret = s.secrets.iter().flatten().any(|n| &n.0 == database);
+            if !in_env && !secret {
+                c.push(
+                    Problem::UnknownReference,
+                    locate(name, &["migrate", "database"]),
+                    false,
+                    format!("`migrate.database` names `{database}`, which is neither a secret nor an env variable of `{name}`"),
+                    Some(format!("add secrets = [\"{database}\"] to `{name}` (a URL with a password is a secret), or name one it has")),
+                );
+            }
+        }
+        (None, None) => {}
     }
 }
 

@@ -658,29 +658,18 @@ fn good_service(name: String, kind: Kind, earlier: Vec<String>) -> impl Strategy
         field_ok("cpu", 0.5, cpu),
         field_ok("pids", 0.3, (1..=100_000i64).prop_map(Value::Integer)),
     ]);
+    // `database` names an env variable, which the service gets below.
     let migrate = table_of(vec![
-        field_ok("pre", 0.8, good_command()),
-        field_ok("post", 0.5, good_command()),
+        field_ok("sql", 1.0, one_of(vec!["migrations", "db/migrations"])),
+        field_ok("database", 1.0, one_of(vec!["MIGRATIONS_DB"])),
     ]);
     let volumes = strings(vec![format!("{name}-data:/data")]);
-    let backup = table_of(vec![
-        field_ok(
-            "schedule",
-            1.0,
-            one_of(vec!["0 3 * * *", "*/15 0-6 1,15 * 1-5"]),
-        ),
-        field_ok("keep", 0.5, (1..30i64).prop_map(Value::Integer)),
-    ]);
-    // A backup needs volumes to back up, so both come together.
-    let storage =
-        (Just(volumes), prop::option::weighted(0.5, backup)).prop_map(|(volumes, backup)| {
-            let mut table = Table::new();
-            table.insert("volumes".to_owned(), volumes);
-            if let Some(backup) = backup {
-                table.insert("backup".to_owned(), backup);
-            }
-            Value::Table(table)
-        });
+    // `backup` is refused until backups are taken: volumes alone.
+    let storage = Just(volumes).prop_map(|volumes| {
+        let mut table = Table::new();
+        table.insert("volumes".to_owned(), volumes);
+        Value::Table(table)
+    });
     let service = table_of(vec![
         field_ok(how, 1.0, value),
         field_ok("build", 0.2, good_command()),
@@ -723,6 +712,19 @@ fn good_service(name: String, kind: Kind, earlier: Vec<String>) -> impl Strategy
             && let Some(Value::Table(storage)) = table.remove("storage")
         {
             table.extend(storage);
+        }
+        if let Value::Table(table) = &mut service
+            && table.contains_key("migrate")
+        {
+            let env = table
+                .entry("env")
+                .or_insert_with(|| Value::Table(Table::new()));
+            if let Value::Table(env) = env {
+                env.insert(
+                    "MIGRATIONS_DB".to_owned(),
+                    Value::String("sqlite:///srv/app.db".to_owned()),
+                );
+            }
         }
         service
     })

@@ -67,6 +67,9 @@ pub struct DeployReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unchanged: Vec<String>,
     pub hosts: Vec<HostDeploy>,
+    /// The SQL migrations run before the rollout, per service with `migrate.sql`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<crate::migrate::ServiceMigrations>,
 }
 
 /// What the deploy did on one host.
@@ -222,6 +225,10 @@ pub fn deploy(
         progress,
     )?;
 
+    // Once for the environment, before any new instance starts: a failure
+    // stops the deploy here, every host still on its old release.
+    let migrations = crate::migrate::before_rollout(&dir, &env, &secrets, progress)?;
+
     let plan = HostPlan {
         project: &env.project,
         environment,
@@ -261,7 +268,9 @@ pub fn deploy(
     }
     lock.release(progress);
 
-    conclude(&env.project, environment, build, outcomes)
+    let mut report = conclude(&env.project, environment, build, outcomes)?;
+    report.migrations = migrations;
+    Ok(report)
 }
 
 /// The report of a rollout from each host's outcome, or the error of one
@@ -319,6 +328,7 @@ pub(crate) fn conclude(
         removed: outcomes[shown].removed.clone(),
         unchanged: outcomes[shown].unchanged.clone(),
         hosts: outcomes,
+        migrations: Vec::new(),
     };
     if let Some(at) = failed
         && report.hosts.len() > 1
@@ -882,30 +892,11 @@ pub fn finish(report: DeployReport) -> Result<DeployReport, Error> {
 }
 
 /// Refuses, before anything is done, what gantry.toml may say but a deploy
-/// cannot do yet: such a key would otherwise be silently ignored (a
-/// migration never run) or fail halfway.
+/// cannot do yet (`validate` refuses `backup` and `migrate` commands).
 pub fn refuse_unsupported(
     file: &crate::config::model::File,
-    env: &crate::config::resolve::Environment,
+    _env: &crate::config::resolve::Environment,
 ) -> Result<(), Error> {
-    if let Some(s) = env.services.values().find(|s| s.backup.is_some()) {
-        return Err(Error::Unsupported {
-            what: format!(
-                "service `{}` sets `backup`, which deploy does not take yet",
-                s.name
-            ),
-            hint: "back the volume up yourself (`docker run --rm -v VOLUME:/data ...`) and remove `backup`".to_owned(),
-        });
-    }
-    if let Some(s) = env.services.values().find(|s| s.migrate.is_some()) {
-        return Err(Error::Unsupported {
-            what: format!(
-                "service `{}` sets `migrate`, which deploy does not run yet",
-                s.name
-            ),
-            hint: "run migrations yourself (`gantry exec SERVICE -- COMMAND`) and remove `migrate`; `gantry render` still writes it for Docker Compose and systemd".to_owned(),
-        });
-    }
     refuse_provider_hosts(file)
 }
 

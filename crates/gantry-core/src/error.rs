@@ -164,6 +164,10 @@ codes! {
     ReleaseNoneBefore = "release.none_before", Conflict, "there is no earlier successful release to roll back to";
     ReleaseArtifactGone = "release.artifact_gone", Conflict, "the files of that release are no longer kept";
     ServiceNotFound = "service.not_found", Invalid, "the project runs no service of that name";
+    MigrateInvalid = "migrate.invalid", Invalid, "a service's migrations cannot be used: a file not named `NNNN_name.sql`, a gap or a number twice, over 8 MiB or not UTF-8, a missing directory, or a database URL that is neither `postgres://` nor `sqlite:///absolute/path`";
+    MigrateEdited = "migrate.edited", Conflict, "a migration the database recorded as applied was edited or removed since (its sha256 differs); nothing was applied";
+    MigrateFailed = "migrate.failed", Failed, "a migration's SQL failed: it was rolled back, the ones before it stay applied, none after it ran; the message has the database's words";
+    MigrateDatabase = "migrate.database", Failed, "the database of a service's migrations could not be opened or reached, or failed around them";
     HubUnauthorized = "hub.unauthorized", Invalid, "the hub refused the request's credentials: no API key, a malformed, unknown or revoked one (HTTP 401)";
     HubForbidden = "hub.forbidden", Invalid, "the API key may not do that: its permission is too low or the item is in a product outside its scope (HTTP 403)";
     HubNotFound = "hub.not_found", Invalid, "no item, product, key or user has that name or number (HTTP 404)";
@@ -324,6 +328,11 @@ pub enum Error {
         message: String,
         hint: Option<String>,
     },
+    #[error("`{service}`: {error}")]
+    Migrate {
+        service: String,
+        error: crate::migrate::MigrateError,
+    },
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -374,6 +383,7 @@ impl Error {
             Error::InitExists { .. } => Code::InitExists,
             Error::OutputExists { .. } => Code::OutputExists,
             Error::Io { .. } => Code::IoFailed,
+            Error::Migrate { error, .. } => error.code(),
             Error::StateCorrupt { .. } => Code::StateCorrupt,
             Error::TestFailed { .. } => Code::TestFailed,
             Error::EnvLocked { .. } => Code::EnvLocked,
@@ -410,6 +420,7 @@ impl Error {
                 Some("choose an empty or new directory for --out, or remove this one".to_owned())
             }
             Error::Io { .. } => None,
+            Error::Migrate { error, .. } => Some(error.hint()),
             Error::StateCorrupt { .. } => Some(
                 "it is Gantry's record of the environment: fix the JSON, or remove the file and run `gantry configure` again".to_owned(),
             ),

@@ -51,10 +51,6 @@ fn compose_files_are_accepted_by_docker_compose() {
         .map(|u| u["key"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert!(
-        unsupported.contains(&"services.db.backup".to_owned()),
-        "{unsupported:?}"
-    );
-    assert!(
         unsupported.contains(&"services.docs.static".to_owned()),
         "{unsupported:?}"
     );

@@ -3,13 +3,16 @@
 use gantry_core::config::model::HubLink;
 use gantry_core::deploy::{DeployReport, Progress};
 use gantry_core::incident::{HubAccess, Incident, Reported, Tracker};
-use gantry_core::{deploy, lifecycle};
+use gantry_core::{deploy, lifecycle, plan};
 
 use super::{Context, vars};
 use crate::Failure;
 use crate::args::DeployArgs;
 
 pub(super) fn deploy(ctx: &Context<'_>, args: &DeployArgs) -> Result<(), Failure> {
+    if args.dry_run {
+        return plan(ctx);
+    }
     let options = deploy::DeployOptions {
         skip_build: args.skip_build,
         force_unlock: args.force_unlock,
@@ -74,4 +77,13 @@ fn tell_hub(ctx: &Context<'_>, result: &Result<DeployReport, gantry_core::Error>
         },
     };
     ctx.progress().step(&line);
+}
+
+/// `gantry plan` (and `deploy --dry-run`): asks the hosts' agents what they
+/// run, starting none.
+pub(super) fn plan(ctx: &Context<'_>) -> Result<(), Failure> {
+    let connect = |host: &gantry_core::config::resolve::Host| {
+        Ok((ctx.wiring.connect)(host, &ctx.state_dir, false)?)
+    };
+    ctx.emit(plan::plan(&ctx.project, ctx.env, &connect, &vars)?)
 }

@@ -11,6 +11,7 @@ mod docs;
 mod environment;
 mod hosts;
 pub(crate) mod hub;
+mod migrate;
 mod operate;
 mod proxy;
 mod secrets;
@@ -35,6 +36,7 @@ pub(crate) fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(
         Command::Render(args) => config::render(&ctx, args),
         Command::Init(args) => config::init(&ctx, args),
         Command::Deploy(args) => deploy::deploy(&ctx, args),
+        Command::Plan => deploy::plan(&ctx),
         Command::Status => operate::status(&ctx),
         Command::Logs(args) => operate::logs(&ctx, args),
         Command::Releases(args) => operate::releases(&ctx, args),
@@ -42,6 +44,7 @@ pub(crate) fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(
         Command::Stop(args) => operate::stop(&ctx, args),
         Command::Restart(args) => operate::restart(&ctx, args),
         Command::Secrets(args) => secrets::secrets(&ctx, args),
+        Command::Migrate(args) => migrate::migrate(&ctx, args),
         Command::Register(args) => environment::register(&ctx, args),
         Command::Configure => environment::configure(&ctx),
         Command::Env(args) => environment::env(&ctx, &args.action),

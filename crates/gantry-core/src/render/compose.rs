@@ -320,14 +320,14 @@ fn note_common(service: &Service, out: &mut Rendering) {
         out.note(
             service,
             "migrate",
-            "compose has no deploy hooks to run migrations in",
+            "compose has no deploy hooks to run migrations in: run `gantry migrate run -e ENV` before `docker compose up`",
         );
     }
     if service.backup.is_some() {
         out.note(
             service,
             "backup",
-            "scheduled backups are taken by Gantry's agent",
+            "backups are not written for compose, and Gantry takes none yet: back the volumes up yourself",
         );
     }
 }

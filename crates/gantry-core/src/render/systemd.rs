@@ -215,7 +215,7 @@ fn note_unsupported(service: &Service, out: &mut Rendering) {
         out.note(
             service,
             "migrate",
-            "systemd has no deploy step to run migrations once in",
+            "systemd has no deploy step to run migrations once in: run `gantry migrate run -e ENV` before starting the units",
         );
     }
     if !service.volumes.is_empty() {
@@ -225,7 +225,7 @@ fn note_unsupported(service: &Service, out: &mut Rendering) {
         out.note(
             service,
             "backup",
-            "scheduled backups are taken by Gantry's agent",
+            "backups are not written for systemd, and Gantry takes none yet: back the volumes up yourself",
         );
     }
     out.note(
