@@ -32,9 +32,9 @@ pub fn is_container(service: &Service) -> bool {
     matches!(service.workload, Workload::Compose { .. })
 }
 
-/// Whether the service's instances must never run beside their
-/// replacement: containers with volumes (a database's data directory).
-pub fn needs_stop_first(service: &Service) -> bool {
+/// Whether the service's containers mount volumes (a database's data
+/// directory), which two of them must not share unless it says they may.
+pub fn has_volumes(service: &Service) -> bool {
     is_container(service) && !service.volumes.is_empty()
 }
 
@@ -146,7 +146,10 @@ pub async fn launch(
         .flatten()
         .map(|r| r.environment)
         .ok_or_else(|| format!("release {} is not in the store", record.release))?;
-    let spec = spec(record, service, &environment, limits)?;
+    let mut spec = spec(record, service, &environment, limits)?;
+    for (key, value) in crate::addresses::of(agent, &record.project, service).await {
+        spec.env.entry(key).or_insert(value);
+    }
     let secrets = secret_values(agent, &record.project, &service.secrets);
     let name = spec.identity.container_name();
     engine.remove(&name).await.map_err(|e| e.to_string())?;
@@ -285,6 +288,19 @@ pub async fn stop(agent: &Agent, record: &InstanceRecord, timeout: Duration) -> 
     }
 }
 
+/// The memory the instance's container uses, as `docker stats` counts it;
+/// `None` when it does not run or Docker cannot say.
+pub async fn memory(agent: &Agent, project: &str, instance: &str) -> Option<u64> {
+    let engine = engine(agent).await.ok()?;
+    match engine.memory(&container_name(project, instance)).await {
+        Ok(memory) => memory,
+        Err(e) => {
+            tracing::debug!(instance, error = %e, "cannot read the container's memory");
+            None
+        }
+    }
+}
+
 /// Connects to the container's port on its own address: its published
 /// loopback port would accept through Docker's proxy before the service
 /// inside listens.
@@ -339,6 +355,54 @@ pub async fn probe_command(
             "`{command}` did not finish within {}s",
             timeout.as_secs()
         )),
+    }
+}
+
+/// Removes the project's networks (one per environment) where none of its
+/// active instances is a container any more: after `gantry stop`, or a
+/// deploy that dropped its last image service. Docker refuses to remove a
+/// network a container still uses, so another agent's containers keep theirs.
+pub async fn remove_idle_networks(agent: &Agent, project: &str) {
+    let p = project.to_owned();
+    let Ok((releases, active)) = agent
+        .db(move |s| {
+            let active: Vec<InstanceRecord> = s
+                .instances(&p)?
+                .into_iter()
+                .filter(InstanceRecord::is_active)
+                .collect();
+            Ok((s.releases(&p)?, active))
+        })
+        .await
+    else {
+        return;
+    };
+    let mut environments: BTreeMap<String, bool> = BTreeMap::new();
+    for release in &releases {
+        if release.services.iter().any(is_container) {
+            environments.entry(release.environment.clone()).or_default();
+        }
+    }
+    for record in &active {
+        if let Some(release) = releases.iter().find(|r| r.id == record.release)
+            && release
+                .services
+                .iter()
+                .any(|s| s.name == record.service && is_container(s))
+        {
+            environments.insert(release.environment.clone(), true);
+        }
+    }
+    if environments.values().all(|busy| *busy) {
+        return;
+    }
+    let Ok(engine) = engine(agent).await else {
+        return;
+    };
+    for (environment, _) in environments.iter().filter(|(_, busy)| !**busy) {
+        if let Err(e) = engine.remove_network(project, environment).await {
+            tracing::info!(project, environment, error = %e, "the network stays");
+        }
     }
 }
 

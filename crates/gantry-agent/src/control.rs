@@ -36,6 +36,7 @@ pub(crate) async fn stop(
         instance::stop(agent, &fresh, timeout, InstanceState::Stopped).await;
     }
     agent.proxy.refresh().await;
+    crate::container_instance::remove_idle_networks(agent, &project).await;
     status(agent, project).await
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use gantry_core::Code;
 use gantry_core::agent_api::ServiceSpec;
+use gantry_core::agent_api::v1::DeployStrategy;
 use gantry_core::agent_api::{DeployRequest, DeployResult, InstanceState, Outcome, Phase, Release};
 
 use crate::agent::{Agent, now_ms};
@@ -136,9 +137,11 @@ async fn deploy(
         agent.db(move |s| s.insert_release(&r)).await?;
     }
 
+    let mut unchanged = Vec::new();
     for service in &request.services {
         match roll_service(agent, &mut timer, &release, service, cutover).await {
-            Ok(()) => {}
+            Ok(Rolled::Replaced) => {}
+            Ok(Rolled::Unchanged) => unchanged.push(service.name.clone()),
             Err(failure) => {
                 release.outcome = Outcome::Failed;
                 release.reason = Some(format!("service `{}`: {}", service.name, failure.reason));
@@ -162,6 +165,7 @@ async fn deploy(
         release,
         services,
         removed,
+        unchanged,
     })
 }
 
@@ -257,75 +261,188 @@ async fn unpack(
     })
 }
 
-/// Start, wait healthy, switch, stop old: one service's cutover.
+/// What a deploy did to one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rolled {
+    /// New instances replaced the old (or the static directory switched).
+    Replaced,
+    /// It runs the same as before: its instances were left running.
+    Unchanged,
+}
+
+/// One service's deploy: left alone if unchanged, else replaced start-first
+/// (start, wait healthy, switch, stop old) or stop-first.
 async fn roll_service(
     agent: &Agent,
     timer: &mut Timer<'_>,
     release: &Release,
     service: &ServiceSpec,
     cutover: &dyn Cutover,
-) -> Result<(), StartFailure> {
+) -> Result<Rolled, StartFailure> {
     if crate::site::is_static(service) {
-        return roll_static(agent, timer, release, service, cutover).await;
-    }
-    let project = release.project.clone();
-    let name = service.name.clone();
-    let cwd = instance::working_dir(agent, &project, &release.artifact_digest, service);
-    if crate::container_instance::needs_stop_first(service) && service.replicas > 1 {
-        return Err(StartFailure {
-            reason: format!(
-                "it has volumes, so it runs one replica, not {} (two containers must not share its data)",
-                service.replicas
-            ),
-            log_tail: Vec::new(),
-        });
-    }
-    if crate::container_instance::needs_stop_first(service) {
-        let (p, n, r) = (project.clone(), name.clone(), release.id.clone());
-        let running = agent
-            .db(move |s| s.instances(&p))
+        return roll_static(agent, timer, release, service, cutover)
             .await
-            .unwrap_or_default()
-            .into_iter()
-            .any(|i| i.service == n && i.release != r && i.is_active());
-        if running {
-            // Two containers on one volume (two databases on one data
-            // directory) must never run at once, and stop-first replacement
-            // is not built yet: keep the running one.
-            return Err(StartFailure {
-                reason: "it has volumes, so it must be replaced stop-first, which deploy does not do yet; the running instance keeps serving (to replace it: `gantry stop` the service, then deploy)".to_owned(),
-                log_tail: Vec::new(),
-            });
+            .map(|()| Rolled::Replaced);
+    }
+    let cwd = instance::working_dir(agent, &release.project, &release.artifact_digest, service);
+    let stop_first = service.strategy() == DeployStrategy::StopFirst;
+    if stop_first && service.replicas > 1 && crate::container_instance::has_volumes(service) {
+        return Err(failed(format!(
+            "it has volumes, so it runs one replica, not {} (two containers must not share its data; if they may, set deploy_strategy = \"start-first\")",
+            service.replicas
+        )));
+    }
+    let fingerprint = crate::fingerprint::of(
+        agent,
+        &release.project,
+        &release.environment,
+        &release.artifact_digest,
+        service,
+    )
+    .await;
+    let old = running_before(agent, release, &service.name).await;
+    if let Some(fingerprint) = &fingerprint
+        && unchanged(agent, service, &old, fingerprint).await
+    {
+        let (p, n, r) = (
+            release.project.clone(),
+            service.name.clone(),
+            release.id.clone(),
+        );
+        let ids: Vec<String> = old.iter().map(|i| i.id.clone()).collect();
+        let carried = timer
+            .time("unchanged", Some(&service.name), async {
+                agent.db(move |s| s.carry_over(&p, &n, &r, &ids)).await
+            })
+            .await;
+        return carried
+            .map(|()| Rolled::Unchanged)
+            .map_err(|e| failed(e.to_string()));
+    }
+    if stop_first && !old.is_empty() {
+        let new = Replacement {
+            release,
+            service,
+            cwd: &cwd,
+            fingerprint: fingerprint.as_deref(),
+        };
+        return stop_first_replace(agent, timer, &new, cutover, &old)
+            .await
+            .map(|()| Rolled::Replaced);
+    }
+    let started = start_healthy(
+        agent,
+        timer,
+        (&release.project, &release.id),
+        service,
+        &cwd,
+        fingerprint.as_deref(),
+    )
+    .await?;
+    match cut_over(agent, timer, release, service, cutover, &started).await {
+        Ok(old) => {
+            timer
+                .time(
+                    "stop-old",
+                    Some(&service.name),
+                    stop_all(agent, &old, service),
+                )
+                .await;
+            Ok(Rolled::Replaced)
+        }
+        Err(failure) => {
+            stop_all(agent, &started, service).await;
+            Err(failure)
         }
     }
+}
 
+fn failed(reason: String) -> StartFailure {
+    StartFailure {
+        reason,
+        log_tail: Vec::new(),
+    }
+}
+
+/// The service's active instances of other releases: what runs now.
+async fn running_before(agent: &Agent, release: &Release, service: &str) -> Vec<InstanceRecord> {
+    let (p, n, r) = (
+        release.project.clone(),
+        service.to_owned(),
+        release.id.clone(),
+    );
+    agent
+        .db(move |s| s.instances(&p))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.service == n && i.release != r && i.is_active())
+        .collect()
+}
+
+/// Whether `old` is the service as it should run: as many live instances
+/// as it has replicas, each running what `fingerprint` says.
+async fn unchanged(
+    agent: &Agent,
+    service: &ServiceSpec,
+    old: &[InstanceRecord],
+    fingerprint: &str,
+) -> bool {
+    if old.len() != service.replicas as usize || old.iter().any(|i| i.state != InstanceState::Live)
+    {
+        return false;
+    }
+    let ids: Vec<String> = old.iter().map(|i| i.id.clone()).collect();
+    let recorded = agent
+        .db(move |s| {
+            ids.iter()
+                .map(|id| s.fingerprint(id))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .unwrap_or_default();
+    recorded.len() == old.len() && recorded.iter().all(|f| f.as_deref() == Some(fingerprint))
+}
+
+/// Starts `service`'s replicas for `release` (each recorded before it
+/// starts, with what it runs), and waits until all are healthy; on a
+/// failure, stops those it started.
+async fn start_healthy(
+    agent: &Agent,
+    timer: &mut Timer<'_>,
+    (project, release): (&str, &str),
+    service: &ServiceSpec,
+    cwd: &std::path::Path,
+    fingerprint: Option<&str>,
+) -> Result<Vec<InstanceRecord>, StartFailure> {
+    let name = service.name.clone();
     let mut started: Vec<InstanceRecord> = Vec::new();
     let start = timer
         .time("start", Some(&name), async {
             for replica in 1..=service.replicas {
-                let id = instance::instance_id(&name, &release.id, replica);
+                let id = instance::instance_id(&name, release, replica);
                 let port = instance::port_for(agent, service, &id)
                     .await
-                    .map_err(|reason| StartFailure {
-                        reason,
-                        log_tail: Vec::new(),
-                    })?;
-                let record = InstanceRecord::new(&id, &project, &name, &release.id, port, now_ms());
+                    .map_err(failed)?;
+                let record = InstanceRecord::new(&id, project, &name, release, port, now_ms());
                 // The intent: recorded before the process exists.
-                let r = record.clone();
+                let (r, fingerprint) = (record.clone(), fingerprint.map(str::to_owned));
                 agent
-                    .db(move |s| s.insert_instance(&r))
+                    .db(move |s| {
+                        s.insert_instance(&r)?;
+                        match fingerprint {
+                            Some(f) => s.set_fingerprint(&r.id, &f),
+                            None => Ok(()),
+                        }
+                    })
                     .await
-                    .map_err(|e| StartFailure {
-                        reason: e.to_string(),
-                        log_tail: Vec::new(),
-                    })?;
+                    .map_err(|e| failed(e.to_string()))?;
                 started.push(record);
             }
             // The intents are recorded; the processes start side by side.
             let launches = started
                 .iter()
-                .map(|record| instance::launch(agent, record, service, &cwd));
+                .map(|record| instance::launch(agent, record, service, cwd));
             futures_util::future::join_all(launches)
                 .await
                 .into_iter()
@@ -339,7 +456,7 @@ async fn roll_service(
             timer
                 .time("health", Some(&name), async {
                     let waits = started.iter().map(|record| async {
-                        instance::wait_healthy(agent, record, service, &cwd, deadline).await?;
+                        instance::wait_healthy(agent, record, service, cwd, deadline).await?;
                         let id = record.id.clone();
                         let _ = agent.db(move |s| s.set_instance_health(&id, true)).await;
                         Ok::<(), StartFailure>(())
@@ -354,22 +471,155 @@ async fn roll_service(
         }
         Err(e) => Err(e),
     };
-    if let Err(failure) = healthy {
-        stop_all(agent, &started, service).await;
-        return Err(failure);
-    }
-    match cut_over(agent, timer, release, service, cutover, &started).await {
-        Ok(old) => {
-            timer
-                .time("stop-old", Some(&name), stop_all(agent, &old, service))
-                .await;
-            Ok(())
-        }
+    match healthy {
+        Ok(()) => Ok(started),
         Err(failure) => {
             stop_all(agent, &started, service).await;
             Err(failure)
         }
     }
+}
+
+/// What a stop-first replacement starts.
+struct Replacement<'a> {
+    release: &'a Release,
+    service: &'a ServiceSpec,
+    cwd: &'a std::path::Path,
+    fingerprint: Option<&'a str>,
+}
+
+/// Stop-first: the old instances are taken out of the proxy's routes,
+/// drained and stopped (marked `draining` until the new ones are live, so
+/// an agent restarted meanwhile starts the old release again), then the
+/// new ones start as for start-first. If they fail, the old release is
+/// started again: a database stops once, and is back on its data.
+async fn stop_first_replace(
+    agent: &Agent,
+    timer: &mut Timer<'_>,
+    new: &Replacement<'_>,
+    cutover: &dyn Cutover,
+    old: &[InstanceRecord],
+) -> Result<(), StartFailure> {
+    let (release, service) = (new.release, new.service);
+    timer
+        .time(
+            "stop-old",
+            Some(&service.name),
+            stop_for_replacement(agent, old, service),
+        )
+        .await;
+    let started = start_healthy(
+        agent,
+        timer,
+        (&release.project, &release.id),
+        service,
+        new.cwd,
+        new.fingerprint,
+    )
+    .await;
+    let failure = match started {
+        Ok(started) => match cut_over(agent, timer, release, service, cutover, &started).await {
+            Ok(_) => {
+                // Stopped already: only recorded so.
+                stop_all(agent, old, service).await;
+                return Ok(());
+            }
+            Err(failure) => {
+                stop_all(agent, &started, service).await;
+                failure
+            }
+        },
+        Err(failure) => failure,
+    };
+    let restored = timer
+        .time(
+            "restore",
+            Some(&service.name),
+            start_again(agent, old, cutover),
+        )
+        .await;
+    let reason = match restored {
+        Ok(previous) => format!("{}; release {previous} was started again", failure.reason),
+        Err(e) => format!(
+            "{}; starting the previous release again failed too: {e}",
+            failure.reason
+        ),
+    };
+    Err(StartFailure {
+        reason,
+        log_tail: failure.log_tail,
+    })
+}
+
+/// Takes `old` out of the proxy's routes and stops them, leaving them
+/// `draining`: the record that a stop-first replacement is under way.
+async fn stop_for_replacement(agent: &Agent, old: &[InstanceRecord], service: &ServiceSpec) {
+    let timeout = service.stop_timeout.as_std();
+    agent.proxy.drain_out(old, timeout).await;
+    let stops = old.iter().map(|record| async {
+        let fresh = refreshed(agent, record).await;
+        instance::stop(agent, &fresh, timeout, InstanceState::Draining).await
+    });
+    futures_util::future::join_all(stops).await;
+}
+
+/// Starts the release `old` ran again, in new instances, after a stop-first
+/// replacement failed or was interrupted: `old` stopped (if still running),
+/// new instances of their release started, waited healthy and switched to,
+/// and `old` recorded stopped. Returns the release's id.
+pub(crate) async fn start_again(
+    agent: &Agent,
+    old: &[InstanceRecord],
+    cutover: &dyn Cutover,
+) -> Result<String, String> {
+    let Some(first) = old.first() else {
+        return Err("there were no instances to start again".to_owned());
+    };
+    let (p, r, id) = (
+        first.project.clone(),
+        first.release.clone(),
+        first.id.clone(),
+    );
+    let (previous, fingerprint) = agent
+        .db(move |s| Ok((s.release(&p, &r)?, s.fingerprint(&id)?)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let previous =
+        previous.ok_or_else(|| format!("release {} is not in the store", first.release))?;
+    let service = previous
+        .services
+        .iter()
+        .find(|s| s.name == first.service)
+        .ok_or_else(|| format!("release {} has no service {}", previous.id, first.service))?
+        .clone();
+    stop_for_replacement(agent, old, &service).await;
+    let cwd = instance::working_dir(
+        agent,
+        &previous.project,
+        &previous.artifact_digest,
+        &service,
+    );
+    let mut phases = Vec::new();
+    let mut timer = Timer {
+        phases: &mut phases,
+    };
+    let started = start_healthy(
+        agent,
+        &mut timer,
+        (&previous.project, &previous.id),
+        &service,
+        &cwd,
+        fingerprint.as_deref(),
+    )
+    .await
+    .map_err(|f| f.reason)?;
+    if let Err(failure) = cut_over(agent, &mut timer, &previous, &service, cutover, &started).await
+    {
+        stop_all(agent, &started, &service).await;
+        return Err(failure.reason);
+    }
+    stop_all(agent, old, &service).await;
+    Ok(previous.id)
 }
 
 /// A static service's deploy: its directory checked in the release, then

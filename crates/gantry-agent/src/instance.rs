@@ -148,11 +148,15 @@ pub async fn launch(
         }
     };
     let cgroup = create_cgroup(agent, record, service);
+    let mut env = environment(service, &record.id, &record.release, record.port);
+    for (key, value) in crate::addresses::of(agent, &record.project, service).await {
+        env.entry(key).or_insert(value);
+    }
     let mut spec = LaunchSpec {
         instance: record.id.clone(),
         command: run.clone(),
         cwd: cwd.to_owned(),
-        env: environment(service, &record.id, &record.release, record.port),
+        env,
         secrets_file: Some(agent.paths.secrets(&record.project)),
         secret_names: service.secrets.clone(),
         log_dir: agent.paths.logs(&record.project),

@@ -12,13 +12,15 @@
 //!    Docker engine; public, with its own tests against a real engine);
 //! 2. `proxy`, the handle on the host's proxy;
 //! 3. `agent`, the shared state every operation takes;
-//! 4. one instance: `container_instance` (an image service's), `instance`,
-//!    and what runs now: `status`, `logs`;
+//! 4. one instance: `addresses` (of the services it depends on),
+//!    `container_instance` (an image service's), `instance`, `fingerprint`
+//!    (what it runs, as a digest), and what runs now: `status`, `logs`;
 //! 5. operations: `deploy` (and `retire`), `rollback`, `control`, `exec`,
 //!    `history`, `supervisor`, `reconcile`;
 //! 6. `api` (the only module that knows HTTP) and `openapi`;
 //! 7. `daemon`, which starts it all, and `run_exec` (`gantry agent exec`).
 
+mod addresses;
 mod admission;
 mod agent;
 mod agent_log;
@@ -33,6 +35,7 @@ mod daemon;
 mod deploy;
 mod error;
 mod exec;
+mod fingerprint;
 mod health;
 mod history;
 mod instance;
@@ -90,7 +93,14 @@ mod tests {
         ],
         &["proxy"],
         &["agent"],
-        &["container_instance", "instance", "status", "logs"],
+        &[
+            "addresses",
+            "container_instance",
+            "instance",
+            "fingerprint",
+            "status",
+            "logs",
+        ],
         &[
             "retire",
             "deploy",

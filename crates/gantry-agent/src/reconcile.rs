@@ -41,6 +41,7 @@ pub async fn reconcile(agent: &Agent) -> Result<(), StoreError> {
                 instance::stop(agent, record, timeout, InstanceState::Stopped).await;
             }
         }
+        start_replaced_again(agent, release).await;
         let project = release.project.clone();
         let current = agent.db(move |s| s.current_all(&project)).await?;
         let mut settled = release.clone();
@@ -101,6 +102,45 @@ pub async fn reconcile(agent: &Agent) -> Result<(), StoreError> {
         tracing::info!(instance = %lease.instance_id, port = lease.port, "giving back the port of an instance that is not running");
     }
     Ok(())
+}
+
+/// The services `release` was replacing stop-first when the agent died:
+/// not switched to it, their instances stopped for it (`draining`, of the
+/// release they still run). Their release is started again, so a database
+/// stopped for a replacement that never finished is back.
+async fn start_replaced_again(agent: &Agent, release: &Release) {
+    let p = release.project.clone();
+    let Ok((current, instances)) = agent
+        .db(move |s| Ok((s.current_all(&p)?, s.instances(&p)?)))
+        .await
+    else {
+        return;
+    };
+    for service in &release.services {
+        let Some(previous) = current.get(&service.name).filter(|c| **c != release.id) else {
+            continue;
+        };
+        let stopped: Vec<InstanceRecord> = instances
+            .iter()
+            .filter(|i| {
+                i.service == service.name
+                    && &i.release == previous
+                    && i.state == InstanceState::Draining
+            })
+            .cloned()
+            .collect();
+        if stopped.is_empty() {
+            continue;
+        }
+        match crate::deploy::start_again(agent, &stopped, &agent.proxy).await {
+            Ok(id) => {
+                tracing::info!(service = %service.name, release = %id, "started again the release an interrupted stop-first deploy had stopped");
+            }
+            Err(e) => {
+                tracing::warn!(service = %service.name, error = %e, "cannot start again the release an interrupted stop-first deploy had stopped");
+            }
+        }
+    }
 }
 
 /// Waits until every relay started for `run_dir` has either written its pid

@@ -65,5 +65,8 @@ pub async fn removed_services(agent: &Agent, project: &str, kept: &[ServiceSpec]
         removed.push(service);
     }
     agent.proxy.refresh().await;
+    if !removed.is_empty() {
+        crate::container_instance::remove_idle_networks(agent, project).await;
+    }
     removed
 }

@@ -79,11 +79,14 @@ pub async fn services(agent: &Agent, project: &str) -> Result<Vec<ServiceStatus>
             .iter()
             .filter(|r| r.service == name && Some(&r.release) == release.as_ref())
             .collect();
-        let instances: Vec<Instance> = live
+        let mut instances: Vec<Instance> = live
             .iter()
             .filter(|r| r.state != InstanceState::Stopped)
             .map(|r| instance(agent, r))
             .collect();
+        if crate::container_instance::is_container(&spec) {
+            container_memory(agent, project, &mut instances).await;
+        }
         // A static service has no instances: the proxy serves its release.
         let state = if crate::site::is_static(&spec) {
             ServiceState::Running
@@ -172,6 +175,22 @@ fn instance(agent: &Agent, r: &InstanceRecord) -> Instance {
     }
 }
 
+/// A container's memory is its cgroup's, as `docker stats` counts it (every
+/// process in it, the page cache it can give back left out), not its main
+/// process's resident set.
+async fn container_memory(agent: &Agent, project: &str, instances: &mut [Instance]) {
+    let reads = instances.iter().map(|i| async {
+        match i.pid {
+            Some(_) => crate::container_instance::memory(agent, project, &i.id).await,
+            None => None,
+        }
+    });
+    let memory = futures_util::future::join_all(reads).await;
+    for (instance, memory) in instances.iter_mut().zip(memory) {
+        instance.memory = memory;
+    }
+}
+
 /// What a service's instances are held to: every service has memory and
 /// pids limits (its own or the defaults), enforced where cgroups are; a
 /// static service, which runs nothing, none.
@@ -186,9 +205,15 @@ fn limits(agent: &Agent, spec: &ServiceSpec) -> Limits {
         };
     }
     let limits = crate::instance::limits(spec);
+    // Docker holds a container to its limits, cgroups or not here.
+    let (enforced, via) = if crate::container_instance::is_container(spec) {
+        (true, "docker".to_owned())
+    } else {
+        (agent.cgroups.enforces(), agent.cgroups.mode().to_string())
+    };
     Limits {
-        enforced: agent.cgroups.enforces(),
-        via: agent.cgroups.mode().to_string(),
+        enforced,
+        via,
         memory: limits.memory,
         cpu: limits.cpu,
         pids: limits.pids,

@@ -251,6 +251,9 @@ impl Report for gantry_core::deploy::DeployReport {
             );
         }
         services_text(&mut out, &self.services);
+        for name in &self.unchanged {
+            let _ = writeln!(out, "  {name} unchanged: left running, not restarted");
+        }
         for name in &self.removed {
             let _ = writeln!(out, "  stopped {name}: no longer in gantry.toml");
         }

@@ -114,6 +114,36 @@ pub struct Service {
     /// service runs as its project's own unprivileged user).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_as_root: Option<bool>,
+    /// How a deploy replaces the running instances: `start-first` (the new ones start and pass their health
+    /// check, then the old ones stop: no downtime) or `stop-first` (the old ones stop, then the new ones start:
+    /// for a volume two instances must not share, like a database's). Default: `stop-first` for an `image`
+    /// service with `volumes`, `start-first` otherwise. If a stop-first replacement fails, the old release is
+    /// started again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy_strategy: Option<DeployStrategy>,
+}
+
+/// How a deploy replaces a service's running instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployStrategy {
+    /// The new instances start and pass their health check before the old ones stop.
+    StartFirst,
+    /// The old instances stop before the new ones start.
+    StopFirst,
+}
+
+impl DeployStrategy {
+    /// The strategy of a service that names none: two containers must not
+    /// share a volume (a database's data directory), so an image service
+    /// with volumes is replaced stop-first; anything else start-first.
+    pub fn default_for(is_image: bool, has_volumes: bool) -> DeployStrategy {
+        if is_image && has_volumes {
+            DeployStrategy::StopFirst
+        } else {
+            DeployStrategy::StartFirst
+        }
+    }
 }
 
 /// A port: a name such as `"http"` (assigned by the agent) or a fixed number.

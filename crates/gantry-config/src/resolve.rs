@@ -170,6 +170,9 @@ pub struct Service {
     /// Whether the service keeps the agent's root (else it runs as its project's user).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub run_as_root: bool,
+    /// As written; [`Service::strategy`] fills in the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_strategy: Option<model::DeployStrategy>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -317,7 +320,18 @@ impl Service {
             stop_timeout: s.stop_timeout.unwrap_or(defaults::STOP_TIMEOUT),
             restart: s.restart.unwrap_or(defaults::RESTART),
             run_as_root: s.run_as_root.unwrap_or(false),
+            deploy_strategy: s.deploy_strategy,
         }
+    }
+
+    /// How a deploy replaces its instances: as written, else the default.
+    pub fn strategy(&self) -> model::DeployStrategy {
+        self.deploy_strategy.unwrap_or_else(|| {
+            model::DeployStrategy::default_for(
+                matches!(self.workload, Workload::Compose { .. }),
+                !self.volumes.is_empty(),
+            )
+        })
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use crate::diagnostic::{KeyPath, Problem, Segment};
 use crate::document::{Document, Finding, Findings};
 use crate::formats::{check_env_name, check_name};
-use crate::model::{File, Port, Service};
+use crate::model::{DeployStrategy, File, Port, Service};
 use crate::resolve::{self, Route};
 use crate::suggest::did_you_mean;
 
@@ -438,6 +438,7 @@ fn check_service(
             Some("volumes are mounted into containers (`image = ...`); a process reads its files from the host".to_owned()),
         );
     }
+    check_shared_volumes(c, name, s, is_image, locate);
     if s.backup.is_some() && s.volumes.as_ref().is_none_or(|v| v.is_empty()) {
         c.push(
             Problem::MissingKey,
@@ -445,6 +446,35 @@ fn check_service(
             true,
             format!("service `{name}` has a backup schedule but no volumes to back up"),
             Some("add volumes = [\"name:/path\"] or remove [backup]".to_owned()),
+        );
+    }
+}
+
+/// Replicas of a service with volumes would share them: refused unless the
+/// service says its volumes can be shared (`deploy_strategy = "start-first"`,
+/// which also runs a replacement beside the instance it replaces).
+fn check_shared_volumes(
+    c: &mut Checker<'_>,
+    name: &str,
+    s: &Service,
+    is_image: bool,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    let has_volumes = s.volumes.as_ref().is_some_and(|v| !v.is_empty());
+    let strategy = s
+        .deploy_strategy
+        .unwrap_or_else(|| DeployStrategy::default_for(is_image, has_volumes));
+    if let Some(replicas) = s.replicas
+        && replicas.get() > 1
+        && has_volumes
+        && strategy == DeployStrategy::StopFirst
+    {
+        c.push(
+            Problem::Conflict,
+            locate(name, &["replicas"]),
+            false,
+            format!("{replicas} replicas of `{name}` would share its volumes"),
+            Some("run one replica; or, if two instances may share the volumes, say so with deploy_strategy = \"start-first\"".to_owned()),
         );
     }
 }
@@ -561,6 +591,7 @@ fn check_static_keys(
         ("restart", s.restart.is_some()),
         ("stop_timeout", s.stop_timeout.is_some()),
         ("run_as_root", s.run_as_root.is_some()),
+        ("deploy_strategy", s.deploy_strategy.is_some()),
     ] {
         if set {
             c.push(

@@ -236,7 +236,7 @@ pub struct Instance {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Limits {
     pub enforced: bool,
-    /// `cgroup v2`, `cgroup v1` or `none`.
+    /// `cgroup v2`, `cgroup v1` or `none`; `docker` for a container.
     pub via: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<u64>,
@@ -288,6 +288,11 @@ pub struct DeployResult {
     /// deploy drained and stopped them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
+    /// Services whose image or artifact and configuration did not change:
+    /// their running instances were left alone and now count as the
+    /// release's. Absent from agents before it: every service was replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unchanged: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

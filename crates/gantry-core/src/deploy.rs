@@ -62,6 +62,10 @@ pub struct DeployReport {
     /// (on the host shown).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
+    /// Services whose image or artifact and configuration did not change
+    /// (on the host shown): left running, not restarted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unchanged: Vec<String>,
     pub hosts: Vec<HostDeploy>,
 }
 
@@ -82,6 +86,9 @@ pub struct HostDeploy {
     /// Services stopped on this host because the config no longer has them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
+    /// Services left running on this host: nothing of theirs changed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unchanged: Vec<String>,
     #[serde(skip)]
     detail: Option<(Release, Vec<ServiceStatus>)>,
     /// The error that ended it, kept whole so a one-host deploy reports its own code.
@@ -310,6 +317,7 @@ pub(crate) fn conclude(
         build,
         upload,
         removed: outcomes[shown].removed.clone(),
+        unchanged: outcomes[shown].unchanged.clone(),
         hosts: outcomes,
     };
     if let Some(at) = failed
@@ -450,6 +458,7 @@ impl HostPlan<'_> {
             error: None,
             upload: Upload::default(),
             removed: Vec::new(),
+            unchanged: Vec::new(),
             detail: None,
             cause: None,
         };
@@ -494,6 +503,7 @@ impl HostPlan<'_> {
         if result.release.outcome != Outcome::Failed {
             outcome.outcome = HostOutcome::Deployed;
             outcome.removed = result.removed;
+            outcome.unchanged = result.unchanged;
             outcome.detail = Some((result.release, result.services));
             return outcome;
         }
@@ -701,6 +711,7 @@ impl HostDeploy {
             error: None,
             upload: Upload::default(),
             removed: Vec::new(),
+            unchanged: Vec::new(),
             detail: None,
             cause: None,
         };
@@ -714,6 +725,7 @@ impl HostDeploy {
                     HostOutcome::Deployed
                 };
                 outcome.removed = result.removed;
+                outcome.unchanged = result.unchanged;
                 outcome.detail = Some((result.release, result.services));
             }
             Err(e) => {
@@ -733,6 +745,7 @@ impl HostDeploy {
             error: None,
             upload: Upload::default(),
             removed: Vec::new(),
+            unchanged: Vec::new(),
             detail: None,
             cause: None,
         }

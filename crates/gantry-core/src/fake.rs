@@ -333,6 +333,7 @@ impl Host for FakeHost {
             release: release(NEW_RELEASE, outcome),
             services: vec![service("web", state, NEW_RELEASE)],
             removed: Vec::new(),
+            unchanged: Vec::new(),
         };
         self.end_deploy();
         Ok(result)
@@ -349,6 +350,7 @@ impl Host for FakeHost {
             release: release(&to, Outcome::Succeeded),
             services: vec![service("web", ServiceState::Running, &to)],
             removed: Vec::new(),
+            unchanged: Vec::new(),
         })
     }
 

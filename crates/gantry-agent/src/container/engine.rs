@@ -467,6 +467,16 @@ impl Engine {
         }))
     }
 
+    /// The id (`sha256:...`) of the image `reference` names on this host;
+    /// `None` when the host has no such image.
+    pub async fn image_id(&self, reference: &str) -> Result<Option<String>, ContainerError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(image) => Ok(image.id),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(ContainerError::engine("inspect image", reference, e)),
+        }
+    }
+
     /// The host pid of the container's main process; `None` when it is not running.
     pub async fn main_pid(&self, container: &str) -> Result<Option<u32>, ContainerError> {
         match self.docker.inspect_container(container, None).await {

@@ -18,12 +18,23 @@ pub enum Settle {
     Remove { container: String, why: String },
 }
 
-/// Decides each listed container's fate (pure).
+/// Decides each listed container's fate (pure). A container is counted by
+/// its project and instance: an instance id is unique, and an unchanged
+/// service's instances are carried over to later releases, while a
+/// container's labels keep the release that started it.
 pub fn plan(listed: &[ContainerState], counted: &HashSet<Identity>) -> Vec<Settle> {
+    let counted: HashSet<(&str, &str)> = counted
+        .iter()
+        .map(|i| (i.project.as_str(), i.instance.as_str()))
+        .collect();
     listed
         .iter()
         .map(|state| match &state.identity {
-            Some(identity) if counted.contains(identity) => Settle::Adopt(state.id.clone()),
+            Some(identity)
+                if counted.contains(&(identity.project.as_str(), identity.instance.as_str())) =>
+            {
+                Settle::Adopt(state.id.clone())
+            }
             Some(identity) => Settle::Remove {
                 container: state.id.clone(),
                 why: format!(
@@ -85,16 +96,22 @@ mod tests {
         let kept = state("a", "i1", "r2");
         let counted: HashSet<Identity> = [kept.identity.clone().expect("identity")].into();
         let stale = state("b", "i0", "r1");
-        // The same instance id under another release is another container.
-        let mismatched = state("c", "i1", "r1");
+        // An instance carried over to a later release: its labels name the
+        // release that started it.
+        let carried = state("c", "i1", "r1");
         let mut partial = state("d", "i9", "r2");
         partial.identity = None;
-        let plan = plan(&[kept, stale, mismatched, partial], &counted);
+        let mut elsewhere = state("e", "i1", "r2");
+        if let Some(identity) = elsewhere.identity.as_mut() {
+            identity.project = "blog".into();
+        }
+        let plan = plan(&[kept, stale, carried, partial, elsewhere], &counted);
         assert_eq!(plan[0], Settle::Adopt("a".into()));
         assert!(
             matches!(&plan[1], Settle::Remove { container, why } if container == "b" && why.contains("i0"))
         );
-        assert!(matches!(&plan[2], Settle::Remove { container, .. } if container == "c"));
+        assert_eq!(plan[2], Settle::Adopt("c".into()));
         assert!(matches!(&plan[3], Settle::Remove { container, .. } if container == "d"));
+        assert!(matches!(&plan[4], Settle::Remove { container, .. } if container == "e"));
     }
 }

@@ -149,7 +149,7 @@ impl Store {
     }
 }
 
-fn set_current(
+pub(super) fn set_current(
     conn: &rusqlite::Connection,
     project: &str,
     service: &str,

@@ -18,6 +18,7 @@
 mod artifacts;
 mod codec;
 mod cutover;
+mod fingerprints;
 mod instances;
 mod port_leases;
 mod releases;

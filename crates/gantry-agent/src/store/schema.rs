@@ -13,6 +13,7 @@ pub(super) fn migrations() -> Migrations<'static> {
         M::up(V2_RELEASES_BY_PROJECT),
         M::up(V3_NO_EVENTS),
         M::up_with_hook(V4_SERVICE_ROWS, super::service_row::migrate_format_1),
+        M::up(V5_FINGERPRINTS),
     ])
 }
 
@@ -191,3 +192,13 @@ const V3_NO_EVENTS: &str = "DROP TABLE events;";
 /// wire's spec and gantry.toml's model can change without making a row
 /// unreadable. The rewrite is Rust: `service_row::migrate_format_1`.
 const V4_SERVICE_ROWS: &str = "-- services rewritten in format 2 (service_row.rs)";
+
+/// What each instance runs, as a digest, so a deploy can leave an unchanged
+/// service running ([`super::fingerprints`]). No foreign key: a row outlives
+/// nothing it matters for, and instances are never deleted.
+const V5_FINGERPRINTS: &str = r#"
+CREATE TABLE instance_fingerprints (
+    instance     TEXT PRIMARY KEY,
+    fingerprint  TEXT NOT NULL
+) STRICT, WITHOUT ROWID;
+"#;

@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 
 use gantry_core::agent_api::v1::{
-    Backup, Check, Duration, Health, Migrate, Port, Resources, Restart, Route, ServiceSpec, Size,
-    TlsFiles, Workload,
+    Backup, Check, DeployStrategy, Duration, Health, Migrate, Port, Resources, Restart, Route,
+    ServiceSpec, Size, TlsFiles, Workload,
 };
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +55,16 @@ pub(super) struct ServiceRow {
     stop_timeout_ms: u64,
     restart: RestartRow,
     run_as_root: bool,
+    /// Absent in rows written before strategies: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    strategy: Option<StrategyRow>,
+}
+
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StrategyRow {
+    StartFirst,
+    StopFirst,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -194,6 +204,10 @@ impl From<&ServiceSpec> for ServiceRow {
                 Restart::Never => RestartRow::Never,
             },
             run_as_root: s.run_as_root,
+            strategy: s.deploy_strategy.map(|d| match d {
+                DeployStrategy::StartFirst => StrategyRow::StartFirst,
+                DeployStrategy::StopFirst => StrategyRow::StopFirst,
+            }),
         }
     }
 }
@@ -262,6 +276,10 @@ impl From<ServiceRow> for ServiceSpec {
                 RestartRow::Never => Restart::Never,
             },
             run_as_root: r.run_as_root,
+            deploy_strategy: r.strategy.map(|d| match d {
+                StrategyRow::StartFirst => DeployStrategy::StartFirst,
+                StrategyRow::StopFirst => DeployStrategy::StopFirst,
+            }),
         }
     }
 }

@@ -33,12 +33,16 @@ use crate::config::units;
 /// `volumes`, and `static` services are served by the proxy; an agent of
 /// revision 1 would refuse either only when it came to start it, halfway
 /// through a deploy.
-pub const SPEC_VERSION: u32 = 2;
+/// Revision 3: `deploy_strategy`; an agent of revision 2 would replace a
+/// service start-first whatever it says.
+pub const SPEC_VERSION: u32 = 3;
 
 /// The lowest revision that says what `services` need: a deploy of
 /// processes alone stays readable by agents of revision 1.
 pub fn revision_needed(services: &[ServiceSpec]) -> u32 {
-    if services
+    if services.iter().any(|s| s.deploy_strategy.is_some()) {
+        3
+    } else if services
         .iter()
         .any(|s| !matches!(s.workload, Workload::Process { .. }))
     {
@@ -135,6 +139,36 @@ pub struct ServiceSpec {
     /// Whether the service keeps the agent's root (else it runs as its project's user).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub run_as_root: bool,
+    /// As gantry.toml says; absent: the default ([`ServiceSpec::strategy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_strategy: Option<DeployStrategy>,
+}
+
+impl ServiceSpec {
+    /// How a deploy replaces the service's instances: as the spec says,
+    /// else gantry.toml's default (stop-first for an image with volumes).
+    pub fn strategy(&self) -> DeployStrategy {
+        self.deploy_strategy.unwrap_or_else(|| {
+            match crate::config::model::DeployStrategy::default_for(
+                matches!(self.workload, Workload::Compose { .. }),
+                !self.volumes.is_empty(),
+            ) {
+                crate::config::model::DeployStrategy::StartFirst => DeployStrategy::StartFirst,
+                crate::config::model::DeployStrategy::StopFirst => DeployStrategy::StopFirst,
+            }
+        })
+    }
+}
+
+/// How a deploy replaces a service's running instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployStrategy {
+    /// The new instances start and pass their health check, then the old ones stop.
+    StartFirst,
+    /// The old instances stop, then the new ones start; if they fail, the
+    /// old release is started again.
+    StopFirst,
 }
 
 /// How a service runs: which driver takes it.
@@ -413,6 +447,10 @@ impl From<&resolve::Service> for ServiceSpec {
                 crate::config::model::Restart::Never => Restart::Never,
             },
             run_as_root: s.run_as_root,
+            deploy_strategy: s.deploy_strategy.map(|d| match d {
+                crate::config::model::DeployStrategy::StartFirst => DeployStrategy::StartFirst,
+                crate::config::model::DeployStrategy::StopFirst => DeployStrategy::StopFirst,
+            }),
         }
     }
 }
@@ -540,6 +578,31 @@ health = { tcp = true }
             dir: "dist".into(),
             spa: false,
         });
-        assert_eq!(revision_needed(&[process, site]), 2);
+        assert_eq!(revision_needed(&[process.clone(), site]), 2);
+        let mut stop_first = process;
+        stop_first.deploy_strategy = Some(DeployStrategy::StopFirst);
+        assert_eq!(revision_needed(&[stop_first]), 3);
+    }
+
+    #[test]
+    fn an_image_with_volumes_is_replaced_stop_first_unless_it_says_otherwise() {
+        let mut db: ServiceSpec = serde_json::from_value(serde_json::json!({
+            "name": "db", "driver": "compose", "image": "postgres:16",
+            "volumes": ["pgdata:/var/lib/postgresql/data"],
+            "replicas": 1, "stop_timeout": "10s", "restart": "always",
+        }))
+        .expect("a service spec");
+        assert_eq!(db.strategy(), DeployStrategy::StopFirst);
+        db.deploy_strategy = Some(DeployStrategy::StartFirst);
+        assert_eq!(db.strategy(), DeployStrategy::StartFirst);
+        db.volumes.clear();
+        db.deploy_strategy = None;
+        assert_eq!(db.strategy(), DeployStrategy::StartFirst);
+        let json = serde_json::to_value(ServiceSpec {
+            deploy_strategy: Some(DeployStrategy::StopFirst),
+            ..db
+        })
+        .expect("json");
+        assert_eq!(json["deploy_strategy"], "stop-first");
     }
 }
