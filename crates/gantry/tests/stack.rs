@@ -136,13 +136,7 @@ fn the_stack_example_deploys_on_local_and_counts_visits() {
         stack.name
     );
     assert!(mounts.lines().any(|m| m == volume), "{mounts}");
-}
 
-#[test]
-#[ignore = "needs h/lifecycle: the addresses of a process's dependencies (GANTRY_CACHE_HOST, GANTRY_CACHE_PORT)"]
-fn the_stack_examples_worker_counts_its_rounds_in_the_cache() {
-    let stack = Stack::new(GANTRY.as_ref(), "stk-worker", free_port());
-    deploy(&stack);
     // The worker, a process on the host, reaches the cache container.
     let cache = container_of(&stack, "cache");
     let rounds = || {
@@ -235,7 +229,6 @@ impl Load {
 }
 
 #[test]
-#[ignore = "needs h/lifecycle: a deploy that leaves db (a service with a volume) alone when it did not change"]
 fn web_is_redeployed_twenty_times_under_load_without_a_failed_request() {
     let stack = Stack::new(GANTRY.as_ref(), "stk-load", free_port());
     deploy(&stack);
@@ -245,7 +238,11 @@ fn web_is_redeployed_twenty_times_under_load_without_a_failed_request() {
     for v in 2..=21u64 {
         stack.set_version(&v.to_string());
         let report = deploy(&stack);
-        assert_eq!(service(&report, "db")["outcome"], "unchanged", "{report:#}");
+        let unchanged = report["unchanged"].as_array().cloned().unwrap_or_default();
+        assert!(
+            unchanged.contains(&Value::from("db")) && unchanged.contains(&Value::from("cache")),
+            "db and cache are left running: {report:#}"
+        );
         load.deployed.store(v, Ordering::SeqCst);
     }
     let counts = load.stop();
@@ -264,7 +261,6 @@ fn web_is_redeployed_twenty_times_under_load_without_a_failed_request() {
 }
 
 #[test]
-#[ignore = "needs h/lifecycle: unchanged services left alone, and db (a volume) replaced stop-first"]
 fn the_visit_count_survives_redeploys_a_db_change_a_rollback_and_agent_kills() {
     let seed = std::env::var("GANTRY_CRASH_SEED")
         .ok()
