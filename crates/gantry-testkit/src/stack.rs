@@ -29,6 +29,8 @@ pub const PASSWORD: &str = "pw-7Rk2-stack-example";
 /// `postgres:15` and Debian's Redis 7 as `redis:7`. They read the same
 /// variables and files as the official images for what the example uses
 /// (`POSTGRES_PASSWORD_FILE`, `POSTGRES_DB`, `PGDATA`, port 5432; 6379).
+/// On a machine that has the official images, these tags take their
+/// names (`docker pull` gives them back).
 pub fn images() {
     images::debian_slim();
     images::tag_as(&images::postgres(), "postgres:15");

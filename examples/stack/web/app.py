@@ -25,8 +25,9 @@ def password():
 
 
 def count_a_visit():
-    with psycopg2.connect(password=password(), connect_timeout=5) as conn:
-        with conn.cursor() as cur:
+    conn = psycopg2.connect(password=password(), connect_timeout=5)
+    try:
+        with conn, conn.cursor() as cur:  # one transaction, committed on success
             # Two web containers may start at once: one creates the table.
             cur.execute("SELECT pg_advisory_xact_lock(4242)")
             cur.execute(
@@ -36,8 +37,9 @@ def count_a_visit():
             cur.execute("INSERT INTO visits DEFAULT VALUES")
             cur.execute("SELECT count(*) FROM visits")
             (count,) = cur.fetchone()
-    conn.close()
-    return count
+        return count
+    finally:
+        conn.close()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -59,9 +61,15 @@ class Handler(BaseHTTPRequestHandler):
             self.answer(404, b"not found\n")
 
     def do_POST(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > 0:
-            self.rfile.read(min(length, 65536))
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= 65536:
+            self.close_connection = True
+            self.answer(400, b"a body of at most 64 KiB, with its Content-Length\n")
+            return
+        self.rfile.read(length)  # the body says nothing; read so the next request starts clean
         if self.path != "/visits":
             self.answer(404, b"not found\n")
             return
