@@ -15,7 +15,7 @@
 //! 4. one instance: `container_instance` (an image service's), `instance`,
 //!    and what runs now: `status`, `logs`;
 //! 5. operations: `deploy` (and `retire`), `rollback`, `control`, `exec`,
-//!    `history`, `supervisor`, `reconcile`;
+//!    `history`, `images` (loading shipped images), `supervisor`, `reconcile`;
 //! 6. `api` (the only module that knows HTTP) and `openapi`;
 //! 7. `daemon`, which starts it all, and `run_exec` (`gantry agent exec`).
 
@@ -35,6 +35,7 @@ mod error;
 mod exec;
 mod health;
 mod history;
+mod images;
 mod instance;
 mod isolation;
 mod locks;
@@ -98,6 +99,7 @@ mod tests {
             "control",
             "exec",
             "history",
+            "images",
             "supervisor",
             "reconcile",
         ],

@@ -14,7 +14,7 @@ use crate::agent_api::{
     ServiceSpec, ServiceStatus,
 };
 use crate::artifact;
-use crate::config::resolve::{Host as HostSpec, Service};
+use crate::config::resolve::{Build, Host as HostSpec, Service, Workload};
 use crate::host::{Host, HostError};
 use crate::{Code, Error, Project};
 
@@ -379,40 +379,66 @@ fn run_builds(
     if options.skip_build {
         return Ok(build);
     }
-    let mut done: Vec<&str> = Vec::new();
+    let mut done: Vec<String> = Vec::new();
     for service in services {
-        let Some(command) = &service.build else {
+        let Some(what) = &service.build else {
             continue;
         };
-        if done.contains(&command.as_str()) {
+        let mut command = what.describe();
+        let image = match (what, &service.workload) {
+            (Build::Image(_), Workload::Compose { image }) => {
+                command = format!("{command} --tag {image}");
+                Some(image)
+            }
+            _ => None,
+        };
+        if done.contains(&command) {
             continue;
         }
-        done.push(command);
+        done.push(command.clone());
         progress.step(&format!("building {}: {command}", service.name));
         let started = Instant::now();
-        // The build's output is the user's to read: it goes to stderr as it comes.
-        let status = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(command)
-            .current_dir(dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::io::stderr())
-            .status()
-            .map_err(Error::io("run the build of", dir))?;
-        if !status.success() {
-            return Err(Error::BuildFailed {
-                service: service.name.clone(),
-                command: command.clone(),
-                status: status.to_string(),
-            });
+        match (what, image) {
+            (Build::Image(image_build), Some(image)) => {
+                crate::image::build(dir, &service.name, image, image_build)?;
+            }
+            (Build::Command(command), _) => run_build_command(dir, &service.name, command)?,
+            // Validation refuses a `build` table on a service without `image`.
+            (Build::Image(_), None) => {
+                return Err(Error::Internal {
+                    what: format!("`{}` builds an image but has none", service.name),
+                });
+            }
         }
         build.push(BuildStep {
             service: service.name.clone(),
-            command: command.clone(),
+            command,
             duration_ms: ms(started),
         });
     }
     Ok(build)
+}
+
+/// Runs a build command (`build = "..."`) in the project directory.
+fn run_build_command(dir: &Path, service: &str, command: &str) -> Result<(), Error> {
+    // The build's output is the user's to read: it goes to stderr as it comes.
+    let status = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::io::stderr())
+        .status()
+        .map_err(Error::io("run the build of", dir))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::BuildFailed {
+            service: service.to_owned(),
+            command: command.to_owned(),
+            status: status.to_string(),
+        })
+    }
 }
 
 /// What every host gets: the same artifact and secrets.
