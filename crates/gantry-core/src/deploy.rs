@@ -43,6 +43,9 @@ pub struct Upload {
     pub files: usize,
     pub blobs_sent: usize,
     pub bytes_sent: u64,
+    /// Of `bytes_sent`, the bytes of images' layers and configs: only what
+    /// the host's Docker Engine lacked.
+    pub image_bytes_sent: u64,
     pub duration_ms: u64,
 }
 
@@ -201,6 +204,8 @@ pub fn deploy(
     let secrets = secret_values(&dir, environment, &names, env_vars)?;
     let build = run_builds(&dir, &services, options, progress)?;
 
+    let images = crate::image::Shipment::export(&dir, &services, progress)?;
+
     progress.step("taking the artifact");
     let extra: Vec<String> = services.iter().filter_map(|s| s.artifact.clone()).collect();
     let scan = artifact::scan(&dir, &extra).map_err(Error::io("read the project in", &dir))?;
@@ -220,6 +225,7 @@ pub fn deploy(
         environment,
         scan: &scan,
         secrets: &secrets,
+        images: &images,
     };
     let batch = usize::try_from(env.max_parallel).unwrap_or(1).max(1);
     let mut outcomes: Vec<HostDeploy> = Vec::new();
@@ -269,6 +275,7 @@ pub(crate) fn conclude(
         sum.files = sum.files.max(d.upload.files);
         sum.blobs_sent += d.upload.blobs_sent;
         sum.bytes_sent += d.upload.bytes_sent;
+        sum.image_bytes_sent += d.upload.image_bytes_sent;
         sum.duration_ms += d.upload.duration_ms;
         sum
     });
@@ -447,6 +454,7 @@ struct HostPlan<'a> {
     environment: &'a str,
     scan: &'a artifact::Scan,
     secrets: &'a BTreeMap<String, String>,
+    images: &'a crate::image::Shipment,
 }
 
 impl HostPlan<'_> {
@@ -479,7 +487,13 @@ impl HostPlan<'_> {
             detail: None,
             cause: None,
         };
-        match self.upload(agent.as_ref(), progress) {
+        let sent = self
+            .upload(agent.as_ref(), progress)
+            .and_then(|mut upload| {
+                self.images.send(agent.as_ref(), &mut upload, progress)?;
+                Ok(upload)
+            });
+        match sent {
             Ok(upload) => outcome.upload = upload,
             Err(e) => {
                 outcome.error = Some(e.to_string());
@@ -492,7 +506,8 @@ impl HostPlan<'_> {
             artifact::hex(&Sha256::digest(text.as_bytes()))
         };
         progress.step(&format!("deploying {} to {}", self.project, agent.name()));
-        let specs: Vec<ServiceSpec> = services.iter().map(ServiceSpec::from).collect();
+        let mut specs: Vec<ServiceSpec> = services.iter().map(ServiceSpec::from).collect();
+        self.images.pin(&mut specs);
         let request = DeployRequest {
             project: self.project.to_owned(),
             environment: self.environment.to_owned(),
@@ -589,24 +604,38 @@ impl HostPlan<'_> {
                 agent.name()
             ));
         }
-        for digest in &missing.digests {
-            let Some(source) = self.scan.sources.get(digest) else {
-                continue;
-            };
-            let offset = if missing.uploading.contains(digest) {
-                match settled_offset(agent, digest, source, progress)? {
-                    Some(offset) => offset,
-                    // An earlier deploy's upload completed it.
-                    None => continue,
-                }
-            } else {
-                missing.partial.get(digest).copied().unwrap_or(0)
-            };
-            send_blob(agent, digest, source, offset, &mut upload, progress)?;
-        }
+        let sources = |digest: &str| self.scan.sources.get(digest).cloned();
+        send_missing(agent, &missing, &sources, &mut upload, progress)?;
         upload.duration_ms = ms(started);
         Ok(upload)
     }
+}
+
+/// Sends each blob of `missing` (an agent's answer) from where `sources`
+/// says it is, resuming what an interrupted upload left on the agent.
+pub(crate) fn send_missing(
+    agent: &dyn Host,
+    missing: &crate::agent_api::BlobList,
+    sources: &dyn Fn(&str) -> Option<std::path::PathBuf>,
+    upload: &mut Upload,
+    progress: &dyn Progress,
+) -> Result<(), Error> {
+    for digest in &missing.digests {
+        let Some(source) = sources(digest) else {
+            continue;
+        };
+        let offset = if missing.uploading.contains(digest) {
+            match settled_offset(agent, digest, &source, progress)? {
+                Some(offset) => offset,
+                // An earlier deploy's upload completed it.
+                None => continue,
+            }
+        } else {
+            missing.partial.get(digest).copied().unwrap_or(0)
+        };
+        send_blob(agent, digest, &source, offset, upload, progress)?;
+    }
+    Ok(())
 }
 
 /// How many times one blob is sent before its upload fails: an interrupted

@@ -1,11 +1,15 @@
 //! Images without a registry, on the user's side: `build` builds a
 //! service's image with `docker build` (the `build = { context, dockerfile }`
-//! form of gantry.toml). Only this module runs `docker` on the user's machine.
+//! form of gantry.toml), `ship` sends each host the layers it lacks, and
+//! `archive` is the format both ends share. Only this module runs `docker`
+//! on the user's machine.
 
 pub mod archive;
 mod build;
+mod ship;
 
 pub use build::{build, check_paths};
+pub use ship::{Shipment, pinned_tag};
 
 use std::path::Path;
 
