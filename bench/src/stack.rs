@@ -396,7 +396,8 @@ fn table(
     let _ = writeln!(out, "\n{verdict}");
     out.push_str(
         "\nbytes shipped for a one-layer change against `docker save | ssh host docker load`: \
-         not measured yet (image shipping to SSH hosts is not on this branch)\n",
+         not measured yet (it needs an SSH test host with a Docker engine of its own, \
+         as tests/remote_images.rs sets up; not done in this bench)\n",
     );
     out
 }

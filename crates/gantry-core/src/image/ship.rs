@@ -180,9 +180,22 @@ fn local_image_id(project: &Path, image: &str, built: bool) -> Result<Option<Str
     }
 }
 
+/// The reference `docker save` exports exactly one image for: a name
+/// without a tag is `:latest` (`docker save web` would export every tag of
+/// `web`, the pinned ones of earlier deploys included).
+fn one_image(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if last.contains(':') || last.contains('@') {
+        image.to_owned()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
 /// `docker save image` split into blobs in `dir`, tagged with its pin.
 fn save(project: &Path, image: &str, id: &str, dir: &Path) -> Result<ImageManifest, Error> {
-    let args = ["save", image];
+    let reference = one_image(image);
+    let args = ["save", reference.as_str()];
     let mut child = super::docker(&args.map(std::ffi::OsStr::new), project)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -240,5 +253,16 @@ mod tests {
             pinned_tag("registry:5000/shop/web", id),
             "registry:5000/shop/web:gantry-3f2a9c1e0b7d"
         );
+    }
+
+    #[test]
+    fn an_image_saved_without_a_tag_is_its_latest_alone() {
+        assert_eq!(one_image("web"), "web:latest");
+        assert_eq!(one_image("web:1.0"), "web:1.0");
+        assert_eq!(
+            one_image("registry:5000/shop/web"),
+            "registry:5000/shop/web:latest"
+        );
+        assert_eq!(one_image("web@sha256:ab"), "web@sha256:ab");
     }
 }
