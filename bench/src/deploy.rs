@@ -12,11 +12,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use gantry_bench::PlainWeb;
+use gantry_bench::{PlainWeb, gantry_binary, ms, percentile};
 use gantry_testkit::{TestProject, example_bins, workspace_root};
 use nix::sys::signal::Signal;
 
@@ -99,13 +99,6 @@ fn deploys_from_args() -> Result<usize, String> {
             .ok_or_else(|| format!("--deploys wants a positive number, not `{n}`")),
         _ => Err("usage: deploy [--deploys N]".to_owned()),
     }
-}
-
-/// `target/release/gantry` of this workspace (or of `CARGO_TARGET_DIR`).
-fn gantry_binary() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
-        .join("release/gantry")
 }
 
 /// Each deploy's times, by what they measure.
@@ -297,12 +290,6 @@ fn relay_pids(state_dir: &Path) -> Vec<u32> {
 }
 
 /// The `p`th percentile of non-empty `values` (nearest rank); sorts them.
-fn percentile<T: Ord + Copy>(values: &mut [T], p: usize) -> T {
-    values.sort_unstable();
-    let rank = (values.len() * p).div_ceil(100).max(1);
-    values[rank - 1]
-}
-
 fn table(deploy: &Deploys, plain: &[Duration], memory: &Memory) -> String {
     let mut out = String::new();
     out.push_str("| measure | median | p90 | × plain restart | goal | verdict |\n");
@@ -394,16 +381,6 @@ fn table(deploy: &Deploys, plain: &[Duration], memory: &Memory) -> String {
         None,
     );
     out
-}
-
-/// Whole milliseconds as such (the agent's phases come in them), finer
-/// times below 10 ms with two decimals.
-fn ms(d: Duration) -> String {
-    if d < Duration::from_millis(10) && !d.subsec_nanos().is_multiple_of(1_000_000) {
-        format!("{:.2} ms", d.as_secs_f64() * 1e3)
-    } else {
-        format!("{:.0} ms", d.as_secs_f64() * 1e3)
-    }
 }
 
 fn mib(bytes: u64) -> String {

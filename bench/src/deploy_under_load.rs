@@ -12,12 +12,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use gantry_bench::{PlainWeb, free_port};
-use gantry_testkit::{KeepAlive, TestProject, example_bins, http_get_host, workspace_root};
+use gantry_bench::{Counts, PlainWeb, free_port, under_load};
+use gantry_testkit::{TestProject, example_bins, http_get_host, workspace_root};
 use nix::sys::signal::Signal;
 
 const HOST: &str = "web.underload.localhost";
@@ -97,104 +95,6 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// What the load saw.
-#[derive(Default)]
-struct Counts {
-    requests: u64,
-    failed: u64,
-    non_2xx: u64,
-    wall: Duration,
-    /// One example of each kind of failure, to read.
-    examples: Vec<String>,
-}
-
-impl Counts {
-    fn ratio(&self) -> f64 {
-        if self.requests == 0 {
-            return 0.0;
-        }
-        (self.failed + self.non_2xx) as f64 / self.requests as f64
-    }
-
-    fn add(&mut self, other: Counts) {
-        self.requests += other.requests;
-        self.failed += other.failed;
-        self.non_2xx += other.non_2xx;
-        for example in other.examples {
-            if self.examples.len() < 3 && !self.examples.contains(&example) {
-                self.examples.push(example);
-            }
-        }
-    }
-}
-
-/// Client threads, half on keep-alive connections and half opening one per
-/// request, with no pause between requests, until `work` returns.
-fn under_load(
-    port: u16,
-    host: &'static str,
-    clients: usize,
-    work: impl FnOnce() -> Result<(), String>,
-) -> Result<Counts, String> {
-    let done = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = (0..clients)
-        .map(|n| {
-            let done = Arc::clone(&done);
-            std::thread::spawn(move || {
-                let mut counts = Counts::default();
-                let mut client = KeepAlive::new(port, host);
-                while !done.load(Ordering::Relaxed) {
-                    let answer = if n % 2 == 0 {
-                        client.get("/")
-                    } else {
-                        http_get_host(port, host, "/")
-                    };
-                    counts.requests += 1;
-                    let problem = match answer {
-                        Ok((200..=299, _)) => None,
-                        // No status line: the connection closed with no answer.
-                        Ok((0, _)) => {
-                            counts.failed += 1;
-                            Some("closed without an answer".to_owned())
-                        }
-                        Ok((code, _)) => {
-                            counts.non_2xx += 1;
-                            Some(format!("HTTP {code}"))
-                        }
-                        Err(e) => {
-                            counts.failed += 1;
-                            Some(e.to_string())
-                        }
-                    };
-                    if let Some(problem) = problem
-                        && counts.examples.len() < 3
-                        && !counts.examples.contains(&problem)
-                    {
-                        counts.examples.push(problem);
-                    }
-                }
-                counts
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    let worked = work();
-    let wall = started.elapsed();
-    done.store(true, Ordering::Relaxed);
-    let mut total = Counts {
-        wall,
-        ..Counts::default()
-    };
-    for thread in threads {
-        total.add(
-            thread
-                .join()
-                .map_err(|_| "a client thread panicked".to_owned())?,
-        );
-    }
-    worked.map(|()| total)
-}
-
 fn gantry_deploys(gantry: &Path, bins: &Path, options: &Options) -> Result<Counts, String> {
     let port = free_port()?;
     let p = TestProject::new(gantry)
@@ -229,7 +129,7 @@ stop_timeout = "5s"
         Ok((200, _)) => {}
         other => return Err(format!("the proxy does not serve the example: {other:?}")),
     }
-    under_load(port, HOST, options.clients, || {
+    under_load(port, HOST, "/", options.clients, || {
         for n in 1..=options.rounds {
             std::fs::write(p.path().join("VERSION"), format!("{n}\n"))
                 .map_err(|e| format!("cannot write VERSION: {e}"))?;
@@ -243,7 +143,7 @@ stop_timeout = "5s"
 fn plain_restarts(web: &Path, options: &Options) -> Result<Counts, String> {
     let mut plain = PlainWeb::start(web)?;
     let port = plain.port;
-    under_load(port, "localhost", options.clients, || {
+    under_load(port, "localhost", "/", options.clients, || {
         for _ in 0..options.rounds {
             // What a restart script does: stop it (SIGTERM), start it again.
             plain.restart(Signal::SIGTERM)?;

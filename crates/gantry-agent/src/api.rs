@@ -17,8 +17,8 @@ use futures_util::StreamExt;
 use gantry_core::Code;
 use gantry_core::agent_api::{
     AgentInfo, ApiError, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult,
-    ExecSpec, LockGrant, LockRelease, LockRequest, LockState, LogLine, ProxyInfo, Release,
-    RollbackRequest, ServiceSelector, Status,
+    ExecSpec, ImageLoaded, ImageManifest, LockGrant, LockRelease, LockRequest, LockState, LogLine,
+    ProxyInfo, Release, RollbackRequest, ServiceSelector, Status,
 };
 use gantry_core::endpoint::{Endpoint, Method};
 use serde::Deserialize;
@@ -26,7 +26,7 @@ use serde::Deserialize;
 use crate::agent::Agent;
 use crate::error::AgentError;
 use crate::logs::LogQuery;
-use crate::{admission, control, deploy, exec, history, logs, openapi, rollback, upload};
+use crate::{admission, control, deploy, exec, history, images, logs, openapi, rollback, upload};
 
 /// The largest JSON body the API reads. Blobs stream and are not bound by it.
 const MAX_JSON_BODY: usize = 16 << 20;
@@ -113,6 +113,8 @@ fn handler(endpoint: Endpoint) -> MethodRouter<Arc<Agent>> {
         Endpoint::ProxyStop => on(method, proxy_stop),
         Endpoint::MissingBlobs => on(method, blobs_missing),
         Endpoint::PutBlob => on(method, put_blob),
+        Endpoint::MissingImageBlobs => on(method, image_blobs_missing),
+        Endpoint::LoadImage => on(method, load_image),
         Endpoint::Deploy => on(method, deploy_project),
         Endpoint::Rollback => on(method, rollback),
         Endpoint::Status => on(method, project_status),
@@ -151,6 +153,17 @@ async fn proxy_stop(State(agent): Shared) -> Answer<ProxyInfo> {
 
 async fn blobs_missing(State(agent): Shared, Json(list): Json<BlobList>) -> Json<BlobList> {
     Json(upload::missing(&agent.blobs, &list.digests))
+}
+
+async fn image_blobs_missing(
+    State(agent): Shared,
+    Json(image): Json<ImageManifest>,
+) -> Answer<BlobList> {
+    Ok(Json(images::missing(&agent, &image).await?))
+}
+
+async fn load_image(State(agent): Shared, Json(image): Json<ImageManifest>) -> Answer<ImageLoaded> {
+    Ok(Json(images::load(&agent, &image).await?))
 }
 
 #[derive(Debug, Deserialize)]

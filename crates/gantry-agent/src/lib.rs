@@ -16,7 +16,7 @@
 //!    `container_instance` (an image service's), `instance`, `fingerprint`
 //!    (what it runs, as a digest), and what runs now: `status`, `logs`;
 //! 5. operations: `deploy` (and `retire`), `rollback`, `control`, `exec`,
-//!    `history`, `supervisor`, `reconcile`;
+//!    `history`, `images` (loading shipped images), `supervisor`, `reconcile`;
 //! 6. `api` (the only module that knows HTTP) and `openapi`;
 //! 7. `daemon`, which starts it all, and `run_exec` (`gantry agent exec`).
 
@@ -38,6 +38,7 @@ mod exec;
 mod fingerprint;
 mod health;
 mod history;
+mod images;
 mod instance;
 mod isolation;
 mod locks;
@@ -108,6 +109,7 @@ mod tests {
             "control",
             "exec",
             "history",
+            "images",
             "supervisor",
             "reconcile",
         ],

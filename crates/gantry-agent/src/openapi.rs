@@ -5,8 +5,8 @@
 
 use gantry_core::agent_api::{
     AgentInfo, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult, ExecSpec,
-    LockGrant, LockRelease, LockRequest, LockState, LogLine, ProxyInfo, Release, RollbackRequest,
-    ServiceSelector, Status,
+    ImageLoaded, ImageManifest, LockGrant, LockRelease, LockRequest, LockState, LogLine, ProxyInfo,
+    Release, RollbackRequest, ServiceSelector, Status,
 };
 use gantry_core::endpoint::Endpoint;
 use schemars::generate::SchemaSettings;
@@ -38,6 +38,16 @@ fn describe(endpoint: Endpoint) -> (&'static str, Option<&'static str>, &'static
             "Upload one blob, streamed; query: offset (resume after the bytes the agent holds). Stored only when its sha256 equals the digest (422 artifact.checksum); 409 artifact.offset_mismatch when offset is not what the agent holds",
             Some("bytes"),
             "BlobReceipt",
+        ),
+        Endpoint::MissingImageBlobs => (
+            "Which blobs of this image the agent needs before loading it: none when its Docker Engine has the image; else the config and the layers the engine lacks (by chain id), less what the blob store holds (partial and uploading as for artifact blobs)",
+            Some("ImageManifest"),
+            "BlobList",
+        ),
+        Endpoint::LoadImage => (
+            "Load an image whose blobs were uploaded into the Docker Engine (only the layers it lacks) and tag it; an image the engine has is only tagged. 409 artifact.incomplete names blobs still missing",
+            Some("ImageManifest"),
+            "ImageLoaded",
         ),
         Endpoint::Deploy => (
             "Deploy a release: start, wait healthy, switch, stop old",
@@ -115,6 +125,8 @@ pub fn document() -> Value {
         DeployRequest,
         DeployResult,
         ExecSpec,
+        ImageLoaded,
+        ImageManifest,
         LockGrant,
         LockRelease,
         LockRequest,

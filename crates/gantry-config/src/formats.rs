@@ -77,6 +77,16 @@ pub const FORMATS: &[Format] = &[
         check: check_release_path,
         hint: "name a directory inside the artifact with a relative path, like \"dist\" or \"public/site\", or \".\" for the whole artifact",
     },
+    Format {
+        name: "project-path",
+        check: check_project_path,
+        hint: "name a path inside the project, relative to it, like \".\", \"web\" or \"docker/web.Dockerfile\"",
+    },
+    Format {
+        name: "build-stage",
+        check: check_build_stage,
+        hint: "name a stage of the Dockerfile (`FROM ... AS name`), like \"runtime\"",
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Format> {
@@ -245,16 +255,45 @@ fn check_ssh_target(s: &str) -> Result<(), String> {
 
 /// A path inside a release: relative, and never climbing out of it.
 pub fn check_release_path(s: &str) -> Result<(), String> {
+    check_relative(
+        s,
+        "the release",
+        "a directory of the release, not of the host",
+    )
+}
+
+/// A path inside the project (a build context, a Dockerfile): relative, and
+/// never climbing out of it. That it exists is checked where files are read.
+pub fn check_project_path(s: &str) -> Result<(), String> {
+    check_relative(s, "the project", "a path of the project, relative to it")
+}
+
+/// A Dockerfile stage name, as `docker build --target` takes it.
+fn check_build_stage(s: &str) -> Result<(), String> {
+    let valid = !s.is_empty()
+        && s.len() <= 128
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`{s}` is not a stage name"))
+    }
+}
+
+fn check_relative(s: &str, inside: &str, names: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("is empty".to_owned());
     }
+    if s.len() > 4096 {
+        return Err("is longer than 4096 bytes".to_owned());
+    }
     if s.starts_with('/') {
-        return Err(format!(
-            "`{s}` is absolute; it names a directory of the release, not of the host"
-        ));
+        return Err(format!("`{s}` is absolute; it names {names}"));
     }
     if s.split('/').any(|segment| segment == "..") {
-        return Err(format!("`{s}` climbs out of the release with `..`"));
+        return Err(format!("`{s}` climbs out of {inside} with `..`"));
     }
     if s.contains(['\0', '\\']) {
         return Err(format!("`{s}` holds a NUL or a backslash"));
@@ -329,5 +368,18 @@ mod tests {
         for bad in ["", "/srv/www", "../outside", "dist/../../x", "a\\b"] {
             assert!(!ok("release-path", bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn build_paths_stay_inside_the_project() {
+        for good in [".", "web", "docker/web.Dockerfile", "./web/"] {
+            assert!(ok("project-path", good), "{good}");
+        }
+        for bad in ["", "/srv/web", "../sibling", "web/../../x"] {
+            assert!(!ok("project-path", bad), "{bad}");
+        }
+        assert!(ok("build-stage", "runtime"));
+        assert!(!ok("build-stage", "run time"));
+        assert!(!ok("build-stage", "-x"));
     }
 }

@@ -76,9 +76,11 @@ pub struct Service {
     /// (`/orders/42`) gets the directory's `index.html`, for a single-page app's own routes (default false).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spa: Option<bool>,
-    /// A command run in the project directory before the artifact is taken.
+    /// A command run in the project directory before the artifact is taken, like `cargo build
+    /// --release`; or, for an `image` service, the image to build with `docker build` on this machine,
+    /// like `{ context = ".", dockerfile = "Dockerfile" }`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub build: Option<String>,
+    pub build: Option<Build>,
     /// The path, relative to the project, that is shipped as the artifact (default: the project).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
@@ -187,6 +189,59 @@ impl JsonSchema for Port {
             "description": "A port name such as \"http\" (the agent assigns a free port and sets $PORT), or a fixed port number from 1 to 65535.",
         })
     }
+}
+
+/// `build`: a command run before the artifact is taken, or an image built from a Dockerfile.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Build {
+    /// A command run with `sh -c` in the project directory.
+    Command(String),
+    /// An image built with `docker build` and tagged as the service's `image`.
+    Image(ImageBuild),
+}
+
+impl JsonSchema for Build {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Build".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // One node with two types, as for `Port`: a string passes the object's
+        // keywords untouched, and a wrong key or type gets one clear error.
+        let mut schema = ImageBuild::json_schema(generator);
+        schema.insert("type".to_owned(), serde_json::json!(["string", "object"]));
+        schema.insert(
+            "description".to_owned(),
+            serde_json::json!(
+                "A command run in the project directory before the artifact is taken, like \"cargo build --release\"; or, for an `image` service, an image built with `docker build` on this machine and tagged as the service's `image`, like { context = \".\", dockerfile = \"Dockerfile\" }."
+            ),
+        );
+        schema
+    }
+}
+
+/// An image built on the user's machine with `docker build`, then shipped to
+/// each host without a registry (only the layers a host lacks).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageBuild {
+    /// The build context: a directory of the project, relative to it (default `.`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "project-path"))]
+    pub context: Option<String>,
+    /// The Dockerfile, relative to the context as in Docker Compose (default `Dockerfile`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "project-path"))]
+    pub dockerfile: Option<String>,
+    /// The stage of a multi-stage Dockerfile to build (`docker build --target`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "build-stage"))]
+    pub target: Option<String>,
+    /// Build arguments (`docker build --build-arg NAME=VALUE`); not for secrets: they stay in the image's history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub args: Option<BTreeMap<String, String>>,
 }
 
 /// A health check: exactly one of `path` (HTTP), `tcp` or `command`.

@@ -140,7 +140,7 @@ pub struct Service {
     #[serde(flatten)]
     pub workload: Workload,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub build: Option<String>,
+    pub build: Option<Build>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -173,6 +173,81 @@ pub struct Service {
     /// As written; [`Service::strategy`] fills in the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy_strategy: Option<model::DeployStrategy>,
+}
+
+/// What runs before a deploy takes the artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Build {
+    /// A command run with `sh -c` in the project directory.
+    Command(String),
+    /// `docker build`, tagging the service's image.
+    Image(ImageBuild),
+}
+
+/// An image build with its defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ImageBuild {
+    /// The context directory, relative to the project.
+    pub context: String,
+    /// The Dockerfile, relative to the context.
+    pub dockerfile: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
+}
+
+impl ImageBuild {
+    pub const DEFAULT_CONTEXT: &str = ".";
+    pub const DEFAULT_DOCKERFILE: &str = "Dockerfile";
+
+    /// The Dockerfile's path relative to the project.
+    pub fn dockerfile_path(&self) -> std::path::PathBuf {
+        std::path::Path::new(&self.context).join(&self.dockerfile)
+    }
+}
+
+impl Build {
+    /// The build as one line for people and records: the command, or the
+    /// `docker build` it stands for.
+    pub fn describe(&self) -> String {
+        match self {
+            Build::Command(command) => command.clone(),
+            Build::Image(image) => {
+                let mut line = format!(
+                    "docker build -f {} {}",
+                    image.dockerfile_path().display(),
+                    image.context
+                );
+                if let Some(target) = &image.target {
+                    line.push_str(&format!(" --target {target}"));
+                }
+                for name in image.args.keys() {
+                    line.push_str(&format!(" --build-arg {name}=…"));
+                }
+                line
+            }
+        }
+    }
+
+    fn resolve(build: &model::Build) -> Build {
+        match build {
+            model::Build::Command(command) => Build::Command(command.clone()),
+            model::Build::Image(image) => Build::Image(ImageBuild {
+                context: image
+                    .context
+                    .clone()
+                    .unwrap_or_else(|| ImageBuild::DEFAULT_CONTEXT.to_owned()),
+                dockerfile: image
+                    .dockerfile
+                    .clone()
+                    .unwrap_or_else(|| ImageBuild::DEFAULT_DOCKERFILE.to_owned()),
+                target: image.target.clone(),
+                args: image.args.clone().unwrap_or_default(),
+            }),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -290,7 +365,7 @@ impl Service {
         Service {
             name: name.to_owned(),
             workload,
-            build: s.build.clone(),
+            build: s.build.as_ref().map(Build::resolve),
             artifact: s.artifact.clone(),
             port: s.port.clone(),
             health,

@@ -382,6 +382,8 @@ fn format_noun(format: &str) -> &str {
         "http-path" => "path",
         "ssh-target" => "SSH address",
         "cron" => "schedule",
+        "project-path" => "path",
+        "build-stage" => "stage name",
         other => other,
     }
 }

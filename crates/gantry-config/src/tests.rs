@@ -171,3 +171,88 @@ secrets = ["DB_PASS"]
         ]
     );
 }
+
+#[test]
+fn a_build_table_builds_the_image_with_defaults_and_a_string_stays_a_command() {
+    let text = r#"
+[project]
+name = "shop"
+[services.web]
+image = "shop-web"
+build = { dockerfile = "web.Dockerfile", args = { VERSION = "3" } }
+[services.api]
+run = "target/release/api"
+build = "cargo build --release"
+"#;
+    let file = parse("gantry.toml", text, &no_vars).expect("valid");
+    let config = Config {
+        path: "gantry.toml".into(),
+        file,
+    };
+    let env = config.environment(LOCAL).expect("local");
+    let Some(resolve::Build::Image(web)) = &env.services["web"].build else {
+        panic!("web builds an image: {:?}", env.services["web"].build);
+    };
+    assert_eq!(web.context, ".");
+    assert_eq!(
+        web.dockerfile_path(),
+        std::path::Path::new("./web.Dockerfile")
+    );
+    assert_eq!(web.args["VERSION"], "3");
+    assert_eq!(
+        env.services["api"].build,
+        Some(resolve::Build::Command("cargo build --release".to_owned()))
+    );
+}
+
+#[test]
+fn a_build_table_needs_an_image_and_paths_inside_the_project() {
+    let text = r#"
+[project]
+name = "shop"
+[services.web]
+run = "./web"
+build = { context = "." }
+[services.api]
+image = "Shop/API"
+build = { context = "../elsewhere", dockerfile = "/etc/Dockerfile", args = { "1X" = "a" } }
+[services.db]
+image = "postgres"
+build = { contxt = "db" }
+"#;
+    let found: Vec<(String, String)> = errors(text)
+        .into_iter()
+        .map(|d| (d.path.to_string(), d.message))
+        .collect();
+    let at = |path: &str| {
+        found
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, m)| m.as_str())
+            .unwrap_or_else(|| panic!("no error at {path}: {found:#?}"))
+    };
+    assert!(at("services.db.build.contxt").contains("unknown key `contxt`"));
+    assert!(at("services.api.build.context").contains("climbs out of the project"));
+    assert!(at("services.api.build.dockerfile").contains("is absolute"));
+    // The schema errors stop the file there; a valid schema reaches the cross-key checks.
+    let text = r#"
+[project]
+name = "shop"
+[services.web]
+run = "./web"
+build = { context = "." }
+[services.api]
+image = "Shop/API"
+build = { args = { "1X" = "a" } }
+"#;
+    let found: Vec<String> = errors(text).into_iter().map(|d| d.message).collect();
+    assert_eq!(
+        found,
+        [
+            "service `web` builds an image (a `build` table) but has no `image` to tag it as",
+            "`Shop/API` is not a name `docker build -t` takes",
+            "invalid build argument name: `1X` starts with a digit",
+        ],
+        "{found:#?}"
+    );
+}

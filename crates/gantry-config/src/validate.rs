@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use crate::diagnostic::{KeyPath, Problem, Segment};
 use crate::document::{Document, Finding, Findings};
 use crate::formats::{check_env_name, check_name};
-use crate::model::{DeployStrategy, File, Port, Service};
+use crate::model::{Build, DeployStrategy, File, Port, Service};
 use crate::resolve::{self, Route};
 use crate::suggest::did_you_mean;
 
@@ -370,6 +370,7 @@ fn check_service(
         ),
     }
     check_tls_paths(c, name, s, locate);
+    check_image_build(c, name, s, locate);
 
     let is_static = s.static_dir.is_some() && kinds.len() == 1;
     let is_image = s.image.is_some() && kinds.len() == 1;
@@ -540,6 +541,86 @@ fn check_shared_volumes(
             Some("run one replica; or, if two instances may share the volumes, say so with deploy_strategy = \"start-first\"".to_owned()),
         );
     }
+}
+
+/// A `build` table builds the service's `image`: the service must have one,
+/// named so `docker build -t` takes it, and the build arguments' names must
+/// be variable names. Whether the paths exist is checked where they are read.
+fn check_image_build(
+    c: &mut Checker<'_>,
+    name: &str,
+    s: &Service,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    let Some(Build::Image(build)) = &s.build else {
+        return;
+    };
+    match &s.image {
+        None => c.push(
+            Problem::Conflict,
+            locate(name, &["build"]),
+            true,
+            format!("service `{name}` builds an image (a `build` table) but has no `image` to tag it as"),
+            Some(format!("add image = \"{name}\" to name the image, or write build = \"command\" for a process")),
+        ),
+        Some(image) if image.contains('@') => c.push(
+            Problem::InvalidValue,
+            locate(name, &["image"]),
+            false,
+            format!("`{image}` names an image by digest, but `build` makes a new image each time"),
+            Some(format!("name it without `@sha256:...`, like image = \"{name}\"")),
+        ),
+        Some(image) if !is_image_name(image) => c.push(
+            Problem::InvalidValue,
+            locate(name, &["image"]),
+            false,
+            format!("`{image}` is not a name `docker build -t` takes"),
+            Some(format!("use lowercase letters, digits, `.`, `_`, `-` and `/`, with an optional `:tag`, like image = \"{name}\"")),
+        ),
+        Some(_) => {}
+    }
+    for key in build.args.iter().flatten().map(|(k, _)| k) {
+        if let Err(reason) = check_env_name(key) {
+            c.push(
+                Problem::InvalidValue,
+                locate(name, &["build", "args", key]),
+                true,
+                format!("invalid build argument name: {reason}"),
+                Some("use letters, digits and underscores, not starting with a digit".to_owned()),
+            );
+        }
+    }
+}
+
+/// A repository name with an optional tag, as `docker build -t` takes it:
+/// lowercase path components, then `:tag`.
+fn is_image_name(image: &str) -> bool {
+    let (repository, tag) = match image.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => (repository, Some(tag)),
+        _ => (image, None),
+    };
+    let tag_ok = tag.is_none_or(|t| {
+        !t.is_empty()
+            && t.len() <= 128
+            && !t.starts_with(['.', '-'])
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    });
+    let repository_ok = !repository.is_empty()
+        && repository.len() <= 255
+        && repository.split('/').enumerate().all(|(i, part)| {
+            // The first component may be a registry with a port (`host:5000`).
+            let port_ok = i == 0 || !part.contains(':');
+            port_ok
+                && !part.is_empty()
+                && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && part.chars().all(|c| {
+                    c.is_ascii_lowercase()
+                        || c.is_ascii_digit()
+                        || matches!(c, '.' | '_' | '-' | ':')
+                })
+        });
+    tag_ok && repository_ok
 }
 
 /// `cert` and `key` are read on each host, so they must be absolute.

@@ -74,6 +74,19 @@ pub struct BlobList {
     pub uploading: Vec<String>,
 }
 
+/// An image shipped without a registry (`POST /v1/images/missing`, `POST /v1/images`).
+pub use crate::image::archive::{ImageManifest, Layer as ImageLayer};
+
+/// `POST /v1/images`: the image is in the host's engine under its tags.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ImageLoaded {
+    /// The image id (hex sha256 of its config).
+    pub id: String,
+    pub tags: Vec<String>,
+    /// How many layers the load added to the engine (0: it had the image).
+    pub layers_loaded: usize,
+}
+
 /// `PUT /v1/blobs/{digest}[?offset=N]`: the blob is stored (201), or was
 /// already (200, its body unread).
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]

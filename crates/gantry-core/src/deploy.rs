@@ -14,7 +14,7 @@ use crate::agent_api::{
     ServiceSpec, ServiceStatus,
 };
 use crate::artifact;
-use crate::config::resolve::{Host as HostSpec, Service};
+use crate::config::resolve::{Build, Host as HostSpec, Service, Workload};
 use crate::host::{Host, HostError};
 use crate::{Code, Error, Project};
 
@@ -43,6 +43,9 @@ pub struct Upload {
     pub files: usize,
     pub blobs_sent: usize,
     pub bytes_sent: u64,
+    /// Of `bytes_sent`, the bytes of images' layers and configs: only what
+    /// the host's Docker Engine lacked.
+    pub image_bytes_sent: u64,
     pub duration_ms: u64,
 }
 
@@ -211,6 +214,8 @@ pub fn deploy(
     let secrets = secret_values(&dir, environment, &names, env_vars)?;
     let build = run_builds(&dir, &services, options, progress)?;
 
+    let images = crate::image::Shipment::export(&dir, &services, progress)?;
+
     progress.step("taking the artifact");
     let extra: Vec<String> = services.iter().filter_map(|s| s.artifact.clone()).collect();
     let scan = artifact::scan(&dir, &extra).map_err(Error::io("read the project in", &dir))?;
@@ -234,6 +239,7 @@ pub fn deploy(
         environment,
         scan: &scan,
         secrets: &secrets,
+        images: &images,
     };
     let batch = usize::try_from(env.max_parallel).unwrap_or(1).max(1);
     let mut outcomes: Vec<HostDeploy> = Vec::new();
@@ -285,6 +291,7 @@ pub(crate) fn conclude(
         sum.files = sum.files.max(d.upload.files);
         sum.blobs_sent += d.upload.blobs_sent;
         sum.bytes_sent += d.upload.bytes_sent;
+        sum.image_bytes_sent += d.upload.image_bytes_sent;
         sum.duration_ms += d.upload.duration_ms;
         sum
     });
@@ -397,40 +404,66 @@ fn run_builds(
     if options.skip_build {
         return Ok(build);
     }
-    let mut done: Vec<&str> = Vec::new();
+    let mut done: Vec<String> = Vec::new();
     for service in services {
-        let Some(command) = &service.build else {
+        let Some(what) = &service.build else {
             continue;
         };
-        if done.contains(&command.as_str()) {
+        let mut command = what.describe();
+        let image = match (what, &service.workload) {
+            (Build::Image(_), Workload::Compose { image }) => {
+                command = format!("{command} --tag {image}");
+                Some(image)
+            }
+            _ => None,
+        };
+        if done.contains(&command) {
             continue;
         }
-        done.push(command);
+        done.push(command.clone());
         progress.step(&format!("building {}: {command}", service.name));
         let started = Instant::now();
-        // The build's output is the user's to read: it goes to stderr as it comes.
-        let status = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(command)
-            .current_dir(dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::io::stderr())
-            .status()
-            .map_err(Error::io("run the build of", dir))?;
-        if !status.success() {
-            return Err(Error::BuildFailed {
-                service: service.name.clone(),
-                command: command.clone(),
-                status: status.to_string(),
-            });
+        match (what, image) {
+            (Build::Image(image_build), Some(image)) => {
+                crate::image::build(dir, &service.name, image, image_build)?;
+            }
+            (Build::Command(command), _) => run_build_command(dir, &service.name, command)?,
+            // Validation refuses a `build` table on a service without `image`.
+            (Build::Image(_), None) => {
+                return Err(Error::Internal {
+                    what: format!("`{}` builds an image but has none", service.name),
+                });
+            }
         }
         build.push(BuildStep {
             service: service.name.clone(),
-            command: command.clone(),
+            command,
             duration_ms: ms(started),
         });
     }
     Ok(build)
+}
+
+/// Runs a build command (`build = "..."`) in the project directory.
+fn run_build_command(dir: &Path, service: &str, command: &str) -> Result<(), Error> {
+    // The build's output is the user's to read: it goes to stderr as it comes.
+    let status = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::io::stderr())
+        .status()
+        .map_err(Error::io("run the build of", dir))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::BuildFailed {
+            service: service.to_owned(),
+            command: command.to_owned(),
+            status: status.to_string(),
+        })
+    }
 }
 
 /// What every host gets: the same artifact and secrets.
@@ -439,6 +472,7 @@ struct HostPlan<'a> {
     environment: &'a str,
     scan: &'a artifact::Scan,
     secrets: &'a BTreeMap<String, String>,
+    images: &'a crate::image::Shipment,
 }
 
 impl HostPlan<'_> {
@@ -472,7 +506,13 @@ impl HostPlan<'_> {
             detail: None,
             cause: None,
         };
-        match self.upload(agent.as_ref(), progress) {
+        let sent = self
+            .upload(agent.as_ref(), progress)
+            .and_then(|mut upload| {
+                self.images.send(agent.as_ref(), &mut upload, progress)?;
+                Ok(upload)
+            });
+        match sent {
             Ok(upload) => outcome.upload = upload,
             Err(e) => {
                 outcome.error = Some(e.to_string());
@@ -485,7 +525,8 @@ impl HostPlan<'_> {
             artifact::hex(&Sha256::digest(text.as_bytes()))
         };
         progress.step(&format!("deploying {} to {}", self.project, agent.name()));
-        let specs: Vec<ServiceSpec> = services.iter().map(ServiceSpec::from).collect();
+        let mut specs: Vec<ServiceSpec> = services.iter().map(ServiceSpec::from).collect();
+        self.images.pin(&mut specs);
         let request = DeployRequest {
             project: self.project.to_owned(),
             environment: self.environment.to_owned(),
@@ -583,24 +624,38 @@ impl HostPlan<'_> {
                 agent.name()
             ));
         }
-        for digest in &missing.digests {
-            let Some(source) = self.scan.sources.get(digest) else {
-                continue;
-            };
-            let offset = if missing.uploading.contains(digest) {
-                match settled_offset(agent, digest, source, progress)? {
-                    Some(offset) => offset,
-                    // An earlier deploy's upload completed it.
-                    None => continue,
-                }
-            } else {
-                missing.partial.get(digest).copied().unwrap_or(0)
-            };
-            send_blob(agent, digest, source, offset, &mut upload, progress)?;
-        }
+        let sources = |digest: &str| self.scan.sources.get(digest).cloned();
+        send_missing(agent, &missing, &sources, &mut upload, progress)?;
         upload.duration_ms = ms(started);
         Ok(upload)
     }
+}
+
+/// Sends each blob of `missing` (an agent's answer) from where `sources`
+/// says it is, resuming what an interrupted upload left on the agent.
+pub(crate) fn send_missing(
+    agent: &dyn Host,
+    missing: &crate::agent_api::BlobList,
+    sources: &dyn Fn(&str) -> Option<std::path::PathBuf>,
+    upload: &mut Upload,
+    progress: &dyn Progress,
+) -> Result<(), Error> {
+    for digest in &missing.digests {
+        let Some(source) = sources(digest) else {
+            continue;
+        };
+        let offset = if missing.uploading.contains(digest) {
+            match settled_offset(agent, digest, &source, progress)? {
+                Some(offset) => offset,
+                // An earlier deploy's upload completed it.
+                None => continue,
+            }
+        } else {
+            missing.partial.get(digest).copied().unwrap_or(0)
+        };
+        send_blob(agent, digest, &source, offset, upload, progress)?;
+    }
+    Ok(())
 }
 
 /// How many times one blob is sent before its upload fails: an interrupted

@@ -33,6 +33,8 @@ pub enum Endpoint {
     ProxyStop,
     MissingBlobs,
     PutBlob,
+    MissingImageBlobs,
+    LoadImage,
     Deploy,
     Rollback,
     Status,
@@ -49,7 +51,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, in the order the OpenAPI document lists them.
-    pub const ALL: [Endpoint; 19] = [
+    pub const ALL: [Endpoint; 21] = [
         Endpoint::Health,
         Endpoint::OpenApi,
         Endpoint::Shutdown,
@@ -57,6 +59,8 @@ impl Endpoint {
         Endpoint::ProxyStop,
         Endpoint::MissingBlobs,
         Endpoint::PutBlob,
+        Endpoint::MissingImageBlobs,
+        Endpoint::LoadImage,
         Endpoint::Deploy,
         Endpoint::Rollback,
         Endpoint::Status,
@@ -82,6 +86,8 @@ impl Endpoint {
             Endpoint::ProxyStop => (Post, "/v1/proxy/stop"),
             Endpoint::MissingBlobs => (Post, "/v1/blobs/missing"),
             Endpoint::PutBlob => (Put, "/v1/blobs/{digest}"),
+            Endpoint::MissingImageBlobs => (Post, "/v1/images/missing"),
+            Endpoint::LoadImage => (Post, "/v1/images"),
             Endpoint::Deploy => (Post, "/v1/projects/{project}/deploys"),
             Endpoint::Rollback => (Post, "/v1/projects/{project}/rollback"),
             Endpoint::Status => (Get, "/v1/projects/{project}/status"),

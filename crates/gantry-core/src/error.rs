@@ -126,6 +126,10 @@ codes! {
     AgentStore = "agent.store", Failed, "the agent's SQLite store failed";
     AgentInternal = "agent.internal", Failed, "the agent failed inside (its deploy task panicked); the agent's log has more";
     BuildFailed = "build.failed", Failed, "a service's build command failed";
+    BuildInvalid = "build.invalid", Invalid, "an image build's `context` or `dockerfile` is missing, of the wrong kind, or lies outside the project (through a symlink); the message names which";
+    DockerMissing = "docker.missing", Failed, "this machine has no `docker` command, or its engine does not answer; building or shipping an image needs it";
+    ImageExportFailed = "image.export_failed", Failed, "the image of a service could not be read from this machine's Docker Engine (`docker save`); the message says why";
+    ImageLoadFailed = "image.load_failed", Failed, "a host's agent could not load a shipped image into its Docker Engine, or pull one from its registry; the message says why";
     SecretsMissing = "secrets.missing", Invalid, "a secret a service needs is not set";
     SecretsFailed = "secrets.failed", Failed, "the agent could not store the secrets file";
     TestProbeFailed = "test.probe_failed", Unreachable, "a route did not answer an HTTP request through the host's proxy";
@@ -247,6 +251,13 @@ pub enum Error {
         service: String,
         command: String,
         status: String,
+    },
+    /// An image could not be built, read or shipped; `code` says which.
+    #[error("{message}")]
+    Image {
+        code: Code,
+        message: String,
+        hint: String,
     },
     #[error("secret{} {} not set", if names.len() == 1 { "" } else { "s" }, names.join(", "))]
     MissingSecrets { names: Vec<String> },
@@ -374,6 +385,7 @@ impl Error {
                 code.unwrap_or(Code::AgentError)
             }
             Error::BuildFailed { .. } => Code::BuildFailed,
+            Error::Image { code, .. } => *code,
             Error::MissingSecrets { .. } | Error::SecretsUnreadable { .. } => Code::SecretsMissing,
             Error::Secrets(e) => e.code(),
             Error::Unsupported { .. } => Code::DeployUnsupported,
@@ -458,6 +470,7 @@ impl Error {
                 "check that the gantry binary and the agent are the same version".to_owned(),
             ),
             Error::BuildFailed { .. } => Some("its output is above; fix the build and deploy again".to_owned()),
+            Error::Image { hint, .. } => Some(hint.clone()),
             Error::MissingSecrets { .. } => Some(
                 "store them with `gantry secrets set -e ENV NAME` (the value on stdin), or set them in the environment of this command, or as NAME=value lines in .gantry/secrets.env (mode 0600)".to_owned(),
             ),

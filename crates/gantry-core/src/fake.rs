@@ -306,6 +306,26 @@ impl Host for FakeHost {
         })
     }
 
+    fn image_blobs_missing(
+        &self,
+        _image: &crate::agent_api::ImageManifest,
+    ) -> Result<BlobList, HostError> {
+        self.note("missing image blobs");
+        Ok(BlobList::default())
+    }
+
+    fn load_image(
+        &self,
+        image: &crate::agent_api::ImageManifest,
+    ) -> Result<crate::agent_api::ImageLoaded, HostError> {
+        self.note("load image");
+        Ok(crate::agent_api::ImageLoaded {
+            id: image.config.clone(),
+            tags: image.tags.clone(),
+            layers_loaded: 0,
+        })
+    }
+
     fn upload_blob(
         &self,
         _digest: &str,

@@ -7,9 +7,9 @@ use std::path::Path;
 use crate::error::Code;
 
 use crate::agent_api::{
-    AgentInfo, ApiError, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant, LockHolder,
-    LockRelease, LockRequest, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest,
-    ServiceSelector, Status,
+    AgentInfo, ApiError, BlobList, DeployRequest, DeployResult, ExecSpec, ImageLoaded,
+    ImageManifest, LockGrant, LockHolder, LockRelease, LockRequest, LogLine, ProxyAction,
+    ProxyInfo, Release, RollbackRequest, ServiceSelector, Status,
 };
 
 /// Which log lines to read.
@@ -169,6 +169,13 @@ pub trait Host {
         offset: u64,
         sent: &mut u64,
     ) -> Result<(), HostError>;
+    /// The blobs of `image` the host needs before `load_image`: none when
+    /// its engine has the image; else the config and the layers its engine
+    /// lacks, less what its blob store holds (with any partial copies).
+    fn image_blobs_missing(&self, image: &ImageManifest) -> Result<BlobList, HostError>;
+    /// Loads `image` into the host's engine from its uploaded blobs (or
+    /// only tags it, when the engine has it) before a deploy runs it.
+    fn load_image(&self, image: &ImageManifest) -> Result<ImageLoaded, HostError>;
     fn deploy(&self, request: &DeployRequest) -> Result<DeployResult, HostError>;
     fn rollback(&self, project: &str, request: &RollbackRequest)
     -> Result<DeployResult, HostError>;

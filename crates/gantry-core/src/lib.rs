@@ -18,6 +18,7 @@ mod fake;
 pub mod file;
 pub mod firewall;
 pub mod host;
+pub mod image;
 pub mod incident;
 pub mod init;
 pub mod lifecycle;

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gantry_core::agent_api::{
     AgentInfo, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult, ExecSpec,
-    LockGrant, LockHolder, LockRelease, LockRequest, LockState, LogLine, ProxyAction, ProxyInfo,
-    Release, RollbackRequest, ServiceSelector, Status,
+    ImageLoaded, ImageManifest, LockGrant, LockHolder, LockRelease, LockRequest, LockState,
+    LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest, ServiceSelector, Status,
 };
 use gantry_core::endpoint::{self, Endpoint, encode};
 use gantry_core::host::{Host, HostError, LogQuery};
@@ -137,6 +137,14 @@ impl<T: Transport> Host for Agent<T> {
                 ..BlobList::default()
             },
         )
+    }
+
+    fn image_blobs_missing(&self, image: &ImageManifest) -> Result<BlobList, HostError> {
+        self.json(at(Endpoint::MissingImageBlobs, &[]), image)
+    }
+
+    fn load_image(&self, image: &ImageManifest) -> Result<ImageLoaded, HostError> {
+        self.json(at(Endpoint::LoadImage, &[]), image)
     }
 
     fn upload_blob(

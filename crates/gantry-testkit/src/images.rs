@@ -54,6 +54,32 @@ pub fn base() -> &'static str {
     BASE
 }
 
+/// The tag of Docker's official Debian image that Dockerfiles written for
+/// users start `FROM` (the examples' do).
+pub const DEBIAN_SLIM: &str = "debian:bookworm-slim";
+
+/// The base image, also tagged `debian:bookworm-slim` (no registry answers
+/// here to pull the real one), so a Dockerfile written for users builds on
+/// this machine unchanged. Returns that tag.
+pub fn debian_slim() -> &'static str {
+    tag_as(base(), DEBIAN_SLIM);
+    DEBIAN_SLIM
+}
+
+/// Tags `image` also as `name` (like `postgres:15`), unless `name` already
+/// is that image. For configs written for users, naming the official
+/// images, to run on test images that behave alike.
+pub fn tag_as(image: &str, name: &str) {
+    if rootfs::image_exists(name) && image_id(name) == image_id(image) {
+        return;
+    }
+    let status = Command::new("docker")
+        .args(["tag", image, name])
+        .status()
+        .expect("run docker tag");
+    assert!(status.success(), "docker tag {image} {name} failed");
+}
+
 /// Redis from Debian (`redis-server`, `redis-cli`), as user `redis`,
 /// listening on 6379 on every address, with its append-only file in
 /// /var/lib/redis (mount a volume there to keep data).

@@ -7,6 +7,7 @@ pub mod hosts;
 pub mod images;
 pub mod postgres;
 mod rootfs;
+pub mod stack;
 pub mod systemd_host;
 pub mod users;
 
@@ -244,13 +245,43 @@ pub fn http_get_at(
     host: &str,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
+    http_request_at(addr, host, "GET", path)
+}
+
+/// `METHOD path` with an empty body on 127.0.0.1:port with this Host
+/// header, on a new connection: the status code and the body.
+pub fn http_request_host(
+    port: u16,
+    host: &str,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    http_request_at(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        host,
+        method,
+        path,
+    )
+}
+
+fn http_request_at(
+    addr: std::net::SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream =
         std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let length = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{length}Connection: close\r\n\r\n"
     )?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;

@@ -390,7 +390,7 @@ impl From<&resolve::Service> for ServiceSpec {
                     spa: *spa,
                 },
             },
-            build: s.build.clone(),
+            build: s.build.as_ref().map(resolve::Build::describe),
             artifact: s.artifact.clone(),
             port: s.port.as_ref().map(|p| match p {
                 crate::config::model::Port::Fixed(n) => Port::Fixed(*n),

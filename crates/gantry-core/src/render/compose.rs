@@ -309,12 +309,21 @@ fn note_common(service: &Service, out: &mut Rendering) {
     if !service.routes.is_empty() {
         out.note(service, "routes", "routes are served by Gantry's proxy; ports are published on 127.0.0.1 for a proxy of your own");
     }
-    if service.build.is_some() {
-        out.note(
+    match &service.build {
+        Some(build @ gantry_config::resolve::Build::Image(_)) => out.note(
+            service,
+            "build",
+            format!(
+                "compose does not build the image here; build it first, from the project directory: {}",
+                build.describe()
+            ),
+        ),
+        Some(gantry_config::resolve::Build::Command(_)) => out.note(
             service,
             "build",
             "build commands are not run by compose; build the image yourself",
-        );
+        ),
+        None => {}
     }
     if service.migrate.is_some() {
         out.note(

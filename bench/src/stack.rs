@@ -1,0 +1,403 @@
+//! examples/stack's web replaced by a changed image, under load: Gantry's
+//! deploys (per phase, through the agent's proxy) next to a plain `docker
+//! stop`, `docker rm`, `docker run` of the same images on a fixed port, in
+//! one run; failed and non-2xx requests counted for both. Prints Markdown
+//! tables; never fails on a bad result.
+//!
+//! ```sh
+//! cargo build --release -p gantry
+//! cargo run --release -p gantry-bench --bin stack [-- --rounds N --clients N]
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use gantry_bench::{Counts, free_port, gantry_binary, ms, percentile, under_load};
+use gantry_testkit::http_get;
+use gantry_testkit::stack::Stack;
+
+const OVERHEAD_GOAL: Duration = Duration::from_millis(300);
+/// The phase a deploy spends waiting for the new instance to pass its check.
+const HEALTH: &str = "health";
+/// The plain container's name, and its network's.
+const PLAIN: &str = "gantry-bench-stack-plain";
+
+struct Options {
+    rounds: usize,
+    clients: usize,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options = Options {
+        rounds: 10,
+        clients: 4,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let slot = match arg.as_str() {
+            "--rounds" => &mut options.rounds,
+            "--clients" => &mut options.clients,
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}`: use --rounds N or --clients N"
+                ));
+            }
+        };
+        *slot = args
+            .next()
+            .and_then(|n| n.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{arg} takes a positive number"))?;
+    }
+    Ok(options)
+}
+
+fn main() -> ExitCode {
+    let options = match options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let gantry = gantry_binary();
+    if !gantry.is_file() {
+        eprintln!(
+            "{} is missing: build it first with `cargo build --release -p gantry`",
+            gantry.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    match run(&gantry, &options) {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(gantry: &Path, options: &Options) -> Result<String, String> {
+    eprintln!("preparing the images (built once, then cached) ...");
+    let stack = Stack::new(gantry, "benchstack", free_port()?);
+    let first = stack.project.gantry(&["deploy", "--output", "json"]);
+    if first.code != 0 {
+        return Err(format!(
+            "the first deploy failed:\n{}{}",
+            first.stdout, first.stderr
+        ));
+    }
+    eprintln!("{} Gantry deploys of web under load ...", options.rounds);
+    let mut deploys = Deploys::default();
+    let deploy_load = under_load(
+        stack.proxy_port,
+        &stack.web_host(),
+        "/version",
+        options.clients,
+        || {
+            for round in 0..options.rounds {
+                new_image(&stack, &format!("gantry-{round}"))?;
+                deploys.time(&stack)?;
+            }
+            Ok(())
+        },
+    )?;
+    eprintln!("{} plain docker stop + run under load ...", options.rounds);
+    let plain = Plain::start(&stack.web_image())?;
+    let mut restarts = Restarts::default();
+    let plain_load = under_load(plain.port, "localhost", "/version", options.clients, || {
+        for round in 0..options.rounds {
+            new_image(&stack, &format!("plain-{round}"))?;
+            restarts.time(&plain, &stack.web_image())?;
+        }
+        Ok(())
+    })?;
+    Ok(table(
+        options,
+        &deploys,
+        &restarts,
+        &deploy_load,
+        &plain_load,
+    ))
+}
+
+/// A new VERSION built into web's image, as the example's `build` does;
+/// not timed (both sides run the same image).
+fn new_image(stack: &Stack, version: &str) -> Result<(), String> {
+    stack.set_version(version);
+    let dir = stack.project.path().join("web");
+    docker(&[
+        "build",
+        "--quiet",
+        "--tag",
+        &stack.web_image(),
+        &dir.to_string_lossy(),
+    ])
+    .map(drop)
+}
+
+fn docker(args: &[&str]) -> Result<String, String> {
+    let output = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run docker: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "docker {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// Each deploy's times: the CLI's wall time, web's phases, the other
+/// services' phases together, the rest, and the wall time minus every
+/// health phase.
+#[derive(Default)]
+struct Deploys {
+    wall: Vec<Duration>,
+    phases: BTreeMap<String, Vec<Duration>>,
+    /// Web's phases in the order the agent reports them.
+    order: Vec<String>,
+    others: Vec<Duration>,
+    rest: Vec<Duration>,
+    overhead: Vec<Duration>,
+}
+
+impl Deploys {
+    fn time(&mut self, stack: &Stack) -> Result<(), String> {
+        let started = Instant::now();
+        let run = stack
+            .project
+            .gantry(&["deploy", "--skip-build", "--output", "json"]);
+        let wall = started.elapsed();
+        if run.code != 0 {
+            return Err(format!(
+                "gantry deploy failed (exit {}):\n{}{}",
+                run.code, run.stdout, run.stderr
+            ));
+        }
+        let report = run.json();
+        let (mut health, mut others, mut all) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let mut web = BTreeMap::<String, Duration>::new();
+        for phase in report["release"]["phases"].as_array().into_iter().flatten() {
+            let name = phase["name"].as_str().unwrap_or("?").to_owned();
+            let took = Duration::from_millis(phase["duration_ms"].as_u64().unwrap_or(0));
+            all += took;
+            if name == HEALTH {
+                health += took;
+            }
+            // Phases of no service (materialize) count as web's.
+            if phase["service"].as_str().is_some_and(|s| s != "web") {
+                others += took;
+                continue;
+            }
+            if !self.order.contains(&name) {
+                self.order.push(name.clone());
+            }
+            *web.entry(name).or_default() += took;
+        }
+        for (name, took) in web {
+            self.phases.entry(name).or_default().push(took);
+        }
+        self.wall.push(wall);
+        self.others.push(others);
+        self.rest.push(wall.saturating_sub(all));
+        self.overhead.push(wall.saturating_sub(health));
+        Ok(())
+    }
+}
+
+/// The plain way: one container of web's image on a fixed loopback port.
+struct Plain {
+    port: u16,
+}
+
+impl Plain {
+    fn start(image: &str) -> Result<Plain, String> {
+        let _ = docker(&["rm", "-f", PLAIN]);
+        // A network of its own, as Gantry's project network.
+        let _ = docker(&["network", "rm", PLAIN]);
+        docker(&["network", "create", PLAIN])?;
+        let plain = Plain { port: free_port()? };
+        plain.run(image)?;
+        wait_healthy(plain.port)?;
+        Ok(plain)
+    }
+
+    fn run(&self, image: &str) -> Result<(), String> {
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            PLAIN,
+            "--network",
+            PLAIN,
+            "-e",
+            "PORT=8000",
+            "-p",
+            &format!("127.0.0.1:{}:8000", self.port),
+            image,
+        ])
+        .map(drop)
+    }
+}
+
+impl Drop for Plain {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", PLAIN]);
+        let _ = docker(&["network", "rm", PLAIN]);
+    }
+}
+
+/// Polls `GET /healthz` as tightly as a script would, for up to 30 s.
+fn wait_healthy(port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(http_get(port, "/healthz"), Ok((200, _))) {
+        if Instant::now() > deadline {
+            return Err(format!("nothing answered on port {port} within 30 s"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Each plain restart's steps.
+#[derive(Default)]
+struct Restarts {
+    stop: Vec<Duration>,
+    run: Vec<Duration>,
+    health: Vec<Duration>,
+    wall: Vec<Duration>,
+    overhead: Vec<Duration>,
+}
+
+impl Restarts {
+    fn time(&mut self, plain: &Plain, image: &str) -> Result<(), String> {
+        let started = Instant::now();
+        docker(&["stop", PLAIN])?;
+        docker(&["rm", PLAIN])?;
+        let stopped = Instant::now();
+        plain.run(image)?;
+        let ran = Instant::now();
+        wait_healthy(plain.port)?;
+        let healthy = Instant::now();
+        self.stop.push(stopped - started);
+        self.run.push(ran - stopped);
+        self.health.push(healthy - ran);
+        self.wall.push(healthy - started);
+        self.overhead.push(ran - started);
+        Ok(())
+    }
+}
+
+fn table(
+    options: &Options,
+    deploys: &Deploys,
+    restarts: &Restarts,
+    deploy_load: &Counts,
+    plain_load: &Counts,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} replacements of examples/stack's web by a changed image, under load from {} client threads\n",
+        options.rounds, options.clients
+    );
+    out.push_str("| measure | median | p90 | × plain restart | goal | verdict |\n");
+    out.push_str("|---|---:|---:|---:|---|---|\n");
+    let plain_median = percentile(&mut restarts.wall.clone(), 50);
+    let mut row = |name: &str, values: &[Duration], goal: Option<Duration>| {
+        if values.is_empty() {
+            return;
+        }
+        let mut values = values.to_vec();
+        let (median, p90) = (percentile(&mut values, 50), percentile(&mut values, 90));
+        let ratio = median.as_secs_f64() / plain_median.as_secs_f64().max(1e-9);
+        let (goal, verdict) = goal.map_or((String::new(), ""), |goal| {
+            (
+                format!("at most {}", ms(goal)),
+                if median <= goal { "met" } else { "NOT met" },
+            )
+        });
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {ratio:.2} | {goal} | {verdict} |",
+            ms(median),
+            ms(p90)
+        );
+    };
+    row("plain: docker stop + rm", &restarts.stop, None);
+    row("plain: docker run", &restarts.run, None);
+    row(
+        "plain: until /healthz answers (the wait)",
+        &restarts.health,
+        None,
+    );
+    row(
+        "**plain restart, total (all of it downtime)**",
+        &restarts.wall,
+        None,
+    );
+    row("plain: beyond the health wait", &restarts.overhead, None);
+    row("`gantry deploy`, wall time (CLI)", &deploys.wall, None);
+    for phase in &deploys.order {
+        let label = if phase == HEALTH {
+            "· agent: health (the wait)".to_owned()
+        } else {
+            format!("· agent: {phase}")
+        };
+        row(&label, &deploys.phases[phase], None);
+    }
+    row(
+        "· agent: the other services (worker replaced, db and cache left unchanged)",
+        &deploys.others,
+        None,
+    );
+    row(
+        "· the rest (CLI start, config, artifact, connecting, recording, report)",
+        &deploys.rest,
+        None,
+    );
+    row(
+        "**deploy overhead beyond the health waits**",
+        &deploys.overhead,
+        Some(OVERHEAD_GOAL),
+    );
+    out.push_str("\n| under load | requests | failed | non-2xx | failure ratio | examples |\n");
+    out.push_str("|---|---:|---:|---:|---:|---|\n");
+    for (name, counts) in [
+        ("`gantry deploy` through the proxy", deploy_load),
+        ("plain docker stop + run, fixed port", plain_load),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} | {:.6} | {} |",
+            counts.requests,
+            counts.failed,
+            counts.non_2xx,
+            counts.ratio(),
+            counts.examples.join("; ")
+        );
+    }
+    let verdict = match (deploy_load.failed + deploy_load.non_2xx, plain_load.ratio()) {
+        (0, r) if r > 0.0 => "goal met: Gantry failed no request where the plain way failed some",
+        (0, _) => "Gantry failed no request; neither did the plain way",
+        _ => "goal NOT met: Gantry failed requests",
+    };
+    let _ = writeln!(out, "\n{verdict}");
+    out.push_str(
+        "\nbytes shipped for a one-layer change against `docker save | ssh host docker load`: \
+         not measured yet (it needs an SSH test host with a Docker engine of its own, \
+         as tests/remote_images.rs sets up; not done in this bench)\n",
+    );
+    out
+}
