@@ -489,11 +489,7 @@ impl HostPlan<'_> {
             Ok(agent) => agent,
             Err(e) => return HostDeploy::lost(host, e),
         };
-        let previous = agent
-            .releases(self.project)
-            .ok()
-            .and_then(|all| all.into_iter().find(|r| r.outcome == Outcome::Succeeded))
-            .map(|r| r.id);
+        let previous = last_succeeded(agent.as_ref(), self.project);
         let mut outcome = HostDeploy {
             host: host.name.clone(),
             outcome: HostOutcome::Unreachable,
@@ -976,6 +972,15 @@ pub fn refuse_provider_hosts(file: &crate::config::model::File) -> Result<(), Er
             ),
         }),
     }
+}
+
+/// The newest release that succeeded on the host, if it can be told.
+fn last_succeeded(agent: &dyn Host, project: &str) -> Option<String> {
+    agent
+        .releases(project)
+        .ok()
+        .and_then(|all| all.into_iter().find(|r| r.outcome == Outcome::Succeeded))
+        .map(|r| r.id)
 }
 
 #[cfg(test)]

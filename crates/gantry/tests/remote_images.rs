@@ -33,13 +33,16 @@ impl UserEngine {
         let path = |name: &str| dir.path().join(name).display().to_string();
         // Its own (empty) config: the system's names the system's data root.
         std::fs::write(dir.path().join("daemon.json"), "{}").expect("daemon.json");
-        let daemon = Command::new("dockerd")
+        // In a network namespace of its own (`unshare --net` execs dockerd):
+        // a dockerd without a bridge deletes the interface `docker0` where it
+        // runs, which would cut the machine's own containers off.
+        let daemon = Command::new("unshare")
+            .args(["--net", "dockerd"])
             .args(["--config-file", &path("daemon.json")])
             .args(["--data-root", &path("data"), "--exec-root", &path("exec")])
             .args(["--pidfile", &path("dockerd.pid")])
             .args(["--host", &format!("unix://{}", path("docker.sock"))])
-            // No networks: builds here need none, and it leaves the
-            // machine's bridges and iptables alone.
+            // No networks: builds here need none.
             .args(["--bridge", "none", "--iptables=false", "--ip-masq=false"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("dockerd.log")).expect("log"))
@@ -61,17 +64,18 @@ impl UserEngine {
         }
         // The base image, as the user's machine would have pulled it.
         let base = gantry_testkit::images::base();
-        let save = Command::new("docker")
+        let mut save = Command::new("docker")
             .args(["save", base])
             .stdout(Stdio::piped())
             .spawn()
             .expect("docker save");
         let loaded = engine
             .command(&["load", "-q"])
-            .stdin(save.stdout.expect("piped"))
+            .stdin(save.stdout.take().expect("piped"))
             .output()
             .expect("docker load");
         assert!(loaded.status.success(), "{loaded:?}");
+        assert!(save.wait().expect("docker save").success());
         engine
     }
 

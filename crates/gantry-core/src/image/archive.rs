@@ -166,6 +166,16 @@ struct RootFs {
 /// (files named by their hex sha256), and returns its manifest loaded as
 /// `tags`. Every layer's bytes are checked against the diff id its config
 /// names. Reads the archive once, as a stream.
+/// An archive entry's path, without a leading `./`.
+fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, ArchiveError> {
+    Ok(entry
+        .path()
+        .map_err(archive_error)?
+        .to_string_lossy()
+        .trim_start_matches("./")
+        .to_owned())
+}
+
 pub fn split_archive(
     archive: impl Read,
     blobs: &Path,
@@ -189,12 +199,7 @@ pub fn split_archive(
             )));
         }
         let mut entry = entry.map_err(archive_error)?;
-        let path = entry
-            .path()
-            .map_err(archive_error)?
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_owned();
+        let path = entry_path(&entry)?;
         let kind = entry.header().entry_type();
         if kind.is_symlink() {
             if let Some(target) = entry.link_name().map_err(archive_error)? {

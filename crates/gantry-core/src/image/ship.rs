@@ -16,36 +16,53 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 
 use crate::agent_api::v1::Workload as WireWorkload;
 use crate::agent_api::{ImageManifest, ServiceSpec};
 use crate::config::resolve::{Build, Service, Workload};
 use crate::deploy::{Progress, Upload};
 use crate::host::Host;
+use crate::image::archive::Layer;
 use crate::{Code, Error};
 
 use super::archive::split_archive;
 
-/// The images of one deploy, as blobs on this machine.
+/// The images of one deploy. An image is exported (`docker save`, the
+/// slow part: seconds for a few hundred MB) only when a host lacks it: a
+/// host whose engine holds the image's id, as `local` always does, is only
+/// asked to tag it.
 pub struct Shipment {
-    /// The blobs, named by digest; removed with the shipment.
-    blobs: Option<tempfile::TempDir>,
-    /// The image as gantry.toml names it → its manifest (tagged with the pin).
-    images: BTreeMap<String, ImageManifest>,
+    /// The project, where `docker` runs.
+    project: PathBuf,
+    /// The image as gantry.toml names it → what is known of it.
+    images: BTreeMap<String, Image>,
+    /// The blobs of the images exported so far, named by digest; removed
+    /// with the shipment.
+    blobs: Mutex<Option<tempfile::TempDir>>,
+}
+
+struct Image {
+    /// What `docker image inspect` tells: the id and the layers' diff ids,
+    /// with no sizes. Enough for a host to say whether it holds the image.
+    inspected: ImageManifest,
+    /// The manifest of the exported blobs, once a host lacked the image.
+    exported: Mutex<Option<ImageManifest>>,
 }
 
 impl Shipment {
     /// A shipment of nothing: no service runs an image this machine holds.
     pub fn none() -> Shipment {
         Shipment {
-            blobs: None,
+            project: PathBuf::new(),
             images: BTreeMap::new(),
+            blobs: Mutex::new(None),
         }
     }
 
-    /// Exports the image of every image service this machine's engine
-    /// holds. A built image must be here; another one that is not (or no
-    /// `docker` here at all) is left for the host to pull.
+    /// Finds the image of every image service in this machine's engine. A
+    /// built image must be here; another one that is not (or no `docker`
+    /// here at all) is left for the host to pull.
     pub fn export(
         project: &Path,
         services: &[Service],
@@ -59,25 +76,22 @@ impl Shipment {
             }
         }
         let mut shipment = Shipment::none();
+        shipment.project = project.to_owned();
         for (image, built) in wanted {
-            let Some(id) = local_image_id(project, image, built)? else {
+            let Some(inspected) = inspect(project, image, built)? else {
                 progress.step(&format!(
                     "{image} is not on this machine: each host pulls it from its registry"
                 ));
                 continue;
             };
-            let dir = match &shipment.blobs {
-                Some(dir) => dir,
-                None => shipment.blobs.insert(
-                    tempfile::Builder::new()
-                        .prefix("gantry-images-")
-                        .tempdir()
-                        .map_err(Error::io("make a directory for", "the images' blobs"))?,
-                ),
-            };
-            progress.step(&format!("exporting {image}"));
-            let manifest = save(project, image, &id, dir.path())?;
-            shipment.images.insert(image.to_owned(), manifest);
+            let exported = Mutex::new(None);
+            shipment.images.insert(
+                image.to_owned(),
+                Image {
+                    inspected,
+                    exported,
+                },
+            );
         }
         Ok(shipment)
     }
@@ -86,28 +100,36 @@ impl Shipment {
     pub fn pin(&self, specs: &mut [ServiceSpec]) {
         for spec in specs {
             if let WireWorkload::Compose { image } = &mut spec.workload
-                && let Some(manifest) = self.images.get(image.as_str())
-                && let Some(pinned) = manifest.tags.first()
+                && let Some(known) = self.images.get(image.as_str())
+                && let Some(pinned) = known.inspected.tags.first()
             {
                 *image = pinned.clone();
             }
         }
     }
 
-    /// Sends `agent` the blobs of each image its engine lacks, resuming
-    /// interrupted uploads, and has it load them; adds what was sent to
-    /// `upload` (`image_bytes_sent` counts them apart).
+    /// Sends `agent` the blobs of each image its engine lacks (exporting
+    /// the image first, once a deploy), resuming interrupted uploads, and
+    /// has it load them; adds what was sent to `upload`
+    /// (`image_bytes_sent` counts them apart).
     pub fn send(
         &self,
         agent: &dyn Host,
         upload: &mut Upload,
         progress: &dyn Progress,
     ) -> Result<(), Error> {
-        let Some(dir) = &self.blobs else {
-            return Ok(());
-        };
-        for (image, manifest) in &self.images {
-            let missing = agent.image_blobs_missing(manifest)?;
+        for (image, known) in &self.images {
+            if agent
+                .image_blobs_missing(&known.inspected)?
+                .digests
+                .is_empty()
+            {
+                // The host's engine holds the image: tag it, nothing to send.
+                agent.load_image(&known.inspected)?;
+                continue;
+            }
+            let (manifest, dir) = self.exported(image, known, progress)?;
+            let missing = agent.image_blobs_missing(&manifest)?;
             if !missing.digests.is_empty() {
                 let bytes: u64 = manifest
                     .blobs()
@@ -124,12 +146,12 @@ impl Shipment {
             }
             let before = upload.bytes_sent;
             let sources = |digest: &str| {
-                let path = dir.path().join(digest);
+                let path = dir.join(digest);
                 path.is_file().then_some(path)
             };
             crate::deploy::send_missing(agent, &missing, &sources, upload, progress)?;
             upload.image_bytes_sent += upload.bytes_sent - before;
-            let loaded = agent.load_image(manifest)?;
+            let loaded = agent.load_image(&manifest)?;
             if loaded.layers_loaded > 0 {
                 progress.step(&format!(
                     "{}: loaded {image} ({} new layers)",
@@ -139,6 +161,36 @@ impl Shipment {
             }
         }
         Ok(())
+    }
+
+    /// The image's exported manifest and the blobs' directory, exporting
+    /// it the first time a host needs it.
+    fn exported(
+        &self,
+        image: &str,
+        known: &Image,
+        progress: &dyn Progress,
+    ) -> Result<(ImageManifest, PathBuf), Error> {
+        let mut blobs = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = match &*blobs {
+            Some(dir) => dir.path().to_owned(),
+            None => blobs
+                .insert(
+                    tempfile::Builder::new()
+                        .prefix("gantry-images-")
+                        .tempdir()
+                        .map_err(Error::io("make a directory for", "the images' blobs"))?,
+                )
+                .path()
+                .to_owned(),
+        };
+        let mut exported = known.exported.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(manifest) = &*exported {
+            return Ok((manifest.clone(), dir));
+        }
+        progress.step(&format!("exporting {image}"));
+        let manifest = save(&self.project, image, &known.inspected.config, &dir)?;
+        Ok((exported.insert(manifest).clone(), dir))
     }
 }
 
@@ -153,10 +205,12 @@ pub fn pinned_tag(image: &str, id: &str) -> String {
     format!("{repository}:gantry-{short}")
 }
 
-/// The id (hex) of `image` in this machine's engine; `None` when it is not
-/// there (or no engine is), unless it was `built` here.
-fn local_image_id(project: &Path, image: &str, built: bool) -> Result<Option<String>, Error> {
-    let args = ["image", "inspect", "--format", "{{.Id}}", image];
+/// The id (hex) and layers of `image` in this machine's engine, as a
+/// manifest without sizes tagged with its pin; `None` when it is not there
+/// (or no engine is), unless it was `built` here.
+fn inspect(project: &Path, image: &str, built: bool) -> Result<Option<ImageManifest>, Error> {
+    let format = "{{.Id}}{{range .RootFS.Layers}} {{.}}{{end}}";
+    let args = ["image", "inspect", "--format", format, image];
     let ran = super::docker(&args.map(std::ffi::OsStr::new), project)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -167,8 +221,26 @@ fn local_image_id(project: &Path, image: &str, built: bool) -> Result<Option<Str
         Err(e) => return Err(super::spawn_error(e)),
     };
     let text = String::from_utf8_lossy(&ran.stdout);
-    match (ran.status.success(), text.trim().strip_prefix("sha256:")) {
-        (true, Some(id)) => Ok(Some(id.to_owned())),
+    let mut words = text.split_whitespace().map(|w| w.strip_prefix("sha256:"));
+    match (ran.status.success(), words.next().flatten()) {
+        (true, Some(id)) => {
+            let layers = words
+                .map(|digest| {
+                    digest
+                        .map(|d| Layer {
+                            digest: d.to_owned(),
+                            size: 0,
+                        })
+                        .ok_or_else(|| export_failed(image, "its layers are not sha256 digests"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(ImageManifest {
+                tags: vec![pinned_tag(image, id)],
+                config: id.to_owned(),
+                config_size: 0,
+                layers,
+            }))
+        }
         _ if !built => Ok(None),
         _ => Err(export_failed(
             image,
