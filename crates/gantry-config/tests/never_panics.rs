@@ -712,6 +712,12 @@ fn good_service(name: String, kind: Kind, earlier: Vec<String>) -> impl Strategy
             && let Some(Value::Table(storage)) = table.remove("storage")
         {
             table.extend(storage);
+            // Replicas (here or in an override) may share a volume only
+            // when the service is replaced start-first, as the user says.
+            table.insert(
+                "deploy_strategy".to_owned(),
+                Value::String("start-first".to_owned()),
+            );
         }
         if let Value::Table(table) = &mut service
             && table.contains_key("migrate")
