@@ -61,17 +61,18 @@ impl UserEngine {
         }
         // The base image, as the user's machine would have pulled it.
         let base = gantry_testkit::images::base();
-        let save = Command::new("docker")
+        let mut save = Command::new("docker")
             .args(["save", base])
             .stdout(Stdio::piped())
             .spawn()
             .expect("docker save");
         let loaded = engine
             .command(&["load", "-q"])
-            .stdin(save.stdout.expect("piped"))
+            .stdin(save.stdout.take().expect("piped"))
             .output()
             .expect("docker load");
         assert!(loaded.status.success(), "{loaded:?}");
+        assert!(save.wait().expect("docker save").success());
         engine
     }
 
