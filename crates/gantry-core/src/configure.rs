@@ -147,11 +147,12 @@ pub fn configure(
     }
     let binary = std::fs::read(exe).map_err(Error::io("read", exe))?;
     let sha = crate::artifact::hex(&Sha256::digest(&binary));
+    let libc = glibc_needed(&binary);
 
     let mut hosts = Vec::new();
     for host in &env.hosts {
         progress.step(&format!("configuring {}", host.name));
-        match configure_host(host, exe, &sha, shell, connect, progress) {
+        match configure_host(host, exe, (&sha, libc), shell, connect, progress) {
             Ok(done) => {
                 state.hosts.insert(
                     host.name.clone(),
@@ -179,7 +180,9 @@ pub fn configure(
                     // SSH's own errors keep their codes and hints; a step's
                     // own failure already names the host and the step.
                     Error::Host(e) => Error::Host(e),
-                    failed @ Error::ConfigureFailed { .. } => failed,
+                    failed @ (Error::ConfigureFailed { .. } | Error::HostUnsupported { .. }) => {
+                        failed
+                    }
                     other => Error::ConfigureFailed {
                         host: host.name.clone(),
                         step: step.to_owned(),
@@ -205,7 +208,7 @@ type StepError = (&'static str, Error);
 fn configure_host(
     host: &HostSpec,
     exe: &Path,
-    sha: &str,
+    (sha, libc): (&str, Option<(u32, u32)>),
     open: OpenShell<'_>,
     connect: Connect<'_>,
     progress: &dyn Progress,
@@ -226,7 +229,7 @@ fn configure_host(
     let shell = open(host).map_err(step("connect"))?;
     let mut steps = Vec::new();
 
-    let system = probe(shell.as_ref()).map_err(step("check the host"))?;
+    let system = probe(shell.as_ref(), libc).map_err(step("check the host"))?;
     steps.push(system_step(&system));
 
     let changed = system.installed_sha.as_deref() != Some(sha);
@@ -357,9 +360,59 @@ fn start_agent(
     })
 }
 
-fn probe(shell: &dyn Shell) -> Result<System, Error> {
+/// The newest `GLIBC_x.y` symbol version `binary` asks for (what
+/// `objdump -T` lists): the oldest GNU C library that can run it. `None`:
+/// it asks for none (a static binary).
+pub fn glibc_needed(binary: &[u8]) -> Option<(u32, u32)> {
+    const TAG: &[u8] = b"GLIBC_";
+    let mut newest = None;
+    let mut at = 0;
+    while let Some(found) = binary[at..].windows(TAG.len()).position(|w| w == TAG) {
+        let start = at + found + TAG.len();
+        let digits: Vec<u8> = binary[start..]
+            .iter()
+            .take(16)
+            .take_while(|b| b.is_ascii_digit() || **b == b'.')
+            .copied()
+            .collect();
+        at = start;
+        newest = newest.max(parse_version(&String::from_utf8_lossy(&digits)));
+    }
+    newest
+}
+
+/// `2.36` (or `2.36.1`) → (2, 36).
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let mut parts = text.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Refuses a host whose C library cannot run a binary that needs glibc
+/// `needed`; `found` is `getconf GNU_LIBC_VERSION`'s answer (`glibc 2.36`).
+fn check_libc(host: &str, needed: Option<(u32, u32)>, found: &str) -> Result<(), Error> {
+    let Some((major, minor)) = needed else {
+        return Ok(());
+    };
+    let has = found.strip_prefix("glibc_").and_then(parse_version);
+    let problem = match has {
+        Some(version) if version >= (major, minor) => return Ok(()),
+        Some((a, b)) => format!("its GNU C library is {a}.{b}"),
+        None => "it has no GNU C library (`getconf GNU_LIBC_VERSION` names none: musl?)".to_owned(),
+    };
+    Err(Error::HostUnsupported {
+        code: crate::Code::HostLibcTooOld,
+        message: format!(
+            "{host} cannot run this gantry: it needs glibc {major}.{minor} or newer, and {problem}"
+        ),
+        hint: "upgrade the host's system (Debian 12 or newer), or run a gantry built on an older system".to_owned(),
+    })
+}
+
+fn probe(shell: &dyn Shell, libc: Option<(u32, u32)>) -> Result<System, Error> {
     let ran = shell.run(
-        "echo \"os=$(uname -s) arch=$(uname -m) uid=$(id -u)\"; \
+        "echo \"os=$(uname -s) arch=$(uname -m) uid=$(id -u) libc=$(getconf GNU_LIBC_VERSION 2>/dev/null | tr ' ' _)\"; \
          if [ -d /run/systemd/system ]; then echo init=systemd; else echo init=other; fi; \
          if [ -x \"$HOME/.gantry/bin/gantry\" ]; then echo \"sha=$(sha256sum \"$HOME/.gantry/bin/gantry\" | cut -d' ' -f1)\"; fi",
         None,
@@ -374,15 +427,20 @@ fn probe(shell: &dyn Shell) -> Result<System, Error> {
     let os = field("os").unwrap_or_default();
     let arch = field("arch").unwrap_or_default();
     if os != "Linux" || arch != std::env::consts::ARCH {
-        return Err(Error::ConfigureFailed {
-            host: shell.name().to_owned(),
-            step: "check the host".to_owned(),
+        return Err(Error::HostUnsupported {
+            code: crate::Code::HostArchUnsupported,
             message: format!(
-                "the host is {os} on {arch}; this gantry is built for Linux on {}",
+                "{} cannot run this gantry: the host is {os} on {arch}; this gantry is built for Linux on {}",
+                shell.name(),
+                std::env::consts::ARCH
+            ),
+            hint: format!(
+                "configure hosts that are Linux on {}, or run a gantry built for {arch}",
                 std::env::consts::ARCH
             ),
         });
     }
+    check_libc(shell.name(), libc, &field("libc").unwrap_or_default())?;
     Ok(System {
         root: field("uid").as_deref() == Some("0"),
         systemd: field("init").as_deref() == Some("systemd"),
@@ -504,6 +562,32 @@ mod tests {
 
     use super::*;
     use crate::fake::{Fleet, Machine, Said, Script, project};
+
+    #[test]
+    fn the_glibc_a_binary_needs_is_its_newest_symbol_version() {
+        let binary = b"\0GLIBC_2.2.5\0GLIBC_2.34\0GLIBC_PRIVATE\0GLIBC_2.17\0";
+        assert_eq!(glibc_needed(binary), Some((2, 34)));
+        assert_eq!(glibc_needed(b"static, no versions"), None);
+        // This very test binary is dynamically linked against glibc.
+        let me = std::fs::read(std::env::current_exe().expect("exe")).expect("read");
+        assert!(glibc_needed(&me).is_some_and(|v| v >= (2, 2)));
+    }
+
+    #[test]
+    fn a_host_with_an_older_or_no_glibc_is_refused_with_its_own_code() {
+        assert!(check_libc("h1", Some((2, 34)), "glibc_2.36").is_ok());
+        assert!(check_libc("h1", Some((2, 34)), "glibc_2.34").is_ok());
+        assert!(check_libc("h1", None, "").is_ok());
+        let old = check_libc("h1", Some((2, 34)), "glibc_2.31").expect_err("too old");
+        assert_eq!(old.code(), crate::Code::HostLibcTooOld);
+        assert!(
+            old.to_string()
+                .contains("needs glibc 2.34 or newer, and its GNU C library is 2.31"),
+            "{old}"
+        );
+        let musl = check_libc("h1", Some((2, 34)), "").expect_err("none");
+        assert!(musl.to_string().contains("no GNU C library"), "{musl}");
+    }
 
     fn configure_on(
         fleet: &Arc<Fleet>,

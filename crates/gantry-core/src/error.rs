@@ -119,6 +119,8 @@ codes! {
     EnvDestroyFailed = "env.destroy_failed", Failed, "`gantry env destroy` could not stop the environment's services (a host did not answer); it stays as it was, and the error names the host";
     RegisterLocal = "register.local", Invalid, "`gantry register` was given the environment or host `local`, which is this machine and needs no registering";
     RegisterSshDiffers = "register.ssh_differs", Conflict, "`gantry register --ssh` names another SSH target than the host's `ssh` in gantry.toml; the error names both";
+    HostArchUnsupported = "host.arch_unsupported", Invalid, "the host is not Linux on this gantry binary's CPU architecture (`uname -s`, `uname -m`); the message names both";
+    HostLibcTooOld = "host.libc_too_old", Invalid, "the host's GNU C library is older than this gantry binary needs, or it has none (musl); the message names both versions";
     ConfigureFailed = "configure.failed", Failed, "a step of `gantry configure` failed on a host; the error names the host and the step";
     AgentLocked = "agent.locked", Conflict, "another agent already runs on this state directory";
     AgentProtocol = "agent.protocol", Failed, "the agent answered something that is not its API (a version mismatch?)";
@@ -325,6 +327,13 @@ pub enum Error {
         environment: String,
         cause: Box<Error>,
     },
+    /// The host cannot run this gantry binary; `code` says why.
+    #[error("{message}")]
+    HostUnsupported {
+        code: Code,
+        message: String,
+        hint: String,
+    },
     #[error("configuring {host} failed at `{step}`: {message}")]
     ConfigureFailed {
         host: String,
@@ -385,7 +394,7 @@ impl Error {
                 code.unwrap_or(Code::AgentError)
             }
             Error::BuildFailed { .. } => Code::BuildFailed,
-            Error::Image { code, .. } => *code,
+            Error::Image { code, .. } | Error::HostUnsupported { code, .. } => *code,
             Error::MissingSecrets { .. } | Error::SecretsUnreadable { .. } => Code::SecretsMissing,
             Error::Secrets(e) => e.code(),
             Error::Unsupported { .. } => Code::DeployUnsupported,
@@ -470,7 +479,7 @@ impl Error {
                 "check that the gantry binary and the agent are the same version".to_owned(),
             ),
             Error::BuildFailed { .. } => Some("its output is above; fix the build and deploy again".to_owned()),
-            Error::Image { hint, .. } => Some(hint.clone()),
+            Error::Image { hint, .. } | Error::HostUnsupported { hint, .. } => Some(hint.clone()),
             Error::MissingSecrets { .. } => Some(
                 "store them with `gantry secrets set -e ENV NAME` (the value on stdin), or set them in the environment of this command, or as NAME=value lines in .gantry/secrets.env (mode 0600)".to_owned(),
             ),

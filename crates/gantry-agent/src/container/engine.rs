@@ -244,6 +244,7 @@ impl Engine {
     ) -> Result<String, ContainerError> {
         let identity = &spec.identity;
         let name = identity.container_name();
+        self.pull_if_absent(&spec.image).await?;
         self.ensure_network(&identity.project, &identity.environment)
             .await?;
         for volume in &spec.volumes {

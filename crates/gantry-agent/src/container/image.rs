@@ -183,6 +183,49 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Pulls `image` from its registry when the engine lacks it: an image
+    /// gantry.toml names that the user's machine did not have, so the deploy
+    /// did not ship it. An image the deploy shipped (tagged `gantry-<id>`)
+    /// is never pulled. Untested: no registry answers where Gantry's tests
+    /// run; without one the pull fails and the error says the image is
+    /// absent.
+    pub async fn pull_if_absent(&self, image: &str) -> Result<(), ContainerError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if super::is_not_found(&e) => {}
+            Err(e) => return Err(ContainerError::engine("inspect image", image, e)),
+        }
+        let (repo, tag) = split_tag(image);
+        if tag.starts_with("gantry-") {
+            return Err(ContainerError::NoImage {
+                image: image.to_owned(),
+            });
+        }
+        tracing::info!(image, "pulling the image from its registry");
+        // The tag is always given: without one Docker pulls every tag.
+        let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
+            .from_image(repo)
+            .tag(tag)
+            .build();
+        let mut progress = self.docker.create_image(Some(options), None, None);
+        while let Some(item) = progress.next().await {
+            let message = match item {
+                Ok(info) => match info.error_detail {
+                    Some(detail) => detail.message.unwrap_or_default(),
+                    None => continue,
+                },
+                Err(e) => super::describe(&e),
+            };
+            tracing::warn!(image, %message, "the pull failed");
+            return Err(ContainerError::NoImage {
+                image: format!("{image} (the pull from its registry failed: {message})"),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// `registry:5000/web:3` → (`registry:5000/web`, `3`); no tag is `latest`.
 fn split_tag(name: &str) -> (&str, &str) {
     match name.rsplit_once(':') {

@@ -274,15 +274,7 @@ pub fn split_archive(
         }
         layers.push(Layer { digest, size });
     }
-    // Keep only what the manifest names (docker save adds small per-layer files).
-    let wanted: HashSet<&str> = std::iter::once(config.as_str())
-        .chain(layers.iter().map(|l| l.digest.as_str()))
-        .collect();
-    for (digest, _) in files.values() {
-        if !wanted.contains(digest.as_str()) {
-            let _ = fs::remove_file(blobs.join(digest));
-        }
-    }
+    remove_unnamed(blobs, &files, &config, &layers);
     let manifest = ImageManifest {
         tags,
         config,
@@ -291,6 +283,24 @@ pub fn split_archive(
     };
     manifest.check()?;
     Ok(manifest)
+}
+
+/// Keeps only the blobs the manifest names (docker save adds small
+/// per-layer files).
+fn remove_unnamed(
+    blobs: &Path,
+    files: &HashMap<String, (String, u64)>,
+    config: &str,
+    layers: &[Layer],
+) {
+    let wanted: HashSet<&str> = std::iter::once(config)
+        .chain(layers.iter().map(|l| l.digest.as_str()))
+        .collect();
+    for (digest, _) in files.values() {
+        if !wanted.contains(digest.as_str()) {
+            let _ = fs::remove_file(blobs.join(digest));
+        }
+    }
 }
 
 /// `a/b/../c` → `a/c`, for link targets inside the archive.
