@@ -3,7 +3,9 @@
 //! the environment, its code (the release's artifact for a process, the
 //! image's id on this host for a container, so a tag that now names
 //! another image is a change), the addresses of its dependencies, and a
-//! digest of each of its secrets' values. Equal fingerprints: a deploy
+//! digest of each of its secrets' values, keyed with the agent's own
+//! random key (`Paths::fingerprint_key`) so that the stored fingerprint
+//! cannot be used to check a guessed secret. Equal fingerprints: a deploy
 //! leaves the running instances alone ("unchanged").
 
 use std::collections::BTreeMap;
@@ -43,13 +45,15 @@ pub async fn of(
         Workload::Static { .. } => return None,
     };
     let values = crate::credentials::read_secrets(&agent.paths.secrets(project));
+    let key = key(&agent.paths.fingerprint_key())?;
     let secrets = service
         .secrets
         .iter()
         .map(|name| {
-            let digest = values
-                .get(name)
-                .map_or_else(|| "absent".to_owned(), |v| hex(&Sha256::digest(v)));
+            let digest = values.get(name).map_or_else(
+                || "absent".to_owned(),
+                |v| hex(&Sha256::new().chain_update(key).chain_update(v).finalize()),
+            );
             (name.as_str(), digest)
         })
         .collect();
@@ -67,6 +71,19 @@ pub async fn of(
     };
     let json = serde_json::to_vec(&runs).ok()?;
     Some(hex(&Sha256::digest(json)))
+}
+
+/// The agent's fingerprint key, made (32 random bytes, 0600) on first use;
+/// `None` when it cannot be read or made: the service then counts as
+/// changed, never as unchanged on a guess.
+fn key(path: &std::path::Path) -> Option<[u8; 32]> {
+    if let Ok(bytes) = std::fs::read(path) {
+        return bytes.try_into().ok();
+    }
+    let fresh: [u8; 32] = rand::random();
+    gantry_core::file::write_atomic(path, &fresh, 0o600).ok()?;
+    // Another task may have made one meanwhile: whichever is on disk wins.
+    std::fs::read(path).ok()?.try_into().ok()
 }
 
 fn hex(bytes: &[u8]) -> String {

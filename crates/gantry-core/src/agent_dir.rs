@@ -82,6 +82,13 @@ impl Paths {
     pub fn proxy_pid(&self) -> PathBuf {
         self.root.join("proxy.pid")
     }
+    /// The agent's own random key (0600) with which secret values are
+    /// digested into services' fingerprints, so the store holds no plain
+    /// hash a guess could be checked against.
+    pub fn fingerprint_key(&self) -> PathBuf {
+        self.root.join("fingerprint.key")
+    }
+
     pub fn agent_log(&self) -> PathBuf {
         self.root.join("agent.log")
     }

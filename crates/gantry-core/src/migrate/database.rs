@@ -14,6 +14,9 @@ use super::{Applied, Migration};
 /// another runner to give a SQLite database back.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// How long a runner waits for another's migrations before giving up.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The advisory lock's key on PostgreSQL: any fixed number; this one is
 /// "gantry" in ASCII.
 const LOCK_KEY: i64 = 0x67_61_6e_74_72_79;
@@ -156,9 +159,22 @@ impl Database for Postgres {
     }
 
     fn begin_run(&mut self) -> Result<(), String> {
+        // Another runner holds the lock for as long as its migrations take;
+        // past `LOCK_WAIT` this one gives up and says so instead of hanging.
+        self.client
+            .batch_execute(&format!("SET lock_timeout = '{}s'", LOCK_WAIT.as_secs()))
+            .map_err(|e| format!("cannot set a lock timeout: {e}"))?;
         self.client
             .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
-            .map_err(|e| format!("cannot take the migrations' lock: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "cannot take the migrations' lock within {}s (another `gantry migrate run` or deploy holds it?): {e}",
+                    LOCK_WAIT.as_secs()
+                )
+            })?;
+        self.client
+            .batch_execute("SET lock_timeout = 0")
+            .map_err(|e| format!("cannot reset the lock timeout: {e}"))?;
         self.client
             .batch_execute(CREATE_TABLE)
             .map_err(|e| format!("cannot create gantry_migrations: {e}"))

@@ -109,7 +109,14 @@ fn leaderboard(
 /// their attempts are kept.
 const OUTBOX_KEEP_MS: i64 = 30 * 24 * 3600 * 1000;
 
-fn prune_outbox(sql: &mut dyn Sql, now: i64) -> Result<(), HubError> {
+/// How long a read notification is kept; unread ones stay until read.
+const NOTIFICATION_KEEP_MS: i64 = 90 * 24 * 3600 * 1000;
+
+fn prune(sql: &mut dyn Sql, now: i64) -> Result<(), HubError> {
+    sql.execute(
+        "DELETE FROM notifications WHERE read_at IS NOT NULL AND read_at < ?",
+        &[Value::Int(now - NOTIFICATION_KEEP_MS)],
+    )?;
     let old = "SELECT o.id FROM outbox o JOIN subscriptions s ON s.id = o.subscription_id \
                WHERE o.created_at < ? AND (o.state <> 'pending' OR s.disabled_at IS NOT NULL)";
     sql.execute(
@@ -196,7 +203,7 @@ impl Store {
                     fired += 1;
                 }
             }
-            prune_outbox(sql, now)?;
+            prune(sql, now)?;
             Ok(fired)
         })
     }
