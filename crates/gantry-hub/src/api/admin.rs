@@ -3,7 +3,7 @@
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -53,8 +53,7 @@ async fn audit(
             "`limit` must be 1 to {PAGE_MAX}"
         )));
     }
-    let entries = state
-        .run(move |store| store.audit_log(query.before, limit))
-        .await?;
-    Ok(axum::Json(entries).into_response())
+    state
+        .json(move |store| store.audit_log(query.before, limit))
+        .await
 }

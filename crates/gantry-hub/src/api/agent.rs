@@ -213,10 +213,9 @@ async fn list_items(
     let access = principal.access(Permission::Read)?;
     let Query(query) = query.map_err(|e| HubError::invalid(e.body_text()))?;
     let filter = filter(query.with_view(&state, &access).await?)?;
-    let page = state
-        .run(move |store| store.list_items(&access, &filter))
-        .await?;
-    Ok(axum::Json(page).into_response())
+    state
+        .json(move |store| store.list_items(&access, &filter))
+        .await
 }
 
 /// Create an item. With an Idempotency-Key, a retry creates nothing new and
@@ -385,8 +384,7 @@ async fn list_comments(
     Path(id): Path<String>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Read)?;
-    let comments = state.run(move |store| store.comments(&access, &id)).await?;
-    Ok(axum::Json(comments).into_response())
+    state.json(move |store| store.comments(&access, &id)).await
 }
 
 /// Link a pull request (matched by url) or update its state.
@@ -480,6 +478,5 @@ async fn activity(
     Path(id): Path<String>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Read)?;
-    let log = state.run(move |store| store.activity(&access, &id)).await?;
-    Ok(axum::Json(log).into_response())
+    state.json(move |store| store.activity(&access, &id)).await
 }

@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -41,8 +41,7 @@ async fn report(
     let access = principal.access(Permission::Read)?;
     let Query(query) = query.map_err(|e| HubError::invalid(e.body_text()))?;
     let weeks = query.weeks.unwrap_or(12);
-    let report = state
-        .run(move |store| store.analytics(&access, &product, weeks))
-        .await?;
-    Ok(axum::Json(report).into_response())
+    state
+        .json(move |store| store.analytics(&access, &product, weeks))
+        .await
 }

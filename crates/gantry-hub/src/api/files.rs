@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -82,10 +82,11 @@ async fn upload(
             HubError::TooLarge { .. } => too_large(),
             other => other,
         })?;
-    let attachment = state
-        .run(move |store| store.add_attachment(&access, &id, &blob, &query.name, &kind))
-        .await?;
-    Ok((StatusCode::CREATED, axum::Json(attachment)).into_response())
+    state
+        .answer(StatusCode::CREATED, move |store| {
+            store.add_attachment(&access, &id, &blob, &query.name, &kind)
+        })
+        .await
 }
 
 fn too_large() -> HubError {
@@ -105,10 +106,9 @@ async fn list_attachments(
     Path(id): Path<String>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Read)?;
-    let list = state
-        .run(move |store| store.attachments(&access, &id))
-        .await?;
-    Ok(axum::Json(list).into_response())
+    state
+        .json(move |store| store.attachments(&access, &id))
+        .await
 }
 
 /// Download an attachment, with the type it was uploaded with, as a file

@@ -42,8 +42,7 @@ async fn list_views(
     principal: Principal,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Read)?;
-    let views = state.run(move |store| store.views(&access)).await?;
-    Ok(axum::Json(views).into_response())
+    state.json(move |store| store.views(&access)).await
 }
 
 /// Save a named filter and sort: your own, or (admin keys, `product`) one
@@ -60,10 +59,11 @@ async fn save_view(
     let admin = principal.access(Permission::Admin).is_ok();
     // A view holds only what a list request would take.
     filter(ListQuery::of_view(body.value.query.clone()))?;
-    let view = state
-        .run(move |store| store.save_view(&access, &body.value, admin))
-        .await?;
-    Ok((StatusCode::CREATED, axum::Json(view)).into_response())
+    state
+        .answer(StatusCode::CREATED, move |store| {
+            store.save_view(&access, &body.value, admin)
+        })
+        .await
 }
 
 /// Delete a view: your own, or (admin keys) a product's.
@@ -97,10 +97,9 @@ async fn bulk(
     body: JsonBody<BulkChange>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Write)?;
-    let items = state
-        .run(move |store| store.bulk_change(&access, &body.value))
-        .await?;
-    Ok(axum::Json(items).into_response())
+    state
+        .json(move |store| store.bulk_change(&access, &body.value))
+        .await
 }
 
 /// The filtered list (as `GET /api/agent/items` takes it, without `cursor`

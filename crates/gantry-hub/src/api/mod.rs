@@ -55,6 +55,26 @@ impl AppState {
             .await
             .map_err(|e| HubError::Internal(format!("a request's task failed: {e}")))?
     }
+
+    /// Runs a store operation (as [`AppState::run`]) and answers what it
+    /// returns as JSON, `200 OK`.
+    async fn json<R: Serialize + Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<R, HubError> + Send + 'static,
+    ) -> Result<Response, HubError> {
+        self.answer(StatusCode::OK, work).await
+    }
+
+    /// Runs a store operation (as [`AppState::run`]) and answers what it
+    /// returns as JSON, with `status`.
+    async fn answer<R: Serialize + Send + 'static>(
+        &self,
+        status: StatusCode,
+        work: impl FnOnce(&Store) -> Result<R, HubError> + Send + 'static,
+    ) -> Result<Response, HubError> {
+        let answer = self.run(work).await?;
+        Ok((status, axum::Json(answer)).into_response())
+    }
 }
 
 /// Serves the hub on `listener` until `shutdown` completes, with the

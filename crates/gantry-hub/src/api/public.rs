@@ -52,8 +52,7 @@ async fn roadmap(
     State(state): State<AppState>,
     Path(product): Path<String>,
 ) -> Result<Response, HubError> {
-    let items = state.run(move |store| store.roadmap(&product)).await?;
-    Ok(axum::Json(items).into_response())
+    state.json(move |store| store.roadmap(&product)).await
 }
 
 /// The product's public items done or closed, latest first (at most 100).
@@ -64,8 +63,7 @@ async fn changelog(
     State(state): State<AppState>,
     Path(product): Path<String>,
 ) -> Result<Response, HubError> {
-    let items = state.run(move |store| store.changelog(&product)).await?;
-    Ok(axum::Json(items).into_response())
+    state.json(move |store| store.changelog(&product)).await
 }
 
 /// A token for the idea form: an idea needs one a few seconds old.
@@ -93,10 +91,11 @@ async fn submit(
     state.rates.check_public(address.0)?;
     let min_age_ms =
         i64::try_from(state.limits.form_min_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
-    let submitted = state
-        .run(move |store| store.submit_idea(&product, &body.value, &client(address), min_age_ms))
-        .await?;
-    Ok((StatusCode::CREATED, axum::Json(submitted)).into_response())
+    state
+        .answer(StatusCode::CREATED, move |store| {
+            store.submit_idea(&product, &body.value, &client(address), min_age_ms)
+        })
+        .await
 }
 
 /// Vote for a public item: once per email, at most 10 per email in a
@@ -112,10 +111,11 @@ async fn vote(
 ) -> Result<Response, HubError> {
     state.rates.check_public(address.0)?;
     let email = body.value.email;
-    let voted = state
-        .run(move |store| store.vote(&product, &reference, &email, &client(address)))
-        .await?;
-    Ok((StatusCode::CREATED, axum::Json(voted)).into_response())
+    state
+        .answer(StatusCode::CREATED, move |store| {
+            store.vote(&product, &reference, &email, &client(address))
+        })
+        .await
 }
 
 /// A submission's status, by the token its submitter was given.
@@ -126,6 +126,5 @@ async fn submission(
     State(state): State<AppState>,
     Path(token): Path<String>,
 ) -> Result<Response, HubError> {
-    let status = state.run(move |store| store.submission(&token)).await?;
-    Ok(axum::Json(status).into_response())
+    state.json(move |store| store.submission(&token)).await
 }

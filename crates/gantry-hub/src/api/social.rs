@@ -62,10 +62,9 @@ async fn edit_comment(
     body: JsonBody<CommentEdit>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Write)?;
-    let comment = state
-        .run(move |store| store.edit_comment(&access, &id, comment, &body.value.body))
-        .await?;
-    Ok(axum::Json(comment).into_response())
+    state
+        .json(move |store| store.edit_comment(&access, &id, comment, &body.value.body))
+        .await
 }
 
 /// Delete your own comment; its text stays in the activity log.
@@ -105,10 +104,9 @@ async fn add_reaction(
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Write)?;
     let emoji = body.value.emoji;
-    let comment = state
-        .run(move |store| store.react(&access, &id, comment, emoji, true))
-        .await?;
-    Ok(axum::Json(comment).into_response())
+    state
+        .json(move |store| store.react(&access, &id, comment, emoji, true))
+        .await
 }
 
 /// Take your reaction back.
@@ -127,10 +125,9 @@ async fn remove_reaction(
         message: format!("`{}` is not a reaction", emoji.escape_debug()),
         hint: Some(format!("one of {}", Emoji::names())),
     })?;
-    let comment = state
-        .run(move |store| store.react(&access, &id, comment, emoji, false))
-        .await?;
-    Ok(axum::Json(comment).into_response())
+    state
+        .json(move |store| store.react(&access, &id, comment, emoji, false))
+        .await
 }
 
 /// Who watches the item.
@@ -144,8 +141,7 @@ async fn watchers(
     Path(id): Path<String>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Read)?;
-    let list = state.run(move |store| store.watchers(&access, &id)).await?;
-    Ok(axum::Json(list).into_response())
+    state.json(move |store| store.watchers(&access, &id)).await
 }
 
 /// Watch the item: its changes and comments notify you. Answers the watchers.
@@ -159,10 +155,9 @@ async fn watch(
     Path(id): Path<String>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Read)?;
-    let list = state
-        .run(move |store| store.watch(&access, &id, true))
-        .await?;
-    Ok(axum::Json(list).into_response())
+    state
+        .json(move |store| store.watch(&access, &id, true))
+        .await
 }
 
 /// Stop watching the item. Answers the watchers.
@@ -176,10 +171,9 @@ async fn unwatch(
     Path(id): Path<String>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Read)?;
-    let list = state
-        .run(move |store| store.watch(&access, &id, false))
-        .await?;
-    Ok(axum::Json(list).into_response())
+    state
+        .json(move |store| store.watch(&access, &id, false))
+        .await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -213,10 +207,9 @@ async fn notifications(
         )));
     }
     let unread = query.unread.unwrap_or(false);
-    let list = state
-        .run(move |store| store.notifications(&access, unread, query.before, limit))
-        .await?;
-    Ok(axum::Json(list).into_response())
+    state
+        .json(move |store| store.notifications(&access, unread, query.before, limit))
+        .await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -259,10 +252,9 @@ async fn custom_fields(
     Path(key): Path<String>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Read)?;
-    let fields = state
-        .run(move |store| store.custom_fields(&access, &key))
-        .await?;
-    Ok(axum::Json(fields).into_response())
+    state
+        .json(move |store| store.custom_fields(&access, &key))
+        .await
 }
 
 /// Define a custom field of the product (admin keys): text, number, date,
@@ -278,8 +270,9 @@ async fn define_field(
     body: JsonBody<NewField>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Admin)?;
-    let field = state
-        .run(move |store| store.define_field(&access, &key, &body.value))
-        .await?;
-    Ok((StatusCode::CREATED, axum::Json(field)).into_response())
+    state
+        .answer(StatusCode::CREATED, move |store| {
+            store.define_field(&access, &key, &body.value)
+        })
+        .await
 }

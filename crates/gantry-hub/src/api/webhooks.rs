@@ -58,10 +58,9 @@ async fn shipped(
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Write)?;
     let shipped = body.value;
-    let items = state
-        .run(move |store| store.shipped(&access, &shipped))
-        .await?;
-    Ok(axum::Json(items).into_response())
+    state
+        .json(move |store| store.shipped(&access, &shipped))
+        .await
 }
 
 /// A delivery from GitHub. Signed with `X-Hub-Signature-256`; a delivery
@@ -141,8 +140,8 @@ async fn receive(
         ));
     }
     let client = client.0.to_string();
-    let received = state
-        .run(move |store| {
+    state
+        .json(move |store| {
             store.receive(&Incoming {
                 forge,
                 event: &event,
@@ -152,8 +151,7 @@ async fn receive(
                 client: &client,
             })
         })
-        .await?;
-    Ok(axum::Json(received).into_response())
+        .await
 }
 
 #[derive(Serialize, ToSchema)]
@@ -200,10 +198,9 @@ async fn deliveries(
     Path(product): Path<String>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Admin)?;
-    let list = state
-        .run(move |store| store.deliveries(&access, &product))
-        .await?;
-    Ok(axum::Json(list).into_response())
+    state
+        .json(move |store| store.deliveries(&access, &product))
+        .await
 }
 
 /// Acts on a kept delivery again.
@@ -217,8 +214,7 @@ async fn replay(
     Path(id): Path<i64>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Admin)?;
-    let delivery = state.run(move |store| store.replay(&access, id)).await?;
-    Ok(axum::Json(delivery).into_response())
+    state.json(move |store| store.replay(&access, id)).await
 }
 
 /// Subscribes a URL to a product's events. The answer holds the signing
@@ -248,10 +244,11 @@ async fn subscribe(
                     .to_owned(),
             ),
         })?;
-    let made = state
-        .run(move |store| store.subscribe(&access, &product, &new))
-        .await?;
-    Ok((StatusCode::CREATED, axum::Json(made)).into_response())
+    state
+        .answer(StatusCode::CREATED, move |store| {
+            store.subscribe(&access, &product, &new)
+        })
+        .await
 }
 
 /// A product's subscriptions (never their secrets).
@@ -265,10 +262,9 @@ async fn subscriptions(
     Path(product): Path<String>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Admin)?;
-    let list = state
-        .run(move |store| store.subscriptions(&access, &product))
-        .await?;
-    Ok(axum::Json(list).into_response())
+    state
+        .json(move |store| store.subscriptions(&access, &product))
+        .await
 }
 
 /// Ends a subscription.
@@ -282,10 +278,9 @@ async fn unsubscribe(
     Path(id): Path<i64>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Admin)?;
-    let ended = state
-        .run(move |store| store.unsubscribe(&access, id))
-        .await?;
-    Ok(axum::Json(ended).into_response())
+    state
+        .json(move |store| store.unsubscribe(&access, id))
+        .await
 }
 
 /// A subscription's delivery attempts, newest first (at most 100).
@@ -299,6 +294,5 @@ async fn attempts(
     Path(id): Path<i64>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Admin)?;
-    let list = state.run(move |store| store.attempts(&access, id)).await?;
-    Ok(axum::Json(list).into_response())
+    state.json(move |store| store.attempts(&access, id)).await
 }
