@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::fields::{NewLabel, edit_labels};
-use super::items::{Access, SHORT_MAX, activity, lock, reload};
+use super::items::{Access, FieldChange, SHORT_MAX, apply_change, lock, reload};
 use super::{Store, one_line};
 use crate::db::Value;
 use crate::error::HubError;
@@ -88,40 +88,31 @@ impl Store {
             for target in &change.items {
                 let stored = lock(sql, access, &target.id, &target.version.to_string(), false)?;
                 let item = &stored.item;
-                let fields = [
+                let fields: [FieldChange; 3] = [
                     (
+                        "status",
                         "status",
                         Some(item.status.to_string()),
                         set.status.map(|s| Some(s.to_string())),
                     ),
                     (
                         "priority",
+                        "priority",
                         Some(item.priority.to_string()),
                         set.priority.map(|p| Some(p.to_string())),
                     ),
-                    ("assignee", item.assignee.clone(), set.assignee.clone()),
+                    (
+                        "assignee",
+                        "assignee",
+                        item.assignee.clone(),
+                        set.assignee.clone(),
+                    ),
                 ];
-                for (field, before, after) in fields {
-                    let Some(after) = after else { continue };
-                    if after == before {
-                        continue;
-                    }
-                    sql.execute(
-                        &format!("UPDATE items SET {field} = ? WHERE id = ?"),
-                        &[after.as_deref().into(), Value::Int(item.id)],
-                    )?;
-                    let note = (field == "status")
+                for field in fields {
+                    let note = (field.0 == "status")
                         .then_some(change.reason.as_deref())
                         .flatten();
-                    activity(
-                        sql,
-                        item.id,
-                        actor,
-                        field,
-                        before.as_deref(),
-                        after.as_deref(),
-                        note,
-                    )?;
+                    apply_change(sql, item.id, actor, field, note)?;
                 }
                 if set.status.is_some_and(|s| s.category().is_finished()) {
                     sql.execute(

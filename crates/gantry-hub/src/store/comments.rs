@@ -131,6 +131,47 @@ fn check_body(body: &str) -> Result<(), HubError> {
     Ok(())
 }
 
+/// Replaces the text of the asker's own comment with `body`, or deletes
+/// it (`None`); logs the text before, which it answers with the item.
+fn rewrite(
+    sql: &mut dyn Sql,
+    access: &Access,
+    which: &str,
+    comment: i64,
+    body: Option<&str>,
+) -> Result<(Stored, String), HubError> {
+    let stored = fetch(sql, access, which)?;
+    let (before, _) = own_comment(sql, access, &stored, comment)?;
+    let now = clock::now();
+    let note = match body {
+        Some(body) => {
+            sql.execute(
+                "UPDATE comments SET body = ?, edited_at = ? WHERE id = ?",
+                &[body.into(), Value::Int(now), Value::Int(comment)],
+            )?;
+            format!("comment {comment} edited")
+        }
+        None => {
+            sql.execute(
+                "UPDATE comments SET deleted_at = ? WHERE id = ?",
+                &[Value::Int(now), Value::Int(comment)],
+            )?;
+            format!("comment {comment} deleted")
+        }
+    };
+    touch(sql, stored.item.id, now)?;
+    activity(
+        sql,
+        stored.item.id,
+        &access.actor.name,
+        "comment",
+        Some(&before),
+        body,
+        Some(&note),
+    )?;
+    Ok((stored, before))
+}
+
 /// A comment of the item, refused unless `access` wrote it.
 fn own_comment(
     sql: &mut dyn Sql,
@@ -247,24 +288,7 @@ impl Store {
     ) -> Result<Comment, HubError> {
         check_body(body)?;
         self.tx(|sql| {
-            let stored = fetch(sql, access, which)?;
-            let (before, _) = own_comment(sql, access, &stored, comment)?;
-            let now = clock::now();
-            sql.execute(
-                "UPDATE comments SET body = ?, edited_at = ? WHERE id = ?",
-                &[body.into(), Value::Int(now), Value::Int(comment)],
-            )?;
-            touch(sql, stored.item.id, now)?;
-            let note = format!("comment {comment} edited");
-            activity(
-                sql,
-                stored.item.id,
-                &access.actor.name,
-                "comment",
-                Some(&before),
-                Some(body),
-                Some(&note),
-            )?;
+            let (stored, before) = rewrite(sql, access, which, comment, Some(body))?;
             notify_mentions(sql, access, &stored, comment, body, Some(&before))?;
             access.audit(sql, "comment.edit", &stored.item.reference)?;
             one(sql, stored.item.id, comment)
@@ -279,24 +303,7 @@ impl Store {
         comment: i64,
     ) -> Result<(), HubError> {
         self.tx(|sql| {
-            let stored = fetch(sql, access, which)?;
-            let (before, _) = own_comment(sql, access, &stored, comment)?;
-            let now = clock::now();
-            sql.execute(
-                "UPDATE comments SET deleted_at = ? WHERE id = ?",
-                &[Value::Int(now), Value::Int(comment)],
-            )?;
-            touch(sql, stored.item.id, now)?;
-            let note = format!("comment {comment} deleted");
-            activity(
-                sql,
-                stored.item.id,
-                &access.actor.name,
-                "comment",
-                Some(&before),
-                None,
-                Some(&note),
-            )?;
+            let (stored, _) = rewrite(sql, access, which, comment, None)?;
             access.audit(sql, "comment.delete", &stored.item.reference)
         })
     }

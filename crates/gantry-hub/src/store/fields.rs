@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use super::items::{
     Access, CHECK_TEXT_MAX, CHECKLIST_MAX, DEFAULT_COLOR, FieldChange, LABELS_MAX, LINKS_MAX,
-    SHORT_MAX, Stored, TEXT_MAX, TITLE_MAX, activity, fetch, load, lock, reload,
+    SHORT_MAX, Stored, TEXT_MAX, TITLE_MAX, activity, apply_change, fetch, load, lock, reload,
 };
 use super::links::{NewLink, add_link};
 use super::products::milestone_id;
@@ -473,7 +473,7 @@ impl Store {
                 }
                 let stored = load(sql, id)?.ok_or_else(|| HubError::Internal("a new item vanished".to_owned()))?;
                 access.audit(sql, "item.create", &stored.item.reference)?;
-                super::outbox::item_created(sql, stored.product_id, &stored.item)?;
+                super::outbox::item_changed(sql, stored.product_id, &stored.item, true)?;
                 then(sql, &stored.item)?;
                 created(&stored.item)
             })
@@ -499,24 +499,8 @@ impl Store {
                 )));
             }
             let actor = access.actor.name.as_str();
-            for (column, field, before, after) in field_changes(item, edit) {
-                let Some(after) = after else { continue };
-                if after == before {
-                    continue;
-                }
-                sql.execute(
-                    &format!("UPDATE items SET {column} = ? WHERE id = ?"),
-                    &[after.as_deref().into(), Value::Int(item.id)],
-                )?;
-                activity(
-                    sql,
-                    item.id,
-                    actor,
-                    field,
-                    before.as_deref(),
-                    after.as_deref(),
-                    None,
-                )?;
+            for change in field_changes(item, edit) {
+                apply_change(sql, item.id, actor, change, None)?;
             }
             if let Some(estimate) = edit.estimate {
                 edit_estimate(sql, item, actor, estimate)?;
@@ -535,7 +519,7 @@ impl Store {
             }
             access.audit(sql, "item.edit", &item.reference)?;
             let item = reload(sql, item.id)?;
-            super::outbox::item_updated(sql, stored.product_id, &item)?;
+            super::outbox::item_changed(sql, stored.product_id, &item, false)?;
             Ok(item)
         })
     }

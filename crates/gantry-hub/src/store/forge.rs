@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::items::{Access, activity, load};
 use super::outbox::{Event, comment_added, emit, pr_linked, product_for};
+use super::work::{NewPr, write_pr};
 use super::{Store, audit};
 use crate::clock;
 use crate::db::{Row, Sql, Value};
@@ -327,39 +328,18 @@ fn pull_request(
         PrAction::Merged => PrStatus::Merged,
         PrAction::ClosedUnmerged => PrStatus::Closed,
     };
-    let before = sql
-        .query_one(
-            "SELECT status FROM pull_requests WHERE item_id = ? AND url = ?",
-            &[Value::Int(id), pr.url.as_str().into()],
-        )?
-        .map(|r| r.text(0))
-        .transpose()?;
-    let values = [
-        Value::from(pr.number),
-        pr.title
-            .as_deref()
-            .map(|t| t.chars().take(200).collect::<String>())
-            .into(),
-        status.as_str().into(),
-        pr.branch.chars().take(200).collect::<String>().into(),
-        pr.commit.as_deref().into(),
-        Value::Int(clock::now()),
-        Value::Int(id),
-        pr.url.as_str().into(),
-    ];
-    if before.is_some() {
-        sql.execute(
-            "UPDATE pull_requests SET number = ?, title = ?, status = ?, branch = ?, commit_sha = ?, \
-             updated_at = ? WHERE item_id = ? AND url = ?",
-            &values,
-        )?;
-    } else {
-        sql.execute(
-            "INSERT INTO pull_requests (number, title, status, branch, commit_sha, updated_at, item_id, url) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            &values,
-        )?;
-    }
+    let before = write_pr(
+        sql,
+        id,
+        &NewPr {
+            url: pr.url.clone(),
+            number: pr.number,
+            title: pr.title.as_deref().map(|t| t.chars().take(200).collect()),
+            status,
+            branch: Some(pr.branch.chars().take(200).collect()),
+            commit: pr.commit.clone(),
+        },
+    )?;
     touch(sql, id)?;
     let after = format!("{} {status}", pr.url);
     let before_text = before.as_ref().map(|s| format!("{} {s}", pr.url));

@@ -492,6 +492,34 @@ pub(super) fn activity(
     Ok(())
 }
 
+/// Applies one field's change to the item (its column and a line of
+/// activity), unless the change leaves the field alone or as it is.
+pub(super) fn apply_change(
+    sql: &mut dyn Sql,
+    item: i64,
+    actor: &str,
+    (column, field, before, after): FieldChange,
+    note: Option<&str>,
+) -> Result<(), HubError> {
+    let Some(after) = after else { return Ok(()) };
+    if after == before {
+        return Ok(());
+    }
+    sql.execute(
+        &format!("UPDATE items SET {column} = ? WHERE id = ?"),
+        &[after.as_deref().into(), Value::Int(item)],
+    )?;
+    activity(
+        sql,
+        item,
+        actor,
+        field,
+        before.as_deref(),
+        after.as_deref(),
+        note,
+    )
+}
+
 pub(super) fn reload(sql: &mut dyn Sql, id: i64) -> Result<Item, HubError> {
     Ok(load(sql, id)?
         .ok_or_else(|| HubError::Internal("a changed item vanished".to_owned()))?

@@ -528,36 +528,19 @@ fn disable(sql: &mut dyn Sql, due: &Due, attempts: i64, error: &str) -> Result<(
     Ok(())
 }
 
-/// `item.created`, for a new item.
-pub(super) fn item_created(
+/// `item.created` for a new item (`created`), else `item.updated`.
+pub(super) fn item_changed(
     sql: &mut dyn Sql,
     product_id: i64,
     item: &Item,
+    created: bool,
 ) -> Result<(), HubError> {
-    emit(
-        sql,
-        product_id,
-        Event::ItemCreated,
-        item,
-        json!({}),
-        &format!("new {}", item.kind),
-    )
-}
-
-/// `item.updated`, for an edit.
-pub(super) fn item_updated(
-    sql: &mut dyn Sql,
-    product_id: i64,
-    item: &Item,
-) -> Result<(), HubError> {
-    emit(
-        sql,
-        product_id,
-        Event::ItemUpdated,
-        item,
-        json!({}),
-        "updated",
-    )
+    let (event, summary) = if created {
+        (Event::ItemCreated, format!("new {}", item.kind))
+    } else {
+        (Event::ItemUpdated, "updated".to_owned())
+    };
+    emit(sql, product_id, event, item, json!({}), &summary)
 }
 
 /// `pr.linked`, for a pull request linked through the agent API.

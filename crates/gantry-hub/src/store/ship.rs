@@ -79,7 +79,7 @@ impl Store {
                     )?;
                     access.audit(sql, "item.shipped", &stored.item.reference)?;
                     let item = super::items::reload(sql, id)?;
-                    super::outbox::item_updated(sql, stored.product_id, &item)?;
+                    super::outbox::item_changed(sql, stored.product_id, &item, false)?;
                     items.push(stored.item.reference);
                 }
             }

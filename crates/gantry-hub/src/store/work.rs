@@ -6,11 +6,12 @@ use utoipa::ToSchema;
 
 use super::fields::{add_checklist, check_checklist};
 use super::items::{
-    Access, CHECKLIST_MAX, CLAIM_MAX_SECONDS, TITLE_MAX, URL_MAX, activity, fetch, lock, reload,
+    Access, CHECKLIST_MAX, CLAIM_MAX_SECONDS, Stored, TITLE_MAX, URL_MAX, activity, fetch, lock,
+    reload,
 };
 use super::{Store, audit, bounded, one_line};
 use crate::clock;
-use crate::db::Value;
+use crate::db::{Sql, Value};
 use crate::error::HubError;
 use crate::model::{Activity, Item, PrStatus, Status};
 
@@ -74,27 +75,7 @@ impl Store {
             }
             let stored = lock(sql, access, which, if_match, false)?;
             let expires = clock::now() + (seconds as i64) * 1000;
-            sql.execute(
-                "UPDATE items SET claimed_by = ?, claim_expires_at = ? WHERE id = ?",
-                &[
-                    access.actor.name.as_str().into(),
-                    Value::Int(expires),
-                    Value::Int(stored.item.id),
-                ],
-            )?;
-            if stored.holder.as_deref() != Some(access.actor.name.as_str()) {
-                activity(
-                    sql,
-                    stored.item.id,
-                    &access.actor.name,
-                    "claim",
-                    stored.holder.as_deref(),
-                    Some(&access.actor.name),
-                    None,
-                )?;
-            }
-            access.audit(sql, "item.claim", &stored.item.reference)?;
-            reload(sql, stored.item.id)
+            set_claim(sql, access, &stored, Some(expires))
         })
     }
 
@@ -102,23 +83,7 @@ impl Store {
     pub fn release(&self, access: &Access, which: &str, if_match: &str) -> Result<Item, HubError> {
         self.tx(|sql| {
             let stored = lock(sql, access, which, if_match, false)?;
-            sql.execute(
-                "UPDATE items SET claimed_by = NULL, claim_expires_at = NULL WHERE id = ?",
-                &[Value::Int(stored.item.id)],
-            )?;
-            if stored.holder.is_some() {
-                activity(
-                    sql,
-                    stored.item.id,
-                    &access.actor.name,
-                    "claim",
-                    stored.holder.as_deref(),
-                    None,
-                    None,
-                )?;
-            }
-            access.audit(sql, "item.release", &stored.item.reference)?;
-            reload(sql, stored.item.id)
+            set_claim(sql, access, &stored, None)
         })
     }
 
@@ -200,39 +165,18 @@ impl Store {
         self.tx(|sql| {
             let stored = lock(sql, access, which, if_match, false)?;
             let id = stored.item.id;
-            let before = sql
-                .query_one(
-                    "SELECT status FROM pull_requests WHERE item_id = ? AND url = ?",
-                    &[Value::Int(id), pr.url.as_str().into()],
-                )?
-                .map(|r| r.text(0))
-                .transpose()?;
-            let values = [
-                Value::from(pr.number),
-                pr.title.as_deref().into(),
-                pr.status.as_str().into(),
-                pr.branch.as_deref().into(),
-                pr.commit.as_deref().into(),
-                Value::Int(clock::now()),
-                Value::Int(id),
-                pr.url.as_str().into(),
-            ];
-            if before.is_some() {
-                sql.execute(
-                    "UPDATE pull_requests SET number = ?, title = ?, status = ?, branch = ?, commit_sha = ?, \
-                     updated_at = ? WHERE item_id = ? AND url = ?",
-                    &values,
-                )?;
-            } else {
-                sql.execute(
-                    "INSERT INTO pull_requests (number, title, status, branch, commit_sha, updated_at, item_id, url) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    &values,
-                )?;
-            }
+            let before = write_pr(sql, id, pr)?;
             let after = format!("{} {}", pr.url, pr.status);
             let before = before.map(|status| format!("{} {status}", pr.url));
-            activity(sql, id, &access.actor.name, "pull_request", before.as_deref(), Some(&after), None)?;
+            activity(
+                sql,
+                id,
+                &access.actor.name,
+                "pull_request",
+                before.as_deref(),
+                Some(&after),
+                None,
+            )?;
             access.audit(sql, "item.pr", &stored.item.reference)?;
             let item = reload(sql, id)?;
             super::outbox::pr_linked(sql, stored.product_id, &item, &pr.url)?;
@@ -340,4 +284,72 @@ impl Store {
         })?;
         Ok(crate::context::render(&item, &comments))
     }
+}
+
+/// Writes the item's pull request at `pr.url`: a new row, or the one it
+/// has. Answers its status before, `None` when it is new.
+pub(super) fn write_pr(sql: &mut dyn Sql, id: i64, pr: &NewPr) -> Result<Option<String>, HubError> {
+    let before = sql
+        .query_one(
+            "SELECT status FROM pull_requests WHERE item_id = ? AND url = ?",
+            &[Value::Int(id), pr.url.as_str().into()],
+        )?
+        .map(|r| r.text(0))
+        .transpose()?;
+    let values = [
+        Value::from(pr.number),
+        pr.title.as_deref().into(),
+        pr.status.as_str().into(),
+        pr.branch.as_deref().into(),
+        pr.commit.as_deref().into(),
+        Value::Int(clock::now()),
+        Value::Int(id),
+        pr.url.as_str().into(),
+    ];
+    if before.is_some() {
+        sql.execute(
+            "UPDATE pull_requests SET number = ?, title = ?, status = ?, branch = ?, commit_sha = ?, \
+             updated_at = ? WHERE item_id = ? AND url = ?",
+            &values,
+        )?;
+    } else {
+        sql.execute(
+            "INSERT INTO pull_requests (number, title, status, branch, commit_sha, updated_at, item_id, url) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            &values,
+        )?;
+    }
+    Ok(before)
+}
+
+/// Gives the claim of the item to the asker until `expires`, or ends it
+/// (`None`); a change of holder goes to the activity log.
+fn set_claim(
+    sql: &mut dyn Sql,
+    access: &Access,
+    stored: &Stored,
+    expires: Option<i64>,
+) -> Result<Item, HubError> {
+    let holder = expires.map(|_| access.actor.name.as_str());
+    sql.execute(
+        "UPDATE items SET claimed_by = ?, claim_expires_at = ? WHERE id = ?",
+        &[holder.into(), expires.into(), Value::Int(stored.item.id)],
+    )?;
+    if stored.holder.as_deref() != holder {
+        activity(
+            sql,
+            stored.item.id,
+            &access.actor.name,
+            "claim",
+            stored.holder.as_deref(),
+            holder,
+            None,
+        )?;
+    }
+    let action = match expires {
+        Some(_) => "item.claim",
+        None => "item.release",
+    };
+    access.audit(sql, action, &stored.item.reference)?;
+    reload(sql, stored.item.id)
 }
