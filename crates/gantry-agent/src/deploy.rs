@@ -341,13 +341,7 @@ async fn roll_service(
     .await?;
     match cut_over(agent, timer, release, service, cutover, &started).await {
         Ok(old) => {
-            timer
-                .time(
-                    "stop-old",
-                    Some(&service.name),
-                    stop_all(agent, &old, service),
-                )
-                .await;
+            stop_old(agent, timer, &old, service).await;
             Ok(Rolled::Replaced)
         }
         Err(failure) => {
@@ -651,13 +645,7 @@ async fn roll_static(
         .ok_or_else(|| failed(format!("`{}` is not a static service", service.name)))?;
     crate::site::check_root(&files, &root, service).map_err(failed)?;
     let old = cut_over(agent, timer, release, service, cutover, &[]).await?;
-    timer
-        .time(
-            "stop-old",
-            Some(&service.name),
-            stop_all(agent, &old, service),
-        )
-        .await;
+    stop_old(agent, timer, &old, service).await;
     Ok(())
 }
 
@@ -715,6 +703,22 @@ async fn cut_over(
         })
         .await;
     switched.map(|()| old)
+}
+
+/// Stops the instances a cutover replaced, timed as `stop-old`.
+async fn stop_old(
+    agent: &Agent,
+    timer: &mut Timer<'_>,
+    old: &[InstanceRecord],
+    service: &ServiceSpec,
+) {
+    timer
+        .time(
+            "stop-old",
+            Some(&service.name),
+            stop_all(agent, old, service),
+        )
+        .await;
 }
 
 /// Stops a service's instances side by side.

@@ -132,101 +132,67 @@ mod tests {
         port
     }
 
+    /// Probes from the temporary directory, unconfined.
+    async fn probe_here(
+        check: &Check,
+        port: Option<u16>,
+        timeout: Duration,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        let cwd = std::env::temp_dir();
+        probe(check, port, timeout, &cwd, env, &Confinement::default()).await
+    }
+
     #[tokio::test]
     async fn http_checks_pass_on_2xx_and_fail_otherwise() {
         let env = BTreeMap::new();
-        let cwd = std::env::temp_dir();
         let check = Check::Http {
             path: "/healthz".into(),
         };
         let ok = serve_once("204 No Content").await;
         assert_eq!(
-            probe(
-                &check,
-                Some(ok),
-                Duration::from_secs(2),
-                &cwd,
-                &env,
-                &Confinement::default()
-            )
-            .await,
+            probe_here(&check, Some(ok), Duration::from_secs(2), &env).await,
             Ok(())
         );
         let bad = serve_once("503 Service Unavailable").await;
-        let err = probe(
-            &check,
-            Some(bad),
-            Duration::from_secs(2),
-            &cwd,
-            &env,
-            &Confinement::default(),
-        )
-        .await
-        .expect_err("503 fails");
+        let err = probe_here(&check, Some(bad), Duration::from_secs(2), &env)
+            .await
+            .expect_err("503 fails");
         assert!(err.contains("503"), "{err}");
     }
 
     #[tokio::test]
     async fn tcp_and_command_checks() {
         let env = BTreeMap::from([("WANT".to_owned(), "yes".to_owned())]);
-        let cwd = std::env::temp_dir();
         let port = serve_once("200 OK").await;
         assert!(
-            probe(
-                &Check::Tcp,
-                Some(port),
-                Duration::from_secs(2),
-                &cwd,
-                &env,
-                &Confinement::default()
-            )
-            .await
-            .is_ok()
+            probe_here(&Check::Tcp, Some(port), Duration::from_secs(2), &env)
+                .await
+                .is_ok()
         );
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").port()
         };
         assert!(
-            probe(
-                &Check::Tcp,
-                Some(closed),
-                Duration::from_secs(2),
-                &cwd,
-                &env,
-                &Confinement::default()
-            )
-            .await
-            .is_err()
+            probe_here(&Check::Tcp, Some(closed), Duration::from_secs(2), &env)
+                .await
+                .is_err()
         );
         let pass = Check::Command {
             command: "test \"$WANT\" = yes".into(),
         };
         assert!(
-            probe(
-                &pass,
-                None,
-                Duration::from_secs(2),
-                &cwd,
-                &env,
-                &Confinement::default()
-            )
-            .await
-            .is_ok()
+            probe_here(&pass, None, Duration::from_secs(2), &env)
+                .await
+                .is_ok()
         );
         let slow = Check::Command {
             command: "sleep 5".into(),
         };
-        let err = probe(
-            &slow,
-            None,
-            Duration::from_millis(200),
-            &cwd,
-            &env,
-            &Confinement::default(),
-        )
-        .await
-        .expect_err("times out");
+        let err = probe_here(&slow, None, Duration::from_millis(200), &env)
+            .await
+            .expect_err("times out");
         assert!(err.contains("200ms"), "{err}");
     }
 }

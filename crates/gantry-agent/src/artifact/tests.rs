@@ -27,6 +27,15 @@ fn fixture() -> Fixture {
     }
 }
 
+impl Fixture {
+    /// Stores a file named and holding `name` (mode 644); answers its digest.
+    fn put(&self, name: &str) -> String {
+        let path = self.root.join(name);
+        write(&path, name, 0o644);
+        self.blobs.put_file(&path).expect("put").0
+    }
+}
+
 fn write(path: &Path, content: &str, mode: u32) {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).expect("mkdir");
@@ -377,15 +386,7 @@ fn materialize_refuses_missing_blobs_and_unsafe_paths_before_writing() {
         .expect_err("missing blob");
     assert!(matches!(err, ArtifactError::MissingBlobs { ref digests } if digests == &[absent]));
 
-    let present = f
-        .blobs
-        .put_file(&{
-            let p = f.root.join("x");
-            write(&p, "x", 0o644);
-            p
-        })
-        .expect("put")
-        .0;
+    let present = f.put("x");
     for bad in [
         vec![file("../escape", &present)],
         vec![file("/etc/passwd", &present)],
@@ -413,15 +414,7 @@ fn materialize_refuses_missing_blobs_and_unsafe_paths_before_writing() {
 #[test]
 fn materialize_never_creates_setuid_files() {
     let f = fixture();
-    let present = f
-        .blobs
-        .put_file(&{
-            let p = f.root.join("x");
-            write(&p, "x", 0o644);
-            p
-        })
-        .expect("put")
-        .0;
+    let present = f.put("x");
     let files = vec![ArtifactFile {
         path: "suid".to_owned(),
         digest: present,

@@ -41,32 +41,29 @@ impl Store {
         project: &str,
         service: &str,
     ) -> Result<Option<String>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT release FROM service_releases WHERE project = ?1 AND service = ?2",
-                [project, service],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(StoreError::from)
+        self.row(
+            "SELECT release FROM service_releases WHERE project = ?1 AND service = ?2",
+            [project, service],
+            |row| row.get(0),
+        )
     }
 
     /// The release each service of a project runs, by service name.
     pub fn current_all(&self, project: &str) -> Result<BTreeMap<String, String>, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT service, release FROM service_releases WHERE project = ?1")?;
-        let rows = statement.query_map([project], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.rows(
+            "SELECT service, release FROM service_releases WHERE project = ?1",
+            [project],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
     }
 
     /// The release every service of every project runs: (project, service, release).
     pub(crate) fn current_everywhere(&self) -> Result<Vec<(String, String, String)>, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT project, service, release FROM service_releases")?;
-        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.rows(
+            "SELECT project, service, release FROM service_releases",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
     }
 
     /// The cutover of one service, in one transaction: the service now runs

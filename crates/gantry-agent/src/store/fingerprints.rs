@@ -6,7 +6,7 @@
 //! A fingerprint mixes in digests of secret values: it stays in this store
 //! (0600, beside the secrets file itself) and is never reported.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::cutover::set_current;
 use super::instances::ACTIVE;
@@ -26,14 +26,11 @@ impl Store {
     /// What an instance runs, if recorded (instances started by agents
     /// before fingerprints have none, and count as changed).
     pub(crate) fn fingerprint(&self, id: &str) -> Result<Option<String>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT fingerprint FROM instance_fingerprints WHERE instance = ?1",
-                [id],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(StoreError::from)
+        self.row(
+            "SELECT fingerprint FROM instance_fingerprints WHERE instance = ?1",
+            [id],
+            |row| row.get(0),
+        )
     }
 
     /// An unchanged service, in one transaction: it now runs `release`

@@ -6,7 +6,7 @@
 //! what each was for.
 
 use gantry_core::agent_api::{Exit, Instance, InstanceState};
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{Row, params};
 
 use super::codec::{Json, Named, json};
 use super::releases::require_release;
@@ -203,37 +203,36 @@ impl Store {
     }
 
     pub(crate) fn instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
-        self.conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM instances WHERE id = ?1"),
-                [id],
-                read_instance,
-            )
-            .optional()
-            .map_err(StoreError::from)
+        self.row(
+            &format!("SELECT {COLUMNS} FROM instances WHERE id = ?1"),
+            [id],
+            read_instance,
+        )
     }
 
     /// Every instance of a project the store remembers, stopped ones included,
     /// by service then age.
     pub(crate) fn instances(&self, project: &str) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.query_instances(
+        self.rows(
             &format!(
                 "SELECT {COLUMNS} FROM instances WHERE project = ?1 \
                  ORDER BY service, created_at, id"
             ),
             params![project],
+            read_instance,
         )
     }
 
     /// The instances of every project the agent owes a process (not stopped
     /// nor failed): what a restarted agent re-adopts or restarts.
     pub fn active_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.query_instances(
+        self.rows(
             &format!(
                 "SELECT {COLUMNS} FROM instances WHERE {ACTIVE} \
                  ORDER BY project, service, created_at, id"
             ),
             params![],
+            read_instance,
         )
     }
 
@@ -244,23 +243,14 @@ impl Store {
         project: &str,
         release: &str,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.query_instances(
+        self.rows(
             &format!(
                 "SELECT {COLUMNS} FROM instances WHERE project = ?1 AND release = ?2 \
                  ORDER BY service, created_at, id"
             ),
             params![project, release],
+            read_instance,
         )
-    }
-
-    fn query_instances(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-    ) -> Result<Vec<InstanceRecord>, StoreError> {
-        let mut statement = self.conn.prepare_cached(sql)?;
-        let rows = statement.query_map(params, read_instance)?;
-        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
@@ -286,20 +276,20 @@ fn read_instance(row: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::store::releases::tests::release;
+    use crate::store::releases::tests::insert;
 
     pub(in crate::store) fn store_with_releases() -> Store {
         let store = Store::open_in_memory().expect("store");
+        insert(
+            &store,
+            &[("shop", "r-1", 1), ("shop", "r-2", 2), ("blog", "b-1", 1)],
+        );
         store
-            .insert_release(&release("shop", "r-1", 1))
-            .expect("insert");
-        store
-            .insert_release(&release("shop", "r-2", 2))
-            .expect("insert");
-        store
-            .insert_release(&release("blog", "b-1", 1))
-            .expect("insert");
-        store
+    }
+
+    /// Records an instance's state.
+    pub(in crate::store) fn set_state(store: &Store, id: &str, state: InstanceState) {
+        store.set_instance_state(id, state).expect("state");
     }
 
     pub(in crate::store) fn add(
@@ -339,9 +329,7 @@ pub(super) mod tests {
             .set_instance_process("web-1", 4242, 987_654, Some(4241))
             .expect("process");
         store.set_instance_health("web-1", true).expect("health");
-        store
-            .set_instance_state("web-1", InstanceState::Live)
-            .expect("state");
+        set_state(&store, "web-1", InstanceState::Live);
         let running = store.instance("web-1").expect("query").expect("found");
         assert_eq!(
             (running.pid, running.start_time, running.relay_pid),
@@ -358,9 +346,7 @@ pub(super) mod tests {
             at: 1_700_000_000_123,
         };
         store.record_exit("web-1", &exit, 3).expect("exit");
-        store
-            .set_instance_state("web-1", InstanceState::Backoff)
-            .expect("state");
+        set_state(&store, "web-1", InstanceState::Backoff);
         let exited = store.instance("web-1").expect("query").expect("found");
         assert_eq!(exited.last_exit, Some(exit));
         assert_eq!(exited.restarts, 3);
@@ -416,15 +402,9 @@ pub(super) mod tests {
         add(&store, "web-2", "shop", "web", "r-1");
         add(&store, "web-3", "shop", "web", "r-2");
         add(&store, "blog-1", "blog", "app", "b-1");
-        store
-            .set_instance_state("web-1", InstanceState::Stopped)
-            .expect("state");
-        store
-            .set_instance_state("web-2", InstanceState::Failed)
-            .expect("state");
-        store
-            .set_instance_state("web-3", InstanceState::Backoff)
-            .expect("state");
+        set_state(&store, "web-1", InstanceState::Stopped);
+        set_state(&store, "web-2", InstanceState::Failed);
+        set_state(&store, "web-3", InstanceState::Backoff);
         let ids = |records: Vec<InstanceRecord>| -> Vec<String> {
             records.into_iter().map(|r| r.id).collect()
         };

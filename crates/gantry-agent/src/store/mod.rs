@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use gantry_core::clock::now_ms;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 pub use instances::InstanceRecord;
 pub use port_leases::PortLease;
@@ -139,6 +139,28 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn open_in_memory() -> Result<Store, StoreError> {
         Store::prepare(Connection::open_in_memory()?)
+    }
+
+    /// The row `sql` selects with `params`, if any, read by `read`.
+    fn row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        read: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self.conn.query_row(sql, params, read).optional()?)
+    }
+
+    /// Every row `sql` selects with `params`, each read by `read`.
+    fn rows<T, C: FromIterator<T>>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<C, StoreError> {
+        let mut statement = self.conn.prepare_cached(sql)?;
+        let rows = statement.query_map(params, read)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn prepare(mut conn: Connection) -> Result<Store, StoreError> {

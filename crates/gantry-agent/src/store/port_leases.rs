@@ -2,7 +2,7 @@
 //! outlives the agent process, so a restarted agent never hands out a port
 //! it already gave to a running instance.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::{Store, StoreError, is_unique_violation, now_ms};
 
@@ -18,23 +18,20 @@ pub struct PortLease {
 impl Store {
     /// Every port lease, by port.
     pub fn port_allocations(&self) -> Result<Vec<PortLease>, StoreError> {
-        let mut statement = self.conn.prepare_cached(
+        self.rows(
             "SELECT port, instance_id, allocated_at FROM port_allocations ORDER BY port",
-        )?;
-        let rows = statement.query_map([], read_lease)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            [],
+            read_lease,
+        )
     }
 
     /// The port leased to an instance, if any.
     pub(crate) fn port_of(&self, instance_id: &str) -> Result<Option<u16>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT port FROM port_allocations WHERE instance_id = ?1",
-                [instance_id],
-                |row| row.get(0),
-            )
-            .optional()?)
+        self.row(
+            "SELECT port FROM port_allocations WHERE instance_id = ?1",
+            [instance_id],
+            |row| row.get(0),
+        )
     }
 
     /// Leases `port` to an instance and moves the round-robin cursor to it, in
@@ -62,14 +59,11 @@ impl Store {
 
     /// Ends an instance's lease; returns the port it held.
     pub(crate) fn release_port(&self, instance_id: &str) -> Result<Option<u16>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "DELETE FROM port_allocations WHERE instance_id = ?1 RETURNING port",
-                [instance_id],
-                |row| row.get(0),
-            )
-            .optional()?)
+        self.row(
+            "DELETE FROM port_allocations WHERE instance_id = ?1 RETURNING port",
+            [instance_id],
+            |row| row.get(0),
+        )
     }
 
     /// Ends the leases no instance needs any more, and returns them: leases
@@ -81,23 +75,20 @@ impl Store {
     /// Only for an agent that is starting: a deploy running meanwhile may
     /// hold a lease whose instance it has not recorded yet.
     pub(crate) fn release_unused_leases(&self) -> Result<Vec<PortLease>, StoreError> {
-        let mut statement = self.conn.prepare_cached(
+        self.rows(
             "DELETE FROM port_allocations WHERE instance_id NOT IN \
              (SELECT id FROM instances WHERE state != 'stopped') \
              RETURNING port, instance_id, allocated_at",
-        )?;
-        let rows = statement.query_map([], read_lease)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            [],
+            read_lease,
+        )
     }
 
     /// The port leased last: the round-robin search resumes after it.
     pub(crate) fn port_cursor(&self) -> Result<Option<u16>, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT last FROM port_cursor WHERE id = 1", [], |row| {
-                row.get(0)
-            })
-            .optional()?)
+        self.row("SELECT last FROM port_cursor WHERE id = 1", [], |row| {
+            row.get(0)
+        })
     }
 }
 
@@ -132,18 +123,14 @@ mod tests {
     fn a_starting_agent_takes_back_ports_of_instances_never_recorded_or_stopped() {
         use gantry_core::agent_api::InstanceState;
 
-        use crate::store::instances::tests::{add, store_with_releases};
+        use crate::store::instances::tests::{add, set_state, store_with_releases};
 
         let store = store_with_releases();
         add(&store, "live", "shop", "web", "r-1");
         add(&store, "stopped", "shop", "web", "r-1");
         add(&store, "failed", "shop", "web", "r-1");
-        store
-            .set_instance_state("stopped", InstanceState::Stopped)
-            .expect("state");
-        store
-            .set_instance_state("failed", InstanceState::Failed)
-            .expect("state");
+        set_state(&store, "stopped", InstanceState::Stopped);
+        set_state(&store, "failed", InstanceState::Failed);
         for (port, id) in [
             (20_001, "live"),
             (20_002, "stopped"),

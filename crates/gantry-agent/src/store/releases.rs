@@ -2,7 +2,7 @@
 //! reason, log tail and phases change, as the deploy progresses.
 
 use gantry_core::agent_api::Release;
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{Row, params};
 
 use super::codec::{Json, Named, json};
 use super::service_row::{ServiceRow, from_rows, to_rows};
@@ -105,88 +105,68 @@ impl Store {
         let Some(number) = parse_number(id) else {
             return Ok(None);
         };
-        self.conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM releases WHERE project = ?1 AND number = ?2"),
-                params![project, number],
-                read_release,
-            )
-            .optional()
-            .map_err(StoreError::from)
+        self.row(
+            &format!("SELECT {COLUMNS} FROM releases WHERE project = ?1 AND number = ?2"),
+            params![project, number],
+            read_release,
+        )
     }
 
     fn release_by_id(&self, project: &str, id: &str) -> Result<Option<Release>, StoreError> {
-        self.conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM releases WHERE project = ?1 AND id = ?2"),
-                params![project, id],
-                read_release,
-            )
-            .optional()
-            .map_err(StoreError::from)
+        self.row(
+            &format!("SELECT {COLUMNS} FROM releases WHERE project = ?1 AND id = ?2"),
+            params![project, id],
+            read_release,
+        )
     }
 
     /// Every release of a project, newest first.
     pub(crate) fn releases(&self, project: &str) -> Result<Vec<Release>, StoreError> {
-        self.query_releases(
+        self.rows(
             &format!("SELECT {COLUMNS} FROM releases WHERE project = ?1 ORDER BY number DESC"),
             params![project],
+            read_release,
         )
     }
 
     /// The project's newest release that succeeded.
     #[cfg(test)]
     pub(crate) fn latest_succeeded(&self, project: &str) -> Result<Option<Release>, StoreError> {
-        self.conn
-            .query_row(
-                &format!(
-                    "SELECT {COLUMNS} FROM releases WHERE project = ?1 AND outcome = 'succeeded' \
-                     ORDER BY number DESC LIMIT 1"
-                ),
-                [project],
-                read_release,
-            )
-            .optional()
-            .map_err(StoreError::from)
+        self.row(
+            &format!(
+                "SELECT {COLUMNS} FROM releases WHERE project = ?1 AND outcome = 'succeeded' \
+                 ORDER BY number DESC LIMIT 1"
+            ),
+            [project],
+            read_release,
+        )
     }
 
     /// Releases of every project still marked as deploying: at start-up these
     /// are deploys a crash interrupted, to finish or undo. By project, oldest
     /// first.
     pub fn deploying(&self) -> Result<Vec<Release>, StoreError> {
-        self.query_releases(
+        self.rows(
             &format!(
                 "SELECT {COLUMNS} FROM releases WHERE outcome = 'deploying' \
                  ORDER BY project, number"
             ),
             params![],
+            read_release,
         )
     }
 
     /// [`Store::deploying`] for one project.
     #[cfg(test)]
     pub(crate) fn deploying_in(&self, project: &str) -> Result<Vec<Release>, StoreError> {
-        self.query_releases(
+        self.rows(
             &format!(
                 "SELECT {COLUMNS} FROM releases WHERE outcome = 'deploying' AND project = ?1 \
                  ORDER BY number"
             ),
             params![project],
+            read_release,
         )
-    }
-
-    fn query_releases(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-    ) -> Result<Vec<Release>, StoreError> {
-        let mut statement = self.conn.prepare_cached(sql)?;
-        let rows = statement.query_map(params, read_release)?;
-        let mut releases = Vec::new();
-        for row in rows {
-            releases.push(row?);
-        }
-        Ok(releases)
     }
 }
 
@@ -261,6 +241,15 @@ pub(super) mod tests {
             "restart": "always",
         }))
         .expect("a valid resolved service")
+    }
+
+    /// Records releases: (project, id, number) each.
+    pub(crate) fn insert(store: &Store, releases: &[(&str, &str, u64)]) {
+        for &(project, id, number) in releases {
+            store
+                .insert_release(&release(project, id, number))
+                .expect("insert");
+        }
     }
 
     pub(crate) fn release(project: &str, id: &str, number: u64) -> Release {
@@ -362,12 +351,7 @@ pub(super) mod tests {
     fn numbering_is_per_project_and_numbers_are_unique() {
         let store = Store::open_in_memory().expect("store");
         assert_eq!(store.next_release_number("shop").expect("next"), 1);
-        store
-            .insert_release(&release("shop", "a", 1))
-            .expect("insert");
-        store
-            .insert_release(&release("shop", "b", 2))
-            .expect("insert");
+        insert(&store, &[("shop", "a", 1), ("shop", "b", 2)]);
         assert_eq!(store.next_release_number("shop").expect("next"), 3);
         assert_eq!(store.next_release_number("blog").expect("next"), 1);
         let err = store
@@ -386,12 +370,7 @@ pub(super) mod tests {
     #[test]
     fn a_release_is_found_by_id_or_by_number() {
         let store = Store::open_in_memory().expect("store");
-        store
-            .insert_release(&release("shop", "a", 1))
-            .expect("insert");
-        store
-            .insert_release(&release("shop", "b", 2))
-            .expect("insert");
+        insert(&store, &[("shop", "a", 1), ("shop", "b", 2)]);
         let find = |id: &str| store.release("shop", id).expect("query").map(|r| r.id);
         assert_eq!(find("b").as_deref(), Some("b"));
         assert_eq!(find("2").as_deref(), Some("b"));
@@ -417,9 +396,7 @@ pub(super) mod tests {
             r.outcome = outcome;
             store.insert_release(&r).expect("insert");
         }
-        store
-            .insert_release(&release("blog", "z", 1))
-            .expect("insert");
+        insert(&store, &[("blog", "z", 1)]);
         let ids: Vec<_> = store
             .releases("shop")
             .expect("list")
@@ -441,12 +418,7 @@ pub(super) mod tests {
         let mut done = release("shop", "a", 1);
         done.outcome = Outcome::Succeeded;
         store.insert_release(&done).expect("insert");
-        store
-            .insert_release(&release("shop", "b", 2))
-            .expect("insert");
-        store
-            .insert_release(&release("blog", "z", 1))
-            .expect("insert");
+        insert(&store, &[("shop", "b", 2), ("blog", "z", 1)]);
         let ids = |releases: Vec<Release>| -> Vec<String> {
             releases.into_iter().map(|r| r.id).collect()
         };
@@ -457,9 +429,7 @@ pub(super) mod tests {
     #[test]
     fn rollback_of_must_name_an_existing_release() {
         let store = Store::open_in_memory().expect("store");
-        store
-            .insert_release(&release("shop", "a", 1))
-            .expect("insert");
+        insert(&store, &[("shop", "a", 1)]);
         let mut back = release("shop", "b", 2);
         back.rollback_of = Some("a".to_owned());
         store
