@@ -4,6 +4,21 @@ fn no_vars(_: &str) -> Option<String> {
     None
 }
 
+/// A gantry.toml of project `shop`: its `[project]` table, then `rest`
+/// (which starts with a line break).
+fn shop(rest: &str) -> String {
+    format!("\n[project]\nname = \"shop\"{rest}")
+}
+
+/// The configuration `text` holds, which must be valid.
+fn config(text: &str) -> Config {
+    let file = parse("gantry.toml", text, &no_vars).expect("valid");
+    Config {
+        path: "gantry.toml".into(),
+        file,
+    }
+}
+
 fn errors(text: &str) -> Vec<Diagnostic> {
     match parse("gantry.toml", text, &no_vars) {
         Ok(_) => panic!("expected errors for:\n{text}"),
@@ -15,11 +30,7 @@ fn errors(text: &str) -> Vec<Diagnostic> {
 #[test]
 fn minimal_file_resolves_to_local() {
     let text = "[project]\nname = \"shop\"\n[services.web]\nrun = \"./web\"\nport = \"http\"\n";
-    let file = parse("gantry.toml", text, &no_vars).expect("valid");
-    let config = Config {
-        path: "gantry.toml".into(),
-        file,
-    };
+    let config = config(text);
     let env = config.environment(LOCAL).expect("local exists");
     assert_eq!(env.hosts.len(), 1);
     assert_eq!(env.hosts[0].reach, resolve::Reach::Local);
@@ -34,9 +45,8 @@ fn minimal_file_resolves_to_local() {
 
 #[test]
 fn overlays_merge_tables_and_replace_values() {
-    let text = r#"
-[project]
-name = "shop"
+    let text = &shop(
+        r#"
 [services.web]
 run = "./web"
 port = "http"
@@ -47,7 +57,8 @@ services.web.replicas = 3
 services.web.env = { B = "20" }
 [hosts.web-1]
 ssh = "deploy@203.0.113.10"
-"#;
+"#,
+    );
     let file = parse("gantry.toml", text, &no_vars).expect("valid");
     let prod = resolve::resolve(&file, "prod");
     let web = &prod.services["web"];
@@ -64,15 +75,15 @@ ssh = "deploy@203.0.113.10"
 
 #[test]
 fn every_error_is_reported_at_once() {
-    let text = r#"
-[project]
-name = "shop"
+    let text = &shop(
+        r#"
 [services.web]
 run = "./web"
 helth = { path = "/" }
 replicas = 0
 depends_on = ["dbb"]
-"#;
+"#,
+    );
     let found = errors(text);
     let codes: Vec<&str> = found.iter().map(|d| d.code).collect();
     assert_eq!(
@@ -90,9 +101,8 @@ depends_on = ["dbb"]
 
 #[test]
 fn deploy_order_puts_dependencies_first() {
-    let text = r#"
-[project]
-name = "shop"
+    let text = &shop(
+        r#"
 [services.web]
 run = "./web"
 depends_on = ["api"]
@@ -101,7 +111,8 @@ run = "./api"
 depends_on = ["db"]
 [services.db]
 image = "postgres:16"
-"#;
+"#,
+    );
     let file = parse("gantry.toml", text, &no_vars).expect("valid");
     let env = resolve::resolve(&file, LOCAL);
     let order: Vec<&str> = env.deploy_order().iter().map(|s| s.name.as_str()).collect();
@@ -110,9 +121,8 @@ image = "postgres:16"
 
 #[test]
 fn routes_may_not_take_automatic_names_of_a_service_or_another_project() {
-    let text = r#"
-[project]
-name = "shop"
+    let text = &shop(
+        r#"
 [services.web]
 run = "./web"
 port = "http"
@@ -124,7 +134,8 @@ routes = ["web.shop.localhost", "api.shop.localhost/v2", "web.blog.localhost", "
 run = "./worker"
 port = "http"
 routes = ["api.shop.localhost"]
-"#;
+"#,
+    );
     let found: Vec<(String, String)> = errors(text)
         .into_iter()
         .map(|d| (d.code.to_owned(), d.message))
@@ -153,16 +164,16 @@ routes = ["api.shop.localhost"]
 
 #[test]
 fn a_secret_interpolated_into_run_is_refused_and_a_reference_is_not() {
-    let text = r#"
-[project]
-name = "shop"
+    let text = &shop(
+        r#"
 [services.web]
 run = "./web --password ${DB_PASS:-x}"
 secrets = ["DB_PASS"]
 [services.api]
 run = "./api --password $DB_PASS"
 secrets = ["DB_PASS"]
-"#;
+"#,
+    );
     let found: Vec<String> = errors(text).into_iter().map(|d| d.message).collect();
     assert_eq!(
         found,
@@ -174,21 +185,17 @@ secrets = ["DB_PASS"]
 
 #[test]
 fn a_build_table_builds_the_image_with_defaults_and_a_string_stays_a_command() {
-    let text = r#"
-[project]
-name = "shop"
+    let text = &shop(
+        r#"
 [services.web]
 image = "shop-web"
 build = { dockerfile = "web.Dockerfile", args = { VERSION = "3" } }
 [services.api]
 run = "target/release/api"
 build = "cargo build --release"
-"#;
-    let file = parse("gantry.toml", text, &no_vars).expect("valid");
-    let config = Config {
-        path: "gantry.toml".into(),
-        file,
-    };
+"#,
+    );
+    let config = config(text);
     let env = config.environment(LOCAL).expect("local");
     let Some(resolve::Build::Image(web)) = &env.services["web"].build else {
         panic!("web builds an image: {:?}", env.services["web"].build);
@@ -207,9 +214,8 @@ build = "cargo build --release"
 
 #[test]
 fn a_build_table_needs_an_image_and_paths_inside_the_project() {
-    let text = r#"
-[project]
-name = "shop"
+    let text = &shop(
+        r#"
 [services.web]
 run = "./web"
 build = { context = "." }
@@ -219,7 +225,8 @@ build = { context = "../elsewhere", dockerfile = "/etc/Dockerfile", args = { "1X
 [services.db]
 image = "postgres"
 build = { contxt = "db" }
-"#;
+"#,
+    );
     let found: Vec<(String, String)> = errors(text)
         .into_iter()
         .map(|d| (d.path.to_string(), d.message))
@@ -235,16 +242,16 @@ build = { contxt = "db" }
     assert!(at("services.api.build.context").contains("climbs out of the project"));
     assert!(at("services.api.build.dockerfile").contains("is absolute"));
     // The schema errors stop the file there; a valid schema reaches the cross-key checks.
-    let text = r#"
-[project]
-name = "shop"
+    let text = &shop(
+        r#"
 [services.web]
 run = "./web"
 build = { context = "." }
 [services.api]
 image = "Shop/API"
 build = { args = { "1X" = "a" } }
-"#;
+"#,
+    );
     let found: Vec<String> = errors(text).into_iter().map(|d| d.message).collect();
     assert_eq!(
         found,
