@@ -264,6 +264,13 @@ pub enum Error {
         message: String,
         hint: String,
     },
+    /// A backup command could not be carried out; `code` says why.
+    #[error("{message}")]
+    Backup {
+        code: Code,
+        message: String,
+        hint: String,
+    },
     #[error("secret{} {} not set", if names.len() == 1 { "" } else { "s" }, names.join(", "))]
     MissingSecrets { names: Vec<String> },
     /// `gantry agent exec` cannot read a secret the service needs on the host.
@@ -397,7 +404,9 @@ impl Error {
                 code.unwrap_or(Code::AgentError)
             }
             Error::BuildFailed { .. } => Code::BuildFailed,
-            Error::Image { code, .. } | Error::HostUnsupported { code, .. } => *code,
+            Error::Image { code, .. }
+            | Error::HostUnsupported { code, .. }
+            | Error::Backup { code, .. } => *code,
             Error::MissingSecrets { .. } | Error::SecretsUnreadable { .. } => Code::SecretsMissing,
             Error::Secrets(e) => e.code(),
             Error::Unsupported { .. } => Code::DeployUnsupported,
@@ -482,7 +491,9 @@ impl Error {
                 "check that the gantry binary and the agent are the same version".to_owned(),
             ),
             Error::BuildFailed { .. } => Some("its output is above; fix the build and deploy again".to_owned()),
-            Error::Image { hint, .. } | Error::HostUnsupported { hint, .. } => Some(hint.clone()),
+            Error::Image { hint, .. }
+            | Error::HostUnsupported { hint, .. }
+            | Error::Backup { hint, .. } => Some(hint.clone()),
             Error::MissingSecrets { .. } => Some(
                 "store them with `gantry secrets set -e ENV NAME` (the value on stdin), or set them in the environment of this command, or as NAME=value lines in .gantry/secrets.env (mode 0600)".to_owned(),
             ),
