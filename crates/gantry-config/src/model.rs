@@ -342,8 +342,7 @@ pub struct Migrate {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backup {
-    /// When the host's agent backs up: `every DURATION` (like "every 6h", counted from the previous
-    /// backup) or cron's five fields in UTC (like "0 3 * * *").
+    /// When the host's agent backs up: `every DURATION` (like "every 6h") or cron's five fields in UTC (like "0 3 * * *").
     #[schemars(extend("format" = "schedule"))]
     pub schedule: String,
     /// How many backups the host keeps; the oldest beyond it are deleted (default 7).
