@@ -16,9 +16,10 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use gantry_core::Code;
 use gantry_core::agent_api::{
-    AgentInfo, ApiError, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult,
-    ExecSpec, ImageLoaded, ImageManifest, LockGrant, LockRelease, LockRequest, LockState, LogLine,
-    ProxyInfo, Release, RollbackRequest, ServiceSelector, Status,
+    AgentInfo, ApiError, ApiErrorBody, BackupInfo, BackupList, BackupRestored, BackupTrigger,
+    BlobList, BlobReceipt, DeployRequest, DeployResult, ExecSpec, ImageLoaded, ImageManifest,
+    LockGrant, LockRelease, LockRequest, LockState, LogLine, ProxyInfo, Release, RollbackRequest,
+    ServiceSelector, Status,
 };
 use gantry_core::endpoint::{Endpoint, Method};
 use serde::Deserialize;
@@ -26,7 +27,9 @@ use serde::Deserialize;
 use crate::agent::Agent;
 use crate::error::AgentError;
 use crate::logs::LogQuery;
-use crate::{admission, control, deploy, exec, history, images, logs, openapi, rollback, upload};
+use crate::{
+    admission, backup, control, deploy, exec, history, images, logs, openapi, rollback, upload,
+};
 
 /// The largest JSON body the API reads. Blobs stream and are not bound by it.
 const MAX_JSON_BODY: usize = 16 << 20;
@@ -127,6 +130,10 @@ fn handler(endpoint: Endpoint) -> MethodRouter<Arc<Agent>> {
         Endpoint::LockState => on(method, lock_state),
         Endpoint::TakeLock => on(method, take_lock),
         Endpoint::ReleaseLock => on(method, release_lock),
+        Endpoint::TakeBackup => on(method, take_backup),
+        Endpoint::Backups => on(method, backups),
+        Endpoint::DownloadBackup => on(method, download_backup),
+        Endpoint::RestoreBackup => on(method, restore_backup),
     }
 }
 
@@ -293,6 +300,66 @@ async fn restart(
     Json(selector): Json<ServiceSelector>,
 ) -> Answer<Status> {
     control::restart(&agent, project, selector).await.map(Json)
+}
+
+async fn take_backup(
+    State(agent): Shared,
+    Path((project, service)): Path<(String, String)>,
+) -> Answer<BackupInfo> {
+    backup::take(&agent, &project, &service, BackupTrigger::Manual)
+        .await
+        .map(Json)
+}
+
+async fn backups(
+    State(agent): Shared,
+    Path((project, service)): Path<(String, String)>,
+) -> Answer<BackupList> {
+    backup::list(&agent, &project, &service).await.map(Json)
+}
+
+async fn restore_backup(
+    State(agent): Shared,
+    Path((project, service, id)): Path<(String, String, String)>,
+) -> Answer<BackupRestored> {
+    backup::restore(&agent, &project, &service, &id)
+        .await
+        .map(Json)
+}
+
+/// The backup's bytes, streamed; its sha256 in `x-gantry-sha256`.
+async fn download_backup(
+    State(agent): Shared,
+    Path((project, service, id)): Path<(String, String, String)>,
+) -> Result<Response, AgentError> {
+    let (info, path) = backup::download(&agent, &project, &service, &id)?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        AgentError::failed(Code::BackupFailed, format!("cannot read the backup: {e}"))
+    })?;
+    let chunks = futures_util::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = vec![0u8; 256 * 1024];
+        match file.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buffer.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buffer)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, info.size.to_string()),
+            (
+                header::HeaderName::from_static("x-gantry-sha256"),
+                info.sha256,
+            ),
+        ],
+        Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
 /// A log line as one NDJSON line.

@@ -13,7 +13,7 @@ use crate::agent::{Agent, Paths, Settings};
 use crate::isolation::Isolation;
 use crate::ports::{HostClaims, PortAllocator};
 use crate::store::Store;
-use crate::{api, reconcile, supervisor};
+use crate::{api, backup, reconcile, supervisor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -167,6 +167,10 @@ async fn serve(agent: Arc<Agent>) -> Result<(), DaemonError> {
         Arc::clone(&agent),
         agent.shutdown.subscribe(),
     ));
+    let backups = tokio::spawn(backup::run_schedules(
+        Arc::clone(&agent),
+        agent.shutdown.subscribe(),
+    ));
     let watcher = Arc::clone(&agent);
     let proxy_watch =
         tokio::spawn(async move { watcher.proxy.watch(watcher.shutdown.subscribe()).await });
@@ -202,6 +206,8 @@ async fn serve(agent: Arc<Agent>) -> Result<(), DaemonError> {
     };
     let _ = agent.shutdown.send(true);
     let _ = supervisor.await;
+    // A backup in progress is left behind as a `.partial` file, never listed.
+    backups.abort();
     let _ = proxy_watch.await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("agent stopped; services keep running");

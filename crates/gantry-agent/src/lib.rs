@@ -9,14 +9,16 @@
 //! 1. foundations: `store`, `artifact`, `upload`, `process`, `health`,
 //!    `tails`, `ports`, `isolation`, `site`, `routes`, `locks`, `admission`,
 //!    `credentials`, `error`, `agent_user`, `agent_log`, `container` (the
-//!    Docker engine; public, with its own tests against a real engine);
+//!    Docker engine; public, with its own tests against a real engine),
+//!    `backup_files` (where backups lie and their records);
 //! 2. `proxy`, the handle on the host's proxy;
 //! 3. `agent`, the shared state every operation takes;
 //! 4. one instance: `addresses` (of the services it depends on),
 //!    `container_instance` (an image service's), `instance`, `fingerprint`
 //!    (what it runs, as a digest), and what runs now: `status`, `logs`;
 //! 5. operations: `deploy` (and `retire`), `rollback`, `control`, `exec`,
-//!    `history`, `images` (loading shipped images), `supervisor`, `reconcile`;
+//!    `history`, `images` (loading shipped images), `supervisor`, `reconcile`,
+//!    `backup` (taking, scheduling and restoring backups);
 //! 6. `api` (the only module that knows HTTP) and `openapi`;
 //! 7. `daemon`, which starts it all, and `run_exec` (`gantry agent exec`).
 
@@ -27,6 +29,8 @@ mod agent_log;
 mod agent_user;
 mod api;
 mod artifact;
+mod backup;
+mod backup_files;
 pub mod container;
 mod container_instance;
 mod control;
@@ -91,6 +95,7 @@ mod tests {
             "agent_user",
             "agent_log",
             "container",
+            "backup_files",
         ],
         &["proxy"],
         &["agent"],
@@ -112,6 +117,7 @@ mod tests {
             "images",
             "supervisor",
             "reconcile",
+            "backup",
         ],
         &["openapi", "api"],
         &["daemon", "run_exec"],

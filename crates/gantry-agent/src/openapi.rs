@@ -4,9 +4,9 @@
 //! (schemars), so the document cannot drift from the code.
 
 use gantry_core::agent_api::{
-    AgentInfo, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult, ExecSpec,
-    ImageLoaded, ImageManifest, LockGrant, LockRelease, LockRequest, LockState, LogLine, ProxyInfo,
-    Release, RollbackRequest, ServiceSelector, Status,
+    AgentInfo, ApiErrorBody, BackupInfo, BackupList, BackupRestored, BlobList, BlobReceipt,
+    DeployRequest, DeployResult, ExecSpec, ImageLoaded, ImageManifest, LockGrant, LockRelease,
+    LockRequest, LockState, LogLine, ProxyInfo, Release, RollbackRequest, ServiceSelector, Status,
 };
 use gantry_core::endpoint::Endpoint;
 use schemars::generate::SchemaSettings;
@@ -89,6 +89,26 @@ fn describe(endpoint: Endpoint) -> (&'static str, Option<&'static str>, &'static
             "LockGrant",
         ),
         Endpoint::ReleaseLock => ("Release it with its token", Some("LockRelease"), "none"),
+        Endpoint::TakeBackup => (
+            "Back the service up now, as its `backup` says (422 backup.not_configured without one); the failure is kept for status until a backup succeeds",
+            None,
+            "BackupInfo",
+        ),
+        Endpoint::Backups => (
+            "The service's backups on this host, newest first, with its schedule, the next due time and the last failure",
+            None,
+            "BackupList",
+        ),
+        Endpoint::DownloadBackup => (
+            "The backup's bytes (application/octet-stream), its sha256 in x-gantry-sha256",
+            None,
+            "bytes",
+        ),
+        Endpoint::RestoreBackup => (
+            "Put a backup back: volumes, a directory or SQLite with the service stopped and started again; a PostgreSQL or MySQL dump into the running database, in one transaction",
+            None,
+            "BackupRestored",
+        ),
     }
 }
 
@@ -118,6 +138,9 @@ pub fn document() -> Value {
     }
     add!(
         AgentInfo,
+        BackupInfo,
+        BackupList,
+        BackupRestored,
         ProxyInfo,
         ApiErrorBody,
         BlobList,
@@ -159,6 +182,8 @@ pub fn document() -> Value {
         } else {
             let media = if response == "LogLine" {
                 "application/x-ndjson"
+            } else if response == "bytes" {
+                "application/octet-stream"
             } else {
                 "application/json"
             };

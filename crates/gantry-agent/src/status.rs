@@ -117,6 +117,7 @@ pub async fn services(agent: &Agent, project: &str) -> Result<Vec<ServiceStatus>
             None => (failed_reason.get(&name).cloned(), Vec::new()),
         };
         let ports: Vec<u16> = instances.iter().filter_map(|i| i.port).collect();
+        let backup_failure = crate::backup_files::failure(&agent.paths, project, &name);
         out.push(ServiceStatus {
             urls: urls(
                 project,
@@ -132,6 +133,7 @@ pub async fn services(agent: &Agent, project: &str) -> Result<Vec<ServiceStatus>
             instances,
             reason,
             log_tail,
+            backup_failure,
         });
     }
     Ok(out)

@@ -206,6 +206,18 @@ pub enum Command {
     /// Example: gantry migrate plan -e prod
     Migrate(MigrateArgs),
 
+    /// Take, list, restore or download a service's backups
+    ///
+    /// A service's `backup = { schedule, keep, kind, path }` is carried out
+    /// by the agent of each host that runs it: volumes and directories as
+    /// tar + zstd, SQLite by its online backup API, PostgreSQL and
+    /// MySQL/MariaDB by their dump tools inside the container. Backups stay
+    /// on the host, in the agent's state directory, through redeploys and
+    /// rollbacks.
+    ///
+    /// Example: gantry backup list -e prod db
+    Backup(BackupArgs),
+
     /// Add an existing server, reachable over SSH, to an environment
     ///
     /// Checks that `ssh` logs in without a prompt, adds [hosts.HOST] to
@@ -698,6 +710,50 @@ pub struct ExecArgs {
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub action: BackupAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupAction {
+    /// Back the service up now, on every host that runs it
+    ///
+    /// Example: gantry backup now -e prod db
+    Now {
+        /// The service, which must have `backup` in gantry.toml
+        service: String,
+    },
+    /// The service's backups on each host, newest first, its schedule and any failure
+    ///
+    /// Example: gantry backup list db
+    List { service: String },
+    /// Put a backup back (needs --yes)
+    ///
+    /// Volumes, a directory or a SQLite file: the service is stopped, its
+    /// data replaced by the backup's, and started again. A PostgreSQL or
+    /// MySQL dump is restored into the running database by its own tool,
+    /// in one transaction.
+    ///
+    /// Example: gantry backup restore -e prod db 20261206T030000Z --yes
+    Restore {
+        service: String,
+        /// The backup's id, as `gantry backup list` shows it
+        id: String,
+    },
+    /// Download a backup to this machine, checked against its sha256
+    ///
+    /// Example: gantry backup pull -e prod db 20261206T030000Z --to db.pgdump
+    Pull {
+        service: String,
+        id: String,
+        /// Where to write it (default: ./SERVICE-ID.EXT)
+        #[arg(long, value_name = "PATH")]
+        to: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -194,6 +194,19 @@ fn instances_line(out: &mut String, service: &gantry_core::agent_api::ServiceSta
     }
 }
 
+/// Milliseconds since the epoch as RFC 3339 in UTC.
+pub(crate) fn utc(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.replace_nanosecond(0)
+                .ok()?
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
 fn services_text(out: &mut String, services: &[gantry_core::agent_api::ServiceStatus]) {
     for s in services {
         let _ = writeln!(
@@ -224,6 +237,14 @@ fn services_text(out: &mut String, services: &[gantry_core::agent_api::ServiceSt
         }
         if let Some(reason) = &s.reason {
             let _ = writeln!(out, "    {reason}");
+        }
+        if let Some(failed) = &s.backup_failure {
+            let _ = writeln!(
+                out,
+                "    backup FAILED at {}: {}",
+                utc(failed.at),
+                failed.message
+            );
         }
         for line in &s.log_tail {
             let _ = writeln!(out, "    | {}", crate::output::printable(line, &['\t']));

@@ -63,9 +63,9 @@ pub const FORMATS: &[Format] = &[
         hint: "write source:target or source:target:ro, where the source is a volume name or an absolute path and the target is an absolute path",
     },
     Format {
-        name: "cron",
-        check: check_cron,
-        hint: "write cron's five fields: minute hour day-of-month month day-of-week, like \"0 3 * * *\"",
+        name: "schedule",
+        check: check_schedule,
+        hint: "write `every DURATION`, like \"every 6h\", or cron's five fields in UTC: minute hour day-of-month month day-of-week, like \"0 3 * * *\"",
     },
     Format {
         name: "ssh-target",
@@ -207,46 +207,8 @@ fn check_volume_name(s: &str) -> Result<(), String> {
 }
 
 /// Cron's five fields, each `*`, a number, a range, a list or a step, within its bounds.
-fn check_cron(s: &str) -> Result<(), String> {
-    const FIELDS: [(&str, u32, u32); 5] = [
-        ("minute", 0, 59),
-        ("hour", 0, 23),
-        ("day of month", 1, 31),
-        ("month", 1, 12),
-        ("day of week", 0, 7),
-    ];
-    let fields: Vec<&str> = s.split_whitespace().collect();
-    if fields.len() != FIELDS.len() {
-        return Err(format!("`{s}` has {} fields, cron needs 5", fields.len()));
-    }
-    for (field, (what, min, max)) in fields.iter().zip(FIELDS) {
-        for item in field.split(',') {
-            let (range, step) = match item.split_once('/') {
-                Some((range, step)) => (range, Some(step)),
-                None => (item, None),
-            };
-            if let Some(step) = step
-                && !step.parse::<u32>().is_ok_and(|n| n > 0)
-            {
-                return Err(format!("the {what} step `{step}` is not a positive number"));
-            }
-            if range == "*" {
-                continue;
-            }
-            let bounds: Vec<&str> = range.splitn(2, '-').collect();
-            for bound in &bounds {
-                match bound.parse::<u32>() {
-                    Ok(n) if (min..=max).contains(&n) => {}
-                    _ => {
-                        return Err(format!(
-                            "the {what} `{bound}` is not a number from {min} to {max}"
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
+fn check_schedule(s: &str) -> Result<(), String> {
+    crate::schedule::Schedule::parse(s).map(drop)
 }
 
 fn check_ssh_target(s: &str) -> Result<(), String> {
@@ -323,12 +285,14 @@ mod tests {
 
     #[test]
     fn cron_fields_are_bounded() {
-        assert!(ok("cron", "0 3 * * *"));
-        assert!(ok("cron", "*/15 0-6 1,15 * 1-5"));
-        assert!(!ok("cron", "0 3 * *"));
-        assert!(!ok("cron", "60 3 * * *"));
-        assert!(!ok("cron", "0 3 * * mon"));
-        assert!(!ok("cron", "*/0 3 * * *"));
+        assert!(ok("schedule", "0 3 * * *"));
+        assert!(ok("schedule", "*/15 0-6 1,15 * 1-5"));
+        assert!(!ok("schedule", "0 3 * *"));
+        assert!(!ok("schedule", "60 3 * * *"));
+        assert!(!ok("schedule", "0 3 * * mon"));
+        assert!(!ok("schedule", "*/0 3 * * *"));
+        assert!(ok("schedule", "every 6h"));
+        assert!(!ok("schedule", "every 6"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod document;
 mod formats;
 pub mod model;
 pub mod resolve;
+pub mod schedule;
 mod schema;
 mod ssh_target;
 mod suggest;

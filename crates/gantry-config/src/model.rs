@@ -121,7 +121,7 @@ pub struct Service {
     /// Named volumes or host paths mounted into a container, like `pgdata:/var/lib/postgresql/data`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volumes: Option<Vec<Volume>>,
-    /// Scheduled backups of the service's volumes (not supported yet: `validate` refuses it).
+    /// Scheduled backups taken by the host's agent: volumes, a directory, SQLite, PostgreSQL or MySQL/MariaDB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup: Option<Backup>,
     /// How long a stopping instance gets after SIGTERM before SIGKILL (default 10s).
@@ -342,13 +342,63 @@ pub struct Migrate {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backup {
-    /// When to back up, in cron's five fields, like "0 3 * * *".
-    #[schemars(extend("format" = "cron"))]
+    /// When the host's agent backs up: `every DURATION` (like "every 6h") or cron's five fields in UTC (like "0 3 * * *").
+    #[schemars(extend("format" = "schedule"))]
     pub schedule: String,
-    /// How many backups to keep (default 7).
+    /// How many backups the host keeps; the oldest beyond it are deleted (default 7).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4294967295u32))]
     pub keep: Option<NonZeroU32>,
+    /// What is backed up and how. Default: `postgres` for an image named postgres, `mysql` for
+    /// mysql or mariadb, `volumes` for another image with volumes; a process service must say
+    /// `sqlite` or `files`, with `path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<BackupKind>,
+    /// For `sqlite`, the database file; for `files`, a directory: an absolute path on the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// How a service's data is backed up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupKind {
+    /// Every named volume of the container, archived with tar and zstd.
+    Volumes,
+    /// A directory on the host (`path`), archived with tar and zstd.
+    Files,
+    /// A SQLite database (`path`), copied with SQLite's online backup API, then zstd.
+    Sqlite,
+    /// `pg_dump` inside the container (as `POSTGRES_USER`, of `POSTGRES_DB`), restored with `pg_restore`.
+    Postgres,
+    /// `mariadb-dump` (or `mysqldump`) of every database inside the container, as root.
+    Mysql,
+}
+
+impl BackupKind {
+    /// The kind as gantry.toml spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackupKind::Volumes => "volumes",
+            BackupKind::Files => "files",
+            BackupKind::Sqlite => "sqlite",
+            BackupKind::Postgres => "postgres",
+            BackupKind::Mysql => "mysql",
+        }
+    }
+
+    /// The kind an `image` implies when `kind` is not given: by the
+    /// image's name, without registry, path or tag.
+    pub fn of_image(image: &str, has_volumes: bool) -> Option<BackupKind> {
+        let name = image.rsplit('/').next().unwrap_or(image);
+        let name = name.split(['@', ':']).next().unwrap_or(name);
+        match name {
+            "postgres" | "postgresql" | "postgis" => Some(BackupKind::Postgres),
+            "mysql" | "mariadb" => Some(BackupKind::Mysql),
+            _ if has_volumes => Some(BackupKind::Volumes),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

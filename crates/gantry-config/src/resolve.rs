@@ -333,6 +333,16 @@ pub struct Resources {
 pub struct Backup {
     pub schedule: String,
     pub keep: u32,
+    /// As given, else what the image implies ([`model::BackupKind::of_image`]).
+    pub kind: model::BackupKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// The backup kind a service's image implies, if any.
+pub fn backup_kind_of(s: &model::Service) -> Option<model::BackupKind> {
+    let image = s.image.as_deref()?;
+    model::BackupKind::of_image(image, s.volumes.as_ref().is_some_and(|v| !v.is_empty()))
 }
 
 impl Service {
@@ -391,6 +401,11 @@ impl Service {
             backup: s.backup.as_ref().map(|b| Backup {
                 schedule: b.schedule.clone(),
                 keep: b.keep.map_or(defaults::BACKUP_KEEP, |k| k.get()),
+                kind: b
+                    .kind
+                    .or_else(|| backup_kind_of(s))
+                    .unwrap_or(model::BackupKind::Volumes),
+                path: b.path.clone(),
             }),
             stop_timeout: s.stop_timeout.unwrap_or(defaults::STOP_TIMEOUT),
             restart: s.restart.unwrap_or(defaults::RESTART),

@@ -381,7 +381,6 @@ fn format_noun(format: &str) -> &str {
         "env-name" => "environment variable name",
         "http-path" => "path",
         "ssh-target" => "SSH address",
-        "cron" => "schedule",
         "project-path" => "path",
         "build-stage" => "stage name",
         other => other,

@@ -263,3 +263,70 @@ build = { args = { "1X" = "a" } }
         "{found:#?}"
     );
 }
+
+#[test]
+fn a_backup_kind_is_given_or_told_by_the_image_and_needs_what_it_backs_up() {
+    use model::BackupKind;
+    let text = r#"
+[project]
+name = "shop"
+[services.pg]
+image = "registry.example.com/library/postgres:16"
+volumes = ["pgdata:/var/lib/postgresql/data"]
+backup = { schedule = "every 6h" }
+[services.maria]
+image = "mariadb"
+backup = { schedule = "0 3 * * *", keep = 2 }
+[services.cache]
+image = "redis:7"
+volumes = ["data:/data"]
+backup = { schedule = "0 3 * * *" }
+[services.app]
+run = "./app"
+backup = { schedule = "0 3 * * *", kind = "sqlite", path = "/srv/app.db" }
+"#;
+    let file = parse("gantry.toml", text, &no_vars).expect("valid");
+    let config = Config {
+        path: "gantry.toml".into(),
+        file,
+    };
+    let env = config.environment(LOCAL).expect("local exists");
+    let kind = |name: &str| env.services[name].backup.as_ref().map(|b| b.kind);
+    assert_eq!(kind("pg"), Some(BackupKind::Postgres));
+    assert_eq!(kind("maria"), Some(BackupKind::Mysql));
+    assert_eq!(kind("cache"), Some(BackupKind::Volumes));
+    assert_eq!(kind("app"), Some(BackupKind::Sqlite));
+    assert_eq!(env.services["pg"].backup.as_ref().map(|b| b.keep), Some(7));
+
+    let bad = errors(
+        r#"
+[project]
+name = "shop"
+[services.a]
+run = "./a"
+backup = { schedule = "0 3 * * *" }
+[services.b]
+run = "./b"
+backup = { schedule = "every 1d", kind = "sqlite", path = "data/app.db" }
+[services.c]
+image = "redis:7"
+backup = { schedule = "every 1d", kind = "volumes" }
+[services.d]
+run = "./d"
+backup = { schedule = "every 1d", kind = "files" }
+"#,
+    );
+    let said: Vec<String> = bad.iter().map(|d| d.message.clone()).collect();
+    for expected in [
+        "service `a` sets `backup` but not what to back up",
+        "service `b`: backup path `data/app.db` is not absolute",
+        "service `c`: a `volumes` backup does not fit this service",
+        "service `d`: a `files` backup needs `path`",
+    ] {
+        assert!(said.iter().any(|m| m.contains(expected)), "{expected}: {said:#?}");
+    }
+    let schedule = errors(
+        "[project]\nname = \"shop\"\n[services.e]\nrun = \"./e\"\nbackup = { schedule = \"at noon\", kind = \"files\", path = \"/srv\" }\n",
+    );
+    assert!(schedule[0].message.contains("`at noon` has 2 fields"), "{schedule:#?}");
+}

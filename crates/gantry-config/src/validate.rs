@@ -440,17 +440,82 @@ fn check_service(
         );
     }
     check_shared_volumes(c, name, s, is_image, locate);
-    if s.backup.is_some() {
-        // Refused until an agent takes backups: a schedule nobody keeps is worse than none.
+    check_backup(c, name, s, locate);
+    check_migrate(c, name, s, locate);
+}
+
+/// `backup`: a kind Gantry can tell (given, or implied by the image) and
+/// the `path` that kind needs, absolute, and only for it.
+fn check_backup(
+    c: &mut Checker<'_>,
+    name: &str,
+    s: &Service,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    use crate::model::BackupKind as Kind;
+    let Some(backup) = &s.backup else { return };
+    let mut problem = |key: &str, problem: Problem, message: String, hint: &str| {
         c.push(
-            Problem::Unsupported,
-            locate(name, &["backup"]),
+            problem,
+            locate(name, &["backup", key]),
             true,
-            format!("service `{name}` sets `backup`, which is not supported yet: no backups would be taken"),
-            Some("remove `backup`, and back the volumes up yourself until Gantry does (`docker run --rm -v VOLUME:/data ...`)".to_owned()),
+            message,
+            Some(hint.to_owned()),
+        );
+    };
+    let Some(kind) = backup.kind.or_else(|| crate::resolve::backup_kind_of(s)) else {
+        problem(
+            "kind",
+            Problem::MissingKey,
+            format!("service `{name}` sets `backup` but not what to back up"),
+            "add kind = \"sqlite\" with path = \"/abs/db.sqlite\", or kind = \"files\" with path = \"/abs/dir\"; an image service with volumes has its volumes backed up",
+        );
+        return;
+    };
+    let needs_path = matches!(kind, Kind::Sqlite | Kind::Files);
+    match (&backup.path, needs_path) {
+        (None, true) => problem(
+            "path",
+            Problem::MissingKey,
+            format!("service `{name}`: a `{}` backup needs `path`", kind.name()),
+            "add path = \"/absolute/path/on/the/host\"",
+        ),
+        (Some(path), true) if !path.starts_with('/') || path.split('/').any(|p| p == "..") => {
+            problem(
+                "path",
+                Problem::InvalidValue,
+                format!("service `{name}`: backup path `{path}` is not absolute"),
+                "name the file or directory on the host by its absolute path, like /var/lib/shop/shop.db",
+            )
+        }
+        (Some(_), false) => problem(
+            "path",
+            Problem::Conflict,
+            format!(
+                "service `{name}`: `path` is for `sqlite` and `files` backups, not `{}`",
+                kind.name()
+            ),
+            "remove `path`",
+        ),
+        _ => {}
+    }
+    let has_volumes = s.volumes.as_ref().is_some_and(|v| !v.is_empty());
+    let fits = match kind {
+        Kind::Volumes => s.image.is_some() && has_volumes,
+        Kind::Postgres | Kind::Mysql => s.image.is_some(),
+        Kind::Sqlite | Kind::Files => s.static_dir.is_none(),
+    };
+    if !fits {
+        problem(
+            "kind",
+            Problem::Conflict,
+            format!(
+                "service `{name}`: a `{}` backup does not fit this service",
+                kind.name()
+            ),
+            "`volumes` needs an image with volumes; `postgres` and `mysql` an image; `sqlite` and `files` a path on the host",
         );
     }
-    check_migrate(c, name, s, locate);
 }
 
 /// `migrate`: the SQL engine's `sql` and `database` go together and name a

@@ -8,8 +8,12 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod backups;
 pub mod v1;
 
+pub use backups::{
+    BackupFailure, BackupInfo, BackupKind, BackupList, BackupRestored, BackupTrigger,
+};
 pub use v1::ServiceSpec;
 
 /// The API version; the path prefix of every route.
@@ -283,6 +287,9 @@ pub struct ServiceStatus {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
+    /// The service's last backup failed (kept until one succeeds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_failure: Option<BackupFailure>,
 }
 
 /// `GET /v1/projects/{project}/status`.

@@ -66,6 +66,11 @@ impl Paths {
     pub fn logs(&self, project: &str) -> PathBuf {
         self.root.join("logs").join(project)
     }
+    /// A project's backups, one directory a service (0700, files 0600):
+    /// outside the releases, so redeploys and rollbacks leave them.
+    pub fn backups(&self, project: &str) -> PathBuf {
+        self.root.join("backups").join(project)
+    }
     pub fn run(&self) -> PathBuf {
         self.root.join("run")
     }

@@ -47,11 +47,15 @@ pub enum Endpoint {
     LockState,
     TakeLock,
     ReleaseLock,
+    TakeBackup,
+    Backups,
+    DownloadBackup,
+    RestoreBackup,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order the OpenAPI document lists them.
-    pub const ALL: [Endpoint; 21] = [
+    pub const ALL: [Endpoint; 25] = [
         Endpoint::Health,
         Endpoint::OpenApi,
         Endpoint::Shutdown,
@@ -73,6 +77,10 @@ impl Endpoint {
         Endpoint::LockState,
         Endpoint::TakeLock,
         Endpoint::ReleaseLock,
+        Endpoint::TakeBackup,
+        Endpoint::Backups,
+        Endpoint::DownloadBackup,
+        Endpoint::RestoreBackup,
     ];
 
     /// Its method and its path template, where `{name}` is a parameter.
@@ -100,6 +108,16 @@ impl Endpoint {
             Endpoint::LockState => (Get, "/v1/projects/{project}/lock"),
             Endpoint::TakeLock => (Post, "/v1/projects/{project}/lock"),
             Endpoint::ReleaseLock => (Delete, "/v1/projects/{project}/lock"),
+            Endpoint::TakeBackup => (Post, "/v1/projects/{project}/services/{service}/backups"),
+            Endpoint::Backups => (Get, "/v1/projects/{project}/services/{service}/backups"),
+            Endpoint::DownloadBackup => (
+                Get,
+                "/v1/projects/{project}/services/{service}/backups/{id}",
+            ),
+            Endpoint::RestoreBackup => (
+                Post,
+                "/v1/projects/{project}/services/{service}/backups/{id}/restore",
+            ),
         }
     }
 

@@ -170,6 +170,9 @@ codes! {
     ReleaseNoneBefore = "release.none_before", Conflict, "there is no earlier successful release to roll back to";
     ReleaseArtifactGone = "release.artifact_gone", Conflict, "the files of that release are no longer kept";
     ServiceNotFound = "service.not_found", Invalid, "the project runs no service of that name";
+    BackupNotConfigured = "backup.not_configured", Invalid, "the service has no `backup` in the release its host runs (add a `backup` table with a `schedule`, and deploy)";
+    BackupNotFound = "backup.not_found", Invalid, "no host of the environment keeps a backup of the service with that id (`gantry backup list` shows them)";
+    BackupFailed = "backup.failed", Failed, "a backup or a restore failed on the host; the message says which step and why, and `gantry status` shows a failed backup until one succeeds";
     MigrateInvalid = "migrate.invalid", Invalid, "a service's migrations cannot be used: a file not named `NNNN_name.sql`, a gap or a number twice, over 8 MiB or not UTF-8, a missing directory, or a database URL that is neither `postgres://` nor `sqlite:///absolute/path`";
     MigrateEdited = "migrate.edited", Conflict, "a migration the database recorded as applied was edited or removed since (its sha256 differs); nothing was applied";
     MigrateFailed = "migrate.failed", Failed, "a migration's SQL failed: it was rolled back, the ones before it stay applied, none after it ran; the message has the database's words";
@@ -257,6 +260,13 @@ pub enum Error {
     /// An image could not be built, read or shipped; `code` says which.
     #[error("{message}")]
     Image {
+        code: Code,
+        message: String,
+        hint: String,
+    },
+    /// A backup command could not be carried out; `code` says why.
+    #[error("{message}")]
+    Backup {
         code: Code,
         message: String,
         hint: String,
@@ -394,7 +404,9 @@ impl Error {
                 code.unwrap_or(Code::AgentError)
             }
             Error::BuildFailed { .. } => Code::BuildFailed,
-            Error::Image { code, .. } | Error::HostUnsupported { code, .. } => *code,
+            Error::Image { code, .. }
+            | Error::HostUnsupported { code, .. }
+            | Error::Backup { code, .. } => *code,
             Error::MissingSecrets { .. } | Error::SecretsUnreadable { .. } => Code::SecretsMissing,
             Error::Secrets(e) => e.code(),
             Error::Unsupported { .. } => Code::DeployUnsupported,
@@ -479,7 +491,9 @@ impl Error {
                 "check that the gantry binary and the agent are the same version".to_owned(),
             ),
             Error::BuildFailed { .. } => Some("its output is above; fix the build and deploy again".to_owned()),
-            Error::Image { hint, .. } | Error::HostUnsupported { hint, .. } => Some(hint.clone()),
+            Error::Image { hint, .. }
+            | Error::HostUnsupported { hint, .. }
+            | Error::Backup { hint, .. } => Some(hint.clone()),
             Error::MissingSecrets { .. } => Some(
                 "store them with `gantry secrets set -e ENV NAME` (the value on stdin), or set them in the environment of this command, or as NAME=value lines in .gantry/secrets.env (mode 0600)".to_owned(),
             ),

@@ -494,6 +494,55 @@ impl Host for FakeHost {
             message: "the fake host has no proxy".to_owned(),
         })
     }
+
+    fn take_backup(
+        &self,
+        _project: &str,
+        _service: &str,
+    ) -> Result<crate::agent_api::BackupInfo, HostError> {
+        self.note("take_backup");
+        Err(self.no_backups())
+    }
+
+    fn backups(
+        &self,
+        _project: &str,
+        _service: &str,
+    ) -> Result<crate::agent_api::BackupList, HostError> {
+        self.note("backups");
+        Err(self.no_backups())
+    }
+
+    fn restore_backup(
+        &self,
+        _project: &str,
+        _service: &str,
+        _id: &str,
+    ) -> Result<crate::agent_api::BackupRestored, HostError> {
+        self.note("restore_backup");
+        Err(self.no_backups())
+    }
+
+    fn download_backup(
+        &self,
+        _project: &str,
+        _service: &str,
+        _id: &str,
+        _out: &mut dyn std::io::Write,
+    ) -> Result<u64, HostError> {
+        self.note("download_backup");
+        Err(self.no_backups())
+    }
+}
+
+impl FakeHost {
+    /// The fake fleet keeps no backups: the real agent's are tested.
+    fn no_backups(&self) -> HostError {
+        HostError::Protocol {
+            host: self.name.clone(),
+            message: "the fake host keeps no backups".to_owned(),
+        }
+    }
 }
 
 /// The shell runs `configure`'s commands against the host's [`Machine`],

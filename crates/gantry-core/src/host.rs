@@ -7,9 +7,10 @@ use std::path::Path;
 use crate::error::Code;
 
 use crate::agent_api::{
-    AgentInfo, ApiError, BlobList, DeployRequest, DeployResult, ExecSpec, ImageLoaded,
-    ImageManifest, LockGrant, LockHolder, LockRelease, LockRequest, LogLine, ProxyAction,
-    ProxyInfo, Release, RollbackRequest, ServiceSelector, Status,
+    AgentInfo, ApiError, BackupInfo, BackupList, BackupRestored, BlobList, DeployRequest,
+    DeployResult, ExecSpec, ImageLoaded, ImageManifest, LockGrant, LockHolder, LockRelease,
+    LockRequest, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest, ServiceSelector,
+    Status,
 };
 
 /// Which log lines to read.
@@ -207,6 +208,26 @@ pub trait Host {
     fn exec_spec(&self, project: &str, service: &str) -> Result<ExecSpec, HostError>;
     /// Restarts the host's reverse proxy by listener handoff, or stops it.
     fn proxy(&self, action: ProxyAction) -> Result<ProxyInfo, HostError>;
+    /// Backs `service` up now, as its `backup` says.
+    fn take_backup(&self, project: &str, service: &str) -> Result<BackupInfo, HostError>;
+    /// The backups of `service` the host keeps, newest first.
+    fn backups(&self, project: &str, service: &str) -> Result<BackupList, HostError>;
+    /// Puts backup `id` of `service` back (stopping and starting it where
+    /// its files are restored).
+    fn restore_backup(
+        &self,
+        project: &str,
+        service: &str,
+        id: &str,
+    ) -> Result<BackupRestored, HostError>;
+    /// Writes backup `id`'s bytes to `out`; how many.
+    fn download_backup(
+        &self,
+        project: &str,
+        service: &str,
+        id: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, HostError>;
 }
 
 /// A shell on a host, over SSH: what `configure` and `exec` need beside the

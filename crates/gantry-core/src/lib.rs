@@ -5,6 +5,7 @@
 pub mod agent_api;
 pub mod agent_dir;
 pub mod artifact;
+pub mod backup;
 pub mod check;
 pub mod clock;
 pub mod configure;

@@ -128,6 +128,9 @@ fn merge(
                                 seen.reason = service.reason;
                                 seen.log_tail = service.log_tail;
                             }
+                            if seen.backup_failure.is_none() {
+                                seen.backup_failure = service.backup_failure;
+                            }
                         }
                         None => services.push(service),
                     }

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gantry_core::agent_api::{
-    AgentInfo, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult, ExecSpec,
-    ImageLoaded, ImageManifest, LockGrant, LockHolder, LockRelease, LockRequest, LockState,
-    LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest, ServiceSelector, Status,
+    AgentInfo, ApiErrorBody, BackupInfo, BackupList, BackupRestored, BlobList, BlobReceipt,
+    DeployRequest, DeployResult, ExecSpec, ImageLoaded, ImageManifest, LockGrant, LockHolder,
+    LockRelease, LockRequest, LockState, LogLine, ProxyAction, ProxyInfo, Release, RollbackRequest,
+    ServiceSelector, Status,
 };
 use gantry_core::endpoint::{self, Endpoint, encode};
 use gantry_core::host::{Host, HostError, LogQuery};
@@ -311,5 +312,74 @@ impl<T: Transport> Host for Agent<T> {
         }
         self.transport.stopped();
         Ok(())
+    }
+
+    fn take_backup(&self, project: &str, service: &str) -> Result<BackupInfo, HostError> {
+        self.call(
+            at(Endpoint::TakeBackup, &[project, service]),
+            None,
+            "application/json",
+        )
+    }
+
+    fn backups(&self, project: &str, service: &str) -> Result<BackupList, HostError> {
+        self.call(
+            at(Endpoint::Backups, &[project, service]),
+            None,
+            "application/json",
+        )
+    }
+
+    fn restore_backup(
+        &self,
+        project: &str,
+        service: &str,
+        id: &str,
+    ) -> Result<BackupRestored, HostError> {
+        self.call(
+            at(Endpoint::RestoreBackup, &[project, service, id]),
+            None,
+            "application/json",
+        )
+    }
+
+    fn download_backup(
+        &self,
+        project: &str,
+        service: &str,
+        id: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, HostError> {
+        let (_, path) = at(Endpoint::DownloadBackup, &[project, service, id]);
+        let (mut written, mut head, mut failed) = (0u64, Vec::new(), None);
+        let status = self
+            .client
+            .stream_bytes(&path, &mut |chunk| {
+                // An error's body is JSON: kept to read it, if it is one.
+                if head.len() < 64 * 1024 {
+                    head.extend_from_slice(chunk);
+                }
+                match out.write_all(chunk) {
+                    Ok(()) => {
+                        written += chunk.len() as u64;
+                        true
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            })
+            .map_err(|e| self.transport(e))?;
+        if !status.is_success() {
+            return self.decode::<serde_json::Value>(status, &head).map(|_| 0);
+        }
+        match failed {
+            Some(e) => Err(HostError::Protocol {
+                host: self.name.clone(),
+                message: format!("cannot write the backup: {e}"),
+            }),
+            None => Ok(written),
+        }
     }
 }

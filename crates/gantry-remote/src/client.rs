@@ -224,6 +224,48 @@ impl Client {
         path: &str,
         line: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<StatusCode, ClientError> {
+        let mut pending: Vec<u8> = Vec::new();
+        let status = self.chunks(path, &mut |data| {
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let rest = pending.split_off(end + 1);
+                if !line(&pending[..end]) {
+                    return false;
+                }
+                pending = rest;
+            }
+            true
+        })?;
+        if !pending.is_empty() {
+            line(&pending);
+        }
+        Ok(status)
+    }
+
+    /// A GET whose body is handed to `chunk` as it arrives, until it
+    /// returns false or the body ends: the answer's status.
+    pub fn stream_bytes(
+        &self,
+        path: &str,
+        chunk: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<StatusCode, ClientError> {
+        self.trace
+            .request(&Method::GET, path, trace::Body::Bytes(&[]));
+        let started = Instant::now();
+        let answer = self.chunks(path, chunk);
+        let traced = match &answer {
+            Ok(status) => Ok((*status, trace::Body::Stream)),
+            Err(e) => Err(e),
+        };
+        self.trace.answered(&Method::GET, path, started, traced);
+        answer
+    }
+
+    fn chunks(
+        &self,
+        path: &str,
+        chunk: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<StatusCode, ClientError> {
         self.runtime.block_on(async {
             let empty = Full::new(Bytes::new())
                 .map_err(|never| match never {})
@@ -232,7 +274,6 @@ impl Client {
                 .send(Method::GET, path, empty, None, "application/json")
                 .await?;
             let status = response.status();
-            let mut pending: Vec<u8> = Vec::new();
             while let Some(frame) = response.body_mut().frame().await {
                 let frame = match frame {
                     Ok(frame) => frame,
@@ -241,19 +282,11 @@ impl Client {
                 let Some(data) = frame.data_ref() else {
                     continue;
                 };
-                pending.extend_from_slice(data);
-                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                    let rest = pending.split_off(end + 1);
-                    if !line(&pending[..end]) {
-                        // The rest of a stream nobody reads: do not reuse the connection.
-                        self.drop_piped();
-                        return Ok(status);
-                    }
-                    pending = rest;
+                if !chunk(data) {
+                    // The rest of a stream nobody reads: do not reuse the connection.
+                    self.drop_piped();
+                    return Ok(status);
                 }
-            }
-            if !pending.is_empty() {
-                line(&pending);
             }
             Ok(status)
         })

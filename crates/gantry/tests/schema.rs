@@ -36,7 +36,7 @@ fn committed_schema_is_what_gantry_prints() {
 }
 
 /// The validator an editor has: standard JSON Schema, with `format` as an
-/// annotation (the 2020-12 default). Our formats (duration, route, cron,
+/// annotation (the 2020-12 default). Our formats (duration, route, schedule,
 /// env-name, ...) are Gantry's own, so no editor checks them; what the schema
 /// file enforces for an editor is types, unknown keys, required keys, minimums
 /// and maximums, enums and `pattern`, which is why durations and sizes carry a

@@ -17,6 +17,7 @@
 //! the caller decides what runs; it never starts a container it was not
 //! asked to, and removes only containers it is named.
 
+mod dump;
 mod engine;
 pub mod image;
 pub mod secrets;
@@ -27,6 +28,7 @@ mod spec;
 
 use std::path::PathBuf;
 
+pub use dump::Piped;
 pub use engine::{ContainerState, Engine, ExecOutcome, LogLine, LogStream, MIN_API_VERSION};
 pub use secrets::{Owner, SecretValue};
 pub use settle::Settle;

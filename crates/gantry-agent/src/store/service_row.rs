@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 
 use gantry_core::agent_api::v1::{
-    Backup, Check, DeployStrategy, Duration, Health, Migrate, Port, Resources, Restart, Route,
-    ServiceSpec, Size, TlsFiles, Workload,
+    Backup, BackupKind, Check, DeployStrategy, Duration, Health, Migrate, Port, Resources, Restart,
+    Route, ServiceSpec, Size, TlsFiles, Workload,
 };
 use serde::{Deserialize, Serialize};
 
@@ -124,6 +124,15 @@ struct TlsRow {
 struct BackupRow {
     schedule: String,
     keep: u32,
+    /// Rows from before kinds: volumes, all there was to back up.
+    #[serde(default = "volumes")]
+    kind: BackupKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+}
+
+fn volumes() -> BackupKind {
+    BackupKind::Volumes
 }
 
 #[derive(Clone, Copy, Serialize, Deserialize)]
@@ -196,6 +205,8 @@ impl From<&ServiceSpec> for ServiceRow {
             backup: s.backup.as_ref().map(|b| BackupRow {
                 schedule: b.schedule.clone(),
                 keep: b.keep,
+                kind: b.kind,
+                path: b.path.clone(),
             }),
             stop_timeout_ms: s.stop_timeout.as_millis(),
             restart: match s.restart {
@@ -268,6 +279,8 @@ impl From<ServiceRow> for ServiceSpec {
             backup: r.backup.map(|b| Backup {
                 schedule: b.schedule,
                 keep: b.keep,
+                kind: b.kind,
+                path: b.path,
             }),
             stop_timeout: Duration::from_millis(r.stop_timeout_ms),
             restart: match r.restart {

@@ -5,6 +5,7 @@
 //! gantry-core.
 
 mod agent;
+mod backup;
 mod config;
 mod deploy;
 mod docs;
@@ -45,6 +46,7 @@ pub(crate) fn execute(cli: &Cli, printer: &Printer, wiring: &Wiring) -> Result<(
         Command::Restart(args) => operate::restart(&ctx, args),
         Command::Secrets(args) => secrets::secrets(&ctx, args),
         Command::Migrate(args) => migrate::migrate(&ctx, args),
+        Command::Backup(args) => backup::backup(&ctx, args),
         Command::Register(args) => environment::register(&ctx, args),
         Command::Configure => environment::configure(&ctx),
         Command::Env(args) => environment::env(&ctx, &args.action),

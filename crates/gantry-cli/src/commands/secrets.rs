@@ -10,6 +10,7 @@ use gantry_core::{Project, operate};
 use super::{Context, vars};
 use crate::args::{SecretsAction, SecretsArgs};
 use crate::output::{Failure, Report};
+use crate::text::utc;
 
 pub(super) fn secrets(ctx: &Context<'_>, args: &SecretsArgs) -> Result<(), Failure> {
     let (project, env) = (&ctx.project, ctx.env);
@@ -133,17 +134,4 @@ impl Report for List {
         }
         out
     }
-}
-
-/// Milliseconds since the epoch as RFC 3339 in UTC.
-fn utc(ms: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.replace_nanosecond(0)
-                .ok()?
-                .format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
 }

@@ -35,12 +35,16 @@ use crate::config::units;
 /// through a deploy.
 /// Revision 3: `deploy_strategy`; an agent of revision 2 would replace a
 /// service start-first whatever it says.
-pub const SPEC_VERSION: u32 = 3;
+/// Revision 4: `backup` (with `kind` and `path`), which an agent of
+/// revision 3 would keep without ever taking one.
+pub const SPEC_VERSION: u32 = 4;
 
 /// The lowest revision that says what `services` need: a deploy of
 /// processes alone stays readable by agents of revision 1.
 pub fn revision_needed(services: &[ServiceSpec]) -> u32 {
-    if services.iter().any(|s| s.deploy_strategy.is_some()) {
+    if services.iter().any(|s| s.backup.is_some()) {
+        4
+    } else if services.iter().any(|s| s.deploy_strategy.is_some()) {
         3
     } else if services
         .iter()
@@ -278,10 +282,47 @@ pub struct Migrate {
     pub post: Option<String>,
 }
 
+/// Scheduled backups the host's agent takes of a service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Backup {
+    /// `every DURATION` or cron's five fields, in UTC (`config::schedule`).
     pub schedule: String,
+    /// How many backups the host keeps.
     pub keep: u32,
+    pub kind: BackupKind,
+    /// The host's file (`sqlite`) or directory (`files`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// What a backup holds and how it is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupKind {
+    /// The container's named volumes, as tar + zstd.
+    Volumes,
+    /// A host directory, as tar + zstd.
+    Files,
+    /// A SQLite database copied by its online backup API, then zstd.
+    Sqlite,
+    /// `pg_dump --format=custom` inside the container.
+    Postgres,
+    /// `mariadb-dump`/`mysqldump --all-databases` inside the container, then zstd.
+    Mysql,
+}
+
+impl BackupKind {
+    /// The kind gantry.toml names.
+    pub fn from_config(kind: crate::config::model::BackupKind) -> BackupKind {
+        use crate::config::model::BackupKind as Config;
+        match kind {
+            Config::Volumes => BackupKind::Volumes,
+            Config::Files => BackupKind::Files,
+            Config::Sqlite => BackupKind::Sqlite,
+            Config::Postgres => BackupKind::Postgres,
+            Config::Mysql => BackupKind::Mysql,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -439,6 +480,8 @@ impl From<&resolve::Service> for ServiceSpec {
             backup: s.backup.as_ref().map(|b| Backup {
                 schedule: b.schedule.clone(),
                 keep: b.keep,
+                kind: BackupKind::from_config(b.kind),
+                path: b.path.clone(),
             }),
             stop_timeout: s.stop_timeout.into(),
             restart: match s.restart {

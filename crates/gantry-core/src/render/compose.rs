@@ -336,7 +336,7 @@ fn note_common(service: &Service, out: &mut Rendering) {
         out.note(
             service,
             "backup",
-            "backups are not written for compose, and Gantry takes none yet: back the volumes up yourself",
+            "backups are taken by Gantry's agent (`gantry backup`), which these compose files leave out: nothing here backs the service up, so back it up yourself",
         );
     }
 }

@@ -225,7 +225,7 @@ fn note_unsupported(service: &Service, out: &mut Rendering) {
         out.note(
             service,
             "backup",
-            "backups are not written for systemd, and Gantry takes none yet: back the volumes up yourself",
+            "backups are taken by Gantry's agent (`gantry backup`), which these systemd files leave out: nothing here backs the service up, so back it up yourself",
         );
     }
     out.note(

@@ -1,0 +1,695 @@
+//! Backups of a service, taken by this host's agent on the service's
+//! schedule or when asked (`gantry backup now`), and put back by `restore`.
+//! By kind: volumes and directories as tar + zstd, SQLite through its online
+//! backup API, PostgreSQL and MySQL/MariaDB with their own dump tools run
+//! inside the container. Each backup and restore holds the project's deploy
+//! lock, so none runs during a deploy. Backups lie in
+//! `backups/<project>/<service>/` (`backup_files`), outside the releases.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gantry_core::Code;
+use gantry_core::agent_api::{
+    BackupFailure, BackupInfo, BackupKind, BackupList, BackupRestored, BackupTrigger,
+    InstanceState, ServiceSelector, ServiceSpec, ServiceState,
+};
+use gantry_core::config::schedule::Schedule;
+use sha2::{Digest, Sha256};
+
+use crate::agent::{Agent, now_ms};
+use crate::backup_files as files;
+use crate::container::{VolumeMount, container_name, volume_name};
+use crate::error::AgentError;
+use crate::{container_instance, control};
+
+/// zstd's level: its default, fast with a fair ratio.
+const ZSTD_LEVEL: i32 = 3;
+
+/// PostgreSQL's tools as the official image and ours configure them: the
+/// superuser `POSTGRES_USER`, trusted on the local socket, and its database.
+const PG_DUMP: &str = r#"exec pg_dump --format=custom --username="${POSTGRES_USER:-postgres}" --dbname="${POSTGRES_DB:-${POSTGRES_USER:-postgres}}""#;
+const PG_RESTORE: &str = r#"exec pg_restore --clean --if-exists --single-transaction --exit-on-error --username="${POSTGRES_USER:-postgres}" --dbname="${POSTGRES_DB:-${POSTGRES_USER:-postgres}}""#;
+/// MariaDB's or MySQL's root password from the container's own settings
+/// (never an argument), then their tool.
+const MYSQL_AUTH: &str = r#"f="${MARIADB_ROOT_PASSWORD_FILE:-${MYSQL_ROOT_PASSWORD_FILE:-}}"; if [ -n "$f" ]; then MYSQL_PWD=$(cat "$f"); else MYSQL_PWD="${MARIADB_ROOT_PASSWORD:-${MYSQL_ROOT_PASSWORD:-}}"; fi; export MYSQL_PWD; "#;
+const MYSQL_DUMP: &str = r#"if command -v mariadb-dump >/dev/null; then exec mariadb-dump -uroot --all-databases --single-transaction --routines --events; else exec mysqldump -uroot --all-databases --single-transaction --routines --events; fi"#;
+const MYSQL_RESTORE: &str =
+    r#"if command -v mariadb >/dev/null; then exec mariadb -uroot; else exec mysql -uroot; fi"#;
+
+fn failed(message: impl Into<String>) -> AgentError {
+    AgentError::failed(Code::BackupFailed, message)
+}
+
+/// The service's spec in the release it runs now, and that release's id
+/// and environment.
+async fn current_spec(
+    agent: &Agent,
+    project: &str,
+    service: &str,
+) -> Result<(ServiceSpec, String, String), AgentError> {
+    let (p, s) = (project.to_owned(), service.to_owned());
+    let release = agent
+        .db(move |db| match db.current(&p, &s)? {
+            Some(id) => db.release(&p, &id),
+            None => Ok(None),
+        })
+        .await
+        .map_err(AgentError::store)?;
+    let found = release.and_then(|r| {
+        let spec = r.services.into_iter().find(|x| x.name == service)?;
+        Some((spec, r.id, r.environment))
+    });
+    found.ok_or_else(|| {
+        AgentError::not_found(
+            Code::ServiceNotFound,
+            format!("`{project}` runs no service `{service}` on this host"),
+            "see `gantry status` for the services",
+        )
+    })
+}
+
+/// `GET .../backups`: the service's backups, newest first, with its schedule.
+pub(crate) async fn list(
+    agent: &Agent,
+    project: &str,
+    service: &str,
+) -> Result<BackupList, AgentError> {
+    let spec = current_spec(agent, project, service).await.ok();
+    let backup = spec.as_ref().and_then(|(s, _, _)| s.backup.clone());
+    let backups = files::list(&agent.paths, project, service);
+    let next_at = backup.as_ref().and_then(|b| {
+        let schedule = Schedule::parse(&b.schedule).ok()?;
+        let after = match &schedule {
+            Schedule::Every { .. } => backups.first().map_or_else(now_ms, |b| b.created_at),
+            Schedule::Cron(_) => now_ms(),
+        };
+        Some(schedule.next_after(after).max(now_ms()))
+    });
+    if spec.is_none() && backups.is_empty() {
+        return Err(AgentError::not_found(
+            Code::ServiceNotFound,
+            format!("`{project}` has no service `{service}` and no backups of one on this host"),
+            "see `gantry status` for the services",
+        ));
+    }
+    Ok(BackupList {
+        service: service.to_owned(),
+        backups,
+        schedule: backup.as_ref().map(|b| b.schedule.clone()),
+        keep: backup.as_ref().map(|b| b.keep),
+        next_at,
+        last_failure: files::failure(&agent.paths, project, service),
+    })
+}
+
+/// `POST .../backups`: takes a backup now. A failure is recorded for
+/// `gantry status` until a backup succeeds.
+pub(crate) async fn take(
+    agent: &Agent,
+    project: &str,
+    service: &str,
+    trigger: BackupTrigger,
+) -> Result<BackupInfo, AgentError> {
+    let (spec, release, environment) = current_spec(agent, project, service).await?;
+    let Some(backup) = spec.backup.clone() else {
+        return Err(AgentError::invalid(
+            Code::BackupNotConfigured,
+            format!("service `{service}` has no `backup` in the release it runs"),
+            "add backup = { schedule = \"every 1d\" } to it in gantry.toml, and deploy",
+        ));
+    };
+    let lock = agent.deploy_lock(project);
+    let _held = lock.lock().await;
+    let started = Instant::now();
+    let at = now_ms();
+    let taken = async {
+        let dir = files::create_dir(&agent.paths, project, service)
+            .map_err(|e| failed(format!("cannot make the backup directory: {e}")))?;
+        let id = files::new_id(&dir, at);
+        let out = files::data(&dir, &id, backup.kind);
+        let partial = dir.join(format!("{id}.partial"));
+        let made = dump(agent, project, &environment, &spec, backup.kind, &partial).await;
+        let finished = match made {
+            Ok(()) => std::fs::rename(&partial, &out)
+                .map_err(|e| failed(format!("cannot keep the backup: {e}"))),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = finished {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+        let (size, sha256) =
+            digest(&out).map_err(|e| failed(format!("cannot read the backup: {e}")))?;
+        let info = BackupInfo {
+            id,
+            service: service.to_owned(),
+            kind: backup.kind,
+            created_at: at,
+            size,
+            sha256,
+            trigger,
+            release: Some(release),
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            host: None,
+        };
+        files::write_record(&dir, &info)
+            .map_err(|e| failed(format!("cannot record the backup: {e}")))?;
+        Ok(info)
+    };
+    match taken.await {
+        Ok(info) => {
+            files::clear_failure(&agent.paths, project, service);
+            let removed = files::prune(&agent.paths, project, service, backup.keep);
+            tracing::info!(project, service, id = %info.id, size = info.size, removed = removed.len(), "backup taken");
+            Ok(info)
+        }
+        Err(e) => {
+            let failure = BackupFailure {
+                at,
+                trigger,
+                message: e.to_string(),
+            };
+            let _ = files::set_failure(&agent.paths, project, service, &failure);
+            tracing::warn!(project, service, error = %e, "backup failed");
+            Err(e)
+        }
+    }
+}
+
+/// Size and sha256 of a file.
+fn digest(path: &Path) -> std::io::Result<(u64, String)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+    }
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((size, hex))
+}
+
+/// Runs blocking work on the blocking pool; its error becomes a failed backup.
+async fn blocking<F>(what: &'static str, f: F) -> Result<(), AgentError>
+where
+    F: FnOnce() -> std::io::Result<()> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(failed(format!("{what}: {e}"))),
+        Err(e) => Err(failed(format!("{what}: {e}"))),
+    }
+}
+
+/// Writes the service's backup of `kind` to `out`.
+async fn dump(
+    agent: &Agent,
+    project: &str,
+    environment: &str,
+    spec: &ServiceSpec,
+    kind: BackupKind,
+    out: &Path,
+) -> Result<(), AgentError> {
+    let out = out.to_path_buf();
+    match kind {
+        BackupKind::Volumes | BackupKind::Files => {
+            let sources = sources(agent, project, environment, spec, kind).await?;
+            blocking("archive", move || archive(&sources, &out)).await
+        }
+        BackupKind::Sqlite => {
+            let db = host_path(spec)?;
+            blocking("sqlite backup", move || sqlite_backup(&db, &out)).await
+        }
+        BackupKind::Postgres => in_container(agent, project, spec, PG_DUMP, None, Some(&out)).await,
+        BackupKind::Mysql => {
+            let raw = out.with_extension("raw");
+            let script = format!("{MYSQL_AUTH}{MYSQL_DUMP}");
+            let ran = in_container(agent, project, spec, &script, None, Some(&raw)).await;
+            let compressed = match ran {
+                Ok(()) => {
+                    let (from, to) = (raw.clone(), out);
+                    blocking("compress", move || compress(&from, &to)).await
+                }
+                Err(e) => Err(e),
+            };
+            let _ = std::fs::remove_file(&raw);
+            compressed
+        }
+    }
+}
+
+/// The `path` of a `sqlite` or `files` backup.
+fn host_path(spec: &ServiceSpec) -> Result<PathBuf, AgentError> {
+    spec.backup
+        .as_ref()
+        .and_then(|b| b.path.as_deref())
+        .map(PathBuf::from)
+        .ok_or_else(|| failed("the backup names no `path`"))
+}
+
+/// What a tar backup holds: (name in the archive, directory on this host).
+/// A volume not made yet is made, so a restore has somewhere to go.
+async fn sources(
+    agent: &Agent,
+    project: &str,
+    environment: &str,
+    spec: &ServiceSpec,
+    kind: BackupKind,
+) -> Result<Vec<(String, PathBuf)>, AgentError> {
+    if kind == BackupKind::Files {
+        return Ok(vec![("files".to_owned(), host_path(spec)?)]);
+    }
+    let engine = container_instance::engine(agent).await.map_err(failed)?;
+    let mut sources = Vec::new();
+    for text in &spec.volumes {
+        let mount = VolumeMount::parse(text).map_err(failed)?;
+        engine
+            .ensure_volume(project, environment, &mount.name)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let name = volume_name(project, environment, &mount.name);
+        let Some(dir) = engine
+            .volume_mountpoint(&name)
+            .await
+            .map_err(|e| failed(e.to_string()))?
+        else {
+            return Err(failed(format!("the Docker volume {name} is gone")));
+        };
+        sources.push((mount.name, dir));
+    }
+    Ok(sources)
+}
+
+/// Runs `script` with `sh -c` in a live container of the service.
+async fn in_container(
+    agent: &Agent,
+    project: &str,
+    spec: &ServiceSpec,
+    script: &str,
+    stdin: Option<&Path>,
+    stdout: Option<&Path>,
+) -> Result<(), AgentError> {
+    let (p, service) = (project.to_owned(), spec.name.clone());
+    let records = agent
+        .db(move |db| {
+            let current = db.current(&p, &service)?;
+            Ok(db
+                .instances(&p)?
+                .into_iter()
+                .filter(|r| r.service == service && Some(&r.release) == current.as_ref())
+                .find(|r| r.state == InstanceState::Live))
+        })
+        .await
+        .map_err(AgentError::store)?;
+    let Some(record) = records else {
+        return Err(AgentError::conflict(
+            Code::BackupFailed,
+            format!(
+                "service `{}` has no running container to dump from",
+                spec.name
+            ),
+            "start it (`gantry restart`), then back up again",
+        ));
+    };
+    let engine = container_instance::engine(agent).await.map_err(failed)?;
+    let command = ["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+    let name = container_name(project, &record.id);
+    let piped = engine
+        .exec_piped(&name, &command, stdin, stdout)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    match piped.exit_code {
+        Some(0) => Ok(()),
+        code => Err(failed(format!(
+            "{} exited with {}: {}",
+            command_name(script),
+            code.map_or_else(|| "no code".to_owned(), |c| c.to_string()),
+            piped.stderr
+        ))),
+    }
+}
+
+/// The tool a script runs, for errors.
+fn command_name(script: &str) -> &'static str {
+    match script {
+        PG_DUMP => "pg_dump",
+        PG_RESTORE => "pg_restore",
+        s if s.contains("mariadb-dump") => "mariadb-dump",
+        _ => "mariadb",
+    }
+}
+
+/// Archives each source directory under its name, as tar + zstd.
+pub(crate) fn archive(sources: &[(String, PathBuf)], out: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::create(out)?;
+    let encoder = zstd::Encoder::new(file, ZSTD_LEVEL)?;
+    let mut builder = tar::Builder::new(encoder);
+    builder.follow_symlinks(false);
+    for (name, dir) in sources {
+        builder.append_dir_all(name, dir)?;
+    }
+    let file = builder.into_inner()?.finish()?;
+    file.sync_all()
+}
+
+/// Puts an archive's directories back: each target emptied, then filled
+/// with its entries, owners and modes as archived.
+pub(crate) fn unarchive(archive: &Path, targets: &[(String, PathBuf)]) -> std::io::Result<()> {
+    for (_, dir) in targets {
+        std::fs::create_dir_all(dir)?;
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            match std::fs::symlink_metadata(&path)?.is_dir() {
+                true => std::fs::remove_dir_all(&path)?,
+                false => std::fs::remove_file(&path)?,
+            }
+        }
+    }
+    let decoder = zstd::Decoder::new(std::fs::File::open(archive)?)?;
+    let mut tar = tar::Archive::new(decoder);
+    tar.set_preserve_permissions(true);
+    tar.set_preserve_ownerships(rustix::process::geteuid().is_root());
+    tar.set_preserve_mtime(true);
+    let mut directories = Vec::new();
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let mut parts = path.components();
+        let Some(top) = parts.next() else { continue };
+        let Some((_, dir)) = targets
+            .iter()
+            .find(|(name, _)| top.as_os_str() == name.as_str())
+        else {
+            continue;
+        };
+        let rest = parts.as_path();
+        if rest
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(std::io::Error::other(format!(
+                "the archive holds `{}`, outside its directory",
+                path.display()
+            )));
+        }
+        let target = dir.join(rest);
+        if entry.header().entry_type().is_dir() {
+            // Modes last: a read-only directory would refuse its own files.
+            directories.push((
+                target.clone(),
+                entry.header().mode()?,
+                entry.header().uid()?,
+                entry.header().gid()?,
+            ));
+            std::fs::create_dir_all(&target)?;
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        entry.unpack(&target)?;
+    }
+    for (dir, mode, uid, gid) in directories.into_iter().rev() {
+        use std::os::unix::fs::PermissionsExt;
+        if rustix::process::geteuid().is_root() {
+            let (uid, gid) = (u32::try_from(uid).ok(), u32::try_from(gid).ok());
+            std::os::unix::fs::lchown(&dir, uid, gid)?;
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode & 0o7777))?;
+    }
+    Ok(())
+}
+
+fn compress(from: &Path, to: &Path) -> std::io::Result<()> {
+    let input = std::fs::File::open(from)?;
+    let output = std::fs::File::create(to)?;
+    let mut encoder = zstd::Encoder::new(output, ZSTD_LEVEL)?;
+    std::io::copy(&mut std::io::BufReader::new(input), &mut encoder)?;
+    encoder.finish()?.sync_all()
+}
+
+fn decompress(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut decoder = zstd::Decoder::new(std::fs::File::open(from)?)?;
+    let mut output = std::fs::File::create(to)?;
+    std::io::copy(&mut decoder, &mut output)?;
+    output.sync_all()
+}
+
+fn sqlite_error(e: rusqlite::Error) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// Copies the live database with SQLite's online backup API (a consistent
+/// copy while the service writes), then compresses the copy.
+fn sqlite_backup(db: &Path, out: &Path) -> std::io::Result<()> {
+    use rusqlite::{Connection, OpenFlags};
+    if !db.is_file() {
+        return Err(std::io::Error::other(format!(
+            "no database at {}",
+            db.display()
+        )));
+    }
+    let copy = out.with_extension("copy");
+    let made = (|| {
+        let source = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(sqlite_error)?;
+        source
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(sqlite_error)?;
+        source
+            .backup(rusqlite::MAIN_DB, &copy, None)
+            .map_err(sqlite_error)?;
+        compress(&copy, out)
+    })();
+    let _ = std::fs::remove_file(&copy);
+    made
+}
+
+/// Writes the backup into the database file (the service stopped), which
+/// keeps the file's owner; a missing file is made as its directory's owner's.
+fn sqlite_restore(backup: &Path, db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let copy = db.with_extension("gantry-restore");
+    decompress(backup, &copy)?;
+    let restored = (|| {
+        let fresh = !db.exists();
+        let mut target = rusqlite::Connection::open(db).map_err(sqlite_error)?;
+        target
+            .restore(
+                rusqlite::MAIN_DB,
+                &copy,
+                None::<fn(rusqlite::backup::Progress)>,
+            )
+            .map_err(sqlite_error)?;
+        drop(target);
+        if fresh
+            && rustix::process::geteuid().is_root()
+            && let Some(parent) = db.parent()
+        {
+            let owner = std::fs::metadata(parent)?;
+            std::os::unix::fs::chown(db, Some(owner.uid()), Some(owner.gid()))?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&copy);
+    restored
+}
+
+/// `POST .../backups/{id}/restore`: puts a backup back. A volume, directory
+/// or SQLite file is restored with the service stopped, which is started
+/// again after; a database dump is restored into the running database by
+/// its own tool, in one transaction.
+pub(crate) async fn restore(
+    agent: &Agent,
+    project: &str,
+    service: &str,
+    id: &str,
+) -> Result<BackupRestored, AgentError> {
+    let Some(backup) = files::find(&agent.paths, project, service, id) else {
+        return Err(AgentError::not_found(
+            Code::BackupNotFound,
+            format!("this host keeps no backup `{id}` of `{service}`"),
+            "`gantry backup list SERVICE` shows the backups",
+        ));
+    };
+    let (spec, _, environment) = current_spec(agent, project, service).await?;
+    let lock = agent.deploy_lock(project);
+    let _held = lock.lock().await;
+    let started = Instant::now();
+    let dir = files::dir(&agent.paths, project, service);
+    let data = files::data(&dir, &backup.id, backup.kind);
+    match backup.kind {
+        BackupKind::Postgres => {
+            in_container(agent, project, &spec, PG_RESTORE, Some(&data), None).await?;
+        }
+        BackupKind::Mysql => {
+            let raw = dir.join(format!("{id}.restore"));
+            let (from, to) = (data.clone(), raw.clone());
+            blocking("decompress", move || decompress(&from, &to)).await?;
+            let script = format!("{MYSQL_AUTH}{MYSQL_RESTORE}");
+            let ran = in_container(agent, project, &spec, &script, Some(&raw), None).await;
+            let _ = std::fs::remove_file(&raw);
+            ran?;
+        }
+        kind => restore_stopped(agent, project, &environment, &spec, kind, &data).await?,
+    }
+    tracing::info!(project, service, id, "backup restored");
+    Ok(BackupRestored {
+        backup,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// Stops the service, puts the files back, starts it again and waits until
+/// it runs (its health deadline at most).
+async fn restore_stopped(
+    agent: &Agent,
+    project: &str,
+    environment: &str,
+    spec: &ServiceSpec,
+    kind: BackupKind,
+    data: &Path,
+) -> Result<(), AgentError> {
+    let selector = ServiceSelector {
+        service: Some(spec.name.clone()),
+    };
+    control::stop(agent, project.to_owned(), selector.clone()).await?;
+    let data = data.to_path_buf();
+    let put_back = match kind {
+        BackupKind::Sqlite => {
+            let db = host_path(spec)?;
+            blocking("sqlite restore", move || sqlite_restore(&data, &db)).await
+        }
+        _ => match sources(agent, project, environment, spec, kind).await {
+            Ok(targets) => blocking("unpack", move || unarchive(&data, &targets)).await,
+            Err(e) => Err(e),
+        },
+    };
+    // Started again whether or not the files went back: a failed restore
+    // leaves the service running on what it had.
+    control::restart(agent, project.to_owned(), selector).await?;
+    let deadline = Instant::now() + agent.settings.health_deadline;
+    while Instant::now() < deadline {
+        let status = control::status(agent, project.to_owned()).await?;
+        let running = status
+            .services
+            .iter()
+            .any(|s| s.name == spec.name && s.state == ServiceState::Running);
+        if running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    put_back
+}
+
+/// The file of a backup, to stream to `gantry backup pull`.
+pub(crate) fn download(
+    agent: &Agent,
+    project: &str,
+    service: &str,
+    id: &str,
+) -> Result<(BackupInfo, PathBuf), AgentError> {
+    let Some(backup) = files::find(&agent.paths, project, service, id) else {
+        return Err(AgentError::not_found(
+            Code::BackupNotFound,
+            format!("this host keeps no backup `{id}` of `{service}`"),
+            "`gantry backup list SERVICE` shows the backups",
+        ));
+    };
+    let dir = files::dir(&agent.paths, project, service);
+    let path = files::data(&dir, &backup.id, backup.kind);
+    Ok((backup, path))
+}
+
+/// When each scheduled service is due next, by (project, service).
+type Due = HashMap<(String, String), (String, u64)>;
+
+/// Takes every service's scheduled backups until the agent stops: each
+/// second, the services whose time has come, one after another.
+pub(crate) async fn run_schedules(
+    agent: Arc<Agent>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut due: Due = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        for (project, service, schedule) in scheduled(&agent).await {
+            let key = (project.clone(), service.clone());
+            let now = now_ms();
+            let Ok(parsed) = Schedule::parse(&schedule) else {
+                continue;
+            };
+            let next = match due.get(&key) {
+                Some((seen, at)) if *seen == schedule => *at,
+                _ => first_due(&agent, &project, &service, &parsed, now),
+            };
+            if now < next {
+                due.insert(key, (schedule, next));
+                continue;
+            }
+            let _ = take(&agent, &project, &service, BackupTrigger::Schedule).await;
+            due.insert(key, (schedule, parsed.next_after(now_ms().max(now))));
+        }
+    }
+}
+
+/// When a schedule first seen is due: an interval from the newest backup
+/// (so an agent restarted does not wait a whole interval, nor back up at
+/// once when one was just taken), cron at its next minute.
+fn first_due(agent: &Agent, project: &str, service: &str, schedule: &Schedule, now: u64) -> u64 {
+    match schedule {
+        Schedule::Every { .. } => {
+            let last = files::list(&agent.paths, project, service)
+                .first()
+                .map_or(now, |b| b.created_at);
+            schedule.next_after(last)
+        }
+        Schedule::Cron(_) => schedule.next_after(now),
+    }
+}
+
+/// (project, service, schedule) of every service whose current release
+/// backs it up.
+async fn scheduled(agent: &Agent) -> Vec<(String, String, String)> {
+    let found = agent
+        .db(|db| {
+            let mut out = Vec::new();
+            let mut releases = HashMap::new();
+            for (project, service, release) in db.current_everywhere()? {
+                let key = (project.clone(), release.clone());
+                if !releases.contains_key(&key) {
+                    releases.insert(key.clone(), db.release(&project, &release)?);
+                }
+                let spec = releases
+                    .get(&key)
+                    .and_then(|r| r.as_ref())
+                    .and_then(|r| r.services.iter().find(|s| s.name == service));
+                if let Some(backup) = spec.and_then(|s| s.backup.as_ref()) {
+                    out.push((project, service, backup.schedule.clone()));
+                }
+            }
+            Ok(out)
+        })
+        .await;
+    found.unwrap_or_default()
+}

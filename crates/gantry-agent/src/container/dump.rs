@@ -1,0 +1,140 @@
+//! What backups need of the engine: where a named volume's files are, and a
+//! command run inside a container with a file as its stdin and its stdout
+//! written to a file (a database's dump and restore tools).
+
+use std::path::{Path, PathBuf};
+
+use bollard::container::LogOutput;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::ExecConfig;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::engine::Engine;
+use super::{ContainerError, is_not_found};
+
+/// The most of a piped command's stderr kept, for its error.
+const STDERR_MAX: usize = 8 * 1024;
+
+/// How a piped command ended.
+#[derive(Debug)]
+pub struct Piped {
+    pub exit_code: Option<i64>,
+    /// The end of its stderr.
+    pub stderr: String,
+}
+
+impl Engine {
+    /// The directory on this host that holds a named volume's files, or
+    /// `None` when there is no such volume.
+    pub async fn volume_mountpoint(&self, name: &str) -> Result<Option<PathBuf>, ContainerError> {
+        match self.docker.inspect_volume(name).await {
+            Ok(volume) => Ok(Some(PathBuf::from(volume.mountpoint))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(ContainerError::engine("inspect volume", name, e)),
+        }
+    }
+
+    /// Runs `command` in the running `container`, its stdin read from
+    /// `stdin` (else none) and its stdout written to `stdout` (else dropped).
+    pub async fn exec_piped(
+        &self,
+        container: &str,
+        command: &[String],
+        stdin: Option<&Path>,
+        stdout: Option<&Path>,
+    ) -> Result<Piped, ContainerError> {
+        let io = |e: std::io::Error| ContainerError::Engine {
+            action: "exec in",
+            target: container.to_owned(),
+            message: e.to_string(),
+        };
+        let config = ExecConfig {
+            cmd: Some(command.to_vec()),
+            attach_stdin: Some(stdin.is_some()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(container, config)
+            .await
+            .map_err(|e| ContainerError::engine("exec in", container, e))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, Some(StartExecOptions::default()))
+            .await
+            .map_err(|e| ContainerError::engine("exec in", container, e))?;
+        let StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = started
+        else {
+            return Err(ContainerError::Engine {
+                action: "exec in",
+                target: container.to_owned(),
+                message: "the engine ran the command detached".to_owned(),
+            });
+        };
+        let feed = async {
+            if let Some(path) = stdin {
+                let mut file = tokio::fs::File::open(path).await?;
+                let mut buffer = vec![0u8; 256 * 1024];
+                loop {
+                    let n = file.read(&mut buffer).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    input.write_all(&buffer[..n]).await?;
+                }
+                input.flush().await?;
+            }
+            input.shutdown().await
+        };
+        let mut out = match stdout {
+            Some(path) => Some(tokio::fs::File::create(path).await.map_err(io)?),
+            None => None,
+        };
+        let mut stderr = Vec::new();
+        let drain = async {
+            while let Some(chunk) = output.next().await {
+                match chunk {
+                    Ok(LogOutput::StdOut { message }) => {
+                        if let Some(out) = out.as_mut() {
+                            out.write_all(&message).await?;
+                        }
+                    }
+                    Ok(LogOutput::StdErr { message }) => {
+                        stderr.extend_from_slice(&message);
+                        if stderr.len() > STDERR_MAX {
+                            stderr.drain(..stderr.len() - STDERR_MAX);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(std::io::Error::other(e.to_string())),
+                }
+            }
+            if let Some(out) = out.as_mut() {
+                out.sync_all().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        let (fed, drained) = tokio::join!(feed, drain);
+        drained.map_err(io)?;
+        // A command that exits before reading all of its input breaks the
+        // pipe: its exit code says more than the write's error.
+        let inspected = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| ContainerError::engine("inspect exec in", container, e))?;
+        if inspected.exit_code == Some(0) {
+            fed.map_err(io)?;
+        }
+        Ok(Piped {
+            exit_code: inspected.exit_code,
+            stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+        })
+    }
+}
