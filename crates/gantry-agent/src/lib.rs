@@ -41,6 +41,7 @@ mod history;
 mod images;
 mod instance;
 mod isolation;
+mod kept;
 mod locks;
 mod logs;
 mod openapi;
@@ -104,6 +105,7 @@ mod tests {
         ],
         &[
             "retire",
+            "kept",
             "deploy",
             "rollback",
             "control",

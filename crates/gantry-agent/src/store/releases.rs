@@ -113,6 +113,13 @@ impl Store {
             )
             .optional()
             .map_err(StoreError::from)
+            .and_then(|found| self.with_deployments(found))
+    }
+
+    fn with_deployments(&self, release: Option<Release>) -> Result<Option<Release>, StoreError> {
+        let mut found: Vec<Release> = release.into_iter().collect();
+        self.attach_deployments(&mut found)?;
+        Ok(found.pop())
     }
 
     fn release_by_id(&self, project: &str, id: &str) -> Result<Option<Release>, StoreError> {
@@ -124,6 +131,7 @@ impl Store {
             )
             .optional()
             .map_err(StoreError::from)
+            .and_then(|found| self.with_deployments(found))
     }
 
     /// Every release of a project, newest first.
@@ -186,6 +194,7 @@ impl Store {
         for row in rows {
             releases.push(row?);
         }
+        self.attach_deployments(&mut releases)?;
         Ok(releases)
     }
 }
@@ -233,6 +242,7 @@ fn read_release(row: &Row<'_>) -> rusqlite::Result<Release> {
         log_tail: row.get::<_, Json<_>>("log_tail")?.0,
         phases: row.get::<_, Json<_>>("phases")?.0,
         services: from_rows(row.get::<_, Json<Vec<ServiceRow>>>("services")?.0),
+        deployments: Vec::new(),
     })
 }
 
@@ -278,6 +288,7 @@ pub(super) mod tests {
             log_tail: Vec::new(),
             phases: Vec::new(),
             services: vec![service("web")],
+            deployments: Vec::new(),
         }
     }
 

@@ -35,7 +35,13 @@ use crate::config::units;
 /// through a deploy.
 /// Revision 3: `deploy_strategy`; an agent of revision 2 would replace a
 /// service start-first whatever it says.
-pub const SPEC_VERSION: u32 = 3;
+/// Revision 4: a request's `deployment` (the environment-wide deployment it
+/// is part of); an agent of revision 3 would record a release no deployment
+/// lists, and make one even where the host already runs what was asked.
+pub const SPEC_VERSION: u32 = 4;
+
+/// The revision a request that names a deployment needs.
+pub const DEPLOYMENT_REVISION: u32 = 4;
 
 /// The lowest revision that says what `services` need: a deploy of
 /// processes alone stays readable by agents of revision 1.
