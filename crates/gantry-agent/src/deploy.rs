@@ -112,6 +112,9 @@ async fn deploy(
 
     // Refused here, a deploy leaves nothing behind.
     admit(agent, &request).await?;
+    if let Some(running) = crate::kept::already_running(agent, &request).await? {
+        return crate::kept::keep(agent, running, &request).await;
+    }
     let number = next_number(agent, &project).await?;
     unpack(agent, &mut timer, &request).await?;
 
@@ -131,10 +134,19 @@ async fn deploy(
         log_tail: Vec::new(),
         phases: Vec::new(),
         services: request.services.clone(),
+        deployments: request.deployment.iter().cloned().collect(),
     };
     {
-        let r = release.clone();
-        agent.db(move |s| s.insert_release(&r)).await?;
+        let (r, mark) = (release.clone(), request.deployment.clone());
+        agent
+            .db(move |s| {
+                s.insert_release(&r)?;
+                match &mark {
+                    Some(mark) => s.mark_deployment(&r.project, &r.id, mark),
+                    None => Ok(()),
+                }
+            })
+            .await?;
     }
 
     let mut unchanged = Vec::new();
@@ -166,6 +178,7 @@ async fn deploy(
         services,
         removed,
         unchanged,
+        kept: false,
     })
 }
 
@@ -302,7 +315,7 @@ async fn roll_service(
     .await;
     let old = running_before(agent, release, &service.name).await;
     if let Some(fingerprint) = &fingerprint
-        && unchanged(agent, service, &old, fingerprint).await
+        && crate::kept::unchanged(agent, service, &old, fingerprint).await
     {
         let (p, n, r) = (
             release.project.clone(),
@@ -372,30 +385,6 @@ async fn running_before(agent: &Agent, release: &Release, service: &str) -> Vec<
         .into_iter()
         .filter(|i| i.service == n && i.release != r && i.is_active())
         .collect()
-}
-
-/// Whether `old` is the service as it should run: as many live instances
-/// as it has replicas, each running what `fingerprint` says.
-async fn unchanged(
-    agent: &Agent,
-    service: &ServiceSpec,
-    old: &[InstanceRecord],
-    fingerprint: &str,
-) -> bool {
-    if old.len() != service.replicas as usize || old.iter().any(|i| i.state != InstanceState::Live)
-    {
-        return false;
-    }
-    let ids: Vec<String> = old.iter().map(|i| i.id.clone()).collect();
-    let recorded = agent
-        .db(move |s| {
-            ids.iter()
-                .map(|id| s.fingerprint(id))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .unwrap_or_default();
-    recorded.len() == old.len() && recorded.iter().all(|f| f.as_deref() == Some(fingerprint))
 }
 
 /// Starts `service`'s replicas for `release` (each recorded before it

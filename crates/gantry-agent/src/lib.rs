@@ -45,6 +45,7 @@ mod history;
 mod images;
 mod instance;
 mod isolation;
+mod kept;
 mod locks;
 mod logs;
 mod openapi;
@@ -109,6 +110,7 @@ mod tests {
         ],
         &[
             "retire",
+            "kept",
             "deploy",
             "rollback",
             "control",

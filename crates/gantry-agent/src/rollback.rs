@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use gantry_core::Code;
-use gantry_core::agent_api::{DeployRequest, DeployResult, Outcome, Release, RollbackRequest};
+use gantry_core::agent_api::{
+    DeployRequest, DeployResult, Outcome, Release, Reverted, RollbackRequest,
+};
 
 use crate::agent::Agent;
 use crate::deploy;
@@ -17,6 +19,9 @@ pub(crate) async fn rollback(
     project: String,
     request: RollbackRequest,
 ) -> Result<DeployResult, AgentError> {
+    if let Some(reverted) = &request.reverts {
+        mark_failed(&agent, &project, reverted).await?;
+    }
     let p = project.clone();
     let releases = agent.db(move |s| s.releases(&p)).await?;
     let target = match &request.to {
@@ -52,8 +57,30 @@ pub(crate) async fn rollback(
         services: target.services.clone(),
         secrets: request.secrets,
         rollback_of: Some(target.id.clone()),
+        deployment: request.deployment,
     };
     deploy::run(agent, deploy).await
+}
+
+/// Records a release that succeeded as failed after all, with why (it
+/// failed its verify window), before the rollback that undoes it.
+async fn mark_failed(agent: &Agent, project: &str, reverted: &Reverted) -> Result<(), AgentError> {
+    let (p, id, reason) = (
+        project.to_owned(),
+        reverted.release.clone(),
+        reverted.reason.clone(),
+    );
+    agent
+        .db(move |s| {
+            let Some(mut release) = s.release(&p, &id)? else {
+                return Ok(());
+            };
+            release.outcome = Outcome::Failed;
+            release.reason = Some(reason);
+            s.update_release(&release)
+        })
+        .await?;
+    Ok(())
 }
 
 /// The newest successful release before the newest one any service runs

@@ -254,6 +254,15 @@ fn services_text(out: &mut String, services: &[gantry_core::agent_api::ServiceSt
 
 impl Report for gantry_core::deploy::DeployReport {
     fn text(&self) -> String {
+        let unchanged = |h: &gantry_core::deploy::HostDeploy| {
+            h.outcome == gantry_core::deploy::HostOutcome::Unchanged
+        };
+        if !self.hosts.is_empty() && self.hosts.iter().all(unchanged) {
+            return format!(
+                "unchanged: every host of {} already runs this artifact and configuration (release {} on {}); no new release\n",
+                self.environment, self.release.id, self.host
+            );
+        }
         let total: u64 = self.release.phases.iter().map(|p| p.duration_ms).sum();
         let mut out = format!(
             "deployed {} release {} to {} ({}): {} in {} ms\n",
@@ -264,6 +273,9 @@ impl Report for gantry_core::deploy::DeployReport {
             name(&self.release.outcome),
             total
         );
+        if !self.deployment.is_empty() {
+            let _ = writeln!(out, "  deployment {}", self.deployment);
+        }
         if self.upload.blobs_sent > 0 {
             let _ = writeln!(
                 out,
@@ -334,7 +346,7 @@ impl Report for gantry_core::operate::StatusReport {
 
 impl Report for gantry_core::operate::ReleasesReport {
     fn text(&self) -> String {
-        let mut out = String::new();
+        let mut out = deployments_text(&self.deployments);
         if self.releases.is_empty() {
             let _ = writeln!(
                 out,
@@ -362,6 +374,45 @@ impl Report for gantry_core::operate::ReleasesReport {
         }
         out
     }
+}
+
+/// The environment's deployments, newest first, each with the release it
+/// made or kept on every host and whether that host runs it now.
+fn deployments_text(deployments: &[gantry_core::deployments::Deployment]) -> String {
+    let mut out = String::new();
+    if deployments.is_empty() {
+        return out;
+    }
+    out.push_str("deployments, newest first:\n");
+    for d in deployments {
+        let _ = writeln!(
+            out,
+            "  {}  {}  {}{}{}  artifact {}",
+            d.id,
+            gantry_core::deployments::utc(d.at),
+            name(&d.state),
+            if d.rollback { ", rollback" } else { "" },
+            if d.current { ", current" } else { "" },
+            d.artifact.get(..12).unwrap_or(&d.artifact)
+        );
+        let hosts: Vec<String> = d
+            .hosts
+            .iter()
+            .map(|h| match (&h.release, h.outcome) {
+                (Some(r), Some(outcome)) => format!(
+                    "{} {r} {}{}{}",
+                    h.host,
+                    name(&outcome),
+                    if h.kept { " (kept)" } else { "" },
+                    if h.runs_now { ", runs it" } else { "" }
+                ),
+                _ => format!("{} none", h.host),
+            })
+            .collect();
+        let _ = writeln!(out, "    {}", hosts.join("; "));
+    }
+    out.push_str("releases:\n");
+    out
 }
 
 /// One release in full.

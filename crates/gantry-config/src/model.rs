@@ -32,6 +32,26 @@ pub struct File {
     /// The tracker hub the project reports to: a failed deploy files a bug there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hub: Option<HubLink>,
+    /// How deploys roll out, for every environment (an environment's own
+    /// `deploy` table overrides it key by key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Rollout>,
+}
+
+/// How a deploy rolls out across an environment's hosts.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// How long a host's new release is watched after its cutover (default
+    /// "5s", at most "10m", "0s" for not at all): if one of its new instances
+    /// exits, is restarted or fails its health check meanwhile, that host goes
+    /// back to its previous release and the deploy fails (`deploy.verify_failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Duration>,
+    /// Deploy to the environment's first host alone, and to the others only
+    /// after its verify window passed (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<bool>,
 }
 
 /// Where failures are reported: a Gantry hub (`gantry hub serve`) and a `ci` key of it.
@@ -426,6 +446,9 @@ pub struct Environment {
     /// Overrides merged over `[services]` for this environment only, like `services.web.replicas = 3`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, Service>,
+    /// How deploys of this environment roll out, over the top-level `[deploy]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Rollout>,
 }
 
 /// A host: reached over SSH, or this machine (`provider = "local"`).

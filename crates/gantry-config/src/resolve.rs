@@ -20,6 +20,10 @@ pub mod defaults {
     use super::{Duration, Restart};
     pub const REPLICAS: u32 = 1;
     pub const STOP_TIMEOUT: Duration = Duration::from_millis(10_000);
+    /// How long a new release is watched after its cutover.
+    pub const VERIFY: Duration = Duration::from_millis(5_000);
+    /// The longest verify window validate accepts.
+    pub const VERIFY_MAX: Duration = Duration::from_millis(600_000);
     pub const RESTART: Restart = Restart::Always;
     pub const HEALTH_INTERVAL: Duration = Duration::from_millis(1_000);
     pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(2_000);
@@ -95,6 +99,10 @@ pub struct Environment {
     pub hosts: Vec<Host>,
     /// How many hosts a deploy updates at once.
     pub max_parallel: u32,
+    /// How long a host's new release is watched after cutover (0: not at all).
+    pub verify: Duration,
+    /// The first host goes first, alone, and the rest after its verify window.
+    pub canary: bool,
     pub services: BTreeMap<String, Service>,
 }
 
@@ -498,6 +506,8 @@ pub(crate) fn resolve(file: &File, environment: &str) -> Environment {
             .get(environment)
             .and_then(|e| e.max_parallel)
             .map_or(1, NonZeroU32::get),
+        verify: rollout(file, environment, |r| r.verify).unwrap_or(defaults::VERIFY),
+        canary: rollout(file, environment, |r| r.canary).unwrap_or(false),
         services: merged_services(file, environment)
             .iter()
             .map(|(name, s)| {
@@ -510,6 +520,20 @@ pub(crate) fn resolve(file: &File, environment: &str) -> Environment {
             })
             .collect(),
     }
+}
+
+/// A `deploy` key of `environment`: its own table's, else the top-level one's.
+fn rollout<T>(
+    file: &File,
+    environment: &str,
+    key: impl Fn(&model::Rollout) -> Option<T>,
+) -> Option<T> {
+    let own = file
+        .environments
+        .get(environment)
+        .and_then(|e| e.deploy.as_ref())
+        .and_then(&key);
+    own.or_else(|| file.deploy.as_ref().and_then(key))
 }
 
 #[cfg(test)]

@@ -63,6 +63,7 @@ pub fn check(file: &File, doc: &Document<'_>) -> Findings {
     check_names(&mut c, file);
     check_hosts(&mut c, file);
     check_environments(&mut c, file);
+    check_rollouts(&mut c, file);
 
     let mut checked_base = false;
     for env in resolve::environment_names(file) {
@@ -135,6 +136,43 @@ fn check_hosts(c: &mut Checker<'_>, file: &File) {
                 Some("keep `ssh` for a server you have, or only provider = \"local\" for this machine".to_owned()),
             ),
             _ => {}
+        }
+    }
+}
+
+/// `deploy.verify` at most [`resolve::defaults::VERIFY_MAX`]; a canary
+/// needs a verify window to wait for.
+fn check_rollouts(c: &mut Checker<'_>, file: &File) {
+    let tables = file
+        .deploy
+        .iter()
+        .map(|r| (KeyPath::of(["deploy"]), r))
+        .chain(file.environments.iter().filter_map(|(name, env)| {
+            env.deploy
+                .as_ref()
+                .map(|r| (KeyPath::of(["environments", name.as_str(), "deploy"]), r))
+        }));
+    let tables: Vec<_> = tables.collect();
+    for (path, rollout) in tables {
+        if let Some(verify) = rollout.verify
+            && verify > resolve::defaults::VERIFY_MAX
+        {
+            c.push(
+                Problem::InvalidValue,
+                path.key("verify"),
+                false,
+                format!("deploy.verify = \"{verify}\" is longer than the 10m a rollout may wait per host"),
+                Some("a few seconds to a minute is usual: long enough for a bad release to crash".to_owned()),
+            );
+        }
+        if rollout.canary == Some(true) && rollout.verify.is_some_and(|v| v.as_millis() == 0) {
+            c.push(
+                Problem::Conflict,
+                path.key("canary"),
+                false,
+                "deploy.canary waits for the first host's verify window, and deploy.verify = \"0s\" has none".to_owned(),
+                Some("give deploy.verify a duration, like \"10s\"".to_owned()),
+            );
         }
     }
 }

@@ -122,6 +122,22 @@ pub struct DeployRequest {
     /// The previous release to re-activate instead of a new one (rollback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<String>,
+    /// The environment-wide deployment (one `gantry deploy` or `gantry
+    /// rollback` of every host) this request is part of, recorded with the
+    /// release. With one, a host that already runs this artifact and
+    /// configuration (same secrets, every service live) makes no new
+    /// release: it records the deployment on the release it runs and
+    /// answers with it ([`DeployResult::kept`]). Spec revision 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<DeploymentMark>,
+}
+
+/// One environment-wide deployment as a host records it: its id (made by
+/// the CLI, the same on every host) and when it began (Unix milliseconds).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeploymentMark {
+    pub id: String,
+    pub at: u64,
 }
 
 impl std::fmt::Debug for DeployRequest {
@@ -134,6 +150,7 @@ impl std::fmt::Debug for DeployRequest {
             .field("artifact", &self.artifact.digest)
             .field("services", &self.services.len())
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("deployment", &self.deployment)
             .finish()
     }
 }
@@ -183,6 +200,11 @@ pub struct Release {
     pub phases: Vec<Phase>,
     /// The services of this release, as deployed (no secret values).
     pub services: Vec<ServiceSpec>,
+    /// The environment-wide deployments this release stands for on this
+    /// host, oldest first: the one that made it, then any later one that
+    /// found the host already running it. Empty from agents before them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<DeploymentMark>,
 }
 
 /// How an instance ended.
@@ -313,6 +335,11 @@ pub struct DeployResult {
     /// release's. Absent from agents before it: every service was replaced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unchanged: Vec<String>,
+    /// No new release was made: the host already ran the request's artifact
+    /// and configuration, and `release` is the one it runs, now also
+    /// recording the request's deployment.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -345,12 +372,28 @@ pub struct RollbackRequest {
     /// Secret values, as for a deploy.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// The environment-wide deployment this rollback is part of, as for a deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<DeploymentMark>,
+    /// The release this rollback undoes, and why: it is recorded failed
+    /// with that reason (a release that failed its verify window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverts: Option<Reverted>,
+}
+
+/// A release that succeeded and is undone after all, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Reverted {
+    pub release: String,
+    pub reason: String,
 }
 
 impl std::fmt::Debug for RollbackRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RollbackRequest")
             .field("to", &self.to)
+            .field("deployment", &self.deployment)
+            .field("reverts", &self.reverts)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .finish()
     }

@@ -10,13 +10,15 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::agent_api::{
-    DeployRequest, LockHolder, LockRelease, LockRequest, Outcome, Release, RollbackRequest,
-    ServiceSpec, ServiceStatus,
+    DeployRequest, DeploymentMark, LockHolder, LockRelease, LockRequest, Outcome, Release,
+    RollbackRequest, ServiceSpec, ServiceStatus,
 };
 use crate::artifact;
 use crate::config::resolve::{Build, Host as HostSpec, Service, Workload};
 use crate::host::{Host, HostError};
 use crate::{Code, Error, Project};
+
+mod verify;
 
 /// Where a long operation reports what it is doing (stderr lines, JSON
 /// events). Hosts deploy in parallel, so it is shared between threads.
@@ -56,6 +58,9 @@ pub struct Upload {
 pub struct DeployReport {
     pub project: String,
     pub environment: String,
+    /// The environment-wide deployment's id, recorded on every host's release.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub deployment: String,
     pub host: String,
     pub release: Release,
     pub services: Vec<ServiceStatus>,
@@ -95,6 +100,10 @@ pub struct HostDeploy {
     /// Services left running on this host: nothing of theirs changed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unchanged: Vec<String>,
+    /// Its new release crashed or failed its health checks within the
+    /// verify window (`error` says how); it went back to `previous`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub verify_failed: bool,
     #[serde(skip)]
     detail: Option<(Release, Vec<ServiceStatus>)>,
     /// The error that ended it, kept whole so a one-host deploy reports its own code.
@@ -107,6 +116,8 @@ pub struct HostDeploy {
 pub enum HostOutcome {
     /// Runs the new release.
     Deployed,
+    /// Already ran this artifact and configuration: no new release was made.
+    Unchanged,
     /// The new release failed there; the host went back to `previous`.
     Reverted,
     /// The new release failed there and there was nothing to go back to.
@@ -116,6 +127,13 @@ pub enum HostOutcome {
     Unreachable,
     /// Not attempted: the rollout stopped before this host.
     Skipped,
+}
+
+impl HostOutcome {
+    /// The host runs what the deploy asked: a new release, or the same one.
+    pub fn succeeded(self) -> bool {
+        matches!(self, HostOutcome::Deployed | HostOutcome::Unchanged)
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -234,17 +252,20 @@ pub fn deploy(
     // stops the deploy here, every host still on its old release.
     let migrations = crate::migrate::before_rollout(&dir, &env, &secrets, progress)?;
 
+    let deployment = crate::deployments::new_mark();
     let plan = HostPlan {
         project: &env.project,
         environment,
         scan: &scan,
         secrets: &secrets,
         images: &images,
+        deployment: &deployment,
+        verify: env.verify.as_std(),
     };
     let batch = usize::try_from(env.max_parallel).unwrap_or(1).max(1);
     let mut outcomes: Vec<HostDeploy> = Vec::new();
     let mut stopped = false;
-    for group in placements.chunks(batch) {
+    for group in verify::batches(&placements, batch, env.canary) {
         if stopped {
             outcomes.extend(group.iter().map(|(host, _)| HostDeploy::skipped(host)));
             continue;
@@ -269,13 +290,14 @@ pub fn deploy(
                 })
                 .collect()
         });
-        stopped = done.iter().any(|d| d.outcome != HostOutcome::Deployed);
+        stopped = done.iter().any(|d| !d.outcome.succeeded());
         outcomes.extend(done);
     }
     lock.release(progress);
 
     let mut report = conclude(&env.project, environment, build, outcomes)?;
     report.migrations = migrations;
+    report.deployment = deployment.id;
     Ok(report)
 }
 
@@ -298,7 +320,12 @@ pub(crate) fn conclude(
     let mut outcomes = outcomes;
     let failed = outcomes
         .iter()
-        .position(|d| d.outcome != HostOutcome::Deployed && d.outcome != HostOutcome::Skipped);
+        .position(|d| !d.outcome.succeeded() && d.outcome != HostOutcome::Skipped);
+    if let Some(at) = failed
+        && outcomes[at].verify_failed
+    {
+        return Err(verify::failed(project, environment, &outcomes, at));
+    }
     // One host, and it never got to a release: its own error says it best.
     if let ([only], Some(0)) = (outcomes.as_mut_slice(), failed)
         && only.detail.is_none()
@@ -327,6 +354,7 @@ pub(crate) fn conclude(
     let report = DeployReport {
         project: project.to_owned(),
         environment: environment.to_owned(),
+        deployment: String::new(),
         host: outcomes[shown].host.clone(),
         release,
         services,
@@ -355,7 +383,7 @@ pub(crate) fn conclude(
 
 /// The error of a rollout that stopped at host `at`: which host, why, and
 /// which release every host runs now.
-fn rollout_stopped(
+pub(crate) fn rollout_stopped(
     project: &str,
     environment: &str,
     release: Option<&Release>,
@@ -473,6 +501,10 @@ struct HostPlan<'a> {
     scan: &'a artifact::Scan,
     secrets: &'a BTreeMap<String, String>,
     images: &'a crate::image::Shipment,
+    /// The environment-wide deployment every host records.
+    deployment: &'a DeploymentMark,
+    /// How long each host's new release is watched after cutover.
+    verify: Duration,
 }
 
 impl HostPlan<'_> {
@@ -499,6 +531,7 @@ impl HostPlan<'_> {
             upload: Upload::default(),
             removed: Vec::new(),
             unchanged: Vec::new(),
+            verify_failed: false,
             detail: None,
             cause: None,
         };
@@ -528,10 +561,12 @@ impl HostPlan<'_> {
             environment: self.environment.to_owned(),
             config_hash,
             artifact: self.scan.artifact.clone(),
-            spec_version: crate::agent_api::v1::revision_needed(&specs),
+            spec_version: crate::agent_api::v1::revision_needed(&specs)
+                .max(crate::agent_api::v1::DEPLOYMENT_REVISION),
             services: specs,
             secrets: self.secrets.clone(),
             rollback_of: None,
+            deployment: Some(self.deployment.clone()),
         };
         let result = match agent.deploy(&request) {
             Ok(result) => result,
@@ -548,10 +583,22 @@ impl HostPlan<'_> {
         };
         outcome.release = Some(result.release.id.clone());
         if result.release.outcome != Outcome::Failed {
-            outcome.outcome = HostOutcome::Deployed;
+            outcome.outcome = if result.kept {
+                HostOutcome::Unchanged
+            } else {
+                HostOutcome::Deployed
+            };
             outcome.removed = result.removed;
             outcome.unchanged = result.unchanged;
             outcome.detail = Some((result.release, result.services));
+            if !result.kept {
+                let watch = verify::Watch {
+                    project: self.project,
+                    window: self.verify,
+                    secrets: self.secrets,
+                };
+                watch.after_cutover(agent.as_ref(), &mut outcome, progress);
+            }
             return outcome;
         }
         outcome.error = result.release.reason.clone();
@@ -571,6 +618,7 @@ impl HostPlan<'_> {
             let request = RollbackRequest {
                 to: Some(back.clone()),
                 secrets: self.secrets.clone(),
+                ..RollbackRequest::default()
             };
             match agent.rollback(self.project, &request) {
                 Ok(r) if r.release.outcome != Outcome::Failed => {
@@ -773,6 +821,7 @@ impl HostDeploy {
             upload: Upload::default(),
             removed: Vec::new(),
             unchanged: Vec::new(),
+            verify_failed: false,
             detail: None,
             cause: None,
         };
@@ -783,7 +832,11 @@ impl HostDeploy {
                     HostOutcome::Failed
                 } else {
                     outcome.release = Some(result.release.id.clone());
-                    HostOutcome::Deployed
+                    if result.kept {
+                        HostOutcome::Unchanged
+                    } else {
+                        HostOutcome::Deployed
+                    }
                 };
                 outcome.removed = result.removed;
                 outcome.unchanged = result.unchanged;
@@ -807,6 +860,7 @@ impl HostDeploy {
             upload: Upload::default(),
             removed: Vec::new(),
             unchanged: Vec::new(),
+            verify_failed: false,
             detail: None,
             cause: None,
         }
@@ -1134,6 +1188,115 @@ mod tests {
                 ("h3", "skipped", None)
             ]
         );
+    }
+
+    #[test]
+    fn a_host_already_running_the_deploy_is_reported_unchanged_and_the_rollout_goes_on() {
+        let hosts = ["h1", "h2"];
+        let fleet = Fleet::new([
+            (
+                "h1",
+                ran(Script {
+                    already_runs: true,
+                    ..Script::default()
+                }),
+            ),
+            ("h2", ran(Script::default())),
+        ]);
+        let report = roll_out(&fleet, &hosts, 1);
+        let outcomes: Vec<_> = report
+            .hosts
+            .iter()
+            .map(|h| (h.host.as_str(), h.outcome, h.release.as_deref()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("h1", HostOutcome::Unchanged, Some("r1")),
+                ("h2", HostOutcome::Deployed, Some("r2"))
+            ]
+        );
+        assert!(report.deployment.starts_with('d'), "{report:#?}");
+    }
+
+    /// Three hosts that would all deploy at once, `h1` crashing on its new
+    /// release; `rollout` is the environment's `deploy` table.
+    fn crash_on_h1(rollout: &str) -> (Arc<Fleet>, Result<DeployReport, Error>) {
+        let hosts = ["h1", "h2", "h3"];
+        let (_dir, project) = crate::fake::project_rolling_out(&hosts, 3, rollout);
+        let crashing = Script {
+            services: vec![crate::fake::crashing("r2")],
+            ..Script::default()
+        };
+        let fleet = Fleet::new([
+            ("h1", ran(crashing)),
+            ("h2", ran(Script::default())),
+            ("h3", ran(Script::default())),
+        ]);
+        let result = deploy_to(
+            &fleet,
+            &project,
+            &DeployOptions::default(),
+            &Said::default(),
+        );
+        (fleet, result)
+    }
+
+    #[test]
+    fn a_canary_that_crashes_in_its_verify_window_goes_back_and_no_other_host_is_touched() {
+        let (fleet, result) = crash_on_h1("verify = \"30s\"\ncanary = true\n");
+        let Err(error @ Error::VerifyFailed { .. }) = result else {
+            panic!("the rollout went on: {result:?}");
+        };
+        assert_eq!(error.code(), "deploy.verify_failed");
+        let message = error.to_string();
+        assert!(
+            message.contains("service `web`: instance web-1 exited with status 1")
+                && message.contains("30 s verify window")
+                && message.contains("Now running: h1 r1, h2 not updated, h3 not updated"),
+            "{message}"
+        );
+        // Marked failed as it went back.
+        assert_eq!(fleet.calls_to("rollback"), ["h1 rollback to r1, r2 failed"]);
+        assert!(fleet.calls_to("h2").is_empty(), "{:#?}", fleet.calls());
+        assert!(fleet.calls_to("h3").is_empty(), "{:#?}", fleet.calls());
+        let details = error.details().unwrap();
+        assert_eq!(details["hosts"][0]["outcome"], "reverted", "{details:#}");
+        assert_eq!(details["hosts"][0]["verify_failed"], true, "{details:#}");
+    }
+
+    #[test]
+    fn without_a_canary_the_hosts_of_a_batch_deploy_together_and_the_crashing_one_goes_back() {
+        let (fleet, result) = crash_on_h1("verify = \"30s\"\n");
+        let Err(error) = result else {
+            panic!("the rollout succeeded");
+        };
+        assert_eq!(error.code(), "deploy.verify_failed");
+        assert_eq!(fleet.calls_to("rollback"), ["h1 rollback to r1, r2 failed"]);
+        for host in ["h2", "h3"] {
+            assert!(
+                fleet.calls().contains(&format!("{host} deployed")),
+                "{:#?}",
+                fleet.calls()
+            );
+        }
+    }
+
+    #[test]
+    fn a_canary_passes_its_window_before_any_other_host_begins() {
+        let hosts = ["h1", "h2", "h3"];
+        let (_dir, project) =
+            crate::fake::project_rolling_out(&hosts, 2, "verify = \"1s\"\ncanary = true\n");
+        let fleet = Fleet::meeting(hosts.map(|h| (h, ran(Script::default()))), 1);
+        deploy_to(&fleet, &project, &DeployOptions::default(), &Said::default()).unwrap();
+        let calls = fleet.calls();
+        let watched = calls
+            .iter()
+            .rposition(|c| c == "h1 status")
+            .unwrap_or_else(|| panic!("h1 was not watched: {calls:#?}"));
+        assert!(watched < position(&calls, "h2 deploy"), "{calls:#?}");
+        assert!(watched < position(&calls, "h3 deploy"), "{calls:#?}");
+        assert!(fleet.calls_to("rollback").is_empty(), "{calls:#?}");
     }
 
     #[test]

@@ -139,6 +139,7 @@ codes! {
     DeployUnsupported = "deploy.unsupported", Invalid, "the environment needs something this version cannot do yet";
     DeployLocked = "deploy.locked", Conflict, "another deploy of the project (on the host, or of the whole environment) holds its lock; the error names it";
     DeployFailed = "deploy.failed", Failed, "a service's new instances did not become healthy; it kept its previous release";
+    DeployVerifyFailed = "deploy.verify_failed", Failed, "a new release crashed or failed its health checks within its verify window (`deploy.verify`) after cutover: that host went back to its previous release and the rollout stopped; the message names the service and why";
     ContainerUnreachable = "container.unreachable", Unreachable, "the host's Docker engine does not answer on /var/run/docker.sock (not installed, not started, or the socket not the agent's to use); in a failed deploy's reason";
     ContainerTooOld = "container.too_old", Conflict, "the host's Docker engine speaks an API older than 1.41 (Docker 20.10); in a failed deploy's reason";
     ContainerEngine = "container.engine", Failed, "Docker refused or failed an operation; the message names the object and Docker's answer; in a failed deploy's reason";
@@ -288,6 +289,23 @@ pub enum Error {
     },
     #[error("{what}: a bug in Gantry")]
     Internal { what: String },
+    /// A rollback of the environment that cannot be done as asked
+    /// (no earlier deployment, a deployment a host lacks); `code` says which.
+    #[error("{message}")]
+    Deployment {
+        code: Code,
+        message: String,
+        hint: String,
+    },
+    /// A release failed its verify window on a host, which went back to
+    /// its previous release; the rollout stopped there.
+    #[error("the deploy of {project} to {environment} failed its verify window: {reason}")]
+    VerifyFailed {
+        project: String,
+        environment: String,
+        reason: String,
+        report: Box<serde_json::Value>,
+    },
     #[error("release {release} failed: {reason}")]
     DeployFailed {
         release: String,
@@ -406,7 +424,9 @@ impl Error {
             Error::BuildFailed { .. } => Code::BuildFailed,
             Error::Image { code, .. }
             | Error::HostUnsupported { code, .. }
-            | Error::Backup { code, .. } => *code,
+            | Error::Backup { code, .. }
+            | Error::Deployment { code, .. } => *code,
+            Error::VerifyFailed { .. } => Code::DeployVerifyFailed,
             Error::MissingSecrets { .. } | Error::SecretsUnreadable { .. } => Code::SecretsMissing,
             Error::Secrets(e) => e.code(),
             Error::Unsupported { .. } => Code::DeployUnsupported,
@@ -493,7 +513,11 @@ impl Error {
             Error::BuildFailed { .. } => Some("its output is above; fix the build and deploy again".to_owned()),
             Error::Image { hint, .. }
             | Error::HostUnsupported { hint, .. }
-            | Error::Backup { hint, .. } => Some(hint.clone()),
+            | Error::Backup { hint, .. }
+            | Error::Deployment { hint, .. } => Some(hint.clone()),
+            Error::VerifyFailed { .. } => Some(
+                "see `gantry logs` for the service's output; raise `deploy.verify` only if the release needs longer to settle".to_owned(),
+            ),
             Error::MissingSecrets { .. } => Some(
                 "store them with `gantry secrets set -e ENV NAME` (the value on stdin), or set them in the environment of this command, or as NAME=value lines in .gantry/secrets.env (mode 0600)".to_owned(),
             ),
@@ -522,7 +546,9 @@ impl Error {
     /// More about the error, for the JSON form: the deploy report of a failed deploy.
     pub fn details(&self) -> Option<&serde_json::Value> {
         match self {
-            Error::DeployFailed { report, .. } | Error::TestFailed { report, .. } => Some(report),
+            Error::DeployFailed { report, .. }
+            | Error::TestFailed { report, .. }
+            | Error::VerifyFailed { report, .. } => Some(report),
             _ => None,
         }
     }

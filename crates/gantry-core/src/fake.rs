@@ -31,8 +31,12 @@ pub struct Script {
     pub runs: Option<String>,
     /// Its new release (`r2`) fails after its services switched to it.
     pub release_fails: bool,
+    /// It already runs what a deploy asks: it answers with `runs`, kept.
+    pub already_runs: bool,
     /// What `status` answers.
     pub services: Vec<ServiceStatus>,
+    /// What `releases` answers, when set (else `runs`, succeeded).
+    pub history: Vec<Release>,
     /// What `logs` answers.
     pub logs: Vec<LogLine>,
     /// The machine its shell reaches.
@@ -224,6 +228,23 @@ pub fn service(name: &str, state: ServiceState, release: &str) -> ServiceStatus 
     .unwrap()
 }
 
+/// `web` on `release`, its instance exited with status 1 and waiting to be
+/// started again.
+pub fn crashing(release: &str) -> ServiceStatus {
+    let mut web = service("web", ServiceState::Degraded, release);
+    for instance in &mut web.instances {
+        instance.state = crate::agent_api::InstanceState::Backoff;
+        instance.restarts = 1;
+        instance.last_exit = Some(crate::agent_api::Exit {
+            code: Some(1),
+            signal: None,
+            oom: false,
+            at: 0,
+        });
+    }
+    web
+}
+
 /// A line of `web`'s output at `ts`.
 pub fn log_line(ts: u64, line: &str) -> LogLine {
     serde_json::from_value(serde_json::json!({
@@ -340,6 +361,17 @@ impl Host for FakeHost {
 
     fn deploy(&self, _request: &DeployRequest) -> Result<DeployResult, HostError> {
         self.begin_deploy();
+        if self.script().already_runs {
+            let runs = self.script().runs.clone().unwrap_or_default();
+            self.end_deploy();
+            return Ok(DeployResult {
+                release: release(&runs, Outcome::Succeeded),
+                services: vec![service("web", ServiceState::Running, &runs)],
+                removed: Vec::new(),
+                unchanged: vec!["web".to_owned()],
+                kept: true,
+            });
+        }
         let outcome = if self.script().release_fails {
             Outcome::Failed
         } else {
@@ -354,6 +386,7 @@ impl Host for FakeHost {
             services: vec![service("web", state, NEW_RELEASE)],
             removed: Vec::new(),
             unchanged: Vec::new(),
+            kept: false,
         };
         self.end_deploy();
         Ok(result)
@@ -365,12 +398,17 @@ impl Host for FakeHost {
         request: &RollbackRequest,
     ) -> Result<DeployResult, HostError> {
         let to = request.to.clone().unwrap_or_default();
-        self.note(&format!("rollback to {to}"));
+        let reverts = request
+            .reverts
+            .as_ref()
+            .map_or_else(String::new, |r| format!(", {} failed", r.release));
+        self.note(&format!("rollback to {to}{reverts}"));
         Ok(DeployResult {
             release: release(&to, Outcome::Succeeded),
             services: vec![service("web", ServiceState::Running, &to)],
             removed: Vec::new(),
             unchanged: Vec::new(),
+            kept: false,
         })
     }
 
@@ -384,6 +422,9 @@ impl Host for FakeHost {
 
     fn releases(&self, _project: &str) -> Result<Vec<Release>, HostError> {
         self.note("releases");
+        if !self.script().history.is_empty() {
+            return Ok(self.script().history.clone());
+        }
         Ok(self
             .script()
             .runs
@@ -634,7 +675,8 @@ pub fn project(hosts: &[&str], max_parallel: u32) -> (tempfile::TempDir, crate::
     let quoted: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
     let mut toml = format!(
         "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"bin/web\"\nport = \"http\"\n\n\
-         [environments.prod]\nhosts = [{}]\nmax_parallel = {max_parallel}\n",
+         [environments.prod]\nhosts = [{}]\nmax_parallel = {max_parallel}\n\n\
+         [environments.prod.deploy]\nverify = \"0s\"\n",
         quoted.join(", ")
     );
     for host in hosts {
@@ -647,6 +689,20 @@ pub fn project(hosts: &[&str], max_parallel: u32) -> (tempfile::TempDir, crate::
         config: None,
         cwd: dir.path().to_owned(),
     };
+    (dir, project)
+}
+
+/// [`project`] whose `prod` rolls out as `rollout` says (the lines of its
+/// `[environments.prod.deploy]` table; `project`'s is `verify = "0s"`).
+pub fn project_rolling_out(
+    hosts: &[&str],
+    max_parallel: u32,
+    rollout: &str,
+) -> (tempfile::TempDir, crate::Project) {
+    let (dir, project) = project(hosts, max_parallel);
+    let path = dir.path().join("gantry.toml");
+    let toml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, toml.replace("verify = \"0s\"\n", rollout)).unwrap();
     (dir, project)
 }
 

@@ -10,6 +10,7 @@ pub mod check;
 pub mod clock;
 pub mod configure;
 pub mod deploy;
+pub mod deployments;
 pub mod endpoint;
 pub mod environment;
 pub mod error;

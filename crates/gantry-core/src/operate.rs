@@ -8,7 +8,9 @@ use crate::agent_api::{
     Status,
 };
 use crate::config::resolve::Host as HostSpec;
-use crate::deploy::{DeployReport, HostDeploy, HostOutcome, conclude, secret_values};
+use crate::agent_api::DeploymentMark;
+use crate::deploy::{DeployReport, HostDeploy, conclude, secret_values};
+use crate::deployments::Target;
 use crate::host::{Host, LogQuery};
 use crate::{EnvRefusal, Error, Project};
 
@@ -189,6 +191,9 @@ pub fn status(
 #[derive(Debug, Serialize)]
 pub struct ReleasesReport {
     pub project: String,
+    /// The environment's deployments, newest first: which host runs which.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<crate::deployments::Deployment>,
     /// The first host's releases.
     pub releases: Vec<Release>,
     /// Each host's releases, when the environment has several.
@@ -220,11 +225,16 @@ pub fn releases(
         .first()
         .map(|h| h.releases.clone())
         .unwrap_or_default();
+    let listed: Vec<(String, Vec<Release>)> = per_host
+        .iter()
+        .map(|h| (h.host.clone(), h.releases.clone()))
+        .collect();
     if per_host.len() == 1 {
         per_host.clear();
     }
     Ok(ReleasesReport {
         project: name,
+        deployments: crate::deployments::list(&listed),
         releases,
         hosts: per_host,
     })
@@ -240,9 +250,12 @@ pub fn release(
     Ok(host.release(&name, id)?)
 }
 
-/// Rolls every host back, one at a time, to `to` (a release id or number of
-/// each host) or to each host's previous release; stops at the first host
-/// that fails.
+/// Rolls every host back, one at a time, to the deployment `to` names, or
+/// to the newest complete deployment before the one they run (each host to
+/// its release of it: the same artifact and configuration everywhere);
+/// stops at the first host that fails. The rollback is a deployment of its
+/// own. Where no host records deployments (older agents), or `to` names no
+/// deployment, each host goes to its release `to` or its previous one.
 pub fn rollback(
     project: &Project,
     environment: &str,
@@ -256,8 +269,46 @@ pub fn rollback(
     // Secrets the agent already holds are reused; those set here override them.
     let secrets =
         secret_values(config.project_dir(), environment, &names, env_vars).unwrap_or_default();
-    let to = to.map(str::to_owned);
-    redeploy(&env, environment, secrets, connect, &|_| Ok(to.clone()))
+    let target = rollback_target(&env, connect, to)?;
+    let mark = Some(crate::deployments::new_mark());
+    let mut report = match target {
+        Target::PerHost { to } => redeploy(&env, environment, secrets, connect, mark.clone(), &|_| {
+            Ok(to.clone())
+        }),
+        Target::Deployment { releases, .. } => {
+            redeploy(&env, environment, secrets, connect, mark.clone(), &|host| {
+                Ok(releases
+                    .iter()
+                    .find(|(name, _)| name == host.name())
+                    .map(|(_, release)| release.clone()))
+            })
+        }
+    }?;
+    report.deployment = mark.map(|m| m.id).unwrap_or_default();
+    Ok(report)
+}
+
+/// Where a rollback takes the environment, from every host's releases. A
+/// host that does not answer leaves only `to` as each host's own release.
+fn rollback_target(
+    env: &crate::config::resolve::Environment,
+    connect: Connect<'_>,
+    to: Option<&str>,
+) -> Result<Target, Error> {
+    let answers = on_each(&env.hosts, connect, &|h| Ok(h.releases(&env.project)?));
+    let mut listed = Vec::new();
+    for (spec, answer) in env.hosts.iter().zip(answers) {
+        match (answer, to) {
+            (Ok(releases), _) => listed.push((spec.name.clone(), releases)),
+            (Err(_), Some(to)) => {
+                return Ok(Target::PerHost {
+                    to: Some(to.to_owned()),
+                });
+            }
+            (Err(e), None) => return Err(e),
+        }
+    }
+    crate::deployments::rollback_target(&crate::deployments::list(&listed), to)
 }
 
 /// `gantry secrets sync`: every host deploys its current release again,
@@ -275,7 +326,7 @@ pub fn sync_secrets(
     let env = config.environment(environment)?;
     let names = secret_names(&env);
     let secrets = secret_values(config.project_dir(), environment, &names, env_vars)?;
-    redeploy(&env, environment, secrets, connect, &|host| {
+    redeploy(&env, environment, secrets, connect, None, &|host| {
         let running: Vec<String> = host
             .status(&env.project)?
             .services
@@ -308,7 +359,7 @@ fn secret_names(env: &crate::config::resolve::Environment) -> Vec<String> {
 }
 
 /// The release a host deploys again (`None`: its previous one).
-type Target<'a> = dyn Fn(&dyn Host) -> Result<Option<String>, Error> + 'a;
+type ToRelease<'a> = dyn Fn(&dyn Host) -> Result<Option<String>, Error> + 'a;
 
 /// Has each host, one at a time, deploy again the release `target` names
 /// (`None`: its previous one) with `secrets`; stops at the first host that
@@ -318,7 +369,8 @@ fn redeploy(
     environment: &str,
     secrets: std::collections::BTreeMap<String, String>,
     connect: Connect<'_>,
-    target: &Target<'_>,
+    deployment: Option<DeploymentMark>,
+    target: &ToRelease<'_>,
 ) -> Result<DeployReport, Error> {
     let mut outcomes = Vec::new();
     let mut stopped = false;
@@ -337,12 +389,14 @@ fn redeploy(
                 let request = RollbackRequest {
                     to,
                     secrets: secrets.clone(),
+                    deployment: deployment.clone(),
+                    reverts: None,
                 };
                 HostDeploy::from_result(&spec.name, previous, host.rollback(&env.project, &request))
             }
             Err(e) => HostDeploy::lost(spec, e),
         };
-        stopped = outcome.outcome != HostOutcome::Deployed;
+        stopped = !outcome.outcome.succeeded();
         outcomes.push(outcome);
     }
     conclude(&env.project, environment, Vec::new(), outcomes)
@@ -626,7 +680,87 @@ mod tests {
             "{reason}"
         );
         assert_eq!(fleet.calls_to("rollback"), ["h1 rollback to r1"]);
-        assert!(fleet.calls_to("h3").is_empty(), "{:#?}", fleet.calls());
+        // Asked for its releases (where to go back to), never told to go back.
+        assert!(
+            !fleet.calls_to("h3").iter().any(|c| c.contains("rollback")),
+            "{:#?}",
+            fleet.calls()
+        );
+    }
+
+    /// A release of `artifact` that deployments `marks` (id, time) made or kept.
+    fn marked(id: &str, artifact: &str, marks: &[(&str, u64)]) -> Release {
+        Release {
+            artifact_digest: artifact.to_owned(),
+            deployments: marks
+                .iter()
+                .map(|(id, at)| DeploymentMark {
+                    id: (*id).to_owned(),
+                    at: *at,
+                })
+                .collect(),
+            ..crate::fake::release(id, Outcome::Succeeded)
+        }
+    }
+
+    #[test]
+    fn rollback_after_a_retried_rollout_puts_every_host_on_the_deployment_before() {
+        // d1: v1 everywhere. d2: v2 reached h1, then h2 was cut off. d3, the
+        // retry: h1 already ran v2 (kept), h2 and h3 made their v2 release.
+        // h1's newest release before its current one is... its own v2 r2:
+        // per host, h1 would have stayed on v2.
+        let v1 = |id| marked(id, "v1", &[("d1", 10)]);
+        let fleet = Fleet::new([
+            (
+                "h1",
+                Script {
+                    history: vec![marked("r2", "v2", &[("d2", 20), ("d3", 30)]), v1("r1")],
+                    ..Script::default()
+                },
+            ),
+            (
+                "h2",
+                Script {
+                    history: vec![marked("r2", "v2", &[("d3", 30)]), v1("r1")],
+                    ..Script::default()
+                },
+            ),
+            (
+                "h3",
+                Script {
+                    history: vec![marked("r2", "v2", &[("d3", 30)]), v1("r1")],
+                    ..Script::default()
+                },
+            ),
+        ]);
+        let (_dir, project) = project(&["h1", "h2", "h3"], 1);
+        let connect = |spec: &HostSpec| fleet.connect(spec);
+        let report = rollback(&project, "prod", None, &connect, &|_| None).unwrap();
+        assert_eq!(
+            fleet.calls_to("rollback"),
+            [
+                "h1 rollback to r1",
+                "h2 rollback to r1",
+                "h3 rollback to r1"
+            ]
+        );
+        assert!(report.deployment.starts_with('d'), "{report:#?}");
+
+        // Named: d3, where h1's release is the one it kept.
+        let fleet_calls = fleet.calls().len();
+        rollback(&project, "prod", Some("d3"), &connect, &|_| None).unwrap();
+        assert_eq!(
+            fleet.calls()[fleet_calls..]
+                .iter()
+                .filter(|c| c.contains("rollback"))
+                .collect::<Vec<_>>(),
+            ["h1 rollback to r2", "h2 rollback to r2", "h3 rollback to r2"]
+        );
+        // d2 never reached h2: refused before any host is touched.
+        let before = fleet.calls_to("rollback").len();
+        let error = rollback(&project, "prod", Some("d2"), &connect, &|_| None).unwrap_err();
+        assert_eq!(error.code(), "release.not_found");
+        assert_eq!(fleet.calls_to("rollback").len(), before);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 mod artifacts;
 mod codec;
 mod cutover;
+mod deployments;
 mod fingerprints;
 mod instances;
 mod port_leases;

@@ -110,6 +110,13 @@ impl Store {
             params![project, number],
             read_release,
         )
+        .and_then(|found| self.with_deployments(found))
+    }
+
+    fn with_deployments(&self, release: Option<Release>) -> Result<Option<Release>, StoreError> {
+        let mut found: Vec<Release> = release.into_iter().collect();
+        self.attach_deployments(&mut found)?;
+        Ok(found.pop())
     }
 
     fn release_by_id(&self, project: &str, id: &str) -> Result<Option<Release>, StoreError> {
@@ -118,15 +125,15 @@ impl Store {
             params![project, id],
             read_release,
         )
+        .and_then(|found| self.with_deployments(found))
     }
 
     /// Every release of a project, newest first.
     pub(crate) fn releases(&self, project: &str) -> Result<Vec<Release>, StoreError> {
-        self.rows(
+        self.query_releases(
             &format!("SELECT {COLUMNS} FROM releases WHERE project = ?1 ORDER BY number DESC"),
             params![project],
-            read_release,
-        )
+                    )
     }
 
     /// The project's newest release that succeeded.
@@ -146,27 +153,36 @@ impl Store {
     /// are deploys a crash interrupted, to finish or undo. By project, oldest
     /// first.
     pub fn deploying(&self) -> Result<Vec<Release>, StoreError> {
-        self.rows(
+        self.query_releases(
             &format!(
                 "SELECT {COLUMNS} FROM releases WHERE outcome = 'deploying' \
                  ORDER BY project, number"
             ),
             params![],
-            read_release,
-        )
+                    )
     }
 
     /// [`Store::deploying`] for one project.
     #[cfg(test)]
     pub(crate) fn deploying_in(&self, project: &str) -> Result<Vec<Release>, StoreError> {
-        self.rows(
+        self.query_releases(
             &format!(
                 "SELECT {COLUMNS} FROM releases WHERE outcome = 'deploying' AND project = ?1 \
                  ORDER BY number"
             ),
             params![project],
-            read_release,
-        )
+                    )
+    }
+
+    /// Releases the query finds, each with the deployments it is part of.
+    fn query_releases(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<Release>, StoreError> {
+        let mut releases: Vec<Release> = self.rows(sql, params, read_release)?;
+        self.attach_deployments(&mut releases)?;
+        Ok(releases)
     }
 }
 
@@ -213,6 +229,7 @@ fn read_release(row: &Row<'_>) -> rusqlite::Result<Release> {
         log_tail: row.get::<_, Json<_>>("log_tail")?.0,
         phases: row.get::<_, Json<_>>("phases")?.0,
         services: from_rows(row.get::<_, Json<Vec<ServiceRow>>>("services")?.0),
+        deployments: Vec::new(),
     })
 }
 
@@ -267,6 +284,7 @@ pub(super) mod tests {
             log_tail: Vec::new(),
             phases: Vec::new(),
             services: vec![service("web")],
+            deployments: Vec::new(),
         }
     }
 

@@ -14,6 +14,7 @@ pub(super) fn migrations() -> Migrations<'static> {
         M::up(V3_NO_EVENTS),
         M::up_with_hook(V4_SERVICE_ROWS, super::service_row::migrate_format_1),
         M::up(V5_FINGERPRINTS),
+        M::up(V6_DEPLOYMENTS),
     ])
 }
 
@@ -201,4 +202,19 @@ CREATE TABLE instance_fingerprints (
     instance     TEXT PRIMARY KEY,
     fingerprint  TEXT NOT NULL
 ) STRICT, WITHOUT ROWID;
+"#;
+
+/// The environment-wide deployments each release stands for: the one that
+/// made it, and later ones that found the host already running it
+/// ([`super::deployments`]). A deployment is recorded once per host.
+const V6_DEPLOYMENTS: &str = r#"
+CREATE TABLE release_deployments (
+    project     TEXT NOT NULL,
+    release     TEXT NOT NULL,
+    deployment  TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (project, deployment),
+    FOREIGN KEY (project, release) REFERENCES releases (project, id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX release_deployments_by_release ON release_deployments (project, release);
 "#;

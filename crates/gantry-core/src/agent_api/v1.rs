@@ -37,7 +37,13 @@ use crate::config::units;
 /// service start-first whatever it says.
 /// Revision 4: `backup` (with `kind` and `path`), which an agent of
 /// revision 3 would keep without ever taking one.
-pub const SPEC_VERSION: u32 = 4;
+/// Revision 5: a request's `deployment` (the environment-wide deployment it
+/// is part of); an agent of revision 4 would record a release no deployment
+/// lists, and make one even where the host already runs what was asked.
+pub const SPEC_VERSION: u32 = 5;
+
+/// The revision a request that names a deployment needs.
+pub const DEPLOYMENT_REVISION: u32 = 5;
 
 /// The lowest revision that says what `services` need: a deploy of
 /// processes alone stays readable by agents of revision 1.

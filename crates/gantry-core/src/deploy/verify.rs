@@ -1,0 +1,190 @@
+//! A verified rollout: after a host's cutover, its new release is watched
+//! for the environment's verify window (`deploy.verify`). An instance of it
+//! that exits, is restarted, or fails its health check meanwhile sends that
+//! host back to its previous release (recorded failed, with why) and stops
+//! the rollout with `deploy.verify_failed`. With `deploy.canary`, the first
+//! host goes alone, and the others only once its window has passed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::agent_api::{InstanceState, Outcome, Reverted, RollbackRequest, Status};
+use crate::deploy::{HostDeploy, HostOutcome, Progress};
+use crate::host::Host;
+use crate::Error;
+
+/// How often the new release's instances are looked at during the window.
+const POLL: Duration = Duration::from_millis(250);
+
+/// The rollout's groups of hosts: `batch` at a time, the first alone when
+/// `canary` (its window passes before any other host is touched).
+pub(crate) fn batches<T>(placements: &[T], batch: usize, canary: bool) -> Vec<&[T]> {
+    let (first, rest) = match (canary, placements.split_first()) {
+        (true, Some(_)) => placements.split_at(1),
+        _ => placements.split_at(0),
+    };
+    let mut groups: Vec<&[T]> = Vec::new();
+    if !first.is_empty() {
+        groups.push(first);
+    }
+    groups.extend(rest.chunks(batch.max(1)));
+    groups
+}
+
+/// What watching a host's new release needs.
+pub(crate) struct Watch<'a> {
+    pub project: &'a str,
+    pub window: Duration,
+    /// For the rollback, should the release fail its window.
+    pub secrets: &'a BTreeMap<String, String>,
+}
+
+impl Watch<'_> {
+    /// Watches the release `outcome` says the host now runs; if it fails
+    /// its window, takes the host back to `outcome.previous` and says so
+    /// in `outcome`.
+    pub(crate) fn after_cutover(
+        &self,
+        agent: &dyn Host,
+        outcome: &mut HostDeploy,
+        progress: &dyn Progress,
+    ) {
+        let Some(release) = outcome.release.clone() else {
+            return;
+        };
+        if self.window.is_zero() {
+            return;
+        }
+        progress.step(&format!(
+            "{}: watching {release} for {} s",
+            agent.name(),
+            self.window.as_secs_f32()
+        ));
+        let Some(problem) = self.first_problem(agent, &release, &outcome.unchanged) else {
+            return;
+        };
+        let reason = format!(
+            "{problem} within its {} s verify window",
+            self.window.as_secs_f32()
+        );
+        outcome.verify_failed = true;
+        outcome.outcome = HostOutcome::Failed;
+        let Some(back) = outcome.previous.clone() else {
+            outcome.error = Some(format!("{reason}; there is no earlier release to go back to"));
+            return;
+        };
+        progress.step(&format!("{}: {reason}; going back to {back}", agent.name()));
+        let request = RollbackRequest {
+            to: Some(back.clone()),
+            secrets: self.secrets.clone(),
+            deployment: None,
+            reverts: Some(Reverted {
+                release: release.clone(),
+                reason: format!("failed its verify window: {reason}"),
+            }),
+        };
+        outcome.error = Some(match agent.rollback(self.project, &request) {
+            Ok(r) if r.release.outcome != Outcome::Failed => {
+                outcome.outcome = HostOutcome::Reverted;
+                outcome.release = Some(back.clone());
+                reason
+            }
+            Ok(r) => format!(
+                "{reason}; going back to {back} failed too: {}",
+                r.release.reason.unwrap_or_default()
+            ),
+            Err(e) => format!("{reason}; going back to {back} failed: {e}"),
+        });
+    }
+
+    /// The first sign, within the window, that `release` is not well; an
+    /// agent that does not answer meanwhile is asked again.
+    fn first_problem(&self, agent: &dyn Host, release: &str, unchanged: &[String]) -> Option<String> {
+        let deadline = Instant::now() + self.window;
+        loop {
+            if let Ok(status) = agent.status(self.project)
+                && let Some(problem) = problem(&status, release, unchanged)
+            {
+                return Some(problem);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            std::thread::sleep(left.min(POLL));
+        }
+    }
+}
+
+/// What is wrong with `release`'s instances of services other than
+/// `unchanged` (carried over, not new), if anything.
+fn problem(status: &Status, release: &str, unchanged: &[String]) -> Option<String> {
+    let watched = status
+        .services
+        .iter()
+        .filter(|s| !unchanged.contains(&s.name));
+    for service in watched {
+        for i in service.instances.iter().filter(|i| i.release == release) {
+            let exit = i
+                .last_exit
+                .as_ref()
+                .map_or_else(|| "exited".to_owned(), ToString::to_string);
+            let what = match i.state {
+                InstanceState::Backoff | InstanceState::Failed => Some(exit),
+                _ if i.restarts > 0 => Some(format!(
+                    "{exit} and was restarted {} time{}",
+                    i.restarts,
+                    if i.restarts == 1 { "" } else { "s" }
+                )),
+                InstanceState::Live if !i.healthy => Some("failed its health check".to_owned()),
+                _ => None,
+            };
+            if let Some(what) = what {
+                return Some(format!("service `{}`: instance {} {what}", service.name, i.id));
+            }
+        }
+    }
+    None
+}
+
+/// The error of a rollout that stopped at host `at`, whose release failed
+/// its verify window.
+pub(crate) fn failed(
+    project: &str,
+    environment: &str,
+    hosts: &[HostDeploy],
+    at: usize,
+) -> Error {
+    let details = serde_json::json!({
+        "project": project,
+        "environment": environment,
+        "hosts": hosts,
+    });
+    let stopped = crate::deploy::rollout_stopped(project, environment, None, hosts, at, details);
+    let (reason, report) = match stopped {
+        Error::DeployFailed { reason, report, .. } => (reason, report),
+        other => (other.to_string(), Box::new(serde_json::Value::Null)),
+    };
+    Error::VerifyFailed {
+        project: project.to_owned(),
+        environment: environment.to_owned(),
+        reason,
+        report,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_canary_goes_alone_and_the_rest_in_batches() {
+        let hosts = [1, 2, 3, 4, 5];
+        assert_eq!(
+            batches(&hosts, 2, true),
+            [&[1][..], &[2, 3][..], &[4, 5][..]]
+        );
+        assert_eq!(batches(&hosts, 2, false), [&[1, 2][..], &[3, 4][..], &[5][..]]);
+        assert!(batches::<u8>(&[], 2, true).is_empty());
+    }
+}

@@ -1,0 +1,455 @@
+//! Environment-wide deployments, read from the hosts' releases: each
+//! `gantry deploy` or `gantry rollback` of an environment has one id, which
+//! every host records on the release it made or kept
+//! (`Release::deployments`). From those records: the list `gantry releases`
+//! shows, and the deployment `gantry rollback` goes back to. Pure: the hosts
+//! are asked by the caller.
+
+use serde::Serialize;
+
+use crate::agent_api::{DeploymentMark, Outcome, Release};
+use crate::{Code, Error};
+
+/// A new deployment's id and start: `d` and the UTC time to the second,
+/// with four hex digits of the process and clock so two deployments in one
+/// second differ, like `d20261206-184512-3fa9`.
+pub fn new_mark() -> DeploymentMark {
+    let at = crate::clock::now_ms();
+    let secs = at / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    let salt = (u64::from(std::process::id()) ^ at.rotate_left(17)) & 0xffff;
+    DeploymentMark {
+        id: format!(
+            "d{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{salt:04x}",
+            rest / 3600,
+            rest % 3600 / 60,
+            rest % 60
+        ),
+        at,
+    }
+}
+
+/// The civil date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// One deployment of the environment.
+#[derive(Clone, Debug, Serialize)]
+pub struct Deployment {
+    pub id: String,
+    /// When it began, Unix milliseconds.
+    pub at: u64,
+    /// The artifact it deployed (its first host's).
+    pub artifact: String,
+    /// A rollback of the environment, rather than a deploy.
+    pub rollback: bool,
+    pub state: DeploymentState,
+    /// Every host runs it now.
+    pub current: bool,
+    /// Each host of the environment, in its order.
+    pub hosts: Vec<DeploymentHost>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    /// Every host has a successful release of it.
+    Complete,
+    /// Some host has none (the rollout stopped, or a host failed or went back).
+    Partial,
+}
+
+/// A deployment on one host.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeploymentHost {
+    pub host: String,
+    /// The release it made or kept there; none if it never got there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// It found the host already running that release (no new one).
+    pub kept: bool,
+    /// The host runs that release now.
+    pub runs_now: bool,
+}
+
+/// What a host runs: its newest successful release.
+pub fn current(releases: &[Release]) -> Option<&Release> {
+    releases
+        .iter()
+        .filter(|r| r.outcome == Outcome::Succeeded)
+        .max_by_key(|r| r.number)
+}
+
+/// The release whose deployments a host runs now: its current release, or,
+/// when that records none (a rollback outside any deployment: a release that
+/// failed its verify window undone, `gantry secrets sync`), the release it
+/// went back to.
+fn runs(releases: &[Release]) -> Option<&Release> {
+    let now = current(releases)?;
+    match &now.rollback_of {
+        Some(of) if now.deployments.is_empty() => releases.iter().find(|r| &r.id == of),
+        _ => Some(now),
+    }
+}
+
+/// The deployments the hosts' releases record, newest first. `hosts` are
+/// the environment's hosts in order, each with its releases.
+pub fn list(hosts: &[(String, Vec<Release>)]) -> Vec<Deployment> {
+    let mut marks: Vec<&DeploymentMark> = hosts
+        .iter()
+        .flat_map(|(_, releases)| releases.iter().flat_map(|r| r.deployments.iter()))
+        .collect();
+    marks.sort_by(|a, b| (b.at, &b.id).cmp(&(a.at, &a.id)));
+    marks.dedup_by(|a, b| a.id == b.id);
+    marks
+        .into_iter()
+        .map(|mark| deployment(&mark.id, mark.at, hosts))
+        .collect()
+}
+
+fn deployment(id: &str, at: u64, hosts: &[(String, Vec<Release>)]) -> Deployment {
+    let mut artifact = None;
+    let mut rollback = false;
+    let per_host: Vec<DeploymentHost> = hosts
+        .iter()
+        .map(|(host, releases)| {
+            let made = releases
+                .iter()
+                .find(|r| r.deployments.iter().any(|d| d.id == id));
+            let now = runs(releases).map(|r| r.id.as_str());
+            if let Some(r) = made {
+                artifact.get_or_insert_with(|| r.artifact_digest.clone());
+                let first = r.deployments.first().is_some_and(|d| d.id == id);
+                rollback |= first && r.rollback_of.is_some();
+            }
+            DeploymentHost {
+                host: host.clone(),
+                release: made.map(|r| r.id.clone()),
+                outcome: made.map(|r| r.outcome),
+                kept: made.is_some_and(|r| r.deployments.first().is_some_and(|d| d.id != id)),
+                runs_now: made.is_some_and(|r| Some(r.id.as_str()) == now),
+            }
+        })
+        .collect();
+    let complete = per_host
+        .iter()
+        .all(|h| h.outcome == Some(Outcome::Succeeded));
+    Deployment {
+        id: id.to_owned(),
+        at,
+        artifact: artifact.unwrap_or_default(),
+        rollback,
+        state: if complete {
+            DeploymentState::Complete
+        } else {
+            DeploymentState::Partial
+        },
+        current: complete && per_host.iter().all(|h| h.runs_now),
+        hosts: per_host,
+    }
+}
+
+/// `at` (Unix milliseconds) as `2026-12-06 18:45:12 UTC`.
+pub fn utc(at: u64) -> String {
+    let secs = at / 1000;
+    let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
+    let rest = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Where `gantry rollback -e ENV [--to X]` takes the environment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Every host to its release of this deployment (host, release), in
+    /// the hosts' order.
+    Deployment {
+        id: String,
+        releases: Vec<(String, String)>,
+    },
+    /// No host records deployments (agents before them), or `--to` names
+    /// no deployment: each host goes to `to` (a release of its own), or
+    /// to its previous release.
+    PerHost { to: Option<String> },
+}
+
+/// The deployment to go back to: the one named by `to` (its id, or a
+/// unique beginning of it), else the newest complete deployment before the
+/// one every host runs now (or, if they run no one deployment, the newest
+/// complete one). Every host must have a successful release of it.
+pub fn rollback_target(deployments: &[Deployment], to: Option<&str>) -> Result<Target, Error> {
+    if deployments.is_empty() {
+        return Ok(Target::PerHost {
+            to: to.map(str::to_owned),
+        });
+    }
+    let chosen = match to {
+        Some(to) => {
+            let named: Vec<&Deployment> = deployments
+                .iter()
+                .filter(|d| d.id == to || d.id.starts_with(to))
+                .collect();
+            match named.as_slice() {
+                [] => {
+                    return Ok(Target::PerHost {
+                        to: Some(to.to_owned()),
+                    });
+                }
+                [one] => *one,
+                several => {
+                    let exact = several.iter().find(|d| d.id == to);
+                    exact.copied().ok_or_else(|| Error::Deployment {
+                        code: Code::ReleaseNotFound,
+                        message: format!(
+                            "`{to}` begins {} deployments: {}",
+                            several.len(),
+                            several
+                                .iter()
+                                .map(|d| d.id.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        hint: "give more of the id".to_owned(),
+                    })?
+                }
+            }
+        }
+        None => previous(deployments)?,
+    };
+    let mut releases = Vec::new();
+    for host in &chosen.hosts {
+        match (&host.release, host.outcome) {
+            (Some(release), Some(Outcome::Succeeded)) => {
+                releases.push((host.host.clone(), release.clone()));
+            }
+            _ => {
+                return Err(Error::Deployment {
+                    code: Code::ReleaseNotFound,
+                    message: format!(
+                        "deployment {} has no successful release on host {} to go back to",
+                        chosen.id, host.host
+                    ),
+                    hint: "list the deployments with `gantry releases -e ENV` and name a complete one with --to".to_owned(),
+                });
+            }
+        }
+    }
+    Ok(Target::Deployment {
+        id: chosen.id.clone(),
+        releases,
+    })
+}
+
+/// The newest complete deployment before the one every host runs now.
+fn previous(deployments: &[Deployment]) -> Result<&Deployment, Error> {
+    let complete = deployments
+        .iter()
+        .filter(|d| d.state == DeploymentState::Complete);
+    let found = match deployments.iter().find(|d| d.current) {
+        Some(now) => complete
+            .filter(|d| (d.at, &d.id) < (now.at, &now.id))
+            .max_by_key(|d| (d.at, &d.id)),
+        None => complete.max_by_key(|d| (d.at, &d.id)),
+    };
+    found.ok_or_else(|| Error::Deployment {
+        code: Code::ReleaseNoneBefore,
+        message: "the environment has no earlier deployment that reached every host".to_owned(),
+        hint: "list them with `gantry releases -e ENV`; name one with --to".to_owned(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::fake::release;
+
+    /// Release `id` of artifact `artifact`, made by `made` and kept by `kept`.
+    fn rel(id: &str, artifact: &str, outcome: Outcome, marks: &[(&str, u64)]) -> Release {
+        Release {
+            artifact_digest: artifact.to_owned(),
+            deployments: marks
+                .iter()
+                .map(|(id, at)| DeploymentMark {
+                    id: (*id).to_owned(),
+                    at: *at,
+                })
+                .collect(),
+            ..release(id, outcome)
+        }
+    }
+
+    fn ok(id: &str, artifact: &str, marks: &[(&str, u64)]) -> Release {
+        rel(id, artifact, Outcome::Succeeded, marks)
+    }
+
+    fn hosts(list: Vec<(&str, Vec<Release>)>) -> Vec<(String, Vec<Release>)> {
+        list.into_iter().map(|(h, r)| (h.to_owned(), r)).collect()
+    }
+
+    /// v1 everywhere (d1); v2 reached h1 only (d2: h2 cut off, h3 not
+    /// reached); the retry (d3) found h1 already on v2 and made h2 and h3
+    /// their v2 release.
+    fn after_a_retried_rollout() -> Vec<(String, Vec<Release>)> {
+        hosts(vec![
+            (
+                "h1",
+                vec![ok("r2", "v2", &[("d2", 20), ("d3", 30)]), ok("r1", "v1", &[("d1", 10)])],
+            ),
+            (
+                "h2",
+                vec![ok("r2", "v2", &[("d3", 30)]), ok("r1", "v1", &[("d1", 10)])],
+            ),
+            (
+                "h3",
+                vec![ok("r2", "v2", &[("d3", 30)]), ok("r1", "v1", &[("d1", 10)])],
+            ),
+        ])
+    }
+
+    #[test]
+    fn deployments_are_listed_newest_first_with_which_host_runs_which() {
+        let list = list(&after_a_retried_rollout());
+        let summary: Vec<_> = list
+            .iter()
+            .map(|d| (d.id.as_str(), d.state, d.current, d.artifact.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("d3", DeploymentState::Complete, true, "v2"),
+                ("d2", DeploymentState::Partial, false, "v2"),
+                ("d1", DeploymentState::Complete, false, "v1"),
+            ]
+        );
+        let d3: Vec<_> = list[0]
+            .hosts
+            .iter()
+            .map(|h| (h.host.as_str(), h.release.as_deref(), h.kept, h.runs_now))
+            .collect();
+        assert_eq!(
+            d3,
+            [
+                ("h1", Some("r2"), true, true),
+                ("h2", Some("r2"), false, true),
+                ("h3", Some("r2"), false, true)
+            ]
+        );
+        assert_eq!(list[1].hosts[1].release, None);
+    }
+
+    #[test]
+    fn rollback_after_a_retried_rollout_takes_every_host_to_the_last_complete_deployment() {
+        // Not to d2, which only h1 had: every host goes back to v1.
+        let target = rollback_target(&list(&after_a_retried_rollout()), None).unwrap();
+        assert_eq!(
+            target,
+            Target::Deployment {
+                id: "d1".to_owned(),
+                releases: vec![
+                    ("h1".to_owned(), "r1".to_owned()),
+                    ("h2".to_owned(), "r1".to_owned()),
+                    ("h3".to_owned(), "r1".to_owned())
+                ]
+            }
+        );
+    }
+
+    #[test]
+    fn rollback_after_a_stopped_rollout_takes_every_host_to_the_deployment_before_it() {
+        // d2 reached h1 only and was not retried: nobody runs one deployment.
+        let hosts = hosts(vec![
+            (
+                "h1",
+                vec![ok("r2", "v2", &[("d2", 20)]), ok("r1", "v1", &[("d1", 10)])],
+            ),
+            ("h2", vec![ok("r1", "v1", &[("d1", 10)])]),
+        ]);
+        let Target::Deployment { id, releases } = rollback_target(&list(&hosts), None).unwrap()
+        else {
+            panic!("not a deployment");
+        };
+        assert_eq!(id, "d1");
+        assert_eq!(releases[0], ("h1".to_owned(), "r1".to_owned()));
+    }
+
+    #[test]
+    fn a_release_that_failed_its_verify_window_leaves_its_deployment_partial() {
+        let hosts = hosts(vec![(
+            "h1",
+            vec![
+                // The revert: a rollback to r1, in no deployment.
+                Release {
+                    rollback_of: Some("r1".to_owned()),
+                    ..ok("r3", "v1", &[])
+                },
+                rel("r2", "v2", Outcome::Failed, &[("d2", 20)]),
+                ok("r1", "v1", &[("d1", 10)]),
+            ],
+        )]);
+        let list = list(&hosts);
+        assert_eq!(list[0].state, DeploymentState::Partial);
+        assert!(list[1].current, "h1 runs r3, the release of d1 again");
+        let error = rollback_target(&list, None).unwrap_err();
+        assert_eq!(error.code(), "release.none_before");
+    }
+
+    #[test]
+    fn to_names_a_deployment_by_a_unique_beginning_and_refuses_one_a_host_lacks() {
+        let list = list(&after_a_retried_rollout());
+        let Target::Deployment { id, .. } = rollback_target(&list, Some("d3")).unwrap() else {
+            panic!("not a deployment");
+        };
+        assert_eq!(id, "d3");
+        let error = rollback_target(&list, Some("d2")).unwrap_err();
+        assert_eq!(error.code(), "release.not_found");
+        assert!(error.to_string().contains("host h2"), "{error}");
+        // Not a deployment: a release of each host, as before deployments.
+        assert_eq!(
+            rollback_target(&list, Some("r1")).unwrap(),
+            Target::PerHost {
+                to: Some("r1".to_owned())
+            }
+        );
+    }
+
+    #[test]
+    fn hosts_without_deployments_roll_back_each_to_its_previous_release() {
+        let hosts = hosts(vec![("h1", vec![ok("r2", "v2", &[]), ok("r1", "v1", &[])])]);
+        assert_eq!(
+            rollback_target(&list(&hosts), None).unwrap(),
+            Target::PerHost { to: None }
+        );
+    }
+
+    #[test]
+    fn only_one_deployment_has_none_before_it() {
+        let hosts = hosts(vec![("h1", vec![ok("r1", "v1", &[("d1", 10)])])]);
+        let error = rollback_target(&list(&hosts), None).unwrap_err();
+        assert_eq!(error.code(), "release.none_before");
+    }
+
+    #[test]
+    fn ids_name_the_utc_second_they_began() {
+        let mark = new_mark();
+        assert_eq!(mark.id.len(), "d20261206-184512-3fa9".len(), "{}", mark.id);
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_428), (2025, 12, 6));
+    }
+}
