@@ -10,7 +10,6 @@
 //! on 127.0.0.1 on the instance's allocated port, which the proxy routes to.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 use std::time::Duration;
 
 use gantry_core::agent_api::ServiceSpec as Service;
@@ -19,14 +18,33 @@ use gantry_core::agent_api::v1::{Port, Workload};
 use crate::agent::Agent;
 use crate::agent::now_ms;
 use crate::container::{
-    ContainerSpec, Engine, Identity, Publish, Resources, SecretValue, VolumeMount, container_name,
+    ContainerError, ContainerSpec, Engine, Identity, Publish, Resources, SecretValue, VolumeMount,
+    container_name,
 };
 use crate::process::{LogWriter, MAX_LINE, ResourceLimits, StopOutcome};
 use crate::store::InstanceRecord;
 use gantry_core::agent_api::Stream;
 
-/// Where the Docker engine listens.
+/// Where the Docker engine listens unless `DOCKER_HOST` says otherwise.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// The Docker engine's socket for an agent whose environment holds
+/// `docker_host` (`DOCKER_HOST`, as the docker CLI reads it): unset or
+/// empty, [`DOCKER_SOCKET`]; `unix:///path`, that path (rootless Docker,
+/// Podman's socket, a second engine). Any other scheme is refused: the
+/// agent speaks to its engine over a Unix socket only.
+pub fn docker_socket(docker_host: Option<&str>) -> Result<std::path::PathBuf, ContainerError> {
+    match docker_host.map(str::trim) {
+        None | Some("") => Ok(DOCKER_SOCKET.into()),
+        Some(value) => match value.strip_prefix("unix://") {
+            Some(path) if path.starts_with('/') => Ok(path.into()),
+            _ => Err(ContainerError::Unreachable {
+                socket: value.into(),
+                message: "this DOCKER_HOST is not supported: the agent reaches Docker only over a Unix socket (DOCKER_HOST=unix:///path)".to_owned(),
+            }),
+        },
+    }
+}
 
 pub fn is_container(service: &Service) -> bool {
     matches!(service.workload, Workload::Compose { .. })
@@ -43,8 +61,10 @@ pub async fn engine(agent: &Agent) -> Result<&Engine, String> {
     agent
         .containers
         .get_or_try_init(|| async {
+            let socket = docker_socket(std::env::var("DOCKER_HOST").ok().as_deref())
+                .map_err(|e| e.coded())?;
             Engine::connect(
-                Path::new(DOCKER_SOCKET),
+                &socket,
                 &agent.paths.root.join("container-secrets"),
                 &agent_label(agent),
             )
@@ -448,5 +468,30 @@ pub async fn settle(agent: &Agent, active: &[InstanceRecord]) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot settle the containers"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_socket_comes_from_docker_host_when_it_names_a_unix_socket() {
+        let socket = |value: Option<&str>| docker_socket(value).map(|p| p.display().to_string());
+        assert_eq!(socket(None).unwrap(), DOCKER_SOCKET);
+        assert_eq!(socket(Some("")).unwrap(), DOCKER_SOCKET);
+        assert_eq!(
+            socket(Some("unix:///run/user/1000/docker.sock")).unwrap(),
+            "/run/user/1000/docker.sock"
+        );
+        for refused in ["tcp://10.0.0.1:2375", "ssh://host", "unix://relative.sock"] {
+            let error = docker_socket(Some(refused)).unwrap_err();
+            assert_eq!(error.code(), gantry_core::Code::ContainerUnreachable);
+            assert!(
+                error.to_string().contains("only over a Unix socket"),
+                "{error}"
+            );
+        }
     }
 }

@@ -140,7 +140,7 @@ codes! {
     DeployLocked = "deploy.locked", Conflict, "another deploy of the project (on the host, or of the whole environment) holds its lock; the error names it";
     DeployFailed = "deploy.failed", Failed, "a service's new instances did not become healthy; it kept its previous release";
     DeployVerifyFailed = "deploy.verify_failed", Failed, "a new release crashed or failed its health checks within its verify window (`deploy.verify`) after cutover: that host went back to its previous release and the rollout stopped; the message names the service and why";
-    ContainerUnreachable = "container.unreachable", Unreachable, "the host's Docker engine does not answer on /var/run/docker.sock (not installed, not started, or the socket not the agent's to use); in a failed deploy's reason";
+    ContainerUnreachable = "container.unreachable", Unreachable, "the host's Docker engine does not answer on /var/run/docker.sock, or the Unix socket the agent's DOCKER_HOST names (not installed, not started, or the socket not the agent's to use); in a failed deploy's reason";
     ContainerTooOld = "container.too_old", Conflict, "the host's Docker engine speaks an API older than 1.41 (Docker 20.10); in a failed deploy's reason";
     ContainerEngine = "container.engine", Failed, "Docker refused or failed an operation; the message names the object and Docker's answer; in a failed deploy's reason";
     ContainerNoImage = "container.no_image", Invalid, "the service's image is not on the host; in a failed deploy's reason";

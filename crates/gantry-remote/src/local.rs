@@ -15,8 +15,10 @@ const START_DEADLINE: Duration = Duration::from_secs(15);
 /// What an agent started here takes from this command's environment. The
 /// agent outlives the command, so nothing else does: a secret given to
 /// `deploy` as a variable must not live on in the agent's environment.
-const AGENT_ENV: [&str; 13] = [
+const AGENT_ENV: [&str; 14] = [
     "GANTRY_AGENT_PORTS",
+    // The Docker engine the agent runs image services on (unix:// only).
+    "DOCKER_HOST",
     "GANTRY_PROXY_LISTEN",
     "GANTRY_PROXY_HTTPS",
     "PATH",

@@ -327,6 +327,18 @@ impl TestHost {
         }
     }
 
+    /// Sets `name=value` in every later SSH session's environment (sshd's
+    /// `SetEnv`; sshd restarts), so an agent that `gantry agent connect`
+    /// starts has it, as a server's administrator would arrange.
+    pub fn set_session_env(&mut self, name: &str, value: &str) {
+        let config = self.dir.join("sshd_config");
+        let mut text = std::fs::read_to_string(&config).expect("read sshd_config");
+        text.push_str(&format!("SetEnv {name}={value}\n"));
+        std::fs::write(&config, text).expect("write sshd_config");
+        self.stop_sshd();
+        self.start_sshd();
+    }
+
     pub fn stop_sshd(&mut self) {
         if let Some(mut child) = self.sshd.take() {
             let _ = child.kill();
@@ -451,6 +463,12 @@ impl TestHost {
         );
     }
 
+    /// Adds the host's user to the group `docker`, so that its agent
+    /// reaches a Docker engine's socket, as `gantry configure` arranges.
+    pub fn join_docker_group(&self) {
+        run("usermod", &["-aG", "docker", &self.user]);
+    }
+
     /// A plain HTTP GET from inside the host (its own loopback): status and body.
     pub fn http_get(
         &self,
@@ -458,13 +476,25 @@ impl TestHost {
         host_header: &str,
         path: &str,
     ) -> std::io::Result<(u16, String)> {
+        self.http_request(port, host_header, "GET", path)
+    }
+
+    /// `METHOD path` with an empty body from inside the host (its own
+    /// loopback), on a new connection: status and body.
+    pub fn http_request(
+        &self,
+        port: u16,
+        host_header: &str,
+        method: &str,
+        path: &str,
+    ) -> std::io::Result<(u16, String)> {
         let namespace = format!("/run/netns/{}", self.namespace);
         let host_header = host_header.to_owned();
-        let path = path.to_owned();
+        let (method, path) = (method.to_owned(), path.to_owned());
         std::thread::spawn(move || {
             let ns = std::fs::File::open(&namespace)?;
             enter_netns(&ns).map_err(std::io::Error::from)?;
-            crate::http_get_host(port, &host_header, &path)
+            crate::http_request_host(port, &host_header, &method, &path)
         })
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("the request thread panicked")))
@@ -516,7 +546,7 @@ fn nix_is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-fn chmod(path: &Path, mode: u32) {
+pub(crate) fn chmod(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }

@@ -3,6 +3,7 @@
 //! `env!("CARGO_BIN_EXE_gantry")`), so this crate never builds it itself.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failure here is a failed test
 
+pub mod dockerd;
 pub mod hosts;
 pub mod images;
 pub mod postgres;
@@ -59,8 +60,13 @@ impl TestProject {
 
     /// Sets an environment variable for every run.
     pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.to_owned(), value.to_owned()));
+        self.set_env(key, value);
         self
+    }
+
+    /// Sets an environment variable for every later run.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     pub fn path(&self) -> &Path {
@@ -264,7 +270,7 @@ pub fn http_request_host(
     )
 }
 
-fn http_request_at(
+pub fn http_request_at(
     addr: std::net::SocketAddr,
     host: &str,
     method: &str,

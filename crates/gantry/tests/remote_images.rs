@@ -2,7 +2,7 @@
 //! registry, for real: the host is a network namespace with sshd
 //! (gantry_testkit::hosts) whose agent runs containers on this machine's
 //! Docker Engine. That engine is the host's; the user's machine gets an
-//! engine of its own (`UserEngine`: a second dockerd with its own data
+//! engine of its own (`Dockerd::isolated`: a second dockerd with its own data
 //! root and socket, `DOCKER_HOST` for the CLI), so "the layers the host
 //! lacks" are really absent from the host's engine and every byte counted
 //! in the report really travelled. Both engines hold the Debian base image
@@ -13,91 +13,20 @@
 
 mod agent_support;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use agent_support::GANTRY;
 use gantry_testkit::TestProject;
+use gantry_testkit::dockerd::Dockerd;
 use gantry_testkit::hosts::TestHosts;
 
-/// A Docker Engine standing for the user's machine: its own dockerd, data
-/// root and socket, stopped and removed on drop.
-struct UserEngine {
-    dir: tempfile::TempDir,
-    daemon: Child,
-}
-
-impl UserEngine {
-    fn start() -> UserEngine {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = |name: &str| dir.path().join(name).display().to_string();
-        // Its own (empty) config: the system's names the system's data root.
-        std::fs::write(dir.path().join("daemon.json"), "{}").expect("daemon.json");
-        // In a network namespace of its own (`unshare --net` execs dockerd):
-        // a dockerd without a bridge deletes the interface `docker0` where it
-        // runs, which would cut the machine's own containers off.
-        let daemon = Command::new("unshare")
-            .args(["--net", "dockerd"])
-            .args(["--config-file", &path("daemon.json")])
-            .args(["--data-root", &path("data"), "--exec-root", &path("exec")])
-            .args(["--pidfile", &path("dockerd.pid")])
-            .args(["--host", &format!("unix://{}", path("docker.sock"))])
-            // No networks: builds here need none.
-            .args(["--bridge", "none", "--iptables=false", "--ip-masq=false"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("dockerd.log")).expect("log"))
-            .spawn()
-            .expect("start a second dockerd");
-        let engine = UserEngine { dir, daemon };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !engine
-            .command(&["info"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the user's dockerd did not start: {}",
-                std::fs::read_to_string(engine.dir.path().join("dockerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        // The base image, as the user's machine would have pulled it.
-        let base = gantry_testkit::images::base();
-        let mut save = Command::new("docker")
-            .args(["save", base])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("docker save");
-        let loaded = engine
-            .command(&["load", "-q"])
-            .stdin(save.stdout.take().expect("piped"))
-            .output()
-            .expect("docker load");
-        assert!(loaded.status.success(), "{loaded:?}");
-        assert!(save.wait().expect("docker save").success());
-        engine
-    }
-
-    fn host(&self) -> String {
-        format!("unix://{}", self.dir.path().join("docker.sock").display())
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("docker");
-        command.args(args).env("DOCKER_HOST", self.host());
-        command
-    }
-}
-
-impl Drop for UserEngine {
-    fn drop(&mut self) {
-        // SIGTERM, so dockerd unmounts its layers before the directory goes.
-        let _ = Command::new("kill")
-            .arg(self.daemon.id().to_string())
-            .status();
-        let _ = self.daemon.wait();
-    }
+/// A Docker Engine standing for the user's machine (its own dockerd, data
+/// root and socket), holding the base image as the user's machine would
+/// have pulled it.
+fn user_engine() -> Dockerd {
+    let engine = Dockerd::isolated();
+    engine.load_from_machine(gantry_testkit::images::base());
+    engine
 }
 
 /// Runs `docker` on the host's engine (this machine's).
@@ -147,7 +76,7 @@ const LAYER: usize = 3_000_000;
 
 /// An image service built from `app/Dockerfile`: a big layer of random
 /// bytes, then the VERSION file on top (the layer a change touches).
-fn project(hosts: &TestHosts, name: &str, image: &str, user: &UserEngine) -> TestProject {
+fn project(hosts: &TestHosts, name: &str, image: &str, user: &Dockerd) -> TestProject {
     let toml = format!(
         r#"[project]
 name = "{name}"
@@ -195,19 +124,14 @@ fn running_version(name: &str) -> String {
 fn host_with_docker(hosts: &TestHosts) {
     let h1 = hosts.host("h1");
     h1.install_gantry(GANTRY.as_ref());
-    // The host's user reaches the engine, as `gantry configure` arranges.
-    let added = Command::new("usermod")
-        .args(["-aG", "docker", &h1.user])
-        .status()
-        .expect("usermod");
-    assert!(added.success());
+    h1.join_docker_group();
 }
 
 #[test]
 fn a_built_image_ships_only_the_layers_the_host_lacks() {
     let hosts = TestHosts::start(1);
     host_with_docker(&hosts);
-    let user = UserEngine::start();
+    let user = user_engine();
     let name = "ship-img";
     let image = format!("gantry-test-ship-{}", std::process::id());
     let _cleanup = Cleanup {

@@ -1,6 +1,7 @@
 //! Secrets for a container without their values in `docker inspect`: each
 //! secret is a file in the agent's state (a directory only the agent can
-//! enter), mode 0400 and owned by the user the container runs as, bound
+//! enter), mode 0400 and owned by the user the container runs as (0444
+//! when the agent is not root and cannot give it away), bound
 //! read-only at `/run/secrets/NAME`; the container's environment names the
 //! file (`NAME_FILE`), the convention PostgreSQL's, MariaDB's and many
 //! other images read. Docker records the mount's path, never its content.
@@ -169,10 +170,30 @@ pub fn fill(
     Ok(())
 }
 
+/// The mode and owner a secret file for a container running as `owner`
+/// gets from an agent running as `agent_uid`: 0400 and `owner`'s where the
+/// agent may give it away (root) or already runs as it; otherwise (an
+/// agent in the `docker` group that is not root) 0444 and the agent's,
+/// as Docker's own swarm secrets are, still in a directory only the agent
+/// enters on the host.
+pub fn file_mode(owner: Owner, agent_uid: u32) -> (u32, Option<Owner>) {
+    if agent_uid == 0 {
+        (0o400, Some(owner))
+    } else if owner.uid == agent_uid {
+        (0o400, None)
+    } else {
+        (0o444, None)
+    }
+}
+
 /// Writes `contents` to `path` atomically, mode 0400, chowned to `owner`
-/// before any byte is written.
+/// before any byte is written (see [`file_mode`] when the agent cannot).
 fn write_owned(path: &Path, contents: &[u8], owner: Option<Owner>) -> Result<(), ContainerError> {
-    gantry_core::file::write_atomic_with(path, contents, 0o400, |file| {
+    let (mode, owner) = match owner {
+        Some(owner) => file_mode(owner, nix::unistd::geteuid().as_raw()),
+        None => (0o400, None),
+    };
+    gantry_core::file::write_atomic_with(path, contents, mode, |file| {
         if let Some(owner) = owner {
             nix::unistd::fchown(
                 file,
@@ -181,7 +202,8 @@ fn write_owned(path: &Path, contents: &[u8], owner: Option<Owner>) -> Result<(),
             )
             .map_err(std::io::Error::from)?;
         }
-        Ok(())
+        // The mode itself, whatever the agent's umask (0444 would be 0400).
+        file.set_permissions(fs::Permissions::from_mode(mode))
     })
     .map_err(|source| ContainerError::SecretFile {
         path: path.to_owned(),
@@ -262,6 +284,14 @@ mod tests {
         assert_eq!(format!("{:?}", values["TOKEN"]), "SecretValue(..)");
         let missing = fill(&files, &BTreeMapOf::new(), me).expect_err("refused");
         assert!(missing.to_string().contains("TOKEN"), "{missing}");
+    }
+
+    #[test]
+    fn an_agent_that_is_not_root_leaves_secret_files_readable_in_the_container() {
+        let postgres = Owner { uid: 100, gid: 102 };
+        assert_eq!(file_mode(postgres, 0), (0o400, Some(postgres)));
+        assert_eq!(file_mode(postgres, 100), (0o400, None));
+        assert_eq!(file_mode(postgres, 1000), (0o444, None));
     }
 
     type BTreeMapOf = std::collections::BTreeMap<String, SecretValue>;

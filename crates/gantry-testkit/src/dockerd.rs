@@ -1,0 +1,158 @@
+//! A Docker Engine of a test's own: a dockerd with its own data root, exec
+//! root, pidfile and socket, always inside a network namespace that is not
+//! the machine's (a dockerd manages the bridge `docker0` and the iptables
+//! rules where it runs; the machine's own engine must keep its own).
+//!
+//! Two uses: the user's machine whose engine only builds
+//! ([`Dockerd::isolated`]: a namespace of its own, no bridge), and a test
+//! host's engine ([`Dockerd::in_namespace`]: inside the host's namespace,
+//! with its bridge and rules, as on a server; its socket group `docker`).
+//! Stopped on drop, its containers removed first; its files go with it.
+//!
+//! Needs root and Docker's `dockerd` (Debian's docker.io).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Dockerd {
+    dir: tempfile::TempDir,
+    daemon: Child,
+}
+
+impl Dockerd {
+    /// An engine in a network namespace of its own, without networks:
+    /// enough to build and hold images.
+    pub fn isolated() -> Dockerd {
+        Dockerd::start(
+            &["unshare", "--net"],
+            &["--bridge", "none", "--iptables=false", "--ip-masq=false"],
+        )
+    }
+
+    /// An engine in the network namespace `namespace` (`ip netns`'s name),
+    /// with the default bridge and iptables rules there, its socket
+    /// reachable by the group `docker`.
+    pub fn in_namespace(namespace: &str) -> Dockerd {
+        let net = format!("--net=/run/netns/{namespace}");
+        Dockerd::start(&["nsenter", &net, "--"], &["--group", "docker"])
+    }
+
+    fn start(enter: &[&str], options: &[&str]) -> Dockerd {
+        // Under /var/tmp: test hosts' sshd (and so their agents) see a /tmp
+        // of their own, and the socket must be visible to them.
+        let dir = tempfile::Builder::new()
+            .prefix("gantry-dockerd-")
+            .tempdir_in("/var/tmp")
+            .expect("create the engine's directory");
+        crate::hosts::chmod(dir.path(), 0o755);
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        // Its own (empty) config: the system's names the system's data root.
+        std::fs::write(dir.path().join("daemon.json"), "{}").expect("write daemon.json");
+        let daemon = Command::new(enter[0])
+            .args(&enter[1..])
+            .arg("dockerd")
+            .args(["--config-file", &path("daemon.json")])
+            .args(["--data-root", &path("data"), "--exec-root", &path("exec")])
+            .args(["--pidfile", &path("dockerd.pid")])
+            .args(["--host", &format!("unix://{}", path("docker.sock"))])
+            .args(options)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("dockerd.log")).expect("create the log"))
+            .spawn()
+            .expect("start dockerd");
+        let engine = Dockerd { dir, daemon };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !engine
+            .command(&["info"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not start: {}",
+                std::fs::read_to_string(engine.dir.path().join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        engine
+    }
+
+    /// Its socket's path.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("docker.sock")
+    }
+
+    /// `DOCKER_HOST` for it: `unix:///…/docker.sock`.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// `docker ARGS` on this engine.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("docker");
+        command.args(args).env("DOCKER_HOST", self.host());
+        command
+    }
+
+    /// `docker ARGS` on this engine, which must succeed: its stdout, trimmed.
+    pub fn docker(&self, args: &[&str]) -> String {
+        let output = self.command(args).output().expect("run docker");
+        assert!(
+            output.status.success(),
+            "docker {} on {}: {}",
+            args.join(" "),
+            self.host(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Copies `image` from the machine's engine (`docker save | docker load`).
+    pub fn load_from_machine(&self, image: &str) {
+        let mut save = Command::new("docker")
+            .args(["save", image])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("docker save");
+        let loaded = self
+            .command(&["load", "-q"])
+            .stdin(save.stdout.take().expect("piped"))
+            .output()
+            .expect("docker load");
+        assert!(loaded.status.success(), "{loaded:?}");
+        assert!(save.wait().expect("docker save").success());
+    }
+
+    /// The directory holding its data root, for sizes.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if let Ok(out) = self.command(&["ps", "-aq"]).output() {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids.iter().map(String::as_str));
+                let _ = self.command(&args).output();
+            }
+        }
+        // SIGTERM, so dockerd unmounts its layers before the directory goes.
+        let _ = Command::new("kill")
+            .arg(self.daemon.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.daemon.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
