@@ -64,6 +64,11 @@ const MIGRATIONS: &[Migration] = &[
         both: include_str!("migrations/008_items_more.sql"),
         only: &[],
     },
+    Migration {
+        name: "indexes for lists by priority and by label",
+        both: include_str!("migrations/009_list_indexes.sql"),
+        only: &[],
+    },
 ];
 
 /// The schema version this gantry writes.

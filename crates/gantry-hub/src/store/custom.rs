@@ -3,7 +3,7 @@
 //! against its field's type. Values are stored as text: numbers in their
 //! shortest JSON form, so a filter compares them as written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::fields::check_date_of;
 use super::items::{Access, activity};
@@ -151,15 +151,34 @@ pub(super) fn values_of(
     sql: &mut dyn Sql,
     item: i64,
 ) -> Result<BTreeMap<String, serde_json::Value>, DbError> {
+    Ok(values_of_many(sql, &[item])?
+        .remove(&item)
+        .unwrap_or_default())
+}
+
+/// The custom values of several items at once, by item id.
+pub(super) fn values_of_many(
+    sql: &mut dyn Sql,
+    items: &[i64],
+) -> Result<HashMap<i64, BTreeMap<String, serde_json::Value>>, DbError> {
+    if items.is_empty() {
+        return Ok(HashMap::new());
+    }
     let rows = sql.query(
-        "SELECT f.name, f.kind, v.value FROM custom_values v \
-         JOIN custom_fields f ON f.id = v.field_id WHERE v.item_id = ?",
-        &[Value::Int(item)],
+        &format!(
+            "SELECT v.item_id, f.name, f.kind, v.value FROM custom_values v \
+             JOIN custom_fields f ON f.id = v.field_id WHERE v.item_id IN ({})",
+            super::extras::marks(items.len())
+        ),
+        &super::extras::ids(items),
     )?;
-    let mut values = BTreeMap::new();
+    let mut values: HashMap<i64, BTreeMap<_, _>> = HashMap::new();
     for r in &rows {
-        let kind = super::items::parse("field type", r.text(1)?, FieldType::parse)?;
-        values.insert(r.text(0)?, shown(kind, r.text(2)?));
+        let kind = super::items::parse("field type", r.text(2)?, FieldType::parse)?;
+        values
+            .entry(r.int(0)?)
+            .or_default()
+            .insert(r.text(1)?, shown(kind, r.text(3)?));
     }
     Ok(values)
 }

@@ -9,15 +9,12 @@
 //! waits for it and then finds the version moved, which is how exactly one
 //! of many racing claims wins.
 
-use super::products::milestone_from;
+use super::extras::Extras;
 use super::{Actor, audit};
 use crate::clock;
 use crate::db::{DbError, Row, Sql, Value};
 use crate::error::HubError;
-use crate::model::{
-    BugFields, ChecklistEntry, Claim, Item, Kind, Label, Link, LinkKind, Milestone, PrStatus,
-    Priority, Progress, PullRequest, Source, Status, Visibility,
-};
+use crate::model::{BugFields, Claim, Item, Kind, Priority, Source, Status, Visibility};
 
 pub(super) const TITLE_MAX: usize = 200;
 pub(super) const TEXT_MAX: usize = 50_000;
@@ -80,6 +77,24 @@ pub fn branch_name(id: i64, title: &str) -> String {
 }
 
 pub(super) fn item_from(sql: &mut dyn Sql, row: &Row, now: i64) -> Result<Stored, HubError> {
+    items_from(sql, &[row], now)?
+        .pop()
+        .ok_or_else(|| HubError::from(DbError::Shape("no item read".to_owned())))
+}
+
+/// Items as read with [`ITEM_COLUMNS`], their extras read together.
+pub(super) fn items_from(
+    sql: &mut dyn Sql,
+    rows: &[&Row],
+    now: i64,
+) -> Result<Vec<Stored>, HubError> {
+    let mut extras = Extras::load(sql, rows)?;
+    rows.iter()
+        .map(|row| stored(row, now, &mut extras))
+        .collect()
+}
+
+fn stored(row: &Row, now: i64, extras: &mut Extras) -> Result<Stored, HubError> {
     let id = row.int(0)?;
     let product = row.text(1)?;
     let kind = parse("type", row.text(3)?, Kind::parse)?;
@@ -118,141 +133,29 @@ pub(super) fn item_from(sql: &mut dyn Sql, row: &Row, now: i64) -> Result<Stored
             assignee: row.opt_text(10)?,
             reporter: row.text(11)?,
             target_release: row.opt_text(12)?,
-            labels: labels_of(sql, id)?,
-            checklist: checklist_of(sql, id)?,
+            labels: extras.labels.remove(&id).unwrap_or_default(),
+            checklist: extras.checklist.remove(&id).unwrap_or_default(),
             bug: bug.transpose()?,
-            links: links_of(sql, id)?,
-            pull_requests: pull_requests_of(sql, id)?,
+            links: extras.links.remove(&id).unwrap_or_default(),
+            pull_requests: extras.pull_requests.remove(&id).unwrap_or_default(),
             estimate: row.opt_int(22)?,
             due_date: row.opt_text(23)?,
             environment: row.opt_text(24)?,
             affected_version: row.opt_text(25)?,
             fixed_version: row.opt_text(26)?,
-            milestone: milestone_of(sql, row.opt_int(28)?)?,
-            parent: parent_of(sql, row.opt_int(27)?)?,
-            subtasks: subtasks_of(sql, id)?,
-            custom: super::custom::values_of(sql, id)?,
+            milestone: row
+                .opt_int(28)?
+                .and_then(|m| extras.milestones.get(&m).cloned()),
+            parent: row
+                .opt_int(27)?
+                .and_then(|p| extras.parents.get(&p).cloned()),
+            subtasks: extras.subtasks.remove(&id).unwrap_or_default(),
+            custom: extras.custom.remove(&id).unwrap_or_default(),
             claim,
             version: row.int(18)?,
             created_at: clock::format(row.int(19)?),
             updated_at: clock::format(row.int(20)?),
         },
-    })
-}
-
-fn labels_of(sql: &mut dyn Sql, id: i64) -> Result<Vec<Label>, DbError> {
-    sql.query(
-        "SELECT l.name, l.color FROM item_labels il JOIN labels l ON l.id = il.label_id \
-         WHERE il.item_id = ? ORDER BY l.name",
-        &[Value::Int(id)],
-    )?
-    .iter()
-    .map(|r| {
-        Ok(Label {
-            name: r.text(0)?,
-            color: r.text(1)?,
-        })
-    })
-    .collect()
-}
-
-fn checklist_of(sql: &mut dyn Sql, id: i64) -> Result<Vec<ChecklistEntry>, DbError> {
-    sql.query(
-        "SELECT id, text, done FROM checklist WHERE item_id = ? ORDER BY position, id",
-        &[Value::Int(id)],
-    )?
-    .iter()
-    .map(|r| {
-        Ok(ChecklistEntry {
-            id: r.int(0)?,
-            text: r.text(1)?,
-            done: r.int(2)? != 0,
-        })
-    })
-    .collect()
-}
-
-/// Links made from this item, and those made from others seen from here
-/// (SHOP-2 blocks SHOP-5: SHOP-5 is blocked by SHOP-2).
-fn links_of(sql: &mut dyn Sql, id: i64) -> Result<Vec<Link>, DbError> {
-    let mut links: Vec<Link> = Vec::new();
-    let rows = sql.query(
-        "SELECT k.kind, p.key, t.seq, 0 FROM links k JOIN items t ON t.id = k.target_id \
-         JOIN products p ON p.id = t.product_id WHERE k.item_id = ? \
-         UNION ALL SELECT k.kind, p.key, s.seq, 1 FROM links k JOIN items s ON s.id = k.item_id \
-         JOIN products p ON p.id = s.product_id WHERE k.target_id = ?",
-        &[Value::Int(id), Value::Int(id)],
-    )?;
-    for r in &rows {
-        let kind = parse("link kind", r.text(0)?, LinkKind::parse)?;
-        let link = Link {
-            kind: if r.int(3)? == 1 { kind.inverse() } else { kind },
-            target: format!("{}-{}", r.text(1)?, r.int(2)?),
-        };
-        if !links.contains(&link) {
-            links.push(link);
-        }
-    }
-    Ok(links)
-}
-
-fn pull_requests_of(sql: &mut dyn Sql, id: i64) -> Result<Vec<PullRequest>, DbError> {
-    sql.query(
-        "SELECT url, number, title, status, branch, commit_sha, updated_at FROM pull_requests \
-         WHERE item_id = ? ORDER BY id",
-        &[Value::Int(id)],
-    )?
-    .iter()
-    .map(|r| {
-        Ok(PullRequest {
-            url: r.text(0)?,
-            number: r.opt_int(1)?,
-            title: r.opt_text(2)?,
-            status: parse("pull request status", r.text(3)?, PrStatus::parse)?,
-            branch: r.opt_text(4)?,
-            commit: r.opt_text(5)?,
-            updated_at: clock::format(r.int(6)?),
-        })
-    })
-    .collect()
-}
-
-/// The parent's reference (`SHOP-7`).
-fn parent_of(sql: &mut dyn Sql, parent: Option<i64>) -> Result<Option<String>, DbError> {
-    let Some(parent) = parent else {
-        return Ok(None);
-    };
-    sql.query_one(
-        "SELECT p.key, i.seq FROM items i JOIN products p ON p.id = i.product_id WHERE i.id = ?",
-        &[Value::Int(parent)],
-    )?
-    .map(|r| -> Result<String, DbError> { Ok(format!("{}-{}", r.text(0)?, r.int(1)?)) })
-    .transpose()
-}
-
-fn milestone_of(sql: &mut dyn Sql, milestone: Option<i64>) -> Result<Option<Milestone>, DbError> {
-    let Some(milestone) = milestone else {
-        return Ok(None);
-    };
-    sql.query_one(
-        "SELECT name, target_date FROM milestones WHERE id = ?",
-        &[Value::Int(milestone)],
-    )?
-    .map(|r| milestone_from(&r))
-    .transpose()
-}
-
-fn subtasks_of(sql: &mut dyn Sql, id: i64) -> Result<Progress, DbError> {
-    sql.query_one(
-        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status IN ('done', 'closed', 'wont_fix') \
-         THEN 1 ELSE 0 END), 0) FROM items WHERE parent_id = ?",
-        &[Value::Int(id)],
-    )?
-    .map_or(Ok(Progress::default()), |r| {
-        Ok(Progress {
-            total: r.int(0)?,
-            finished: r.int(1)?,
-        })
     })
 }
 

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::items::{Access, ITEM_COLUMNS, PAGE_MAX, Reach, fetch, item_from};
+use super::items::{Access, ITEM_COLUMNS, PAGE_MAX, Reach, fetch, items_from};
 use super::{Store, bounded};
 use crate::clock;
 use crate::db::{Dialect, Value};
@@ -263,9 +263,12 @@ impl Store {
             let now = clock::now();
             let mut items = Vec::new();
             let mut last = None;
-            for row in rows.iter().take(limit) {
+            let page: Vec<&crate::db::Row> = rows.iter().take(limit).collect();
+            for row in &page {
                 last = Some((filter.sort.value(row)?, row.int(0)?));
-                items.push(item_from(sql, row, now)?.item);
+            }
+            for stored in items_from(sql, &page, now)? {
+                items.push(stored.item);
             }
             let next_cursor = (rows.len() > limit)
                 .then_some(last)

@@ -9,6 +9,7 @@ mod audit;
 mod bulk;
 mod comments;
 mod custom;
+mod extras;
 mod fields;
 mod forge;
 mod items;
