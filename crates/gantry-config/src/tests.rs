@@ -323,10 +323,16 @@ backup = { schedule = "every 1d", kind = "files" }
         "service `c`: a `volumes` backup does not fit this service",
         "service `d`: a `files` backup needs `path`",
     ] {
-        assert!(said.iter().any(|m| m.contains(expected)), "{expected}: {said:#?}");
+        assert!(
+            said.iter().any(|m| m.contains(expected)),
+            "{expected}: {said:#?}"
+        );
     }
     let schedule = errors(
         "[project]\nname = \"shop\"\n[services.e]\nrun = \"./e\"\nbackup = { schedule = \"at noon\", kind = \"files\", path = \"/srv\" }\n",
     );
-    assert!(schedule[0].message.contains("`at noon` has 2 fields"), "{schedule:#?}");
+    assert!(
+        schedule[0].message.contains("`at noon` has 2 fields"),
+        "{schedule:#?}"
+    );
 }

@@ -262,10 +262,10 @@ fn a_volume_is_backed_up_and_restored_identical() {
     let image = gantry_testkit::images::redis();
     let name = "test-bk-volume";
     let _cleanup = Cleanup(name, "data");
-    let p = TestProject::new(agent_support::GANTRY).file(
-        "gantry.toml",
+    let p = shell(
+        name,
         &format!(
-            "[project]\nname = \"{name}\"\n\n[services.db]\nimage = \"{image}\"\nport = 6379\nhealth = {{ tcp = true, interval = \"100ms\", timeout = \"1s\" }}\nvolumes = [\"data:/var/lib/redis\"]\nstop_timeout = \"5s\"\nbackup = {{ schedule = \"0 3 * * *\" }}\n"
+            "[services.db]\nimage = \"{image}\"\nport = 6379\nhealth = {{ tcp = true, interval = \"100ms\", timeout = \"1s\" }}\nvolumes = [\"data:/var/lib/redis\"]\nstop_timeout = \"5s\"\nbackup = {{ schedule = \"0 3 * * *\" }}\n"
         ),
     );
     deploy(&p);
@@ -331,10 +331,10 @@ fn a_postgres_database_is_dumped_and_restored_identical() {
     let image = gantry_testkit::images::postgres();
     let name = "test-bk-pg";
     let _cleanup = Cleanup(name, "pgdata");
-    let p = TestProject::new(agent_support::GANTRY).file(
-        "gantry.toml",
+    let p = shell(
+        name,
         &format!(
-            "[project]\nname = \"{name}\"\n\n[services.db]\nimage = \"{image}\"\nport = 5432\nhealth = {{ tcp = true, interval = \"200ms\", timeout = \"1s\", start_period = \"30s\" }}\nvolumes = [\"pgdata:/var/lib/postgresql/data\"]\nenv = {{ POSTGRES_PASSWORD = \"pw\", POSTGRES_DB = \"shop\" }}\nstop_timeout = \"10s\"\nbackup = {{ schedule = \"0 3 * * *\", keep = 3, kind = \"postgres\" }}\n"
+            "[services.db]\nimage = \"{image}\"\nport = 5432\nhealth = {{ tcp = true, interval = \"200ms\", timeout = \"1s\", start_period = \"30s\" }}\nvolumes = [\"pgdata:/var/lib/postgresql/data\"]\nenv = {{ POSTGRES_PASSWORD = \"pw\", POSTGRES_DB = \"shop\" }}\nstop_timeout = \"10s\"\nbackup = {{ schedule = \"0 3 * * *\", keep = 3, kind = \"postgres\" }}\n"
         ),
     );
     let report = deploy(&p);

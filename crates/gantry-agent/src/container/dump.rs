@@ -25,6 +25,34 @@ pub struct Piped {
 }
 
 impl Engine {
+    /// Creates and starts `command` in `container`, attached to its output
+    /// (and its input when `stdin`): the exec's id and its streams.
+    pub(super) async fn start_exec(
+        &self,
+        container: &str,
+        command: &[String],
+        stdin: bool,
+    ) -> Result<(String, StartExecResults), ContainerError> {
+        let config = ExecConfig {
+            cmd: Some(command.to_vec()),
+            attach_stdin: Some(stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(container, config)
+            .await
+            .map_err(|e| ContainerError::engine("exec in", container, e))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, Some(StartExecOptions::default()))
+            .await
+            .map_err(|e| ContainerError::engine("exec in", container, e))?;
+        Ok((exec.id, started))
+    }
+
     /// The directory on this host that holds a named volume's files, or
     /// `None` when there is no such volume.
     pub async fn volume_mountpoint(&self, name: &str) -> Result<Option<PathBuf>, ContainerError> {
@@ -49,23 +77,7 @@ impl Engine {
             target: container.to_owned(),
             message: e.to_string(),
         };
-        let config = ExecConfig {
-            cmd: Some(command.to_vec()),
-            attach_stdin: Some(stdin.is_some()),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            ..Default::default()
-        };
-        let exec = self
-            .docker
-            .create_exec(container, config)
-            .await
-            .map_err(|e| ContainerError::engine("exec in", container, e))?;
-        let started = self
-            .docker
-            .start_exec(&exec.id, Some(StartExecOptions::default()))
-            .await
-            .map_err(|e| ContainerError::engine("exec in", container, e))?;
+        let (exec, started) = self.start_exec(container, command, stdin.is_some()).await?;
         let StartExecResults::Attached {
             mut output,
             mut input,
@@ -126,7 +138,7 @@ impl Engine {
         // pipe: its exit code says more than the write's error.
         let inspected = self
             .docker
-            .inspect_exec(&exec.id)
+            .inspect_exec(&exec)
             .await
             .map_err(|e| ContainerError::engine("inspect exec in", container, e))?;
         if inspected.exit_code == Some(0) {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::container::LogOutput;
-use bollard::exec::{StartExecOptions, StartExecResults};
-use bollard::models::{ExecConfig, NetworkCreateRequest, VolumeCreateRequest};
+use bollard::exec::StartExecResults;
+use bollard::models::{NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptions, DownloadFromContainerOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions, StatsOptions, StopContainerOptions,
@@ -621,28 +621,7 @@ impl Engine {
         command: &[String],
         timeout: Duration,
     ) -> Result<ExecOutcome, ContainerError> {
-        let config = ExecConfig {
-            cmd: Some(command.to_vec()),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            ..Default::default()
-        };
-        let exec = self
-            .docker
-            .create_exec(container, config)
-            .await
-            .map_err(|e| ContainerError::engine("exec in", container, e))?;
-        let started = self
-            .docker
-            .start_exec(
-                &exec.id,
-                Some(StartExecOptions {
-                    detach: false,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|e| ContainerError::engine("exec in", container, e))?;
+        let (exec, started) = self.start_exec(container, command, false).await?;
         let mut output = Vec::new();
         if let StartExecResults::Attached {
             output: mut stream, ..
@@ -665,7 +644,7 @@ impl Engine {
         }
         let inspected = self
             .docker
-            .inspect_exec(&exec.id)
+            .inspect_exec(&exec)
             .await
             .map_err(|e| ContainerError::engine("inspect exec in", container, e))?;
         Ok(ExecOutcome {

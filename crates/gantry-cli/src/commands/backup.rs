@@ -48,58 +48,49 @@ impl Report for Backups {
     fn text(&self) -> String {
         let r = &self.0;
         let mut out = String::new();
-        let line = |b: &gantry_core::agent_api::BackupInfo| {
-            format!(
-                "{}  {}  {}  {} bytes  {}{}",
-                b.id,
-                utc(b.created_at),
-                gantry_core::serde_name(&b.kind),
-                b.size,
-                gantry_core::serde_name(&b.trigger),
-                b.host
-                    .as_ref()
-                    .map_or_else(String::new, |h| format!("  on {h}"))
-            )
-        };
-        match r.action {
-            "now" => {
-                for b in &r.backups {
-                    let _ = writeln!(out, "backed up {}: {}", r.service, line(b));
-                }
-            }
-            "restore" => {
-                for b in &r.backups {
-                    let _ = writeln!(
-                        out,
-                        "restored {} from {} in {} ms",
-                        r.service,
-                        line(b),
-                        r.duration_ms.unwrap_or(0)
-                    );
-                }
-            }
-            "pull" => {
-                for b in &r.backups {
-                    let _ = writeln!(
-                        out,
-                        "pulled {} to {} (sha256 {})",
-                        line(b),
-                        r.path.as_deref().unwrap_or(""),
-                        b.sha256
-                    );
-                }
-            }
-            _ => list_text(r, &mut out, &line),
+        for b in &r.backups {
+            let _ = match r.action {
+                "now" => writeln!(out, "backed up {}: {}", r.service, line(b)),
+                "restore" => writeln!(
+                    out,
+                    "restored {} from {} in {} ms",
+                    r.service,
+                    line(b),
+                    r.duration_ms.unwrap_or(0)
+                ),
+                "pull" => writeln!(
+                    out,
+                    "pulled {} to {} (sha256 {})",
+                    line(b),
+                    r.path.as_deref().unwrap_or(""),
+                    b.sha256
+                ),
+                _ => Ok(()),
+            };
+        }
+        if r.action == "list" {
+            list_text(r, &mut out);
         }
         out
     }
 }
 
-fn list_text(
-    r: &BackupReport,
-    out: &mut String,
-    line: &dyn Fn(&gantry_core::agent_api::BackupInfo) -> String,
-) {
+/// One backup on one line: id, time, kind, size, trigger and host.
+fn line(b: &gantry_core::agent_api::BackupInfo) -> String {
+    format!(
+        "{}  {}  {}  {} bytes  {}{}",
+        b.id,
+        utc(b.created_at),
+        gantry_core::serde_name(&b.kind),
+        b.size,
+        gantry_core::serde_name(&b.trigger),
+        b.host
+            .as_ref()
+            .map_or_else(String::new, |h| format!("  on {h}"))
+    )
+}
+
+fn list_text(r: &BackupReport, out: &mut String) {
     match (&r.schedule, r.keep) {
         (Some(schedule), Some(keep)) => {
             let _ = writeln!(out, "{}: backed up {schedule}, keeping {keep}", r.service);
