@@ -1,9 +1,11 @@
 //! Reporting a failure to the project's tracker hub (`[hub]` in
-//! gantry.toml): a failed deploy files an `auto_detected` bug with the
-//! host, release, error code and log tail, or, when a bug for the same
-//! cause is still open, comments on it. The cause is a fingerprint of the
-//! project, environment, error code and service, kept as a label on the
-//! bug, so the hub finds it again. The hub itself sits behind [`Tracker`],
+//! gantry.toml): a failed deploy, or a service that keeps failing (given up
+//! on after its restarts, or live but failing its health check, as `gantry
+//! status` finds it), files an `auto_detected` bug with the host, release,
+//! error code and log tail, or, when a bug for the same cause is still
+//! open, comments on it. The cause is a fingerprint of the project,
+//! environment, error code and (for a service) the service, kept as a
+//! label on the bug, so the hub finds it again. The hub itself sits behind [`Tracker`],
 //! which the binary implements over HTTP; reporting never fails a deploy
 //! further: its own failures come back as text for a warning.
 
@@ -13,6 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::Error;
+use crate::agent_api::{Instance, InstanceState, ServiceState, ServiceStatus};
 use crate::config::model::HubLink;
 
 /// A failure worth a bug.
@@ -26,7 +29,15 @@ pub struct Incident {
     pub host: Option<String>,
     pub release: Option<String>,
     pub log_tail: Vec<String>,
+    /// The failing service, for a service's failure (not a deploy's).
+    pub service: Option<String>,
 }
+
+/// The code of a service that keeps failing: an instance given up on after
+/// its restarts, waiting to be restarted, or live but failing its health
+/// check. One code for all three, so a crash loop that ends given up on is
+/// one cause, commented on as it goes.
+pub const SERVICE_FAILING: &str = "service.failing";
 
 /// What the hub said it did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -89,7 +100,71 @@ impl Incident {
             host,
             release,
             log_tail,
+            service: None,
         }
+    }
+
+    /// From a service as `gantry status` reports it: an incident when it
+    /// keeps failing (`failed`, or `degraded` with an instance unhealthy or
+    /// in backoff), none when it runs, starts or was stopped.
+    pub fn of_service(
+        project: &str,
+        environment: &str,
+        host: &str,
+        service: &ServiceStatus,
+    ) -> Option<Incident> {
+        let failing = |i: &&Instance| {
+            matches!(i.state, InstanceState::Failed | InstanceState::Backoff)
+                || (i.state == InstanceState::Live && !i.healthy)
+        };
+        let keeps_failing = match service.state {
+            ServiceState::Failed => true,
+            ServiceState::Degraded => service.instances.iter().any(|i| failing(&i)),
+            _ => false,
+        };
+        if !keeps_failing {
+            return None;
+        }
+        let instance = service.instances.iter().find(failing);
+        let mut message = match &service.reason {
+            Some(reason) => format!("Service `{}`: {reason}", service.name),
+            None => format!("Service `{}` keeps failing.", service.name),
+        };
+        for i in service.instances.iter().filter(failing) {
+            message.push_str(&format!("\n- {}", instance_line(i)));
+        }
+        Some(Incident {
+            project: project.to_owned(),
+            environment: environment.to_owned(),
+            code: SERVICE_FAILING.to_owned(),
+            message,
+            host: Some(
+                instance
+                    .and_then(|i| i.host.clone())
+                    .unwrap_or_else(|| host.to_owned()),
+            ),
+            release: service
+                .release
+                .clone()
+                .or_else(|| instance.map(|i| i.release.clone())),
+            log_tail: service.log_tail.clone(),
+            service: Some(service.name.clone()),
+        })
+    }
+
+    /// What stays the same between two looks at the same failure: the
+    /// release and each failing instance with its restarts and last exit.
+    /// `gantry status` reports again only when it changed.
+    pub fn signature(&self) -> String {
+        let digest = Sha256::digest(
+            format!(
+                "{:?}\0{}",
+                self.release,
+                self.message.lines().skip(1).collect::<Vec<_>>().join("\n")
+            )
+            .as_bytes(),
+        );
+        crate::artifact::hex(&digest)[..16].to_owned()
     }
 
     /// The same for every failure of one cause: not the release, the host
@@ -98,6 +173,11 @@ impl Incident {
         let mut hash = Sha256::new();
         for part in [&self.project, &self.environment, &self.code] {
             hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        // A deploy's cause has no service, so its label is as it was.
+        if let Some(service) = &self.service {
+            hash.update(service.as_bytes());
             hash.update([0]);
         }
         let digest = crate::artifact::hex(&hash.finalize());
@@ -109,6 +189,9 @@ impl Incident {
             "- Project: {}\n- Environment: {}\n- Error code: `{}`\n",
             self.project, self.environment, self.code
         );
+        if let Some(service) = &self.service {
+            text.push_str(&format!("- Service: {service}\n"));
+        }
         if let Some(host) = &self.host {
             text.push_str(&format!("- Host: {host}\n"));
         }
@@ -127,25 +210,53 @@ impl Incident {
     }
 
     pub fn bug(&self, product: Option<&str>) -> Bug {
-        let title: String = format!(
-            "Deploy of {} to {} failed: {}",
-            self.project, self.environment, self.code
-        )
-        .chars()
-        .take(200)
-        .collect();
+        let (title, filed_when) = match &self.service {
+            Some(service) => (
+                format!(
+                    "Service {service} of {} in {} keeps failing: {}",
+                    self.project, self.environment, self.code
+                ),
+                "a service kept failing",
+            ),
+            None => (
+                format!(
+                    "Deploy of {} to {} failed: {}",
+                    self.project, self.environment, self.code
+                ),
+                "a deploy failed",
+            ),
+        };
+        let title: String = title.chars().take(200).collect();
         Bug {
             product: product.map(str::to_owned),
             title,
-            description: format!(
-                "Filed by gantry when a deploy failed.\n\n{}",
-                self.details()
-            ),
+            description: format!("Filed by gantry when {filed_when}.\n\n{}", self.details()),
             environment: self.environment.chars().take(64).collect(),
             affected_version: self.release.clone().map(|r| r.chars().take(64).collect()),
             label: self.label(),
         }
     }
+}
+
+/// `web-1 on h1: live, unhealthy, 4 restarts, last exit: ...`.
+fn instance_line(i: &Instance) -> String {
+    let state = serde_json::to_value(i.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut line = i.id.clone();
+    if let Some(host) = &i.host {
+        line.push_str(&format!(" on {host}"));
+    }
+    line.push_str(&format!(": {state}"));
+    if i.state == InstanceState::Live && !i.healthy {
+        line.push_str(", failing its health check");
+    }
+    line.push_str(&format!(", {} restarts", i.restarts));
+    if let Some(exit) = &i.last_exit {
+        line.push_str(&format!(", last exit: {exit}"));
+    }
+    line
 }
 
 /// The host a failed deploy's report names as reverted or failed.
@@ -202,8 +313,8 @@ impl HubAccess<'_> {
         Ok((self.connect)(self.hub, key))
     }
 
-    /// Reports a failed deploy.
-    pub fn deploy_failed(&self, incident: &Incident) -> Result<Reported, String> {
+    /// Reports a failed deploy or a failing service.
+    pub fn failed(&self, incident: &Incident) -> Result<Reported, String> {
         report(
             self.tracker()?.as_ref(),
             incident,
@@ -294,6 +405,7 @@ mod tests {
             host: Some("web-1".to_owned()),
             release: Some(release.to_owned()),
             log_tail: vec!["panic: no database".to_owned()],
+            service: None,
         }
     }
 

@@ -12,6 +12,10 @@ pub enum HubError {
     Db(#[from] DbError),
     #[error("{message}")]
     Unauthorized { message: String },
+    /// A forge's webhook delivery unsigned, or signed with no product's
+    /// secret: the same code as a bad key, a hint of its own.
+    #[error("{message}")]
+    BadSignature { message: String },
     #[error("{message}")]
     Forbidden { message: String },
     #[error("{what} not found")]
@@ -74,7 +78,7 @@ impl HubError {
             HubError::Db(DbError::Location(_)) => Code::HubInvalid,
             HubError::Db(_) | HubError::Internal(_) => Code::HubStore,
             HubError::Io { .. } => Code::IoFailed,
-            HubError::Unauthorized { .. } => Code::HubUnauthorized,
+            HubError::Unauthorized { .. } | HubError::BadSignature { .. } => Code::HubUnauthorized,
             HubError::Forbidden { .. } => Code::HubForbidden,
             HubError::NotFound { .. } => Code::HubNotFound,
             HubError::Invalid { .. } => Code::HubInvalid,
@@ -97,7 +101,9 @@ impl HubError {
         match self {
             HubError::Db(DbError::Location(_)) => 400,
             HubError::Db(_) | HubError::Internal(_) | HubError::Io { .. } => 500,
-            HubError::Unauthorized { .. } | HubError::SecondFactorRequired => 401,
+            HubError::Unauthorized { .. }
+            | HubError::BadSignature { .. }
+            | HubError::SecondFactorRequired => 401,
             HubError::Forbidden { .. } => 403,
             HubError::NotFound { .. } => 404,
             HubError::Invalid { .. } | HubError::IdempotencyMismatch => 422,
@@ -122,6 +128,12 @@ impl HubError {
             }
             HubError::Unauthorized { .. } => {
                 "send `Authorization: Bearer <key>` with a key from `gantry hub key create`"
+                    .to_owned()
+            }
+            HubError::BadSignature { .. } => {
+                "sign the raw body with HMAC-SHA256 and the product's forge secret (from \
+                 `POST /api/admin/products/{key}/forge-secret`), sent as \
+                 `X-Hub-Signature-256: sha256=<hex>`"
                     .to_owned()
             }
             HubError::Claimed { .. } => {

@@ -89,6 +89,21 @@ async fn the_hub_serves_its_openapi_document(db: Db) {
         doc["components"]["securitySchemes"]["api_key"]["scheme"],
         "bearer"
     );
+    let session = &doc["components"]["securitySchemes"]["session"];
+    assert_eq!(session["type"], "apiKey", "{session}");
+    assert_eq!(session["in"], "cookie", "{session}");
+    assert_eq!(session["name"], "gantry_session", "{session}");
+    let list = &doc["paths"]["/api/agent/items"]["get"]["security"];
+    assert!(
+        list.to_string().contains("\"api_key\"") && list.to_string().contains("\"session\""),
+        "a key or a session: {list}"
+    );
+    assert!(
+        doc["paths"]["/api/session"]["get"]["security"]
+            .to_string()
+            .contains("\"session\""),
+        "whoami takes a session"
+    );
 }
 
 async fn healthz_answers_without_a_key(db: Db) {

@@ -236,6 +236,11 @@ async fn github_pull_requests_link_start_and_finish_their_item(db: Db) {
         .await;
     assert_eq!(forged.status, 401, "{}", forged.text);
     assert_eq!(forged.code(), "hub.unauthorized");
+    assert!(
+        forged.hint().contains("X-Hub-Signature-256") && !forged.hint().contains("Bearer"),
+        "a forge is told how to sign, not to send a key: {}",
+        forged.text
+    );
     let unsigned = hub
         .anonymous()
         .send_raw(

@@ -1,8 +1,11 @@
 //! `gantry deploy`.
 
+use std::collections::BTreeMap;
+
 use gantry_core::config::model::HubLink;
 use gantry_core::deploy::{DeployReport, Progress};
 use gantry_core::incident::{HubAccess, Incident, Reported, Tracker};
+use gantry_core::operate::StatusReport;
 use gantry_core::{deploy, lifecycle, plan};
 
 use super::{Context, vars};
@@ -39,10 +42,8 @@ fn connect(hub: &HubLink, key: String) -> Box<dyn Tracker> {
     Box::new(gantry_hub::HubClient::new(&hub.url, key))
 }
 
-/// Tells the project's `[hub]`, if it has one, what the deploy did: a
-/// failure is filed, what a success shipped is fixed. A hub that cannot be
-/// reached is a warning, never a second error.
-fn tell_hub(ctx: &Context<'_>, result: &Result<DeployReport, gantry_core::Error>) {
+/// `f` with the project's `[hub]`, if it has one, and the project's name.
+fn with_hub(ctx: &Context<'_>, f: impl FnOnce(&HubAccess<'_>, &str)) {
     let Ok(config) = ctx.project.load() else {
         return;
     };
@@ -56,16 +57,25 @@ fn tell_hub(ctx: &Context<'_>, result: &Result<DeployReport, gantry_core::Error>
         env_vars: &vars,
         connect: &connect,
     };
+    f(&access, &config.file.project.name);
+}
+
+/// Tells the project's `[hub]`, if it has one, what the deploy did: a
+/// failure is filed, what a success shipped is fixed. A hub that cannot be
+/// reached is a warning, never a second error.
+fn tell_hub(ctx: &Context<'_>, result: &Result<DeployReport, gantry_core::Error>) {
+    with_hub(ctx, |access, name| tell_deploy(ctx, access, name, result));
+}
+
+fn tell_deploy(
+    ctx: &Context<'_>,
+    access: &HubAccess<'_>,
+    name: &str,
+    result: &Result<DeployReport, gantry_core::Error>,
+) {
     let line = match result {
-        Err(error) => match access.deploy_failed(&Incident::of_deploy(
-            &config.file.project.name,
-            ctx.env,
-            error,
-        )) {
-            Ok(Reported::Filed(item)) => format!("hub: filed {item}"),
-            Ok(Reported::Commented(item)) => {
-                format!("hub: commented on {item}, open for the same failure")
-            }
+        Err(error) => match access.failed(&Incident::of_deploy(name, ctx.env, error)) {
+            Ok(reported) => said(&reported),
             Err(why) => format!("hub: cannot report the failure: {why}"),
         },
         Ok(report) => match access.shipped(&report.release.id) {
@@ -77,6 +87,59 @@ fn tell_hub(ctx: &Context<'_>, result: &Result<DeployReport, gantry_core::Error>
         },
     };
     ctx.progress().step(&line);
+}
+
+fn said(reported: &Reported) -> String {
+    match reported {
+        Reported::Filed(item) => format!("hub: filed {item}"),
+        Reported::Commented(item) => {
+            format!("hub: commented on {item}, open for the same failure")
+        }
+    }
+}
+
+/// `gantry status` of a project with `[hub]`: a bug filed (or the open one
+/// of the same cause commented on) for each service that keeps failing,
+/// once for each change of what fails (its release, its failing instances'
+/// restarts and last exits), remembered in the state directory's
+/// `hub-reports.json`. A hub that cannot be reached is a warning.
+pub(super) fn tell_hub_status(ctx: &Context<'_>, report: &StatusReport) {
+    with_hub(ctx, |access, name| tell_status(ctx, access, name, report));
+}
+
+fn tell_status(ctx: &Context<'_>, access: &HubAccess<'_>, name: &str, report: &StatusReport) {
+    let seen_path = ctx.state_dir.join("hub-reports.json");
+    let mut seen: BTreeMap<String, String> = std::fs::read(&seen_path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    for service in &report.status.services {
+        let Some(incident) = Incident::of_service(name, ctx.env, &report.host, service) else {
+            continue;
+        };
+        let (label, signature) = (incident.label(), incident.signature());
+        if seen.get(&label) == Some(&signature) {
+            continue;
+        }
+        let line = match access.failed(&incident) {
+            Ok(reported) => {
+                seen.insert(label, signature);
+                said(&reported)
+            }
+            Err(why) => format!("hub: cannot report {}'s failure: {why}", service.name),
+        };
+        ctx.progress().step(&line);
+    }
+    if let Ok(text) = serde_json::to_vec_pretty(&seen) {
+        let written =
+            std::fs::create_dir_all(&ctx.state_dir).and_then(|()| std::fs::write(&seen_path, text));
+        if let Err(e) = written {
+            ctx.progress().step(&format!(
+                "hub: cannot remember what was reported in {}: {e}",
+                seen_path.display()
+            ));
+        }
+    }
 }
 
 /// `gantry plan` (and `deploy --dry-run`): asks the hosts' agents what they

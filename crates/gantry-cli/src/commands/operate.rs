@@ -10,7 +10,9 @@ use crate::args::{LogsArgs, ReleasesAction, ReleasesArgs, RollbackArgs, ServiceA
 use crate::text;
 
 pub(super) fn status(ctx: &Context<'_>) -> Result<(), Failure> {
-    ctx.emit(operate::status(&ctx.project, ctx.env, &|h| ctx.connect(h))?)
+    let report = operate::status(&ctx.project, ctx.env, &|h| ctx.connect(h))?;
+    super::deploy::tell_hub_status(ctx, &report);
+    ctx.emit(report)
 }
 
 /// Lines as they come, text or one JSON object a line.

@@ -2,7 +2,9 @@
 //! the request and response types, served at `/api/openapi.json`.
 
 use axum::response::{IntoResponse, Response};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey as KeyIn, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
@@ -81,9 +83,37 @@ pub struct Document;
 
 struct ApiKey;
 
+/// The bearer key, and the session cookie a person logs in for: every
+/// operation a key may call takes a session too (changes with it also need
+/// the CSRF header), so each gets both as alternatives.
 impl Modify for ApiKey {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let by_key = serde_json::to_value(&operation.security)
+                    .is_ok_and(|v| v.to_string().contains("\"api_key\""));
+                if let (true, Some(security)) = (by_key, operation.security.as_mut()) {
+                    security.push(SecurityRequirement::new("session", Vec::<String>::new()));
+                }
+            }
+        }
         let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(KeyIn::Cookie(ApiKeyValue::with_description(
+                super::auth::SESSION_COOKIE,
+                "the session `POST /api/session` sets (HttpOnly, SameSite=Lax)",
+            ))),
+        );
         components.add_security_scheme(
             "api_key",
             SecurityScheme::Http(

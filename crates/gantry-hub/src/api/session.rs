@@ -190,7 +190,7 @@ async fn login(
 }
 
 /// The session the request came with.
-#[utoipa::path(get, path = "/api/session", tag = "session",
+#[utoipa::path(get, path = "/api/session", tag = "session", security(("session" = [])),
     responses((status = 200, body = SessionInfo), (status = "4XX", body = ErrorBody)))]
 async fn whoami(State(state): State<AppState>, signed_in: SignedIn) -> Result<Response, HubError> {
     let name = signed_in.user.name.clone();
@@ -199,7 +199,7 @@ async fn whoami(State(state): State<AppState>, signed_in: SignedIn) -> Result<Re
 }
 
 /// Log out: the session ends at once, here and wherever its cookie went.
-#[utoipa::path(delete, path = "/api/session", tag = "session",
+#[utoipa::path(delete, path = "/api/session", tag = "session", security(("session" = [])),
     params(("X-CSRF-Token" = String, Header)),
     responses((status = 204), (status = "4XX", body = ErrorBody)))]
 async fn logout(
@@ -219,6 +219,7 @@ async fn logout(
 
 /// Begin turning TOTP on (the password again, as a fresh proof).
 #[utoipa::path(post, path = "/api/session/totp", tag = "session", request_body = PasswordAgain,
+    security(("session" = [])),
     params(("X-CSRF-Token" = String, Header)),
     responses((status = 200, body = TotpEnrolment), (status = "4XX", body = ErrorBody)))]
 async fn begin_totp(
@@ -241,6 +242,7 @@ async fn begin_totp(
 /// Confirm TOTP with a code from the app: from now on logins need one; the
 /// answer holds the recovery codes.
 #[utoipa::path(post, path = "/api/session/totp/confirm", tag = "session", request_body = TotpCode,
+    security(("session" = [])),
     params(("X-CSRF-Token" = String, Header)),
     responses((status = 200, body = RecoveryCodes), (status = "4XX", body = ErrorBody)))]
 async fn confirm_totp(

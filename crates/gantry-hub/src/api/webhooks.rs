@@ -125,7 +125,7 @@ async fn receive(
         Some(signature) => signature.to_owned(),
         None if forge == Forge::Gitea => required(headers, "x-gitea-signature")?.to_owned(),
         None => {
-            return Err(HubError::Unauthorized {
+            return Err(HubError::BadSignature {
                 message: "the delivery is not signed (no X-Hub-Signature-256)".to_owned(),
             });
         }

@@ -112,10 +112,28 @@ const OUTBOX_KEEP_MS: i64 = 30 * 24 * 3600 * 1000;
 /// How long a read notification is kept; unread ones stay until read.
 const NOTIFICATION_KEEP_MS: i64 = 90 * 24 * 3600 * 1000;
 
+/// How long the audit log keeps an entry: a year, so a yearly review
+/// still finds every mutation and sign-in.
+pub const AUDIT_KEEP_MS: i64 = 366 * 24 * 3600 * 1000;
+
+/// How long an Idempotency-Key is remembered: a retry within a day answers
+/// as the first request did; after it, the same key is a new request.
+pub const IDEMPOTENCY_KEEP_MS: i64 = 24 * 3600 * 1000;
+
+/// Deletes what the hub keeps for a while only; run by the periodic task
+/// that watches deadlines (every minute by default).
 fn prune(sql: &mut dyn Sql, now: i64) -> Result<(), HubError> {
     sql.execute(
         "DELETE FROM notifications WHERE read_at IS NOT NULL AND read_at < ?",
         &[Value::Int(now - NOTIFICATION_KEEP_MS)],
+    )?;
+    sql.execute(
+        "DELETE FROM audit WHERE at < ?",
+        &[Value::Int(now - AUDIT_KEEP_MS)],
+    )?;
+    sql.execute(
+        "DELETE FROM idempotency WHERE created_at < ?",
+        &[Value::Int(now - IDEMPOTENCY_KEEP_MS)],
     )?;
     let old = "SELECT o.id FROM outbox o JOIN subscriptions s ON s.id = o.subscription_id \
                WHERE o.created_at < ? AND (o.state <> 'pending' OR s.disabled_at IS NOT NULL)";
@@ -206,5 +224,49 @@ impl Store {
             prune(sql, now)?;
             Ok(fired)
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::db::Location;
+
+    fn count(store: &Store, table: &str) -> i64 {
+        store
+            .tx(|sql| {
+                Ok(sql
+                    .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])?
+                    .map_or(Ok(0), |r| r.int(0))?)
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn old_audit_entries_and_idempotency_keys_are_pruned_and_recent_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Location::Sqlite(dir.path().join("hub.db"))).unwrap();
+        let now = clock::now();
+        store
+            .tx(|sql| {
+                for at in [now - AUDIT_KEEP_MS - 1, now - 1000] {
+                    sql.execute(
+                        "INSERT INTO audit (at, actor, action, outcome) VALUES (?, 'a', 'item.create', 'ok')",
+                        &[Value::Int(at)],
+                    )?;
+                }
+                for (key, at) in [("old", now - IDEMPOTENCY_KEEP_MS - 1), ("new", now - 1000)] {
+                    sql.execute(
+                        "INSERT INTO idempotency (key_id, idem_key, request_hash, status, body, created_at) \
+                         VALUES (1, ?, 'h', 201, '{}', ?)",
+                        &[key.into(), Value::Int(at)],
+                    )?;
+                }
+                prune(sql, now)
+            })
+            .unwrap();
+        assert_eq!(count(&store, "audit"), 1, "the year-old entry went");
+        assert_eq!(count(&store, "idempotency"), 1, "the day-old key went");
     }
 }

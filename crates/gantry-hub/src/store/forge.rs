@@ -127,7 +127,7 @@ impl Store {
             Ok(found)
         })?;
         let Some(product_id) = found else {
-            return Err(HubError::Unauthorized {
+            return Err(HubError::BadSignature {
                 message: format!("the {forge} delivery's signature matches no product's secret"),
             });
         };
