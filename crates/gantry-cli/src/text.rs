@@ -538,6 +538,12 @@ impl Report for gantry_core::register::RegisterReport {
 impl Report for gantry_core::configure::ConfigureReport {
     fn text(&self) -> String {
         let mut out = format!("{} is {}\n", self.environment, self.state);
+        let binary = &self.binary;
+        let _ = writeln!(
+            out,
+            "  gantry for hosts: {} of its {} bytes ({})",
+            binary.shipped_bytes, binary.bytes, binary.stripped
+        );
         for host in &self.hosts {
             let _ = writeln!(
                 out,

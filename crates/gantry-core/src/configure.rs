@@ -32,7 +32,20 @@ pub type OpenShell<'a> = &'a (dyn Fn(&HostSpec) -> Result<Box<dyn Shell>, Error>
 pub struct ConfigureReport {
     pub environment: String,
     pub state: Phase,
+    /// The gantry binary installed on the hosts.
+    pub binary: Binary,
     pub hosts: Vec<HostConfigured>,
+}
+
+/// This gantry, as hosts receive it: without its debug info.
+#[derive(Debug, Clone, Serialize)]
+pub struct Binary {
+    /// The binary that runs here.
+    pub bytes: u64,
+    /// The copy sent to hosts (`bytes` when it could not be stripped).
+    pub shipped_bytes: u64,
+    /// How it was stripped (`strip --strip-debug`), or why it was not.
+    pub stripped: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,14 +158,17 @@ pub fn configure(
             hint: format!("`gantry env purge {environment}` forgets it; then configure it again"),
         });
     }
-    let binary = std::fs::read(exe).map_err(Error::io("read", exe))?;
-    let sha = crate::artifact::hex(&Sha256::digest(&binary));
-    let libc = glibc_needed(&binary);
+    let (shipped, binary) = strip_debug_info(exe)?;
+    let exe = shipped.as_deref().unwrap_or(exe);
+    let bytes = std::fs::read(exe).map_err(Error::io("read", exe))?;
+    let sha = crate::artifact::hex(&Sha256::digest(&bytes));
+    let libc = glibc_needed(&bytes);
 
     let mut hosts = Vec::new();
     for host in &env.hosts {
         progress.step(&format!("configuring {}", host.name));
-        match configure_host(host, exe, (&sha, libc), shell, connect, progress) {
+        let docker = runs_images(&env, &host.name);
+        match configure_host(host, exe, (&sha, libc, docker), shell, connect, progress) {
             Ok(done) => {
                 state.hosts.insert(
                     host.name.clone(),
@@ -199,16 +215,78 @@ pub fn configure(
     Ok(ConfigureReport {
         environment: environment.to_owned(),
         state: state.state(),
+        binary,
         hosts,
     })
 }
 
+/// The tools tried, in order, to write a copy of a binary without its
+/// debug info: each takes the input and the output path.
+const STRIPPERS: [(&str, &[&str]); 2] = [
+    ("strip", &["--strip-debug", "-o", "{out}", "{in}"]),
+    ("objcopy", &["--strip-debug", "{in}", "{out}"]),
+];
+
+/// A copy of `exe` without its debug info (symbols stay, for backtraces),
+/// in a temporary file, with the sizes; `None` (and `exe` sent as it is)
+/// when no tool here can strip it, which the report says.
+fn strip_debug_info(exe: &Path) -> Result<(Option<tempfile::TempPath>, Binary), Error> {
+    let size = |path: &Path| std::fs::metadata(path).map(|m| m.len());
+    let bytes = size(exe).map_err(Error::io("read", exe))?;
+    let out = tempfile::NamedTempFile::new()
+        .map_err(Error::io("create", "a temporary file"))?
+        .into_temp_path();
+    let mut tried = Vec::new();
+    for (tool, args) in STRIPPERS {
+        let args = args.iter().map(|a| match *a {
+            "{in}" => exe.as_os_str(),
+            "{out}" => out.as_os_str(),
+            other => std::ffi::OsStr::new(other),
+        });
+        let ran = std::process::Command::new(tool)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output();
+        match ran {
+            Ok(done) if done.status.success() => {
+                let shipped_bytes = size(&out).map_err(Error::io("read", &*out))?;
+                let binary = Binary {
+                    bytes,
+                    shipped_bytes,
+                    stripped: format!("{tool} --strip-debug"),
+                };
+                return Ok((Some(out), binary));
+            }
+            Ok(done) => tried.push(format!(
+                "{tool} failed: {}",
+                String::from_utf8_lossy(&done.stderr).trim()
+            )),
+            Err(e) => tried.push(format!("no {tool}: {e}")),
+        }
+    }
+    let binary = Binary {
+        bytes,
+        shipped_bytes: bytes,
+        stripped: format!("sent with its debug info ({})", tried.join("; ")),
+    };
+    Ok((None, binary))
+}
+
 type StepError = (&'static str, Error);
+
+/// Whether some `image` service of `env` runs on host `name`.
+fn runs_images(env: &crate::config::resolve::Environment, name: &str) -> bool {
+    use crate::config::resolve::Workload;
+    env.services.values().any(|service| {
+        matches!(service.workload, Workload::Compose { .. })
+            && (service.hosts.is_empty() || service.hosts.iter().any(|h| h == name))
+    })
+}
 
 fn configure_host(
     host: &HostSpec,
     exe: &Path,
-    (sha, libc): (&str, Option<(u32, u32)>),
+    (sha, libc, docker): (&str, Option<(u32, u32)>, bool),
     open: OpenShell<'_>,
     connect: Connect<'_>,
     progress: &dyn Progress,
@@ -246,7 +324,12 @@ fn configure_host(
     steps.push(Step {
         step: "install gantry",
         changed,
-        detail: format!("gantry {VERSION} in ~/.gantry/bin"),
+        detail: if changed {
+            let sent = std::fs::metadata(exe).map_or(0, |m| m.len());
+            format!("gantry {VERSION} in ~/.gantry/bin ({sent} bytes sent)")
+        } else {
+            format!("gantry {VERSION} in ~/.gantry/bin")
+        },
     });
 
     let agent = if system.root && system.systemd {
@@ -256,6 +339,11 @@ fn configure_host(
         steps.push(prepare_directories(shell.as_ref(), system.root)?);
         "daemon"
     };
+
+    if docker {
+        progress.step(&format!("{}: checking Docker", host.name));
+        steps.push(install_docker(shell.as_ref(), system.root, agent)?);
+    }
 
     steps.push(start_agent(host, shell.as_ref(), connect, agent, progress)?);
 
@@ -316,6 +404,70 @@ fn prepare_directories(shell: &dyn Shell, root: bool) -> Result<Step, StepError>
         } else {
             format!("~/{USER_STATE_DIR} (0700)")
         },
+    })
+}
+
+/// Docker for a host that runs image services. As root: Debian's
+/// `docker.io` installed with apt-get when `dockerd` is missing, the
+/// engine started (and enabled under systemd), and the unit's user `gantry`
+/// in the group `docker` (its agent restarted to take the group). Not as
+/// root: only checked, the detail saying what root must do. Idempotent.
+fn install_docker(shell: &dyn Shell, root: bool, agent: &str) -> Result<Step, StepError> {
+    const STEP: &str = "install docker";
+    let script = if root {
+        format!(
+            "set -e; export DEBIAN_FRONTEND=noninteractive; \
+             if ! command -v dockerd >/dev/null 2>&1; then \
+               command -v apt-get >/dev/null 2>&1 || {{ echo 'dockerd is missing and there is no apt-get here: install Docker Engine 20.10 or newer' >&2; exit 3; }}; \
+               apt-get update -qq >/dev/null; apt-get install -y -qq docker.io >/dev/null; echo changed=installed; fi; \
+             if [ -d /run/systemd/system ]; then \
+               if ! systemctl is-active --quiet docker; then systemctl enable --now --quiet docker; echo changed=started; fi; \
+             elif ! docker info >/dev/null 2>&1; then \
+               service docker start >/dev/null 2>&1 || {{ echo 'dockerd is installed but does not run, and there is no systemd to start it' >&2; exit 3; }}; echo changed=started; fi; \
+             getent group docker >/dev/null || groupadd --system docker; \
+             if [ {agent} = systemd ] && ! id -nG gantry | tr ' ' '\\n' | grep -qx docker; then \
+               usermod -aG docker gantry; systemctl try-restart {unit}; echo changed=grouped; fi; \
+             i=0; until docker version --format 'version={{{{.Server.Version}}}}' 2>/dev/null; do \
+               i=$((i+1)); [ $i -lt 60 ] || {{ echo 'dockerd does not answer on /var/run/docker.sock' >&2; exit 3; }}; sleep 0.5; done",
+            unit = crate::host::AGENT_UNIT,
+        )
+    } else {
+        "if [ -w /var/run/docker.sock ]; then echo reach=yes; \
+         elif command -v dockerd >/dev/null 2>&1; then echo reach=denied; else echo reach=missing; fi; echo \"user=$(id -un)\""
+            .to_owned()
+    };
+    let ran = shell.run(&script, None).map_err(|e| (STEP, e.into()))?;
+    expect_ok(&ran, shell.name(), STEP)?;
+    let out = ran.stdout_text();
+    let field = |key: &str| {
+        out.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .collect::<Vec<_>>()
+    };
+    let detail = if root {
+        let who = if agent == "systemd" {
+            "; the agent's user gantry is in the group docker"
+        } else {
+            ""
+        };
+        let version = field("version").concat();
+        format!("Docker {version} runs{who}")
+    } else {
+        let user = field("user").concat();
+        match field("reach").concat().as_str() {
+            "yes" => format!("Docker's socket is reachable by {user}"),
+            "denied" => format!(
+                "not root: Docker is installed but {user} cannot reach /var/run/docker.sock; as root: usermod -aG docker {user}, then `gantry agent stop` here"
+            ),
+            _ => format!(
+                "not root: Docker is not installed; as root: apt-get install docker.io && usermod -aG docker {user}"
+            ),
+        }
+    };
+    Ok(Step {
+        step: STEP,
+        changed: !field("changed").is_empty(),
+        detail,
     })
 }
 
@@ -571,6 +723,39 @@ mod tests {
         // This very test binary is dynamically linked against glibc.
         let me = std::fs::read(std::env::current_exe().expect("exe")).expect("read");
         assert!(glibc_needed(&me).is_some_and(|v| v >= (2, 2)));
+    }
+
+    #[test]
+    fn hosts_receive_a_copy_without_debug_info() {
+        // This very test binary carries debug info (the test profile's).
+        let me = std::env::current_exe().unwrap();
+        let (copy, binary) = strip_debug_info(&me).unwrap();
+        let copy = copy.expect("strip is installed here");
+        assert_eq!(binary.stripped, "strip --strip-debug");
+        assert_eq!(binary.bytes, std::fs::metadata(&me).unwrap().len());
+        assert_eq!(
+            binary.shipped_bytes,
+            std::fs::metadata(&copy).unwrap().len()
+        );
+        assert!(binary.shipped_bytes < binary.bytes / 2, "{binary:?}");
+        // Still the same program: it asks for the same C library.
+        let stripped = std::fs::read(&copy).unwrap();
+        assert_eq!(
+            glibc_needed(&stripped),
+            glibc_needed(&std::fs::read(&me).unwrap())
+        );
+
+        // What no tool can strip is sent as it is, and the report says so.
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("not-elf");
+        std::fs::write(&text, b"not a binary").unwrap();
+        let (none, binary) = strip_debug_info(&text).unwrap();
+        assert!(none.is_none());
+        assert_eq!((binary.bytes, binary.shipped_bytes), (12, 12));
+        assert!(
+            binary.stripped.starts_with("sent with its debug info"),
+            "{binary:?}"
+        );
     }
 
     #[test]

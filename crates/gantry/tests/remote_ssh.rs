@@ -589,12 +589,34 @@ fn register_configure_twice_deploy_destroy() {
             .collect()
     };
     assert_eq!(changed(&first, "install gantry"), [true, true], "{first:#}");
-    for name in ["h1", "h2"] {
+    // Hosts get this very binary without its debug info: the report says
+    // how much smaller, and the step how many bytes went to each host.
+    let binary = &first["binary"];
+    let shipped = binary["shipped_bytes"].as_u64().unwrap();
+    assert_eq!(binary["bytes"], std::fs::metadata(GANTRY).unwrap().len());
+    assert!(shipped < binary["bytes"].as_u64().unwrap() / 2, "{first:#}");
+    assert_eq!(binary["stripped"], "strip --strip-debug", "{first:#}");
+    let stripped = hosts.dir().join("gantry-stripped");
+    let ran = std::process::Command::new("strip")
+        .args(["--strip-debug", "-o"])
+        .args([&stripped, std::path::Path::new(GANTRY)])
+        .status()
+        .unwrap();
+    assert!(ran.success());
+    for (name, host) in ["h1", "h2"].iter().zip(first["hosts"].as_array().unwrap()) {
         let installed = hosts.host(name).home.join(".gantry/bin/gantry");
         assert_eq!(
             std::fs::read(&installed).unwrap(),
-            std::fs::read(GANTRY).unwrap(),
-            "{name} runs this very binary"
+            std::fs::read(&stripped).unwrap(),
+            "{name} runs this very binary, stripped"
+        );
+        let detail = configure_step(host, "install gantry")["detail"].clone();
+        assert!(
+            detail
+                .as_str()
+                .unwrap()
+                .contains(&format!("({shipped} bytes sent)")),
+            "{detail}"
         );
         assert!(
             hosts

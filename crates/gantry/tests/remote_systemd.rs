@@ -425,3 +425,73 @@ fn configure_as_root_makes_the_agent_a_systemd_unit_that_survives_its_death() {
     assert_eq!(version(&host), "1");
     eprintln!("done after {:.1?}", started.elapsed());
 }
+
+/// A project with one `image` service (the Debian test image).
+fn image_project(host: &SystemdHost) -> TestProject {
+    let toml = format!(
+        r#"[project]
+name = "boxed"
+
+[services.app]
+image = "{image}"
+stop_timeout = "1s"
+"#,
+        image = gantry_testkit::images::base()
+    );
+    TestProject::new(GANTRY)
+        .file("gantry.toml", &toml)
+        .env("GANTRY_SSH_CONFIG", &host.ssh_config.display().to_string())
+}
+
+#[test]
+fn configure_installs_docker_where_image_services_run() {
+    let host = SystemdHost::start("sd2");
+    let project = image_project(&host);
+    json(&project, &["register", "sd2", "-e", "prod"]);
+    assert!(
+        !host
+            .exec(&["sh", "-c", "command -v dockerd"])
+            .status
+            .success(),
+        "the host starts without Docker"
+    );
+
+    // configure installs Debian's docker.io, starts it, and lets the
+    // agent's user reach its socket.
+    let first = json(&project, &["configure", "-e", "prod"]);
+    let docker = configure_step(&first["hosts"][0], "install docker");
+    assert_eq!(docker["changed"], true, "{first:#}");
+    assert!(
+        docker["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the agent's user gantry is in the group docker"),
+        "{docker:#}"
+    );
+    assert_eq!(
+        host.exec_ok(&["systemctl", "is-active", "docker"]),
+        "active"
+    );
+    assert_eq!(
+        host.exec_ok(&["systemctl", "is-enabled", "docker"]),
+        "enabled"
+    );
+    assert!(
+        host.exec_ok(&["id", "-nG", "gantry"])
+            .split_whitespace()
+            .any(|g| g == "docker")
+    );
+    // The agent, as gantry, talks to the engine.
+    host.exec_ok(&[
+        "setpriv",
+        "--reuid=gantry",
+        "--regid=gantry",
+        "--init-groups",
+        "docker",
+        "info",
+    ]);
+
+    // Again: nothing changes.
+    let second = json(&project, &["configure", "-e", "prod"]);
+    assert!(unchanged(&second), "{second:#}");
+}
