@@ -1288,7 +1288,13 @@ mod tests {
         let (_dir, project) =
             crate::fake::project_rolling_out(&hosts, 2, "verify = \"1s\"\ncanary = true\n");
         let fleet = Fleet::meeting(hosts.map(|h| (h, ran(Script::default()))), 1);
-        deploy_to(&fleet, &project, &DeployOptions::default(), &Said::default()).unwrap();
+        deploy_to(
+            &fleet,
+            &project,
+            &DeployOptions::default(),
+            &Said::default(),
+        )
+        .unwrap();
         let calls = fleet.calls();
         let watched = calls
             .iter()
