@@ -336,3 +336,62 @@ backup = { schedule = "every 1d", kind = "files" }
         "{schedule:#?}"
     );
 }
+
+#[test]
+fn deploy_verify_and_canary_default_merge_per_environment_and_are_checked() {
+    let text = r#"
+[project]
+name = "shop"
+[services.web]
+run = "./web"
+port = "http"
+[deploy]
+verify = "20s"
+[environments.prod]
+hosts = ["local"]
+deploy = { canary = true }
+[environments.quick]
+hosts = ["local"]
+deploy = { verify = "0s" }
+"#;
+    let file = parse("gantry.toml", text, &no_vars).expect("valid");
+    let config = Config {
+        path: "gantry.toml".into(),
+        file,
+    };
+    let prod = config.environment("prod").expect("prod");
+    assert_eq!(
+        (prod.verify.to_string().as_str(), prod.canary),
+        ("20s", true)
+    );
+    let quick = config.environment("quick").expect("quick");
+    assert_eq!((quick.verify.as_millis(), quick.canary), (0, false));
+    let bare = parse(
+        "gantry.toml",
+        "[project]\nname = \"shop\"\n[services.web]\nrun = \"./web\"\nport = \"http\"\n",
+        &no_vars,
+    )
+    .expect("valid");
+    let local = Config {
+        path: "gantry.toml".into(),
+        file: bare,
+    }
+    .environment(LOCAL)
+    .expect("local");
+    assert_eq!(local.verify.to_string(), "5s");
+
+    let found = errors(
+        "[project]\nname = \"shop\"\n[services.web]\nrun = \"./web\"\nport = \"http\"\n\
+         [deploy]\nverify = \"11m\"\n[environments.prod]\nhosts = [\"local\"]\n\
+         deploy = { verify = \"0s\", canary = true }\n",
+    );
+    let codes: Vec<(&str, String)> = found.iter().map(|d| (d.code, d.path.to_string())).collect();
+    assert!(
+        codes.contains(&("config.invalid_value", "deploy.verify".to_owned()))
+            && codes.contains(&(
+                "config.conflict",
+                "environments.prod.deploy.canary".to_owned()
+            )),
+        "{codes:?}"
+    );
+}

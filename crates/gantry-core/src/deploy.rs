@@ -549,25 +549,8 @@ impl HostPlan<'_> {
                 return outcome;
             }
         }
-        let config_hash = {
-            let text = serde_json::to_string(services).unwrap_or_default();
-            artifact::hex(&Sha256::digest(text.as_bytes()))
-        };
         progress.step(&format!("deploying {} to {}", self.project, agent.name()));
-        let mut specs: Vec<ServiceSpec> = services.iter().map(ServiceSpec::from).collect();
-        self.images.pin(&mut specs);
-        let request = DeployRequest {
-            project: self.project.to_owned(),
-            environment: self.environment.to_owned(),
-            config_hash,
-            artifact: self.scan.artifact.clone(),
-            spec_version: crate::agent_api::v1::revision_needed(&specs)
-                .max(crate::agent_api::v1::DEPLOYMENT_REVISION),
-            services: specs,
-            secrets: self.secrets.clone(),
-            rollback_of: None,
-            deployment: Some(self.deployment.clone()),
-        };
+        let request = self.request(services);
         let result = match agent.deploy(&request) {
             Ok(result) => result,
             Err(e) => {
@@ -642,6 +625,28 @@ impl HostPlan<'_> {
         }
         outcome.detail = Some(failed);
         outcome
+    }
+
+    /// The deploy request every host of the rollout gets for `services`.
+    fn request(&self, services: &[Service]) -> DeployRequest {
+        let config_hash = {
+            let text = serde_json::to_string(services).unwrap_or_default();
+            artifact::hex(&Sha256::digest(text.as_bytes()))
+        };
+        let mut specs: Vec<ServiceSpec> = services.iter().map(ServiceSpec::from).collect();
+        self.images.pin(&mut specs);
+        DeployRequest {
+            project: self.project.to_owned(),
+            environment: self.environment.to_owned(),
+            config_hash,
+            artifact: self.scan.artifact.clone(),
+            spec_version: crate::agent_api::v1::revision_needed(&specs)
+                .max(crate::agent_api::v1::DEPLOYMENT_REVISION),
+            services: specs,
+            secrets: self.secrets.clone(),
+            rollback_of: None,
+            deployment: Some(self.deployment.clone()),
+        }
     }
 
     fn upload(&self, agent: &dyn Host, progress: &dyn Progress) -> Result<Upload, Error> {
@@ -1288,7 +1293,13 @@ mod tests {
         let (_dir, project) =
             crate::fake::project_rolling_out(&hosts, 2, "verify = \"1s\"\ncanary = true\n");
         let fleet = Fleet::meeting(hosts.map(|h| (h, ran(Script::default()))), 1);
-        deploy_to(&fleet, &project, &DeployOptions::default(), &Said::default()).unwrap();
+        deploy_to(
+            &fleet,
+            &project,
+            &DeployOptions::default(),
+            &Said::default(),
+        )
+        .unwrap();
         let calls = fleet.calls();
         let watched = calls
             .iter()

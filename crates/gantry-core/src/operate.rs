@@ -3,12 +3,12 @@
 
 use serde::Serialize;
 
+use crate::agent_api::DeploymentMark;
 use crate::agent_api::{
     LogLine, Outcome, Release, RollbackRequest, ServiceSelector, ServiceState, ServiceStatus,
     Status,
 };
 use crate::config::resolve::Host as HostSpec;
-use crate::agent_api::DeploymentMark;
 use crate::deploy::{DeployReport, HostDeploy, conclude, secret_values};
 use crate::deployments::Target;
 use crate::host::{Host, LogQuery};
@@ -272,9 +272,11 @@ pub fn rollback(
     let target = rollback_target(&env, connect, to)?;
     let mark = Some(crate::deployments::new_mark());
     let mut report = match target {
-        Target::PerHost { to } => redeploy(&env, environment, secrets, connect, mark.clone(), &|_| {
-            Ok(to.clone())
-        }),
+        Target::PerHost { to } => {
+            redeploy(&env, environment, secrets, connect, mark.clone(), &|_| {
+                Ok(to.clone())
+            })
+        }
         Target::Deployment { releases, .. } => {
             redeploy(&env, environment, secrets, connect, mark.clone(), &|host| {
                 Ok(releases
@@ -754,7 +756,11 @@ mod tests {
                 .iter()
                 .filter(|c| c.contains("rollback"))
                 .collect::<Vec<_>>(),
-            ["h1 rollback to r2", "h2 rollback to r2", "h3 rollback to r2"]
+            [
+                "h1 rollback to r2",
+                "h2 rollback to r2",
+                "h3 rollback to r2"
+            ]
         );
         // d2 never reached h2: refused before any host is touched.
         let before = fleet.calls_to("rollback").len();

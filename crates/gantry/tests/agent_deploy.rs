@@ -385,3 +385,60 @@ fn the_hello_example_deploys_when_copied_out_of_the_repository() {
     let version = std::fs::read_to_string(example.join("VERSION")).expect("VERSION");
     assert_web_answers(service(&report, "web"), version.trim());
 }
+
+/// The release after the first answers, then its web instances exit five
+/// seconds after they start: inside the verify window, so the deploy goes
+/// back to the first release and says why.
+#[test]
+fn a_release_that_starts_crashing_after_its_cutover_is_reverted_in_its_verify_window() {
+    let p = hello("verify-revert", "1");
+    deploy(&p);
+    let crashing = "#!/bin/sh\nbin/hello-web & web=$!\nsleep 5\nkill $web\nexit 1\n";
+    let p = p
+        .file("bin/crashing-web", crashing)
+        .file("VERSION", "2\n")
+        .file(
+            "gantry.toml",
+            &format!(
+                "{}\n[deploy]\nverify = \"15s\"\n",
+                hello_toml("verify-revert", "bin/crashing-web")
+            ),
+        );
+    let path = p.path().join("bin/crashing-web");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+
+    let failed = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
+    failed.expect_code(6);
+    let error = &failed.json()["error"];
+    assert_eq!(error["code"], "deploy.verify_failed", "{error:#}");
+    let message = error["message"].as_str().expect("message");
+    assert!(
+        message.contains("service `web`") && message.contains("15 s verify window"),
+        "{message}"
+    );
+    assert_eq!(
+        error["details"]["hosts"][0]["outcome"], "reverted",
+        "{error:#}"
+    );
+
+    // The first version answers again, from a release of its own.
+    let status = status(&p);
+    let web = service(&status, "web");
+    assert_eq!(web["state"], "running", "{web:#}");
+    assert_web_answers(web, "1");
+    let releases = json(&p, &["releases"]);
+    let r2 = releases["releases"]
+        .as_array()
+        .expect("releases")
+        .iter()
+        .find(|r| r["id"] == "r2")
+        .expect("r2");
+    assert_eq!(r2["outcome"], "failed", "{r2:#}");
+    assert!(
+        r2["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("failed its verify window: service `web`")),
+        "{r2:#}"
+    );
+}

@@ -537,6 +537,114 @@ fn a_cut_link_stops_the_rollout_and_a_second_deploy_is_refused() {
     }
 }
 
+/// Each host's outcome in a deploy report.
+fn outcomes(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| {
+            (
+                h["host"].as_str().unwrap().to_owned(),
+                h["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The known bug of per-host rollbacks: a rollout stopped at a host cut
+/// off, retried, left the first host with two releases of the new version,
+/// and a rollback took it to the second. Deployments span the environment:
+/// the rollback takes every host back to the earlier version.
+#[test]
+fn a_rollout_retried_after_a_cut_off_host_rolls_back_everywhere() {
+    let hosts = TestHosts::start(3);
+    let all = ["h1", "h2", "h3"];
+    for name in all {
+        hosts.host(name).install_gantry(GANTRY.as_ref());
+    }
+    let project = remote_project(&hosts, &all, "1");
+    let args = ["deploy", "-e", "prod", "--skip-build", "--output", "json"];
+    project.gantry(&args).expect_code(0);
+
+    // Version 2 while h2 is cut off: h1 runs it, the rollout stops at h2.
+    std::fs::write(project.path().join("VERSION"), "2\n").unwrap();
+    hosts.host("h2").cut();
+    let stopped = project.gantry(&args);
+    stopped.expect_code(6);
+    hosts.host("h2").restore();
+    assert_eq!(versions(&hosts, &all), ["2", "1", "1"]);
+
+    // The retry: h1 already runs version 2 and makes no second release of it.
+    let retried = project.gantry(&args);
+    retried.expect_code(0);
+    let retried = retried.json();
+    let pairs = |list: [(&str, &str); 3]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(h, o)| ((*h).to_owned(), (*o).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        outcomes(&retried),
+        pairs([("h1", "unchanged"), ("h2", "deployed"), ("h3", "deployed")]),
+        "{retried:#}"
+    );
+    assert_eq!(versions(&hosts, &all), ["2", "2", "2"]);
+
+    // gantry releases -e lists the three deployments and who runs which.
+    let listed = project
+        .gantry(&["releases", "-e", "prod", "--output", "json"])
+        .json();
+    let deployments = listed["deployments"].as_array().expect("deployments");
+    let states: Vec<(&str, bool)> = deployments
+        .iter()
+        .map(|d| (d["state"].as_str().unwrap(), d["current"] == true))
+        .collect();
+    assert_eq!(
+        states,
+        [("complete", true), ("partial", false), ("complete", false)],
+        "{listed:#}"
+    );
+    assert_eq!(deployments[0]["id"], retried["deployment"], "{listed:#}");
+    assert_eq!(deployments[0]["hosts"][0]["kept"], true, "{listed:#}");
+    let text = project.gantry(&["releases", "-e", "prod", "--output", "text"]);
+    text.expect_code(0);
+    assert!(
+        text.stdout.contains("deployments, newest first:")
+            && text.stdout.contains("h1 r2 succeeded (kept), runs it"),
+        "{}",
+        text.stdout
+    );
+
+    // Every host goes back to version 1, h1 included.
+    project
+        .gantry(&["rollback", "-e", "prod", "--output", "json"])
+        .expect_code(0);
+    assert_eq!(versions(&hosts, &all), ["1", "1", "1"]);
+
+    // Deploying version 1 again changes nothing anywhere.
+    std::fs::write(project.path().join("VERSION"), "1\n").unwrap();
+    let same = project.gantry(&args);
+    same.expect_code(0);
+    let same = same.json();
+    assert_eq!(
+        outcomes(&same),
+        pairs([
+            ("h1", "unchanged"),
+            ("h2", "unchanged"),
+            ("h3", "unchanged")
+        ]),
+        "{same:#}"
+    );
+    let text = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "text"]);
+    text.expect_code(0);
+    assert!(
+        text.stdout.starts_with("unchanged: every host"),
+        "{}",
+        text.stdout
+    );
+}
+
 #[test]
 fn register_configure_twice_deploy_destroy() {
     let hosts = TestHosts::start(2);

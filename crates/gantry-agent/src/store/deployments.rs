@@ -62,16 +62,29 @@ mod tests {
         let store = Store::open_in_memory().expect("store");
         store.insert_release(&release("shop", "r1", 1)).expect("r1");
         store.insert_release(&release("shop", "r2", 2)).expect("r2");
-        store.mark_deployment("shop", "r1", &mark("d1", 10)).expect("d1");
-        store.mark_deployment("shop", "r2", &mark("d2", 20)).expect("d2");
-        store.mark_deployment("shop", "r2", &mark("d3", 30)).expect("d3");
+        store
+            .mark_deployment("shop", "r1", &mark("d1", 10))
+            .expect("d1");
+        store
+            .mark_deployment("shop", "r2", &mark("d2", 20))
+            .expect("d2");
+        store
+            .mark_deployment("shop", "r2", &mark("d3", 30))
+            .expect("d3");
         // A retried request of d3 records nothing new.
-        store.mark_deployment("shop", "r2", &mark("d3", 31)).expect("d3 again");
+        store
+            .mark_deployment("shop", "r2", &mark("d3", 31))
+            .expect("d3 again");
 
         let all = store.releases("shop").expect("releases");
         let marks: Vec<(String, Vec<String>)> = all
             .iter()
-            .map(|r| (r.id.clone(), r.deployments.iter().map(|d| d.id.clone()).collect()))
+            .map(|r| {
+                (
+                    r.id.clone(),
+                    r.deployments.iter().map(|d| d.id.clone()).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             marks,

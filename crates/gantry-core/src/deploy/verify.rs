@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::Error;
 use crate::agent_api::{InstanceState, Outcome, Reverted, RollbackRequest, Status};
 use crate::deploy::{HostDeploy, HostOutcome, Progress};
 use crate::host::Host;
-use crate::Error;
 
 /// How often the new release's instances are looked at during the window.
 const POLL: Duration = Duration::from_millis(250);
@@ -70,7 +70,9 @@ impl Watch<'_> {
         outcome.verify_failed = true;
         outcome.outcome = HostOutcome::Failed;
         let Some(back) = outcome.previous.clone() else {
-            outcome.error = Some(format!("{reason}; there is no earlier release to go back to"));
+            outcome.error = Some(format!(
+                "{reason}; there is no earlier release to go back to"
+            ));
             return;
         };
         progress.step(&format!("{}: {reason}; going back to {back}", agent.name()));
@@ -99,7 +101,12 @@ impl Watch<'_> {
 
     /// The first sign, within the window, that `release` is not well; an
     /// agent that does not answer meanwhile is asked again.
-    fn first_problem(&self, agent: &dyn Host, release: &str, unchanged: &[String]) -> Option<String> {
+    fn first_problem(
+        &self,
+        agent: &dyn Host,
+        release: &str,
+        unchanged: &[String],
+    ) -> Option<String> {
         let deadline = Instant::now() + self.window;
         loop {
             if let Ok(status) = agent.status(self.project)
@@ -140,7 +147,10 @@ fn problem(status: &Status, release: &str, unchanged: &[String]) -> Option<Strin
                 _ => None,
             };
             if let Some(what) = what {
-                return Some(format!("service `{}`: instance {} {what}", service.name, i.id));
+                return Some(format!(
+                    "service `{}`: instance {} {what}",
+                    service.name, i.id
+                ));
             }
         }
     }
@@ -149,12 +159,7 @@ fn problem(status: &Status, release: &str, unchanged: &[String]) -> Option<Strin
 
 /// The error of a rollout that stopped at host `at`, whose release failed
 /// its verify window.
-pub(crate) fn failed(
-    project: &str,
-    environment: &str,
-    hosts: &[HostDeploy],
-    at: usize,
-) -> Error {
+pub(crate) fn failed(project: &str, environment: &str, hosts: &[HostDeploy], at: usize) -> Error {
     let details = serde_json::json!({
         "project": project,
         "environment": environment,
@@ -184,7 +189,10 @@ mod tests {
             batches(&hosts, 2, true),
             [&[1][..], &[2, 3][..], &[4, 5][..]]
         );
-        assert_eq!(batches(&hosts, 2, false), [&[1, 2][..], &[3, 4][..], &[5][..]]);
+        assert_eq!(
+            batches(&hosts, 2, false),
+            [&[1, 2][..], &[3, 4][..], &[5][..]]
+        );
         assert!(batches::<u8>(&[], 2, true).is_empty());
     }
 }
