@@ -15,7 +15,7 @@
 //! 4. one instance: `addresses` (of the services it depends on),
 //!    `container_instance` (an image service's), `instance`, `fingerprint`
 //!    (what it runs, as a digest), and what runs now: `status`, `logs`;
-//! 5. operations: `deploy` (and `retire`), `rollback`, `control`, `exec`,
+//! 5. operations: `task` (a release's one-off commands), `deploy` (and `retire`), `rollback`, `control`, `exec`,
 //!    `history`, `images` (loading shipped images), `supervisor`, `reconcile`;
 //! 6. `api` (the only module that knows HTTP) and `openapi`;
 //! 7. `daemon`, which starts it all, and `run_exec` (`gantry agent exec`).
@@ -56,6 +56,7 @@ mod status;
 mod store;
 mod supervisor;
 mod tails;
+mod task;
 mod upload;
 
 pub mod run_exec;
@@ -103,6 +104,7 @@ mod tests {
             "logs",
         ],
         &[
+            "task",
             "retire",
             "deploy",
             "rollback",

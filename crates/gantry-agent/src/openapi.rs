@@ -5,8 +5,8 @@
 
 use gantry_core::agent_api::{
     AgentInfo, ApiErrorBody, BlobList, BlobReceipt, DeployRequest, DeployResult, ExecSpec,
-    ImageLoaded, ImageManifest, LockGrant, LockRelease, LockRequest, LockState, LogLine, ProxyInfo,
-    Release, RollbackRequest, ServiceSelector, Status,
+    ImageLoaded, ImageManifest, LockGrant, LockRelease, LockRequest, LockState, LogLine, Phase,
+    ProxyInfo, Release, RollbackRequest, ServiceSelector, Status, Task,
 };
 use gantry_core::endpoint::Endpoint;
 use schemars::generate::SchemaSettings;
@@ -78,6 +78,11 @@ fn describe(endpoint: Endpoint) -> (&'static str, Option<&'static str>, &'static
             None,
             "ExecSpec",
         ),
+        Endpoint::RunTask => (
+            "Run a one-off task of a release (`migrate.post`) as its service runs; its phase, output included (secret values hidden), is kept in the release. A command that exits non-zero is a phase that says so",
+            Some("Task"),
+            "Phase",
+        ),
         Endpoint::LockState => (
             "Who holds an environment's deploy lock (?environment=ENV)",
             None,
@@ -135,7 +140,9 @@ pub fn document() -> Value {
         Release,
         RollbackRequest,
         ServiceSelector,
-        Status
+        Status,
+        Task,
+        Phase
     );
     for (name, schema) in generator.take_definitions(true) {
         schemas.insert(name, schema);

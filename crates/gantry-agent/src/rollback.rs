@@ -52,6 +52,8 @@ pub(crate) async fn rollback(
         services: target.services.clone(),
         secrets: request.secrets,
         rollback_of: Some(target.id.clone()),
+        // A rollback runs no migration: the release's tasks ran when it was new.
+        tasks: Vec::new(),
     };
     deploy::run(agent, deploy).await
 }

@@ -340,6 +340,7 @@ pub(super) mod tests {
             service: Some("web".to_owned()),
             started_at: 1,
             duration_ms: 20,
+            task: None,
         }];
         store.update_release(&r1).expect("update");
         let back = store
