@@ -28,7 +28,8 @@ use crate::agent::Agent;
 use crate::error::AgentError;
 use crate::logs::LogQuery;
 use crate::{
-    admission, backup, control, deploy, exec, history, images, logs, openapi, rollback, upload,
+    admission, backup, control, deploy, exec, history, images, logs, openapi, rollback, task,
+    upload,
 };
 
 /// The largest JSON body the API reads. Blobs stream and are not bound by it.
@@ -127,6 +128,7 @@ fn handler(endpoint: Endpoint) -> MethodRouter<Arc<Agent>> {
         Endpoint::Stop => on(method, stop),
         Endpoint::Restart => on(method, restart),
         Endpoint::ExecSpec => on(method, exec_spec),
+        Endpoint::RunTask => on(method, run_task),
         Endpoint::LockState => on(method, lock_state),
         Endpoint::TakeLock => on(method, take_lock),
         Endpoint::ReleaseLock => on(method, release_lock),
@@ -224,6 +226,14 @@ async fn exec_spec(
     Path((project, service)): Path<(String, String)>,
 ) -> Answer<ExecSpec> {
     exec::exec_spec(&agent, project, service).await.map(Json)
+}
+
+async fn run_task(
+    State(agent): Shared,
+    Path((project, id)): Path<(String, String)>,
+    Json(request): Json<gantry_core::agent_api::Task>,
+) -> Answer<gantry_core::agent_api::Phase> {
+    task::run(&agent, project, id, request).await.map(Json)
 }
 
 #[derive(Deserialize)]

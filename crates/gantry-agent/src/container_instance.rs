@@ -258,7 +258,11 @@ fn follow_logs(agent: &Agent, engine: &Engine, record: &InstanceRecord, from_sta
 
 /// The project's secret values the service names, from the agent's
 /// secrets file.
-fn secret_values(agent: &Agent, project: &str, names: &[String]) -> BTreeMap<String, SecretValue> {
+pub fn secret_values(
+    agent: &Agent,
+    project: &str,
+    names: &[String],
+) -> BTreeMap<String, SecretValue> {
     let all = crate::credentials::read_secrets(&agent.paths.secrets(project));
     names
         .iter()

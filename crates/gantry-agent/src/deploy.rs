@@ -11,7 +11,9 @@ use std::sync::Arc;
 use gantry_core::Code;
 use gantry_core::agent_api::ServiceSpec;
 use gantry_core::agent_api::v1::DeployStrategy;
-use gantry_core::agent_api::{DeployRequest, DeployResult, InstanceState, Outcome, Phase, Release};
+use gantry_core::agent_api::{
+    DeployRequest, DeployResult, InstanceState, Outcome, Phase, Release, Task,
+};
 
 use crate::agent::{Agent, now_ms};
 use crate::artifact;
@@ -41,6 +43,7 @@ impl Timer<'_> {
             service: service.map(str::to_owned),
             started_at,
             duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+            task: None,
         });
         out
     }
@@ -149,8 +152,19 @@ async fn deploy(
             .await?;
     }
 
+    // Before any of the release's instances starts: a task that fails
+    // leaves every service on its previous release.
+    if let Some(failure) = run_tasks(agent, &mut timer, &release, &request.tasks).await {
+        release.outcome = Outcome::Failed;
+        release.reason = Some(failure.reason);
+        release.log_tail = failure.log_tail;
+    }
     let mut unchanged = Vec::new();
-    for service in &request.services {
+    for service in request
+        .services
+        .iter()
+        .filter(|_| release.outcome == Outcome::Deploying)
+    {
         match roll_service(agent, &mut timer, &release, service, cutover).await {
             Ok(Rolled::Replaced) => {}
             Ok(Rolled::Unchanged) => unchanged.push(service.name.clone()),
@@ -180,6 +194,39 @@ async fn deploy(
         unchanged,
         kept: false,
     })
+}
+
+/// Runs the release's tasks in order; the first that fails (or cannot
+/// run) ends them with why and the end of its output.
+async fn run_tasks(
+    agent: &Agent,
+    timer: &mut Timer<'_>,
+    release: &Release,
+    tasks: &[Task],
+) -> Option<StartFailure> {
+    for task in tasks {
+        let phase = match crate::task::phase(agent, release, task).await {
+            Ok(phase) => phase,
+            Err(e) => return Some(failed(format!("{e}; no new instance started"))),
+        };
+        let ended = phase.task.clone();
+        timer.phases.push(phase);
+        if let Some(out) = ended.filter(|t| !t.succeeded()) {
+            let how = out.exit_code.map_or_else(
+                || "was killed".to_owned(),
+                |code| format!("exited with code {code}"),
+            );
+            let skip = out.output.len().saturating_sub(20);
+            return Some(StartFailure {
+                reason: format!(
+                    "`{}` of `{}` {how}; no new instance started",
+                    task.phase, task.service
+                ),
+                log_tail: out.output.into_iter().skip(skip).collect(),
+            });
+        }
+    }
+    None
 }
 
 /// What must hold before anything of a deploy is written: every blob of

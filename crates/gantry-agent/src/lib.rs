@@ -16,9 +16,10 @@
 //! 4. one instance: `addresses` (of the services it depends on),
 //!    `container_instance` (an image service's), `instance`, `fingerprint`
 //!    (what it runs, as a digest), and what runs now: `status`, `logs`;
-//! 5. operations: `deploy` (and `retire`), `rollback`, `control`, `exec`,
-//!    `history`, `images` (loading shipped images), `supervisor`, `reconcile`,
-//!    `backup` (taking, scheduling and restoring backups);
+//! 5. operations: `task` (a release's one-off commands), `deploy` (and
+//!    `retire`), `rollback`, `control`, `exec`, `history`, `images` (loading
+//!    shipped images), `supervisor`, `reconcile`, `backup` (taking,
+//!    scheduling and restoring backups);
 //! 6. `api` (the only module that knows HTTP) and `openapi`;
 //! 7. `daemon`, which starts it all, and `run_exec` (`gantry agent exec`).
 
@@ -61,6 +62,7 @@ mod status;
 mod store;
 mod supervisor;
 mod tails;
+mod task;
 mod upload;
 
 pub mod run_exec;
@@ -109,6 +111,7 @@ mod tests {
             "logs",
         ],
         &[
+            "task",
             "retire",
             "kept",
             "deploy",

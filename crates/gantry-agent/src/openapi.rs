@@ -6,7 +6,8 @@
 use gantry_core::agent_api::{
     AgentInfo, ApiErrorBody, BackupInfo, BackupList, BackupRestored, BlobList, BlobReceipt,
     DeployRequest, DeployResult, ExecSpec, ImageLoaded, ImageManifest, LockGrant, LockRelease,
-    LockRequest, LockState, LogLine, ProxyInfo, Release, RollbackRequest, ServiceSelector, Status,
+    LockRequest, LockState, LogLine, Phase, ProxyInfo, Release, RollbackRequest, ServiceSelector,
+    Status, Task,
 };
 use gantry_core::endpoint::Endpoint;
 use schemars::generate::SchemaSettings;
@@ -77,6 +78,11 @@ fn describe(endpoint: Endpoint) -> (&'static str, Option<&'static str>, &'static
             "How to run a command as the service runs: release directory and environment (no secret values)",
             None,
             "ExecSpec",
+        ),
+        Endpoint::RunTask => (
+            "Run a one-off task of a release (`migrate.post`) as its service runs; its phase, output included (secret values hidden), is kept in the release. A command that exits non-zero is a phase that says so",
+            Some("Task"),
+            "Phase",
         ),
         Endpoint::LockState => (
             "Who holds an environment's deploy lock (?environment=ENV)",
@@ -158,7 +164,9 @@ pub fn document() -> Value {
         Release,
         RollbackRequest,
         ServiceSelector,
-        Status
+        Status,
+        Task,
+        Phase
     );
     for (name, schema) in generator.take_definitions(true) {
         schemas.insert(name, schema);

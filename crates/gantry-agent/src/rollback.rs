@@ -58,6 +58,8 @@ pub(crate) async fn rollback(
         secrets: request.secrets,
         rollback_of: Some(target.id.clone()),
         deployment: request.deployment,
+        // A rollback runs no migration: the release's tasks ran when it was new.
+        tasks: Vec::new(),
     };
     deploy::run(agent, deploy).await
 }

@@ -295,6 +295,18 @@ impl Report for gantry_core::deploy::DeployReport {
                     .collect::<String>()
             );
         }
+        for t in &self.tasks {
+            let _ = writeln!(
+                out,
+                "  {} of {} on {} ({}): {}, {} line(s) of output kept",
+                t.phase,
+                t.service,
+                t.host,
+                t.release,
+                t.how(),
+                t.ended.output.len()
+            );
+        }
         services_text(&mut out, &self.services);
         for name in &self.unchanged {
             let _ = writeln!(out, "  {name} unchanged: left running, not restarted");

@@ -335,15 +335,19 @@ pub struct Resources {
 }
 
 /// Migrations: numbered SQL files the built-in engine applies (`sql` and `database`, see
-/// `gantry migrate`), and commands run around a deploy (`pre`, `post`; not supported yet).
+/// `gantry migrate`), and commands a deploy runs around its rollout (`pre`, `post`).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Migrate {
-    /// A command run once before new instances start; a failure stops the deploy (not supported
-    /// yet: `validate` refuses it).
+    /// A command (run by `sh -c`) run once per environment, before any new instance starts: on
+    /// the first host that runs the service, in the new release's environment (its files, env
+    /// and secrets; for an image service, a container of the new image). If it fails, the deploy
+    /// stops with every host still on its old release. Its output is kept in the release.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pre: Option<String>,
-    /// A command run once after the new instances are live (not supported yet: `validate` refuses it).
+    /// A command run once after every host runs the new release, on the first host that runs
+    /// the service, as `pre` runs. If it fails, the deploy fails (`migrate.command_failed`) but
+    /// the release stays live. Its output is kept in the release.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub post: Option<String>,
     /// A directory of the project holding SQL migrations named `NNNN_name.sql` (like

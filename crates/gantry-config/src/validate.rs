@@ -557,7 +557,7 @@ fn check_backup(
 }
 
 /// `migrate`: the SQL engine's `sql` and `database` go together and name a
-/// variable the service has; `pre` and `post` commands are not run yet.
+/// variable the service has; `pre` and `post` are commands a deploy runs.
 fn check_migrate(
     c: &mut Checker<'_>,
     name: &str,
@@ -567,14 +567,16 @@ fn check_migrate(
     let Some(m) = &s.migrate else {
         return;
     };
-    for (key, set) in [("pre", m.pre.is_some()), ("post", m.post.is_some())] {
-        if set {
+    for (key, command) in [("pre", &m.pre), ("post", &m.post)] {
+        if command.as_ref().is_some_and(|c| c.trim().is_empty()) {
             c.push(
-                Problem::Unsupported,
+                Problem::InvalidValue,
                 locate(name, &["migrate", key]),
                 true,
-                format!("`migrate.{key}` of `{name}` is not supported yet: a deploy would not run it"),
-                Some("for SQL migrations use migrate = { sql = \"migrations\", database = \"DATABASE_URL\" }; run other commands yourself with `gantry exec SERVICE -- COMMAND`".to_owned()),
+                format!("`migrate.{key}` of `{name}` is empty: a deploy would run nothing"),
+                Some(format!(
+                    "give the command to run, like {key} = \"./manage migrate\", or remove `{key}`"
+                )),
             );
         }
     }

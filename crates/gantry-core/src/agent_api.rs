@@ -127,9 +127,14 @@ pub struct DeployRequest {
     /// release. With one, a host that already runs this artifact and
     /// configuration (same secrets, every service live) makes no new
     /// release: it records the deployment on the release it runs and
-    /// answers with it ([`DeployResult::kept`]). Spec revision 4.
+    /// answers with it ([`DeployResult::kept`]). Spec revision 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<DeploymentMark>,
+    /// Tasks run once the release's files are in place and before any of
+    /// its instances starts (`migrate.pre`); one that fails fails the
+    /// release with every service left on its previous one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<Task>,
 }
 
 /// One environment-wide deployment as a host records it: its id (made by
@@ -176,6 +181,41 @@ pub struct Phase {
     /// Unix time in milliseconds.
     pub started_at: u64,
     pub duration_ms: u64,
+    /// For a task's phase (`migrate.pre`, `migrate.post`): how it ended and its output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskOutput>,
+}
+
+/// A one-off command of a release (`migrate.pre`, `migrate.post`), run once
+/// in the release's environment as its service runs: the release's files,
+/// env and secrets (a process), or its image (a container).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Task {
+    /// The phase it is recorded as: `migrate.pre` or `migrate.post`.
+    pub phase: String,
+    pub service: String,
+    /// Run by `sh -c`.
+    pub command: String,
+}
+
+/// How a task ended, kept in its release's phase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskOutput {
+    pub command: String,
+    /// Its exit code; none when it was killed (by a signal, or at its time limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The end of its stdout and stderr, interleaved (at most
+    /// [`TaskOutput::MAX_LINES`] lines), the project's secret values hidden.
+    pub output: Vec<String>,
+}
+
+impl TaskOutput {
+    pub const MAX_LINES: usize = 200;
+
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0)
+    }
 }
 
 /// An immutable record of one deploy or rollback.

@@ -78,6 +78,10 @@ pub struct DeployReport {
     /// The SQL migrations run before the rollout, per service with `migrate.sql`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub migrations: Vec<crate::migrate::ServiceMigrations>,
+    /// The `migrate.pre` and `migrate.post` commands run, once each, with
+    /// where, how they ended and their output.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<crate::release_tasks::TaskRun>,
 }
 
 /// What the deploy did on one host.
@@ -253,6 +257,7 @@ pub fn deploy(
     let migrations = crate::migrate::before_rollout(&dir, &env, &secrets, progress)?;
 
     let deployment = crate::deployments::new_mark();
+    let pre = crate::release_tasks::pre_tasks(&placements);
     let plan = HostPlan {
         project: &env.project,
         environment,
@@ -261,11 +266,13 @@ pub fn deploy(
         images: &images,
         deployment: &deployment,
         verify: env.verify.as_std(),
+        pre: &pre,
     };
     let batch = usize::try_from(env.max_parallel).unwrap_or(1).max(1);
     let mut outcomes: Vec<HostDeploy> = Vec::new();
     let mut stopped = false;
-    for group in verify::batches(&placements, batch, env.canary) {
+    let alone = crate::release_tasks::alone(&placements, &pre);
+    for group in verify::batches(&placements, batch, env.canary, alone) {
         if stopped {
             outcomes.extend(group.iter().map(|(host, _)| HostDeploy::skipped(host)));
             continue;
@@ -293,12 +300,72 @@ pub fn deploy(
         stopped = done.iter().any(|d| !d.outcome.succeeded());
         outcomes.extend(done);
     }
+    // Once every host is live, never after a rollout that stopped.
+    let post = (!stopped).then(|| {
+        let releases = outcomes
+            .iter()
+            .filter_map(|d| Some((d.host.clone(), d.release.clone()?)))
+            .collect();
+        crate::release_tasks::run_post(&env.project, &placements, &releases, connect, progress)
+    });
     lock.release(progress);
 
+    let tasks = ran_tasks(&outcomes);
     let mut report = conclude(&env.project, environment, build, outcomes)?;
     report.migrations = migrations;
     report.deployment = deployment.id;
-    Ok(report)
+    with_post(report, tasks, post)
+}
+
+/// The report with the tasks that ran; the error of a `migrate.post` that
+/// failed, carrying it.
+fn with_post(
+    mut report: DeployReport,
+    mut tasks: Vec<crate::release_tasks::TaskRun>,
+    post: Option<Result<Vec<crate::release_tasks::TaskRun>, Box<crate::release_tasks::PostFailed>>>,
+) -> Result<DeployReport, Error> {
+    let failed = match post {
+        None => None,
+        Some(Ok(ran)) => {
+            tasks.extend(ran);
+            None
+        }
+        Some(Err(mut failed)) => {
+            tasks.append(&mut failed.ran);
+            Some(failed)
+        }
+    };
+    report.tasks = tasks;
+    match failed {
+        None => Ok(report),
+        Some(f) => Err(Error::TaskFailed {
+            report: Box::new(serde_json::to_value(&report).unwrap_or_default()),
+            what: format!("`{}` of `{}` on {} {}", f.phase, f.service, f.host, f.how),
+            output: f.output,
+        }),
+    }
+}
+
+/// The tasks the hosts' new releases ran (`migrate.pre`), from their phases.
+fn ran_tasks(outcomes: &[HostDeploy]) -> Vec<crate::release_tasks::TaskRun> {
+    let mut ran = Vec::new();
+    for d in outcomes {
+        let Some((release, _)) = &d.detail else {
+            continue;
+        };
+        for phase in &release.phases {
+            if let (Some(ended), Some(service)) = (&phase.task, &phase.service) {
+                ran.push(crate::release_tasks::TaskRun {
+                    phase: phase.name.clone(),
+                    service: service.clone(),
+                    host: d.host.clone(),
+                    release: release.id.clone(),
+                    ended: ended.clone(),
+                });
+            }
+        }
+    }
+    ran
 }
 
 /// The report of a rollout from each host's outcome, or the error of one
@@ -364,6 +431,7 @@ pub(crate) fn conclude(
         unchanged: outcomes[shown].unchanged.clone(),
         hosts: outcomes,
         migrations: Vec::new(),
+        tasks: Vec::new(),
     };
     if let Some(at) = failed
         && report.hosts.len() > 1
@@ -505,6 +573,8 @@ struct HostPlan<'a> {
     deployment: &'a DeploymentMark,
     /// How long each host's new release is watched after cutover.
     verify: Duration,
+    /// The `migrate.pre` tasks by the host whose deploy runs them.
+    pre: &'a BTreeMap<String, Vec<crate::agent_api::Task>>,
 }
 
 impl HostPlan<'_> {
@@ -550,7 +620,7 @@ impl HostPlan<'_> {
             }
         }
         progress.step(&format!("deploying {} to {}", self.project, agent.name()));
-        let request = self.request(services);
+        let request = self.request(&host.name, services);
         let result = match agent.deploy(&request) {
             Ok(result) => result,
             Err(e) => {
@@ -628,24 +698,31 @@ impl HostPlan<'_> {
     }
 
     /// The deploy request every host of the rollout gets for `services`.
-    fn request(&self, services: &[Service]) -> DeployRequest {
+    fn request(&self, host: &str, services: &[Service]) -> DeployRequest {
         let config_hash = {
             let text = serde_json::to_string(services).unwrap_or_default();
             artifact::hex(&Sha256::digest(text.as_bytes()))
         };
         let mut specs: Vec<ServiceSpec> = services.iter().map(ServiceSpec::from).collect();
         self.images.pin(&mut specs);
+        let tasks = self.pre.get(host).cloned().unwrap_or_default();
         DeployRequest {
             project: self.project.to_owned(),
             environment: self.environment.to_owned(),
             config_hash,
             artifact: self.scan.artifact.clone(),
             spec_version: crate::agent_api::v1::revision_needed(&specs)
-                .max(crate::agent_api::v1::DEPLOYMENT_REVISION),
+                .max(crate::agent_api::v1::DEPLOYMENT_REVISION)
+                .max(if tasks.is_empty() {
+                    0
+                } else {
+                    crate::agent_api::v1::TASK_REVISION
+                }),
             services: specs,
             secrets: self.secrets.clone(),
             rollback_of: None,
             deployment: Some(self.deployment.clone()),
+            tasks,
         }
     }
 
@@ -1112,6 +1189,53 @@ mod tests {
             .map(|h| (h.host.as_str(), h.outcome))
             .collect();
         assert_eq!(outcomes, hosts.map(|h| (h, HostOutcome::Deployed)));
+    }
+
+    #[test]
+    fn migrate_pre_goes_with_the_first_host_alone_and_post_runs_once_at_the_end() {
+        let hosts = ["h1", "h2", "h3"];
+        let fleet = Fleet::new(hosts.map(|h| (h, ran(Script::default()))));
+        let (dir, project) = project(&hosts, 2);
+        let toml = std::fs::read_to_string(dir.path().join("gantry.toml")).unwrap();
+        let toml = toml.replacen(
+            "port = \"http\"\n",
+            "port = \"http\"\nmigrate = { pre = \"./migrate\", post = \"./warm\" }\n",
+            1,
+        );
+        std::fs::write(dir.path().join("gantry.toml"), toml).unwrap();
+        let report = deploy_to(
+            &fleet,
+            &project,
+            &DeployOptions::default(),
+            &Said::default(),
+        )
+        .unwrap();
+
+        let calls: Vec<String> = fleet
+            .calls()
+            .into_iter()
+            .filter(|c| c.contains(" task ") || c.ends_with(" deploy") || c.ends_with(" deployed"))
+            .collect();
+        // h1 alone with the task, then h2 and h3 (together); post at the end.
+        assert_eq!(
+            &calls[..3],
+            ["h1 task migrate.pre web", "h1 deploy", "h1 deployed"]
+        );
+        assert_eq!(
+            calls.last().map(String::as_str),
+            Some("h1 task migrate.post web of r2")
+        );
+        assert_eq!(calls.iter().filter(|c| c.contains(" task ")).count(), 2);
+        let tasks: Vec<_> = report
+            .tasks
+            .iter()
+            .map(|t| (t.phase.as_str(), t.host.as_str()))
+            .collect();
+        assert_eq!(
+            tasks,
+            [("migrate.post", "h1")],
+            "the fake keeps no pre phase"
+        );
     }
 
     #[test]

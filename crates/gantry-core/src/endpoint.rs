@@ -44,6 +44,7 @@ pub enum Endpoint {
     Stop,
     Restart,
     ExecSpec,
+    RunTask,
     LockState,
     TakeLock,
     ReleaseLock,
@@ -55,7 +56,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, in the order the OpenAPI document lists them.
-    pub const ALL: [Endpoint; 25] = [
+    pub const ALL: [Endpoint; 26] = [
         Endpoint::Health,
         Endpoint::OpenApi,
         Endpoint::Shutdown,
@@ -74,6 +75,7 @@ impl Endpoint {
         Endpoint::Stop,
         Endpoint::Restart,
         Endpoint::ExecSpec,
+        Endpoint::RunTask,
         Endpoint::LockState,
         Endpoint::TakeLock,
         Endpoint::ReleaseLock,
@@ -105,6 +107,7 @@ impl Endpoint {
             Endpoint::Stop => (Post, "/v1/projects/{project}/stop"),
             Endpoint::Restart => (Post, "/v1/projects/{project}/restart"),
             Endpoint::ExecSpec => (Get, "/v1/projects/{project}/services/{service}/exec"),
+            Endpoint::RunTask => (Post, "/v1/projects/{project}/releases/{id}/tasks"),
             Endpoint::LockState => (Get, "/v1/projects/{project}/lock"),
             Endpoint::TakeLock => (Post, "/v1/projects/{project}/lock"),
             Endpoint::ReleaseLock => (Delete, "/v1/projects/{project}/lock"),

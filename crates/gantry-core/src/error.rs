@@ -177,6 +177,7 @@ codes! {
     MigrateInvalid = "migrate.invalid", Invalid, "a service's migrations cannot be used: a file not named `NNNN_name.sql`, a gap or a number twice, over 8 MiB or not UTF-8, a missing directory, or a database URL that is neither `postgres://` nor `sqlite:///absolute/path`";
     MigrateEdited = "migrate.edited", Conflict, "a migration the database recorded as applied was edited or removed since (its sha256 differs); nothing was applied";
     MigrateFailed = "migrate.failed", Failed, "a migration's SQL failed: it was rolled back, the ones before it stay applied, none after it ran; the message has the database's words";
+    MigrateCommandFailed = "migrate.command_failed", Failed, "a `migrate.pre` or `migrate.post` command exited non-zero or could not run; its output is kept in the release (`gantry releases`, the report's `tasks`)";
     MigrateDatabase = "migrate.database", Failed, "the database of a service's migrations could not be opened or reached, or failed around them";
     HubUnauthorized = "hub.unauthorized", Invalid, "the hub refused the request's credentials: no API key, a malformed, unknown or revoked one (HTTP 401)";
     HubForbidden = "hub.forbidden", Invalid, "the API key may not do that: its permission is too low or the item is in a product outside its scope (HTTP 403)";
@@ -313,6 +314,13 @@ pub enum Error {
         log_tail: Vec<String>,
         report: Box<serde_json::Value>,
     },
+    /// `what`: which task, where, how it ended.
+    #[error("{what}")]
+    TaskFailed {
+        what: String,
+        output: Vec<String>,
+        report: Box<serde_json::Value>,
+    },
     #[error("{} check{} failed: {}", failed.len(), if failed.len() == 1 { "" } else { "s" }, failed.join("; "))]
     TestFailed {
         failed: Vec<String>,
@@ -433,6 +441,7 @@ impl Error {
             Error::ProbeFailed { .. } => Code::TestProbeFailed,
             Error::Internal { .. } => Code::InternalBug,
             Error::DeployFailed { .. } => Code::DeployFailed,
+            Error::TaskFailed { .. } => Code::MigrateCommandFailed,
             Error::InitExists { .. } => Code::InitExists,
             Error::OutputExists { .. } => Code::OutputExists,
             Error::Io { .. } => Code::IoFailed,
@@ -535,6 +544,14 @@ impl Error {
             Error::TestFailed { .. } => Some(
                 "each check's detail is in the report (`--output json`: error.details); `gantry status` and `gantry logs` say more".to_owned(),
             ),
+            Error::TaskFailed { output, .. } => Some(if output.is_empty() {
+                "it wrote nothing; the release stays live on every host: fix the command and deploy again, or run it with `gantry exec`".to_owned()
+            } else {
+                format!(
+                    "the release stays live on every host. Its last output:\n  {}",
+                    output.join("\n  ")
+                )
+            }),
             Error::DeployFailed { log_tail, .. } => Some(if log_tail.is_empty() {
                 "see `gantry logs` for the service's output".to_owned()
             } else {
@@ -548,7 +565,8 @@ impl Error {
         match self {
             Error::DeployFailed { report, .. }
             | Error::TestFailed { report, .. }
-            | Error::VerifyFailed { report, .. } => Some(report),
+            | Error::VerifyFailed { report, .. }
+            | Error::TaskFailed { report, .. } => Some(report),
             _ => None,
         }
     }

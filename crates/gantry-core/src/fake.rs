@@ -359,7 +359,10 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn deploy(&self, _request: &DeployRequest) -> Result<DeployResult, HostError> {
+    fn deploy(&self, request: &DeployRequest) -> Result<DeployResult, HostError> {
+        for task in &request.tasks {
+            self.note(&format!("task {} {}", task.phase, task.service));
+        }
         self.begin_deploy();
         if self.script().already_runs {
             let runs = self.script().runs.clone().unwrap_or_default();
@@ -525,6 +528,26 @@ impl Host for FakeHost {
         Err(HostError::Protocol {
             host: self.name.clone(),
             message: "the fake host has no exec".to_owned(),
+        })
+    }
+
+    fn run_task(
+        &self,
+        _project: &str,
+        id: &str,
+        task: &crate::agent_api::Task,
+    ) -> Result<crate::agent_api::Phase, HostError> {
+        self.note(&format!("task {} {} of {id}", task.phase, task.service));
+        Ok(crate::agent_api::Phase {
+            name: task.phase.clone(),
+            service: Some(task.service.clone()),
+            started_at: 0,
+            duration_ms: 0,
+            task: Some(crate::agent_api::TaskOutput {
+                command: task.command.clone(),
+                exit_code: Some(0),
+                output: Vec::new(),
+            }),
         })
     }
 

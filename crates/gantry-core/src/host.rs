@@ -206,6 +206,14 @@ pub trait Host {
     fn unlock(&self, project: &str, request: &LockRelease) -> Result<(), HostError>;
     /// How to run a command as `service` runs, on this host.
     fn exec_spec(&self, project: &str, service: &str) -> Result<ExecSpec, HostError>;
+    /// Runs a one-off task of release `id` (`migrate.post`) and keeps its
+    /// phase, output included, in the release.
+    fn run_task(
+        &self,
+        project: &str,
+        id: &str,
+        task: &crate::agent_api::Task,
+    ) -> Result<crate::agent_api::Phase, HostError>;
     /// Restarts the host's reverse proxy by listener handoff, or stops it.
     fn proxy(&self, action: ProxyAction) -> Result<ProxyInfo, HostError>;
     /// Backs `service` up now, as its `backup` says.

@@ -32,6 +32,7 @@ pub mod plan;
 pub mod probe;
 pub mod redact;
 pub mod register;
+pub mod release_tasks;
 pub mod render;
 pub mod secrets;
 pub mod show;

@@ -301,6 +301,15 @@ impl<T: Transport> Host for Agent<T> {
         )
     }
 
+    fn run_task(
+        &self,
+        project: &str,
+        id: &str,
+        task: &gantry_core::agent_api::Task,
+    ) -> Result<gantry_core::agent_api::Phase, HostError> {
+        self.json(at(Endpoint::RunTask, &[project, id]), task)
+    }
+
     fn shutdown(&self) -> Result<(), HostError> {
         let (method, path) = at(Endpoint::Shutdown, &[]);
         let (status, bytes) = self

@@ -448,37 +448,3 @@ fn cloud_provider_hosts_are_refused_by_validate_and_deploy_naming_the_host() {
         .gantry(&["validate", "--output", "json"])
         .expect_code(0);
 }
-
-#[test]
-fn migrate_commands_are_refused_not_silently_skipped() {
-    let p = TestProject::new(env!("CARGO_BIN_EXE_gantry")).file(
-        "gantry.toml",
-        "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"./web\"\nmigrate = { pre = \"./migrate up\" }\n\n[services.db]\nimage = \"postgres:16\"\nvolumes = [\"pgdata:/data\"]\nbackup = { schedule = \"0 3 * * *\" }\n",
-    );
-    for command in ["validate", "deploy"] {
-        let run = p.gantry(&[command, "--output", "json"]);
-        let error = error_of(&run);
-        assert_eq!(error["code"], "config.invalid", "{error}");
-        let mut refused: Vec<(&str, &str)> = error["errors"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| {
-                (
-                    e["path"].as_str().unwrap_or_default(),
-                    e["code"].as_str().unwrap_or_default(),
-                )
-            })
-            .collect();
-        refused.sort_unstable();
-        assert_eq!(
-            refused,
-            [("services.web.migrate.pre", "config.unsupported")],
-            "{error}"
-        );
-    }
-    assert!(
-        !p.state_dir().join("agent.sock").exists(),
-        "refused before an agent was started"
-    );
-}

@@ -7,32 +7,11 @@
 
 mod agent_support;
 
-use agent_support::{GANTRY, configure_step, ends_with_a_duration, hello_toml, service, traced};
+use agent_support::{
+    GANTRY, configure_step, ends_with_a_duration, hello_toml, remote_project, service, traced,
+};
 use gantry_testkit::hosts::TestHosts;
 use gantry_testkit::{TestProject, example_bins};
-
-/// A project whose `prod` environment is the test hosts `names`.
-fn remote_project(hosts: &TestHosts, names: &[&str], version: &str) -> TestProject {
-    let bins = example_bins();
-    let mut toml = hello_toml("shop", "bin/hello-web");
-    toml.push_str(&format!(
-        "\n[environments.prod]\nhosts = [{}]\n",
-        names
-            .iter()
-            .map(|n| format!("\"{n}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
-    for name in names {
-        toml.push_str(&format!("\n[hosts.{name}]\nssh = \"{name}\"\n"));
-    }
-    TestProject::new(GANTRY)
-        .copy(&bins.join("hello-web"), "bin/hello-web")
-        .copy(&bins.join("hello-worker"), "bin/hello-worker")
-        .file("VERSION", &format!("{version}\n"))
-        .file("gantry.toml", &toml)
-        .env("GANTRY_SSH_CONFIG", &hosts.ssh_config.display().to_string())
-}
 
 #[test]
 fn each_ssh_failure_has_its_own_error() {

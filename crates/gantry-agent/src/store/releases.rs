@@ -133,7 +133,7 @@ impl Store {
         self.query_releases(
             &format!("SELECT {COLUMNS} FROM releases WHERE project = ?1 ORDER BY number DESC"),
             params![project],
-                    )
+        )
     }
 
     /// The project's newest release that succeeded.
@@ -159,7 +159,7 @@ impl Store {
                  ORDER BY project, number"
             ),
             params![],
-                    )
+        )
     }
 
     /// [`Store::deploying`] for one project.
@@ -171,7 +171,7 @@ impl Store {
                  ORDER BY number"
             ),
             params![project],
-                    )
+        )
     }
 
     /// Releases the query finds, each with the deployments it is part of.
@@ -347,6 +347,7 @@ pub(super) mod tests {
             service: Some("web".to_owned()),
             started_at: 1,
             duration_ms: 20,
+            task: None,
         }];
         store.update_release(&r1).expect("update");
         let back = store

@@ -40,10 +40,15 @@ use crate::config::units;
 /// Revision 5: a request's `deployment` (the environment-wide deployment it
 /// is part of); an agent of revision 4 would record a release no deployment
 /// lists, and make one even where the host already runs what was asked.
-pub const SPEC_VERSION: u32 = 5;
+/// Revision 6: a request's `tasks` (`migrate.pre`), which an agent of
+/// revision 5 would ignore, starting the release without running them.
+pub const SPEC_VERSION: u32 = 6;
 
 /// The revision a request that names a deployment needs.
 pub const DEPLOYMENT_REVISION: u32 = 5;
+
+/// The revision a request that carries tasks needs.
+pub const TASK_REVISION: u32 = 6;
 
 /// The lowest revision that says what `services` need: a deploy of
 /// processes alone stays readable by agents of revision 1.

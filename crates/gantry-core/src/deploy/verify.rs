@@ -16,19 +16,11 @@ use crate::host::Host;
 /// How often the new release's instances are looked at during the window.
 const POLL: Duration = Duration::from_millis(250);
 
-/// The rollout's groups of hosts: `batch` at a time, the first alone when
-/// `canary` (its window passes before any other host is touched).
-pub(crate) fn batches<T>(placements: &[T], batch: usize, canary: bool) -> Vec<&[T]> {
-    let (first, rest) = match (canary, placements.split_first()) {
-        (true, Some(_)) => placements.split_at(1),
-        _ => placements.split_at(0),
-    };
-    let mut groups: Vec<&[T]> = Vec::new();
-    if !first.is_empty() {
-        groups.push(first);
-    }
-    groups.extend(rest.chunks(batch.max(1)));
-    groups
+/// The rollout's groups of hosts: the first `alone` one at a time (those
+/// that run a `migrate.pre`), the first alone too when `canary` (its window
+/// passes before any other host is touched), then `batch` at a time.
+pub(crate) fn batches<T>(placements: &[T], batch: usize, canary: bool, alone: usize) -> Vec<&[T]> {
+    crate::release_tasks::batches(placements, alone.max(usize::from(canary)), batch)
 }
 
 /// What watching a host's new release needs.
@@ -186,13 +178,13 @@ mod tests {
     fn a_canary_goes_alone_and_the_rest_in_batches() {
         let hosts = [1, 2, 3, 4, 5];
         assert_eq!(
-            batches(&hosts, 2, true),
+            batches(&hosts, 2, true, 0),
             [&[1][..], &[2, 3][..], &[4, 5][..]]
         );
         assert_eq!(
-            batches(&hosts, 2, false),
+            batches(&hosts, 2, false, 0),
             [&[1, 2][..], &[3, 4][..], &[5][..]]
         );
-        assert!(batches::<u8>(&[], 2, true).is_empty());
+        assert!(batches::<u8>(&[], 2, true, 0).is_empty());
     }
 }

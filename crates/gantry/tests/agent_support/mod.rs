@@ -456,3 +456,30 @@ pub fn rot13(text: &str) -> String {
         })
         .collect()
 }
+
+/// A project whose `prod` environment is the test hosts `names`.
+pub fn remote_project(
+    hosts: &gantry_testkit::hosts::TestHosts,
+    names: &[&str],
+    version: &str,
+) -> TestProject {
+    let bins = gantry_testkit::example_bins();
+    let mut toml = hello_toml("shop", "bin/hello-web");
+    toml.push_str(&format!(
+        "\n[environments.prod]\nhosts = [{}]\n",
+        names
+            .iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    for name in names {
+        toml.push_str(&format!("\n[hosts.{name}]\nssh = \"{name}\"\n"));
+    }
+    gantry_testkit::TestProject::new(GANTRY)
+        .copy(&bins.join("hello-web"), "bin/hello-web")
+        .copy(&bins.join("hello-worker"), "bin/hello-worker")
+        .file("VERSION", &format!("{version}\n"))
+        .file("gantry.toml", &toml)
+        .env("GANTRY_SSH_CONFIG", &hosts.ssh_config.display().to_string())
+}
