@@ -16,6 +16,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use gantry_bench::{Counts, free_port, gantry_binary, ms, percentile, under_load};
+use gantry_testkit::hosts::TestHosts;
 use gantry_testkit::http_get;
 use gantry_testkit::stack::Stack;
 
@@ -118,13 +119,93 @@ fn run(gantry: &Path, options: &Options) -> Result<String, String> {
         }
         Ok(())
     })?;
-    Ok(table(
-        options,
-        &deploys,
-        &restarts,
-        &deploy_load,
-        &plain_load,
-    ))
+    drop(plain);
+    eprintln!("a one-layer change shipped to an SSH host with its own engine ...");
+    let shipping = one_layer_change(gantry)?;
+    let mut out = table(options, &deploys, &restarts, &deploy_load, &plain_load);
+    let _ = writeln!(
+        out,
+        "\n| one-layer change of web's image to an SSH host | bytes |\n|---|---:|\n\
+         | Gantry (`upload.image_bytes_sent`) | {} |\n\
+         | `docker save {image} \\| ssh host docker load` | {} |\n\
+         | ratio | {:.5} |",
+        shipping.gantry,
+        shipping.plain,
+        shipping.gantry as f64 / shipping.plain.max(1) as f64,
+        image = stack.web_image(),
+    );
+    Ok(out)
+}
+
+/// Bytes that one changed layer of web's image costs to reach a host.
+struct Shipping {
+    /// Gantry's deploy: the host's `upload.image_bytes_sent`.
+    gantry: u64,
+    /// `docker save IMAGE | ssh HOST docker load`: the bytes piped to ssh.
+    plain: u64,
+}
+
+/// The example deployed to one SSH test host with a Docker Engine of its
+/// own (not timed), web's VERSION changed, deployed again, and the new
+/// image also piped to the host by `docker save | ssh host docker load`.
+fn one_layer_change(gantry: &Path) -> Result<Shipping, String> {
+    let mut hosts = TestHosts::start(1);
+    let engines = gantry_testkit::dockerd::engines_for(&mut hosts, gantry);
+    let mut stack = Stack::new(gantry, "benchship", free_port()?);
+    stack.on_hosts(&hosts);
+    let deploy = |stack: &Stack| -> Result<u64, String> {
+        let run = stack
+            .project
+            .gantry(&["deploy", "-e", "prod", "--output", "json"]);
+        if run.code != 0 {
+            return Err(format!(
+                "gantry deploy -e prod failed:\n{}{}",
+                run.stdout, run.stderr
+            ));
+        }
+        Ok(run.json()["hosts"][0]["upload"]["image_bytes_sent"]
+            .as_u64()
+            .unwrap_or(0))
+    };
+    deploy(&stack)?;
+    stack.set_version("shipped-2");
+    let gantry_bytes = deploy(&stack)?;
+    let plain = save_load_over_ssh(&stack.web_image(), &hosts.ssh_config)?;
+    drop(engines);
+    Ok(Shipping {
+        gantry: gantry_bytes,
+        plain,
+    })
+}
+
+/// `docker save IMAGE | ssh -F CONFIG h1 docker load`: the bytes piped.
+fn save_load_over_ssh(image: &str, ssh_config: &Path) -> Result<u64, String> {
+    let mut save = Command::new("docker")
+        .args(["save", image])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run docker save: {e}"))?;
+    let mut load = Command::new("ssh")
+        .arg("-F")
+        .arg(ssh_config)
+        .args(["h1", "docker", "load", "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run ssh: {e}"))?;
+    let (Some(mut from), Some(mut to)) = (save.stdout.take(), load.stdin.take()) else {
+        return Err("no pipes to docker save and ssh".to_owned());
+    };
+    let bytes = std::io::copy(&mut from, &mut to).map_err(|e| format!("piping: {e}"))?;
+    drop(to);
+    let saved = save.wait().map_err(|e| e.to_string())?;
+    let loaded = load.wait().map_err(|e| e.to_string())?;
+    if !saved.success() || !loaded.success() {
+        return Err(format!(
+            "docker save ({saved}) | ssh h1 docker load ({loaded}) failed"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// A new VERSION built into web's image, as the example's `build` does;
@@ -394,10 +475,5 @@ fn table(
         _ => "goal NOT met: Gantry failed requests",
     };
     let _ = writeln!(out, "\n{verdict}");
-    out.push_str(
-        "\nbytes shipped for a one-layer change against `docker save | ssh host docker load`: \
-         not measured yet (it needs an SSH test host with a Docker engine of its own, \
-         as tests/remote_images.rs sets up; not done in this bench)\n",
-    );
     out
 }

@@ -131,6 +131,24 @@ impl Dockerd {
     }
 }
 
+/// Gives each of `hosts` `gantry` (at ~/.gantry/bin) and a Docker Engine
+/// of its own in its namespace, which its agent reaches: its user in the
+/// group `docker`, `DOCKER_HOST` in its SSH sessions. Drop the engines
+/// before the hosts (the hosts' drop kills what runs in their namespaces).
+pub fn engines_for(hosts: &mut crate::hosts::TestHosts, gantry: &Path) -> Vec<Dockerd> {
+    hosts
+        .hosts
+        .iter_mut()
+        .map(|host| {
+            host.install_gantry(gantry);
+            host.join_docker_group();
+            let engine = Dockerd::in_namespace(&host.namespace);
+            host.set_session_env("DOCKER_HOST", &engine.host());
+            engine
+        })
+        .collect()
+}
+
 impl Drop for Dockerd {
     fn drop(&mut self) {
         if let Ok(out) = self.command(&["ps", "-aq"]).output() {

@@ -72,6 +72,26 @@ impl Stack {
         }
     }
 
+    /// Adds the environment `prod` of every host of `hosts` (`[hosts.hN]`,
+    /// reached over SSH with their config).
+    pub fn on_hosts(&mut self, hosts: &crate::hosts::TestHosts) {
+        let names: Vec<&str> = hosts.hosts.iter().map(|h| h.name.as_str()).collect();
+        self.edit_config(|toml| {
+            let mut toml = toml.to_owned();
+            let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+            toml.push_str(&format!(
+                "\n[environments.prod]\nhosts = [{}]\n",
+                quoted.join(", ")
+            ));
+            for name in &names {
+                toml.push_str(&format!("\n[hosts.{name}]\nssh = \"{name}\"\n"));
+            }
+            toml
+        });
+        self.project
+            .set_env("GANTRY_SSH_CONFIG", &hosts.ssh_config.display().to_string());
+    }
+
     /// The binary the project runs.
     pub fn gantry(&self) -> &Path {
         &self.gantry

@@ -12,7 +12,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gantry_testkit::dockerd::Dockerd;
+use gantry_testkit::dockerd::{self, Dockerd};
 use gantry_testkit::hosts::{TestHost, TestHosts};
 use gantry_testkit::stack::Stack;
 use serde_json::Value;
@@ -22,37 +22,17 @@ const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
 /// The port the agents' proxies listen on, on each host's loopback.
 const PROXY: u16 = 8080;
 
-/// Three hosts with gantry installed and an engine each, the engines
-/// reachable by the hosts' users (the `docker` group, as `gantry
-/// configure` arranges). The engines are dropped before the hosts.
+/// Three hosts with gantry installed and an engine each (dropped first).
 fn hosts_with_engines() -> (TestHosts, Vec<Dockerd>) {
     let mut hosts = TestHosts::start(HOSTS.len());
-    let mut engines = Vec::new();
-    for name in HOSTS {
-        let host = hosts.host_mut(name);
-        host.install_gantry(GANTRY.as_ref());
-        host.join_docker_group();
-        let engine = Dockerd::in_namespace(&host.namespace);
-        host.set_session_env("DOCKER_HOST", &engine.host());
-        engines.push(engine);
-    }
+    let engines = dockerd::engines_for(&mut hosts, GANTRY.as_ref());
     (hosts, engines)
 }
 
 /// The example with a `prod` environment of the three hosts.
 fn stack_on(hosts: &TestHosts) -> Stack {
     let mut stack = Stack::new(GANTRY.as_ref(), "stk-ssh", 0);
-    stack.edit_config(|toml| {
-        let mut toml = toml.to_owned();
-        toml.push_str("\n[environments.prod]\nhosts = [\"h1\", \"h2\", \"h3\"]\n");
-        for name in HOSTS {
-            toml.push_str(&format!("\n[hosts.{name}]\nssh = \"{name}\"\n"));
-        }
-        toml
-    });
-    stack
-        .project
-        .set_env("GANTRY_SSH_CONFIG", &hosts.ssh_config.display().to_string());
+    stack.on_hosts(hosts);
     stack
 }
 
