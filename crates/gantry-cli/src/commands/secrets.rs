@@ -128,22 +128,9 @@ impl Report for List {
                 "{}\t{}\t{}\n",
                 s.name,
                 s.environment,
-                utc(s.changed_at)
+                gantry_core::clock::utc(s.changed_at)
             ));
         }
         out
     }
-}
-
-/// Milliseconds since the epoch as RFC 3339 in UTC.
-fn utc(ms: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.replace_nanosecond(0)
-                .ok()?
-                .format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
 }
