@@ -401,7 +401,7 @@ fn deployments_text(deployments: &[gantry_core::deployments::Deployment]) -> Str
             out,
             "  {}  {}  {}{}{}  artifact {}",
             d.id,
-            gantry_core::deployments::utc(d.at),
+            gantry_core::clock::utc(d.at),
             name(&d.state),
             if d.rollback { ", rollback" } else { "" },
             if d.current { ", current" } else { "" },

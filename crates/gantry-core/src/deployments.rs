@@ -15,32 +15,17 @@ use crate::{Code, Error};
 /// second differ, like `d20261206-184512-3fa9`.
 pub fn new_mark() -> DeploymentMark {
     let at = crate::clock::now_ms();
-    let secs = at / 1000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
     let salt = (u64::from(std::process::id()) ^ at.rotate_left(17)) & 0xffff;
+    // 2026-12-06T18:45:12Z: its digits, grouped.
+    let digits: String = crate::clock::utc(at)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let (date, time) = digits.split_at(digits.len().min(8));
     DeploymentMark {
-        id: format!(
-            "d{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{salt:04x}",
-            rest / 3600,
-            rest % 3600 / 60,
-            rest % 60
-        ),
+        id: format!("d{date}-{time}-{salt:04x}"),
         at,
     }
-}
-
-/// The civil date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// One deployment of the environment.
@@ -161,19 +146,6 @@ fn deployment(id: &str, at: u64, hosts: &[(String, Vec<Release>)]) -> Deployment
     }
 }
 
-/// `at` (Unix milliseconds) as `2026-12-06 18:45:12 UTC`.
-pub fn utc(at: u64) -> String {
-    let secs = at / 1000;
-    let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
-    let rest = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
 /// Where `gantry rollback -e ENV [--to X]` takes the environment.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Target {
@@ -278,22 +250,7 @@ fn previous(deployments: &[Deployment]) -> Result<&Deployment, Error> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::fake::release;
-
-    /// Release `id` of artifact `artifact`, made by `made` and kept by `kept`.
-    fn rel(id: &str, artifact: &str, outcome: Outcome, marks: &[(&str, u64)]) -> Release {
-        Release {
-            artifact_digest: artifact.to_owned(),
-            deployments: marks
-                .iter()
-                .map(|(id, at)| DeploymentMark {
-                    id: (*id).to_owned(),
-                    at: *at,
-                })
-                .collect(),
-            ..release(id, outcome)
-        }
-    }
+    use crate::fake::marked as rel;
 
     fn ok(id: &str, artifact: &str, marks: &[(&str, u64)]) -> Release {
         rel(id, artifact, Outcome::Succeeded, marks)
@@ -452,7 +409,10 @@ mod tests {
     fn ids_name_the_utc_second_they_began() {
         let mark = new_mark();
         assert_eq!(mark.id.len(), "d20261206-184512-3fa9".len(), "{}", mark.id);
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_428), (2025, 12, 6));
+        let digits: String = crate::clock::utc(mark.at)
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        assert_eq!(mark.id[1..9], digits[..8], "{}", mark.id);
     }
 }

@@ -208,6 +208,22 @@ pub fn release(id: &str, outcome: Outcome) -> Release {
     .unwrap()
 }
 
+/// Release `id` of `artifact`, recording the deployments `marks` (id,
+/// time): the one that made it first, then those that kept it.
+pub fn marked(id: &str, artifact: &str, outcome: Outcome, marks: &[(&str, u64)]) -> Release {
+    Release {
+        artifact_digest: artifact.to_owned(),
+        deployments: marks
+            .iter()
+            .map(|(id, at)| crate::agent_api::DeploymentMark {
+                id: (*id).to_owned(),
+                at: *at,
+            })
+            .collect(),
+        ..release(id, outcome)
+    }
+}
+
 /// A service with one instance, as an agent reports it.
 pub fn service(name: &str, state: ServiceState, release: &str) -> ServiceStatus {
     serde_json::from_value(serde_json::json!({

@@ -690,19 +690,9 @@ mod tests {
         );
     }
 
-    /// A release of `artifact` that deployments `marks` (id, time) made or kept.
+    /// A successful release of `artifact` that deployments `marks` (id, time) made or kept.
     fn marked(id: &str, artifact: &str, marks: &[(&str, u64)]) -> Release {
-        Release {
-            artifact_digest: artifact.to_owned(),
-            deployments: marks
-                .iter()
-                .map(|(id, at)| DeploymentMark {
-                    id: (*id).to_owned(),
-                    at: *at,
-                })
-                .collect(),
-            ..crate::fake::release(id, Outcome::Succeeded)
-        }
+        crate::fake::marked(id, artifact, Outcome::Succeeded, marks)
     }
 
     #[test]

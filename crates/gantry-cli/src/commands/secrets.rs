@@ -129,7 +129,7 @@ impl Report for List {
                 "{}\t{}\t{}\n",
                 s.name,
                 s.environment,
-                utc(s.changed_at)
+                gantry_core::clock::utc(s.changed_at)
             ));
         }
         out
