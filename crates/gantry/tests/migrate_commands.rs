@@ -149,6 +149,13 @@ fn pre_and_post_run_once_for_three_hosts_with_their_output_kept() {
         "{}",
         text.stdout
     );
+    // A text deploy says what it will do before it acts.
+    assert!(
+        text.stderr
+            .contains("plan for shop on prod\nhost h1: new release (runs r1)"),
+        "{}",
+        text.stderr
+    );
     let logs: Vec<String> = logged(&hosts)
         .into_iter()
         .map(|(h, l)| format!("{h} {l}"))
