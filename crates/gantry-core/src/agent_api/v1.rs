@@ -300,6 +300,8 @@ pub struct Backup {
     pub schedule: String,
     /// How many backups the host keeps.
     pub keep: u32,
+    /// Absent from specs before revision 4, when a backup was of volumes.
+    #[serde(default = "BackupKind::volumes")]
     pub kind: BackupKind,
     /// The host's file (`sqlite`) or directory (`files`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,6 +325,10 @@ pub enum BackupKind {
 }
 
 impl BackupKind {
+    fn volumes() -> BackupKind {
+        BackupKind::Volumes
+    }
+
     /// The kind gantry.toml names.
     pub fn from_config(kind: crate::config::model::BackupKind) -> BackupKind {
         use crate::config::model::BackupKind as Config;
