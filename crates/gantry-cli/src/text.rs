@@ -194,18 +194,7 @@ fn instances_line(out: &mut String, service: &gantry_core::agent_api::ServiceSta
     }
 }
 
-/// Milliseconds since the epoch as RFC 3339 in UTC.
-pub(crate) fn utc(ms: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.replace_nanosecond(0)
-                .ok()?
-                .format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
-}
+pub(crate) use gantry_core::clock::utc;
 
 fn services_text(out: &mut String, services: &[gantry_core::agent_api::ServiceStatus]) {
     for s in services {

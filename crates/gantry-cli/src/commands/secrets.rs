@@ -10,7 +10,6 @@ use gantry_core::{Project, operate};
 use super::{Context, vars};
 use crate::args::{SecretsAction, SecretsArgs};
 use crate::output::{Failure, Report};
-use crate::text::utc;
 
 pub(super) fn secrets(ctx: &Context<'_>, args: &SecretsArgs) -> Result<(), Failure> {
     let (project, env) = (&ctx.project, ctx.env);
