@@ -64,10 +64,16 @@ fn assert_no_secret_under(p: &TestProject) {
 fn a_secret_value_never_appears_in_a_report_a_log_file_or_the_store() {
     let p = project();
     let mut runs = Vec::new();
-    for args in [
+    for (round, args) in [
         &["deploy", "--skip-build", "--output", "text", "-vvv"][..],
         &["deploy", "--skip-build", "--output", "json"],
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A file that changes each round, so the second deploy makes a
+        // release too (an identical one would be reported unchanged).
+        std::fs::write(p.path().join("ROUND"), round.to_string()).expect("write ROUND");
         let run = p.gantry(args);
         run.expect_code(0);
         runs.push(run);

@@ -23,6 +23,10 @@ fn a_crash_looping_service_ends_failed_with_its_reason_and_last_output() {
             r#"[project]
 name = "crash-loop"
 
+# What happens after a deploy is the point: no verify window to catch it.
+[deploy]
+verify = "0s"
+
 [services.flaky]
 run = "[ -e \"$MARKER\" ] || {{ touch \"$MARKER\"; sleep 1; }}; echo 'flaky: cannot reach the database' >&2; exit 3"
 env = {{ MARKER = "{}" }}
@@ -83,7 +87,10 @@ health = {{ command = "true" }}
 fn a_process_over_its_memory_limit_is_killed_and_reported_out_of_memory() {
     let p = shell(
         "oom",
-        r#"[services.hog]
+        r#"[deploy]
+verify = "0s"
+
+[services.hog]
 run = "sleep 1; head -c 200M /dev/zero | tail"
 health = { command = "true" }
 resources = { memory = "32M" }

@@ -199,6 +199,10 @@ fn flaky_toml(dir: &std::path::Path, round: u32, addr: &str) -> String {
         r#"[project]
 name = "flaky"
 
+# The failure after a deploy is the point: no verify window to catch it.
+[deploy]
+verify = "0s"
+
 [services.flaky]
 run = "[ -e \"$MARKER\" ] || {{ touch \"$MARKER\"; sleep 1; }}; echo 'flaky: cannot reach the database' >&2; exit 3"
 env = {{ MARKER = "{}/started-{round}" }}
