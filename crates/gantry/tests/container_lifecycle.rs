@@ -195,11 +195,14 @@ fn a_database_is_replaced_stop_first_keeps_its_data_and_is_left_running_when_unc
     );
     assert_eq!(service(&report, "db")["release"], report["release"]["id"]);
 
-    // Nothing changed at all: both unchanged, said so in text too.
+    // Nothing changed at all: the host makes no release, and says so.
     let run = p.gantry(&["deploy", "--skip-build", "--output", "text"]);
     run.expect_code(0);
-    assert!(run.stdout.contains("db unchanged"), "{}", run.stdout);
-    assert!(run.stdout.contains("worker unchanged"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("unchanged") && run.stdout.contains("no new release"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(containers(name).len(), 1);
 
     // A changed setting: replaced stop-first, on the same data and the
