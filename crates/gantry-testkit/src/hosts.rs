@@ -9,6 +9,7 @@
 //! openssh-server. Everything is removed on drop: processes of the host
 //! users, sshd, the namespaces, links, users and files.
 
+use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -452,7 +453,30 @@ impl TestHost {
     pub fn install_gantry(&self, bin: &Path) {
         let target = self.home.join(".gantry/bin");
         std::fs::create_dir_all(&target).expect("create ~/.gantry/bin");
-        std::fs::copy(bin, target.join("gantry")).expect("copy gantry");
+        // The copy `gantry configure` ships: without debug info, made the
+        // same way (strip, else objcopy), so configure finds it current
+        // and sends nothing.
+        let out = target.join("gantry");
+        let stripped = std::process::Command::new("strip")
+            .args([
+                OsStr::new("--strip-debug"),
+                OsStr::new("-o"),
+                out.as_os_str(),
+                bin.as_os_str(),
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+            || std::process::Command::new("objcopy")
+                .args([
+                    OsStr::new("--strip-debug"),
+                    bin.as_os_str(),
+                    out.as_os_str(),
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+        if !stripped {
+            std::fs::copy(bin, &out).expect("copy gantry");
+        }
         run(
             "chown",
             &[
