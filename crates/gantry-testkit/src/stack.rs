@@ -92,6 +92,13 @@ impl Stack {
             .set_env("GANTRY_SSH_CONFIG", &hosts.ssh_config.display().to_string());
     }
 
+    /// Turns the verify window off (`[deploy] verify = "0s"`), for tests
+    /// whose subject is something else: the window would only add its 5 s
+    /// to every deploy (agent_deploy tests the window itself).
+    pub fn skip_verify_window(&self) {
+        self.edit_config(|toml| format!("{toml}\n[deploy]\nverify = \"0s\"\n"));
+    }
+
     /// The binary the project runs.
     pub fn gantry(&self) -> &Path {
         &self.gantry

@@ -38,6 +38,11 @@ run = "bin/hello-worker"
 env = { QUEUE = "emails" }
 depends_on = ["web"]
 restart = "always"
+
+# The kills are meant to land in the agent's work; the CLI's verify window
+# would only stretch the deploy it has to land in.
+[deploy]
+verify = "0s"
 "#;
 
 #[test]

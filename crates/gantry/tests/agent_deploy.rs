@@ -399,10 +399,8 @@ fn a_release_that_starts_crashing_after_its_cutover_is_reverted_in_its_verify_wi
         .file("VERSION", "2\n")
         .file(
             "gantry.toml",
-            &format!(
-                "{}\n[deploy]\nverify = \"15s\"\n",
-                hello_toml("verify-revert", "bin/crashing-web")
-            ),
+            &hello_toml("verify-revert", "bin/crashing-web")
+                .replace("verify = \"0s\"", "verify = \"15s\""),
         );
     let path = p.path().join("bin/crashing-web");
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))

@@ -50,6 +50,11 @@ run = "bin/hello-worker"
 env = {{ QUEUE = "emails" }}
 depends_on = ["web"]
 restart = "always"
+
+# The verify window is agent_deploy's subject; elsewhere it would only add
+# its 5 s to every deploy.
+[deploy]
+verify = "0s"
 "#
     )
 }
