@@ -7,7 +7,8 @@
 //! - `PUT  /v1/routes`  ← a `RouteTable`: validated, saved, swapped in whole
 //! - `POST /v1/drain`   ← `{"upstreams":["127.0.0.1:20001"],"timeout_ms":N}`
 //!   → `{"open":N,"drained":bool,"waited_ms":N}` once nothing is open to them
-//!   or the timeout passed
+//!   or the timeout passed; those the table no longer routes to take no new
+//!   request from the call on, until a table routes to them again
 //! - `GET  /metrics`    → Prometheus text
 //!
 //! Errors are `{"error":{"code":"…","message":"…"}}` with a 4xx or 5xx status.
@@ -142,7 +143,7 @@ async fn drain(State(state): State<Arc<ProxyState>>, body: Bytes) -> Response {
     };
     let started = Instant::now();
     let timeout = Duration::from_millis(request.timeout_ms).min(MAX_DRAIN);
-    let open = state.upstreams.drain(&request.upstreams, timeout).await;
+    let open = state.drain(&request.upstreams, timeout).await;
     Json(DrainReport {
         open,
         drained: open == 0,

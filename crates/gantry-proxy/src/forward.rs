@@ -49,6 +49,10 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 /// ACME's HTTP-01 challenges are answered over plain HTTP: never redirected.
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+/// How many times a request whose upstream was drained is routed again on
+/// the current table. Once is the rule (the current table never routes to
+/// a drained upstream); more means more deploys came while it was routed.
+const MAX_REROUTES: usize = 3;
 
 /// Who sent a request, and over what: one per client connection.
 #[derive(Clone, Debug)]
@@ -133,24 +137,32 @@ impl Forwarder {
     async fn forward(&self, request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
-        let routed = match self.route(started, &mut parts, peer) {
+        let mut routed = match self.route(started, &mut parts, peer) {
             Ok(routed) => routed,
             Err(answered) => return *answered,
         };
-        if let Some(site) = &routed.target.site {
-            let in_site = routed.target.upstream_path(&parts.uri);
-            let ask = crate::site::Ask {
-                method: &parts.method,
-                headers: &parts.headers,
-                path: in_site.path(),
-                request_path: &routed.path,
-                query: parts.uri.query(),
-                service: &routed.target.service,
-                request_id: &routed.request_id,
-            };
-            return crate::site::serve(Arc::clone(site), ask, routed.exchange).await;
+        if routed.target.site.is_none() {
+            let host = host_text(routed.host.as_ref());
+            if let Some(connected) = self.connect(&mut routed.target, host, &routed.path).await {
+                return self.to_upstream(parts, body, peer, routed, connected).await;
+            }
         }
-        self.to_upstream(parts, body, peer, routed).await
+        // `connect` may have routed the request again, onto a static site.
+        let Some(site) = &routed.target.site else {
+            let service = &routed.target.service;
+            return Page::Unavailable { service }.response(&routed.request_id, routed.exchange);
+        };
+        let in_site = routed.target.upstream_path(&parts.uri);
+        let ask = crate::site::Ask {
+            method: &parts.method,
+            headers: &parts.headers,
+            path: in_site.path(),
+            request_path: &routed.path,
+            query: parts.uri.query(),
+            service: &routed.target.service,
+            request_id: &routed.request_id,
+        };
+        crate::site::serve(Arc::clone(site), ask, routed.exchange).await
     }
 
     /// Routes a request and readies its URI and Host for the upstream; or
@@ -171,7 +183,7 @@ impl Forwarder {
             Ok((host, path)) => (host, path, None),
             Err(why) => (None, parts.uri.path().to_owned(), Some(why)),
         };
-        let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+        let host_text = host_text(host.as_ref());
         let target = refusal
             .is_none()
             .then(|| self.state.router.load().find(host_text, &path).cloned())
@@ -245,14 +257,15 @@ impl Forwarder {
             .and_then(|url| HeaderValue::try_from(url).ok())
     }
 
-    /// Sends a routed request to one of its upstreams and streams the
-    /// answer back; an upgrade becomes a tunnel.
+    /// Sends a routed request to the upstream it is connected to and
+    /// streams the answer back; an upgrade becomes a tunnel.
     async fn to_upstream(
         &self,
         mut parts: Parts,
         body: Incoming,
         peer: &Peer,
         routed: Routed,
+        connected: Connected,
     ) -> Response<ProxyBody> {
         let Routed {
             target,
@@ -261,10 +274,12 @@ impl Forwarder {
             mut exchange,
             ..
         } = routed;
+        let Connected {
+            upstream,
+            in_flight,
+            connection,
+        } = connected;
         let service = &*target.service;
-        let Some((upstream, in_flight, connection)) = self.connect(&target).await else {
-            return Page::Unavailable { service }.response(&request_id, exchange);
-        };
         exchange.set_upstream(upstream.addr);
         let client_upgrade = upstream_headers(&mut parts, host.as_ref(), peer);
         let path = target.upstream_path(&parts.uri);
@@ -310,15 +325,39 @@ impl Forwarder {
 
     /// A connection first: if the upstream refuses, the request is still
     /// whole here and can go to another, once. It counts as in flight from
-    /// the moment its upstream is chosen, so a drain never misses it. `None`:
-    /// no upstream took a connection.
-    async fn connect(&self, target: &Target) -> Option<(Arc<Upstream>, InFlight, Connection)> {
+    /// the moment its upstream is chosen, so a drain never misses it.
+    ///
+    /// `target` is the route the request found on the table it read when it
+    /// arrived (for `host` and `path`). A table swap and a drain of the old
+    /// upstreams can have come since; an upstream a drain took out of
+    /// service is never used (the agent stops it once the drain returns):
+    /// the request is routed again on the current table, and `target`
+    /// becomes that route. `None`: no upstream took a connection, or the
+    /// route now has none (it may have become a static site).
+    async fn connect(&self, target: &mut Arc<Target>, host: &str, path: &str) -> Option<Connected> {
         let mut refused: Option<Arc<Upstream>> = None;
+        let mut rerouted = 0;
         loop {
             let upstream = target.pick(refused.as_deref()).cloned()?;
-            let in_flight = InFlight::new(Arc::clone(&upstream));
+            let Some(in_flight) = InFlight::unless_retired(Arc::clone(&upstream)) else {
+                // Each time means another swap and drain came meanwhile.
+                if rerouted == MAX_REROUTES {
+                    return None;
+                }
+                rerouted += 1;
+                *target = Arc::clone(self.state.router.load().find(host, path)?);
+                // The current table's upstreams get their own retry.
+                refused = None;
+                continue;
+            };
             match self.pool.checkout(upstream.addr).await {
-                Ok(connection) => return Some((upstream, in_flight, connection)),
+                Ok(connection) => {
+                    return Some(Connected {
+                        upstream,
+                        in_flight,
+                        connection,
+                    });
+                }
                 Err(_) => {
                     drop(in_flight);
                     upstream.eject();
@@ -376,6 +415,13 @@ impl Forwarder {
             return Err(failed);
         }
     }
+}
+
+/// A request's upstream: chosen, counted in flight, and connected to.
+struct Connected {
+    upstream: Arc<Upstream>,
+    in_flight: InFlight,
+    connection: Connection,
 }
 
 /// A request routed to a service's upstreams: where it goes, and the
@@ -511,6 +557,11 @@ fn check(parts: &Parts) -> Result<Option<HeaderValue>, &'static str> {
     Ok(HeaderValue::from_str(authority.as_str()).ok())
 }
 
+/// The authority as routes are looked up by ("" when there is none).
+fn host_text(host: Option<&HeaderValue>) -> &str {
+    host.and_then(|h| h.to_str().ok()).unwrap_or("")
+}
+
 /// The client's request id if it sent a sensible one, else a new one; the
 /// headers carry it upstream either way.
 fn request_id(headers: &mut HeaderMap) -> HeaderValue {
@@ -610,7 +661,117 @@ async fn tunnel(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::Timeouts;
+    use crate::exchange::AccessLog;
+    use crate::table::{Route, RouteTable, StaticSite};
+    use crate::tls::CertStore;
+
+    const HOST: &str = "web.test";
+
+    /// A worker's forwarder over a proxy's state, without listeners.
+    fn forwarder(dir: &tempfile::TempDir, table: RouteTable) -> Forwarder {
+        let state = ProxyState::new(
+            table,
+            dir.path().join("routes.json"),
+            AccessLog::off(),
+            Timeouts::default(),
+            Arc::new(CertStore::new(None)),
+            None,
+        );
+        Forwarder::new(Arc::new(state))
+    }
+
+    /// An upstream that accepts connections (into its backlog: as a
+    /// stopping instance's listener can, until it is gone).
+    async fn listening() -> (tokio::net::TcpListener, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("has an address");
+        (listener, addr)
+    }
+
+    fn to(upstream: SocketAddr) -> RouteTable {
+        RouteTable {
+            routes: vec![Route::new("web", vec![upstream]).hosts([HOST])],
+        }
+    }
+
+    /// The route a request arriving now finds.
+    fn arrives(forwarder: &Forwarder) -> Arc<Target> {
+        let router = forwarder.state.router.load();
+        Arc::clone(router.find(HOST, "/").expect("routed"))
+    }
+
+    /// Where a request that found `target` is sent.
+    async fn sent_to(forwarder: &Forwarder, mut target: Arc<Target>) -> SocketAddr {
+        let connected = forwarder.connect(&mut target, HOST, "/").await;
+        connected.expect("an upstream takes it").upstream.addr
+    }
+
+    #[tokio::test]
+    async fn a_request_routed_before_a_swap_and_drain_goes_to_the_new_upstream() {
+        let (_old_listener, old) = listening().await;
+        let (_new_listener, new) = listening().await;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let forwarder = forwarder(&dir, to(old));
+        // Routed on the old table; not yet sent when the deploy cuts over.
+        let routed = arrives(&forwarder);
+        forwarder.state.replace(to(new)).await.expect("swaps");
+        let open = forwarder.state.drain(&[old], Duration::ZERO).await;
+        assert_eq!(open, 0, "nothing was counted on the old upstream yet");
+        // The agent stops the old instance now; the request must not go there.
+        assert_eq!(sent_to(&forwarder, routed).await, new);
+        assert_eq!(forwarder.state.upstreams.get(old).in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_drain_of_an_upstream_the_table_still_routes_to_leaves_it_in_service() {
+        let (_listener, only) = listening().await;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let forwarder = forwarder(&dir, to(only));
+        let routed = arrives(&forwarder);
+        // As when the agent's table swap failed and it drains anyway.
+        forwarder.state.drain(&[only], Duration::ZERO).await;
+        assert_eq!(sent_to(&forwarder, routed).await, only);
+        assert_eq!(sent_to(&forwarder, arrives(&forwarder)).await, only);
+    }
+
+    #[tokio::test]
+    async fn a_table_that_routes_to_a_drained_address_again_puts_it_back_in_service() {
+        let (_reused_listener, reused) = listening().await;
+        let (_between_listener, between) = listening().await;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let forwarder = forwarder(&dir, to(reused));
+        let routed = arrives(&forwarder);
+        forwarder.state.replace(to(between)).await.expect("swaps");
+        forwarder.state.drain(&[reused], Duration::ZERO).await;
+        // A later release's instance got the port back.
+        forwarder.state.replace(to(reused)).await.expect("swaps");
+        assert_eq!(sent_to(&forwarder, routed).await, reused);
+        assert_eq!(sent_to(&forwarder, arrives(&forwarder)).await, reused);
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_route_became_a_static_site_is_left_to_the_site() {
+        let (_old_listener, old) = listening().await;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let forwarder = forwarder(&dir, to(old));
+        let mut routed = arrives(&forwarder);
+        let site = Route::site("web", StaticSite::new(dir.path())).hosts([HOST]);
+        let table = RouteTable { routes: vec![site] };
+        forwarder.state.replace(table).await.expect("swaps");
+        forwarder.state.drain(&[old], Duration::ZERO).await;
+        let connected = forwarder.connect(&mut routed, HOST, "/").await;
+        assert!(connected.is_none(), "no upstream serves a site");
+        assert!(
+            routed.site.is_some(),
+            "the request now has the site's route"
+        );
+    }
 
     #[test]
     fn connection_named_headers_are_removed() {

@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -64,7 +65,11 @@ impl Router {
                 strip: route.strip_prefix,
                 balance: route.balance,
                 redirect_https: route.redirect_https,
-                upstreams: route.upstreams.iter().map(|a| upstreams.get(*a)).collect(),
+                upstreams: route
+                    .upstreams
+                    .iter()
+                    .map(|a| in_service(upstreams, *a))
+                    .collect(),
                 site: route.static_site.as_ref().map(|s| Arc::new(Site::new(s))),
                 // Each table starts at a random upstream, so that frequent
                 // swaps do not pile every first request on the first one.
@@ -101,6 +106,14 @@ impl Router {
         }
     }
 
+    /// Whether some route sends requests to `addr`.
+    pub(crate) fn routes_to(&self, addr: SocketAddr) -> bool {
+        self.table
+            .routes
+            .iter()
+            .any(|r| r.upstreams.contains(&addr))
+    }
+
     /// The route for a request to `host` (as the Host header has it, port
     /// and all) and `path`.
     pub(crate) fn find(&self, host: &str, path: &str) -> Option<&Arc<Target>> {
@@ -115,6 +128,14 @@ impl Router {
             .find_map(|(_, targets)| first_match(targets, path))
             .or_else(|| first_match(&self.any, path))
     }
+}
+
+/// The upstream at `addr`, for a table that routes to it: in service again
+/// if a drain had retired it, since its port may now be a new instance's.
+fn in_service(upstreams: &Upstreams, addr: SocketAddr) -> Arc<Upstream> {
+    let upstream = upstreams.get(addr);
+    upstream.reinstate();
+    upstream
 }
 
 fn first_match<'a>(targets: &'a [Arc<Target>], path: &str) -> Option<&'a Arc<Target>> {
@@ -200,8 +221,6 @@ impl Target {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
     use super::*;
     use crate::table::Route;
 

@@ -6,9 +6,10 @@
 //! then swapped in one pointer store. Requests already routed finish on the
 //! old table; every request routed after the swap uses the new one.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -130,6 +131,28 @@ impl ProxyState {
         self.upstreams.prune();
         self.want_certificates();
         Ok(())
+    }
+
+    /// Takes `addrs` out of service, then waits until nothing is open to
+    /// them or `timeout` passes; returns how many requests and WebSockets
+    /// were still open. Once it returns, no request goes to them until a
+    /// table routes to them again. An address the table being served still
+    /// routes to stays in service: the drain then only waits (an agent whose
+    /// table swap failed still drains, and its requests must find the
+    /// instances the table names).
+    pub(crate) async fn drain(&self, addrs: &[SocketAddr], timeout: Duration) -> usize {
+        {
+            // Under the swap's lock, so that "retired" always means "not in
+            // the table being served": a request routed again on the
+            // current table never meets a retired upstream, and a table
+            // that routes to an address again (`Router::build`) puts it
+            // back in service after, never before, a drain retired it.
+            let _no_swap = self.replacing.lock().await;
+            let router = self.router.load();
+            self.upstreams
+                .retire(addrs.iter().copied().filter(|a| !router.routes_to(*a)));
+        }
+        self.upstreams.drain(addrs, timeout).await
     }
 
     /// Tells the ACME manager, if one runs, which names the table wants

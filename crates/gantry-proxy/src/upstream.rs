@@ -1,11 +1,15 @@
 //! One upstream address as the proxy knows it across route tables: how many
 //! requests and WebSockets are open to it, whether it is ejected after
-//! refusing a connection, and the wake-up a drain waits for. The state is
-//! shared by address, so a table swap keeps counting what the old table sent.
+//! refusing a connection, whether a drain took it out of service, and the
+//! wake-up a drain waits for. The state is shared by address, so a table
+//! swap keeps counting what the old table sent.
+//!
+//! Must never: let a request reach an upstream after a drain of it returned
+//! (the agent stops the instance then).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -21,6 +25,9 @@ pub(crate) struct Upstream {
     ejected_until: AtomicU64,
     /// Drains waiting on this upstream; requests only wake `idle` when one is.
     drains: AtomicUsize,
+    /// A drain took it out of service: a request that chose it from a table
+    /// read before then goes elsewhere (`InFlight::unless_retired`).
+    retired: AtomicBool,
     idle: Notify,
 }
 
@@ -31,6 +38,7 @@ impl Upstream {
             in_flight: AtomicUsize::new(0),
             ejected_until: AtomicU64::new(0),
             drains: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
             idle: Notify::new(),
         }
     }
@@ -51,6 +59,14 @@ impl Upstream {
     pub(crate) fn eject(&self) {
         let until = now_ms().saturating_add(millis(EJECT_FOR));
         self.ejected_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Back in service: a new table routes to this address again (its port
+    /// may now be a new instance's).
+    pub(crate) fn reinstate(&self) {
+        if self.retired.load(Ordering::Relaxed) {
+            self.retired.store(false, Ordering::SeqCst);
+        }
     }
 
     /// An upstream that answered is healthy again at once.
@@ -79,6 +95,27 @@ impl InFlight {
     pub(crate) fn new(upstream: Arc<Upstream>) -> InFlight {
         upstream.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(upstream)
+    }
+
+    /// Counts a request in flight to `upstream`, unless a drain has taken
+    /// it out of service: `None` then, and the request must be routed again
+    /// on the current table. A request picks its upstream from the table it
+    /// read when it arrived, and a swap and a drain can come in between.
+    ///
+    /// A drain stores `retired`, then reads `in_flight`; this adds to
+    /// `in_flight`, then reads `retired`; all four SeqCst. In their single
+    /// total order either the drain's read comes after this add (the drain
+    /// sees the request and waits for it to end) or before it, and then the
+    /// drain's store comes before this read (the request sees the flag).
+    /// Both cannot miss. With Release/Acquire they could: each read may see
+    /// the value from before the other side's write.
+    pub(crate) fn unless_retired(upstream: Arc<Upstream>) -> Option<InFlight> {
+        let counted = InFlight::new(upstream);
+        if counted.0.retired.load(Ordering::SeqCst) {
+            // Dropping it un-counts it and wakes a drain waiting on it.
+            return None;
+        }
+        Some(counted)
     }
 }
 
@@ -116,6 +153,14 @@ impl Upstreams {
         known.get(&addr).and_then(Weak::upgrade)
     }
 
+    /// Takes `addrs` out of service before a drain: see `InFlight::unless_retired`.
+    /// An address nothing refers to has no request that could choose it.
+    pub(crate) fn retire(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        for upstream in addrs.into_iter().filter_map(|a| self.find(a)) {
+            upstream.retired.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Forgets upstreams nothing refers to any more.
     pub(crate) fn prune(&self) {
         let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
@@ -129,7 +174,8 @@ impl Upstreams {
     }
 
     /// Waits until nothing is open to any of `addrs`, or `timeout` passes.
-    /// Returns how many requests and WebSockets were still open.
+    /// Returns how many requests and WebSockets were still open. Only for
+    /// addresses retired first does its return mean no request will follow.
     pub(crate) async fn drain(&self, addrs: &[SocketAddr], timeout: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + timeout;
         let watched: Vec<Watch> = addrs
@@ -221,6 +267,21 @@ mod tests {
             .await;
         assert_eq!(left, 0);
         ender.await.expect("joins");
+    }
+
+    #[tokio::test]
+    async fn a_retired_upstream_takes_no_new_request_and_waits_for_those_counted_before() {
+        let upstreams = Upstreams::default();
+        let a = upstreams.get(addr(1));
+        let before = InFlight::unless_retired(Arc::clone(&a)).expect("in service");
+        upstreams.retire([addr(1), addr(2)]);
+        assert!(InFlight::unless_retired(Arc::clone(&a)).is_none());
+        assert_eq!(a.in_flight(), 1, "the refused request is not counted");
+        assert_eq!(upstreams.drain(&[addr(1)], Duration::ZERO).await, 1);
+        drop(before);
+        assert_eq!(upstreams.drain(&[addr(1)], Duration::ZERO).await, 0);
+        a.reinstate();
+        assert!(InFlight::unless_retired(a).is_some());
     }
 
     #[tokio::test]
