@@ -23,10 +23,7 @@ use crate::agent::{Agent, now_ms};
 use crate::backup_files as files;
 use crate::container::{VolumeMount, container_name, volume_name};
 use crate::error::AgentError;
-use crate::{container_instance, control};
-
-/// zstd's level: its default, fast with a fair ratio.
-const ZSTD_LEVEL: i32 = 3;
+use crate::{backup_archive, container_instance, control};
 
 /// PostgreSQL's tools as the official image and ours configure them: the
 /// superuser `POSTGRES_USER`, trusted on the local socket, and its database.
@@ -227,7 +224,7 @@ async fn dump(
     match kind {
         BackupKind::Volumes | BackupKind::Files => {
             let sources = sources(agent, project, environment, spec, kind).await?;
-            blocking("archive", move || archive(&sources, &out)).await
+            blocking("archive", move || backup_archive::archive(&sources, &out)).await
         }
         BackupKind::Sqlite => {
             let db = host_path(spec)?;
@@ -352,91 +349,10 @@ fn command_name(script: &str) -> &'static str {
     }
 }
 
-/// Archives each source directory under its name, as tar + zstd.
-pub(crate) fn archive(sources: &[(String, PathBuf)], out: &Path) -> std::io::Result<()> {
-    let file = std::fs::File::create(out)?;
-    let encoder = zstd::Encoder::new(file, ZSTD_LEVEL)?;
-    let mut builder = tar::Builder::new(encoder);
-    builder.follow_symlinks(false);
-    for (name, dir) in sources {
-        builder.append_dir_all(name, dir)?;
-    }
-    let file = builder.into_inner()?.finish()?;
-    file.sync_all()
-}
-
-/// Puts an archive's directories back: each target emptied, then filled
-/// with its entries, owners and modes as archived.
-pub(crate) fn unarchive(archive: &Path, targets: &[(String, PathBuf)]) -> std::io::Result<()> {
-    for (_, dir) in targets {
-        std::fs::create_dir_all(dir)?;
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            match std::fs::symlink_metadata(&path)?.is_dir() {
-                true => std::fs::remove_dir_all(&path)?,
-                false => std::fs::remove_file(&path)?,
-            }
-        }
-    }
-    let decoder = zstd::Decoder::new(std::fs::File::open(archive)?)?;
-    let mut tar = tar::Archive::new(decoder);
-    tar.set_preserve_permissions(true);
-    tar.set_preserve_ownerships(rustix::process::geteuid().is_root());
-    tar.set_preserve_mtime(true);
-    let mut directories = Vec::new();
-    for entry in tar.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.into_owned();
-        let mut parts = path.components();
-        let Some(top) = parts.next() else { continue };
-        let Some((_, dir)) = targets
-            .iter()
-            .find(|(name, _)| top.as_os_str() == name.as_str())
-        else {
-            continue;
-        };
-        let rest = parts.as_path();
-        if rest
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(std::io::Error::other(format!(
-                "the archive holds `{}`, outside its directory",
-                path.display()
-            )));
-        }
-        let target = dir.join(rest);
-        if entry.header().entry_type().is_dir() {
-            // Modes last: a read-only directory would refuse its own files.
-            directories.push((
-                target.clone(),
-                entry.header().mode()?,
-                entry.header().uid()?,
-                entry.header().gid()?,
-            ));
-            std::fs::create_dir_all(&target)?;
-            continue;
-        }
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        entry.unpack(&target)?;
-    }
-    for (dir, mode, uid, gid) in directories.into_iter().rev() {
-        use std::os::unix::fs::PermissionsExt;
-        if rustix::process::geteuid().is_root() {
-            let (uid, gid) = (u32::try_from(uid).ok(), u32::try_from(gid).ok());
-            std::os::unix::fs::lchown(&dir, uid, gid)?;
-        }
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode & 0o7777))?;
-    }
-    Ok(())
-}
-
 fn compress(from: &Path, to: &Path) -> std::io::Result<()> {
     let input = std::fs::File::open(from)?;
     let output = std::fs::File::create(to)?;
-    let mut encoder = zstd::Encoder::new(output, ZSTD_LEVEL)?;
+    let mut encoder = zstd::Encoder::new(output, backup_archive::ZSTD_LEVEL)?;
     std::io::copy(&mut std::io::BufReader::new(input), &mut encoder)?;
     encoder.finish()?.sync_all()
 }
@@ -574,7 +490,9 @@ async fn restore_stopped(
             blocking("sqlite restore", move || sqlite_restore(&data, &db)).await
         }
         _ => match sources(agent, project, environment, spec, kind).await {
-            Ok(targets) => blocking("unpack", move || unarchive(&data, &targets)).await,
+            Ok(targets) => {
+                blocking("unpack", move || backup_archive::unarchive(&data, &targets)).await
+            }
             Err(e) => Err(e),
         },
     };

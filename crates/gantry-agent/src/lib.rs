@@ -31,6 +31,7 @@ mod agent_user;
 mod api;
 mod artifact;
 mod backup;
+mod backup_archive;
 mod backup_files;
 pub mod container;
 mod container_instance;
@@ -99,6 +100,7 @@ mod tests {
             "agent_log",
             "container",
             "backup_files",
+            "backup_archive",
         ],
         &["proxy"],
         &["agent"],
