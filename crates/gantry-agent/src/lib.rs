@@ -51,6 +51,7 @@ mod kept;
 mod locks;
 mod logs;
 mod openapi;
+mod output_tail;
 mod ports;
 mod process;
 mod proxy;
@@ -82,6 +83,7 @@ mod tests {
     /// own layer, never one after it: so no two modules use each other.
     const LAYERS: &[&[&str]] = &[
         &[
+            "output_tail",
             "process",
             "artifact",
             "store",
