@@ -25,6 +25,27 @@ use crate::container::{VolumeMount, container_name, volume_name};
 use crate::error::AgentError;
 use crate::{backup_archive, container_instance, control};
 
+/// How long a database's dump or restore may run (its tool in the
+/// container, or SQLite's copy) before it is killed and the backup or
+/// restore fails.
+pub(crate) const DUMP_TIME_LIMIT: Duration = Duration::from_secs(4 * 60 * 60);
+
+/// A duration as people read it: `4h`, `90s`.
+fn hours(limit: Duration) -> String {
+    match limit.as_secs() {
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn timed_out(tool: &str, limit: Duration) -> AgentError {
+    failed(format!(
+        "{tool} ran past the time limit of {} and was killed",
+        hours(limit)
+    ))
+}
+
 /// PostgreSQL's tools as the official image and ours configure them: the
 /// superuser `POSTGRES_USER`, trusted on the local socket, and its database.
 const PG_DUMP: &str = r#"exec pg_dump --format=custom --username="${POSTGRES_USER:-postgres}" --dbname="${POSTGRES_DB:-${POSTGRES_USER:-postgres}}""#;
@@ -325,9 +346,12 @@ async fn in_container(
     let command = ["sh".to_owned(), "-c".to_owned(), script.to_owned()];
     let name = container_name(project, &record.id);
     let piped = engine
-        .exec_piped(&name, &command, stdin, stdout)
+        .exec_piped(&name, &command, stdin, stdout, DUMP_TIME_LIMIT)
         .await
         .map_err(|e| failed(e.to_string()))?;
+    if piped.timed_out {
+        return Err(timed_out(command_name(script), DUMP_TIME_LIMIT));
+    }
     match piped.exit_code {
         Some(0) => Ok(()),
         code => Err(failed(format!(
@@ -368,6 +392,33 @@ fn sqlite_error(e: rusqlite::Error) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
+/// Copies one database into another with SQLite's online backup API, a
+/// slice of pages at a time, and gives up past `limit` (a source written
+/// all the time makes the copy start over, maybe forever).
+fn copy_database(
+    from: &rusqlite::Connection,
+    to: &mut rusqlite::Connection,
+    limit: Duration,
+) -> std::io::Result<()> {
+    use rusqlite::backup::{Backup, StepResult};
+    let deadline = Instant::now() + limit;
+    let backup = Backup::new(from, to).map_err(sqlite_error)?;
+    loop {
+        match backup.step(1024).map_err(sqlite_error)? {
+            StepResult::Done => return Ok(()),
+            // Busy or locked: a writer holds the database; a moment for it.
+            StepResult::More => {}
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+        if Instant::now() >= deadline {
+            return Err(std::io::Error::other(format!(
+                "the SQLite copy ran past the time limit of {} and was stopped",
+                hours(limit)
+            )));
+        }
+    }
+}
+
 /// Copies the live database with SQLite's online backup API (a consistent
 /// copy while the service writes), then compresses the copy.
 fn sqlite_backup(db: &Path, out: &Path) -> std::io::Result<()> {
@@ -385,9 +436,9 @@ fn sqlite_backup(db: &Path, out: &Path) -> std::io::Result<()> {
         source
             .busy_timeout(Duration::from_secs(10))
             .map_err(sqlite_error)?;
-        source
-            .backup(rusqlite::MAIN_DB, &copy, None)
-            .map_err(sqlite_error)?;
+        let mut target = Connection::open(&copy).map_err(sqlite_error)?;
+        copy_database(&source, &mut target, DUMP_TIME_LIMIT)?;
+        drop(target);
         compress(&copy, out)
     })();
     let _ = std::fs::remove_file(&copy);
@@ -402,14 +453,12 @@ fn sqlite_restore(backup: &Path, db: &Path) -> std::io::Result<()> {
     decompress(backup, &copy)?;
     let restored = (|| {
         let fresh = !db.exists();
+        let source = rusqlite::Connection::open(&copy).map_err(sqlite_error)?;
         let mut target = rusqlite::Connection::open(db).map_err(sqlite_error)?;
         target
-            .restore(
-                rusqlite::MAIN_DB,
-                &copy,
-                None::<fn(rusqlite::backup::Progress)>,
-            )
+            .busy_timeout(Duration::from_secs(10))
             .map_err(sqlite_error)?;
+        copy_database(&source, &mut target, DUMP_TIME_LIMIT)?;
         drop(target);
         if fresh
             && rustix::process::geteuid().is_root()
@@ -610,4 +659,48 @@ async fn scheduled(agent: &Agent) -> Vec<(String, String, String)> {
         })
         .await;
     found.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database of about 8 MiB: more pages than one step copies.
+    fn big_database(path: &Path) {
+        let db = rusqlite::Connection::open(path).expect("open");
+        db.execute_batch(
+            "CREATE TABLE t(x BLOB);
+             WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 2000)
+             INSERT INTO t SELECT randomblob(4000) FROM k;",
+        )
+        .expect("fill");
+    }
+
+    #[test]
+    fn a_sqlite_copy_past_its_time_limit_stops_and_says_so() {
+        let dir = tempfile::tempdir().expect("a directory");
+        big_database(&dir.path().join("big.db"));
+        let from = rusqlite::Connection::open(dir.path().join("big.db")).expect("open");
+        let mut to = rusqlite::Connection::open(dir.path().join("copy.db")).expect("open");
+        let Err(e) = copy_database(&from, &mut to, Duration::ZERO) else {
+            panic!("copied past its time limit");
+        };
+        assert_eq!(
+            e.to_string(),
+            "the SQLite copy ran past the time limit of 0s and was stopped"
+        );
+        copy_database(&from, &mut to, DUMP_TIME_LIMIT).expect("copied");
+        let count: i64 = to
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(count, 2000);
+    }
+
+    #[test]
+    fn a_dump_past_its_time_limit_fails_naming_the_limit() {
+        assert_eq!(
+            timed_out("pg_dump", DUMP_TIME_LIMIT).to_string(),
+            "pg_dump ran past the time limit of 4h and was killed"
+        );
+    }
 }

@@ -51,6 +51,14 @@ impl OutputTail {
         let text = String::from_utf8_lossy(&self.kept[start..]).into_owned();
         (self.total - (self.kept.len() - start) as u64, text)
     }
+
+    /// The text, after a line `[... N bytes cut]` when any was.
+    pub(crate) fn into_text(self) -> String {
+        match self.into_parts() {
+            (0, text) => text,
+            (cut, text) => format!("{}\n{text}", cut_line(cut)),
+        }
+    }
 }
 
 /// What stands for the output left out.
