@@ -387,7 +387,34 @@ async fn a_piped_command_past_its_time_limit_is_killed() {
     assert!(piped.timed_out, "{piped:?}");
     assert_eq!(piped.exit_code, None);
     // Gone from the container, not left running on its own.
-    let gone = "pid=$(cat /tmp/dump.pid); ! [ -d /proc/$pid ] || grep -q '^State:.*Z' /proc/$pid/status";
+    let gone =
+        "pid=$(cat /tmp/dump.pid); ! [ -d /proc/$pid ] || grep -q '^State:.*Z' /proc/$pid/status";
+    exec_until_ok(&engine, &id, &["sh", "-c", gone]).await;
+}
+
+#[tokio::test]
+async fn a_check_past_its_timeout_is_killed() {
+    let image = gantry_testkit::images::redis();
+    let project = Project::new();
+    let engine = project.engine().await;
+    let id = engine
+        .create(&project.spec("db", "i1", &image), &BTreeMap::new())
+        .await
+        .expect("create");
+    engine.start(&id).await.expect("start");
+    exec_until_ok(&engine, &id, &["true"]).await;
+    let command = [
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "echo $$ > /tmp/check.pid; exec sleep 600".to_owned(),
+    ];
+    let outcome = engine
+        .exec(&id, &command, Duration::from_secs(2))
+        .await
+        .expect("ran");
+    assert_eq!(outcome.exit_code, None, "{outcome:?}");
+    let gone =
+        "pid=$(cat /tmp/check.pid); ! [ -d /proc/$pid ] || grep -q '^State:.*Z' /proc/$pid/status";
     exec_until_ok(&engine, &id, &["sh", "-c", gone]).await;
 }
 

@@ -167,7 +167,11 @@ impl Engine {
     /// it; else (the agent is not root, the process is the container's
     /// root) from inside the container, as the exec's user, by its pid
     /// there.
-    async fn kill_exec(&self, container: &str, exec: &str) -> Result<(), ContainerError> {
+    pub(super) async fn kill_exec(
+        &self,
+        container: &str,
+        exec: &str,
+    ) -> Result<(), ContainerError> {
         let inspected = self
             .docker
             .inspect_exec(exec)
