@@ -17,7 +17,6 @@ use gantry_core::agent_api::{
     InstanceState, ServiceSelector, ServiceSpec, ServiceState,
 };
 use gantry_core::config::schedule::Schedule;
-use sha2::{Digest, Sha256};
 
 use crate::agent::{Agent, now_ms};
 use crate::backup_files as files;
@@ -159,8 +158,9 @@ pub(crate) async fn take(
             let _ = std::fs::remove_file(&partial);
             return Err(e);
         }
-        let (size, sha256) =
-            digest(&out).map_err(|e| failed(format!("cannot read the backup: {e}")))?;
+        let (size, sha256) = size_and_digest(&out)
+            .await
+            .map_err(|e| failed(format!("cannot read the backup: {e}")))?;
         let info = BackupInfo {
             id,
             service: service.to_owned(),
@@ -197,27 +197,15 @@ pub(crate) async fn take(
     }
 }
 
-/// Size and sha256 of a file.
-fn digest(path: &Path) -> std::io::Result<(u64, String)> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        size += n as u64;
-    }
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((size, hex))
+/// Size and sha256 of a file (the workspace's `file_digest`, the one
+/// artifacts are named by), read on the blocking pool.
+async fn size_and_digest(path: &Path) -> std::io::Result<(u64, String)> {
+    let path = path.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || {
+        let size = std::fs::metadata(&path)?.len();
+        Ok((size, gantry_core::artifact::file_digest(&path)?))
+    });
+    read.await.map_err(std::io::Error::other)?
 }
 
 /// Runs blocking work on the blocking pool; its error becomes a failed backup.
