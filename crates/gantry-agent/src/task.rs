@@ -206,6 +206,24 @@ async fn in_process(
         .map_err(|e| format!("cannot start /bin/sh in {}: {e}", cwd.display()))
 }
 
+/// A task's process group, killed when dropped too: a task abandoned
+/// (its request gone, the agent stopping) leaves nothing running.
+struct Group(Option<rustix::process::Pid>);
+
+impl Group {
+    fn kill(&self) {
+        if let Some(group) = self.0 {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Runs `command` in a process group of its own, holding only the end of
 /// its stdout; at `limit`, or once the command exits, whatever is left of
 /// the group is killed.
@@ -219,14 +237,12 @@ async fn run_bounded(
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(true);
     let mut child = command.spawn()?;
-    let group = child
-        .id()
-        .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?));
-    let kill_group = || {
-        if let Some(group) = group {
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-        }
-    };
+    let group = Group(
+        child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?)),
+    );
+    let kill_group = || group.kill();
     let mut stdout = child.stdout.take();
     let mut output = OutputTail::new(OUTPUT_MAX);
     let ran = tokio::time::timeout(limit, async {
@@ -425,6 +441,35 @@ mod tests {
             ]
         );
         let pid = std::fs::read_to_string(&pid_file).expect("the pid");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runs(pid.trim()) {
+            assert!(Instant::now() < deadline, "the task's sleep still runs");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_abandoned_leaves_nothing_running() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 600 & echo $! > {}; wait", pid_file.display());
+        let started = async {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(pid) = std::fs::read_to_string(&pid_file)
+                    && pid.ends_with('\n')
+                {
+                    return pid;
+                }
+                assert!(Instant::now() < deadline, "the task never started");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        // Its request gone: the future is dropped once the sleep runs.
+        let pid = tokio::select! {
+            _ = run_bounded(sh(&script), TIME_LIMIT) => panic!("the task ended"),
+            pid = started => pid,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while runs(pid.trim()) {
             assert!(Instant::now() < deadline, "the task's sleep still runs");
