@@ -346,18 +346,7 @@ async fn download_backup(
     let file = tokio::fs::File::open(&path).await.map_err(|e| {
         AgentError::failed(Code::BackupFailed, format!("cannot read the backup: {e}"))
     })?;
-    let chunks = futures_util::stream::unfold(file, |mut file| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buffer = vec![0u8; 256 * 1024];
-        match file.read(&mut buffer).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buffer.truncate(n);
-                Some((Ok::<_, std::io::Error>(Bytes::from(buffer)), file))
-            }
-            Err(e) => Some((Err(e), file)),
-        }
-    });
+    let chunks = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),

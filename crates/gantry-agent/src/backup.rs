@@ -17,16 +17,33 @@ use gantry_core::agent_api::{
     InstanceState, ServiceSelector, ServiceSpec, ServiceState,
 };
 use gantry_core::config::schedule::Schedule;
-use sha2::{Digest, Sha256};
 
 use crate::agent::{Agent, now_ms};
 use crate::backup_files as files;
 use crate::container::{VolumeMount, container_name, volume_name};
 use crate::error::AgentError;
-use crate::{container_instance, control};
+use crate::{backup_archive, container_instance, control};
 
-/// zstd's level: its default, fast with a fair ratio.
-const ZSTD_LEVEL: i32 = 3;
+/// How long a database's dump or restore may run (its tool in the
+/// container, or SQLite's copy) before it is killed and the backup or
+/// restore fails.
+pub(crate) const DUMP_TIME_LIMIT: Duration = Duration::from_secs(4 * 60 * 60);
+
+/// A duration as people read it: `4h`, `90s`.
+fn hours(limit: Duration) -> String {
+    match limit.as_secs() {
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn timed_out(tool: &str, limit: Duration) -> AgentError {
+    failed(format!(
+        "{tool} ran past the time limit of {} and was killed",
+        hours(limit)
+    ))
+}
 
 /// PostgreSQL's tools as the official image and ours configure them: the
 /// superuser `POSTGRES_USER`, trusted on the local socket, and its database.
@@ -141,8 +158,9 @@ pub(crate) async fn take(
             let _ = std::fs::remove_file(&partial);
             return Err(e);
         }
-        let (size, sha256) =
-            digest(&out).map_err(|e| failed(format!("cannot read the backup: {e}")))?;
+        let (size, sha256) = size_and_digest(&out)
+            .await
+            .map_err(|e| failed(format!("cannot read the backup: {e}")))?;
         let info = BackupInfo {
             id,
             service: service.to_owned(),
@@ -179,27 +197,15 @@ pub(crate) async fn take(
     }
 }
 
-/// Size and sha256 of a file.
-fn digest(path: &Path) -> std::io::Result<(u64, String)> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        size += n as u64;
-    }
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((size, hex))
+/// Size and sha256 of a file (the workspace's `file_digest`, the one
+/// artifacts are named by), read on the blocking pool.
+async fn size_and_digest(path: &Path) -> std::io::Result<(u64, String)> {
+    let path = path.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || {
+        let size = std::fs::metadata(&path)?.len();
+        Ok((size, gantry_core::artifact::file_digest(&path)?))
+    });
+    read.await.map_err(std::io::Error::other)?
 }
 
 /// Runs blocking work on the blocking pool; its error becomes a failed backup.
@@ -227,7 +233,7 @@ async fn dump(
     match kind {
         BackupKind::Volumes | BackupKind::Files => {
             let sources = sources(agent, project, environment, spec, kind).await?;
-            blocking("archive", move || archive(&sources, &out)).await
+            blocking("archive", move || backup_archive::archive(&sources, &out)).await
         }
         BackupKind::Sqlite => {
             let db = host_path(spec)?;
@@ -328,9 +334,12 @@ async fn in_container(
     let command = ["sh".to_owned(), "-c".to_owned(), script.to_owned()];
     let name = container_name(project, &record.id);
     let piped = engine
-        .exec_piped(&name, &command, stdin, stdout)
+        .exec_piped(&name, &command, stdin, stdout, DUMP_TIME_LIMIT)
         .await
         .map_err(|e| failed(e.to_string()))?;
+    if piped.timed_out {
+        return Err(timed_out(command_name(script), DUMP_TIME_LIMIT));
+    }
     match piped.exit_code {
         Some(0) => Ok(()),
         code => Err(failed(format!(
@@ -352,91 +361,10 @@ fn command_name(script: &str) -> &'static str {
     }
 }
 
-/// Archives each source directory under its name, as tar + zstd.
-pub(crate) fn archive(sources: &[(String, PathBuf)], out: &Path) -> std::io::Result<()> {
-    let file = std::fs::File::create(out)?;
-    let encoder = zstd::Encoder::new(file, ZSTD_LEVEL)?;
-    let mut builder = tar::Builder::new(encoder);
-    builder.follow_symlinks(false);
-    for (name, dir) in sources {
-        builder.append_dir_all(name, dir)?;
-    }
-    let file = builder.into_inner()?.finish()?;
-    file.sync_all()
-}
-
-/// Puts an archive's directories back: each target emptied, then filled
-/// with its entries, owners and modes as archived.
-pub(crate) fn unarchive(archive: &Path, targets: &[(String, PathBuf)]) -> std::io::Result<()> {
-    for (_, dir) in targets {
-        std::fs::create_dir_all(dir)?;
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            match std::fs::symlink_metadata(&path)?.is_dir() {
-                true => std::fs::remove_dir_all(&path)?,
-                false => std::fs::remove_file(&path)?,
-            }
-        }
-    }
-    let decoder = zstd::Decoder::new(std::fs::File::open(archive)?)?;
-    let mut tar = tar::Archive::new(decoder);
-    tar.set_preserve_permissions(true);
-    tar.set_preserve_ownerships(rustix::process::geteuid().is_root());
-    tar.set_preserve_mtime(true);
-    let mut directories = Vec::new();
-    for entry in tar.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.into_owned();
-        let mut parts = path.components();
-        let Some(top) = parts.next() else { continue };
-        let Some((_, dir)) = targets
-            .iter()
-            .find(|(name, _)| top.as_os_str() == name.as_str())
-        else {
-            continue;
-        };
-        let rest = parts.as_path();
-        if rest
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(std::io::Error::other(format!(
-                "the archive holds `{}`, outside its directory",
-                path.display()
-            )));
-        }
-        let target = dir.join(rest);
-        if entry.header().entry_type().is_dir() {
-            // Modes last: a read-only directory would refuse its own files.
-            directories.push((
-                target.clone(),
-                entry.header().mode()?,
-                entry.header().uid()?,
-                entry.header().gid()?,
-            ));
-            std::fs::create_dir_all(&target)?;
-            continue;
-        }
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        entry.unpack(&target)?;
-    }
-    for (dir, mode, uid, gid) in directories.into_iter().rev() {
-        use std::os::unix::fs::PermissionsExt;
-        if rustix::process::geteuid().is_root() {
-            let (uid, gid) = (u32::try_from(uid).ok(), u32::try_from(gid).ok());
-            std::os::unix::fs::lchown(&dir, uid, gid)?;
-        }
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode & 0o7777))?;
-    }
-    Ok(())
-}
-
 fn compress(from: &Path, to: &Path) -> std::io::Result<()> {
     let input = std::fs::File::open(from)?;
     let output = std::fs::File::create(to)?;
-    let mut encoder = zstd::Encoder::new(output, ZSTD_LEVEL)?;
+    let mut encoder = zstd::Encoder::new(output, backup_archive::ZSTD_LEVEL)?;
     std::io::copy(&mut std::io::BufReader::new(input), &mut encoder)?;
     encoder.finish()?.sync_all()
 }
@@ -450,6 +378,33 @@ fn decompress(from: &Path, to: &Path) -> std::io::Result<()> {
 
 fn sqlite_error(e: rusqlite::Error) -> std::io::Error {
     std::io::Error::other(e.to_string())
+}
+
+/// Copies one database into another with SQLite's online backup API, a
+/// slice of pages at a time, and gives up past `limit` (a source written
+/// all the time makes the copy start over, maybe forever).
+fn copy_database(
+    from: &rusqlite::Connection,
+    to: &mut rusqlite::Connection,
+    limit: Duration,
+) -> std::io::Result<()> {
+    use rusqlite::backup::{Backup, StepResult};
+    let deadline = Instant::now() + limit;
+    let backup = Backup::new(from, to).map_err(sqlite_error)?;
+    loop {
+        match backup.step(1024).map_err(sqlite_error)? {
+            StepResult::Done => return Ok(()),
+            // Busy or locked: a writer holds the database; a moment for it.
+            StepResult::More => {}
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+        if Instant::now() >= deadline {
+            return Err(std::io::Error::other(format!(
+                "the SQLite copy ran past the time limit of {} and was stopped",
+                hours(limit)
+            )));
+        }
+    }
 }
 
 /// Copies the live database with SQLite's online backup API (a consistent
@@ -469,9 +424,9 @@ fn sqlite_backup(db: &Path, out: &Path) -> std::io::Result<()> {
         source
             .busy_timeout(Duration::from_secs(10))
             .map_err(sqlite_error)?;
-        source
-            .backup(rusqlite::MAIN_DB, &copy, None)
-            .map_err(sqlite_error)?;
+        let mut target = Connection::open(&copy).map_err(sqlite_error)?;
+        copy_database(&source, &mut target, DUMP_TIME_LIMIT)?;
+        drop(target);
         compress(&copy, out)
     })();
     let _ = std::fs::remove_file(&copy);
@@ -486,14 +441,12 @@ fn sqlite_restore(backup: &Path, db: &Path) -> std::io::Result<()> {
     decompress(backup, &copy)?;
     let restored = (|| {
         let fresh = !db.exists();
+        let source = rusqlite::Connection::open(&copy).map_err(sqlite_error)?;
         let mut target = rusqlite::Connection::open(db).map_err(sqlite_error)?;
         target
-            .restore(
-                rusqlite::MAIN_DB,
-                &copy,
-                None::<fn(rusqlite::backup::Progress)>,
-            )
+            .busy_timeout(Duration::from_secs(10))
             .map_err(sqlite_error)?;
+        copy_database(&source, &mut target, DUMP_TIME_LIMIT)?;
         drop(target);
         if fresh
             && rustix::process::geteuid().is_root()
@@ -574,7 +527,9 @@ async fn restore_stopped(
             blocking("sqlite restore", move || sqlite_restore(&data, &db)).await
         }
         _ => match sources(agent, project, environment, spec, kind).await {
-            Ok(targets) => blocking("unpack", move || unarchive(&data, &targets)).await,
+            Ok(targets) => {
+                blocking("unpack", move || backup_archive::unarchive(&data, &targets)).await
+            }
             Err(e) => Err(e),
         },
     };
@@ -692,4 +647,48 @@ async fn scheduled(agent: &Agent) -> Vec<(String, String, String)> {
         })
         .await;
     found.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database of about 8 MiB: more pages than one step copies.
+    fn big_database(path: &Path) {
+        let db = rusqlite::Connection::open(path).expect("open");
+        db.execute_batch(
+            "CREATE TABLE t(x BLOB);
+             WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 2000)
+             INSERT INTO t SELECT randomblob(4000) FROM k;",
+        )
+        .expect("fill");
+    }
+
+    #[test]
+    fn a_sqlite_copy_past_its_time_limit_stops_and_says_so() {
+        let dir = tempfile::tempdir().expect("a directory");
+        big_database(&dir.path().join("big.db"));
+        let from = rusqlite::Connection::open(dir.path().join("big.db")).expect("open");
+        let mut to = rusqlite::Connection::open(dir.path().join("copy.db")).expect("open");
+        let Err(e) = copy_database(&from, &mut to, Duration::ZERO) else {
+            panic!("copied past its time limit");
+        };
+        assert_eq!(
+            e.to_string(),
+            "the SQLite copy ran past the time limit of 0s and was stopped"
+        );
+        copy_database(&from, &mut to, DUMP_TIME_LIMIT).expect("copied");
+        let count: i64 = to
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(count, 2000);
+    }
+
+    #[test]
+    fn a_dump_past_its_time_limit_fails_naming_the_limit() {
+        assert_eq!(
+            timed_out("pg_dump", DUMP_TIME_LIMIT).to_string(),
+            "pg_dump ran past the time limit of 4h and was killed"
+        );
+    }
 }

@@ -31,6 +31,7 @@ mod agent_user;
 mod api;
 mod artifact;
 mod backup;
+mod backup_archive;
 mod backup_files;
 pub mod container;
 mod container_instance;
@@ -50,6 +51,7 @@ mod kept;
 mod locks;
 mod logs;
 mod openapi;
+mod output_tail;
 mod ports;
 mod process;
 mod proxy;
@@ -81,6 +83,7 @@ mod tests {
     /// own layer, never one after it: so no two modules use each other.
     const LAYERS: &[&[&str]] = &[
         &[
+            "output_tail",
             "process",
             "artifact",
             "store",
@@ -99,6 +102,7 @@ mod tests {
             "agent_log",
             "container",
             "backup_files",
+            "backup_archive",
         ],
         &["proxy"],
         &["agent"],

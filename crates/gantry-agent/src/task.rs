@@ -3,7 +3,9 @@
 //! instances. A process service's task runs in the release's files with its
 //! environment, secrets and confinement; an image service's in a container
 //! of its image, removed after. Its output is kept in the release's phase,
-//! secret values hidden.
+//! secret values hidden: only its last [`OUTPUT_MAX`] bytes are ever held.
+//! A task past [`TIME_LIMIT`] is killed with all it started (its process
+//! group, or its container).
 
 use std::time::{Duration, Instant};
 
@@ -15,9 +17,32 @@ use gantry_core::redact::Redactor;
 use crate::agent::{Agent, now_ms};
 use crate::error::AgentError;
 use crate::instance;
+use crate::output_tail::{OutputTail, cut_line};
 
 /// How long a task may run before it is killed.
 pub const TIME_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+/// The most of a task's output held, its end.
+const OUTPUT_MAX: usize = 256 * 1024;
+
+/// How a task's command ended.
+struct Ended {
+    /// Its exit code; none when killed.
+    exit_code: Option<i32>,
+    output: OutputTail,
+    /// Killed at its time limit.
+    timed_out: bool,
+}
+
+/// The line that ends the output of a task killed at its time limit.
+fn killed_line(limit: Duration) -> String {
+    let secs = limit.as_secs();
+    let limit = match secs % 60 {
+        0 => format!("{}m", secs / 60),
+        _ => format!("{secs}s"),
+    };
+    format!("[killed: the task ran past its time limit of {limit}]")
+}
 
 /// Runs `task` of `release` and returns its phase; a command that exits
 /// non-zero is a phase that says so, not an error. The error says why it
@@ -48,17 +73,24 @@ pub(crate) async fn phase(
             spec.name
         )),
     };
-    let (exit_code, output) = ran.map_err(|why| {
+    let ended = ran.map_err(|why| {
         AgentError::failed(
             Code::MigrateCommandFailed,
             format!("cannot run `{}` of `{}`: {why}", task.phase, task.service),
         )
     })?;
+    if ended.timed_out {
+        tracing::warn!(project = %release.project, release = %release.id, service = %task.service, phase = %task.phase, "task killed at its time limit");
+    }
     let redactor = Redactor::new(
         crate::credentials::read_secrets(&agent.paths.secrets(&release.project)).into_values(),
     );
-    let lines: Vec<String> = output.lines().map(|line| redactor.text(line)).collect();
-    let skip = lines.len().saturating_sub(TaskOutput::MAX_LINES);
+    let output = output_lines(
+        ended.output,
+        ended.timed_out.then(|| killed_line(TIME_LIMIT)),
+        &redactor,
+    );
+    let exit_code = ended.exit_code;
     Ok(Phase {
         name: task.phase.clone(),
         service: Some(task.service.clone()),
@@ -67,9 +99,30 @@ pub(crate) async fn phase(
         task: Some(TaskOutput {
             command: task.command.clone(),
             exit_code,
-            output: lines.into_iter().skip(skip).collect(),
+            output,
         }),
     })
+}
+
+/// The lines kept of a task's output, at most [`TaskOutput::MAX_LINES`]:
+/// a first line saying how much was cut when any was, then its last lines,
+/// secrets hidden, then `last` (why it was killed).
+fn output_lines(output: OutputTail, last: Option<String>, redactor: &Redactor) -> Vec<String> {
+    let (mut cut, text) = output.into_parts();
+    let room = TaskOutput::MAX_LINES - 1 - usize::from(last.is_some());
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(room);
+    cut += lines[..skip]
+        .iter()
+        .map(|l| l.len() as u64 + 1)
+        .sum::<u64>();
+    let mut kept = Vec::with_capacity(room + 2);
+    if cut > 0 {
+        kept.push(cut_line(cut));
+    }
+    kept.extend(lines[skip..].iter().map(|line| redactor.text(line)));
+    kept.extend(last);
+    kept
 }
 
 /// `POST /v1/projects/{project}/releases/{id}/tasks`: runs a task of a
@@ -117,7 +170,7 @@ async fn in_process(
     release: &Release,
     spec: &ServiceSpec,
     command: &str,
-) -> Result<(Option<i32>, String), String> {
+) -> Result<Ended, String> {
     let project = release.project.clone();
     let p = project.clone();
     let instances = agent
@@ -148,21 +201,87 @@ async fn in_process(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
     crate::process::confine(&mut run, &confinement);
-    let mut run = tokio::process::Command::from(run);
-    run.kill_on_drop(true);
-    let child = run
-        .spawn()
-        .map_err(|e| format!("cannot start /bin/sh in {}: {e}", cwd.display()))?;
-    match tokio::time::timeout(TIME_LIMIT, child.wait_with_output()).await {
-        Ok(Ok(out)) => Ok((
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Ok((
-            None,
-            format!("killed after {} minutes", TIME_LIMIT.as_secs() / 60),
-        )),
+    run_bounded(run, TIME_LIMIT)
+        .await
+        .map_err(|e| format!("cannot start /bin/sh in {}: {e}", cwd.display()))
+}
+
+/// A task's process group, killed when dropped too: a task abandoned
+/// (its request gone, the agent stopping) leaves nothing running.
+struct Group(Option<rustix::process::Pid>);
+
+impl Group {
+    fn kill(&self) {
+        if let Some(group) = self.0 {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `command` in a process group of its own, holding only the end of
+/// its stdout; at `limit`, or once the command exits, whatever is left of
+/// the group is killed.
+async fn run_bounded(
+    mut command: std::process::Command,
+    limit: Duration,
+) -> std::io::Result<Ended> {
+    use std::os::unix::process::CommandExt;
+    use tokio::io::AsyncReadExt;
+    command.process_group(0);
+    let mut command = tokio::process::Command::from(command);
+    command.kill_on_drop(true);
+    let mut child = command.spawn()?;
+    let group = Group(
+        child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?)),
+    );
+    let kill_group = || group.kill();
+    let mut stdout = child.stdout.take();
+    let mut output = OutputTail::new(OUTPUT_MAX);
+    let ran = tokio::time::timeout(limit, async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut status = None;
+        loop {
+            tokio::select! {
+                read = async { stdout.as_mut()?.read(&mut buffer).await.ok() }, if stdout.is_some() => match read {
+                    Some(n) if n > 0 => output.push(&buffer[..n]),
+                    // The output's end: what remains is waiting for it to exit.
+                    _ => stdout = None,
+                },
+                exited = child.wait(), if status.is_none() => {
+                    // What it left running would hold the output open.
+                    kill_group();
+                    status = Some(exited?);
+                }
+            }
+            if let (None, Some(status)) = (&stdout, status) {
+                return Ok::<_, std::io::Error>(status);
+            }
+        }
+    })
+    .await;
+    match ran {
+        Ok(status) => Ok(Ended {
+            exit_code: status?.code(),
+            output,
+            timed_out: false,
+        }),
+        Err(_) => {
+            kill_group();
+            let _ = child.wait().await;
+            Ok(Ended {
+                exit_code: None,
+                output,
+                timed_out: true,
+            })
+        }
     }
 }
 
@@ -173,7 +292,7 @@ async fn in_container(
     release: &Release,
     spec: &ServiceSpec,
     task: &Task,
-) -> Result<(Option<i32>, String), String> {
+) -> Result<Ended, String> {
     use futures_util::StreamExt;
     let engine = crate::container_instance::engine(agent).await?;
     // Named as no instance is: `web-r3-migrate-pre-<random>`.
@@ -214,26 +333,156 @@ async fn in_container(
         .create(&container, &secrets)
         .await
         .map_err(|e| e.coded())?;
-    let ran = async {
+    let mut output = OutputTail::new(OUTPUT_MAX);
+    let ran = tokio::time::timeout(TIME_LIMIT, async {
         engine.start(&id).await.map_err(|e| e.coded())?;
-        let mut output = Vec::new();
         let mut stream = engine.logs(&id, None, true);
         while let Some(Ok(chunk)) = stream.next().await {
-            output.extend_from_slice(&chunk.bytes);
+            output.push(&chunk.bytes);
         }
         let state = engine.inspect(&id).await.map_err(|e| e.coded())?;
-        let exit = state
-            .and_then(|s| s.exit_code)
-            .and_then(|c| i32::try_from(c).ok());
-        Ok::<_, String>((exit, String::from_utf8_lossy(&output).into_owned()))
-    };
-    let ran = match tokio::time::timeout(TIME_LIMIT, ran).await {
-        Ok(ran) => ran,
-        Err(_) => Ok((
-            None,
-            format!("killed after {} minutes", TIME_LIMIT.as_secs() / 60),
-        )),
+        Ok::<_, String>(
+            state
+                .and_then(|s| s.exit_code)
+                .and_then(|c| i32::try_from(c).ok()),
+        )
+    })
+    .await;
+    // Removed by force: a container past its time limit is killed here.
+    let ran = match ran {
+        Ok(exit) => exit.map(|exit_code| Ended {
+            exit_code,
+            output,
+            timed_out: false,
+        }),
+        Err(_) => Ok(Ended {
+            exit_code: None,
+            output,
+            timed_out: true,
+        }),
     };
     let _ = engine.remove(&name).await;
     ran
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Stdio;
+
+    /// A task's command as `in_process` runs it: one stream, on stdout.
+    fn sh(script: &str) -> std::process::Command {
+        let mut command = std::process::Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(format!("exec 2>&1\n{script}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        command
+    }
+
+    fn lines(ended: Ended, limit: Duration) -> Vec<String> {
+        let last = ended.timed_out.then(|| killed_line(limit));
+        output_lines(ended.output, last, &Redactor::new(Vec::<String>::new()))
+    }
+
+    /// Gone, or a zombie nobody reaps: either way it runs no more.
+    fn runs(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| Some(stat.rsplit_once(") ")?.1.starts_with('Z')))
+            .is_some_and(|zombie| !zombie)
+    }
+
+    #[tokio::test]
+    async fn a_task_that_writes_megabytes_keeps_its_last_lines_and_says_how_much_was_cut() {
+        let ended = run_bounded(
+            sh("yes 0123456789abcdef | head -c 3000000; echo; echo done"),
+            TIME_LIMIT,
+        )
+        .await
+        .expect("ran");
+        assert_eq!(ended.exit_code, Some(0));
+        let lines = lines(ended, TIME_LIMIT);
+        assert_eq!(lines.len(), TaskOutput::MAX_LINES);
+        let cut: u64 = lines[0]
+            .strip_prefix("[... ")
+            .and_then(|l| l.strip_suffix(" bytes cut]"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no cut line first: {}", lines[0]));
+        let kept: u64 = lines[1..].iter().map(|l| l.len() as u64 + 1).sum();
+        assert_eq!(cut + kept, 3_000_000 + 1 + 5, "every byte kept or counted");
+        assert_eq!(lines[1], "0123456789abcdef");
+        assert_eq!(lines.last().map(String::as_str), Some("done"));
+    }
+
+    #[tokio::test]
+    async fn a_task_past_its_time_limit_is_killed_with_what_it_started() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let pid_file = dir.path().join("pid");
+        let limit = Duration::from_secs(2);
+        let ended = run_bounded(
+            sh(&format!(
+                "sleep 600 & echo $! > {}; echo started; wait",
+                pid_file.display()
+            )),
+            limit,
+        )
+        .await
+        .expect("ran");
+        assert!(ended.timed_out);
+        assert_eq!(ended.exit_code, None);
+        assert_eq!(
+            lines(ended, limit),
+            [
+                "started",
+                "[killed: the task ran past its time limit of 2s]"
+            ]
+        );
+        let pid = std::fs::read_to_string(&pid_file).expect("the pid");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runs(pid.trim()) {
+            assert!(Instant::now() < deadline, "the task's sleep still runs");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_abandoned_leaves_nothing_running() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 600 & echo $! > {}; wait", pid_file.display());
+        let started = async {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(pid) = std::fs::read_to_string(&pid_file)
+                    && pid.ends_with('\n')
+                {
+                    return pid;
+                }
+                assert!(Instant::now() < deadline, "the task never started");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        // Its request gone: the future is dropped once the sleep runs.
+        let pid = tokio::select! {
+            _ = run_bounded(sh(&script), TIME_LIMIT) => panic!("the task ended"),
+            pid = started => pid,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runs(pid.trim()) {
+            assert!(Instant::now() < deadline, "the task's sleep still runs");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_that_exits_is_done_even_if_it_left_something_running() {
+        let ended = run_bounded(sh("sleep 600 & echo done"), TIME_LIMIT)
+            .await
+            .expect("ran");
+        assert_eq!(ended.exit_code, Some(0));
+        assert_eq!(lines(ended, TIME_LIMIT), ["done"]);
+    }
 }

@@ -363,6 +363,62 @@ async fn secrets_reach_the_container_as_files_and_stay_out_of_docker_inspect() {
 }
 
 #[tokio::test]
+async fn a_piped_command_past_its_time_limit_is_killed() {
+    let image = gantry_testkit::images::redis();
+    let project = Project::new();
+    let engine = project.engine().await;
+    let id = engine
+        .create(&project.spec("db", "i1", &image), &BTreeMap::new())
+        .await
+        .expect("create");
+    engine.start(&id).await.expect("start");
+    exec_until_ok(&engine, &id, &["true"]).await;
+    let out = project.secrets.path().join("dump.out");
+    // A dump that never ends.
+    let command = [
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "echo $$ > /tmp/dump.pid; echo started; exec sleep 600".to_owned(),
+    ];
+    let piped = engine
+        .exec_piped(&id, &command, None, Some(&out), Duration::from_secs(2))
+        .await
+        .expect("ran");
+    assert!(piped.timed_out, "{piped:?}");
+    assert_eq!(piped.exit_code, None);
+    // Gone from the container, not left running on its own.
+    let gone =
+        "pid=$(cat /tmp/dump.pid); ! [ -d /proc/$pid ] || grep -q '^State:.*Z' /proc/$pid/status";
+    exec_until_ok(&engine, &id, &["sh", "-c", gone]).await;
+}
+
+#[tokio::test]
+async fn a_check_past_its_timeout_is_killed() {
+    let image = gantry_testkit::images::redis();
+    let project = Project::new();
+    let engine = project.engine().await;
+    let id = engine
+        .create(&project.spec("db", "i1", &image), &BTreeMap::new())
+        .await
+        .expect("create");
+    engine.start(&id).await.expect("start");
+    exec_until_ok(&engine, &id, &["true"]).await;
+    let command = [
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "echo $$ > /tmp/check.pid; exec sleep 600".to_owned(),
+    ];
+    let outcome = engine
+        .exec(&id, &command, Duration::from_secs(2))
+        .await
+        .expect("ran");
+    assert_eq!(outcome.exit_code, None, "{outcome:?}");
+    let gone =
+        "pid=$(cat /tmp/check.pid); ! [ -d /proc/$pid ] || grep -q '^State:.*Z' /proc/$pid/status";
+    exec_until_ok(&engine, &id, &["sh", "-c", gone]).await;
+}
+
+#[tokio::test]
 async fn memory_and_pids_limits_are_enforced_by_the_containers_cgroup() {
     let image = gantry_testkit::images::redis();
     let project = Project::new();

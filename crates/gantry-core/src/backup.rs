@@ -251,11 +251,8 @@ fn pull(host: &dyn Host, project: &str, info: &BackupInfo, path: &Path) -> Resul
             .map_err(io)?;
         hasher
     };
-    let sha256: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    // Hashed as it streams in, written as artifacts' digests are.
+    let sha256 = crate::artifact::hex(&hasher.finalize());
     if sha256 != info.sha256 {
         return Err(Error::Backup {
             code: Code::BackupFailed,

@@ -1,8 +1,10 @@
 //! What backups need of the engine: where a named volume's files are, and a
 //! command run inside a container with a file as its stdin and its stdout
-//! written to a file (a database's dump and restore tools).
+//! written to a file (a database's dump and restore tools), killed when it
+//! outlives its time limit.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bollard::container::LogOutput;
 use bollard::exec::{StartExecOptions, StartExecResults};
@@ -12,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::engine::Engine;
 use super::{ContainerError, is_not_found};
+use crate::output_tail::OutputTail;
 
 /// The most of a piped command's stderr kept, for its error.
 const STDERR_MAX: usize = 8 * 1024;
@@ -19,7 +22,10 @@ const STDERR_MAX: usize = 8 * 1024;
 /// How a piped command ended.
 #[derive(Debug)]
 pub struct Piped {
+    /// None when it was killed at its time limit, or the engine knows none.
     pub exit_code: Option<i64>,
+    /// Killed at its time limit.
+    pub timed_out: bool,
     /// The end of its stderr.
     pub stderr: String,
 }
@@ -64,13 +70,15 @@ impl Engine {
     }
 
     /// Runs `command` in the running `container`, its stdin read from
-    /// `stdin` (else none) and its stdout written to `stdout` (else dropped).
+    /// `stdin` (else none) and its stdout written to `stdout` (else
+    /// dropped), and kills it if it runs longer than `limit`.
     pub async fn exec_piped(
         &self,
         container: &str,
         command: &[String],
         stdin: Option<&Path>,
         stdout: Option<&Path>,
+        limit: Duration,
     ) -> Result<Piped, ContainerError> {
         let io = |e: std::io::Error| ContainerError::Engine {
             action: "exec in",
@@ -108,7 +116,7 @@ impl Engine {
             Some(path) => Some(tokio::fs::File::create(path).await.map_err(io)?),
             None => None,
         };
-        let mut stderr = Vec::new();
+        let mut stderr = OutputTail::new(STDERR_MAX);
         let drain = async {
             while let Some(chunk) = output.next().await {
                 match chunk {
@@ -117,12 +125,7 @@ impl Engine {
                             out.write_all(&message).await?;
                         }
                     }
-                    Ok(LogOutput::StdErr { message }) => {
-                        stderr.extend_from_slice(&message);
-                        if stderr.len() > STDERR_MAX {
-                            stderr.drain(..stderr.len() - STDERR_MAX);
-                        }
-                    }
+                    Ok(LogOutput::StdErr { message }) => stderr.push(&message),
                     Ok(_) => {}
                     Err(e) => return Err(std::io::Error::other(e.to_string())),
                 }
@@ -132,7 +135,16 @@ impl Engine {
             }
             Ok::<(), std::io::Error>(())
         };
-        let (fed, drained) = tokio::join!(feed, drain);
+        let Ok((fed, drained)) =
+            tokio::time::timeout(limit, async { tokio::join!(feed, drain) }).await
+        else {
+            self.kill_exec(container, &exec).await?;
+            return Ok(Piped {
+                exit_code: None,
+                timed_out: true,
+                stderr: stderr.into_text().trim().to_owned(),
+            });
+        };
         drained.map_err(io)?;
         // A command that exits before reading all of its input breaks the
         // pipe: its exit code says more than the write's error.
@@ -146,7 +158,62 @@ impl Engine {
         }
         Ok(Piped {
             exit_code: inspected.exit_code,
-            stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+            timed_out: false,
+            stderr: stderr.into_text().trim().to_owned(),
         })
+    }
+
+    /// Kills an exec's process. From this host when the agent may signal
+    /// it; else (the agent is not root, the process is the container's
+    /// root) from inside the container, as the exec's user, by its pid
+    /// there.
+    pub(super) async fn kill_exec(
+        &self,
+        container: &str,
+        exec: &str,
+    ) -> Result<(), ContainerError> {
+        let inspected = self
+            .docker
+            .inspect_exec(exec)
+            .await
+            .map_err(|e| ContainerError::engine("inspect exec in", container, e))?;
+        if inspected.running != Some(true) {
+            return Ok(());
+        }
+        let Some(pid) = inspected
+            .pid
+            .and_then(|p| i32::try_from(p).ok())
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            return Ok(());
+        };
+        if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
+            return Ok(());
+        }
+        // The last of `NSpid:` is its pid in the container's namespace.
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.as_raw_nonzero()))
+            .unwrap_or_default();
+        let inside = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|ids| ids.split_whitespace().last())
+            .and_then(|id| id.parse::<u32>().ok());
+        let Some(inside) = inside else {
+            return Err(ContainerError::Engine {
+                action: "kill exec in",
+                target: container.to_owned(),
+                message: format!("cannot find process {} to kill it", pid.as_raw_nonzero()),
+            });
+        };
+        let kill = [
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("kill -KILL {inside}"),
+        ];
+        let (_, started) = self.start_exec(container, &kill, false).await?;
+        if let StartExecResults::Attached { mut output, .. } = started {
+            while output.next().await.is_some() {}
+        }
+        Ok(())
     }
 }

@@ -614,7 +614,8 @@ impl Engine {
     }
 
     /// Runs `command` inside the running container (a health check): its
-    /// exit code, or `None` when it outlived `timeout`.
+    /// exit code and the start of its output, or `None` when it outlived
+    /// `timeout`, and then it is killed (checks that hang would pile up).
     pub async fn exec(
         &self,
         container: &str,
@@ -636,6 +637,9 @@ impl Engine {
                 }
             };
             if tokio::time::timeout(timeout, collect).await.is_err() {
+                if let Err(e) = self.kill_exec(container, &exec).await {
+                    tracing::warn!(container, error = %e, "cannot kill a check past its timeout");
+                }
                 return Ok(ExecOutcome {
                     exit_code: None,
                     output: String::from_utf8_lossy(&output).into_owned(),

@@ -120,18 +120,7 @@ impl Engine {
         let file = tokio::fs::File::open(archive)
             .await
             .map_err(|e| archive_error(format!("{}: {e}", archive.display())))?;
-        let chunks = futures_util::stream::unfold(file, |mut file| async move {
-            use tokio::io::AsyncReadExt;
-            let mut buffer = vec![0u8; 256 * 1024];
-            match file.read(&mut buffer).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buffer.truncate(n);
-                    Some((Ok(bytes::Bytes::from(buffer)), file))
-                }
-                Err(e) => Some((Err(e), file)),
-            }
-        });
+        let chunks = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
         let mut progress = self.docker.import_image(
             ImportImageOptions {
                 quiet: true,
