@@ -76,6 +76,22 @@ pub struct HostPlan {
     pub error: Option<String>,
 }
 
+impl HostPlan {
+    /// A host not heard from yet.
+    fn unknown(name: &str) -> HostPlan {
+        HostPlan {
+            host: name.to_owned(),
+            change: Change::Unknown,
+            current: None,
+            reasons: Vec::new(),
+            files: None,
+            services: Vec::new(),
+            compare_error: None,
+            error: None,
+        }
+    }
+}
+
 pub fn plan(
     project: &Project,
     environment: &str,
@@ -98,7 +114,7 @@ pub fn plan(
             Err(e) => (BTreeMap::new(), Some(e.to_string())),
         };
     let salt = new_salt();
-    let hosts = env
+    let asks: Vec<(Vec<Service>, Vec<ServiceSpec>)> = env
         .hosts
         .iter()
         .map(|host| {
@@ -112,17 +128,40 @@ pub fn plan(
                 .map(|s| as_the_agent_keeps_it(s, &mut values))
                 .collect();
             images.pin(&mut wanted);
-            let ask = Ask {
-                project: &env.project,
-                artifact: &scan.artifact,
-                config_hash: crate::deploy::config_hash(&here),
-                wanted: &wanted,
-                secrets: secret_digests(&salt, &wanted, &values),
-                salt: &salt,
-            };
-            ask.host(&host.name, connect(host))
+            (here, wanted)
         })
         .collect();
+    // Every host at once: a plan takes as long as the slowest host's answers.
+    let hosts = std::thread::scope(|scope| {
+        let handles: Vec<_> = env
+            .hosts
+            .iter()
+            .zip(&asks)
+            .map(|(host, (here, wanted))| {
+                let ask = Ask {
+                    project: &env.project,
+                    artifact: &scan.artifact,
+                    config_hash: crate::deploy::config_hash(here),
+                    wanted,
+                    secrets: secret_digests(&salt, wanted, &values),
+                    salt: &salt,
+                };
+                (
+                    &host.name,
+                    scope.spawn(move || ask.host(&host.name, connect(host))),
+                )
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(name, handle)| {
+                handle.join().unwrap_or_else(|_| HostPlan {
+                    error: Some("planning this host panicked".to_owned()),
+                    ..HostPlan::unknown(name)
+                })
+            })
+            .collect::<Vec<_>>()
+    });
     let (migrations, migrations_error) = match migrate::migrate(
         project,
         environment,
@@ -158,16 +197,7 @@ struct Ask<'a> {
 
 impl Ask<'_> {
     fn host(&self, name: &str, agent: Result<Box<dyn crate::host::Host>, Error>) -> HostPlan {
-        let mut plan = HostPlan {
-            host: name.to_owned(),
-            change: Change::Unknown,
-            current: None,
-            reasons: Vec::new(),
-            files: None,
-            services: Vec::new(),
-            compare_error: None,
-            error: None,
-        };
+        let mut plan = HostPlan::unknown(name);
         let asked = agent.and_then(|agent| {
             let current = agent
                 .releases(self.project)?
@@ -342,16 +372,7 @@ mod tests {
     }
 
     fn empty_plan() -> HostPlan {
-        HostPlan {
-            host: "h1".to_owned(),
-            change: Change::Unknown,
-            current: None,
-            reasons: Vec::new(),
-            files: None,
-            services: Vec::new(),
-            compare_error: None,
-            error: None,
-        }
+        HostPlan::unknown("h1")
     }
 
     fn artifact(digest: &str) -> Artifact {
