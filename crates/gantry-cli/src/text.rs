@@ -734,7 +734,7 @@ fn file_changes(files: &gantry_core::plan::FileChanges) -> String {
     .into_iter()
     .filter(|(_, list)| list.count > 0)
     .map(|(kind, list)| {
-        let more = list.count - list.paths.len();
+        let more = list.count.saturating_sub(list.paths.len());
         let more = if more > 0 {
             format!(", and {more} more")
         } else {
