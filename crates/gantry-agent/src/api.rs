@@ -17,9 +17,9 @@ use futures_util::StreamExt;
 use gantry_core::Code;
 use gantry_core::agent_api::{
     AgentInfo, ApiError, ApiErrorBody, BackupInfo, BackupList, BackupRestored, BackupTrigger,
-    BlobList, BlobReceipt, DeployRequest, DeployResult, ExecSpec, ImageLoaded, ImageManifest,
-    LockGrant, LockRelease, LockRequest, LockState, LogLine, ProxyInfo, Release, RollbackRequest,
-    ServiceSelector, Status,
+    BlobList, BlobReceipt, CompareRequest, Comparison, DeployRequest, DeployResult, ExecSpec,
+    ImageLoaded, ImageManifest, LockGrant, LockRelease, LockRequest, LockState, LogLine, ProxyInfo,
+    Release, RollbackRequest, ServiceSelector, Status,
 };
 use gantry_core::endpoint::{Endpoint, Method};
 use serde::Deserialize;
@@ -136,6 +136,7 @@ fn handler(endpoint: Endpoint) -> MethodRouter<Arc<Agent>> {
         Endpoint::Backups => on(method, backups),
         Endpoint::DownloadBackup => on(method, download_backup),
         Endpoint::RestoreBackup => on(method, restore_backup),
+        Endpoint::Compare => on(method, compare),
     }
 }
 
@@ -279,6 +280,14 @@ async fn release(
     Path((project, id)): Path<(String, String)>,
 ) -> Answer<Release> {
     history::release(&agent, project, id).await.map(Json)
+}
+
+async fn compare(
+    State(agent): Shared,
+    Path(project): Path<String>,
+    Json(request): Json<CompareRequest>,
+) -> Answer<Comparison> {
+    history::compare(&agent, project, request).await.map(Json)
 }
 
 /// The lines as NDJSON, streamed.

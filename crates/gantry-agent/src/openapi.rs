@@ -5,9 +5,9 @@
 
 use gantry_core::agent_api::{
     AgentInfo, ApiErrorBody, BackupInfo, BackupList, BackupRestored, BlobList, BlobReceipt,
-    DeployRequest, DeployResult, ExecSpec, ImageLoaded, ImageManifest, LockGrant, LockRelease,
-    LockRequest, LockState, LogLine, Phase, ProxyInfo, Release, RollbackRequest, ServiceSelector,
-    Status, Task,
+    CompareRequest, Comparison, DeployRequest, DeployResult, ExecSpec, ImageLoaded, ImageManifest,
+    LockGrant, LockRelease, LockRequest, LockState, LogLine, Phase, ProxyInfo, Release,
+    RollbackRequest, ServiceSelector, Status, Task,
 };
 use gantry_core::endpoint::Endpoint;
 use schemars::generate::SchemaSettings;
@@ -115,6 +115,11 @@ fn describe(endpoint: Endpoint) -> (&'static str, Option<&'static str>, &'static
             None,
             "BackupRestored",
         ),
+        Endpoint::Compare => (
+            "What `gantry plan` compares, changing nothing: the files of an artifact the host keeps (absent when it keeps none), and which of the secrets asked about (each a salted sha256 of the value the CLI would send) it holds with another value or not at all",
+            Some("CompareRequest"),
+            "Comparison",
+        ),
     }
 }
 
@@ -151,6 +156,8 @@ pub fn document() -> Value {
         ApiErrorBody,
         BlobList,
         BlobReceipt,
+        CompareRequest,
+        Comparison,
         DeployRequest,
         DeployResult,
         ExecSpec,

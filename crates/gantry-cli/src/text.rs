@@ -691,6 +691,19 @@ impl Report for gantry_core::plan::PlanReport {
             for reason in &h.reasons {
                 let _ = writeln!(out, "  {reason}");
             }
+            if let Some(files) = &h.files {
+                let _ = writeln!(out, "  files: {}", file_changes(files));
+            }
+            let new_release = h.change == gantry_core::plan::Change::NewRelease;
+            for s in h.services.iter().filter(|_| new_release) {
+                let _ = writeln!(out, "  service {}: {}", s.service, service_plan(s));
+            }
+            if let Some(e) = &h.compare_error {
+                let _ = writeln!(out, "  files and secret values not compared: {e}");
+            }
+        }
+        if let Some(e) = &self.secrets_error {
+            let _ = writeln!(out, "secret values: cannot tell ({e})");
         }
         for m in &self.migrations {
             let _ = writeln!(
@@ -708,5 +721,68 @@ impl Report for gantry_core::plan::PlanReport {
             let _ = writeln!(out, "migrations: cannot tell ({e})");
         }
         out
+    }
+}
+
+/// `1 added (a), 2 changed (b, c)`: each kind with its first paths.
+fn file_changes(files: &gantry_core::plan::FileChanges) -> String {
+    [
+        ("added", &files.added),
+        ("changed", &files.changed),
+        ("removed", &files.removed),
+    ]
+    .into_iter()
+    .filter(|(_, list)| list.count > 0)
+    .map(|(kind, list)| {
+        let more = list.count.saturating_sub(list.paths.len());
+        let more = if more > 0 {
+            format!(", and {more} more")
+        } else {
+            String::new()
+        };
+        format!("{} {kind} ({}{more})", list.count, list.paths.join(", "))
+    })
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// What a deploy does with one service, and why.
+fn service_plan(s: &gantry_core::plan::ServicePlan) -> String {
+    let strategy = s
+        .strategy
+        .as_ref()
+        .map_or_else(String::new, |st| format!(" {}", name(st)));
+    let head = match (s.change, s.replaced) {
+        ("added", _) => "added".to_owned(),
+        ("removed", _) => return "removed (stopped)".to_owned(),
+        (_, true) => format!("replaced{strategy}"),
+        (change, false) => format!("{change}, left running"),
+    };
+    let mut why: Vec<String> = s.keys.clone();
+    if let Some(image) = &s.image {
+        why.push(format!("image {} -> {}", image.from, image.to));
+    }
+    if let Some(routes) = &s.routes {
+        why.extend(routes.added.iter().map(|r| format!("route +{r}")));
+        why.extend(routes.removed.iter().map(|r| format!("route -{r}")));
+    }
+    if let Some(secrets) = &s.secrets {
+        for (kind, names) in [
+            ("added", &secrets.added),
+            ("removed", &secrets.removed),
+            ("changed", &secrets.changed),
+        ] {
+            if !names.is_empty() {
+                why.push(format!("secrets {kind}: {}", names.join(" ")));
+            }
+        }
+    }
+    if s.files {
+        why.push("its files differ".to_owned());
+    }
+    if why.is_empty() {
+        head
+    } else {
+        format!("{head} ({})", why.join(", "))
     }
 }

@@ -9,10 +9,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod backups;
+mod compare;
 pub mod v1;
 
 pub use backups::{
     BackupFailure, BackupInfo, BackupKind, BackupList, BackupRestored, BackupTrigger,
+};
+pub use compare::{
+    CompareRequest, Comparison, MAX_COMPARED_SECRETS, is_hex_sha256, new_salt, secret_digest,
 };
 pub use v1::ServiceSpec;
 

@@ -562,6 +562,13 @@ fn run_build_command(dir: &Path, service: &str, command: &str) -> Result<(), Err
     }
 }
 
+/// The digest of `services` as resolved for one host, which its release
+/// records: equal on both sides, the host runs this configuration.
+pub(crate) fn config_hash(services: &[Service]) -> String {
+    let text = serde_json::to_string(services).unwrap_or_default();
+    artifact::hex(&Sha256::digest(text.as_bytes()))
+}
+
 /// What every host gets: the same artifact and secrets.
 struct HostPlan<'a> {
     project: &'a str,
@@ -699,10 +706,7 @@ impl HostPlan<'_> {
 
     /// The deploy request every host of the rollout gets for `services`.
     fn request(&self, host: &str, services: &[Service]) -> DeployRequest {
-        let config_hash = {
-            let text = serde_json::to_string(services).unwrap_or_default();
-            artifact::hex(&Sha256::digest(text.as_bytes()))
-        };
+        let config_hash = config_hash(services);
         let mut specs: Vec<ServiceSpec> = services.iter().map(ServiceSpec::from).collect();
         self.images.pin(&mut specs);
         let tasks = self.pre.get(host).cloned().unwrap_or_default();

@@ -52,11 +52,12 @@ pub enum Endpoint {
     Backups,
     DownloadBackup,
     RestoreBackup,
+    Compare,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order the OpenAPI document lists them.
-    pub const ALL: [Endpoint; 26] = [
+    pub const ALL: [Endpoint; 27] = [
         Endpoint::Health,
         Endpoint::OpenApi,
         Endpoint::Shutdown,
@@ -83,6 +84,7 @@ impl Endpoint {
         Endpoint::Backups,
         Endpoint::DownloadBackup,
         Endpoint::RestoreBackup,
+        Endpoint::Compare,
     ];
 
     /// Its method and its path template, where `{name}` is a parameter.
@@ -121,6 +123,7 @@ impl Endpoint {
                 Post,
                 "/v1/projects/{project}/services/{service}/backups/{id}/restore",
             ),
+            Endpoint::Compare => (Post, "/v1/projects/{project}/compare"),
         }
     }
 

@@ -457,6 +457,15 @@ impl Host for FakeHost {
         Ok(release(id, Outcome::Succeeded))
     }
 
+    fn compare(
+        &self,
+        _project: &str,
+        _request: &crate::agent_api::CompareRequest,
+    ) -> Result<crate::agent_api::Comparison, HostError> {
+        self.note("compare");
+        Ok(crate::agent_api::Comparison::default())
+    }
+
     fn logs(
         &self,
         _project: &str,

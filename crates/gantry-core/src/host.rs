@@ -183,6 +183,13 @@ pub trait Host {
     fn status(&self, project: &str) -> Result<Status, HostError>;
     fn releases(&self, project: &str) -> Result<Vec<Release>, HostError>;
     fn release(&self, project: &str, id: &str) -> Result<Release, HostError>;
+    /// The files of an artifact the host keeps, and which of the project's
+    /// secrets it holds with another value (`gantry plan`; changes nothing).
+    fn compare(
+        &self,
+        project: &str,
+        request: &crate::agent_api::CompareRequest,
+    ) -> Result<crate::agent_api::Comparison, HostError>;
     /// Calls `sink` with each line until it returns false or the lines end.
     fn logs(
         &self,

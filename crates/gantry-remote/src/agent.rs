@@ -204,6 +204,14 @@ impl<T: Transport> Host for Agent<T> {
         )
     }
 
+    fn compare(
+        &self,
+        project: &str,
+        request: &gantry_core::agent_api::CompareRequest,
+    ) -> Result<gantry_core::agent_api::Comparison, HostError> {
+        self.json(at(Endpoint::Compare, &[project]), request)
+    }
+
     fn logs(
         &self,
         project: &str,

@@ -98,3 +98,173 @@ fn filtered(text: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+const TOKEN_BEFORE: &str = "plan-token-Qv3-before";
+const TOKEN_AFTER: &str = "plan-token-Qv3-after";
+
+/// The example's project with a route, a secret from `.gantry/secrets.env`,
+/// an env value, limits and a stop-first worker, as `change` rewrites it.
+fn detailed_toml(change: bool) -> String {
+    let (route, memory, env_value, path, secrets) = if change {
+        ("b.plan.test", "128M", "2", "/", r#"["TOKEN", "EXTRA"]"#)
+    } else {
+        ("a.plan.test", "64M", "1", "/healthz", r#"["TOKEN"]"#)
+    };
+    format!(
+        r#"[project]
+name = "plandetail"
+
+[services.web]
+run = "bin/hello-web"
+port = "http"
+routes = ["{route}"]
+health = {{ path = "{path}", interval = "100ms", timeout = "1s" }}
+resources = {{ memory = "{memory}" }}
+env = {{ FOO = "{env_value}" }}
+secrets = {secrets}
+
+[services.worker]
+run = "bin/hello-worker"
+env = {{ QUEUE = "emails" }}
+depends_on = ["web"]
+deploy_strategy = "stop-first"
+"#
+    )
+}
+
+fn plan_service<'a>(host: &'a Value, name: &str) -> &'a Value {
+    host["services"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["service"] == name))
+        .unwrap_or_else(|| panic!("no service `{name}` in {host:#}"))
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn plan_names_the_files_keys_routes_and_secrets_that_differ_and_changes_nothing() {
+    let bins = gantry_testkit::example_bins();
+    let p = gantry_testkit::TestProject::new(agent_support::GANTRY)
+        .copy(&bins.join("hello-web"), "bin/hello-web")
+        .copy(&bins.join("hello-worker"), "bin/hello-worker")
+        .file("VERSION", "1\n")
+        .file("OLD", "going\n")
+        .file("gantry.toml", &detailed_toml(false))
+        .file(".gantry/secrets.env", &format!("TOKEN={TOKEN_BEFORE}\n"));
+    let first = deploy(&p);
+    let r1 = first["release"]["id"]
+        .as_str()
+        .expect("a release")
+        .to_owned();
+    let pids_before =
+        agent_support::pids(agent_support::service(&agent_support::status(&p), "web"));
+
+    let same = json(&p, &["plan"]);
+    assert_eq!(host(&same)["change"], "unchanged", "{same:#}");
+    assert!(
+        host(&same)["services"]
+            .as_array()
+            .is_some_and(|all| all.iter().all(|s| s["replaced"] == false)),
+        "{same:#}"
+    );
+
+    // Every kind of change at once: files added, changed and removed, keys,
+    // a route, a secret added and one whose value changed.
+    std::fs::write(p.path().join("VERSION"), "2\n").expect("write VERSION");
+    std::fs::remove_file(p.path().join("OLD")).expect("remove OLD");
+    std::fs::write(p.path().join("NEW"), "came\n").expect("write NEW");
+    std::fs::write(p.path().join("gantry.toml"), detailed_toml(true)).expect("write gantry.toml");
+    std::fs::write(
+        p.path().join(".gantry/secrets.env"),
+        format!("TOKEN={TOKEN_AFTER}\nEXTRA=plan-extra-value\n"),
+    )
+    .expect("write secrets.env");
+
+    let run = p.gantry(&["plan", "--output", "json"]);
+    run.expect_code(0);
+    assert!(
+        !run.stdout.contains(TOKEN_AFTER) && !run.stdout.contains(TOKEN_BEFORE),
+        "the plan shows a secret's value: {}",
+        run.stdout
+    );
+    let plan = run.json();
+    let h = host(&plan);
+    assert_eq!(h["change"], "new_release", "{plan:#}");
+    assert_eq!(strings(&h["files"]["added"]["paths"]), ["NEW"], "{plan:#}");
+    assert_eq!(
+        strings(&h["files"]["changed"]["paths"]),
+        ["VERSION", "gantry.toml"],
+        "{plan:#}"
+    );
+    assert_eq!(
+        strings(&h["files"]["removed"]["paths"]),
+        ["OLD"],
+        "{plan:#}"
+    );
+    assert_eq!(h["files"]["changed"]["count"], 2);
+
+    let web = plan_service(h, "web");
+    assert_eq!(web["change"], "changed", "{web:#}");
+    assert_eq!(web["replaced"], true);
+    assert_eq!(web["strategy"], "start-first");
+    let keys = strings(&web["keys"]);
+    for key in ["env.FOO", "resources.memory", "health.path"] {
+        assert!(keys.contains(&key), "{key} not in {keys:?}");
+    }
+    assert_eq!(strings(&web["routes"]["added"]), ["b.plan.test"]);
+    assert_eq!(strings(&web["routes"]["removed"]), ["a.plan.test"]);
+    assert_eq!(strings(&web["secrets"]["added"]), ["EXTRA"]);
+    assert_eq!(strings(&web["secrets"]["changed"]), ["TOKEN"]);
+    assert!(strings(&web["secrets"]["removed"]).is_empty());
+
+    // The worker's config is as it runs, its files are not: replaced, stop-first.
+    let worker = plan_service(h, "worker");
+    assert_eq!(worker["change"], "unchanged", "{worker:#}");
+    assert_eq!(worker["replaced"], true);
+    assert_eq!(worker["files"], true);
+    assert_eq!(worker["strategy"], "stop-first");
+
+    // A secret's value changed alone is a new release, named.
+    std::fs::write(p.path().join("VERSION"), "1\n").expect("write VERSION");
+    std::fs::write(p.path().join("OLD"), "going\n").expect("write OLD");
+    std::fs::remove_file(p.path().join("NEW")).expect("remove NEW");
+    std::fs::write(p.path().join("gantry.toml"), detailed_toml(false)).expect("write gantry.toml");
+    let rotated = json(&p, &["plan"]);
+    let h = host(&rotated);
+    assert_eq!(h["change"], "new_release", "{rotated:#}");
+    assert_eq!(strings(&h["reasons"]), ["`web` changes: secrets"]);
+    assert_eq!(
+        strings(&plan_service(h, "web")["secrets"]["changed"]),
+        ["TOKEN"]
+    );
+    assert_eq!(plan_service(h, "worker")["replaced"], false, "{rotated:#}");
+
+    let text = p.gantry(&["plan", "--output", "text"]);
+    text.expect_code(0);
+    assert!(!text.stdout.contains(TOKEN_AFTER), "{}", text.stdout);
+    assert!(
+        text.stdout
+            .contains("service web: replaced start-first (secrets changed: TOKEN)"),
+        "{}",
+        text.stdout
+    );
+
+    // Asking changed nothing: one release, the same instances, the old value.
+    let releases = json(&p, &["releases"]);
+    assert_eq!(
+        releases["releases"].as_array().map(Vec::len),
+        Some(1),
+        "{releases:#}"
+    );
+    assert_eq!(releases["releases"][0]["id"], r1.as_str());
+    let pids_after = agent_support::pids(agent_support::service(&agent_support::status(&p), "web"));
+    assert_eq!(pids_before, pids_after);
+    let kept = std::fs::read_to_string(p.state_dir().join("secrets/plandetail.env"))
+        .expect("the host's secrets file");
+    assert!(kept.contains(TOKEN_BEFORE), "the host's secret changed");
+}
