@@ -59,6 +59,22 @@ fn on_each<T: Send>(
     })
 }
 
+/// Each host's answer, in the hosts' order.
+type Answers<T> = Vec<Result<T, Error>>;
+
+/// Asks every host of the environment the same question, given the project's
+/// name: the project's name, the hosts and their answers in the hosts' order.
+fn ask_every_host<T: Send>(
+    project: &Project,
+    environment: &str,
+    connect: Connect<'_>,
+    ask: &(dyn Fn(&dyn Host, &str) -> Result<T, Error> + Sync),
+) -> Result<(String, Vec<HostSpec>, Answers<T>), Error> {
+    let (name, hosts) = hosts_of(project, environment)?;
+    let answers = on_each(&hosts, connect, &|h| ask(h, &name));
+    Ok((name, hosts, answers))
+}
+
 /// The project's name and its first host, connected: for what one host answers.
 fn target(
     project: &Project,
@@ -183,8 +199,13 @@ pub fn status(
     environment: &str,
     connect: Connect<'_>,
 ) -> Result<StatusReport, Error> {
-    let (name, hosts) = hosts_of(project, environment)?;
-    let answers = on_each(&hosts, connect, &|h| Ok(h.status(&name)?));
+    let (name, hosts, answers) =
+        ask_every_host(
+            project,
+            environment,
+            connect,
+            &|h, name| Ok(h.status(name)?),
+        )?;
     merge(environment, name, &hosts, answers)
 }
 
@@ -212,8 +233,9 @@ pub fn releases(
     environment: &str,
     connect: Connect<'_>,
 ) -> Result<ReleasesReport, Error> {
-    let (name, hosts) = hosts_of(project, environment)?;
-    let answers = on_each(&hosts, connect, &|h| Ok(h.releases(&name)?));
+    let (name, hosts, answers) = ask_every_host(project, environment, connect, &|h, name| {
+        Ok(h.releases(name)?)
+    })?;
     let mut per_host = Vec::new();
     for (spec, answer) in hosts.iter().zip(answers) {
         per_host.push(HostReleases {

@@ -62,19 +62,17 @@ mod tests {
         let store = Store::open_in_memory().expect("store");
         store.insert_release(&release("shop", "r1", 1)).expect("r1");
         store.insert_release(&release("shop", "r2", 2)).expect("r2");
-        store
-            .mark_deployment("shop", "r1", &mark("d1", 10))
-            .expect("d1");
-        store
-            .mark_deployment("shop", "r2", &mark("d2", 20))
-            .expect("d2");
-        store
-            .mark_deployment("shop", "r2", &mark("d3", 30))
-            .expect("d3");
-        // A retried request of d3 records nothing new.
-        store
-            .mark_deployment("shop", "r2", &mark("d3", 31))
-            .expect("d3 again");
+        // The last is a retried request of d3: it records nothing new.
+        for (release, id, at) in [
+            ("r1", "d1", 10),
+            ("r2", "d2", 20),
+            ("r2", "d3", 30),
+            ("r2", "d3", 31),
+        ] {
+            store
+                .mark_deployment("shop", release, &mark(id, at))
+                .expect(id);
+        }
 
         let all = store.releases("shop").expect("releases");
         let marks: Vec<(String, Vec<String>)> = all
