@@ -25,6 +25,9 @@ pub enum HubError {
         message: String,
         hint: Option<String>,
     },
+    /// A body sent as something other than JSON where only JSON is taken.
+    #[error("this endpoint takes `Content-Type: application/json`, not {given}")]
+    NotJson { given: String },
     #[error("the request body is over the hub's {limit}-byte limit")]
     TooLarge { limit: usize },
     #[error("{what} already exists")]
@@ -81,7 +84,7 @@ impl HubError {
             HubError::Unauthorized { .. } | HubError::BadSignature { .. } => Code::HubUnauthorized,
             HubError::Forbidden { .. } => Code::HubForbidden,
             HubError::NotFound { .. } => Code::HubNotFound,
-            HubError::Invalid { .. } => Code::HubInvalid,
+            HubError::Invalid { .. } | HubError::NotJson { .. } => Code::HubInvalid,
             HubError::TooLarge { .. } => Code::HubTooLarge,
             HubError::Exists { .. } => Code::HubExists,
             HubError::Claimed { .. } => Code::HubClaimed,
@@ -108,6 +111,7 @@ impl HubError {
             HubError::NotFound { .. } => 404,
             HubError::Invalid { .. } | HubError::IdempotencyMismatch => 422,
             HubError::TooLarge { .. } => 413,
+            HubError::NotJson { .. } => 415,
             HubError::Exists { .. } | HubError::Claimed { .. } | HubError::Finished { .. } => 409,
             HubError::Stale { .. } => 412,
             HubError::PreconditionRequired => 428,
@@ -153,6 +157,9 @@ impl HubError {
                 "a 6-digit code from the authenticator app, or one of the recovery codes".to_owned()
             }
             HubError::TooLarge { .. } => "send a smaller body".to_owned(),
+            HubError::NotJson { .. } => {
+                "send the body as JSON with `Content-Type: application/json`".to_owned()
+            }
             _ => return None,
         })
     }

@@ -18,6 +18,7 @@ on_both_databases!(
     a_wrong_password_is_refused_audited_and_slowed,
     the_cookie_is_secure_when_the_proxy_says_the_client_came_over_https,
     users_and_keys_never_share_a_name_and_the_api_document_has_both,
+    a_login_sent_as_a_form_is_refused_so_another_site_cannot_log_a_visitor_in,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -568,4 +569,56 @@ async fn users_and_keys_never_share_a_name_and_the_api_document_has_both(db: Db)
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is in the document");
     }
+}
+
+async fn a_login_sent_as_a_form_is_refused_so_another_site_cannot_log_a_visitor_in(db: Db) {
+    let hub = Hub::start(db).await;
+    add_user(&hub, "mallory", &[]).await;
+    // What a cross-site `<form enctype="text/plain">` can send: JSON-shaped
+    // text under a content type the browser sends without asking.
+    let body = json!({"name": "mallory", "password": PASSWORD}).to_string();
+    for kind in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let answer = hub
+            .anonymous()
+            .send_raw(
+                "POST",
+                "/api/session",
+                &[("content-type", kind)],
+                body.clone().into_bytes(),
+            )
+            .await;
+        assert_eq!(
+            (answer.status, answer.code().as_str()),
+            (415, "hub.invalid"),
+            "{kind}: {}",
+            answer.text
+        );
+        assert!(answer.header("set-cookie").is_none(), "{kind}: no session");
+        assert!(
+            answer.hint().contains("application/json"),
+            "{}",
+            answer.hint()
+        );
+    }
+    let json = hub
+        .anonymous()
+        .send_raw(
+            "POST",
+            "/api/session",
+            &[("content-type", "application/json; charset=utf-8")],
+            body.into_bytes(),
+        )
+        .await;
+    assert_eq!(json.status, 200, "{}", json.text);
+    let doc = hub.anonymous().get("/api/openapi.json").await.json();
+    let login = &doc["paths"]["/api/session"]["post"];
+    assert!(
+        login["requestBody"]["content"]["application/json"].is_object(),
+        "{login}"
+    );
+    assert!(login["responses"]["415"].is_object(), "{login}");
 }
