@@ -12,6 +12,11 @@ pub enum HubError {
     Db(#[from] DbError),
     #[error("{message}")]
     Unauthorized { message: String },
+    /// A login, or a password or code asked again, refused: its hint is
+    /// about what the person typed, never about API keys, and the same
+    /// whether the name exists or not.
+    #[error("{message}")]
+    LoginRefused { message: String, hint: &'static str },
     /// A forge's webhook delivery unsigned, or signed with no product's
     /// secret: the same code as a bad key, a hint of its own.
     #[error("{message}")]
@@ -81,7 +86,9 @@ impl HubError {
             HubError::Db(DbError::Location(_)) => Code::HubInvalid,
             HubError::Db(_) | HubError::Internal(_) => Code::HubStore,
             HubError::Io { .. } => Code::IoFailed,
-            HubError::Unauthorized { .. } | HubError::BadSignature { .. } => Code::HubUnauthorized,
+            HubError::Unauthorized { .. }
+            | HubError::LoginRefused { .. }
+            | HubError::BadSignature { .. } => Code::HubUnauthorized,
             HubError::Forbidden { .. } => Code::HubForbidden,
             HubError::NotFound { .. } => Code::HubNotFound,
             HubError::Invalid { .. } | HubError::NotJson { .. } => Code::HubInvalid,
@@ -105,6 +112,7 @@ impl HubError {
             HubError::Db(DbError::Location(_)) => 400,
             HubError::Db(_) | HubError::Internal(_) | HubError::Io { .. } => 500,
             HubError::Unauthorized { .. }
+            | HubError::LoginRefused { .. }
             | HubError::BadSignature { .. }
             | HubError::SecondFactorRequired => 401,
             HubError::Forbidden { .. } => 403,
@@ -124,6 +132,7 @@ impl HubError {
     pub fn hint(&self) -> Option<String> {
         Some(match self {
             HubError::Invalid { hint, .. } => return hint.clone(),
+            HubError::LoginRefused { hint, .. } => (*hint).to_owned(),
             HubError::Db(DbError::TooNew { .. }) => {
                 "run the newer gantry that wrote this database".to_owned()
             }

@@ -141,6 +141,7 @@ async fn a_totp_login_needs_a_fresh_code_and_each_recovery_code_works_once(db: D
         )
         .await;
     assert_eq!(wrong.status, 401, "{}", wrong.text);
+    assert!(!wrong.hint().contains("Bearer"), "{}", wrong.hint());
     let enrolment = session
         .send(
             "POST",
@@ -199,6 +200,11 @@ async fn a_totp_login_needs_a_fresh_code_and_each_recovery_code_works_once(db: D
     assert_eq!(
         (refused.status, refused.code().as_str()),
         (401, "hub.unauthorized")
+    );
+    assert!(
+        refused.hint().contains("code") && !refused.hint().contains("Bearer"),
+        "{}",
+        refused.hint()
     );
     // The next step's code works once (the enrolment spent this step's).
     let code = app.generate(now() + 30).to_string();
@@ -470,6 +476,16 @@ async fn a_wrong_password_is_refused_audited_and_slowed(db: Db) {
         unknown.message(),
         refused.message(),
         "an unknown name looks like a wrong password"
+    );
+    assert_eq!(
+        unknown.hint(),
+        refused.hint(),
+        "the hint does not tell an unknown name either"
+    );
+    assert!(
+        refused.hint().contains("password") && !refused.hint().contains("Authorization"),
+        "a login's hint is about the password, not API keys: {}",
+        refused.hint()
     );
     client.post("/api/session", &wrong("ann")).await;
     login_answer(&hub, "ann", None).await;

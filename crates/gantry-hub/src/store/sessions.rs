@@ -29,6 +29,10 @@ use crate::error::HubError;
 pub const SESSION_LIFETIME_MS: i64 = 12 * 3600 * 1000;
 /// A session ends after this long without a request.
 pub const SESSION_IDLE_MS: i64 = 2 * 3600 * 1000;
+/// The hint of a refused login: the same whichever part was wrong, and
+/// whether or not the name exists.
+const LOGIN_HINT: &str = "check the user name and password (both are case-sensitive); a user with \
+     a second factor also sends `code`, the app's 6-digit code or a recovery code";
 /// How many recovery codes an enrolment gives.
 const RECOVERY_CODES: usize = 10;
 const ISSUER: &str = "Gantry hub";
@@ -212,8 +216,9 @@ impl Store {
             user.as_ref().map(|u| u.password_hash.as_str()),
             &attempt.password,
         )?;
-        let refused = || HubError::Unauthorized {
+        let refused = || HubError::LoginRefused {
             message: "the name, password or code is wrong".to_owned(),
+            hint: LOGIN_HINT,
         };
         // A refusal's audit row is committed: it is returned, not thrown.
         self.tx(|sql| {
@@ -400,8 +405,9 @@ impl Store {
             };
             let Some(step) = totp_step(&pending, &user.name, code.trim(), clock::now())? else {
                 audit::record(sql, &user.name, Some(client), "auth.totp_confirm", Some(&user.name), "wrong totp code")?;
-                return Ok(Err(HubError::Unauthorized {
+                return Ok(Err(HubError::LoginRefused {
                     message: "the code is wrong: check the app's clock and try the next code".to_owned(),
+                    hint: "send the 6-digit code the app shows now for the secret this enrolment gave",
                 }));
             };
             sql.execute(
@@ -450,8 +456,9 @@ impl Store {
                 "wrong password",
             )
         })?;
-        Err(HubError::Unauthorized {
+        Err(HubError::LoginRefused {
             message: "the password is wrong".to_owned(),
+            hint: "send the password this user logs in with",
         })
     }
 }
