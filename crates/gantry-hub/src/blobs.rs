@@ -1,8 +1,9 @@
 //! Attachment contents, stored once each under their SHA-256 on disk:
 //! `<dir>/ab/abcdef...`. A file is streamed in (hashed as it is written to
-//! a temporary file, refused past the limit, then renamed into place, or
-//! dropped when an equal file is there already) and streamed out; memory
-//! stays bounded whatever the size. Nothing here knows what an item is.
+//! a new temporary file, refused past the limit, then renamed into place,
+//! or dropped when an equal file is there already) and streamed out; memory
+//! stays bounded whatever the size. Files are 0600 in 0700 directories:
+//! no other local user reads them. Nothing here knows what an item is.
 //!
 //! Files on disk rather than in the database (bytea on PostgreSQL): both
 //! backends share one code path and its tests, a 25 MB file never sits
@@ -48,6 +49,7 @@ impl BlobDir {
 
     /// Streams `body` into the store, at most `limit` bytes.
     pub async fn put(&self, body: axum::body::Body, limit: u64) -> Result<Blob, HubError> {
+        create_private_dir(&self.root).await?;
         let tmp_dir = self.root.join("tmp");
         create_private_dir(&tmp_dir).await?;
         let tmp = tmp_dir.join(format!("upload-{}", hex(&rand::random::<[u8; 12]>())));
@@ -87,18 +89,38 @@ impl BlobDir {
     }
 }
 
+/// Makes `dir` (and what is missing above it) 0700; an existing one that
+/// others may enter (an older hub's, or one made by hand) is made 0700 too:
+/// attachments are the items' private files, not the machine's.
 async fn create_private_dir(dir: &Path) -> Result<(), HubError> {
+    use std::os::unix::fs::PermissionsExt as _;
     let mut builder = tokio::fs::DirBuilder::new();
     builder.recursive(true).mode(0o700);
     builder
         .create(dir)
         .await
-        .map_err(io(format!("create {}", dir.display())))
+        .map_err(io(format!("create {}", dir.display())))?;
+    let mode = tokio::fs::metadata(dir)
+        .await
+        .map_err(io(format!("read {}", dir.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .await
+            .map_err(io(format!("make {} private", dir.display())))?;
+    }
+    Ok(())
 }
 
-/// Writes `body` to `tmp`, hashing it; refuses more than `limit` bytes.
+/// Writes `body` to `tmp`, a new file only its owner may read (never a
+/// leftover or a planted link), hashing it; refuses more than `limit` bytes.
 async fn write(tmp: &Path, body: axum::body::Body, limit: u64) -> Result<Blob, HubError> {
-    let mut file = tokio::fs::File::create(tmp)
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
         .await
         .map_err(io(format!("create {}", tmp.display())))?;
     let mut hasher = Sha256::new();

@@ -16,6 +16,7 @@ on_both_databases!(
     watchers_are_notified_of_changes_and_comments_by_others,
     custom_fields_are_defined_per_product_checked_and_filterable,
     attachments_are_stored_once_and_downloaded_as_files,
+    attachment_files_are_private_to_the_hub,
     saved_views_keep_a_filter_and_sort_per_owner_or_product,
     a_bulk_change_moves_every_item_or_none,
     exports_stream_the_filtered_list_as_csv_and_json,
@@ -444,6 +445,37 @@ async fn attachments_are_stored_once_and_downloaded_as_files(db: Db) {
         .send_raw("POST", &format!("{path}?name=r.txt"), &[], b"x".to_vec())
         .await;
     assert_eq!(refused.status, 403);
+}
+
+async fn attachment_files_are_private_to_the_hub(db: Db) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let hub = Hub::start(db).await;
+    // A directory an older hub (or a person) left open to everyone.
+    std::fs::create_dir_all(&hub.files).unwrap();
+    std::fs::set_permissions(&hub.files, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = hub.client(&hub.key("agent", Permission::Write, None).await);
+    let item = agent
+        .create(&json!({"product": "SHOP", "type": "bug", "title": "Secret log"}))
+        .await;
+    let path = format!("/api/agent/items/{}/attachments?name=log.txt", item["id"]);
+    let upload = agent
+        .send_raw(
+            "POST",
+            &path,
+            &[("content-type", "text/plain")],
+            b"token=1".to_vec(),
+        )
+        .await;
+    assert_eq!(upload.status, 201, "{}", upload.text);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let files = stored_files(&hub.files);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(mode(&files[0]), 0o600, "{}", files[0].display());
+    let mut dirs = vec![hub.files.clone(), hub.files.join("tmp")];
+    dirs.extend(files[0].parent().map(std::path::Path::to_owned));
+    for dir in dirs {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
 }
 
 async fn saved_views_keep_a_filter_and_sort_per_owner_or_product(db: Db) {
