@@ -6,7 +6,8 @@
 //! database alone opens no session. A session ends when its user logs out,
 //! when it is revoked (a new password, `gantry hub user logout`), after
 //! [`SESSION_IDLE`] without a request, and [`SESSION_LIFETIME`] after login
-//! whatever happens. Its CSRF token is derived from the session token, so
+//! whatever happens. An ended session's row is deleted a day later, with
+//! the other rows kept for a while only (`analytics::prune`). Its CSRF token is derived from the session token, so
 //! only a page that was given it (or holds the cookie, which scripts
 //! cannot read) can name it.
 //!
