@@ -54,6 +54,8 @@ pub struct Store {
     backend: Box<dyn Backend>,
     /// Where attachments' contents live; `None`: attachments refused.
     blobs: Option<BlobDir>,
+    /// The forge secrets, checked without a transaction.
+    forge_keys: forge::ForgeKeys,
 }
 
 impl Store {
@@ -70,6 +72,7 @@ impl Store {
         Ok(Store {
             backend: location.open()?,
             blobs,
+            forge_keys: forge::ForgeKeys::default(),
         })
     }
 
