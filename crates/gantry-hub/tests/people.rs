@@ -166,6 +166,20 @@ async fn a_totp_login_needs_a_fresh_code_and_each_recovery_code_works_once(db: D
         )
         .await;
     assert_eq!(confirmed.status, 200, "{}", confirmed.text);
+    let location = hub.location.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        support::raw(
+            &location,
+            "SELECT totp_secret FROM users WHERE name = 'ann'",
+        )
+    })
+    .await
+    .unwrap();
+    let stored = stored[0][0].clone().unwrap_or_default();
+    assert!(
+        stored.starts_with("sealed1:") && !stored.contains(&secret),
+        "the database keeps the TOTP secret sealed: {stored}"
+    );
     let recovery: Vec<String> = confirmed.json()["recovery_codes"]
         .as_array()
         .unwrap()

@@ -873,4 +873,15 @@ async fn forged_deliveries_are_refused_before_the_database_is_written(db: Db) {
     assert_eq!(old.status, 401, "{}", old.text);
     let renewed = deliver(&hub, "github", "ping", "ok-3", &new, &ping).await;
     assert_eq!(renewed.status, 200, "{}", renewed.text);
+    let location = hub.location.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        support::raw(&location, "SELECT secret FROM forge_secrets")
+    })
+    .await
+    .unwrap();
+    let stored = stored[0][0].clone().unwrap_or_default();
+    assert!(
+        stored.starts_with("sealed1:") && !stored.contains(&new),
+        "the database keeps the forge secret sealed: {stored}"
+    );
 }

@@ -285,14 +285,15 @@ fn location(args: &HubArgs, state_dir: &Path) -> Result<Location, HubError> {
 
 pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Failure> {
     let database = location(args, state_dir)?;
-    let store = || Store::open(&database);
+    // The hub's key file and attachments: beside a SQLite database, in
+    // the state directory's hub/ with PostgreSQL.
+    let hub_dir = matches!(database, Location::Postgres(_)).then(|| state_dir.join("hub"));
+    let store = || match &hub_dir {
+        Some(dir) => Store::open_in(&database, dir),
+        None => Store::open(&database),
+    };
     match &args.action {
-        HubAction::Serve(serve) => {
-            // Beside a SQLite database; in the state directory otherwise.
-            let attachments = matches!(database, Location::Postgres(_))
-                .then(|| state_dir.join("hub").join("attachments"));
-            run_server(serve, &database, attachments, printer)
-        }
+        HubAction::Serve(serve) => run_server(serve, &database, hub_dir.clone(), printer),
         HubAction::Product(action) => product(action, &store()?, printer),
         HubAction::Milestone(action) => milestone(action, &store()?, printer),
         HubAction::User(action) => user(action, &store()?, printer),
@@ -304,7 +305,7 @@ pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Fa
 fn run_server(
     serve: &ServeArgs,
     database: &Location,
-    attachments: Option<PathBuf>,
+    hub_dir: Option<PathBuf>,
     printer: &Printer,
 ) -> Result<(), Failure> {
     // Request lines and failures on stderr; RUST_LOG tunes them.
@@ -330,7 +331,7 @@ fn run_server(
             stale_after: std::time::Duration::from_secs(serve.stale_days * 24 * 3600),
             ..Background::default()
         },
-        attachments,
+        state_dir: hub_dir,
     };
     gantry_hub::run(&options, |bound| {
         printer.status(&format!(

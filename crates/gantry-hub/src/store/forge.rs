@@ -16,6 +16,7 @@ use crate::clock;
 use crate::db::{Row, Sql, Value};
 use crate::error::HubError;
 use crate::model::{Comment, PrStatus, Status};
+use crate::seal::Purpose;
 use crate::webhooks::forge::{self, Forge, ForgeEvent, PrAction, PullRequest};
 use crate::webhooks::signature;
 
@@ -135,6 +136,7 @@ impl Store {
     /// the only time it is shown. The old one stops working at once.
     pub fn new_forge_secret(&self, access: &Access, product: &str) -> Result<String, HubError> {
         let secret = gantry_core::artifact::hex(&rand::random::<[u8; 32]>());
+        let sealed = self.seal.seal(Purpose::Forge, &secret)?;
         self.tx(|sql| {
             let product_id = product_for(sql, access, product)?;
             sql.execute(
@@ -145,7 +147,7 @@ impl Store {
                 "INSERT INTO forge_secrets (product_id, secret, created_at) VALUES (?, ?, ?)",
                 &[
                     Value::Int(product_id),
-                    secret.as_str().into(),
+                    sealed.as_str().into(),
                     Value::Int(clock::now()),
                 ],
             )?;
@@ -169,7 +171,7 @@ impl Store {
             self.tx(|sql| {
                 sql.query("SELECT product_id, secret FROM forge_secrets", &[])?
                     .iter()
-                    .map(|row| Ok((row.int(0)?, row.text(1)?)))
+                    .map(|row| Ok((row.int(0)?, self.seal.open(Purpose::Forge, &row.text(1)?)?)))
                     .collect()
             })
         })?;

@@ -25,6 +25,7 @@ use super::{Store, audit};
 use crate::clock;
 use crate::db::{Sql, Value};
 use crate::error::HubError;
+use crate::seal::{Purpose, SealKey};
 
 /// A session ends this long after login.
 pub const SESSION_LIFETIME_MS: i64 = 12 * 3600 * 1000;
@@ -140,7 +141,7 @@ struct Candidate {
     totp_secret: Option<String>,
 }
 
-fn candidate(sql: &mut dyn Sql, name: &str) -> Result<Option<Candidate>, HubError> {
+fn candidate(sql: &mut dyn Sql, seal: &SealKey, name: &str) -> Result<Option<Candidate>, HubError> {
     let Some(row) = sql.query_one(
         "SELECT id, password_hash, totp_secret FROM users WHERE name = ?",
         &[name.into()],
@@ -151,7 +152,10 @@ fn candidate(sql: &mut dyn Sql, name: &str) -> Result<Option<Candidate>, HubErro
     Ok(Some(Candidate {
         id: row.int(0)?,
         password_hash: row.text(1)?,
-        totp_secret: row.opt_text(2)?,
+        totp_secret: row
+            .opt_text(2)?
+            .map(|sealed| seal.open(Purpose::Totp, &sealed))
+            .transpose()?,
     }))
 }
 
@@ -210,7 +214,7 @@ impl Store {
     /// except a missing second factor, which the client must ask for.
     pub fn login(&self, attempt: &LoginAttempt, client: &str) -> Result<NewSession, HubError> {
         let name: String = attempt.name.chars().take(64).collect();
-        let user = self.tx(|sql| candidate(sql, &name))?;
+        let user = self.tx(|sql| candidate(sql, &self.seal, &name))?;
         // argon2 outside any transaction: it takes a while, and the
         // database is not held meanwhile.
         let password_ok = verify_password(
@@ -376,10 +380,11 @@ impl Store {
         let url = totp(&secret, &user.name)?
             .to_url()
             .map_err(|e| HubError::Internal(format!("totp url: {e}")))?;
+        let sealed = self.seal.seal(Purpose::Totp, &secret)?;
         self.tx(|sql| {
             sql.execute(
                 "UPDATE users SET totp_pending = ? WHERE id = ?",
-                &[secret.as_str().into(), Value::Int(user.user_id)],
+                &[sealed.as_str().into(), Value::Int(user.user_id)],
             )?;
             Ok(())
         })?;
@@ -404,6 +409,7 @@ impl Store {
                     "no TOTP enrolment is under way: POST /api/session/totp first",
                 )));
             };
+            let pending = self.seal.open(Purpose::Totp, &pending)?;
             let Some(step) = totp_step(&pending, &user.name, code.trim(), clock::now())? else {
                 audit::record(sql, &user.name, Some(client), "auth.totp_confirm", Some(&user.name), "wrong totp code")?;
                 return Ok(Err(HubError::LoginRefused {
