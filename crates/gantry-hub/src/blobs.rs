@@ -30,6 +30,10 @@ pub struct Blob {
 #[derive(Clone, Debug)]
 pub struct BlobDir {
     root: PathBuf,
+    /// Held shared from an upload's first byte until its row is written,
+    /// and alone while a file no row names is removed: a file is never
+    /// removed under an upload that found it there.
+    gate: std::sync::Arc<tokio::sync::RwLock<()>>,
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> HubError {
@@ -38,7 +42,10 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> HubError {
 
 impl BlobDir {
     pub fn new(root: PathBuf) -> BlobDir {
-        BlobDir { root }
+        BlobDir {
+            root,
+            gate: std::sync::Arc::default(),
+        }
     }
 
     /// Where the file of `sha256` lives; `None` unless it is 64 hex digits.
@@ -76,6 +83,25 @@ impl BlobDir {
             self.root.display()
         )))?;
         Ok(blob)
+    }
+
+    /// The gate uploads hold shared and removals alone.
+    pub fn gate(&self) -> std::sync::Arc<tokio::sync::RwLock<()>> {
+        self.gate.clone()
+    }
+
+    /// Removes the file of `sha256` (once no attachment names it); one
+    /// already gone is no error.
+    pub async fn remove(&self, sha256: &str) -> Result<(), HubError> {
+        let path = self
+            .path(sha256)
+            .ok_or_else(|| HubError::Internal(format!("stored digest `{sha256}` is not hex")))?;
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io(format!("remove attachment {sha256}"))(e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Opens the file of `sha256` for reading.

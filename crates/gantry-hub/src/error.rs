@@ -30,6 +30,13 @@ pub enum HubError {
         message: String,
         hint: Option<String>,
     },
+    /// An attachment that would take its product over its storage quota.
+    #[error("attachments of {product} would take {needed} bytes, over its quota of {quota} bytes")]
+    QuotaExceeded {
+        product: String,
+        needed: u64,
+        quota: u64,
+    },
     /// A body sent as something other than JSON where only JSON is taken.
     #[error("this endpoint takes `Content-Type: application/json`, not {given}")]
     NotJson { given: String },
@@ -92,7 +99,7 @@ impl HubError {
             HubError::Forbidden { .. } => Code::HubForbidden,
             HubError::NotFound { .. } => Code::HubNotFound,
             HubError::Invalid { .. } | HubError::NotJson { .. } => Code::HubInvalid,
-            HubError::TooLarge { .. } => Code::HubTooLarge,
+            HubError::TooLarge { .. } | HubError::QuotaExceeded { .. } => Code::HubTooLarge,
             HubError::Exists { .. } => Code::HubExists,
             HubError::Claimed { .. } => Code::HubClaimed,
             HubError::Finished { .. } => Code::HubItemFinished,
@@ -118,7 +125,7 @@ impl HubError {
             HubError::Forbidden { .. } => 403,
             HubError::NotFound { .. } => 404,
             HubError::Invalid { .. } | HubError::IdempotencyMismatch => 422,
-            HubError::TooLarge { .. } => 413,
+            HubError::TooLarge { .. } | HubError::QuotaExceeded { .. } => 413,
             HubError::NotJson { .. } => 415,
             HubError::Exists { .. } | HubError::Claimed { .. } | HubError::Finished { .. } => 409,
             HubError::Stale { .. } => 412,
@@ -166,6 +173,10 @@ impl HubError {
                 "a 6-digit code from the authenticator app, or one of the recovery codes".to_owned()
             }
             HubError::TooLarge { .. } => "send a smaller body".to_owned(),
+            HubError::QuotaExceeded { .. } => "delete attachments the product no longer needs \
+                 (DELETE /api/agent/items/{id}/attachments/{attachment}), or start the hub \
+                 with a larger --attachment-quota-mb"
+                .to_owned(),
             HubError::NotJson { .. } => {
                 "send the body as JSON with `Content-Type: application/json`".to_owned()
             }

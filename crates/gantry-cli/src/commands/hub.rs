@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Days without a change after which an unfinished item is announced stale
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub stale_days: u64,
+    /// Megabytes one product's attachments may take in all (each counted
+    /// whole, equal files too); an upload past it is refused with 413
+    #[arg(long, value_name = "MB", default_value_t = Limits::default().attachment_quota_bytes / (1024 * 1024), value_parser = clap::value_parser!(u64).range(1..=16 * 1024 * 1024))]
+    pub attachment_quota_mb: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -323,6 +327,7 @@ fn run_server(
             per_address_per_minute: serve.rate_per_address,
             per_key_per_minute: serve.rate_per_key,
             behind_proxy: serve.behind_proxy,
+            attachment_quota_bytes: serve.attachment_quota_mb * 1024 * 1024,
             ..Limits::default()
         },
         background: Background {
