@@ -1,8 +1,9 @@
 //! Attachment contents, stored once each under their SHA-256 on disk:
 //! `<dir>/ab/abcdef...`. A file is streamed in (hashed as it is written to
-//! a temporary file, refused past the limit, then renamed into place, or
-//! dropped when an equal file is there already) and streamed out; memory
-//! stays bounded whatever the size. Nothing here knows what an item is.
+//! a new temporary file, refused past the limit, then renamed into place,
+//! or dropped when an equal file is there already) and streamed out; memory
+//! stays bounded whatever the size. Files are 0600 in 0700 directories:
+//! no other local user reads them. Nothing here knows what an item is.
 //!
 //! Files on disk rather than in the database (bytea on PostgreSQL): both
 //! backends share one code path and its tests, a 25 MB file never sits
@@ -29,6 +30,10 @@ pub struct Blob {
 #[derive(Clone, Debug)]
 pub struct BlobDir {
     root: PathBuf,
+    /// Held shared from an upload's first byte until its row is written,
+    /// and alone while a file no row names is removed: a file is never
+    /// removed under an upload that found it there.
+    gate: std::sync::Arc<tokio::sync::RwLock<()>>,
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> HubError {
@@ -37,7 +42,10 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> HubError {
 
 impl BlobDir {
     pub fn new(root: PathBuf) -> BlobDir {
-        BlobDir { root }
+        BlobDir {
+            root,
+            gate: std::sync::Arc::default(),
+        }
     }
 
     /// Where the file of `sha256` lives; `None` unless it is 64 hex digits.
@@ -48,6 +56,7 @@ impl BlobDir {
 
     /// Streams `body` into the store, at most `limit` bytes.
     pub async fn put(&self, body: axum::body::Body, limit: u64) -> Result<Blob, HubError> {
+        create_private_dir(&self.root).await?;
         let tmp_dir = self.root.join("tmp");
         create_private_dir(&tmp_dir).await?;
         let tmp = tmp_dir.join(format!("upload-{}", hex(&rand::random::<[u8; 12]>())));
@@ -76,6 +85,25 @@ impl BlobDir {
         Ok(blob)
     }
 
+    /// The gate uploads hold shared and removals alone.
+    pub fn gate(&self) -> std::sync::Arc<tokio::sync::RwLock<()>> {
+        self.gate.clone()
+    }
+
+    /// Removes the file of `sha256` (once no attachment names it); one
+    /// already gone is no error.
+    pub async fn remove(&self, sha256: &str) -> Result<(), HubError> {
+        let path = self
+            .path(sha256)
+            .ok_or_else(|| HubError::Internal(format!("stored digest `{sha256}` is not hex")))?;
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io(format!("remove attachment {sha256}"))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Opens the file of `sha256` for reading.
     pub async fn open(&self, sha256: &str) -> Result<tokio::fs::File, HubError> {
         let path = self
@@ -87,18 +115,38 @@ impl BlobDir {
     }
 }
 
+/// Makes `dir` (and what is missing above it) 0700; an existing one that
+/// others may enter (an older hub's, or one made by hand) is made 0700 too:
+/// attachments are the items' private files, not the machine's.
 async fn create_private_dir(dir: &Path) -> Result<(), HubError> {
+    use std::os::unix::fs::PermissionsExt as _;
     let mut builder = tokio::fs::DirBuilder::new();
     builder.recursive(true).mode(0o700);
     builder
         .create(dir)
         .await
-        .map_err(io(format!("create {}", dir.display())))
+        .map_err(io(format!("create {}", dir.display())))?;
+    let mode = tokio::fs::metadata(dir)
+        .await
+        .map_err(io(format!("read {}", dir.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .await
+            .map_err(io(format!("make {} private", dir.display())))?;
+    }
+    Ok(())
 }
 
-/// Writes `body` to `tmp`, hashing it; refuses more than `limit` bytes.
+/// Writes `body` to `tmp`, a new file only its owner may read (never a
+/// leftover or a planted link), hashing it; refuses more than `limit` bytes.
 async fn write(tmp: &Path, body: axum::body::Body, limit: u64) -> Result<Blob, HubError> {
-    let mut file = tokio::fs::File::create(tmp)
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
         .await
         .map_err(io(format!("create {}", tmp.display())))?;
     let mut hasher = Sha256::new();

@@ -12,6 +12,11 @@ pub enum HubError {
     Db(#[from] DbError),
     #[error("{message}")]
     Unauthorized { message: String },
+    /// A login, or a password or code asked again, refused: its hint is
+    /// about what the person typed, never about API keys, and the same
+    /// whether the name exists or not.
+    #[error("{message}")]
+    LoginRefused { message: String, hint: &'static str },
     /// A forge's webhook delivery unsigned, or signed with no product's
     /// secret: the same code as a bad key, a hint of its own.
     #[error("{message}")]
@@ -25,6 +30,16 @@ pub enum HubError {
         message: String,
         hint: Option<String>,
     },
+    /// An attachment that would take its product over its storage quota.
+    #[error("attachments of {product} would take {needed} bytes, over its quota of {quota} bytes")]
+    QuotaExceeded {
+        product: String,
+        needed: u64,
+        quota: u64,
+    },
+    /// A body sent as something other than JSON where only JSON is taken.
+    #[error("this endpoint takes `Content-Type: application/json`, not {given}")]
+    NotJson { given: String },
     #[error("the request body is over the hub's {limit}-byte limit")]
     TooLarge { limit: usize },
     #[error("{what} already exists")]
@@ -78,11 +93,13 @@ impl HubError {
             HubError::Db(DbError::Location(_)) => Code::HubInvalid,
             HubError::Db(_) | HubError::Internal(_) => Code::HubStore,
             HubError::Io { .. } => Code::IoFailed,
-            HubError::Unauthorized { .. } | HubError::BadSignature { .. } => Code::HubUnauthorized,
+            HubError::Unauthorized { .. }
+            | HubError::LoginRefused { .. }
+            | HubError::BadSignature { .. } => Code::HubUnauthorized,
             HubError::Forbidden { .. } => Code::HubForbidden,
             HubError::NotFound { .. } => Code::HubNotFound,
-            HubError::Invalid { .. } => Code::HubInvalid,
-            HubError::TooLarge { .. } => Code::HubTooLarge,
+            HubError::Invalid { .. } | HubError::NotJson { .. } => Code::HubInvalid,
+            HubError::TooLarge { .. } | HubError::QuotaExceeded { .. } => Code::HubTooLarge,
             HubError::Exists { .. } => Code::HubExists,
             HubError::Claimed { .. } => Code::HubClaimed,
             HubError::Finished { .. } => Code::HubItemFinished,
@@ -102,12 +119,14 @@ impl HubError {
             HubError::Db(DbError::Location(_)) => 400,
             HubError::Db(_) | HubError::Internal(_) | HubError::Io { .. } => 500,
             HubError::Unauthorized { .. }
+            | HubError::LoginRefused { .. }
             | HubError::BadSignature { .. }
             | HubError::SecondFactorRequired => 401,
             HubError::Forbidden { .. } => 403,
             HubError::NotFound { .. } => 404,
             HubError::Invalid { .. } | HubError::IdempotencyMismatch => 422,
-            HubError::TooLarge { .. } => 413,
+            HubError::TooLarge { .. } | HubError::QuotaExceeded { .. } => 413,
+            HubError::NotJson { .. } => 415,
             HubError::Exists { .. } | HubError::Claimed { .. } | HubError::Finished { .. } => 409,
             HubError::Stale { .. } => 412,
             HubError::PreconditionRequired => 428,
@@ -120,6 +139,7 @@ impl HubError {
     pub fn hint(&self) -> Option<String> {
         Some(match self {
             HubError::Invalid { hint, .. } => return hint.clone(),
+            HubError::LoginRefused { hint, .. } => (*hint).to_owned(),
             HubError::Db(DbError::TooNew { .. }) => {
                 "run the newer gantry that wrote this database".to_owned()
             }
@@ -153,6 +173,13 @@ impl HubError {
                 "a 6-digit code from the authenticator app, or one of the recovery codes".to_owned()
             }
             HubError::TooLarge { .. } => "send a smaller body".to_owned(),
+            HubError::QuotaExceeded { .. } => "delete attachments the product no longer needs \
+                 (DELETE /api/agent/items/{id}/attachments/{attachment}), or start the hub \
+                 with a larger --attachment-quota-mb"
+                .to_owned(),
+            HubError::NotJson { .. } => {
+                "send the body as JSON with `Content-Type: application/json`".to_owned()
+            }
             _ => return None,
         })
     }

@@ -17,18 +17,19 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Webhook deliveries and the SLA and stale watch.
     pub background: Background,
-    /// Where attachments' contents live; `None`: beside a SQLite database
-    /// (with PostgreSQL, attachments are then refused).
-    pub attachments: Option<std::path::PathBuf>,
+    /// The hub's state directory: its key file (`secrets.key`, which seals
+    /// the secrets kept in the database) and attachments' contents.
+    /// `None`: beside a SQLite database; PostgreSQL needs one.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Runs the hub in the foreground; `ready` is told the bound address once
 /// requests are accepted.
 pub fn run(options: &ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<(), HubError> {
-    let mut store = Store::open(&options.database)?;
-    if let Some(dir) = &options.attachments {
-        store = store.with_attachments(dir.clone());
-    }
+    let store = match &options.state_dir {
+        Some(dir) => Store::open_in(&options.database, dir)?,
+        None => Store::open(&options.database)?,
+    };
     let store = Arc::new(store);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

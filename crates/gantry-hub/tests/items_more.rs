@@ -16,6 +16,8 @@ on_both_databases!(
     watchers_are_notified_of_changes_and_comments_by_others,
     custom_fields_are_defined_per_product_checked_and_filterable,
     attachments_are_stored_once_and_downloaded_as_files,
+    attachment_files_are_private_to_the_hub,
+    attachments_are_deleted_by_their_uploader_or_an_admin_within_a_quota,
     saved_views_keep_a_filter_and_sort_per_owner_or_product,
     a_bulk_change_moves_every_item_or_none,
     exports_stream_the_filtered_list_as_csv_and_json,
@@ -444,6 +446,118 @@ async fn attachments_are_stored_once_and_downloaded_as_files(db: Db) {
         .send_raw("POST", &format!("{path}?name=r.txt"), &[], b"x".to_vec())
         .await;
     assert_eq!(refused.status, 403);
+}
+
+async fn attachment_files_are_private_to_the_hub(db: Db) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let hub = Hub::start(db).await;
+    // A directory an older hub (or a person) left open to everyone.
+    std::fs::create_dir_all(&hub.files).unwrap();
+    std::fs::set_permissions(&hub.files, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = hub.client(&hub.key("agent", Permission::Write, None).await);
+    let item = agent
+        .create(&json!({"product": "SHOP", "type": "bug", "title": "Secret log"}))
+        .await;
+    let path = format!("/api/agent/items/{}/attachments?name=log.txt", item["id"]);
+    let upload = agent
+        .send_raw(
+            "POST",
+            &path,
+            &[("content-type", "text/plain")],
+            b"token=1".to_vec(),
+        )
+        .await;
+    assert_eq!(upload.status, 201, "{}", upload.text);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let files = stored_files(&hub.files);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(mode(&files[0]), 0o600, "{}", files[0].display());
+    let mut dirs = vec![hub.files.clone(), hub.files.join("tmp")];
+    dirs.extend(files[0].parent().map(std::path::Path::to_owned));
+    for dir in dirs {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+}
+
+async fn attachments_are_deleted_by_their_uploader_or_an_admin_within_a_quota(db: Db) {
+    let limits = gantry_hub::Limits {
+        attachment_quota_bytes: 100,
+        ..gantry_hub::Limits::default()
+    };
+    let hub = Hub::with_limits(db, limits).await;
+    let agent = hub.client(&hub.key("agent", Permission::Write, None).await);
+    let other = hub.client(&hub.key("other", Permission::Write, None).await);
+    let admin = hub.client(&hub.key("lead", Permission::Admin, Some("SHOP")).await);
+    let item = agent
+        .create(&json!({"product": "SHOP", "type": "bug", "title": "Logs"}))
+        .await;
+    let path = format!("/api/agent/items/{}/attachments", item["id"]);
+    let upload = |body: &[u8]| {
+        let (agent, url, body) = (agent.clone(), format!("{path}?name=log.txt"), body.to_vec());
+        async move {
+            agent
+                .send_raw("POST", &url, &[("content-type", "text/plain")], body)
+                .await
+        }
+    };
+    let first = upload(&[b'a'; 60]).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let over = upload(&[b'b'; 60]).await;
+    assert_eq!(
+        (over.status, over.code().as_str()),
+        (413, "hub.too_large"),
+        "{}",
+        over.text
+    );
+    assert!(
+        over.message().contains("quota of 100 bytes"),
+        "{}",
+        over.message()
+    );
+    assert!(over.hint().contains("DELETE"), "{}", over.hint());
+    assert_eq!(
+        stored_files(&hub.files).len(),
+        1,
+        "the refused file is not kept"
+    );
+
+    let first = format!("{path}/{}", first.json()["id"]);
+    let refused = other.send("DELETE", &first, &[], None).await;
+    assert_eq!(refused.status, 403, "not the uploader: {}", refused.text);
+    let deleted = agent.send("DELETE", &first, &[], None).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    assert_eq!(agent.get(&first).await.status, 404);
+    assert!(stored_files(&hub.files).is_empty(), "the file went with it");
+    assert_eq!(agent.send("DELETE", &first, &[], None).await.status, 404);
+
+    // The room is back; two equal files share one stored copy until both go.
+    let one = upload(&[b'c'; 40]).await.json()["id"].clone();
+    let two = upload(&[b'c'; 40]).await.json()["id"].clone();
+    assert_eq!(stored_files(&hub.files).len(), 1);
+    let by_admin = admin
+        .send("DELETE", &format!("{path}/{one}"), &[], None)
+        .await;
+    assert_eq!(by_admin.status, 204, "an admin of SHOP: {}", by_admin.text);
+    assert_eq!(
+        stored_files(&hub.files).len(),
+        1,
+        "still named by the other"
+    );
+    let download = agent.get(&format!("{path}/{two}")).await;
+    assert_eq!(download.text, "c".repeat(40));
+    assert_eq!(
+        agent
+            .send("DELETE", &format!("{path}/{two}"), &[], None)
+            .await
+            .status,
+        204
+    );
+    assert!(stored_files(&hub.files).is_empty());
+    let doc = agent.get("/api/openapi.json").await.json();
+    assert!(
+        doc["paths"]["/api/agent/items/{id}/attachments/{attachment}"]["delete"].is_object(),
+        "the document has the delete"
+    );
 }
 
 async fn saved_views_keep_a_filter_and_sort_per_owner_or_product(db: Db) {

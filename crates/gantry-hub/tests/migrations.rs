@@ -2,8 +2,14 @@
 //! and a database newer than this gantry refused.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::sync::Arc;
+
 use gantry_hub::{Location, Store};
 use gantry_testkit::postgres::PgCluster;
+use serde_json::json;
 
 /// Runs one statement on the database behind the store's back.
 fn raw(location: &Location, statement: &str) {
@@ -45,8 +51,8 @@ fn versions(location: &Location) -> Vec<i64> {
     }
 }
 
-fn migrations_apply_once_and_refuse_a_newer_schema(location: &Location) {
-    let store = Store::open(location).unwrap();
+fn migrations_apply_once_and_refuse_a_newer_schema(location: &Location, dir: &std::path::Path) {
+    let store = Store::open_in(location, dir).unwrap();
     store.add_product("SHOP", "The shop").unwrap();
     drop(store);
     let applied = versions(location);
@@ -57,7 +63,7 @@ fn migrations_apply_once_and_refuse_a_newer_schema(location: &Location) {
         "every migration once, in order"
     );
 
-    let reopened = Store::open(location).unwrap();
+    let reopened = Store::open_in(location, dir).unwrap();
     assert_eq!(
         versions(location),
         applied,
@@ -74,7 +80,7 @@ fn migrations_apply_once_and_refuse_a_newer_schema(location: &Location) {
         location,
         "INSERT INTO hub_schema (version, name, applied_at) VALUES (99, 'from the future', 0)",
     );
-    let refused = Store::open(location)
+    let refused = Store::open_in(location, dir)
         .err()
         .expect("a newer schema is refused");
     assert_eq!(refused.code().as_str(), "hub.store");
@@ -84,12 +90,139 @@ fn migrations_apply_once_and_refuse_a_newer_schema(location: &Location) {
 #[test]
 fn on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    migrations_apply_once_and_refuse_a_newer_schema(&Location::Sqlite(dir.path().join("hub.db")));
+    migrations_apply_once_and_refuse_a_newer_schema(
+        &Location::Sqlite(dir.path().join("hub.db")),
+        dir.path(),
+    );
 }
 
 #[test]
 fn on_postgres() {
     let cluster = PgCluster::start();
     let location = Location::parse(&cluster.database("hub")).unwrap();
-    migrations_apply_once_and_refuse_a_newer_schema(&location);
+    let dir = tempfile::tempdir().unwrap();
+    migrations_apply_once_and_refuse_a_newer_schema(&location, dir.path());
+}
+
+#[test]
+fn a_hub_on_postgres_is_not_opened_without_a_state_directory() {
+    let location = Location::parse("postgres://hub@localhost/hub").unwrap();
+    let refused = Store::open(&location).err().expect("refused");
+    assert!(refused.to_string().contains("state directory"), "{refused}");
+}
+
+const TOTP_SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+
+/// Migration 010 on a database an older hub left: its plain-text secrets
+/// are sealed with the new key file, and still work.
+async fn plain_text_secrets_are_sealed_and_still_work(location: Location, dir: std::path::PathBuf) {
+    let store = {
+        let (location, dir) = (location.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || {
+            let store = Store::open_in(&location, &dir).unwrap();
+            store.add_product("SHOP", "The shop").unwrap();
+            store.add_user("ann", None, "correct horse battery staple").unwrap();
+            drop(store);
+            // As an older hub left them.
+            raw(
+                &location,
+                &format!(
+                    "UPDATE users SET totp_secret = '{TOTP_SECRET}' WHERE name = 'ann';
+                     INSERT INTO forge_secrets (product_id, secret, created_at)
+                       SELECT id, 'plain-forge-secret', 0 FROM products WHERE key = 'SHOP';
+                     INSERT INTO subscriptions (product_id, url, format, events, secret, created_at)
+                       SELECT id, 'https://example.com/hook', 'standard', 'item.created', 'whsec_plain', 0
+                       FROM products WHERE key = 'SHOP';
+                     DROP INDEX sessions_expires;
+                     DELETE FROM hub_schema WHERE version = 10;"
+                ),
+            );
+            Store::open_in(&location, &dir).unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let stored = {
+        let location = location.clone();
+        tokio::task::spawn_blocking(move || {
+            support::raw(
+                &location,
+                "SELECT totp_secret FROM users UNION ALL SELECT secret FROM forge_secrets \
+                 UNION ALL SELECT secret FROM subscriptions",
+            )
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    for row in &stored {
+        let value = row[0].as_deref().unwrap_or_default();
+        assert!(value.starts_with("sealed1:"), "{value}");
+        for plain in [TOTP_SECRET, "plain-forge-secret", "whsec_plain"] {
+            assert!(!value.contains(plain), "{value}");
+        }
+    }
+    let key = std::fs::metadata(dir.join(gantry_hub::KEY_FILE)).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+
+    let hub = support::Hub::serve(Arc::new(store), location, dir.join("attachments")).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let code = totp_rs::Builder::new()
+        .with_secret(totp_rs::Secret::try_from_base32(TOTP_SECRET).unwrap())
+        .build()
+        .unwrap()
+        .generate(now);
+    let login = hub
+        .anonymous()
+        .post(
+            "/api/session",
+            &json!({"name": "ann", "password": "correct horse battery staple", "code": code.to_string()}),
+        )
+        .await;
+    assert_eq!(
+        login.status, 200,
+        "the sealed TOTP secret opens: {}",
+        login.text
+    );
+    let ping = br#"{"zen": "Design for failure.", "hook_id": 1}"#.to_vec();
+    let signature = gantry_hub::forge_signature("plain-forge-secret", &ping);
+    let delivered = hub
+        .anonymous()
+        .send_raw(
+            "POST",
+            "/api/webhooks/github",
+            &[
+                ("x-github-event", "ping"),
+                ("x-github-delivery", "d-1"),
+                ("x-hub-signature-256", &signature),
+            ],
+            ping,
+        )
+        .await;
+    assert_eq!(
+        delivered.status, 200,
+        "the sealed forge secret opens: {}",
+        delivered.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_text_secrets_are_sealed_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    plain_text_secrets_are_sealed_and_still_work(
+        Location::Sqlite(dir.path().join("hub.db")),
+        dir.path().to_owned(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_text_secrets_are_sealed_on_postgres() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let location = Location::parse(&cluster.database("hub")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    plain_text_secrets_are_sealed_and_still_work(location, dir.path().to_owned()).await;
 }

@@ -18,6 +18,7 @@ on_both_databases!(
     a_wrong_password_is_refused_audited_and_slowed,
     the_cookie_is_secure_when_the_proxy_says_the_client_came_over_https,
     users_and_keys_never_share_a_name_and_the_api_document_has_both,
+    a_login_sent_as_a_form_is_refused_so_another_site_cannot_log_a_visitor_in,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -140,6 +141,7 @@ async fn a_totp_login_needs_a_fresh_code_and_each_recovery_code_works_once(db: D
         )
         .await;
     assert_eq!(wrong.status, 401, "{}", wrong.text);
+    assert!(!wrong.hint().contains("Bearer"), "{}", wrong.hint());
     let enrolment = session
         .send(
             "POST",
@@ -164,6 +166,20 @@ async fn a_totp_login_needs_a_fresh_code_and_each_recovery_code_works_once(db: D
         )
         .await;
     assert_eq!(confirmed.status, 200, "{}", confirmed.text);
+    let location = hub.location.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        support::raw(
+            &location,
+            "SELECT totp_secret FROM users WHERE name = 'ann'",
+        )
+    })
+    .await
+    .unwrap();
+    let stored = stored[0][0].clone().unwrap_or_default();
+    assert!(
+        stored.starts_with("sealed1:") && !stored.contains(&secret),
+        "the database keeps the TOTP secret sealed: {stored}"
+    );
     let recovery: Vec<String> = confirmed.json()["recovery_codes"]
         .as_array()
         .unwrap()
@@ -198,6 +214,11 @@ async fn a_totp_login_needs_a_fresh_code_and_each_recovery_code_works_once(db: D
     assert_eq!(
         (refused.status, refused.code().as_str()),
         (401, "hub.unauthorized")
+    );
+    assert!(
+        refused.hint().contains("code") && !refused.hint().contains("Bearer"),
+        "{}",
+        refused.hint()
     );
     // The next step's code works once (the enrolment spent this step's).
     let code = app.generate(now() + 30).to_string();
@@ -470,6 +491,16 @@ async fn a_wrong_password_is_refused_audited_and_slowed(db: Db) {
         refused.message(),
         "an unknown name looks like a wrong password"
     );
+    assert_eq!(
+        unknown.hint(),
+        refused.hint(),
+        "the hint does not tell an unknown name either"
+    );
+    assert!(
+        refused.hint().contains("password") && !refused.hint().contains("Authorization"),
+        "a login's hint is about the password, not API keys: {}",
+        refused.hint()
+    );
     client.post("/api/session", &wrong("ann")).await;
     login_answer(&hub, "ann", None).await;
     let slowed = login_answer(&hub, "ann", None).await;
@@ -568,4 +599,56 @@ async fn users_and_keys_never_share_a_name_and_the_api_document_has_both(db: Db)
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is in the document");
     }
+}
+
+async fn a_login_sent_as_a_form_is_refused_so_another_site_cannot_log_a_visitor_in(db: Db) {
+    let hub = Hub::start(db).await;
+    add_user(&hub, "mallory", &[]).await;
+    // What a cross-site `<form enctype="text/plain">` can send: JSON-shaped
+    // text under a content type the browser sends without asking.
+    let body = json!({"name": "mallory", "password": PASSWORD}).to_string();
+    for kind in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let answer = hub
+            .anonymous()
+            .send_raw(
+                "POST",
+                "/api/session",
+                &[("content-type", kind)],
+                body.clone().into_bytes(),
+            )
+            .await;
+        assert_eq!(
+            (answer.status, answer.code().as_str()),
+            (415, "hub.invalid"),
+            "{kind}: {}",
+            answer.text
+        );
+        assert!(answer.header("set-cookie").is_none(), "{kind}: no session");
+        assert!(
+            answer.hint().contains("application/json"),
+            "{}",
+            answer.hint()
+        );
+    }
+    let json = hub
+        .anonymous()
+        .send_raw(
+            "POST",
+            "/api/session",
+            &[("content-type", "application/json; charset=utf-8")],
+            body.into_bytes(),
+        )
+        .await;
+    assert_eq!(json.status, 200, "{}", json.text);
+    let doc = hub.anonymous().get("/api/openapi.json").await.json();
+    let login = &doc["paths"]["/api/session"]["post"];
+    assert!(
+        login["requestBody"]["content"]["application/json"].is_object(),
+        "{login}"
+    );
+    assert!(login["responses"]["415"].is_object(), "{login}");
 }

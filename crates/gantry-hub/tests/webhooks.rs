@@ -21,6 +21,7 @@ on_both_databases!(
     a_subscription_that_keeps_failing_is_disabled_with_a_notice,
     analytics_count_cycles_closers_and_fire_sla_breaches,
     a_deploys_shipped_commits_fix_the_items_of_their_pull_requests,
+    forged_deliveries_are_refused_before_the_database_is_written,
 );
 
 /// Milliseconds instead of hours: the whole retry ladder in a test.
@@ -842,4 +843,45 @@ async fn a_deploys_shipped_commits_fix_the_items_of_their_pull_requests(db: Db) 
         .await;
     assert_eq!(bad.status, 422);
     assert!(bad.message().contains("not-a-commit"), "{}", bad.text);
+}
+
+async fn forged_deliveries_are_refused_before_the_database_is_written(db: Db) {
+    let hub = Hub::start(db).await;
+    let admin = hub.client(&hub.key("admin", Permission::Admin, None).await);
+    let secret = forge_secret(&admin, "SHOP").await;
+    let ping = json!({"zen": "Keep it logically awesome.", "hook_id": 1});
+    for n in 0..5 {
+        let forged = deliver(&hub, "github", "ping", &format!("f-{n}"), "guessed", &ping).await;
+        assert_eq!(forged.status, 401, "{}", forged.text);
+    }
+    let audit = admin.get("/api/admin/audit?limit=100").await.json();
+    let refusals = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "webhook.receive" && e["outcome"] == "bad signature")
+        .count();
+    assert_eq!(
+        refusals, 1,
+        "a flood of forged deliveries writes one audit row a minute, not one each: {audit}"
+    );
+    let signed = deliver(&hub, "github", "ping", "ok-1", &secret, &ping).await;
+    assert_eq!(signed.status, 200, "{}", signed.text);
+    // A new secret is taken at once; the old one is refused at once.
+    let new = forge_secret(&admin, "SHOP").await;
+    let old = deliver(&hub, "github", "ping", "ok-2", &secret, &ping).await;
+    assert_eq!(old.status, 401, "{}", old.text);
+    let renewed = deliver(&hub, "github", "ping", "ok-3", &new, &ping).await;
+    assert_eq!(renewed.status, 200, "{}", renewed.text);
+    let location = hub.location.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        support::raw(&location, "SELECT secret FROM forge_secrets")
+    })
+    .await
+    .unwrap();
+    let stored = stored[0][0].clone().unwrap_or_default();
+    assert!(
+        stored.starts_with("sealed1:") && !stored.contains(&new),
+        "the database keeps the forge secret sealed: {stored}"
+    );
 }

@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Days without a change after which an unfinished item is announced stale
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub stale_days: u64,
+    /// Megabytes one product's attachments may take in all (each counted
+    /// whole, equal files too); an upload past it is refused with 413
+    #[arg(long, value_name = "MB", default_value_t = Limits::default().attachment_quota_bytes / (1024 * 1024), value_parser = clap::value_parser!(u64).range(1..=16 * 1024 * 1024))]
+    pub attachment_quota_mb: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -285,14 +289,15 @@ fn location(args: &HubArgs, state_dir: &Path) -> Result<Location, HubError> {
 
 pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Failure> {
     let database = location(args, state_dir)?;
-    let store = || Store::open(&database);
+    // The hub's key file and attachments: beside a SQLite database, in
+    // the state directory's hub/ with PostgreSQL.
+    let hub_dir = matches!(database, Location::Postgres(_)).then(|| state_dir.join("hub"));
+    let store = || match &hub_dir {
+        Some(dir) => Store::open_in(&database, dir),
+        None => Store::open(&database),
+    };
     match &args.action {
-        HubAction::Serve(serve) => {
-            // Beside a SQLite database; in the state directory otherwise.
-            let attachments = matches!(database, Location::Postgres(_))
-                .then(|| state_dir.join("hub").join("attachments"));
-            run_server(serve, &database, attachments, printer)
-        }
+        HubAction::Serve(serve) => run_server(serve, &database, hub_dir.clone(), printer),
         HubAction::Product(action) => product(action, &store()?, printer),
         HubAction::Milestone(action) => milestone(action, &store()?, printer),
         HubAction::User(action) => user(action, &store()?, printer),
@@ -304,7 +309,7 @@ pub fn run(args: &HubArgs, state_dir: &Path, printer: &Printer) -> Result<(), Fa
 fn run_server(
     serve: &ServeArgs,
     database: &Location,
-    attachments: Option<PathBuf>,
+    hub_dir: Option<PathBuf>,
     printer: &Printer,
 ) -> Result<(), Failure> {
     // Request lines and failures on stderr; RUST_LOG tunes them.
@@ -322,6 +327,7 @@ fn run_server(
             per_address_per_minute: serve.rate_per_address,
             per_key_per_minute: serve.rate_per_key,
             behind_proxy: serve.behind_proxy,
+            attachment_quota_bytes: serve.attachment_quota_mb * 1024 * 1024,
             ..Limits::default()
         },
         background: Background {
@@ -330,7 +336,7 @@ fn run_server(
             stale_after: std::time::Duration::from_secs(serve.stale_days * 24 * 3600),
             ..Background::default()
         },
-        attachments,
+        state_dir: hub_dir,
     };
     gantry_hub::run(&options, |bound| {
         printer.status(&format!(

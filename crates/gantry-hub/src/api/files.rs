@@ -1,13 +1,15 @@
 //! Attachments over HTTP: upload streams the raw body into the blob store
-//! (25 MB at most, whatever the hub's JSON body limit), download streams
-//! the file back as an attachment the browser will not render or sniff.
+//! (25 MB at most, whatever the hub's JSON body limit, and within the
+//! product's quota), download streams the file back as an attachment the
+//! browser will not render or sniff, delete removes one (and its file,
+//! once no attachment names it).
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -26,7 +28,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/api/agent/items/{id}/attachments/{attachment}",
-            get(download),
+            get(download).delete(delete),
         )
 }
 
@@ -39,7 +41,9 @@ pub struct UploadQuery {
 }
 
 /// Attach a file (the raw request body, up to 25 MB) to the item; its
-/// Content-Type is kept and sent back on download. Equal files are stored once.
+/// Content-Type is kept and sent back on download. Equal files are stored
+/// once. A product's attachments share a quota (1 GiB by default, each
+/// attachment counted whole): past it the answer is 413.
 #[utoipa::path(post, path = "/api/agent/items/{id}/attachments", tag = "agent",
     params(("id" = String, Path, example = "SHOP-1"), UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
@@ -68,13 +72,16 @@ async fn upload(
     if declared.is_some_and(|length| length > ATTACHMENT_MAX) {
         return Err(too_large());
     }
+    let quota = state.limits.attachment_quota_bytes;
     let blobs = state.store.blobs()?.clone();
     {
         let (access, id) = (access.clone(), id.clone());
         state
-            .run(move |store| store.check_attachable(&access, &id))
+            .run(move |store| store.check_attachable(&access, &id, declared, quota))
             .await?;
     }
+    let gate = blobs.gate();
+    let shared = gate.read().await;
     let blob = blobs
         .put(request.into_body(), ATTACHMENT_MAX)
         .await
@@ -82,11 +89,52 @@ async fn upload(
             HubError::TooLarge { .. } => too_large(),
             other => other,
         })?;
-    state
+    let sha256 = blob.sha256.clone();
+    let added = state
         .answer(StatusCode::CREATED, move |store| {
-            store.add_attachment(&access, &id, &blob, &query.name, &kind)
+            store.add_attachment(&access, &id, &blob, &query.name, &kind, quota)
         })
-        .await
+        .await;
+    drop(shared);
+    if added.is_err() {
+        // Refused (over the quota, say): its file goes unless another
+        // attachment names it, checked with no upload between.
+        let _alone = gate.write().await;
+        let check = sha256.clone();
+        if !state
+            .run(move |store| store.blob_referenced(&check))
+            .await
+            .unwrap_or(true)
+        {
+            let _ = blobs.remove(&sha256).await;
+        }
+    }
+    added
+}
+
+/// Delete an attachment: its uploader or an admin of its product may. Its
+/// file is removed once no other attachment names the same content.
+#[utoipa::path(delete, path = "/api/agent/items/{id}/attachments/{attachment}", tag = "agent",
+    params(("id" = String, Path, example = "SHOP-1"), ("attachment" = i64, Path, example = 1)),
+    responses((status = 204), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((id, attachment)): Path<(String, i64)>,
+) -> Result<Response, HubError> {
+    let access = principal.access(Permission::Write)?;
+    let admin = principal.access(Permission::Admin).ok();
+    let blobs = state.store.blobs()?.clone();
+    let gate = blobs.gate();
+    let _alone = gate.write().await;
+    let unnamed = state
+        .run(move |store| store.delete_attachment(&access, admin.as_ref(), &id, attachment))
+        .await?;
+    if let Some(sha256) = unnamed {
+        blobs.remove(&sha256).await?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 fn too_large() -> HubError {

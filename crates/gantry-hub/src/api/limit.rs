@@ -40,6 +40,9 @@ pub struct Limits {
     /// How long after its form was handed out an idea may be sent: people
     /// take longer to type one.
     pub form_min_seconds: u64,
+    /// The bytes one product's attachments may take in all (each counted,
+    /// equal files too); more is 413.
+    pub attachment_quota_bytes: u64,
 }
 
 impl Default for Limits {
@@ -55,6 +58,7 @@ impl Default for Limits {
             public_per_address_per_minute: 10,
             logins_per_name_per_minute: 10,
             form_min_seconds: 3,
+            attachment_quota_bytes: 1024 * 1024 * 1024,
         }
     }
 }

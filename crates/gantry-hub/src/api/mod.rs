@@ -341,6 +341,47 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
+/// A [`JsonBody`] that must also be declared `application/json` (415
+/// otherwise), checked before the body is read. A cross-site HTML form can
+/// send only `application/x-www-form-urlencoded`, `multipart/form-data` or
+/// `text/plain` without the browser asking the hub first (CORS preflight),
+/// so an endpoint that such a form could abuse without a CSRF token (the
+/// login) takes this.
+struct JsonOnly<T>(JsonBody<T>);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonOnly<T> {
+    type Rejection = HubError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, HubError> {
+        require_json(request.headers())?;
+        Ok(JsonOnly(JsonBody::from_request(request, state).await?))
+    }
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), HubError> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let essence = given
+        .as_deref()
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    if essence.as_deref() == Some("application/json") {
+        return Ok(());
+    }
+    Err(HubError::NotJson {
+        given: given.map_or_else(
+            || "no Content-Type".to_owned(),
+            |v| {
+                format!(
+                    "`{}`",
+                    v.chars().take(100).collect::<String>().escape_debug()
+                )
+            },
+        ),
+    })
+}
+
 /// A JSON answer carrying the item's version as its ETag.
 fn with_etag(status: StatusCode, item: &Item) -> Response {
     let mut response = (status, axum::Json(item)).into_response();

@@ -62,6 +62,7 @@ use utoipa::{Modify, OpenApi};
         super::files::upload,
         super::files::list_attachments,
         super::files::download,
+        super::files::delete,
         super::lists::list_views,
         super::lists::save_view,
         super::lists::delete_view,

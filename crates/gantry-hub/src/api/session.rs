@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::{SESSION_COOKIE, client_of, session_token, session_user};
-use super::{AppState, ClientAddress, ErrorBody, JsonBody};
+use super::{AppState, ClientAddress, ErrorBody, JsonBody, JsonOnly};
 use crate::clock;
 use crate::error::HubError;
 use crate::store::{Grant, LoginAttempt, SESSION_LIFETIME_MS, SessionUser, csrf_token};
@@ -136,14 +136,17 @@ fn info(user: &SessionUser, token: &str, roles: Vec<Grant>) -> SessionInfo {
 }
 
 /// Log in with a name and password (and a code, with TOTP on); answers
-/// with the session cookie and its CSRF token.
-#[utoipa::path(post, path = "/api/session", tag = "session", request_body = Login,
+/// with the session cookie and its CSRF token. The body must be sent as
+/// `application/json` (415 otherwise): an HTML form on another site cannot
+/// send that, so it cannot log a visitor into someone else's account.
+#[utoipa::path(post, path = "/api/session", tag = "session",
+    request_body(content = Login, content_type = "application/json"),
     responses((status = 200, body = SessionInfo, headers(("Set-Cookie" = String))),
-        (status = "4XX", body = ErrorBody)))]
+        (status = 415, body = ErrorBody), (status = "4XX", body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
     parts: Parts,
-    body: JsonBody<Login>,
+    JsonOnly(body): JsonOnly<Login>,
 ) -> Result<Response, HubError> {
     let Login {
         name,

@@ -1,17 +1,24 @@
 //! Versioned schema migrations, one list for both databases. A migration is
 //! SQL both understand, with `ID_PK` for an auto-numbered primary key; the
-//! few statements that differ (full-text search) sit in `only`. The
+//! few statements that differ (full-text search) sit in `only`; what SQL
+//! cannot do (sealing secrets, 010) is `code`, in the same transaction. The
 //! version applied is kept in `hub_schema`; each migration runs in its own
 //! transaction with the version bump, so a failed one leaves the previous
 //! schema whole. Migrations are never edited once released: add one.
 
 use super::{Backend, DbError, Dialect, Sql, Value};
+use crate::seal::{Purpose, SealKey, is_sealed};
+
+/// A migration's work in Rust, given the hub's sealing key.
+type Code = fn(&mut dyn Sql, &SealKey) -> Result<(), DbError>;
 
 struct Migration {
     /// What it is for, kept in `hub_schema` beside its number.
     name: &'static str,
     both: &'static str,
     only: &'static [(Dialect, &'static str)],
+    /// Work SQL cannot do, run after the SQL in the same transaction.
+    code: Option<Code>,
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -19,6 +26,7 @@ const MIGRATIONS: &[Migration] = &[
         name: "products, items, keys, users, logs",
         both: include_str!("migrations/001_init.sql"),
         only: &[],
+        code: None,
     },
     Migration {
         name: "full-text search of items",
@@ -33,43 +41,88 @@ const MIGRATIONS: &[Migration] = &[
                 include_str!("migrations/002_search_postgres.sql"),
             ),
         ],
+        code: None,
     },
     Migration {
         name: "estimates, dates, environment, versions, sub-tasks",
         both: include_str!("migrations/003_planning.sql"),
         only: &[],
+        code: None,
     },
     Migration {
         name: "milestones",
         both: include_str!("migrations/004_milestones.sql"),
         only: &[],
+        code: None,
     },
     Migration {
         name: "keys limited to networks",
         both: include_str!("migrations/005_key_networks.sql"),
         only: &[],
+        code: None,
     },
     Migration {
         name: "sessions, second factors, roles, public submissions and votes",
         both: include_str!("migrations/006_people.sql"),
         only: &[],
+        code: None,
     },
     Migration {
         name: "webhooks in and out, notices",
         both: include_str!("migrations/007_webhooks.sql"),
         only: &[],
+        code: None,
     },
     Migration {
         name: "reactions, watchers, notifications, custom fields, attachments, saved views",
         both: include_str!("migrations/008_items_more.sql"),
         only: &[],
+        code: None,
     },
     Migration {
         name: "indexes for lists by priority and by label",
         both: include_str!("migrations/009_list_indexes.sql"),
         only: &[],
+        code: None,
+    },
+    Migration {
+        name: "secrets sealed at rest",
+        both: include_str!("migrations/010_sealed_secrets.sql"),
+        only: &[],
+        code: Some(seal_secrets),
     },
 ];
+
+/// Migration 010: seals the TOTP, subscription and forge secrets that
+/// earlier versions kept in plain text, with the hub's key file.
+fn seal_secrets(sql: &mut dyn Sql, key: &SealKey) -> Result<(), DbError> {
+    let columns = [
+        ("users", "id", "totp_secret", Purpose::Totp),
+        ("users", "id", "totp_pending", Purpose::Totp),
+        ("subscriptions", "id", "secret", Purpose::Subscription),
+        ("forge_secrets", "product_id", "secret", Purpose::Forge),
+    ];
+    for (table, id, column, purpose) in columns {
+        let rows = sql.query(
+            &format!("SELECT {id}, {column} FROM {table} WHERE {column} IS NOT NULL"),
+            &[],
+        )?;
+        for row in rows {
+            let plain = row.text(1)?;
+            if is_sealed(&plain) {
+                continue;
+            }
+            let sealed = key
+                .seal(purpose, &plain)
+                .map_err(|e| DbError::Query(e.to_string()))?;
+            sql.execute(
+                &format!("UPDATE {table} SET {column} = ? WHERE {id} = ?"),
+                &[sealed.into(), Value::Int(row.int(0)?)],
+            )?;
+        }
+    }
+    Ok(())
+}
 
 /// The schema version this gantry writes.
 pub fn latest() -> i64 {
@@ -77,7 +130,7 @@ pub fn latest() -> i64 {
 }
 
 /// Brings the database's schema up to [`latest`].
-pub fn migrate(backend: &dyn Backend) -> Result<(), DbError> {
+pub fn migrate(backend: &dyn Backend, seal: &SealKey) -> Result<(), DbError> {
     let dialect = backend.dialect();
     backend.transaction(&mut |sql| {
         sql.batch(
@@ -108,6 +161,9 @@ pub fn migrate(backend: &dyn Backend) -> Result<(), DbError> {
                 if *only == dialect {
                     sql.batch(&render(text, dialect))?;
                 }
+            }
+            if let Some(code) = migration.code {
+                code(sql, seal)?;
             }
             sql.execute(
                 "INSERT INTO hub_schema (version, name, applied_at) VALUES (?, ?, ?)",

@@ -190,12 +190,14 @@ impl Location {
     }
 
     /// Opens the database and brings its schema up to date.
-    pub fn open(&self) -> Result<Box<dyn Backend>, DbError> {
+    /// Opens the database and migrates its schema; `seal` seals the
+    /// secrets an older schema kept in plain text.
+    pub(crate) fn open(&self, seal: &crate::seal::SealKey) -> Result<Box<dyn Backend>, DbError> {
         let backend: Box<dyn Backend> = match self {
             Location::Sqlite(path) => Box::new(sqlite::Sqlite::open(path)?),
             Location::Postgres(url) => Box::new(postgres::Postgres::connect(url)?),
         };
-        migrate(backend.as_ref())?;
+        migrate(backend.as_ref(), seal)?;
         Ok(backend)
     }
 }

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::items::{Access, load};
 use super::outbox::{Event, emit, product_for};
+use super::sessions::SESSION_IDLE_MS;
 use super::{Store, audit};
 use crate::analytics::{self, BugLife, Closer, Finished, Report, VoteCount};
 use crate::clock;
@@ -120,9 +121,23 @@ pub const AUDIT_KEEP_MS: i64 = 366 * 24 * 3600 * 1000;
 /// as the first request did; after it, the same key is a new request.
 pub const IDEMPOTENCY_KEEP_MS: i64 = 24 * 3600 * 1000;
 
+/// How long an ended session (expired, idle too long, logged out or
+/// revoked) is kept: a day, so a browser coming back with its cookie is
+/// told the session ended rather than that it is unknown; then it goes.
+pub const ENDED_SESSION_KEEP_MS: i64 = 24 * 3600 * 1000;
+
 /// Deletes what the hub keeps for a while only; run by the periodic task
-/// that watches deadlines (every minute by default).
+/// that watches deadlines (every five minutes by default).
 fn prune(sql: &mut dyn Sql, now: i64) -> Result<(), HubError> {
+    let ended = now - ENDED_SESSION_KEEP_MS;
+    sql.execute(
+        "DELETE FROM sessions WHERE expires_at < ? OR last_seen_at < ? OR revoked_at < ?",
+        &[
+            Value::Int(ended),
+            Value::Int(ended - SESSION_IDLE_MS),
+            Value::Int(ended),
+        ],
+    )?;
     sql.execute(
         "DELETE FROM notifications WHERE read_at IS NOT NULL AND read_at < ?",
         &[Value::Int(now - NOTIFICATION_KEEP_MS)],
@@ -244,7 +259,7 @@ mod tests {
     }
 
     #[test]
-    fn old_audit_entries_and_idempotency_keys_are_pruned_and_recent_ones_kept() {
+    fn old_audit_entries_idempotency_keys_and_sessions_are_pruned_and_recent_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Location::Sqlite(dir.path().join("hub.db"))).unwrap();
         let now = clock::now();
@@ -263,10 +278,45 @@ mod tests {
                         &[key.into(), Value::Int(at)],
                     )?;
                 }
+                let user = sql
+                    .query_one(
+                        "INSERT INTO users (name, password_hash, created_at) VALUES ('ann', 'x', 0) RETURNING id",
+                        &[],
+                    )?
+                    .map_or(Ok(0), |r| r.int(0))?;
+                let day = 24 * 3600 * 1000;
+                // (token, last seen, expires, revoked): three ended days ago
+                // (lifetime, idle, logout), one ended an hour ago, one open.
+                let sessions = [
+                    ("lifetime", now - 3 * day, now - 2 * day, None),
+                    ("idle", now - 3 * day, now + day, None),
+                    ("logout", now - 1000, now + day, Some(now - 2 * day)),
+                    ("lately", now - 1000, now - 3600 * 1000, None),
+                    ("open", now - 1000, now + day, None),
+                ];
+                for (token, seen, expires, revoked) in sessions {
+                    sql.execute(
+                        "INSERT INTO sessions (user_id, token_hash, created_at, last_seen_at, expires_at, revoked_at) \
+                         VALUES (?, ?, ?, ?, ?, ?)",
+                        &[
+                            Value::Int(user),
+                            token.into(),
+                            Value::Int(now - 4 * day),
+                            Value::Int(seen),
+                            Value::Int(expires),
+                            revoked.map_or(Value::Null, Value::Int),
+                        ],
+                    )?;
+                }
                 prune(sql, now)
             })
             .unwrap();
         assert_eq!(count(&store, "audit"), 1, "the year-old entry went");
         assert_eq!(count(&store, "idempotency"), 1, "the day-old key went");
+        assert_eq!(
+            count(&store, "sessions"),
+            2,
+            "sessions ended days ago went; the one ended lately and the open one stay"
+        );
     }
 }

@@ -1,12 +1,14 @@
 //! Attachments of items: the rows naming a stored file (`blobs`), who
 //! added it and under which name and type. Equal files share one stored
-//! copy; each attachment is its own row.
+//! copy; each attachment is its own row, and counts whole against its
+//! product's quota. Its uploader or an admin of the product deletes it;
+//! the file goes with the last row naming it.
 
 use super::items::{Access, activity, fetch};
 use super::{Store, one_line};
 use crate::blobs::Blob;
 use crate::clock;
-use crate::db::{Row, Value};
+use crate::db::{Row, Sql, Value};
 use crate::error::HubError;
 use crate::model::Attachment;
 
@@ -66,12 +68,46 @@ fn attachment_from(row: &Row) -> Result<Attachment, HubError> {
     })
 }
 
+/// The bytes a product's attachments take.
+fn used(sql: &mut dyn Sql, product_id: i64) -> Result<u64, HubError> {
+    let used = sql
+        .query_one(
+            "SELECT CAST(COALESCE(SUM(a.size), 0) AS BIGINT) FROM attachments a JOIN items i ON i.id = a.item_id \
+             WHERE i.product_id = ?",
+            &[Value::Int(product_id)],
+        )?
+        .map_or(Ok(0), |r| r.int(0))?;
+    Ok(u64::try_from(used).unwrap_or(0))
+}
+
+/// Refuses `adding` more bytes to a product already at `used`.
+fn within_quota(product: &str, used: u64, adding: u64, quota: u64) -> Result<(), HubError> {
+    let needed = used.saturating_add(adding);
+    if needed > quota {
+        return Err(HubError::QuotaExceeded {
+            product: product.to_owned(),
+            needed,
+            quota,
+        });
+    }
+    Ok(())
+}
+
 impl Store {
-    /// Refuses an upload to an item the key cannot reach, or that is full,
-    /// before its body is read.
-    pub fn check_attachable(&self, access: &Access, which: &str) -> Result<(), HubError> {
+    /// Refuses an upload to an item the key cannot reach, that is full, or
+    /// whose product's attachments would pass `quota` bytes with the
+    /// `declared` length, before its body is read.
+    pub fn check_attachable(
+        &self,
+        access: &Access,
+        which: &str,
+        declared: Option<u64>,
+        quota: u64,
+    ) -> Result<(), HubError> {
         self.tx(|sql| {
             let stored = fetch(sql, access, which)?;
+            let used = used(sql, stored.product_id)?;
+            within_quota(&stored.item.product, used, declared.unwrap_or(1), quota)?;
             let count = sql
                 .query_one(
                     "SELECT COUNT(*) FROM attachments WHERE item_id = ?",
@@ -88,7 +124,8 @@ impl Store {
         })
     }
 
-    /// Records a stored file as an attachment of the item.
+    /// Records a stored file as an attachment of the item, within its
+    /// product's `quota` of bytes.
     pub fn add_attachment(
         &self,
         access: &Access,
@@ -96,9 +133,12 @@ impl Store {
         blob: &Blob,
         name: &str,
         content_type: &str,
+        quota: u64,
     ) -> Result<Attachment, HubError> {
         self.tx(|sql| {
             let stored = fetch(sql, access, which)?;
+            let used = used(sql, stored.product_id)?;
+            within_quota(&stored.item.product, used, blob.size, quota)?;
             let now = clock::now();
             let id = sql
                 .query_one(
@@ -144,6 +184,62 @@ impl Store {
         })
     }
 
+    /// Deletes an attachment, for its uploader or, with `admin`, an admin
+    /// of its product. Answers the file's digest when no attachment names
+    /// that file any more (the caller removes it).
+    pub fn delete_attachment(
+        &self,
+        access: &Access,
+        admin: Option<&Access>,
+        which: &str,
+        id: i64,
+    ) -> Result<Option<String>, HubError> {
+        self.tx(|sql| {
+            let stored = fetch(sql, access, which)?;
+            let row = sql
+                .query_one(
+                    "SELECT uploader, sha256, name FROM attachments WHERE item_id = ? AND id = ?",
+                    &[Value::Int(stored.item.id), Value::Int(id)],
+                )?
+                .ok_or_else(|| {
+                    HubError::not_found(format!("attachment {id} of {}", stored.item.reference))
+                })?;
+            let (uploader, sha256, name) = (row.text(0)?, row.text(1)?, row.text(2)?);
+            let product_admin = admin.is_some_and(|a| a.scope.allows(stored.product_id));
+            if uploader != access.actor.name && !product_admin {
+                return Err(HubError::Forbidden {
+                    message: format!(
+                        "attachment {id} of {} was added by `{uploader}`: only they or an admin \
+                         of {} may delete it",
+                        stored.item.reference, stored.item.product
+                    ),
+                });
+            }
+            sql.execute("DELETE FROM attachments WHERE id = ?", &[Value::Int(id)])?;
+            let now = clock::now();
+            sql.execute(
+                "UPDATE items SET updated_at = ? WHERE id = ?",
+                &[Value::Int(now), Value::Int(stored.item.id)],
+            )?;
+            activity(
+                sql,
+                stored.item.id,
+                &access.actor.name,
+                "attachment",
+                Some(&name),
+                None,
+                None,
+            )?;
+            access.audit(sql, "attachment.delete", &stored.item.reference)?;
+            Ok((!referenced(sql, &sha256)?).then_some(sha256))
+        })
+    }
+
+    /// Whether an attachment names the file of `sha256`.
+    pub fn blob_referenced(&self, sha256: &str) -> Result<bool, HubError> {
+        self.tx(|sql| referenced(sql, sha256))
+    }
+
     pub fn attachments(&self, access: &Access, which: &str) -> Result<Vec<Attachment>, HubError> {
         self.tx(|sql| {
             let stored = fetch(sql, access, which)?;
@@ -182,6 +278,16 @@ impl Store {
             attachment_from(&row)
         })
     }
+}
+
+fn referenced(sql: &mut dyn Sql, sha256: &str) -> Result<bool, HubError> {
+    Ok(sql
+        .query_one(
+            "SELECT COUNT(*) FROM attachments WHERE sha256 = ?",
+            &[sha256.into()],
+        )?
+        .map_or(Ok(0), |r| r.int(0))?
+        > 0)
 }
 
 #[cfg(test)]

@@ -16,11 +16,74 @@ use crate::clock;
 use crate::db::{Row, Sql, Value};
 use crate::error::HubError;
 use crate::model::{Comment, PrStatus, Status};
+use crate::seal::Purpose;
 use crate::webhooks::forge::{self, Forge, ForgeEvent, PrAction, PullRequest};
 use crate::webhooks::signature;
 
 /// Deliveries kept per product.
 const KEEP: i64 = 100;
+
+/// How long the forge secrets read from the database are used before they
+/// are read again: a new secret made by another hub on the same PostgreSQL
+/// database is taken (and the one it replaced refused) within this.
+const KEYS_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a refused delivery is written to the audit log; the others
+/// only to the hub's log.
+const REFUSAL_AUDIT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Each product's id and its forge secret.
+type Secrets = std::sync::Arc<Vec<(i64, String)>>;
+
+/// The products' forge secrets, held in memory between reads so that a
+/// delivery's signature is checked without touching the database.
+#[derive(Default)]
+pub struct ForgeKeys {
+    read: std::sync::Mutex<Option<(std::time::Instant, Secrets)>>,
+    refusal_audited: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl ForgeKeys {
+    /// The secrets, read by `read` when none were read in the last
+    /// [`KEYS_FRESH`].
+    fn current(
+        &self,
+        read: impl FnOnce() -> Result<Vec<(i64, String)>, HubError>,
+    ) -> Result<Secrets, HubError> {
+        let mut held = self
+            .read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, keys)) = held.as_ref()
+            && at.elapsed() < KEYS_FRESH
+        {
+            return Ok(keys.clone());
+        }
+        let keys = std::sync::Arc::new(read()?);
+        *held = Some((std::time::Instant::now(), keys.clone()));
+        Ok(keys)
+    }
+
+    /// Drops the secrets held, after this hub changed one.
+    fn forget(&self) {
+        *self
+            .read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// Whether a refusal should be audited now (none was this minute).
+    fn audit_refusal_now(&self) -> bool {
+        let mut last = self
+            .refusal_audited
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < REFUSAL_AUDIT_EVERY) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
+    }
+}
 
 /// A delivery as received, and what it did.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -73,6 +136,7 @@ impl Store {
     /// the only time it is shown. The old one stops working at once.
     pub fn new_forge_secret(&self, access: &Access, product: &str) -> Result<String, HubError> {
         let secret = gantry_core::artifact::hex(&rand::random::<[u8; 32]>());
+        let sealed = self.seal.seal(Purpose::Forge, &secret)?;
         self.tx(|sql| {
             let product_id = product_for(sql, access, product)?;
             sql.execute(
@@ -83,50 +147,63 @@ impl Store {
                 "INSERT INTO forge_secrets (product_id, secret, created_at) VALUES (?, ?, ?)",
                 &[
                     Value::Int(product_id),
-                    secret.as_str().into(),
+                    sealed.as_str().into(),
                     Value::Int(clock::now()),
                 ],
             )?;
             access.audit(sql, "forge.secret", product)?;
             Ok(secret.clone())
         })
+        .inspect(|_| self.forge_keys.forget())
     }
 
     /// Takes a delivery: finds the product whose secret signed it (each
-    /// checked in constant time), drops a delivery id seen before, keeps
-    /// the delivery and acts on it, all in one transaction.
+    /// checked in constant time) before any transaction, then drops a
+    /// delivery id seen before, keeps the delivery and acts on it, all in
+    /// one transaction. The secrets come from memory ([`ForgeKeys`]), so a
+    /// flood of unsigned or forged deliveries costs HMACs, not database
+    /// locks; a refusal is audited at most once a minute.
     pub fn receive(&self, incoming: &Incoming<'_>) -> Result<Received, HubError> {
         let forge = incoming.forge.as_str();
         let body = std::str::from_utf8(incoming.body)
             .map_err(|_| HubError::invalid("the payload is not UTF-8"))?;
-        let found = self.tx(|sql| {
-            let secrets = sql.query("SELECT product_id, secret FROM forge_secrets", &[])?;
-            let mut found = None;
-            for row in &secrets {
-                // Every secret is tried, so the time taken does not say
-                // which product's matched.
-                if signature::forge_signature_matches(
-                    &row.text(1)?,
-                    incoming.body,
-                    incoming.signature,
-                ) && found.is_none()
-                {
-                    found = Some(row.int(0)?);
-                }
-            }
-            if found.is_none() {
-                audit::record(
-                    sql,
-                    forge,
-                    Some(incoming.client),
-                    "webhook.receive",
-                    None,
-                    "bad signature",
-                )?;
-            }
-            Ok(found)
+        let keys = self.forge_keys.current(|| {
+            self.tx(|sql| {
+                sql.query("SELECT product_id, secret FROM forge_secrets", &[])?
+                    .iter()
+                    .map(|row| Ok((row.int(0)?, self.seal.open(Purpose::Forge, &row.text(1)?)?)))
+                    .collect()
+            })
         })?;
+        let mut found = None;
+        for (product_id, secret) in keys.iter() {
+            // Every secret is tried, so the time taken does not say which
+            // product's matched.
+            if signature::forge_signature_matches(secret, incoming.body, incoming.signature)
+                && found.is_none()
+            {
+                found = Some(*product_id);
+            }
+        }
         let Some(product_id) = found else {
+            if self.forge_keys.audit_refusal_now() {
+                self.tx(|sql| {
+                    audit::record(
+                        sql,
+                        forge,
+                        Some(incoming.client),
+                        "webhook.receive",
+                        None,
+                        "bad signature",
+                    )
+                })?;
+            } else {
+                tracing::warn!(
+                    forge,
+                    client = incoming.client,
+                    "a webhook delivery with a bad signature"
+                );
+            }
             return Err(HubError::BadSignature {
                 message: format!("the {forge} delivery's signature matches no product's secret"),
             });

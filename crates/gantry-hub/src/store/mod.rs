@@ -26,11 +26,12 @@ mod views;
 mod watch;
 mod work;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::blobs::BlobDir;
 use crate::db::{Backend, DbError, Location, Sql};
 use crate::error::HubError;
+use crate::seal::SealKey;
 
 pub use attachments::{ATTACHMENT_MAX, check_file_name, content_type};
 pub use audit::Actor;
@@ -54,22 +55,45 @@ pub struct Store {
     backend: Box<dyn Backend>,
     /// Where attachments' contents live; `None`: attachments refused.
     blobs: Option<BlobDir>,
+    /// The forge secrets, checked without a transaction.
+    forge_keys: forge::ForgeKeys,
+    /// Seals the secrets kept in the database.
+    seal: SealKey,
 }
 
 impl Store {
-    /// Opens the database at `location`, migrating its schema. A SQLite
-    /// database keeps attachments in `attachments/` beside it; with
-    /// PostgreSQL, [`Store::with_attachments`] says where.
+    /// Opens the SQLite database at `location`, migrating its schema; its
+    /// directory is the hub's state directory (see [`Store::open_in`]). A
+    /// PostgreSQL database needs [`Store::open_in`].
     pub fn open(location: &Location) -> Result<Store, HubError> {
-        let blobs = match location {
-            Location::Sqlite(path) => path
-                .parent()
-                .map(|dir| BlobDir::new(dir.join("attachments"))),
-            Location::Postgres(_) => None,
-        };
+        match location {
+            Location::Sqlite(path) => {
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                Store::open_in(location, dir)
+            }
+            Location::Postgres(_) => Err(HubError::Invalid {
+                message: "a hub on PostgreSQL needs a state directory on this machine, for its \
+                          key file and attachments"
+                    .to_owned(),
+                hint: Some("open it with Store::open_in".to_owned()),
+            }),
+        }
+    }
+
+    /// Opens the database at `location`, migrating its schema, with the
+    /// hub's state directory `dir`: the key that seals the secrets kept in
+    /// the database (`secrets.key`, made on first start) and attachments'
+    /// contents (`attachments/`) live there, never in the database.
+    pub fn open_in(location: &Location, dir: &Path) -> Result<Store, HubError> {
+        let seal = SealKey::load_or_create(dir)?;
         Ok(Store {
-            backend: location.open()?,
-            blobs,
+            backend: location.open(&seal)?,
+            blobs: Some(BlobDir::new(dir.join("attachments"))),
+            forge_keys: forge::ForgeKeys::default(),
+            seal,
         })
     }
 

@@ -16,6 +16,7 @@ use crate::clock;
 use crate::db::{Row, Sql, Value};
 use crate::error::HubError;
 use crate::model::Item;
+use crate::seal::Purpose;
 use crate::webhooks::signature;
 
 /// What a subscription can be told.
@@ -293,6 +294,7 @@ impl Store {
         events.sort_unstable();
         events.dedup();
         let secret = signature::new_secret();
+        let sealed = self.seal.seal(Purpose::Subscription, &secret)?;
         self.tx(|sql| {
             let product_id = product_for(sql, access, product)?;
             let count = sql
@@ -315,7 +317,7 @@ impl Store {
                         new.url.as_str().into(),
                         new.format.unwrap_or(Format::Standard).as_str().into(),
                         events.join(",").into(),
-                        secret.as_str().into(),
+                        sealed.as_str().into(),
                         Value::Int(clock::now()),
                     ],
                 )?
@@ -439,7 +441,7 @@ impl Store {
                         outbox_id: r.int(0)?,
                         subscription_id: r.int(1)?,
                         url: r.text(2)?,
-                        secret: r.text(3)?,
+                        secret: self.seal.open(Purpose::Subscription, &r.text(3)?)?,
                         message_id: r.text(4)?,
                         payload: r.text(5)?,
                         attempts: r.int(6)?,

@@ -6,7 +6,8 @@
 //! database alone opens no session. A session ends when its user logs out,
 //! when it is revoked (a new password, `gantry hub user logout`), after
 //! [`SESSION_IDLE`] without a request, and [`SESSION_LIFETIME`] after login
-//! whatever happens. Its CSRF token is derived from the session token, so
+//! whatever happens. An ended session's row is deleted a day later, with
+//! the other rows kept for a while only (`analytics::prune`). Its CSRF token is derived from the session token, so
 //! only a page that was given it (or holds the cookie, which scripts
 //! cannot read) can name it.
 //!
@@ -24,11 +25,16 @@ use super::{Store, audit};
 use crate::clock;
 use crate::db::{Sql, Value};
 use crate::error::HubError;
+use crate::seal::{Purpose, SealKey};
 
 /// A session ends this long after login.
 pub const SESSION_LIFETIME_MS: i64 = 12 * 3600 * 1000;
 /// A session ends after this long without a request.
 pub const SESSION_IDLE_MS: i64 = 2 * 3600 * 1000;
+/// The hint of a refused login: the same whichever part was wrong, and
+/// whether or not the name exists.
+const LOGIN_HINT: &str = "check the user name and password (both are case-sensitive); a user with \
+     a second factor also sends `code`, the app's 6-digit code or a recovery code";
 /// How many recovery codes an enrolment gives.
 const RECOVERY_CODES: usize = 10;
 const ISSUER: &str = "Gantry hub";
@@ -135,7 +141,7 @@ struct Candidate {
     totp_secret: Option<String>,
 }
 
-fn candidate(sql: &mut dyn Sql, name: &str) -> Result<Option<Candidate>, HubError> {
+fn candidate(sql: &mut dyn Sql, seal: &SealKey, name: &str) -> Result<Option<Candidate>, HubError> {
     let Some(row) = sql.query_one(
         "SELECT id, password_hash, totp_secret FROM users WHERE name = ?",
         &[name.into()],
@@ -146,7 +152,10 @@ fn candidate(sql: &mut dyn Sql, name: &str) -> Result<Option<Candidate>, HubErro
     Ok(Some(Candidate {
         id: row.int(0)?,
         password_hash: row.text(1)?,
-        totp_secret: row.opt_text(2)?,
+        totp_secret: row
+            .opt_text(2)?
+            .map(|sealed| seal.open(Purpose::Totp, &sealed))
+            .transpose()?,
     }))
 }
 
@@ -205,15 +214,16 @@ impl Store {
     /// except a missing second factor, which the client must ask for.
     pub fn login(&self, attempt: &LoginAttempt, client: &str) -> Result<NewSession, HubError> {
         let name: String = attempt.name.chars().take(64).collect();
-        let user = self.tx(|sql| candidate(sql, &name))?;
+        let user = self.tx(|sql| candidate(sql, &self.seal, &name))?;
         // argon2 outside any transaction: it takes a while, and the
         // database is not held meanwhile.
         let password_ok = verify_password(
             user.as_ref().map(|u| u.password_hash.as_str()),
             &attempt.password,
         )?;
-        let refused = || HubError::Unauthorized {
+        let refused = || HubError::LoginRefused {
             message: "the name, password or code is wrong".to_owned(),
+            hint: LOGIN_HINT,
         };
         // A refusal's audit row is committed: it is returned, not thrown.
         self.tx(|sql| {
@@ -370,10 +380,11 @@ impl Store {
         let url = totp(&secret, &user.name)?
             .to_url()
             .map_err(|e| HubError::Internal(format!("totp url: {e}")))?;
+        let sealed = self.seal.seal(Purpose::Totp, &secret)?;
         self.tx(|sql| {
             sql.execute(
                 "UPDATE users SET totp_pending = ? WHERE id = ?",
-                &[secret.as_str().into(), Value::Int(user.user_id)],
+                &[sealed.as_str().into(), Value::Int(user.user_id)],
             )?;
             Ok(())
         })?;
@@ -398,10 +409,12 @@ impl Store {
                     "no TOTP enrolment is under way: POST /api/session/totp first",
                 )));
             };
+            let pending = self.seal.open(Purpose::Totp, &pending)?;
             let Some(step) = totp_step(&pending, &user.name, code.trim(), clock::now())? else {
                 audit::record(sql, &user.name, Some(client), "auth.totp_confirm", Some(&user.name), "wrong totp code")?;
-                return Ok(Err(HubError::Unauthorized {
+                return Ok(Err(HubError::LoginRefused {
                     message: "the code is wrong: check the app's clock and try the next code".to_owned(),
+                    hint: "send the 6-digit code the app shows now for the secret this enrolment gave",
                 }));
             };
             sql.execute(
@@ -450,8 +463,9 @@ impl Store {
                 "wrong password",
             )
         })?;
-        Err(HubError::Unauthorized {
+        Err(HubError::LoginRefused {
             message: "the password is wrong".to_owned(),
+            hint: "send the password this user logs in with",
         })
     }
 }

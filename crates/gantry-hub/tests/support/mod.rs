@@ -41,12 +41,14 @@ macro_rules! on_both_databases {
 /// What keeps a database alive: a directory or a PostgreSQL server.
 enum Keep {
     Dir(tempfile::TempDir),
-    /// The cluster, and the attachments' directory.
+    /// The cluster, and the hub's state directory (key file, attachments).
     Cluster(PgCluster, tempfile::TempDir),
 }
 
 pub struct Hub {
     pub addr: SocketAddr,
+    /// The hub's database, to read behind its back.
+    pub location: Location,
     pub store: Arc<Store>,
     /// Where the hub keeps attachments' contents.
     pub files: std::path::PathBuf,
@@ -82,7 +84,67 @@ fn database(db: Db) -> (Location, Keep) {
     }
 }
 
+/// Runs one statement on the database behind the store's back; the rows
+/// it answers, each as text columns.
+pub fn raw(location: &Location, statement: &str) -> Vec<Vec<Option<String>>> {
+    match location {
+        Location::Sqlite(path) => {
+            let c = rusqlite::Connection::open(path).unwrap();
+            let mut s = c.prepare(statement).unwrap();
+            let n = s.column_count();
+            s.query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| r.get::<_, Option<String>>(i).ok().flatten())
+                    .collect())
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+        }
+        Location::Postgres(url) => {
+            let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            client
+                .simple_query(statement)
+                .unwrap()
+                .into_iter()
+                .filter_map(|m| match m {
+                    postgres::SimpleQueryMessage::Row(row) => Some(
+                        (0..row.len())
+                            .map(|i| row.get(i).map(str::to_owned))
+                            .collect(),
+                    ),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+}
+
 impl Hub {
+    /// A hub serving `store`, whose database the caller keeps alive.
+    pub async fn serve(store: Arc<Store>, location: Location, files: std::path::PathBuf) -> Hub {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(gantry_hub::serve(
+            listener,
+            store.clone(),
+            Limits::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Hub {
+            addr,
+            location,
+            store,
+            files,
+            stop: Some(stop),
+            // The caller keeps the database; nothing to keep here.
+            _keep: Keep::Dir(tempfile::tempdir().unwrap()),
+        }
+    }
+
     pub async fn start(db: Db) -> Hub {
         Hub::with_limits(db, Limits::default()).await
     }
@@ -98,23 +160,22 @@ impl Hub {
         limits: Limits,
         background: gantry_hub::Background,
     ) -> Hub {
-        let (store, keep, files) = tokio::task::spawn_blocking(move || {
+        let (store, keep, files, location) = tokio::task::spawn_blocking(move || {
             let (location, keep) = database(db);
+            let opened = location.clone();
             let (store, files) = match &keep {
                 Keep::Dir(dir) => (
                     Store::open(&location).unwrap(),
                     dir.path().join("attachments"),
                 ),
-                Keep::Cluster(_, files) => (
-                    Store::open(&location)
-                        .unwrap()
-                        .with_attachments(files.path().to_owned()),
-                    files.path().to_owned(),
+                Keep::Cluster(_, state) => (
+                    Store::open_in(&location, state.path()).unwrap(),
+                    state.path().join("attachments"),
                 ),
             };
             store.add_product("SHOP", "The shop").unwrap();
             store.add_product("BLOG", "The blog").unwrap();
-            (Arc::new(store), keep, files)
+            (Arc::new(store), keep, files, opened)
         })
         .await
         .unwrap();
@@ -132,6 +193,7 @@ impl Hub {
         ));
         Hub {
             addr,
+            location,
             store,
             files,
             stop: Some(stop),
