@@ -78,7 +78,7 @@ fn serve(args: &[String]) -> ExitCode {
             per_key_per_minute: 10_000_000,
             ..Limits::default()
         },
-        attachments: None,
+        state_dir: None,
         background: gantry_hub::Background::default(),
     };
     match gantry_hub::run(&options, |_| {}) {

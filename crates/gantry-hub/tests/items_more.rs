@@ -420,12 +420,15 @@ async fn attachments_are_stored_once_and_downloaded_as_files(db: Db) {
         Some("attachment; filename=\"page.html\"; filename*=UTF-8''page%2Ehtml")
     );
 
-    let big = upload(
-        "big.bin",
-        vec![7u8; 25 * 1024 * 1024 + 1],
-        "application/octet-stream",
-    )
-    .await;
+    // Refused on its announced length, before any of it is read.
+    let big = agent
+        .send_head(
+            "POST",
+            &format!("{path}?name=big.bin"),
+            "application/octet-stream",
+            25 * 1024 * 1024 + 1,
+        )
+        .await;
     assert_eq!(big.status, 413, "{}", big.text);
     assert_eq!(big.code(), "hub.too_large");
     let full = upload(

@@ -342,6 +342,74 @@ impl Client {
         }
     }
 
+    /// Sends only a request's head, announcing `length` bytes of body, and
+    /// reads the answer: what a client sees of a refusal made on the head
+    /// alone. (Sending the body too races the hub's early answer and close,
+    /// and the client's write then fails with a broken pipe.)
+    pub async fn send_head(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        length: u64,
+    ) -> Answer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\ncontent-length: {length}\r\n",
+            self.addr
+        );
+        if let Some(key) = &self.key {
+            head.push_str(&format!("authorization: Bearer {key}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut read = Vec::new();
+        let mut buf = [0u8; 4096];
+        let split = loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "the hub closed before answering: {}",
+                String::from_utf8_lossy(&read)
+            );
+            read.extend_from_slice(&buf[..n]);
+            if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+        };
+        let text = String::from_utf8_lossy(&read[..split]).into_owned();
+        let mut lines = text.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let mut headers = hyper::HeaderMap::new();
+        for line in lines {
+            let (name, value) = line.split_once(':').expect("a header line");
+            headers.append(
+                hyper::header::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+                hyper::header::HeaderValue::from_str(value.trim()).unwrap(),
+            );
+        }
+        let wanted: usize = headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let mut body = read[split + 4..].to_vec();
+        while body.len() < wanted {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the hub closed in the middle of its answer");
+            body.extend_from_slice(&buf[..n]);
+        }
+        Answer {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
     pub async fn get(&self, path: &str) -> Answer {
         self.send("GET", path, &[], None).await
     }
