@@ -1395,6 +1395,29 @@ mod tests {
     }
 
     #[test]
+    fn a_release_reverted_in_its_verify_window_is_filed_naming_its_host_and_release() {
+        let (_fleet, result) = crash_on_h1("verify = \"30s\"\ncanary = true\n");
+        let Err(error) = result else {
+            panic!("the rollout succeeded");
+        };
+        let incident = crate::incident::Incident::of_deploy("shop", "production", &error);
+        assert_eq!(incident.code, "deploy.verify_failed");
+        assert_eq!(incident.host.as_deref(), Some("h1"));
+        assert_eq!(
+            incident.release.as_deref(),
+            Some("r2"),
+            "the release that failed"
+        );
+        let bug = incident.bug(Some("SHOP"));
+        assert!(
+            bug.description.contains("- Host: h1") && bug.description.contains("- Release: r2"),
+            "{}",
+            bug.description
+        );
+        assert_eq!(bug.affected_version.as_deref(), Some("r2"));
+    }
+
+    #[test]
     fn without_a_canary_the_hosts_of_a_batch_deploy_together_and_the_crashing_one_goes_back() {
         let (fleet, result) = crash_on_h1("verify = \"30s\"\n");
         let Err(error) = result else {

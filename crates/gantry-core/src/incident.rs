@@ -104,6 +104,11 @@ impl Incident {
                 Some(release.clone()),
                 log_tail.clone(),
             ),
+            Error::VerifyFailed { failed, .. } => (
+                Some(failed.host.clone()),
+                failed.release.clone(),
+                Vec::new(),
+            ),
             _ => (None, None, Vec::new()),
         };
         Incident {
