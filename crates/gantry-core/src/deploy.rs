@@ -304,7 +304,7 @@ pub fn deploy(
     let post = (!stopped).then(|| {
         let releases = outcomes
             .iter()
-            .filter_map(|d| Some((d.host.clone(), d.release.clone()?)))
+            .filter_map(|d| Some((d.host.clone(), &d.detail.as_ref()?.0)))
             .collect();
         crate::release_tasks::run_post(&env.project, &placements, &releases, connect, progress)
     });
@@ -349,7 +349,11 @@ fn with_post(
 /// The tasks the hosts' new releases ran (`migrate.pre`), from their phases.
 fn ran_tasks(outcomes: &[HostDeploy]) -> Vec<crate::release_tasks::TaskRun> {
     let mut ran = Vec::new();
-    for d in outcomes {
+    // A kept release's phases ran in an earlier deploy, not this one.
+    for d in outcomes
+        .iter()
+        .filter(|d| d.outcome != HostOutcome::Unchanged)
+    {
         let Some((release, _)) = &d.detail else {
             continue;
         };
@@ -1236,6 +1240,91 @@ mod tests {
             [("migrate.post", "h1")],
             "the fake keeps no pre phase"
         );
+    }
+
+    /// `hosts` already running r1 (which ran `phases`), deployed again
+    /// with `migrate = { pre = "./migrate", post = "./warm" }`; the calls
+    /// that ran tasks, and the tasks reported.
+    fn redeploy_unchanged(
+        hosts: &[&str],
+        phases: Vec<crate::agent_api::Phase>,
+    ) -> (Vec<String>, Vec<String>) {
+        let kept = Release {
+            phases,
+            ..crate::fake::release("r1", Outcome::Succeeded)
+        };
+        let script = Script {
+            already_runs: true,
+            history: vec![kept],
+            ..ran(Script::default())
+        };
+        let fleet = Fleet::new(hosts.iter().map(|h| (*h, script.clone())));
+        let (dir, project) = project(hosts, 2);
+        let toml = std::fs::read_to_string(dir.path().join("gantry.toml")).unwrap();
+        let toml = toml.replacen(
+            "port = \"http\"\n",
+            "port = \"http\"\nmigrate = { pre = \"./migrate\", post = \"./warm\" }\n",
+            1,
+        );
+        std::fs::write(dir.path().join("gantry.toml"), toml).unwrap();
+        let report = deploy_to(
+            &fleet,
+            &project,
+            &DeployOptions::default(),
+            &Said::default(),
+        )
+        .unwrap();
+        let outcomes: Vec<_> = report.hosts.iter().map(|h| h.outcome).collect();
+        assert_eq!(outcomes, vec![HostOutcome::Unchanged; hosts.len()]);
+        let reported = report
+            .tasks
+            .iter()
+            .map(|t| format!("{} {} {}", t.phase, t.host, t.release))
+            .collect();
+        (fleet.calls_to("task migrate.post"), reported)
+    }
+
+    fn phase_ran(name: &str, command: &str, exit_code: i32) -> crate::agent_api::Phase {
+        crate::agent_api::Phase {
+            name: name.to_owned(),
+            service: Some("web".to_owned()),
+            started_at: 0,
+            duration_ms: 0,
+            task: Some(crate::agent_api::TaskOutput {
+                command: command.to_owned(),
+                exit_code: Some(exit_code),
+                output: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_deploy_that_changes_nothing_anywhere_does_not_run_migrate_post_again() {
+        let (posts, reported) = redeploy_unchanged(
+            &["h1", "h2"],
+            vec![
+                phase_ran("migrate.pre", "./migrate", 0),
+                phase_ran("migrate.post", "./warm", 0),
+            ],
+        );
+        assert!(posts.is_empty(), "{posts:?}");
+        assert!(
+            reported.is_empty(),
+            "the kept release's tasks ran in an earlier deploy: {reported:?}"
+        );
+    }
+
+    #[test]
+    fn a_kept_release_whose_migrate_post_failed_runs_it_on_the_next_deploy() {
+        let (posts, reported) = redeploy_unchanged(
+            &["h1", "h2"],
+            vec![
+                phase_ran("migrate.pre", "./migrate", 0),
+                phase_ran("migrate.post", "./warm", 1),
+            ],
+        );
+        assert_eq!(posts, ["h1 task migrate.post web of r1"]);
+        assert_eq!(reported, ["migrate.post h1 r1"]);
     }
 
     #[test]
