@@ -427,7 +427,8 @@ fn install_docker(shell: &dyn Shell, root: bool, agent: &str) -> Result<Step, St
              getent group docker >/dev/null || groupadd --system docker; \
              if [ {agent} = systemd ] && ! id -nG gantry | tr ' ' '\\n' | grep -qx docker; then \
                usermod -aG docker gantry; systemctl try-restart {unit}; echo changed=grouped; fi; \
-             i=0; until docker version --format 'version={{{{.Server.Version}}}}' 2>/dev/null; do \
+             t=; command -v timeout >/dev/null 2>&1 && t='timeout 10'; \
+             i=0; until $t docker version --format 'version={{{{.Server.Version}}}}' 2>/dev/null; do \
                i=$((i+1)); [ $i -lt 60 ] || {{ echo 'dockerd does not answer on /var/run/docker.sock' >&2; exit 3; }}; sleep 0.5; done",
             unit = crate::host::AGENT_UNIT,
         )
@@ -439,22 +440,18 @@ fn install_docker(shell: &dyn Shell, root: bool, agent: &str) -> Result<Step, St
     let ran = shell.run(&script, None).map_err(|e| (STEP, e.into()))?;
     expect_ok(&ran, shell.name(), STEP)?;
     let out = ran.stdout_text();
-    let field = |key: &str| {
-        out.lines()
-            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
-            .collect::<Vec<_>>()
-    };
+    let field = |key: &str| said(&out, key);
     let detail = if root {
         let who = if agent == "systemd" {
             "; the agent's user gantry is in the group docker"
         } else {
             ""
         };
-        let version = field("version").concat();
+        let version = field("version");
         format!("Docker {version} runs{who}")
     } else {
-        let user = field("user").concat();
-        match field("reach").concat().as_str() {
+        let user = field("user");
+        match field("reach").as_str() {
             "yes" => format!("Docker's socket is reachable by {user}"),
             "denied" => format!(
                 "not root: Docker is installed but {user} cannot reach /var/run/docker.sock; as root: usermod -aG docker {user}, then `gantry agent stop` here"
@@ -466,9 +463,28 @@ fn install_docker(shell: &dyn Shell, root: bool, agent: &str) -> Result<Step, St
     };
     Ok(Step {
         step: STEP,
-        changed: !field("changed").is_empty(),
+        changed: out.lines().any(|l| l.starts_with("changed=")),
         detail,
     })
+}
+
+/// The most characters of a value a host's script prints that a report
+/// carries.
+const SAID_CHARS: usize = 64;
+
+/// The first `key=value` line of a script's `out`, as a report may carry
+/// it: at most [`SAID_CHARS`] characters, no control characters. A host
+/// prints what it likes; a report stays short and one line.
+fn said(out: &str, key: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(|v| {
+            v.chars()
+                .filter(|c| !c.is_control())
+                .take(SAID_CHARS)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The agent: running, and this version (a daemon of another version is
@@ -772,6 +788,46 @@ mod tests {
         );
         let musl = check_libc("h1", Some((2, 34)), "").expect_err("none");
         assert!(musl.to_string().contains("no GNU C library"), "{musl}");
+    }
+
+    /// A shell that answers every command with `stdout` and runs nothing.
+    struct Answers(String);
+
+    impl Shell for Answers {
+        fn name(&self) -> &str {
+            "h1"
+        }
+
+        fn run(&self, _: &str, _: Option<&Path>) -> Result<crate::host::Ran, HostError> {
+            Ok(crate::host::Ran {
+                code: Some(0),
+                stdout: self.0.clone().into_bytes(),
+                stderr: String::new(),
+            })
+        }
+
+        fn interactive(&self, _: Option<&str>) -> Result<i32, HostError> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn the_docker_step_reports_what_the_host_says_in_one_short_line() {
+        let flood = format!(
+            "version=27.5.1\n{}",
+            "version=\u{1b}[2J27.5.1 and more\n".repeat(10_000)
+        );
+        let step = install_docker(&Answers(flood), true, "systemd").unwrap();
+        assert_eq!(
+            step.detail,
+            "Docker 27.5.1 runs; the agent's user gantry is in the group docker"
+        );
+        assert!(!step.changed);
+
+        let long_user = format!("reach=denied\nuser={}\nuser=other\n", "u".repeat(100_000));
+        let step = install_docker(&Answers(long_user), false, "daemon").unwrap();
+        assert!(step.detail.len() < 300, "{}", step.detail.len());
+        assert!(!step.detail.contains("other"), "{}", step.detail);
     }
 
     fn configure_on(
