@@ -433,8 +433,12 @@ fn install_docker(shell: &dyn Shell, root: bool, agent: &str) -> Result<Step, St
             unit = crate::host::AGENT_UNIT,
         )
     } else {
-        "if [ -w /var/run/docker.sock ]; then echo reach=yes; \
-         elif command -v dockerd >/dev/null 2>&1; then echo reach=denied; else echo reach=missing; fi; echo \"user=$(id -un)\""
+        // The socket the agent will use: `DOCKER_HOST`'s when it names
+        // one (rootless Docker), as the agent reads it.
+        "sock=/var/run/docker.sock; case \"${DOCKER_HOST:-}\" in unix://?*) sock=${DOCKER_HOST#unix://};; esac; \
+         if [ -w \"$sock\" ]; then echo reach=yes; \
+         elif command -v dockerd >/dev/null 2>&1; then echo reach=denied; else echo reach=missing; fi; \
+         echo \"user=$(id -un)\"; echo \"socket=$sock\""
             .to_owned()
     };
     let ran = shell.run(&script, None).map_err(|e| (STEP, e.into()))?;
@@ -450,11 +454,11 @@ fn install_docker(shell: &dyn Shell, root: bool, agent: &str) -> Result<Step, St
         let version = field("version");
         format!("Docker {version} runs{who}")
     } else {
-        let user = field("user");
+        let (user, socket) = (field("user"), field("socket"));
         match field("reach").as_str() {
-            "yes" => format!("Docker's socket is reachable by {user}"),
+            "yes" => format!("Docker's socket {socket} is reachable by {user}"),
             "denied" => format!(
-                "not root: Docker is installed but {user} cannot reach /var/run/docker.sock; as root: usermod -aG docker {user}, then `gantry agent stop` here"
+                "not root: Docker is installed but {user} cannot reach {socket}; as root: usermod -aG docker {user}, then `gantry agent stop` here"
             ),
             _ => format!(
                 "not root: Docker is not installed; as root: apt-get install docker.io && usermod -aG docker {user}"
@@ -828,6 +832,56 @@ mod tests {
         let step = install_docker(&Answers(long_user), false, "daemon").unwrap();
         assert!(step.detail.len() < 300, "{}", step.detail.len());
         assert!(!step.detail.contains("other"), "{}", step.detail);
+    }
+
+    /// A shell that runs commands here, with `DOCKER_HOST` as given.
+    struct Here(Option<String>);
+
+    impl Shell for Here {
+        fn name(&self) -> &str {
+            "here"
+        }
+
+        fn run(&self, command: &str, _: Option<&Path>) -> Result<crate::host::Ran, HostError> {
+            let mut sh = std::process::Command::new("sh");
+            sh.args(["-c", command]).env_remove("DOCKER_HOST");
+            if let Some(host) = &self.0 {
+                sh.env("DOCKER_HOST", host);
+            }
+            let out = sh.output().unwrap();
+            Ok(crate::host::Ran {
+                code: out.status.code(),
+                stdout: out.stdout,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
+        }
+
+        fn interactive(&self, _: Option<&str>) -> Result<i32, HostError> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn not_as_root_the_docker_step_checks_the_socket_docker_host_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        std::fs::write(&socket, "").unwrap();
+        let reach = |docker_host: String| {
+            install_docker(&Here(Some(docker_host)), false, "daemon")
+                .unwrap()
+                .detail
+        };
+        let rootless = reach(format!("unix://{}", socket.display()));
+        assert!(
+            rootless.starts_with(&format!(
+                "Docker's socket {} is reachable by ",
+                socket.display()
+            )),
+            "{rootless}"
+        );
+        let gone = dir.path().join("gone.sock");
+        let elsewhere = reach(format!("unix://{}", gone.display()));
+        assert!(elsewhere.starts_with("not root: "), "{elsewhere}");
     }
 
     fn configure_on(
