@@ -1328,6 +1328,41 @@ mod tests {
     }
 
     #[test]
+    fn the_migrate_post_tasks_of_one_host_share_one_connection() {
+        let hosts = ["h1"];
+        let fleet = Fleet::new(hosts.map(|h| (h, ran(Script::default()))));
+        let (dir, project) = project(&hosts, 1);
+        let toml = std::fs::read_to_string(dir.path().join("gantry.toml")).unwrap();
+        let toml = toml.replacen(
+            "port = \"http\"\n",
+            "port = \"http\"\nmigrate = { post = \"./warm\" }\n\n\
+             [services.worker]\nrun = \"bin/web\"\nmigrate = { post = \"./reindex\" }\n",
+            1,
+        );
+        std::fs::write(dir.path().join("gantry.toml"), toml).unwrap();
+        let before_post = |calls: &[String]| {
+            calls
+                .iter()
+                .position(|c| c.contains(" task migrate.post"))
+                .unwrap()
+        };
+        deploy_to(
+            &fleet,
+            &project,
+            &DeployOptions::default(),
+            &Said::default(),
+        )
+        .unwrap();
+        let calls = fleet.calls();
+        let connects = calls[before_post(&calls)..]
+            .iter()
+            .filter(|c| *c == "h1 connect")
+            .count();
+        assert_eq!(fleet.calls_to("task migrate.post").len(), 2, "{calls:#?}");
+        assert_eq!(connects, 0, "connected once, before the first: {calls:#?}");
+    }
+
+    #[test]
     fn a_rollout_of_max_parallel_one_deploys_one_host_after_the_other() {
         let hosts = ["h1", "h2", "h3"];
         let fleet = Fleet::new(hosts.map(|h| (h, ran(Script::default()))));

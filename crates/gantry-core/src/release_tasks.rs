@@ -127,7 +127,8 @@ pub fn ran_in(release: &Release, task: &Task) -> bool {
 /// Runs the `migrate.post` tasks, each on the first host that runs its
 /// service, in the release `releases` says that host runs; stops at the
 /// first that fails. A task that release already ran successfully (it was
-/// kept: the deploy changed nothing there) does not run again.
+/// kept: the deploy changed nothing there) does not run again. Each host's
+/// agent is connected to once, however many tasks run there.
 pub fn run_post(
     project: &str,
     placements: &[(&HostSpec, Vec<Service>)],
@@ -136,6 +137,7 @@ pub fn run_post(
     progress: &dyn Progress,
 ) -> Result<Vec<TaskRun>, Box<PostFailed>> {
     let mut ran = Vec::new();
+    let mut agents: BTreeMap<String, Box<dyn crate::host::Host>> = BTreeMap::new();
     for (host, task) in assigned(placements, POST) {
         let runs = releases.get(&host.name);
         if let Some(runs) = runs
@@ -152,7 +154,11 @@ pub fn run_post(
             "running `{}` of {} on {}",
             task.phase, task.service, host.name
         ));
-        let answer = connect(host).and_then(|agent| Ok(agent.run_task(project, &release, &task)?));
+        let agent = match agents.entry(host.name.clone()) {
+            std::collections::btree_map::Entry::Occupied(known) => Ok(known.into_mut()),
+            std::collections::btree_map::Entry::Vacant(new) => connect(host).map(|a| new.insert(a)),
+        };
+        let answer = agent.and_then(|agent| Ok(agent.run_task(project, &release, &task)?));
         let failed = |how: String, output: Vec<String>, ran: Vec<TaskRun>| {
             Box::new(PostFailed {
                 ran,
