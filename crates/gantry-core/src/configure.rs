@@ -333,7 +333,7 @@ fn configure_host(
     });
 
     let agent = if system.root && system.systemd {
-        install_unit(shell.as_ref(), changed, &mut steps)?;
+        install_unit(shell.as_ref(), changed, docker, &mut steps)?;
         "systemd"
     } else {
         steps.push(prepare_directories(shell.as_ref(), system.root)?);
@@ -409,29 +409,25 @@ fn prepare_directories(shell: &dyn Shell, root: bool) -> Result<Step, StepError>
 
 /// Docker for a host that runs image services. As root: Debian's
 /// `docker.io` installed with apt-get when `dockerd` is missing, the
-/// engine started (and enabled under systemd), and the unit's user `gantry`
-/// in the group `docker` (its agent restarted to take the group). Not as
-/// root: only checked, the detail saying what root must do. Idempotent.
+/// engine started (and enabled under systemd); the unit's user `gantry` is
+/// put in the group `docker` by [`install_unit`], before its agent starts.
+/// Not as root: only checked, the detail saying what root must do.
+/// Idempotent.
 fn install_docker(shell: &dyn Shell, root: bool, agent: &str) -> Result<Step, StepError> {
     const STEP: &str = "install docker";
     let script = if root {
-        format!(
-            "set -e; export DEBIAN_FRONTEND=noninteractive; \
+        "set -e; export DEBIAN_FRONTEND=noninteractive; \
              if ! command -v dockerd >/dev/null 2>&1; then \
-               command -v apt-get >/dev/null 2>&1 || {{ echo 'dockerd is missing and there is no apt-get here: install Docker Engine 20.10 or newer' >&2; exit 3; }}; \
+               command -v apt-get >/dev/null 2>&1 || { echo 'dockerd is missing and there is no apt-get here: install Docker Engine 20.10 or newer' >&2; exit 3; }; \
                apt-get update -qq >/dev/null; apt-get install -y -qq docker.io >/dev/null; echo changed=installed; fi; \
              if [ -d /run/systemd/system ]; then \
                if ! systemctl is-active --quiet docker; then systemctl enable --now --quiet docker; echo changed=started; fi; \
              elif ! docker info >/dev/null 2>&1; then \
-               service docker start >/dev/null 2>&1 || {{ echo 'dockerd is installed but does not run, and there is no systemd to start it' >&2; exit 3; }}; echo changed=started; fi; \
-             getent group docker >/dev/null || groupadd --system docker; \
-             if [ {agent} = systemd ] && ! id -nG gantry | tr ' ' '\\n' | grep -qx docker; then \
-               usermod -aG docker gantry; systemctl try-restart {unit}; echo changed=grouped; fi; \
+               service docker start >/dev/null 2>&1 || { echo 'dockerd is installed but does not run, and there is no systemd to start it' >&2; exit 3; }; echo changed=started; fi; \
              t=; command -v timeout >/dev/null 2>&1 && t='timeout 10'; \
-             i=0; until $t docker version --format 'version={{{{.Server.Version}}}}' 2>/dev/null; do \
-               i=$((i+1)); [ $i -lt 60 ] || {{ echo 'dockerd does not answer on /var/run/docker.sock' >&2; exit 3; }}; sleep 0.5; done",
-            unit = crate::host::AGENT_UNIT,
-        )
+             i=0; until $t docker version --format 'version={{.Server.Version}}' 2>/dev/null; do \
+               i=$((i+1)); [ $i -lt 60 ] || { echo 'dockerd does not answer on /var/run/docker.sock' >&2; exit 3; }; sleep 0.5; done"
+            .to_owned()
     } else {
         // The socket the agent will use: `DOCKER_HOST`'s when it names
         // one (rootless Docker), as the agent reads it.
@@ -620,9 +616,13 @@ fn probe(shell: &dyn Shell, libc: Option<(u32, u32)>) -> Result<System, Error> {
     })
 }
 
+/// The agent's systemd unit, its user and the system's copy of gantry;
+/// with `docker`, that user in the group `docker` before the agent
+/// (re)starts, so one restart takes both a new binary and the group.
 fn install_unit(
     shell: &dyn Shell,
     binary_changed: bool,
+    docker: bool,
     steps: &mut Vec<Step>,
 ) -> Result<(), StepError> {
     let unit = agent_unit();
@@ -639,10 +639,17 @@ fn install_unit(
          id gantry >/dev/null 2>&1 || useradd --system --home-dir {state} --shell /usr/sbin/nologin gantry; \
          if [ -d {state} ]; then chown gantry {state}; else install -d -m 700 -o gantry -g gantry {state}; fi; \
          if ! cmp -s \"$HOME/.gantry/bin/gantry\" /usr/local/bin/gantry; then install -m 755 \"$HOME/.gantry/bin/gantry\" /usr/local/bin/gantry; echo binary=changed; fi; \
+         {grouped}\
          new=$(cat); if [ \"$new\" != \"$(cat {file} 2>/dev/null)\" ]; then printf '%s\\n' \"$new\" > {file}; systemctl daemon-reload; unit_changed=1; echo unit=changed; fi; \
          systemctl enable --quiet {unit}; \
          if {restart} || [ -n \"$unit_changed\" ] || ! systemctl is-active --quiet {unit}; then systemctl restart {unit}; echo agent=restarted; fi",
         restart = if binary_changed { "true" } else { "false" },
+        grouped = if docker {
+            "getent group docker >/dev/null || groupadd --system docker; \
+             if ! id -nG gantry | tr ' ' '\\n' | grep -qx docker; then usermod -aG docker gantry; unit_changed=1; echo group=changed; fi; "
+        } else {
+            ""
+        },
         state = crate::host::SYSTEM_STATE_DIR,
         file = crate::host::AGENT_UNIT_FILE,
         unit = crate::host::AGENT_UNIT,
