@@ -117,7 +117,7 @@ impl Cron {
         }
         // Sunday is 0 or 7.
         let weekdays = (sets[4] | (sets[4] >> 7)) & 0x7f;
-        Ok(Cron {
+        let cron = Cron {
             minutes: sets[0],
             hours: u32::try_from(sets[1]).unwrap_or(u32::MAX),
             days: u32::try_from(sets[2]).unwrap_or(u32::MAX),
@@ -125,7 +125,27 @@ impl Cron {
             weekdays: u8::try_from(weekdays).unwrap_or(u8::MAX),
             days_restricted: !fields[2].starts_with('*'),
             weekdays_restricted: !fields[4].starts_with('*'),
-        })
+        };
+        if cron.first_day_from(0).is_none() {
+            return Err(format!(
+                "`{text}` never runs: no date has the day of the month, month and day of the week it names"
+            ));
+        }
+        Ok(cron)
+    }
+
+    fn day_allowed(&self, days: u64) -> bool {
+        let (_, month, day) = civil(days);
+        let weekday = u32::try_from((days + 4) % 7).unwrap_or(0);
+        self.months & (1 << month) != 0 && self.day_matches(day, weekday)
+    }
+
+    /// The first day (since 1970-01-01) from `days` on that the date
+    /// fields allow. The calendar repeats every 400 years, weekdays and
+    /// all (146,097 days, a whole number of weeks), so a day that never
+    /// comes in that span never comes: the search is bounded by it.
+    fn first_day_from(&self, days: u64) -> Option<u64> {
+        (days..days + CALENDAR_CYCLE_DAYS).find(|&d| self.day_allowed(d))
     }
 
     fn day_matches(&self, day: u32, weekday: u32) -> bool {
@@ -137,34 +157,41 @@ impl Cron {
         }
     }
 
-    /// The first whole minute after `after_ms` that every field allows;
-    /// at most eight years on (a 29th of February on a Monday comes).
+    /// The first whole minute after `after_ms` that every field allows
+    /// (`u64::MAX` if none, which `parse` never lets through). Bounded: one
+    /// step a day to the first day allowed ([`Self::first_day_from`]), then
+    /// at most a day's hours and an hour's minutes; every field allows at
+    /// least one hour and minute, so the second allowed day, if the first
+    /// has no minute left, has its first.
     fn next_after(&self, after_ms: u64) -> u64 {
-        const DAY_MS: u64 = 86_400_000;
+        const DAY_MINUTES: u64 = 24 * 60;
         let mut minute = after_ms / 60_000 + 1;
-        let limit = minute + 8 * 366 * 24 * 60;
-        while minute < limit {
-            let days = minute / (24 * 60);
-            let (_, month, day) = civil(days);
-            let weekday = u32::try_from((days + 4) % 7).unwrap_or(0);
-            if self.months & (1 << month) == 0 || !self.day_matches(day, weekday) {
-                minute = (days + 1) * (DAY_MS / 60_000);
-                continue;
+        for _ in 0..2 {
+            let today = minute / DAY_MINUTES;
+            let Some(day) = self.first_day_from(today) else {
+                return u64::MAX;
+            };
+            if day > today {
+                minute = day * DAY_MINUTES;
             }
-            let of_day = minute % (24 * 60);
-            let (hour, min) = (of_day / 60, of_day % 60);
-            if self.hours & (1 << hour) == 0 {
-                minute += 60 - min;
-                continue;
+            while minute < (day + 1) * DAY_MINUTES {
+                let of_day = minute % DAY_MINUTES;
+                let (hour, min) = (of_day / 60, of_day % 60);
+                if self.hours & (1 << hour) == 0 {
+                    minute += 60 - min;
+                } else if self.minutes & (1 << min) != 0 {
+                    return minute.saturating_mul(60_000);
+                } else {
+                    minute += 1;
+                }
             }
-            if self.minutes & (1 << min) != 0 {
-                return minute * 60_000;
-            }
-            minute += 1;
         }
         u64::MAX
     }
 }
+
+/// The Gregorian calendar's period: 400 years, 20,871 weeks.
+const CALENDAR_CYCLE_DAYS: u64 = 146_097;
 
 /// The (year, month, day) of a count of days since 1970-01-01 (Howard
 /// Hinnant's `civil_from_days`).
@@ -233,5 +260,25 @@ mod tests {
             assert!(Schedule::parse(bad).is_err(), "{bad}");
         }
         assert!(Schedule::parse("*/15 0-6 1,15 * 1-5").is_ok());
+    }
+
+    #[test]
+    fn a_cron_line_no_date_matches_is_refused_and_a_rare_one_is_found() {
+        for never in [
+            "0 0 31 2 *",
+            "0 0 30 2 *",
+            "0 0 31 4,6,9,11 *",
+            "0 0 31 2 */7",
+        ] {
+            let error = Schedule::parse(never).expect_err(never);
+            assert!(error.contains("never runs"), "{never}: {error}");
+        }
+        // The 29th of February comes once in four years, and as a Sunday
+        // (`*/7`: Sundays, and the day of the month must match too) once
+        // in 28: far past the eight years the search once gave up after.
+        let sunday = Schedule::parse("0 0 29 2 */7").unwrap_or_else(|e| panic!("{e}"));
+        let first = sunday.next_after(SUNDAY);
+        assert_eq!(civil(first / 86_400_000), (2032, 2, 29));
+        assert_eq!(civil(sunday.next_after(first) / 86_400_000), (2060, 2, 29));
     }
 }

@@ -333,7 +333,7 @@ fn configure_host(
     });
 
     let agent = if system.root && system.systemd {
-        install_unit(shell.as_ref(), changed, &mut steps)?;
+        install_unit(shell.as_ref(), changed, docker, &mut steps)?;
         "systemd"
     } else {
         steps.push(prepare_directories(shell.as_ref(), system.root)?);
@@ -409,55 +409,52 @@ fn prepare_directories(shell: &dyn Shell, root: bool) -> Result<Step, StepError>
 
 /// Docker for a host that runs image services. As root: Debian's
 /// `docker.io` installed with apt-get when `dockerd` is missing, the
-/// engine started (and enabled under systemd), and the unit's user `gantry`
-/// in the group `docker` (its agent restarted to take the group). Not as
-/// root: only checked, the detail saying what root must do. Idempotent.
+/// engine started (and enabled under systemd); the unit's user `gantry` is
+/// put in the group `docker` by [`install_unit`], before its agent starts.
+/// Not as root: only checked, the detail saying what root must do.
+/// Idempotent.
 fn install_docker(shell: &dyn Shell, root: bool, agent: &str) -> Result<Step, StepError> {
     const STEP: &str = "install docker";
     let script = if root {
-        format!(
-            "set -e; export DEBIAN_FRONTEND=noninteractive; \
+        "set -e; export DEBIAN_FRONTEND=noninteractive; \
              if ! command -v dockerd >/dev/null 2>&1; then \
-               command -v apt-get >/dev/null 2>&1 || {{ echo 'dockerd is missing and there is no apt-get here: install Docker Engine 20.10 or newer' >&2; exit 3; }}; \
+               command -v apt-get >/dev/null 2>&1 || { echo 'dockerd is missing and there is no apt-get here: install Docker Engine 20.10 or newer' >&2; exit 3; }; \
                apt-get update -qq >/dev/null; apt-get install -y -qq docker.io >/dev/null; echo changed=installed; fi; \
              if [ -d /run/systemd/system ]; then \
                if ! systemctl is-active --quiet docker; then systemctl enable --now --quiet docker; echo changed=started; fi; \
              elif ! docker info >/dev/null 2>&1; then \
-               service docker start >/dev/null 2>&1 || {{ echo 'dockerd is installed but does not run, and there is no systemd to start it' >&2; exit 3; }}; echo changed=started; fi; \
-             getent group docker >/dev/null || groupadd --system docker; \
-             if [ {agent} = systemd ] && ! id -nG gantry | tr ' ' '\\n' | grep -qx docker; then \
-               usermod -aG docker gantry; systemctl try-restart {unit}; echo changed=grouped; fi; \
-             i=0; until docker version --format 'version={{{{.Server.Version}}}}' 2>/dev/null; do \
-               i=$((i+1)); [ $i -lt 60 ] || {{ echo 'dockerd does not answer on /var/run/docker.sock' >&2; exit 3; }}; sleep 0.5; done",
-            unit = crate::host::AGENT_UNIT,
-        )
+               service docker start >/dev/null 2>&1 || { echo 'dockerd is installed but does not run, and there is no systemd to start it' >&2; exit 3; }; echo changed=started; fi; \
+             t=; command -v timeout >/dev/null 2>&1 && t='timeout 10'; \
+             i=0; until $t docker version --format 'version={{.Server.Version}}' 2>/dev/null; do \
+               i=$((i+1)); [ $i -lt 60 ] || { echo 'dockerd does not answer on /var/run/docker.sock' >&2; exit 3; }; sleep 0.5; done"
+            .to_owned()
     } else {
-        "if [ -w /var/run/docker.sock ]; then echo reach=yes; \
-         elif command -v dockerd >/dev/null 2>&1; then echo reach=denied; else echo reach=missing; fi; echo \"user=$(id -un)\""
+        // The socket the agent will use: `DOCKER_HOST`'s when it names
+        // one (rootless Docker), as the agent reads it.
+        "sock=/var/run/docker.sock; case \"${DOCKER_HOST:-}\" in unix://?*) sock=${DOCKER_HOST#unix://};; esac; \
+         if [ -w \"$sock\" ]; then echo reach=yes; \
+         elif command -v dockerd >/dev/null 2>&1; then echo reach=denied; else echo reach=missing; fi; \
+         echo \"user=$(id -un)\"; echo \"socket=$sock\""
             .to_owned()
     };
     let ran = shell.run(&script, None).map_err(|e| (STEP, e.into()))?;
     expect_ok(&ran, shell.name(), STEP)?;
     let out = ran.stdout_text();
-    let field = |key: &str| {
-        out.lines()
-            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
-            .collect::<Vec<_>>()
-    };
+    let field = |key: &str| said(&out, key);
     let detail = if root {
         let who = if agent == "systemd" {
             "; the agent's user gantry is in the group docker"
         } else {
             ""
         };
-        let version = field("version").concat();
+        let version = field("version");
         format!("Docker {version} runs{who}")
     } else {
-        let user = field("user").concat();
-        match field("reach").concat().as_str() {
-            "yes" => format!("Docker's socket is reachable by {user}"),
+        let (user, socket) = (field("user"), field("socket"));
+        match field("reach").as_str() {
+            "yes" => format!("Docker's socket {socket} is reachable by {user}"),
             "denied" => format!(
-                "not root: Docker is installed but {user} cannot reach /var/run/docker.sock; as root: usermod -aG docker {user}, then `gantry agent stop` here"
+                "not root: Docker is installed but {user} cannot reach {socket}; as root: usermod -aG docker {user}, then `gantry agent stop` here"
             ),
             _ => format!(
                 "not root: Docker is not installed; as root: apt-get install docker.io && usermod -aG docker {user}"
@@ -466,9 +463,28 @@ fn install_docker(shell: &dyn Shell, root: bool, agent: &str) -> Result<Step, St
     };
     Ok(Step {
         step: STEP,
-        changed: !field("changed").is_empty(),
+        changed: out.lines().any(|l| l.starts_with("changed=")),
         detail,
     })
+}
+
+/// The most characters of a value a host's script prints that a report
+/// carries.
+const SAID_CHARS: usize = 64;
+
+/// The first `key=value` line of a script's `out`, as a report may carry
+/// it: at most [`SAID_CHARS`] characters, no control characters. A host
+/// prints what it likes; a report stays short and one line.
+fn said(out: &str, key: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(|v| {
+            v.chars()
+                .filter(|c| !c.is_control())
+                .take(SAID_CHARS)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The agent: running, and this version (a daemon of another version is
@@ -600,9 +616,13 @@ fn probe(shell: &dyn Shell, libc: Option<(u32, u32)>) -> Result<System, Error> {
     })
 }
 
+/// The agent's systemd unit, its user and the system's copy of gantry;
+/// with `docker`, that user in the group `docker` before the agent
+/// (re)starts, so one restart takes both a new binary and the group.
 fn install_unit(
     shell: &dyn Shell,
     binary_changed: bool,
+    docker: bool,
     steps: &mut Vec<Step>,
 ) -> Result<(), StepError> {
     let unit = agent_unit();
@@ -619,10 +639,17 @@ fn install_unit(
          id gantry >/dev/null 2>&1 || useradd --system --home-dir {state} --shell /usr/sbin/nologin gantry; \
          if [ -d {state} ]; then chown gantry {state}; else install -d -m 700 -o gantry -g gantry {state}; fi; \
          if ! cmp -s \"$HOME/.gantry/bin/gantry\" /usr/local/bin/gantry; then install -m 755 \"$HOME/.gantry/bin/gantry\" /usr/local/bin/gantry; echo binary=changed; fi; \
+         {grouped}\
          new=$(cat); if [ \"$new\" != \"$(cat {file} 2>/dev/null)\" ]; then printf '%s\\n' \"$new\" > {file}; systemctl daemon-reload; unit_changed=1; echo unit=changed; fi; \
          systemctl enable --quiet {unit}; \
          if {restart} || [ -n \"$unit_changed\" ] || ! systemctl is-active --quiet {unit}; then systemctl restart {unit}; echo agent=restarted; fi",
         restart = if binary_changed { "true" } else { "false" },
+        grouped = if docker {
+            "getent group docker >/dev/null || groupadd --system docker; \
+             if ! id -nG gantry | tr ' ' '\\n' | grep -qx docker; then usermod -aG docker gantry; unit_changed=1; echo group=changed; fi; "
+        } else {
+            ""
+        },
         state = crate::host::SYSTEM_STATE_DIR,
         file = crate::host::AGENT_UNIT_FILE,
         unit = crate::host::AGENT_UNIT,
@@ -772,6 +799,96 @@ mod tests {
         );
         let musl = check_libc("h1", Some((2, 34)), "").expect_err("none");
         assert!(musl.to_string().contains("no GNU C library"), "{musl}");
+    }
+
+    /// A shell that answers every command with `stdout` and runs nothing.
+    struct Answers(String);
+
+    impl Shell for Answers {
+        fn name(&self) -> &str {
+            "h1"
+        }
+
+        fn run(&self, _: &str, _: Option<&Path>) -> Result<crate::host::Ran, HostError> {
+            Ok(crate::host::Ran {
+                code: Some(0),
+                stdout: self.0.clone().into_bytes(),
+                stderr: String::new(),
+            })
+        }
+
+        fn interactive(&self, _: Option<&str>) -> Result<i32, HostError> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn the_docker_step_reports_what_the_host_says_in_one_short_line() {
+        let flood = format!(
+            "version=27.5.1\n{}",
+            "version=\u{1b}[2J27.5.1 and more\n".repeat(10_000)
+        );
+        let step = install_docker(&Answers(flood), true, "systemd").unwrap();
+        assert_eq!(
+            step.detail,
+            "Docker 27.5.1 runs; the agent's user gantry is in the group docker"
+        );
+        assert!(!step.changed);
+
+        let long_user = format!("reach=denied\nuser={}\nuser=other\n", "u".repeat(100_000));
+        let step = install_docker(&Answers(long_user), false, "daemon").unwrap();
+        assert!(step.detail.len() < 300, "{}", step.detail.len());
+        assert!(!step.detail.contains("other"), "{}", step.detail);
+    }
+
+    /// A shell that runs commands here, with `DOCKER_HOST` as given.
+    struct Here(Option<String>);
+
+    impl Shell for Here {
+        fn name(&self) -> &str {
+            "here"
+        }
+
+        fn run(&self, command: &str, _: Option<&Path>) -> Result<crate::host::Ran, HostError> {
+            let mut sh = std::process::Command::new("sh");
+            sh.args(["-c", command]).env_remove("DOCKER_HOST");
+            if let Some(host) = &self.0 {
+                sh.env("DOCKER_HOST", host);
+            }
+            let out = sh.output().unwrap();
+            Ok(crate::host::Ran {
+                code: out.status.code(),
+                stdout: out.stdout,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
+        }
+
+        fn interactive(&self, _: Option<&str>) -> Result<i32, HostError> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn not_as_root_the_docker_step_checks_the_socket_docker_host_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        std::fs::write(&socket, "").unwrap();
+        let reach = |docker_host: String| {
+            install_docker(&Here(Some(docker_host)), false, "daemon")
+                .unwrap()
+                .detail
+        };
+        let rootless = reach(format!("unix://{}", socket.display()));
+        assert!(
+            rootless.starts_with(&format!(
+                "Docker's socket {} is reachable by ",
+                socket.display()
+            )),
+            "{rootless}"
+        );
+        let gone = dir.path().join("gone.sock");
+        let elsewhere = reach(format!("unix://{}", gone.display()));
+        assert!(elsewhere.starts_with("not root: "), "{elsewhere}");
     }
 
     fn configure_on(

@@ -304,7 +304,7 @@ pub fn deploy(
     let post = (!stopped).then(|| {
         let releases = outcomes
             .iter()
-            .filter_map(|d| Some((d.host.clone(), d.release.clone()?)))
+            .filter_map(|d| Some((d.host.clone(), &d.detail.as_ref()?.0)))
             .collect();
         crate::release_tasks::run_post(&env.project, &placements, &releases, connect, progress)
     });
@@ -349,7 +349,11 @@ fn with_post(
 /// The tasks the hosts' new releases ran (`migrate.pre`), from their phases.
 fn ran_tasks(outcomes: &[HostDeploy]) -> Vec<crate::release_tasks::TaskRun> {
     let mut ran = Vec::new();
-    for d in outcomes {
+    // A kept release's phases ran in an earlier deploy, not this one.
+    for d in outcomes
+        .iter()
+        .filter(|d| d.outcome != HostOutcome::Unchanged)
+    {
         let Some((release, _)) = &d.detail else {
             continue;
         };
@@ -1242,6 +1246,126 @@ mod tests {
         );
     }
 
+    /// `hosts` already running r1 (which ran `phases`), deployed again
+    /// with `migrate = { pre = "./migrate", post = "./warm" }`; the calls
+    /// that ran tasks, and the tasks reported.
+    fn redeploy_unchanged(
+        hosts: &[&str],
+        phases: Vec<crate::agent_api::Phase>,
+    ) -> (Vec<String>, Vec<String>) {
+        let kept = Release {
+            phases,
+            ..crate::fake::release("r1", Outcome::Succeeded)
+        };
+        let script = Script {
+            already_runs: true,
+            history: vec![kept],
+            ..ran(Script::default())
+        };
+        let fleet = Fleet::new(hosts.iter().map(|h| (*h, script.clone())));
+        let (dir, project) = project(hosts, 2);
+        let toml = std::fs::read_to_string(dir.path().join("gantry.toml")).unwrap();
+        let toml = toml.replacen(
+            "port = \"http\"\n",
+            "port = \"http\"\nmigrate = { pre = \"./migrate\", post = \"./warm\" }\n",
+            1,
+        );
+        std::fs::write(dir.path().join("gantry.toml"), toml).unwrap();
+        let report = deploy_to(
+            &fleet,
+            &project,
+            &DeployOptions::default(),
+            &Said::default(),
+        )
+        .unwrap();
+        let outcomes: Vec<_> = report.hosts.iter().map(|h| h.outcome).collect();
+        assert_eq!(outcomes, vec![HostOutcome::Unchanged; hosts.len()]);
+        let reported = report
+            .tasks
+            .iter()
+            .map(|t| format!("{} {} {}", t.phase, t.host, t.release))
+            .collect();
+        (fleet.calls_to("task migrate.post"), reported)
+    }
+
+    fn phase_ran(name: &str, command: &str, exit_code: i32) -> crate::agent_api::Phase {
+        crate::agent_api::Phase {
+            name: name.to_owned(),
+            service: Some("web".to_owned()),
+            started_at: 0,
+            duration_ms: 0,
+            task: Some(crate::agent_api::TaskOutput {
+                command: command.to_owned(),
+                exit_code: Some(exit_code),
+                output: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_deploy_that_changes_nothing_anywhere_does_not_run_migrate_post_again() {
+        let (posts, reported) = redeploy_unchanged(
+            &["h1", "h2"],
+            vec![
+                phase_ran("migrate.pre", "./migrate", 0),
+                phase_ran("migrate.post", "./warm", 0),
+            ],
+        );
+        assert!(posts.is_empty(), "{posts:?}");
+        assert!(
+            reported.is_empty(),
+            "the kept release's tasks ran in an earlier deploy: {reported:?}"
+        );
+    }
+
+    #[test]
+    fn a_kept_release_whose_migrate_post_failed_runs_it_on_the_next_deploy() {
+        let (posts, reported) = redeploy_unchanged(
+            &["h1", "h2"],
+            vec![
+                phase_ran("migrate.pre", "./migrate", 0),
+                phase_ran("migrate.post", "./warm", 1),
+            ],
+        );
+        assert_eq!(posts, ["h1 task migrate.post web of r1"]);
+        assert_eq!(reported, ["migrate.post h1 r1"]);
+    }
+
+    #[test]
+    fn the_migrate_post_tasks_of_one_host_share_one_connection() {
+        let hosts = ["h1"];
+        let fleet = Fleet::new(hosts.map(|h| (h, ran(Script::default()))));
+        let (dir, project) = project(&hosts, 1);
+        let toml = std::fs::read_to_string(dir.path().join("gantry.toml")).unwrap();
+        let toml = toml.replacen(
+            "port = \"http\"\n",
+            "port = \"http\"\nmigrate = { post = \"./warm\" }\n\n\
+             [services.worker]\nrun = \"bin/web\"\nmigrate = { post = \"./reindex\" }\n",
+            1,
+        );
+        std::fs::write(dir.path().join("gantry.toml"), toml).unwrap();
+        let before_post = |calls: &[String]| {
+            calls
+                .iter()
+                .position(|c| c.contains(" task migrate.post"))
+                .unwrap()
+        };
+        deploy_to(
+            &fleet,
+            &project,
+            &DeployOptions::default(),
+            &Said::default(),
+        )
+        .unwrap();
+        let calls = fleet.calls();
+        let connects = calls[before_post(&calls)..]
+            .iter()
+            .filter(|c| *c == "h1 connect")
+            .count();
+        assert_eq!(fleet.calls_to("task migrate.post").len(), 2, "{calls:#?}");
+        assert_eq!(connects, 0, "connected once, before the first: {calls:#?}");
+    }
+
     #[test]
     fn a_rollout_of_max_parallel_one_deploys_one_host_after_the_other() {
         let hosts = ["h1", "h2", "h3"];
@@ -1396,6 +1520,29 @@ mod tests {
         let details = error.details().unwrap();
         assert_eq!(details["hosts"][0]["outcome"], "reverted", "{details:#}");
         assert_eq!(details["hosts"][0]["verify_failed"], true, "{details:#}");
+    }
+
+    #[test]
+    fn a_release_reverted_in_its_verify_window_is_filed_naming_its_host_and_release() {
+        let (_fleet, result) = crash_on_h1("verify = \"30s\"\ncanary = true\n");
+        let Err(error) = result else {
+            panic!("the rollout succeeded");
+        };
+        let incident = crate::incident::Incident::of_deploy("shop", "production", &error);
+        assert_eq!(incident.code, "deploy.verify_failed");
+        assert_eq!(incident.host.as_deref(), Some("h1"));
+        assert_eq!(
+            incident.release.as_deref(),
+            Some("r2"),
+            "the release that failed"
+        );
+        let bug = incident.bug(Some("SHOP"));
+        assert!(
+            bug.description.contains("- Host: h1") && bug.description.contains("- Release: r2"),
+            "{}",
+            bug.description
+        );
+        assert_eq!(bug.affected_version.as_deref(), Some("r2"));
     }
 
     #[test]

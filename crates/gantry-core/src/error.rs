@@ -243,6 +243,14 @@ impl<'de> serde::Deserialize<'de> for Code {
     }
 }
 
+/// Where a rollout stopped: the host whose new release failed, and that
+/// release (the host went back from it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedRelease {
+    pub host: String,
+    pub release: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -304,6 +312,7 @@ pub enum Error {
     VerifyFailed {
         project: String,
         environment: String,
+        failed: Box<FailedRelease>,
         reason: String,
         report: Box<serde_json::Value>,
     },

@@ -9,6 +9,8 @@
 //! which the binary implements over HTTP; reporting never fails a deploy
 //! further: its own failures come back as text for a warning.
 
+mod seen;
+
 use std::path::Path;
 
 use serde::Serialize;
@@ -47,6 +49,18 @@ pub enum Reported {
     Filed(String),
     /// A comment on the open bug of the same cause.
     Commented(String),
+}
+
+/// `filed SHOP-42`, `commented on SHOP-42, open for the same failure`.
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reported::Filed(item) => write!(f, "filed {item}"),
+            Reported::Commented(item) => {
+                write!(f, "commented on {item}, open for the same failure")
+            }
+        }
+    }
 }
 
 /// The hub's agent API, as reporting needs it.
@@ -89,6 +103,11 @@ impl Incident {
                 failing_host(report),
                 Some(release.clone()),
                 log_tail.clone(),
+            ),
+            Error::VerifyFailed { failed, .. } => (
+                Some(failed.host.clone()),
+                failed.release.clone(),
+                Vec::new(),
             ),
             _ => (None, None, Vec::new()),
         };
@@ -355,14 +374,20 @@ fn commits(dir: &Path) -> Option<Vec<String>> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
 
     use super::*;
 
-    /// A tracker in memory: items by reference, with their label and comments.
-    #[derive(Default)]
+    /// A tracker in memory: items by reference, with their label and
+    /// comments; its clones share them.
+    #[derive(Clone, Default)]
     struct Memory {
-        items: RefCell<Vec<(String, String, Vec<String>)>>,
+        items: Rc<RefCell<Vec<Item>>>,
     }
+
+    /// Reference, label, comments.
+    type Item = (String, String, Vec<String>);
 
     impl Tracker for Memory {
         fn open_with_label(&self, label: &str) -> Result<Option<String>, String> {
@@ -448,5 +473,99 @@ mod tests {
         }
         assert_eq!(bug.label, incident("deploy.failed", "r9").label());
         assert!(bug.label.starts_with("gantry-") && bug.label.len() == 23);
+    }
+
+    /// Progress steps, kept.
+    #[derive(Default)]
+    struct Steps(std::sync::Mutex<Vec<String>>);
+
+    impl crate::deploy::Progress for Steps {
+        fn step(&self, message: &str) {
+            self.0.lock().unwrap().push(message.to_owned());
+        }
+    }
+
+    fn failing_status(restarts: u32) -> crate::operate::StatusReport {
+        let status = serde_json::json!({
+            "project": "shop",
+            "services": [{
+                "name": "web",
+                "state": "failed",
+                "release": "r1",
+                "urls": [],
+                "instances": [{
+                    "id": "web-1", "service": "web", "release": "r1",
+                    "state": "failed", "healthy": false, "restarts": restarts,
+                }],
+                "limits": { "enforced": false, "via": "none" },
+                "reason": "gave up after 5 restarts",
+            }],
+        });
+        crate::operate::StatusReport {
+            environment: "production".to_owned(),
+            host: "web-1".to_owned(),
+            status: serde_json::from_value(status).unwrap(),
+            hosts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn status_files_a_failing_service_once_for_each_change_and_replaces_its_memory_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        // A link planted where the memory lies is replaced, never written
+        // through: the file is written beside it and renamed over it.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "untouched").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, state_dir.join(seen::FILE)).unwrap();
+
+        let tracker = Memory::default();
+        let hub = HubLink {
+            url: "http://hub.invalid".to_owned(),
+            key: crate::config::model::SecretName("HUB_KEY".to_owned()),
+            product: Some("SHOP".to_owned()),
+        };
+        let env_vars = |name: &str| (name == "HUB_KEY").then(|| "k".to_owned());
+        let connect = {
+            let tracker = tracker.clone();
+            move |_: &HubLink, _: String| -> Box<dyn Tracker> { Box::new(tracker.clone()) }
+        };
+        let access = HubAccess {
+            project_dir: dir.path(),
+            environment: "production",
+            hub: &hub,
+            env_vars: &env_vars,
+            connect: &connect,
+        };
+        let look = |restarts| {
+            let steps = Steps::default();
+            access.failing_services("shop", &failing_status(restarts), &state_dir, &steps);
+            steps.0.into_inner().unwrap()
+        };
+
+        assert_eq!(look(5), ["hub: filed SHOP-1"]);
+        assert_eq!(
+            look(5),
+            Vec::<String>::new(),
+            "the same failure is told once"
+        );
+        assert_eq!(
+            look(6),
+            ["hub: commented on SHOP-1, open for the same failure"]
+        );
+        assert_eq!(tracker.items.borrow().len(), 1);
+
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "untouched");
+        let memory = state_dir.join(seen::FILE);
+        assert!(!memory.is_symlink());
+        let remembered: BTreeMap<String, String> =
+            serde_json::from_slice(&std::fs::read(&memory).unwrap()).unwrap();
+        assert_eq!(remembered.len(), 1);
+        let names: Vec<_> = std::fs::read_dir(&state_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [seen::FILE], "no temporary file is left");
     }
 }

@@ -41,7 +41,7 @@ pub mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use error::{CODES, Code, EnvRefusal, Error, ExitClass};
+pub use error::{CODES, Code, EnvRefusal, Error, ExitClass, FailedRelease};
 pub use gantry_config as config;
 
 /// Where to find the project: an explicit `--config`, else the nearest

@@ -5,13 +5,15 @@
 //! new instance starts; that host deploys alone, so no other host takes
 //! the release before it ran, and its failure stops the rollout with every
 //! host on its old release. `migrate.post` runs on that host once every
-//! host is live. The agent keeps each one's output in the release.
+//! host is live, unless that host's release already ran it successfully (a
+//! deploy that changed nothing there kept the release it ran). The agent
+//! keeps each one's output in the release.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::agent_api::{Task, TaskOutput};
+use crate::agent_api::{Release, Task, TaskOutput};
 use crate::config::resolve::{Host as HostSpec, Service};
 use crate::deploy::Progress;
 
@@ -109,24 +111,54 @@ pub struct PostFailed {
     pub output: Vec<String>,
 }
 
+/// Whether `release` records `task` (its phase, service and command) as
+/// having run and succeeded.
+pub fn ran_in(release: &Release, task: &Task) -> bool {
+    release.phases.iter().any(|phase| {
+        phase.name == task.phase
+            && phase.service.as_deref() == Some(task.service.as_str())
+            && phase
+                .task
+                .as_ref()
+                .is_some_and(|t| t.succeeded() && t.command == task.command)
+    })
+}
+
 /// Runs the `migrate.post` tasks, each on the first host that runs its
-/// service, in the release `releases` names for that host; stops at the
-/// first that fails.
+/// service, in the release `releases` says that host runs; stops at the
+/// first that fails. A task that release already ran successfully (it was
+/// kept: the deploy changed nothing there) does not run again. Each host's
+/// agent is connected to once, however many tasks run there.
 pub fn run_post(
     project: &str,
     placements: &[(&HostSpec, Vec<Service>)],
-    releases: &BTreeMap<String, String>,
+    releases: &BTreeMap<String, &Release>,
     connect: crate::host::Connect<'_>,
     progress: &dyn Progress,
 ) -> Result<Vec<TaskRun>, Box<PostFailed>> {
     let mut ran = Vec::new();
+    let mut agents: BTreeMap<String, Box<dyn crate::host::Host>> = BTreeMap::new();
     for (host, task) in assigned(placements, POST) {
-        let release = releases.get(&host.name).cloned().unwrap_or_default();
+        let runs = releases.get(&host.name);
+        if let Some(runs) = runs
+            && ran_in(runs, &task)
+        {
+            progress.step(&format!(
+                "`{}` of {} already ran in {} on {}",
+                task.phase, task.service, runs.id, host.name
+            ));
+            continue;
+        }
+        let release = runs.map(|r| r.id.clone()).unwrap_or_default();
         progress.step(&format!(
             "running `{}` of {} on {}",
             task.phase, task.service, host.name
         ));
-        let answer = connect(host).and_then(|agent| Ok(agent.run_task(project, &release, &task)?));
+        let agent = match agents.entry(host.name.clone()) {
+            std::collections::btree_map::Entry::Occupied(known) => Ok(known.into_mut()),
+            std::collections::btree_map::Entry::Vacant(new) => connect(host).map(|a| new.insert(a)),
+        };
+        let answer = agent.and_then(|agent| Ok(agent.run_task(project, &release, &task)?));
         let failed = |how: String, output: Vec<String>, ran: Vec<TaskRun>| {
             Box::new(PostFailed {
                 ran,

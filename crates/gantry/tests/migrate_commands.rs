@@ -191,6 +191,23 @@ fn pre_and_post_run_once_for_three_hosts_with_their_output_kept() {
         !format!("{phases:?}").contains(TOKEN),
         "no output shows the secret: {phases:#?}"
     );
+
+    // The same deploy again makes no release anywhere: no task runs again.
+    let same = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"]);
+    same.expect_code(0);
+    let report = same.json();
+    let outcomes: Vec<&str> = report["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["unchanged"; 3], "{report:#}");
+    assert_eq!(logged(&hosts).len(), 4, "{:?}", logged(&hosts));
+    assert!(
+        report["tasks"].as_array().is_none_or(Vec::is_empty),
+        "{report:#}"
+    );
 }
 
 #[test]

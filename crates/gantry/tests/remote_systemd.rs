@@ -481,6 +481,21 @@ fn configure_installs_docker_where_image_services_run() {
             .split_whitespace()
             .any(|g| g == "docker")
     );
+    // The agent was started once, already in the group docker.
+    let starts = host.exec_ok(&[
+        "sh",
+        "-c",
+        "journalctl -u gantry-agent -o cat | grep -c '^Started' || true",
+    ]);
+    assert_eq!(starts, "1", "the agent started once");
+    let gid = host.exec_ok(&["getent", "group", "docker"]);
+    let gid = gid.split(':').nth(2).unwrap().to_owned();
+    let status = host.exec_ok(&["cat", &format!("/proc/{}/status", agent_pid(&host))]);
+    let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    assert!(
+        groups.split_whitespace().skip(1).any(|g| g == gid),
+        "docker is {gid}; the agent's {groups}"
+    );
     // The agent, as gantry, talks to the engine.
     host.exec_ok(&[
         "setpriv",

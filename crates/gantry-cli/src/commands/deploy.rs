@@ -1,10 +1,8 @@
 //! `gantry deploy`.
 
-use std::collections::BTreeMap;
-
 use gantry_core::config::model::HubLink;
 use gantry_core::deploy::{DeployReport, Progress};
-use gantry_core::incident::{HubAccess, Incident, Reported, Tracker};
+use gantry_core::incident::{HubAccess, Incident, Tracker};
 use gantry_core::operate::StatusReport;
 use gantry_core::{deploy, lifecycle, plan};
 
@@ -76,7 +74,7 @@ fn tell_deploy(
 ) {
     let line = match result {
         Err(error) => match access.failed(&Incident::of_deploy(name, ctx.env, error)) {
-            Ok(reported) => said(&reported),
+            Ok(reported) => format!("hub: {reported}"),
             Err(why) => format!("hub: cannot report the failure: {why}"),
         },
         Ok(report) => match access.shipped(&report.release.id) {
@@ -90,57 +88,11 @@ fn tell_deploy(
     ctx.progress().step(&line);
 }
 
-fn said(reported: &Reported) -> String {
-    match reported {
-        Reported::Filed(item) => format!("hub: filed {item}"),
-        Reported::Commented(item) => {
-            format!("hub: commented on {item}, open for the same failure")
-        }
-    }
-}
-
-/// `gantry status` of a project with `[hub]`: a bug filed (or the open one
-/// of the same cause commented on) for each service that keeps failing,
-/// once for each change of what fails (its release, its failing instances'
-/// restarts and last exits), remembered in the state directory's
-/// `hub-reports.json`. A hub that cannot be reached is a warning.
+/// `gantry status` of a project with `[hub]`: files what keeps failing.
 pub(super) fn tell_hub_status(ctx: &Context<'_>, report: &StatusReport) {
-    with_hub(ctx, |access, name| tell_status(ctx, access, name, report));
-}
-
-fn tell_status(ctx: &Context<'_>, access: &HubAccess<'_>, name: &str, report: &StatusReport) {
-    let seen_path = ctx.state_dir.join("hub-reports.json");
-    let mut seen: BTreeMap<String, String> = std::fs::read(&seen_path)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
-    for service in &report.status.services {
-        let Some(incident) = Incident::of_service(name, ctx.env, &report.host, service) else {
-            continue;
-        };
-        let (label, signature) = (incident.label(), incident.signature());
-        if seen.get(&label) == Some(&signature) {
-            continue;
-        }
-        let line = match access.failed(&incident) {
-            Ok(reported) => {
-                seen.insert(label, signature);
-                said(&reported)
-            }
-            Err(why) => format!("hub: cannot report {}'s failure: {why}", service.name),
-        };
-        ctx.progress().step(&line);
-    }
-    if let Ok(text) = serde_json::to_vec_pretty(&seen) {
-        let written =
-            std::fs::create_dir_all(&ctx.state_dir).and_then(|()| std::fs::write(&seen_path, text));
-        if let Err(e) = written {
-            ctx.progress().step(&format!(
-                "hub: cannot remember what was reported in {}: {e}",
-                seen_path.display()
-            ));
-        }
-    }
+    with_hub(ctx, |access, name| {
+        access.failing_services(name, report, &ctx.state_dir, &ctx.progress());
+    });
 }
 
 /// A text deploy first says what it is about to do, on stderr (stdout

@@ -162,9 +162,16 @@ pub(crate) fn failed(project: &str, environment: &str, hosts: &[HostDeploy], at:
         Error::DeployFailed { reason, report, .. } => (reason, report),
         other => (other.to_string(), Box::new(serde_json::Value::Null)),
     };
+    // The host's `release` is now the one it went back to; the one that
+    // failed is the one its deploy answered with.
+    let failed = &hosts[at];
     Error::VerifyFailed {
         project: project.to_owned(),
         environment: environment.to_owned(),
+        failed: Box::new(crate::FailedRelease {
+            host: failed.host.clone(),
+            release: failed.detail.as_ref().map(|(r, _)| r.id.clone()),
+        }),
         reason,
         report,
     }
