@@ -108,6 +108,9 @@ pub struct HostDeploy {
     /// verify window (`error` says how); it went back to `previous`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub verify_failed: bool,
+    /// With `verify_failed`: the last lines of the failing service's log.
+    #[serde(skip)]
+    log_tail: Vec<String>,
     #[serde(skip)]
     detail: Option<(Release, Vec<ServiceStatus>)>,
     /// The error that ended it, kept whole so a one-host deploy reports its own code.
@@ -613,6 +616,7 @@ impl HostPlan<'_> {
             removed: Vec::new(),
             unchanged: Vec::new(),
             verify_failed: false,
+            log_tail: Vec::new(),
             detail: None,
             cause: None,
         };
@@ -912,6 +916,7 @@ impl HostDeploy {
             removed: Vec::new(),
             unchanged: Vec::new(),
             verify_failed: false,
+            log_tail: Vec::new(),
             detail: None,
             cause: None,
         };
@@ -951,6 +956,7 @@ impl HostDeploy {
             removed: Vec::new(),
             unchanged: Vec::new(),
             verify_failed: false,
+            log_tail: Vec::new(),
             detail: None,
             cause: None,
         }
@@ -1203,14 +1209,7 @@ mod tests {
     fn migrate_pre_goes_with_the_first_host_alone_and_post_runs_once_at_the_end() {
         let hosts = ["h1", "h2", "h3"];
         let fleet = Fleet::new(hosts.map(|h| (h, ran(Script::default()))));
-        let (dir, project) = project(&hosts, 2);
-        let toml = std::fs::read_to_string(dir.path().join("gantry.toml")).unwrap();
-        let toml = toml.replacen(
-            "port = \"http\"\n",
-            "port = \"http\"\nmigrate = { pre = \"./migrate\", post = \"./warm\" }\n",
-            1,
-        );
-        std::fs::write(dir.path().join("gantry.toml"), toml).unwrap();
+        let (_dir, project) = project_with_tasks(&hosts);
         let report = deploy_to(
             &fleet,
             &project,
@@ -1246,6 +1245,20 @@ mod tests {
         );
     }
 
+    /// The fake project on `hosts` (2 at a time), its web service with
+    /// `migrate = { pre = "./migrate", post = "./warm" }`.
+    fn project_with_tasks(hosts: &[&str]) -> (tempfile::TempDir, Project) {
+        let (dir, project) = project(hosts, 2);
+        let path = dir.path().join("gantry.toml");
+        let toml = std::fs::read_to_string(&path).unwrap().replacen(
+            "port = \"http\"\n",
+            "port = \"http\"\nmigrate = { pre = \"./migrate\", post = \"./warm\" }\n",
+            1,
+        );
+        std::fs::write(&path, toml).unwrap();
+        (dir, project)
+    }
+
     /// `hosts` already running r1 (which ran `phases`), deployed again
     /// with `migrate = { pre = "./migrate", post = "./warm" }`; the calls
     /// that ran tasks, and the tasks reported.
@@ -1263,14 +1276,7 @@ mod tests {
             ..ran(Script::default())
         };
         let fleet = Fleet::new(hosts.iter().map(|h| (*h, script.clone())));
-        let (dir, project) = project(hosts, 2);
-        let toml = std::fs::read_to_string(dir.path().join("gantry.toml")).unwrap();
-        let toml = toml.replacen(
-            "port = \"http\"\n",
-            "port = \"http\"\nmigrate = { pre = \"./migrate\", post = \"./warm\" }\n",
-            1,
-        );
-        std::fs::write(dir.path().join("gantry.toml"), toml).unwrap();
+        let (_dir, project) = project_with_tasks(hosts);
         let report = deploy_to(
             &fleet,
             &project,
@@ -1483,6 +1489,7 @@ mod tests {
         let (_dir, project) = crate::fake::project_rolling_out(&hosts, 3, rollout);
         let crashing = Script {
             services: vec![crate::fake::crashing("r2")],
+            logs: vec![crate::fake::log_line(1, "panic: no database")],
             ..Script::default()
         };
         let fleet = Fleet::new([
@@ -1543,6 +1550,12 @@ mod tests {
             bug.description
         );
         assert_eq!(bug.affected_version.as_deref(), Some("r2"));
+        assert_eq!(incident.log_tail, ["web-1: panic: no database"]);
+        assert!(
+            bug.description.contains("panic: no database"),
+            "{}",
+            bug.description
+        );
     }
 
     #[test]

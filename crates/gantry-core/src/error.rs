@@ -249,6 +249,8 @@ impl<'de> serde::Deserialize<'de> for Code {
 pub struct FailedRelease {
     pub host: String,
     pub release: Option<String>,
+    /// The last lines the failing service wrote there.
+    pub log_tail: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

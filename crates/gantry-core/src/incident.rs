@@ -107,7 +107,7 @@ impl Incident {
             Error::VerifyFailed { failed, .. } => (
                 Some(failed.host.clone()),
                 failed.release.clone(),
-                Vec::new(),
+                failed.log_tail.clone(),
             ),
             _ => (None, None, Vec::new()),
         };

@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 use crate::Error;
 use crate::agent_api::{InstanceState, Outcome, Reverted, RollbackRequest, Status};
 use crate::deploy::{HostDeploy, HostOutcome, Progress};
-use crate::host::Host;
+use crate::host::{Host, LogQuery};
 
 /// How often the new release's instances are looked at during the window.
 const POLL: Duration = Duration::from_millis(250);
+
+/// The most lines of the failing service's log a revert's report carries.
+const LOG_TAIL: usize = 40;
 
 /// The rollout's groups of hosts: the first `alone` one at a time (those
 /// that run a `migrate.pre`), the first alone too when `canary` (its window
@@ -52,9 +55,11 @@ impl Watch<'_> {
             agent.name(),
             self.window.as_secs_f32()
         ));
-        let Some(problem) = self.first_problem(agent, &release, &outcome.unchanged) else {
+        let Some((service, problem)) = self.first_problem(agent, &release, &outcome.unchanged)
+        else {
             return;
         };
+        outcome.log_tail = log_tail(agent, self.project, &service);
         let reason = format!(
             "{problem} within its {} s verify window",
             self.window.as_secs_f32()
@@ -91,14 +96,15 @@ impl Watch<'_> {
         });
     }
 
-    /// The first sign, within the window, that `release` is not well; an
-    /// agent that does not answer meanwhile is asked again.
+    /// The first sign, within the window, that `release` is not well (the
+    /// service, and what is wrong); an agent that does not answer meanwhile
+    /// is asked again.
     fn first_problem(
         &self,
         agent: &dyn Host,
         release: &str,
         unchanged: &[String],
-    ) -> Option<String> {
+    ) -> Option<(String, String)> {
         let deadline = Instant::now() + self.window;
         loop {
             if let Ok(status) = agent.status(self.project)
@@ -115,9 +121,26 @@ impl Watch<'_> {
     }
 }
 
+/// The last lines `service` wrote on the host, for the report of its
+/// revert (none when the agent cannot say).
+fn log_tail(agent: &dyn Host, project: &str, service: &str) -> Vec<String> {
+    let query = LogQuery {
+        service: Some(service.to_owned()),
+        since_ms: None,
+        tail: Some(LOG_TAIL),
+        follow: false,
+    };
+    let mut lines = Vec::new();
+    let _ = agent.logs(project, &query, &mut |line| {
+        lines.push(format!("{}: {}", line.instance, line.line));
+        lines.len() < LOG_TAIL
+    });
+    lines
+}
+
 /// What is wrong with `release`'s instances of services other than
-/// `unchanged` (carried over, not new), if anything.
-fn problem(status: &Status, release: &str, unchanged: &[String]) -> Option<String> {
+/// `unchanged` (carried over, not new), if anything: the service, and how.
+fn problem(status: &Status, release: &str, unchanged: &[String]) -> Option<(String, String)> {
     let watched = status
         .services
         .iter()
@@ -139,10 +162,8 @@ fn problem(status: &Status, release: &str, unchanged: &[String]) -> Option<Strin
                 _ => None,
             };
             if let Some(what) = what {
-                return Some(format!(
-                    "service `{}`: instance {} {what}",
-                    service.name, i.id
-                ));
+                let problem = format!("service `{}`: instance {} {what}", service.name, i.id);
+                return Some((service.name.clone(), problem));
             }
         }
     }
@@ -171,6 +192,7 @@ pub(crate) fn failed(project: &str, environment: &str, hosts: &[HostDeploy], at:
         failed: Box::new(crate::FailedRelease {
             host: failed.host.clone(),
             release: failed.detail.as_ref().map(|(r, _)| r.id.clone()),
+            log_tail: failed.log_tail.clone(),
         }),
         reason,
         report,
