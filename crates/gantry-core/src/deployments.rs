@@ -38,6 +38,10 @@ pub struct Deployment {
     pub artifact: String,
     /// A rollback of the environment, rather than a deploy.
     pub rollback: bool,
+    /// For a rollback: the deployment it went back to (the one that made
+    /// the release its first host went back to).
+    #[serde(skip)]
+    pub back_to: Option<String>,
     pub state: DeploymentState,
     /// Every host runs it now.
     pub current: bool,
@@ -107,6 +111,7 @@ pub fn list(hosts: &[(String, Vec<Release>)]) -> Vec<Deployment> {
 fn deployment(id: &str, at: u64, hosts: &[(String, Vec<Release>)]) -> Deployment {
     let mut artifact = None;
     let mut rollback = false;
+    let mut back_to = None;
     let per_host: Vec<DeploymentHost> = hosts
         .iter()
         .map(|(host, releases)| {
@@ -118,6 +123,13 @@ fn deployment(id: &str, at: u64, hosts: &[(String, Vec<Release>)]) -> Deployment
                 artifact.get_or_insert_with(|| r.artifact_digest.clone());
                 let first = r.deployments.first().is_some_and(|d| d.id == id);
                 rollback |= first && r.rollback_of.is_some();
+                if let (true, None, Some(of)) = (first, &back_to, &r.rollback_of) {
+                    back_to = releases
+                        .iter()
+                        .find(|o| &o.id == of)
+                        .and_then(|o| o.deployments.first())
+                        .map(|d| d.id.clone());
+                }
             }
             DeploymentHost {
                 host: host.clone(),
@@ -136,6 +148,7 @@ fn deployment(id: &str, at: u64, hosts: &[(String, Vec<Release>)]) -> Deployment
         at,
         artifact: artifact.unwrap_or_default(),
         rollback,
+        back_to,
         state: if complete {
             DeploymentState::Complete
         } else {
@@ -228,15 +241,21 @@ pub fn rollback_target(deployments: &[Deployment], to: Option<&str>) -> Result<T
     })
 }
 
-/// The newest complete deployment before the one every host runs now.
+/// The newest complete deployment before the one every host runs now. When
+/// that is a rollback, it stands for the deployment it went back to, so a
+/// second rollback steps further back instead of forward again; rollbacks
+/// are never a target of their own (their releases are an older one's).
 fn previous(deployments: &[Deployment]) -> Result<&Deployment, Error> {
     let complete = deployments
         .iter()
         .filter(|d| d.state == DeploymentState::Complete);
     let found = match deployments.iter().find(|d| d.current) {
-        Some(now) => complete
-            .filter(|d| (d.at, &d.id) < (now.at, &now.id))
-            .max_by_key(|d| (d.at, &d.id)),
+        Some(now) => {
+            let now = went_back_to(deployments, now);
+            complete
+                .filter(|d| !d.rollback && (d.at, &d.id) < (now.at, &now.id))
+                .max_by_key(|d| (d.at, &d.id))
+        }
         None => complete.max_by_key(|d| (d.at, &d.id)),
     };
     found.ok_or_else(|| Error::Deployment {
@@ -244,6 +263,22 @@ fn previous(deployments: &[Deployment]) -> Result<&Deployment, Error> {
         message: "the environment has no earlier deployment that reached every host".to_owned(),
         hint: "list them with `gantry releases -e ENV`; name one with --to".to_owned(),
     })
+}
+
+/// The deployment whose releases `d` runs: `d`, or for a rollback the one
+/// it went back to, following rollbacks of rollbacks (at most one step per
+/// deployment listed, so a loop in bad records ends).
+fn went_back_to<'a>(deployments: &'a [Deployment], mut d: &'a Deployment) -> &'a Deployment {
+    for _ in 0..deployments.len() {
+        let Some(to) = d.back_to.as_deref().filter(|_| d.rollback) else {
+            break;
+        };
+        match deployments.iter().find(|o| o.id == to) {
+            Some(older) => d = older,
+            None => break,
+        }
+    }
+    d
 }
 
 #[cfg(test)]
@@ -403,6 +438,77 @@ mod tests {
         let hosts = hosts(vec![("h1", vec![ok("r1", "v1", &[("d1", 10)])])]);
         let error = rollback_target(&list(&hosts), None).unwrap_err();
         assert_eq!(error.code(), "release.none_before");
+    }
+
+    /// Hosts h1 and h2 after deploys d1, d2, d3 and then one rollback per
+    /// `(deployment, release it went back to)` in `rollbacks`, each making a
+    /// new release, as the agent does.
+    fn after_rollbacks(rollbacks: &[(&str, &str)]) -> Vec<(String, Vec<Release>)> {
+        let mut releases = vec![
+            ok("r3", "v3", &[("d3", 30)]),
+            ok("r2", "v2", &[("d2", 20)]),
+            ok("r1", "v1", &[("d1", 10)]),
+        ];
+        for (n, (deployment, of)) in (4u64..).zip(rollbacks) {
+            let artifact = releases
+                .iter()
+                .find(|r| r.id == *of)
+                .map(|r| r.artifact_digest.clone())
+                .unwrap();
+            let rolled = Release {
+                rollback_of: Some((*of).to_owned()),
+                ..ok(&format!("r{n}"), &artifact, &[(deployment, n * 10)])
+            };
+            releases.insert(0, rolled);
+        }
+        hosts(vec![("h1", releases.clone()), ("h2", releases)])
+    }
+
+    fn target_of(hosts: &[(String, Vec<Release>)], to: Option<&str>) -> (String, String) {
+        let Target::Deployment { id, releases } = rollback_target(&list(hosts), to).unwrap() else {
+            panic!("not a deployment");
+        };
+        (id, releases[0].1.clone())
+    }
+
+    #[test]
+    fn each_rollback_steps_one_deployment_further_back_until_none_is_left() {
+        let first = target_of(&after_rollbacks(&[]), None);
+        assert_eq!(first, ("d2".to_owned(), "r2".to_owned()));
+        // Rolled back to d2 by d4: the next goes to d1, not forward to d3.
+        let second = target_of(&after_rollbacks(&[("d4", "r2")]), None);
+        assert_eq!(second, ("d1".to_owned(), "r1".to_owned()));
+        let hosts = after_rollbacks(&[("d4", "r2"), ("d5", "r1")]);
+        let error = rollback_target(&list(&hosts), None).unwrap_err();
+        assert_eq!(error.code(), "release.none_before");
+        // --to still names any complete deployment, newer ones included.
+        assert_eq!(
+            target_of(&hosts, Some("d3")),
+            ("d3".to_owned(), "r3".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_rollback_skips_a_deployment_that_failed_on_a_host() {
+        let hosts = hosts(vec![
+            (
+                "h1",
+                vec![
+                    ok("r3", "v3", &[("d3", 30)]),
+                    ok("r2", "v2", &[("d2", 20)]),
+                    ok("r1", "v1", &[("d1", 10)]),
+                ],
+            ),
+            (
+                "h2",
+                vec![
+                    ok("r3", "v3", &[("d3", 30)]),
+                    rel("r2", "v2", Outcome::Failed, &[("d2", 20)]),
+                    ok("r1", "v1", &[("d1", 10)]),
+                ],
+            ),
+        ]);
+        assert_eq!(target_of(&hosts, None), ("d1".to_owned(), "r1".to_owned()));
     }
 
     #[test]
