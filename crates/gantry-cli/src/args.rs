@@ -12,7 +12,7 @@ Examples:
   gantry deploy                     Run the project on this machine, supervised
   gantry status                     What runs, on which release, how healthy
   gantry logs web -f                Follow one service's output
-  gantry rollback                   Back to the previous release, no rebuild
+  gantry rollback                   Back to the deployment before, no rebuild
   gantry show -e prod               Print the prod environment as it will run
   gantry render --target compose --out build/compose
   gantry validate --output json     One JSON document on stdout, for scripts
@@ -157,11 +157,13 @@ pub enum Command {
     /// Example: gantry releases show r3
     Releases(ReleasesArgs),
 
-    /// Re-activate an earlier release from its stored artifact, without rebuilding
+    /// Re-activate an earlier deployment from its stored artifacts, without rebuilding
     ///
-    /// Goes back to the release before the current one unless --to names one.
+    /// Goes back to the complete deployment before the one running (each
+    /// rollback steps one further back) unless --to names one; `gantry
+    /// releases` lists them.
     ///
-    /// Example: gantry rollback --to r2
+    /// Example: gantry rollback -e prod --to d2
     Rollback(RollbackArgs),
 
     /// Stop one service, or all of them; they stay stopped until deployed or restarted
@@ -389,7 +391,8 @@ pub enum ReleasesAction {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    /// The release to go back to (id like r2, or number)
+    /// The deployment to go back to (its id or the start of it); where the
+    /// hosts keep no deployments, a release (id like r2)
     #[arg(long, value_name = "ID")]
     pub to: Option<String>,
 }
