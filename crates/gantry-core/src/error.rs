@@ -323,6 +323,9 @@ pub enum Error {
         release: String,
         reason: String,
         log_tail: Vec<String>,
+        /// The coded error that made the release fail, when the agent
+        /// recorded one (also `cause` in the report).
+        cause: Option<Box<crate::agent_api::Cause>>,
         report: Box<serde_json::Value>,
     },
     /// `what`: which task, where, how it ended.
@@ -563,11 +566,19 @@ impl Error {
                     output.join("\n  ")
                 )
             }),
-            Error::DeployFailed { log_tail, .. } => Some(if log_tail.is_empty() {
-                "see `gantry logs` for the service's output".to_owned()
-            } else {
-                format!("the service's last output:\n  {}", log_tail.join("\n  "))
-            }),
+            Error::DeployFailed {
+                log_tail, cause, ..
+            } => {
+                let tail = if log_tail.is_empty() {
+                    "see `gantry logs` for the service's output".to_owned()
+                } else {
+                    format!("the service's last output:\n  {}", log_tail.join("\n  "))
+                };
+                Some(match cause {
+                    Some(cause) => format!("caused by {}\n{tail}", cause.code),
+                    None => tail,
+                })
+            }
         }
     }
 
