@@ -1475,6 +1475,48 @@ mod tests {
     }
 
     #[test]
+    fn a_rollout_stopped_by_a_container_error_names_its_code_in_the_error() {
+        let hosts = ["h1", "h2", "h3"];
+        let (_dir, project) = project(&hosts, 1);
+        let failing = Script {
+            release_fails: true,
+            release_cause: Some(crate::agent_api::Cause::new(
+                crate::Code::ContainerUnreachable,
+                "cannot reach the Docker engine at /var/run/docker.sock",
+            )),
+            ..Script::default()
+        };
+        let fleet = Fleet::new([
+            ("h1", ran(Script::default())),
+            ("h2", ran(failing)),
+            ("h3", ran(Script::default())),
+        ]);
+        let result = deploy_to(
+            &fleet,
+            &project,
+            &DeployOptions::default(),
+            &Said::default(),
+        );
+
+        let Err(error) = result else {
+            panic!("the rollout went on: {result:?}");
+        };
+        assert_eq!(error.code(), "deploy.failed");
+        let details = error.details().expect("details");
+        assert_eq!(
+            details["cause"]["code"], "container.unreachable",
+            "{details:#}"
+        );
+        assert!(
+            error
+                .hint()
+                .is_some_and(|h| h.starts_with("caused by container.unreachable")),
+            "{:?}",
+            error.hint()
+        );
+    }
+
+    #[test]
     fn a_failing_host_is_reverted_and_the_rollout_stops_there() {
         let hosts = ["h1", "h2", "h3"];
         let (_dir, project) = project(&hosts, 1);
