@@ -23,7 +23,7 @@ use crate::container::{
 };
 use crate::process::{LogWriter, MAX_LINE, ResourceLimits, StopOutcome};
 use crate::store::InstanceRecord;
-use gantry_core::agent_api::Stream;
+use gantry_core::agent_api::{Cause, Stream};
 
 /// Where the Docker engine listens unless `DOCKER_HOST` says otherwise.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -56,22 +56,41 @@ pub fn has_volumes(service: &Service) -> bool {
     is_container(service) && !service.volumes.is_empty()
 }
 
-/// The agent's engine, connected on first use.
+/// The agent's engine, connected on first use; the error with its code.
 pub async fn engine(agent: &Agent) -> Result<&Engine, String> {
+    connect(agent).await.map_err(|e| e.coded())
+}
+
+/// [`engine`], its error typed: a deploy records the error's code.
+async fn connect(agent: &Agent) -> Result<&Engine, ContainerError> {
     agent
         .containers
         .get_or_try_init(|| async {
-            let socket = docker_socket(std::env::var("DOCKER_HOST").ok().as_deref())
-                .map_err(|e| e.coded())?;
+            let socket = docker_socket(std::env::var("DOCKER_HOST").ok().as_deref())?;
             Engine::connect(
                 &socket,
                 &agent.paths.root.join("container-secrets"),
                 &agent_label(agent),
             )
             .await
-            .map_err(|e| e.coded())
         })
         .await
+}
+
+/// Why a container did not start: `reason` for people (a container
+/// error's ends with its code), and that code as the cause, for the failed
+/// release to record.
+#[derive(Debug)]
+pub struct LaunchFailure {
+    pub reason: String,
+    pub cause: Option<Cause>,
+}
+
+fn container_failure(error: &ContainerError, reason: String) -> LaunchFailure {
+    LaunchFailure {
+        reason,
+        cause: Some(Cause::new(error.code(), error.to_string())),
+    }
 }
 
 /// This agent's `dev.gantry.agent` label: a digest of its state directory.
@@ -148,16 +167,20 @@ pub fn spec(
 
 /// Starts the container of an instance whose row exists (replacing a
 /// container left by an earlier start of the same instance), and records
-/// its main process; the error says why it did not start.
+/// its main process; the failure says why it did not start, and carries
+/// the container error's code when one caused it.
 pub async fn launch(
     agent: &Agent,
     record: &InstanceRecord,
     service: &Service,
     limits: &ResourceLimits,
-) -> Result<(), String> {
-    let engine = engine(agent)
-        .await
-        .map_err(|e| format!("service `{}` needs Docker: {e}", service.name))?;
+) -> Result<(), LaunchFailure> {
+    let engine = connect(agent).await.map_err(|e| {
+        container_failure(
+            &e,
+            format!("service `{}` needs Docker: {}", service.name, e.coded()),
+        )
+    })?;
     let (project, release) = (record.project.clone(), record.release.clone());
     let environment = agent
         .db(move |s| s.release(&project, &release))
@@ -165,38 +188,53 @@ pub async fn launch(
         .ok()
         .flatten()
         .map(|r| r.environment)
-        .ok_or_else(|| format!("release {} is not in the store", record.release))?;
-    let mut spec = spec(record, service, &environment, limits)?;
+        .ok_or_else(|| uncoded(format!("release {} is not in the store", record.release)))?;
+    let mut spec = spec(record, service, &environment, limits).map_err(uncoded)?;
     for (key, value) in crate::addresses::of(agent, &record.project, service).await {
         spec.env.entry(key).or_insert(value);
     }
     let secrets = secret_values(agent, &record.project, &service.secrets);
     let name = spec.identity.container_name();
-    engine.remove(&name).await.map_err(|e| e.coded())?;
+    engine
+        .remove(&name)
+        .await
+        .map_err(|e| container_failure(&e, e.coded()))?;
     let id = engine.create(&spec, &secrets).await.map_err(|e| {
-        format!(
-            "cannot create `{}`'s container: {}",
-            service.name,
-            e.coded()
+        container_failure(
+            &e,
+            format!(
+                "cannot create `{}`'s container: {}",
+                service.name,
+                e.coded()
+            ),
         )
     })?;
-    engine
-        .start(&id)
-        .await
-        .map_err(|e| format!("cannot start `{}`'s container: {}", service.name, e.coded()))?;
+    engine.start(&id).await.map_err(|e| {
+        container_failure(
+            &e,
+            format!("cannot start `{}`'s container: {}", service.name, e.coded()),
+        )
+    })?;
+    let exited = || uncoded(format!("`{}`'s container exited at once", service.name));
     let pid = engine
         .main_pid(&id)
         .await
-        .map_err(|e| e.coded())?
-        .ok_or_else(|| format!("`{}`'s container exited at once", service.name))?;
-    let start_time = crate::process::start_time(pid)
-        .ok_or_else(|| format!("`{}`'s container exited at once", service.name))?;
+        .map_err(|e| container_failure(&e, e.coded()))?
+        .ok_or_else(exited)?;
+    let start_time = crate::process::start_time(pid).ok_or_else(exited)?;
     follow_logs(agent, engine, record, true);
     let id = record.id.clone();
     agent
         .db(move |s| s.set_instance_process(&id, pid, start_time, None))
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| uncoded(e.to_string()))
+}
+
+fn uncoded(reason: String) -> LaunchFailure {
+    LaunchFailure {
+        reason,
+        cause: None,
+    }
 }
 
 /// Copies the container's output into the instance's log (where `gantry

@@ -135,6 +135,7 @@ async fn deploy(
         outcome: Outcome::Deploying,
         reason: None,
         log_tail: Vec::new(),
+        cause: None,
         phases: Vec::new(),
         services: request.services.clone(),
         deployments: request.deployment.iter().cloned().collect(),
@@ -158,6 +159,7 @@ async fn deploy(
         release.outcome = Outcome::Failed;
         release.reason = Some(failure.reason);
         release.log_tail = failure.log_tail;
+        release.cause = failure.cause;
     }
     let mut unchanged = Vec::new();
     for service in request
@@ -172,6 +174,7 @@ async fn deploy(
                 release.outcome = Outcome::Failed;
                 release.reason = Some(format!("service `{}`: {}", service.name, failure.reason));
                 release.log_tail = failure.log_tail;
+                release.cause = failure.cause;
                 break;
             }
         }
@@ -223,6 +226,7 @@ async fn run_tasks(
                     task.phase, task.service
                 ),
                 log_tail: out.output.into_iter().skip(skip).collect(),
+                cause: None,
             });
         }
     }
@@ -415,6 +419,7 @@ fn failed(reason: String) -> StartFailure {
     StartFailure {
         reason,
         log_tail: Vec::new(),
+        cause: None,
     }
 }
 
@@ -581,6 +586,7 @@ async fn stop_first_replace(
     Err(StartFailure {
         reason,
         log_tail: failure.log_tail,
+        cause: failure.cause,
     })
 }
 
@@ -669,6 +675,7 @@ async fn roll_static(
     let failed = |reason: String| StartFailure {
         reason,
         log_tail: Vec::new(),
+        cause: None,
     };
     if agent.proxy.listen().is_none() {
         return Err(failed(format!(
@@ -724,6 +731,7 @@ async fn cut_over(
                 .map_err(|e| StartFailure {
                     reason: e.to_string(),
                     log_tail: Vec::new(),
+                    cause: None,
                 })?;
             let old_ports: Vec<u16> = old.iter().filter_map(|r| r.port).collect();
             if let Err(refused) = cutover.switch(service, &old_ports).await {
@@ -733,6 +741,7 @@ async fn cut_over(
                         "the proxy refused the new route table ({refused}); the previous release keeps serving"
                     ),
                     log_tail: Vec::new(),
+                    cause: None,
                 });
             }
             Ok::<(), StartFailure>(())

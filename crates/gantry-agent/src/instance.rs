@@ -22,6 +22,9 @@ use crate::store::InstanceRecord;
 pub struct StartFailure {
     pub reason: String,
     pub log_tail: Vec<String>,
+    /// The coded error behind `reason`, when there is one (a container
+    /// error's): the failed release records it.
+    pub cause: Option<gantry_core::agent_api::Cause>,
 }
 
 /// Variables every service gets from the agent's own environment, so commands
@@ -139,9 +142,10 @@ pub async fn launch(
         Workload::Compose { .. } => {
             return crate::container_instance::launch(agent, record, service, &limits(service))
                 .await
-                .map_err(|reason| StartFailure {
-                    reason,
+                .map_err(|failed| StartFailure {
+                    reason: failed.reason,
                     log_tail: Vec::new(),
+                    cause: failed.cause,
                 });
         }
         Workload::Static { .. } => {
@@ -151,6 +155,7 @@ pub async fn launch(
                     service.name
                 ),
                 log_tail: Vec::new(),
+                cause: None,
             });
         }
     };
@@ -190,10 +195,12 @@ pub async fn launch(
     .map_err(|e| StartFailure {
         reason: e.to_string(),
         log_tail: Vec::new(),
+        cause: None,
     })?
     .map_err(|e| StartFailure {
         reason: format!("cannot start `{}`: {e}", service.name),
         log_tail: Vec::new(),
+        cause: None,
     })?;
     let id = record.id.clone();
     agent
@@ -204,6 +211,7 @@ pub async fn launch(
         .map_err(|e| StartFailure {
             reason: e.to_string(),
             log_tail: Vec::new(),
+            cause: None,
         })
 }
 
@@ -287,12 +295,14 @@ pub async fn wait_healthy(
         return Err(StartFailure {
             reason: "the instance has no process".to_owned(),
             log_tail: Vec::new(),
+            cause: None,
         });
     };
     let confinement =
         check_confinement(agent, &record.project, service).map_err(|reason| StartFailure {
             reason,
             log_tail: Vec::new(),
+            cause: None,
         })?;
     let start_period = service
         .health
@@ -312,6 +322,7 @@ pub async fn wait_healthy(
             return Err(StartFailure {
                 reason: format!("instance {} {what} while starting", record.id),
                 log_tail: stderr_tail(agent, &record.project, &record.id, 20),
+                cause: None,
             });
         }
         let elapsed = started.elapsed();
@@ -334,6 +345,7 @@ pub async fn wait_healthy(
                     (deadline + start_period).as_secs()
                 ),
                 log_tail: stderr_tail(agent, &record.project, &record.id, 20),
+                cause: None,
             });
         }
         let pause = service

@@ -241,6 +241,11 @@ pub struct Release {
     /// The end of the failing service's stderr, when a deploy failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
+    /// What made it fail, when that has a code of its own (a container
+    /// error's): absent from agents before it, and when the reason is all
+    /// there is (a failed health check, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
     pub phases: Vec<Phase>,
     /// The services of this release, as deployed (no secret values).
     pub services: Vec<ServiceSpec>,
@@ -249,6 +254,26 @@ pub struct Release {
     /// found the host already running it. Empty from agents before them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deployments: Vec<DeploymentMark>,
+}
+
+/// The coded error that made a release fail: `container.no_image` and its
+/// message, so a script reads why without parsing the reason's text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Cause {
+    /// One of [`crate::Code`]'s codes. A string, not the enum: an agent
+    /// newer than the CLI may send a code this CLI does not know, and the
+    /// release must still be readable.
+    pub code: String,
+    pub message: String,
+}
+
+impl Cause {
+    pub fn new(code: crate::Code, message: impl Into<String>) -> Cause {
+        Cause {
+            code: code.as_str().to_owned(),
+            message: message.into(),
+        }
+    }
 }
 
 /// How an instance ended.

@@ -493,8 +493,24 @@ pub(crate) fn rollout_stopped(
             runs.join(", ")
         ),
         log_tail: release.map(|r| r.log_tail.clone()).unwrap_or_default(),
-        report: Box::new(details),
+        cause: release.and_then(|r| r.cause.clone()).map(Box::new),
+        report: Box::new(with_cause(details, release.and_then(|r| r.cause.as_ref()))),
     }
+}
+
+/// A failed deploy's details with the release's cause on top
+/// (`error.details.cause.code`), where scripts look for why.
+fn with_cause(
+    mut details: serde_json::Value,
+    cause: Option<&crate::agent_api::Cause>,
+) -> serde_json::Value {
+    if let (Some(cause), Some(object)) = (cause, details.as_object_mut()) {
+        object.insert(
+            "cause".to_owned(),
+            serde_json::to_value(cause).unwrap_or_default(),
+        );
+    }
+    details
 }
 
 fn run_builds(
@@ -1086,7 +1102,11 @@ pub fn finish(report: DeployReport) -> Result<DeployReport, Error> {
             release: report.release.id.clone(),
             reason: report.release.reason.clone().unwrap_or_default(),
             log_tail: report.release.log_tail.clone(),
-            report: Box::new(serde_json::to_value(&report).unwrap_or_default()),
+            cause: report.release.cause.clone().map(Box::new),
+            report: Box::new(with_cause(
+                serde_json::to_value(&report).unwrap_or_default(),
+                report.release.cause.as_ref(),
+            )),
         });
     }
     Ok(report)
@@ -1387,6 +1407,112 @@ mod tests {
                 "h3 deploy",
                 "h3 deployed"
             ]
+        );
+    }
+
+    #[test]
+    fn a_release_failed_by_a_container_error_names_its_code_in_the_error() {
+        let mut release = crate::fake::release("r2", Outcome::Failed);
+        release.cause = Some(crate::agent_api::Cause::new(
+            crate::Code::ContainerNoImage,
+            "no image shop/web:1 on this host",
+        ));
+        let report = DeployReport {
+            project: "shop".to_owned(),
+            environment: "prod".to_owned(),
+            deployment: String::new(),
+            host: "local".to_owned(),
+            release,
+            services: Vec::new(),
+            build: Vec::new(),
+            upload: Upload::default(),
+            removed: Vec::new(),
+            unchanged: Vec::new(),
+            hosts: Vec::new(),
+            migrations: Vec::new(),
+            tasks: Vec::new(),
+        };
+        let error = finish(report).expect_err("a failed release");
+        // Scripts that test for `deploy.failed` still see it.
+        assert_eq!(error.code(), "deploy.failed");
+        let details = error.details().expect("details");
+        assert_eq!(
+            details["cause"]["code"], "container.no_image",
+            "{details:#}"
+        );
+        assert_eq!(
+            details["cause"]["message"], "no image shop/web:1 on this host",
+            "{details:#}"
+        );
+        let hint = error.hint().expect("hint");
+        assert!(
+            hint.lines().next() == Some("caused by container.no_image"),
+            "{hint}"
+        );
+    }
+
+    #[test]
+    fn a_release_failed_without_a_coded_cause_has_no_cause_in_the_error() {
+        let report = DeployReport {
+            project: "shop".to_owned(),
+            environment: "prod".to_owned(),
+            deployment: String::new(),
+            host: "local".to_owned(),
+            release: crate::fake::release("r2", Outcome::Failed),
+            services: Vec::new(),
+            build: Vec::new(),
+            upload: Upload::default(),
+            removed: Vec::new(),
+            unchanged: Vec::new(),
+            hosts: Vec::new(),
+            migrations: Vec::new(),
+            tasks: Vec::new(),
+        };
+        let error = finish(report).expect_err("a failed release");
+        let details = error.details().expect("details");
+        assert!(details.get("cause").is_none(), "{details:#}");
+        assert!(!error.hint().unwrap_or_default().contains("caused by"));
+    }
+
+    #[test]
+    fn a_rollout_stopped_by_a_container_error_names_its_code_in_the_error() {
+        let hosts = ["h1", "h2", "h3"];
+        let (_dir, project) = project(&hosts, 1);
+        let failing = Script {
+            release_fails: true,
+            release_cause: Some(crate::agent_api::Cause::new(
+                crate::Code::ContainerUnreachable,
+                "cannot reach the Docker engine at /var/run/docker.sock",
+            )),
+            ..Script::default()
+        };
+        let fleet = Fleet::new([
+            ("h1", ran(Script::default())),
+            ("h2", ran(failing)),
+            ("h3", ran(Script::default())),
+        ]);
+        let result = deploy_to(
+            &fleet,
+            &project,
+            &DeployOptions::default(),
+            &Said::default(),
+        );
+
+        let Err(error) = result else {
+            panic!("the rollout went on: {result:?}");
+        };
+        assert_eq!(error.code(), "deploy.failed");
+        let details = error.details().expect("details");
+        assert_eq!(
+            details["cause"]["code"], "container.unreachable",
+            "{details:#}"
+        );
+        assert!(
+            error
+                .hint()
+                .is_some_and(|h| h.starts_with("caused by container.unreachable")),
+            "{:?}",
+            error.hint()
         );
     }
 

@@ -140,13 +140,13 @@ codes! {
     DeployLocked = "deploy.locked", Conflict, "another deploy of the project (on the host, or of the whole environment) holds its lock; the error names it";
     DeployFailed = "deploy.failed", Failed, "a service's new instances did not become healthy; it kept its previous release";
     DeployVerifyFailed = "deploy.verify_failed", Failed, "a new release crashed or failed its health checks within its verify window (`deploy.verify`) after cutover: that host went back to its previous release and the rollout stopped; the message names the service and why";
-    ContainerUnreachable = "container.unreachable", Unreachable, "the host's Docker engine does not answer on /var/run/docker.sock, or the Unix socket the agent's DOCKER_HOST names (not installed, not started, or the socket not the agent's to use); in a failed deploy's reason";
-    ContainerTooOld = "container.too_old", Conflict, "the host's Docker engine speaks an API older than 1.41 (Docker 20.10); in a failed deploy's reason";
-    ContainerEngine = "container.engine", Failed, "Docker refused or failed an operation; the message names the object and Docker's answer; in a failed deploy's reason";
-    ContainerNoImage = "container.no_image", Invalid, "the service's image is not on the host; in a failed deploy's reason";
-    ContainerUser = "container.user", Invalid, "the user a container runs as is not in its image's /etc/passwd or /etc/group; in a failed deploy's reason";
-    ContainerSecret = "container.secret", Invalid, "a container service's secret has no value or is over 64 KiB, or its file could not be written; in a failed deploy's reason";
-    ContainerArchive = "container.archive", Failed, "an image archive, or a file read from a container, is malformed or too large; in a failed deploy's reason";
+    ContainerUnreachable = "container.unreachable", Unreachable, "the host's Docker engine does not answer on /var/run/docker.sock, or the Unix socket the agent's DOCKER_HOST names (not installed, not started, or the socket not the agent's to use); a failed deploy's cause (`error.details.cause.code`)";
+    ContainerTooOld = "container.too_old", Conflict, "the host's Docker engine speaks an API older than 1.41 (Docker 20.10); a failed deploy's cause (`error.details.cause.code`)";
+    ContainerEngine = "container.engine", Failed, "Docker refused or failed an operation; the message names the object and Docker's answer; a failed deploy's cause (`error.details.cause.code`)";
+    ContainerNoImage = "container.no_image", Invalid, "the service's image is not on the host; a failed deploy's cause (`error.details.cause.code`)";
+    ContainerUser = "container.user", Invalid, "the user a container runs as is not in its image's /etc/passwd or /etc/group; a failed deploy's cause (`error.details.cause.code`)";
+    ContainerSecret = "container.secret", Invalid, "a container service's secret has no value or is over 64 KiB, or its file could not be written; a failed deploy's cause (`error.details.cause.code`)";
+    ContainerArchive = "container.archive", Failed, "an image archive, or a file read from a container, is malformed or too large; a failed deploy's cause (`error.details.cause.code`)";
     DeployProjectMismatch = "deploy.project_mismatch", Invalid, "a deploy request was sent to another project's path";
     RequestInvalid = "request.invalid", Invalid, "the agent refused a name in the request (project, service, secret or variable): it breaks the config's naming rules";
     RequestTooLarge = "request.too_large", Invalid, "a JSON request to the agent is over its 16 MiB limit (files go as blobs, which have none)";
@@ -323,6 +323,9 @@ pub enum Error {
         release: String,
         reason: String,
         log_tail: Vec<String>,
+        /// The coded error that made the release fail, when the agent
+        /// recorded one (also `cause` in the report).
+        cause: Option<Box<crate::agent_api::Cause>>,
         report: Box<serde_json::Value>,
     },
     /// `what`: which task, where, how it ended.
@@ -563,11 +566,19 @@ impl Error {
                     output.join("\n  ")
                 )
             }),
-            Error::DeployFailed { log_tail, .. } => Some(if log_tail.is_empty() {
-                "see `gantry logs` for the service's output".to_owned()
-            } else {
-                format!("the service's last output:\n  {}", log_tail.join("\n  "))
-            }),
+            Error::DeployFailed {
+                log_tail, cause, ..
+            } => {
+                let tail = if log_tail.is_empty() {
+                    "see `gantry logs` for the service's output".to_owned()
+                } else {
+                    format!("the service's last output:\n  {}", log_tail.join("\n  "))
+                };
+                Some(match cause {
+                    Some(cause) => format!("caused by {}\n{tail}", cause.code),
+                    None => tail,
+                })
+            }
         }
     }
 

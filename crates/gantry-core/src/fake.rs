@@ -31,6 +31,8 @@ pub struct Script {
     pub runs: Option<String>,
     /// Its new release (`r2`) fails after its services switched to it.
     pub release_fails: bool,
+    /// With `release_fails`: the coded error its failed release records.
+    pub release_cause: Option<crate::agent_api::Cause>,
     /// It already runs what a deploy asks: it answers with `runs`, kept.
     pub already_runs: bool,
     /// What `status` answers.
@@ -403,7 +405,14 @@ impl Host for FakeHost {
             _ => ServiceState::Running,
         };
         let result = DeployResult {
-            release: release(NEW_RELEASE, outcome),
+            release: Release {
+                cause: self
+                    .script()
+                    .release_cause
+                    .clone()
+                    .filter(|_| outcome == Outcome::Failed),
+                ..release(NEW_RELEASE, outcome)
+            },
             services: vec![service("web", state, NEW_RELEASE)],
             removed: Vec::new(),
             unchanged: Vec::new(),

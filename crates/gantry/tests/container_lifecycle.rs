@@ -5,7 +5,9 @@
 //! process reaches it through `GANTRY_DB_HOST`/`_PORT`; status shows the
 //! container's memory; and an agent killed in the middle of a deploy
 //! leaves every service on one release with no container the store does
-//! not count. Needs root and Docker; the images are built here.
+//! not count; a deploy of an image no host has fails with
+//! `container.no_image` as its cause. Needs root and Docker; the images
+//! are built here.
 
 mod agent_support;
 
@@ -354,4 +356,57 @@ fn an_agent_killed_during_a_stop_first_deploy_leaves_one_release_and_no_stray_co
     }
     p.gantry(&["stop"]).expect_code(0);
     assert!(containers(name).is_empty());
+}
+
+#[test]
+fn a_deploy_of_an_image_no_host_has_fails_with_the_container_error_as_its_cause() {
+    let name = "test-ctr-noimage";
+    let _cleanup = Cleanup(name.to_owned());
+    // Not on this machine, and its registry refuses at once: nothing to
+    // ship, and the host's pull fails.
+    let image = "127.0.0.1:1/gantry-test/absent:1";
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let p = TestProject::new(GANTRY)
+        .file(
+            "gantry.toml",
+            &format!(
+                "[project]\nname = \"{name}\"\n\n[services.web]\nimage = \"{image}\"\nport = 8080\n"
+            ),
+        )
+        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+
+    let failed = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
+    failed.expect_code(6);
+    let error = &failed.json()["error"];
+    // Scripts that look for `deploy.failed` still find it; the cause says why.
+    assert_eq!(error["code"], "deploy.failed", "{error:#}");
+    let cause = &error["details"]["cause"];
+    assert_eq!(cause["code"], "container.no_image", "{error:#}");
+    assert!(
+        cause["message"].as_str().is_some_and(|m| m.contains(image)),
+        "{error:#}"
+    );
+
+    // The host's release record keeps it.
+    let shown = p.gantry(&["releases", "show", "r1", "--output", "json"]);
+    shown.expect_code(0);
+    assert!(
+        shown.stdout.contains("\"container.no_image\""),
+        "{}",
+        shown.stdout
+    );
+
+    // People read it on a line of its own.
+    let text = p.gantry(&["deploy", "--skip-build", "--output", "text"]);
+    text.expect_code(6);
+    assert!(
+        text.stderr
+            .lines()
+            .any(|l| l.trim_end().ends_with("caused by container.no_image")),
+        "{}",
+        text.stderr
+    );
 }

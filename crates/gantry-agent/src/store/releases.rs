@@ -1,5 +1,5 @@
 //! Releases: immutable records of deploys and rollbacks. Only their outcome,
-//! reason, log tail and phases change, as the deploy progresses.
+//! reason, log tail, cause and phases change, as the deploy progresses.
 
 use gantry_core::agent_api::Release;
 use rusqlite::{Row, params};
@@ -9,7 +9,12 @@ use super::service_row::{ServiceRow, from_rows, to_rows};
 use super::{Store, StoreError, is_unique_violation};
 
 const COLUMNS: &str = "id, number, project, environment, config_hash, artifact_digest, \
-     rollback_of, created_at, outcome, reason, log_tail, phases, services";
+     rollback_of, created_at, outcome, reason, log_tail, phases, services, cause";
+
+/// [`COLUMNS`] but `cause` (schema 7): what a release without one is
+/// inserted into, so that stores of older schemas take it too.
+const COLUMNS_WITHOUT_CAUSE: &str = "id, number, project, environment, config_hash, \
+     artifact_digest, rollback_of, created_at, outcome, reason, log_tail, phases, services";
 
 impl Store {
     /// The number the project's next release takes: one more than its highest.
@@ -25,40 +30,60 @@ impl Store {
     /// Records a new release. Its id and its number within the project must
     /// be new; `rollback_of`, when set, must name a release of the project.
     pub(crate) fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
-        self.insert_release_with(release, json("services", &to_rows(&release.services))?)
+        let services = json("services", &to_rows(&release.services))?;
+        let columns = if release.cause.is_some() {
+            COLUMNS
+        } else {
+            COLUMNS_WITHOUT_CAUSE
+        };
+        self.insert_release_with(release, services, columns)
     }
 
     /// Inserts a release as agents before schema 4 did: its services in
     /// format 1, the wire's JSON. For tests of the migrations.
     #[cfg(test)]
     pub(super) fn insert_release_as_format_1(&self, release: &Release) -> Result<(), StoreError> {
-        self.insert_release_with(release, json("services", &release.services)?)
+        let services = json("services", &release.services)?;
+        self.insert_release_with(release, services, COLUMNS_WITHOUT_CAUSE)
     }
 
-    fn insert_release_with(&self, release: &Release, services: String) -> Result<(), StoreError> {
+    /// Inserts `release` with its `services` column as given, into
+    /// `columns`: [`COLUMNS`], or the first of them.
+    fn insert_release_with(
+        &self,
+        release: &Release,
+        services: String,
+        columns: &str,
+    ) -> Result<(), StoreError> {
         if let Some(of) = &release.rollback_of {
             require_release(&self.conn, &release.project, of)?;
         }
+        let (outcome, log_tail) = (Named(release.outcome), json("log_tail", &release.log_tail)?);
+        let (phases, cause) = (json("phases", &release.phases)?, cause(release)?);
+        let values = params![
+            release.id,
+            release.number,
+            release.project,
+            release.environment,
+            release.config_hash,
+            release.artifact_digest,
+            release.rollback_of,
+            release.created_at,
+            outcome,
+            release.reason,
+            log_tail,
+            phases,
+            services,
+            cause,
+        ];
+        let count = columns.split(',').count().min(values.len());
+        let placeholders: Vec<String> = (1..=count).map(|i| format!("?{i}")).collect();
         let inserted = self.conn.execute(
             &format!(
-                "INSERT INTO releases ({COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                "INSERT INTO releases ({columns}) VALUES ({})",
+                placeholders.join(", ")
             ),
-            params![
-                release.id,
-                release.number,
-                release.project,
-                release.environment,
-                release.config_hash,
-                release.artifact_digest,
-                release.rollback_of,
-                release.created_at,
-                Named(release.outcome),
-                release.reason,
-                json("log_tail", &release.log_tail)?,
-                json("phases", &release.phases)?,
-                services,
-            ],
+            &values[..count],
         );
         match inserted {
             Ok(_) => Ok(()),
@@ -72,11 +97,11 @@ impl Store {
     }
 
     /// Saves what a deploy learned about a release: its outcome, reason, log
-    /// tail and phases. Everything else about a release is immutable.
+    /// tail, cause and phases. Everything else about a release is immutable.
     pub(crate) fn update_release(&self, release: &Release) -> Result<(), StoreError> {
         let updated = self.conn.execute(
-            "UPDATE releases SET outcome = ?3, reason = ?4, log_tail = ?5, phases = ?6 \
-             WHERE project = ?1 AND id = ?2",
+            "UPDATE releases SET outcome = ?3, reason = ?4, log_tail = ?5, phases = ?6, \
+             cause = ?7 WHERE project = ?1 AND id = ?2",
             params![
                 release.project,
                 release.id,
@@ -84,6 +109,7 @@ impl Store {
                 release.reason,
                 json("log_tail", &release.log_tail)?,
                 json("phases", &release.phases)?,
+                cause(release)?,
             ],
         )?;
         if updated == 0 {
@@ -214,6 +240,15 @@ fn parse_number(text: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// A release's cause as its column holds it: JSON, or NULL for none.
+fn cause(release: &Release) -> Result<Option<String>, StoreError> {
+    release
+        .cause
+        .as_ref()
+        .map(|cause| json("cause", cause))
+        .transpose()
+}
+
 fn read_release(row: &Row<'_>) -> rusqlite::Result<Release> {
     Ok(Release {
         id: row.get("id")?,
@@ -227,6 +262,7 @@ fn read_release(row: &Row<'_>) -> rusqlite::Result<Release> {
         outcome: row.get::<_, Named<_>>("outcome")?.0,
         reason: row.get("reason")?,
         log_tail: row.get::<_, Json<_>>("log_tail")?.0,
+        cause: row.get::<_, Option<Json<_>>>("cause")?.map(|c| c.0),
         phases: row.get::<_, Json<_>>("phases")?.0,
         services: from_rows(row.get::<_, Json<Vec<ServiceRow>>>("services")?.0),
         deployments: Vec::new(),
@@ -282,6 +318,7 @@ pub(super) mod tests {
             outcome: Outcome::Deploying,
             reason: None,
             log_tail: Vec::new(),
+            cause: None,
             phases: Vec::new(),
             services: vec![service("web")],
             deployments: Vec::new(),
@@ -355,6 +392,42 @@ pub(super) mod tests {
             .expect("query")
             .expect("found");
         assert_eq!(json(&back), json(&r1));
+    }
+
+    #[test]
+    fn a_failed_release_keeps_the_code_of_its_cause() {
+        let store = Store::open_in_memory().expect("store");
+        let mut r1 = release("shop", "rel-a", 1);
+        store.insert_release(&r1).expect("insert");
+        r1.outcome = Outcome::Failed;
+        r1.reason = Some("service `db`: no image postgres:16 on this host".to_owned());
+        r1.cause = Some(gantry_core::agent_api::Cause::new(
+            gantry_core::Code::ContainerNoImage,
+            "no image postgres:16 on this host",
+        ));
+        store.update_release(&r1).expect("update");
+        let back = store
+            .release("shop", "rel-a")
+            .expect("query")
+            .expect("found");
+        assert_eq!(back.cause, r1.cause);
+        assert_eq!(json(&back)["cause"]["code"], "container.no_image");
+        // A release without one has no `cause` on the wire.
+        insert(&store, &[("shop", "rel-b", 2)]);
+        let plain = store
+            .release("shop", "rel-b")
+            .expect("query")
+            .expect("found");
+        assert!(json(&plain).get("cause").is_none(), "{}", json(&plain));
+        // Inserted with one, it keeps it too.
+        let mut r3 = release("shop", "rel-c", 3);
+        r3.cause = r1.cause.clone();
+        store.insert_release(&r3).expect("insert");
+        let back = store
+            .release("shop", "rel-c")
+            .expect("query")
+            .expect("found");
+        assert_eq!(back.cause, r1.cause);
     }
 
     #[test]

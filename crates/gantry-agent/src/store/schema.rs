@@ -15,6 +15,7 @@ pub(super) fn migrations() -> Migrations<'static> {
         M::up_with_hook(V4_SERVICE_ROWS, super::service_row::migrate_format_1),
         M::up(V5_FINGERPRINTS),
         M::up(V6_DEPLOYMENTS),
+        M::up(V7_RELEASE_CAUSE),
     ])
 }
 
@@ -218,3 +219,8 @@ CREATE TABLE release_deployments (
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX release_deployments_by_release ON release_deployments (project, release);
 "#;
+
+/// A failed release's cause: the coded error behind its reason
+/// (`agent_api::Cause` as JSON), NULL when it has none and for releases
+/// recorded before.
+const V7_RELEASE_CAUSE: &str = "ALTER TABLE releases ADD COLUMN cause TEXT;";
