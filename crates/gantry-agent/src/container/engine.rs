@@ -585,32 +585,37 @@ impl Engine {
 
     /// Memory in use, as `docker stats` counts it (the page cache that can
     /// be reclaimed left out); `None` when the container is not running.
+    /// A one-shot sample can come back without memory (seen under load);
+    /// then one full sample, which waits for the engine's next reading.
     pub async fn memory(&self, container: &str) -> Result<Option<u64>, ContainerError> {
-        let options = StatsOptions {
-            stream: false,
-            one_shot: true,
-        };
-        let mut stream = self.docker.stats(container, Some(options));
-        let stats = match stream.next().await {
-            None => return Ok(None),
-            Some(Err(e)) if is_not_found(&e) => return Ok(None),
-            Some(Err(e)) => return Err(ContainerError::engine("stats", container, e)),
-            Some(Ok(stats)) => stats,
-        };
-        let Some(memory) = stats.memory_stats else {
-            return Ok(None);
-        };
-        let Some(usage) = memory.usage else {
-            return Ok(None);
-        };
-        let detail = memory.stats.unwrap_or_default();
-        // cgroup v1 reports total_inactive_file, v2 inactive_file.
-        let inactive = detail
-            .get("total_inactive_file")
-            .or_else(|| detail.get("inactive_file"))
-            .copied()
-            .unwrap_or(0);
-        Ok(Some(usage.saturating_sub(inactive)))
+        for one_shot in [true, false] {
+            let options = StatsOptions {
+                stream: false,
+                one_shot,
+            };
+            let mut stream = self.docker.stats(container, Some(options));
+            let stats = match stream.next().await {
+                None => return Ok(None),
+                Some(Err(e)) if is_not_found(&e) => return Ok(None),
+                Some(Err(e)) => return Err(ContainerError::engine("stats", container, e)),
+                Some(Ok(stats)) => stats,
+            };
+            let Some(memory) = stats.memory_stats else {
+                continue;
+            };
+            let Some(usage) = memory.usage else {
+                continue;
+            };
+            let detail = memory.stats.unwrap_or_default();
+            // cgroup v1 reports total_inactive_file, v2 inactive_file.
+            let inactive = detail
+                .get("total_inactive_file")
+                .or_else(|| detail.get("inactive_file"))
+                .copied()
+                .unwrap_or(0);
+            return Ok(Some(usage.saturating_sub(inactive)));
+        }
+        Ok(None)
     }
 
     /// Runs `command` inside the running container (a health check): its
