@@ -18,6 +18,7 @@ on_both_databases!(
     github_pull_requests_link_start_and_finish_their_item,
     gitea_deliveries_link_comment_and_report_failed_statuses,
     an_outbound_receiver_that_fails_twice_gets_the_event_once_signed,
+    a_slack_subscription_gets_the_event_as_a_line_of_text,
     a_subscription_that_keeps_failing_is_disabled_with_a_notice,
     analytics_count_cycles_closers_and_fire_sla_breaches,
     a_deploys_shipped_commits_fix_the_items_of_their_pull_requests,
@@ -562,6 +563,39 @@ async fn an_outbound_receiver_that_fails_twice_gets_the_event_once_signed(db: Db
     let event: Value = serde_json::from_str(body).unwrap();
     assert_eq!(event["type"], "item.created");
     assert_eq!(event["data"]["item"]["reference"], created["reference"]);
+}
+
+async fn a_slack_subscription_gets_the_event_as_a_line_of_text(db: Db) {
+    let hub = Hub::with_background(db, Limits::default(), fast(true)).await;
+    let admin = hub.client(&hub.key("lead", Permission::Admin, None).await);
+    let (url, got) = receiver(0).await;
+    let made = admin
+        .post(
+            "/api/admin/products/SHOP/subscriptions",
+            &json!({"url": url, "events": ["item.created"], "format": "slack"}),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+
+    let created = admin
+        .create(&json!({"product": "SHOP", "type": "bug", "title": "Checkout is slow"}))
+        .await;
+    let got = eventually("the message to arrive", || async {
+        let got = got.lock().unwrap().clone();
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    // What a Slack or Mattermost incoming webhook takes: one text field.
+    let message: Value = serde_json::from_str(&got[0].1).unwrap();
+    let fields: Vec<&String> = message.as_object().unwrap().keys().collect();
+    assert_eq!(fields, ["text"], "{message}");
+    let text = message["text"].as_str().unwrap();
+    let reference = created["reference"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!("{reference} Checkout is slow")),
+        "{text}"
+    );
 }
 
 async fn a_subscription_that_keeps_failing_is_disabled_with_a_notice(db: Db) {
