@@ -285,7 +285,8 @@ pub struct Comment {
     /// Set once its author edited it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edited_at: Option<String>,
-    /// The reactions given, one entry per emoji that has any.
+    /// The reactions given, one entry per emoji that has any, in the
+    /// order of the emoji set (GitHub's).
     #[serde(default)]
     pub reactions: Vec<Reaction>,
 }

@@ -112,8 +112,8 @@ async fn reactions_are_one_of_each_kind_per_actor(db: Db) {
     assert_eq!(
         answer.json()["reactions"],
         json!([
-            {"emoji": "rocket", "count": 2, "actors": ["ann", "bob"]},
             {"emoji": "heart", "count": 1, "actors": ["bob"]},
+            {"emoji": "rocket", "count": 2, "actors": ["ann", "bob"]},
         ])
     );
     let unknown = bob.post(&reactions, &json!({"emoji": "poop"})).await;
@@ -124,7 +124,7 @@ async fn reactions_are_one_of_each_kind_per_actor(db: Db) {
         .await;
     assert_eq!(removed.status, 200, "{}", removed.text);
     assert_eq!(
-        removed.json()["reactions"][0],
+        removed.json()["reactions"][1],
         json!({"emoji": "rocket", "count": 1, "actors": ["bob"]})
     );
 }

@@ -57,6 +57,9 @@ fn reactions(sql: &mut dyn Sql, comment: i64) -> Result<Vec<Reaction>, HubError>
             }),
         }
     }
+    // In the set's own order, as GitHub shows them: the order they were
+    // given in is not known within a millisecond.
+    out.sort_by_key(|r| Emoji::ALL.iter().position(|e| *e == r.emoji));
     Ok(out)
 }
 
