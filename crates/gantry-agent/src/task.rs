@@ -329,10 +329,12 @@ async fn in_container(
         &release.environment,
         &instance::limits(spec),
     )?;
+    // One stream, in the order it was written: Docker copies a
+    // container's stdout and stderr apart, and their order is lost.
     container.command = Some(vec![
         "/bin/sh".to_owned(),
         "-c".to_owned(),
-        task.command.clone(),
+        format!("exec 2>&1\n{}", task.command),
     ]);
     container.publish = None;
     for (key, value) in crate::addresses::of(agent, &release.project, spec).await {

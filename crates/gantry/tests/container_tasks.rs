@@ -262,7 +262,7 @@ fn an_image_service_runs_its_migrations_in_one_off_containers_and_a_failing_pre_
             name,
             &image,
             "c",
-            r#"{ pre = "echo starting; echo 'relation users does not exist' >&2; exit 3", post = "echo never >> /var/lib/redis/migrations.log" }"#,
+            r#"{ pre = "echo starting; echo 'relation users does not exist' >&2; echo rolled back; exit 3", post = "echo never >> /var/lib/redis/migrations.log" }"#,
         ),
     );
     let run = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
@@ -296,13 +296,14 @@ fn an_image_service_runs_its_migrations_in_one_off_containers_and_a_failing_pre_
     assert_eq!(redis(db_port(&now), "GET visits"), "$1");
     assert_eq!(migrations_log(&db), "pre a\npre b", "post did not run");
     let kept = task_phases(&p);
+    // Its output as written, stdout and stderr in one stream.
     let failed = kept
         .iter()
         .find(|(_, phase, task)| phase == "migrate.pre" && task["exit_code"] == 3)
         .unwrap_or_else(|| panic!("the failed pre phase: {kept:#?}"));
     assert_eq!(
         failed.2["output"],
-        serde_json::json!(["starting", "relation users does not exist"]),
+        serde_json::json!(["starting", "relation users does not exist", "rolled back"]),
         "{kept:#?}"
     );
 
