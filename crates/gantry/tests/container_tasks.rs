@@ -310,3 +310,76 @@ fn an_image_service_runs_its_migrations_in_one_off_containers_and_a_failing_pre_
     p.gantry(&["stop"]).expect_code(0);
     assert!(containers(name).is_empty(), "{:?}", containers(name));
 }
+
+#[test]
+fn a_task_container_left_by_an_agent_killed_mid_task_is_removed_when_it_restarts() {
+    let image = gantry_testkit::images::redis();
+    let name = "test-ctr-task-crash";
+    let _cleanup = Cleanup(name.to_owned());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let p = TestProject::new(GANTRY)
+        .file(
+            "gantry.toml",
+            &toml(name, &image, "a", r#"{ pre = "true" }"#),
+        )
+        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    let report = deploy(&p);
+    let db = db_container(name, &report);
+    assert_eq!(redis(db_port(&report), "SET visits 7"), "+OK");
+
+    // A pre that never ends; the agent is killed while it runs.
+    write(
+        &p,
+        &toml(
+            name,
+            &image,
+            "b",
+            r#"{ pre = "echo started; exec sleep 600" }"#,
+        ),
+    );
+    let agent = std::fs::read_to_string(p.state_dir().join("agent.lock"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .expect("the agent's pid");
+    let mut child = agent_support::command(&p, &["deploy", "--skip-build", "--output", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the deploy");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let task = loop {
+        let others: Vec<String> = containers(name).into_iter().filter(|c| *c != db).collect();
+        if let [task] = others.as_slice() {
+            break task.clone();
+        }
+        assert!(Instant::now() < deadline, "no task container: {others:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(task.contains("migrate-pre"), "{task}");
+    let _ = Command::new("kill")
+        .args(["-KILL", &agent.to_string()])
+        .status();
+    let _ = child.wait();
+
+    // The restarted agent removes it; the old container serves on.
+    let now = status(&p);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while containers(name) != BTreeSet::from([db.clone()]) {
+        assert!(
+            Instant::now() < deadline,
+            "containers {:?}: {now:#}",
+            containers(name)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = agent_support::wait_for_status(&p, "db running", |s| {
+        service(s, "db")["state"] == "running"
+    });
+    assert_eq!(db_container(name, &now), db);
+    assert_eq!(redis(db_port(&now), "GET visits"), "$1");
+    p.gantry(&["stop"]).expect_code(0);
+    assert!(containers(name).is_empty(), "{:?}", containers(name));
+}
