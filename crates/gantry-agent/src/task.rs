@@ -5,7 +5,7 @@
 //! of its image, removed after. Its output is kept in the release's phase,
 //! secret values hidden: only its last [`OUTPUT_MAX`] bytes are ever held.
 //! A task past [`TIME_LIMIT`] is killed with all it started (its process
-//! group, or its container).
+//! group, or its container), and so is a task abandoned (its request gone).
 
 use std::time::{Duration, Instant};
 
@@ -347,6 +347,10 @@ async fn in_container(
         .create(&container, &secrets)
         .await
         .map_err(|e| e.coded())?;
+    let removal = Removal {
+        engine: Some(engine.clone()),
+        name: name.clone(),
+    };
     let mut output = OutputTail::new(OUTPUT_MAX);
     let mut lost = None;
     let ran = tokio::time::timeout(TIME_LIMIT, async {
@@ -385,8 +389,38 @@ async fn in_container(
             lost,
         }),
     };
-    let _ = engine.remove(&name).await;
+    removal.now().await;
     ran
+}
+
+/// A task's container, removed when dropped too: a task abandoned (its
+/// request gone) leaves nothing running, as a process task's group.
+struct Removal {
+    engine: Option<crate::container::Engine>,
+    name: String,
+}
+
+impl Removal {
+    async fn now(mut self) {
+        if let Some(engine) = self.engine.take() {
+            let _ = engine.remove(&self.name).await;
+        }
+    }
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let name = std::mem::take(&mut self.name);
+            runtime.spawn(async move {
+                if let Err(e) = engine.remove(&name).await {
+                    tracing::warn!(container = %name, error = %e, "cannot remove an abandoned task's container");
+                }
+            });
+        }
+    }
 }
 
 #[cfg(test)]

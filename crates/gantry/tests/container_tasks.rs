@@ -3,7 +3,9 @@
 //! of the new release's image, with the service's volumes, `pre` before the
 //! new container starts and `post` once it is live, their output kept in
 //! the release's phases and no task container left; a `pre` that fails
-//! stops the deploy with the old container still serving, untouched.
+//! stops the deploy with the old container still serving, untouched. A
+//! task container outlives neither its request nor its agent: abandoned, it
+//! is removed; left by an agent killed, the restarted agent removes it.
 //! Needs root and Docker; the image is built here.
 
 mod agent_support;
@@ -382,4 +384,64 @@ fn a_task_container_left_by_an_agent_killed_mid_task_is_removed_when_it_restarts
     assert_eq!(redis(db_port(&now), "GET visits"), "$1");
     p.gantry(&["stop"]).expect_code(0);
     assert!(containers(name).is_empty(), "{:?}", containers(name));
+}
+
+#[test]
+fn a_task_container_whose_request_is_abandoned_is_removed() {
+    let image = gantry_testkit::images::redis();
+    let name = "test-ctr-task-gone";
+    let _cleanup = Cleanup(name.to_owned());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    // A post that never ends: the deploy waits on its request.
+    let p = TestProject::new(GANTRY)
+        .file(
+            "gantry.toml",
+            &toml(
+                name,
+                &image,
+                "a",
+                r#"{ post = "echo started; exec sleep 600" }"#,
+            ),
+        )
+        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    let mut child = agent_support::command(&p, &["deploy", "--skip-build", "--output", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the deploy");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let task = loop {
+        if let Some(task) = containers(name)
+            .into_iter()
+            .find(|c| c.contains("migrate-post"))
+        {
+            break task;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no task container: {:?}",
+            containers(name)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The client goes away; the agent stays.
+    let _ = child.kill();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while containers(name).contains(&task) {
+        assert!(
+            Instant::now() < deadline,
+            "{task} still there: {:?}",
+            containers(name)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = agent_support::wait_for_status(&p, "db running", |s| {
+        service(s, "db")["state"] == "running"
+    });
+    assert_eq!(containers(name), BTreeSet::from([db_container(name, &now)]));
+    p.gantry(&["stop"]).expect_code(0);
 }
