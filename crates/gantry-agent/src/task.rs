@@ -5,7 +5,7 @@
 //! of its image, removed after. Its output is kept in the release's phase,
 //! secret values hidden: only its last [`OUTPUT_MAX`] bytes are ever held.
 //! A task past [`TIME_LIMIT`] is killed with all it started (its process
-//! group, or its container).
+//! group, or its container), and so is a task abandoned (its request gone).
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ struct Ended {
     output: OutputTail,
     /// Killed at its time limit.
     timed_out: bool,
+    /// Why the rest of its output was lost, when it was.
+    lost: Option<String>,
 }
 
 /// The line that ends the output of a task killed at its time limit.
@@ -42,6 +44,13 @@ fn killed_line(limit: Duration) -> String {
         _ => format!("{secs}s"),
     };
     format!("[killed: the task ran past its time limit of {limit}]")
+}
+
+/// The line that stands for the output a task's log stream lost: why, on
+/// one line, its first 200 characters.
+fn lost_line(why: &str) -> String {
+    let why: String = why.replace(['\n', '\r'], " ").chars().take(200).collect();
+    format!("[the rest of the output was lost: {why}]")
 }
 
 /// Runs `task` of `release` and returns its phase; a command that exits
@@ -85,11 +94,11 @@ pub(crate) async fn phase(
     let redactor = Redactor::new(
         crate::credentials::read_secrets(&agent.paths.secrets(&release.project)).into_values(),
     );
-    let output = output_lines(
-        ended.output,
-        ended.timed_out.then(|| killed_line(TIME_LIMIT)),
-        &redactor,
-    );
+    let last = match ended.timed_out {
+        true => Some(killed_line(TIME_LIMIT)),
+        false => ended.lost,
+    };
+    let output = output_lines(ended.output, last, &redactor);
     let exit_code = ended.exit_code;
     Ok(Phase {
         name: task.phase.clone(),
@@ -106,7 +115,8 @@ pub(crate) async fn phase(
 
 /// The lines kept of a task's output, at most [`TaskOutput::MAX_LINES`]:
 /// a first line saying how much was cut when any was, then its last lines,
-/// secrets hidden, then `last` (why it was killed).
+/// secrets hidden, then `last` (why it was killed, or why the rest of its
+/// output was lost).
 fn output_lines(output: OutputTail, last: Option<String>, redactor: &Redactor) -> Vec<String> {
     let (mut cut, text) = output.into_parts();
     let room = TaskOutput::MAX_LINES - 1 - usize::from(last.is_some());
@@ -272,6 +282,7 @@ async fn run_bounded(
             exit_code: status?.code(),
             output,
             timed_out: false,
+            lost: None,
         }),
         Err(_) => {
             kill_group();
@@ -280,6 +291,7 @@ async fn run_bounded(
                 exit_code: None,
                 output,
                 timed_out: true,
+                lost: None,
             })
         }
     }
@@ -317,10 +329,12 @@ async fn in_container(
         &release.environment,
         &instance::limits(spec),
     )?;
+    // One stream, in the order it was written: Docker copies a
+    // container's stdout and stderr apart, and their order is lost.
     container.command = Some(vec![
         "/bin/sh".to_owned(),
         "-c".to_owned(),
-        task.command.clone(),
+        format!("exec 2>&1\n{}", task.command),
     ]);
     container.publish = None;
     for (key, value) in crate::addresses::of(agent, &release.project, spec).await {
@@ -333,19 +347,31 @@ async fn in_container(
         .create(&container, &secrets)
         .await
         .map_err(|e| e.coded())?;
+    let removal = Removal {
+        engine: Some(engine.clone()),
+        name: name.clone(),
+    };
     let mut output = OutputTail::new(OUTPUT_MAX);
+    let mut lost = None;
     let ran = tokio::time::timeout(TIME_LIMIT, async {
         engine.start(&id).await.map_err(|e| e.coded())?;
         let mut stream = engine.logs(&id, None, true);
-        while let Some(Ok(chunk)) = stream.next().await {
-            output.push(&chunk.bytes);
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => output.push(&chunk.bytes),
+                // The rest of its output is lost, not its outcome: that
+                // is the container's exit, waited for below.
+                Err(e) => {
+                    tracing::warn!(project = %release.project, release = %release.id, service = %task.service, phase = %task.phase, error = %e, "lost a task's output");
+                    lost = Some(lost_line(&e.to_string()));
+                    break;
+                }
+            }
         }
-        let state = engine.inspect(&id).await.map_err(|e| e.coded())?;
-        Ok::<_, String>(
-            state
-                .and_then(|s| s.exit_code)
-                .and_then(|c| i32::try_from(c).ok()),
-        )
+        // The stream's end is not the container's: wait for its exit.
+        let exit = engine.wait(&id).await.map_err(|e| e.coded())?;
+        let exit = exit.ok_or_else(|| format!("its container {name} was removed before it exited"))?;
+        Ok::<_, String>(Some(i32::try_from(exit).unwrap_or(i32::MAX)))
     })
     .await;
     // Removed by force: a container past its time limit is killed here.
@@ -354,15 +380,47 @@ async fn in_container(
             exit_code,
             output,
             timed_out: false,
+            lost,
         }),
         Err(_) => Ok(Ended {
             exit_code: None,
             output,
             timed_out: true,
+            lost,
         }),
     };
-    let _ = engine.remove(&name).await;
+    removal.now().await;
     ran
+}
+
+/// A task's container, removed when dropped too: a task abandoned (its
+/// request gone) leaves nothing running, as a process task's group.
+struct Removal {
+    engine: Option<crate::container::Engine>,
+    name: String,
+}
+
+impl Removal {
+    async fn now(mut self) {
+        if let Some(engine) = self.engine.take() {
+            let _ = engine.remove(&self.name).await;
+        }
+    }
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let name = std::mem::take(&mut self.name);
+            runtime.spawn(async move {
+                if let Err(e) = engine.remove(&name).await {
+                    tracing::warn!(container = %name, error = %e, "cannot remove an abandoned task's container");
+                }
+            });
+        }
+    }
 }
 
 #[cfg(test)]

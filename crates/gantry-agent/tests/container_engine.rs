@@ -522,3 +522,48 @@ async fn settling_keeps_counted_containers_and_removes_every_other_of_the_projec
     let outsider_state = outsider_state.expect("inspect");
     assert!(outsider_state.is_some_and(|s| s.running && s.identity.is_none()));
 }
+
+/// A one-off task's exit code comes from waiting for its container: while
+/// it runs, an inspect says exit code 0, which is no outcome at all.
+#[tokio::test]
+async fn waiting_for_a_container_gives_its_exit_code_once_it_has_exited() {
+    let image = gantry_testkit::images::redis();
+    let project = Project::new();
+    let engine = project.engine().await;
+    let mut spec = project.spec("db", "task-1", &image);
+    spec.command = Some(vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "echo waiting; while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 3".to_owned(),
+    ]);
+    let id = engine
+        .create(&spec, &BTreeMap::new())
+        .await
+        .expect("create");
+    engine.start(&id).await.expect("start");
+    exec_until_ok(&engine, &id, &["true"]).await;
+    let running = engine.inspect(&id).await.expect("inspect").expect("exists");
+    assert!(running.running);
+    assert_eq!(running.exit_code, Some(0), "what an inspect says of it");
+    let waited = {
+        let engine = engine.clone();
+        let id = id.clone();
+        tokio::spawn(async move { engine.wait(&id).await })
+    };
+    exec_until_ok(&engine, &id, &["touch", "/tmp/go"]).await;
+    let exit = waited.await.expect("joined").expect("waited");
+    assert_eq!(exit, Some(3));
+    // Once exited, a wait answers at once; a success is code 0.
+    assert_eq!(engine.wait(&id).await.expect("waited"), Some(3));
+    let mut spec = project.spec("db", "task-2", &image);
+    spec.command = Some(vec!["true".to_owned()]);
+    let ok = engine
+        .create(&spec, &BTreeMap::new())
+        .await
+        .expect("create");
+    engine.start(&ok).await.expect("start");
+    assert_eq!(engine.wait(&ok).await.expect("waited"), Some(0));
+    // No such container: nothing to wait for.
+    engine.remove(&ok).await.expect("remove");
+    assert_eq!(engine.wait(&ok).await.expect("waited"), None);
+}

@@ -13,7 +13,7 @@ use bollard::exec::StartExecResults;
 use bollard::models::{NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptions, DownloadFromContainerOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StatsOptions, StopContainerOptions,
+    RemoveContainerOptions, StatsOptions, StopContainerOptions, WaitContainerOptions,
 };
 use futures_util::{Stream, StreamExt};
 
@@ -417,6 +417,29 @@ impl Engine {
             secrets::remove(&secrets::directory(&self.secrets_root, &name));
         }
         Ok(())
+    }
+
+    /// Waits until the container is not running and returns its exit
+    /// code; `None` when there is no such container. Its log stream ending
+    /// is no sign it exited: the daemon may not yet have recorded its end
+    /// (an inspect then says running, exit code 0), and a stream can fail.
+    pub async fn wait(&self, container: &str) -> Result<Option<i64>, ContainerError> {
+        let options = WaitContainerOptions::default();
+        let mut waiting = self.docker.wait_container(container, Some(options));
+        match waiting.next().await {
+            Some(Ok(exited)) => Ok(Some(exited.status_code)),
+            // bollard reports a non-zero exit as an error.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                Ok(Some(code))
+            }
+            Some(Err(e)) if is_not_found(&e) => Ok(None),
+            Some(Err(e)) => Err(ContainerError::engine("wait for", container, e)),
+            None => Err(ContainerError::Engine {
+                action: "wait for",
+                target: container.to_owned(),
+                message: "the engine ended the wait without an exit code".to_owned(),
+            }),
+        }
     }
 
     /// The container's state; `None` when there is no such container.

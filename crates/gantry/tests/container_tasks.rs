@@ -1,0 +1,447 @@
+//! `migrate.pre` and `migrate.post` of an image service on the local Docker
+//! engine, through the real binary: each runs once as a one-off container
+//! of the new release's image, with the service's volumes, `pre` before the
+//! new container starts and `post` once it is live, their output kept in
+//! the release's phases and no task container left; a `pre` that fails
+//! stops the deploy with the old container still serving, untouched. A
+//! task container outlives neither its request nor its agent: abandoned, it
+//! is removed; left by an agent killed, the restarted agent removes it.
+//! Needs root and Docker; the image is built here.
+
+mod agent_support;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agent_support::{GANTRY, deploy, service, status};
+use gantry_testkit::TestProject;
+use serde_json::Value;
+
+/// Redis with its data on a volume; `migrate` a TOML inline table.
+fn toml(project: &str, image: &str, setting: &str, migrate: &str) -> String {
+    format!(
+        r#"[project]
+name = "{project}"
+
+[services.db]
+image = "{image}"
+port = 6379
+health = {{ tcp = true, interval = "100ms", timeout = "1s" }}
+volumes = ["data:/var/lib/redis"]
+env = {{ SETTING = "{setting}" }}
+stop_timeout = "5s"
+migrate = {migrate}
+"#
+    )
+}
+
+/// `pre` appends to a log on the volume and says so; `post` says it ran.
+const MIGRATE: &str = r#"{ pre = "echo \"pre $SETTING\" >> /var/lib/redis/migrations.log && echo \"migrated to $SETTING\"", post = "echo \"warmed $SETTING\"" }"#;
+
+fn docker(args: &[&str]) -> Result<String, String> {
+    let output = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+    }
+}
+
+/// The project's containers (running or not), by name.
+fn containers(project: &str) -> BTreeSet<String> {
+    docker(&[
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        &format!("label=dev.gantry.project={project}"),
+    ])
+    .expect("docker ps")
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// Removes what a failed test may leave: containers, network, volume.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for name in containers(&self.0) {
+            let _ = docker(&["rm", "-f", &name]);
+        }
+        let _ = docker(&["network", "rm", &format!("gantry-{}-local", self.0)]);
+        let _ = docker(&[
+            "volume",
+            "rm",
+            "-f",
+            &format!("gantry-{}-local-data", self.0),
+        ]);
+    }
+}
+
+fn write(p: &TestProject, text: &str) {
+    std::fs::write(p.path().join("gantry.toml"), text).expect("write gantry.toml");
+}
+
+fn first<'a>(report: &'a Value, name: &str, key: &str) -> &'a Value {
+    &service(report, name)["instances"][0][key]
+}
+
+fn db_port(report: &Value) -> u16 {
+    first(report, "db", "port")
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("db has no port: {report:#}"))
+}
+
+fn db_container(project: &str, report: &Value) -> String {
+    let id = first(report, "db", "id").as_str().expect("db's instance");
+    format!("gantry-{project}-{id}")
+}
+
+/// A Redis command, retried while Redis loads its data after a start.
+fn redis(port: u16, command: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = gantry_testkit::images::redis_command(port, command)
+            .unwrap_or_else(|e| format!("error: {e}"));
+        if !(reply.starts_with("-LOADING") || reply.starts_with("error:"))
+            || Instant::now() >= deadline
+        {
+            return reply;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The release's phases, as (name, service).
+fn phase_names(release: &Value) -> Vec<(String, String)> {
+    release["phases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["service"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn position(release: &Value, name: &str) -> Option<usize> {
+    phase_names(release)
+        .iter()
+        .position(|(n, s)| n == name && s == "db")
+}
+
+/// Every kept task phase of every release: (release, phase, task).
+fn task_phases(p: &TestProject) -> Vec<(String, String, Value)> {
+    let releases = p.gantry(&["releases", "--output", "json"]);
+    releases.expect_code(0);
+    let releases = releases.json();
+    let mut found = Vec::new();
+    // One host: its releases, newest first; taken oldest first.
+    for release in releases["releases"].as_array().into_iter().flatten().rev() {
+        for phase in release["phases"].as_array().into_iter().flatten() {
+            if !phase["task"].is_null() {
+                found.push((
+                    release["id"].as_str().unwrap_or_default().to_owned(),
+                    phase["name"].as_str().unwrap_or_default().to_owned(),
+                    phase["task"].clone(),
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// The migrations log the `pre` commands wrote on the volume.
+fn migrations_log(container: &str) -> String {
+    docker(&["exec", container, "cat", "/var/lib/redis/migrations.log"]).unwrap_or_default()
+}
+
+#[test]
+fn an_image_service_runs_its_migrations_in_one_off_containers_and_a_failing_pre_leaves_the_old_one_serving()
+ {
+    let image = gantry_testkit::images::redis();
+    let name = "test-ctr-tasks";
+    let _cleanup = Cleanup(name.to_owned());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let p = TestProject::new(GANTRY)
+        .file("gantry.toml", &toml(name, &image, "a", MIGRATE))
+        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+
+    let report = deploy(&p);
+    let release = &report["release"];
+    let pre = position(release, "migrate.pre").unwrap_or_else(|| panic!("no pre: {report:#}"));
+    let start = position(release, "start").unwrap_or_else(|| panic!("no start: {report:#}"));
+    let post = position(release, "migrate.post");
+    assert!(
+        pre < start,
+        "pre before the start: {:?}",
+        phase_names(release)
+    );
+    let db = db_container(name, &report);
+    // The pre command wrote on the volume the new container then mounted.
+    assert_eq!(migrations_log(&db), "pre a", "{report:#}");
+    assert_eq!(redis(db_port(&report), "SET visits 7"), "+OK");
+    // No task container is left: only the instance.
+    assert_eq!(containers(name), BTreeSet::from([db.clone()]));
+
+    // Both tasks' output is kept in the release, once each.
+    let kept = task_phases(&p);
+    let summary: Vec<(&str, Option<i64>, Vec<&str>)> = kept
+        .iter()
+        .map(|(_, phase, task)| {
+            (
+                phase.as_str(),
+                task["exit_code"].as_i64(),
+                task["output"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("migrate.pre", Some(0), vec!["migrated to a"]),
+            ("migrate.post", Some(0), vec!["warmed a"]),
+        ],
+        "{kept:#?} (post in the deploy's phases at {post:?})"
+    );
+    assert!(
+        kept.iter()
+            .all(|(r, _, _)| Some(r.as_str()) == release["id"].as_str()),
+        "{kept:#?}"
+    );
+
+    // A changed setting: pre runs once more, before the replacement starts,
+    // on the same volume.
+    write(&p, &toml(name, &image, "b", MIGRATE));
+    let report = deploy(&p);
+    let release = &report["release"];
+    let pre = position(release, "migrate.pre").unwrap_or_else(|| panic!("no pre: {report:#}"));
+    let start = position(release, "start").unwrap_or_else(|| panic!("no start: {report:#}"));
+    assert!(
+        pre < start,
+        "pre before the start: {:?}",
+        phase_names(release)
+    );
+    let db = db_container(name, &report);
+    assert_eq!(migrations_log(&db), "pre a\npre b");
+    assert_eq!(redis(db_port(&report), "GET visits"), "$1");
+    assert_eq!(containers(name), BTreeSet::from([db.clone()]));
+    let kept = task_phases(&p);
+    assert_eq!(kept.len(), 4, "{kept:#?}");
+    assert_eq!(
+        kept.iter()
+            .filter(|(r, phase, _)| phase == "migrate.post"
+                && Some(r.as_str()) == release["id"].as_str())
+            .count(),
+        1,
+        "post ran once for the release: {kept:#?}"
+    );
+
+    // A pre that fails: the deploy stops, the old container serves on.
+    let started = docker(&["inspect", "-f", "{{.State.StartedAt}}", &db]).expect("inspect db");
+    write(
+        &p,
+        &toml(
+            name,
+            &image,
+            "c",
+            r#"{ pre = "echo starting; echo 'relation users does not exist' >&2; echo rolled back; exit 3", post = "echo never >> /var/lib/redis/migrations.log" }"#,
+        ),
+    );
+    let run = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
+    run.expect_code(6);
+    let error = &run.json()["error"];
+    assert_eq!(error["code"], "deploy.failed", "{error:#}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("`migrate.pre` of `db` exited with code 3; no new instance started"),
+        "{error:#}"
+    );
+    assert!(
+        error["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("relation users does not exist")),
+        "the hint has the command's output: {error:#}"
+    );
+    assert_eq!(containers(name), BTreeSet::from([db.clone()]));
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.StartedAt}}", &db]).expect("inspect db"),
+        started,
+        "the old container was not restarted"
+    );
+    let now = status(&p);
+    assert_eq!(service(&now, "db")["state"], "running", "{now:#}");
+    assert_eq!(
+        service(&now, "db")["release"],
+        report["release"]["id"],
+        "{now:#}"
+    );
+    assert_eq!(redis(db_port(&now), "GET visits"), "$1");
+    assert_eq!(migrations_log(&db), "pre a\npre b", "post did not run");
+    let kept = task_phases(&p);
+    // Its output as written, stdout and stderr in one stream.
+    let failed = kept
+        .iter()
+        .find(|(_, phase, task)| phase == "migrate.pre" && task["exit_code"] == 3)
+        .unwrap_or_else(|| panic!("the failed pre phase: {kept:#?}"));
+    assert_eq!(
+        failed.2["output"],
+        serde_json::json!(["starting", "relation users does not exist", "rolled back"]),
+        "{kept:#?}"
+    );
+
+    p.gantry(&["stop"]).expect_code(0);
+    assert!(containers(name).is_empty(), "{:?}", containers(name));
+}
+
+#[test]
+fn a_task_container_left_by_an_agent_killed_mid_task_is_removed_when_it_restarts() {
+    let image = gantry_testkit::images::redis();
+    let name = "test-ctr-task-crash";
+    let _cleanup = Cleanup(name.to_owned());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let p = TestProject::new(GANTRY)
+        .file(
+            "gantry.toml",
+            &toml(name, &image, "a", r#"{ pre = "true" }"#),
+        )
+        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    let report = deploy(&p);
+    let db = db_container(name, &report);
+    assert_eq!(redis(db_port(&report), "SET visits 7"), "+OK");
+
+    // A pre that never ends; the agent is killed while it runs.
+    write(
+        &p,
+        &toml(
+            name,
+            &image,
+            "b",
+            r#"{ pre = "echo started; exec sleep 600" }"#,
+        ),
+    );
+    let agent = std::fs::read_to_string(p.state_dir().join("agent.lock"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .expect("the agent's pid");
+    let mut child = agent_support::command(&p, &["deploy", "--skip-build", "--output", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the deploy");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let task = loop {
+        let others: Vec<String> = containers(name).into_iter().filter(|c| *c != db).collect();
+        if let [task] = others.as_slice() {
+            break task.clone();
+        }
+        assert!(Instant::now() < deadline, "no task container: {others:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(task.contains("migrate-pre"), "{task}");
+    let _ = Command::new("kill")
+        .args(["-KILL", &agent.to_string()])
+        .status();
+    let _ = child.wait();
+
+    // The restarted agent removes it; the old container serves on.
+    let now = status(&p);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while containers(name) != BTreeSet::from([db.clone()]) {
+        assert!(
+            Instant::now() < deadline,
+            "containers {:?}: {now:#}",
+            containers(name)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = agent_support::wait_for_status(&p, "db running", |s| {
+        service(s, "db")["state"] == "running"
+    });
+    assert_eq!(db_container(name, &now), db);
+    assert_eq!(redis(db_port(&now), "GET visits"), "$1");
+    p.gantry(&["stop"]).expect_code(0);
+    assert!(containers(name).is_empty(), "{:?}", containers(name));
+}
+
+#[test]
+fn a_task_container_whose_request_is_abandoned_is_removed() {
+    let image = gantry_testkit::images::redis();
+    let name = "test-ctr-task-gone";
+    let _cleanup = Cleanup(name.to_owned());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    // A post that never ends: the deploy waits on its request.
+    let p = TestProject::new(GANTRY)
+        .file(
+            "gantry.toml",
+            &toml(
+                name,
+                &image,
+                "a",
+                r#"{ post = "echo started; exec sleep 600" }"#,
+            ),
+        )
+        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    let mut child = agent_support::command(&p, &["deploy", "--skip-build", "--output", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the deploy");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let task = loop {
+        if let Some(task) = containers(name)
+            .into_iter()
+            .find(|c| c.contains("migrate-post"))
+        {
+            break task;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no task container: {:?}",
+            containers(name)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The client goes away; the agent stays.
+    let _ = child.kill();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while containers(name).contains(&task) {
+        assert!(
+            Instant::now() < deadline,
+            "{task} still there: {:?}",
+            containers(name)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = agent_support::wait_for_status(&p, "db running", |s| {
+        service(s, "db")["state"] == "running"
+    });
+    assert_eq!(containers(name), BTreeSet::from([db_container(name, &now)]));
+    p.gantry(&["stop"]).expect_code(0);
+}
