@@ -37,11 +37,18 @@ impl Project {
         }
     }
 
+    /// The agent the test's engine stands for: one per test, since an
+    /// agent's settle removes every container of its own that its store
+    /// does not count, and the tests run side by side.
+    fn owner(&self) -> String {
+        format!("gantry-{}", self.name)
+    }
+
     async fn engine(&self) -> Engine {
         Engine::connect(
             Path::new("/var/run/docker.sock"),
             self.secrets.path(),
-            "gantry-test",
+            &self.owner(),
         )
         .await
         .expect("connect to Docker")
@@ -183,7 +190,7 @@ async fn redis_container_answers_on_loopback_is_labelled_then_stopped_and_remove
         ("dev.gantry.service", "cache"),
         ("dev.gantry.release", "r1"),
         ("dev.gantry.instance", "cache-i1"),
-        ("dev.gantry.agent", "gantry-test"),
+        ("dev.gantry.agent", project.owner().as_str()),
     ] {
         assert!(
             labels.contains(&format!("\"{key}\":\"{value}\"")),
