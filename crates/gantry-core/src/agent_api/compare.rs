@@ -56,17 +56,9 @@ pub fn secret_digest(salt: &str, value: &str) -> String {
     crate::artifact::hex(&digest)
 }
 
-/// A fresh salt: 32 bytes of the kernel's randomness, as hex; the time and
-/// the process id hashed where `/dev/urandom` cannot be read.
+/// A fresh salt: 32 random bytes, as hex.
 pub fn new_salt() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if read.is_err() {
-        let seed = format!("{}-{}", crate::clock::now_ms(), std::process::id());
-        bytes.copy_from_slice(&Sha256::digest(seed.as_bytes()));
-    }
-    crate::artifact::hex(&bytes)
+    crate::artifact::hex(&rand::random::<[u8; 32]>())
 }
 
 /// Whether `text` is a sha256 as hex, as salts, digests and artifact digests are.
