@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent_support::{GANTRY, deploy, service, status};
+use agent_support::{Cleanup, GANTRY, containers, deploy, docker, service, status};
 use gantry_testkit::TestProject;
 use serde_json::Value;
 
@@ -38,52 +38,6 @@ migrate = {migrate}
 
 /// `pre` appends to a log on the volume and says so; `post` says it ran.
 const MIGRATE: &str = r#"{ pre = "echo \"pre $SETTING\" >> /var/lib/redis/migrations.log && echo \"migrated to $SETTING\"", post = "echo \"warmed $SETTING\"" }"#;
-
-fn docker(args: &[&str]) -> Result<String, String> {
-    let output = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
-    }
-}
-
-/// The project's containers (running or not), by name.
-fn containers(project: &str) -> BTreeSet<String> {
-    docker(&[
-        "ps",
-        "-a",
-        "--format",
-        "{{.Names}}",
-        "--filter",
-        &format!("label=dev.gantry.project={project}"),
-    ])
-    .expect("docker ps")
-    .lines()
-    .map(str::to_owned)
-    .collect()
-}
-
-/// Removes what a failed test may leave: containers, network, volume.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in containers(&self.0) {
-            let _ = docker(&["rm", "-f", &name]);
-        }
-        let _ = docker(&["network", "rm", &format!("gantry-{}-local", self.0)]);
-        let _ = docker(&[
-            "volume",
-            "rm",
-            "-f",
-            &format!("gantry-{}-local-data", self.0),
-        ]);
-    }
-}
 
 fn write(p: &TestProject, text: &str) {
     std::fs::write(p.path().join("gantry.toml"), text).expect("write gantry.toml");

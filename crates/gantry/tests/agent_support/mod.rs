@@ -488,3 +488,50 @@ pub fn remote_project(
         .file("gantry.toml", &toml)
         .env("GANTRY_SSH_CONFIG", &hosts.ssh_config.display().to_string())
 }
+
+/// `docker ARGS`: its output, trimmed, or its error output.
+pub fn docker(args: &[&str]) -> Result<String, String> {
+    let output = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+    }
+}
+
+/// The project's containers (running or not), by name.
+pub fn containers(project: &str) -> std::collections::BTreeSet<String> {
+    docker(&[
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        &format!("label=dev.gantry.project={project}"),
+    ])
+    .expect("docker ps")
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// Removes what a failed test may leave: containers, network, volume.
+pub struct Cleanup(pub String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for name in containers(&self.0) {
+            let _ = docker(&["rm", "-f", &name]);
+        }
+        let _ = docker(&["network", "rm", &format!("gantry-{}-local", self.0)]);
+        let _ = docker(&[
+            "volume",
+            "rm",
+            "-f",
+            &format!("gantry-{}-local-data", self.0),
+        ]);
+    }
+}
