@@ -1,5 +1,5 @@
 //! Secrets the hub must read back (TOTP secrets, outbound webhook signing
-//! secrets, forge secrets) sealed at rest: XChaCha20-Poly1305 under a key
+//! secrets, forge secrets, the public form's signing key) sealed at rest: XChaCha20-Poly1305 under a key
 //! kept in a file in the hub's state directory (`secrets.key`, 0600 in a
 //! 0700 directory, made on first start), never in the database. A copy of
 //! the database alone, or its backup, does not give them away; the key
@@ -35,6 +35,8 @@ pub enum Purpose {
     Subscription,
     /// `forge_secrets.secret`, checking forges' deliveries.
     Forge,
+    /// `hub_secrets.value` of the row `form`, signing the public form's tokens.
+    Form,
 }
 
 impl Purpose {
@@ -43,6 +45,7 @@ impl Purpose {
             Purpose::Totp => b"gantry-hub totp",
             Purpose::Subscription => b"gantry-hub subscription",
             Purpose::Forge => b"gantry-hub forge",
+            Purpose::Form => b"gantry-hub form",
         }
     }
 }
@@ -153,7 +156,7 @@ impl SealKey {
     }
 }
 
-/// Whether a stored value is sealed already (migration 010 seals the rest).
+/// Whether a stored value is sealed already (migrations 010 and 011 seal the rest).
 pub fn is_sealed(stored: &str) -> bool {
     stored.starts_with(PREFIX)
 }

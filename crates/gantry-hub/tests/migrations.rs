@@ -134,7 +134,7 @@ async fn plain_text_secrets_are_sealed_and_still_work(location: Location, dir: s
                        SELECT id, 'https://example.com/hook', 'standard', 'item.created', 'whsec_plain', 0
                        FROM products WHERE key = 'SHOP';
                      DROP INDEX sessions_expires;
-                     DELETE FROM hub_schema WHERE version = 10;"
+                     DELETE FROM hub_schema WHERE version >= 10;"
                 ),
             );
             Store::open_in(&location, &dir).unwrap()
@@ -225,4 +225,127 @@ async fn plain_text_secrets_are_sealed_on_postgres() {
     let location = Location::parse(&cluster.database("hub")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     plain_text_secrets_are_sealed_and_still_work(location, dir.path().to_owned()).await;
+}
+
+/// The public form's signing key as an older hub kept it.
+const PLAIN_FORM_KEY: &str = "6f6c642d687562732d706c61696e2d666f726d2d6b65792d6e6f742d7365616c";
+
+/// A form token for SHOP signed with `key`, issued `ago_ms` before now, as
+/// the hub signs them: HMAC-SHA256 of `form\0PRODUCT\0ISSUED`.
+fn token_signed_with(key: &str, ago_ms: i64) -> String {
+    use hmac::{KeyInit, Mac};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let issued = i64::try_from(now).unwrap() - ago_ms;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(format!("form\0SHOP\0{issued}").as_bytes());
+    let mac = mac.finalize().into_bytes();
+    format!("{issued}.{}", gantry_core::artifact::hex(&mac))
+}
+
+fn stored_form_key(location: &Location) -> String {
+    let rows = support::raw(
+        location,
+        "SELECT value FROM hub_secrets WHERE name = 'form'",
+    );
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    rows[0][0].clone().unwrap_or_default()
+}
+
+/// The form key is kept sealed from the start; migration 011 seals one an
+/// older hub left in plain text, and a form that older hub handed out
+/// before the upgrade can still be sent.
+async fn the_form_key_is_sealed_and_an_older_hubs_tokens_still_check(
+    location: Location,
+    dir: std::path::PathBuf,
+) {
+    let store = {
+        let (location, dir) = (location.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || {
+            let store = Store::open_in(&location, &dir).unwrap();
+            store.add_product("SHOP", "The shop").unwrap();
+            store.form_token("SHOP").unwrap();
+            let made = stored_form_key(&location);
+            assert!(made.starts_with("sealed1:"), "a new key is sealed: {made}");
+            drop(store);
+            // As an older hub left it.
+            raw(
+                &location,
+                &format!(
+                    "UPDATE hub_secrets SET value = '{PLAIN_FORM_KEY}' WHERE name = 'form';
+                     DELETE FROM hub_schema WHERE version = 11;"
+                ),
+            );
+            Store::open_in(&location, &dir).unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let sealed = {
+        let location = location.clone();
+        tokio::task::spawn_blocking(move || stored_form_key(&location))
+            .await
+            .unwrap()
+    };
+    assert!(sealed.starts_with("sealed1:"), "{sealed}");
+    assert!(!sealed.contains(PLAIN_FORM_KEY), "{sealed}");
+
+    let hub = support::Hub::serve(Arc::new(store), location.clone(), dir.join("attachments")).await;
+    let idea = |token: String| {
+        json!({
+            "name": "Zoe",
+            "email": "zoe@example.com",
+            "type": "feature",
+            "description": "Let me pay by bank transfer, please.",
+            "form_token": token,
+        })
+    };
+    // Issued by the older hub a minute before: past the form's minimum age.
+    let sent = hub
+        .anonymous()
+        .post(
+            "/api/public/SHOP/ideas",
+            &idea(token_signed_with(PLAIN_FORM_KEY, 60_000)),
+        )
+        .await;
+    assert_eq!(
+        sent.status, 201,
+        "the sealed key checks a token the plain one signed: {}",
+        sent.text
+    );
+    let forged = hub
+        .anonymous()
+        .post(
+            "/api/public/SHOP/ideas",
+            &idea(token_signed_with(&sealed, 60_000)),
+        )
+        .await;
+    assert_eq!(forged.status, 422, "{}", forged.text);
+    let form = hub.anonymous().get("/api/public/SHOP/form").await;
+    assert_eq!(form.status, 200, "{}", form.text);
+    let kept = tokio::task::spawn_blocking(move || stored_form_key(&location))
+        .await
+        .unwrap();
+    assert_eq!(kept, sealed, "the key is the same, not made again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_form_key_is_sealed_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    the_form_key_is_sealed_and_an_older_hubs_tokens_still_check(
+        Location::Sqlite(dir.path().join("hub.db")),
+        dir.path().to_owned(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_form_key_is_sealed_on_postgres() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let location = Location::parse(&cluster.database("hub")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    the_form_key_is_sealed_and_an_older_hubs_tokens_still_check(location, dir.path().to_owned())
+        .await;
 }

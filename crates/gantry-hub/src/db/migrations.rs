@@ -1,7 +1,7 @@
 //! Versioned schema migrations, one list for both databases. A migration is
 //! SQL both understand, with `ID_PK` for an auto-numbered primary key; the
 //! few statements that differ (full-text search) sit in `only`; what SQL
-//! cannot do (sealing secrets, 010) is `code`, in the same transaction. The
+//! cannot do (sealing secrets, 010 and 011) is `code`, in the same transaction. The
 //! version applied is kept in `hub_schema`; each migration runs in its own
 //! transaction with the version bump, so a failed one leaves the previous
 //! schema whole. Migrations are never edited once released: add one.
@@ -91,18 +91,43 @@ const MIGRATIONS: &[Migration] = &[
         only: &[],
         code: Some(seal_secrets),
     },
+    Migration {
+        name: "the public form's signing key sealed at rest",
+        both: "",
+        only: &[],
+        code: Some(seal_form_key),
+    },
 ];
 
 /// Migration 010: seals the TOTP, subscription and forge secrets that
 /// earlier versions kept in plain text, with the hub's key file.
 fn seal_secrets(sql: &mut dyn Sql, key: &SealKey) -> Result<(), DbError> {
-    let columns = [
-        ("users", "id", "totp_secret", Purpose::Totp),
-        ("users", "id", "totp_pending", Purpose::Totp),
-        ("subscriptions", "id", "secret", Purpose::Subscription),
-        ("forge_secrets", "product_id", "secret", Purpose::Forge),
-    ];
-    for (table, id, column, purpose) in columns {
+    seal_columns(
+        sql,
+        key,
+        &[
+            ("users", "id", "totp_secret", Purpose::Totp),
+            ("users", "id", "totp_pending", Purpose::Totp),
+            ("subscriptions", "id", "secret", Purpose::Subscription),
+            ("forge_secrets", "product_id", "secret", Purpose::Forge),
+        ],
+    )
+}
+
+/// Migration 011: seals the public form's signing key (`hub_secrets` row
+/// `form`, its only row), which 010 left in plain text. Form tokens signed
+/// with it before still check: the key is the same, only stored sealed.
+fn seal_form_key(sql: &mut dyn Sql, key: &SealKey) -> Result<(), DbError> {
+    seal_columns(sql, key, &[("hub_secrets", "name", "value", Purpose::Form)])
+}
+
+/// Seals every plain value of each `(table, key column, column, purpose)`.
+fn seal_columns(
+    sql: &mut dyn Sql,
+    key: &SealKey,
+    columns: &[(&str, &str, &str, Purpose)],
+) -> Result<(), DbError> {
+    for &(table, id, column, purpose) in columns {
         let rows = sql.query(
             &format!("SELECT {id}, {column} FROM {table} WHERE {column} IS NOT NULL"),
             &[],
@@ -115,9 +140,10 @@ fn seal_secrets(sql: &mut dyn Sql, key: &SealKey) -> Result<(), DbError> {
             let sealed = key
                 .seal(purpose, &plain)
                 .map_err(|e| DbError::Query(e.to_string()))?;
+            let row_key = row.0.first().cloned().unwrap_or(Value::Null);
             sql.execute(
                 &format!("UPDATE {table} SET {column} = ? WHERE {id} = ?"),
-                &[sealed.into(), Value::Int(row.int(0)?)],
+                &[sealed.into(), row_key],
             )?;
         }
     }

@@ -21,6 +21,7 @@ use crate::clock;
 use crate::db::{DbError, Row, Sql, Value};
 use crate::error::HubError;
 use crate::model::{Kind, Status, StatusCategory};
+use crate::seal::{Purpose, SealKey};
 
 /// Votes one email may have in one product's open items.
 pub const VOTES_PER_EMAIL: i64 = 10;
@@ -195,16 +196,18 @@ fn checked(idea: &Idea) -> Result<(String, String, String, String), HubError> {
     Ok((name, email, title, description))
 }
 
-/// The hub's key for signing form tokens, made on first use.
-fn form_key(sql: &mut dyn Sql) -> Result<String, HubError> {
+/// The hub's key for signing form tokens, made on first use, kept sealed.
+fn form_key(sql: &mut dyn Sql, seal: &SealKey) -> Result<String, HubError> {
+    let made = seal.seal(Purpose::Form, &random_hex::<32>())?;
     sql.execute(
         "INSERT INTO hub_secrets (name, value) VALUES ('form', ?) ON CONFLICT DO NOTHING",
-        &[random_hex::<32>().into()],
+        &[made.into()],
     )?;
-    Ok(sql
+    let stored = sql
         .query_one("SELECT value FROM hub_secrets WHERE name = 'form'", &[])?
         .ok_or_else(|| HubError::Internal("the form key vanished".to_owned()))?
-        .text(0)?)
+        .text(0)?;
+    seal.open(Purpose::Form, &stored)
 }
 
 fn form_mac(key: &str, product: &str, issued: i64) -> Result<hmac::Hmac<sha2::Sha256>, HubError> {
@@ -219,6 +222,7 @@ fn form_mac(key: &str, product: &str, issued: i64) -> Result<hmac::Hmac<sha2::Sh
 /// stale.
 fn check_form_token(
     sql: &mut dyn Sql,
+    seal: &SealKey,
     product: &str,
     token: &str,
     min_age_ms: i64,
@@ -233,7 +237,7 @@ fn check_form_token(
         })
         .collect::<Option<_>>()
         .ok_or("malformed form token")?;
-    let key = form_key(sql).map_err(|_| "no form key")?;
+    let key = form_key(sql, seal).map_err(|_| "no form key")?;
     form_mac(&key, product, issued)
         .map_err(|_| "no form key")?
         .verify_slice(&mac)
@@ -275,7 +279,7 @@ impl Store {
     pub fn form_token(&self, product: &str) -> Result<String, HubError> {
         self.tx(|sql| {
             products::id_of(sql, product)?;
-            let key = form_key(sql)?;
+            let key = form_key(sql, &self.seal)?;
             let issued = clock::now();
             let mac = form_mac(&key, product, issued)?.finalize().into_bytes();
             Ok(format!("{issued}.{}", hex(&mac)))
@@ -349,8 +353,10 @@ impl Store {
         }
         let (name, email, title, description) = checked(idea)?;
         let product_id = self.tx(|sql| {
-            Ok(check_form_token(sql, product, &idea.form_token, min_age_ms)
-                .map(|()| products::id_of(sql, product)))
+            Ok(
+                check_form_token(sql, &self.seal, product, &idea.form_token, min_age_ms)
+                    .map(|()| products::id_of(sql, product)),
+            )
         })?;
         let product_id = match product_id {
             Ok(id) => id?,
