@@ -147,6 +147,9 @@ fn applies_reports_and_refuses_an_edited_file(db: &Db) {
     assert_eq!(before["services"][0]["pending"], 2);
     let plan = migrate(&p, "plan");
     assert_eq!(states(&plan), s(&[(1, "pending"), (2, "pending")]));
+    if let Db::Sqlite(path) = db {
+        assert!(!path.exists(), "status and plan made {}", path.display());
+    }
     assert!(
         !db.tables().contains(&"gantry_migrations".to_owned()),
         "status and plan changed the database: {:?}",

@@ -78,6 +78,8 @@ fn plan_says_unchanged_or_why_a_new_release_and_changes_nothing() {
         "{releases:#}"
     );
     assert_eq!(releases["releases"][0]["id"], r1.as_str());
+    // Planning read the database without making its file.
+    assert!(!db.exists(), "plan made {}", db.display());
     let tables = rusqlite::Connection::open(&db)
         .and_then(|c| {
             c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {

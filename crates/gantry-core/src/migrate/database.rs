@@ -74,6 +74,28 @@ impl Target {
         }
     }
 
+    /// The database to read what is applied, changing nothing: a SQLite
+    /// file is opened read-only, and one that does not exist yet is not
+    /// made (`None`: nothing is applied there).
+    pub fn open_to_read(&self) -> Result<Option<Box<dyn Database>>, String> {
+        let Target::Sqlite(path) = self else {
+            return self.open().map(Some);
+        };
+        let exists = path
+            .try_exists()
+            .map_err(|e| format!("cannot look for SQLite database {}: {e}", path.display()))?;
+        if !exists {
+            return Ok(None);
+        }
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = rusqlite::Connection::open_with_flags(path, flags)
+            .map_err(|e| format!("cannot open SQLite database {}: {e}", path.display()))?;
+        sqlite(conn).map(Some)
+    }
+
+    /// The database to run migrations on; a SQLite file is made if there
+    /// is none.
     pub fn open(&self) -> Result<Box<dyn Database>, String> {
         match self {
             Target::Postgres(config) => {
@@ -85,12 +107,16 @@ impl Target {
             Target::Sqlite(path) => {
                 let conn = rusqlite::Connection::open(path)
                     .map_err(|e| format!("cannot open SQLite database {}: {e}", path.display()))?;
-                conn.busy_timeout(WAIT)
-                    .map_err(|e| format!("cannot set up SQLite: {e}"))?;
-                Ok(Box::new(Sqlite { conn }))
+                sqlite(conn)
             }
         }
     }
+}
+
+fn sqlite(conn: rusqlite::Connection) -> Result<Box<dyn Database>, String> {
+    conn.busy_timeout(WAIT)
+        .map_err(|e| format!("cannot set up SQLite: {e}"))?;
+    Ok(Box::new(Sqlite { conn }))
 }
 
 /// Why a migration was not applied.

@@ -401,16 +401,20 @@ fn for_service(
             hint: "use PostgreSQL reachable from here for this environment, or run the migrations on the host (`gantry exec SERVICE -- ...`)".to_owned(),
         });
     }
-    let mut db = target
-        .open()
-        .map_err(|message| wrap(MigrateError::Database { message }))?;
-    let applied = match action {
-        Action::Run => run(db.as_mut(), &files, progress).map_err(wrap)?,
-        Action::Status | Action::Plan => Vec::new(),
+    let database = |message| wrap(MigrateError::Database { message });
+    let (applied, rows) = match action {
+        Action::Run => {
+            let mut db = target.open().map_err(database)?;
+            let applied = run(db.as_mut(), &files, progress).map_err(wrap)?;
+            (applied, db.applied().map_err(database)?)
+        }
+        // Asking changes nothing: a database that does not exist yet is
+        // not made, and has nothing applied.
+        Action::Status | Action::Plan => match target.open_to_read().map_err(database)? {
+            Some(mut db) => (Vec::new(), db.applied().map_err(database)?),
+            None => (Vec::new(), Vec::new()),
+        },
     };
-    let rows = db
-        .applied()
-        .map_err(|message| wrap(MigrateError::Database { message }))?;
     let mut migrations = entries(&files, &rows);
     if action == Action::Plan {
         refuse_divergence(&migrations).map_err(wrap)?;
