@@ -12,6 +12,7 @@ use agent_support::{
 };
 use gantry_testkit::hosts::TestHosts;
 use gantry_testkit::{TestProject, example_bins};
+use serde_json::json;
 
 #[test]
 fn each_ssh_failure_has_its_own_error() {
@@ -621,6 +622,95 @@ fn a_rollout_retried_after_a_cut_off_host_rolls_back_everywhere() {
         text.stdout.starts_with("unchanged: every host"),
         "{}",
         text.stdout
+    );
+}
+
+/// Each host's release `id` in `gantry releases -e prod`'s listing.
+fn release_on<'a>(listed: &'a serde_json::Value, host: &str, id: &str) -> &'a serde_json::Value {
+    listed["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .find(|h| h["host"] == host)
+        .and_then(|h| h["releases"].as_array())
+        .and_then(|releases| releases.iter().find(|r| r["id"] == id))
+        .unwrap_or_else(|| panic!("{host} has no release {id}: {listed:#}"))
+}
+
+/// Three deploys, then `gantry rollback -e prod` three times: the first
+/// takes every host from version 3 to 2, the second from 2 to 1 (not
+/// forward to 3 again), and the third finds nothing before and changes
+/// nothing.
+#[test]
+fn each_rollback_takes_every_host_one_deployment_further_back_until_none_is_left() {
+    let hosts = TestHosts::start(2);
+    let all = ["h1", "h2"];
+    for name in all {
+        hosts.host(name).install_gantry(GANTRY.as_ref());
+    }
+    let project = remote_project(&hosts, &all, "1");
+    // Each version's deploy report: its deployment, and each host's release.
+    let mut deployed = Vec::new();
+    for version in ["1", "2", "3"] {
+        std::fs::write(project.path().join("VERSION"), format!("{version}\n")).unwrap();
+        let run = project.gantry(&["deploy", "-e", "prod", "--skip-build", "--output", "json"]);
+        run.expect_code(0);
+        assert_eq!(versions(&hosts, &all), [version, version]);
+        deployed.push(run.json());
+    }
+
+    for (back_to, version) in [(&deployed[1], "2"), (&deployed[0], "1")] {
+        let rolled = project.gantry(&["rollback", "-e", "prod", "--output", "json"]);
+        rolled.expect_code(0);
+        let rolled = rolled.json();
+        assert_eq!(versions(&hosts, &all), [version, version], "{rolled:#}");
+
+        let listed = project
+            .gantry(&["releases", "-e", "prod", "--output", "json"])
+            .json();
+        let newest = &listed["deployments"][0];
+        assert_eq!(newest["id"], rolled["deployment"], "{listed:#}");
+        assert_eq!(
+            (&newest["rollback"], &newest["current"], &newest["state"]),
+            (&json!(true), &json!(true), &json!("complete")),
+            "{listed:#}"
+        );
+        let original = listed["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == back_to["deployment"])
+            .unwrap_or_else(|| panic!("deployment of version {version}: {listed:#}"));
+        assert_eq!(newest["artifact"], original["artifact"], "{listed:#}");
+        for (i, host) in all.iter().enumerate() {
+            let runs = &newest["hosts"][i];
+            assert_eq!(
+                (&runs["host"], &runs["runs_now"]),
+                (&json!(host), &json!(true))
+            );
+            let release = release_on(&listed, host, runs["release"].as_str().unwrap());
+            assert_eq!(
+                release["rollback_of"], back_to["hosts"][i]["release"],
+                "{host} went back to its release of version {version}: {listed:#}"
+            );
+        }
+    }
+
+    // Nothing before version 1: refused, and every host stays on it.
+    let before = project
+        .gantry(&["releases", "-e", "prod", "--output", "json"])
+        .json();
+    let third = project.gantry(&["rollback", "-e", "prod", "--output", "json"]);
+    third.expect_code(4);
+    let error = &third.json()["error"];
+    assert_eq!(error["code"], "release.none_before", "{error:#}");
+    assert_eq!(versions(&hosts, &all), ["1", "1"]);
+    let after = project
+        .gantry(&["releases", "-e", "prod", "--output", "json"])
+        .json();
+    assert_eq!(
+        after["deployments"], before["deployments"],
+        "no deployment made"
     );
 }
 
