@@ -6,6 +6,7 @@
 //! stops the deploy with the old container still serving, untouched. A
 //! task container outlives neither its request nor its agent: abandoned, it
 //! is removed; left by an agent killed, the restarted agent removes it.
+//! A secret a task prints is kept as `(redacted)`, as a process task's is.
 //! Needs root and Docker; the image is built here.
 
 mod agent_support;
@@ -397,5 +398,123 @@ fn a_task_container_whose_request_is_abandoned_is_removed() {
         service(s, "db")["state"] == "running"
     });
     assert_eq!(containers(name), BTreeSet::from([db_container(name, &now)]));
+    p.gantry(&["stop"]).expect_code(0);
+}
+
+const SECRET: &str = "ctr-task-Zq81vLp-do-not-print";
+
+/// A secret a task's container prints, from the file it is given, is kept
+/// as `(redacted)` in the release's phases and in a failed deploy's error,
+/// and lies in no report, no output and no file of the state directory but
+/// the secrets file and the running container's own secret file.
+#[test]
+fn a_secret_a_task_container_prints_is_hidden_in_its_kept_output() {
+    let image = gantry_testkit::images::redis();
+    let name = "test-ctr-task-secret";
+    let _cleanup = Cleanup(name.to_owned());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let with_secret = |migrate: &str| {
+        toml(name, &image, "a", migrate).replacen(
+            "stop_timeout",
+            "secrets = [\"API_TOKEN\"]\nstop_timeout",
+            1,
+        )
+    };
+    let p = TestProject::new(GANTRY)
+        .file(
+            "gantry.toml",
+            &with_secret(
+                r#"{ pre = "echo \"pre read $(cat $API_TOKEN_FILE)\"", post = "echo \"post read $(cat $API_TOKEN_FILE)\"" }"#,
+            ),
+        )
+        .env("API_TOKEN", SECRET)
+        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"))
+        // The agent's own logs, at their most talkative, must not hold it either.
+        .env("RUST_LOG", "debug");
+    let mut runs = Vec::new();
+    let deployed = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
+    deployed.expect_code(0);
+    let db = db_container(name, &deployed.json());
+    runs.push(deployed);
+
+    // The task read the secret (its file held it) and its output hides it.
+    let outputs: Vec<(String, Value)> = task_phases(&p)
+        .into_iter()
+        .map(|(_, phase, task)| (phase, task["output"].clone()))
+        .collect();
+    assert_eq!(
+        outputs,
+        [
+            (
+                "migrate.pre".to_owned(),
+                serde_json::json!(["pre read (redacted)"])
+            ),
+            (
+                "migrate.post".to_owned(),
+                serde_json::json!(["post read (redacted)"])
+            ),
+        ]
+    );
+
+    // A pre that fails after printing it: the error's hint has its output, hidden.
+    write(
+        &p,
+        &with_secret(r#"{ pre = "echo \"token $(cat $API_TOKEN_FILE)\"; exit 3" }"#),
+    );
+    let failed = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
+    failed.expect_code(6);
+    let error = &failed.json()["error"];
+    assert!(
+        error["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("token (redacted)")),
+        "{error:#}"
+    );
+    runs.push(failed);
+    for args in [
+        &["releases", "--output", "json"][..],
+        &["releases", "--output", "text"][..],
+        &["status", "--output", "json"][..],
+    ] {
+        let run = p.gantry(args);
+        run.expect_code(0);
+        runs.push(run);
+    }
+    for run in &runs {
+        assert!(
+            !agent_support::output(run).contains(SECRET),
+            "`gantry {}` printed the secret:\n{}",
+            run.args.join(" "),
+            agent_support::output(run)
+        );
+    }
+    let kept = [
+        p.state_dir().join(format!("secrets/{name}.env")),
+        p.state_dir().join("container-secrets").join(&db),
+    ];
+    let files = agent_support::files_under(p.state_dir());
+    assert!(
+        files.iter().any(|f| f.ends_with("agent.db")),
+        "the store is searched: {files:?}"
+    );
+    for file in files
+        .iter()
+        .filter(|f| !kept.iter().any(|k| f.starts_with(k)))
+    {
+        let bytes = match std::fs::read(file) {
+            Ok(bytes) => bytes,
+            // Gone since the listing: a temporary file renamed, a task's secret removed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{}: {e}", file.display()),
+        };
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{} holds the secret",
+            file.display()
+        );
+    }
     p.gantry(&["stop"]).expect_code(0);
 }
