@@ -143,7 +143,7 @@ codes! {
     ContainerUnreachable = "container.unreachable", Unreachable, "the host's Docker engine does not answer on /var/run/docker.sock, or the Unix socket the agent's DOCKER_HOST names (not installed, not started, or the socket not the agent's to use); a failed deploy's cause (`error.details.cause.code`)";
     ContainerTooOld = "container.too_old", Conflict, "the host's Docker engine speaks an API older than 1.41 (Docker 20.10); a failed deploy's cause (`error.details.cause.code`)";
     ContainerEngine = "container.engine", Failed, "Docker refused or failed an operation; the message names the object and Docker's answer; a failed deploy's cause (`error.details.cause.code`)";
-    ContainerNoImage = "container.no_image", Invalid, "the service's image is not on the host; a failed deploy's cause (`error.details.cause.code`)";
+    ContainerNoImage = "container.no_image", Invalid, "the service's image is not on the host, and its registry did not give it (it lacks the tag, or does not answer; the message has the engine's words); a failed deploy's cause (`error.details.cause.code`)";
     ContainerUser = "container.user", Invalid, "the user a container runs as is not in its image's /etc/passwd or /etc/group; a failed deploy's cause (`error.details.cause.code`)";
     ContainerSecret = "container.secret", Invalid, "a container service's secret has no value or is over 64 KiB, or its file could not be written; a failed deploy's cause (`error.details.cause.code`)";
     ContainerArchive = "container.archive", Failed, "an image archive, or a file read from a container, is malformed or too large; a failed deploy's cause (`error.details.cause.code`)";

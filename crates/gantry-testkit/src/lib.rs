@@ -7,6 +7,7 @@ pub mod dockerd;
 pub mod hosts;
 pub mod images;
 pub mod postgres;
+pub mod registry;
 mod rootfs;
 pub mod stack;
 pub mod systemd_host;
