@@ -20,12 +20,7 @@ pub struct Registry {
 impl Registry {
     /// Whether `docker-registry` is installed.
     pub fn installed() -> bool {
-        Command::new("docker-registry")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        crate::installed("docker-registry")
     }
 
     /// Starts a registry and waits until it answers `GET /v2/`.
@@ -34,10 +29,7 @@ impl Registry {
             .prefix("gantry-registry-")
             .tempdir()
             .expect("create the registry's directory");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = crate::free_port();
         let config = dir.path().join("config.yml");
         std::fs::write(&config, config_yaml(&dir.path().join("data"), port))
             .expect("write the registry's config");

@@ -372,10 +372,7 @@ fn an_image_service_failing_its_health_check_fails_the_deploy_with_instance_unhe
     let name = "test-ctr-unhealthy";
     let _cleanup = Cleanup(name.to_owned());
     let image = gantry_testkit::images::busybox_web();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = gantry_testkit::free_port();
     // The check runs inside the container, where the file never appears.
     let p = TestProject::new(GANTRY)
         .file(
@@ -388,10 +385,7 @@ fn an_image_service_failing_its_health_check_fails_the_deploy_with_instance_unhe
         )
         .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
 
-    let failed = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
-    failed.expect_code(6);
-    let error = &failed.json()["error"];
-    assert_eq!(error["code"], "deploy.failed", "{error:#}");
+    let error = agent_support::failed_deploy(&p);
     let cause = &error["details"]["cause"];
     assert_eq!(cause["code"], "instance.unhealthy", "{error:#}");
     // The check's last answer, from inside the container.

@@ -262,9 +262,7 @@ fn an_image_service_runs_its_migrations_in_one_off_containers_and_a_failing_pre_
     // answering: the container error is the cause, and nothing changed.
     let absent = "127.0.0.1:1/gantry-test/absent:1";
     write(&p, &toml(name, absent, "d", MIGRATE));
-    let run = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
-    run.expect_code(6);
-    let error = &run.json()["error"];
+    let error = agent_support::failed_deploy(&p);
     assert!(
         error["message"]
             .as_str()

@@ -8,24 +8,11 @@
 
 mod agent_support;
 
-use agent_support::{Cleanup, GANTRY, deploy, docker, in_ci, service};
+use agent_support::{
+    Cleanup, GANTRY, deploy, docker, failed_deploy, image_web_toml, in_ci, web_answer,
+};
 use gantry_testkit::TestProject;
 use gantry_testkit::registry::Registry;
-use serde_json::Value;
-
-fn toml(project: &str, image: &str) -> String {
-    format!(
-        r#"[project]
-name = "{project}"
-
-[services.web]
-image = "{image}"
-port = "http"
-health = {{ path = "/", interval = "100ms", timeout = "1s" }}
-stop_timeout = "2s"
-"#
-    )
-}
 
 /// An image holding a file no other image holds, its top layer, served
 /// at `/`: an answer of `token` comes from that layer.
@@ -47,23 +34,15 @@ fn image_serving(token: &str) -> String {
     )
 }
 
-/// The body of the answer to `GET /` on the web instance's port.
-fn answer(report: &Value) -> String {
-    let port = service(report, "web")["instances"][0]["port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or_else(|| panic!("web has no port: {report:#}"));
-    agent_support::answer(port)
-}
-
 /// Deploys `image`, which must fail with `container.no_image` as its
 /// cause; the cause's message.
 fn deploy_fails_without_image(p: &TestProject, name: &str, image: &str) -> String {
-    std::fs::write(p.path().join("gantry.toml"), toml(name, image)).expect("write gantry.toml");
-    let failed = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
-    failed.expect_code(6);
-    let error = &failed.json()["error"];
-    assert_eq!(error["code"], "deploy.failed", "{error:#}");
+    std::fs::write(
+        p.path().join("gantry.toml"),
+        image_web_toml(name, image, "1"),
+    )
+    .expect("write gantry.toml");
+    let error = failed_deploy(p);
     let cause = &error["details"]["cause"];
     assert_eq!(cause["code"], "container.no_image", "{error:#}");
     let message = cause["message"].as_str().unwrap_or_default().to_owned();
@@ -97,15 +76,12 @@ fn an_image_named_with_its_registry_is_pulled_by_the_host_and_a_registry_without
     docker(&["image", "rm", &image, &built]).expect("docker image rm");
     assert!(docker(&["image", "inspect", &image]).is_err());
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = gantry_testkit::free_port();
     let p = TestProject::new(GANTRY)
-        .file("gantry.toml", &toml(name, &image))
+        .file("gantry.toml", &image_web_toml(name, &image, "1"))
         .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
     let report = deploy(&p);
-    assert_eq!(answer(&report), format!("{token}\n"));
+    assert_eq!(web_answer(&report), format!("{token}\n"));
     // The engine holds it now, by the registry's digest: it was pulled.
     let digests = docker(&["image", "inspect", "-f", "{{json .RepoDigests}}", &image])
         .expect("the image is on the host");
@@ -118,14 +94,14 @@ fn an_image_named_with_its_registry_is_pulled_by_the_host_and_a_registry_without
     let absent = format!("{}/gantry-test/web:absent", registry.address());
     let message = deploy_fails_without_image(&p, name, &absent);
     assert!(message.contains("manifest unknown"), "{message}");
-    assert_eq!(answer(&agent_support::status(&p)), format!("{token}\n"));
+    assert_eq!(web_answer(&agent_support::status(&p)), format!("{token}\n"));
 
     // A registry that does not answer.
     registry.stop();
     let unanswered = format!("{}/gantry-test/web:2", registry.address());
     let message = deploy_fails_without_image(&p, name, &unanswered);
     assert!(message.contains("connection refused"), "{message}");
-    assert_eq!(answer(&agent_support::status(&p)), format!("{token}\n"));
+    assert_eq!(web_answer(&agent_support::status(&p)), format!("{token}\n"));
 
     p.gantry(&["stop"]).expect_code(0);
     let _ = docker(&["image", "rm", &image]);

@@ -3,7 +3,7 @@
 //! 20.10 speaks at most 1.41, Docker 29 refuses anything below 1.44) and
 //! written into every request's path (`/v1.41/...`): bollard 0.21 leaves it
 //! out over a Unix socket, and a daemon would answer in its newest API.
-//! Podman's Docker-compatible socket is untested.
+//! Podman's Docker-compatible socket works too (tests/container_podman.rs).
 //!
 //! One container per instance, labelled `dev.gantry.*` with project,
 //! environment, service, release and instance (`Identity`); published on a
