@@ -70,6 +70,7 @@ fn an_image_named_with_its_registry_is_pulled_by_the_host_and_a_registry_without
     );
     let built = image_serving(&token);
     let image = format!("{}/gantry-test/web:1", registry.address());
+    let _pulled = RemoveImage(image.clone());
     docker(&["tag", &built, &image]).expect("docker tag");
     docker(&["push", &image]).unwrap_or_else(|e| panic!("docker push: {e}\n{}", registry.log()));
     // Gone from this machine, layer and all: only the registry has it.
@@ -104,5 +105,14 @@ fn an_image_named_with_its_registry_is_pulled_by_the_host_and_a_registry_without
     assert_eq!(web_answer(&agent_support::status(&p)), format!("{token}\n"));
 
     p.gantry(&["stop"]).expect_code(0);
-    let _ = docker(&["image", "rm", &image]);
+}
+
+/// Removes the image the test pulled, however the test ends: its name
+/// holds a port no later run will have.
+struct RemoveImage(String);
+
+impl Drop for RemoveImage {
+    fn drop(&mut self) {
+        let _ = docker(&["image", "rm", "-f", &self.0]);
+    }
 }
