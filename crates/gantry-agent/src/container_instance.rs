@@ -62,7 +62,7 @@ pub async fn engine(agent: &Agent) -> Result<&Engine, String> {
 }
 
 /// [`engine`], its error typed: a deploy records the error's code.
-async fn connect(agent: &Agent) -> Result<&Engine, ContainerError> {
+pub(crate) async fn connect(agent: &Agent) -> Result<&Engine, ContainerError> {
     agent
         .containers
         .get_or_try_init(|| async {
@@ -215,7 +215,13 @@ pub async fn launch(
             format!("cannot start `{}`'s container: {}", service.name, e.coded()),
         )
     })?;
-    let exited = || uncoded(format!("`{}`'s container exited at once", service.name));
+    let exited = || {
+        let reason = format!("`{}`'s container exited at once", service.name);
+        LaunchFailure {
+            cause: Some(Cause::new(gantry_core::Code::InstanceExited, &reason)),
+            reason,
+        }
+    };
     let pid = engine
         .main_pid(&id)
         .await

@@ -210,7 +210,13 @@ async fn run_tasks(
     for task in tasks {
         let phase = match crate::task::phase(agent, release, task).await {
             Ok(phase) => phase,
-            Err(e) => return Some(failed(format!("{e}; no new instance started"))),
+            Err(e) => {
+                return Some(StartFailure {
+                    reason: format!("{}; no new instance started", e.error),
+                    log_tail: Vec::new(),
+                    cause: Some(e.cause),
+                });
+            }
         };
         let ended = phase.task.clone();
         timer.phases.push(phase);
@@ -220,13 +226,14 @@ async fn run_tasks(
                 |code| format!("exited with code {code}"),
             );
             let skip = out.output.len().saturating_sub(20);
+            let what = format!("`{}` of `{}` {how}", task.phase, task.service);
             return Some(StartFailure {
-                reason: format!(
-                    "`{}` of `{}` {how}; no new instance started",
-                    task.phase, task.service
-                ),
+                reason: format!("{what}; no new instance started"),
                 log_tail: out.output.into_iter().skip(skip).collect(),
-                cause: None,
+                cause: Some(gantry_core::agent_api::Cause::new(
+                    Code::MigrateCommandFailed,
+                    what,
+                )),
             });
         }
     }

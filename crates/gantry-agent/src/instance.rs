@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use gantry_core::Code;
 use gantry_core::agent_api::ServiceSpec;
 use gantry_core::agent_api::v1::Port;
 use gantry_core::agent_api::v1::{Check, Workload};
-use gantry_core::agent_api::{Exit, InstanceState, Stream};
+use gantry_core::agent_api::{Cause, Exit, InstanceState, Stream};
 
 use crate::agent::Agent;
 use crate::health;
@@ -319,10 +320,11 @@ pub async fn wait_healthy(
                 exit = process::read_exit(&agent.paths.run(), &record.id);
             }
             let what = exit.map_or_else(|| "exited".to_owned(), |e| e.to_string());
+            let reason = format!("instance {} {what} while starting", record.id);
             return Err(StartFailure {
-                reason: format!("instance {} {what} while starting", record.id),
+                cause: Some(Cause::new(Code::InstanceExited, &reason)),
+                reason,
                 log_tail: stderr_tail(agent, &record.project, &record.id, 20),
-                cause: None,
             });
         }
         let elapsed = started.elapsed();
@@ -338,14 +340,15 @@ pub async fn wait_healthy(
             },
         }
         if elapsed > deadline + start_period {
+            let reason = format!(
+                "instance {} did not become healthy within {}s: {last_error}",
+                record.id,
+                (deadline + start_period).as_secs()
+            );
             return Err(StartFailure {
-                reason: format!(
-                    "instance {} did not become healthy within {}s: {last_error}",
-                    record.id,
-                    (deadline + start_period).as_secs()
-                ),
+                cause: Some(Cause::new(Code::InstanceUnhealthy, &reason)),
+                reason,
                 log_tail: stderr_tail(agent, &record.project, &record.id, 20),
-                cause: None,
             });
         }
         let pause = service

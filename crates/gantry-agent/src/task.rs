@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use gantry_core::Code;
 use gantry_core::agent_api::v1::Workload;
-use gantry_core::agent_api::{Phase, Release, ServiceSpec, Task, TaskOutput};
+use gantry_core::agent_api::{Cause, Phase, Release, ServiceSpec, Task, TaskOutput};
 use gantry_core::redact::Redactor;
 
 use crate::agent::{Agent, now_ms};
+use crate::container::ContainerError;
 use crate::error::AgentError;
 use crate::instance;
 use crate::output_tail::{OutputTail, cut_line};
@@ -34,6 +35,52 @@ struct Ended {
     timed_out: bool,
     /// Why the rest of its output was lost, when it was.
     lost: Option<String>,
+}
+
+/// Why a task could not run at all: the agent's error, and the cause a
+/// failed release records: the container error's code when one was why
+/// (the image missing, Docker unreachable), else the error's own.
+#[derive(Debug)]
+pub(crate) struct NotRun {
+    pub error: AgentError,
+    pub cause: Cause,
+}
+
+impl From<AgentError> for NotRun {
+    fn from(error: AgentError) -> NotRun {
+        NotRun {
+            cause: Cause::new(error.code(), error.to_string()),
+            error,
+        }
+    }
+}
+
+impl From<NotRun> for AgentError {
+    fn from(not_run: NotRun) -> AgentError {
+        not_run.error
+    }
+}
+
+/// Why a task's command did not run, as its runner says it.
+struct Unrun {
+    why: String,
+    /// The container error behind it.
+    cause: Option<Cause>,
+}
+
+impl From<String> for Unrun {
+    fn from(why: String) -> Unrun {
+        Unrun { why, cause: None }
+    }
+}
+
+impl From<ContainerError> for Unrun {
+    fn from(error: ContainerError) -> Unrun {
+        Unrun {
+            why: error.coded(),
+            cause: Some(Cause::new(error.code(), error.to_string())),
+        }
+    }
 }
 
 /// The line that ends the output of a task killed at its time limit.
@@ -56,11 +103,7 @@ fn lost_line(why: &str) -> String {
 /// Runs `task` of `release` and returns its phase; a command that exits
 /// non-zero is a phase that says so, not an error. The error says why it
 /// could not run at all.
-pub(crate) async fn phase(
-    agent: &Agent,
-    release: &Release,
-    task: &Task,
-) -> Result<Phase, AgentError> {
+pub(crate) async fn phase(agent: &Agent, release: &Release, task: &Task) -> Result<Phase, NotRun> {
     let spec = release
         .services
         .iter()
@@ -75,18 +118,27 @@ pub(crate) async fn phase(
     let started_at = now_ms();
     let clock = Instant::now();
     let ran = match &spec.workload {
-        Workload::Process { .. } => in_process(agent, release, spec, &task.command).await,
+        Workload::Process { .. } => in_process(agent, release, spec, &task.command)
+            .await
+            .map_err(Unrun::from),
         Workload::Compose { .. } => in_container(agent, release, spec, task).await,
-        Workload::Static { .. } => Err(format!(
+        Workload::Static { .. } => Err(Unrun::from(format!(
             "service `{}` is a static directory: it has nothing to run a command in",
             spec.name
-        )),
+        ))),
     };
-    let ended = ran.map_err(|why| {
-        AgentError::failed(
+    let ended = ran.map_err(|unrun| {
+        let error = AgentError::failed(
             Code::MigrateCommandFailed,
-            format!("cannot run `{}` of `{}`: {why}", task.phase, task.service),
-        )
+            format!(
+                "cannot run `{}` of `{}`: {}",
+                task.phase, task.service, unrun.why
+            ),
+        );
+        match unrun.cause {
+            Some(cause) => NotRun { error, cause },
+            None => NotRun::from(error),
+        }
     })?;
     if ended.timed_out {
         tracing::warn!(project = %release.project, release = %release.id, service = %task.service, phase = %task.phase, "task killed at its time limit");
@@ -159,7 +211,7 @@ pub(crate) async fn run(
             "list them with `gantry releases`",
         )
     })?;
-    let done = phase(agent, &release, &task).await?;
+    let done = phase(agent, &release, &task).await.map_err(|e| e.error)?;
     let (p, i, kept) = (project, release.id.clone(), done.clone());
     agent
         .db(move |s| {
@@ -304,9 +356,9 @@ async fn in_container(
     release: &Release,
     spec: &ServiceSpec,
     task: &Task,
-) -> Result<Ended, String> {
+) -> Result<Ended, Unrun> {
     use futures_util::StreamExt;
-    let engine = crate::container_instance::engine(agent).await?;
+    let engine = crate::container_instance::connect(agent).await?;
     // Named as no instance is: `web-r3-migrate-pre-<random>`.
     let id = format!(
         "{}-{}-{}-{:08x}",
@@ -342,11 +394,8 @@ async fn in_container(
     }
     let secrets = crate::container_instance::secret_values(agent, &release.project, &spec.secrets);
     let name = container.identity.container_name();
-    engine.remove(&name).await.map_err(|e| e.coded())?;
-    let id = engine
-        .create(&container, &secrets)
-        .await
-        .map_err(|e| e.coded())?;
+    engine.remove(&name).await?;
+    let id = engine.create(&container, &secrets).await?;
     let removal = Removal {
         engine: Some(engine.clone()),
         name: name.clone(),
@@ -354,7 +403,7 @@ async fn in_container(
     let mut output = OutputTail::new(OUTPUT_MAX);
     let mut lost = None;
     let ran = tokio::time::timeout(TIME_LIMIT, async {
-        engine.start(&id).await.map_err(|e| e.coded())?;
+        engine.start(&id).await?;
         let mut stream = engine.logs(&id, None, true);
         while let Some(chunk) = stream.next().await {
             match chunk {
@@ -369,9 +418,9 @@ async fn in_container(
             }
         }
         // The stream's end is not the container's: wait for its exit.
-        let exit = engine.wait(&id).await.map_err(|e| e.coded())?;
+        let exit = engine.wait(&id).await?;
         let exit = exit.ok_or_else(|| format!("its container {name} was removed before it exited"))?;
-        Ok::<_, String>(Some(i32::try_from(exit).unwrap_or(i32::MAX)))
+        Ok::<_, Unrun>(Some(i32::try_from(exit).unwrap_or(i32::MAX)))
     })
     .await;
     // Removed by force: a container past its time limit is killed here.

@@ -140,10 +140,12 @@ codes! {
     DeployLocked = "deploy.locked", Conflict, "another deploy of the project (on the host, or of the whole environment) holds its lock; the error names it";
     DeployFailed = "deploy.failed", Failed, "a service's new instances did not become healthy; it kept its previous release";
     DeployVerifyFailed = "deploy.verify_failed", Failed, "a new release crashed or failed its health checks within its verify window (`deploy.verify`) after cutover: that host went back to its previous release and the rollout stopped; the message names the service and why";
+    InstanceUnhealthy = "instance.unhealthy", Failed, "a new instance did not pass its health check in time (its start period and the deploy's wait); the message has the check's last answer; a failed deploy's cause (`error.details.cause.code`)";
+    InstanceExited = "instance.exited", Failed, "a new instance (its process, or its container) exited while starting; the release's log tail has its last output; a failed deploy's cause (`error.details.cause.code`)";
     ContainerUnreachable = "container.unreachable", Unreachable, "the host's Docker engine does not answer on /var/run/docker.sock, or the Unix socket the agent's DOCKER_HOST names (not installed, not started, or the socket not the agent's to use); a failed deploy's cause (`error.details.cause.code`)";
     ContainerTooOld = "container.too_old", Conflict, "the host's Docker engine speaks an API older than 1.41 (Docker 20.10); a failed deploy's cause (`error.details.cause.code`)";
     ContainerEngine = "container.engine", Failed, "Docker refused or failed an operation; the message names the object and Docker's answer; a failed deploy's cause (`error.details.cause.code`)";
-    ContainerNoImage = "container.no_image", Invalid, "the service's image is not on the host; a failed deploy's cause (`error.details.cause.code`)";
+    ContainerNoImage = "container.no_image", Invalid, "the service's image is not on the host, and its registry did not give it (it lacks the tag, or does not answer; the message has the engine's words); a failed deploy's cause (`error.details.cause.code`)";
     ContainerUser = "container.user", Invalid, "the user a container runs as is not in its image's /etc/passwd or /etc/group; a failed deploy's cause (`error.details.cause.code`)";
     ContainerSecret = "container.secret", Invalid, "a container service's secret has no value or is over 64 KiB, or its file could not be written; a failed deploy's cause (`error.details.cause.code`)";
     ContainerArchive = "container.archive", Failed, "an image archive, or a file read from a container, is malformed or too large; a failed deploy's cause (`error.details.cause.code`)";

@@ -80,6 +80,20 @@ pub fn tag_as(image: &str, name: &str) {
     assert!(status.success(), "docker tag {image} {name} failed");
 }
 
+/// busybox's httpd answering `version $VERSION` on `$PORT`.
+pub fn busybox_web() -> String {
+    build(
+        "busybox-web",
+        &[(
+            "Dockerfile",
+            "FROM gantry-test-debian:bookworm\n\
+             RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y busybox \\\n \
+             && rm -rf /var/lib/apt/lists/*\n\
+             CMD [\"sh\", \"-c\", \"mkdir -p /tmp/www && echo \\\"version $VERSION\\\" > /tmp/www/index.html && exec busybox httpd -f -p \\\"$PORT\\\" -h /tmp/www\"]\n",
+        )],
+    )
+}
+
 /// Redis from Debian (`redis-server`, `redis-cli`), as user `redis`,
 /// listening on 6379 on every address, with its append-only file in
 /// /var/lib/redis (mount a volume there to keep data).

@@ -6,7 +6,9 @@
 pub mod dockerd;
 pub mod hosts;
 pub mod images;
+pub mod podman;
 pub mod postgres;
+pub mod registry;
 mod rootfs;
 pub mod stack;
 pub mod systemd_host;
@@ -301,6 +303,40 @@ pub fn http_request_at(
         .map_or("", |(_, b)| b)
         .to_owned();
     Ok((status, body))
+}
+
+/// `docker ARGS` against the engine `docker_host` names (`DOCKER_HOST`),
+/// or the machine's: its output, trimmed, or its error output.
+pub fn docker_at(docker_host: Option<&str>, args: &[&str]) -> Result<String, String> {
+    let mut command = Command::new("docker");
+    command.args(args);
+    if let Some(host) = docker_host {
+        command.env("DOCKER_HOST", host);
+    }
+    let output = command.output().map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+    }
+}
+
+/// Whether `program --version` runs: the program is installed.
+pub fn installed(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A port of 127.0.0.1 free now, for a listener started next.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// Polls `condition` until it holds or `timeout` passes; never a bare sleep.

@@ -18,20 +18,6 @@ use gantry_testkit::{KeepAlive, TestProject, http_get_host};
 
 const SECRET: &str = "tok-Zq81-never-in-docker-inspect";
 
-/// busybox's httpd answering `version $VERSION` on `$PORT`.
-fn web_image() -> String {
-    gantry_testkit::images::build(
-        "busybox-web",
-        &[(
-            "Dockerfile",
-            "FROM gantry-test-debian:bookworm\n\
-             RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y busybox \\\n \
-             && rm -rf /var/lib/apt/lists/*\n\
-             CMD [\"sh\", \"-c\", \"mkdir -p /tmp/www && echo \\\"version $VERSION\\\" > /tmp/www/index.html && exec busybox httpd -f -p \\\"$PORT\\\" -h /tmp/www\"]\n",
-        )],
-    )
-}
-
 fn toml(project: &str, web: &str, redis: &str, version: &str) -> String {
     format!(
         r#"[project]
@@ -111,7 +97,10 @@ fn free_port() -> u16 {
 
 #[test]
 fn image_services_deploy_as_containers_replace_without_downtime_and_settle_after_a_kill() {
-    let (web, redis) = (web_image(), gantry_testkit::images::redis());
+    let (web, redis) = (
+        gantry_testkit::images::busybox_web(),
+        gantry_testkit::images::redis(),
+    );
     let name = "test-ctr";
     let _cleanup = Cleanup(name.to_owned());
     let port = free_port();

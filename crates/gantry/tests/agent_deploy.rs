@@ -239,9 +239,15 @@ fn deploy_keeps_the_previous_release_when_new_instances_fail_health() {
         error["message"].as_str().is_some_and(|m| m.contains("r2")),
         "{error:#}"
     );
+    // Scripts read why without parsing the message.
+    assert_eq!(
+        error["details"]["cause"]["code"], "instance.exited",
+        "{error:#}"
+    );
 
     let r2 = json(&p, &["releases", "show", "r2"]);
     assert_eq!(r2["outcome"], "failed", "{r2:#}");
+    assert_eq!(r2["cause"]["code"], "instance.exited", "{r2:#}");
     let reason = r2["reason"].as_str().expect("a reason");
     assert!(reason.contains("`web`"), "{reason}");
     assert!(reason.contains("exited with status 1"), "{reason}");

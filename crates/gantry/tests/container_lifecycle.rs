@@ -6,8 +6,9 @@
 //! container's memory; and an agent killed in the middle of a deploy
 //! leaves every service on one release with no container the store does
 //! not count; a deploy of an image no host has fails with
-//! `container.no_image` as its cause. Needs root and Docker; the images
-//! are built here.
+//! `container.no_image` as its cause, and one whose container fails its
+//! health check with `instance.unhealthy`. Needs root and Docker; the
+//! images are built here.
 
 mod agent_support;
 
@@ -363,4 +364,39 @@ fn a_deploy_of_an_image_no_host_has_fails_with_the_container_error_as_its_cause(
         "{}",
         text.stderr
     );
+}
+
+#[test]
+fn an_image_service_failing_its_health_check_fails_the_deploy_with_instance_unhealthy_as_its_cause()
+{
+    let name = "test-ctr-unhealthy";
+    let _cleanup = Cleanup(name.to_owned());
+    let image = gantry_testkit::images::busybox_web();
+    let port = gantry_testkit::free_port();
+    // The check runs inside the container, where the file never appears.
+    let p = TestProject::new(GANTRY)
+        .file(
+            "gantry.toml",
+            &format!(
+                "[project]\nname = \"{name}\"\n\n[services.web]\nimage = \"{image}\"\n\
+                 port = \"http\"\nstop_timeout = \"1s\"\n\
+                 health = {{ command = \"test -e /tmp/ready\", interval = \"100ms\", timeout = \"1s\" }}\n"
+            ),
+        )
+        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+
+    let error = agent_support::failed_deploy(&p);
+    let cause = &error["details"]["cause"];
+    assert_eq!(cause["code"], "instance.unhealthy", "{error:#}");
+    // The check's last answer, from inside the container.
+    assert!(
+        cause["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`test -e /tmp/ready` exited with 1")),
+        "{error:#}"
+    );
+    let shown = p.gantry(&["releases", "show", "r1", "--output", "json"]);
+    shown.expect_code(0);
+    assert_eq!(shown.json()["cause"]["code"], "instance.unhealthy");
+    assert!(containers(name).is_empty(), "{:?}", containers(name));
 }

@@ -237,6 +237,12 @@ fn an_image_service_runs_its_migrations_in_one_off_containers_and_a_failing_pre_
             .is_some_and(|h| h.contains("relation users does not exist")),
         "the hint has the command's output: {error:#}"
     );
+    let cause = &error["details"]["cause"];
+    assert_eq!(cause["code"], "migrate.command_failed", "{error:#}");
+    assert_eq!(
+        cause["message"], "`migrate.pre` of `db` exited with code 3",
+        "{error:#}"
+    );
     assert_eq!(containers(name), BTreeSet::from([db.clone()]));
     assert_eq!(
         docker(&["inspect", "-f", "{{.State.StartedAt}}", &db]).expect("inspect db"),
@@ -252,6 +258,28 @@ fn an_image_service_runs_its_migrations_in_one_off_containers_and_a_failing_pre_
     );
     assert_eq!(redis(db_port(&now), "GET visits"), "$1");
     assert_eq!(migrations_log(&db), "pre a\npre b", "post did not run");
+
+    // A pre that cannot run, its image on no host and its registry not
+    // answering: the container error is the cause, and nothing changed.
+    let absent = "127.0.0.1:1/gantry-test/absent:1";
+    write(&p, &toml(name, absent, "d", MIGRATE));
+    let error = agent_support::failed_deploy(&p);
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot run `migrate.pre` of `db`")),
+        "{error:#}"
+    );
+    let cause = &error["details"]["cause"];
+    assert_eq!(cause["code"], "container.no_image", "{error:#}");
+    assert!(
+        cause["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(absent)),
+        "{error:#}"
+    );
+    assert_eq!(containers(name), BTreeSet::from([db.clone()]));
+    assert_eq!(migrations_log(&db), "pre a\npre b");
     let kept = task_phases(&p);
     // Its output as written, stdout and stderr in one stream.
     let failed = kept

@@ -176,9 +176,8 @@ impl Engine {
     /// Pulls `image` from its registry when the engine lacks it: an image
     /// gantry.toml names that the user's machine did not have, so the deploy
     /// did not ship it. An image the deploy shipped (tagged `gantry-<id>`)
-    /// is never pulled. Untested: no registry answers where Gantry's tests
-    /// run; without one the pull fails and the error says the image is
-    /// absent.
+    /// is never pulled. A registry that lacks the tag or does not answer
+    /// fails it with the engine's words (tests/registry_pull.rs).
     pub async fn pull_if_absent(&self, image: &str) -> Result<(), ContainerError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
@@ -207,8 +206,9 @@ impl Engine {
                 Err(e) => super::describe(&e),
             };
             tracing::warn!(image, %message, "the pull failed");
-            return Err(ContainerError::NoImage {
-                image: format!("{image} (the pull from its registry failed: {message})"),
+            return Err(ContainerError::PullFailed {
+                image: image.to_owned(),
+                message,
             });
         }
         Ok(())

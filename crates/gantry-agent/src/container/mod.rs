@@ -3,7 +3,7 @@
 //! 20.10 speaks at most 1.41, Docker 29 refuses anything below 1.44) and
 //! written into every request's path (`/v1.41/...`): bollard 0.21 leaves it
 //! out over a Unix socket, and a daemon would answer in its newest API.
-//! Podman's Docker-compatible socket is untested.
+//! Podman's Docker-compatible socket works too (tests/container_podman.rs).
 //!
 //! One container per instance, labelled `dev.gantry.*` with project,
 //! environment, service, release and instance (`Identity`); published on a
@@ -57,6 +57,10 @@ pub enum ContainerError {
         "no image {image} on this host: ship it with the deploy, or pull it where a registry answers"
     )]
     NoImage { image: String },
+    #[error(
+        "no image {image} on this host, and its registry did not give it: {message}: ship it with the deploy (build or pull it on your machine), or make the registry reachable from the host"
+    )]
+    PullFailed { image: String, message: String },
     #[error("container user `{user}`: {why}")]
     UnknownUser { user: String, why: String },
     #[error("secret {name} has no value: set it with `gantry secrets set {name}`")]
@@ -81,7 +85,9 @@ impl ContainerError {
             ContainerError::Unreachable { .. } => Code::ContainerUnreachable,
             ContainerError::TooOld { .. } => Code::ContainerTooOld,
             ContainerError::Engine { .. } => Code::ContainerEngine,
-            ContainerError::NoImage { .. } => Code::ContainerNoImage,
+            ContainerError::NoImage { .. } | ContainerError::PullFailed { .. } => {
+                Code::ContainerNoImage
+            }
             ContainerError::UnknownUser { .. } => Code::ContainerUser,
             ContainerError::MissingSecret { .. }
             | ContainerError::SecretTooLarge { .. }

@@ -9,8 +9,8 @@
 //! and a rollback runs the old one.
 //!
 //! An image this machine does not hold (`postgres:16` never pulled here) is
-//! not shipped: the host's agent pulls it from its registry. No registry is
-//! reachable where Gantry's tests run, so that path is untested.
+//! not shipped: the host's agent pulls it from its registry
+//! (tests/registry_pull.rs, against a registry of the test's own).
 
 use std::collections::BTreeMap;
 use std::io::Read;

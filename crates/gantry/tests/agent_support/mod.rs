@@ -81,6 +81,43 @@ pub fn deploy(p: &TestProject) -> Value {
     json(p, &["deploy", "--skip-build"])
 }
 
+/// `gantry deploy --skip-build`, which must fail with `deploy.failed`:
+/// its error, whose `details.cause` says why.
+pub fn failed_deploy(p: &TestProject) -> Value {
+    let run = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
+    run.expect_code(6);
+    let error = run.json()["error"].clone();
+    assert_eq!(error["code"], "deploy.failed", "{error:#}");
+    error
+}
+
+/// A project of one image service, `web`, answering HTTP on a named port
+/// with `VERSION` set to `version`.
+pub fn image_web_toml(project: &str, image: &str, version: &str) -> String {
+    format!(
+        r#"[project]
+name = "{project}"
+
+[services.web]
+image = "{image}"
+port = "http"
+env = {{ VERSION = "{version}" }}
+health = {{ path = "/", interval = "100ms", timeout = "1s" }}
+stop_timeout = "2s"
+"#
+    )
+}
+
+/// The body of the answer to `GET /` on the first instance of `web` in a
+/// deploy or status report.
+pub fn web_answer(report: &Value) -> String {
+    let port = service(report, "web")["instances"][0]["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("web has no port: {report:#}"));
+    answer(port)
+}
+
 pub fn status(p: &TestProject) -> Value {
     json(p, &["status"])
 }
@@ -491,15 +528,7 @@ pub fn remote_project(
 
 /// `docker ARGS`: its output, trimmed, or its error output.
 pub fn docker(args: &[&str]) -> Result<String, String> {
-    let output = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
-    }
+    gantry_testkit::docker_at(None, args)
 }
 
 /// The project's containers (running or not), by name.
