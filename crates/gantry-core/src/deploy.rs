@@ -1410,14 +1410,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_release_failed_by_a_container_error_names_its_code_in_the_error() {
-        let mut release = crate::fake::release("r2", Outcome::Failed);
-        release.cause = Some(crate::agent_api::Cause::new(
-            crate::Code::ContainerNoImage,
-            "no image shop/web:1 on this host",
-        ));
-        let report = DeployReport {
+    /// A single host's report of `release`, as `finish` takes it.
+    fn report_of(release: Release) -> DeployReport {
+        DeployReport {
             project: "shop".to_owned(),
             environment: "prod".to_owned(),
             deployment: String::new(),
@@ -1431,8 +1426,17 @@ mod tests {
             hosts: Vec::new(),
             migrations: Vec::new(),
             tasks: Vec::new(),
-        };
-        let error = finish(report).expect_err("a failed release");
+        }
+    }
+
+    #[test]
+    fn a_release_failed_by_a_container_error_names_its_code_in_the_error() {
+        let mut release = crate::fake::release("r2", Outcome::Failed);
+        release.cause = Some(crate::agent_api::Cause::new(
+            crate::Code::ContainerNoImage,
+            "no image shop/web:1 on this host",
+        ));
+        let error = finish(report_of(release)).expect_err("a failed release");
         // Scripts that test for `deploy.failed` still see it.
         assert_eq!(error.code(), "deploy.failed");
         let details = error.details().expect("details");
@@ -1453,50 +1457,52 @@ mod tests {
 
     #[test]
     fn a_release_failed_without_a_coded_cause_has_no_cause_in_the_error() {
-        let report = DeployReport {
-            project: "shop".to_owned(),
-            environment: "prod".to_owned(),
-            deployment: String::new(),
-            host: "local".to_owned(),
-            release: crate::fake::release("r2", Outcome::Failed),
-            services: Vec::new(),
-            build: Vec::new(),
-            upload: Upload::default(),
-            removed: Vec::new(),
-            unchanged: Vec::new(),
-            hosts: Vec::new(),
-            migrations: Vec::new(),
-            tasks: Vec::new(),
-        };
-        let error = finish(report).expect_err("a failed release");
+        let release = crate::fake::release("r2", Outcome::Failed);
+        let error = finish(report_of(release)).expect_err("a failed release");
         let details = error.details().expect("details");
         assert!(details.get("cause").is_none(), "{details:#}");
         assert!(!error.hint().unwrap_or_default().contains("caused by"));
     }
 
-    #[test]
-    fn a_rollout_stopped_by_a_container_error_names_its_code_in_the_error() {
-        let hosts = ["h1", "h2", "h3"];
-        let (_dir, project) = project(&hosts, 1);
+    /// Deploys `project` to its hosts h1, h2 and h3, each running r1, where
+    /// `odd` follows `script` and the others go well.
+    fn deploy_three(
+        project: &Project,
+        odd: &str,
+        script: Script,
+    ) -> (Arc<Fleet>, Result<DeployReport, Error>) {
+        let fleet = Fleet::new(["h1", "h2", "h3"].map(|h| {
+            let script = if h == odd {
+                script.clone()
+            } else {
+                Script::default()
+            };
+            (h, ran(script))
+        }));
+        let result = deploy_to(&fleet, project, &DeployOptions::default(), &Said::default());
+        (fleet, result)
+    }
+
+    /// Three hosts deployed one at a time, `h2`'s new release failing
+    /// (with `cause`, when given).
+    fn fail_on_h2(
+        cause: Option<crate::agent_api::Cause>,
+    ) -> (Arc<Fleet>, Result<DeployReport, Error>) {
+        let (_dir, project) = project(&["h1", "h2", "h3"], 1);
         let failing = Script {
             release_fails: true,
-            release_cause: Some(crate::agent_api::Cause::new(
-                crate::Code::ContainerUnreachable,
-                "cannot reach the Docker engine at /var/run/docker.sock",
-            )),
+            release_cause: cause,
             ..Script::default()
         };
-        let fleet = Fleet::new([
-            ("h1", ran(Script::default())),
-            ("h2", ran(failing)),
-            ("h3", ran(Script::default())),
-        ]);
-        let result = deploy_to(
-            &fleet,
-            &project,
-            &DeployOptions::default(),
-            &Said::default(),
-        );
+        deploy_three(&project, "h2", failing)
+    }
+
+    #[test]
+    fn a_rollout_stopped_by_a_container_error_names_its_code_in_the_error() {
+        let (_, result) = fail_on_h2(Some(crate::agent_api::Cause::new(
+            crate::Code::ContainerUnreachable,
+            "cannot reach the Docker engine at /var/run/docker.sock",
+        )));
 
         let Err(error) = result else {
             panic!("the rollout went on: {result:?}");
@@ -1518,23 +1524,7 @@ mod tests {
 
     #[test]
     fn a_failing_host_is_reverted_and_the_rollout_stops_there() {
-        let hosts = ["h1", "h2", "h3"];
-        let (_dir, project) = project(&hosts, 1);
-        let failing = Script {
-            release_fails: true,
-            ..Script::default()
-        };
-        let fleet = Fleet::new([
-            ("h1", ran(Script::default())),
-            ("h2", ran(failing)),
-            ("h3", ran(Script::default())),
-        ]);
-        let result = deploy_to(
-            &fleet,
-            &project,
-            &DeployOptions::default(),
-            &Said::default(),
-        );
+        let (fleet, result) = fail_on_h2(None);
 
         let Err(Error::DeployFailed { reason, report, .. }) = result else {
             panic!("the rollout went on: {result:?}");
@@ -1618,18 +1608,7 @@ mod tests {
             logs: vec![crate::fake::log_line(1, "panic: no database")],
             ..Script::default()
         };
-        let fleet = Fleet::new([
-            ("h1", ran(crashing)),
-            ("h2", ran(Script::default())),
-            ("h3", ran(Script::default())),
-        ]);
-        let result = deploy_to(
-            &fleet,
-            &project,
-            &DeployOptions::default(),
-            &Said::default(),
-        );
-        (fleet, result)
+        deploy_three(&project, "h1", crashing)
     }
 
     #[test]
