@@ -299,6 +299,18 @@ impl Client {
             .await
     }
 
+    /// [`Client::send`] on the condition that the item is still at `etag`
+    /// (`If-Match`), as a change of an item must be.
+    pub async fn send_if_match(
+        &self,
+        method: &str,
+        path: &str,
+        etag: &str,
+        body: Option<&Value>,
+    ) -> Answer {
+        self.send(method, path, &[("if-match", etag)], body).await
+    }
+
     pub async fn send_raw(
         &self,
         method: &str,
