@@ -6,11 +6,11 @@
 //! form can send the cookie, never that header.
 
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use subtle::ConstantTimeEq;
-
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use subtle::ConstantTimeEq;
 
 use super::{AppState, ClientAddress};
 use crate::error::HubError;
@@ -234,7 +234,7 @@ impl Caller {
         needed: Permission,
         work: impl FnOnce(&Store, &Access) -> Result<R, HubError> + Send + 'static,
     ) -> Result<Response, HubError> {
-        let access = self.principal.access(needed)?;
-        self.state.json(move |store| work(store, &access)).await
+        let answer = self.run(needed, work).await?;
+        Ok((StatusCode::OK, axum::Json(answer)).into_response())
     }
 }
