@@ -34,6 +34,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use gantry_core::agent_api::ArtifactFile;
+use gantry_core::file::FileError;
 
 pub use blobs::BlobStore;
 pub use materialize::materialize;
@@ -45,13 +46,8 @@ pub const MARKER: &str = ".gantry-artifact";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
-    #[error("cannot {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     #[error("`{digest}` is not a sha256 digest (64 lowercase hex characters)")]
     InvalidDigest { digest: String },
     #[error("content hashes to {actual}, not the expected {expected}")]
@@ -92,7 +88,7 @@ impl ArtifactError {
     #[cfg(test)]
     pub fn code(&self) -> &'static str {
         match self {
-            ArtifactError::Io { .. } => "artifact.io_failed",
+            ArtifactError::Io(_) => "artifact.io_failed",
             ArtifactError::InvalidDigest { .. } => "artifact.invalid_digest",
             ArtifactError::DigestMismatch { .. } | ArtifactError::ManifestMismatch { .. } => {
                 "artifact.digest_mismatch"
@@ -129,12 +125,7 @@ impl ArtifactError {
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ArtifactError {
-    let path = path.to_path_buf();
-    move |source| ArtifactError::Io {
-        action,
-        path,
-        source,
-    }
+    FileError::of(action, path)
 }
 
 /// An artifact's digest: the sha256 of its files sorted by path, one line

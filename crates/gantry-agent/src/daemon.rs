@@ -7,6 +7,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use gantry_core::file::FileError;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::agent::{Agent, Paths, Settings};
@@ -19,13 +20,8 @@ use crate::{api, backup, reconcile, supervisor};
 pub enum DaemonError {
     #[error("another agent (pid {pid}) holds {dir}")]
     Locked { pid: String, dir: PathBuf },
-    #[error("cannot {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     #[error("the agent's store failed: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -36,7 +32,7 @@ impl DaemonError {
     pub fn code(&self) -> gantry_core::Code {
         match self {
             DaemonError::Locked { .. } => gantry_core::Code::AgentLocked,
-            DaemonError::Io { .. } | DaemonError::Store(_) => gantry_core::Code::AgentError,
+            DaemonError::Io(_) | DaemonError::Store(_) => gantry_core::Code::AgentError,
         }
     }
 
@@ -45,7 +41,7 @@ impl DaemonError {
             DaemonError::Locked { .. } => {
                 Some("stop it with `gantry agent stop`, or use another --state-dir")
             }
-            DaemonError::Io { .. } | DaemonError::Store(_) => None,
+            DaemonError::Io(_) | DaemonError::Store(_) => None,
         }
     }
 }
@@ -54,12 +50,7 @@ fn io(
     action: &'static str,
     path: impl Into<PathBuf>,
 ) -> impl FnOnce(std::io::Error) -> DaemonError {
-    let path = path.into();
-    move |source| DaemonError::Io {
-        action,
-        path,
-        source,
-    }
+    FileError::of(action, path)
 }
 
 /// Takes the state directory's lock, or says which pid holds it. The lock is

@@ -14,6 +14,7 @@ use hyper::body::Bytes;
 use tokio::sync::mpsc;
 
 use gantry_core::Code;
+use gantry_core::file::FileError;
 
 use crate::artifact::ArtifactError;
 use crate::artifact::{BlobStore, Received};
@@ -73,7 +74,7 @@ pub(crate) async fn put<E: std::fmt::Display>(
                 message: e.to_string(),
                 hint: e.hint(),
             },
-            ArtifactError::Io { .. } => {
+            ArtifactError::Io(_) => {
                 AgentError::failed(Code::ArtifactFailed, format!("blob {digest}: {e}"))
             }
             _ => AgentError::invalid(
@@ -122,10 +123,12 @@ async fn receive<E: std::fmt::Display>(
         }
     }
     drop(sender);
-    writer.await.map_err(|e| ArtifactError::Io {
-        action: "write",
-        path: std::path::PathBuf::from("the upload"),
-        source: io::Error::other(e.to_string()),
+    writer.await.map_err(|e| {
+        ArtifactError::Io(FileError {
+            action: "write",
+            path: "the upload".into(),
+            source: io::Error::other(e.to_string()),
+        })
     })?
 }
 

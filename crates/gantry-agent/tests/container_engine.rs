@@ -145,6 +145,14 @@ async fn exec_until_ok(engine: &Engine, container: &str, command: &[&str]) -> St
     }
 }
 
+/// Creates the container `spec` describes, with no secret values, and
+/// starts it: its id.
+async fn started(engine: &Engine, spec: &ContainerSpec) -> String {
+    let id = engine.create(spec, &BTreeMap::new()).await.expect("create");
+    engine.start(&id).await.expect("start");
+    id
+}
+
 #[tokio::test]
 async fn redis_container_answers_on_loopback_is_labelled_then_stopped_and_removed() {
     let image = gantry_testkit::images::redis();
@@ -160,11 +168,7 @@ async fn redis_container_answers_on_loopback_is_labelled_then_stopped_and_remove
         container: 6379,
         host: port,
     });
-    let id = engine
-        .create(&spec, &BTreeMap::new())
-        .await
-        .expect("create");
-    engine.start(&id).await.expect("start");
+    let id = started(&engine, &spec).await;
     assert_eq!(redis_at(port, "PING"), "+PONG");
     // Published on loopback only.
     let bindings = docker(&[
@@ -246,11 +250,7 @@ async fn a_named_volume_keeps_its_data_when_the_container_is_replaced() {
         host: port,
     });
     first.volumes = vec![volume.clone()];
-    let id = engine
-        .create(&first, &BTreeMap::new())
-        .await
-        .expect("create");
-    engine.start(&id).await.expect("start");
+    let id = started(&engine, &first).await;
     assert_eq!(redis_at(port, "SET visits 41"), "+OK");
     assert_eq!(redis_at(port, "INCR visits"), ":42");
     engine
@@ -262,11 +262,7 @@ async fn a_named_volume_keeps_its_data_when_the_container_is_replaced() {
     let mut second = first.clone();
     second.identity.instance = "i2".to_owned();
     second.identity.release = "r2".to_owned();
-    let id = engine
-        .create(&second, &BTreeMap::new())
-        .await
-        .expect("create the replacement");
-    engine.start(&id).await.expect("start");
+    started(&engine, &second).await;
     assert_eq!(redis_at(port, "GET visits"), "$2");
     assert_eq!(redis_at(port, "INCR visits"), ":43");
 }
@@ -277,18 +273,10 @@ async fn containers_on_the_project_network_reach_each_other_by_service_name() {
     let project = Project::new();
     let engine = project.engine().await;
     let cache_spec = project.spec("cache", "i1", &image);
-    let cache = engine
-        .create(&cache_spec, &BTreeMap::new())
-        .await
-        .expect("create cache");
-    engine.start(&cache).await.expect("start cache");
+    started(&engine, &cache_spec).await;
     let mut web = project.spec("web", "i1", &image);
     web.command = Some(vec!["sleep".to_owned(), "infinity".to_owned()]);
-    let web = engine
-        .create(&web, &BTreeMap::new())
-        .await
-        .expect("create web");
-    engine.start(&web).await.expect("start web");
+    let web = started(&engine, &web).await;
     assert_eq!(
         exec_until_ok(&engine, &web, &["redis-cli", "-h", "cache", "ping"]).await,
         "PONG"
@@ -297,18 +285,10 @@ async fn containers_on_the_project_network_reach_each_other_by_service_name() {
     // this project's containers, not even by their container names.
     let other = Project::new();
     let other_engine = other.engine().await;
-    let stranger = other_engine
-        .create(&other.spec("cache", "i1", &image), &BTreeMap::new())
-        .await
-        .expect("create the other project's cache");
-    other_engine.start(&stranger).await.expect("start");
+    started(&other_engine, &other.spec("cache", "i1", &image)).await;
     let mut probe = other.spec("web", "i1", &image);
     probe.command = Some(vec!["sleep".to_owned(), "infinity".to_owned()]);
-    let probe = other_engine
-        .create(&probe, &BTreeMap::new())
-        .await
-        .expect("create probe");
-    other_engine.start(&probe).await.expect("start probe");
+    let probe = started(&other_engine, &probe).await;
     assert_eq!(
         exec_until_ok(&other_engine, &probe, &["redis-cli", "-h", "cache", "ping"]).await,
         "PONG"
@@ -374,11 +354,7 @@ async fn a_piped_command_past_its_time_limit_is_killed() {
     let image = gantry_testkit::images::redis();
     let project = Project::new();
     let engine = project.engine().await;
-    let id = engine
-        .create(&project.spec("db", "i1", &image), &BTreeMap::new())
-        .await
-        .expect("create");
-    engine.start(&id).await.expect("start");
+    let id = started(&engine, &project.spec("db", "i1", &image)).await;
     exec_until_ok(&engine, &id, &["true"]).await;
     let out = project.secrets.path().join("dump.out");
     // A dump that never ends.
@@ -404,11 +380,7 @@ async fn a_check_past_its_timeout_is_killed() {
     let image = gantry_testkit::images::redis();
     let project = Project::new();
     let engine = project.engine().await;
-    let id = engine
-        .create(&project.spec("db", "i1", &image), &BTreeMap::new())
-        .await
-        .expect("create");
-    engine.start(&id).await.expect("start");
+    let id = started(&engine, &project.spec("db", "i1", &image)).await;
     exec_until_ok(&engine, &id, &["true"]).await;
     let command = [
         "sh".to_owned(),
@@ -436,11 +408,7 @@ async fn memory_and_pids_limits_are_enforced_by_the_containers_cgroup() {
         cpus: Some(0.5),
         pids: Some(50),
     };
-    let id = engine
-        .create(&spec, &BTreeMap::new())
-        .await
-        .expect("create");
-    engine.start(&id).await.expect("start");
+    let id = started(&engine, &spec).await;
     // cgroup v1 names them memory.limit_in_bytes and pids.max; v2 memory.max.
     let memory = exec_until_ok(
         &engine,
@@ -492,8 +460,7 @@ async fn settling_keeps_counted_containers_and_removes_every_other_of_the_projec
     let stale = project.spec("cache", "i1", &image);
     let mut ids = Vec::new();
     for spec in [&counted, &stale] {
-        let id = engine.create(spec, &BTreeMap::new()).await.expect("create");
-        engine.start(&id).await.expect("start");
+        let id = started(&engine, spec).await;
         ids.push(id);
     }
     // Not Gantry's: no labels. Never touched; nor is another agent's.
@@ -543,11 +510,7 @@ async fn waiting_for_a_container_gives_its_exit_code_once_it_has_exited() {
         "-c".to_owned(),
         "echo waiting; while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 3".to_owned(),
     ]);
-    let id = engine
-        .create(&spec, &BTreeMap::new())
-        .await
-        .expect("create");
-    engine.start(&id).await.expect("start");
+    let id = started(&engine, &spec).await;
     exec_until_ok(&engine, &id, &["true"]).await;
     let running = engine.inspect(&id).await.expect("inspect").expect("exists");
     assert!(running.running);
@@ -564,11 +527,7 @@ async fn waiting_for_a_container_gives_its_exit_code_once_it_has_exited() {
     assert_eq!(engine.wait(&id).await.expect("waited"), Some(3));
     let mut spec = project.spec("db", "task-2", &image);
     spec.command = Some(vec!["true".to_owned()]);
-    let ok = engine
-        .create(&spec, &BTreeMap::new())
-        .await
-        .expect("create");
-    engine.start(&ok).await.expect("start");
+    let ok = started(&engine, &spec).await;
     assert_eq!(engine.wait(&ok).await.expect("waited"), Some(0));
     // No such container: nothing to wait for.
     engine.remove(&ok).await.expect("remove");

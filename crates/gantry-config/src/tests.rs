@@ -267,9 +267,8 @@ build = { args = { "1X" = "a" } }
 #[test]
 fn a_backup_kind_is_given_or_told_by_the_image_and_needs_what_it_backs_up() {
     use model::BackupKind;
-    let text = r#"
-[project]
-name = "shop"
+    let text = &shop(
+        r#"
 [services.pg]
 image = "registry.example.com/library/postgres:16"
 volumes = ["pgdata:/var/lib/postgresql/data"]
@@ -284,12 +283,9 @@ backup = { schedule = "0 3 * * *" }
 [services.app]
 run = "./app"
 backup = { schedule = "0 3 * * *", kind = "sqlite", path = "/srv/app.db" }
-"#;
-    let file = parse("gantry.toml", text, &no_vars).expect("valid");
-    let config = Config {
-        path: "gantry.toml".into(),
-        file,
-    };
+"#,
+    );
+    let config = config(text);
     let env = config.environment(LOCAL).expect("local exists");
     let kind = |name: &str| env.services[name].backup.as_ref().map(|b| b.kind);
     assert_eq!(kind("pg"), Some(BackupKind::Postgres));
@@ -298,10 +294,8 @@ backup = { schedule = "0 3 * * *", kind = "sqlite", path = "/srv/app.db" }
     assert_eq!(kind("app"), Some(BackupKind::Sqlite));
     assert_eq!(env.services["pg"].backup.as_ref().map(|b| b.keep), Some(7));
 
-    let bad = errors(
+    let bad = errors(&shop(
         r#"
-[project]
-name = "shop"
 [services.a]
 run = "./a"
 backup = { schedule = "0 3 * * *" }
@@ -315,7 +309,7 @@ backup = { schedule = "every 1d", kind = "volumes" }
 run = "./d"
 backup = { schedule = "every 1d", kind = "files" }
 "#,
-    );
+    ));
     let said: Vec<String> = bad.iter().map(|d| d.message.clone()).collect();
     for expected in [
         "service `a` sets `backup` but not what to back up",
@@ -339,9 +333,8 @@ backup = { schedule = "every 1d", kind = "files" }
 
 #[test]
 fn deploy_verify_and_canary_default_merge_per_environment_and_are_checked() {
-    let text = r#"
-[project]
-name = "shop"
+    let text = &shop(
+        r#"
 [services.web]
 run = "./web"
 port = "http"
@@ -353,12 +346,9 @@ deploy = { canary = true }
 [environments.quick]
 hosts = ["local"]
 deploy = { verify = "0s" }
-"#;
-    let file = parse("gantry.toml", text, &no_vars).expect("valid");
-    let config = Config {
-        path: "gantry.toml".into(),
-        file,
-    };
+"#,
+    );
+    let config = config(text);
     let prod = config.environment("prod").expect("prod");
     assert_eq!(
         (prod.verify.to_string().as_str(), prod.canary),
@@ -366,18 +356,10 @@ deploy = { verify = "0s" }
     );
     let quick = config.environment("quick").expect("quick");
     assert_eq!((quick.verify.as_millis(), quick.canary), (0, false));
-    let bare = parse(
-        "gantry.toml",
+    let bare = self::config(
         "[project]\nname = \"shop\"\n[services.web]\nrun = \"./web\"\nport = \"http\"\n",
-        &no_vars,
-    )
-    .expect("valid");
-    let local = Config {
-        path: "gantry.toml".into(),
-        file: bare,
-    }
-    .environment(LOCAL)
-    .expect("local");
+    );
+    let local = bare.environment(LOCAL).expect("local");
     assert_eq!(local.verify.to_string(), "5s");
 
     let found = errors(

@@ -622,20 +622,7 @@ impl HostPlan<'_> {
             Err(e) => return HostDeploy::lost(host, e),
         };
         let previous = last_succeeded(agent.as_ref(), self.project);
-        let mut outcome = HostDeploy {
-            host: host.name.clone(),
-            outcome: HostOutcome::Unreachable,
-            release: previous.clone(),
-            previous: previous.clone(),
-            error: None,
-            upload: Upload::default(),
-            removed: Vec::new(),
-            unchanged: Vec::new(),
-            verify_failed: false,
-            log_tail: Vec::new(),
-            detail: None,
-            cause: None,
-        };
+        let mut outcome = HostDeploy::on(&host.name, HostOutcome::Unreachable, previous.clone());
         let sent = self
             .upload(agent.as_ref(), progress)
             .and_then(|mut upload| {
@@ -667,15 +654,9 @@ impl HostPlan<'_> {
         };
         outcome.release = Some(result.release.id.clone());
         if result.release.outcome != Outcome::Failed {
-            outcome.outcome = if result.kept {
-                HostOutcome::Unchanged
-            } else {
-                HostOutcome::Deployed
-            };
-            outcome.removed = result.removed;
-            outcome.unchanged = result.unchanged;
-            outcome.detail = Some((result.release, result.services));
-            if !result.kept {
+            let kept = result.kept;
+            outcome.took(result);
+            if !kept {
                 let watch = verify::Watch {
                     project: self.project,
                     window: self.verify,
@@ -922,9 +903,30 @@ impl HostDeploy {
         previous: Option<String>,
         result: Result<crate::agent_api::DeployResult, crate::host::HostError>,
     ) -> HostDeploy {
-        let mut outcome = HostDeploy {
+        let mut outcome = HostDeploy::on(host, HostOutcome::Unreachable, previous);
+        match result {
+            Ok(result) => {
+                if result.release.outcome == Outcome::Failed {
+                    outcome.error = result.release.reason.clone();
+                } else {
+                    outcome.release = Some(result.release.id.clone());
+                }
+                outcome.took(result);
+            }
+            Err(e) => {
+                outcome.error = Some(e.to_string());
+                outcome.cause = Some(Box::new(e.into()));
+            }
+        }
+        outcome
+    }
+
+    /// Host `host` with `outcome`, on `previous` before the deploy and
+    /// after it, until the deploy says otherwise; nothing else known yet.
+    fn on(host: &str, outcome: HostOutcome, previous: Option<String>) -> HostDeploy {
+        HostDeploy {
             host: host.to_owned(),
-            outcome: HostOutcome::Unreachable,
+            outcome,
             release: previous.clone(),
             previous,
             error: None,
@@ -935,47 +937,27 @@ impl HostDeploy {
             log_tail: Vec::new(),
             detail: None,
             cause: None,
-        };
-        match result {
-            Ok(result) => {
-                outcome.outcome = if result.release.outcome == Outcome::Failed {
-                    outcome.error = result.release.reason.clone();
-                    HostOutcome::Failed
-                } else {
-                    outcome.release = Some(result.release.id.clone());
-                    if result.kept {
-                        HostOutcome::Unchanged
-                    } else {
-                        HostOutcome::Deployed
-                    }
-                };
-                outcome.removed = result.removed;
-                outcome.unchanged = result.unchanged;
-                outcome.detail = Some((result.release, result.services));
-            }
-            Err(e) => {
-                outcome.error = Some(e.to_string());
-                outcome.cause = Some(Box::new(e.into()));
-            }
         }
-        outcome
+    }
+
+    /// Takes in the agent's answer for a release it activated: failed, kept
+    /// as it ran (unchanged) or deployed; with the services it removed and
+    /// left running, and the release and services for the report.
+    fn took(&mut self, result: crate::agent_api::DeployResult) {
+        self.outcome = if result.release.outcome == Outcome::Failed {
+            HostOutcome::Failed
+        } else if result.kept {
+            HostOutcome::Unchanged
+        } else {
+            HostOutcome::Deployed
+        };
+        self.removed = result.removed;
+        self.unchanged = result.unchanged;
+        self.detail = Some((result.release, result.services));
     }
 
     pub(crate) fn skipped(host: &HostSpec) -> HostDeploy {
-        HostDeploy {
-            host: host.name.clone(),
-            outcome: HostOutcome::Skipped,
-            release: None,
-            previous: None,
-            error: None,
-            upload: Upload::default(),
-            removed: Vec::new(),
-            unchanged: Vec::new(),
-            verify_failed: false,
-            log_tail: Vec::new(),
-            detail: None,
-            cause: None,
-        }
+        HostDeploy::on(&host.name, HostOutcome::Skipped, None)
     }
 
     pub(crate) fn lost(host: &HostSpec, error: Error) -> HostDeploy {
@@ -1178,10 +1160,15 @@ mod tests {
         deploy(project, "prod", &connect, &|_| None, options, said)
     }
 
+    /// Deploys `project` to `fleet` with the default options, saying nothing.
+    fn deploy_plainly(fleet: &Arc<Fleet>, project: &Project) -> Result<DeployReport, Error> {
+        deploy_to(fleet, project, &DeployOptions::default(), &Said::default())
+    }
+
     /// Rolls `shop` out to `hosts` of `fleet`, `max_parallel` at a time.
     fn roll_out(fleet: &Arc<Fleet>, hosts: &[&str], max_parallel: u32) -> DeployReport {
         let (_dir, project) = project(hosts, max_parallel);
-        deploy_to(fleet, &project, &DeployOptions::default(), &Said::default()).unwrap()
+        deploy_plainly(fleet, &project).unwrap()
     }
 
     /// The deploy calls (`h1 deploy` as it begins, `h1 deployed` as it ends), in order.
@@ -1230,13 +1217,7 @@ mod tests {
         let hosts = ["h1", "h2", "h3"];
         let fleet = Fleet::new(hosts.map(|h| (h, ran(Script::default()))));
         let (_dir, project) = project_with_tasks(&hosts);
-        let report = deploy_to(
-            &fleet,
-            &project,
-            &DeployOptions::default(),
-            &Said::default(),
-        )
-        .unwrap();
+        let report = deploy_plainly(&fleet, &project).unwrap();
 
         let calls: Vec<String> = fleet
             .calls()
@@ -1297,13 +1278,7 @@ mod tests {
         };
         let fleet = Fleet::new(hosts.iter().map(|h| (*h, script.clone())));
         let (_dir, project) = project_with_tasks(hosts);
-        let report = deploy_to(
-            &fleet,
-            &project,
-            &DeployOptions::default(),
-            &Said::default(),
-        )
-        .unwrap();
+        let report = deploy_plainly(&fleet, &project).unwrap();
         let outcomes: Vec<_> = report.hosts.iter().map(|h| h.outcome).collect();
         assert_eq!(outcomes, vec![HostOutcome::Unchanged; hosts.len()]);
         let reported = report
@@ -1376,13 +1351,7 @@ mod tests {
                 .position(|c| c.contains(" task migrate.post"))
                 .unwrap()
         };
-        deploy_to(
-            &fleet,
-            &project,
-            &DeployOptions::default(),
-            &Said::default(),
-        )
-        .unwrap();
+        deploy_plainly(&fleet, &project).unwrap();
         let calls = fleet.calls();
         let connects = calls[before_post(&calls)..]
             .iter()
@@ -1410,14 +1379,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_release_failed_by_a_container_error_names_its_code_in_the_error() {
-        let mut release = crate::fake::release("r2", Outcome::Failed);
-        release.cause = Some(crate::agent_api::Cause::new(
-            crate::Code::ContainerNoImage,
-            "no image shop/web:1 on this host",
-        ));
-        let report = DeployReport {
+    /// A single host's report of `release`, as `finish` takes it.
+    fn report_of(release: Release) -> DeployReport {
+        DeployReport {
             project: "shop".to_owned(),
             environment: "prod".to_owned(),
             deployment: String::new(),
@@ -1431,8 +1395,17 @@ mod tests {
             hosts: Vec::new(),
             migrations: Vec::new(),
             tasks: Vec::new(),
-        };
-        let error = finish(report).expect_err("a failed release");
+        }
+    }
+
+    #[test]
+    fn a_release_failed_by_a_container_error_names_its_code_in_the_error() {
+        let mut release = crate::fake::release("r2", Outcome::Failed);
+        release.cause = Some(crate::agent_api::Cause::new(
+            crate::Code::ContainerNoImage,
+            "no image shop/web:1 on this host",
+        ));
+        let error = finish(report_of(release)).expect_err("a failed release");
         // Scripts that test for `deploy.failed` still see it.
         assert_eq!(error.code(), "deploy.failed");
         let details = error.details().expect("details");
@@ -1453,50 +1426,52 @@ mod tests {
 
     #[test]
     fn a_release_failed_without_a_coded_cause_has_no_cause_in_the_error() {
-        let report = DeployReport {
-            project: "shop".to_owned(),
-            environment: "prod".to_owned(),
-            deployment: String::new(),
-            host: "local".to_owned(),
-            release: crate::fake::release("r2", Outcome::Failed),
-            services: Vec::new(),
-            build: Vec::new(),
-            upload: Upload::default(),
-            removed: Vec::new(),
-            unchanged: Vec::new(),
-            hosts: Vec::new(),
-            migrations: Vec::new(),
-            tasks: Vec::new(),
-        };
-        let error = finish(report).expect_err("a failed release");
+        let release = crate::fake::release("r2", Outcome::Failed);
+        let error = finish(report_of(release)).expect_err("a failed release");
         let details = error.details().expect("details");
         assert!(details.get("cause").is_none(), "{details:#}");
         assert!(!error.hint().unwrap_or_default().contains("caused by"));
     }
 
-    #[test]
-    fn a_rollout_stopped_by_a_container_error_names_its_code_in_the_error() {
-        let hosts = ["h1", "h2", "h3"];
-        let (_dir, project) = project(&hosts, 1);
+    /// Deploys `project` to its hosts h1, h2 and h3, each running r1, where
+    /// `odd` follows `script` and the others go well.
+    fn deploy_three(
+        project: &Project,
+        odd: &str,
+        script: Script,
+    ) -> (Arc<Fleet>, Result<DeployReport, Error>) {
+        let fleet = Fleet::new(["h1", "h2", "h3"].map(|h| {
+            let script = if h == odd {
+                script.clone()
+            } else {
+                Script::default()
+            };
+            (h, ran(script))
+        }));
+        let result = deploy_plainly(&fleet, project);
+        (fleet, result)
+    }
+
+    /// Three hosts deployed one at a time, `h2`'s new release failing
+    /// (with `cause`, when given).
+    fn fail_on_h2(
+        cause: Option<crate::agent_api::Cause>,
+    ) -> (Arc<Fleet>, Result<DeployReport, Error>) {
+        let (_dir, project) = project(&["h1", "h2", "h3"], 1);
         let failing = Script {
             release_fails: true,
-            release_cause: Some(crate::agent_api::Cause::new(
-                crate::Code::ContainerUnreachable,
-                "cannot reach the Docker engine at /var/run/docker.sock",
-            )),
+            release_cause: cause,
             ..Script::default()
         };
-        let fleet = Fleet::new([
-            ("h1", ran(Script::default())),
-            ("h2", ran(failing)),
-            ("h3", ran(Script::default())),
-        ]);
-        let result = deploy_to(
-            &fleet,
-            &project,
-            &DeployOptions::default(),
-            &Said::default(),
-        );
+        deploy_three(&project, "h2", failing)
+    }
+
+    #[test]
+    fn a_rollout_stopped_by_a_container_error_names_its_code_in_the_error() {
+        let (_, result) = fail_on_h2(Some(crate::agent_api::Cause::new(
+            crate::Code::ContainerUnreachable,
+            "cannot reach the Docker engine at /var/run/docker.sock",
+        )));
 
         let Err(error) = result else {
             panic!("the rollout went on: {result:?}");
@@ -1518,23 +1493,7 @@ mod tests {
 
     #[test]
     fn a_failing_host_is_reverted_and_the_rollout_stops_there() {
-        let hosts = ["h1", "h2", "h3"];
-        let (_dir, project) = project(&hosts, 1);
-        let failing = Script {
-            release_fails: true,
-            ..Script::default()
-        };
-        let fleet = Fleet::new([
-            ("h1", ran(Script::default())),
-            ("h2", ran(failing)),
-            ("h3", ran(Script::default())),
-        ]);
-        let result = deploy_to(
-            &fleet,
-            &project,
-            &DeployOptions::default(),
-            &Said::default(),
-        );
+        let (fleet, result) = fail_on_h2(None);
 
         let Err(Error::DeployFailed { reason, report, .. }) = result else {
             panic!("the rollout went on: {result:?}");
@@ -1618,18 +1577,7 @@ mod tests {
             logs: vec![crate::fake::log_line(1, "panic: no database")],
             ..Script::default()
         };
-        let fleet = Fleet::new([
-            ("h1", ran(crashing)),
-            ("h2", ran(Script::default())),
-            ("h3", ran(Script::default())),
-        ]);
-        let result = deploy_to(
-            &fleet,
-            &project,
-            &DeployOptions::default(),
-            &Said::default(),
-        );
-        (fleet, result)
+        deploy_three(&project, "h1", crashing)
     }
 
     #[test]
@@ -1707,13 +1655,7 @@ mod tests {
         let (_dir, project) =
             crate::fake::project_rolling_out(&hosts, 2, "verify = \"1s\"\ncanary = true\n");
         let fleet = Fleet::meeting(hosts.map(|h| (h, ran(Script::default()))), 1);
-        deploy_to(
-            &fleet,
-            &project,
-            &DeployOptions::default(),
-            &Said::default(),
-        )
-        .unwrap();
+        deploy_plainly(&fleet, &project).unwrap();
         let calls = fleet.calls();
         let watched = calls
             .iter()
@@ -1755,12 +1697,7 @@ mod tests {
         let (_dir, project) = project(&["h1"], 1);
         let fleet = Fleet::new([("h1", ran(Script::default()))]);
         fleet.hold_lock(elsewhere());
-        let result = deploy_to(
-            &fleet,
-            &project,
-            &DeployOptions::default(),
-            &Said::default(),
-        );
+        let result = deploy_plainly(&fleet, &project);
 
         let error = result.err().unwrap();
         assert_eq!(error.code(), "deploy.locked");

@@ -405,13 +405,8 @@ pub enum Error {
         service: String,
         error: crate::migrate::MigrateError,
     },
-    #[error("cannot {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::file::FileError),
 }
 
 impl Error {
@@ -419,12 +414,7 @@ impl Error {
         action: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Error {
-        let path = path.into();
-        move |source| Error::Io {
-            action,
-            path,
-            source,
-        }
+        crate::file::FileError::of(action, path)
     }
 
     pub fn code(&self) -> Code {
@@ -460,7 +450,7 @@ impl Error {
             Error::TaskFailed { .. } => Code::MigrateCommandFailed,
             Error::InitExists { .. } => Code::InitExists,
             Error::OutputExists { .. } => Code::OutputExists,
-            Error::Io { .. } => Code::IoFailed,
+            Error::Io(_) => Code::IoFailed,
             Error::Migrate { error, .. } => error.code(),
             Error::StateCorrupt { .. } => Code::StateCorrupt,
             Error::TestFailed { .. } => Code::TestFailed,
@@ -497,7 +487,7 @@ impl Error {
             Error::OutputExists { .. } => {
                 Some("choose an empty or new directory for --out, or remove this one".to_owned())
             }
-            Error::Io { .. } => None,
+            Error::Io(_) => None,
             Error::Migrate { error, .. } => Some(error.hint()),
             Error::StateCorrupt { .. } => Some(
                 "it is Gantry's record of the environment: fix the JSON, or remove the file and run `gantry configure` again".to_owned(),

@@ -1,9 +1,40 @@
 //! Files replaced whole, for state that readers (another process, the next
-//! start) must never see half written.
+//! start) must never see half written; and the error of a failed file
+//! operation, which names the operation and the file.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// "cannot <action> <path>: <cause>": an I/O failure on a named file or
+/// directory, its cause kept as the source. The error enums of gantry-core
+/// and gantry-agent hold it as their `Io` variant.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}: {source}", path.display())]
+pub struct FileError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl FileError {
+    /// For `map_err`: the failure to `action` `path`, as any error that
+    /// holds a `FileError`.
+    pub fn of<E: From<FileError>>(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> E {
+        let path = path.into();
+        move |source| {
+            E::from(FileError {
+                action,
+                path,
+                source,
+            })
+        }
+    }
+}
 
 /// Writes `contents` so that a reader sees the old file or the new one, never
 /// half of it: a temporary file made with `mode` in the same directory,

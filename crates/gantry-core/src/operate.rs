@@ -287,10 +287,8 @@ pub fn rollback(
 ) -> Result<DeployReport, Error> {
     let config = project.load()?;
     let env = config.environment(environment)?;
-    let names = secret_names(&env);
     // Secrets the agent already holds are reused; those set here override them.
-    let secrets =
-        secret_values(config.project_dir(), environment, &names, env_vars).unwrap_or_default();
+    let secrets = services_secrets(&config, &env, environment, env_vars).unwrap_or_default();
     let target = rollback_target(&env, connect, to)?;
     let mark = Some(crate::deployments::new_mark());
     let mut report = match target {
@@ -348,8 +346,7 @@ pub fn sync_secrets(
 ) -> Result<DeployReport, Error> {
     let config = project.load()?;
     let env = config.environment(environment)?;
-    let names = secret_names(&env);
-    let secrets = secret_values(config.project_dir(), environment, &names, env_vars)?;
+    let secrets = services_secrets(&config, &env, environment, env_vars)?;
     redeploy(&env, environment, secrets, connect, None, &|host| {
         let running: Vec<String> = host
             .status(&env.project)?
@@ -375,11 +372,19 @@ pub fn sync_secrets(
     })
 }
 
-fn secret_names(env: &crate::config::resolve::Environment) -> Vec<String> {
-    env.services
+/// The values of the secrets `env`'s services name, as a deploy reads them.
+fn services_secrets(
+    config: &crate::config::Config,
+    env: &crate::config::resolve::Environment,
+    environment: &str,
+    env_vars: &dyn Fn(&str) -> Option<String>,
+) -> Result<std::collections::BTreeMap<String, String>, Error> {
+    let names: Vec<String> = env
+        .services
         .values()
         .flat_map(|s| s.secrets.clone())
-        .collect()
+        .collect();
+    secret_values(config.project_dir(), environment, &names, env_vars)
 }
 
 /// The release a host deploys again (`None`: its previous one).

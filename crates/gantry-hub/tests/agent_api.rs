@@ -6,7 +6,7 @@ mod support;
 use gantry_hub::KeySpec;
 use gantry_hub::model::{Permission, Role};
 use serde_json::{Value, json};
-use support::{Db, Hub};
+use support::{Answer, Client, Db, Hub};
 
 on_both_databases!(
     of_fifty_racing_agents_exactly_one_claims_the_item,
@@ -51,9 +51,7 @@ async fn of_fifty_racing_agents_exactly_one_claims_the_item(db: Db) {
         let (path, etag, start) = (path.clone(), etag.clone(), start.clone());
         racers.push(tokio::spawn(async move {
             start.wait().await;
-            let answer = client
-                .send("PATCH", &path, &[("if-match", &etag)], None)
-                .await;
+            let answer = client.send_if_match("PATCH", &path, &etag, None).await;
             (name, answer)
         }));
     }
@@ -108,7 +106,7 @@ async fn updates_need_the_current_etag(db: Db) {
     let first = agent.get(&format!("/api/agent/items/{}", item["id"])).await;
     let etag = first.etag();
     let changed = agent
-        .send("PATCH", &status, &[("if-match", &etag)], Some(&body))
+        .send_if_match("PATCH", &status, &etag, Some(&body))
         .await;
     assert_eq!(changed.status, 200, "{}", changed.text);
     assert_eq!(changed.json()["status"], "in_progress");
@@ -116,12 +114,7 @@ async fn updates_need_the_current_etag(db: Db) {
     assert_ne!(changed.etag(), etag, "a change moves the ETag");
 
     let stale = agent
-        .send(
-            "PATCH",
-            &status,
-            &[("if-match", &etag)],
-            Some(&json!({"status": "done"})),
-        )
+        .send_if_match("PATCH", &status, &etag, Some(&json!({"status": "done"})))
         .await;
     assert_eq!(stale.status, 412, "{}", stale.text);
     assert_eq!(stale.code(), "hub.stale");
@@ -341,10 +334,10 @@ async fn an_agent_works_an_item_from_claim_to_done(db: Db) {
     let base = "/api/agent/items/SHOP-2";
     let etag = |v: &Value| format!("\"{}\"", v["version"]);
     let claimed = agent
-        .send(
+        .send_if_match(
             "PATCH",
             &format!("{base}/claim"),
-            &[("if-match", &etag(&item))],
+            &etag(&item),
             Some(&json!({"seconds": 600})),
         )
         .await;
@@ -354,12 +347,7 @@ async fn an_agent_works_an_item_from_claim_to_done(db: Db) {
     let pr = json!({"url": "https://git.example.com/shop/pull/7", "number": 7, "title": "Disable checkout on empty cart",
         "status": "open", "branch": item["branch"], "commit": "4b825dc"});
     let linked = agent
-        .send(
-            "PATCH",
-            &format!("{base}/pr"),
-            &[("if-match", &etag(&item))],
-            Some(&pr),
-        )
+        .send_if_match("PATCH", &format!("{base}/pr"), &etag(&item), Some(&pr))
         .await;
     assert_eq!(linked.status, 200, "{}", linked.text);
     let item = linked.json();
@@ -367,10 +355,10 @@ async fn an_agent_works_an_item_from_claim_to_done(db: Db) {
 
     let entry = item["checklist"][0]["id"].as_i64().unwrap();
     let ticked = agent
-        .send(
+        .send_if_match(
             "POST",
             &format!("{base}/checklist"),
-            &[("if-match", &etag(&item))],
+            &etag(&item),
             Some(&json!({"check": [entry], "add": ["Changelog entry"]})),
         )
         .await;
@@ -381,10 +369,10 @@ async fn an_agent_works_an_item_from_claim_to_done(db: Db) {
 
     let other = hub.client(&hub.key("other", Permission::Write, None).await);
     let meddling = other
-        .send(
+        .send_if_match(
             "PATCH",
             &format!("{base}/status"),
-            &[("if-match", &etag(&item))],
+            &etag(&item),
             Some(&json!({"status": "wont_fix"})),
         )
         .await;
@@ -430,10 +418,10 @@ async fn an_agent_works_an_item_from_claim_to_done(db: Db) {
 
     let item = agent.get(base).await.json();
     let done = agent
-        .send(
+        .send_if_match(
             "PATCH",
             &format!("{base}/status"),
-            &[("if-match", &etag(&item))],
+            &etag(&item),
             Some(&json!({"status": "done", "reason": "merged", "evidence": ["CI run 88 green"]})),
         )
         .await;
@@ -446,12 +434,7 @@ async fn an_agent_works_an_item_from_claim_to_done(db: Db) {
         "finishing an item ends its claim"
     );
     let again = agent
-        .send(
-            "PATCH",
-            &format!("{base}/claim"),
-            &[("if-match", &etag(&item))],
-            None,
-        )
+        .send_if_match("PATCH", &format!("{base}/claim"), &etag(&item), None)
         .await;
     assert_eq!(again.code(), "hub.item_finished");
 
@@ -521,10 +504,10 @@ async fn lists_filter_poll_and_page(db: Db) {
     let last = page["items"][6]["updated_at"].as_str().unwrap().to_owned();
     let item = &page["items"][1];
     let moved = agent
-        .send(
+        .send_if_match(
             "PATCH",
             &format!("/api/agent/items/{}/status", item["id"]),
-            &[("if-match", &format!("\"{}\"", item["version"]))],
+            &format!("\"{}\"", item["version"]),
             Some(&json!({"status": "in_progress"})),
         )
         .await;
@@ -559,21 +542,16 @@ async fn a_claim_expires_and_another_agent_takes_it(db: Db) {
         .await;
     let path = format!("/api/agent/items/{}", item["id"]);
     let claimed = first
-        .send(
+        .send_if_match(
             "PATCH",
             &format!("{path}/claim"),
-            &[("if-match", &format!("\"{}\"", item["version"]))],
+            &format!("\"{}\"", item["version"]),
             Some(&json!({"seconds": 1})),
         )
         .await;
     assert_eq!(claimed.status, 200, "{}", claimed.text);
     let held = second
-        .send(
-            "PATCH",
-            &format!("{path}/claim"),
-            &[("if-match", &claimed.etag())],
-            None,
-        )
+        .send_if_match("PATCH", &format!("{path}/claim"), &claimed.etag(), None)
         .await;
     assert_eq!(held.code(), "hub.claimed");
     // Poll until the claim has run out; it must within a few seconds.
@@ -582,12 +560,7 @@ async fn a_claim_expires_and_another_agent_takes_it(db: Db) {
         let now = second.get(&path).await;
         if now.json()["claim"].is_null() {
             let taken = second
-                .send(
-                    "PATCH",
-                    &format!("{path}/claim"),
-                    &[("if-match", &now.etag())],
-                    None,
-                )
+                .send_if_match("PATCH", &format!("{path}/claim"), &now.etag(), None)
                 .await;
             assert_eq!(taken.status, 200, "{}", taken.text);
             assert_eq!(taken.json()["claim"]["holder"], "second");
@@ -652,10 +625,10 @@ async fn an_edit_changes_the_named_fields_and_logs_each(db: Db) {
     let missing = agent.send("PATCH", &path, &[], Some(&edit)).await;
     assert_eq!(missing.status, 428);
     let edited = agent
-        .send(
+        .send_if_match(
             "PATCH",
             &path,
-            &[("if-match", &format!("\"{}\"", item["version"]))],
+            &format!("\"{}\"", item["version"]),
             Some(&edit),
         )
         .await;
@@ -754,10 +727,10 @@ async fn full_text_search_finds_words_in_titles_and_descriptions(db: Db) {
     // A title changed later is found by its new words only.
     let item = agent.get("/api/agent/items/SHOP-3").await;
     let renamed = agent
-        .send(
+        .send_if_match(
             "PATCH",
             "/api/agent/items/SHOP-3",
-            &[("if-match", &item.etag())],
+            &item.etag(),
             Some(&json!({"title": "New wordmark"})),
         )
         .await;
@@ -787,10 +760,10 @@ async fn the_audit_log_records_changes_and_refused_keys(db: Db) {
         .create(&json!({"product": "SHOP", "type": "task", "title": "Audit me"}))
         .await;
     agent
-        .send(
+        .send_if_match(
             "PATCH",
             "/api/agent/items/SHOP-1/claim",
-            &[("if-match", &format!("\"{}\"", item["version"]))],
+            &format!("\"{}\"", item["version"]),
             None,
         )
         .await;
@@ -892,10 +865,10 @@ async fn sub_tasks_roll_up_and_planning_fields_are_checked(db: Db) {
         children.push(child);
     }
     let done = agent
-        .send(
+        .send_if_match(
             "PATCH",
             &format!("/api/agent/items/{}/status", children[0]["id"]),
-            &[("if-match", &format!("\"{}\"", children[0]["version"]))],
+            &format!("\"{}\"", children[0]["version"]),
             Some(&json!({"status": "done"})),
         )
         .await;
@@ -934,10 +907,10 @@ async fn sub_tasks_roll_up_and_planning_fields_are_checked(db: Db) {
 
     let child = agent.get("/api/agent/items/SHOP-3").await;
     let freed = agent
-        .send(
+        .send_if_match(
             "PATCH",
             "/api/agent/items/SHOP-3",
-            &[("if-match", &child.etag())],
+            &child.etag(),
             Some(&json!({"parent": null, "estimate": 2})),
         )
         .await;
@@ -957,6 +930,15 @@ async fn sub_tasks_roll_up_and_planning_fields_are_checked(db: Db) {
     assert_eq!(fields, ["created", "estimate", "parent"]);
 }
 
+/// Changes the links of item `reference` (`SHOP-1`) at its current version.
+async fn change_links(agent: &Client, reference: &str, change: &Value) -> Answer {
+    let path = format!("/api/agent/items/{reference}");
+    let etag = agent.get(&path).await.etag();
+    agent
+        .send_if_match("POST", &format!("{path}/links"), &etag, Some(change))
+        .await
+}
+
 async fn links_show_from_both_sides_and_can_be_removed(db: Db) {
     let hub = Hub::start(db).await;
     let agent = hub.client(&hub.key("linker", Permission::Write, None).await);
@@ -965,20 +947,12 @@ async fn links_show_from_both_sides_and_can_be_removed(db: Db) {
             .create(&json!({"product": "SHOP", "type": "task", "title": title}))
             .await;
     }
-    let api = agent.get("/api/agent/items/SHOP-2").await;
     let change = json!({"add": [{"kind": "blocked_by", "target": "SHOP-1"}]});
     let missing = agent
         .send("POST", "/api/agent/items/SHOP-2/links", &[], Some(&change))
         .await;
     assert_eq!(missing.status, 428);
-    let linked = agent
-        .send(
-            "POST",
-            "/api/agent/items/SHOP-2/links",
-            &[("if-match", &api.etag())],
-            Some(&change),
-        )
-        .await;
+    let linked = change_links(&agent, "SHOP-2", &change).await;
     assert_eq!(linked.status, 200, "{}", linked.text);
     assert_eq!(
         linked.json()["links"],
@@ -991,16 +965,8 @@ async fn links_show_from_both_sides_and_can_be_removed(db: Db) {
         "seen from the other side"
     );
 
-    let old = agent.get("/api/agent/items/SHOP-3").await;
     let dup = json!({"add": [{"kind": "duplicate_of", "target": "SHOP-2"}]});
-    let marked = agent
-        .send(
-            "POST",
-            "/api/agent/items/SHOP-3/links",
-            &[("if-match", &old.etag())],
-            Some(&dup),
-        )
-        .await;
+    let marked = change_links(&agent, "SHOP-3", &dup).await;
     assert_eq!(marked.status, 200, "{}", marked.text);
     let api = agent.get("/api/agent/items/SHOP-2").await;
     assert_eq!(
@@ -1009,16 +975,8 @@ async fn links_show_from_both_sides_and_can_be_removed(db: Db) {
     );
 
     // Removed from the side that did not make it.
-    let schema = agent.get("/api/agent/items/SHOP-1").await;
     let unlink = json!({"remove": [{"kind": "blocks", "target": "SHOP-2"}]});
-    let removed = agent
-        .send(
-            "POST",
-            "/api/agent/items/SHOP-1/links",
-            &[("if-match", &schema.etag())],
-            Some(&unlink),
-        )
-        .await;
+    let removed = change_links(&agent, "SHOP-1", &unlink).await;
     assert_eq!(removed.status, 200, "{}", removed.text);
     assert_eq!(removed.json()["links"], json!([]));
     let api = agent.get("/api/agent/items/SHOP-2").await.json();
@@ -1027,15 +985,8 @@ async fn links_show_from_both_sides_and_can_be_removed(db: Db) {
         json!([{"kind": "duplicated_by", "target": "SHOP-3"}])
     );
 
-    let itself = agent.get("/api/agent/items/SHOP-1").await;
-    let selfish = agent
-        .send(
-            "POST",
-            "/api/agent/items/SHOP-1/links",
-            &[("if-match", &itself.etag())],
-            Some(&json!({"add": [{"kind": "relates_to", "target": "SHOP-1"}]})),
-        )
-        .await;
+    let itself = json!({"add": [{"kind": "relates_to", "target": "SHOP-1"}]});
+    let selfish = change_links(&agent, "SHOP-1", &itself).await;
     assert_eq!(selfish.code(), "hub.invalid");
     let log = agent.get("/api/agent/items/SHOP-1/activity").await.json();
     assert_eq!(log[1]["field"], "link");
@@ -1077,10 +1028,10 @@ async fn items_aim_at_a_products_milestones(db: Db) {
     assert!(unknown.hint().contains("gantry hub milestone add"));
 
     let moved = agent
-        .send(
+        .send_if_match(
             "PATCH",
             "/api/agent/items/SHOP-1",
-            &[("if-match", &format!("\"{}\"", item["version"]))],
+            &format!("\"{}\"", item["version"]),
             Some(&json!({"milestone": "2.0"})),
         )
         .await;

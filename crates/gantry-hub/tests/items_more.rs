@@ -212,10 +212,10 @@ async fn watchers_are_notified_of_changes_and_comments_by_others(db: Db) {
     assert_eq!(ann.get(&watchers).await.json(), json!(["ann", "bob"]));
 
     let changed = ann
-        .send(
+        .send_if_match(
             "PATCH",
             &format!("/api/agent/items/{}/status", item["id"]),
-            &[("if-match", &etag(&item))],
+            &etag(&item),
             Some(&json!({"status": "in_progress"})),
         )
         .await;
@@ -315,10 +315,10 @@ async fn custom_fields_are_defined_per_product_checked_and_filterable(db: Db) {
 
     let path = format!("/api/agent/items/{}", item["id"]);
     let edited = agent
-        .send(
+        .send_if_match(
             "PATCH",
             &path,
-            &[("if-match", &etag(&item))],
+            &etag(&item),
             Some(&json!({"custom": {"Points": 5, "Team": null, "Launch": "2027-03-01"}})),
         )
         .await;

@@ -43,10 +43,10 @@ async fn finish(lead: &Client, reference: &str, status: &str) {
     let path = format!("/api/agent/items/{reference}");
     let etag = lead.get(&path).await.etag();
     let changed = lead
-        .send(
+        .send_if_match(
             "PATCH",
             &format!("{path}/status"),
-            &[("if-match", &etag)],
+            &etag,
             Some(&json!({"status": status})),
         )
         .await;

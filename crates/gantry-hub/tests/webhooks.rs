@@ -726,12 +726,7 @@ async fn analytics_count_cycles_closers_and_fire_sla_breaches(db: Db) {
                 .await
                 .etag();
             let moved = client
-                .send(
-                    "PATCH",
-                    &path,
-                    &[("if-match", &etag)],
-                    Some(&json!({"status": status})),
-                )
+                .send_if_match("PATCH", &path, &etag, Some(&json!({"status": status})))
                 .await;
             assert_eq!(moved.status, 200, "{}", moved.text);
         }

@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::acme::AcmeError;
+use crate::file::FileError;
 use crate::table::TableError;
 use crate::tls::{CaError, CertError};
 
@@ -22,13 +23,8 @@ pub enum ProxyError {
     },
     #[error("another proxy already answers on {}", path.display())]
     AlreadyRunning { path: PathBuf },
-    #[error("cannot {action} {}", path.display())]
-    State {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    State(#[from] FileError),
     #[error("the saved routes in {} are not a valid route table: {message}", path.display())]
     SavedRoutes { path: PathBuf, message: String },
     #[error("cannot take over the listeners of the proxy on {}: {message}", path.display())]
@@ -62,7 +58,7 @@ impl ProxyError {
             ProxyError::Listen { .. } => "proxy.listen_failed",
             ProxyError::ControlSocket { .. } => "proxy.control_socket_failed",
             ProxyError::AlreadyRunning { .. } => "proxy.already_running",
-            ProxyError::State { .. } => "proxy.state_io_failed",
+            ProxyError::State(_) => "proxy.state_io_failed",
             ProxyError::SavedRoutes { .. } => "proxy.saved_routes_invalid",
             ProxyError::Handoff { .. } => "proxy.handoff_failed",
             ProxyError::Thread(_) => "proxy.thread_failed",

@@ -1,19 +1,39 @@
 //! Files replaced whole and durably: the saved route table and the ACME
-//! state must survive a crash as the old file or the new one.
+//! state must survive a crash as the old file or the new one. And the error
+//! of a failed file operation, which the proxy's error enums hold.
 //!
-//! gantry-core holds the same helper for the rest of Gantry (without the
-//! directory sync); the proxy depends on no other Gantry crate, so it keeps
-//! its own.
+//! gantry-core holds the same helper and error for the rest of Gantry
+//! (without the directory sync, and with the cause in the message); the
+//! proxy depends on no other Gantry crate, so it keeps its own.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
-/// What failed, on which path.
-pub(crate) struct FileError {
+/// "cannot <action> <path>": what failed, on which path; the cause is
+/// its source.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}", path.display())]
+pub struct FileError {
     pub action: &'static str,
     pub path: PathBuf,
+    #[source]
     pub source: std::io::Error,
+}
+
+impl FileError {
+    /// For `map_err`: the failure to `action` `path`.
+    pub(crate) fn at(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> FileError {
+        let path = path.into();
+        move |source| FileError {
+            action,
+            path,
+            source,
+        }
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary file made with `mode` in

@@ -51,6 +51,7 @@ pub use control::{
 };
 pub use dir::ProxyDir;
 pub use error::ProxyError;
+pub use file::FileError;
 pub use forwarded::TrustedProxy;
 pub use handoff::Listeners;
 pub use limits::ClientLimits;

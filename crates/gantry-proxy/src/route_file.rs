@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::ProxyError;
+use crate::file::FileError;
 use crate::table::RouteTable;
 
 pub(crate) fn path(state_dir: &Path) -> PathBuf {
@@ -17,13 +18,7 @@ pub(crate) fn load(path: &Path) -> Result<RouteTable, ProxyError> {
     let text = match std::fs::read(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RouteTable::default()),
-        Err(source) => {
-            return Err(ProxyError::State {
-                action: "read",
-                path: path.to_owned(),
-                source,
-            });
-        }
+        Err(source) => return Err(FileError::at("read", path)(source).into()),
     };
     let table: RouteTable = serde_json::from_slice(&text).map_err(|e| ProxyError::SavedRoutes {
         path: path.to_owned(),
@@ -37,18 +32,11 @@ pub(crate) fn load(path: &Path) -> Result<RouteTable, ProxyError> {
 }
 
 pub(crate) fn save(path: &Path, table: &RouteTable) -> Result<(), ProxyError> {
-    let mut text = serde_json::to_vec_pretty(table).map_err(|e| ProxyError::State {
-        action: "encode",
-        path: path.to_owned(),
-        source: e.into(),
-    })?;
+    let mut text =
+        serde_json::to_vec_pretty(table).map_err(|e| FileError::at("encode", path)(e.into()))?;
     text.push(b'\n');
     // 0666 before the umask, as `File::create` makes files.
-    crate::file::write_atomic(path, &text, 0o666).map_err(|e| ProxyError::State {
-        action: e.action,
-        path: e.path,
-        source: e.source,
-    })
+    Ok(crate::file::write_atomic(path, &text, 0o666)?)
 }
 
 #[cfg(test)]

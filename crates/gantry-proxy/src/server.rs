@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::acme::{AcmeConfig, AcmeEvent, AcmeManager, Challenges, Issued, OnIssued, acme_names};
 use crate::exchange::AccessLog;
+use crate::file::FileError;
 use crate::handoff::{self, HandedOff, Listeners};
 use crate::limits::{ConnectionCaps, fd_budget};
 use crate::state::ProxyState;
@@ -183,11 +184,8 @@ fn launch(
     check_settings(&config)?;
     let mut listeners = listeners;
     let (listener, http_addr) = http_listener(&mut listeners, &config)?;
-    std::fs::create_dir_all(&config.state_dir).map_err(|source| ProxyError::State {
-        action: "create",
-        path: config.state_dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(FileError::at("create", &config.state_dir))?;
     let routes_file = route_file::path(&config.state_dir);
     let table = route_file::load(&routes_file)?;
     let https = https_listener(&mut listeners, &config)?;
@@ -343,11 +341,7 @@ fn check_settings(config: &ProxyConfig) -> Result<(), ProxyError> {
         acme.validate()?;
     }
     if let Some((path, max_bytes)) = &config.log_file {
-        crate::log::to_file(path, *max_bytes).map_err(|source| ProxyError::State {
-            action: "open",
-            path: path.clone(),
-            source,
-        })?;
+        crate::log::to_file(path, *max_bytes).map_err(FileError::at("open", path))?;
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ use crate::Timeouts;
 use crate::acme::{Challenges, acme_names};
 use crate::error::ProxyError;
 use crate::exchange::AccessLog;
+use crate::file::FileError;
 use crate::forwarded::TrustedProxy;
 use crate::limits::ClientLimits;
 use crate::metrics::{Metrics, NO_ROUTE, ServiceMetrics};
@@ -120,10 +121,8 @@ impl ProxyState {
         let (file, saved) = (self.routes_file.clone(), Arc::clone(&table));
         tokio::task::spawn_blocking(move || route_file::save(&file, &saved))
             .await
-            .map_err(|e| ProxyError::State {
-                action: "write",
-                path: self.routes_file.clone(),
-                source: std::io::Error::other(e.to_string()),
+            .map_err(|e| {
+                FileError::at("write", &self.routes_file)(std::io::Error::other(e.to_string()))
             })??;
         self.certs.apply(&table, user_certs);
         let router = Router::build(table, &self.upstreams, &self.metrics);

@@ -224,6 +224,44 @@ impl Drop for Cleanup {
     }
 }
 
+/// `docker exec` with `args` until it succeeds (a database may still be
+/// starting), for at most `wait`: its output, trimmed. `tool` names it in
+/// the failure.
+fn exec_until_up(tool: &str, args: &[&str], wait: Duration) -> String {
+    let deadline = Instant::now() + wait;
+    loop {
+        let out = Command::new("docker")
+            .arg("exec")
+            .args(args)
+            .output()
+            .expect("docker exec");
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{tool}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `gantry backup pull` of backup `id` of `service` to `to`.
+fn pull(p: &TestProject, service: &str, id: &str, to: &Path) -> Value {
+    json(
+        p,
+        &[
+            "backup",
+            "pull",
+            service,
+            id,
+            "--to",
+            &to.display().to_string(),
+        ],
+    )
+}
+
 fn container(project: &str, report: &Value, name: &str) -> String {
     let id = service(report, name)["instances"][0]["id"]
         .as_str()
@@ -315,17 +353,7 @@ fn a_volume_is_backed_up_and_restored_identical() {
 
     // Pulled to this machine, checked against its sha256.
     let to = p.path().join("db.tar.zst");
-    let pulled = json(
-        &p,
-        &[
-            "backup",
-            "pull",
-            "db",
-            id,
-            "--to",
-            &to.display().to_string(),
-        ],
-    );
+    let pulled = pull(&p, "db", id, &to);
     let sha = run("sha256sum", &[&to.display().to_string()]);
     assert_eq!(
         Some(sha.split_whitespace().next().unwrap_or("")),
@@ -348,27 +376,13 @@ fn a_postgres_database_is_dumped_and_restored_identical() {
             "[services.db]\nimage = \"{image}\"\nport = 5432\nhealth = {{ tcp = true, interval = \"200ms\", timeout = \"1s\", start_period = \"30s\" }}\nvolumes = [\"pgdata:/var/lib/postgresql/data\"]\nenv = {{ POSTGRES_PASSWORD = \"pw\", POSTGRES_DB = \"shop\" }}\nstop_timeout = \"10s\"\nbackup = {{ schedule = \"0 3 * * *\", keep = 3, kind = \"postgres\" }}\n"
         ),
     );
-    let report = deploy(&p);
-    let db = container(name, &report, "db");
+    let db = container(name, &deploy(&p), "db");
     let psql = |sql: &str| {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let out = Command::new("docker")
-                .args([
-                    "exec", &db, "psql", "-U", "postgres", "-d", "shop", "-tAc", sql,
-                ])
-                .output()
-                .expect("docker exec");
-            if out.status.success() {
-                return String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "psql: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        exec_until_up(
+            "psql",
+            &[&db, "psql", "-U", "postgres", "-d", "shop", "-tAc", sql],
+            DEADLINE,
+        )
     };
     psql(
         "CREATE TABLE orders(id serial PRIMARY KEY, item text, n int); INSERT INTO orders(item, n) SELECT md5(i::text), i FROM generate_series(1, 20000) i;",
@@ -386,17 +400,7 @@ fn a_postgres_database_is_dumped_and_restored_identical() {
 
     // The dump is PostgreSQL's custom format, pulled intact.
     let to = p.path().join("db.pgdump");
-    json(
-        &p,
-        &[
-            "backup",
-            "pull",
-            "db",
-            id,
-            "--to",
-            &to.display().to_string(),
-        ],
-    );
+    pull(&p, "db", id, &to);
     let bytes = std::fs::read(&to).expect("pulled");
     assert!(bytes.starts_with(b"PGDMP"), "not a pg_dump archive");
     // Nothing of the password in the backup's record or the agent's answers.
@@ -416,37 +420,24 @@ fn a_mariadb_database_is_dumped_and_restored() {
             "[services.db]\nimage = \"{image}\"\nport = 3306\nhealth = {{ tcp = true, interval = \"200ms\", timeout = \"1s\", start_period = \"60s\" }}\nvolumes = [\"mysql:/var/lib/mysql\"]\nenv = {{ MARIADB_ROOT_PASSWORD = \"s3cret-pw\", MARIADB_DATABASE = \"shop\" }}\nstop_timeout = \"10s\"\nbackup = {{ schedule = \"0 3 * * *\", kind = \"mysql\" }}\n"
         ),
     );
-    let report = deploy(&p);
-    let db = container(name, &report, "db");
+    let db = container(name, &deploy(&p), "db");
     let sql = |query: &str| {
-        let deadline = Instant::now() + DEADLINE * 3;
-        loop {
-            let out = Command::new("docker")
-                .args([
-                    "exec",
-                    "-e",
-                    "MYSQL_PWD=s3cret-pw",
-                    &db,
-                    "mariadb",
-                    "-uroot",
-                    "-N",
-                    "-B",
-                    "shop",
-                    "-e",
-                    query,
-                ])
-                .output()
-                .expect("docker exec");
-            if out.status.success() {
-                return String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mariadb: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        exec_until_up(
+            "mariadb",
+            &[
+                "-e",
+                "MYSQL_PWD=s3cret-pw",
+                &db,
+                "mariadb",
+                "-uroot",
+                "-N",
+                "-B",
+                "shop",
+                "-e",
+                query,
+            ],
+            DEADLINE * 3,
+        )
     };
     sql(
         "CREATE TABLE orders(id INT PRIMARY KEY, item VARCHAR(40)); INSERT INTO orders VALUES (1, 'apple'), (2, 'pear')",
@@ -467,17 +458,7 @@ fn a_mariadb_database_is_dumped_and_restored() {
 
     // The dump is SQL, compressed, and holds no password of the container.
     let to = p.path().join("db.sql.zst");
-    json(
-        &p,
-        &[
-            "backup",
-            "pull",
-            "db",
-            id,
-            "--to",
-            &to.display().to_string(),
-        ],
-    );
+    pull(&p, "db", id, &to);
     let dump = run("zstd", &["-dc", &to.display().to_string()]);
     assert!(dump.contains("INSERT INTO `orders`"), "not the dump");
     let list = p.gantry(&["backup", "list", "db", "--output", "json"]);

@@ -34,6 +34,16 @@ impl Fixture {
         write(&path, name, 0o644);
         self.blobs.put_file(&path).expect("put").0
     }
+
+    /// The snapshot of a tree `src` written with `files` (path, content,
+    /// mode).
+    fn snapshot_of(&self, files: &[(&str, &str, u32)]) -> Artifact {
+        let src = self.root.join("src");
+        for (path, content, mode) in files {
+            write(&src.join(path), content, *mode);
+        }
+        snapshot(&src, &self.blobs).expect("snapshot")
+    }
 }
 
 fn write(path: &Path, content: &str, mode: u32) {
@@ -223,11 +233,11 @@ fn missing_lists_absent_blobs_once_in_order() {
 #[test]
 fn identical_files_are_stored_once() {
     let f = fixture();
-    let src = f.root.join("src");
-    write(&src.join("a.txt"), "same", 0o644);
-    write(&src.join("sub/b.txt"), "same", 0o644);
-    write(&src.join("c.txt"), "other", 0o644);
-    let artifact = snapshot(&src, &f.blobs).expect("snapshot");
+    let artifact = f.snapshot_of(&[
+        ("a.txt", "same", 0o644),
+        ("sub/b.txt", "same", 0o644),
+        ("c.txt", "other", 0o644),
+    ]);
     assert_eq!(paths(&artifact), ["a.txt", "c.txt", "sub/b.txt"]);
     assert_eq!(artifact.files[0].digest, artifact.files[2].digest);
     let stored = fs::read_dir(f.root.join("blobs/sha256"))
@@ -280,12 +290,13 @@ fn artifact_digest_follows_the_documented_formula() {
 #[test]
 fn materialize_reproduces_files_and_read_modes_and_keeps_the_exec_bit() {
     let f = fixture();
+    let artifact = f.snapshot_of(&[
+        ("bin/web", "#!/bin/sh\necho hi\n", 0o755),
+        ("static/index.html", "<h1>hi</h1>", 0o644),
+        ("static/copy.html", "<h1>hi</h1>", 0o640),
+        ("key.pem", "private", 0o600),
+    ]);
     let src = f.root.join("src");
-    write(&src.join("bin/web"), "#!/bin/sh\necho hi\n", 0o755);
-    write(&src.join("static/index.html"), "<h1>hi</h1>", 0o644);
-    write(&src.join("static/copy.html"), "<h1>hi</h1>", 0o640);
-    write(&src.join("key.pem"), "private", 0o600);
-    let artifact = snapshot(&src, &f.blobs).expect("snapshot");
 
     let dest = f.root.join("releases/r1");
     materialize(&artifact, &f.blobs, &dest).expect("materialize");

@@ -32,11 +32,7 @@ fn docker(args: &[&std::ffi::OsStr], dir: &Path) -> std::process::Command {
 fn spawn_error(e: std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::NotFound => docker_missing(),
-        _ => Error::Io {
-            action: "run",
-            path: DOCKER.into(),
-            source: e,
-        },
+        _ => Error::io("run", DOCKER)(e),
     }
 }
 

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use age::secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 
+use crate::file::FileError;
+
 /// A value longer than this is refused: secrets are tokens and URLs, not files.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// A name longer than this is refused.
@@ -42,12 +44,8 @@ pub enum SecretsError {
     KeyExposed { identity: PathBuf, problem: String },
     #[error("the key {} lies inside the project {}", identity.display(), project.display())]
     KeyInProject { identity: PathBuf, project: PathBuf },
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
 impl SecretsError {
@@ -64,7 +62,7 @@ impl SecretsError {
                 Code::SecretsInvalid
             }
             SecretsError::NotFound { .. } => Code::SecretsNotFound,
-            SecretsError::Io { .. } => Code::IoFailed,
+            SecretsError::Io(_) => Code::IoFailed,
         }
     }
 
@@ -98,7 +96,7 @@ impl SecretsError {
                 "point XDG_CONFIG_HOME outside the project: the key must never be committed"
                     .to_owned()
             }
-            SecretsError::Io { .. } => return None,
+            SecretsError::Io(_) => return None,
         })
     }
 }
@@ -174,13 +172,7 @@ impl Key {
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(source) => {
-                    return Err(SecretsError::Io {
-                        action: "read",
-                        path: self.path.clone(),
-                        source,
-                    });
-                }
+                Err(source) => return Err(io("read", &self.path)(source)),
             };
             let line = text
                 .lines()
@@ -244,12 +236,7 @@ use std::os::unix::fs::DirBuilderExt as _;
 
 /// Makes an I/O error about `path` into a [`SecretsError`].
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SecretsError {
-    let path = path.to_owned();
-    move |source| SecretsError::Io {
-        action,
-        path,
-        source,
-    }
+    FileError::of(action, path)
 }
 
 /// The file's bytes when only its owner may read or write it (as ssh
@@ -389,13 +376,7 @@ impl Store {
                     },
                 });
             }
-            Err(source) => {
-                return Err(SecretsError::Io {
-                    action: "read",
-                    path,
-                    source,
-                });
-            }
+            Err(source) => return Err(io("read", &path)(source)),
         };
         let Some(identity) = key.read()? else {
             return Err(SecretsError::KeyMissing {

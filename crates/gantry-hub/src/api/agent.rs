@@ -12,7 +12,7 @@ use axum::routing::{get, patch, post};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Principal;
+use super::auth::{Caller, Principal};
 use super::{AppState, ErrorBody, JsonBody, header_text, stored_json, with_etag};
 use crate::clock;
 use crate::error::HubError;
@@ -243,13 +243,12 @@ async fn create_item(
     params(("id" = String, Path, description = "`17` or `SHOP-42`", example = "SHOP-1")),
     responses((status = 200, body = Item, headers(("ETag" = String))), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn get_item(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Read)?;
-    let item = state.run(move |store| store.item(&access, &id)).await?;
+async fn get_item(caller: Caller, Path(id): Path<String>) -> Result<Response, HubError> {
+    let item = caller
+        .run(Permission::Read, move |store, access| {
+            store.item(access, &id)
+        })
+        .await?;
     Ok(with_etag(StatusCode::OK, &item))
 }
 
@@ -378,13 +377,12 @@ async fn add_comment(
     params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, body = Vec<Comment>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn list_comments(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Read)?;
-    state.json(move |store| store.comments(&access, &id)).await
+async fn list_comments(caller: Caller, Path(id): Path<String>) -> Result<Response, HubError> {
+    caller
+        .json(Permission::Read, move |store, access| {
+            store.comments(access, &id)
+        })
+        .await
 }
 
 /// Link a pull request (matched by url) or update its state.
@@ -452,13 +450,12 @@ async fn change_checklist(
     params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, content_type = "text/markdown", body = String), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn context(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Read)?;
-    let text = state.run(move |store| store.context(&access, &id)).await?;
+async fn context(caller: Caller, Path(id): Path<String>) -> Result<Response, HubError> {
+    let text = caller
+        .run(Permission::Read, move |store, access| {
+            store.context(access, &id)
+        })
+        .await?;
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -472,11 +469,10 @@ async fn context(
     params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, body = Vec<Activity>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn activity(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Read)?;
-    state.json(move |store| store.activity(&access, &id)).await
+async fn activity(caller: Caller, Path(id): Path<String>) -> Result<Response, HubError> {
+    caller
+        .json(Permission::Read, move |store, access| {
+            store.activity(access, &id)
+        })
+        .await
 }

@@ -6,13 +6,16 @@
 //! form can send the cookie, never that header.
 
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use super::{AppState, ClientAddress};
 use crate::error::HubError;
 use crate::model::{Permission, Role};
-use crate::store::{Access, Actor, Authenticated, Reach, SessionUser, csrf_token};
+use crate::store::{Access, Actor, Authenticated, Reach, SessionUser, Store, csrf_token};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "gantry_session";
@@ -187,5 +190,51 @@ impl FromRequestParts<AppState> for Principal {
             who: Who::Key(key),
             client,
         })
+    }
+}
+
+/// The hub and the checked key or session behind a request: what a handler
+/// that runs one store operation for its caller takes, in the place of
+/// `State` and [`Principal`]. The permission is checked when the operation
+/// runs, after every extractor of the handler, so a malformed path or body
+/// is a 400 before a missing permission is a 403.
+pub struct Caller {
+    pub state: AppState,
+    pub principal: Principal,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = HubError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, HubError> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        Ok(Caller {
+            state: state.clone(),
+            principal,
+        })
+    }
+}
+
+impl Caller {
+    /// Runs `work` (as [`AppState::run`]) with what the caller may reach,
+    /// if its permission allows `needed`.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        needed: Permission,
+        work: impl FnOnce(&Store, &Access) -> Result<R, HubError> + Send + 'static,
+    ) -> Result<R, HubError> {
+        let access = self.principal.access(needed)?;
+        self.state.run(move |store| work(store, &access)).await
+    }
+
+    /// Runs `work` (as [`Caller::run`]) and answers what it returns as
+    /// JSON, `200 OK`.
+    pub async fn json<R: Serialize + Send + 'static>(
+        &self,
+        needed: Permission,
+        work: impl FnOnce(&Store, &Access) -> Result<R, HubError> + Send + 'static,
+    ) -> Result<Response, HubError> {
+        let answer = self.run(needed, work).await?;
+        Ok((StatusCode::OK, axum::Json(answer)).into_response())
     }
 }

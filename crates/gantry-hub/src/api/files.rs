@@ -14,7 +14,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::auth::Principal;
+use super::auth::{Caller, Principal};
 use super::{AppState, ErrorBody};
 use crate::error::HubError;
 use crate::model::{Attachment, Permission};
@@ -148,14 +148,11 @@ fn too_large() -> HubError {
     params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, body = Vec<Attachment>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn list_attachments(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Read)?;
-    state
-        .json(move |store| store.attachments(&access, &id))
+async fn list_attachments(caller: Caller, Path(id): Path<String>) -> Result<Response, HubError> {
+    caller
+        .json(Permission::Read, move |store, access| {
+            store.attachments(access, &id)
+        })
         .await
 }
 

@@ -15,7 +15,7 @@ use axum::routing::{delete, get, post};
 use hyper::body::Frame;
 
 use super::agent::{ListQuery, filter};
-use super::auth::Principal;
+use super::auth::{Caller, Principal};
 use super::{AppState, ErrorBody, JsonBody};
 use crate::error::HubError;
 use crate::model::{Item, Permission};
@@ -37,12 +37,10 @@ pub fn routes() -> Router<AppState> {
 #[utoipa::path(get, path = "/api/agent/views", tag = "agent",
     responses((status = 200, body = Vec<SavedView>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn list_views(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Read)?;
-    state.json(move |store| store.views(&access)).await
+async fn list_views(caller: Caller) -> Result<Response, HubError> {
+    caller
+        .json(Permission::Read, move |store, access| store.views(access))
+        .await
 }
 
 /// Save a named filter and sort: your own, or (admin keys, `product`) one
@@ -91,14 +89,11 @@ async fn delete_view(
 #[utoipa::path(post, path = "/api/agent/bulk", tag = "agent", request_body = BulkChange,
     responses((status = 200, body = Vec<Item>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn bulk(
-    State(state): State<AppState>,
-    principal: Principal,
-    body: JsonBody<BulkChange>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Write)?;
-    state
-        .json(move |store| store.bulk_change(&access, &body.value))
+async fn bulk(caller: Caller, body: JsonBody<BulkChange>) -> Result<Response, HubError> {
+    caller
+        .json(Permission::Write, move |store, access| {
+            store.bulk_change(access, &body.value)
+        })
         .await
 }
 

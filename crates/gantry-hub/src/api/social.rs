@@ -10,7 +10,7 @@ use axum::routing::{get, patch, post};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Principal;
+use super::auth::{Caller, Principal};
 use super::{AppState, ErrorBody, JsonBody};
 use crate::error::HubError;
 use crate::model::{Comment, CustomField, Emoji, Notification, Permission};
@@ -56,14 +56,14 @@ pub struct CommentEdit {
     responses((status = 200, body = Comment), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn edit_comment(
-    State(state): State<AppState>,
-    principal: Principal,
+    caller: Caller,
     Path((id, comment)): Path<(String, i64)>,
     body: JsonBody<CommentEdit>,
 ) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Write)?;
-    state
-        .json(move |store| store.edit_comment(&access, &id, comment, &body.value.body))
+    caller
+        .json(Permission::Write, move |store, access| {
+            store.edit_comment(access, &id, comment, &body.value.body)
+        })
         .await
 }
 
@@ -73,13 +73,13 @@ async fn edit_comment(
     responses((status = 204), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn delete_comment(
-    State(state): State<AppState>,
-    principal: Principal,
+    caller: Caller,
     Path((id, comment)): Path<(String, i64)>,
 ) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Write)?;
-    state
-        .run(move |store| store.delete_comment(&access, &id, comment))
+    caller
+        .run(Permission::Write, move |store, access| {
+            store.delete_comment(access, &id, comment)
+        })
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -97,15 +97,15 @@ pub struct NewReaction {
     responses((status = 200, body = Comment), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn add_reaction(
-    State(state): State<AppState>,
-    principal: Principal,
+    caller: Caller,
     Path((id, comment)): Path<(String, i64)>,
     body: JsonBody<NewReaction>,
 ) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Write)?;
     let emoji = body.value.emoji;
-    state
-        .json(move |store| store.react(&access, &id, comment, emoji, true))
+    caller
+        .json(Permission::Write, move |store, access| {
+            store.react(access, &id, comment, emoji, true)
+        })
         .await
 }
 
@@ -135,13 +135,12 @@ async fn remove_reaction(
     params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, body = Vec<String>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn watchers(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Read)?;
-    state.json(move |store| store.watchers(&access, &id)).await
+async fn watchers(caller: Caller, Path(id): Path<String>) -> Result<Response, HubError> {
+    caller
+        .json(Permission::Read, move |store, access| {
+            store.watchers(access, &id)
+        })
+        .await
 }
 
 /// Watch the item: its changes and comments notify you. Answers the watchers.
@@ -149,14 +148,11 @@ async fn watchers(
     params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, body = Vec<String>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn watch(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Read)?;
-    state
-        .json(move |store| store.watch(&access, &id, true))
+async fn watch(caller: Caller, Path(id): Path<String>) -> Result<Response, HubError> {
+    caller
+        .json(Permission::Read, move |store, access| {
+            store.watch(access, &id, true)
+        })
         .await
 }
 
@@ -165,14 +161,11 @@ async fn watch(
     params(("id" = String, Path, example = "SHOP-1")),
     responses((status = 200, body = Vec<String>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn unwatch(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Read)?;
-    state
-        .json(move |store| store.watch(&access, &id, false))
+async fn unwatch(caller: Caller, Path(id): Path<String>) -> Result<Response, HubError> {
+    caller
+        .json(Permission::Read, move |store, access| {
+            store.watch(access, &id, false)
+        })
         .await
 }
 
@@ -228,15 +221,12 @@ pub struct Marked {
 #[utoipa::path(post, path = "/api/agent/notifications/read", tag = "agent", request_body = MarkRead,
     responses((status = 200, body = Marked), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn mark_read(
-    State(state): State<AppState>,
-    principal: Principal,
-    body: JsonBody<MarkRead>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Read)?;
+async fn mark_read(caller: Caller, body: JsonBody<MarkRead>) -> Result<Response, HubError> {
     let up_to = body.value.up_to;
-    let marked = state
-        .run(move |store| store.mark_read(&access, up_to))
+    let marked = caller
+        .run(Permission::Read, move |store, access| {
+            store.mark_read(access, up_to)
+        })
         .await?;
     Ok(axum::Json(Marked { marked }).into_response())
 }
@@ -246,14 +236,11 @@ async fn mark_read(
     params(("key" = String, Path, description = "the product's key, `SHOP`")),
     responses((status = 200, body = Vec<CustomField>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn custom_fields(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(key): Path<String>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Read)?;
-    state
-        .json(move |store| store.custom_fields(&access, &key))
+async fn custom_fields(caller: Caller, Path(key): Path<String>) -> Result<Response, HubError> {
+    caller
+        .json(Permission::Read, move |store, access| {
+            store.custom_fields(access, &key)
+        })
         .await
 }
 

@@ -12,7 +12,7 @@ use axum::routing::{delete, get, post};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::auth::Principal;
+use super::auth::{Caller, Principal};
 use super::{AppState, ClientAddress, ErrorBody, JsonBody, header_text};
 use crate::error::HubError;
 use crate::model::Permission;
@@ -51,15 +51,12 @@ pub fn routes() -> Router<AppState> {
 #[utoipa::path(post, path = "/api/agent/shipped", tag = "agent", request_body = Shipped,
     responses((status = 200, body = ShippedItems), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn shipped(
-    State(state): State<AppState>,
-    principal: Principal,
-    body: JsonBody<Shipped>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Write)?;
+async fn shipped(caller: Caller, body: JsonBody<Shipped>) -> Result<Response, HubError> {
     let shipped = body.value;
-    state
-        .json(move |store| store.shipped(&access, &shipped))
+    caller
+        .json(Permission::Write, move |store, access| {
+            store.shipped(access, &shipped)
+        })
         .await
 }
 
@@ -169,13 +166,13 @@ pub struct ForgeSecret {
     responses((status = 201, body = ForgeSecret), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
 async fn new_forge_secret(
-    State(state): State<AppState>,
-    principal: Principal,
+    caller: Caller,
     Path(product): Path<String>,
 ) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Admin)?;
-    let secret = state
-        .run(move |store| store.new_forge_secret(&access, &product))
+    let secret = caller
+        .run(Permission::Admin, move |store, access| {
+            store.new_forge_secret(access, &product)
+        })
         .await?;
     let paths = ["/api/webhooks/github", "/api/webhooks/gitea"]
         .map(str::to_owned)
@@ -192,14 +189,11 @@ async fn new_forge_secret(
     params(("product" = String, Path)),
     responses((status = 200, body = Vec<Delivery>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn deliveries(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(product): Path<String>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Admin)?;
-    state
-        .json(move |store| store.deliveries(&access, &product))
+async fn deliveries(caller: Caller, Path(product): Path<String>) -> Result<Response, HubError> {
+    caller
+        .json(Permission::Admin, move |store, access| {
+            store.deliveries(access, &product)
+        })
         .await
 }
 
@@ -208,13 +202,12 @@ async fn deliveries(
     params(("id" = i64, Path)),
     responses((status = 200, body = Delivery), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn replay(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<i64>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Admin)?;
-    state.json(move |store| store.replay(&access, id)).await
+async fn replay(caller: Caller, Path(id): Path<i64>) -> Result<Response, HubError> {
+    caller
+        .json(Permission::Admin, move |store, access| {
+            store.replay(access, id)
+        })
+        .await
 }
 
 /// Subscribes a URL to a product's events. The answer holds the signing
@@ -256,14 +249,11 @@ async fn subscribe(
     params(("product" = String, Path)),
     responses((status = 200, body = Vec<Subscription>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn subscriptions(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(product): Path<String>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Admin)?;
-    state
-        .json(move |store| store.subscriptions(&access, &product))
+async fn subscriptions(caller: Caller, Path(product): Path<String>) -> Result<Response, HubError> {
+    caller
+        .json(Permission::Admin, move |store, access| {
+            store.subscriptions(access, &product)
+        })
         .await
 }
 
@@ -272,14 +262,11 @@ async fn subscriptions(
     params(("id" = i64, Path)),
     responses((status = 200, body = Subscription), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn unsubscribe(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<i64>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Admin)?;
-    state
-        .json(move |store| store.unsubscribe(&access, id))
+async fn unsubscribe(caller: Caller, Path(id): Path<i64>) -> Result<Response, HubError> {
+    caller
+        .json(Permission::Admin, move |store, access| {
+            store.unsubscribe(access, id)
+        })
         .await
 }
 
@@ -288,11 +275,10 @@ async fn unsubscribe(
     params(("id" = i64, Path)),
     responses((status = 200, body = Vec<Attempt>), (status = "4XX", body = ErrorBody)),
     security(("api_key" = [])))]
-async fn attempts(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<i64>,
-) -> Result<Response, HubError> {
-    let access = principal.access(Permission::Admin)?;
-    state.json(move |store| store.attempts(&access, id)).await
+async fn attempts(caller: Caller, Path(id): Path<i64>) -> Result<Response, HubError> {
+    caller
+        .json(Permission::Admin, move |store, access| {
+            store.attempts(access, id)
+        })
+        .await
 }

@@ -123,26 +123,10 @@ pub fn raw(location: &Location, statement: &str) -> Vec<Vec<Option<String>>> {
 impl Hub {
     /// A hub serving `store`, whose database the caller keeps alive.
     pub async fn serve(store: Arc<Store>, location: Location, files: std::path::PathBuf) -> Hub {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(gantry_hub::serve(
-            listener,
-            store.clone(),
-            Limits::default(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Hub {
-            addr,
-            location,
-            store,
-            files,
-            stop: Some(stop),
-            // The caller keeps the database; nothing to keep here.
-            _keep: Keep::Dir(tempfile::tempdir().unwrap()),
-        }
+        // The caller keeps the database; nothing to keep here.
+        let keep = Keep::Dir(tempfile::tempdir().unwrap());
+        let background = gantry_hub::Background::default();
+        Hub::listen(store, location, files, keep, Limits::default(), background).await
     }
 
     pub async fn start(db: Db) -> Hub {
@@ -179,6 +163,20 @@ impl Hub {
         })
         .await
         .unwrap();
+        Hub::listen(store, location, files, keep, limits, background).await
+    }
+
+    /// Serves `store` (of the database at `location`, attachments in
+    /// `files`, `keep` holding what must live as long as the hub) on a new
+    /// port of 127.0.0.1, until the hub is dropped.
+    async fn listen(
+        store: Arc<Store>,
+        location: Location,
+        files: std::path::PathBuf,
+        keep: Keep,
+        limits: Limits,
+        background: gantry_hub::Background,
+    ) -> Hub {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -299,6 +297,18 @@ impl Client {
         let body = body.map(|b| b.to_string());
         self.send_raw(method, path, headers, body.unwrap_or_default().into_bytes())
             .await
+    }
+
+    /// [`Client::send`] on the condition that the item is still at `etag`
+    /// (`If-Match`), as a change of an item must be.
+    pub async fn send_if_match(
+        &self,
+        method: &str,
+        path: &str,
+        etag: &str,
+        body: Option<&Value>,
+    ) -> Answer {
+        self.send(method, path, &[("if-match", etag)], body).await
     }
 
     pub async fn send_raw(

@@ -16,6 +16,7 @@ use instant_acme::{
 use super::challenges::OpenChallenges;
 use super::files::{self, SavedAccount};
 use super::{AcmeConfig, AcmeError, Challenges, Issued, Problem};
+use crate::file::FileError;
 
 /// How an open order is polled: 250 ms, then doubling, for at most 90 s.
 const POLL: RetryPolicy = RetryPolicy::new()
@@ -48,11 +49,7 @@ impl Acme {
     ) -> Result<Acme, AcmeError> {
         config.validate()?;
         let dir = crate::ProxyDir::new(state_dir).acme();
-        std::fs::create_dir_all(&dir).map_err(|source| AcmeError::Io {
-            action: "create",
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&dir).map_err(FileError::at("create", &dir))?;
         let unreachable = |e: instant_acme::Error| AcmeError::Unreachable {
             directory: config.directory.clone(),
             message: error_chain(&e),
@@ -163,10 +160,8 @@ impl Acme {
         let (first, stored) = (first.clone(), issued.clone());
         tokio::task::spawn_blocking(move || files::save_cert(&dir, &first, &stored))
             .await
-            .map_err(|e| AcmeError::Io {
-                action: "write",
-                path: inner.dir.clone(),
-                source: std::io::Error::other(e.to_string()),
+            .map_err(|e| {
+                FileError::at("write", &inner.dir)(std::io::Error::other(e.to_string()))
             })??;
         Ok(issued)
     }

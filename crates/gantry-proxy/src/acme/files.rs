@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer as _, GeneralName, ParsedExtension, X509Certificate};
 
 use super::{AcmeError, Issued};
+use crate::file::FileError;
 
 pub(crate) const ACCOUNT_FILE: &str = "account.json";
 pub(crate) const CERTS_DIR: &str = "certs";
@@ -37,13 +38,7 @@ pub(crate) fn load_account(dir: &Path) -> Result<Option<SavedAccount>, AcmeError
     let text = match std::fs::read(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(AcmeError::Io {
-                action: "read",
-                path,
-                source,
-            });
-        }
+        Err(source) => return Err(FileError::at("read", path)(source).into()),
     };
     // The serde error names a line and column, never the content.
     serde_json::from_slice(&text)
@@ -56,11 +51,8 @@ pub(crate) fn load_account(dir: &Path) -> Result<Option<SavedAccount>, AcmeError
 
 pub(crate) fn save_account(dir: &Path, account: &SavedAccount) -> Result<(), AcmeError> {
     let path = dir.join(ACCOUNT_FILE);
-    let mut text = serde_json::to_vec_pretty(account).map_err(|e| AcmeError::Io {
-        action: "encode",
-        path: path.clone(),
-        source: e.into(),
-    })?;
+    let mut text =
+        serde_json::to_vec_pretty(account).map_err(|e| FileError::at("encode", &path)(e.into()))?;
     text.push(b'\n');
     write_atomic(&path, &text, 0o600)
 }
@@ -85,11 +77,7 @@ pub(crate) fn cert_dir(dir: &Path, name: &str) -> Result<PathBuf, AcmeError> {
 
 pub(crate) fn save_cert(dir: &Path, name: &str, issued: &Issued) -> Result<(), AcmeError> {
     let cert_dir = cert_dir(dir, name)?;
-    std::fs::create_dir_all(&cert_dir).map_err(|source| AcmeError::Io {
-        action: "create",
-        path: cert_dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&cert_dir).map_err(FileError::at("create", &cert_dir))?;
     write_atomic(&cert_dir.join(KEY_FILE), issued.key_pem.as_bytes(), 0o600)?;
     write_atomic(
         &cert_dir.join(CERT_FILE),
@@ -108,11 +96,7 @@ pub(crate) fn load_certs(dir: &Path) -> (Vec<(String, Issued)>, Vec<AcmeError>) 
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (found, skipped),
         Err(source) => {
-            skipped.push(AcmeError::Io {
-                action: "list",
-                path: certs,
-                source,
-            });
+            skipped.push(FileError::at("list", certs)(source).into());
             return (found, skipped);
         }
     };
@@ -135,11 +119,7 @@ fn load_cert(dir: &Path, name: &str) -> Result<Issued, AcmeError> {
     let cert_dir = cert_dir(dir, name)?;
     let read = |file: &str| {
         let path = cert_dir.join(file);
-        std::fs::read_to_string(&path).map_err(|source| AcmeError::Io {
-            action: "read",
-            path,
-            source,
-        })
+        std::fs::read_to_string(&path).map_err(FileError::at("read", path))
     };
     let key_pem = read(KEY_FILE)?;
     let chain_pem = read(CERT_FILE)?;
@@ -199,11 +179,7 @@ pub(crate) fn read_leaf(chain_pem: &str, key_pem: &str) -> Result<Leaf, String> 
 }
 
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AcmeError> {
-    crate::file::write_atomic(path, bytes, mode).map_err(|e| AcmeError::Io {
-        action: e.action,
-        path: e.path,
-        source: e.source,
-    })
+    Ok(crate::file::write_atomic(path, bytes, mode)?)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::client::{Acme, check_name};
 use super::{AcmeConfig, AcmeError, Challenges, Issued, files};
+use crate::file::FileError;
 use crate::table::{RouteTable, Tls};
 
 /// The least time between two orders for one name.
@@ -136,11 +137,10 @@ impl AcmeManager {
                     Err(e) => crate::log::text(&format!("cannot start the ACME runtime: {e}")),
                 }
             })
-            .map_err(|source| AcmeError::Io {
-                action: "start a thread for",
-                path: crate::ProxyDir::new(state_dir).acme(),
-                source,
-            })?;
+            .map_err(FileError::at(
+                "start a thread for",
+                crate::ProxyDir::new(state_dir).acme(),
+            ))?;
         Ok(AcmeManager {
             names,
             stop,

@@ -23,6 +23,8 @@ mod manager;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use crate::file::FileError;
+
 pub use challenges::{CHALLENGE_PATH, Challenges};
 pub use client::Acme;
 pub use manager::{AcmeEvent, AcmeManager, OnIssued, acme_names, due, renew_at};
@@ -215,13 +217,8 @@ pub enum AcmeError {
     Account { path: PathBuf, message: String },
     #[error("{} is not a usable certificate: {message}", path.display())]
     Certificate { path: PathBuf, message: String },
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
 impl AcmeError {
@@ -238,7 +235,7 @@ impl AcmeError {
             AcmeError::Name { .. } => "acme.name_unsupported",
             AcmeError::Account { .. } => "acme.account_invalid",
             AcmeError::Certificate { .. } => "acme.certificate_invalid",
-            AcmeError::Io { .. } => "acme.state_io_failed",
+            AcmeError::Io(_) => "acme.state_io_failed",
         }
     }
 
@@ -278,7 +275,7 @@ impl AcmeError {
             AcmeError::Certificate { .. } => {
                 "the proxy orders a new certificate in its place".to_owned()
             }
-            AcmeError::Io { .. } => return None,
+            AcmeError::Io(_) => return None,
         })
     }
 

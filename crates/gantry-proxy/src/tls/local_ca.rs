@@ -24,6 +24,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
 
+use crate::file::FileError;
+
 pub const CERT_FILE: &str = "ca.pem";
 pub const KEY_FILE: &str = "ca.key";
 
@@ -38,13 +40,8 @@ const BACKDATE: time::Duration = time::Duration::hours(1);
 /// key material.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     #[error("the local CA in {} is damaged: {reason}", path.display())]
     Damaged { path: PathBuf, reason: String },
     #[error("cannot make a certificate: {0}")]
@@ -58,9 +55,9 @@ impl CaError {
                 "remove the directory {} to make a new local CA; browsers and systems that trusted the old one must trust the new one",
                 path.parent().unwrap_or(path).display()
             )),
-            CaError::Io { path, .. } => Some(format!(
+            CaError::Io(e) => Some(format!(
                 "check that {} is writable by this user",
-                path.parent().unwrap_or(path).display()
+                e.path.parent().unwrap_or(&e.path).display()
             )),
             CaError::Generate(_) => None,
         }
@@ -98,13 +95,7 @@ impl LocalCa {
     pub fn load(dir: &Path) -> Result<LocalCa, CaError> {
         let cert_path = dir.join(CERT_FILE);
         let key_path = dir.join(KEY_FILE);
-        let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|source| CaError::Io {
-                action: "read",
-                path: path.to_owned(),
-                source,
-            })
-        };
+        let read = |path: &Path| std::fs::read_to_string(path).map_err(FileError::at("read", path));
         let cert_pem = read(&cert_path)?;
         let key_pem = read(&key_path)?;
         let damaged = |path: &Path, reason: &str| CaError::Damaged {
@@ -220,15 +211,7 @@ pub fn fingerprint_sha256(der: &[u8]) -> String {
 /// renamed; the other's is thrown away.
 fn create(dir: &Path) -> Result<(), CaError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
-    let io = |action: &'static str, path: &Path| {
-        let path = path.to_owned();
-        move |source| CaError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+    std::fs::create_dir_all(parent).map_err(FileError::at("create", parent))?;
     let generate = |e: rcgen::Error| CaError::Generate(e.to_string());
     let key = KeyPair::generate().map_err(generate)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
@@ -260,17 +243,13 @@ fn create(dir: &Path) -> Result<(), CaError> {
         std::process::id(),
         fastrand::u32(..)
     ));
-    std::fs::create_dir(&tmp).map_err(io("create", &tmp))?;
+    std::fs::create_dir(&tmp).map_err(FileError::at("create", &tmp))?;
     let written = write_new(&tmp.join(KEY_FILE), key.serialize_pem().as_bytes(), 0o600)
         .and_then(|()| write_new(&tmp.join(CERT_FILE), cert.pem().as_bytes(), 0o644))
         .and_then(|()| std::fs::File::open(&tmp)?.sync_all());
     if let Err(source) = written {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(CaError::Io {
-            action: "write",
-            path: tmp,
-            source,
-        });
+        return Err(FileError::at("write", tmp)(source).into());
     }
     let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755));
     match std::fs::rename(&tmp, dir) {
@@ -282,16 +261,13 @@ fn create(dir: &Path) -> Result<(), CaError> {
         }
         Err(source) => {
             let _ = std::fs::remove_dir_all(&tmp);
-            return Err(CaError::Io {
-                action: "create",
-                path: dir.to_owned(),
-                source,
-            });
+            return Err(FileError::at("create", dir)(source).into());
         }
     }
     std::fs::File::open(parent)
         .and_then(|d| d.sync_all())
-        .map_err(io("sync", parent))
+        .map_err(FileError::at("sync", parent))?;
+    Ok(())
 }
 
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
