@@ -169,7 +169,7 @@ fn gantry_json(project: &TestProject, args: &[&str]) -> Result<Value, String> {
 /// The bytes of the artifact's distinct blobs, as the CLI takes it: what a
 /// host without any of them is sent.
 fn artifact_bytes(project: &TestProject) -> Result<u64, String> {
-    let scan = gantry_core::artifact::scan(project.path(), &[])
+    let scan = gantry_core::artifact::scan(project.path(), &Default::default())
         .map_err(|e| format!("scan {}: {e}", project.path().display()))?;
     let mut blobs: Vec<(&str, u64)> = scan
         .artifact

@@ -82,7 +82,7 @@ pub(crate) async fn restart(
 
 /// `GET /v1/projects/{project}/status`.
 pub(crate) async fn status(agent: &Agent, project: String) -> Result<Status, AgentError> {
-    let services = status::services(agent, &project).await?;
+    let services = status::services(agent, &project, status::ContainerMemory::Sampled).await?;
     Ok(Status { project, services })
 }
 

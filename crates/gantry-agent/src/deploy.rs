@@ -189,7 +189,7 @@ async fn deploy(
         let r = release.clone();
         agent.db(move |s| s.update_release(&r)).await?;
     }
-    let services = status::services(agent, &project).await?;
+    let services = status::services(agent, &project, status::ContainerMemory::Skipped).await?;
     Ok(DeployResult {
         release,
         services,

@@ -110,7 +110,8 @@ pub(crate) async fn keep(
         })
         .await?
         .unwrap_or(release);
-    let services = status::services(agent, &release.project).await?;
+    let services =
+        status::services(agent, &release.project, status::ContainerMemory::Skipped).await?;
     Ok(DeployResult {
         unchanged: request.services.iter().map(|s| s.name.clone()).collect(),
         release,

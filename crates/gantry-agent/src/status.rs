@@ -46,7 +46,22 @@ pub fn urls(
     urls
 }
 
-pub async fn services(agent: &Agent, project: &str) -> Result<Vec<ServiceStatus>, StoreError> {
+/// Whether a report reads each container's memory from the engine. A
+/// sample can take a second or more (a one-shot sample often comes back
+/// without memory, and a full one waits for the engine's next reading):
+/// `status` pays for it; a deploy's answer, whose containers have just
+/// started, does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerMemory {
+    Sampled,
+    Skipped,
+}
+
+pub async fn services(
+    agent: &Agent,
+    project: &str,
+    memory: ContainerMemory,
+) -> Result<Vec<ServiceStatus>, StoreError> {
     let p = project.to_owned();
     let (records, current, releases) = agent
         .db(move |s| Ok((s.instances(&p)?, s.current_all(&p)?, s.releases(&p)?)))
@@ -85,7 +100,12 @@ pub async fn services(agent: &Agent, project: &str) -> Result<Vec<ServiceStatus>
             .map(|r| instance(agent, r))
             .collect();
         if crate::container_instance::is_container(&spec) {
-            container_memory(agent, project, &mut instances).await;
+            if memory == ContainerMemory::Sampled {
+                container_memory(agent, project, &mut instances).await;
+            } else {
+                // The main process's resident set is not the container's.
+                instances.iter_mut().for_each(|i| i.memory = None);
+            }
         }
         // A static service has no instances: the proxy serves its release.
         let state = if crate::site::is_static(&spec) {

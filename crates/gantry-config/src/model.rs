@@ -234,7 +234,7 @@ impl JsonSchema for Build {
         schema.insert(
             "description".to_owned(),
             serde_json::json!(
-                "A command run in the project directory before the artifact is taken, like \"cargo build --release\"; or, for an `image` service, an image built with `docker build` on this machine and tagged as the service's `image`, like { context = \".\", dockerfile = \"Dockerfile\" }."
+                "A command run in the project directory before the artifact is taken, like \"cargo build --release\"; or, for an `image` service, an image built with `docker build` on this machine and tagged as the service's `image`, like { context = \".\", dockerfile = \"Dockerfile\" }. A context that is a folder of the project (\"web\") travels as the image and is left out of the artifact the processes run from, so a change inside it replaces no process."
             ),
         );
         schema
@@ -246,7 +246,11 @@ impl JsonSchema for Build {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageBuild {
-    /// The build context: a directory of the project, relative to it (default `.`).
+    /// The build context: a directory of the project, relative to it (default `.`). A folder of the
+    /// project (not `.`) travels as the image alone: it is left out of the artifact that processes
+    /// run from (unless a `static` service serves files inside it), so changing its files replaces
+    /// no process. Files a process needs too belong outside it, or the build uses `context = "."`
+    /// with `dockerfile = "web/Dockerfile"` (whose `COPY` then names `web/...`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "project-path"))]
     pub context: Option<String>,

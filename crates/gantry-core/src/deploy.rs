@@ -242,8 +242,8 @@ pub fn deploy(
     let images = crate::image::Shipment::export(&dir, &services, progress)?;
 
     progress.step("taking the artifact");
-    let extra: Vec<String> = services.iter().filter_map(|s| s.artifact.clone()).collect();
-    let scan = artifact::scan(&dir, &extra).map_err(Error::io("read the project in", &dir))?;
+    let scan =
+        artifact::of_services(&dir, &services).map_err(Error::io("read the project in", &dir))?;
 
     // One deploy at a time per environment: the lock lives on the first host's agent.
     let lock_host = connect(first)?;

@@ -102,8 +102,8 @@ pub fn plan(
     let env = config.environment(environment)?;
     let dir = config.project_dir().to_owned();
     let services: Vec<Service> = env.deploy_order().into_iter().cloned().collect();
-    let extra: Vec<String> = services.iter().filter_map(|s| s.artifact.clone()).collect();
-    let scan = artifact::scan(&dir, &extra).map_err(Error::io("read the project in", &dir))?;
+    let scan =
+        artifact::of_services(&dir, &services).map_err(Error::io("read the project in", &dir))?;
     // The images this machine holds, as a deploy pins them; none exported.
     let images = crate::image::Shipment::export(&dir, &services, &crate::deploy::Silent)
         .unwrap_or_else(|_| crate::image::Shipment::none());

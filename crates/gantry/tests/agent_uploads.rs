@@ -82,7 +82,7 @@ fn missing(socket: &Path, digests: &[&str]) -> Value {
 /// The project's files as a deploy sends them: (digest of big.bin, the
 /// bytes of every distinct blob together).
 fn artifact(p: &TestProject) -> (String, u64) {
-    let scan = scan(p.path(), &[]).expect("scan the project");
+    let scan = scan(p.path(), &Default::default()).expect("scan the project");
     let big = scan
         .artifact
         .files

@@ -261,6 +261,71 @@ fn web_is_redeployed_twenty_times_under_load_without_a_failed_request() {
     visit_after(&stack, before, "twenty deploys of web");
 }
 
+/// The worker's one instance in `gantry status`: its id and pid.
+fn worker_instance(stack: &Stack) -> (String, u64) {
+    let status = json(stack, &["status"]);
+    let worker = service(&status, "worker");
+    let instances = worker["instances"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        instances.len(),
+        1,
+        "the worker runs one instance: {worker:#}"
+    );
+    let id = instances[0]["id"].as_str().expect("an id").to_owned();
+    let pid = instances[0]["pid"].as_u64().expect("a pid");
+    (id, pid)
+}
+
+#[test]
+fn a_change_inside_webs_build_context_leaves_the_worker_running() {
+    let stack = Stack::new(GANTRY.as_ref(), "stk-ctx", free_port());
+    stack.skip_verify_window();
+    deploy(&stack);
+    let worker = worker_instance(&stack);
+    // web/ is web's build context: its files travel as web's image, not as
+    // the worker's artifact.
+    stack.set_version("2");
+    docker_build_web(&stack);
+    let plan = json(&stack, &["plan"]);
+    let host = &plan["hosts"][0];
+    // No file of the artifact differs: web's image is the one change.
+    assert!(host["files"].is_null(), "{plan:#}");
+    assert_eq!(host["reasons"], serde_json::json!(["`web` changes: image"]));
+    let planned = |name: &str| {
+        host["services"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["service"] == name))
+            .unwrap_or_else(|| panic!("no service `{name}` in {plan:#}"))["replaced"]
+            .clone()
+    };
+    assert_eq!(planned("web"), true, "{plan:#}");
+    assert_eq!(planned("worker"), false, "{plan:#}");
+
+    let report = json(&stack, &["deploy", "--skip-build"]);
+    assert_eq!(report["release"]["outcome"], "succeeded", "{report:#}");
+    let unchanged = report["unchanged"].as_array().cloned().unwrap_or_default();
+    assert!(
+        unchanged.contains(&Value::from("worker")),
+        "the worker is left running: {report:#}"
+    );
+    assert_eq!(version(&stack), "2\n");
+    assert_eq!(
+        worker_instance(&stack),
+        worker,
+        "the same worker instance runs"
+    );
+
+    // A file of the project outside web/ is the worker's: it is replaced.
+    std::fs::write(stack.project.path().join("NOTES"), "n").expect("write NOTES");
+    let report = json(&stack, &["deploy", "--skip-build"]);
+    let unchanged = report["unchanged"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !unchanged.contains(&Value::from("worker")),
+        "the worker runs the new files: {report:#}"
+    );
+    assert_ne!(worker_instance(&stack).0, worker.0);
+}
+
 #[test]
 fn the_visit_count_survives_redeploys_a_db_change_a_rollback_and_agent_kills() {
     let seed = std::env::var("GANTRY_CRASH_SEED")

@@ -88,7 +88,10 @@ def main():
     # PID 1 in a container ignores SIGTERM unless it handles it.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"web {VERSION.decode().strip()} listening on {server.server_address[1]}", flush=True)
-    server.serve_forever()
+    # shutdown() waits for the loop to look at its flag, which it does every
+    # poll_interval (0.5 s by default) when no request comes: an instance
+    # the proxy no longer sends requests to would take that long to stop.
+    server.serve_forever(poll_interval=0.05)
     server.server_close()
 
 

@@ -315,10 +315,12 @@ impl Engine {
             || group_ref.is_none()
             || matches!(group_ref, Some(secrets::UserRef::Name(_)));
         let (passwd, group) = if needs_names {
-            (
-                self.read_file(container, "/etc/passwd").await?,
-                self.read_file(container, "/etc/group").await?,
+            // Two archive requests to the engine, side by side.
+            futures_util::future::try_join(
+                self.read_file(container, "/etc/passwd"),
+                self.read_file(container, "/etc/group"),
             )
+            .await?
         } else {
             (String::new(), String::new())
         };

@@ -77,8 +77,28 @@ impl Shipment {
         }
         let mut shipment = Shipment::none();
         shipment.project = project.to_owned();
-        for (image, built) in wanted {
-            let Some(inspected) = inspect(project, image, built)? else {
+        // One `docker image inspect` per image, side by side: each is a
+        // process of its own and a round trip to the engine.
+        let inspections: Vec<_> = std::thread::scope(|scope| {
+            let running: Vec<_> = wanted
+                .iter()
+                .map(|(image, built)| {
+                    let (image, built) = (*image, *built);
+                    (image, scope.spawn(move || inspect(project, image, built)))
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|(image, handle)| {
+                    let inspected = handle
+                        .join()
+                        .unwrap_or_else(|_| Err(export_failed(image, "inspecting it panicked")));
+                    (image, inspected)
+                })
+                .collect()
+        });
+        for (image, inspected) in inspections {
+            let Some(inspected) = inspected? else {
                 progress.step(&format!(
                     "{image} is not on this machine: each host pulls it from its registry"
                 ));
