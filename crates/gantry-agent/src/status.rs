@@ -57,6 +57,15 @@ pub enum ContainerMemory {
     Skipped,
 }
 
+/// A service's current release and its instances, while a report is made.
+struct Row<'a> {
+    name: String,
+    spec: ServiceSpec,
+    release: Option<String>,
+    live: Vec<&'a InstanceRecord>,
+    instances: Vec<Instance>,
+}
+
 pub async fn services(
     agent: &Agent,
     project: &str,
@@ -88,25 +97,52 @@ pub async fn services(
         })
         .unwrap_or_default();
 
-    let mut out = Vec::new();
-    for (name, (spec, release)) in specs {
-        let live: Vec<&InstanceRecord> = records
-            .iter()
-            .filter(|r| r.service == name && Some(&r.release) == release.as_ref())
-            .collect();
-        let mut instances: Vec<Instance> = live
-            .iter()
-            .filter(|r| r.state != InstanceState::Stopped)
-            .map(|r| instance(agent, r))
-            .collect();
-        if crate::container_instance::is_container(&spec) {
-            if memory == ContainerMemory::Sampled {
-                container_memory(agent, project, &mut instances).await;
-            } else {
-                // The main process's resident set is not the container's.
-                instances.iter_mut().for_each(|i| i.memory = None);
+    let mut rows: Vec<Row> = specs
+        .into_iter()
+        .map(|(name, (spec, release))| {
+            let live: Vec<&InstanceRecord> = records
+                .iter()
+                .filter(|r| r.service == name && Some(&r.release) == release.as_ref())
+                .collect();
+            let instances = live
+                .iter()
+                .filter(|r| r.state != InstanceState::Stopped)
+                .map(|r| instance(agent, r))
+                .collect();
+            Row {
+                name,
+                spec,
+                release,
+                live,
+                instances,
             }
-        }
+        })
+        .collect();
+    // The main process's resident set is not a container's: its memory is
+    // the engine's sample, taken for every container at once (a sample can
+    // take a second).
+    let containers = rows
+        .iter_mut()
+        .filter(|row| crate::container_instance::is_container(&row.spec))
+        .map(|row| async {
+            match memory {
+                ContainerMemory::Sampled => {
+                    container_memory(agent, project, &mut row.instances).await
+                }
+                ContainerMemory::Skipped => row.instances.iter_mut().for_each(|i| i.memory = None),
+            }
+        });
+    futures_util::future::join_all(containers).await;
+
+    let mut out = Vec::new();
+    for Row {
+        name,
+        spec,
+        release,
+        live,
+        instances,
+    } in rows
+    {
         // A static service has no instances: the proxy serves its release.
         let state = if crate::site::is_static(&spec) {
             ServiceState::Running
