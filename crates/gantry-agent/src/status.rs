@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use gantry_core::agent_api::ServiceSpec;
 use gantry_core::agent_api::v1::Restart;
-use gantry_core::agent_api::{Instance, InstanceState, Limits, ServiceState, ServiceStatus};
+use gantry_core::agent_api::{
+    Instance, InstanceState, Limits, Release, ServiceState, ServiceStatus,
+};
 
 use crate::agent::Agent;
 use crate::process;
@@ -66,38 +68,24 @@ struct Row<'a> {
     instances: Vec<Instance>,
 }
 
-pub async fn services(
+/// Each service of the project with the spec its current release deployed
+/// and that release's instances (all but the stopped ones).
+fn rows<'a>(
     agent: &Agent,
-    project: &str,
-    memory: ContainerMemory,
-) -> Result<Vec<ServiceStatus>, StoreError> {
-    let p = project.to_owned();
-    let (records, current, releases) = agent
-        .db(move |s| Ok((s.instances(&p)?, s.current_all(&p)?, s.releases(&p)?)))
-        .await?;
+    records: &'a [InstanceRecord],
+    current: &BTreeMap<String, String>,
+    releases: &[Release],
+) -> Vec<Row<'a>> {
     // The spec of each service as its current release deployed it.
     let mut specs: BTreeMap<String, (ServiceSpec, Option<String>)> = BTreeMap::new();
-    for (service, release_id) in &current {
+    for (service, release_id) in current {
         if let Some(release) = releases.iter().find(|r| &r.id == release_id)
             && let Some(spec) = release.services.iter().find(|s| &s.name == service)
         {
             specs.insert(service.clone(), (spec.clone(), Some(release_id.clone())));
         }
     }
-    let failed_reason: BTreeMap<String, String> = releases
-        .first()
-        .filter(|r| r.outcome == gantry_core::agent_api::Outcome::Failed)
-        .and_then(|r| r.reason.clone().map(|reason| (r, reason)))
-        .and_then(|(r, reason)| {
-            let name = reason.split('`').nth(1)?.to_owned();
-            Some(BTreeMap::from([(
-                name,
-                format!("{reason} (release {})", r.id),
-            )]))
-        })
-        .unwrap_or_default();
-
-    let mut rows: Vec<Row> = specs
+    specs
         .into_iter()
         .map(|(name, (spec, release))| {
             let live: Vec<&InstanceRecord> = records
@@ -117,10 +105,18 @@ pub async fn services(
                 instances,
             }
         })
-        .collect();
-    // The main process's resident set is not a container's: its memory is
-    // the engine's sample, taken for every container at once (a sample can
-    // take a second).
+        .collect()
+}
+
+/// The memory of each container: the main process's resident set is not a
+/// container's, so it is the engine's sample, taken for every container at
+/// once (a sample can take a second), or none.
+async fn sample_memory(
+    agent: &Agent,
+    project: &str,
+    rows: &mut [Row<'_>],
+    memory: ContainerMemory,
+) {
     let containers = rows
         .iter_mut()
         .filter(|row| crate::container_instance::is_container(&row.spec))
@@ -133,6 +129,32 @@ pub async fn services(
             }
         });
     futures_util::future::join_all(containers).await;
+}
+
+pub async fn services(
+    agent: &Agent,
+    project: &str,
+    memory: ContainerMemory,
+) -> Result<Vec<ServiceStatus>, StoreError> {
+    let p = project.to_owned();
+    let (records, current, releases) = agent
+        .db(move |s| Ok((s.instances(&p)?, s.current_all(&p)?, s.releases(&p)?)))
+        .await?;
+    let failed_reason: BTreeMap<String, String> = releases
+        .first()
+        .filter(|r| r.outcome == gantry_core::agent_api::Outcome::Failed)
+        .and_then(|r| r.reason.clone().map(|reason| (r, reason)))
+        .and_then(|(r, reason)| {
+            let name = reason.split('`').nth(1)?.to_owned();
+            Some(BTreeMap::from([(
+                name,
+                format!("{reason} (release {})", r.id),
+            )]))
+        })
+        .unwrap_or_default();
+
+    let mut rows = rows(agent, &records, &current, &releases);
+    sample_memory(agent, project, &mut rows, memory).await;
 
     let mut out = Vec::new();
     for Row {
