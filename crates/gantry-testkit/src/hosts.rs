@@ -432,21 +432,34 @@ impl TestHost {
     /// How many bytes of blob `digest` an unfinished upload left on the
     /// host (a file of that name under a `partial` directory), if any.
     pub fn partial_upload(&self, digest: &str) -> Option<u64> {
-        fn walk(dir: &Path, inside: bool, digest: &str) -> Option<u64> {
-            for entry in std::fs::read_dir(dir).ok()?.flatten() {
-                let kind = entry.file_type().ok()?;
+        self.partial_uploads()
+            .into_iter()
+            .find(|(name, _)| name == digest)
+            .map(|(_, len)| len)
+    }
+
+    /// Every blob an unfinished upload left on the host: its digest (the
+    /// file's name under a `partial` directory) and the bytes it holds.
+    pub fn partial_uploads(&self) -> Vec<(String, u64)> {
+        fn walk(dir: &Path, inside: bool, found: &mut Vec<(String, u64)>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
                 let name = entry.file_name();
                 if kind.is_dir() {
-                    if let Some(found) = walk(&entry.path(), inside || name == "partial", digest) {
-                        return Some(found);
-                    }
-                } else if inside && name == digest {
-                    return entry.metadata().ok().map(|m| m.len());
+                    walk(&entry.path(), inside || name == "partial", found);
+                } else if inside && let Ok(meta) = entry.metadata() {
+                    found.push((name.to_string_lossy().into_owned(), meta.len()));
                 }
             }
-            None
         }
-        walk(&self.home, false, digest)
+        let mut found = Vec::new();
+        walk(&self.home, false, &mut found);
+        found
     }
 
     /// Puts `bin` at ~/.gantry/bin/gantry on the host, as `configure` would.

@@ -76,7 +76,13 @@ const LAYER: usize = 3_000_000;
 
 /// An image service built from `app/Dockerfile`: a big layer of random
 /// bytes, then the VERSION file on top (the layer a change touches).
-fn project(hosts: &TestHosts, name: &str, image: &str, user: &Dockerd) -> TestProject {
+fn project(
+    hosts: &TestHosts,
+    name: &str,
+    image: &str,
+    user: &Dockerd,
+    layer: usize,
+) -> TestProject {
     let toml = format!(
         r#"[project]
 name = "{name}"
@@ -95,7 +101,7 @@ ssh = "h1"
 "#
     );
     let dockerfile = format!(
-        "FROM {base}\nRUN head -c {LAYER} /dev/urandom > /noise\nCOPY VERSION /version\nCMD [\"sleep\", \"infinity\"]\n",
+        "FROM {base}\nRUN head -c {layer} /dev/urandom > /noise\nCOPY VERSION /version\nCMD [\"sleep\", \"infinity\"]\n",
         base = gantry_testkit::images::base()
     );
     TestProject::new(GANTRY)
@@ -138,7 +144,7 @@ fn a_built_image_ships_only_the_layers_the_host_lacks() {
         project: name.to_owned(),
         image: image.clone(),
     };
-    let p = project(&hosts, name, &image, &user);
+    let p = project(&hosts, name, &image, &user, LAYER);
     let args = ["deploy", "-e", "prod", "--output", "json"];
 
     let first = p.gantry(&args);
@@ -175,4 +181,68 @@ fn a_built_image_ships_only_the_layers_the_host_lacks() {
     let third = p.gantry(&args);
     third.expect_code(0);
     assert_eq!(third.json()["hosts"][0]["upload"]["image_bytes_sent"], 0);
+}
+
+#[test]
+fn an_image_upload_cut_off_with_the_link_resumes_where_it_stopped() {
+    let hosts = TestHosts::start(1);
+    host_with_docker(&hosts);
+    let h1 = hosts.host("h1");
+    let user = user_engine();
+    let name = "ship-resume";
+    let image = format!("gantry-test-resume-{}", std::process::id());
+    let _cleanup = Cleanup {
+        project: name.to_owned(),
+        image: image.clone(),
+    };
+    let big: u64 = 16 << 20;
+    let p = project(&hosts, name, &image, &user, big as usize);
+    let args = ["deploy", "-e", "prod", "--output", "json"];
+
+    // 16 MiB of noise at 16 Mbit/s: about eight seconds, cut after the
+    // first few MiB of the layer have reached h1.
+    h1.limit_rate(16_000);
+    let (first, held) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| p.gantry(&args));
+        gantry_testkit::wait_for(
+            "some of the image's noise layer to reach h1",
+            std::time::Duration::from_secs(180),
+            || h1.partial_uploads().iter().any(|(_, n)| *n >= 3 << 20),
+        );
+        h1.cut();
+        let first = first.join().expect("the first deploy's thread");
+        let held: u64 = h1.partial_uploads().iter().map(|(_, n)| n).sum();
+        (first, held)
+    });
+    first.expect_code(5);
+    assert_eq!(first.json()["error"]["code"], "host.unreachable");
+    assert!(
+        (3 << 20..big).contains(&held),
+        "the agent keeps what arrived, not all of it: {held} bytes"
+    );
+
+    // Back: the next deploy sends the rest of the layer, not all of it.
+    h1.restore();
+    h1.unlimit_rate();
+    let again = p.gantry(&args);
+    again.expect_code(0);
+    let report = again.json();
+    let sent = report["hosts"][0]["upload"]["image_bytes_sent"]
+        .as_u64()
+        .unwrap();
+    // The rest of the noise, the small layers above it and the config.
+    assert!(
+        sent <= big - held + 200_000,
+        "at most the rest of the layer ({held} of its bytes were on h1): {sent} bytes sent: {report:#}"
+    );
+    // (What was in flight when the link went down may have reached the
+    // agent's file after `held` was read: the rest is at least half.)
+    assert!(sent >= (big - held) / 2, "{sent} bytes sent: {report:#}");
+    // And what runs is the whole image, checked by digest on the host.
+    assert_eq!(running_version(name), "1");
+    assert!(
+        h1.partial_uploads().is_empty(),
+        "{:?}",
+        h1.partial_uploads()
+    );
 }
