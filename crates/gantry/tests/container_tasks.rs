@@ -40,6 +40,21 @@ migrate = {migrate}
 /// `pre` appends to a log on the volume and says so; `post` says it ran.
 const MIGRATE: &str = r#"{ pre = "echo \"pre $SETTING\" >> /var/lib/redis/migrations.log && echo \"migrated to $SETTING\"", post = "echo \"warmed $SETTING\"" }"#;
 
+/// A project whose proxy listens on a port of its own (tests run side by side).
+fn project() -> TestProject {
+    let listen = format!("127.0.0.1:{}", gantry_testkit::free_port());
+    TestProject::new(GANTRY).env("GANTRY_PROXY_LISTEN", &listen)
+}
+
+/// A deploy left running in the background, its output dropped.
+fn start_deploy(p: &TestProject) -> std::process::Child {
+    agent_support::command(p, &["deploy", "--skip-build", "--output", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the deploy")
+}
+
 fn write(p: &TestProject, text: &str) {
     std::fs::write(p.path().join("gantry.toml"), text).expect("write gantry.toml");
 }
@@ -128,13 +143,7 @@ fn an_image_service_runs_its_migrations_in_one_off_containers_and_a_failing_pre_
     let image = gantry_testkit::images::redis();
     let name = "test-ctr-tasks";
     let _cleanup = Cleanup(name.to_owned());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let p = TestProject::new(GANTRY)
-        .file("gantry.toml", &toml(name, &image, "a", MIGRATE))
-        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    let p = project().file("gantry.toml", &toml(name, &image, "a", MIGRATE));
 
     let report = deploy(&p);
     let release = &report["release"];
@@ -301,16 +310,10 @@ fn a_task_container_left_by_an_agent_killed_mid_task_is_removed_when_it_restarts
     let image = gantry_testkit::images::redis();
     let name = "test-ctr-task-crash";
     let _cleanup = Cleanup(name.to_owned());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let p = TestProject::new(GANTRY)
-        .file(
-            "gantry.toml",
-            &toml(name, &image, "a", r#"{ pre = "true" }"#),
-        )
-        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    let p = project().file(
+        "gantry.toml",
+        &toml(name, &image, "a", r#"{ pre = "true" }"#),
+    );
     let report = deploy(&p);
     let db = db_container(name, &report);
     assert_eq!(redis(db_port(&report), "SET visits 7"), "+OK");
@@ -329,11 +332,7 @@ fn a_task_container_left_by_an_agent_killed_mid_task_is_removed_when_it_restarts
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .expect("the agent's pid");
-    let mut child = agent_support::command(&p, &["deploy", "--skip-build", "--output", "json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the deploy");
+    let mut child = start_deploy(&p);
     let deadline = Instant::now() + Duration::from_secs(60);
     let task = loop {
         let others: Vec<String> = containers(name).into_iter().filter(|c| *c != db).collect();
@@ -374,27 +373,17 @@ fn a_task_container_whose_request_is_abandoned_is_removed() {
     let image = gantry_testkit::images::redis();
     let name = "test-ctr-task-gone";
     let _cleanup = Cleanup(name.to_owned());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
     // A post that never ends: the deploy waits on its request.
-    let p = TestProject::new(GANTRY)
-        .file(
-            "gantry.toml",
-            &toml(
-                name,
-                &image,
-                "a",
-                r#"{ post = "echo started; exec sleep 600" }"#,
-            ),
-        )
-        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
-    let mut child = agent_support::command(&p, &["deploy", "--skip-build", "--output", "json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the deploy");
+    let p = project().file(
+        "gantry.toml",
+        &toml(
+            name,
+            &image,
+            "a",
+            r#"{ post = "echo started; exec sleep 600" }"#,
+        ),
+    );
+    let mut child = start_deploy(&p);
     let deadline = Instant::now() + Duration::from_secs(120);
     let task = loop {
         if let Some(task) = containers(name)
@@ -442,10 +431,6 @@ fn a_secret_a_task_container_prints_is_hidden_in_its_kept_output() {
     let image = gantry_testkit::images::redis();
     let name = "test-ctr-task-secret";
     let _cleanup = Cleanup(name.to_owned());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
     let with_secret = |migrate: &str| {
         toml(name, &image, "a", migrate).replacen(
             "stop_timeout",
@@ -453,7 +438,7 @@ fn a_secret_a_task_container_prints_is_hidden_in_its_kept_output() {
             1,
         )
     };
-    let p = TestProject::new(GANTRY)
+    let p = project()
         .file(
             "gantry.toml",
             &with_secret(
@@ -461,7 +446,6 @@ fn a_secret_a_task_container_prints_is_hidden_in_its_kept_output() {
             ),
         )
         .env("API_TOKEN", SECRET)
-        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"))
         // The agent's own logs, at their most talkative, must not hold it either.
         .env("RUST_LOG", "debug");
     let mut runs = Vec::new();
