@@ -16,7 +16,9 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent_support::{Cleanup, GANTRY, containers, deploy, docker, service, status};
+use agent_support::{
+    Cleanup, containers, deploy, docker, project_with_proxy, service, start_deploy, status,
+};
 use gantry_testkit::TestProject;
 use serde_json::Value;
 
@@ -46,13 +48,7 @@ stop_timeout = "2s"
 }
 
 fn project(name: &str, image: &str) -> TestProject {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    TestProject::new(GANTRY)
-        .file("gantry.toml", &toml(name, image, "a", "1"))
-        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"))
+    project_with_proxy().file("gantry.toml", &toml(name, image, "a", "1"))
 }
 
 fn write(p: &TestProject, text: &str) {
@@ -251,11 +247,7 @@ fn an_agent_killed_during_a_stop_first_deploy_leaves_one_release_and_no_stray_co
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
             .expect("the agent's pid");
-        let mut child = agent_support::command(&p, &["deploy", "--skip-build", "--output", "json"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the deploy");
+        let mut child = start_deploy(&p);
         let delay = (seed.rotate_left(crash as u32 * 7) ^ crash) % window.max(1);
         // Not a wait for a condition: the moment of the kill is the point.
         std::thread::sleep(Duration::from_millis(delay));
@@ -320,18 +312,12 @@ fn a_deploy_of_an_image_no_host_has_fails_with_the_container_error_as_its_cause(
     // Not on this machine, and its registry refuses at once: nothing to
     // ship, and the host's pull fails.
     let image = "127.0.0.1:1/gantry-test/absent:1";
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let p = TestProject::new(GANTRY)
-        .file(
-            "gantry.toml",
-            &format!(
-                "[project]\nname = \"{name}\"\n\n[services.web]\nimage = \"{image}\"\nport = 8080\n"
-            ),
-        )
-        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    let p = project_with_proxy().file(
+        "gantry.toml",
+        &format!(
+            "[project]\nname = \"{name}\"\n\n[services.web]\nimage = \"{image}\"\nport = 8080\n"
+        ),
+    );
 
     let failed = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
     failed.expect_code(6);
@@ -372,9 +358,8 @@ fn an_image_service_failing_its_health_check_fails_the_deploy_with_instance_unhe
     let name = "test-ctr-unhealthy";
     let _cleanup = Cleanup(name.to_owned());
     let image = gantry_testkit::images::busybox_web();
-    let port = gantry_testkit::free_port();
     // The check runs inside the container, where the file never appears.
-    let p = TestProject::new(GANTRY)
+    let p = project_with_proxy()
         .file(
             "gantry.toml",
             &format!(
@@ -383,7 +368,7 @@ fn an_image_service_failing_its_health_check_fails_the_deploy_with_instance_unhe
                  health = {{ command = \"test -e /tmp/ready\", interval = \"100ms\", timeout = \"1s\" }}\n"
             ),
         )
-        .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+        ;
 
     let error = agent_support::failed_deploy(&p);
     let cause = &error["details"]["cause"];

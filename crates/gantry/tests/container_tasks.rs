@@ -15,7 +15,9 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent_support::{Cleanup, GANTRY, containers, deploy, docker, service, status};
+use agent_support::{
+    Cleanup, containers, deploy, docker, project_with_proxy, service, start_deploy, status,
+};
 use gantry_testkit::TestProject;
 use serde_json::Value;
 
@@ -39,21 +41,6 @@ migrate = {migrate}
 
 /// `pre` appends to a log on the volume and says so; `post` says it ran.
 const MIGRATE: &str = r#"{ pre = "echo \"pre $SETTING\" >> /var/lib/redis/migrations.log && echo \"migrated to $SETTING\"", post = "echo \"warmed $SETTING\"" }"#;
-
-/// A project whose proxy listens on a port of its own (tests run side by side).
-fn project() -> TestProject {
-    let listen = format!("127.0.0.1:{}", gantry_testkit::free_port());
-    TestProject::new(GANTRY).env("GANTRY_PROXY_LISTEN", &listen)
-}
-
-/// A deploy left running in the background, its output dropped.
-fn start_deploy(p: &TestProject) -> std::process::Child {
-    agent_support::command(p, &["deploy", "--skip-build", "--output", "json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the deploy")
-}
 
 fn write(p: &TestProject, text: &str) {
     std::fs::write(p.path().join("gantry.toml"), text).expect("write gantry.toml");
@@ -143,7 +130,7 @@ fn an_image_service_runs_its_migrations_in_one_off_containers_and_a_failing_pre_
     let image = gantry_testkit::images::redis();
     let name = "test-ctr-tasks";
     let _cleanup = Cleanup(name.to_owned());
-    let p = project().file("gantry.toml", &toml(name, &image, "a", MIGRATE));
+    let p = project_with_proxy().file("gantry.toml", &toml(name, &image, "a", MIGRATE));
 
     let report = deploy(&p);
     let release = &report["release"];
@@ -310,7 +297,7 @@ fn a_task_container_left_by_an_agent_killed_mid_task_is_removed_when_it_restarts
     let image = gantry_testkit::images::redis();
     let name = "test-ctr-task-crash";
     let _cleanup = Cleanup(name.to_owned());
-    let p = project().file(
+    let p = project_with_proxy().file(
         "gantry.toml",
         &toml(name, &image, "a", r#"{ pre = "true" }"#),
     );
@@ -374,7 +361,7 @@ fn a_task_container_whose_request_is_abandoned_is_removed() {
     let name = "test-ctr-task-gone";
     let _cleanup = Cleanup(name.to_owned());
     // A post that never ends: the deploy waits on its request.
-    let p = project().file(
+    let p = project_with_proxy().file(
         "gantry.toml",
         &toml(
             name,
@@ -438,7 +425,7 @@ fn a_secret_a_task_container_prints_is_hidden_in_its_kept_output() {
             1,
         )
     };
-    let p = project()
+    let p = project_with_proxy()
         .file(
             "gantry.toml",
             &with_secret(

@@ -564,3 +564,18 @@ impl Drop for Cleanup {
         ]);
     }
 }
+
+/// A project whose proxy listens on a port of its own (tests run side by side).
+pub fn project_with_proxy() -> TestProject {
+    let listen = format!("127.0.0.1:{}", gantry_testkit::free_port());
+    TestProject::new(GANTRY).env("GANTRY_PROXY_LISTEN", &listen)
+}
+
+/// A deploy left running in the background, its output dropped.
+pub fn start_deploy(p: &TestProject) -> std::process::Child {
+    command(p, &["deploy", "--skip-build", "--output", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the deploy")
+}
