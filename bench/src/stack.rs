@@ -6,7 +6,7 @@
 //!
 //! ```sh
 //! cargo build --release -p gantry
-//! cargo run --release -p gantry-bench --bin stack [-- --rounds N --clients N]
+//! cargo run --release -p gantry-bench --bin stack [-- --rounds N --clients N --engine overlay2]
 //! ```
 
 use std::collections::BTreeMap;
@@ -16,6 +16,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use gantry_bench::{Counts, free_port, gantry_binary, ms, percentile, under_load};
+use gantry_testkit::dockerd::Dockerd;
 use gantry_testkit::hosts::TestHosts;
 use gantry_testkit::http_get;
 use gantry_testkit::stack::Stack;
@@ -29,21 +30,33 @@ const PLAIN: &str = "gantry-bench-stack-plain";
 struct Options {
     rounds: usize,
     clients: usize,
+    /// A storage driver for an engine of the bench's own beside the
+    /// machine's; `None`: the machine's engine.
+    storage: Option<String>,
 }
 
 fn options() -> Result<Options, String> {
     let mut options = Options {
         rounds: 10,
         clients: 4,
+        storage: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let slot = match arg.as_str() {
             "--rounds" => &mut options.rounds,
             "--clients" => &mut options.clients,
+            "--engine" => {
+                options.storage = match args.next().as_deref() {
+                    Some("machine") => None,
+                    Some("overlay2") => Some("overlay2".to_owned()),
+                    _ => return Err("--engine takes `machine` or `overlay2`".to_owned()),
+                };
+                continue;
+            }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`: use --rounds N or --clients N"
+                    "unknown argument `{other}`: use --rounds N, --clients N or --engine machine|overlay2"
                 ));
             }
         };
@@ -86,7 +99,8 @@ fn main() -> ExitCode {
 
 fn run(gantry: &Path, options: &Options) -> Result<String, String> {
     eprintln!("preparing the images (built once, then cached) ...");
-    let stack = Stack::new(gantry, "benchstack", free_port()?);
+    let mut stack = Stack::new(gantry, "benchstack", free_port()?);
+    let engine = Engine::start(options.storage.as_deref(), &mut stack)?;
     // The verify window (5 s by default) is the CLI watching a release that
     // already serves; the plain way watches nothing, so neither does this.
     stack.skip_verify_window();
@@ -106,18 +120,18 @@ fn run(gantry: &Path, options: &Options) -> Result<String, String> {
         options.clients,
         || {
             for round in 0..options.rounds {
-                new_image(&stack, &format!("gantry-{round}"))?;
+                new_image(&engine, &stack, &format!("gantry-{round}"))?;
                 deploys.time(&stack)?;
             }
             Ok(())
         },
     )?;
     eprintln!("{} plain docker stop + run under load ...", options.rounds);
-    let plain = Plain::start(&stack.web_image())?;
+    let plain = Plain::start(&engine, &stack.web_image())?;
     let mut restarts = Restarts::default();
     let plain_load = under_load(plain.port, "localhost", "/version", options.clients, || {
         for round in 0..options.rounds {
-            new_image(&stack, &format!("plain-{round}"))?;
+            new_image(&engine, &stack, &format!("plain-{round}"))?;
             restarts.time(&plain, &stack.web_image())?;
         }
         Ok(())
@@ -125,7 +139,17 @@ fn run(gantry: &Path, options: &Options) -> Result<String, String> {
     drop(plain);
     eprintln!("a one-layer change shipped to an SSH host with its own engine ...");
     let shipping = one_layer_change(gantry)?;
-    let mut out = table(options, &deploys, &restarts, &deploy_load, &plain_load);
+    let (engine_name, web_image) = (engine.name(), stack.web_image());
+    drop(stack);
+    drop(engine);
+    let mut out = table(
+        options,
+        &engine_name,
+        &deploys,
+        &restarts,
+        &deploy_load,
+        &plain_load,
+    );
     let _ = writeln!(
         out,
         "\n| one-layer change of web's image to an SSH host | bytes |\n|---|---:|\n\
@@ -135,7 +159,7 @@ fn run(gantry: &Path, options: &Options) -> Result<String, String> {
         shipping.gantry,
         shipping.plain,
         shipping.gantry as f64 / shipping.plain.max(1) as f64,
-        image = stack.web_image(),
+        image = web_image,
     );
     Ok(out)
 }
@@ -211,9 +235,10 @@ fn save_load_over_ssh(image: &str, ssh_config: &Path) -> Result<u64, String> {
     Ok(bytes)
 }
 
-/// A new VERSION built into web's image, as the example's `build` does;
-/// not timed (both sides run the same image).
-fn new_image(stack: &Stack, version: &str) -> Result<(), String> {
+/// A new VERSION built into web's image on the machine's engine, as the
+/// example's `build` does, and given to the engine both sides run on; not
+/// timed (both sides run the same image).
+fn new_image(engine: &Engine, stack: &Stack, version: &str) -> Result<(), String> {
     stack.set_version(version);
     let dir = stack.project.path().join("web");
     docker(&[
@@ -222,12 +247,83 @@ fn new_image(stack: &Stack, version: &str) -> Result<(), String> {
         "--tag",
         &stack.web_image(),
         &dir.to_string_lossy(),
-    ])
-    .map(drop)
+    ])?;
+    engine.take(&stack.web_image())
 }
 
+/// The Docker engine Gantry's agent and the plain way both run on: the
+/// machine's, or (`--engine overlay2`) one of the bench's own beside it,
+/// storing with overlay2. Images are built on the machine's engine (its
+/// builds reach Debian's packages; the other one has no outside network)
+/// and copied to the other with `docker save | docker load`.
+struct Engine {
+    own: Option<Dockerd>,
+}
+
+impl Engine {
+    fn start(storage: Option<&str>, stack: &mut Stack) -> Result<Engine, String> {
+        let Some(storage) = storage else {
+            return Ok(Engine { own: None });
+        };
+        eprintln!("starting an engine of the bench's own with {storage} ...");
+        let engine = Engine {
+            own: Some(Dockerd::beside_machine(storage)),
+        };
+        for image in ["postgres:15", "redis:7"] {
+            engine.take(image)?;
+        }
+        if let Some(own) = &engine.own {
+            stack.project.set_env("DOCKER_HOST", &own.host());
+        }
+        Ok(engine)
+    }
+
+    /// Copies `image` from the machine's engine, if this is another one.
+    fn take(&self, image: &str) -> Result<(), String> {
+        let Some(own) = &self.own else {
+            return Ok(());
+        };
+        let script = r#"docker save "$1" | DOCKER_HOST="$2" docker load -q >/dev/null"#;
+        let status = Command::new("sh")
+            .args(["-c", script, "sh", image, &own.host()])
+            .status()
+            .map_err(|e| format!("cannot run docker save | docker load: {e}"))?;
+        if !status.success() {
+            return Err(format!("cannot copy {image} to the bench's engine"));
+        }
+        Ok(())
+    }
+
+    /// `docker ARGS` on this engine.
+    fn docker(&self, args: &[&str]) -> Result<String, String> {
+        let mut command = Command::new("docker");
+        if let Some(own) = &self.own {
+            command.env("DOCKER_HOST", own.host());
+        }
+        run_docker(command, args)
+    }
+
+    fn name(&self) -> String {
+        match &self.own {
+            Some(own) => format!(
+                "an engine of the bench's own ({})",
+                own.docker(&["info", "--format", "{{.Driver}}"])
+            ),
+            None => format!(
+                "the machine's engine ({})",
+                docker(&["info", "--format", "{{.Driver}}"]).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// `docker ARGS` on the machine's engine.
 fn docker(args: &[&str]) -> Result<String, String> {
-    let output = Command::new("docker")
+    run_docker(Command::new("docker"), args)
+}
+
+fn run_docker(mut command: Command, args: &[&str]) -> Result<String, String> {
+    let output = command
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -254,6 +350,11 @@ struct Deploys {
     others: Vec<Duration>,
     rest: Vec<Duration>,
     overhead: Vec<Duration>,
+    /// The time web's phases waited on the engine's create, start, stop
+    /// and remove calls, as the agent counts it (`engine_ms`).
+    engine: Vec<Duration>,
+    /// The wall time minus every health phase and `engine`.
+    own: Vec<Duration>,
 }
 
 impl Deploys {
@@ -271,11 +372,13 @@ impl Deploys {
         }
         let report = run.json();
         let (mut health, mut others, mut all) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let mut engine = Duration::ZERO;
         let mut web = BTreeMap::<String, Duration>::new();
         for phase in report["release"]["phases"].as_array().into_iter().flatten() {
             let name = phase["name"].as_str().unwrap_or("?").to_owned();
             let took = Duration::from_millis(phase["duration_ms"].as_u64().unwrap_or(0));
             all += took;
+            engine += Duration::from_millis(phase["engine_ms"].as_u64().unwrap_or(0));
             if name == HEALTH {
                 health += took;
             }
@@ -296,49 +399,57 @@ impl Deploys {
         self.others.push(others);
         self.rest.push(wall.saturating_sub(all));
         self.overhead.push(wall.saturating_sub(health));
+        self.engine.push(engine);
+        self.own
+            .push(wall.saturating_sub(health).saturating_sub(engine));
         Ok(())
     }
 }
 
 /// The plain way: one container of web's image on a fixed loopback port.
-struct Plain {
+struct Plain<'e> {
     port: u16,
+    engine: &'e Engine,
 }
 
-impl Plain {
-    fn start(image: &str) -> Result<Plain, String> {
-        let _ = docker(&["rm", "-f", PLAIN]);
+impl<'e> Plain<'e> {
+    fn start(engine: &'e Engine, image: &str) -> Result<Plain<'e>, String> {
+        let _ = engine.docker(&["rm", "-f", PLAIN]);
         // A network of its own, as Gantry's project network.
-        let _ = docker(&["network", "rm", PLAIN]);
-        docker(&["network", "create", PLAIN])?;
-        let plain = Plain { port: free_port()? };
+        let _ = engine.docker(&["network", "rm", PLAIN]);
+        engine.docker(&["network", "create", PLAIN])?;
+        let plain = Plain {
+            port: free_port()?,
+            engine,
+        };
         plain.run(image)?;
         wait_healthy(plain.port)?;
         Ok(plain)
     }
 
     fn run(&self, image: &str) -> Result<(), String> {
-        docker(&[
-            "run",
-            "-d",
-            "--name",
-            PLAIN,
-            "--network",
-            PLAIN,
-            "-e",
-            "PORT=8000",
-            "-p",
-            &format!("127.0.0.1:{}:8000", self.port),
-            image,
-        ])
-        .map(drop)
+        self.engine
+            .docker(&[
+                "run",
+                "-d",
+                "--name",
+                PLAIN,
+                "--network",
+                PLAIN,
+                "-e",
+                "PORT=8000",
+                "-p",
+                &format!("127.0.0.1:{}:8000", self.port),
+                image,
+            ])
+            .map(drop)
     }
 }
 
-impl Drop for Plain {
+impl Drop for Plain<'_> {
     fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", PLAIN]);
-        let _ = docker(&["network", "rm", PLAIN]);
+        let _ = self.engine.docker(&["rm", "-f", PLAIN]);
+        let _ = self.engine.docker(&["network", "rm", PLAIN]);
     }
 }
 
@@ -367,8 +478,8 @@ struct Restarts {
 impl Restarts {
     fn time(&mut self, plain: &Plain, image: &str) -> Result<(), String> {
         let started = Instant::now();
-        docker(&["stop", PLAIN])?;
-        docker(&["rm", PLAIN])?;
+        plain.engine.docker(&["stop", PLAIN])?;
+        plain.engine.docker(&["rm", PLAIN])?;
         let stopped = Instant::now();
         plain.run(image)?;
         let ran = Instant::now();
@@ -411,6 +522,7 @@ fn beyond_plain(out: &mut String, wall: &[Duration], plain: &[Duration]) {
 
 fn table(
     options: &Options,
+    engine: &str,
     deploys: &Deploys,
     restarts: &Restarts,
     deploy_load: &Counts,
@@ -419,7 +531,7 @@ fn table(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} replacements of examples/stack's web by a changed image, under load from {} client threads\n",
+        "{} replacements of examples/stack's web by a changed image, under load from {} client threads, on {engine}\n",
         options.rounds, options.clients
     );
     out.push_str("| measure | median | p90 | × plain restart | goal | verdict |\n");
@@ -480,6 +592,16 @@ fn table(
     row(
         "**deploy overhead beyond the health waits** (strict)",
         &deploys.overhead,
+        Some(OVERHEAD_GOAL),
+    );
+    row(
+        "· of which Docker's create, start, stop and rm calls (the agent's count)",
+        &deploys.engine,
+        None,
+    );
+    row(
+        "**Gantry's own overhead** (beyond the health waits and those Docker calls)",
+        &deploys.own,
         Some(OVERHEAD_GOAL),
     );
     beyond_plain(&mut out, &deploys.wall, &restarts.wall);

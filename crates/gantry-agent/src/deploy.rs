@@ -37,12 +37,14 @@ impl Timer<'_> {
     ) -> T {
         let started_at = now_ms();
         let clock = Instant::now();
-        let out = work.await;
+        let (out, engine) = crate::container::lifecycle::measured(work).await;
+        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         self.phases.push(Phase {
             name: name.to_owned(),
             service: service.map(str::to_owned),
             started_at,
-            duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+            duration_ms: millis(clock.elapsed()),
+            engine_ms: (!engine.is_zero()).then(|| millis(engine)),
             task: None,
         });
         out

@@ -83,6 +83,10 @@ impl From<ContainerError> for Unrun {
     }
 }
 
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The line that ends the output of a task killed at its time limit.
 fn killed_line(limit: Duration) -> String {
     let secs = limit.as_secs();
@@ -117,11 +121,18 @@ pub(crate) async fn phase(agent: &Agent, release: &Release, task: &Task) -> Resu
         })?;
     let started_at = now_ms();
     let clock = Instant::now();
+    let mut engine = None;
     let ran = match &spec.workload {
         Workload::Process { .. } => in_process(agent, release, spec, &task.command)
             .await
             .map_err(Unrun::from),
-        Workload::Compose { .. } => in_container(agent, release, spec, task).await,
+        Workload::Compose { .. } => {
+            let (ran, spent) =
+                crate::container::lifecycle::measured(in_container(agent, release, spec, task))
+                    .await;
+            engine = Some(spent);
+            ran
+        }
         Workload::Static { .. } => Err(Unrun::from(format!(
             "service `{}` is a static directory: it has nothing to run a command in",
             spec.name
@@ -156,7 +167,8 @@ pub(crate) async fn phase(agent: &Agent, release: &Release, task: &Task) -> Resu
         name: task.phase.clone(),
         service: Some(task.service.clone()),
         started_at,
-        duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+        duration_ms: millis(clock.elapsed()),
+        engine_ms: engine.map(millis),
         task: Some(TaskOutput {
             command: task.command.clone(),
             exit_code,

@@ -444,9 +444,13 @@ impl Report for ReleaseDetail {
         }
         out.push_str("  phases:\n");
         for p in &r.phases {
+            let engine = p
+                .engine_ms
+                .map(|ms| format!(" (Docker {ms} ms)"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "    {:<12} {:<10} {:>6} ms",
+                "    {:<12} {:<10} {:>6} ms{engine}",
                 p.name,
                 p.service.as_deref().unwrap_or(""),
                 p.duration_ms

@@ -185,6 +185,13 @@ pub struct Phase {
     /// Unix time in milliseconds.
     pub started_at: u64,
     pub duration_ms: u64,
+    /// Of `duration_ms`, the time the container engine took to create,
+    /// start, stop and remove containers (an image service's phases):
+    /// what the agent waited on Docker for, beside its own work. Summed
+    /// over calls, so replicas started side by side can add up to more
+    /// than the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_ms: Option<u64>,
     /// For a task's phase (`migrate.pre`, `migrate.post`): how it ended and its output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskOutput>,

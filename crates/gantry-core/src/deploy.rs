@@ -1295,6 +1295,7 @@ mod tests {
             service: Some("web".to_owned()),
             started_at: 0,
             duration_ms: 0,
+            engine_ms: None,
             task: Some(crate::agent_api::TaskOutput {
                 command: command.to_owned(),
                 exit_code: Some(exit_code),

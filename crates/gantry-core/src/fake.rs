@@ -579,6 +579,7 @@ impl Host for FakeHost {
             service: Some(task.service.clone()),
             started_at: 0,
             duration_ms: 0,
+            engine_ms: None,
             task: Some(crate::agent_api::TaskOutput {
                 command: task.command.clone(),
                 exit_code: Some(0),

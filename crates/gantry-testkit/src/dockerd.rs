@@ -1,12 +1,16 @@
 //! A Docker Engine of a test's own: a dockerd with its own data root, exec
-//! root, pidfile and socket, always inside a network namespace that is not
-//! the machine's (a dockerd manages the bridge `docker0` and the iptables
-//! rules where it runs; the machine's own engine must keep its own).
+//! root, pidfile and socket. A dockerd manages the bridge `docker0` and the
+//! iptables rules where it runs, and the machine's own engine must keep its
+//! own: so an engine of a test's runs inside a network namespace that is not
+//! the machine's, or beside the machine's engine with neither.
 //!
-//! Two uses: the user's machine whose engine only builds
-//! ([`Dockerd::isolated`]: a namespace of its own, no bridge), and a test
+//! Three uses: the user's machine whose engine only builds
+//! ([`Dockerd::isolated`]: a namespace of its own, no bridge), a test
 //! host's engine ([`Dockerd::in_namespace`]: inside the host's namespace,
-//! with its bridge and rules, as on a server; its socket group `docker`).
+//! with its bridge and rules, as on a server; its socket group `docker`),
+//! and a bench's engine with another storage driver
+//! ([`Dockerd::beside_machine`]: the machine's namespace, no bridge, no
+//! rules).
 //! Stopped on drop, its containers removed first; its files go with it.
 //!
 //! Needs root and Docker's `dockerd` (Debian's docker.io).
@@ -18,7 +22,13 @@ use std::time::{Duration, Instant};
 pub struct Dockerd {
     dir: tempfile::TempDir,
     daemon: Child,
+    /// A bridge made for it, deleted after it stops.
+    bridge: Option<&'static str>,
 }
+
+/// The default bridge of [`Dockerd::beside_machine`]'s engine, and its
+/// address.
+const BESIDE_BRIDGE: (&str, &str) = ("gantrybench0", "10.214.0.1/24");
 
 impl Dockerd {
     /// An engine in a network namespace of its own, without networks:
@@ -38,6 +48,42 @@ impl Dockerd {
         Dockerd::start(&["nsenter", &net, "--"], &["--group", "docker"])
     }
 
+    /// An engine beside the machine's, in its network namespace, storing
+    /// images and containers with `storage_driver` (`overlay2`, where the
+    /// machine's engine uses another). It touches neither the machine's
+    /// bridge nor its iptables rules: its default bridge is one of its own
+    /// (a dockerd told `--bridge none` deletes `docker0`), it writes no
+    /// rules (so its containers reach no outside network, and it builds
+    /// nothing that needs one), its networks' addresses come from
+    /// 10.213.0.0/16. Its published ports are on this machine's loopback,
+    /// as the machine engine's are. For a bench that compares storage
+    /// drivers.
+    pub fn beside_machine(storage_driver: &str) -> Dockerd {
+        let (bridge, address) = BESIDE_BRIDGE;
+        let _ = Command::new("ip")
+            .args(["link", "del", bridge])
+            .stderr(Stdio::null())
+            .status();
+        crate::hosts::run("ip", &["link", "add", bridge, "type", "bridge"]);
+        crate::hosts::run("ip", &["addr", "add", address, "dev", bridge]);
+        crate::hosts::run("ip", &["link", "set", bridge, "up"]);
+        let mut engine = Dockerd::start(
+            &[],
+            &[
+                "--storage-driver",
+                storage_driver,
+                "--bridge",
+                bridge,
+                "--iptables=false",
+                "--ip-masq=false",
+                "--default-address-pool",
+                "base=10.213.0.0/16,size=24",
+            ],
+        );
+        engine.bridge = Some(bridge);
+        engine
+    }
+
     fn start(enter: &[&str], options: &[&str]) -> Dockerd {
         // Under /var/tmp: test hosts' sshd (and so their agents) see a /tmp
         // of their own, and the socket must be visible to them.
@@ -49,9 +95,15 @@ impl Dockerd {
         let path = |name: &str| dir.path().join(name).display().to_string();
         // Its own (empty) config: the system's names the system's data root.
         std::fs::write(dir.path().join("daemon.json"), "{}").expect("write daemon.json");
-        let daemon = Command::new(enter[0])
-            .args(&enter[1..])
-            .arg("dockerd")
+        let mut command = match enter.split_first() {
+            Some((first, rest)) => {
+                let mut command = Command::new(first);
+                command.args(rest).arg("dockerd");
+                command
+            }
+            None => Command::new("dockerd"),
+        };
+        let daemon = command
             .args(["--config-file", &path("daemon.json")])
             .args(["--data-root", &path("data"), "--exec-root", &path("exec")])
             .args(["--pidfile", &path("dockerd.pid")])
@@ -62,7 +114,11 @@ impl Dockerd {
             .stderr(std::fs::File::create(dir.path().join("dockerd.log")).expect("create the log"))
             .spawn()
             .expect("start dockerd");
-        let engine = Dockerd { dir, daemon };
+        let engine = Dockerd {
+            dir,
+            daemon,
+            bridge: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !engine
             .command(&["info"])
@@ -172,5 +228,8 @@ impl Drop for Dockerd {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+        if let Some(bridge) = self.bridge {
+            let _ = Command::new("ip").args(["link", "del", bridge]).status();
+        }
     }
 }

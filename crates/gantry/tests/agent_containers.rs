@@ -224,6 +224,24 @@ fn image_services_deploy_as_containers_replace_without_downtime_and_settle_after
         1,
         "{first:?} {second:?}"
     );
+    // Web's start (create and start) and stop-old (stop and remove) say
+    // how much of their time Docker's calls took; the switch makes none.
+    for (name, engine) in [("start", true), ("switch", false), ("stop-old", true)] {
+        let phase = report["release"]["phases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name && p["service"] == "web")
+            .unwrap_or_else(|| panic!("no phase {name} of web: {report:#}"));
+        match (engine, phase["engine_ms"].as_u64()) {
+            (true, Some(ms)) => assert!(
+                ms > 0 && ms <= phase["duration_ms"].as_u64().unwrap_or(0),
+                "{phase:#}"
+            ),
+            (false, None) => {}
+            _ => panic!("phase {name}: {phase:#}"),
+        }
+    }
 
     // The agent dies; meanwhile a container appears that the store does not
     // count (a copy of web's labels under another instance).

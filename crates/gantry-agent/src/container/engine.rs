@@ -5,18 +5,20 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::StartExecResults;
-use bollard::models::{NetworkCreateRequest, VolumeCreateRequest};
+use bollard::models::{ImageInspect, NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptions, DownloadFromContainerOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions, StatsOptions, StopContainerOptions, WaitContainerOptions,
 };
 use futures_util::{Stream, StreamExt};
 
+use super::lifecycle;
 use super::secrets::{self, SecretValue};
 use super::spec::{self, ContainerSpec, Identity};
 use super::{ContainerError, describe, is_not_found};
@@ -39,7 +41,13 @@ pub struct Engine {
     /// The `dev.gantry.agent` label of the containers this engine makes and lists.
     owner: String,
     api_version: String,
+    /// Whom containers of an image run as, by (image id, user): an image's
+    /// files never change, so its /etc/passwd is read once.
+    owners: Arc<Mutex<HashMap<(String, String), secrets::Owner>>>,
 }
+
+/// The most owners [`Engine`] keeps before it forgets them all.
+const OWNERS_KEPT: usize = 256;
 
 /// A container as the engine reports it.
 #[derive(Debug, Clone)]
@@ -134,6 +142,7 @@ impl Engine {
             secrets_root: secrets_root.to_owned(),
             owner: owner.to_owned(),
             api_version,
+            owners: Arc::default(),
         })
     }
 
@@ -244,13 +253,16 @@ impl Engine {
     ) -> Result<String, ContainerError> {
         let identity = &spec.identity;
         let name = identity.container_name();
-        self.pull_if_absent(&spec.image).await?;
-        self.ensure_network(&identity.project, &identity.environment)
-            .await?;
-        for volume in &spec.volumes {
+        // What the container needs beside it, asked of the engine side by side.
+        let volumes = spec.volumes.iter().map(|volume| {
             self.ensure_volume(&identity.project, &identity.environment, &volume.name)
-                .await?;
-        }
+        });
+        let (image, _, _) = futures_util::future::try_join3(
+            self.pull_if_absent(&spec.image),
+            self.ensure_network(&identity.project, &identity.environment),
+            futures_util::future::try_join_all(volumes),
+        )
+        .await?;
         let secret_dir = secrets::directory(&self.secrets_root, &name);
         let secret_files = if spec.secrets.is_empty() {
             BTreeMap::new()
@@ -265,7 +277,10 @@ impl Engine {
         if let Some(labels) = body.labels.as_mut() {
             labels.insert(spec::LABEL_AGENT.to_owned(), self.owner.clone());
         }
-        let created = match self.docker.create_container(Some(options), body).await {
+        let clock = Instant::now();
+        let created = self.docker.create_container(Some(options), body).await;
+        lifecycle::add(clock);
+        let created = match created {
             Ok(created) => created,
             Err(e) if is_not_found(&e) => {
                 secrets::remove(&secret_dir);
@@ -280,7 +295,7 @@ impl Engine {
         };
         if !secret_files.is_empty() {
             let filled = async {
-                let owner = self.container_owner(&created.id, spec).await?;
+                let owner = self.container_owner(&created.id, spec, &image).await?;
                 secrets::fill(&secret_files, secret_values, owner)
             }
             .await;
@@ -293,23 +308,28 @@ impl Engine {
     }
 
     /// The uid and gid the container will run as: the spec's user, else the
-    /// image's, resolved in the container's own /etc/passwd and /etc/group.
+    /// image's, resolved in the container's own /etc/passwd and /etc/group
+    /// (once per image and user).
     async fn container_owner(
         &self,
         container: &str,
         spec: &ContainerSpec,
+        image: &ImageInspect,
     ) -> Result<secrets::Owner, ContainerError> {
         let user = match &spec.user {
             Some(user) => user.clone(),
-            None => self
-                .docker
-                .inspect_image(&spec.image)
-                .await
-                .map_err(|e| ContainerError::engine("inspect image", &spec.image, e))?
+            None => image
                 .config
-                .and_then(|c| c.user)
+                .as_ref()
+                .and_then(|c| c.user.clone())
                 .unwrap_or_default(),
         };
+        let key = image.id.clone().map(|id| (id, user.clone()));
+        let known =
+            |owners: &HashMap<_, secrets::Owner>| key.as_ref().and_then(|k| owners.get(k).copied());
+        if let Some(owner) = known(&self.owners.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(owner);
+        }
         let (user_ref, group_ref) = secrets::parse_user(&user);
         let needs_names = matches!(user_ref, secrets::UserRef::Name(_))
             || group_ref.is_none()
@@ -324,7 +344,15 @@ impl Engine {
         } else {
             (String::new(), String::new())
         };
-        secrets::resolve_owner(&user, &passwd, &group)
+        let owner = secrets::resolve_owner(&user, &passwd, &group)?;
+        if let Some(key) = key {
+            let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+            if owners.len() >= OWNERS_KEPT {
+                owners.clear();
+            }
+            owners.insert(key, owner);
+        }
+        Ok(owner)
     }
 
     /// A small text file of a container's filesystem (empty when it has
@@ -369,7 +397,10 @@ impl Engine {
     }
 
     pub async fn start(&self, container: &str) -> Result<(), ContainerError> {
-        match self.docker.start_container(container, None).await {
+        let clock = Instant::now();
+        let started = self.docker.start_container(container, None).await;
+        lifecycle::add(clock);
+        match started {
             Ok(()) => Ok(()),
             // Already running.
             Err(bollard::errors::Error::DockerResponseServerError {
@@ -391,7 +422,10 @@ impl Engine {
             .docker
             .clone()
             .with_timeout(Duration::from_secs(REQUEST_TIMEOUT_SECS) + timeout);
-        match docker.stop_container(container, Some(options)).await {
+        let clock = Instant::now();
+        let stopped = docker.stop_container(container, Some(options)).await;
+        lifecycle::add(clock);
+        match stopped {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 304, ..
@@ -410,7 +444,14 @@ impl Engine {
             v: false,
             link: false,
         };
-        match self.docker.remove_container(container, Some(options)).await {
+        let clock = Instant::now();
+        let removed = self.docker.remove_container(container, Some(options)).await;
+        if name.is_some() {
+            // Only a removal that removes something: the look for a
+            // leftover before a create is the agent's own care.
+            lifecycle::add(clock);
+        }
+        match removed {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(ContainerError::engine("remove", container, e)),

@@ -23,6 +23,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
 
+use bollard::models::ImageInspect;
 use bollard::query_parameters::{ImportImageOptions, ListImagesOptions};
 use futures_util::StreamExt;
 
@@ -177,10 +178,11 @@ impl Engine {
     /// gantry.toml names that the user's machine did not have, so the deploy
     /// did not ship it. An image the deploy shipped (tagged `gantry-<id>`)
     /// is never pulled. A registry that lacks the tag or does not answer
-    /// fails it with the engine's words (tests/registry_pull.rs).
-    pub async fn pull_if_absent(&self, image: &str) -> Result<(), ContainerError> {
+    /// fails it with the engine's words (tests/registry_pull.rs). The
+    /// image as the engine then describes it.
+    pub async fn pull_if_absent(&self, image: &str) -> Result<ImageInspect, ContainerError> {
         match self.docker.inspect_image(image).await {
-            Ok(_) => return Ok(()),
+            Ok(found) => return Ok(found),
             Err(e) if super::is_not_found(&e) => {}
             Err(e) => return Err(ContainerError::engine("inspect image", image, e)),
         }
@@ -211,7 +213,10 @@ impl Engine {
                 message,
             });
         }
-        Ok(())
+        self.docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| ContainerError::engine("inspect image", image, e))
     }
 }
 

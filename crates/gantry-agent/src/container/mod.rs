@@ -20,6 +20,7 @@
 mod dump;
 mod engine;
 pub mod image;
+pub mod lifecycle;
 pub mod secrets;
 mod settle;
 #[cfg(test)]

@@ -384,6 +384,7 @@ pub(super) mod tests {
             service: Some("web".to_owned()),
             started_at: 1,
             duration_ms: 20,
+            engine_ms: None,
             task: None,
         }];
         store.update_release(&r1).expect("update");
