@@ -210,6 +210,13 @@ impl gantry_core::deploy::Progress for StderrProgress<'_> {
             Mode::Json => {}
         }
     }
+
+    /// Text: the plan as `gantry plan` prints it, on stderr (stdout stays
+    /// the one report); the deploy goes on to change what it says.
+    fn plan(&self, report: &gantry_core::plan::PlanReport) {
+        let text = report.text().replacen(" (nothing was changed)", "", 1);
+        self.0.status(text.trim_end());
+    }
 }
 
 /// rustc-style text: each diagnostic with its source line and a caret, then a summary.

@@ -24,6 +24,10 @@ mod verify;
 /// events). Hosts deploy in parallel, so it is shared between threads.
 pub trait Progress: Sync {
     fn step(&self, message: &str);
+
+    /// What the deploy is about to do, once its builds are done and before
+    /// it takes the lock (only with [`DeployOptions::show_plan`]).
+    fn plan(&self, _report: &crate::plan::PlanReport) {}
 }
 
 /// Progress nobody watches.
@@ -149,6 +153,9 @@ pub struct DeployOptions {
     pub skip_build: bool,
     /// Take the environment's deploy lock even if another deploy holds it.
     pub force_unlock: bool,
+    /// Ask the hosts what the deploy changes, from what it is about to
+    /// send, and tell [`Progress::plan`]: for people watching.
+    pub show_plan: bool,
 }
 
 fn ms(since: Instant) -> u64 {
@@ -214,20 +221,7 @@ pub fn deploy(
     let dir = config.project_dir().to_owned();
     refuse_unsupported(&config.file, &env)?;
     let services: Vec<_> = env.deploy_order().into_iter().cloned().collect();
-    // Which services run where, in the order hosts are listed.
-    let placements: Vec<(&HostSpec, Vec<Service>)> = env
-        .hosts
-        .iter()
-        .map(|host| {
-            let here = services
-                .iter()
-                .filter(|s| s.hosts.is_empty() || s.hosts.contains(&host.name))
-                .cloned()
-                .collect();
-            (host, here)
-        })
-        .filter(|(_, here): &(_, Vec<Service>)| !here.is_empty())
-        .collect();
+    let placements = placements(&env, &services);
     let Some((first, _)) = placements.first() else {
         return Err(Error::Unsupported {
             what: format!("environment `{environment}` has no host to run any service"),
@@ -244,6 +238,16 @@ pub fn deploy(
     progress.step("taking the artifact");
     let scan =
         artifact::of_services(&dir, &services).map_err(Error::io("read the project in", &dir))?;
+    if options.show_plan {
+        let outgoing = crate::plan::Outgoing {
+            env: &env,
+            services: &services,
+            scan: &scan,
+            images: &images,
+            secrets: &secrets,
+        };
+        progress.plan(&crate::plan::of_deploy(&outgoing, &dir, connect));
+    }
 
     // One deploy at a time per environment: the lock lives on the first host's agent.
     let lock_host = connect(first)?;
@@ -318,6 +322,26 @@ pub fn deploy(
     report.migrations = migrations;
     report.deployment = deployment.id;
     with_post(report, tasks, post)
+}
+
+/// Which services run where, in the order hosts are listed; hosts that run
+/// none left out.
+fn placements<'e>(
+    env: &'e crate::config::resolve::Environment,
+    services: &[Service],
+) -> Vec<(&'e HostSpec, Vec<Service>)> {
+    env.hosts
+        .iter()
+        .map(|host| {
+            let here = services
+                .iter()
+                .filter(|s| s.hosts.is_empty() || s.hosts.contains(&host.name))
+                .cloned()
+                .collect();
+            (host, here)
+        })
+        .filter(|(_, here): &(_, Vec<Service>)| !here.is_empty())
+        .collect()
 }
 
 /// The report with the tasks that ran; the error of a `migrate.post` that
@@ -1360,6 +1384,61 @@ mod tests {
             .count();
         assert_eq!(fleet.calls_to("task migrate.post").len(), 2, "{calls:#?}");
         assert_eq!(connects, 0, "connected once, before the first: {calls:#?}");
+    }
+
+    /// The digest of the fake project's artifact as its files are now.
+    fn artifact_now(project: &Project) -> String {
+        let config = project.load().unwrap();
+        let env = config.environment("prod").unwrap();
+        let services: Vec<Service> = env.deploy_order().into_iter().cloned().collect();
+        artifact::of_services(config.project_dir(), &services)
+            .unwrap()
+            .artifact
+            .digest
+    }
+
+    #[test]
+    fn a_deploy_shows_one_plan_of_what_it_built_before_it_takes_the_lock() {
+        let fleet = Fleet::new([("h1", ran(Script::default()))]);
+        let (dir, project) = project(&["h1"], 1);
+        let path = dir.path().join("gantry.toml");
+        let toml = std::fs::read_to_string(&path).unwrap().replacen(
+            "run = \"bin/web\"\n",
+            "run = \"bin/web\"\nbuild = \"echo 2 > VERSION\"\n",
+            1,
+        );
+        std::fs::write(&path, toml).unwrap();
+        std::fs::write(dir.path().join("VERSION"), "1\n").unwrap();
+        let unbuilt = artifact_now(&project);
+        let said = Said::default();
+        let options = DeployOptions {
+            show_plan: true,
+            ..DeployOptions::default()
+        };
+        deploy_to(&fleet, &project, &options, &said).unwrap();
+
+        let built = artifact_now(&project);
+        assert_ne!(built, unbuilt, "the build changed the files");
+        let lines = said.lines();
+        let plans: Vec<&String> = lines.iter().filter(|l| l.starts_with("plan")).collect();
+        assert_eq!(
+            plans,
+            [&format!("plan of {built}: h1 NewRelease")],
+            "{lines:#?}"
+        );
+        let building = position(&lines, "building web: echo 2 > VERSION");
+        assert!(building < position(&lines, plans[0]), "{lines:#?}");
+        // The hosts were asked before the lock, and the rollout came after.
+        let calls = fleet.calls();
+        assert!(position(&calls, "h1 compare") < position(&calls, "h1 lock"));
+        assert!(position(&calls, "h1 lock") < position(&calls, "h1 deploy"));
+
+        // Unasked, no plan: no host is asked to compare.
+        let fleet = Fleet::new([("h1", ran(Script::default()))]);
+        let said = Said::default();
+        deploy_to(&fleet, &project, &DeployOptions::default(), &said).unwrap();
+        assert!(!said.lines().iter().any(|l| l.starts_with("plan")));
+        assert!(fleet.calls_to("compare").is_empty(), "{:#?}", fleet.calls());
     }
 
     #[test]

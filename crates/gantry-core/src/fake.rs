@@ -783,4 +783,18 @@ impl crate::deploy::Progress for Said {
             .unwrap_or_else(|e| e.into_inner())
             .push(message.to_owned());
     }
+
+    /// A line `plan of ARTIFACT: HOST CHANGE, ...`.
+    fn plan(&self, report: &crate::plan::PlanReport) {
+        let hosts: Vec<String> = report
+            .hosts
+            .iter()
+            .map(|h| format!("{} {:?}", h.host, h.change))
+            .collect();
+        self.step(&format!(
+            "plan of {}: {}",
+            report.artifact,
+            hosts.join(", ")
+        ));
+    }
 }

@@ -5,11 +5,13 @@
 //! it runs (its last successful release), the files of that release, and
 //! which secrets it holds with other values (compared by salted digests:
 //! no value travels), and the difference is the plan. Pending SQL
-//! migrations come from `migrate`'s plan.
+//! migrations come from `migrate`'s plan. A text deploy asks the same of
+//! what it is about to send, after its builds ([`of_deploy`]).
 
 mod diff;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -21,7 +23,8 @@ use crate::agent_api::{
     ArtifactFile, CompareRequest, Comparison, Outcome, Release, ServiceSpec, new_salt,
     secret_digest,
 };
-use crate::config::resolve::Service;
+use crate::config::resolve::{Environment, Service};
+use crate::image::Shipment;
 use crate::migrate::{self, Action, ServiceMigrations};
 use crate::{Error, Project, artifact};
 
@@ -29,7 +32,8 @@ use crate::{Error, Project, artifact};
 pub struct PlanReport {
     pub project: String,
     pub environment: String,
-    /// The digest of the artifact a deploy would send (the files on disk, unbuilt).
+    /// The digest of the artifact a deploy would send (for `gantry plan`,
+    /// the files on disk, unbuilt).
     pub artifact: String,
     pub hosts: Vec<HostPlan>,
     /// Pending migrations, per service with `migrate.sql`; run once, before the rollout.
@@ -92,6 +96,22 @@ impl HostPlan {
     }
 }
 
+/// What a deploy sends every host, prepared once: by [`plan`] from the
+/// disk and this machine's engine as they are, by `deploy::deploy` after
+/// its builds, from the very scan, images and secret values it then sends.
+pub struct Outgoing<'a> {
+    pub env: &'a Environment,
+    /// The environment's services, in deploy order.
+    pub services: &'a [Service],
+    pub scan: &'a artifact::Scan,
+    /// The images as a deploy pins them.
+    pub images: &'a Shipment,
+    /// The secret values the services get (those that could be read).
+    pub secrets: &'a BTreeMap<String, String>,
+}
+
+/// `gantry plan` (and `deploy --dry-run`): prepares what a deploy would
+/// send, with no build, then asks the hosts.
 pub fn plan(
     project: &Project,
     environment: &str,
@@ -105,20 +125,52 @@ pub fn plan(
     let scan =
         artifact::of_services(&dir, &services).map_err(Error::io("read the project in", &dir))?;
     // The images this machine holds, as a deploy pins them; none exported.
-    let images = crate::image::Shipment::export(&dir, &services, &crate::deploy::Silent)
-        .unwrap_or_else(|_| crate::image::Shipment::none());
+    let images = Shipment::export(&dir, &services, &crate::deploy::Silent)
+        .unwrap_or_else(|_| Shipment::none());
     let names: Vec<String> = services.iter().flat_map(|s| s.secrets.clone()).collect();
-    let (mut values, secrets_error) =
+    let (values, secrets_error) =
         match crate::deploy::secret_values(&dir, environment, &names, env_vars) {
             Ok(values) => (values, None),
             Err(e) => (BTreeMap::new(), Some(e.to_string())),
         };
-    let salt = new_salt();
+    let outgoing = Outgoing {
+        env: &env,
+        services: &services,
+        scan: &scan,
+        images: &images,
+        secrets: &values,
+    };
+    let mut report = ask(&outgoing, connect);
+    report.secrets_error = secrets_error;
+    // Only the secrets that name databases: a secret unset elsewhere does
+    // not hide the migrations.
+    (report.migrations, report.migrations_error) = match migrate::migrate(
+        project,
+        environment,
+        None,
+        Action::Plan,
+        env_vars,
+        &crate::deploy::Silent,
+    ) {
+        Ok(report) => (report.services, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    Ok(report)
+}
+
+/// The plan of sending `outgoing`: what each host runs against it, every
+/// host asked at once (a plan takes as long as the slowest host's answers).
+/// A host that cannot be asked is a host whose plan says why. The caller
+/// adds the migrations and why secret values could not be read.
+fn ask(outgoing: &Outgoing<'_>, connect: crate::host::Connect<'_>) -> PlanReport {
+    let env = outgoing.env;
+    let mut values = outgoing.secrets.clone();
     let asks: Vec<(Vec<Service>, Vec<ServiceSpec>)> = env
         .hosts
         .iter()
         .map(|host| {
-            let here: Vec<Service> = services
+            let here: Vec<Service> = outgoing
+                .services
                 .iter()
                 .filter(|s| s.hosts.is_empty() || s.hosts.contains(&host.name))
                 .cloned()
@@ -127,11 +179,11 @@ pub fn plan(
                 .iter()
                 .map(|s| as_the_agent_keeps_it(s, &mut values))
                 .collect();
-            images.pin(&mut wanted);
+            outgoing.images.pin(&mut wanted);
             (here, wanted)
         })
         .collect();
-    // Every host at once: a plan takes as long as the slowest host's answers.
+    let salt = new_salt();
     let hosts = std::thread::scope(|scope| {
         let handles: Vec<_> = env
             .hosts
@@ -140,7 +192,7 @@ pub fn plan(
             .map(|(host, (here, wanted))| {
                 let ask = Ask {
                     project: &env.project,
-                    artifact: &scan.artifact,
+                    artifact: &outgoing.scan.artifact,
                     config_hash: crate::deploy::config_hash(here),
                     wanted,
                     secrets: secret_digests(&salt, wanted, &values),
@@ -162,26 +214,32 @@ pub fn plan(
             })
             .collect::<Vec<_>>()
     });
-    let (migrations, migrations_error) = match migrate::migrate(
-        project,
-        environment,
-        None,
-        Action::Plan,
-        env_vars,
-        &crate::deploy::Silent,
-    ) {
-        Ok(report) => (report.services, None),
-        Err(e) => (Vec::new(), Some(e.to_string())),
-    };
-    Ok(PlanReport {
+    PlanReport {
         project: env.project.clone(),
-        environment: environment.to_owned(),
-        artifact: scan.artifact.digest,
+        environment: env.name.clone(),
+        artifact: outgoing.scan.artifact.digest.clone(),
         hosts,
-        migrations,
-        migrations_error,
-        secrets_error,
-    })
+        migrations: Vec::new(),
+        migrations_error: None,
+        secrets_error: None,
+    }
+}
+
+/// The plan a deploy shows of what it is about to send. The deploy read
+/// every secret value (it stops when one is unset), so the migrations are
+/// planned with those values.
+pub fn of_deploy(
+    outgoing: &Outgoing<'_>,
+    project_dir: &Path,
+    connect: crate::host::Connect<'_>,
+) -> PlanReport {
+    let mut report = ask(outgoing, connect);
+    (report.migrations, report.migrations_error) =
+        match migrate::pending(project_dir, outgoing.env, outgoing.secrets) {
+            Ok(pending) => (pending, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+    report
 }
 
 /// What one host is asked, and compared with.

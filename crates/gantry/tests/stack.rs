@@ -326,6 +326,39 @@ fn a_change_inside_webs_build_context_leaves_the_worker_running() {
     assert_ne!(worker_instance(&stack).0, worker.0);
 }
 
+/// Where `needle` first appears in a deploy's stderr, which must show it.
+fn shown_at(stderr: &str, needle: &str) -> usize {
+    stderr
+        .find(needle)
+        .unwrap_or_else(|| panic!("the deploy does not show {needle:?}:\n{stderr}"))
+}
+
+#[test]
+fn a_text_deploy_plans_against_the_image_it_has_just_built() {
+    let stack = Stack::new(GANTRY.as_ref(), "stk-plan", free_port());
+    stack.skip_verify_window();
+    deploy(&stack);
+    let web = container_of(&stack, "web");
+    // Only this deploy's own build of web/ makes the image that differs:
+    // the engine still holds the one web runs.
+    stack.set_version("2");
+    let run = stack.project.gantry(&["deploy", "--output", "text"]);
+    run.expect_code(0);
+    let stderr = &run.stderr;
+    let built = shown_at(stderr, "· building web");
+    let planned = shown_at(stderr, "host local: new release");
+    let rolled_out = shown_at(stderr, "· deploying ");
+    assert!(
+        built < planned && planned < rolled_out,
+        "builds, then the plan, then the rollout:\n{stderr}"
+    );
+    shown_at(stderr, "`web` changes: image");
+    shown_at(stderr, "service web: replaced");
+    assert!(!stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(version(&stack), "2\n");
+    assert_ne!(container_of(&stack, "web").id, web.id, "web was replaced");
+}
+
 #[test]
 fn the_visit_count_survives_redeploys_a_db_change_a_rollback_and_agent_kills() {
     let seed = std::env::var("GANTRY_CRASH_SEED")

@@ -14,10 +14,11 @@ pub(super) fn deploy(ctx: &Context<'_>, args: &DeployArgs) -> Result<(), Failure
     if args.dry_run {
         return plan(ctx);
     }
-    show_plan(ctx);
     let options = deploy::DeployOptions {
         skip_build: args.skip_build,
         force_unlock: args.force_unlock,
+        // A text deploy says what it is about to do; a script reads the report.
+        show_plan: ctx.printer.mode == crate::output::Mode::Text && !ctx.printer.quiet,
     };
     let exe = gantry_core::configure::this_binary()?;
     let hosts = lifecycle::Hosts {
@@ -93,26 +94,6 @@ pub(super) fn tell_hub_status(ctx: &Context<'_>, report: &StatusReport) {
     with_hub(ctx, |access, name| {
         access.failing_services(name, report, &ctx.state_dir, &ctx.progress());
     });
-}
-
-/// A text deploy first says what it is about to do, on stderr (stdout
-/// stays the one report): the plan, as `gantry plan` prints it. A plan that
-/// cannot be made is a line saying why; the deploy goes on and tells more.
-fn show_plan(ctx: &Context<'_>) {
-    if ctx.printer.mode != crate::output::Mode::Text || ctx.printer.quiet {
-        return;
-    }
-    let connect = |host: &gantry_core::config::resolve::Host| {
-        Ok((ctx.wiring.connect)(host, &ctx.state_dir, false)?)
-    };
-    match plan::plan(&ctx.project, ctx.env, &connect, &vars) {
-        Ok(report) => {
-            use crate::output::Report;
-            let text = report.text().replacen(" (nothing was changed)", "", 1);
-            ctx.printer.status(text.trim_end());
-        }
-        Err(e) => ctx.progress().step(&format!("no plan: {e}")),
-    }
 }
 
 /// `gantry plan` (and `deploy --dry-run`): asks the hosts' agents what they

@@ -333,6 +333,28 @@ pub fn before_rollout(
         .collect()
 }
 
+/// What [`before_rollout`] would apply, changing nothing: the plan a
+/// deploy shows, with the secret values it read.
+pub fn pending(
+    project_dir: &Path,
+    env: &Environment,
+    secrets: &BTreeMap<String, String>,
+) -> Result<Vec<ServiceMigrations>, Error> {
+    migrated(env)
+        .into_iter()
+        .map(|s| {
+            for_service(
+                project_dir,
+                env,
+                s,
+                secrets,
+                Action::Plan,
+                &crate::deploy::Silent,
+            )
+        })
+        .collect()
+}
+
 /// The services with `migrate.sql`, in deploy order.
 fn migrated(env: &Environment) -> Vec<&Service> {
     env.deploy_order()
