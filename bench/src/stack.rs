@@ -104,52 +104,39 @@ fn run(gantry: &Path, options: &Options) -> Result<String, String> {
     // The verify window (5 s by default) is the CLI watching a release that
     // already serves; the plain way watches nothing, so neither does this.
     stack.skip_verify_window();
-    let first = stack.project.gantry(&["deploy", "--output", "json"]);
+    // Web's image is built on the machine's engine (the bench's own has
+    // no network for the build's apt-get), as every later one.
+    new_image(&engine, &stack, "first")?;
+    let first = stack
+        .project
+        .gantry(&["deploy", "--skip-build", "--output", "json"]);
     if first.code != 0 {
         return Err(format!(
             "the first deploy failed:\n{}{}",
             first.stdout, first.stderr
         ));
     }
-    eprintln!("{} Gantry deploys of web under load ...", options.rounds);
-    let mut deploys = Deploys::default();
-    let deploy_load = under_load(
-        stack.proxy_port,
-        &stack.web_host(),
-        "/version",
-        options.clients,
-        || {
-            for round in 0..options.rounds {
-                new_image(&engine, &stack, &format!("gantry-{round}"))?;
-                deploys.time(&stack)?;
-            }
-            Ok(())
-        },
-    )?;
-    eprintln!("{} plain docker stop + run under load ...", options.rounds);
-    let plain = Plain::start(&engine, &stack.web_image())?;
-    let mut restarts = Restarts::default();
-    let plain_load = under_load(plain.port, "localhost", "/version", options.clients, || {
-        for round in 0..options.rounds {
-            new_image(&engine, &stack, &format!("plain-{round}"))?;
-            restarts.time(&plain, &stack.web_image())?;
-        }
-        Ok(())
-    })?;
-    drop(plain);
+    let quiet = Pass::run(&stack, &engine, options.rounds, 0)?;
+    let loaded = Pass::run(&stack, &engine, options.rounds, options.clients)?;
     eprintln!("a one-layer change shipped to an SSH host with its own engine ...");
     let shipping = one_layer_change(gantry)?;
     let (engine_name, web_image) = (engine.name(), stack.web_image());
     drop(stack);
     drop(engine);
-    let mut out = table(
-        options,
-        &engine_name,
-        &deploys,
-        &restarts,
-        &deploy_load,
-        &plain_load,
+    let mut out = format!(
+        "{} replacements of examples/stack's web by a changed image on {engine_name}, each way; \
+         first with no other load (the times the goal is judged on), then under load from {} client threads\n\n",
+        options.rounds, options.clients
     );
+    out.push_str("### No other load\n\n");
+    out.push_str(&table(&quiet.deploys, &quiet.restarts));
+    let _ = writeln!(
+        out,
+        "\n### Under load from {} client threads\n",
+        options.clients
+    );
+    out.push_str(&table(&loaded.deploys, &loaded.restarts));
+    out.push_str(&load_table(&loaded.deploy_load, &loaded.plain_load));
     let _ = writeln!(
         out,
         "\n| one-layer change of web's image to an SSH host | bytes |\n|---|---:|\n\
@@ -233,6 +220,55 @@ fn save_load_over_ssh(image: &str, ssh_config: &Path) -> Result<u64, String> {
         ));
     }
     Ok(bytes)
+}
+
+/// One pass of both ways: `rounds` Gantry deploys, then `rounds` plain
+/// restarts, each under load from `clients` threads (none: no load).
+struct Pass {
+    deploys: Deploys,
+    restarts: Restarts,
+    deploy_load: Counts,
+    plain_load: Counts,
+}
+
+impl Pass {
+    fn run(stack: &Stack, engine: &Engine, rounds: usize, clients: usize) -> Result<Pass, String> {
+        let load = match clients {
+            0 => "with no other load".to_owned(),
+            n => format!("under load from {n} clients"),
+        };
+        eprintln!("{rounds} Gantry deploys of web {load} ...");
+        let mut deploys = Deploys::default();
+        let deploy_load = under_load(
+            stack.proxy_port,
+            &stack.web_host(),
+            "/version",
+            clients,
+            || {
+                for round in 0..rounds {
+                    new_image(engine, stack, &format!("gantry-{clients}-{round}"))?;
+                    deploys.time(stack)?;
+                }
+                Ok(())
+            },
+        )?;
+        eprintln!("{rounds} plain docker stop + run {load} ...");
+        let plain = Plain::start(engine, &stack.web_image())?;
+        let mut restarts = Restarts::default();
+        let plain_load = under_load(plain.port, "localhost", "/version", clients, || {
+            for round in 0..rounds {
+                new_image(engine, stack, &format!("plain-{clients}-{round}"))?;
+                restarts.time(&plain, &stack.web_image())?;
+            }
+            Ok(())
+        })?;
+        Ok(Pass {
+            deploys,
+            restarts,
+            deploy_load,
+            plain_load,
+        })
+    }
 }
 
 /// A new VERSION built into web's image on the machine's engine, as the
@@ -520,20 +556,8 @@ fn beyond_plain(out: &mut String, wall: &[Duration], plain: &[Duration]) {
     );
 }
 
-fn table(
-    options: &Options,
-    engine: &str,
-    deploys: &Deploys,
-    restarts: &Restarts,
-    deploy_load: &Counts,
-    plain_load: &Counts,
-) -> String {
+fn table(deploys: &Deploys, restarts: &Restarts) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{} replacements of examples/stack's web by a changed image, under load from {} client threads, on {engine}\n",
-        options.rounds, options.clients
-    );
     out.push_str("| measure | median | p90 | × plain restart | goal | verdict |\n");
     out.push_str("|---|---:|---:|---:|---|---|\n");
     let plain_median = percentile(&mut restarts.wall.clone(), 50);
@@ -605,6 +629,12 @@ fn table(
         Some(OVERHEAD_GOAL),
     );
     beyond_plain(&mut out, &deploys.wall, &restarts.wall);
+    out
+}
+
+/// The requests of the pass under load: failed and non-2xx, both ways.
+fn load_table(deploy_load: &Counts, plain_load: &Counts) -> String {
+    let mut out = String::new();
     out.push_str("\n| under load | requests | failed | non-2xx | failure ratio | examples |\n");
     out.push_str("|---|---:|---:|---:|---:|---|\n");
     for (name, counts) in [

@@ -345,14 +345,16 @@ pub async fn stop(agent: &Agent, record: &InstanceRecord, timeout: Duration) -> 
         }
     };
     let name = container_name(&record.project, &record.id);
-    let running = matches!(engine.inspect(&name).await, Ok(Some(state)) if state.running);
-    if let Err(e) = engine.stop(&name, timeout).await {
+    let stopped = engine.stop(&name, timeout).await;
+    if let Err(e) = &stopped {
         tracing::warn!(instance = %record.id, error = %e, "cannot stop the container");
     }
-    if let Err(e) = engine.remove(&name).await {
+    let removed = engine.remove(&name).await;
+    if let Err(e) = &removed {
         tracing::warn!(instance = %record.id, error = %e, "cannot remove the container");
     }
-    if running {
+    // A stop that failed, then a removal (which kills) that removed it: it ran.
+    if stopped.unwrap_or_else(|_| removed.unwrap_or(false)) {
         StopOutcome::Exited
     } else {
         StopOutcome::NotRunning

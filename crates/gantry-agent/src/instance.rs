@@ -351,13 +351,25 @@ pub async fn wait_healthy(
                 log_tail: stderr_tail(agent, &record.project, &record.id, 20),
             });
         }
-        let pause = service
-            .health
-            .as_ref()
-            .map_or(Duration::from_millis(100), |h| {
-                h.interval.as_std().min(Duration::from_millis(250))
-            });
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep(starting_pause(service)).await;
+    }
+}
+
+/// How long a starting instance waits between checks, until its first
+/// passes: its interval, at most 250 ms; an HTTP or TCP check (a request on
+/// loopback, cheap) every 20 ms at most, so a deploy waits for the instance
+/// to answer, not for the next tick of its interval. A command check (a
+/// process, or an exec in the container) keeps its interval.
+fn starting_pause(service: &ServiceSpec) -> Duration {
+    match &service.health {
+        None => Duration::from_millis(100),
+        Some(health) => {
+            let most = match health.check {
+                Check::Command { .. } => Duration::from_millis(250),
+                Check::Http { .. } | Check::Tcp => Duration::from_millis(20),
+            };
+            health.interval.as_std().min(most)
+        }
     }
 }
 

@@ -200,7 +200,7 @@ fn failure_json(failure: &Failure) -> serde_json::Value {
 /// Progress of long operations as lines on stderr (text mode, not with -q).
 pub struct StderrProgress<'a>(pub &'a Printer);
 
-impl gantry_core::deploy::Progress for StderrProgress<'_> {
+impl gantry_core::progress::Progress for StderrProgress<'_> {
     /// Text: `· message` lines. JSON: one `{"progress": message}` object a
     /// line, so a script can follow a long deploy while stdout stays one report.
     fn step(&self, message: &str) {
@@ -210,10 +210,12 @@ impl gantry_core::deploy::Progress for StderrProgress<'_> {
             Mode::Json => {}
         }
     }
+}
 
-    /// Text: the plan as `gantry plan` prints it, on stderr (stdout stays
-    /// the one report); the deploy goes on to change what it says.
-    fn plan(&self, report: &gantry_core::plan::PlanReport) {
+impl StderrProgress<'_> {
+    /// Text: the plan a deploy is about to carry out, as `gantry plan`
+    /// prints it, on stderr (stdout stays the one report).
+    pub fn plan(&self, report: &gantry_core::plan::PlanReport) {
         let text = report.text().replacen(" (nothing was changed)", "", 1);
         self.0.status(text.trim_end());
     }

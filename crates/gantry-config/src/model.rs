@@ -282,7 +282,9 @@ pub struct Health {
     /// A command run in the instance's environment exits 0.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
-    /// Time between checks (default 1s).
+    /// Time between checks (default 1s). Until a new instance's first check
+    /// passes, an HTTP or TCP check is tried every 20 ms (a command check at
+    /// most every 250 ms), so a deploy does not wait out an interval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
     /// Time one check may take (default 2s).

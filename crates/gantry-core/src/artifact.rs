@@ -259,6 +259,13 @@ fn add(
     Ok(())
 }
 
+/// The digest of `services` as resolved for one host, which its release
+/// records: equal on both sides, the host runs this configuration.
+pub(crate) fn config_hash(services: &[Service]) -> String {
+    let text = serde_json::to_string(services).unwrap_or_default();
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,10 +19,10 @@ use sha2::{Digest, Sha256};
 use crate::agent_dir::{Paths, USER_STATE_DIR};
 use crate::clock::now_ms;
 use crate::config::resolve::{Host as HostSpec, Reach};
-use crate::deploy::Progress;
 use crate::environment::{EnvState, HostRecord, Phase, StateDir};
 use crate::host::{HostError, Shell};
 use crate::operate::Connect;
+use crate::progress::Progress;
 use crate::{EnvRefusal, Error, Project};
 
 /// Opens a shell on a host.

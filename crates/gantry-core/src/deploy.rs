@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::agent_api::{
     DeployRequest, DeploymentMark, LockHolder, LockRelease, LockRequest, Outcome, Release,
@@ -20,22 +19,7 @@ use crate::{Code, Error, Project};
 
 mod verify;
 
-/// Where a long operation reports what it is doing (stderr lines, JSON
-/// events). Hosts deploy in parallel, so it is shared between threads.
-pub trait Progress: Sync {
-    fn step(&self, message: &str);
-
-    /// What the deploy is about to do, once its builds are done and before
-    /// it takes the lock (only with [`DeployOptions::show_plan`]).
-    fn plan(&self, _report: &crate::plan::PlanReport) {}
-}
-
-/// Progress nobody watches.
-pub struct Silent;
-
-impl Progress for Silent {
-    fn step(&self, _: &str) {}
-}
+use crate::progress::Progress;
 
 #[derive(Debug, Serialize)]
 pub struct BuildStep {
@@ -147,65 +131,20 @@ impl HostOutcome {
     }
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct DeployOptions {
+#[derive(Clone, Copy, Default)]
+pub struct DeployOptions<'a> {
     /// Use what is on disk; run no build command.
     pub skip_build: bool,
     /// Take the environment's deploy lock even if another deploy holds it.
     pub force_unlock: bool,
     /// Ask the hosts what the deploy changes, from what it is about to
-    /// send, and tell [`Progress::plan`]: for people watching.
-    pub show_plan: bool,
+    /// send, once its builds are done and before it takes the lock, and
+    /// hand the plan to this: for people watching.
+    pub show_plan: Option<&'a (dyn Fn(&crate::plan::PlanReport) + Sync)>,
 }
 
 fn ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Secret values: the environment's encrypted store
-/// (`.gantry/secrets/<env>.age`, see [`crate::secrets`]) first, then the
-/// CLI's environment, then `.gantry/secrets.env`.
-pub fn secret_values(
-    dir: &Path,
-    environment: &str,
-    names: &[String],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<BTreeMap<String, String>, Error> {
-    let stored = if names.is_empty() || !crate::secrets::store_path(dir, environment).exists() {
-        BTreeMap::new()
-    } else {
-        let mut key = crate::secrets::Key::locate(env)?;
-        crate::secrets::Store::open(dir, environment, &mut key)?.values()
-    };
-    let file: BTreeMap<String, String> = std::fs::read_to_string(dir.join(".gantry/secrets.env"))
-        .map(|text| {
-            text.lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut values = BTreeMap::new();
-    let mut missing = Vec::new();
-    for name in names {
-        match stored
-            .get(name)
-            .cloned()
-            .or_else(|| env(name))
-            .or_else(|| file.get(name).cloned())
-        {
-            Some(value) => {
-                values.insert(name.clone(), value);
-            }
-            None => missing.push(name.clone()),
-        }
-    }
-    if missing.is_empty() {
-        Ok(values)
-    } else {
-        missing.dedup();
-        Err(Error::MissingSecrets { names: missing })
-    }
 }
 
 pub fn deploy(
@@ -230,7 +169,7 @@ pub fn deploy(
     };
 
     let names: Vec<String> = services.iter().flat_map(|s| s.secrets.clone()).collect();
-    let secrets = secret_values(&dir, environment, &names, env_vars)?;
+    let secrets = crate::secrets::values(&dir, environment, &names, env_vars)?;
     let build = run_builds(&dir, &services, options, progress)?;
 
     let images = crate::image::Shipment::export(&dir, &services, progress)?;
@@ -238,7 +177,7 @@ pub fn deploy(
     progress.step("taking the artifact");
     let scan =
         artifact::of_services(&dir, &services).map_err(Error::io("read the project in", &dir))?;
-    if options.show_plan {
+    if let Some(show) = options.show_plan {
         let outgoing = crate::plan::Outgoing {
             env: &env,
             services: &services,
@@ -246,7 +185,7 @@ pub fn deploy(
             images: &images,
             secrets: &secrets,
         };
-        progress.plan(&crate::plan::of_deploy(&outgoing, &dir, connect));
+        show(&crate::plan::of_deploy(&outgoing, &dir, connect));
     }
 
     // One deploy at a time per environment: the lock lives on the first host's agent.
@@ -609,13 +548,6 @@ fn run_build_command(dir: &Path, service: &str, command: &str) -> Result<(), Err
     }
 }
 
-/// The digest of `services` as resolved for one host, which its release
-/// records: equal on both sides, the host runs this configuration.
-pub(crate) fn config_hash(services: &[Service]) -> String {
-    let text = serde_json::to_string(services).unwrap_or_default();
-    artifact::hex(&Sha256::digest(text.as_bytes()))
-}
-
 /// What every host gets: the same artifact and secrets.
 struct HostPlan<'a> {
     project: &'a str,
@@ -735,7 +667,7 @@ impl HostPlan<'_> {
 
     /// The deploy request every host of the rollout gets for `services`.
     fn request(&self, host: &str, services: &[Service]) -> DeployRequest {
-        let config_hash = config_hash(services);
+        let config_hash = artifact::config_hash(services);
         let mut specs: Vec<ServiceSpec> = services.iter().map(ServiceSpec::from).collect();
         self.images.pin(&mut specs);
         let tasks = self.pre.get(host).cloned().unwrap_or_default();
@@ -1411,8 +1343,9 @@ mod tests {
         std::fs::write(dir.path().join("VERSION"), "1\n").unwrap();
         let unbuilt = artifact_now(&project);
         let said = Said::default();
+        let show = |report: &crate::plan::PlanReport| said.plan(report);
         let options = DeployOptions {
-            show_plan: true,
+            show_plan: Some(&show),
             ..DeployOptions::default()
         };
         deploy_to(&fleet, &project, &options, &said).unwrap();

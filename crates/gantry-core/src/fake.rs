@@ -774,27 +774,23 @@ impl Said {
     pub fn lines(&self) -> Vec<String> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
-}
-
-impl crate::deploy::Progress for Said {
-    fn step(&self, message: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(message.to_owned());
-    }
-
-    /// A line `plan of ARTIFACT: HOST CHANGE, ...`.
-    fn plan(&self, report: &crate::plan::PlanReport) {
+    /// Says a plan as a line `plan of ARTIFACT: HOST CHANGE, ...`.
+    pub fn plan(&self, report: &crate::plan::PlanReport) {
         let hosts: Vec<String> = report
             .hosts
             .iter()
             .map(|h| format!("{} {:?}", h.host, h.change))
             .collect();
-        self.step(&format!(
-            "plan of {}: {}",
-            report.artifact,
-            hosts.join(", ")
-        ));
+        let line = format!("plan of {}: {}", report.artifact, hosts.join(", "));
+        crate::progress::Progress::step(self, &line);
+    }
+}
+
+impl crate::progress::Progress for Said {
+    fn step(&self, message: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(message.to_owned());
     }
 }

@@ -319,7 +319,7 @@ impl HubAccess<'_> {
     /// The tracker, with the key read from the project's secrets.
     fn tracker(&self) -> Result<Box<dyn Tracker>, String> {
         let name = self.hub.key.0.clone();
-        let mut values = crate::deploy::secret_values(
+        let mut values = crate::secrets::values(
             self.project_dir,
             self.environment,
             std::slice::from_ref(&name),
@@ -479,7 +479,7 @@ mod tests {
     #[derive(Default)]
     struct Steps(std::sync::Mutex<Vec<String>>);
 
-    impl crate::deploy::Progress for Steps {
+    impl crate::progress::Progress for Steps {
         fn step(&self, message: &str) {
             self.0.lock().unwrap().push(message.to_owned());
         }

@@ -30,6 +30,7 @@ pub mod migrate;
 pub mod operate;
 pub mod plan;
 pub mod probe;
+pub mod progress;
 pub mod redact;
 pub mod register;
 pub mod release_tasks;
@@ -88,11 +89,13 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     /// The use-cases that share the most build on each other in one
-    /// direction: `environment` may use `operate`, which may use `deploy`;
-    /// never the other way, so none of the three is half of a cycle.
+    /// direction: `environment` may use `operate`, which may use `deploy`,
+    /// which may use `plan` (a deploy shows its plan); never the other way,
+    /// so none of them is half of a cycle.
     #[test]
-    fn deploy_operate_and_environment_use_each_other_in_one_direction() {
+    fn plan_deploy_operate_and_environment_use_each_other_in_one_direction() {
         let sources = [
+            ("plan", include_str!("plan.rs")),
             ("deploy", include_str!("deploy.rs")),
             ("operate", include_str!("operate.rs")),
             ("environment", include_str!("environment.rs")),

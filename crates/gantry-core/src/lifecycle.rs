@@ -7,9 +7,10 @@ use std::path::Path;
 
 use crate::config::resolve::Reach;
 use crate::configure::OpenShell;
-use crate::deploy::{DeployOptions, DeployReport, Progress};
+use crate::deploy::{DeployOptions, DeployReport};
 use crate::environment::{EnvState, Phase, StateDir};
 use crate::operate::Connect;
+use crate::progress::Progress;
 use crate::{EnvRefusal, Error, Project};
 
 /// How a deploy reaches the environment's hosts: their agents, and their

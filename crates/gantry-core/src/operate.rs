@@ -9,7 +9,7 @@ use crate::agent_api::{
     Status,
 };
 use crate::config::resolve::Host as HostSpec;
-use crate::deploy::{DeployReport, HostDeploy, conclude, secret_values};
+use crate::deploy::{DeployReport, HostDeploy, conclude};
 use crate::deployments::Target;
 use crate::host::{Host, LogQuery};
 use crate::{EnvRefusal, Error, Project};
@@ -384,7 +384,7 @@ fn services_secrets(
         .values()
         .flat_map(|s| s.secrets.clone())
         .collect();
-    secret_values(config.project_dir(), environment, &names, env_vars)
+    crate::secrets::values(config.project_dir(), environment, &names, env_vars)
 }
 
 /// The release a host deploys again (`None`: its previous one).

@@ -125,14 +125,14 @@ pub fn plan(
     let scan =
         artifact::of_services(&dir, &services).map_err(Error::io("read the project in", &dir))?;
     // The images this machine holds, as a deploy pins them; none exported.
-    let images = Shipment::export(&dir, &services, &crate::deploy::Silent)
+    let images = Shipment::export(&dir, &services, &crate::progress::Silent)
         .unwrap_or_else(|_| Shipment::none());
     let names: Vec<String> = services.iter().flat_map(|s| s.secrets.clone()).collect();
-    let (values, secrets_error) =
-        match crate::deploy::secret_values(&dir, environment, &names, env_vars) {
-            Ok(values) => (values, None),
-            Err(e) => (BTreeMap::new(), Some(e.to_string())),
-        };
+    let (values, secrets_error) = match crate::secrets::values(&dir, environment, &names, env_vars)
+    {
+        Ok(values) => (values, None),
+        Err(e) => (BTreeMap::new(), Some(e.to_string())),
+    };
     let outgoing = Outgoing {
         env: &env,
         services: &services,
@@ -150,7 +150,7 @@ pub fn plan(
         None,
         Action::Plan,
         env_vars,
-        &crate::deploy::Silent,
+        &crate::progress::Silent,
     ) {
         Ok(report) => (report.services, None),
         Err(e) => (Vec::new(), Some(e.to_string())),
@@ -193,7 +193,7 @@ fn ask(outgoing: &Outgoing<'_>, connect: crate::host::Connect<'_>) -> PlanReport
                 let ask = Ask {
                     project: &env.project,
                     artifact: &outgoing.scan.artifact,
-                    config_hash: crate::deploy::config_hash(here),
+                    config_hash: crate::artifact::config_hash(here),
                     wanted,
                     secrets: secret_digests(&salt, wanted, &values),
                     salt: &salt,

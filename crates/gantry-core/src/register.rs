@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::config::resolve::{Host as HostSpec, Reach};
 use crate::configure::OpenShell;
-use crate::deploy::Progress;
 use crate::environment::{EnvState, HostRecord, Phase, StateDir};
+use crate::progress::Progress;
 use crate::{EnvRefusal, Error, Project, write_atomic};
 
 #[derive(Debug, Serialize)]

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::agent_api::{Release, Task, TaskOutput};
 use crate::config::resolve::{Host as HostSpec, Service};
-use crate::deploy::Progress;
+use crate::progress::Progress;
 
 pub const PRE: &str = "migrate.pre";
 pub const POST: &str = "migrate.post";

@@ -300,7 +300,7 @@ impl Engine {
             }
             .await;
             if let Err(e) = filled {
-                let _ = self.remove(&created.id).await;
+                let _ = self.remove(&name).await;
                 return Err(e);
             }
         }
@@ -412,7 +412,8 @@ impl Engine {
 
     /// Stops gracefully: SIGTERM (or the image's stop signal), then SIGKILL
     /// after `timeout`. A stopped or missing container is already stopped.
-    pub async fn stop(&self, container: &str, timeout: Duration) -> Result<(), ContainerError> {
+    /// Whether it was running.
+    pub async fn stop(&self, container: &str, timeout: Duration) -> Result<bool, ContainerError> {
         let options = StopContainerOptions {
             t: Some(i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX)),
             signal: None,
@@ -426,40 +427,37 @@ impl Engine {
         let stopped = docker.stop_container(container, Some(options)).await;
         lifecycle::add(clock);
         match stopped {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 304, ..
-            }) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
+            }) => Ok(false),
+            Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(ContainerError::engine("stop", container, e)),
         }
     }
 
-    /// Removes a container (killing it if it still runs) and its secret
-    /// files; its named volumes stay. A missing container is removed.
-    pub async fn remove(&self, container: &str) -> Result<(), ContainerError> {
-        let name = self.inspect(container).await?.map(|state| state.name);
+    /// Removes the container named `name` (killing it if it still runs)
+    /// and its secret files; its named volumes stay. A missing container is
+    /// removed. Whether there was one.
+    pub async fn remove(&self, name: &str) -> Result<bool, ContainerError> {
         let options = RemoveContainerOptions {
             force: true,
             v: false,
             link: false,
         };
         let clock = Instant::now();
-        let removed = self.docker.remove_container(container, Some(options)).await;
-        if name.is_some() {
-            // Only a removal that removes something: the look for a
-            // leftover before a create is the agent's own care.
-            lifecycle::add(clock);
-        }
-        match removed {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(ContainerError::engine("remove", container, e)),
-        }
-        if let Some(name) = name {
-            secrets::remove(&secrets::directory(&self.secrets_root, &name));
-        }
-        Ok(())
+        let removed = match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => {
+                // Only a removal that removes something counts: the look
+                // for a leftover before a create is the agent's own care.
+                lifecycle::add(clock);
+                true
+            }
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(ContainerError::engine("remove", name, e)),
+        };
+        secrets::remove(&secrets::directory(&self.secrets_root, name));
+        Ok(removed)
     }
 
     /// Waits until the container is not running and returns its exit

@@ -60,8 +60,16 @@ impl Engine {
         let listed = self.list_all().await?;
         let plan = plan(&listed, counted);
         for settle in &plan {
-            if let Settle::Remove { container, .. } = settle {
-                self.remove(container).await?;
+            if let Settle::Remove { container, .. } = settle
+                && let Some(state) = listed.iter().find(|s| &s.id == container)
+            {
+                // By name: its secret files are kept under it.
+                let name = if state.name.is_empty() {
+                    &state.id
+                } else {
+                    &state.name
+                };
+                self.remove(name).await?;
             }
         }
         Ok(plan)

@@ -1,9 +1,10 @@
 //! `gantry deploy`.
 
 use gantry_core::config::model::HubLink;
-use gantry_core::deploy::{DeployReport, Progress};
+use gantry_core::deploy::DeployReport;
 use gantry_core::incident::{HubAccess, Incident, Tracker};
 use gantry_core::operate::StatusReport;
+use gantry_core::progress::Progress;
 use gantry_core::{deploy, lifecycle, plan};
 
 use super::{Context, vars};
@@ -14,11 +15,14 @@ pub(super) fn deploy(ctx: &Context<'_>, args: &DeployArgs) -> Result<(), Failure
     if args.dry_run {
         return plan(ctx);
     }
+    let progress = ctx.progress();
+    let show_plan = |report: &gantry_core::plan::PlanReport| progress.plan(report);
+    // A text deploy says what it is about to do; a script reads the report.
+    let watched = ctx.printer.mode == crate::output::Mode::Text && !ctx.printer.quiet;
     let options = deploy::DeployOptions {
         skip_build: args.skip_build,
         force_unlock: args.force_unlock,
-        // A text deploy says what it is about to do; a script reads the report.
-        show_plan: ctx.printer.mode == crate::output::Mode::Text && !ctx.printer.quiet,
+        show_plan: watched.then_some(&show_plan),
     };
     let exe = gantry_core::configure::this_binary()?;
     let hosts = lifecycle::Hosts {
@@ -26,14 +30,7 @@ pub(super) fn deploy(ctx: &Context<'_>, args: &DeployArgs) -> Result<(), Failure
         shell: &|host| ctx.shell(host),
         exe: &exe,
     };
-    let result = lifecycle::deploy(
-        &ctx.project,
-        ctx.env,
-        hosts,
-        &vars,
-        &options,
-        &ctx.progress(),
-    );
+    let result = lifecycle::deploy(&ctx.project, ctx.env, hosts, &vars, &options, &progress);
     tell_hub(ctx, &result);
     ctx.emit(result?)
 }

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::Error;
 use crate::agent_api::{InstanceState, Outcome, Reverted, RollbackRequest, Status};
-use crate::deploy::{HostDeploy, HostOutcome, Progress};
+use crate::deploy::{HostDeploy, HostOutcome};
 use crate::host::{Host, LogQuery};
+use crate::progress::Progress;
 
 /// How often the new release's instances are looked at during the window.
 const POLL: Duration = Duration::from_millis(250);

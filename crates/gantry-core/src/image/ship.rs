@@ -21,9 +21,10 @@ use std::sync::Mutex;
 use crate::agent_api::v1::Workload as WireWorkload;
 use crate::agent_api::{ImageManifest, ServiceSpec};
 use crate::config::resolve::{Build, Service, Workload};
-use crate::deploy::{Progress, Upload};
+use crate::deploy::Upload;
 use crate::host::Host;
 use crate::image::archive::Layer;
+use crate::progress::Progress;
 use crate::{Code, Error};
 
 use super::archive::split_archive;

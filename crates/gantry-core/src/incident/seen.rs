@@ -10,8 +10,8 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use super::{HubAccess, Incident};
-use crate::deploy::Progress;
 use crate::operate::StatusReport;
+use crate::progress::Progress;
 
 /// The file, in the state directory.
 pub const FILE: &str = "hub-reports.json";

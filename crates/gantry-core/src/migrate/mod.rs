@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::resolve::{Environment, Reach, Service};
-use crate::deploy::Progress;
+use crate::progress::Progress;
 use crate::{Error, Project};
 
 pub use database::Kind;
@@ -305,7 +305,7 @@ pub fn migrate(
         .filter_map(|s| database_variable(s))
         .filter(|v| chosen.iter().any(|s| s.secrets.contains(v)))
         .collect();
-    let secrets = crate::deploy::secret_values(&dir, environment, &secret_names, env_vars)?;
+    let secrets = crate::secrets::values(&dir, environment, &secret_names, env_vars)?;
     let mut services = Vec::new();
     for s in chosen {
         services.push(for_service(&dir, &env, s, &secrets, action, progress)?);
@@ -349,7 +349,7 @@ pub fn pending(
                 s,
                 secrets,
                 Action::Plan,
-                &crate::deploy::Silent,
+                &crate::progress::Silent,
             )
         })
         .collect()

@@ -6,7 +6,8 @@
 
 mod store;
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -185,4 +186,50 @@ pub fn list(
         secrets.extend(open(project, environment, env)?.0.entries());
     }
     Ok(ListReport { secrets })
+}
+
+/// Secret values: the environment's encrypted store
+/// (`.gantry/secrets/<env>.age`, see [`Store`]) first, then the
+/// CLI's environment, then `.gantry/secrets.env`.
+pub fn values(
+    dir: &Path,
+    environment: &str,
+    names: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, Error> {
+    let stored = if names.is_empty() || !store_path(dir, environment).exists() {
+        BTreeMap::new()
+    } else {
+        let mut key = Key::locate(env)?;
+        Store::open(dir, environment, &mut key)?.values()
+    };
+    let file: BTreeMap<String, String> = std::fs::read_to_string(dir.join(".gantry/secrets.env"))
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut values = BTreeMap::new();
+    let mut missing = Vec::new();
+    for name in names {
+        match stored
+            .get(name)
+            .cloned()
+            .or_else(|| env(name))
+            .or_else(|| file.get(name).cloned())
+        {
+            Some(value) => {
+                values.insert(name.clone(), value);
+            }
+            None => missing.push(name.clone()),
+        }
+    }
+    if missing.is_empty() {
+        Ok(values)
+    } else {
+        missing.dedup();
+        Err(Error::MissingSecrets { names: missing })
+    }
 }
