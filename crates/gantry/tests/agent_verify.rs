@@ -1,7 +1,7 @@
 //! The verify window is the agent's to keep: a release that crashes after
 //! its cutover is sent back by the agent even when the CLI that deployed it
 //! was killed inside the window, and by a restarted agent when the agent
-//! itself was killed inside it; a newer deploy ends the window.
+//! itself was killed inside it; a newer deploy, or a stop, ends the window.
 
 mod agent_support;
 
@@ -14,7 +14,7 @@ use gantry_testkit::{TestProject, wait_for};
 use serde_json::Value;
 
 use agent_support::{
-    alive, assert_failed_its_window, assert_web_answers, command, deploy, hello, hello_toml,
+    alive, assert_failed_its_window, assert_web_answers, command, deploy, hello, hello_toml, json,
     listed_release, service, status, wait_for_status,
 };
 
@@ -194,6 +194,11 @@ fn an_agent_killed_inside_the_window_is_restarted_and_still_goes_back() {
 fn a_deploy_that_arrives_inside_the_window_ends_it_and_the_watched_release_counts_as_passed() {
     let (p, _crash, cli, _) = crashing_deploy_watched("verify-newer-deploy");
     sigkill(cli);
+    // While it is watched, the release is listed as it runs: succeeded.
+    let r2 = listed_release(&p, "r2");
+    assert_eq!(r2["outcome"], "succeeded", "{r2:#}");
+    assert_eq!(r2["verify"]["state"], "watching", "{r2:#}");
+    assert_eq!(r2["verify"]["previous"], "r1", "{r2:#}");
     let p = p
         .file(
             "gantry.toml",
@@ -210,6 +215,25 @@ fn a_deploy_that_arrives_inside_the_window_ends_it_and_the_watched_release_count
     let web = service(&status, "web");
     assert_eq!(web["release"], "r3", "{web:#}");
     assert_web_answers(web, "3");
+}
+
+#[test]
+fn a_stop_inside_the_window_ends_it_and_nothing_goes_back() {
+    let (p, crash, cli, _) = crashing_deploy_watched("verify-stop");
+    sigkill(cli);
+    p.gantry(&["stop"]).expect_code(0);
+    // Stopped by hand, r2's instances are not a failure of its window.
+    crash.flip();
+
+    let r2 = listed_release(&p, "r2");
+    assert_eq!(r2["outcome"], "succeeded", "{r2:#}");
+    assert_eq!(r2["verify"]["state"], "ended", "{r2:#}");
+    let releases = json(&p, &["releases"]);
+    assert_eq!(
+        releases["releases"].as_array().map(Vec::len),
+        Some(2),
+        "no release went back: {releases:#}"
+    );
 }
 
 /// The project's agent, from its lock file.
