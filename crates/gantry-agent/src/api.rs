@@ -28,8 +28,8 @@ use crate::agent::Agent;
 use crate::error::AgentError;
 use crate::logs::LogQuery;
 use crate::{
-    admission, backup, control, exec, history, images, logs, openapi, rollback, task, upload,
-    verify,
+    admission, backup, control, deploy, exec, history, images, logs, openapi, rollback, task,
+    upload,
 };
 
 /// The largest JSON body the API reads. Blobs stream and are not bound by it.
@@ -209,7 +209,9 @@ async fn deploy_project(
     Path(project): Path<String>,
     Json(request): Json<DeployRequest>,
 ) -> Answer<DeployResult> {
-    verify::deploy(agent, &project, request).await.map(Json)
+    deploy::deploy_project(agent, &project, request)
+        .await
+        .map(Json)
 }
 
 async fn rollback(

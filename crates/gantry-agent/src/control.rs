@@ -20,7 +20,6 @@ pub(crate) async fn stop(
     project: String,
     selector: ServiceSelector,
 ) -> Result<Status, AgentError> {
-    end_window(agent, &project).await?;
     let records: Vec<_> = selected(agent, &project, &selector)
         .await?
         .into_iter()
@@ -49,7 +48,6 @@ pub(crate) async fn restart(
     project: String,
     selector: ServiceSelector,
 ) -> Result<Status, AgentError> {
-    end_window(agent, &project).await?;
     let records = selected(agent, &project, &selector).await?;
     for record in &records {
         let timeout = stop_timeout(agent, record).await;
@@ -80,18 +78,6 @@ pub(crate) async fn restart(
     }
     agent.proxy.refresh().await;
     status(agent, project).await
-}
-
-/// A stop or restart by hand ends a verify window of the project first, its
-/// release counting as passed: the instances it stops or restarts would
-/// otherwise fail the window and send the host back (`deploy::take_over`
-/// says why the newer command wins).
-async fn end_window(agent: &Agent, project: &str) -> Result<(), AgentError> {
-    let p = project.to_owned();
-    for release in agent.db(move |s| s.end_windows(&p)).await? {
-        tracing::info!(project, %release, "a stop or restart ended the verify window");
-    }
-    Ok(())
 }
 
 /// `GET /v1/projects/{project}/status`.

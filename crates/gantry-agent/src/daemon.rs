@@ -14,7 +14,7 @@ use crate::agent::{Agent, Paths, Settings};
 use crate::isolation::Isolation;
 use crate::ports::{HostClaims, PortAllocator};
 use crate::store::Store;
-use crate::{api, backup, reconcile, supervisor, verify};
+use crate::{api, backup, reconcile, supervisor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -145,9 +145,6 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
 async fn serve(agent: Arc<Agent>) -> Result<(), DaemonError> {
     reconcile::reconcile(&agent).await?;
     agent.proxy.start().await;
-    // After reconcile: the releases watched are settled and their
-    // instances re-adopted.
-    verify::resume(&agent).await;
 
     let socket = agent.paths.socket();
     // We hold the lock, so a socket file left here is a dead agent's.

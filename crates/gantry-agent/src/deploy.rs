@@ -120,7 +120,6 @@ async fn deploy(
     if let Some(running) = crate::kept::already_running(agent, &request).await? {
         return crate::kept::keep(agent, running, &request).await;
     }
-    let previous = take_over(agent, &project).await?;
     let number = next_number(agent, &project).await?;
     unpack(agent, &mut timer, &request).await?;
 
@@ -142,7 +141,6 @@ async fn deploy(
         phases: Vec::new(),
         services: request.services.clone(),
         deployments: request.deployment.iter().cloned().collect(),
-        verify: None,
     };
     {
         let (r, mark) = (release.clone(), request.deployment.clone());
@@ -189,13 +187,9 @@ async fn deploy(
         removed = crate::retire::removed_services(agent, &project, &request.services).await;
     }
     release.phases = phases;
-    let window = verify_window(&request, &release, &unchanged, previous);
-    release.verify = window.as_ref().map(|w| w.verification.clone());
     {
         let r = release.clone();
-        agent
-            .db(move |s| s.finish_release(&r, window.as_ref()))
-            .await?;
+        agent.db(move |s| s.update_release(&r)).await?;
     }
     let services = status::services(agent, &project, status::ContainerMemory::Skipped).await?;
     Ok(DeployResult {
@@ -204,49 +198,6 @@ async fn deploy(
         removed,
         unchanged,
         kept: false,
-    })
-}
-
-/// A new release of `project` is about to be made: a verify window still
-/// watched ends here, its release counting as passed. The newer command
-/// wins: a revert at the window's end would undo what was just asked, and
-/// waiting for the window would keep a user from deploying a fix, or going
-/// back, while a release misbehaves. Answers the release the new one
-/// would go back to, should it fail its own window: the newest that
-/// succeeded.
-async fn take_over(agent: &Agent, project: &str) -> Result<Option<String>, AgentError> {
-    let p = project.to_owned();
-    let (ended, previous) = agent
-        .db(move |s| Ok((s.end_windows(&p)?, s.latest_succeeded(&p)?)))
-        .await?;
-    for release in ended {
-        tracing::info!(project, %release, "a newer deploy ended the verify window");
-    }
-    Ok(previous.map(|r| r.id))
-}
-
-/// The verify window a deploy that succeeded opens, when it asked for one
-/// and replaced a service (one whose instances it left running is not
-/// watched): from now until the window has passed.
-fn verify_window(
-    request: &DeployRequest,
-    release: &Release,
-    unchanged: &[String],
-    previous: Option<String>,
-) -> Option<crate::store::VerifyWindow> {
-    let window_ms = request.verify_ms.filter(|ms| *ms > 0)?;
-    let replaced = request.services.len() > unchanged.len();
-    (release.outcome == Outcome::Succeeded && replaced).then(|| crate::store::VerifyWindow {
-        project: release.project.clone(),
-        release: release.id.clone(),
-        verification: gantry_core::agent_api::Verification {
-            window_ms,
-            until: now_ms().saturating_add(window_ms),
-            state: gantry_core::agent_api::VerifyState::Watching,
-            previous,
-            failure: None,
-        },
-        unchanged: unchanged.to_vec(),
     })
 }
 

@@ -17,8 +17,7 @@
 //!    `container_instance` (an image service's), `instance`, `fingerprint`
 //!    (what it runs, as a digest), and what runs now: `status`, `logs`;
 //! 5. operations: `task` (a release's one-off commands), `deploy` (and
-//!    `retire`), `rollback`, `verify` (a new release's verify window,
-//!    watched after its cutover), `control`, `exec`, `history`, `images` (loading
+//!    `retire`), `rollback`, `control`, `exec`, `history`, `images` (loading
 //!    shipped images), `supervisor`, `reconcile`, `backup` (taking,
 //!    scheduling and restoring backups);
 //! 6. `api` (the only module that knows HTTP) and `openapi`;
@@ -67,7 +66,6 @@ mod supervisor;
 mod tails;
 mod task;
 mod upload;
-mod verify;
 
 pub mod run_exec;
 
@@ -122,7 +120,6 @@ mod tests {
             "kept",
             "deploy",
             "rollback",
-            "verify",
             "control",
             "exec",
             "history",

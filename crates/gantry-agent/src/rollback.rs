@@ -60,8 +60,6 @@ pub(crate) async fn rollback(
         deployment: request.deployment,
         // A rollback runs no migration: the release's tasks ran when it was new.
         tasks: Vec::new(),
-        // Nor is it watched: it goes back to a release that passed before.
-        verify_ms: None,
     };
     deploy::run(agent, deploy).await
 }

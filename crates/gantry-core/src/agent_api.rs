@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 mod backups;
 mod compare;
 pub mod v1;
-pub mod verify;
 
 pub use backups::{
     BackupFailure, BackupInfo, BackupKind, BackupList, BackupRestored, BackupTrigger,
@@ -20,7 +19,6 @@ pub use compare::{
     CompareRequest, Comparison, MAX_COMPARED_SECRETS, is_hex_sha256, new_salt, secret_digest,
 };
 pub use v1::ServiceSpec;
-pub use verify::{Verification, VerifyFailure, VerifyState};
 
 /// The API version; the path prefix of every route.
 pub const API_VERSION: &str = "v1";
@@ -141,13 +139,6 @@ pub struct DeployRequest {
     /// release with every service left on its previous one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<Task>,
-    /// The verify window, in milliseconds: after a cutover that replaced a
-    /// service, the agent watches the new release this long itself and, if
-    /// it fails, goes back to the release before it (`Release::verify`
-    /// says how it stands). Absent: the agent does not watch. Spec
-    /// revision 7 ([`v1::VERIFY_REVISION`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verify_ms: Option<u64>,
 }
 
 /// One environment-wide deployment as a host records it: its id (made by
@@ -169,7 +160,6 @@ impl std::fmt::Debug for DeployRequest {
             .field("services", &self.services.len())
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .field("deployment", &self.deployment)
-            .field("verify_ms", &self.verify_ms)
             .finish()
     }
 }
@@ -271,11 +261,6 @@ pub struct Release {
     /// found the host already running it. Empty from agents before them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deployments: Vec<DeploymentMark>,
-    /// Its verify window, when the agent watched or watches it after its
-    /// cutover. Absent from agents before revision 7 and for releases a
-    /// deploy asked no window of.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verify: Option<Verification>,
 }
 
 /// The coded error that made a release fail: `container.no_image` and its

@@ -594,13 +594,7 @@ impl HostPlan<'_> {
             }
         }
         progress.step(&format!("deploying {} to {}", self.project, agent.name()));
-        let watch = verify::Watch {
-            project: self.project,
-            window: self.verify,
-            secrets: self.secrets,
-        };
-        let agent_watches = watch.for_agent(agent.as_ref());
-        let request = self.request(&host.name, services, agent_watches);
+        let request = self.request(&host.name, services);
         let result = match agent.deploy(&request) {
             Ok(result) => result,
             Err(e) => {
@@ -617,19 +611,14 @@ impl HostPlan<'_> {
         outcome.release = Some(result.release.id.clone());
         if result.release.outcome != Outcome::Failed {
             let kept = result.kept;
-            // An agent that watches says so on the release, also on one it
-            // kept because an earlier request, cut off, made it and its
-            // window still runs.
-            let watched = result.release.verify.clone();
             outcome.took(result);
-            match watched {
-                Some(watched) if agent_watches.is_some() && !watched.state.is_final() => {
-                    watch.agent_verdict(agent.as_ref(), &mut outcome, &watched, progress);
-                }
-                _ if agent_watches.is_none() && !kept => {
-                    watch.after_cutover(agent.as_ref(), &mut outcome, progress);
-                }
-                _ => {}
+            if !kept {
+                let watch = verify::Watch {
+                    project: self.project,
+                    window: self.verify,
+                    secrets: self.secrets,
+                };
+                watch.after_cutover(agent.as_ref(), &mut outcome, progress);
             }
             return outcome;
         }
@@ -676,9 +665,8 @@ impl HostPlan<'_> {
         outcome
     }
 
-    /// The deploy request every host of the rollout gets for `services`,
-    /// with the verify window for an agent that watches it itself.
-    fn request(&self, host: &str, services: &[Service], verify_ms: Option<u64>) -> DeployRequest {
+    /// The deploy request every host of the rollout gets for `services`.
+    fn request(&self, host: &str, services: &[Service]) -> DeployRequest {
         let config_hash = artifact::config_hash(services);
         let mut specs: Vec<ServiceSpec> = services.iter().map(ServiceSpec::from).collect();
         self.images.pin(&mut specs);
@@ -694,14 +682,12 @@ impl HostPlan<'_> {
                     0
                 } else {
                     crate::agent_api::v1::TASK_REVISION
-                })
-                .max(verify_ms.map_or(0, |_| crate::agent_api::v1::VERIFY_REVISION)),
+                }),
             services: specs,
             secrets: self.secrets.clone(),
             rollback_of: None,
             deployment: Some(self.deployment.clone()),
             tasks,
-            verify_ms,
         }
     }
 
@@ -1607,9 +1593,9 @@ mod tests {
         deploy_three(&project, "h1", crashing)
     }
 
-    /// The error of a canary rollout stopped by h1's release crashing in
-    /// its 30 s window, checked for what it says.
-    fn h1_failed_its_window(result: Result<DeployReport, Error>) -> Error {
+    #[test]
+    fn a_canary_that_crashes_in_its_verify_window_goes_back_and_no_other_host_is_touched() {
+        let (fleet, result) = crash_on_h1("verify = \"30s\"\ncanary = true\n");
         let Err(error @ Error::VerifyFailed { .. }) = result else {
             panic!("the rollout went on: {result:?}");
         };
@@ -1621,13 +1607,6 @@ mod tests {
                 && message.contains("Now running: h1 r1, h2 not updated, h3 not updated"),
             "{message}"
         );
-        error
-    }
-
-    #[test]
-    fn a_canary_that_crashes_in_its_verify_window_goes_back_and_no_other_host_is_touched() {
-        let (fleet, result) = crash_on_h1("verify = \"30s\"\ncanary = true\n");
-        let error = h1_failed_its_window(result);
         // Marked failed as it went back.
         assert_eq!(fleet.calls_to("rollback"), ["h1 rollback to r1, r2 failed"]);
         assert!(fleet.calls_to("h2").is_empty(), "{:#?}", fleet.calls());
@@ -1681,78 +1660,6 @@ mod tests {
                 fleet.calls()
             );
         }
-    }
-
-    /// How an agent that watches windows itself says `r2`'s 30 s window
-    /// ended: in `state`, failing as `crash_on_h1`'s host crashes.
-    fn verdict(state: crate::agent_api::VerifyState) -> crate::agent_api::Verification {
-        let reason =
-            "service `web`: instance web-1 exited with status 1 within its 30 s verify window";
-        crate::agent_api::Verification {
-            window_ms: 30_000,
-            until: 1,
-            state,
-            previous: Some("r1".to_owned()),
-            failure: (state == crate::agent_api::VerifyState::Failed).then(|| {
-                crate::agent_api::VerifyFailure {
-                    service: "web".to_owned(),
-                    reason: reason.to_owned(),
-                    went_back: true,
-                    message: reason.to_owned(),
-                }
-            }),
-        }
-    }
-
-    #[test]
-    fn an_agent_that_watches_gets_the_window_and_its_verdict_is_reported_as_the_cli_would() {
-        let hosts = ["h1", "h2", "h3"];
-        let (_dir, project) =
-            crate::fake::project_rolling_out(&hosts, 3, "verify = \"30s\"\ncanary = true\n");
-        let watching = Script {
-            verdict: Some(verdict(crate::agent_api::VerifyState::Failed)),
-            logs: vec![crate::fake::log_line(1, "panic: no database")],
-            ..Script::default()
-        };
-        let (fleet, result) = deploy_three(&project, "h1", watching);
-        let error = h1_failed_its_window(result);
-        let calls = fleet.calls_to("h1");
-        assert!(
-            calls.contains(&"h1 verify 30000 ms".to_owned()),
-            "{calls:#?}"
-        );
-        // The agent watched and went back: this side only asked how it ended.
-        assert!(fleet.calls_to("rollback").is_empty(), "{calls:#?}");
-        assert!(!calls.contains(&"h1 status".to_owned()), "{calls:#?}");
-        assert!(calls.contains(&"h1 release r2".to_owned()), "{calls:#?}");
-        assert!(fleet.calls_to("h2").is_empty(), "{:#?}", fleet.calls());
-        let details = error.details().unwrap();
-        assert_eq!(details["hosts"][0]["outcome"], "reverted", "{details:#}");
-        assert_eq!(details["hosts"][0]["verify_failed"], true, "{details:#}");
-        let incident = crate::incident::Incident::of_deploy("shop", "production", &error);
-        assert_eq!(incident.release.as_deref(), Some("r2"));
-        assert_eq!(incident.log_tail, ["web-1: panic: no database"]);
-    }
-
-    #[test]
-    fn an_agent_that_watches_and_passes_lets_the_rollout_go_on() {
-        let hosts = ["h1", "h2"];
-        let (_dir, project) =
-            crate::fake::project_rolling_out(&hosts, 1, "verify = \"30s\"\ncanary = true\n");
-        let watching = Script {
-            verdict: Some(verdict(crate::agent_api::VerifyState::Passed)),
-            ..Script::default()
-        };
-        let fleet = Fleet::new(hosts.map(|h| (h, ran(watching.clone()))));
-        let report = deploy_plainly(&fleet, &project).unwrap();
-        let outcomes: Vec<_> = report.hosts.iter().map(|h| h.outcome).collect();
-        assert_eq!(outcomes, [HostOutcome::Deployed, HostOutcome::Deployed]);
-        let calls = fleet.calls();
-        assert!(!calls.iter().any(|c| c.ends_with(" status")), "{calls:#?}");
-        assert!(
-            position(&calls, "h1 release r2") < position(&calls, "h2 deploy"),
-            "the canary's verdict came before the next host: {calls:#?}"
-        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::Error;
 use crate::agent_api::{
     AgentInfo, ApiError, BlobList, DeployRequest, DeployResult, ExecSpec, LockGrant, LockHolder,
     LockRelease, LockRequest, LogLine, Outcome, ProxyAction, ProxyInfo, Release, RollbackRequest,
-    ServiceSelector, ServiceState, ServiceStatus, Status, Verification, VerifyState,
+    ServiceSelector, ServiceState, ServiceStatus, Status,
 };
 use crate::config::resolve::Host as HostSpec;
 use crate::host::{Host, HostError, LogQuery, Ran, Shell};
@@ -41,9 +41,6 @@ pub struct Script {
     pub history: Vec<Release>,
     /// What `logs` answers.
     pub logs: Vec<LogLine>,
-    /// It watches verify windows itself (spec revision 7), and this is how
-    /// the window of its new release ends; `None`: an older agent.
-    pub verdict: Option<Verification>,
     /// The machine its shell reaches.
     pub machine: Machine,
 }
@@ -329,7 +326,7 @@ impl Host for FakeHost {
 
     fn info(&self) -> Result<AgentInfo, HostError> {
         self.note("info");
-        let mut info: AgentInfo = serde_json::from_value(serde_json::json!({
+        Ok(serde_json::from_value(serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": 1,
             "state_dir": "/var/lib/gantry",
@@ -337,11 +334,7 @@ impl Host for FakeHost {
             "limits": "none",
             "proxy": "0.0.0.0:80",
         }))
-        .unwrap();
-        if self.script().verdict.is_some() {
-            info.spec_version = crate::agent_api::v1::SPEC_VERSION;
-        }
-        Ok(info)
+        .unwrap())
     }
 
     fn missing_blobs(&self, digests: &[String]) -> Result<BlobList, HostError> {
@@ -411,15 +404,6 @@ impl Host for FakeHost {
             Outcome::Failed => ServiceState::Failed,
             _ => ServiceState::Running,
         };
-        if let Some(ms) = request.verify_ms {
-            self.note(&format!("verify {ms} ms"));
-        }
-        // An agent that watches answers with the window it opened.
-        let verify = self.script().verdict.clone().map(|v| Verification {
-            state: VerifyState::Watching,
-            failure: None,
-            ..v
-        });
         let result = DeployResult {
             release: Release {
                 cause: self
@@ -427,7 +411,6 @@ impl Host for FakeHost {
                     .release_cause
                     .clone()
                     .filter(|_| outcome == Outcome::Failed),
-                verify: verify.filter(|_| request.verify_ms.is_some()),
                 ..release(NEW_RELEASE, outcome)
             },
             services: vec![service("web", state, NEW_RELEASE)],
@@ -482,11 +465,7 @@ impl Host for FakeHost {
 
     fn release(&self, _project: &str, id: &str) -> Result<Release, HostError> {
         self.note(&format!("release {id}"));
-        let verify = self.script().verdict.clone().filter(|_| id == NEW_RELEASE);
-        Ok(Release {
-            verify,
-            ..release(id, Outcome::Succeeded)
-        })
+        Ok(release(id, Outcome::Succeeded))
     }
 
     fn compare(

@@ -8,8 +8,8 @@ mod agent_support;
 use gantry_testkit::TestProject;
 
 use agent_support::{
-    alive, assert_failed_its_window, assert_web_answers, deploy, hello, hello_toml, instances,
-    json, pids, ports, service, shell, status, wait_for_status,
+    alive, assert_web_answers, deploy, hello, hello_toml, instances, json, pids, ports, service,
+    shell, status, wait_for_status,
 };
 
 #[test]
@@ -431,5 +431,18 @@ fn a_release_that_starts_crashing_after_its_cutover_is_reverted_in_its_verify_wi
     let web = service(&status, "web");
     assert_eq!(web["state"], "running", "{web:#}");
     assert_web_answers(web, "1");
-    assert_failed_its_window(&p, "r2");
+    let releases = json(&p, &["releases"]);
+    let r2 = releases["releases"]
+        .as_array()
+        .expect("releases")
+        .iter()
+        .find(|r| r["id"] == "r2")
+        .expect("r2");
+    assert_eq!(r2["outcome"], "failed", "{r2:#}");
+    assert!(
+        r2["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("failed its verify window: service `web`")),
+        "{r2:#}"
+    );
 }

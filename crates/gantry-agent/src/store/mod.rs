@@ -1,6 +1,6 @@
 //! The agent's memory: one SQLite file holding releases, the instance intent
-//! log, which release each service runs, port leases, artifact manifests
-//! and the verify windows of new releases. The agent writes here what it is about to do before doing it,
+//! log, which release each service runs, port leases and artifact
+//! manifests. The agent writes here what it is about to do before doing it,
 //! so a restarted agent can re-adopt its processes and finish or undo a
 //! deploy it was in the middle of.
 //!
@@ -25,7 +25,6 @@ mod port_leases;
 mod releases;
 mod schema;
 mod service_row;
-mod verify_windows;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,7 +35,6 @@ use rusqlite::{Connection, OptionalExtension};
 
 pub use instances::InstanceRecord;
 pub use port_leases::PortLease;
-pub(crate) use verify_windows::VerifyWindow;
 
 /// How long a writer waits for another connection's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -142,7 +142,6 @@ impl Store {
     fn with_deployments(&self, release: Option<Release>) -> Result<Option<Release>, StoreError> {
         let mut found: Vec<Release> = release.into_iter().collect();
         self.attach_deployments(&mut found)?;
-        self.attach_windows(&mut found)?;
         Ok(found.pop())
     }
 
@@ -164,6 +163,7 @@ impl Store {
     }
 
     /// The project's newest release that succeeded.
+    #[cfg(test)]
     pub(crate) fn latest_succeeded(&self, project: &str) -> Result<Option<Release>, StoreError> {
         self.row(
             &format!(
@@ -208,7 +208,6 @@ impl Store {
     ) -> Result<Vec<Release>, StoreError> {
         let mut releases: Vec<Release> = self.rows(sql, params, read_release)?;
         self.attach_deployments(&mut releases)?;
-        self.attach_windows(&mut releases)?;
         Ok(releases)
     }
 }
@@ -267,7 +266,6 @@ fn read_release(row: &Row<'_>) -> rusqlite::Result<Release> {
         phases: row.get::<_, Json<_>>("phases")?.0,
         services: from_rows(row.get::<_, Json<Vec<ServiceRow>>>("services")?.0),
         deployments: Vec::new(),
-        verify: None,
     })
 }
 
@@ -324,7 +322,6 @@ pub(super) mod tests {
             phases: Vec::new(),
             services: vec![service("web")],
             deployments: Vec::new(),
-            verify: None,
         }
     }
 

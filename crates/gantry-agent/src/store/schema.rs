@@ -16,7 +16,6 @@ pub(super) fn migrations() -> Migrations<'static> {
         M::up(V5_FINGERPRINTS),
         M::up(V6_DEPLOYMENTS),
         M::up(V7_RELEASE_CAUSE),
-        M::up(V8_VERIFY_WINDOWS),
     ])
 }
 
@@ -225,26 +224,3 @@ CREATE INDEX release_deployments_by_release ON release_deployments (project, rel
 /// (`agent_api::Cause` as JSON), NULL when it has none and for releases
 /// recorded before.
 const V7_RELEASE_CAUSE: &str = "ALTER TABLE releases ADD COLUMN cause TEXT;";
-
-/// A release's verify window, watched by the agent after its cutover
-/// ([`super::verify_windows`]): written before the deploy answers, so a
-/// restarted agent resumes the watch until `until`. `unchanged` is a JSON
-/// array of service names; `failure` an `agent_api::VerifyFailure` as
-/// JSON, NULL while none failed.
-const V8_VERIFY_WINDOWS: &str = r#"
-CREATE TABLE verify_windows (
-    project    TEXT NOT NULL,
-    release    TEXT NOT NULL,
-    window_ms  INTEGER NOT NULL CHECK (window_ms >= 0),
-    until      INTEGER NOT NULL,
-    previous   TEXT,
-    unchanged  TEXT NOT NULL,
-    state      TEXT NOT NULL
-               CHECK (state IN ('watching', 'reverting', 'passed', 'failed', 'ended')),
-    failure    TEXT,
-    PRIMARY KEY (project, release),
-    FOREIGN KEY (project, release) REFERENCES releases (project, id)
-) STRICT, WITHOUT ROWID;
-CREATE INDEX verify_windows_open ON verify_windows (state)
-    WHERE state IN ('watching', 'reverting');
-"#;

@@ -42,20 +42,13 @@ use crate::config::units;
 /// lists, and make one even where the host already runs what was asked.
 /// Revision 6: a request's `tasks` (`migrate.pre`), which an agent of
 /// revision 5 would ignore, starting the release without running them.
-/// Revision 7: a request's `verify_ms` (the agent watches the new release
-/// for its verify window), which an agent of revision 6 would ignore while
-/// the CLI waited for a verdict that never comes.
-pub const SPEC_VERSION: u32 = 7;
+pub const SPEC_VERSION: u32 = 6;
 
 /// The revision a request that names a deployment needs.
 pub const DEPLOYMENT_REVISION: u32 = 5;
 
 /// The revision a request that carries tasks needs.
 pub const TASK_REVISION: u32 = 6;
-
-/// The revision a request that carries a verify window needs; an agent
-/// that reads it watches the window itself.
-pub const VERIFY_REVISION: u32 = 7;
 
 /// The lowest revision that says what `services` need: a deploy of
 /// processes alone stays readable by agents of revision 1.

@@ -4,29 +4,18 @@
 //! host back to its previous release (recorded failed, with why) and stops
 //! the rollout with `deploy.verify_failed`. With `deploy.canary`, the first
 //! host goes alone, and the others only once its window has passed.
-//!
-//! An agent of spec revision 7 watches the window itself, so it holds if
-//! this process or its link dies: the deploy request carries the window,
-//! and this side only waits for the agent's verdict on the release
-//! (`Release::verify`). With an older agent this side watches, polling its
-//! status, and asks it to go back.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::Error;
-use crate::agent_api::verify::{failure_reason, problem, reverted_reason};
-use crate::agent_api::{Outcome, Reverted, RollbackRequest, Verification, VerifyState};
+use crate::agent_api::{InstanceState, Outcome, Reverted, RollbackRequest, Status};
 use crate::deploy::{HostDeploy, HostOutcome};
 use crate::host::{Host, LogQuery};
 use crate::progress::Progress;
 
 /// How often the new release's instances are looked at during the window.
 const POLL: Duration = Duration::from_millis(250);
-
-/// How long, beyond its window, an agent may take to say how a window
-/// ended: going back is a deploy of the previous release.
-const REVERT_TIME: Duration = Duration::from_secs(300);
 
 /// The most lines of the failing service's log a revert's report carries.
 const LOG_TAIL: usize = 40;
@@ -72,7 +61,10 @@ impl Watch<'_> {
             return;
         };
         outcome.log_tail = log_tail(agent, self.project, &service);
-        let reason = failure_reason(&problem, self.window_ms());
+        let reason = format!(
+            "{problem} within its {} s verify window",
+            self.window.as_secs_f32()
+        );
         outcome.verify_failed = true;
         outcome.outcome = HostOutcome::Failed;
         let Some(back) = outcome.previous.clone() else {
@@ -88,7 +80,7 @@ impl Watch<'_> {
             deployment: None,
             reverts: Some(Reverted {
                 release: release.clone(),
-                reason: reverted_reason(&reason),
+                reason: format!("failed its verify window: {reason}"),
             }),
         };
         outcome.error = Some(match agent.rollback(self.project, &request) {
@@ -105,94 +97,6 @@ impl Watch<'_> {
         });
     }
 
-    /// The window to send with the deploy, when `agent` watches windows
-    /// itself (spec revision 7); none when there is nothing to watch or the
-    /// agent is older, and this side watches.
-    pub(crate) fn for_agent(&self, agent: &dyn Host) -> Option<u64> {
-        if self.window.is_zero() {
-            return None;
-        }
-        let info = agent.info().ok()?;
-        (info.spec_version >= crate::agent_api::v1::VERIFY_REVISION).then(|| self.window_ms())
-    }
-
-    fn window_ms(&self) -> u64 {
-        u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Waits for the agent's verdict on the window it watches of the release
-    /// `outcome` says the host now runs, and says in `outcome` how it ended
-    /// as [`Watch::after_cutover`] would have. This process may die
-    /// meanwhile: the agent decides without it.
-    pub(crate) fn agent_verdict(
-        &self,
-        agent: &dyn Host,
-        outcome: &mut HostDeploy,
-        watched: &Verification,
-        progress: &dyn Progress,
-    ) {
-        let Some(release) = outcome.release.clone() else {
-            return;
-        };
-        progress.step(&format!(
-            "{}: the agent watches {release} for {} s",
-            agent.name(),
-            Duration::from_millis(watched.window_ms).as_secs_f32()
-        ));
-        let Some(verdict) = self.verdict(agent, &release, watched) else {
-            outcome.outcome = HostOutcome::Failed;
-            outcome.error = Some(format!(
-                "the agent did not say how the verify window of {release} ended"
-            ));
-            return;
-        };
-        let Some(failure) = verdict
-            .failure
-            .filter(|_| verdict.state == VerifyState::Failed)
-        else {
-            return;
-        };
-        if failure.went_back
-            && let Some(back) = &verdict.previous
-        {
-            progress.step(&format!(
-                "{}: {}; went back to {back}",
-                agent.name(),
-                failure.reason
-            ));
-            outcome.outcome = HostOutcome::Reverted;
-            outcome.release = Some(back.clone());
-        } else {
-            outcome.outcome = HostOutcome::Failed;
-        }
-        outcome.verify_failed = true;
-        outcome.log_tail = log_tail(agent, self.project, &failure.service);
-        outcome.error = Some(failure.message);
-    }
-
-    /// The release's window once it is over, asked every [`POLL`]: an agent
-    /// that does not answer meanwhile is asked again, until the window and
-    /// a revert's time have passed.
-    fn verdict(
-        &self,
-        agent: &dyn Host,
-        release: &str,
-        watched: &Verification,
-    ) -> Option<Verification> {
-        let deadline = Instant::now() + Duration::from_millis(watched.window_ms) + REVERT_TIME;
-        loop {
-            if let Ok(now) = agent.release(self.project, release)
-                && let Some(verify) = now.verify.filter(|v| v.state.is_final())
-            {
-                return Some(verify);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-
     /// The first sign, within the window, that `release` is not well (the
     /// service, and what is wrong); an agent that does not answer meanwhile
     /// is asked again.
@@ -205,7 +109,7 @@ impl Watch<'_> {
         let deadline = Instant::now() + self.window;
         loop {
             if let Ok(status) = agent.status(self.project)
-                && let Some(problem) = problem(&status.services, release, unchanged)
+                && let Some(problem) = problem(&status, release, unchanged)
             {
                 return Some(problem);
             }
@@ -233,6 +137,38 @@ fn log_tail(agent: &dyn Host, project: &str, service: &str) -> Vec<String> {
         lines.len() < LOG_TAIL
     });
     lines
+}
+
+/// What is wrong with `release`'s instances of services other than
+/// `unchanged` (carried over, not new), if anything: the service, and how.
+fn problem(status: &Status, release: &str, unchanged: &[String]) -> Option<(String, String)> {
+    let watched = status
+        .services
+        .iter()
+        .filter(|s| !unchanged.contains(&s.name));
+    for service in watched {
+        for i in service.instances.iter().filter(|i| i.release == release) {
+            let exit = i
+                .last_exit
+                .as_ref()
+                .map_or_else(|| "exited".to_owned(), ToString::to_string);
+            let what = match i.state {
+                InstanceState::Backoff | InstanceState::Failed => Some(exit),
+                _ if i.restarts > 0 => Some(format!(
+                    "{exit} and was restarted {} time{}",
+                    i.restarts,
+                    if i.restarts == 1 { "" } else { "s" }
+                )),
+                InstanceState::Live if !i.healthy => Some("failed its health check".to_owned()),
+                _ => None,
+            };
+            if let Some(what) = what {
+                let problem = format!("service `{}`: instance {} {what}", service.name, i.id);
+                return Some((service.name.clone(), problem));
+            }
+        }
+    }
+    None
 }
 
 /// The error of a rollout that stopped at host `at`, whose release failed

@@ -76,31 +76,6 @@ pub fn json(p: &TestProject, args: &[&str]) -> Value {
     run.json()
 }
 
-/// Release `id` as `gantry releases` lists it.
-pub fn listed_release(p: &TestProject, id: &str) -> Value {
-    let releases = json(p, &["releases"]);
-    releases["releases"]
-        .as_array()
-        .expect("releases")
-        .iter()
-        .find(|r| r["id"] == id)
-        .unwrap_or_else(|| panic!("no {id} in {releases:#}"))
-        .clone()
-}
-
-/// Release `id` in `gantry releases`, checked failed for its verify window.
-pub fn assert_failed_its_window(p: &TestProject, id: &str) -> Value {
-    let release = listed_release(p, id);
-    assert_eq!(release["outcome"], "failed", "{release:#}");
-    assert!(
-        release["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("failed its verify window: service `web`")),
-        "{release:#}"
-    );
-    release
-}
-
 /// `gantry deploy --skip-build`, which must succeed.
 pub fn deploy(p: &TestProject) -> Value {
     json(p, &["deploy", "--skip-build"])
