@@ -456,7 +456,14 @@ impl Engine {
             Err(e) if is_not_found(&e) => false,
             Err(e) => return Err(ContainerError::engine("remove", name, e)),
         };
-        secrets::remove(&secrets::directory(&self.secrets_root, name));
+        // Only a name that is one plain path component names a directory
+        // under the secrets root (never the root itself, nor outside it).
+        if matches!(
+            Path::new(name).components().collect::<Vec<_>>().as_slice(),
+            [std::path::Component::Normal(_)]
+        ) {
+            secrets::remove(&secrets::directory(&self.secrets_root, name));
+        }
         Ok(removed)
     }
 

@@ -327,10 +327,7 @@ pub fn before_rollout(
     secrets: &BTreeMap<String, String>,
     progress: &dyn Progress,
 ) -> Result<Vec<ServiceMigrations>, Error> {
-    migrated(env)
-        .into_iter()
-        .map(|s| for_service(project_dir, env, s, secrets, Action::Run, progress))
-        .collect()
+    each(project_dir, env, secrets, Action::Run, progress)
 }
 
 /// What [`before_rollout`] would apply, changing nothing: the plan a
@@ -340,18 +337,26 @@ pub fn pending(
     env: &Environment,
     secrets: &BTreeMap<String, String>,
 ) -> Result<Vec<ServiceMigrations>, Error> {
+    each(
+        project_dir,
+        env,
+        secrets,
+        Action::Plan,
+        &crate::progress::Silent,
+    )
+}
+
+/// `action` for every service with `migrate.sql`, in deploy order.
+fn each(
+    project_dir: &Path,
+    env: &Environment,
+    secrets: &BTreeMap<String, String>,
+    action: Action,
+    progress: &dyn Progress,
+) -> Result<Vec<ServiceMigrations>, Error> {
     migrated(env)
         .into_iter()
-        .map(|s| {
-            for_service(
-                project_dir,
-                env,
-                s,
-                secrets,
-                Action::Plan,
-                &crate::progress::Silent,
-            )
-        })
+        .map(|s| for_service(project_dir, env, s, secrets, action, progress))
         .collect()
 }
 
