@@ -369,7 +369,6 @@ async fn in_container(
     spec: &ServiceSpec,
     task: &Task,
 ) -> Result<Ended, Unrun> {
-    use futures_util::StreamExt;
     let engine = crate::container_instance::connect(agent).await?;
     // Named as no instance is: `web-r3-migrate-pre-<random>`.
     let id = format!(
@@ -405,83 +404,82 @@ async fn in_container(
         container.env.entry(key).or_insert(value);
     }
     let secrets = crate::container_instance::secret_values(agent, &release.project, &spec.secrets);
+    let label = format!(
+        "{} {} {} {}",
+        release.project, release.id, task.service, task.phase
+    );
+    run_then_remove(engine.clone(), container, secrets, label).await
+}
+
+/// `container` created, run and removed in a task of its own, which a
+/// dropped request cannot cut short between Docker's create and the
+/// removal: a request abandoned while Docker was still creating the
+/// container would otherwise leave it behind. Abandoning (this future
+/// dropped) only ends the run early; the removal always follows.
+async fn run_then_remove(
+    engine: crate::container::Engine,
+    container: crate::container::ContainerSpec,
+    secrets: std::collections::BTreeMap<String, crate::container::SecretValue>,
+    label: String,
+) -> Result<Ended, Unrun> {
     let name = container.identity.container_name();
-    engine.remove(&name).await?;
-    let id = engine.create(&container, &secrets).await?;
-    let removal = Removal {
-        engine: Some(engine.clone()),
-        name: name.clone(),
-    };
-    let mut output = OutputTail::new(OUTPUT_MAX);
-    let mut lost = None;
-    let ran = tokio::time::timeout(TIME_LIMIT, async {
-        engine.start(&id).await?;
-        let mut stream = engine.logs(&id, None, true);
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(chunk) => output.push(&chunk.bytes),
-                // The rest of its output is lost, not its outcome: that
-                // is the container's exit, waited for below.
-                Err(e) => {
-                    tracing::warn!(project = %release.project, release = %release.id, service = %task.service, phase = %task.phase, error = %e, "lost a task's output");
-                    lost = Some(lost_line(&e.to_string()));
-                    break;
-                }
+    let (keep_running, abandoned) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(async move {
+        engine.remove(&name).await?;
+        let id = engine.create(&container, &secrets).await?;
+        let mut output = OutputTail::new(OUTPUT_MAX);
+        let mut lost = None;
+        let running = run_created(&engine, &id, &name, &label, &mut output, &mut lost);
+        // None: past its time limit, killed by the forced removal below.
+        let exit = tokio::select! {
+            ran = tokio::time::timeout(TIME_LIMIT, running) => ran.ok(),
+            _ = abandoned => Some(Err(Unrun::from(format!("its request was abandoned; {name} was removed")))),
+        };
+        if let Err(e) = engine.remove(&name).await {
+            tracing::warn!(container = %name, error = %e, "cannot remove a task's container");
+        }
+        let timed_out = exit.is_none();
+        Ok(Ended {
+            exit_code: exit.transpose()?,
+            output,
+            timed_out,
+            lost,
+        })
+    });
+    let ended = run.await;
+    drop(keep_running);
+    ended.map_err(|e| Unrun::from(format!("its run ended without an outcome: {e}")))?
+}
+
+/// A created task container started, its output followed into `output`
+/// (why the rest was lost into `lost`), and its exit code waited for.
+async fn run_created(
+    engine: &crate::container::Engine,
+    id: &str,
+    name: &str,
+    label: &str,
+    output: &mut OutputTail,
+    lost: &mut Option<String>,
+) -> Result<i32, Unrun> {
+    use futures_util::StreamExt;
+    engine.start(id).await?;
+    let mut stream = engine.logs(id, None, true);
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => output.push(&chunk.bytes),
+            // The rest of its output is lost, not its outcome: that is the
+            // container's exit, waited for below.
+            Err(e) => {
+                tracing::warn!(task = %label, error = %e, "lost a task's output");
+                *lost = Some(lost_line(&e.to_string()));
+                break;
             }
         }
-        // The stream's end is not the container's: wait for its exit.
-        let exit = engine.wait(&id).await?;
-        let exit = exit.ok_or_else(|| format!("its container {name} was removed before it exited"))?;
-        Ok::<_, Unrun>(Some(i32::try_from(exit).unwrap_or(i32::MAX)))
-    })
-    .await;
-    // Removed by force: a container past its time limit is killed here.
-    let ran = match ran {
-        Ok(exit) => exit.map(|exit_code| Ended {
-            exit_code,
-            output,
-            timed_out: false,
-            lost,
-        }),
-        Err(_) => Ok(Ended {
-            exit_code: None,
-            output,
-            timed_out: true,
-            lost,
-        }),
-    };
-    removal.now().await;
-    ran
-}
-
-/// A task's container, removed when dropped too: a task abandoned (its
-/// request gone) leaves nothing running, as a process task's group.
-struct Removal {
-    engine: Option<crate::container::Engine>,
-    name: String,
-}
-
-impl Removal {
-    async fn now(mut self) {
-        if let Some(engine) = self.engine.take() {
-            let _ = engine.remove(&self.name).await;
-        }
     }
-}
-
-impl Drop for Removal {
-    fn drop(&mut self) {
-        if let Some(engine) = self.engine.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let name = std::mem::take(&mut self.name);
-            runtime.spawn(async move {
-                if let Err(e) = engine.remove(&name).await {
-                    tracing::warn!(container = %name, error = %e, "cannot remove an abandoned task's container");
-                }
-            });
-        }
-    }
+    // The stream's end is not the container's: wait for its exit.
+    let exit = engine.wait(id).await?;
+    let exit = exit.ok_or_else(|| format!("its container {name} was removed before it exited"))?;
+    Ok(i32::try_from(exit).unwrap_or(i32::MAX))
 }
 
 #[cfg(test)]
@@ -594,6 +592,78 @@ mod tests {
             assert!(Instant::now() < deadline, "the task's sleep still runs");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A task container whose request goes away at any point, even while
+    /// Docker is still creating it, is removed: none is left behind. Needs
+    /// root and Docker.
+    #[tokio::test]
+    async fn a_task_container_abandoned_at_any_point_is_removed() {
+        use crate::container::{ContainerSpec, Engine, Identity, Resources};
+        let image = gantry_testkit::images::base();
+        let scratch = tempfile::tempdir().expect("scratch");
+        let engine = Engine::connect(
+            std::path::Path::new("/var/run/docker.sock"),
+            &scratch.path().join("secrets"),
+            "gantry-test",
+        )
+        .await
+        .expect("connect");
+        let project = format!("task-gone-{}", std::process::id());
+        // From at once to well after the start, in steps finer than a
+        // create (about 20 ms here).
+        let points = (0..30).map(|i| i * 2).chain((6..30).map(|i| i * 10));
+        for (step, after_ms) in points.enumerate() {
+            let container = ContainerSpec {
+                identity: Identity {
+                    project: project.clone(),
+                    environment: "test".into(),
+                    service: "db".into(),
+                    release: "r1".into(),
+                    instance: format!("db-r1-migrate-post-{step}"),
+                },
+                image: image.to_owned(),
+                command: Some(vec!["sleep".into(), "600".into()]),
+                env: Default::default(),
+                secrets: Vec::new(),
+                publish: None,
+                resources: Resources::default(),
+                volumes: Vec::new(),
+                user: None,
+                stop_timeout: Duration::from_secs(1),
+            };
+            let name = container.identity.container_name();
+            let run = run_then_remove(engine.clone(), container, Default::default(), name.clone());
+            let abandoned = tokio::time::timeout(Duration::from_millis(after_ms), run).await;
+            if let Ok(ended) = abandoned {
+                let why = ended.map_or_else(|e| e.why, |e| format!("exit {:?}", e.exit_code));
+                panic!("{name} ended by itself: {why}");
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while engine.inspect(&name).await.expect("inspect").is_some() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{name}, abandoned after {after_ms} ms, is still there"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // A container Docker was still creating when its request went away
+        // appears only after its create ends: none may be there then.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = engine.list(&project).await.expect("list");
+            if left.is_empty() {
+                break;
+            }
+            let names: Vec<_> = left.iter().map(|c| &c.name).collect();
+            assert!(Instant::now() < deadline, "left behind: {names:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        engine
+            .remove_network(&project, "test")
+            .await
+            .expect("remove the network");
     }
 
     #[tokio::test]

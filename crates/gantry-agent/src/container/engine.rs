@@ -44,6 +44,10 @@ pub struct Engine {
     /// Whom containers of an image run as, by (image id, user): an image's
     /// files never change, so its /etc/passwd is read once.
     owners: Arc<Mutex<HashMap<(String, String), secrets::Owner>>>,
+    /// Held while a network is made: Docker's check for a name in use is
+    /// not atomic, and two concurrent creates of one name both succeed
+    /// (seen with Docker 28), leaving a name no container can join.
+    making_network: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The most owners [`Engine`] keeps before it forgets them all.
@@ -143,6 +147,7 @@ impl Engine {
             owner: owner.to_owned(),
             api_version,
             owners: Arc::default(),
+            making_network: Arc::default(),
         })
     }
 
@@ -159,9 +164,18 @@ impl Engine {
         environment: &str,
     ) -> Result<String, ContainerError> {
         let name = spec::network_name(project, environment);
+        let _making = self.making_network.lock().await;
         match self.docker.inspect_network(&name, None).await {
             Ok(_) => return Ok(name),
             Err(e) if is_not_found(&e) => {}
+            // Made twice by an older agent (see `making_network`).
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 400,
+                message,
+            }) if message.contains("ambiguous") => {
+                self.keep_one_network(&name).await?;
+                return Ok(name);
+            }
             Err(e) => return Err(ContainerError::engine("inspect network", &name, e)),
         }
         let request = NetworkCreateRequest {
@@ -181,6 +195,43 @@ impl Engine {
             }) => Ok(name),
             Err(e) => Err(ContainerError::engine("create network", &name, e)),
         }
+    }
+
+    /// Removes all but one of the networks named `name`: those no container
+    /// uses, the oldest kept when none is used.
+    async fn keep_one_network(&self, name: &str) -> Result<(), ContainerError> {
+        let options = bollard::query_parameters::ListNetworksOptions {
+            filters: Some(HashMap::from([("name".to_owned(), vec![name.to_owned()])])),
+        };
+        let listed = (self.docker.list_networks(Some(options)).await)
+            .map_err(|e| ContainerError::engine("list networks", name, e))?;
+        let mut same: Vec<(bool, String, String)> = Vec::new();
+        for network in listed {
+            let (Some(id), Some(created)) = (network.id, network.created) else {
+                continue;
+            };
+            if network.name.as_deref() != Some(name) {
+                continue;
+            }
+            let options = bollard::query_parameters::InspectNetworkOptions {
+                verbose: false,
+                scope: None,
+            };
+            let inspected = (self.docker.inspect_network(&id, Some(options)).await)
+                .map_err(|e| ContainerError::engine("inspect network", name, e))?;
+            let used = inspected.containers.is_some_and(|c| !c.is_empty());
+            same.push((!used, created, id));
+        }
+        // Used first, then the oldest: the one kept.
+        same.sort();
+        for (_, _, id) in same.iter().skip(1) {
+            if let Err(e) = self.docker.remove_network(id).await
+                && !is_not_found(&e)
+            {
+                return Err(ContainerError::engine("remove network", name, e));
+            }
+        }
+        Ok(())
     }
 
     /// Removes the project environment's network (once no container uses it).
