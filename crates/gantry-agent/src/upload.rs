@@ -127,7 +127,7 @@ async fn receive<E: std::fmt::Display>(
         ArtifactError::Io(FileError {
             action: "write",
             path: "the upload".into(),
-            source: io::Error::other(e.to_string()),
+            cause: io::Error::other(e.to_string()),
         })
     })?
 }

@@ -17,8 +17,9 @@ pub mod error;
 pub mod exec;
 #[cfg(test)]
 mod fake;
-pub mod file;
 pub mod firewall;
+/// Files replaced whole and durably, and `FileError` (gantry-file).
+pub use gantry_file as file;
 pub mod host;
 pub mod image;
 pub mod incident;

@@ -2,9 +2,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::acme::AcmeError;
-use crate::file::FileError;
 use crate::table::TableError;
 use crate::tls::{CaError, CertError};
+use gantry_file::FileError;
 
 /// Why the proxy could not start, or could not apply a route table.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,6 @@ mod control;
 mod dir;
 mod error;
 mod exchange;
-mod file;
 mod forward;
 mod forwarded;
 mod handoff;
@@ -51,8 +50,8 @@ pub use control::{
 };
 pub use dir::ProxyDir;
 pub use error::ProxyError;
-pub use file::FileError;
 pub use forwarded::TrustedProxy;
+pub use gantry_file::FileError;
 pub use handoff::Listeners;
 pub use limits::ClientLimits;
 pub use log::{DEFAULT_MAX_BYTES as DEFAULT_LOG_MAX_BYTES, MIN_MAX_BYTES as MIN_LOG_MAX_BYTES};

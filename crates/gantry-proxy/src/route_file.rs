@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::ProxyError;
-use crate::file::FileError;
 use crate::table::RouteTable;
+use gantry_file::FileError;
 
 pub(crate) fn path(state_dir: &Path) -> PathBuf {
     crate::ProxyDir::new(state_dir).routes_file()
@@ -36,7 +36,7 @@ pub(crate) fn save(path: &Path, table: &RouteTable) -> Result<(), ProxyError> {
         serde_json::to_vec_pretty(table).map_err(|e| FileError::at("encode", path)(e.into()))?;
     text.push(b'\n');
     // 0666 before the umask, as `File::create` makes files.
-    Ok(crate::file::write_atomic(path, &text, 0o666)?)
+    gantry_file::write_atomic(path, &text, 0o666).map_err(FileError::of("write", path))
 }
 
 #[cfg(test)]

@@ -23,13 +23,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::acme::{AcmeConfig, AcmeEvent, AcmeManager, Challenges, Issued, OnIssued, acme_names};
 use crate::exchange::AccessLog;
-use crate::file::FileError;
 use crate::handoff::{self, HandedOff, Listeners};
 use crate::limits::{ConnectionCaps, fd_budget};
 use crate::state::ProxyState;
 use crate::tls::{self, CertStore, LocalCa};
 use crate::worker::{Accepted, Scheme, worker};
 use crate::{ProxyConfig, ProxyError, control, route_file};
+use gantry_file::FileError;
 
 /// The name of the plain HTTP listener, as handoff passes it.
 pub const HTTP: &str = "http";

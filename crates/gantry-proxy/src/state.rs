@@ -17,7 +17,6 @@ use crate::Timeouts;
 use crate::acme::{Challenges, acme_names};
 use crate::error::ProxyError;
 use crate::exchange::AccessLog;
-use crate::file::FileError;
 use crate::forwarded::TrustedProxy;
 use crate::limits::ClientLimits;
 use crate::metrics::{Metrics, NO_ROUTE, ServiceMetrics};
@@ -26,6 +25,7 @@ use crate::router::Router;
 use crate::table::RouteTable;
 use crate::tls::CertStore;
 use crate::upstream::Upstreams;
+use gantry_file::FileError;
 
 pub(crate) struct ProxyState {
     pub(crate) router: ArcSwap<Router>,

@@ -16,7 +16,7 @@ use instant_acme::{
 use super::challenges::OpenChallenges;
 use super::files::{self, SavedAccount};
 use super::{AcmeConfig, AcmeError, Challenges, Issued, Problem};
-use crate::file::FileError;
+use gantry_file::FileError;
 
 /// How an open order is polled: 250 ms, then doubling, for at most 90 s.
 const POLL: RetryPolicy = RetryPolicy::new()

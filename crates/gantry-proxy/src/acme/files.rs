@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer as _, GeneralName, ParsedExtension, X509Certificate};
 
 use super::{AcmeError, Issued};
-use crate::file::FileError;
+use gantry_file::FileError;
 
 pub(crate) const ACCOUNT_FILE: &str = "account.json";
 pub(crate) const CERTS_DIR: &str = "certs";
@@ -179,7 +179,7 @@ pub(crate) fn read_leaf(chain_pem: &str, key_pem: &str) -> Result<Leaf, String> 
 }
 
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AcmeError> {
-    Ok(crate::file::write_atomic(path, bytes, mode)?)
+    gantry_file::write_atomic(path, bytes, mode).map_err(FileError::of("write", path))
 }
 
 #[cfg(test)]

@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use super::client::{Acme, check_name};
 use super::{AcmeConfig, AcmeError, Challenges, Issued, files};
-use crate::file::FileError;
 use crate::table::{RouteTable, Tls};
+use gantry_file::FileError;
 
 /// The least time between two orders for one name.
 const MIN_REORDER: Duration = Duration::from_secs(3600);

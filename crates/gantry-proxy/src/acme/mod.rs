@@ -23,7 +23,7 @@ mod manager;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use crate::file::FileError;
+use gantry_file::FileError;
 
 pub use challenges::{CHALLENGE_PATH, Challenges};
 pub use client::Acme;
