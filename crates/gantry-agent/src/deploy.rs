@@ -191,6 +191,9 @@ async fn deploy(
         let r = release.clone();
         agent.db(move |s| s.update_release(&r)).await?;
     }
+    if release.outcome == Outcome::Succeeded {
+        crate::retention::after_deploy(agent, &project).await;
+    }
     let services = status::services(agent, &project, status::ContainerMemory::Skipped).await?;
     Ok(DeployResult {
         release,

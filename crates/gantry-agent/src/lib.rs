@@ -56,6 +56,7 @@ mod ports;
 mod process;
 mod proxy;
 mod reconcile;
+mod retention;
 mod retire;
 mod rollback;
 mod routes;

@@ -446,3 +446,72 @@ fn a_release_that_starts_crashing_after_its_cutover_is_reverted_in_its_verify_wi
         "{r2:#}"
     );
 }
+
+/// The release directories of `p`'s project on its agent, by name.
+fn release_dirs(p: &TestProject, project: &str) -> std::collections::BTreeSet<String> {
+    let dir = p.state_dir().join("releases").join(project);
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A host keeps the files of a project's newest five releases that
+/// succeeded (and of what runs): older ones go after each deploy, a
+/// rollback to one is refused with `release.artifact_gone`, and a rollback
+/// to a kept one still runs its files. (Their blobs wait out an hour's
+/// grace: the agent's unit tests show them go.)
+#[test]
+fn a_host_keeps_the_files_of_the_newest_five_releases_and_refuses_a_rollback_further_back() {
+    let p = shell(
+        "retention",
+        r#"[services.app]
+run = "exec sleep 600"
+health = { command = "test -f VERSION" }
+"#,
+    );
+    let mut digests = Vec::new();
+    for n in 1..=7 {
+        std::fs::write(p.path().join("VERSION"), format!("{n}\n")).expect("write VERSION");
+        let report = deploy(&p);
+        assert_eq!(report["release"]["outcome"], "succeeded", "{report:#}");
+        let digest = report["release"]["artifact_digest"]
+            .as_str()
+            .expect("a digest");
+        digests.push(digest.to_owned());
+    }
+    // r3..r7 keep their files; r1 and r2 are gone, files and manifests.
+    let kept: std::collections::BTreeSet<String> = digests[2..].iter().cloned().collect();
+    assert_eq!(release_dirs(&p, "retention"), kept);
+    // Every release stays listed.
+    let releases = json(&p, &["releases"]);
+    assert_eq!(
+        releases["releases"].as_array().map(Vec::len),
+        Some(7),
+        "{releases:#}"
+    );
+
+    let gone = p.gantry(&["rollback", "--to", "r2", "--output", "json"]);
+    assert_eq!(
+        gone.json()["error"]["code"],
+        "release.artifact_gone",
+        "{}",
+        gone.stdout
+    );
+    assert_eq!(service(&status(&p), "app")["release"], "r7");
+
+    let back = json(&p, &["rollback", "--to", "r3"]);
+    assert_eq!(back["release"]["id"], "r8", "{back:#}");
+    assert_eq!(back["release"]["outcome"], "succeeded", "{back:#}");
+    let now = status(&p);
+    let instance = &instances(service(&now, "app"))[0];
+    let cwd =
+        std::fs::read_link(format!("/proc/{}/cwd", instance["pid"])).expect("the instance's cwd");
+    assert_eq!(
+        std::fs::read_to_string(cwd.join("VERSION")).expect("VERSION"),
+        "3\n"
+    );
+    // r8 runs r3's files: still five kept (r8/r3, r7, r6, r5, r4).
+    assert_eq!(release_dirs(&p, "retention"), kept);
+    p.gantry(&["stop"]).expect_code(0);
+}

@@ -375,12 +375,31 @@ fn the_visit_count_survives_redeploys_a_db_change_a_rollback_and_agent_kills() {
     stack.skip_verify_window();
     deploy(&stack);
     let mut count = visit(&stack);
+    // The tag Gantry pins for the image each version runs.
+    let pin = || {
+        let id = docker(&["inspect", "--format", "{{.Id}}", &stack.web_image()]);
+        let hex = id.trim_start_matches("sha256:");
+        format!("gantry-{}", &hex[..12])
+    };
+    let mut pinned = vec![pin()];
 
     for v in 2..=11 {
         stack.set_version(&v.to_string());
         deploy(&stack);
+        pinned.push(pin());
         assert_eq!(version(&stack), format!("{v}\n"));
         count = visit_after(&stack, count, &format!("web's deploy of version {v}"));
+    }
+    // The host keeps the images of the newest five releases (r7 to r11):
+    // the tags Gantry pinned for older ones are gone.
+    let tags = docker(&["images", &stack.web_image(), "--format", "{{.Tag}}"]);
+    for (v, tag) in pinned.iter().enumerate() {
+        let v = v + 1;
+        assert_eq!(
+            tags.lines().any(|t| t == tag),
+            v >= 7,
+            "version {v}'s tag {tag} among {tags}"
+        );
     }
 
     // A changed setting of db: it is replaced (stop-first, on the same volume).

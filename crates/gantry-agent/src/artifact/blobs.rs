@@ -1,10 +1,12 @@
 //! The blob store: file contents by sha256, written once, read-only.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -22,7 +24,14 @@ pub(super) const BLOB_MODE: u32 = 0o444;
 pub struct BlobStore {
     root: PathBuf,
     pub(super) uploads: Arc<Uploads>,
+    /// When `missing` last found each blob present: a deploy about to come
+    /// counts on it, so retention spares it a while.
+    found: Arc<Mutex<HashMap<String, Instant>>>,
 }
+
+/// The most blobs [`BlobStore`] remembers as found before it forgets those
+/// found longest ago.
+const FOUND_MAX: usize = 100_000;
 
 impl BlobStore {
     /// A store rooted at `root`; directories are created on first write.
@@ -30,6 +39,7 @@ impl BlobStore {
         BlobStore {
             root: root.into(),
             uploads: Arc::default(),
+            found: Arc::default(),
         }
     }
 
@@ -50,17 +60,43 @@ impl BlobStore {
 
     /// Which of `digests` the store lacks, each once, in the order given. A
     /// malformed digest is reported missing (its upload will be refused).
+    /// Each one present is remembered as found now (see
+    /// [`BlobStore::found_within`]), for the deploy that asked.
     pub fn missing<I>(&self, digests: I) -> Vec<String>
     where
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let mut seen = std::collections::HashSet::new();
-        digests
+        let mut seen = HashSet::new();
+        let mut present = Vec::new();
+        let missing = digests
             .into_iter()
             .map(|d| d.as_ref().to_owned())
-            .filter(|d| !self.has(d) && seen.insert(d.clone()))
-            .collect()
+            .filter(|d| {
+                let has = self.has(d);
+                if has {
+                    present.push(d.clone());
+                }
+                !has && seen.insert(d.clone())
+            })
+            .collect();
+        let now = Instant::now();
+        let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        if found.len() + present.len() > FOUND_MAX {
+            let mut ages: Vec<Instant> = found.values().copied().collect();
+            ages.sort_unstable();
+            if let Some(cut) = ages.get(ages.len() / 2).copied() {
+                found.retain(|_, at| *at > cut);
+            }
+        }
+        found.extend(present.into_iter().map(|d| (d, now)));
+        missing
+    }
+
+    /// Whether `missing` found this blob present within `grace`.
+    pub fn found_within(&self, digest: &str, grace: Duration) -> bool {
+        let found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        found.get(digest).is_some_and(|at| at.elapsed() < grace)
     }
 
     /// Stores the bytes `reader` yields under `expected`, after checking that

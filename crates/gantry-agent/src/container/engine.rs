@@ -234,6 +234,26 @@ impl Engine {
         Ok(())
     }
 
+    /// Removes the image reference `reference` (a tag): the image itself
+    /// goes with its last tag, its layers with the last image using them.
+    /// False when there was no such reference; refused (an error) while a
+    /// container of this tag's image exists and this is its only tag.
+    pub async fn untag(&self, reference: &str) -> Result<bool, ContainerError> {
+        let options = bollard::query_parameters::RemoveImageOptionsBuilder::new()
+            .force(false)
+            .noprune(false)
+            .build();
+        match self
+            .docker
+            .remove_image(reference, Some(options), None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(ContainerError::engine("remove image", reference, e)),
+        }
+    }
+
     /// Removes the project environment's network (once no container uses it).
     pub async fn remove_network(
         &self,

@@ -43,6 +43,26 @@ impl Store {
             files,
         }))
     }
+
+    /// Every recorded artifact's digest, with the digests of its files.
+    pub(crate) fn artifact_blobs(&self) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        let rows: Vec<(String, Json<Vec<ArtifactFile>>)> =
+            self.rows("SELECT digest, files FROM artifacts", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?;
+        Ok(rows
+            .into_iter()
+            .map(|(digest, Json(files))| (digest, files.into_iter().map(|f| f.digest).collect()))
+            .collect())
+    }
+
+    /// Forgets an artifact's file list: a rollback to a release of it is
+    /// refused from then on (`release.artifact_gone`).
+    pub(crate) fn forget_artifact(&self, digest: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM artifacts WHERE digest = ?1", [digest])?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

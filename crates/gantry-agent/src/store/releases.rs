@@ -154,6 +154,15 @@ impl Store {
         .and_then(|found| self.with_deployments(found))
     }
 
+    /// Every project with a release on this host.
+    pub(crate) fn projects(&self) -> Result<Vec<String>, StoreError> {
+        self.rows(
+            "SELECT DISTINCT project FROM releases ORDER BY project",
+            [],
+            |row| row.get(0),
+        )
+    }
+
     /// Every release of a project, newest first.
     pub(crate) fn releases(&self, project: &str) -> Result<Vec<Release>, StoreError> {
         self.query_releases(

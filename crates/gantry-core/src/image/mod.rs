@@ -9,7 +9,7 @@ mod build;
 mod ship;
 
 pub use build::{build, check_paths};
-pub use ship::{Shipment, pinned_tag};
+pub use ship::{Shipment, is_pinned, pinned_tag};
 
 use std::path::Path;
 

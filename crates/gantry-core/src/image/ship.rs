@@ -218,12 +218,29 @@ impl Shipment {
 /// The tag a shipped image runs under on hosts: its name with a tag made of
 /// its id, so each build has its own (`web:1.0` → `web:gantry-3f2a9c1e0b7d`).
 pub fn pinned_tag(image: &str, id: &str) -> String {
-    let repository = match image.rsplit_once(':') {
+    let short = id.get(..PINNED_ID_LEN).unwrap_or(id);
+    format!("{}:{PINNED_PREFIX}{short}", repository(image))
+}
+
+/// Whether `reference` is a tag [`pinned_tag`] made (and so Gantry's to
+/// remove once no kept release names it).
+pub fn is_pinned(reference: &str) -> bool {
+    reference.rsplit_once(':').is_some_and(|(_, tag)| {
+        tag.strip_prefix(PINNED_PREFIX).is_some_and(|id| {
+            id.len() == PINNED_ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    })
+}
+
+const PINNED_PREFIX: &str = "gantry-";
+const PINNED_ID_LEN: usize = 12;
+
+/// `image` without its tag.
+fn repository(image: &str) -> &str {
+    match image.rsplit_once(':') {
         Some((repository, tag)) if !tag.contains('/') => repository,
         _ => image,
-    };
-    let short = id.get(..12).unwrap_or(id);
-    format!("{repository}:gantry-{short}")
+    }
 }
 
 /// The id (hex) and layers of `image` in this machine's engine, as a
@@ -346,6 +363,18 @@ mod tests {
             pinned_tag("registry:5000/shop/web", id),
             "registry:5000/shop/web:gantry-3f2a9c1e0b7d"
         );
+        for made in ["web", "web:1.0", "registry:5000/shop/web"] {
+            assert!(is_pinned(&pinned_tag(made, id)), "{made}");
+        }
+        for other in [
+            "web",
+            "web:gantry",
+            "web:gantry-latest",
+            "postgres:16",
+            "registry:5000/gantry-3f2a9c1e0b7d",
+        ] {
+            assert!(!is_pinned(other), "{other}");
+        }
     }
 
     #[test]

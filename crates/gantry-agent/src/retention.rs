@@ -1,0 +1,390 @@
+//! What a host keeps of a project's past: the files, artifact and images of
+//! its newest [`KEEP`] releases that succeeded and of every release one of
+//! its services runs. After each deploy that succeeds, under the project's
+//! deploy lock, the rest goes: release directories, artifact manifests (a
+//! rollback to such a release is then refused with `release.artifact_gone`),
+//! blobs no kept artifact names, and the image tags Gantry pinned for
+//! releases no project keeps. Without it every deploy would add to the disk
+//! for good.
+//!
+//! Crash safety: a manifest is forgotten before its directory goes, so a
+//! rollback never starts from half a tree; a directory is renamed aside
+//! before it is removed, and whatever a killed run left aside is removed by
+//! the next.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use gantry_core::agent_api::v1::Workload;
+use gantry_core::agent_api::{Outcome, Release};
+
+use crate::agent::Agent;
+use crate::store::StoreError;
+
+/// How many of a project's newest releases that succeeded keep their files.
+pub const KEEP: usize = 5;
+
+/// How long a blob that no kept artifact names stays: a blob uploaded, or
+/// found present by `missing` (`BlobStore::found_within`), within it may be
+/// for a deploy about to come.
+const GRACE: Duration = Duration::from_secs(60 * 60);
+
+/// The suffix of a release directory renamed aside to be removed.
+const ASIDE: &str = ".pruning";
+
+/// What one project keeps.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Kept {
+    artifacts: BTreeSet<String>,
+    images: BTreeSet<String>,
+}
+
+/// What a project keeps, from its releases (newest first) and the ids of
+/// the releases its services and instances run: also what a deploy under
+/// way (of another project) is about to run.
+fn kept(releases: &[Release], running: &BTreeSet<String>) -> Kept {
+    let newest = releases
+        .iter()
+        .filter(|r| r.outcome == Outcome::Succeeded)
+        .take(KEEP);
+    let runs = releases
+        .iter()
+        .filter(|r| running.contains(&r.id) || r.outcome == Outcome::Deploying);
+    let mut kept = Kept::default();
+    for release in newest.chain(runs) {
+        kept.artifacts.insert(release.artifact_digest.clone());
+        kept.images.extend(images(release));
+    }
+    kept
+}
+
+fn images(release: &Release) -> impl Iterator<Item = String> + '_ {
+    release.services.iter().filter_map(|s| match &s.workload {
+        Workload::Compose { image } => Some(image.clone()),
+        _ => None,
+    })
+}
+
+/// What a pass removed.
+#[derive(Debug, Default)]
+pub(crate) struct Pruned {
+    /// Release directories (by artifact digest).
+    pub directories: Vec<String>,
+    pub manifests: usize,
+    pub blobs: usize,
+    pub images: Vec<String>,
+}
+
+/// One pass for `project`, run after its deploy succeeded and while its
+/// deploy lock is held. It never fails the deploy: what it cannot remove
+/// stays for the next pass, and says why in the log.
+pub(crate) async fn after_deploy(agent: &Agent, project: &str) {
+    match prune(agent, project).await {
+        Ok(pruned) => {
+            if !pruned.directories.is_empty() || pruned.blobs > 0 || !pruned.images.is_empty() {
+                tracing::info!(
+                    project,
+                    directories = pruned.directories.len(),
+                    manifests = pruned.manifests,
+                    blobs = pruned.blobs,
+                    images = ?pruned.images,
+                    "removed what no kept release needs"
+                );
+            }
+        }
+        Err(e) => {
+            tracing::warn!(project, error = %e, "cannot remove what old releases left")
+        }
+    }
+}
+
+async fn prune(agent: &Agent, project: &str) -> Result<Pruned, StoreError> {
+    let p = project.to_owned();
+    // This project's releases and what every project keeps, in one read.
+    let (ours, everyone, digests) = agent
+        .db(move |s| {
+            let mut everyone = Kept::default();
+            let mut ours = (Vec::new(), Kept::default());
+            for project in s.projects()? {
+                let releases = s.releases(&project)?;
+                let mut running: BTreeSet<String> =
+                    s.current_all(&project)?.into_values().collect();
+                running.extend(
+                    (s.instances(&project)?.into_iter())
+                        .filter(|i| i.is_active())
+                        .map(|i| i.release),
+                );
+                let kept = kept(&releases, &running);
+                everyone.artifacts.extend(kept.artifacts.iter().cloned());
+                everyone.images.extend(kept.images.iter().cloned());
+                if project == p {
+                    ours = (releases, kept);
+                }
+            }
+            let digests = s.artifact_blobs()?;
+            Ok((ours, everyone, digests))
+        })
+        .await?;
+    let (releases, kept) = ours;
+    let mut pruned = Pruned::default();
+
+    // Manifests first: from here on a rollback to them is refused.
+    let forget: Vec<String> = (digests.iter())
+        .map(|(digest, _)| digest.clone())
+        .filter(|digest| !everyone.artifacts.contains(digest))
+        .filter(|digest| releases.iter().any(|r| &r.artifact_digest == digest))
+        .collect();
+    pruned.manifests = forget.len();
+    if !forget.is_empty() {
+        let forget = forget.clone();
+        agent
+            .db(move |s| forget.iter().try_for_each(|d| s.forget_artifact(d)))
+            .await?;
+    }
+
+    // Only directories of this project's own releases: never one it does
+    // not know.
+    let gone: BTreeSet<String> = (releases.iter())
+        .map(|r| r.artifact_digest.clone())
+        .filter(|digest| !kept.artifacts.contains(digest))
+        .collect();
+    // A blob stays while a remaining manifest names it.
+    let named: BTreeSet<String> = (digests.into_iter())
+        .filter(|(digest, _)| !forget.contains(digest))
+        .flat_map(|(_, files)| files)
+        .collect();
+    let dir = agent.paths.releases(project);
+    let blobs = agent.blobs.clone();
+    let files = tokio::task::spawn_blocking(move || {
+        let directories = remove_directories(&dir, |name| gone.contains(name));
+        let root = blobs.root().join("sha256");
+        let spared = |digest: &str| named.contains(digest) || blobs.found_within(digest, GRACE);
+        (directories, remove_blobs(&root, spared))
+    })
+    .await;
+    match files {
+        Ok((directories, blobs)) => (pruned.directories, pruned.blobs) = (directories, blobs),
+        Err(e) => tracing::warn!(project, error = %e, "cannot remove old release files"),
+    }
+
+    let unkept = (releases.iter())
+        .flat_map(images)
+        .filter(|image| gantry_core::image::is_pinned(image) && !everyone.images.contains(image))
+        .collect::<BTreeSet<_>>();
+    if !unkept.is_empty() {
+        pruned.images = untag(agent, unkept).await;
+    }
+    Ok(pruned)
+}
+
+/// Removes the directories in `dir` whose name `gone` accepts, each renamed
+/// aside first, and any a killed pass left aside; the names removed.
+fn remove_directories(dir: &Path, gone: impl Fn(&str) -> bool) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let aside = if name.starts_with('.') && name.ends_with(ASIDE) {
+            path
+        } else if gone(&name) {
+            let aside = dir.join(format!(".{name}{ASIDE}"));
+            if let Err(e) = std::fs::rename(&path, &aside) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot move an old release aside");
+                continue;
+            }
+            removed.push(name);
+            aside
+        } else {
+            continue;
+        };
+        if let Err(e) = std::fs::remove_dir_all(&aside) {
+            tracing::warn!(path = %aside.display(), error = %e, "cannot remove an old release");
+        }
+    }
+    removed
+}
+
+/// Removes the blobs under `root` (`<2 hex>/<digest>[.<mode>]`) that were
+/// not written within [`GRACE`] and whose digest `spared` does not spare;
+/// how many went.
+fn remove_blobs(root: &Path, spared: impl Fn(&str) -> bool) -> usize {
+    let Ok(shards) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for file in shards
+        .flatten()
+        .filter_map(|s| std::fs::read_dir(s.path()).ok())
+        .flatten()
+        .flatten()
+    {
+        let name = file.file_name().to_string_lossy().into_owned();
+        let digest = name
+            .split_once('.')
+            .map_or(name.as_str(), |(digest, _)| digest);
+        let fresh = (file.metadata().and_then(|m| m.modified())).map_or(true, |at| {
+            now.duration_since(at).unwrap_or_default() < GRACE
+        });
+        if fresh || spared(digest) {
+            continue;
+        }
+        if std::fs::remove_file(file.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Removes the tags in `references`; those removed. A tag whose image a
+/// container still uses stays (Docker refuses), for the next pass.
+async fn untag(agent: &Agent, references: BTreeSet<String>) -> Vec<String> {
+    let engine = match crate::container_instance::connect(agent).await {
+        Ok(engine) => engine,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot remove old release images");
+            return Vec::new();
+        }
+    };
+    let mut removed = Vec::new();
+    for reference in references {
+        match engine.untag(&reference).await {
+            Ok(true) => removed.push(reference),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(image = %reference, error = %e, "an old release's image stays")
+            }
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_core::agent_api::v1::ServiceSpec;
+
+    fn release(number: u64, outcome: Outcome, image: &str) -> Release {
+        let service: ServiceSpec = serde_json::from_value(serde_json::json!({
+            "name": "web",
+            "driver": "compose",
+            "image": image,
+            "replicas": 1,
+            "env": {},
+            "secrets": [],
+            "resources": {},
+            "depends_on": [],
+            "volumes": [],
+            "stop_timeout": "10s",
+            "restart": "always",
+        }))
+        .expect("a service");
+        Release {
+            id: format!("r{number}"),
+            number,
+            project: "shop".into(),
+            environment: "production".into(),
+            config_hash: "c".into(),
+            artifact_digest: format!("a{number}"),
+            rollback_of: None,
+            created_at: number,
+            outcome,
+            reason: None,
+            log_tail: Vec::new(),
+            cause: None,
+            phases: Vec::new(),
+            services: vec![service],
+            deployments: Vec::new(),
+        }
+    }
+
+    /// Blobs written over [`GRACE`] ago go unless spared; newer ones and
+    /// spared ones stay, a mode variant with its blob.
+    #[test]
+    fn old_blobs_no_one_spares_are_removed_new_and_spared_ones_stay() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let root = dir.path();
+        let old = SystemTime::now() - GRACE - Duration::from_secs(60);
+        let write = |name: &str, at: Option<SystemTime>| {
+            let shard = root.join(&name[..2]);
+            std::fs::create_dir_all(&shard).expect("shard");
+            let file = std::fs::File::create(shard.join(name)).expect("blob");
+            if let Some(at) = at {
+                file.set_modified(at).expect("set its time");
+            }
+        };
+        let (gone, variant, spared, fresh) = (
+            "aa".repeat(32),
+            "bb".repeat(32),
+            "cc".repeat(32),
+            "dd".repeat(32),
+        );
+        write(&gone, Some(old));
+        write(&variant, Some(old));
+        write(&format!("{variant}.555"), Some(old));
+        write(&spared, Some(old));
+        write(&fresh, None);
+        let removed = remove_blobs(root, |digest| digest == spared);
+        assert_eq!(removed, 3);
+        let left: BTreeSet<String> = std::fs::read_dir(root)
+            .expect("shards")
+            .flatten()
+            .flat_map(|s| std::fs::read_dir(s.path()).expect("shard"))
+            .map(|f| f.expect("file").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, BTreeSet::from([spared.clone(), fresh.clone()]));
+    }
+
+    /// What a killed pass left aside goes; directories not asked for stay.
+    #[test]
+    fn release_directories_go_whole_and_a_killed_passes_leftovers_with_them() {
+        let dir = tempfile::tempdir().expect("a directory");
+        for name in ["a1", "a2", "a3", ".a0.pruning"] {
+            std::fs::create_dir_all(dir.path().join(name).join("bin")).expect("a release");
+            std::fs::write(dir.path().join(name).join("bin/app"), "x").expect("a file");
+        }
+        let removed: BTreeSet<String> =
+            remove_directories(dir.path(), |name| name == "a1" || name == "a3")
+                .into_iter()
+                .collect();
+        assert_eq!(removed, BTreeSet::from(["a1".to_owned(), "a3".to_owned()]));
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["a2"]);
+    }
+
+    #[test]
+    fn the_newest_releases_that_succeeded_and_those_running_are_kept() {
+        // r13 under way; r12 newest; r11 and r8 failed; r2 still runs a
+        // service.
+        let releases: Vec<Release> = (1..=13)
+            .rev()
+            .map(|n| {
+                if n == 13 {
+                    return release(n, Outcome::Deploying, &format!("web:gantry-{n:012x}"));
+                }
+                let outcome = if n == 11 || n == 8 {
+                    Outcome::Failed
+                } else {
+                    Outcome::Succeeded
+                };
+                release(n, outcome, &format!("web:gantry-{n:012x}"))
+            })
+            .collect();
+        let kept = kept(&releases, &BTreeSet::from(["r2".to_owned()]));
+        let expect = |numbers: &[u64]| -> BTreeSet<String> {
+            numbers.iter().map(|n| format!("a{n}")).collect()
+        };
+        assert_eq!(kept.artifacts, expect(&[13, 12, 10, 9, 7, 6, 2]));
+        assert!(kept.images.contains("web:gantry-00000000000c"));
+        assert!(kept.images.contains("web:gantry-000000000002"));
+        assert!(!kept.images.contains("web:gantry-00000000000b"));
+        assert_eq!(kept.images.len(), 7);
+    }
+}
