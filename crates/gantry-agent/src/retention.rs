@@ -179,7 +179,9 @@ async fn prune(agent: &Agent, project: &str) -> Result<Pruned, StoreError> {
 }
 
 /// Removes the directories in `dir` whose name `gone` accepts, each renamed
-/// aside first, and any a killed pass left aside; the names removed.
+/// aside first, any a killed pass left aside, and any tree a killed deploy
+/// was staging (`.<digest>.tmp-*`: none is being staged while the
+/// project's deploy lock is held); the names removed.
 fn remove_directories(dir: &Path, gone: impl Fn(&str) -> bool) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -188,7 +190,8 @@ fn remove_directories(dir: &Path, gone: impl Fn(&str) -> bool) -> Vec<String> {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        let aside = if name.starts_with('.') && name.ends_with(ASIDE) {
+        let leftover = name.starts_with('.') && (name.ends_with(ASIDE) || name.contains(".tmp-"));
+        let aside = if leftover {
             path
         } else if gone(&name) {
             let aside = dir.join(format!(".{name}{ASIDE}"));
@@ -339,11 +342,12 @@ mod tests {
         assert_eq!(left, BTreeSet::from([spared.clone(), fresh.clone()]));
     }
 
-    /// What a killed pass left aside goes; directories not asked for stay.
+    /// What a killed pass left aside goes, and a tree a killed deploy was
+    /// staging; directories not asked for stay.
     #[test]
     fn release_directories_go_whole_and_a_killed_passes_leftovers_with_them() {
         let dir = tempfile::tempdir().expect("a directory");
-        for name in ["a1", "a2", "a3", ".a0.pruning"] {
+        for name in ["a1", "a2", "a3", ".a0.pruning", ".a4.tmp-x8Zq"] {
             std::fs::create_dir_all(dir.path().join(name).join("bin")).expect("a release");
             std::fs::write(dir.path().join(name).join("bin/app"), "x").expect("a file");
         }
