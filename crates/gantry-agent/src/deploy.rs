@@ -141,6 +141,7 @@ async fn deploy(
         phases: Vec::new(),
         services: request.services.clone(),
         deployments: request.deployment.iter().cloned().collect(),
+        files_gone: false,
     };
     {
         let (r, mark) = (release.clone(), request.deployment.clone());

@@ -10,13 +10,36 @@ use gantry_core::agent_api::{
 use crate::agent::Agent;
 use crate::credentials::redact_releases;
 use crate::error::AgentError;
+use crate::store::{Store, StoreError};
 
 /// `GET /v1/projects/{project}/releases`.
 pub(crate) async fn releases(agent: &Agent, project: String) -> Result<Vec<Release>, AgentError> {
     let p = project.clone();
-    let mut releases = agent.db(move |s| s.releases(&p)).await?;
+    let mut releases = agent
+        .db(move |s| {
+            let mut releases = s.releases(&p)?;
+            mark_files_gone(s, &mut releases)?;
+            Ok(releases)
+        })
+        .await?;
     redact_releases(&agent.paths, &project, &mut releases);
     Ok(releases)
+}
+
+/// Marks the releases whose files retention removed.
+fn mark_files_gone(store: &Store, releases: &mut [Release]) -> Result<(), StoreError> {
+    let mut kept = std::collections::HashMap::new();
+    for release in releases {
+        let digest = &release.artifact_digest;
+        let has = match kept.get(digest) {
+            Some(has) => *has,
+            None => *kept
+                .entry(digest.clone())
+                .or_insert(store.has_artifact(digest)?),
+        };
+        release.files_gone = !has;
+    }
+    Ok(())
 }
 
 /// `GET /v1/projects/{project}/releases/{id}`: by id or number.
@@ -26,7 +49,14 @@ pub(crate) async fn release(
     id: String,
 ) -> Result<Release, AgentError> {
     let (p, i) = (project.clone(), id.clone());
-    let mut release = agent.db(move |s| s.release(&p, &i)).await?.ok_or_else(|| {
+    let found = agent
+        .db(move |s| {
+            let mut found = s.release(&p, &i)?;
+            mark_files_gone(s, found.as_mut_slice())?;
+            Ok(found)
+        })
+        .await?;
+    let mut release = found.ok_or_else(|| {
         AgentError::not_found(
             Code::ReleaseNotFound,
             format!("`{project}` has no release `{id}`"),

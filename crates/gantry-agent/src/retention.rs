@@ -302,6 +302,7 @@ mod tests {
             phases: Vec::new(),
             services: vec![service],
             deployments: Vec::new(),
+            files_gone: false,
         }
     }
 

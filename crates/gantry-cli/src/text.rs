@@ -359,7 +359,7 @@ impl Report for gantry_core::operate::ReleasesReport {
             let total: u64 = r.phases.iter().map(|p| p.duration_ms).sum();
             let _ = writeln!(
                 out,
-                "{:>5}  {}  {}  {} ms  artifact {}{}{}",
+                "{:>5}  {}  {}  {} ms  artifact {}{}{}{}",
                 r.id,
                 name(&r.outcome),
                 r.environment,
@@ -368,6 +368,11 @@ impl Report for gantry_core::operate::ReleasesReport {
                 r.rollback_of
                     .as_ref()
                     .map_or_else(String::new, |of| format!("  (rollback to {of})")),
+                if r.files_gone {
+                    "  (files no longer kept)"
+                } else {
+                    ""
+                },
                 r.reason
                     .as_ref()
                     .map_or_else(String::new, |why| format!("\n       {why}"))
@@ -435,6 +440,9 @@ impl Report for ReleaseDetail {
         );
         if let Some(of) = &r.rollback_of {
             let _ = writeln!(out, "  a rollback to {of}");
+        }
+        if r.files_gone {
+            out.push_str("  its files are no longer kept: a rollback to it is refused\n");
         }
         if let Some(reason) = &r.reason {
             let _ = writeln!(out, "  {reason}");

@@ -261,6 +261,11 @@ pub struct Release {
     /// found the host already running it. Empty from agents before them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deployments: Vec<DeploymentMark>,
+    /// The host no longer keeps this release's files (it keeps those of
+    /// the newest five that succeeded, and of what runs): a rollback to it
+    /// is refused. Absent while they are kept, and from agents before it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub files_gone: bool,
 }
 
 /// The coded error that made a release fail: `container.no_image` and its

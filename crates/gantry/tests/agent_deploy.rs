@@ -483,13 +483,36 @@ health = { command = "test -f VERSION" }
     // r3..r7 keep their files; r1 and r2 are gone, files and manifests.
     let kept: std::collections::BTreeSet<String> = digests[2..].iter().cloned().collect();
     assert_eq!(release_dirs(&p, "retention"), kept);
-    // Every release stays listed.
+    // Every release stays listed, those whose files went marked so.
     let releases = json(&p, &["releases"]);
+    let gone: Vec<(&str, bool)> = releases["releases"]
+        .as_array()
+        .expect("releases")
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap_or("?"), r["files_gone"] == true))
+        .collect();
     assert_eq!(
-        releases["releases"].as_array().map(Vec::len),
-        Some(7),
+        gone,
+        [
+            ("r7", false),
+            ("r6", false),
+            ("r5", false),
+            ("r4", false),
+            ("r3", false),
+            ("r2", true),
+            ("r1", true)
+        ],
         "{releases:#}"
     );
+    let text = p.gantry(&["releases", "--output", "text"]);
+    text.expect_code(0);
+    let marked: Vec<&str> = text
+        .stdout
+        .lines()
+        .filter(|l| l.contains("(files no longer kept)"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(marked, ["r2", "r1"], "{}", text.stdout);
 
     let gone = p.gantry(&["rollback", "--to", "r2", "--output", "json"]);
     assert_eq!(

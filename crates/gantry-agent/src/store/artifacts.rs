@@ -44,6 +44,19 @@ impl Store {
         }))
     }
 
+    /// Whether the artifact's file list is recorded (kept by retention).
+    pub(crate) fn has_artifact(&self, digest: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM artifacts WHERE digest = ?1",
+                [digest],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
     /// Every recorded artifact's digest, with the digests of its files.
     pub(crate) fn artifact_blobs(&self) -> Result<Vec<(String, Vec<String>)>, StoreError> {
         let rows: Vec<(String, Json<Vec<ArtifactFile>>)> =

@@ -275,6 +275,8 @@ fn read_release(row: &Row<'_>) -> rusqlite::Result<Release> {
         phases: row.get::<_, Json<_>>("phases")?.0,
         services: from_rows(row.get::<_, Json<Vec<ServiceRow>>>("services")?.0),
         deployments: Vec::new(),
+        // Not a column: the API layer tells (`history`).
+        files_gone: false,
     })
 }
 
@@ -331,6 +333,7 @@ pub(super) mod tests {
             phases: Vec::new(),
             services: vec![service("web")],
             deployments: Vec::new(),
+            files_gone: false,
         }
     }
 
