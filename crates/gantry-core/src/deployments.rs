@@ -71,6 +71,9 @@ pub struct DeploymentHost {
     pub kept: bool,
     /// The host runs that release now.
     pub runs_now: bool,
+    /// The host no longer keeps that release's files: no rollback to it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub files_gone: bool,
 }
 
 /// What a host runs: its newest successful release.
@@ -137,6 +140,7 @@ fn deployment(id: &str, at: u64, hosts: &[(String, Vec<Release>)]) -> Deployment
                 outcome: made.map(|r| r.outcome),
                 kept: made.is_some_and(|r| r.deployments.first().is_some_and(|d| d.id != id)),
                 runs_now: made.is_some_and(|r| Some(r.id.as_str()) == now),
+                files_gone: made.is_some_and(|r| r.files_gone),
             }
         })
         .collect();
@@ -220,6 +224,17 @@ pub fn rollback_target(deployments: &[Deployment], to: Option<&str>) -> Result<T
     let mut releases = Vec::new();
     for host in &chosen.hosts {
         match (&host.release, host.outcome) {
+            (Some(release), Some(Outcome::Succeeded)) if host.files_gone => {
+                return Err(Error::Deployment {
+                    code: Code::ReleaseArtifactGone,
+                    message: format!(
+                        "host {} no longer keeps the files of its release {release} of deployment {}",
+                        host.host, chosen.id
+                    ),
+                    hint: "a host keeps its newest five releases: deploy that version again"
+                        .to_owned(),
+                });
+            }
             (Some(release), Some(Outcome::Succeeded)) => {
                 releases.push((host.host.clone(), release.clone()));
             }
@@ -364,6 +379,19 @@ mod tests {
                 ]
             }
         );
+    }
+
+    /// One host no longer keeping its release of the deployment refuses the
+    /// rollback before any host is touched, rather than half of it.
+    #[test]
+    fn a_rollback_to_a_deployment_one_host_no_longer_keeps_is_refused_whole() {
+        let mut hosts = after_a_retried_rollout();
+        hosts[1].1[1].files_gone = true;
+        let list = list(&hosts);
+        assert!(list[2].hosts[1].files_gone);
+        let error = rollback_target(&list, None).unwrap_err();
+        assert_eq!(error.code(), "release.artifact_gone");
+        assert!(error.to_string().contains("host h2"), "{error}");
     }
 
     #[test]
