@@ -117,6 +117,7 @@ mod tests {
         ],
         &[
             "task",
+            "retention",
             "retire",
             "kept",
             "deploy",
