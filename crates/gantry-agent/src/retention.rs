@@ -20,6 +20,7 @@ use gantry_core::agent_api::v1::Workload;
 use gantry_core::agent_api::{Outcome, Release};
 
 use crate::agent::Agent;
+use crate::container::Engine;
 use crate::store::StoreError;
 
 /// How many of a project's newest releases that succeeded keep their files.
@@ -173,7 +174,10 @@ async fn prune(agent: &Agent, project: &str) -> Result<Pruned, StoreError> {
         .filter(|image| gantry_core::image::is_pinned(image) && !everyone.images.contains(image))
         .collect::<BTreeSet<_>>();
     if !unkept.is_empty() {
-        pruned.images = untag(agent, unkept).await;
+        match crate::container_instance::connect(agent).await {
+            Ok(engine) => pruned.images = untag(engine, unkept).await,
+            Err(e) => tracing::warn!(error = %e, "cannot remove old release images"),
+        }
     }
     Ok(pruned)
 }
@@ -243,18 +247,29 @@ fn remove_blobs(root: &Path, spared: impl Fn(&str) -> bool) -> usize {
     removed
 }
 
-/// Removes the tags in `references`; those removed. A tag whose image a
-/// container still uses stays (Docker refuses), for the next pass.
-async fn untag(agent: &Agent, references: BTreeSet<String>) -> Vec<String> {
-    let engine = match crate::container_instance::connect(agent).await {
-        Ok(engine) => engine,
+/// Removes the tags in `references`; those removed. A tag whose image any
+/// container on the engine was made from stays, for the next pass: the
+/// engine may be shared with another agent whose releases this one does
+/// not know, and which recreates its containers from that tag.
+async fn untag(engine: &Engine, references: BTreeSet<String>) -> Vec<String> {
+    let in_use = match engine.images_in_use().await {
+        Ok(in_use) => in_use,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot remove old release images");
+            tracing::warn!(error = %e, "cannot tell which images containers use");
             return Vec::new();
         }
     };
     let mut removed = Vec::new();
     for reference in references {
+        match engine.image_id(&reference).await {
+            Ok(Some(id)) if in_use.contains(&id) => continue,
+            Ok(Some(_)) => {}
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!(image = %reference, error = %e, "an old release's image stays");
+                continue;
+            }
+        }
         match engine.untag(&reference).await {
             Ok(true) => removed.push(reference),
             Ok(false) => {}
@@ -362,6 +377,59 @@ mod tests {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left, ["a2"]);
+    }
+
+    fn docker(args: &[&str]) -> String {
+        let output = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .expect("run docker");
+        assert!(output.status.success(), "docker {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// A pinned tag goes unless a container, the agent's or anyone's, was
+    /// made from its image, even through another tag. Needs root and Docker.
+    #[tokio::test]
+    async fn a_tag_whose_image_any_container_uses_stays() {
+        let base = gantry_testkit::images::base();
+        let repository = format!("gantry-test-retention-{}", std::process::id());
+        let (pinned, other) = (
+            format!("{repository}:gantry-0123456789ab"),
+            format!("{repository}:mine"),
+        );
+        let context = tempfile::tempdir().expect("a context");
+        std::fs::write(
+            context.path().join("Dockerfile"),
+            format!("FROM {base}\nRUN head -c 1000 /dev/urandom > /unique\n"),
+        )
+        .expect("a Dockerfile");
+        let context = context.path().display().to_string();
+        docker(&["build", "-q", "-t", &pinned, "-t", &other, &context]);
+        // Made by someone else, from the other tag; never started.
+        let container = docker(&["create", &other, "true"]);
+        let scratch = tempfile::tempdir().expect("scratch");
+        let engine = Engine::connect(
+            Path::new("/var/run/docker.sock"),
+            &scratch.path().join("secrets"),
+            "gantry-test",
+        )
+        .await
+        .expect("connect");
+
+        let removed = untag(&engine, BTreeSet::from([pinned.clone()])).await;
+        assert!(removed.is_empty(), "{removed:?}");
+        assert!(engine.image_id(&pinned).await.expect("inspect").is_some());
+
+        docker(&["rm", &container]);
+        let removed = untag(&engine, BTreeSet::from([pinned.clone()])).await;
+        assert_eq!(removed, [pinned.clone()]);
+        assert!(engine.image_id(&pinned).await.expect("inspect").is_none());
+        assert!(
+            engine.image_id(&other).await.expect("inspect").is_some(),
+            "the other tag stays"
+        );
+        docker(&["rmi", &other]);
     }
 
     #[test]

@@ -234,10 +234,24 @@ impl Engine {
         Ok(())
     }
 
+    /// The ids of the images every container on the engine was made from,
+    /// whoever made it (another agent, or the user, shares the engine).
+    pub async fn images_in_use(&self) -> Result<std::collections::HashSet<String>, ContainerError> {
+        let options = ListContainersOptions {
+            all: true,
+            ..Default::default()
+        };
+        let summaries = (self.docker.list_containers(Some(options)).await)
+            .map_err(|e| ContainerError::engine("list containers of", "the engine", e))?;
+        Ok(summaries.into_iter().filter_map(|s| s.image_id).collect())
+    }
+
     /// Removes the image reference `reference` (a tag): the image itself
     /// goes with its last tag, its layers with the last image using them.
     /// False when there was no such reference; refused (an error) while a
-    /// container of this tag's image exists and this is its only tag.
+    /// container of this tag's image exists and this is its only tag. (A
+    /// caller that must not take a tag a container runs from, even beside
+    /// other tags, checks [`Engine::images_in_use`] first.)
     pub async fn untag(&self, reference: &str) -> Result<bool, ContainerError> {
         let options = bollard::query_parameters::RemoveImageOptionsBuilder::new()
             .force(false)
