@@ -423,7 +423,7 @@ mod tests {
 
         docker(&["rm", &container]);
         let removed = untag(&engine, BTreeSet::from([pinned.clone()])).await;
-        assert_eq!(removed, [pinned.clone()]);
+        assert_eq!(removed, std::slice::from_ref(&pinned));
         assert!(engine.image_id(&pinned).await.expect("inspect").is_none());
         assert!(
             engine.image_id(&other).await.expect("inspect").is_some(),
