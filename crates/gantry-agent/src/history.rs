@@ -28,14 +28,18 @@ pub(crate) async fn releases(agent: &Agent, project: String) -> Result<Vec<Relea
 
 /// Marks the releases whose files retention removed.
 fn mark_files_gone(store: &Store, releases: &mut [Release]) -> Result<(), StoreError> {
+    // Releases share artifacts (a rollback's is an earlier one's): each is
+    // asked once.
     let mut kept = std::collections::HashMap::new();
     for release in releases {
-        let digest = &release.artifact_digest;
-        let has = match kept.get(digest) {
+        let digest = release.artifact_digest.clone();
+        let has = match kept.get(&digest) {
             Some(has) => *has,
-            None => *kept
-                .entry(digest.clone())
-                .or_insert(store.has_artifact(digest)?),
+            None => {
+                let has = store.has_artifact(&digest)?;
+                kept.insert(digest, has);
+                has
+            }
         };
         release.files_gone = !has;
     }

@@ -131,10 +131,13 @@ async fn prune(agent: &Agent, project: &str) -> Result<Pruned, StoreError> {
     let mut pruned = Pruned::default();
 
     // Manifests first: from here on a rollback to them is refused.
-    let forget: Vec<String> = (digests.iter())
+    let history: BTreeSet<&str> = releases
+        .iter()
+        .map(|r| r.artifact_digest.as_str())
+        .collect();
+    let forget: BTreeSet<String> = (digests.iter())
         .map(|(digest, _)| digest.clone())
-        .filter(|digest| !everyone.artifacts.contains(digest))
-        .filter(|digest| releases.iter().any(|r| &r.artifact_digest == digest))
+        .filter(|digest| !everyone.artifacts.contains(digest) && history.contains(digest.as_str()))
         .collect();
     pruned.manifests = forget.len();
     if !forget.is_empty() {
@@ -146,9 +149,9 @@ async fn prune(agent: &Agent, project: &str) -> Result<Pruned, StoreError> {
 
     // Only directories of this project's own releases: never one it does
     // not know.
-    let gone: BTreeSet<String> = (releases.iter())
-        .map(|r| r.artifact_digest.clone())
-        .filter(|digest| !kept.artifacts.contains(digest))
+    let gone: BTreeSet<String> = (history.into_iter())
+        .filter(|digest| !kept.artifacts.contains(*digest))
+        .map(str::to_owned)
         .collect();
     // A blob stays while a remaining manifest names it.
     let named: BTreeSet<String> = (digests.into_iter())

@@ -164,6 +164,10 @@ impl Engine {
         environment: &str,
     ) -> Result<String, ContainerError> {
         let name = spec::network_name(project, environment);
+        // Every create asks: most find it made, without waiting on others.
+        if self.docker.inspect_network(&name, None).await.is_ok() {
+            return Ok(name);
+        }
         let _making = self.making_network.lock().await;
         match self.docker.inspect_network(&name, None).await {
             Ok(_) => return Ok(name),
