@@ -602,13 +602,7 @@ mod tests {
         use crate::container::{ContainerSpec, Engine, Identity, Resources};
         let image = gantry_testkit::images::base();
         let scratch = tempfile::tempdir().expect("scratch");
-        let engine = Engine::connect(
-            std::path::Path::new("/var/run/docker.sock"),
-            &scratch.path().join("secrets"),
-            "gantry-test",
-        )
-        .await
-        .expect("connect");
+        let engine = Engine::for_test(scratch.path()).await;
         let project = format!("task-gone-{}", std::process::id());
         // From at once to well after the start, in steps finer than a
         // create (about 20 ms here).

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -518,6 +518,12 @@ pub enum AgentAction {
 }
 
 #[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("acme_options")
+        .args(["acme_email", "acme_ca_root"])
+        .multiple(true)
+        .requires("acme_directory")
+))]
 pub struct ProxyArgs {
     #[command(subcommand)]
     pub action: Option<ProxyAction>,
@@ -539,23 +545,14 @@ pub struct ProxyArgs {
     #[arg(long, env = "GANTRY_ACME_DIRECTORY", value_name = "URL")]
     pub acme_directory: Option<String>,
 
-    /// The contact address given to the ACME account
-    #[arg(
-        long,
-        env = "GANTRY_ACME_EMAIL",
-        value_name = "EMAIL",
-        requires = "acme_directory"
-    )]
+    /// The contact address given to the ACME account (with --acme-directory)
+    #[arg(long, env = "GANTRY_ACME_EMAIL", value_name = "EMAIL")]
     pub acme_email: Option<String>,
 
     /// A PEM root certificate to trust for the ACME server's own HTTPS (a CA on a
     /// private PKI, such as Pebble); it replaces the system's roots for that server
-    #[arg(
-        long,
-        env = "GANTRY_ACME_CA_ROOT",
-        value_name = "FILE",
-        requires = "acme_directory"
-    )]
+    /// (with --acme-directory)
+    #[arg(long, env = "GANTRY_ACME_CA_ROOT", value_name = "FILE")]
     pub acme_ca_root: Option<std::path::PathBuf>,
 
     /// Take over the listening sockets of the proxy running on this state

@@ -266,6 +266,3 @@ fn descend<'v>(value: &'v mut Value, segments: &[Segment]) -> Option<&'v mut Val
             _ => None,
         })
 }
-
-#[cfg(test)]
-mod tests;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::units::{Duration, Size};
 
 /// A gantry.toml file.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "gantry.toml", rename = "GantryToml")]
@@ -30,15 +31,14 @@ pub struct File {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hosts: BTreeMap<String, Host>,
     /// The tracker hub the project reports to: a failed deploy files a bug there.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub hub: Option<HubLink>,
     /// How deploys roll out, for every environment (an environment's own
     /// `deploy` table overrides it key by key).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub deploy: Option<Rollout>,
 }
 
 /// How a deploy rolls out across an environment's hosts.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
@@ -46,11 +46,9 @@ pub struct Rollout {
     /// "5s", at most "10m", "0s" for not at all): if one of its new instances
     /// exits, is restarted or fails its health check meanwhile, that host goes
     /// back to its previous release and the deploy fails (`deploy.verify_failed`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<Duration>,
     /// Deploy to the environment's first host alone, and to the others only
     /// after its verify window passed (default false).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<bool>,
 }
 
@@ -243,6 +241,7 @@ impl JsonSchema for Build {
 
 /// An image built on the user's machine with `docker build`, then shipped to
 /// each host without a registry (only the layers a host lacks).
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageBuild {
@@ -251,51 +250,41 @@ pub struct ImageBuild {
     /// run from (unless a `static` service serves files inside it), so changing its files replaces
     /// no process. Files a process needs too belong outside it, or the build uses `context = "."`
     /// with `dockerfile = "web/Dockerfile"` (whose `COPY` then names `web/...`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "project-path"))]
     pub context: Option<String>,
     /// The Dockerfile, relative to the context as in Docker Compose (default `Dockerfile`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "project-path"))]
     pub dockerfile: Option<String>,
     /// The stage of a multi-stage Dockerfile to build (`docker build --target`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "build-stage"))]
     pub target: Option<String>,
     /// Build arguments (`docker build --build-arg NAME=VALUE`); not for secrets: they stay in the image's history.
-    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxProperties" = 64))]
     pub args: Option<BTreeMap<String, String>>,
 }
 
 /// A health check: exactly one of `path` (HTTP), `tcp` or `command`.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
     /// HTTP GET on this path answers 2xx or 3xx.
-    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "http-path"))]
     pub path: Option<String>,
     /// A TCP connection to the port succeeds.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<bool>,
     /// A command run in the instance's environment exits 0.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
     /// Time between checks (default 1s). Until a new instance's first check
     /// passes, an HTTP or TCP check is tried every 20 ms (a command check at
     /// most every 250 ms), so a deploy does not wait out an interval.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
     /// Time one check may take (default 2s).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Failures in a row before the instance counts as unhealthy (default 3).
-    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4294967295u32))]
     pub retries: Option<NonZeroU32>,
     /// Time after start during which failures do not count (default 0s).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub start_period: Option<Duration>,
 }
 
@@ -324,24 +313,23 @@ pub struct SecretName(#[schemars(extend("format" = "env-name"))] pub String);
 #[serde(transparent)]
 pub struct Volume(#[schemars(extend("format" = "volume"))] pub String);
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// Memory limit, like "256M".
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<Size>,
     /// CPU limit in cores, like 0.5.
-    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.01, max = 1024.0))]
     pub cpu: Option<f64>,
     /// Limit on the number of processes and threads.
-    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4294967295u32))]
     pub pids: Option<NonZeroU32>,
 }
 
 /// Migrations: numbered SQL files the built-in engine applies (`sql` and `database`, see
 /// `gantry migrate`), and commands a deploy runs around its rollout (`pre`, `post`).
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Migrate {
@@ -349,26 +337,23 @@ pub struct Migrate {
     /// the first host that runs the service, in the new release's environment (its files, env
     /// and secrets; for an image service, a container of the new image). If it fails, the deploy
     /// stops with every host still on its old release. Its output is kept in the release.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub pre: Option<String>,
     /// A command run once after every host runs the new release, on the first host that runs
     /// the service, as `pre` runs. If it fails, the deploy fails (`migrate.command_failed`) but
     /// the release stays live. Its output is kept in the release.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub post: Option<String>,
     /// A directory of the project holding SQL migrations named `NNNN_name.sql` (like
     /// `0001_create_users.sql`), applied in order, each in a transaction, by `gantry migrate run` and
     /// by a deploy before any new instance starts. Needs `database`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "release-path"))]
     pub sql: Option<String>,
     /// The name of the service's `env` variable or secret that holds the database's URL:
     /// `postgres://user:pass@host:5432/db` (PostgreSQL) or `sqlite:///absolute/path.db` (SQLite).
-    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "env-name"))]
     pub database: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backup {
@@ -376,16 +361,13 @@ pub struct Backup {
     #[schemars(extend("format" = "schedule"))]
     pub schedule: String,
     /// How many backups the host keeps; the oldest beyond it are deleted (default 7).
-    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4294967295u32))]
     pub keep: Option<NonZeroU32>,
     /// What is backed up and how. Default: `postgres` for an image named postgres, `mysql` for
     /// mysql or mariadb, `volumes` for another image with volumes; a process service must say
     /// `sqlite` or `files`, with `path`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<BackupKind>,
     /// For `sqlite`, the database file; for `files`, a directory: an absolute path on the host.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
 }
 
@@ -443,6 +425,7 @@ pub enum Restart {
 }
 
 /// An environment: a set of hosts plus per-service overrides.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Environment {
@@ -450,28 +433,25 @@ pub struct Environment {
     #[schemars(length(min = 1))]
     pub hosts: Vec<String>,
     /// How many hosts a deploy updates at once (default 1: one host at a time).
-    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4294967295u32))]
     pub max_parallel: Option<NonZeroU32>,
     /// Overrides merged over `[services]` for this environment only, like `services.web.replicas = 3`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, Service>,
     /// How deploys of this environment roll out, over the top-level `[deploy]`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub deploy: Option<Rollout>,
 }
 
 /// A host: reached over SSH, or this machine (`provider = "local"`).
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
     /// `user@address` or `user@address:port`, or a name from ~/.ssh/config.
-    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "ssh-target"))]
     pub ssh: Option<String>,
     /// Where the host comes from when it is not reached over SSH. Only
     /// `local` works yet: a cloud provider is refused by validate and deploy.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub provider: Option<Provider>,
 }
 

@@ -142,22 +142,19 @@ pub enum Workload {
     },
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Service {
     pub name: String,
     #[serde(flatten)]
     pub workload: Workload,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<Port>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
     pub routes: Vec<Route>,
     /// The user's own certificate for the routes (else ACME off `local`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub tls: Option<model::TlsFiles>,
     pub replicas: u32,
     pub env: BTreeMap<String, String>,
@@ -168,10 +165,8 @@ pub struct Service {
     /// The hosts that run it; empty: every host of the environment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub migrate: Option<model::Migrate>,
     pub volumes: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub backup: Option<Backup>,
     pub stop_timeout: Duration,
     pub restart: Restart,
@@ -179,7 +174,7 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub run_as_root: bool,
     /// As written; [`Service::strategy`] fills in the default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub deploy_strategy: Option<model::DeployStrategy>,
 }
 
@@ -327,13 +322,11 @@ impl std::fmt::Display for Route {
     }
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Resources {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<Size>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub pids: Option<u32>,
 }
 

@@ -108,6 +108,7 @@ pub struct BlobReceipt {
 }
 
 /// `POST /v1/projects/{project}/deploys`.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Serialize, Deserialize, JsonSchema)]
 pub struct DeployRequest {
     pub project: String,
@@ -124,7 +125,7 @@ pub struct DeployRequest {
     /// Secret values by name. Kept by the agent in a 0600 file, never in its store.
     pub secrets: BTreeMap<String, String>,
     /// The previous release to re-activate instead of a new one (rollback).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub rollback_of: Option<String>,
     /// The environment-wide deployment (one `gantry deploy` or `gantry
     /// rollback` of every host) this request is part of, recorded with the
@@ -132,7 +133,7 @@ pub struct DeployRequest {
     /// configuration (same secrets, every service live) makes no new
     /// release: it records the deployment on the release it runs and
     /// answers with it ([`DeployResult::kept`]). Spec revision 5.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub deployment: Option<DeploymentMark>,
     /// Tasks run once the release's files are in place and before any of
     /// its instances starts (`migrate.pre`); one that fails fails the
@@ -177,10 +178,11 @@ pub enum Outcome {
 }
 
 /// One timed step of a deploy.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Phase {
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub service: Option<String>,
     /// Unix time in milliseconds.
     pub started_at: u64,
@@ -190,10 +192,10 @@ pub struct Phase {
     /// what the agent waited on Docker for, beside its own work. Summed
     /// over calls, so replicas started side by side can add up to more
     /// than the phase.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub engine_ms: Option<u64>,
     /// For a task's phase (`migrate.pre`, `migrate.post`): how it ended and its output.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub task: Option<TaskOutput>,
 }
 
@@ -230,6 +232,7 @@ impl TaskOutput {
 }
 
 /// An immutable record of one deploy or rollback.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Release {
     pub id: String,
@@ -239,11 +242,11 @@ pub struct Release {
     pub environment: String,
     pub config_hash: String,
     pub artifact_digest: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub rollback_of: Option<String>,
     pub created_at: u64,
     pub outcome: Outcome,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub reason: Option<String>,
     /// The end of the failing service's stderr, when a deploy failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -251,7 +254,7 @@ pub struct Release {
     /// What made it fail, when that has a code of its own (a container
     /// error's): absent from agents before it, and when the reason is all
     /// there is (a failed health check, say).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub cause: Option<Cause>,
     pub phases: Vec<Phase>,
     /// The services of this release, as deployed (no secret values).
@@ -289,11 +292,12 @@ impl Cause {
 }
 
 /// How an instance ended.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Exit {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub code: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub signal: Option<i32>,
     /// Killed by the kernel for going over its memory limit.
     #[serde(default)]
@@ -330,39 +334,41 @@ pub enum InstanceState {
     Stopped,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Instance {
     pub id: String,
     /// The host it runs on: set by the CLI when it merges several hosts' status.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub host: Option<String>,
     pub service: String,
     pub release: String,
     pub state: InstanceState,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub port: Option<u16>,
     pub healthy: bool,
     pub restarts: u32,
     /// Resident memory in bytes, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub memory: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_exit: Option<Exit>,
 }
 
 /// Whether a service's resource limits are enforced, and how.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Limits {
     pub enforced: bool,
     /// `cgroup v2`, `cgroup v1` or `none`; `docker` for a container.
     pub via: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub memory: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub cpu: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pids: Option<u32>,
 }
 
@@ -376,22 +382,23 @@ pub enum ServiceState {
     Stopped,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ServiceStatus {
     pub name: String,
     pub state: ServiceState,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub release: Option<String>,
     pub urls: Vec<String>,
     pub instances: Vec<Instance>,
     pub limits: Limits,
     /// Why the service failed, with the end of its stderr.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
     /// The service's last backup failed (kept until one succeeds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub backup_failure: Option<BackupFailure>,
 }
 
@@ -445,20 +452,21 @@ pub struct LogLine {
 }
 
 /// `POST /v1/projects/{project}/rollback`.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct RollbackRequest {
     /// The release to go back to; the one before the current one if absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub to: Option<String>,
     /// Secret values, as for a deploy.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
     /// The environment-wide deployment this rollback is part of, as for a deploy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub deployment: Option<DeploymentMark>,
     /// The release this rollback undoes, and why: it is recorded failed
     /// with that reason (a release that failed its verify window).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub reverts: Option<Reverted>,
 }
 
@@ -482,18 +490,19 @@ impl std::fmt::Debug for RollbackRequest {
 
 /// `POST /v1/proxy/restart` and `POST /v1/proxy/stop`: the host's reverse
 /// proxy afterwards.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ProxyInfo {
     /// Whether a proxy runs now.
     pub running: bool,
     /// Its process, when it runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pid: Option<u32>,
     /// The process it replaced (a restart by listener handoff) or stopped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub previous_pid: Option<u32>,
     /// Where clients reach it, like 127.0.0.1:8080.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub listen: Option<String>,
     /// The route table it keeps (and a proxy started later loads).
     pub routes_file: String,

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::agent_api::{BackupFailure, BackupInfo, BackupKind};
 use crate::config::resolve::Host as HostSpec;
-use crate::host::{Connect, Host};
+use crate::host::{BackupRef, Connect, Host};
 use crate::{Code, Error, Project};
 
 /// What `gantry backup` does.
@@ -30,6 +30,7 @@ pub enum Action {
 }
 
 /// The report of any `gantry backup` command.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Serialize)]
 pub struct BackupReport {
     pub environment: String,
@@ -39,9 +40,7 @@ pub struct BackupReport {
     /// `now`: the backups taken; `list`: every backup kept, newest first;
     /// `restore` and `pull`: the one named.
     pub backups: Vec<BackupInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub keep: Option<u32>,
     /// `list`: when the next scheduled backup is due on each host (Unix ms).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -50,10 +49,8 @@ pub struct BackupReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<HostFailure>,
     /// `pull`: where the backup was written.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// `restore`: how long it took, in milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
 }
 
@@ -131,7 +128,11 @@ pub fn backup(
         Action::Restore { id } => {
             report.action = "restore";
             let (host, info) = holder(&name, service, &id, &hosts, connect)?;
-            let restored = host.restore_backup(&name, service, &id)?;
+            let restored = host.restore_backup(BackupRef {
+                project: &name,
+                service,
+                id: &id,
+            })?;
             report.duration_ms = Some(restored.duration_ms);
             report.backups.push(info);
         }
@@ -243,7 +244,12 @@ fn pull(host: &dyn Host, project: &str, info: &BackupInfo, path: &Path) -> Resul
             file: std::io::BufWriter::new(temp.as_file_mut()),
             hasher: Sha256::new(),
         };
-        host.download_backup(project, &info.service, &info.id, &mut hashing)?;
+        let backup = BackupRef {
+            project,
+            service: &info.service,
+            id: &info.id,
+        };
+        host.download_backup(backup, &mut hashing)?;
         let Hashing { file, hasher } = hashing;
         file.into_inner()
             .map_err(|e| io(e.into_error()))?

@@ -14,7 +14,7 @@ use crate::agent_api::{
 };
 use crate::artifact;
 use crate::config::resolve::{Build, Host as HostSpec, Service, Workload};
-use crate::host::{Host, HostError};
+use crate::host::{BlobPart, Host, HostError};
 use crate::{Code, Error, Project};
 
 mod verify;
@@ -770,7 +770,14 @@ fn send_blob(
     let mut offset = if offset > size { 0 } else { offset };
     let mut attempt = 1;
     loop {
-        let error = match agent.upload_blob(digest, source, offset, &mut upload.bytes_sent) {
+        let error = match agent.upload_blob(
+            BlobPart {
+                digest,
+                path: source,
+                offset,
+            },
+            &mut upload.bytes_sent,
+        ) {
             Ok(()) => {
                 upload.blobs_sent += 1;
                 return Ok(());

@@ -59,13 +59,12 @@ pub enum DeploymentState {
 }
 
 /// A deployment on one host.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Serialize)]
 pub struct DeploymentHost {
     pub host: String,
     /// The release it made or kept there; none if it never got there.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub release: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
     /// It found the host already running that release (no new one).
     pub kept: bool,

@@ -85,18 +85,19 @@ pub struct Failure {
     pub at: u64,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct HostRecord {
     /// How it is reached (`ssh` in gantry.toml).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub ssh: Option<String>,
     /// The gantry version installed by the last `configure`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub gantry: Option<String>,
     /// `systemd` or `daemon`: how its agent is kept running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub agent: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub configured_at: Option<u64>,
 }
 
@@ -583,15 +584,14 @@ pub struct EnvList {
     pub environments: Vec<EnvSummary>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Serialize)]
 pub struct EnvSummary {
     pub environment: String,
     /// Its lifecycle state; none when it was never created, registered or configured.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<Phase>,
     pub declared: bool,
     pub hosts: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
 }
 

@@ -20,7 +20,7 @@ use crate::agent_api::{
     ServiceSelector, ServiceState, ServiceStatus, Status,
 };
 use crate::config::resolve::Host as HostSpec;
-use crate::host::{Host, HostError, LogQuery, Ran, Shell};
+use crate::host::{BackupRef, BlobPart, Host, HostError, LogQuery, Ran, Shell};
 
 /// How one fake host behaves.
 #[derive(Clone, Debug, Default)]
@@ -365,15 +365,9 @@ impl Host for FakeHost {
         })
     }
 
-    fn upload_blob(
-        &self,
-        _digest: &str,
-        path: &Path,
-        offset: u64,
-        sent: &mut u64,
-    ) -> Result<(), HostError> {
+    fn upload_blob(&self, part: BlobPart<'_>, sent: &mut u64) -> Result<(), HostError> {
         self.note("upload");
-        *sent += std::fs::metadata(path).map_or(0, |m| m.len()) - offset;
+        *sent += std::fs::metadata(part.path).map_or(0, |m| m.len()) - part.offset;
         Ok(())
     }
 
@@ -616,9 +610,7 @@ impl Host for FakeHost {
 
     fn restore_backup(
         &self,
-        _project: &str,
-        _service: &str,
-        _id: &str,
+        _backup: BackupRef<'_>,
     ) -> Result<crate::agent_api::BackupRestored, HostError> {
         self.note("restore_backup");
         Err(self.no_backups())
@@ -626,9 +618,7 @@ impl Host for FakeHost {
 
     fn download_backup(
         &self,
-        _project: &str,
-        _service: &str,
-        _id: &str,
+        _backup: BackupRef<'_>,
         _out: &mut dyn std::io::Write,
     ) -> Result<u64, HostError> {
         self.note("download_backup");

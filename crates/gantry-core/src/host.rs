@@ -2,6 +2,7 @@
 //! `gantry-remote` implements it for this machine (a Unix socket) and for
 //! hosts over SSH; the use-cases never know which.
 
+use std::io::Write;
 use std::path::Path;
 
 use crate::error::Code;
@@ -153,6 +154,23 @@ pub fn compatible(host: &str, version: &str) -> Result<(), HostError> {
 pub type Connect<'a> =
     &'a (dyn Fn(&crate::config::resolve::Host) -> Result<Box<dyn Host>, crate::Error> + Sync);
 
+/// What an upload sends: the file at `path` from byte `offset` on, as the
+/// blob `digest` (the agent holds the bytes before `offset`).
+#[derive(Clone, Copy, Debug)]
+pub struct BlobPart<'a> {
+    pub digest: &'a str,
+    pub path: &'a Path,
+    pub offset: u64,
+}
+
+/// One backup a host keeps: backup `id` of `service` of `project`.
+#[derive(Clone, Copy, Debug)]
+pub struct BackupRef<'a> {
+    pub project: &'a str,
+    pub service: &'a str,
+    pub id: &'a str,
+}
+
 pub trait Host {
     /// The host's name, as errors and reports show it.
     fn name(&self) -> &str;
@@ -160,16 +178,9 @@ pub trait Host {
     /// Which of `digests` the agent lacks, and how much of each it already
     /// holds from an interrupted upload (`BlobList::partial`).
     fn missing_blobs(&self, digests: &[String]) -> Result<BlobList, HostError>;
-    /// Streams the file at `path` from byte `offset` on as the blob `digest`
-    /// (the agent holds the bytes before `offset`). Adds the bytes that left
-    /// to `sent`, also when the upload fails halfway.
-    fn upload_blob(
-        &self,
-        digest: &str,
-        path: &Path,
-        offset: u64,
-        sent: &mut u64,
-    ) -> Result<(), HostError>;
+    /// Streams `part` to the agent. Adds the bytes that left to `sent`, also
+    /// when the upload fails halfway.
+    fn upload_blob(&self, part: BlobPart<'_>, sent: &mut u64) -> Result<(), HostError>;
     /// The blobs of `image` the host needs before `load_image`: none when
     /// its engine has the image; else the config and the layers its engine
     /// lacks, less what its blob store holds (with any partial copies).
@@ -229,20 +240,10 @@ pub trait Host {
     fn backups(&self, project: &str, service: &str) -> Result<BackupList, HostError>;
     /// Puts backup `id` of `service` back (stopping and starting it where
     /// its files are restored).
-    fn restore_backup(
-        &self,
-        project: &str,
-        service: &str,
-        id: &str,
-    ) -> Result<BackupRestored, HostError>;
-    /// Writes backup `id`'s bytes to `out`; how many.
-    fn download_backup(
-        &self,
-        project: &str,
-        service: &str,
-        id: &str,
-        out: &mut dyn std::io::Write,
-    ) -> Result<u64, HostError>;
+    fn restore_backup(&self, backup: BackupRef<'_>) -> Result<BackupRestored, HostError>;
+    /// Writes the backup's bytes to `out`; how many.
+    fn download_backup(&self, backup: BackupRef<'_>, out: &mut dyn Write)
+    -> Result<u64, HostError>;
 }
 
 /// A shell on a host, over SSH: what `configure` and `exec` need beside the

@@ -97,13 +97,12 @@ pub struct StatusReport {
     pub hosts: Vec<HostState>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Serialize)]
 pub struct HostState {
     pub host: String,
     pub reachable: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<&'static str>,
 }
 

@@ -28,6 +28,7 @@ use crate::image::Shipment;
 use crate::migrate::{self, Action, ServiceMigrations};
 use crate::{Error, Project, artifact};
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Serialize)]
 pub struct PlanReport {
     pub project: String,
@@ -39,11 +40,9 @@ pub struct PlanReport {
     /// Pending migrations, per service with `migrate.sql`; run once, before the rollout.
     pub migrations: Vec<ServiceMigrations>,
     /// Why the migrations could not be planned (the database unreachable, a secret unset).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub migrations_error: Option<String>,
     /// Why secret values could not be read here (a secret unset, no key):
     /// their changes cannot be told, names added or removed still can.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub secrets_error: Option<String>,
 }
 
@@ -58,25 +57,22 @@ pub enum Change {
     Unknown,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Serialize)]
 pub struct HostPlan {
     pub host: String,
     pub change: Change,
     /// The release the host runs now.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub current: Option<String>,
     /// Why a new release, one line each (empty when unchanged).
     pub reasons: Vec<String>,
     /// The files that differ from those of the release the host runs;
     /// absent when they are the same, or the host keeps no list of its own.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<FileChanges>,
     pub services: Vec<ServicePlan>,
     /// Why the host could not compare its files and secrets (an agent older
     /// than the comparison): the plan says less, not something else.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub compare_error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 

@@ -2,8 +2,7 @@
 //! implements `gantry_core::host::Host` once; `Local` and `Ssh` say how the
 //! bytes travel and what a broken connection means.
 
-use std::io::{Seek, SeekFrom};
-use std::path::Path;
+use std::io::{Seek, SeekFrom, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,7 +13,7 @@ use gantry_core::agent_api::{
     ServiceSelector, Status,
 };
 use gantry_core::endpoint::{self, Endpoint, encode};
-use gantry_core::host::{Host, HostError, LogQuery};
+use gantry_core::host::{BackupRef, BlobPart, Host, HostError, LogQuery};
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -148,13 +147,12 @@ impl<T: Transport> Host for Agent<T> {
         self.json(at(Endpoint::LoadImage, &[]), image)
     }
 
-    fn upload_blob(
-        &self,
-        digest: &str,
-        path: &Path,
-        offset: u64,
-        sent: &mut u64,
-    ) -> Result<(), HostError> {
+    fn upload_blob(&self, part: BlobPart<'_>, sent: &mut u64) -> Result<(), HostError> {
+        let BlobPart {
+            digest,
+            path,
+            offset,
+        } = part;
         let unreadable = |e: std::io::Error| HostError::Protocol {
             host: self.name.clone(),
             message: format!("cannot read {}: {e}", path.display()),
@@ -347,12 +345,12 @@ impl<T: Transport> Host for Agent<T> {
         )
     }
 
-    fn restore_backup(
-        &self,
-        project: &str,
-        service: &str,
-        id: &str,
-    ) -> Result<BackupRestored, HostError> {
+    fn restore_backup(&self, backup: BackupRef<'_>) -> Result<BackupRestored, HostError> {
+        let BackupRef {
+            project,
+            service,
+            id,
+        } = backup;
         self.call(
             at(Endpoint::RestoreBackup, &[project, service, id]),
             None,
@@ -362,11 +360,14 @@ impl<T: Transport> Host for Agent<T> {
 
     fn download_backup(
         &self,
-        project: &str,
-        service: &str,
-        id: &str,
-        out: &mut dyn std::io::Write,
+        backup: BackupRef<'_>,
+        out: &mut dyn Write,
     ) -> Result<u64, HostError> {
+        let BackupRef {
+            project,
+            service,
+            id,
+        } = backup;
         let (_, path) = at(Endpoint::DownloadBackup, &[project, service, id]);
         let (mut written, mut head, mut failed) = (0u64, Vec::new(), None);
         let status = self

@@ -24,14 +24,6 @@ use crate::rootfs::{self, Rootfs};
 /// The base of every test image: debootstrap's minimal bookworm.
 pub const BASE: &str = "gantry-test-debian:bookworm";
 
-const BASE_ROOTFS: Rootfs = Rootfs {
-    image: BASE,
-    tarball: "debian-bookworm.tar",
-    packages: "",
-    prepare: prepare_base,
-    changes: &["CMD [\"/bin/bash\"]"],
-};
-
 /// What an image needs beside debootstrap's base: packages installed in a
 /// build never start their services (there is no init to run them), and
 /// apt installs no recommends and keeps no caches.
@@ -46,6 +38,14 @@ fn prepare_base(rootfs: &Path) {
     )
     .expect("write the apt config");
 }
+
+/// The base image's root filesystem: debootstrap's minimal base alone.
+const BASE_ROOTFS: Rootfs = Rootfs {
+    image: BASE,
+    packages: "",
+    prepare: prepare_base,
+    cmd: "/bin/bash",
+};
 
 /// The base image's tag, importing it first if Docker lacks it.
 pub fn base() -> &'static str {

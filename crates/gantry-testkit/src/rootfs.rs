@@ -18,16 +18,15 @@ pub(crate) const CACHE: &str = "/var/cache/gantry-test";
 /// One imported root filesystem: what debootstrap installs, how the tree is
 /// finished, and the image it becomes.
 pub(crate) struct Rootfs {
-    /// The image tag, e.g. `gantry-test-systemd:bookworm`.
+    /// The image tag, `gantry-test-<name>:<tag>`; the cache's tarball and
+    /// lock are `<name>-<tag>` ([`Rootfs::stem`]).
     pub image: &'static str,
-    /// The tarball's file name in `CACHE`; its stem names the lock.
-    pub tarball: &'static str,
     /// Packages beside debootstrap's minimal base, comma-separated.
     pub packages: &'static str,
     /// Run on the tree after debootstrap, before it is packed.
     pub prepare: fn(&Path),
-    /// `docker import --change` instructions (e.g. the image's CMD).
-    pub changes: &'static [&'static str],
+    /// The image's command (its `CMD`).
+    pub cmd: &'static str,
 }
 
 /// Panics naming what this machine lacks to build or run test images.
@@ -77,26 +76,29 @@ impl Rootfs {
         if image_exists(self.image) {
             return;
         }
-        let stem = self.tarball.trim_end_matches(".tar");
+        let stem = self.stem();
         eprintln!("{}: waiting for the image build lock", self.image);
-        let _lock = lock(stem);
+        let _lock = lock(&stem);
         if image_exists(self.image) {
             return;
         }
-        let tarball = Path::new(CACHE).join(self.tarball);
+        let tarball = Path::new(CACHE).join(format!("{stem}.tar"));
         if !tarball.exists() {
             self.build(&tarball);
         }
         eprintln!("importing {} as {}", tarball.display(), self.image);
-        let mut args = vec!["import".to_owned()];
-        for change in self.changes {
-            args.push("--change".to_owned());
-            args.push((*change).to_owned());
-        }
-        args.push(s(&tarball));
-        args.push(self.image.to_owned());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run("docker", &args);
+        let cmd = format!("CMD [\"{}\"]", self.cmd);
+        run(
+            "docker",
+            &["import", "--change", &cmd, &s(&tarball), self.image],
+        );
+    }
+
+    /// The name of the cached tarball and of its lock: the image's name
+    /// less `gantry-test-`, and its tag (`systemd-bookworm`).
+    fn stem(&self) -> String {
+        let name = self.image.trim_start_matches("gantry-test-");
+        name.replace(':', "-")
     }
 
     /// debootstrap's minimal Debian bookworm with `packages`, as a tarball
@@ -106,7 +108,7 @@ impl Rootfs {
             Path::new("/usr/sbin/debootstrap").exists(),
             "debootstrap is missing, and no cached image or root filesystem exists: apt-get install debootstrap"
         );
-        let stem = self.tarball.trim_end_matches(".tar");
+        let stem = self.stem();
         // Under the lock, a root filesystem left in the cache is a killed build's.
         if let Ok(entries) = std::fs::read_dir(CACHE) {
             for entry in entries.flatten() {

@@ -22,15 +22,6 @@ use crate::rootfs::{self, Rootfs};
 /// The image every systemd host runs.
 pub const IMAGE: &str = "gantry-test-systemd:bookworm";
 
-/// The root filesystem: debootstrap's minimal base with systemd and sshd.
-const ROOTFS: Rootfs = Rootfs {
-    image: IMAGE,
-    tarball: "systemd-bookworm.tar",
-    packages: "systemd,systemd-sysv,dbus,openssh-server,iproute2,procps,ufw,nftables,iptables,ca-certificates",
-    prepare: prepare_rootfs,
-    changes: &["CMD [\"/sbin/init\"]"],
-};
-
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
 pub struct SystemdHost {
@@ -156,14 +147,9 @@ impl SystemdHost {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
-    /// A plain HTTP GET from this machine to the host's address: status and body.
-    pub fn http_get(
-        &self,
-        port: u16,
-        host_header: &str,
-        path: &str,
-    ) -> std::io::Result<(u16, String)> {
-        crate::http_get_at(SocketAddr::from((self.address, port)), host_header, path)
+    /// The host's `port`, as this machine reaches it (for `http_get_at`).
+    pub fn at(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.address, port))
     }
 
     /// Polls until systemd has finished booting (`running`, or `degraded`
@@ -329,6 +315,14 @@ fn remove_orphans() {
         }
     }
 }
+
+/// The root filesystem: debootstrap's minimal base with systemd and sshd.
+const ROOTFS: Rootfs = Rootfs {
+    image: IMAGE,
+    packages: "systemd,systemd-sysv,dbus,openssh-server,iproute2,procps,ufw,nftables,iptables,ca-certificates",
+    prepare: prepare_rootfs,
+    cmd: "/sbin/init",
+};
 
 /// What a container needs beside the packages: a machine id made at boot,
 /// a root that logs in with a key only.

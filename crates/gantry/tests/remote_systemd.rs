@@ -14,14 +14,13 @@ use std::time::{Duration, Instant};
 
 use agent_support::{GANTRY, configure_step, hello_toml, service};
 use gantry_testkit::systemd_host::SystemdHost;
-use gantry_testkit::{TestProject, example_bins, wait_for};
+use gantry_testkit::{TestProject, example_bins, http_get_at, wait_for};
 use serde_json::Value;
 
 /// `GET /version` of the web service through the host's proxy on port 80,
 /// from this machine.
 fn version(host: &SystemdHost) -> String {
-    let (code, body) = host
-        .http_get(80, "web.shop.localhost", "/version")
+    let (code, body) = http_get_at(host.at(80), "web.shop.localhost", "/version")
         .unwrap_or_else(|e| panic!("{} does not answer on port 80: {e}", host.name));
     assert_eq!(code, 200, "{body}");
     body.trim().to_owned()

@@ -106,6 +106,19 @@ fn versioned(request: bollard::BollardRequest, prefix: &str) -> bollard::Bollard
 }
 
 impl Engine {
+    /// The local Docker engine, for tests that need one (root and Docker):
+    /// its secrets under `scratch`, its containers labelled `gantry-test`.
+    #[cfg(test)]
+    pub async fn for_test(scratch: &Path) -> Engine {
+        Engine::connect(
+            Path::new("/var/run/docker.sock"),
+            &scratch.join("secrets"),
+            "gantry-test",
+        )
+        .await
+        .expect("the local Docker engine")
+    }
+
     /// Connects to the daemon at `socket` and settles the API version: the
     /// daemon's own when it is older than bollard's, refused below 1.41.
     /// `owner` labels every container made, and only containers with it

@@ -135,13 +135,7 @@ async fn a_second_image_differing_in_one_layer_ships_only_that_layer() {
     let scratch = tempfile::tempdir().expect("scratch");
     let user_blobs = scratch.path().join("user-blobs");
     let host = BlobStore::new(scratch.path().join("host-blobs"));
-    let engine = Engine::connect(
-        Path::new("/var/run/docker.sock"),
-        &scratch.path().join("secrets"),
-        "gantry-test",
-    )
-    .await
-    .expect("connect");
+    let engine = Engine::for_test(scratch.path()).await;
 
     // The user's side: both images as blobs.
     let m1 = engine

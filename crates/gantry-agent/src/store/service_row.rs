@@ -16,47 +16,48 @@ use gantry_core::agent_api::v1::{
 };
 use serde::{Deserialize, Serialize};
 
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize)]
 pub(super) struct ServiceRow {
     name: String,
     driver: Driver,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     build: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     artifact: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     port: Option<PortRow>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     health: Option<HealthRow>,
     routes: Vec<RouteRow>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     tls: Option<TlsRow>,
     replicas: u32,
     env: BTreeMap<String, String>,
     secrets: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     memory_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     cpu: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pids: Option<u32>,
     depends_on: Vec<String>,
     hosts: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     migrate_pre: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     migrate_post: Option<String>,
     /// Whether `migrate` was given at all (it may name no command).
     #[serde(default)]
     migrate: bool,
     volumes: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     backup: Option<BackupRow>,
     stop_timeout_ms: u64,
     restart: RestartRow,
     run_as_root: bool,
     /// Absent in rows written before strategies: the default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     strategy: Option<StrategyRow>,
 }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 pub use super::v1::BackupKind;
 
 /// One backup a host keeps.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BackupInfo {
     /// Its name on the host, by when it was taken (UTC): `20261206T030000Z`,
@@ -22,11 +23,11 @@ pub struct BackupInfo {
     pub sha256: String,
     pub trigger: BackupTrigger,
     /// The release that ran when it was taken.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub release: Option<String>,
     pub duration_ms: u64,
     /// The host that keeps it: set by the CLI when it asks several.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub host: Option<String>,
 }
 
@@ -50,20 +51,21 @@ pub struct BackupFailure {
 }
 
 /// `GET /v1/projects/{project}/services/{service}/backups`.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct BackupList {
     pub service: String,
     /// Newest first.
     pub backups: Vec<BackupInfo>,
     /// The schedule the current release gives the service, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub schedule: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub keep: Option<u32>,
     /// When the next scheduled backup is due (Unix ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub next_at: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_failure: Option<BackupFailure>,
 }
 

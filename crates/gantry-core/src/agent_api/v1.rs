@@ -110,25 +110,26 @@ pub fn check_env_name(name: &str) -> Result<(), String> {
 }
 
 /// One service as a host runs it: defaults applied, secret names only.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ServiceSpec {
     pub name: String,
     #[serde(flatten)]
     pub workload: Workload,
     /// Run by the CLI before the upload; kept for the record.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub build: Option<String>,
     /// The directory inside the artifact the service runs from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub artifact: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub port: Option<Port>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub health: Option<Health>,
     #[serde(default)]
     pub routes: Vec<Route>,
     /// The user's own certificate for the routes (else ACME off `local`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub tls: Option<TlsFiles>,
     pub replicas: u32,
     #[serde(default)]
@@ -143,11 +144,11 @@ pub struct ServiceSpec {
     /// The hosts that run it; empty: every host of the environment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub migrate: Option<Migrate>,
     #[serde(default)]
     pub volumes: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub backup: Option<Backup>,
     pub stop_timeout: Duration,
     pub restart: Restart,
@@ -155,7 +156,7 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub run_as_root: bool,
     /// As gantry.toml says; absent: the default ([`ServiceSpec::strategy`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub deploy_strategy: Option<DeployStrategy>,
 }
 
@@ -275,21 +276,23 @@ pub struct TlsFiles {
     pub key: String,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Resources {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub memory: Option<Size>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub cpu: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pids: Option<u32>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Migrate {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pre: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub post: Option<String>,
 }
 

@@ -114,15 +114,14 @@ pub enum State {
 }
 
 /// One migration, as the files and the database see it.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Serialize)]
 pub struct Entry {
     pub version: u32,
     pub name: String,
     pub state: State,
     pub checksum: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub applied_at_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
 }
 

@@ -87,6 +87,7 @@ pub fn files(here: &[ArtifactFile], there: &[ArtifactFile]) -> FileChanges {
 }
 
 /// What a deploy would do with one service of a host.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Serialize)]
 pub struct ServicePlan {
     pub service: String,
@@ -99,18 +100,14 @@ pub struct ServicePlan {
     pub replaced: bool,
     /// How its instances would be replaced: `stop-first` or `start-first`
     /// (absent for a removed service).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub strategy: Option<DeployStrategy>,
     /// The config keys whose values differ, dotted (`env.FOO`,
     /// `resources.memory`, `health.path`); the image, routes and secrets
     /// have their own fields.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageChange>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub routes: Option<RouteChanges>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub secrets: Option<SecretChanges>,
     /// It runs from the release's files (a process or static service) and they differ.
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -50,6 +50,7 @@ struct Logging {
     options: BTreeMap<&'static str, &'static str>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Serialize)]
 struct ComposeService<'a> {
     image: &'a str,
@@ -63,18 +64,13 @@ struct ComposeService<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     volumes: Vec<&'a str>,
     networks: BTreeMap<&'static str, Network>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     healthcheck: Option<Healthcheck>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     depends_on: BTreeMap<String, DependsOn>,
     stop_grace_period: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     mem_limit: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     memswap_limit: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     cpus: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pids_limit: Option<u32>,
     security_opt: Vec<&'static str>,
     logging: Logging,

@@ -1,4 +1,7 @@
-use super::*;
+//! Loading gantry.toml through the public API: `parse`, then an environment
+//! as it will run, or every error at once.
+
+use gantry_config::{Config, Diagnostic, Error, LOCAL, model, parse, resolve};
 
 fn no_vars(_: &str) -> Option<String> {
     None
@@ -59,14 +62,14 @@ services.web.env = { B = "20" }
 ssh = "deploy@203.0.113.10"
 "#,
     );
-    let file = parse("gantry.toml", text, &no_vars).expect("valid");
-    let prod = resolve::resolve(&file, "prod");
+    let config = config(text);
+    let prod = config.environment("prod").expect("prod");
     let web = &prod.services["web"];
     assert_eq!(web.replicas, 3);
     assert_eq!(web.env["A"], "1");
     assert_eq!(web.env["B"], "20");
     assert_eq!(prod.hosts[0].name, "web-1");
-    let local = resolve::resolve(&file, LOCAL);
+    let local = config.environment(LOCAL).expect("local");
     assert_eq!(
         local.services["web"].replicas, 1,
         "overrides stay in their environment"
@@ -113,8 +116,7 @@ depends_on = ["db"]
 image = "postgres:16"
 "#,
     );
-    let file = parse("gantry.toml", text, &no_vars).expect("valid");
-    let env = resolve::resolve(&file, LOCAL);
+    let env = config(text).environment(LOCAL).expect("local");
     let order: Vec<&str> = env.deploy_order().iter().map(|s| s.name.as_str()).collect();
     assert_eq!(order, ["db", "api", "web"]);
 }
