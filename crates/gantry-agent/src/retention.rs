@@ -11,6 +11,12 @@
 //! rollback never starts from half a tree; a directory is renamed aside
 //! before it is removed, and whatever a killed run left aside is removed by
 //! the next.
+//!
+//! Bounded work: a release the pass has finished with (its directory gone,
+//! its manifest forgotten, its pinned images untagged, or each kept for
+//! another release) is marked pruned, and passes read only unpruned
+//! releases. One whose image a container still uses stays unmarked, to be
+//! tried again.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -37,6 +43,7 @@ const ASIDE: &str = ".pruning";
 /// What one project keeps.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Kept {
+    releases: BTreeSet<String>,
     artifacts: BTreeSet<String>,
     images: BTreeSet<String>,
 }
@@ -54,6 +61,7 @@ fn kept(releases: &[Release], running: &BTreeSet<String>) -> Kept {
         .filter(|r| running.contains(&r.id) || r.outcome == Outcome::Deploying);
     let mut kept = Kept::default();
     for release in newest.chain(runs) {
+        kept.releases.insert(release.id.clone());
         kept.artifacts.insert(release.artifact_digest.clone());
         kept.images.extend(images(release));
     }
@@ -75,6 +83,8 @@ pub(crate) struct Pruned {
     pub manifests: usize,
     pub blobs: usize,
     pub images: Vec<String>,
+    /// Releases marked pruned: no later pass reads them.
+    pub finished: usize,
 }
 
 /// One pass for `project`, run after its deploy succeeded and while its
@@ -83,13 +93,14 @@ pub(crate) struct Pruned {
 pub(crate) async fn after_deploy(agent: &Agent, project: &str) {
     match prune(agent, project).await {
         Ok(pruned) => {
-            if !pruned.directories.is_empty() || pruned.blobs > 0 || !pruned.images.is_empty() {
+            if pruned.finished > 0 || pruned.blobs > 0 || !pruned.directories.is_empty() {
                 tracing::info!(
                     project,
                     directories = pruned.directories.len(),
                     manifests = pruned.manifests,
                     blobs = pruned.blobs,
                     images = ?pruned.images,
+                    releases = pruned.finished,
                     "removed what no kept release needs"
                 );
             }
@@ -101,32 +112,29 @@ pub(crate) async fn after_deploy(agent: &Agent, project: &str) {
 }
 
 async fn prune(agent: &Agent, project: &str) -> Result<Pruned, StoreError> {
-    let p = project.to_owned();
-    // This project's releases and what every project keeps, in one read.
-    let (ours, everyone, digests) = agent
-        .db(move |s| {
-            let mut everyone = Kept::default();
-            let mut ours = (Vec::new(), Kept::default());
-            for project in s.projects()? {
-                let releases = s.releases(&project)?;
-                let mut running: BTreeSet<String> =
-                    s.current_all(&project)?.into_values().collect();
-                running.extend(
-                    (s.instances(&project)?.into_iter())
-                        .filter(|i| i.is_active())
-                        .map(|i| i.release),
-                );
-                let kept = kept(&releases, &running);
-                everyone.artifacts.extend(kept.artifacts.iter().cloned());
-                everyone.images.extend(kept.images.iter().cloned());
-                if project == p {
-                    ours = (releases, kept);
-                }
-            }
-            let digests = s.artifact_blobs()?;
-            Ok((ours, everyone, digests))
+    // Every project's unpruned releases, what runs, and every manifest, in
+    // one read: all bounded by what the host keeps.
+    let (unpruned, running, digests) = agent
+        .db(|s| {
+            let running = s.running_releases()?;
+            Ok((s.unpruned_releases()?, running, s.artifact_blobs()?))
         })
         .await?;
+    let mut everyone = Kept::default();
+    let mut ours = (Vec::new(), Kept::default());
+    for releases in unpruned.chunk_by(|a, b| a.project == b.project) {
+        let name = releases[0].project.as_str();
+        let runs: BTreeSet<String> = (running.iter())
+            .filter(|(p, _)| p == name)
+            .map(|(_, release)| release.clone())
+            .collect();
+        let kept = kept(releases, &runs);
+        everyone.artifacts.extend(kept.artifacts.iter().cloned());
+        everyone.images.extend(kept.images.iter().cloned());
+        if name == project {
+            ours = (releases.to_vec(), kept);
+        }
+    }
     let (releases, kept) = ours;
     let mut pruned = Pruned::default();
 
@@ -160,11 +168,14 @@ async fn prune(agent: &Agent, project: &str) -> Result<Pruned, StoreError> {
         .collect();
     let dir = agent.paths.releases(project);
     let blobs = agent.blobs.clone();
-    let files = tokio::task::spawn_blocking(move || {
-        let directories = remove_directories(&dir, |name| gone.contains(name));
-        let root = blobs.root().join("sha256");
-        let spared = |digest: &str| named.contains(digest) || blobs.found_within(digest, GRACE);
-        (directories, remove_blobs(&root, spared))
+    let files = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || {
+            let directories = remove_directories(&dir, |name| gone.contains(name));
+            let root = blobs.root().join("sha256");
+            let spared = |digest: &str| named.contains(digest) || blobs.found_within(digest, GRACE);
+            (directories, remove_blobs(&root, spared))
+        }
     })
     .await;
     match files {
@@ -176,13 +187,48 @@ async fn prune(agent: &Agent, project: &str) -> Result<Pruned, StoreError> {
         .flat_map(images)
         .filter(|image| gantry_core::image::is_pinned(image) && !everyone.images.contains(image))
         .collect::<BTreeSet<_>>();
+    let mut stayed = unkept.clone();
     if !unkept.is_empty() {
         match crate::container_instance::connect(agent).await {
-            Ok(engine) => pruned.images = untag(engine, unkept).await,
+            Ok(engine) => {
+                let untagged = untag(engine, unkept).await;
+                stayed = untagged.stayed;
+                pruned.images = untagged.removed;
+            }
             Err(e) => tracing::warn!(error = %e, "cannot remove old release images"),
         }
     }
+
+    let done = finished(&releases, &kept, &stayed, |digest| {
+        dir.join(digest).exists()
+    });
+    pruned.finished = done.len();
+    if !done.is_empty() {
+        let project = project.to_owned();
+        agent.db(move |s| s.mark_pruned(&project, &done)).await?;
+    }
     Ok(pruned)
+}
+
+/// The releases among `releases` (one project's, unpruned) that a pass has
+/// finished with: not kept, their directory gone or kept for a release
+/// that is, and none of their images among those that `stayed` tagged.
+/// Their manifests were forgotten, or are kept for another release.
+fn finished(
+    releases: &[Release],
+    kept: &Kept,
+    stayed: &BTreeSet<String>,
+    directory_exists: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    (releases.iter())
+        .filter(|r| !kept.releases.contains(&r.id))
+        .filter(|r| {
+            let digest = r.artifact_digest.as_str();
+            kept.artifacts.contains(digest) || !directory_exists(digest)
+        })
+        .filter(|r| images(r).all(|image| !stayed.contains(&image)))
+        .map(|r| r.id.clone())
+        .collect()
 }
 
 /// Removes the directories in `dir` whose name `gone` accepts, each renamed
@@ -250,38 +296,51 @@ fn remove_blobs(root: &Path, spared: impl Fn(&str) -> bool) -> usize {
     removed
 }
 
-/// Removes the tags in `references`; those removed. A tag whose image any
-/// container on the engine was made from stays, for the next pass: the
-/// engine may be shared with another agent whose releases this one does
-/// not know, and which recreates its containers from that tag.
-async fn untag(engine: &Engine, references: BTreeSet<String>) -> Vec<String> {
+/// What [`untag`] did with each tag.
+#[derive(Debug, Default)]
+struct Untagged {
+    removed: Vec<String>,
+    /// Still tagged: in use, or not removable now. The next pass tries again.
+    stayed: BTreeSet<String>,
+}
+
+/// Removes the tags in `references`. A tag whose image any container on the
+/// engine was made from stays, for the next pass: the engine may be shared
+/// with another agent whose releases this one does not know, and which
+/// recreates its containers from that tag. A tag already gone is neither.
+async fn untag(engine: &Engine, references: BTreeSet<String>) -> Untagged {
     let in_use = match engine.images_in_use().await {
         Ok(in_use) => in_use,
         Err(e) => {
             tracing::warn!(error = %e, "cannot tell which images containers use");
-            return Vec::new();
+            return Untagged {
+                removed: Vec::new(),
+                stayed: references,
+            };
         }
     };
-    let mut removed = Vec::new();
+    let mut untagged = Untagged::default();
     for reference in references {
-        match engine.image_id(&reference).await {
-            Ok(Some(id)) if in_use.contains(&id) => continue,
-            Ok(Some(_)) => {}
+        let outcome = match engine.image_id(&reference).await {
             Ok(None) => continue,
-            Err(e) => {
-                tracing::debug!(image = %reference, error = %e, "an old release's image stays");
+            Ok(Some(id)) if in_use.contains(&id) => {
+                untagged.stayed.insert(reference);
                 continue;
             }
-        }
-        match engine.untag(&reference).await {
-            Ok(true) => removed.push(reference),
+            Ok(Some(_)) => engine.untag(&reference).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(true) => untagged.removed.push(reference),
+            // Gone meanwhile.
             Ok(false) => {}
             Err(e) => {
-                tracing::debug!(image = %reference, error = %e, "an old release's image stays")
+                tracing::debug!(image = %reference, error = %e, "an old release's image stays");
+                untagged.stayed.insert(reference);
             }
         }
     }
-    removed
+    untagged
 }
 
 #[cfg(test)]
@@ -412,27 +471,44 @@ mod tests {
         // Made by someone else, from the other tag; never started.
         let container = docker(&["create", &other, "true"]);
         let scratch = tempfile::tempdir().expect("scratch");
-        let engine = Engine::connect(
-            Path::new("/var/run/docker.sock"),
-            &scratch.path().join("secrets"),
-            "gantry-test",
-        )
-        .await
-        .expect("connect");
+        let engine = Engine::for_test(scratch.path()).await;
 
-        let removed = untag(&engine, BTreeSet::from([pinned.clone()])).await;
-        assert!(removed.is_empty(), "{removed:?}");
+        let untagged = untag(&engine, BTreeSet::from([pinned.clone()])).await;
+        assert!(untagged.removed.is_empty(), "{untagged:?}");
+        assert_eq!(untagged.stayed, BTreeSet::from([pinned.clone()]));
         assert!(engine.image_id(&pinned).await.expect("inspect").is_some());
 
         docker(&["rm", &container]);
-        let removed = untag(&engine, BTreeSet::from([pinned.clone()])).await;
-        assert_eq!(removed, std::slice::from_ref(&pinned));
+        let untagged = untag(&engine, BTreeSet::from([pinned.clone()])).await;
+        assert_eq!(untagged.removed, std::slice::from_ref(&pinned));
+        assert!(untagged.stayed.is_empty(), "{untagged:?}");
         assert!(engine.image_id(&pinned).await.expect("inspect").is_none());
         assert!(
             engine.image_id(&other).await.expect("inspect").is_some(),
             "the other tag stays"
         );
         docker(&["rmi", &other]);
+    }
+
+    /// A pass is finished with a release it does not keep once its
+    /// directory is gone (or kept for a kept release of the same artifact)
+    /// and no image of it stayed tagged; never with a kept one.
+    #[test]
+    fn a_release_is_finished_with_only_when_nothing_of_it_is_left() {
+        let mut releases: Vec<Release> = (1..=9)
+            .rev()
+            .map(|n| release(n, Outcome::Succeeded, &format!("web:gantry-{n:012x}")))
+            .collect();
+        // r2 shares the artifact of r9, which is kept.
+        releases[7].artifact_digest = "a9".to_owned();
+        let kept = kept(&releases, &BTreeSet::new());
+        assert_eq!(kept.releases.len(), KEEP);
+        // r3's directory could not be removed; r4's image is in use.
+        let stayed = BTreeSet::from(["web:gantry-000000000004".to_owned()]);
+        let done = finished(&releases, &kept, &stayed, |digest| {
+            digest == "a3" || kept.artifacts.contains(digest)
+        });
+        assert_eq!(done, ["r2", "r1"]);
     }
 
     #[test]

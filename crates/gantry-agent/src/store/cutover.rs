@@ -57,6 +57,20 @@ impl Store {
         )
     }
 
+    /// Every (project, release) a service runs or an active instance was
+    /// started for.
+    pub(crate) fn running_releases(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.rows(
+            &format!(
+                "SELECT project, release FROM service_releases \
+                 UNION SELECT project, release FROM instances WHERE {}",
+                super::instances::ACTIVE
+            ),
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+    }
+
     /// The release every service of every project runs: (project, service, release).
     pub(crate) fn current_everywhere(&self) -> Result<Vec<(String, String, String)>, StoreError> {
         self.rows(

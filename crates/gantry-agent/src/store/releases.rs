@@ -154,21 +154,38 @@ impl Store {
         .and_then(|found| self.with_deployments(found))
     }
 
-    /// Every project with a release on this host.
-    pub(crate) fn projects(&self) -> Result<Vec<String>, StoreError> {
-        self.rows(
-            "SELECT DISTINCT project FROM releases ORDER BY project",
-            [],
-            |row| row.get(0),
-        )
-    }
-
     /// Every release of a project, newest first.
     pub(crate) fn releases(&self, project: &str) -> Result<Vec<Release>, StoreError> {
         self.query_releases(
             &format!("SELECT {COLUMNS} FROM releases WHERE project = ?1 ORDER BY number DESC"),
             params![project],
         )
+    }
+
+    /// The releases of every project that no retention pass has finished
+    /// with ([`Store::mark_pruned`]), by project, newest first.
+    pub(crate) fn unpruned_releases(&self) -> Result<Vec<Release>, StoreError> {
+        self.query_releases(
+            &format!(
+                "SELECT {COLUMNS} FROM releases WHERE pruned = 0 ORDER BY project, number DESC"
+            ),
+            params![],
+        )
+    }
+
+    /// Marks releases of `project` as finished with by retention: no later
+    /// pass reads them again.
+    pub(crate) fn mark_pruned(&self, project: &str, ids: &[String]) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut mark =
+                tx.prepare_cached("UPDATE releases SET pruned = 1 WHERE project = ?1 AND id = ?2")?;
+            for id in ids {
+                mark.execute(params![project, id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// The project's newest release that succeeded.
@@ -339,6 +356,32 @@ pub(super) mod tests {
 
     fn json(release: &Release) -> serde_json::Value {
         serde_json::to_value(release).expect("serialize")
+    }
+
+    /// Only releases no retention pass finished with are read again, and a
+    /// mark touches only the project it names.
+    #[test]
+    fn releases_marked_pruned_are_not_read_again() {
+        let store = Store::open_in_memory().expect("store");
+        insert(
+            &store,
+            &[("shop", "s1", 1), ("shop", "s2", 2), ("blog", "b1", 1)],
+        );
+        store
+            .mark_pruned("shop", &["s1".to_owned(), "b1".to_owned()])
+            .expect("mark");
+        let left: Vec<(String, String)> = (store.unpruned_releases().expect("query"))
+            .into_iter()
+            .map(|r| (r.project, r.id))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                ("blog".to_owned(), "b1".to_owned()),
+                ("shop".to_owned(), "s2".to_owned())
+            ]
+        );
+        assert_eq!(store.releases("shop").expect("history").len(), 2);
     }
 
     #[test]

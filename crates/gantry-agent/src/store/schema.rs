@@ -16,6 +16,7 @@ pub(super) fn migrations() -> Migrations<'static> {
         M::up(V5_FINGERPRINTS),
         M::up(V6_DEPLOYMENTS),
         M::up(V7_RELEASE_CAUSE),
+        M::up(V8_PRUNED),
     ])
 }
 
@@ -224,3 +225,12 @@ CREATE INDEX release_deployments_by_release ON release_deployments (project, rel
 /// (`agent_api::Cause` as JSON), NULL when it has none and for releases
 /// recorded before.
 const V7_RELEASE_CAUSE: &str = "ALTER TABLE releases ADD COLUMN cause TEXT;";
+
+/// Releases a retention pass has finished with (`Store::mark_pruned`): their
+/// files, manifest and pinned images are gone or kept for another release.
+/// A pass reads only the releases not yet marked, so its work is bounded by
+/// what the host keeps, not by the host's whole history.
+const V8_PRUNED: &str = "
+ALTER TABLE releases ADD COLUMN pruned INTEGER NOT NULL DEFAULT 0 CHECK (pruned IN (0, 1));
+CREATE INDEX releases_unpruned ON releases (project, number) WHERE pruned = 0;
+";
