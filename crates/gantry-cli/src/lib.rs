@@ -75,18 +75,35 @@ fn usage_error(argv: &[OsString], error: clap::Error) -> ExitCode {
         let _ = error.print();
         return ExitCode::from(exit);
     }
-    let rendered = error.render().to_string();
-    let message = rendered
-        .lines()
-        .next()
-        .unwrap_or("invalid command line")
-        .trim_start_matches("error: ")
-        .to_owned();
-    printer.failure(
-        &Failure::new(gantry_core::Code::Usage, message)
-            .with_hint("run `gantry --help`, or `gantry <command> --help`"),
-    );
+    let (message, tips) = usage_message(&error.render().to_string());
+    let hint = match tips.is_empty() {
+        true => "run `gantry --help`, or `gantry <command> --help`".to_owned(),
+        false => tips.join("; "),
+    };
+    printer.failure(&Failure::new(gantry_core::Code::Usage, message).with_hint(hint));
     ExitCode::from(exit)
+}
+
+/// clap's rendered error as one line, and its tips: the first paragraph
+/// whole (a missing argument is named on the lines after the first), then
+/// each `tip:` before the usage line.
+fn usage_message(rendered: &str) -> (String, Vec<String>) {
+    let before_usage = rendered.split("\nUsage:").next().unwrap_or_default();
+    let mut paragraphs = before_usage.split("\n\n");
+    let message = (paragraphs.next().unwrap_or_default().lines())
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.trim_start_matches("error: ");
+    let tips = (paragraphs.flat_map(str::lines))
+        .filter_map(|line| line.trim().strip_prefix("tip: "))
+        .map(str::to_owned)
+        .collect();
+    match message.is_empty() {
+        true => ("invalid command line".to_owned(), tips),
+        false => (message.to_owned(), tips),
+    }
 }
 
 /// `--output` as given, read without clap, for when clap itself failed.
@@ -116,6 +133,25 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// A JSON usage error names what is missing, and passes clap's tips on
+    /// as its hint.
+    #[test]
+    fn a_usage_error_keeps_what_is_missing_and_clap_s_tips() {
+        let message = |args: &[&str]| {
+            let error = Cli::try_parse_from(args).expect_err("a usage error");
+            usage_message(&error.render().to_string())
+        };
+        let (missing, tips) = message(&["gantry", "proxy", "--acme-email", "a@example.com"]);
+        assert_eq!(
+            missing,
+            "the following required arguments were not provided: --acme-directory <URL>"
+        );
+        assert!(tips.is_empty(), "{tips:?}");
+        let (unknown, tips) = message(&["gantry", "proxy", "--listn", "127.0.0.1:1"]);
+        assert_eq!(unknown, "unexpected argument '--listn' found");
+        assert!(tips.iter().any(|t| t.contains("'--listen'")), "{tips:?}");
     }
 
     #[test]
