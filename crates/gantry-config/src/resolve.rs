@@ -415,6 +415,12 @@ impl Service {
         }
     }
 
+    /// Whether the service runs on host `host`: its `hosts` name it, or name
+    /// none (every host of the environment).
+    pub fn runs_on(&self, host: &str) -> bool {
+        self.hosts.is_empty() || self.hosts.iter().any(|h| h == host)
+    }
+
     /// How a deploy replaces its instances: as written, else the default.
     pub fn strategy(&self) -> model::DeployStrategy {
         self.deploy_strategy.unwrap_or_else(|| {
@@ -424,6 +430,14 @@ impl Service {
             )
         })
     }
+}
+
+/// Those of `services` that run on host `host`, in their order.
+pub fn services_on(services: &[Service], host: &str) -> Vec<Service> {
+    (services.iter())
+        .filter(|s| s.runs_on(host))
+        .cloned()
+        .collect()
 }
 
 impl Environment {

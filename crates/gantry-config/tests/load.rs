@@ -379,3 +379,33 @@ deploy = { verify = "0s" }
         "{codes:?}"
     );
 }
+
+#[test]
+fn a_service_runs_on_the_hosts_it_names_or_on_every_host() {
+    let text = &shop(
+        r#"
+[services.web]
+run = "./web"
+[services.db]
+image = "postgres:16"
+hosts = ["db-1"]
+[environments.prod]
+hosts = ["web-1", "db-1"]
+[hosts.web-1]
+ssh = "deploy@203.0.113.10"
+[hosts.db-1]
+ssh = "deploy@203.0.113.11"
+"#,
+    );
+    let prod = config(text).environment("prod").expect("prod");
+    let services: Vec<_> = prod.services.values().cloned().collect();
+    let names = |host: &str| -> Vec<String> {
+        resolve::services_on(&services, host)
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
+    };
+    assert_eq!(names("web-1"), ["web"]);
+    assert_eq!(names("db-1"), ["db", "web"]);
+    assert!(prod.services["db"].runs_on("db-1") && !prod.services["db"].runs_on("web-1"));
+}

@@ -88,7 +88,7 @@ fn hosts_running(
     let hosts = env
         .hosts
         .into_iter()
-        .filter(|h| spec.hosts.is_empty() || spec.hosts.contains(&h.name))
+        .filter(|h| spec.runs_on(&h.name))
         .collect();
     Ok((env.project, hosts))
 }

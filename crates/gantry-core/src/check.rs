@@ -91,7 +91,7 @@ pub fn test(
         let placed: Vec<_> = env
             .services
             .values()
-            .filter(|s| s.hosts.is_empty() || s.hosts.contains(&host.name))
+            .filter(|s| s.runs_on(&host.name))
             .collect();
         let status = agent.status(&env.project)?;
         for service in &placed {

@@ -278,8 +278,7 @@ type StepError = (&'static str, Error);
 fn runs_images(env: &crate::config::resolve::Environment, name: &str) -> bool {
     use crate::config::resolve::Workload;
     env.services.values().any(|service| {
-        matches!(service.workload, Workload::Compose { .. })
-            && (service.hosts.is_empty() || service.hosts.iter().any(|h| h == name))
+        matches!(service.workload, Workload::Compose { .. }) && service.runs_on(name)
     })
 }
 

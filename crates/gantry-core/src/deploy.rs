@@ -13,7 +13,7 @@ use crate::agent_api::{
     RollbackRequest, ServiceSpec, ServiceStatus,
 };
 use crate::artifact;
-use crate::config::resolve::{Build, Host as HostSpec, Service, Workload};
+use crate::config::resolve::{self, Build, Host as HostSpec, Service, Workload};
 use crate::host::{BlobPart, Host, HostError};
 use crate::{Code, Error, Project};
 
@@ -271,15 +271,8 @@ fn placements<'e>(
 ) -> Vec<(&'e HostSpec, Vec<Service>)> {
     env.hosts
         .iter()
-        .map(|host| {
-            let here = services
-                .iter()
-                .filter(|s| s.hosts.is_empty() || s.hosts.contains(&host.name))
-                .cloned()
-                .collect();
-            (host, here)
-        })
-        .filter(|(_, here): &(_, Vec<Service>)| !here.is_empty())
+        .map(|host| (host, resolve::services_on(services, &host.name)))
+        .filter(|(_, here)| !here.is_empty())
         .collect()
 }
 

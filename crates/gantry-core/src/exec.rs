@@ -60,7 +60,7 @@ fn target(
             ),
         });
     };
-    let runs = |h: &&Host| spec.hosts.is_empty() || spec.hosts.contains(&h.name);
+    let runs = |h: &&Host| spec.runs_on(&h.name);
     let chosen = match host {
         Some(name) => env
             .hosts

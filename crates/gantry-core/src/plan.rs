@@ -23,7 +23,7 @@ use crate::agent_api::{
     ArtifactFile, CompareRequest, Comparison, Outcome, Release, ServiceSpec, new_salt,
     secret_digest,
 };
-use crate::config::resolve::{Environment, Service};
+use crate::config::resolve::{self, Environment, Service};
 use crate::image::Shipment;
 use crate::migrate::{self, Action, ServiceMigrations};
 use crate::{Error, Project, artifact};
@@ -165,12 +165,7 @@ fn ask(outgoing: &Outgoing<'_>, connect: crate::host::Connect<'_>) -> PlanReport
         .hosts
         .iter()
         .map(|host| {
-            let here: Vec<Service> = outgoing
-                .services
-                .iter()
-                .filter(|s| s.hosts.is_empty() || s.hosts.contains(&host.name))
-                .cloned()
-                .collect();
+            let here = resolve::services_on(outgoing.services, &host.name);
             let mut wanted: Vec<ServiceSpec> = here
                 .iter()
                 .map(|s| as_the_agent_keeps_it(s, &mut values))
