@@ -193,7 +193,14 @@ async fn deploy(
         agent.db(move |s| s.update_release(&r)).await?;
     }
     if release.outcome == Outcome::Succeeded {
-        crate::retention::after_deploy(agent, &project).await;
+        // Once the release is recorded as succeeded: it counts among those kept.
+        let mut timer = Timer {
+            phases: &mut release.phases,
+        };
+        let pass = crate::retention::after_deploy(agent, &project);
+        timer.time("retention", None, pass).await;
+        let r = release.clone();
+        agent.db(move |s| s.update_release(&r)).await?;
     }
     let services = status::services(agent, &project, status::ContainerMemory::Skipped).await?;
     Ok(DeployResult {

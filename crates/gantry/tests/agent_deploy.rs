@@ -202,7 +202,8 @@ health = { command = "true" }
                 ("start", "app"),
                 ("health", "app"),
                 ("switch", "app"),
-                ("stop-old", "app")
+                ("stop-old", "app"),
+                ("retention", "")
             ],
             "{shown:#}"
         );
