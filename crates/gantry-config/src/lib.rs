@@ -44,6 +44,9 @@ pub const FILE_NAME: &str = "gantry.toml";
 pub enum Error {
     #[error("no {FILE_NAME} in {dir}")]
     NotFound { dir: PathBuf },
+    /// The file `--config` named is not there.
+    #[error("{path} does not exist")]
+    Missing { path: PathBuf },
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -62,6 +65,10 @@ impl Error {
             Error::NotFound { .. } => {
                 Some("run `gantry init` to create one, or pass --config PATH".to_owned())
             }
+            Error::Missing { .. } => Some(format!(
+                "check the path given to --config (a file, or a directory holding \
+                 {FILE_NAME}); `gantry init` creates one"
+            )),
             Error::Read { .. } => None,
             Error::Invalid(_) => None,
             Error::UnknownEnvironment { name, known } => Some(
@@ -136,8 +143,8 @@ pub fn load(path: &Path) -> Result<Config, Error> {
 pub fn load_named(path: &Path, name: &str) -> Result<Config, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound {
-                dir: path.parent().unwrap_or(Path::new(".")).to_owned(),
+            Error::Missing {
+                path: path.to_owned(),
             }
         } else {
             Error::Read {

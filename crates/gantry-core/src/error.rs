@@ -82,7 +82,7 @@ codes! {
     Internal = "internal", Internal, "a bug in Gantry; please report it";
     Usage = "usage", Usage, "the command line is wrong: an unknown flag, a missing argument";
     VerboseUnsupported = "verbose.unsupported", Usage, "`-v` was given to `gantry proxy`, which shows nothing more with it yet (its access log is its output)";
-    ConfigNotFound = "config.not_found", Invalid, "no gantry.toml where one was looked for";
+    ConfigNotFound = "config.not_found", Invalid, "no gantry.toml where one was looked for, or the file `--config` names does not exist";
     ConfigReadFailed = "config.read_failed", Invalid, "gantry.toml exists but cannot be read";
     ConfigInvalid = "config.invalid", Invalid, "gantry.toml has errors; each is listed under `errors`";
     ConfigUnknownEnvironment = "config.unknown_environment", Invalid, "--env names no environment of the project";
@@ -113,7 +113,7 @@ codes! {
     EnvNoHosts = "env.no_hosts", Conflict, "the environment has no hosts to run the command on";
     EnvHostUnknown = "env.host_unknown", Conflict, "`gantry ssh --host` names no host of the environment; the hint lists them";
     EnvHostLocal = "env.host_local", Conflict, "`gantry ssh` named a host reached without SSH (this machine): use a shell here";
-    EnvServiceUnknown = "env.service_unknown", Conflict, "`gantry exec` names no service of the environment; the hint lists them";
+    EnvServiceUnknown = "env.service_unknown", Conflict, "`gantry exec` or `gantry logs` names no service of the environment; the hint lists them";
     EnvServiceNotOnHost = "env.service_not_on_host", Conflict, "`gantry exec`: the service runs neither on the host --host names nor, without --host, on any host of the environment";
     EnvNotDeployed = "env.not_deployed", Conflict, "`gantry secrets sync`: a host runs no release of the project to give the secrets to; deploy first";
     EnvDestroyFailed = "env.destroy_failed", Failed, "`gantry env destroy` could not stop the environment's services (a host did not answer); it stays as it was, and the error names the host";
@@ -410,6 +410,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// `env.service_unknown`: environment `name` (resolved as `env`) has no
+    /// service `service`; the hint lists those it has.
+    pub(crate) fn no_service(env: &gantry_config::Environment, name: &str, service: &str) -> Error {
+        Error::EnvState {
+            refusal: EnvRefusal::ServiceUnknown,
+            environment: name.to_owned(),
+            problem: format!("has no service `{service}`"),
+            hint: format!(
+                "its services are: {}",
+                env.services.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
     pub fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
@@ -420,7 +434,9 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::Config(e) => match e {
-                gantry_config::Error::NotFound { .. } => Code::ConfigNotFound,
+                gantry_config::Error::NotFound { .. } | gantry_config::Error::Missing { .. } => {
+                    Code::ConfigNotFound
+                }
                 gantry_config::Error::Read { .. } => Code::ConfigReadFailed,
                 gantry_config::Error::Invalid(_) => Code::ConfigInvalid,
                 gantry_config::Error::UnknownEnvironment { .. } => Code::ConfigUnknownEnvironment,

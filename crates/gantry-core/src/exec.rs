@@ -50,15 +50,7 @@ fn target(
     let config = project.load()?;
     let env = config.environment(environment)?;
     let Some(spec) = env.services.get(service) else {
-        return Err(Error::EnvState {
-            refusal: EnvRefusal::ServiceUnknown,
-            environment: environment.to_owned(),
-            problem: format!("has no service `{service}`"),
-            hint: format!(
-                "its services are: {}",
-                env.services.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        });
+        return Err(Error::no_service(&env, environment, service));
     };
     let runs = |h: &&Host| spec.runs_on(&h.name);
     let chosen = match host {

@@ -19,7 +19,14 @@ pub use crate::host::Connect;
 /// The project's name and the environment's hosts.
 fn hosts_of(project: &Project, environment: &str) -> Result<(String, Vec<HostSpec>), Error> {
     let config = project.load()?;
-    let env = config.environment(environment)?;
+    hosts_in(config.environment(environment)?, environment)
+}
+
+/// [`hosts_of`] for an environment already resolved.
+fn hosts_in(
+    env: crate::config::Environment,
+    environment: &str,
+) -> Result<(String, Vec<HostSpec>), Error> {
     if env.hosts.is_empty() {
         return Err(Error::EnvState {
             refusal: EnvRefusal::NoHosts,
@@ -479,7 +486,8 @@ pub fn act_on(
 
 /// Streams log lines to `sink` until it returns false or the lines end.
 /// With several hosts, their lines are merged (by time when not following;
-/// as they come when following), each labelled with its host.
+/// as they come when following), each labelled with its host. A service
+/// the environment does not have is refused (`env.service_unknown`).
 pub fn logs(
     project: &Project,
     environment: &str,
@@ -487,7 +495,14 @@ pub fn logs(
     connect: Connect<'_>,
     sink: &mut dyn FnMut(crate::agent_api::LogLine) -> bool,
 ) -> Result<(), Error> {
-    let (name, hosts) = hosts_of(project, environment)?;
+    let config = project.load()?;
+    let env = config.environment(environment)?;
+    if let Some(service) = query.service.as_deref()
+        && !env.services.contains_key(service)
+    {
+        return Err(Error::no_service(&env, environment, service));
+    }
+    let (name, hosts) = hosts_in(env, environment)?;
     if let [only] = hosts.as_slice() {
         return Ok(connect(only)?.logs(&name, query, sink)?);
     }
@@ -673,6 +688,22 @@ mod tests {
                 (3, "h1".to_owned())
             ]
         );
+    }
+
+    /// Logs of a service the environment does not have are refused, naming
+    /// those it has, before any host is asked (one is down here).
+    #[test]
+    fn logs_of_an_unknown_service_are_refused_with_the_services_it_has() {
+        let (_dir, project) = project(&["h1", "h2"], 1);
+        let fleet = Fleet::new([("h1", down()), ("h2", down())]);
+        let query = LogQuery {
+            service: Some("wbe".to_owned()),
+            ..LogQuery::default()
+        };
+        let connect = |spec: &HostSpec| fleet.connect(spec);
+        let error = logs(&project, "prod", &query, &connect, &mut |_| true).unwrap_err();
+        assert_eq!(error.code(), "env.service_unknown", "{error}");
+        assert_eq!(error.hint().as_deref(), Some("its services are: web"));
     }
 
     /// Today `logs` fails as a whole when a host is down (unlike `status`):

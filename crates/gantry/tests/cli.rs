@@ -147,6 +147,19 @@ fn invalid_config_exits_3_with_located_errors() {
     );
 }
 
+/// `--config` naming a file that is not there says that file, not "no
+/// gantry.toml in" its directory.
+#[test]
+fn a_config_path_that_does_not_exist_is_named() {
+    let p = project();
+    let run = p.gantry(&["validate", "--config", "prod.toml", "--output", "json"]);
+    run.expect_code(3);
+    let error = error_of(&run);
+    assert_eq!(error["code"], "config.not_found");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.ends_with("prod.toml does not exist"), "{error}");
+}
+
 #[test]
 fn missing_config_and_unknown_environment_are_input_errors() {
     let empty = TestProject::new(env!("CARGO_BIN_EXE_gantry"));
