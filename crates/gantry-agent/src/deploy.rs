@@ -193,14 +193,7 @@ async fn deploy(
         agent.db(move |s| s.update_release(&r)).await?;
     }
     if release.outcome == Outcome::Succeeded {
-        // Once the release is recorded as succeeded: it counts among those kept.
-        let mut timer = Timer {
-            phases: &mut release.phases,
-        };
-        let pass = crate::retention::after_deploy(agent, &project);
-        timer.time("retention", None, pass).await;
-        let r = release.clone();
-        agent.db(move |s| s.update_release(&r)).await?;
+        retain(agent, &mut release).await?;
     }
     let services = status::services(agent, &project, status::ContainerMemory::Skipped).await?;
     Ok(DeployResult {
@@ -210,6 +203,20 @@ async fn deploy(
         unchanged,
         kept: false,
     })
+}
+
+/// The retention pass after `release` succeeded, timed as its last phase.
+/// Run once the release is recorded as succeeded, so that it counts among
+/// those kept.
+async fn retain(agent: &Agent, release: &mut Release) -> Result<(), AgentError> {
+    let mut timer = Timer {
+        phases: &mut release.phases,
+    };
+    let pass = crate::retention::after_deploy(agent, &release.project);
+    timer.time("retention", None, pass).await;
+    let r = release.clone();
+    agent.db(move |s| s.update_release(&r)).await?;
+    Ok(())
 }
 
 /// Runs the release's tasks in order; the first that fails (or cannot
