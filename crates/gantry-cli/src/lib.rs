@@ -76,9 +76,10 @@ fn usage_error(argv: &[OsString], error: clap::Error) -> ExitCode {
         return ExitCode::from(exit);
     }
     let (message, tips) = usage_message(&error.render().to_string());
-    let hint = match tips.is_empty() {
-        true => "run `gantry --help`, or `gantry <command> --help`".to_owned(),
-        false => tips.join("; "),
+    let hint = if tips.is_empty() {
+        "run `gantry --help`, or `gantry <command> --help`".to_owned()
+    } else {
+        tips.join("; ")
     };
     printer.failure(&Failure::new(gantry_core::Code::Usage, message).with_hint(hint));
     ExitCode::from(exit)
@@ -100,10 +101,12 @@ fn usage_message(rendered: &str) -> (String, Vec<String>) {
         .filter_map(|line| line.trim().strip_prefix("tip: "))
         .map(str::to_owned)
         .collect();
-    match message.is_empty() {
-        true => ("invalid command line".to_owned(), tips),
-        false => (message.to_owned(), tips),
-    }
+    let message = if message.is_empty() {
+        "invalid command line"
+    } else {
+        message
+    };
+    (message.to_owned(), tips)
 }
 
 /// `--output` as given, read without clap, for when clap itself failed.

@@ -66,8 +66,8 @@ impl Error {
                 Some("run `gantry init` to create one, or pass --config PATH".to_owned())
             }
             Error::Missing { .. } => Some(format!(
-                "check the path given to --config (a file, or a directory holding \
-                 {FILE_NAME}); `gantry init` creates one"
+                "check the path given to --config or GANTRY_CONFIG (a file, or a \
+                 directory holding {FILE_NAME}); `gantry init` creates one"
             )),
             Error::Read { .. } => None,
             Error::Invalid(_) => None,
