@@ -295,14 +295,14 @@ async fn project_logs(
     State(agent): Shared,
     Path(project): Path<String>,
     Query(query): Query<LogQuery>,
-) -> Response {
-    let lines =
-        logs::stream(agent, project, query).map(|line| Ok::<_, std::io::Error>(ndjson(&line)));
-    (
+) -> Result<Response, AgentError> {
+    let lines = (logs::stream(agent, project, query).await?)
+        .map(|line| Ok::<_, std::io::Error>(ndjson(&line)));
+    Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(lines),
     )
-        .into_response()
+        .into_response())
 }
 
 async fn stop(

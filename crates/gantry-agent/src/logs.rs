@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
+use gantry_core::Code;
 use gantry_core::agent_api::{LogLine, Stream as LogStream};
 use serde::Deserialize;
 
 use crate::agent::Agent;
+use crate::error::AgentError;
 use crate::process::{self, LogCursor};
 
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -44,16 +46,26 @@ pub(crate) struct LogQuery {
 }
 
 /// The project's lines as `query` asks, oldest first; with `follow`, the
-/// stream goes on until its reader goes away.
-pub(crate) fn stream(
+/// stream goes on until its reader goes away. A service this host never ran
+/// is refused (`service.not_found`), not answered with no lines.
+pub(crate) async fn stream(
     agent: Arc<Agent>,
     project: String,
     query: LogQuery,
-) -> impl Stream<Item = LogLine> {
+) -> Result<impl Stream<Item = LogLine>, AgentError> {
+    let found = instances(&agent, &project, query.service.as_deref()).await?;
+    if let Some(service) = &query.service
+        && found.is_empty()
+    {
+        return Err(AgentError::not_found(
+            Code::ServiceNotFound,
+            format!("`{project}` has run no service `{service}` on this host"),
+            "a service has logs once deployed; `gantry status` shows those that run",
+        ));
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<LogLine>(256);
     tokio::spawn(async move {
         let dir = agent.paths.logs(&project);
-        let found = instances(&agent, &project, query.service.as_deref()).await;
         let follow = query.follow;
         let read = {
             let dir = dir.clone();
@@ -97,7 +109,9 @@ pub(crate) fn stream(
         let mut known: BTreeSet<String> = cursors.iter().map(|(_, id, _)| id.clone()).collect();
         loop {
             // New instances appear with each deploy: all they wrote is new.
-            for (service, id) in instances(&agent, &project, query.service.as_deref()).await {
+            // A store that fails for a moment is asked again at the next poll.
+            let now = instances(&agent, &project, query.service.as_deref()).await;
+            for (service, id) in now.unwrap_or_default() {
                 if known.insert(id.clone()) {
                     let cursor = LogCursor::at_start(&dir, &id);
                     cursors.push((service, id, cursor));
@@ -117,9 +131,9 @@ pub(crate) fn stream(
             tokio::time::sleep(FOLLOW_POLL).await;
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move {
+    Ok(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|line| (line, rx))
-    })
+    }))
 }
 
 /// An instance's lines so far, oldest first, and when following, a cursor
@@ -151,15 +165,19 @@ fn overlap<T: PartialEq>(read: &[T], live: &[T]) -> usize {
 }
 
 /// (service, instance) for every instance of the project that may have logs, oldest first.
-async fn instances(agent: &Agent, project: &str, service: Option<&str>) -> Vec<(String, String)> {
+async fn instances(
+    agent: &Agent,
+    project: &str,
+    service: Option<&str>,
+) -> Result<Vec<(String, String)>, AgentError> {
     let p = project.to_owned();
-    let mut records = agent.db(move |s| s.instances(&p)).await.unwrap_or_default();
+    let mut records = agent.db(move |s| s.instances(&p)).await?;
     records.sort_by_key(|r| r.created_at);
-    records
+    Ok(records
         .into_iter()
         .filter(|r| service.is_none_or(|s| r.service == s))
         .map(|r| (r.service, r.id))
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! stderr in text mode; logs and progress only ever on stderr.
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
 use gantry_config::Diagnostics;
@@ -89,13 +90,21 @@ pub struct Printer {
     pub mode: Mode,
     pub quiet: bool,
     pub color: bool,
+    /// Whether stdout is a stream of JSON lines already (`gantry logs`): a
+    /// failure after them is one more line, so a line reader reads it too.
+    streamed: AtomicBool,
 }
 
 impl Printer {
     pub fn new(mode: Mode, quiet: bool) -> Printer {
         let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
             && std::io::stderr().is_terminal();
-        Printer { mode, quiet, color }
+        Printer {
+            mode,
+            quiet,
+            color,
+            streamed: AtomicBool::new(false),
+        }
     }
 
     /// A line for people, on stderr; silent with -q and in JSON mode.
@@ -136,6 +145,7 @@ impl Printer {
         let mut stdout = std::io::stdout().lock();
         match self.mode {
             Mode::Json => {
+                self.streamed.store(true, Ordering::Relaxed);
                 serde_json::to_writer(&mut stdout, line)?;
                 writeln!(stdout)?;
             }
@@ -160,7 +170,11 @@ impl Printer {
         match self.mode {
             Mode::Json => {
                 let mut stdout = std::io::stdout().lock();
-                let _ = serde_json::to_writer_pretty(&mut stdout, &failure_json(failure));
+                let _ = if self.streamed.load(Ordering::Relaxed) {
+                    serde_json::to_writer(&mut stdout, &failure_json(failure))
+                } else {
+                    serde_json::to_writer_pretty(&mut stdout, &failure_json(failure))
+                };
                 let _ = writeln!(stdout);
             }
             Mode::Text => eprint!("{}", render_failure(failure, self.color)),

@@ -12,6 +12,7 @@ use crate::config::resolve::Host as HostSpec;
 use crate::deploy::{DeployReport, HostDeploy, conclude};
 use crate::deployments::Target;
 use crate::host::{Host, LogQuery};
+use crate::progress::Progress;
 use crate::{EnvRefusal, Error, Project};
 
 pub use crate::host::Connect;
@@ -486,27 +487,41 @@ pub fn act_on(
 
 /// Streams log lines to `sink` until it returns false or the lines end.
 /// With several hosts, their lines are merged (by time when not following;
-/// as they come when following), each labelled with its host. A service
+/// as they come when following), each labelled with its host. With a
+/// service, only the hosts that run it are read. A host that cannot be read
+/// does not hold back the others' lines: it is named on `progress` at once,
+/// and its error is the command's once their lines are through. A service
 /// the environment does not have is refused (`env.service_unknown`).
 pub fn logs(
     project: &Project,
     environment: &str,
     query: &LogQuery,
     connect: Connect<'_>,
-    sink: &mut dyn FnMut(crate::agent_api::LogLine) -> bool,
+    progress: &dyn Progress,
+    sink: &mut dyn FnMut(LogLine) -> bool,
 ) -> Result<(), Error> {
     let config = project.load()?;
     let env = config.environment(environment)?;
-    if let Some(service) = query.service.as_deref()
-        && !env.services.contains_key(service)
-    {
-        return Err(Error::no_service(&env, environment, service));
+    let service = match query.service.as_deref() {
+        Some(name) => match env.services.get(name) {
+            Some(service) => Some(service.clone()),
+            None => return Err(Error::no_service(&env, environment, name)),
+        },
+        None => None,
+    };
+    let (name, mut hosts) = hosts_in(env, environment)?;
+    if let Some(service) = service {
+        hosts.retain(|h| service.runs_on(&h.name));
     }
-    let (name, hosts) = hosts_in(env, environment)?;
     if let [only] = hosts.as_slice() {
         return Ok(connect(only)?.logs(&name, query, sink)?);
     }
     let (send, receive) = std::sync::mpsc::sync_channel::<Result<LogLine, Error>>(1024);
+    let mut failed = None;
+    let mut unread = |e: Error| {
+        progress.step(&format!("{e}; its lines are left out"));
+        failed.get_or_insert(e);
+    };
     std::thread::scope(|scope| {
         for spec in &hosts {
             let send = send.clone();
@@ -530,7 +545,6 @@ pub fn logs(
         }
         drop(send);
         if query.follow {
-            let mut result = Ok(());
             for item in receive.iter() {
                 match item {
                     Ok(line) => {
@@ -538,19 +552,19 @@ pub fn logs(
                             break;
                         }
                     }
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
+                    Err(e) => unread(e),
                 }
             }
             // The hosts' streams end at their next line, when sending fails.
             drop(receive);
-            return result;
+            return;
         }
         let mut lines = Vec::new();
         for item in receive.iter() {
-            lines.push(item?);
+            match item {
+                Ok(line) => lines.push(line),
+                Err(e) => unread(e),
+            }
         }
         lines.sort_by_key(|l| l.ts);
         for line in lines {
@@ -558,8 +572,8 @@ pub fn logs(
                 break;
             }
         }
-        Ok(())
-    })
+    });
+    failed.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
@@ -568,7 +582,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::fake::{Fleet, Script, log_line, project, service};
+    use crate::fake::{Fleet, Said, Script, log_line, project, service};
 
     fn running(services: Vec<ServiceStatus>, logs: Vec<LogLine>) -> Script {
         Script {
@@ -594,19 +608,19 @@ mod tests {
         status(project, "prod", &|spec: &HostSpec| fleet.connect(spec))
     }
 
-    fn logs_of(fleet: &Arc<Fleet>, project: &Project) -> Result<Vec<(u64, String)>, Error> {
+    /// The (time, host) of each line `logs` gives, what it said on the way,
+    /// and how it ended.
+    type Read = (Vec<(u64, String)>, Vec<String>, Result<(), Error>);
+
+    fn logs_of(fleet: &Arc<Fleet>, project: &Project, query: &LogQuery) -> Read {
         let mut seen = Vec::new();
-        logs(
-            project,
-            "prod",
-            &LogQuery::default(),
-            &|spec: &HostSpec| fleet.connect(spec),
-            &mut |line| {
-                seen.push((line.ts, line.host.unwrap_or_default()));
-                true
-            },
-        )?;
-        Ok(seen)
+        let said = Said::default();
+        let connect = |spec: &HostSpec| fleet.connect(spec);
+        let result = logs(project, "prod", query, &connect, &said, &mut |line| {
+            seen.push((line.ts, line.host.unwrap_or_default()));
+            true
+        });
+        (seen, said.lines(), result)
     }
 
     #[test]
@@ -679,7 +693,8 @@ mod tests {
             ),
             ("h2", running(Vec::new(), vec![log_line(2, "b")])),
         ]);
-        let seen = logs_of(&fleet, &project).unwrap();
+        let (seen, _, result) = logs_of(&fleet, &project, &LogQuery::default());
+        result.unwrap();
         assert_eq!(
             seen,
             [
@@ -701,23 +716,71 @@ mod tests {
             ..LogQuery::default()
         };
         let connect = |spec: &HostSpec| fleet.connect(spec);
-        let error = logs(&project, "prod", &query, &connect, &mut |_| true).unwrap_err();
+        let error = logs(
+            &project,
+            "prod",
+            &query,
+            &connect,
+            &Said::default(),
+            &mut |_| true,
+        )
+        .unwrap_err();
         assert_eq!(error.code(), "env.service_unknown", "{error}");
         assert_eq!(error.hint().as_deref(), Some("its services are: web"));
     }
 
-    /// Today `logs` fails as a whole when a host is down (unlike `status`):
-    /// the error is the down host's.
+    /// A host that is down does not hold back the others' lines: it is
+    /// named at once, and its error is the command's once they are through.
     #[test]
-    fn logs_with_one_host_down_fail_with_that_hosts_error() {
-        let (_dir, project) = project(&["h1", "h2"], 1);
+    fn logs_with_one_host_down_give_the_others_lines_then_that_hosts_error() {
+        let (_dir, project) = project(&["h1", "h2", "h3"], 1);
+        let fleet = Fleet::new([
+            ("h1", running(Vec::new(), vec![log_line(1, "a")])),
+            ("h2", down()),
+            ("h3", running(Vec::new(), vec![log_line(2, "b")])),
+        ]);
+        for follow in [false, true] {
+            let query = LogQuery {
+                follow,
+                ..LogQuery::default()
+            };
+            let (mut seen, said, result) = logs_of(&fleet, &project, &query);
+            seen.sort();
+            assert_eq!(seen, [(1, "h1".to_owned()), (2, "h3".to_owned())]);
+            let error = result.unwrap_err();
+            assert_eq!(error.code(), "agent.unreachable");
+            assert!(error.to_string().contains("h2"), "{error}");
+            assert_eq!(said.len(), 1, "{said:?}");
+            assert!(
+                said[0].contains("h2") && said[0].contains("left out"),
+                "{said:?}"
+            );
+        }
+    }
+
+    /// `gantry logs web` reads only the hosts `web` runs on: a host down
+    /// that does not run it is not asked, and fails nothing.
+    #[test]
+    fn logs_of_a_service_ask_only_the_hosts_it_runs_on() {
+        let (dir, project) = project(&["h1", "h2"], 1);
+        let path = dir.path().join("gantry.toml");
+        let toml = std::fs::read_to_string(&path).unwrap();
+        let placed = toml.replace("port = \"http\"\n", "port = \"http\"\nhosts = [\"h1\"]\n");
+        assert_ne!(toml, placed);
+        std::fs::write(&path, placed).unwrap();
         let fleet = Fleet::new([
             ("h1", running(Vec::new(), vec![log_line(1, "a")])),
             ("h2", down()),
         ]);
-        let error = logs_of(&fleet, &project).unwrap_err();
-        assert_eq!(error.code(), "agent.unreachable");
-        assert!(error.to_string().contains("h2"), "{error}");
+        let query = LogQuery {
+            service: Some("web".to_owned()),
+            ..LogQuery::default()
+        };
+        let (seen, said, result) = logs_of(&fleet, &project, &query);
+        result.unwrap();
+        assert_eq!(seen, [(1, String::new())], "one host: lines unlabelled");
+        assert!(said.is_empty(), "{said:?}");
+        assert_eq!(fleet.calls_to("h2"), Vec::<String>::new());
     }
 
     #[test]

@@ -197,3 +197,26 @@ health = { command = "true" }
         text.stdout
     );
 }
+
+/// A service gantry.toml names but this host never ran (added, not yet
+/// deployed) is refused by the agent with `service.not_found`, not answered
+/// with no lines as if it had printed nothing.
+#[test]
+fn logs_of_a_service_not_yet_deployed_are_refused_by_the_agent() {
+    let p = shell("logs-later", SERVICES);
+    deploy(&p);
+    let toml = std::fs::read_to_string(p.path().join("gantry.toml")).expect("gantry.toml");
+    let later = "\n[services.later]\nrun = \"exec sleep 600\"\n";
+    std::fs::write(p.path().join("gantry.toml"), format!("{toml}{later}")).expect("write");
+
+    let run = p.gantry(&["logs", "later", "--output", "json"]);
+    run.expect_code(3);
+    let error = &run.json()["error"];
+    assert_eq!(error["code"], "service.not_found", "{error}");
+    let message = error["message"].as_str().expect("message");
+    assert!(message.contains("`later`"), "{message}");
+    assert!(
+        !log_lines(&p, &["quiet"]).is_empty(),
+        "the others still answer"
+    );
+}

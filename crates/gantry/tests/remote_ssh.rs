@@ -506,6 +506,26 @@ fn a_cut_link_stops_the_rollout_and_a_second_deploy_is_refused() {
         "{message}"
     );
 
+    // gantry logs gives h1's and h3's lines, names h2 on stderr at once,
+    // and ends with h2's error: one more JSON line, so a line reader reads it.
+    let logs = project.gantry(&["logs", "-e", "prod", "web", "--output", "json"]);
+    logs.expect_code(5);
+    let read: Vec<serde_json::Value> = (logs.stdout.lines())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let (last, lines) = read.split_last().expect("lines and an error");
+    assert_eq!(last["error"]["code"], "host.unreachable", "{last:#}");
+    let mut from: Vec<&str> = lines.iter().map(|l| l["host"].as_str().unwrap()).collect();
+    from.dedup();
+    from.sort();
+    from.dedup();
+    assert_eq!(from, ["h1", "h3"], "{}", logs.stdout);
+    assert!(
+        logs.stderr.contains("h2") && logs.stderr.contains("left out"),
+        "{}",
+        logs.stderr
+    );
+
     // Back online, h2 runs one release throughout (old or new, not a mix),
     // and so does every other host.
     hosts.host("h2").restore();

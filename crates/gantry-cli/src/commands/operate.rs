@@ -40,6 +40,7 @@ pub(super) fn logs(ctx: &Context<'_>, args: &LogsArgs) -> Result<(), Failure> {
         ctx.env,
         &query,
         &|h| ctx.connect(h),
+        &ctx.progress(),
         &mut line,
     )?;
     Ok(())
