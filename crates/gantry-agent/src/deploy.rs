@@ -391,7 +391,7 @@ async fn roll_service(
         service,
     )
     .await;
-    let old = running_before(agent, release, &service.name).await;
+    let old = running_before(agent, release, &service.name).await?;
     if let Some(fingerprint) = &fingerprint
         && crate::kept::unchanged(agent, service, &old, fingerprint).await
     {
@@ -450,20 +450,28 @@ fn failed(reason: String) -> StartFailure {
     }
 }
 
-/// The service's active instances of other releases: what runs now.
-async fn running_before(agent: &Agent, release: &Release, service: &str) -> Vec<InstanceRecord> {
+/// The service's active instances of other releases: what runs now. A
+/// store that cannot say fails the step: read as "nothing", the old
+/// instances would stay running beside the new ones.
+async fn running_before(
+    agent: &Agent,
+    release: &Release,
+    service: &str,
+) -> Result<Vec<InstanceRecord>, StartFailure> {
     let (p, n, r) = (
         release.project.clone(),
         service.to_owned(),
         release.id.clone(),
     );
-    agent
-        .db(move |s| s.instances(&p))
-        .await
-        .unwrap_or_default()
-        .into_iter()
+    let instances = agent.db(move |s| s.instances(&p)).await;
+    let instances = instances.map_err(|e| StartFailure {
+        reason: format!("the agent's store failed: {e}"),
+        log_tail: Vec::new(),
+        cause: None,
+    })?;
+    Ok((instances.into_iter())
         .filter(|i| i.service == n && i.release != r && i.is_active())
-        .collect()
+        .collect())
 }
 
 /// Starts `service`'s replicas for `release` (each recorded before it
@@ -733,16 +741,7 @@ async fn cut_over(
 ) -> Result<Vec<InstanceRecord>, StartFailure> {
     let project = release.project.clone();
     let name = service.name.clone();
-    let old: Vec<InstanceRecord> = {
-        let (p, n) = (project.clone(), name.clone());
-        agent
-            .db(move |s| s.instances(&p))
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|i| i.service == n && i.release != release.id && i.is_active())
-            .collect()
-    };
+    let old = running_before(agent, release, &name).await?;
     let switched = timer
         .time("switch", Some(&name), async {
             let new_ids: Vec<String> = started.iter().map(|r| r.id.clone()).collect();
