@@ -14,6 +14,7 @@ on_both_databases!(
     a_totp_login_needs_a_fresh_code_and_each_recovery_code_works_once,
     a_session_ends_at_logout_and_when_revoked,
     roles_are_enforced_per_product,
+    an_admin_of_one_product_shares_and_deletes_only_that_products_views,
     changes_made_with_a_session_need_its_csrf_token,
     a_wrong_password_is_refused_audited_and_slowed,
     the_cookie_is_secure_when_the_proxy_says_the_client_came_over_https,
@@ -402,6 +403,64 @@ async fn roles_are_enforced_per_product(db: Db) {
         .send("POST", "/api/agent/items", Some(&new("BLOG")))
         .await;
     assert_eq!(gone.status, 403, "{}", gone.text);
+}
+
+/// Admin on BLOG and viewer on SHOP: ada may share a view with BLOG and
+/// delete BLOG's, but not SHOP's, which she may only read.
+async fn an_admin_of_one_product_shares_and_deletes_only_that_products_views(db: Db) {
+    let hub = Hub::start(db).await;
+    add_user(
+        &hub,
+        "ada",
+        &[
+            (UserRole::Admin, Some("BLOG")),
+            (UserRole::Viewer, Some("SHOP")),
+        ],
+    )
+    .await;
+    add_user(&hub, "root", &[(UserRole::Admin, None)]).await;
+    let ada = login(&hub, "ada", None).await;
+    let root = login(&hub, "root", None).await;
+    let view =
+        |product: &str| json!({"name": "Open", "product": product, "query": {"status": "open"}});
+
+    let refused = ada
+        .send("POST", "/api/agent/views", Some(&view("SHOP")))
+        .await;
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (403, "hub.forbidden"),
+        "{}",
+        refused.text
+    );
+    assert!(
+        refused.message().contains("admin on `SHOP`"),
+        "{}",
+        refused.text
+    );
+    let blog = ada
+        .send("POST", "/api/agent/views", Some(&view("BLOG")))
+        .await;
+    assert_eq!(blog.status, 201, "{}", blog.text);
+
+    let shop = root
+        .send("POST", "/api/agent/views", Some(&view("SHOP")))
+        .await;
+    assert_eq!(shop.status, 201, "{}", shop.text);
+    let path = |answer: &Answer| format!("/api/agent/views/{}", answer.json()["id"]);
+    let kept = ada.send("DELETE", &path(&shop), None).await;
+    assert_eq!(kept.status, 403, "{}", kept.text);
+    let names = |answer: Answer| -> Vec<String> {
+        (answer.json().as_array().unwrap().iter())
+            .map(|v| v["product"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let mut seen = names(ada.get("/api/agent/views").await);
+    seen.sort();
+    assert_eq!(seen, ["BLOG", "SHOP"], "both views are still there");
+    let deleted = ada.send("DELETE", &path(&blog), None).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    assert_eq!(names(ada.get("/api/agent/views").await), ["SHOP"]);
 }
 
 async fn changes_made_with_a_session_need_its_csrf_token(db: Db) {

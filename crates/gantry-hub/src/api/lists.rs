@@ -54,12 +54,12 @@ async fn save_view(
     body: JsonBody<NewView>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Read)?;
-    let admin = principal.access(Permission::Admin).is_ok();
+    let admin = principal.access(Permission::Admin).ok();
     // A view holds only what a list request would take.
     filter(ListQuery::of_view(body.value.query.clone()))?;
     state
         .answer(StatusCode::CREATED, move |store| {
-            store.save_view(&access, &body.value, admin)
+            store.save_view(&access, &body.value, admin.as_ref())
         })
         .await
 }
@@ -75,9 +75,9 @@ async fn delete_view(
     Path(view): Path<i64>,
 ) -> Result<Response, HubError> {
     let access = principal.access(Permission::Read)?;
-    let admin = principal.access(Permission::Admin).is_ok();
+    let admin = principal.access(Permission::Admin).ok();
     state
-        .run(move |store| store.delete_view(&access, view, admin))
+        .run(move |store| store.delete_view(&access, view, admin.as_ref()))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

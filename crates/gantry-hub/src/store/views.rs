@@ -88,13 +88,14 @@ fn visible(
 }
 
 impl Store {
-    /// Saves a view; `admin` says whether the asker may share it with a
-    /// product. The caller has checked `new.query` as a list request.
+    /// Saves a view; `admin`, the asker's admin access if any, says which
+    /// products they may share it with. The caller has checked `new.query`
+    /// as a list request.
     pub fn save_view(
         &self,
         access: &Access,
         new: &NewView,
-        admin: bool,
+        admin: Option<&Access>,
     ) -> Result<SavedView, HubError> {
         one_line("name", &new.name, 100)?;
         let query =
@@ -102,13 +103,14 @@ impl Store {
         self.tx(|sql| {
             let (owner, product) = match &new.product {
                 Some(key) => {
-                    if !admin {
+                    let Some(admin) = admin else {
                         return Err(HubError::Forbidden {
                             message: "sharing a view with a product needs an admin key".to_owned(),
                         });
-                    }
+                    };
                     let product = products::id_of(sql, key)?;
                     access.reach_product(product)?;
+                    administers(admin, product, key, "sharing a view with")?;
                     (None, Some(product))
                 }
                 None => (Some(access.actor.name.as_str()), None),
@@ -165,16 +167,25 @@ impl Store {
         })
     }
 
-    /// Deletes a view: one's own, or (with `admin`) a product's.
-    pub fn delete_view(&self, access: &Access, id: i64, admin: bool) -> Result<(), HubError> {
+    /// Deletes a view: one's own, or (with `admin` access to its product)
+    /// a product's.
+    pub fn delete_view(
+        &self,
+        access: &Access,
+        id: i64,
+        admin: Option<&Access>,
+    ) -> Result<(), HubError> {
         self.tx(|sql| {
             let view = visible(sql, access, Some(id))?
                 .pop()
                 .ok_or_else(|| HubError::not_found(format!("view {id}")))?;
-            if view.owner.is_none() && !admin {
-                return Err(HubError::Forbidden {
-                    message: "deleting a product's view needs an admin key".to_owned(),
-                });
+            if let Some(key) = view.product.as_deref().filter(|_| view.owner.is_none()) {
+                let Some(admin) = admin else {
+                    return Err(HubError::Forbidden {
+                        message: "deleting a product's view needs an admin key".to_owned(),
+                    });
+                };
+                administers(admin, products::id_of(sql, key)?, key, "deleting a view of")?;
             }
             sql.execute("DELETE FROM saved_views WHERE id = ?", &[Value::Int(id)])?;
             audit::record(
@@ -187,4 +198,15 @@ impl Store {
             )
         })
     }
+}
+
+/// Refuses unless `admin` is admin of `product` itself: being admin of
+/// another product is not enough.
+fn administers(admin: &Access, product: i64, key: &str, doing: &str) -> Result<(), HubError> {
+    if admin.scope.allows(product) {
+        return Ok(());
+    }
+    Err(HubError::Forbidden {
+        message: format!("{doing} `{key}` needs admin on `{key}`"),
+    })
 }
