@@ -230,12 +230,20 @@ impl StateDir {
         }
     }
 
-    fn file(&self, env: &str) -> PathBuf {
-        self.dir.join(format!("{env}.json"))
+    /// `<env>.json`, for a name gantry.toml could give an environment: any
+    /// other (`../x`, a `/`) is refused, never joined to the directory.
+    fn file(&self, env: &str) -> Result<PathBuf, Error> {
+        gantry_config::check_env_name(env).map_err(|why| Error::EnvState {
+            refusal: EnvRefusal::Unknown,
+            environment: env.to_owned(),
+            problem: format!("cannot be an environment's name: {why}"),
+            hint: "environments are named as gantry.toml's [environments] keys: letters, digits and `_`".to_owned(),
+        })?;
+        Ok(self.dir.join(format!("{env}.json")))
     }
 
     pub fn load(&self, env: &str) -> Result<Option<EnvState>, Error> {
-        let path = self.file(env);
+        let path = self.file(env)?;
         match std::fs::read(&path) {
             Ok(bytes) => {
                 serde_json::from_slice(&bytes)
@@ -252,7 +260,7 @@ impl StateDir {
 
     pub fn save(&self, state: &EnvState) -> Result<(), Error> {
         let text = serde_json::to_vec_pretty(state).unwrap_or_default();
-        write_atomic(&self.file(&state.environment), &text)
+        write_atomic(&self.file(&state.environment)?, &text)
     }
 
     /// Every environment with a state file.
@@ -277,7 +285,7 @@ impl StateDir {
     }
 
     pub fn remove(&self, env: &str) -> Result<(), Error> {
-        let path = self.file(env);
+        let path = self.file(env)?;
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -287,8 +295,8 @@ impl StateDir {
 
     /// Takes `<env>.lock`, or says who holds it.
     pub fn lock(&self, env: &str, command: &str) -> Result<EnvLock, Error> {
+        let path = self.file(env)?.with_extension("lock");
         std::fs::create_dir_all(&self.dir).map_err(Error::io("create", &self.dir))?;
-        let path = self.dir.join(format!("{env}.lock"));
         let me = Holder::me(command);
         // The lock file appears whole or not at all: written beside it, then
         // hard-linked into place (which fails if it exists), so a reader

@@ -240,3 +240,36 @@ fn purge_force_forgets_a_live_environment_only_once_confirmed_with_yes() {
         .expect_code(0);
     assert!(!state.exists(), "a confirmed purge forgets it");
 }
+
+/// A name that could not be an environment's (a path, spaces) is refused by
+/// every env command before any file is touched: `../../x` must not write
+/// or delete a file outside .gantry/state.
+#[test]
+fn an_environment_name_that_is_a_path_is_refused_and_nothing_is_written() {
+    let p = project();
+    let outside = p.path().join("x.json");
+    std::fs::write(&outside, b"kept").expect("a file outside the state");
+    for args in [
+        &["env", "create", "../x"][..],
+        &["env", "create", "Bad Name!"],
+        &["env", "show", "../x"],
+        &["env", "destroy", "../x", "--yes"],
+        &["env", "purge", "../x", "--force", "--yes"],
+    ] {
+        let run = p.gantry(&[args, &["--output", "json"]].concat());
+        run.expect_code(4);
+        let error = &run.json()["error"];
+        assert_eq!(error["code"], "env.unknown", "{args:?}: {error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cannot be an environment's name")),
+            "{args:?}: {error}"
+        );
+        assert_eq!(std::fs::read(&outside).expect("still there"), b"kept");
+    }
+    let states = std::fs::read_dir(p.path().join(".gantry/state"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(states, 0, "no state or lock file was left");
+}
