@@ -354,6 +354,10 @@ async fn roles_are_enforced_per_product(db: Db) {
     seen.sort_unstable();
     assert_eq!(seen, ["BLOG", "SHOP"], "the products vic has a role in");
     assert_eq!(vic.get("/api/agent/items/DOCS-1").await.status, 403);
+    // Asked by number, the refusal does not tell the product or the count.
+    let by_number = vic.get("/api/agent/items/3").await;
+    assert_eq!(by_number.status, 403, "{}", by_number.text);
+    assert!(!by_number.text.contains("DOCS"), "{}", by_number.text);
     assert_eq!(vic.get("/api/agent/items/SHOP-1").await.status, 200);
 
     let new = |product: &str| json!({"product": product, "type": "bug", "title": "Seen by vic"});

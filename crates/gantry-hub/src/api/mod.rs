@@ -243,7 +243,7 @@ async fn per_address(State(state): State<AppState>, mut request: Request, next: 
     // One line a request: never its headers, body or query (keys and
     // search words stay out of the log).
     let method = request.method().clone();
-    let path = request.uri().path().chars().take(200).collect::<String>();
+    let path = logged_path(request.uri().path());
     let started = std::time::Instant::now();
     let response = match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
@@ -261,6 +261,16 @@ async fn per_address(State(state): State<AppState>, mut request: Request, next: 
         "request"
     );
     response
+}
+
+/// A request's path as its log line shows it: at most 200 characters, and a
+/// submission's token (which shows whoever holds it the submission) hidden.
+fn logged_path(path: &str) -> String {
+    const SUBMISSION: &str = "/api/public/submissions/";
+    if path.starts_with(SUBMISSION) {
+        return format!("{SUBMISSION}<token>");
+    }
+    path.chars().take(200).collect()
 }
 
 /// The client's address, as the rate limit and the audit log see it.
@@ -426,5 +436,21 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>
             }
             Ok(Some(text))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logged_path;
+
+    #[test]
+    fn the_log_hides_a_submissions_token_and_bounds_a_path() {
+        assert_eq!(
+            logged_path("/api/public/submissions/s3cr3t-token"),
+            "/api/public/submissions/<token>"
+        );
+        assert_eq!(logged_path("/api/agent/items/7"), "/api/agent/items/7");
+        let long = format!("/{}", "a".repeat(500));
+        assert_eq!(logged_path(&long).len(), 200);
     }
 }

@@ -260,10 +260,12 @@ impl Access {
         if self.scope.allows(stored.product_id) {
             Ok(())
         } else {
+            // Not the item's reference: asked by number, that would tell
+            // the product's key and its count of items.
             Err(HubError::Forbidden {
                 message: format!(
-                    "{} is in a product `{}` may not reach",
-                    stored.item.reference, self.actor.name
+                    "the item is in a product `{}` may not reach",
+                    self.actor.name
                 ),
             })
         }

@@ -113,13 +113,15 @@ pub fn sanitise(text: &str) -> String {
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
     let mut out = String::with_capacity(text.len());
     let mut rest = text.as_str();
+    // Once no `>` is left, no later `<` opens a tag: searching again for
+    // each would take time quadratic in the input (`<a<a<a…`).
+    let mut closes = true;
     while let Some(c) = rest.chars().next() {
         let after = &rest[c.len_utf8()..];
-        let tag_end = (c == '<'
-            && after
-                .starts_with(|n: char| n.is_ascii_alphabetic() || matches!(n, '/' | '!' | '?')))
-        .then(|| after.find('>'))
-        .flatten();
+        let opens = c == '<'
+            && after.starts_with(|n: char| n.is_ascii_alphabetic() || matches!(n, '/' | '!' | '?'));
+        let tag_end = (opens && closes).then(|| after.find('>')).flatten();
+        closes &= !opens || tag_end.is_some();
         if let Some(end) = tag_end {
             rest = &after[end + 1..];
             continue;
@@ -506,6 +508,17 @@ mod tests {
             sanitise("Hi <script>alert(1)</script>there\u{202e}\u{7}\r\nnext <b>bold</b> a < b"),
             "Hi alert(1)there\nnext bold a < b"
         );
+    }
+
+    /// A `<` with no `>` after it is text; tags before it still go. The
+    /// long run is the body a visitor may send: it is read once, not once
+    /// for each `<`.
+    #[test]
+    fn an_unclosed_tag_is_text_and_tags_before_it_still_go() {
+        assert_eq!(sanitise("<b>bold</b> <i and <a"), "bold <i and <a");
+        assert_eq!(sanitise("<a<a<b>c"), "c", "the first `<a` runs to the `>`");
+        let unclosed = "<a".repeat(128 * 1024);
+        assert_eq!(sanitise(&unclosed), unclosed);
     }
 
     #[test]
