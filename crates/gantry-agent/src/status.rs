@@ -13,9 +13,9 @@ use crate::agent::Agent;
 use crate::process;
 use crate::store::{InstanceRecord, StoreError};
 
-/// The URLs a service answers on, on this host.
-/// `proxy` is where the host's proxy listens, when one runs, and `https`
-/// where it accepts HTTPS.
+/// The URLs a service answers on, on this host: its instances' ports, and
+/// through the host's proxy (when one runs; `proxy` is where it listens,
+/// `https` where it accepts HTTPS) its routes and its automatic name.
 pub fn urls(
     project: &str,
     service: &ServiceSpec,
@@ -27,25 +27,30 @@ pub fn urls(
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}/"))
         .collect();
-    for route in &service.routes {
-        urls.push(format!("http://{route}/"));
-    }
     let routed = !ports.is_empty() || crate::site::is_static(service);
-    if let Some(proxy) = proxy.filter(|_| routed) {
-        urls.push(format!(
-            "http://{}.{project}.localhost:{}/",
-            service.name,
-            proxy.port()
-        ));
-        if let Some(https) = https {
-            urls.push(format!(
-                "https://{}.{project}.localhost:{}/",
-                service.name,
-                https.port()
-            ));
-        }
+    let Some(proxy) = proxy.filter(|_| routed) else {
+        return urls;
+    };
+    for route in &service.routes {
+        urls.push(url("http", &route.host, proxy.port(), &route.path));
+    }
+    let automatic = format!("{}.{project}.localhost", service.name);
+    urls.push(url("http", &automatic, proxy.port(), "/"));
+    if let Some(https) = https {
+        urls.push(url("https", &automatic, https.port(), "/"));
     }
     urls
+}
+
+/// `scheme://host[:port]/path/`, the port left out where it is the scheme's own.
+fn url(scheme: &str, host: &str, port: u16, path: &str) -> String {
+    let own = if scheme == "https" { 443 } else { 80 };
+    let port = if port == own {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    format!("{scheme}://{host}{port}{}/", path.trim_end_matches('/'))
 }
 
 /// Whether a report reads each container's memory from the engine. A
@@ -297,5 +302,65 @@ fn limits(agent: &Agent, spec: &ServiceSpec) -> Limits {
         memory: limits.memory,
         cpu: limits.cpu,
         pids: limits.pids,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A service of ported process instances with these routes.
+    fn web(routes: &[(&str, &str)]) -> ServiceSpec {
+        let routes: Vec<_> = (routes.iter())
+            .map(|(host, path)| serde_json::json!({"host": host, "path": path}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "name": "web",
+            "driver": "process",
+            "run": "bin/web",
+            "port": "http",
+            "replicas": 1,
+            "env": {},
+            "secrets": [],
+            "resources": {},
+            "depends_on": [],
+            "volumes": [],
+            "stop_timeout": "10s",
+            "restart": "always",
+            "routes": routes,
+        }))
+        .expect("a service")
+    }
+
+    /// A route answers through the proxy, so its URL has the proxy's port
+    /// (left out where it is the scheme's own) and is listed only when a
+    /// proxy runs.
+    #[test]
+    fn a_routes_url_is_where_the_proxy_listens() {
+        let spec = web(&[("app.shop.localhost", "/"), ("shop.example", "/api")]);
+        let local = "127.0.0.1:8080".parse().ok();
+        assert_eq!(
+            urls("shop", &spec, &[3000], local, None),
+            [
+                "http://127.0.0.1:3000/",
+                "http://app.shop.localhost:8080/",
+                "http://shop.example:8080/api/",
+                "http://web.shop.localhost:8080/",
+            ]
+        );
+        let public = ("0.0.0.0:80".parse().ok(), "0.0.0.0:443".parse().ok());
+        assert_eq!(
+            urls("shop", &spec, &[3000], public.0, public.1)[1..],
+            [
+                "http://app.shop.localhost/",
+                "http://shop.example/api/",
+                "http://web.shop.localhost/",
+                "https://web.shop.localhost/",
+            ]
+        );
+        assert_eq!(
+            urls("shop", &spec, &[3000], None, None),
+            ["http://127.0.0.1:3000/"]
+        );
     }
 }
