@@ -37,6 +37,11 @@ pub const FORMATS: &[Format] = &[
         hint: "use letters, digits and underscores, not starting with a digit, like \"DATABASE_URL\"",
     },
     Format {
+        name: "secret-name",
+        check: |s| check_secret_name(s).map_err(|why| format!("`{s}` {why}")),
+        hint: "use capital letters, digits and underscores, not starting with a digit, like \"DATABASE_URL\"",
+    },
+    Format {
         name: "route",
         check: check_route,
         hint: "write a host name with an optional path prefix, like \"shop.example.com\" or \"example.com/api\"",
@@ -130,6 +135,30 @@ pub fn check_env_name(s: &str) -> Result<(), String> {
         return Ok(());
     };
     Err(format!("`{s}` {why}"))
+}
+
+/// The longest name a secret may have.
+pub const SECRET_NAME_MAX: usize = 128;
+
+/// A secret's name: an environment variable name in capitals (A-Z, 0-9 and
+/// `_`, not starting with a digit), at most [`SECRET_NAME_MAX`] long; the
+/// same rule for gantry.toml and `gantry secrets`. The error says why.
+pub fn check_secret_name(s: &str) -> Result<(), String> {
+    Err(if s.is_empty() {
+        "is empty".to_owned()
+    } else if s.len() > SECRET_NAME_MAX {
+        format!("is longer than {SECRET_NAME_MAX} characters")
+    } else if s.starts_with(|c: char| c.is_ascii_digit()) {
+        "starts with a digit".to_owned()
+    } else if s.contains(|c: char| c.is_ascii_lowercase()) {
+        "has lowercase letters".to_owned()
+    } else if let Some(c) =
+        (s.chars()).find(|c| !(c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_'))
+    {
+        format!("contains `{}`", c.escape_debug())
+    } else {
+        return Ok(());
+    })
 }
 
 fn check_http_url(s: &str) -> Result<(), String> {

@@ -30,7 +30,7 @@ use serde_json::Value;
 pub use diagnostic::{Diagnostic, Diagnostics, KeyPath, LineIndex, Problem, Segment};
 /// The rules for names Gantry puts in host names, paths and files, for
 /// callers that receive them from elsewhere (the agent's API).
-pub use formats::{check_env_name, check_name};
+pub use formats::{SECRET_NAME_MAX, check_env_name, check_name, check_secret_name};
 pub use resolve::{Environment, LOCAL};
 pub use schema::json_schema;
 pub use ssh_target::SshTarget;

@@ -303,10 +303,10 @@ pub struct TlsFiles {
 #[serde(transparent)]
 pub struct Route(#[schemars(extend("format" = "route"))] pub String);
 
-/// An environment variable name: letters, digits and `_`, not starting with a digit.
+/// A secret's name, as `gantry secrets set` takes it: capitals, digits and `_`, not starting with a digit.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema)]
 #[serde(transparent)]
-pub struct SecretName(#[schemars(extend("format" = "env-name"))] pub String);
+pub struct SecretName(#[schemars(extend("format" = "secret-name"))] pub String);
 
 /// `source:target` or `source:target:ro`; the source is a volume name or an absolute path.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

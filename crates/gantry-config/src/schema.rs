@@ -379,6 +379,7 @@ fn lowercase_first(text: &str) -> String {
 fn format_noun(format: &str) -> &str {
     match format {
         "env-name" => "environment variable name",
+        "secret-name" => "secret name",
         "http-path" => "path",
         "ssh-target" => "SSH address",
         "project-path" => "path",

@@ -18,7 +18,7 @@ use crate::file::FileError;
 /// A value longer than this is refused: secrets are tokens and URLs, not files.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// A name longer than this is refused.
-pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_NAME_LEN: usize = gantry_config::SECRET_NAME_MAX;
 /// At most this many secrets per environment.
 pub const MAX_SECRETS: usize = 1000;
 /// An encrypted file or identity larger than this is not one Gantry wrote.
@@ -308,29 +308,12 @@ fn refuse_key_in(project_dir: &Path, key: &Key) -> Result<(), SecretsError> {
     Ok(())
 }
 
-/// Checks a secret's name: an environment variable name, bounded.
+/// Checks a secret's name with gantry.toml's rule ([`gantry_config::check_secret_name`]).
 pub fn check_name(name: &str) -> Result<(), SecretsError> {
-    let problem = if name.is_empty() {
-        Some("it is empty".to_owned())
-    } else if name.len() > MAX_NAME_LEN {
-        Some(format!("it is longer than {MAX_NAME_LEN} characters"))
-    } else if name.starts_with(|c: char| c.is_ascii_digit()) {
-        Some("it starts with a digit".to_owned())
-    } else if !name
-        .chars()
-        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-    {
-        Some("it has a character other than A-Z, 0-9 and _".to_owned())
-    } else {
-        None
-    };
-    match problem {
-        Some(problem) => Err(SecretsError::NameInvalid {
-            name: name.chars().take(MAX_NAME_LEN).collect(),
-            problem,
-        }),
-        None => Ok(()),
-    }
+    gantry_config::check_secret_name(name).map_err(|why| SecretsError::NameInvalid {
+        name: name.chars().take(MAX_NAME_LEN).collect(),
+        problem: format!("it {why}"),
+    })
 }
 
 /// Checks a value: one line (the agent keeps `NAME=value` lines), bounded.
