@@ -113,7 +113,7 @@ codes! {
     EnvNoHosts = "env.no_hosts", Conflict, "the environment has no hosts to run the command on";
     EnvHostUnknown = "env.host_unknown", Conflict, "`gantry ssh --host` names no host of the environment; the hint lists them";
     EnvHostLocal = "env.host_local", Conflict, "`gantry ssh` named a host reached without SSH (this machine): use a shell here";
-    EnvServiceUnknown = "env.service_unknown", Conflict, "`gantry exec` or `gantry logs` names no service of the environment; the hint lists them";
+    EnvServiceUnknown = "env.service_unknown", Conflict, "`gantry exec`, `logs`, `stop` or `restart` names no service of the environment; the hint lists them";
     EnvServiceNotOnHost = "env.service_not_on_host", Conflict, "`gantry exec`: the service runs neither on the host --host names nor, without --host, on any host of the environment";
     EnvNotDeployed = "env.not_deployed", Conflict, "`gantry secrets sync`: a host runs no release of the project to give the secrets to; deploy first";
     EnvDestroyFailed = "env.destroy_failed", Failed, "`gantry env destroy` could not stop the environment's services (a host did not answer); it stays as it was, and the error names the host";

@@ -39,6 +39,28 @@ fn hosts_in(
     Ok((env.project, env.hosts))
 }
 
+/// [`hosts_in`], less the hosts that do not run `service` when one is
+/// named; a service the environment does not have is refused
+/// (`env.service_unknown`).
+fn hosts_running(
+    env: crate::config::Environment,
+    environment: &str,
+    service: Option<&str>,
+) -> Result<(String, Vec<HostSpec>), Error> {
+    let runs = match service {
+        Some(name) => match env.services.get(name) {
+            Some(service) => Some(service.clone()),
+            None => return Err(Error::no_service(&env, environment, name)),
+        },
+        None => None,
+    };
+    let (name, mut hosts) = hosts_in(env, environment)?;
+    if let Some(service) = runs {
+        hosts.retain(|h| service.runs_on(&h.name));
+    }
+    Ok((name, hosts))
+}
+
 /// Runs `f` on every host at once, each with its own connection; results in
 /// the hosts' order.
 fn on_each<T: Send>(
@@ -445,6 +467,9 @@ pub enum Action {
     Restart,
 }
 
+/// Stops or restarts `service` (or every service) on the hosts that run
+/// it. A service the environment does not have is refused
+/// (`env.service_unknown`) before any host is asked.
 pub fn act(
     project: &Project,
     environment: &str,
@@ -452,7 +477,8 @@ pub fn act(
     service: Option<&str>,
     connect: Connect<'_>,
 ) -> Result<StatusReport, Error> {
-    let (name, hosts) = hosts_of(project, environment)?;
+    let config = project.load()?;
+    let (name, hosts) = hosts_running(config.environment(environment)?, environment, service)?;
     act_on(environment, name, &hosts, action, service, connect)
 }
 
@@ -501,18 +527,8 @@ pub fn logs(
     sink: &mut dyn FnMut(LogLine) -> bool,
 ) -> Result<(), Error> {
     let config = project.load()?;
-    let env = config.environment(environment)?;
-    let service = match query.service.as_deref() {
-        Some(name) => match env.services.get(name) {
-            Some(service) => Some(service.clone()),
-            None => return Err(Error::no_service(&env, environment, name)),
-        },
-        None => None,
-    };
-    let (name, mut hosts) = hosts_in(env, environment)?;
-    if let Some(service) = service {
-        hosts.retain(|h| service.runs_on(&h.name));
-    }
+    let service = query.service.as_deref();
+    let (name, hosts) = hosts_running(config.environment(environment)?, environment, service)?;
     if let [only] = hosts.as_slice() {
         return Ok(connect(only)?.logs(&name, query, sink)?);
     }
@@ -595,6 +611,15 @@ mod tests {
     /// A host whose one service, `web`, is in `state` on `release`.
     fn serving(state: ServiceState, release: &str) -> Script {
         running(vec![service("web", state, release)], Vec::new())
+    }
+
+    /// Makes `web` run on h1 alone.
+    fn place_web_on_h1(dir: &tempfile::TempDir) {
+        let path = dir.path().join("gantry.toml");
+        let toml = std::fs::read_to_string(&path).unwrap();
+        let placed = toml.replace("port = \"http\"\n", "port = \"http\"\nhosts = [\"h1\"]\n");
+        assert_ne!(toml, placed);
+        std::fs::write(&path, placed).unwrap();
     }
 
     fn down() -> Script {
@@ -763,11 +788,7 @@ mod tests {
     #[test]
     fn logs_of_a_service_ask_only_the_hosts_it_runs_on() {
         let (dir, project) = project(&["h1", "h2"], 1);
-        let path = dir.path().join("gantry.toml");
-        let toml = std::fs::read_to_string(&path).unwrap();
-        let placed = toml.replace("port = \"http\"\n", "port = \"http\"\nhosts = [\"h1\"]\n");
-        assert_ne!(toml, placed);
-        std::fs::write(&path, placed).unwrap();
+        place_web_on_h1(&dir);
         let fleet = Fleet::new([
             ("h1", running(Vec::new(), vec![log_line(1, "a")])),
             ("h2", down()),
@@ -889,5 +910,21 @@ mod tests {
         assert!(error.to_string().contains("h2"), "{error}");
         // The host that answered was still told to stop.
         assert_eq!(fleet.calls_to("stop"), ["h1 stop"]);
+    }
+
+    /// Stopping one service asks only the hosts it runs on; a service the
+    /// environment lacks is refused, as `logs` and `exec` refuse it.
+    #[test]
+    fn stopping_a_service_asks_only_its_hosts_and_an_unknown_one_is_refused() {
+        let (dir, project) = project(&["h1", "h2"], 1);
+        place_web_on_h1(&dir);
+        let fleet = Fleet::new([("h1", serving(ServiceState::Running, "r2")), ("h2", down())]);
+        let connect = |spec: &HostSpec| fleet.connect(spec);
+        act(&project, "prod", Action::Stop, Some("web"), &connect).unwrap();
+        assert_eq!(fleet.calls_to("stop"), ["h1 stop"]);
+        let error = act(&project, "prod", Action::Restart, Some("wbe"), &connect).unwrap_err();
+        assert_eq!(error.code(), "env.service_unknown", "{error}");
+        assert_eq!(error.hint().as_deref(), Some("its services are: web"));
+        assert!(fleet.calls_to("restart").is_empty());
     }
 }

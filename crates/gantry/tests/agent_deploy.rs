@@ -297,9 +297,12 @@ fn stop_stops_one_service_or_all_of_them() {
     assert!(web.iter().all(|pid| alive(*pid)), "web untouched");
     assert_web_answers(service(&stopped, "web"), "1");
 
+    // Refused as `exec` and `logs` refuse it, naming the services there are.
     let unknown = p.gantry(&["stop", "nosuch", "--output", "json"]);
-    unknown.expect_code(3);
-    assert_eq!(unknown.json()["error"]["code"], "service.not_found");
+    unknown.expect_code(4);
+    let error = &unknown.json()["error"];
+    assert_eq!(error["code"], "env.service_unknown", "{error}");
+    assert_eq!(error["hint"], "its services are: web, worker", "{error}");
 
     let all = json(&p, &["stop"]);
     for name in ["web", "worker"] {
