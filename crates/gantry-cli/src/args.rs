@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::NonEmptyStringValueParser;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 const EXAMPLES: &str = "\
@@ -385,6 +386,7 @@ pub enum ReleasesAction {
     /// Show one release: its phases, timings, outcome and services
     Show {
         /// The release's id (r3) or number (3)
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
         id: String,
     },
 }
@@ -393,7 +395,7 @@ pub enum ReleasesAction {
 pub struct RollbackArgs {
     /// The deployment to go back to (its id or the start of it); where the
     /// hosts keep no deployments, a release (id like r2)
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
     pub to: Option<String>,
 }
 
@@ -742,6 +744,7 @@ pub enum BackupAction {
     Restore {
         service: String,
         /// The backup's id, as `gantry backup list` shows it
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
         id: String,
     },
     /// Download a backup to this machine, checked against its sha256
@@ -749,6 +752,7 @@ pub enum BackupAction {
     /// Example: gantry backup pull -e prod db 20261206T030000Z --to db.pgdump
     Pull {
         service: String,
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
         id: String,
         /// Where to write it (default: ./SERVICE-ID.EXT)
         #[arg(long, value_name = "PATH")]

@@ -206,6 +206,18 @@ fn usage_errors_exit_2_and_follow_the_requested_format() {
     run.expect_code(2);
     assert!(run.stdout.is_empty());
     assert!(run.stderr.contains("kubernetes"), "{}", run.stderr);
+
+    // An empty id is a usage error, before any agent is asked (it matched
+    // every deployment as a prefix, or reached the agent as no path at all).
+    for args in [
+        &["releases", "show", ""][..],
+        &["rollback", "--to", ""],
+        &["backup", "pull", "web", ""],
+    ] {
+        let run = p.gantry(&[args, &["--output", "json"]].concat());
+        run.expect_code(2);
+        assert_eq!(error_of(&run)["code"], "usage", "{args:?}");
+    }
 }
 
 #[test]
