@@ -42,7 +42,15 @@ pub fn starter(name: &str) -> String {
     TEMPLATE.replace("{{name}}", name)
 }
 
+/// Writes the starter file in `dir`; `dir` may name the file itself
+/// (`gantry init app/gantry.toml`).
 pub fn init(dir: &Path, name: Option<&str>, force: bool) -> Result<InitReport, Error> {
+    let dir = match dir.parent() {
+        Some(parent) if dir.file_name() == Some(config::FILE_NAME.as_ref()) && !dir.is_dir() => {
+            parent
+        }
+        _ => dir,
+    };
     let path = dir.join(config::FILE_NAME);
     if path.exists() && !force {
         return Err(Error::InitExists { path });
@@ -63,6 +71,18 @@ pub fn init(dir: &Path, name: Option<&str>, force: bool) -> Result<InitReport, E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Named as the file itself, the starter goes there, and one already
+    /// there is refused as in its directory (`init.exists`), not an I/O error.
+    #[test]
+    fn init_may_name_the_file_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("gantry.toml");
+        let made = init(&file, Some("shop"), false).expect("written");
+        assert_eq!(made.file, file);
+        let again = init(&file, None, false).expect_err("it exists");
+        assert_eq!(again.code(), "init.exists", "{again}");
+    }
 
     #[test]
     fn names_come_from_the_directory() {
