@@ -62,6 +62,14 @@ impl Local {
 impl Transport for Local {
     fn error(&self, host: &str, error: ClientError) -> HostError {
         match error {
+            ClientError::Connect(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let socket = socket(&self.state_dir);
+                HostError::Unreachable {
+                    host: host.to_owned(),
+                    message: format!("no agent runs here ({} does not exist)", socket.display()),
+                    hint: "`gantry deploy` starts it, as does `gantry agent`".to_owned(),
+                }
+            }
             ClientError::Connect(e) => self.unreachable(host, e.to_string()),
             other => self.unreachable(host, format!("the connection broke: {other}")),
         }

@@ -13,6 +13,13 @@ fn host(plan: &Value) -> &Value {
 #[test]
 fn plan_says_unchanged_or_why_a_new_release_and_changes_nothing() {
     let p = hello("plan", "1");
+    // Before any deploy no agent runs here: the plan says so, starting none.
+    let before = json(&p, &["plan"]);
+    assert_eq!(host(&before)["change"], "unknown", "{before:#}");
+    assert!(
+        (host(&before)["error"].as_str()).is_some_and(|e| e.contains("no agent runs here")),
+        "{before:#}"
+    );
     let first = deploy(&p);
     let r1 = first["release"]["id"]
         .as_str()
