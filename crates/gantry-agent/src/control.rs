@@ -58,6 +58,9 @@ pub(crate) async fn restart(
                 .drain_out(std::slice::from_ref(record), timeout)
                 .await;
         }
+        // A stopped instance is started again as a live one would be, and
+        // waited for as one.
+        let stopped = record.state == InstanceState::Stopped;
         let fresh = refreshed(agent, record).await;
         instance::stop(agent, &fresh, timeout, InstanceState::Backoff).await;
         // A restart by hand starts the count afresh, crash history included;
@@ -72,7 +75,7 @@ pub(crate) async fn restart(
             .await;
         // The last one too, so the service serves on all when this returns;
         // one that was failing its checks is not waited for.
-        if live && record.healthy {
+        if (live && record.healthy) || stopped {
             back_in_service(agent, record).await;
         }
     }

@@ -309,6 +309,12 @@ fn stop_stops_one_service_or_all_of_them() {
         assert_eq!(service(&all, name)["state"], "stopped", "{all:#}");
     }
     assert!(web.iter().all(|pid| !alive(*pid)), "web stopped");
+
+    // A restart of a stopped service answers once it serves again.
+    let back = json(&p, &["restart", "web"]);
+    let web = service(&back, "web");
+    assert_eq!(web["state"], "running", "{web:#}");
+    assert_web_answers(web, "1");
 }
 
 #[test]
