@@ -22,9 +22,12 @@ pub struct EnvironmentSummary {
     pub services: usize,
 }
 
-pub fn validate(project: &Project) -> Result<ValidateReport, Error> {
+/// Checks gantry.toml and every environment it declares; `environment`, the
+/// one the command line selects (`-e`, `GANTRY_ENV`), must be one of them.
+pub fn validate(project: &Project, environment: &str) -> Result<ValidateReport, Error> {
     let config = project.load()?;
     crate::deploy::refuse_provider_hosts(&config.file)?;
+    config.environment(environment)?;
     let environments = config
         .environment_names()
         .iter()

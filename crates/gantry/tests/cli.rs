@@ -173,11 +173,13 @@ fn missing_config_and_unknown_environment_are_input_errors() {
             .is_some_and(|h| h.contains("gantry init"))
     );
 
-    let run = project().gantry(&["show", "--env", "prdo", "--output", "json"]);
-    run.expect_code(3);
-    let error = error_of(&run);
-    assert_eq!(error["code"], "config.unknown_environment");
-    assert_eq!(error["hint"], "did you mean `prod`?");
+    for command in ["show", "validate"] {
+        let run = project().gantry(&[command, "--env", "prdo", "--output", "json"]);
+        run.expect_code(3);
+        let error = error_of(&run);
+        assert_eq!(error["code"], "config.unknown_environment", "{command}");
+        assert_eq!(error["hint"], "did you mean `prod`?", "{command}");
+    }
 }
 
 #[test]

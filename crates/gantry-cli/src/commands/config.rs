@@ -8,7 +8,7 @@ use crate::args::{InitArgs, RenderArgs, RenderTarget};
 use crate::text;
 
 pub(super) fn validate(ctx: &Context<'_>) -> Result<(), Failure> {
-    ctx.emit(validate::validate(&ctx.project)?)
+    ctx.emit(validate::validate(&ctx.project, ctx.env)?)
 }
 
 pub(super) fn show(ctx: &Context<'_>) -> Result<(), Failure> {
