@@ -3,8 +3,10 @@
 //! count and its upstream connection until it ends: then the connection goes
 //! back to the pool. It gives up when the upstream stops sending for longer
 //! than the idle timeout. A static site's file streams from disk the same
-//! way, a buffer at a time. (Request bodies go upstream as hyper hands them
-//! over, with nothing added.)
+//! way, a buffer at a time. Each time hyper asks for a frame, the client
+//! has taken the last one: the body tells the connection's `Activity`, so
+//! that a client that stops reading is closed. (Request bodies go upstream
+//! as hyper hands them over, with nothing added.)
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,8 +41,12 @@ enum Kind {
     File(Box<Reading>),
 }
 
-/// How much of a file is read at a time.
-const FILE_CHUNK: usize = 64 * 1024;
+/// The most of a body handed to hyper at once: a file is read this much at
+/// a time, and an upstream's larger frames are cut to it. The clock of a
+/// stalled client (`limits::Activity`) restarts a frame at a time, so a
+/// client that reads slowly but steadily need take only this much per idle
+/// timeout.
+const MAX_FRAME: usize = 64 * 1024;
 
 /// A file (or a part of it, or its compressed form) read as the client
 /// takes it.
@@ -71,8 +77,8 @@ impl Reading {
             self.done = true;
             return Poll::Ready(None);
         }
-        if self.buffer.capacity() < FILE_CHUNK {
-            self.buffer.reserve(FILE_CHUNK);
+        if self.buffer.capacity() < MAX_FRAME {
+            self.buffer.reserve(MAX_FRAME);
         }
         match tokio_util::io::poll_read_buf(self.reader.as_mut(), cx, &mut self.buffer) {
             Poll::Pending => Poll::Pending,
@@ -103,6 +109,9 @@ impl Reading {
 
 struct Streaming {
     inner: Incoming,
+    /// What is left of the upstream's last frame, handed on `MAX_FRAME` at
+    /// a time.
+    rest: Bytes,
     idle: Duration,
     /// Made on the first wait, then reset; `armed` while a wait is timed.
     timer: Option<Pin<Box<Sleep>>>,
@@ -126,7 +135,7 @@ impl Streaming {
 impl Drop for Streaming {
     fn drop(&mut self) {
         // A body hyper never had to read (none, or zero bytes) ended cleanly.
-        if !self.done && self.inner.is_end_stream() {
+        if !self.done && self.is_end_stream() {
             self.finished();
         }
         if !self.done {
@@ -169,6 +178,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(Box::new(Streaming {
                 inner,
+                rest: Bytes::new(),
                 idle,
                 timer: None,
                 armed: false,
@@ -208,8 +218,10 @@ impl ProxyBody {
         }
     }
 
-    /// The body, holding `open` until it is done or dropped.
+    /// The body, holding `open` until it is done or dropped. From here the
+    /// response waits on the client, until hyper asks for a frame.
     pub(crate) fn holding(mut self, open: OpenRequest) -> ProxyBody {
+        open.waiting_on_client(true);
         self.open = Some(open);
         self
     }
@@ -227,7 +239,7 @@ impl Body for ProxyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.kind {
+        let polled = match &mut self.kind {
             Kind::Page(text, exchange) => {
                 let frame = text.take().map(|t| Ok(Frame::data(t)));
                 if frame.is_none() {
@@ -237,13 +249,19 @@ impl Body for ProxyBody {
             }
             Kind::Upstream(streaming) => streaming.poll(cx),
             Kind::File(reading) => reading.poll(cx),
+        };
+        // Asked again, hyper has found room for more: the client took what
+        // it had. A frame handed over now waits on the client in its turn.
+        if let Some(open) = &self.open {
+            open.waiting_on_client(matches!(polled, Poll::Ready(Some(Ok(_)))));
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Page(text, _) => text.is_none(),
-            Kind::Upstream(streaming) => streaming.inner.is_end_stream(),
+            Kind::Upstream(streaming) => streaming.is_end_stream(),
             Kind::File(reading) => reading.done || reading.remaining == Some(0),
         }
     }
@@ -253,7 +271,7 @@ impl Body for ProxyBody {
             Kind::Page(text, _) => {
                 SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
             }
-            Kind::Upstream(streaming) => streaming.inner.size_hint(),
+            Kind::Upstream(streaming) => streaming.size_hint(),
             Kind::File(reading) => reading
                 .remaining
                 .map_or_else(SizeHint::default, SizeHint::with_exact),
@@ -263,10 +281,19 @@ impl Body for ProxyBody {
 
 impl Streaming {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.rest.is_empty() {
+            return Poll::Ready(Some(Ok(self.next_piece())));
+        }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 self.armed = false;
-                Poll::Ready(Some(Ok(frame)))
+                match frame.into_data() {
+                    Ok(data) => {
+                        self.rest = data;
+                        Poll::Ready(Some(Ok(self.next_piece())))
+                    }
+                    Err(trailers) => Poll::Ready(Some(Ok(trailers))),
+                }
             }
             Poll::Ready(Some(Err(error))) => {
                 self.done = true;
@@ -279,6 +306,26 @@ impl Streaming {
             }
             Poll::Pending => self.wait(cx),
         }
+    }
+
+    fn next_piece(&mut self) -> Frame<Bytes> {
+        let size = self.rest.len().min(MAX_FRAME);
+        Frame::data(self.rest.split_to(size))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let inner = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint.set_lower(inner.lower().saturating_add(rest));
+        hint
     }
 
     /// Times how long the upstream has been quiet.

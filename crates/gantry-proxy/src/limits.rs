@@ -5,11 +5,14 @@
 //!
 //! `ConnectionCaps` is asked by the acceptors before a connection reaches a
 //! worker; a connection over a cap is closed at once. `Activity` tells a
-//! connection's task when it has had no request open for the idle timeout.
+//! connection's task when it has had no request open for the idle timeout,
+//! or when a response has waited that long for the client to take a frame
+//! of it: a client that stops reading must not hold an upstream connection
+//! (or an open file) for ever.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,7 +32,10 @@ pub struct ClientLimits {
     /// For the whole header block of an HTTP/1 request.
     pub headers: Duration,
     /// A connection with no request open is closed after this (HTTP/1
-    /// keep-alive and HTTP/2 alike; an HTTP/2 client gets GOAWAY).
+    /// keep-alive and HTTP/2 alike; an HTTP/2 client gets GOAWAY). So is a
+    /// connection one of whose responses the client has taken nothing of
+    /// for this long (HTTP/1: does not read; HTTP/2: gives no window), at
+    /// once: its other HTTP/2 streams end with it.
     pub idle: Duration,
     /// HTTP/2 pings go out after this long without a frame; a ping not
     /// answered within it closes the connection.
@@ -162,45 +168,102 @@ impl Drop for Permit {
 /// The requests open on one client connection, and when the last ended.
 pub(crate) struct Activity {
     since: Instant,
-    open: AtomicUsize,
+    /// Each open request's `OpenRequest::waiting`.
+    open: Mutex<Vec<Arc<AtomicU64>>>,
     /// Milliseconds after `since` at which the connection last went idle.
     idle_from: AtomicU64,
+}
+
+/// An open request's `waiting` while its response does not wait on the
+/// client (for its upstream or its file, or not begun).
+const NOT_WAITING: u64 = u64::MAX;
+
+/// What a connection's idle timer finds (`Activity::check`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// Nothing to do before then.
+    Until(Instant),
+    /// No request open for the idle time: close gracefully.
+    Idle,
+    /// A response has waited the idle time for the client to take a frame:
+    /// close at once, a graceful close would wait for it too.
+    Stalled,
 }
 
 impl Activity {
     pub(crate) fn new() -> Arc<Activity> {
         Arc::new(Activity {
             since: Instant::now(),
-            open: AtomicUsize::new(0),
+            open: Mutex::new(Vec::new()),
             idle_from: AtomicU64::new(0),
         })
     }
 
     /// Marks a request open until the guard is dropped (with its response).
     pub(crate) fn request(self: &Arc<Self>) -> OpenRequest {
-        self.open.fetch_add(1, Ordering::SeqCst);
-        OpenRequest(Arc::clone(self))
+        let waiting = Arc::new(AtomicU64::new(NOT_WAITING));
+        self.lock().push(Arc::clone(&waiting));
+        OpenRequest {
+            activity: Arc::clone(self),
+            waiting,
+        }
     }
 
-    /// When the connection will have been idle for `idle`, if nothing
-    /// changes: `None` while a request is open.
-    pub(crate) fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
-        if self.open.load(Ordering::SeqCst) > 0 {
-            return None;
+    /// Whether the connection has been idle, or a response has waited on
+    /// the client, for `idle` at `now`; if not, when to look again.
+    pub(crate) fn check(&self, idle: Duration, now: Instant) -> Check {
+        let open = self.lock();
+        let (from, ending) = if open.is_empty() {
+            (self.idle_from.load(Ordering::SeqCst), Check::Idle)
+        } else {
+            let oldest = open.iter().map(|w| w.load(Ordering::SeqCst)).min();
+            (oldest.unwrap_or(NOT_WAITING), Check::Stalled)
+        };
+        if from == NOT_WAITING {
+            return Check::Until(now + idle);
         }
-        let from = Duration::from_millis(self.idle_from.load(Ordering::SeqCst));
-        Some(self.since + from + idle)
+        let at = self.since + Duration::from_millis(from) + idle;
+        if at <= now { ending } else { Check::Until(at) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AtomicU64>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_millis()).unwrap_or(NOT_WAITING - 1)
     }
 }
 
 /// One request open on a connection (see `Activity::request`).
-pub(crate) struct OpenRequest(Arc<Activity>);
+pub(crate) struct OpenRequest {
+    activity: Arc<Activity>,
+    /// Milliseconds after the connection's start since which the response
+    /// has waited on the client, or `NOT_WAITING`.
+    waiting: Arc<AtomicU64>,
+}
+
+impl OpenRequest {
+    /// Starts the clock when the response has something the client has not
+    /// taken (the response is handed over, or hyper took a frame of its
+    /// body); stops it when hyper came back for more and there was none yet.
+    pub(crate) fn waiting_on_client(&self, waiting: bool) {
+        let since = if waiting {
+            self.activity.millis()
+        } else {
+            NOT_WAITING
+        };
+        self.waiting.store(since, Ordering::SeqCst);
+    }
+}
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
-        let now = u64::try_from(self.0.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.idle_from.store(now, Ordering::SeqCst);
-        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        let mut open = self.activity.lock();
+        open.retain(|w| !Arc::ptr_eq(w, &self.waiting));
+        self.activity
+            .idle_from
+            .store(self.activity.millis(), Ordering::SeqCst);
     }
 }
 
@@ -235,12 +298,36 @@ mod tests {
         assert!(caps.admit("2001:db8:1:3::1".parse().expect("ip")).is_some());
     }
 
+    const IDLE: Duration = Duration::from_secs(1);
+
     #[test]
     fn a_connection_with_a_request_open_is_not_idle() {
         let activity = Activity::new();
         let open = activity.request();
-        assert_eq!(activity.idle_deadline(Duration::from_secs(1)), None);
+        let later = Instant::now() + 5 * IDLE;
+        assert_eq!(activity.check(IDLE, later), Check::Until(later + IDLE));
         drop(open);
-        assert!(activity.idle_deadline(Duration::from_secs(1)).is_some());
+        assert_eq!(activity.check(IDLE, later), Check::Idle);
+    }
+
+    #[test]
+    fn a_response_the_client_takes_nothing_of_stalls_the_connection() {
+        let activity = Activity::new();
+        let waiting = activity.request();
+        let _elsewhere = activity.request();
+        waiting.waiting_on_client(true);
+        let now = Instant::now();
+        assert!(matches!(activity.check(IDLE, now), Check::Until(at) if at > now));
+        assert_eq!(activity.check(IDLE, now + 2 * IDLE), Check::Stalled);
+    }
+
+    #[test]
+    fn a_response_waiting_on_its_upstream_does_not_stall() {
+        let activity = Activity::new();
+        let open = activity.request();
+        open.waiting_on_client(true);
+        open.waiting_on_client(false);
+        let later = Instant::now() + 5 * IDLE;
+        assert_eq!(activity.check(IDLE, later), Check::Until(later + IDLE));
     }
 }

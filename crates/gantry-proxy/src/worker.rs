@@ -2,11 +2,12 @@
 //! each from its first byte to its close. A connection gets the TLS
 //! handshake first when it came to the HTTPS listener, then its first bytes
 //! are read under a deadline to learn its protocol (`preface`), then hyper
-//! serves it until it ends, the proxy stops or hands off, or it has had no
-//! request open for the idle timeout.
+//! serves it until it ends, the proxy stops or hands off, it has had no
+//! request open for the idle timeout, or a response of it has waited that
+//! long for the client to take anything.
 //!
-//! Must never: keep a connection that sends nothing, or wait on one
-//! connection while serving another.
+//! Must never: keep a connection that sends nothing or takes nothing, or
+//! wait on one connection while serving another.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::forward::{Forwarder, Peer};
 use crate::handoff::HandedOff;
-use crate::limits::{Activity, Permit};
+use crate::limits::{Activity, Check, Permit};
 use crate::preface::{self, Protocol};
 use crate::server::runtime;
 use crate::state::ProxyState;
@@ -171,7 +172,14 @@ async fn serve_client(
 /// Reads the first bytes under their deadline, then serves HTTP on the
 /// connection until it ends, `close` is set, an HTTP/2 connection's proxy
 /// hands off (GOAWAY: its next requests go to the new process), or it has
-/// been idle too long. Closing is graceful: open requests finish.
+/// been idle too long. Closing is graceful: open requests finish, unless
+/// the client stops taking them (`Check::Stalled`), or takes nothing more
+/// for the idle time once they are done.
+///
+/// A stalled connection is dropped, not closed gracefully: its responses'
+/// bodies go with it (HTTP/2 streams are reset), and with them their
+/// upstream connections and files. A WebSocket is not held here: its
+/// tunnel takes the connection from hyper after the 101.
 async fn serve_http<S>(stream: S, peer: Peer, shared: &Shared, mut close: watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -195,20 +203,28 @@ where
     let h2 = protocol == Protocol::Http2;
     let idle = tokio::time::sleep(limits.idle);
     tokio::pin!(idle);
+    let mut closing = false;
     loop {
         tokio::select! {
             _ = connection.as_mut() => return,
-            _ = close.wait_for(|c| *c) => break,
-            _ = handed_off.wait_for(|h| *h), if h2 => break,
-            () = idle.as_mut() => match activity.idle_deadline(limits.idle) {
-                Some(at) if at <= tokio::time::Instant::now() => break,
-                Some(at) => idle.as_mut().reset(at),
-                None => idle.as_mut().reset(tokio::time::Instant::now() + limits.idle),
-            },
+            _ = close.wait_for(|c| *c), if !closing => {}
+            _ = handed_off.wait_for(|h| *h), if h2 && !closing => {}
+            () = idle.as_mut() => {
+                let now = tokio::time::Instant::now();
+                match activity.check(limits.idle, now) {
+                    Check::Until(at) => {
+                        idle.as_mut().reset(at);
+                        continue;
+                    }
+                    // The close gets an idle time of its own to finish.
+                    Check::Idle if !closing => idle.as_mut().reset(now + limits.idle),
+                    Check::Idle | Check::Stalled => return,
+                }
+            }
         }
+        closing = true;
+        connection.as_mut().graceful_shutdown();
     }
-    connection.as_mut().graceful_shutdown();
-    let _ = connection.await;
 }
 
 /// The service of one client connection: the forwarder, and once this

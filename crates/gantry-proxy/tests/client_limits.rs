@@ -1,7 +1,9 @@
 //! What a client may hold of the proxy: a connection that says nothing,
 //! stops inside the HTTP/2 preface, stalls its TLS handshake, says nothing
-//! after it, or sits idle on HTTP/2 is closed by the proxy once its
-//! deadline passes; one address cannot hold more connections than its cap.
+//! after it, sits idle on HTTP/2, or stops taking a response (HTTP/1: never
+//! reads; HTTP/2: gives the stream no window) is closed by the proxy once
+//! its deadline passes, and the upstream's response is let go; one address
+//! cannot hold more connections than its cap.
 //! The deadlines are short here so the tests do not wait; each test only
 //! asks whether the proxy closed the socket before its patience ran out.
 #![allow(clippy::unwrap_used)]
@@ -9,14 +11,25 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use gantry_proxy::{ClientLimits, ProxyConfig, Route, RouteTable, Tls};
-use hyper::{Request, StatusCode, Version};
+use bytes::Bytes;
+use gantry_proxy::{ClientLimits, ProxyConfig, Route, RouteTable, StaticSite, Tls};
+use http_body_util::BodyExt as _;
+use hyper::body::{Frame, SizeHint};
+use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
-use support::{PATIENCE, TestProxy, client, closed_by_proxy, echo_upstream, empty, tls_connect};
+use support::{
+    PATIENCE, TestProxy, client, closed_by_proxy, echo_upstream, empty, eventually, tls_connect,
+    upstream,
+};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
@@ -167,4 +180,187 @@ async fn one_address_cannot_hold_more_than_its_cap_of_connections() {
         assert!(tokio::time::Instant::now() < deadline, "no place was freed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The idle limit of the tests of stalled responses: closing happens within
+/// a few of these, well inside `PATIENCE` (ten of them).
+const IDLE: Duration = Duration::from_secs(1);
+
+/// A response of `left` bytes made a chunk at a time as the proxy reads it.
+/// `released` is set when the upstream lets it go: it was sent, or the
+/// proxy closed their connection.
+struct Large {
+    left: u64,
+    released: Arc<AtomicBool>,
+}
+
+/// Far more than the sockets' buffers and the proxy's hold.
+const LARGE: u64 = 64 << 20;
+static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+
+impl hyper::body::Body for Large {
+    type Data = Bytes;
+    type Error = support::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let size = self.left.min(CHUNK.len() as u64);
+        self.left -= size;
+        let chunk = Bytes::from_static(&CHUNK[..usize::try_from(size).unwrap()]);
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
+impl Drop for Large {
+    fn drop(&mut self) {
+        self.released.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A proxy with a one-second idle limit in front of an upstream that
+/// answers `large.test` with `size` bytes; and the flag of that answer.
+async fn proxy_to_a_response_of(size: u64) -> (TestProxy, Arc<AtomicBool>) {
+    let released = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&released);
+    let web = upstream("large", move |_request| {
+        let released = Arc::clone(&flag);
+        async move {
+            let body = Large {
+                left: size,
+                released,
+            };
+            Ok(Response::new(body.boxed()))
+        }
+    })
+    .await;
+    let proxy = TestProxy::start_with(tempfile::tempdir().unwrap(), |config| {
+        config.clients.idle = IDLE;
+    });
+    proxy
+        .put_routes(&RouteTable {
+            routes: vec![Route::new("large", vec![web.addr]).hosts(["large.test"])],
+        })
+        .await;
+    (proxy, released)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_that_stops_reading_a_response_is_closed_and_the_upstream_let_go() {
+    let (proxy, released) = proxy_to_a_response_of(LARGE).await;
+    let mut stalled = TcpStream::connect(proxy.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /video HTTP/1.1\r\nHost: large.test\r\n\r\n")
+        .await
+        .unwrap();
+    // Nothing is read: the buffers on the way fill and the response stops.
+    eventually("the proxy to let the upstream's response go", || {
+        released.load(Ordering::SeqCst)
+    })
+    .await;
+    assert!(closed_by_proxy(&mut stalled).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_stream_given_no_window_is_closed_and_the_upstream_let_go() {
+    let (proxy, released) = proxy_to_a_response_of(LARGE).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE 0, and the body is never read, so no
+    // WINDOW_UPDATE ever opens it.
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = Request::get("http://large.test/video")
+        .version(Version::HTTP_2)
+        .body(empty())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    eventually("the proxy to let the upstream's response go", || {
+        released.load(Ordering::SeqCst)
+    })
+    .await;
+    let ended = tokio::time::timeout(PATIENCE, connection).await;
+    assert!(ended.is_ok(), "the proxy kept the stalled h2c connection");
+    // Held, unread, until here.
+    drop(response);
+}
+
+/// Whether this process, which the proxy runs in, has `path` open.
+fn held_open(path: &Path) -> bool {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_that_stops_reading_a_file_is_closed_and_the_file_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let video = root.join("video.bin");
+    std::fs::File::create(&video)
+        .unwrap()
+        .set_len(LARGE)
+        .unwrap();
+    let proxy = TestProxy::start_with(tempfile::tempdir().unwrap(), |config| {
+        config.clients.idle = IDLE;
+    });
+    proxy
+        .put_routes(&RouteTable {
+            routes: vec![Route::site("site", StaticSite::new(&root)).hosts(["site.test"])],
+        })
+        .await;
+    let mut stalled = TcpStream::connect(proxy.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /video.bin HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the proxy to open the file", || held_open(&video)).await;
+    eventually("the proxy to close the file", || !held_open(&video)).await;
+    assert!(closed_by_proxy(&mut stalled).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_client_that_reads_slowly_but_steadily_gets_the_whole_response() {
+    const SIZE: u64 = 1 << 20;
+    // 256 KiB per idle limit: the response takes four. A 64 KiB frame is
+    // taken in a quarter of one; an upstream's frame as hyper reads it (up
+    // to about 400 KiB) would take more than one if handed on whole.
+    const BYTES_PER_SECOND: f64 = (256 * 1024) as f64;
+    let (proxy, _released) = proxy_to_a_response_of(SIZE).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    // A small window, opened again only as the body is read.
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(16 * 1024)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("http://large.test/video")
+        .version(Version::HTTP_2)
+        .body(empty())
+        .unwrap();
+    let mut body = sender.send_request(request).await.unwrap().into_body();
+    let started = tokio::time::Instant::now();
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("the response is not cut short");
+        read += frame.data_ref().map_or(0, Bytes::len);
+        // Reading at a set pace, not waiting for anything.
+        let due = Duration::from_secs_f64(read as f64 / BYTES_PER_SECOND);
+        tokio::time::sleep_until(started + due).await;
+    }
+    assert_eq!(read as u64, SIZE);
 }

@@ -1,6 +1,7 @@
 //! What a forwarded request carries and how each protocol passes: the
 //! X-Forwarded-* and X-Request-Id headers, HTTP/2 from the client, a
-//! WebSocket echo, and the timeout for an upstream that does not answer.
+//! WebSocket echo (which the client idle limit leaves alone), and the
+//! timeout for an upstream that does not answer.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -163,6 +164,29 @@ async fn websocket_echo_upstream() -> support::Upstream {
         },
     )
     .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_websocket_outlives_the_client_idle_limit() {
+    const IDLE: Duration = Duration::from_millis(300);
+    let ws = websocket_echo_upstream().await;
+    let proxy = TestProxy::start_with(tempfile::tempdir().unwrap(), |config| {
+        config.clients.idle = IDLE;
+    });
+    proxy
+        .put_routes(&RouteTable {
+            routes: vec![Route::new("chat", vec![ws.addr]).hosts(["chat.test"])],
+        })
+        .await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async("ws://chat.test/live", stream)
+        .await
+        .unwrap();
+    // Nothing either way for several idle limits: the quiet is the test.
+    tokio::time::sleep(4 * IDLE).await;
+    socket.send(Message::text("still here")).await.unwrap();
+    let echoed = socket.next().await.unwrap().unwrap();
+    assert_eq!(echoed, Message::text("still here"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
