@@ -5,6 +5,11 @@
 //! stays bounded whatever the size. Files are 0600 in 0700 directories:
 //! no other local user reads them. Nothing here knows what an item is.
 //!
+//! A temporary file never outlives its upload: it goes however the upload
+//! ends (refused, failed, or its future dropped when the request runs out
+//! of time or the hub stops), unless it was renamed into place. What a
+//! killed hub left behind is swept by [`BlobDir::sweep_abandoned`].
+//!
 //! Files on disk rather than in the database (bytea on PostgreSQL): both
 //! backends share one code path and its tests, a 25 MB file never sits
 //! whole in memory (the blocking PostgreSQL client reads a bytea whole),
@@ -12,13 +17,21 @@
 //! one PostgreSQL database need one shared attachments directory.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use gantry_core::artifact::hex;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
+use tempfile::TempPath;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::HubError;
+
+/// How long an upload's temporary file may lie untouched before it counts
+/// as abandoned: far longer than a request may take (the hub reads a body
+/// within its request timeout), so an upload in flight on another hub
+/// sharing the directory is never taken for one.
+const ABANDONED: Duration = Duration::from_secs(3600);
 
 /// A stored file's name and size.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,20 +72,12 @@ impl BlobDir {
         create_private_dir(&self.root).await?;
         let tmp_dir = self.root.join("tmp");
         create_private_dir(&tmp_dir).await?;
-        let tmp = tmp_dir.join(format!("upload-{}", hex(&rand::random::<[u8; 12]>())));
-        let written = write(&tmp, body, limit).await;
-        let blob = match written {
-            Ok(blob) => blob,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e);
-            }
-        };
+        let (file, mut tmp) = new_upload(tmp_dir).await?;
+        let blob = write(file, &tmp, body, limit).await?;
         let Some(path) = self.path(&blob.sha256) else {
             return Err(HubError::Internal("a digest is not hex".to_owned()));
         };
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-            let _ = tokio::fs::remove_file(&tmp).await;
             return Ok(blob);
         }
         if let Some(parent) = path.parent() {
@@ -82,7 +87,40 @@ impl BlobDir {
             "store an attachment in {}",
             self.root.display()
         )))?;
+        // In place: nothing is left for the guard to remove.
+        tmp.disable_cleanup(true);
         Ok(blob)
+    }
+
+    /// Removes the temporary files of uploads abandoned by a hub that was
+    /// killed mid-way: those untouched for [`ABANDONED`].
+    pub async fn sweep_abandoned(&self) -> Result<(), HubError> {
+        let tmp_dir = self.root.join("tmp");
+        let mut entries = match tokio::fs::read_dir(&tmp_dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(format!("read {}", tmp_dir.display()))(e)),
+        };
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(io(format!("read {}", tmp_dir.display())))?
+        {
+            let upload = entry.file_name().to_string_lossy().starts_with("upload-");
+            let idle = match entry.metadata().await {
+                Ok(metadata) => metadata.modified().ok().and_then(|t| t.elapsed().ok()),
+                Err(_) => None,
+            };
+            if upload && idle.is_some_and(|idle| idle > ABANDONED) {
+                match tokio::fs::remove_file(entry.path()).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io(format!("remove {}", entry.path().display()))(e));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The gate uploads hold shared and removals alone.
@@ -139,16 +177,31 @@ async fn create_private_dir(dir: &Path) -> Result<(), HubError> {
     Ok(())
 }
 
-/// Writes `body` to `tmp`, a new file only its owner may read (never a
-/// leftover or a planted link), hashing it; refuses more than `limit` bytes.
-async fn write(tmp: &Path, body: axum::body::Body, limit: u64) -> Result<Blob, HubError> {
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)
-        .await
-        .map_err(io(format!("create {}", tmp.display())))?;
+/// A new temporary file in `dir` only its owner may read (never a leftover
+/// or a planted link), and the guard that removes it when dropped.
+async fn new_upload(dir: PathBuf) -> Result<(tokio::fs::File, TempPath), HubError> {
+    let what = format!("create an upload in {}", dir.display());
+    let created = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::PermissionsExt as _;
+        tempfile::Builder::new()
+            .prefix("upload-")
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(&dir)
+    })
+    .await
+    .map_err(|e| HubError::Internal(format!("an upload's task failed: {e}")))?;
+    let (file, path) = created.map_err(io(what))?.into_parts();
+    Ok((tokio::fs::File::from_std(file), path))
+}
+
+/// Writes `body` to `file` (at `tmp`), hashing it; refuses more than
+/// `limit` bytes.
+async fn write(
+    mut file: tokio::fs::File,
+    tmp: &Path,
+    body: axum::body::Body,
+    limit: u64,
+) -> Result<Blob, HubError> {
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut body = body;

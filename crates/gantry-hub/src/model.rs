@@ -432,4 +432,9 @@ pub struct AuditEntry {
     /// `ok`, or why an authentication was refused.
     pub outcome: String,
     pub client: Option<String>,
+    /// How many times it happened: 1, but for refusals anyone can repeat
+    /// (refused keys and sessions, forged webhooks), written at most once
+    /// a minute per kind and client with the number refused since the row
+    /// before.
+    pub count: i64,
 }

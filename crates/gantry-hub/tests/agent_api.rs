@@ -20,6 +20,7 @@ on_both_databases!(
     an_edit_changes_the_named_fields_and_logs_each,
     full_text_search_finds_words_in_titles_and_descriptions,
     the_audit_log_records_changes_and_refused_keys,
+    refused_keys_in_a_row_are_audited_once_with_their_count,
     sub_tasks_roll_up_and_planning_fields_are_checked,
     links_show_from_both_sides_and_can_be_removed,
     items_aim_at_a_products_milestones,
@@ -841,6 +842,44 @@ async fn the_audit_log_records_changes_and_refused_keys(db: Db) {
     assert_eq!(
         created["client"], "127.0.0.1",
         "the client's address is kept"
+    );
+}
+
+async fn refused_keys_in_a_row_are_audited_once_with_their_count(db: Db) {
+    let mut hub = Hub::start(db).await;
+    let admin = hub.client(&hub.key("admin", Permission::Admin, None).await);
+    for n in 0..30 {
+        let forged = format!("ghk_{n:016x}_{}", "cd".repeat(32));
+        let refused = hub.client(&forged).get("/api/agent/items").await;
+        assert_eq!(refused.status, 401, "{}", refused.text);
+    }
+    // (target, client, count) of the refusals, newest first.
+    let refusals = |log: &[Value]| -> Vec<(Value, Value, Value)> {
+        log.iter()
+            .filter(|e| e["action"] == "auth.key" && e["outcome"] == "unknown")
+            .map(|e| (e["target"].clone(), e["client"].clone(), e["count"].clone()))
+            .collect()
+    };
+    let log = admin.get("/api/admin/audit?limit=100").await.json();
+    assert_eq!(
+        refusals(log.as_array().unwrap()),
+        [(json!("ghk_0000000000000000"), json!("127.0.0.1"), json!(1))],
+        "the first is written at once, the others only counted: {log}"
+    );
+
+    hub.stop().await;
+    let store = hub.store.clone();
+    let log = tokio::task::spawn_blocking(move || store.audit_log(None, 100).unwrap())
+        .await
+        .unwrap();
+    let log = serde_json::to_value(log).unwrap();
+    assert_eq!(
+        refusals(log.as_array().unwrap()),
+        [
+            (Value::Null, json!("127.0.0.1"), json!(29)),
+            (json!("ghk_0000000000000000"), json!("127.0.0.1"), json!(1)),
+        ],
+        "the count is written when the hub stops, if not in the minute after: {log}"
     );
 }
 

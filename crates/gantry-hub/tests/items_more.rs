@@ -7,7 +7,7 @@ mod support;
 
 use gantry_hub::model::Permission;
 use serde_json::{Value, json};
-use support::{Db, Hub};
+use support::{Db, Hub, eventually};
 
 on_both_databases!(
     authors_edit_and_delete_their_own_comments_and_others_cannot,
@@ -18,6 +18,9 @@ on_both_databases!(
     attachments_are_stored_once_and_downloaded_as_files,
     attachment_files_are_private_to_the_hub,
     attachments_are_deleted_by_their_uploader_or_an_admin_within_a_quota,
+    an_upload_cut_off_mid_body_leaves_no_temporary_file,
+    an_upload_out_of_time_leaves_no_temporary_file,
+    abandoned_uploads_are_swept_when_a_hub_starts,
     saved_views_keep_a_filter_and_sort_per_owner_or_product,
     a_bulk_change_moves_every_item_or_none,
     exports_stream_the_filtered_list_as_csv_and_json,
@@ -561,6 +564,88 @@ async fn attachments_are_deleted_by_their_uploader_or_an_admin_within_a_quota(db
         doc["paths"]["/api/agent/items/{id}/attachments/{attachment}"]["delete"].is_object(),
         "the document has the delete"
     );
+}
+
+/// The upload scratch space's files.
+fn uploads_in(files: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(files.join("tmp"))
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Starts uploading 1 MiB to a new item, sends the head and 64 KiB, and
+/// waits until the hub is writing it to a temporary file; the rest never
+/// comes. The connection stays open while the stream lives.
+async fn start_upload(hub: &Hub) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let key = hub.key("agent", Permission::Write, None).await;
+    let item = hub
+        .client(&key)
+        .create(&json!({"product": "SHOP", "type": "bug", "title": "Big log"}))
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let head = format!(
+        "POST /api/agent/items/{}/attachments?name=big.log HTTP/1.1\r\nHost: hub\r\n\
+         Authorization: Bearer {key}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\n\r\n",
+        item["id"],
+        1024 * 1024
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[7u8; 64 * 1024]).await.unwrap();
+    eventually("the upload's temporary file", || async {
+        (!uploads_in(&hub.files).is_empty()).then_some(())
+    })
+    .await;
+    stream
+}
+
+async fn an_upload_cut_off_mid_body_leaves_no_temporary_file(db: Db) {
+    let hub = Hub::start(db).await;
+    drop(start_upload(&hub).await);
+    eventually("the cut-off upload's file to go", || async {
+        uploads_in(&hub.files).is_empty().then_some(())
+    })
+    .await;
+    assert!(stored_files(&hub.files).is_empty(), "nothing was stored");
+}
+
+async fn an_upload_out_of_time_leaves_no_temporary_file(db: Db) {
+    let limits = gantry_hub::Limits {
+        request_timeout: std::time::Duration::from_secs(1),
+        ..gantry_hub::Limits::default()
+    };
+    let hub = Hub::with_limits(db, limits).await;
+    let _stalled = start_upload(&hub).await;
+    eventually("the stalled upload's file to go", || async {
+        uploads_in(&hub.files).is_empty().then_some(())
+    })
+    .await;
+}
+
+async fn abandoned_uploads_are_swept_when_a_hub_starts(db: Db) {
+    let hub = Hub::start(db).await;
+    let tmp = hub.files.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    // Left by a hub killed mid-upload two hours ago.
+    let abandoned = tmp.join("upload-abandoned");
+    std::fs::write(&abandoned, b"half a file").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&abandoned)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600))
+        .unwrap();
+    // In flight on another hub sharing the directory.
+    let in_flight = tmp.join("upload-in-flight");
+    std::fs::write(&in_flight, b"the first part").unwrap();
+
+    let _restarted = Hub::serve(hub.store.clone(), hub.location.clone(), hub.files.clone()).await;
+    eventually("the abandoned upload to be swept", || async {
+        (!abandoned.exists()).then_some(())
+    })
+    .await;
+    assert!(in_flight.exists(), "an upload in flight is left alone");
 }
 
 async fn saved_views_keep_a_filter_and_sort_per_owner_or_product(db: Db) {

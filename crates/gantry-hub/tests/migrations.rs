@@ -134,6 +134,7 @@ async fn plain_text_secrets_are_sealed_and_still_work(location: Location, dir: s
                        SELECT id, 'https://example.com/hook', 'standard', 'item.created', 'whsec_plain', 0
                        FROM products WHERE key = 'SHOP';
                      DROP INDEX sessions_expires;
+                     ALTER TABLE audit DROP COLUMN count;
                      DELETE FROM hub_schema WHERE version >= 10;"
                 ),
             );
@@ -275,7 +276,8 @@ async fn the_form_key_is_sealed_and_an_older_hubs_tokens_still_check(
                 &location,
                 &format!(
                     "UPDATE hub_secrets SET value = '{PLAIN_FORM_KEY}' WHERE name = 'form';
-                     DELETE FROM hub_schema WHERE version = 11;"
+                     ALTER TABLE audit DROP COLUMN count;
+                     DELETE FROM hub_schema WHERE version >= 11;"
                 ),
             );
             Store::open_in(&location, &dir).unwrap()

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use gantry_hub::model::{Permission, Role};
 use gantry_hub::{Background, KeySpec, Limits, forge_signature, standard_signature_matches};
 use serde_json::{Value, json};
-use support::{Answer, Client, Db, Hub};
+use support::{Answer, Client, Db, Hub, eventually};
 
 on_both_databases!(
     github_pull_requests_link_start_and_finish_their_item,
@@ -33,24 +33,6 @@ fn fast(allow_internal: bool) -> Background {
         allow_internal_targets: allow_internal,
         poll: Duration::from_millis(20),
         ..Background::default()
-    }
-}
-
-/// Polls `check` until it gives a value, for up to 20 s.
-async fn eventually<T, F: Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -99,18 +99,9 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     let worker = tokio::spawn(delivery::run(store.clone(), background));
     let rates = Arc::new(limit::RateLimits::new(&limits));
-    let sweeper = {
-        let rates = rates.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                rates.forget_idle();
-            }
-        })
-    };
+    let sweeper = tokio::spawn(housekeeping(store.clone(), rates.clone()));
     let state = AppState {
-        store,
+        store: store.clone(),
         limits,
         rates,
         background,
@@ -119,7 +110,33 @@ pub async fn serve_with(
     let served = accept(listener, app, limits, shutdown).await;
     sweeper.abort();
     worker.abort();
+    // The refusals counted but not yet written, before they are lost.
+    let _ = tokio::task::spawn_blocking(move || audit_counted_refusals(&store, true)).await;
     served
+}
+
+/// Every minute from the start: forgets idle addresses' rate limits,
+/// writes the refusals counted for the audit log, and removes uploads a
+/// killed hub abandoned.
+async fn housekeeping(store: Arc<Store>, rates: Arc<limit::RateLimits>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        rates.forget_idle();
+        let counted = store.clone();
+        let _ = tokio::task::spawn_blocking(move || audit_counted_refusals(&counted, false)).await;
+        if let Ok(blobs) = store.blobs()
+            && let Err(e) = blobs.sweep_abandoned().await
+        {
+            tracing::warn!("cannot sweep abandoned uploads: {e}");
+        }
+    }
+}
+
+fn audit_counted_refusals(store: &Store, all: bool) {
+    if let Err(e) = store.audit_counted_refusals(all) {
+        tracing::warn!("cannot write the refusals counted to the audit log: {e}");
+    }
 }
 
 /// How long open requests may finish after the hub is asked to stop.

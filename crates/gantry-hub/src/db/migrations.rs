@@ -97,6 +97,12 @@ const MIGRATIONS: &[Migration] = &[
         only: &[],
         code: Some(seal_form_key),
     },
+    Migration {
+        name: "audit rows counting repeated refusals",
+        both: include_str!("migrations/012_audit_counts.sql"),
+        only: &[],
+        code: None,
+    },
 ];
 
 /// Migration 010: seals the TOTP, subscription and forge secrets that

@@ -1,5 +1,11 @@
 //! Who did what: the audit log of every mutation and authentication event,
 //! and idempotency keys, which make a retried POST answer as the first did.
+//! Refusals anyone can cause at will are counted rather than written one
+//! row each ([`Refusals`]).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use gantry_core::artifact::hex;
 use sha2::{Digest, Sha256};
@@ -8,6 +14,7 @@ use crate::clock;
 use crate::db::{Sql, Value};
 use crate::error::HubError;
 use crate::model::AuditEntry;
+use crate::store::Store;
 
 /// Who makes a change: an API key (by its name), a user, or the CLI on the
 /// hub's host.
@@ -50,7 +57,153 @@ pub fn record(
     Ok(())
 }
 
-impl crate::store::Store {
+/// How often one kind of refusal from one client is written to the audit
+/// log; the ones between are counted.
+const REFUSALS_EVERY: Duration = Duration::from_secs(60);
+
+/// A refusal anyone can cause at will, as fast as the rate limits allow: a
+/// wrong API key, an unknown session, a forged webhook delivery.
+pub struct Refusal<'a> {
+    pub actor: &'a str,
+    pub action: &'static str,
+    pub target: Option<&'a str>,
+    pub outcome: &'static str,
+    pub client: &'a str,
+}
+
+/// What makes two refusals the same for counting: all but the target,
+/// which the client chooses freely (any key id).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Kind {
+    actor: String,
+    action: &'static str,
+    outcome: &'static str,
+    client: String,
+}
+
+impl Refusal<'_> {
+    fn kind(&self) -> Kind {
+        Kind {
+            actor: self.actor.to_owned(),
+            action: self.action,
+            outcome: self.outcome,
+            client: self.client.to_owned(),
+        }
+    }
+}
+
+/// Refusals written at most once per [`REFUSALS_EVERY`] per kind and
+/// client, so that a flood of them neither grows the audit log nor takes
+/// the database's write lock a request: the first is written at once, the
+/// ones after it only counted, and their count written as one row when
+/// the interval is over (with the next refusal of the kind, or by
+/// [`Store::audit_counted_refusals`]). The rows' counts add up to the
+/// refusals; each request is in the hub's log too.
+#[derive(Default)]
+pub struct Refusals {
+    open: Mutex<HashMap<Kind, Window>>,
+}
+
+struct Window {
+    opened: Instant,
+    /// Refused since, not written yet.
+    counted: i64,
+}
+
+impl Refusals {
+    /// Audits `refusal` in `sql`'s transaction when a row is due, else
+    /// counts it.
+    pub fn record(&self, sql: &mut dyn Sql, refusal: &Refusal<'_>) -> Result<(), HubError> {
+        match self.admit(refusal.kind(), Instant::now()) {
+            Some(count) => write_refusal(sql, refusal, count),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a refusal of `kind` at `now`; the count its row carries when
+    /// one is due: itself and those counted before it and not written.
+    fn admit(&self, kind: Kind, now: Instant) -> Option<i64> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        match open.get_mut(&kind) {
+            Some(window) if now.duration_since(window.opened) < REFUSALS_EVERY => {
+                window.counted += 1;
+                None
+            }
+            _ => {
+                let fresh = Window {
+                    opened: now,
+                    counted: 0,
+                };
+                Some(1 + open.insert(kind, fresh).map_or(0, |over| over.counted))
+            }
+        }
+    }
+
+    /// Forgets the intervals over at `now` (every one, with `all`); the
+    /// counts of those that counted refusals, to be written.
+    fn take_over(&self, now: Instant, all: bool) -> Vec<(Kind, i64)> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counted = Vec::new();
+        open.retain(|kind, window| {
+            let over = all || now.duration_since(window.opened) >= REFUSALS_EVERY;
+            if over && window.counted > 0 {
+                counted.push((kind.clone(), window.counted));
+            }
+            !over
+        });
+        counted
+    }
+}
+
+fn write_refusal(sql: &mut dyn Sql, refusal: &Refusal<'_>, count: i64) -> Result<(), HubError> {
+    sql.execute(
+        "INSERT INTO audit (at, actor, action, target, outcome, client, count) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        &[
+            Value::Int(clock::now()),
+            refusal.actor.into(),
+            refusal.action.into(),
+            refusal.target.into(),
+            refusal.outcome.into(),
+            refusal.client.into(),
+            Value::Int(count),
+        ],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Audits a refusal made before any transaction, opening one only when
+    /// a row is due (see [`Refusals`]).
+    pub(crate) fn audit_refusal(&self, refusal: &Refusal<'_>) -> Result<(), HubError> {
+        match self.refusals.admit(refusal.kind(), Instant::now()) {
+            Some(count) => self.tx(|sql| write_refusal(sql, refusal, count)),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the counts of refusals whose interval is over (of all, when
+    /// the hub stops), one row per kind and client.
+    pub(crate) fn audit_counted_refusals(&self, all: bool) -> Result<(), HubError> {
+        let counted = self.refusals.take_over(Instant::now(), all);
+        if counted.is_empty() {
+            return Ok(());
+        }
+        self.tx(|sql| {
+            for (kind, count) in &counted {
+                let refusal = Refusal {
+                    actor: &kind.actor,
+                    action: kind.action,
+                    target: None,
+                    outcome: kind.outcome,
+                    client: &kind.client,
+                };
+                write_refusal(sql, &refusal, *count)?;
+            }
+            Ok(())
+        })
+    }
+
     /// The newest audit entries before `before` (an entry id), newest first.
     pub fn audit_log(
         &self,
@@ -60,7 +213,7 @@ impl crate::store::Store {
         let limit = limit.clamp(1, crate::store::PAGE_MAX) as i64;
         self.tx(|sql| {
             sql.query(
-                "SELECT id, at, actor, action, target, outcome, client FROM audit \
+                "SELECT id, at, actor, action, target, outcome, client, count FROM audit \
                  WHERE id < ? ORDER BY id DESC LIMIT ?",
                 &[Value::Int(before.unwrap_or(i64::MAX)), Value::Int(limit)],
             )?
@@ -74,6 +227,7 @@ impl crate::store::Store {
                     target: r.opt_text(4)?,
                     outcome: r.text(5)?,
                     client: r.opt_text(6)?,
+                    count: r.int(7)?,
                 })
             })
             .collect()
@@ -150,4 +304,42 @@ pub fn idempotent(
         ],
     )?;
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(client: &str) -> Kind {
+        Kind {
+            actor: "anonymous".to_owned(),
+            action: "auth.key",
+            outcome: "unknown",
+            client: client.to_owned(),
+        }
+    }
+
+    #[test]
+    fn refusals_are_written_once_a_minute_per_kind_and_client_and_counted_between() {
+        let refusals = Refusals::default();
+        let start = Instant::now();
+        let at = |seconds| start + Duration::from_secs(seconds);
+        assert_eq!(refusals.admit(kind("10.0.0.1"), at(0)), Some(1));
+        assert_eq!(refusals.admit(kind("10.0.0.1"), at(1)), None);
+        assert_eq!(refusals.admit(kind("10.0.0.1"), at(59)), None);
+        assert_eq!(refusals.admit(kind("10.0.0.2"), at(1)), Some(1));
+        assert_eq!(
+            refusals.admit(kind("10.0.0.1"), at(60)),
+            Some(3),
+            "the next minute's first carries the two counted"
+        );
+        assert_eq!(refusals.admit(kind("10.0.0.1"), at(61)), None);
+        assert_eq!(
+            refusals.take_over(at(90), false),
+            [],
+            "10.0.0.2's minute is over with nothing counted; 10.0.0.1's is not"
+        );
+        assert_eq!(refusals.take_over(at(120), false), [(kind("10.0.0.1"), 1)]);
+        assert_eq!(refusals.take_over(at(120), true), [], "all forgotten");
+    }
 }

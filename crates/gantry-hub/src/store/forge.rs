@@ -27,9 +27,6 @@ const KEEP: i64 = 100;
 /// are read again: a new secret made by another hub on the same PostgreSQL
 /// database is taken (and the one it replaced refused) within this.
 const KEYS_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
-/// How often a refused delivery is written to the audit log; the others
-/// only to the hub's log.
-const REFUSAL_AUDIT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Each product's id and its forge secret.
 type Secrets = std::sync::Arc<Vec<(i64, String)>>;
@@ -39,7 +36,6 @@ type Secrets = std::sync::Arc<Vec<(i64, String)>>;
 #[derive(Default)]
 pub struct ForgeKeys {
     read: std::sync::Mutex<Option<(std::time::Instant, Secrets)>>,
-    refusal_audited: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl ForgeKeys {
@@ -69,19 +65,6 @@ impl ForgeKeys {
             .read
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-    }
-
-    /// Whether a refusal should be audited now (none was this minute).
-    fn audit_refusal_now(&self) -> bool {
-        let mut last = self
-            .refusal_audited
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_some_and(|at| at.elapsed() < REFUSAL_AUDIT_EVERY) {
-            return false;
-        }
-        *last = Some(std::time::Instant::now());
-        true
     }
 }
 
@@ -162,7 +145,8 @@ impl Store {
     /// delivery id seen before, keeps the delivery and acts on it, all in
     /// one transaction. The secrets come from memory ([`ForgeKeys`]), so a
     /// flood of unsigned or forged deliveries costs HMACs, not database
-    /// locks; a refusal is audited at most once a minute.
+    /// locks; refusals are counted, a row a minute per client at most
+    /// ([`Refusals`](super::audit::Refusals)).
     pub fn receive(&self, incoming: &Incoming<'_>) -> Result<Received, HubError> {
         let forge = incoming.forge.as_str();
         let body = std::str::from_utf8(incoming.body)
@@ -186,24 +170,13 @@ impl Store {
             }
         }
         let Some(product_id) = found else {
-            if self.forge_keys.audit_refusal_now() {
-                self.tx(|sql| {
-                    audit::record(
-                        sql,
-                        forge,
-                        Some(incoming.client),
-                        "webhook.receive",
-                        None,
-                        "bad signature",
-                    )
-                })?;
-            } else {
-                tracing::warn!(
-                    forge,
-                    client = incoming.client,
-                    "a webhook delivery with a bad signature"
-                );
-            }
+            self.audit_refusal(&audit::Refusal {
+                actor: forge,
+                action: "webhook.receive",
+                target: None,
+                outcome: "bad signature",
+                client: incoming.client,
+            })?;
             return Err(HubError::BadSignature {
                 message: format!("the {forge} delivery's signature matches no product's secret"),
             });

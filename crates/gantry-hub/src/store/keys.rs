@@ -14,6 +14,7 @@ use gantry_core::artifact::hex;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::audit::Refusal;
 use super::{Store, audit, one_line, products};
 use crate::clock;
 use crate::db::{DbError, Row, Sql, Value};
@@ -269,21 +270,20 @@ impl Store {
     }
 
     /// Checks a presented key and counts the request. Every outcome goes to
-    /// the audit log, under the key's public id (never its secret).
+    /// the audit log, under the key's public id (never its secret); refusals
+    /// counted, at most a row a minute per kind and client
+    /// ([`Refusals`](super::audit::Refusals)).
     pub fn authenticate(&self, presented: &str, client: &str) -> Result<Authenticated, HubError> {
         let refused = |message: &str| HubError::Unauthorized {
             message: message.to_owned(),
         };
         let Some(public) = public_id(presented) else {
-            self.tx(|sql| {
-                audit::record(
-                    sql,
-                    "anonymous",
-                    Some(client),
-                    "auth.key",
-                    None,
-                    "malformed",
-                )
+            self.audit_refusal(&Refusal {
+                actor: "anonymous",
+                action: "auth.key",
+                target: None,
+                outcome: "malformed",
+                client,
             })?;
             return Err(refused(
                 "the API key is malformed: expected ghk_<16 hex>_<64 hex>",
@@ -297,23 +297,30 @@ impl Store {
                 &[public.into()],
             )?;
             let target = format!("{PREFIX}{public}");
+            let refusal = |actor, outcome| Refusal {
+                actor,
+                action: "auth.key",
+                target: Some(&target),
+                outcome,
+                client,
+            };
             let Some(row) = row else {
-                audit::record(sql, "anonymous", Some(client), "auth.key", Some(&target), "unknown")?;
+                self.refusals.record(sql, &refusal("anonymous", "unknown"))?;
                 return Ok(Err(refused("the API key is not known to this hub")));
             };
             let stored = row.text(5)?;
             let matches: bool = digest(presented).as_bytes().ct_eq(stored.as_bytes()).into();
             if !matches {
-                audit::record(sql, "anonymous", Some(client), "auth.key", Some(&target), "wrong secret")?;
+                self.refusals.record(sql, &refusal("anonymous", "wrong secret"))?;
                 return Ok(Err(refused("the API key is not known to this hub")));
             }
             let name = row.text(1)?;
             if row.opt_int(7)?.is_some() {
-                audit::record(sql, &name, Some(client), "auth.key", Some(&target), "revoked")?;
+                self.refusals.record(sql, &refusal(&name, "revoked"))?;
                 return Ok(Err(refused("the API key was revoked")));
             }
             if !allowed(row.opt_text(8)?.as_deref(), client) {
-                audit::record(sql, &name, Some(client), "auth.key", Some(&target), "address not allowed")?;
+                self.refusals.record(sql, &refusal(&name, "address not allowed"))?;
                 return Ok(Err(HubError::Forbidden {
                     message: format!("key `{name}` may not be used from {client}"),
                 }));

@@ -57,6 +57,8 @@ pub struct Store {
     blobs: Option<BlobDir>,
     /// The forge secrets, checked without a transaction.
     forge_keys: forge::ForgeKeys,
+    /// Refusals counted for the audit log.
+    refusals: audit::Refusals,
     /// Seals the secrets kept in the database.
     seal: SealKey,
 }
@@ -93,6 +95,7 @@ impl Store {
             backend: location.open(&seal)?,
             blobs: Some(BlobDir::new(dir.join("attachments"))),
             forge_keys: forge::ForgeKeys::default(),
+            refusals: audit::Refusals::default(),
             seal,
         })
     }

@@ -19,6 +19,7 @@ use gantry_core::artifact::hex;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::audit::Refusal;
 use super::keys::{digest, random_hex};
 use super::users::{Roles, roles, verify_password};
 use super::{Store, audit};
@@ -276,7 +277,8 @@ impl Store {
     }
 
     /// The user of a session token, if the session is open; its last use
-    /// is moved on. A refused session is in the audit log.
+    /// is moved on. A refused session is counted in the audit log
+    /// ([`Refusals`](super::audit::Refusals)).
     pub fn session(&self, token: &str, client: &str) -> Result<SessionUser, HubError> {
         self.session_at(token, client, clock::now())
     }
@@ -300,7 +302,16 @@ impl Store {
                 &[digest(token).into()],
             )?
             else {
-                audit::record(sql, "anonymous", Some(client), "auth.session", None, "unknown")?;
+                self.refusals.record(
+                    sql,
+                    &Refusal {
+                        actor: "anonymous",
+                        action: "auth.session",
+                        target: None,
+                        outcome: "unknown",
+                        client,
+                    },
+                )?;
                 return Ok(Err(refused("the session is not known to this hub; log in again")));
             };
             let stored = row.text(7)?;
@@ -316,7 +327,14 @@ impl Store {
                 None
             };
             if let Some(why) = why {
-                audit::record(sql, &name, Some(client), "auth.session", Some(&name), why)?;
+                let refusal = Refusal {
+                    actor: &name,
+                    action: "auth.session",
+                    target: Some(&name),
+                    outcome: why,
+                    client,
+                };
+                self.refusals.record(sql, &refusal)?;
                 return Ok(Err(refused(&format!("the session has {why}; log in again"))));
             }
             sql.execute(

@@ -38,6 +38,24 @@ macro_rules! on_both_databases {
     };
 }
 
+/// Polls `check` until it gives a value, for up to 20 s.
+pub async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// What keeps a database alive: a directory or a PostgreSQL server.
 enum Keep {
     Dir(tempfile::TempDir),
@@ -53,6 +71,7 @@ pub struct Hub {
     /// Where the hub keeps attachments' contents.
     pub files: std::path::PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     // Dropped last: the server stops before its database.
     _keep: Keep,
 }
@@ -180,7 +199,7 @@ impl Hub {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(gantry_hub::serve_with(
+        let server = tokio::spawn(gantry_hub::serve_with(
             listener,
             store.clone(),
             limits,
@@ -195,7 +214,18 @@ impl Hub {
             store,
             files,
             stop: Some(stop),
+            server: Some(server),
             _keep: keep,
+        }
+    }
+
+    /// Stops the hub and waits until it has finished; its database stays.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
         }
     }
 
