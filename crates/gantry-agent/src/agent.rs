@@ -158,7 +158,8 @@ impl Agent {
             state_dir: self.paths.root.display().to_string(),
             started_at: self.started_at,
             limits: self.cgroups.mode().to_string(),
-            proxy: self.settings.proxy_listen.map(|a| a.to_string()),
+            proxy: self.proxy.listen().map(|a| a.to_string()),
+            proxy_problem: self.proxy.problem(),
             spec_version: gantry_core::agent_api::v1::SPEC_VERSION,
         }
     }

@@ -86,7 +86,11 @@ pub(crate) async fn restart(
 /// `GET /v1/projects/{project}/status`.
 pub(crate) async fn status(agent: &Agent, project: String) -> Result<Status, AgentError> {
     let services = status::services(agent, &project, status::ContainerMemory::Sampled).await?;
-    Ok(Status { project, services })
+    Ok(Status {
+        project,
+        services,
+        proxy_problem: agent.proxy.problem(),
+    })
 }
 
 /// The instances of the selected services' current releases.

@@ -48,6 +48,9 @@ pub struct Proxy {
     https: Option<SocketAddr>,
     socket: PathBuf,
     up: AtomicBool,
+    /// Why the last start left the host without a proxy, for status and
+    /// `gantry test` (the log has it too).
+    problem: Mutex<Option<String>>,
     /// The process when this agent started it (so it can be reaped).
     child: Mutex<Option<std::process::Child>>,
     /// One table update at a time, so an older table never lands last.
@@ -85,6 +88,7 @@ impl Proxy {
             https,
             socket: gantry_proxy::ProxyDir::new(paths.proxy()).control_socket(),
             up: AtomicBool::new(false),
+            problem: Mutex::new(None),
             child: Mutex::new(None),
             updating: tokio::sync::Mutex::new(()),
             exe,
@@ -103,6 +107,20 @@ impl Proxy {
         self.https.filter(|_| self.up.load(Ordering::SeqCst))
     }
 
+    /// Why the proxy this agent was told to run does not run, if it does not.
+    pub fn problem(&self) -> Option<String> {
+        (self.problem.lock())
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Leaves the host without a proxy, saying why in the log and to status.
+    fn without(&self, why: String) {
+        tracing::warn!(log = %self.paths.proxy_log().display(), "{why}; running without a proxy");
+        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(format!("{why} (see {})", self.paths.proxy_log().display()));
+    }
+
     fn child(&self) -> std::sync::MutexGuard<'_, Option<std::process::Child>> {
         self.child
             .lock()
@@ -117,6 +135,7 @@ impl Proxy {
         };
         if let Some(running) = health(&self.socket).await {
             self.up.store(true, Ordering::SeqCst);
+            *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = None;
             let ours = gantry_proxy::running_binary();
             if !running.binary.is_empty() && !ours.is_empty() && running.binary != ours {
                 tracing::info!(
@@ -136,7 +155,7 @@ impl Proxy {
         let child = match self.spawn(listen, false) {
             Ok(child) => child,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot start the proxy; running without one");
+                self.without(format!("cannot start the proxy: {e}"));
                 return;
             }
         };
@@ -154,19 +173,22 @@ impl Proxy {
                 .and_then(|c| c.try_wait().ok().flatten());
             if let Some(status) = exited {
                 *self.child() = None;
-                tracing::warn!(%listen, %status, log = %self.paths.proxy_log().display(),
-                "the proxy did not start (is the port taken?); running without one");
+                self.without(format!(
+                    "the proxy did not start on {listen} ({status}; is the port taken?)"
+                ));
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(%listen, pid, log = %self.paths.proxy_log().display(),
-                "the proxy did not answer in time; running without one");
+                self.without(format!(
+                    "the proxy (pid {pid}) did not answer on {listen} in time"
+                ));
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         tracing::info!(%listen, pid, "proxy started");
         self.up.store(true, Ordering::SeqCst);
+        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.refresh().await;
     }
 

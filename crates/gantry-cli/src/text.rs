@@ -341,6 +341,11 @@ impl Report for gantry_core::operate::StatusReport {
                 h.error.as_deref().unwrap_or("no answer")
             );
         }
+        for h in &self.hosts {
+            if let Some(problem) = &h.proxy_problem {
+                let _ = writeln!(out, "  host {} runs no proxy: {problem}", h.host);
+            }
+        }
         out
     }
 }

@@ -36,6 +36,9 @@ pub struct AgentInfo {
     /// Where its reverse proxy takes plain HTTP, when it runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
+    /// Why the proxy it was told to run does not run (its port taken, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_problem: Option<String>,
     /// The newest service spec revision it reads ([`v1::SPEC_VERSION`]);
     /// absent from agents before revisions, which read revision 1. A CLI
     /// can tell from it, before any upload, that a deploy needs a newer agent.
@@ -407,6 +410,10 @@ pub struct ServiceStatus {
 pub struct Status {
     pub project: String,
     pub services: Vec<ServiceStatus>,
+    /// Why the proxy this host's agent was told to run does not run: its
+    /// routes answer nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_problem: Option<String>,
 }
 
 /// The answer to a deploy or rollback.

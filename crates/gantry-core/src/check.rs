@@ -101,6 +101,14 @@ pub fn test(
             check(format!("{} healthy", service.name), outcome, detail);
         }
         match &info.proxy {
+            None if info.proxy_problem.is_some() => check(
+                "routes answer".to_owned(),
+                Outcome::Failed,
+                format!(
+                    "the proxy does not run: {}",
+                    info.proxy_problem.as_deref().unwrap_or_default()
+                ),
+            ),
             None => check(
                 "routes answer".to_owned(),
                 Outcome::Warning,

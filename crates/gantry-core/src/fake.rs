@@ -441,6 +441,7 @@ impl Host for FakeHost {
         Ok(Status {
             project: project.to_owned(),
             services: self.script().services.clone(),
+            proxy_problem: None,
         })
     }
 

@@ -134,6 +134,8 @@ pub struct HostState {
     pub reachable: bool,
     pub error: Option<String>,
     pub code: Option<&'static str>,
+    /// Why the host's proxy does not run, when it should.
+    pub proxy_problem: Option<String>,
 }
 
 fn merge(
@@ -156,6 +158,7 @@ fn merge(
                     reachable: true,
                     error: None,
                     code: None,
+                    proxy_problem: status.proxy_problem,
                 });
                 for mut service in status.services {
                     if several {
@@ -189,6 +192,7 @@ fn merge(
                     reachable: false,
                     error: Some(e.to_string()),
                     code: Some(e.code().as_str()),
+                    proxy_problem: None,
                 });
                 first_error.get_or_insert(e);
             }
@@ -200,7 +204,11 @@ fn merge(
     Ok(StatusReport {
         environment: environment.to_owned(),
         host: hosts.first().map_or_else(String::new, |h| h.name.clone()),
-        status: Status { project, services },
+        status: Status {
+            project,
+            services,
+            proxy_problem: None,
+        },
         hosts: states,
     })
 }

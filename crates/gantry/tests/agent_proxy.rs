@@ -202,3 +202,51 @@ fn a_five_second_request_started_before_a_cutover_completes() {
         .expect("the proxy answers");
     assert_eq!((code, version_of(&body)), (200, Some("2")), "{body}");
 }
+
+/// A proxy that cannot start (its port taken by something else) is said
+/// by status, on the host's line, and fails `gantry test`'s route check,
+/// even though whatever holds the port answers there.
+#[test]
+fn a_proxy_that_cannot_start_is_reported_and_fails_gantry_test() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port();
+    // Whatever holds the port answers every connection with a 200.
+    std::thread::spawn(move || {
+        for stream in taken.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        }
+    });
+    let p = hello("noproxy", "1").env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    let report = deploy(&p);
+    assert_eq!(report["release"]["outcome"], "succeeded", "{report:#}");
+
+    let now = status(&p);
+    let problem = now["hosts"][0]["proxy_problem"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        problem.contains("did not start") && problem.contains(&port.to_string()),
+        "{now:#}"
+    );
+    let text = p.gantry(&["status", "--output", "text"]);
+    text.expect_code(0);
+    assert!(text.stdout.contains("runs no proxy"), "{}", text.stdout);
+
+    let checked = p.gantry(&["test", "--output", "json"]);
+    checked.expect_code(6);
+    let error = &checked.json()["error"];
+    assert_eq!(error["code"], "test.failed", "{error:#}");
+    let routes = error["details"]["hosts"][0]["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["check"] == "routes answer"))
+        .unwrap_or_else(|| panic!("a routes check: {error:#}"));
+    assert_eq!(routes["outcome"], "failed", "{routes:#}");
+    assert!(
+        (routes["detail"].as_str()).is_some_and(|d| d.contains("the proxy does not run")),
+        "{routes:#}"
+    );
+}
