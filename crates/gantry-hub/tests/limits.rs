@@ -8,6 +8,37 @@ use gantry_hub::model::{Permission, Role};
 use gantry_hub::{KeySpec, Limits};
 use support::{Db, Hub};
 
+/// Blocking threads in [`stalled_exports_leave_the_hub_answering`]'s
+/// runtime: a busy hub's pool, full, made small.
+const BLOCKING_THREADS: usize = 2;
+
+/// A test on each database, on a runtime of [`BLOCKING_THREADS`].
+macro_rules! on_a_small_blocking_pool {
+    ($name:ident) => {
+        mod $name {
+            fn run(db: super::Db) {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(4)
+                    .max_blocking_threads(super::BLOCKING_THREADS)
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(super::$name(db));
+            }
+
+            #[test]
+            fn on_sqlite() {
+                run(super::Db::Sqlite);
+            }
+
+            #[test]
+            fn on_postgres() {
+                run(super::Db::Postgres);
+            }
+        }
+    };
+}
+
 on_both_databases!(
     a_flooding_address_gets_429_with_retry_after,
     a_key_over_its_own_rate_gets_429,
@@ -15,6 +46,7 @@ on_both_databases!(
     healthz_answers_without_a_key,
     a_client_slow_to_send_its_headers_is_cut_off,
     connections_over_the_cap_are_closed_as_they_come,
+    one_address_cannot_hold_every_connection,
     a_body_that_never_arrives_gets_408,
 );
 
@@ -184,6 +216,47 @@ async fn connections_over_the_cap_are_closed_as_they_come(db: Db) {
     }
 }
 
+/// Sends `GET /healthz` on a new connection until it is answered 200.
+async fn healthz_answers_eventually(hub: &Hub, what: &str) {
+    use tokio::io::AsyncWriteExt;
+    support::eventually(what, || async {
+        let mut probe = tokio::net::TcpStream::connect(hub.addr).await.ok()?;
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let answer = closed_within(&mut probe, std::time::Duration::from_secs(5)).await?;
+        answer.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+}
+
+async fn one_address_cannot_hold_every_connection(db: Db) {
+    let limits = Limits {
+        max_connections_per_address: 3,
+        ..Limits::default()
+    };
+    let hub = Hub::with_limits(db, limits).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(hub.addr).await.unwrap());
+    }
+    // Sooner than the header timeout (10 s) would close it.
+    let mut extra = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let answer = closed_within(&mut extra, std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        answer.as_deref(),
+        Some(""),
+        "the fourth connection from one address is closed unanswered"
+    );
+    for stream in &mut held {
+        let closed = closed_within(stream, std::time::Duration::from_millis(100)).await;
+        assert_eq!(closed, None, "the first three stay open");
+    }
+    held.pop();
+    healthz_answers_eventually(&hub, "a freed slot to serve a request").await;
+}
+
 async fn a_body_that_never_arrives_gets_408(db: Db) {
     use tokio::io::AsyncWriteExt;
     let limits = Limits {
@@ -204,4 +277,50 @@ async fn a_body_that_never_arrives_gets_408(db: Db) {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"hub.timeout\""), "{answer}");
     assert!(!answer.contains(&key), "the key is never echoed");
+}
+
+on_a_small_blocking_pool!(stalled_exports_leave_the_hub_answering);
+
+async fn stalled_exports_leave_the_hub_answering(db: Db) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = Limits {
+        per_key_per_minute: 10_000,
+        ..Limits::default()
+    };
+    let hub = Hub::with_limits(db, limits).await;
+    let key = hub.key("exporter", Permission::Write, None).await;
+    let ann = hub.client(&key);
+    // Pages far larger than the buffers between the hub and a client, so
+    // that one who does not read stops the export.
+    let description = "x".repeat(20_000);
+    for n in 0..600 {
+        ann.create(&serde_json::json!({"product": "SHOP", "type": "task",
+            "title": format!("Item {n}"), "description": description}))
+            .await;
+    }
+    let mut stalled = Vec::new();
+    for _ in 0..BLOCKING_THREADS {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(hub.addr).await.unwrap();
+        let request = format!(
+            "GET /api/agent/export.json HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {key}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // The answer has begun; from here on it is never read.
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        stalled.push(stream);
+    }
+    let health = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        hub.anonymous().get("/healthz"),
+    )
+    .await
+    .expect("the hub answers while exports wait on their clients");
+    assert_eq!(health.status, 200, "{}", health.text);
+    let whole = ann.get("/api/agent/export.json").await;
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.json().as_array().map(Vec::len), Some(600));
 }

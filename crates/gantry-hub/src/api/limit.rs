@@ -28,6 +28,14 @@ pub struct Limits {
     pub request_timeout: std::time::Duration,
     /// Connections open at once; more are closed as they come.
     pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv6 /64
+    /// counts as one); more are closed as they come. Behind Gantry's proxy
+    /// its connections count only to `max_connections`: it caps its own
+    /// clients.
+    pub max_connections_per_address: usize,
+    /// How long an export may wait for its client to read before the hub
+    /// ends it and closes the connection.
+    pub export_stall: std::time::Duration,
     /// Take the client's address from `X-Real-IP` when the peer is on
     /// loopback: set when the hub runs behind Gantry's proxy, which writes
     /// that header itself.
@@ -54,6 +62,8 @@ impl Default for Limits {
             header_timeout: std::time::Duration::from_secs(10),
             request_timeout: std::time::Duration::from_secs(30),
             max_connections: 1024,
+            max_connections_per_address: 64,
+            export_stall: std::time::Duration::from_secs(30),
             behind_proxy: false,
             public_per_address_per_minute: 10,
             logins_per_name_per_minute: 10,
@@ -82,7 +92,7 @@ fn seconds_until(not_until: &governor::NotUntil<<DefaultClock as Clock>::Instant
 
 /// What one client is, for the per-address limit: an IPv4 address, or the
 /// /64 network of an IPv6 one (which one machine can fill with addresses).
-fn client_network(address: IpAddr) -> IpAddr {
+pub(super) fn client_network(address: IpAddr) -> IpAddr {
     match address.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -16,10 +16,10 @@ use hyper::body::Frame;
 
 use super::agent::{ListQuery, filter};
 use super::auth::{Caller, Principal};
-use super::{AppState, ErrorBody, JsonBody};
+use super::{AppState, ErrorBody, HangUp, JsonBody};
 use crate::error::HubError;
 use crate::model::{Item, Permission};
-use crate::store::{BulkChange, ItemFilter, NewView, PAGE_MAX, SavedView};
+use crate::store::{Access, BulkChange, ItemFilter, NewView, PAGE_MAX, SavedView};
 
 /// The most items one export holds.
 pub const EXPORT_MAX: i64 = 100_000;
@@ -106,9 +106,10 @@ async fn bulk(caller: Caller, body: JsonBody<BulkChange>) -> Result<Response, Hu
 async fn export_csv(
     State(state): State<AppState>,
     principal: Principal,
+    hang_up: Option<Extension<HangUp>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, HubError> {
-    export(state, principal, query, Format::Csv).await
+    export(state, principal, hang_up, query, Format::Csv).await
 }
 
 /// The filtered list (as `GET /api/agent/items` takes it, without `cursor`
@@ -119,9 +120,10 @@ async fn export_csv(
 async fn export_json(
     State(state): State<AppState>,
     principal: Principal,
+    hang_up: Option<Extension<HangUp>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, HubError> {
-    export(state, principal, query, Format::Json).await
+    export(state, principal, hang_up, query, Format::Json).await
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -133,9 +135,11 @@ enum Format {
 async fn export(
     state: AppState,
     principal: Principal,
+    hang_up: Option<Extension<HangUp>>,
     query: Result<Query<ListQuery>, QueryRejection>,
     format: Format,
 ) -> Result<Response, HubError> {
+    let hang_up = hang_up.map(|Extension(h)| h);
     let access = principal.access(Permission::Read)?;
     let Query(query) = query.map_err(|e| HubError::invalid(e.body_text()))?;
     if query.pages() {
@@ -158,8 +162,12 @@ async fn export(
         });
     }
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || produce(&store, &access, filter, format, &sender));
+    let feed = Feed {
+        sender,
+        stall: state.limits.export_stall,
+        hang_up,
+    };
+    tokio::spawn(produce(state, access, filter, format, feed));
     let mut response = Response::new(Body::new(Chunks(receiver)));
     let (kind, name) = match format {
         Format::Csv => ("text/csv; charset=utf-8", "items.csv"),
@@ -179,31 +187,65 @@ async fn export(
 
 type Chunk = Result<Bytes, std::io::Error>;
 
-/// Writes the export page by page into `sender`; a failure midway ends
-/// the body with an error, so the client sees a broken transfer, never a
-/// short file that looks whole.
-fn produce(
-    store: &crate::store::Store,
-    access: &crate::store::Access,
+/// Where an export's chunks go: the response body, which the client
+/// drains at its own pace.
+struct Feed {
+    sender: tokio::sync::mpsc::Sender<Chunk>,
+    /// How long the client may take nothing before the export ends.
+    stall: std::time::Duration,
+    hang_up: Option<HangUp>,
+}
+
+impl Feed {
+    /// Hands the client one chunk; false when it is gone, or has taken
+    /// nothing for the stall time: then its connection is closed, since a
+    /// body ended here would look whole.
+    async fn send(&self, chunk: Chunk) -> bool {
+        match tokio::time::timeout(self.stall, self.sender.send(chunk)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                tracing::warn!("an export's client took nothing for {:?}", self.stall);
+                if let Some(hang_up) = &self.hang_up {
+                    hang_up.now();
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Writes the export page by page into `feed`, each page read on the
+/// blocking pool and then waited on here, so that a client that does not
+/// read holds no blocking thread. A failure midway ends the body with an
+/// error, so the client sees a broken transfer, never a short file that
+/// looks whole.
+async fn produce(
+    state: AppState,
+    access: Access,
     mut filter: ItemFilter,
     format: Format,
-    sender: &tokio::sync::mpsc::Sender<Chunk>,
+    feed: Feed,
 ) {
-    let send = |chunk: Chunk| sender.blocking_send(chunk).is_ok();
     let head = match format {
         Format::Csv => csv_row(&CSV_COLUMNS.map(str::to_owned)),
         Format::Json => "[".to_owned(),
     };
-    if !send(Ok(Bytes::from(head))) {
+    if !feed.send(Ok(Bytes::from(head))).await {
         return;
     }
     let mut first = true;
     loop {
-        let page = match store.list_items(access, &filter) {
+        let (access, asked) = (access.clone(), filter.clone());
+        let page = match state
+            .run(move |store| store.list_items(&access, &asked))
+            .await
+        {
             Ok(page) => page,
             Err(e) => {
                 tracing::error!(code = %e.code(), "export failed: {e}");
-                let _ = send(Err(std::io::Error::other("the export failed")));
+                let _ = feed
+                    .send(Err(std::io::Error::other("the export failed")))
+                    .await;
                 return;
             }
         };
@@ -220,7 +262,7 @@ fn produce(
             }
             first = false;
         }
-        if !send(Ok(Bytes::from(out))) {
+        if !feed.send(Ok(Bytes::from(out))).await {
             return;
         }
         match page.next_cursor {
@@ -229,7 +271,7 @@ fn produce(
         }
     }
     if format == Format::Json {
-        let _ = send(Ok(Bytes::from_static(b"]")));
+        let _ = feed.send(Ok(Bytes::from_static(b"]"))).await;
     }
 }
 

@@ -6,6 +6,7 @@ mod admin;
 mod agent;
 mod analytics;
 mod auth;
+mod connections;
 mod files;
 mod limit;
 mod lists;
@@ -143,8 +144,9 @@ fn audit_counted_refusals(store: &Store, all: bool) {
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Accepts connections until `shutdown`, each bounded: at most
-/// `max_connections` at once (more are closed as they come), headers within
-/// `header_timeout`. Then waits for open requests, up to [`DRAIN`].
+/// `max_connections` at once and `max_connections_per_address` from one
+/// client (more are closed as they come), headers within `header_timeout`.
+/// Then waits for open requests, up to [`DRAIN`].
 async fn accept(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -154,7 +156,7 @@ async fn accept(
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
 
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let connections = connections::Connections::new(&limits);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -173,14 +175,20 @@ async fn accept(
             },
             () = &mut shutdown => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        // Behind the proxy, a loopback peer is the proxy, whose clients
+        // are known only from the requests' headers.
+        let proxied = limits.behind_proxy && peer.ip().is_loopback();
+        let Some(slot) = connections.admit((!proxied).then_some(peer.ip())) else {
             drop(stream);
             continue;
         };
+        let hang_up = HangUp::default();
+        let handle = hang_up.clone();
         let service =
             app.clone()
                 .map_request(move |mut request: Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
+                    request.extensions_mut().insert(handle.clone());
                     request
                 });
         let connection = http.serve_connection(
@@ -189,7 +197,10 @@ async fn accept(
         );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let _ = connection.await;
+            tokio::select! {
+                _ = connection => {}
+                () = hang_up.0.notified() => {}
+            }
             drop(slot);
         });
     }
@@ -288,6 +299,18 @@ fn logged_path(path: &str) -> String {
         return format!("{SUBMISSION}<token>");
     }
     path.chars().take(200).collect()
+}
+
+/// Closes the connection a request came on, whatever it is doing: for a
+/// response whose client has stopped reading, which hyper would otherwise
+/// hold for ever (and whose body, ended early, would look whole).
+#[derive(Clone, Default)]
+struct HangUp(Arc<tokio::sync::Notify>);
+
+impl HangUp {
+    fn now(&self) {
+        self.0.notify_one();
+    }
 }
 
 /// The client's address, as the rate limit and the audit log see it.
