@@ -246,7 +246,13 @@ impl gantry_core::host::Shell for Shell {
         let status = ssh.status().map_err(|e| self.local_error(e))?;
         crate::trace::ssh_ran(&self.name, &argv_of(&ssh), status.code(), started);
         match status.code() {
-            Some(255) => Err(classify(&self.name, &self.target, Some(255), "")),
+            // ssh wrote its own reason to the terminal, not to us.
+            Some(255) => Err(classify(
+                &self.name,
+                &self.target,
+                Some(255),
+                "ssh exited with status 255; its reason, if it gave one, is printed above",
+            )),
             code => Ok(code.unwrap_or(1)),
         }
     }

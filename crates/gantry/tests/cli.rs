@@ -475,3 +475,24 @@ fn cloud_provider_hosts_are_refused_by_validate_and_deploy_naming_the_host() {
         .gantry(&["validate", "--output", "json"])
         .expect_code(0);
 }
+
+/// `gantry ssh` hands the terminal to ssh, so ssh's reason for failing goes
+/// there; the error says so rather than "no message".
+#[test]
+fn ssh_to_a_host_that_refuses_says_where_ssh_put_its_reason() {
+    let p = TestProject::new(env!("CARGO_BIN_EXE_gantry")).file(
+        "gantry.toml",
+        "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"./web\"\n\n\
+         [environments.prod]\nhosts = [\"h1\"]\n\n[hosts.h1]\nssh = \"nobody@127.0.0.1:1\"\n",
+    );
+    let run = p.gantry(&["ssh", "h1", "-e", "prod", "--output", "json", "--", "true"]);
+    run.expect_code(5);
+    let error = error_of(&run);
+    assert_eq!(error["code"], "host.unreachable", "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("status 255") && message.contains("printed above"),
+        "{error}"
+    );
+    assert!(run.stderr.contains("Connection refused"), "{}", run.stderr);
+}
