@@ -34,6 +34,10 @@ pub enum SecretsError {
     Corrupt { path: PathBuf, message: String },
     #[error("`{name}` is not a valid secret name: {problem}")]
     NameInvalid { name: String, problem: String },
+    /// A line of a dotenv file that is not a secret: named by its number,
+    /// never its text (it may hold a value).
+    #[error("line {line} {problem}")]
+    LineInvalid { line: usize, problem: String },
     #[error("secret `{name}` {problem}")]
     ValueInvalid { name: String, problem: String },
     #[error("environment `{environment}` has no secret `{name}`")]
@@ -58,9 +62,9 @@ impl SecretsError {
             }
             SecretsError::KeyExposed { .. } => Code::SecretsKeyExposed,
             SecretsError::Corrupt { .. } => Code::SecretsCorrupt,
-            SecretsError::NameInvalid { .. } | SecretsError::ValueInvalid { .. } => {
-                Code::SecretsInvalid
-            }
+            SecretsError::NameInvalid { .. }
+            | SecretsError::ValueInvalid { .. }
+            | SecretsError::LineInvalid { .. } => Code::SecretsInvalid,
             SecretsError::NotFound { .. } => Code::SecretsNotFound,
             SecretsError::Io(_) => Code::IoFailed,
         }
@@ -81,6 +85,9 @@ impl SecretsError {
             }
             SecretsError::NameInvalid { .. } => format!(
                 "use an environment variable name: A-Z, 0-9 and _, not starting with a digit, at most {MAX_NAME_LEN} characters"
+            ),
+            SecretsError::LineInvalid { .. } => format!(
+                "write one NAME=value a line (blank lines, # comments, `export ` and quotes are fine); names are A-Z, 0-9 and _, at most {MAX_NAME_LEN} characters"
             ),
             SecretsError::ValueInvalid { .. } => format!(
                 "a value is one line of at most {} KiB; pipe it on stdin: `printf %s VALUE | gantry secrets set NAME`",
@@ -492,14 +499,15 @@ pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, SecretsError> {
             continue;
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
+        let bad = |problem: String| SecretsError::LineInvalid {
+            line: at + 1,
+            problem,
+        };
         let Some((name, value)) = line.split_once('=') else {
-            return Err(SecretsError::NameInvalid {
-                name: format!("line {}", at + 1),
-                problem: "it is not NAME=value".to_owned(),
-            });
+            return Err(bad("is not NAME=value".to_owned()));
         };
         let name = name.trim();
-        check_name(name)?;
+        check_name(name).map_err(|e| bad(format!("names no secret: {e}")))?;
         let value = value.trim();
         let value = [('"', '"'), ('\'', '\'')]
             .iter()
@@ -668,5 +676,16 @@ mod tests {
         );
         let err = parse_dotenv("A=1\nnot a pair\n").expect_err("bad");
         assert!(err.to_string().contains("line 2"), "{err}");
+        assert_eq!(err.to_string(), "line 2 is not NAME=value");
+        assert!(
+            err.hint()
+                .is_some_and(|h| h.contains("one NAME=value a line"))
+        );
+        let err = parse_dotenv("A=1\n\nlower=x\n").expect_err("bad");
+        assert!(
+            err.to_string()
+                .starts_with("line 3 names no secret: `lower`"),
+            "{err}"
+        );
     }
 }
