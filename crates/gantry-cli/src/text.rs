@@ -797,6 +797,9 @@ fn service_plan(s: &gantry_core::plan::ServicePlan) -> String {
     if s.files {
         why.push("its files differ".to_owned());
     }
+    if let Some(dep) = &s.follows {
+        why.push(format!("`{dep}` it depends on moves to a new port"));
+    }
     if why.is_empty() {
         head
     } else {

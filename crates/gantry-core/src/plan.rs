@@ -325,6 +325,7 @@ fn against(
             },
         )
         .collect();
+    diff::follow_dependencies(&mut services, wanted);
     services.extend(
         release
             .services

@@ -251,7 +251,11 @@ fn plan_names_the_files_keys_routes_and_secrets_that_differ_and_changes_nothing(
         strings(&plan_service(h, "web")["secrets"]["changed"]),
         ["TOKEN"]
     );
-    assert_eq!(plan_service(h, "worker")["replaced"], false, "{rotated:#}");
+    // The worker reads web's port (GANTRY_WEB_PORT), and web's new
+    // instances get a new one: the worker is replaced too, and says why.
+    let worker = plan_service(h, "worker");
+    assert_eq!(worker["replaced"], true, "{rotated:#}");
+    assert_eq!(worker["follows"], "web", "{rotated:#}");
 
     let text = p.gantry(&["plan", "--output", "text"]);
     text.expect_code(0);
@@ -276,4 +280,12 @@ fn plan_names_the_files_keys_routes_and_secrets_that_differ_and_changes_nothing(
     let kept = std::fs::read_to_string(p.state_dir().join("secrets/plandetail.env"))
         .expect("the host's secrets file");
     assert!(kept.contains(TOKEN_BEFORE), "the host's secret changed");
+
+    // The deploy does as the plan said: the worker restarts with web.
+    let worker_pids = |p: &gantry_testkit::TestProject| {
+        agent_support::pids(agent_support::service(&agent_support::status(p), "worker"))
+    };
+    let before = worker_pids(&p);
+    deploy(&p);
+    assert_ne!(worker_pids(&p), before, "the worker was replaced");
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::agent_api::v1::{DeployStrategy, Workload};
+use crate::agent_api::v1::{DeployStrategy, Port, Workload};
 use crate::agent_api::{ArtifactFile, Comparison, ServiceSpec};
 
 /// The most paths a [`PathList`] names; its `count` says how many there are.
@@ -112,6 +112,9 @@ pub struct ServicePlan {
     /// It runs from the release's files (a process or static service) and they differ.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub files: bool,
+    /// A service it depends on whose new instances listen on another port:
+    /// its `GANTRY_<NAME>_PORT` changes, so it is replaced too.
+    pub follows: Option<String>,
 }
 
 /// The image a service runs now and the one it would run (a shipped
@@ -165,6 +168,7 @@ impl ServicePlan {
             routes: None,
             secrets: None,
             files: false,
+            follows: None,
         }
     }
 
@@ -272,6 +276,52 @@ pub fn service(
     }
 }
 
+/// Marks replaced the services left running whose dependency is replaced
+/// on a port that moves: what the agent's fingerprint of them (their
+/// `GANTRY_<DEP>_PORT`) would make it do. Dependents of those follow in
+/// turn.
+pub fn follow_dependencies(services: &mut [ServicePlan], wanted: &[ServiceSpec]) {
+    loop {
+        let replaced: BTreeSet<String> = (services.iter())
+            .filter(|s| s.replaced)
+            .map(|s| s.service.clone())
+            .collect();
+        let spec = |name: &str| wanted.iter().find(|w| w.name == name);
+        let mut more = false;
+        for plan in services.iter_mut().filter(|s| !s.replaced) {
+            let Some(service) = spec(&plan.service) else {
+                continue;
+            };
+            let moved = service.depends_on.iter().find(|dep| {
+                replaced.contains(*dep) && spec(dep).is_some_and(|d| address_moves(service, d))
+            });
+            if let Some(dep) = moved {
+                plan.replaced = true;
+                plan.follows = Some(dep.clone());
+                more = true;
+            }
+        }
+        if !more {
+            return;
+        }
+    }
+}
+
+/// Whether `service`'s address of `dep` changes when `dep` gets new
+/// instances (as the agent's `addresses` gives it): a process reaches any
+/// dependency with a port on its instance's loopback port, which moves
+/// unless it is a process's fixed port; a container reaches a container by
+/// name, on a port that moves only when it is named.
+fn address_moves(service: &ServiceSpec, dep: &ServiceSpec) -> bool {
+    let container = |s: &ServiceSpec| matches!(s.workload, Workload::Compose { .. });
+    match (container(service), container(dep), &dep.port) {
+        (_, _, None) | (true, false, _) => false,
+        (true, true, Some(port)) => matches!(port, Port::Named(_)),
+        (false, false, Some(Port::Fixed(_))) => false,
+        (false, _, Some(_)) => true,
+    }
+}
+
 fn as_map(spec: &ServiceSpec) -> serde_json::Map<String, Value> {
     match serde_json::to_value(spec) {
         Ok(Value::Object(map)) => map,
@@ -329,6 +379,38 @@ mod tests {
             base.extend(extra.clone());
         }
         serde_json::from_value(base).expect("a spec")
+    }
+
+    /// web (a process on a named port) gets new files; worker, a process
+    /// that depends on it, would be restarted by the agent for its new
+    /// GANTRY_WEB_PORT, and so, in turn, would cron for worker's. pinned
+    /// depends on a process on a fixed port, which does not move.
+    #[test]
+    fn a_dependent_of_a_service_that_moves_to_a_new_port_is_replaced_too() {
+        let wanted = [
+            spec(serde_json::json!({"name": "web", "port": "http"})),
+            spec(serde_json::json!({"name": "worker", "depends_on": ["web"], "port": "jobs"})),
+            spec(serde_json::json!({"name": "cron", "depends_on": ["worker"]})),
+            spec(serde_json::json!({"name": "fixed", "port": 8000})),
+            spec(serde_json::json!({"name": "pinned", "depends_on": ["fixed"]})),
+        ];
+        let mut plans: Vec<ServicePlan> = (wanted.iter())
+            .map(|w| service(w, w, matches!(w.name.as_str(), "web" | "fixed"), None))
+            .collect();
+        follow_dependencies(&mut plans, &wanted);
+        let seen: Vec<(&str, bool, Option<&str>)> = (plans.iter())
+            .map(|p| (p.service.as_str(), p.replaced, p.follows.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("web", true, None),
+                ("worker", true, Some("web")),
+                ("cron", true, Some("worker")),
+                ("fixed", true, None),
+                ("pinned", false, None),
+            ]
+        );
     }
 
     #[test]
