@@ -101,19 +101,10 @@ pub fn test(
             check(format!("{} healthy", service.name), outcome, detail);
         }
         match &info.proxy {
-            None if info.proxy_problem.is_some() => check(
-                "routes answer".to_owned(),
-                Outcome::Failed,
-                format!(
-                    "the proxy does not run: {}",
-                    info.proxy_problem.as_deref().unwrap_or_default()
-                ),
-            ),
-            None => check(
-                "routes answer".to_owned(),
-                Outcome::Warning,
-                "the agent runs no proxy here".to_owned(),
-            ),
+            None => {
+                let (outcome, detail) = without_proxy(&info);
+                check("routes answer".to_owned(), outcome, detail);
+            }
             Some(proxy) => {
                 for service in placed.iter().filter(|s| s.port.is_some()) {
                     let mut names = vec![format!("{}.{}.localhost", service.name, env.project)];
@@ -220,6 +211,18 @@ fn service_health(found: Option<&ServiceStatus>, wanted: usize) -> (Outcome, Str
                 )
             }
         }
+    }
+}
+
+/// The routes check of a host whose agent runs no proxy: failed when one
+/// should run (and why it does not), a warning when none was asked for.
+fn without_proxy(info: &crate::agent_api::AgentInfo) -> (Outcome, String) {
+    match &info.proxy_problem {
+        Some(problem) => (
+            Outcome::Failed,
+            format!("the proxy does not run: {problem}"),
+        ),
+        None => (Outcome::Warning, "the agent runs no proxy here".to_owned()),
     }
 }
 
