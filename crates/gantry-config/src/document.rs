@@ -240,7 +240,7 @@ impl<'a> Reader<'a> {
             DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
                 Ok(n) => Value::Number(n.into()),
                 Err(_) => {
-                    self.invalid(span, "integer out of range", None);
+                    self.out_of_range(span);
                     Value::Null
                 }
             },
@@ -277,6 +277,42 @@ impl<'a> Reader<'a> {
             ),
             DeValue::Table(table) => self.table(table),
         }
+    }
+
+    /// An integer beyond i64, said once, with the bound of its key where the
+    /// schema has one. The value reads as null from here on: the schema
+    /// takes null for a value reported here, and says no more of it.
+    fn out_of_range(&mut self, span: Range<usize>) {
+        let written = self.text.get(span.clone()).unwrap_or("the integer");
+        let node = crate::schema::node_at(&self.path());
+        let key = self.last_key();
+        let negative = written.starts_with('-');
+        let (size, bound, limit, widest) = if negative {
+            ("small", "minimum", "at least", i64::MIN)
+        } else {
+            ("large", "maximum", "at most", i64::MAX)
+        };
+        let reason = match node.and_then(|n| n.get(bound)) {
+            Some(bound) => format!("`{key}` must be {limit} {bound}"),
+            None => format!("integers in gantry.toml are {limit} {widest}"),
+        };
+        let hint = node
+            .and_then(|n| n.get("description"))
+            .and_then(Value::as_str)
+            .map(|d| format!("`{key}`: {}", crate::schema::lowercase_first(d)));
+        self.invalid(span, &format!("`{written}` is too {size}: {reason}"), hint);
+    }
+
+    /// The key the value being read is under, for messages.
+    fn last_key(&self) -> &str {
+        self.stack
+            .iter()
+            .rev()
+            .find_map(|at| match at {
+                At::Key(k) => Some(*k),
+                At::Index(_) => None,
+            })
+            .unwrap_or("value")
     }
 
     fn invalid(&mut self, span: Range<usize>, message: &str, hint: Option<String>) {

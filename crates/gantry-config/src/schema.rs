@@ -177,6 +177,9 @@ fn describe(
             let (what, about) = missing_key(path, node, property.as_str().unwrap_or_default());
             value_finding(Problem::MissingKey, what, about)
         }
+        // TOML has no null: the document reads as null only a value it could
+        // not take (an integer too large, a date), and has reported it.
+        ValidationErrorKind::Type { .. } if instance.is_null() => return Vec::new(),
         ValidationErrorKind::Type { .. } => {
             let expected = node.map_or_else(|| "another type".to_owned(), expected_type);
             let quote = (expected.ends_with("string")
@@ -367,7 +370,7 @@ fn last_key(path: &KeyPath) -> String {
     }
 }
 
-fn lowercase_first(text: &str) -> String {
+pub(crate) fn lowercase_first(text: &str) -> String {
     let mut chars = text.chars();
     let text = match chars.next() {
         Some(first) => first.to_lowercase().chain(chars).collect(),

@@ -90,6 +90,7 @@ pub fn check(file: &File, doc: &Document<'_>) -> Findings {
         checked_base = true;
         check_dependencies(&mut c, env, &merged, &locate);
         check_placement(&mut c, file, env, &merged, &locate);
+        check_fixed_ports(&mut c, file, env, &merged, &locate);
         check_routes(&mut c, env, &merged, &locate);
         check_automatic_names(&mut c, &file.project.name, &merged, &locate);
     }
@@ -242,6 +243,11 @@ fn check_placement(
 ) {
     // The implicit `local` environment runs everything on this machine.
     let Some(declared) = file.environments.get(env) else {
+        // Beside declared environments, each of them checks the hosts; alone,
+        // it is the only place a misspelt host can be caught.
+        if file.environments.is_empty() {
+            check_declared_hosts(c, file, services, locate);
+        }
         return;
     };
     let env_hosts: Vec<&str> = declared.hosts.iter().map(String::as_str).collect();
@@ -265,6 +271,118 @@ fn check_placement(
             }
         }
     }
+}
+
+/// Without environments, a service's `hosts` can only name hosts that
+/// [hosts] declares (or `local`): anything else is a typo that would stay
+/// silent until an environment is added.
+fn check_declared_hosts(
+    c: &mut Checker<'_>,
+    file: &File,
+    services: &Services<'_>,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    let known: Vec<&str> = file
+        .hosts
+        .keys()
+        .map(String::as_str)
+        .chain((!file.hosts.contains_key(resolve::LOCAL)).then_some(resolve::LOCAL))
+        .collect();
+    for (name, service) in services {
+        for (i, host) in service.hosts.iter().flatten().enumerate() {
+            if known.contains(&host.as_str()) {
+                continue;
+            }
+            let hint = match did_you_mean(host, known.iter().copied()) {
+                Some(best) => format!("did you mean `{best}`?"),
+                None => format!(
+                    "declare it as [hosts.{host}] with ssh = \"user@address\" and list it in an environment's hosts, or remove `hosts` to run `{name}` on this machine"
+                ),
+            };
+            c.push(
+                Problem::UnknownReference,
+                locate(name, &["hosts"]).index(i),
+                false,
+                format!("service `{name}` runs on unknown host `{host}`"),
+                Some(hint),
+            );
+        }
+    }
+}
+
+/// A process listens on its host's own ports: two with one fixed port
+/// cannot run on one host ("Address already in use"). A container's port
+/// is inside the container, and a named port is one the agent assigns, so
+/// neither clashes. Replicas of one service are `check_service`'s.
+fn check_fixed_ports(
+    c: &mut Checker<'_>,
+    file: &File,
+    env: &str,
+    services: &Services<'_>,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    let env_hosts: Vec<&str> = match file.environments.get(env) {
+        Some(declared) => declared.hosts.iter().map(String::as_str).collect(),
+        // The implicit `local` environment runs every service on this machine.
+        // Beside declared environments it is for trying things out: a layout
+        // spread over hosts is not refused for not fitting on one.
+        None if file.environments.is_empty() => vec![resolve::LOCAL],
+        None => return,
+    };
+    let placed = file.environments.contains_key(env);
+    let mut taken: BTreeMap<(u16, &str), &str> = BTreeMap::new();
+    for (name, s) in services {
+        let Some(Port::Fixed(port)) = s.port else {
+            continue;
+        };
+        if s.image.is_some() || s.static_dir.is_some() {
+            continue;
+        }
+        let hosts: Vec<&str> = match s.hosts.as_deref() {
+            Some(own) if placed && !own.is_empty() => env_hosts
+                .iter()
+                .copied()
+                .filter(|h| own.iter().any(|o| o == h))
+                .collect(),
+            _ => env_hosts.clone(),
+        };
+        let clash = hosts
+            .iter()
+            .find_map(|host| taken.get(&(port, *host)).map(|owner| (*owner, *host)));
+        let Some((owner, host)) = clash else {
+            for host in hosts {
+                taken.insert((port, host), name);
+            }
+            continue;
+        };
+        // Reported at the port an environment override set, if either was.
+        let path = locate(name, &["port"]);
+        let owner_path = locate(owner, &["port"]);
+        let (at, subject, other) = if set_by_override(&owner_path) && !set_by_override(&path) {
+            (owner_path, owner, *name)
+        } else {
+            (path, *name, owner)
+        };
+        let place = if set_by_override(&at) {
+            format!(" in environment `{env}`")
+        } else {
+            String::new()
+        };
+        c.push(
+            Problem::Conflict,
+            at,
+            false,
+            format!("fixed port {port} of `{subject}` is already taken by `{other}` on the same host{place}"),
+            Some(format!(
+                "both run on host `{host}`, where only one process can listen on {port}: give one of them another port, or a named port like port = \"http\" so the agent assigns a free one as $PORT"
+            )),
+        );
+    }
+}
+
+/// Whether a located path is in an environment's override.
+fn set_by_override(path: &KeyPath) -> bool {
+    path.0.first() == Some(&Segment::Key("environments".to_owned()))
 }
 
 fn check_dependencies(
@@ -407,6 +525,17 @@ fn check_service(
             Some("a service runs one way: keep one of `run`, `image` or `static`".to_owned()),
         ),
     }
+    if s.run.as_ref().is_some_and(|run| run.trim().is_empty()) {
+        c.push(
+            Problem::InvalidValue,
+            locate(name, &["run"]),
+            false,
+            format!("`run` of `{name}` is empty: there is no command to start"),
+            Some(format!(
+                "give the command that starts `{name}`, like run = \"./bin/{name}\"; a process that exits at once is a failed deploy"
+            )),
+        );
+    }
     check_tls_paths(c, name, s, locate);
     check_image_build(c, name, s, locate);
 
@@ -455,6 +584,7 @@ fn check_service(
     check_health_kind(c, name, s, locate);
 
     check_env_names(c, name, s, locate);
+    check_agent_variables(c, name, s, is_image, locate);
 
     if is_static {
         check_static_keys(c, name, s, locate);
@@ -819,6 +949,45 @@ fn check_env_names(
                 Some("keep secret values out of gantry.toml: remove it from env".to_owned()),
             );
         }
+    }
+}
+
+/// Variables the agent sets on every instance, overwriting `env`: a value
+/// written there would be shown by `gantry show` and never seen by the
+/// service. `PORT` is set for a process with a port, and for a container
+/// with a named one (a container's fixed port is inside it, and `PORT` is
+/// left to the image). The `GANTRY_<NAME>_HOST`/`_PORT` of dependencies
+/// are not here: the agent lets `env` override them.
+fn check_agent_variables(
+    c: &mut Checker<'_>,
+    name: &str,
+    s: &Service,
+    is_image: bool,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    for key in s.env.iter().flatten().map(|(k, _)| k.as_str()) {
+        let (message, hint) = match (key, &s.port) {
+            ("PORT", Some(Port::Named(port))) => (
+                format!("`PORT` in env of `{name}` is ignored: the agent sets $PORT to the port it assigns to `{port}`"),
+                "to listen on a port of your choosing, write it as a fixed port, like port = 31777, and remove PORT from env".to_owned(),
+            ),
+            ("PORT", Some(Port::Fixed(port))) if !is_image => (
+                format!("`PORT` in env of `{name}` is ignored: the agent sets $PORT to its `port`, {port}"),
+                "remove PORT from env; to listen on another port, change `port`".to_owned(),
+            ),
+            ("GANTRY_INSTANCE", _) => (
+                format!("`GANTRY_INSTANCE` in env of `{name}` is ignored: the agent sets it to each instance's id"),
+                "remove it from env, or give the variable another name".to_owned(),
+            ),
+            _ => continue,
+        };
+        c.push(
+            Problem::Conflict,
+            locate(name, &["env", key]),
+            true,
+            message,
+            Some(hint),
+        );
     }
 }
 

@@ -409,3 +409,145 @@ ssh = "deploy@203.0.113.11"
     assert_eq!(names("db-1"), ["db", "web"]);
     assert!(prod.services["db"].runs_on("db-1") && !prod.services["db"].runs_on("web-1"));
 }
+
+/// Each error as `path: message`, for comparing whole reports.
+fn located(text: &str) -> Vec<String> {
+    errors(text)
+        .into_iter()
+        .map(|d| format!("{}: {}", d.path, d.message))
+        .collect()
+}
+
+#[test]
+fn two_processes_on_one_fixed_port_clash_only_where_they_share_a_host() {
+    // Without environments, everything runs on this machine.
+    let alone = &shop(
+        r#"
+[services.api]
+run = "./api"
+port = 8000
+[services.web]
+run = "./web"
+port = 8000
+[services.cache]
+image = "redis:7"
+port = 8000
+[services.worker]
+run = "./worker"
+port = "http"
+"#,
+    );
+    assert_eq!(
+        located(alone),
+        ["services.web.port: fixed port 8000 of `web` is already taken by `api` on the same host"]
+    );
+
+    // Placed on different hosts, they do not meet (prod); an environment
+    // that puts them on one host (stage) is refused, and the hint names it.
+    let placed = &shop(
+        r#"
+[hosts.a]
+ssh = "deploy@203.0.113.1"
+[hosts.b]
+ssh = "deploy@203.0.113.2"
+[environments.prod]
+hosts = ["a", "b"]
+[environments.stage]
+hosts = ["a", "b"]
+[environments.stage.services.web]
+hosts = ["a"]
+[services.api]
+run = "./api"
+port = 8000
+hosts = ["a"]
+[services.web]
+run = "./web"
+port = 8000
+hosts = ["b"]
+"#,
+    );
+    let found = errors(placed);
+    assert_eq!(
+        found
+            .iter()
+            .map(|d| format!("{}: {}", d.path, d.message))
+            .collect::<Vec<_>>(),
+        ["services.web.port: fixed port 8000 of `web` is already taken by `api` on the same host"]
+    );
+    assert!(
+        found[0]
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.starts_with("both run on host `a`")),
+        "{:?}",
+        found[0].hint
+    );
+}
+
+#[test]
+fn env_may_not_set_what_the_agent_sets_but_a_container_keeps_its_own_port() {
+    let text = &shop(
+        r#"
+[services.web]
+run = "./web"
+port = "http"
+env = { PORT = "31777", GANTRY_INSTANCE = "x", GANTRY_DB_HOST = "10.0.0.5" }
+[services.search]
+image = "meilisearch:v1"
+port = 7700
+env = { PORT = "7700" }
+[services.worker]
+run = "./worker"
+env = { PORT = "9000" }
+"#,
+    );
+    assert_eq!(
+        located(text),
+        [
+            "services.web.env.PORT: `PORT` in env of `web` is ignored: the agent sets $PORT to the port it assigns to `http`",
+            "services.web.env.GANTRY_INSTANCE: `GANTRY_INSTANCE` in env of `web` is ignored: the agent sets it to each instance's id",
+        ]
+    );
+}
+
+#[test]
+fn an_empty_run_is_refused() {
+    let text = &shop("\n[services.web]\nrun = \" \\t \"\n");
+    assert_eq!(
+        located(text),
+        ["services.web.run: `run` of `web` is empty: there is no command to start"]
+    );
+}
+
+#[test]
+fn an_integer_past_64_bits_is_one_error_at_its_value() {
+    let text = &shop(
+        "\n[services.web]\nrun = \"./web\"\nport = -99999999999999999999\nartifact = 99999999999999999999\n",
+    );
+    assert_eq!(
+        located(text),
+        [
+            "services.web.port: `-99999999999999999999` is too small: `port` must be at least 1",
+            "services.web.artifact: `99999999999999999999` is too large: integers in gantry.toml are at most 9223372036854775807",
+        ]
+    );
+}
+
+#[test]
+fn without_environments_a_service_names_only_declared_hosts() {
+    let declared = &shop(
+        r#"
+[hosts.db-1]
+ssh = "deploy@203.0.113.20"
+[services.db]
+image = "postgres:16"
+hosts = ["db-1", "local"]
+"#,
+    );
+    config(declared);
+    let unknown = &shop("\n[services.web]\nrun = \"./web\"\nhosts = [\"nosuch\"]\n");
+    assert_eq!(
+        located(unknown),
+        ["services.web.hosts[0]: service `web` runs on unknown host `nosuch`"]
+    );
+}
