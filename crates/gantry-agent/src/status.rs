@@ -314,22 +314,11 @@ mod tests {
         let routes: Vec<_> = (routes.iter())
             .map(|(host, path)| serde_json::json!({"host": host, "path": path}))
             .collect();
-        serde_json::from_value(serde_json::json!({
-            "name": "web",
-            "driver": "process",
-            "run": "bin/web",
-            "port": "http",
-            "replicas": 1,
-            "env": {},
-            "secrets": [],
-            "resources": {},
-            "depends_on": [],
-            "volumes": [],
-            "stop_timeout": "10s",
-            "restart": "always",
-            "routes": routes,
-        }))
-        .expect("a service")
+        let spec = serde_json::json!({
+            "name": "web", "driver": "process", "run": "bin/web", "port": "http",
+            "replicas": 1, "stop_timeout": "10s", "restart": "always", "routes": routes,
+        });
+        serde_json::from_value(spec).expect("a service")
     }
 
     /// A route answers through the proxy, so its URL has the proxy's port
