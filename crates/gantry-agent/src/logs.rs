@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
-use gantry_core::Code;
 use gantry_core::agent_api::{LogLine, Stream as LogStream};
 use serde::Deserialize;
 
@@ -46,23 +45,16 @@ pub(crate) struct LogQuery {
 }
 
 /// The project's lines as `query` asks, oldest first; with `follow`, the
-/// stream goes on until its reader goes away. A service this host never ran
-/// is refused (`service.not_found`), not answered with no lines.
+/// stream goes on until its reader goes away, with the lines of instances
+/// started meanwhile (a follow begun before a service's first deploy gets
+/// them). A store that cannot list the instances is an error, not an
+/// empty stream.
 pub(crate) async fn stream(
     agent: Arc<Agent>,
     project: String,
     query: LogQuery,
 ) -> Result<impl Stream<Item = LogLine>, AgentError> {
     let found = instances(&agent, &project, query.service.as_deref()).await?;
-    if let Some(service) = &query.service
-        && found.is_empty()
-    {
-        return Err(AgentError::not_found(
-            Code::ServiceNotFound,
-            format!("`{project}` has run no service `{service}` on this host"),
-            "a service has logs once deployed; `gantry status` shows those that run",
-        ));
-    }
     let (tx, rx) = tokio::sync::mpsc::channel::<LogLine>(256);
     tokio::spawn(async move {
         let dir = agent.paths.logs(&project);

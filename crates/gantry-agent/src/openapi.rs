@@ -64,7 +64,7 @@ fn describe(endpoint: Endpoint) -> (&'static str, Option<&'static str>, &'static
         Endpoint::Releases => ("Releases, newest first", None, "Release[]"),
         Endpoint::Release => ("One release", None, "Release"),
         Endpoint::Logs => (
-            "Log lines as NDJSON; query: service, since_ms, tail, follow. 404 service.not_found when the host never ran the service",
+            "Log lines as NDJSON; query: service, since_ms, tail, follow",
             None,
             "LogLine",
         ),

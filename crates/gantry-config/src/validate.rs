@@ -965,13 +965,15 @@ fn check_agent_variables(
     is_image: bool,
     locate: &dyn Fn(&str, &[&str]) -> KeyPath,
 ) {
-    for key in s.env.iter().flatten().map(|(k, _)| k.as_str()) {
+    for (key, value) in s.env.iter().flatten() {
+        let key = key.as_str();
         let (message, hint) = match (key, &s.port) {
             ("PORT", Some(Port::Named(port))) => (
                 format!("`PORT` in env of `{name}` is ignored: the agent sets $PORT to the port it assigns to `{port}`"),
                 "to listen on a port of your choosing, write it as a fixed port, like port = 31777, and remove PORT from env".to_owned(),
             ),
-            ("PORT", Some(Port::Fixed(port))) if !is_image => (
+            // The same number the agent sets is harmless.
+            ("PORT", Some(Port::Fixed(port))) if !is_image && value.trim() != port.to_string() => (
                 format!("`PORT` in env of `{name}` is ignored: the agent sets $PORT to its `port`, {port}"),
                 "remove PORT from env; to listen on another port, change `port`".to_owned(),
             ),

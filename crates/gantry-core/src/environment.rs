@@ -233,11 +233,11 @@ impl StateDir {
     /// `<env>.json`, for a name gantry.toml could give an environment: any
     /// other (`../x`, a `/`) is refused, never joined to the directory.
     fn file(&self, env: &str) -> Result<PathBuf, Error> {
-        gantry_config::check_env_name(env).map_err(|why| Error::EnvState {
+        gantry_config::check_name(env).map_err(|why| Error::EnvState {
             refusal: EnvRefusal::Unknown,
             environment: env.to_owned(),
             problem: format!("cannot be an environment's name: {why}"),
-            hint: "environments are named as gantry.toml's [environments] keys: letters, digits and `_`".to_owned(),
+            hint: "environments are named as gantry.toml names them: lowercase letters, digits and hyphens, starting with a letter".to_owned(),
         })?;
         Ok(self.dir.join(format!("{env}.json")))
     }

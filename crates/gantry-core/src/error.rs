@@ -172,7 +172,7 @@ codes! {
     ReleaseNotFound = "release.not_found", Invalid, "no release has that id or number";
     ReleaseNoneBefore = "release.none_before", Conflict, "there is no earlier successful release to roll back to";
     ReleaseArtifactGone = "release.artifact_gone", Conflict, "the files of that release are no longer kept";
-    ServiceNotFound = "service.not_found", Invalid, "the project runs no service of that name on the host (`gantry logs` of a service gantry.toml has but the host never ran)";
+    ServiceNotFound = "service.not_found", Invalid, "the project runs no service of that name";
     BackupNotConfigured = "backup.not_configured", Invalid, "the service has no `backup` in the release its host runs (add a `backup` table with a `schedule`, and deploy)";
     BackupNotFound = "backup.not_found", Invalid, "no host of the environment keeps a backup of the service with that id (`gantry backup list` shows them)";
     BackupFailed = "backup.failed", Failed, "a backup or a restore failed on the host; the message says which step and why, and `gantry status` shows a failed backup until one succeeds";

@@ -198,25 +198,20 @@ health = { command = "true" }
     );
 }
 
-/// A service gantry.toml names but this host never ran (added, not yet
-/// deployed) is refused by the agent with `service.not_found`, not answered
-/// with no lines as if it had printed nothing.
+/// A follow begun before a service's first deploy gets its lines once it
+/// runs: the agent answers a service it has not run yet with no lines so
+/// far, not with an error.
 #[test]
-fn logs_of_a_service_not_yet_deployed_are_refused_by_the_agent() {
+fn a_follow_begun_before_a_services_first_deploy_gets_its_lines() {
     let p = shell("logs-later", SERVICES);
     deploy(&p);
     let toml = std::fs::read_to_string(p.path().join("gantry.toml")).expect("gantry.toml");
-    let later = "\n[services.later]\nrun = \"exec sleep 600\"\n";
+    let later = "\n[services.later]\nrun = \"echo 'later started'; exec sleep 600\"\nhealth = { command = \"true\" }\n";
     std::fs::write(p.path().join("gantry.toml"), format!("{toml}{later}")).expect("write");
 
-    let run = p.gantry(&["logs", "later", "--output", "json"]);
-    run.expect_code(3);
-    let error = &run.json()["error"];
-    assert_eq!(error["code"], "service.not_found", "{error}");
-    let message = error["message"].as_str().expect("message");
-    assert!(message.contains("`later`"), "{message}");
-    assert!(
-        !log_lines(&p, &["quiet"]).is_empty(),
-        "the others still answer"
-    );
+    let follow = Lines::spawn(command(&p, &["logs", "later", "-f", "--output", "json"]));
+    deploy(&p);
+    follow.until("the new service's first line", |line| {
+        line.contains("later started")
+    });
 }

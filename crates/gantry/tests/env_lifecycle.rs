@@ -272,4 +272,7 @@ fn an_environment_name_that_is_a_path_is_refused_and_nothing_is_written() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(states, 0, "no state or lock file was left");
+    // A name as gantry.toml names environments, hyphen and all, is fine.
+    p.gantry(&["env", "create", "prod-eu"]).expect_code(0);
+    assert!(p.path().join(".gantry/state/prod-eu.json").exists());
 }

@@ -308,11 +308,15 @@ pub fn follow_dependencies(services: &mut [ServicePlan], wanted: &[ServiceSpec])
 }
 
 /// Whether `service`'s address of `dep` changes when `dep` gets new
-/// instances (as the agent's `addresses` gives it): a process reaches any
-/// dependency with a port on its instance's loopback port, which moves
-/// unless it is a process's fixed port; a container reaches a container by
-/// name, on a port that moves only when it is named.
+/// instances (as the agent's `addresses` gives it): a stop-first
+/// replacement starts again on the ports it had; otherwise a process
+/// reaches any dependency with a port on its instance's loopback port,
+/// which moves unless it is a process's fixed port, and a container reaches
+/// a container by name, on a port that moves only when it is named.
 fn address_moves(service: &ServiceSpec, dep: &ServiceSpec) -> bool {
+    if dep.strategy() == DeployStrategy::StopFirst {
+        return false;
+    }
     let container = |s: &ServiceSpec| matches!(s.workload, Workload::Compose { .. });
     match (container(service), container(dep), &dep.port) {
         (_, _, None) | (true, false, _) => false,
@@ -384,7 +388,8 @@ mod tests {
     /// web (a process on a named port) gets new files; worker, a process
     /// that depends on it, would be restarted by the agent for its new
     /// GANTRY_WEB_PORT, and so, in turn, would cron for worker's. pinned
-    /// depends on a process on a fixed port, which does not move.
+    /// depends on a process on a fixed port, and api on a stop-first db
+    /// (started again on its ports): neither moves.
     #[test]
     fn a_dependent_of_a_service_that_moves_to_a_new_port_is_replaced_too() {
         let wanted = [
@@ -393,9 +398,18 @@ mod tests {
             spec(serde_json::json!({"name": "cron", "depends_on": ["worker"]})),
             spec(serde_json::json!({"name": "fixed", "port": 8000})),
             spec(serde_json::json!({"name": "pinned", "depends_on": ["fixed"]})),
+            spec(serde_json::json!({"name": "db", "port": "pg", "deploy_strategy": "stop-first"})),
+            spec(serde_json::json!({"name": "api", "depends_on": ["db"]})),
         ];
         let mut plans: Vec<ServicePlan> = (wanted.iter())
-            .map(|w| service(w, w, matches!(w.name.as_str(), "web" | "fixed"), None))
+            .map(|w| {
+                service(
+                    w,
+                    w,
+                    matches!(w.name.as_str(), "web" | "fixed" | "db"),
+                    None,
+                )
+            })
             .collect();
         follow_dependencies(&mut plans, &wanted);
         let seen: Vec<(&str, bool, Option<&str>)> = (plans.iter())
@@ -409,6 +423,8 @@ mod tests {
                 ("cron", true, Some("worker")),
                 ("fixed", true, None),
                 ("pinned", false, None),
+                ("db", true, None),
+                ("api", false, None),
             ]
         );
     }

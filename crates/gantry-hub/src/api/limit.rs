@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 
+pub(super) use crate::store::client_network;
+
 use crate::error::HubError;
 
 /// How much the hub lets one client do.
@@ -88,18 +90,6 @@ fn quota(per_minute: u32) -> Quota {
 fn seconds_until(not_until: &governor::NotUntil<<DefaultClock as Clock>::Instant>) -> u64 {
     let wait = not_until.wait_time_from(DefaultClock::default().now());
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-}
-
-/// What one client is, for the per-address limit: an IPv4 address, or the
-/// /64 network of an IPv6 one (which one machine can fill with addresses).
-pub(super) fn client_network(address: IpAddr) -> IpAddr {
-    match address.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(bits.into())
-        }
-        v4 => v4,
-    }
 }
 
 impl RateLimits {

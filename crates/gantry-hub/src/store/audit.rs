@@ -4,6 +4,7 @@
 //! row each ([`Refusals`]).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,19 @@ pub fn record(
     Ok(())
 }
 
+/// What one client is, for the per-address limits and for counting its
+/// refusals: an IPv4 address, or the /64 network of an IPv6 one (which one
+/// machine can fill with addresses).
+pub fn client_network(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// How often one kind of refusal from one client is written to the audit
 /// log; the ones between are counted.
 const REFUSALS_EVERY: Duration = Duration::from_secs(60);
@@ -82,12 +96,18 @@ struct Kind {
 }
 
 impl Refusal<'_> {
+    /// Its kind; an IPv6 client counted by its /64, as the rate limits
+    /// count it, so that changing addresses within it counts as one.
     fn kind(&self) -> Kind {
+        let client = match self.client.parse::<IpAddr>() {
+            Ok(address) => client_network(address).to_string(),
+            Err(_) => self.client.to_owned(),
+        };
         Kind {
             actor: self.actor.to_owned(),
             action: self.action,
             outcome: self.outcome,
-            client: self.client.to_owned(),
+            client,
         }
     }
 }
@@ -317,6 +337,26 @@ mod tests {
             outcome: "unknown",
             client: client.to_owned(),
         }
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64() {
+        let refusal = |client| Refusal {
+            actor: "anonymous",
+            action: "auth.key",
+            target: None,
+            outcome: "unknown",
+            client,
+        };
+        assert_eq!(
+            refusal("2001:db8::1").kind(),
+            refusal("2001:db8::ffff:2").kind()
+        );
+        assert_ne!(
+            refusal("2001:db8::1").kind(),
+            refusal("2001:db8:0:1::1").kind()
+        );
+        assert_ne!(refusal("192.0.2.1").kind(), refusal("192.0.2.2").kind());
     }
 
     #[test]

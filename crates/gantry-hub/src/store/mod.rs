@@ -34,7 +34,7 @@ use crate::error::HubError;
 use crate::seal::SealKey;
 
 pub use attachments::{ATTACHMENT_MAX, check_file_name, content_type};
-pub use audit::Actor;
+pub use audit::{Actor, client_network};
 pub use bulk::BulkChange;
 pub use custom::{NewField, filter_value as custom_filter};
 pub use fields::{ItemEdit, NewItem};
