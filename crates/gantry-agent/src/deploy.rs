@@ -133,6 +133,7 @@ async fn deploy(
         config_hash: request.config_hash.clone(),
         artifact_digest: request.artifact.digest.clone(),
         rollback_of: request.rollback_of.clone(),
+        redeploy_of: request.redeploy_of.clone(),
         created_at: now_ms(),
         outcome: Outcome::Deploying,
         reason: None,

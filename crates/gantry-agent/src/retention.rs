@@ -371,6 +371,7 @@ mod tests {
             config_hash: "c".into(),
             artifact_digest: format!("a{number}"),
             rollback_of: None,
+            redeploy_of: None,
             created_at: number,
             outcome,
             reason: None,

@@ -1,6 +1,7 @@
 //! A rollback: an earlier release deployed again from its stored artifact,
 //! with the services it ran. It is a deploy like any other, recorded as the
-//! rollback of the release it goes back to.
+//! rollback of the release it goes back to, or, when it only gives the
+//! release new secrets (`gantry secrets sync`), as a redeploy of it.
 
 use std::sync::Arc;
 
@@ -56,7 +57,9 @@ pub(crate) async fn rollback(
         spec_version: gantry_core::agent_api::v1::SPEC_VERSION,
         services: target.services.clone(),
         secrets: request.secrets,
-        rollback_of: Some(target.id.clone()),
+        // A redeploy gives the release new secrets; it does not go back.
+        rollback_of: (!request.redeploy).then(|| target.id.clone()),
+        redeploy_of: request.redeploy.then(|| target.id.clone()),
         deployment: request.deployment,
         // A rollback runs no migration: the release's tasks ran when it was new.
         tasks: Vec::new(),
@@ -87,6 +90,8 @@ async fn mark_failed(agent: &Agent, project: &str, reverted: &Reverted) -> Resul
 
 /// The newest successful release before the newest one any service runs
 /// now: after an interrupted deploy, services may run different releases.
+/// A redeploy (`gantry secrets sync`) stands for the release it deployed
+/// again: going back from it goes back from that one.
 async fn before_current<'r>(
     agent: &Agent,
     project: &str,
@@ -97,7 +102,7 @@ async fn before_current<'r>(
     let newest = releases
         .iter()
         .filter(|r| current.values().any(|id| *id == r.id))
-        .map(|r| r.number)
+        .map(|r| first_of(releases, r).number)
         .max()
         .unwrap_or(u64::MAX);
     releases
@@ -111,4 +116,56 @@ async fn before_current<'r>(
                 "name one with --to, or deploy first",
             )
         })
+}
+
+/// The release `release` deploys again, following redeploys of redeploys;
+/// `release` itself when it is no redeploy.
+fn first_of<'r>(releases: &'r [Release], mut release: &'r Release) -> &'r Release {
+    while let Some(again) = release.redeploy_of.as_ref().and_then(|of| {
+        releases
+            .iter()
+            .find(|r| &r.id == of && r.number < release.number)
+    }) {
+        release = again;
+    }
+    release
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(number: u64, redeploy_of: Option<u64>) -> Release {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("r{number}"),
+            "number": number,
+            "project": "shop",
+            "environment": "production",
+            "config_hash": "c",
+            "artifact_digest": "a",
+            "redeploy_of": redeploy_of.map(|n| format!("r{n}")),
+            "created_at": number,
+            "outcome": "succeeded",
+            "phases": [],
+            "services": [],
+        }))
+        .expect("a release")
+    }
+
+    #[test]
+    fn a_redeploy_stands_for_the_release_it_deployed_again() {
+        // r2 was synced twice: r3 redeploys r2, r4 redeploys r3.
+        let releases = [
+            release(4, Some(3)),
+            release(3, Some(2)),
+            release(2, None),
+            release(1, None),
+        ];
+        assert_eq!(first_of(&releases, &releases[0]).id, "r2");
+        assert_eq!(first_of(&releases, &releases[2]).id, "r2");
+        // A record naming a later release (never written) cannot loop.
+        let odd = [release(1, Some(2)), release(2, Some(1))];
+        assert_eq!(first_of(&odd, &odd[1]).id, "r1");
+        assert_eq!(first_of(&odd, &odd[0]).id, "r1");
+    }
 }

@@ -370,9 +370,11 @@ impl Report for gantry_core::operate::ReleasesReport {
                 r.environment,
                 total,
                 r.artifact_digest.get(..12).unwrap_or(&r.artifact_digest),
-                r.rollback_of
-                    .as_ref()
-                    .map_or_else(String::new, |of| format!("  (rollback to {of})")),
+                match (&r.rollback_of, &r.redeploy_of) {
+                    (Some(of), _) => format!("  (rollback to {of})"),
+                    (None, Some(of)) => format!("  (redeploy of {of})"),
+                    (None, None) => String::new(),
+                },
                 if r.files_gone {
                     "  (files no longer kept)"
                 } else {
@@ -445,6 +447,12 @@ impl Report for ReleaseDetail {
         );
         if let Some(of) = &r.rollback_of {
             let _ = writeln!(out, "  a rollback to {of}");
+        }
+        if let Some(of) = &r.redeploy_of {
+            let _ = writeln!(
+                out,
+                "  a redeploy of {of}: its services with the secret values of now"
+            );
         }
         if r.files_gone {
             out.push_str("  its files are no longer kept: a rollback to it is refused\n");

@@ -130,6 +130,11 @@ pub struct DeployRequest {
     /// The previous release to re-activate instead of a new one (rollback).
     #[serde(default)]
     pub rollback_of: Option<String>,
+    /// The release deployed again as it is, with the secrets of now
+    /// (`gantry secrets sync`): recorded as a redeploy of it, not a
+    /// rollback. Absent from CLIs before it, whose syncs read as rollbacks.
+    #[serde(default)]
+    pub redeploy_of: Option<String>,
     /// The environment-wide deployment (one `gantry deploy` or `gantry
     /// rollback` of every host) this request is part of, recorded with the
     /// release. With one, a host that already runs this artifact and
@@ -247,6 +252,10 @@ pub struct Release {
     pub artifact_digest: String,
     #[serde(default)]
     pub rollback_of: Option<String>,
+    /// The release this one deploys again unchanged but for its secrets
+    /// (`gantry secrets sync`). Absent otherwise, and from agents before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redeploy_of: Option<String>,
     pub created_at: u64,
     pub outcome: Outcome,
     #[serde(default)]
@@ -475,6 +484,11 @@ pub struct RollbackRequest {
     /// with that reason (a release that failed its verify window).
     #[serde(default)]
     pub reverts: Option<Reverted>,
+    /// Deploy `to` again to give its services new secrets, not to go back
+    /// to it: the release is recorded as a redeploy (`redeploy_of`). An
+    /// agent before it ignores this and records a rollback.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redeploy: bool,
 }
 
 /// A release that succeeded and is undone after all, and why.
@@ -490,6 +504,7 @@ impl std::fmt::Debug for RollbackRequest {
             .field("to", &self.to)
             .field("deployment", &self.deployment)
             .field("reverts", &self.reverts)
+            .field("redeploy", &self.redeploy)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .finish()
     }

@@ -679,6 +679,7 @@ impl HostPlan<'_> {
             services: specs,
             secrets: self.secrets.clone(),
             rollback_of: None,
+            redeploy_of: None,
             deployment: Some(self.deployment.clone()),
             tasks,
         }

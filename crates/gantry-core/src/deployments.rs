@@ -84,12 +84,12 @@ pub fn current(releases: &[Release]) -> Option<&Release> {
 }
 
 /// The release whose deployments a host runs now: its current release, or,
-/// when that records none (a rollback outside any deployment: a release that
-/// failed its verify window undone, `gantry secrets sync`), the release it
-/// went back to.
+/// when that records none (a release that failed its verify window undone,
+/// a redeploy by `gantry secrets sync`), the release it went back to or
+/// deployed again.
 fn runs(releases: &[Release]) -> Option<&Release> {
     let now = current(releases)?;
-    match &now.rollback_of {
+    match now.rollback_of.as_ref().or(now.redeploy_of.as_ref()) {
         Some(of) if now.deployments.is_empty() => releases.iter().find(|r| &r.id == of),
         _ => Some(now),
     }
@@ -419,6 +419,7 @@ mod tests {
                 // The revert: a rollback to r1, in no deployment.
                 Release {
                     rollback_of: Some("r1".to_owned()),
+                    redeploy_of: None,
                     ..ok("r3", "v1", &[])
                 },
                 rel("r2", "v2", Outcome::Failed, &[("d2", 20)]),
@@ -449,6 +450,32 @@ mod tests {
                 to: Some("r1".to_owned())
             }
         );
+    }
+
+    #[test]
+    fn a_secrets_sync_redeploy_leaves_its_deployment_current_and_not_a_rollback() {
+        // d2 made r2; `gantry secrets sync` deployed r2 again as r3.
+        let synced = Release {
+            redeploy_of: Some("r2".to_owned()),
+            ..ok("r3", "v2", &[])
+        };
+        let hosts = hosts(vec![(
+            "h1",
+            vec![
+                synced,
+                ok("r2", "v2", &[("d2", 20)]),
+                ok("r1", "v1", &[("d1", 10)]),
+            ],
+        )]);
+        let list = list(&hosts);
+        let summary: Vec<_> = list
+            .iter()
+            .map(|d| (d.id.as_str(), d.current, d.rollback))
+            .collect();
+        assert_eq!(summary, [("d2", true, false), ("d1", false, false)]);
+        assert!(list[0].hosts[0].runs_now);
+        let (to, release) = target_of(&hosts, None);
+        assert_eq!((to.as_str(), release.as_str()), ("d1", "r1"));
     }
 
     #[test]
@@ -484,6 +511,7 @@ mod tests {
                 .unwrap();
             let rolled = Release {
                 rollback_of: Some((*of).to_owned()),
+                redeploy_of: None,
                 ..ok(&format!("r{n}"), &artifact, &[(deployment, n * 10)])
             };
             releases.insert(0, rolled);

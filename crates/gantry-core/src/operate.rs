@@ -3,7 +3,6 @@
 
 use serde::Serialize;
 
-use crate::agent_api::DeploymentMark;
 use crate::agent_api::{
     LogLine, Outcome, Release, RollbackRequest, ServiceSelector, ServiceState, ServiceStatus,
     Status,
@@ -328,14 +327,17 @@ pub fn rollback(
     let secrets = services_secrets(&config, &env, environment, env_vars).unwrap_or_default();
     let target = rollback_target(&env, connect, to)?;
     let mark = Some(crate::deployments::new_mark());
+    let request = RollbackRequest {
+        secrets,
+        deployment: mark.clone(),
+        ..RollbackRequest::default()
+    };
     let mut report = match target {
         Target::PerHost { to } => {
-            redeploy(&env, environment, secrets, connect, mark.clone(), &|_| {
-                Ok(to.clone())
-            })
+            redeploy(&env, environment, request, connect, &|_| Ok(to.clone()))
         }
         Target::Deployment { releases, .. } => {
-            redeploy(&env, environment, secrets, connect, mark.clone(), &|host| {
+            redeploy(&env, environment, request, connect, &|host| {
                 Ok(releases
                     .iter()
                     .find(|(name, _)| name == host.name())
@@ -384,7 +386,13 @@ pub fn sync_secrets(
     let config = project.load()?;
     let env = config.environment(environment)?;
     let secrets = services_secrets(&config, &env, environment, env_vars)?;
-    redeploy(&env, environment, secrets, connect, None, &|host| {
+    // Recorded as a redeploy of the release each host runs, not a rollback to it.
+    let request = RollbackRequest {
+        secrets,
+        redeploy: true,
+        ..RollbackRequest::default()
+    };
+    redeploy(&env, environment, request, connect, &|host| {
         let running: Vec<String> = host
             .status(&env.project)?
             .services
@@ -428,14 +436,13 @@ fn services_secrets(
 type ToRelease<'a> = dyn Fn(&dyn Host) -> Result<Option<String>, Error> + 'a;
 
 /// Has each host, one at a time, deploy again the release `target` names
-/// (`None`: its previous one) with `secrets`; stops at the first host that
-/// fails.
+/// (`None`: its previous one) as `request` asks; stops at the first host
+/// that fails.
 fn redeploy(
     env: &crate::config::resolve::Environment,
     environment: &str,
-    secrets: std::collections::BTreeMap<String, String>,
+    request: RollbackRequest,
     connect: Connect<'_>,
-    deployment: Option<DeploymentMark>,
     target: &ToRelease<'_>,
 ) -> Result<DeployReport, Error> {
     let mut outcomes = Vec::new();
@@ -454,9 +461,7 @@ fn redeploy(
                     .map(|r| r.id);
                 let request = RollbackRequest {
                     to,
-                    secrets: secrets.clone(),
-                    deployment: deployment.clone(),
-                    reverts: None,
+                    ..request.clone()
                 };
                 HostDeploy::from_result(&spec.name, previous, host.rollback(&env.project, &request))
             }

@@ -346,6 +346,17 @@ fn a_stored_secret_reaches_the_service_and_a_synced_change_restarts_it_with_no_f
         || api_printed(&p, CHANGED),
     );
     assert_not_in_ps(CHANGED);
+    // The sync deployed r1 again for its secrets: a redeploy, not a rollback.
+    let r2 = json(&p, &["releases", "show", "r2"]);
+    assert_eq!(r2["redeploy_of"], "r1", "{r2:#}");
+    assert!(r2["rollback_of"].is_null(), "{r2:#}");
+    let listed = p.gantry(&["releases", "--output", "text"]);
+    listed.expect_code(0);
+    assert!(
+        listed.stdout.contains("(redeploy of r1)") && !listed.stdout.contains("rollback"),
+        "{}",
+        listed.stdout
+    );
     for args in [
         &["status"][..],
         &["releases"],

@@ -9,10 +9,11 @@ use super::service_row::{ServiceRow, from_rows, to_rows};
 use super::{Store, StoreError, is_unique_violation};
 
 const COLUMNS: &str = "id, number, project, environment, config_hash, artifact_digest, \
-     rollback_of, created_at, outcome, reason, log_tail, phases, services, cause";
+     rollback_of, created_at, outcome, reason, log_tail, phases, services, cause, redeploy_of";
 
-/// [`COLUMNS`] but `cause` (schema 7): what a release without one is
-/// inserted into, so that stores of older schemas take it too.
+/// [`COLUMNS`] but `cause` (schema 7) and `redeploy_of` (schema 9): what a
+/// release without either is inserted into, so that stores of older schemas
+/// take it too.
 const COLUMNS_WITHOUT_CAUSE: &str = "id, number, project, environment, config_hash, \
      artifact_digest, rollback_of, created_at, outcome, reason, log_tail, phases, services";
 
@@ -28,10 +29,11 @@ impl Store {
     }
 
     /// Records a new release. Its id and its number within the project must
-    /// be new; `rollback_of`, when set, must name a release of the project.
+    /// be new; `rollback_of` and `redeploy_of`, when set, must name a
+    /// release of the project.
     pub(crate) fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
         let services = json("services", &to_rows(&release.services))?;
-        let columns = if release.cause.is_some() {
+        let columns = if release.cause.is_some() || release.redeploy_of.is_some() {
             COLUMNS
         } else {
             COLUMNS_WITHOUT_CAUSE
@@ -55,7 +57,7 @@ impl Store {
         services: String,
         columns: &str,
     ) -> Result<(), StoreError> {
-        if let Some(of) = &release.rollback_of {
+        for of in release.rollback_of.iter().chain(&release.redeploy_of) {
             require_release(&self.conn, &release.project, of)?;
         }
         let (outcome, log_tail) = (Named(release.outcome), json("log_tail", &release.log_tail)?);
@@ -75,6 +77,7 @@ impl Store {
             phases,
             services,
             cause,
+            release.redeploy_of,
         ];
         let count = columns.split(',').count().min(values.len());
         let placeholders: Vec<String> = (1..=count).map(|i| format!("?{i}")).collect();
@@ -284,6 +287,7 @@ fn read_release(row: &Row<'_>) -> rusqlite::Result<Release> {
         config_hash: row.get("config_hash")?,
         artifact_digest: row.get("artifact_digest")?,
         rollback_of: row.get("rollback_of")?,
+        redeploy_of: row.get("redeploy_of")?,
         created_at: row.get("created_at")?,
         outcome: row.get::<_, Named<_>>("outcome")?.0,
         reason: row.get("reason")?,
@@ -342,6 +346,7 @@ pub(super) mod tests {
             config_hash: "c0ffee".to_owned(),
             artifact_digest: "ab".repeat(32),
             rollback_of: None,
+            redeploy_of: None,
             created_at: 1_700_000_000_000 + number,
             outcome: Outcome::Deploying,
             reason: None,
@@ -589,5 +594,23 @@ pub(super) mod tests {
         assert_eq!(err.code(), "release.not_found");
         let loaded = store.release("shop", "b").expect("query").expect("found");
         assert_eq!(loaded.rollback_of.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_redeploy_is_kept_apart_from_a_rollback_and_names_an_existing_release() {
+        let store = Store::open_in_memory().expect("store");
+        insert(&store, &[("shop", "a", 1)]);
+        let mut again = release("shop", "b", 2);
+        again.redeploy_of = Some("a".to_owned());
+        store
+            .insert_release(&again)
+            .expect("redeploy of a known release");
+        let loaded = store.release("shop", "b").expect("query").expect("found");
+        assert_eq!(loaded.redeploy_of.as_deref(), Some("a"));
+        assert_eq!(loaded.rollback_of, None);
+        let mut bad = release("shop", "c", 3);
+        bad.redeploy_of = Some("ghost".to_owned());
+        let err = store.insert_release(&bad).expect_err("unknown");
+        assert_eq!(err.code(), "release.not_found");
     }
 }

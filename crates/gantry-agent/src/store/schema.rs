@@ -17,6 +17,7 @@ pub(super) fn migrations() -> Migrations<'static> {
         M::up(V6_DEPLOYMENTS),
         M::up(V7_RELEASE_CAUSE),
         M::up(V8_PRUNED),
+        M::up(V9_REDEPLOY_OF),
     ])
 }
 
@@ -234,3 +235,8 @@ const V8_PRUNED: &str = "
 ALTER TABLE releases ADD COLUMN pruned INTEGER NOT NULL DEFAULT 0 CHECK (pruned IN (0, 1));
 CREATE INDEX releases_unpruned ON releases (project, number) WHERE pruned = 0;
 ";
+
+/// The release a release deploys again for new secrets (`gantry secrets
+/// sync`), which before was recorded as a rollback to it. NULL for every
+/// other release and for releases recorded before.
+const V9_REDEPLOY_OF: &str = "ALTER TABLE releases ADD COLUMN redeploy_of TEXT;";

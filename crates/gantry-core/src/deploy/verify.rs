@@ -77,11 +77,11 @@ impl Watch<'_> {
         let request = RollbackRequest {
             to: Some(back.clone()),
             secrets: self.secrets.clone(),
-            deployment: None,
             reverts: Some(Reverted {
                 release: release.clone(),
                 reason: format!("failed its verify window: {reason}"),
             }),
+            ..RollbackRequest::default()
         };
         outcome.error = Some(match agent.rollback(self.project, &request) {
             Ok(r) if r.release.outcome != Outcome::Failed => {
