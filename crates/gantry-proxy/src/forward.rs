@@ -3,14 +3,15 @@
 //! answer back. An upstream that refuses the connection is ejected and the
 //! request goes to another, once: the connection is made before the request
 //! is handed over, so nothing of it has been sent. Upgrades (WebSocket)
-//! become a byte tunnel between the two connections.
+//! become a byte tunnel between the two connections, closed when either
+//! side stops taking what the other sends.
 //!
 //! Nothing here buffers a body: both directions stream frame by frame.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::request::Parts;
@@ -21,7 +22,7 @@ use http::{
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use crate::body::ProxyBody;
 use crate::exchange::{Entry, Exchange};
@@ -617,9 +618,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Relays bytes both ways between an upgraded client connection and its
 /// upstream. When either side closes, its close is passed on and the tunnel
-/// ends: a WebSocket has no use for a half-closed connection. The exchange
-/// and the in-flight count last as long as the tunnel, so a drain waits for
-/// open WebSockets.
+/// ends: a WebSocket has no use for a half-closed connection. When either
+/// side stops taking what the other sends (`relay`), both are closed: a
+/// client that does not read must not hold its upstream, and the bytes on
+/// the way, for ever. A quiet tunnel, with nothing waiting either way, lives
+/// as long as its ends do. The exchange and the in-flight count last as long
+/// as the tunnel, so a drain waits for open WebSockets.
 async fn tunnel(
     client: OnUpgrade,
     upstream: OnUpgrade,
@@ -638,31 +642,80 @@ async fn tunnel(
     let (mut upstream_reads, mut upstream_writes) = tokio::io::split(TokioIo::new(upstream));
     let open = state.metrics.websockets();
     open.inc();
-    let outbound = async {
-        let copied = tokio::io::copy(&mut client_reads, &mut upstream_writes).await;
-        let _ = upstream_writes.shutdown().await;
-        copied
-    };
-    let inbound = async {
-        let copied = tokio::io::copy(&mut upstream_reads, &mut client_writes).await;
-        let _ = client_writes.shutdown().await;
-        copied
-    };
+    // The same patience as for a response the client takes nothing of.
+    let stall = state.clients.idle;
     let ended = tokio::select! {
-        copied = outbound => copied,
-        copied = inbound => copied,
+        ended = relay(&mut client_reads, &mut upstream_writes, stall) => ended,
+        ended = relay(&mut upstream_reads, &mut client_writes, stall) => ended,
     };
-    if ended.is_err() {
-        exchange.set_error("tunnel closed with an error");
+    match ended {
+        Ok(()) => {}
+        Err(Relay::Stalled) => exchange.set_error("tunnel stalled"),
+        Err(Relay::Broken) => exchange.set_error("tunnel closed with an error"),
     }
     open.dec();
+    // Both connections close as their halves drop here.
     drop(in_flight);
+}
+
+/// Bytes read from one side of a tunnel and relayed at a time.
+const RELAY_BUFFER: usize = 8 * 1024;
+
+/// Why one direction of a tunnel ended before its reader closed.
+#[derive(Debug, PartialEq, Eq)]
+enum Relay {
+    /// Bytes waited for the writer and it took none of them for the stall
+    /// limit.
+    Stalled,
+    /// A read or a write failed.
+    Broken,
+}
+
+/// Copies `from` to `to` until `from` ends, then passes the end on.
+/// Waiting for `from` to say something has no limit; bytes waiting for
+/// `to` do: each write (or flush) that takes none of them for `stall`
+/// means `to` has stopped reading. Every byte `to` takes starts the clock
+/// again, so a slow but steady reader is never cut.
+async fn relay<R, W>(from: &mut R, to: &mut W, stall: Duration) -> Result<(), Relay>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; RELAY_BUFFER];
+    loop {
+        let read = from.read(&mut buffer).await.map_err(|_| Relay::Broken)?;
+        if read == 0 {
+            // A close that cannot be written in time is not waited for.
+            let _ = tokio::time::timeout(stall, to.shutdown()).await;
+            return Ok(());
+        }
+        let mut pending = &buffer[..read];
+        while !pending.is_empty() {
+            let written = taken_within(stall, to.write(pending)).await?;
+            if written == 0 {
+                return Err(Relay::Broken);
+            }
+            pending = &pending[written..];
+        }
+        // What a TLS stream holds back must reach the socket, in time too.
+        taken_within(stall, to.flush()).await?;
+    }
+}
+
+/// One write's outcome, or `Stalled` when it takes nothing for `stall`.
+async fn taken_within<T>(
+    stall: Duration,
+    write: impl Future<Output = std::io::Result<T>>,
+) -> Result<T, Relay> {
+    match tokio::time::timeout(stall, write).await {
+        Ok(Ok(taken)) => Ok(taken),
+        Ok(Err(_)) => Err(Relay::Broken),
+        Err(_elapsed) => Err(Relay::Stalled),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::Timeouts;
     use crate::exchange::AccessLog;

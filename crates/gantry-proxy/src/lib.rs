@@ -174,7 +174,8 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         .enable_all()
         .build()
         .map_err(ProxyError::Thread)?;
-    // Every client connection is a descriptor, and often two.
+    // Every client connection is a descriptor, and each of its open
+    // requests may hold another (`limits::fd_budget`).
     let nofile = limits::raise_nofile();
     let proxy = if config.take_over {
         take_over(config)?

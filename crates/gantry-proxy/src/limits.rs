@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 /// Deadlines and caps for client connections (`gantry proxy
 /// --client-timeout`, `--idle-timeout`, `--max-connections`,
-/// `--max-connections-per-client`).
+/// `--max-connections-per-client`; `ping` and `max_streams` have no flag).
 #[derive(Clone, Copy, Debug)]
 pub struct ClientLimits {
     /// From accept to the end of the TLS handshake.
@@ -41,10 +41,16 @@ pub struct ClientLimits {
     /// answered within it closes the connection.
     pub ping: Duration,
     /// Client connections open at once, over both listeners. Lowered at
-    /// start to what the file-descriptor limit allows.
+    /// start to what the file-descriptor limit allows (`fd_budget`).
     pub max_connections: usize,
     /// Connections open at once from one client address.
     pub max_per_client: usize,
+    /// Requests open at once on one HTTP/2 connection (advertised as
+    /// SETTINGS_MAX_CONCURRENT_STREAMS; a stream over it is refused with
+    /// REFUSED_STREAM, which a client may retry). Each may hold an upstream
+    /// connection or a file, so this is also what one connection may cost
+    /// in file descriptors besides its own. At least 1.
+    pub max_streams: u32,
 }
 
 impl Default for ClientLimits {
@@ -57,7 +63,15 @@ impl Default for ClientLimits {
             ping: Duration::from_secs(20),
             max_connections: 16_384,
             max_per_client: 256,
+            max_streams: 16,
         }
+    }
+}
+
+impl ClientLimits {
+    /// `max_streams`, of which 0 would refuse every HTTP/2 request.
+    pub(crate) fn streams(&self) -> u32 {
+        self.max_streams.max(1)
     }
 }
 
@@ -65,12 +79,30 @@ impl Default for ClientLimits {
 /// listeners, sockets, the log, certificate files.
 const RESERVED_FDS: u64 = 64;
 
-/// The connections the file-descriptor limit leaves room for: each client
-/// connection may hold an upstream connection too.
-pub(crate) fn fd_budget() -> usize {
+/// The client connections the file-descriptor soft limit leaves room for,
+/// when each HTTP/2 connection may have `streams` requests open.
+pub(crate) fn fd_budget(streams: u32) -> usize {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    budget(soft, streams)
+}
+
+/// The connections `soft` descriptors (`None`: no limit) leave room for.
+///
+/// A client connection costs its own descriptor and one for each request it
+/// has open, which may hold an upstream connection (a WebSocket's too) or a
+/// static file: one at a time on HTTP/1, up to `streams` on HTTP/2. Every
+/// connection is counted at the HTTP/2 price, so the cap holds whatever the
+/// clients speak: `budget × (1 + streams) + RESERVED_FDS ≤ soft`. Counting
+/// descriptors as requests take them would admit more HTTP/1 clients, but a
+/// request would then need somewhere to wait, or an error, when none is
+/// left; the price of this is paid only where the limit is low. `run`
+/// raises the soft limit to the hard one: under systemd's 524288 and 16
+/// streams the budget is above the default cap of 16384.
+fn budget(soft: Option<u64>, streams: u32) -> usize {
+    let per_connection = 1 + u64::from(streams.max(1));
     soft.map_or(usize::MAX, |soft| {
-        usize::try_from(soft.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX)
+        let budget = soft.saturating_sub(RESERVED_FDS) / per_connection;
+        usize::try_from(budget).unwrap_or(usize::MAX)
     })
 }
 
@@ -283,6 +315,23 @@ mod tests {
         assert!(caps.admit(b).is_none(), "in total");
         drop(first);
         assert!(caps.admit(a).is_some(), "a place given back");
+    }
+
+    #[test]
+    fn every_connection_with_all_its_streams_open_fits_the_descriptor_limit() {
+        for soft in [0, 64, 100, 1024, 4096, 524_288] {
+            for streams in [0, 1, 16, 256] {
+                let connections = u64::try_from(budget(Some(soft), streams)).expect("fits");
+                let held = connections * (1 + u64::from(streams.max(1)));
+                assert!(
+                    held <= soft.saturating_sub(RESERVED_FDS),
+                    "{connections} connections of {streams} streams under {soft}"
+                );
+            }
+        }
+        assert_eq!(budget(Some(1024), 16), 56);
+        assert!(budget(Some(524_288), 16) > ClientLimits::default().max_connections);
+        assert_eq!(budget(None, 16), usize::MAX);
     }
 
     #[test]

@@ -241,7 +241,10 @@ fn launch(
         config.workers
     };
     let caps = ConnectionCaps::new(
-        config.clients.max_connections.min(fd_budget()),
+        config
+            .clients
+            .max_connections
+            .min(fd_budget(config.clients.streams())),
         config.clients.max_per_client,
     );
     let slots = proxy.start_workers(workers, &state, tls_config.as_ref(), &stopped)?;

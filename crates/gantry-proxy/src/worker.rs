@@ -87,7 +87,7 @@ async fn serve_connections(
         .header_read_timeout(limits.headers);
     http.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(limits.streams())
         .keep_alive_interval(limits.ping)
         .keep_alive_timeout(limits.ping);
     let (close, closing) = watch::channel(false);

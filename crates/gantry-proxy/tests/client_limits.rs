@@ -3,7 +3,8 @@
 //! after it, sits idle on HTTP/2, or stops taking a response (HTTP/1: never
 //! reads; HTTP/2: gives the stream no window) is closed by the proxy once
 //! its deadline passes, and the upstream's response is let go; one address
-//! cannot hold more connections than its cap.
+//! cannot hold more connections than its cap, nor one HTTP/2 connection
+//! more requests open than its cap of streams.
 //! The deadlines are short here so the tests do not wait; each test only
 //! asks whether the proxy closed the socket before its patience ran out.
 #![allow(clippy::unwrap_used)]
@@ -30,7 +31,7 @@ use support::{
     PATIENCE, TestProxy, client, closed_by_proxy, echo_upstream, empty, eventually, tls_connect,
     upstream,
 };
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 const SHORT: Duration = Duration::from_millis(300);
@@ -363,4 +364,114 @@ async fn an_h2c_client_that_reads_slowly_but_steadily_gets_the_whole_response() 
         tokio::time::sleep_until(started + due).await;
     }
     assert_eq!(read as u64, SIZE);
+}
+
+/// One HTTP/2 frame, as the tests of raw h2c read and write them.
+struct H2Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const ACK: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const REFUSED_STREAM: u32 = 0x7;
+
+async fn write_frame(stream: &mut TcpStream, frame: H2Frame) {
+    let length = u32::try_from(frame.payload.len()).unwrap().to_be_bytes();
+    let mut bytes = vec![length[1], length[2], length[3], frame.kind, frame.flags];
+    bytes.extend_from_slice(&frame.stream.to_be_bytes());
+    bytes.extend_from_slice(&frame.payload);
+    stream.write_all(&bytes).await.unwrap();
+}
+
+/// The next frame the proxy sends on `stream` that `wanted` accepts.
+async fn frame_where(stream: &mut TcpStream, wanted: impl Fn(&H2Frame) -> bool) -> H2Frame {
+    let next = async {
+        loop {
+            let mut head = [0u8; 9];
+            stream.read_exact(&mut head).await.expect("a frame's head");
+            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]);
+            let mut payload = vec![0u8; usize::try_from(length).unwrap()];
+            stream.read_exact(&mut payload).await.expect("a frame");
+            let frame = H2Frame {
+                kind: head[3],
+                flags: head[4],
+                stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+                payload,
+            };
+            if wanted(&frame) {
+                return frame;
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, next)
+        .await
+        .expect("the proxy sends the frame")
+}
+
+/// A GET of `/` on `host`, in a HEADERS frame that ends its stream: the
+/// pseudo-headers from HPACK's static table, the authority a literal.
+fn get_frame(stream: u32, host: &str) -> H2Frame {
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, u8::try_from(host.len()).unwrap()];
+    block.extend_from_slice(host.as_bytes());
+    H2Frame {
+        kind: HEADERS,
+        flags: END_STREAM | END_HEADERS,
+        stream,
+        payload: block,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_connection_cannot_have_more_than_its_cap_of_streams_open() {
+    const STREAMS: u32 = 4;
+    // Every request sent to it stays open, holding its upstream connection.
+    let held = upstream("held", |_request| std::future::pending()).await;
+    let proxy = TestProxy::start_with(tempfile::tempdir().unwrap(), |config| {
+        config.clients.max_streams = STREAMS;
+    });
+    proxy
+        .put_routes(&RouteTable {
+            routes: vec![Route::new("held", vec![held.addr]).hosts(["held.test"])],
+        })
+        .await;
+    let mut h2 = TcpStream::connect(proxy.addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let settings = |flags| H2Frame {
+        kind: SETTINGS,
+        flags,
+        stream: 0,
+        payload: Vec::new(),
+    };
+    write_frame(&mut h2, settings(0)).await;
+    let advertised = frame_where(&mut h2, |f| f.kind == SETTINGS && f.flags & ACK == 0).await;
+    write_frame(&mut h2, settings(ACK)).await;
+    let max_streams = advertised.payload.chunks_exact(6).find_map(|setting| {
+        (u16::from_be_bytes([setting[0], setting[1]]) == SETTINGS_MAX_CONCURRENT_STREAMS)
+            .then(|| u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]))
+    });
+    assert_eq!(max_streams, Some(STREAMS));
+
+    for i in 0..STREAMS {
+        write_frame(&mut h2, get_frame(2 * i + 1, "held.test")).await;
+    }
+    eventually("every stream's request to reach the upstream", || {
+        held.hits() == usize::try_from(STREAMS).unwrap()
+    })
+    .await;
+    // One more, while all are open: refused, and never sent on.
+    let extra = 2 * STREAMS + 1;
+    write_frame(&mut h2, get_frame(extra, "held.test")).await;
+    let reset = frame_where(&mut h2, |f| f.kind == RST_STREAM && f.stream == extra).await;
+    assert_eq!(reset.payload, REFUSED_STREAM.to_be_bytes());
+    assert_eq!(held.hits(), usize::try_from(STREAMS).unwrap());
 }

@@ -1,19 +1,26 @@
 //! What a forwarded request carries and how each protocol passes: the
 //! X-Forwarded-* and X-Request-Id headers, HTTP/2 from the client, a
-//! WebSocket echo (which the client idle limit leaves alone), and the
-//! timeout for an upstream that does not answer.
+//! WebSocket echo (which the client idle limit leaves alone while it is
+//! quiet, and closes once a client stops reading it), and the timeout for
+//! an upstream that does not answer.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use gantry_proxy::{Route, RouteTable, Timeouts};
 use hyper::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{TestProxy, client, echo_upstream, empty, get, send, upstream};
+use support::{
+    TestProxy, client, closed_by_proxy, echo_upstream, empty, eventually, get, send, upstream,
+};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -129,9 +136,31 @@ async fn http2_with_prior_knowledge_is_served_and_forwarded_as_http11() {
 
 /// An upstream that completes WebSocket handshakes and echoes every message.
 async fn websocket_echo_upstream() -> support::Upstream {
-    upstream(
-        "ws",
-        |mut request: Request<hyper::body::Incoming>| async move {
+    websocket_upstream("ws", |mut socket| async move {
+        while let Some(Ok(message)) = socket.next().await {
+            if message.is_close() {
+                break;
+            }
+            if socket.send(message).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+}
+
+type ServerSocket = tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// An upstream that completes WebSocket handshakes and hands each socket
+/// to `talk`.
+async fn websocket_upstream<F, Fut>(name: &'static str, talk: F) -> support::Upstream
+where
+    F: Fn(ServerSocket) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    upstream(name, move |mut request: Request<hyper::body::Incoming>| {
+        let talk = talk.clone();
+        async move {
             let key = request.headers().get(SEC_WEBSOCKET_KEY).cloned();
             let Some(key) = key else {
                 return Ok(Response::builder().status(400).body(empty()).unwrap());
@@ -139,20 +168,13 @@ async fn websocket_echo_upstream() -> support::Upstream {
             let upgrade = hyper::upgrade::on(&mut request);
             tokio::spawn(async move {
                 let upgraded = upgrade.await.unwrap();
-                let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
                     None,
                 )
                 .await;
-                while let Some(Ok(message)) = socket.next().await {
-                    if message.is_close() {
-                        break;
-                    }
-                    if socket.send(message).await.is_err() {
-                        break;
-                    }
-                }
+                talk(socket).await;
             });
             Ok(Response::builder()
                 .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -161,8 +183,8 @@ async fn websocket_echo_upstream() -> support::Upstream {
                 .header(SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
                 .body(empty())
                 .unwrap())
-        },
-    )
+        }
+    })
     .await
 }
 
@@ -187,6 +209,44 @@ async fn a_quiet_websocket_outlives_the_client_idle_limit() {
     socket.send(Message::text("still here")).await.unwrap();
     let echoed = socket.next().await.unwrap().unwrap();
     assert_eq!(echoed, Message::text("still here"));
+}
+
+static MESSAGE: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_that_stops_reading_is_closed_and_the_upstream_let_go() {
+    // The upstream sends as fast as it is let; `let_go` is set once a send
+    // fails: the proxy closed their connection.
+    let let_go = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&let_go);
+    let flood = websocket_upstream("flood", move |mut socket| {
+        let let_go = Arc::clone(&flag);
+        async move {
+            let message = || Message::binary(Bytes::from_static(&MESSAGE));
+            while socket.send(message()).await.is_ok() {}
+            let_go.store(true, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let proxy = TestProxy::start_with(tempfile::tempdir().unwrap(), |config| {
+        config.clients.idle = Duration::from_secs(1);
+    });
+    proxy
+        .put_routes(&RouteTable {
+            routes: vec![Route::new("feed", vec![flood.addr]).hosts(["feed.test"])],
+        })
+        .await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut socket, response) = tokio_tungstenite::client_async("ws://feed.test/live", stream)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    // Nothing is read: the buffers on the way fill and the tunnel stops.
+    eventually("the proxy to close the upstream's connection", || {
+        let_go.load(Ordering::SeqCst)
+    })
+    .await;
+    assert!(closed_by_proxy(socket.get_mut()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
