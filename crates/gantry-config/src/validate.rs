@@ -2,7 +2,11 @@
 //! services, hosts and environments, dependency cycles, routes claimed twice,
 //! and keys that only make sense together. They run on the typed file, once
 //! for the base services and once for each environment's merged view, so an
-//! override that breaks a service is caught and pointed at.
+//! override that breaks a service is caught and pointed at. Where services
+//! run is `placement`'s; the ports they listen on are `ports`'.
+
+mod placement;
+mod ports;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
@@ -10,7 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 use crate::diagnostic::{KeyPath, Problem, Segment};
 use crate::document::{Document, Finding, Findings};
 use crate::formats::{check_env_name, check_name};
-use crate::model::{Build, DeployStrategy, File, Port, Service};
+use crate::model::{Build, DeployStrategy, File, Service};
 use crate::resolve::{self, Route};
 use crate::suggest::did_you_mean;
 
@@ -61,8 +65,8 @@ pub fn check(file: &File, doc: &Document<'_>) -> Findings {
         seen: HashSet::new(),
     };
     check_names(&mut c, file);
-    check_hosts(&mut c, file);
-    check_environments(&mut c, file);
+    placement::check_hosts(&mut c, file);
+    placement::check_environments(&mut c, file);
     check_rollouts(&mut c, file);
 
     let mut checked_base = false;
@@ -89,8 +93,9 @@ pub fn check(file: &File, doc: &Document<'_>) -> Findings {
         }
         checked_base = true;
         check_dependencies(&mut c, env, &merged, &locate);
-        check_placement(&mut c, file, env, &merged, &locate);
-        check_fixed_ports(&mut c, file, env, &merged, &locate);
+        placement::check_placement(&mut c, file, env, &merged, &locate);
+        ports::check_fixed_ports(&mut c, file, env, &merged, &locate);
+        ports::check_proxy_ports(&mut c, file, env, &merged, &locate);
         check_routes(&mut c, env, &merged, &locate);
         check_automatic_names(&mut c, &file.project.name, &merged, &locate);
     }
@@ -114,29 +119,6 @@ fn check_names(c: &mut Checker<'_>, file: &File) {
                     Some("use lowercase letters, digits and hyphens, starting with a letter; names become host names like web.shop.localhost".to_owned()),
                 );
             }
-        }
-    }
-}
-
-fn check_hosts(c: &mut Checker<'_>, file: &File) {
-    for (name, host) in &file.hosts {
-        let path = KeyPath::of(["hosts", name.as_str()]);
-        match (&host.ssh, &host.provider) {
-            (None, None) => c.push(
-                Problem::Conflict,
-                path,
-                true,
-                format!("host `{name}` has neither `ssh` nor `provider`"),
-                Some("add ssh = \"user@address\" for a server you have, or provider = \"local\" for this machine".to_owned()),
-            ),
-            (Some(_), Some(_)) => c.push(
-                Problem::Conflict,
-                path.key("provider"),
-                true,
-                format!("host `{name}` has both `ssh` and `provider`"),
-                Some("keep `ssh` for a server you have, or only provider = \"local\" for this machine".to_owned()),
-            ),
-            _ => {}
         }
     }
 }
@@ -175,208 +157,6 @@ fn check_rollouts(c: &mut Checker<'_>, file: &File) {
                 Some("give deploy.verify a duration, like \"10s\"".to_owned()),
             );
         }
-    }
-}
-
-fn check_environments(c: &mut Checker<'_>, file: &File) {
-    let known_hosts: Vec<&str> = file
-        .hosts
-        .keys()
-        .map(String::as_str)
-        .chain((!file.hosts.contains_key(resolve::LOCAL)).then_some(resolve::LOCAL))
-        .collect();
-    for (env_name, env) in &file.environments {
-        let base = KeyPath::of(["environments", env_name.as_str()]);
-        let mut listed = HashSet::new();
-        for (i, host) in env.hosts.iter().enumerate() {
-            let path = base.key("hosts").index(i);
-            if !known_hosts.contains(&host.as_str()) {
-                let hint = match did_you_mean(host, known_hosts.iter().copied()) {
-                    Some(best) => format!("did you mean `{best}`?"),
-                    None => format!(
-                        "declare it as [hosts.{host}] with ssh = \"user@address\", or use `local`"
-                    ),
-                };
-                c.push(
-                    Problem::UnknownReference,
-                    path,
-                    false,
-                    format!("environment `{env_name}` names unknown host `{host}`"),
-                    Some(hint),
-                );
-            } else if !listed.insert(host) {
-                c.push(
-                    Problem::Conflict,
-                    path,
-                    false,
-                    format!("host `{host}` is listed twice in environment `{env_name}`"),
-                    None,
-                );
-            }
-        }
-        for name in env.services.keys() {
-            if !file.services.contains_key(name) {
-                let hint = match did_you_mean(name, file.services.keys().map(String::as_str)) {
-                    Some(best) => format!("did you mean `{best}`?"),
-                    None => "an environment can only override services declared under [services]"
-                        .to_owned(),
-                };
-                c.push(
-                    Problem::UnknownReference,
-                    base.key("services").key(name),
-                    true,
-                    format!("environment `{env_name}` overrides unknown service `{name}`"),
-                    Some(hint),
-                );
-            }
-        }
-    }
-}
-
-/// A service's `hosts` must be hosts of each environment it runs in.
-fn check_placement(
-    c: &mut Checker<'_>,
-    file: &File,
-    env: &str,
-    services: &Services<'_>,
-    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
-) {
-    // The implicit `local` environment runs everything on this machine.
-    let Some(declared) = file.environments.get(env) else {
-        // Beside declared environments, each of them checks the hosts; alone,
-        // it is the only place a misspelt host can be caught.
-        if file.environments.is_empty() {
-            check_declared_hosts(c, file, services, locate);
-        }
-        return;
-    };
-    let env_hosts: Vec<&str> = declared.hosts.iter().map(String::as_str).collect();
-    for (name, service) in services {
-        for (i, host) in service.hosts.iter().flatten().enumerate() {
-            if !env_hosts.contains(&host.as_str()) {
-                let hint = match did_you_mean(host, env_hosts.iter().copied()) {
-                    Some(best) => format!("did you mean `{best}`?"),
-                    None => format!(
-                        "environment `{env}` has the hosts {}; add `{host}` to them, or override `hosts` for `{name}` in [environments.{env}.services.{name}]",
-                        env_hosts.join(", ")
-                    ),
-                };
-                c.push(
-                    Problem::UnknownReference,
-                    locate(name, &["hosts"]).index(i),
-                    false,
-                    format!("service `{name}` runs on `{host}`, which is not a host of environment `{env}`"),
-                    Some(hint),
-                );
-            }
-        }
-    }
-}
-
-/// Without environments, a service's `hosts` can only name hosts that
-/// [hosts] declares (or `local`): anything else is a typo that would stay
-/// silent until an environment is added.
-fn check_declared_hosts(
-    c: &mut Checker<'_>,
-    file: &File,
-    services: &Services<'_>,
-    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
-) {
-    let known: Vec<&str> = file
-        .hosts
-        .keys()
-        .map(String::as_str)
-        .chain((!file.hosts.contains_key(resolve::LOCAL)).then_some(resolve::LOCAL))
-        .collect();
-    for (name, service) in services {
-        for (i, host) in service.hosts.iter().flatten().enumerate() {
-            if known.contains(&host.as_str()) {
-                continue;
-            }
-            let hint = match did_you_mean(host, known.iter().copied()) {
-                Some(best) => format!("did you mean `{best}`?"),
-                None => format!(
-                    "declare it as [hosts.{host}] with ssh = \"user@address\" and list it in an environment's hosts, or remove `hosts` to run `{name}` on this machine"
-                ),
-            };
-            c.push(
-                Problem::UnknownReference,
-                locate(name, &["hosts"]).index(i),
-                false,
-                format!("service `{name}` runs on unknown host `{host}`"),
-                Some(hint),
-            );
-        }
-    }
-}
-
-/// A process listens on its host's own ports: two with one fixed port
-/// cannot run on one host ("Address already in use"). A container's port
-/// is inside the container, and a named port is one the agent assigns, so
-/// neither clashes. Replicas of one service are `check_service`'s.
-fn check_fixed_ports(
-    c: &mut Checker<'_>,
-    file: &File,
-    env: &str,
-    services: &Services<'_>,
-    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
-) {
-    let env_hosts: Vec<&str> = match file.environments.get(env) {
-        Some(declared) => declared.hosts.iter().map(String::as_str).collect(),
-        // The implicit `local` environment runs every service on this machine.
-        // Beside declared environments it is for trying things out: a layout
-        // spread over hosts is not refused for not fitting on one.
-        None if file.environments.is_empty() => vec![resolve::LOCAL],
-        None => return,
-    };
-    let placed = file.environments.contains_key(env);
-    let mut taken: BTreeMap<(u16, &str), &str> = BTreeMap::new();
-    for (name, s) in services {
-        let Some(Port::Fixed(port)) = s.port else {
-            continue;
-        };
-        if s.image.is_some() || s.static_dir.is_some() {
-            continue;
-        }
-        let hosts: Vec<&str> = match s.hosts.as_deref() {
-            Some(own) if placed && !own.is_empty() => env_hosts
-                .iter()
-                .copied()
-                .filter(|h| own.iter().any(|o| o == h))
-                .collect(),
-            _ => env_hosts.clone(),
-        };
-        let clash = hosts
-            .iter()
-            .find_map(|host| taken.get(&(port, *host)).map(|owner| (*owner, *host)));
-        let Some((owner, host)) = clash else {
-            for host in hosts {
-                taken.insert((port, host), name);
-            }
-            continue;
-        };
-        // Reported at the port an environment override set, if either was.
-        let path = locate(name, &["port"]);
-        let owner_path = locate(owner, &["port"]);
-        let (at, subject, other) = if set_by_override(&owner_path) && !set_by_override(&path) {
-            (owner_path, owner, *name)
-        } else {
-            (path, *name, owner)
-        };
-        let place = if set_by_override(&at) {
-            format!(" in environment `{env}`")
-        } else {
-            String::new()
-        };
-        c.push(
-            Problem::Conflict,
-            at,
-            false,
-            format!("fixed port {port} of `{subject}` is already taken by `{other}` on the same host{place}"),
-            Some(format!(
-                "both run on host `{host}`, where only one process can listen on {port}: give one of them another port, or a named port like port = \"http\" so the agent assigns a free one as $PORT"
-            )),
-        );
     }
 }
 
@@ -565,26 +345,12 @@ fn check_service(
         }
     }
 
-    if let (Some(Port::Fixed(port)), Some(replicas)) = (&s.port, s.replicas)
-        && replicas.get() > 1
-        && !is_image
-    {
-        c.push(
-            Problem::Conflict,
-            locate(name, &["port"]),
-            false,
-            format!("{replicas} replicas of `{name}` cannot all listen on fixed port {port}"),
-            Some(
-                "use a named port like port = \"http\" so each instance gets its own $PORT"
-                    .to_owned(),
-            ),
-        );
-    }
+    ports::check_replicas(c, name, s, is_image, locate);
 
     check_health_kind(c, name, s, locate);
 
     check_env_names(c, name, s, locate);
-    check_agent_variables(c, name, s, is_image, locate);
+    ports::check_agent_variables(c, name, s, is_image, locate);
 
     if is_static {
         check_static_keys(c, name, s, locate);
@@ -949,47 +715,6 @@ fn check_env_names(
                 Some("keep secret values out of gantry.toml: remove it from env".to_owned()),
             );
         }
-    }
-}
-
-/// Variables the agent sets on every instance, overwriting `env`: a value
-/// written there would be shown by `gantry show` and never seen by the
-/// service. `PORT` is set for a process with a port, and for a container
-/// with a named one (a container's fixed port is inside it, and `PORT` is
-/// left to the image). The `GANTRY_<NAME>_HOST`/`_PORT` of dependencies
-/// are not here: the agent lets `env` override them.
-fn check_agent_variables(
-    c: &mut Checker<'_>,
-    name: &str,
-    s: &Service,
-    is_image: bool,
-    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
-) {
-    for (key, value) in s.env.iter().flatten() {
-        let key = key.as_str();
-        let (message, hint) = match (key, &s.port) {
-            ("PORT", Some(Port::Named(port))) => (
-                format!("`PORT` in env of `{name}` is ignored: the agent sets $PORT to the port it assigns to `{port}`"),
-                "to listen on a port of your choosing, write it as a fixed port, like port = 31777, and remove PORT from env".to_owned(),
-            ),
-            // The same number the agent sets is harmless.
-            ("PORT", Some(Port::Fixed(port))) if !is_image && value.trim() != port.to_string() => (
-                format!("`PORT` in env of `{name}` is ignored: the agent sets $PORT to its `port`, {port}"),
-                "remove PORT from env; to listen on another port, change `port`".to_owned(),
-            ),
-            ("GANTRY_INSTANCE", _) => (
-                format!("`GANTRY_INSTANCE` in env of `{name}` is ignored: the agent sets it to each instance's id"),
-                "remove it from env, or give the variable another name".to_owned(),
-            ),
-            _ => continue,
-        };
-        c.push(
-            Problem::Conflict,
-            locate(name, &["env", key]),
-            true,
-            message,
-            Some(hint),
-        );
     }
 }
 

@@ -551,3 +551,74 @@ hosts = ["db-1", "local"]
         ["services.web.hosts[0]: service `web` runs on unknown host `nosuch`"]
     );
 }
+
+#[test]
+fn a_process_may_not_take_a_port_the_proxy_of_its_host_listens_on() {
+    // On hosts reached over SSH the proxy listens on 80 and 443: `web` (with
+    // routes) and `admin` (without) cannot bind theirs, nor can `api` where
+    // staging gives it the 80 `admin` leaves. A container's 443 is inside
+    // the container.
+    let text = &shop(
+        r#"
+[hosts.web-1]
+ssh = "deploy@203.0.113.10"
+[hosts.web-2]
+ssh = "deploy@203.0.113.11"
+[environments.production]
+hosts = ["web-1", "web-2"]
+[environments.staging]
+hosts = ["web-2"]
+[environments.staging.services.admin]
+port = "admin"
+[environments.staging.services.api]
+port = 80
+[services.admin]
+run = "./admin"
+port = 80
+hosts = ["web-2"]
+[services.api]
+run = "./api"
+port = 8000
+[services.caddy]
+image = "caddy:2"
+port = 443
+[services.web]
+run = "./web"
+port = 443
+routes = ["shop.example.com"]
+"#,
+    );
+    let found = errors(text);
+    let mut shown: Vec<String> = found
+        .iter()
+        .map(|d| format!("{}: {}", d.path, d.message))
+        .collect();
+    shown.sort();
+    assert_eq!(
+        shown,
+        [
+            "environments.staging.services.api.port: fixed port 80 of `api` is already taken by Gantry's proxy on its host in environment `staging`",
+            "services.admin.port: fixed port 80 of `admin` is already taken by Gantry's proxy on its host",
+            "services.web.port: fixed port 443 of `web` is already taken by Gantry's proxy on its host",
+        ]
+    );
+    let hint = |path: &str| {
+        found
+            .iter()
+            .find(|d| d.path.to_string() == path)
+            .and_then(|d| d.hint.clone())
+    };
+    assert_eq!(
+        hint("services.admin.port").as_deref(),
+        Some(
+            "`admin` runs on host `web-2`, where the proxy listens on 80 (HTTP) and 443 (HTTPS): give `admin` another port, or a named port like port = \"http\" so the agent assigns a free one as $PORT; to serve it on 80 and 443, give it routes, which the proxy forwards to its port"
+        )
+    );
+    assert!(
+        hint("services.web.port").is_some_and(
+            |h| h.ends_with("; its routes still reach it through the proxy on 80 and 443")
+        ),
+        "{:?}",
+        hint("services.web.port")
+    );
+}
