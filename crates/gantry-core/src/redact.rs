@@ -11,20 +11,32 @@ pub const REDACTED: &str = "(redacted)";
 const MIN_VALUE_LEN: usize = 4;
 
 /// Env values under names like these usually hold credentials. They belong in
-/// `secrets`, but one put in `env` is still hidden.
+/// `secrets`, but one put in `env` is still hidden. Some words hide a name
+/// wherever they stand in it (`DB_PASSWORD`, `GITHUB_TOKEN`); short ones only
+/// as a whole word between underscores or at its end (`STRIPE_KEY`,
+/// `SENTRY_DSN`, `BASIC_AUTH`, `OPENAI_APIKEY`), so `KEYBOARD` and `AUTHOR`
+/// show. Hiding a harmless value costs a look at gantry.toml; showing a
+/// credential cannot be taken back.
 pub fn looks_secret(name: &str) -> bool {
     let name = name.to_ascii_uppercase();
-    [
+    let anywhere = [
         "PASSWORD",
         "PASSWD",
+        "PASSPHRASE",
         "SECRET",
         "TOKEN",
         "API_KEY",
-        "PRIVATE_KEY",
+        "APIKEY",
+        "PRIVATE",
         "CREDENTIAL",
-    ]
-    .iter()
-    .any(|word| name.contains(word))
+    ];
+    let words = [
+        "KEY", "KEYS", "DSN", "AUTH", "PASS", "PWD", "SALT", "COOKIE",
+    ];
+    anywhere.iter().any(|word| name.contains(word))
+        || name
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|part| words.contains(&part))
 }
 
 /// Whether an env entry holds a credential: by its name, or a URL with a
@@ -226,6 +238,36 @@ impl Redactor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_names_are_told_by_their_words_not_by_letters_inside_others() {
+        for name in [
+            "DB_PASSWORD",
+            "github_token",
+            "STRIPE_KEY",
+            "SENTRY_DSN",
+            "BASIC_AUTH",
+            "OPENAI_APIKEY",
+            "SMTP_PASS",
+            "MYSQL_PWD",
+            "SESSION_COOKIE_KEYS",
+            "PASSWORD_SALT",
+            "GPG_PASSPHRASE",
+            "TLS_PRIVATE_KEY_PEM",
+        ] {
+            assert!(looks_secret(name), "{name} should be hidden");
+        }
+        for name in [
+            "KEYBOARD",
+            "AUTHOR",
+            "PORT",
+            "RUST_LOG",
+            "PASSENGER_COUNT",
+            "BYPASS_CACHE",
+        ] {
+            assert!(!looks_secret(name), "{name} should show");
+        }
+    }
 
     #[test]
     fn url_passwords_are_hidden_wherever_they_are() {
