@@ -596,6 +596,20 @@ impl Report for gantry_core::firewall::FirewallReport {
     }
 }
 
+impl Report for gantry_core::environment::PurgeReport {
+    fn text(&self) -> String {
+        match self.was {
+            gantry_core::environment::Phase::Destroyed => {
+                format!("{}: forgotten (it was destroyed)\n", self.environment)
+            }
+            was => format!(
+                "{}: forgotten (it was {was}: its services were not stopped)\n",
+                self.environment
+            ),
+        }
+    }
+}
+
 impl Report for gantry_core::environment::EnvReport {
     fn text(&self) -> String {
         let s = &self.0;

@@ -615,13 +615,20 @@ fn project_states(project: &crate::Project) -> Result<(crate::config::Config, St
 }
 
 fn unknown(environment: &str) -> Error {
+    // This machine is never registered, and its deploys keep no state:
+    // pointing at `register` would send the user into a second refusal.
+    let hint = if environment == crate::config::resolve::LOCAL {
+        "`local` is this machine and needs no state: `gantry status` shows what runs \
+         here, `gantry stop` stops it; `gantry env create local` starts a state anyway"
+            .to_owned()
+    } else {
+        format!("`gantry env create {environment}`, or `gantry register HOST -e {environment}`")
+    };
     Error::EnvState {
         refusal: EnvRefusal::Unknown,
         environment: environment.to_owned(),
         problem: "has no state yet".to_owned(),
-        hint: format!(
-            "`gantry env create {environment}`, or `gantry register HOST -e {environment}`"
-        ),
+        hint,
     }
 }
 
@@ -757,7 +764,22 @@ fn hosts_to_stop(config: &crate::config::Config, state: &EnvState) -> Vec<HostSp
 
 /// Forgets a destroyed environment's state; with `force`, in any state, and
 /// without stopping anything (for hosts that are gone).
-pub fn purge(project: &crate::Project, environment: &str, force: bool) -> Result<EnvReport, Error> {
+/// `gantry env purge`: an environment's state forgotten, as it was.
+#[derive(Debug, Serialize)]
+pub struct PurgeReport {
+    pub environment: String,
+    /// Always true: the state file is gone.
+    pub purged: bool,
+    /// The state it was in: `destroyed`, or any other with `--force`
+    /// (whose services were not stopped).
+    pub was: Phase,
+}
+
+pub fn purge(
+    project: &crate::Project,
+    environment: &str,
+    force: bool,
+) -> Result<PurgeReport, Error> {
     let (_, states) = project_states(project)?;
     let _lock = states.lock(environment, &format!("gantry env purge {environment}"))?;
     let state = states
@@ -772,5 +794,9 @@ pub fn purge(project: &crate::Project, environment: &str, force: bool) -> Result
         });
     }
     states.remove(environment)?;
-    Ok(EnvReport(state))
+    Ok(PurgeReport {
+        environment: state.environment.clone(),
+        purged: true,
+        was: state.state(),
+    })
 }

@@ -194,7 +194,14 @@ fn an_environment_created_then_failed_to_register_can_be_destroyed_and_purged() 
     let destroy = p.gantry(&["env", "destroy", "stage", "--yes", "--output", "json"]);
     destroy.expect_code(0);
     assert_eq!(destroy.json()["state"], "destroyed");
-    p.gantry(&["env", "purge", "stage"]).expect_code(0);
+    let purge = p.gantry(&["env", "purge", "stage", "--output", "json"]);
+    purge.expect_code(0);
+    let purged = purge.json();
+    assert_eq!(
+        (&purged["environment"], &purged["purged"], &purged["was"]),
+        (&"stage".into(), &true.into(), &"destroyed".into()),
+        "{purged:#}"
+    );
     assert!(!p.path().join(".gantry/state/stage.json").exists());
 }
 
@@ -236,9 +243,38 @@ fn purge_force_forgets_a_live_environment_only_once_confirmed_with_yes() {
     );
     assert!(state.exists(), "an unconfirmed purge keeps the state");
 
-    p.gantry(&["env", "purge", "stage", "--force", "--yes"])
-        .expect_code(0);
+    let purge = p.gantry(&[
+        "env", "purge", "stage", "--force", "--yes", "--output", "text",
+    ]);
+    purge.expect_code(0);
+    assert_eq!(
+        purge.stdout,
+        "stage: forgotten (it was created: its services were not stopped)\n"
+    );
     assert!(!state.exists(), "a confirmed purge forgets it");
+}
+
+/// `local` is this machine: it is never registered, so its hint must not
+/// send the user to `gantry register`, which refuses it.
+#[test]
+fn local_without_state_points_at_status_not_at_register() {
+    let p = project();
+    for args in [
+        &["env", "show", "local"][..],
+        &["env", "destroy", "local", "--yes"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--output", "json"]);
+        let run = p.gantry(&args);
+        run.expect_code(4);
+        let error = &run.json()["error"];
+        assert_eq!(error["code"], "env.unknown", "{error}");
+        let hint = error["hint"].as_str().unwrap_or_default();
+        assert!(
+            hint.contains("gantry status") && !hint.contains("register"),
+            "{error}"
+        );
+    }
 }
 
 /// A name that could not be an environment's (a path, spaces) is refused by
