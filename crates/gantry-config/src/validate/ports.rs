@@ -187,7 +187,8 @@ pub(super) fn check_replicas(
     }
 }
 
-/// Variables the agent sets on every instance, overwriting `env`: a value
+/// Variables the agent sets on every instance, overwriting `env`
+/// (`GANTRY_SERVICE`, `GANTRY_RELEASE`, `GANTRY_INSTANCE`, `PORT`): a value
 /// written there would be shown by `gantry show` and never seen by the
 /// service. `PORT` is set for a process with a port, and for a container
 /// with a named one (a container's fixed port is inside it, and `PORT` is
@@ -212,8 +213,15 @@ pub(super) fn check_agent_variables(
                 format!("`PORT` in env of `{name}` is ignored: the agent sets $PORT to its `port`, {port}"),
                 "remove PORT from env; to listen on another port, change `port`".to_owned(),
             ),
-            ("GANTRY_INSTANCE", _) => (
-                format!("`GANTRY_INSTANCE` in env of `{name}` is ignored: the agent sets it to each instance's id"),
+            ("GANTRY_INSTANCE" | "GANTRY_SERVICE" | "GANTRY_RELEASE", _) => (
+                format!(
+                    "`{key}` in env of `{name}` is ignored: the agent sets it to {}",
+                    match key {
+                        "GANTRY_INSTANCE" => "each instance's id",
+                        "GANTRY_SERVICE" => "the service's name",
+                        _ => "the id of the release the instance belongs to (r3)",
+                    }
+                ),
                 "remove it from env, or give the variable another name".to_owned(),
             ),
             _ => continue,
