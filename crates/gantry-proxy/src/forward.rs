@@ -2,9 +2,12 @@
 //! proxy owns, send it over a pooled keep-alive connection, and stream the
 //! answer back. An upstream that refuses the connection is ejected and the
 //! request goes to another, once: the connection is made before the request
-//! is handed over, so nothing of it has been sent. Upgrades (WebSocket)
-//! become a byte tunnel between the two connections, closed when either
-//! side stops taking what the other sends.
+//! is handed over, so nothing of it has been sent. A connection the proxy
+//! could not open for want of its own descriptors or memory ejects nothing:
+//! the request gets a 503 and the upstream stays in rotation (else, under
+//! descriptor pressure, every upstream would be ejected at once). Upgrades
+//! (WebSocket) become a byte tunnel between the two connections, closed
+//! when either side stops taking what the other sends.
 //!
 //! Nothing here buffers a body: both directions stream frame by frame.
 
@@ -28,9 +31,10 @@ use crate::body::ProxyBody;
 use crate::exchange::{Entry, Exchange};
 use crate::forwarded::{self, Seen, TrustedProxy};
 use crate::limits::Permit;
+use crate::log::Tally;
 use crate::metrics::UpstreamError;
 use crate::pages::Page;
-use crate::pool::{Connection, Pool, SWEEP_EVERY};
+use crate::pool::{ConnectError, Connection, Pool, SWEEP_EVERY};
 use crate::router::Target;
 use crate::state::ProxyState;
 use crate::upstream::{InFlight, Upstream};
@@ -54,6 +58,12 @@ const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 /// the current table. Once is the rule (the current table never routes to
 /// a drained upstream); more means more deploys came while it was routed.
 const MAX_REROUTES: usize = 3;
+
+/// Upstream connections the proxy could not open for want of descriptors
+/// or memory. Under such pressure every request fails alike, so one is
+/// logged whole per interval and the rest counted (see `log::Tally`).
+pub(crate) static PROXY_SHORT: Tally =
+    Tally::new("proxy.out_of_resources", Duration::from_secs(60));
 
 /// Who sent a request, and over what: one per client connection.
 #[derive(Clone, Debug)]
@@ -104,7 +114,7 @@ pub(crate) struct Forwarder {
 impl Forwarder {
     /// Must be called on the worker's runtime: it starts the pool's sweeper there.
     pub(crate) fn new(state: Arc<ProxyState>) -> Forwarder {
-        let pool = Arc::new(Pool::new(state.timeouts.connect));
+        let pool = Arc::new(Pool::new(state.timeouts.connect, state.idle_per_worker));
         let swept = Arc::downgrade(&pool);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(SWEEP_EVERY);
@@ -144,8 +154,17 @@ impl Forwarder {
         };
         if routed.target.site.is_none() {
             let host = host_text(routed.host.as_ref());
-            if let Some(connected) = self.connect(&mut routed.target, host, &routed.path).await {
-                return self.to_upstream(parts, body, peer, routed, connected).await;
+            match self.connect(&mut routed.target, host, &routed.path).await {
+                Ok(connected) => {
+                    return self.to_upstream(parts, body, peer, routed, connected).await;
+                }
+                Err(Unconnected::ProxyShort) => {
+                    let page = Page::ProxyShort {
+                        service: &routed.target.service,
+                    };
+                    return page.response(&routed.request_id, routed.exchange);
+                }
+                Err(Unconnected::NoUpstream) => {}
             }
         }
         // `connect` may have routed the request again, onto a static site.
@@ -333,31 +352,45 @@ impl Forwarder {
     /// upstreams can have come since; an upstream a drain took out of
     /// service is never used (the agent stops it once the drain returns):
     /// the request is routed again on the current table, and `target`
-    /// becomes that route. `None`: no upstream took a connection, or the
-    /// route now has none (it may have become a static site).
-    async fn connect(&self, target: &mut Arc<Target>, host: &str, path: &str) -> Option<Connected> {
+    /// becomes that route.
+    async fn connect(
+        &self,
+        target: &mut Arc<Target>,
+        host: &str,
+        path: &str,
+    ) -> Result<Connected, Unconnected> {
         let mut refused: Option<Arc<Upstream>> = None;
         let mut rerouted = 0;
         loop {
-            let upstream = target.pick(refused.as_deref()).cloned()?;
+            let upstream = target
+                .pick(refused.as_deref())
+                .cloned()
+                .ok_or(Unconnected::NoUpstream)?;
             let Some(in_flight) = InFlight::unless_retired(Arc::clone(&upstream)) else {
                 // Each time means another swap and drain came meanwhile.
                 if rerouted == MAX_REROUTES {
-                    return None;
+                    return Err(Unconnected::NoUpstream);
                 }
                 rerouted += 1;
-                *target = Arc::clone(self.state.router.load().find(host, path)?);
+                let router = self.state.router.load();
+                let found = router.find(host, path).ok_or(Unconnected::NoUpstream)?;
+                *target = Arc::clone(found);
                 // The current table's upstreams get their own retry.
                 refused = None;
                 continue;
             };
             match self.pool.checkout(upstream.addr).await {
                 Ok(connection) => {
-                    return Some(Connected {
+                    return Ok(Connected {
                         upstream,
                         in_flight,
                         connection,
                     });
+                }
+                // Another upstream would fail alike: this one stays in rotation.
+                Err(e) if e.proxy_is_short() => {
+                    proxy_short(upstream.addr, &e);
+                    return Err(Unconnected::ProxyShort);
                 }
                 Err(_) => {
                     drop(in_flight);
@@ -366,7 +399,7 @@ impl Forwarder {
                         .metrics
                         .upstream_error(upstream.addr, UpstreamError::Connect);
                     if refused.is_some() {
-                        return None;
+                        return Err(Unconnected::NoUpstream);
                     }
                     refused = Some(upstream);
                 }
@@ -399,6 +432,10 @@ impl Forwarder {
                                 (connection, request) = (fresh, unsent);
                                 continue;
                             }
+                            Err(e) if e.proxy_is_short() => {
+                                proxy_short(upstream.addr, &e);
+                                return Err(Failed::ProxyShort);
+                            }
                             Err(_) => {
                                 upstream.eject();
                                 Failed::Unavailable
@@ -410,12 +447,35 @@ impl Forwarder {
                 }
                 Err(_elapsed) => Failed::GatewayTimeout,
             };
-            self.state
-                .metrics
-                .upstream_error(upstream.addr, failed.metric());
+            if let Some(kind) = failed.metric() {
+                self.state.metrics.upstream_error(upstream.addr, kind);
+            }
             return Err(failed);
         }
     }
+}
+
+/// Logs a connection to `upstream` the proxy could not open for want of
+/// its own descriptors or memory (`PROXY_SHORT`).
+fn proxy_short(upstream: SocketAddr, error: &ConnectError) {
+    PROXY_SHORT.record(|| {
+        serde_json::json!({
+            "event": "proxy.out_of_resources",
+            "upstream": upstream.to_string(),
+            "error": error.to_string(),
+        })
+    });
+}
+
+/// Why a request has no upstream connection.
+#[derive(Debug)]
+enum Unconnected {
+    /// No upstream took a connection, or the route now has none (it may
+    /// have become a static site).
+    NoUpstream,
+    /// The proxy is short of descriptors or memory (`proxy_is_short`):
+    /// no upstream is to blame.
+    ProxyShort,
 }
 
 /// A request's upstream: chosen, counted in flight, and connected to.
@@ -446,19 +506,25 @@ enum Failed {
     BadGateway,
     /// No response within the response timeout.
     GatewayTimeout,
+    /// That fresh connection could not be opened for want of the proxy's
+    /// own descriptors or memory: not the upstream's failure.
+    ProxyShort,
 }
 
 impl Failed {
-    fn metric(self) -> UpstreamError {
+    /// The upstream error it counts as, if it is the upstream's.
+    fn metric(self) -> Option<UpstreamError> {
         match self {
-            Failed::Unavailable => UpstreamError::Connect,
-            Failed::BadGateway => UpstreamError::Response,
-            Failed::GatewayTimeout => UpstreamError::Timeout,
+            Failed::Unavailable => Some(UpstreamError::Connect),
+            Failed::BadGateway => Some(UpstreamError::Response),
+            Failed::GatewayTimeout => Some(UpstreamError::Timeout),
+            Failed::ProxyShort => None,
         }
     }
 
     fn page(self, service: &str) -> Page<'_> {
         match self {
+            Failed::ProxyShort => Page::ProxyShort { service },
             Failed::Unavailable => Page::Unavailable { service },
             Failed::BadGateway => Page::BadGateway { service },
             Failed::GatewayTimeout => Page::GatewayTimeout { service },
@@ -819,7 +885,10 @@ mod tests {
         forwarder.state.replace(table).await.expect("swaps");
         forwarder.state.drain(&[old], Duration::ZERO).await;
         let connected = forwarder.connect(&mut routed, HOST, "/").await;
-        assert!(connected.is_none(), "no upstream serves a site");
+        assert!(
+            matches!(connected, Err(Unconnected::NoUpstream)),
+            "no upstream serves a site"
+        );
         assert!(
             routed.site.is_some(),
             "the request now has the site's route"

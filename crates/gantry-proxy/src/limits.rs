@@ -75,35 +75,70 @@ impl ClientLimits {
     }
 }
 
-/// Descriptors kept for everything that is not a client connection: the
-/// listeners, sockets, the log, certificate files.
+/// Descriptors kept for everything that is not a client connection or an
+/// idle upstream connection: the listeners, sockets, the log, certificate
+/// files.
 const RESERVED_FDS: u64 = 64;
 
-/// The client connections the file-descriptor soft limit leaves room for,
-/// when each HTTP/2 connection may have `streams` requests open.
-pub(crate) fn fd_budget(streams: u32) -> usize {
+/// The idle upstream connections' share of the descriptors left after
+/// `RESERVED_FDS`: one in this many.
+const IDLE_SHARE: u64 = 8;
+
+/// How the file-descriptor soft limit is shared out (`fd_budget`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FdBudget {
+    /// Client connections open at once, each with all its streams.
+    pub(crate) connections: usize,
+    /// Idle upstream connections kept by all the workers' pools together.
+    pub(crate) idle_upstream: usize,
+}
+
+/// How the file-descriptor soft limit is shared out, when each HTTP/2
+/// connection may have `streams` requests open.
+pub(crate) fn fd_budget(streams: u32) -> FdBudget {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     budget(soft, streams)
 }
 
-/// The connections `soft` descriptors (`None`: no limit) leave room for.
+/// How `soft` descriptors (`None`: no limit) are shared out.
 ///
 /// A client connection costs its own descriptor and one for each request it
 /// has open, which may hold an upstream connection (a WebSocket's too) or a
 /// static file: one at a time on HTTP/1, up to `streams` on HTTP/2. Every
 /// connection is counted at the HTTP/2 price, so the cap holds whatever the
-/// clients speak: `budget × (1 + streams) + RESERVED_FDS ≤ soft`. Counting
-/// descriptors as requests take them would admit more HTTP/1 clients, but a
-/// request would then need somewhere to wait, or an error, when none is
-/// left; the price of this is paid only where the limit is low. `run`
-/// raises the soft limit to the hard one: under systemd's 524288 and 16
-/// streams the budget is above the default cap of 16384.
-fn budget(soft: Option<u64>, streams: u32) -> usize {
-    let per_connection = 1 + u64::from(streams.max(1));
-    soft.map_or(usize::MAX, |soft| {
-        let budget = soft.saturating_sub(RESERVED_FDS) / per_connection;
-        usize::try_from(budget).unwrap_or(usize::MAX)
-    })
+/// clients speak. Counting descriptors as requests take them would admit
+/// more HTTP/1 clients, but a request would then need somewhere to wait, or
+/// an error, when none is left; the price of this is paid only where the
+/// limit is low.
+///
+/// An upstream connection idle in a pool is held by no request, so the
+/// pools get a share of their own, taken first:
+///
+/// ```text
+/// idle        = (soft − RESERVED_FDS) / IDLE_SHARE
+/// connections = (soft − RESERVED_FDS − idle) / (1 + streams)
+/// ```
+///
+/// so `connections × (1 + streams) + idle + RESERVED_FDS ≤ soft`. Each of
+/// the `W` workers has its own pool, which keeps at most `idle / W` (a
+/// connection handed back to a full pool is closed). Under a soft limit of
+/// 1024 and 16 streams that is 120 idle and 49 connections. `run` raises
+/// the soft limit to the hard one: under systemd's 524288, 65528 idle and
+/// 26982 connections, above the default cap of 16384.
+fn budget(soft: Option<u64>, streams: u32) -> FdBudget {
+    let Some(soft) = soft else {
+        return FdBudget {
+            connections: usize::MAX,
+            idle_upstream: usize::MAX,
+        };
+    };
+    let usable = soft.saturating_sub(RESERVED_FDS);
+    let idle = usable / IDLE_SHARE;
+    let connections = (usable - idle) / (1 + u64::from(streams.max(1)));
+    FdBudget {
+        connections: usize::try_from(connections).unwrap_or(usize::MAX),
+        idle_upstream: usize::try_from(idle).unwrap_or(usize::MAX),
+    }
 }
 
 /// Raises the file-descriptor soft limit to the hard limit (systemd and
@@ -318,20 +353,31 @@ mod tests {
     }
 
     #[test]
-    fn every_connection_with_all_its_streams_open_fits_the_descriptor_limit() {
+    fn every_connection_with_all_its_streams_open_and_every_idle_upstream_fit_the_limit() {
         for soft in [0, 64, 100, 1024, 4096, 524_288] {
             for streams in [0, 1, 16, 256] {
-                let connections = u64::try_from(budget(Some(soft), streams)).expect("fits");
-                let held = connections * (1 + u64::from(streams.max(1)));
+                let shared = budget(Some(soft), streams);
+                let connections = u64::try_from(shared.connections).expect("fits");
+                let idle = u64::try_from(shared.idle_upstream).expect("fits");
+                let held = connections * (1 + u64::from(streams.max(1))) + idle;
                 assert!(
                     held <= soft.saturating_sub(RESERVED_FDS),
-                    "{connections} connections of {streams} streams under {soft}"
+                    "{shared:?} with {streams} streams under {soft}"
                 );
             }
         }
-        assert_eq!(budget(Some(1024), 16), 56);
-        assert!(budget(Some(524_288), 16) > ClientLimits::default().max_connections);
-        assert_eq!(budget(None, 16), usize::MAX);
+        let under_1024 = FdBudget {
+            connections: 49,
+            idle_upstream: 120,
+        };
+        assert_eq!(budget(Some(1024), 16), under_1024);
+        let under_systemd = FdBudget {
+            connections: 26_982,
+            idle_upstream: 65_528,
+        };
+        assert_eq!(budget(Some(524_288), 16), under_systemd);
+        assert!(under_systemd.connections > ClientLimits::default().max_connections);
+        assert_eq!(budget(None, 16).connections, usize::MAX);
     }
 
     #[test]

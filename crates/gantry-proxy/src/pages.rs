@@ -20,6 +20,9 @@ pub(crate) enum Page<'a> {
     NoRoute { host: &'a str },
     /// Every upstream refused the connection, or the route has none.
     Unavailable { service: &'a str },
+    /// The proxy is short of descriptors or memory: it could not open a
+    /// connection to the service, which is not to blame.
+    ProxyShort { service: &'a str },
     /// The upstream broke the connection or sent something that is not HTTP.
     BadGateway { service: &'a str },
     /// The upstream did not answer within the response timeout.
@@ -40,7 +43,9 @@ impl Page<'_> {
             Page::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Page::MethodNotAllowed | Page::ReadOnly { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Page::NoRoute { .. } | Page::SiteNotFound { .. } => StatusCode::NOT_FOUND,
-            Page::Unavailable { .. } | Page::SiteMissing { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Page::Unavailable { .. } | Page::ProxyShort { .. } | Page::SiteMissing { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Page::SiteFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Page::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Page::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -65,6 +70,13 @@ impl Page<'_> {
                 "Service unavailable".to_owned(),
                 format!(
                     "The service <code>{}</code> is not running or not accepting connections. Try again in a moment.",
+                    escape(service)
+                ),
+            ),
+            Page::ProxyShort { service } => (
+                "Service unavailable".to_owned(),
+                format!(
+                    "The proxy is short of resources and could not reach the service <code>{}</code>. Try again in a moment.",
                     escape(service)
                 ),
             ),

@@ -6,6 +6,11 @@
 //! fails, the request has not left the proxy and can go to another
 //! upstream. A connection goes back to the pool when its response has been
 //! read to the end; one that was cut short is dropped, which closes it.
+//!
+//! Idle connections are descriptors no request holds: a pool keeps at most
+//! its worker's share of the descriptor budget (`limits::fd_budget`) over
+//! all its upstreams, and `MAX_IDLE` per upstream. A connection handed back
+//! to a full pool is closed.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -22,7 +27,8 @@ use hyper_util::rt::TokioIo;
 /// `IDLE_SWEEPS` of them, so 60 to 90 seconds.
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const IDLE_SWEEPS: u64 = 3;
-/// Idle connections kept per upstream and worker; more are closed.
+/// Idle connections kept per upstream and worker, whatever the pool's own
+/// cap; more are closed.
 const MAX_IDLE: usize = 1024;
 
 /// Why no connection could be had.
@@ -36,16 +42,41 @@ pub(crate) enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
+impl ConnectError {
+    /// Whether the proxy itself is short of something: descriptors, socket
+    /// buffers or memory. Connecting to any upstream would have failed
+    /// alike, so the failure says nothing of this one, which must stay in
+    /// rotation. Anything else (refused, unreachable, too slow) is the
+    /// upstream's.
+    pub(crate) fn proxy_is_short(&self) -> bool {
+        use rustix::io::Errno;
+        let ConnectError::Io(error) = self else {
+            return false;
+        };
+        error.kind() == std::io::ErrorKind::OutOfMemory
+            || Errno::from_io_error(error).is_some_and(|errno| {
+                [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&errno)
+            })
+    }
+}
+
 struct Idle {
     sender: SendRequest<Incoming>,
     /// The sweep count when it became idle: ages it without reading a clock.
     since: u64,
 }
 
-type Idles = HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>;
+#[derive(Default)]
+struct Idles {
+    by_addr: HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>,
+    /// The connections in `by_addr`, all upstreams together.
+    count: usize,
+}
 
 pub(crate) struct Pool {
     idle: Mutex<Idles>,
+    /// Idle connections kept over all upstreams; more are closed.
+    max_idle: usize,
     sweeps: AtomicU64,
     connect_timeout: Duration,
 }
@@ -59,9 +90,11 @@ pub(crate) struct Connection {
 }
 
 impl Pool {
-    pub(crate) fn new(connect_timeout: Duration) -> Pool {
+    /// A pool that keeps at most `max_idle` idle connections.
+    pub(crate) fn new(connect_timeout: Duration, max_idle: usize) -> Pool {
         Pool {
             idle: Mutex::new(Idles::default()),
+            max_idle,
             sweeps: AtomicU64::new(0),
             connect_timeout,
         }
@@ -84,8 +117,10 @@ impl Pool {
 
     fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = idle.get_mut(&addr)?;
+        let Idles { by_addr, count } = &mut *idle;
+        let list = by_addr.get_mut(&addr)?;
         while let Some(candidate) = list.pop() {
+            *count -= 1;
             if candidate.sender.is_ready() {
                 return Some(candidate.sender);
             }
@@ -134,14 +169,19 @@ impl Pool {
         });
     }
 
+    /// Keeps `sender` idle, or closes it (drops it) when the pool is full.
     fn insert(&self, addr: SocketAddr, sender: SendRequest<Incoming>) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = idle.entry(addr).or_default();
+        if idle.count >= self.max_idle {
+            return;
+        }
+        let list = idle.by_addr.entry(addr).or_default();
         if list.len() < MAX_IDLE {
             list.push(Idle {
                 sender,
                 since: self.sweeps.load(Ordering::Relaxed),
             });
+            idle.count += 1;
         }
     }
 
@@ -150,16 +190,18 @@ impl Pool {
     pub(crate) fn sweep(&self) {
         let now = self.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        for list in idle.values_mut() {
+        let Idles { by_addr, count } = &mut *idle;
+        for list in by_addr.values_mut() {
             list.retain(|i| !i.sender.is_closed() && now - i.since < IDLE_SWEEPS);
         }
-        idle.retain(|_, list| !list.is_empty());
+        by_addr.retain(|_, list| !list.is_empty());
+        *count = by_addr.values().map(Vec::len).sum();
     }
 
     #[cfg(test)]
     fn idle_count(&self, addr: SocketAddr) -> usize {
         let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.get(&addr).map_or(0, Vec::len)
+        idle.by_addr.get(&addr).map_or(0, Vec::len)
     }
 }
 
@@ -211,11 +253,35 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
         let addr = listener.local_addr().expect("has an address");
         drop(listener);
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), MAX_IDLE);
         assert!(matches!(
             pool.checkout(addr).await,
             Err(ConnectError::Io(_))
         ));
+    }
+
+    #[test]
+    fn only_a_shortage_of_descriptors_buffers_or_memory_is_the_proxys_own() {
+        use rustix::io::Errno;
+        let os = |errno: Errno| {
+            ConnectError::Io(std::io::Error::from_raw_os_error(errno.raw_os_error()))
+        };
+        for own in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM] {
+            assert!(os(own).proxy_is_short(), "{own:?}");
+        }
+        let out_of_memory = std::io::Error::from(std::io::ErrorKind::OutOfMemory);
+        assert!(ConnectError::Io(out_of_memory).proxy_is_short());
+        for upstreams in [
+            Errno::CONNREFUSED,
+            Errno::CONNRESET,
+            Errno::HOSTUNREACH,
+            Errno::NETUNREACH,
+            Errno::TIMEDOUT,
+            Errno::ADDRNOTAVAIL,
+        ] {
+            assert!(!os(upstreams).proxy_is_short(), "{upstreams:?}");
+        }
+        assert!(!ConnectError::Timeout.proxy_is_short());
     }
 
     /// Yields to the connection tasks until `condition` holds.
@@ -233,7 +299,7 @@ mod tests {
             .await
             .expect("binds");
         let addr = listener.local_addr().expect("has an address");
-        let pool = Arc::new(Pool::new(Duration::from_secs(1)));
+        let pool = Arc::new(Pool::new(Duration::from_secs(1), MAX_IDLE));
         let connection = pool.checkout(addr).await.expect("connects");
         assert!(!connection.reused);
         pool.put_back(connection);
@@ -245,12 +311,41 @@ mod tests {
         drop(accepted);
         let closed = || {
             let idle = pool.idle.lock().expect("locks");
-            idle.get(&addr)
+            idle.by_addr
+                .get(&addr)
                 .is_none_or(|l| l.iter().all(|i| i.sender.is_closed()))
         };
         until("the close to be seen", closed).await;
         assert!(pool.take_idle(addr).is_none());
         pool.sweep();
         assert_eq!(pool.idle_count(addr), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_handed_back_to_a_full_pool_is_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("has an address");
+        let pool = Arc::new(Pool::new(Duration::from_secs(1), 2));
+        let (mut connections, mut upstream_ends) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            connections.push(pool.checkout(addr).await.expect("connects"));
+            upstream_ends.push(listener.accept().await.expect("accepts").0);
+        }
+        for connection in connections {
+            pool.put_back(connection);
+        }
+        // The upstream sees one of the three closed: the one the full pool
+        // did not keep.
+        let closed = |end: &tokio::net::TcpStream| matches!(end.try_read(&mut [0u8; 1]), Ok(0));
+        until("a connection to be closed", || {
+            upstream_ends.iter().filter(|end| closed(end)).count() == 1
+        })
+        .await;
+        until("two connections to be idle", || pool.idle_count(addr) == 2).await;
+        assert!(pool.take_idle(addr).is_some());
+        assert!(pool.take_idle(addr).is_some());
+        assert!(pool.take_idle(addr).is_none());
     }
 }

@@ -28,7 +28,7 @@ use crate::limits::{ConnectionCaps, fd_budget};
 use crate::state::ProxyState;
 use crate::tls::{self, CertStore, LocalCa};
 use crate::worker::{Accepted, Scheme, worker};
-use crate::{ProxyConfig, ProxyError, control, route_file};
+use crate::{ProxyConfig, ProxyError, control, forward, route_file};
 use gantry_file::FileError;
 
 /// The name of the plain HTTP listener, as handoff passes it.
@@ -217,6 +217,12 @@ fn launch(
     );
     state.clients = config.clients;
     state.trusted = config.trusted_proxies.clone();
+    let workers = match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        workers => workers,
+    };
+    let budget = fd_budget(config.clients.streams());
+    state.idle_per_worker = budget.idle_upstream / workers;
     let acme = match config.acme.clone() {
         Some(acme) => Some(start_acme(acme, &config, &mut state).inspect_err(|_| unbind())?),
         None => None,
@@ -235,16 +241,8 @@ fn launch(
         threads: Vec::new(),
         acme,
     };
-    let workers = if config.workers == 0 {
-        std::thread::available_parallelism().map_or(1, usize::from)
-    } else {
-        config.workers
-    };
     let caps = ConnectionCaps::new(
-        config
-            .clients
-            .max_connections
-            .min(fd_budget(config.clients.streams())),
+        config.clients.max_connections.min(budget.connections),
         config.clients.max_per_client,
     );
     let slots = proxy.start_workers(workers, &state, tls_config.as_ref(), &stopped)?;
@@ -612,13 +610,16 @@ fn serve_control(
     stopped: watch::Receiver<bool>,
 ) {
     let serve = async move {
-        // The failed handshakes not yet told get their summary line.
+        // The counted events not yet told get their summary line.
         tokio::spawn(async {
-            let failures = &tls::HANDSHAKE_FAILURES;
-            let mut every = tokio::time::interval(failures.interval());
+            let tallies = [&tls::HANDSHAKE_FAILURES, &forward::PROXY_SHORT];
+            let interval = tallies[0].interval().min(tallies[1].interval());
+            let mut every = tokio::time::interval(interval);
             loop {
                 every.tick().await;
-                failures.flush();
+                for tally in tallies {
+                    tally.flush();
+                }
             }
         });
         let listener = match tokio::net::UnixListener::from_std(listener) {

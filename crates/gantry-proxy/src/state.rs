@@ -38,6 +38,10 @@ pub(crate) struct ProxyState {
     pub(crate) clients: ClientLimits,
     /// The proxies in front whose forwarding headers are kept.
     pub(crate) trusted: Vec<TrustedProxy>,
+    /// Idle upstream connections one worker's pool keeps: the workers'
+    /// share of the descriptor budget (`limits::fd_budget`) divided among
+    /// them. Set at start; until then the pools' per-upstream cap alone.
+    pub(crate) idle_per_worker: usize,
     pub(crate) started: Instant,
     /// Certificates by SNI name, for the HTTPS listener and redirects.
     pub(crate) certs: Arc<CertStore>,
@@ -74,6 +78,7 @@ impl ProxyState {
             timeouts,
             clients: ClientLimits::default(),
             trusted: Vec::new(),
+            idle_per_worker: usize::MAX,
             started: Instant::now(),
             certs,
             https_port,
