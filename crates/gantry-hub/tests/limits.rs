@@ -216,21 +216,6 @@ async fn connections_over_the_cap_are_closed_as_they_come(db: Db) {
     }
 }
 
-/// Sends `GET /healthz` on a new connection until it is answered 200.
-async fn healthz_answers_eventually(hub: &Hub, what: &str) {
-    use tokio::io::AsyncWriteExt;
-    support::eventually(what, || async {
-        let mut probe = tokio::net::TcpStream::connect(hub.addr).await.ok()?;
-        probe
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let answer = closed_within(&mut probe, std::time::Duration::from_secs(5)).await?;
-        answer.starts_with("HTTP/1.1 200").then_some(())
-    })
-    .await;
-}
-
 async fn one_address_cannot_hold_every_connection(db: Db) {
     let limits = Limits {
         max_connections_per_address: 3,
@@ -254,7 +239,7 @@ async fn one_address_cannot_hold_every_connection(db: Db) {
         assert_eq!(closed, None, "the first three stay open");
     }
     held.pop();
-    healthz_answers_eventually(&hub, "a freed slot to serve a request").await;
+    hub.answers_health("a freed slot to serve a request").await;
 }
 
 async fn a_body_that_never_arrives_gets_408(db: Db) {
@@ -282,7 +267,6 @@ async fn a_body_that_never_arrives_gets_408(db: Db) {
 on_a_small_blocking_pool!(stalled_exports_leave_the_hub_answering);
 
 async fn stalled_exports_leave_the_hub_answering(db: Db) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let limits = Limits {
         per_key_per_minute: 10_000,
         ..Limits::default()
@@ -300,18 +284,8 @@ async fn stalled_exports_leave_the_hub_answering(db: Db) {
     }
     let mut stalled = Vec::new();
     for _ in 0..BLOCKING_THREADS {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = socket.connect(hub.addr).await.unwrap();
-        let request = format!(
-            "GET /api/agent/export.json HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {key}\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
         // The answer has begun; from here on it is never read.
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await.unwrap();
-        assert_eq!(&head, b"HTTP/1.1 200");
-        stalled.push(stream);
+        stalled.push(hub.stalled_get("/api/agent/export.json", &key).await);
     }
     let health = tokio::time::timeout(
         std::time::Duration::from_secs(10),

@@ -59,6 +59,26 @@ pub struct ServeArgs {
     /// Requests a minute one API key may make, unless the key has its own rate
     #[arg(long, default_value_t = Limits::default().per_key_per_minute, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_per_key: u32,
+    /// Connections one client address may hold open at once
+    ///
+    /// More are closed unanswered as they come, so that one client cannot
+    /// take every connection; an IPv6 /64 counts as one address. Raise it
+    /// when many people share an address, as an office behind NAT does.
+    /// Behind Gantry's proxy (--behind-proxy) the proxy's connections count
+    /// only to the hub's total: the proxy caps its own clients.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections_per_address, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections_per_address: usize,
+    /// Seconds a client may take nothing of an answer before the hub resets
+    /// its connection
+    ///
+    /// An answer the hub is sending (an export, an attachment, any answer)
+    /// that its client stops reading would otherwise hold the connection for
+    /// ever. Only time spent waiting on the client counts: a slow link that
+    /// keeps reading is never cut off. Raise it for clients whose reading
+    /// pauses for long; lower it to free sooner the connections of clients
+    /// that stop reading.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().stall.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub stall_seconds: u64,
     /// The hub runs behind Gantry's proxy: take the client's address from the
     /// X-Real-IP the proxy writes (for connections from loopback only)
     #[arg(long)]
@@ -323,13 +343,7 @@ fn run_server(
     let options = ServeOptions {
         database: database.clone(),
         listen: serve.listen,
-        limits: Limits {
-            per_address_per_minute: serve.rate_per_address,
-            per_key_per_minute: serve.rate_per_key,
-            behind_proxy: serve.behind_proxy,
-            attachment_quota_bytes: serve.attachment_quota_mb * 1024 * 1024,
-            ..Limits::default()
-        },
+        limits: limits(serve),
         background: Background {
             allow_internal_targets: serve.allow_internal_webhooks,
             critical_bug_sla: std::time::Duration::from_secs(serve.critical_bug_sla_hours * 3600),
@@ -345,6 +359,19 @@ fn run_server(
         ));
     })?;
     Ok(())
+}
+
+/// The hub's limits, as `gantry hub serve`'s flags set them.
+fn limits(serve: &ServeArgs) -> Limits {
+    Limits {
+        per_address_per_minute: serve.rate_per_address,
+        per_key_per_minute: serve.rate_per_key,
+        max_connections_per_address: serve.max_connections_per_address,
+        stall: std::time::Duration::from_secs(serve.stall_seconds),
+        behind_proxy: serve.behind_proxy,
+        attachment_quota_bytes: serve.attachment_quota_mb * 1024 * 1024,
+        ..Limits::default()
+    }
 }
 
 fn product(action: &ProductAction, store: &Store, printer: &Printer) -> Result<(), Failure> {
@@ -618,4 +645,57 @@ fn emit(printer: &Printer, report: impl Report) -> Result<(), Failure> {
     printer
         .report(&report)
         .map_err(|e| Failure::io("write the report", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::args::{Cli, Command};
+
+    /// `gantry hub serve FLAGS`, parsed.
+    fn serve(flags: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let argv = ["gantry", "hub", "serve"].iter().chain(flags);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Hub(HubArgs {
+                action: HubAction::Serve(serve),
+                ..
+            }) => Ok(serve),
+            other => panic!("not `gantry hub serve`: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_flags_reach_the_hub_s_limits() {
+        let flags = [
+            "--max-connections-per-address",
+            "8",
+            "--stall-seconds",
+            "90",
+        ];
+        let set = limits(&serve(&flags).expect("the flags parse"));
+        assert_eq!(set.max_connections_per_address, 8);
+        assert_eq!(set.stall, std::time::Duration::from_secs(90));
+        assert_eq!(
+            limits(&serve(&[]).expect("no flags parse")),
+            Limits::default(),
+            "without flags, the hub's own defaults"
+        );
+    }
+
+    #[test]
+    fn serve_refuses_limits_that_would_serve_no_one() {
+        for flags in [
+            ["--max-connections-per-address", "0"],
+            ["--stall-seconds", "0"],
+        ] {
+            let refused = serve(&flags).expect_err("a usage error");
+            assert_eq!(
+                refused.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flags:?}"
+            );
+        }
+    }
 }

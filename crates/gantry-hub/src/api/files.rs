@@ -1,8 +1,9 @@
 //! Attachments over HTTP: upload streams the raw body into the blob store
 //! (25 MB at most, whatever the hub's JSON body limit, and within the
 //! product's quota), download streams the file back as an attachment the
-//! browser will not render or sniff, delete removes one (and its file,
-//! once no attachment names it).
+//! browser will not render or sniff (a client that stops reading it is
+//! reset by the connection's stall limit, which drops the open file),
+//! delete removes one (and its file, once no attachment names it).
 
 use axum::Router;
 use axum::body::Body;

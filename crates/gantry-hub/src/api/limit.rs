@@ -35,9 +35,11 @@ pub struct Limits {
     /// its connections count only to `max_connections`: it caps its own
     /// clients.
     pub max_connections_per_address: usize,
-    /// How long an export may wait for its client to read before the hub
-    /// ends it and closes the connection.
-    pub export_stall: std::time::Duration,
+    /// How long a client may take nothing of an answer the hub is sending
+    /// (an export, an attachment, any answer) before the hub resets its
+    /// connection. Only a write waiting on the client counts: a slow reader
+    /// that keeps reading is never cut off.
+    pub stall: std::time::Duration,
     /// Take the client's address from `X-Real-IP` when the peer is on
     /// loopback: set when the hub runs behind Gantry's proxy, which writes
     /// that header itself.
@@ -65,7 +67,7 @@ impl Default for Limits {
             request_timeout: std::time::Duration::from_secs(30),
             max_connections: 1024,
             max_connections_per_address: 64,
-            export_stall: std::time::Duration::from_secs(30),
+            stall: std::time::Duration::from_secs(30),
             behind_proxy: false,
             public_per_address_per_minute: 10,
             logins_per_name_per_minute: 10,

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -16,7 +16,7 @@ use hyper::body::Frame;
 
 use super::agent::{ListQuery, filter};
 use super::auth::{Caller, Principal};
-use super::{AppState, ErrorBody, HangUp, JsonBody};
+use super::{AppState, ErrorBody, JsonBody};
 use crate::error::HubError;
 use crate::model::{Item, Permission};
 use crate::store::{Access, BulkChange, ItemFilter, NewView, PAGE_MAX, SavedView};
@@ -106,10 +106,9 @@ async fn bulk(caller: Caller, body: JsonBody<BulkChange>) -> Result<Response, Hu
 async fn export_csv(
     State(state): State<AppState>,
     principal: Principal,
-    hang_up: Option<Extension<HangUp>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, HubError> {
-    export(state, principal, hang_up, query, Format::Csv).await
+    export(state, principal, query, Format::Csv).await
 }
 
 /// The filtered list (as `GET /api/agent/items` takes it, without `cursor`
@@ -120,10 +119,9 @@ async fn export_csv(
 async fn export_json(
     State(state): State<AppState>,
     principal: Principal,
-    hang_up: Option<Extension<HangUp>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, HubError> {
-    export(state, principal, hang_up, query, Format::Json).await
+    export(state, principal, query, Format::Json).await
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -135,11 +133,9 @@ enum Format {
 async fn export(
     state: AppState,
     principal: Principal,
-    hang_up: Option<Extension<HangUp>>,
     query: Result<Query<ListQuery>, QueryRejection>,
     format: Format,
 ) -> Result<Response, HubError> {
-    let hang_up = hang_up.map(|Extension(h)| h);
     let access = principal.access(Permission::Read)?;
     let Query(query) = query.map_err(|e| HubError::invalid(e.body_text()))?;
     if query.pages() {
@@ -161,12 +157,7 @@ async fn export(
             hint: Some("narrow it with status, product, label or since".to_owned()),
         });
     }
-    let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    let feed = Feed {
-        sender,
-        stall: state.limits.export_stall,
-        hang_up,
-    };
+    let (feed, receiver) = tokio::sync::mpsc::channel(4);
     tokio::spawn(produce(state, access, filter, format, feed));
     let mut response = Response::new(Body::new(Chunks(receiver)));
     let (kind, name) = match format {
@@ -187,50 +178,24 @@ async fn export(
 
 type Chunk = Result<Bytes, std::io::Error>;
 
-/// Where an export's chunks go: the response body, which the client
-/// drains at its own pace.
-struct Feed {
-    sender: tokio::sync::mpsc::Sender<Chunk>,
-    /// How long the client may take nothing before the export ends.
-    stall: std::time::Duration,
-    hang_up: Option<HangUp>,
-}
-
-impl Feed {
-    /// Hands the client one chunk; false when it is gone, or has taken
-    /// nothing for the stall time: then its connection is closed, since a
-    /// body ended here would look whole.
-    async fn send(&self, chunk: Chunk) -> bool {
-        match tokio::time::timeout(self.stall, self.sender.send(chunk)).await {
-            Ok(sent) => sent.is_ok(),
-            Err(_) => {
-                tracing::warn!("an export's client took nothing for {:?}", self.stall);
-                if let Some(hang_up) = &self.hang_up {
-                    hang_up.now();
-                }
-                false
-            }
-        }
-    }
-}
-
-/// Writes the export page by page into `feed`, each page read on the
-/// blocking pool and then waited on here, so that a client that does not
-/// read holds no blocking thread. A failure midway ends the body with an
-/// error, so the client sees a broken transfer, never a short file that
-/// looks whole.
+/// Writes the export page by page into `feed`, the response body's
+/// channel, each page read on the blocking pool and then waited on here,
+/// so that a client that does not read holds no blocking thread; the stall
+/// limit, resetting its connection, drops the body and ends the wait. A
+/// failure midway ends the body with an error, so the client sees a broken
+/// transfer, never a short file that looks whole.
 async fn produce(
     state: AppState,
     access: Access,
     mut filter: ItemFilter,
     format: Format,
-    feed: Feed,
+    feed: tokio::sync::mpsc::Sender<Chunk>,
 ) {
     let head = match format {
         Format::Csv => csv_row(&CSV_COLUMNS.map(str::to_owned)),
         Format::Json => "[".to_owned(),
     };
-    if !feed.send(Ok(Bytes::from(head))).await {
+    if feed.send(Ok(Bytes::from(head))).await.is_err() {
         return;
     }
     let mut first = true;
@@ -262,7 +227,7 @@ async fn produce(
             }
             first = false;
         }
-        if !feed.send(Ok(Bytes::from(out))).await {
+        if feed.send(Ok(Bytes::from(out))).await.is_err() {
             return;
         }
         match page.next_cursor {

@@ -14,6 +14,7 @@ mod openapi;
 mod public;
 mod session;
 mod social;
+mod stall;
 mod webhooks;
 
 use std::net::SocketAddr;
@@ -145,8 +146,9 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Accepts connections until `shutdown`, each bounded: at most
 /// `max_connections` at once and `max_connections_per_address` from one
-/// client (more are closed as they come), headers within `header_timeout`.
-/// Then waits for open requests, up to [`DRAIN`].
+/// client (more are closed as they come), headers within `header_timeout`,
+/// and reset once the client has taken nothing of an answer for
+/// `stall`. Then waits for open requests, up to [`DRAIN`].
 async fn accept(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -182,25 +184,19 @@ async fn accept(
             drop(stream);
             continue;
         };
-        let hang_up = HangUp::default();
-        let handle = hang_up.clone();
         let service =
             app.clone()
                 .map_request(move |mut request: Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
-                    request.extensions_mut().insert(handle.clone());
                     request
                 });
         let connection = http.serve_connection(
-            TokioIo::new(stream),
+            TokioIo::new(stall::Stalling::new(stream, peer.ip(), limits.stall)),
             hyper_util::service::TowerToHyperService::new(service),
         );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            tokio::select! {
-                _ = connection => {}
-                () = hang_up.0.notified() => {}
-            }
+            let _ = connection.await;
             drop(slot);
         });
     }
@@ -299,18 +295,6 @@ fn logged_path(path: &str) -> String {
         return format!("{SUBMISSION}<token>");
     }
     path.chars().take(200).collect()
-}
-
-/// Closes the connection a request came on, whatever it is doing: for a
-/// response whose client has stopped reading, which hyper would otherwise
-/// hold for ever (and whose body, ended early, would look whole).
-#[derive(Clone, Default)]
-struct HangUp(Arc<tokio::sync::Notify>);
-
-impl HangUp {
-    fn now(&self) {
-        self.0.notify_one();
-    }
 }
 
 /// The client's address, as the rate limit and the audit log see it.

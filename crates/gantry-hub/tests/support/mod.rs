@@ -56,6 +56,22 @@ pub async fn eventually<T, F: Future<Output = Option<T>>>(
     }
 }
 
+/// Waits until the hub has reset `stream` ("connection reset by peer":
+/// what a client that stopped reading sees once the hub gives up on it),
+/// reading nothing from it, since reading would let the hub go on.
+pub async fn reset_by_hub(stream: &tokio::net::TcpStream, what: &str) {
+    eventually(what, || async {
+        let error = stream.take_error().ok().flatten()?;
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "{what}: {error}"
+        );
+        Some(())
+    })
+    .await;
+}
+
 /// What keeps a database alive: a directory or a PostgreSQL server.
 enum Keep {
     Dir(tempfile::TempDir),
@@ -247,6 +263,50 @@ impl Hub {
         tokio::task::spawn_blocking(move || store.create_key(&spec).unwrap().secret)
             .await
             .unwrap()
+    }
+
+    /// Sends `GET path` with `key` on a socket whose receive buffer is as
+    /// small as the system allows, and reads nothing past the status line:
+    /// a client that has stopped reading its answer. Tries again while the
+    /// hub closes new connections unanswered (its caps still full of ones
+    /// closing); panics unless the answer begins `200`.
+    pub async fn stalled_get(&self, path: &str, key: &str) -> tokio::net::TcpStream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {key}\r\n\r\n");
+        let (stream, head) = eventually("the hub to take a connection", || async {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.set_recv_buffer_size(4096).ok()?;
+            let mut stream = socket.connect(self.addr).await.ok()?;
+            stream.write_all(request.as_bytes()).await.ok()?;
+            let mut head = [0u8; 12];
+            // Closed unanswered: a cap was full.
+            stream.read_exact(&mut head).await.ok()?;
+            Some((stream, head))
+        })
+        .await;
+        assert_eq!(&head, b"HTTP/1.1 200", "GET {path}");
+        stream
+    }
+
+    /// Waits until `GET /healthz` on a new connection is answered 200.
+    pub async fn answers_health(&self, what: &str) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        eventually(what, || async {
+            let mut probe = tokio::net::TcpStream::connect(self.addr).await.ok()?;
+            probe
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut answer = Vec::new();
+            let read = probe.read_to_end(&mut answer);
+            tokio::time::timeout(std::time::Duration::from_secs(5), read)
+                .await
+                .ok()?
+                .ok()?;
+            answer.starts_with(b"HTTP/1.1 200").then_some(())
+        })
+        .await;
     }
 
     pub fn client(&self, key: &str) -> Client {

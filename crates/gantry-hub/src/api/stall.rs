@@ -1,0 +1,152 @@
+//! The stall limit: a connection whose client takes none of what the hub
+//! writes for `Limits::stall` is reset. It holds every answer, an
+//! export's, an attachment's or a small JSON one, to the same rule, and
+//! whatever the answer still had to send: a rule in the body's producer
+//! would miss the last of an answer, already handed to hyper and the
+//! kernel. Only a write that cannot proceed counts; an idle connection, or
+//! one waiting on the hub, is never stalled.
+//!
+//! It must never cut off a client that reads, however slowly: any progress
+//! starts the wait again.
+
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+/// A client's connection, whose writes fail once the client has taken
+/// nothing for the stall limit.
+pub(super) struct Stalling {
+    stream: TcpStream,
+    /// The peer, for the log.
+    client: IpAddr,
+    limit: Duration,
+    /// Armed while a write waits on the client.
+    waiting: Option<Pin<Box<Sleep>>>,
+}
+
+impl Stalling {
+    pub(super) fn new(stream: TcpStream, client: IpAddr, limit: Duration) -> Stalling {
+        Stalling {
+            stream,
+            client,
+            limit,
+            waiting: None,
+        }
+    }
+
+    /// What a write (or a flush) that made no progress becomes: still
+    /// pending, or, past the limit, an error that ends the connection.
+    fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let limit = self.limit;
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        ready!(waiting.as_mut().poll(cx));
+        tracing::warn!(
+            client = %self.client,
+            "a client took nothing for {limit:?}: its connection is reset"
+        );
+        // A reset, not a close: the kernel drops what it still holds for
+        // this client instead of trying to deliver it for minutes more,
+        // and the client sees its answer broken, never whole.
+        let _ = self.stream.set_zero_linger();
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client stopped reading",
+        )))
+    }
+
+    fn progress<T>(
+        &mut self,
+        done: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        match done {
+            Poll::Pending => self.stalled(cx),
+            ready => {
+                self.waiting = None;
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncRead for Stalling {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Stalling {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let done = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.progress(done, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let done = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.progress(done, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let done = Pin::new(&mut self.stream).poll_flush(cx);
+        self.progress(done, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A connected pair: the hub's end, stall-limited, and the client's.
+    async fn pair(limit: Duration) -> (Stalling, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let address = listener.local_addr().expect("its address");
+        let client = tokio::spawn(TcpStream::connect(address));
+        let (hub, peer) = listener.accept().await.expect("the connection");
+        let client = client.await.expect("the client's task");
+        let hub = Stalling::new(hub, peer.ip(), limit);
+        (hub, client.expect("the client's end"))
+    }
+
+    #[tokio::test]
+    async fn a_client_that_takes_nothing_is_cut_off() {
+        let (mut hub, _client) = pair(Duration::from_millis(100)).await;
+        let chunk = vec![0u8; 64 * 1024];
+        let error = loop {
+            if let Err(e) = hub.write_all(&chunk).await {
+                break e;
+            }
+        };
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+}
