@@ -6,7 +6,9 @@
 
 use gantry_core::Code;
 use gantry_core::agent_api::DeployRequest;
-use gantry_core::agent_api::v1::{TooNew, check_env_name, check_name, check_revision};
+use gantry_core::agent_api::v1::{
+    Port, TooNew, Workload, check_env_name, check_name, check_revision,
+};
 
 use crate::error::AgentError;
 
@@ -51,6 +53,37 @@ pub(crate) fn check_deploy(request: &DeployRequest) -> Result<(), AgentError> {
                     "the value of secret {name} has a line break or NUL, which a secrets file cannot hold"
                 ),
                 "store the value without line breaks (base64-encode it, for example)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A process whose fixed port is one the host's proxy listens on
+/// (`proxy_ports`) could not start: it is refused before anything of the
+/// deploy is done, instead of failing its health check with the port
+/// taken. gantry.toml cannot tell this machine's proxy ports (they are
+/// where its agent was started), so this is where it is caught. A
+/// container's fixed port is inside the container, and is not compared.
+pub(crate) fn check_proxy_ports(
+    request: &DeployRequest,
+    proxy_ports: &[u16],
+) -> Result<(), AgentError> {
+    for service in &request.services {
+        let (Workload::Process { .. }, Some(Port::Fixed(port))) =
+            (&service.workload, &service.port)
+        else {
+            continue;
+        };
+        if proxy_ports.contains(port) {
+            return Err(AgentError::conflict(
+                Code::DeployPortTaken,
+                format!(
+                    "`{}` would listen on port {port}, where this host's proxy listens",
+                    service.name
+                ),
+                "give it another port in gantry.toml, or a named one (port = \"http\") \
+                 for the agent to assign as $PORT; its routes reach it through the proxy",
             ));
         }
     }

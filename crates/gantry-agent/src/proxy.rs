@@ -107,6 +107,16 @@ impl Proxy {
         self.https.filter(|_| self.up.load(Ordering::SeqCst))
     }
 
+    /// The ports the proxy is configured to listen on, whether or not it
+    /// runs now: a service must not take them.
+    pub(crate) fn ports(&self) -> Vec<u16> {
+        [self.listen, self.https]
+            .into_iter()
+            .flatten()
+            .map(|a| a.port())
+            .collect()
+    }
+
     /// Why the proxy this agent was told to run does not run, if it does not.
     pub fn problem(&self) -> Option<String> {
         (self.problem.lock())

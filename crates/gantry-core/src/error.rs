@@ -137,6 +137,7 @@ codes! {
     TestProbeFailed = "test.probe_failed", Unreachable, "a route did not answer an HTTP request through the host's proxy";
     InternalBug = "internal.bug", Failed, "Gantry itself failed (a thread panicked); please report it with the message";
     DeployUnsupported = "deploy.unsupported", Invalid, "the environment needs something this version cannot do yet";
+    DeployPortTaken = "deploy.port_taken", Conflict, "a process service's fixed port is one the host's reverse proxy listens on, so it could not start; the message names the service and the port";
     DeployLocked = "deploy.locked", Conflict, "another deploy of the project (on the host, or of the whole environment) holds its lock; the error names it";
     DeployFailed = "deploy.failed", Failed, "a service's new instances did not become healthy; it kept its previous release";
     DeployVerifyFailed = "deploy.verify_failed", Failed, "a new release crashed or failed its health checks within its verify window (`deploy.verify`) after cutover: that host went back to its previous release and the rollout stopped; the message names the service and why";

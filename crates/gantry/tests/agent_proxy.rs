@@ -250,3 +250,31 @@ fn a_proxy_that_cannot_start_is_reported_and_fails_gantry_test() {
         "{routes:#}"
     );
 }
+
+/// A process fixed on the port this machine's proxy listens on could not
+/// start: the agent refuses the deploy before starting anything, naming the
+/// service and the port, instead of failing a health check.
+#[test]
+fn a_process_on_the_proxys_own_port_is_refused_before_anything_starts() {
+    let port = free_port();
+    let p = agent_support::shell(
+        "clash",
+        &format!("[services.web]\nrun = \"sleep 600\"\nport = {port}\n"),
+    )
+    .env("GANTRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"));
+    let run = p.gantry(&["deploy", "--skip-build", "--output", "json"]);
+    run.expect_code(4);
+    let error = &run.json()["error"];
+    assert_eq!(error["code"], "deploy.port_taken", "{error:#}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("`web`") && message.contains(&port.to_string()),
+        "{error:#}"
+    );
+    let now = status(&p);
+    assert!(
+        now["services"].as_array().is_none_or(Vec::is_empty),
+        "nothing was started: {now:#}"
+    );
+    p.gantry(&["agent", "stop"]).expect_code(0);
+}
