@@ -570,7 +570,9 @@ pub struct ProxyArgs {
     pub client_timeout: u64,
 
     /// Seconds a client connection may stay open with no request (HTTP/1
-    /// keep-alive and HTTP/2)
+    /// keep-alive and HTTP/2), and an answer or a WebSocket's bytes may wait
+    /// on a side that takes none of them (a client, or a service, that
+    /// stopped reading); a quiet WebSocket is never closed
     #[arg(long, env = "GANTRY_PROXY_IDLE_TIMEOUT", default_value_t = 60, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,

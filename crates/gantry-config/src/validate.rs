@@ -94,8 +94,7 @@ pub fn check(file: &File, doc: &Document<'_>) -> Findings {
         checked_base = true;
         check_dependencies(&mut c, env, &merged, &locate);
         placement::check_placement(&mut c, file, env, &merged, &locate);
-        ports::check_fixed_ports(&mut c, file, env, &merged, &locate);
-        ports::check_proxy_ports(&mut c, file, env, &merged, &locate);
+        ports::check_host_ports(&mut c, file, env, &merged, &locate);
         check_routes(&mut c, env, &merged, &locate);
         check_automatic_names(&mut c, &file.project.name, &merged, &locate);
     }

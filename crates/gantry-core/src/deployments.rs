@@ -87,12 +87,19 @@ pub fn current(releases: &[Release]) -> Option<&Release> {
 /// when that records none (a release that failed its verify window undone,
 /// a redeploy by `gantry secrets sync`), the release it went back to or
 /// deployed again.
+/// Followed back as far as it goes: two syncs make a redeploy of a
+/// redeploy. Only to an older release, so a damaged record cannot loop.
 fn runs(releases: &[Release]) -> Option<&Release> {
-    let now = current(releases)?;
-    match now.rollback_of.as_ref().or(now.redeploy_of.as_ref()) {
-        Some(of) if now.deployments.is_empty() => releases.iter().find(|r| &r.id == of),
-        _ => Some(now),
+    let mut now = current(releases)?;
+    while now.deployments.is_empty() {
+        let Some(of) = now.rollback_of.as_ref().or(now.redeploy_of.as_ref()) else {
+            break;
+        };
+        now = releases
+            .iter()
+            .find(|r| &r.id == of && r.number < now.number)?;
     }
+    Some(now)
 }
 
 /// The deployments the hosts' releases record, newest first. `hosts` are
@@ -453,16 +460,18 @@ mod tests {
     }
 
     #[test]
-    fn a_secrets_sync_redeploy_leaves_its_deployment_current_and_not_a_rollback() {
-        // d2 made r2; `gantry secrets sync` deployed r2 again as r3.
-        let synced = Release {
-            redeploy_of: Some("r2".to_owned()),
-            ..ok("r3", "v2", &[])
+    fn secrets_sync_redeploys_leave_their_deployment_current_and_are_no_rollback() {
+        // d2 made r2; `gantry secrets sync` deployed r2 again as r3, and a
+        // second sync deployed r3 again as r4.
+        let synced = |id: &str, of: &str| Release {
+            redeploy_of: Some(of.to_owned()),
+            ..ok(id, "v2", &[])
         };
         let hosts = hosts(vec![(
             "h1",
             vec![
-                synced,
+                synced("r4", "r3"),
+                synced("r3", "r2"),
                 ok("r2", "v2", &[("d2", 20)]),
                 ok("r1", "v1", &[("d1", 10)]),
             ],

@@ -764,7 +764,7 @@ fn hosts_to_stop(config: &crate::config::Config, state: &EnvState) -> Vec<HostSp
 
 /// Forgets a destroyed environment's state; with `force`, in any state, and
 /// without stopping anything (for hosts that are gone).
-/// `gantry env purge`: an environment's state forgotten, as it was.
+/// `gantry env purge`: what was forgotten.
 #[derive(Debug, Serialize)]
 pub struct PurgeReport {
     pub environment: String,
@@ -775,6 +775,8 @@ pub struct PurgeReport {
     pub was: Phase,
 }
 
+/// Forgets a destroyed environment's state (any state with `force`,
+/// leaving its services running).
 pub fn purge(
     project: &crate::Project,
     environment: &str,

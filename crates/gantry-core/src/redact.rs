@@ -10,39 +10,51 @@ pub const REDACTED: &str = "(redacted)";
 /// one- or two-character value would hide half of every line.
 const MIN_VALUE_LEN: usize = 4;
 
-/// Env values under names like these usually hold credentials. They belong in
-/// `secrets`, but one put in `env` is still hidden. Some words hide a name
-/// wherever they stand in it (`DB_PASSWORD`, `GITHUB_TOKEN`); short ones only
-/// as a whole word between underscores or at its end (`STRIPE_KEY`,
-/// `SENTRY_DSN`, `BASIC_AUTH`, `OPENAI_APIKEY`), so `KEYBOARD` and `AUTHOR`
-/// show. Hiding a harmless value costs a look at gantry.toml; showing a
-/// credential cannot be taken back.
-pub fn looks_secret(name: &str) -> bool {
+/// Env values under names like these hold credentials: the agent keeps
+/// them in the project's secrets file, not its store ([`is_credential`]).
+/// An agent and a CLI must agree on this list (`gantry plan` compares what
+/// each keeps where), so it changes only with both.
+fn credential_name(name: &str) -> bool {
     let name = name.to_ascii_uppercase();
-    let anywhere = [
+    [
         "PASSWORD",
         "PASSWD",
-        "PASSPHRASE",
         "SECRET",
         "TOKEN",
         "API_KEY",
-        "APIKEY",
-        "PRIVATE",
+        "PRIVATE_KEY",
         "CREDENTIAL",
-    ];
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+}
+
+/// Env values under names like these are hidden wherever Gantry shows
+/// them: those [`credential_name`] knows, and more that often hold one.
+/// Some words hide a name wherever they stand in it (`GPG_PASSPHRASE`,
+/// `OPENAI_APIKEY`); short ones only as a whole word between underscores
+/// (`STRIPE_KEY`, `SENTRY_DSN`, `BASIC_AUTH`, `KEY_ID`), so `KEYBOARD` and
+/// `AUTHOR` show. Hiding a harmless value costs a look at gantry.toml;
+/// showing a credential cannot be taken back. Display only: what the
+/// agent stores where does not change with this list.
+pub fn looks_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    let anywhere = ["PASSPHRASE", "APIKEY", "PRIVATE"];
     let words = [
         "KEY", "KEYS", "DSN", "AUTH", "PASS", "PWD", "SALT", "COOKIE",
     ];
-    anywhere.iter().any(|word| name.contains(word))
-        || name
+    credential_name(name)
+        || anywhere.iter().any(|word| upper.contains(word))
+        || upper
             .split(|c: char| !c.is_ascii_alphanumeric())
             .any(|part| words.contains(&part))
 }
 
-/// Whether an env entry holds a credential: by its name, or a URL with a
+/// Whether an env entry holds a credential, which the agent keeps in the
+/// secrets file: by its name ([`credential_name`]), or a URL with a
 /// password in its value.
 pub fn is_credential(name: &str, value: &str) -> bool {
-    looks_secret(name) || url_passwords(value) != value
+    credential_name(name) || url_passwords(value) != value
 }
 
 /// `text` with the password of every `scheme://user:password@host` in it
@@ -284,6 +296,9 @@ mod tests {
         assert!(is_credential("DATABASE_URL", "postgres://u:p@h/d"));
         assert!(is_credential("API_TOKEN", "x"));
         assert!(!is_credential("RUST_LOG", "info"));
+        // Hidden when shown, but kept where the agent always kept it.
+        assert!(looks_secret("SESSION_COOKIE_NAME"));
+        assert!(!is_credential("SESSION_COOKIE_NAME", "web_sid"));
     }
 
     #[test]

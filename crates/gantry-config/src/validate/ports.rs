@@ -9,32 +9,52 @@ use crate::diagnostic::{KeyPath, Problem};
 use crate::model::{File, Port, Service};
 use crate::resolve::{self, Reach};
 
-/// A process listens on its host's own ports: two with one fixed port
-/// cannot run on one host ("Address already in use"). A container's port
-/// is inside the container, and a named port is one the agent assigns, so
-/// neither clashes. Replicas of one service are `check_replicas`'.
-pub(super) fn check_fixed_ports(
+/// The fixed ports `env`'s processes take on their hosts: each held by one
+/// process ([`check_fixed_ports`]) and none the proxy's
+/// ([`check_proxy_ports`]).
+pub(super) fn check_host_ports(
     c: &mut Checker<'_>,
     file: &File,
     env: &str,
     services: &Services<'_>,
     locate: &dyn Fn(&str, &[&str]) -> KeyPath,
 ) {
-    let env_hosts: Vec<&str> = match file.environments.get(env) {
-        Some(declared) => declared.hosts.iter().map(String::as_str).collect(),
-        // The implicit `local` environment runs every service on this machine.
-        // Beside declared environments it is for trying things out: a layout
-        // spread over hosts is not refused for not fitting on one.
-        None if file.environments.is_empty() => vec![resolve::LOCAL],
-        None => return,
+    let Some((env_hosts, placed)) = placement(file, env) else {
+        return;
     };
-    let placed = file.environments.contains_key(env);
+    let on = Placed {
+        env,
+        hosts: &env_hosts,
+        placed,
+    };
+    check_fixed_ports(c, &on, services, locate);
+    check_proxy_ports(c, file, &on, services, locate);
+}
+
+/// The hosts of an environment, as [`placement`] gives them.
+struct Placed<'a> {
+    env: &'a str,
+    hosts: &'a [&'a str],
+    placed: bool,
+}
+
+/// A process listens on its host's own ports: two with one fixed port
+/// cannot run on one host ("Address already in use"). A container's port
+/// is inside the container, and a named port is one the agent assigns, so
+/// neither clashes. Replicas of one service are `check_replicas`'.
+fn check_fixed_ports(
+    c: &mut Checker<'_>,
+    on: &Placed<'_>,
+    services: &Services<'_>,
+    locate: &dyn Fn(&str, &[&str]) -> KeyPath,
+) {
+    let env = on.env;
     let mut taken: BTreeMap<(u16, &str), &str> = BTreeMap::new();
     for (name, s) in services {
         let Some(port) = process_port(s) else {
             continue;
         };
-        let hosts = hosts_of(s, &env_hosts, placed);
+        let hosts = hosts_of(s, on.hosts, on.placed);
         let clash = hosts
             .iter()
             .find_map(|host| taken.get(&(port, *host)).map(|owner| (*owner, *host)));
@@ -78,24 +98,20 @@ const CONFIGURED_PROXY_PORTS: [u16; 2] = [80, 443];
 /// either the process or the proxy could not bind it at deploy, whether the
 /// service has routes or not. A container's port and a named one do not
 /// take a port of the host, as in [`check_fixed_ports`].
-pub(super) fn check_proxy_ports(
+fn check_proxy_ports(
     c: &mut Checker<'_>,
     file: &File,
-    env: &str,
+    on: &Placed<'_>,
     services: &Services<'_>,
     locate: &dyn Fn(&str, &[&str]) -> KeyPath,
 ) {
-    let env_hosts: Vec<&str> = match file.environments.get(env) {
-        Some(declared) => declared.hosts.iter().map(String::as_str).collect(),
-        None => vec![resolve::LOCAL],
-    };
-    let placed = file.environments.contains_key(env);
+    let env = on.env;
     let [http, https] = CONFIGURED_PROXY_PORTS;
     for (name, s) in services {
         let Some(port) = process_port(s) else {
             continue;
         };
-        let proxied = hosts_of(s, &env_hosts, placed)
+        let proxied = hosts_of(s, on.hosts, on.placed)
             .into_iter()
             .find(|host| proxy_ports(file, host).contains(&port));
         let Some(host) = proxied else {
@@ -136,6 +152,19 @@ fn proxy_ports(file: &File, host: &str) -> &'static [u16] {
     match resolve::resolve_host(file, host).reach {
         Reach::Local => &[],
         Reach::Ssh { .. } | Reach::Provider { .. } => &CONFIGURED_PROXY_PORTS,
+    }
+}
+
+/// The hosts of `env` whose ports are checked, and whether it is declared
+/// (then a service's own `hosts` narrow them, [`hosts_of`]). The implicit
+/// `local` environment runs every service on this machine; beside declared
+/// environments it is for trying things out, so a layout spread over hosts
+/// is not refused for not fitting on one: `None`, nothing to check.
+fn placement<'f>(file: &'f File, env: &str) -> Option<(Vec<&'f str>, bool)> {
+    match file.environments.get(env) {
+        Some(declared) => Some((declared.hosts.iter().map(String::as_str).collect(), true)),
+        None if file.environments.is_empty() => Some((vec![resolve::LOCAL], false)),
+        None => None,
     }
 }
 
