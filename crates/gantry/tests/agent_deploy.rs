@@ -463,7 +463,26 @@ fn a_release_that_starts_crashing_after_its_cutover_is_reverted_in_its_verify_wi
 /// window itself, still goes back to the first release and records why.
 #[test]
 fn a_release_whose_deploy_is_killed_after_its_cutover_is_still_reverted_by_its_agent() {
-    let p = hello("verify-killed", "1");
+    let p = deploy_killed_after_cutover("verify-killed");
+    assert_went_back_from_r2(&p);
+}
+
+/// As above, and the agent is stopped too, inside the window, before the
+/// release's instances exit: the agent that starts next takes the window up
+/// again and goes back all the same.
+#[test]
+fn a_verify_window_is_taken_up_again_by_the_next_agent() {
+    let p = deploy_killed_after_cutover("verify-resumed");
+    p.gantry(&["agent", "stop"]).expect_code(0);
+    // `gantry status` (in the wait) starts the next agent.
+    assert_went_back_from_r2(&p);
+}
+
+/// A project whose second release (r2) answers, then its web instances
+/// exit five seconds after they start, within a 30 s verify window; its
+/// deploy is killed once the CLI says the window has begun.
+fn deploy_killed_after_cutover(name: &str) -> TestProject {
+    let p = hello(name, "1");
     deploy(&p);
     let crashing = "#!/bin/sh\nbin/hello-web & web=$!\nsleep 5\nkill $web\nexit 1\n";
     let p = p
@@ -471,19 +490,22 @@ fn a_release_whose_deploy_is_killed_after_its_cutover_is_still_reverted_by_its_a
         .file("VERSION", "2\n")
         .file(
             "gantry.toml",
-            &hello_toml("verify-killed", "bin/crashing-web")
-                .replace("verify = \"0s\"", "verify = \"30s\""),
+            &hello_toml(name, "bin/crashing-web").replace("verify = \"0s\"", "verify = \"30s\""),
         );
     let path = p.path().join("bin/crashing-web");
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
-
     let mut cli = Lines::spawn_stderr(command(&p, &["deploy", "--skip-build", "--output", "json"]));
     // The CLI says so once the host runs r2 and its window has begun.
     cli.until("the CLI to watch r2", |line| line.contains("watching r2"));
     cli.kill();
+    p
+}
 
-    let status = wait_for_status(&p, "every service to go back from r2", |s| {
+/// Every service of `p` goes back from r2 to the first version, in a
+/// release of its own, and r2 is recorded failed with why.
+fn assert_went_back_from_r2(p: &TestProject) {
+    let status = wait_for_status(p, "every service to go back from r2", |s| {
         ["web", "worker"].iter().all(|name| {
             let it = service(s, name);
             it["release"] != "r2" && it["state"] == "running"
@@ -491,7 +513,7 @@ fn a_release_whose_deploy_is_killed_after_its_cutover_is_still_reverted_by_its_a
     });
     let web = service(&status, "web");
     assert_web_answers(web, "1");
-    let releases = json(&p, &["releases"]);
+    let releases = json(p, &["releases"]);
     let find = |id: &str| {
         releases["releases"]
             .as_array()
