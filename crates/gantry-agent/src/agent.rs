@@ -88,6 +88,8 @@ pub(crate) struct Agent {
     pub(crate) containers: tokio::sync::OnceCell<crate::container::Engine>,
     /// The container instances whose output is being copied to their logs.
     pub(crate) container_logs: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Told when a release's verify window is recorded, to watch it.
+    pub(crate) verify_wake: tokio::sync::Notify,
 }
 
 impl Agent {
@@ -126,6 +128,7 @@ impl Agent {
             shutdown,
             containers: tokio::sync::OnceCell::new(),
             container_logs: Arc::default(),
+            verify_wake: tokio::sync::Notify::new(),
         }
     }
 

@@ -14,7 +14,7 @@ use crate::agent::{Agent, Paths, Settings};
 use crate::isolation::Isolation;
 use crate::ports::{HostClaims, PortAllocator};
 use crate::store::Store;
-use crate::{api, backup, reconcile, supervisor};
+use crate::{api, backup, reconcile, supervisor, verify};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -162,6 +162,8 @@ async fn serve(agent: Arc<Agent>) -> Result<(), DaemonError> {
         Arc::clone(&agent),
         agent.shutdown.subscribe(),
     ));
+    // Resumes the verify windows a previous agent was watching.
+    let verifier = tokio::spawn(verify::run(Arc::clone(&agent), agent.shutdown.subscribe()));
     let watcher = Arc::clone(&agent);
     let proxy_watch =
         tokio::spawn(async move { watcher.proxy.watch(watcher.shutdown.subscribe()).await });
@@ -197,6 +199,7 @@ async fn serve(agent: Arc<Agent>) -> Result<(), DaemonError> {
     };
     let _ = agent.shutdown.send(true);
     let _ = supervisor.await;
+    let _ = verifier.await;
     // A backup in progress is left behind as a `.partial` file, never listed.
     backups.abort();
     let _ = proxy_watch.await;

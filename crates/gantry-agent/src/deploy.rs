@@ -12,7 +12,7 @@ use gantry_core::Code;
 use gantry_core::agent_api::ServiceSpec;
 use gantry_core::agent_api::v1::DeployStrategy;
 use gantry_core::agent_api::{
-    DeployRequest, DeployResult, InstanceState, Outcome, Phase, Release, Task,
+    DeployRequest, DeployResult, InstanceState, Outcome, Phase, Release, Task, Verification,
 };
 
 use crate::agent::{Agent, now_ms};
@@ -144,6 +144,7 @@ async fn deploy(
         services: request.services.clone(),
         deployments: request.deployment.iter().cloned().collect(),
         files_gone: false,
+        verify: None,
     };
     {
         let (r, mark) = (release.clone(), request.deployment.clone());
@@ -190,9 +191,13 @@ async fn deploy(
         removed = crate::retire::removed_services(agent, &project, &request.services).await;
     }
     release.phases = phases;
+    release.verify = verify_window(&release, &request);
     {
         let r = release.clone();
         agent.db(move |s| s.update_release(&r)).await?;
+    }
+    if release.verify.is_some() {
+        agent.verify_wake.notify_one();
     }
     if release.outcome == Outcome::Succeeded {
         retain(agent, &mut release).await?;
@@ -205,6 +210,14 @@ async fn deploy(
         unchanged,
         kept: false,
     })
+}
+
+/// The verify window `request` asks the release to be watched for, from
+/// its cutover (now); none for a release that failed, which runs nowhere.
+fn verify_window(release: &Release, request: &DeployRequest) -> Option<Verification> {
+    let window = request.verify_ms.filter(|ms| *ms > 0)?;
+    (release.outcome == Outcome::Succeeded)
+        .then(|| Verification::watching(std::time::Duration::from_millis(window), now_ms()))
 }
 
 /// The retention pass after `release` succeeded, timed as its last phase.

@@ -19,7 +19,8 @@
 //! 5. operations: `task` (a release's one-off commands), `deploy` (and
 //!    `retire`), `rollback`, `control`, `exec`, `history`, `images` (loading
 //!    shipped images), `supervisor`, `reconcile`, `backup` (taking,
-//!    scheduling and restoring backups);
+//!    scheduling and restoring backups), `verify` (watching a release's
+//!    verify window, and going back from it);
 //! 6. `api` (the only module that knows HTTP) and `openapi`;
 //! 7. `daemon`, which starts it all, and `run_exec` (`gantry agent exec`).
 
@@ -67,6 +68,7 @@ mod supervisor;
 mod tails;
 mod task;
 mod upload;
+mod verify;
 
 pub mod run_exec;
 
@@ -129,6 +131,7 @@ mod tests {
             "supervisor",
             "reconcile",
             "backup",
+            "verify",
         ],
         &["openapi", "api"],
         &["daemon", "run_exec"],

@@ -381,6 +381,7 @@ mod tests {
             services: vec![service],
             deployments: Vec::new(),
             files_gone: false,
+            verify: None,
         }
     }
 

@@ -63,6 +63,8 @@ pub(crate) async fn rollback(
         deployment: request.deployment,
         // A rollback runs no migration: the release's tasks ran when it was new.
         tasks: Vec::new(),
+        // Nor is it watched: it ran before, and a revert must not loop.
+        verify_ms: None,
     };
     deploy::run(agent, deploy).await
 }

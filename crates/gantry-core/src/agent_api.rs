@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 mod backups;
 mod compare;
 pub mod v1;
+pub mod verify;
 
 pub use backups::{
     BackupFailure, BackupInfo, BackupKind, BackupList, BackupRestored, BackupTrigger,
@@ -19,6 +20,7 @@ pub use compare::{
     CompareRequest, Comparison, MAX_COMPARED_SECRETS, is_hex_sha256, new_salt, secret_digest,
 };
 pub use v1::ServiceSpec;
+pub use verify::{Verification, VerifyState};
 
 /// The API version; the path prefix of every route.
 pub const API_VERSION: &str = "v1";
@@ -148,6 +150,13 @@ pub struct DeployRequest {
     /// release with every service left on its previous one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<Task>,
+    /// The verify window (`deploy.verify`) in milliseconds: once the
+    /// release is live, the agent watches its new instances for that long
+    /// and, should one exit, restart or fail its health check, goes back
+    /// to the previous release itself ([`Release::verify`] tells how it
+    /// ended). Absent: the agent watches nothing. Spec revision 7.
+    #[serde(default)]
+    pub verify_ms: Option<u64>,
 }
 
 /// One environment-wide deployment as a host records it: its id (made by
@@ -169,6 +178,7 @@ impl std::fmt::Debug for DeployRequest {
             .field("services", &self.services.len())
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .field("deployment", &self.deployment)
+            .field("verify_ms", &self.verify_ms)
             .finish()
     }
 }
@@ -281,6 +291,10 @@ pub struct Release {
     /// is refused. Absent while they are kept, and from agents before it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub files_gone: bool,
+    /// The verify window its agent watched it for, and how that ended:
+    /// absent when its deploy asked for none, and from agents before it.
+    #[serde(default)]
+    pub verify: Option<Verification>,
 }
 
 /// The coded error that made a release fail: `container.no_image` and its

@@ -587,7 +587,8 @@ impl HostPlan<'_> {
             }
         }
         progress.step(&format!("deploying {} to {}", self.project, agent.name()));
-        let request = self.request(&host.name, services);
+        let by_agent = verify::agent_watches(agent.as_ref(), self.verify);
+        let request = self.request(&host.name, services, by_agent.then_some(self.verify));
         let result = match agent.deploy(&request) {
             Ok(result) => result,
             Err(e) => {
@@ -610,6 +611,7 @@ impl HostPlan<'_> {
                     project: self.project,
                     window: self.verify,
                     secrets: self.secrets,
+                    by_agent,
                 };
                 watch.after_cutover(agent.as_ref(), &mut outcome, progress);
             }
@@ -658,8 +660,9 @@ impl HostPlan<'_> {
         outcome
     }
 
-    /// The deploy request every host of the rollout gets for `services`.
-    fn request(&self, host: &str, services: &[Service]) -> DeployRequest {
+    /// The deploy request every host of the rollout gets for `services`;
+    /// with `verify`, the agent watches that window itself.
+    fn request(&self, host: &str, services: &[Service], verify: Option<Duration>) -> DeployRequest {
         let config_hash = artifact::config_hash(services);
         let mut specs: Vec<ServiceSpec> = services.iter().map(ServiceSpec::from).collect();
         self.images.pin(&mut specs);
@@ -675,6 +678,11 @@ impl HostPlan<'_> {
                     0
                 } else {
                     crate::agent_api::v1::TASK_REVISION
+                })
+                .max(if verify.is_some() {
+                    crate::agent_api::v1::VERIFY_REVISION
+                } else {
+                    0
                 }),
             services: specs,
             secrets: self.secrets.clone(),
@@ -682,6 +690,7 @@ impl HostPlan<'_> {
             redeploy_of: None,
             deployment: Some(self.deployment.clone()),
             tasks,
+            verify_ms: verify.map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 
@@ -1661,6 +1670,81 @@ mod tests {
                 fleet.calls()
             );
         }
+    }
+
+    #[test]
+    fn an_agent_that_watches_its_own_window_is_sent_it_and_its_verdict_reported_as_the_clis() {
+        let hosts = ["h1", "h2", "h3"];
+        let (_dir, project) =
+            crate::fake::project_rolling_out(&hosts, 3, "verify = \"30s\"\ncanary = true\n");
+        let crashing = Script {
+            services: vec![crate::fake::crashing("r2")],
+            logs: vec![crate::fake::log_line(1, "panic: no database")],
+            watches_verify: true,
+            ..Script::default()
+        };
+        let (fleet, result) = deploy_three(&project, "h1", crashing);
+        let Err(error @ Error::VerifyFailed { .. }) = result else {
+            panic!("the rollout went on: {result:?}");
+        };
+        let message = error.to_string();
+        assert!(
+            message.contains("service `web`: instance web-1 exited with status 1")
+                && message.contains("30 s verify window")
+                && message.contains("Now running: h1 r1, h2 not updated, h3 not updated"),
+            "{message}"
+        );
+        let details = error.details().unwrap();
+        assert_eq!(details["hosts"][0]["outcome"], "reverted", "{details:#}");
+        assert_eq!(details["hosts"][0]["verify_failed"], true, "{details:#}");
+        let incident = crate::incident::Incident::of_deploy("shop", "production", &error);
+        assert_eq!(incident.release.as_deref(), Some("r2"));
+        assert_eq!(incident.log_tail, ["web-1: panic: no database"]);
+        // The window went with the deploy; the agent judged and went back.
+        assert_eq!(
+            fleet.calls_to("watch"),
+            ["h1 watch 30000 ms, spec revision 7"]
+        );
+        assert!(
+            fleet.calls_to("rollback").is_empty(),
+            "{:#?}",
+            fleet.calls()
+        );
+        assert!(!fleet.calls().contains(&"h1 status".to_owned()));
+        assert!(fleet.calls_to("h2").is_empty(), "{:#?}", fleet.calls());
+    }
+
+    #[test]
+    fn a_canary_whose_agent_passes_its_window_lets_the_other_hosts_deploy() {
+        let hosts = ["h1", "h2", "h3"];
+        let (_dir, project) =
+            crate::fake::project_rolling_out(&hosts, 2, "verify = \"30s\"\ncanary = true\n");
+        let watching = Script {
+            watches_verify: true,
+            ..Script::default()
+        };
+        let fleet = Fleet::new(hosts.map(|h| (h, ran(watching.clone()))));
+        let report = deploy_plainly(&fleet, &project).unwrap();
+        assert!(
+            report
+                .hosts
+                .iter()
+                .all(|h| h.outcome == HostOutcome::Deployed),
+            "{report:#?}"
+        );
+        let calls = fleet.calls();
+        assert!(position(&calls, "h1 release r2") < position(&calls, "h2 deploy"));
+        assert!(!calls.iter().any(|c| c.ends_with(" status")), "{calls:#?}");
+    }
+
+    #[test]
+    fn an_older_agent_is_sent_no_window_and_the_cli_watches_it() {
+        let hosts = ["h1"];
+        let (_dir, project) = crate::fake::project_rolling_out(&hosts, 1, "verify = \"1s\"\n");
+        let fleet = Fleet::new([("h1", ran(Script::default()))]);
+        deploy_plainly(&fleet, &project).unwrap();
+        assert!(fleet.calls_to("watch").is_empty(), "{:#?}", fleet.calls());
+        assert!(fleet.calls().contains(&"h1 status".to_owned()));
     }
 
     #[test]

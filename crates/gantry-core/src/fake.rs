@@ -43,6 +43,9 @@ pub struct Script {
     pub logs: Vec<LogLine>,
     /// The machine its shell reaches.
     pub machine: Machine,
+    /// Its agent watches verify windows itself (spec revision 7): its new
+    /// release's verdict is what `services` show, judged by the one rule.
+    pub watches_verify: bool,
 }
 
 /// What the fake shell's host has, as `configure`'s commands find and change it.
@@ -312,6 +315,43 @@ impl FakeHost {
         }
     }
 
+    /// The new release after its agent watched its window (30 s), the
+    /// instances `status` shows judged by the CLI's rule, and went back to
+    /// `runs` if they failed it.
+    fn verified(&self, project: &str) -> Release {
+        let status = Status {
+            project: project.to_owned(),
+            services: self.script().services.clone(),
+            proxy_problem: None,
+        };
+        let window = Duration::from_secs(30);
+        let watched = crate::agent_api::Verification::watching(window, 0);
+        let Some(problem) = crate::agent_api::verify::problem(&status, NEW_RELEASE, &[]) else {
+            return Release {
+                verify: Some(crate::agent_api::Verification {
+                    state: crate::agent_api::VerifyState::Passed,
+                    ..watched
+                }),
+                ..release(NEW_RELEASE, Outcome::Succeeded)
+            };
+        };
+        let reason = problem.reason(window);
+        Release {
+            reason: Some(format!(
+                "{}{reason}",
+                crate::agent_api::verify::FAILED_PREFIX
+            )),
+            verify: Some(crate::agent_api::Verification {
+                state: crate::agent_api::VerifyState::Failed,
+                service: Some(problem.service),
+                reason: Some(reason),
+                back_to: self.script().runs.clone(),
+                ..watched
+            }),
+            ..release(NEW_RELEASE, Outcome::Failed)
+        }
+    }
+
     fn end_deploy(&self) {
         let mut record = self.fleet.record();
         record.deploying -= 1;
@@ -333,6 +373,7 @@ impl Host for FakeHost {
             "started_at": 0,
             "limits": "none",
             "proxy": "0.0.0.0:80",
+            "spec_version": if self.script().watches_verify { 7 } else { 1 },
         }))
         .unwrap())
     }
@@ -374,6 +415,10 @@ impl Host for FakeHost {
     fn deploy(&self, request: &DeployRequest) -> Result<DeployResult, HostError> {
         for task in &request.tasks {
             self.note(&format!("task {} {}", task.phase, task.service));
+        }
+        if let Some(ms) = request.verify_ms {
+            let revision = request.spec_version;
+            self.note(&format!("watch {ms} ms, spec revision {revision}"));
         }
         self.begin_deploy();
         if self.script().already_runs {
@@ -458,8 +503,11 @@ impl Host for FakeHost {
             .collect())
     }
 
-    fn release(&self, _project: &str, id: &str) -> Result<Release, HostError> {
+    fn release(&self, project: &str, id: &str) -> Result<Release, HostError> {
         self.note(&format!("release {id}"));
+        if self.script().watches_verify && id == NEW_RELEASE {
+            return Ok(self.verified(project));
+        }
         Ok(release(id, Outcome::Succeeded))
     }
 

@@ -8,8 +8,8 @@ mod agent_support;
 use gantry_testkit::TestProject;
 
 use agent_support::{
-    alive, assert_web_answers, deploy, hello, hello_toml, instances, json, pids, ports, service,
-    shell, status, wait_for_status,
+    Lines, alive, assert_web_answers, command, deploy, hello, hello_toml, instances, json, pids,
+    ports, service, shell, status, wait_for_status,
 };
 
 #[test]
@@ -455,6 +455,83 @@ fn a_release_that_starts_crashing_after_its_cutover_is_reverted_in_its_verify_wi
             .is_some_and(|r| r.starts_with("failed its verify window: service `web`")),
         "{r2:#}"
     );
+}
+
+/// The CLI deploying the release after the first is killed (SIGKILL) right
+/// after its cutover, and the release's web instances exit five seconds
+/// after they start, inside its verify window: its agent, which watches the
+/// window itself, still goes back to the first release and records why.
+#[test]
+fn a_release_whose_deploy_is_killed_after_its_cutover_is_still_reverted_by_its_agent() {
+    let p = deploy_killed_after_cutover("verify-killed");
+    assert_went_back_from_r2(&p);
+}
+
+/// As above, and the agent is stopped too, inside the window, before the
+/// release's instances exit: the agent that starts next takes the window up
+/// again and goes back all the same.
+#[test]
+fn a_verify_window_is_taken_up_again_by_the_next_agent() {
+    let p = deploy_killed_after_cutover("verify-resumed");
+    p.gantry(&["agent", "stop"]).expect_code(0);
+    // `gantry status` (in the wait) starts the next agent.
+    assert_went_back_from_r2(&p);
+}
+
+/// A project whose second release (r2) answers, then its web instances
+/// exit five seconds after they start, within a 30 s verify window; its
+/// deploy is killed once the CLI says the window has begun.
+fn deploy_killed_after_cutover(name: &str) -> TestProject {
+    let p = hello(name, "1");
+    deploy(&p);
+    let crashing = "#!/bin/sh\nbin/hello-web & web=$!\nsleep 5\nkill $web\nexit 1\n";
+    let p = p
+        .file("bin/crashing-web", crashing)
+        .file("VERSION", "2\n")
+        .file(
+            "gantry.toml",
+            &hello_toml(name, "bin/crashing-web").replace("verify = \"0s\"", "verify = \"30s\""),
+        );
+    let path = p.path().join("bin/crashing-web");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let mut cli = Lines::spawn_stderr(command(&p, &["deploy", "--skip-build", "--output", "json"]));
+    // The CLI says so once the host runs r2 and its window has begun.
+    cli.until("the CLI to watch r2", |line| line.contains("watching r2"));
+    cli.kill();
+    p
+}
+
+/// Every service of `p` goes back from r2 to the first version, in a
+/// release of its own, and r2 is recorded failed with why.
+fn assert_went_back_from_r2(p: &TestProject) {
+    let status = wait_for_status(p, "every service to go back from r2", |s| {
+        ["web", "worker"].iter().all(|name| {
+            let it = service(s, name);
+            it["release"] != "r2" && it["state"] == "running"
+        })
+    });
+    let web = service(&status, "web");
+    assert_web_answers(web, "1");
+    let releases = json(p, &["releases"]);
+    let find = |id: &str| {
+        releases["releases"]
+            .as_array()
+            .and_then(|all| all.iter().find(|r| r["id"] == id))
+            .unwrap_or_else(|| panic!("no {id} in {releases:#}"))
+    };
+    let r2 = find("r2");
+    assert_eq!(r2["outcome"], "failed", "{r2:#}");
+    let reason = r2["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("failed its verify window: service `web`")
+            && reason.contains("30 s verify window"),
+        "{r2:#}"
+    );
+    // The first release runs again, from a release of its own.
+    let now = web["release"].as_str().expect("web's release");
+    assert_eq!(find(now)["rollback_of"], "r1", "{releases:#}");
+    assert_eq!(service(&status, "worker")["release"], now, "{status:#}");
 }
 
 /// The release directories of `p`'s project on its agent, by name.

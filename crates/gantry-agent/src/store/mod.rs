@@ -554,6 +554,38 @@ mod tests {
         assert_eq!(err.code(), "store.migration_failed");
     }
 
+    /// A store an agent before verify windows (schema 9) wrote loads its
+    /// releases with none, and then keeps one.
+    #[test]
+    fn a_store_at_schema_9_keeps_its_releases_and_then_their_verify_windows() {
+        use crate::store::releases::tests::release;
+        use gantry_core::agent_api::Verification;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.db");
+        {
+            let mut conn = Connection::open(&path).expect("open");
+            schema::migrations()
+                .to_version(&mut conn, 9)
+                .expect("ninth schema");
+            let v9 = Store { conn };
+            v9.insert_release(&release("shop", "r1", 1))
+                .expect("a release as that agent wrote it");
+        }
+        let store = Store::open(&path).expect("migrated");
+        let mut r1 = store.release("shop", "r1").expect("query").expect("kept");
+        assert_eq!(r1.verify, None);
+        assert!(store.verifying().expect("query").is_empty());
+        r1.verify = Some(Verification::watching(
+            std::time::Duration::from_secs(10),
+            5,
+        ));
+        store.update_release(&r1).expect("update");
+        let watched = store.verifying().expect("query");
+        assert_eq!(watched.len(), 1);
+        assert_eq!(watched[0].verify.as_ref().map(|v| v.until), Some(10_005));
+    }
+
     #[test]
     fn migrations_are_valid_and_reopening_is_idempotent() {
         schema::migrations()

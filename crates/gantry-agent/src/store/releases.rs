@@ -1,5 +1,6 @@
 //! Releases: immutable records of deploys and rollbacks. Only their outcome,
-//! reason, log tail, cause and phases change, as the deploy progresses.
+//! reason, log tail, cause and phases change, as the deploy progresses, and
+//! their verify window as the agent watches it.
 
 use gantry_core::agent_api::Release;
 use rusqlite::{Row, params};
@@ -9,9 +10,11 @@ use super::service_row::{ServiceRow, from_rows, to_rows};
 use super::{Store, StoreError, is_unique_violation};
 
 const COLUMNS: &str = "id, number, project, environment, config_hash, artifact_digest, \
-     rollback_of, created_at, outcome, reason, log_tail, phases, services, cause, redeploy_of";
+     rollback_of, created_at, outcome, reason, log_tail, phases, services, cause, redeploy_of, \
+     verify";
 
-/// [`COLUMNS`] but `cause` (schema 7) and `redeploy_of` (schema 9): what a
+/// [`COLUMNS`] but `cause` (schema 7), `redeploy_of` (schema 9) and `verify`
+/// (schema 10): what a
 /// release without either is inserted into, so that stores of older schemas
 /// take it too.
 const COLUMNS_WITHOUT_CAUSE: &str = "id, number, project, environment, config_hash, \
@@ -33,11 +36,13 @@ impl Store {
     /// release of the project.
     pub(crate) fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
         let services = json("services", &to_rows(&release.services))?;
-        let columns = if release.cause.is_some() || release.redeploy_of.is_some() {
-            COLUMNS
-        } else {
-            COLUMNS_WITHOUT_CAUSE
-        };
+        let columns =
+            if release.cause.is_some() || release.redeploy_of.is_some() || release.verify.is_some()
+            {
+                COLUMNS
+            } else {
+                COLUMNS_WITHOUT_CAUSE
+            };
         self.insert_release_with(release, services, columns)
     }
 
@@ -62,6 +67,7 @@ impl Store {
         }
         let (outcome, log_tail) = (Named(release.outcome), json("log_tail", &release.log_tail)?);
         let (phases, cause) = (json("phases", &release.phases)?, cause(release)?);
+        let verify = verification(release)?;
         let values = params![
             release.id,
             release.number,
@@ -78,6 +84,7 @@ impl Store {
             services,
             cause,
             release.redeploy_of,
+            verify,
         ];
         let count = columns.split(',').count().min(values.len());
         let placeholders: Vec<String> = (1..=count).map(|i| format!("?{i}")).collect();
@@ -100,11 +107,12 @@ impl Store {
     }
 
     /// Saves what a deploy learned about a release: its outcome, reason, log
-    /// tail, cause and phases. Everything else about a release is immutable.
+    /// tail, cause and phases, and its verify window. Everything else about
+    /// a release is immutable.
     pub(crate) fn update_release(&self, release: &Release) -> Result<(), StoreError> {
         let updated = self.conn.execute(
             "UPDATE releases SET outcome = ?3, reason = ?4, log_tail = ?5, phases = ?6, \
-             cause = ?7 WHERE project = ?1 AND id = ?2",
+             cause = ?7, verify = ?8 WHERE project = ?1 AND id = ?2",
             params![
                 release.project,
                 release.id,
@@ -113,6 +121,7 @@ impl Store {
                 json("log_tail", &release.log_tail)?,
                 json("phases", &release.phases)?,
                 cause(release)?,
+                verification(release)?,
             ],
         )?;
         if updated == 0 {
@@ -217,6 +226,18 @@ impl Store {
         )
     }
 
+    /// Releases of every project whose verify window the agent is watching
+    /// (or was, when it stopped): at start-up, the watches to resume.
+    pub(crate) fn verifying(&self) -> Result<Vec<Release>, StoreError> {
+        self.query_releases(
+            &format!(
+                "SELECT {COLUMNS} FROM releases WHERE verify IS NOT NULL \
+                 AND json_extract(verify, '$.state') = 'watching' ORDER BY project, number"
+            ),
+            params![],
+        )
+    }
+
     /// [`Store::deploying`] for one project.
     #[cfg(test)]
     pub(crate) fn deploying_in(&self, project: &str) -> Result<Vec<Release>, StoreError> {
@@ -269,6 +290,15 @@ fn parse_number(text: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// A release's verify window as its column holds it: JSON, or NULL for none.
+fn verification(release: &Release) -> Result<Option<String>, StoreError> {
+    release
+        .verify
+        .as_ref()
+        .map(|verify| json("verify", verify))
+        .transpose()
+}
+
 /// A release's cause as its column holds it: JSON, or NULL for none.
 fn cause(release: &Release) -> Result<Option<String>, StoreError> {
     release
@@ -298,6 +328,7 @@ fn read_release(row: &Row<'_>) -> rusqlite::Result<Release> {
         deployments: Vec::new(),
         // Not a column: the API layer tells (`history`).
         files_gone: false,
+        verify: row.get::<_, Option<Json<_>>>("verify")?.map(|v| v.0),
     })
 }
 
@@ -356,6 +387,7 @@ pub(super) mod tests {
             services: vec![service("web")],
             deployments: Vec::new(),
             files_gone: false,
+            verify: None,
         }
     }
 
@@ -489,6 +521,51 @@ pub(super) mod tests {
             .expect("query")
             .expect("found");
         assert_eq!(back.cause, r1.cause);
+    }
+
+    /// A verify window is kept with its release as the watch goes, and
+    /// only the windows still watched are the ones a starting agent resumes.
+    #[test]
+    fn a_release_keeps_its_verify_window_and_only_watched_ones_are_listed_to_resume() {
+        use gantry_core::agent_api::{Verification, VerifyState};
+
+        let store = Store::open_in_memory().expect("store");
+        insert(
+            &store,
+            &[("shop", "r1", 1), ("shop", "r2", 2), ("blog", "r1", 1)],
+        );
+        let watching = Verification::watching(std::time::Duration::from_secs(5), 1_000);
+        for (project, id) in [("shop", "r1"), ("shop", "r2"), ("blog", "r1")] {
+            let mut r = store.release(project, id).expect("query").expect("found");
+            r.outcome = Outcome::Succeeded;
+            r.verify = Some(watching.clone());
+            store.update_release(&r).expect("update");
+        }
+        let mut r1 = store.release("shop", "r1").expect("query").expect("found");
+        assert_eq!(r1.verify.as_ref().map(|v| v.until), Some(6_000));
+        r1.verify = Some(Verification {
+            state: VerifyState::Passed,
+            ..watching.clone()
+        });
+        store.update_release(&r1).expect("passed");
+
+        let resumed: Vec<(String, String)> = (store.verifying().expect("query"))
+            .into_iter()
+            .map(|r| (r.project, r.id))
+            .collect();
+        assert_eq!(
+            resumed,
+            [
+                ("blog".to_owned(), "r1".to_owned()),
+                ("shop".to_owned(), "r2".to_owned())
+            ]
+        );
+        let back = store.release("shop", "r1").expect("query").expect("found");
+        assert_eq!(json(&back)["verify"]["state"], "passed", "{}", json(&back));
+        // A release watched by nobody has no `verify` on the wire.
+        insert(&store, &[("shop", "r3", 3)]);
+        let plain = store.release("shop", "r3").expect("query").expect("found");
+        assert!(json(&plain).get("verify").is_none(), "{}", json(&plain));
     }
 
     #[test]

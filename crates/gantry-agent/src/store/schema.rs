@@ -18,6 +18,7 @@ pub(super) fn migrations() -> Migrations<'static> {
         M::up(V7_RELEASE_CAUSE),
         M::up(V8_PRUNED),
         M::up(V9_REDEPLOY_OF),
+        M::up(V10_VERIFY),
     ])
 }
 
@@ -240,3 +241,9 @@ CREATE INDEX releases_unpruned ON releases (project, number) WHERE pruned = 0;
 /// sync`), which before was recorded as a rollback to it. NULL for every
 /// other release and for releases recorded before.
 const V9_REDEPLOY_OF: &str = "ALTER TABLE releases ADD COLUMN redeploy_of TEXT;";
+
+/// The verify window a deploy asked the agent to watch a release for, and
+/// how it ended (`agent_api::Verification` as JSON): while its `state` is
+/// `watching`, a starting agent resumes the watch until its `until`. NULL
+/// for releases watched by nobody and for releases recorded before.
+const V10_VERIFY: &str = "ALTER TABLE releases ADD COLUMN verify TEXT;";

@@ -42,13 +42,19 @@ use crate::config::units;
 /// lists, and make one even where the host already runs what was asked.
 /// Revision 6: a request's `tasks` (`migrate.pre`), which an agent of
 /// revision 5 would ignore, starting the release without running them.
-pub const SPEC_VERSION: u32 = 6;
+/// Revision 7: a request's `verify_ms` (the verify window, watched by the
+/// agent), which an agent of revision 6 would ignore, leaving a release that
+/// fails in it live once the CLI that would have watched it is gone.
+pub const SPEC_VERSION: u32 = 7;
 
 /// The revision a request that names a deployment needs.
 pub const DEPLOYMENT_REVISION: u32 = 5;
 
 /// The revision a request that carries tasks needs.
 pub const TASK_REVISION: u32 = 6;
+
+/// The revision a request that asks the agent to watch a verify window needs.
+pub const VERIFY_REVISION: u32 = 7;
 
 /// The lowest revision that says what `services` need: a deploy of
 /// processes alone stays readable by agents of revision 1.

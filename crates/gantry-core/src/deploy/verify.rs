@@ -4,21 +4,30 @@
 //! host back to its previous release (recorded failed, with why) and stops
 //! the rollout with `deploy.verify_failed`. With `deploy.canary`, the first
 //! host goes alone, and the others only once its window has passed.
+//!
+//! An agent of spec revision 7 watches the window itself (the deploy
+//! request carries it), so a CLI that dies or loses its link meanwhile
+//! leaves no failing release live: here the CLI only waits for its verdict.
+//! For older agents the CLI watches, with the same rule
+//! (`agent_api::verify::problem`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::Error;
-use crate::agent_api::{InstanceState, Outcome, Reverted, RollbackRequest, Status};
+use crate::agent_api::verify::{FAILED_PREFIX, POLL, Problem};
+use crate::agent_api::{Outcome, Reverted, RollbackRequest, Verification, VerifyState};
 use crate::deploy::{HostDeploy, HostOutcome};
 use crate::host::{Host, LogQuery};
 use crate::progress::Progress;
 
-/// How often the new release's instances are looked at during the window.
-const POLL: Duration = Duration::from_millis(250);
-
 /// The most lines of the failing service's log a revert's report carries.
 const LOG_TAIL: usize = 40;
+
+/// How long past its window an agent that watches a release gets to give
+/// its verdict: going back is a deploy of the previous release, whose
+/// instances must start and pass their health checks.
+const VERDICT_GRACE: Duration = Duration::from_secs(120);
 
 /// The rollout's groups of hosts: the first `alone` one at a time (those
 /// that run a `migrate.pre`), the first alone too when `canary` (its window
@@ -27,18 +36,29 @@ pub(crate) fn batches<T>(placements: &[T], batch: usize, canary: bool, alone: us
     crate::release_tasks::batches(placements, alone.max(usize::from(canary)), batch)
 }
 
+/// Whether `agent` watches a verify window itself (spec revision 7), so the
+/// deploy request carries the window instead of the CLI watching it.
+pub(crate) fn agent_watches(agent: &dyn Host, window: Duration) -> bool {
+    !window.is_zero()
+        && agent
+            .info()
+            .is_ok_and(|info| info.spec_version >= crate::agent_api::v1::VERIFY_REVISION)
+}
+
 /// What watching a host's new release needs.
 pub(crate) struct Watch<'a> {
     pub project: &'a str,
     pub window: Duration,
     /// For the rollback, should the release fail its window.
     pub secrets: &'a BTreeMap<String, String>,
+    /// The agent watches the window itself: wait for its verdict.
+    pub by_agent: bool,
 }
 
 impl Watch<'_> {
-    /// Watches the release `outcome` says the host now runs; if it fails
-    /// its window, takes the host back to `outcome.previous` and says so
-    /// in `outcome`.
+    /// Watches the release `outcome` says the host now runs, or waits for
+    /// its agent's verdict on it; if it fails its window, the host goes
+    /// back to `outcome.previous`, and `outcome` says so.
     pub(crate) fn after_cutover(
         &self,
         agent: &dyn Host,
@@ -56,15 +76,15 @@ impl Watch<'_> {
             agent.name(),
             self.window.as_secs_f32()
         ));
-        let Some((service, problem)) = self.first_problem(agent, &release, &outcome.unchanged)
-        else {
+        if self.by_agent {
+            self.take_verdict(agent, &release, outcome, progress);
+            return;
+        }
+        let Some(problem) = self.first_problem(agent, &release, &outcome.unchanged) else {
             return;
         };
-        outcome.log_tail = log_tail(agent, self.project, &service);
-        let reason = format!(
-            "{problem} within its {} s verify window",
-            self.window.as_secs_f32()
-        );
+        let reason = problem.reason(self.window);
+        outcome.log_tail = log_tail(agent, self.project, &problem.service);
         outcome.verify_failed = true;
         outcome.outcome = HostOutcome::Failed;
         let Some(back) = outcome.previous.clone() else {
@@ -79,7 +99,7 @@ impl Watch<'_> {
             secrets: self.secrets.clone(),
             reverts: Some(Reverted {
                 release: release.clone(),
-                reason: format!("failed its verify window: {reason}"),
+                reason: format!("{FAILED_PREFIX}{reason}"),
             }),
             ..RollbackRequest::default()
         };
@@ -97,25 +117,100 @@ impl Watch<'_> {
         });
     }
 
-    /// The first sign, within the window, that `release` is not well (the
-    /// service, and what is wrong); an agent that does not answer meanwhile
-    /// is asked again.
+    /// The first sign, within the window, that `release` is not well; an
+    /// agent that does not answer meanwhile is asked again.
     fn first_problem(
         &self,
         agent: &dyn Host,
         release: &str,
         unchanged: &[String],
-    ) -> Option<(String, String)> {
+    ) -> Option<Problem> {
         let deadline = Instant::now() + self.window;
         loop {
             if let Ok(status) = agent.status(self.project)
-                && let Some(problem) = problem(&status, release, unchanged)
+                && let Some(problem) =
+                    crate::agent_api::verify::problem(&status, release, unchanged)
             {
                 return Some(problem);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return None;
+            }
+            std::thread::sleep(left.min(POLL));
+        }
+    }
+
+    /// Waits for the agent's verdict on `release`'s window and reports it
+    /// in `outcome` as a window the CLI watched would be.
+    fn take_verdict(
+        &self,
+        agent: &dyn Host,
+        release: &str,
+        outcome: &mut HostDeploy,
+        progress: &dyn Progress,
+    ) {
+        let verdict = match self.verdict(agent, release) {
+            Ok(verdict) => verdict,
+            Err(lost) => {
+                outcome.outcome = if lost {
+                    HostOutcome::Unreachable
+                } else {
+                    HostOutcome::Failed
+                };
+                outcome.error = Some(format!(
+                    "{} gave no verdict on the verify window of {release} within {} s; `gantry status` and `gantry releases` tell how it ended",
+                    agent.name(),
+                    (self.window + VERDICT_GRACE).as_secs()
+                ));
+                return;
+            }
+        };
+        match verdict.state {
+            VerifyState::Passed | VerifyState::Watching => {}
+            VerifyState::Superseded => {
+                outcome.outcome = HostOutcome::Failed;
+                outcome.error = Some(format!(
+                    "another release replaced {release} on {} before its verify window ended",
+                    agent.name()
+                ));
+            }
+            VerifyState::Failed => {
+                let reason = verdict.reason.unwrap_or_default();
+                if let Some(service) = &verdict.service {
+                    outcome.log_tail = log_tail(agent, self.project, service);
+                }
+                outcome.verify_failed = true;
+                outcome.outcome = HostOutcome::Failed;
+                outcome.error = Some(match verdict.back_to {
+                    Some(back) => {
+                        progress.step(&format!("{}: {reason}; went back to {back}", agent.name()));
+                        outcome.outcome = HostOutcome::Reverted;
+                        outcome.release = Some(back);
+                        reason
+                    }
+                    None => format!("{reason}; {}", verdict.error.unwrap_or_default()),
+                });
+            }
+        }
+    }
+
+    /// The agent's verdict on `release`'s window, asked until it has one;
+    /// none within the window and a grace: whether the agent could not be
+    /// reached when last asked.
+    fn verdict(&self, agent: &dyn Host, release: &str) -> Result<Verification, bool> {
+        let deadline = Instant::now() + self.window + VERDICT_GRACE;
+        loop {
+            let lost = match agent.release(self.project, release) {
+                Ok(r) => match r.verify {
+                    Some(v) if v.state != VerifyState::Watching => return Ok(v),
+                    _ => false,
+                },
+                Err(e) => !matches!(e, crate::host::HostError::Api { .. }),
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(lost);
             }
             std::thread::sleep(left.min(POLL));
         }
@@ -137,38 +232,6 @@ fn log_tail(agent: &dyn Host, project: &str, service: &str) -> Vec<String> {
         lines.len() < LOG_TAIL
     });
     lines
-}
-
-/// What is wrong with `release`'s instances of services other than
-/// `unchanged` (carried over, not new), if anything: the service, and how.
-fn problem(status: &Status, release: &str, unchanged: &[String]) -> Option<(String, String)> {
-    let watched = status
-        .services
-        .iter()
-        .filter(|s| !unchanged.contains(&s.name));
-    for service in watched {
-        for i in service.instances.iter().filter(|i| i.release == release) {
-            let exit = i
-                .last_exit
-                .as_ref()
-                .map_or_else(|| "exited".to_owned(), ToString::to_string);
-            let what = match i.state {
-                InstanceState::Backoff | InstanceState::Failed => Some(exit),
-                _ if i.restarts > 0 => Some(format!(
-                    "{exit} and was restarted {} time{}",
-                    i.restarts,
-                    if i.restarts == 1 { "" } else { "s" }
-                )),
-                InstanceState::Live if !i.healthy => Some("failed its health check".to_owned()),
-                _ => None,
-            };
-            if let Some(what) = what {
-                let problem = format!("service `{}`: instance {} {what}", service.name, i.id);
-                return Some((service.name.clone(), problem));
-            }
-        }
-    }
-    None
 }
 
 /// The error of a rollout that stopped at host `at`, whose release failed

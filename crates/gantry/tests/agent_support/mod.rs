@@ -336,15 +336,38 @@ impl Lines {
             .spawn()
             .expect("start gantry");
         let stdout = child.stdout.take().expect("piped stdout");
+        Lines::reading(child, stdout)
+    }
+
+    /// The command's stderr, line by line: its progress (`{"progress": ...}`
+    /// with `--output json`).
+    pub fn spawn_stderr(mut command: Command) -> Lines {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start gantry");
+        let stderr = child.stderr.take().expect("piped stderr");
+        Lines::reading(child, stderr)
+    }
+
+    fn reading(child: Child, stream: impl Read + Send + 'static) -> Lines {
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
                     return;
                 }
             }
         });
         Lines { child, lines }
+    }
+
+    /// Kills the command with SIGKILL, as a crash or `kill -9` would, and
+    /// reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the command");
+        let _ = self.child.wait();
     }
 
     /// Reads lines until one satisfies `wanted`; returns it.
