@@ -1,14 +1,17 @@
 //! Attachment contents, stored once each under their SHA-256 on disk:
 //! `<dir>/ab/abcdef...`. A file is streamed in (hashed as it is written to
 //! a new temporary file, refused past the limit, then renamed into place,
-//! or dropped when an equal file is there already) and streamed out; memory
-//! stays bounded whatever the size. Files are 0600 in 0700 directories:
-//! no other local user reads them. Nothing here knows what an item is.
+//! over an equal file if one is there) and streamed out; memory stays
+//! bounded whatever the size. Files are 0600 in 0700 directories: no
+//! other local user reads them. Nothing here knows what an item is.
 //!
 //! A temporary file never outlives its upload: it goes however the upload
 //! ends (refused, failed, or its future dropped when the request runs out
 //! of time or the hub stops), unless it was renamed into place. What a
-//! killed hub left behind is swept by [`BlobDir::sweep_abandoned`].
+//! killed hub left behind is swept by [`BlobDir::sweep_abandoned`]; a file
+//! in place that no attachment names (an upload stopped before its row was
+//! written) by the sweep of unnamed files, which lists them with
+//! [`BlobDir::idle_files`] and removes them with [`BlobDir::remove_idle`].
 //!
 //! Files on disk rather than in the database (bytea on PostgreSQL): both
 //! backends share one code path and its tests, a 25 MB file never sits
@@ -27,10 +30,11 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::HubError;
 
-/// How long an upload's temporary file may lie untouched before it counts
-/// as abandoned: far longer than a request may take (the hub reads a body
-/// within its request timeout), so an upload in flight on another hub
-/// sharing the directory is never taken for one.
+/// How long an upload's temporary file, or a stored file no attachment
+/// names, may lie untouched before it counts as abandoned: far longer than
+/// a request may take (the hub reads a body and writes its row within its
+/// request timeout), so an upload in flight on another hub sharing the
+/// directory is never taken for one.
 const ABANDONED: Duration = Duration::from_secs(3600);
 
 /// A stored file's name and size.
@@ -77,9 +81,9 @@ impl BlobDir {
         let Some(path) = self.path(&blob.sha256) else {
             return Err(HubError::Internal("a digest is not hex".to_owned()));
         };
-        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-            return Ok(blob);
-        }
+        // Over an equal file if one is there: the same bytes, and a file as
+        // new as this upload, which no sweep of unnamed files takes while
+        // its row is being written.
         if let Some(parent) = path.parent() {
             create_private_dir(parent).await?;
         }
@@ -107,11 +111,7 @@ impl BlobDir {
             .map_err(io(format!("read {}", tmp_dir.display())))?
         {
             let upload = entry.file_name().to_string_lossy().starts_with("upload-");
-            let idle = match entry.metadata().await {
-                Ok(metadata) => metadata.modified().ok().and_then(|t| t.elapsed().ok()),
-                Err(_) => None,
-            };
-            if upload && idle.is_some_and(|idle| idle > ABANDONED) {
+            if upload && untouched(&entry.path()).await {
                 match tokio::fs::remove_file(entry.path()).await {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         return Err(io(format!("remove {}", entry.path().display()))(e));
@@ -121,6 +121,61 @@ impl BlobDir {
             }
         }
         Ok(())
+    }
+
+    /// The digests of the stored files untouched for [`ABANDONED`]; a newer
+    /// one may be an upload's whose row is not written yet. Only names of
+    /// the store's shape are listed (`ab/ab...`, 64 hex digits).
+    pub async fn idle_files(&self) -> Result<Vec<String>, HubError> {
+        let mut idle = Vec::new();
+        let mut shards = match tokio::fs::read_dir(&self.root).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(idle),
+            Err(e) => return Err(io(format!("read {}", self.root.display()))(e)),
+        };
+        while let Some(shard) = shards
+            .next_entry()
+            .await
+            .map_err(io(format!("read {}", self.root.display())))?
+        {
+            let name = shard.file_name().to_string_lossy().into_owned();
+            if name.len() != 2 || !shard.file_type().await.is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let mut files = tokio::fs::read_dir(shard.path())
+                .await
+                .map_err(io(format!("read {}", shard.path().display())))?;
+            while let Some(file) = files
+                .next_entry()
+                .await
+                .map_err(io(format!("read {}", shard.path().display())))?
+            {
+                let digest = file.file_name().to_string_lossy().into_owned();
+                if self.path(&digest).is_some_and(|p| p == file.path())
+                    && untouched(&file.path()).await
+                {
+                    idle.push(digest);
+                }
+            }
+        }
+        Ok(idle)
+    }
+
+    /// Removes the file of `sha256` if it is still untouched for
+    /// [`ABANDONED`] (an upload of equal bytes since made it new); whether
+    /// it was removed.
+    pub async fn remove_idle(&self, sha256: &str) -> Result<bool, HubError> {
+        let path = self
+            .path(sha256)
+            .ok_or_else(|| HubError::Internal(format!("stored digest `{sha256}` is not hex")))?;
+        if !untouched(&path).await {
+            return Ok(false);
+        }
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(format!("remove attachment {sha256}"))(e)),
+        }
     }
 
     /// The gate uploads hold shared and removals alone.
@@ -151,6 +206,16 @@ impl BlobDir {
             .await
             .map_err(io(format!("read attachment {sha256}")))
     }
+}
+
+/// Whether the file at `path` was last written [`ABANDONED`] ago or more;
+/// one that cannot be read counts as in use.
+async fn untouched(path: &Path) -> bool {
+    let idle = match tokio::fs::symlink_metadata(path).await {
+        Ok(metadata) => metadata.modified().ok().and_then(|t| t.elapsed().ok()),
+        Err(_) => None,
+    };
+    idle.is_some_and(|idle| idle > ABANDONED)
 }
 
 /// Makes `dir` (and what is missing above it) 0700; an existing one that

@@ -21,6 +21,7 @@ on_both_databases!(
     an_upload_cut_off_mid_body_leaves_no_temporary_file,
     an_upload_out_of_time_leaves_no_temporary_file,
     abandoned_uploads_are_swept_when_a_hub_starts,
+    stored_files_no_attachment_names_are_swept_once_an_hour_old,
     saved_views_keep_a_filter_and_sort_per_owner_or_product,
     a_bulk_change_moves_every_item_or_none,
     exports_stream_the_filtered_list_as_csv_and_json,
@@ -646,6 +647,63 @@ async fn abandoned_uploads_are_swept_when_a_hub_starts(db: Db) {
     })
     .await;
     assert!(in_flight.exists(), "an upload in flight is left alone");
+}
+
+/// Makes the file at `path` look last written two hours ago: older than
+/// any upload in flight.
+fn backdate(path: &std::path::Path) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600))
+        .unwrap();
+}
+
+/// Where the store keeps the file of `content`, which this writes there
+/// as an upload renames it into place.
+fn stored_without_a_row(files: &std::path::Path, content: &[u8]) -> std::path::PathBuf {
+    use sha2::Digest;
+    let digest = gantry_core::artifact::hex(&sha2::Sha256::digest(content));
+    let path = files.join(&digest[..2]).join(&digest);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+async fn stored_files_no_attachment_names_are_swept_once_an_hour_old(db: Db) {
+    let hub = Hub::start(db).await;
+    let agent = hub.client(&hub.key("agent", Permission::Write, None).await);
+    let item = agent
+        .create(&json!({"product": "SHOP", "type": "bug", "title": "Crash on upload"}))
+        .await;
+    let path = format!("/api/agent/items/{}/attachments", item["id"]);
+    let body = b"named by its row".to_vec();
+    let uploaded = agent
+        .send_raw("POST", &format!("{path}?name=kept.log"), &[], body.clone())
+        .await;
+    assert_eq!(uploaded.status, 201, "{}", uploaded.text);
+    let uploaded = uploaded.json();
+    let digest = uploaded["sha256"].as_str().unwrap();
+    let named = hub.files.join(&digest[..2]).join(digest);
+    backdate(&named);
+    // Left two hours ago by an upload stopped between its file's rename
+    // and its row's commit.
+    let unnamed = stored_without_a_row(&hub.files, b"an upload stopped before its row");
+    backdate(&unnamed);
+    // Renamed into place just now by an upload still writing its row.
+    let in_flight = stored_without_a_row(&hub.files, b"an upload writing its row");
+
+    let _restarted = Hub::serve(hub.store.clone(), hub.location.clone(), hub.files.clone()).await;
+    eventually("the unnamed file to be swept", || async {
+        (!unnamed.exists()).then_some(())
+    })
+    .await;
+    assert!(in_flight.exists(), "an upload in flight keeps its file");
+    assert!(named.exists(), "a file an attachment names stays");
+    let download = agent.get(&format!("{path}/{}", uploaded["id"])).await;
+    assert_eq!(download.status, 200, "{}", download.text);
+    assert_eq!(download.text.as_bytes(), body);
 }
 
 async fn saved_views_keep_a_filter_and_sort_per_owner_or_product(db: Db) {

@@ -20,7 +20,7 @@ on_both_databases!(
 );
 
 /// The hubs' stall limit here: short, so that the tests wait little.
-const STALL: Duration = Duration::from_secs(1);
+const STALL: Duration = Duration::from_secs(3);
 
 async fn downloads_their_clients_stop_reading_are_reset_and_others_are_served(db: Db) {
     // As many stalled downloads as the hub takes connections: until the

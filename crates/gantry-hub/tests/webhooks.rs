@@ -23,6 +23,8 @@ on_both_databases!(
     analytics_count_cycles_closers_and_fire_sla_breaches,
     a_deploys_shipped_commits_fix_the_items_of_their_pull_requests,
     forged_deliveries_are_refused_before_the_database_is_written,
+    a_delivery_to_a_products_path_is_checked_against_that_products_secret_alone,
+    generic_paths_serve_a_few_products_and_refuse_more_naming_the_product_path,
 );
 
 /// Milliseconds instead of hours: the whole retry ladder in a test.
@@ -48,9 +50,44 @@ async fn forge_secret(admin: &Client, product: &str) -> String {
     answer.json()["secret"].as_str().unwrap().to_owned()
 }
 
-/// Sends a payload as a forge does: its event, its delivery id, signed.
+/// A product's forge secret and the paths it answers with (GitHub's,
+/// Gitea's), made through the admin API.
+async fn forge_secret_and_paths(admin: &Client, product: &str) -> (String, Vec<String>) {
+    let answer = admin
+        .post(
+            &format!("/api/admin/products/{product}/forge-secret"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.text);
+    let answer = answer.json();
+    let paths = answer["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    (answer["secret"].as_str().unwrap().to_owned(), paths)
+}
+
+/// Sends a payload as a forge does: its event, its delivery id, signed,
+/// to the generic path, which names no product.
 async fn deliver(
     hub: &Hub,
+    forge: &str,
+    event: &str,
+    delivery: &str,
+    secret: &str,
+    body: &Value,
+) -> Answer {
+    let path = format!("/api/webhooks/{forge}");
+    deliver_at(hub, &path, forge, event, delivery, secret, body).await
+}
+
+/// Sends a payload as a forge does to `path`.
+async fn deliver_at(
+    hub: &Hub,
+    path: &str,
     forge: &str,
     event: &str,
     delivery: &str,
@@ -72,9 +109,7 @@ async fn deliver(
     if forge == "gitea" {
         headers.push(("x-gitea-signature", bare.as_str()));
     }
-    hub.anonymous()
-        .send_raw("POST", &format!("/api/webhooks/{forge}"), &headers, body)
-        .await
+    hub.anonymous().send_raw("POST", path, &headers, body).await
 }
 
 /// A `pull_request` payload shaped as GitHub's documentation shows it.
@@ -895,4 +930,212 @@ async fn forged_deliveries_are_refused_before_the_database_is_written(db: Db) {
         stored.starts_with("sealed1:") && !stored.contains(&new),
         "the database keeps the forge secret sealed: {stored}"
     );
+}
+
+/// How many deliveries were refused with `outcome`, from the audit log
+/// (one row a minute, carrying the count of the refusals since): read
+/// after the hub stops, when it writes the counts it still holds.
+async fn refusals_audited(location: &gantry_hub::Location, outcome: &str) -> i64 {
+    let location = location.clone();
+    let query = format!(
+        "SELECT CAST(count AS TEXT) FROM audit \
+         WHERE action = 'webhook.receive' AND outcome = '{outcome}'"
+    );
+    let rows = tokio::task::spawn_blocking(move || support::raw(&location, &query))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| r[0].as_deref().unwrap().parse::<i64>().unwrap())
+        .sum()
+}
+
+async fn a_delivery_to_a_products_path_is_checked_against_that_products_secret_alone(db: Db) {
+    let mut hub = Hub::start(db).await;
+    let admin = hub.client(&hub.key("lead", Permission::Admin, None).await);
+    let created = admin
+        .create(&json!({"product": "SHOP", "type": "bug", "title": "Totals are off by one"}))
+        .await;
+    let id = created["id"].clone();
+    let branch = created["branch"].as_str().unwrap().to_owned();
+    let (shop, paths) = forge_secret_and_paths(&admin, "SHOP").await;
+    assert_eq!(
+        paths,
+        ["/api/webhooks/github/SHOP", "/api/webhooks/gitea/SHOP"],
+        "the secret's answer gives the product's own paths"
+    );
+    let (blog, _) = forge_secret_and_paths(&admin, "BLOG").await;
+    let opened = github_pull_request("opened", &branch, false);
+
+    // Signed with BLOG's secret, sent to SHOP's path: refused, though the
+    // signature is good for another product.
+    let crossed = deliver_at(
+        &hub,
+        &paths[0],
+        "github",
+        "pull_request",
+        "p-1",
+        &blog,
+        &opened,
+    )
+    .await;
+    assert_eq!(crossed.status, 401, "{}", crossed.text);
+    assert_eq!(crossed.code(), "hub.unauthorized");
+    assert_eq!(item(&admin, &id).await["status"], "open", "nothing changed");
+
+    // A product that does not exist is refused as a wrong signature is:
+    // the answer does not tell which product keys exist.
+    let path = "/api/webhooks/github/NOPE";
+    let unknown = deliver_at(&hub, path, "github", "pull_request", "p-2", &shop, &opened).await;
+    assert_eq!(
+        (
+            unknown.status,
+            unknown.code(),
+            unknown.message(),
+            unknown.hint()
+        ),
+        (
+            crossed.status,
+            crossed.code(),
+            crossed.message(),
+            crossed.hint()
+        ),
+        "{}",
+        unknown.text
+    );
+
+    // Signed with SHOP's secret, to SHOP's path: acted on as before.
+    let signed = deliver_at(
+        &hub,
+        &paths[0],
+        "github",
+        "pull_request",
+        "p-3",
+        &shop,
+        &opened,
+    )
+    .await;
+    assert_eq!(signed.status, 200, "{}", signed.text);
+    let now = item(&admin, &id).await;
+    assert_eq!(now["status"], "in_progress");
+    assert_eq!(
+        now["pull_requests"][0]["url"],
+        "https://github.com/acme/shop/pull/42"
+    );
+    let ping = json!({"zen": "Keep it logically awesome.", "hook_id": 1});
+    let gitea = deliver_at(&hub, &paths[1], "gitea", "ping", "p-4", &shop, &ping).await;
+    assert_eq!(gitea.status, 200, "{}", gitea.text);
+    let deliveries = admin
+        .get("/api/admin/products/SHOP/deliveries")
+        .await
+        .json();
+    let kept: Vec<&str> = deliveries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["delivery"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kept,
+        ["p-4", "p-3"],
+        "only the accepted deliveries are kept"
+    );
+
+    let doc = hub.anonymous().get("/api/openapi.json").await.json();
+    for path in [
+        "/api/webhooks/github/{product}",
+        "/api/webhooks/gitea/{product}",
+    ] {
+        assert!(
+            doc["paths"][path]["post"].is_object(),
+            "{path} is documented"
+        );
+    }
+
+    // Both refusals are audited alike, as bad signatures.
+    hub.stop().await;
+    let audited = refusals_audited(&hub.location, "bad signature").await;
+    assert_eq!(audited, 2, "both refusals are in the audit log");
+}
+
+async fn generic_paths_serve_a_few_products_and_refuse_more_naming_the_product_path(db: Db) {
+    // How many products with forge secrets the generic paths serve.
+    const GENERIC_MAX: usize = 8;
+    let hub = Hub::start(db).await;
+    let admin = hub.client(&hub.key("lead", Permission::Admin, None).await);
+    let created = admin
+        .create(&json!({"product": "BLOG", "type": "bug", "title": "Feed is empty"}))
+        .await;
+    let id = created["id"].clone();
+    let branch = created["branch"].as_str().unwrap().to_owned();
+    let (shop, _) = forge_secret_and_paths(&admin, "SHOP").await;
+    let (blog, _) = forge_secret_and_paths(&admin, "BLOG").await;
+    let opened = github_pull_request("opened", &branch, false);
+
+    // A hook set up before the product paths: its product is found by its
+    // secret, and the delivery acted on.
+    let generic = deliver(&hub, "github", "pull_request", "g-1", &blog, &opened).await;
+    assert_eq!(generic.status, 200, "{}", generic.text);
+    assert_eq!(item(&admin, &id).await["status"], "in_progress");
+
+    let ping = json!({"zen": "Keep it logically awesome.", "hook_id": 1});
+    let mut with_secrets = 2;
+    let mut more = (0..).map(|n| format!("P{n}"));
+    while with_secrets < GENERIC_MAX {
+        let key = more.next().unwrap();
+        let store = hub.store.clone();
+        let added = key.clone();
+        tokio::task::spawn_blocking(move || store.add_product(&added, "Another product"))
+            .await
+            .unwrap()
+            .unwrap();
+        forge_secret_and_paths(&admin, &key).await;
+        with_secrets += 1;
+    }
+    let delivery = format!("g-{with_secrets}");
+    let at_most = deliver(&hub, "github", "ping", &delivery, &shop, &ping).await;
+    assert_eq!(
+        at_most.status, 200,
+        "{GENERIC_MAX} products still use the generic path: {}",
+        at_most.text
+    );
+
+    // One more product with a secret: the generic paths are refused before
+    // any signature is checked, with the product path in the hint.
+    let store = hub.store.clone();
+    tokio::task::spawn_blocking(move || store.add_product("LAST", "One too many"))
+        .await
+        .unwrap()
+        .unwrap();
+    forge_secret_and_paths(&admin, "LAST").await;
+    for forge in ["github", "gitea"] {
+        let refused = deliver(&hub, forge, "ping", &format!("{forge}-many"), &shop, &ping).await;
+        assert_eq!(
+            (refused.status, refused.code().as_str()),
+            (422, "hub.invalid"),
+            "{}",
+            refused.text
+        );
+        assert!(
+            refused
+                .hint()
+                .contains(&format!("/api/webhooks/{forge}/{{product}}")),
+            "the hint gives the product path: {}",
+            refused.text
+        );
+        assert!(!refused.text.contains(&shop), "{}", refused.text);
+    }
+    let audit = admin.get("/api/admin/audit?limit=100").await.json();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "webhook.receive" && e["outcome"] == "generic path refused"),
+        "the refusal is audited: {audit}"
+    );
+
+    // The product paths go on working.
+    let scoped = "/api/webhooks/github/SHOP";
+    let answer = deliver_at(&hub, scoped, "github", "ping", "s-1", &shop, &ping).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
 }

@@ -3,7 +3,11 @@
 //! product's quota), download streams the file back as an attachment the
 //! browser will not render or sniff (a client that stops reading it is
 //! reset by the connection's stall limit, which drops the open file),
-//! delete removes one (and its file, once no attachment names it).
+//! delete removes one (and its file, once no attachment names it). A file
+//! an upload or a delete was stopped from recording goes with the hourly
+//! sweep of unnamed files ([`sweep_unnamed`]).
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -19,7 +23,7 @@ use super::auth::{Caller, Principal};
 use super::{AppState, ErrorBody};
 use crate::error::HubError;
 use crate::model::{Attachment, Permission};
-use crate::store::{ATTACHMENT_MAX, check_file_name, content_type};
+use crate::store::{ATTACHMENT_MAX, Store, check_file_name, content_type};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -136,6 +140,60 @@ async fn delete(
         blobs.remove(&sha256).await?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Removes the stored files that no attachment names and that are
+/// untouched for an hour; how many it removed.
+///
+/// An upload writes its file before its row, and no order makes the two
+/// one step: the file's name is its digest, known only once the whole body
+/// is read, and a row committed before its file is in place would name a
+/// file that a download cannot find. So a hub killed, or a request
+/// dropped, between the file's rename and the row's commit leaves a file
+/// no row names, as does a delete stopped between its row's commit and its
+/// file's removal; this sweep takes them, which is simpler than a row
+/// marked pending and finished later. It never takes a file in use:
+/// - a file touched within the hour is left (`BlobDir::idle_files`): an
+///   upload renames its file into place (over an equal one too), as new as
+///   its last byte, and writes its row within the request timeout, so an
+///   upload in flight, on this hub or another sharing the directory, keeps
+///   its file;
+/// - each file found unnamed is checked again, still unnamed and still
+///   old, under the gate held alone, which this hub's uploads hold shared
+///   from their first byte until their row is written.
+///
+/// Hubs sharing a directory share no gate: an upload of the same bytes as
+/// an old unnamed file, renamed into place on one hub between another
+/// hub's last check of that file and its removal, loses its file.
+pub(super) async fn sweep_unnamed(store: &Arc<Store>) -> Result<usize, HubError> {
+    let blobs = store.blobs()?.clone();
+    let idle = blobs.idle_files().await?;
+    let unnamed = blocking(store, move |store| store.unnamed_blobs(idle)).await?;
+    if unnamed.is_empty() {
+        return Ok(0);
+    }
+    let gate = blobs.gate();
+    let _alone = gate.write().await;
+    let mut removed = 0;
+    for sha256 in unnamed {
+        let check = sha256.clone();
+        let named = blocking(store, move |store| store.blob_referenced(&check)).await?;
+        if !named && blobs.remove_idle(&sha256).await? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Runs a store operation on the blocking pool.
+async fn blocking<R: Send + 'static>(
+    store: &Arc<Store>,
+    work: impl FnOnce(&Store) -> Result<R, HubError> + Send + 'static,
+) -> Result<R, HubError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .map_err(|e| HubError::Internal(format!("a sweep's task failed: {e}")))?
 }
 
 fn too_large() -> HubError {

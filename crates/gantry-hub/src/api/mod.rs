@@ -117,20 +117,36 @@ pub async fn serve_with(
     served
 }
 
+/// How many minutes apart stored files no attachment names are swept
+/// (from the start): a sweep reads every stored file's age and every
+/// attachment's digest, and such a file is left an hour anyway.
+const UNNAMED_SWEEP_MINUTES: u64 = 60;
+
 /// Every minute from the start: forgets idle addresses' rate limits,
 /// writes the refusals counted for the audit log, and removes uploads a
-/// killed hub abandoned.
+/// killed hub abandoned; every hour from the start, stored files no
+/// attachment names ([`files::sweep_unnamed`]).
 async fn housekeeping(store: Arc<Store>, rates: Arc<limit::RateLimits>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-    loop {
+    for minute in 0u64.. {
         tick.tick().await;
         rates.forget_idle();
         let counted = store.clone();
         let _ = tokio::task::spawn_blocking(move || audit_counted_refusals(&counted, false)).await;
-        if let Ok(blobs) = store.blobs()
-            && let Err(e) = blobs.sweep_abandoned().await
-        {
+        let Ok(blobs) = store.blobs() else {
+            continue;
+        };
+        if let Err(e) = blobs.sweep_abandoned().await {
             tracing::warn!("cannot sweep abandoned uploads: {e}");
+        }
+        if minute % UNNAMED_SWEEP_MINUTES == 0 {
+            match files::sweep_unnamed(&store).await {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::info!("removed {removed} attachment files no attachment names");
+                }
+                Err(e) => tracing::warn!("cannot sweep attachment files no attachment names: {e}"),
+            }
         }
     }
 }

@@ -37,6 +37,8 @@ use utoipa::{Modify, OpenApi};
         super::public::submit,
         super::public::vote,
         super::public::submission,
+        super::webhooks::github_for,
+        super::webhooks::gitea_for,
         super::webhooks::github,
         super::webhooks::gitea,
         super::webhooks::new_forge_secret,

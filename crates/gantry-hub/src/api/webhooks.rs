@@ -1,5 +1,7 @@
-//! Webhook endpoints. In: `POST /api/webhooks/github` and `/gitea`, with
-//! no key: the body's HMAC under a product's secret is the credential.
+//! Webhook endpoints. In: `POST /api/webhooks/github/{product}` and
+//! `/gitea/{product}`, with no key: the body's HMAC under the product's
+//! secret is the credential (the older `/api/webhooks/github` and `/gitea`
+//! name no product: they try every product's secret, on small hubs only).
 //! Out, for admin keys: a product's forge secret, its deliveries and their
 //! replay, its subscriptions and their attempts.
 
@@ -30,6 +32,8 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/webhooks/github", post(github))
         .route("/api/webhooks/gitea", post(gitea))
+        .route("/api/webhooks/github/{product}", post(github_for))
+        .route("/api/webhooks/gitea/{product}", post(gitea_for))
         .layer(DefaultBodyLimit::max(PAYLOAD_MAX))
         .route(
             "/api/admin/products/{product}/forge-secret",
@@ -60,8 +64,51 @@ async fn shipped(caller: Caller, body: JsonBody<Shipped>) -> Result<Response, Hu
         .await
 }
 
-/// A delivery from GitHub. Signed with `X-Hub-Signature-256`; a delivery
-/// id seen before is dropped.
+/// A delivery from GitHub for a product: signed with its forge secret in
+/// `X-Hub-Signature-256`, and checked against that secret alone (a product
+/// that does not exist or has no secret is refused as a bad signature is).
+/// A delivery id seen before is dropped.
+#[utoipa::path(post, path = "/api/webhooks/github/{product}", tag = "webhooks",
+    request_body(content = String, description = "the event's payload, as GitHub sends it", content_type = "application/json"),
+    params(("product" = String, Path, example = "SHOP"),
+        ("X-GitHub-Event" = String, Header), ("X-GitHub-Delivery" = String, Header),
+        ("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC of the body>")),
+    responses((status = 200, body = Received), (status = "4XX", body = ErrorBody)))]
+async fn github_for(
+    State(state): State<AppState>,
+    client: axum::Extension<ClientAddress>,
+    Path(product): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, HubError> {
+    let forge = Forge::Github;
+    receive(state, forge, Some(product), client.0, &headers, body).await
+}
+
+/// A delivery from Gitea or Forgejo for a product, signed with its forge
+/// secret in `X-Hub-Signature-256` (or `X-Gitea-Signature`), checked
+/// against that secret alone; a delivery id seen before is dropped.
+#[utoipa::path(post, path = "/api/webhooks/gitea/{product}", tag = "webhooks",
+    request_body(content = String, description = "the event's payload, as Gitea sends it", content_type = "application/json"),
+    params(("product" = String, Path, example = "SHOP"),
+        ("X-Gitea-Event" = String, Header), ("X-Gitea-Delivery" = String, Header),
+        ("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC of the body>")),
+    responses((status = 200, body = Received), (status = "4XX", body = ErrorBody)))]
+async fn gitea_for(
+    State(state): State<AppState>,
+    client: axum::Extension<ClientAddress>,
+    Path(product): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, HubError> {
+    let forge = Forge::Gitea;
+    receive(state, forge, Some(product), client.0, &headers, body).await
+}
+
+/// A delivery from GitHub naming no product, for hooks set up before the
+/// product paths: checked against every product's secret, so refused (422,
+/// with the product path in its hint) on a hub with more than 8 products
+/// with forge secrets. A delivery id seen before is dropped.
 #[utoipa::path(post, path = "/api/webhooks/github", tag = "webhooks",
     request_body(content = String, description = "the event's payload, as GitHub sends it", content_type = "application/json"),
     params(("X-GitHub-Event" = String, Header), ("X-GitHub-Delivery" = String, Header),
@@ -73,11 +120,14 @@ async fn github(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, HubError> {
-    receive(state, Forge::Github, client.0, &headers, body).await
+    receive(state, Forge::Github, None, client.0, &headers, body).await
 }
 
-/// A delivery from Gitea or Forgejo, signed with `X-Hub-Signature-256` (or
-/// `X-Gitea-Signature`); a delivery id seen before is dropped.
+/// A delivery from Gitea or Forgejo naming no product, signed with
+/// `X-Hub-Signature-256` (or `X-Gitea-Signature`): checked against every
+/// product's secret, so refused (422, with the product path in its hint) on
+/// a hub with more than 8 products with forge secrets. A delivery id seen
+/// before is dropped.
 #[utoipa::path(post, path = "/api/webhooks/gitea", tag = "webhooks",
     request_body(content = String, description = "the event's payload, as Gitea sends it", content_type = "application/json"),
     params(("X-Gitea-Event" = String, Header), ("X-Gitea-Delivery" = String, Header),
@@ -89,7 +139,7 @@ async fn gitea(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, HubError> {
-    receive(state, Forge::Gitea, client.0, &headers, body).await
+    receive(state, Forge::Gitea, None, client.0, &headers, body).await
 }
 
 fn required<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, HubError> {
@@ -107,6 +157,7 @@ fn required<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, HubError>
 async fn receive(
     state: AppState,
     forge: Forge,
+    product: Option<String>,
     client: ClientAddress,
     headers: &HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
@@ -141,6 +192,7 @@ async fn receive(
         .json(move |store| {
             store.receive(&Incoming {
                 forge,
+                product: product.as_deref(),
                 event: &event,
                 delivery: &delivery,
                 signature: &signature,
@@ -155,7 +207,8 @@ async fn receive(
 pub struct ForgeSecret {
     /// Paste it into the forge's webhook form; it is shown only now.
     pub secret: String,
-    /// Where the forge should send: `/api/webhooks/github` or `/gitea`.
+    /// Where the forge should send: `/api/webhooks/github/{product}` or
+    /// `/api/webhooks/gitea/{product}`.
     pub paths: Vec<String>,
 }
 
@@ -169,14 +222,14 @@ async fn new_forge_secret(
     caller: Caller,
     Path(product): Path<String>,
 ) -> Result<Response, HubError> {
+    let paths = [Forge::Github, Forge::Gitea]
+        .map(|forge| format!("/api/webhooks/{}/{product}", forge.as_str()))
+        .to_vec();
     let secret = caller
         .run(Permission::Admin, move |store, access| {
             store.new_forge_secret(access, &product)
         })
         .await?;
-    let paths = ["/api/webhooks/github", "/api/webhooks/gitea"]
-        .map(str::to_owned)
-        .to_vec();
     Ok((
         StatusCode::CREATED,
         axum::Json(ForgeSecret { secret, paths }),

@@ -235,6 +235,21 @@ impl Store {
         })
     }
 
+    /// Of `digests`, those no attachment names.
+    pub fn unnamed_blobs(&self, digests: Vec<String>) -> Result<Vec<String>, HubError> {
+        if digests.is_empty() {
+            return Ok(digests);
+        }
+        let named = self.tx(|sql| {
+            sql.query("SELECT DISTINCT sha256 FROM attachments", &[])?
+                .iter()
+                .map(|row| row.text(0))
+                .collect::<Result<std::collections::HashSet<String>, _>>()
+                .map_err(HubError::from)
+        })?;
+        Ok(digests.into_iter().filter(|d| !named.contains(d)).collect())
+    }
+
     /// Whether an attachment names the file of `sha256`.
     pub fn blob_referenced(&self, sha256: &str) -> Result<bool, HubError> {
         self.tx(|sql| referenced(sql, sha256))

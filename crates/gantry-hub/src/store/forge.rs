@@ -28,8 +28,33 @@ const KEEP: i64 = 100;
 /// database is taken (and the one it replaced refused) within this.
 const KEYS_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Each product's id and its forge secret.
-type Secrets = std::sync::Arc<Vec<(i64, String)>>;
+/// How many products with a forge secret the generic paths
+/// (`/api/webhooks/github`, `/gitea`, which name no product) serve. A
+/// delivery there is checked against every product's secret, so an
+/// unauthenticated request costs one HMAC of its body (up to 1 MiB) per
+/// product: up to 8 that is at most 8 MiB of SHA-256 a request, a few
+/// milliseconds, within the per-address rate limit, and hooks configured
+/// before the product paths existed keep working on small hubs. With more,
+/// a generic delivery is refused before any HMAC (its hint names the
+/// product path), so its cost no longer grows with the products. All it
+/// tells is that the hub has more than 8 products with forge secrets,
+/// never which.
+pub const GENERIC_PRODUCTS_MAX: usize = 8;
+
+/// A fixed stand-in secret: a delivery for a product with no secret (or
+/// none of that key) is checked against it, costing what a wrong signature
+/// for a real product costs, and then refused whatever it says.
+const DECOY: &str = "a stand-in for the secret of a product that has none";
+
+/// A product's forge secret, with the product's id and key.
+struct ForgeKey {
+    product_id: i64,
+    product: String,
+    secret: String,
+}
+
+/// The products' forge secrets.
+type Secrets = std::sync::Arc<Vec<ForgeKey>>;
 
 /// The products' forge secrets, held in memory between reads so that a
 /// delivery's signature is checked without touching the database.
@@ -43,7 +68,7 @@ impl ForgeKeys {
     /// [`KEYS_FRESH`].
     fn current(
         &self,
-        read: impl FnOnce() -> Result<Vec<(i64, String)>, HubError>,
+        read: impl FnOnce() -> Result<Vec<ForgeKey>, HubError>,
     ) -> Result<Secrets, HubError> {
         let mut held = self
             .read
@@ -92,6 +117,9 @@ pub struct Received {
 /// A delivery as it arrived.
 pub struct Incoming<'a> {
     pub forge: Forge,
+    /// The product key its path names (`/api/webhooks/github/{product}`),
+    /// or `None` on the generic paths.
+    pub product: Option<&'a str>,
     pub event: &'a str,
     pub delivery: &'a str,
     pub signature: &'a str,
@@ -151,25 +179,7 @@ impl Store {
         let forge = incoming.forge.as_str();
         let body = std::str::from_utf8(incoming.body)
             .map_err(|_| HubError::invalid("the payload is not UTF-8"))?;
-        let keys = self.forge_keys.current(|| {
-            self.tx(|sql| {
-                sql.query("SELECT product_id, secret FROM forge_secrets", &[])?
-                    .iter()
-                    .map(|row| Ok((row.int(0)?, self.seal.open(Purpose::Forge, &row.text(1)?)?)))
-                    .collect()
-            })
-        })?;
-        let mut found = None;
-        for (product_id, secret) in keys.iter() {
-            // Every secret is tried, so the time taken does not say which
-            // product's matched.
-            if signature::forge_signature_matches(secret, incoming.body, incoming.signature)
-                && found.is_none()
-            {
-                found = Some(*product_id);
-            }
-        }
-        let Some(product_id) = found else {
+        let Some(product_id) = self.signer(incoming)? else {
             self.audit_refusal(&audit::Refusal {
                 actor: forge,
                 action: "webhook.receive",
@@ -177,9 +187,13 @@ impl Store {
                 outcome: "bad signature",
                 client: incoming.client,
             })?;
-            return Err(HubError::BadSignature {
-                message: format!("the {forge} delivery's signature matches no product's secret"),
-            });
+            let message = match incoming.product {
+                Some(_) => format!(
+                    "the {forge} delivery's signature does not match its product's forge secret"
+                ),
+                None => format!("the {forge} delivery's signature matches no product's secret"),
+            };
+            return Err(HubError::BadSignature { message });
         };
         self.tx(|sql| {
             let inserted = sql.execute(
@@ -214,6 +228,71 @@ impl Store {
             audit::record(sql, forge, Some(incoming.client), "webhook.receive", Some(incoming.delivery), &outcome)?;
             Ok(Received { outcome, duplicate: false })
         })
+    }
+
+    /// The product whose secret signed the delivery, or `None`. On a
+    /// product's path, that product's secret alone is tried: one HMAC
+    /// whether the product exists and has a secret or not, so neither the
+    /// answer nor its cost tells which product keys exist. On a generic
+    /// path, every product's, while there are at most
+    /// [`GENERIC_PRODUCTS_MAX`] of them; past that it is refused unhashed.
+    fn signer(&self, incoming: &Incoming<'_>) -> Result<Option<i64>, HubError> {
+        let keys = self.forge_keys.current(|| {
+            self.tx(|sql| {
+                sql.query(
+                    "SELECT f.product_id, p.key, f.secret FROM forge_secrets f \
+                     JOIN products p ON p.id = f.product_id",
+                    &[],
+                )?
+                .iter()
+                .map(|row| {
+                    Ok(ForgeKey {
+                        product_id: row.int(0)?,
+                        product: row.text(1)?,
+                        secret: self.seal.open(Purpose::Forge, &row.text(2)?)?,
+                    })
+                })
+                .collect()
+            })
+        })?;
+        let signed = |secret: &str| {
+            signature::forge_signature_matches(secret, incoming.body, incoming.signature)
+        };
+        if let Some(product) = incoming.product {
+            let key = keys.iter().find(|k| k.product == product);
+            let matches = signed(key.map_or(DECOY, |k| k.secret.as_str()));
+            return Ok(key.filter(|_| matches).map(|k| k.product_id));
+        }
+        let forge = incoming.forge.as_str();
+        if keys.len() > GENERIC_PRODUCTS_MAX {
+            self.audit_refusal(&audit::Refusal {
+                actor: forge,
+                action: "webhook.receive",
+                target: None,
+                outcome: "generic path refused",
+                client: incoming.client,
+            })?;
+            return Err(HubError::Invalid {
+                message: format!(
+                    "this hub has more than {GENERIC_PRODUCTS_MAX} products with forge secrets: \
+                     a {forge} delivery must name its product in its path"
+                ),
+                hint: Some(format!(
+                    "point the forge's webhook at /api/webhooks/{forge}/{{product}}, the key of \
+                     the product it is for (`POST /api/admin/products/{{product}}/forge-secret` \
+                     answers both paths)"
+                )),
+            });
+        }
+        let mut found = None;
+        for key in keys.iter() {
+            // Every secret is tried, so the time taken does not say which
+            // product's matched.
+            if signed(&key.secret) && found.is_none() {
+                found = Some(key.product_id);
+            }
+        }
+        Ok(found)
     }
 
     /// A product's last deliveries, newest first.
