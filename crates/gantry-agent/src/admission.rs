@@ -23,8 +23,10 @@ fn invalid(what: &str, why: String) -> AgentError {
     )
 }
 
-/// Every name and secret value of a deploy, before anything of it is written.
-pub(crate) fn check_deploy(request: &DeployRequest) -> Result<(), AgentError> {
+/// Every name and secret value of a deploy, and its processes' fixed ports
+/// against the host's proxy (`proxy_ports`), before anything of it is
+/// written.
+pub(crate) fn check_deploy(request: &DeployRequest, proxy_ports: &[u16]) -> Result<(), AgentError> {
     // A spec this agent cannot read whole is refused, not half deployed.
     check_revision(request.spec_version).map_err(|too_new| {
         AgentError::conflict(Code::AgentIncompatible, too_new.to_string(), TooNew::HINT)
@@ -56,7 +58,7 @@ pub(crate) fn check_deploy(request: &DeployRequest) -> Result<(), AgentError> {
             ));
         }
     }
-    Ok(())
+    check_proxy_ports(request, proxy_ports)
 }
 
 /// A process whose fixed port is one the host's proxy listens on
@@ -65,10 +67,7 @@ pub(crate) fn check_deploy(request: &DeployRequest) -> Result<(), AgentError> {
 /// taken. gantry.toml cannot tell this machine's proxy ports (they are
 /// where its agent was started), so this is where it is caught. A
 /// container's fixed port is inside the container, and is not compared.
-pub(crate) fn check_proxy_ports(
-    request: &DeployRequest,
-    proxy_ports: &[u16],
-) -> Result<(), AgentError> {
+fn check_proxy_ports(request: &DeployRequest, proxy_ports: &[u16]) -> Result<(), AgentError> {
     for service in &request.services {
         let (Workload::Process { .. }, Some(Port::Fixed(port))) =
             (&service.workload, &service.port)

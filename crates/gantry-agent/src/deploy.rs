@@ -95,8 +95,7 @@ async fn deploy(
     mut request: DeployRequest,
     cutover: &dyn Cutover,
 ) -> Result<DeployResult, AgentError> {
-    crate::admission::check_deploy(&request)?;
-    crate::admission::check_proxy_ports(&request, &agent.proxy.ports())?;
+    crate::admission::check_deploy(&request, &agent.proxy.ports())?;
     // Credentials go to the secrets file, not the store nor `ps`.
     crate::credentials::separate(&mut request)?;
     let lock = agent.deploy_lock(&request.project);
