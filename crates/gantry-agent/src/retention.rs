@@ -363,26 +363,11 @@ mod tests {
             "restart": "always",
         }))
         .expect("a service");
-        Release {
-            id: format!("r{number}"),
-            number,
-            project: "shop".into(),
-            environment: "production".into(),
-            config_hash: "c".into(),
-            artifact_digest: format!("a{number}"),
-            rollback_of: None,
-            redeploy_of: None,
-            created_at: number,
-            outcome,
-            reason: None,
-            log_tail: Vec::new(),
-            cause: None,
-            phases: Vec::new(),
-            services: vec![service],
-            deployments: Vec::new(),
-            files_gone: false,
-            verify: None,
-        }
+        let mut release = crate::store::test_release(number);
+        release.artifact_digest = format!("a{number}");
+        release.outcome = outcome;
+        release.services = vec![service];
+        release
     }
 
     /// Blobs written over [`GRACE`] ago go unless spared; newer ones and

@@ -138,20 +138,9 @@ mod tests {
     use super::*;
 
     fn release(number: u64, redeploy_of: Option<u64>) -> Release {
-        serde_json::from_value(serde_json::json!({
-            "id": format!("r{number}"),
-            "number": number,
-            "project": "shop",
-            "environment": "production",
-            "config_hash": "c",
-            "artifact_digest": "a",
-            "redeploy_of": redeploy_of.map(|n| format!("r{n}")),
-            "created_at": number,
-            "outcome": "succeeded",
-            "phases": [],
-            "services": [],
-        }))
-        .expect("a release")
+        let mut release = crate::store::test_release(number);
+        release.redeploy_of = redeploy_of.map(|n| format!("r{n}"));
+        release
     }
 
     #[test]

@@ -282,29 +282,19 @@ async fn record(
 mod tests {
     use super::*;
 
-    fn release(number: u64, outcome: &str) -> Release {
-        serde_json::from_value(serde_json::json!({
-            "id": format!("r{number}"),
-            "number": number,
-            "project": "shop",
-            "environment": "production",
-            "config_hash": "c",
-            "artifact_digest": "a",
-            "created_at": number,
-            "outcome": outcome,
-            "phases": [],
-            "services": [],
-        }))
-        .expect("a release")
+    fn release(number: u64, outcome: Outcome) -> Release {
+        let mut release = crate::store::test_release(number);
+        release.outcome = outcome;
+        release
     }
 
     #[test]
     fn a_failed_window_goes_back_to_the_newest_release_that_succeeded_before_it() {
         let releases = [
-            release(4, "succeeded"),
-            release(3, "succeeded"),
-            release(2, "failed"),
-            release(1, "succeeded"),
+            release(4, Outcome::Succeeded),
+            release(3, Outcome::Succeeded),
+            release(2, Outcome::Failed),
+            release(1, Outcome::Succeeded),
         ];
         assert_eq!(previous(&releases, 4).map(|r| r.id.as_str()), Some("r3"));
         assert_eq!(previous(&releases, 3).map(|r| r.id.as_str()), Some("r1"));

@@ -297,10 +297,10 @@ impl Report for gantry_core::deploy::DeployReport {
             );
         }
         services_text(&mut out, &self.services);
-        for name in &self.unchanged {
+        for name in &self.changes.unchanged {
             let _ = writeln!(out, "  {name} unchanged: left running, not restarted");
         }
-        for name in &self.removed {
+        for name in &self.changes.removed {
             let _ = writeln!(out, "  stopped {name}: no longer in gantry.toml");
         }
         if self.hosts.len() > 1 {

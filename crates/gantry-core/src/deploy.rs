@@ -54,14 +54,9 @@ pub struct DeployReport {
     pub services: Vec<ServiceStatus>,
     pub build: Vec<BuildStep>,
     pub upload: Upload,
-    /// Services the deploy stopped because the config no longer has them
-    /// (on the host shown).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub removed: Vec<String>,
-    /// Services whose image or artifact and configuration did not change
-    /// (on the host shown): left running, not restarted.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub unchanged: Vec<String>,
+    /// What the deploy stopped and left running on the host shown.
+    #[serde(flatten)]
+    pub changes: ServiceChanges,
     pub hosts: Vec<HostDeploy>,
     /// The SQL migrations run before the rollout, per service with `migrate.sql`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -70,6 +65,18 @@ pub struct DeployReport {
     /// where, how they ended and their output.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<crate::release_tasks::TaskRun>,
+}
+
+/// The services a deploy did not start anew on a host.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ServiceChanges {
+    /// Stopped, because the config no longer has them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// Left running, not restarted: their image or artifact and
+    /// configuration did not change.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unchanged: Vec<String>,
 }
 
 /// What the deploy did on one host.
@@ -86,12 +93,9 @@ pub struct HostDeploy {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub upload: Upload,
-    /// Services stopped on this host because the config no longer has them.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub removed: Vec<String>,
-    /// Services left running on this host: nothing of theirs changed.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub unchanged: Vec<String>,
+    /// What the deploy stopped and left running on this host.
+    #[serde(flatten)]
+    pub changes: ServiceChanges,
     /// Its new release crashed or failed its health checks within the
     /// verify window (`error` says how); it went back to `previous`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -390,8 +394,7 @@ pub(crate) fn conclude(
         services,
         build,
         upload,
-        removed: outcomes[shown].removed.clone(),
-        unchanged: outcomes[shown].unchanged.clone(),
+        changes: outcomes[shown].changes.clone(),
         hosts: outcomes,
         migrations: Vec::new(),
         tasks: Vec::new(),
@@ -612,6 +615,7 @@ impl HostPlan<'_> {
                     window: self.verify,
                     secrets: self.secrets,
                     by_agent,
+                    grace: verify::verdict_grace(services),
                 };
                 watch.after_cutover(agent.as_ref(), &mut outcome, progress);
             }
@@ -897,8 +901,7 @@ impl HostDeploy {
             previous,
             error: None,
             upload: Upload::default(),
-            removed: Vec::new(),
-            unchanged: Vec::new(),
+            changes: ServiceChanges::default(),
             verify_failed: false,
             log_tail: Vec::new(),
             detail: None,
@@ -917,8 +920,10 @@ impl HostDeploy {
         } else {
             HostOutcome::Deployed
         };
-        self.removed = result.removed;
-        self.unchanged = result.unchanged;
+        self.changes = ServiceChanges {
+            removed: result.removed,
+            unchanged: result.unchanged,
+        };
         self.detail = Some((result.release, result.services));
     }
 
@@ -1413,8 +1418,7 @@ mod tests {
             services: Vec::new(),
             build: Vec::new(),
             upload: Upload::default(),
-            removed: Vec::new(),
-            unchanged: Vec::new(),
+            changes: ServiceChanges::default(),
             hosts: Vec::new(),
             migrations: Vec::new(),
             tasks: Vec::new(),

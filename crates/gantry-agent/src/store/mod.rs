@@ -234,6 +234,13 @@ pub(crate) fn test_service(name: &str) -> gantry_core::agent_api::ServiceSpec {
     releases::tests::service(name)
 }
 
+/// A release of project `shop` numbered `number` (id `r{number}`), with one
+/// service, for tests.
+#[cfg(test)]
+pub(crate) fn test_release(number: u64) -> gantry_core::agent_api::Release {
+    releases::tests::release("shop", &format!("r{number}"), number)
+}
+
 /// Whether an error is SQLite refusing a duplicate key.
 fn is_unique_violation(error: &rusqlite::Error) -> bool {
     matches!(

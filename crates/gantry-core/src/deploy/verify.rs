@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::Error;
 use crate::agent_api::verify::{FAILED_PREFIX, POLL, Problem};
 use crate::agent_api::{Outcome, Reverted, RollbackRequest, Verification, VerifyState};
+use crate::config::resolve::Service;
 use crate::deploy::{HostDeploy, HostOutcome};
 use crate::host::{Host, LogQuery};
 use crate::progress::Progress;
@@ -24,10 +25,25 @@ use crate::progress::Progress;
 /// The most lines of the failing service's log a revert's report carries.
 const LOG_TAIL: usize = 40;
 
-/// How long past its window an agent that watches a release gets to give
-/// its verdict: going back is a deploy of the previous release, whose
-/// instances must start and pass their health checks.
+/// The least time past its window an agent that watches a release gets to
+/// give its verdict ([`verdict_grace`] adds the services' own).
 const VERDICT_GRACE: Duration = Duration::from_secs(120);
+
+/// How long past its window an agent that watches a release of `services`
+/// gets to give its verdict. Going back is a deploy of the previous
+/// release, one service after another: each replica stops (up to its
+/// `stop_timeout`), starts, and passes its health check (up to its start
+/// period and every retry) before the next. A long revert is reported as
+/// one, not as an agent that gave no verdict.
+pub(crate) fn verdict_grace(services: &[Service]) -> Duration {
+    services.iter().fold(VERDICT_GRACE, |grace, s| {
+        let health = s.health.as_ref().map_or(Duration::ZERO, |h| {
+            let check = h.interval.as_std() + h.timeout.as_std();
+            h.start_period.as_std() + check * h.retries.saturating_add(1)
+        });
+        grace + (s.stop_timeout.as_std() + health) * s.replicas.max(1)
+    })
+}
 
 /// The rollout's groups of hosts: the first `alone` one at a time (those
 /// that run a `migrate.pre`), the first alone too when `canary` (its window
@@ -53,6 +69,8 @@ pub(crate) struct Watch<'a> {
     pub secrets: &'a BTreeMap<String, String>,
     /// The agent watches the window itself: wait for its verdict.
     pub by_agent: bool,
+    /// How long past the window to wait for it ([`verdict_grace`]).
+    pub grace: Duration,
 }
 
 impl Watch<'_> {
@@ -80,7 +98,7 @@ impl Watch<'_> {
             self.take_verdict(agent, &release, outcome, progress);
             return;
         }
-        let Some(problem) = self.first_problem(agent, &release, &outcome.unchanged) else {
+        let Some(problem) = self.first_problem(agent, &release, &outcome.changes.unchanged) else {
             return;
         };
         let reason = problem.reason(self.window);
@@ -161,7 +179,7 @@ impl Watch<'_> {
                 outcome.error = Some(format!(
                     "{} gave no verdict on the verify window of {release} within {} s; `gantry status` and `gantry releases` tell how it ended",
                     agent.name(),
-                    (self.window + VERDICT_GRACE).as_secs()
+                    (self.window + self.grace).as_secs()
                 ));
                 return;
             }
@@ -199,7 +217,7 @@ impl Watch<'_> {
     /// none within the window and a grace: whether the agent could not be
     /// reached when last asked.
     fn verdict(&self, agent: &dyn Host, release: &str) -> Result<Verification, bool> {
-        let deadline = Instant::now() + self.window + VERDICT_GRACE;
+        let deadline = Instant::now() + self.window + self.grace;
         loop {
             let lost = match agent.release(self.project, release) {
                 Ok(r) => match r.verify {
@@ -266,6 +284,38 @@ pub(crate) fn failed(project: &str, environment: &str, hosts: &[HostDeploy], at:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn services(toml: &str) -> Vec<Service> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gantry.toml");
+        std::fs::write(&path, toml).expect("write gantry.toml");
+        let config = crate::config::load_named(&path, "gantry.toml").expect("a valid config");
+        let env = config.environment("local").expect("the local environment");
+        env.services.into_values().collect()
+    }
+
+    /// The wait for an agent's verdict covers going back through every
+    /// service: a slow starter, or one with many replicas, waits longer.
+    #[test]
+    fn the_wait_for_a_verdict_grows_with_what_going_back_restarts() {
+        let quick = services(
+            "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"bin/web\"\nport = \"http\"\nstop_timeout = \"5s\"\n",
+        );
+        assert_eq!(
+            verdict_grace(&quick),
+            VERDICT_GRACE + Duration::from_secs(5)
+        );
+        let slow = services(concat!(
+            "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"bin/web\"\nport = \"http\"\n",
+            "replicas = 2\nstop_timeout = \"5s\"\n",
+            "health = { path = \"/up\", interval = \"2s\", timeout = \"1s\", retries = 3, start_period = \"300s\" }\n",
+        ));
+        // Per replica: 5 s to stop, 300 s to start, 4 × (2 + 1) s of checks.
+        assert_eq!(
+            verdict_grace(&slow),
+            VERDICT_GRACE + Duration::from_secs(2 * (5 + 300 + 12))
+        );
+    }
 
     #[test]
     fn a_canary_goes_alone_and_the_rest_in_batches() {
