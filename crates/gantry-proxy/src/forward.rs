@@ -3,11 +3,12 @@
 //! answer back. An upstream that refuses the connection is ejected and the
 //! request goes to another, once: the connection is made before the request
 //! is handed over, so nothing of it has been sent. A connection the proxy
-//! could not open for want of its own descriptors or memory ejects nothing:
-//! the request gets a 503 and the upstream stays in rotation (else, under
-//! descriptor pressure, every upstream would be ejected at once). Upgrades
-//! (WebSocket) become a byte tunnel between the two connections, closed
-//! when either side stops taking what the other sends.
+//! could not open for want of its own descriptors, local ports or memory
+//! (`shortage`) ejects nothing: the request gets a 503 and the upstream
+//! stays in rotation (else, under descriptor pressure, every upstream would
+//! be ejected at once). Upgrades (WebSocket) become a byte tunnel between
+//! the two connections, closed when either side stops taking what the
+//! other sends.
 //!
 //! Nothing here buffers a body: both directions stream frame by frame.
 
@@ -31,7 +32,6 @@ use crate::body::ProxyBody;
 use crate::exchange::{Entry, Exchange};
 use crate::forwarded::{self, Seen, TrustedProxy};
 use crate::limits::Permit;
-use crate::log::Tally;
 use crate::metrics::UpstreamError;
 use crate::pages::Page;
 use crate::pool::{ConnectError, Connection, Pool, SWEEP_EVERY};
@@ -58,12 +58,6 @@ const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 /// the current table. Once is the rule (the current table never routes to
 /// a drained upstream); more means more deploys came while it was routed.
 const MAX_REROUTES: usize = 3;
-
-/// Upstream connections the proxy could not open for want of descriptors
-/// or memory. Under such pressure every request fails alike, so one is
-/// logged whole per interval and the rest counted (see `log::Tally`).
-pub(crate) static PROXY_SHORT: Tally =
-    Tally::new("proxy.out_of_resources", Duration::from_secs(60));
 
 /// Who sent a request, and over what: one per client connection.
 #[derive(Clone, Debug)]
@@ -456,15 +450,9 @@ impl Forwarder {
 }
 
 /// Logs a connection to `upstream` the proxy could not open for want of
-/// its own descriptors or memory (`PROXY_SHORT`).
+/// its own resources (`shortage`).
 fn proxy_short(upstream: SocketAddr, error: &ConnectError) {
-    PROXY_SHORT.record(|| {
-        serde_json::json!({
-            "event": "proxy.out_of_resources",
-            "upstream": upstream.to_string(),
-            "error": error.to_string(),
-        })
-    });
+    crate::shortage::record(("upstream", upstream.to_string()), error);
 }
 
 /// Why a request has no upstream connection.
@@ -473,8 +461,8 @@ enum Unconnected {
     /// No upstream took a connection, or the route now has none (it may
     /// have become a static site).
     NoUpstream,
-    /// The proxy is short of descriptors or memory (`proxy_is_short`):
-    /// no upstream is to blame.
+    /// The proxy is short of descriptors, local ports or memory
+    /// (`proxy_is_short`): no upstream is to blame.
     ProxyShort,
 }
 
@@ -507,7 +495,7 @@ enum Failed {
     /// No response within the response timeout.
     GatewayTimeout,
     /// That fresh connection could not be opened for want of the proxy's
-    /// own descriptors or memory: not the upstream's failure.
+    /// own descriptors, local ports or memory: not the upstream's failure.
     ProxyShort,
 }
 

@@ -34,6 +34,7 @@ mod preface;
 mod route_file;
 mod router;
 mod server;
+mod shortage;
 mod site;
 mod state;
 mod table;
@@ -175,7 +176,7 @@ pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
         .build()
         .map_err(ProxyError::Thread)?;
     // Every client connection is a descriptor, and each of its open
-    // requests may hold another (`limits::fd_budget`).
+    // requests may hold another (`limits::shares`).
     let nofile = limits::raise_nofile();
     let proxy = if config.take_over {
         take_over(config)?

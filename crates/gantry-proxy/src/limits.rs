@@ -41,9 +41,11 @@ pub struct ClientLimits {
     /// answered within it closes the connection.
     pub ping: Duration,
     /// Client connections open at once, over both listeners. Lowered at
-    /// start to what the file-descriptor limit allows (`fd_budget`).
+    /// start to what the file-descriptor limit allows (`shares`).
     pub max_connections: usize,
-    /// Connections open at once from one client address.
+    /// Connections open at once from one client address. Lowered at start
+    /// to half the connections cap in force (at least 1) when it is more,
+    /// so one client never holds the whole proxy (`shares`).
     pub max_per_client: usize,
     /// Requests open at once on one HTTP/2 connection (advertised as
     /// SETTINGS_MAX_CONCURRENT_STREAMS; a stream over it is refused with
@@ -84,7 +86,7 @@ const RESERVED_FDS: u64 = 64;
 /// `RESERVED_FDS`: one in this many.
 const IDLE_SHARE: u64 = 8;
 
-/// How the file-descriptor soft limit is shared out (`fd_budget`).
+/// How the file-descriptor soft limit is shared out (`budget`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FdBudget {
     /// Client connections open at once, each with all its streams.
@@ -93,11 +95,64 @@ pub(crate) struct FdBudget {
     pub(crate) idle_upstream: usize,
 }
 
-/// How the file-descriptor soft limit is shared out, when each HTTP/2
-/// connection may have `streams` requests open.
-pub(crate) fn fd_budget(streams: u32) -> FdBudget {
+/// The caps in force: `ClientLimits` lowered to what the file-descriptor
+/// budget allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shares {
+    /// Client connections open at once, over both listeners (at least 1).
+    pub(crate) connections: usize,
+    /// Client connections open at once from one address: at most half of
+    /// `connections`, at least 1.
+    pub(crate) per_client: usize,
+    /// Idle upstream connections one worker's pool keeps.
+    pub(crate) idle_per_worker: usize,
+}
+
+/// The caps in force for `clients` under the file-descriptor soft limit,
+/// shared by `workers` worker threads.
+pub(crate) fn shares(clients: &ClientLimits, workers: usize) -> Shares {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-    budget(soft, streams)
+    shares_under(soft, clients, workers)
+}
+
+/// The caps in force under `soft` descriptors (`None`: no limit).
+///
+/// The per-client cap is at most half of the connections cap: under a low
+/// limit the budget admits fewer connections than the per-client cap
+/// (49 under 1024, against 256), and one client would take them all.
+fn shares_under(soft: Option<u64>, clients: &ClientLimits, workers: usize) -> Shares {
+    let workers = workers.max(1);
+    let streams = clients.streams();
+    let budget = idle_for_each(budget(soft, streams), streams, workers);
+    let connections = clients.max_connections.min(budget.connections).max(1);
+    Shares {
+        connections,
+        per_client: clients.max_per_client.min(connections / 2).max(1),
+        idle_per_worker: budget.idle_upstream / workers,
+    }
+}
+
+/// `budget` with room for at least one idle upstream connection in each of
+/// the `workers` pools, taken from the client connections' share when the
+/// idle share alone leaves some pool none (many cores, a low limit): a
+/// pool that keeps nothing opens a new upstream connection for every
+/// request, and the closed ones' ports wait in TIME_WAIT. The connections'
+/// share gives up whole connections, at the `streams` price each, and
+/// never its last one: then `budget` is left as it is.
+fn idle_for_each(budget: FdBudget, streams: u32, workers: usize) -> FdBudget {
+    let missing = workers.saturating_sub(budget.idle_upstream);
+    if missing == 0 {
+        return budget;
+    }
+    let price = 1 + usize::try_from(streams.max(1)).unwrap_or(usize::MAX - 1);
+    let given_up = missing.div_ceil(price);
+    if given_up >= budget.connections {
+        return budget;
+    }
+    FdBudget {
+        connections: budget.connections - given_up,
+        idle_upstream: workers,
+    }
 }
 
 /// How `soft` descriptors (`None`: no limit) are shared out.
@@ -121,8 +176,9 @@ pub(crate) fn fd_budget(streams: u32) -> FdBudget {
 ///
 /// so `connections × (1 + streams) + idle + RESERVED_FDS ≤ soft`. Each of
 /// the `W` workers has its own pool, which keeps at most `idle / W` (a
-/// connection handed back to a full pool is closed). Under a soft limit of
-/// 1024 and 16 streams that is 120 idle and 49 connections. `run` raises
+/// connection handed back to a full pool is closed; `idle_for_each` makes
+/// that at least 1 where it can). Under a soft limit of 1024 and 16
+/// streams that is 120 idle and 49 connections. `run` raises
 /// the soft limit to the hard one: under systemd's 524288, 65528 idle and
 /// 26982 connections, above the default cap of 16384.
 fn budget(soft: Option<u64>, streams: u32) -> FdBudget {
@@ -378,6 +434,79 @@ mod tests {
         assert_eq!(budget(Some(524_288), 16), under_systemd);
         assert!(under_systemd.connections > ClientLimits::default().max_connections);
         assert_eq!(budget(None, 16).connections, usize::MAX);
+    }
+
+    #[test]
+    fn one_client_gets_at_most_half_the_connections_the_budget_admits() {
+        let defaults = ClientLimits::default();
+        let under_1024 = shares_under(Some(1024), &defaults, 2);
+        assert_eq!(under_1024.connections, 49);
+        assert_eq!(under_1024.per_client, 24, "not the default 256");
+        for soft in [0, 64, 100, 200, 1024, 4096, 524_288] {
+            for workers in [1, 2, 64] {
+                let shares = shares_under(Some(soft), &defaults, workers);
+                let half = (shares.connections / 2).max(1);
+                assert!(
+                    (1..=half).contains(&shares.per_client),
+                    "{shares:?} under {soft}"
+                );
+            }
+        }
+        let under_systemd = shares_under(Some(524_288), &defaults, 2);
+        assert_eq!(under_systemd.connections, defaults.max_connections);
+        assert_eq!(under_systemd.per_client, defaults.max_per_client);
+        let configured = ClientLimits {
+            max_connections: 10,
+            max_per_client: 3,
+            ..ClientLimits::default()
+        };
+        assert_eq!(shares_under(None, &configured, 2).per_client, 3);
+        let only_two = ClientLimits {
+            max_connections: 2,
+            ..ClientLimits::default()
+        };
+        assert_eq!(shares_under(None, &only_two, 2).per_client, 1);
+    }
+
+    #[test]
+    fn each_worker_keeps_an_idle_upstream_connection_when_the_budget_allows() {
+        let defaults = ClientLimits::default();
+        // 120 idle for 192 workers: each gets one, 5 connections pay for it.
+        let many_cores = shares_under(Some(1024), &defaults, 192);
+        assert_eq!(many_cores.idle_per_worker, 1);
+        assert_eq!(many_cores.connections, 44);
+        assert_eq!(shares_under(Some(1024), &defaults, 2).idle_per_worker, 60);
+        // 4 idle and one connection: the connection stays, the pools keep none.
+        let too_few = shares_under(Some(100), &defaults, 64);
+        assert_eq!((too_few.connections, too_few.idle_per_worker), (1, 0));
+        for soft in [100, 200, 256, 1024, 4096] {
+            for streams in [1, 16, 256] {
+                for workers in [1, 7, 64, 192, 1024] {
+                    let clients = ClientLimits {
+                        max_streams: streams,
+                        ..ClientLimits::default()
+                    };
+                    if budget(Some(soft), streams).connections == 0 {
+                        // One connection is admitted all the same.
+                        continue;
+                    }
+                    let shares = shares_under(Some(soft), &clients, workers);
+                    let (connections, idle, workers) = (
+                        u64::try_from(shares.connections).expect("fits"),
+                        u64::try_from(shares.idle_per_worker).expect("fits"),
+                        u64::try_from(workers).expect("fits"),
+                    );
+                    let held = connections * (1 + u64::from(streams)) + idle * workers;
+                    let usable = soft - RESERVED_FDS;
+                    let context =
+                        format!("{shares:?}, {streams} streams, {workers} workers, {soft}");
+                    assert!(held <= usable, "{context}");
+                    let room =
+                        usable / 8 >= workers || usable >= workers + 2 * (1 + u64::from(streams));
+                    assert!(!room || idle >= 1, "{context}");
+                }
+            }
+        }
     }
 
     #[test]

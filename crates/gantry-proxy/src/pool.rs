@@ -8,7 +8,7 @@
 //! read to the end; one that was cut short is dropped, which closes it.
 //!
 //! Idle connections are descriptors no request holds: a pool keeps at most
-//! its worker's share of the descriptor budget (`limits::fd_budget`) over
+//! its worker's share of the descriptor budget (`limits::shares`) over
 //! all its upstreams, and `MAX_IDLE` per upstream. A connection handed back
 //! to a full pool is closed.
 
@@ -43,20 +43,13 @@ pub(crate) enum ConnectError {
 }
 
 impl ConnectError {
-    /// Whether the proxy itself is short of something: descriptors, socket
-    /// buffers or memory. Connecting to any upstream would have failed
-    /// alike, so the failure says nothing of this one, which must stay in
-    /// rotation. Anything else (refused, unreachable, too slow) is the
-    /// upstream's.
+    /// Whether the proxy itself is short of something: descriptors, local
+    /// ports, socket buffers or memory (`shortage::is_proxys_own`).
+    /// Connecting to any upstream would have failed alike, so the failure
+    /// says nothing of this one, which must stay in rotation. Anything else
+    /// (refused, unreachable, too slow) is the upstream's.
     pub(crate) fn proxy_is_short(&self) -> bool {
-        use rustix::io::Errno;
-        let ConnectError::Io(error) = self else {
-            return false;
-        };
-        error.kind() == std::io::ErrorKind::OutOfMemory
-            || Errno::from_io_error(error).is_some_and(|errno| {
-                [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&errno)
-            })
+        matches!(self, ConnectError::Io(error) if crate::shortage::is_proxys_own(error))
     }
 }
 
@@ -261,12 +254,18 @@ mod tests {
     }
 
     #[test]
-    fn only_a_shortage_of_descriptors_buffers_or_memory_is_the_proxys_own() {
+    fn only_a_shortage_of_descriptors_ports_buffers_or_memory_is_the_proxys_own() {
         use rustix::io::Errno;
         let os = |errno: Errno| {
             ConnectError::Io(std::io::Error::from_raw_os_error(errno.raw_os_error()))
         };
-        for own in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM] {
+        for own in [
+            Errno::MFILE,
+            Errno::NFILE,
+            Errno::ADDRNOTAVAIL,
+            Errno::NOBUFS,
+            Errno::NOMEM,
+        ] {
             assert!(os(own).proxy_is_short(), "{own:?}");
         }
         let out_of_memory = std::io::Error::from(std::io::ErrorKind::OutOfMemory);
@@ -277,7 +276,6 @@ mod tests {
             Errno::HOSTUNREACH,
             Errno::NETUNREACH,
             Errno::TIMEDOUT,
-            Errno::ADDRNOTAVAIL,
         ] {
             assert!(!os(upstreams).proxy_is_short(), "{upstreams:?}");
         }

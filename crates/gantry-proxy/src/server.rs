@@ -24,11 +24,11 @@ use tokio::sync::{mpsc, watch};
 use crate::acme::{AcmeConfig, AcmeEvent, AcmeManager, Challenges, Issued, OnIssued, acme_names};
 use crate::exchange::AccessLog;
 use crate::handoff::{self, HandedOff, Listeners};
-use crate::limits::{ConnectionCaps, fd_budget};
+use crate::limits::{ConnectionCaps, shares};
 use crate::state::ProxyState;
 use crate::tls::{self, CertStore, LocalCa};
 use crate::worker::{Accepted, Scheme, worker};
-use crate::{ProxyConfig, ProxyError, control, forward, route_file};
+use crate::{ProxyConfig, ProxyError, control, route_file, shortage};
 use gantry_file::FileError;
 
 /// The name of the plain HTTP listener, as handoff passes it.
@@ -221,8 +221,23 @@ fn launch(
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         workers => workers,
     };
-    let budget = fd_budget(config.clients.streams());
-    state.idle_per_worker = budget.idle_upstream / workers;
+    let shares = shares(&config.clients, workers);
+    state.idle_per_worker = shares.idle_per_worker;
+    if (shares.connections, shares.per_client)
+        != (
+            config.clients.max_connections,
+            config.clients.max_per_client,
+        )
+    {
+        // What was asked is not what holds: say so once, with why.
+        crate::log::event(&serde_json::json!({
+            "event": "proxy.limits_lowered",
+            "max_connections": shares.connections,
+            "max_per_client": shares.per_client,
+            "asked": [config.clients.max_connections, config.clients.max_per_client],
+            "why": "the open-file limit, and one client holds at most half the connections",
+        }));
+    }
     let acme = match config.acme.clone() {
         Some(acme) => Some(start_acme(acme, &config, &mut state).inspect_err(|_| unbind())?),
         None => None,
@@ -241,10 +256,7 @@ fn launch(
         threads: Vec::new(),
         acme,
     };
-    let caps = ConnectionCaps::new(
-        config.clients.max_connections.min(budget.connections),
-        config.clients.max_per_client,
-    );
+    let caps = ConnectionCaps::new(shares.connections, shares.per_client);
     let slots = proxy.start_workers(workers, &state, tls_config.as_ref(), &stopped)?;
     if let Some((listener, _)) = https {
         let (slots, accepting, caps) = (slots.clone(), stopped.clone(), Arc::clone(&caps));
@@ -612,7 +624,7 @@ fn serve_control(
     let serve = async move {
         // The counted events not yet told get their summary line.
         tokio::spawn(async {
-            let tallies = [&tls::HANDSHAKE_FAILURES, &forward::PROXY_SHORT];
+            let tallies = [&tls::HANDSHAKE_FAILURES, &shortage::PROXY_SHORT];
             let interval = tallies[0].interval().min(tallies[1].interval());
             let mut every = tokio::time::interval(interval);
             loop {

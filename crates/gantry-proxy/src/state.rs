@@ -39,8 +39,9 @@ pub(crate) struct ProxyState {
     /// The proxies in front whose forwarding headers are kept.
     pub(crate) trusted: Vec<TrustedProxy>,
     /// Idle upstream connections one worker's pool keeps: the workers'
-    /// share of the descriptor budget (`limits::fd_budget`) divided among
-    /// them. Set at start; until then the pools' per-upstream cap alone.
+    /// share of the descriptor budget (`limits::shares`) divided among
+    /// them, at least 1 where the budget allows. Set at start; until then
+    /// the pools' per-upstream cap alone.
     pub(crate) idle_per_worker: usize,
     pub(crate) started: Instant,
     /// Certificates by SNI name, for the HTTPS listener and redirects.

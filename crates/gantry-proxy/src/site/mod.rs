@@ -6,7 +6,8 @@
 //! `encoding::MAX_COMPRESS`; a year's `immutable` caching for hashed file
 //! names and revalidation for everything else (`cache`); an optional
 //! single-page-app fallback; the root's `404.html`, or the proxy's page,
-//! for what is not there.
+//! for what is not there; the proxy's 503 when it is itself short of
+//! descriptors or memory to open the files with (`shortage`).
 //!
 //! Must never: serve anything outside the root (`resolve`), read a whole
 //! file into memory, or block a worker (files are opened and examined under
@@ -120,6 +121,10 @@ pub(crate) async fn serve(
         }
         Plan::NotFound => Page::SiteNotFound { service }.response(ask.request_id, exchange),
         Plan::RootMissing => Page::SiteMissing { service }.response(ask.request_id, exchange),
+        Plan::ProxyShort(error) => {
+            crate::shortage::record(("service", service.to_owned()), &error);
+            Page::ProxyShort { service }.response(ask.request_id, exchange)
+        }
         Plan::Failed => Page::SiteFailed { service }.response(ask.request_id, exchange),
     }
 }
@@ -151,8 +156,23 @@ enum Plan {
     NotFound,
     /// The root directory is not there (a release not yet or no longer in place).
     RootMissing,
+    /// The proxy could not open the files for want of its own descriptors
+    /// or memory (`shortage`): the site is not to blame, and trying again
+    /// later may work.
+    ProxyShort(std::io::Error),
     /// Reading failed for another reason than absence.
     Failed,
+}
+
+impl Plan {
+    /// What a failure to open or examine the site's files comes to.
+    fn failed(error: std::io::Error) -> Plan {
+        if crate::shortage::is_proxys_own(&error) {
+            Plan::ProxyShort(error)
+        } else {
+            Plan::Failed
+        }
+    }
 }
 
 struct Reply {
@@ -217,7 +237,7 @@ fn plan(site: &Site, headers: &HeaderMap, path: &str, head: bool) -> Plan {
     let mut root = match Root::open(&site.root) {
         Ok(root) => root,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Plan::RootMissing,
-        Err(_) => return Plan::Failed,
+        Err(e) => return Plan::failed(e),
     };
     let planned = (|| {
         let Some((relative, directory)) = relative_path(path) else {
@@ -246,7 +266,7 @@ fn plan(site: &Site, headers: &HeaderMap, path: &str, head: bool) -> Plan {
             Found::File(..) | Found::Nothing => missing(site, &mut root, headers, head, &relative),
         }
     })();
-    planned.unwrap_or(Plan::Failed)
+    planned.unwrap_or_else(Plan::failed)
 }
 
 /// Nothing at the path: the app's `index.html` for a single-page app's

@@ -4,6 +4,8 @@
 //! given), and the control API over the proxy's Unix socket.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod descriptors;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
