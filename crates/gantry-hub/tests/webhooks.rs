@@ -25,6 +25,7 @@ on_both_databases!(
     forged_deliveries_are_refused_before_the_database_is_written,
     a_delivery_to_a_products_path_is_checked_against_that_products_secret_alone,
     generic_paths_serve_a_few_products_and_refuse_more_naming_the_product_path,
+    one_product_path_serves_each_forge_and_another_forge_is_no_endpoint,
 );
 
 /// Milliseconds instead of hours: the whole retry ladder in a test.
@@ -1138,4 +1139,87 @@ async fn generic_paths_serve_a_few_products_and_refuse_more_naming_the_product_p
     let scoped = "/api/webhooks/github/SHOP";
     let answer = deliver_at(&hub, scoped, "github", "ping", "s-1", &shop, &ping).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
+}
+
+async fn one_product_path_serves_each_forge_and_another_forge_is_no_endpoint(db: Db) {
+    let hub = Hub::start(db).await;
+    let admin = hub.client(&hub.key("lead", Permission::Admin, None).await);
+    let (shop, _) = forge_secret_and_paths(&admin, "SHOP").await;
+    let ping = json!({"zen": "Keep it logically awesome.", "hook_id": 1});
+
+    // A forge the hub does not know is answered as a path it does not
+    // serve, however well signed the delivery.
+    let path = "/api/webhooks/bitbucket/SHOP";
+    let unknown = deliver_at(&hub, path, "github", "ping", "u-1", &shop, &ping).await;
+    let path = "/api/webhooks/github/SHOP/more";
+    let nowhere = deliver_at(&hub, path, "github", "ping", "u-2", &shop, &ping).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+    assert_eq!(
+        (unknown.status, unknown.code(), unknown.message()),
+        (nowhere.status, nowhere.code(), nowhere.message()),
+        "an unknown forge is no endpoint"
+    );
+    let path = "/api/webhooks/GitHub/SHOP";
+    let cased = deliver_at(&hub, path, "github", "ping", "u-3", &shop, &ping).await;
+    assert_eq!(cased.status, 404, "forges are named in lower case");
+
+    // The document gives the one operation, its forge one of the two
+    // names, and the headers of both forges, none required of both.
+    let doc = hub.anonymous().get("/api/openapi.json").await.json();
+    let operation = &doc["paths"]["/api/webhooks/{forge}/{product}"]["post"];
+    let parameters = operation["parameters"].as_array().unwrap();
+    let named = |name: &str| parameters.iter().find(|p| p["name"] == name).cloned();
+    let forge = named("forge").expect("the forge is a parameter");
+    assert_eq!(
+        (&forge["in"], &forge["required"]),
+        (&json!("path"), &json!(true))
+    );
+    assert_eq!(
+        forge["schema"]["enum"],
+        json!(["github", "gitea"]),
+        "{forge}"
+    );
+    for header in [
+        "X-GitHub-Event",
+        "X-GitHub-Delivery",
+        "X-Gitea-Event",
+        "X-Gitea-Delivery",
+        "X-Hub-Signature-256",
+        "X-Gitea-Signature",
+    ] {
+        let header = named(header).unwrap_or_else(|| panic!("{header} is documented"));
+        assert_eq!(header["in"], "header", "{header}");
+        assert_ne!(header["required"], true, "{header}");
+    }
+    assert!(operation["requestBody"]["content"]["application/json"].is_object());
+    assert!(operation["responses"]["200"].is_object() && operation["responses"]["4XX"].is_object());
+
+    // Each forge's own path is that operation with its forge filled in,
+    // under an operation id of its own: the document's ids stay unique.
+    for forge in ["github", "gitea"] {
+        let path = format!("/api/webhooks/{forge}/{{product}}");
+        let filled = &doc["paths"][&path]["post"];
+        let names: Vec<&str> = filled["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"product") && !names.contains(&"forge"),
+            "{path}: {names:?}"
+        );
+        assert_eq!(filled["operationId"], format!("product_delivery_{forge}"));
+    }
+    let mut ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .filter_map(|operation| operation["operationId"].as_str())
+        .collect();
+    let all = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "operation ids are unique");
 }

@@ -59,6 +59,19 @@ pub struct ServeArgs {
     /// Requests a minute one API key may make, unless the key has its own rate
     #[arg(long, default_value_t = Limits::default().per_key_per_minute, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_per_key: u32,
+    /// Connections the hub holds open at once, from every client together
+    ///
+    /// More are closed unanswered as they come, before a byte of them is
+    /// read: a flood of connections holds no more than this many open. Each
+    /// open connection takes a file descriptor: keep it under the hub's
+    /// limit of open files (`ulimit -n`, LimitNOFILE= in a systemd unit),
+    /// with room for the database and attachments (Linux allows a process
+    /// at most 1048576 by default). Raise it for many clients at once;
+    /// --max-connections-per-address keeps any one of them from taking them
+    /// all. Behind Gantry's proxy (--behind-proxy) the proxy's connections
+    /// count here.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_048_576))]
+    pub max_connections: usize,
     /// Connections one client address may hold open at once
     ///
     /// More are closed unanswered as they come, so that one client cannot
@@ -366,6 +379,7 @@ fn limits(serve: &ServeArgs) -> Limits {
     Limits {
         per_address_per_minute: serve.rate_per_address,
         per_key_per_minute: serve.rate_per_key,
+        max_connections: serve.max_connections,
         max_connections_per_address: serve.max_connections_per_address,
         stall: std::time::Duration::from_secs(serve.stall_seconds),
         behind_proxy: serve.behind_proxy,
@@ -682,6 +696,26 @@ mod tests {
             Limits::default(),
             "without flags, the hub's own defaults"
         );
+    }
+
+    #[test]
+    fn serve_max_connections_caps_the_hub_s_connections_in_all() {
+        let set = limits(&serve(&["--max-connections", "4096"]).expect("the flag parses"));
+        assert_eq!(set.max_connections, 4096);
+        assert_eq!(
+            set.max_connections_per_address,
+            Limits::default().max_connections_per_address,
+            "the cap per address keeps its default"
+        );
+        for (given, bounds) in [("0", "0 is not in 1..=1048576"), ("2000000", "1..=1048576")] {
+            let refused = serve(&["--max-connections", given]).expect_err("a usage error");
+            assert_eq!(refused.kind(), clap::error::ErrorKind::ValueValidation);
+            let message = refused.to_string();
+            assert!(
+                message.contains("--max-connections <N>") && message.contains(bounds),
+                "the error names the flag and its bounds: {message}"
+            );
+        }
     }
 
     #[test]

@@ -200,14 +200,17 @@ async fn accept(
             drop(stream);
             continue;
         };
+        let stalling = stall::Stalling::new(stream, peer.ip(), limits.stall);
+        let answering = stalling.answering();
         let service =
             app.clone()
                 .map_request(move |mut request: Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
+                    request.extensions_mut().insert(answering.clone());
                     request
                 });
         let connection = http.serve_connection(
-            TokioIo::new(stall::Stalling::new(stream, peer.ip(), limits.stall)),
+            TokioIo::new(stalling),
             hyper_util::service::TowerToHyperService::new(service),
         );
         let connection = graceful.watch(connection);
@@ -234,7 +237,7 @@ fn router(state: AppState) -> Router {
         .merge(lists::routes())
         .route("/api/openapi.json", axum::routing::get(openapi::document))
         .route("/healthz", axum::routing::get(health))
-        .fallback(|| async { HubError::not_found("no such endpoint") })
+        .fallback(|| async { no_such_endpoint() })
         .method_not_allowed_fallback(|| async {
             HubError::Invalid {
                 message: "the endpoint does not take this method".to_owned(),
@@ -244,6 +247,11 @@ fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), per_address))
         .layer(DefaultBodyLimit::max(state.limits.body_bytes))
         .with_state(state)
+}
+
+/// What a path the hub does not serve is answered with (404).
+fn no_such_endpoint() -> HubError {
+    HubError::not_found("endpoint")
 }
 
 /// `GET /healthz`: 200 while the database answers, for Gantry's health
@@ -275,6 +283,9 @@ async fn per_address(State(state): State<AppState>, mut request: Request, next: 
     let Some(address) = client_address(&state, &request) else {
         return HubError::Internal("the connection has no peer address".to_owned()).into_response();
     };
+    if let Some(answering) = request.extensions().get::<stall::Answering>() {
+        answering.set(address);
+    }
     if let Err(refused) = state.rates.check_address(address) {
         return refused.into_response();
     }

@@ -2,10 +2,13 @@
 //! the request and response types, served at `/api/openapi.json`.
 
 use axum::response::{IntoResponse, Response};
+use utoipa::openapi::RefOr;
 use utoipa::openapi::security::{
     ApiKey as KeyIn, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
 use utoipa::{Modify, OpenApi};
+
+use crate::webhooks::forge::Forge;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -37,8 +40,7 @@ use utoipa::{Modify, OpenApi};
         super::public::submit,
         super::public::vote,
         super::public::submission,
-        super::webhooks::github_for,
-        super::webhooks::gitea_for,
+        super::webhooks::product_delivery,
         super::webhooks::github,
         super::webhooks::gitea,
         super::webhooks::new_forge_secret,
@@ -72,7 +74,7 @@ use utoipa::{Modify, OpenApi};
         super::lists::export_csv,
         super::lists::export_json,
     ),
-    modifiers(&ApiKey),
+    modifiers(&ApiKey, &ForgePaths),
     tags(
         (name = "agent", description = "Claim and work items"),
         (name = "admin", description = "For admin keys"),
@@ -126,6 +128,35 @@ impl Modify for ApiKey {
                     .build(),
             ),
         );
+    }
+}
+
+/// Each forge's product path (`/api/webhooks/github/{product}`, ...), the
+/// URL its webhook form takes, listed as the one operation that serves them
+/// all (`/api/webhooks/{forge}/{product}`) with its forge filled in and an
+/// operation id of its own: who looks for the URL they configure finds it.
+struct ForgePaths;
+
+impl Modify for ForgePaths {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let paths = &mut openapi.paths.paths;
+        let Some(every) = paths.get(super::webhooks::PRODUCT_PATH).cloned() else {
+            return;
+        };
+        for forge in Forge::ALL {
+            let mut item = every.clone();
+            if let Some(operation) = item.post.as_mut() {
+                operation.operation_id = operation
+                    .operation_id
+                    .as_ref()
+                    .map(|id| format!("{id}_{}", forge.as_str()));
+                if let Some(parameters) = operation.parameters.as_mut() {
+                    parameters.retain(|p| !matches!(p, RefOr::T(p) if p.name == "forge"));
+                }
+            }
+            let path = super::webhooks::PRODUCT_PATH.replace("{forge}", forge.as_str());
+            paths.insert(path, item);
+        }
     }
 }
 

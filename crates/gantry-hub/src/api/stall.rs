@@ -12,6 +12,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -24,10 +25,29 @@ use tokio::time::Sleep;
 pub(super) struct Stalling {
     stream: TcpStream,
     /// The peer, for the log.
-    client: IpAddr,
+    peer: IpAddr,
+    answering: Answering,
     limit: Duration,
     /// Armed while a write waits on the client.
     waiting: Option<Pin<Box<Sleep>>>,
+}
+
+/// The client a connection's latest request came from, as the hub resolved
+/// it (behind Gantry's proxy, the proxy's `X-Real-IP`), so that a reset
+/// names it and not only the proxy's loopback address. The connection
+/// holds it and its requests set it; HTTP/1.1 answers one request at a
+/// time, so a stalled answer is the latest request's.
+#[derive(Clone, Default)]
+pub(super) struct Answering(Arc<Mutex<Option<IpAddr>>>);
+
+impl Answering {
+    pub(super) fn set(&self, client: IpAddr) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(client);
+    }
+
+    fn get(&self) -> Option<IpAddr> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The unsent bytes the kernel holds for a client before a write waits.
@@ -38,15 +58,27 @@ pub(super) struct Stalling {
 const NOTSENT_LOWAT: u32 = 64 * 1024;
 
 impl Stalling {
-    pub(super) fn new(stream: TcpStream, client: IpAddr, limit: Duration) -> Stalling {
+    pub(super) fn new(stream: TcpStream, peer: IpAddr, limit: Duration) -> Stalling {
         // Without the option (not Linux), progress is only coarser.
         let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
         Stalling {
             stream,
-            client,
+            peer,
+            answering: Answering::default(),
             limit,
             waiting: None,
         }
+    }
+
+    /// Where the connection's requests say whom it answers.
+    pub(super) fn answering(&self) -> Answering {
+        self.answering.clone()
+    }
+
+    /// The client as the request log names it: the latest request's, or
+    /// before any, the peer.
+    fn client(&self) -> IpAddr {
+        self.answering.get().unwrap_or(self.peer)
     }
 
     /// What a write (or a flush) that made no progress becomes: still
@@ -57,8 +89,10 @@ impl Stalling {
             .waiting
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         ready!(waiting.as_mut().poll(cx));
+        // The peer too: the proxy the client is behind, if any.
         tracing::warn!(
-            client = %self.client,
+            client = %self.client(),
+            peer = %self.peer,
             "a client took nothing for {limit:?}: its connection is reset"
         );
         // A reset, not a close: the kernel drops what it still holds for
@@ -151,6 +185,15 @@ mod tests {
             "progress shows every 64 KiB"
         );
         (hub, client.expect("the client's end"))
+    }
+
+    #[tokio::test]
+    async fn a_reset_names_the_client_the_latest_request_resolved() {
+        let (hub, _client) = pair(Duration::from_secs(30)).await;
+        assert_eq!(hub.client(), hub.peer, "before a request, the peer");
+        let forwarded: IpAddr = "203.0.113.7".parse().expect("an address");
+        hub.answering().set(forwarded);
+        assert_eq!(hub.client(), forwarded, "as the proxy's X-Real-IP said");
     }
 
     #[tokio::test]

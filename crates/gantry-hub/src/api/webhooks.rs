@@ -1,7 +1,8 @@
-//! Webhook endpoints. In: `POST /api/webhooks/github/{product}` and
-//! `/gitea/{product}`, with no key: the body's HMAC under the product's
-//! secret is the credential (the older `/api/webhooks/github` and `/gitea`
-//! name no product: they try every product's secret, on small hubs only).
+//! Webhook endpoints. In: `POST /api/webhooks/{forge}/{product}` (one
+//! handler: `github/{product}`, `gitea/{product}`), with no key: the body's
+//! HMAC under the product's secret is the credential (the older
+//! `/api/webhooks/github` and `/gitea` name no product: they try every
+//! product's secret, on small hubs only).
 //! Out, for admin keys: a product's forge secret, its deliveries and their
 //! replay, its subscriptions and their attempts.
 
@@ -13,9 +14,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::Serialize;
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 use super::auth::{Caller, Principal};
-use super::{AppState, ClientAddress, ErrorBody, JsonBody, header_text};
+use super::{AppState, ClientAddress, ErrorBody, JsonBody, header_text, no_such_endpoint};
 use crate::error::HubError;
 use crate::model::Permission;
 use crate::store::{
@@ -28,12 +31,14 @@ use crate::webhooks::target;
 /// are tens of kilobytes.
 const PAYLOAD_MAX: usize = 1024 * 1024;
 
+/// Where a forge sends a product's deliveries.
+pub(super) const PRODUCT_PATH: &str = "/api/webhooks/{forge}/{product}";
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/webhooks/github", post(github))
         .route("/api/webhooks/gitea", post(gitea))
-        .route("/api/webhooks/github/{product}", post(github_for))
-        .route("/api/webhooks/gitea/{product}", post(gitea_for))
+        .route(PRODUCT_PATH, post(product_delivery))
         .layer(DefaultBodyLimit::max(PAYLOAD_MAX))
         .route(
             "/api/admin/products/{product}/forge-secret",
@@ -64,44 +69,34 @@ async fn shipped(caller: Caller, body: JsonBody<Shipped>) -> Result<Response, Hu
         .await
 }
 
-/// A delivery from GitHub for a product: signed with its forge secret in
-/// `X-Hub-Signature-256`, and checked against that secret alone (a product
-/// that does not exist or has no secret is refused as a bad signature is).
-/// A delivery id seen before is dropped.
-#[utoipa::path(post, path = "/api/webhooks/github/{product}", tag = "webhooks",
-    request_body(content = String, description = "the event's payload, as GitHub sends it", content_type = "application/json"),
-    params(("product" = String, Path, example = "SHOP"),
-        ("X-GitHub-Event" = String, Header), ("X-GitHub-Delivery" = String, Header),
-        ("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC of the body>")),
-    responses((status = 200, body = Received), (status = "4XX", body = ErrorBody)))]
-async fn github_for(
+/// A delivery from a forge for a product: `github` for GitHub, `gitea` for
+/// Gitea and Forgejo. Signed with the product's forge secret in
+/// `X-Hub-Signature-256` (Gitea may send `X-Gitea-Signature` instead), and
+/// checked against that secret alone (a product that does not exist or has
+/// no secret is refused as a bad signature is). The event and delivery id
+/// come in the forge's own headers; a delivery id seen before is dropped.
+/// Another forge is no endpoint (404).
+#[utoipa::path(post, path = PRODUCT_PATH, tag = "webhooks",
+    request_body(content = String, description = "the event's payload, as the forge sends it", content_type = "application/json"),
+    params(("forge" = inline(Forge), Path, description = "`github`, or `gitea` for Gitea and Forgejo"),
+        ("product" = String, Path, example = "SHOP"),
+        ("X-GitHub-Event" = Option<String>, Header, description = "the event, from GitHub"),
+        ("X-GitHub-Delivery" = Option<String>, Header, description = "the delivery id, from GitHub"),
+        ("X-Gitea-Event" = Option<String>, Header, description = "the event, from Gitea"),
+        ("X-Gitea-Delivery" = Option<String>, Header, description = "the delivery id, from Gitea"),
+        ("X-Hub-Signature-256" = Option<String>, Header, description = "sha256=<hex HMAC of the body>: GitHub always sends it, Gitea may send X-Gitea-Signature instead"),
+        ("X-Gitea-Signature" = Option<String>, Header, description = "<hex HMAC of the body>, from Gitea without X-Hub-Signature-256")),
+    responses((status = 200, description = "what the hub made of the delivery", body = Received),
+        (status = "4XX", description = "refused: unsigned or not by the product's secret, malformed, or another forge (404)", body = ErrorBody)))]
+async fn product_delivery(
     State(state): State<AppState>,
     client: axum::Extension<ClientAddress>,
-    Path(product): Path<String>,
+    Path((forge, product)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, HubError> {
-    let forge = Forge::Github;
-    receive(state, forge, Some(product), client.0, &headers, body).await
-}
-
-/// A delivery from Gitea or Forgejo for a product, signed with its forge
-/// secret in `X-Hub-Signature-256` (or `X-Gitea-Signature`), checked
-/// against that secret alone; a delivery id seen before is dropped.
-#[utoipa::path(post, path = "/api/webhooks/gitea/{product}", tag = "webhooks",
-    request_body(content = String, description = "the event's payload, as Gitea sends it", content_type = "application/json"),
-    params(("product" = String, Path, example = "SHOP"),
-        ("X-Gitea-Event" = String, Header), ("X-Gitea-Delivery" = String, Header),
-        ("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC of the body>")),
-    responses((status = 200, body = Received), (status = "4XX", body = ErrorBody)))]
-async fn gitea_for(
-    State(state): State<AppState>,
-    client: axum::Extension<ClientAddress>,
-    Path(product): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Response, HubError> {
-    let forge = Forge::Gitea;
+    // Another forge's path is one the hub does not serve.
+    let forge = Forge::parse(&forge).ok_or_else(no_such_endpoint)?;
     receive(state, forge, Some(product), client.0, &headers, body).await
 }
 
@@ -141,6 +136,19 @@ async fn gitea(
 ) -> Result<Response, HubError> {
     receive(state, Forge::Gitea, None, client.0, &headers, body).await
 }
+
+/// A forge in the OpenAPI document: a string, one of [`Forge::as_str`]'s
+/// names.
+impl utoipa::PartialSchema for Forge {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(Forge::ALL.map(Forge::as_str)))
+            .into()
+    }
+}
+
+impl ToSchema for Forge {}
 
 fn required<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, HubError> {
     header_text(headers, name)?
@@ -207,8 +215,8 @@ async fn receive(
 pub struct ForgeSecret {
     /// Paste it into the forge's webhook form; it is shown only now.
     pub secret: String,
-    /// Where the forge should send: `/api/webhooks/github/{product}` or
-    /// `/api/webhooks/gitea/{product}`.
+    /// Where each forge should send, GitHub's then Gitea's (Forgejo's too):
+    /// `/api/webhooks/github/{product}`, `/api/webhooks/gitea/{product}`.
     pub paths: Vec<String>,
 }
 
@@ -222,8 +230,12 @@ async fn new_forge_secret(
     caller: Caller,
     Path(product): Path<String>,
 ) -> Result<Response, HubError> {
-    let paths = [Forge::Github, Forge::Gitea]
-        .map(|forge| format!("/api/webhooks/{}/{product}", forge.as_str()))
+    let paths = Forge::ALL
+        .map(|forge| {
+            PRODUCT_PATH
+                .replace("{forge}", forge.as_str())
+                .replace("{product}", &product)
+        })
         .to_vec();
     let secret = caller
         .run(Permission::Admin, move |store, access| {

@@ -14,6 +14,9 @@ pub enum Forge {
 }
 
 impl Forge {
+    /// Every forge, in the order the hub names their paths.
+    pub const ALL: [Forge; 2] = [Forge::Github, Forge::Gitea];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Forge::Github => "github",
@@ -22,9 +25,7 @@ impl Forge {
     }
 
     pub fn parse(text: &str) -> Option<Forge> {
-        [Forge::Github, Forge::Gitea]
-            .into_iter()
-            .find(|f| f.as_str() == text)
+        Forge::ALL.into_iter().find(|f| f.as_str() == text)
     }
 
     /// The headers naming the event and the delivery.
