@@ -1231,15 +1231,17 @@ mod tests {
         (dir, project)
     }
 
-    /// `hosts` already running r1 (which ran `phases`), deployed again
-    /// with `migrate = { pre = "./migrate", post = "./warm" }`; the calls
-    /// that ran tasks, and the tasks reported.
-    fn redeploy_unchanged(
-        hosts: &[&str],
-        phases: Vec<crate::agent_api::Phase>,
-    ) -> (Vec<String>, Vec<String>) {
+    /// Two hosts already running r1, whose `migrate.pre` passed and whose
+    /// `migrate.post` ended with `post_exit_code`, deployed again with
+    /// `migrate = { pre = "./migrate", post = "./warm" }`; the calls that
+    /// ran tasks, and the tasks reported.
+    fn redeploy_unchanged(post_exit_code: i32) -> (Vec<String>, Vec<String>) {
+        let hosts = ["h1", "h2"];
         let kept = Release {
-            phases,
+            phases: vec![
+                phase_ran("migrate.pre", "./migrate", 0),
+                phase_ran("migrate.post", "./warm", post_exit_code),
+            ],
             ..crate::fake::release("r1", Outcome::Succeeded)
         };
         let script = Script {
@@ -1248,7 +1250,7 @@ mod tests {
             ..ran(Script::default())
         };
         let fleet = Fleet::new(hosts.iter().map(|h| (*h, script.clone())));
-        let (_dir, project) = project_with_tasks(hosts);
+        let (_dir, project) = project_with_tasks(&hosts);
         let report = deploy_plainly(&fleet, &project).unwrap();
         let outcomes: Vec<_> = report.hosts.iter().map(|h| h.outcome).collect();
         assert_eq!(outcomes, vec![HostOutcome::Unchanged; hosts.len()]);
@@ -1277,13 +1279,7 @@ mod tests {
 
     #[test]
     fn a_deploy_that_changes_nothing_anywhere_does_not_run_migrate_post_again() {
-        let (posts, reported) = redeploy_unchanged(
-            &["h1", "h2"],
-            vec![
-                phase_ran("migrate.pre", "./migrate", 0),
-                phase_ran("migrate.post", "./warm", 0),
-            ],
-        );
+        let (posts, reported) = redeploy_unchanged(0);
         assert!(posts.is_empty(), "{posts:?}");
         assert!(
             reported.is_empty(),
@@ -1293,13 +1289,7 @@ mod tests {
 
     #[test]
     fn a_kept_release_whose_migrate_post_failed_runs_it_on_the_next_deploy() {
-        let (posts, reported) = redeploy_unchanged(
-            &["h1", "h2"],
-            vec![
-                phase_ran("migrate.pre", "./migrate", 0),
-                phase_ran("migrate.post", "./warm", 1),
-            ],
-        );
+        let (posts, reported) = redeploy_unchanged(1);
         assert_eq!(posts, ["h1 task migrate.post web of r1"]);
         assert_eq!(reported, ["migrate.post h1 r1"]);
     }
@@ -1433,22 +1423,27 @@ mod tests {
             "no image shop/web:1 on this host",
         ));
         let error = finish(report_of(release)).expect_err("a failed release");
-        // Scripts that test for `deploy.failed` still see it.
-        assert_eq!(error.code(), "deploy.failed");
-        let details = error.details().expect("details");
-        assert_eq!(
-            details["cause"]["code"], "container.no_image",
-            "{details:#}"
-        );
+        let details = assert_caused_by(&error, "container.no_image");
         assert_eq!(
             details["cause"]["message"], "no image shop/web:1 on this host",
             "{details:#}"
         );
+    }
+
+    /// `error` is still `deploy.failed`, which scripts test for, and names
+    /// the coded error behind it (`cause`) in its details and its hint's
+    /// first line; its details.
+    fn assert_caused_by<'e>(error: &'e Error, cause: &str) -> &'e serde_json::Value {
+        assert_eq!(error.code(), "deploy.failed");
+        let details = error.details().expect("details");
+        assert_eq!(details["cause"]["code"], cause, "{details:#}");
         let hint = error.hint().expect("hint");
-        assert!(
-            hint.lines().next() == Some("caused by container.no_image"),
+        assert_eq!(
+            hint.lines().next(),
+            Some(format!("caused by {cause}").as_str()),
             "{hint}"
         );
+        details
     }
 
     #[test]
@@ -1503,19 +1498,7 @@ mod tests {
         let Err(error) = result else {
             panic!("the rollout went on: {result:?}");
         };
-        assert_eq!(error.code(), "deploy.failed");
-        let details = error.details().expect("details");
-        assert_eq!(
-            details["cause"]["code"], "container.unreachable",
-            "{details:#}"
-        );
-        assert!(
-            error
-                .hint()
-                .is_some_and(|h| h.starts_with("caused by container.unreachable")),
-            "{:?}",
-            error.hint()
-        );
+        assert_caused_by(&error, "container.unreachable");
     }
 
     #[test]
@@ -1614,6 +1597,16 @@ mod tests {
             panic!("the rollout went on: {result:?}");
         };
         assert_eq!(error.code(), "deploy.verify_failed");
+        assert_canary_went_back(&error);
+        // Marked failed as it went back.
+        assert_eq!(fleet.calls_to("rollback"), ["h1 rollback to r1, r2 failed"]);
+        assert!(fleet.calls_to("h2").is_empty(), "{:#?}", fleet.calls());
+        assert!(fleet.calls_to("h3").is_empty(), "{:#?}", fleet.calls());
+    }
+
+    /// `error` says the canary h1's r2 crashed in its 30 s window and that
+    /// h1 went back to r1, the other hosts untouched; so do its details.
+    fn assert_canary_went_back(error: &Error) {
         let message = error.to_string();
         assert!(
             message.contains("service `web`: instance web-1 exited with status 1")
@@ -1621,10 +1614,6 @@ mod tests {
                 && message.contains("Now running: h1 r1, h2 not updated, h3 not updated"),
             "{message}"
         );
-        // Marked failed as it went back.
-        assert_eq!(fleet.calls_to("rollback"), ["h1 rollback to r1, r2 failed"]);
-        assert!(fleet.calls_to("h2").is_empty(), "{:#?}", fleet.calls());
-        assert!(fleet.calls_to("h3").is_empty(), "{:#?}", fleet.calls());
         let details = error.details().unwrap();
         assert_eq!(details["hosts"][0]["outcome"], "reverted", "{details:#}");
         assert_eq!(details["hosts"][0]["verify_failed"], true, "{details:#}");
@@ -1691,16 +1680,7 @@ mod tests {
         let Err(error @ Error::VerifyFailed { .. }) = result else {
             panic!("the rollout went on: {result:?}");
         };
-        let message = error.to_string();
-        assert!(
-            message.contains("service `web`: instance web-1 exited with status 1")
-                && message.contains("30 s verify window")
-                && message.contains("Now running: h1 r1, h2 not updated, h3 not updated"),
-            "{message}"
-        );
-        let details = error.details().unwrap();
-        assert_eq!(details["hosts"][0]["outcome"], "reverted", "{details:#}");
-        assert_eq!(details["hosts"][0]["verify_failed"], true, "{details:#}");
+        assert_canary_went_back(&error);
         let incident = crate::incident::Incident::of_deploy("shop", "production", &error);
         assert_eq!(incident.release.as_deref(), Some("r2"));
         assert_eq!(incident.log_tail, ["web-1: panic: no database"]);
