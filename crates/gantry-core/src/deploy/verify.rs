@@ -36,12 +36,15 @@ const VERDICT_GRACE: Duration = Duration::from_secs(120);
 /// period and every retry) before the next. A long revert is reported as
 /// one, not as an agent that gave no verdict.
 pub(crate) fn verdict_grace(services: &[Service]) -> Duration {
+    // Saturating: gantry.toml may give any duration and count.
     services.iter().fold(VERDICT_GRACE, |grace, s| {
         let health = s.health.as_ref().map_or(Duration::ZERO, |h| {
-            let check = h.interval.as_std() + h.timeout.as_std();
-            h.start_period.as_std() + check * h.retries.saturating_add(1)
+            let check = h.interval.as_std().saturating_add(h.timeout.as_std());
+            let checks = check.saturating_mul(h.retries.saturating_add(1));
+            h.start_period.as_std().saturating_add(checks)
         });
-        grace + (s.stop_timeout.as_std() + health) * s.replicas.max(1)
+        let each = s.stop_timeout.as_std().saturating_add(health);
+        grace.saturating_add(each.saturating_mul(s.replicas.max(1)))
     })
 }
 
@@ -143,7 +146,7 @@ impl Watch<'_> {
         release: &str,
         unchanged: &[String],
     ) -> Option<Problem> {
-        let deadline = Instant::now() + self.window;
+        let deadline = Instant::now().checked_add(self.window);
         loop {
             if let Ok(status) = agent.status(self.project)
                 && let Some(problem) =
@@ -151,7 +154,7 @@ impl Watch<'_> {
             {
                 return Some(problem);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = time_left(deadline);
             if left.is_zero() {
                 return None;
             }
@@ -179,7 +182,7 @@ impl Watch<'_> {
                 outcome.error = Some(format!(
                     "{} gave no verdict on the verify window of {release} within {} s; `gantry status` and `gantry releases` tell how it ended",
                     agent.name(),
-                    (self.window + self.grace).as_secs()
+                    self.window.saturating_add(self.grace).as_secs()
                 ));
                 return;
             }
@@ -217,7 +220,7 @@ impl Watch<'_> {
     /// none within the window and a grace: whether the agent could not be
     /// reached when last asked.
     fn verdict(&self, agent: &dyn Host, release: &str) -> Result<Verification, bool> {
-        let deadline = Instant::now() + self.window + self.grace;
+        let deadline = Instant::now().checked_add(self.window.saturating_add(self.grace));
         loop {
             let lost = match agent.release(self.project, release) {
                 Ok(r) => match r.verify {
@@ -226,13 +229,21 @@ impl Watch<'_> {
                 },
                 Err(e) => !matches!(e, crate::host::HostError::Api { .. }),
             };
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = time_left(deadline);
             if left.is_zero() {
                 return Err(lost);
             }
             std::thread::sleep(left.min(POLL));
         }
     }
+}
+
+/// The time until `deadline`; none is a wait longer than the clock holds,
+/// which never ends.
+fn time_left(deadline: Option<Instant>) -> Duration {
+    deadline.map_or(Duration::MAX, |at| {
+        at.saturating_duration_since(Instant::now())
+    })
 }
 
 /// The last lines `service` wrote on the host, for the report of its
@@ -315,6 +326,13 @@ mod tests {
             verdict_grace(&slow),
             VERDICT_GRACE + Duration::from_secs(2 * (5 + 300 + 12))
         );
+        // Whatever the file says, the sum does not overflow.
+        let endless = services(concat!(
+            "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"bin/web\"\nport = \"http\"\n",
+            "replicas = 4000000000\nstop_timeout = \"100000000h\"\n",
+            "health = { path = \"/up\", interval = \"100000000h\", retries = 4000000000 }\n",
+        ));
+        assert_eq!(verdict_grace(&endless), Duration::MAX);
     }
 
     #[test]
