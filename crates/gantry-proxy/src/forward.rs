@@ -3,7 +3,7 @@
 //! answer back. An upstream that refuses the connection is ejected and the
 //! request goes to another, once: the connection is made before the request
 //! is handed over, so nothing of it has been sent. A connection the proxy
-//! could not open for want of its own descriptors, local ports or memory
+//! could not open for want of its own descriptors or memory
 //! (`shortage`) ejects nothing: the request gets a 503 and the upstream
 //! stays in rotation (else, under descriptor pressure, every upstream would
 //! be ejected at once). Upgrades (WebSocket) become a byte tunnel between
@@ -461,7 +461,7 @@ enum Unconnected {
     /// No upstream took a connection, or the route now has none (it may
     /// have become a static site).
     NoUpstream,
-    /// The proxy is short of descriptors, local ports or memory
+    /// The proxy is short of descriptors or memory
     /// (`proxy_is_short`): no upstream is to blame.
     ProxyShort,
 }
@@ -495,7 +495,7 @@ enum Failed {
     /// No response within the response timeout.
     GatewayTimeout,
     /// That fresh connection could not be opened for want of the proxy's
-    /// own descriptors, local ports or memory: not the upstream's failure.
+    /// own descriptors or memory: not the upstream's failure.
     ProxyShort,
 }
 

@@ -1,5 +1,5 @@
-//! The proxy host's own shortages: a file descriptor, a local port, socket
-//! buffers or memory it could not get. Opening anything fails alike under
+//! The proxy host's own shortages: a file descriptor, socket buffers or
+//! memory it could not get. Opening anything fails alike under
 //! one (a connection to any upstream, any static file), so the failure says
 //! nothing of the upstream or the site: the request gets the 503 page that
 //! blames the proxy (`Page::ProxyShort`, with `Retry-After`), no upstream is
@@ -24,16 +24,12 @@ pub(crate) static PROXY_SHORT: Tally =
     Tally::new("proxy.out_of_resources", Duration::from_secs(60));
 
 /// What the proxy host runs out of, not its upstreams: descriptors, its
-/// own (`EMFILE`) or the system's (`ENFILE`); local ephemeral ports to
-/// connect from (`EADDRNOTAVAIL`); socket buffers (`ENOBUFS`); memory
-/// (`ENOMEM`).
-const OWN: [Errno; 5] = [
-    Errno::MFILE,
-    Errno::NFILE,
-    Errno::ADDRNOTAVAIL,
-    Errno::NOBUFS,
-    Errno::NOMEM,
-];
+/// own (`EMFILE`) or the system's (`ENFILE`); socket buffers (`ENOBUFS`);
+/// memory (`ENOMEM`). Not `EADDRNOTAVAIL`: Linux picks a local port per
+/// destination, so running out of them is one upstream's lot, and it is
+/// also what an address the host cannot reach gives (`[::1]` without
+/// IPv6): that upstream is the one to blame.
+const OWN: [Errno; 4] = [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM];
 
 /// Whether `error` is the proxy host's own shortage (`OWN`), which opening
 /// anything else would have met too.
@@ -64,11 +60,11 @@ mod tests {
         io::Error::from_raw_os_error(errno.raw_os_error())
     }
 
-    /// `connect` on a host whose ephemeral ports are all taken: any
-    /// upstream would get the same, so none is to blame.
+    /// Out of local ports towards one upstream, or an address the host
+    /// cannot use: that upstream's failure, which ejects it.
     #[test]
-    fn a_host_out_of_local_ports_is_short_of_its_own() {
-        assert!(is_proxys_own(&os(Errno::ADDRNOTAVAIL)));
+    fn an_address_the_host_cannot_connect_from_is_the_upstreams() {
+        assert!(!is_proxys_own(&os(Errno::ADDRNOTAVAIL)));
     }
 
     /// A static file that is missing, forbidden or unreadable is the
