@@ -616,6 +616,7 @@ impl HostPlan<'_> {
                     secrets: self.secrets,
                     by_agent,
                     grace: verify::verdict_grace(services),
+                    out_of_reach: verify::OUT_OF_REACH_MAX,
                 };
                 watch.after_cutover(agent.as_ref(), &mut outcome, progress);
             }

@@ -46,6 +46,9 @@ pub struct Script {
     /// Its agent watches verify windows itself (spec revision 7): its new
     /// release's verdict is what `services` show, judged by the one rule.
     pub watches_verify: bool,
+    /// With `watches_verify`: its agent is out of reach once its new
+    /// release is live, so asking for the verdict fails.
+    pub verdict_lost: bool,
 }
 
 /// What the fake shell's host has, as `configure`'s commands find and change it.
@@ -505,6 +508,9 @@ impl Host for FakeHost {
 
     fn release(&self, project: &str, id: &str) -> Result<Release, HostError> {
         self.note(&format!("release {id}"));
+        if self.script().verdict_lost && id == NEW_RELEASE {
+            return Err(unreachable(&self.name));
+        }
         if self.script().watches_verify && id == NEW_RELEASE {
             return Ok(self.verified(project));
         }

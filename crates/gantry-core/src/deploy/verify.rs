@@ -29,23 +29,35 @@ const LOG_TAIL: usize = 40;
 /// give its verdict ([`verdict_grace`] adds the services' own).
 const VERDICT_GRACE: Duration = Duration::from_secs(120);
 
+/// The most time past its window the CLI waits for a verdict, however long
+/// the services say going back may take.
+const VERDICT_GRACE_MAX: Duration = Duration::from_secs(3600);
+
+/// How long an agent may stay out of reach before the CLI stops waiting
+/// for its verdict (and reports the host unreachable): the agent goes on
+/// judging the window without it.
+pub(crate) const OUT_OF_REACH_MAX: Duration = Duration::from_secs(120);
+
 /// How long past its window an agent that watches a release of `services`
 /// gets to give its verdict. Going back is a deploy of the previous
 /// release, one service after another: each replica stops (up to its
 /// `stop_timeout`), starts, and passes its health check (up to its start
 /// period and every retry) before the next. A long revert is reported as
-/// one, not as an agent that gave no verdict.
+/// one, not as an agent that gave no verdict; at most [`VERDICT_GRACE_MAX`].
 pub(crate) fn verdict_grace(services: &[Service]) -> Duration {
     // Saturating: gantry.toml may give any duration and count.
-    services.iter().fold(VERDICT_GRACE, |grace, s| {
-        let health = s.health.as_ref().map_or(Duration::ZERO, |h| {
-            let check = h.interval.as_std().saturating_add(h.timeout.as_std());
-            let checks = check.saturating_mul(h.retries.saturating_add(1));
-            h.start_period.as_std().saturating_add(checks)
-        });
-        let each = s.stop_timeout.as_std().saturating_add(health);
-        grace.saturating_add(each.saturating_mul(s.replicas.max(1)))
-    })
+    services
+        .iter()
+        .fold(VERDICT_GRACE, |grace, s| {
+            let health = s.health.as_ref().map_or(Duration::ZERO, |h| {
+                let check = h.interval.as_std().saturating_add(h.timeout.as_std());
+                let checks = check.saturating_mul(h.retries.saturating_add(1));
+                h.start_period.as_std().saturating_add(checks)
+            });
+            let each = s.stop_timeout.as_std().saturating_add(health);
+            grace.saturating_add(each.saturating_mul(s.replicas.max(1)))
+        })
+        .min(VERDICT_GRACE_MAX)
 }
 
 /// The rollout's groups of hosts: the first `alone` one at a time (those
@@ -74,6 +86,9 @@ pub(crate) struct Watch<'a> {
     pub by_agent: bool,
     /// How long past the window to wait for it ([`verdict_grace`]).
     pub grace: Duration,
+    /// How long the agent may be out of reach meanwhile
+    /// ([`OUT_OF_REACH_MAX`]).
+    pub out_of_reach: Duration,
 }
 
 impl Watch<'_> {
@@ -179,10 +194,15 @@ impl Watch<'_> {
                 } else {
                     HostOutcome::Failed
                 };
+                let waited = if lost {
+                    "went out of reach".to_owned()
+                } else {
+                    let waited = self.window.saturating_add(self.grace);
+                    format!("gave no verdict within {} s", waited.as_secs())
+                };
                 outcome.error = Some(format!(
-                    "{} gave no verdict on the verify window of {release} within {} s; `gantry status` and `gantry releases` tell how it ended",
+                    "{} {waited} on the verify window of {release}, which it goes on judging; `gantry status` and `gantry releases` tell how it ended",
                     agent.name(),
-                    self.window.saturating_add(self.grace).as_secs()
                 ));
                 return;
             }
@@ -217,10 +237,12 @@ impl Watch<'_> {
     }
 
     /// The agent's verdict on `release`'s window, asked until it has one;
-    /// none within the window and a grace: whether the agent could not be
-    /// reached when last asked.
+    /// none within the window and the grace, or with the agent out of reach
+    /// for `out_of_reach`: whether the agent could not be reached
+    /// when last asked.
     fn verdict(&self, agent: &dyn Host, release: &str) -> Result<Verification, bool> {
         let deadline = Instant::now().checked_add(self.window.saturating_add(self.grace));
+        let mut lost_since = None;
         loop {
             let lost = match agent.release(self.project, release) {
                 Ok(r) => match r.verify {
@@ -229,8 +251,10 @@ impl Watch<'_> {
                 },
                 Err(e) => !matches!(e, crate::host::HostError::Api { .. }),
             };
+            let since = lost.then(|| *lost_since.get_or_insert_with(Instant::now));
+            lost_since = since;
             let left = time_left(deadline);
-            if left.is_zero() {
+            if left.is_zero() || since.is_some_and(|at| at.elapsed() >= self.out_of_reach) {
                 return Err(lost);
             }
             std::thread::sleep(left.min(POLL));
@@ -305,6 +329,43 @@ mod tests {
         env.services.into_values().collect()
     }
 
+    /// An agent out of reach while it judges the window is reported so
+    /// once it has been for `out_of_reach`, not waited on for the grace.
+    #[test]
+    fn an_agent_out_of_reach_in_its_window_is_reported_unreachable_without_waiting_out_the_grace() {
+        use crate::fake::{Fleet, NEW_RELEASE, Script};
+        let lost = Script {
+            watches_verify: true,
+            verdict_lost: true,
+            ..Script::default()
+        };
+        let fleet = Fleet::new([("h1", lost)]);
+        let host = crate::config::resolve::Host {
+            name: "h1".to_owned(),
+            reach: crate::config::resolve::Reach::Local,
+        };
+        let agent = fleet.connect(&host).expect("the fake host");
+        let watch = Watch {
+            project: "shop",
+            window: Duration::from_millis(100),
+            secrets: &BTreeMap::new(),
+            by_agent: true,
+            grace: VERDICT_GRACE_MAX,
+            out_of_reach: Duration::from_millis(300),
+        };
+        let mut outcome = HostDeploy::on("h1", HostOutcome::Deployed, Some("r1".to_owned()));
+        outcome.release = Some(NEW_RELEASE.to_owned());
+        watch.after_cutover(agent.as_ref(), &mut outcome, &crate::progress::Silent);
+        assert_eq!(outcome.outcome, HostOutcome::Unreachable);
+        let error = outcome.error.unwrap_or_default();
+        assert!(
+            error.starts_with(
+                "h1 went out of reach on the verify window of r2, which it goes on judging"
+            ),
+            "{error}"
+        );
+    }
+
     /// The wait for an agent's verdict covers going back through every
     /// service: a slow starter, or one with many replicas, waits longer.
     #[test]
@@ -326,13 +387,14 @@ mod tests {
             verdict_grace(&slow),
             VERDICT_GRACE + Duration::from_secs(2 * (5 + 300 + 12))
         );
-        // Whatever the file says, the sum does not overflow.
+        // Whatever the file says, the sum does not overflow, and the CLI
+        // waits at most an hour.
         let endless = services(concat!(
             "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"bin/web\"\nport = \"http\"\n",
             "replicas = 4000000000\nstop_timeout = \"100000000h\"\n",
             "health = { path = \"/up\", interval = \"100000000h\", retries = 4000000000 }\n",
         ));
-        assert_eq!(verdict_grace(&endless), Duration::MAX);
+        assert_eq!(verdict_grace(&endless), VERDICT_GRACE_MAX);
     }
 
     #[test]
