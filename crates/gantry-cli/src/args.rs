@@ -582,7 +582,8 @@ pub struct ProxyArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
 
-    /// Connections open at once from one client address
+    /// Connections open at once from one client address; when the open-files
+    /// limit lowers --max-connections, at most half of what it allows
     #[arg(long, env = "GANTRY_PROXY_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256,
           value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections_per_client: u64,

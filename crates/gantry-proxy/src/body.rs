@@ -5,7 +5,8 @@
 //! than the idle timeout. A static site's file streams from disk the same
 //! way, a buffer at a time. Each time hyper asks for a frame, the client
 //! has taken the last one: the body tells the connection's `Activity`, so
-//! that a client that stops reading is closed. (Request bodies go upstream
+//! that a response the client stops reading is let go (its HTTP/2 stream
+//! reset, or its connection closed). (Request bodies go upstream
 //! as hyper hands them over, with nothing added.)
 
 use std::pin::Pin;

@@ -37,6 +37,7 @@ mod server;
 mod shortage;
 mod site;
 mod state;
+mod stream_reset;
 mod table;
 mod tls;
 mod upstream;

@@ -8,15 +8,19 @@
 //! connection's task when it has had no request open for the idle timeout,
 //! or when a response has waited that long for the client to take a frame
 //! of it: a client that stops reading must not hold an upstream connection
-//! (or an open file) for ever.
+//! (or an open file) for ever. An HTTP/2 stream the client stopped taking
+//! is reset alone while another request of its connection goes on; a
+//! connection on which every open response has stalled is closed.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::stream_reset::StreamReset;
 
 /// Deadlines and caps for client connections (`gantry proxy
 /// --client-timeout`, `--idle-timeout`, `--max-connections`,
@@ -32,10 +36,13 @@ pub struct ClientLimits {
     /// For the whole header block of an HTTP/1 request.
     pub headers: Duration,
     /// A connection with no request open is closed after this (HTTP/1
-    /// keep-alive and HTTP/2 alike; an HTTP/2 client gets GOAWAY). So is a
-    /// connection one of whose responses the client has taken nothing of
-    /// for this long (HTTP/1: does not read; HTTP/2: gives no window), at
-    /// once: its other HTTP/2 streams end with it.
+    /// keep-alive and HTTP/2 alike; an HTTP/2 client gets GOAWAY). A
+    /// response the client has taken nothing of for this long (HTTP/1:
+    /// does not read; HTTP/2: gives its stream no window) is let go: on
+    /// HTTP/2 its stream alone is reset (RST_STREAM) while another request
+    /// of the connection goes on; a connection whose every open response
+    /// has stalled (an HTTP/1 one, an HTTP/2 one with nothing else open) is
+    /// closed at once.
     pub idle: Duration,
     /// HTTP/2 pings go out after this long without a frame; a ping not
     /// answered within it closes the connection.
@@ -102,10 +109,13 @@ pub(crate) struct Shares {
     /// Client connections open at once, over both listeners (at least 1).
     pub(crate) connections: usize,
     /// Client connections open at once from one address: at most half of
-    /// `connections`, at least 1.
+    /// `connections` (at least 1) when the budget lowered them.
     pub(crate) per_client: usize,
     /// Idle upstream connections one worker's pool keeps.
     pub(crate) idle_per_worker: usize,
+    /// The file-descriptor soft limit they were shared under (`None`: no
+    /// limit), for the log that says they were lowered.
+    pub(crate) open_files: Option<u64>,
 }
 
 /// The caps in force for `clients` under the file-descriptor soft limit,
@@ -117,18 +127,26 @@ pub(crate) fn shares(clients: &ClientLimits, workers: usize) -> Shares {
 
 /// The caps in force under `soft` descriptors (`None`: no limit).
 ///
-/// The per-client cap is at most half of the connections cap: under a low
-/// limit the budget admits fewer connections than the per-client cap
-/// (49 under 1024, against 256), and one client would take them all.
+/// When the budget lowers the connections cap, the per-client cap becomes
+/// at most half of it: under a low limit the budget admits fewer
+/// connections than the per-client cap (49 under 1024, against 256), and
+/// one client would take them all. Caps the budget leaves alone stay as
+/// configured (one load balancer may be meant to hold them all).
 fn shares_under(soft: Option<u64>, clients: &ClientLimits, workers: usize) -> Shares {
     let workers = workers.max(1);
     let streams = clients.streams();
     let budget = idle_for_each(budget(soft, streams), streams, workers);
     let connections = clients.max_connections.min(budget.connections).max(1);
+    let per_client = if connections < clients.max_connections {
+        clients.max_per_client.min(connections / 2).max(1)
+    } else {
+        clients.max_per_client
+    };
     Shares {
         connections,
-        per_client: clients.max_per_client.min(connections / 2).max(1),
+        per_client,
         idle_per_worker: budget.idle_upstream / workers,
+        open_files: soft,
     }
 }
 
@@ -291,10 +309,22 @@ impl Drop for Permit {
 /// The requests open on one client connection, and when the last ended.
 pub(crate) struct Activity {
     since: Instant,
-    /// Each open request's `OpenRequest::waiting`.
-    open: Mutex<Vec<Arc<AtomicU64>>>,
+    /// Each open request, shared with its `OpenRequest`.
+    open: Mutex<Vec<Arc<Open>>>,
     /// Milliseconds after `since` at which the connection last went idle.
     idle_from: AtomicU64,
+}
+
+/// One open request as its connection's `Activity` sees it.
+struct Open {
+    /// Milliseconds after the connection's start since which the response
+    /// has waited on the client, or `NOT_WAITING`.
+    waiting: AtomicU64,
+    /// Ends its HTTP/2 stream alone; never set on HTTP/1, where a request
+    /// is all its connection has open.
+    reset: OnceLock<StreamReset>,
+    /// Reset, and on its way out: it no longer counts, stalled or not.
+    resetting: AtomicBool,
 }
 
 /// An open request's `waiting` while its response does not wait on the
@@ -308,8 +338,10 @@ pub(crate) enum Check {
     Until(Instant),
     /// No request open for the idle time: close gracefully.
     Idle,
-    /// A response has waited the idle time for the client to take a frame:
-    /// close at once, a graceful close would wait for it too.
+    /// A response has waited the idle time for the client to take a frame,
+    /// and nothing else open on the connection goes on (or the response
+    /// cannot be reset alone): close at once, a graceful close would wait
+    /// for it too.
     Stalled,
 }
 
@@ -324,32 +356,73 @@ impl Activity {
 
     /// Marks a request open until the guard is dropped (with its response).
     pub(crate) fn request(self: &Arc<Self>) -> OpenRequest {
-        let waiting = Arc::new(AtomicU64::new(NOT_WAITING));
-        self.lock().push(Arc::clone(&waiting));
+        let open = Arc::new(Open {
+            waiting: AtomicU64::new(NOT_WAITING),
+            reset: OnceLock::new(),
+            resetting: AtomicBool::new(false),
+        });
+        self.lock().push(Arc::clone(&open));
         OpenRequest {
             activity: Arc::clone(self),
-            waiting,
+            open,
         }
     }
 
     /// Whether the connection has been idle, or a response has waited on
     /// the client, for `idle` at `now`; if not, when to look again.
+    ///
+    /// Responses that have waited that long are reset here, each stream
+    /// alone, when they can be (HTTP/2) and another request open on the
+    /// connection has not (it waits on its upstream, or on the client for
+    /// less): the client stopped taking those, not the connection. When
+    /// every open request has, nothing on the connection moves: `Stalled`.
     pub(crate) fn check(&self, idle: Duration, now: Instant) -> Check {
         let open = self.lock();
-        let (from, ending) = if open.is_empty() {
-            (self.idle_from.load(Ordering::SeqCst), Check::Idle)
-        } else {
-            let oldest = open.iter().map(|w| w.load(Ordering::SeqCst)).min();
-            (oldest.unwrap_or(NOT_WAITING), Check::Stalled)
-        };
-        if from == NOT_WAITING {
-            return Check::Until(now + idle);
+        if open.is_empty() {
+            let at = self.deadline(self.idle_from.load(Ordering::SeqCst), idle);
+            return if at <= now {
+                Check::Idle
+            } else {
+                Check::Until(at)
+            };
         }
-        let at = self.since + Duration::from_millis(from) + idle;
-        if at <= now { ending } else { Check::Until(at) }
+        let mut next = now + idle;
+        let mut going = false;
+        let mut stalled = Vec::new();
+        for request in open.iter().filter(|r| !r.resetting.load(Ordering::SeqCst)) {
+            let from = request.waiting.load(Ordering::SeqCst);
+            let at = (from != NOT_WAITING).then(|| self.deadline(from, idle));
+            match at {
+                Some(at) if at <= now => stalled.push(request),
+                Some(at) => {
+                    going = true;
+                    next = next.min(at);
+                }
+                None => going = true,
+            }
+        }
+        if stalled.is_empty() {
+            return Check::Until(next);
+        }
+        if !going || stalled.iter().any(|r| r.reset.get().is_none()) {
+            return Check::Stalled;
+        }
+        for request in stalled {
+            request.resetting.store(true, Ordering::SeqCst);
+            if let Some(reset) = request.reset.get() {
+                reset.reset();
+            }
+        }
+        Check::Until(next)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AtomicU64>>> {
+    /// When something that began `from` milliseconds after the connection
+    /// has lasted `idle`.
+    fn deadline(&self, from: u64, idle: Duration) -> Instant {
+        self.since + Duration::from_millis(from) + idle
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Open>>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -361,12 +434,16 @@ impl Activity {
 /// One request open on a connection (see `Activity::request`).
 pub(crate) struct OpenRequest {
     activity: Arc<Activity>,
-    /// Milliseconds after the connection's start since which the response
-    /// has waited on the client, or `NOT_WAITING`.
-    waiting: Arc<AtomicU64>,
+    open: Arc<Open>,
 }
 
 impl OpenRequest {
+    /// How its HTTP/2 stream is reset alone, should its response stall
+    /// while the connection has other requests going.
+    pub(crate) fn resettable(&self, reset: StreamReset) {
+        let _ = self.open.reset.set(reset);
+    }
+
     /// Starts the clock when the response has something the client has not
     /// taken (the response is handed over, or hyper took a frame of its
     /// body); stops it when hyper came back for more and there was none yet.
@@ -376,14 +453,14 @@ impl OpenRequest {
         } else {
             NOT_WAITING
         };
-        self.waiting.store(since, Ordering::SeqCst);
+        self.open.waiting.store(since, Ordering::SeqCst);
     }
 }
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
         let mut open = self.activity.lock();
-        open.retain(|w| !Arc::ptr_eq(w, &self.waiting));
+        open.retain(|r| !Arc::ptr_eq(r, &self.open));
         self.activity
             .idle_from
             .store(self.activity.millis(), Ordering::SeqCst);
@@ -461,11 +538,12 @@ mod tests {
             ..ClientLimits::default()
         };
         assert_eq!(shares_under(None, &configured, 2).per_client, 3);
-        let only_two = ClientLimits {
+        // Caps the budget does not lower are the operator's.
+        let one_balancer = ClientLimits {
             max_connections: 2,
             ..ClientLimits::default()
         };
-        assert_eq!(shares_under(None, &only_two, 2).per_client, 1);
+        assert_eq!(shares_under(None, &one_balancer, 2).per_client, 256);
     }
 
     #[test]
@@ -543,6 +621,65 @@ mod tests {
         let now = Instant::now();
         assert!(matches!(activity.check(IDLE, now), Check::Until(at) if at > now));
         assert_eq!(activity.check(IDLE, now + 2 * IDLE), Check::Stalled);
+    }
+
+    /// A request open on an HTTP/2 connection, as `worker::answering`
+    /// opens it: with its stream's reset.
+    fn stream(activity: &Arc<Activity>) -> (OpenRequest, StreamReset) {
+        let open = activity.request();
+        let reset = StreamReset::default();
+        open.resettable(reset.clone());
+        (open, reset)
+    }
+
+    #[test]
+    fn a_stalled_stream_is_reset_alone_while_another_request_goes_on() {
+        let activity = Activity::new();
+        let (paused, reset) = stream(&activity);
+        paused.waiting_on_client(true);
+        let (_upstream_slow, other) = stream(&activity);
+        let later = Instant::now() + 2 * IDLE;
+        assert_eq!(activity.check(IDLE, later), Check::Until(later + IDLE));
+        assert!(reset.is_reset());
+        assert!(!other.is_reset());
+        // Reset, it is on its way out and not found again.
+        assert_eq!(activity.check(IDLE, later), Check::Until(later + IDLE));
+        drop(paused);
+        assert_eq!(activity.check(IDLE, later), Check::Until(later + IDLE));
+    }
+
+    #[test]
+    fn a_stream_that_has_waited_less_on_the_client_still_goes_on() {
+        let activity = Activity::new();
+        let (paused, reset) = stream(&activity);
+        paused.waiting_on_client(true);
+        let (reading, other) = stream(&activity);
+        // Its last frame was handed over half an idle time later.
+        let paused_from = paused.open.waiting.load(Ordering::SeqCst);
+        let reading_from = paused_from + 500;
+        reading.open.waiting.store(reading_from, Ordering::SeqCst);
+        let first_stalls = activity.deadline(paused_from, IDLE);
+        let second_stalls = activity.deadline(reading_from, IDLE);
+        assert_eq!(
+            activity.check(IDLE, first_stalls),
+            Check::Until(second_stalls)
+        );
+        assert!(reset.is_reset());
+        assert!(!other.is_reset());
+        // Once it stalls in its turn, nothing is left going.
+        assert_eq!(activity.check(IDLE, second_stalls), Check::Stalled);
+    }
+
+    #[test]
+    fn a_connection_whose_every_open_stream_has_stalled_is_stalled_whole() {
+        let activity = Activity::new();
+        let (first, one) = stream(&activity);
+        let (second, two) = stream(&activity);
+        first.waiting_on_client(true);
+        second.waiting_on_client(true);
+        let later = Instant::now() + 2 * IDLE;
+        assert_eq!(activity.check(IDLE, later), Check::Stalled);
+        assert!(!one.is_reset() && !two.is_reset(), "dropped with it");
     }
 
     #[test]

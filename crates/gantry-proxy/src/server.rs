@@ -235,7 +235,8 @@ fn launch(
             "max_connections": shares.connections,
             "max_per_client": shares.per_client,
             "asked": [config.clients.max_connections, config.clients.max_per_client],
-            "why": "the open-file limit, and one client holds at most half the connections",
+            "open_files": shares.open_files,
+            "why": "the open-file limit admits no more connections, and one client holds at most half of them; raise LimitNOFILE (ulimit -n)",
         }));
     }
     let acme = match config.acme.clone() {

@@ -3,8 +3,9 @@
 //! handshake first when it came to the HTTPS listener, then its first bytes
 //! are read under a deadline to learn its protocol (`preface`), then hyper
 //! serves it until it ends, the proxy stops or hands off, it has had no
-//! request open for the idle timeout, or a response of it has waited that
-//! long for the client to take anything.
+//! request open for the idle timeout, or every response open on it has
+//! waited that long for the client to take anything. An HTTP/2 response
+//! that waited so while others of its connection go on is reset alone.
 //!
 //! Must never: keep a connection that sends nothing or takes nothing, or
 //! wait on one connection while serving another.
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
@@ -25,6 +26,7 @@ use crate::limits::{Activity, Check, Permit};
 use crate::preface::{self, Protocol};
 use crate::server::runtime;
 use crate::state::ProxyState;
+use crate::stream_reset::{ResettableStreams, StreamReset};
 use crate::tls;
 
 /// What a listener speaks.
@@ -62,7 +64,7 @@ pub(crate) fn worker(
 /// What every connection task of one worker shares.
 #[derive(Clone)]
 struct Shared {
-    http: auto::Builder<TokioExecutor>,
+    http: auto::Builder<ResettableStreams>,
     forwarder: Arc<Forwarder>,
     state: Arc<ProxyState>,
     tls_config: Option<Arc<rustls::ServerConfig>>,
@@ -81,7 +83,7 @@ async fn serve_connections(
     handed_off: HandedOff,
 ) {
     let limits = state.clients;
-    let mut http = auto::Builder::new(TokioExecutor::new());
+    let mut http = auto::Builder::new(ResettableStreams);
     http.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.headers);
@@ -178,8 +180,10 @@ async fn serve_client(
 ///
 /// A stalled connection is dropped, not closed gracefully: its responses'
 /// bodies go with it (HTTP/2 streams are reset), and with them their
-/// upstream connections and files. A WebSocket is not held here: its
-/// tunnel takes the connection from hyper after the 101.
+/// upstream connections and files. One stalled HTTP/2 stream among others
+/// that go on is reset alone (`Activity::check`, `stream_reset`), and the
+/// connection serves on. A WebSocket is not held here: its tunnel takes
+/// the connection from hyper after the 101.
 async fn serve_http<S>(stream: S, peer: Peer, shared: &Shared, mut close: watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -231,7 +235,8 @@ where
 /// proxy has handed its listeners off, `Connection: close` on each HTTP/1
 /// answer so the client's next request goes to a connection the new
 /// process accepted. Each request counts as open on the connection until
-/// its response is done.
+/// its response is done; an HTTP/2 one with the reset of its stream, whose
+/// task runs the future answered here.
 fn answering(
     forwarder: Arc<Forwarder>,
     peer: Peer,
@@ -251,6 +256,9 @@ fn answering(
         let answer = Arc::clone(&forwarder).serve(request, peer.clone());
         let handed = handed.clone();
         async move {
+            if let Some(reset) = StreamReset::of_this_task() {
+                open.resettable(reset);
+            }
             let mut response = answer.await?;
             if http1 && handed.is_set() {
                 close_after(&mut response);

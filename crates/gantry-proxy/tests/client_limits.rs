@@ -1,10 +1,12 @@
 //! What a client may hold of the proxy: a connection that says nothing,
 //! stops inside the HTTP/2 preface, stalls its TLS handshake, says nothing
 //! after it, sits idle on HTTP/2, or stops taking a response (HTTP/1: never
-//! reads; HTTP/2: gives the stream no window) is closed by the proxy once
-//! its deadline passes, and the upstream's response is let go; one address
-//! cannot hold more connections than its cap, nor one HTTP/2 connection
-//! more requests open than its cap of streams.
+//! reads; HTTP/2: gives every open stream no window) is closed by the proxy
+//! once its deadline passes, and the upstream's response is let go; an
+//! HTTP/2 stream given no window beside another that goes on is reset
+//! alone, and the connection serves on; one address cannot hold more
+//! connections than its cap, nor one HTTP/2 connection more requests open
+//! than its cap of streams.
 //! The deadlines are short here so the tests do not wait; each test only
 //! asks whether the proxy closed the socket before its patience ran out.
 #![allow(clippy::unwrap_used)]
@@ -23,6 +25,7 @@ use bytes::Bytes;
 use gantry_proxy::{ClientLimits, ProxyConfig, Route, RouteTable, StaticSite, Tls};
 use http_body_util::BodyExt as _;
 use hyper::body::{Frame, SizeHint};
+use hyper::client::conn::http2;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::CertificateDer;
@@ -33,6 +36,7 @@ use support::{
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 const SHORT: Duration = Duration::from_millis(300);
 
@@ -232,8 +236,18 @@ impl Drop for Large {
 async fn proxy_to_a_response_of(size: u64) -> (TestProxy, Arc<AtomicBool>) {
     let released = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&released);
-    let web = upstream("large", move |_request| {
-        let released = Arc::clone(&flag);
+    let web = large_upstream(size, move || Arc::clone(&flag)).await;
+    (proxy_to_large(&web).await, released)
+}
+
+/// An upstream that answers every request with `size` bytes; each answer
+/// with the flag `flag_for` gives it.
+async fn large_upstream<F>(size: u64, flag_for: F) -> support::Upstream
+where
+    F: Fn() -> Arc<AtomicBool> + Send + Sync + Clone + 'static,
+{
+    upstream("large", move |_request| {
+        let released = flag_for();
         async move {
             let body = Large {
                 left: size,
@@ -242,7 +256,11 @@ async fn proxy_to_a_response_of(size: u64) -> (TestProxy, Arc<AtomicBool>) {
             Ok(Response::new(body.boxed()))
         }
     })
-    .await;
+    .await
+}
+
+/// A proxy with a one-second idle limit routing `large.test` to `web`.
+async fn proxy_to_large(web: &support::Upstream) -> TestProxy {
     let proxy = TestProxy::start_with(tempfile::tempdir().unwrap(), |config| {
         config.clients.idle = IDLE;
     });
@@ -251,7 +269,35 @@ async fn proxy_to_a_response_of(size: u64) -> (TestProxy, Arc<AtomicBool>) {
             routes: vec![Route::new("large", vec![web.addr]).hosts(["large.test"])],
         })
         .await;
-    (proxy, released)
+    proxy
+}
+
+/// An h2c connection to `proxy` whose client gives each stream `window`
+/// bytes, opened again only as its body is read, and the connection room
+/// for many such streams; and the connection's task.
+async fn h2c_connection(
+    proxy: &TestProxy,
+    window: u32,
+) -> (
+    http2::SendRequest<support::Body>,
+    JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(8 << 20)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    (sender, tokio::spawn(connection))
+}
+
+/// A GET of `path` on `large.test`, over HTTP/2.
+fn h2_get(path: &str) -> Request<support::Body> {
+    Request::get(format!("http://large.test{path}"))
+        .version(Version::HTTP_2)
+        .body(empty())
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,20 +319,10 @@ async fn an_http1_client_that_stops_reading_a_response_is_closed_and_the_upstrea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_stream_given_no_window_is_closed_and_the_upstream_let_go() {
     let (proxy, released) = proxy_to_a_response_of(LARGE).await;
-    let stream = TcpStream::connect(proxy.addr).await.unwrap();
     // SETTINGS_INITIAL_WINDOW_SIZE 0, and the body is never read, so no
     // WINDOW_UPDATE ever opens it.
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let connection = tokio::spawn(connection);
-    let request = Request::get("http://large.test/video")
-        .version(Version::HTTP_2)
-        .body(empty())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let (mut sender, connection) = h2c_connection(&proxy, 0).await;
+    let response = sender.send_request(h2_get("/video")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     eventually("the proxy to let the upstream's response go", || {
         released.load(Ordering::SeqCst)
@@ -296,6 +332,103 @@ async fn an_h2c_stream_given_no_window_is_closed_and_the_upstream_let_go() {
     assert!(ended.is_ok(), "the proxy kept the stalled h2c connection");
     // Held, unread, until here.
     drop(response);
+}
+
+/// The size of the answer to `/later`, which its upstream holds back until
+/// the test lets it go.
+const LATER: u64 = 256 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_stream_given_no_window_is_reset_alone_and_its_connection_serves_on() {
+    // `/video` is large (its flag set once the upstream lets it go);
+    // `/later` answers `LATER` bytes each time the test says so.
+    let released = Arc::new(AtomicBool::new(false));
+    let go = Arc::new(tokio::sync::Semaphore::new(0));
+    let (flag, gate) = (Arc::clone(&released), Arc::clone(&go));
+    let web = upstream("large", move |request| {
+        let (flag, gate) = (Arc::clone(&flag), Arc::clone(&gate));
+        async move {
+            let (left, released) = if request.uri().path() == "/later" {
+                gate.acquire().await.unwrap().forget();
+                (LATER, Arc::default())
+            } else {
+                (LARGE, flag)
+            };
+            Ok(Response::new(Large { left, released }.boxed()))
+        }
+    })
+    .await;
+    let proxy = proxy_to_large(&web).await;
+    // The connection's window has room for the others while one stream's
+    // is shut.
+    let (mut sender, connection) = h2c_connection(&proxy, 64 * 1024).await;
+    // A request waiting on its upstream, open before the other stalls.
+    let waiting = tokio::spawn(sender.send_request(h2_get("/later")));
+    eventually("the first request to reach the upstream", || {
+        web.hits() == 1
+    })
+    .await;
+    // A download the client pauses: its body is not read.
+    let paused = sender.send_request(h2_get("/video")).await.unwrap();
+    assert_eq!(paused.status(), StatusCode::OK);
+    eventually("the proxy to let the paused response's upstream go", || {
+        released.load(Ordering::SeqCst)
+    })
+    .await;
+    let cut = paused.into_body().collect().await;
+    assert!(cut.is_err(), "the paused stream is reset, not ended");
+
+    // The connection and its other stream live on.
+    go.add_permits(1);
+    let answered = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("the waiting request is answered")
+        .unwrap()
+        .expect("the waiting stream is not cut with the paused one");
+    assert_eq!(answered.status(), StatusCode::OK);
+    let body = answered.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len() as u64, LATER);
+    go.add_permits(1);
+    let next = tokio::time::timeout(PATIENCE, sender.send_request(h2_get("/later")))
+        .await
+        .expect("a new stream is answered")
+        .expect("the connection takes new streams");
+    let body = next.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len() as u64, LATER);
+    assert!(!connection.is_finished(), "the connection is still open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_connection_whose_every_stream_stalls_is_closed_and_the_upstreams_let_go() {
+    const STREAMS: usize = 3;
+    // One flag for each answer.
+    let flags = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let made = Arc::clone(&flags);
+    let web = large_upstream(LARGE, move || {
+        let released = Arc::new(AtomicBool::new(false));
+        made.lock().unwrap().push(Arc::clone(&released));
+        released
+    })
+    .await;
+    let proxy = proxy_to_large(&web).await;
+    // No window for any stream, and no body read: nothing on the
+    // connection moves, as with a client that opens streams to hold them.
+    let (mut sender, connection) = h2c_connection(&proxy, 0).await;
+    let mut held = Vec::new();
+    for _ in 0..STREAMS {
+        let response = sender.send_request(h2_get("/video")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push(response);
+    }
+    eventually("the proxy to let every upstream's response go", || {
+        let flags = flags.lock().unwrap();
+        flags.len() == STREAMS && flags.iter().all(|f| f.load(Ordering::SeqCst))
+    })
+    .await;
+    let ended = tokio::time::timeout(PATIENCE, connection).await;
+    assert!(ended.is_ok(), "the proxy kept the stalled h2c connection");
+    // Held, unread, until here.
+    drop(held);
 }
 
 /// Whether this process, which the proxy runs in, has `path` open.
@@ -341,19 +474,13 @@ async fn an_h2c_client_that_reads_slowly_but_steadily_gets_the_whole_response() 
     // to about 400 KiB) would take more than one if handed on whole.
     const BYTES_PER_SECOND: f64 = (256 * 1024) as f64;
     let (proxy, _released) = proxy_to_a_response_of(SIZE).await;
-    let stream = TcpStream::connect(proxy.addr).await.unwrap();
     // A small window, opened again only as the body is read.
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(16 * 1024)
-        .handshake(TokioIo::new(stream))
+    let (mut sender, _connection) = h2c_connection(&proxy, 16 * 1024).await;
+    let mut body = sender
+        .send_request(h2_get("/video"))
         .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = Request::get("http://large.test/video")
-        .version(Version::HTTP_2)
-        .body(empty())
-        .unwrap();
-    let mut body = sender.send_request(request).await.unwrap().into_body();
+        .unwrap()
+        .into_body();
     let started = tokio::time::Instant::now();
     let mut read = 0;
     while let Some(frame) = body.frame().await {
