@@ -93,7 +93,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().stall.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub stall_seconds: u64,
     /// The hub runs behind Gantry's proxy: take the client's address from the
-    /// X-Real-IP the proxy writes (for connections from loopback only)
+    /// X-Real-IP the proxy writes (for connections from loopback only; other
+    /// users of the host can connect from loopback too)
     #[arg(long)]
     pub behind_proxy: bool,
     /// Let outbound webhooks reach loopback, private and link-local
