@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use gantry_core::Code;
 use gantry_core::agent_api::{
     BackupFailure, BackupInfo, BackupKind, BackupList, BackupRestored, BackupTrigger,
-    InstanceState, ServiceSelector, ServiceSpec, ServiceState,
+    InstanceState, ServiceSelector, ServiceSpec, ServiceState, ServiceUser,
 };
 use gantry_core::config::schedule::Schedule;
 
@@ -22,7 +22,8 @@ use crate::agent::{Agent, now_ms};
 use crate::backup_files as files;
 use crate::container::{VolumeMount, container_name, volume_name};
 use crate::error::AgentError;
-use crate::{backup_archive, container_instance, control};
+use crate::isolation::Isolation;
+use crate::{as_user, backup_archive, container_instance, control};
 
 /// How long a database's dump or restore may run (its tool in the
 /// container, or SQLite's copy) before it is killed and the backup or
@@ -208,6 +209,23 @@ async fn size_and_digest(path: &Path) -> std::io::Result<(u64, String)> {
     read.await.map_err(std::io::Error::other)?
 }
 
+/// The user whose ids work on `spec`'s files takes ([`as_user`]): its
+/// service's, where the agent runs services as their project's user.
+fn service_user(
+    agent: &Agent,
+    project: &str,
+    spec: &ServiceSpec,
+) -> Result<Option<ServiceUser>, AgentError> {
+    if agent.isolation != Isolation::ProjectUsers {
+        return Ok(None);
+    }
+    let confinement = agent
+        .isolation
+        .confinement(&agent.paths, project, &spec.name, spec.run_as_root)
+        .map_err(failed)?;
+    Ok(confinement.user)
+}
+
 /// Runs blocking work on the blocking pool; its error becomes a failed backup.
 async fn blocking<F>(what: &'static str, f: F) -> Result<(), AgentError>
 where
@@ -237,7 +255,11 @@ async fn dump(
         }
         BackupKind::Sqlite => {
             let db = host_path(spec)?;
-            blocking("sqlite backup", move || sqlite_backup(&db, &out)).await
+            let user = service_user(agent, project, spec)?;
+            blocking("sqlite backup", move || {
+                sqlite_backup(&db, &out, user.as_ref())
+            })
+            .await
         }
         BackupKind::Postgres => in_container(agent, project, spec, PG_DUMP, None, Some(&out)).await,
         BackupKind::Mysql => {
@@ -362,15 +384,15 @@ fn command_name(script: &str) -> &'static str {
 }
 
 fn compress(from: &Path, to: &Path) -> std::io::Result<()> {
-    let input = std::fs::File::open(from)?;
-    let output = std::fs::File::create(to)?;
-    let mut encoder = zstd::Encoder::new(output, backup_archive::ZSTD_LEVEL)?;
-    std::io::copy(&mut std::io::BufReader::new(input), &mut encoder)?;
-    encoder.finish()?.sync_all()
+    compress_from(std::fs::File::open(from)?, to)
 }
 
 fn decompress(from: &Path, to: &Path) -> std::io::Result<()> {
-    let mut decoder = zstd::Decoder::new(std::fs::File::open(from)?)?;
+    decompress_from(std::fs::File::open(from)?, to)
+}
+
+fn decompress_from(from: std::fs::File, to: &Path) -> std::io::Result<()> {
+    let mut decoder = zstd::Decoder::new(from)?;
     let mut output = std::fs::File::create(to)?;
     std::io::copy(&mut decoder, &mut output)?;
     output.sync_all()
@@ -408,57 +430,81 @@ fn copy_database(
 }
 
 /// Copies the live database with SQLite's online backup API (a consistent
-/// copy while the service writes), then compresses the copy.
-fn sqlite_backup(db: &Path, out: &Path) -> std::io::Result<()> {
+/// copy while the service writes), then compresses the copy. The copy is
+/// made as the service's `user` ([`as_user`]), beside the database, so no
+/// link there leads the agent to another file; the agent then reads it
+/// (not through a link, and only if `user` owns it) into `out`.
+fn sqlite_backup(db: &Path, out: &Path, user: Option<&ServiceUser>) -> std::io::Result<()> {
     use rusqlite::{Connection, OpenFlags};
-    if !db.is_file() {
-        return Err(std::io::Error::other(format!(
-            "no database at {}",
-            db.display()
-        )));
-    }
-    let copy = out.with_extension("copy");
-    let made = (|| {
+    let copy = db.with_extension("gantry-backup");
+    let made = as_user::run_as(user, || {
+        if !db.is_file() {
+            return Err(std::io::Error::other(format!(
+                "no database at {}",
+                db.display()
+            )));
+        }
         let source = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(sqlite_error)?;
         source
             .busy_timeout(Duration::from_secs(10))
             .map_err(sqlite_error)?;
+        let _ = std::fs::remove_file(&copy);
         let mut target = Connection::open(&copy).map_err(sqlite_error)?;
-        copy_database(&source, &mut target, DUMP_TIME_LIMIT)?;
-        drop(target);
-        compress(&copy, out)
-    })();
-    let _ = std::fs::remove_file(&copy);
+        copy_database(&source, &mut target, DUMP_TIME_LIMIT)
+    })
+    .and_then(|()| compress_from(open_owned(&copy, user)?, out));
+    let _ = as_user::run_as(user, || std::fs::remove_file(&copy));
     made
 }
 
-/// Writes the backup into the database file (the service stopped), which
-/// keeps the file's owner; a missing file is made as its directory's owner's.
-fn sqlite_restore(backup: &Path, db: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let copy = db.with_extension("gantry-restore");
-    decompress(backup, &copy)?;
-    let restored = (|| {
-        let fresh = !db.exists();
-        let source = rusqlite::Connection::open(&copy).map_err(sqlite_error)?;
-        let mut target = rusqlite::Connection::open(db).map_err(sqlite_error)?;
-        target
-            .busy_timeout(Duration::from_secs(10))
-            .map_err(sqlite_error)?;
-        copy_database(&source, &mut target, DUMP_TIME_LIMIT)?;
-        drop(target);
-        if fresh
-            && rustix::process::geteuid().is_root()
-            && let Some(parent) = db.parent()
-        {
-            let owner = std::fs::metadata(parent)?;
-            std::os::unix::fs::chown(db, Some(owner.uid()), Some(owner.gid()))?;
-        }
-        Ok(())
-    })();
-    let _ = std::fs::remove_file(&copy);
-    restored
+/// `path` opened to read, not through a link, and only if `user` owns it
+/// (any owner with no user).
+fn open_owned(path: &Path, user: Option<&ServiceUser>) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || user.is_some_and(|u| u.uid != meta.uid()) {
+        return Err(std::io::Error::other(format!(
+            "{} is not the service's own file",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+fn compress_from(input: std::fs::File, to: &Path) -> std::io::Result<()> {
+    let output = std::fs::File::create(to)?;
+    let mut encoder = zstd::Encoder::new(output, backup_archive::ZSTD_LEVEL)?;
+    std::io::copy(&mut std::io::BufReader::new(input), &mut encoder)?;
+    encoder.finish()?.sync_all()
+}
+
+/// Writes the backup into the database file (the service stopped). All of
+/// it is done as the service's `user` ([`as_user`]): the database and its
+/// directory are the service's, so a link it plants there leads nowhere
+/// the service could not write itself, and a missing file is made as its.
+/// The backup, which the service may not read, is opened here first.
+fn sqlite_restore(backup: &Path, db: &Path, user: Option<&ServiceUser>) -> std::io::Result<()> {
+    let compressed = std::fs::File::open(backup)?;
+    as_user::run_as(user, move || {
+        let copy = db.with_extension("gantry-restore");
+        let _ = std::fs::remove_file(&copy);
+        decompress_from(compressed, &copy)?;
+        let restored = (|| {
+            let source = rusqlite::Connection::open(&copy).map_err(sqlite_error)?;
+            let mut target = rusqlite::Connection::open(db).map_err(sqlite_error)?;
+            target
+                .busy_timeout(Duration::from_secs(10))
+                .map_err(sqlite_error)?;
+            copy_database(&source, &mut target, DUMP_TIME_LIMIT)
+        })();
+        let _ = std::fs::remove_file(&copy);
+        restored
+    })
 }
 
 /// `POST .../backups/{id}/restore`: puts a backup back. A volume, directory
@@ -524,7 +570,15 @@ async fn restore_stopped(
     let put_back = match kind {
         BackupKind::Sqlite => {
             let db = host_path(spec)?;
-            blocking("sqlite restore", move || sqlite_restore(&data, &db)).await
+            match service_user(agent, project, spec) {
+                Ok(user) => {
+                    blocking("sqlite restore", move || {
+                        sqlite_restore(&data, &db, user.as_ref())
+                    })
+                    .await
+                }
+                Err(e) => Err(e),
+            }
         }
         _ => match sources(agent, project, environment, spec, kind).await {
             Ok(targets) => {

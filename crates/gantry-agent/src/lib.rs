@@ -8,7 +8,8 @@
 //! (README.md draws the layers, and `tests::layers` holds them):
 //! 1. foundations: `store`, `artifact`, `upload`, `process`, `health`,
 //!    `tails`, `ports`, `isolation`, `site`, `routes`, `locks`, `admission`,
-//!    `credentials`, `error`, `agent_user`, `agent_log`, `container` (the
+//!    `credentials`, `error`, `agent_user`, `as_user` (work on a service's
+//!    files with its ids), `agent_log`, `container` (the
 //!    Docker engine; public, with its own tests against a real engine),
 //!    `backup_files` (where backups lie and their records);
 //! 2. `proxy`, the handle on the host's proxy;
@@ -31,6 +32,7 @@ mod agent_log;
 mod agent_user;
 mod api;
 mod artifact;
+mod as_user;
 mod backup;
 mod backup_archive;
 mod backup_files;
@@ -102,6 +104,7 @@ mod tests {
             "locks",
             "upload",
             "agent_user",
+            "as_user",
             "agent_log",
             "container",
             "backup_files",

@@ -130,6 +130,67 @@ fn a_sqlite_database_is_backed_up_restored_identical_and_keep_is_enforced() {
     assert_eq!(ids(&json(&p, &["backup", "list", "app"])).len(), 2);
 }
 
+/// The database's directory is the service's: a link it plants there must
+/// not lead the root agent's restore to another file of the host. A link
+/// where the restore stages its copy is removed, not written through; a
+/// database path that links elsewhere fails the restore, making nothing.
+#[test]
+fn links_a_service_plants_beside_its_database_lead_the_restore_nowhere_else() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the agent runs services as their own users only as root"
+    );
+    let data = shared_dir();
+    let db = data.path().join("shop.db");
+    sqlite(
+        &db,
+        "CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('kept');",
+    );
+    // The service's database: its user writes it.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let p = shell(
+        "test-bk-links",
+        &format!(
+            "[services.app]\nrun = \"sleep 600\"\nbackup = {{ schedule = \"0 3 * * *\", kind = \"sqlite\", path = \"{}\" }}\n",
+            db.display()
+        ),
+    );
+    deploy(&p);
+    let id = backup_now(&p, "app")["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    // Root's own files, in a directory only root enters.
+    let private = tempfile::tempdir().expect("a directory");
+    let keys = private.path().join("authorized_keys");
+    std::fs::write(&keys, "ssh-ed25519 AAAA root\n").expect("write");
+
+    std::os::unix::fs::symlink(&keys, data.path().join("shop.gantry-restore")).expect("link");
+    let restored = json(&p, &["backup", "restore", "app", &id, "--yes"]);
+    assert_eq!(restored["backups"][0]["id"], id.as_str());
+    assert_eq!(sqlite(&db, "SELECT x FROM t;").trim(), "kept");
+    assert_eq!(
+        std::fs::read_to_string(&keys).expect("read"),
+        "ssh-ed25519 AAAA root\n",
+        "root's file is untouched"
+    );
+
+    let preload = private.path().join("ld.so.preload");
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::os::unix::fs::symlink(&preload, &db).expect("link");
+    let refused = p.gantry(&["backup", "restore", "app", &id, "--yes", "--output", "json"]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused.stdout.contains("backup.failed") || refused.stderr.contains("backup.failed"),
+        "{}{}",
+        refused.stdout,
+        refused.stderr
+    );
+    assert!(!preload.exists(), "nothing made through the link");
+}
+
 #[test]
 fn a_schedule_fires_keeps_its_count_and_a_failed_backup_shows_in_status() {
     let data = shared_dir();
