@@ -226,6 +226,21 @@ fn service_user(
     Ok(confinement.user)
 }
 
+/// The user whose ids archive and restore `spec`'s files: a `files`
+/// backup's directories are the service's ([`service_user`]); a volume's
+/// hold files of the container's users, so root keeps their owners.
+fn files_user(
+    agent: &Agent,
+    project: &str,
+    spec: &ServiceSpec,
+    kind: BackupKind,
+) -> Result<Option<ServiceUser>, AgentError> {
+    match kind {
+        BackupKind::Files => service_user(agent, project, spec),
+        _ => Ok(None),
+    }
+}
+
 /// Runs blocking work on the blocking pool; its error becomes a failed backup.
 async fn blocking<F>(what: &'static str, f: F) -> Result<(), AgentError>
 where
@@ -251,7 +266,12 @@ async fn dump(
     match kind {
         BackupKind::Volumes | BackupKind::Files => {
             let sources = sources(agent, project, environment, spec, kind).await?;
-            blocking("archive", move || backup_archive::archive(&sources, &out)).await
+            let user = files_user(agent, project, spec, kind)?;
+            blocking("archive", move || {
+                let file = std::fs::File::create(&out)?;
+                as_user::run_as(user.as_ref(), || backup_archive::archive(&sources, file))
+            })
+            .await
         }
         BackupKind::Sqlite => {
             let db = host_path(spec)?;
@@ -580,11 +600,20 @@ async fn restore_stopped(
                 Err(e) => Err(e),
             }
         }
-        _ => match sources(agent, project, environment, spec, kind).await {
-            Ok(targets) => {
-                blocking("unpack", move || backup_archive::unarchive(&data, &targets)).await
+        _ => match (
+            sources(agent, project, environment, spec, kind).await,
+            files_user(agent, project, spec, kind),
+        ) {
+            (Ok(targets), Ok(user)) => {
+                blocking("unpack", move || {
+                    let archive = std::fs::File::open(&data)?;
+                    as_user::run_as(user.as_ref(), || {
+                        backup_archive::unarchive(archive, &targets)
+                    })
+                })
+                .await
             }
-            Err(e) => Err(e),
+            (Err(e), _) | (_, Err(e)) => Err(e),
         },
     };
     // Started again whether or not the files went back: a failed restore

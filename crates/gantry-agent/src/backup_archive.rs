@@ -12,10 +12,10 @@ use std::path::{Component, Path, PathBuf};
 /// zstd's level: its default, fast with a fair ratio.
 pub(crate) const ZSTD_LEVEL: i32 = 3;
 
-/// Archives each source directory under its name, as tar + zstd.
-pub(crate) fn archive(sources: &[(String, PathBuf)], out: &Path) -> std::io::Result<()> {
-    let file = std::fs::File::create(out)?;
-    let encoder = zstd::Encoder::new(file, ZSTD_LEVEL)?;
+/// Archives each source directory under its name, as tar + zstd, into
+/// `out` (opened by the caller, who may read the sources as another user).
+pub(crate) fn archive(sources: &[(String, PathBuf)], out: std::fs::File) -> std::io::Result<()> {
+    let encoder = zstd::Encoder::new(out, ZSTD_LEVEL)?;
     let mut builder = tar::Builder::new(encoder);
     builder.follow_symlinks(false);
     for (name, dir) in sources {
@@ -54,8 +54,8 @@ fn under_link(path: &Path, links: &HashSet<PathBuf>) -> bool {
 /// `targets`, if it must not: an entry outside the archive's directories,
 /// one under a symlink, a hard link to anything but a file archived before
 /// it, or a top directory that is not a directory.
-fn check(archive: &Path, targets: &[(String, PathBuf)]) -> std::io::Result<()> {
-    let decoder = zstd::Decoder::new(std::fs::File::open(archive)?)?;
+fn check(archive: &std::fs::File, targets: &[(String, PathBuf)]) -> std::io::Result<()> {
+    let decoder = zstd::Decoder::new(archive)?;
     let mut tar = tar::Archive::new(decoder);
     let (mut links, mut files) = (HashSet::new(), HashSet::new());
     for entry in tar.entries()? {
@@ -126,11 +126,17 @@ fn destination<'a>(path: &Path, targets: &'a [(String, PathBuf)]) -> Option<(&'a
     Some((dir, dir.join(rest)))
 }
 
-/// Puts an archive's directories back: the archive checked whole first,
-/// then each target emptied and filled with its entries, owners and modes
-/// as archived.
-pub(crate) fn unarchive(archive: &Path, targets: &[(String, PathBuf)]) -> std::io::Result<()> {
-    check(archive, targets)?;
+/// Puts an archive's directories back: the archive (opened by the caller,
+/// who may write the targets as another user) checked whole first, then
+/// each target emptied and filled with its entries, owners (as root) and
+/// modes as archived.
+pub(crate) fn unarchive(
+    mut archive: std::fs::File,
+    targets: &[(String, PathBuf)],
+) -> std::io::Result<()> {
+    use std::io::Seek;
+    check(&archive, targets)?;
+    archive.rewind()?;
     for (_, dir) in targets {
         std::fs::create_dir_all(dir)?;
         for entry in std::fs::read_dir(dir)? {
@@ -141,7 +147,7 @@ pub(crate) fn unarchive(archive: &Path, targets: &[(String, PathBuf)]) -> std::i
             }
         }
     }
-    let decoder = zstd::Decoder::new(std::fs::File::open(archive)?)?;
+    let decoder = zstd::Decoder::new(archive)?;
     let mut tar = tar::Archive::new(decoder);
     tar.set_preserve_permissions(true);
     tar.set_preserve_ownerships(rustix::process::geteuid().is_root());
@@ -157,9 +163,10 @@ pub(crate) fn unarchive(archive: &Path, targets: &[(String, PathBuf)]) -> std::i
         let kind = entry.header().entry_type();
         if kind.is_dir() {
             // The target itself is the service's, as configured (a
-            // `files` path may be a symlink); below it, only directories.
+            // `files` path may be a symlink), and keeps its owner and mode:
+            // it was emptied, not made again. Below it, only directories.
             match std::fs::symlink_metadata(&target) {
-                _ if target == dir => {}
+                _ if target == dir => continue,
                 Ok(meta) if meta.is_dir() => {}
                 Ok(_) => return Err(refused(&path, "where a directory should be")),
                 Err(_) => std::fs::create_dir(&target)?,
@@ -260,7 +267,8 @@ mod tests {
 
     impl Scene {
         fn restore(&self) -> std::io::Result<()> {
-            unarchive(&self.archive, &[("data".to_owned(), self.target.clone())])
+            let archive = std::fs::File::open(&self.archive)?;
+            unarchive(archive, &[("data".to_owned(), self.target.clone())])
         }
 
         /// What the directory beside the target holds, by name and bytes.
@@ -390,9 +398,11 @@ mod tests {
         std::fs::write(source.join("a/b/c.txt"), "deep\n").expect("write");
         std::os::unix::fs::symlink("a/b/c.txt", source.join("link")).expect("symlink");
         let out = root.path().join("backup.tar.zst");
-        archive(&[("data".to_owned(), source.clone())], &out).expect("archived");
+        let file = std::fs::File::create(&out).expect("create");
+        archive(&[("data".to_owned(), source.clone())], file).expect("archived");
         let target = root.path().join("target");
-        unarchive(&out, &[("data".to_owned(), target.clone())]).expect("restored");
+        let file = std::fs::File::open(&out).expect("open");
+        unarchive(file, &[("data".to_owned(), target.clone())]).expect("restored");
         assert_eq!(
             std::fs::read_to_string(target.join("link")).expect("through the link"),
             "deep\n"

@@ -191,6 +191,56 @@ fn links_a_service_plants_beside_its_database_lead_the_restore_nowhere_else() {
     assert!(!preload.exists(), "nothing made through the link");
 }
 
+/// A `files` backup is taken and put back as the service's own user: what
+/// comes back is the service's, and a directory of root's the restore
+/// would have to write through is refused to it.
+#[test]
+fn a_files_backup_is_restored_as_the_services_user() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the agent runs services as their own users only as root"
+    );
+    let data = shared_dir();
+    let files = data.path().join("files");
+    std::fs::create_dir_all(files.join("notes")).expect("mkdir");
+    std::fs::write(files.join("notes/a.txt"), "one\n").expect("write");
+    for dir in [&files, &files.join("notes")] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let p = shell(
+        "test-bk-files",
+        &format!(
+            "[services.app]\nrun = \"sleep 600\"\nbackup = {{ schedule = \"0 3 * * *\", kind = \"files\", path = \"{}\" }}\n",
+            files.display()
+        ),
+    );
+    deploy(&p);
+    let taken = backup_now(&p, "app");
+    assert_eq!(taken["kind"], "files", "{taken:#}");
+    let id = taken["id"].as_str().expect("an id").to_owned();
+
+    std::fs::write(files.join("notes/a.txt"), "changed\n").expect("write");
+    json(&p, &["backup", "restore", "app", &id, "--yes"]);
+    let restored = files.join("notes/a.txt");
+    assert_eq!(std::fs::read_to_string(&restored).expect("read"), "one\n");
+    let owner = std::fs::metadata(&restored).expect("stat").uid();
+    assert_ne!(owner, 0, "put back as the service's user, not as root");
+
+    // A directory root made there, closed to others: the service could not
+    // write in it, so neither can its restore.
+    std::fs::set_permissions(files.join("notes"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    std::fs::set_permissions(&files, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let refused = p.gantry(&["backup", "restore", "app", &id, "--yes", "--output", "json"]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused.stdout.contains("backup.failed") || refused.stderr.contains("backup.failed"),
+        "{}{}",
+        refused.stdout,
+        refused.stderr
+    );
+}
+
 #[test]
 fn a_schedule_fires_keeps_its_count_and_a_failed_backup_shows_in_status() {
     let data = shared_dir();
