@@ -44,6 +44,16 @@ pub(crate) fn check_deploy(request: &DeployRequest, proxy_ports: &[u16]) -> Resu
         for name in service.secrets.iter().chain(service.env.keys()) {
             check_env_name(name).map_err(|why| invalid("variable name", why))?;
         }
+        let paths = [
+            service.artifact.as_deref(),
+            match &service.workload {
+                gantry_core::agent_api::v1::Workload::Static { dir, .. } => Some(dir.as_str()),
+                _ => None,
+            },
+        ];
+        for path in paths.into_iter().flatten() {
+            check_release_path(path).map_err(|why| invalid("path in the release", why))?;
+        }
     }
     for (name, value) in &request.secrets {
         check_env_name(name).map_err(|why| invalid("secret name", why))?;
@@ -59,6 +69,21 @@ pub(crate) fn check_deploy(request: &DeployRequest, proxy_ports: &[u16]) -> Resu
         }
     }
     check_proxy_ports(request, proxy_ports)
+}
+
+/// A path the agent joins to a release's directory (`artifact`, a static
+/// directory) stays inside it: relative, with no `..`, and no NUL.
+fn check_release_path(path: &str) -> Result<(), String> {
+    use std::path::Component;
+    let inside = !path.contains('\0')
+        && std::path::Path::new(path)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if inside {
+        Ok(())
+    } else {
+        Err(format!("`{path}` leads outside the release"))
+    }
 }
 
 /// A process whose fixed port is one the host's proxy listens on
@@ -95,4 +120,21 @@ pub(crate) fn check_path_param(key: &str, value: &str) -> Result<(), AgentError>
         check_name(value).map_err(|why| invalid(&format!("{key} name"), why))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an older CLI, or any client of the API, sends as a path in the
+    /// release is refused when it would lead the agent out of it.
+    #[test]
+    fn a_path_in_the_release_may_not_lead_out_of_it() {
+        for inside in [".", "dist", "public/site", "./bin"] {
+            assert_eq!(check_release_path(inside), Ok(()), "{inside}");
+        }
+        for outside in ["../shared", "/usr/local/bin", "dist/../../etc", "a\0b"] {
+            assert!(check_release_path(outside).is_err(), "{outside:?}");
+        }
+    }
 }

@@ -101,6 +101,7 @@ pub struct Service {
     pub build: Option<Build>,
     /// The path, relative to the project, that is shipped as the artifact (default: the project).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "project-path"))]
     pub artifact: Option<String>,
     /// A port name (the agent assigns a free port and sets `$PORT`) or a fixed port number.
     #[serde(skip_serializing_if = "Option::is_none")]
