@@ -130,16 +130,33 @@ fn a_sqlite_database_is_backed_up_restored_identical_and_keep_is_enforced() {
     assert_eq!(ids(&json(&p, &["backup", "list", "app"])).len(), 2);
 }
 
+/// The agent runs services as their own users only as root.
+fn needs_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the agent runs services as their own users only as root"
+    );
+}
+
+/// Restoring backup `id` of `app` fails, with `backup.failed`.
+fn restore_fails(p: &TestProject, id: &str) {
+    let refused = p.gantry(&["backup", "restore", "app", id, "--yes", "--output", "json"]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused.stdout.contains("backup.failed") || refused.stderr.contains("backup.failed"),
+        "{}{}",
+        refused.stdout,
+        refused.stderr
+    );
+}
+
 /// The database's directory is the service's: a link it plants there must
 /// not lead the root agent's restore to another file of the host. A link
 /// where the restore stages its copy is removed, not written through; a
 /// database path that links elsewhere fails the restore, making nothing.
 #[test]
 fn links_a_service_plants_beside_its_database_lead_the_restore_nowhere_else() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "the agent runs services as their own users only as root"
-    );
+    needs_root();
     let data = shared_dir();
     let db = data.path().join("shop.db");
     sqlite(
@@ -180,14 +197,7 @@ fn links_a_service_plants_beside_its_database_lead_the_restore_nowhere_else() {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
     std::os::unix::fs::symlink(&preload, &db).expect("link");
-    let refused = p.gantry(&["backup", "restore", "app", &id, "--yes", "--output", "json"]);
-    assert_ne!(refused.code, 0, "{}", refused.stdout);
-    assert!(
-        refused.stdout.contains("backup.failed") || refused.stderr.contains("backup.failed"),
-        "{}{}",
-        refused.stdout,
-        refused.stderr
-    );
+    restore_fails(&p, &id);
     assert!(!preload.exists(), "nothing made through the link");
 }
 
@@ -196,10 +206,7 @@ fn links_a_service_plants_beside_its_database_lead_the_restore_nowhere_else() {
 /// would have to write through is refused to it.
 #[test]
 fn a_files_backup_is_restored_as_the_services_user() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "the agent runs services as their own users only as root"
-    );
+    needs_root();
     let data = shared_dir();
     let files = data.path().join("files");
     std::fs::create_dir_all(files.join("notes")).expect("mkdir");
@@ -231,14 +238,7 @@ fn a_files_backup_is_restored_as_the_services_user() {
     std::fs::set_permissions(files.join("notes"), std::fs::Permissions::from_mode(0o755))
         .expect("chmod");
     std::fs::set_permissions(&files, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let refused = p.gantry(&["backup", "restore", "app", &id, "--yes", "--output", "json"]);
-    assert_ne!(refused.code, 0, "{}", refused.stdout);
-    assert!(
-        refused.stdout.contains("backup.failed") || refused.stderr.contains("backup.failed"),
-        "{}{}",
-        refused.stdout,
-        refused.stderr
-    );
+    restore_fails(&p, &id);
 }
 
 #[test]
