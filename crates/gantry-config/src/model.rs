@@ -115,9 +115,9 @@ pub struct Service {
     /// Your own certificate for the routes, instead of one from ACME: PEM files on the hosts, by absolute path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsFiles>,
-    /// How many instances run on each host (default 1).
+    /// How many instances run on each host (default 1, at most 1000).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 4294967295u32))]
+    #[schemars(range(min = 1, max = 1000))]
     pub replicas: Option<NonZeroU32>,
     /// Environment variables given to every instance.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -391,7 +391,7 @@ mod tests {
         // waits at most an hour.
         let endless = services(concat!(
             "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"bin/web\"\nport = \"http\"\n",
-            "replicas = 4000000000\nstop_timeout = \"100000000h\"\n",
+            "replicas = 1000\nstop_timeout = \"100000000h\"\n",
             "health = { path = \"/up\", interval = \"100000000h\", retries = 4000000000 }\n",
         ));
         assert_eq!(verdict_grace(&endless), VERDICT_GRACE_MAX);
