@@ -171,13 +171,14 @@ pub fn fill(
 }
 
 /// The mode and owner a secret file for a container running as `owner`
-/// gets from an agent running as `agent_uid`: 0400 and `owner`'s where the
-/// agent may give it away (root) or already runs as it; otherwise (an
-/// agent in the `docker` group that is not root) 0444 and the agent's,
-/// as Docker's own swarm secrets are, still in a directory only the agent
-/// enters on the host.
-pub fn file_mode(owner: Owner, agent_uid: u32) -> (u32, Option<Owner>) {
-    if agent_uid == 0 {
+/// gets from an agent running as `agent_uid`, which `may_chown` files
+/// away (root, or `gantry configure`'s unit with `CAP_CHOWN`): 0400 and
+/// `owner`'s where the agent may give it away or already runs as it;
+/// otherwise (an agent in the `docker` group without the capability) 0444
+/// and the agent's, as Docker's own swarm secrets are, still in a
+/// directory only the agent enters on the host.
+pub fn file_mode(owner: Owner, agent_uid: u32, may_chown: bool) -> (u32, Option<Owner>) {
+    if agent_uid == 0 || (may_chown && owner.uid != agent_uid) {
         (0o400, Some(owner))
     } else if owner.uid == agent_uid {
         (0o400, None)
@@ -190,10 +191,14 @@ pub fn file_mode(owner: Owner, agent_uid: u32) -> (u32, Option<Owner>) {
 /// before any byte is written (see [`file_mode`] when the agent cannot).
 fn write_owned(path: &Path, contents: &[u8], owner: Option<Owner>) -> Result<(), ContainerError> {
     let (mode, owner) = match owner {
-        Some(owner) => file_mode(owner, nix::unistd::geteuid().as_raw()),
+        Some(owner) => file_mode(owner, nix::unistd::geteuid().as_raw(), may_chown()),
         None => (0o400, None),
     };
     gantry_core::file::write_atomic_with(path, contents, mode, |file| {
+        // The mode itself, whatever the agent's umask (0444 would be
+        // 0400); first, while the file is the agent's: an agent with
+        // CAP_CHOWN but not CAP_FOWNER cannot change it once given away.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
         if let Some(owner) = owner {
             nix::unistd::fchown(
                 file,
@@ -202,12 +207,20 @@ fn write_owned(path: &Path, contents: &[u8], owner: Option<Owner>) -> Result<(),
             )
             .map_err(std::io::Error::from)?;
         }
-        // The mode itself, whatever the agent's umask (0444 would be 0400).
-        file.set_permissions(fs::Permissions::from_mode(mode))
+        Ok(())
     })
     .map_err(|source| ContainerError::SecretFile {
         path: path.to_owned(),
         source,
+    })
+}
+
+/// Whether this agent may give files away: `CAP_CHOWN` in its effective
+/// set (root has it; so does the unit `gantry configure` writes).
+fn may_chown() -> bool {
+    rustix::thread::capabilities(None).is_ok_and(|sets| {
+        sets.effective
+            .contains(rustix::thread::CapabilitySet::CHOWN)
     })
 }
 
@@ -287,11 +300,21 @@ mod tests {
     }
 
     #[test]
-    fn an_agent_that_is_not_root_leaves_secret_files_readable_in_the_container() {
+    fn an_agent_that_cannot_chown_leaves_secret_files_readable_in_the_container() {
         let postgres = Owner { uid: 100, gid: 102 };
-        assert_eq!(file_mode(postgres, 0), (0o400, Some(postgres)));
-        assert_eq!(file_mode(postgres, 100), (0o400, None));
-        assert_eq!(file_mode(postgres, 1000), (0o444, None));
+        assert_eq!(file_mode(postgres, 0, true), (0o400, Some(postgres)));
+        assert_eq!(file_mode(postgres, 100, false), (0o400, None));
+        assert_eq!(file_mode(postgres, 100, true), (0o400, None));
+        assert_eq!(file_mode(postgres, 1000, false), (0o444, None));
+    }
+
+    /// The unit `gantry configure` writes runs the agent as its own user
+    /// with CAP_CHOWN: the files are the container user's and 0400, not
+    /// readable by every user in the container.
+    #[test]
+    fn an_agent_with_cap_chown_gives_secret_files_to_the_container_user() {
+        let postgres = Owner { uid: 100, gid: 102 };
+        assert_eq!(file_mode(postgres, 1000, true), (0o400, Some(postgres)));
     }
 
     type BTreeMapOf = std::collections::BTreeMap<String, SecretValue>;
