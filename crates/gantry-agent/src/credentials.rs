@@ -4,14 +4,15 @@
 //! A value in `env` that is a credential (by its name, a URL with a password,
 //! or a known secret's value) is moved to the secrets file and referenced by
 //! name, so `releases show` and agent.db hold no value of it. A secret value
-//! found in a `run` command is refused: it would show in `ps` for every local
-//! user. What the API answers is redacted by value as well, for releases an
+//! (or a URL's password) found in a command (`run`, `migrate`, a health
+//! check) is refused: it would show in `ps` for every local user. What the API answers is redacted by value as well, for releases an
 //! older agent stored.
 
 use std::collections::BTreeMap;
 
-use gantry_core::agent_api::{DeployRequest, Release};
-use gantry_core::redact::{Redactor, is_credential};
+use gantry_core::agent_api::v1::{Check, Health, Workload};
+use gantry_core::agent_api::{DeployRequest, Release, ServiceSpec};
+use gantry_core::redact::{Redactor, is_credential, url_passwords};
 
 use gantry_core::Code;
 use gantry_core::agent_dir::Paths;
@@ -19,23 +20,12 @@ use gantry_core::agent_dir::Paths;
 use crate::error::AgentError;
 
 /// Moves credential env values of every service into `request.secrets`,
-/// and refuses a `run` command that holds a secret's value.
+/// and refuses a command (`run`, `migrate`, a health check) that holds a
+/// secret's value or a URL's password.
 pub(crate) fn separate(request: &mut DeployRequest) -> Result<(), AgentError> {
     let known = Redactor::new(request.secrets.values().cloned());
     let mut moved: BTreeMap<String, (String, String)> = BTreeMap::new();
     for service in &mut request.services {
-        if let gantry_core::agent_api::v1::Workload::Process { run } = &service.workload
-            && known.finds_in(run)
-        {
-            return Err(AgentError::invalid(
-                Code::SecretsInvalid,
-                format!(
-                    "the run command of `{}` holds a secret's value, which any local user would see in `ps`",
-                    service.name
-                ),
-                "let the program read the secret from its environment; an argument in `run` shows in `ps`",
-            ));
-        }
         let credentials: Vec<String> = service
             .env
             .iter()
@@ -81,7 +71,45 @@ pub(crate) fn separate(request: &mut DeployRequest) -> Result<(), AgentError> {
     for (name, (_, value)) in moved {
         request.secrets.insert(name, value);
     }
+    // Every value now secret, those just moved out of `env` too.
+    let known = Redactor::new(request.secrets.values().cloned());
+    for service in &request.services {
+        for (what, command) in commands(service) {
+            if known.finds_in(command) || url_passwords(command) != command {
+                return Err(AgentError::invalid(
+                    Code::SecretsInvalid,
+                    format!(
+                        "the {what} of `{}` holds a secret's value, which any local user would see in `ps`",
+                        service.name
+                    ),
+                    "let the program read the secret from its environment; an argument in a command shows in `ps`",
+                ));
+            }
+        }
+    }
     Ok(())
+}
+
+/// The commands of `service` the agent runs with `sh -c` or as a
+/// container's command, where every local user sees them: what each is,
+/// and its text.
+fn commands(service: &ServiceSpec) -> Vec<(&'static str, &str)> {
+    let mut commands = Vec::new();
+    if let Workload::Process { run } = &service.workload {
+        commands.push(("run command", run.as_str()));
+    }
+    if let Some(migrate) = &service.migrate {
+        commands.extend(migrate.pre.as_deref().map(|c| ("migrate.pre command", c)));
+        commands.extend(migrate.post.as_deref().map(|c| ("migrate.post command", c)));
+    }
+    if let Some(Health {
+        check: Check::Command { command },
+        ..
+    }) = &service.health
+    {
+        commands.push(("health check command", command.as_str()));
+    }
+    commands
 }
 
 /// Secret values go to a 0600 file the relays read; nowhere else. A name a
@@ -137,5 +165,84 @@ pub(crate) fn redact_releases(paths: &Paths, project: &str, releases: &mut [Rele
         for line in &mut release.log_tail {
             *line = redactor.text(line);
         }
+    }
+}
+
+#[cfg(test)]
+mod command_tests {
+    use super::*;
+    use gantry_core::agent_api::Artifact;
+    use gantry_core::agent_api::v1::Migrate;
+
+    fn request(service: ServiceSpec, secrets: &[(&str, &str)]) -> DeployRequest {
+        DeployRequest {
+            project: "shop".to_owned(),
+            environment: "production".to_owned(),
+            config_hash: "c".to_owned(),
+            artifact: Artifact {
+                digest: "a".repeat(64),
+                files: Vec::new(),
+            },
+            spec_version: gantry_core::agent_api::v1::SPEC_VERSION,
+            services: vec![service],
+            secrets: secrets
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            rollback_of: None,
+            redeploy_of: None,
+            deployment: None,
+            tasks: Vec::new(),
+            verify_ms: None,
+        }
+    }
+
+    fn refused(request: &mut DeployRequest) -> String {
+        separate(request).expect_err("refused").to_string()
+    }
+
+    /// A secret's value, or a URL's password, in any command the agent
+    /// runs (where `ps` shows it) is refused: a secret, a credential just
+    /// moved out of `env`, in `migrate` or a health check as in `run`.
+    #[test]
+    fn a_secret_in_any_command_is_refused() {
+        let mut web = crate::store::test_service("web");
+        web.migrate = Some(Migrate {
+            pre: Some("./migrate --password hunter22".to_owned()),
+            post: None,
+        });
+        let mut moved = request(web.clone(), &[]);
+        moved.services[0]
+            .env
+            .insert("DB_PASSWORD".to_owned(), "hunter22".to_owned());
+        assert!(
+            refused(&mut moved).contains("the migrate.pre command of `web` holds a secret's value")
+        );
+
+        let mut checked = crate::store::test_service("web");
+        checked.health = Some(
+            serde_json::from_value(serde_json::json!({
+                "kind": "command",
+                "command": "curl -u admin:s3cret-pass http://localhost/up",
+                "interval": "1s",
+                "timeout": "1s",
+                "retries": 3,
+                "start_period": "0s",
+            }))
+            .expect("a health check"),
+        );
+        let mut secret = request(checked, &[("ADMIN_PASS", "s3cret-pass")]);
+        assert!(refused(&mut secret).contains("the health check command of `web`"));
+
+        let mut url = crate::store::test_service("web");
+        url.migrate = Some(Migrate {
+            pre: None,
+            post: Some("psql postgres://app:pw0rd@db/app -c 'select 1'".to_owned()),
+        });
+        assert!(refused(&mut request(url, &[])).contains("migrate.post command"));
+
+        let clean = crate::store::test_service("web");
+        let mut fine = request(clean, &[("TOKEN", "t0k3n-value")]);
+        separate(&mut fine).expect("no secret in its commands");
     }
 }
