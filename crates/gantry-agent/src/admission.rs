@@ -54,6 +54,15 @@ pub(crate) fn check_deploy(request: &DeployRequest, proxy_ports: &[u16]) -> Resu
         for path in paths.into_iter().flatten() {
             check_release_path(path).map_err(|why| invalid("path in the release", why))?;
         }
+        if service.replicas > REPLICAS_MAX {
+            return Err(invalid(
+                "replica count",
+                format!(
+                    "`{}` asks for {} replicas, more than the {REPLICAS_MAX} one host runs",
+                    service.name, service.replicas
+                ),
+            ));
+        }
     }
     for (name, value) in &request.secrets {
         check_env_name(name).map_err(|why| invalid("secret name", why))?;
@@ -70,6 +79,9 @@ pub(crate) fn check_deploy(request: &DeployRequest, proxy_ports: &[u16]) -> Resu
     }
     check_proxy_ports(request, proxy_ports)
 }
+
+/// The most replicas of one service a host runs, as gantry.toml allows.
+const REPLICAS_MAX: u32 = 1000;
 
 /// A path the agent joins to a release's directory (`artifact`, a static
 /// directory) stays inside it: relative, with no `..`, and no NUL.

@@ -7,6 +7,9 @@
 //!
 //! Must never: let the ids of a service leak to other work of the agent
 //! (the work runs on a thread of its own, which ends with it).
+//!
+//! The first switch makes the kernel mark the agent's process not
+//! dumpable: no core dumps, and its `/proc/<pid>` entries are root's.
 
 use std::io;
 
@@ -25,25 +28,39 @@ pub(crate) fn run_as<T: Send>(
         return work();
     };
     std::thread::scope(|scope| {
-        let thread = scope.spawn(|| {
-            become_user(user)?;
-            work()
-        });
+        let thread = std::thread::Builder::new()
+            .name("as-service-user".to_owned())
+            .spawn_scoped(scope, || {
+                become_user(user)?;
+                work()
+            })?;
         thread
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the work on the service's files panicked")))
     })
 }
 
-/// Takes `user`'s groups, gid and uid on this thread, all three of each:
-/// with no id left 0, the thread keeps no capability, and cannot go back.
+/// Takes `user`'s groups, gid and uid on this thread, all three of each,
+/// then drops every capability the thread still has (an agent that is not
+/// root keeps its own, like `gantry configure`'s unit's CAP_CHOWN, across
+/// the switch): the thread can do what `user` can, and cannot go back.
 fn become_user(user: &ServiceUser) -> io::Result<()> {
+    use rustix::thread::{CapabilitySet, CapabilitySets};
     let groups: Vec<Gid> = user.groups.iter().map(|&g| Gid::from_raw(g)).collect();
     let gid = Gid::from_raw(user.gid);
     let uid = Uid::from_raw(user.uid);
     rustix::thread::set_thread_groups(&groups)?;
     rustix::thread::set_thread_res_gid(gid, gid, gid)?;
     rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+    rustix::thread::clear_ambient_capability_set()?;
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: CapabilitySet::empty(),
+            permitted: CapabilitySet::empty(),
+            inheritable: CapabilitySet::empty(),
+        },
+    )?;
     Ok(())
 }
 
@@ -78,6 +95,14 @@ mod tests {
         assert_eq!(
             refused.expect_err("a root file").kind(),
             io::ErrorKind::PermissionDenied
+        );
+        let capabilities = run_as(Some(&user), || {
+            rustix::thread::capabilities(None).map_err(io::Error::from)
+        })
+        .expect("its capabilities");
+        assert!(
+            capabilities.effective.is_empty() && capabilities.permitted.is_empty(),
+            "{capabilities:?}"
         );
         let made = shared.join("made");
         run_as(Some(&user), || std::fs::write(&made, "service's")).expect("its own directory");

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gantry_core::Code;
+use gantry_core::agent_api::v1::Workload;
 use gantry_core::agent_api::{
     BackupFailure, BackupInfo, BackupKind, BackupList, BackupRestored, BackupTrigger,
     InstanceState, ServiceSelector, ServiceSpec, ServiceState, ServiceUser,
@@ -216,7 +217,10 @@ fn service_user(
     project: &str,
     spec: &ServiceSpec,
 ) -> Result<Option<ServiceUser>, AgentError> {
-    if agent.isolation != Isolation::ProjectUsers {
+    // A container's files are its image user's, not the project's: paths
+    // of an image service stay the agent's to reach.
+    let image = matches!(spec.workload, Workload::Compose { .. });
+    if agent.isolation != Isolation::ProjectUsers || image {
         return Ok(None);
     }
     let confinement = agent
@@ -412,10 +416,13 @@ fn decompress(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 fn decompress_from(from: std::fs::File, to: &Path) -> std::io::Result<()> {
+    decompress_into(from, std::fs::File::create(to)?)
+}
+
+fn decompress_into(from: std::fs::File, mut to: std::fs::File) -> std::io::Result<()> {
     let mut decoder = zstd::Decoder::new(from)?;
-    let mut output = std::fs::File::create(to)?;
-    std::io::copy(&mut decoder, &mut output)?;
-    output.sync_all()
+    std::io::copy(&mut decoder, &mut to)?;
+    to.sync_all()
 }
 
 fn sqlite_error(e: rusqlite::Error) -> std::io::Error {
@@ -458,11 +465,26 @@ fn sqlite_backup(db: &Path, out: &Path, user: Option<&ServiceUser>) -> std::io::
     use rusqlite::{Connection, OpenFlags};
     let copy = db.with_extension("gantry-backup");
     let made = as_user::run_as(user, || {
-        if !db.is_file() {
-            return Err(std::io::Error::other(format!(
-                "no database at {}",
-                db.display()
-            )));
+        match std::fs::metadata(db) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a database file",
+                    db.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(std::io::Error::other(format!(
+                    "no database at {}",
+                    db.display()
+                )));
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot reach {}{}: {e}", db.display(), as_whom(user)),
+                ));
+            }
         }
         let source = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(sqlite_error)?;
@@ -478,13 +500,20 @@ fn sqlite_backup(db: &Path, out: &Path, user: Option<&ServiceUser>) -> std::io::
     made
 }
 
+/// " as the service's user (uid N)", for errors of work done as `user`.
+fn as_whom(user: Option<&ServiceUser>) -> String {
+    user.map(|u| format!(" as the service's user (uid {})", u.uid))
+        .unwrap_or_default()
+}
+
 /// `path` opened to read, not through a link, and only if `user` owns it
-/// (any owner with no user).
+/// (any owner with no user); never waiting, should it be a FIFO.
 fn open_owned(path: &Path, user: Option<&ServiceUser>) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .custom_flags(i32::try_from(flags.bits()).unwrap_or(i32::MAX))
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() || user.is_some_and(|u| u.uid != meta.uid()) {
@@ -511,9 +540,22 @@ fn compress_from(input: std::fs::File, to: &Path) -> std::io::Result<()> {
 fn sqlite_restore(backup: &Path, db: &Path, user: Option<&ServiceUser>) -> std::io::Result<()> {
     let compressed = std::fs::File::open(backup)?;
     as_user::run_as(user, move || {
+        use std::os::unix::fs::OpenOptionsExt;
         let copy = db.with_extension("gantry-restore");
         let _ = std::fs::remove_file(&copy);
-        decompress_from(compressed, &copy)?;
+        // A new file, never one put there meanwhile (a link, a FIFO).
+        let staged = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&copy)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot write {}{}: {e}", copy.display(), as_whom(user)),
+                )
+            })?;
+        decompress_into(compressed, staged)?;
         let restored = (|| {
             let source = rusqlite::Connection::open(&copy).map_err(sqlite_error)?;
             let mut target = rusqlite::Connection::open(db).map_err(sqlite_error)?;

@@ -118,6 +118,39 @@ fn make_parents(dir: &Path, target: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether everything below `dir` can be removed by whoever restores (a
+/// service's user may not own all of it): every directory in it writable
+/// and searchable, checked before anything is removed, so a restore that
+/// cannot finish fails with the directory as it was.
+fn emptiable(dir: &Path) -> std::io::Result<()> {
+    use rustix::fs::{Access, AtFlags, CWD};
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        rustix::fs::accessat(
+            CWD,
+            &at,
+            Access::WRITE_OK | Access::EXEC_OK,
+            AtFlags::EACCESS,
+        )
+        .map_err(|e| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!(
+                    "cannot empty {} to restore into it: {e}; nothing was restored",
+                    at.display()
+                ),
+            )
+        })?;
+        for entry in std::fs::read_dir(&at)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Where an archived path goes: its directory's target joined with the rest.
 fn destination<'a>(path: &Path, targets: &'a [(String, PathBuf)]) -> Option<(&'a Path, PathBuf)> {
     let parts = names(path)?;
@@ -127,9 +160,9 @@ fn destination<'a>(path: &Path, targets: &'a [(String, PathBuf)]) -> Option<(&'a
 }
 
 /// Puts an archive's directories back: the archive (opened by the caller,
-/// who may write the targets as another user) checked whole first, then
-/// each target emptied and filled with its entries, owners (as root) and
-/// modes as archived.
+/// who may write the targets as another user) checked whole first, and
+/// that each target can be emptied; then each emptied and filled with its
+/// entries, owners (as root) and modes as archived.
 pub(crate) fn unarchive(
     mut archive: std::fs::File,
     targets: &[(String, PathBuf)],
@@ -139,6 +172,9 @@ pub(crate) fn unarchive(
     archive.rewind()?;
     for (_, dir) in targets {
         std::fs::create_dir_all(dir)?;
+        emptiable(dir)?;
+    }
+    for (_, dir) in targets {
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             match std::fs::symlink_metadata(&path)?.is_dir() {
@@ -163,10 +199,13 @@ pub(crate) fn unarchive(
         let kind = entry.header().entry_type();
         if kind.is_dir() {
             // The target itself is the service's, as configured (a
-            // `files` path may be a symlink), and keeps its owner and mode:
-            // it was emptied, not made again. Below it, only directories.
+            // `files` path may be a symlink); below it, only directories.
+            // Restored as the service's user, it keeps its owner and mode
+            // (it was emptied, not made again); as root, it gets the
+            // archived ones back (a volume made anew is root's).
             match std::fs::symlink_metadata(&target) {
-                _ if target == dir => continue,
+                _ if target == dir && !rustix::process::geteuid().is_root() => continue,
+                _ if target == dir => {}
                 Ok(meta) if meta.is_dir() => {}
                 Ok(_) => return Err(refused(&path, "where a directory should be")),
                 Err(_) => std::fs::create_dir(&target)?,

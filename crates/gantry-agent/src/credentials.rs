@@ -24,6 +24,11 @@ use crate::error::AgentError;
 /// secret's value or a URL's password.
 pub(crate) fn separate(request: &mut DeployRequest) -> Result<(), AgentError> {
     let known = Redactor::new(request.secrets.values().cloned());
+    // A release deployed again (a rollback, a revert, a secrets sync) was
+    // admitted before: refusing it now would leave a failing host where it is.
+    if request.rollback_of.is_none() && request.redeploy_of.is_none() {
+        check_commands(request, &known)?;
+    }
     let mut moved: BTreeMap<String, (String, String)> = BTreeMap::new();
     for service in &mut request.services {
         let credentials: Vec<String> = service
@@ -71,28 +76,38 @@ pub(crate) fn separate(request: &mut DeployRequest) -> Result<(), AgentError> {
     for (name, (_, value)) in moved {
         request.secrets.insert(name, value);
     }
-    // Every value now secret, those just moved out of `env` too.
-    let known = Redactor::new(request.secrets.values().cloned());
+    Ok(())
+}
+
+/// Refuses a command the agent would run with a secret's value in it (of
+/// `known`, the request's secrets) or a URL's password: `ps` shows every
+/// command to every local user. A credential only in `env` is not looked
+/// for: many are paths or flags a command may name as well.
+fn check_commands(request: &DeployRequest, known: &Redactor) -> Result<(), AgentError> {
     for service in &request.services {
         for (what, command) in commands(service) {
-            if known.finds_in(command) || url_passwords(command) != command {
-                return Err(AgentError::invalid(
-                    Code::SecretsInvalid,
-                    format!(
-                        "the {what} of `{}` holds a secret's value, which any local user would see in `ps`",
-                        service.name
-                    ),
-                    "let the program read the secret from its environment; an argument in a command shows in `ps`",
-                ));
-            }
+            let holds = if known.finds_in(command) {
+                "a secret's value"
+            } else if url_passwords(command) != command {
+                "a URL with a password"
+            } else {
+                continue;
+            };
+            return Err(AgentError::invalid(
+                Code::SecretsInvalid,
+                format!(
+                    "the {what} of `{}` holds {holds}, which any local user would see in `ps`",
+                    service.name
+                ),
+                "let the program read the secret from its environment; an argument in a command shows in `ps`",
+            ));
         }
     }
     Ok(())
 }
 
-/// The commands of `service` the agent runs with `sh -c` or as a
-/// container's command, where every local user sees them: what each is,
-/// and its text.
+/// The commands of `service` the agent runs, where every local user sees
+/// them: what each is, and its text.
 fn commands(service: &ServiceSpec) -> Vec<(&'static str, &str)> {
     let mut commands = Vec::new();
     if let Workload::Process { run } = &service.workload {
@@ -211,13 +226,14 @@ mod command_tests {
             pre: Some("./migrate --password hunter22".to_owned()),
             post: None,
         });
-        let mut moved = request(web.clone(), &[]);
-        moved.services[0]
-            .env
-            .insert("DB_PASSWORD".to_owned(), "hunter22".to_owned());
+        let mut secret = request(web.clone(), &[("DB_PASSWORD", "hunter22")]);
         assert!(
-            refused(&mut moved).contains("the migrate.pre command of `web` holds a secret's value")
+            refused(&mut secret)
+                .contains("the migrate.pre command of `web` holds a secret's value")
         );
+        // A release deployed again was admitted before: not refused now.
+        secret.rollback_of = Some("r1".to_owned());
+        separate(&mut secret).expect("a rollback");
 
         let mut checked = crate::store::test_service("web");
         checked.health = Some(
@@ -239,7 +255,21 @@ mod command_tests {
             pre: None,
             post: Some("psql postgres://app:pw0rd@db/app -c 'select 1'".to_owned()),
         });
-        assert!(refused(&mut request(url, &[])).contains("migrate.post command"));
+        assert!(
+            refused(&mut request(url, &[]))
+                .contains("the migrate.post command of `web` holds a URL with a password")
+        );
+        // A credential only in env may be a path a command names too.
+        let mut keyed = crate::store::test_service("web");
+        keyed.migrate = Some(Migrate {
+            pre: Some("./migrate --key-file=/app/creds.json".to_owned()),
+            post: None,
+        });
+        keyed.env.insert(
+            "GOOGLE_APPLICATION_CREDENTIALS".to_owned(),
+            "/app/creds.json".to_owned(),
+        );
+        separate(&mut request(keyed, &[])).expect("a path, not a secret");
 
         let clean = crate::store::test_service("web");
         let mut fine = request(clean, &[("TOKEN", "t0k3n-value")]);

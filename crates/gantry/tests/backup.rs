@@ -239,6 +239,11 @@ fn a_files_backup_is_restored_as_the_services_user() {
         .expect("chmod");
     std::fs::set_permissions(&files, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     restore_fails(&p, &id);
+    assert_eq!(
+        std::fs::read_to_string(&restored).expect("still there"),
+        "one\n",
+        "a restore that cannot finish removes nothing"
+    );
 }
 
 #[test]
