@@ -510,10 +510,9 @@ fn as_whom(user: Option<&ServiceUser>) -> String {
 /// (any owner with no user); never waiting, should it be a FIFO.
 fn open_owned(path: &Path, user: Option<&ServiceUser>) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(i32::try_from(flags.bits()).unwrap_or(i32::MAX))
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() || user.is_some_and(|u| u.uid != meta.uid()) {
