@@ -69,6 +69,14 @@ pub enum ArtifactError {
         #[source]
         source: io::Error,
     },
+    #[error("blob {digest} is being uploaded by another request")]
+    UploadInProgress { digest: String },
+    #[error("the upload of blob {digest} was stopped: {source}")]
+    NoRoom {
+        digest: String,
+        #[source]
+        source: crate::disk::NoRoom,
+    },
     #[error("artifact {recorded} does not match its file list, which hashes to {computed}")]
     ManifestMismatch { recorded: String, computed: String },
     #[error("{} blob(s) missing from the blob store: {}", digests.len(), digests.join(", "))]
@@ -98,6 +106,8 @@ impl ArtifactError {
             ArtifactError::Interrupted { .. } => "artifact.interrupted",
             ArtifactError::InvalidPath { .. } => "artifact.invalid_path",
             ArtifactError::DestinationExists { .. } => "artifact.destination_exists",
+            ArtifactError::UploadInProgress { .. } => "artifact.upload_in_progress",
+            ArtifactError::NoRoom { .. } => "artifact.no_room",
         }
     }
 
@@ -115,6 +125,14 @@ impl ArtifactError {
             ArtifactError::Interrupted { held, .. } => Some(format!(
                 "send the rest with PUT /v1/blobs/<digest>?offset={held}"
             )),
+            ArtifactError::UploadInProgress { .. } => Some(
+                "wait for it to end (POST /v1/blobs/missing lists it under `uploading`), then resume from what it left"
+                    .to_owned(),
+            ),
+            ArtifactError::NoRoom { .. } => Some(
+                "free space on the host's disk, or send a smaller artifact"
+                    .to_owned(),
+            ),
             ArtifactError::DestinationExists { path, .. } => Some(format!(
                 "remove {} or materialize somewhere else",
                 path.display()

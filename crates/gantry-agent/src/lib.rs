@@ -42,6 +42,7 @@ mod control;
 mod credentials;
 mod daemon;
 mod deploy;
+mod disk;
 mod error;
 mod exec;
 mod fingerprint;
@@ -88,6 +89,7 @@ mod tests {
     /// own layer, never one after it: so no two modules use each other.
     const LAYERS: &[&[&str]] = &[
         &[
+            "disk",
             "output_tail",
             "process",
             "artifact",

@@ -36,7 +36,7 @@ fn describe(endpoint: Endpoint) -> (&'static str, Option<&'static str>, &'static
             "BlobList",
         ),
         Endpoint::PutBlob => (
-            "Upload one blob, streamed; query: offset (resume after the bytes the agent holds). Stored only when its sha256 equals the digest (422 artifact.checksum); 409 artifact.offset_mismatch when offset is not what the agent holds",
+            "Upload one blob, streamed; query: offset (resume after the bytes the agent holds). Stored only when its sha256 equals the digest (422 artifact.checksum); 409 artifact.offset_mismatch when offset is not what the agent holds, artifact.upload_in_progress while another request uploads the same blob, artifact.no_room when the bytes would leave the disk less free than the agent keeps (256 MiB or 1%)",
             Some("bytes"),
             "BlobReceipt",
         ),

@@ -74,6 +74,16 @@ pub(crate) async fn put<E: std::fmt::Display>(
                 message: e.to_string(),
                 hint: e.hint(),
             },
+            ArtifactError::UploadInProgress { .. } => AgentError::conflict(
+                Code::ArtifactUploadInProgress,
+                e.to_string(),
+                &e.hint().unwrap_or_default(),
+            ),
+            ArtifactError::NoRoom { .. } => AgentError::conflict(
+                Code::ArtifactNoRoom,
+                e.to_string(),
+                &e.hint().unwrap_or_default(),
+            ),
             ArtifactError::Io(_) => {
                 AgentError::failed(Code::ArtifactFailed, format!("blob {digest}: {e}"))
             }

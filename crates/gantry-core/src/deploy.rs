@@ -795,6 +795,7 @@ fn send_blob(
         let retry = match &error {
             crate::host::HostError::Api { code, .. } => {
                 *code == Some(Code::ArtifactOffsetMismatch)
+                    || *code == Some(Code::ArtifactUploadInProgress)
                     || (*code == Some(Code::ArtifactChecksum) && offset > 0)
             }
             crate::host::HostError::Unreachable { .. }
@@ -1157,6 +1158,32 @@ mod tests {
             .iter()
             .position(|c| c == call)
             .unwrap_or_else(|| panic!("no `{call}` in {calls:#?}"))
+    }
+
+    #[test]
+    fn an_upload_refused_as_already_under_way_is_sent_again_up_to_three_times() {
+        let hosts = ["h1"];
+        let busy = |refusals| {
+            let fleet = Fleet::new(hosts.map(|h| {
+                let script = Script {
+                    upload_busy: refusals,
+                    ..Script::default()
+                };
+                (h, ran(script))
+            }));
+            let (_dir, project) = project(&hosts, 1);
+            let result = deploy_plainly(&fleet, &project);
+            (result, fleet.calls_to("h1 upload").len())
+        };
+        let (once, uploads) = busy(2);
+        let report = once.expect("a deploy whose upload went through on its third try");
+        assert_eq!(report.hosts[0].outcome, HostOutcome::Deployed);
+        assert!(uploads >= 3, "{uploads} uploads");
+        let (always, uploads) = busy(usize::MAX);
+        let error = always.expect_err("a deploy whose upload is always refused");
+        assert_eq!(uploads, 3, "tried three times, then gave up");
+        let text = format!("{error:#}");
+        assert!(text.contains("being uploaded by another request"), "{text}");
     }
 
     #[test]

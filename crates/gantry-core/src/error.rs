@@ -165,6 +165,8 @@ codes! {
     ArtifactIncomplete = "artifact.incomplete", Failed, "the host lacks files of the artifact";
     ArtifactChecksum = "artifact.checksum", Failed, "an uploaded file did not match its checksum";
     ArtifactOffsetMismatch = "artifact.offset_mismatch", Conflict, "a resumed upload named another offset than the bytes the host holds; ask for the missing blobs again";
+    ArtifactUploadInProgress = "artifact.upload_in_progress", Conflict, "another request is uploading the same file to the host; wait for it to end, then resume";
+    ArtifactNoRoom = "artifact.no_room", Conflict, "the upload would leave the host's disk with less free space than the agent keeps (256 MiB or 1%, whichever is larger)";
     ArtifactFailed = "artifact.failed", Failed, "the agent could not unpack the artifact";
     TestFailed = "test.failed", Failed, "`gantry test` found a failing check; error.details has every check";
     ExecFailed = "exec.failed", Failed, "`gantry exec` could not start the command on the host";

@@ -49,6 +49,9 @@ pub struct Script {
     /// With `watches_verify`: its agent is out of reach once its new
     /// release is live, so asking for the verdict fails.
     pub verdict_lost: bool,
+    /// Its agent refuses this many uploads first, each as the same blob
+    /// being received by another request (`artifact.upload_in_progress`).
+    pub upload_busy: usize,
 }
 
 /// What the fake shell's host has, as `configure`'s commands find and change it.
@@ -411,6 +414,18 @@ impl Host for FakeHost {
 
     fn upload_blob(&self, part: BlobPart<'_>, sent: &mut u64) -> Result<(), HostError> {
         self.note("upload");
+        let call = format!("{} upload", self.name);
+        let tried = self.fleet.calls().iter().filter(|c| **c == call).count();
+        if tried <= self.script().upload_busy {
+            return Err(HostError::api(
+                409,
+                crate::agent_api::ApiError {
+                    code: crate::Code::ArtifactUploadInProgress.to_string(),
+                    message: format!("blob {} is being uploaded by another request", part.digest),
+                    hint: None,
+                },
+            ));
+        }
         *sent += std::fs::metadata(part.path).map_or(0, |m| m.len()) - part.offset;
         Ok(())
     }

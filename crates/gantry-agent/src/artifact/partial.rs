@@ -11,20 +11,22 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
 use super::blobs::{BLOB_MODE, BlobStore, sync_dir};
 use super::{ArtifactError, io_error};
+use crate::disk;
 use gantry_core::artifact::hex;
 
 /// The digests being uploaded right now: one upload of a blob at a time, so
-/// a retry never appends beside a request the agent is still reading.
+/// a retry never appends beside a request the agent is still reading. A
+/// second upload of a digest is refused at once rather than kept waiting
+/// (each waiting upload would hold a thread and a connection).
 #[derive(Debug, Default)]
 pub(super) struct Uploads {
     active: Mutex<HashSet<String>>,
-    done: Condvar,
 }
 
 /// Holds a digest's upload slot until dropped.
@@ -41,16 +43,13 @@ impl Uploads {
             .contains(digest)
     }
 
-    fn take(&self, digest: &str) -> Slot<'_> {
+    /// The digest's slot, or None while another upload of it holds it.
+    fn take(&self, digest: &str) -> Option<Slot<'_>> {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        while active.contains(digest) {
-            active = self.done.wait(active).unwrap_or_else(|e| e.into_inner());
-        }
-        active.insert(digest.to_owned());
-        Slot {
+        active.insert(digest.to_owned()).then(|| Slot {
             uploads: self,
             digest: digest.to_owned(),
-        }
+        })
     }
 }
 
@@ -62,7 +61,6 @@ impl Drop for Slot<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         active.remove(&self.digest);
-        self.uploads.done.notify_all();
     }
 }
 
@@ -113,8 +111,11 @@ impl BlobStore {
     /// - A reader that fails (the connection broke) keeps what arrived, for
     ///   the next upload to resume from: `Interrupted` says how much.
     /// - A blob that does not hash to its digest is removed: `DigestMismatch`.
+    /// - Bytes that would leave the disk less free than [`disk::reserve`]
+    ///   are not written, and what arrived is removed: `NoRoom`.
     ///
-    /// Uploads of one digest take turns; other digests go in parallel.
+    /// One upload of a digest at a time (another is refused with
+    /// `UploadInProgress`); other digests go in parallel.
     pub fn receive(
         &self,
         digest: &str,
@@ -123,16 +124,27 @@ impl BlobStore {
     ) -> Result<Received, ArtifactError> {
         let target = self.path(digest)?;
         let path = self.partial_path(digest)?;
-        let _slot = self.uploads.take(digest);
         if target.is_file() {
-            return Ok(Received {
-                received: 0,
-                size: fs::metadata(&target).map_or(0, |m| m.len()),
-                already_stored: true,
+            return Ok(stored(&target));
+        }
+        let Some(_slot) = self.uploads.take(digest) else {
+            return Err(ArtifactError::UploadInProgress {
+                digest: digest.to_owned(),
             });
+        };
+        // The upload that held the slot may have just stored it.
+        if target.is_file() {
+            return Ok(stored(&target));
         }
         let dir = self.root().join("partial");
         fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+        let no_room = |source| ArtifactError::NoRoom {
+            digest: digest.to_owned(),
+            source,
+        };
+        disk::room_for(&dir, 0)
+            .map_err(io_error("measure the free space of", &dir))?
+            .map_err(no_room)?;
         let mut hasher = Sha256::new();
         let mut file = if offset == 0 {
             File::create(&path).map_err(io_error("create", &path))?
@@ -156,7 +168,12 @@ impl BlobStore {
                 .map_err(io_error("read", &path))?;
             file
         };
-        let received = match copy_hashing(&mut reader, &mut hasher, Some(&mut file)) {
+        let mut room = |written| {
+            disk::room_for(&dir, written)
+                .map_err(io_error("measure the free space of", &dir))?
+                .map_err(no_room)
+        };
+        let received = match copy_hashing(&mut reader, &mut hasher, Some((&mut file, &mut room))) {
             Ok(n) => n,
             Err(Copy::Read(source, n)) => {
                 return Err(ArtifactError::Interrupted {
@@ -168,6 +185,12 @@ impl BlobStore {
             Err(Copy::Write(e)) => {
                 let _ = fs::remove_file(&path);
                 return Err(io_error("write", &path)(e));
+            }
+            // The bytes could never all fit: keeping them would only hold
+            // the space.
+            Err(Copy::Full(e)) => {
+                let _ = fs::remove_file(&path);
+                return Err(e);
             }
         };
         let actual = hex(&hasher.finalize());
@@ -195,28 +218,52 @@ impl BlobStore {
     }
 }
 
+/// The store's answer to an upload of a blob it holds.
+fn stored(target: &std::path::Path) -> Received {
+    Received {
+        received: 0,
+        size: fs::metadata(target).map_or(0, |m| m.len()),
+        already_stored: true,
+    }
+}
+
 enum Copy {
     /// The source failed after this many bytes went through.
     Read(io::Error, u64),
     Write(io::Error),
+    /// Writing on would leave the disk less free than the agent keeps.
+    Full(ArtifactError),
 }
 
 impl From<Copy> for io::Error {
     fn from(error: Copy) -> io::Error {
         match error {
             Copy::Read(e, _) | Copy::Write(e) => e,
+            Copy::Full(e) => io::Error::other(e.to_string()),
         }
     }
 }
 
-/// Reads `reader` to its end into `hasher` (and `sink`); the bytes read.
+/// How many bytes are written between two looks at the disk's free space.
+const ROOM_EVERY: u64 = 8 * 1024 * 1024;
+
+/// A file to write what is read into, and what says whether the disk has
+/// room for the next bytes.
+type Sink<'a> = (
+    &'a mut File,
+    &'a mut dyn FnMut(u64) -> Result<(), ArtifactError>,
+);
+
+/// Reads `reader` to its end into `hasher` (and `sink`, asking it for room
+/// before each [`ROOM_EVERY`] bytes); the bytes read.
 fn copy_hashing(
     reader: &mut impl Read,
     hasher: &mut Sha256,
-    mut sink: Option<&mut File>,
+    mut sink: Option<Sink<'_>>,
 ) -> Result<u64, Copy> {
     let mut buffer = vec![0u8; 64 * 1024];
     let mut total = 0u64;
+    let mut room_until = 0u64;
     loop {
         let n = match reader.read(&mut buffer) {
             Ok(0) => return Ok(total),
@@ -225,8 +272,12 @@ fn copy_hashing(
             Err(e) => return Err(Copy::Read(e, total)),
         };
         hasher.update(&buffer[..n]);
-        if let Some(sink) = sink.as_mut() {
-            sink.write_all(&buffer[..n]).map_err(Copy::Write)?;
+        if let Some((file, room)) = sink.as_mut() {
+            if total + n as u64 > room_until {
+                room(ROOM_EVERY).map_err(Copy::Full)?;
+                room_until = total + ROOM_EVERY;
+            }
+            file.write_all(&buffer[..n]).map_err(Copy::Write)?;
         }
         total += n as u64;
     }

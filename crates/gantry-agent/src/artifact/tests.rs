@@ -466,3 +466,130 @@ fn concurrent_materializations_of_one_artifact_all_succeed() {
         .count();
     assert_eq!(entries, 1, "no staging directory is left behind");
 }
+
+/// A reader that yields `first`, then waits for `rest` from a channel.
+struct Trickle {
+    first: Option<Vec<u8>>,
+    rest: std::sync::mpsc::Receiver<Vec<u8>>,
+    current: io::Cursor<Vec<u8>>,
+}
+
+impl Read for Trickle {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self.current.read(buffer)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            let next = match self.first.take() {
+                Some(first) => first,
+                None => match self.rest.recv() {
+                    Ok(next) => next,
+                    Err(_) => return Ok(0),
+                },
+            };
+            self.current = io::Cursor::new(next);
+        }
+    }
+}
+
+#[test]
+fn a_second_upload_of_a_blob_being_received_is_refused_at_once_and_the_first_goes_on() {
+    let f = fixture();
+    let content = "uploaded once ".repeat(10_000);
+    let digest = sha(&content);
+    let (half, rest) = content.as_bytes().split_at(content.len() / 2);
+    let (send, receive) = std::sync::mpsc::channel();
+    let first = Trickle {
+        first: Some(half.to_vec()),
+        rest: receive,
+        current: io::Cursor::new(Vec::new()),
+    };
+    std::thread::scope(|scope| {
+        let uploading = scope.spawn(|| f.blobs.receive(&digest, 0, first));
+        while !f.blobs.uploading(&digest) {
+            std::thread::yield_now();
+        }
+        let second = f
+            .blobs
+            .receive(&digest, 0, content.as_bytes())
+            .expect_err("a second upload beside the first");
+        assert_eq!(second.code(), "artifact.upload_in_progress", "{second}");
+        send.send(rest.to_vec()).expect("send the rest");
+        drop(send);
+        let first = uploading.join().expect("join").expect("the first upload");
+        assert_eq!(first.size, content.len() as u64);
+    });
+    assert!(!f.blobs.uploading(&digest));
+    assert_eq!(
+        fs::read_to_string(f.blobs.path(&digest).expect("path")).expect("read"),
+        content
+    );
+    let again = f
+        .blobs
+        .receive(&digest, 0, content.as_bytes())
+        .expect("an upload of a stored blob");
+    assert!(again.already_stored);
+}
+
+/// A tmpfs of `mib` MiB mounted on a new directory, unmounted when dropped.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(mib: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mount a tmpfs on {}",
+            dir.path().display()
+        );
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn an_upload_that_would_eat_into_the_disks_reserve_stops_and_its_bytes_go() {
+    if !running_as_root() {
+        eprintln!("skipped: mounting a small filesystem needs root");
+        return;
+    }
+    // 300 MiB, of which the agent keeps 256 MiB free: room for about 44.
+    let disk = SmallDisk::mount(300);
+    let blobs = BlobStore::new(disk.0.path().join("blobs"));
+    let big = vec![7u8; 64 * 1024 * 1024];
+    let big_digest = hash(&big[..]).expect("hash").0;
+    let error = blobs
+        .receive(&big_digest, 0, &big[..])
+        .expect_err("64 MiB where 44 fit");
+    assert_eq!(error.code(), "artifact.no_room", "{error}");
+    assert!(
+        error.to_string().contains("256 MiB the agent keeps free"),
+        "{error}"
+    );
+    assert_eq!(blobs.partial(&big_digest), None, "what arrived went");
+    assert!(!blobs.has(&big_digest));
+    let free = crate::disk::space(disk.0.path())
+        .expect("statvfs")
+        .available;
+    assert!(free > 299 * 1024 * 1024, "the space is given back: {free}");
+    // What fits is stored.
+    let small = vec![8u8; 16 * 1024 * 1024];
+    let small_digest = hash(&small[..]).expect("hash").0;
+    blobs
+        .receive(&small_digest, 0, &small[..])
+        .expect("16 MiB where 44 fit");
+    assert!(blobs.has(&small_digest));
+}
