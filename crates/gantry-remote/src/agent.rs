@@ -26,6 +26,12 @@ pub trait Transport {
     fn error(&self, host: &str, error: ClientError) -> HostError;
     /// Called once the agent accepted `shutdown`: wait until it is gone.
     fn stopped(&self) {}
+    /// No agent listens any more: start it again, if this transport is the
+    /// one that starts it, and say whether one answers now. A request that
+    /// was refused this way never reached an agent, so it can be sent again.
+    fn revive(&self, _host: &str) -> bool {
+        false
+    }
 }
 
 /// An agent reached over transport `T`.
@@ -42,10 +48,19 @@ impl<T: Transport> Agent<T> {
         body: Option<Vec<u8>>,
         content_type: &str,
     ) -> Result<R, HostError> {
-        let (status, bytes) = self
-            .client
-            .call(method, &path, body, content_type)
-            .map_err(|e| self.transport(e))?;
+        let send = || {
+            self.client
+                .call(method.clone(), &path, body.clone(), content_type)
+        };
+        let answer = match send() {
+            Err(ClientError::Connect(e))
+                if nobody_listens(&e) && self.transport.revive(&self.name) =>
+            {
+                send()
+            }
+            answer => answer,
+        };
+        let (status, bytes) = answer.map_err(|e| self.transport(e))?;
         self.decode(status, &bytes)
     }
 
@@ -101,6 +116,15 @@ impl<T: Transport> Agent<T> {
             }),
         }
     }
+}
+
+/// Whether a connection failed because no agent listens (its socket is gone,
+/// or nothing accepts on it): the request never reached one.
+fn nobody_listens(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+    )
 }
 
 /// The method and path of `endpoint` with `params` in its path.

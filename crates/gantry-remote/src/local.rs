@@ -2,6 +2,7 @@
 //! starting it in the background when none answers.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use gantry_core::agent_dir::Paths;
@@ -39,7 +40,16 @@ pub type LocalAgent = Agent<Local>;
 /// The transport to this machine's agent: its socket in `state_dir`.
 pub struct Local {
     state_dir: PathBuf,
+    /// The binary that started the agent, to start it again should it stop
+    /// answering mid-command (killed, crashed); None when something else
+    /// runs it (a systemd unit restarts it itself).
+    starts_with: Option<PathBuf>,
+    /// How many times it was started again.
+    revived: AtomicU32,
 }
+
+/// How many times one command starts an agent that stopped answering.
+const REVIVALS: u32 = 3;
 
 fn socket(state_dir: &Path) -> PathBuf {
     Paths::new(state_dir).socket()
@@ -72,6 +82,23 @@ impl Transport for Local {
             }
             ClientError::Connect(e) => self.unreachable(host, e.to_string()),
             other => self.unreachable(host, format!("the connection broke: {other}")),
+        }
+    }
+
+    fn revive(&self, host: &str) -> bool {
+        let Some(exe) = &self.starts_with else {
+            return false;
+        };
+        if self.revived.fetch_add(1, Ordering::SeqCst) >= REVIVALS {
+            return false;
+        }
+        tracing::warn!("agent {host}: stopped answering; starting it again");
+        match LocalAgent::start(host, &self.state_dir, exe) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("agent {host}: {e}");
+                false
+            }
         }
     }
 
@@ -108,6 +135,8 @@ impl Agent<Local> {
             client,
             transport: Local {
                 state_dir: state_dir.to_owned(),
+                starts_with: None,
+                revived: AtomicU32::new(0),
             },
         };
         agent.info()?;
@@ -133,15 +162,25 @@ impl Agent<Local> {
     }
 
     /// Connects, starting `exe agent --state-dir DIR` in the background first
-    /// if nothing answers. Its output goes to `agent.log` in the state directory.
+    /// if nothing answers. Its output goes to `agent.log` in the state
+    /// directory. An agent that stops answering later, while this command
+    /// talks to it, is started again the same way (up to 3 times).
     pub fn connect_or_start(
         name: &str,
         state_dir: &Path,
         exe: &Path,
     ) -> Result<LocalAgent, HostError> {
-        if let Ok(agent) = Self::connect(name, state_dir) {
-            return Ok(agent);
-        }
+        let mut agent = match Self::connect(name, state_dir) {
+            Ok(agent) => agent,
+            Err(_) => Self::start(name, state_dir, exe)?,
+        };
+        agent.transport.starts_with = Some(exe.to_owned());
+        Ok(agent)
+    }
+
+    /// Starts `exe agent --state-dir DIR` in the background and connects
+    /// once it answers.
+    fn start(name: &str, state_dir: &Path, exe: &Path) -> Result<LocalAgent, HostError> {
         let log_path = Paths::new(state_dir).agent_log();
         let fail = |message: String| HostError::Unreachable {
             host: name.to_owned(),

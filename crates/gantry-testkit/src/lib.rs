@@ -114,7 +114,9 @@ impl TestProject {
         Run::of(args, &output)
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// The binary run in the project with its state directory and the
+    /// environment the test gave it, not yet started.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
         command
             .args(args)

@@ -119,6 +119,47 @@ fn a_deploy_killed_at_any_moment_leaves_every_service_on_one_release_and_no_orph
     world.deploy_normally("final");
 }
 
+#[test]
+fn an_agent_killed_while_the_cli_waits_on_the_verify_window_is_started_again_and_judges_it() {
+    let bins = example_bins();
+    let config = CONFIG.replace("verify = \"0s\"", "verify = \"3s\"");
+    let project = TestProject::new(GANTRY)
+        .copy(&bins.join("hello-web"), "bin/hello-web")
+        .copy(&bins.join("hello-worker"), "bin/hello-worker")
+        .file("gantry.toml", &config)
+        .file("VERSION", "1\n");
+    project.gantry(&["deploy", "--skip-build"]).expect_code(0);
+    std::fs::write(project.path().join("VERSION"), "2\n").expect("write VERSION");
+    let agent = agent_pid(project.state_dir()).expect("an agent is running");
+    let outputs = tempfile::tempdir().expect("a directory for the deploy's output");
+    let out = outputs.path().join("deploy");
+    let mut deploy = spawn_gantry(
+        &project,
+        &["-v", "deploy", "--skip-build", "--output", "json"],
+        &out,
+    );
+    let stderr = || std::fs::read_to_string(out.with_extension("stderr")).unwrap_or_default();
+    wait_for(
+        "the deploy to watch its window",
+        Duration::from_secs(60),
+        || stderr().contains("watching"),
+    );
+    sigkill(agent);
+
+    let code = wait_exit(&mut deploy, Duration::from_secs(60));
+    let report = std::fs::read_to_string(out.with_extension("stdout")).expect("the report");
+    assert_eq!(code, 0, "{report}\n{}", stderr());
+    assert!(
+        stderr().contains("stopped answering; starting it again"),
+        "{}",
+        stderr()
+    );
+    let report: serde_json::Value = serde_json::from_str(&report).expect("a JSON report");
+    assert_eq!(report["hosts"][0]["outcome"], "deployed", "{report:#}");
+    let revived = agent_pid(project.state_dir()).expect("an agent runs again");
+    assert_ne!(revived, agent);
+}
+
 /// What the test knows: the version each release was deployed with, and the
 /// release each service ran after the last settle.
 struct World<'a> {
@@ -395,6 +436,10 @@ fn spawn_gantry(project: &TestProject, args: &[&str], out: &Path) -> Child {
         .current_dir(project.path())
         .env("NO_COLOR", "1")
         .env("GANTRY_STATE_DIR", project.state_dir())
+        // An agent the deploy starts serves no proxy: agents running at
+        // once would race for the default ports.
+        .env("GANTRY_PROXY_LISTEN", "off")
+        .env("GANTRY_PROXY_HTTPS", "off")
         .stdin(Stdio::null())
         .stdout(file("stdout"))
         .stderr(file("stderr"));

@@ -220,21 +220,8 @@ pub fn wait_for_status(
 /// The binary run in the project with the project's state directory, as
 /// `TestProject::gantry` does, but left running.
 pub fn command(p: &TestProject, args: &[&str]) -> Command {
-    let mut command = Command::new(GANTRY);
-    command
-        .args(args)
-        .current_dir(p.path())
-        .env("NO_COLOR", "1")
-        .env("GANTRY_STATE_DIR", p.state_dir())
-        .stdin(Stdio::null());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("GANTRY_") && key != "GANTRY_STATE_DIR" {
-            command.env_remove(key);
-        }
-    }
-    // No HTTPS listener unless a test asks for one (`.env` after this):
-    // parallel agents would race for its port.
-    command.env("GANTRY_PROXY_HTTPS", "off");
+    let mut command = p.command(args);
+    command.stdin(Stdio::null());
     command
 }
 
@@ -253,9 +240,11 @@ pub fn command_in(dir: &Path, state: &Path, args: &[&str]) -> Command {
             command.env_remove(key);
         }
     }
-    // No HTTPS listener unless a test asks for one (`.env` after this):
-    // parallel agents would race for its port.
-    command.env("GANTRY_PROXY_HTTPS", "off");
+    // No proxy listener unless a test asks for one (`.env` after this):
+    // agents running at once would race for the default ports.
+    command
+        .env("GANTRY_PROXY_LISTEN", "off")
+        .env("GANTRY_PROXY_HTTPS", "off");
     command
 }
 
