@@ -97,8 +97,9 @@ impl TestHosts {
         }
         let seq = SEQUENCE.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        let id = format!("{:x}", ((pid & 0xffff) << 4 | (seq & 0xf)) & 0xfffff);
-        let net = (100 + (seq % 100) as u8, (pid % 250) as u8);
+        // Unique among the test processes running now: interface names
+        // stay within 15 bytes for pids up to 0x3fffff.
+        let id = format!("{pid:x}{:02x}", seq & 0xff);
         let root = tempfile::Builder::new()
             .prefix("gantry-hosts-")
             .tempdir_in("/var/tmp")
@@ -111,16 +112,7 @@ impl TestHosts {
         let bridge = format!("gt{id}b");
         quiet("ip", &["link", "del", &bridge]);
         run("ip", &["link", "add", &bridge, "type", "bridge"]);
-        run(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("10.{}.{}.1/24", net.0, net.1),
-                "dev",
-                &bridge,
-            ],
-        );
+        let net = take_subnet(&bridge);
         run("ip", &["link", "set", &bridge, "up"]);
         // Hosts reach each other across the bridge, which a FORWARD policy
         // of DROP (Docker's, with br_netfilter) would stop.
@@ -217,6 +209,38 @@ impl Drop for TestHosts {
 
 /// The iptables arguments that add (`-I`) or remove (`-D`) the rule letting
 /// packets between the hosts of `bridge` through.
+/// Gives `bridge` the first `10.a.b.0/24` (a from 100 to 199) that no
+/// address or route of this machine is in yet, and answers `(a, b)`. Other
+/// test processes (and hosts a killed run left) may hold subnets too: the
+/// choice and the address are made under a lock they all take.
+fn take_subnet(bridge: &str) -> (u8, u8) {
+    let _lock = crate::rootfs::lock("hosts-subnet");
+    let mut taken = String::new();
+    for what in ["addr", "route"] {
+        let output = std::process::Command::new("ip")
+            .args(["-4", "-o", what, "show"])
+            .output()
+            .expect("run ip");
+        assert!(output.status.success(), "ip -4 -o {what} show failed");
+        taken.push_str(&String::from_utf8_lossy(&output.stdout));
+    }
+    let used = |a: u8, b: u8| {
+        let prefix = format!("10.{a}.{b}.");
+        taken
+            .split_whitespace()
+            .any(|word| word.starts_with(&prefix))
+    };
+    let (a, b) = (100..200u8)
+        .flat_map(|a| (0..=255u8).map(move |b| (a, b)))
+        .find(|&(a, b)| !used(a, b))
+        .expect("a free /24 in 10.100.0.0-10.199.255.0");
+    run(
+        "ip",
+        &["addr", "add", &format!("10.{a}.{b}.1/24"), "dev", bridge],
+    );
+    (a, b)
+}
+
 fn forward_rule<'a>(action: &'a str, bridge: &'a str) -> [&'a str; 9] {
     [
         "-w", action, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT",

@@ -18,7 +18,7 @@ impl LocalUser {
     /// suffix unique to this process.
     pub fn create(prefix: &str) -> LocalUser {
         let seq = SEQUENCE.fetch_add(1, Ordering::SeqCst);
-        let name = format!("{prefix}{:x}{seq}", std::process::id());
+        let name = format!("{prefix}{:x}-{seq}", std::process::id());
         let _ = Command::new("userdel").args(["-f", &name]).output();
         crate::hosts::run(
             "useradd",

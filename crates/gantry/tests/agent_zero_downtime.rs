@@ -44,7 +44,22 @@ struct Client {
     connections: usize,
 }
 
-fn load(port: u16, keep_alive: bool, phase: Arc<AtomicU64>, done: Arc<AtomicBool>) -> Client {
+/// What the load's clients share with the test: the phase the test is in,
+/// the latest phase a request that was answered started in, and whether to
+/// stop.
+#[derive(Clone, Default)]
+struct Shared {
+    phase: Arc<AtomicU64>,
+    answered: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+}
+
+fn load(port: u16, keep_alive: bool, shared: Shared) -> Client {
+    let Shared {
+        phase,
+        answered,
+        done,
+    } = shared;
     let mut client = KeepAlive::new(port, HOST);
     let mut answers = Vec::new();
     let mut fresh = 0;
@@ -61,6 +76,7 @@ fn load(port: u16, keep_alive: bool, phase: Arc<AtomicU64>, done: Arc<AtomicBool
         } else {
             "new connection"
         };
+        answered.fetch_max(started_in, Ordering::SeqCst);
         answers.push((
             started_in,
             answer
@@ -103,21 +119,29 @@ fn twenty_deploys_and_five_proxy_restarts_under_load_fail_no_request() {
         "{body}"
     );
 
-    let phase = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
+    let shared = Shared::default();
+    let (phase, done) = (&shared.phase, &shared.done);
     // 3 keep-alive clients and 3 that open a connection per request.
     let clients: Vec<(bool, std::thread::JoinHandle<Client>)> =
         [true, false, true, false, true, false]
             .into_iter()
             .map(|keep_alive| {
-                let (phase, done) = (Arc::clone(&phase), Arc::clone(&done));
+                let shared = shared.clone();
                 (
                     keep_alive,
-                    std::thread::spawn(move || load(port, keep_alive, phase, done)),
+                    std::thread::spawn(move || load(port, keep_alive, shared)),
                 )
             })
             .collect();
-    let settle = || std::thread::sleep(Duration::from_millis(200));
+    // A moment of load between two steps, with at least one request of it
+    // answered (however busy the machine).
+    let settle = || {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = phase.load(Ordering::SeqCst);
+        wait_for("a request of this phase answered", DEADLINE, || {
+            shared.answered.load(Ordering::SeqCst) >= now
+        });
+    };
 
     // (a) 20 deploys, each of a new version.
     settle();
