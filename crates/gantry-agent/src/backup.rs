@@ -280,8 +280,10 @@ async fn dump(
         BackupKind::Sqlite => {
             let db = host_path(spec)?;
             let user = service_user(agent, project, spec)?;
+            let staging = agent.paths.staging();
             blocking("sqlite backup", move || {
-                sqlite_backup(&db, &out, user.as_ref())
+                let dir = staging_dir(&staging, user.as_ref())?;
+                sqlite_backup(&db, &out, user.as_ref(), dir.path())
             })
             .await
         }
@@ -456,14 +458,42 @@ fn copy_database(
     }
 }
 
+/// A new directory of `user`'s alone (0700; the agent's, with no user) in
+/// `staging`, with a random name: `staging` lets others pass (0711) but not
+/// list it, so no other process finds the directory to plant a link or a
+/// FIFO in, and what is made there uses the agent's disk, not the
+/// service's. Removed when dropped.
+fn staging_dir(staging: &Path, user: Option<&ServiceUser>) -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(staging)?;
+    std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o711))?;
+    let dir = tempfile::Builder::new()
+        .prefix("sqlite-")
+        .rand_bytes(16)
+        .tempdir_in(staging)?;
+    if let Some(user) = user {
+        std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid))?;
+    }
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
 /// Copies the live database with SQLite's online backup API (a consistent
 /// copy while the service writes), then compresses the copy. The copy is
-/// made as the service's `user` ([`as_user`]), beside the database, so no
-/// link there leads the agent to another file; the agent then reads it
-/// (not through a link, and only if `user` owns it) into `out`.
-fn sqlite_backup(db: &Path, out: &Path, user: Option<&ServiceUser>) -> std::io::Result<()> {
+/// made as the service's `user` ([`as_user`]) in `dir`, the user's own
+/// [`staging_dir`]; the agent then reads it (not through a link, and only
+/// if `user` owns it) into `out`.
+fn sqlite_backup(
+    db: &Path,
+    out: &Path,
+    user: Option<&ServiceUser>,
+    dir: &Path,
+) -> std::io::Result<()> {
     use rusqlite::{Connection, OpenFlags};
-    let copy = db.with_extension("gantry-backup");
+    let copy = dir.join("copy.db");
     let made = as_user::run_as(user, || {
         match std::fs::metadata(db) {
             Ok(meta) if meta.is_file() => {}
@@ -491,13 +521,10 @@ fn sqlite_backup(db: &Path, out: &Path, user: Option<&ServiceUser>) -> std::io::
         source
             .busy_timeout(Duration::from_secs(10))
             .map_err(sqlite_error)?;
-        let _ = std::fs::remove_file(&copy);
         let mut target = Connection::open(&copy).map_err(sqlite_error)?;
         copy_database(&source, &mut target, DUMP_TIME_LIMIT)
-    })
-    .and_then(|()| compress_from(open_owned(&copy, user)?, out));
-    let _ = as_user::run_as(user, || std::fs::remove_file(&copy));
-    made
+    });
+    made.and_then(|()| compress_from(open_owned(&copy, user)?, out))
 }
 
 /// " as the service's user (uid N)", for errors of work done as `user`.
@@ -535,13 +562,18 @@ fn compress_from(input: std::fs::File, to: &Path) -> std::io::Result<()> {
 /// it is done as the service's `user` ([`as_user`]): the database and its
 /// directory are the service's, so a link it plants there leads nowhere
 /// the service could not write itself, and a missing file is made as its.
-/// The backup, which the service may not read, is opened here first.
-fn sqlite_restore(backup: &Path, db: &Path, user: Option<&ServiceUser>) -> std::io::Result<()> {
+/// The backup, which the service may not read, is opened here first, and
+/// unpacked in `dir`, the user's own [`staging_dir`].
+fn sqlite_restore(
+    backup: &Path,
+    db: &Path,
+    user: Option<&ServiceUser>,
+    dir: &Path,
+) -> std::io::Result<()> {
     let compressed = std::fs::File::open(backup)?;
     as_user::run_as(user, move || {
         use std::os::unix::fs::OpenOptionsExt;
-        let copy = db.with_extension("gantry-restore");
-        let _ = std::fs::remove_file(&copy);
+        let copy = dir.join("restore.db");
         // A new file, never one put there meanwhile (a link, a FIFO).
         let staged = std::fs::OpenOptions::new()
             .write(true)
@@ -555,16 +587,12 @@ fn sqlite_restore(backup: &Path, db: &Path, user: Option<&ServiceUser>) -> std::
                 )
             })?;
         decompress_into(compressed, staged)?;
-        let restored = (|| {
-            let source = rusqlite::Connection::open(&copy).map_err(sqlite_error)?;
-            let mut target = rusqlite::Connection::open(db).map_err(sqlite_error)?;
-            target
-                .busy_timeout(Duration::from_secs(10))
-                .map_err(sqlite_error)?;
-            copy_database(&source, &mut target, DUMP_TIME_LIMIT)
-        })();
-        let _ = std::fs::remove_file(&copy);
-        restored
+        let source = rusqlite::Connection::open(&copy).map_err(sqlite_error)?;
+        let mut target = rusqlite::Connection::open(db).map_err(sqlite_error)?;
+        target
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(sqlite_error)?;
+        copy_database(&source, &mut target, DUMP_TIME_LIMIT)
     })
 }
 
@@ -633,8 +661,10 @@ async fn restore_stopped(
             let db = host_path(spec)?;
             match service_user(agent, project, spec) {
                 Ok(user) => {
+                    let staging = agent.paths.staging();
                     blocking("sqlite restore", move || {
-                        sqlite_restore(&data, &db, user.as_ref())
+                        let dir = staging_dir(&staging, user.as_ref())?;
+                        sqlite_restore(&data, &db, user.as_ref(), dir.path())
                     })
                     .await
                 }

@@ -130,6 +130,13 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
     for dir in [paths.run(), paths.blobs()] {
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     }
+    // Copies a killed agent's backups or restores left half made.
+    match std::fs::remove_dir_all(paths.staging()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io("clear", &paths.staging())(e));
+        }
+        _ => {}
+    }
     let store = Store::open(&paths.database())?;
     let exe = std::env::current_exe().map_err(io("find", "the gantry binary"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

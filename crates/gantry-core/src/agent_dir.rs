@@ -71,6 +71,12 @@ impl Paths {
     pub fn backups(&self, project: &str) -> PathBuf {
         self.root.join("backups").join(project)
     }
+    /// Work the agent does as a service's user and then reads (a SQLite
+    /// backup's copy): 0711, so a user reaches only the directory of its own
+    /// job, which has a random name and is that user's alone (0700).
+    pub fn staging(&self) -> PathBuf {
+        self.root.join("staging")
+    }
     pub fn run(&self) -> PathBuf {
         self.root.join("run")
     }

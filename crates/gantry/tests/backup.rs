@@ -101,6 +101,27 @@ fn a_sqlite_database_is_backed_up_restored_identical_and_keep_is_enforced() {
     wait_for_status(&p, "app running again", |s| {
         service(s, "app")["state"] == "running"
     });
+    // The copies were made in the agent's staging directory, not beside
+    // the database (where the service could put a FIFO in their way), and
+    // are gone.
+    let beside: Vec<String> = std::fs::read_dir(data.path())
+        .expect("list the database's directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with("shop.db"))
+        .collect();
+    assert!(beside.is_empty(), "left beside the database: {beside:?}");
+    let staging = p.state_dir().join("staging");
+    assert_eq!(
+        std::fs::metadata(&staging).expect("staging").mode() & 0o777,
+        0o711,
+        "others may pass, not list"
+    );
+    let left: Vec<_> = std::fs::read_dir(&staging)
+        .expect("list")
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "left in staging: {left:?}");
 
     // keep = 2: a third backup removes the first.
     let second = backup_now(&p, "app");
