@@ -38,6 +38,10 @@ const DURATION_UNITS: [(&str, u64); 5] = [
 ];
 
 impl Duration {
+    /// The longest duration gantry.toml takes, 365 days: more is a slip
+    /// (a wait or an interval that would never end), not a setting.
+    pub const MAX: Duration = Duration::from_millis(365 * 86_400_000);
+
     pub const fn from_millis(ms: u64) -> Self {
         Duration(std::time::Duration::from_millis(ms))
     }
@@ -51,8 +55,7 @@ impl Duration {
     }
 
     /// The hint shown when a duration is malformed.
-    pub const HINT: &'static str =
-        "write a whole number followed by a unit: ms, s, m, h or d, like \"500ms\" or \"30s\"";
+    pub const HINT: &'static str = "write a whole number followed by a unit: ms, s, m, h or d, like \"500ms\" or \"30s\", at most 365d";
 }
 
 /// Splits "30s" into (30, "s"); the number part must be ASCII digits.
@@ -88,7 +91,14 @@ impl FromStr for Duration {
         };
         let ms = number
             .checked_mul(factor)
-            .ok_or_else(|| UnitError::new(format!("`{text}` is too long")))?;
+            .filter(|ms| *ms <= Duration::MAX.as_millis())
+            .ok_or_else(|| {
+                UnitError::new(format!(
+                    "`{}` is longer than {}, the longest time gantry.toml takes",
+                    text.trim(),
+                    Duration::MAX
+                ))
+            })?;
         Ok(Duration::from_millis(ms))
     }
 }
@@ -208,7 +218,7 @@ string_unit!(
     Duration,
     "duration",
     "^\\s*[0-9]+\\s*(ms|s|m|h|d)\\s*$",
-    "A duration: a whole number followed by ms, s, m, h or d, like \"500ms\" or \"30s\"."
+    "A duration: a whole number followed by ms, s, m, h or d, like \"500ms\" or \"30s\"; at most 365d."
 );
 string_unit!(
     Size,
@@ -230,6 +240,7 @@ mod tests {
             ("2m", 120_000, "2m"),
             ("60m", 3_600_000, "1h"),
             ("1d", 86_400_000, "1d"),
+            ("365d", 365 * 86_400_000, "365d"),
             ("0s", 0, "0s"),
         ] {
             let d: Duration = text.parse().expect(text);
@@ -249,6 +260,18 @@ mod tests {
             (
                 "99999999999999999999s",
                 "`99999999999999999999` is too large",
+            ),
+            (
+                "100000000h",
+                "`100000000h` is longer than 365d, the longest time gantry.toml takes",
+            ),
+            (
+                "366d",
+                "`366d` is longer than 365d, the longest time gantry.toml takes",
+            ),
+            (
+                "18446744073709551615d",
+                "`18446744073709551615d` is longer than 365d, the longest time gantry.toml takes",
             ),
         ] {
             let err = text.parse::<Duration>().expect_err(text);

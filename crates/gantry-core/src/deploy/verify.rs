@@ -387,12 +387,12 @@ mod tests {
             verdict_grace(&slow),
             VERDICT_GRACE + Duration::from_secs(2 * (5 + 300 + 12))
         );
-        // Whatever the file says, the sum does not overflow, and the CLI
-        // waits at most an hour.
+        // Whatever the file says (the most it takes), the sum does not
+        // overflow, and the CLI waits at most an hour.
         let endless = services(concat!(
             "[project]\nname = \"shop\"\n\n[services.web]\nrun = \"bin/web\"\nport = \"http\"\n",
-            "replicas = 1000\nstop_timeout = \"100000000h\"\n",
-            "health = { path = \"/up\", interval = \"100000000h\", retries = 4000000000 }\n",
+            "replicas = 1000\nstop_timeout = \"365d\"\n",
+            "health = { path = \"/up\", interval = \"365d\", retries = 4000000000 }\n",
         ));
         assert_eq!(verdict_grace(&endless), VERDICT_GRACE_MAX);
     }
