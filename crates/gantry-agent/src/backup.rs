@@ -474,18 +474,21 @@ fn staging_dir(staging: &Path, user: Option<&ServiceUser>) -> std::io::Result<te
         .prefix("sqlite-")
         .rand_bytes(16)
         .tempdir_in(staging)?;
+    // The mode first: once the directory is the user's, an agent that is
+    // not root (the unit `gantry configure` writes) may no longer set it.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
     if let Some(user) = user {
         std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid))?;
     }
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
     Ok(dir)
 }
 
 /// Copies the live database with SQLite's online backup API (a consistent
 /// copy while the service writes), then compresses the copy. The copy is
 /// made as the service's `user` ([`as_user`]) in `dir`, the user's own
-/// [`staging_dir`]; the agent then reads it (not through a link, and only
-/// if `user` owns it) into `out`.
+/// [`staging_dir`], opened there (not through a link, and only if `user`
+/// owns it) and removed, all as the user; the agent reads the open file
+/// into `out`, and is left an empty directory to remove.
 fn sqlite_backup(
     db: &Path,
     out: &Path,
@@ -521,10 +524,25 @@ fn sqlite_backup(
         source
             .busy_timeout(Duration::from_secs(10))
             .map_err(sqlite_error)?;
-        let mut target = Connection::open(&copy).map_err(sqlite_error)?;
-        copy_database(&source, &mut target, DUMP_TIME_LIMIT)
+        let copied = Connection::open(&copy)
+            .map_err(sqlite_error)
+            .and_then(|mut target| copy_database(&source, &mut target, DUMP_TIME_LIMIT))
+            .and_then(|()| open_owned(&copy, user));
+        empty(dir);
+        copied
     });
-    made.and_then(|()| compress_from(open_owned(&copy, user)?, out))
+    compress_from(made?, out)
+}
+
+/// Removes what SQLite made in a staging directory (the copy, a journal
+/// left by a failure), as whoever calls it: the directory is then empty,
+/// for the agent to remove.
+fn empty(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// " as the service's user (uid N)", for errors of work done as `user`.
@@ -586,13 +604,16 @@ fn sqlite_restore(
                     format!("cannot write {}{}: {e}", copy.display(), as_whom(user)),
                 )
             })?;
-        decompress_into(compressed, staged)?;
-        let source = rusqlite::Connection::open(&copy).map_err(sqlite_error)?;
-        let mut target = rusqlite::Connection::open(db).map_err(sqlite_error)?;
-        target
-            .busy_timeout(Duration::from_secs(10))
-            .map_err(sqlite_error)?;
-        copy_database(&source, &mut target, DUMP_TIME_LIMIT)
+        let restored = decompress_into(compressed, staged).and_then(|()| {
+            let source = rusqlite::Connection::open(&copy).map_err(sqlite_error)?;
+            let mut target = rusqlite::Connection::open(db).map_err(sqlite_error)?;
+            target
+                .busy_timeout(Duration::from_secs(10))
+                .map_err(sqlite_error)?;
+            copy_database(&source, &mut target, DUMP_TIME_LIMIT)
+        });
+        empty(dir);
+        restored
     })
 }
 

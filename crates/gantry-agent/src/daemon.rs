@@ -130,10 +130,12 @@ pub fn run(state_dir: PathBuf, settings: Settings) -> Result<(), DaemonError> {
     for dir in [paths.run(), paths.blobs()] {
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     }
-    // Copies a killed agent's backups or restores left half made.
+    // Copies a killed agent's backups or restores left half made. What a
+    // non-root agent may not remove (a service user's) stays, harmless:
+    // every job takes a new directory.
     match std::fs::remove_dir_all(paths.staging()) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io("clear", &paths.staging())(e));
+            tracing::warn!(dir = %paths.staging().display(), "staging not cleared: {e}");
         }
         _ => {}
     }

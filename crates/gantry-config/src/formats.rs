@@ -13,7 +13,7 @@ pub struct Format {
 pub const FORMATS: &[Format] = &[
     Format {
         name: "duration",
-        check: |s| s.parse::<Duration>().map(drop).map_err(|e| e.reason),
+        check: |s| Duration::parse_in_config(s).map(drop).map_err(|e| e.reason),
         hint: Duration::HINT,
     },
     Format {

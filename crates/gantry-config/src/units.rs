@@ -39,8 +39,24 @@ const DURATION_UNITS: [(&str, u64); 5] = [
 
 impl Duration {
     /// The longest duration gantry.toml takes, 365 days: more is a slip
-    /// (a wait or an interval that would never end), not a setting.
+    /// (a wait or an interval that would never end), not a setting. Only
+    /// gantry.toml's check holds it ([`Duration::parse_in_config`]): what
+    /// was stored or sent before stays readable.
     pub const MAX: Duration = Duration::from_millis(365 * 86_400_000);
+
+    /// A duration as gantry.toml may write it: well formed, at most
+    /// [`Duration::MAX`].
+    pub fn parse_in_config(text: &str) -> Result<Duration, UnitError> {
+        let duration: Duration = text.parse()?;
+        if duration > Duration::MAX {
+            return Err(UnitError::new(format!(
+                "`{}` is longer than {}, the longest time gantry.toml takes",
+                text.trim(),
+                Duration::MAX
+            )));
+        }
+        Ok(duration)
+    }
 
     pub const fn from_millis(ms: u64) -> Self {
         Duration(std::time::Duration::from_millis(ms))
@@ -91,14 +107,7 @@ impl FromStr for Duration {
         };
         let ms = number
             .checked_mul(factor)
-            .filter(|ms| *ms <= Duration::MAX.as_millis())
-            .ok_or_else(|| {
-                UnitError::new(format!(
-                    "`{}` is longer than {}, the longest time gantry.toml takes",
-                    text.trim(),
-                    Duration::MAX
-                ))
-            })?;
+            .ok_or_else(|| UnitError::new(format!("`{text}` is too long")))?;
         Ok(Duration::from_millis(ms))
     }
 }
@@ -261,21 +270,25 @@ mod tests {
                 "99999999999999999999s",
                 "`99999999999999999999` is too large",
             ),
-            (
-                "100000000h",
-                "`100000000h` is longer than 365d, the longest time gantry.toml takes",
-            ),
-            (
-                "366d",
-                "`366d` is longer than 365d, the longest time gantry.toml takes",
-            ),
-            (
-                "18446744073709551615d",
-                "`18446744073709551615d` is longer than 365d, the longest time gantry.toml takes",
-            ),
         ] {
             let err = text.parse::<Duration>().expect_err(text);
             assert_eq!(err.reason, why, "{text}");
+        }
+    }
+
+    #[test]
+    fn gantry_toml_takes_durations_up_to_a_year_and_what_was_stored_stays_readable() {
+        assert_eq!(
+            Duration::parse_in_config("365d").map(Duration::as_millis),
+            Ok(365 * 86_400_000)
+        );
+        for text in ["366d", "100000000h"] {
+            let err = Duration::parse_in_config(text).expect_err(text);
+            assert_eq!(
+                err.reason,
+                format!("`{text}` is longer than 365d, the longest time gantry.toml takes")
+            );
+            assert!(text.parse::<Duration>().is_ok(), "{text} as stored");
         }
     }
 

@@ -810,8 +810,22 @@ fn send_blob(
             return Err(error.into());
         }
         attempt += 1;
+        let beside = matches!(
+            &error,
+            crate::host::HostError::Api {
+                code: Some(Code::ArtifactUploadInProgress),
+                ..
+            }
+        );
         match settled_offset(agent, digest, source, progress)? {
-            Some(held) => offset = held,
+            Some(held) => {
+                // Another upload of the blob, still growing: waiting on it
+                // is not a failed try.
+                if beside && held > offset {
+                    attempt -= 1;
+                }
+                offset = held;
+            }
             None => {
                 // The interrupted upload completed on the agent after all.
                 upload.blobs_sent += 1;

@@ -48,15 +48,14 @@ impl<T: Transport> Agent<T> {
         body: Option<Vec<u8>>,
         content_type: &str,
     ) -> Result<R, HostError> {
-        let send = || {
-            self.client
-                .call(method.clone(), &path, body.clone(), content_type)
-        };
-        let answer = match send() {
+        let first = self
+            .client
+            .call(method.clone(), &path, body.clone(), content_type);
+        let answer = match first {
             Err(ClientError::Connect(e))
                 if nobody_listens(&e) && self.transport.revive(&self.name) =>
             {
-                send()
+                self.client.call(method, &path, body, content_type)
             }
             answer => answer,
         };
@@ -118,13 +117,11 @@ impl<T: Transport> Agent<T> {
     }
 }
 
-/// Whether a connection failed because no agent listens (its socket is gone,
-/// or nothing accepts on it): the request never reached one.
+/// Whether a connection failed because nothing accepts on the agent's
+/// socket (a killed agent leaves it; one that stopped removes it, and is
+/// not started again): the request never reached an agent.
 fn nobody_listens(error: &std::io::Error) -> bool {
-    matches!(
-        error.kind(),
-        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-    )
+    error.kind() == std::io::ErrorKind::ConnectionRefused
 }
 
 /// The method and path of `endpoint` with `params` in its path.

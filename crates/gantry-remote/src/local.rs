@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use gantry_core::agent_dir::Paths;
-use gantry_core::host::{Host, HostError};
+use gantry_core::host::{AGENT_UNIT_FILE, Host, HostError, SYSTEM_STATE_DIR};
 
 use crate::agent::{Agent, Transport};
 use crate::client::{Client, ClientError};
@@ -40,9 +40,10 @@ pub type LocalAgent = Agent<Local>;
 /// The transport to this machine's agent: its socket in `state_dir`.
 pub struct Local {
     state_dir: PathBuf,
-    /// The binary that started the agent, to start it again should it stop
+    /// The binary that starts the agent, to start it again should it stop
     /// answering mid-command (killed, crashed); None when something else
-    /// runs it (a systemd unit restarts it itself).
+    /// runs it (the systemd unit `gantry configure` writes restarts it
+    /// itself, in its sandbox).
     starts_with: Option<PathBuf>,
     /// How many times it was started again.
     revived: AtomicU32,
@@ -91,6 +92,10 @@ impl Transport for Local {
         };
         if self.revived.fetch_add(1, Ordering::SeqCst) >= REVIVALS {
             return false;
+        }
+        // Another thread or command may have started it meanwhile.
+        if LocalAgent::connect(host, &self.state_dir).is_ok() {
+            return true;
         }
         tracing::warn!("agent {host}: stopped answering; starting it again");
         match LocalAgent::start(host, &self.state_dir, exe) {
@@ -174,7 +179,11 @@ impl Agent<Local> {
             Ok(agent) => agent,
             Err(_) => Self::start(name, state_dir, exe)?,
         };
-        agent.transport.starts_with = Some(exe.to_owned());
+        let systemds =
+            Path::new(AGENT_UNIT_FILE).exists() && state_dir == Path::new(SYSTEM_STATE_DIR);
+        if !systemds {
+            agent.transport.starts_with = Some(exe.to_owned());
+        }
         Ok(agent)
     }
 

@@ -207,8 +207,6 @@ impl Drop for TestHosts {
     }
 }
 
-/// The iptables arguments that add (`-I`) or remove (`-D`) the rule letting
-/// packets between the hosts of `bridge` through.
 /// Gives `bridge` the first `10.a.b.0/24` (a from 100 to 199) that no
 /// address or route of this machine is in yet, and answers `(a, b)`. Other
 /// test processes (and hosts a killed run left) may hold subnets too: the
@@ -241,6 +239,8 @@ fn take_subnet(bridge: &str) -> (u8, u8) {
     (a, b)
 }
 
+/// The iptables arguments that add (`-I`) or remove (`-D`) the rule letting
+/// packets between the hosts of `bridge` through.
 fn forward_rule<'a>(action: &'a str, bridge: &'a str) -> [&'a str; 9] {
     [
         "-w", action, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT",

@@ -122,7 +122,7 @@ fn a_deploy_killed_at_any_moment_leaves_every_service_on_one_release_and_no_orph
 #[test]
 fn an_agent_killed_while_the_cli_waits_on_the_verify_window_is_started_again_and_judges_it() {
     let bins = example_bins();
-    let config = CONFIG.replace("verify = \"0s\"", "verify = \"3s\"");
+    let config = CONFIG.replace("verify = \"0s\"", "verify = \"10s\"");
     let project = TestProject::new(GANTRY)
         .copy(&bins.join("hello-web"), "bin/hello-web")
         .copy(&bins.join("hello-worker"), "bin/hello-worker")

@@ -508,6 +508,7 @@ fn a_second_upload_of_a_blob_being_received_is_refused_at_once_and_the_first_goe
     std::thread::scope(|scope| {
         let uploading = scope.spawn(|| f.blobs.receive(&digest, 0, first));
         while !f.blobs.uploading(&digest) {
+            assert!(!uploading.is_finished(), "the first upload ended early");
             std::thread::yield_now();
         }
         let second = f
