@@ -114,14 +114,24 @@ ssh = "h1"
         .env("DOCKER_BUILDKIT", "0")
 }
 
-/// The `/version` the project's running container holds, on the host's engine.
+/// The `/version` the project's running container holds, on the host's
+/// engine, once the one the deploy replaced has drained and gone (the deploy
+/// answers as soon as the new one serves).
 fn running_version(name: &str) -> String {
-    let ids = docker(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=dev.gantry.project={name}"),
-    ]);
+    let running = || {
+        docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=dev.gantry.project={name}"),
+        ])
+    };
+    gantry_testkit::wait_for(
+        "one container of the project to run",
+        std::time::Duration::from_secs(60),
+        || running().lines().count() == 1,
+    );
+    let ids = running();
     let ids: Vec<&str> = ids.lines().collect();
     assert_eq!(ids.len(), 1, "one container runs: {ids:?}");
     docker(&["exec", ids[0], "cat", "/version"])
